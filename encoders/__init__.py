@@ -1,0 +1,1 @@
+"""Content -> vectors: text and image encoders and the on-disk feature cache."""

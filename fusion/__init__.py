@@ -1,0 +1,1 @@
+"""Vectors + graph -> user/item vectors: projection, attention fusion, propagation, losses."""

@@ -1,0 +1,1 @@
+"""Vectors -> retrieval: FAISS index wrapper with id mapping, removal and persistence."""
