@@ -1,0 +1,66 @@
+"""Errors raised on bad user input.
+
+Every data error names where the problem is (file, row, field) so a user can fix the input
+without reading a traceback. The CLI prints ``str(error)`` and exits non-zero.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class MMRecError(Exception):
+    """Base class of every error mmrec raises on purpose (shown without a traceback)."""
+
+
+@dataclass
+class Problem:
+    """One offending place in an input file.
+
+    Args:
+        row: 1-based data row (the header is not counted), or ``None`` for file-level problems.
+        field: column name, or ``None`` when the whole row is at fault.
+        message: what is wrong, in words.
+    """
+
+    row: int | None
+    field: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = []
+        if self.row is not None:
+            where.append(f"row {self.row}")
+        if self.field is not None:
+            where.append(f"field '{self.field}'")
+        return f"{', '.join(where)}: {self.message}" if where else self.message
+
+
+@dataclass
+class DataError(MMRecError):
+    """Invalid input data: one or more problems in one file.
+
+    Args:
+        path: the file at fault.
+        problems: what is wrong where; at most ``limit`` are printed.
+        limit: how many problems ``str()`` lists before summarising the rest.
+    """
+
+    path: str | Path
+    problems: list[Problem] = field(default_factory=list)
+    limit: int = 20
+
+    def __post_init__(self) -> None:
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        shown = self.problems[: self.limit]
+        lines = [f"{self.path}: {len(self.problems)} problem(s)"]
+        lines += [f"  {self.path}: {p}" for p in shown]
+        if len(self.problems) > len(shown):
+            lines.append(f"  ... and {len(self.problems) - len(shown)} more")
+        return "\n".join(lines)
+
+
+class ConfigError(MMRecError):
+    """An option or saved artefact that does not fit (wrong dimension, unknown modality...)."""
