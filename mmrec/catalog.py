@@ -1,0 +1,318 @@
+"""Catalog loading and validation.
+
+A catalog is a table of items: a required ``item_id`` column (any string or int), text columns
+and an optional column of local image paths. CSV, TSV, JSON Lines and Parquet are read through
+Hugging Face ``datasets``. Validation runs before any encoding work and reports every problem
+with its file, 1-based data row and field.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from mmrec.errors import DataError, MMRecError, Problem
+from mmrec.ids import id_text, normalize_ids
+from mmrec.typing import ItemId
+
+logger = logging.getLogger(__name__)
+
+ID_FIELD = "item_id"
+DEFAULT_IMAGE_FIELD = "image"
+FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+@dataclass
+class Catalog:
+    """Validated items, in file order.
+
+    Attributes:
+        item_ids: the catalog's own ids (all ``int`` or all ``str``, see :mod:`mmrec.ids`).
+        texts: one text per item: the chosen text fields joined with ``". "`` (``""`` if none).
+        images: resolved local image path per item, or ``None``.
+        records: display fields per item (every column except the id, as strings).
+        text_fields: the columns the texts were made from.
+        image_field: the image column, or ``None``.
+        source: where the catalog came from (a path, or a name such as ``ml-100k``).
+        skipped: rows left out under ``skip_invalid=True``, with the reason.
+    """
+
+    item_ids: list[ItemId]
+    texts: list[str]
+    images: list[str | None]
+    records: list[dict[str, str]]
+    text_fields: list[str]
+    image_field: str | None
+    source: str
+    skipped: list[Problem] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def __repr__(self) -> str:
+        return (
+            f"Catalog({self.source!r}, items={len(self)}, text_fields={self.text_fields}, "
+            f"image_field={self.image_field!r}, skipped={len(self.skipped)})"
+        )
+
+    @property
+    def has_images(self) -> bool:
+        return any(p is not None for p in self.images)
+
+    def select(self, positions: Sequence[int]) -> "Catalog":
+        """A catalog holding only the items at ``positions`` (in that order)."""
+        return Catalog(
+            item_ids=[self.item_ids[i] for i in positions],
+            texts=[self.texts[i] for i in positions],
+            images=[self.images[i] for i in positions],
+            records=[self.records[i] for i in positions],
+            text_fields=self.text_fields,
+            image_field=self.image_field,
+            source=self.source,
+            skipped=list(self.skipped),
+        )
+
+    def write_skip_report(self, path: str | Path) -> None:
+        """Write what was skipped, one JSON object a line: row, field, message."""
+        with open(path, "w", encoding="utf-8") as f:
+            for p in self.skipped:
+                f.write(json.dumps({"row": p.row, "field": p.field, "message": p.message}) + "\n")
+
+
+def compose_text(values: Sequence[Any]) -> str:
+    """Join field values into one text: non-empty values joined by ``". "``.
+
+    Pipe-separated lists (``Animation|Comedy``), a common catalog convention, read as
+    ``Animation, Comedy``.
+    """
+    parts = [str(v).strip().replace("|", ", ") for v in values if v is not None and str(v).strip()]
+    return ". ".join(parts)
+
+
+def read_table(path: str | Path) -> tuple[list[str], list[dict[str, Any]], dict[str, str]]:
+    """Read a CSV/TSV/JSONL/Parquet file through ``datasets``.
+
+    The id columns (``item_id``, ``user_id``) are read as text in CSV/TSV so no leading zero is
+    lost; empty cells become ``None``.
+
+    Returns:
+        (column names, rows as dicts, arrow type name per column)
+
+    Raises:
+        DataError: unknown extension, unreadable or empty file.
+    """
+    import datasets
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, [Problem(None, None, "file not found")])
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise DataError(path, [Problem(None, None, f"unknown file type '{path.suffix}' (use {', '.join(FORMATS)})")])
+    kwargs: dict[str, Any] = {}
+    if fmt == "csv":
+        sep = "\t" if path.suffix.lower() == ".tsv" else ","
+        with open(path, newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f, delimiter=sep), None)
+        if not header:
+            raise DataError(path, [Problem(None, None, "file is empty (no header row)")])
+        kwargs = {"sep": sep, "converters": {c: str for c in header if c in ("item_id", "user_id")}}
+    datasets.disable_progress_bars()
+    try:
+        with tempfile.TemporaryDirectory(prefix="mmrec-ds-") as cache:
+            ds = datasets.load_dataset(
+                fmt, data_files=str(path), split="train", cache_dir=cache, keep_in_memory=True, **kwargs
+            )
+            columns = list(ds.column_names)
+            types = {c: str(getattr(ds.features[c], "dtype", "object")) for c in columns}
+            rows = ds.to_list()
+    except (ValueError, OSError, datasets.exceptions.DatasetGenerationError) as e:
+        cause = e.__cause__ or e
+        raise DataError(path, [Problem(None, None, f"cannot be read as {fmt}: {cause}")]) from e
+    finally:
+        datasets.enable_progress_bars()
+    if not rows:
+        raise DataError(path, [Problem(None, None, "file has no data rows")])
+    return columns, rows, types
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value) or str(value).strip() == ""
+
+
+def load_catalog(
+    path: str | Path,
+    *,
+    text_fields: Sequence[str] | None = None,
+    image_field: str | None = None,
+    image_root: str | Path | None = None,
+    check_images: bool = True,
+    skip_invalid: bool = False,
+    show_progress: bool = True,
+) -> Catalog:
+    """Load and validate a catalog file.
+
+    Args:
+        path: ``.csv``, ``.tsv``, ``.jsonl`` or ``.parquet`` with an ``item_id`` column.
+        text_fields: columns joined into the item text; default every string column except the
+            id and the image column.
+        image_field: column of local image paths; default ``image`` when such a column exists.
+        image_root: base for relative image paths; default the catalog's folder.
+        check_images: open every image once (existence + decoding) before any encoding.
+        skip_invalid: leave bad rows out (recorded in ``Catalog.skipped``) instead of failing.
+        show_progress: progress bar over the image check.
+
+    Returns:
+        The validated :class:`Catalog`.
+
+    Raises:
+        DataError: missing ``item_id`` column, unknown text/image fields, missing or duplicate
+            ids, rows with neither text nor image, image paths that do not exist or do not
+            decode. Every problem is listed with row and field; nothing is encoded first.
+    """
+    path = Path(path)
+    columns, rows, types = read_table(path)
+    if ID_FIELD not in columns:
+        raise DataError(path, [Problem(None, ID_FIELD, f"required column missing (columns: {', '.join(columns)})")])
+    if image_field is None and DEFAULT_IMAGE_FIELD in columns:
+        image_field = DEFAULT_IMAGE_FIELD
+    if image_field is not None and image_field not in columns:
+        raise DataError(path, [Problem(None, image_field, f"image column not found (columns: {', '.join(columns)})")])
+    if text_fields is None:
+        text_fields = [c for c in columns if c not in (ID_FIELD, image_field) and types[c] in ("string", "large_string")]
+    else:
+        unknown = [f for f in text_fields if f not in columns]
+        if unknown:
+            raise DataError(
+                path, [Problem(None, f, f"text column not found (columns: {', '.join(columns)})") for f in unknown]
+            )
+    root = Path(image_root) if image_root is not None else path.parent
+    return _validate(
+        rows,
+        source=str(path),
+        path=path,
+        text_fields=list(text_fields),
+        image_field=image_field,
+        image_root=root,
+        check_images=check_images,
+        skip_invalid=skip_invalid,
+        show_progress=show_progress,
+    )
+
+
+def catalog_from_records(
+    records: Sequence[dict[str, Any]],
+    *,
+    text_fields: Sequence[str],
+    image_field: str | None = None,
+    image_root: str | Path | None = None,
+    source: str = "<records>",
+    check_images: bool = True,
+    skip_invalid: bool = False,
+) -> Catalog:
+    """Build a validated catalog from in-memory rows (the same rules as :func:`load_catalog`)."""
+    if records and any(ID_FIELD not in r for r in records):
+        row = next(i for i, r in enumerate(records, 1) if ID_FIELD not in r)
+        raise DataError(source, [Problem(row, ID_FIELD, "required field missing")])
+    return _validate(
+        list(records),
+        source=source,
+        path=Path(source),
+        text_fields=list(text_fields),
+        image_field=image_field,
+        image_root=Path(image_root) if image_root is not None else Path("."),
+        check_images=check_images,
+        skip_invalid=skip_invalid,
+        show_progress=False,
+    )
+
+
+def _validate(
+    rows: list[dict[str, Any]],
+    *,
+    source: str,
+    path: Path,
+    text_fields: list[str],
+    image_field: str | None,
+    image_root: Path,
+    check_images: bool,
+    skip_invalid: bool,
+    show_progress: bool,
+) -> Catalog:
+    problems: list[Problem] = []
+    bad: set[int] = set()  # 0-based row positions to drop
+    raw_ids = [None if _blank(r.get(ID_FIELD)) else id_text(r[ID_FIELD]) for r in rows]
+    first_seen: dict[str, int] = {}
+    for i, rid in enumerate(raw_ids):
+        if rid is None:
+            problems.append(Problem(i + 1, ID_FIELD, "empty item id"))
+            bad.add(i)
+        elif rid in first_seen:
+            problems.append(Problem(i + 1, ID_FIELD, f"duplicate id '{rid}' (first at row {first_seen[rid] + 1})"))
+            bad.add(i)
+        else:
+            first_seen[rid] = i
+
+    texts = [compose_text([r.get(f) for f in text_fields]) for r in rows]
+    images: list[str | None] = []
+    for r in rows:
+        value = None if image_field is None or _blank(r.get(image_field)) else str(r[image_field]).strip()
+        images.append(None if value is None else str(value if Path(value).is_absolute() else image_root / value))
+    for i, (text, image) in enumerate(zip(texts, images)):
+        if not text and image is None:
+            fields = ", ".join(text_fields) or "(no text fields)"
+            extra = f" and no image in '{image_field}'" if image_field else ""
+            problems.append(Problem(i + 1, None, f"no text in {fields}{extra}"))
+            bad.add(i)
+
+    if check_images and image_field is not None:
+        from encoders.image import check_image
+
+        todo = [i for i, p in enumerate(images) if p is not None and i not in bad]
+        for i in tqdm(todo, desc="checking images", unit="img", disable=not show_progress or not todo):
+            reason = check_image(images[i])
+            if reason is not None:
+                problems.append(Problem(i + 1, image_field, f"{images[i]}: {reason}"))
+                bad.add(i)
+
+    problems.sort(key=lambda p: (p.row or 0))
+    if problems and not skip_invalid:
+        raise DataError(path, problems)
+    if problems:
+        logger.warning("%s: skipped %d invalid row(s) of %d", source, len(bad), len(rows))
+    keep = [i for i in range(len(rows)) if i not in bad]
+    if not keep:
+        raise DataError(path, [Problem(None, None, "no valid rows left")] + problems)
+    ids = normalize_ids([raw_ids[i] for i in keep])
+    records = [
+        {k: ("" if _blank(v) else str(v)) for k, v in rows[i].items() if k != ID_FIELD} for i in keep
+    ]
+    return Catalog(
+        item_ids=ids,
+        texts=[texts[i] for i in keep],
+        images=[images[i] for i in keep],
+        records=records,
+        text_fields=text_fields,
+        image_field=image_field,
+        source=source,
+        skipped=problems,
+    )
+
+
+def check_catalog_ids(catalog: Catalog, existing: set[ItemId], source: str) -> None:
+    """Refuse items whose ids are already present (for incremental adds)."""
+    clash = [Problem(i + 1, ID_FIELD, f"id '{iid}' is already in the index") for i, iid in enumerate(catalog.item_ids)
+             if iid in existing]
+    if clash:
+        raise DataError(source, clash)
+
+
+class CatalogError(MMRecError):
+    """A catalog source that cannot be found (e.g. the MovieLens files)."""

@@ -1,0 +1,30 @@
+"""How external ids are read: one rule for catalogs and interaction files alike.
+
+Ids are read as text. A column whose every id is a canonical integer (``"7"``, ``"-3"``; not
+``"007"`` or ``"7.0"``) becomes ``int``; otherwise every id stays ``str``. So ``"007"`` is never
+silently turned into ``7``, and the same file read as CSV, TSV, JSON Lines or Parquet gives the
+same ids.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from mmrec.typing import ItemId
+
+_CANONICAL_INT = re.compile(r"-?(0|[1-9][0-9]*)\Z")
+
+
+def id_text(value: object) -> str:
+    """The text form of one raw id value (an int, a str, or a float that holds an integer)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def normalize_ids(values: Iterable[object]) -> list[ItemId]:
+    """Apply the module rule to a whole column of raw id values (``None`` stays ``None``)."""
+    texts = [None if v is None else id_text(v) for v in values]
+    if all(t is None or _CANONICAL_INT.match(t) for t in texts):
+        return [None if t is None else int(t) for t in texts]
+    return texts

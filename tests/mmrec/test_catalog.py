@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from mmrec.catalog import compose_text, load_catalog
+from mmrec.errors import DataError
+
+ROWS = [
+    {"item_id": "007", "title": "Toy Story", "genres": "Animation|Comedy", "year": 1995},
+    {"item_id": "b2", "title": "Heat", "genres": "Crime", "year": 1995},
+    {"item_id": "c3", "title": "Alien", "genres": "", "year": 1979},
+]
+
+
+def write(tmp_path, name, rows, sep=","):
+    path = tmp_path / name
+    if name.endswith(".jsonl"):
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif name.endswith(".parquet"):
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    else:
+        cols = list(rows[0])
+        lines = [sep.join(cols)] + [sep.join(str(r.get(c, "")) for c in cols) for r in rows]
+        path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("name", ["items.csv", "items.tsv", "items.jsonl", "items.parquet"])
+def test_every_format_gives_the_same_catalog(tmp_path, name):
+    path = write(tmp_path, name, ROWS, sep="\t" if name.endswith(".tsv") else ",")
+    cat = load_catalog(path)
+    assert cat.item_ids == ["007", "b2", "c3"]  # leading zero kept
+    assert cat.text_fields == ["title", "genres"]  # year is numeric, not a default text field
+    assert cat.texts == ["Toy Story. Animation, Comedy", "Heat. Crime", "Alien"]
+    assert cat.images == [None, None, None]
+    assert cat.records[0]["year"] == "1995"
+
+
+def test_integer_ids_become_int_and_text_fields_are_chosen(tmp_path):
+    rows = [{"item_id": 10, "title": "A", "summary": "x"}, {"item_id": 2, "title": "B", "summary": "y"}]
+    cat = load_catalog(write(tmp_path, "c.csv", rows), text_fields=["summary"])
+    assert cat.item_ids == [10, 2]
+    assert cat.texts == ["x", "y"]
+
+
+def test_compose_text_skips_blanks():
+    assert compose_text(["  A ", None, "", "x|y"]) == "A. x, y"
+
+
+def test_missing_id_column(tmp_path):
+    path = write(tmp_path, "c.csv", [{"id": 1, "title": "A"}])
+    with pytest.raises(DataError, match=r"c\.csv: field 'item_id': required column missing"):
+        load_catalog(path)
+
+
+def test_duplicate_ids_are_all_listed(tmp_path):
+    rows = [{"item_id": i % 2, "title": f"t{i}"} for i in range(5)]
+    with pytest.raises(DataError) as e:
+        load_catalog(write(tmp_path, "c.csv", rows))
+    msg = str(e.value)
+    assert "3 problem(s)" in msg
+    assert "row 3, field 'item_id': duplicate id '0' (first at row 1)" in msg
+    assert "row 4, field 'item_id': duplicate id '1' (first at row 2)" in msg
+    assert "row 5, field 'item_id': duplicate id '0' (first at row 1)" in msg
+
+
+def test_row_without_text_or_image(tmp_path):
+    rows = [{"item_id": "a", "title": "A", "image": ""}, {"item_id": "b", "title": "", "image": ""}]
+    with pytest.raises(DataError, match=r"row 2: no text in title and no image in 'image'"):
+        load_catalog(write(tmp_path, "c.csv", rows))
+
+
+def test_unknown_text_field(tmp_path):
+    with pytest.raises(DataError, match=r"field 'plot': text column not found"):
+        load_catalog(write(tmp_path, "c.csv", ROWS), text_fields=["plot"])
+
+
+def test_images_resolved_checked_and_skipped(tmp_path):
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(tmp_path / "img" / "ok.png")
+    (tmp_path / "img" / "broken.jpg").write_bytes(b"not an image")
+    rows = [
+        {"item_id": "a", "title": "A", "picture": "img/ok.png"},
+        {"item_id": "b", "title": "B", "picture": "img/missing.png"},
+        {"item_id": "c", "title": "C", "picture": "img/broken.jpg"},
+        {"item_id": "a", "title": "D", "picture": ""},
+    ]
+    path = write(tmp_path, "c.csv", rows)
+    with pytest.raises(DataError) as e:
+        load_catalog(path, image_field="picture")
+    msg = str(e.value)
+    assert "row 2, field 'picture'" in msg and "missing.png" in msg
+    assert "row 3, field 'picture'" in msg and "broken.jpg" in msg
+    assert "row 4, field 'item_id': duplicate id 'a'" in msg
+
+    cat = load_catalog(path, image_field="picture", skip_invalid=True, show_progress=False)
+    assert cat.item_ids == ["a"]
+    assert cat.images == [str(tmp_path / "img" / "ok.png")]
+    assert [p.row for p in cat.skipped] == [2, 3, 4]
+    report = tmp_path / "skipped.jsonl"
+    cat.write_skip_report(report)
+    assert [json.loads(line)["row"] for line in report.read_text().splitlines()] == [2, 3, 4]
+
+
+def test_image_root_overrides_catalog_folder(tmp_path):
+    root = tmp_path / "media"
+    root.mkdir()
+    Image.new("RGB", (8, 8)).save(root / "x.png")
+    path = write(tmp_path, "c.csv", [{"item_id": "a", "title": "A", "image": "x.png"}])
+    cat = load_catalog(path, image_root=root, show_progress=False)
+    assert cat.images == [str(root / "x.png")]
+
+
+def test_unreadable_and_unknown_files(tmp_path):
+    with pytest.raises(DataError, match="file not found"):
+        load_catalog(tmp_path / "nope.csv")
+    (tmp_path / "c.xlsx").write_text("x")
+    with pytest.raises(DataError, match="unknown file type '.xlsx'"):
+        load_catalog(tmp_path / "c.xlsx")
+    (tmp_path / "e.csv").write_text("")
+    with pytest.raises(DataError, match="empty"):
+        load_catalog(tmp_path / "e.csv")
