@@ -1,1 +1,21 @@
 """Vectors + graph -> user/item vectors: projection, attention fusion, propagation, losses."""
+from __future__ import annotations
+
+from fusion.attention import AttentionFusion
+from fusion.fixed import combine_modalities
+from fusion.losses import alignment_loss, bpr_loss, l2_regularization, sampled_softmax_loss
+from fusion.model import FusedGraphModel
+from fusion.projection import ModalityProjection
+from fusion.propagation import GraphPropagation
+
+__all__ = [
+    "AttentionFusion",
+    "FusedGraphModel",
+    "GraphPropagation",
+    "ModalityProjection",
+    "alignment_loss",
+    "bpr_loss",
+    "combine_modalities",
+    "l2_regularization",
+    "sampled_softmax_loss",
+]
