@@ -1,0 +1,111 @@
+"""Frozen configuration dataclasses, saved as ``config.json`` and turned into CLI options.
+
+Each field carries its one-line help in ``metadata["help"]``; :func:`add_dataclass_options`
+derives ``--option`` flags from the fields so the CLI never re-declares them by hand.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mmrec.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def _f(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a fused graph recommender is trained (saved as ``config.json`` beside the weights)."""
+
+    dim: int = _f(64, "model dimension D of every token and output vector")
+    layers: int = _f(3, "LightGCN propagation layers")
+    heads: int = _f(4, "attention heads of the modality fusion (must divide dim)")
+    use_id: bool = _f(True, "give every item a learned ID token (off: content only)")
+    use_content: bool = _f(True, "use the content modalities (off: plain ID-only LightGCN)")
+    loss: str = _f("bpr", "ranking loss: bpr or softmax (sampled softmax)")
+    negatives: int = _f(1, "negatives sampled per positive (known positives excluded)")
+    temperature: float = _f(0.1, "sampled-softmax temperature")
+    lr: float = _f(1e-3, "Adam learning rate")
+    reg: float = _f(1e-4, "L2 weight on the batch's layer-0 embeddings (LightGCN convention)")
+    batch_size: int = _f(2048, "training pairs per step")
+    epochs: int = _f(100, "maximum epochs")
+    patience: int = _f(10, "stop after this many evaluations without a better validation Recall@20")
+    eval_every: int = _f(1, "validate every this many epochs")
+    modality_dropout: float = _f(0.1, "training-time probability of masking each modality token")
+    id_dropout: float = _f(0.3, "training-time probability of masking the ID token (cold-start robustness)")
+    align_weight: float = _f(0.0, "weight of the loss pulling content-only vectors to trained ones")
+    dropout: float = _f(0.0, "dropout inside projections and attention")
+    projection_hidden: int = _f(0, "hidden width of a 2-layer projection MLP (0: linear)")
+    finetune: str = _f("frozen", "encoder mode: frozen, top:N (last N blocks trainable) or full")
+    encoder_lr_scale: float = _f(0.1, "encoder learning rate as a fraction of lr when fine-tuning")
+    mask: str = _f("all", "evaluation mask: all (every non-evaluated interaction) or train (MMRec)")
+    eval_batch_size: int = _f(1024, "users scored per evaluation batch")
+    seed: int = _f(0, "random seed (splits, initialisation, sampling)")
+    device: str = _f("cpu", "torch device")
+
+    def __post_init__(self) -> None:
+        if self.loss not in ("bpr", "softmax"):
+            raise ConfigError(f"loss must be bpr or softmax, got {self.loss!r}")
+        if self.mask not in ("all", "train"):
+            raise ConfigError(f"mask must be all or train, got {self.mask!r}")
+        if not (self.use_id or self.use_content):
+            raise ConfigError("use_id and use_content cannot both be off")
+        parse_finetune(self.finetune)
+        for name in ("dim", "layers", "heads", "batch_size", "epochs", "negatives"):
+            if getattr(self, name) < (0 if name == "layers" else 1):
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.dim % self.heads:
+            raise ConfigError(f"heads ({self.heads}) must divide dim ({self.dim})")
+
+
+def parse_finetune(mode: str) -> tuple[str, int]:
+    """``frozen`` -> (frozen, 0); ``top:2`` -> (top, 2); ``full`` -> (full, 0)."""
+    if mode in ("frozen", "full"):
+        return mode, 0
+    if mode.startswith("top:") and mode[4:].isdigit() and int(mode[4:]) > 0:
+        return "top", int(mode[4:])
+    raise ConfigError(f"finetune must be frozen, top:N (N >= 1) or full, got {mode!r}")
+
+
+def save_config(config: Any, path: str | Path, **extra: Any) -> None:
+    data = {"config": dataclasses.asdict(config), **extra}
+    Path(path).write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+def load_config(cls: type[T], path: str | Path) -> tuple[T, dict[str, Any]]:
+    """Rebuild a config from ``config.json``; unknown keys are an error, missing ones default."""
+    data = json.loads(Path(path).read_text())
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data["config"]) - names
+    if unknown:
+        raise ConfigError(f"{path}: unknown config fields {sorted(unknown)}")
+    extra = {k: v for k, v in data.items() if k != "config"}
+    return cls(**data["config"]), extra
+
+
+def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """Add one ``--field-name`` option per dataclass field (defaults left as None = unset)."""
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata.get('help', '')} (default {f.default})"
+        if f.type in (bool, "bool"):
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            kind = {"int": int, "float": float, "str": str}.get(str(f.type), str)
+            parser.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text)
+
+
+def config_from_args(cls: type[T], args: argparse.Namespace, **overrides: Any) -> T:
+    """A config from parsed options: given options override the defaults."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+    return cls(**(values | overrides))
