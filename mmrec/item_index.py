@@ -1,0 +1,490 @@
+"""The item index: a catalog's items as vectors in FAISS, with everything needed to query it.
+
+An index directory holds::
+
+    manifest.json        format version, kind, dim, metric, factory, item count, encoders,
+                         modality order and weights, creation time, sha256 of every file
+    index.faiss, ids.json    the FAISS index and its id map (see :class:`index.FaissIndex`)
+    features.safetensors per-modality vectors of every item ([N, D_m]) and presence masks,
+                         in ids.json order: item vectors are recomputed from them, so adds and
+                         removals never re-encode untouched items
+    items.jsonl          item id, content hashes and display fields, one item a line
+
+It is written to a temporary directory beside the target and renamed, so a crash never leaves
+a half-written index behind.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from fusion.fixed import combine_modalities
+from index import FaissIndex, atomic_directory, read_manifest, sha256_file, write_manifest
+from mmrec.catalog import ID_FIELD, Catalog, check_catalog_ids, load_catalog
+from mmrec.errors import ConfigError, MMRecError
+from mmrec.ids import normalize_ids
+from mmrec.typing import ItemId
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MODALITY_ORDER = ("text", "image")
+
+
+def default_cache_dir() -> Path:
+    """Feature cache location: ``$MMREC_CACHE_DIR``, else ``~/.cache/mmrec/features``."""
+    env = os.environ.get("MMREC_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "mmrec" / "features"
+
+
+@dataclass
+class Result:
+    """One retrieved item: its id, its inner-product score and its display fields."""
+
+    item_id: ItemId
+    score: float
+    fields: dict[str, str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"item_id": self.item_id, "score": round(float(self.score), 6), **self.fields}
+
+
+class Encoders:
+    """Loads the encoders an index was built with, once, on first use.
+
+    Args:
+        spec: the manifest's ``encoders`` entry: modality -> {"model", "identity", "dim", ...}.
+        show_progress: progress bars while encoding.
+    """
+
+    def __init__(self, spec: dict[str, dict], show_progress: bool = True) -> None:
+        self.spec = spec
+        self.show_progress = show_progress
+        self._loaded: dict[str, Any] = {}
+
+    def get(self, modality: str):
+        if modality not in self.spec:
+            raise ConfigError(f"this index has no {modality} modality (it has: {', '.join(self.spec) or 'none'})")
+        if modality not in self._loaded:
+            self._loaded[modality] = make_encoder(modality, self.spec[modality], self.show_progress)
+            got = self._loaded[modality].identity
+            if got != self.spec[modality]["identity"]:
+                raise ConfigError(
+                    f"the {modality} encoder '{self.spec[modality]['model']}' is not the one this index was built "
+                    f"with (identity {got} != {self.spec[modality]['identity']}): rebuild the index"
+                )
+        return self._loaded[modality]
+
+
+def make_encoder(modality: str, spec: dict, show_progress: bool = True):
+    """Instantiate a text or image encoder from its manifest spec (or CLI choice)."""
+    if modality == "text":
+        from encoders.text import TextEncoder
+
+        return TextEncoder(
+            spec["model"], max_length=spec.get("max_length", 256), batch_size=spec.get("batch_size", 64),
+            show_progress=show_progress,
+        )
+    from encoders.image import ImageEncoder
+
+    return ImageEncoder(
+        spec["model"], weights=spec.get("weights"), batch_size=spec.get("batch_size", 32), show_progress=show_progress
+    )
+
+
+def encoder_spec(encoder, model: str | Path, **extra) -> dict:
+    return {"model": str(model), "identity": encoder.identity, "dim": int(encoder.dim), **extra}
+
+
+def encode_catalog(
+    catalog: Catalog,
+    encoders: dict[str, Any],
+    cache_dir: str | Path | None,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[dict[str, str]]]:
+    """Encode every modality of a catalog, reusing cached vectors.
+
+    Returns:
+        (modality -> [N, D_m] float32 vectors, zero rows where absent;
+         modality -> [N] bool presence; per item {modality: content hash})
+    """
+    from encoders.cache import FeatureCache, content_hash, encode_with_cache, file_hash
+
+    cache = FeatureCache(cache_dir) if cache_dir is not None else None
+    n = len(catalog)
+    features, present = {}, {}
+    hashes: list[dict[str, str]] = [{} for _ in range(n)]
+    for modality, enc in encoders.items():
+        contents = catalog.texts if modality == "text" else catalog.images
+        pos = [i for i, c in enumerate(contents) if c]
+        hash_fn = content_hash if modality == "text" else file_hash
+        h = [hash_fn(contents[i]) for i in pos]
+        out = np.zeros((n, enc.dim), dtype=np.float32)
+        if pos:
+            encode = enc.encode if modality == "text" else enc.encode_paths
+            vecs, fresh = encode_with_cache(
+                encode, enc.identity, [catalog.item_ids[i] for i in pos], [contents[i] for i in pos], h, cache
+            )
+            out[pos] = vecs
+            logger.info("%s: %d of %d items encoded, %d from cache", modality, fresh, len(pos), len(pos) - fresh)
+        mask = np.zeros(n, dtype=bool)
+        mask[pos] = True
+        for i, hv in zip(pos, h):
+            hashes[i][modality] = hv
+        features[modality], present[modality] = out, mask
+    return features, present, hashes
+
+
+class FixedCombination:
+    """Index vectors of an untrained index: the fixed modality combination of fusion.fixed.
+
+    Args:
+        weights: modality -> weight.
+        order: modality order of the concatenation.
+    """
+
+    def __init__(self, weights: dict[str, float], order: Sequence[str]) -> None:
+        self.weights, self.order = dict(weights), list(order)
+
+    def item_vectors(self, features: dict[str, np.ndarray], present: dict[str, np.ndarray]) -> np.ndarray:
+        """``[N, D]`` index vectors from modality vectors ``[N, D_m]`` and presence ``[N]``."""
+        return combine_modalities(features, present, self.weights, self.order)
+
+    def query_vector(self, modality: str, vector: np.ndarray, dims: dict[str, int]) -> np.ndarray:
+        """An index-space ``[1, D]`` vector for a query given in one modality."""
+        feats = {m: np.zeros((1, dims[m]), np.float32) for m in self.order}
+        feats[modality] = vector.reshape(1, -1).astype(np.float32)
+        return self.item_vectors(feats, {m: np.array([m == modality]) for m in self.order})
+
+
+class ItemIndex:
+    """A searchable item index built from a catalog (see the module docstring for its files).
+
+    Build with :meth:`build`, open with :meth:`load`; query with :meth:`similar`,
+    :meth:`search_text` and :meth:`search_image`; change with :meth:`add` and :meth:`remove`.
+    """
+
+    def __init__(
+        self,
+        index: FaissIndex,
+        items: list[dict[str, Any]],
+        features: dict[str, np.ndarray],
+        present: dict[str, np.ndarray],
+        manifest: dict[str, Any],
+        vectors: np.ndarray,
+        directory: Path | None = None,
+        show_progress: bool = True,
+        vectorizer: Any = None,
+    ) -> None:
+        self.index = index
+        self.vectors = vectors
+        self.vectorizer = vectorizer or FixedCombination(manifest["weights"], manifest["modalities"])
+        self.items = items
+        self.features = features
+        self.present = present
+        self.manifest = manifest
+        self.directory = directory
+        self._pos = {it[ID_FIELD]: i for i, it in enumerate(items)}
+        self.encoders = Encoders(manifest["encoders"], show_progress=show_progress)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._pos
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        return f"ItemIndex(items={len(self)}, dim={m['dim']}, factory={m['factory']!r}, modalities={m['modalities']})"
+
+    # --- vectors -----------------------------------------------------------------------------
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.manifest["modalities"])
+
+    def query_vector(self, modality: str, vector: np.ndarray) -> np.ndarray:
+        """An index-space ``[1, D]`` vector for a query given in one modality."""
+        return self.vectorizer.query_vector(modality, vector, {m: x.shape[1] for m, x in self.features.items()})
+
+    # --- build / persist ---------------------------------------------------------------------
+    @classmethod
+    def build(
+        cls,
+        catalog: Catalog | str | Path,
+        out: str | Path | None = None,
+        *,
+        factory: str = "auto",
+        text_encoder: str | Path = "default",
+        image_encoder: str | Path | None = "default",
+        image_weights: str | Path | None = None,
+        batch_size: int | None = None,
+        max_length: int = 256,
+        weights: dict[str, float] | None = None,
+        cache_dir: str | Path | None = None,
+        overwrite: bool = False,
+        show_progress: bool = True,
+        **catalog_options: Any,
+    ) -> "ItemIndex":
+        """Encode a catalog and build its index.
+
+        Args:
+            catalog: a :class:`Catalog` or a path for :func:`load_catalog` (``catalog_options``
+                such as ``text_fields``, ``image_field``, ``image_root``, ``skip_invalid`` go there).
+            out: directory to write; ``None`` keeps the index in memory only.
+            factory: FAISS factory string, or ``auto`` (see :meth:`index.FaissIndex.resolve_factory`).
+            text_encoder: ``default`` (packaged MiniLM) or a Hugging Face model directory.
+            image_encoder: ``default`` (packaged EfficientNet-Lite0), a torchvision name, a Hugging
+                Face directory, or ``None``/``"none"`` to ignore images.
+            image_weights: state-dict file for a torchvision image backbone.
+            batch_size: encoder batch size (default: the encoder's own).
+            max_length: text truncation in tokens.
+            weights: modality weights of the fixed combination, default equal.
+            cache_dir: feature cache directory, ``None`` for no cache.
+            overwrite: replace an existing ``out``.
+            show_progress: progress bars.
+        """
+        if not isinstance(catalog, Catalog):
+            catalog = load_catalog(catalog, show_progress=show_progress, **catalog_options)
+        if out is not None and Path(out).exists() and not overwrite:
+            raise MMRecError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
+        encoders, spec = {}, {}
+        if any(catalog.texts):
+            encoders["text"] = make_encoder(
+                "text", {"model": str(text_encoder), "max_length": max_length, "batch_size": batch_size or 64},
+                show_progress,
+            )
+            spec["text"] = encoder_spec(encoders["text"], text_encoder, max_length=max_length)
+        if catalog.has_images and image_encoder not in (None, "none"):
+            encoders["image"] = make_encoder(
+                "image", {"model": str(image_encoder), "weights": image_weights, "batch_size": batch_size or 32},
+                show_progress,
+            )
+            spec["image"] = encoder_spec(
+                encoders["image"], image_encoder, weights=str(image_weights) if image_weights else None
+            )
+        if not encoders:
+            raise MMRecError(f"{catalog.source}: nothing to encode (no text, and images are off or absent)")
+        features, present, hashes = encode_catalog(catalog, encoders, cache_dir)
+        self = cls.from_features(
+            catalog.item_ids, features, present, catalog.records,
+            factory=factory, weights=weights, encoders=spec, hashes=hashes, show_progress=show_progress,
+            text_fields=catalog.text_fields, image_field=catalog.image_field, source=catalog.source,
+        )
+        if out is not None:
+            self.save(out, overwrite=overwrite, skipped=catalog)
+        return self
+
+    @classmethod
+    def from_features(
+        cls,
+        item_ids: Sequence[ItemId],
+        features: dict[str, np.ndarray],
+        present: dict[str, np.ndarray] | None = None,
+        records: Sequence[dict[str, str]] | None = None,
+        *,
+        factory: str = "auto",
+        weights: dict[str, float] | None = None,
+        encoders: dict[str, dict] | None = None,
+        hashes: Sequence[dict[str, str]] | None = None,
+        vectors: np.ndarray | None = None,
+        vectorizer: Any = None,
+        show_progress: bool = True,
+        **manifest_fields: Any,
+    ) -> "ItemIndex":
+        """An index from modality vectors already computed (precomputed features, tests).
+
+        Args:
+            item_ids: one id per row.
+            features: modality ("text", "image") -> ``[N, D_m]`` vectors.
+            present: modality -> ``[N]`` bool, default every row present.
+            records: display fields per item.
+            factory: FAISS factory string or ``auto``.
+            weights: modality weights of the fixed combination, default equal.
+            encoders: encoder specs for the manifest (needed for text/image queries).
+            hashes: content hashes per item (kept for incremental rebuilds).
+            vectors: ``[N, D]`` index vectors when they do not come from the features alone
+                (a trained model's propagated item vectors); default ``vectorizer``'s.
+            vectorizer: maps modality vectors to index vectors for added items and queries;
+                default the fixed combination (:class:`FixedCombination`).
+        """
+        modalities = [m for m in MODALITY_ORDER if m in features] + sorted(set(features) - set(MODALITY_ORDER))
+        n = len(item_ids)
+        features = {m: np.ascontiguousarray(features[m], dtype=np.float32) for m in modalities}
+        present = {m: np.asarray((present or {}).get(m, np.ones(n, bool)), dtype=bool) for m in modalities}
+        w = {m: float((weights or {}).get(m, 1.0)) for m in modalities}
+        vectorizer = vectorizer or FixedCombination(w, modalities)
+        if vectors is None:
+            vectors = vectorizer.item_vectors(features, present)
+        index = FaissIndex.build(vectors, list(item_ids), factory=factory)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "kind": "content",
+            "metric": "inner_product",
+            "dim": int(vectors.shape[1]),
+            "factory": index.factory,
+            "modalities": modalities,
+            "weights": w,
+            "encoders": dict(encoders or {}),
+            "text_fields": [],
+            "image_field": None,
+            **manifest_fields,
+        }
+        records = records or [{} for _ in range(n)]
+        hashes = hashes or [{} for _ in range(n)]
+        items = [{ID_FIELD: i, "hashes": h, "fields": dict(r)} for i, h, r in zip(item_ids, hashes, records)]
+        return cls(index, items, features, present, manifest, vectors, show_progress=show_progress, vectorizer=vectorizer)
+
+    def save(self, directory: str | Path, *, overwrite: bool = True, skipped: Catalog | None = None) -> None:
+        """Write the index directory atomically (temp directory, then rename)."""
+        directory = Path(directory)
+        with atomic_directory(directory, overwrite=overwrite) as tmp:
+            self.index.save(tmp)
+            tensors = {f"feature.{m}": self.features[m] for m in self.modalities}
+            tensors |= {f"present.{m}": self.present[m].astype(np.uint8) for m in self.modalities}
+            tensors["vectors"] = np.ascontiguousarray(self.vectors, dtype=np.float32)
+            save_file(tensors, str(tmp / "features.safetensors"))
+            with open(tmp / "items.jsonl", "w", encoding="utf-8") as f:
+                for it in self.items:
+                    f.write(json.dumps(it, ensure_ascii=False) + "\n")
+            if skipped is not None and skipped.skipped:
+                skipped.write_skip_report(tmp / "skipped.jsonl")
+            files = sorted(p.name for p in tmp.iterdir() if p.is_file())
+            manifest = dict(self.manifest, count=len(self), checksums={n: sha256_file(tmp / n) for n in files})
+            manifest.pop("created", None)
+            write_manifest(tmp, manifest)
+        self.manifest = read_manifest(directory, verify_checksums=False)
+        self.directory = directory
+
+    @classmethod
+    def load(cls, directory: str | Path, *, show_progress: bool = True) -> "ItemIndex":
+        """Open an index directory, verifying its manifest and checksums."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise MMRecError(f"{directory}: no such index directory")
+        manifest = read_manifest(directory, expect={"format_version": FORMAT_VERSION})
+        index = FaissIndex.load(directory)
+        tensors = load_file(str(directory / "features.safetensors"))
+        modalities = manifest["modalities"]
+        features = {m: tensors[f"feature.{m}"] for m in modalities}
+        present = {m: tensors[f"present.{m}"].astype(bool) for m in modalities}
+        with open(directory / "items.jsonl", encoding="utf-8") as f:
+            items = [json.loads(line) for line in f]
+        if len(items) != manifest["count"] or index.dim != manifest["dim"] or len(index) != len(items):
+            raise MMRecError(
+                f"{directory}: manifest says {manifest['count']} items of dim {manifest['dim']}, files hold "
+                f"{len(items)} items and a FAISS index of {len(index)} items of dim {index.dim}"
+            )
+        return cls(index, items, features, present, manifest, tensors["vectors"], directory, show_progress=show_progress)
+
+    # --- queries -----------------------------------------------------------------------------
+    def resolve_id(self, item_id: object) -> ItemId:
+        """Accept an id as typed on a command line: ``"7"`` finds the int id ``7``."""
+        if item_id in self._pos:
+            return item_id  # type: ignore[return-value]
+        for alt in (str(item_id), *normalize_ids([str(item_id)])):
+            if alt in self._pos:
+                return alt
+        raise MMRecError(f"item '{item_id}' is not in this index ({len(self)} items)")
+
+    def vector_of(self, item_id: object) -> np.ndarray:
+        """The index vector of one item, ``[1, D]``."""
+        i = self._pos[self.resolve_id(item_id)]
+        return self.vectors[i : i + 1]
+
+    def _results(self, ids: list[ItemId], scores: np.ndarray) -> list[Result]:
+        return [Result(i, float(s), self.items[self._pos[i]]["fields"]) for i, s in zip(ids, scores)]
+
+    def search_vectors(self, queries: np.ndarray, k: int = 10, exclude=None) -> list[list[Result]]:
+        """Top-k items for each query vector ``[B, D]`` (already in index space)."""
+        ids, scores = self.index.search(queries, k, exclude=exclude)
+        return [self._results(i, s) for i, s in zip(ids, scores)]
+
+    def similar(self, item_id: object, k: int = 10) -> list[Result]:
+        """The k items most similar to a catalog item (the item itself excluded)."""
+        iid = self.resolve_id(item_id)
+        return self.search_vectors(self.vector_of(iid), k, exclude=[{iid}])[0]
+
+    def search_text(self, text: str, k: int = 10) -> list[Result]:
+        """The k items closest to a free-text query."""
+        if not text.strip():
+            raise MMRecError("empty text query")
+        q = self.encoders.get("text").encode([text])
+        return self.search_vectors(self.query_vector("text", q), k)[0]
+
+    def search_image(self, path: str | Path, k: int = 10) -> list[Result]:
+        """The k items closest to a query image (a local file)."""
+        q = self.encoders.get("image").encode_paths([str(path)])
+        return self.search_vectors(self.query_vector("image", q), k)[0]
+
+    # --- changes -----------------------------------------------------------------------------
+    def add(self, catalog: Catalog | str | Path, *, cache_dir: str | Path | None = None, **catalog_options) -> int:
+        """Encode and add new items (only the new rows are encoded); saves when opened from disk.
+
+        Returns:
+            the number of items added.
+        """
+        if not isinstance(catalog, Catalog):
+            opts = {"text_fields": self.manifest["text_fields"], "image_field": self.manifest["image_field"]}
+            catalog = load_catalog(catalog, **(opts | catalog_options))
+        catalog.item_ids = self._align_id_type(catalog.item_ids)
+        check_catalog_ids(catalog, set(self._pos), catalog.source)
+        encoders = {m: self.encoders.get(m) for m in self.modalities}
+        if catalog.has_images and "image" not in encoders:
+            logger.warning("%s has images but this index has no image modality: images ignored", catalog.source)
+        features, present, hashes = encode_catalog(catalog, encoders, cache_dir)
+        if not np.logical_or.reduce([present[m] for m in self.modalities]).all():
+            raise MMRecError(f"{catalog.source}: some items have none of this index's modalities {self.modalities}")
+        vectors = self.vectorizer.item_vectors(features, present)
+        self.index.add(vectors, catalog.item_ids)
+        self.vectors = np.concatenate([self.vectors, vectors])
+        for m in self.modalities:
+            self.features[m] = np.concatenate([self.features[m], features[m]])
+            self.present[m] = np.concatenate([self.present[m], present[m]])
+        start = len(self.items)
+        self.items += [{ID_FIELD: i, "hashes": h, "fields": r} for i, h, r in zip(catalog.item_ids, hashes, catalog.records)]
+        self._pos.update({it[ID_FIELD]: start + j for j, it in enumerate(self.items[start:])})
+        if self.directory is not None:
+            self.save(self.directory, skipped=catalog)
+        return len(catalog)
+
+    def remove(self, item_ids: Sequence[object]) -> int:
+        """Remove items by id; saves when opened from disk. Unknown ids are an error (nothing removed)."""
+        missing = [i for i in item_ids if self._try_resolve(i) is None]
+        if missing:
+            raise MMRecError(f"not in this index: {', '.join(map(str, missing[:20]))}")
+        ids = [self.resolve_id(i) for i in item_ids]
+        self.index.remove(ids)
+        gone = {self._pos[i] for i in ids}
+        keep = np.array([i for i in range(len(self.items)) if i not in gone], dtype=np.int64)
+        for m in self.modalities:
+            self.features[m], self.present[m] = self.features[m][keep], self.present[m][keep]
+        self.vectors = self.vectors[keep]
+        self.items = [self.items[i] for i in keep]
+        self._pos = {it[ID_FIELD]: i for i, it in enumerate(self.items)}
+        if self.directory is not None:
+            self.save(self.directory)
+        return len(ids)
+
+    def _try_resolve(self, item_id: object) -> ItemId | None:
+        try:
+            return self.resolve_id(item_id)
+        except MMRecError:
+            return None
+
+    def _align_id_type(self, ids: list[ItemId]) -> list[ItemId]:
+        """New ids take the type of the index's ids (all int or all str)."""
+        if not self.items:
+            return ids
+        if isinstance(self.items[0][ID_FIELD], str):
+            return [str(i) for i in ids]
+        if all(isinstance(i, int) for i in ids):
+            return ids
+        bad = [i for i in ids if not isinstance(i, int)][:5]
+        raise MMRecError(f"this index has integer item ids; new ids {bad} are not integers")

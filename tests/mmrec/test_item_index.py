@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import index as index_pkg
+from mmrec.errors import MMRecError
+from mmrec.item_index import ItemIndex
+
+# Five items in 3-d whose cosine similarities to item "a" are known exactly:
+# a=(1,0,0); b at 10 deg, c at 45 deg, d at 90 deg, e at 180 deg from a.
+ANGLES = {"a": 0.0, "b": 10.0, "c": 45.0, "d": 90.0, "e": 180.0}
+
+
+def five_items(ids=("a", "b", "c", "d", "e")) -> ItemIndex:
+    rad = np.deg2rad(list(ANGLES.values()))
+    text = np.stack([np.cos(rad), np.sin(rad), np.zeros(5)], 1).astype(np.float32) * 3.0  # scale is irrelevant
+    records = [{"title": f"item {i}"} for i in ids]
+    return ItemIndex.from_features(list(ids), {"text": text}, records=records, factory="Flat", show_progress=False)
+
+
+def test_similar_order_and_scores_are_exact():
+    idx = five_items()
+    res = idx.similar("a", k=4)
+    assert [r.item_id for r in res] == ["b", "c", "d", "e"]  # "a" itself excluded
+    np.testing.assert_allclose(
+        [r.score for r in res], np.cos(np.deg2rad([10, 45, 90, 180])), atol=1e-6
+    )
+    assert res[0].to_dict() == {"item_id": "b", "score": pytest.approx(np.cos(np.deg2rad(10)), abs=1e-6),
+                                "title": "item b"}
+
+
+def test_integer_ids_and_command_line_spelling():
+    idx = five_items(ids=(10, 20, 30, 40, 50))
+    assert [r.item_id for r in idx.similar("10", k=2)] == [20, 30]  # "10" as typed finds int 10
+    with pytest.raises(MMRecError, match="item '99' is not in this index"):
+        idx.similar(99)
+
+
+def test_two_modalities_and_missing_image():
+    text = np.array([[1, 0], [1, 0], [0, 1]], np.float32)
+    image = np.array([[1, 0], [0, 1], [1, 0]], np.float32)
+    idx = ItemIndex.from_features(
+        ["x", "y", "z"], {"text": text, "image": image}, present={"image": np.array([True, True, False])},
+        factory="Flat", show_progress=False,
+    )
+    res = {r.item_id: r.score for r in idx.similar("x", k=2)}
+    # x,y: text cos 1, image cos 0 -> mean 0.5; z has no image: only its text (cos 0) counts.
+    assert res["y"] == pytest.approx(0.5, abs=1e-6)
+    assert res["z"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_add_remove_then_search(tmp_path):
+    idx = five_items()
+    idx.save(tmp_path / "idx")
+    idx = ItemIndex.load(tmp_path / "idx", show_progress=False)
+    idx.remove(["b", "d"])
+    assert len(idx) == 3 and "b" not in idx
+    assert [r.item_id for r in idx.similar("a", k=5)] == ["c", "e"]
+    with pytest.raises(MMRecError, match="not in this index: zz"):
+        idx.remove(["zz"])
+    reloaded = ItemIndex.load(tmp_path / "idx")  # remove() saved in place
+    assert [r.item_id for r in reloaded.similar("a", k=5)] == ["c", "e"]
+
+
+def test_save_load_round_trip(tmp_path):
+    idx = five_items()
+    idx.save(tmp_path / "idx")
+    back = ItemIndex.load(tmp_path / "idx")
+    for q in ANGLES:
+        a, b = idx.similar(q, k=4), back.similar(q, k=4)
+        assert [r.item_id for r in a] == [r.item_id for r in b]
+        np.testing.assert_array_equal([r.score for r in a], [r.score for r in b])
+    np.testing.assert_array_equal(idx.vectors, back.vectors)
+    assert back.vectors.dtype == np.float32
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    assert manifest["count"] == 5 and manifest["dim"] == 3 and manifest["factory"] == "Flat"
+    assert set(manifest["checksums"]) >= {"index.faiss", "ids.json", "items.jsonl", "features.safetensors"}
+
+
+def test_tampered_directory_is_refused(tmp_path):
+    five_items().save(tmp_path / "idx")
+    with open(tmp_path / "idx" / "items.jsonl", "a") as f:
+        f.write("\n")
+    with pytest.raises(Exception, match="items.jsonl"):
+        ItemIndex.load(tmp_path / "idx")
+
+
+def test_crash_mid_save_leaves_nothing(tmp_path, monkeypatch):
+    idx = five_items()
+
+    def boom(self, directory):
+        (directory / "index.faiss").write_bytes(b"partial")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(index_pkg.FaissIndex, "save", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        idx.save(tmp_path / "idx")
+    assert list(tmp_path.iterdir()) == []
