@@ -1,0 +1,216 @@
+"""The ``mmrec`` command line.
+
+Examples::
+
+    mmrec index build --catalog items.csv --out my_index
+    mmrec similar --index my_index --item 1 -k 10
+    mmrec search --index my_index --text "space adventure with aliens" --json
+    mmrec index add --index my_index --catalog new_items.csv
+    mmrec index remove --index my_index --item 17 42
+
+Errors go to stderr with exit status 1 (2 for a malformed command line); ``--debug`` shows the
+traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from mmrec.errors import MMRecError
+
+logger = logging.getLogger("mmrec")
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _csv_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def print_results(results, as_json: bool, title_field: str | None = None, out=sys.stdout) -> None:
+    """Print results as JSON (a list of objects) or as a readable table."""
+    if as_json:
+        json.dump([r.to_dict() for r in results], out, ensure_ascii=False, indent=1)
+        out.write("\n")
+        return
+    if not results:
+        out.write("(no results)\n")
+        return
+    ids = [str(r.item_id) for r in results]
+    w = max(7, *(len(i) for i in ids))
+    out.write(f"{'rank':>4}  {'score':>7}  {'item_id':<{w}}  {title_field or ''}\n")
+    for rank, (r, iid) in enumerate(zip(results, ids), 1):
+        label = r.fields.get(title_field, "") if title_field else ""
+        label = label if len(label) <= 70 else label[:67] + "..."
+        out.write(f"{rank:>4}  {r.score:>7.4f}  {iid:<{w}}  {label}\n")
+
+
+def title_field_of(index) -> str | None:
+    fields = index.manifest.get("text_fields") or []
+    return "title" if "title" in fields else (fields[0] if fields else None)
+
+
+# --- index ---------------------------------------------------------------------------------
+def cmd_index_build(args: argparse.Namespace) -> int:
+    from mmrec.item_index import ItemIndex, default_cache_dir
+
+    index = ItemIndex.build(
+        args.catalog,
+        args.out,
+        factory=args.factory,
+        text_encoder=args.text_encoder,
+        image_encoder=args.image_encoder,
+        image_weights=args.image_weights,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir()),
+        overwrite=args.overwrite,
+        show_progress=not args.quiet,
+        text_fields=args.text_fields,
+        image_field=args.image_field,
+        image_root=args.image_root,
+        skip_invalid=args.skip_invalid,
+    )
+    skipped = Path(args.out) / "skipped.jsonl"
+    note = f"; skipped rows listed in {skipped}" if skipped.exists() else ""
+    print(f"built {args.out}: {len(index)} items, dim {index.manifest['dim']}, factory {index.manifest['factory']}{note}")
+    return 0
+
+
+def _open_index(args: argparse.Namespace):
+    from mmrec.item_index import ItemIndex
+
+    return ItemIndex.load(args.index, show_progress=not args.quiet)
+
+
+def cmd_index_add(args: argparse.Namespace) -> int:
+    from mmrec.item_index import default_cache_dir
+
+    index = _open_index(args)
+    opts = {k: v for k, v in (("image_root", args.image_root), ("skip_invalid", args.skip_invalid)) if v}
+    n = index.add(args.catalog, cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir()), **opts)
+    print(f"added {n} items to {args.index}: {len(index)} items")
+    return 0
+
+
+def cmd_index_remove(args: argparse.Namespace) -> int:
+    index = _open_index(args)
+    n = index.remove(args.item)
+    print(f"removed {n} items from {args.index}: {len(index)} items")
+    return 0
+
+
+def cmd_similar(args: argparse.Namespace) -> int:
+    index = _open_index(args)
+    print_results(index.similar(args.item, args.k), args.json, title_field_of(index))
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    index = _open_index(args)
+    results = index.search_text(args.text, args.k) if args.text is not None else index.search_image(args.image, args.k)
+    print_results(results, args.json, title_field_of(index))
+    return 0
+
+
+# --- parser --------------------------------------------------------------------------------
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info logs")
+
+
+def _query_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--index", required=True, type=Path, help="index directory")
+    p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _cache_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache-dir", type=Path, help="feature cache (default $MMREC_CACHE_DIR or ~/.cache/mmrec/features)")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmrec", description="Multimodal recommender: index, search, recommend.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    idx = sub.add_parser("index", help="build or change an item index")
+    isub = idx.add_subparsers(dest="index_command", required=True)
+    b = isub.add_parser("build", help="encode a catalog and build its FAISS index")
+    b.add_argument("--catalog", required=True, type=Path, help="items file: .csv .tsv .jsonl .parquet with item_id")
+    b.add_argument("--out", required=True, type=Path, help="index directory to create")
+    b.add_argument("--text-fields", type=_csv_list, help="comma-separated text columns (default: every string column)")
+    b.add_argument("--image-field", help="column of image paths (default: 'image' if present)")
+    b.add_argument("--image-root", type=Path, help="base for relative image paths (default: the catalog's folder)")
+    b.add_argument("--factory", default="auto", help="FAISS factory string or 'auto' (default)")
+    b.add_argument("--text-encoder", default="default", help="'default' (packaged MiniLM) or a Hugging Face model dir")
+    b.add_argument(
+        "--image-encoder", default="default",
+        help="'default' (packaged EfficientNet-Lite0), 'none', a torchvision name, or a Hugging Face model dir",
+    )
+    b.add_argument("--image-weights", type=Path, help="state-dict file for a torchvision image backbone")
+    b.add_argument("--batch-size", type=int, help="encoder batch size")
+    b.add_argument("--max-length", type=int, default=256, help="text truncation in tokens (default 256)")
+    b.add_argument("--skip-invalid", action="store_true", help="skip bad rows (reported in OUT/skipped.jsonl)")
+    b.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    _cache_opts(b)
+    _common(b)
+    b.set_defaults(func=cmd_index_build)
+
+    a = isub.add_parser("add", help="encode and add new items (only the new rows are encoded)")
+    a.add_argument("--index", required=True, type=Path)
+    a.add_argument("--catalog", required=True, type=Path, help="file of new items (same columns as the catalog)")
+    a.add_argument("--image-root", type=Path)
+    a.add_argument("--skip-invalid", action="store_true")
+    _cache_opts(a)
+    _common(a)
+    a.set_defaults(func=cmd_index_add)
+
+    r = isub.add_parser("remove", help="remove items by id")
+    r.add_argument("--index", required=True, type=Path)
+    r.add_argument("--item", required=True, nargs="+", help="item ids")
+    _common(r)
+    r.set_defaults(func=cmd_index_remove)
+
+    s = sub.add_parser("similar", help="items similar to a catalog item")
+    _query_opts(s)
+    s.add_argument("--item", required=True, help="item id")
+    _common(s)
+    s.set_defaults(func=cmd_similar)
+
+    q = sub.add_parser("search", help="items matching a text or image query")
+    _query_opts(q)
+    g = q.add_mutually_exclusive_group(required=True)
+    g.add_argument("--text", help="free-text query")
+    g.add_argument("--image", type=Path, help="query image file")
+    _common(q)
+    q.set_defaults(func=cmd_search)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # every failure is reported; the traceback only on request
+        if args.debug:
+            traceback.print_exc()
+        elif isinstance(e, MMRecError):
+            print(f"error: {e}", file=sys.stderr)
+        else:
+            print(f"error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
