@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,6 +163,14 @@ class FixedCombination:
         feats = {m: np.zeros((1, dims[m]), np.float32) for m in self.order}
         feats[modality] = vector.reshape(1, -1).astype(np.float32)
         return self.item_vectors(feats, {m: np.array([m == modality]) for m in self.order})
+
+    def item_query(self, vectors: np.ndarray) -> np.ndarray:
+        """The query that finds items similar to items with these index vectors: themselves."""
+        return vectors
+
+    def rescore(self, scores: np.ndarray, query: np.ndarray) -> np.ndarray:
+        """Scores as reported to users: the index's cosine scores as they are."""
+        return scores
 
 
 class ItemIndex:
@@ -341,10 +350,33 @@ class ItemIndex:
         items = [{ID_FIELD: i, "hashes": h, "fields": dict(r)} for i, h, r in zip(item_ids, hashes, records)]
         return cls(index, items, features, present, manifest, vectors, show_progress=show_progress, vectorizer=vectorizer)
 
-    def save(self, directory: str | Path, *, overwrite: bool = True, skipped: Catalog | None = None) -> None:
-        """Write the index directory atomically (temp directory, then rename)."""
+    def save(
+        self,
+        directory: str | Path,
+        *,
+        overwrite: bool = True,
+        skipped: Catalog | None = None,
+        attach: Any = None,
+    ) -> None:
+        """Write the index directory atomically (temp directory, then rename).
+
+        Args:
+            directory: where to write.
+            overwrite: replace an existing directory.
+            skipped: a catalog whose skipped rows go to ``skipped.jsonl``.
+            attach: ``callable(tmp_dir) -> list[file names]`` writing further files (a trained
+                model) into the directory; they are checksummed too. Without it, the files a
+                previous save attached are carried over from the directory being replaced.
+        """
         directory = Path(directory)
+        attached = list(self.manifest.get("attachments", []))
         with atomic_directory(directory, overwrite=overwrite) as tmp:
+            if attach is not None:
+                attached = list(attach(tmp))
+            else:
+                source = self.directory or directory
+                for name in attached:
+                    shutil.copy2(source / name, tmp / name)
             self.index.save(tmp)
             tensors = {f"feature.{m}": self.features[m] for m in self.modalities}
             tensors |= {f"present.{m}": self.present[m].astype(np.uint8) for m in self.modalities}
@@ -356,7 +388,9 @@ class ItemIndex:
             if skipped is not None and skipped.skipped:
                 skipped.write_skip_report(tmp / "skipped.jsonl")
             files = sorted(p.name for p in tmp.iterdir() if p.is_file())
-            manifest = dict(self.manifest, count=len(self), checksums={n: sha256_file(tmp / n) for n in files})
+            manifest = dict(
+                self.manifest, count=len(self), attachments=attached, checksums={n: sha256_file(tmp / n) for n in files}
+            )
             manifest.pop("created", None)
             write_manifest(tmp, manifest)
         self.manifest = read_manifest(directory, verify_checksums=False)
@@ -402,14 +436,23 @@ class ItemIndex:
         return [Result(i, float(s), self.items[self._pos[i]]["fields"]) for i, s in zip(ids, scores)]
 
     def search_vectors(self, queries: np.ndarray, k: int = 10, exclude=None) -> list[list[Result]]:
-        """Top-k items for each query vector ``[B, D]`` (already in index space)."""
+        """Top-k items for each query vector ``[B, D]`` (already in index space).
+
+        Args:
+            queries: ``[B, D]`` query vectors.
+            k: results per query; fewer only when fewer eligible items exist.
+            exclude: per query, ids that must not be returned (the index over-fetches so
+                that k results still come back).
+        """
+        if k < 1:
+            raise MMRecError(f"k must be at least 1, got {k}")
         ids, scores = self.index.search(queries, k, exclude=exclude)
-        return [self._results(i, s) for i, s in zip(ids, scores)]
+        return [self._results(i, self.vectorizer.rescore(s, q)) for i, s, q in zip(ids, scores, queries)]
 
     def similar(self, item_id: object, k: int = 10) -> list[Result]:
         """The k items most similar to a catalog item (the item itself excluded)."""
         iid = self.resolve_id(item_id)
-        return self.search_vectors(self.vector_of(iid), k, exclude=[{iid}])[0]
+        return self.search_vectors(self.vectorizer.item_query(self.vector_of(iid)), k, exclude=[{iid}])[0]
 
     def search_text(self, text: str, k: int = 10) -> list[Result]:
         """The k items closest to a free-text query."""
