@@ -1,0 +1,494 @@
+"""User-item interactions: load, validate, and map external ids to contiguous indices.
+
+An interaction file is a table with one row per (user, item) event:
+
+========== ======== ============================================================
+column     required meaning
+========== ======== ============================================================
+user_id    yes      the user's own id (any text or integer)
+item_id    yes      the item's own id; with a catalog, it must be a catalog id
+rating     no       a number; ``rating_threshold`` keeps rows with rating >= it
+timestamp  no       a number (e.g. Unix seconds); used by the temporal split
+split      no       ``train`` / ``valid`` / ``test``: a fixed, published split
+========== ======== ============================================================
+
+Formats, chosen by extension: ``.csv`` (comma), ``.tsv`` (tab), ``.parquet``; a ``.gz`` or
+``.bz2`` suffix on a CSV/TSV is decompressed on the fly. Other columns are ignored.
+
+The files are read with pyarrow (the engine under Hugging Face ``datasets``) rather than
+``datasets.load_dataset``: that goes through pandas type inference (``"007"`` would become
+``7``) and materialises Python rows, which is slow for 10^5-10^7 interactions; pyarrow reads
+every known column as text, and the checks below run vectorised over whole columns.
+
+Ids follow the one rule in :mod:`mmrec.ids`: a column whose every id is a canonical integer
+becomes ``int``, otherwise every id stays ``str`` (``"007"`` stays ``"007"``). With a catalog,
+an interaction's item id is matched to the catalog id with the same ``str()`` form.
+
+Rows are numbered like the rest of mmrec's errors: row 1 is the first data record after the
+header. Problems (missing or non-numeric values, unknown split names or catalog ids) raise a
+:class:`~mmrec.errors.DataError` naming file, row and field, or with ``on_invalid="skip"`` the
+offending rows are dropped and counted in ``Interactions.report``. A (user, item) pair seen
+more than once is kept once (its first row) and counted: implicit feedback is a set of pairs.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+
+from mmrec.errors import ConfigError, DataError, MMRecError, Problem
+from mmrec.ids import id_text, normalize_ids
+from mmrec.typing import ItemId, UserId
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid", "test")  # position = the int8 code stored in Interactions.split
+TRAIN, VALID, TEST = 0, 1, 2
+REQUIRED_COLUMNS = ("user_id", "item_id")
+OPTIONAL_COLUMNS = ("rating", "timestamp", "split")
+ON_INVALID = ("error", "skip")
+_FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
+_COMPRESSED = (".gz", ".bz2")
+_PROBLEMS_IN_REPORT = 20  # offending rows listed in report["problems"] when skipping
+
+
+class UnknownIdError(MMRecError, KeyError):
+    """An external user or item id that is not in this interaction set."""
+
+    def __str__(self) -> str:  # KeyError would print the message quoted
+        return str(self.args[0]) if self.args else ""
+
+
+def split_codes(split: str | Sequence[str]) -> list[int]:
+    """The int8 codes of one split name, a sequence of names, or ``"all"``.
+
+    Raises:
+        ConfigError: an unknown split name.
+    """
+    names = list(SPLITS) if split == "all" else [split] if isinstance(split, str) else list(split)
+    unknown = [s for s in names if s not in SPLITS]
+    if unknown:
+        raise ConfigError(f"unknown split {unknown[0]!r}; expected one of {', '.join(SPLITS)} or 'all'")
+    return [SPLITS.index(s) for s in names]
+
+
+@dataclass(eq=False)
+class Interactions:
+    """Interactions in contiguous index space, with the maps back to external ids.
+
+    Row ``e`` says user ``user_ids[users[e]]`` interacted with item ``item_ids[items[e]]``.
+    Users are the ones with at least one kept interaction (sorted by id); items are the
+    catalog's items in catalog order when a catalog was given (items without interactions
+    are cold-start items), else the interacted items sorted by id.
+
+    Args:
+        user_ids: contiguous user index -> external user id.
+        item_ids: contiguous item index -> external item id.
+        users: user index of each interaction.
+        items: item index of each interaction.
+        ratings: rating of each interaction, or ``None``.
+        timestamps: timestamp of each interaction, or ``None``.
+        split: 0 train, 1 valid, 2 test per interaction, or ``None`` before splitting.
+        report: what loading and splitting dropped, merged or decided, with counts.
+
+    Raises:
+        ValueError: arrays of different lengths or indices out of range.
+
+    Shapes:
+        users (E,) int64, items (E,) int64, ratings (E,) float64, timestamps (E,) float64,
+        split (E,) int8
+    """
+
+    user_ids: list[UserId]
+    item_ids: list[ItemId]
+    users: np.ndarray
+    items: np.ndarray
+    ratings: np.ndarray | None = None
+    timestamps: np.ndarray | None = None
+    split: np.ndarray | None = None
+    report: dict[str, Any] = field(default_factory=dict)
+    _user_lookup: dict[str, int] | None = field(default=None, init=False, repr=False)
+    _item_lookup: dict[str, int] | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.user_ids = list(self.user_ids)
+        self.item_ids = list(self.item_ids)
+        self.users = np.asarray(self.users, dtype=np.int64)
+        self.items = np.asarray(self.items, dtype=np.int64)
+        n = len(self.users)
+        if self.users.ndim != 1 or self.items.shape != (n,):
+            raise ValueError(
+                f"users and items must be 1-D of one length, got {self.users.shape} and {self.items.shape}"
+            )
+        spaces = (("users", self.users, len(self.user_ids)), ("items", self.items, len(self.item_ids)))
+        for name, index, size in spaces:
+            if n and (index.min() < 0 or index.max() >= size):
+                raise ValueError(f"{name} indices must lie in [0, {size}), got [{index.min()}, {index.max()}]")
+        if self.ratings is not None:
+            self.ratings = np.asarray(self.ratings, dtype=np.float64)
+        if self.timestamps is not None:
+            self.timestamps = np.asarray(self.timestamps, dtype=np.float64)
+        if self.split is not None:
+            self.split = np.asarray(self.split, dtype=np.int8)
+            if n and (self.split.min() < TRAIN or self.split.max() > TEST):
+                raise ValueError("split codes must be 0 (train), 1 (valid) or 2 (test)")
+        for name in ("ratings", "timestamps", "split"):
+            value = getattr(self, name)
+            if value is not None and value.shape != (n,):
+                raise ValueError(f"{name} must have shape ({n},), got {value.shape}")
+
+    # -- sizes -----------------------------------------------------------------------------
+    @property
+    def num_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_ids)
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def split_counts(self) -> dict[str, int]:
+        """Interactions per split name; ``{}`` before the data is split."""
+        if self.split is None:
+            return {}
+        counts = np.bincount(self.split, minlength=len(SPLITS))
+        return {name: int(c) for name, c in zip(SPLITS, counts)}
+
+    def __repr__(self) -> str:
+        split = f", split={self.split_counts()}" if self.split is not None else ""
+        return f"Interactions(users={self.num_users}, items={self.num_items}, interactions={len(self)}{split})"
+
+    # -- id lookups ------------------------------------------------------------------------
+    def user_index(self, user_id: UserId) -> int:
+        """Contiguous index of an external user id (matched by its ``str()`` form).
+
+        Raises:
+            UnknownIdError: the user has no interactions here.
+        """
+        if self._user_lookup is None:
+            self._user_lookup = {str(u): i for i, u in enumerate(self.user_ids)}
+        try:
+            return self._user_lookup[str(user_id)]
+        except KeyError:
+            raise UnknownIdError(f"unknown user id {user_id!r}: no interactions for this user") from None
+
+    def item_index(self, item_id: ItemId) -> int:
+        """Contiguous index of an external item id (matched by its ``str()`` form).
+
+        Raises:
+            UnknownIdError: the item is not in the item space.
+        """
+        if self._item_lookup is None:
+            self._item_lookup = {str(i): k for k, i in enumerate(self.item_ids)}
+        try:
+            return self._item_lookup[str(item_id)]
+        except KeyError:
+            raise UnknownIdError(f"unknown item id {item_id!r}: not in the item space") from None
+
+    # -- views -----------------------------------------------------------------------------
+    def split_mask(self, split: str | Sequence[str]) -> np.ndarray:
+        """Boolean mask ``(E,)`` of the interactions in ``split`` (a name, names, or ``"all"``).
+
+        Raises:
+            ConfigError: an unknown split name, or a named split before the data is split.
+        """
+        codes = split_codes(split)
+        if split == "all":
+            return np.ones(len(self), dtype=bool)
+        if self.split is None:
+            raise ConfigError(
+                f"interactions are not split yet; cannot select {split!r} (use mmrec.split.ensure_split)"
+            )
+        return np.isin(self.split, np.asarray(codes, dtype=np.int8))
+
+    def subset(self, split: str | Sequence[str]) -> Interactions:
+        """The interactions of one or more splits, in the same user and item index space."""
+        keep = self.split_mask(split)
+        pick = (lambda a: None if a is None else a[keep])  # noqa: E731
+        return Interactions(
+            user_ids=self.user_ids,
+            item_ids=self.item_ids,
+            users=self.users[keep],
+            items=self.items[keep],
+            ratings=pick(self.ratings),
+            timestamps=pick(self.timestamps),
+            split=pick(self.split),
+            report=dict(self.report),
+        )
+
+    def user_items(self, split: str | Sequence[str] = "all") -> sp.csr_matrix:
+        """Binary user x item matrix of the interactions in ``split``.
+
+        Row ``u`` lists user ``u``'s items (``indices[indptr[u]:indptr[u+1]]``, sorted).
+
+        Shapes:
+            -> (U, N) float32 CSR with ones
+        """
+        keep = self.split_mask(split)
+        u, i = self.users[keep], self.items[keep]
+        m = sp.csr_matrix((np.ones(len(u), dtype=np.float32), (u, i)), shape=(self.num_users, self.num_items))
+        m.sum_duplicates()
+        m.data[:] = 1.0  # a pair given twice by hand is still one interaction
+        return m
+
+    def item_popularity(self, split: str | Sequence[str] = "train") -> np.ndarray:
+        """Number of interactions of each item in ``split``.
+
+        Shapes:
+            -> (N,) int64
+        """
+        return np.bincount(self.items[self.split_mask(split)], minlength=self.num_items).astype(np.int64)
+
+
+# -- reading -------------------------------------------------------------------------------
+def _file_format(path: Path) -> str | None:
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in _COMPRESSED:
+        suffixes = suffixes[:-1]
+        fmt = _FORMATS.get(suffixes[-1]) if suffixes else None
+        return fmt if fmt in ("csv", "tsv") else None
+    return _FORMATS.get(suffixes[-1]) if suffixes else None
+
+
+def _read_header(path: Path, delimiter: str) -> list[str] | None:
+    """The header row of a (possibly compressed) CSV/TSV, or ``None`` for an empty file."""
+    with pa.input_stream(str(path), compression="detect") as stream:
+        head = stream.read(1 << 16)
+    text = head.decode("utf-8-sig", errors="replace")
+    if not text.strip():
+        return None
+    first = next(csv.reader(io.StringIO(text), delimiter=delimiter), None)
+    return [c.strip() for c in first] if first else None
+
+
+def _read_columns(path: Path, fmt: str) -> tuple[dict[str, pa.Array], int]:
+    """Every known column present, as an arrow array, and the number of data rows.
+
+    Raises:
+        DataError: empty file, missing required columns, unparseable file.
+    """
+    if fmt == "parquet":
+        try:
+            header = list(pq.read_schema(path).names)
+        except (pa.ArrowException, OSError) as e:
+            raise DataError(path, [Problem(None, None, f"cannot be read as parquet: {e}")]) from e
+    else:
+        header = _read_header(path, "\t" if fmt == "tsv" else ",")
+        if header is None:
+            raise DataError(path, [Problem(None, None, "file is empty (no header row)")])
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing:
+        found = ", ".join(repr(c) for c in header)
+        message = f"required column is missing (columns found: {found})"
+        raise DataError(path, [Problem(None, c, message) for c in missing])
+    present = [c for c in REQUIRED_COLUMNS + OPTIONAL_COLUMNS if c in header]
+    try:
+        if fmt == "parquet":
+            table = pq.read_table(path, columns=present)
+        else:
+            table = pacsv.read_csv(
+                path,
+                parse_options=pacsv.ParseOptions(delimiter="\t" if fmt == "tsv" else ","),
+                convert_options=pacsv.ConvertOptions(
+                    column_types={c: pa.string() for c in present},
+                    include_columns=present,
+                    strings_can_be_null=False,
+                ),
+            )
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(path, [Problem(None, None, f"cannot be read as {fmt}: {e}")]) from e
+    if table.num_rows == 0:
+        raise DataError(path, [Problem(None, None, "file has no data rows")])
+    return {c: table.column(c).combine_chunks() for c in present}, table.num_rows
+
+
+def _texts(column: pa.Array) -> pa.Array:
+    """A column as stripped text, ``""`` for nulls."""
+    if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
+        if pa.types.is_floating(column.type):  # a float id column from parquet: 7.0 -> "7"
+            values = ["" if v is None or v != v else id_text(v) for v in column.to_pylist()]
+            return pa.array(values, type=pa.string())
+        column = pc.cast(column, pa.string())
+    return pc.fill_null(pc.utf8_trim_whitespace(column), "")
+
+
+def _numbers(texts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Parse text to float64; returns (values, bad mask). Bad: empty, non-numeric, non-finite."""
+    values = np.full(len(texts), np.nan)
+    filled = texts != ""
+    try:
+        values[filled] = texts[filled].astype(np.float64)
+    except ValueError:  # find the offending cells one by one (error path only)
+        for k in np.flatnonzero(filled):
+            try:
+                values[k] = float(texts[k])
+            except ValueError:
+                values[k] = np.nan
+    return values, ~np.isfinite(values)
+
+
+def _id_index(texts: pa.Array) -> tuple[list[Any], np.ndarray]:
+    """Typed unique ids (mmrec.ids rule, sorted) and each row's index into them."""
+    encoded = pc.dictionary_encode(texts)  # hashing: much faster than sorting Python strings
+    typed = normalize_ids(encoded.dictionary.to_pylist())
+    order = sorted(range(len(typed)), key=typed.__getitem__)  # ints sort numerically
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[np.asarray(order, dtype=np.int64)] = np.arange(len(order))
+    return [typed[k] for k in order], rank[encoded.indices.to_numpy(zero_copy_only=False)]
+
+
+def load_interactions(
+    path: str | Path,
+    *,
+    item_ids: Sequence[ItemId] | None = None,
+    rating_threshold: float | None = None,
+    on_invalid: str = "error",
+) -> Interactions:
+    """Read, validate and index an interaction file.
+
+    Order of work: read, validate every row, drop invalid rows (``on_invalid="skip"``), drop
+    rows below ``rating_threshold``, index users and items, keep the first row of each
+    duplicated (user, item) pair. Each step's count is in ``report``.
+
+    Args:
+        path: ``.csv``, ``.tsv`` or ``.parquet`` file (see the module docstring).
+        item_ids: the item space, usually ``catalog.item_ids``: item index ``k`` is
+            ``item_ids[k]``, and an interaction with another item id is an error. Default
+            ``None``: the item space is the interacted items, sorted by id.
+        rating_threshold: keep rows with ``rating >= rating_threshold``; needs a ``rating``
+            column. Default ``None``: every row is a positive (implicit feedback).
+        on_invalid: ``"error"`` (default) raises on any invalid row; ``"skip"`` drops invalid
+            rows, counts them in ``report["invalid"]`` and lists the first few in
+            ``report["problems"]``. File-level problems always raise.
+
+    Returns:
+        The interactions, unsplit unless the file has a ``split`` column.
+
+    Raises:
+        DataError: missing file or required column, empty file, unreadable file; per row
+            (naming row and field): missing id, unknown catalog item id, missing /
+            non-numeric / non-finite rating or timestamp, unknown split name; nothing left
+            after filtering; ``rating_threshold`` without a rating column.
+        ConfigError: a bad ``on_invalid``, or ``item_ids`` with repeated ids.
+    """
+    path = Path(path)
+    if on_invalid not in ON_INVALID:
+        raise ConfigError(f"on_invalid must be one of {ON_INVALID}, got {on_invalid!r}")
+    if not path.is_file():
+        raise DataError(path, [Problem(None, None, "file not found")])
+    fmt = _file_format(path)
+    if fmt is None:
+        message = f"unknown file type {''.join(path.suffixes)!r} (use .csv, .tsv or .parquet)"
+        raise DataError(path, [Problem(None, None, message)])
+    columns, n_rows = _read_columns(path, fmt)
+    if rating_threshold is not None and "rating" not in columns:
+        message = "rating_threshold is set but the file has no rating column"
+        raise DataError(path, [Problem(None, "rating", message)])
+
+    bad: dict[str, np.ndarray] = {}  # field -> bad-row mask
+    reasons: dict[str, Any] = {}  # field -> callable(row index) -> message
+    texts = {c: _texts(columns[c]) for c in columns}
+
+    empty = {c: pc.equal(texts[c], "").to_numpy(zero_copy_only=False) for c in texts}
+    text = lambda c, k: texts[c][int(k)].as_py()  # noqa: E731  (error path only)
+    for c in REQUIRED_COLUMNS:
+        bad[c] = empty[c]
+        reasons[c] = lambda k: "missing value"
+    catalog_index = None
+    if item_ids is not None:
+        catalog_keys = [str(i) for i in item_ids]
+        if len(set(catalog_keys)) != len(catalog_keys):
+            raise ConfigError("item_ids contains the same id more than once")
+        found = pc.index_in(texts["item_id"], value_set=pa.array(catalog_keys, type=pa.string()))
+        catalog_index = found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+        unknown = (catalog_index < 0) & ~bad["item_id"]
+        bad["item_id"] = bad["item_id"] | unknown
+        reasons["item_id"] = lambda k: (
+            "missing value" if empty["item_id"][k]
+            else f"unknown item id {text('item_id', k)!r}: not in the catalog"
+        )
+    numbers: dict[str, np.ndarray] = {}
+    for c in ("rating", "timestamp"):
+        if c in texts:
+            numbers[c], bad[c] = _numbers(texts[c].to_numpy(zero_copy_only=False))
+            reasons[c] = lambda k, c=c: "missing value" if empty[c][k] else f"not a finite number: {text(c, k)!r}"
+    split = None
+    if "split" in texts:
+        found = pc.index_in(texts["split"], value_set=pa.array(SPLITS, type=pa.string()))
+        split = found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int8)
+        bad["split"] = split < 0
+        reasons["split"] = lambda k: (
+            "missing value" if empty["split"][k]
+            else f"unknown split {text('split', k)!r} (expected one of {', '.join(SPLITS)})"
+        )
+
+    invalid = np.zeros(n_rows, dtype=bool)
+    for mask in bad.values():
+        invalid |= mask
+    report: dict[str, Any] = {"path": str(path), "rows": n_rows, "invalid": int(invalid.sum())}
+    if invalid.any():
+        problems = [
+            Problem(int(k) + 1, c, reasons[c](k))
+            for k in np.flatnonzero(invalid)
+            for c in bad
+            if bad[c][k]
+        ]
+        if on_invalid == "error":
+            raise DataError(path, problems)
+        report["problems"] = [str(p) for p in problems[:_PROBLEMS_IN_REPORT]]
+        logger.warning("%s: skipped %d invalid row(s) of %d; first: %s", path, invalid.sum(), n_rows, problems[0])
+
+    keep = ~invalid
+    if rating_threshold is not None:
+        below = keep & (numbers["rating"] < rating_threshold)
+        report["below_threshold"] = int(below.sum())
+        keep &= ~below
+    if not keep.any():
+        message = "no interactions left after dropping invalid and below-threshold rows"
+        raise DataError(path, [Problem(None, None, message)])
+
+    rows = np.flatnonzero(keep)
+    user_ids, users = _id_index(texts["user_id"].take(pa.array(rows)))
+    if catalog_index is not None:
+        items_space: list[Any] = list(item_ids)  # type: ignore[arg-type]
+        items = catalog_index[rows]
+    else:
+        items_space, items = _id_index(texts["item_id"].take(pa.array(rows)))
+    # Keep the first row of each (user, item) pair, in file order.
+    _, first = np.unique(users * max(len(items_space), 1) + items, return_index=True)
+    first.sort()
+    report["duplicates"] = int(len(rows) - len(first))
+    rows, users, items = rows[first], users[first], items[first]
+
+    inter = Interactions(
+        user_ids=user_ids,
+        item_ids=items_space,
+        users=users,
+        items=items,
+        ratings=numbers["rating"][rows] if "rating" in numbers else None,
+        timestamps=numbers["timestamp"][rows] if "timestamp" in numbers else None,
+        split=split[rows] if split is not None else None,
+        report=report,
+    )
+    report.update(interactions=len(inter), users=inter.num_users, items=inter.num_items)
+    report["cold_items"] = int((np.bincount(items, minlength=inter.num_items) == 0).sum())
+    logger.info(
+        "%s: %d interactions, %d users, %d items (%d without interactions); dropped %d invalid, "
+        "%d below threshold, %d duplicate pairs",
+        path, len(inter), inter.num_users, inter.num_items, report["cold_items"], report["invalid"],
+        report.get("below_threshold", 0), report["duplicates"],
+    )
+    return inter

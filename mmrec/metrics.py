@@ -1,0 +1,287 @@
+"""Full-ranking top-K evaluation: accuracy and beyond-accuracy metrics.
+
+Protocol (MMRec / RecBole "full sort"): every user with at least one interaction in the
+evaluated split scores every item; items the user already interacted with outside that split
+are masked; the top K are compared with the held-out items. Users are scored in batches, so
+at most one ``batch x items`` score matrix exists at a time.
+
+Metric definitions, per user with truth set T (|T| >= 1) and top-K list L, then averaged over
+users (MMRec's ``utils/metrics.py``; users with no truth item are not averaged):
+
+* ``recall@K``    = |L ∩ T| / |T|
+* ``precision@K`` = |L ∩ T| / K
+* ``hit@K``       = 1 if L ∩ T is non-empty else 0
+* ``mrr@K``       = 1 / (rank of the first hit in L), 0 without a hit
+* ``ndcg@K``      = DCG / IDCG, DCG = sum over hits at rank r of 1 / log2(r + 1),
+  IDCG = sum_{r=1..min(|T|, K)} 1 / log2(r + 1)
+
+Beyond accuracy, over the same users:
+
+* ``coverage@K``  = distinct items in all top-K lists / number of items
+* ``novelty@K``   = mean self-information ``-log2(pop_i / sum pop)`` of the recommended items
+  (per list, then over users); ``pop`` is the item's training interaction count, and an
+  item never seen in training counts as seen once (so its novelty is finite, the largest)
+* ``diversity@K`` = intra-list diversity, the mean over pairs of recommended items of
+  ``1 - cos(v_a, v_b)`` (per list, then over users), from given item vectors
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from mmrec.errors import ConfigError
+from mmrec.interactions import Interactions
+
+ScoreFn = Callable[[np.ndarray], "Tensor | np.ndarray"]
+MASKS = ("all", "train")
+_DIVERSITY_BATCH = 1024  # users per chunk of the (B, K, K) similarity tensor
+
+
+def rank_topk(
+    score_fn: ScoreFn,
+    users: np.ndarray,
+    k: int,
+    exclude: sp.csr_matrix,
+    batch_size: int = 1024,
+    *,
+    progress: bool = False,
+) -> np.ndarray:
+    """Top-``k`` items of each user by score, with excluded items never recommended.
+
+    Args:
+        score_fn: maps a batch of user indices ``(B,)`` to scores over all items ``(B, N)``
+            (a torch tensor on any device, or a numpy array); called under ``torch.no_grad``.
+            Its output is not modified.
+        users: the user indices to rank for.
+        k: list length.
+        exclude: ``(U, N)`` CSR; row ``u``'s items get score ``-inf`` for user ``u``.
+        batch_size: users per ``score_fn`` call, default 1024.
+        progress: show a progress bar, default ``False``.
+
+    Returns:
+        Item indices, best first. A slot stays ``-1`` when the user has fewer than ``k``
+        items left after exclusion. Ties between equal scores are broken by ``torch.topk``.
+
+    Raises:
+        ValueError: ``k`` or ``batch_size`` < 1, scores of the wrong shape, NaN scores.
+
+    Shapes:
+        users (B_total,) -> (B_total, K) int64
+    """
+    if k < 1 or batch_size < 1:
+        raise ValueError(f"k and batch_size must be >= 1, got k={k}, batch_size={batch_size}")
+    users = np.asarray(users, dtype=np.int64)
+    exclude = sp.csr_matrix(exclude)
+    num_items = exclude.shape[1]
+    kk = min(k, num_items)
+    out = np.full((len(users), k), -1, dtype=np.int64)
+    starts = range(0, len(users), batch_size)
+    with torch.no_grad():
+        for start in tqdm(starts, disable=not progress, desc="ranking", unit="batch"):
+            batch = users[start : start + batch_size]
+            scores = score_fn(batch)
+            scores = torch.as_tensor(scores).to(torch.float32, copy=True)  # [B, N], ours to mask
+            if scores.shape != (len(batch), num_items):
+                raise ValueError(
+                    f"score_fn returned shape {tuple(scores.shape)}, expected ({len(batch)}, {num_items})"
+                )
+            sub = exclude[batch]
+            rows = np.repeat(np.arange(len(batch)), np.diff(sub.indptr))
+            rows_t = torch.from_numpy(rows).to(scores.device)
+            cols_t = torch.from_numpy(sub.indices.astype(np.int64)).to(scores.device)
+            scores[rows_t, cols_t] = -torch.inf
+            values, index = torch.topk(scores, kk, dim=1)  # [B, K]
+            if torch.isnan(values).any():  # topk ranks NaN above every number: any NaN shows here
+                raise ValueError("score_fn returned NaN scores")
+            index[values == -torch.inf] = -1
+            out[start : start + len(batch), :kk] = index.cpu().numpy()
+    return out
+
+
+def _as_csr(truth: sp.spmatrix | Sequence[np.ndarray], rows: int, num_items: int | None) -> sp.csr_matrix:
+    if sp.issparse(truth):
+        m = sp.csr_matrix(truth, copy=True)
+    else:
+        lengths = [len(t) for t in truth]
+        parts = [np.asarray(t, dtype=np.int64) for t in truth]
+        indices = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        if num_items is None:
+            raise ValueError("num_items is required when truth is a list of arrays")
+        indptr = np.concatenate(([0], np.cumsum(lengths)))
+        m = sp.csr_matrix((np.ones(len(indices), np.float32), indices, indptr), shape=(len(truth), num_items))
+    if m.shape[0] != rows:
+        raise ValueError(f"truth has {m.shape[0]} rows but topk has {rows}")
+    if num_items is not None and m.shape[1] != num_items:
+        raise ValueError(f"truth has {m.shape[1]} item columns but num_items is {num_items}")
+    m.sum_duplicates()
+    m.eliminate_zeros()
+    return m
+
+
+def evaluate_ranking(
+    topk: np.ndarray,
+    truth: sp.spmatrix | Sequence[np.ndarray],
+    ks: Sequence[int] = (10, 20),
+    *,
+    num_items: int | None = None,
+    item_popularity: np.ndarray | None = None,
+    item_vectors: np.ndarray | None = None,
+) -> dict[str, float]:
+    """Metrics of top-K lists against held-out items (definitions in the module docstring).
+
+    Args:
+        topk: ranked item indices per user, ``-1`` for empty slots (as from :func:`rank_topk`).
+        truth: held-out items of the same users, row-aligned with ``topk``: a CSR matrix or a
+            list of index arrays.
+        ks: list lengths to report, each at most ``topk.shape[1]``; default (10, 20).
+        num_items: ``N``; default the column count of a CSR ``truth`` (required for lists).
+        item_popularity: training interaction count per item; adds ``novelty@K``.
+        item_vectors: one vector per item; adds ``diversity@K``.
+
+    Returns:
+        ``{"recall@10": ..., "ndcg@10": ..., "precision@10": ..., "hit@10": ..., "mrr@10": ...,
+        "coverage@10": ..., ["novelty@10", "diversity@10",] ..., "num_users": ...}``
+        where ``num_users`` counts the users with at least one truth item.
+
+    Raises:
+        ValueError: a K larger than the lists, misaligned inputs, no user with a truth item.
+
+    Shapes:
+        topk (R, K_max), truth (R, N), item_popularity (N,), item_vectors (N, D)
+    """
+    topk = np.asarray(topk, dtype=np.int64)
+    if topk.ndim != 2:
+        raise ValueError(f"topk must be 2-D (users, K), got shape {topk.shape}")
+    if any(k < 1 or k > topk.shape[1] for k in ks):
+        raise ValueError(f"each K must lie in [1, {topk.shape[1]}] (the list length), got {tuple(ks)}")
+    truth_m = _as_csr(truth, topk.shape[0], num_items)
+    num_items = truth_m.shape[1]
+    pos_len_all = np.diff(truth_m.indptr)
+    evaluated = pos_len_all > 0
+    if not evaluated.any():
+        raise ValueError("no user has a truth item: nothing to evaluate")
+    truth_m = truth_m[evaluated]
+    top = topk[evaluated]  # [R, K_max]
+    pos_len = pos_len_all[evaluated]
+    R = len(top)
+    valid = top >= 0
+
+    # Hit matrix by key lookup: (row, item) -> row * N + item, sorted for the CSR truth.
+    truth_keys = np.repeat(np.arange(R), pos_len) * num_items + truth_m.indices
+    truth_keys.sort()
+    top_keys = np.arange(R)[:, None] * num_items + top  # [R, K_max]
+    at = np.minimum(np.searchsorted(truth_keys, top_keys), len(truth_keys) - 1)
+    hits = valid & (truth_keys[at] == top_keys)  # [R, K_max]
+
+    discount = 1.0 / np.log2(np.arange(2, topk.shape[1] + 2))  # [K_max]
+    ideal = np.cumsum(discount)  # IDCG for 1..K_max truth items
+    if item_popularity is not None:
+        pop = np.maximum(np.asarray(item_popularity, dtype=np.float64), 1.0)
+        if pop.shape != (num_items,):
+            raise ValueError(f"item_popularity must have shape ({num_items},), got {pop.shape}")
+        info = -np.log2(pop / np.asarray(item_popularity, dtype=np.float64).sum().clip(min=1.0))  # [N]
+    unit = None
+    if item_vectors is not None:
+        vecs = np.asarray(item_vectors, dtype=np.float32)
+        if vecs.ndim != 2 or vecs.shape[0] != num_items:
+            raise ValueError(f"item_vectors must have shape ({num_items}, D), got {vecs.shape}")
+        norms = np.linalg.norm(vecs, axis=1, keepdims=True)
+        unit = vecs / np.maximum(norms, 1e-12)  # a zero vector has cosine 0 with everything
+
+    out: dict[str, float] = {}
+    for k in ks:
+        h = hits[:, :k]
+        v = valid[:, :k]
+        n_hit = h.sum(axis=1)
+        out[f"recall@{k}"] = float(np.mean(n_hit / pos_len))
+        out[f"ndcg@{k}"] = float(np.mean((h * discount[:k]).sum(axis=1) / ideal[np.minimum(pos_len, k) - 1]))
+        out[f"precision@{k}"] = float(np.mean(n_hit / k))
+        out[f"hit@{k}"] = float(np.mean(n_hit > 0))
+        first = h.argmax(axis=1)  # first hit's 0-based rank (0 when no hit, masked below)
+        out[f"mrr@{k}"] = float(np.mean(np.where(n_hit > 0, 1.0 / (first + 1), 0.0)))
+        out[f"coverage@{k}"] = float(len(np.unique(top[:, :k][v])) / num_items)
+        if item_popularity is not None:
+            per_list = np.where(v, info[np.where(v, top[:, :k], 0)], 0.0).sum(axis=1)
+            n = v.sum(axis=1)
+            out[f"novelty@{k}"] = float(np.mean(per_list[n > 0] / n[n > 0]))
+        if unit is not None:
+            out[f"diversity@{k}"] = _intra_list_diversity(top[:, :k], v, unit)
+    out["num_users"] = float(R)
+    return out
+
+
+def _intra_list_diversity(top: np.ndarray, valid: np.ndarray, unit: np.ndarray) -> float:
+    """Mean over users (with >= 2 items) of mean pairwise ``1 - cos`` within the list."""
+    k = top.shape[1]
+    off_diagonal = ~np.eye(k, dtype=bool)
+    per_user = []
+    for start in range(0, len(top), _DIVERSITY_BATCH):
+        t, v = top[start : start + _DIVERSITY_BATCH], valid[start : start + _DIVERSITY_BATCH]
+        x = unit[np.where(v, t, 0)]  # [B, K, D]
+        cos = x @ x.transpose(0, 2, 1)  # [B, K, K]
+        pair = v[:, :, None] & v[:, None, :] & off_diagonal  # [B, K, K]
+        n_pairs = pair.sum(axis=(1, 2))
+        dist = np.where(pair, 1.0 - cos, 0.0).sum(axis=(1, 2))
+        per_user.append(dist[n_pairs > 0] / n_pairs[n_pairs > 0])
+    scores = np.concatenate(per_user)
+    return float(scores.mean()) if len(scores) else float("nan")
+
+
+def evaluate(
+    score_fn: ScoreFn,
+    inter: Interactions,
+    split: str = "test",
+    mask: str = "all",
+    ks: Sequence[int] = (10, 20),
+    batch_size: int = 1024,
+    *,
+    item_vectors: np.ndarray | None = None,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Full-ranking evaluation of a scorer on the ``valid`` or ``test`` split.
+
+    Args:
+        score_fn: see :func:`rank_topk`.
+        inter: split interactions.
+        split: ``"valid"`` or ``"test"`` (default).
+        mask: which of the user's other interactions are excluded from ranking:
+            ``"all"`` (default; RecBole and production convention): every interaction outside
+            the evaluated split that the evaluation may know of -- train when validating,
+            train + valid when testing; ``"train"``: train only (MMRec's convention, used by
+            the published numbers in the data README).
+        ks: list lengths, default (10, 20).
+        batch_size: users per ``score_fn`` call.
+        item_vectors: item vectors for ``diversity@K``; default none.
+        progress: show a progress bar.
+
+    Returns:
+        :func:`evaluate_ranking`'s dict, with novelty from training popularity.
+
+    Raises:
+        ConfigError: unknown ``split`` or ``mask``; unsplit interactions.
+        ValueError: no user has an interaction in ``split``.
+    """
+    if split not in ("valid", "test"):
+        raise ConfigError(f"split must be 'valid' or 'test', got {split!r}")
+    if mask not in MASKS:
+        raise ConfigError(f"mask must be one of {', '.join(MASKS)}, got {mask!r}")
+    truth = inter.user_items(split)
+    users = np.flatnonzero(np.diff(truth.indptr))
+    if mask == "train" or split == "valid":
+        exclude = inter.user_items("train")
+    else:
+        exclude = inter.user_items(["train", "valid"])
+    topk = rank_topk(score_fn, users, max(ks), exclude, batch_size, progress=progress)
+    return evaluate_ranking(
+        topk,
+        truth[users],
+        ks,
+        num_items=inter.num_items,
+        item_popularity=inter.item_popularity("train"),
+        item_vectors=item_vectors,
+    )

@@ -1,0 +1,253 @@
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from mmrec.errors import ConfigError, DataError, MMRecError
+from mmrec.ids import normalize_ids
+from mmrec.interactions import Interactions, UnknownIdError, load_interactions
+
+DATA = Path(__file__).parents[2].parent / "shared" / "data"
+
+HEADER = ["user_id", "item_id", "rating", "timestamp", "split"]
+ROWS = [
+    ["7", "30", "5", "100", "train"],
+    ["7", "10", "3", "105", "train"],
+    ["2", "10", "4", "99", "valid"],
+    ["7", "30", "1", "200", "test"],  # duplicate of row 1: kept once (row 1 wins)
+    ["2", "20", "2.5", "101", "test"],
+    ["11", "30", "4", "50", "train"],
+]
+
+
+def write(path: Path, rows: list[list[str]], header: list[str] = HEADER) -> Path:
+    """Write rows as CSV / TSV (by extension, .gz compressed) or Parquet (all-text columns)."""
+    if path.suffix == ".parquet":
+        pq.write_table(pa.table({h: [r[k] for r in rows] for k, h in enumerate(header)}), path)
+        return path
+    sep = "\t" if ".tsv" in path.suffixes else ","
+    text = "\n".join(sep.join(r) for r in [header] + rows) + "\n"
+    if path.suffix == ".gz":
+        path.write_bytes(gzip.compress(text.encode()))
+    else:
+        path.write_text(text)
+    return path
+
+
+def fields(inter: Interactions) -> dict:
+    report = {k: v for k, v in inter.report.items() if k != "path"}
+    return {
+        "user_ids": inter.user_ids,
+        "item_ids": inter.item_ids,
+        "types": [type(x) for x in inter.user_ids + inter.item_ids],
+        "users": inter.users.tolist(),
+        "items": inter.items.tolist(),
+        "ratings": inter.ratings.tolist(),
+        "timestamps": inter.timestamps.tolist(),
+        "split": inter.split.tolist(),
+        "report": report,
+    }
+
+
+def test_load_exact_contents(tmp_path: Path) -> None:
+    inter = load_interactions(write(tmp_path / "i.csv", ROWS))
+    assert inter.user_ids == [2, 7, 11]  # integer ids, sorted numerically (not "11" < "2")
+    assert inter.item_ids == [10, 20, 30]
+    assert inter.users.tolist() == [1, 1, 0, 0, 2]  # file order, duplicate row 4 dropped
+    assert inter.items.tolist() == [2, 0, 0, 1, 2]
+    assert inter.ratings.tolist() == [5.0, 3.0, 4.0, 2.5, 4.0]
+    assert inter.timestamps.tolist() == [100.0, 105.0, 99.0, 101.0, 50.0]
+    assert inter.split.tolist() == [0, 0, 1, 2, 0]
+    assert inter.users.dtype == np.int64 and inter.split.dtype == np.int8
+    assert inter.report["duplicates"] == 1 and inter.report["rows"] == 6 and inter.report["invalid"] == 0
+    split = "split={'train': 3, 'valid': 1, 'test': 1}"
+    assert repr(inter) == f"Interactions(users=3, items=3, interactions=5, {split})"
+
+
+def test_csv_tsv_parquet_and_gzip_give_identical_interactions(tmp_path: Path) -> None:
+    ref = fields(load_interactions(write(tmp_path / "i.csv", ROWS)))
+    for name in ("i.tsv", "i.parquet", "i.csv.gz", "i.tsv.gz"):
+        assert fields(load_interactions(write(tmp_path / name, ROWS))) == ref, name
+
+
+def test_parquet_with_typed_columns_matches_csv(tmp_path: Path) -> None:
+    table = pa.table(
+        {
+            "user_id": [7, 7, 2, 7, 2, 11],
+            "item_id": [30, 10, 10, 30, 20, 30],
+            "rating": [5.0, 3.0, 4.0, 1.0, 2.5, 4.0],
+            "timestamp": [100, 105, 99, 200, 101, 50],
+            "split": pa.array(["train", "train", "valid", "test", "test", "train"]).dictionary_encode(),
+        }
+    )
+    pq.write_table(table, tmp_path / "typed.parquet")
+    got = fields(load_interactions(tmp_path / "typed.parquet"))
+    assert got == fields(load_interactions(write(tmp_path / "i.csv", ROWS)))
+
+
+def test_string_ids_keep_leading_zeros(tmp_path: Path) -> None:
+    rows = [["u1", "007", "1", "1", "train"], ["u2", "12", "1", "1", "train"], ["u1", "12", "1", "1", "test"]]
+    inter = load_interactions(write(tmp_path / "s.csv", rows))
+    assert inter.user_ids == ["u1", "u2"]
+    assert inter.item_ids == ["007", "12"]  # one non-canonical id keeps the whole column text
+    assert inter.item_ids == sorted(normalize_ids(["007", "12"]))  # the same rule as catalogs
+    assert inter.item_index("007") == 0 and inter.item_index(12) == 1  # matched by str()
+    with pytest.raises(UnknownIdError, match="unknown item id 7: not in the item space"):
+        inter.item_index(7)
+
+
+def test_catalog_item_space_and_cold_items(tmp_path: Path) -> None:
+    catalog = [30, 99, 10, 20]  # catalog order; item 99 has no interactions
+    inter = load_interactions(write(tmp_path / "i.csv", ROWS), item_ids=catalog)
+    assert inter.item_ids == catalog
+    assert inter.items.tolist() == [0, 2, 2, 3, 0]
+    assert inter.report["cold_items"] == 1
+    assert inter.user_items("all").shape == (3, 4)
+    str_catalog = ["30", "99", "10", "20"]  # str ids match the file's int ids by str()
+    by_str = load_interactions(write(tmp_path / "i.csv", ROWS), item_ids=str_catalog)
+    assert by_str.items.tolist() == [0, 2, 2, 3, 0]
+
+
+def test_user_and_item_lookup(tmp_path: Path) -> None:
+    inter = load_interactions(write(tmp_path / "i.csv", ROWS))
+    assert inter.user_index(11) == 2 and inter.user_index("11") == 2 and inter.item_index(20) == 1
+    with pytest.raises(UnknownIdError) as err:
+        inter.user_index(5)
+    assert str(err.value) == "unknown user id 5: no interactions for this user"
+    assert isinstance(err.value, KeyError) and isinstance(err.value, MMRecError)
+
+
+def test_rating_threshold(tmp_path: Path) -> None:
+    inter = load_interactions(write(tmp_path / "i.csv", ROWS), rating_threshold=4)
+    # Kept: rows 1 (5), 3 (4), 6 (4); row 4 (rating 1) is below threshold, not a duplicate.
+    assert inter.ratings.tolist() == [5.0, 4.0, 4.0]
+    assert inter.user_ids == [2, 7, 11] and inter.item_ids == [10, 30]
+    assert inter.report["below_threshold"] == 3 and inter.report["duplicates"] == 0
+    with pytest.raises(DataError, match="no interactions left"):
+        load_interactions(write(tmp_path / "i.csv", ROWS), rating_threshold=10)
+    with pytest.raises(DataError, match="field 'rating': rating_threshold is set but the file has no rating col"):
+        load_interactions(write(tmp_path / "n.csv", [r[:2] for r in ROWS], HEADER[:2]), rating_threshold=3)
+
+
+def test_optional_columns_absent(tmp_path: Path) -> None:
+    inter = load_interactions(write(tmp_path / "n.csv", [r[:2] for r in ROWS], HEADER[:2]))
+    assert inter.ratings is None and inter.timestamps is None and inter.split is None
+    assert repr(inter) == "Interactions(users=3, items=3, interactions=5)"
+    with pytest.raises(ConfigError, match="not split yet"):
+        inter.subset("train")
+
+
+def test_subset_and_user_items(tmp_path: Path) -> None:
+    inter = load_interactions(write(tmp_path / "i.csv", ROWS))
+    train = inter.subset("train")
+    assert train.user_ids == inter.user_ids and train.item_ids == inter.item_ids
+    assert train.users.tolist() == [1, 1, 2] and train.items.tolist() == [2, 0, 2]
+    m = inter.user_items(["valid", "test"])
+    assert m.toarray().tolist() == [[1, 1, 0], [0, 0, 0], [0, 0, 0]]
+    assert inter.item_popularity("train").tolist() == [1, 0, 2]
+    with pytest.raises(ConfigError, match="unknown split 'tset'"):
+        inter.user_items("tset")
+
+
+# -- errors: each names the file, and the row and field where there is one --------------------
+def check_error(tmp_path: Path, rows: list[list[str]], expected: list[str], **kwargs) -> DataError:
+    path = write(tmp_path / "bad.csv", rows)
+    with pytest.raises(DataError) as err:
+        load_interactions(path, **kwargs)
+    message = str(err.value)
+    for line in expected:
+        assert f"{path}: {line}" in message, message
+    return err.value
+
+
+def test_error_non_numeric_rating_and_timestamp(tmp_path: Path) -> None:
+    rows = [r[:] for r in ROWS]
+    rows[1][2] = "good"
+    rows[4][3] = "yesterday"
+    rows[5][2] = "nan"
+    err = check_error(
+        tmp_path,
+        rows,
+        [
+            "row 2, field 'rating': not a finite number: 'good'",
+            "row 5, field 'timestamp': not a finite number: 'yesterday'",
+            "row 6, field 'rating': not a finite number: 'nan'",
+        ],
+    )
+    assert len(err.problems) == 3
+
+
+def test_error_unknown_split_and_missing_values(tmp_path: Path) -> None:
+    rows = [r[:] for r in ROWS]
+    rows[2][4] = "validation"
+    rows[3][0] = ""
+    rows[4][3] = ""
+    check_error(
+        tmp_path,
+        rows,
+        [
+            "row 3, field 'split': unknown split 'validation' (expected one of train, valid, test)",
+            "row 4, field 'user_id': missing value",
+            "row 5, field 'timestamp': missing value",
+        ],
+    )
+
+
+def test_error_unknown_catalog_item(tmp_path: Path) -> None:
+    expected = ["row 5, field 'item_id': unknown item id '20': not in the catalog"]
+    check_error(tmp_path, ROWS, expected, item_ids=[10, 30])
+
+
+def test_error_missing_column_empty_file_no_rows(tmp_path: Path) -> None:
+    path = write(tmp_path / "cols.csv", [[r[0], r[2]] for r in ROWS], ["user_id", "rating"])
+    expected = r"cols.csv: field 'item_id': required column is missing \(columns found: 'user_id', 'rating'\)"
+    with pytest.raises(DataError, match=expected):
+        load_interactions(path)
+    (tmp_path / "empty.tsv").write_text("")
+    with pytest.raises(DataError, match=r"empty.tsv: file is empty \(no header row\)"):
+        load_interactions(tmp_path / "empty.tsv")
+    (tmp_path / "header.csv").write_text("user_id,item_id\n")
+    with pytest.raises(DataError, match="header.csv: file has no data rows"):
+        load_interactions(tmp_path / "header.csv")
+    with pytest.raises(DataError, match="file not found"):
+        load_interactions(tmp_path / "missing.csv")
+    (tmp_path / "x.json").write_text("{}")
+    with pytest.raises(DataError, match=r"unknown file type '.json'"):
+        load_interactions(tmp_path / "x.json")
+
+
+def test_on_invalid_skip_counts_and_reports(tmp_path: Path) -> None:
+    rows = [r[:] for r in ROWS]
+    rows[1][2] = "good"
+    rows[2][4] = "later"
+    inter = load_interactions(write(tmp_path / "bad.csv", rows), on_invalid="skip")
+    assert inter.report["invalid"] == 2
+    assert inter.report["problems"] == [
+        "row 2, field 'rating': not a finite number: 'good'",
+        "row 3, field 'split': unknown split 'later' (expected one of train, valid, test)",
+    ]
+    assert len(inter) == 3 and inter.user_ids == [2, 7, 11]  # rows 1, 5, 6 (4 duplicates 1)
+    with pytest.raises(ConfigError, match="on_invalid must be one of"):
+        load_interactions(write(tmp_path / "bad.csv", rows), on_invalid="ignore")
+
+
+def test_interactions_constructor_checks() -> None:
+    with pytest.raises(ValueError, match=r"items indices must lie in \[0, 2\)"):
+        Interactions(user_ids=[0], item_ids=[0, 1], users=[0], items=[2])
+    with pytest.raises(ValueError, match="split codes"):
+        Interactions(user_ids=[0], item_ids=[0], users=[0], items=[0], split=[3])
+
+
+def test_amazon_baby_published_counts() -> None:
+    path = DATA / "amazon-baby" / "interactions.tsv"
+    if not path.is_file():
+        pytest.skip(f"real data not present at {path}")
+    inter = load_interactions(path)
+    assert (inter.num_users, inter.num_items) == (19_445, 7_050)
+    assert inter.split_counts() == {"train": 118_551, "valid": 20_559, "test": 21_682}
+    assert inter.report["duplicates"] == 0 and inter.report["invalid"] == 0

@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mmrec.errors import ConfigError
+from mmrec.interactions import Interactions, load_interactions
+from mmrec.split import ensure_split, split_random, split_sizes, split_temporal
+
+DATA = Path(__file__).parents[2].parent / "shared" / "data"
+
+
+@pytest.mark.parametrize(
+    ("n", "expected"),
+    [
+        (1, (1, 0, 0)),  # MMRec's rule would break; a user keeps its one interaction for training
+        (2, (1, 0, 1)),  # test before validation, as RecBole
+        (3, (1, 1, 1)),  # MMRec: [0] * (n - 2) + [1] + [2]
+        (9, (7, 1, 1)),
+        (10, (8, 1, 1)),  # int(10 * 0.2) = 2 held out
+        (15, (12, 1, 2)),  # int(3) held out; the odd one goes to test
+        (20, (16, 2, 2)),
+        (23, (19, 2, 2)),  # int(4.6) = 4
+        (101, (81, 10, 10)),
+    ],
+)
+def test_split_sizes_follow_mmrec_rule(n: int, expected: tuple[int, int, int]) -> None:
+    got = split_sizes(np.array([n]))
+    assert tuple(int(a[0]) for a in got) == expected
+
+
+def test_split_sizes_other_ratios() -> None:
+    n = np.array([1, 2, 3, 10, 20])
+    train, valid, test = split_sizes(n, (0.8, 0.0, 0.2))
+    assert (train.tolist(), valid.tolist(), test.tolist()) == ([1, 1, 2, 8, 16], [0, 0, 0, 0, 0], [0, 1, 1, 2, 4])
+    train, valid, test = split_sizes(n, (6, 2, 2), min_full=3)  # unnormalised ratios are normalised
+    assert (train.tolist(), valid.tolist(), test.tolist()) == ([1, 1, 2, 6, 12], [0, 0, 0, 2, 4], [0, 1, 1, 2, 4])
+    with pytest.raises(ConfigError, match="the train ratio must be positive"):
+        split_sizes(n, (0, 0.5, 0.5))
+    with pytest.raises(ConfigError, match="three non-negative numbers"):
+        split_sizes(n, (0.9, -0.1, 0.2))
+
+
+def _random_interactions(seed: int = 0, num_users: int = 40, num_items: int = 60) -> Interactions:
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(1, 30, size=num_users)
+    users = np.repeat(np.arange(num_users), counts)
+    items = np.concatenate([rng.choice(num_items, size=c, replace=False) for c in counts])
+    shuffle = rng.permutation(len(users))
+    return Interactions(
+        user_ids=list(range(num_users)),
+        item_ids=list(range(num_items)),
+        users=users[shuffle],
+        items=items[shuffle],
+        timestamps=rng.permutation(len(users)).astype(np.float64) * 10,
+    )
+
+
+def test_random_split_is_seeded_per_user_and_complete() -> None:
+    inter = _random_interactions()
+    a, b, c = split_random(inter, seed=3), split_random(inter, seed=3), split_random(inter, seed=4)
+    np.testing.assert_array_equal(a.split, b.split)
+    assert not np.array_equal(a.split, c.split)
+    assert inter.split is None  # the input is not modified
+    counts = np.bincount(inter.users, minlength=inter.num_users)
+    expected = split_sizes(counts)
+    for code, sizes in enumerate(expected):
+        np.testing.assert_array_equal(np.bincount(a.users[a.split == code], minlength=inter.num_users), sizes)
+        np.testing.assert_array_equal(np.bincount(c.users[c.split == code], minlength=inter.num_users), sizes)
+    assert (np.bincount(a.users[a.split == 0], minlength=inter.num_users) >= 1).all()  # everyone trains
+    # Every interaction is in exactly one split and the (user, item) sets do not overlap.
+    pairs = [set(zip(a.users[a.split == s].tolist(), a.items[a.split == s].tolist())) for s in range(3)]
+    assert sum(map(len, pairs)) == len(inter)
+    assert not (pairs[0] & pairs[1] or pairs[0] & pairs[2] or pairs[1] & pairs[2])
+    assert a.report["split"] == {
+        "method": "random", "ratios": [0.8, 0.1, 0.1], "seed": 3, "min_full": 10, "counts": a.split_counts()
+    }
+
+
+def test_temporal_split_orders_by_time() -> None:
+    inter = _random_interactions(1)
+    t = split_temporal(inter)
+    counts = np.bincount(inter.users, minlength=inter.num_users)
+    for code, sizes in enumerate(split_sizes(counts)):
+        np.testing.assert_array_equal(np.bincount(t.users[t.split == code], minlength=inter.num_users), sizes)
+    for u in range(inter.num_users):
+        mine = t.users == u
+        ts, sp = t.timestamps[mine], t.split[mine]
+        for early, late in ((0, 1), (1, 2), (0, 2)):
+            if (sp == early).any() and (sp == late).any():
+                assert ts[sp == early].max() < ts[sp == late].min()
+
+
+def test_temporal_ties_keep_file_order() -> None:
+    inter = Interactions(
+        user_ids=[0], item_ids=list(range(3)), users=[0, 0, 0], items=[2, 0, 1], timestamps=[5.0, 5.0, 5.0]
+    )
+    assert split_temporal(inter).split.tolist() == [0, 1, 2]
+
+
+def test_ensure_split() -> None:
+    inter = _random_interactions()
+    given = split_random(inter, seed=9)
+    assert ensure_split(given) is given  # auto keeps a given split
+    assert ensure_split(given, "given") is given
+    np.testing.assert_array_equal(ensure_split(inter, seed=9).split, given.split)  # auto: random
+    np.testing.assert_array_equal(ensure_split(given, "temporal").split, split_temporal(inter).split)
+    with pytest.raises(ConfigError, match="how='given' but the interactions have no split column"):
+        ensure_split(inter, "given")
+    with pytest.raises(ConfigError, match="how must be one of auto, given, random, temporal"):
+        ensure_split(inter, "leave-one-out")
+    no_time = Interactions(user_ids=[0], item_ids=[0], users=[0], items=[0])
+    with pytest.raises(ConfigError, match="split_temporal needs a timestamp column"):
+        ensure_split(no_time, "temporal")
+
+
+def test_rule_reproduces_published_amazon_baby_split() -> None:
+    """The published MMRec split's per-user train/valid/test sizes are exactly split_sizes."""
+    path = DATA / "amazon-baby" / "interactions.tsv"
+    if not path.is_file():
+        pytest.skip(f"real data not present at {path}")
+    inter = load_interactions(path)
+    counts = np.bincount(inter.users, minlength=inter.num_users)
+    for code, sizes in enumerate(split_sizes(counts)):
+        got = np.bincount(inter.users[inter.split == code], minlength=inter.num_users)
+        np.testing.assert_array_equal(got, sizes)
