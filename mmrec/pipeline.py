@@ -1,0 +1,268 @@
+"""From files to a trained recommender directory: the ``mmrec train`` / ``evaluate`` jobs.
+
+``fit`` reads a catalog (optional), precomputed ``.npy`` features (optional) and an interaction
+file; encodes the catalog with frozen encoders (cached); splits; trains a
+:class:`~fusion.FusedGraphModel`; reports test metrics; and writes one directory that both
+serves (FAISS index of the trained item vectors) and reloads the model.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from index.mips import MipsTransform
+from mmrec.catalog import Catalog, load_catalog
+from mmrec.config import TrainConfig
+from mmrec.errors import ConfigError, DataError, MMRecError, Problem
+from mmrec.interactions import Interactions, load_interactions
+from mmrec.item_index import ItemIndex, encode_catalog, encoder_spec, make_encoder
+from mmrec.metrics import evaluate
+from mmrec.recommender import Recommender, TrainedContent
+from mmrec.split import ensure_split
+from mmrec.train import TrainData, Trainer, TrainResult, build_model, seed_everything
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Content:
+    """Item space and content features of a training run.
+
+    Attributes:
+        item_ids: the item space (catalog order, or ``0..N-1`` rows of ``.npy`` features, or
+            ``None`` to take the interacted items).
+        features: modality -> ``[N, D_m]`` float32.
+        present: modality -> ``[N]`` bool.
+        records: display fields per item.
+        hashes: content hashes per item.
+        encoders: manifest specs of the encoders used.
+        catalog: the catalog, when one was given.
+    """
+
+    item_ids: list | None
+    features: dict[str, np.ndarray]
+    present: dict[str, np.ndarray]
+    records: list[dict[str, str]] | None
+    hashes: list[dict[str, str]] | None
+    encoders: dict[str, dict]
+    catalog: Catalog | None = None
+
+
+def load_npy_features(specs: Mapping[str, str | Path], num_items: int | None) -> dict[str, np.ndarray]:
+    """Read ``name -> path.npy`` features, one row per item (row i = item i, as in MMRec)."""
+    out = {}
+    for name, path in specs.items():
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(path, [Problem(None, None, f"feature file for modality '{name}' not found")])
+        x = np.load(path)
+        if x.ndim != 2:
+            raise DataError(path, [Problem(None, None, f"features must be 2-d [items, width], got shape {x.shape}")])
+        if num_items is not None and len(x) != num_items:
+            raise DataError(path, [Problem(None, None, f"{len(x)} rows, but the catalog has {num_items} items")])
+        bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+        if len(bad):
+            raise DataError(path, [Problem(int(r) + 1, None, "non-finite feature value") for r in bad[:20]])
+        out[name] = x.astype(np.float32)
+    return out
+
+
+def load_content(
+    catalog: str | Path | Catalog | None,
+    features: Mapping[str, str | Path] | None,
+    *,
+    text_encoder: str | Path = "default",
+    image_encoder: str | Path | None = "default",
+    image_weights: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    show_progress: bool = True,
+    **catalog_options: Any,
+) -> Content:
+    """Catalog + encoders (frozen, cached) and/or ``.npy`` features -> :class:`Content`."""
+    features = dict(features or {})
+    if catalog is not None and not isinstance(catalog, Catalog):
+        catalog = load_catalog(catalog, show_progress=show_progress, **catalog_options)
+    feats, present, hashes, specs, records, item_ids = {}, {}, None, {}, None, None
+    if catalog is not None:
+        encoders = {}
+        if any(catalog.texts) and text_encoder not in (None, "none"):
+            encoders["text"] = make_encoder("text", {"model": str(text_encoder)}, show_progress)
+            specs["text"] = encoder_spec(encoders["text"], text_encoder)
+        if catalog.has_images and image_encoder not in (None, "none"):
+            encoders["image"] = make_encoder("image", {"model": str(image_encoder), "weights": image_weights},
+                                             show_progress)
+            specs["image"] = encoder_spec(encoders["image"], image_encoder,
+                                          weights=str(image_weights) if image_weights else None)
+        clash = set(encoders) & set(features)
+        if clash:
+            raise ConfigError(f"modalities {sorted(clash)} come both from the catalog and from --features: rename one")
+        feats, present, hashes = encode_catalog(catalog, encoders, cache_dir)
+        records, item_ids = catalog.records, list(catalog.item_ids)
+    npy = load_npy_features(features, len(item_ids) if item_ids is not None else None)
+    if npy:
+        if item_ids is None:
+            sizes = {len(x) for x in npy.values()}
+            if len(sizes) != 1:
+                raise ConfigError(f"feature files have different row counts: { {m: len(x) for m, x in npy.items()} }")
+            item_ids = list(range(sizes.pop()))
+        for m, x in npy.items():
+            feats[m], present[m] = x, np.abs(x).sum(axis=1) > 0
+    return Content(item_ids, feats, present, records, hashes, specs, catalog)
+
+
+def interactions_for(content: Content, path: str | Path, *, split: str, seed: int,
+                     rating_threshold: float | None = None, on_invalid: str = "error") -> Interactions:
+    inter = load_interactions(path, item_ids=content.item_ids, rating_threshold=rating_threshold,
+                              on_invalid=on_invalid)
+    return ensure_split(inter, split, seed)
+
+
+def fit(
+    interactions: str | Path,
+    *,
+    catalog: str | Path | Catalog | None = None,
+    features: Mapping[str, str | Path] | None = None,
+    out: str | Path | None = None,
+    config: TrainConfig = TrainConfig(),
+    split: str = "auto",
+    rating_threshold: float | None = None,
+    factory: str = "auto",
+    overwrite: bool = False,
+    show_progress: bool = True,
+    content: Content | None = None,
+    **content_options: Any,
+) -> tuple[Recommender, TrainResult, dict[str, float]]:
+    """Train a recommender and (when ``out`` is given) write its directory.
+
+    Args:
+        interactions: interaction file (``user_id``, ``item_id``, optional ``rating``,
+            ``timestamp``, ``split``).
+        catalog: items file or :class:`Catalog` (optional when ``features`` are given, and
+            for ID-only training).
+        features: modality name -> ``.npy`` file of precomputed features, one row per item.
+        out: directory to write, ``None`` for in memory only.
+        config: the training configuration.
+        split: ``auto`` (the file's split column, else random 80/10/10), ``given``,
+            ``random`` or ``temporal``.
+        rating_threshold: keep ratings ``>=`` this as positives (default: every row).
+        factory: FAISS factory for the trained item vectors.
+        overwrite: replace an existing ``out``.
+        content: already loaded content (skips the catalog / feature loading).
+
+    Returns:
+        ``(recommender, training result, test metrics)``.
+    """
+    if out is not None and Path(out).exists() and not overwrite:
+        raise MMRecError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
+    if config.finetune != "frozen":
+        raise ConfigError("encoder fine-tuning (top:N / full) is not available yet: use --finetune frozen")
+    seed_everything(config.seed)
+    if content is None:
+        content = load_content(catalog, features, show_progress=show_progress, **content_options)
+    inter = interactions_for(content, interactions, split=split, seed=config.seed, rating_threshold=rating_threshold)
+    logger.info("%r", inter)
+    item_ids = content.item_ids if content.item_ids is not None else list(inter.item_ids)
+    n = len(item_ids)
+    dims = {m: int(x.shape[1]) for m, x in content.features.items()} if config.use_content else {}
+    model = build_model(config, inter.num_users, n, dims)
+    train_degree = np.bincount(inter.items[inter.split_mask("train")], minlength=n)
+    has_id = torch.from_numpy(train_degree > 0) if dims else None
+    cold = int((train_degree == 0).sum())
+    if cold and dims:
+        logger.info("%d items have no training interaction: learned from content alone", cold)
+    data = TrainData(
+        inter,
+        {m: torch.from_numpy(content.features[m]) for m in dims},
+        {m: torch.from_numpy(content.present[m]) for m in dims},
+        has_id,
+    )
+    trainer = Trainer(model, data, config, show_progress=show_progress)
+    result = trainer.fit()
+    test = trainer.validate("test") if inter.split_mask("test").any() else {}
+    if test:
+        logger.info("test recall@20 %.4f ndcg@20 %.4f", test["recall@20"], test["ndcg@20"])
+    user_vecs, item_vecs, _ = (t.cpu().numpy() for t in trainer.vectors())
+    mips = MipsTransform.fit(item_vecs)
+    cold_scale = 1.0 / (config.layers + 1)
+    vectorizer = TrainedContent(model, mips, cold_scale)
+    known = inter.user_items("all")
+    known = sp.csr_matrix((np.ones(known.nnz, np.float32), known.indices, known.indptr), shape=known.shape)
+    items = ItemIndex.from_features(
+        item_ids,
+        {m: content.features[m] for m in dims},
+        {m: content.present[m] for m in dims},
+        content.records,
+        factory=factory,
+        encoders={m: s for m, s in content.encoders.items() if m in dims},
+        hashes=content.hashes,
+        vectors=mips.items(item_vecs),
+        vectorizer=vectorizer,
+        show_progress=show_progress,
+        kind="trained",
+        text_fields=content.catalog.text_fields if content.catalog else [],
+        image_field=content.catalog.image_field if content.catalog else None,
+        source=str(interactions),
+    )
+    rec = Recommender(items, model.eval(), config, inter.user_ids, user_vecs, known, item_ids)
+    if out is not None:
+        extra = {
+            "num_users": inter.num_users,
+            "num_items": n,
+            "modality_dims": dims,
+            "mips_max_norm": mips.max_norm,
+            "cold_scale": cold_scale,
+            "split": split,
+            "rating_threshold": rating_threshold,
+        }
+        items.save(out, overwrite=overwrite, attach=rec.attach_files(extra))
+        report = {"best_epoch": result.best_epoch, "valid": result.best_valid, "test": test,
+                  "seconds_per_epoch": result.seconds_per_epoch, "history": result.history, "data": inter.report}
+        (Path(out) / "train_report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+    return rec, result, test
+
+
+def evaluate_directory(
+    rec: Recommender,
+    interactions: str | Path,
+    *,
+    split: str = "test",
+    mask: str | None = None,
+    how: str | None = None,
+    ks: tuple[int, ...] = (10, 20),
+) -> dict[str, Any]:
+    """Full-ranking metrics of a trained directory on an interaction file.
+
+    The item space is the index's current items; users the model does not know are skipped
+    (counted). The split is rebuilt as at training time (same rule and seed).
+    """
+    if not rec.trained:
+        raise MMRecError("evaluation needs a trained directory (made by `mmrec train`)")
+    extra_split = how or "auto"
+    item_ids = [it["item_id"] for it in rec.items.items]
+    inter = ensure_split(load_interactions(interactions, item_ids=item_ids), extra_split, rec.config.seed)
+    rows = np.array([rec._user_pos_str.get(str(u), -1) for u in inter.user_ids])
+    unknown = int((rows < 0).sum())
+    if unknown:
+        logger.warning("%d users of %s are unknown to the model: skipped", unknown, interactions)
+        keep = rows[inter.users] >= 0
+        inter = Interactions(inter.user_ids, inter.item_ids, inter.users[keep], inter.items[keep],
+                             split=inter.split[keep], report=inter.report)
+    item_vecs = torch.from_numpy(rec.items.vectors[:, :-1] * rec.items.vectorizer.mips.max_norm)  # undo MIPS: [N, D]
+    user_vecs = torch.from_numpy(rec.user_vectors)
+
+    def score(users: np.ndarray) -> torch.Tensor:
+        r = rows[users]
+        s = user_vecs[torch.from_numpy(np.maximum(r, 0))] @ item_vecs.T  # [B, N]
+        s[torch.from_numpy(r < 0)] = float("-inf")
+        return s
+
+    metrics = evaluate(score, inter, split=split, mask=mask or rec.config.mask, ks=ks)
+    return {"split": split, "mask": mask or rec.config.mask, "users_skipped": unknown, **metrics}

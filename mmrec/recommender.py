@@ -1,0 +1,208 @@
+"""The ``Recommender`` facade: one directory, every question a user asks of it.
+
+A directory made by ``mmrec index build`` answers :meth:`similar`, :meth:`search_text` and
+:meth:`search_image`; one made by ``mmrec train`` answers :meth:`recommend` and
+:meth:`evaluate` too. The facade only delegates: retrieval to :class:`ItemIndex`, the
+content path to the trained :class:`fusion.FusedGraphModel`, metrics to :mod:`mmrec.metrics`.
+
+A trained directory adds to the index files (see :mod:`mmrec.item_index`)::
+
+    config.json          TrainConfig + model sizes + the MIPS norm bound
+    model.safetensors    fusion / projection / graph weights
+    users.json           user ids, and the item ids of the training item space
+    users.safetensors    user vectors [U, D] and each user's known items (CSR)
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from safetensors.numpy import load_file as load_numpy, save_file as save_numpy
+from safetensors.torch import load_file as load_torch, save_file as save_torch
+
+from fusion.model import FusedGraphModel
+from index.mips import MipsTransform
+from mmrec.config import TrainConfig, load_config, save_config
+from mmrec.errors import ConfigError, MMRecError
+from mmrec.item_index import ItemIndex, Result
+from mmrec.typing import ItemId, UserId
+
+logger = logging.getLogger(__name__)
+
+TRAINED_FILES = ["config.json", "model.safetensors", "users.json", "users.safetensors"]
+
+
+class TrainedContent:
+    """Index vectors of a trained model for items and queries known only by their content.
+
+    A new item (or a text / image query) is fused from its modality features with the ID
+    token masked (:meth:`FusedGraphModel.content_only`). Training gives items without
+    interactions no edges, so after layer-mean propagation such an item's vector is its
+    layer-0 vector divided by ``L + 1``; ``cold_scale`` applies the same factor to items added
+    later, so they land where the trained graph would have put them.
+
+    Args:
+        model: the trained model (put in eval mode).
+        mips: the index's MIPS transform.
+        cold_scale: factor applied to content-only item vectors.
+    """
+
+    def __init__(self, model: FusedGraphModel, mips: MipsTransform, cold_scale: float) -> None:
+        self.model = model.eval()
+        self.mips = mips
+        self.cold_scale = cold_scale
+
+    @torch.no_grad()
+    def content_vectors(self, features: dict[str, np.ndarray], present: dict[str, np.ndarray]) -> np.ndarray:
+        """Raw ``[N, D]`` content-only vectors (modalities the model lacks are an error)."""
+        unknown = set(features) - set(self.model.modality_dims)
+        if unknown:
+            raise ConfigError(
+                f"the model was trained without the modalities {sorted(unknown)} "
+                f"(it knows {list(self.model.modality_dims) or 'none: it is ID-only'})"
+            )
+        if not self.model.modality_dims:
+            raise ConfigError("an ID-only model cannot place items or queries by content: train with content")
+        feats = {m: torch.from_numpy(np.asarray(x, np.float32)) for m, x in features.items()}
+        has = {m: torch.from_numpy(np.asarray(present[m], bool)) for m in features}
+        return self.model.content_only(feats, has).numpy() * self.cold_scale
+
+    def item_vectors(self, features: dict[str, np.ndarray], present: dict[str, np.ndarray]) -> np.ndarray:
+        return self.mips.items(self.content_vectors(features, present))
+
+    def query_vector(self, modality: str, vector: np.ndarray, dims: dict[str, int]) -> np.ndarray:
+        q = self.content_vectors({modality: vector.reshape(1, -1)}, {modality: np.ones(1, bool)})
+        return self.mips.queries(q)
+
+    def item_query(self, vectors: np.ndarray) -> np.ndarray:
+        """Items similar to an item: the items a user placed at that item's vector would score highest."""
+        return self.mips.queries(vectors[:, :-1])
+
+    def rescore(self, scores: np.ndarray, query: np.ndarray) -> np.ndarray:
+        return self.mips.dot_products(scores, query[:-1])
+
+
+class Recommender:
+    """Similar items, content search, user recommendations and evaluation from one directory.
+
+    Args:
+        items: the item index.
+        model: the trained model, or ``None`` for a content-only index.
+        config: its training configuration.
+        user_ids: external user ids, in user-vector order.
+        user_vectors: ``[U, D]`` trained user vectors.
+        known: ``[U, N_train]`` CSR of each user's interactions (excluded from recommendations).
+        train_item_ids: the item ids of ``known``'s columns.
+    """
+
+    def __init__(
+        self,
+        items: ItemIndex,
+        model: FusedGraphModel | None = None,
+        config: TrainConfig | None = None,
+        user_ids: Sequence[UserId] = (),
+        user_vectors: np.ndarray | None = None,
+        known: sp.csr_matrix | None = None,
+        train_item_ids: Sequence[ItemId] = (),
+    ) -> None:
+        self.items = items
+        self.model = model
+        self.config = config
+        self.user_ids = list(user_ids)
+        self.user_vectors = user_vectors
+        self.known = known
+        self.train_item_ids = list(train_item_ids)
+        self._user_pos = {u: i for i, u in enumerate(self.user_ids)}
+        self._user_pos_str = {str(u): i for i, u in enumerate(self.user_ids)}
+
+    def __repr__(self) -> str:
+        kind = "trained" if self.model is not None else "content"
+        return f"Recommender({kind}, items={len(self.items)}, users={len(self.user_ids)})"
+
+    @property
+    def trained(self) -> bool:
+        return self.model is not None
+
+    # ------------------------------------------------------------------------------ persist
+    @classmethod
+    def load(cls, directory: str | Path, *, show_progress: bool = True) -> "Recommender":
+        """Open an index or trained directory."""
+        directory = Path(directory)
+        items = ItemIndex.load(directory, show_progress=show_progress)
+        if items.manifest.get("kind") != "trained":
+            return cls(items)
+        cfg, extra = load_config(TrainConfig, directory / "config.json")
+        model = FusedGraphModel(
+            extra["num_users"], extra["num_items"], extra["modality_dims"], dim=cfg.dim, num_layers=cfg.layers,
+            num_heads=cfg.heads, use_id=cfg.use_id, projection_hidden=cfg.projection_hidden or None,
+        )
+        model.load_state_dict(load_torch(str(directory / "model.safetensors")))
+        items.vectorizer = TrainedContent(model, MipsTransform(extra["mips_max_norm"]), extra["cold_scale"])
+        users = json.loads((directory / "users.json").read_text())
+        t = load_numpy(str(directory / "users.safetensors"))
+        known = sp.csr_matrix(
+            (np.ones(len(t["known_indices"]), np.float32), t["known_indices"], t["known_indptr"]),
+            shape=(len(users["user_ids"]), len(users["item_ids"])),
+        )
+        return cls(items, model.eval(), cfg, users["user_ids"], t["user_vectors"], known, users["item_ids"])
+
+    def attach_files(self, extra: dict[str, Any]):
+        """A writer for :meth:`ItemIndex.save` that adds the trained files to the directory."""
+
+        def write(tmp: Path) -> list[str]:
+            save_config(self.config, tmp / "config.json", **extra)
+            state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+            save_torch(state, str(tmp / "model.safetensors"))
+            (tmp / "users.json").write_text(json.dumps({"user_ids": self.user_ids, "item_ids": self.train_item_ids}))
+            save_numpy(
+                {
+                    "user_vectors": np.ascontiguousarray(self.user_vectors, np.float32),
+                    "known_indptr": self.known.indptr.astype(np.int64),
+                    "known_indices": self.known.indices.astype(np.int64),
+                },
+                str(tmp / "users.safetensors"),
+            )
+            return list(TRAINED_FILES)
+
+        return write
+
+    # ------------------------------------------------------------------------------ queries
+    def similar(self, item_id: object, k: int = 10) -> list[Result]:
+        return self.items.similar(item_id, k)
+
+    def search_text(self, text: str, k: int = 10) -> list[Result]:
+        return self.items.search_text(text, k)
+
+    def search_image(self, path: str | Path, k: int = 10) -> list[Result]:
+        return self.items.search_image(path, k)
+
+    def user_index(self, user_id: object) -> int:
+        if user_id in self._user_pos:
+            return self._user_pos[user_id]
+        if str(user_id) in self._user_pos_str:
+            return self._user_pos_str[str(user_id)]
+        raise MMRecError(f"user '{user_id}' is not known to this model ({len(self.user_ids)} users)")
+
+    def known_items(self, user_id: object) -> list[ItemId]:
+        """The items a user interacted with in the training data (never recommended back)."""
+        row = self.user_index(user_id)
+        return [self.train_item_ids[j] for j in self.known.indices[self.known.indptr[row] : self.known.indptr[row + 1]]]
+
+    def recommend(self, user_id: object, k: int = 10, *, exclude_known: bool = True) -> list[Result]:
+        """Top-k items for a user from the FAISS index, known items excluded.
+
+        The index over-fetches and refills, so exactly k results come back whenever k items
+        remain, even with an approximate index.
+        """
+        if not self.trained:
+            raise MMRecError("this directory holds a content index, not a trained model: run `mmrec train` first")
+        row = self.user_index(user_id)
+        q = self.items.vectorizer.mips.queries(self.user_vectors[row : row + 1])
+        exclude = [set(self.known_items(user_id))] if exclude_known else None
+        return self.items.search_vectors(q, k, exclude=exclude)[0]

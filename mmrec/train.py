@@ -1,0 +1,264 @@
+"""Training loop of the fused graph recommender: sampling, BPR / sampled softmax, early stopping.
+
+The loop is plain PyTorch on the full graph (``pyg-lib`` / ``torch-sparse`` do not install here,
+so there is no neighbour sampling): every step propagates all users and items, scores a batch of
+(user, positive, negatives) triples and steps Adam. Validation ranks every item for every
+validation user (in batches of users), masks known items, and keeps the best state by
+Recall@20; training stops after ``patience`` evaluations without improvement.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from fusion.losses import alignment_loss, bpr_loss, l2_regularization, sampled_softmax_loss
+from fusion.model import FusedGraphModel
+from mmrec.config import TrainConfig
+from mmrec.graph import build_edge_index
+from mmrec.interactions import Interactions
+from mmrec.metrics import evaluate
+
+logger = logging.getLogger(__name__)
+
+EVAL_KEY = "recall@20"
+
+
+@dataclass
+class TrainData:
+    """Everything a training run reads, in contiguous index space.
+
+    Attributes:
+        inter: split interactions (users x items of the whole item space).
+        features: modality -> ``[N, D_m]`` float32 features (rows of absent items ignored).
+        present: modality -> ``[N]`` bool.
+        has_id: ``[N]`` bool, False for items that must be learned from content alone
+            (cold-start items held out of training); default every item.
+    """
+
+    inter: Interactions
+    features: dict[str, Tensor] = field(default_factory=dict)
+    present: dict[str, Tensor] = field(default_factory=dict)
+    has_id: Tensor | None = None
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    best_valid: dict[str, float]
+    history: list[dict[str, float]]
+    seconds_per_epoch: float
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+
+def build_model(cfg: TrainConfig, num_users: int, num_items: int, modality_dims: Mapping[str, int]) -> FusedGraphModel:
+    """The model a config describes (``use_content=False`` drops every content modality)."""
+    return FusedGraphModel(
+        num_users,
+        num_items,
+        dict(modality_dims) if cfg.use_content else {},
+        dim=cfg.dim,
+        num_layers=cfg.layers,
+        num_heads=cfg.heads,
+        use_id=cfg.use_id,
+        modality_dropout=cfg.modality_dropout,
+        id_dropout=cfg.id_dropout,
+        dropout=cfg.dropout,
+        projection_hidden=cfg.projection_hidden or None,
+    )
+
+
+class NegativeSampler:
+    """Uniform negatives that are never one of the user's known positives.
+
+    Args:
+        positives: ``[U, N]`` CSR of every interaction the model may learn from (train split).
+        seed: generator seed.
+    """
+
+    def __init__(self, positives: sp.csr_matrix, seed: int) -> None:
+        coo = positives.tocoo()
+        self.num_items = positives.shape[1]
+        self.keys = np.unique(coo.row.astype(np.int64) * self.num_items + coo.col)  # sorted
+        self.counts = np.diff(positives.indptr)
+        if (self.counts >= self.num_items).any():
+            raise ValueError("a user has interacted with every item: no negative exists")
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, users: np.ndarray, num: int) -> np.ndarray:
+        """``[B, num]`` negative item indices for ``users`` ``[B]``."""
+        users = np.repeat(users, num)  # [B*num]
+        neg = self.rng.integers(0, self.num_items, size=len(users))
+        todo = np.arange(len(users))
+        while len(todo):  # resample the ones that hit a positive; terminates since no user has all items
+            keys = users[todo] * self.num_items + neg[todo]
+            pos = np.searchsorted(self.keys, keys)
+            hit = (pos < len(self.keys)) & (self.keys[np.minimum(pos, len(self.keys) - 1)] == keys)
+            todo = todo[hit]
+            neg[todo] = self.rng.integers(0, self.num_items, size=len(todo))
+        return neg.reshape(-1, num)
+
+
+class Trainer:
+    """Fits a :class:`FusedGraphModel` on :class:`TrainData` as a :class:`TrainConfig` says.
+
+    Args:
+        model: the model (built with :func:`build_model`).
+        data: interactions with a split, features, presence.
+        cfg: the configuration.
+        extra_params: further parameter groups (fine-tuned encoders), each a dict for Adam.
+        feature_hook: called before every step with the batch's item indices; returns the
+            features to use (lets fine-tuned encoders refresh the batch's rows with gradients).
+        show_progress: a progress bar over epochs.
+    """
+
+    def __init__(
+        self,
+        model: FusedGraphModel,
+        data: TrainData,
+        cfg: TrainConfig,
+        *,
+        extra_params: list[dict] | None = None,
+        feature_hook: Callable[[np.ndarray], dict[str, Tensor]] | None = None,
+        show_progress: bool = True,
+    ) -> None:
+        self.model, self.data, self.cfg = model, data, cfg
+        self.device = torch.device(cfg.device)
+        self.model.to(self.device)
+        inter = data.inter
+        train = inter.split_mask("train")
+        self.train_users = inter.users[train]
+        self.train_items = inter.items[train]
+        if not len(self.train_users):
+            raise ValueError("no training interactions")
+        self.edge_index = build_edge_index(
+            self.train_users, self.train_items, inter.num_users, num_items=inter.num_items
+        ).to(self.device)
+        self.sampler = NegativeSampler(inter.user_items("train"), cfg.seed)
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}] + list(extra_params or [])
+        self.optimizer = torch.optim.Adam(groups, lr=cfg.lr)
+        self.feature_hook = feature_hook
+        self.show_progress = show_progress
+        self.features = {m: x.to(self.device) for m, x in data.features.items()}
+        self.present = {m: x.to(self.device) for m, x in data.present.items()}
+        self.has_id = data.has_id.to(self.device) if data.has_id is not None else None
+        self.rng = np.random.default_rng(cfg.seed)
+
+    # ------------------------------------------------------------------------------ vectors
+    def forward(self, features: Mapping[str, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Full-graph pass on the training graph: (user_vecs [U, D], item_vecs [N, D], weights [N, M])."""
+        return self.model(self.features if features is None else features, self.present, self.edge_index,
+                          has_id=self.has_id)
+
+    @torch.no_grad()
+    def vectors(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Eval-mode user and item vectors and attention weights."""
+        self.model.eval()
+        return self.forward()
+
+    def validate(self, split: str = "valid") -> dict[str, float]:
+        users, items, _ = self.vectors()
+        return evaluate(
+            lambda u: users[torch.as_tensor(u, device=users.device)] @ items.T,  # [B, N]
+            self.data.inter, split=split, mask=self.cfg.mask, ks=(10, 20), batch_size=self.cfg.eval_batch_size,
+        )
+
+    # ------------------------------------------------------------------------------- steps
+    def step(self, users: np.ndarray, pos: np.ndarray) -> float:
+        cfg, model = self.cfg, self.model
+        model.train()
+        neg = self.sampler(users, cfg.negatives)  # [B, S]
+        features = None
+        if self.feature_hook is not None:
+            features = self.feature_hook(np.unique(np.concatenate([pos, neg.ravel()])))
+        user_vecs, item_vecs, _ = self.forward(features)
+        u = torch.as_tensor(users, device=self.device)
+        p = torch.as_tensor(pos, device=self.device)
+        n = torch.as_tensor(neg, device=self.device)
+        uv = user_vecs[u]  # [B, D]
+        pos_scores = (uv * item_vecs[p]).sum(-1)  # [B]
+        neg_scores = torch.einsum("bd,bsd->bs", uv, item_vecs[n])  # [B, S]
+        if cfg.loss == "bpr":
+            loss = bpr_loss(pos_scores.unsqueeze(1).expand_as(neg_scores).reshape(-1), neg_scores.reshape(-1))
+        else:
+            un = torch.nn.functional.normalize(uv, dim=-1)
+            inorm = torch.nn.functional.normalize(item_vecs, dim=-1)
+            loss = sampled_softmax_loss(
+                (un * inorm[p]).sum(-1), torch.einsum("bd,bsd->bs", un, inorm[n]), temperature=cfg.temperature
+            )
+        reg_terms = [model.user_embedding.weight[u]]
+        if model.item_embedding is not None:
+            reg_terms += [model.item_embedding.weight[p], model.item_embedding.weight[n.reshape(-1)]]
+        loss = loss + cfg.reg * l2_regularization(*reg_terms, batch_size=len(users))
+        if cfg.align_weight > 0 and model.modality_dims and cfg.use_content:
+            batch_items = torch.unique(p)
+            feats = self.features if features is None else features
+            content = model.content_only(
+                {m: x[batch_items] for m, x in feats.items()}, {m: x[batch_items] for m, x in self.present.items()}
+            )  # [B', D]
+            loss = loss + cfg.align_weight * alignment_loss(content, item_vecs[batch_items].detach())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def fit(self) -> TrainResult:
+        """Train with early stopping; the model ends holding its best validation state."""
+        cfg = self.cfg
+        best, best_epoch, best_state, bad = -1.0, 0, None, 0
+        history: list[dict[str, float]] = []
+        seconds = []
+        has_valid = bool(self.data.inter.split_mask("valid").any())
+        bar = tqdm(range(1, cfg.epochs + 1), desc="training", unit="epoch", disable=not self.show_progress)
+        for epoch in bar:
+            t = time.perf_counter()
+            order = self.rng.permutation(len(self.train_users))
+            losses = []
+            for start in range(0, len(order), cfg.batch_size):
+                idx = order[start : start + cfg.batch_size]
+                losses.append(self.step(self.train_users[idx], self.train_items[idx]))
+            seconds.append(time.perf_counter() - t)
+            row = {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": seconds[-1]}
+            if has_valid and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
+                metrics = self.validate("valid")
+                row |= {f"valid_{k}": v for k, v in metrics.items()}
+                score = metrics[EVAL_KEY]
+                if score > best:
+                    best, best_epoch, bad = score, epoch, 0
+                    best_state = copy.deepcopy(self.model.state_dict())
+                else:
+                    bad += 1
+                logger.info(
+                    "epoch %d loss %.4f valid recall@20 %.4f ndcg@20 %.4f (%.1fs)",
+                    epoch, row["loss"], score, metrics.get("ndcg@20", float("nan")), seconds[-1],
+                )
+                bar.set_postfix(loss=f"{row['loss']:.4f}", r20=f"{score:.4f}", best=f"{best:.4f}")
+            else:
+                logger.info("epoch %d loss %.4f (%.1fs)", epoch, row["loss"], seconds[-1])
+            history.append(row)
+            if has_valid and bad >= cfg.patience:
+                logger.info("early stop at epoch %d: best valid recall@20 %.4f at epoch %d", epoch, best, best_epoch)
+                break
+        if best_state is not None:
+            self.model.load_state_dict(best_state)
+        else:
+            best_epoch = len(history)
+        best_row = next((h for h in history if h["epoch"] == best_epoch), {})
+        return TrainResult(
+            best_epoch=best_epoch,
+            best_valid={k[6:]: v for k, v in best_row.items() if k.startswith("valid_")},
+            history=history,
+            seconds_per_epoch=float(np.mean(seconds)),
+        )
