@@ -1,0 +1,660 @@
+"""FAISS index over item vectors, keyed by the catalog's own item ids.
+
+:class:`FaissIndex` wraps one FAISS index described by a factory string and adds what a
+recommender needs on top of raw FAISS:
+
+* **Cosine similarity everywhere.** Vectors are cast to float32 and L2-normalised by the wrapper
+  itself (for both ``add`` and ``search``), then searched by inner product; callers pass raw
+  vectors. Zero, NaN and infinite rows are rejected.
+* **Catalog ids.** Items are added under their own ids (``str`` or ``int``, mixed allowed, ``7``
+  and ``"7"`` are different items); FAISS sees a private, never-reused int64 label per add.
+* **Removal for every factory.** Flat and IVF indexes drop removed vectors physically; HNSW graphs
+  cannot, so removed labels become tombstones that an ``IDSelector`` hides at search time (the
+  graph still routes through them, which keeps recall intact). Rebuild an HNSW index when most of
+  it is tombstones: the memory is not reclaimed.
+* **Exclusion with refill.** ``search(..., exclude=[...])`` hides per-query ids (a user's known
+  items, the query item itself) and still returns ``k`` results whenever ``k`` eligible items
+  exist: it over-fetches, and when an approximate index comes back short it retries with a larger
+  ``k`` and wider search (``nprobe`` / ``efSearch``), ending, if it must, with an exhaustive scan.
+* **Persistence** of the FAISS index plus ids, tombstones and search knobs (see :meth:`save`).
+
+Factories offered: ``Flat`` (exact), ``HNSW{M}``, ``IVF{n},Flat``, ``IVF{n},SQ8``,
+``IVF{n},PQ{m}``, and ``auto`` (see :meth:`FaissIndex.resolve_factory`).
+
+Example::
+
+    index = FaissIndex.build(item_vectors, item_ids)          # factory="auto"
+    ids, scores = index.search(query_vectors, k=10, exclude=[seen_by_user])
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import faiss
+import numpy as np
+from tqdm.auto import tqdm
+
+from index.persist import IndexFormatError, sha256_file
+
+logger = logging.getLogger(__name__)
+
+ItemId = Union[str, int]  # the catalog's own item id (mirrors mmrec.typing.ItemId; index must not import mmrec)
+
+INDEX_FILE = "index.faiss"
+IDS_FILE = "ids.json"
+IDS_FORMAT_VERSION = 1
+
+AUTO_EXACT_BELOW = 100_000  # "auto" keeps exact search below this many items
+MIN_POINTS_PER_CENTROID = 39  # faiss k-means warns below this; we refuse instead (see train)
+PQ_CENTROIDS = 256  # 8-bit PQ codes: each sub-quantizer is a 256-centroid k-means
+DEFAULT_EF_SEARCH = 128  # HNSW: recall@10 >= 0.95 on bench_index.py's clustered sets
+_ADD_CHUNK = 65_536  # rows per faiss add call, so progress can be reported
+
+_GONE = object()  # marks a label whose item was removed
+
+_FACTORY_FORMS = "Flat, HNSW{M}, IVF{n},Flat, IVF{n},SQ8, IVF{n},PQ{m} (e.g. 'HNSW32', 'IVF1024,PQ16') or auto"
+_HNSW_RE = re.compile(r"HNSW([1-9][0-9]*)")
+_IVF_RE = re.compile(r"IVF([1-9][0-9]*),(Flat|SQ8|PQ([1-9][0-9]*))")
+
+
+class UnknownIdError(KeyError):
+    """Some ids given to :meth:`FaissIndex.remove` are not in the index (``.ids`` lists them)."""
+
+    def __init__(self, ids: list[ItemId]) -> None:
+        super().__init__(ids)
+        self.ids = ids
+
+    def __str__(self) -> str:
+        shown = ", ".join(repr(i) for i in self.ids[:10])
+        more = f" (+{len(self.ids) - 10} more)" if len(self.ids) > 10 else ""
+        return f"{len(self.ids)} id(s) not in the index: {shown}{more}"
+
+
+@dataclass(frozen=True)
+class _Spec:
+    kind: str  # "flat" | "hnsw" | "ivf"
+    hnsw_m: int = 0
+    nlist: int = 0
+    codec: str = ""  # IVF list storage: "Flat" | "SQ8" | "PQ"
+    pq_m: int = 0
+
+
+def _parse_factory(factory: str) -> _Spec:
+    if not isinstance(factory, str):
+        raise TypeError(f"factory must be a string, got {type(factory).__name__}")
+    if factory == "Flat":
+        return _Spec("flat")
+    m = _HNSW_RE.fullmatch(factory)
+    if m:
+        if int(m.group(1)) < 2:
+            raise ValueError(f"factory {factory!r}: HNSW needs M >= 2")
+        return _Spec("hnsw", hnsw_m=int(m.group(1)))
+    m = _IVF_RE.fullmatch(factory)
+    if m:
+        codec = "PQ" if m.group(3) else m.group(2)
+        return _Spec("ivf", nlist=int(m.group(1)), codec=codec, pq_m=int(m.group(3) or 0))
+    raise ValueError(f"unknown factory {factory!r}; accepted forms: {_FACTORY_FORMS}")
+
+
+def _default_nprobe(nlist: int) -> int:
+    """IVF default: scan ~1/32 of the lists (at least 8), which reaches recall@10 >= 0.95 with
+    ``IVF{n},Flat`` on bench_index.py's clustered sets for the ``n`` that ``auto`` picks."""
+    return min(nlist, max(8, nlist // 32))
+
+
+def _auto_nlist(n: int) -> int:
+    """A power of two near ``4 * sqrt(n)``: 1024 lists at 100k items, 4096 at 1M."""
+    return 1 << max(0, round(math.log2(4 * math.sqrt(n))))
+
+
+def _canonical_id(item_id: Any) -> ItemId:
+    if isinstance(item_id, (bool, np.bool_)):
+        raise TypeError(f"item id {item_id!r} is a bool; ids must be str or int")
+    if isinstance(item_id, (str, int)):
+        return item_id
+    if isinstance(item_id, np.integer):
+        return int(item_id)
+    if isinstance(item_id, np.str_):
+        return str(item_id)
+    raise TypeError(f"item id {item_id!r} has type {type(item_id).__name__}; ids must be str or int")
+
+
+def _unit_rows(vectors: Any, dim: int | None, what: str) -> np.ndarray:
+    """float32 copy of ``vectors`` with unit-norm rows, or a ValueError naming the bad row."""
+    try:
+        x = np.array(vectors, dtype=np.float32, copy=True)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{what} cannot be converted to float32: {e}") from e
+    want = f"(N, {dim})" if dim is not None else "(N, D)"
+    if x.ndim != 2 or (dim is not None and x.shape[1] != dim) or x.shape[1] == 0:
+        raise ValueError(f"{what} must have shape {want}, got {x.shape}")
+    bad = ~np.isfinite(x).all(axis=1)
+    if bad.any():
+        raise ValueError(f"{what} row {int(np.flatnonzero(bad)[0])} contains NaN or inf")
+    norms = np.linalg.norm(x, axis=1, keepdims=True)  # [N, 1]
+    zero = norms[:, 0] == 0
+    if zero.any():
+        raise ValueError(f"{what} row {int(np.flatnonzero(zero)[0])} is a zero vector (cannot be L2-normalised)")
+    x /= norms  # [N, D]
+    return x
+
+
+class FaissIndex:
+    """Inner product on L2-normalised vectors; the catalog's own ids mapped to int64 FAISS ids.
+
+    Build one with :meth:`build` (train + add); the constructor makes an empty, untrained index.
+
+    Args:
+        dim: Vector dimension D.
+        factory: A concrete factory string (not ``"auto"``; see :meth:`resolve_factory`).
+            Defaults to ``"Flat"``.
+
+    Shapes:
+        add: vectors (N, D), ids N -> None
+        search: queries (B, D) -> B lists of <= K ids, B arrays (<= K,) float32 scores
+    """
+
+    metric = "inner_product"
+
+    def __init__(self, dim: int, factory: str = "Flat") -> None:
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        if factory == "auto":
+            raise ValueError("factory 'auto' needs the catalog size: use FaissIndex.build() or resolve_factory()")
+        spec = _parse_factory(factory)
+        if spec.codec == "PQ" and dim % spec.pq_m:
+            raise ValueError(f"factory {factory!r}: PQ{spec.pq_m} needs dim divisible by {spec.pq_m}, got dim={dim}")
+        self.dim = int(dim)
+        self.factory = factory
+        self._spec = spec
+        base = faiss.index_factory(self.dim, factory, faiss.METRIC_INNER_PRODUCT)
+        if spec.codec == "PQ":
+            # Polysemous training (faiss's default for "PQm") only serves Hamming-filtered search,
+            # which this wrapper never uses, and it dominates training time.
+            base.do_polysemous_training = False
+        # IVF indexes store ids natively; Flat and HNSW get an id map around them.
+        self._index = base if spec.kind == "ivf" else faiss.IndexIDMap(base)
+        self._label_of: dict[ItemId, int] = {}  # live items, insertion order
+        self._id_by_label: list[Any] = []  # label -> item id, or _GONE once removed
+        self._tombstones: set[int] = set()  # HNSW labels removed logically
+        self._tomb_selector: Any = None  # cached IDSelectorNot over the tombstones
+        self._nprobe = _default_nprobe(spec.nlist) if spec.kind == "ivf" else 0
+        self._ef_search = DEFAULT_EF_SEARCH if spec.kind == "hnsw" else 0
+        self._push_knobs()
+
+    # ----------------------------------------------------------------- construction
+    @staticmethod
+    def resolve_factory(factory: str, n: int) -> str:
+        """Turn ``"auto"`` into a concrete factory for ``n`` items; validate and return others.
+
+        The ``auto`` rule (from ``scripts/bench_index.py``, see ``benchmarks/results/index.md``):
+
+        * ``n < 100_000``: ``"Flat"`` -- exact, and fast enough at this size.
+        * otherwise ``"IVF{nlist},Flat"`` with ``nlist`` the power of two nearest
+          ``4 * sqrt(n)`` (1024 at 100k, 4096 at 1M), searched with the default
+          ``nprobe = max(8, nlist // 32)``. At 1M 64-d clustered vectors this measured
+          recall@10 >= 0.95 at well over 20x the QPS of exact search; it trains in seconds,
+          removes items physically, and needs no more memory than Flat. HNSW32 was as fast to
+          query but took minutes to build on two cores and cannot free removed items.
+
+        Args:
+            factory: ``"auto"`` or one of the concrete forms.
+            n: Number of items the index will hold.
+
+        Returns:
+            A concrete factory string.
+
+        Raises:
+            ValueError: Unknown factory form.
+        """
+        if factory == "auto":
+            if n < AUTO_EXACT_BELOW:
+                return "Flat"
+            return f"IVF{_auto_nlist(n)},Flat"
+        _parse_factory(factory)
+        return factory
+
+    @classmethod
+    def build(
+        cls,
+        vectors: np.ndarray,
+        ids: Sequence[ItemId],
+        factory: str = "auto",
+        *,
+        train_size: int = 100_000,
+        seed: int = 0,
+        progress: bool = False,
+    ) -> FaissIndex:
+        """Create, train (IVF/PQ, on a seeded sample of ``vectors``) and fill an index.
+
+        Args:
+            vectors: Item vectors; normalised by the wrapper.
+            ids: One catalog id per row.
+            factory: Factory string or ``"auto"``. Defaults to ``"auto"``.
+            train_size: Most rows used to train IVF / PQ. Defaults to 100_000.
+            seed: Seed of the training sample. Defaults to 0.
+            progress: Show a tqdm bar while adding. Defaults to False.
+
+        Returns:
+            The filled index.
+
+        Shapes:
+            vectors (N, D), ids N -> index of N items
+        """
+        x = _unit_rows(vectors, None, "vectors")
+        clean_ids = _check_new_ids({}, ids, len(x))
+        index = cls(x.shape[1], cls.resolve_factory(factory, len(x)))
+        start = time.perf_counter()
+        if not index.is_trained:
+            index._train_unit(x, train_size=train_size, seed=seed)
+        index._add_unit(x, clean_ids, progress=progress)
+        logger.info("built %s over %d x %d vectors in %.1f s", index.factory, *x.shape, time.perf_counter() - start)
+        return index
+
+    @property
+    def is_trained(self) -> bool:
+        """False for an IVF index that has not been trained yet."""
+        return bool(self._index.is_trained)
+
+    def train(self, vectors: np.ndarray, *, train_size: int = 100_000, seed: int = 0) -> None:
+        """Train the IVF coarse quantizer (and SQ / PQ codec) on a seeded sample of ``vectors``.
+
+        Every k-means involved must get at least 39 points per centroid (faiss's own guideline):
+        ``IVF{n}`` needs ``39 * n`` training rows, ``PQ`` codebooks ``39 * 256``. With fewer rows
+        this raises instead of silently training a poor index (or clamping ``n`` behind the
+        caller's back); the message says the largest ``n`` that would fit.
+
+        Args:
+            vectors: Training vectors (usually the catalog itself).
+            train_size: Most rows to sample. Defaults to 100_000.
+            seed: Sample seed. Defaults to 0.
+
+        Raises:
+            ValueError: Not an IVF index, already trained, or too few training rows.
+
+        Shapes:
+            vectors (N, D) -> None
+        """
+        self._train_unit(_unit_rows(vectors, self.dim, "training vectors"), train_size=train_size, seed=seed)
+
+    def _train_unit(self, x: np.ndarray, *, train_size: int, seed: int) -> None:
+        if self._spec.kind != "ivf":
+            raise ValueError(f"{self.factory} needs no training")
+        if self.is_trained:
+            raise ValueError(f"{self.factory} index is already trained")
+        n_train = min(len(x), int(train_size))
+        need = MIN_POINTS_PER_CENTROID * self._spec.nlist
+        if self._spec.codec == "PQ":
+            need = max(need, MIN_POINTS_PER_CENTROID * PQ_CENTROIDS)
+        if n_train < need:
+            fits = max(1, n_train // MIN_POINTS_PER_CENTROID)
+            hint = f"use IVF{fits} or fewer lists, or factory='auto'" if fits * MIN_POINTS_PER_CENTROID <= n_train else "use Flat"
+            if self._spec.codec == "PQ" and n_train < MIN_POINTS_PER_CENTROID * PQ_CENTROIDS:
+                hint = f"PQ codebooks need {MIN_POINTS_PER_CENTROID * PQ_CENTROIDS} rows; use SQ8 or Flat lists"
+            raise ValueError(
+                f"factory {self.factory!r} needs at least {need} training vectors "
+                f"({MIN_POINTS_PER_CENTROID} per centroid); got {n_train} "
+                f"(catalog {len(x)}, train_size {train_size}): {hint}"
+            )
+        rng = np.random.default_rng(seed)
+        sample = x if n_train == len(x) else x[np.sort(rng.choice(len(x), n_train, replace=False))]
+        ivf = faiss.extract_index_ivf(self._index)
+        ivf.cp.seed = seed  # coarse k-means seed (faiss defaults to a fixed 1234)
+        start = time.perf_counter()
+        self._index.train(sample)
+        logger.info("trained %s on %d vectors in %.1f s", self.factory, n_train, time.perf_counter() - start)
+
+    # ----------------------------------------------------------------- mutation
+    def add(self, vectors: np.ndarray, ids: Sequence[ItemId]) -> None:
+        """Add items (normalised by the wrapper).
+
+        Raises:
+            ValueError: Wrong shape or dim, NaN/inf or zero rows, ids repeated within the call or
+                already live in the index, or an untrained IVF index.
+            TypeError: An id that is not str or int.
+
+        Shapes:
+            vectors (N, D), ids N -> None
+        """
+        clean_ids = _check_new_ids(self._label_of, ids, None)
+        x = _unit_rows(vectors, self.dim, "vectors")
+        if len(clean_ids) != len(x):
+            raise ValueError(f"got {len(x)} vectors but {len(clean_ids)} ids")
+        if not self.is_trained:
+            raise ValueError(f"{self.factory} index is not trained: use FaissIndex.build() or .train() first")
+        self._add_unit(x, clean_ids, progress=False)
+
+    def _add_unit(self, x: np.ndarray, ids: list[ItemId], *, progress: bool) -> None:
+        first = len(self._id_by_label)
+        labels = np.arange(first, first + len(x), dtype=np.int64)  # [N]
+        bar = tqdm(total=len(x), desc=f"index {self.factory}", unit="vec", disable=not progress)
+        with bar:
+            for s in range(0, len(x), _ADD_CHUNK):
+                self._index.add_with_ids(x[s : s + _ADD_CHUNK], labels[s : s + _ADD_CHUNK])
+                bar.update(min(_ADD_CHUNK, len(x) - s))
+        self._id_by_label.extend(ids)
+        for item_id, label in zip(ids, labels.tolist()):
+            self._label_of[item_id] = label
+
+    def remove(self, ids: Sequence[ItemId]) -> int:
+        """Remove items by catalog id; all or nothing.
+
+        Flat and IVF drop the vectors; HNSW marks them as tombstones hidden at search time.
+        Removed ids may be added again later (they get a fresh label).
+
+        Returns:
+            Number of items removed (repeated ids count once).
+
+        Raises:
+            UnknownIdError: (a KeyError) listing every id that is not live in the index;
+                nothing is removed then.
+        """
+        wanted = list(dict.fromkeys(_canonical_id(i) for i in ids))
+        unknown = [i for i in wanted if i not in self._label_of]
+        if unknown:
+            raise UnknownIdError(unknown)
+        labels = [self._label_of.pop(i) for i in wanted]
+        for label in labels:
+            self._id_by_label[label] = _GONE
+        if self._spec.kind == "hnsw":
+            self._tombstones.update(labels)
+            self._tomb_selector = None
+        elif labels:
+            removed = self._index.remove_ids(np.asarray(labels, dtype=np.int64))
+            if removed != len(labels):  # would mean the id map and faiss disagree
+                raise RuntimeError(f"faiss removed {removed} vectors, expected {len(labels)}")
+        return len(labels)
+
+    # ----------------------------------------------------------------- knobs
+    @property
+    def nprobe(self) -> int:
+        """IVF lists scanned per query (default ``max(8, nlist // 32)``); ValueError for non-IVF."""
+        if self._spec.kind != "ivf":
+            raise ValueError(f"{self.factory} has no nprobe (only IVF indexes do)")
+        return self._nprobe
+
+    @nprobe.setter
+    def nprobe(self, value: int) -> None:
+        if self._spec.kind != "ivf":
+            raise ValueError(f"{self.factory} has no nprobe (only IVF indexes do)")
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= self._spec.nlist:
+            raise ValueError(f"nprobe must be an int in [1, {self._spec.nlist}], got {value!r}")
+        self._nprobe = int(value)
+        self._push_knobs()
+
+    @property
+    def ef_search(self) -> int:
+        """HNSW candidate-list size per query (default 128); ValueError for non-HNSW."""
+        if self._spec.kind != "hnsw":
+            raise ValueError(f"{self.factory} has no ef_search (only HNSW indexes do)")
+        return self._ef_search
+
+    @ef_search.setter
+    def ef_search(self, value: int) -> None:
+        if self._spec.kind != "hnsw":
+            raise ValueError(f"{self.factory} has no ef_search (only HNSW indexes do)")
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"ef_search must be a positive int, got {value!r}")
+        self._ef_search = int(value)
+        self._push_knobs()
+
+    def _push_knobs(self) -> None:
+        # Mirror the knobs into the faiss object too, so a raw faiss user of index.faiss sees them.
+        if self._spec.kind == "ivf":
+            faiss.extract_index_ivf(self._index).nprobe = self._nprobe
+        elif self._spec.kind == "hnsw":
+            faiss.downcast_index(self._index.index).hnsw.efSearch = self._ef_search
+
+    # ----------------------------------------------------------------- queries
+    def __len__(self) -> int:
+        return len(self._label_of)
+
+    def __contains__(self, item_id: object) -> bool:
+        try:
+            return _canonical_id(item_id) in self._label_of
+        except TypeError:
+            return False
+
+    @property
+    def ids(self) -> list[ItemId]:
+        """Live ids in insertion order (a re-added id counts from its latest add)."""
+        return list(self._label_of)
+
+    def __repr__(self) -> str:
+        knob = ""
+        if self._spec.kind == "ivf":
+            knob = f", nprobe={self._nprobe}"
+        elif self._spec.kind == "hnsw":
+            knob = f", ef_search={self._ef_search}"
+        return f"FaissIndex({self.dim}, factory={self.factory!r}{knob}, size={len(self)})"
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        exclude: Sequence[Collection[ItemId]] | None = None,
+    ) -> tuple[list[list[ItemId]], list[np.ndarray]]:
+        """Top-``k`` items per query by cosine similarity (queries are normalised by the wrapper).
+
+        Args:
+            queries: Query vectors.
+            k: Results wanted per query.
+            exclude: Optional, one collection per query of ids that must not be returned for it;
+                ids not in the index are ignored.
+
+        Returns:
+            ``(ids, scores)``: per query, item ids best-first and their float32 scores. Each
+            list has exactly ``min(k, eligible)`` entries, ``eligible`` being the live items not
+            excluded for that query, also for approximate factories (see the module docstring).
+            Scores are FAISS's: exact cosines for Flat and HNSW, approximations for SQ8 / PQ.
+
+        Shapes:
+            queries (B, D) -> B lists of K ids, B arrays (K,) float32
+        """
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive int, got {k!r}")
+        q = _unit_rows(queries, self.dim, "queries")
+        n_q = len(q)
+        if exclude is not None and len(exclude) != n_q:
+            raise ValueError(f"exclude has {len(exclude)} entries for {n_q} queries")
+        excluded: list[set[int]] = [set() for _ in range(n_q)]
+        if exclude is not None:
+            for b, items in enumerate(exclude):
+                for item in items:
+                    label = self._label_of.get(item)
+                    if label is not None:
+                        excluded[b].add(label)
+        live = len(self._label_of)
+        target = [min(int(k), live - len(e)) for e in excluded]
+        out_ids: list[list[ItemId]] = [[] for _ in range(n_q)]
+        out_scores: list[np.ndarray] = [np.empty(0, dtype=np.float32) for _ in range(n_q)]
+
+        ntotal = int(self._index.ntotal)
+        fetch = min(ntotal, int(k) + max((len(e) for e in excluded), default=0))
+        nprobe, ef, exhaustive = self._nprobe, self._ef_search, False
+        if self._spec.kind == "hnsw":
+            # Tombstones still occupy the graph: to meet ``fetch`` live nodes the walk must visit
+            # about ntotal / live times as many, so widen the candidate list up front. A walk
+            # over every node costs more than a flat scan of the graph's storage: scan instead.
+            ef = max(ef, math.ceil(fetch * ntotal / max(live, 1)))
+            exhaustive = ef >= ntotal
+            fetch = ntotal if exhaustive else fetch
+        pending = [b for b in range(n_q) if target[b] > 0]
+        while pending:
+            scores, labels = self._raw_search(q[pending], fetch, nprobe, ef, exhaustive)  # [B', F] each
+            done = fetch >= ntotal and (
+                self._spec.kind == "flat"
+                or (self._spec.kind == "ivf" and nprobe >= self._spec.nlist)
+                or exhaustive
+            )
+            short = []
+            for row, b in enumerate(pending):
+                got_ids, got_pos = [], []
+                for j, label in enumerate(labels[row].tolist()):
+                    if label < 0 or label in excluded[b]:
+                        continue
+                    item = self._id_by_label[label]
+                    if item is _GONE:
+                        continue
+                    got_ids.append(item)
+                    got_pos.append(j)
+                    if len(got_ids) == target[b]:
+                        break
+                if len(got_ids) == target[b] or done:
+                    out_ids[b] = got_ids
+                    out_scores[b] = scores[row, got_pos].astype(np.float32)
+                else:
+                    short.append(b)
+            if short and not done:
+                logger.debug("%d of %d queries short at fetch=%d; widening", len(short), len(pending), fetch)
+                fetch = min(ntotal, 2 * fetch)
+                nprobe = min(self._spec.nlist, 2 * nprobe)
+                ef = max(2 * ef, fetch)
+                if self._spec.kind == "hnsw" and ef >= ntotal:
+                    exhaustive, fetch = True, ntotal  # as above: the flat scan is the cheaper walk
+            pending = short
+        return out_ids, out_scores
+
+    def _raw_search(
+        self, q: np.ndarray, fetch: int, nprobe: int, ef: int, exhaustive: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One FAISS call; returns (scores, labels), both (B, fetch); -1 labels are padding."""
+        kind = self._spec.kind
+        if exhaustive:  # HNSW only: brute force over the graph's own vector storage
+            hnsw = faiss.downcast_index(self._index.index)
+            scores, pos = faiss.downcast_index(hnsw.storage).search(q, fetch)  # [B, F] positions
+            id_map = faiss.vector_to_array(self._index.id_map)  # [ntotal] position -> label
+            return scores, np.where(pos >= 0, id_map[np.maximum(pos, 0)], -1)
+        if kind == "ivf":
+            params = faiss.SearchParametersIVF(nprobe=nprobe)
+        elif kind == "hnsw":
+            params = faiss.SearchParametersHNSW(efSearch=ef)
+            if self._tombstones:
+                params.sel = self._tombstone_selector()
+        else:
+            params = None
+        return self._index.search(q, fetch, params=params)
+
+    def _tombstone_selector(self) -> Any:
+        if self._tomb_selector is None:
+            batch = faiss.IDSelectorBatch(np.fromiter(self._tombstones, dtype=np.int64))
+            selector = faiss.IDSelectorNot(batch)
+            selector.referenced_objects = [batch]  # IDSelectorNot does not own its argument: keep it alive
+            self._tomb_selector = selector
+        return self._tomb_selector
+
+    # ----------------------------------------------------------------- persistence
+    def save(self, directory: Path) -> dict[str, str]:
+        """Write ``index.faiss`` and ``ids.json`` into an existing directory.
+
+        ``ids.json`` holds the factory, dim, live ids with their FAISS labels (JSON keeps ``7``
+        an int and ``"7"`` a string), HNSW tombstones, the next free label and the search knobs,
+        so :meth:`load` restores identical search results. Wrap it in
+        :func:`index.atomic_directory` and record the returned checksums with
+        :func:`index.write_manifest` for crash safety and integrity checks.
+
+        Returns:
+            ``{filename: sha256}`` for the two files.
+        """
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"cannot save index: {directory} is not an existing directory")
+        faiss.write_index(self._index, str(directory / INDEX_FILE))
+        meta = {
+            "ids_format_version": IDS_FORMAT_VERSION,
+            "factory": self.factory,
+            "dim": self.dim,
+            "metric": self.metric,
+            "ids": list(self._label_of),
+            "labels": list(self._label_of.values()),
+            "tombstones": sorted(self._tombstones),
+            "next_label": len(self._id_by_label),
+            "nprobe": self._nprobe if self._spec.kind == "ivf" else None,
+            "ef_search": self._ef_search if self._spec.kind == "hnsw" else None,
+        }
+        (directory / IDS_FILE).write_text(json.dumps(meta), encoding="utf-8")
+        return {name: sha256_file(directory / name) for name in (INDEX_FILE, IDS_FILE)}
+
+    @classmethod
+    def load(cls, directory: Path) -> FaissIndex:
+        """Read an index written by :meth:`save`.
+
+        Raises:
+            IndexFormatError: A file is missing or the two files disagree (dim, factory, count);
+                the message names the directory and the field.
+        """
+        directory = Path(directory)
+        for name in (INDEX_FILE, IDS_FILE):
+            if not (directory / name).is_file():
+                raise IndexFormatError(f"{directory}: missing {name}")
+        try:
+            meta = json.loads((directory / IDS_FILE).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise IndexFormatError(f"{directory / IDS_FILE}: not valid JSON ({e})") from e
+
+        def field(name: str) -> Any:
+            if not isinstance(meta, dict) or name not in meta:
+                raise IndexFormatError(f"{directory / IDS_FILE}: field {name!r} is missing")
+            return meta[name]
+
+        if field("ids_format_version") != IDS_FORMAT_VERSION:
+            raise IndexFormatError(
+                f"{directory / IDS_FILE}: field 'ids_format_version' is {meta['ids_format_version']!r}, "
+                f"this code reads {IDS_FORMAT_VERSION}"
+            )
+        try:
+            index = cls(field("dim"), field("factory"))
+        except (TypeError, ValueError) as e:
+            raise IndexFormatError(f"{directory / IDS_FILE}: field 'factory' or 'dim' is invalid: {e}") from e
+        raw = faiss.read_index(str(directory / INDEX_FILE))
+        if raw.d != index.dim:
+            raise IndexFormatError(f"{directory}: field 'dim' is {index.dim} in {IDS_FILE} but {raw.d} in {INDEX_FILE}")
+        ids, labels, tombstones = field("ids"), field("labels"), field("tombstones")
+        if len(ids) != len(labels):
+            raise IndexFormatError(f"{directory / IDS_FILE}: fields 'ids' and 'labels' differ in length")
+        if raw.ntotal != len(ids) + len(tombstones):
+            raise IndexFormatError(
+                f"{directory}: field 'ids' lists {len(ids)} items (+{len(tombstones)} tombstones) "
+                f"but {INDEX_FILE} holds {raw.ntotal} vectors"
+            )
+        index._index = raw
+        index._id_by_label = [_GONE] * int(field("next_label"))
+        for item_id, label in zip(ids, labels):
+            item_id = _canonical_id(item_id)
+            index._label_of[item_id] = label
+            index._id_by_label[label] = item_id
+        index._tombstones = set(tombstones)
+        if index._spec.kind == "ivf":
+            index._nprobe = int(field("nprobe"))
+        elif index._spec.kind == "hnsw":
+            index._ef_search = int(field("ef_search"))
+        index._push_knobs()
+        return index
+
+
+def _check_new_ids(existing: Collection[ItemId], ids: Sequence[ItemId], n: int | None) -> list[ItemId]:
+    """Canonical ids, or an error naming ids repeated in ``ids`` or already in ``existing``."""
+    if isinstance(ids, (str, bytes)):
+        raise TypeError("ids must be a sequence of ids, not a single string")
+    clean = [_canonical_id(i) for i in ids]
+    if n is not None and len(clean) != n:
+        raise ValueError(f"got {n} vectors but {len(clean)} ids")
+    seen: set[ItemId] = set()
+    repeated = [i for i in clean if i in seen or seen.add(i)]  # type: ignore[func-returns-value]
+    if repeated:
+        shown = ", ".join(repr(i) for i in list(dict.fromkeys(repeated))[:10])
+        raise ValueError(f"duplicate ids in this call: {shown}")
+    present = [i for i in clean if i in existing]
+    if present:
+        shown = ", ".join(repr(i) for i in present[:10])
+        raise ValueError(f"{len(present)} id(s) already in the index: {shown} (remove them first)")
+    return clean

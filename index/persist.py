@@ -1,0 +1,190 @@
+"""Crash-safe directories, checksums and a versioned manifest for saved indexes.
+
+A saved index is a directory (``index.faiss``, ``ids.json``, ``manifest.json``...). Writers build
+it inside :func:`atomic_directory`, so a crash or an exception never leaves a half-written
+directory under the final name, and readers check it with :func:`read_manifest` before trusting
+any file in it.
+
+Example::
+
+    with atomic_directory(out, overwrite=True) as tmp:
+        checksums = index.save(tmp)
+        write_manifest(tmp, {"dim": index.dim, "factory": index.factory, "checksums": checksums})
+    manifest = read_manifest(out, expect={"dim": 64})
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_VERSION = 1  # bump when the on-disk layout changes; readers reject versions they do not know
+SUPPORTED_FORMAT_VERSIONS = frozenset({FORMAT_VERSION})
+
+
+class IndexFormatError(ValueError):
+    """A saved index directory is missing, malformed, or does not match what the caller expects.
+
+    The message always names the directory and the offending field or file.
+    """
+
+
+@contextlib.contextmanager
+def atomic_directory(final: Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Build a directory under a temporary name, then publish it under ``final`` in one rename.
+
+    The temporary directory is created beside ``final`` (same parent, hence the same filesystem,
+    so the rename is atomic). Missing parents of ``final`` are created.
+
+    * Normal exit: the temporary directory is renamed to ``final``. If ``final`` exists and
+      ``overwrite`` is True, the old directory is first renamed aside, the new one renamed in,
+      and only then is the old one deleted; if the second rename fails the old one is put back.
+    * Exception inside the ``with`` block: the temporary directory is removed and ``final`` is
+      left exactly as it was (absent, or the old contents); the exception propagates.
+
+    Args:
+        final: Path the finished directory should have.
+        overwrite: Replace an existing ``final``. Defaults to False.
+
+    Yields:
+        The temporary directory to write into (empty, already created).
+
+    Raises:
+        FileExistsError: ``final`` exists (checked on entry and again before publishing) and
+            ``overwrite`` is False.
+    """
+    final = Path(final)
+    if final.exists() and not overwrite:
+        raise FileExistsError(f"{final} already exists; pass overwrite=True to replace it")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex[:12]
+    tmp = final.parent / f".{final.name}.tmp-{token}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        _publish(tmp, final, overwrite=overwrite, token=token)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _publish(tmp: Path, final: Path, *, overwrite: bool, token: str) -> None:
+    if not final.exists():
+        os.rename(tmp, final)
+        return
+    if not overwrite:
+        raise FileExistsError(f"{final} appeared while it was being written; not replacing it")
+    old = final.parent / f".{final.name}.old-{token}"
+    os.rename(final, old)
+    try:
+        os.rename(tmp, final)
+    except BaseException:
+        os.rename(old, final)  # put the previous version back before reporting the failure
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    logger.debug("replaced %s", final)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    """Write ``manifest.json`` into ``directory``.
+
+    ``format_version`` (the current :data:`FORMAT_VERSION`) and ``created`` (UTC, ISO 8601) are
+    added when absent; the caller's dict is not modified. Put ``{filename: sha256}`` under
+    ``"checksums"`` (for example what :meth:`index.FaissIndex.save` returns) to have
+    :func:`read_manifest` verify those files.
+
+    Args:
+        directory: An existing directory.
+        manifest: JSON-serialisable mapping.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"cannot write {MANIFEST_NAME}: {directory} is not a directory")
+    full = dict(manifest)
+    full.setdefault("format_version", FORMAT_VERSION)
+    full.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    tmp = directory / f".{MANIFEST_NAME}.tmp-{uuid.uuid4().hex[:12]}"
+    tmp.write_text(json.dumps(full, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, directory / MANIFEST_NAME)
+
+
+def read_manifest(
+    directory: Path, *, expect: dict[str, Any] | None = None, verify_checksums: bool = True
+) -> dict[str, Any]:
+    """Read and check ``manifest.json`` in ``directory``.
+
+    Args:
+        directory: A directory written with :func:`write_manifest`.
+        expect: Fields that must hold exactly these values (e.g. ``{"dim": 64}``).
+        verify_checksums: Recompute the SHA-256 of every file listed under ``"checksums"``.
+            Defaults to True.
+
+    Returns:
+        The manifest as a dict.
+
+    Raises:
+        IndexFormatError: The manifest is missing or not a JSON object, ``format_version`` is
+            missing or unknown, a field differs from ``expect``, or a listed file is missing or
+            its checksum differs. The message names the directory and the field or file.
+    """
+    directory = Path(directory)
+    path = directory / MANIFEST_NAME
+    if not path.is_file():
+        raise IndexFormatError(f"{directory}: no {MANIFEST_NAME} (not a saved index directory?)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise IndexFormatError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(manifest, dict):
+        raise IndexFormatError(f"{path}: expected a JSON object, got {type(manifest).__name__}")
+    version = manifest.get("format_version")
+    if version not in SUPPORTED_FORMAT_VERSIONS:
+        raise IndexFormatError(
+            f"{path}: field 'format_version' is {version!r}; this version of the code reads "
+            f"{sorted(SUPPORTED_FORMAT_VERSIONS)}"
+        )
+    for key, want in (expect or {}).items():
+        if key not in manifest:
+            raise IndexFormatError(f"{path}: field {key!r} is missing, expected {want!r}")
+        if manifest[key] != want:
+            raise IndexFormatError(f"{path}: field {key!r} is {manifest[key]!r}, expected {want!r}")
+    if verify_checksums:
+        checksums = manifest.get("checksums", {})
+        if not isinstance(checksums, dict):
+            raise IndexFormatError(f"{path}: field 'checksums' must map file names to sha256")
+        for name, want in checksums.items():
+            file = directory / name
+            if not file.is_file():
+                raise IndexFormatError(f"{directory}: file {name!r} listed in 'checksums' is missing")
+            got = sha256_file(file)
+            if got != want:
+                raise IndexFormatError(
+                    f"{directory}: checksum mismatch for {name!r} in 'checksums' "
+                    f"(manifest {str(want)[:12]}..., file {got[:12]}...); the file was modified "
+                    "or is corrupt"
+                )
+    return manifest

@@ -1,0 +1,372 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from index import FaissIndex, IndexFormatError, UnknownIdError, clustered_vectors, exact_search, recall_at_k
+
+APPROX = ["HNSW32", "IVF64,Flat", "IVF64,SQ8", "IVF64,PQ8"]
+FACTORIES = ["Flat", *APPROX]
+N, DIM, NQ = 10_000, 32, 200
+
+# Recall@10 vs exact on the clustered set below, with the default knobs. Measured values are
+# ~0.998 (HNSW32, efSearch 128), 1.0 (IVF64,Flat, nprobe 8), ~0.97 (SQ8) and ~0.5 (PQ8). The
+# thresholds leave room for platform noise but fail on real regressions (a wrong metric or lost
+# normalisation drops every one of them near chance, 10/10_000). SQ8 is capped by its 8-bit
+# per-dimension rounding and PQ8 (4 dims per byte, no re-ranking) by its coarse codes: among
+# near-identical cluster neighbours the ranking is mostly codec noise, whatever nprobe is.
+MIN_RECALL = {"HNSW32": 0.97, "IVF64,Flat": 0.97, "IVF64,SQ8": 0.9, "IVF64,PQ8": 0.4}
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    x = clustered_vectors(N + NQ, DIM, n_clusters=100, seed=3)
+    base, queries = x[:N], x[N:]
+    truth, _ = exact_search(base, queries, 10)
+    return base, queries, truth
+
+
+@pytest.fixture(scope="module")
+def saved(data, tmp_path_factory) -> dict[str, Path]:
+    """Each factory built once (PQ training dominates test time) and saved; tests load copies."""
+    base = data[0]
+    out = {}
+    for factory in FACTORIES:
+        index = FaissIndex.build(base, list(range(N)), factory, seed=0)
+        assert index.factory == factory and len(index) == N
+        out[factory] = tmp_path_factory.mktemp(factory.replace(",", "_"))
+        index.save(out[factory])
+    return out
+
+
+def fresh(saved: dict[str, Path], factory: str) -> FaissIndex:
+    return FaissIndex.load(saved[factory])
+
+
+def hand_built(ids: list) -> FaissIndex:
+    # Raw, unnormalised rows: the wrapper must normalise them (d has length 5).
+    vectors = np.array(
+        [
+            [1.0, 0.0, 0.0],  # cos with query = 1.0
+            [0.8, 0.6, 0.0],  # 0.8
+            [0.6, 0.0, 0.8],  # 0.6
+            [0.0, 5.0, 0.0],  # 0.0
+            [-1.0, 0.0, 0.0],  # -1.0
+        ]
+    )
+    index = FaissIndex(3, "Flat")
+    index.add(vectors, ids)
+    return index
+
+
+# ----------------------------------------------------------------------------- exact behaviour
+@pytest.mark.parametrize("ids", [["a", "b", "c", "d", "e"], [10, 11, 12, 13, 14], ["7", 7, "x", 0, "0"]])
+def test_hand_built_catalog_exact_order_and_scores(ids):
+    index = hand_built(ids)
+    found, scores = index.search(np.array([[2.0, 0.0, 0.0], [0.0, 0.0, 3.0]]), k=3)
+    assert found[0] == [ids[0], ids[1], ids[2]]
+    np.testing.assert_allclose(scores[0], [1.0, 0.8, 0.6], atol=1e-6)
+    assert found[1][0] == ids[2]
+    np.testing.assert_allclose(scores[1][0], 0.8, atol=1e-6)
+    assert all(type(a) is type(b) for a, b in zip(found[0], ids[:3]))
+    assert scores[0].dtype == np.float32
+
+    found, scores = index.search(np.array([[1.0, 0.0, 0.0]]), k=10, exclude=[{ids[0], ids[3], "unknown"}])
+    assert found == [[ids[1], ids[2], ids[4]]]  # only 3 eligible items: fewer than k, no padding
+    np.testing.assert_allclose(scores[0], [0.8, 0.6, -1.0], atol=1e-6)
+
+
+def test_int_and_str_ids_are_distinct_items():
+    index = hand_built(["7", 7, "x", 0, "0"])
+    assert "7" in index and 7 in index and np.int64(7) in index
+    assert 8 not in index and "8" not in index and None not in index
+    index.remove(["7"])
+    assert "7" not in index and 7 in index
+    assert index.ids == [7, "x", 0, "0"]
+    assert len(index) == 4
+
+
+def test_tiny_hnsw_is_exact():
+    # ef_search >= catalog size: the wrapper scans the graph's flat storage, so results are exact.
+    vectors = hand_built(list("abcde"))
+    index = FaissIndex(3, "HNSW8")
+    index.add(np.array([[1.0, 0, 0], [0.8, 0.6, 0], [0.6, 0, 0.8], [0, 5.0, 0], [-1.0, 0, 0]]), list("abcde"))
+    assert index.search(np.array([[2.0, 0, 0]]), 5)[0] == vectors.search(np.array([[2.0, 0, 0]]), 5)[0]
+    assert index.search(np.array([[2.0, 0, 0]]), 5)[0] == [list("abcde")]
+
+
+def test_flat_equals_exact_oracle():
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((2000, 24)).astype(np.float32)
+    queries = rng.standard_normal((50, 24)).astype(np.float32)
+    ids = [f"item{i}" for i in range(2000)]
+    index = FaissIndex.build(base, ids, "Flat")
+    found, scores = index.search(queries, 10)
+    pos, exact_scores = exact_search(base, queries, 10)
+    assert found == [[ids[p] for p in row] for row in pos]
+    np.testing.assert_allclose(np.stack(scores), exact_scores, atol=1e-5)
+
+
+def test_build_auto_is_flat_for_small_catalogs(data):
+    index = FaissIndex.build(data[0][:500], list(range(500)))
+    assert index.factory == "Flat"
+
+
+def test_resolve_factory():
+    assert FaissIndex.resolve_factory("auto", 99_999) == "Flat"
+    assert FaissIndex.resolve_factory("auto", 100_000) == "IVF1024,Flat"
+    assert FaissIndex.resolve_factory("auto", 1_000_000) == "IVF4096,Flat"
+    for factory in ["Flat", "HNSW32", "IVF100,Flat", "IVF100,SQ8", "IVF1024,PQ16"]:
+        assert FaissIndex.resolve_factory(factory, 10) == factory
+
+
+def test_repr():
+    assert repr(FaissIndex(8)) == "FaissIndex(8, factory='Flat', size=0)"
+    assert repr(FaissIndex(8, "HNSW16")) == "FaissIndex(8, factory='HNSW16', ef_search=128, size=0)"
+    assert repr(FaissIndex(8, "IVF64,SQ8")) == "FaissIndex(8, factory='IVF64,SQ8', nprobe=8, size=0)"
+    assert repr(FaissIndex(8, "IVF1024,Flat")) == "FaissIndex(8, factory='IVF1024,Flat', nprobe=32, size=0)"
+    assert repr(hand_built(list("abcde"))) == "FaissIndex(3, factory='Flat', size=5)"
+
+
+# ----------------------------------------------------------------------------- approximate recall
+@pytest.mark.parametrize("factory", APPROX)
+def test_approximate_recall(saved, data, factory):
+    _, queries, truth = data
+    index = fresh(saved, factory)
+    found, scores = index.search(queries, 10)
+    assert recall_at_k(found, truth, 10) >= MIN_RECALL[factory]
+    assert all(len(row) == 10 for row in found)
+    assert all(np.all(np.diff(s) <= 1e-6) for s in scores)  # best-first
+
+
+def test_knobs_change_search(saved, data):
+    _, queries, truth = data
+    ivf = fresh(saved, "IVF64,Flat")
+    ivf.nprobe = 64  # every list scanned: IVF,Flat becomes exact
+    assert recall_at_k(ivf.search(queries, 10)[0], truth, 10) == 1.0
+    hnsw = fresh(saved, "HNSW32")
+    hnsw.ef_search = 1
+    low = recall_at_k(hnsw.search(queries, 10)[0], truth, 10)  # efSearch is max(1, k) = 10
+    hnsw.ef_search = 256
+    assert recall_at_k(hnsw.search(queries, 10)[0], truth, 10) > low
+
+
+def test_knob_errors():
+    with pytest.raises(ValueError, match="Flat has no nprobe"):
+        FaissIndex(8).nprobe = 4
+    with pytest.raises(ValueError, match="IVF64,Flat has no ef_search"):
+        FaissIndex(8, "IVF64,Flat").ef_search = 4
+    with pytest.raises(ValueError, match="HNSW32 has no nprobe"):
+        _ = FaissIndex(8, "HNSW32").nprobe
+    with pytest.raises(ValueError, match=r"nprobe must be an int in \[1, 64\]"):
+        FaissIndex(8, "IVF64,Flat").nprobe = 65
+    with pytest.raises(ValueError, match="ef_search must be a positive int"):
+        FaissIndex(8, "HNSW32").ef_search = 0
+
+
+# ----------------------------------------------------------------------------- add / remove / exclude
+@pytest.mark.parametrize("factory", FACTORIES)
+def test_add_remove_search(saved, data, factory):
+    base, queries, _ = data
+    index = fresh(saved, factory)
+    gone = list(range(0, N, 2))
+    assert index.remove(gone) == len(gone)
+    assert len(index) == N // 2 and 0 not in index and 1 in index
+    new = clustered_vectors(50, DIM, seed=99)
+    index.add(new, [f"new{i}" for i in range(50)])
+    assert len(index) == N // 2 + 50
+    assert index.ids[:3] == [1, 3, 5] and index.ids[-1] == "new49"
+    found, _ = index.search(queries, 10)
+    assert all(len(row) == 10 for row in found)
+    assert not {i for row in found for i in row} & set(gone)
+    # a new item is its own nearest neighbour (PQ codes blur it with its cluster: top 5)
+    found, _ = index.search(new[:5], 5)
+    assert all(f"new{i}" in row for i, row in enumerate(found))
+    if "PQ" not in factory:
+        assert [row[0] for row in found] == [f"new{i}" for i in range(5)]
+    # a removed id can come back
+    index.add(base[:1], [0])
+    assert 0 in index and index.ids[-1] == 0
+
+
+@pytest.mark.parametrize("factory", FACTORIES)
+def test_exclude_refills_to_exactly_k(saved, data, factory):
+    base, queries, _ = data
+    index = fresh(saved, factory)
+    if factory.startswith("IVF"):
+        index.nprobe = 1  # the probed list alone cannot supply k items once its best are hidden
+    top, _ = exact_search(base, queries[:20], 300)
+    hidden = [set(row.tolist()) for row in top]
+    found, scores = index.search(queries[:20], 10, exclude=hidden)
+    assert [len(row) for row in found] == [10] * 20
+    assert [len(s) for s in scores] == [10] * 20
+    for row, h in zip(found, hidden):
+        assert not set(row) & h and len(set(row)) == 10
+
+
+@pytest.mark.parametrize("factory", FACTORIES)
+def test_few_survivors_all_returned_in_exact_order(saved, data, factory):
+    # Remove all but 8 items: every factory (HNSW through its tombstones) must return exactly
+    # those 8, best-first, for k=10; approximate codecs may only permute near-ties.
+    base, queries, _ = data
+    index = fresh(saved, factory)
+    keep = [5, 77, 1234, 4000, 5555, 7001, 8080, 9999]
+    index.remove([i for i in range(N) if i not in keep])
+    assert len(index) == 8 and index.ids == keep
+    found, scores = index.search(queries[:5], 10, exclude=[[keep[0]]] + [[]] * 4)
+    pos, _ = exact_search(base[keep], queries[:5], 10)
+    expected = [[keep[p] for p in row] for row in pos]
+    expected[0].remove(keep[0])
+    assert [len(row) for row in found] == [7, 8, 8, 8, 8]
+    if factory in ("Flat", "HNSW32", "IVF64,Flat"):
+        assert found == expected
+    else:
+        assert [set(r) for r in found] == [set(r) for r in expected]
+
+
+def test_search_on_empty_index_and_everything_excluded():
+    index = FaissIndex(3)
+    found, scores = index.search(np.ones((2, 3)), 5)
+    assert found == [[], []] and [s.shape for s in scores] == [(0,), (0,)]
+    index = hand_built(list("abcde"))
+    found, scores = index.search(np.ones((1, 3)), 5, exclude=[list("abcde")])
+    assert found == [[]] and scores[0].shape == (0,)
+
+
+# ----------------------------------------------------------------------------- persistence
+@pytest.mark.parametrize("factory", FACTORIES)
+def test_save_load_round_trip_with_tombstones_and_knobs(saved, data, tmp_path, factory):
+    base, queries, _ = data
+    index = fresh(saved, factory)
+    index.remove(list(range(0, N, 3)))
+    extra = clustered_vectors(4, DIM, seed=7)
+    index.add(extra, ["7", 9, "x", 10**15])  # 9 was removed above: re-added under a new label
+    if factory.startswith("IVF"):
+        index.nprobe = 5
+    elif factory.startswith("HNSW"):
+        index.ef_search = 40
+    checksums = index.save(tmp_path)
+    assert sorted(checksums) == ["ids.json", "index.faiss"] and all(len(v) == 64 for v in checksums.values())
+    loaded = FaissIndex.load(tmp_path)
+    assert repr(loaded) == repr(index)
+    assert loaded.ids == index.ids
+    assert [type(i) for i in loaded.ids[-4:]] == [str, int, str, int]
+    hide = [{1, 2, "7"}] * len(queries)
+    want_ids, want_scores = index.search(np.vstack([queries, extra]), 10, exclude=hide + [[]] * 4)
+    got_ids, got_scores = loaded.search(np.vstack([queries, extra]), 10, exclude=hide + [[]] * 4)
+    assert got_ids == want_ids
+    for a, b in zip(got_scores, want_scores):
+        np.testing.assert_array_equal(a, b)
+    assert not {i for row in got_ids for i in row} & (set(range(0, N, 3)) - {9})
+    assert [row[0] for row in got_ids[-4:]] == ["7", 9, "x", 10**15]
+    # labels continue after load: adding and removing still works
+    loaded.add(base[:1], ["after"])
+    assert loaded.remove(["after", 1]) == 2 and len(loaded) == len(index) - 1
+
+
+def test_load_rejects_inconsistent_files(saved, tmp_path):
+    index = fresh(saved, "Flat")
+    index.save(tmp_path)
+    meta = json.loads((tmp_path / "ids.json").read_text())
+    meta["ids"], meta["labels"] = meta["ids"][:-1], meta["labels"][:-1]
+    (tmp_path / "ids.json").write_text(json.dumps(meta))
+    with pytest.raises(IndexFormatError, match="field 'ids' lists 9999 items .* holds 10000 vectors"):
+        FaissIndex.load(tmp_path)
+    (tmp_path / "ids.json").unlink()
+    with pytest.raises(IndexFormatError, match="missing ids.json"):
+        FaissIndex.load(tmp_path)
+
+
+def test_save_needs_existing_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not an existing directory"):
+        hand_built(list("abcde")).save(tmp_path / "nope")
+
+
+# ----------------------------------------------------------------------------- errors
+def test_wrong_dim_shape_nan_zero():
+    index = hand_built(list("abcde"))
+    with pytest.raises(ValueError, match=r"vectors must have shape \(N, 3\), got \(1, 4\)"):
+        index.add(np.ones((1, 4)), ["f"])
+    with pytest.raises(ValueError, match=r"queries must have shape \(N, 3\), got \(3,\)"):
+        index.search(np.ones(3), 1)
+    with pytest.raises(ValueError, match="vectors row 1 contains NaN or inf"):
+        index.add(np.array([[1.0, 0, 0], [np.nan, 0, 0]]), ["f", "g"])
+    with pytest.raises(ValueError, match="queries row 0 contains NaN or inf"):
+        index.search(np.array([[np.inf, 0, 0]]), 1)
+    with pytest.raises(ValueError, match="vectors row 0 is a zero vector"):
+        index.add(np.zeros((1, 3)), ["f"])
+    with pytest.raises(ValueError, match="cannot be converted to float32"):
+        index.add([["a", "b", "c"]], ["f"])
+    with pytest.raises(ValueError, match="k must be a positive int"):
+        index.search(np.ones((1, 3)), 0)
+    with pytest.raises(ValueError, match="exclude has 2 entries for 1 queries"):
+        index.search(np.ones((1, 3)), 1, exclude=[[], []])
+    assert len(index) == 5  # nothing was added by the failed calls
+
+
+def test_bad_ids():
+    index = hand_built(list("abcde"))
+    with pytest.raises(ValueError, match="duplicate ids in this call: 'f'"):
+        index.add(np.ones((2, 3)), ["f", "f"])
+    with pytest.raises(ValueError, match="2 id\\(s\\) already in the index: 'a', 'c'"):
+        index.add(np.ones((3, 3)), ["a", "z", "c"])
+    with pytest.raises(ValueError, match="got 2 vectors but 1 ids"):
+        index.add(np.ones((2, 3)), ["f"])
+    with pytest.raises(TypeError, match="item id 1.5 has type float"):
+        index.add(np.ones((1, 3)), [1.5])
+    with pytest.raises(TypeError, match="is a bool"):
+        index.add(np.ones((1, 3)), [True])
+    with pytest.raises(TypeError, match="not a single string"):
+        index.add(np.ones((1, 3)), "f")
+    assert len(index) == 5
+
+
+def test_remove_unknown_ids_is_all_or_nothing():
+    index = hand_built(list("abcde"))
+    with pytest.raises(UnknownIdError) as err:
+        index.remove(["a", "zz", 3, "b"])
+    assert isinstance(err.value, KeyError)
+    assert str(err.value) == "2 id(s) not in the index: 'zz', 3"
+    assert err.value.ids == ["zz", 3]
+    assert len(index) == 5 and "a" in index
+    assert index.remove(["a", "a"]) == 1
+    with pytest.raises(UnknownIdError, match="'a'"):
+        index.remove(["a"])
+
+
+def test_factory_errors():
+    with pytest.raises(ValueError, match="unknown factory 'IVF64,PQ'; accepted forms: Flat, HNSW"):
+        FaissIndex(8, "IVF64,PQ")
+    with pytest.raises(ValueError, match="unknown factory 'LSH'"):
+        FaissIndex.resolve_factory("LSH", 10)
+    with pytest.raises(ValueError, match="unknown factory 'flat'"):
+        FaissIndex.build(np.ones((3, 8)), [1, 2, 3], "flat")
+    with pytest.raises(ValueError, match="'auto' needs the catalog size"):
+        FaissIndex(8, "auto")
+    with pytest.raises(ValueError, match="PQ3 needs dim divisible by 3, got dim=8"):
+        FaissIndex(8, "IVF4,PQ3")
+    with pytest.raises(ValueError, match="dim must be a positive int"):
+        FaissIndex(0)
+
+
+def test_ivf_training_too_small_says_what_fits():
+    x = clustered_vectors(1000, 8, seed=0)
+    with pytest.raises(ValueError, match=r"'IVF64,Flat' needs at least 2496 training vectors .* got 1000 .*use IVF25"):
+        FaissIndex.build(x, list(range(1000)), "IVF64,Flat")
+    with pytest.raises(ValueError, match=r"got 500 \(catalog 1000, train_size 500\)"):
+        FaissIndex.build(x, list(range(1000)), "IVF16,Flat", train_size=500)
+    with pytest.raises(ValueError, match="PQ codebooks need 9984 rows"):
+        FaissIndex.build(x, list(range(1000)), "IVF4,PQ4")
+    untrained = FaissIndex(8, "IVF4,Flat")
+    with pytest.raises(ValueError, match="not trained"):
+        untrained.add(x[:2], [1, 2])
+    untrained.train(x)
+    untrained.add(x[:2], [1, 2])
+    assert untrained.search(x[:1], 1)[0] == [[1]]
+    with pytest.raises(ValueError, match="already trained"):
+        untrained.train(x)
+    with pytest.raises(ValueError, match="Flat needs no training"):
+        FaissIndex(8).train(x)

@@ -1,0 +1,171 @@
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from index import (
+    FORMAT_VERSION,
+    FaissIndex,
+    IndexFormatError,
+    atomic_directory,
+    read_manifest,
+    sha256_file,
+    write_manifest,
+)
+
+
+def entries(path) -> list[str]:
+    return sorted(p.name for p in path.iterdir())
+
+
+# ----------------------------------------------------------------------------- atomic_directory
+def test_atomic_directory_publishes_on_success(tmp_path):
+    final = tmp_path / "deep" / "model"
+    with atomic_directory(final) as tmp:
+        assert tmp.parent == final.parent and tmp.is_dir() and not final.exists()
+        (tmp / "a.txt").write_text("A")
+    assert (final / "a.txt").read_text() == "A"
+    assert entries(final.parent) == ["model"]
+
+
+def test_atomic_directory_exception_leaves_nothing(tmp_path):
+    final = tmp_path / "model"
+    with pytest.raises(RuntimeError, match="boom"):
+        with atomic_directory(final) as tmp:
+            (tmp / "half.bin").write_bytes(b"x" * 100)
+            raise RuntimeError("boom")
+    assert entries(tmp_path) == []
+
+
+def test_atomic_directory_refuses_existing_without_overwrite(tmp_path):
+    final = tmp_path / "model"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    with pytest.raises(FileExistsError, match="model already exists; pass overwrite=True"):
+        with atomic_directory(final):
+            pytest.fail("body must not run")
+    assert entries(final) == ["old.txt"] and entries(tmp_path) == ["model"]
+
+
+def test_atomic_directory_refuses_final_created_meanwhile(tmp_path):
+    final = tmp_path / "model"
+    with pytest.raises(FileExistsError, match="appeared while it was being written"):
+        with atomic_directory(final) as tmp:
+            (tmp / "new.txt").write_text("new")
+            final.mkdir()
+            (final / "other.txt").write_text("other")
+    assert entries(final) == ["other.txt"] and entries(tmp_path) == ["model"]
+
+
+def test_atomic_directory_overwrite_replaces_and_cleans_up(tmp_path):
+    final = tmp_path / "model"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    with atomic_directory(final, overwrite=True) as tmp:
+        (tmp / "new.txt").write_text("new")
+        assert (final / "old.txt").exists()  # old version still served while writing
+    assert entries(final) == ["new.txt"]
+    assert entries(tmp_path) == ["model"]  # no .old / .tmp leftovers
+
+
+def test_atomic_directory_overwrite_with_exception_keeps_old(tmp_path):
+    final = tmp_path / "model"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    with pytest.raises(KeyError):
+        with atomic_directory(final, overwrite=True) as tmp:
+            (tmp / "new.txt").write_text("new")
+            raise KeyError("x")
+    assert entries(final) == ["old.txt"] and entries(tmp_path) == ["model"]
+
+
+# ----------------------------------------------------------------------------- checksums / manifest
+def test_sha256_file_known_value(tmp_path):
+    (tmp_path / "f").write_bytes(b"abc")
+    assert sha256_file(tmp_path / "f") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    big = np.random.default_rng(0).bytes(3 << 20)  # several read chunks
+    (tmp_path / "g").write_bytes(big)
+    assert sha256_file(tmp_path / "g") == hashlib.sha256(big).hexdigest()
+
+
+def test_manifest_round_trip_adds_version_and_created(tmp_path):
+    given = {"dim": 64, "factory": "HNSW32"}
+    write_manifest(tmp_path, given)
+    assert given == {"dim": 64, "factory": "HNSW32"}  # caller's dict untouched
+    got = read_manifest(tmp_path, expect={"dim": 64, "factory": "HNSW32"})
+    assert got["format_version"] == FORMAT_VERSION == 1
+    created = dt.datetime.fromisoformat(got["created"])
+    assert created.utcoffset() == dt.timedelta(0)
+    assert abs((dt.datetime.now(dt.timezone.utc) - created).total_seconds()) < 60
+    assert entries(tmp_path) == ["manifest.json"]
+    write_manifest(tmp_path, {"format_version": 1, "created": "2020-01-01T00:00:00+00:00"})
+    assert read_manifest(tmp_path)["created"] == "2020-01-01T00:00:00+00:00"
+
+
+def test_read_manifest_errors_name_directory_and_field(tmp_path):
+    with pytest.raises(IndexFormatError, match=f"{tmp_path}: no manifest.json"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(IndexFormatError, match="manifest.json: not valid JSON"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text("[1, 2]")
+    with pytest.raises(IndexFormatError, match="expected a JSON object, got list"):
+        read_manifest(tmp_path)
+    write_manifest(tmp_path, {"format_version": 99, "dim": 64})
+    with pytest.raises(IndexFormatError, match=r"field 'format_version' is 99; this version of the code reads \[1\]"):
+        read_manifest(tmp_path)
+    write_manifest(tmp_path, {"dim": 64})
+    with pytest.raises(IndexFormatError, match=f"{tmp_path}.*field 'dim' is 64, expected 128"):
+        read_manifest(tmp_path, expect={"dim": 128})
+    with pytest.raises(IndexFormatError, match="field 'factory' is missing, expected 'Flat'"):
+        read_manifest(tmp_path, expect={"factory": "Flat"})
+    assert issubclass(IndexFormatError, ValueError)
+
+
+def test_checksum_mismatch_and_missing_file(tmp_path):
+    (tmp_path / "weights.bin").write_bytes(b"original")
+    write_manifest(tmp_path, {"checksums": {"weights.bin": sha256_file(tmp_path / "weights.bin")}})
+    read_manifest(tmp_path)
+    (tmp_path / "weights.bin").write_bytes(b"tampered")
+    with pytest.raises(IndexFormatError, match=f"{tmp_path}: checksum mismatch for 'weights.bin' in 'checksums'"):
+        read_manifest(tmp_path)
+    assert read_manifest(tmp_path, verify_checksums=False)["checksums"]
+    (tmp_path / "weights.bin").unlink()
+    with pytest.raises(IndexFormatError, match="file 'weights.bin' listed in 'checksums' is missing"):
+        read_manifest(tmp_path)
+
+
+def test_write_manifest_needs_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match="is not a directory"):
+        write_manifest(tmp_path / "nope", {})
+
+
+# ----------------------------------------------------------------------------- the whole recipe
+def test_index_saved_atomically_with_manifest_round_trips(tmp_path):
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((300, 16)).astype(np.float32)
+    ids = [f"i{n}" if n % 2 else n for n in range(300)]
+    index = FaissIndex.build(vectors, ids, "HNSW16")
+    index.remove(["i1", 0])
+    out = tmp_path / "item_index"
+    with atomic_directory(out) as tmp:
+        checksums = index.save(tmp)
+        write_manifest(tmp, {"dim": index.dim, "factory": index.factory, "checksums": checksums})
+    manifest = read_manifest(out, expect={"dim": 16, "factory": "HNSW16"})
+    assert sorted(manifest["checksums"]) == ["ids.json", "index.faiss"]
+    assert entries(out) == ["ids.json", "index.faiss", "manifest.json"]
+    loaded = FaissIndex.load(out)
+    assert loaded.ids == index.ids
+    want, got = index.search(vectors[:20], 7), loaded.search(vectors[:20], 7)
+    assert got[0] == want[0]
+    np.testing.assert_array_equal(np.stack(got[1]), np.stack(want[1]))
+
+    ids_json = json.loads((out / "ids.json").read_text())
+    ids_json["ef_search"] = 1
+    (out / "ids.json").write_text(json.dumps(ids_json))
+    with pytest.raises(IndexFormatError, match="checksum mismatch for 'ids.json'"):
+        read_manifest(out)
