@@ -7,6 +7,9 @@ Examples::
     mmrec search --index my_index --text "space adventure with aliens" --json
     mmrec index add --index my_index --catalog new_items.csv
     mmrec index remove --index my_index --item 17 42
+    mmrec train --catalog items.csv --interactions inter.tsv --out model_dir --epochs 50
+    mmrec recommend --index model_dir --user 42 -k 10
+    mmrec evaluate --index model_dir --interactions inter.tsv --split test
 
 Errors go to stderr with exit status 1 (2 for a malformed command line); ``--debug`` shows the
 traceback.
@@ -83,9 +86,15 @@ def cmd_index_build(args: argparse.Namespace) -> int:
 
 
 def _open_index(args: argparse.Namespace):
-    from mmrec.item_index import ItemIndex
+    from mmrec.recommender import Recommender
 
-    return ItemIndex.load(args.index, show_progress=not args.quiet)
+    return Recommender.load(args.index, show_progress=not args.quiet).items
+
+
+def _open_recommender(args: argparse.Namespace):
+    from mmrec.recommender import Recommender
+
+    return Recommender.load(args.index, show_progress=not args.quiet)
 
 
 def cmd_index_add(args: argparse.Namespace) -> int:
@@ -115,6 +124,76 @@ def cmd_search(args: argparse.Namespace) -> int:
     index = _open_index(args)
     results = index.search_text(args.text, args.k) if args.text is not None else index.search_image(args.image, args.k)
     print_results(results, args.json, title_field_of(index))
+    return 0
+
+
+# --- training ------------------------------------------------------------------------------
+def _features_arg(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH.npy, got {text!r}")
+    return name, Path(path)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from mmrec.config import TrainConfig, config_from_args
+    from mmrec.item_index import default_cache_dir
+    from mmrec.pipeline import fit
+
+    if args.catalog is None and not args.features and args.use_content is not False:
+        logger.info("no --catalog and no --features: training ID-only LightGCN")
+    cfg = config_from_args(TrainConfig, args)
+    if args.catalog is None and not args.features:
+        cfg = config_from_args(TrainConfig, args, use_content=False)
+    catalog_options = {k: v for k, v in (("text_fields", args.text_fields), ("image_field", args.image_field),
+                                         ("image_root", args.image_root)) if v}
+    rec, result, test = fit(
+        args.interactions,
+        catalog=args.catalog,
+        features=dict(args.features or []),
+        out=args.out,
+        config=cfg,
+        split=args.split,
+        rating_threshold=args.rating_threshold,
+        factory=args.factory,
+        overwrite=args.overwrite,
+        show_progress=not args.quiet,
+        text_encoder=args.text_encoder,
+        image_encoder=args.image_encoder,
+        cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir()),
+        **catalog_options,
+    )
+    summary = {"out": str(args.out), "best_epoch": result.best_epoch, "seconds_per_epoch": result.seconds_per_epoch,
+               "valid": result.best_valid, "test": test}
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        print(f"trained {args.out}: best epoch {result.best_epoch} ({result.seconds_per_epoch:.1f} s/epoch)")
+        for name, m in (("valid", result.best_valid), ("test", test)):
+            if m:
+                print(f"  {name}: " + "  ".join(f"{k} {m[k]:.4f}" for k in ("recall@10", "recall@20", "ndcg@10", "ndcg@20")))
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    rec = _open_recommender(args)
+    results = rec.recommend(args.user, args.k, exclude_known=not args.include_known)
+    print_results(results, args.json, title_field_of(rec.items))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from mmrec.pipeline import evaluate_directory
+
+    rec = _open_recommender(args)
+    metrics = evaluate_directory(rec, args.interactions, split=args.split, mask=args.mask, how=args.split_rule)
+    if args.json:
+        print(json.dumps(metrics, indent=1))
+    else:
+        print(f"{args.index} on {args.interactions} [{metrics['split']}, mask={metrics['mask']}, "
+              f"{int(metrics['num_users'])} users]")
+        for k in sorted(m for m in metrics if "@" in m):
+            print(f"  {k:<14} {metrics[k]:.4f}")
     return 0
 
 
@@ -190,6 +269,48 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--image", type=Path, help="query image file")
     _common(q)
     q.set_defaults(func=cmd_search)
+
+    from mmrec.config import TrainConfig, add_dataclass_options
+
+    t = sub.add_parser("train", help="train the fused graph recommender and index its item vectors")
+    t.add_argument("--interactions", required=True, type=Path, help="user_id, item_id[, rating, timestamp, split]")
+    t.add_argument("--catalog", type=Path, help="items file (optional with --features; none: ID-only)")
+    t.add_argument("--features", type=_features_arg, action="append", metavar="NAME=PATH.npy",
+                   help="precomputed features, one row per item (repeatable)")
+    t.add_argument("--out", required=True, type=Path, help="directory to create")
+    t.add_argument("--split", default="auto", choices=["auto", "given", "random", "temporal"],
+                   help="auto: the file's split column, else random 80/10/10 per user (default)")
+    t.add_argument("--rating-threshold", type=float, help="keep ratings >= this as positives")
+    t.add_argument("--text-fields", type=_csv_list)
+    t.add_argument("--image-field")
+    t.add_argument("--image-root", type=Path)
+    t.add_argument("--text-encoder", default="default")
+    t.add_argument("--image-encoder", default="default")
+    t.add_argument("--factory", default="auto", help="FAISS factory for the trained item vectors")
+    t.add_argument("--overwrite", action="store_true")
+    t.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_dataclass_options(t, TrainConfig)
+    _cache_opts(t)
+    _common(t)
+    t.set_defaults(func=cmd_train)
+
+    rc = sub.add_parser("recommend", help="top-k items for a user (known items excluded)")
+    _query_opts(rc)
+    rc.add_argument("--user", required=True, help="user id")
+    rc.add_argument("--include-known", action="store_true", help="do not exclude the user's known items")
+    _common(rc)
+    rc.set_defaults(func=cmd_recommend)
+
+    ev = sub.add_parser("evaluate", help="full-ranking metrics of a trained directory")
+    ev.add_argument("--index", required=True, type=Path)
+    ev.add_argument("--interactions", required=True, type=Path)
+    ev.add_argument("--split", default="test", choices=["valid", "test"])
+    ev.add_argument("--split-rule", choices=["auto", "given", "random", "temporal"],
+                    help="how the split is made (default auto: the file's split column, else random with the training seed)")
+    ev.add_argument("--mask", choices=["all", "train"], help="default: the training config's")
+    ev.add_argument("--json", action="store_true")
+    _common(ev)
+    ev.set_defaults(func=cmd_evaluate)
     return parser
 
 
