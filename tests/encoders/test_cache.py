@@ -1,0 +1,179 @@
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+import pytest
+
+import encoders.cache as cache_mod
+from encoders.cache import FeatureCache, content_hash, encode_with_cache, file_hash, fingerprint_files
+
+ENC = "text:toy@0123456789abcdef:pool=mean:max_length=8"
+
+
+class CountingEncoder:
+    """A deterministic content -> vector function (seeded by the content) that records its calls."""
+
+    def __init__(self, dim: int = 6) -> None:
+        self.dim = dim
+        self.calls: list[list[str]] = []
+
+    def vector(self, content: str) -> np.ndarray:
+        seed = int.from_bytes(hashlib.sha256(content.encode()).digest()[:4], "little")
+        v = np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
+        return v / np.linalg.norm(v)
+
+    def __call__(self, contents: list[str]) -> np.ndarray:
+        self.calls.append(list(contents))
+        return np.stack([self.vector(c) for c in contents]) if contents else np.zeros((0, self.dim), np.float32)
+
+
+def _catalog(n: int) -> tuple[list[int], list[str]]:
+    return list(range(1000, 1000 + n)), [f"description of item {i}" for i in range(n)]
+
+
+def test_hashes_known_values(tmp_path):
+    abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"  # sha256("abc"), FIPS 180-2
+    assert content_hash("abc") == content_hash(b"abc") == abc
+    (tmp_path / "f.bin").write_bytes(b"abc")
+    assert file_hash(tmp_path / "f.bin") == abc
+    big = os.urandom((1 << 20) + 17)  # crosses the 1 MiB read chunk
+    (tmp_path / "big.bin").write_bytes(big)
+    assert file_hash(tmp_path / "big.bin") == hashlib.sha256(big).hexdigest()
+    with pytest.raises(TypeError, match="expects str or bytes, got int"):
+        content_hash(3)
+
+
+def test_fingerprint_files(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "w.bin").write_bytes(b"weights")
+    (tmp_path / "b.bin").write_bytes(b"weights")
+    assert fingerprint_files([tmp_path / "a" / "w.bin"], names=False) == fingerprint_files([tmp_path / "b.bin"], names=False)
+    assert fingerprint_files([tmp_path / "a" / "w.bin"]) != fingerprint_files([tmp_path / "b.bin"])
+    before = fingerprint_files([tmp_path / "b.bin"])
+    (tmp_path / "b.bin").write_bytes(b"weightz")  # same size, new content
+    assert fingerprint_files([tmp_path / "b.bin"]) != before
+
+
+def test_put_get_roundtrip_and_partial_hits(tmp_path):
+    cache = FeatureCache(tmp_path / "c")
+    assert cache.get(ENC, [(1, "h1")]) == (None, [0])  # empty cache: no directory yet
+    vecs = np.arange(12, dtype=np.float32).reshape(3, 4) / 7
+    cache.put(ENC, [(1, "h1"), ("b", "h2"), (3, "h3")], vecs)
+    got, missing = cache.get(ENC, [(3, "h3"), (9, "h9"), (1, "h1"), ("b", "h2")])
+    assert missing == [1] and got.dtype == np.float32 and got.shape == (4, 4)
+    np.testing.assert_array_equal(got, np.stack([vecs[2], np.zeros(4, np.float32), vecs[0], vecs[1]]))
+    assert cache.get(ENC, [(1, "other-hash"), (2, "h1")]) == (None, [0, 1])  # both parts of the key matter
+    hit, missing = cache.get(ENC, [("1", "h1")])  # ids compare as str(item_id)
+    assert missing == [] and np.array_equal(hit[0], vecs[0])
+    assert len(cache) == 3
+
+
+def test_reopen_other_encoder_and_newest_wins(tmp_path):
+    cache = FeatureCache(tmp_path)
+    cache.put(ENC, [(1, "h")], np.ones((1, 3), np.float32))
+    cache.put(ENC, [(1, "h")], np.full((1, 3), 2.0, np.float32))  # same key again: the newer shard wins
+    reopened = FeatureCache(tmp_path)
+    got, missing = reopened.get(ENC, [(1, "h")])
+    assert missing == [] and got.tolist() == [[2.0, 2.0, 2.0]]
+    assert reopened.get(ENC + "-other", [(1, "h")]) == (None, [0])
+    # A second instance sees shards committed by the first after it was opened.
+    cache.put(ENC, [(2, "h")], np.full((1, 3), 5.0, np.float32))
+    assert reopened.get(ENC, [(2, "h")])[1] == []
+
+
+def test_put_validates_shapes(tmp_path):
+    cache = FeatureCache(tmp_path)
+    with pytest.raises(ValueError, match=r"expected vectors of shape \[2, D\], got \[3, 4\]"):
+        cache.put(ENC, [(1, "a"), (2, "b")], np.zeros((3, 4)))
+    cache.put(ENC, [(1, "a")], np.zeros((1, 4)))
+    with pytest.raises(ValueError, match=r"has 4-d vectors .* got 5-d"):
+        cache.put(ENC, [(2, "b")], np.zeros((1, 5)))
+
+
+def test_encode_with_cache_encodes_only_changes(tmp_path):
+    ids, texts = _catalog(50)
+    hashes = [content_hash(t) for t in texts]
+    enc = CountingEncoder()
+    oracle = enc(texts)
+    enc.calls.clear()
+
+    vecs, n = encode_with_cache(enc, ENC, ids, texts, hashes, FeatureCache(tmp_path))
+    assert n == 50 and len(enc.calls) == 1
+    np.testing.assert_array_equal(vecs, oracle)
+
+    vecs, n = encode_with_cache(enc, ENC, ids, texts, hashes, FeatureCache(tmp_path))  # reopened
+    assert n == 0 and len(enc.calls) == 1  # not called at all
+    np.testing.assert_array_equal(vecs, oracle)
+
+    edited = [3, 7, 11, 19, 20, 28, 33, 40, 41, 49]
+    texts2 = [t + " (edited)" if i in edited else t for i, t in enumerate(texts)]
+    vecs, n = encode_with_cache(enc, ENC, ids, texts2, [content_hash(t) for t in texts2], FeatureCache(tmp_path))
+    assert n == 10 and enc.calls[-1] == [texts2[i] for i in edited]  # one call, exactly the edits, in order
+    np.testing.assert_array_equal(vecs, np.stack([enc.vector(t) for t in texts2]))
+
+    vecs, n = encode_with_cache(enc, ENC + "-v2", ids, texts2, [content_hash(t) for t in texts2], FeatureCache(tmp_path))
+    assert n == 50  # another encoder identity shares nothing
+    vecs, n = encode_with_cache(enc, ENC, ids, texts, hashes, None)
+    assert n == 50
+    with pytest.raises(ValueError, match="50 item ids, 49 contents and 50 hashes must match"):
+        encode_with_cache(enc, ENC, ids, texts[:-1], hashes, None)
+
+
+def test_interrupted_put_leaves_cache_usable(tmp_path, monkeypatch):
+    cache = FeatureCache(tmp_path)
+    cache.put(ENC, [(1, "a")], np.ones((1, 2), np.float32))
+    real_replace = os.replace
+
+    def crash_on_commit(src, dst):
+        if str(dst).endswith(".keys.npz"):
+            raise KeyboardInterrupt  # as if the process died between the two renames
+        real_replace(src, dst)
+
+    monkeypatch.setattr(cache_mod.os, "replace", crash_on_commit)
+    with pytest.raises(KeyboardInterrupt):
+        cache.put(ENC, [(2, "b"), (3, "c")], np.zeros((2, 2), np.float32))
+    monkeypatch.setattr(cache_mod.os, "replace", real_replace)
+
+    store_dir = next(p for p in tmp_path.iterdir() if p.is_dir())
+    assert not [p for p in store_dir.iterdir() if p.name.startswith(".tmp-")]  # temp files cleaned up
+    orphans = [p for p in store_dir.iterdir() if p.name.endswith(".vec.npy")]
+    assert len(orphans) == 2  # the committed shard and the uncommitted vectors
+    (store_dir / "shard-000000000009-deadbeef.keys.npz").write_bytes(b"garbage")  # a corrupt commit marker
+
+    fresh = FeatureCache(tmp_path)
+    got, missing = fresh.get(ENC, [(1, "a"), (2, "b"), (3, "c")])
+    assert missing == [1, 2] and got[0].tolist() == [1.0, 1.0]
+    fresh.put(ENC, [(2, "b"), (3, "c")], np.full((2, 2), 3.0, np.float32))
+    assert FeatureCache(tmp_path).get(ENC, [(2, "b"), (3, "c")])[1] == []
+
+
+def test_digest_collision_is_a_miss_not_a_wrong_vector(tmp_path, monkeypatch):
+    monkeypatch.setattr(cache_mod, "_key64", lambda item_id, chash: 42)  # every key collides
+    cache = FeatureCache(tmp_path)
+    cache.put(ENC, [(1, "a")], np.ones((1, 2), np.float32))
+    assert cache.get(ENC, [(2, "b")]) == (None, [0])
+    assert cache.get(ENC, [(1, "a")])[1] == []
+
+
+def test_many_shards_and_compact(tmp_path):
+    rng = np.random.default_rng(0)
+    n, dim = 20_000, 8
+    ids = [f"item-{i}" for i in range(n)]
+    hashes = [content_hash(s) for s in ids]
+    vecs = rng.standard_normal((n, dim)).astype(np.float32)
+    cache = FeatureCache(tmp_path)
+    for start in range(0, n, 5000):  # four puts, four shards
+        cache.put(ENC, list(zip(ids, hashes))[start : start + 5000], vecs[start : start + 5000])
+    pick = rng.choice(n, 500, replace=False)
+    got, missing = cache.get(ENC, [(ids[i], hashes[i]) for i in pick])
+    assert missing == []
+    np.testing.assert_array_equal(got, vecs[pick])
+
+    assert cache.compact(ENC) == n
+    store_dir = next(p for p in tmp_path.iterdir() if p.is_dir())
+    assert len(list(store_dir.glob("*.keys.npz"))) == 1 and len(list(store_dir.glob("*.vec.npy"))) == 1
+    got, missing = FeatureCache(tmp_path).get(ENC, [(ids[i], hashes[i]) for i in pick])
+    assert missing == []
+    np.testing.assert_array_equal(got, vecs[pick])

