@@ -199,3 +199,130 @@ def test_negative_layers_rejected_and_repr():
         GraphPropagation(-1)
     assert repr(GraphPropagation(3)) == "GraphPropagation(num_layers=3)"
     assert list(GraphPropagation(3).parameters()) == []
+
+
+# ------------------------------------------------------------------ sparse adjacency path
+def random_graph(num_users: int, num_items: int, num_edges: int, seed: int) -> torch.Tensor:
+    """Both directions of ``num_edges`` random user-item pairs (duplicates kept: they must add up)."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randint(0, num_users, (num_edges,), generator=g)
+    i = torch.randint(0, num_items, (num_edges,), generator=g) + num_users
+    return torch.stack([torch.cat([u, i]), torch.cat([i, u])])  # [2, 2E]
+
+
+def lgconv_oracle(x: torch.Tensor, ei: torch.Tensor, ew: torch.Tensor | None, layers: int) -> torch.Tensor:
+    """PyG's own message passing, renormalising in every layer: the path this module replaces."""
+    conv = LGConv(normalize=True)
+    xs = [x]
+    for _ in range(layers):
+        xs.append(conv(xs[-1], ei, ew))
+    return torch.stack(xs).mean(0)
+
+
+def test_normalized_adjacency_is_the_hand_computed_matrix_and_cached():
+    ei = toy_graph()
+    prop = GraphPropagation(2)
+    adj = prop.normalized_adjacency(ei, U + N, dtype=torch.float64)
+    assert adj.layout == torch.sparse_csr and adj.shape == (U + N, U + N) and adj.dtype == torch.float64
+    torch.testing.assert_close(adj.to_dense(), hand_dense_adjacency(), **TOL)
+    assert prop.normalized_adjacency(ei, U + N, dtype=torch.float64) is adj
+    prop(toy_features(), ei)
+    assert prop.normalized_adjacency(ei, U + N, dtype=torch.float64) is adj  # forward reused it
+    # the symmetric graph keeps a single matrix for the forward and the backward product
+    assert prop._adjacency(ei, U + N, None, torch.float64)[1] is adj
+
+    g = toy_graph()
+    before = prop.normalized_adjacency(g, U + N, dtype=torch.float64)
+    g[:, 5] = torch.tensor([0, U + 2])  # re-point u2-i1 to u0-i2, both directions
+    g[:, 14] = torch.tensor([U + 2, 0])
+    after = prop.normalized_adjacency(g, U + N, dtype=torch.float64)
+    assert after is not before
+    assert after.to_dense()[U + 2, 0].item() == pytest.approx(1 / math.sqrt(6), abs=1e-12)
+    assert after.to_dense()[U + 1, 2].item() == 0.0
+    prop.clear_cache()
+    assert prop.normalized_adjacency(g, U + N, dtype=torch.float64) is not after
+
+
+@pytest.mark.parametrize("weights", ["none", "symmetric", "asymmetric"])
+def test_sparse_path_equals_edge_index_message_passing(weights):
+    num_users, num_items = 37, 23
+    ei = random_graph(num_users, num_items, 160, seed=1)
+    n = num_users + num_items + 2  # two isolated item nodes at the end
+    half = ei.size(1) // 2
+    g = torch.Generator().manual_seed(2)
+    ew = None
+    if weights == "symmetric":
+        w = torch.rand(half, generator=g, dtype=torch.float64) + 0.5
+        ew = torch.cat([w, w])
+    elif weights == "asymmetric":  # the transpose differs: the backward must use it
+        ew = torch.rand(2 * half, generator=g, dtype=torch.float64) + 0.5
+    x = torch.randn(n, 16, generator=g, dtype=torch.float64)
+    up = torch.randn(n, 16, generator=g, dtype=torch.float64)  # upstream gradient
+
+    prop = GraphPropagation(3)
+    assert prop._use_sparse(x, ew)
+    x1 = x.clone().requires_grad_()
+    ours = prop(x1, ei, ew)
+    (ours * up).sum().backward()
+    adj_t, adj = prop._adjacency(ei, n, ew, torch.float64)
+    if weights == "none":  # exactly symmetric: one shared matrix
+        assert adj is adj_t
+    elif weights == "asymmetric":
+        assert adj is not adj_t
+    # ("symmetric" weights may differ from their reverse in the last ulp after normalisation:
+    # either outcome is exact, as the comparison below checks)
+
+    x2 = x.clone().requires_grad_()
+    ref = lgconv_oracle(x2, ei, ew, 3)
+    (ref * up).sum().backward()
+    torch.testing.assert_close(ours, ref, **TOL)
+    torch.testing.assert_close(x1.grad, x2.grad, **TOL)
+    torch.testing.assert_close(ours[-2:], x[-2:] / 4, **TOL)
+
+    # the same module on weights that require grad takes the edge_index path: same values
+    if ew is not None:
+        ew_grad = ew.clone().requires_grad_()
+        x3 = x.clone().requires_grad_()
+        assert not prop._use_sparse(x3, ew_grad)
+        fallback = prop(x3, ei, ew_grad)
+        (fallback * up).sum().backward()
+        torch.testing.assert_close(fallback, ours, **TOL)
+        torch.testing.assert_close(x3.grad, x1.grad, **TOL)
+
+
+def test_sparse_path_matches_dense_oracle_in_float32_and_under_no_grad():
+    ei = random_graph(50, 40, 300, seed=3)
+    x = torch.randn(90, 8, generator=torch.Generator().manual_seed(4))
+    prop = GraphPropagation(2)
+    a = prop.normalized_adjacency(ei, 90, dtype=torch.float64).to_dense()
+    xd = x.double()
+    dense = (xd + a @ xd + a @ a @ xd) / 3
+    with torch.no_grad():
+        out = prop(x, ei)
+    assert out.dtype == torch.float32 and not out.requires_grad
+    torch.testing.assert_close(out.double(), dense, rtol=1e-5, atol=1e-6)
+
+
+def test_half_precision_takes_the_message_passing_path():
+    ei = toy_graph()
+    x = toy_features()
+    prop = GraphPropagation(2)
+    assert not prop._use_sparse(x.bfloat16(), None)
+    out = prop(x.bfloat16(), ei)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.double(), prop(x, ei), rtol=2e-2, atol=0.0)
+
+
+def test_empty_graph_leaves_only_layer_zero():
+    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    out = GraphPropagation(3)(x, torch.empty(2, 0, dtype=torch.long))
+    torch.testing.assert_close(out, x / 4, **TOL)
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, torch.full_like(x, 0.25), **TOL)
+
+
+def test_normalized_adjacency_rejects_weights_that_require_grad():
+    ei = toy_graph()
+    ew = torch.ones(ei.size(1), requires_grad=True)
+    with pytest.raises(ValueError, match="edge_weight that requires grad.*over edge_index"):
+        GraphPropagation(1).normalized_adjacency(ei, U + N, ew)
