@@ -3,14 +3,15 @@
 Until a model is trained, an item's index vector is built from its modality vectors alone:
 
     v = concat_m( sqrt(w_m) * x_m / ||x_m|| )   over modalities m in a fixed order,
-    x_m := 0 for a modality the item lacks, then v := v / ||v||.
+    x_m := 0 for a modality the item lacks, and (optionally) v := v / ||v||.
 
-With weights summing to one and every modality present, ``||v|| = 1`` before the final
-normalisation, and the inner product of two such items is ``sum_m w_m cos(x_m, y_m)``: a weighted
-mean of per-modality cosine similarities. An item that lacks a modality is renormalised over the
-ones it has, so a text-only item compared with a text-only query scores its plain text cosine.
-A query in one modality (a text or an image search) is the same function applied to that
-modality alone.
+With weights summing to one, the inner product of two items is ``sum_m w_m cos(x_m, y_m)`` over
+the modalities both have: a weighted mean of per-modality cosine similarities in which a
+modality one of them lacks contributes zero. Without the final normalisation (``renormalize=
+False``, what the item index uses) that holds for every pair, and a one-modality query
+``x_m / sqrt(w_m)`` scores exactly ``cos(x_m, y_m)`` against every item that has modality m, so
+items with fewer modalities are not favoured. With it, an item is rescaled over the modalities
+it has.
 
 This is the single place the untrained combination lives; the trained fusion model replaces it
 for indexes built from a trained model.
@@ -27,6 +28,7 @@ def combine_modalities(
     present: Mapping[str, np.ndarray] | None = None,
     weights: Mapping[str, float] | None = None,
     order: Sequence[str] | None = None,
+    renormalize: bool = True,
 ) -> np.ndarray:
     """Combine per-modality vectors into one L2-normalised vector per item.
 
@@ -38,9 +40,11 @@ def combine_modalities(
             normalised to sum to one.
         order: the modality order of the concatenation, default ``sorted(vectors)``. Keep it
             fixed for one index: queries must use the same order.
+        renormalize: scale each row to unit norm (default). Off, a row's squared norm is the
+            sum of the weights of the modalities it has.
 
     Returns:
-        ``[N, sum_m D_m]`` float32, rows L2-normalised.
+        ``[N, sum_m D_m]`` float32 (rows L2-normalised when ``renormalize``).
 
     Raises:
         ValueError: mismatched row counts, unknown or negative weights, or an item with no
@@ -81,5 +85,6 @@ def combine_modalities(
         missing = np.flatnonzero(~any_present)[:10].tolist()
         raise ValueError(f"items at positions {missing} have no modality present")
     v = np.concatenate(parts, axis=1)  # [N, sum D_m]
-    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    if renormalize:
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
     return v.astype(np.float32, copy=False)

@@ -52,6 +52,10 @@ class MipsTransform:
         extra = np.sqrt(np.maximum(self.max_norm**2 - norms**2, 0.0))  # [N, 1]
         return (np.concatenate([x, extra], axis=1) / self.max_norm).astype(np.float32)  # [N, D+1]
 
+    def original(self, items: np.ndarray) -> np.ndarray:
+        """Undo :meth:`items`: ``[N, D + 1]`` augmented vectors -> the ``[N, D]`` raw vectors."""
+        return (np.asarray(items, np.float32)[:, :-1] * self.max_norm).astype(np.float32)
+
     def queries(self, q: np.ndarray) -> np.ndarray:
         q = np.asarray(q, dtype=np.float32)
         return np.concatenate([q, np.zeros((len(q), 1), np.float32)], axis=1)  # [B, D+1]

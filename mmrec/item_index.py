@@ -29,6 +29,7 @@ from safetensors.numpy import load_file, save_file
 
 from fusion.fixed import combine_modalities
 from index import FaissIndex, atomic_directory, read_manifest, sha256_file, write_manifest
+from index.mips import MipsTransform
 from mmrec.catalog import ID_FIELD, Catalog, check_catalog_ids, load_catalog
 from mmrec.errors import ConfigError, MMRecError
 from mmrec.ids import normalize_ids
@@ -143,8 +144,35 @@ def encode_catalog(
     return features, present, hashes
 
 
-class FixedCombination:
+class MipsVectorizer:
+    """Shared by index kinds whose vectors go through the MIPS reduction (:mod:`index.mips`).
+
+    Args:
+        mips: the index's transform.
+    """
+
+    def __init__(self, mips: MipsTransform) -> None:
+        self.mips = mips
+
+    def item_query(self, vectors: np.ndarray) -> np.ndarray:
+        """The query that finds the items scoring highest against items with these index vectors."""
+        return self.mips.queries(self.mips.original(vectors))
+
+    def rescore(self, scores: np.ndarray, query: np.ndarray) -> np.ndarray:
+        """FAISS cosine scores of one query -> the exact inner products."""
+        return self.mips.dot_products(scores, query[:-1])
+
+
+class FixedCombination(MipsVectorizer):
     """Index vectors of an untrained index: the fixed modality combination of fusion.fixed.
+
+    Items are combined without renormalisation (so a modality an item lacks contributes zero
+    to every score) and the MIPS reduction (:mod:`index.mips`, norm bound just above 1) makes
+    the cosine FAISS index rank them by that exact inner product. Scores reported:
+
+    * item -> item: ``sum_m w_m cos_m`` over the modalities both items have;
+    * a one-modality query (text or image search): the plain cosine in that modality, the
+      same for an item with one modality or several.
 
     Args:
         weights: modality -> weight.
@@ -152,25 +180,24 @@ class FixedCombination:
     """
 
     def __init__(self, weights: dict[str, float], order: Sequence[str]) -> None:
+        super().__init__(MipsTransform(1.0 + 1e-3))  # rows have norm <= 1 (+ rounding)
         self.weights, self.order = dict(weights), list(order)
 
+    def combine(self, features: dict[str, np.ndarray], present: dict[str, np.ndarray]) -> np.ndarray:
+        """``[N, D]`` weighted concatenation of the modality vectors (not renormalised)."""
+        return combine_modalities(features, present, self.weights, self.order, renormalize=False)
+
     def item_vectors(self, features: dict[str, np.ndarray], present: dict[str, np.ndarray]) -> np.ndarray:
-        """``[N, D]`` index vectors from modality vectors ``[N, D_m]`` and presence ``[N]``."""
-        return combine_modalities(features, present, self.weights, self.order)
+        """``[N, D + 1]`` index vectors from modality vectors ``[N, D_m]`` and presence ``[N]``."""
+        return self.mips.items(self.combine(features, present))
 
     def query_vector(self, modality: str, vector: np.ndarray, dims: dict[str, int]) -> np.ndarray:
-        """An index-space ``[1, D]`` vector for a query given in one modality."""
+        """A ``[1, D + 1]`` query for one modality, scoring that modality's cosine."""
         feats = {m: np.zeros((1, dims[m]), np.float32) for m in self.order}
         feats[modality] = vector.reshape(1, -1).astype(np.float32)
-        return self.item_vectors(feats, {m: np.array([m == modality]) for m in self.order})
-
-    def item_query(self, vectors: np.ndarray) -> np.ndarray:
-        """The query that finds items similar to items with these index vectors: themselves."""
-        return vectors
-
-    def rescore(self, scores: np.ndarray, query: np.ndarray) -> np.ndarray:
-        """Scores as reported to users: the index's cosine scores as they are."""
-        return scores
+        q = self.combine(feats, {m: np.array([m == modality]) for m in self.order})  # sqrt(w_m) x_m
+        share = self.weights[modality] / sum(self.weights.values())
+        return self.mips.queries(q / share)
 
 
 class ItemIndex:

@@ -255,7 +255,7 @@ def evaluate_directory(
         keep = rows[inter.users] >= 0
         inter = Interactions(inter.user_ids, inter.item_ids, inter.users[keep], inter.items[keep],
                              split=inter.split[keep], report=inter.report)
-    item_vecs = torch.from_numpy(rec.items.vectors[:, :-1] * rec.items.vectorizer.mips.max_norm)  # undo MIPS: [N, D]
+    item_vecs = torch.from_numpy(rec.items.vectorizer.mips.original(rec.items.vectors))  # [N, D]
     user_vecs = torch.from_numpy(rec.user_vectors)
 
     def score(users: np.ndarray) -> torch.Tensor:

@@ -30,7 +30,7 @@ from fusion.model import FusedGraphModel
 from index.mips import MipsTransform
 from mmrec.config import TrainConfig, load_config, save_config
 from mmrec.errors import ConfigError, MMRecError
-from mmrec.item_index import ItemIndex, Result
+from mmrec.item_index import ItemIndex, MipsVectorizer, Result
 from mmrec.typing import ItemId, UserId
 
 logger = logging.getLogger(__name__)
@@ -38,14 +38,15 @@ logger = logging.getLogger(__name__)
 TRAINED_FILES = ["config.json", "model.safetensors", "users.json", "users.safetensors"]
 
 
-class TrainedContent:
+class TrainedContent(MipsVectorizer):
     """Index vectors of a trained model for items and queries known only by their content.
 
     A new item (or a text / image query) is fused from its modality features with the ID
     token masked (:meth:`FusedGraphModel.content_only`). Training gives items without
     interactions no edges, so after layer-mean propagation such an item's vector is its
     layer-0 vector divided by ``L + 1``; ``cold_scale`` applies the same factor to items added
-    later, so they land where the trained graph would have put them.
+    later, so they land where the trained graph would have put them. Items similar to an item
+    are the items a user placed at that item's vector would score highest.
 
     Args:
         model: the trained model (put in eval mode).
@@ -54,8 +55,8 @@ class TrainedContent:
     """
 
     def __init__(self, model: FusedGraphModel, mips: MipsTransform, cold_scale: float) -> None:
+        super().__init__(mips)
         self.model = model.eval()
-        self.mips = mips
         self.cold_scale = cold_scale
 
     @torch.no_grad()
@@ -80,12 +81,6 @@ class TrainedContent:
         q = self.content_vectors({modality: vector.reshape(1, -1)}, {modality: np.ones(1, bool)})
         return self.mips.queries(q)
 
-    def item_query(self, vectors: np.ndarray) -> np.ndarray:
-        """Items similar to an item: the items a user placed at that item's vector would score highest."""
-        return self.mips.queries(vectors[:, :-1])
-
-    def rescore(self, scores: np.ndarray, query: np.ndarray) -> np.ndarray:
-        return self.mips.dot_products(scores, query[:-1])
 
 
 class Recommender:

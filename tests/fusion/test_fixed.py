@@ -44,3 +44,12 @@ def test_zero_row_counts_as_missing_and_all_missing_raises():
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         combine_modalities({"text": np.ones((2, 2), np.float32)}, **kwargs)
+
+
+def test_without_renormalisation_missing_modalities_contribute_zero():
+    text = np.array([[1.0, 0.0], [2.0, 0.0]], dtype=np.float32)
+    image = np.array([[0.0, 1.0], [0.0, 0.0]], dtype=np.float32)
+    v = combine_modalities({"text": text, "image": image}, weights={"text": 1, "image": 3},
+                           order=["text", "image"], renormalize=False)
+    np.testing.assert_allclose(v, [[0.5, 0.0, 0.0, np.sqrt(0.75)], [0.5, 0.0, 0.0, 0.0]], atol=1e-7)
+    assert v[0] @ v[1] == pytest.approx(0.25)  # only the shared text modality counts: w_text * cos

@@ -16,6 +16,7 @@ def test_cosine_on_augmented_vectors_equals_inner_product_ranking():
     cos = (xi @ xq[0]) / np.linalg.norm(xq[0])
     np.testing.assert_array_equal(np.argsort(-cos), np.argsort(-(items @ q[0])))
     np.testing.assert_allclose(t.dot_products(cos, q[0]), items @ q[0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(t.original(xi), items, rtol=1e-5, atol=1e-6)
 
 
 def test_exact_small_case():

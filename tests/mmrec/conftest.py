@@ -36,3 +36,7 @@ def write_planted(tmp_path: Path, users: int = 48, items: int = 32, clusters: in
     path = tmp_path / "content.npy"
     np.save(path, feats)
     return inter, path
+
+
+# Tiny random encoders shared with the encoder tests (built once per session, no downloads).
+from tests.encoders.conftest import image_paths, tiny_bert_dir, tiny_vit_dir  # noqa: E402,F401

@@ -76,7 +76,8 @@ def test_save_load_round_trip(tmp_path):
     np.testing.assert_array_equal(idx.vectors, back.vectors)
     assert back.vectors.dtype == np.float32
     manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
-    assert manifest["count"] == 5 and manifest["dim"] == 3 and manifest["factory"] == "Flat"
+    assert manifest["count"] == 5 and manifest["factory"] == "Flat"
+    assert manifest["dim"] == 3 + 1  # the MIPS coordinate (index/mips.py)
     assert set(manifest["checksums"]) >= {"index.faiss", "ids.json", "items.jsonl", "features.safetensors"}
 
 

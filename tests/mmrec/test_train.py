@@ -95,7 +95,7 @@ def test_scores_equal_the_model_dot_products(tmp_path):
     rec, _, _ = fit(inter_path, features={"content": feats}, config=TrainConfig(**(FAST | {"epochs": 2})),
                     split="random", show_progress=False)
     row = rec.user_index("u3")
-    item_raw = rec.items.vectors[:, :-1] * rec.items.vectorizer.mips.max_norm  # [N, D]
+    item_raw = rec.items.vectorizer.mips.original(rec.items.vectors)  # [N, D]
     for r in rec.recommend("u3", 5):
         i = rec.items._pos[r.item_id]
         assert r.score == pytest.approx(float(rec.user_vectors[row] @ item_raw[i]), rel=1e-4, abs=1e-5)
