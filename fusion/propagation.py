@@ -95,9 +95,10 @@ class GraphPropagation(nn.Module):
     ``torch.sparse.mm(adj_t, x)`` -- what ``LGConv`` itself runs when given a sparse
     ``adj_t`` -- with a backward that reuses the cached transpose instead of transposing
     ``adj_t`` anew in every step (the adjacency is symmetric, so the transpose is usually
-    the same matrix). On ML-100k this is about 25x faster forward + backward than
-    ``LGConv``'s gather / scatter message passing over ``edge_index`` and about 3x faster
-    than ``LGConv`` on ``adj_t`` (``scripts/bench_propagation.py``). The cache is keyed on
+    the same matrix). Forward + backward this is an order of magnitude faster than
+    ``LGConv``'s gather / scatter message passing over ``edge_index`` on the benchmark graphs,
+    and several times faster than ``LGConv`` on ``adj_t``, whose backward time is mostly that
+    transpose (``benchmarks/results/propagation.md``). The cache is keyed on
     the identity and in-place version of ``edge_index`` (and ``edge_weight``), the node
     count and the dtype, so a new or modified graph is renormalised.
 
