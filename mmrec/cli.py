@@ -35,8 +35,9 @@ def _csv_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def print_results(results, as_json: bool, title_field: str | None = None, out=sys.stdout) -> None:
-    """Print results as JSON (a list of objects) or as a readable table."""
+def print_results(results, as_json: bool, title_field: str | None = None, out=None) -> None:
+    """Print results as JSON (a list of objects) or as a readable table (to ``out``, default stdout)."""
+    out = out or sys.stdout
     if as_json:
         json.dump([r.to_dict() for r in results], out, ensure_ascii=False, indent=1)
         out.write("\n")

@@ -286,10 +286,10 @@ class ItemIndex:
             overwrite: replace an existing ``out``.
             show_progress: progress bars.
         """
-        if not isinstance(catalog, Catalog):
-            catalog = load_catalog(catalog, show_progress=show_progress, **catalog_options)
         if out is not None and Path(out).exists() and not overwrite:
             raise MMRecError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
+        if not isinstance(catalog, Catalog):
+            catalog = load_catalog(catalog, show_progress=show_progress, **catalog_options)
         encoders, spec = {}, {}
         if any(catalog.texts):
             encoders["text"] = make_encoder(

@@ -1,0 +1,115 @@
+"""The mmrec CLI end to end, with the real packaged MiniLM text encoder."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mmrec.cli import main
+
+MOVIES = [
+    ("m1", "Toy Tales", "An animated cartoon film for children about toys that come to life"),
+    ("m2", "Deep Freeze", "A submarine crew is trapped under the arctic ice"),
+    ("m3", "Court Day", "A lawyer defends an innocent man in a tense courtroom drama"),
+    ("m4", "Galaxy Run", "Astronauts fight aliens on a distant planet in outer space"),
+    ("m5", "Kitchen Love", "A romantic comedy about two rival chefs in Paris"),
+    ("m6", "Stock Crash", "A documentary about the financial crisis and Wall Street banks"),
+]
+
+
+def write(path: Path, rows) -> Path:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["item_id", "title", "summary"])
+        w.writerows(rows)
+    return path
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    write(d / "movies.csv", MOVIES)
+    assert main(["index", "build", "--catalog", str(d / "movies.csv"), "--out", str(d / "idx"), "--no-cache", "-q"]) == 0
+    return d
+
+
+def test_search_ranks_the_animated_film_first(built, capsys):
+    code, out, _ = run(capsys, "search", "--index", str(built / "idx"), "--text", "animation for kids", "--json", "-q")
+    assert code == 0
+    res = json.loads(out)
+    assert res[0]["item_id"] == "m1" and res[0]["title"] == "Toy Tales"
+    assert len(res) == 6 and set(res[0]) == {"item_id", "score", "title", "summary"}
+    assert res[0]["score"] > res[1]["score"]
+
+
+def test_similar_table_and_json(built, capsys):
+    code, out, _ = run(capsys, "similar", "--index", str(built / "idx"), "--item", "m4", "-k", "3", "-q")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["rank", "score", "item_id", "title"]
+    assert len(lines) == 4 and "m4" not in out.split("item_id", 1)[1]
+    code, out, _ = run(capsys, "similar", "--index", str(built / "idx"), "--item", "m4", "-k", "3", "--json", "-q")
+    assert [r["item_id"] for r in json.loads(out)] == [line.split()[2] for line in lines[1:]]
+
+
+def test_add_then_remove(built, capsys, tmp_path):
+    idx = tmp_path / "idx"
+    shutil.copytree(built / "idx", idx)
+    new = write(tmp_path / "new.csv", [("m7", "Puppet Show", "An animated musical cartoon with puppets for kids")])
+    code, out, _ = run(capsys, "index", "add", "--index", str(idx), "--catalog", str(new), "--no-cache", "-q")
+    assert code == 0 and "added 1 items" in out and "7 items" in out
+    code, out, _ = run(capsys, "search", "--index", str(idx), "--text", "animated puppets", "-k", "2", "--json", "-q")
+    assert [r["item_id"] for r in json.loads(out)] == ["m7", "m1"]
+    code, out, _ = run(capsys, "index", "remove", "--index", str(idx), "--item", "m7", "m1", "-q")
+    assert code == 0 and "removed 2 items" in out
+    code, out, _ = run(capsys, "search", "--index", str(idx), "--text", "animated puppets", "--json", "-q")
+    assert {r["item_id"] for r in json.loads(out)} == {"m2", "m3", "m4", "m5", "m6"}
+
+
+def test_errors_are_one_line_without_traceback(built, capsys, tmp_path):
+    code, _, err = run(capsys, "similar", "--index", str(tmp_path / "missing"), "--item", "m1")
+    assert code == 1 and "error:" in err and "no such index directory" in err and "Traceback" not in err
+    code, _, err = run(capsys, "similar", "--index", str(built / "idx"), "--item", "nope", "-q")
+    assert code == 1 and "item 'nope' is not in this index" in err
+    bad = write(tmp_path / "bad.csv", MOVIES + [("m2", "Again", "duplicate")])
+    code, _, err = run(capsys, "index", "build", "--catalog", str(bad), "--out", str(tmp_path / "x"), "--no-cache")
+    assert code == 1 and "row 7, field 'item_id': duplicate id 'm2' (first at row 2)" in err
+    assert not (tmp_path / "x").exists()
+    code, _, err = run(capsys, "index", "build", "--catalog", str(bad), "--out", str(built / "idx"), "--no-cache")
+    assert code == 1 and "already exists" in err
+    code, _, err = run(capsys, "search", "--index", str(built / "idx"), "--image", str(tmp_path / "q.jpg"), "-q")
+    assert code == 1 and "no image modality" in err
+
+
+def test_skip_invalid_writes_a_report(tmp_path, capsys):
+    bad = write(tmp_path / "bad.csv", MOVIES[:3] + [("m2", "Again", "duplicate"), ("", "No id", "x")])
+    code, out, _ = run(capsys, "index", "build", "--catalog", str(bad), "--out", str(tmp_path / "idx"),
+                       "--skip-invalid", "--no-cache", "-q")
+    assert code == 0 and "3 items" in out
+    report = [json.loads(line) for line in (tmp_path / "idx" / "skipped.jsonl").read_text().splitlines()]
+    assert [(r["row"], r["field"]) for r in report] == [(4, "item_id"), (5, "item_id")]
+
+
+def test_console_script_entry_point(built):
+    exe = Path(sys.executable).with_name("mmrec")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "mmrec.cli"]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[2]))
+    done = subprocess.run(cmd + ["similar", "--index", str(built / "idx"), "--item", "m1", "-k", "2", "--json", "-q"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads(done.stdout)) == 2
+    done = subprocess.run(cmd + ["similar", "--index", str(built / "idx")], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 2 and "--item" in done.stderr
