@@ -1,0 +1,375 @@
+"""Recommendation quality on the real benchmark sets: fused model vs ID-only LightGCN vs content index.
+
+For each dataset under ``--data`` (default ``../shared/data``, see its README) this trains, on the
+dataset's GIVEN train/valid/test split and with the same budget (grid, epochs, patience, batch):
+
+* ``fused``      -- the full model: content modalities + ID token, attention fusion, LightGCN
+  propagation (``TrainConfig()``);
+* ``id-only``    -- plain LightGCN by the same code (``TrainConfig(use_content=False)``);
+* ``content-index`` -- no training: the fixed modality combination of the item's features
+  (``fusion.fixed.combine_modalities``); a user is the mean of its training items' vectors,
+  every item is ranked by inner product, training items masked.
+
+Every model is scored by ``mmrec.metrics.evaluate`` (full ranking). The headline numbers use
+``mask="train"`` (MMRec's convention, that of the published numbers); ``mask="all"`` numbers
+(train + valid masked when testing) are reported beside them. Hyper-parameters are chosen on
+VALIDATION Recall@20 with seed 0 only (every grid point is recorded in the JSON); the chosen
+configuration is then trained with every ``--seeds`` seed (seed 0 reuses the grid run, which is
+the same deterministic run) and test metrics are reported as mean and std over seeds.
+
+Datasets: ``ml100k-plus`` (text: title, genres, summary, cast, director, encoded by the packaged
+MiniLM through the feature cache), ``tiktok`` (image + audio ``.npy`` features), ``amazon-baby``
+(no features: the ID-only model is checked against the published LightGCN numbers).
+
+Results are merged into ``--out``/quality.json (one entry per dataset, each with the command that
+produced it) and quality.md is rewritten from the merged JSON, so datasets can run as separate
+processes. Commands (from the project root)::
+
+    .venv/bin/python scripts/quality.py                                  # everything, 3 seeds
+    .venv/bin/python scripts/quality.py --datasets ml100k-plus tiktok --seeds 0
+    .venv/bin/python scripts/quality.py --datasets amazon-baby --seeds 0 1 2 --epochs 120
+    .venv/bin/python scripts/quality.py --datasets tiktok --grid-lr 0.005 --patience 5
+
+On a shared CPU, ``--threads 1`` (the default) is faster than oversubscribing cores.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import fcntl
+import json
+import logging
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fusion.fixed import combine_modalities  # noqa: E402
+from mmrec.config import TrainConfig  # noqa: E402
+from mmrec.interactions import Interactions  # noqa: E402
+from mmrec.metrics import evaluate  # noqa: E402
+from mmrec.pipeline import Content, interactions_for, load_content  # noqa: E402
+from mmrec.train import Trainer, TrainData, build_model, seed_everything  # noqa: E402
+
+METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
+MODELS = ("fused", "id-only", "content-index")
+
+DATASETS: dict[str, dict[str, Any]] = {
+    "ml100k-plus": {
+        "interactions": "ml100k-plus/interactions.tsv",
+        "catalog": "ml100k-plus/items.csv",
+        "text_fields": ["title", "genres", "summary", "cast", "director"],
+        "published": {
+            "source": "data README (MMRec toolbox logs; posters + plots, so not identical inputs)",
+            "FREEDOM": {"recall@10": 0.1291, "recall@20": 0.2263, "ndcg@20": 0.3151},
+            "MGCN": {"recall@20": 0.2248},
+            "LATTICE": {"recall@20": 0.2150},
+            "BM3": {"recall@20": 0.1863},
+        },
+    },
+    "tiktok": {
+        "interactions": "tiktok/interactions.tsv",
+        "features": {"image": "tiktok/image_feat.npy", "audio": "tiktok/audio_feat.npy"},
+        "published": {
+            "source": "data README (DiffMM paper, their protocol)",
+            "MF-BPR": {"recall@20": 0.0346, "ndcg@20": 0.0130},
+            "LightGCN": {"recall@20": 0.0653, "ndcg@20": 0.0282},
+            "LATTICE": {"recall@20": 0.0843, "ndcg@20": 0.0367},
+            "BM3": {"recall@20": 0.0957, "ndcg@20": 0.0404},
+            "DiffMM": {"recall@20": 0.1129, "ndcg@20": 0.0456},
+        },
+    },
+    "amazon-baby": {
+        "interactions": "amazon-baby/interactions.tsv",
+        "published": {
+            "source": "data README (MMRec protocol: full ranking, train items masked)",
+            "MF-BPR": {"recall@20": 0.0575, "ndcg@20": 0.0249},
+            "LightGCN": {"recall@10": 0.0479, "recall@20": 0.0754, "ndcg@10": 0.0257, "ndcg@20": 0.0328},
+            "FREEDOM (image+text)": {"recall@20": 0.0992},
+        },
+        # The id-only model must land within this relative distance of published LightGCN.
+        "lightgcn_tolerance": 0.03,
+    },
+}
+
+
+# ----------------------------------------------------------------------------------- helpers
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def mean_std(values: list[float]) -> dict[str, float]:
+    a = np.asarray(values, dtype=np.float64)
+    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "n": len(a)}
+
+
+def pick(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: round(float(metrics[k]), 6) for k in METRICS}
+
+
+def load_dataset(root: Path, name: str, cache_dir: Path) -> tuple[Content, Interactions]:
+    spec = DATASETS[name]
+    catalog = root / spec["catalog"] if "catalog" in spec else None
+    features = {m: root / p for m, p in spec.get("features", {}).items()}
+    options: dict[str, Any] = {}
+    if catalog is not None:
+        options = {"text_fields": spec["text_fields"], "image_encoder": None, "cache_dir": cache_dir}
+    content = load_content(catalog, features or None, show_progress=False, **options)
+    inter = interactions_for(content, root / spec["interactions"], split="given", seed=0)
+    return content, inter
+
+
+# ------------------------------------------------------------------------------ the models
+def train_one(content: Content, inter: Interactions, cfg: TrainConfig) -> dict[str, Any]:
+    """One training run by the pipeline's own model/trainer; valid and test metrics, both masks."""
+    seed_everything(cfg.seed)
+    n = inter.num_items
+    dims = {m: int(x.shape[1]) for m, x in content.features.items()} if cfg.use_content else {}
+    model = build_model(cfg, inter.num_users, n, dims)
+    # As mmrec.pipeline.fit: items without a training interaction are fused from content alone.
+    train_degree = np.bincount(inter.items[inter.split_mask("train")], minlength=n)
+    has_id = torch.from_numpy(train_degree > 0) if dims else None
+    data = TrainData(
+        inter,
+        {m: torch.from_numpy(content.features[m]) for m in dims},
+        {m: torch.from_numpy(content.present[m]) for m in dims},
+        has_id,
+    )
+    start = time.perf_counter()
+    trainer = Trainer(model, data, cfg, show_progress=False)
+    result = trainer.fit()
+    users, items, _ = trainer.vectors()
+
+    def score(u: np.ndarray) -> torch.Tensor:
+        return users[torch.as_tensor(u)] @ items.T  # [B, N]
+
+    test = {mask: evaluate(score, inter, split="test", mask=mask, ks=(10, 20)) for mask in ("train", "all")}
+    return {
+        "seed": cfg.seed,
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "seconds_per_epoch": round(result.seconds_per_epoch, 3),
+        "wall_seconds": round(time.perf_counter() - start, 1),
+        "valid": pick(result.best_valid),
+        "test": pick(test["train"]),
+        "test_mask_all": pick(test["all"]),
+        "valid_curve": [round(h["valid_recall@20"], 5) for h in result.history if "valid_recall@20" in h],
+    }
+
+
+def content_index(content: Content, inter: Interactions) -> dict[str, Any]:
+    """The untrained content index as a recommender: user = mean of its training items' vectors."""
+    start = time.perf_counter()
+    names = sorted(content.features)
+    vecs = combine_modalities(content.features, content.present, order=names)  # [N, sum D_m]
+    train = inter.user_items("train").astype(np.float32)  # [U, N]
+    counts = np.maximum(np.asarray(train.sum(axis=1)).ravel(), 1.0)
+    users = torch.from_numpy(np.asarray(sp.diags(1.0 / counts) @ train @ vecs, dtype=np.float32))  # [U, sum D_m]
+    items = torch.from_numpy(vecs)
+
+    def score(u: np.ndarray) -> torch.Tensor:
+        return users[torch.as_tensor(u)] @ items.T  # [B, N]
+
+    out = {
+        "modalities": names,
+        "valid": pick(evaluate(score, inter, split="valid", mask="train")),
+        "test": pick(evaluate(score, inter, split="test", mask="train")),
+        "test_mask_all": pick(evaluate(score, inter, split="test", mask="all")),
+    }
+    out["wall_seconds"] = round(time.perf_counter() - start, 1)
+    return out
+
+
+# ------------------------------------------------------------------------------- one dataset
+def run_dataset(name: str, args: argparse.Namespace, cache_dir: Path) -> dict[str, Any]:
+    spec = DATASETS[name]
+    t0 = time.perf_counter()
+    content, inter = load_dataset(Path(args.data), name, cache_dir)
+    entry: dict[str, Any] = {
+        "command": args.command,
+        "machine_at_start": machine(),
+        "data": {"users": inter.num_users, "items": inter.num_items, "split": inter.split_counts(),
+                 "modalities": {m: int(x.shape[1]) for m, x in content.features.items()}},
+        "load_seconds": round(time.perf_counter() - t0, 1),
+        "published": spec["published"],
+        "grid": {},
+        "selected": {},
+        "runs": {},
+        "summary": {},
+    }
+    print(f"[{name}] {inter} modalities {entry['data']['modalities']} (loaded in {entry['load_seconds']}s)",
+          flush=True)
+
+    base = {"mask": "train", "epochs": args.epochs, "patience": args.patience, "batch_size": args.batch_size,
+            "eval_every": 1}
+    kinds = {"fused": {"use_content": True}, "id-only": {"use_content": False}}
+    if not content.features:
+        kinds.pop("fused")  # nothing to fuse: only the backbone check
+    grid = [{"lr": lr, "reg": reg} for lr in args.grid_lr for reg in args.grid_reg]
+    for kind, fixed in kinds.items():
+        points = grid + ([{**g, "id_dropout": 0.0} for g in grid] if kind == "fused" and args.grid_id_dropout else [])
+        tried = []
+        for point in points:
+            cfg = TrainConfig(**base, **fixed, **point, seed=args.seeds[0])
+            run = train_one(content, inter, cfg)
+            tried.append({"config": point, **run})
+            print(f"[{name}] {kind} grid {point}: valid R@20 {run['valid']['recall@20']:.4f} "
+                  f"best epoch {run['best_epoch']}/{run['epochs_run']} {run['seconds_per_epoch']}s/epoch", flush=True)
+        best = max(tried, key=lambda r: r["valid"]["recall@20"])
+        entry["grid"][kind] = [{k: r[k] for k in ("config", "valid", "best_epoch", "epochs_run", "seconds_per_epoch")}
+                               for r in tried]
+        entry["selected"][kind] = dataclasses.asdict(TrainConfig(**base, **fixed, **best["config"]))
+        runs = [{k: v for k, v in best.items() if k != "config"}]
+        for seed in args.seeds[1:]:
+            run = train_one(content, inter, TrainConfig(**base, **fixed, **best["config"], seed=seed))
+            runs.append(run)
+            print(f"[{name}] {kind} seed {seed}: test R@20 {run['test']['recall@20']:.4f} "
+                  f"N@20 {run['test']['ndcg@20']:.4f}", flush=True)
+        entry["runs"][kind] = runs
+        entry["summary"][kind] = {
+            part: {m: mean_std([r[part][m] for r in runs]) for m in METRICS} for part in ("test", "test_mask_all", "valid")
+        } | {"seconds_per_epoch": mean_std([r["seconds_per_epoch"] for r in runs]),
+             "best_epoch": [r["best_epoch"] for r in runs]}
+    if content.features:
+        ci = content_index(content, inter)
+        entry["runs"]["content-index"] = [ci]
+        entry["summary"]["content-index"] = {part: {m: mean_std([ci[part][m]]) for m in METRICS}
+                                             for part in ("test", "test_mask_all", "valid")}
+    entry["checks"] = checks(name, entry)
+    entry["machine_at_end"] = machine()
+    entry["total_seconds"] = round(time.perf_counter() - t0, 1)
+    return entry
+
+
+def checks(name: str, entry: dict[str, Any]) -> dict[str, Any]:
+    s = entry["summary"]
+    out: dict[str, Any] = {}
+    if "fused" in s:
+        for m in ("recall@20", "ndcg@20"):
+            f, i = s["fused"]["test"][m]["mean"], s["id-only"]["test"][m]["mean"]
+            out[f"fused_beats_id_only_{m}"] = {"fused": f, "id_only": i, "relative_gain": (f - i) / i, "met": f > i}
+    tol = DATASETS[name].get("lightgcn_tolerance")
+    if tol is not None:
+        ref = DATASETS[name]["published"]["LightGCN"]
+        for m, r in ref.items():
+            got = s["id-only"]["test"][m]["mean"]
+            out[f"id_only_vs_published_lightgcn_{m}"] = {
+                "ours": got, "published": r, "relative_diff": (got - r) / r, "met": abs(got - r) / r <= tol}
+    return out
+
+
+# ----------------------------------------------------------------------------------- output
+def fmt(cell: dict[str, float] | None) -> str:
+    if cell is None:
+        return "-"
+    if cell["n"] > 1:
+        return f"{cell['mean']:.4f} ± {cell['std']:.4f}"
+    return f"{cell['mean']:.4f}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = ["# Recommendation quality on the given splits", ""]
+    lines += ["Test metrics, full ranking over all items, training items masked (`mask=\"train\"`, the MMRec",
+              "convention of the published numbers); mean ± std over seeds (n = number of seeds).",
+              "Hyper-parameters selected on validation Recall@20 only (grid and every point in quality.json).", ""]
+    for name, e in results["datasets"].items():
+        m = e["machine_at_start"]
+        lines += [f"## {name}", "",
+                  f"{e['data']['users']} users, {e['data']['items']} items, split {e['data']['split']}, "
+                  f"modalities {e['data']['modalities'] or 'none'}.", "",
+                  "| model | R@10 | R@20 | N@10 | N@20 | R@20 (mask all) | N@20 (mask all) | seeds | best epoch | s/epoch |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+        for kind in MODELS:
+            s = e["summary"].get(kind)
+            if s is None:
+                continue
+            t, a = s["test"], s["test_mask_all"]
+            sel = e["selected"].get(kind)
+            label = kind if sel is None else f"{kind} (lr {sel['lr']}, reg {sel['reg']}" + (
+                f", id_dropout {sel['id_dropout']})" if kind == "fused" else ")")
+            spe = f"{s['seconds_per_epoch']['mean']:.1f}" if "seconds_per_epoch" in s else "-"
+            epochs = ", ".join(str(x) for x in s.get("best_epoch", [])) or "-"
+            lines.append(f"| {label} | {fmt(t['recall@10'])} | {fmt(t['recall@20'])} | {fmt(t['ndcg@10'])} | "
+                         f"{fmt(t['ndcg@20'])} | {fmt(a['recall@20'])} | {fmt(a['ndcg@20'])} | "
+                         f"{t['recall@20']['n']} | {epochs} | {spe} |")
+        pub = {k: v for k, v in e["published"].items() if k != "source"}
+        lines += ["", "Published (" + e["published"]["source"] + "): " + "; ".join(
+            f"{k} " + ", ".join(f"{mm} {vv}" for mm, vv in v.items()) for k, v in pub.items()) + ".", ""]
+        for key, c in e["checks"].items():
+            verdict = "met" if c["met"] else "NOT met"
+            detail = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in c.items() if k != "met")
+            lines.append(f"- {key}: **{verdict}** ({detail})")
+        lines += ["", f"Machine: {m['cpu']}, {m['cores']} cores (shared; load average {m['load_average']} at start), "
+                  f"torch {m['torch']} with {m['torch_threads']} thread(s). Total {e['total_seconds']:.0f}s.", "",
+                  f"Command: `{e['command']}`", ""]
+    return "\n".join(lines)
+
+
+def merge_and_write(out_dir: Path, name: str, entry: dict[str, Any]) -> None:
+    """Merge one dataset's entry into quality.json (under a lock: datasets may run in parallel)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / ".quality.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        path = out_dir / "quality.json"
+        results = json.loads(path.read_text()) if path.exists() else {"datasets": {}}
+        results["datasets"][name] = entry
+        results["datasets"] = {k: results["datasets"][k] for k in DATASETS if k in results["datasets"]}
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(results, indent=1) + "\n")
+        tmp.replace(path)
+        (out_dir / "quality.md").write_text(markdown(results))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", default="../shared/data", help="folder holding the datasets (default ../shared/data)")
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds; the first one selects the grid point")
+    p.add_argument("--epochs", type=int, default=100, help="maximum epochs per run")
+    p.add_argument("--patience", type=int, default=10, help="early-stopping patience (evaluations)")
+    p.add_argument("--batch-size", type=int, default=2048)
+    p.add_argument("--grid-lr", nargs="+", type=float, default=[0.01], help="learning rates tried")
+    p.add_argument("--grid-reg", nargs="+", type=float, default=[1e-4], help="L2 weights tried")
+    p.add_argument("--grid-id-dropout", action="store_true",
+                   help="also try the fused model with id_dropout 0 (default: TrainConfig's)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--cache-dir", default=None, help="feature cache folder (default: a temporary one)")
+    p.add_argument("--out", default="benchmarks/results", help="output folder")
+    args = p.parse_args(argv)
+    args.command = "python scripts/quality.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.WARNING)
+    with contextlib.ExitStack() as stack:
+        cache = Path(args.cache_dir) if args.cache_dir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        for name in args.datasets:
+            entry = run_dataset(name, args, cache)
+            merge_and_write(Path(args.out), name, entry)
+            print(f"[{name}] done in {entry['total_seconds']:.0f}s: {json.dumps(entry['checks'])}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
