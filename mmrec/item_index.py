@@ -67,16 +67,22 @@ class Encoders:
         show_progress: progress bars while encoding.
     """
 
-    def __init__(self, spec: dict[str, dict], show_progress: bool = True) -> None:
+    def __init__(self, spec: dict[str, dict], show_progress: bool = True, root: Path | None = None) -> None:
         self.spec = spec
         self.show_progress = show_progress
+        self.root = root
         self._loaded: dict[str, Any] = {}
 
     def get(self, modality: str):
         if modality not in self.spec:
             raise ConfigError(f"this index has no {modality} modality (it has: {', '.join(self.spec) or 'none'})")
         if modality not in self._loaded:
-            self._loaded[modality] = make_encoder(modality, self.spec[modality], self.show_progress)
+            spec = dict(self.spec[modality])
+            if spec.get("bundled"):  # fine-tuned weights saved inside the directory
+                if self.root is None:
+                    raise ConfigError(f"the {modality} encoder is stored in the model directory, which is unknown")
+                spec["model"] = str(self.root / spec["model"])
+            self._loaded[modality] = make_encoder(modality, spec, self.show_progress)
             got = self._loaded[modality].identity
             if got != self.spec[modality]["identity"]:
                 raise ConfigError(
@@ -228,7 +234,7 @@ class ItemIndex:
         self.manifest = manifest
         self.directory = directory
         self._pos = {it[ID_FIELD]: i for i, it in enumerate(items)}
-        self.encoders = Encoders(manifest["encoders"], show_progress=show_progress)
+        self.encoders = Encoders(manifest["encoders"], show_progress=show_progress, root=directory)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -403,6 +409,7 @@ class ItemIndex:
             else:
                 source = self.directory or directory
                 for name in attached:
+                    (tmp / name).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(source / name, tmp / name)
             self.index.save(tmp)
             tensors = {f"feature.{m}": self.features[m] for m in self.modalities}
@@ -414,14 +421,14 @@ class ItemIndex:
                     f.write(json.dumps(it, ensure_ascii=False) + "\n")
             if skipped is not None and skipped.skipped:
                 skipped.write_skip_report(tmp / "skipped.jsonl")
-            files = sorted(p.name for p in tmp.iterdir() if p.is_file())
+            files = sorted({p.name for p in tmp.iterdir() if p.is_file()} | set(attached))
             manifest = dict(
                 self.manifest, count=len(self), attachments=attached, checksums={n: sha256_file(tmp / n) for n in files}
             )
             manifest.pop("created", None)
             write_manifest(tmp, manifest)
         self.manifest = read_manifest(directory, verify_checksums=False)
-        self.directory = directory
+        self.directory = self.encoders.root = directory
 
     @classmethod
     def load(cls, directory: str | Path, *, show_progress: bool = True) -> "ItemIndex":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,8 @@ class Content:
         hashes: content hashes per item.
         encoders: manifest specs of the encoders used.
         catalog: the catalog, when one was given.
+        encoder_objects: the loaded encoders (modality -> TextEncoder / ImageEncoder), reused
+            when fine-tuning.
     """
 
     item_ids: list | None
@@ -54,6 +56,7 @@ class Content:
     hashes: list[dict[str, str]] | None
     encoders: dict[str, dict]
     catalog: Catalog | None = None
+    encoder_objects: dict[str, Any] = field(default_factory=dict)
 
 
 def load_npy_features(specs: Mapping[str, str | Path], num_items: int | None) -> dict[str, np.ndarray]:
@@ -91,8 +94,8 @@ def load_content(
     if catalog is not None and not isinstance(catalog, Catalog):
         catalog = load_catalog(catalog, show_progress=show_progress, **catalog_options)
     feats, present, hashes, specs, records, item_ids = {}, {}, None, {}, None, None
+    encoders: dict[str, Any] = {}
     if catalog is not None:
-        encoders = {}
         if any(catalog.texts) and text_encoder not in (None, "none"):
             encoders["text"] = make_encoder("text", {"model": str(text_encoder)}, show_progress)
             specs["text"] = encoder_spec(encoders["text"], text_encoder)
@@ -115,7 +118,7 @@ def load_content(
             item_ids = list(range(sizes.pop()))
         for m, x in npy.items():
             feats[m], present[m] = x, np.abs(x).sum(axis=1) > 0
-    return Content(item_ids, feats, present, records, hashes, specs, catalog)
+    return Content(item_ids, feats, present, records, hashes, specs, catalog, encoders)
 
 
 def interactions_for(content: Content, path: str | Path, *, split: str, seed: int,
@@ -162,11 +165,14 @@ def fit(
     """
     if out is not None and Path(out).exists() and not overwrite:
         raise MMRecError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
-    if config.finetune != "frozen":
-        raise ConfigError("encoder fine-tuning (top:N / full) is not available yet: use --finetune frozen")
     seed_everything(config.seed)
     if content is None:
         content = load_content(catalog, features, show_progress=show_progress, **content_options)
+    tuner = None
+    if config.finetune != "frozen" and config.use_content:
+        from mmrec.encoder_tuning import EncoderTuner
+
+        tuner = EncoderTuner(content, config, show_progress=show_progress)
     inter = interactions_for(content, interactions, split=split, seed=config.seed, rating_threshold=rating_threshold)
     logger.info("%r", inter)
     item_ids = content.item_ids if content.item_ids is not None else list(inter.item_ids)
@@ -184,12 +190,13 @@ def fit(
         {m: torch.from_numpy(content.present[m]) for m in dims},
         has_id,
     )
-    trainer = Trainer(model, data, config, show_progress=show_progress)
+    trainer = Trainer(model, data, config, tuner=tuner, show_progress=show_progress)
     result = trainer.fit()
     test = trainer.validate("test") if inter.split_mask("test").any() else {}
     if test:
         logger.info("test recall@20 %.4f ndcg@20 %.4f", test["recall@20"], test["ndcg@20"])
     user_vecs, item_vecs, _ = (t.cpu().numpy() for t in trainer.vectors())
+    features_now = {m: trainer.features[m].cpu().numpy() for m in dims}  # fine-tuned encoders change them
     mips = MipsTransform.fit(item_vecs)
     cold_scale = 1.0 / (config.layers + 1)
     vectorizer = TrainedContent(model, mips, cold_scale)
@@ -197,7 +204,7 @@ def fit(
     known = sp.csr_matrix((np.ones(known.nnz, np.float32), known.indices, known.indptr), shape=known.shape)
     items = ItemIndex.from_features(
         item_ids,
-        {m: content.features[m] for m in dims},
+        features_now,
         {m: content.present[m] for m in dims},
         content.records,
         factory=factory,
@@ -222,7 +229,7 @@ def fit(
             "split": split,
             "rating_threshold": rating_threshold,
         }
-        items.save(out, overwrite=overwrite, attach=rec.attach_files(extra))
+        items.save(out, overwrite=overwrite, attach=rec.attach_files(extra, tuner))
         report = {"best_epoch": result.best_epoch, "valid": result.best_valid, "test": test,
                   "seconds_per_epoch": result.seconds_per_epoch, "history": result.history, "data": inter.report}
         (Path(out) / "train_report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")

@@ -147,10 +147,19 @@ class Recommender:
         )
         return cls(items, model.eval(), cfg, users["user_ids"], t["user_vectors"], known, users["item_ids"])
 
-    def attach_files(self, extra: dict[str, Any]):
-        """A writer for :meth:`ItemIndex.save` that adds the trained files to the directory."""
+    def attach_files(self, extra: dict[str, Any], tuner: Any = None):
+        """A writer for :meth:`ItemIndex.save` that adds the trained files to the directory.
+
+        Fine-tuned encoders (``tuner``) are saved under ``encoders/<modality>/`` and the
+        manifest's encoder entries point there, so queries use the tuned weights.
+        """
 
         def write(tmp: Path) -> list[str]:
+            files = list(TRAINED_FILES)
+            if tuner is not None:
+                specs = tuner.save(tmp / "encoders")  # modality -> spec with "model": "encoders/<m>"
+                self.items.manifest["encoders"].update(specs)
+                files += sorted(str(p.relative_to(tmp)) for p in (tmp / "encoders").rglob("*") if p.is_file())
             save_config(self.config, tmp / "config.json", **extra)
             state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
             save_torch(state, str(tmp / "model.safetensors"))
@@ -163,7 +172,7 @@ class Recommender:
                 },
                 str(tmp / "users.safetensors"),
             )
-            return list(TRAINED_FILES)
+            return files
 
         return write
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -118,9 +119,10 @@ class Trainer:
         model: the model (built with :func:`build_model`).
         data: interactions with a split, features, presence.
         cfg: the configuration.
-        extra_params: further parameter groups (fine-tuned encoders), each a dict for Adam.
-        feature_hook: called before every step with the batch's item indices; returns the
-            features to use (lets fine-tuned encoders refresh the batch's rows with gradients).
+        tuner: fine-tuned encoders (:class:`mmrec.encoder_tuning.EncoderTuner`), or ``None``
+            for frozen features. Its ``param_groups()`` join the optimiser, its
+            ``step_features(items, features)`` gives the features of a step (the batch's rows
+            recomputed with gradients) and ``end_epoch(features)`` refreshes the features in place.
         show_progress: a progress bar over epochs.
     """
 
@@ -130,8 +132,7 @@ class Trainer:
         data: TrainData,
         cfg: TrainConfig,
         *,
-        extra_params: list[dict] | None = None,
-        feature_hook: Callable[[np.ndarray], dict[str, Tensor]] | None = None,
+        tuner: Any = None,
         show_progress: bool = True,
     ) -> None:
         self.model, self.data, self.cfg = model, data, cfg
@@ -147,9 +148,10 @@ class Trainer:
             self.train_users, self.train_items, inter.num_users, num_items=inter.num_items
         ).to(self.device)
         self.sampler = NegativeSampler(inter.user_items("train"), cfg.seed)
-        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}] + list(extra_params or [])
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+        groups += tuner.param_groups() if tuner is not None else []
         self.optimizer = torch.optim.Adam(groups, lr=cfg.lr)
-        self.feature_hook = feature_hook
+        self.tuner = tuner
         self.show_progress = show_progress
         self.features = {m: x.to(self.device) for m, x in data.features.items()}
         self.present = {m: x.to(self.device) for m, x in data.present.items()}
@@ -175,14 +177,27 @@ class Trainer:
             self.data.inter, split=split, mask=self.cfg.mask, ks=(10, 20), batch_size=self.cfg.eval_batch_size,
         )
 
+    def state_dict(self) -> dict[str, Any]:
+        """Model (and fine-tuned encoder) state, for keeping the best epoch."""
+        state = {"model": self.model.state_dict()}
+        if self.tuner is not None:
+            state["tuner"] = self.tuner.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        if self.tuner is not None:
+            self.tuner.load_state_dict(state["tuner"])
+            self.tuner.end_epoch(self.features)  # features of the restored encoders
+
     # ------------------------------------------------------------------------------- steps
     def step(self, users: np.ndarray, pos: np.ndarray) -> float:
         cfg, model = self.cfg, self.model
         model.train()
         neg = self.sampler(users, cfg.negatives)  # [B, S]
         features = None
-        if self.feature_hook is not None:
-            features = self.feature_hook(np.unique(np.concatenate([pos, neg.ravel()])))
+        if self.tuner is not None:
+            features = self.tuner.step_features(np.unique(np.concatenate([pos, neg.ravel()])), self.features)
         user_vecs, item_vecs, _ = self.forward(features)
         u = torch.as_tensor(users, device=self.device)
         p = torch.as_tensor(pos, device=self.device)
@@ -229,6 +244,8 @@ class Trainer:
             for start in range(0, len(order), cfg.batch_size):
                 idx = order[start : start + cfg.batch_size]
                 losses.append(self.step(self.train_users[idx], self.train_items[idx]))
+            if self.tuner is not None:
+                self.tuner.end_epoch(self.features)
             seconds.append(time.perf_counter() - t)
             row = {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": seconds[-1]}
             if has_valid and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
@@ -237,7 +254,7 @@ class Trainer:
                 score = metrics[EVAL_KEY]
                 if score > best:
                     best, best_epoch, bad = score, epoch, 0
-                    best_state = copy.deepcopy(self.model.state_dict())
+                    best_state = copy.deepcopy(self.state_dict())
                 else:
                     bad += 1
                 logger.info(
@@ -252,7 +269,7 @@ class Trainer:
                 logger.info("early stop at epoch %d: best valid recall@20 %.4f at epoch %d", epoch, best, best_epoch)
                 break
         if best_state is not None:
-            self.model.load_state_dict(best_state)
+            self.load_state_dict(best_state)
         else:
             best_epoch = len(history)
         best_row = next((h for h in history if h["epoch"] == best_epoch), {})
