@@ -319,6 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger().setLevel(level)  # also when main() runs more than once in a process
+    logging.getLogger("faiss").setLevel(logging.DEBUG if args.debug else logging.WARNING)  # its loader chatter
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -94,6 +94,9 @@ class Encoders:
 
 def make_encoder(modality: str, spec: dict, show_progress: bool = True):
     """Instantiate a text or image encoder from its manifest spec (or CLI choice)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the per-tensor "Loading weights" bar says nothing useful
     if modality == "text":
         from encoders.text import TextEncoder
 
