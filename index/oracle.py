@@ -110,13 +110,15 @@ def clustered_vectors(
     n_clusters: int = 100,
     spread: float = 0.35,
     latent_dim: int = 8,
+    noise: float = 0.1,
     seed: int = 0,
 ) -> np.ndarray:
     """Seeded synthetic embeddings shaped like real ones: clusters with low intrinsic dimension.
 
     Each cluster has a random unit centre and a random ``latent_dim``-dimensional subspace; a
-    point is its centre plus a Gaussian step of norm ~``spread`` inside that subspace plus small
-    isotropic noise. Cluster sizes are Zipf-like (some topics are much bigger than others).
+    point is its centre plus a Gaussian step of norm ~``spread`` inside that subspace plus
+    isotropic noise of norm ~``noise * spread``. Cluster sizes are Zipf-like (some topics are
+    much bigger than others).
     Uniform random vectors would be the worst case for every ANN method and unlike any encoder
     output; this keeps benchmarks and recall thresholds meaningful. Calling it twice with
     different seeds but the same ``n_clusters`` gives different clusters, so draw queries from
@@ -128,6 +130,8 @@ def clustered_vectors(
         n_clusters: Number of clusters. Defaults to 100.
         spread: Typical distance of a point from its centre (centres have norm 1). Defaults to 0.35.
         latent_dim: Dimension of each cluster's subspace. Defaults to 8.
+        noise: Norm of the isotropic noise, relative to ``spread``; larger is harder for ANN
+            indexes (higher intrinsic dimension). Defaults to 0.1.
         seed: Random seed. Defaults to 0.
 
     Returns:
@@ -149,6 +153,6 @@ def clustered_vectors(
             continue
         basis, _ = np.linalg.qr(rng.standard_normal((dim, latent_dim)))  # [D, L] orthonormal
         z = rng.standard_normal((rows.size, latent_dim)) * (spread / np.sqrt(latent_dim))  # [n_c, L]
-        noise = rng.standard_normal((rows.size, dim)) * (0.1 * spread / np.sqrt(dim))  # [n_c, D]
-        out[rows] = centres[c] + z @ basis.T + noise  # [n_c, D]
+        iso = rng.standard_normal((rows.size, dim)) * (noise * spread / np.sqrt(dim))  # [n_c, D]
+        out[rows] = centres[c] + z @ basis.T + iso  # [n_c, D]
     return out

@@ -13,7 +13,7 @@ FACTORIES = ["Flat", *APPROX]
 N, DIM, NQ = 10_000, 32, 200
 
 # Recall@10 vs exact on the clustered set below, with the default knobs. Measured values are
-# ~0.998 (HNSW32, efSearch 128), 1.0 (IVF64,Flat, nprobe 8), ~0.97 (SQ8) and ~0.5 (PQ8). The
+# 1.0 (HNSW32, efSearch 256), 1.0 (IVF64,Flat, nprobe 16), 0.973 (SQ8) and 0.50 (PQ8). The
 # thresholds leave room for platform noise but fail on real regressions (a wrong metric or lost
 # normalisation drops every one of them near chance, 10/10_000). SQ8 is capped by its 8-bit
 # per-dimension rounding and PQ8 (4 dims per byte, no re-ranking) by its coarse codes: among
@@ -117,17 +117,18 @@ def test_build_auto_is_flat_for_small_catalogs(data):
 
 def test_resolve_factory():
     assert FaissIndex.resolve_factory("auto", 99_999) == "Flat"
-    assert FaissIndex.resolve_factory("auto", 100_000) == "IVF1024,Flat"
-    assert FaissIndex.resolve_factory("auto", 1_000_000) == "IVF4096,Flat"
+    assert FaissIndex.resolve_factory("auto", 100_000) == "IVF256,Flat"
+    assert FaissIndex.resolve_factory("auto", 1_000_000) == "IVF1024,Flat"
+    assert FaissIndex.resolve_factory("auto", 50_000_000) == "IVF2048,Flat"  # 39 * 2048 <= 100k samples
     for factory in ["Flat", "HNSW32", "IVF100,Flat", "IVF100,SQ8", "IVF1024,PQ16"]:
         assert FaissIndex.resolve_factory(factory, 10) == factory
 
 
 def test_repr():
     assert repr(FaissIndex(8)) == "FaissIndex(8, factory='Flat', size=0)"
-    assert repr(FaissIndex(8, "HNSW16")) == "FaissIndex(8, factory='HNSW16', ef_search=128, size=0)"
-    assert repr(FaissIndex(8, "IVF64,SQ8")) == "FaissIndex(8, factory='IVF64,SQ8', nprobe=8, size=0)"
-    assert repr(FaissIndex(8, "IVF1024,Flat")) == "FaissIndex(8, factory='IVF1024,Flat', nprobe=32, size=0)"
+    assert repr(FaissIndex(8, "HNSW16")) == "FaissIndex(8, factory='HNSW16', ef_search=256, size=0)"
+    assert repr(FaissIndex(8, "IVF64,SQ8")) == "FaissIndex(8, factory='IVF64,SQ8', nprobe=16, size=0)"
+    assert repr(FaissIndex(8, "IVF4096,Flat")) == "FaissIndex(8, factory='IVF4096,Flat', nprobe=64, size=0)"
     assert repr(hand_built(list("abcde"))) == "FaissIndex(3, factory='Flat', size=5)"
 
 
@@ -274,6 +275,16 @@ def test_load_rejects_inconsistent_files(saved, tmp_path):
     meta["ids"], meta["labels"] = meta["ids"][:-1], meta["labels"][:-1]
     (tmp_path / "ids.json").write_text(json.dumps(meta))
     with pytest.raises(IndexFormatError, match="field 'ids' lists 9999 items .* holds 10000 vectors"):
+        FaissIndex.load(tmp_path)
+    index.save(tmp_path)
+    meta = json.loads((tmp_path / "ids.json").read_text())
+    meta["ids"], meta["labels"] = meta["ids"][:-1] + [0], meta["labels"][:-1] + [9999]
+    (tmp_path / "ids.json").write_text(json.dumps(meta))
+    with pytest.raises(IndexFormatError, match="field 'ids' contains duplicates"):
+        FaissIndex.load(tmp_path)
+    meta["ids"], meta["labels"] = meta["ids"][:-1] + [1.5], meta["labels"][:-1] + [9999]
+    (tmp_path / "ids.json").write_text(json.dumps(meta))
+    with pytest.raises(IndexFormatError, match="'ids' / 'labels' / 'next_label' are corrupt: item id 1.5"):
         FaissIndex.load(tmp_path)
     (tmp_path / "ids.json").unlink()
     with pytest.raises(IndexFormatError, match="missing ids.json"):
