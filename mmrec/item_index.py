@@ -208,6 +208,18 @@ class FixedCombination(MipsVectorizer):
         share = self.weights[modality] / sum(self.weights.values())
         return self.mips.queries(q / share)
 
+    @property
+    def tokens(self) -> list[str]:
+        """Names of the columns of :meth:`attention`."""
+        return list(self.order)
+
+    def attention(self, features: dict[str, np.ndarray], present: dict[str, np.ndarray]) -> np.ndarray:
+        """``[N, M]`` share of each modality in an item's vector: its weight over the present ones."""
+        w = np.array([self.weights[m] for m in self.order], dtype=np.float32)  # [M]
+        has = np.stack([np.asarray(present[m], bool) & (np.abs(features[m]).sum(1) > 0) for m in self.order], 1)
+        share = has * w  # [N, M]
+        return (share / np.maximum(share.sum(1, keepdims=True), 1e-12)).astype(np.float32)
+
 
 class ItemIndex:
     """A searchable item index built from a catalog (see the module docstring for its files).
@@ -227,10 +239,13 @@ class ItemIndex:
         directory: Path | None = None,
         show_progress: bool = True,
         vectorizer: Any = None,
+        attention: np.ndarray | None = None,
     ) -> None:
         self.index = index
         self.vectors = vectors
         self.vectorizer = vectorizer or FixedCombination(manifest["weights"], manifest["modalities"])
+        # [N, T] per-item attention over manifest["tokens"] (modalities, and "id" when trained)
+        self.attention = attention if attention is not None else self.vectorizer.attention(features, present)
         self.items = items
         self.features = features
         self.present = present
@@ -340,6 +355,7 @@ class ItemIndex:
         hashes: Sequence[dict[str, str]] | None = None,
         vectors: np.ndarray | None = None,
         vectorizer: Any = None,
+        attention: np.ndarray | None = None,
         show_progress: bool = True,
         **manifest_fields: Any,
     ) -> "ItemIndex":
@@ -358,6 +374,8 @@ class ItemIndex:
                 (a trained model's propagated item vectors); default ``vectorizer``'s.
             vectorizer: maps modality vectors to index vectors for added items and queries;
                 default the fixed combination (:class:`FixedCombination`).
+            attention: ``[N, T]`` per-item attention weights over ``vectorizer.tokens``
+                (kept for explanations); default ``vectorizer.attention(features, present)``.
         """
         modalities = [m for m in MODALITY_ORDER if m in features] + sorted(set(features) - set(MODALITY_ORDER))
         n = len(item_ids)
@@ -375,6 +393,7 @@ class ItemIndex:
             "dim": int(vectors.shape[1]),
             "factory": index.factory,
             "modalities": modalities,
+            "tokens": vectorizer.tokens,
             "weights": w,
             "encoders": dict(encoders or {}),
             "text_fields": [],
@@ -384,7 +403,8 @@ class ItemIndex:
         records = records or [{} for _ in range(n)]
         hashes = hashes or [{} for _ in range(n)]
         items = [{ID_FIELD: i, "hashes": h, "fields": dict(r)} for i, h, r in zip(item_ids, hashes, records)]
-        return cls(index, items, features, present, manifest, vectors, show_progress=show_progress, vectorizer=vectorizer)
+        return cls(index, items, features, present, manifest, vectors, show_progress=show_progress,
+                   vectorizer=vectorizer, attention=attention)
 
     def save(
         self,
@@ -418,6 +438,7 @@ class ItemIndex:
             tensors = {f"feature.{m}": self.features[m] for m in self.modalities}
             tensors |= {f"present.{m}": self.present[m].astype(np.uint8) for m in self.modalities}
             tensors["vectors"] = np.ascontiguousarray(self.vectors, dtype=np.float32)
+            tensors["attention"] = np.ascontiguousarray(self.attention, dtype=np.float32)
             save_file(tensors, str(tmp / "features.safetensors"))
             with open(tmp / "items.jsonl", "w", encoding="utf-8") as f:
                 for it in self.items:
@@ -452,7 +473,8 @@ class ItemIndex:
                 f"{directory}: manifest says {manifest['count']} items of dim {manifest['dim']}, files hold "
                 f"{len(items)} items and a FAISS index of {len(index)} items of dim {index.dim}"
             )
-        return cls(index, items, features, present, manifest, tensors["vectors"], directory, show_progress=show_progress)
+        return cls(index, items, features, present, manifest, tensors["vectors"], directory, show_progress=show_progress,
+                   attention=tensors["attention"])
 
     # --- queries -----------------------------------------------------------------------------
     def resolve_id(self, item_id: object) -> ItemId:
@@ -527,6 +549,7 @@ class ItemIndex:
         for m in self.modalities:
             self.features[m] = np.concatenate([self.features[m], features[m]])
             self.present[m] = np.concatenate([self.present[m], present[m]])
+        self.attention = np.concatenate([self.attention, self.vectorizer.attention(features, present)])
         start = len(self.items)
         self.items += [{ID_FIELD: i, "hashes": h, "fields": r} for i, h, r in zip(catalog.item_ids, hashes, catalog.records)]
         self._pos.update({it[ID_FIELD]: start + j for j, it in enumerate(self.items[start:])})
@@ -545,6 +568,7 @@ class ItemIndex:
         keep = np.array([i for i in range(len(self.items)) if i not in gone], dtype=np.int64)
         for m in self.modalities:
             self.features[m], self.present[m] = self.features[m][keep], self.present[m][keep]
+        self.attention = self.attention[keep]
         self.vectors = self.vectors[keep]
         self.items = [self.items[i] for i in keep]
         self._pos = {it[ID_FIELD]: i for i, it in enumerate(self.items)}

@@ -195,7 +195,7 @@ def fit(
     test = trainer.validate("test") if inter.split_mask("test").any() else {}
     if test:
         logger.info("test recall@20 %.4f ndcg@20 %.4f", test["recall@20"], test["ndcg@20"])
-    user_vecs, item_vecs, _ = (t.cpu().numpy() for t in trainer.vectors())
+    user_vecs, item_vecs, attention = (t.cpu().numpy() for t in trainer.vectors())
     features_now = {m: trainer.features[m].cpu().numpy() for m in dims}  # fine-tuned encoders change them
     mips = MipsTransform.fit(item_vecs)
     cold_scale = 1.0 / (config.layers + 1)
@@ -212,6 +212,7 @@ def fit(
         hashes=content.hashes,
         vectors=mips.items(item_vecs),
         vectorizer=vectorizer,
+        attention=attention,
         show_progress=show_progress,
         kind="trained",
         text_fields=content.catalog.text_fields if content.catalog else [],

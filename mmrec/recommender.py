@@ -77,6 +77,19 @@ class TrainedContent(MipsVectorizer):
     def item_vectors(self, features: dict[str, np.ndarray], present: dict[str, np.ndarray]) -> np.ndarray:
         return self.mips.items(self.content_vectors(features, present))
 
+    @property
+    def tokens(self) -> list[str]:
+        """The model's token names: its modalities, then ``id`` when it has ID embeddings."""
+        return list(self.model.modalities)
+
+    @torch.no_grad()
+    def attention(self, features: dict[str, np.ndarray], present: dict[str, np.ndarray]) -> np.ndarray:
+        """``[N, T]`` attention of content-only items (the ``id`` column is exactly 0)."""
+        self.content_vectors(features, present)  # the same checks
+        feats = {m: torch.from_numpy(np.asarray(x, np.float32)) for m, x in features.items()}
+        has = {m: torch.from_numpy(np.asarray(present[m], bool)) for m in features}
+        return self.model.item_content(feats, has, item_ids=None)[1].numpy()
+
     def query_vector(self, modality: str, vector: np.ndarray, dims: dict[str, int]) -> np.ndarray:
         q = self.content_vectors({modality: vector.reshape(1, -1)}, {modality: np.ones(1, bool)})
         return self.mips.queries(q)

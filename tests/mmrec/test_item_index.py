@@ -50,6 +50,9 @@ def test_two_modalities_and_missing_image():
     # x,y: text cos 1, image cos 0 -> mean 0.5; z has no image: only its text (cos 0) counts.
     assert res["y"] == pytest.approx(0.5, abs=1e-6)
     assert res["z"] == pytest.approx(0.0, abs=1e-6)
+    # Explanations: each item's share of the fixed combination (z has no image).
+    assert idx.manifest["tokens"] == ["text", "image"]
+    np.testing.assert_allclose(idx.attention, [[0.5, 0.5], [0.5, 0.5], [1.0, 0.0]])
 
 
 def test_add_remove_then_search(tmp_path):

@@ -65,6 +65,9 @@ def test_fit_save_load_recommend_and_evaluate(tmp_path):
     assert set(test) >= {"recall@20", "ndcg@20", "precision@10", "hit@10", "mrr@10"}
     back = Recommender.load(tmp_path / "model", show_progress=False)
     assert back.trained and back.items.manifest["kind"] == "trained"
+    assert back.items.manifest["tokens"] == ["content", "id"]
+    np.testing.assert_array_equal(back.items.attention, rec.items.attention)
+    np.testing.assert_allclose(back.items.attention.sum(1), 1.0, atol=1e-6)
     for user in ("u0", "u5", "u17"):
         a, b = rec.recommend(user, 8), back.recommend(user, 8)
         assert [r.item_id for r in a] == [r.item_id for r in b]
