@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+import shutil
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,9 @@ class Content:
         catalog: the catalog, when one was given.
         encoder_objects: the loaded encoders (modality -> TextEncoder / ImageEncoder), reused
             when fine-tuning.
+        encoder_root: the directory that ``bundled`` encoder specs are relative to (the source
+            model when fine-tuning from one, see :mod:`mmrec.transfer`); their files are copied
+            into the new directory so it stands alone.
     """
 
     item_ids: list | None
@@ -57,6 +61,7 @@ class Content:
     encoders: dict[str, dict]
     catalog: Catalog | None = None
     encoder_objects: dict[str, Any] = field(default_factory=dict)
+    encoder_root: Path | None = None
 
 
 def load_npy_features(specs: Mapping[str, str | Path], num_items: int | None) -> dict[str, np.ndarray]:
@@ -87,15 +92,25 @@ def load_content(
     image_weights: str | Path | None = None,
     cache_dir: str | Path | None = None,
     show_progress: bool = True,
+    loaded_encoders: Mapping[str, tuple[Any, dict]] | None = None,
     **catalog_options: Any,
 ) -> Content:
-    """Catalog + encoders (frozen, cached) and/or ``.npy`` features -> :class:`Content`."""
+    """Catalog + encoders (frozen, cached) and/or ``.npy`` features -> :class:`Content`.
+
+    ``loaded_encoders`` (modality -> (encoder, manifest spec)) replaces ``text_encoder`` /
+    ``image_encoder``: the catalog is encoded with those (fine-tuning reuses the source
+    model's encoders), each only where the catalog has that modality.
+    """
     features = dict(features or {})
     if catalog is not None and not isinstance(catalog, Catalog):
         catalog = load_catalog(catalog, show_progress=show_progress, **catalog_options)
     feats, present, hashes, specs, records, item_ids = {}, {}, None, {}, None, None
     encoders: dict[str, Any] = {}
-    if catalog is not None:
+    if catalog is not None and loaded_encoders is not None:
+        has = {"text": any(catalog.texts), "image": catalog.has_images}
+        encoders = {m: e for m, (e, _) in loaded_encoders.items() if has.get(m)}
+        specs = {m: dict(s) for m, (_, s) in loaded_encoders.items() if has.get(m)}
+    elif catalog is not None:
         if any(catalog.texts) and text_encoder not in (None, "none"):
             encoders["text"] = make_encoder("text", {"model": str(text_encoder)}, show_progress)
             specs["text"] = encoder_spec(encoders["text"], text_encoder)
@@ -104,6 +119,7 @@ def load_content(
                                              show_progress)
             specs["image"] = encoder_spec(encoders["image"], image_encoder,
                                           weights=str(image_weights) if image_weights else None)
+    if catalog is not None:
         clash = set(encoders) & set(features)
         if clash:
             raise ConfigError(f"modalities {sorted(clash)} come both from the catalog and from --features: rename one")
@@ -141,6 +157,7 @@ def fit(
     overwrite: bool = False,
     show_progress: bool = True,
     content: Content | None = None,
+    before_training: Callable[[Trainer], dict[str, Any] | None] | None = None,
     **content_options: Any,
 ) -> tuple[Recommender, TrainResult, dict[str, float]]:
     """Train a recommender and (when ``out`` is given) write its directory.
@@ -159,6 +176,9 @@ def fit(
         factory: FAISS factory for the trained item vectors.
         overwrite: replace an existing ``out``.
         content: already loaded content (skips the catalog / feature loading).
+        before_training: called with the :class:`Trainer` once the model is built, before the
+            first step (fine-tuning from another model sets the weights here, see
+            :func:`mmrec.transfer.finetune`); a dict it returns joins ``train_report.json``.
 
     Returns:
         ``(recommender, training result, test metrics)``.
@@ -191,6 +211,7 @@ def fit(
         has_id,
     )
     trainer = Trainer(model, data, config, tuner=tuner, show_progress=show_progress)
+    before = before_training(trainer) if before_training is not None else None
     result = trainer.fit()
     test = trainer.validate("test") if inter.split_mask("test").any() else {}
     if test:
@@ -230,11 +251,35 @@ def fit(
             "split": split,
             "rating_threshold": rating_threshold,
         }
-        items.save(out, overwrite=overwrite, attach=rec.attach_files(extra, tuner))
+        attach = _with_bundled_encoders(rec.attach_files(extra, tuner), items.manifest, content.encoder_root)
+        items.save(out, overwrite=overwrite, attach=attach)
         report = {"best_epoch": result.best_epoch, "valid": result.best_valid, "test": test,
                   "seconds_per_epoch": result.seconds_per_epoch, "history": result.history, "data": inter.report}
+        report |= before or {}
         (Path(out) / "train_report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
     return rec, result, test
+
+
+def _with_bundled_encoders(write: Callable[[Path], list[str]], manifest: dict[str, Any],
+                           root: Path | None) -> Callable[[Path], list[str]]:
+    """``write`` plus a copy of every bundled encoder it did not write itself (from ``root``).
+
+    A model fine-tuned from a directory with tuned encoders keeps using them; copying makes the
+    new directory independent of the old one.
+    """
+
+    def wrapped(tmp: Path) -> list[str]:
+        files = list(write(tmp))
+        for modality, spec in manifest["encoders"].items():  # read after write: a tuner updates it
+            if not spec.get("bundled") or (tmp / spec["model"]).exists():
+                continue
+            if root is None or not (root / spec["model"]).is_dir():
+                raise ConfigError(f"the {modality} encoder is bundled in a model directory that is not available")
+            shutil.copytree(root / spec["model"], tmp / spec["model"])
+            files += sorted(str(p.relative_to(tmp)) for p in (tmp / spec["model"]).rglob("*") if p.is_file())
+        return files
+
+    return wrapped
 
 
 def evaluate_directory(
