@@ -8,7 +8,8 @@ Examples::
     mmrec index add --index my_index --catalog new_items.csv
     mmrec index remove --index my_index --item 17 42
     mmrec train --catalog items.csv --interactions inter.tsv --out model_dir --epochs 50
-    mmrec recommend --index model_dir --user 42 -k 10
+    mmrec recommend --index model_dir --user 42 -k 10 --explain
+    mmrec explain --index model_dir --item 1 -k 5
     mmrec evaluate --index model_dir --interactions inter.tsv --split test
 
 Errors go to stderr with exit status 1 (2 for a malformed command line); ``--debug`` shows the
@@ -52,6 +53,10 @@ def print_results(results, as_json: bool, title_field: str | None = None, out=No
         label = r.fields.get(title_field, "") if title_field else ""
         label = label if len(label) <= 70 else label[:67] + "..."
         out.write(f"{rank:>4}  {r.score:>7.4f}  {iid:<{w}}  {label}\n")
+        if r.explanation is not None:
+            from mmrec.explain import why_line
+
+            out.write(f"      why: {why_line(r.explanation)}\n")
 
 
 def title_field_of(index) -> str | None:
@@ -116,8 +121,33 @@ def cmd_index_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_similar(args: argparse.Namespace) -> int:
+    from mmrec.explain import explain_similar
+
     index = _open_index(args)
-    print_results(index.similar(args.item, args.k), args.json, title_field_of(index))
+    results = index.similar(args.item, args.k)
+    if args.explain:
+        explain_similar(index, args.item, results)
+    print_results(results, args.json, title_field_of(index))
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from mmrec.explain import FUSED, explain_item, format_attention
+
+    index = _open_index(args)
+    e = explain_item(index, args.item, args.k)
+    if args.json:
+        print(json.dumps(e.to_dict(), ensure_ascii=False, indent=1))
+        return 0
+    title = title_field_of(index)
+    print(f"item {e.item_id}  {e.fields.get(title, '') if title else ''}".rstrip())
+    print(f"attention: {format_attention(e.attention)}")
+    for name, results in e.neighbours.items():
+        print(f"\n{'fused (the index)' if name == FUSED else name + ' only'}:")
+        if results is None:
+            print(f"  (this item has no {name})")
+        else:
+            print_results(results, False, title)
     return 0
 
 
@@ -170,7 +200,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=1))
     else:
         print(f"trained {args.out}: best epoch {result.best_epoch} ({result.seconds_per_epoch:.1f} s/epoch)")
-        for name, m in (("valid", result.best_valid), ("test", test)):
+        for name, m in (("valid", result.best_valid), ("test", test), ("cold-start test", test.get("cold", {}))):
             if m:
                 print(f"  {name}: " + "  ".join(f"{k} {m[k]:.4f}" for k in ("recall@10", "recall@20", "ndcg@10", "ndcg@20")))
     return 0
@@ -178,7 +208,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_recommend(args: argparse.Namespace) -> int:
     rec = _open_recommender(args)
-    results = rec.recommend(args.user, args.k, exclude_known=not args.include_known)
+    results = rec.recommend(args.user, args.k, exclude_known=not args.include_known, explain=args.explain,
+                            history=args.explain_items)
     print_results(results, args.json, title_field_of(rec.items))
     return 0
 
@@ -187,12 +218,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from mmrec.pipeline import evaluate_directory
 
     rec = _open_recommender(args)
-    metrics = evaluate_directory(rec, args.interactions, split=args.split, mask=args.mask, how=args.split_rule)
+    metrics = evaluate_directory(rec, args.interactions, split=args.split, mask=args.mask, how=args.split_rule,
+                                 cold_start=args.cold_start)
     if args.json:
         print(json.dumps(metrics, indent=1))
     else:
-        print(f"{args.index} on {args.interactions} [{metrics['split']}, mask={metrics['mask']}, "
-              f"{int(metrics['num_users'])} users]")
+        what = "cold-start items" if metrics.get("cold_start") else f"{metrics['split']}, mask={metrics['mask']}"
+        print(f"{args.index} on {args.interactions} [{what}, {int(metrics['num_users'])} users]")
         for k in sorted(m for m in metrics if "@" in m):
             print(f"  {k:<14} {metrics[k]:.4f}")
     return 0
@@ -260,8 +292,18 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("similar", help="items similar to a catalog item")
     _query_opts(s)
     s.add_argument("--item", required=True, help="item id")
+    s.add_argument("--explain", action="store_true",
+                   help="per result: its modality attention weights and per-modality similarity to the item")
     _common(s)
     s.set_defaults(func=cmd_similar)
+
+    x = sub.add_parser("explain", help="an item's attention weights and nearest neighbours per modality and fused")
+    x.add_argument("--index", required=True, type=Path, help="index or trained directory")
+    x.add_argument("--item", required=True, help="item id")
+    x.add_argument("-k", type=int, default=5, help="neighbours per list (default 5)")
+    x.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    _common(x)
+    x.set_defaults(func=cmd_explain)
 
     q = sub.add_parser("search", help="items matching a text or image query")
     _query_opts(q)
@@ -299,6 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
     _query_opts(rc)
     rc.add_argument("--user", required=True, help="user id")
     rc.add_argument("--include-known", action="store_true", help="do not exclude the user's known items")
+    rc.add_argument("--explain", action="store_true",
+                    help="per result: its modality attention weights and the user's history items most like it")
+    rc.add_argument("--explain-items", type=int, default=3, metavar="N",
+                    help="history items named per result with --explain (default 3)")
     _common(rc)
     rc.set_defaults(func=cmd_recommend)
 
@@ -309,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split-rule", choices=["auto", "given", "random", "temporal"],
                     help="how the split is made (default auto: the file's split column, else random with the training seed)")
     ev.add_argument("--mask", choices=["all", "train"], help="default: the training config's")
+    ev.add_argument("--cold-start", action="store_true",
+                    help="rank the items held out of training (train --cold-start F) for the users who had them")
     ev.add_argument("--json", action="store_true")
     _common(ev)
     ev.set_defaults(func=cmd_evaluate)

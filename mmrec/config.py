@@ -42,6 +42,7 @@ class TrainConfig:
     modality_dropout: float = _f(0.1, "training-time probability of masking each modality token")
     id_dropout: float = _f(0.3, "training-time probability of masking the ID token (cold-start robustness)")
     align_weight: float = _f(0.0, "weight of the loss pulling content-only vectors to trained ones")
+    cold_start: float = _f(0.0, "fraction of items held out of training and ranked from content alone (cold-start test)")
     dropout: float = _f(0.0, "dropout inside projections and attention")
     projection_hidden: int = _f(0, "hidden width of a 2-layer projection MLP (0: linear)")
     finetune: str = _f("frozen", "encoder mode: frozen, top:N (last N blocks trainable) or full")
@@ -62,6 +63,8 @@ class TrainConfig:
         for name in ("dim", "layers", "heads", "batch_size", "epochs", "negatives"):
             if getattr(self, name) < (0 if name == "layers" else 1):
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 <= self.cold_start < 1.0:
+            raise ConfigError(f"cold_start must lie in [0, 1), got {self.cold_start}")
         if self.dim % self.heads:
             raise ConfigError(f"heads ({self.heads}) must divide dim ({self.dim})")
 

@@ -49,14 +49,19 @@ def default_cache_dir() -> Path:
 
 @dataclass
 class Result:
-    """One retrieved item: its id, its inner-product score and its display fields."""
+    """One retrieved item: its id, its inner-product score, its display fields and, when asked
+    for, why it was returned (see :mod:`mmrec.explain`)."""
 
     item_id: ItemId
     score: float
     fields: dict[str, str]
+    explanation: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"item_id": self.item_id, "score": round(float(self.score), 6), **self.fields}
+        out = {"item_id": self.item_id, "score": round(float(self.score), 6), **self.fields}
+        if self.explanation is not None:
+            out["explanation"] = self.explanation
+        return out
 
 
 class Encoders:
@@ -81,7 +86,10 @@ class Encoders:
             if spec.get("bundled"):  # fine-tuned weights saved inside the directory
                 if self.root is None:
                     raise ConfigError(f"the {modality} encoder is stored in the model directory, which is unknown")
-                spec["model"] = str(self.root / spec["model"])
+                # A weights file (EfficientNet-Lite, torchvision) is bundled with the model named as
+                # usual; otherwise the model itself is a bundled Hugging Face directory.
+                key = "weights" if spec.get("weights") else "model"
+                spec[key] = str(self.root / spec[key])
             self._loaded[modality] = make_encoder(modality, spec, self.show_progress)
             got = self._loaded[modality].identity
             if got != self.spec[modality]["identity"]:
@@ -543,19 +551,49 @@ class ItemIndex:
         features, present, hashes = encode_catalog(catalog, encoders, cache_dir)
         if not np.logical_or.reduce([present[m] for m in self.modalities]).all():
             raise MMRecError(f"{catalog.source}: some items have none of this index's modalities {self.modalities}")
-        vectors = self.vectorizer.item_vectors(features, present)
-        self.index.add(vectors, catalog.item_ids)
-        self.vectors = np.concatenate([self.vectors, vectors])
-        for m in self.modalities:
-            self.features[m] = np.concatenate([self.features[m], features[m]])
-            self.present[m] = np.concatenate([self.present[m], present[m]])
-        self.attention = np.concatenate([self.attention, self.vectorizer.attention(features, present)])
-        start = len(self.items)
-        self.items += [{ID_FIELD: i, "hashes": h, "fields": r} for i, h, r in zip(catalog.item_ids, hashes, catalog.records)]
-        self._pos.update({it[ID_FIELD]: start + j for j, it in enumerate(self.items[start:])})
+        self.add_features(catalog.item_ids, features, present, catalog.records, hashes, save=False)
         if self.directory is not None:
             self.save(self.directory, skipped=catalog)
         return len(catalog)
+
+    def add_features(
+        self,
+        item_ids: Sequence[ItemId],
+        features: dict[str, np.ndarray],
+        present: dict[str, np.ndarray],
+        records: Sequence[dict[str, str]] | None = None,
+        hashes: Sequence[dict[str, str]] | None = None,
+        *,
+        save: bool = True,
+    ) -> None:
+        """Add items by their modality vectors (already encoded), through the index's content path.
+
+        Args:
+            item_ids: new ids (none may be in the index).
+            features: modality -> ``[B, D_m]`` for every modality of the index.
+            present: modality -> ``[B]`` bool.
+            records: display fields per item.
+            hashes: content hashes per item.
+            save: write the directory when the index was opened from disk.
+        """
+        missing = [m for m in self.modalities if m not in features]
+        if missing:
+            raise ConfigError(f"new items lack the index's modalities {missing}")
+        n = len(item_ids)
+        vectors = self.vectorizer.item_vectors(features, present)
+        self.index.add(vectors, list(item_ids))
+        self.vectors = np.concatenate([self.vectors, vectors])
+        for m in self.modalities:
+            self.features[m] = np.concatenate([self.features[m], np.asarray(features[m], np.float32)])
+            self.present[m] = np.concatenate([self.present[m], np.asarray(present[m], bool)])
+        self.attention = np.concatenate([self.attention, self.vectorizer.attention(features, present)])
+        start = len(self.items)
+        records = records or [{} for _ in range(n)]
+        hashes = hashes or [{} for _ in range(n)]
+        self.items += [{ID_FIELD: i, "hashes": h, "fields": dict(r)} for i, h, r in zip(item_ids, hashes, records)]
+        self._pos.update({it[ID_FIELD]: start + j for j, it in enumerate(self.items[start:])})
+        if save and self.directory is not None:
+            self.save(self.directory)
 
     def remove(self, item_ids: Sequence[object]) -> int:
         """Remove items by id; saves when opened from disk. Unknown ids are an error (nothing removed)."""

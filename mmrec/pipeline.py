@@ -21,6 +21,7 @@ import torch
 
 from index.mips import MipsTransform
 from mmrec.catalog import Catalog, load_catalog
+from mmrec.coldstart import evaluate_cold, hold_out_items, warm_part
 from mmrec.config import TrainConfig
 from mmrec.errors import ConfigError, DataError, MMRecError, Problem
 from mmrec.interactions import Interactions, load_interactions
@@ -199,21 +200,30 @@ def fit(
     n = len(item_ids)
     dims = {m: int(x.shape[1]) for m, x in content.features.items()} if config.use_content else {}
     model = build_model(config, inter.num_users, n, dims)
-    train_degree = np.bincount(inter.items[inter.split_mask("train")], minlength=n)
+    held_out = None
+    if config.cold_start > 0:
+        if not dims:
+            raise ConfigError("the cold-start protocol needs content (a catalog or --features): ID-only items "
+                              "held out of training have no vector")
+        held_out = hold_out_items(inter, config.cold_start, config.seed)
+        logger.info("cold-start protocol: %d of %d items held out of training", int(held_out.sum()), n)
+    train_inter = warm_part(inter, held_out) if held_out is not None else inter
+    train_degree = np.bincount(train_inter.items[train_inter.split_mask("train")], minlength=n)
     has_id = torch.from_numpy(train_degree > 0) if dims else None
-    cold = int((train_degree == 0).sum())
-    if cold and dims:
-        logger.info("%d items have no training interaction: learned from content alone", cold)
+    no_edges = int((train_degree == 0).sum())
+    if no_edges and dims:
+        logger.info("%d items have no training interaction: learned from content alone", no_edges)
     data = TrainData(
-        inter,
+        train_inter,
         {m: torch.from_numpy(content.features[m]) for m in dims},
         {m: torch.from_numpy(content.present[m]) for m in dims},
         has_id,
+        negatives=None if held_out is None else ~held_out,
     )
     trainer = Trainer(model, data, config, tuner=tuner, show_progress=show_progress)
     before = before_training(trainer) if before_training is not None else None
     result = trainer.fit()
-    test = trainer.validate("test") if inter.split_mask("test").any() else {}
+    test = trainer.validate("test") if train_inter.split_mask("test").any() else {}
     if test:
         logger.info("test recall@20 %.4f ndcg@20 %.4f", test["recall@20"], test["ndcg@20"])
     user_vecs, item_vecs, attention = (t.cpu().numpy() for t in trainer.vectors())
@@ -223,24 +233,42 @@ def fit(
     vectorizer = TrainedContent(model, mips, cold_scale)
     known = inter.user_items("all")
     known = sp.csr_matrix((np.ones(known.nnz, np.float32), known.indices, known.indptr), shape=known.shape)
+    # Held-out cold items enter the index the way later items do: through the content path.
+    warm = np.flatnonzero(~held_out) if held_out is not None else np.arange(n)
+    records = content.records or [{} for _ in range(n)]
+    hashes = content.hashes or [{} for _ in range(n)]
+    present_now = {m: content.present[m] for m in dims}
     items = ItemIndex.from_features(
-        item_ids,
-        features_now,
-        {m: content.present[m] for m in dims},
-        content.records,
+        [item_ids[i] for i in warm],
+        {m: x[warm] for m, x in features_now.items()},
+        {m: x[warm] for m, x in present_now.items()},
+        [records[i] for i in warm],
         factory=factory,
         encoders={m: s for m, s in content.encoders.items() if m in dims},
-        hashes=content.hashes,
-        vectors=mips.items(item_vecs),
+        hashes=[hashes[i] for i in warm],
+        vectors=mips.items(item_vecs[warm]),
         vectorizer=vectorizer,
-        attention=attention,
+        attention=attention[warm],
         show_progress=show_progress,
         kind="trained",
         text_fields=content.catalog.text_fields if content.catalog else [],
         image_field=content.catalog.image_field if content.catalog else None,
         source=str(interactions),
     )
-    rec = Recommender(items, model.eval(), config, inter.user_ids, user_vecs, known, item_ids)
+    if held_out is not None:
+        cold_pos = np.flatnonzero(held_out)
+        items.add_features(
+            [item_ids[i] for i in cold_pos], {m: x[cold_pos] for m, x in features_now.items()},
+            {m: x[cold_pos] for m, x in present_now.items()}, [records[i] for i in cold_pos],
+            [hashes[i] for i in cold_pos], save=False,
+        )
+        order = np.array([items._pos[i] for i in item_ids])  # index rows in item-space order
+        index_vecs = torch.from_numpy(mips.original(items.vectors[order]))  # [N, D]
+        test["cold"] = evaluate_cold(torch.from_numpy(user_vecs), index_vecs, inter, held_out)
+        logger.info("cold-start items: test recall@20 %.4f ndcg@20 %.4f", test["cold"]["recall@20"],
+                    test["cold"]["ndcg@20"])
+    rec = Recommender(items, model.eval(), config, inter.user_ids, user_vecs, known, item_ids,
+                      cold_items=[item_ids[i] for i in np.flatnonzero(held_out)] if held_out is not None else [])
     if out is not None:
         extra = {
             "num_users": inter.num_users,
@@ -250,6 +278,7 @@ def fit(
             "cold_scale": cold_scale,
             "split": split,
             "rating_threshold": rating_threshold,
+            "cold_items": [item_ids[i] for i in np.flatnonzero(held_out)] if held_out is not None else [],
         }
         attach = _with_bundled_encoders(rec.attach_files(extra, tuner), items.manifest, content.encoder_root)
         items.save(out, overwrite=overwrite, attach=attach)
@@ -290,11 +319,14 @@ def evaluate_directory(
     mask: str | None = None,
     how: str | None = None,
     ks: tuple[int, ...] = (10, 20),
+    cold_start: bool = False,
 ) -> dict[str, Any]:
     """Full-ranking metrics of a trained directory on an interaction file.
 
     The item space is the index's current items; users the model does not know are skipped
-    (counted). The split is rebuilt as at training time (same rule and seed).
+    (counted). The split is rebuilt as at training time (same rule and seed). With
+    ``cold_start``, the items held out of training are ranked (from their content-path index
+    vectors) for the users who interacted with them (:mod:`mmrec.coldstart`).
     """
     if not rec.trained:
         raise MMRecError("evaluation needs a trained directory (made by `mmrec train`)")
@@ -317,5 +349,11 @@ def evaluate_directory(
         s[torch.from_numpy(r < 0)] = float("-inf")
         return s
 
-    metrics = evaluate(score, inter, split=split, mask=mask or rec.config.mask, ks=ks)
-    return {"split": split, "mask": mask or rec.config.mask, "users_skipped": unknown, **metrics}
+    out = {"split": split, "mask": mask or rec.config.mask, "users_skipped": unknown}
+    if cold_start:
+        if not rec.cold_items:
+            raise MMRecError("this model was trained without held-out items: train with --cold-start FRACTION")
+        cold = np.isin(np.array(item_ids, dtype=object), np.array(rec.cold_items, dtype=object))
+        model_rows = torch.from_numpy(rows.clip(min=0))  # unknown users' rows were dropped above
+        return out | {"cold_start": True, **evaluate_cold(user_vecs[model_rows], item_vecs, inter, cold, ks=ks)}
+    return out | evaluate(score, inter, split=split, mask=mask or rec.config.mask, ks=ks)

@@ -30,6 +30,7 @@ from fusion.model import FusedGraphModel
 from index.mips import MipsTransform
 from mmrec.config import TrainConfig, load_config, save_config
 from mmrec.errors import ConfigError, MMRecError
+from mmrec.explain import DEFAULT_HISTORY, ItemExplanation, explain_item, explain_recommendations, explain_similar
 from mmrec.item_index import ItemIndex, MipsVectorizer, Result
 from mmrec.typing import ItemId, UserId
 
@@ -107,6 +108,7 @@ class Recommender:
         user_vectors: ``[U, D]`` trained user vectors.
         known: ``[U, N_train]`` CSR of each user's interactions (excluded from recommendations).
         train_item_ids: the item ids of ``known``'s columns.
+        cold_items: items held out of training under the cold-start protocol.
     """
 
     def __init__(
@@ -118,6 +120,7 @@ class Recommender:
         user_vectors: np.ndarray | None = None,
         known: sp.csr_matrix | None = None,
         train_item_ids: Sequence[ItemId] = (),
+        cold_items: Sequence[ItemId] = (),
     ) -> None:
         self.items = items
         self.model = model
@@ -126,6 +129,7 @@ class Recommender:
         self.user_vectors = user_vectors
         self.known = known
         self.train_item_ids = list(train_item_ids)
+        self.cold_items = list(cold_items)  # held out of training (cold-start protocol)
         self._user_pos = {u: i for i, u in enumerate(self.user_ids)}
         self._user_pos_str = {str(u): i for i, u in enumerate(self.user_ids)}
 
@@ -158,7 +162,8 @@ class Recommender:
             (np.ones(len(t["known_indices"]), np.float32), t["known_indices"], t["known_indptr"]),
             shape=(len(users["user_ids"]), len(users["item_ids"])),
         )
-        return cls(items, model.eval(), cfg, users["user_ids"], t["user_vectors"], known, users["item_ids"])
+        return cls(items, model.eval(), cfg, users["user_ids"], t["user_vectors"], known, users["item_ids"],
+                   cold_items=extra.get("cold_items", []))
 
     def attach_files(self, extra: dict[str, Any], tuner: Any = None):
         """A writer for :meth:`ItemIndex.save` that adds the trained files to the directory.
@@ -190,8 +195,16 @@ class Recommender:
         return write
 
     # ------------------------------------------------------------------------------ queries
-    def similar(self, item_id: object, k: int = 10) -> list[Result]:
-        return self.items.similar(item_id, k)
+    def similar(self, item_id: object, k: int = 10, *, explain: bool = False) -> list[Result]:
+        """The k items most similar to an item; ``explain`` attaches each one's attention weights
+        and per-modality similarity to the item (:func:`mmrec.explain.explain_similar`)."""
+        results = self.items.similar(item_id, k)
+        return explain_similar(self.items, item_id, results) if explain else results
+
+    def explain(self, item_id: object, k: int = 5) -> ItemExplanation:
+        """An item's attention weights and nearest neighbours per modality and fused
+        (:func:`mmrec.explain.explain_item`)."""
+        return explain_item(self.items, item_id, k)
 
     def search_text(self, text: str, k: int = 10) -> list[Result]:
         return self.items.search_text(text, k)
@@ -211,15 +224,21 @@ class Recommender:
         row = self.user_index(user_id)
         return [self.train_item_ids[j] for j in self.known.indices[self.known.indptr[row] : self.known.indptr[row + 1]]]
 
-    def recommend(self, user_id: object, k: int = 10, *, exclude_known: bool = True) -> list[Result]:
+    def recommend(
+        self, user_id: object, k: int = 10, *, exclude_known: bool = True, explain: bool = False,
+        history: int = DEFAULT_HISTORY,
+    ) -> list[Result]:
         """Top-k items for a user from the FAISS index, known items excluded.
 
         The index over-fetches and refills, so exactly k results come back whenever k items
-        remain, even with an approximate index.
+        remain, even with an approximate index. ``explain`` attaches to each result its
+        attention weights and the (at most ``history``) items of the user's history most similar
+        to it (:func:`mmrec.explain.explain_recommendations`).
         """
         if not self.trained:
             raise MMRecError("this directory holds a content index, not a trained model: run `mmrec train` first")
         row = self.user_index(user_id)
         q = self.items.vectorizer.mips.queries(self.user_vectors[row : row + 1])
         exclude = [set(self.known_items(user_id))] if exclude_known else None
-        return self.items.search_vectors(q, k, exclude=exclude)[0]
+        results = self.items.search_vectors(q, k, exclude=exclude)[0]
+        return explain_recommendations(self, user_id, results, history) if explain else results

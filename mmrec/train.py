@@ -43,12 +43,15 @@ class TrainData:
         present: modality -> ``[N]`` bool.
         has_id: ``[N]`` bool, False for items that must be learned from content alone
             (cold-start items held out of training); default every item.
+        negatives: ``[N]`` bool, the items that may be sampled as negatives; default all
+            (held-out cold items are excluded: training must not see them at all).
     """
 
     inter: Interactions
     features: dict[str, Tensor] = field(default_factory=dict)
     present: dict[str, Tensor] = field(default_factory=dict)
     has_id: Tensor | None = None
+    negatives: np.ndarray | None = None
 
 
 @dataclass
@@ -87,28 +90,34 @@ class NegativeSampler:
     Args:
         positives: ``[U, N]`` CSR of every interaction the model may learn from (train split).
         seed: generator seed.
+        candidates: ``[N]`` bool, the items that may be drawn; default all.
     """
 
-    def __init__(self, positives: sp.csr_matrix, seed: int) -> None:
+    def __init__(self, positives: sp.csr_matrix, seed: int, candidates: np.ndarray | None = None) -> None:
         coo = positives.tocoo()
         self.num_items = positives.shape[1]
+        self.pool = np.arange(self.num_items) if candidates is None else np.flatnonzero(candidates)
         self.keys = np.unique(coo.row.astype(np.int64) * self.num_items + coo.col)  # sorted
-        self.counts = np.diff(positives.indptr)
-        if (self.counts >= self.num_items).any():
+        allowed = np.ones(self.num_items, bool) if candidates is None else np.asarray(candidates, bool)
+        known_allowed = np.asarray(positives[:, allowed].sum(axis=1)).ravel()  # [U]
+        if (known_allowed >= len(self.pool)).any():
             raise ValueError("a user has interacted with every item: no negative exists")
         self.rng = np.random.default_rng(seed)
+
+    def _draw(self, size: int) -> np.ndarray:
+        return self.pool[self.rng.integers(0, len(self.pool), size=size)]
 
     def __call__(self, users: np.ndarray, num: int) -> np.ndarray:
         """``[B, num]`` negative item indices for ``users`` ``[B]``."""
         users = np.repeat(users, num)  # [B*num]
-        neg = self.rng.integers(0, self.num_items, size=len(users))
+        neg = self._draw(len(users))
         todo = np.arange(len(users))
         while len(todo):  # resample the ones that hit a positive; terminates since no user has all items
             keys = users[todo] * self.num_items + neg[todo]
             pos = np.searchsorted(self.keys, keys)
             hit = (pos < len(self.keys)) & (self.keys[np.minimum(pos, len(self.keys) - 1)] == keys)
             todo = todo[hit]
-            neg[todo] = self.rng.integers(0, self.num_items, size=len(todo))
+            neg[todo] = self._draw(len(todo))
         return neg.reshape(-1, num)
 
 
@@ -147,7 +156,7 @@ class Trainer:
         self.edge_index = build_edge_index(
             self.train_users, self.train_items, inter.num_users, num_items=inter.num_items
         ).to(self.device)
-        self.sampler = NegativeSampler(inter.user_items("train"), cfg.seed)
+        self.sampler = NegativeSampler(inter.user_items("train"), cfg.seed, data.negatives)
         groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
         groups += tuner.param_groups() if tuner is not None else []
         self.optimizer = torch.optim.Adam(groups, lr=cfg.lr)

@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from mmrec.coldstart import cold_part, hold_out_items, warm_part
+from mmrec.config import TrainConfig
+from mmrec.errors import ConfigError
+from mmrec.interactions import Interactions
+from mmrec.pipeline import fit
+from tests.mmrec.conftest import write_planted
+
+FAST = dict(dim=16, layers=2, heads=2, lr=0.05, batch_size=128, epochs=12, patience=12, reg=1e-4)
+
+
+def tiny() -> Interactions:
+    # users 0,1; items 0..3; split: 0 train, 1 valid, 2 test
+    return Interactions([0, 1], ["a", "b", "c", "d"], users=[0, 0, 0, 1, 1, 1], items=[0, 1, 2, 0, 3, 1],
+                        split=[0, 1, 2, 0, 0, 2])
+
+
+def test_warm_and_cold_parts_are_exact():
+    inter, cold = tiny(), np.array([False, True, False, False])
+    w = warm_part(inter, cold)
+    assert w.items.tolist() == [0, 2, 0, 3] and w.split.tolist() == [0, 2, 0, 0]
+    c = cold_part(inter, cold)
+    # every cold row becomes test; warm train rows stay (history); warm valid/test rows go
+    assert list(zip(c.users.tolist(), c.items.tolist(), c.split.tolist())) == [(0, 0, 0), (0, 1, 2), (1, 0, 0),
+                                                                               (1, 3, 0), (1, 1, 2)]
+
+
+def test_hold_out_items_is_seeded_and_sized():
+    inter = Interactions(list(range(3)), list(range(10)), users=[0, 1, 2] * 3, items=[0, 1, 2, 3, 4, 5, 6, 7, 8])
+    a, b = hold_out_items(inter, 0.25, seed=3), hold_out_items(inter, 0.25, seed=3)
+    np.testing.assert_array_equal(a, b)
+    assert a.sum() == 2 and not a[9]  # round(0.25 * 9) of the 9 items with interactions; item 9 has none
+    with pytest.raises(ConfigError, match=r"must lie in \(0, 1\)"):
+        hold_out_items(inter, 1.0)
+    with pytest.raises(ConfigError, match="leaves 0 of 9 items cold"):
+        hold_out_items(inter, 0.01)
+
+
+def test_cold_items_are_ranked_from_content(tmp_path):
+    inter, feats = write_planted(tmp_path, users=64, items=128, per_user=12)
+    rec, _, test = fit(inter, features={"content": feats}, config=TrainConfig(**FAST, cold_start=0.25),
+                       split="random", show_progress=False)
+    cold = test["cold"]
+    # 32 cold items, 8 per cluster; a user's cold truth lies in its own cluster, so content that encodes the
+    # cluster puts all of it in the top 10 (random ranking: recall@10 ~ 10/32).
+    assert cold["recall@10"] >= 0.9, cold
+    assert cold["num_users"] >= 40
+    assert len(rec.items) == 128 and "recall@20" in test
+
+
+def write_catalog(path, ids, titles):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["item_id", "title"])
+        w.writerows(zip(ids, titles))
+
+
+def test_index_add_equals_embedding_at_build_time(tmp_path, tiny_bert_dir):
+    inter, _ = write_planted(tmp_path, users=32, items=24, per_user=6)
+    words = ["cat", "dog", "space", "war", "love", "city", "toy", "boy", "police", "night", "music", "house"]
+    ids = list(range(24))
+    titles = [f"{words[i % 12]} {words[(i * 5) % 12]} film" for i in ids]
+    write_catalog(tmp_path / "items.csv", ids, titles)
+    rec, _, _ = fit(inter, catalog=tmp_path / "items.csv", out=tmp_path / "model", text_encoder=tiny_bert_dir,
+                    config=TrainConfig(**(FAST | {"epochs": 2}), cold_start=0.25), split="random", cache_dir=None,
+                    show_progress=False)
+    from mmrec.recommender import Recommender
+
+    back = Recommender.load(tmp_path / "model", show_progress=False)
+    cold_ids = back.cold_items
+    assert len(cold_ids) == 6 and [it["item_id"] for it in back.items.items[-6:]] == cold_ids  # added last
+    before = {i: back.items.vector_of(i).copy() for i in cold_ids}
+    back.items.remove(cold_ids)
+    write_catalog(tmp_path / "cold.csv", cold_ids, [titles[i] for i in cold_ids])
+    assert back.items.add(tmp_path / "cold.csv") == 6  # `mmrec index add` on a trained directory
+    for i in cold_ids:
+        np.testing.assert_allclose(back.items.vector_of(i), before[i], rtol=1e-5, atol=1e-6)
+        assert back.items.attention[back.items._pos[i], -1] == 0.0  # no ID token for an added item
+    again = Recommender.load(tmp_path / "model", show_progress=False)
+    assert [r.item_id for r in again.similar(cold_ids[0], 5)] == [r.item_id for r in back.similar(cold_ids[0], 5)]
+
+
+def test_cli_train_and_evaluate_cold_start(tmp_path, capsys):
+    import json
+
+    from mmrec.cli import main
+
+    inter, feats = write_planted(tmp_path, users=64, items=128, per_user=12)
+    args = ["train", "--interactions", str(inter), "--features", f"content={feats}", "--out", str(tmp_path / "m"),
+            "--split", "random", "--cold-start", "0.25", "--json", "-q"]
+    args += [f"--{k.replace('_', '-')}={v}" for k, v in FAST.items()]
+    assert main(args) == 0
+    trained = json.loads(capsys.readouterr().out)
+    assert main(["evaluate", "--index", str(tmp_path / "m"), "--interactions", str(inter), "--cold-start",
+                 "--json", "-q"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["cold_start"] is True
+    for key in ("recall@10", "recall@20", "ndcg@20"):
+        assert again[key] == pytest.approx(trained["test"]["cold"][key], abs=1e-6)
+    m2 = tmp_path / "m2"
+    assert main(["train", "--interactions", str(inter), "--features", f"content={feats}", "--out", str(m2),
+                 "--split", "random", "--epochs", "1", "-q"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--index", str(m2), "--interactions", str(inter), "--cold-start", "-q"]) == 1
+    assert "trained without held-out items" in capsys.readouterr().err
