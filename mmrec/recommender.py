@@ -150,8 +150,12 @@ class Recommender:
         if items.manifest.get("kind") != "trained":
             return cls(items)
         cfg, extra = load_config(TrainConfig, directory / "config.json")
+        # config.json sorts its keys; the manifest's tokens keep the model's token order, which is
+        # the column order of the stored attention weights (and of those of items added later).
+        dims = extra["modality_dims"]
+        dims = {m: dims[m] for m in items.manifest.get("tokens", []) if m in dims} | dims
         model = FusedGraphModel(
-            extra["num_users"], extra["num_items"], extra["modality_dims"], dim=cfg.dim, num_layers=cfg.layers,
+            extra["num_users"], extra["num_items"], dims, dim=cfg.dim, num_layers=cfg.layers,
             num_heads=cfg.heads, use_id=cfg.use_id, projection_hidden=cfg.projection_hidden or None,
         )
         model.load_state_dict(load_torch(str(directory / "model.safetensors")))
