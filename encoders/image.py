@@ -20,6 +20,14 @@ Three sources of models, all offline:
 
 Images are decoded and transformed in a torch ``DataLoader`` with ``num_workers`` processes, so
 decoding overlaps inference. Every output row is L2-normalised.
+
+For fine-tuning, :meth:`ImageEncoder.embed_trainable` is the differentiable twin of
+:meth:`ImageEncoder.encode_paths`, :meth:`ImageEncoder.blocks` lists the stages / layers
+(EfficientNet-Lite MBConv blocks, ResNet ``layer1..4``, ViT encoder layers, the children of
+``features`` for other torchvision CNNs, a Hugging Face model's layer stack),
+:meth:`ImageEncoder.tunable_parameters` picks the last N of them and what follows, and
+:meth:`ImageEncoder.save` writes weights the constructor loads back (a state-dict file with the
+classifier that loading strips, or a Hugging Face directory).
 """
 from __future__ import annotations
 
@@ -42,7 +50,7 @@ from torchvision import transforms as T
 from tqdm.auto import tqdm
 
 from encoders.cache import fingerprint_files
-from encoders.text import hf_loading_progress, model_files, resolve_hf_model
+from encoders.text import hf_loading_progress, layer_stack, model_files, parameters_after, resolve_hf_model
 
 logger = logging.getLogger(__name__)
 
@@ -188,14 +196,19 @@ class _HFVisionFeatures(nn.Module):
         return self.projection(vec) if self.projection is not None else vec
 
 
-def _strip_classifier(net: nn.Module) -> int:
-    """Replace the last ``Linear`` (the classification head) by ``Identity``; return its input size."""
+def _strip_classifier(net: nn.Module) -> tuple[int, dict[str, torch.Tensor]]:
+    """Replace the last ``Linear`` (the classification head) by ``Identity``.
+
+    Returns:
+        its input size, and its state under its name in ``net`` (kept so a saved state dict
+        loads back into the full classification model).
+    """
     head = [(name, m) for name, m in net.named_modules() if isinstance(m, nn.Linear)]
     if not head:
         raise ValueError(f"{type(net).__name__} has no Linear classification head to remove")
     name, linear = head[-1]
     net.set_submodule(name, nn.Identity())
-    return int(linear.in_features)
+    return int(linear.in_features), {f"{name}.{k}": v for k, v in linear.state_dict().items()}
 
 
 def _size(spec: Any, key: str) -> int | None:
@@ -282,6 +295,7 @@ class ImageEncoder:
         self.batch_size, self.num_workers = batch_size, num_workers
         self.device = torch.device(device)
         self.show_progress = show_progress
+        self._classifier: dict[str, torch.Tensor] = {}  # stripped head, restored by save()
         name = str(model)
         if name in ("default", DEFAULT_IMAGE_MODEL):
             files = self._load_efficientnet_lite(weights)
@@ -314,6 +328,7 @@ class ImageEncoder:
         # from_pretrained downloads unless weights_path is a str, and prints on success.
         with contextlib.redirect_stdout(io.StringIO()):
             net = EfficientNet.from_pretrained(DEFAULT_IMAGE_MODEL, weights_path=str(path))
+        self._classifier = {f"_fc.{k}": v for k, v in net._fc.state_dict().items()}
         self.model = _EfficientNetLiteFeatures(net)
         self.name, self.dim, self.pooling = DEFAULT_IMAGE_MODEL, 1280, "avg"
         self.transform = T.Compose([
@@ -358,7 +373,7 @@ class ImageEncoder:
                 f"{path}: not a {name!r} state dict (missing keys {result.missing_keys[:3]}, "
                 f"unexpected keys {result.unexpected_keys[:3]})"
             )
-        self.dim = _strip_classifier(net)
+        self.dim, self._classifier = _strip_classifier(net)
         self.model, self.name, self.pooling = net, name, "prelogits"
         self.transform = default.transforms()
         return [path]
@@ -383,6 +398,7 @@ class ImageEncoder:
                 "processor there (processor.save_pretrained(directory)) so preprocessing matches its training"
             )
         processor = AutoImageProcessor.from_pretrained(directory, local_files_only=True)
+        self._processor, self._hf_config = processor, config  # for save()
         with hf_loading_progress(self.show_progress):
             if isinstance(config, CLIPConfig):
                 clip = CLIPModel.from_pretrained(directory, local_files_only=True)
@@ -393,7 +409,8 @@ class ImageEncoder:
                 cls = CLIPVisionModelWithProjection if with_proj else CLIPVisionModel
                 clip = cls.from_pretrained(directory, local_files_only=True)
                 proj = clip.visual_projection if with_proj else None
-                self.model = _HFVisionFeatures(clip.vision_model, proj, use_pooler=True)
+                # transformers >= 5 folded the vision transformer into CLIPVisionModel itself.
+                self.model = _HFVisionFeatures(getattr(clip, "vision_model", clip), proj, use_pooler=True)
                 self.pooling = "clip-cls+projection" if with_proj else "clip-cls"
             else:
                 net, info = AutoModel.from_pretrained(directory, local_files_only=True, output_loading_info=True)
@@ -476,3 +493,124 @@ class ImageEncoder:
         out = {key: batch[key] for key in batch.keys()}
         out["embedding"] = self._run(self._paths(batch["image"]), from_paths=True, progress=False)  # [B, D_v]
         return out
+
+    # -- fine-tuning -------------------------------------------------------------------------------
+
+    def embed_trainable(self, paths: Sequence[str | os.PathLike]) -> torch.Tensor:
+        """Encode image files with autograd on: the differentiable twin of :meth:`encode_paths`.
+
+        Same decoding, transform, pooling and normalisation, decoded in this process as one
+        batch. The model runs in the mode it is in (eval after loading: batch-norm statistics and
+        dropout stay fixed).
+
+        Raises:
+            ImageDecodeError: a file is missing or does not decode (names its path and index).
+
+        Shapes: paths (B,) -> embeddings (B, D_v), on ``device``
+        """
+        paths = self._paths(paths)
+        if not paths:
+            return torch.zeros((0, self.dim), device=self.device)
+        items = _ImageItems(paths, self.transform, from_paths=True)
+        _, pixels, errors = _collate([items[i] for i in range(len(paths))])
+        if errors:
+            i, reason = errors[0]
+            raise ImageDecodeError(paths[i], reason, index=i)
+        pixels = pixels.to(self.device).contiguous(memory_format=torch.channels_last)  # [B, 3, H, W]
+        return F.normalize(self.model(pixels).float(), dim=-1)  # [B, D_v]
+
+    def blocks(self) -> list[nn.Module]:
+        """The backbone's stages / layers, input to output (what ``top:N`` fine-tuning unfreezes).
+
+        EfficientNet-Lite: its MBConv blocks; torchvision ResNets: ``layer1..layer4``; torchvision
+        ViTs: the encoder layers; other torchvision CNNs: the children of ``features``; Hugging
+        Face models: the layer stack (:func:`encoders.text.layer_stack`).
+
+        Raises:
+            ValueError: a torchvision model of none of these shapes.
+        """
+        net = self.model
+        if isinstance(net, _EfficientNetLiteFeatures):
+            return list(net.net._blocks)
+        if isinstance(net, _HFVisionFeatures):
+            return layer_stack(net.tower)
+        if all(hasattr(net, f"layer{i}") for i in range(1, 5)):
+            return [net.layer1, net.layer2, net.layer3, net.layer4]
+        layers = getattr(getattr(net, "encoder", None), "layers", None)
+        if isinstance(layers, nn.Sequential):
+            return list(layers)
+        if isinstance(getattr(net, "features", None), nn.Sequential):
+            return list(net.features)
+        raise ValueError(f"{self.name}: no known stages to fine-tune the top of; fine-tune it fully instead")
+
+    def tunable_parameters(self, top: int | None = None) -> list[nn.Parameter]:
+        """The parameters fine-tuning trains.
+
+        Args:
+            top: ``None`` for every parameter the embedding depends on (an unused pooler is left
+                out); ``N`` for the last ``N`` of :meth:`blocks` and the modules after them (head
+                convolution and batch norm, final layer norm, pooler, projection).
+
+        Raises:
+            ValueError: ``top`` is not between 1 and the number of blocks, or the model has no
+                known blocks.
+        """
+        skip_pooler = isinstance(self.model, _HFVisionFeatures) and not self.model.use_pooler
+        used = [p for n, p in self.model.named_parameters() if not (skip_pooler and n.startswith("tower.pooler."))]
+        if top is None:
+            return used
+        blocks = self.blocks()
+        if not 1 <= top <= len(blocks):
+            raise ValueError(f"{self.name}: cannot fine-tune the top {top} blocks, the image model has {len(blocks)}")
+        return [p for b in blocks[-top:] for p in b.parameters()] + parameters_after(used, blocks)
+
+    def to(self, device: str | torch.device) -> "ImageEncoder":
+        """Move the model (and where inputs go) to ``device``."""
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        return self
+
+    def save(self, directory: str | Path) -> dict[str, str | None]:
+        """Write the current weights where the constructor loads them back from.
+
+        EfficientNet-Lite0 and torchvision models: ``directory/weights.pt``, the full
+        classification state dict (the stripped classifier restored); Hugging Face models: a
+        model directory with the image processor (a CLIP vision tower as a CLIP vision model).
+
+        Returns:
+            the constructor's arguments: ``{"model": ..., "weights": ...}``.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if not isinstance(self.model, _HFVisionFeatures):
+            net = self.model.net if isinstance(self.model, _EfficientNetLiteFeatures) else self.model
+            state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+            state |= {k: v.detach().cpu().contiguous() for k, v in self._classifier.items()}
+            torch.save(state, directory / "weights.pt")
+            return {"model": self.name, "weights": str(directory / "weights.pt")}
+        self._save_hf(directory)
+        return {"model": str(directory), "weights": None}
+
+    def _save_hf(self, directory: Path) -> None:
+        import copy
+
+        from transformers import CLIPConfig, CLIPVisionModel, CLIPVisionModelWithProjection, PreTrainedModel
+
+        tower, projection = self.model.tower, self.model.projection
+        if projection is None and isinstance(tower, PreTrainedModel):
+            model = tower
+        else:  # a CLIP vision tower (+ projection), possibly taken out of a full CLIP model
+            cls = CLIPVisionModelWithProjection if projection is not None else CLIPVisionModel
+            source = self._hf_config
+            config = copy.deepcopy(source.vision_config if isinstance(source, CLIPConfig) else source)
+            config.architectures = [cls.__name__]
+            if projection is not None:
+                config.projection_dim = int(projection.out_features)
+            with torch.device("meta"):  # every submodule is replaced by the tuned one below
+                model = cls(config)
+            model.vision_model = tower
+            if projection is not None:
+                model.visual_projection = projection
+        with hf_loading_progress(self.show_progress):
+            model.save_pretrained(directory)
+        self._processor.save_pretrained(directory)

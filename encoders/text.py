@@ -12,6 +12,12 @@ Two families are supported, chosen from the model directory's ``config.json``:
 Encoding sorts texts by token length and pads per batch (dynamic padding), so short texts do not
 pay for long ones; padding is always on the right so position ids match unpadded encoding.
 Nothing is downloaded unless ``allow_download=True``.
+
+For fine-tuning, :meth:`TextEncoder.embed_trainable` is the differentiable twin of
+:meth:`TextEncoder.encode` (same tokenization, pooling and normalisation, autograd on),
+:meth:`TextEncoder.blocks` lists the transformer layers, :meth:`TextEncoder.tunable_parameters`
+picks the parameters of the last N of them (plus what follows them: final norm, projection) and
+:meth:`TextEncoder.save` writes a model directory the constructor loads back.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm.auto import tqdm
 
 from encoders.cache import fingerprint_files
@@ -50,6 +57,38 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     summed = (hidden * m).sum(dim=1)  # [B, D]
     count = m.sum(dim=1).clamp(min=1e-9)  # [B, 1]
     return summed / count
+
+
+def layer_stack(module: nn.Module) -> list[nn.Module]:
+    """The transformer layer stack of a Hugging Face model, input to output.
+
+    It is the ``nn.ModuleList`` of same-class modules holding the most parameters
+    (``encoder.layer`` of BERT / ViT, ``encoder.layers`` of CLIP, ``transformer.layer`` of
+    DistilBERT, ``encoder.stages`` of convolutional models), found without naming each family.
+
+    Raises:
+        ValueError: the model has no such list.
+    """
+    best: list[nn.Module] = []
+    best_size = -1
+    for child in module.modules():
+        if isinstance(child, nn.ModuleList) and len(child) and len({type(c) for c in child}) == 1:
+            size = sum(p.numel() for p in child.parameters())
+            if size > best_size:
+                best, best_size = list(child), size
+    if not best:
+        raise ValueError(f"{type(module).__name__} has no list of layers to fine-tune")
+    return best
+
+
+def parameters_after(params: Sequence[nn.Parameter], blocks: Sequence[nn.Module]) -> list[nn.Parameter]:
+    """The parameters registered after the last of ``blocks`` (final norm, pooler, projection).
+
+    Modules register in forward order in these models, so this is what runs after the stack.
+    """
+    in_blocks = {id(p) for b in blocks for p in b.parameters()}
+    last = max((i for i, p in enumerate(params) if id(p) in in_blocks), default=-1)
+    return [p for p in params[last + 1 :] if id(p) not in in_blocks]
 
 
 def model_files(directory: Path) -> list[Path]:
@@ -192,6 +231,7 @@ class TextEncoder:
 
         kw = {"local_files_only": local}
         self._projection: torch.nn.Module | None = None
+        self._seq2seq = False  # only the encoder of an encoder-decoder checkpoint is kept
         if isinstance(config, CLIPConfig):
             self.model = CLIPModel.from_pretrained(source, **kw)
             self._tower, self._projection = self.model.text_model, self.model.text_projection
@@ -212,7 +252,7 @@ class TextEncoder:
         else:
             model = AutoModel.from_pretrained(source, **kw)
             if getattr(config, "is_encoder_decoder", False):
-                model = model.get_encoder()
+                model, self._seq2seq = model.get_encoder(), True
             self.model = self._tower = model
             self._text_config = config
             self.pooling = "mean"
@@ -220,18 +260,25 @@ class TextEncoder:
     def __repr__(self) -> str:
         return f"TextEncoder({self.name!r}, dim={self.dim}, max_length={self.max_length})"
 
+    def _embed(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Pooled, L2-normalised embeddings, with autograd as the caller's context has it.
+
+        Shapes: input_ids (B, L), mask (B, L) -> embeddings (B, D_t)
+        """
+        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+        if self.pooling == "mean":
+            hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state  # [B, L, D_t]
+            vec = mean_pool(hidden, mask)  # [B, D_t]
+        else:
+            vec = self._tower(input_ids=input_ids, attention_mask=mask).pooler_output  # [B, H]
+            if self._projection is not None:
+                vec = self._projection(vec)  # [B, D_t]
+        return F.normalize(vec.float(), dim=-1)
+
     def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Shapes: input_ids (B, L), mask (B, L) -> embeddings (B, D_t), L2-normalised."""
-        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
         with torch.inference_mode():
-            if self.pooling == "mean":
-                hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state  # [B, L, D_t]
-                vec = mean_pool(hidden, mask)  # [B, D_t]
-            else:
-                vec = self._tower(input_ids=input_ids, attention_mask=mask).pooler_output  # [B, H]
-                if self._projection is not None:
-                    vec = self._projection(vec)  # [B, D_t]
-            return F.normalize(vec.float(), dim=-1)
+            return self._embed(input_ids, mask)
 
     def _pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-pad token id lists to the longest one. Shapes: -> input_ids (B, L), mask (B, L)."""
@@ -289,3 +336,80 @@ class TextEncoder:
         out = {key: batch[key] for key in batch.keys()}
         out["embedding"] = self._encode(_texts(batch["text"]), progress=False)  # [B, D_t]
         return out
+
+    # -- fine-tuning -------------------------------------------------------------------------------
+
+    def embed_trainable(self, texts: Sequence[str]) -> torch.Tensor:
+        """Encode texts with autograd on: the differentiable twin of :meth:`encode`.
+
+        Same tokenization, pooling and normalisation as :meth:`encode`, in one batch padded to the
+        longest text. The model runs in the mode it is in (eval after loading: no dropout).
+
+        Raises:
+            TypeError: as :meth:`encode`.
+
+        Shapes: texts (B,) -> embeddings (B, D_t), on ``device``
+        """
+        texts = _texts(texts)
+        if not texts:
+            return torch.zeros((0, self.dim), device=self.device)
+        ids = self.tokenizer(
+            texts, truncation=True, max_length=self.max_length, padding=False, return_attention_mask=False,
+            return_token_type_ids=False,
+        )["input_ids"]
+        input_ids, mask = self._pad(ids)  # [B, L], [B, L]
+        return self._embed(input_ids, mask)  # [B, D_t]
+
+    def _check_tunable(self) -> None:
+        if self._seq2seq:
+            raise ValueError(
+                f"{self.name}: the encoder of an encoder-decoder checkpoint cannot be fine-tuned (it could not be "
+                "saved back as a model directory this class loads); use an encoder-only model"
+            )
+
+    def blocks(self) -> list[nn.Module]:
+        """The transformer layers of the text tower, input to output (see :func:`layer_stack`)."""
+        self._check_tunable()
+        return layer_stack(self._tower)
+
+    def tunable_parameters(self, top: int | None = None) -> list[nn.Parameter]:
+        """The parameters fine-tuning trains.
+
+        Args:
+            top: ``None`` for every parameter the embedding depends on (the BERT pooler, unused
+                by mean pooling, and a CLIP model's vision tower are left out); ``N`` for the
+                last ``N`` layers of :meth:`blocks` and the modules after them (final layer
+                norm, text projection).
+
+        Raises:
+            ValueError: ``top`` is not between 1 and the number of layers, or the model is the
+                encoder of an encoder-decoder checkpoint.
+        """
+        self._check_tunable()
+        used = [p for n, p in self._tower.named_parameters() if n.split(".")[0] != "pooler"]
+        projection = list(self._projection.parameters()) if self._projection is not None else []
+        if top is None:
+            return used + projection
+        blocks = self.blocks()
+        if not 1 <= top <= len(blocks):
+            raise ValueError(f"{self.name}: cannot fine-tune the top {top} layers, the text model has {len(blocks)}")
+        return [p for b in blocks[-top:] for p in b.parameters()] + parameters_after(used, blocks) + projection
+
+    def to(self, device: str | torch.device) -> "TextEncoder":
+        """Move the model (and where inputs go) to ``device``."""
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        return self
+
+    def save(self, directory: str | Path) -> None:
+        """Write model and tokenizer as a Hugging Face directory that ``TextEncoder(directory)`` loads.
+
+        Raises:
+            ValueError: the model is the encoder of an encoder-decoder checkpoint.
+        """
+        self._check_tunable()
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        with hf_loading_progress(self.show_progress):
+            self.model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)

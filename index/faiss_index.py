@@ -120,6 +120,15 @@ def _auto_nlist(n: int, train_size: int = 100_000) -> int:
     return nlist
 
 
+def _resolve(factory: str, n: int, *, train_size: int) -> str:
+    if factory == "auto":
+        if n < AUTO_EXACT_BELOW:
+            return "Flat"
+        return f"IVF{_auto_nlist(n, train_size)},Flat"
+    _parse_factory(factory)
+    return factory
+
+
 def _canonical_id(item_id: Any) -> ItemId:
     if isinstance(item_id, (bool, np.bool_)):
         raise TypeError(f"item id {item_id!r} is a bool; ids must be str or int")
@@ -222,12 +231,7 @@ class FaissIndex:
         Raises:
             ValueError: Unknown factory form.
         """
-        if factory == "auto":
-            if n < AUTO_EXACT_BELOW:
-                return "Flat"
-            return f"IVF{_auto_nlist(n)},Flat"
-        _parse_factory(factory)
-        return factory
+        return _resolve(factory, n, train_size=100_000)
 
     @classmethod
     def build(
@@ -246,7 +250,8 @@ class FaissIndex:
             vectors: Item vectors; normalised by the wrapper.
             ids: One catalog id per row.
             factory: Factory string or ``"auto"``. Defaults to ``"auto"``.
-            train_size: Most rows used to train IVF / PQ. Defaults to 100_000.
+            train_size: Most rows used to train IVF / PQ (with ``"auto"`` it also caps the
+                number of lists at ``train_size // 39``). Defaults to 100_000.
             seed: Seed of the training sample. Defaults to 0.
             progress: Show a tqdm bar while adding. Defaults to False.
 
@@ -258,7 +263,7 @@ class FaissIndex:
         """
         x = _unit_rows(vectors, None, "vectors")
         clean_ids = _check_new_ids({}, ids, len(x))
-        index = cls(x.shape[1], cls.resolve_factory(factory, len(x)))
+        index = cls(x.shape[1], _resolve(factory, len(x), train_size=train_size))
         start = time.perf_counter()
         if not index.is_trained:
             index._train_unit(x, train_size=train_size, seed=seed)

@@ -86,10 +86,7 @@ class Encoders:
             if spec.get("bundled"):  # fine-tuned weights saved inside the directory
                 if self.root is None:
                     raise ConfigError(f"the {modality} encoder is stored in the model directory, which is unknown")
-                # A weights file (EfficientNet-Lite, torchvision) is bundled with the model named as
-                # usual; otherwise the model itself is a bundled Hugging Face directory.
-                key = "weights" if spec.get("weights") else "model"
-                spec[key] = str(self.root / spec[key])
+                spec["model"] = str(self.root / spec["model"])
             self._loaded[modality] = make_encoder(modality, spec, self.show_progress)
             got = self._loaded[modality].identity
             if got != self.spec[modality]["identity"]:
@@ -114,9 +111,10 @@ def make_encoder(modality: str, spec: dict, show_progress: bool = True):
         )
     from encoders.image import ImageEncoder
 
-    return ImageEncoder(
-        spec["model"], weights=spec.get("weights"), batch_size=spec.get("batch_size", 32), show_progress=show_progress
-    )
+    model, weights = spec["model"], spec.get("weights")
+    if spec.get("architecture"):  # a state-dict file inside the directory `model` (a fine-tuned encoder)
+        model, weights = spec["architecture"], str(Path(spec["model"]) / spec["weights"])
+    return ImageEncoder(model, weights=weights, batch_size=spec.get("batch_size", 32), show_progress=show_progress)
 
 
 def encoder_spec(encoder, model: str | Path, **extra) -> dict:

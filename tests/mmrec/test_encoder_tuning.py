@@ -1,0 +1,225 @@
+"""Encoder fine-tuning (``finetune=top:N|full``): which weights train, what a step feeds the model,
+the per-epoch refresh, best-state round trip, and a trained directory that queries with the tuned
+encoders. Tiny random encoders; the packaged EfficientNet-Lite0 once for the bundled weights file."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from encoders.text import TextEncoder
+from mmrec.config import TrainConfig
+from mmrec.encoder_tuning import EncoderTuner
+from mmrec.errors import ConfigError
+from mmrec.item_index import Encoders
+from mmrec.pipeline import fit, load_content
+from mmrec.recommender import Recommender
+from tests.mmrec.conftest import write_planted
+
+FAST = dict(dim=16, layers=2, heads=2, lr=0.05, batch_size=64, reg=1e-4)
+WORDS = ["cat", "dog", "space", "war", "love", "city", "toy", "boy", "police", "night", "music", "house"]
+
+
+def write_catalog(directory, image_paths, n: int = 24, image_every: int = 1):
+    """``n`` items with two-word titles; images (copied next to the catalog) on every ``image_every``-th
+    item, none on items 3, 7, 11, ...; item 5 has an image but no text."""
+    for p in image_paths:
+        shutil.copy(p, directory)
+    names = [p.rsplit("/", 1)[1] for p in image_paths]
+    rows = []
+    for i in range(n):
+        title = "" if i == 5 else f"{WORDS[i % 12]} {WORDS[(i * 5) % 12]} film"
+        image = names[i % len(names)] if i % image_every == 0 and i % 4 != 3 else ""
+        rows.append({"item_id": i, "title": title, "image": image})
+    path = directory / "items.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["item_id", "title", "image"])
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+@pytest.fixture
+def content(tmp_path, tiny_bert_dir, tiny_vit_dir, image_paths):
+    path = write_catalog(tmp_path, image_paths)
+    return load_content(path, None, text_encoder=tiny_bert_dir, image_encoder=tiny_vit_dir, cache_dir=None,
+                        show_progress=False)
+
+
+def _cfg(**kw) -> TrainConfig:
+    return TrainConfig(**(FAST | {"epochs": 2} | kw))
+
+
+def _trainable(model: torch.nn.Module) -> set[str]:
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _names(model: torch.nn.Module, *modules: torch.nn.Module) -> set[str]:
+    ids = {id(p) for m in modules for p in m.parameters()}
+    return {n for n, p in model.named_parameters() if id(p) in ids}
+
+
+def test_top1_trains_exactly_the_last_layer_and_what_follows(content):
+    tuner = EncoderTuner(content, _cfg(finetune="top:1"), show_progress=False)
+    assert repr(tuner) == "EncoderTuner('top:1', modalities=['text', 'image'], max_items=32)"
+    bert = content.encoder_objects["text"].model
+    # Mean pooling reads the last hidden states: nothing after the last layer (the pooler is unused).
+    assert _trainable(bert) == _names(bert, bert.encoder.layer[-1])
+    assert sum(p.numel() for p in bert.parameters() if p.requires_grad) == 8544  # 4*(32*32+32) + 2*(32*64) + 64 + 32 + 4*32
+    vit = content.encoder_objects["image"].model.tower
+    assert _trainable(vit) == _names(vit, vit.layers[-1], vit.layernorm, vit.pooler)
+    assert len(_trainable(vit)) == 16 + 2 + 2
+    groups = tuner.param_groups()
+    assert [g["lr"] for g in groups] == [pytest.approx(0.05 * 0.1)] * 2
+    assert [sum(p.numel() for p in g["params"]) for g in groups] == [8544, 8544 + 64 + 32 * 32 + 32]
+
+
+def test_full_trains_every_used_parameter(content):
+    EncoderTuner(content, _cfg(finetune="full"), show_progress=False)
+    bert = content.encoder_objects["text"].model
+    assert _trainable(bert) == {n for n, _ in bert.named_parameters() if not n.startswith("pooler.")}
+    vit = content.encoder_objects["image"].model
+    assert _trainable(vit) == {n for n, _ in vit.named_parameters()}  # saved with its pooler: used
+
+
+def test_bad_modes_and_sources_are_config_errors(tmp_path, content):
+    with pytest.raises(ConfigError, match="cannot fine-tune the top 3 layers, the text model has 2"):
+        EncoderTuner(content, _cfg(finetune="top:3"), show_progress=False)
+    for mode in ("top:0", "top:x", "partial", "top:"):
+        with pytest.raises(ConfigError, match=f"finetune must be frozen, top:N .* got '{mode}'"):
+            TrainConfig(finetune=mode)
+    with pytest.raises(ConfigError, match="'frozen': there is nothing to fine-tune"):
+        EncoderTuner(content, _cfg(), show_progress=False)
+    inter, feats = write_planted(tmp_path)
+    npy = load_content(None, {"content": feats}, show_progress=False)
+    with pytest.raises(ConfigError, match=r"precomputed \.npy features \(content\) cannot be fine-tuned"):
+        EncoderTuner(npy, _cfg(finetune="full"), show_progress=False)
+    with pytest.raises(ConfigError, match="precomputed"):  # through fit, before any training
+        fit(inter, features={"content": feats}, config=_cfg(finetune="top:1"), split="random", show_progress=False)
+
+
+def test_step_features_rows_equal_encode_and_carry_gradients(content):
+    enc = content.encoder_objects["text"]
+    tuner = EncoderTuner(content, _cfg(finetune="top:1"), max_items=3, show_progress=False)
+    n = len(content.catalog)
+    features = {m: torch.zeros(n, x.shape[1]) for m, x in content.features.items()}  # stale rows stand out
+    features["other"] = torch.ones(n, 2)
+    items = np.array([0, 1, 2, 5, 9, 14, 20])  # item 5 has no text
+    out = tuner.step_features(items, features)
+    assert out["other"] is features["other"] and features["text"].abs().sum() == 0  # inputs untouched
+    changed = np.flatnonzero(out["text"].detach().abs().sum(1).numpy())
+    assert len(changed) == 3 and set(changed) <= {0, 1, 2, 9, 14, 20}
+    texts = [content.catalog.texts[i] for i in changed]
+    np.testing.assert_allclose(out["text"][changed].detach().numpy(), enc.encode(texts), atol=1e-6)
+    np.testing.assert_allclose(out["text"][changed].detach().numpy(), content.features["text"][changed], atol=1e-6)
+    images = np.flatnonzero(out["image"].detach().abs().sum(1).numpy())
+    assert len(images) == 3 and content.present["image"][images].all() and set(images) <= set(items)
+    (out["text"].sum() + out["image"].sum()).backward()
+    bert = enc.model
+    grads = {n: p.grad for n, p in bert.named_parameters()}
+    assert all(grads[n] is not None and grads[n].abs().sum() > 0 for n in _trainable(bert))
+    assert all(g is None for n, g in grads.items() if n not in _trainable(bert))
+    # Seeded: a second tuner samples the same rows.
+    again = EncoderTuner(content, _cfg(finetune="top:1"), max_items=3, show_progress=False)
+    redo = again.step_features(items, {m: torch.zeros_like(x) for m, x in features.items()})
+    np.testing.assert_array_equal(np.flatnonzero(redo["text"].detach().abs().sum(1).numpy()), changed)
+
+
+def test_end_epoch_refreshes_features_in_place_and_state_round_trips(content):
+    tuner = EncoderTuner(content, _cfg(finetune="top:1"), show_progress=False)
+    features = {m: torch.from_numpy(x.copy()) for m, x in content.features.items()}
+    before = {m: x.clone() for m, x in features.items()}
+    state = {m: {k: v.clone() for k, v in s.items()} for m, s in tuner.state_dict().items()}
+    with torch.no_grad():
+        for ps in tuner.params.values():
+            for p in ps.values():
+                p.add_(0.05 * torch.randn_like(p))
+    ptrs = {m: x.data_ptr() for m, x in features.items()}
+    tuner.end_epoch(features)
+    assert {m: x.data_ptr() for m, x in features.items()} == ptrs
+    text_rows = np.flatnonzero(content.present["text"])
+    want = content.encoder_objects["text"].encode([content.catalog.texts[i] for i in text_rows])
+    np.testing.assert_allclose(features["text"][text_rows].numpy(), want, atol=1e-6)
+    assert not np.allclose(features["text"][text_rows].numpy(), before["text"][text_rows].numpy(), atol=1e-3)
+    assert features["text"][5].abs().sum() == 0  # no text: stays a zero row
+    img_rows = np.flatnonzero(content.present["image"])
+    want = content.encoder_objects["image"].encode_paths([content.catalog.images[i] for i in img_rows])
+    np.testing.assert_allclose(features["image"][img_rows].numpy(), want, atol=1e-6)
+    assert (features["image"][~torch.from_numpy(content.present["image"])] == 0).all()
+    # Restoring the saved state brings the original features back.
+    tuner.load_state_dict(state)
+    tuner.end_epoch(features)
+    for m in features:
+        np.testing.assert_allclose(features[m].numpy(), before[m].numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="does not match the tuned parameters"):
+        tuner.load_state_dict({"text": state["text"]})
+
+
+def test_fit_top1_saves_and_queries_with_the_tuned_encoders(tmp_path, content, tiny_bert_dir, tiny_vit_dir,
+                                                             image_paths):
+    inter, _ = write_planted(tmp_path, users=32, items=24, per_user=6)
+    start = {m: {n: p.detach().clone() for n, p in e.model.named_parameters()}
+             for m, e in content.encoder_objects.items()}
+    cfg = _cfg(finetune="top:1")
+    rec, result, _ = fit(inter, content=content, out=tmp_path / "model", config=cfg, split="random",
+                         show_progress=False)
+    assert len(result.history) == 2
+    tuned = content.encoder_objects
+    for m, e in tuned.items():  # trainable weights moved, frozen ones did not
+        trainable = _trainable(e.model)
+        for n, p in e.model.named_parameters():
+            same = torch.equal(p.detach(), start[m][n])
+            assert same != (n in trainable), (m, n)
+
+    d = tmp_path / "model"
+    manifest = json.loads((d / "manifest.json").read_text())
+    text_spec, image_spec = manifest["encoders"]["text"], manifest["encoders"]["image"]
+    assert text_spec["model"] == "encoders/text" and text_spec["bundled"] and text_spec["finetune"] == "top:1"
+    assert image_spec["model"] == "encoders/image" and image_spec["bundled"]
+    assert text_spec["tuned_from"]["model"] == str(tiny_bert_dir)
+    assert (d / "encoders" / "text" / "config.json").is_file() and (d / "encoders" / "image" / "config.json").is_file()
+    assert text_spec["identity"] != text_spec["tuned_from"]["identity"]
+
+    back = Recommender.load(d, show_progress=False)
+    query = "cat space film"
+    loaded = back.items.encoders.get("text")
+    q = loaded.encode([query])
+    np.testing.assert_allclose(q, tuned["text"].encode([query]), atol=1e-6)
+    assert not np.allclose(q, TextEncoder(tiny_bert_dir, show_progress=False).encode([query]), atol=1e-3)
+    # The stored item features are the tuned encoder's, so queries and items share one space.
+    np.testing.assert_allclose(back.items.features["text"][:5], tuned["text"].encode(content.catalog.texts[:5]),
+                               atol=1e-6)
+    got = back.search_text(query, 5)
+    want = back.items.search_vectors(back.items.query_vector("text", tuned["text"].encode([query])), 5)[0]
+    assert [r.item_id for r in got] == [r.item_id for r in want]
+    np.testing.assert_allclose([r.score for r in got], [r.score for r in want], rtol=1e-5)
+    img = back.items.encoders.get("image").encode_paths(image_paths[:2])
+    np.testing.assert_allclose(img, tuned["image"].encode_paths(image_paths[:2]), atol=1e-6)
+
+
+def test_bundled_weights_file_of_efficientnet_round_trips(tmp_path, image_paths):
+    path = write_catalog(tmp_path, image_paths[:3], n=6, image_every=1)
+    content = load_content(path, None, text_encoder="none", image_encoder="default", cache_dir=None,
+                           show_progress=False)
+    tuner = EncoderTuner(content, _cfg(finetune="top:1"), show_progress=False)
+    net = content.encoder_objects["image"].model.net
+    last = _names(net, net._blocks[-1])
+    assert _trainable(net) == last | {"_conv_head.weight", "_bn1.weight", "_bn1.bias"} and len(last) == 9
+    with torch.no_grad():
+        for p in tuner.params["image"].values():
+            p.mul_(1.05)
+    specs = tuner.save(tmp_path / "model" / "encoders")
+    spec = specs["image"]
+    assert {k: spec[k] for k in ("model", "architecture", "weights", "bundled")} == {
+        "model": "encoders/image", "architecture": "efficientnet-lite0", "weights": "weights.pt", "bundled": True}
+    assert (tmp_path / "model" / "encoders" / "image" / "weights.pt").is_file()
+    assert spec["tuned_from"]["model"] == "default" and spec["dim"] == 1280
+    back = Encoders(specs, show_progress=False, root=tmp_path / "model").get("image")  # identity checked there
+    np.testing.assert_allclose(back.encode_paths(image_paths[:2]),
+                               content.encoder_objects["image"].encode_paths(image_paths[:2]), atol=1e-5)
+    with pytest.raises(ConfigError, match="stored in the model directory, which is unknown"):
+        Encoders(specs, show_progress=False).get("image")
