@@ -267,6 +267,8 @@ def fit(
         test["cold"] = evaluate_cold(torch.from_numpy(user_vecs), index_vecs, inter, held_out)
         logger.info("cold-start items: test recall@20 %.4f ndcg@20 %.4f", test["cold"]["recall@20"],
                     test["cold"]["ndcg@20"])
+    if tuner is not None:  # queries in memory must use the tuned encoders the features came from
+        items.encoders._loaded.update({m: e for m, e in content.encoder_objects.items() if m in dims})
     rec = Recommender(items, model.eval(), config, inter.user_ids, user_vecs, known, item_ids,
                       cold_items=[item_ids[i] for i in np.flatnonzero(held_out)] if held_out is not None else [])
     if out is not None:
