@@ -60,8 +60,9 @@ def print_results(results, as_json: bool, title_field: str | None = None, out=No
 
 
 def title_field_of(index) -> str | None:
-    fields = index.manifest.get("text_fields") or []
-    return "title" if "title" in fields else (fields[0] if fields else None)
+    from mmrec.explain import title_field
+
+    return title_field(index)
 
 
 # --- index ---------------------------------------------------------------------------------
