@@ -42,6 +42,7 @@ DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
 # Files of a model directory that define its behaviour (weights, config, tokenizer).
 _MODEL_SUFFIXES = (".json", ".safetensors", ".bin", ".txt", ".model", ".tiktoken")
 _TOKENIZE_CHUNK = 64  # batches tokenized (and length-sorted) together
+_CPU_BATCH_TOKENS = 4096
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -165,6 +166,10 @@ class TextEncoder:
         device: torch device, ``"cpu"`` by default.
         allow_download: allow fetching a hub model by name (default False: nothing downloads).
         show_progress: tqdm progress bar in :meth:`encode` (default True).
+        max_batch_tokens: cap on padded tokens (batch x longest text) per forward pass, so long
+            texts go in smaller batches; default ``None`` means 4096 on CPU, where bigger
+            activations fall out of cache and run slower (measured by scripts/bench_encode.py),
+            and no cap on accelerators.
 
     Attributes:
         dim: output dimension ``D_t``.
@@ -183,6 +188,7 @@ class TextEncoder:
         device: str = "cpu",
         allow_download: bool = False,
         show_progress: bool = True,
+        max_batch_tokens: int | None = None,
     ) -> None:
         from transformers import AutoConfig, AutoTokenizer
 
@@ -199,6 +205,9 @@ class TextEncoder:
         self.name = name
         self.batch_size = batch_size
         self.device = torch.device(device)
+        if max_batch_tokens is None:
+            max_batch_tokens = _CPU_BATCH_TOKENS if self.device.type == "cpu" else 0
+        self.max_batch_tokens = max_batch_tokens  # 0: batch_size alone decides
         self.show_progress = show_progress
 
         config = AutoConfig.from_pretrained(source, local_files_only=local)
@@ -301,12 +310,21 @@ class TextEncoder:
                     padding=False, return_attention_mask=False, return_token_type_ids=False,
                 )["input_ids"]
                 order = np.argsort([-len(s) for s in ids], kind="stable")  # longest first: memory peaks early
-                for b in range(0, len(order), self.batch_size):
-                    rows = order[b : b + self.batch_size]
+                for rows in self._batches(order, [len(s) for s in ids]):
                     input_ids, mask = self._pad([ids[i] for i in rows])
                     out[start + rows] = self._forward(input_ids, mask).cpu().numpy()  # [B, D_t]
                     bar.update(len(rows))
         return out
+
+    def _batches(self, order: np.ndarray, lengths: list[int]) -> Iterator[np.ndarray]:
+        """Split length-sorted (longest first) positions into batches within both caps."""
+        b = 0
+        while b < len(order):
+            size = self.batch_size
+            if self.max_batch_tokens:  # the first text of a batch is its longest
+                size = max(1, min(size, self.max_batch_tokens // max(lengths[order[b]], 1)))
+            yield order[b : b + size]
+            b += size
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Encode texts in length-sorted, dynamically padded batches.

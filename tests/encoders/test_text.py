@@ -49,6 +49,16 @@ def test_batched_equals_one_at_a_time(fixture, request):
     assert not np.allclose(batched[0], batched[1])  # different texts, different vectors
 
 
+def test_token_budget_batches(tiny_bert_dir):
+    enc = TextEncoder(tiny_bert_dir, batch_size=4, max_batch_tokens=10, show_progress=False)
+    lengths = [12, 5, 5, 3, 3, 3, 1]  # already longest first
+    batches = [b.tolist() for b in enc._batches(np.arange(7), lengths)]
+    assert batches == [[0], [1, 2], [3, 4, 5], [6]]  # 12 > 10 alone; 2 x 5; 3 x 3; then batch_size caps
+    assert TextEncoder(tiny_bert_dir, show_progress=False).max_batch_tokens == 4096  # the CPU default
+    unbounded = TextEncoder(tiny_bert_dir, batch_size=64, max_batch_tokens=0, show_progress=False)
+    np.testing.assert_allclose(enc.encode(TEXTS), unbounded.encode(TEXTS), atol=1e-5)
+
+
 def test_clip_uses_text_tower_and_projection(tiny_clip_dir):
     from transformers import AutoTokenizer, CLIPModel
 
