@@ -55,7 +55,7 @@ IDS_FORMAT_VERSION = 1
 AUTO_EXACT_BELOW = 100_000  # "auto" keeps exact search below this many items
 MIN_POINTS_PER_CENTROID = 39  # faiss k-means warns below this; we refuse instead (see train)
 PQ_CENTROIDS = 256  # 8-bit PQ codes: each sub-quantizer is a 256-centroid k-means
-DEFAULT_EF_SEARCH = 256  # HNSW32 recall@10 0.96 at 1M, 0.999 at 100k on bench_index.py's data
+DEFAULT_EF_SEARCH = 256  # HNSW32 recall@10 0.999 (64-d) / 0.995 (384-d) at 100k, 0.96 at 1M in bench_index.py
 _ADD_CHUNK = 65_536  # rows per faiss add call, so progress can be reported
 
 _GONE = object()  # marks a label whose item was removed
@@ -216,10 +216,11 @@ class FaissIndex:
           capped so the default 100k-row training sample gives 39 points per list (256 at 100k,
           1024 at 1M, at most 2048), searched with ``nprobe = max(16, nlist // 64)``. On
           bench_index.py's clustered 64-d sets this measured recall@10 0.988 at 100k and 1.000
-          at 1M, where it ran ~50x the QPS of exact search. It trains in well under a minute,
-          removes items physically, and its scores are exact cosines. HNSW32 needed efSearch
-          256 for recall 0.96 at 1M, took ~9 minutes to build on two busy cores and can only
-          tombstone removed items; SQ8 and PQ cap recall through their codes (~0.97 and ~0.5).
+          at 1M, where it ran ~60x the QPS of exact search (benchmarks/results/index.md). It
+          trains in under a minute, removes items physically, and its scores are exact cosines.
+          HNSW32 (separate run, ``--sizes 1M:64 --hnsw-max-n 1000000``) needed efSearch 256 for
+          recall 0.96 at 1M, took ~9 minutes to build on two busy cores and can only tombstone
+          removed items; SQ8 and PQ cap recall through their codes (~0.97 and ~0.5).
 
         Args:
             factory: ``"auto"`` or one of the concrete forms.
@@ -308,7 +309,9 @@ class FaissIndex:
             need = max(need, MIN_POINTS_PER_CENTROID * PQ_CENTROIDS)
         if n_train < need:
             fits = max(1, n_train // MIN_POINTS_PER_CENTROID)
-            hint = f"use IVF{fits} or fewer lists, or factory='auto'" if fits * MIN_POINTS_PER_CENTROID <= n_train else "use Flat"
+            hint = f"use IVF{fits} or fewer lists, or factory='auto'"
+            if fits * MIN_POINTS_PER_CENTROID > n_train:
+                hint = "use Flat"
             if self._spec.codec == "PQ" and n_train < MIN_POINTS_PER_CENTROID * PQ_CENTROIDS:
                 hint = f"PQ codebooks need {MIN_POINTS_PER_CENTROID * PQ_CENTROIDS} rows; use SQ8 or Flat lists"
             raise ValueError(
