@@ -46,6 +46,7 @@ import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -205,12 +206,19 @@ def content_index(content: Content, inter: Interactions) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------- one dataset
-def run_dataset(name: str, args: argparse.Namespace, cache_dir: Path) -> dict[str, Any]:
+def run_dataset(name: str, args: argparse.Namespace, cache_dir: Path, save: Callable[[dict], None]) -> dict:
+    """Content index, then each model's grid (first seed), then the other seeds, model by model.
+
+    ``save`` receives the entry after every run, so an interrupted run still leaves every
+    measured number on disk (``"complete": false`` until the end).
+    """
     spec = DATASETS[name]
     t0 = time.perf_counter()
     content, inter = load_dataset(Path(args.data), name, cache_dir)
     entry: dict[str, Any] = {
         "command": args.command,
+        "note": args.note,
+        "complete": False,
         "machine_at_start": machine(),
         "data": {"users": inter.num_users, "items": inter.num_items, "split": inter.split_counts(),
                  "modalities": {m: int(x.shape[1]) for m, x in content.features.items()}},
@@ -224,54 +232,68 @@ def run_dataset(name: str, args: argparse.Namespace, cache_dir: Path) -> dict[st
     print(f"[{name}] {inter} modalities {entry['data']['modalities']} (loaded in {entry['load_seconds']}s)",
           flush=True)
 
+    def checkpoint() -> None:
+        for kind, runs in entry["runs"].items():
+            parts = {part: {m: mean_std([r[part][m] for r in runs]) for m in METRICS}
+                     for part in ("test", "test_mask_all", "valid")}
+            if kind != "content-index":
+                parts |= {"seconds_per_epoch": mean_std([r["seconds_per_epoch"] for r in runs]),
+                          "best_epoch": [r["best_epoch"] for r in runs], "seeds": [r["seed"] for r in runs]}
+            entry["summary"][kind] = parts
+        entry["checks"] = checks(name, entry)
+        entry["machine_at_end"] = machine()
+        entry["total_seconds"] = round(time.perf_counter() - t0, 1)
+        save(entry)
+
+    if content.features:
+        entry["runs"]["content-index"] = [content_index(content, inter)]
+        checkpoint()
+
     base = {"mask": "train", "epochs": args.epochs, "patience": args.patience, "batch_size": args.batch_size,
             "eval_every": 1}
-    kinds = {"fused": {"use_content": True}, "id-only": {"use_content": False}}
+    kinds = {"id-only": {"use_content": False}, "fused": {"use_content": True}}
     if not content.features:
         kinds.pop("fused")  # nothing to fuse: only the backbone check
     grid = [{"lr": lr, "reg": reg} for lr in args.grid_lr for reg in args.grid_reg]
+    chosen = {}
     for kind, fixed in kinds.items():
         points = grid + ([{**g, "id_dropout": 0.0} for g in grid] if kind == "fused" and args.grid_id_dropout else [])
-        tried = []
+        tried = entry["grid"][kind] = []
         for point in points:
-            cfg = TrainConfig(**base, **fixed, **point, seed=args.seeds[0])
-            run = train_one(content, inter, cfg)
-            tried.append({"config": point, **run})
+            run = train_one(content, inter, TrainConfig(**base, **fixed, **point, seed=args.seeds[0]))
+            tried.append({"config": point, **{k: run[k] for k in
+                                              ("valid", "best_epoch", "epochs_run", "seconds_per_epoch", "valid_curve")}})
             print(f"[{name}] {kind} grid {point}: valid R@20 {run['valid']['recall@20']:.4f} "
                   f"best epoch {run['best_epoch']}/{run['epochs_run']} {run['seconds_per_epoch']}s/epoch", flush=True)
-        best = max(tried, key=lambda r: r["valid"]["recall@20"])
-        entry["grid"][kind] = [{k: r[k] for k in ("config", "valid", "best_epoch", "epochs_run", "seconds_per_epoch")}
-                               for r in tried]
-        entry["selected"][kind] = dataclasses.asdict(TrainConfig(**base, **fixed, **best["config"]))
-        runs = [{k: v for k, v in best.items() if k != "config"}]
-        for seed in args.seeds[1:]:
-            run = train_one(content, inter, TrainConfig(**base, **fixed, **best["config"], seed=seed))
-            runs.append(run)
+            if run["valid"]["recall@20"] > max((t["valid"]["recall@20"] for t in tried[:-1]), default=-1.0):
+                chosen[kind] = point
+                entry["selected"][kind] = dataclasses.asdict(TrainConfig(**base, **fixed, **point))
+                entry["runs"][kind] = [run]  # the chosen point's seed-0 run is its first seed
+            checkpoint()
+    for seed in args.seeds[1:]:
+        for kind, fixed in kinds.items():
+            run = train_one(content, inter, TrainConfig(**base, **fixed, **chosen[kind], seed=seed))
+            entry["runs"][kind].append(run)
             print(f"[{name}] {kind} seed {seed}: test R@20 {run['test']['recall@20']:.4f} "
                   f"N@20 {run['test']['ndcg@20']:.4f}", flush=True)
-        entry["runs"][kind] = runs
-        entry["summary"][kind] = {
-            part: {m: mean_std([r[part][m] for r in runs]) for m in METRICS} for part in ("test", "test_mask_all", "valid")
-        } | {"seconds_per_epoch": mean_std([r["seconds_per_epoch"] for r in runs]),
-             "best_epoch": [r["best_epoch"] for r in runs]}
-    if content.features:
-        ci = content_index(content, inter)
-        entry["runs"]["content-index"] = [ci]
-        entry["summary"]["content-index"] = {part: {m: mean_std([ci[part][m]]) for m in METRICS}
-                                             for part in ("test", "test_mask_all", "valid")}
-    entry["checks"] = checks(name, entry)
-    entry["machine_at_end"] = machine()
-    entry["total_seconds"] = round(time.perf_counter() - t0, 1)
+            checkpoint()
+    entry["complete"] = True
+    checkpoint()
     return entry
 
 
 def checks(name: str, entry: dict[str, Any]) -> dict[str, Any]:
     s = entry["summary"]
     out: dict[str, Any] = {}
-    if "fused" in s:
+    if "fused" in s and "id-only" in s:
         for m in ("recall@20", "ndcg@20"):
-            f, i = s["fused"]["test"][m]["mean"], s["id-only"]["test"][m]["mean"]
-            out[f"fused_beats_id_only_{m}"] = {"fused": f, "id_only": i, "relative_gain": (f - i) / i, "met": f > i}
+            fc, ic = s["fused"]["test"][m], s["id-only"]["test"][m]
+            f, i = fc["mean"], ic["mean"]
+            # A gap below the larger seed std (measured only with >= 2 seeds each) is not a result.
+            noise = max(fc["std"], ic["std"]) if min(fc["n"], ic["n"]) > 1 else None
+            out[f"fused_beats_id_only_{m}"] = {
+                "fused": f, "id_only": i, "relative_gain": (f - i) / i, "met": f > i,
+                "seeds": [fc["n"], ic["n"]], "gap_within_seed_std": None if noise is None else abs(f - i) <= noise}
     tol = DATASETS[name].get("lightgcn_tolerance")
     if tol is not None:
         ref = DATASETS[name]["published"]["LightGCN"]
@@ -295,10 +317,12 @@ def markdown(results: dict[str, Any]) -> str:
     lines = ["# Recommendation quality on the given splits", ""]
     lines += ["Test metrics, full ranking over all items, training items masked (`mask=\"train\"`, the MMRec",
               "convention of the published numbers); mean ± std over seeds (n = number of seeds).",
-              "Hyper-parameters selected on validation Recall@20 only (grid and every point in quality.json).", ""]
+              "Hyper-parameters selected on validation Recall@20 only (grid and every point in quality.json).",
+              "Each dataset's command is given below it (less --out, --cache-dir and --note, which change no number).", ""]
     for name, e in results["datasets"].items():
         m = e["machine_at_start"]
-        lines += [f"## {name}", "",
+        status = "" if e.get("complete", True) else " (INTERRUPTED: partial, only the runs listed)"
+        lines += [f"## {name}{status}", "",
                   f"{e['data']['users']} users, {e['data']['items']} items, split {e['data']['split']}, "
                   f"modalities {e['data']['modalities'] or 'none'}.", "",
                   "| model | R@10 | R@20 | N@10 | N@20 | R@20 (mask all) | N@20 (mask all) | seeds | best epoch | s/epoch |",
@@ -325,7 +349,7 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"- {key}: **{verdict}** ({detail})")
         lines += ["", f"Machine: {m['cpu']}, {m['cores']} cores (shared; load average {m['load_average']} at start), "
                   f"torch {m['torch']} with {m['torch_threads']} thread(s). Total {e['total_seconds']:.0f}s.", "",
-                  f"Command: `{e['command']}`", ""]
+                  f"Command: `{e['command']}`", ""] + ([f"Note: {e['note']}", ""] if e.get("note") else [])
     return "\n".join(lines)
 
 
@@ -337,11 +361,25 @@ def merge_and_write(out_dir: Path, name: str, entry: dict[str, Any]) -> None:
         path = out_dir / "quality.json"
         results = json.loads(path.read_text()) if path.exists() else {"datasets": {}}
         results["datasets"][name] = entry
-        results["datasets"] = {k: results["datasets"][k] for k in DATASETS if k in results["datasets"]}
+        order = {d: i for i, d in enumerate(DATASETS)}  # datasets in README order, tagged variants after theirs
+        results["datasets"] = dict(sorted(results["datasets"].items(), key=lambda kv: (order[kv[0].split(" ")[0]], kv[0])))
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(results, indent=1) + "\n")
         tmp.replace(path)
         (out_dir / "quality.md").write_text(markdown(results))
+
+
+def command_line(argv: list[str]) -> str:
+    """The command as run, less --out / --cache-dir (where files go changes no number) and --note (kept apart)."""
+    kept, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in ("--out", "--cache-dir", "--note"):
+            skip = True
+        elif not a.startswith(("--out=", "--cache-dir=", "--note=")):
+            kept.append(a)
+    return " ".join(["python scripts/quality.py", *(shlex.quote(a) for a in kept)])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -358,16 +396,21 @@ def main(argv: list[str] | None = None) -> None:
                    help="also try the fused model with id_dropout 0 (default: TrainConfig's)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--cache-dir", default=None, help="feature cache folder (default: a temporary one)")
+    p.add_argument("--tag", default="", help="store the results as '<dataset> <tag>' (a variant beside the main entry)")
+    p.add_argument("--verbose", action="store_true", help="log every epoch")
+    p.add_argument("--note", default=None, help="free text stored with each dataset's entry (e.g. runs made outside it)")
     p.add_argument("--out", default="benchmarks/results", help="output folder")
     args = p.parse_args(argv)
-    args.command = "python scripts/quality.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    args.command = command_line(argv if argv is not None else sys.argv[1:])
     torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    if args.verbose:
+        logging.getLogger("mmrec.train").setLevel(logging.INFO)  # one line per epoch
     with contextlib.ExitStack() as stack:
         cache = Path(args.cache_dir) if args.cache_dir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
         for name in args.datasets:
-            entry = run_dataset(name, args, cache)
-            merge_and_write(Path(args.out), name, entry)
+            key = f"{name} {args.tag}" if args.tag else name
+            entry = run_dataset(name, args, cache, lambda e, k=key: merge_and_write(Path(args.out), k, e))
             print(f"[{name}] done in {entry['total_seconds']:.0f}s: {json.dumps(entry['checks'])}", flush=True)
 
 
