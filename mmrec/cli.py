@@ -8,6 +8,7 @@ Examples::
     mmrec index add --index my_index --catalog new_items.csv
     mmrec index remove --index my_index --item 17 42
     mmrec train --catalog items.csv --interactions inter.tsv --out model_dir --epochs 50
+    mmrec finetune --from model_dir --catalog new_items.csv --interactions new_inter.tsv --out new_dir --lr 0.01
     mmrec recommend --index model_dir --user 42 -k 10 --explain
     mmrec explain --index model_dir --item 1 -k 5
     mmrec evaluate --index model_dir --interactions inter.tsv --split test
@@ -207,6 +208,48 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from mmrec.config import TrainConfig
+    from mmrec.item_index import default_cache_dir
+    from mmrec.transfer import finetune
+
+    changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
+    catalog_options = {k: v for k, v in (("text_fields", args.text_fields), ("image_field", args.image_field),
+                                         ("image_root", args.image_root)) if v}
+    rec, result, test = finetune(
+        args.source,
+        args.interactions,
+        catalog=args.catalog,
+        features=dict(args.features or []),
+        out=args.out,
+        config=changes,
+        split=args.split,
+        rating_threshold=args.rating_threshold,
+        factory=args.factory,
+        overwrite=args.overwrite,
+        keep_users=args.keep_users,
+        ignore=args.ignore_modality or (),
+        cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir()),
+        show_progress=not args.quiet,
+        **catalog_options,
+    )
+    report = json.loads((Path(args.out) / "train_report.json").read_text())
+    summary = {"out": str(args.out), "source": str(args.source), "best_epoch": result.best_epoch,
+               "seconds_per_epoch": result.seconds_per_epoch, "start_valid": report.get("start_valid", {}),
+               "valid": result.best_valid, "test": test}
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        print(f"fine-tuned {args.source} into {args.out}: best epoch {result.best_epoch} "
+              f"({result.seconds_per_epoch:.1f} s/epoch)")
+        for name, m in (("valid before", summary["start_valid"]), ("valid", result.best_valid), ("test", test)):
+            if m:
+                print(f"  {name}: " + "  ".join(f"{k} {m[k]:.4f}" for k in ("recall@10", "recall@20", "ndcg@10", "ndcg@20")))
+    return 0
+
+
 def cmd_recommend(args: argparse.Namespace) -> int:
     rec = _open_recommender(args)
     results = rec.recommend(args.user, args.k, exclude_known=not args.include_known, explain=args.explain,
@@ -337,6 +380,38 @@ def build_parser() -> argparse.ArgumentParser:
     _cache_opts(t)
     _common(t)
     t.set_defaults(func=cmd_train)
+
+    ft = sub.add_parser(
+        "finetune", help="start from a trained model and train on a new catalog (different items and users)",
+        description="Fine-tune a trained model on a new catalog: projection, fusion and (tuned) encoder weights "
+                    "transfer, new items start from their content, new users from their items. The catalog is "
+                    "encoded with the source's encoders. Training options left out take the source model's "
+                    "values from its config.json (the defaults shown are TrainConfig's own); architecture "
+                    "options (--dim, --layers, --heads, --use-id, --use-content, --projection-hidden) cannot change.",
+    )
+    ft.add_argument("--from", dest="source", required=True, type=Path, help="trained directory to start from")
+    ft.add_argument("--interactions", required=True, type=Path, help="the new interactions")
+    ft.add_argument("--catalog", type=Path, help="the new items file (optional with --features)")
+    ft.add_argument("--features", type=_features_arg, action="append", metavar="NAME=PATH.npy",
+                    help="precomputed features of the new items, the source's modality names and widths (repeatable)")
+    ft.add_argument("--out", required=True, type=Path, help="directory to create")
+    ft.add_argument("--split", default="auto", choices=["auto", "given", "random", "temporal"],
+                    help="auto: the file's split column, else random 80/10/10 per user (default)")
+    ft.add_argument("--rating-threshold", type=float, help="keep ratings >= this as positives")
+    ft.add_argument("--text-fields", type=_csv_list, help="default: the source's")
+    ft.add_argument("--image-field", help="default: the source's")
+    ft.add_argument("--image-root", type=Path)
+    ft.add_argument("--ignore-modality", action="append", metavar="NAME",
+                    help="leave a modality of the new data out (one the source model never had; repeatable)")
+    ft.add_argument("--keep-users", action="store_true",
+                    help="users the source model knows (same id) start from their source embedding")
+    ft.add_argument("--factory", default="auto", help="FAISS factory for the trained item vectors")
+    ft.add_argument("--overwrite", action="store_true")
+    ft.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_dataclass_options(ft, TrainConfig)
+    _cache_opts(ft)
+    _common(ft)
+    ft.set_defaults(func=cmd_finetune)
 
     rc = sub.add_parser("recommend", help="top-k items for a user (known items excluded)")
     _query_opts(rc)
