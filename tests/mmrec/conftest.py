@@ -7,7 +7,7 @@ import pytest
 import torch
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="session")
 def _one_thread():
     # Tiny models: thread start-up costs more than it saves, and tests run beside other work.
     n = torch.get_num_threads()
