@@ -81,6 +81,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir()),
         overwrite=args.overwrite,
+        allow_download=args.allow_download,
         show_progress=not args.quiet,
         text_fields=args.text_fields,
         image_field=args.image_field,
@@ -304,7 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--image-field", help="column of image paths (default: 'image' if present)")
     b.add_argument("--image-root", type=Path, help="base for relative image paths (default: the catalog's folder)")
     b.add_argument("--factory", default="auto", help="FAISS factory string or 'auto' (default)")
-    b.add_argument("--text-encoder", default="default", help="'default' (packaged MiniLM) or a Hugging Face model dir")
+    b.add_argument("--text-encoder", default="default",
+                   help="'default' (packaged MiniLM), a Hugging Face model dir, or a Hub name with --allow-download")
+    b.add_argument("--allow-download", action="store_true",
+                   help="let --text-encoder name a Hugging Face Hub model to download (off: nothing is downloaded)")
     b.add_argument(
         "--image-encoder", default="default",
         help="'default' (packaged EfficientNet-Lite0), 'none', a torchvision name, or a Hugging Face model dir",

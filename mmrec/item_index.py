@@ -107,7 +107,7 @@ def make_encoder(modality: str, spec: dict, show_progress: bool = True):
 
         return TextEncoder(
             spec["model"], max_length=spec.get("max_length", 256), batch_size=spec.get("batch_size", 64),
-            show_progress=show_progress,
+            allow_download=spec.get("allow_download", False), show_progress=show_progress,
         )
     from encoders.image import ImageEncoder
 
@@ -295,6 +295,7 @@ class ItemIndex:
         weights: dict[str, float] | None = None,
         cache_dir: str | Path | None = None,
         overwrite: bool = False,
+        allow_download: bool = False,
         show_progress: bool = True,
         **catalog_options: Any,
     ) -> "ItemIndex":
@@ -314,6 +315,8 @@ class ItemIndex:
             weights: modality weights of the fixed combination, default equal.
             cache_dir: feature cache directory, ``None`` for no cache.
             overwrite: replace an existing ``out``.
+            allow_download: let a text encoder given by Hugging Face Hub name download
+                (off: only local directories and the packaged default load).
             show_progress: progress bars.
         """
         if out is not None and Path(out).exists() and not overwrite:
@@ -323,10 +326,12 @@ class ItemIndex:
         encoders, spec = {}, {}
         if any(catalog.texts):
             encoders["text"] = make_encoder(
-                "text", {"model": str(text_encoder), "max_length": max_length, "batch_size": batch_size or 64},
+                "text", {"model": str(text_encoder), "max_length": max_length, "batch_size": batch_size or 64,
+                         "allow_download": allow_download},
                 show_progress,
             )
-            spec["text"] = encoder_spec(encoders["text"], text_encoder, max_length=max_length)
+            spec["text"] = encoder_spec(encoders["text"], text_encoder, max_length=max_length,
+                                        **({"allow_download": True} if allow_download else {}))
         if catalog.has_images and image_encoder not in (None, "none"):
             encoders["image"] = make_encoder(
                 "image", {"model": str(image_encoder), "weights": image_weights, "batch_size": batch_size or 32},

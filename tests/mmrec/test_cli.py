@@ -89,6 +89,9 @@ def test_errors_are_one_line_without_traceback(built, capsys, tmp_path):
     assert not (tmp_path / "x").exists()
     code, _, err = run(capsys, "index", "build", "--catalog", str(bad), "--out", str(built / "idx"), "--no-cache")
     assert code == 1 and "already exists" in err
+    code, _, err = run(capsys, "index", "build", "--catalog", str(built / "movies.csv"), "--out", str(tmp_path / "y"),
+                       "--text-encoder", "some-org/some-model", "--no-cache", "-q")
+    assert code == 1 and "downloads are off" in err and not (tmp_path / "y").exists()
     code, _, err = run(capsys, "search", "--index", str(built / "idx"), "--image", str(tmp_path / "q.jpg"), "-q")
     assert code == 1 and "no image modality" in err
 
