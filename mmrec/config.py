@@ -41,7 +41,7 @@ class TrainConfig:
     eval_every: int = _f(1, "validate every this many epochs")
     modality_dropout: float = _f(0.1, "training-time probability of masking each modality token")
     id_dropout: float = _f(0.3, "training-time probability of masking the ID token (cold-start robustness)")
-    align_weight: float = _f(0.0, "weight of the loss pulling content-only vectors to trained ones")
+    align_weight: float = _f(0.1, "weight of the loss pulling content-only vectors to trained ones (cold start)")
     cold_start: float = _f(0.0, "fraction of items held out of training and ranked from content alone (cold-start test)")
     dropout: float = _f(0.0, "dropout inside projections and attention")
     projection_hidden: int = _f(0, "hidden width of a 2-layer projection MLP (0: linear)")

@@ -43,11 +43,12 @@ class TrainedContent(MipsVectorizer):
     """Index vectors of a trained model for items and queries known only by their content.
 
     A new item (or a text / image query) is fused from its modality features with the ID
-    token masked (:meth:`FusedGraphModel.content_only`). Training gives items without
-    interactions no edges, so after layer-mean propagation such an item's vector is its
-    layer-0 vector divided by ``L + 1``; ``cold_scale`` applies the same factor to items added
-    later, so they land where the trained graph would have put them. Items similar to an item
-    are the items a user placed at that item's vector would score highest.
+    token masked (:meth:`FusedGraphModel.content_only`), then multiplied by ``cold_scale``, the
+    factor that puts content-only vectors at the typical norm of trained item vectors
+    (:func:`mmrec.pipeline.content_scale`), so they compete fairly with warm items in one
+    ranking. Items without training interactions get their index vectors this way at training
+    time too. Items similar to an item are the items a user placed at that item's vector would
+    score highest.
 
     Args:
         model: the trained model (put in eval mode).
