@@ -197,16 +197,26 @@ def cmd_train(args: argparse.Namespace) -> int:
         cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir()),
         **catalog_options,
     )
-    summary = {"out": str(args.out), "best_epoch": result.best_epoch, "seconds_per_epoch": result.seconds_per_epoch,
+    print_training(args, f"trained {args.out}", result, test)
+    return 0
+
+
+def print_training(args: argparse.Namespace, title: str, result, test: dict, *, source: Path | None = None,
+                   start_valid: dict | None = None) -> None:
+    """The summary of a training run: JSON, or a few readable metric lines."""
+    summary = {"out": str(args.out), **({"source": str(source)} if source is not None else {}),
+               "best_epoch": result.best_epoch, "seconds_per_epoch": result.seconds_per_epoch,
+               **({"start_valid": start_valid} if start_valid is not None else {}),
                "valid": result.best_valid, "test": test}
     if args.json:
         print(json.dumps(summary, indent=1))
-    else:
-        print(f"trained {args.out}: best epoch {result.best_epoch} ({result.seconds_per_epoch:.1f} s/epoch)")
-        for name, m in (("valid", result.best_valid), ("test", test), ("cold-start test", test.get("cold", {}))):
-            if m:
-                print(f"  {name}: " + "  ".join(f"{k} {m[k]:.4f}" for k in ("recall@10", "recall@20", "ndcg@10", "ndcg@20")))
-    return 0
+        return
+    print(f"{title}: best epoch {result.best_epoch} ({result.seconds_per_epoch:.1f} s/epoch)")
+    rows = [("valid before", start_valid or {}), ("valid", result.best_valid), ("test", test),
+            ("cold-start test", test.get("cold", {}))]
+    for name, m in rows:
+        if m:
+            print(f"  {name}: " + "  ".join(f"{k} {m[k]:.4f}" for k in ("recall@10", "recall@20", "ndcg@10", "ndcg@20")))
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -237,17 +247,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         **catalog_options,
     )
     report = json.loads((Path(args.out) / "train_report.json").read_text())
-    summary = {"out": str(args.out), "source": str(args.source), "best_epoch": result.best_epoch,
-               "seconds_per_epoch": result.seconds_per_epoch, "start_valid": report.get("start_valid", {}),
-               "valid": result.best_valid, "test": test}
-    if args.json:
-        print(json.dumps(summary, indent=1))
-    else:
-        print(f"fine-tuned {args.source} into {args.out}: best epoch {result.best_epoch} "
-              f"({result.seconds_per_epoch:.1f} s/epoch)")
-        for name, m in (("valid before", summary["start_valid"]), ("valid", result.best_valid), ("test", test)):
-            if m:
-                print(f"  {name}: " + "  ".join(f"{k} {m[k]:.4f}" for k in ("recall@10", "recall@20", "ndcg@10", "ndcg@20")))
+    print_training(args, f"fine-tuned {args.source} into {args.out}", result, test,
+                   source=args.source, start_valid=report.get("start_valid", {}))
     return 0
 
 
