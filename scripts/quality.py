@@ -25,10 +25,15 @@ Results are merged into ``--out``/quality.json (one entry per dataset, each with
 produced it) and quality.md is rewritten from the merged JSON, so datasets can run as separate
 processes. Commands (from the project root)::
 
-    .venv/bin/python scripts/quality.py                                  # everything, 3 seeds
-    .venv/bin/python scripts/quality.py --datasets ml100k-plus tiktok --seeds 0
-    .venv/bin/python scripts/quality.py --datasets amazon-baby --seeds 0 1 2 --epochs 120
-    .venv/bin/python scripts/quality.py --datasets tiktok --grid-lr 0.005 --patience 5
+    # the runs behind benchmarks/results/quality.md (one process per dataset, run side by side)
+    .venv/bin/python scripts/quality.py --datasets ml100k-plus --grid-lr 0.01 --grid-reg 1e-4 1e-2 1e-1 \
+        --patience 3 --epochs 60 --seeds 0 1 2
+    .venv/bin/python scripts/quality.py --datasets tiktok --grid-lr 0.01 --grid-reg 1e-4 1e-2 1e-1 \
+        --patience 3 --epochs 40 --seeds 0 1 2
+    .venv/bin/python scripts/quality.py --datasets amazon-baby --grid-lr 0.005 --grid-reg 1e-4 1e-3 1e-2 1e-1 \
+        --patience 3 --epochs 40 --seeds 0 1 2
+    # a quick look: one seed, defaults (lr 0.01, reg 1e-4), every dataset
+    .venv/bin/python scripts/quality.py --seeds 0 --verbose
 
 On a shared CPU, ``--threads 1`` (the default) is faster than oversubscribing cores.
 """
@@ -356,8 +361,9 @@ def markdown(results: dict[str, Any]) -> str:
 def merge_and_write(out_dir: Path, name: str, entry: dict[str, Any]) -> None:
     """Merge one dataset's entry into quality.json (under a lock: datasets may run in parallel)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / ".quality.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    fd = os.open(out_dir, os.O_RDONLY)  # lock the folder itself: no lock file left behind
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         path = out_dir / "quality.json"
         results = json.loads(path.read_text()) if path.exists() else {"datasets": {}}
         results["datasets"][name] = entry
@@ -367,6 +373,8 @@ def merge_and_write(out_dir: Path, name: str, entry: dict[str, Any]) -> None:
         tmp.write_text(json.dumps(results, indent=1) + "\n")
         tmp.replace(path)
         (out_dir / "quality.md").write_text(markdown(results))
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def command_line(argv: list[str]) -> str:
