@@ -66,9 +66,22 @@ def title_field_of(index) -> str | None:
     return title_field(index)
 
 
+def _cache_dir(args: argparse.Namespace) -> Path | None:
+    """The feature cache the options ask for (``--no-cache``: none)."""
+    from mmrec.item_index import default_cache_dir
+
+    return None if args.no_cache else (args.cache_dir or default_cache_dir())
+
+
+def _catalog_options(args: argparse.Namespace) -> dict:
+    """The catalog-reading options that were given (``load_catalog`` keyword arguments)."""
+    return {k: v for k, v in (("text_fields", args.text_fields), ("image_field", args.image_field),
+                              ("image_root", args.image_root)) if v}
+
+
 # --- index ---------------------------------------------------------------------------------
 def cmd_index_build(args: argparse.Namespace) -> int:
-    from mmrec.item_index import ItemIndex, default_cache_dir
+    from mmrec.item_index import ItemIndex
 
     index = ItemIndex.build(
         args.catalog,
@@ -79,7 +92,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         image_weights=args.image_weights,
         batch_size=args.batch_size,
         max_length=args.max_length,
-        cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir()),
+        cache_dir=_cache_dir(args),
         overwrite=args.overwrite,
         allow_download=args.allow_download,
         show_progress=not args.quiet,
@@ -107,11 +120,10 @@ def _open_recommender(args: argparse.Namespace):
 
 
 def cmd_index_add(args: argparse.Namespace) -> int:
-    from mmrec.item_index import default_cache_dir
 
     index = _open_index(args)
     opts = {k: v for k, v in (("image_root", args.image_root), ("skip_invalid", args.skip_invalid)) if v}
-    n = index.add(args.catalog, cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir()), **opts)
+    n = index.add(args.catalog, cache_dir=_cache_dir(args), **opts)
     print(f"added {n} items to {args.index}: {len(index)} items")
     return 0
 
@@ -171,7 +183,6 @@ def _features_arg(text: str) -> tuple[str, Path]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from mmrec.config import TrainConfig, config_from_args
-    from mmrec.item_index import default_cache_dir
     from mmrec.pipeline import fit
 
     if args.catalog is None and not args.features and args.use_content is not False:
@@ -179,8 +190,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(TrainConfig, args)
     if args.catalog is None and not args.features:
         cfg = config_from_args(TrainConfig, args, use_content=False)
-    catalog_options = {k: v for k, v in (("text_fields", args.text_fields), ("image_field", args.image_field),
-                                         ("image_root", args.image_root)) if v}
+    catalog_options = _catalog_options(args)
     rec, result, test = fit(
         args.interactions,
         catalog=args.catalog,
@@ -194,7 +204,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         show_progress=not args.quiet,
         text_encoder=args.text_encoder,
         image_encoder=args.image_encoder,
-        cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir()),
+        cache_dir=_cache_dir(args),
         **catalog_options,
     )
     print_training(args, f"trained {args.out}", result, test)
@@ -223,12 +233,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     import dataclasses
 
     from mmrec.config import TrainConfig
-    from mmrec.item_index import default_cache_dir
     from mmrec.transfer import finetune
 
     changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
-    catalog_options = {k: v for k, v in (("text_fields", args.text_fields), ("image_field", args.image_field),
-                                         ("image_root", args.image_root)) if v}
+    catalog_options = _catalog_options(args)
     rec, result, test = finetune(
         args.source,
         args.interactions,
@@ -242,7 +250,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         keep_users=args.keep_users,
         ignore=args.ignore_modality or (),
-        cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir()),
+        cache_dir=_cache_dir(args),
         show_progress=not args.quiet,
         **catalog_options,
     )
