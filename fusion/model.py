@@ -56,6 +56,12 @@ class FusedGraphModel(nn.Module):
         dropout: dropout inside projections and attention, default ``0.0``.
         projection_hidden: hidden width of a two-layer projection MLP, default ``None``
             (a single linear map after LayerNorm).
+        id_mode: how the ID embedding joins the content, default ``"token"``: one attention
+            token among the modalities (the layer-0 vector is a convex mix of them);
+            ``"residual"``: attention fuses the content tokens only and the ID embedding is
+            added to the result, ``x0 = fuse(content) + e_id`` (``fuse(content)`` alone for an
+            item without ID, ``e_id`` alone for an item without content). Its weights report
+            the ID's share of the two parts' norms, content weights scaled by the rest.
 
     Raises:
         ValueError: non-positive sizes, a reserved or malformed modality name, no token at
@@ -79,6 +85,7 @@ class FusedGraphModel(nn.Module):
         id_dropout: float = 0.0,
         dropout: float = 0.0,
         projection_hidden: int | None = None,
+        id_mode: str = "token",
     ) -> None:
         super().__init__()
         if num_users < 1 or num_items < 1 or dim < 1:
@@ -112,6 +119,9 @@ class FusedGraphModel(nn.Module):
         self.id_dropout = id_dropout
         self.dropout = dropout
         self.projection_hidden = projection_hidden
+        if id_mode not in ("token", "residual"):
+            raise ValueError(f"id_mode must be 'token' or 'residual', got {id_mode!r}")
+        self.id_mode = id_mode
 
         self.user_embedding = nn.Embedding(num_users, dim)
         self.item_embedding = nn.Embedding(num_items, dim) if use_id else None
@@ -262,7 +272,29 @@ class FusedGraphModel(nn.Module):
         mask = torch.stack(masks, dim=1)  # [N, M]
         if self.training:
             mask = self._token_dropout(mask)
+        if self.id_mode == "residual" and self.item_embedding is not None:
+            return self._residual(stacked, mask)
         return self.fusion(stacked, mask)
+
+    def _residual(self, stacked: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """``fuse(content tokens) + e_id`` with the ID's norm share as its weight.
+
+        Shapes: stacked (N, M, D), mask (N, M) -> vectors (N, D), weights (N, M)
+        """
+        content, has_content = stacked[:, :-1], mask[:, :-1]  # [N, M-1, D], [N, M-1]
+        ident = stacked[:, -1] * mask[:, -1:].to(stacked.dtype)  # [N, D]
+        rows = has_content.any(dim=1)  # [N]
+        fused = stacked.new_zeros(ident.shape)  # [N, D]
+        weights = stacked.new_zeros(has_content.shape)  # [N, M-1]
+        if bool(rows.any()):
+            f, w = self.fusion(content[rows], has_content[rows])
+            fused = fused.index_put((rows.nonzero().flatten(),), f)  # [N, D]
+            weights = weights.index_put((rows.nonzero().flatten(),), w)  # [N, M-1]
+        n_id, n_c = ident.norm(dim=1), fused.norm(dim=1)  # [N], [N]
+        share = torch.where(mask[:, -1], n_id / (n_id + n_c).clamp(min=1e-12), torch.zeros_like(n_id))  # [N]
+        share = torch.where(rows, share, mask[:, -1].to(share.dtype))  # no content: all ID
+        out_w = torch.cat([weights * (1 - share).unsqueeze(1), share.unsqueeze(1)], dim=1)  # [N, M]
+        return fused + ident, out_w
 
     def _token_dropout(self, mask: Tensor) -> Tensor:
         """Mask each present token with its dropout probability, keeping >= 1 token per row."""
@@ -398,7 +430,8 @@ class FusedGraphModel(nn.Module):
             f"modality_dims={self.modality_dims}, dim={self.dim}, num_layers={self.num_layers}, "
             f"num_heads={self.num_heads}, use_id={self.use_id}, "
             f"modality_dropout={self.modality_dropout}, id_dropout={self.id_dropout}, "
-            f"dropout={self.dropout}{extra})"
+            f"dropout={self.dropout}{extra}"
+            + (f", id_mode='{self.id_mode}')" if self.id_mode != "token" else ")")
         )
 
 

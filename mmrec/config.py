@@ -30,6 +30,7 @@ class TrainConfig:
     heads: int = _f(4, "attention heads of the modality fusion (must divide dim)")
     use_id: bool = _f(True, "give every item a learned ID token (off: content only)")
     use_content: bool = _f(True, "use the content modalities (off: plain ID-only LightGCN)")
+    id_mode: str = _f("token", "how the ID joins content: token (one attention token) or residual (added to it)")
     loss: str = _f("bpr", "ranking loss: bpr or softmax (sampled softmax)")
     negatives: int = _f(1, "negatives sampled per positive (known positives excluded)")
     temperature: float = _f(0.1, "sampled-softmax temperature")
@@ -55,6 +56,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.loss not in ("bpr", "softmax"):
             raise ConfigError(f"loss must be bpr or softmax, got {self.loss!r}")
+        if self.id_mode not in ("token", "residual"):
+            raise ConfigError(f"id_mode must be token or residual, got {self.id_mode!r}")
         if self.mask not in ("all", "train"):
             raise ConfigError(f"mask must be all or train, got {self.mask!r}")
         if not (self.use_id or self.use_content):

@@ -155,10 +155,9 @@ class Recommender:
         # the column order of the stored attention weights (and of those of items added later).
         dims = extra["modality_dims"]
         dims = {m: dims[m] for m in items.manifest.get("tokens", []) if m in dims} | dims
-        model = FusedGraphModel(
-            extra["num_users"], extra["num_items"], dims, dim=cfg.dim, num_layers=cfg.layers,
-            num_heads=cfg.heads, use_id=cfg.use_id, projection_hidden=cfg.projection_hidden or None,
-        )
+        from mmrec.train import build_model
+
+        model = build_model(cfg, extra["num_users"], extra["num_items"], dims)
         model.load_state_dict(load_torch(str(directory / "model.safetensors")))
         items.vectorizer = TrainedContent(model, MipsTransform(extra["mips_max_norm"]), extra["cold_scale"])
         users = json.loads((directory / "users.json").read_text())

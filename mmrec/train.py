@@ -81,6 +81,7 @@ def build_model(cfg: TrainConfig, num_users: int, num_items: int, modality_dims:
         id_dropout=cfg.id_dropout,
         dropout=cfg.dropout,
         projection_hidden=cfg.projection_hidden or None,
+        id_mode=cfg.id_mode,
     )
 
 
