@@ -529,12 +529,29 @@ class ItemIndex:
         if not text.strip():
             raise MMRecError("empty text query")
         q = self.encoders.get("text").encode([text])
-        return self.search_vectors(self.query_vector("text", q), k)[0]
+        return self._search_query(self.query_vector("text", q), k)
 
     def search_image(self, path: str | Path, k: int = 10) -> list[Result]:
         """The k items closest to a query image (a local file)."""
         q = self.encoders.get("image").encode_paths([str(path)])
-        return self.search_vectors(self.query_vector("image", q), k)[0]
+        return self._search_query(self.query_vector("image", q), k)
+
+    def _search_query(self, query: np.ndarray, k: int) -> list[Result]:
+        """Top-k for a text or image query vector ``[1, D]``.
+
+        Indexes whose vectorizer sets ``query_by_cosine`` (trained models) rank by the cosine of
+        the raw item vectors with the query, by an exact scan: under the dot product that serves
+        users, the long vectors of popular items would outrank what the query describes.
+        """
+        if not getattr(self.vectorizer, "query_by_cosine", False):
+            return self.search_vectors(query, k)[0]
+        if k < 1:
+            raise MMRecError(f"k must be at least 1, got {k}")
+        raw = self.vectorizer.mips.original(self.vectors)  # [N, D]
+        q = np.asarray(query, np.float32)[0, :-1]  # [D]: the MIPS query is [q, 0]
+        sims = (raw @ q) / np.maximum(np.linalg.norm(raw, axis=1) * np.linalg.norm(q), 1e-12)  # [N]
+        top = np.argsort(-sims, kind="stable")[:k]
+        return [Result(self.items[i][ID_FIELD], float(sims[i]), self.items[i]["fields"]) for i in top]
 
     # --- changes -----------------------------------------------------------------------------
     def add(self, catalog: Catalog | str | Path, *, cache_dir: str | Path | None = None, **catalog_options) -> int:

@@ -56,6 +56,8 @@ class TrainedContent(MipsVectorizer):
         cold_scale: factor applied to content-only item vectors.
     """
 
+    query_by_cosine = True  # text / image queries: see ItemIndex._search_query
+
     def __init__(self, model: FusedGraphModel, mips: MipsTransform, cold_scale: float) -> None:
         super().__init__(mips)
         self.model = model.eval()

@@ -194,7 +194,7 @@ def test_fit_top1_saves_and_queries_with_the_tuned_encoders(tmp_path, content, t
     np.testing.assert_allclose(back.items.features["text"][:5], tuned["text"].encode(content.catalog.texts[:5]),
                                atol=1e-6)
     got = back.search_text(query, 5)
-    want = back.items.search_vectors(back.items.query_vector("text", tuned["text"].encode([query])), 5)[0]
+    want = back.items._search_query(back.items.query_vector("text", tuned["text"].encode([query])), 5)
     assert [r.item_id for r in got] == [r.item_id for r in want]
     np.testing.assert_allclose([r.score for r in got], [r.score for r in want], rtol=1e-5)
     img = back.items.encoders.get("image").encode_paths(image_paths[:2])

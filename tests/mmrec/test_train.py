@@ -102,3 +102,23 @@ def test_scores_equal_the_model_dot_products(tmp_path):
     for r in rec.recommend("u3", 5):
         i = rec.items._pos[r.item_id]
         assert r.score == pytest.approx(float(rec.user_vectors[row] @ item_raw[i]), rel=1e-4, abs=1e-5)
+
+
+def test_text_queries_on_a_trained_index_rank_by_cosine(tmp_path, tiny_bert_dir):
+    import csv
+
+    inter, _ = write_planted(tmp_path, users=32, items=24, per_user=6)
+    with open(tmp_path / "items.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["item_id", "title"])
+        w.writerows((i, f"{['cat', 'dog', 'space', 'war'][i % 4]} film {i}") for i in range(24))
+    rec, _, _ = fit(inter, catalog=tmp_path / "items.csv", text_encoder=tiny_bert_dir, cache_dir=None,
+                    config=TrainConfig(**(FAST | {"epochs": 2})), split="random", show_progress=False)
+    got = rec.search_text("space war", k=24)
+    q = rec.items.vectorizer.content_vectors({"text": rec.items.encoders.get("text").encode(["space war"])},
+                                             {"text": np.ones(1, bool)})[0]
+    raw = rec.items.vectorizer.mips.original(rec.items.vectors)
+    cos = raw @ q / (np.linalg.norm(raw, axis=1) * np.linalg.norm(q))
+    expected = [rec.items.items[i]["item_id"] for i in np.argsort(-cos, kind="stable")]
+    assert [r.item_id for r in got] == expected
+    np.testing.assert_allclose([r.score for r in got], np.sort(cos)[::-1], rtol=1e-5, atol=1e-6)
