@@ -23,6 +23,7 @@ import json
 import logging
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -454,6 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.debug:  # torch_geometric's import-time use of a deprecated torch API is not the user's concern
+        warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")
     level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger().setLevel(level)  # also when main() runs more than once in a process
