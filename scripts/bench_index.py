@@ -14,7 +14,7 @@ Commands (from the repository root)::
     # skipped above 100k items by default because its 1M build alone took ~9 min there
     .venv/bin/python scripts/bench_index.py
     # quick check (seconds), written elsewhere so committed results stay intact
-    .venv/bin/python scripts/bench_index.py --sizes 10k:64 --out-dir /tmp/bench_index
+    .venv/bin/python scripts/bench_index.py --sizes 10k:64 --out-dir bench-quick
     # include HNSW32 at 1M too
     .venv/bin/python scripts/bench_index.py --hnsw-max-n 1000000
     # re-render index.md from index.json (after editing the table layout)
