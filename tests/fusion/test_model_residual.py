@@ -30,7 +30,7 @@ def test_residual_is_content_fusion_plus_id_embedding():
         mask = torch.stack([present["text"], present["image"]], 1)
         rows = [0, 1, 2, 3]
         fused, fw = m.fusion(tokens[rows], mask[rows])  # [4, 8], [4, 2]
-        e = m.item_embedding.weight
+        e = m.item_embedding.weight.detach()
     x0, w = x0.detach(), w.detach()
     torch.testing.assert_close(x0[[0, 1, 2]], fused[:3] + e[[0, 1, 2]])
     torch.testing.assert_close(x0[3], fused[3])  # no ID: content alone
