@@ -37,7 +37,6 @@ from mmrec.typing import ItemId
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
 MODALITY_ORDER = ("text", "image")
 
 
@@ -398,7 +397,6 @@ class ItemIndex:
             vectors = vectorizer.item_vectors(features, present)
         index = FaissIndex.build(vectors, list(item_ids), factory=factory)
         manifest = {
-            "format_version": FORMAT_VERSION,
             "kind": "content",
             "metric": "inner_product",
             "dim": int(vectors.shape[1]),
@@ -471,7 +469,7 @@ class ItemIndex:
         directory = Path(directory)
         if not directory.is_dir():
             raise MMRecError(f"{directory}: no such index directory")
-        manifest = read_manifest(directory, expect={"format_version": FORMAT_VERSION})
+        manifest = read_manifest(directory)  # checks format_version and checksums
         index = FaissIndex.load(directory)
         tensors = load_file(str(directory / "features.safetensors"))
         modalities = manifest["modalities"]
