@@ -43,17 +43,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from encoders.image import ImageEncoder, load_rgb  # noqa: E402
 from encoders.text import TextEncoder, mean_pool  # noqa: E402
+from machine import cpu_model  # noqa: E402  (scripts/machine.py)
 
 
 def machine_info() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     info = {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "logical_cores": os.cpu_count(),
         "torch_default_threads": torch.get_num_threads(),
         "python": platform.python_version(),

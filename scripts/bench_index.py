@@ -40,6 +40,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
 from index import FaissIndex, clustered_vectors, exact_search, recall_at_k  # noqa: E402
+from machine import cpu_model  # noqa: E402  (scripts/machine.py)
 
 DEFAULT_SIZES = "10k:64,100k:64,1M:64,100k:384"
 K = 10
@@ -89,14 +90,8 @@ def rss_bytes() -> int:
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     return {
-        "cpu_model": cpu,
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],

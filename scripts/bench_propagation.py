@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 import warnings
@@ -42,6 +41,7 @@ from mmrec.config import TrainConfig
 from mmrec.graph import build_edge_index
 from mmrec.interactions import Interactions, load_interactions
 from mmrec.train import Trainer, TrainData, build_model
+from machine import cpu_model  # noqa: E402  (scripts/machine.py)
 
 DATASETS = ("ml100k-plus", "tiktok", "amazon-baby")
 BASELINE = "edge_index"
@@ -53,16 +53,6 @@ class EdgeIndexPropagation(GraphPropagation):
 
     def _use_sparse(self, x: Tensor, edge_weight: Tensor | None) -> bool:
         return False
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def load_train(data: Path, name: str) -> tuple[Interactions, Tensor]:

@@ -67,6 +67,7 @@ from mmrec.interactions import Interactions  # noqa: E402
 from mmrec.metrics import evaluate  # noqa: E402
 from mmrec.pipeline import Content, interactions_for, load_content  # noqa: E402
 from mmrec.train import Trainer, TrainData, build_model, seed_everything  # noqa: E402
+from machine import cpu_model  # noqa: E402  (scripts/machine.py)
 
 METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 MODELS = ("fused", "id-only", "content-index")
@@ -112,14 +113,8 @@ DATASETS: dict[str, dict[str, Any]] = {
 
 # ----------------------------------------------------------------------------------- helpers
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,

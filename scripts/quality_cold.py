@@ -83,6 +83,7 @@ from mmrec.config import TrainConfig  # noqa: E402
 from mmrec.interactions import TEST, VALID, Interactions  # noqa: E402
 from mmrec.metrics import evaluate, rank_topk  # noqa: E402
 from mmrec.pipeline import Content, fit, interactions_for, load_content  # noqa: E402
+from machine import cpu_model  # noqa: E402  (scripts/machine.py)
 
 METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 TEXT_FIELDS = ["title", "genres", "summary", "cast", "director"]
@@ -105,13 +106,7 @@ WARM_TOLERANCE = 0.02  # warm Recall@20 may drop by at most 2% relative (the iss
 
 # ----------------------------------------------------------------------------------- helpers
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(),
             "load_average": [round(x, 2) for x in os.getloadavg()]}
 
