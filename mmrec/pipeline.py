@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 
 from index.mips import MipsTransform
@@ -234,8 +233,7 @@ def fit(
     via_content = (train_degree == 0) if dims else np.zeros(n, dtype=bool)
     cold_scale = content_scale(model, features_now, content.present, item_vecs, ~via_content, config.layers)
     vectorizer = TrainedContent(model, mips, cold_scale)
-    known = inter.user_items("all")
-    known = sp.csr_matrix((np.ones(known.nnz, np.float32), known.indices, known.indptr), shape=known.shape)
+    known = inter.user_items("all")  # [U, N] CSR of ones: never recommended back
     warm = np.flatnonzero(~via_content)
     records = content.records or [{} for _ in range(n)]
     hashes = content.hashes or [{} for _ in range(n)]
