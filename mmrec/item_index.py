@@ -120,6 +120,45 @@ def encoder_spec(encoder, model: str | Path, **extra) -> dict:
     return {"model": str(model), "identity": encoder.identity, "dim": int(encoder.dim), **extra}
 
 
+def catalog_encoders(
+    catalog: Catalog,
+    text_encoder: str | Path | None = "default",
+    image_encoder: str | Path | None = "default",
+    image_weights: str | Path | None = None,
+    *,
+    max_length: int = 256,
+    batch_size: int | None = None,
+    allow_download: bool = False,
+    show_progress: bool = True,
+) -> tuple[dict[str, Any], dict[str, dict]]:
+    """Load the encoders a catalog needs, with their manifest specs.
+
+    Text when some item has text, images when some item has an image; ``None`` / ``"none"``
+    turns a modality off.
+
+    Returns:
+        (modality -> encoder, modality -> manifest spec)
+    """
+    encoders: dict[str, Any] = {}
+    specs: dict[str, dict] = {}
+    if any(catalog.texts) and text_encoder not in (None, "none"):
+        encoders["text"] = make_encoder(
+            "text", {"model": str(text_encoder), "max_length": max_length, "batch_size": batch_size or 64,
+                     "allow_download": allow_download},
+            show_progress,
+        )
+        specs["text"] = encoder_spec(encoders["text"], text_encoder, max_length=max_length,
+                                     **({"allow_download": True} if allow_download else {}))
+    if catalog.has_images and image_encoder not in (None, "none"):
+        encoders["image"] = make_encoder(
+            "image", {"model": str(image_encoder), "weights": image_weights, "batch_size": batch_size or 32},
+            show_progress,
+        )
+        specs["image"] = encoder_spec(encoders["image"], image_encoder,
+                                      weights=str(image_weights) if image_weights else None)
+    return encoders, specs
+
+
 def encode_catalog(
     catalog: Catalog,
     encoders: dict[str, Any],
@@ -322,23 +361,10 @@ class ItemIndex:
             raise MMRecError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
         if not isinstance(catalog, Catalog):
             catalog = load_catalog(catalog, show_progress=show_progress, **catalog_options)
-        encoders, spec = {}, {}
-        if any(catalog.texts):
-            encoders["text"] = make_encoder(
-                "text", {"model": str(text_encoder), "max_length": max_length, "batch_size": batch_size or 64,
-                         "allow_download": allow_download},
-                show_progress,
-            )
-            spec["text"] = encoder_spec(encoders["text"], text_encoder, max_length=max_length,
-                                        **({"allow_download": True} if allow_download else {}))
-        if catalog.has_images and image_encoder not in (None, "none"):
-            encoders["image"] = make_encoder(
-                "image", {"model": str(image_encoder), "weights": image_weights, "batch_size": batch_size or 32},
-                show_progress,
-            )
-            spec["image"] = encoder_spec(
-                encoders["image"], image_encoder, weights=str(image_weights) if image_weights else None
-            )
+        encoders, spec = catalog_encoders(
+            catalog, text_encoder, image_encoder, image_weights, max_length=max_length, batch_size=batch_size,
+            allow_download=allow_download, show_progress=show_progress,
+        )
         if not encoders:
             raise MMRecError(f"{catalog.source}: nothing to encode (no text, and images are off or absent)")
         features, present, hashes = encode_catalog(catalog, encoders, cache_dir)

@@ -24,7 +24,7 @@ from mmrec.coldstart import evaluate_cold, hold_out_items, warm_part
 from mmrec.config import TrainConfig
 from mmrec.errors import ConfigError, DataError, MMRecError, Problem
 from mmrec.interactions import Interactions, load_interactions
-from mmrec.item_index import ItemIndex, encode_catalog, encoder_spec, make_encoder
+from mmrec.item_index import ItemIndex, catalog_encoders, encode_catalog
 from mmrec.metrics import evaluate
 from mmrec.recommender import Recommender, TrainedContent
 from mmrec.split import ensure_split
@@ -111,14 +111,8 @@ def load_content(
         encoders = {m: e for m, (e, _) in loaded_encoders.items() if has.get(m)}
         specs = {m: dict(s) for m, (_, s) in loaded_encoders.items() if has.get(m)}
     elif catalog is not None:
-        if any(catalog.texts) and text_encoder not in (None, "none"):
-            encoders["text"] = make_encoder("text", {"model": str(text_encoder)}, show_progress)
-            specs["text"] = encoder_spec(encoders["text"], text_encoder)
-        if catalog.has_images and image_encoder not in (None, "none"):
-            encoders["image"] = make_encoder("image", {"model": str(image_encoder), "weights": image_weights},
-                                             show_progress)
-            specs["image"] = encoder_spec(encoders["image"], image_encoder,
-                                          weights=str(image_weights) if image_weights else None)
+        encoders, specs = catalog_encoders(catalog, text_encoder, image_encoder, image_weights,
+                                           show_progress=show_progress)
     if catalog is not None:
         clash = set(encoders) & set(features)
         if clash:
