@@ -27,6 +27,10 @@ class ModalityProjection(nn.Module):
         dropout: dropout probability on the normalised input (and on the hidden layer), default
             ``0.0``; active only in training mode.
         norm: whether to LayerNorm the input, default ``True``.
+        init_gain: Xavier gain of the output layer, default ``1.0``. A small gain (the fused
+            model's ``content_gain``) starts the projected content near zero, so a model that
+            adds content to learned ID embeddings begins as ID-only and grows the content
+            share where it helps.
 
     Raises:
         ValueError: a non-positive width, a dropout outside ``[0, 1)``, or ``norm=True`` with
@@ -43,6 +47,7 @@ class ModalityProjection(nn.Module):
         hidden: int | None = None,
         dropout: float = 0.0,
         norm: bool = True,
+        init_gain: float = 1.0,
     ) -> None:
         super().__init__()
         if in_dim < 1 or dim < 1 or (hidden is not None and hidden < 1):
@@ -52,6 +57,8 @@ class ModalityProjection(nn.Module):
             )
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"ModalityProjection dropout must be in [0, 1), got {dropout}")
+        if not init_gain >= 0.0:
+            raise ValueError(f"ModalityProjection init_gain must be >= 0, got {init_gain}")
         if norm and in_dim == 1:
             raise ValueError(
                 "ModalityProjection(in_dim=1) with norm=True would map every input to the same "
@@ -61,6 +68,7 @@ class ModalityProjection(nn.Module):
         self.dim = dim
         self.hidden = hidden
         self.dropout = dropout
+        self.init_gain = float(init_gain)
         self.norm = nn.LayerNorm(in_dim) if norm else None
         if hidden is None:
             self.lin1 = nn.Linear(in_dim, dim)
@@ -71,12 +79,14 @@ class ModalityProjection(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Re-initialise: LayerNorm to identity, Xavier-uniform weights, zero biases."""
+        """Re-initialise: LayerNorm to identity, Xavier-uniform weights (``init_gain`` on the
+        output layer), zero biases."""
         if self.norm is not None:
             self.norm.reset_parameters()
+        out = self.lin2 if self.lin2 is not None else self.lin1
         for lin in (self.lin1, self.lin2):
             if lin is not None:
-                nn.init.xavier_uniform_(lin.weight)
+                nn.init.xavier_uniform_(lin.weight, gain=self.init_gain if lin is out else 1.0)
                 nn.init.zeros_(lin.bias)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -116,6 +126,8 @@ class ModalityProjection(nn.Module):
             extra += f", dropout={self.dropout}"
         if self.norm is None:
             extra += ", norm=False"
+        if self.init_gain != 1.0:
+            extra += f", init_gain={self.init_gain}"
         return f"{self.__class__.__name__}({self.in_dim}, {self.dim}{extra})"
 
 

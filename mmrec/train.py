@@ -82,6 +82,7 @@ def build_model(cfg: TrainConfig, num_users: int, num_items: int, modality_dims:
         dropout=cfg.dropout,
         projection_hidden=cfg.projection_hidden or None,
         id_mode=cfg.id_mode,
+        content_gain=cfg.content_gain,
     )
 
 

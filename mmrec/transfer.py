@@ -214,7 +214,11 @@ def transfer_weights(
 ) -> None:
     """Start ``target`` (new users and items) from ``source`` (same architecture).
 
-    Every parameter except the ID embeddings is copied. Item ``n``'s ID token becomes the mean
+    Every parameter except the ID embeddings is copied. With ``id_mode="residual"`` the new
+    items' ID embeddings keep their fresh ``N(0, 0.1^2)`` start: their layer-0 vector is already
+    the source's fused content plus that small ID part (copying the content into the ID as
+    well counted it twice: on the planted catalogs below, best valid Recall@20 0.5525 vs
+    0.585). With ``id_mode="token"``, item ``n``'s ID token becomes the mean
     of its projected content tokens ``source.projections[m](features[m][n])`` over its present
     modalities: the ID token lives in the token space that fusion reads, and for an item with
     one modality the fused layer-0 vector is then exactly ``source.content_only`` (fusing two
@@ -253,7 +257,7 @@ def transfer_weights(
     was_training = source.training
     source.eval()
     device = source.user_embedding.weight.device
-    if target.item_embedding is not None:
+    if target.item_embedding is not None and target.id_mode == "token":
         n = target.num_items
         has = {m: present[m].to(device) for m in features}
         count = torch.zeros(n, device=device)  # [N] modalities present per item

@@ -258,8 +258,10 @@ def run_dataset(name: str, args: argparse.Namespace, cache_dir: Path, save: Call
     chosen = {}
     for kind, fixed in kinds.items():
         points = grid + ([{**g, "id_dropout": 0.0} for g in grid] if kind == "fused" and args.grid_id_dropout else [])
-        if kind == "fused":
+        if kind == "fused" and args.fused_id_mode:
             points = [{**p, "id_mode": mode} for mode in args.fused_id_mode for p in points]
+        if kind == "fused" and args.grid_content_gain:
+            points = [{**p, "content_gain": g} for g in args.grid_content_gain for p in points]
         tried = entry["grid"][kind] = []
         for point in points:
             run = train_one(content, inter, TrainConfig(**base, **fixed, **point, seed=args.seeds[0]))
@@ -336,7 +338,8 @@ def markdown(results: dict[str, Any]) -> str:
             t, a = s["test"], s["test_mask_all"]
             sel = e["selected"].get(kind)
             label = kind if sel is None else f"{kind} (lr {sel['lr']}, reg {sel['reg']}" + (
-                f", id_dropout {sel['id_dropout']}, id_mode {sel.get('id_mode', 'token')})" if kind == "fused" else ")")
+                f", id_dropout {sel['id_dropout']}, id_mode {sel.get('id_mode', 'token')}, "
+                f"content_gain {sel.get('content_gain', 1.0)})" if kind == "fused" else ")")
             spe = f"{s['seconds_per_epoch']['mean']:.1f}" if "seconds_per_epoch" in s else "-"
             epochs = ", ".join(str(x) for x in s.get("best_epoch", [])) or "-"
             lines.append(f"| {label} | {fmt(t['recall@10'])} | {fmt(t['recall@20'])} | {fmt(t['ndcg@10'])} | "
@@ -399,8 +402,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--grid-reg", nargs="+", type=float, default=[1e-4], help="L2 weights tried")
     p.add_argument("--grid-id-dropout", action="store_true",
                    help="also try the fused model with id_dropout 0 (default: TrainConfig's)")
-    p.add_argument("--fused-id-mode", nargs="+", choices=["token", "residual"], default=["token"],
-                   help="how the fused model's ID joins the content (TrainConfig.id_mode), each tried in the grid")
+    p.add_argument("--fused-id-mode", nargs="+", choices=["token", "residual"], default=None,
+                   help="how the fused model's ID joins the content (TrainConfig.id_mode), each tried in the grid "
+                        "(default: TrainConfig's)")
+    p.add_argument("--grid-content-gain", nargs="+", type=float, default=None,
+                   help="initial scales of the fused model's content projections tried (TrainConfig.content_gain; "
+                        "default: TrainConfig's)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--cache-dir", default=None, help="feature cache folder (default: a temporary one)")
     p.add_argument("--tag", default="", help="store the results as '<dataset> <tag>' (a variant beside the main entry)")

@@ -75,6 +75,9 @@ def test_repr_and_token_order():
     assert repr(small).endswith("use_id=False, modality_dropout=0.0, id_dropout=0.0, dropout=0.0, "
                                 "projection_hidden=16)")
     assert FusedGraphModel(2, 3, {}).modalities == ["id"]
+    residual = FusedGraphModel(2, 3, {"text": 5}, dim=8, num_heads=2, id_mode="residual", content_gain=0.01)
+    assert repr(residual).endswith("dropout=0.0, id_mode='residual', content_gain=0.01)")
+    assert repr(residual.projections["text"]) == "ModalityProjection(5, 8, init_gain=0.01)"
 
 
 def test_bad_construction_raises():

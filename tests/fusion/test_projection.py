@@ -105,3 +105,20 @@ def test_bad_arguments_and_inputs_raise():
         ModalityProjection(1, 8)
     with pytest.raises(ValueError, match=r"expects features of shape \[N, 384\], got \[2, 383\]"):
         ModalityProjection(384, 64)(torch.zeros(2, 383))
+
+
+def test_init_gain_scales_only_the_output_layer():
+    torch.manual_seed(0)
+    full = ModalityProjection(384, 64, hidden=32)
+    torch.manual_seed(0)
+    small = ModalityProjection(384, 64, hidden=32, init_gain=0.01)
+    assert repr(small) == "ModalityProjection(384, 64, hidden=32, init_gain=0.01)"
+    # Same draws: the hidden layer is untouched, the output layer is exactly gain x the default.
+    torch.testing.assert_close(small.lin1.weight, full.lin1.weight, rtol=0, atol=0)
+    torch.testing.assert_close(small.lin2.weight, 0.01 * full.lin2.weight, rtol=1e-6, atol=0)
+    # Xavier-uniform bound: gain * sqrt(6 / (fan_in + fan_out)).
+    assert float(small.lin2.weight.detach().abs().max()) <= 0.01 * (6 / (32 + 64)) ** 0.5
+    zero = ModalityProjection(5, 3, init_gain=0.0)
+    assert torch.equal(zero(torch.randn(4, 5)), torch.zeros(4, 3))
+    with pytest.raises(ValueError, match="init_gain"):
+        ModalityProjection(5, 3, init_gain=-1.0)
