@@ -400,17 +400,23 @@ def encode_with_cache(
     contents: Sequence,
     hashes: Sequence[str],
     cache: FeatureCache | None,
+    chunk_size: int = 8192,
 ) -> tuple[np.ndarray, int]:
     """Encode only what the cache does not hold, store it, and return every vector in input order.
 
+    The missing contents are encoded and stored ``chunk_size`` at a time, each chunk as its own
+    cache shard, so an interrupted encoding run (a crash, Ctrl-C, a full disk) keeps every chunk
+    finished before it: the next run encodes only the rest.
+
     Args:
         encode: batched encoder, e.g. ``TextEncoder.encode`` or ``ImageEncoder.encode_paths``;
-            called at most once, with the missing contents in input order.
+            called once per chunk of missing contents, in input order.
         encoder_id: the encoder's ``identity``.
         item_ids: item id per content.
         contents: texts or image paths.
         hashes: content hash per content (:func:`content_hash` / :func:`file_hash`).
-        cache: the cache, or ``None`` to encode everything.
+        cache: the cache, or ``None`` to encode everything (in one call).
+        chunk_size: missing contents encoded and stored per call, default 8192.
 
     Returns:
         ``(vectors [N, D] float32, number of items encoded)``.
@@ -422,21 +428,24 @@ def encode_with_cache(
         raise ValueError(
             f"encode_with_cache: {len(item_ids)} item ids, {n} contents and {len(hashes)} hashes must match"
         )
+    if chunk_size < 1:
+        raise ValueError(f"encode_with_cache: chunk_size must be >= 1, got {chunk_size}")
     if cache is None:
         return np.asarray(encode(list(contents)), dtype=np.float32), n
     keys = list(zip(item_ids, hashes))
     cached, missing = cache.get(encoder_id, keys)
     if not missing:
         return cached, 0
-    fresh = np.asarray(encode([contents[i] for i in missing]), dtype=np.float32)  # [n_miss, D]
-    if fresh.ndim != 2 or fresh.shape[0] != len(missing):
-        raise ValueError(f"encode returned shape {list(fresh.shape)} for {len(missing)} inputs")
-    cache.put(encoder_id, [keys[i] for i in missing], fresh)
-    if cached is None:
-        out = np.zeros((n, fresh.shape[1]), dtype=np.float32)  # [N, D]
-    else:
-        out = cached
-        if out.shape[1] != fresh.shape[1]:
+    out = cached
+    for start in range(0, len(missing), chunk_size):
+        rows = missing[start : start + chunk_size]
+        fresh = np.asarray(encode([contents[i] for i in rows]), dtype=np.float32)  # [n_chunk, D]
+        if fresh.ndim != 2 or fresh.shape[0] != len(rows):
+            raise ValueError(f"encode returned shape {list(fresh.shape)} for {len(rows)} inputs")
+        if out is None:
+            out = np.zeros((n, fresh.shape[1]), dtype=np.float32)  # [N, D]
+        elif out.shape[1] != fresh.shape[1]:
             raise ValueError(f"cached vectors are {out.shape[1]}-d but the encoder returned {fresh.shape[1]}-d")
-    out[missing] = fresh
+        cache.put(encoder_id, [keys[i] for i in rows], fresh)  # durable before the next chunk starts
+        out[rows] = fresh
     return out, len(missing)

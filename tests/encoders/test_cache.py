@@ -121,6 +121,28 @@ def test_encode_with_cache_encodes_only_changes(tmp_path):
         encode_with_cache(enc, ENC, ids, texts[:-1], hashes, None)
 
 
+def test_encode_with_cache_keeps_finished_chunks_when_encoding_fails(tmp_path):
+    ids, texts = _catalog(50)
+    hashes = [content_hash(t) for t in texts]
+    enc = CountingEncoder()
+    oracle = enc(texts)
+    enc.calls.clear()
+
+    def crashing(batch):
+        if len(enc.calls) == 2:  # the third chunk dies (e.g. Ctrl-C, out of memory)
+            raise KeyboardInterrupt
+        return enc(batch)
+
+    with pytest.raises(KeyboardInterrupt):
+        encode_with_cache(crashing, ENC, ids, texts, hashes, FeatureCache(tmp_path), chunk_size=20)
+    assert enc.calls == [texts[:20], texts[20:40]]
+    vecs, n = encode_with_cache(enc, ENC, ids, texts, hashes, FeatureCache(tmp_path), chunk_size=20)
+    assert n == 10 and enc.calls[-1] == texts[40:]  # only the lost chunk is encoded again
+    np.testing.assert_array_equal(vecs, oracle)
+    with pytest.raises(ValueError, match="chunk_size must be >= 1"):
+        encode_with_cache(enc, ENC, ids, texts, hashes, FeatureCache(tmp_path), chunk_size=0)
+
+
 def test_interrupted_put_leaves_cache_usable(tmp_path, monkeypatch):
     cache = FeatureCache(tmp_path)
     cache.put(ENC, [(1, "a")], np.ones((1, 2), np.float32))
