@@ -417,8 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--image-root", type=Path)
     ft.add_argument("--ignore-modality", action="append", metavar="NAME",
                     help="leave a modality of the new data out (one the source model never had; repeatable)")
-    ft.add_argument("--keep-users", action="store_true",
-                    help="users the source model knows (same id) start from their source embedding")
+    ft.add_argument("--keep-users", action=argparse.BooleanOptionalAction, default=True,
+                    help="users the source model knows (same id) start from their source embedding (default on; "
+                         "--no-keep-users when the ids do not name the same people)")
     ft.add_argument("--factory", default="auto", help="FAISS factory for the trained item vectors")
     ft.add_argument("--overwrite", action="store_true")
     ft.add_argument("--json", action="store_true", help="print the summary as JSON")

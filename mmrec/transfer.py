@@ -11,11 +11,15 @@ those onto a different catalog (different item ids, possibly different users):
 * a new :class:`~fusion.FusedGraphModel` of the source's architecture is built for the new
   users and items, and every weight but the ID embeddings is copied (projections, fusion; the
   propagation has none);
-* each new item's ID embedding starts at the vector the **source model would give it from its
-  content alone** (``content_only``), so an item starts where the old model would have placed it;
-* new users start at random and are learned (graph propagation hands them their items'
-  vectors from the first step; starting them at their items' mean measured worse); with
-  ``keep_users=True`` users whose id the source model knows keep their source embedding;
+* each new item starts where the **source model would place it by content**: its fused content
+  comes through the copied projections and fusion (residual ID mode: plus a fresh small ID
+  embedding; token mode: the ID token starts at the item's projected content);
+* users whose id the source model knows keep their source embedding (``keep_users=True``, the
+  default: on the ml100k-plus new-movie split it won on 3 of 3 seeds, test Recall@20 0.2076
+  vs 0.1979 from scratch, while starting every user at random lost, 0.1800); other users start
+  at random and are learned (graph propagation hands them their items' vectors from the first
+  step; starting them at their items' mean measured worse). Pass ``keep_users=False`` when
+  the two catalogs' user ids do not name the same people;
 * training then continues on the new interactions with the same :class:`~mmrec.train.Trainer`
   and early stopping; encoders are tuned further when ``config.finetune`` says so.
 
@@ -63,7 +67,7 @@ from mmrec.typing import UserId
 logger = logging.getLogger(__name__)
 
 # Fields that fix the shapes of the transferred weights.
-ARCHITECTURE = ("dim", "layers", "heads", "use_id", "use_content", "projection_hidden")
+ARCHITECTURE = ("dim", "layers", "heads", "use_id", "use_content", "projection_hidden", "id_mode")
 EMBEDDINGS = ("user_embedding.weight", "item_embedding.weight")
 
 
@@ -309,7 +313,7 @@ def finetune(
     rating_threshold: float | None = None,
     factory: str = "auto",
     overwrite: bool = False,
-    keep_users: bool = False,
+    keep_users: bool = True,
     ignore: Sequence[str] = (),
     cache_dir: str | Path | None = None,
     show_progress: bool = True,
@@ -334,7 +338,7 @@ def finetune(
         factory: FAISS factory for the trained item vectors.
         overwrite: replace an existing ``out``.
         keep_users: users whose id the source knows start from their source embedding (the same
-            people on a new catalog); default off, every user starts from their items.
+            people on a new catalog), default on; off, every user starts at random.
         ignore: modalities of the new data to leave out.
         cache_dir: feature cache for encoding the catalog.
         show_progress: progress bars.

@@ -176,6 +176,8 @@ def test_finetune_config_keeps_the_architecture():
         finetune_config(src, {"dim": 32})
     with pytest.raises(ConfigError, match=r"use_id=False \(source: True\)"):
         finetune_config(src, TrainConfig(**(FAST | {"use_id": False})))
+    with pytest.raises(ConfigError, match=r"id_mode='token' \(source: 'residual'\)"):
+        finetune_config(src, {"id_mode": "token"})
     with pytest.raises(ConfigError, match=r"unknown training options \['nope'\]"):
         finetune_config(src, {"nope": 1})
 
