@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fusion.attention import AttentionFusion
+from fusion.item_graph import ItemGraph
 from fusion.projection import ModalityProjection
 from fusion.propagation import GraphPropagation
 
@@ -355,6 +356,7 @@ class FusedGraphModel(nn.Module):
         edge_index: Tensor,
         edge_weight: Tensor | None = None,
         has_id: Tensor | None = None,
+        item_graph: ItemGraph | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Full-graph pass: fuse all items, stack under the users, propagate, split.
 
@@ -368,6 +370,9 @@ class FusedGraphModel(nn.Module):
             edge_weight: optional edge weights.
             has_id: ``False`` for items that must not use their ID embedding (e.g. cold-start
                 items held out of training); default every item uses it.
+            item_graph: a content item-item graph ``S`` (:func:`fusion.item_graph.knn_item_graph`);
+                when given, ``S @ x0`` (the items' layer-0 vectors averaged over their content
+                neighbours, as in FREEDOM) is added to the propagated item vectors.
 
         Returns:
             ``(user_vecs, item_vecs, weights)``.
@@ -395,7 +400,14 @@ class FusedGraphModel(nn.Module):
         items, weights = self.item_content(features, present, item_ids)
         x0 = torch.cat([self.user_embedding.weight, items], dim=0)  # [U+N, D]
         out = self.propagation(x0, edge_index, edge_weight)  # [U+N, D]
-        return out[: self.num_users], out[self.num_users :], weights
+        item_vecs = out[self.num_users :]  # [N, D]
+        if item_graph is not None:
+            if item_graph.num_items != self.num_items:
+                raise ValueError(
+                    f"item_graph covers {item_graph.num_items} items, the model {self.num_items}"
+                )
+            item_vecs = item_vecs + item_graph @ items  # [N, D]
+        return out[: self.num_users], item_vecs, weights
 
     def score(self, user_vecs: Tensor, item_vecs: Tensor) -> Tensor:
         """Dot-product score of user-item pairs, broadcasting over leading dimensions.

@@ -32,6 +32,7 @@ class TrainConfig:
     use_content: bool = _f(True, "use the content modalities (off: plain ID-only LightGCN)")
     id_mode: str = _f("residual", "how the ID joins content: residual (added to the fused content) or token (one attention token)")
     content_gain: float = _f(0.01, "initial scale (Xavier gain) of the content projections: content starts near zero and grows where it helps")
+    item_graph_k: int = _f(0, "add each item's k nearest content neighbours' layer-0 vectors (FREEDOM-style item-item graph); 0: off")
     loss: str = _f("bpr", "ranking loss: bpr or softmax (sampled softmax)")
     negatives: int = _f(1, "negatives sampled per positive (known positives excluded)")
     temperature: float = _f(0.1, "sampled-softmax temperature")
@@ -67,6 +68,8 @@ class TrainConfig:
         for name in ("dim", "layers", "heads", "batch_size", "epochs", "negatives"):
             if getattr(self, name) < (0 if name == "layers" else 1):
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.item_graph_k < 0:
+            raise ConfigError(f"item_graph_k must be >= 0 (0: no item-item graph), got {self.item_graph_k}")
         if not 0.0 <= self.cold_start < 1.0:
             raise ConfigError(f"cold_start must lie in [0, 1), got {self.cold_start}")
         if self.dim % self.heads:

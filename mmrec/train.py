@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from fusion.item_graph import knn_item_graph
 from fusion.losses import alignment_loss, bpr_loss, l2_regularization, sampled_softmax_loss
 from fusion.model import FusedGraphModel
 from mmrec.config import TrainConfig
@@ -167,13 +168,19 @@ class Trainer:
         self.features = {m: x.to(self.device) for m, x in data.features.items()}
         self.present = {m: x.to(self.device) for m, x in data.present.items()}
         self.has_id = data.has_id.to(self.device) if data.has_id is not None else None
+        self.item_graph = None
+        if cfg.item_graph_k > 0 and model.modality_dims:
+            # Built once from the starting features (frozen, as FREEDOM's); held-out cold items
+            # (not negatives-eligible) take no part.
+            nodes = torch.from_numpy(np.asarray(data.negatives, bool)) if data.negatives is not None else None
+            self.item_graph = knn_item_graph(self.features, self.present, cfg.item_graph_k, nodes=nodes)
         self.rng = np.random.default_rng(cfg.seed)
 
     # ------------------------------------------------------------------------------ vectors
     def forward(self, features: Mapping[str, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Full-graph pass on the training graph: (user_vecs [U, D], item_vecs [N, D], weights [N, M])."""
         return self.model(self.features if features is None else features, self.present, self.edge_index,
-                          has_id=self.has_id)
+                          has_id=self.has_id, item_graph=self.item_graph)
 
     @torch.no_grad()
     def vectors(self) -> tuple[Tensor, Tensor, Tensor]:

@@ -262,6 +262,8 @@ def run_dataset(name: str, args: argparse.Namespace, cache_dir: Path, save: Call
             points = [{**p, "id_mode": mode} for mode in args.fused_id_mode for p in points]
         if kind == "fused" and args.grid_content_gain:
             points = [{**p, "content_gain": g} for g in args.grid_content_gain for p in points]
+        if kind == "fused" and args.grid_item_graph_k:
+            points = [{**p, "item_graph_k": k} for k in args.grid_item_graph_k for p in points]
         tried = entry["grid"][kind] = []
         for point in points:
             run = train_one(content, inter, TrainConfig(**base, **fixed, **point, seed=args.seeds[0]))
@@ -339,7 +341,9 @@ def markdown(results: dict[str, Any]) -> str:
             sel = e["selected"].get(kind)
             label = kind if sel is None else f"{kind} (lr {sel['lr']}, reg {sel['reg']}" + (
                 f", id_dropout {sel['id_dropout']}, id_mode {sel.get('id_mode', 'token')}, "
-                f"content_gain {sel.get('content_gain', 1.0)})" if kind == "fused" else ")")
+                f"content_gain {sel.get('content_gain', 1.0)}"
+                + (f", item_graph_k {sel['item_graph_k']}" if sel.get("item_graph_k") else "")
+                + ")" if kind == "fused" else ")")
             spe = f"{s['seconds_per_epoch']['mean']:.1f}" if "seconds_per_epoch" in s else "-"
             epochs = ", ".join(str(x) for x in s.get("best_epoch", [])) or "-"
             lines.append(f"| {label} | {fmt(t['recall@10'])} | {fmt(t['recall@20'])} | {fmt(t['ndcg@10'])} | "
@@ -408,6 +412,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--grid-content-gain", nargs="+", type=float, default=None,
                    help="initial scales of the fused model's content projections tried (TrainConfig.content_gain; "
                         "default: TrainConfig's)")
+    p.add_argument("--grid-item-graph-k", nargs="+", type=int, default=None,
+                   help="content kNN item-item graph sizes tried for the fused model (TrainConfig.item_graph_k, "
+                        "0 = off; default: TrainConfig's)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--cache-dir", default=None, help="feature cache folder (default: a temporary one)")
     p.add_argument("--tag", default="", help="store the results as '<dataset> <tag>' (a variant beside the main entry)")

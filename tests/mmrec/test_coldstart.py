@@ -4,6 +4,7 @@ import csv
 
 import numpy as np
 import pytest
+import torch
 
 from mmrec.coldstart import cold_part, hold_out_items, warm_part
 from mmrec.config import TrainConfig
@@ -109,3 +110,25 @@ def test_cli_train_and_evaluate_cold_start(tmp_path, capsys):
     capsys.readouterr()
     assert main(["evaluate", "--index", str(m2), "--interactions", str(inter), "--cold-start", "-q"]) == 1
     assert "trained without held-out items" in capsys.readouterr().err
+
+
+def test_item_graph_leaves_held_out_items_out_and_cold_items_still_rank(tmp_path, monkeypatch):
+    import mmrec.train as train_module
+
+    inter, feats = write_planted(tmp_path, users=64, items=128, per_user=12)
+    seen = {}
+    original = train_module.Trainer.__init__
+
+    def spy(self, model, data, cfg, **kw):
+        original(self, model, data, cfg, **kw)
+        seen["graph"], seen["negatives"] = self.item_graph, data.negatives
+
+    monkeypatch.setattr(train_module.Trainer, "__init__", spy)
+    rec, _, test = fit(inter, features={"content": feats},
+                       config=TrainConfig(**FAST, cold_start=0.25, item_graph_k=4), split="random", show_progress=False)
+    dense = seen["graph"].dense()
+    held = torch.from_numpy(~seen["negatives"])
+    assert int(held.sum()) == 32
+    assert dense[held].abs().sum() == 0 and dense[:, held].abs().sum() == 0  # neither rows nor neighbours
+    torch.testing.assert_close(dense[~held].sum(dim=1), torch.ones(96))  # each warm row averages 4 neighbours
+    assert test["cold"]["recall@10"] >= 0.9, test["cold"]
