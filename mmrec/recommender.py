@@ -44,9 +44,9 @@ class TrainedContent(MipsVectorizer):
 
     A new item (or a text / image query) is fused from its modality features with the ID
     token masked (:meth:`FusedGraphModel.content_only`), then multiplied by ``cold_scale``, the
-    factor that puts content-only vectors at the typical norm of trained item vectors
-    (:func:`mmrec.pipeline.content_scale`), so they compete fairly with warm items in one
-    ranking. Items without training interactions get their index vectors this way at training
+    factor that puts content-only vectors on the score scale of trained item vectors
+    (:func:`mmrec.pipeline.content_scale`: matched over the training pairs), so they compete
+    with warm items in one ranking. Items without training interactions get their index vectors this way at training
     time too. Items similar to an item are the items a user placed at that item's vector would
     score highest.
 

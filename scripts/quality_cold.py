@@ -84,7 +84,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fusion.fixed import combine_modalities  # noqa: E402
 from mmrec.coldstart import cold_part, evaluate_cold, hold_out_items, warm_part  # noqa: E402
 from mmrec.config import TrainConfig  # noqa: E402
-from mmrec.interactions import TEST, VALID, Interactions  # noqa: E402
+from mmrec.interactions import TEST, TRAIN, VALID, Interactions  # noqa: E402
 from mmrec.metrics import evaluate, rank_topk  # noqa: E402
 from mmrec.pipeline import Content, fit, interactions_for, load_content  # noqa: E402
 from machine import cpu_model  # noqa: E402  (scripts/machine.py)
@@ -326,6 +326,20 @@ def train_cold_variant(name: str, content: Content, path: Path, inter: Interacti
     matched = float(items[warm].norm(dim=1).median() / content_only[warm].norm(dim=1).median())
     calibrated = items.clone()
     calibrated[torch.from_numpy(held)] = content_only[torch.from_numpy(held)] * matched
+    # Two more calibrations from warm training data only: least squares s = <c, v> / <c, c> over
+    # warm items, and score matching s = sum u.v_i / sum u.c_i over the training pairs.
+    c_w, v_w = content_only[warm], items[warm]
+    least_squares = float((c_w * v_w).sum() / (c_w * c_w).sum())
+    tr = inter.split == TRAIN
+    tu, ti = torch.from_numpy(inter.users[tr]), torch.from_numpy(inter.items[tr])
+    tr_keep = ~torch.from_numpy(held)[ti]
+    tu, ti = tu[tr_keep], ti[tr_keep]
+    score_matched = float((users[tu] * items[ti]).sum() / (users[tu] * content_only[ti]).sum())
+    extra_scales = {}
+    for label, factor in (("least-squares", least_squares), ("score-matched", score_matched)):
+        scaled = items.clone()
+        scaled[torch.from_numpy(held)] = content_only[torch.from_numpy(held)] * factor
+        extra_scales[f"{label} ({factor:.4f})"] = mixed_metrics(users, scaled, inter, held)
     run = {
         "config": {k: getattr(cfg, k) for k in ("modality_dropout", "id_dropout", "align_weight")},
         "best_epoch": result.best_epoch, "epochs_run": len(result.history),
@@ -337,7 +351,7 @@ def train_cold_variant(name: str, content: Content, path: Path, inter: Interacti
         "cold_all_unscaled": cold_unscaled,
         "cold_scale_invariant": all(abs(cold_unscaled[k] - cold["all"][k]) <= 1e-6 for k in METRICS),
         "mixed": {"scale_1/(L+1)": mixed_metrics(users, isolated, inter, held),
-                  "scale_1": mixed_metrics(users, unscaled, inter, held)},
+                  "scale_1": mixed_metrics(users, unscaled, inter, held)} | extra_scales,
         "norm_matched_scale": round(matched, 5),
         "shipped_scale": round(scale, 5),
         "mixed_norm_matched": mixed_metrics(users, calibrated, inter, held),

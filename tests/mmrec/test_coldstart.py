@@ -132,3 +132,31 @@ def test_item_graph_leaves_held_out_items_out_and_cold_items_still_rank(tmp_path
     assert dense[held].abs().sum() == 0 and dense[:, held].abs().sum() == 0  # neither rows nor neighbours
     torch.testing.assert_close(dense[~held].sum(dim=1), torch.ones(96))  # each warm row averages 4 neighbours
     assert test["cold"]["recall@10"] >= 0.9, test["cold"]
+
+
+def test_content_scale_matches_scores_over_training_pairs_and_falls_back_to_norms():
+    from fusion.model import FusedGraphModel
+    from mmrec.pipeline import content_scale
+
+    torch.manual_seed(0)
+    model = FusedGraphModel(3, 4, {"t": 2}, dim=4, num_heads=2, id_mode="residual")
+    feats = {"t": np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, -1.0]], np.float32)}
+    present = {"t": np.ones(4, bool)}
+    trained = np.array([True, True, True, False])
+    with torch.no_grad():
+        c = model.eval().content_only({"t": torch.from_numpy(feats["t"])}).numpy()  # [4, 4]
+    rng = np.random.default_rng(0)
+    users = rng.normal(size=(3, 4)).astype(np.float32)
+    items = c * np.array([[2.0], [3.0], [5.0], [7.0]], np.float32)  # trained vectors: content times a per-item factor
+    pu, pi = np.array([0, 1, 2, 0, 1]), np.array([0, 0, 1, 2, 3])  # item 3 is untrained: its pair is ignored
+    num = sum(float(users[u] @ items[i]) for u, i in zip(pu[:4], pi[:4]))
+    den = sum(float(users[u] @ c[i]) for u, i in zip(pu[:4], pi[:4]))
+    got = content_scale(model, feats, present, items, trained, 3, users, (pu, pi))
+    assert num > 0 and den > 0  # this draw: the score-matched branch is taken
+    assert got == pytest.approx(num / den, rel=1e-5)
+    norm = np.median(np.linalg.norm(items[:3], axis=1)) / np.median(np.linalg.norm(c[:3], axis=1))
+    assert content_scale(model, feats, present, items, trained, 3) == pytest.approx(norm, rel=1e-5)
+    # A pair sum that is not positive falls back to the norms; no modality or no trained item to 1/(L+1).
+    assert content_scale(model, feats, present, items, trained, 3, -users, (pu, pi)) == pytest.approx(norm, rel=1e-5)
+    assert content_scale(model, {}, {}, items, trained, 3) == 0.25
+    assert content_scale(model, feats, present, items, np.zeros(4, bool), 3) == 0.25
