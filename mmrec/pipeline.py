@@ -221,14 +221,19 @@ def fit(
         logger.info("test recall@20 %.4f ndcg@20 %.4f", test["recall@20"], test["ndcg@20"])
     user_vecs, item_vecs, attention = (t.cpu().numpy() for t in trainer.vectors())
     features_now = {m: trainer.features[m].cpu().numpy() for m in dims}  # fine-tuned encoders change them
-    mips = MipsTransform.fit(item_vecs)
     # Items without training edges (held-out cold items, catalog items nobody touched) enter the
     # index the way items added later do: through the content path, on the trained score scale.
     via_content = (train_degree == 0) if dims else np.zeros(n, dtype=bool)
     train_rows = train_inter.split_mask("train")
     cold_scale = content_scale(model, features_now, content.present, item_vecs, ~via_content, config.layers,
                                user_vecs, (train_inter.users[train_rows], train_inter.items[train_rows]))
-    vectorizer = TrainedContent(model, mips, cold_scale)
+    vectorizer = TrainedContent(model, MipsTransform(1.0), cold_scale)  # its norm bound is set just below
+    cold_pos = np.flatnonzero(via_content)
+    cold_vecs = vectorizer.content_vectors(
+        {m: x[cold_pos] for m, x in features_now.items()}, {m: content.present[m][cold_pos] for m in dims}
+    ) if len(cold_pos) else item_vecs[:0]  # [C, D]
+    # The MIPS norm bound covers the content-path rows too (a longer row would be shrunk).
+    vectorizer.mips = mips = MipsTransform.fit(np.concatenate([item_vecs[~via_content], cold_vecs]))
     known = inter.user_items("all")  # [U, N] CSR of ones: never recommended back
     warm = np.flatnonzero(~via_content)
     records = content.records or [{} for _ in range(n)]
@@ -251,8 +256,7 @@ def fit(
         image_field=content.catalog.image_field if content.catalog else None,
         source=str(interactions),
     )
-    if via_content.any():
-        cold_pos = np.flatnonzero(via_content)
+    if len(cold_pos):
         items.add_features(
             [item_ids[i] for i in cold_pos], {m: x[cold_pos] for m, x in features_now.items()},
             {m: x[cold_pos] for m, x in present_now.items()}, [records[i] for i in cold_pos],

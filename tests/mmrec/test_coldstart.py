@@ -53,6 +53,11 @@ def test_cold_items_are_ranked_from_content(tmp_path):
     assert cold["recall@10"] >= 0.9, cold
     assert cold["num_users"] >= 40
     assert len(rec.items) == 128 and "recall@20" in test
+    # Cold rows are the scaled content-only vectors, within the MIPS norm bound (none shrunk).
+    vec = rec.items.vectorizer
+    rows = [rec.items._pos[i] for i in rec.cold_items]
+    raw = vec.content_vectors({"content": np.load(feats)[np.asarray(rec.cold_items, int)]}, {"content": np.ones(32, bool)})
+    np.testing.assert_allclose(vec.mips.original(rec.items.vectors[rows]), raw, rtol=1e-5, atol=1e-6)
 
 
 def write_catalog(path, ids, titles):
