@@ -2,7 +2,8 @@
 
 A fraction of the items that have interactions (default 20%, seeded) is chosen as *cold*.
 Training sees none of their interactions and never samples them as negatives; at test time
-they enter the index through the trained content path (ID token masked, no graph edges), like
+they enter the index through the trained content path (ID token masked, no graph edges, blended
+with the mean trained vector of their nearest warm items by content: :func:`neighbour_mean`), like
 any item added later with ``mmrec index add``, and each user who interacted with a cold item is
 scored on ranking the cold items: the truth is all of the user's interactions with cold items,
 and warm items are not candidates. Warm-item metrics are reported beside them on the usual
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from fusion.fixed import combine_modalities
 from mmrec.errors import ConfigError
 from mmrec.interactions import TEST, TRAIN, Interactions
 from mmrec.metrics import evaluate
@@ -81,3 +83,56 @@ def evaluate_cold(
         return s
 
     return evaluate(score, cold_part(inter, cold), split="test", mask="all", ks=ks, batch_size=batch_size)
+
+
+def neighbour_mean(
+    features: dict[str, np.ndarray],
+    present: dict[str, np.ndarray],
+    pool_features: dict[str, np.ndarray],
+    pool_present: dict[str, np.ndarray],
+    pool_vectors: np.ndarray,
+    k: int,
+    exclude: np.ndarray | None = None,
+    block_size: int = 1024,
+) -> np.ndarray:
+    """Mean trained vector of each item's ``k`` nearest pool items by content.
+
+    Similarity is that of the untrained content index (:func:`fusion.fixed.combine_modalities`:
+    the mean cosine over the modalities both items have, equal weights). ``exclude[b]`` is a pool
+    row item ``b`` may not pick (itself, when the items are pool items: leave-one-out), ``-1``
+    for none.
+
+    Shapes:
+        features[m] (B, D_m), present[m] (B,), pool_features[m] (P, D_m), pool_vectors (P, D),
+        exclude (B,) -> (B, D)
+    """
+    order = sorted(features)
+    q = combine_modalities(features, present, order=order, renormalize=False)  # [B, sum D_m]
+    p = combine_modalities({m: pool_features[m] for m in order}, {m: pool_present[m] for m in order},
+                           order=order, renormalize=False)  # [P, sum D_m]
+    kk = min(k, len(p) - (exclude is not None))
+    out = np.zeros((len(q), pool_vectors.shape[1]), np.float32)  # [B, D]
+    if kk < 1:
+        return out
+    for start in range(0, len(q), block_size):
+        s = q[start : start + block_size] @ p.T  # [b, P]
+        if exclude is not None:
+            rows = np.flatnonzero(exclude[start : start + block_size] >= 0)
+            s[rows, exclude[start : start + block_size][rows]] = -np.inf
+        top = np.argpartition(-s, kk - 1, axis=1)[:, :kk]  # [b, k]
+        out[start : start + len(s)] = pool_vectors[top].mean(axis=1)
+    return out
+
+
+def blend_with_neighbours(content: np.ndarray, neighbours: np.ndarray, weight: float) -> np.ndarray:
+    """``weight * |n| * c / |c| + (1 - weight) * n`` per row: the item's own content direction
+    at its neighbours' scale, mixed with its neighbours' mean trained vector ``n``. Rows with no
+    neighbour (``n = 0``) keep ``content``.
+
+    Shapes:
+        content (B, D), neighbours (B, D) -> (B, D)
+    """
+    n_norm = np.linalg.norm(neighbours, axis=1, keepdims=True)  # [B, 1]
+    c_unit = content / np.maximum(np.linalg.norm(content, axis=1, keepdims=True), 1e-12)  # [B, D]
+    mixed = weight * n_norm * c_unit + (1.0 - weight) * neighbours
+    return np.where(n_norm > 0, mixed, content).astype(np.float32)

@@ -45,6 +45,8 @@ class TrainConfig:
     modality_dropout: float = _f(0.1, "training-time probability of masking each modality token")
     id_dropout: float = _f(0.0, "training-time probability of masking the ID token (cold-start robustness)")
     align_weight: float = _f(0.1, "weight of the loss pulling content-only vectors to trained ones (cold start)")
+    cold_neighbours: int = _f(10, "an item known by content borrows the mean trained vector of its k nearest indexed items by content (0: content path alone)")
+    cold_neighbour_weight: float = _f(0.5, "weight of the item's own content-path direction in that blend (1: neighbours ignored)")
     cold_start: float = _f(0.0, "fraction of items held out of training and ranked from content alone (cold-start test)")
     dropout: float = _f(0.0, "dropout inside projections and attention")
     projection_hidden: int = _f(0, "hidden width of a 2-layer projection MLP (0: linear)")
@@ -70,6 +72,11 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.item_graph_k < 0:
             raise ConfigError(f"item_graph_k must be >= 0 (0: no item-item graph), got {self.item_graph_k}")
+        if self.cold_neighbours < 0 or not 0.0 <= self.cold_neighbour_weight <= 1.0:
+            raise ConfigError(
+                f"cold_neighbours must be >= 0 and cold_neighbour_weight in [0, 1], got "
+                f"{self.cold_neighbours} and {self.cold_neighbour_weight}"
+            )
         if not 0.0 <= self.cold_start < 1.0:
             raise ConfigError(f"cold_start must lie in [0, 1), got {self.cold_start}")
         if self.dim % self.heads:

@@ -240,8 +240,10 @@ class FixedCombination(MipsVectorizer):
         """``[N, D]`` weighted concatenation of the modality vectors (not renormalised)."""
         return combine_modalities(features, present, self.weights, self.order, renormalize=False)
 
-    def item_vectors(self, features: dict[str, np.ndarray], present: dict[str, np.ndarray]) -> np.ndarray:
-        """``[N, D + 1]`` index vectors from modality vectors ``[N, D_m]`` and presence ``[N]``."""
+    def item_vectors(self, features: dict[str, np.ndarray], present: dict[str, np.ndarray],
+                     pool: Any = None) -> np.ndarray:
+        """``[N, D + 1]`` index vectors from modality vectors ``[N, D_m]`` and presence ``[N]``
+        (an untrained index places items by their content alone: ``pool`` is not used)."""
         return self.mips.items(self.combine(features, present))
 
     def query_vector(self, modality: str, vector: np.ndarray, dims: dict[str, int]) -> np.ndarray:
@@ -624,7 +626,7 @@ class ItemIndex:
         if missing:
             raise ConfigError(f"new items lack the index's modalities {missing}")
         n = len(item_ids)
-        vectors = self.vectorizer.item_vectors(features, present)
+        vectors = self.vectorizer.item_vectors(features, present, self._neighbour_pool())
         self.index.add(vectors, list(item_ids))
         self.vectors = np.concatenate([self.vectors, vectors])
         for m in self.modalities:
@@ -638,6 +640,12 @@ class ItemIndex:
         self._pos.update({it[ID_FIELD]: start + j for j, it in enumerate(self.items[start:])})
         if save and self.directory is not None:
             self.save(self.directory)
+
+    def _neighbour_pool(self) -> tuple[dict, dict, np.ndarray] | None:
+        """The indexed items a trained content path borrows from (features, presence, vectors)."""
+        if not getattr(self.vectorizer, "neighbours", 0) or not self.items:
+            return None
+        return self.features, self.present, self.vectorizer.mips.original(self.vectors)
 
     def remove(self, item_ids: Sequence[object]) -> int:
         """Remove items by id; saves when opened from disk. Unknown ids are an error (nothing removed)."""

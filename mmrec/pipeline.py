@@ -225,20 +225,35 @@ def fit(
     # index the way items added later do: through the content path, on the trained score scale.
     via_content = (train_degree == 0) if dims else np.zeros(n, dtype=bool)
     train_rows = train_inter.split_mask("train")
-    cold_scale = content_scale(model, features_now, content.present, item_vecs, ~via_content, config.layers,
-                               user_vecs, (train_inter.users[train_rows], train_inter.items[train_rows]))
-    vectorizer = TrainedContent(model, MipsTransform(1.0), cold_scale)  # its norm bound is set just below
+    vectorizer = TrainedContent(model, MipsTransform(1.0), 1.0, config.cold_neighbours,
+                                config.cold_neighbour_weight)  # scale and norm bound are set just below
+    warm_pos = np.flatnonzero(~via_content)
+    present_dims = {m: np.asarray(content.present[m], bool) for m in dims}
+    pool = ({m: x[warm_pos] for m, x in features_now.items()}, {m: x[warm_pos] for m, x in present_dims.items()},
+            item_vecs[warm_pos]) if dims else None
+    # The scale is calibrated on warm items sent through the same path (leave-one-out: an item
+    # may not borrow from itself), at most CALIBRATION_ITEMS of them.
+    calib = warm_pos if len(warm_pos) <= CALIBRATION_ITEMS else np.sort(
+        np.random.default_rng(config.seed).choice(warm_pos, CALIBRATION_ITEMS, replace=False))
+    calib_content = vectorizer.content_vectors(
+        {m: x[calib] for m, x in features_now.items()}, {m: x[calib] for m, x in present_dims.items()},
+        pool, exclude=np.searchsorted(warm_pos, calib)) if dims and len(calib) else None
+    calibrate = np.zeros(n, dtype=bool)
+    calibrate[calib] = True
+    vectorizer.cold_scale = cold_scale = content_scale(
+        model, features_now, content.present, item_vecs, calibrate, config.layers, user_vecs,
+        (train_inter.users[train_rows], train_inter.items[train_rows]), content=calib_content)
     cold_pos = np.flatnonzero(via_content)
     cold_vecs = vectorizer.content_vectors(
-        {m: x[cold_pos] for m, x in features_now.items()}, {m: content.present[m][cold_pos] for m in dims}
+        {m: x[cold_pos] for m, x in features_now.items()}, {m: x[cold_pos] for m, x in present_dims.items()}, pool
     ) if len(cold_pos) else item_vecs[:0]  # [C, D]
     # The MIPS norm bound covers the content-path rows too (a longer row would be shrunk).
     vectorizer.mips = mips = MipsTransform.fit(np.concatenate([item_vecs[~via_content], cold_vecs]))
     known = inter.user_items("all")  # [U, N] CSR of ones: never recommended back
-    warm = np.flatnonzero(~via_content)
+    warm = warm_pos
     records = content.records or [{} for _ in range(n)]
     hashes = content.hashes or [{} for _ in range(n)]
-    present_now = {m: content.present[m] for m in dims}
+    present_now = present_dims
     items = ItemIndex.from_features(
         [item_ids[i] for i in warm],
         {m: x[warm] for m, x in features_now.items()},
@@ -279,6 +294,8 @@ def fit(
             "modality_dims": dims,
             "mips_max_norm": mips.max_norm,
             "cold_scale": cold_scale,
+            "cold_neighbours": config.cold_neighbours,
+            "cold_neighbour_weight": config.cold_neighbour_weight,
             "split": split,
             "rating_threshold": rating_threshold,
             "cold_items": [item_ids[i] for i in np.flatnonzero(held_out)] if held_out is not None else [],
@@ -314,11 +331,15 @@ def _with_bundled_encoders(write: Callable[[Path], list[str]], manifest: dict[st
     return wrapped
 
 
+CALIBRATION_ITEMS = 10_000  # warm items sent through the content path to calibrate its scale
+
+
 @torch.no_grad()
 def content_scale(
     model: Any, features: dict[str, np.ndarray], present: dict[str, np.ndarray], item_vecs: np.ndarray,
     trained: np.ndarray, layers: int, user_vecs: np.ndarray | None = None,
     pairs: tuple[np.ndarray, np.ndarray] | None = None,
+    content: np.ndarray | None = None,
 ) -> float:
     """The factor putting content-only item vectors on the score scale of trained ones.
 
@@ -335,16 +356,20 @@ def content_scale(
     norm-matched (0.41) 0.1190 / 0.9%; least squares (0.35) 0.1174 / 0.3%; ``1/(L+1)`` 0.1170 /
     0.04%. The norm-matched rule had ranked best with the earlier token-mode model; with the
     residual model it all but hid new items, so ``fit`` now uses the score-matched one.
+
+    ``content``: the ``trained`` rows' content-path vectors when that path is not plain
+    ``content_only`` (``fit`` passes them blended with their neighbours, leave-one-out).
     """
     if not features or not trained.any():
         return 1.0 / (layers + 1)
     rows = np.flatnonzero(trained)
-    model.eval()
-    with torch.no_grad():
-        content = model.content_only(
-            {m: torch.from_numpy(x[rows]) for m, x in features.items()},
-            {m: torch.from_numpy(np.asarray(present[m][rows], bool)) for m in features},
-        ).numpy()  # [N', D]
+    if content is None:
+        model.eval()
+        with torch.no_grad():
+            content = model.content_only(
+                {m: torch.from_numpy(x[rows]) for m, x in features.items()},
+                {m: torch.from_numpy(np.asarray(present[m][rows], bool)) for m in features},
+            ).numpy()  # [N', D]
     if user_vecs is not None and pairs is not None:
         users, items = pairs
         keep = trained[items]

@@ -28,6 +28,7 @@ from safetensors.torch import load_file as load_torch, save_file as save_torch
 
 from fusion.model import FusedGraphModel
 from index.mips import MipsTransform
+from mmrec.coldstart import blend_with_neighbours, neighbour_mean
 from mmrec.config import TrainConfig, load_config, save_config
 from mmrec.errors import ConfigError, MMRecError
 from mmrec.explain import DEFAULT_HISTORY, ItemExplanation, explain_item, explain_recommendations, explain_similar
@@ -58,14 +59,17 @@ class TrainedContent(MipsVectorizer):
 
     query_by_cosine = True  # text / image queries: see ItemIndex._search_query
 
-    def __init__(self, model: FusedGraphModel, mips: MipsTransform, cold_scale: float) -> None:
+    def __init__(self, model: FusedGraphModel, mips: MipsTransform, cold_scale: float,
+                 neighbours: int = 0, neighbour_weight: float = 0.5) -> None:
         super().__init__(mips)
         self.model = model.eval()
         self.cold_scale = cold_scale
+        self.neighbours = neighbours
+        self.neighbour_weight = neighbour_weight
 
     @torch.no_grad()
-    def content_vectors(self, features: dict[str, np.ndarray], present: dict[str, np.ndarray]) -> np.ndarray:
-        """Raw ``[N, D]`` content-only vectors (modalities the model lacks are an error)."""
+    def content_only(self, features: dict[str, np.ndarray], present: dict[str, np.ndarray]) -> np.ndarray:
+        """Raw ``[N, D]`` content-only vectors of the model (modalities it lacks are an error)."""
         unknown = set(features) - set(self.model.modality_dims)
         if unknown:
             raise ConfigError(
@@ -76,10 +80,29 @@ class TrainedContent(MipsVectorizer):
             raise ConfigError("an ID-only model cannot place items or queries by content: train with content")
         feats = {m: torch.from_numpy(np.asarray(x, np.float32)) for m, x in features.items()}
         has = {m: torch.from_numpy(np.asarray(present[m], bool)) for m in features}
-        return self.model.content_only(feats, has).numpy() * self.cold_scale
+        return self.model.content_only(feats, has).numpy()
 
-    def item_vectors(self, features: dict[str, np.ndarray], present: dict[str, np.ndarray]) -> np.ndarray:
-        return self.mips.items(self.content_vectors(features, present))
+    def content_vectors(self, features: dict[str, np.ndarray], present: dict[str, np.ndarray],
+                        pool: tuple[dict, dict, np.ndarray] | None = None,
+                        exclude: np.ndarray | None = None) -> np.ndarray:
+        """``[N, D]`` vectors of items known by content: content-only, blended with the mean of
+        their ``neighbours`` nearest ``pool`` items' vectors when a pool is given, times
+        ``cold_scale``.
+
+        Args:
+            features, present: the items' modality vectors and presence.
+            pool: ``(features, present, vectors [P, D])`` of the indexed items to borrow from.
+            exclude: per item, a pool row it may not pick (``-1``: none).
+        """
+        c = self.content_only(features, present)  # [N, D]
+        if pool is not None and self.neighbours > 0 and len(pool[2]):
+            n = neighbour_mean(features, present, pool[0], pool[1], pool[2], self.neighbours, exclude)
+            c = blend_with_neighbours(c, n, self.neighbour_weight)
+        return c * self.cold_scale
+
+    def item_vectors(self, features: dict[str, np.ndarray], present: dict[str, np.ndarray],
+                     pool: tuple[dict, dict, np.ndarray] | None = None) -> np.ndarray:
+        return self.mips.items(self.content_vectors(features, present, pool))
 
     @property
     def tokens(self) -> list[str]:
@@ -161,7 +184,8 @@ class Recommender:
 
         model = build_model(cfg, extra["num_users"], extra["num_items"], dims)
         model.load_state_dict(load_torch(str(directory / "model.safetensors")))
-        items.vectorizer = TrainedContent(model, MipsTransform(extra["mips_max_norm"]), extra["cold_scale"])
+        items.vectorizer = TrainedContent(model, MipsTransform(extra["mips_max_norm"]), extra["cold_scale"],
+                                          extra.get("cold_neighbours", 0), extra.get("cold_neighbour_weight", 0.5))
         users = json.loads((directory / "users.json").read_text())
         t = load_numpy(str(directory / "users.safetensors"))
         known = sp.csr_matrix(

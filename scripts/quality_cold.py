@@ -18,7 +18,8 @@ them for the users who interacted with them. Beside every trained variant:
 * trained variants (on TrainConfig's architecture: residual ID, content_gain 0.01): ``a`` no
   token dropout and no alignment; ``b`` dropouts (modality 0.1, ID 0.3); ``c`` those dropouts +
   ``align_weight`` 0.1 and 1.0; ``d`` modality dropout 0.1 + ``align_weight`` 0.1 without ID
-  dropout (TrainConfig's defaults).
+  dropout (TrainConfig's defaults: cold items blended with their 10 nearest warm items'
+  vectors); ``e`` = ``d`` with the content path alone (``cold_neighbours=0``).
 
 Selection uses validation data only. The held-out items are split (seeded) into two halves:
 ``cold-valid`` items (used for selection) and ``cold-test`` items (never used for selection);
@@ -104,6 +105,8 @@ VARIANTS: dict[str, dict[str, float]] = {
     "c: dropouts + align 0.1": {"modality_dropout": 0.1, "id_dropout": 0.3, "align_weight": 0.1},
     "c: dropouts + align 1.0": {"modality_dropout": 0.1, "id_dropout": 0.3, "align_weight": 1.0},
     "d: modality dropout + align 0.1": {"modality_dropout": 0.1, "id_dropout": 0.0, "align_weight": 0.1},
+    "e: d, content path alone (no neighbour blend)": {"modality_dropout": 0.1, "id_dropout": 0.0, "align_weight": 0.1,
+                                                      "cold_neighbours": 0},
 }
 VARIANT_KEYS = {name.split(":")[0] + (name.split("align ")[1] if "align" in name else ""): name for name in VARIANTS}
 WARM_TOLERANCE = 0.02  # warm Recall@20 may drop by at most 2% relative (the issue)
@@ -341,7 +344,7 @@ def train_cold_variant(name: str, content: Content, path: Path, inter: Interacti
         scaled[torch.from_numpy(held)] = content_only[torch.from_numpy(held)] * factor
         extra_scales[f"{label} ({factor:.4f})"] = mixed_metrics(users, scaled, inter, held)
     run = {
-        "config": {k: getattr(cfg, k) for k in ("modality_dropout", "id_dropout", "align_weight")},
+        "config": {k: getattr(cfg, k) for k in ("modality_dropout", "id_dropout", "align_weight", "cold_neighbours")},
         "best_epoch": result.best_epoch, "epochs_run": len(result.history),
         "seconds_per_epoch": round(result.seconds_per_epoch, 2), "wall_seconds": round(wall, 1),
         "valid_warm": pick(result.best_valid),

@@ -53,11 +53,22 @@ def test_cold_items_are_ranked_from_content(tmp_path):
     assert cold["recall@10"] >= 0.9, cold
     assert cold["num_users"] >= 40
     assert len(rec.items) == 128 and "recall@20" in test
-    # Cold rows are the scaled content-only vectors, within the MIPS norm bound (none shrunk).
-    vec = rec.items.vectorizer
-    rows = [rec.items._pos[i] for i in rec.cold_items]
-    raw = vec.content_vectors({"content": np.load(feats)[np.asarray(rec.cold_items, int)]}, {"content": np.ones(32, bool)})
-    np.testing.assert_allclose(vec.mips.original(rec.items.vectors[rows]), raw, rtol=1e-5, atol=1e-6)
+    # Cold rows are the content path blended with their warm neighbours, scaled, within the MIPS
+    # norm bound (none shrunk): what `index add` gives them against the warm items.
+    vec, idx = rec.items.vectorizer, rec.items
+    rows = [idx._pos[i] for i in rec.cold_items]
+    warm = np.setdiff1d(np.arange(len(idx.items)), rows)
+    pool = ({"content": idx.features["content"][warm]}, {"content": idx.present["content"][warm]},
+            vec.mips.original(idx.vectors[warm]))
+    raw = vec.content_vectors({"content": np.load(feats)[np.asarray(rec.cold_items, int)]}, {"content": np.ones(32, bool)},
+                              pool)
+    got = vec.mips.original(idx.vectors[rows])
+    # Same path (near-tied 10th neighbours may differ with float rounding: compare directions)...
+    cos = (got * raw).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(raw, axis=1)
+    assert cos.min() > 0.99, cos.min()
+    # ... and no row was shrunk to the norm bound.
+    assert np.linalg.norm(got, axis=1).max() < 0.999 * vec.mips.max_norm
+    assert vec.neighbours == 10 and vec.neighbour_weight == 0.5
 
 
 def write_catalog(path, ids, titles):
@@ -165,3 +176,21 @@ def test_content_scale_matches_scores_over_training_pairs_and_falls_back_to_norm
     assert content_scale(model, feats, present, items, trained, 3, -users, (pu, pi)) == pytest.approx(norm, rel=1e-5)
     assert content_scale(model, {}, {}, items, trained, 3) == 0.25
     assert content_scale(model, feats, present, items, np.zeros(4, bool), 3) == 0.25
+
+
+def test_neighbour_mean_and_blend_exact_values():
+    from mmrec.coldstart import blend_with_neighbours, neighbour_mean
+
+    pool_f = {"t": np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]], np.float32)}
+    pool_p = {"t": np.ones(4, bool)}
+    pool_v = np.array([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0], [0.0, 4.0]], np.float32)
+    new = {"t": np.array([[1.0, 0.05], [0.05, 1.0]], np.float32)}
+    got = neighbour_mean(new, {"t": np.ones(2, bool)}, pool_f, pool_p, pool_v, k=2)
+    np.testing.assert_allclose(got, [[2.0, 0.0], [0.0, 3.0]])  # means of pool rows {0, 1} and {2, 3}
+    # Leave-one-out on the pool itself: row 0 may not pick itself, so {1, 3} (cos 0.99 and 0.11).
+    loo = neighbour_mean(pool_f, pool_p, pool_f, pool_p, pool_v, k=2, exclude=np.arange(4))
+    np.testing.assert_allclose(loo[0], (pool_v[1] + pool_v[3]) / 2)
+    # Blend: weight x |n| x unit(c) + (1 - weight) x n; a row without neighbours keeps c.
+    c = np.array([[0.0, 10.0], [5.0, 0.0]], np.float32)
+    n = np.array([[2.0, 0.0], [0.0, 0.0]], np.float32)
+    np.testing.assert_allclose(blend_with_neighbours(c, n, 0.25), [[1.5, 0.5], [5.0, 0.0]])
