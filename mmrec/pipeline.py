@@ -250,21 +250,19 @@ def fit(
     # The MIPS norm bound covers the content-path rows too (a longer row would be shrunk).
     vectorizer.mips = mips = MipsTransform.fit(np.concatenate([item_vecs[~via_content], cold_vecs]))
     known = inter.user_items("all")  # [U, N] CSR of ones: never recommended back
-    warm = warm_pos
     records = content.records or [{} for _ in range(n)]
     hashes = content.hashes or [{} for _ in range(n)]
-    present_now = present_dims
     items = ItemIndex.from_features(
-        [item_ids[i] for i in warm],
-        {m: x[warm] for m, x in features_now.items()},
-        {m: x[warm] for m, x in present_now.items()},
-        [records[i] for i in warm],
+        [item_ids[i] for i in warm_pos],
+        {m: x[warm_pos] for m, x in features_now.items()},
+        {m: x[warm_pos] for m, x in present_dims.items()},
+        [records[i] for i in warm_pos],
         factory=factory,
         encoders={m: s for m, s in content.encoders.items() if m in dims},
-        hashes=[hashes[i] for i in warm],
-        vectors=mips.items(item_vecs[warm]),
+        hashes=[hashes[i] for i in warm_pos],
+        vectors=mips.items(item_vecs[warm_pos]),
         vectorizer=vectorizer,
-        attention=attention[warm],
+        attention=attention[warm_pos],
         show_progress=show_progress,
         kind="trained",
         text_fields=content.catalog.text_fields if content.catalog else [],
@@ -274,7 +272,7 @@ def fit(
     if len(cold_pos):
         items.add_features(
             [item_ids[i] for i in cold_pos], {m: x[cold_pos] for m, x in features_now.items()},
-            {m: x[cold_pos] for m, x in present_now.items()}, [records[i] for i in cold_pos],
+            {m: x[cold_pos] for m, x in present_dims.items()}, [records[i] for i in cold_pos],
             [hashes[i] for i in cold_pos], save=False,
         )
     if held_out is not None:
