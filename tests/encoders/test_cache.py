@@ -92,12 +92,17 @@ def test_put_validates_shapes(tmp_path):
         cache.put(ENC, [(2, "b")], np.zeros((1, 5)))
 
 
-def test_encode_with_cache_encodes_only_changes(tmp_path):
-    ids, texts = _catalog(50)
-    hashes = [content_hash(t) for t in texts]
+def _encoded_catalog(n):
+    """ids, texts, their hashes, a counting encoder with no calls yet, and every text's vector."""
+    ids, texts = _catalog(n)
     enc = CountingEncoder()
     oracle = enc(texts)
     enc.calls.clear()
+    return ids, texts, [content_hash(t) for t in texts], enc, oracle
+
+
+def test_encode_with_cache_encodes_only_changes(tmp_path):
+    ids, texts, hashes, enc, oracle = _encoded_catalog(50)
 
     vecs, n = encode_with_cache(enc, ENC, ids, texts, hashes, FeatureCache(tmp_path))
     assert n == 50 and len(enc.calls) == 1
@@ -122,11 +127,7 @@ def test_encode_with_cache_encodes_only_changes(tmp_path):
 
 
 def test_encode_with_cache_keeps_finished_chunks_when_encoding_fails(tmp_path):
-    ids, texts = _catalog(50)
-    hashes = [content_hash(t) for t in texts]
-    enc = CountingEncoder()
-    oracle = enc(texts)
-    enc.calls.clear()
+    ids, texts, hashes, enc, oracle = _encoded_catalog(50)
 
     def crashing(batch):
         if len(enc.calls) == 2:  # the third chunk dies (e.g. Ctrl-C, out of memory)
