@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from fusion.attention import AttentionFusion
 from fusion.fixed import combine_modalities
+from fusion.item_graph import ItemGraph, knn_item_graph
 from fusion.losses import alignment_loss, bpr_loss, l2_regularization, sampled_softmax_loss
 from fusion.model import FusedGraphModel
 from fusion.projection import ModalityProjection
@@ -12,10 +13,12 @@ __all__ = [
     "AttentionFusion",
     "FusedGraphModel",
     "GraphPropagation",
+    "ItemGraph",
     "ModalityProjection",
     "alignment_loss",
     "bpr_loss",
     "combine_modalities",
+    "knn_item_graph",
     "l2_regularization",
     "sampled_softmax_loss",
 ]
