@@ -80,6 +80,13 @@ def _catalog_options(args: argparse.Namespace) -> dict:
                               ("image_root", args.image_root)) if v}
 
 
+def _training_options(args: argparse.Namespace) -> dict:
+    """Keyword arguments ``fit`` and ``finetune`` both take, from the options both commands have."""
+    return dict(catalog=args.catalog, features=dict(args.features or []), out=args.out, split=args.split,
+                rating_threshold=args.rating_threshold, factory=args.factory, overwrite=args.overwrite,
+                cache_dir=_cache_dir(args), show_progress=not args.quiet, **_catalog_options(args))
+
+
 # --- index ---------------------------------------------------------------------------------
 def cmd_index_build(args: argparse.Namespace) -> int:
     from mmrec.item_index import ItemIndex
@@ -191,22 +198,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(TrainConfig, args)
     if args.catalog is None and not args.features:
         cfg = config_from_args(TrainConfig, args, use_content=False)
-    catalog_options = _catalog_options(args)
     rec, result, test = fit(
         args.interactions,
-        catalog=args.catalog,
-        features=dict(args.features or []),
-        out=args.out,
         config=cfg,
-        split=args.split,
-        rating_threshold=args.rating_threshold,
-        factory=args.factory,
-        overwrite=args.overwrite,
-        show_progress=not args.quiet,
         text_encoder=args.text_encoder,
         image_encoder=args.image_encoder,
-        cache_dir=_cache_dir(args),
-        **catalog_options,
+        **_training_options(args),
     )
     print_training(args, f"trained {args.out}", result, test)
     return 0
@@ -237,23 +234,13 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from mmrec.transfer import finetune
 
     changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
-    catalog_options = _catalog_options(args)
     rec, result, test = finetune(
         args.source,
         args.interactions,
-        catalog=args.catalog,
-        features=dict(args.features or []),
-        out=args.out,
         config=changes,
-        split=args.split,
-        rating_threshold=args.rating_threshold,
-        factory=args.factory,
-        overwrite=args.overwrite,
         keep_users=args.keep_users,
         ignore=args.ignore_modality or (),
-        cache_dir=_cache_dir(args),
-        show_progress=not args.quiet,
-        **catalog_options,
+        **_training_options(args),
     )
     report = json.loads((Path(args.out) / "train_report.json").read_text())
     print_training(args, f"fine-tuned {args.source} into {args.out}", result, test,
