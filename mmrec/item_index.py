@@ -611,6 +611,7 @@ class ItemIndex:
         hashes: Sequence[dict[str, str]] | None = None,
         *,
         save: bool = True,
+        vectors: np.ndarray | None = None,
     ) -> None:
         """Add items by their modality vectors (already encoded), through the index's content path.
 
@@ -621,12 +622,17 @@ class ItemIndex:
             records: display fields per item.
             hashes: content hashes per item.
             save: write the directory when the index was opened from disk.
+            vectors: ``[B, D + 1]`` index vectors already computed by this index's vectorizer
+                (``fit`` has them from calibrating the content path); default: computed here.
         """
         missing = [m for m in self.modalities if m not in features]
         if missing:
             raise ConfigError(f"new items lack the index's modalities {missing}")
         n = len(item_ids)
-        vectors = self.vectorizer.item_vectors(features, present, self._neighbour_pool())
+        if vectors is None:
+            vectors = self.vectorizer.item_vectors(features, present, self._neighbour_pool())
+        elif vectors.shape != (n, self.vectors.shape[1]):
+            raise ValueError(f"vectors must have shape [{n}, {self.vectors.shape[1]}], got {list(vectors.shape)}")
         self.index.add(vectors, list(item_ids))
         self.vectors = np.concatenate([self.vectors, vectors])
         for m in self.modalities:

@@ -273,7 +273,7 @@ def fit(
         items.add_features(
             [item_ids[i] for i in cold_pos], {m: x[cold_pos] for m, x in features_now.items()},
             {m: x[cold_pos] for m, x in present_dims.items()}, [records[i] for i in cold_pos],
-            [hashes[i] for i in cold_pos], save=False,
+            [hashes[i] for i in cold_pos], save=False, vectors=mips.items(cold_vecs),
         )
     if held_out is not None:
         order = np.array([items._pos[i] for i in item_ids])  # index rows in item-space order
