@@ -97,6 +97,33 @@ def l2_regularization(*tensors: Tensor, batch_size: int) -> Tensor:
     return total / 2 / batch_size
 
 
+def norm_regularization(*tensors: Tensor, batch_size: int) -> Tensor:
+    """MMRec's and RecBole's ``EmbLoss``: ``sum_t ||t||_F / batch_size`` (norms, not squared).
+
+    The regulariser behind the LightGCN numbers those toolkits publish; with it, a weight
+    ``w`` pulls a row ``e`` by ``w e / (||t||_F B)``, far weaker than :func:`l2_regularization`
+    for the same ``w``. Apply it to the batch's layer-0 embeddings.
+
+    Args:
+        *tensors: the tensors to penalise (at least one).
+        batch_size: ``B``, the number of training triples in the batch.
+
+    Returns:
+        Scalar penalty.
+
+    Raises:
+        ValueError: no tensor or a non-positive ``batch_size``.
+
+    Shapes:
+        tensors (any) -> ()
+    """
+    if not tensors:
+        raise ValueError("norm_regularization needs at least one tensor")
+    if batch_size < 1:
+        raise ValueError(f"norm_regularization: batch_size must be >= 1, got {batch_size}")
+    return sum(torch.linalg.vector_norm(t) for t in tensors) / batch_size
+
+
 def alignment_loss(a: Tensor, b: Tensor) -> Tensor:
     """Cosine alignment ``mean_n (1 - cos(a_n, b_n))``, in ``[0, 2]``.
 
@@ -127,4 +154,4 @@ def alignment_loss(a: Tensor, b: Tensor) -> Tensor:
     return (1.0 - F.cosine_similarity(a, b, dim=1)).mean()
 
 
-__all__ = ["alignment_loss", "bpr_loss", "l2_regularization", "sampled_softmax_loss"]
+__all__ = ["alignment_loss", "bpr_loss", "l2_regularization", "norm_regularization", "sampled_softmax_loss"]

@@ -13,6 +13,7 @@ from fusion.projection import ModalityProjection
 from fusion.propagation import GraphPropagation
 
 ID_TOKEN = "id"
+ID_INITS = ("normal", "xavier")
 
 
 class FusedGraphModel(nn.Module):
@@ -40,7 +41,8 @@ class FusedGraphModel(nn.Module):
     products as LightGCN does (the norm carries popularity); apply :meth:`normalize_output` to
     index vectors and queries alike for cosine retrieval with an inner-product FAISS index.
 
-    Embeddings start as ``N(0, 0.1^2)`` as in the reference LightGCN implementation.
+    Embeddings start as ``N(0, 0.1^2)`` as in the reference LightGCN implementation
+    (``id_init="xavier"``: Xavier-uniform, as MMRec's and RecBole's LightGCN).
 
     Args:
         num_users: number of users ``U``.
@@ -69,10 +71,13 @@ class FusedGraphModel(nn.Module):
             helps: measured on ml100k-plus, a full-size content part at initialisation
             outweighs the ``N(0, 0.1^2)`` ID embeddings ten to one and the fused model loses
             to ID-only LightGCN.
+        id_init: initialisation of the user and item ID embeddings, ``"normal"`` (default,
+            ``N(0, 0.1^2)``) or ``"xavier"`` (Xavier-uniform).
 
     Raises:
         ValueError: non-positive sizes, a reserved or malformed modality name, no token at
-            all, ``dim`` not divisible by ``num_heads``, or a probability outside ``[0, 1]``.
+            all, ``dim`` not divisible by ``num_heads``, a probability outside ``[0, 1]`` or an
+            unknown ``id_mode`` / ``id_init``.
 
     Shapes:
         features[m] (N, D_m), present[m] (N,), edge_index (2, E)
@@ -94,6 +99,7 @@ class FusedGraphModel(nn.Module):
         projection_hidden: int | None = None,
         id_mode: str = "token",
         content_gain: float = 1.0,
+        id_init: str = "normal",
     ) -> None:
         super().__init__()
         if num_users < 1 or num_items < 1 or dim < 1:
@@ -131,6 +137,9 @@ class FusedGraphModel(nn.Module):
             raise ValueError(f"id_mode must be 'token' or 'residual', got {id_mode!r}")
         self.id_mode = id_mode
         self.content_gain = float(content_gain)
+        if id_init not in ID_INITS:
+            raise ValueError(f"id_init must be one of {ID_INITS}, got {id_init!r}")
+        self.id_init = id_init
 
         self.user_embedding = nn.Embedding(num_users, dim)
         self.item_embedding = nn.Embedding(num_items, dim) if use_id else None
@@ -152,10 +161,18 @@ class FusedGraphModel(nn.Module):
         return list(self.modality_dims) + ([ID_TOKEN] if self.use_id else [])
 
     def reset_parameters(self) -> None:
-        """Re-initialise every parameter (embeddings ``N(0, 0.1^2)``) and drop graph caches."""
-        nn.init.normal_(self.user_embedding.weight, std=0.1)
-        if self.item_embedding is not None:
-            nn.init.normal_(self.item_embedding.weight, std=0.1)
+        """Re-initialise every parameter and drop graph caches.
+
+        User and item ID embeddings start ``N(0, 0.1^2)`` (``id_init="normal"``, the LightGCN
+        reference code) or Xavier-uniform (``"xavier"``, MMRec's and RecBole's LightGCN).
+        """
+        for table in (self.user_embedding, self.item_embedding):
+            if table is None:
+                continue
+            if self.id_init == "xavier":
+                nn.init.xavier_uniform_(table.weight)
+            else:
+                nn.init.normal_(table.weight, std=0.1)
         for proj in self.projections.values():
             proj.reset_parameters()
         if self.fusion is not None:
@@ -454,7 +471,8 @@ class FusedGraphModel(nn.Module):
             f"modality_dropout={self.modality_dropout}, id_dropout={self.id_dropout}, "
             f"dropout={self.dropout}{extra}"
             + (f", id_mode='{self.id_mode}'" if self.id_mode != "token" else "")
-            + (f", content_gain={self.content_gain})" if self.content_gain != 1.0 else ")")
+            + (f", content_gain={self.content_gain}" if self.content_gain != 1.0 else "")
+            + (f", id_init='{self.id_init}')" if self.id_init != "normal" else ")")
         )
 
 

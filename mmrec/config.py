@@ -33,11 +33,14 @@ class TrainConfig:
     id_mode: str = _f("residual", "how the ID joins content: residual (added to the fused content) or token (one attention token)")
     content_gain: float = _f(0.01, "initial scale (Xavier gain) of the content projections: content starts near zero and grows where it helps")
     item_graph_k: int = _f(0, "add each item's k nearest content neighbours' layer-0 vectors (FREEDOM-style item-item graph); 0: off")
+    edge_dropout: float = _f(0.0, "fraction of training edges dropped anew each epoch, low-degree edges kept preferentially (FREEDOM's degree-sensitive pruning); 0: off")
     loss: str = _f("bpr", "ranking loss: bpr or softmax (sampled softmax)")
     negatives: int = _f(1, "negatives sampled per positive (known positives excluded)")
     temperature: float = _f(0.1, "sampled-softmax temperature")
     lr: float = _f(1e-3, "Adam learning rate")
     reg: float = _f(1e-4, "L2 weight on the batch's layer-0 embeddings (LightGCN convention)")
+    reg_form: str = _f("squared", "regulariser: squared (sum ||e||^2 / 2B, LightGCN's code) or norm (sum ||E||_F / B, MMRec's and RecBole's EmbLoss)")
+    id_init: str = _f("normal", "ID embedding initialisation: normal (N(0, 0.1^2), LightGCN's code) or xavier (MMRec, RecBole)")
     batch_size: int = _f(2048, "training pairs per step")
     epochs: int = _f(100, "maximum epochs")
     patience: int = _f(10, "stop after this many evaluations without a better validation Recall@20")
@@ -62,6 +65,10 @@ class TrainConfig:
             raise ConfigError(f"loss must be bpr or softmax, got {self.loss!r}")
         if self.id_mode not in ("token", "residual"):
             raise ConfigError(f"id_mode must be token or residual, got {self.id_mode!r}")
+        if self.reg_form not in ("squared", "norm"):
+            raise ConfigError(f"reg_form must be squared or norm, got {self.reg_form!r}")
+        if self.id_init not in ("normal", "xavier"):
+            raise ConfigError(f"id_init must be normal or xavier, got {self.id_init!r}")
         if self.mask not in ("all", "train"):
             raise ConfigError(f"mask must be all or train, got {self.mask!r}")
         if not (self.use_id or self.use_content):
@@ -77,6 +84,8 @@ class TrainConfig:
                 f"cold_neighbours must be >= 0 and cold_neighbour_weight in [0, 1], got "
                 f"{self.cold_neighbours} and {self.cold_neighbour_weight}"
             )
+        if not 0.0 <= self.edge_dropout < 1.0:
+            raise ConfigError(f"edge_dropout must lie in [0, 1), got {self.edge_dropout}")
         if not 0.0 <= self.cold_start < 1.0:
             raise ConfigError(f"cold_start must lie in [0, 1), got {self.cold_start}")
         if self.dim % self.heads:

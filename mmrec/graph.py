@@ -104,3 +104,53 @@ def normalized_adjacency(edge_index: EdgeIndex, num_nodes: int, edge_weight: Ten
     """
     weight = gcn_norm_weights(edge_index, num_nodes) if edge_weight is None else edge_weight
     return torch.sparse_coo_tensor(edge_index, weight, (num_nodes, num_nodes), check_invariants=True).coalesce()
+
+
+def prune_edges(edge_index: EdgeIndex, num_nodes: int, drop: float, rng: np.random.Generator) -> EdgeIndex:
+    """Degree-sensitive edge pruning (FREEDOM, Zhou & Shen, MM 2023): a random training subgraph.
+
+    Of the ``E`` undirected edges, ``E - round(drop * E)`` are kept, sampled without replacement
+    with probability proportional to ``1 / sqrt(d_u d_i)`` (degrees in the full graph), so an
+    edge between rarely seen nodes is more likely to stay than one between hubs; each kept
+    edge keeps both directions. Drawing a new subgraph every epoch regularises the
+    propagation the way dropout regularises a layer; evaluation uses the full graph.
+
+    Sampling is Efraimidis-Spirakis: edge ``e`` gets key ``log(r_e) / w_e`` with ``r_e``
+    uniform in (0, 1), and the largest keys are kept, which is weighted sampling without
+    replacement.
+
+    Args:
+        edge_index: a graph laid out as :func:`build_edge_index` returns it (the first half of
+            the columns are user -> item edges, the second half the same edges reversed).
+        num_nodes: ``U + N``.
+        drop: fraction of the edges to drop, in ``[0, 1)``; ``0`` returns ``edge_index``.
+        rng: the random generator (the caller's, for reproducible training).
+
+    Returns:
+        The kept edges in the same layout, in their original order.
+
+    Raises:
+        ValueError: ``drop`` outside ``[0, 1)`` or an odd number of columns.
+
+    Shapes:
+        edge_index (2, 2E) -> (2, 2E') with E' = E - round(drop * E)
+    """
+    if not 0.0 <= drop < 1.0:
+        raise ValueError(f"prune_edges: drop must lie in [0, 1), got {drop}")
+    total = edge_index.size(1)
+    if total % 2:
+        raise ValueError(f"prune_edges: edge_index must hold every edge twice, got {total} columns")
+    half = total // 2
+    if drop == 0.0 or half == 0:
+        return edge_index
+    weight = gcn_norm_weights(edge_index, num_nodes)[:half].double().cpu().numpy()  # [E] 1/sqrt(d_u d_i)
+    keep = half - round(drop * half)
+    keys = np.log(rng.random(half)) / weight  # larger key = kept
+    if keep == 0:
+        chosen = np.zeros(0, dtype=np.int64)
+    elif keep < half:
+        chosen = np.sort(np.argpartition(-keys, keep - 1)[:keep])
+    else:
+        chosen = np.arange(half)
+    index = torch.from_numpy(np.concatenate([chosen, chosen + half]))
+    return edge_index[:, index.to(edge_index.device)]

@@ -4,7 +4,9 @@ The loop is plain PyTorch on the full graph (``pyg-lib`` / ``torch-sparse`` do n
 so there is no neighbour sampling): every step propagates all users and items, scores a batch of
 (user, positive, negatives) triples and steps Adam. Validation ranks every item for every
 validation user (in batches of users), masks known items, and keeps the best state by
-Recall@20; training stops after ``patience`` evaluations without improvement.
+Recall@20; training stops after ``patience`` evaluations without improvement. With
+``edge_dropout`` each epoch's steps propagate over a new degree-sensitive subgraph
+(:func:`mmrec.graph.prune_edges`); validation and the saved vectors use every training edge.
 """
 from __future__ import annotations
 
@@ -22,10 +24,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from fusion.item_graph import knn_item_graph
-from fusion.losses import alignment_loss, bpr_loss, l2_regularization, sampled_softmax_loss
+from fusion.losses import alignment_loss, bpr_loss, l2_regularization, norm_regularization, sampled_softmax_loss
 from fusion.model import FusedGraphModel
 from mmrec.config import TrainConfig
-from mmrec.graph import build_edge_index
+from mmrec.graph import build_edge_index, prune_edges
 from mmrec.interactions import Interactions
 from mmrec.metrics import evaluate
 
@@ -84,6 +86,7 @@ def build_model(cfg: TrainConfig, num_users: int, num_items: int, modality_dims:
         projection_hidden=cfg.projection_hidden or None,
         id_mode=cfg.id_mode,
         content_gain=cfg.content_gain,
+        id_init=cfg.id_init,
     )
 
 
@@ -159,6 +162,7 @@ class Trainer:
         self.edge_index = build_edge_index(
             self.train_users, self.train_items, inter.num_users, num_items=inter.num_items
         ).to(self.device)
+        self.epoch_graph = self.edge_index  # the graph training steps propagate over (pruned per epoch)
         self.sampler = NegativeSampler(inter.user_items("train"), cfg.seed, data.negatives)
         groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
         groups += tuner.param_groups() if tuner is not None else []
@@ -177,9 +181,15 @@ class Trainer:
         self.rng = np.random.default_rng(cfg.seed)
 
     # ------------------------------------------------------------------------------ vectors
-    def forward(self, features: Mapping[str, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """Full-graph pass on the training graph: (user_vecs [U, D], item_vecs [N, D], weights [N, M])."""
-        return self.model(self.features if features is None else features, self.present, self.edge_index,
+    def forward(
+        self, features: Mapping[str, Tensor] | None = None, edge_index: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Full-graph pass: (user_vecs [U, D], item_vecs [N, D], weights [N, M]).
+
+        Over ``edge_index``, default the whole training graph.
+        """
+        graph = self.edge_index if edge_index is None else edge_index
+        return self.model(self.features if features is None else features, self.present, graph,
                           has_id=self.has_id, item_graph=self.item_graph)
 
     @torch.no_grad()
@@ -216,7 +226,7 @@ class Trainer:
         features = None
         if self.tuner is not None:
             features = self.tuner.step_features(np.unique(np.concatenate([pos, neg.ravel()])), self.features)
-        user_vecs, item_vecs, _ = self.forward(features)
+        user_vecs, item_vecs, _ = self.forward(features, self.epoch_graph)
         u = torch.as_tensor(users, device=self.device)
         p = torch.as_tensor(pos, device=self.device)
         n = torch.as_tensor(neg, device=self.device)
@@ -234,7 +244,8 @@ class Trainer:
         reg_terms = [model.user_embedding.weight[u]]
         if model.item_embedding is not None:
             reg_terms += [model.item_embedding.weight[p], model.item_embedding.weight[n.reshape(-1)]]
-        loss = loss + cfg.reg * l2_regularization(*reg_terms, batch_size=len(users))
+        regularize = norm_regularization if cfg.reg_form == "norm" else l2_regularization
+        loss = loss + cfg.reg * regularize(*reg_terms, batch_size=len(users))
         if cfg.align_weight > 0 and model.modality_dims and cfg.use_content:
             batch_items = torch.unique(p)
             feats = self.features if features is None else features
@@ -258,6 +269,9 @@ class Trainer:
         for epoch in bar:
             t = time.perf_counter()
             order = self.rng.permutation(len(self.train_users))
+            if cfg.edge_dropout > 0:
+                self.epoch_graph = prune_edges(self.edge_index, self.model.num_users + self.model.num_items,
+                                               cfg.edge_dropout, self.rng)
             losses = []
             for start in range(0, len(order), cfg.batch_size):
                 idx = order[start : start + cfg.batch_size]

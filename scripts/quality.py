@@ -250,11 +250,13 @@ def run_dataset(name: str, args: argparse.Namespace, cache_dir: Path, save: Call
         checkpoint()
 
     base = {"mask": "train", "epochs": args.epochs, "patience": args.patience, "batch_size": args.batch_size,
-            "eval_every": 1}
+            "eval_every": 1, "id_init": args.id_init, "reg_form": args.reg_form}
     kinds = {"id-only": {"use_content": False}, "fused": {"use_content": True}}
     if not content.features:
         kinds.pop("fused")  # nothing to fuse: only the backbone check
     grid = [{"lr": lr, "reg": reg} for lr in args.grid_lr for reg in args.grid_reg]
+    if args.grid_edge_dropout:  # a graph regulariser: both models get the same points
+        grid = [{**g, "edge_dropout": d} for d in args.grid_edge_dropout for g in grid]
     chosen = {}
     for kind, fixed in kinds.items():
         points = grid + ([{**g, "id_dropout": 0.0} for g in grid] if kind == "fused" and args.grid_id_dropout else [])
@@ -319,6 +321,21 @@ def fmt(cell: dict[str, float] | None) -> str:
     return f"{cell['mean']:.4f}"
 
 
+def model_label(kind: str, sel: dict[str, Any] | None) -> str:
+    """``fused (lr 0.01, reg 0.0001, ...)``: the selected settings, non-default extras included."""
+    if sel is None:
+        return kind
+    parts = [f"lr {sel['lr']}", f"reg {sel['reg']}"]
+    if kind == "fused":
+        parts += [f"id_dropout {sel['id_dropout']}", f"id_mode {sel.get('id_mode', 'token')}",
+                  f"content_gain {sel.get('content_gain', 1.0)}"]
+        parts += [f"item_graph_k {sel['item_graph_k']}"] if sel.get("item_graph_k") else []
+    parts += [f"edge_dropout {sel['edge_dropout']}"] if sel.get("edge_dropout") else []
+    parts += [f"id_init {sel['id_init']}"] if sel.get("id_init", "normal") != "normal" else []
+    parts += [f"reg_form {sel['reg_form']}"] if sel.get("reg_form", "squared") != "squared" else []
+    return f"{kind} ({', '.join(parts)})"
+
+
 def markdown(results: dict[str, Any]) -> str:
     lines = ["# Recommendation quality on the given splits", ""]
     lines += ["Test metrics, full ranking over all items, training items masked (`mask=\"train\"`, the MMRec",
@@ -339,11 +356,7 @@ def markdown(results: dict[str, Any]) -> str:
                 continue
             t, a = s["test"], s["test_mask_all"]
             sel = e["selected"].get(kind)
-            label = kind if sel is None else f"{kind} (lr {sel['lr']}, reg {sel['reg']}" + (
-                f", id_dropout {sel['id_dropout']}, id_mode {sel.get('id_mode', 'token')}, "
-                f"content_gain {sel.get('content_gain', 1.0)}"
-                + (f", item_graph_k {sel['item_graph_k']}" if sel.get("item_graph_k") else "")
-                + ")" if kind == "fused" else ")")
+            label = model_label(kind, sel)
             spe = f"{s['seconds_per_epoch']['mean']:.1f}" if "seconds_per_epoch" in s else "-"
             epochs = ", ".join(str(x) for x in s.get("best_epoch", [])) or "-"
             lines.append(f"| {label} | {fmt(t['recall@10'])} | {fmt(t['recall@20'])} | {fmt(t['ndcg@10'])} | "
@@ -402,6 +415,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epochs", type=int, default=100, help="maximum epochs per run")
     p.add_argument("--patience", type=int, default=10, help="early-stopping patience (evaluations)")
     p.add_argument("--batch-size", type=int, default=2048)
+    p.add_argument("--id-init", choices=["normal", "xavier"], default="normal",
+                   help="ID embedding initialisation of both models (TrainConfig.id_init; xavier with --reg-form norm "
+                        "is MMRec's LightGCN recipe)")
+    p.add_argument("--reg-form", choices=["squared", "norm"], default="squared",
+                   help="regulariser of both models (TrainConfig.reg_form)")
     p.add_argument("--grid-lr", nargs="+", type=float, default=[0.01], help="learning rates tried")
     p.add_argument("--grid-reg", nargs="+", type=float, default=[1e-4], help="L2 weights tried")
     p.add_argument("--grid-id-dropout", action="store_true",
@@ -415,6 +433,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--grid-item-graph-k", nargs="+", type=int, default=None,
                    help="content kNN item-item graph sizes tried for the fused model (TrainConfig.item_graph_k, "
                         "0 = off; default: TrainConfig's)")
+    p.add_argument("--grid-edge-dropout", nargs="+", type=float, default=None,
+                   help="fractions of training edges pruned per epoch tried for BOTH models (TrainConfig.edge_dropout; "
+                        "default: TrainConfig's)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--cache-dir", default=None, help="feature cache folder (default: a temporary one)")
     p.add_argument("--tag", default="", help="store the results as '<dataset> <tag>' (a variant beside the main entry)")

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from fusion.losses import alignment_loss, bpr_loss, l2_regularization, sampled_softmax_loss
+from fusion.losses import alignment_loss, bpr_loss, l2_regularization, norm_regularization, sampled_softmax_loss
 
 
 def test_bpr_one_negative_per_positive():
@@ -52,6 +52,16 @@ def test_l2_regularization_is_half_squared_norm_over_batch():
     b = torch.tensor([3.0, 0.0, 0.0])
     # (1 + 4 + 0 + 1 + 9) / 2 / 5
     assert l2_regularization(a, b, batch_size=5).item() == pytest.approx(1.5)
+
+
+def test_norm_regularization_is_sum_of_frobenius_norms_over_batch():
+    a = torch.tensor([[3.0, 0.0], [0.0, -4.0]])  # ||a|| = 5
+    b = torch.tensor([0.0, 12.0, 5.0])  # ||b|| = 13
+    assert norm_regularization(a, b, batch_size=9).item() == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        norm_regularization(a, batch_size=0)
+    with pytest.raises(ValueError, match="at least one tensor"):
+        norm_regularization(batch_size=2)
 
 
 def test_alignment_loss_is_one_minus_cosine():

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -78,6 +80,21 @@ def test_repr_and_token_order():
     residual = FusedGraphModel(2, 3, {"text": 5}, dim=8, num_heads=2, id_mode="residual", content_gain=0.01)
     assert repr(residual).endswith("dropout=0.0, id_mode='residual', content_gain=0.01)")
     assert repr(residual.projections["text"]) == "ModalityProjection(5, 8, init_gain=0.01)"
+    xavier = FusedGraphModel(2, 3, {}, dim=8, num_heads=2, id_init="xavier")
+    assert repr(xavier).endswith("dropout=0.0, id_init='xavier')")
+
+
+def test_id_init_normal_or_xavier():
+    torch.manual_seed(0)
+    normal = FusedGraphModel(400, 600, {}, dim=64)
+    assert normal.user_embedding.weight.std().item() == pytest.approx(0.1, rel=0.02)
+    xavier = FusedGraphModel(400, 600, {}, dim=64, id_init="xavier")
+    for table, rows in ((xavier.user_embedding, 400), (xavier.item_embedding, 600)):
+        bound = math.sqrt(6 / (rows + 64))  # Xavier-uniform over fan_in + fan_out
+        w = table.weight
+        assert w.abs().max().item() <= bound and w.abs().max().item() > 0.95 * bound
+    with pytest.raises(ValueError, match="id_init must be one of"):
+        FusedGraphModel(2, 3, {}, id_init="zeros")
 
 
 def test_bad_construction_raises():

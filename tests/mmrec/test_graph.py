@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
-from mmrec.graph import build_edge_index, gcn_norm_weights, interaction_graph, normalized_adjacency
+from mmrec.graph import build_edge_index, gcn_norm_weights, interaction_graph, normalized_adjacency, prune_edges
 from mmrec.interactions import Interactions
 
 # 4 users x 5 items; (1, 2) is given twice. Degrees: users [2, 3, 1, 3], items [2, 3, 1, 2, 1].
@@ -74,3 +74,39 @@ def test_build_edge_index_errors() -> None:
     with pytest.raises(ValueError, match="1-D of one length"):
         build_edge_index(USERS, ITEMS[:3], U)
     assert build_edge_index(np.array([], dtype=np.int64), np.array([], dtype=np.int64), U).shape == (2, 0)
+
+
+def test_prune_edges_keeps_whole_edges_in_order() -> None:
+    edge_index = build_edge_index(USERS, ITEMS, U)
+    assert prune_edges(edge_index, U + N, 0.0, np.random.default_rng(0)) is edge_index
+    kept = prune_edges(edge_index, U + N, 0.34, np.random.default_rng(0))
+    assert kept.shape == (2, 2 * 6)  # 9 edges, round(0.34 * 9) = 3 dropped
+    half = kept[:, :6]
+    assert torch.equal(kept[:, 6:], half.flip(0))  # each kept edge in both directions
+    pairs = [(int(u), int(i) - U) for u, i in half.T]
+    assert pairs == sorted(pairs) and set(pairs) <= set(PAIRS)  # original order, original edges
+    again = prune_edges(edge_index, U + N, 0.34, np.random.default_rng(0))
+    assert torch.equal(kept, again)  # the generator decides
+    assert prune_edges(edge_index, U + N, 0.99, np.random.default_rng(0)).shape == (2, 0)
+
+
+def test_prune_edges_samples_in_proportion_to_inverse_sqrt_degree() -> None:
+    # Edges (u0, i0), (u1, i0), (u1, i1); degrees u0 1, u1 2, i0 2, i1 1: weights 1/sqrt(2),
+    # 1/2, 1/sqrt(2). Keeping one edge, the hub edge (u1, i0) stays with probability
+    # 0.5 / (0.5 + 2 / sqrt(2)) = 0.2612.
+    edge_index = build_edge_index(np.array([0, 1, 1]), np.array([0, 0, 1]), 2)
+    rng = np.random.default_rng(0)
+    draws = 4000
+    hub = sum(
+        prune_edges(edge_index, 4, 2 / 3, rng)[:, 0].tolist() == [1, 2] for _ in range(draws)
+    )
+    expected = 0.5 / (0.5 + 2 / math.sqrt(2))
+    assert abs(hub / draws - expected) < 3 * math.sqrt(expected * (1 - expected) / draws)
+
+
+def test_prune_edges_errors() -> None:
+    edge_index = build_edge_index(USERS, ITEMS, U)
+    with pytest.raises(ValueError, match="drop must lie"):
+        prune_edges(edge_index, U + N, 1.0, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="every edge twice"):
+        prune_edges(edge_index[:, :3], U + N, 0.5, np.random.default_rng(0))

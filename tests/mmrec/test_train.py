@@ -6,6 +6,7 @@ import scipy.sparse as sp
 import torch
 
 from mmrec.config import TrainConfig
+from mmrec.errors import ConfigError
 from mmrec.interactions import load_interactions
 from mmrec.pipeline import evaluate_directory, fit
 from mmrec.recommender import Recommender
@@ -44,6 +45,49 @@ def test_training_is_deterministic_for_a_seed(tmp_path):
         runs.append([t.numpy() for t in tr.vectors()[:2]])
     np.testing.assert_array_equal(runs[0][0], runs[1][0])
     np.testing.assert_array_equal(runs[0][1], runs[1][1])
+
+
+def test_edge_dropout_trains_on_pruned_graphs_and_validates_on_the_full_one(tmp_path):
+    inter_path, _ = write_planted(tmp_path)
+    runs = []
+    for drop in (0.3, 0.3, 0.0):
+        tr, _ = _trainer(inter_path, epochs=2, edge_dropout=drop)
+        tr.fit()
+        runs.append((tr, [t.numpy() for t in tr.vectors()[:2]]))
+    (pruned, a), (_, b), (_, full) = runs
+    np.testing.assert_array_equal(a[0], b[0])  # deterministic for a seed
+    assert not np.allclose(a[0], full[0])  # the pruned graphs changed training
+    half = pruned.edge_index.size(1) // 2
+    assert pruned.epoch_graph.size(1) == 2 * (half - round(0.3 * half))
+    users, items, _ = pruned.model(pruned.features, pruned.present, pruned.edge_index)
+    np.testing.assert_array_equal(a[0], users.detach().numpy())  # vectors() uses every edge
+    np.testing.assert_array_equal(a[1], items.detach().numpy())
+
+
+@pytest.mark.parametrize("reg_form", ["squared", "norm"])
+def test_step_loss_is_bpr_plus_the_chosen_regulariser(tmp_path, reg_form):
+    inter_path, _ = write_planted(tmp_path)
+    tr, _ = _trainer(inter_path, reg=0.5, reg_form=reg_form, id_init="xavier")
+    users, pos, neg = np.array([0, 1, 2]), np.array([3, 4, 5]), np.array([[6], [7], [8]])
+    tr.sampler = lambda u, s: neg  # fixed negatives: the loss is known in closed form
+    with torch.no_grad():
+        u_vecs, i_vecs, _ = tr.forward()
+        margin = (u_vecs[users] * (i_vecs[pos] - i_vecs[neg[:, 0]])).sum(-1)
+        bpr = -torch.nn.functional.logsigmoid(margin).mean()
+        rows = [tr.model.user_embedding.weight[users], tr.model.item_embedding.weight[pos],
+                tr.model.item_embedding.weight[neg[:, 0]]]
+        if reg_form == "norm":  # MMRec's EmbLoss: sum of Frobenius norms / B
+            penalty = sum(r.norm() for r in rows) / 3
+        else:  # LightGCN's: sum of squares / 2 / B
+            penalty = sum(r.pow(2).sum() for r in rows) / 2 / 3
+    assert tr.step(users, pos) == pytest.approx(float(bpr + 0.5 * penalty), rel=1e-5)
+
+
+def test_training_config_errors():
+    for bad, match in (({"reg_form": "l1"}, "reg_form must be"), ({"id_init": "zeros"}, "id_init must be"),
+                       ({"edge_dropout": 1.0}, "edge_dropout must lie")):
+        with pytest.raises(ConfigError, match=match):
+            TrainConfig(**bad)
 
 
 def test_planted_clusters_are_learned(tmp_path):
