@@ -70,6 +70,13 @@ def sampled_softmax_loss(pos_scores: Tensor, neg_scores: Tensor, temperature: fl
     return F.cross_entropy(logits, target)
 
 
+def _check_regularizer(name: str, tensors: tuple[Tensor, ...], batch_size: int) -> None:
+    if not tensors:
+        raise ValueError(f"{name} needs at least one tensor")
+    if batch_size < 1:
+        raise ValueError(f"{name}: batch_size must be >= 1, got {batch_size}")
+
+
 def l2_regularization(*tensors: Tensor, batch_size: int) -> Tensor:
     """LightGCN's regulariser: ``sum_t ||t||_F^2 / 2 / batch_size``.
 
@@ -89,10 +96,7 @@ def l2_regularization(*tensors: Tensor, batch_size: int) -> Tensor:
     Shapes:
         tensors (any) -> ()
     """
-    if not tensors:
-        raise ValueError("l2_regularization needs at least one tensor")
-    if batch_size < 1:
-        raise ValueError(f"l2_regularization: batch_size must be >= 1, got {batch_size}")
+    _check_regularizer("l2_regularization", tensors, batch_size)
     total = sum(t.pow(2).sum() for t in tensors)
     return total / 2 / batch_size
 
@@ -102,25 +106,9 @@ def norm_regularization(*tensors: Tensor, batch_size: int) -> Tensor:
 
     The regulariser behind the LightGCN numbers those toolkits publish; with it, a weight
     ``w`` pulls a row ``e`` by ``w e / (||t||_F B)``, far weaker than :func:`l2_regularization`
-    for the same ``w``. Apply it to the batch's layer-0 embeddings.
-
-    Args:
-        *tensors: the tensors to penalise (at least one).
-        batch_size: ``B``, the number of training triples in the batch.
-
-    Returns:
-        Scalar penalty.
-
-    Raises:
-        ValueError: no tensor or a non-positive ``batch_size``.
-
-    Shapes:
-        tensors (any) -> ()
+    for the same ``w``. Arguments, errors and shapes as :func:`l2_regularization`.
     """
-    if not tensors:
-        raise ValueError("norm_regularization needs at least one tensor")
-    if batch_size < 1:
-        raise ValueError(f"norm_regularization: batch_size must be >= 1, got {batch_size}")
+    _check_regularizer("norm_regularization", tensors, batch_size)
     return sum(torch.linalg.vector_norm(t) for t in tensors) / batch_size
 
 
