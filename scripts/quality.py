@@ -266,6 +266,8 @@ def run_dataset(name: str, args: argparse.Namespace, cache_dir: Path, save: Call
             points = [{**p, "content_gain": g} for g in args.grid_content_gain for p in points]
         if kind == "fused" and args.grid_item_graph_k:
             points = [{**p, "item_graph_k": k} for k in args.grid_item_graph_k for p in points]
+        if kind == "fused" and args.grid_align_weight:
+            points = [{**p, "align_weight": w} for w in args.grid_align_weight for p in points]
         tried = entry["grid"][kind] = []
         for point in points:
             run = train_one(content, inter, TrainConfig(**base, **fixed, **point, seed=args.seeds[0]))
@@ -330,6 +332,9 @@ def model_label(kind: str, sel: dict[str, Any] | None) -> str:
         parts += [f"id_dropout {sel['id_dropout']}", f"id_mode {sel.get('id_mode', 'token')}",
                   f"content_gain {sel.get('content_gain', 1.0)}"]
         parts += [f"item_graph_k {sel['item_graph_k']}"] if sel.get("item_graph_k") else []
+        default_align = TrainConfig.__dataclass_fields__["align_weight"].default
+        if sel.get("align_weight", default_align) != default_align:
+            parts += [f"align_weight {sel['align_weight']}"]
     parts += [f"edge_dropout {sel['edge_dropout']}"] if sel.get("edge_dropout") else []
     parts += [f"id_init {sel['id_init']}"] if sel.get("id_init", "normal") != "normal" else []
     parts += [f"reg_form {sel['reg_form']}"] if sel.get("reg_form", "squared") != "squared" else []
@@ -433,6 +438,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--grid-item-graph-k", nargs="+", type=int, default=None,
                    help="content kNN item-item graph sizes tried for the fused model (TrainConfig.item_graph_k, "
                         "0 = off; default: TrainConfig's)")
+    p.add_argument("--grid-align-weight", nargs="+", type=float, default=None,
+                   help="weights of the content-to-graph alignment loss tried for the fused model "
+                        "(TrainConfig.align_weight; default: TrainConfig's)")
     p.add_argument("--grid-edge-dropout", nargs="+", type=float, default=None,
                    help="fractions of training edges pruned per epoch tried for BOTH models (TrainConfig.edge_dropout; "
                         "default: TrainConfig's)")
