@@ -144,6 +144,14 @@ def load_dataset(root: Path, name: str, cache_dir: Path) -> tuple[Content, Inter
     return content, inter
 
 
+# Fused-model settings with a --grid-<field> option, expanded in this order (outermost last).
+FUSED_GRIDS: dict[str, tuple[type, str]] = {
+    "content_gain": (float, "initial scales of the content projections"),
+    "item_graph_k": (int, "content kNN item-item graph sizes (0 = off)"),
+    "align_weight": (float, "weights of the content-to-graph alignment loss"),
+}
+
+
 # ------------------------------------------------------------------------------ the models
 def train_one(content: Content, inter: Interactions, cfg: TrainConfig) -> dict[str, Any]:
     """One training run by the pipeline's own model/trainer; valid and test metrics, both masks."""
@@ -262,12 +270,10 @@ def run_dataset(name: str, args: argparse.Namespace, cache_dir: Path, save: Call
         points = grid + ([{**g, "id_dropout": 0.0} for g in grid] if kind == "fused" and args.grid_id_dropout else [])
         if kind == "fused" and args.fused_id_mode:
             points = [{**p, "id_mode": mode} for mode in args.fused_id_mode for p in points]
-        if kind == "fused" and args.grid_content_gain:
-            points = [{**p, "content_gain": g} for g in args.grid_content_gain for p in points]
-        if kind == "fused" and args.grid_item_graph_k:
-            points = [{**p, "item_graph_k": k} for k in args.grid_item_graph_k for p in points]
-        if kind == "fused" and args.grid_align_weight:
-            points = [{**p, "align_weight": w} for w in args.grid_align_weight for p in points]
+        for field in FUSED_GRIDS if kind == "fused" else ():
+            values = getattr(args, f"grid_{field}")
+            if values:
+                points = [{**p, field: v} for v in values for p in points]
         tried = entry["grid"][kind] = []
         for point in points:
             run = train_one(content, inter, TrainConfig(**base, **fixed, **point, seed=args.seeds[0]))
@@ -432,15 +438,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fused-id-mode", nargs="+", choices=["token", "residual"], default=None,
                    help="how the fused model's ID joins the content (TrainConfig.id_mode), each tried in the grid "
                         "(default: TrainConfig's)")
-    p.add_argument("--grid-content-gain", nargs="+", type=float, default=None,
-                   help="initial scales of the fused model's content projections tried (TrainConfig.content_gain; "
-                        "default: TrainConfig's)")
-    p.add_argument("--grid-item-graph-k", nargs="+", type=int, default=None,
-                   help="content kNN item-item graph sizes tried for the fused model (TrainConfig.item_graph_k, "
-                        "0 = off; default: TrainConfig's)")
-    p.add_argument("--grid-align-weight", nargs="+", type=float, default=None,
-                   help="weights of the content-to-graph alignment loss tried for the fused model "
-                        "(TrainConfig.align_weight; default: TrainConfig's)")
+    for field, (kind, what) in FUSED_GRIDS.items():
+        p.add_argument(f"--grid-{field.replace('_', '-')}", nargs="+", type=kind, default=None,
+                       help=f"{what} tried for the fused model (TrainConfig.{field}; default: TrainConfig's)")
     p.add_argument("--grid-edge-dropout", nargs="+", type=float, default=None,
                    help="fractions of training edges pruned per epoch tried for BOTH models (TrainConfig.edge_dropout; "
                         "default: TrainConfig's)")
