@@ -57,6 +57,7 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+from scipy import stats
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -298,6 +299,13 @@ def run_dataset(name: str, args: argparse.Namespace, cache_dir: Path, save: Call
     return entry
 
 
+def welch_p(a: list[float], b: list[float]) -> float | None:
+    """Two-sided p-value of Welch's t-test that two sets of seed runs share a mean (None below 2 each)."""
+    if min(len(a), len(b)) < 2 or (np.std(a) == 0 and np.std(b) == 0):
+        return None
+    return round(float(stats.ttest_ind(a, b, equal_var=False).pvalue), 4)
+
+
 def checks(name: str, entry: dict[str, Any]) -> dict[str, Any]:
     s = entry["summary"]
     out: dict[str, Any] = {}
@@ -309,7 +317,9 @@ def checks(name: str, entry: dict[str, Any]) -> dict[str, Any]:
             noise = max(fc["std"], ic["std"]) if min(fc["n"], ic["n"]) > 1 else None
             out[f"fused_beats_id_only_{m}"] = {
                 "fused": f, "id_only": i, "relative_gain": (f - i) / i, "met": f > i,
-                "seeds": [fc["n"], ic["n"]], "gap_within_seed_std": None if noise is None else abs(f - i) <= noise}
+                "seeds": [fc["n"], ic["n"]], "gap_within_seed_std": None if noise is None else abs(f - i) <= noise,
+                "welch_p": welch_p([r["test"][m] for r in entry["runs"]["fused"]],
+                                   [r["test"][m] for r in entry["runs"]["id-only"]])}
     tol = DATASETS[name].get("lightgcn_tolerance")
     if tol is not None:
         ref = DATASETS[name]["published"]["LightGCN"]
