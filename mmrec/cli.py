@@ -431,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--interactions", required=True, type=Path)
     ev.add_argument("--split", default="test", choices=["valid", "test"])
     ev.add_argument("--split-rule", choices=["auto", "given", "random", "temporal"],
-                    help="how the split is made (default auto: the file's split column, else random with the training seed)")
+                    help="how the split is made (default: the rule the model was trained with, with its seed)")
     ev.add_argument("--mask", choices=["all", "train"], help="default: the training config's")
     ev.add_argument("--cold-start", action="store_true",
                     help="rank the items held out of training (train --cold-start F) for the users who had them")

@@ -284,7 +284,8 @@ def fit(
     if tuner is not None:  # queries in memory must use the tuned encoders the features came from
         items.encoders._loaded.update({m: e for m, e in content.encoder_objects.items() if m in dims})
     rec = Recommender(items, model.eval(), config, inter.user_ids, user_vecs, known, item_ids,
-                      cold_items=[item_ids[i] for i in np.flatnonzero(held_out)] if held_out is not None else [])
+                      cold_items=[item_ids[i] for i in np.flatnonzero(held_out)] if held_out is not None else [],
+                      split_rule=split, rating_threshold=rating_threshold)
     if out is not None:
         extra = {
             "num_users": inter.num_users,
@@ -298,12 +299,16 @@ def fit(
             "rating_threshold": rating_threshold,
             "cold_items": [item_ids[i] for i in np.flatnonzero(held_out)] if held_out is not None else [],
         }
-        attach = _with_bundled_encoders(rec.attach_files(extra, tuner), items.manifest, content.encoder_root)
-        items.save(out, overwrite=overwrite, attach=attach)
         report = {"best_epoch": result.best_epoch, "valid": result.best_valid, "test": test,
                   "seconds_per_epoch": result.seconds_per_epoch, "history": result.history, "data": inter.report}
         report |= before or {}
-        (Path(out) / "train_report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+        attach = _with_bundled_encoders(rec.attach_files(extra, tuner), items.manifest, content.encoder_root)
+
+        def write(tmp: Path) -> list[str]:  # the report is an attachment: checksummed, kept by add/remove
+            (tmp / "train_report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+            return attach(tmp) + ["train_report.json"]
+
+        items.save(out, overwrite=overwrite, attach=write)
     return rec, result, test
 
 
@@ -398,15 +403,16 @@ def evaluate_directory(
     """Full-ranking metrics of a trained directory on an interaction file.
 
     The item space is the index's current items; users the model does not know are skipped
-    (counted). The split is rebuilt as at training time (same rule and seed). With
+    (counted). The split is rebuilt as at training time (same rule, seed and rating threshold;
+    ``how`` overrides the rule). With
     ``cold_start``, the items held out of training are ranked (from their content-path index
     vectors) for the users who interacted with them (:mod:`mmrec.coldstart`).
     """
     if not rec.trained:
         raise MMRecError("evaluation needs a trained directory (made by `mmrec train`)")
-    extra_split = how or "auto"
     item_ids = [it["item_id"] for it in rec.items.items]
-    inter = ensure_split(load_interactions(interactions, item_ids=item_ids), extra_split, rec.config.seed)
+    loaded = load_interactions(interactions, item_ids=item_ids, rating_threshold=rec.rating_threshold)
+    inter = ensure_split(loaded, how or rec.split_rule, rec.config.seed)
     rows = np.array([rec._user_pos_str.get(str(u), -1) for u in inter.user_ids])
     unknown = int((rows < 0).sum())
     if unknown:

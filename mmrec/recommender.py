@@ -135,6 +135,9 @@ class Recommender:
         known: ``[U, N_train]`` CSR of each user's interactions (excluded from recommendations).
         train_item_ids: the item ids of ``known``'s columns.
         cold_items: items held out of training under the cold-start protocol.
+        split_rule: how the training split was made (``auto``, ``given``, ``random``,
+            ``temporal``); evaluation rebuilds it the same way by default.
+        rating_threshold: the implicit-feedback threshold applied at training time, if any.
     """
 
     def __init__(
@@ -147,6 +150,8 @@ class Recommender:
         known: sp.csr_matrix | None = None,
         train_item_ids: Sequence[ItemId] = (),
         cold_items: Sequence[ItemId] = (),
+        split_rule: str = "auto",
+        rating_threshold: float | None = None,
     ) -> None:
         self.items = items
         self.model = model
@@ -156,6 +161,8 @@ class Recommender:
         self.known = known
         self.train_item_ids = list(train_item_ids)
         self.cold_items = list(cold_items)  # held out of training (cold-start protocol)
+        self.split_rule = split_rule
+        self.rating_threshold = rating_threshold
         self._user_pos = {u: i for i, u in enumerate(self.user_ids)}
         self._user_pos_str = {str(u): i for i, u in enumerate(self.user_ids)}
 
@@ -193,7 +200,8 @@ class Recommender:
             shape=(len(users["user_ids"]), len(users["item_ids"])),
         )
         return cls(items, model.eval(), cfg, users["user_ids"], t["user_vectors"], known, users["item_ids"],
-                   cold_items=extra.get("cold_items", []))
+                   cold_items=extra.get("cold_items", []), split_rule=extra.get("split", "auto"),
+                   rating_threshold=extra.get("rating_threshold"))
 
     def attach_files(self, extra: dict[str, Any], tuner: Any = None):
         """A writer for :meth:`ItemIndex.save` that adds the trained files to the directory.

@@ -124,6 +124,40 @@ def test_fit_save_load_recommend_and_evaluate(tmp_path):
         assert again[key] == pytest.approx(test[key], abs=1e-6)
 
 
+def test_evaluate_rebuilds_the_training_split_rule_and_threshold(tmp_path):
+    # Planted rows rated 5 with timestamps, plus cross-cluster rows rated 1 that a threshold of 4
+    # drops: evaluation must re-apply the temporal rule and the threshold it was trained with.
+    inter_path, feats = write_planted(tmp_path)
+    rows = inter_path.read_text().splitlines()[1:]
+    lines = ["user_id\titem_id\trating\ttimestamp"]
+    lines += [f"{r}\t5\t{1000 + 7 * k % 101}" for k, r in enumerate(rows)]
+    lines += [f"u{u}\t{(u + 1) % 4 + 4 * (u % 7)}\t1\t{2000 + u}" for u in range(0, 48, 3)]
+    inter_path.write_text("\n".join(lines) + "\n")
+    cfg = TrainConfig(**(FAST | {"epochs": 4}))
+    _, _, test = fit(inter_path, features={"content": feats}, out=tmp_path / "model", config=cfg,
+                     split="temporal", rating_threshold=4, show_progress=False)
+    back = Recommender.load(tmp_path / "model", show_progress=False)
+    assert (back.split_rule, back.rating_threshold) == ("temporal", 4)
+    again = evaluate_directory(back, inter_path, split="test")
+    for key in ("recall@20", "ndcg@20", "recall@10"):
+        assert again[key] == pytest.approx(test[key], abs=1e-6)
+    assert evaluate_directory(back, inter_path, split="test", how="temporal") == again
+    assert evaluate_directory(back, inter_path, split="test", how="random") != again
+
+
+def test_train_report_is_checksummed_and_kept_by_remove(tmp_path):
+    inter_path, feats = write_planted(tmp_path)
+    fit(inter_path, features={"content": feats}, out=tmp_path / "model",
+        config=TrainConfig(**(FAST | {"epochs": 2})), split="random", show_progress=False)
+    report = (tmp_path / "model" / "train_report.json").read_text()
+    rec = Recommender.load(tmp_path / "model", show_progress=False)
+    assert "train_report.json" in rec.items.manifest["attachments"]
+    assert "train_report.json" in rec.items.manifest["checksums"]
+    rec.items.remove([0])  # rewrites the directory
+    assert (tmp_path / "model" / "train_report.json").read_text() == report
+    assert len(Recommender.load(tmp_path / "model", show_progress=False).items) == 31  # checksums verified
+
+
 def test_recommend_excludes_known_items_with_an_approximate_index(tmp_path):
     inter_path, feats = write_planted(tmp_path)
     rec, _, _ = fit(inter_path, features={"content": feats}, config=TrainConfig(**(FAST | {"epochs": 3})),
