@@ -1,12 +1,22 @@
-"""The one piece of machine description every benchmark script records: the CPU model.
+"""Pieces every benchmark script shares: the machine description, seed statistics, the command
+as run, the common run options and the locked JSON + markdown update of a results file.
 
 Imported by the scripts beside it (run as ``python scripts/NAME.py``, their folder is on
 ``sys.path``).
 """
 from __future__ import annotations
 
+import argparse
+import fcntl
+import json
+import os
 import platform
+import shlex
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 
 def cpu_model() -> str:
@@ -18,3 +28,62 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def describe_machine() -> dict[str, Any]:
+    """CPU, cores, torch threads and version, Python version and the load average right now."""
+    import torch
+
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "load_average": [round(x, 2) for x in os.getloadavg()]}
+
+
+def mean_std(values: list[float]) -> dict[str, float]:
+    """Mean, sample standard deviation (0 for one value) and count."""
+    a = np.asarray(values, dtype=np.float64)
+    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "n": len(a)}
+
+
+UNSTORED_OPTIONS = ("--out", "--cache-dir", "--note")  # where files go changes no number; notes are kept apart
+
+
+def command_line(script: str, argv: list[str]) -> str:
+    """``python scripts/<script> ...`` as run, less the options in :data:`UNSTORED_OPTIONS`."""
+    kept, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in UNSTORED_OPTIONS:
+            skip = True
+        elif not a.startswith(tuple(f"{o}=" for o in UNSTORED_OPTIONS)):
+            kept.append(a)
+    return " ".join([f"python scripts/{script}", *(shlex.quote(a) for a in kept)])
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """``--threads``, ``--cache-dir`` and ``--out``, as every quality script takes them."""
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--cache-dir", default=None, help="feature cache folder (default: a temporary one)")
+    p.add_argument("--out", default="benchmarks/results", help="output folder")
+
+
+def update_results(out_dir: Path, stem: str, update: Callable[[dict[str, Any] | None], dict[str, Any]],
+                   markdown: Callable[[dict[str, Any]], str]) -> None:
+    """Rewrite ``<stem>.json`` as ``update(old or None)`` and ``<stem>.md`` from it.
+
+    Runs under a lock on the folder itself (runs may write in parallel; no lock file is left
+    behind); the JSON goes to a temporary file first and is renamed into place.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        path = out_dir / f"{stem}.json"
+        results = update(json.loads(path.read_text()) if path.exists() else None)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(results, indent=1) + "\n")
+        tmp.replace(path)
+        (out_dir / f"{stem}.md").write_text(markdown(results))
+    finally:
+        os.close(fd)  # releases the lock

@@ -42,12 +42,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import fcntl
 import json
 import logging
-import os
-import platform
-import shlex
 import sys
 import tempfile
 import time
@@ -68,7 +64,7 @@ from mmrec.interactions import Interactions  # noqa: E402
 from mmrec.metrics import evaluate  # noqa: E402
 from mmrec.pipeline import Content, interactions_for, load_content  # noqa: E402
 from mmrec.train import Trainer, TrainData, build_model, seed_everything  # noqa: E402
-from machine import cpu_model  # noqa: E402  (scripts/machine.py)
+from machine import add_run_options, command_line, describe_machine, mean_std, update_results  # noqa: E402  (scripts/machine.py)
 
 METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 MODELS = ("fused", "id-only", "content-index")
@@ -113,22 +109,6 @@ DATASETS: dict[str, dict[str, Any]] = {
 
 
 # ----------------------------------------------------------------------------------- helpers
-def machine() -> dict[str, Any]:
-    return {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "load_average": [round(x, 2) for x in os.getloadavg()],
-    }
-
-
-def mean_std(values: list[float]) -> dict[str, float]:
-    a = np.asarray(values, dtype=np.float64)
-    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "n": len(a)}
-
-
 def pick(metrics: dict[str, float]) -> dict[str, float]:
     return {k: round(float(metrics[k]), 6) for k in METRICS}
 
@@ -228,7 +208,7 @@ def run_dataset(name: str, args: argparse.Namespace, cache_dir: Path, save: Call
         "command": args.command,
         "note": args.note,
         "complete": False,
-        "machine_at_start": machine(),
+        "machine_at_start": describe_machine(),
         "data": {"users": inter.num_users, "items": inter.num_items, "split": inter.split_counts(),
                  "modalities": {m: int(x.shape[1]) for m, x in content.features.items()}},
         "load_seconds": round(time.perf_counter() - t0, 1),
@@ -250,7 +230,7 @@ def run_dataset(name: str, args: argparse.Namespace, cache_dir: Path, save: Call
                           "best_epoch": [r["best_epoch"] for r in runs], "seeds": [r["seed"] for r in runs]}
             entry["summary"][kind] = parts
         entry["checks"] = checks(name, entry)
-        entry["machine_at_end"] = machine()
+        entry["machine_at_end"] = describe_machine()
         entry["total_seconds"] = round(time.perf_counter() - t0, 1)
         save(entry)
 
@@ -397,35 +377,14 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def merge_and_write(out_dir: Path, name: str, entry: dict[str, Any]) -> None:
-    """Merge one dataset's entry into quality.json (under a lock: datasets may run in parallel)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out_dir, os.O_RDONLY)  # lock the folder itself: no lock file left behind
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        path = out_dir / "quality.json"
-        results = json.loads(path.read_text()) if path.exists() else {"datasets": {}}
-        results["datasets"][name] = entry
-        order = {d: i for i, d in enumerate(DATASETS)}  # datasets in README order, tagged variants after theirs
-        results["datasets"] = dict(sorted(results["datasets"].items(), key=lambda kv: (order[kv[0].split(" ")[0]], kv[0])))
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(results, indent=1) + "\n")
-        tmp.replace(path)
-        (out_dir / "quality.md").write_text(markdown(results))
-    finally:
-        os.close(fd)  # releases the lock
+    """Merge one dataset's entry into quality.json and rewrite quality.md (datasets may run in parallel)."""
+    order = {d: i for i, d in enumerate(DATASETS)}  # datasets in README order, tagged variants after theirs
 
+    def update(results: dict[str, Any] | None) -> dict[str, Any]:
+        datasets = (results or {"datasets": {}})["datasets"] | {name: entry}
+        return {"datasets": dict(sorted(datasets.items(), key=lambda kv: (order[kv[0].split(" ")[0]], kv[0])))}
 
-def command_line(argv: list[str]) -> str:
-    """The command as run, less --out / --cache-dir (where files go changes no number) and --note (kept apart)."""
-    kept, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a in ("--out", "--cache-dir", "--note"):
-            skip = True
-        elif not a.startswith(("--out=", "--cache-dir=", "--note=")):
-            kept.append(a)
-    return " ".join(["python scripts/quality.py", *(shlex.quote(a) for a in kept)])
+    update_results(out_dir, "quality", update, markdown)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -454,14 +413,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--grid-edge-dropout", nargs="+", type=float, default=None,
                    help="fractions of training edges pruned per epoch tried for BOTH models (TrainConfig.edge_dropout; "
                         "default: TrainConfig's)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    p.add_argument("--cache-dir", default=None, help="feature cache folder (default: a temporary one)")
+    add_run_options(p)
     p.add_argument("--tag", default="", help="store the results as '<dataset> <tag>' (a variant beside the main entry)")
     p.add_argument("--verbose", action="store_true", help="log every epoch")
     p.add_argument("--note", default=None, help="free text stored with each dataset's entry (e.g. runs made outside it)")
-    p.add_argument("--out", default="benchmarks/results", help="output folder")
     args = p.parse_args(argv)
-    args.command = command_line(argv if argv is not None else sys.argv[1:])
+    args.command = command_line("quality.py", argv if argv is not None else sys.argv[1:])
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     if args.verbose:

@@ -61,15 +61,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import fcntl
 import hashlib
 import json
 import logging
 import math
-import os
-import platform
 import re
-import shlex
 import sys
 import tempfile
 import time
@@ -88,7 +84,7 @@ from mmrec.config import TrainConfig  # noqa: E402
 from mmrec.interactions import TEST, TRAIN, VALID, Interactions  # noqa: E402
 from mmrec.metrics import evaluate, rank_topk  # noqa: E402
 from mmrec.pipeline import Content, fit, interactions_for, load_content  # noqa: E402
-from machine import cpu_model  # noqa: E402  (scripts/machine.py)
+from machine import add_run_options, command_line, describe_machine, mean_std, update_results  # noqa: E402  (scripts/machine.py)
 
 METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 TEXT_FIELDS = ["title", "genres", "summary", "cast", "director"]
@@ -113,20 +109,9 @@ WARM_TOLERANCE = 0.02  # warm Recall@20 may drop by at most 2% relative (the iss
 
 
 # ----------------------------------------------------------------------------------- helpers
-def machine() -> dict[str, Any]:
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(),
-            "load_average": [round(x, 2) for x in os.getloadavg()]}
-
-
 def pick(metrics: dict[str, float]) -> dict[str, float]:
     return {k: round(float(metrics[k]), 6) for k in METRICS} | (
         {"num_users": int(metrics["num_users"])} if "num_users" in metrics else {})
-
-
-def mean_std(values: list[float]) -> dict[str, float]:
-    a = np.asarray(values, dtype=np.float64)
-    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "n": len(a)}
 
 
 def load_dataset(root: Path, name: str, cache_dir: Path) -> Content:
@@ -247,7 +232,7 @@ def run_cold(name: str, args: argparse.Namespace, cache_dir: Path, save: Callabl
     held = hold_out_items(inter, args.cold_fraction, seed)  # the same draw as fit's
     sets = cold_sets(inter, held, seed)
     entry: dict[str, Any] = {
-        "command": args.command, "complete": False, "machine_at_start": machine(),
+        "command": args.command, "complete": False, "machine_at_start": describe_machine(),
         "data": {"users": inter.num_users, "items": inter.num_items, "split": inter.split_counts(),
                  "modalities": {m: int(x.shape[1]) for m, x in content.features.items()},
                  "cold_items": {k: int(v.sum()) for k, v in sets.items()},
@@ -262,7 +247,7 @@ def run_cold(name: str, args: argparse.Namespace, cache_dir: Path, save: Callabl
 
     def checkpoint() -> None:
         entry["checks"] = cold_checks(entry)
-        entry["machine_at_end"] = machine()
+        entry["machine_at_end"] = describe_machine()
         entry["total_seconds"] = round(time.perf_counter() - t0, 1)
         save(entry)
 
@@ -519,7 +504,7 @@ def run_finetune(args: argparse.Namespace, cache_dir: Path, save: Callable[[dict
 
     t0 = time.perf_counter()
     root = Path(args.data)
-    entry: dict[str, Any] = {"command": args.command, "complete": False, "machine_at_start": machine(),
+    entry: dict[str, Any] = {"command": args.command, "complete": False, "machine_at_start": describe_machine(),
                              "settings": {"lr": args.lr, "epochs": args.epochs, "patience": args.patience,
                                           "batch_size": args.batch_size, "mask": "train",
                                           "dropouts": VARIANTS[VARIANT_KEYS[args.ft_variant]]},
@@ -541,7 +526,7 @@ def run_finetune(args: argparse.Namespace, cache_dir: Path, save: Callable[[dict
                 kind: f, "scratch": sc, "relative_gain": (f - sc) / sc, "met": f > sc,
                 "seeds_won": sum(r[kind]["test"]["recall@20"] > r["scratch"]["test"]["recall@20"] for r in runs),
                 "seeds": len(runs)}
-        entry["machine_at_end"] = machine()
+        entry["machine_at_end"] = describe_machine()
         entry["total_seconds"] = round(time.perf_counter() - t0, 1)
         save(entry)
 
@@ -740,30 +725,12 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def merge_and_write(out_dir: Path, part: str, entry: dict[str, Any]) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / ".quality_cold.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        path = out_dir / "quality_cold.json"
-        results = json.loads(path.read_text()) if path.exists() else {"parts": {}}
-        results["parts"][part] = entry
-        results["parts"] = {k: results["parts"][k] for k in PARTS if k in results["parts"]}
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(results, indent=1) + "\n")
-        tmp.replace(path)
-        (out_dir / "quality_cold.md").write_text(markdown(results))
+    """Merge one part's entry into quality_cold.json and rewrite quality_cold.md."""
+    def update(results: dict[str, Any] | None) -> dict[str, Any]:
+        parts = (results or {"parts": {}})["parts"] | {part: entry}
+        return {"parts": {k: parts[k] for k in PARTS if k in parts}}
 
-
-def command_line(argv: list[str]) -> str:
-    """The command as run, less --out / --cache-dir (where files go changes no number)."""
-    kept, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a in ("--out", "--cache-dir"):
-            skip = True
-        elif not a.startswith(("--out=", "--cache-dir=")):
-            kept.append(a)
-    return " ".join(["python scripts/quality_cold.py", *(shlex.quote(a) for a in kept)])
+    update_results(out_dir, "quality_cold", update, markdown)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -794,11 +761,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--patience", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=2048)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    p.add_argument("--cache-dir", default=None, help="feature cache folder (default: a temporary one)")
-    p.add_argument("--out", default="benchmarks/results", help="output folder")
+    add_run_options(p)
     args = p.parse_args(argv)
-    args.command = command_line(argv if argv is not None else sys.argv[1:])
+    args.command = command_line("quality_cold.py", argv if argv is not None else sys.argv[1:])
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     with contextlib.ExitStack() as stack:
