@@ -1,0 +1,52 @@
+"""The helpers the benchmark scripts share (scripts/machine.py)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+import machine  # noqa: E402
+
+
+def test_command_line_drops_where_files_go_and_notes():
+    argv = ["--datasets", "tiktok", "--out", "x", "--note", "two words", "--cache-dir=/tmp/c", "--tag", "(stage 2)"]
+    assert machine.command_line("quality.py", argv) == "python scripts/quality.py --datasets tiktok --tag '(stage 2)'"
+
+
+def test_mean_std_is_the_sample_std():
+    assert machine.mean_std([1.0, 2.0, 3.0]) == {"mean": 2.0, "std": 1.0, "n": 3}
+    assert machine.mean_std([0.5]) == {"mean": 0.5, "std": 0.0, "n": 1}
+
+
+def test_update_results_merges_and_leaves_only_its_two_files(tmp_path):
+    seen = []
+
+    def add(key):
+        def update(old):
+            seen.append(old)
+            return {"runs": (old or {"runs": {}})["runs"] | {key: len(seen)}}
+        return update
+
+    def markdown(results):
+        return "\n".join(f"- {k}: {v}" for k, v in sorted(results["runs"].items())) + "\n"
+
+    machine.update_results(tmp_path / "out", "q", add("a"), markdown)
+    machine.update_results(tmp_path / "out", "q", add("b"), markdown)
+    assert seen == [None, {"runs": {"a": 1}}]
+    assert json.loads((tmp_path / "out" / "q.json").read_text()) == {"runs": {"a": 1, "b": 2}}
+    assert (tmp_path / "out" / "q.md").read_text() == "- a: 1\n- b: 2\n"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["q.json", "q.md"]
+
+
+def test_update_results_keeps_the_old_file_when_the_update_fails(tmp_path):
+    machine.update_results(tmp_path, "q", lambda old: {"runs": {"a": 1}}, lambda r: "ok\n")
+
+    def broken(old):
+        raise ValueError("bad entry")
+
+    with pytest.raises(ValueError, match="bad entry"):
+        machine.update_results(tmp_path, "q", broken, lambda r: "ok\n")
+    assert json.loads((tmp_path / "q.json").read_text()) == {"runs": {"a": 1}}
