@@ -283,7 +283,7 @@ def welch_p(a: list[float], b: list[float]) -> float | None:
     """Two-sided p-value of Welch's t-test that two sets of seed runs share a mean (None below 2 each)."""
     if min(len(a), len(b)) < 2 or (np.std(a) == 0 and np.std(b) == 0):
         return None
-    return round(float(stats.ttest_ind(a, b, equal_var=False).pvalue), 4)
+    return float(f"{stats.ttest_ind(a, b, equal_var=False).pvalue:.3g}")  # 3 significant digits
 
 
 def checks(name: str, entry: dict[str, Any]) -> dict[str, Any]:
@@ -368,7 +368,8 @@ def markdown(results: dict[str, Any]) -> str:
             f"{k} " + ", ".join(f"{mm} {vv}" for mm, vv in v.items()) for k, v in pub.items()) + ".", ""]
         for key, c in e["checks"].items():
             verdict = "met" if c["met"] else "NOT met"
-            detail = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in c.items() if k != "met")
+            detail = ", ".join(f"{k} {v:.3g}" if k == "welch_p" and v is not None else f"{k} {v:.4f}"
+                               if isinstance(v, float) else f"{k} {v}" for k, v in c.items() if k != "met")
             lines.append(f"- {key}: **{verdict}** ({detail})")
         lines += ["", f"Machine: {m['cpu']}, {m['cores']} cores (shared; load average {m['load_average']} at start), "
                   f"torch {m['torch']} with {m['torch_threads']} thread(s). Total {e['total_seconds']:.0f}s.", "",
