@@ -12,7 +12,7 @@ import machine  # noqa: E402
 
 
 def test_command_line_drops_where_files_go_and_notes():
-    argv = ["--datasets", "tiktok", "--out", "x", "--note", "two words", "--cache-dir=/tmp/c", "--tag", "(stage 2)"]
+    argv = ["--datasets", "tiktok", "--out", "x", "--note", "two words", "--cache-dir=cache", "--tag", "(stage 2)"]
     assert machine.command_line("quality.py", argv) == "python scripts/quality.py --datasets tiktok --tag '(stage 2)'"
 
 
