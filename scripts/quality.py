@@ -327,13 +327,10 @@ def model_label(kind: str, sel: dict[str, Any] | None) -> str:
     if kind == "fused":
         parts += [f"id_dropout {sel['id_dropout']}", f"id_mode {sel.get('id_mode', 'token')}",
                   f"content_gain {sel.get('content_gain', 1.0)}"]
-        parts += [f"item_graph_k {sel['item_graph_k']}"] if sel.get("item_graph_k") else []
-        default_align = TrainConfig.__dataclass_fields__["align_weight"].default
-        if sel.get("align_weight", default_align) != default_align:
-            parts += [f"align_weight {sel['align_weight']}"]
-    parts += [f"edge_dropout {sel['edge_dropout']}"] if sel.get("edge_dropout") else []
-    parts += [f"id_init {sel['id_init']}"] if sel.get("id_init", "normal") != "normal" else []
-    parts += [f"reg_form {sel['reg_form']}"] if sel.get("reg_form", "squared") != "squared" else []
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    for field in (("item_graph_k", "align_weight") if kind == "fused" else ()) + ("edge_dropout", "id_init", "reg_form"):
+        if sel.get(field, defaults[field]) != defaults[field]:
+            parts.append(f"{field} {sel[field]}")
     return f"{kind} ({', '.join(parts)})"
 
 
