@@ -1,5 +1,6 @@
-"""Pieces every benchmark script shares: the machine description, seed statistics, the command
-as run, the common run options and the locked JSON + markdown update of a results file.
+"""Pieces every benchmark script shares: the machine description, seed statistics, the stored
+metrics, the command as run, the common run options and the locked JSON + markdown update of a
+results file.
 
 Imported by the scripts beside it (run as ``python scripts/NAME.py``, their folder is on
 ``sys.path``).
@@ -43,6 +44,18 @@ def mean_std(values: list[float]) -> dict[str, float]:
     """Mean, sample standard deviation (0 for one value) and count."""
     a = np.asarray(values, dtype=np.float64)
     return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "n": len(a)}
+
+
+METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
+
+
+def pick_metrics(metrics: dict[str, float], *, users: bool = False) -> dict[str, float]:
+    """The stored metrics (:data:`METRICS`, rounded to 6 places), plus ``num_users`` as an int
+    when ``users`` is set and ``metrics`` has it."""
+    out: dict[str, float] = {k: round(float(metrics[k]), 6) for k in METRICS}
+    if users and "num_users" in metrics:
+        out["num_users"] = int(metrics["num_users"])
+    return out
 
 
 UNSTORED_OPTIONS = ("--out", "--cache-dir", "--note")  # where files go changes no number; notes are kept apart

@@ -64,9 +64,8 @@ from mmrec.interactions import Interactions  # noqa: E402
 from mmrec.metrics import evaluate  # noqa: E402
 from mmrec.pipeline import Content, interactions_for, load_content  # noqa: E402
 from mmrec.train import Trainer, TrainData, build_model, seed_everything  # noqa: E402
-from machine import add_run_options, command_line, describe_machine, mean_std, update_results  # noqa: E402  (scripts/machine.py)
+from machine import METRICS, add_run_options, command_line, describe_machine, mean_std, pick_metrics, update_results  # noqa: E402  (scripts/machine.py)
 
-METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 MODELS = ("fused", "id-only", "content-index")
 
 DATASETS: dict[str, dict[str, Any]] = {
@@ -109,10 +108,6 @@ DATASETS: dict[str, dict[str, Any]] = {
 
 
 # ----------------------------------------------------------------------------------- helpers
-def pick(metrics: dict[str, float]) -> dict[str, float]:
-    return {k: round(float(metrics[k]), 6) for k in METRICS}
-
-
 def load_dataset(root: Path, name: str, cache_dir: Path) -> tuple[Content, Interactions]:
     spec = DATASETS[name]
     catalog = root / spec["catalog"] if "catalog" in spec else None
@@ -164,9 +159,9 @@ def train_one(content: Content, inter: Interactions, cfg: TrainConfig) -> dict[s
         "epochs_run": len(result.history),
         "seconds_per_epoch": round(result.seconds_per_epoch, 3),
         "wall_seconds": round(time.perf_counter() - start, 1),
-        "valid": pick(result.best_valid),
-        "test": pick(test["train"]),
-        "test_mask_all": pick(test["all"]),
+        "valid": pick_metrics(result.best_valid),
+        "test": pick_metrics(test["train"]),
+        "test_mask_all": pick_metrics(test["all"]),
         "valid_curve": [round(h["valid_recall@20"], 5) for h in result.history if "valid_recall@20" in h],
     }
 
@@ -186,9 +181,9 @@ def content_index(content: Content, inter: Interactions) -> dict[str, Any]:
 
     out = {
         "modalities": names,
-        "valid": pick(evaluate(score, inter, split="valid", mask="train")),
-        "test": pick(evaluate(score, inter, split="test", mask="train")),
-        "test_mask_all": pick(evaluate(score, inter, split="test", mask="all")),
+        "valid": pick_metrics(evaluate(score, inter, split="valid", mask="train")),
+        "test": pick_metrics(evaluate(score, inter, split="test", mask="train")),
+        "test_mask_all": pick_metrics(evaluate(score, inter, split="test", mask="all")),
     }
     out["wall_seconds"] = round(time.perf_counter() - start, 1)
     return out

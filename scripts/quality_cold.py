@@ -84,9 +84,8 @@ from mmrec.config import TrainConfig  # noqa: E402
 from mmrec.interactions import TEST, TRAIN, VALID, Interactions  # noqa: E402
 from mmrec.metrics import evaluate, rank_topk  # noqa: E402
 from mmrec.pipeline import Content, fit, interactions_for, load_content  # noqa: E402
-from machine import add_run_options, command_line, describe_machine, mean_std, update_results  # noqa: E402  (scripts/machine.py)
+from machine import METRICS, add_run_options, command_line, describe_machine, mean_std, pick_metrics, update_results  # noqa: E402  (scripts/machine.py)
 
-METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 TEXT_FIELDS = ["title", "genres", "summary", "cast", "director"]
 
 DATASETS: dict[str, dict[str, Any]] = {
@@ -110,8 +109,7 @@ WARM_TOLERANCE = 0.02  # warm Recall@20 may drop by at most 2% relative (the iss
 
 # ----------------------------------------------------------------------------------- helpers
 def pick(metrics: dict[str, float]) -> dict[str, float]:
-    return {k: round(float(metrics[k]), 6) for k in METRICS} | (
-        {"num_users": int(metrics["num_users"])} if "num_users" in metrics else {})
+    return pick_metrics(metrics, users=True)
 
 
 def load_dataset(root: Path, name: str, cache_dir: Path) -> Content:

@@ -21,6 +21,16 @@ def test_mean_std_is_the_sample_std():
     assert machine.mean_std([0.5]) == {"mean": 0.5, "std": 0.0, "n": 1}
 
 
+def test_pick_metrics_rounds_the_stored_four_and_counts_users_on_request():
+    got = {"recall@10": 0.12345678, "recall@20": 0.2, "ndcg@10": 1 / 3, "ndcg@20": 0.25, "hit@10": 0.9,
+           "num_users": 7.0}
+    assert machine.pick_metrics(got) == {"recall@10": 0.123457, "recall@20": 0.2, "ndcg@10": 0.333333,
+                                         "ndcg@20": 0.25}
+    with_users = machine.pick_metrics(got, users=True)
+    assert with_users["num_users"] == 7 and isinstance(with_users["num_users"], int)
+    assert "num_users" not in machine.pick_metrics({k: 0.0 for k in machine.METRICS}, users=True)
+
+
 def test_update_results_merges_and_leaves_only_its_two_files(tmp_path):
     seen = []
 
