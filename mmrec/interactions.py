@@ -356,6 +356,8 @@ def load_interactions(
     item_ids: Sequence[ItemId] | None = None,
     rating_threshold: float | None = None,
     on_invalid: str = "error",
+    unknown_items: str = "error",
+    item_space: str = "the catalog",
 ) -> Interactions:
     """Read, validate and index an interaction file.
 
@@ -373,6 +375,12 @@ def load_interactions(
         on_invalid: ``"error"`` (default) raises on any invalid row; ``"skip"`` drops invalid
             rows, counts them in ``report["invalid"]`` and lists the first few in
             ``report["problems"]``. File-level problems always raise.
+        unknown_items: what a row whose item id is not in ``item_ids`` is: ``"error"``
+            (default: an invalid row, handled as ``on_invalid`` says) or ``"skip"`` (dropped and
+            counted in ``report["unknown_items"]``, e.g. items removed from an index since it
+            was trained).
+        item_space: what ``item_ids`` are, for the unknown-item message (default ``"the
+            catalog"``).
 
     Returns:
         The interactions, unsplit unless the file has a ``split`` column.
@@ -387,6 +395,8 @@ def load_interactions(
     path = Path(path)
     if on_invalid not in ON_INVALID:
         raise ConfigError(f"on_invalid must be one of {ON_INVALID}, got {on_invalid!r}")
+    if unknown_items not in ON_INVALID:
+        raise ConfigError(f"unknown_items must be one of {ON_INVALID}, got {unknown_items!r}")
     if not path.is_file():
         raise DataError(path, [Problem(None, None, "file not found")])
     fmt = _file_format(path)
@@ -408,6 +418,7 @@ def load_interactions(
         bad[c] = empty[c]
         reasons[c] = lambda k: "missing value"
     catalog_index = None
+    outside = np.zeros(n_rows, dtype=bool)  # rows of items outside item_ids, skipped on request
     if item_ids is not None:
         catalog_keys = [str(i) for i in item_ids]
         if len(set(catalog_keys)) != len(catalog_keys):
@@ -415,10 +426,13 @@ def load_interactions(
         found = pc.index_in(texts["item_id"], value_set=pa.array(catalog_keys, type=pa.string()))
         catalog_index = found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
         unknown = (catalog_index < 0) & ~bad["item_id"]
-        bad["item_id"] = bad["item_id"] | unknown
+        if unknown_items == "skip":
+            outside = unknown
+        else:
+            bad["item_id"] = bad["item_id"] | unknown
         reasons["item_id"] = lambda k: (
             "missing value" if empty["item_id"][k]
-            else f"unknown item id {text('item_id', k)!r}: not in the catalog"
+            else f"unknown item id {text('item_id', k)!r}: not in {item_space}"
         )
     numbers: dict[str, np.ndarray] = {}
     for c in ("rating", "timestamp"):
@@ -452,12 +466,15 @@ def load_interactions(
         logger.warning("%s: skipped %d invalid row(s) of %d; first: %s", path, invalid.sum(), n_rows, problems[0])
 
     keep = ~invalid
+    if item_ids is not None and unknown_items == "skip":
+        report["unknown_items"] = int((outside & keep).sum())
+        keep &= ~outside
     if rating_threshold is not None:
         below = keep & (numbers["rating"] < rating_threshold)
         report["below_threshold"] = int(below.sum())
         keep &= ~below
     if not keep.any():
-        message = "no interactions left after dropping invalid and below-threshold rows"
+        message = "no interactions left after dropping invalid, unknown-item and below-threshold rows"
         raise DataError(path, [Problem(None, None, message)])
 
     rows = np.flatnonzero(keep)

@@ -71,7 +71,16 @@ def load_npy_features(specs: Mapping[str, str | Path], num_items: int | None) ->
         path = Path(path)
         if not path.is_file():
             raise DataError(path, [Problem(None, None, f"feature file for modality '{name}' not found")])
-        x = np.load(path)
+        try:
+            x = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:  # pickled objects, a text file, a truncated array
+            reason = str(e).split(". ")[0]  # numpy's advice on unpickling does not apply here
+            raise DataError(path, [Problem(None, None, f"feature file for modality '{name}' is not a numeric "
+                                                       f".npy array ({reason})")]) from e
+        if not isinstance(x, np.ndarray) or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+            what = f"dtype {x.dtype}" if isinstance(x, np.ndarray) else type(x).__name__
+            raise DataError(path, [Problem(None, None, f"feature file for modality '{name}' holds {what}, "
+                                                       "not numbers")])
         if x.ndim != 2:
             raise DataError(path, [Problem(None, None, f"features must be 2-d [items, width], got shape {x.shape}")])
         if num_items is not None and len(x) != num_items:
@@ -133,8 +142,10 @@ def load_content(
 
 def interactions_for(content: Content, path: str | Path, *, split: str, seed: int,
                      rating_threshold: float | None = None, on_invalid: str = "error") -> Interactions:
+    space = "the catalog" if content.catalog is not None or content.item_ids is None else (
+        f"the feature files' rows (item ids 0..{len(content.item_ids) - 1})")
     inter = load_interactions(path, item_ids=content.item_ids, rating_threshold=rating_threshold,
-                              on_invalid=on_invalid)
+                              on_invalid=on_invalid, item_space=space)
     return ensure_split(inter, split, seed)
 
 
@@ -402,16 +413,24 @@ def evaluate_directory(
 ) -> dict[str, Any]:
     """Full-ranking metrics of a trained directory on an interaction file.
 
-    The item space is the index's current items; users the model does not know are skipped
-    (counted). The split is rebuilt as at training time (same rule, seed and rating threshold;
-    ``how`` overrides the rule). With
+    The item space is the index's current items: rows of other items (removed from the index
+    since training) are skipped and counted (``rows_skipped``); users the model does not know
+    are skipped and counted (``users_skipped``). The split is rebuilt as at training time (same
+    rule, seed and rating threshold; ``how`` overrides the rule; a random split of a user who
+    lost rows differs from the training one). ``diversity@K`` is measured with the index's
+    item vectors. With
     ``cold_start``, the items held out of training are ranked (from their content-path index
     vectors) for the users who interacted with them (:mod:`mmrec.coldstart`).
     """
     if not rec.trained:
         raise MMRecError("evaluation needs a trained directory (made by `mmrec train`)")
     item_ids = [it["item_id"] for it in rec.items.items]
-    loaded = load_interactions(interactions, item_ids=item_ids, rating_threshold=rec.rating_threshold)
+    loaded = load_interactions(interactions, item_ids=item_ids, rating_threshold=rec.rating_threshold,
+                               unknown_items="skip", item_space="the index")
+    gone = loaded.report.get("unknown_items", 0)
+    if gone:
+        logger.warning("%d rows of %s are items not in the index (removed since training?): skipped", gone,
+                       interactions)
     inter = ensure_split(loaded, how or rec.split_rule, rec.config.seed)
     rows = np.array([rec._user_pos_str.get(str(u), -1) for u in inter.user_ids])
     unknown = int((rows < 0).sum())
@@ -429,11 +448,12 @@ def evaluate_directory(
         s[torch.from_numpy(r < 0)] = float("-inf")
         return s
 
-    out = {"split": split, "mask": mask or rec.config.mask, "users_skipped": unknown}
+    out = {"split": split, "mask": mask or rec.config.mask, "users_skipped": unknown, "rows_skipped": gone}
     if cold_start:
         if not rec.cold_items:
             raise MMRecError("this model was trained without held-out items: train with --cold-start FRACTION")
         cold = np.isin(np.array(item_ids, dtype=object), np.array(rec.cold_items, dtype=object))
         model_rows = torch.from_numpy(rows.clip(min=0))  # unknown users' rows were dropped above
         return out | {"cold_start": True, **evaluate_cold(user_vecs[model_rows], item_vecs, inter, cold, ks=ks)}
-    return out | evaluate(score, inter, split=split, mask=mask or rec.config.mask, ks=ks)
+    return out | evaluate(score, inter, split=split, mask=mask or rec.config.mask, ks=ks,
+                          item_vectors=item_vecs.numpy())

@@ -203,6 +203,21 @@ def test_error_unknown_catalog_item(tmp_path: Path) -> None:
     check_error(tmp_path, ROWS, expected, item_ids=[10, 30])
 
 
+def test_unknown_items_skipped_on_request_and_named_by_item_space(tmp_path: Path) -> None:
+    path = write(tmp_path / "i.csv", ROWS)
+    inter = load_interactions(path, item_ids=[10, 30], unknown_items="skip")
+    assert inter.report["unknown_items"] == 1 and inter.report["invalid"] == 0  # row 5 (item 20)
+    assert inter.user_ids == [2, 7, 11] and inter.item_ids == [10, 30]
+    # rows 1, 2, 3, 6 in file order (4 duplicates 1, 5 is item 20)
+    assert list(zip(inter.users.tolist(), inter.items.tolist())) == [(1, 1), (1, 0), (0, 0), (2, 1)]
+    with pytest.raises(DataError, match=r"row 5, field 'item_id': unknown item id '20': not in the index"):
+        load_interactions(path, item_ids=[10, 30], item_space="the index")
+    with pytest.raises(ConfigError, match="unknown_items must be one of"):
+        load_interactions(path, item_ids=[10, 30], unknown_items="drop")
+    with pytest.raises(DataError, match="no interactions left"):
+        load_interactions(path, item_ids=[99], unknown_items="skip")
+
+
 def test_error_missing_column_empty_file_no_rows(tmp_path: Path) -> None:
     path = write(tmp_path / "cols.csv", [[r[0], r[2]] for r in ROWS], ["user_id", "rating"])
     expected = r"cols.csv: field 'item_id': required column is missing \(columns found: 'user_id', 'rating'\)"

@@ -6,7 +6,7 @@ import scipy.sparse as sp
 import torch
 
 from mmrec.config import TrainConfig
-from mmrec.errors import ConfigError
+from mmrec.errors import ConfigError, DataError
 from mmrec.interactions import load_interactions
 from mmrec.pipeline import evaluate_directory, fit
 from mmrec.recommender import Recommender
@@ -200,3 +200,31 @@ def test_text_queries_on_a_trained_index_rank_by_cosine(tmp_path, tiny_bert_dir)
     expected = [rec.items.items[i]["item_id"] for i in np.argsort(-cos, kind="stable")]
     assert [r.item_id for r in got] == expected
     np.testing.assert_allclose([r.score for r in got], np.sort(cos)[::-1], rtol=1e-5, atol=1e-6)
+
+
+def test_every_feature_file_error_names_the_file_and_modality(tmp_path):
+    from mmrec.pipeline import load_npy_features
+
+    def fails(x, match, rows=None):
+        path = tmp_path / "f.npy"
+        if isinstance(x, bytes):
+            path.write_bytes(x)
+        else:
+            np.save(path, x, allow_pickle=True)
+        with pytest.raises(DataError, match=match) as e:
+            load_npy_features({"audio": path}, rows)
+        assert "f.npy" in str(e.value)
+
+    fails(b"hello\n", r"feature file for modality 'audio' is not a numeric \.npy array")
+    fails(np.array([{"a": 1}, None], dtype=object), r"modality 'audio' is not a numeric \.npy array")
+    fails(np.array([["a", "b"]]), r"modality 'audio' holds dtype <U1, not numbers")
+    fails(np.zeros(3, np.float32), r"features must be 2-d \[items, width\], got shape \(3,\)")
+    fails(np.zeros((3, 2), np.float32), "3 rows, but the catalog has 4 items", rows=4)
+    bad = np.zeros((3, 2), np.float32)
+    bad[1, 0] = np.nan
+    fails(bad, "row 2: non-finite feature value")
+    with pytest.raises(DataError, match="feature file for modality 'audio' not found"):
+        load_npy_features({"audio": tmp_path / "missing.npy"}, None)
+    np.save(tmp_path / "ok.npy", np.ones((2, 3), np.int64))
+    got = load_npy_features({"audio": tmp_path / "ok.npy"}, 2)["audio"]
+    assert got.dtype == np.float32 and got.tolist() == [[1.0] * 3] * 2
