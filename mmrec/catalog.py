@@ -120,9 +120,13 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict[str, Any]], dict[
     if fmt == "csv":
         sep = "\t" if path.suffix.lower() == ".tsv" else ","
         with open(path, newline="", encoding="utf-8") as f:
-            header = next(csv.reader(f, delimiter=sep), None)
+            reader = csv.reader(f, delimiter=sep)
+            header = next(reader, None)
+            has_rows = any(any(cell.strip() for cell in row) for row in reader)
         if not header:
             raise DataError(path, [Problem(None, None, "file is empty (no header row)")])
+        if not has_rows:  # the datasets reader would fail with a message about its own internals
+            raise DataError(path, [Problem(None, None, "file has no data rows")])
         kwargs = {"sep": sep, "converters": {c: str for c in header if c in ("item_id", "user_id")}}
     datasets.disable_progress_bars()
     try:
@@ -156,6 +160,7 @@ def load_catalog(
     check_images: bool = True,
     skip_invalid: bool = False,
     show_progress: bool = True,
+    require_content: bool = True,
 ) -> Catalog:
     """Load and validate a catalog file.
 
@@ -168,6 +173,8 @@ def load_catalog(
         check_images: open every image once (existence + decoding) before any encoding.
         skip_invalid: leave bad rows out (recorded in ``Catalog.skipped``) instead of failing.
         show_progress: progress bar over the image check.
+        require_content: a row needs text or an image (default); ``False`` when the items' content
+            comes from elsewhere too (precomputed ``--features``).
 
     Returns:
         The validated :class:`Catalog`.
@@ -204,6 +211,7 @@ def load_catalog(
         check_images=check_images,
         skip_invalid=skip_invalid,
         show_progress=show_progress,
+        require_content=require_content,
     )
 
 
@@ -245,6 +253,7 @@ def _validate(
     check_images: bool,
     skip_invalid: bool,
     show_progress: bool,
+    require_content: bool = True,
 ) -> Catalog:
     problems: list[Problem] = []
     bad: set[int] = set()  # 0-based row positions to drop
@@ -266,7 +275,7 @@ def _validate(
         value = None if image_field is None or _blank(r.get(image_field)) else str(r[image_field]).strip()
         images.append(None if value is None else str(value if Path(value).is_absolute() else image_root / value))
     for i, (text, image) in enumerate(zip(texts, images)):
-        if not text and image is None:
+        if require_content and not text and image is None:
             fields = ", ".join(text_fields) or "(no text fields)"
             extra = f" and no image in '{image_field}'" if image_field else ""
             problems.append(Problem(i + 1, None, f"no text in {fields}{extra}"))

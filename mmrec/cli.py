@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import traceback
 import warnings
@@ -131,7 +132,7 @@ def cmd_index_add(args: argparse.Namespace) -> int:
 
     index = _open_index(args)
     opts = {k: v for k, v in (("image_root", args.image_root), ("skip_invalid", args.skip_invalid)) if v}
-    n = index.add(args.catalog, cache_dir=_cache_dir(args), **opts)
+    n = index.add(args.catalog, features=dict(args.features or []), cache_dir=_cache_dir(args), **opts)
     print(f"added {n} items to {args.index}: {len(index)} items")
     return 0
 
@@ -269,6 +270,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"{args.index} on {args.interactions} [{what}, {int(metrics['num_users'])} users]")
         for k in sorted(m for m in metrics if "@" in m):
             print(f"  {k:<14} {metrics[k]:.4f}")
+        if metrics.get("users_skipped") or metrics.get("rows_skipped"):
+            print(f"  skipped: {metrics.get('users_skipped', 0)} users unknown to the model, "
+                  f"{metrics.get('rows_skipped', 0)} rows of items not in the index")
     return 0
 
 
@@ -322,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     a = isub.add_parser("add", help="encode and add new items (only the new rows are encoded)")
     a.add_argument("--index", required=True, type=Path)
     a.add_argument("--catalog", required=True, type=Path, help="file of new items (same columns as the catalog)")
+    a.add_argument("--features", type=_features_arg, action="append", metavar="NAME=PATH.npy",
+                   help="precomputed features of the new items, one row per catalog row, for the index's "
+                        "precomputed modalities (repeatable; one left out is masked for the new items)")
     a.add_argument("--image-root", type=Path)
     a.add_argument("--skip-invalid", action="store_true")
     _cache_opts(a)
@@ -454,6 +461,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader stopped early (`mmrec ... | head`): not an error
+        # Python would report the pipe again when it flushes stdout at exit; send that flush nowhere.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is not a file descriptor (captured): nothing to flush
+            pass
+        return 0
     except Exception as e:  # every failure is reported; the traceback only on request
         if args.debug:
             traceback.print_exc()

@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from fusion.fixed import combine_modalities
 from index import FaissIndex, atomic_directory, read_manifest, sha256_file, write_manifest
 from index.mips import MipsTransform
 from mmrec.catalog import ID_FIELD, Catalog, check_catalog_ids, load_catalog
-from mmrec.errors import ConfigError, MMRecError
+from mmrec.errors import ConfigError, DataError, MMRecError, Problem
 from mmrec.ids import normalize_ids
 from mmrec.typing import ItemId
 
@@ -69,17 +69,28 @@ class Encoders:
     Args:
         spec: the manifest's ``encoders`` entry: modality -> {"model", "identity", "dim", ...}.
         show_progress: progress bars while encoding.
+        root: the directory ``bundled`` encoders are stored in.
+        modalities: every modality of the index (those without an encoder are precomputed
+            features), for the error messages.
     """
 
-    def __init__(self, spec: dict[str, dict], show_progress: bool = True, root: Path | None = None) -> None:
+    def __init__(self, spec: dict[str, dict], show_progress: bool = True, root: Path | None = None,
+                 modalities: Sequence[str] = ()) -> None:
         self.spec = spec
         self.show_progress = show_progress
         self.root = root
+        self.modalities = list(modalities) or list(spec)
         self._loaded: dict[str, Any] = {}
 
     def get(self, modality: str):
         if modality not in self.spec:
-            raise ConfigError(f"this index has no {modality} modality (it has: {', '.join(self.spec) or 'none'})")
+            encoded = ", ".join(self.spec) or "none"
+            precomputed = [m for m in self.modalities if m not in self.spec]
+            if modality in precomputed:
+                raise ConfigError(f"the {modality} modality of this index is precomputed features: mmrec has no "
+                                  f"encoder for it (encoded modalities: {encoded})")
+            extra = f"; precomputed features: {', '.join(precomputed)}" if precomputed else ""
+            raise ConfigError(f"this index has no {modality} modality (encoded: {encoded}{extra})")
         if modality not in self._loaded:
             spec = dict(self.spec[modality])
             if spec.get("bundled"):  # fine-tuned weights saved inside the directory
@@ -298,7 +309,8 @@ class ItemIndex:
         self.manifest = manifest
         self.directory = directory
         self._pos = {it[ID_FIELD]: i for i, it in enumerate(items)}
-        self.encoders = Encoders(manifest["encoders"], show_progress=show_progress, root=directory)
+        self.encoders = Encoders(manifest["encoders"], show_progress=show_progress, root=directory,
+                                 modalities=manifest["modalities"])
 
     def __len__(self) -> int:
         return len(self.items)
@@ -580,24 +592,74 @@ class ItemIndex:
         return [Result(self.items[i][ID_FIELD], float(sims[i]), self.items[i]["fields"]) for i in top]
 
     # --- changes -----------------------------------------------------------------------------
-    def add(self, catalog: Catalog | str | Path, *, cache_dir: str | Path | None = None, **catalog_options) -> int:
+    def add(
+        self,
+        catalog: Catalog | str | Path,
+        *,
+        features: Mapping[str, str | Path] | None = None,
+        cache_dir: str | Path | None = None,
+        **catalog_options,
+    ) -> int:
         """Encode and add new items (only the new rows are encoded); saves when opened from disk.
+
+        Args:
+            catalog: the new items (same columns as the index's catalog).
+            features: for an index with precomputed modalities (``--features`` at build or
+                training time): modality -> ``.npy`` file with one row per new item, in catalog
+                order. A precomputed modality left out is masked for the new items (as a
+                missing image is).
+            cache_dir: feature cache of the encoders.
+            **catalog_options: :func:`~mmrec.catalog.load_catalog` options.
 
         Returns:
             the number of items added.
+
+        Raises:
+            ConfigError: a ``features`` name that is not a precomputed modality of the index.
+            DataError: bad catalog rows or feature files (row count, width, values).
+            MMRecError: a new item with none of the index's modalities.
         """
+        encoded = [m for m in self.modalities if m in self.encoders.spec]
+        precomputed = [m for m in self.modalities if m not in self.encoders.spec]
+        given = dict(features or {})
+        unknown = sorted(set(given) - set(precomputed))
+        if unknown:
+            raise ConfigError(
+                f"features {unknown} are not precomputed modalities of this index (precomputed: "
+                f"{', '.join(precomputed) or 'none'}; encoded from the catalog: {', '.join(encoded) or 'none'})"
+            )
         if not isinstance(catalog, Catalog):
-            opts = {"text_fields": self.manifest["text_fields"], "image_field": self.manifest["image_field"]}
+            opts = {"text_fields": self.manifest["text_fields"], "image_field": self.manifest["image_field"],
+                    "require_content": not precomputed}
             catalog = load_catalog(catalog, **(opts | catalog_options))
         catalog.item_ids = self._align_id_type(catalog.item_ids)
         check_catalog_ids(catalog, set(self._pos), catalog.source)
-        encoders = {m: self.encoders.get(m) for m in self.modalities}
+        encoders = {m: self.encoders.get(m) for m in encoded}
         if catalog.has_images and "image" not in encoders:
             logger.warning("%s has images but this index has no image modality: images ignored", catalog.source)
-        features, present, hashes = encode_catalog(catalog, encoders, cache_dir)
-        if not np.logical_or.reduce([present[m] for m in self.modalities]).all():
-            raise MMRecError(f"{catalog.source}: some items have none of this index's modalities {self.modalities}")
-        self.add_features(catalog.item_ids, features, present, catalog.records, hashes, save=False)
+        new_features, present, hashes = encode_catalog(catalog, encoders, cache_dir)
+        if given:
+            from mmrec.pipeline import load_npy_features  # the pipeline imports this module
+
+            for m, x in load_npy_features(given, len(catalog)).items():
+                width = self.features[m].shape[1]
+                if x.shape[1] != width:
+                    raise DataError(given[m], [Problem(None, None, f"{x.shape[1]} columns, but the index's {m} "
+                                                                   f"features are {width} wide")])
+                new_features[m], present[m] = x, np.abs(x).sum(axis=1) > 0
+        for m in precomputed:
+            if m not in given:
+                logger.warning("no %s features given for the new items (--features %s=PATH.npy): the modality is "
+                               "masked for them", m, m)
+                new_features[m] = np.zeros((len(catalog), self.features[m].shape[1]), np.float32)
+                present[m] = np.zeros(len(catalog), dtype=bool)
+        none = np.flatnonzero(~np.logical_or.reduce([present[m] for m in self.modalities]))
+        if len(none):
+            first = ", ".join(repr(catalog.item_ids[i]) for i in none[:5])
+            hint = f" (pass --features for {', '.join(precomputed)})" if precomputed else ""
+            raise MMRecError(f"{catalog.source}: {len(none)} new items have none of this index's modalities "
+                             f"{self.modalities}, e.g. {first}{hint}")
+        self.add_features(catalog.item_ids, new_features, present, catalog.records, hashes, save=False)
         if self.directory is not None:
             self.save(self.directory, skipped=catalog)
         return len(catalog)

@@ -73,6 +73,9 @@ def test_row_without_text_or_image(tmp_path):
     rows = [{"item_id": "a", "title": "A", "image": ""}, {"item_id": "b", "title": "", "image": ""}]
     with pytest.raises(DataError, match=r"row 2: no text in title and no image in 'image'"):
         load_catalog(write(tmp_path, "c.csv", rows))
+    # Content from precomputed features instead: such rows are items too.
+    got = load_catalog(write(tmp_path, "c.csv", rows), require_content=False)
+    assert got.item_ids == ["a", "b"] and got.texts == ["A", ""]
 
 
 def test_unknown_text_field(tmp_path):
@@ -125,3 +128,6 @@ def test_unreadable_and_unknown_files(tmp_path):
     (tmp_path / "e.csv").write_text("")
     with pytest.raises(DataError, match="empty"):
         load_catalog(tmp_path / "e.csv")
+    (tmp_path / "h.csv").write_text("item_id,title\n\n")  # a header and a blank line
+    with pytest.raises(DataError, match=r"h\.csv: file has no data rows"):
+        load_catalog(tmp_path / "h.csv")

@@ -93,7 +93,7 @@ def test_errors_are_one_line_without_traceback(built, capsys, tmp_path):
                        "--text-encoder", "some-org/some-model", "--no-cache", "-q")
     assert code == 1 and "downloads are off" in err and not (tmp_path / "y").exists()
     code, _, err = run(capsys, "search", "--index", str(built / "idx"), "--image", str(tmp_path / "q.jpg"), "-q")
-    assert code == 1 and "no image modality" in err
+    assert code == 1 and "this index has no image modality (encoded: text)" in err
 
 
 def test_skip_invalid_writes_a_report(tmp_path, capsys):
@@ -116,3 +116,14 @@ def test_console_script_entry_point(built):
     done = subprocess.run(cmd + ["similar", "--index", str(built / "idx")], capture_output=True, text=True, env=env,
                           timeout=300)
     assert done.returncode == 2 and "--item" in done.stderr
+
+
+def test_a_closed_pipe_is_not_an_error(built, capsys, monkeypatch):
+    import mmrec.cli
+
+    def reader_went_away(args):
+        raise BrokenPipeError(32, "Broken pipe")  # what print() raises under `mmrec ... | head`
+
+    monkeypatch.setattr(mmrec.cli, "cmd_similar", reader_went_away)
+    code, _, err = run(capsys, "similar", "--index", str(built / "idx"), "--item", "m1", "-q")
+    assert code == 0 and err == ""
