@@ -252,7 +252,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def cmd_recommend(args: argparse.Namespace) -> int:
     rec = _open_recommender(args)
     results = rec.recommend(args.user, args.k, exclude_known=not args.include_known, explain=args.explain,
-                            history=args.explain_items)
+                            history=args.explain_items, diversity=args.diversity)
     print_results(results, args.json, title_field_of(rec.items))
     return 0
 
@@ -426,6 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     _query_opts(rc)
     rc.add_argument("--user", required=True, help="user id")
     rc.add_argument("--include-known", action="store_true", help="do not exclude the user's known items")
+    rc.add_argument("--diversity", type=float, default=0.0, metavar="W",
+                    help="re-rank the top max(5k, 50) by maximal marginal relevance, W in [0, 1] trading relevance "
+                         "for dissimilarity to the items already listed (default 0: off)")
     rc.add_argument("--explain", action="store_true",
                     help="per result: its modality attention weights and the user's history items most like it")
     rc.add_argument("--explain-items", type=int, default=3, metavar="N",

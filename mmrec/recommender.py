@@ -30,6 +30,7 @@ from fusion.model import FusedGraphModel
 from index.mips import MipsTransform
 from mmrec.coldstart import blend_with_neighbours, neighbour_mean
 from mmrec.config import TrainConfig, load_config, save_config
+from mmrec.diversity import check_weight, mmr_rerank
 from mmrec.errors import ConfigError, MMRecError
 from mmrec.explain import DEFAULT_HISTORY, ItemExplanation, explain_item, explain_recommendations, explain_similar
 from mmrec.item_index import ItemIndex, MipsVectorizer, Result
@@ -264,7 +265,7 @@ class Recommender:
 
     def recommend(
         self, user_id: object, k: int = 10, *, exclude_known: bool = True, explain: bool = False,
-        history: int = DEFAULT_HISTORY,
+        history: int = DEFAULT_HISTORY, diversity: float = 0.0, candidates: int | None = None,
     ) -> list[Result]:
         """Top-k items for a user from the FAISS index, known items excluded.
 
@@ -272,11 +273,23 @@ class Recommender:
         remain, even with an approximate index. ``explain`` attaches to each result its
         attention weights and the (at most ``history``) items of the user's history most similar
         to it (:func:`mmrec.explain.explain_recommendations`).
+
+        ``diversity`` (``w`` in ``[0, 1]``, default 0: off) re-ranks the top ``candidates``
+        (default ``max(5 k, 50)``) by maximal marginal relevance (:mod:`mmrec.diversity`) over the
+        cosine of the model's item vectors; scores stay the model's scores.
         """
         if not self.trained:
             raise MMRecError("this directory holds a content index, not a trained model: run `mmrec train` first")
+        diversity = check_weight(diversity)
         row = self.user_index(user_id)
         q = self.items.vectorizer.mips.queries(self.user_vectors[row : row + 1])
         exclude = [set(self.known_items(user_id))] if exclude_known else None
-        results = self.items.search_vectors(q, k, exclude=exclude)[0]
+        if diversity == 0.0:
+            results = self.items.search_vectors(q, k, exclude=exclude)[0]
+        else:
+            pool = self.items.search_vectors(q, max(candidates or max(5 * k, 50), k), exclude=exclude)[0]
+            vecs = self.items.vectorizer.mips.original(
+                self.items.vectors[[self.items._pos[r.item_id] for r in pool]])  # [C, D]
+            picks = mmr_rerank(np.array([r.score for r in pool]), vecs, k, diversity) if pool else []
+            results = [pool[i] for i in picks]
         return explain_recommendations(self, user_id, results, history) if explain else results

@@ -241,3 +241,34 @@ def test_cli_recommend_similar_and_explain_on_a_trained_directory(trained, capsy
     assert len(e["neighbours"]["image"]) == 3
     code = main(["recommend", "--index", d, "--user", "nobody", "--explain", "-q"])
     assert code == 1 and "user 'nobody' is not known" in capsys.readouterr().err
+
+
+def test_diversified_recommendations(trained, capsys):
+    from mmrec.diversity import mmr_rerank
+
+    d = str(trained / "model")
+    rec = Recommender.load(d, show_progress=False)
+    plain = rec.recommend("u3", 6)
+    same = rec.recommend("u3", 6, diversity=0.0, candidates=20)
+    assert [(r.item_id, r.score) for r in same] == [(r.item_id, r.score) for r in plain]
+
+    pool = rec.recommend("u3", 20)  # the candidates of k = 6 with candidates=20
+    vecs = rec.items.vectorizer.mips.original(rec.items.vectors[[rec.items._pos[r.item_id] for r in pool]])
+    got = rec.recommend("u3", 6, diversity=0.6, candidates=20)
+    want = [pool[i] for i in mmr_rerank(np.array([r.score for r in pool]), vecs, 6, 0.6)]
+    assert [(r.item_id, r.score) for r in got] == [(r.item_id, r.score) for r in want]
+    assert got[0].item_id == plain[0].item_id and not set(r.item_id for r in got) & set(rec.known_items("u3"))
+
+    def spread(results):  # mean 1 - cosine over the list's pairs (diversity@K)
+        v = rec.items.vectorizer.mips.original(rec.items.vectors[[rec.items._pos[r.item_id] for r in results]])
+        u = v / np.linalg.norm(v, axis=1, keepdims=True)
+        s = u @ u.T
+        return float((1 - s[np.triu_indices(len(u), 1)]).mean())
+
+    assert spread(got) > spread(plain)
+
+    assert main(["recommend", "--index", d, "--user", "u3", "-k", "6", "--diversity", "0.6", "--json", "-q"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["item_id"] for r in out] == [r.item_id for r in rec.recommend("u3", 6, diversity=0.6)]
+    assert main(["recommend", "--index", d, "--user", "u3", "--diversity", "1.5", "-q"]) == 1
+    assert "diversity weight must lie in [0, 1], got 1.5" in capsys.readouterr().err

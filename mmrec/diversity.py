@@ -1,0 +1,70 @@
+"""Diversified top-k lists by maximal marginal relevance (Carbonell & Goldstein, SIGIR 1998).
+
+A ranked list by relevance alone often repeats itself (five sequels of one film). MMR re-ranks
+a longer candidate list greedily: the next item is the one with the best
+
+``(1 - w) * rel(i) - w * max_{j already chosen} cos(v_i, v_j)``
+
+where ``rel`` is the candidate's relevance min-max scaled to ``[0, 1]`` over the candidates (so
+``w`` means the same whatever the score scale) and ``v`` are item vectors. ``w = 0`` keeps the
+relevance order exactly; ``w = 1`` ignores relevance after the first pick. ``diversity@K`` in
+:mod:`mmrec.metrics` is the mean ``1 - cos`` over the list's pairs, the quantity the second
+term trades for.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from mmrec.errors import ConfigError
+
+
+def check_weight(weight: float) -> float:
+    """``weight`` as a float in ``[0, 1]``, else :class:`~mmrec.errors.ConfigError`."""
+    weight = float(weight)
+    if not 0.0 <= weight <= 1.0:
+        raise ConfigError(f"the diversity weight must lie in [0, 1], got {weight}")
+    return weight
+
+
+def mmr_rerank(relevance: np.ndarray, vectors: np.ndarray, k: int, weight: float) -> np.ndarray:
+    """Positions of the ``k`` candidates MMR picks, in pick order.
+
+    Args:
+        relevance: ``[C]`` relevance of each candidate (higher is better), finite.
+        vectors: ``[C, D]`` the candidates' item vectors (cosine similarity between them; a zero
+            vector is similar to nothing).
+        k: list length (at most ``C`` come back).
+        weight: ``w`` in ``[0, 1]``, see the module docstring. Ties go to the earlier candidate,
+            so ``w = 0`` returns the candidates by relevance, order kept among equals.
+
+    Returns:
+        ``[min(k, C)]`` int64 positions into the candidates.
+
+    Shapes: relevance (C,), vectors (C, D) -> (min(k, C),)
+    """
+    weight = check_weight(weight)
+    rel = np.asarray(relevance, dtype=np.float64)  # [C]
+    vecs = np.asarray(vectors, dtype=np.float64)  # [C, D]
+    if rel.ndim != 1 or vecs.ndim != 2 or len(vecs) != len(rel):
+        raise ValueError(f"relevance [C] and vectors [C, D] must match, got {list(rel.shape)} and {list(vecs.shape)}")
+    if k < 1:
+        raise ConfigError(f"k must be at least 1, got {k}")
+    if not np.isfinite(rel).all():
+        raise ValueError("relevance must be finite")
+    c = len(rel)
+    span = rel.max() - rel.min() if c else 0.0
+    scaled = (rel - rel.min()) / span if span > 0 else np.ones(c)  # [C] in [0, 1]
+    norms = np.linalg.norm(vecs, axis=1)
+    unit = vecs / np.where(norms > 0, norms, 1.0)[:, None]  # [C, D], zero rows stay zero
+    closest = np.zeros(c)  # [C] max cosine to the chosen items (0 before the first pick)
+    free = np.ones(c, dtype=bool)
+    picks: list[int] = []
+    for step in range(min(k, c)):
+        gain = (1.0 - weight) * scaled - weight * closest  # [C]
+        gain[~free] = -np.inf
+        i = int(np.argmax(gain))  # the first of equals
+        picks.append(i)
+        free[i] = False
+        sims = unit @ unit[i]  # [C]
+        closest = sims if step == 0 else np.maximum(closest, sims)
+    return np.asarray(picks, dtype=np.int64)
