@@ -25,6 +25,7 @@ import hashlib
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,25 @@ def _texts(texts: Sequence[str] | np.ndarray) -> list[str]:
         if not isinstance(t, str):
             raise TypeError(f"text {i} is not a string (got {type(t).__name__}: {t!r})")
     return texts
+
+
+@dataclass(frozen=True)
+class PrefixStates:
+    """Cached inputs of a text model's top layers (:meth:`TextEncoder.prefix_states`).
+
+    Attributes:
+        ids: token ids per text.
+        states: ``[len_i, H]`` float32 hidden states entering the top ``top`` layers, per text.
+        top: how many layers run on top of them.
+    """
+
+    ids: list[list[int]]
+    states: list[torch.Tensor]
+    top: int
+
+    @property
+    def nbytes(self) -> int:
+        return sum(s.numel() * s.element_size() for s in self.states)
 
 
 class TextEncoder:
@@ -371,12 +391,86 @@ class TextEncoder:
         texts = _texts(texts)
         if not texts:
             return torch.zeros((0, self.dim), device=self.device)
-        ids = self.tokenizer(
+        input_ids, mask = self._pad(self._tokens(texts))  # [B, L], [B, L]
+        return self._embed(input_ids, mask)  # [B, D_t]
+
+    # -- fine-tuning the top layers from cached frozen states --------------------------------------
+
+    def _tokens(self, texts: list[str]) -> list[list[int]]:
+        return self.tokenizer(
             texts, truncation=True, max_length=self.max_length, padding=False, return_attention_mask=False,
             return_token_type_ids=False,
         )["input_ids"]
-        input_ids, mask = self._pad(ids)  # [B, L], [B, L]
-        return self._embed(input_ids, mask)  # [B, D_t]
+
+    def prefix_states(self, texts: Sequence[str], top: int) -> PrefixStates:
+        """The hidden states entering the last ``top`` layers, per text (frozen layers run once).
+
+        With only the last ``top`` layers trained, everything below them is a constant function
+        of the text: :meth:`embed_from_prefix` then runs the top layers alone. Each text keeps
+        its own ``[len_i, H]`` states (no padding stored); they do not depend on the batch's
+        padding, as attention never looks at padded positions.
+
+        Raises:
+            ValueError: as :meth:`blocks`; ``top`` outside ``1 .. layers``; a model whose layers
+                cannot be run from states (no ``embeddings`` module).
+
+        Shapes: texts (N,) -> N states of (len_i, H)
+        """
+        blocks = self.blocks()
+        if not 1 <= top <= len(blocks):
+            raise ValueError(f"{self.name}: cannot start from the top {top} layers, the text model has {len(blocks)}")
+        if getattr(self._tower, "embeddings", None) is None:
+            raise ValueError(f"{self.name}: no embeddings module to feed cached states through")
+        texts = _texts(texts)
+        ids = self._tokens(texts)
+        states: list[torch.Tensor | None] = [None] * len(texts)
+        order = np.argsort([-len(t) for t in ids], kind="stable")
+        bar = tqdm(total=len(texts), desc=f"frozen layers ({self.name})", unit="text", disable=not self.show_progress)
+        with torch.inference_mode(), bar:
+            for rows in self._batches(order, [len(t) for t in ids]):
+                input_ids, mask = self._pad([ids[i] for i in rows])
+                out = self._tower(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
+                                  output_hidden_states=True)
+                hidden = out.hidden_states[len(blocks) - top].float().cpu()  # [B, L, H]
+                for b, i in enumerate(rows):
+                    states[i] = hidden[b, : len(ids[i])].clone()  # [len_i, H]
+                bar.update(len(rows))
+        return PrefixStates(ids, states, top)  # type: ignore[arg-type]
+
+    @contextmanager
+    def _top_layers_only(self, top: int, hidden: torch.Tensor) -> Iterator[None]:
+        """Run the model with its embeddings' output replaced by ``hidden`` and only the last
+        ``top`` layers in its layer list (the list is restored afterwards)."""
+        full = layer_stack(self._tower)
+        owner = next((m, name) for m in self._tower.modules() for name, child in m.named_children()
+                     if isinstance(child, nn.ModuleList) and list(child) == full)
+        stack = getattr(owner[0], owner[1])
+        hook = self._tower.embeddings.register_forward_hook(lambda module, args, output: hidden)
+        setattr(owner[0], owner[1], nn.ModuleList(full[len(full) - top :]))
+        try:
+            yield
+        finally:
+            setattr(owner[0], owner[1], stack)
+            hook.remove()
+
+    def embed_from_prefix(self, prefix: PrefixStates, rows: Sequence[int]) -> torch.Tensor:
+        """Embeddings of some texts from their cached states, with autograd through the top layers.
+
+        Equal to :meth:`embed_trainable` on the same texts (checked in the tests, and by
+        :class:`~mmrec.encoder_tuning.EncoderTuner` before it relies on it) at a fraction of the
+        cost: the frozen layers do not run.
+
+        Shapes: rows (B,) -> embeddings (B, D_t), on ``device``
+        """
+        rows = list(rows)
+        if not rows:
+            return torch.zeros((0, self.dim), device=self.device)
+        input_ids, mask = self._pad([prefix.ids[i] for i in rows])  # [B, L], [B, L]
+        hidden = torch.zeros((len(rows), input_ids.shape[1], prefix.states[rows[0]].shape[-1]))  # [B, L, H]
+        for b, i in enumerate(rows):
+            hidden[b, : len(prefix.ids[i])] = prefix.states[i]
+        with self._top_layers_only(prefix.top, hidden.to(self.device)):
+            return self._embed(input_ids, mask)  # [B, D_t]
 
     def _check_tunable(self) -> None:
         if self._seq2seq:

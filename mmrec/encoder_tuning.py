@@ -55,6 +55,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+PREFIX_BYTES = 2 << 30  # frozen-layer states kept for top:N text fine-tuning, at most (bytes)
+
 
 class EncoderTuner:
     """Trainable text / image encoders of a training run.
@@ -74,7 +76,8 @@ class EncoderTuner:
             an encoder cannot be fine-tuned.
     """
 
-    def __init__(self, content: Content, config: TrainConfig, *, max_items: int = 32, show_progress: bool = True) -> None:
+    def __init__(self, content: Content, config: TrainConfig, *, max_items: int = 32, show_progress: bool = True,
+                 max_prefix_bytes: int = PREFIX_BYTES) -> None:
         mode, top = parse_finetune(config.finetune)
         if mode == "frozen":
             raise ConfigError("finetune is 'frozen': there is nothing to fine-tune")
@@ -109,6 +112,15 @@ class EncoderTuner:
                 "fine-tuning the %s encoder %s (%s): %d of %d parameters trainable", m, enc.name, config.finetune,
                 sum(p.numel() for p in self.params[m].values()), sum(p.numel() for p in enc.model.parameters()),
             )
+        # top:N text encoders start from the cached states of their frozen layers (see _prefix).
+        self.prefix: dict[str, Any] = {}
+        self.prefix_row: dict[str, np.ndarray] = {}  # modality -> [N] position in prefix, -1 where absent
+        if self.mode == "top" and "text" in self.encoders:
+            got = self._prefix("text", max_prefix_bytes)
+            if got is not None:
+                self.prefix["text"] = got
+                self.prefix_row["text"] = np.full(len(self.present["text"]), -1, dtype=np.int64)
+                self.prefix_row["text"][self.rows["text"]] = np.arange(len(self.rows["text"]))
 
     def _unfreeze(self, modality: str, enc: Any) -> dict[str, nn.Parameter]:
         try:
@@ -133,12 +145,44 @@ class EncoderTuner:
         """One Adam parameter group per modality, at ``lr * encoder_lr_scale``."""
         return [{"params": list(ps.values()), "lr": self.lr} for ps in self.params.values()]
 
+    def _prefix(self, modality: str, max_bytes: int) -> Any:
+        """The text encoder's frozen-layer states of every item, when they fit ``max_bytes`` and
+        reproduce the full forward pass; else ``None`` (the full pass runs every time)."""
+        enc = self.encoders[modality]
+        texts = [self.inputs[modality][i] for i in self.rows[modality]]
+        hidden = int(getattr(enc._text_config, "hidden_size", 0) or 0)
+        need = sum(len(t) for t in enc._tokens(texts)) * hidden * 4
+        if not hidden or need > max_bytes:
+            logger.info("%s: the frozen layers' states would take %.0f MB (limit %.0f MB): every step runs the whole "
+                        "encoder", modality, need / 2**20, max_bytes / 2**20)
+            return None
+        was, enc.show_progress = enc.show_progress, self.show_progress
+        try:
+            prefix = enc.prefix_states(texts, self.top)
+            check = list(range(min(4, len(texts))))
+            with torch.no_grad():
+                fast, full = enc.embed_from_prefix(prefix, check), enc.embed_trainable([texts[i] for i in check])
+        except (ValueError, AttributeError, StopIteration) as e:  # a model whose layers cannot run from states
+            logger.info("%s: no cached frozen layers (%s): every step runs the whole encoder", modality, e)
+            return None
+        finally:
+            enc.show_progress = was
+        if not torch.allclose(fast, full, atol=1e-5, rtol=1e-4):
+            logger.warning("%s: the top layers from cached states differ from the full encoder (max %.2g): every "
+                           "step runs the whole encoder", modality, float((fast - full).abs().max()))
+            return None
+        logger.info("%s: the frozen layers ran once (%.0f MB of states kept); steps run the top %d layer(s)",
+                    modality, prefix.nbytes / 2**20, self.top)
+        return prefix
+
     def embed(self, modality: str, items: np.ndarray) -> Tensor:
         """Encode some items with gradients (they must have the modality).
 
         Shapes: items (B,) -> embeddings (B, D_m)
         """
         enc, inputs = self.encoders[modality], self.inputs[modality]
+        if modality in self.prefix:
+            return enc.embed_from_prefix(self.prefix[modality], self.prefix_row[modality][items].tolist())  # [B, D_m]
         return enc.embed_trainable([inputs[i] for i in items])  # [B, D_m]
 
     def step_features(self, items: np.ndarray, features: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -174,6 +218,12 @@ class EncoderTuner:
         Shapes: -> (N_m, D_m) in ``rows[modality]`` order
         """
         enc, inputs, rows = self.encoders[modality], self.inputs[modality], self.rows[modality]
+        if modality in self.prefix:
+            prefix, out = self.prefix[modality], np.zeros((len(rows), enc.dim), dtype=np.float32)  # [N_m, D_m]
+            order = np.argsort([-len(t) for t in prefix.ids], kind="stable")
+            for batch in enc._batches(order, [len(t) for t in prefix.ids]):
+                out[batch] = enc.embed_from_prefix(prefix, batch.tolist()).cpu().numpy()
+            return out
         was, enc.show_progress = enc.show_progress, self.show_progress
         try:
             batch = [inputs[i] for i in rows]

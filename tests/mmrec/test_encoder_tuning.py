@@ -223,3 +223,59 @@ def test_bundled_weights_file_of_efficientnet_round_trips(tmp_path, image_paths)
                                content.encoder_objects["image"].encode_paths(image_paths[:2]), atol=1e-5)
     with pytest.raises(ConfigError, match="stored in the model directory, which is unknown"):
         Encoders(specs, show_progress=False).get("image")
+
+
+@pytest.mark.parametrize("kind", ["bert", "clip"])
+def test_top_layers_from_cached_states_equal_the_full_encoder_with_gradients(kind, tiny_bert_dir, tiny_clip_text_dir):
+    texts = ["cat dog film", "space war love city toy boy police night music house", "", "dog"]
+    full = TextEncoder(tiny_bert_dir if kind == "bert" else tiny_clip_text_dir, show_progress=False)
+    fast = TextEncoder(tiny_bert_dir if kind == "bert" else tiny_clip_text_dir, show_progress=False)
+    prefix = fast.prefix_states(texts, 1)
+    assert [s.shape[0] for s in prefix.states] == [len(t) for t in prefix.ids]
+    rows = [3, 1, 0]  # any subset, any order: padded to its own longest text
+    params = [dict(enc.model.named_parameters()) for enc in (full, fast)]
+    for enc in (full, fast):  # as top:1 fine-tuning sets them
+        enc.model.requires_grad_(False)
+        for p in enc.tunable_parameters(1):
+            p.requires_grad_(True)
+    want = full.embed_trainable([texts[i] for i in rows])
+    got = fast.embed_from_prefix(prefix, rows)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    (want * torch.arange(want.numel()).view_as(want)).sum().backward()
+    (got * torch.arange(got.numel()).view_as(got)).sum().backward()
+    names = [n for n, p in params[0].items() if p.grad is not None]
+    assert names and all(params[1][n].grad is not None for n in names)
+    for n in names:
+        torch.testing.assert_close(params[1][n].grad, params[0][n].grad, atol=1e-6, rtol=1e-4)
+    # the layer list is whole again afterwards
+    assert len(fast.blocks()) == len(full.blocks())
+    with pytest.raises(ValueError, match="cannot start from the top 9 layers"):
+        fast.prefix_states(texts, 9)
+
+
+def test_tuner_with_cached_frozen_layers_trains_exactly_as_without(content):
+    cfg = _cfg(finetune="top:1", seed=3)
+    runs = []
+    for budget in (0, 1 << 30):
+        fresh = load_content(content.catalog, None, loaded_encoders={
+            m: (TextEncoder(content.encoders["text"]["model"], show_progress=False), content.encoders["text"])
+            for m in ("text",)}, cache_dir=None, show_progress=False)
+        tuner = EncoderTuner(fresh, cfg, show_progress=False, max_prefix_bytes=budget)
+        assert ("text" in tuner.prefix) == (budget > 0)
+        feats = {"text": torch.from_numpy(fresh.features["text"].copy())}
+        items = np.arange(0, 24, 2)
+        out = tuner.step_features(items, feats)
+        loss = out["text"].pow(2).sum() + out["text"][:, 0].sum()
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in tuner.params["text"].items() if p.grad is not None}
+        with torch.no_grad():
+            for p in tuner.params["text"].values():
+                p.add_(0.01 * torch.ones_like(p))  # a step that changes the top layer
+        tuner.end_epoch(feats)
+        runs.append((out["text"].detach(), grads, feats["text"].clone()))
+    (a, ga, fa), (b, gb, fb) = runs
+    torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
+    assert ga.keys() == gb.keys() and ga
+    for n in ga:
+        torch.testing.assert_close(gb[n], ga[n], atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(fb, fa, atol=1e-6, rtol=1e-5)  # the per-epoch refresh too
