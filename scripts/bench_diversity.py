@@ -16,10 +16,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
-import logging
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +30,7 @@ from mmrec.config import TrainConfig  # noqa: E402
 from mmrec.diversity import mmr_rerank  # noqa: E402
 from mmrec.metrics import evaluate_ranking, rank_topk  # noqa: E402
 from mmrec.train import Trainer, TrainData, build_model, seed_everything  # noqa: E402
-from machine import add_run_options, command_line, describe_machine, update_results  # noqa: E402
+from machine import add_run_options, begin_run, feature_cache, update_results  # noqa: E402
 from quality import load_dataset  # noqa: E402
 
 DATASET = "ml100k-plus"
@@ -66,12 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--candidates", type=int, default=100, help="candidates re-ranked per user (default 100)")
     add_run_options(p)
     args = p.parse_args(argv)
-    command = command_line("bench_diversity.py", argv if argv is not None else sys.argv[1:])
-    torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.WARNING)
-    machine = describe_machine()
-    with contextlib.ExitStack() as stack:
-        cache = Path(args.cache_dir) if args.cache_dir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+    command, machine = begin_run("bench_diversity.py", args, argv)
+    with feature_cache(args.cache_dir) as cache:
         content, inter = load_dataset(Path(args.data), DATASET, cache)
     cfg = TrainConfig(**CONFIG)
     seed_everything(cfg.seed)

@@ -15,10 +15,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
-import logging
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mmrec.config import TrainConfig  # noqa: E402
 from mmrec.encoder_tuning import EncoderTuner  # noqa: E402
-from machine import add_run_options, command_line, describe_machine, update_results  # noqa: E402
+from machine import add_run_options, begin_run, feature_cache, update_results  # noqa: E402
 from quality import load_dataset  # noqa: E402
 
 
@@ -69,12 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=37, help="steps per epoch (ml100k-plus: 75,000 / 2,048 = 37)")
     add_run_options(p)
     args = p.parse_args(argv)
-    command = command_line("bench_finetune.py", argv if argv is not None else sys.argv[1:])
-    torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.WARNING)
-    machine = describe_machine()
-    with contextlib.ExitStack() as stack:
-        cache = Path(args.cache_dir) if args.cache_dir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+    command, machine = begin_run("bench_finetune.py", args, argv)
+    with feature_cache(args.cache_dir) as cache:
         content, _ = load_dataset(Path(args.data), "ml100k-plus", cache)
     features = torch.from_numpy(content.features["text"].copy())
     rows = []

@@ -8,12 +8,16 @@ Imported by the scripts beside it (run as ``python scripts/NAME.py``, their fold
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import json
+import logging
 import os
 import platform
 import shlex
-from collections.abc import Callable
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +83,26 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--cache-dir", default=None, help="feature cache folder (default: a temporary one)")
     p.add_argument("--out", default="benchmarks/results", help="output folder")
+
+
+def begin_run(script: str, args: argparse.Namespace, argv: list[str] | None) -> tuple[str, dict[str, Any]]:
+    """Set torch's threads (``args.threads``) and warning-level logging; return the command line
+    to store (:func:`command_line`) and the machine at the start (:func:`describe_machine`)."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.WARNING)
+    return command_line(script, argv if argv is not None else sys.argv[1:]), describe_machine()
+
+
+@contextlib.contextmanager
+def feature_cache(cache_dir: str | None) -> Iterator[Path]:
+    """The ``--cache-dir`` folder, or a temporary one removed on exit."""
+    if cache_dir:
+        yield Path(cache_dir)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            yield Path(tmp)
 
 
 def update_results(out_dir: Path, stem: str, update: Callable[[dict[str, Any] | None], dict[str, Any]],

@@ -60,3 +60,26 @@ def test_update_results_keeps_the_old_file_when_the_update_fails(tmp_path):
     with pytest.raises(ValueError, match="bad entry"):
         machine.update_results(tmp_path, "q", broken, lambda r: "ok\n")
     assert json.loads((tmp_path / "q.json").read_text()) == {"runs": {"a": 1}}
+
+
+def test_feature_cache_is_the_given_folder_or_a_temporary_one(tmp_path):
+    with machine.feature_cache(str(tmp_path / "c")) as got:
+        assert got == tmp_path / "c"
+    with machine.feature_cache(None) as got:
+        assert got.is_dir()
+        (got / "x").write_text("1")
+    assert not got.exists()
+
+
+def test_begin_run_sets_threads_and_returns_the_stored_command():
+    import argparse
+
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        command, info = machine.begin_run("bench_x.py", argparse.Namespace(threads=1), ["--out", "o", "--steps", "3"])
+        assert command == "python scripts/bench_x.py --steps 3" and torch.get_num_threads() == 1
+        assert info["torch_threads"] == 1 and info["cores"] >= 1
+    finally:
+        torch.set_num_threads(before)
