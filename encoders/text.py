@@ -442,8 +442,11 @@ class TextEncoder:
         """Run the model with its embeddings' output replaced by ``hidden`` and only the last
         ``top`` layers in its layer list (the list is restored afterwards)."""
         full = layer_stack(self._tower)
-        owner = next((m, name) for m in self._tower.modules() for name, child in m.named_children()
-                     if isinstance(child, nn.ModuleList) and list(child) == full)
+        owners = [(m, name) for m in self._tower.modules() for name, child in m.named_children()
+                  if isinstance(child, nn.ModuleList) and list(child) == full]
+        if not owners:
+            raise ValueError(f"{self.name}: the layer list is not a direct child of a module")
+        owner = owners[0]
         stack = getattr(owner[0], owner[1])
         hook = self._tower.embeddings.register_forward_hook(lambda module, args, output: hidden)
         setattr(owner[0], owner[1], nn.ModuleList(full[len(full) - top :]))

@@ -162,8 +162,10 @@ class EncoderTuner:
             check = list(range(min(4, len(texts))))
             with torch.no_grad():
                 fast, full = enc.embed_from_prefix(prefix, check), enc.embed_trainable([texts[i] for i in check])
-        except (ValueError, AttributeError, StopIteration) as e:  # a model whose layers cannot run from states
-            logger.info("%s: no cached frozen layers (%s): every step runs the whole encoder", modality, e)
+        except Exception as e:  # noqa: BLE001  a model whose layers cannot run from states (e.g. a projection
+            # between embeddings and layers, as ELECTRA / ALBERT have): the whole encoder it is
+            logger.info("%s: no cached frozen layers (%s: %s): every step runs the whole encoder", modality,
+                        type(e).__name__, e)
             return None
         finally:
             enc.show_progress = was
@@ -182,7 +184,10 @@ class EncoderTuner:
         """
         enc, inputs = self.encoders[modality], self.inputs[modality]
         if modality in self.prefix:
-            return enc.embed_from_prefix(self.prefix[modality], self.prefix_row[modality][items].tolist())  # [B, D_m]
+            rows = self.prefix_row[modality][np.asarray(items, dtype=np.int64)]
+            if (rows < 0).any():
+                raise ValueError(f"items {np.asarray(items)[rows < 0].tolist()[:5]} have no {modality}")
+            return enc.embed_from_prefix(self.prefix[modality], rows.tolist())  # [B, D_m]
         return enc.embed_trainable([inputs[i] for i in items])  # [B, D_m]
 
     def step_features(self, items: np.ndarray, features: dict[str, Tensor]) -> dict[str, Tensor]:

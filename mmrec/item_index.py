@@ -638,6 +638,11 @@ class ItemIndex:
         if catalog.has_images and "image" not in encoders:
             logger.warning("%s has images but this index has no image modality: images ignored", catalog.source)
         new_features, present, hashes = encode_catalog(catalog, encoders, cache_dir)
+        if given and catalog.skipped:
+            rows = ", ".join(str(q.row) for q in catalog.skipped[:10])
+            raise DataError(catalog.source, [Problem(None, None, f"rows {rows} were skipped as invalid, so the "
+                                                                 "--features rows no longer line up with the catalog: "
+                                                                 "fix those rows instead of skipping them")])
         if given:
             from mmrec.pipeline import load_npy_features  # the pipeline imports this module
 

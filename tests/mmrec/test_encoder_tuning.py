@@ -279,3 +279,20 @@ def test_tuner_with_cached_frozen_layers_trains_exactly_as_without(content):
     for n in ga:
         torch.testing.assert_close(gb[n], ga[n], atol=1e-6, rtol=1e-4)
     torch.testing.assert_close(fb, fa, atol=1e-6, rtol=1e-5)  # the per-epoch refresh too
+
+
+def test_cached_path_refuses_items_without_text_and_falls_back_when_a_model_cannot_run_from_states(
+        content, monkeypatch):
+    tuner = EncoderTuner(content, _cfg(finetune="top:1"), show_progress=False)
+    assert "text" in tuner.prefix
+    with pytest.raises(ValueError, match=r"items \[5\] have no text"):  # item 5 has an image but no text
+        tuner.embed("text", np.array([4, 5]))
+
+    def cannot(self, prefix, rows):  # as ELECTRA's embeddings projection fails on hidden-size states
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(TextEncoder, "embed_from_prefix", cannot)
+    plain = EncoderTuner(content, _cfg(finetune="top:1"), show_progress=False)
+    assert plain.prefix == {}
+    got = plain.embed("text", np.array([0, 1]))
+    assert got.shape == (2, content.features["text"].shape[1]) and got.requires_grad
