@@ -29,9 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mmrec.config import TrainConfig  # noqa: E402
 from mmrec.diversity import mmr_rerank  # noqa: E402
 from mmrec.metrics import evaluate_ranking, rank_topk  # noqa: E402
-from mmrec.train import Trainer, TrainData, build_model, seed_everything  # noqa: E402
 from machine import add_run_options, begin_run, feature_cache, update_results  # noqa: E402
-from quality import load_dataset  # noqa: E402
+from quality import fit_trainer, load_dataset  # noqa: E402
 
 DATASET = "ml100k-plus"
 CONFIG = dict(mask="train", lr=0.01, reg=1e-3, edge_dropout=0.3, align_weight=1.0, epochs=100, patience=10,
@@ -66,17 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     command, machine = begin_run("bench_diversity.py", args, argv)
     with feature_cache(args.cache_dir) as cache:
         content, inter = load_dataset(Path(args.data), DATASET, cache)
-    cfg = TrainConfig(**CONFIG)
-    seed_everything(cfg.seed)
-    n = inter.num_items
-    dims = {m: int(x.shape[1]) for m, x in content.features.items()}
-    model = build_model(cfg, inter.num_users, n, dims)
-    degree = np.bincount(inter.items[inter.split_mask("train")], minlength=n)
-    data = TrainData(inter, {m: torch.from_numpy(x) for m, x in content.features.items()},
-                     {m: torch.from_numpy(x) for m, x in content.present.items()}, torch.from_numpy(degree > 0))
     start = time.perf_counter()
-    trainer = Trainer(model, data, cfg, show_progress=False)
-    result = trainer.fit()
+    trainer, result = fit_trainer(content, inter, TrainConfig(**CONFIG))
     train_seconds = time.perf_counter() - start
     user_vecs, item_vecs, _ = trainer.vectors()
     print(f"trained: best epoch {result.best_epoch}, {train_seconds:.0f}s", flush=True)
@@ -98,8 +88,9 @@ def main(argv: list[str] | None = None) -> None:
             picks = mmr_rerank(V[cand] @ U[u], V[cand], max(KS), w)
             top[r, : len(picks)] = cand[picks]
         ms = 1000 * (time.perf_counter() - t) / len(users)
-        got = evaluate_ranking(top, truth[users], KS, num_items=n, item_popularity=popularity, item_vectors=V)
-        by_text = evaluate_ranking(top, truth[users], KS, num_items=n, item_vectors=text)
+        got = evaluate_ranking(top, truth[users], KS, num_items=inter.num_items, item_popularity=popularity,
+                               item_vectors=V)
+        by_text = evaluate_ranking(top, truth[users], KS, num_items=inter.num_items, item_vectors=text)
         row = {"weight": w, "ms_per_user": round(ms, 3)} | {k: round(float(v), 6) for k, v in got.items()}
         row |= {f"text_{k}": round(float(by_text[k]), 6) for k in by_text if k.startswith("diversity@")}
         rows.append(row)

@@ -129,8 +129,8 @@ FUSED_GRIDS: dict[str, tuple[type, str]] = {
 
 
 # ------------------------------------------------------------------------------ the models
-def train_one(content: Content, inter: Interactions, cfg: TrainConfig) -> dict[str, Any]:
-    """One training run by the pipeline's own model/trainer; valid and test metrics, both masks."""
+def fit_trainer(content: Content, inter: Interactions, cfg: TrainConfig) -> tuple[Trainer, Any]:
+    """Train by the pipeline's own model/trainer; returns the trainer (at its best epoch) and its result."""
     seed_everything(cfg.seed)
     n = inter.num_items
     dims = {m: int(x.shape[1]) for m, x in content.features.items()} if cfg.use_content else {}
@@ -144,9 +144,14 @@ def train_one(content: Content, inter: Interactions, cfg: TrainConfig) -> dict[s
         {m: torch.from_numpy(content.present[m]) for m in dims},
         has_id,
     )
-    start = time.perf_counter()
     trainer = Trainer(model, data, cfg, show_progress=False)
-    result = trainer.fit()
+    return trainer, trainer.fit()
+
+
+def train_one(content: Content, inter: Interactions, cfg: TrainConfig) -> dict[str, Any]:
+    """One training run (:func:`fit_trainer`); valid and test metrics, both masks."""
+    start = time.perf_counter()
+    trainer, result = fit_trainer(content, inter, cfg)
     users, items, _ = trainer.vectors()
 
     def score(u: np.ndarray) -> torch.Tensor:
