@@ -148,7 +148,7 @@ def cmd_similar(args: argparse.Namespace) -> int:
     from mmrec.explain import explain_similar
 
     index = _open_index(args)
-    results = index.similar(args.item, args.k)
+    results = index.similar(args.item, args.k, by=args.by)
     if args.explain:
         explain_similar(index, args.item, results)
     print_results(results, args.json, title_field_of(index))
@@ -344,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("similar", help="items similar to a catalog item")
     _query_opts(s)
     s.add_argument("--item", required=True, help="item id")
+    s.add_argument("--by", choices=["index", "cosine"], default="index",
+                   help="index: the index's ranking (a trained model's dot product, which favours popular items); "
+                        "cosine: exact cosine of the item vectors (default index)")
     s.add_argument("--explain", action="store_true",
                    help="per result: its modality attention weights and per-modality similarity to the item")
     _common(s)

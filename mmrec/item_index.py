@@ -557,10 +557,23 @@ class ItemIndex:
         ids, scores = self.index.search(queries, k, exclude=exclude)
         return [self._results(i, self.vectorizer.rescore(s, q)) for i, s, q in zip(ids, scores, queries)]
 
-    def similar(self, item_id: object, k: int = 10) -> list[Result]:
-        """The k items most similar to a catalog item (the item itself excluded)."""
+    def similar(self, item_id: object, k: int = 10, *, by: str = "index") -> list[Result]:
+        """The k items most similar to a catalog item (the item itself excluded).
+
+        Args:
+            by: ``"index"`` (default): the index's own ranking (FAISS; for a trained model the
+                dot product that serves users, which favours popular items' long vectors);
+                ``"cosine"``: the exact cosine of the item vectors (an exact scan), the items
+                whose direction is closest whatever their popularity.
+        """
         iid = self.resolve_id(item_id)
-        return self.search_vectors(self.vectorizer.item_query(self.vector_of(iid)), k, exclude=[{iid}])[0]
+        if by == "index":
+            return self.search_vectors(self.vectorizer.item_query(self.vector_of(iid)), k, exclude=[{iid}])[0]
+        if by != "cosine":
+            raise ConfigError(f"by must be 'index' or 'cosine', got {by!r}")
+        raw = self.vectorizer.mips.original(self.vectors)  # [N, D]
+        row = self._pos[iid]
+        return self._cosine_top(raw, raw[row], k, skip=row)
 
     def search_text(self, text: str, k: int = 10) -> list[Result]:
         """The k items closest to a free-text query."""
@@ -583,12 +596,18 @@ class ItemIndex:
         """
         if not getattr(self.vectorizer, "query_by_cosine", False):
             return self.search_vectors(query, k)[0]
+        raw = self.vectorizer.mips.original(self.vectors)  # [N, D]
+        return self._cosine_top(raw, np.asarray(query, np.float32)[0, :-1], k)  # the MIPS query is [q, 0]
+
+    def _cosine_top(self, raw: np.ndarray, q: np.ndarray, k: int, skip: int | None = None) -> list[Result]:
+        """The k rows of ``raw [N, D]`` with the highest cosine to ``q [D]`` (row ``skip`` left out),
+        by an exact scan; ties keep index order."""
         if k < 1:
             raise MMRecError(f"k must be at least 1, got {k}")
-        raw = self.vectorizer.mips.original(self.vectors)  # [N, D]
-        q = np.asarray(query, np.float32)[0, :-1]  # [D]: the MIPS query is [q, 0]
         sims = (raw @ q) / np.maximum(np.linalg.norm(raw, axis=1) * np.linalg.norm(q), 1e-12)  # [N]
-        top = np.argsort(-sims, kind="stable")[:k]
+        if skip is not None:
+            sims[skip] = -np.inf
+        top = [i for i in np.argsort(-sims, kind="stable")[:k] if i != skip]
         return [Result(self.items[i][ID_FIELD], float(sims[i]), self.items[i]["fields"]) for i in top]
 
     # --- changes -----------------------------------------------------------------------------

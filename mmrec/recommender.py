@@ -234,10 +234,11 @@ class Recommender:
         return write
 
     # ------------------------------------------------------------------------------ queries
-    def similar(self, item_id: object, k: int = 10, *, explain: bool = False) -> list[Result]:
-        """The k items most similar to an item; ``explain`` attaches each one's attention weights
-        and per-modality similarity to the item (:func:`mmrec.explain.explain_similar`)."""
-        results = self.items.similar(item_id, k)
+    def similar(self, item_id: object, k: int = 10, *, explain: bool = False, by: str = "index") -> list[Result]:
+        """The k items most similar to an item (``by`` as :meth:`ItemIndex.similar`); ``explain``
+        attaches each one's attention weights and per-modality similarity to the item
+        (:func:`mmrec.explain.explain_similar`)."""
+        results = self.items.similar(item_id, k, by=by)
         return explain_similar(self.items, item_id, results) if explain else results
 
     def explain(self, item_id: object, k: int = 5) -> ItemExplanation:

@@ -9,7 +9,7 @@ import pytest
 
 from mmrec.cli import main
 from mmrec.config import TrainConfig
-from mmrec.errors import MMRecError
+from mmrec.errors import ConfigError, MMRecError
 from mmrec.explain import (
     attention_weights,
     explain_item,
@@ -272,3 +272,23 @@ def test_diversified_recommendations(trained, capsys):
     assert [r["item_id"] for r in out] == [r.item_id for r in rec.recommend("u3", 6, diversity=0.6)]
     assert main(["recommend", "--index", d, "--user", "u3", "--diversity", "1.5", "-q"]) == 1
     assert "diversity weight must lie in [0, 1], got 1.5" in capsys.readouterr().err
+
+
+def test_similar_by_cosine_is_the_exact_cosine_ranking(trained, capsys):
+    d = str(trained / "model")
+    rec = Recommender.load(d, show_progress=False)
+    raw = rec.items.vectorizer.mips.original(rec.items.vectors)
+    row = rec.items._pos[3]
+    unit = raw / np.linalg.norm(raw, axis=1, keepdims=True)
+    sims = unit @ unit[row]
+    order = [i for i in np.argsort(-sims, kind="stable") if i != row][:5]
+    got = rec.similar(3, 5, by="cosine")
+    assert [r.item_id for r in got] == [rec.items.items[i]["item_id"] for i in order]
+    np.testing.assert_allclose([r.score for r in got], sims[order], rtol=1e-5, atol=1e-6)
+    assert 3 not in [r.item_id for r in rec.similar(3, len(rec.items), by="cosine")]
+    assert len(rec.similar(3, len(rec.items), by="cosine")) == len(rec.items) - 1
+    assert [r.item_id for r in rec.similar(3, 5)] == [r.item_id for r in rec.similar(3, 5, by="index")]
+    with pytest.raises(ConfigError, match="by must be 'index' or 'cosine'"):
+        rec.similar(3, 5, by="dot")
+    assert main(["similar", "--index", d, "--item", "3", "-k", "5", "--by", "cosine", "--json", "-q"]) == 0
+    assert [r["item_id"] for r in json.loads(capsys.readouterr().out)] == [r.item_id for r in got]
