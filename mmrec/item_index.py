@@ -653,24 +653,26 @@ class ItemIndex:
             catalog = load_catalog(catalog, **(opts | catalog_options))
         catalog.item_ids = self._align_id_type(catalog.item_ids)
         check_catalog_ids(catalog, set(self._pos), catalog.source)
-        encoders = {m: self.encoders.get(m) for m in encoded}
-        if catalog.has_images and "image" not in encoders:
-            logger.warning("%s has images but this index has no image modality: images ignored", catalog.source)
-        new_features, present, hashes = encode_catalog(catalog, encoders, cache_dir)
+        # Everything that can refuse the add runs before the (slow) encoding.
         if given and catalog.skipped:
             rows = ", ".join(str(q.row) for q in catalog.skipped[:10])
             raise DataError(catalog.source, [Problem(None, None, f"rows {rows} were skipped as invalid, so the "
                                                                  "--features rows no longer line up with the catalog: "
                                                                  "fix those rows instead of skipping them")])
-        if given:
-            from mmrec.pipeline import load_npy_features  # the pipeline imports this module
+        from mmrec.pipeline import load_npy_features, npy_present  # the pipeline imports this module
 
-            for m, x in load_npy_features(given, len(catalog)).items():
-                width = self.features[m].shape[1]
-                if x.shape[1] != width:
-                    raise DataError(given[m], [Problem(None, None, f"{x.shape[1]} columns, but the index's {m} "
-                                                                   f"features are {width} wide")])
-                new_features[m], present[m] = x, np.abs(x).sum(axis=1) > 0
+        loaded = load_npy_features(given, len(catalog))
+        for m, x in loaded.items():
+            width = self.features[m].shape[1]
+            if x.shape[1] != width:
+                raise DataError(given[m], [Problem(None, None, f"{x.shape[1]} columns, but the index's {m} "
+                                                               f"features are {width} wide")])
+        encoders = {m: self.encoders.get(m) for m in encoded}
+        if catalog.has_images and "image" not in encoders:
+            logger.warning("%s has images but this index has no image modality: images ignored", catalog.source)
+        new_features, present, hashes = encode_catalog(catalog, encoders, cache_dir)
+        for m, x in loaded.items():
+            new_features[m], present[m] = x, npy_present(x)
         for m in precomputed:
             if m not in given:
                 logger.warning("no %s features given for the new items (--features %s=PATH.npy): the modality is "

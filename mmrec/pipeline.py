@@ -92,6 +92,11 @@ def load_npy_features(specs: Mapping[str, str | Path], num_items: int | None) ->
     return out
 
 
+def npy_present(x: np.ndarray) -> np.ndarray:
+    """``[N]`` bool: the rows of precomputed features that hold a value (an all-zero row is a missing one)."""
+    return np.abs(x).sum(axis=1) > 0
+
+
 def load_content(
     catalog: str | Path | Catalog | None,
     features: Mapping[str, str | Path] | None,
@@ -136,7 +141,7 @@ def load_content(
                 raise ConfigError(f"feature files have different row counts: { {m: len(x) for m, x in npy.items()} }")
             item_ids = list(range(sizes.pop()))
         for m, x in npy.items():
-            feats[m], present[m] = x, np.abs(x).sum(axis=1) > 0
+            feats[m], present[m] = x, npy_present(x)
     return Content(item_ids, feats, present, records, hashes, specs, catalog, encoders)
 
 
