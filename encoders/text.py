@@ -243,6 +243,7 @@ class TextEncoder:
         if self.max_length < max_length:
             logger.info("%s: max_length capped at %d by the model", name, self.max_length)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self._stack_owner: tuple[nn.Module, str] | None = None  # module holding the layer list (fine-tuning)
 
         fp = fingerprint_files(model_files(Path(source))) if local else remote_fingerprint(name, config)
         self.identity = f"text:{name}@{fp[:16]}:pool={self.pooling}:max_length={self.max_length}"
@@ -402,7 +403,7 @@ class TextEncoder:
             return_token_type_ids=False,
         )["input_ids"]
 
-    def prefix_states(self, texts: Sequence[str], top: int) -> PrefixStates:
+    def prefix_states(self, texts: Sequence[str], top: int, max_bytes: int | None = None) -> PrefixStates:
         """The hidden states entering the last ``top`` layers, per text (frozen layers run once).
 
         With only the last ``top`` layers trained, everything below them is a constant function
@@ -410,9 +411,15 @@ class TextEncoder:
         its own ``[len_i, H]`` states (no padding stored); they do not depend on the batch's
         padding, as attention never looks at padded positions.
 
+        Args:
+            texts: the texts.
+            top: layers that will run on the states.
+            max_bytes: refuse (before running anything) when the states would take more.
+
         Raises:
             ValueError: as :meth:`blocks`; ``top`` outside ``1 .. layers``; a model whose layers
-                cannot be run from states (no ``embeddings`` module).
+                cannot be run from states (no ``embeddings`` module, no ``hidden_size``); states
+                over ``max_bytes``.
 
         Shapes: texts (N,) -> N states of (len_i, H)
         """
@@ -421,8 +428,15 @@ class TextEncoder:
             raise ValueError(f"{self.name}: cannot start from the top {top} layers, the text model has {len(blocks)}")
         if getattr(self._tower, "embeddings", None) is None:
             raise ValueError(f"{self.name}: no embeddings module to feed cached states through")
+        hidden_size = int(getattr(self._text_config, "hidden_size", 0) or 0)
+        if not hidden_size:
+            raise ValueError(f"{self.name}: the model config has no hidden_size")
         texts = _texts(texts)
         ids = self._tokens(texts)
+        need = sum(len(t) for t in ids) * hidden_size * 4  # float32 states
+        if max_bytes is not None and need > max_bytes:
+            raise ValueError(f"the frozen layers' states would take {need / 2**20:.0f} MB "
+                             f"(limit {max_bytes / 2**20:.0f} MB)")
         states: list[torch.Tensor | None] = [None] * len(texts)
         order = np.argsort([-len(t) for t in ids], kind="stable")
         bar = tqdm(total=len(texts), desc=f"frozen layers ({self.name})", unit="text", disable=not self.show_progress)
@@ -441,19 +455,21 @@ class TextEncoder:
     def _top_layers_only(self, top: int, hidden: torch.Tensor) -> Iterator[None]:
         """Run the model with its embeddings' output replaced by ``hidden`` and only the last
         ``top`` layers in its layer list (the list is restored afterwards)."""
-        full = layer_stack(self._tower)
-        owners = [(m, name) for m in self._tower.modules() for name, child in m.named_children()
-                  if isinstance(child, nn.ModuleList) and list(child) == full]
-        if not owners:
-            raise ValueError(f"{self.name}: the layer list is not a direct child of a module")
-        owner = owners[0]
-        stack = getattr(owner[0], owner[1])
+        if self._stack_owner is None:  # found once: every training step comes through here
+            full = layer_stack(self._tower)
+            owners = [(m, name) for m in self._tower.modules() for name, child in m.named_children()
+                      if isinstance(child, nn.ModuleList) and list(child) == full]
+            if not owners:
+                raise ValueError(f"{self.name}: the layer list is not a direct child of a module")
+            self._stack_owner = owners[0]
+        owner, name = self._stack_owner
+        stack = getattr(owner, name)
         hook = self._tower.embeddings.register_forward_hook(lambda module, args, output: hidden)
-        setattr(owner[0], owner[1], nn.ModuleList(full[len(full) - top :]))
+        setattr(owner, name, nn.ModuleList(list(stack)[len(stack) - top :]))
         try:
             yield
         finally:
-            setattr(owner[0], owner[1], stack)
+            setattr(owner, name, stack)
             hook.remove()
 
     def embed_from_prefix(self, prefix: PrefixStates, rows: Sequence[int]) -> torch.Tensor:
@@ -474,6 +490,18 @@ class TextEncoder:
             hidden[b, : len(prefix.ids[i])] = prefix.states[i]
         with self._top_layers_only(prefix.top, hidden.to(self.device)):
             return self._embed(input_ids, mask)  # [B, D_t]
+
+    @torch.no_grad()
+    def encode_from_prefix(self, prefix: PrefixStates) -> np.ndarray:
+        """Every text of ``prefix`` encoded from its states, in length-sorted batches (no gradient).
+
+        Shapes: -> (N, D_t) in ``prefix`` order
+        """
+        out = np.zeros((len(prefix.ids), self.dim), dtype=np.float32)  # [N, D_t]
+        order = np.argsort([-len(t) for t in prefix.ids], kind="stable")
+        for rows in self._batches(order, [len(t) for t in prefix.ids]):
+            out[rows] = self.embed_from_prefix(prefix, rows.tolist()).cpu().numpy()
+        return out
 
     def _check_tunable(self) -> None:
         if self._seq2seq:

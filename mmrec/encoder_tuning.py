@@ -150,20 +150,14 @@ class EncoderTuner:
         reproduce the full forward pass; else ``None`` (the full pass runs every time)."""
         enc = self.encoders[modality]
         texts = [self.inputs[modality][i] for i in self.rows[modality]]
-        hidden = int(getattr(enc._text_config, "hidden_size", 0) or 0)
-        need = sum(len(t) for t in enc._tokens(texts)) * hidden * 4
-        if not hidden or need > max_bytes:
-            logger.info("%s: the frozen layers' states would take %.0f MB (limit %.0f MB): every step runs the whole "
-                        "encoder", modality, need / 2**20, max_bytes / 2**20)
-            return None
         was, enc.show_progress = enc.show_progress, self.show_progress
         try:
-            prefix = enc.prefix_states(texts, self.top)
+            prefix = enc.prefix_states(texts, self.top, max_bytes)
             check = list(range(min(4, len(texts))))
             with torch.no_grad():
                 fast, full = enc.embed_from_prefix(prefix, check), enc.embed_trainable([texts[i] for i in check])
-        except Exception as e:  # noqa: BLE001  a model whose layers cannot run from states (e.g. a projection
-            # between embeddings and layers, as ELECTRA / ALBERT have): the whole encoder it is
+        except Exception as e:  # noqa: BLE001  states over max_bytes, or a model whose layers cannot run from
+            # states (e.g. a projection between embeddings and layers, as ELECTRA / ALBERT have): the whole encoder
             logger.info("%s: no cached frozen layers (%s: %s): every step runs the whole encoder", modality,
                         type(e).__name__, e)
             return None
@@ -224,11 +218,7 @@ class EncoderTuner:
         """
         enc, inputs, rows = self.encoders[modality], self.inputs[modality], self.rows[modality]
         if modality in self.prefix:
-            prefix, out = self.prefix[modality], np.zeros((len(rows), enc.dim), dtype=np.float32)  # [N_m, D_m]
-            order = np.argsort([-len(t) for t in prefix.ids], kind="stable")
-            for batch in enc._batches(order, [len(t) for t in prefix.ids]):
-                out[batch] = enc.embed_from_prefix(prefix, batch.tolist()).cpu().numpy()
-            return out
+            return enc.encode_from_prefix(self.prefix[modality])  # prefix order is rows order
         was, enc.show_progress = enc.show_progress, self.show_progress
         try:
             batch = [inputs[i] for i in rows]

@@ -251,6 +251,9 @@ def test_top_layers_from_cached_states_equal_the_full_encoder_with_gradients(kin
     assert len(fast.blocks()) == len(full.blocks())
     with pytest.raises(ValueError, match="cannot start from the top 9 layers"):
         fast.prefix_states(texts, 9)
+    with pytest.raises(ValueError, match=r"states would take \d+ MB \(limit 0 MB\)"):
+        fast.prefix_states(texts, 1, max_bytes=0)
+    np.testing.assert_allclose(fast.encode_from_prefix(prefix), full.encode(texts), atol=1e-6, rtol=1e-5)
 
 
 def test_tuner_with_cached_frozen_layers_trains_exactly_as_without(content):
