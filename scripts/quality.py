@@ -40,12 +40,10 @@ On a shared CPU, ``--threads 1`` (the default) is faster than oversubscribing co
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import logging
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -64,7 +62,7 @@ from mmrec.interactions import Interactions  # noqa: E402
 from mmrec.metrics import evaluate  # noqa: E402
 from mmrec.pipeline import Content, interactions_for, load_content  # noqa: E402
 from mmrec.train import Trainer, TrainData, build_model, seed_everything  # noqa: E402
-from machine import METRICS, add_run_options, command_line, describe_machine, mean_std, pick_metrics, update_results  # noqa: E402  (scripts/machine.py)
+from machine import METRICS, add_run_options, command_line, describe_machine, feature_cache, mean_std, pick_metrics, update_results  # noqa: E402  (scripts/machine.py)
 
 MODELS = ("fused", "id-only", "content-index")
 
@@ -428,8 +426,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     if args.verbose:
         logging.getLogger("mmrec.train").setLevel(logging.INFO)  # one line per epoch
-    with contextlib.ExitStack() as stack:
-        cache = Path(args.cache_dir) if args.cache_dir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+    with feature_cache(args.cache_dir) as cache:
         for name in args.datasets:
             key = f"{name} {args.tag}" if args.tag else name
             entry = run_dataset(name, args, cache, lambda e, k=key: merge_and_write(Path(args.out), k, e))

@@ -84,7 +84,7 @@ from mmrec.config import TrainConfig  # noqa: E402
 from mmrec.interactions import TEST, TRAIN, VALID, Interactions  # noqa: E402
 from mmrec.metrics import evaluate, rank_topk  # noqa: E402
 from mmrec.pipeline import Content, fit, interactions_for, load_content  # noqa: E402
-from machine import METRICS, add_run_options, command_line, describe_machine, mean_std, pick_metrics, update_results  # noqa: E402  (scripts/machine.py)
+from machine import METRICS, add_run_options, command_line, describe_machine, feature_cache, mean_std, pick_metrics, update_results  # noqa: E402  (scripts/machine.py)
 
 TEXT_FIELDS = ["title", "genres", "summary", "cast", "director"]
 
@@ -764,8 +764,7 @@ def main(argv: list[str] | None = None) -> None:
     args.command = command_line("quality_cold.py", argv if argv is not None else sys.argv[1:])
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
-    with contextlib.ExitStack() as stack:
-        cache = Path(args.cache_dir) if args.cache_dir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+    with feature_cache(args.cache_dir) as cache:
         for part in args.parts:
             save = lambda e, n=part: merge_and_write(Path(args.out), n, e)  # noqa: E731
             if part.startswith("cold:"):
