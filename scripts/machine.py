@@ -36,12 +36,16 @@ def cpu_model() -> str:
 
 
 def describe_machine() -> dict[str, Any]:
-    """CPU, cores, torch threads and version, Python version and the load average right now."""
+    """CPU, cores, torch threads and version, Python version, the load average right now and
+    the CUDA GPU's name where torch sees one."""
     import torch
 
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(),
-            "load_average": [round(x, 2) for x in os.getloadavg()]}
+    out = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+           "torch": torch.__version__, "python": platform.python_version(),
+           "load_average": [round(x, 2) for x in os.getloadavg()]}
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name(0)
+    return out
 
 
 def mean_std(values: list[float]) -> dict[str, float]:

@@ -123,6 +123,8 @@ FUSED_GRIDS: dict[str, tuple[type, str]] = {
     "content_gain": (float, "initial scales of the content projections"),
     "item_graph_k": (int, "content kNN item-item graph sizes (0 = off)"),
     "align_weight": (float, "weights of the content-to-graph alignment loss"),
+    "finetune": (str, "encoder modes (frozen, top:N, full; mmrec.encoder_tuning)"),
+    "encoder_lr_scale": (float, "encoder learning rates, as fractions of lr, when fine-tuning"),
 }
 
 
@@ -142,7 +144,12 @@ def fit_trainer(content: Content, inter: Interactions, cfg: TrainConfig) -> tupl
         {m: torch.from_numpy(content.present[m]) for m in dims},
         has_id,
     )
-    trainer = Trainer(model, data, cfg, show_progress=False)
+    tuner = None
+    if dims and cfg.finetune != "frozen":  # as mmrec.pipeline.fit: the catalog's encoders train with the model
+        from mmrec.encoder_tuning import EncoderTuner
+
+        tuner = EncoderTuner(content, cfg, show_progress=False)
+    trainer = Trainer(model, data, cfg, tuner=tuner, show_progress=False)
     return trainer, trainer.fit()
 
 
@@ -153,7 +160,7 @@ def train_one(content: Content, inter: Interactions, cfg: TrainConfig) -> dict[s
     users, items, _ = trainer.vectors()
 
     def score(u: np.ndarray) -> torch.Tensor:
-        return users[torch.as_tensor(u)] @ items.T  # [B, N]
+        return users[torch.as_tensor(u, device=users.device)] @ items.T  # [B, N]
 
     test = {mask: evaluate(score, inter, split="test", mask=mask, ks=(10, 20)) for mask in ("train", "all")}
     return {
@@ -192,6 +199,29 @@ def content_index(content: Content, inter: Interactions) -> dict[str, Any]:
     return out
 
 
+def grid_points(kind: str, grid: list[dict[str, Any]], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One model's grid: the shared ``grid`` points, times the fused-only options for ``fused``.
+
+    A frozen encoder has no learning rate, so fused points that differ only in
+    ``encoder_lr_scale`` while ``finetune`` is frozen run once, without it.
+    """
+    if kind != "fused":
+        return list(grid)
+    points = grid + ([{**g, "id_dropout": 0.0} for g in grid] if args.grid_id_dropout else [])
+    if args.fused_id_mode:
+        points = [{**p, "id_mode": mode} for mode in args.fused_id_mode for p in points]
+    for field in FUSED_GRIDS:
+        values = getattr(args, f"grid_{field}")
+        if values:
+            points = [{**p, field: v} for v in values for p in points]
+    unique: dict[str, dict[str, Any]] = {}
+    for point in points:
+        if point.get("finetune", "frozen") == "frozen":
+            point = {k: v for k, v in point.items() if k != "encoder_lr_scale"}
+        unique.setdefault(json.dumps(point, sort_keys=True), point)
+    return list(unique.values())
+
+
 # ------------------------------------------------------------------------------- one dataset
 def run_dataset(name: str, args: argparse.Namespace, cache_dir: Path, save: Callable[[dict], None]) -> dict:
     """Content index, then each model's grid (first seed), then the other seeds, model by model.
@@ -205,6 +235,7 @@ def run_dataset(name: str, args: argparse.Namespace, cache_dir: Path, save: Call
     entry: dict[str, Any] = {
         "command": args.command,
         "note": args.note,
+        "device": args.device,
         "complete": False,
         "machine_at_start": describe_machine(),
         "data": {"users": inter.num_users, "items": inter.num_items, "split": inter.split_counts(),
@@ -237,7 +268,7 @@ def run_dataset(name: str, args: argparse.Namespace, cache_dir: Path, save: Call
         checkpoint()
 
     base = {"mask": "train", "epochs": args.epochs, "patience": args.patience, "batch_size": args.batch_size,
-            "eval_every": 1, "id_init": args.id_init, "reg_form": args.reg_form}
+            "eval_every": 1, "id_init": args.id_init, "reg_form": args.reg_form, "device": args.device}
     kinds = {"id-only": {"use_content": False}, "fused": {"use_content": True}}
     if not content.features:
         kinds.pop("fused")  # nothing to fuse: only the backbone check
@@ -246,13 +277,7 @@ def run_dataset(name: str, args: argparse.Namespace, cache_dir: Path, save: Call
         grid = [{**g, "edge_dropout": d} for d in args.grid_edge_dropout for g in grid]
     chosen = {}
     for kind, fixed in kinds.items():
-        points = grid + ([{**g, "id_dropout": 0.0} for g in grid] if kind == "fused" and args.grid_id_dropout else [])
-        if kind == "fused" and args.fused_id_mode:
-            points = [{**p, "id_mode": mode} for mode in args.fused_id_mode for p in points]
-        for field in FUSED_GRIDS if kind == "fused" else ():
-            values = getattr(args, f"grid_{field}")
-            if values:
-                points = [{**p, field: v} for v in values for p in points]
+        points = grid_points(kind, grid, args)
         tried = entry["grid"][kind] = []
         for point in points:
             run = train_one(content, inter, TrainConfig(**base, **fixed, **point, seed=args.seeds[0]))
@@ -332,7 +357,8 @@ def model_label(kind: str, sel: dict[str, Any] | None) -> str:
         parts += [f"id_dropout {sel['id_dropout']}", f"id_mode {sel.get('id_mode', 'token')}",
                   f"content_gain {sel.get('content_gain', 1.0)}"]
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    for field in (("item_graph_k", "align_weight") if kind == "fused" else ()) + ("edge_dropout", "id_init", "reg_form"):
+    fused_only = ("item_graph_k", "align_weight", "finetune", "encoder_lr_scale") if kind == "fused" else ()
+    for field in fused_only + ("edge_dropout", "id_init", "reg_form"):
         if sel.get(field, defaults[field]) != defaults[field]:
             parts.append(f"{field} {sel[field]}")
     return f"{kind} ({', '.join(parts)})"
@@ -373,7 +399,8 @@ def markdown(results: dict[str, Any]) -> str:
             detail = ", ".join(f"{k} {v:.3g}" if k == "welch_p" and v is not None else f"{k} {v:.4f}"
                                if isinstance(v, float) else f"{k} {v}" for k, v in c.items() if k not in ("met", "ahead"))
             lines.append(f"- {key}: **{verdict}** ({detail})")
-        lines += ["", f"Machine: {m['cpu']}, {m['cores']} cores (shared; load average {m['load_average']} at start), "
+        gpu = f", GPU {m['gpu']} (training on {e['device']})" if m.get("gpu") else ""
+        lines += ["", f"Machine: {m['cpu']}, {m['cores']} cores (shared; load average {m['load_average']} at start){gpu}, "
                   f"torch {m['torch']} with {m['torch_threads']} thread(s). Total {e['total_seconds']:.0f}s.", "",
                   f"Command: `{e['command']}`", ""] + ([f"Note: {e['note']}", ""] if e.get("note") else [])
     return "\n".join(lines)
@@ -390,7 +417,8 @@ def merge_and_write(out_dir: Path, name: str, entry: dict[str, Any]) -> None:
     update_results(out_dir, "quality", update, markdown)
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``sys.argv[1:]`` when ``argv`` is None)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", default="../shared/data", help="folder holding the datasets (default ../shared/data)")
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
@@ -416,11 +444,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--grid-edge-dropout", nargs="+", type=float, default=None,
                    help="fractions of training edges pruned per epoch tried for BOTH models (TrainConfig.edge_dropout; "
                         "default: TrainConfig's)")
+    p.add_argument("--device", default="cpu", help="torch device of both models' training (TrainConfig.device)")
     add_run_options(p)
     p.add_argument("--tag", default="", help="store the results as '<dataset> <tag>' (a variant beside the main entry)")
     p.add_argument("--verbose", action="store_true", help="log every epoch")
     p.add_argument("--note", default=None, help="free text stored with each dataset's entry (e.g. runs made outside it)")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     args.command = command_line("quality.py", argv if argv is not None else sys.argv[1:])
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
