@@ -271,8 +271,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         for k in sorted(m for m in metrics if "@" in m):
             print(f"  {k:<14} {metrics[k]:.4f}")
         if metrics.get("users_skipped") or metrics.get("rows_skipped"):
-            print(f"  skipped: {metrics.get('users_skipped', 0)} users unknown to the model, "
-                  f"{metrics.get('rows_skipped', 0)} rows of items not in the index")
+            print(f"  skipped: {metrics.get('rows_skipped', 0)} rows of items not in the index; "
+                  f"{metrics.get('users_skipped', 0)} users ({metrics.get('users_unknown', 0)} unknown to the model, "
+                  f"{metrics.get('users_only_removed_items', 0)} with only such rows)")
     return 0
 
 

@@ -378,7 +378,8 @@ def load_interactions(
         unknown_items: what a row whose item id is not in ``item_ids`` is: ``"error"``
             (default: an invalid row, handled as ``on_invalid`` says) or ``"skip"`` (dropped and
             counted in ``report["unknown_items"]``, e.g. items removed from an index since it
-            was trained).
+            was trained; users left with no row are counted in
+            ``report["users_only_unknown_items"]``).
         item_space: what ``item_ids`` are, for the unknown-item message (default ``"the
             catalog"``).
 
@@ -468,6 +469,11 @@ def load_interactions(
     keep = ~invalid
     if item_ids is not None and unknown_items == "skip":
         report["unknown_items"] = int((outside & keep).sum())
+        if report["unknown_items"]:  # users all of whose rows were such items drop out: count them
+            report["users_only_unknown_items"] = int(
+                pc.count_distinct(texts["user_id"].filter(pa.array(keep))).as_py()
+                - pc.count_distinct(texts["user_id"].filter(pa.array(keep & ~outside))).as_py()
+            )
         keep &= ~outside
     if rating_threshold is not None:
         below = keep & (numbers["rating"] < rating_threshold)

@@ -419,8 +419,9 @@ def evaluate_directory(
     """Full-ranking metrics of a trained directory on an interaction file.
 
     The item space is the index's current items: rows of other items (removed from the index
-    since training) are skipped and counted (``rows_skipped``); users the model does not know
-    are skipped and counted (``users_skipped``). The split is rebuilt as at training time (same
+    since training) are skipped and counted (``rows_skipped``). ``users_skipped`` counts the
+    users of the file left out: those the model does not know (``users_unknown``) and those
+    whose every row was such an item (``users_only_removed_items``). The split is rebuilt as at training time (same
     rule, seed and rating threshold; ``how`` overrides the rule; a random split of a user who
     lost rows differs from the training one). ``diversity@K`` is measured with the index's
     item vectors. With
@@ -432,10 +433,10 @@ def evaluate_directory(
     item_ids = [it["item_id"] for it in rec.items.items]
     loaded = load_interactions(interactions, item_ids=item_ids, rating_threshold=rec.rating_threshold,
                                unknown_items="skip", item_space="the index")
-    gone = loaded.report.get("unknown_items", 0)
+    gone, emptied = loaded.report.get("unknown_items", 0), loaded.report.get("users_only_unknown_items", 0)
     if gone:
-        logger.warning("%d rows of %s are items not in the index (removed since training?): skipped", gone,
-                       interactions)
+        logger.warning("%d rows of %s are items not in the index (removed since training?): skipped; %d users "
+                       "had no other rows", gone, interactions, emptied)
     inter = ensure_split(loaded, how or rec.split_rule, rec.config.seed)
     rows = np.array([rec._user_pos_str.get(str(u), -1) for u in inter.user_ids])
     unknown = int((rows < 0).sum())
@@ -453,7 +454,8 @@ def evaluate_directory(
         s[torch.from_numpy(r < 0)] = float("-inf")
         return s
 
-    out = {"split": split, "mask": mask or rec.config.mask, "users_skipped": unknown, "rows_skipped": gone}
+    out = {"split": split, "mask": mask or rec.config.mask, "users_skipped": unknown + emptied,
+           "users_unknown": unknown, "users_only_removed_items": emptied, "rows_skipped": gone}
     if cold_start:
         if not rec.cold_items:
             raise MMRecError("this model was trained without held-out items: train with --cold-start FRACTION")

@@ -218,6 +218,19 @@ def test_index_add_with_precomputed_features_and_evaluate_after_remove(tmp_path,
     rows_of_cold = sum(1 for line in inter.read_text().splitlines()[1:] if int(line.split("\t")[1]) in set(cold))
     got = evaluate_directory(rec, inter)
     assert got["rows_skipped"] == rows_of_cold > 0 and got["num_users"] > 0
+    assert got["users_skipped"] == got["users_unknown"] == got["users_only_removed_items"] == 0
+    # A known user whose every row is a removed item drops out of the evaluation and is counted.
+    header, *lines = inter.read_text().splitlines()
+    user = next(line.split("\t")[0] for line in lines if int(line.split("\t")[1]) in set(cold))
+    kept = [ln for ln in lines if ln.split("\t")[0] != user or int(ln.split("\t")[1]) in set(cold)]
+    (tmp_path / "emptied.tsv").write_text("\n".join([header, *kept]) + "\n")
+    got = evaluate_directory(rec, tmp_path / "emptied.tsv", how="random")
+    assert (got["users_skipped"], got["users_unknown"], got["users_only_removed_items"]) == (1, 0, 1)
+    capsys.readouterr()
+    assert main(["evaluate", "--index", str(tmp_path / "m"), "--interactions", str(tmp_path / "emptied.tsv"),
+                 "--split-rule", "random"]) == 0
+    assert f"skipped: {got['rows_skipped']} rows of items not in the index; 1 users (0 unknown to the model, " \
+           "1 with only such rows)" in capsys.readouterr().out
 
     # Adding them back through the CLI with their feature rows gives the vectors they had (up to
     # near-tied 10th content neighbours among the planted clusters: compare directions and norms).

@@ -207,6 +207,11 @@ def test_unknown_items_skipped_on_request_and_named_by_item_space(tmp_path: Path
     path = write(tmp_path / "i.csv", ROWS)
     inter = load_interactions(path, item_ids=[10, 30], unknown_items="skip")
     assert inter.report["unknown_items"] == 1 and inter.report["invalid"] == 0  # row 5 (item 20)
+    assert inter.report["users_only_unknown_items"] == 0  # user 2 keeps row 3
+    only_10 = load_interactions(path, item_ids=[10], unknown_items="skip")
+    # rows 1, 4, 5, 6 skipped; user 11's one row (6) was item 30, so user 11 drops out
+    assert only_10.report["unknown_items"] == 4 and only_10.report["users_only_unknown_items"] == 1
+    assert only_10.user_ids == [2, 7]
     assert inter.user_ids == [2, 7, 11] and inter.item_ids == [10, 30]
     # rows 1, 2, 3, 6 in file order (4 duplicates 1, 5 is item 20)
     assert list(zip(inter.users.tolist(), inter.items.tolist())) == [(1, 1), (1, 0), (0, 0), (2, 1)]
