@@ -153,7 +153,9 @@ class EncoderTuner:
         was, enc.show_progress = enc.show_progress, self.show_progress
         try:
             prefix = enc.prefix_states(texts, self.top, max_bytes)
-            check = list(range(min(4, len(texts))))
+            # The shortest, the longest and three lengths between: padding differs most across them.
+            by_length = np.argsort([len(t) for t in prefix.ids], kind="stable")
+            check = sorted({int(by_length[round(q * (len(by_length) - 1))]) for q in (0, 0.25, 0.5, 0.75, 1)})
             with torch.no_grad():
                 fast, full = enc.embed_from_prefix(prefix, check), enc.embed_trainable([texts[i] for i in check])
         except Exception as e:  # noqa: BLE001  states over max_bytes, or a model whose layers cannot run from

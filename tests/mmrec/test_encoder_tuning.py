@@ -299,3 +299,23 @@ def test_cached_path_refuses_items_without_text_and_falls_back_when_a_model_cann
     assert plain.prefix == {}
     got = plain.embed("text", np.array([0, 1]))
     assert got.shape == (2, content.features["text"].shape[1]) and got.requires_grad
+
+
+def test_cached_path_is_checked_on_the_longest_text(tmp_path, tiny_bert_dir, monkeypatch):
+    # A model whose cached path goes wrong only on long inputs must not be trusted: the check
+    # before the cache is used covers the shortest and the longest text, not the first few.
+    titles = [f"{WORDS[i]} film" for i in range(11)] + [" ".join(WORDS * 3)]  # the last is the longest
+    (tmp_path / "items.csv").write_text("item_id,title\n" + "".join(f"{i},{t}\n" for i, t in enumerate(titles)))
+    long_text = load_content(tmp_path / "items.csv", None, text_encoder=tiny_bert_dir, image_encoder=None,
+                             cache_dir=None, show_progress=False)
+    assert "text" in EncoderTuner(long_text, _cfg(finetune="top:1"), show_progress=False).prefix
+    real = TextEncoder.embed_from_prefix
+
+    def wrong_when_long(self, prefix, rows):
+        out = real(self, prefix, rows)
+        longest = max(len(t) for t in prefix.ids)
+        off = torch.tensor([float(len(prefix.ids[i]) == longest) for i in rows])  # [B]
+        return out + off.unsqueeze(1).to(out)  # off by one in every coordinate of the longest text
+
+    monkeypatch.setattr(TextEncoder, "embed_from_prefix", wrong_when_long)
+    assert EncoderTuner(long_text, _cfg(finetune="top:1"), show_progress=False).prefix == {}
