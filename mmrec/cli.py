@@ -105,6 +105,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         allow_download=args.allow_download,
         show_progress=not args.quiet,
+        device=args.device,
         text_fields=args.text_fields,
         image_field=args.image_field,
         image_root=args.image_root,
@@ -318,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--image-weights", type=Path, help="state-dict file for a torchvision image backbone")
     b.add_argument("--batch-size", type=int, help="encoder batch size")
     b.add_argument("--max-length", type=int, default=256, help="text truncation in tokens (default 256)")
+    b.add_argument("--device", default="cpu", help="torch device the encoders run on: cpu (default), cuda, cuda:N")
     b.add_argument("--skip-invalid", action="store_true", help="skip bad rows (reported in OUT/skipped.jsonl)")
     b.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     _cache_opts(b)

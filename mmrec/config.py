@@ -58,7 +58,7 @@ class TrainConfig:
     mask: str = _f("all", "evaluation mask: all (every non-evaluated interaction) or train (MMRec)")
     eval_batch_size: int = _f(1024, "users scored per evaluation batch")
     seed: int = _f(0, "random seed (splits, initialisation, sampling)")
-    device: str = _f("cpu", "torch device")
+    device: str = _f("cpu", "torch device of training and of encoding the catalog (cpu, cuda, cuda:N)")
 
     def __post_init__(self) -> None:
         if self.loss not in ("bpr", "softmax"):

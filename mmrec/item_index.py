@@ -107,8 +107,27 @@ class Encoders:
         return self._loaded[modality]
 
 
-def make_encoder(modality: str, spec: dict, show_progress: bool = True):
-    """Instantiate a text or image encoder from its manifest spec (or CLI choice)."""
+def check_device(device: str) -> str:
+    """``device`` when torch can use it here; a :class:`ConfigError` naming it otherwise.
+
+    Checked before any work starts, so a run asked for a GPU the machine lacks fails at once
+    with the reason instead of deep inside torch.
+    """
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ConfigError(f"device {device!r} is not a torch device ({e}); use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r}: torch {torch.__version__} sees no CUDA GPU on this machine; use cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    return device
+
+
+def make_encoder(modality: str, spec: dict, show_progress: bool = True, device: str = "cpu"):
+    """Instantiate a text or image encoder from its manifest spec (or CLI choice) on ``device``."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the per-tensor "Loading weights" bar says nothing useful
@@ -117,14 +136,15 @@ def make_encoder(modality: str, spec: dict, show_progress: bool = True):
 
         return TextEncoder(
             spec["model"], max_length=spec.get("max_length", 256), batch_size=spec.get("batch_size", 64),
-            allow_download=spec.get("allow_download", False), show_progress=show_progress,
+            allow_download=spec.get("allow_download", False), show_progress=show_progress, device=device,
         )
     from encoders.image import ImageEncoder
 
     model, weights = spec["model"], spec.get("weights")
     if spec.get("architecture"):  # a state-dict file inside the directory `model` (a fine-tuned encoder)
         model, weights = spec["architecture"], str(Path(spec["model"]) / spec["weights"])
-    return ImageEncoder(model, weights=weights, batch_size=spec.get("batch_size", 32), show_progress=show_progress)
+    return ImageEncoder(model, weights=weights, batch_size=spec.get("batch_size", 32), show_progress=show_progress,
+                        device=device)
 
 
 def encoder_spec(encoder, model: str | Path, **extra) -> dict:
@@ -141,11 +161,12 @@ def catalog_encoders(
     batch_size: int | None = None,
     allow_download: bool = False,
     show_progress: bool = True,
+    device: str = "cpu",
 ) -> tuple[dict[str, Any], dict[str, dict]]:
-    """Load the encoders a catalog needs, with their manifest specs.
+    """Load the encoders a catalog needs, with their manifest specs, on ``device``.
 
     Text when some item has text, images when some item has an image; ``None`` / ``"none"``
-    turns a modality off.
+    turns a modality off. The device is not part of the spec: a directory loads anywhere.
 
     Returns:
         (modality -> encoder, modality -> manifest spec)
@@ -156,14 +177,14 @@ def catalog_encoders(
         encoders["text"] = make_encoder(
             "text", {"model": str(text_encoder), "max_length": max_length, "batch_size": batch_size or 64,
                      "allow_download": allow_download},
-            show_progress,
+            show_progress, device,
         )
         specs["text"] = encoder_spec(encoders["text"], text_encoder, max_length=max_length,
                                      **({"allow_download": True} if allow_download else {}))
     if catalog.has_images and image_encoder not in (None, "none"):
         encoders["image"] = make_encoder(
             "image", {"model": str(image_encoder), "weights": image_weights, "batch_size": batch_size or 32},
-            show_progress,
+            show_progress, device,
         )
         specs["image"] = encoder_spec(encoders["image"], image_encoder,
                                       weights=str(image_weights) if image_weights else None)
@@ -349,6 +370,7 @@ class ItemIndex:
         overwrite: bool = False,
         allow_download: bool = False,
         show_progress: bool = True,
+        device: str = "cpu",
         **catalog_options: Any,
     ) -> "ItemIndex":
         """Encode a catalog and build its index.
@@ -370,14 +392,16 @@ class ItemIndex:
             allow_download: let a text encoder given by Hugging Face Hub name download
                 (off: only local directories and the packaged default load).
             show_progress: progress bars.
+            device: torch device the encoders run on (``cpu``, ``cuda``, ``cuda:N``).
         """
+        check_device(device)
         if out is not None and Path(out).exists() and not overwrite:
             raise MMRecError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
         if not isinstance(catalog, Catalog):
             catalog = load_catalog(catalog, show_progress=show_progress, **catalog_options)
         encoders, spec = catalog_encoders(
             catalog, text_encoder, image_encoder, image_weights, max_length=max_length, batch_size=batch_size,
-            allow_download=allow_download, show_progress=show_progress,
+            allow_download=allow_download, show_progress=show_progress, device=device,
         )
         if not encoders:
             raise MMRecError(f"{catalog.source}: nothing to encode (no text, and images are off or absent)")

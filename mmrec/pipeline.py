@@ -7,6 +7,7 @@ serves (FAISS index of the trained item vectors) and reloads the model.
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import shutil
@@ -24,7 +25,7 @@ from mmrec.coldstart import evaluate_cold, hold_out_items, warm_part
 from mmrec.config import TrainConfig
 from mmrec.errors import ConfigError, DataError, MMRecError, Problem
 from mmrec.interactions import Interactions, load_interactions
-from mmrec.item_index import ItemIndex, catalog_encoders, encode_catalog
+from mmrec.item_index import ItemIndex, catalog_encoders, check_device, encode_catalog
 from mmrec.metrics import evaluate
 from mmrec.recommender import Recommender, TrainedContent
 from mmrec.split import ensure_split
@@ -107,13 +108,15 @@ def load_content(
     cache_dir: str | Path | None = None,
     show_progress: bool = True,
     loaded_encoders: Mapping[str, tuple[Any, dict]] | None = None,
+    device: str = "cpu",
     **catalog_options: Any,
 ) -> Content:
     """Catalog + encoders (frozen, cached) and/or ``.npy`` features -> :class:`Content`.
 
     ``loaded_encoders`` (modality -> (encoder, manifest spec)) replaces ``text_encoder`` /
     ``image_encoder``: the catalog is encoded with those (fine-tuning reuses the source
-    model's encoders), each only where the catalog has that modality.
+    model's encoders), each only where the catalog has that modality. The encoders run on
+    ``device`` (given ones on another device are copied there).
     """
     features = dict(features or {})
     if catalog is not None and not isinstance(catalog, Catalog):
@@ -122,11 +125,13 @@ def load_content(
     encoders: dict[str, Any] = {}
     if catalog is not None and loaded_encoders is not None:
         has = {"text": any(catalog.texts), "image": catalog.has_images}
-        encoders = {m: e for m, (e, _) in loaded_encoders.items() if has.get(m)}
+        # A given encoder (another model's) is copied to another device, never moved from under it.
+        encoders = {m: e if e.device == torch.device(device) else copy.deepcopy(e).to(device)
+                    for m, (e, _) in loaded_encoders.items() if has.get(m)}
         specs = {m: dict(s) for m, (_, s) in loaded_encoders.items() if has.get(m)}
     elif catalog is not None:
         encoders, specs = catalog_encoders(catalog, text_encoder, image_encoder, image_weights,
-                                           show_progress=show_progress)
+                                           show_progress=show_progress, device=device)
     if catalog is not None:
         clash = set(encoders) & set(features)
         if clash:
@@ -195,9 +200,11 @@ def fit(
     """
     if out is not None and Path(out).exists() and not overwrite:
         raise MMRecError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
+    check_device(config.device)
     seed_everything(config.seed)
-    if content is None:
-        content = load_content(catalog, features, show_progress=show_progress, **content_options)
+    if content is None:  # the catalog is encoded on the training device
+        content = load_content(catalog, features, show_progress=show_progress, device=config.device,
+                               **content_options)
     tuner = None
     if config.finetune != "frozen" and config.use_content:
         from mmrec.encoder_tuning import EncoderTuner

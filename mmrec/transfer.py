@@ -59,6 +59,7 @@ from fusion.model import FusedGraphModel
 from mmrec.catalog import Catalog, load_catalog
 from mmrec.config import TrainConfig
 from mmrec.errors import ConfigError
+from mmrec.item_index import check_device
 from mmrec.pipeline import Content, fit, load_content
 from mmrec.recommender import Recommender
 from mmrec.train import Trainer, TrainResult
@@ -129,9 +130,10 @@ def source_content(
     ignore: Sequence[str] = (),
     cache_dir: str | Path | None = None,
     show_progress: bool = True,
+    device: str = "cpu",
     **catalog_options: Any,
 ) -> Content:
-    """The new catalog's content, encoded as the source model expects it.
+    """The new catalog's content, encoded as the source model expects it (on ``device``).
 
     The catalog is read with the source's text and image fields unless ``catalog_options``
     say otherwise, and encoded with the source directory's encoders. Source modalities the new
@@ -166,7 +168,7 @@ def source_content(
                 )
             loaded[m] = (source.items.encoders.get(m), specs[m])
     content = load_content(catalog, features, cache_dir=cache_dir, show_progress=show_progress,
-                           loaded_encoders=loaded)
+                           loaded_encoders=loaded, device=device)
     wrong = [f"'{m}' has width {x.shape[1]}, the source model expects {dims[m]}"
              for m, x in content.features.items() if x.shape[1] != dims[m]]
     if wrong:
@@ -355,8 +357,9 @@ def finetune(
     if out is not None and src.items.directory is not None and Path(out).resolve() == src.items.directory.resolve():
         raise ConfigError(f"--out {out} is the source directory: write the fine-tuned model somewhere else")
     cfg = finetune_config(src.config, config)
+    check_device(cfg.device)
     content = source_content(src, catalog, features, ignore=ignore, cache_dir=cache_dir,
-                             show_progress=show_progress, **catalog_options)
+                             show_progress=show_progress, device=cfg.device, **catalog_options)
     if cfg.finetune != "frozen":  # the tuner trains them in place: leave the source's own untouched
         content.encoder_objects = {m: copy.deepcopy(e) for m, e in content.encoder_objects.items()}
 

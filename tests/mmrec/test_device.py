@@ -1,0 +1,62 @@
+"""--device: checked before any work, and passed to the encoders that encode a catalog."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mmrec.item_index as item_index
+from mmrec.config import TrainConfig
+from mmrec.errors import ConfigError
+from mmrec.item_index import ItemIndex, check_device
+from mmrec.pipeline import fit, load_content
+from tests.mmrec.conftest import write_planted
+
+no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without a GPU")
+
+
+def _catalog(tmp_path, n: int = 8):
+    path = tmp_path / "items.csv"
+    path.write_text("item_id,title\n" + "".join(f"{i},film number {i}\n" for i in range(n)))
+    return path
+
+
+def test_check_device_accepts_cpu_and_names_what_is_wrong():
+    assert check_device("cpu") == "cpu"
+    with pytest.raises(ConfigError, match=r"device 'gpu0' is not a torch device .*use cpu, cuda or cuda:N"):
+        check_device("gpu0")
+
+
+@no_gpu
+def test_a_gpu_device_on_a_machine_without_one_fails_before_any_work(tmp_path, tiny_bert_dir):
+    with pytest.raises(ConfigError, match=r"device 'cuda': torch .* sees no CUDA GPU on this machine; use cpu"):
+        check_device("cuda")
+    with pytest.raises(ConfigError, match="sees no CUDA GPU"):
+        ItemIndex.build(_catalog(tmp_path), tmp_path / "idx", text_encoder=tiny_bert_dir, image_encoder=None,
+                        device="cuda", show_progress=False)
+    assert not (tmp_path / "idx").exists()
+    inter, feats = write_planted(tmp_path)
+    with pytest.raises(ConfigError, match="sees no CUDA GPU"):
+        fit(inter, features={"content": feats}, out=tmp_path / "m", config=TrainConfig(device="cuda:0"),
+            show_progress=False)
+    assert not (tmp_path / "m").exists()
+
+
+def test_device_reaches_the_catalog_encoders(tmp_path, tiny_bert_dir, monkeypatch):
+    # Pretend a GPU is there, and record which device each encoder is asked for (built on cpu).
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    asked = []
+    real = item_index.make_encoder
+
+    def recording(modality, spec, show_progress=True, device="cpu"):
+        asked.append((modality, device))
+        return real(modality, spec, show_progress, device="cpu")
+
+    monkeypatch.setattr(item_index, "make_encoder", recording)
+    ItemIndex.build(_catalog(tmp_path), text_encoder=tiny_bert_dir, image_encoder=None, device="cuda:1",
+                    show_progress=False)
+    load_content(_catalog(tmp_path), None, text_encoder=tiny_bert_dir, image_encoder=None, cache_dir=None,
+                 device="cuda", show_progress=False)
+    assert asked == [("text", "cuda:1"), ("text", "cuda")]
+    with pytest.raises(ConfigError, match=r"device 'cuda:2': this machine has 2 CUDA GPU\(s\)"):
+        check_device("cuda:2")
