@@ -133,7 +133,8 @@ def cmd_index_add(args: argparse.Namespace) -> int:
 
     index = _open_index(args)
     opts = {k: v for k, v in (("image_root", args.image_root), ("skip_invalid", args.skip_invalid)) if v}
-    n = index.add(args.catalog, features=dict(args.features or []), cache_dir=_cache_dir(args), **opts)
+    n = index.add(args.catalog, features=dict(args.features or []), cache_dir=_cache_dir(args), device=args.device,
+                  **opts)
     print(f"added {n} items to {args.index}: {len(index)} items")
     return 0
 
@@ -334,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "precomputed modalities (repeatable; one left out is masked for the new items)")
     a.add_argument("--image-root", type=Path)
     a.add_argument("--skip-invalid", action="store_true")
+    a.add_argument("--device", default=None, help="torch device the encoders run on: cpu (default), cuda, cuda:N")
     _cache_opts(a)
     _common(a)
     a.set_defaults(func=cmd_index_add)

@@ -72,15 +72,24 @@ class Encoders:
         root: the directory ``bundled`` encoders are stored in.
         modalities: every modality of the index (those without an encoder are precomputed
             features), for the error messages.
+        device: torch device the encoders run on (see :meth:`to`).
     """
 
     def __init__(self, spec: dict[str, dict], show_progress: bool = True, root: Path | None = None,
-                 modalities: Sequence[str] = ()) -> None:
+                 modalities: Sequence[str] = (), device: str = "cpu") -> None:
         self.spec = spec
         self.show_progress = show_progress
         self.root = root
         self.modalities = list(modalities) or list(spec)
+        self.device = device
         self._loaded: dict[str, Any] = {}
+
+    def to(self, device: str) -> "Encoders":
+        """Run the encoders on ``device`` from now on (those loaded already move there)."""
+        self.device = check_device(device)
+        for enc in self._loaded.values():
+            enc.to(device)
+        return self
 
     def get(self, modality: str):
         if modality not in self.spec:
@@ -97,7 +106,7 @@ class Encoders:
                 if self.root is None:
                     raise ConfigError(f"the {modality} encoder is stored in the model directory, which is unknown")
                 spec["model"] = str(self.root / spec["model"])
-            self._loaded[modality] = make_encoder(modality, spec, self.show_progress)
+            self._loaded[modality] = make_encoder(modality, spec, self.show_progress, self.device)
             got = self._loaded[modality].identity
             if got != self.spec[modality]["identity"]:
                 raise ConfigError(
@@ -641,6 +650,7 @@ class ItemIndex:
         *,
         features: Mapping[str, str | Path] | None = None,
         cache_dir: str | Path | None = None,
+        device: str | None = None,
         **catalog_options,
     ) -> int:
         """Encode and add new items (only the new rows are encoded); saves when opened from disk.
@@ -652,6 +662,8 @@ class ItemIndex:
                 order. A precomputed modality left out is masked for the new items (as a
                 missing image is).
             cache_dir: feature cache of the encoders.
+            device: torch device to encode on (default: where the encoders are, ``cpu`` unless
+                moved with ``encoders.to``); checked before anything is read.
             **catalog_options: :func:`~mmrec.catalog.load_catalog` options.
 
         Returns:
@@ -662,6 +674,8 @@ class ItemIndex:
             DataError: bad catalog rows or feature files (row count, width, values).
             MMRecError: a new item with none of the index's modalities.
         """
+        if device is not None:
+            check_device(device)
         encoded = [m for m in self.modalities if m in self.encoders.spec]
         precomputed = [m for m in self.modalities if m not in self.encoders.spec]
         given = dict(features or {})
@@ -691,6 +705,8 @@ class ItemIndex:
             if x.shape[1] != width:
                 raise DataError(given[m], [Problem(None, None, f"{x.shape[1]} columns, but the index's {m} "
                                                                f"features are {width} wide")])
+        if device is not None:
+            self.encoders.to(device)
         encoders = {m: self.encoders.get(m) for m in encoded}
         if catalog.has_images and "image" not in encoders:
             logger.warning("%s has images but this index has no image modality: images ignored", catalog.source)

@@ -34,6 +34,13 @@ def test_a_gpu_device_on_a_machine_without_one_fails_before_any_work(tmp_path, t
         ItemIndex.build(_catalog(tmp_path), tmp_path / "idx", text_encoder=tiny_bert_dir, image_encoder=None,
                         device="cuda", show_progress=False)
     assert not (tmp_path / "idx").exists()
+    ItemIndex.build(_catalog(tmp_path), tmp_path / "idx", text_encoder=tiny_bert_dir, image_encoder=None,
+                    show_progress=False)
+    new = tmp_path / "new.csv"
+    new.write_text("item_id,title\n100,a new film\n")
+    with pytest.raises(ConfigError, match="sees no CUDA GPU"):
+        ItemIndex.load(tmp_path / "idx", show_progress=False).add(new, device="cuda")
+    assert len(ItemIndex.load(tmp_path / "idx", show_progress=False)) == 8  # nothing added
     inter, feats = write_planted(tmp_path)
     with pytest.raises(ConfigError, match="sees no CUDA GPU"):
         fit(inter, features={"content": feats}, out=tmp_path / "m", config=TrainConfig(device="cuda:0"),
@@ -58,5 +65,13 @@ def test_device_reaches_the_catalog_encoders(tmp_path, tiny_bert_dir, monkeypatc
     load_content(_catalog(tmp_path), None, text_encoder=tiny_bert_dir, image_encoder=None, cache_dir=None,
                  device="cuda", show_progress=False)
     assert asked == [("text", "cuda:1"), ("text", "cuda")]
+    # index add: the index's own encoders, loaded on first use, on the device asked for.
+    ItemIndex.build(_catalog(tmp_path), tmp_path / "idx", text_encoder=tiny_bert_dir, image_encoder=None,
+                    show_progress=False)
+    opened = ItemIndex.load(tmp_path / "idx", show_progress=False)
+    new = tmp_path / "new.csv"
+    new.write_text("item_id,title\n100,a new film\n")
+    asked.clear()
+    assert opened.add(new, device="cuda:1") == 1 and asked == [("text", "cuda:1")]
     with pytest.raises(ConfigError, match=r"device 'cuda:2': this machine has 2 CUDA GPU\(s\)"):
         check_device("cuda:2")
