@@ -169,7 +169,8 @@ class Trainer:
         self.optimizer = torch.optim.Adam(groups, lr=cfg.lr)
         self.tuner = tuner
         self.show_progress = show_progress
-        self.features = {m: x.to(self.device) for m, x in data.features.items()}
+        # Fine-tuned encoders rewrite the features every epoch: on a copy, never the caller's arrays.
+        self.features = {m: x.to(self.device, copy=tuner is not None) for m, x in data.features.items()}
         self.present = {m: x.to(self.device) for m, x in data.present.items()}
         self.has_id = data.has_id.to(self.device) if data.has_id is not None else None
         self.item_graph = None

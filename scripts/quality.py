@@ -40,6 +40,7 @@ On a shared CPU, ``--threads 1`` (the default) is faster than oversubscribing co
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import logging
@@ -148,7 +149,10 @@ def fit_trainer(content: Content, inter: Interactions, cfg: TrainConfig) -> tupl
     if dims and cfg.finetune != "frozen":  # as mmrec.pipeline.fit: the catalog's encoders train with the model
         from mmrec.encoder_tuning import EncoderTuner
 
-        tuner = EncoderTuner(content, cfg, show_progress=False)
+        # The tuner trains its encoders in place: each run starts from a fresh copy of the
+        # loaded ones, so no grid point or seed inherits another's tuned weights.
+        fresh = dataclasses.replace(content, encoder_objects=copy.deepcopy(content.encoder_objects))
+        tuner = EncoderTuner(fresh, cfg, show_progress=False)
     trainer = Trainer(model, data, cfg, tuner=tuner, show_progress=False)
     return trainer, trainer.fit()
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 import quality  # noqa: E402
+from tests.encoders.conftest import tiny_bert_dir  # noqa: E402,F401  (fixture)
 
 
 def _args(*argv: str):
@@ -37,3 +38,30 @@ def test_fused_options_multiply_in_order() -> None:
         {"lr": 0.01, "reg": 1e-4, "id_mode": "token", "content_gain": 1.0},
         {"lr": 0.01, "reg": 1e-3, "id_mode": "token", "content_gain": 1.0},
     ]
+
+
+def test_fine_tuned_runs_leave_the_loaded_content_as_it_was(tmp_path, tiny_bert_dir):
+    # Every grid point and seed must start from the loaded encoder and features, never from the
+    # weights or features a previous fine-tuned run left behind.
+    import numpy as np
+    import torch
+
+    from mmrec.config import TrainConfig
+    from mmrec.pipeline import interactions_for, load_content
+    from tests.mmrec.conftest import write_planted
+
+    words = ["cat", "dog", "space", "war", "love", "city"]
+    (tmp_path / "items.csv").write_text(
+        "item_id,title\n" + "".join(f"{i},{words[i % 6]} {words[(i * 5) % 6]} film\n" for i in range(24)))
+    content = load_content(tmp_path / "items.csv", None, text_encoder=tiny_bert_dir, image_encoder=None,
+                           cache_dir=None, show_progress=False)
+    inter = interactions_for(content, write_planted(tmp_path, users=24, items=24)[0], split="random", seed=0)
+    features = content.features["text"].copy()
+    weights = {k: v.clone() for k, v in content.encoder_objects["text"].model.state_dict().items()}
+    cfg = TrainConfig(dim=16, layers=2, heads=2, lr=0.05, batch_size=64, epochs=2, finetune="top:1",
+                      encoder_lr_scale=1.0, mask="train")
+    trainer, _ = quality.fit_trainer(content, inter, cfg)
+    assert not np.allclose(trainer.features["text"].numpy(), features)  # the run did tune
+    np.testing.assert_array_equal(content.features["text"], features)
+    for k, v in content.encoder_objects["text"].model.state_dict().items():
+        torch.testing.assert_close(v, weights[k], rtol=0, atol=0)
