@@ -378,7 +378,7 @@ def load_interactions(
         unknown_items: what a row whose item id is not in ``item_ids`` is: ``"error"``
             (default: an invalid row, handled as ``on_invalid`` says) or ``"skip"`` (dropped and
             counted in ``report["unknown_items"]``, e.g. items removed from an index since it
-            was trained; users left with no row are counted in
+            was trained; users left with no positive row, who had one before, are counted in
             ``report["users_only_unknown_items"]``).
         item_space: what ``item_ids`` are, for the unknown-item message (default ``"the
             catalog"``).
@@ -469,11 +469,13 @@ def load_interactions(
     keep = ~invalid
     if item_ids is not None and unknown_items == "skip":
         report["unknown_items"] = int((outside & keep).sum())
-        if report["unknown_items"]:  # users all of whose rows were such items drop out: count them
-            report["users_only_unknown_items"] = int(
-                pc.count_distinct(texts["user_id"].filter(pa.array(keep))).as_py()
-                - pc.count_distinct(texts["user_id"].filter(pa.array(keep & ~outside))).as_py()
-            )
+        # Users whose every positive row was such an item drop out: count them (rows below the
+        # rating threshold would not have kept a user anyway).
+        positive = keep if rating_threshold is None else keep & ~(numbers["rating"] < rating_threshold)
+        report["users_only_unknown_items"] = int(
+            pc.count_distinct(texts["user_id"].filter(pa.array(positive))).as_py()
+            - pc.count_distinct(texts["user_id"].filter(pa.array(positive & ~outside))).as_py()
+        ) if report["unknown_items"] else 0
         keep &= ~outside
     if rating_threshold is not None:
         below = keep & (numbers["rating"] < rating_threshold)

@@ -212,6 +212,10 @@ def test_unknown_items_skipped_on_request_and_named_by_item_space(tmp_path: Path
     # rows 1, 4, 5, 6 skipped; user 11's one row (6) was item 30, so user 11 drops out
     assert only_10.report["unknown_items"] == 4 and only_10.report["users_only_unknown_items"] == 1
     assert only_10.user_ids == [2, 7]
+    # With ratings >= 4 as positives, user 7's one positive row (row 1) is item 30: user 7 drops
+    # out because of the skipped items too (row 2, rated 3, would not have kept them).
+    rated = load_interactions(path, item_ids=[10], unknown_items="skip", rating_threshold=4)
+    assert rated.report["users_only_unknown_items"] == 2 and rated.user_ids == [2]
     assert inter.user_ids == [2, 7, 11] and inter.item_ids == [10, 30]
     # rows 1, 2, 3, 6 in file order (4 duplicates 1, 5 is item 20)
     assert list(zip(inter.users.tolist(), inter.items.tolist())) == [(1, 1), (1, 0), (0, 0), (2, 1)]
