@@ -130,7 +130,10 @@ def _open_recommender(args: argparse.Namespace):
 
 
 def cmd_index_add(args: argparse.Namespace) -> int:
+    from mmrec.item_index import check_device
 
+    if args.device is not None:
+        check_device(args.device)  # before the index is opened
     index = _open_index(args)
     opts = {k: v for k, v in (("image_root", args.image_root), ("skip_invalid", args.skip_invalid)) if v}
     n = index.add(args.catalog, features=dict(args.features or []), cache_dir=_cache_dir(args), device=args.device,

@@ -120,7 +120,8 @@ def check_device(device: str) -> str:
     """``device`` when torch can use it here; a :class:`ConfigError` naming it otherwise.
 
     Checked before any work starts, so a run asked for a GPU the machine lacks fails at once
-    with the reason instead of deep inside torch.
+    with the reason instead of deep inside torch. CPU, CUDA (``cuda``, ``cuda:N``), Apple's
+    ``mps`` and Intel's ``xpu`` are accepted where torch has them.
     """
     import torch
 
@@ -128,11 +129,37 @@ def check_device(device: str) -> str:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise ConfigError(f"device {device!r} is not a torch device ({e}); use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r}: torch {torch.__version__} sees no CUDA GPU on this machine; use cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ConfigError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if dev.type == "cpu":
+        return device
+    backends = {
+        "cuda": ("CUDA GPU", torch.cuda),
+        "mps": ("Apple GPU (mps)", getattr(torch.backends, "mps", None)),
+        "xpu": ("Intel GPU (xpu)", getattr(torch, "xpu", None)),
+    }
+    if dev.type not in backends:
+        raise ConfigError(f"device {device!r}: mmrec runs on cpu, cuda, mps or xpu, not {dev.type}")
+    what, backend = backends[dev.type]
+    if backend is None or not backend.is_available():
+        raise ConfigError(f"device {device!r}: torch {torch.__version__} sees no {what} on this machine; use cpu")
+    count = getattr(backend, "device_count", None)
+    if dev.index is not None and count is not None and dev.index >= count():
+        raise ConfigError(f"device {device!r}: this machine has {count()} {what}(s)")
     return device
+
+
+def same_device(a: str | Any, b: str | Any) -> bool:
+    """Whether two devices are the same, ``cuda`` and ``cuda:<current>`` included."""
+    import torch
+
+    def full(d: Any) -> Any:
+        d = torch.device(d)
+        if d.index is None and d.type != "cpu":
+            backend = getattr(torch, d.type, None)
+            if backend is not None and hasattr(backend, "current_device") and backend.is_available():
+                return torch.device(d.type, backend.current_device())
+        return d
+
+    return full(a) == full(b)
 
 
 def make_encoder(modality: str, spec: dict, show_progress: bool = True, device: str = "cpu"):

@@ -25,7 +25,7 @@ from mmrec.coldstart import evaluate_cold, hold_out_items, warm_part
 from mmrec.config import TrainConfig
 from mmrec.errors import ConfigError, DataError, MMRecError, Problem
 from mmrec.interactions import Interactions, load_interactions
-from mmrec.item_index import ItemIndex, catalog_encoders, check_device, encode_catalog
+from mmrec.item_index import ItemIndex, catalog_encoders, check_device, encode_catalog, same_device
 from mmrec.metrics import evaluate
 from mmrec.recommender import Recommender, TrainedContent
 from mmrec.split import ensure_split
@@ -126,7 +126,7 @@ def load_content(
     if catalog is not None and loaded_encoders is not None:
         has = {"text": any(catalog.texts), "image": catalog.has_images}
         # A given encoder (another model's) is copied to another device, never moved from under it.
-        encoders = {m: e if e.device == torch.device(device) else copy.deepcopy(e).to(device)
+        encoders = {m: e if same_device(e.device, device) else copy.deepcopy(e).to(device)
                     for m, (e, _) in loaded_encoders.items() if has.get(m)}
         specs = {m: dict(s) for m, (_, s) in loaded_encoders.items() if has.get(m)}
     elif catalog is not None:
@@ -306,6 +306,7 @@ def fit(
                     test["cold"]["ndcg@20"])
     if tuner is not None:  # queries in memory must use the tuned encoders the features came from
         items.encoders._loaded.update({m: e for m, e in content.encoder_objects.items() if m in dims})
+        items.encoders.device = config.device  # where they are (and where any other one would load)
     rec = Recommender(items, model.eval(), config, inter.user_ids, user_vecs, known, item_ids,
                       cold_items=[item_ids[i] for i in np.flatnonzero(held_out)] if held_out is not None else [],
                       split_rule=split, rating_threshold=rating_threshold)

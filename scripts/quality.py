@@ -59,7 +59,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fusion.fixed import combine_modalities  # noqa: E402
 from mmrec.config import TrainConfig  # noqa: E402
+from mmrec.errors import ConfigError  # noqa: E402
 from mmrec.interactions import Interactions  # noqa: E402
+from mmrec.item_index import check_device  # noqa: E402
 from mmrec.metrics import evaluate  # noqa: E402
 from mmrec.pipeline import Content, interactions_for, load_content  # noqa: E402
 from mmrec.train import Trainer, TrainData, build_model, seed_everything  # noqa: E402
@@ -235,6 +237,9 @@ def run_dataset(name: str, args: argparse.Namespace, cache_dir: Path, save: Call
     """
     spec = DATASETS[name]
     t0 = time.perf_counter()
+    if "catalog" not in spec and any(m != "frozen" for m in args.grid_finetune or ()):
+        raise SystemExit(f"{name}: --grid-finetune {' '.join(args.grid_finetune)} needs a dataset encoded from a "
+                         f"catalog; {name} has only precomputed features (leave it out of --datasets)")
     content, inter = load_dataset(Path(args.data), name, cache_dir)
     entry: dict[str, Any] = {
         "command": args.command,
@@ -458,6 +463,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    try:
+        check_device(args.device)
+    except ConfigError as e:
+        raise SystemExit(str(e)) from None
     args.command = command_line("quality.py", argv if argv is not None else sys.argv[1:])
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")

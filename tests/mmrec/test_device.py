@@ -7,7 +7,7 @@ import torch
 import mmrec.item_index as item_index
 from mmrec.config import TrainConfig
 from mmrec.errors import ConfigError
-from mmrec.item_index import ItemIndex, check_device
+from mmrec.item_index import ItemIndex, check_device, same_device
 from mmrec.pipeline import fit, load_content
 from tests.mmrec.conftest import write_planted
 
@@ -24,6 +24,48 @@ def test_check_device_accepts_cpu_and_names_what_is_wrong():
     assert check_device("cpu") == "cpu"
     with pytest.raises(ConfigError, match=r"device 'gpu0' is not a torch device .*use cpu, cuda or cuda:N"):
         check_device("gpu0")
+    with pytest.raises(ConfigError, match=r"device 'meta': mmrec runs on cpu, cuda, mps or xpu, not meta"):
+        check_device("meta")
+    if not torch.backends.mps.is_available():
+        with pytest.raises(ConfigError, match=r"device 'mps': torch .* sees no Apple GPU \(mps\) on this machine"):
+            check_device("mps")
+
+
+def test_same_device_reads_cuda_as_the_current_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert same_device("cuda", "cuda:1") and same_device(torch.device("cuda:1"), "cuda")
+    assert not same_device("cuda", "cuda:0") and not same_device("cpu", "cuda:1")
+    assert same_device("cpu", torch.device("cpu"))
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_training_and_fine_tuning_encode_on_their_device(tmp_path, monkeypatch):
+    import mmrec.pipeline as pipeline
+    import mmrec.transfer as transfer
+
+    inter, feats = write_planted(tmp_path)
+    fit(inter, features={"content": feats}, out=tmp_path / "src",
+        config=TrainConfig(dim=16, layers=1, heads=2, epochs=1), show_progress=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # pretend; stopped before any GPU work
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    asked = []
+
+    def recording(*args, device="cpu", **kwargs):
+        asked.append(device)
+        raise _Stop
+
+    monkeypatch.setattr(pipeline, "load_content", recording)
+    monkeypatch.setattr(transfer, "load_content", recording)
+    with pytest.raises(_Stop):
+        fit(inter, features={"content": feats}, config=TrainConfig(device="cuda"), show_progress=False)
+    with pytest.raises(_Stop):
+        transfer.finetune(tmp_path / "src", inter, features={"content": feats}, config={"device": "cuda:0"},
+                          show_progress=False)
+    assert asked == ["cuda", "cuda:0"]
 
 
 @no_gpu
@@ -75,3 +117,11 @@ def test_device_reaches_the_catalog_encoders(tmp_path, tiny_bert_dir, monkeypatc
     assert opened.add(new, device="cuda:1") == 1 and asked == [("text", "cuda:1")]
     with pytest.raises(ConfigError, match=r"device 'cuda:2': this machine has 2 CUDA GPU\(s\)"):
         check_device("cuda:2")
+
+
+def test_index_add_checks_the_device_before_opening_the_index(tmp_path, capsys):
+    from mmrec.cli import main
+
+    code = main(["index", "add", "--index", str(tmp_path / "absent"), "--catalog", str(tmp_path / "new.csv"),
+                 "--device", "meta"])
+    assert code != 0 and "device 'meta': mmrec runs on cpu, cuda, mps or xpu, not meta" in capsys.readouterr().err

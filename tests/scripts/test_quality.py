@@ -65,3 +65,14 @@ def test_fine_tuned_runs_leave_the_loaded_content_as_it_was(tmp_path, tiny_bert_
     np.testing.assert_array_equal(content.features["text"], features)
     for k, v in content.encoder_objects["text"].model.state_dict().items():
         torch.testing.assert_close(v, weights[k], rtol=0, atol=0)
+
+
+def test_bad_device_or_finetuning_precomputed_features_stop_before_any_work(tmp_path):
+    import pytest
+
+    with pytest.raises(SystemExit, match=r"device 'meta': mmrec runs on cpu, cuda, mps or xpu"):
+        quality.main(["--datasets", "tiktok", "--device", "meta", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match=r"tiktok: --grid-finetune frozen top:1 needs a dataset encoded from a catalog"):
+        quality.main(["--datasets", "tiktok", "--grid-finetune", "frozen", "top:1", "--data", str(tmp_path / "none"),
+                      "--out", str(tmp_path)])
+    assert list(tmp_path.iterdir()) == []  # nothing written
