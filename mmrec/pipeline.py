@@ -201,7 +201,6 @@ def fit(
     if out is not None and Path(out).exists() and not overwrite:
         raise MMRecError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
     check_device(config.device)
-    seed_everything(config.seed)
     if content is None:  # the catalog is encoded on the training device
         content = load_content(catalog, features, show_progress=show_progress, device=config.device,
                                **content_options)
@@ -215,6 +214,10 @@ def fit(
     item_ids = content.item_ids if content.item_ids is not None else list(inter.item_ids)
     n = len(item_ids)
     dims = {m: int(x.shape[1]) for m, x in content.features.items()} if config.use_content else {}
+    # Seeded here, after the content: encoding draws from torch's generator (a DataLoader takes a
+    # seed from it), and only on a feature-cache miss, so seeding earlier made the model depend on
+    # what the cache held.
+    seed_everything(config.seed)
     model = build_model(config, inter.num_users, n, dims)
     held_out = None
     if config.cold_start > 0:

@@ -319,3 +319,18 @@ def test_cached_path_is_checked_on_the_longest_text(tmp_path, tiny_bert_dir, mon
 
     monkeypatch.setattr(TextEncoder, "embed_from_prefix", wrong_when_long)
     assert EncoderTuner(long_text, _cfg(finetune="top:1"), show_progress=False).prefix == {}
+
+
+def test_a_seed_gives_the_same_model_whether_the_feature_cache_is_empty_or_full(tmp_path, tiny_bert_dir,
+                                                                                 tiny_vit_dir, image_paths):
+    # Encoding images on a cache miss draws from torch's generator (a DataLoader seeds its
+    # workers from it): training must be seeded after the content is loaded.
+    path = write_catalog(tmp_path, image_paths)
+    inter, _ = write_planted(tmp_path, users=24, items=24)
+    runs = []
+    for _ in range(2):  # the first run fills the cache, the second reads it
+        rec, _, test = fit(inter, catalog=path, config=_cfg(epochs=2), split="random", cache_dir=tmp_path / "cache",
+                           text_encoder=tiny_bert_dir, image_encoder=tiny_vit_dir, show_progress=False)
+        runs.append((rec.user_vectors.copy(), test))
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    assert runs[0][1] == runs[1][1]
