@@ -129,6 +129,29 @@ def _resolve(factory: str, n: int, *, train_size: int) -> str:
     return factory
 
 
+def _check_training_rows(factory: str, spec: _Spec, n: int, train_size: int) -> None:
+    """ValueError when ``n`` vectors (at most ``train_size`` sampled) cannot train ``spec``: every
+    k-means needs 39 points per centroid (faiss's own guideline)."""
+    if spec.kind != "ivf":
+        return
+    n_train = min(n, int(train_size))
+    need = MIN_POINTS_PER_CENTROID * spec.nlist
+    if spec.codec == "PQ":
+        need = max(need, MIN_POINTS_PER_CENTROID * PQ_CENTROIDS)
+    if n_train < need:
+        fits = max(1, n_train // MIN_POINTS_PER_CENTROID)
+        hint = f"use IVF{fits} or fewer lists, or factory='auto'"
+        if fits * MIN_POINTS_PER_CENTROID > n_train:
+            hint = "use Flat"
+        if spec.codec == "PQ" and n_train < MIN_POINTS_PER_CENTROID * PQ_CENTROIDS:
+            hint = f"PQ codebooks need {MIN_POINTS_PER_CENTROID * PQ_CENTROIDS} rows; use SQ8 or Flat lists"
+        raise ValueError(
+            f"factory {factory!r} needs at least {need} training vectors "
+            f"({MIN_POINTS_PER_CENTROID} per centroid); got {n_train} "
+            f"(catalog {n}, train_size {train_size}): {hint}"
+        )
+
+
 def _canonical_id(item_id: Any) -> ItemId:
     if isinstance(item_id, (bool, np.bool_)):
         raise TypeError(f"item id {item_id!r} is a bool; ids must be str or int")
@@ -234,6 +257,18 @@ class FaissIndex:
         """
         return _resolve(factory, n, train_size=100_000)
 
+    @staticmethod
+    def check_factory(factory: str, n: int, *, train_size: int = 100_000) -> str:
+        """:meth:`resolve_factory`, plus the check :meth:`build` makes before training an IVF
+        index on ``n`` vectors, so a factory that cannot work is refused before any encoding.
+
+        Raises:
+            ValueError: unknown factory form, or too few vectors to train it.
+        """
+        concrete = _resolve(factory, n, train_size=train_size)
+        _check_training_rows(concrete, _parse_factory(concrete), n, train_size)
+        return concrete
+
     @classmethod
     def build(
         cls,
@@ -304,21 +339,7 @@ class FaissIndex:
         if self.is_trained:
             raise ValueError(f"{self.factory} index is already trained")
         n_train = min(len(x), int(train_size))
-        need = MIN_POINTS_PER_CENTROID * self._spec.nlist
-        if self._spec.codec == "PQ":
-            need = max(need, MIN_POINTS_PER_CENTROID * PQ_CENTROIDS)
-        if n_train < need:
-            fits = max(1, n_train // MIN_POINTS_PER_CENTROID)
-            hint = f"use IVF{fits} or fewer lists, or factory='auto'"
-            if fits * MIN_POINTS_PER_CENTROID > n_train:
-                hint = "use Flat"
-            if self._spec.codec == "PQ" and n_train < MIN_POINTS_PER_CENTROID * PQ_CENTROIDS:
-                hint = f"PQ codebooks need {MIN_POINTS_PER_CENTROID * PQ_CENTROIDS} rows; use SQ8 or Flat lists"
-            raise ValueError(
-                f"factory {self.factory!r} needs at least {need} training vectors "
-                f"({MIN_POINTS_PER_CENTROID} per centroid); got {n_train} "
-                f"(catalog {len(x)}, train_size {train_size}): {hint}"
-            )
+        _check_training_rows(self.factory, self._spec, len(x), train_size)
         rng = np.random.default_rng(seed)
         sample = x if n_train == len(x) else x[np.sort(rng.choice(len(x), n_train, replace=False))]
         ivf = faiss.extract_index_ivf(self._index)

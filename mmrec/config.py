@@ -90,6 +90,20 @@ class TrainConfig:
             raise ConfigError(f"cold_start must lie in [0, 1), got {self.cold_start}")
         if self.dim % self.heads:
             raise ConfigError(f"heads ({self.heads}) must divide dim ({self.dim})")
+        for name in ("lr", "temperature", "content_gain", "encoder_lr_scale"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("reg", "align_weight"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("modality_dropout", "id_dropout", "dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
+        for name in ("patience", "eval_every", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.projection_hidden < 0:
+            raise ConfigError(f"projection_hidden must be >= 0 (0: linear), got {self.projection_hidden}")
 
 
 def parse_finetune(mode: str) -> tuple[str, int]:

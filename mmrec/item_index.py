@@ -147,6 +147,15 @@ def check_device(device: str) -> str:
     return device
 
 
+def check_factory(factory: str, n: int) -> str:
+    """The concrete FAISS factory for ``n`` items, or a :class:`ConfigError` when it cannot be
+    built (unknown form, too few items to train it), checked before any encoding or training."""
+    try:
+        return FaissIndex.check_factory(factory, n)
+    except ValueError as e:
+        raise ConfigError(f"--factory {factory}: {e}") from None
+
+
 def same_device(a: str | Any, b: str | Any) -> bool:
     """Whether two devices are the same, ``cuda`` and ``cuda:<current>`` included."""
     import torch
@@ -435,6 +444,7 @@ class ItemIndex:
             raise MMRecError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
         if not isinstance(catalog, Catalog):
             catalog = load_catalog(catalog, show_progress=show_progress, **catalog_options)
+        check_factory(factory, len(catalog))  # before the (slow) encoding
         encoders, spec = catalog_encoders(
             catalog, text_encoder, image_encoder, image_weights, max_length=max_length, batch_size=batch_size,
             allow_download=allow_download, show_progress=show_progress, device=device,

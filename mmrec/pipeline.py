@@ -25,7 +25,7 @@ from mmrec.coldstart import evaluate_cold, hold_out_items, warm_part
 from mmrec.config import TrainConfig
 from mmrec.errors import ConfigError, DataError, MMRecError, Problem
 from mmrec.interactions import Interactions, load_interactions
-from mmrec.item_index import ItemIndex, catalog_encoders, check_device, encode_catalog, same_device
+from mmrec.item_index import ItemIndex, catalog_encoders, check_device, check_factory, encode_catalog, same_device
 from mmrec.metrics import evaluate
 from mmrec.recommender import Recommender, TrainedContent
 from mmrec.split import ensure_split
@@ -201,6 +201,7 @@ def fit(
     if out is not None and Path(out).exists() and not overwrite:
         raise MMRecError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
     check_device(config.device)
+    check_factory(factory, 1 << 30)  # the form, before encoding (enough items to train it: checked below)
     if content is None:  # the catalog is encoded on the training device
         content = load_content(catalog, features, show_progress=show_progress, device=config.device,
                                **content_options)
@@ -226,6 +227,7 @@ def fit(
                               "held out of training have no vector")
         held_out = hold_out_items(inter, config.cold_start, config.seed)
         logger.info("cold-start protocol: %d of %d items held out of training", int(held_out.sum()), n)
+    check_factory(factory, n - (int(held_out.sum()) if held_out is not None else 0))  # the items indexed at first
     train_inter = warm_part(inter, held_out) if held_out is not None else inter
     train_degree = np.bincount(train_inter.items[train_inter.split_mask("train")], minlength=n)
     has_id = torch.from_numpy(train_degree > 0) if dims else None

@@ -125,3 +125,27 @@ def test_index_add_checks_the_device_before_opening_the_index(tmp_path, capsys):
     code = main(["index", "add", "--index", str(tmp_path / "absent"), "--catalog", str(tmp_path / "new.csv"),
                  "--device", "meta"])
     assert code != 0 and "device 'meta': mmrec runs on cpu, cuda, mps or xpu, not meta" in capsys.readouterr().err
+
+
+def test_a_factory_that_cannot_be_built_is_refused_before_encoding_or_training(tmp_path, tiny_bert_dir, monkeypatch):
+    import mmrec.pipeline as pipeline
+
+    encoded = []
+    monkeypatch.setattr(item_index, "encode_catalog", lambda *a, **k: encoded.append(1))
+    with pytest.raises(ConfigError, match=r"--factory bogus: unknown factory 'bogus'"):
+        ItemIndex.build(_catalog(tmp_path), text_encoder=tiny_bert_dir, image_encoder=None, factory="bogus",
+                        show_progress=False)
+    with pytest.raises(ConfigError, match=r"--factory IVF16,Flat: .*needs at least 624 training vectors.*got 8"):
+        ItemIndex.build(_catalog(tmp_path), text_encoder=tiny_bert_dir, image_encoder=None, factory="IVF16,Flat",
+                        show_progress=False)
+    assert encoded == []
+    inter, feats = write_planted(tmp_path)
+    monkeypatch.setattr(pipeline, "load_content", lambda *a, **k: encoded.append(1))
+    with pytest.raises(ConfigError, match="unknown factory 'bogus'"):
+        fit(inter, features={"content": feats}, factory="bogus", show_progress=False)
+    assert encoded == []
+    monkeypatch.undo()
+    monkeypatch.setattr(pipeline.Trainer, "fit", lambda self: encoded.append("trained"))
+    with pytest.raises(ConfigError, match=r"IVF2,Flat.*needs at least 78 training vectors.*got 32"):
+        fit(inter, features={"content": feats}, factory="IVF2,Flat", show_progress=False)
+    assert encoded == []  # refused before training

@@ -85,7 +85,12 @@ def test_step_loss_is_bpr_plus_the_chosen_regulariser(tmp_path, reg_form):
 
 def test_training_config_errors():
     for bad, match in (({"reg_form": "l1"}, "reg_form must be"), ({"id_init": "zeros"}, "id_init must be"),
-                       ({"edge_dropout": 1.0}, "edge_dropout must lie")):
+                       ({"edge_dropout": 1.0}, "edge_dropout must lie"), ({"lr": -1.0}, "lr must be positive, got -1.0"),
+                       ({"lr": float("nan")}, "lr must be positive, got nan"), ({"reg": -0.1}, "reg must be >= 0"),
+                       ({"temperature": 0.0}, "temperature must be positive"),
+                       ({"modality_dropout": 1.0}, r"modality_dropout must lie in \[0, 1\)"),
+                       ({"patience": 0}, "patience must be positive"),
+                       ({"projection_hidden": -1}, "projection_hidden must be >= 0")):
         with pytest.raises(ConfigError, match=match):
             TrainConfig(**bad)
 
