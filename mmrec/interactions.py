@@ -312,7 +312,12 @@ def _read_columns(path: Path, fmt: str) -> tuple[dict[str, pa.Array], int]:
         raise DataError(path, [Problem(None, None, f"cannot be read as {fmt}: {e}")]) from e
     if table.num_rows == 0:
         raise DataError(path, [Problem(None, None, "file has no data rows")])
-    return {c: table.column(c).combine_chunks() for c in present}, table.num_rows
+    columns = {c: table.column(c).combine_chunks() for c in present}
+    for c, col in columns.items():  # a typed date/time column (Parquet) counts in seconds since 1970
+        if pa.types.is_timestamp(col.type) or pa.types.is_date(col.type):
+            seconds = pc.cast(pc.cast(col, pa.timestamp("s", tz=getattr(col.type, "tz", None))), pa.int64())
+            columns[c] = pc.cast(seconds, pa.string())
+    return columns, table.num_rows
 
 
 def _texts(column: pa.Array) -> pa.Array:

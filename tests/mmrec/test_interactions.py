@@ -275,3 +275,18 @@ def test_amazon_baby_published_counts() -> None:
     assert (inter.num_users, inter.num_items) == (19_445, 7_050)
     assert inter.split_counts() == {"train": 118_551, "valid": 20_559, "test": 21_682}
     assert inter.report["duplicates"] == 0 and inter.report["invalid"] == 0
+
+
+def test_parquet_date_and_time_columns_are_seconds_since_1970(tmp_path: Path) -> None:
+    import datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    stamps = [datetime.datetime(2022, 12, 1), datetime.datetime(2022, 12, 1, 0, 0, 30)]
+    pq.write_table(pa.table({"user_id": ["a", "a"], "item_id": ["1", "2"],
+                             "timestamp": pa.array(stamps, pa.timestamp("us"))}), tmp_path / "t.parquet")
+    assert load_interactions(tmp_path / "t.parquet").timestamps.tolist() == [1669852800.0, 1669852830.0]
+    pq.write_table(pa.table({"user_id": ["a"], "item_id": ["1"],
+                             "timestamp": pa.array([datetime.date(1970, 1, 2)], pa.date32())}), tmp_path / "d.parquet")
+    assert load_interactions(tmp_path / "d.parquet").timestamps.tolist() == [86400.0]
