@@ -18,7 +18,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from mmrec.errors import DataError, MMRecError, Problem
+from mmrec.errors import DataError, MMRecError, Problem, utf8_problem
 from mmrec.ids import id_text, normalize_ids
 from mmrec.typing import ItemId
 
@@ -119,10 +119,13 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict[str, Any]], dict[
     kwargs: dict[str, Any] = {}
     if fmt == "csv":
         sep = "\t" if path.suffix.lower() == ".tsv" else ","
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.reader(f, delimiter=sep)
-            header = next(reader, None)
-            has_rows = any(any(cell.strip() for cell in row) for row in reader)
+        try:
+            with open(path, newline="", encoding="utf-8") as f:
+                reader = csv.reader(f, delimiter=sep)
+                header = next(reader, None)
+                has_rows = any(any(cell.strip() for cell in row) for row in reader)
+        except UnicodeDecodeError:
+            raise DataError(path, [utf8_problem(path)]) from None
         if not header:
             raise DataError(path, [Problem(None, None, "file is empty (no header row)")])
         if not has_rows:  # the datasets reader would fail with a message about its own internals
@@ -139,7 +142,8 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict[str, Any]], dict[
             rows = ds.to_list()
     except (ValueError, OSError, datasets.exceptions.DatasetGenerationError) as e:
         cause = e.__cause__ or e
-        raise DataError(path, [Problem(None, None, f"cannot be read as {fmt}: {cause}")]) from e
+        not_utf8 = utf8_problem(path) if fmt == "json" else None
+        raise DataError(path, [not_utf8 or Problem(None, None, f"cannot be read as {fmt}: {cause}")]) from e
     finally:
         datasets.enable_progress_bars()
     if not rows:

@@ -64,3 +64,19 @@ class DataError(MMRecError):
 
 class ConfigError(MMRecError):
     """An option or saved artefact that does not fit (wrong dimension, unknown modality...)."""
+
+
+def utf8_problem(path: str | Path) -> Problem | None:
+    """Where a text file stops being UTF-8 (its line and byte), or ``None`` when it is UTF-8.
+
+    Read on the error path only (the whole file is read). The line is the file's, header
+    included: a quoted field spanning lines makes it differ from the data row.
+    """
+    data = Path(path).read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        return Problem(None, None, f"line {line} (byte {e.start}) holds byte 0x{data[e.start]:02x}, which is not "
+                                   "UTF-8: save the file as UTF-8")
+    return None

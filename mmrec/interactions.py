@@ -47,7 +47,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
-from mmrec.errors import ConfigError, DataError, MMRecError, Problem
+from mmrec.errors import ConfigError, DataError, MMRecError, Problem, utf8_problem
 from mmrec.ids import id_text, normalize_ids
 from mmrec.typing import ItemId, UserId
 
@@ -309,7 +309,8 @@ def _read_columns(path: Path, fmt: str) -> tuple[dict[str, pa.Array], int]:
                 ),
             )
     except (pa.ArrowException, OSError) as e:
-        raise DataError(path, [Problem(None, None, f"cannot be read as {fmt}: {e}")]) from e
+        not_utf8 = utf8_problem(path) if fmt in ("csv", "tsv") and path.suffix.lower() in (".csv", ".tsv") else None
+        raise DataError(path, [not_utf8 or Problem(None, None, f"cannot be read as {fmt}: {e}")]) from e
     if table.num_rows == 0:
         raise DataError(path, [Problem(None, None, "file has no data rows")])
     columns = {c: table.column(c).combine_chunks() for c in present}

@@ -131,3 +131,14 @@ def test_unreadable_and_unknown_files(tmp_path):
     (tmp_path / "h.csv").write_text("item_id,title\n\n")  # a header and a blank line
     with pytest.raises(DataError, match=r"h\.csv: file has no data rows"):
         load_catalog(tmp_path / "h.csv")
+
+
+@pytest.mark.parametrize("name, content", [
+    ("items.csv", b"item_id,title\n1,ok\n2,caf\xe9 film\n"),
+    ("items.jsonl", b'{"item_id": 1, "title": "ok"}\n{"item_id": 2, "title": "caf\xe9"}\n'),
+])
+def test_a_file_that_is_not_utf8_is_named_with_its_line(tmp_path, name, content):
+    (tmp_path / name).write_bytes(content)
+    line = content[: content.index(b"\xe9")].count(b"\n") + 1
+    with pytest.raises(DataError, match=rf"{name}: line {line} \(byte \d+\) holds byte 0xe9, which is not UTF-8"):
+        load_catalog(tmp_path / name, show_progress=False)

@@ -290,3 +290,9 @@ def test_parquet_date_and_time_columns_are_seconds_since_1970(tmp_path: Path) ->
     pq.write_table(pa.table({"user_id": ["a"], "item_id": ["1"],
                              "timestamp": pa.array([datetime.date(1970, 1, 2)], pa.date32())}), tmp_path / "d.parquet")
     assert load_interactions(tmp_path / "d.parquet").timestamps.tolist() == [86400.0]
+
+
+def test_interactions_not_in_utf8_are_named_with_their_line(tmp_path: Path) -> None:
+    (tmp_path / "i.csv").write_bytes(b"user_id,item_id\nu1,1\nu\xe92,2\n")
+    with pytest.raises(DataError, match=r"i.csv: line 3 \(byte 22\) holds byte 0xe9, which is not UTF-8"):
+        load_interactions(tmp_path / "i.csv")
