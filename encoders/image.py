@@ -354,7 +354,8 @@ class ImageEncoder:
             where = f"weights file {path} does not exist" if weights is not None else f"no weights at {cached}"
             raise FileNotFoundError(
                 f"torchvision model {name!r}: {where}. Nothing is downloaded at run time: either pass "
-                f"weights='<state-dict file>' (e.g. saved with torch.save(model.state_dict(), path)), or put "
+                f"a state-dict file (--image-weights FILE; weights=FILE in Python; e.g. saved with "
+                f"torch.save(model.state_dict(), path)), or put "
                 f"torchvision's {default} checkpoint in the torch hub cache as {cached} "
                 f"(for instance by running torchvision.models.get_model({name!r}, weights='DEFAULT') once "
                 "on a machine with network access)."

@@ -116,7 +116,8 @@ def resolve_hf_model(model: str | Path, allow_download: bool, kind: str) -> tupl
         raise ValueError(
             f"{kind} model {str(model)!r} is not a local directory and downloads are off. Pass 'default' "
             f"(the packaged model), the path of a local Hugging Face model directory, or "
-            f"allow_download=True to fetch {str(model)!r} from the Hugging Face Hub."
+            f"allow downloads (--allow-download; allow_download=True in Python) to fetch {str(model)!r} from the "
+            "Hugging Face Hub."
         )
     return str(model), str(model), False
 

@@ -135,7 +135,8 @@ def split_temporal(
         ConfigError: the interactions have no timestamps.
     """
     if inter.timestamps is None:
-        raise ConfigError("split_temporal needs a timestamp column; use split_random or a file with timestamps")
+        raise ConfigError("a temporal split (--split temporal) needs a timestamp column: use a random split "
+                          "(--split random) or a file with timestamps")
     order = np.lexsort((np.arange(len(inter)), inter.timestamps, inter.users))
     split = _assign(inter, order, ratios, min_full)
     return _with_split(inter, split, {"method": "temporal", "ratios": list(ratios), "min_full": min_full})
@@ -165,7 +166,8 @@ def ensure_split(
         raise ConfigError(f"how must be one of {', '.join(HOW)}, got {how!r}")
     if how == "given" or (how == "auto" and inter.split is not None):
         if inter.split is None:
-            raise ConfigError(f"how='given' but the interactions have no split column ({', '.join(SPLITS)})")
+            raise ConfigError(f"the given split (--split given) needs a split column ({', '.join(SPLITS)}) in the "
+                              "interactions, and this file has none: use --split auto or random")
         return inter
     if how == "temporal":
         return split_temporal(inter, ratios)

@@ -78,7 +78,7 @@ def test_torchvision_weights_from_hub_cache(resnet18_weights, resnet, tmp_path, 
         ImageEncoder("resnet18", show_progress=False)
     msg = str(err.value)
     expected_file = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
-    assert "weights='<state-dict file>'" in msg and str(expected_file) in msg and "Nothing is downloaded" in msg
+    assert "a state-dict file (--image-weights FILE; weights=FILE in Python" in msg and str(expected_file) in msg and "Nothing is downloaded" in msg
     assert torchvision.models.ResNet18_Weights.DEFAULT.url.endswith(expected_file.name)
     expected_file.parent.mkdir(parents=True)
     shutil.copy(resnet18_weights, expected_file)
