@@ -165,6 +165,7 @@ def load_catalog(
     skip_invalid: bool = False,
     show_progress: bool = True,
     require_content: bool = True,
+    optional: Sequence[str] = (),
 ) -> Catalog:
     """Load and validate a catalog file.
 
@@ -179,6 +180,10 @@ def load_catalog(
         show_progress: progress bar over the image check.
         require_content: a row needs text or an image (default); ``False`` when the items' content
             comes from elsewhere too (precomputed ``--features``).
+        optional: which of ``"text_fields"`` and ``"image_field"`` may name columns the file
+            lacks: those are left out (logged) instead of refused. For fields taken from another
+            index or model (``index add``, ``finetune``), where a modality the new catalog lacks
+            is masked.
 
     Returns:
         The validated :class:`Catalog`.
@@ -194,8 +199,16 @@ def load_catalog(
         raise DataError(path, [Problem(None, ID_FIELD, f"required column missing (columns: {', '.join(columns)})")])
     if image_field is None and DEFAULT_IMAGE_FIELD in columns:
         image_field = DEFAULT_IMAGE_FIELD
+    if image_field is not None and image_field not in columns and "image_field" in optional:
+        logger.info("%s has no %r column: its items have no image", path, image_field)
+        image_field = None
     if image_field is not None and image_field not in columns:
         raise DataError(path, [Problem(None, image_field, f"image column not found (columns: {', '.join(columns)})")])
+    if text_fields is not None and "text_fields" in optional:
+        absent = [f for f in text_fields if f not in columns]
+        if absent:
+            logger.info("%s has no %s column(s): left out of the item text", path, ", ".join(map(repr, absent)))
+        text_fields = [f for f in text_fields if f in columns]
     if text_fields is None:
         text_fields = [c for c in columns if c not in (ID_FIELD, image_field) and types[c] in ("string", "large_string")]
     else:

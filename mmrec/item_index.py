@@ -724,7 +724,9 @@ class ItemIndex:
             )
         if not isinstance(catalog, Catalog):
             opts = {"text_fields": self.manifest["text_fields"], "image_field": self.manifest["image_field"],
-                    "require_content": not precomputed}
+                    "require_content": not precomputed,
+                    # the index's fields may be missing from the new file: that modality is masked
+                    "optional": [k for k in ("text_fields", "image_field") if k not in catalog_options]}
             catalog = load_catalog(catalog, **(opts | catalog_options))
         catalog.item_ids = self._align_id_type(catalog.item_ids)
         check_catalog_ids(catalog, set(self._pos), catalog.source)

@@ -152,7 +152,9 @@ def source_content(
         manifest = source.items.manifest
         defaults = {"text_fields": manifest.get("text_fields") or None, "image_field": manifest.get("image_field")}
         opts = {k: v for k, v in defaults.items() if v} | catalog_options
-        catalog = load_catalog(catalog, show_progress=show_progress, **opts)
+        # The source's fields may be missing from the new catalog: that modality is then masked.
+        lenient = [k for k in defaults if k not in catalog_options]
+        catalog = load_catalog(catalog, show_progress=show_progress, **({"optional": lenient} | opts))
     loaded: dict[str, tuple[Any, dict]] = {}
     if catalog is not None:
         has = {"text": any(catalog.texts), "image": catalog.has_images}

@@ -16,7 +16,7 @@ from encoders.text import TextEncoder
 from fusion.model import FusedGraphModel
 from mmrec.cli import main
 from mmrec.config import TrainConfig
-from mmrec.errors import ConfigError
+from mmrec.errors import ConfigError, DataError
 from mmrec.item_index import ItemIndex
 from mmrec.pipeline import fit
 from mmrec.recommender import Recommender
@@ -361,3 +361,29 @@ def test_cli_finetune_end_to_end(small, tmp_path, capsys):
     _, err = capsys.readouterr()
     assert code == 1 and "error: fine-tuning keeps the source model's architecture, but dim=32 (source: 16)" in err
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_new_catalog_without_the_source_image_column_masks_images(tmp_path, tiny_bert_dir, tiny_vit_dir,
+                                                                     image_paths):
+    # The README: a source modality the new data lacks is masked for every item. The source's
+    # image field is a default here, not a demand: a catalog without that column is text-only.
+    words = ["cat", "dog", "space", "war", "love", "city", "toy", "boy", "police", "night"]
+    shutil.copy(image_paths[0], tmp_path / "pic.jpg")
+    a_ids = [f"a{i}" for i in range(20)]
+    a_cat = _catalog(tmp_path / "a.csv", a_ids, words, image="pic.jpg")
+    a_inter = _catalog_interactions(tmp_path / "a.tsv", a_ids, [f"u{i}" for i in range(12)], 6, seed=0)
+    fit(a_inter, catalog=a_cat, out=tmp_path / "source", text_encoder=tiny_bert_dir, image_encoder=tiny_vit_dir,
+        cache_dir=None, config=TrainConfig(**FAST, epochs=1), split="random", show_progress=False)
+    b_ids = [f"new-{i}" for i in range(16)]
+    b_cat = _catalog(tmp_path / "b.csv", b_ids, words[::-1])  # item_id, title: no image column
+    b_inter = _catalog_interactions(tmp_path / "b.tsv", b_ids, [f"v{i}" for i in range(10)], 5, seed=1)
+    rec, _, _ = finetune(tmp_path / "source", b_inter, catalog=b_cat, out=tmp_path / "ft",
+                         config={"epochs": 1}, split="random", show_progress=False)
+    assert sorted(rec.items.modalities) == ["image", "text"] and not rec.items.present["image"].any()
+    assert rec.items.present["text"].all()
+    # index add on the source takes the same text-only file; an image field asked for is still checked
+    source = Recommender.load(tmp_path / "source", show_progress=False)
+    assert source.items.add(b_cat) == 16 and not source.items.present["image"][-16:].any()
+    with pytest.raises(DataError, match=r"field 'picture': image column not found"):
+        finetune(tmp_path / "source", b_inter, catalog=b_cat, image_field="picture", split="random",
+                 show_progress=False)
