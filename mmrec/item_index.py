@@ -727,7 +727,7 @@ class ItemIndex:
                     "require_content": not precomputed,
                     # the index's fields may be missing from the new file: that modality is masked
                     "optional": [k for k in ("text_fields", "image_field") if k not in catalog_options]}
-            catalog = load_catalog(catalog, **(opts | catalog_options))
+            catalog = load_catalog(catalog, show_progress=self.encoders.show_progress, **(opts | catalog_options))
         catalog.item_ids = self._align_id_type(catalog.item_ids)
         check_catalog_ids(catalog, set(self._pos), catalog.source)
         # Everything that can refuse the add runs before the (slow) encoding.

@@ -387,3 +387,13 @@ def test_a_new_catalog_without_the_source_image_column_masks_images(tmp_path, ti
     with pytest.raises(DataError, match=r"field 'picture': image column not found"):
         finetune(tmp_path / "source", b_inter, catalog=b_cat, image_field="picture", split="random",
                  show_progress=False)
+
+
+def test_index_add_is_quiet_when_asked(tmp_path, tiny_bert_dir, tiny_vit_dir, image_paths, capfd):
+    shutil.copy(image_paths[0], tmp_path / "pic.jpg")
+    cat = _catalog(tmp_path / "a.csv", [f"a{i}" for i in range(6)], ["cat", "dog"], image="pic.jpg")
+    ItemIndex.build(cat, tmp_path / "idx", text_encoder=tiny_bert_dir, image_encoder=tiny_vit_dir, show_progress=False)
+    new = _catalog(tmp_path / "b.csv", ["b0", "b1"], ["war", "toy"], image="pic.jpg")
+    capfd.readouterr()
+    assert ItemIndex.load(tmp_path / "idx", show_progress=False).add(new) == 2
+    assert capfd.readouterr().err == ""  # no image-check (or any) progress bar
