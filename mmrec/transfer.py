@@ -144,6 +144,12 @@ def source_content(
     """
     dims = dict(source.model.modality_dims)
     specs = source.items.manifest.get("encoders", {})
+    pointless = sorted(set(ignore) - set(dims) - set(features or {}) - {"text", "image"})
+    if pointless:  # most likely a typo: ignoring it would do nothing
+        raise ConfigError(
+            f"--ignore-modality {' '.join(pointless)}: neither the source model (modalities: "
+            f"{', '.join(sorted(dims)) or 'none'}) nor the new data (text, image, --features) has it"
+        )
     features = {m: p for m, p in (features or {}).items() if m not in ignore}
     unknown = sorted(set(features) - set(dims))
     if unknown:

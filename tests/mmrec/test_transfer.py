@@ -206,6 +206,9 @@ def test_every_refusal_says_what_to_do(small, tmp_path):
     src = d / "source"
     quiet = dict(show_progress=False, split="random")
 
+    with pytest.raises(ConfigError, match=r"--ignore-modality audio: neither the source model \(modalities: content\) "
+                                          r"nor the new data \(text, image, --features\) has it"):
+        finetune(src, b_inter, features={"content": b_feats}, ignore=["audio"], **quiet)
     ItemIndex.from_features(list(range(len(x))), {"content": x}, show_progress=False).save(tmp_path / "content_index")
     with pytest.raises(ConfigError, match=r"content index .* not a trained model.*`mmrec train`"):
         finetune(tmp_path / "content_index", b_inter, features={"content": b_feats}, **quiet)
