@@ -244,9 +244,6 @@ def fit(
     trainer = Trainer(model, data, config, tuner=tuner, show_progress=show_progress)
     before = before_training(trainer) if before_training is not None else None
     result = trainer.fit()
-    test = trainer.validate("test") if train_inter.split_mask("test").any() else {}
-    if test:
-        logger.info("test recall@20 %.4f ndcg@20 %.4f", test["recall@20"], test["ndcg@20"])
     user_vecs, item_vecs, attention = (t.cpu().numpy() for t in trainer.vectors())
     features_now = {m: trainer.features[m].cpu().numpy() for m in dims}  # fine-tuned encoders change them
     # Items without training edges (held-out cold items, catalog items nobody touched) enter the
@@ -303,9 +300,16 @@ def fit(
             {m: x[cold_pos] for m, x in present_dims.items()}, [records[i] for i in cold_pos],
             [hashes[i] for i in cold_pos], save=False, vectors=mips.items(cold_vecs),
         )
+    order = np.array([items._pos[i] for i in item_ids])  # index rows in item-space order
+    index_vecs = torch.from_numpy(mips.original(items.vectors[order]))  # [N, D]
+    # The test metrics of what is served: the index's vectors, where items without training edges
+    # come through the content path; `mmrec evaluate` on the same file reproduces them.
+    test = evaluate(lambda u: torch.from_numpy(user_vecs[u]) @ index_vecs.T, train_inter, split="test",
+                    mask=config.mask, ks=(10, 20), batch_size=config.eval_batch_size,
+                    ) if train_inter.split_mask("test").any() else {}
+    if test:
+        logger.info("test recall@20 %.4f ndcg@20 %.4f", test["recall@20"], test["ndcg@20"])
     if held_out is not None:
-        order = np.array([items._pos[i] for i in item_ids])  # index rows in item-space order
-        index_vecs = torch.from_numpy(mips.original(items.vectors[order]))  # [N, D]
         test["cold"] = evaluate_cold(torch.from_numpy(user_vecs), index_vecs, inter, held_out)
         logger.info("cold-start items: test recall@20 %.4f ndcg@20 %.4f", test["cold"]["recall@20"],
                     test["cold"]["ndcg@20"])
@@ -434,7 +438,10 @@ def evaluate_directory(
     The item space is the index's current items: rows of other items (removed from the index
     since training) are skipped and counted (``rows_skipped``). ``users_skipped`` counts the
     users of the file left out: those the model does not know (``users_unknown``) and those
-    whose every row was such an item (``users_only_removed_items``). The split is rebuilt as at training time (same
+    whose every row was such an item (``users_only_removed_items``). For a model trained with
+    held-out items (``cold_start``), their rows are left out of the ordinary evaluation, as at
+    training time (``rows_of_held_out_items``), so the training report's test metrics are
+    reproduced; ``cold_start=True`` evaluates them. The split is rebuilt as at training time (same
     rule, seed and rating threshold; ``how`` overrides the rule; a random split of a user who
     lost rows differs from the training one). ``diversity@K`` is measured with the index's
     item vectors. With
@@ -451,6 +458,11 @@ def evaluate_directory(
         logger.warning("%d rows of %s are items not in the index (removed since training?): skipped; %d users "
                        "had no other rows", gone, interactions, emptied)
     inter = ensure_split(loaded, how or rec.split_rule, rec.config.seed)
+    cold = np.isin(np.array(item_ids, dtype=object), np.array(rec.cold_items, dtype=object))
+    held_rows = 0
+    if rec.cold_items and not cold_start:  # as at training time: held-out items are evaluated apart
+        held_rows = int(cold[inter.items].sum())
+        inter = warm_part(inter, cold)
     rows = np.array([rec._user_pos_str.get(str(u), -1) for u in inter.user_ids])
     unknown = int((rows < 0).sum())
     if unknown:
@@ -469,10 +481,11 @@ def evaluate_directory(
 
     out = {"split": split, "mask": mask or rec.config.mask, "users_skipped": unknown + emptied,
            "users_unknown": unknown, "users_only_removed_items": emptied, "rows_skipped": gone}
+    if held_rows:
+        out["rows_of_held_out_items"] = held_rows
     if cold_start:
         if not rec.cold_items:
             raise MMRecError("this model was trained without held-out items: train with --cold-start FRACTION")
-        cold = np.isin(np.array(item_ids, dtype=object), np.array(rec.cold_items, dtype=object))
         model_rows = torch.from_numpy(rows.clip(min=0))  # unknown users' rows were dropped above
         return out | {"cold_start": True, **evaluate_cold(user_vecs[model_rows], item_vecs, inter, cold, ks=ks)}
     return out | evaluate(score, inter, split=split, mask=mask or rec.config.mask, ks=ks,

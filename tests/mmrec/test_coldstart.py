@@ -10,7 +10,7 @@ from mmrec.coldstart import cold_part, hold_out_items, warm_part
 from mmrec.config import TrainConfig
 from mmrec.errors import ConfigError
 from mmrec.interactions import Interactions
-from mmrec.pipeline import fit
+from mmrec.pipeline import evaluate_directory, fit
 from tests.mmrec.conftest import write_planted
 
 FAST = dict(dim=16, layers=2, heads=2, lr=0.05, batch_size=128, epochs=12, patience=12, reg=1e-4)
@@ -69,6 +69,13 @@ def test_cold_items_are_ranked_from_content(tmp_path):
     # ... and no row was shrunk to the norm bound.
     assert np.linalg.norm(got, axis=1).max() < 0.999 * vec.mips.max_norm
     assert vec.neighbours == 10 and vec.neighbour_weight == 0.5
+    # `evaluate` on the same file reproduces the training report: the warm items' test rows,
+    # ranked by the index's vectors (cold items among the candidates, through the content path).
+    again = evaluate_directory(rec, inter)
+    assert again["rows_of_held_out_items"] > 0
+    assert {k: again[k] for k in test if k != "cold"} == {k: v for k, v in test.items() if k != "cold"}
+    cold_again = evaluate_directory(rec, inter, cold_start=True)
+    assert {k: cold_again[k] for k in cold} == cold
 
 
 def write_catalog(path, ids, titles):
