@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -58,7 +59,7 @@ TRAIN, VALID, TEST = 0, 1, 2
 REQUIRED_COLUMNS = ("user_id", "item_id")
 OPTIONAL_COLUMNS = ("rating", "timestamp", "split")
 ON_INVALID = ("error", "skip")
-_FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
+_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 _COMPRESSED = (".gz", ".bz2")
 _PROBLEMS_IN_REPORT = 20  # offending rows listed in report["problems"] when skipping
 
@@ -263,6 +264,33 @@ def _file_format(path: Path) -> str | None:
     return _FORMATS.get(suffixes[-1]) if suffixes else None
 
 
+def _read_jsonl(path: Path) -> pa.Table:
+    """A JSON-lines file as a table of text columns (one object a line; values of any JSON type,
+    which may differ from line to line, as ids often do; the known columns only)."""
+    known = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
+    values: dict[str, list[str]] = {c: [] for c in known}
+    seen: set[str] = set()
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [line for line in f if line.strip()]
+    except UnicodeDecodeError:
+        raise DataError(path, [utf8_problem(path)]) from None
+    if not lines:
+        raise DataError(path, [Problem(None, None, "file is empty (no JSON lines)")])
+    for row, line in enumerate(lines, start=1):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(path, [Problem(row, None, f"not a JSON object ({e.msg})")]) from None
+        if not isinstance(obj, dict):
+            raise DataError(path, [Problem(row, None, f"not a JSON object (a {type(obj).__name__})")])
+        seen.update(obj)
+        for c in known:
+            v = obj.get(c)
+            values[c].append("" if v is None else id_text(v))
+    return pa.table({c: pa.array(values[c], pa.string()) for c in known if c in seen})
+
+
 def _read_header(path: Path, delimiter: str) -> list[str] | None:
     """The header row of a (possibly compressed) CSV/TSV, or ``None`` for an empty file."""
     with pa.input_stream(str(path), compression="detect") as stream:
@@ -280,11 +308,15 @@ def _read_columns(path: Path, fmt: str) -> tuple[dict[str, pa.Array], int]:
     Raises:
         DataError: empty file, missing required columns, unparseable file.
     """
+    whole = None  # a JSON-lines file is read whole: its columns are the keys its objects use
     if fmt == "parquet":
         try:
             header = list(pq.read_schema(path).names)
         except (pa.ArrowException, OSError) as e:
             raise DataError(path, [Problem(None, None, f"cannot be read as parquet: {e}")]) from e
+    elif fmt == "jsonl":
+        whole = _read_jsonl(path)
+        header = list(whole.column_names)
     else:
         header = _read_header(path, "\t" if fmt == "tsv" else ",")
         if header is None:
@@ -296,7 +328,9 @@ def _read_columns(path: Path, fmt: str) -> tuple[dict[str, pa.Array], int]:
         raise DataError(path, [Problem(None, c, message) for c in missing])
     present = [c for c in REQUIRED_COLUMNS + OPTIONAL_COLUMNS if c in header]
     try:
-        if fmt == "parquet":
+        if whole is not None:
+            table = whole.select(present)
+        elif fmt == "parquet":
             table = pq.read_table(path, columns=present)
         else:
             table = pacsv.read_csv(
@@ -408,7 +442,8 @@ def load_interactions(
         raise DataError(path, [Problem(None, None, "file not found")])
     fmt = _file_format(path)
     if fmt is None:
-        message = f"unknown file type {''.join(path.suffixes)!r} (use .csv, .tsv or .parquet)"
+        message = (f"unknown file type {''.join(path.suffixes)!r} (use .csv, .tsv, .jsonl or .parquet / .pq; "
+                   ".csv and .tsv may be compressed as .gz or .bz2)")
         raise DataError(path, [Problem(None, None, message)])
     columns, n_rows = _read_columns(path, fmt)
     if rating_threshold is not None and "rating" not in columns:

@@ -296,3 +296,20 @@ def test_interactions_not_in_utf8_are_named_with_their_line(tmp_path: Path) -> N
     (tmp_path / "i.csv").write_bytes(b"user_id,item_id\nu1,1\nu\xe92,2\n")
     with pytest.raises(DataError, match=r"i.csv: line 3 \(byte 22\) holds byte 0xe9, which is not UTF-8"):
         load_interactions(tmp_path / "i.csv")
+
+
+def test_json_lines_read_like_csv_even_when_value_types_change_between_lines(tmp_path: Path) -> None:
+    (tmp_path / "i.jsonl").write_text(
+        '{"user_id": "u1", "item_id": 1, "rating": 5, "timestamp": 10}\n'
+        '{"user_id": 7, "item_id": "2", "rating": 3.5, "timestamp": 11, "extra": [1]}\n'
+        '{"user_id": "u1", "item_id": 2.0, "rating": "4", "timestamp": 12}\n')
+    inter = load_interactions(tmp_path / "i.jsonl")
+    assert inter.user_ids == ["7", "u1"] and inter.item_ids == [1, 2]
+    assert list(zip(inter.users.tolist(), inter.items.tolist(), inter.ratings.tolist())) == [
+        (1, 0, 5.0), (0, 1, 3.5), (1, 1, 4.0)]
+    (tmp_path / "bad.jsonl").write_text('{"user_id": "u1", "item_id": 1}\n[1, 2]\n')
+    with pytest.raises(DataError, match=r"bad.jsonl: row 2: not a JSON object \(a list\)"):
+        load_interactions(tmp_path / "bad.jsonl")
+    (tmp_path / "i.xml").write_text("<x/>")
+    with pytest.raises(DataError, match=r"unknown file type '.xml' \(use .csv, .tsv, .jsonl or .parquet"):
+        load_interactions(tmp_path / "i.xml")
