@@ -712,7 +712,7 @@ class ItemIndex:
             MMRecError: a new item with none of the index's modalities.
         """
         if device is not None:
-            check_device(device)
+            self.encoders.to(device)  # checks it; the encoders load (or move) there
         encoded = [m for m in self.modalities if m in self.encoders.spec]
         precomputed = [m for m in self.modalities if m not in self.encoders.spec]
         given = dict(features or {})
@@ -744,8 +744,6 @@ class ItemIndex:
             if x.shape[1] != width:
                 raise DataError(given[m], [Problem(None, None, f"{x.shape[1]} columns, but the index's {m} "
                                                                f"features are {width} wide")])
-        if device is not None:
-            self.encoders.to(device)
         encoders = {m: self.encoders.get(m) for m in encoded}
         if catalog.has_images and "image" not in encoders:
             logger.warning("%s has images but this index has no image modality: images ignored", catalog.source)
