@@ -102,6 +102,9 @@ class Interactions:
         timestamps: timestamp of each interaction, or ``None``.
         split: 0 train, 1 valid, 2 test per interaction, or ``None`` before splitting.
         report: what loading and splitting dropped, merged or decided, with counts.
+        seen: ``(users, items)`` of pairs the file has but that are not positives (rated below
+            the rating threshold): not trained or evaluated on, but never recommended back
+            (:meth:`known_items`). ``None`` without a threshold.
 
     Raises:
         ValueError: arrays of different lengths or indices out of range.
@@ -119,6 +122,7 @@ class Interactions:
     timestamps: np.ndarray | None = None
     split: np.ndarray | None = None
     report: dict[str, Any] = field(default_factory=dict)
+    seen: tuple[np.ndarray, np.ndarray] | None = None
     _user_lookup: dict[str, int] | None = field(default=None, init=False, repr=False)
     _item_lookup: dict[str, int] | None = field(default=None, init=False, repr=False)
 
@@ -148,6 +152,12 @@ class Interactions:
             value = getattr(self, name)
             if value is not None and value.shape != (n,):
                 raise ValueError(f"{name} must have shape ({n},), got {value.shape}")
+        if self.seen is not None:
+            su, si = (np.asarray(a, dtype=np.int64) for a in self.seen)
+            if su.shape != si.shape or su.ndim != 1 or (len(su) and (
+                    su.min() < 0 or su.max() >= len(self.user_ids) or si.min() < 0 or si.max() >= len(self.item_ids))):
+                raise ValueError("seen must be two 1-D index arrays of one length, within the user and item spaces")
+            self.seen = (su, si)
 
     # -- sizes -----------------------------------------------------------------------------
     @property
@@ -244,6 +254,21 @@ class Interactions:
         m.sum_duplicates()
         m.data[:] = 1.0  # a pair given twice by hand is still one interaction
         return m
+
+    def known_items(self) -> sp.csr_matrix:
+        """Binary user x item matrix of every pair the user has seen: all positives (every
+        split) and the ``seen`` pairs below the rating threshold. Never recommended back.
+
+        Shapes:
+            -> (U, N) float32 CSR with ones
+        """
+        known = self.user_items("all")
+        if self.seen is None or not len(self.seen[0]):
+            return known
+        below = sp.csr_matrix((np.ones(len(self.seen[0]), dtype=np.float32), self.seen), shape=known.shape)
+        known = (known + below).tocsr()
+        known.data[:] = 1.0
+        return known
 
     def item_popularity(self, split: str | Sequence[str] = "train") -> np.ndarray:
         """Number of interactions of each item in ``split``.
@@ -538,6 +563,19 @@ def load_interactions(
     first.sort()
     report["duplicates"] = int(len(rows) - len(first))
     rows, users, items = rows[first], users[first], items[first]
+    seen = None
+    if rating_threshold is not None:  # rated below it: not positives, but seen (never recommended back)
+        b = np.flatnonzero(below)
+        user_pos = {id_text(u): k for k, u in enumerate(user_ids)}
+        su = np.array([user_pos.get(t, -1) for t in texts["user_id"].take(pa.array(b)).to_pylist()], dtype=np.int64)
+        if catalog_index is not None:
+            si = np.asarray(catalog_index[b], dtype=np.int64)
+        else:
+            item_pos = {id_text(x): k for k, x in enumerate(items_space)}
+            si = np.array([item_pos.get(t, -1) for t in texts["item_id"].take(pa.array(b)).to_pylist()],
+                          dtype=np.int64)
+        ok = (su >= 0) & (si >= 0)  # users or items with no positive row are not in the spaces
+        seen = (su[ok], si[ok])
 
     inter = Interactions(
         user_ids=user_ids,
@@ -548,6 +586,7 @@ def load_interactions(
         timestamps=numbers["timestamp"][rows] if "timestamp" in numbers else None,
         split=split[rows] if split is not None else None,
         report=report,
+        seen=seen,
     )
     report.update(interactions=len(inter), users=inter.num_users, items=inter.num_items)
     report["cold_items"] = int((np.bincount(items, minlength=inter.num_items) == 0).sum())

@@ -274,7 +274,7 @@ def fit(
     ) if len(cold_pos) else item_vecs[:0]  # [C, D]
     # The MIPS norm bound covers the content-path rows too (a longer row would be shrunk).
     vectorizer.mips = mips = MipsTransform.fit(np.concatenate([item_vecs[~via_content], cold_vecs]))
-    known = inter.user_items("all")  # [U, N] CSR of ones: never recommended back
+    known = inter.known_items()  # [U, N] CSR of ones (positives and pairs rated below a threshold): never recommended back
     records = content.records or [{} for _ in range(n)]
     hashes = content.hashes or [{} for _ in range(n)]
     items = ItemIndex.from_features(

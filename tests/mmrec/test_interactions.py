@@ -313,3 +313,35 @@ def test_json_lines_read_like_csv_even_when_value_types_change_between_lines(tmp
     (tmp_path / "i.xml").write_text("<x/>")
     with pytest.raises(DataError, match=r"unknown file type '.xml' \(use .csv, .tsv, .jsonl or .parquet"):
         load_interactions(tmp_path / "i.xml")
+
+
+def test_pairs_rated_below_the_threshold_are_seen_not_positive(tmp_path: Path) -> None:
+    path = write(tmp_path / "i.csv", ROWS)
+    inter = load_interactions(path, rating_threshold=4)
+    # positives: (7, 30) rated 5, (2, 10) rated 4, (11, 30) rated 4; seen below 4: (7, 10) rated 3,
+    # (7, 30) rated 1 (a duplicate of a positive), (2, 20) rated 2.5 (item 20 has no positive row)
+    assert inter.user_ids == [2, 7, 11] and inter.item_ids == [10, 30]
+    known = inter.known_items().toarray()
+    np.testing.assert_array_equal(known, [[1, 0], [1, 1], [0, 1]])
+    np.testing.assert_array_equal(inter.user_items("all").toarray(), [[1, 0], [0, 1], [0, 1]])
+    with_catalog = load_interactions(path, item_ids=[10, 20, 30], rating_threshold=4)
+    np.testing.assert_array_equal(with_catalog.known_items().toarray(), [[1, 1, 0], [1, 0, 1], [0, 0, 1]])
+    assert load_interactions(path).seen is None
+
+
+def test_items_rated_below_the_threshold_are_never_recommended_back(tmp_path: Path) -> None:
+    from mmrec.config import TrainConfig
+    from mmrec.pipeline import fit
+    from tests.mmrec.conftest import write_planted
+
+    inter_path, feats = write_planted(tmp_path)  # 48 users, 32 items in 4 clusters, 6 of 8 cluster items a user
+    header, *lines = inter_path.read_text().splitlines()
+    mine = {int(ln.split("\t")[1]) for ln in lines if ln.split("\t")[0] == "u0"}
+    disliked = [i for i in range(0, 32, 4) if i not in mine]  # u0's cluster-0 items it has not rated well
+    rows = [f"{ln}\t5" for ln in lines] + [f"u0\t{i}\t1" for i in disliked]
+    (tmp_path / "rated.tsv").write_text("\n".join([header + "\trating", *rows]) + "\n")
+    rec, _, _ = fit(tmp_path / "rated.tsv", features={"content": feats}, rating_threshold=4, split="random",
+                    config=TrainConfig(dim=16, layers=1, heads=2, epochs=2), show_progress=False)
+    got = [r.item_id for r in rec.recommend("u0", 32)]
+    assert len(disliked) == 2 and not set(got) & set(disliked) and not set(got) & mine
+    assert len(got) == 32 - len(mine) - len(disliked)
