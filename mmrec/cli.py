@@ -403,7 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
     ft = sub.add_parser(
         "finetune", help="start from a trained model and train on a new catalog (different items and users)",
         description="Fine-tune a trained model on a new catalog: projection, fusion and (tuned) encoder weights "
-                    "transfer, new items start from their content, new users from their items. The catalog is "
+                    "transfer, new items start from their content; users the source knows start from their source "
+                    "embedding (--no-keep-users: at random), other users at random, and graph propagation hands "
+                    "them their items' vectors from the first step. The catalog is "
                     "encoded with the source's encoders. Training options left out take the source model's "
                     "values from its config.json (the defaults shown are TrainConfig's own); architecture "
                     "options (--dim, --layers, --heads, --use-id, --use-content, --projection-hidden) cannot change.",
