@@ -59,6 +59,10 @@ class TrainData:
 
 @dataclass
 class TrainResult:
+    """What :meth:`Trainer.fit` returns: the best validation epoch (0 when no epoch beat the
+    starting weights given as ``Trainer.start_valid``, which are then kept), its validation
+    metrics, one row per epoch, and the mean seconds per epoch."""
+
     best_epoch: int
     best_valid: dict[str, float]
     history: list[dict[str, float]]
@@ -180,6 +184,9 @@ class Trainer:
             nodes = torch.from_numpy(np.asarray(data.negatives, bool)) if data.negatives is not None else None
             self.item_graph = knn_item_graph(self.features, self.present, cfg.item_graph_k, nodes=nodes)
         self.rng = np.random.default_rng(cfg.seed)
+        # Validation metrics of the weights before any step, when they are worth keeping (a
+        # fine-tuning start): :meth:`fit` then counts them as epoch 0, kept if no epoch beats them.
+        self.start_valid: dict[str, float] | None = None
 
     # ------------------------------------------------------------------------------ vectors
     def forward(
@@ -263,6 +270,10 @@ class Trainer:
         """Train with early stopping; the model ends holding its best validation state."""
         cfg = self.cfg
         best, best_epoch, best_state, bad = -1.0, 0, None, 0
+        start_row: dict[str, float] = {}
+        if self.start_valid is not None:  # the starting weights are the one to beat
+            best, best_state = self.start_valid[EVAL_KEY], copy.deepcopy(self.state_dict())
+            start_row = {"epoch": 0, **{f"valid_{k}": v for k, v in self.start_valid.items()}}
         history: list[dict[str, float]] = []
         seconds = []
         has_valid = bool(self.data.inter.split_mask("valid").any())
@@ -305,7 +316,7 @@ class Trainer:
             self.load_state_dict(best_state)
         else:
             best_epoch = len(history)
-        best_row = next((h for h in history if h["epoch"] == best_epoch), {})
+        best_row = next((h for h in [start_row, *history] if h.get("epoch") == best_epoch), {})
         return TrainResult(
             best_epoch=best_epoch,
             best_valid={k[6:]: v for k, v in best_row.items() if k.startswith("valid_")},

@@ -380,6 +380,7 @@ def finetune(
         if not inter.split_mask("valid").any():
             return {}
         valid = trainer.validate("valid")
+        trainer.start_valid = valid  # kept as the result if no epoch beats it
         logger.info("transferred model before training: valid recall@20 %.4f", valid["recall@20"])
         return {"start_valid": valid, "source": str(src.items.directory or "")}
 

@@ -400,3 +400,27 @@ def test_index_add_is_quiet_when_asked(tmp_path, tiny_bert_dir, tiny_vit_dir, im
     capfd.readouterr()
     assert ItemIndex.load(tmp_path / "idx", show_progress=False).add(new) == 2
     assert capfd.readouterr().err == ""  # no image-check (or any) progress bar
+
+
+def test_fine_tuning_keeps_the_transferred_start_when_no_epoch_beats_it(small, tmp_path, monkeypatch):
+    import copy
+
+    from mmrec.train import Trainer
+
+    d, b_inter, b_feats = small
+    # Validation says the start (0.9) beats the one epoch (0.5): the start's weights must be kept.
+    scores, start_weights = iter([0.9, 0.5]), []
+
+    def validate(self, split="valid"):
+        if not start_weights:
+            start_weights.append(copy.deepcopy(self.model.state_dict()))
+        r = next(scores)
+        return {"recall@10": r, "recall@20": r, "ndcg@10": r, "ndcg@20": r}
+
+    monkeypatch.setattr(Trainer, "validate", validate)
+    rec, result, _ = finetune(d / "source", b_inter, features={"content": b_feats}, out=tmp_path / "ft",
+                              config={"epochs": 1}, split="random", show_progress=False)
+    assert result.history[0]["valid_recall@20"] == 0.5
+    assert result.best_epoch == 0 and result.best_valid["recall@20"] == 0.9
+    for name, value in rec.model.state_dict().items():
+        torch.testing.assert_close(value, start_weights[0][name], rtol=0, atol=0)
