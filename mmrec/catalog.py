@@ -42,6 +42,7 @@ class Catalog:
         image_field: the image column, or ``None``.
         source: where the catalog came from (a path, or a name such as ``ml-100k``).
         skipped: rows left out under ``skip_invalid=True``, with the reason.
+        skipped_ids: the raw ``item_id`` of each skipped row (``None`` where it had none).
     """
 
     item_ids: list[ItemId]
@@ -52,6 +53,7 @@ class Catalog:
     image_field: str | None
     source: str
     skipped: list[Problem] = field(default_factory=list)
+    skipped_ids: list[Any] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -77,13 +79,17 @@ class Catalog:
             image_field=self.image_field,
             source=self.source,
             skipped=list(self.skipped),
+            skipped_ids=list(self.skipped_ids),
         )
 
     def write_skip_report(self, path: str | Path) -> None:
-        """Write what was skipped, one JSON object a line: row, field, message."""
+        """Write what was skipped, one JSON object a line: row, item_id (as in the file, ``null``
+        when missing), field, message."""
+        ids = self.skipped_ids or [None] * len(self.skipped)
         with open(path, "w", encoding="utf-8") as f:
-            for p in self.skipped:
-                f.write(json.dumps({"row": p.row, "field": p.field, "message": p.message}) + "\n")
+            for p, item in zip(self.skipped, ids):
+                item = None if _blank(item) else id_text(item)
+                f.write(json.dumps({"row": p.row, "item_id": item, "field": p.field, "message": p.message}) + "\n")
 
 
 def compose_text(values: Sequence[Any]) -> str:
@@ -329,6 +335,7 @@ def _validate(
         image_field=image_field,
         source=source,
         skipped=problems,
+        skipped_ids=[raw_ids[p.row - 1] if p.row is not None else None for p in problems],
     )
 
 

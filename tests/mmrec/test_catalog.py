@@ -107,7 +107,8 @@ def test_images_resolved_checked_and_skipped(tmp_path):
     assert [p.row for p in cat.skipped] == [2, 3, 4]
     report = tmp_path / "skipped.jsonl"
     cat.write_skip_report(report)
-    assert [json.loads(line)["row"] for line in report.read_text().splitlines()] == [2, 3, 4]
+    lines = [json.loads(line) for line in report.read_text().splitlines()]
+    assert [(r["row"], r["item_id"]) for r in lines] == [(2, "b"), (3, "c"), (4, "a")]
 
 
 def test_image_root_overrides_catalog_folder(tmp_path):

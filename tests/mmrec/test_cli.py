@@ -102,7 +102,7 @@ def test_skip_invalid_writes_a_report(tmp_path, capsys):
                        "--skip-invalid", "--no-cache", "-q")
     assert code == 0 and "3 items" in out
     report = [json.loads(line) for line in (tmp_path / "idx" / "skipped.jsonl").read_text().splitlines()]
-    assert [(r["row"], r["field"]) for r in report] == [(4, "item_id"), (5, "item_id")]
+    assert [(r["row"], r["item_id"], r["field"]) for r in report] == [(4, "m2", "item_id"), (5, None, "item_id")]
 
 
 def test_console_script_entry_point(built):
