@@ -183,16 +183,24 @@ class Interactions:
         return f"Interactions(users={self.num_users}, items={self.num_items}, interactions={len(self)}{split})"
 
     # -- id lookups ------------------------------------------------------------------------
+    def _lookup(self, kind: str) -> dict[str, int]:
+        """External id (its ``str()`` form) -> contiguous index, for ``"user"`` or ``"item"``."""
+        if kind == "user":
+            if self._user_lookup is None:
+                self._user_lookup = {str(u): i for i, u in enumerate(self.user_ids)}
+            return self._user_lookup
+        if self._item_lookup is None:
+            self._item_lookup = {str(i): k for k, i in enumerate(self.item_ids)}
+        return self._item_lookup
+
     def user_index(self, user_id: UserId) -> int:
         """Contiguous index of an external user id (matched by its ``str()`` form).
 
         Raises:
             UnknownIdError: the user has no interactions here.
         """
-        if self._user_lookup is None:
-            self._user_lookup = {str(u): i for i, u in enumerate(self.user_ids)}
         try:
-            return self._user_lookup[str(user_id)]
+            return self._lookup("user")[str(user_id)]
         except KeyError:
             raise UnknownIdError(f"unknown user id {user_id!r}: no interactions for this user") from None
 
@@ -202,12 +210,19 @@ class Interactions:
         Raises:
             UnknownIdError: the item is not in the item space.
         """
-        if self._item_lookup is None:
-            self._item_lookup = {str(i): k for k, i in enumerate(self.item_ids)}
         try:
-            return self._item_lookup[str(item_id)]
+            return self._lookup("item")[str(item_id)]
         except KeyError:
             raise UnknownIdError(f"unknown item id {item_id!r}: not in the item space") from None
+
+    def indices(self, kind: str, ids: Sequence[object]) -> np.ndarray:
+        """Contiguous indices of many ``"user"`` or ``"item"`` ids (``str()`` forms), ``-1`` for
+        ids not in that space.
+
+        Shapes: ids (K,) -> (K,) int64
+        """
+        lookup = self._lookup(kind)
+        return np.array([lookup.get(str(i), -1) for i in ids], dtype=np.int64)
 
     # -- views -----------------------------------------------------------------------------
     def split_mask(self, split: str | Sequence[str]) -> np.ndarray:
@@ -563,20 +578,6 @@ def load_interactions(
     first.sort()
     report["duplicates"] = int(len(rows) - len(first))
     rows, users, items = rows[first], users[first], items[first]
-    seen = None
-    if rating_threshold is not None:  # rated below it: not positives, but seen (never recommended back)
-        b = np.flatnonzero(below)
-        user_pos = {id_text(u): k for k, u in enumerate(user_ids)}
-        su = np.array([user_pos.get(t, -1) for t in texts["user_id"].take(pa.array(b)).to_pylist()], dtype=np.int64)
-        if catalog_index is not None:
-            si = np.asarray(catalog_index[b], dtype=np.int64)
-        else:
-            item_pos = {id_text(x): k for k, x in enumerate(items_space)}
-            si = np.array([item_pos.get(t, -1) for t in texts["item_id"].take(pa.array(b)).to_pylist()],
-                          dtype=np.int64)
-        ok = (su >= 0) & (si >= 0)  # users or items with no positive row are not in the spaces
-        seen = (su[ok], si[ok])
-
     inter = Interactions(
         user_ids=user_ids,
         item_ids=items_space,
@@ -586,8 +587,14 @@ def load_interactions(
         timestamps=numbers["timestamp"][rows] if "timestamp" in numbers else None,
         split=split[rows] if split is not None else None,
         report=report,
-        seen=seen,
     )
+    if rating_threshold is not None:  # rated below it: not positives, but seen (never recommended back)
+        b = np.flatnonzero(below)
+        su = inter.indices("user", texts["user_id"].take(pa.array(b)).to_pylist())
+        si = (np.asarray(catalog_index[b], dtype=np.int64) if catalog_index is not None
+              else inter.indices("item", texts["item_id"].take(pa.array(b)).to_pylist()))
+        ok = (su >= 0) & (si >= 0)  # users or items with no positive row are not in the spaces
+        inter.seen = (su[ok], si[ok])
     report.update(interactions=len(inter), users=inter.num_users, items=inter.num_items)
     report["cold_items"] = int((np.bincount(items, minlength=inter.num_items) == 0).sum())
     logger.info(
