@@ -315,7 +315,7 @@ def fit(
                     test["cold"]["ndcg@20"])
     if tuner is not None:  # queries in memory must use the tuned encoders the features came from
         items.encoders._loaded.update({m: e for m, e in content.encoder_objects.items() if m in dims})
-        items.encoders.device = config.device  # where they are (and where any other one would load)
+        items.encoders.to(config.device)  # where they are (and where any other one would load)
     rec = Recommender(items, model.eval(), config, inter.user_ids, user_vecs, known, item_ids,
                       cold_items=[item_ids[i] for i in np.flatnonzero(held_out)] if held_out is not None else [],
                       split_rule=split, rating_threshold=rating_threshold)
