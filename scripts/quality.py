@@ -23,16 +23,13 @@ MiniLM through the feature cache), ``tiktok`` (image + audio ``.npy`` features),
 
 Results are merged into ``--out``/quality.json (one entry per dataset, each with the command that
 produced it) and quality.md is rewritten from the merged JSON, so datasets can run as separate
-processes. Commands (from the project root)::
+processes. The exact command behind every stored entry is written beside its table in
+quality.md (and listed in README.md); from the project root, for example::
 
-    # the runs behind benchmarks/results/quality.md (one process per dataset, run side by side)
-    .venv/bin/python scripts/quality.py --datasets ml100k-plus --grid-lr 0.01 --grid-reg 1e-4 1e-2 1e-1 \
-        --patience 3 --epochs 60 --seeds 0 1 2
-    .venv/bin/python scripts/quality.py --datasets tiktok --grid-lr 0.01 --grid-reg 1e-4 1e-2 1e-1 \
-        --patience 3 --epochs 40 --seeds 0 1 2
-    .venv/bin/python scripts/quality.py --datasets amazon-baby --grid-lr 0.005 --grid-reg 1e-4 1e-3 1e-2 1e-1 \
-        --patience 3 --epochs 40 --seeds 0 1 2
-    # a quick look: one seed, defaults (lr 0.01, reg 1e-4), every dataset
+    # the main tiktok entry
+    .venv/bin/python scripts/quality.py --datasets tiktok --grid-lr 0.01 0.005 --grid-reg 1e-4 \
+        --grid-item-graph-k 10 --grid-edge-dropout 0 0.3 0.5 --patience 10 --epochs 60 --seeds 0 1 2
+    # a quick look: one seed, TrainConfig's defaults, every dataset
     .venv/bin/python scripts/quality.py --seeds 0 --verbose
 
 On a shared CPU, ``--threads 1`` (the default) is faster than oversubscribing cores.
