@@ -376,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(q)
     q.set_defaults(func=cmd_search)
 
-    from mmrec.config import TrainConfig, add_dataclass_options
+    from mmrec.config import ARCHITECTURE, TrainConfig, add_dataclass_options
 
     t = sub.add_parser("train", help="train the fused graph recommender and index its item vectors")
     t.add_argument("--interactions", required=True, type=Path, help="user_id, item_id[, rating, timestamp, split]")
@@ -407,8 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "embedding (--no-keep-users: at random), other users at random, and graph propagation hands "
                     "them their items' vectors from the first step. The catalog is "
                     "encoded with the source's encoders. Training options left out take the source model's "
-                    "values from its config.json (the defaults shown are TrainConfig's own); architecture "
-                    "options (--dim, --layers, --heads, --use-id, --use-content, --projection-hidden) cannot change.",
+                    "values from its config.json; architecture options ("
+                    + ", ".join("--" + name.replace("_", "-") for name in ARCHITECTURE) + ") cannot change.",
     )
     ft.add_argument("--from", dest="source", required=True, type=Path, help="trained directory to start from")
     ft.add_argument("--interactions", required=True, type=Path, help="the new interactions")
@@ -430,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--factory", default="auto", help="FAISS factory for the trained item vectors")
     ft.add_argument("--overwrite", action="store_true")
     ft.add_argument("--json", action="store_true", help="print the summary as JSON")
-    add_dataclass_options(ft, TrainConfig)
+    add_dataclass_options(ft, TrainConfig, default_from="the source model", fixed=ARCHITECTURE)
     _cache_opts(ft)
     _common(ft)
     ft.set_defaults(func=cmd_finetune)

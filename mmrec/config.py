@@ -131,13 +131,38 @@ def load_config(cls: type[T], path: str | Path) -> tuple[T, dict[str, Any]]:
     return cls(**data["config"]), extra
 
 
-def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
-    """Add one ``--field-name`` option per dataclass field (defaults left as None = unset)."""
+# TrainConfig fields that fix the shapes of a model's weights: fine-tuning cannot change them.
+ARCHITECTURE = ("dim", "layers", "heads", "use_id", "use_content", "projection_hidden", "id_mode")
+
+
+def add_dataclass_options(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    skip: tuple[str, ...] = (),
+    default_from: str | None = None,
+    fixed: tuple[str, ...] = (),
+) -> None:
+    """Add one ``--field-name`` option per dataclass field (defaults left as None = unset).
+
+    Args:
+        parser: where the options go.
+        cls: the dataclass.
+        skip: fields that get no option.
+        default_from: where an option left out takes its value, when not from ``cls``'s defaults
+            (e.g. ``"the source model"``); the help then says so instead of printing ``cls``'s.
+        fixed: fields whose value ``default_from`` fixes (the help says they cannot change).
+    """
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
-        help_text = f"{f.metadata.get('help', '')} (default {f.default})"
+        if f.name in fixed:
+            where = f"{default_from}'s; cannot change"
+        elif default_from is not None:
+            where = f"{default_from}'s"
+        else:
+            where = str(f.default)
+        help_text = f"{f.metadata.get('help', '')} (default {where})"
         if f.type in (bool, "bool"):
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:

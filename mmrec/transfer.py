@@ -38,7 +38,7 @@ to do instead):
   ID-only model has nothing to transfer except hyper-parameters, so it is refused rather than
   silently trained from scratch (run ``mmrec train`` with its ``config.json`` values instead);
 * architecture fields (``dim``, ``layers``, ``heads``, ``use_id``, ``use_content``,
-  ``projection_hidden``) cannot change; every other training option defaults to the source's.
+  ``projection_hidden``, ``id_mode``: :data:`mmrec.config.ARCHITECTURE`) cannot change; every other training option defaults to the source's.
 """
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ from torch import Tensor
 
 from fusion.model import FusedGraphModel
 from mmrec.catalog import Catalog, load_catalog
-from mmrec.config import TrainConfig
+from mmrec.config import ARCHITECTURE, TrainConfig
 from mmrec.errors import ConfigError
 from mmrec.item_index import check_device
 from mmrec.pipeline import Content, fit, load_content
@@ -67,8 +67,6 @@ from mmrec.typing import UserId
 
 logger = logging.getLogger(__name__)
 
-# Fields that fix the shapes of the transferred weights.
-ARCHITECTURE = ("dim", "layers", "heads", "use_id", "use_content", "projection_hidden", "id_mode")
 EMBEDDINGS = ("user_embedding.weight", "item_embedding.weight")
 
 

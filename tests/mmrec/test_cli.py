@@ -127,3 +127,21 @@ def test_a_closed_pipe_is_not_an_error(built, capsys, monkeypatch):
     monkeypatch.setattr(mmrec.cli, "cmd_similar", reader_went_away)
     code, _, err = run(capsys, "similar", "--index", str(built / "idx"), "--item", "m1", "-q")
     assert code == 0 and err == ""
+
+
+def _option_help(command: str, flag: str) -> str:
+    import argparse
+
+    from mmrec.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    action = next(a for a in sub.choices[command]._actions if flag in a.option_strings)
+    return action.help
+
+
+def test_finetune_help_names_the_source_model_as_the_default():
+    # train shows TrainConfig's own defaults; finetune's left-out options take the source's values.
+    assert _option_help("train", "--lr").endswith("(default 0.001)")
+    assert _option_help("finetune", "--lr").endswith("(default the source model's)")
+    assert _option_help("finetune", "--dim").endswith("(default the source model's; cannot change)")
+    assert _option_help("finetune", "--id-mode").endswith("(default the source model's; cannot change)")
