@@ -107,20 +107,34 @@ def neighbour_mean(
         exclude (B,) -> (B, D)
     """
     order = sorted(features)
-    q = combine_modalities(features, present, order=order, renormalize=False)  # [B, sum D_m]
-    p = combine_modalities({m: pool_features[m] for m in order}, {m: pool_present[m] for m in order},
-                           order=order, renormalize=False)  # [P, sum D_m]
-    kk = min(k, len(p) - (exclude is not None))
-    out = np.zeros((len(q), pool_vectors.shape[1]), np.float32)  # [B, D]
+    out = np.zeros((len(next(iter(features.values()))), pool_vectors.shape[1]), np.float32)  # [B, D]
+    # Items with no modality at all have no content to compare: a query row without one gets no
+    # neighbour (zero), a pool row without one is nobody's neighbour.
+    q_rows = np.flatnonzero(np.any([np.asarray(present[m], bool) for m in order], axis=0))  # [B']
+    p_rows = np.flatnonzero(np.any([np.asarray(pool_present[m], bool) for m in order], axis=0))  # [P']
+    if not len(q_rows) or not len(p_rows):
+        return out
+    q = combine_modalities({m: features[m][q_rows] for m in order}, {m: present[m][q_rows] for m in order},
+                           order=order, renormalize=False)  # [B', sum D_m]
+    p = combine_modalities({m: pool_features[m][p_rows] for m in order},
+                           {m: pool_present[m][p_rows] for m in order}, order=order, renormalize=False)  # [P', sum D_m]
+    if exclude is not None:
+        # The excluded pool row as a position among the pool rows with content (-1: none or content-less).
+        position = np.full(len(pool_vectors), -1, np.int64)
+        position[p_rows] = np.arange(len(p_rows))
+        ex = np.asarray(exclude)[q_rows]
+        ex = np.where(ex >= 0, position[np.maximum(ex, 0)], -1)  # [B']
+    kk = min(k, len(p) - (exclude is not None and bool((ex >= 0).any())))
     if kk < 1:
         return out
+    vectors = pool_vectors[p_rows]  # [P', D]
     for start in range(0, len(q), block_size):
-        s = q[start : start + block_size] @ p.T  # [b, P]
+        s = q[start : start + block_size] @ p.T  # [b, P']
         if exclude is not None:
-            rows = np.flatnonzero(exclude[start : start + block_size] >= 0)
-            s[rows, exclude[start : start + block_size][rows]] = -np.inf
+            rows = np.flatnonzero(ex[start : start + block_size] >= 0)
+            s[rows, ex[start : start + block_size][rows]] = -np.inf
         top = np.argpartition(-s, kk - 1, axis=1)[:, :kk]  # [b, k]
-        out[start : start + len(s)] = pool_vectors[top].mean(axis=1)
+        out[q_rows[start : start + len(s)]] = vectors[top].mean(axis=1)
     return out
 
 

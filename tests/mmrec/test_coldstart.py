@@ -203,6 +203,40 @@ def test_neighbour_mean_and_blend_exact_values():
     np.testing.assert_allclose(blend_with_neighbours(c, n, 0.25), [[1.5, 0.5], [5.0, 0.0]])
 
 
+def test_neighbour_mean_skips_items_without_any_modality():
+    from mmrec.coldstart import neighbour_mean
+
+    pool_f = {"t": np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 0.0], [0.1, 0.9]], np.float32)}
+    pool_p = {"t": np.array([True, True, False, True])}  # pool row 2 has no content: nobody's neighbour
+    pool_v = np.array([[1.0, 0.0], [3.0, 0.0], [100.0, 100.0], [0.0, 4.0]], np.float32)
+    new = {"t": np.array([[1.0, 0.05], [0.0, 0.0], [0.05, 1.0]], np.float32)}
+    got = neighbour_mean(new, {"t": np.array([True, False, True])}, pool_f, pool_p, pool_v, k=2)
+    # Row 1 has no content: no neighbours (zero); rows 0 and 2 pick among pool rows 0, 1, 3 only.
+    np.testing.assert_allclose(got, [[2.0, 0.0], [0.0, 0.0], [1.5, 2.0]])
+    # Leave-one-out over that pool: exclusions are pool rows, whatever rows lack content.
+    loo = neighbour_mean(pool_f, pool_p, pool_f, pool_p, pool_v, k=2, exclude=np.arange(4))
+    np.testing.assert_allclose(loo, [[1.5, 2.0], [0.5, 2.0], [0.0, 0.0], [2.0, 0.0]])
+    # No item with content on either side: all zeros, no error.
+    none = {"t": np.zeros(2, bool)}
+    np.testing.assert_array_equal(neighbour_mean({"t": new["t"][:2]}, none, pool_f, pool_p, pool_v, k=2), 0.0)
+
+
+def test_training_with_a_content_less_item_and_cold_neighbours(tmp_path):
+    # An all-zero feature row is an item without that modality; with only one modality it has
+    # none at all. Training (calibrated with content neighbours by default) must still finish.
+    inter, feats = write_planted(tmp_path, users=48, items=32)
+    x = np.load(feats)
+    x[3] = 0.0
+    x[5] = 0.0
+    np.save(feats, x)
+    assert TrainConfig().cold_neighbours > 0
+    rec, result, test = fit(inter, features={"content": feats}, out=tmp_path / "m", config=TrainConfig(**FAST),
+                            split="random", show_progress=False)
+    assert result.best_epoch >= 0 and 0.0 <= test["recall@20"] <= 1.0
+    user = rec.user_ids[0]
+    assert len(rec.recommend(user, 5)) == 5
+
+
 def test_index_add_with_precomputed_features_and_evaluate_after_remove(tmp_path, capsys):
     from mmrec.cli import main
     from mmrec.errors import ConfigError, MMRecError
