@@ -1,7 +1,7 @@
 """How external ids are read: one rule for catalogs and interaction files alike.
 
 Ids are read as text. A column whose every id is a canonical integer (``"7"``, ``"-3"``; not
-``"007"`` or ``"7.0"``) becomes ``int``; otherwise every id stays ``str``. So ``"007"`` is never
+``"007"``, ``"7.0"`` or ``"-0"``) becomes ``int``; otherwise every id stays ``str``. So ``"007"`` is never
 silently turned into ``7``, and the same file read as CSV, TSV, JSON Lines or Parquet gives the
 same ids.
 """
@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from mmrec.typing import ItemId
 
-_CANONICAL_INT = re.compile(r"-?(0|[1-9][0-9]*)\Z")
+_CANONICAL_INT = re.compile(r"(0|-?[1-9][0-9]*)\Z")  # not "-0": it would collide with "0"
 
 
 def id_text(value: object) -> str:

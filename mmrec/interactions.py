@@ -332,14 +332,14 @@ def _read_jsonl(path: Path) -> pa.Table:
 
 
 def _read_header(path: Path, delimiter: str) -> list[str] | None:
-    """The header row of a (possibly compressed) CSV/TSV, or ``None`` for an empty file."""
+    """The header row of a (possibly compressed) CSV/TSV as written, or ``None`` for an empty file."""
     with pa.input_stream(str(path), compression="detect") as stream:
         head = stream.read(1 << 16)
     text = head.decode("utf-8-sig", errors="replace")
     if not text.strip():
         return None
     first = next(csv.reader(io.StringIO(text), delimiter=delimiter), None)
-    return [c.strip() for c in first] if first else None
+    return first or None
 
 
 def _read_columns(path: Path, fmt: str) -> tuple[dict[str, pa.Array], int]:
@@ -349,6 +349,7 @@ def _read_columns(path: Path, fmt: str) -> tuple[dict[str, pa.Array], int]:
         DataError: empty file, missing required columns, unparseable file.
     """
     whole = None  # a JSON-lines file is read whole: its columns are the keys its objects use
+    raw = {}  # CSV/TSV: column name -> as written in the header (``user_id, item_id`` has " item_id")
     if fmt == "parquet":
         try:
             header = list(pq.read_schema(path).names)
@@ -358,9 +359,11 @@ def _read_columns(path: Path, fmt: str) -> tuple[dict[str, pa.Array], int]:
         whole = _read_jsonl(path)
         header = list(whole.column_names)
     else:
-        header = _read_header(path, "\t" if fmt == "tsv" else ",")
-        if header is None:
+        written = _read_header(path, "\t" if fmt == "tsv" else ",")
+        if written is None:
             raise DataError(path, [Problem(None, None, "file is empty (no header row)")])
+        raw = {c.strip(): c for c in reversed(written)}  # the first of two equal names wins
+        header = [c.strip() for c in written]
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
         found = ", ".join(repr(c) for c in header)
@@ -377,11 +380,11 @@ def _read_columns(path: Path, fmt: str) -> tuple[dict[str, pa.Array], int]:
                 path,
                 parse_options=pacsv.ParseOptions(delimiter="\t" if fmt == "tsv" else ","),
                 convert_options=pacsv.ConvertOptions(
-                    column_types={c: pa.string() for c in present},
-                    include_columns=present,
+                    column_types={raw[c]: pa.string() for c in present},
+                    include_columns=[raw[c] for c in present],
                     strings_can_be_null=False,
                 ),
-            )
+            ).rename_columns(present)
     except (pa.ArrowException, OSError) as e:
         not_utf8 = utf8_problem(path) if fmt in ("csv", "tsv") and path.suffix.lower() in (".csv", ".tsv") else None
         raise DataError(path, [not_utf8 or Problem(None, None, f"cannot be read as {fmt}: {e}")]) from e
@@ -389,9 +392,18 @@ def _read_columns(path: Path, fmt: str) -> tuple[dict[str, pa.Array], int]:
         raise DataError(path, [Problem(None, None, "file has no data rows")])
     columns = {c: table.column(c).combine_chunks() for c in present}
     for c, col in columns.items():  # a typed date/time column (Parquet) counts in seconds since 1970
-        if pa.types.is_timestamp(col.type) or pa.types.is_date(col.type):
-            seconds = pc.cast(pc.cast(col, pa.timestamp("s", tz=getattr(col.type, "tz", None))), pa.int64())
-            columns[c] = pc.cast(seconds, pa.string())
+        if pa.types.is_date(col.type):
+            col = pc.cast(col, pa.timestamp("s"))
+        if pa.types.is_timestamp(col.type):
+            ticks = pc.cast(col, pa.int64())  # since 1970 UTC, in the column's unit
+            per_second = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}[col.type.unit]
+            if per_second == 1:
+                seconds = ticks
+            else:  # whole seconds + the fraction, each exact in float64 (ticks / per_second is not)
+                whole = pc.divide(ticks, per_second)  # integer division
+                fraction = pc.subtract(ticks, pc.multiply(whole, per_second))
+                seconds = pc.add(pc.cast(whole, pa.float64()), pc.divide(pc.cast(fraction, pa.float64()), float(per_second)))
+            columns[c] = pc.cast(seconds, pa.string())  # fractions of a second kept
     return columns, table.num_rows
 
 

@@ -101,6 +101,24 @@ def test_string_ids_keep_leading_zeros(tmp_path: Path) -> None:
         inter.item_index(7)
 
 
+def test_minus_zero_is_not_the_integer_zero(tmp_path: Path) -> None:
+    # "-0" and "0" would collide as int 0 (one user unreachable): such a column stays text.
+    assert normalize_ids(["0", "-0", "5"]) == ["0", "-0", "5"]
+    assert normalize_ids(["0", "-5", "5"]) == [0, -5, 5]
+    rows = [["0", "5", "1", "1", "train"], ["-0", "6", "1", "1", "train"], ["0", "7", "1", "1", "test"]]
+    inter = load_interactions(write(tmp_path / "z.csv", rows))
+    assert inter.user_ids == ["-0", "0"]
+    assert inter.user_index("0") == 1 and inter.user_index("-0") == 0
+
+
+def test_header_names_with_spaces_around_them(tmp_path: Path) -> None:
+    # "user_id, item_id, rating" (a space after each comma) reads as the plain names.
+    (tmp_path / "s.csv").write_text("user_id, item_id , rating\nu1, 5, 4\nu2,6,3\n")
+    inter = load_interactions(tmp_path / "s.csv")
+    assert inter.user_ids == ["u1", "u2"] and inter.item_ids == [5, 6]
+    assert inter.ratings.tolist() == [4.0, 3.0]
+
+
 def test_catalog_item_space_and_cold_items(tmp_path: Path) -> None:
     catalog = [30, 99, 10, 20]  # catalog order; item 99 has no interactions
     inter = load_interactions(write(tmp_path / "i.csv", ROWS), item_ids=catalog)
@@ -290,6 +308,17 @@ def test_parquet_date_and_time_columns_are_seconds_since_1970(tmp_path: Path) ->
     pq.write_table(pa.table({"user_id": ["a"], "item_id": ["1"],
                              "timestamp": pa.array([datetime.date(1970, 1, 2)], pa.date32())}), tmp_path / "d.parquet")
     assert load_interactions(tmp_path / "d.parquet").timestamps.tolist() == [86400.0]
+    # Fractions of a second are kept (a safe cast to whole seconds would refuse them).
+    fine = [datetime.datetime(2020, 1, 1, 0, 0, 0, 500000), datetime.datetime(2020, 1, 1, 0, 0, 1, 250000)]
+    for unit in ("ms", "us", "ns"):
+        pq.write_table(pa.table({"user_id": ["a", "a"], "item_id": ["1", "2"],
+                                 "timestamp": pa.array(fine, pa.timestamp(unit))}), tmp_path / "f.parquet")
+        assert load_interactions(tmp_path / "f.parquet").timestamps.tolist() == [1577836800.5, 1577836801.25]
+    # A zone-aware column counts from 1970 UTC.
+    pq.write_table(pa.table({"user_id": ["a"], "item_id": ["1"],
+                             "timestamp": pa.array([datetime.datetime(1970, 1, 1, 1, 0, 0, 500000)],
+                                                   pa.timestamp("ms", tz="UTC"))}), tmp_path / "z.parquet")
+    assert load_interactions(tmp_path / "z.parquet").timestamps.tolist() == [3600.5]
 
 
 def test_interactions_not_in_utf8_are_named_with_their_line(tmp_path: Path) -> None:
