@@ -819,7 +819,11 @@ class ItemIndex:
         return self.features, self.present, self.vectorizer.mips.original(self.vectors)
 
     def remove(self, item_ids: Sequence[object]) -> int:
-        """Remove items by id; saves when opened from disk. Unknown ids are an error (nothing removed)."""
+        """Remove items by id; saves when opened from disk. Unknown ids are an error (nothing removed).
+
+        Returns:
+            The number of items removed (an id given twice, e.g. ``2`` and ``"2"``, counts once).
+        """
         missing = [i for i in item_ids if self._try_resolve(i) is None]
         if missing:
             raise MMRecError(f"not in this index: {', '.join(map(str, missing[:20]))}")
@@ -835,7 +839,7 @@ class ItemIndex:
         self._pos = {it[ID_FIELD]: i for i, it in enumerate(self.items)}
         if self.directory is not None:
             self.save(self.directory)
-        return len(ids)
+        return len(gone)
 
     def _try_resolve(self, item_id: object) -> ItemId | None:
         try:
