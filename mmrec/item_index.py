@@ -324,7 +324,15 @@ class FixedCombination(MipsVectorizer):
         return self.mips.items(self.combine(features, present))
 
     def query_vector(self, modality: str, vector: np.ndarray, dims: dict[str, int]) -> np.ndarray:
-        """A ``[1, D + 1]`` query for one modality, scoring that modality's cosine."""
+        """A ``[1, D + 1]`` query for one modality, scoring that modality's cosine.
+
+        Raises:
+            MMRecError: the modality has weight 0 in this index (its items' vectors hold none of it).
+        """
+        if self.weights.get(modality, 0.0) <= 0:
+            raise MMRecError(f"this index was built with {modality} weight 0 (weights {self.weights}): its "
+                             f"vectors hold no {modality}, so a {modality} query cannot be scored; rebuild "
+                             f"it with a positive {modality} weight")
         feats = {m: np.zeros((1, dims[m]), np.float32) for m in self.order}
         feats[modality] = vector.reshape(1, -1).astype(np.float32)
         q = self.combine(feats, {m: np.array([m == modality]) for m in self.order})  # sqrt(w_m) x_m

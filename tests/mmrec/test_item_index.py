@@ -55,6 +55,16 @@ def test_two_modalities_and_missing_image():
     np.testing.assert_allclose(idx.attention, [[0.5, 0.5], [0.5, 0.5], [1.0, 0.0]])
 
 
+def test_a_query_in_a_modality_of_weight_zero_is_refused_clearly():
+    text = np.array([[1, 0], [0, 1], [1, 1]], np.float32)
+    image = np.array([[1, 0], [0, 1], [1, 0]], np.float32)
+    idx = ItemIndex.from_features(["x", "y", "z"], {"text": text, "image": image}, weights={"text": 1.0, "image": 0.0},
+                                  factory="Flat", show_progress=False)
+    assert [r.item_id for r in idx._search_query(idx.query_vector("text", np.array([1.0, 0.0])), 1)] == ["x"]
+    with pytest.raises(MMRecError, match="built with image weight 0 .*rebuild it with a positive image weight"):
+        idx.query_vector("image", np.array([1.0, 0.0]))
+
+
 def test_add_remove_then_search(tmp_path):
     idx = five_items()
     idx.save(tmp_path / "idx")
