@@ -29,6 +29,7 @@ from safetensors.numpy import load_file, save_file
 
 from fusion.fixed import combine_modalities
 from index import FaissIndex, atomic_directory, read_manifest, sha256_file, write_manifest
+from index.persist import MANIFEST_NAME
 from index.mips import MipsTransform
 from mmrec.catalog import ID_FIELD, Catalog, check_catalog_ids, load_catalog
 from mmrec.errors import ConfigError, DataError, MMRecError, Problem
@@ -154,6 +155,39 @@ def check_factory(factory: str, n: int) -> str:
         return FaissIndex.check_factory(factory, n)
     except ValueError as e:
         raise ConfigError(f"--factory {factory}: {e}") from None
+
+
+def check_out(out: str | Path | None, overwrite: bool, inputs: Sequence[object] = ()) -> None:
+    """Refuse, before any work, an output directory whose writing would lose data.
+
+    * ``out`` exists and ``overwrite`` is off;
+    * ``out`` exists but is not a directory mmrec wrote: a file, or a non-empty directory
+      without ``manifest.json`` (``--overwrite`` replaces indexes and models, nothing else);
+    * ``out`` holds one of ``inputs`` (a catalog, interactions, features, an image folder, a
+      source model): replacing ``out`` would delete it.
+
+    Raises:
+        MMRecError: naming ``out`` and what it would have lost.
+    """
+    if out is None:
+        return
+    out = Path(out)
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise MMRecError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
+        if not out.is_dir():
+            raise MMRecError(f"{out} exists and is not a directory: not replacing it with an index")
+        if not (out / MANIFEST_NAME).is_file() and any(out.iterdir()):
+            raise MMRecError(f"{out} is not an index or model directory (no {MANIFEST_NAME}) and is not empty: "
+                             f"--overwrite only replaces what mmrec wrote; choose another --out or empty it yourself")
+    root = out.resolve()
+    for item in inputs:
+        if not isinstance(item, (str, os.PathLike)):  # None, or an object in memory
+            continue
+        path = Path(item).resolve()
+        if path == root or root in path.parents:
+            raise MMRecError(f"--out {out} holds the input {item}: writing it would delete that input; "
+                             f"choose another --out")
 
 
 def same_device(a: str | Any, b: str | Any) -> bool:
@@ -448,8 +482,8 @@ class ItemIndex:
             device: torch device the encoders run on (``cpu``, ``cuda``, ``cuda:N``).
         """
         check_device(device)
-        if out is not None and Path(out).exists() and not overwrite:
-            raise MMRecError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
+        check_out(out, overwrite, [catalog.source if isinstance(catalog, Catalog) else catalog,
+                                   catalog_options.get("image_root")])
         if not isinstance(catalog, Catalog):
             catalog = load_catalog(catalog, show_progress=show_progress, **catalog_options)
         check_factory(factory, len(catalog))  # before the (slow) encoding
@@ -552,6 +586,8 @@ class ItemIndex:
                 previous save attached are carried over from the directory being replaced.
         """
         directory = Path(directory)
+        if self.directory is None or directory.resolve() != self.directory.resolve():
+            check_out(directory, overwrite)  # replacing a directory mmrec did not write loses it
         attached = list(self.manifest.get("attachments", []))
         with atomic_directory(directory, overwrite=overwrite) as tmp:
             if attach is not None:

@@ -25,7 +25,15 @@ from mmrec.coldstart import evaluate_cold, hold_out_items, warm_part
 from mmrec.config import TrainConfig
 from mmrec.errors import ConfigError, DataError, MMRecError, Problem
 from mmrec.interactions import Interactions, load_interactions
-from mmrec.item_index import ItemIndex, catalog_encoders, check_device, check_factory, encode_catalog, same_device
+from mmrec.item_index import (
+    ItemIndex,
+    catalog_encoders,
+    check_device,
+    check_factory,
+    check_out,
+    encode_catalog,
+    same_device,
+)
 from mmrec.metrics import evaluate
 from mmrec.recommender import Recommender, TrainedContent
 from mmrec.split import ensure_split
@@ -198,8 +206,8 @@ def fit(
     Returns:
         ``(recommender, training result, test metrics)``.
     """
-    if out is not None and Path(out).exists() and not overwrite:
-        raise MMRecError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
+    check_out(out, overwrite, [interactions, catalog.source if isinstance(catalog, Catalog) else catalog,
+                               *(features or {}).values(), content_options.get("image_root")])
     check_device(config.device)
     check_factory(factory, 1 << 30)  # the form, before encoding (enough items to train it: checked below)
     if content is None:  # the catalog is encoded on the training device

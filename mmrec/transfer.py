@@ -59,7 +59,7 @@ from fusion.model import FusedGraphModel
 from mmrec.catalog import Catalog, load_catalog
 from mmrec.config import ARCHITECTURE, TrainConfig
 from mmrec.errors import ConfigError
-from mmrec.item_index import check_device
+from mmrec.item_index import check_device, check_out
 from mmrec.pipeline import Content, fit, load_content
 from mmrec.recommender import Recommender
 from mmrec.train import Trainer, TrainResult
@@ -362,6 +362,9 @@ def finetune(
     src = open_source(source, show_progress=show_progress)
     if out is not None and src.items.directory is not None and Path(out).resolve() == src.items.directory.resolve():
         raise ConfigError(f"--out {out} is the source directory: write the fine-tuned model somewhere else")
+    check_out(out, overwrite, [src.items.directory, interactions,
+                               catalog.source if isinstance(catalog, Catalog) else catalog,
+                               *(features or {}).values(), catalog_options.get("image_root")])
     cfg = finetune_config(src.config, config)
     check_device(cfg.device)
     content = source_content(src, catalog, features, ignore=ignore, cache_dir=cache_dir,

@@ -145,3 +145,19 @@ def test_finetune_help_names_the_source_model_as_the_default():
     assert _option_help("finetune", "--lr").endswith("(default the source model's)")
     assert _option_help("finetune", "--dim").endswith("(default the source model's; cannot change)")
     assert _option_help("finetune", "--id-mode").endswith("(default the source model's; cannot change)")
+
+
+def test_overwrite_never_deletes_the_catalog_or_a_foreign_directory(tmp_path, capsys):
+    box = tmp_path / "box"
+    box.mkdir()
+    write(box / "movies.csv", MOVIES)
+    code, _, err = run(capsys, "index", "build", "--catalog", str(box / "movies.csv"), "--out", str(box), "--overwrite")
+    assert code != 0 and "is not an index or model directory (no manifest.json)" in err
+    assert sorted(p.name for p in box.iterdir()) == ["movies.csv"]
+    # An index directory that holds its own catalog: replacing it would delete the catalog.
+    assert main(["index", "build", "--catalog", str(box / "movies.csv"), "--out", str(tmp_path / "idx"), "--no-cache",
+                 "-q"]) == 0
+    shutil.copy(box / "movies.csv", tmp_path / "idx" / "movies.csv")
+    code, _, err = run(capsys, "index", "build", "--catalog", str(tmp_path / "idx" / "movies.csv"),
+                       "--out", str(tmp_path / "idx"), "--overwrite", "--no-cache")
+    assert code != 0 and "holds the input" in err and (tmp_path / "idx" / "movies.csv").exists()

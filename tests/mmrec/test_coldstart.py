@@ -294,3 +294,22 @@ def test_index_add_with_precomputed_features_and_evaluate_after_remove(tmp_path,
     cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
     assert cos.min() > 0.999, cos.min()
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), np.linalg.norm(want, axis=1), rtol=1e-2)
+
+
+def test_fit_refuses_an_out_that_holds_its_inputs(tmp_path):
+    from mmrec.errors import MMRecError
+
+    data = tmp_path / "data"
+    data.mkdir()
+    inter, feats = write_planted(data, users=16, items=8)
+    with pytest.raises(MMRecError, match="is not an index or model directory"):
+        fit(inter, features={"content": feats}, out=data, overwrite=True, config=TrainConfig(**FAST), show_progress=False)
+    inside = data / "model"
+    inside.mkdir()
+    (inside / "manifest.json").write_text("{}")
+    moved = inside / "content.npy"
+    np.save(moved, np.load(feats))
+    with pytest.raises(MMRecError, match="holds the input"):
+        fit(inter, features={"content": moved}, out=inside, overwrite=True, config=TrainConfig(**FAST),
+            show_progress=False)
+    assert inter.exists() and moved.exists()

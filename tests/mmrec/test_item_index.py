@@ -113,3 +113,36 @@ def test_crash_mid_save_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         idx.save(tmp_path / "idx")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_overwrite_replaces_only_what_mmrec_wrote(tmp_path):
+    from mmrec.item_index import check_out
+
+    idx = five_items()
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("years of work")
+    with pytest.raises(MMRecError, match=r"notes is not an index or model directory \(no manifest.json\)"):
+        idx.save(mine, overwrite=True)
+    assert (mine / "thesis.txt").read_text() == "years of work" and sorted(p.name for p in mine.iterdir()) == ["thesis.txt"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(MMRecError, match="exists and is not a directory"):
+        idx.save(tmp_path / "file")
+    # An empty directory, or an index, is replaced.
+    (tmp_path / "empty").mkdir()
+    idx.save(tmp_path / "empty")
+    idx.save(tmp_path / "empty", overwrite=True)
+    assert len(ItemIndex.load(tmp_path / "empty")) == 5
+    with pytest.raises(MMRecError, match="already exists"):
+        check_out(tmp_path / "empty", overwrite=False)
+
+
+def test_an_output_holding_an_input_is_refused(tmp_path):
+    from mmrec.item_index import check_out
+
+    five_items().save(tmp_path / "idx")
+    (tmp_path / "idx" / "catalog.csv").write_text("item_id,title\n1,a\n")
+    for given in (tmp_path / "idx" / "catalog.csv", str(tmp_path / "idx"), tmp_path / "idx" / "img"):
+        with pytest.raises(MMRecError, match="holds the input .*: writing it would delete that input"):
+            check_out(tmp_path / "idx", True, [None, given])
+    check_out(tmp_path / "idx", True, [tmp_path / "elsewhere.csv", tmp_path / "idx2" / "x.csv", object()])
