@@ -129,14 +129,22 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict[str, Any]], dict[
             with open(path, newline="", encoding="utf-8") as f:
                 reader = csv.reader(f, delimiter=sep)
                 header = next(reader, None)
-                has_rows = any(any(cell.strip() for cell in row) for row in reader)
+                has_rows, too_long = False, []
+                for number, row in enumerate(reader, start=1):
+                    has_rows = has_rows or any(cell.strip() for cell in row)
+                    if header and len(row) > len(header) and len(too_long) < 20:
+                        too_long.append(Problem(number, None, f"has {len(row)} fields but the header names "
+                                                              f"{len(header)}: a stray separator or an unquoted value"))
         except UnicodeDecodeError:
             raise DataError(path, [utf8_problem(path)]) from None
         if not header:
             raise DataError(path, [Problem(None, None, "file is empty (no header row)")])
         if not has_rows:  # the datasets reader would fail with a message about its own internals
             raise DataError(path, [Problem(None, None, "file has no data rows")])
-        kwargs = {"sep": sep, "converters": {c: str for c in header if c in ("item_id", "user_id")}}
+        if too_long:  # pandas would take a first-row surplus as an index column and shift every field
+            raise DataError(path, too_long)
+        kwargs = {"sep": sep, "index_col": False,
+                  "converters": {c: str for c in header if c in ("item_id", "user_id")}}
     datasets.disable_progress_bars()
     try:
         with tempfile.TemporaryDirectory(prefix="mmrec-ds-") as cache:

@@ -143,3 +143,19 @@ def test_a_file_that_is_not_utf8_is_named_with_its_line(tmp_path, name, content)
     line = content[: content.index(b"\xe9")].count(b"\n") + 1
     with pytest.raises(DataError, match=rf"{name}: line {line} \(byte \d+\) holds byte 0xe9, which is not UTF-8"):
         load_catalog(tmp_path / name, show_progress=False)
+
+
+def test_a_row_with_more_fields_than_the_header_is_named(tmp_path):
+    # In the first data row pandas would silently take the surplus as an index column and shift
+    # every field (item_id "Alpha", title "drama"); anywhere, it is an error naming the rows.
+    (tmp_path / "a.csv").write_text("item_id,title,genre\n1,Alpha,drama,EXTRA\n2,Beta,comedy\n3,Gamma,war,x,y\n")
+    with pytest.raises(DataError) as e:
+        load_catalog(tmp_path / "a.csv")
+    assert [(p.row, p.message) for p in e.value.problems] == [
+        (1, "has 4 fields but the header names 3: a stray separator or an unquoted value"),
+        (3, "has 5 fields but the header names 3: a stray separator or an unquoted value"),
+    ]
+    # A quoted separator is one field; a short row is a row with blanks.
+    (tmp_path / "b.csv").write_text('item_id,title,genre\n1,"Alpha, the first",drama\n2,Beta\n')
+    c = load_catalog(tmp_path / "b.csv")
+    assert c.item_ids == [1, 2] and c.records[0]["title"] == "Alpha, the first" and c.texts[1] == "Beta"
