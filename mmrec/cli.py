@@ -283,6 +283,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 # --- parser --------------------------------------------------------------------------------
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _user_error(e: BaseException) -> bool:
+    """A failure whose message says it all (bad input, a damaged directory): no traceback hint."""
+    if isinstance(e, (MMRecError, OSError)):
+        return True
+    kinds = [getattr(sys.modules.get(module), name, None)  # only when loaded: never import for this
+             for module, name in (("index.persist", "IndexFormatError"), ("encoders.image", "ImageDecodeError"))]
+    return any(kind is not None and isinstance(e, kind) for kind in kinds)
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info logs")
@@ -290,7 +309,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _query_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--index", required=True, type=Path, help="index directory")
-    p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    p.add_argument("-k", type=_positive_int, default=10, help="number of results (default 10)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -321,8 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="'default' (packaged EfficientNet-Lite0), 'none', a torchvision name, or a Hugging Face model dir",
     )
     b.add_argument("--image-weights", type=Path, help="state-dict file for a torchvision image backbone")
-    b.add_argument("--batch-size", type=int, help="encoder batch size")
-    b.add_argument("--max-length", type=int, default=256, help="text truncation in tokens (default 256)")
+    b.add_argument("--batch-size", type=_positive_int, help="encoder batch size")
+    b.add_argument("--max-length", type=_positive_int, default=256, help="text truncation in tokens (default 256)")
     b.add_argument("--device", default="cpu", help="torch device the encoders run on: cpu (default), cuda, cuda:N")
     b.add_argument("--skip-invalid", action="store_true", help="skip bad rows (reported in OUT/skipped.jsonl)")
     b.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
@@ -363,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("explain", help="an item's attention weights and nearest neighbours per modality and fused")
     x.add_argument("--index", required=True, type=Path, help="index or trained directory")
     x.add_argument("--item", required=True, help="item id")
-    x.add_argument("-k", type=int, default=5, help="neighbours per list (default 5)")
+    x.add_argument("-k", type=_positive_int, default=5, help="neighbours per list (default 5)")
     x.add_argument("--json", action="store_true", help="print JSON instead of tables")
     _common(x)
     x.set_defaults(func=cmd_explain)
@@ -487,7 +506,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # every failure is reported; the traceback only on request
         if args.debug:
             traceback.print_exc()
-        elif isinstance(e, MMRecError):
+        elif _user_error(e):
             print(f"error: {e}", file=sys.stderr)
         else:
             print(f"error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)

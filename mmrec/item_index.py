@@ -164,7 +164,7 @@ def check_out(out: str | Path | None, overwrite: bool, inputs: Sequence[object] 
     * ``out`` exists but is not a directory mmrec wrote: a file, or a non-empty directory
       without ``manifest.json`` (``--overwrite`` replaces indexes and models, nothing else);
     * ``out`` holds one of ``inputs`` (a catalog, interactions, features, an image folder, a
-      source model): replacing ``out`` would delete it.
+      source model), or the current directory: replacing ``out`` would delete it.
 
     Raises:
         MMRecError: naming ``out`` and what it would have lost.
@@ -181,6 +181,9 @@ def check_out(out: str | Path | None, overwrite: bool, inputs: Sequence[object] 
             raise MMRecError(f"{out} is not an index or model directory (no {MANIFEST_NAME}) and is not empty: "
                              f"--overwrite only replaces what mmrec wrote; choose another --out or empty it yourself")
     root = out.resolve()
+    here = Path.cwd().resolve()
+    if root == here or root in here.parents:
+        raise MMRecError(f"--out {out} is the current directory or holds it: choose a directory below it")
     for item in inputs:
         if not isinstance(item, (str, os.PathLike)):  # None, or an object in memory
             continue
@@ -253,18 +256,24 @@ def catalog_encoders(
     encoders: dict[str, Any] = {}
     specs: dict[str, dict] = {}
     if any(catalog.texts) and text_encoder not in (None, "none"):
-        encoders["text"] = make_encoder(
-            "text", {"model": str(text_encoder), "max_length": max_length, "batch_size": batch_size or 64,
-                     "allow_download": allow_download},
-            show_progress, device,
-        )
+        try:
+            encoders["text"] = make_encoder(
+                "text", {"model": str(text_encoder), "max_length": max_length, "batch_size": batch_size or 64,
+                         "allow_download": allow_download},
+                show_progress, device,
+            )
+        except (ValueError, OSError) as e:  # a model that is not there or not one, a bad length
+            raise ConfigError(f"text encoder {text_encoder}: {e}") from e
         specs["text"] = encoder_spec(encoders["text"], text_encoder, max_length=max_length,
                                      **({"allow_download": True} if allow_download else {}))
     if catalog.has_images and image_encoder not in (None, "none"):
-        encoders["image"] = make_encoder(
-            "image", {"model": str(image_encoder), "weights": image_weights, "batch_size": batch_size or 32},
-            show_progress, device,
-        )
+        try:
+            encoders["image"] = make_encoder(
+                "image", {"model": str(image_encoder), "weights": image_weights, "batch_size": batch_size or 32},
+                show_progress, device,
+            )
+        except (ValueError, OSError) as e:
+            raise ConfigError(f"image encoder {image_encoder}: {e}") from e
         specs["image"] = encoder_spec(encoders["image"], image_encoder,
                                       weights=str(image_weights) if image_weights else None)
     return encoders, specs
@@ -697,8 +706,20 @@ class ItemIndex:
         return self._search_query(self.query_vector("text", q), k)
 
     def search_image(self, path: str | Path, k: int = 10) -> list[Result]:
-        """The k items closest to a query image (a local file)."""
-        q = self.encoders.get("image").encode_paths([str(path)])
+        """The k items closest to a query image (a local file).
+
+        Raises:
+            MMRecError: the file does not exist or does not decode as an image.
+        """
+        encoder = self.encoders.get("image")  # an index without images says so first
+        if not Path(path).is_file():
+            raise MMRecError(f"query image {path}: file not found")
+        from encoders.image import ImageDecodeError
+
+        try:
+            q = encoder.encode_paths([str(path)])
+        except ImageDecodeError as e:
+            raise MMRecError(f"query image {path}: {e.reason}") from e
         return self._search_query(self.query_vector("image", q), k)
 
     def _search_query(self, query: np.ndarray, k: int) -> list[Result]:

@@ -94,6 +94,19 @@ def test_errors_are_one_line_without_traceback(built, capsys, tmp_path):
     assert code == 1 and "downloads are off" in err and not (tmp_path / "y").exists()
     code, _, err = run(capsys, "search", "--index", str(built / "idx"), "--image", str(tmp_path / "q.jpg"), "-q")
     assert code == 1 and "this index has no image modality (encoded: text)" in err
+    # Messages that say it all carry no "rerun with --debug" hint and no exception class name.
+    (tmp_path / "not-an-index").mkdir()
+    code, _, err = run(capsys, "similar", "--index", str(tmp_path / "not-an-index"), "--item", "m1", "-q")
+    assert code == 1 and err.strip().endswith("no manifest.json (not a saved index directory?)") and "--debug" not in err
+    code, _, err = run(capsys, "index", "build", "--catalog", str(built / "movies.csv"), "--out", str(tmp_path / "z"),
+                       "--text-encoder", str(tmp_path / "no-such-model"), "--no-cache", "-q")
+    assert code == 1 and err.startswith(f"error: text encoder {tmp_path / 'no-such-model'}: text model") and "--debug" not in err
+    for option in (["--batch-size", "0"], ["--max-length", "-1"], ["-k", "0"]):
+        argv = ["index", "build", "--catalog", "c.csv", "--out", "o"] if option[0] != "-k" else \
+            ["similar", "--index", str(built / "idx"), "--item", "m1"]
+        with pytest.raises(SystemExit):
+            main(argv + option)
+        assert "must be at least 1" in capsys.readouterr().err
 
 
 def test_skip_invalid_writes_a_report(tmp_path, capsys):

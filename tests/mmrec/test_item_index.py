@@ -146,3 +146,14 @@ def test_an_output_holding_an_input_is_refused(tmp_path):
         with pytest.raises(MMRecError, match="holds the input .*: writing it would delete that input"):
             check_out(tmp_path / "idx", True, [None, given])
     check_out(tmp_path / "idx", True, [tmp_path / "elsewhere.csv", tmp_path / "idx2" / "x.csv", object()])
+
+
+def test_the_current_directory_is_never_an_output(tmp_path, monkeypatch):
+    from mmrec.item_index import check_out
+
+    five_items().save(tmp_path / "idx")
+    monkeypatch.chdir(tmp_path / "idx")
+    for out in (".", tmp_path / "idx", tmp_path):
+        with pytest.raises(MMRecError, match="is the current directory or holds it"):
+            check_out(out, True)
+    check_out(tmp_path / "idx" / "below", True)
