@@ -172,6 +172,9 @@ def check_out(out: str | Path | None, overwrite: bool, inputs: Sequence[object] 
     if out is None:
         return
     out = Path(out)
+    here = Path.cwd().resolve()
+    if out.resolve() == here or out.resolve() in here.parents:
+        raise MMRecError(f"--out {out} is the current directory or holds it: choose a directory below it")
     if out.exists() or out.is_symlink():
         if not overwrite:
             raise MMRecError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
@@ -181,9 +184,6 @@ def check_out(out: str | Path | None, overwrite: bool, inputs: Sequence[object] 
             raise MMRecError(f"{out} is not an index or model directory (no {MANIFEST_NAME}) and is not empty: "
                              f"--overwrite only replaces what mmrec wrote; choose another --out or empty it yourself")
     root = out.resolve()
-    here = Path.cwd().resolve()
-    if root == here or root in here.parents:
-        raise MMRecError(f"--out {out} is the current directory or holds it: choose a directory below it")
     for item in inputs:
         if not isinstance(item, (str, os.PathLike)):  # None, or an object in memory
             continue
