@@ -627,12 +627,26 @@ class ItemIndex:
         self.directory = self.encoders.root = directory
 
     @classmethod
-    def load(cls, directory: str | Path, *, show_progress: bool = True) -> "ItemIndex":
-        """Open an index directory, verifying its manifest and checksums."""
+    def load(cls, directory: str | Path, *, show_progress: bool = True, trained: bool = False) -> "ItemIndex":
+        """Open an index directory, verifying its manifest and checksums.
+
+        Args:
+            directory: made by :meth:`build` / :meth:`save`.
+            show_progress: progress bars of later work (encoding added items).
+            trained: accept a trained directory, whose queries need its model: only for
+                :meth:`mmrec.recommender.Recommender.load`, which attaches it.
+
+        Raises:
+            MMRecError: not an index directory, or a trained one (open it with
+                ``Recommender.load``).
+        """
         directory = Path(directory)
         if not directory.is_dir():
             raise MMRecError(f"{directory}: no such index directory")
         manifest = read_manifest(directory)  # checks format_version and checksums
+        if manifest.get("kind") == "trained" and not trained:
+            raise MMRecError(f"{directory} is a trained directory: its vectors and queries need the model, so open "
+                             f"it with mmrec.recommender.Recommender.load (it does everything ItemIndex does)")
         index = FaissIndex.load(directory)
         tensors = load_file(str(directory / "features.safetensors"))
         modalities = manifest["modalities"]

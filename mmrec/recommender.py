@@ -180,7 +180,7 @@ class Recommender:
     def load(cls, directory: str | Path, *, show_progress: bool = True) -> "Recommender":
         """Open an index or trained directory."""
         directory = Path(directory)
-        items = ItemIndex.load(directory, show_progress=show_progress)
+        items = ItemIndex.load(directory, show_progress=show_progress, trained=True)
         if items.manifest.get("kind") != "trained":
             return cls(items)
         cfg, extra = load_config(TrainConfig, directory / "config.json")

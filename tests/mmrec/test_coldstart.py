@@ -235,6 +235,14 @@ def test_training_with_a_content_less_item_and_cold_neighbours(tmp_path):
     assert result.best_epoch >= 0 and 0.0 <= test["recall@20"] <= 1.0
     user = rec.user_ids[0]
     assert len(rec.recommend(user, 5)) == 5
+    # The directory is a trained one: ItemIndex alone would score it without its model.
+    from mmrec.errors import MMRecError
+    from mmrec.item_index import ItemIndex
+    from mmrec.recommender import Recommender
+
+    with pytest.raises(MMRecError, match="is a trained directory: .* open it with mmrec.recommender.Recommender.load"):
+        ItemIndex.load(tmp_path / "m")
+    assert Recommender.load(tmp_path / "m", show_progress=False).trained
 
 
 def test_index_add_with_precomputed_features_and_evaluate_after_remove(tmp_path, capsys):

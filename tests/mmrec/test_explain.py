@@ -143,8 +143,9 @@ def test_cli_similar_and_explain_on_a_content_index(tmp_path, capsys):
     assert code == 1 and "content index, not a trained model" in capsys.readouterr().err
     code = main(["explain", "--index", d, "--item", "zzz", "-q"])
     assert code == 1 and "item 'zzz' is not in this index" in capsys.readouterr().err
-    code = main(["explain", "--index", d, "--item", "x", "-k", "0", "-q"])
-    assert code == 1 and "k must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # refused by the option parser, before the index is opened
+        main(["explain", "--index", d, "--item", "x", "-k", "0", "-q"])
+    assert "argument -k: must be at least 1, got 0" in capsys.readouterr().err
 
 
 # --- trained model -------------------------------------------------------------------------
