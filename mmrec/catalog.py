@@ -180,6 +180,7 @@ def load_catalog(
     show_progress: bool = True,
     require_content: bool = True,
     optional: Sequence[str] = (),
+    encoded: Sequence[str] = ("text", "image"),
 ) -> Catalog:
     """Load and validate a catalog file.
 
@@ -198,6 +199,9 @@ def load_catalog(
             lacks: those are left out (logged) instead of refused. For fields taken from another
             index or model (``index add``, ``finetune``), where a modality the new catalog lacks
             is masked.
+        encoded: the modalities an encoder will read (``"text"``, ``"image"``): with one turned off
+            (``--text-encoder none``), a row needs content in the other; images are checked only
+            when encoded.
 
     Returns:
         The validated :class:`Catalog`.
@@ -243,6 +247,7 @@ def load_catalog(
         skip_invalid=skip_invalid,
         show_progress=show_progress,
         require_content=require_content,
+        encoded=encoded,
     )
 
 
@@ -285,7 +290,16 @@ def _validate(
     skip_invalid: bool,
     show_progress: bool,
     require_content: bool = True,
+    encoded: Sequence[str] = ("text", "image"),
 ) -> Catalog:
+    uses_text, uses_image = "text" in encoded, "image" in encoded
+    if require_content and not (uses_text and text_fields) and not (uses_image and image_field):
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+        off = [m for m in ("text", "image") if m not in encoded]
+        raise DataError(path, [Problem(None, None, (
+            f"nothing to encode: no text columns{' in use' if off else ''} and no image column (columns: "
+            f"{', '.join(columns)}{'; ' + ' and '.join(off) + ' encoding is off' if off else ''}); name the text "
+            f"columns with --text-fields a,b (text_fields=) or the image column with --image-field"))])
     problems: list[Problem] = []
     bad: set[int] = set()  # 0-based row positions to drop
     raw_ids = [None if _blank(r.get(ID_FIELD)) else id_text(r[ID_FIELD]) for r in rows]
@@ -306,13 +320,18 @@ def _validate(
         value = None if image_field is None or _blank(r.get(image_field)) else str(r[image_field]).strip()
         images.append(None if value is None else str(value if Path(value).is_absolute() else image_root / value))
     for i, (text, image) in enumerate(zip(texts, images)):
-        if require_content and not text and image is None:
-            fields = ", ".join(text_fields) or "(no text fields)"
-            extra = f" and no image in '{image_field}'" if image_field else ""
-            problems.append(Problem(i + 1, None, f"no text in {fields}{extra}"))
+        if require_content and not (uses_text and text) and not (uses_image and image is not None):
+            missing = []
+            if uses_text:
+                missing.append(f"no text in {', '.join(text_fields)}" if text_fields else "no text fields")
+            if uses_image:
+                missing.append(f"no image in '{image_field}'" if image_field else "no image column")
+            off = [m for m in ("text", "image") if m not in encoded]
+            note = f" ({' and '.join(off)} encoding is off)" if off else ""
+            problems.append(Problem(i + 1, None, (" and ".join(missing) or "nothing to encode") + note))
             bad.add(i)
 
-    if check_images and image_field is not None:
+    if check_images and image_field is not None and uses_image:
         from encoders.image import check_image
 
         todo = [i for i, p in enumerate(images) if p is not None and i not in bad]

@@ -233,6 +233,11 @@ def encoder_spec(encoder, model: str | Path, **extra) -> dict:
     return {"model": str(model), "identity": encoder.identity, "dim": int(encoder.dim), **extra}
 
 
+def encoded_modalities(text_encoder: str | Path | None, image_encoder: str | Path | None) -> list[str]:
+    """The catalog modalities these encoder choices read (``None`` / ``"none"`` turns one off)."""
+    return [m for m, e in (("text", text_encoder), ("image", image_encoder)) if e not in (None, "none")]
+
+
 def catalog_encoders(
     catalog: Catalog,
     text_encoder: str | Path | None = "default",
@@ -494,7 +499,8 @@ class ItemIndex:
         check_out(out, overwrite, [catalog.source if isinstance(catalog, Catalog) else catalog,
                                    catalog_options.get("image_root")])
         if not isinstance(catalog, Catalog):
-            catalog = load_catalog(catalog, show_progress=show_progress, **catalog_options)
+            catalog = load_catalog(catalog, show_progress=show_progress, encoded=encoded_modalities(
+                text_encoder, image_encoder), **catalog_options)
         check_factory(factory, len(catalog))  # before the (slow) encoding
         encoders, spec = catalog_encoders(
             catalog, text_encoder, image_encoder, image_weights, max_length=max_length, batch_size=batch_size,
@@ -788,8 +794,12 @@ class ItemIndex:
         Raises:
             ConfigError: a ``features`` name that is not a precomputed modality of the index.
             DataError: bad catalog rows or feature files (row count, width, values).
-            MMRecError: a new item with none of the index's modalities.
+            MMRecError: a new item with none of the index's modalities; an index without any
+                (an ID-only model).
         """
+        if not self.modalities:
+            raise MMRecError(f"{self.directory or 'this index'} has no content modality (an ID-only model): a new "
+                             f"item has nothing to be placed by; train again with the new items (mmrec train)")
         if device is not None:
             self.encoders.to(device)  # checks it; the encoders load (or move) there
         encoded = [m for m in self.modalities if m in self.encoders.spec]
@@ -803,7 +813,7 @@ class ItemIndex:
             )
         if not isinstance(catalog, Catalog):
             opts = {"text_fields": self.manifest["text_fields"], "image_field": self.manifest["image_field"],
-                    "require_content": not precomputed,
+                    "require_content": not precomputed, "encoded": encoded,
                     # the index's fields may be missing from the new file: that modality is masked
                     "optional": [k for k in ("text_fields", "image_field") if k not in catalog_options]}
             catalog = load_catalog(catalog, show_progress=self.encoders.show_progress, **(opts | catalog_options))

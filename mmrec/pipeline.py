@@ -32,6 +32,7 @@ from mmrec.item_index import (
     check_factory,
     check_out,
     encode_catalog,
+    encoded_modalities,
     same_device,
 )
 from mmrec.metrics import evaluate
@@ -128,6 +129,9 @@ def load_content(
     """
     features = dict(features or {})
     if catalog is not None and not isinstance(catalog, Catalog):
+        if not features:  # a row needs content in a modality that is encoded
+            catalog_options.setdefault("encoded", list(loaded_encoders) if loaded_encoders is not None
+                                       else encoded_modalities(text_encoder, image_encoder))
         catalog = load_catalog(catalog, show_progress=show_progress, **catalog_options)
     feats, present, hashes, specs, records, item_ids = {}, {}, None, {}, None, None
     encoders: dict[str, Any] = {}

@@ -159,3 +159,30 @@ def test_a_row_with_more_fields_than_the_header_is_named(tmp_path):
     (tmp_path / "b.csv").write_text('item_id,title,genre\n1,"Alpha, the first",drama\n2,Beta\n')
     c = load_catalog(tmp_path / "b.csv")
     assert c.item_ids == [1, 2] and c.records[0]["title"] == "Alpha, the first" and c.texts[1] == "Beta"
+
+
+def test_rows_need_content_in_a_modality_that_is_encoded(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"")  # an unreadable image: checked only when images are encoded
+    (tmp_path / "c.csv").write_text("item_id,title,image\n1,Alpha,\n2,,a.png\n3,Gamma,missing.png\n")
+    with pytest.raises(DataError) as e:  # text off: rows 1 and 3 have no usable image
+        load_catalog(tmp_path / "c.csv", encoded=["image"])
+    assert [(p.row, p.field, p.message.split(":")[-1].strip() if p.field else p.message)
+            for p in e.value.problems] == [
+        (1, None, "no image in 'image' (text encoding is off)"),
+        (2, "image", "cannot identify image file (not an image, or an unsupported format)"),
+        (3, "image", "file not found"),
+    ]
+    # Images off: row 2 has no text; images are not opened, so rows 1 and 3 are fine.
+    with pytest.raises(DataError, match=r"row 2: no text in title \(image encoding is off\)"):
+        load_catalog(tmp_path / "c.csv", encoded=["text"])
+    kept = load_catalog(tmp_path / "c.csv", encoded=["text"], skip_invalid=True)
+    assert kept.item_ids == [1, 3] and [p.row for p in kept.skipped] == [2]
+
+
+def test_a_catalog_with_nothing_to_encode_is_one_file_level_error(tmp_path):
+    (tmp_path / "n.csv").write_text("item_id,year\n1,1990\n2,1991\n")
+    with pytest.raises(DataError) as e:
+        load_catalog(tmp_path / "n.csv")
+    assert len(e.value.problems) == 1 and e.value.problems[0].row is None
+    assert e.value.problems[0].message.startswith("nothing to encode: no text columns and no image column "
+                                                  "(columns: item_id, year); name the text columns with --text-fields")

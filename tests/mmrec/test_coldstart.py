@@ -321,3 +321,16 @@ def test_fit_refuses_an_out_that_holds_its_inputs(tmp_path):
         fit(inter, features={"content": moved}, out=inside, overwrite=True, config=TrainConfig(**FAST),
             show_progress=False)
     assert inter.exists() and moved.exists()
+
+
+def test_an_id_only_model_refuses_new_items_with_the_reason(tmp_path):
+    from mmrec.errors import MMRecError
+    from mmrec.recommender import Recommender
+
+    inter, _ = write_planted(tmp_path, users=16, items=8)
+    fit(inter, out=tmp_path / "m", config=TrainConfig(**FAST, use_content=False), show_progress=False)
+    (tmp_path / "new.csv").write_text("item_id,title\n100,A new film\n101,Another\n")
+    rec = Recommender.load(tmp_path / "m", show_progress=False)
+    with pytest.raises(MMRecError, match=r"has no content modality \(an ID-only model\): .*train again"):
+        rec.items.add(tmp_path / "new.csv")
+    assert len(Recommender.load(tmp_path / "m", show_progress=False).items) == 8

@@ -202,7 +202,7 @@ def test_fit_top1_saves_and_queries_with_the_tuned_encoders(tmp_path, content, t
 
 
 def test_bundled_weights_file_of_efficientnet_round_trips(tmp_path, image_paths):
-    path = write_catalog(tmp_path, image_paths[:3], n=6, image_every=1)
+    path = write_catalog(tmp_path, image_paths[:3], n=3, image_every=1)  # every item has an image
     content = load_content(path, None, text_encoder="none", image_encoder="default", cache_dir=None,
                            show_progress=False)
     tuner = EncoderTuner(content, _cfg(finetune="top:1"), show_progress=False)
