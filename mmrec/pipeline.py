@@ -147,7 +147,9 @@ def load_content(
     if catalog is not None:
         clash = set(encoders) & set(features)
         if clash:
-            raise ConfigError(f"modalities {sorted(clash)} come both from the catalog and from --features: rename one")
+            raise ConfigError(f"modalities {sorted(clash)} come both from the catalog and from --features: rename "
+                              f"the features (--features NAME=...), or turn the catalog's encoder off "
+                              f"(--text-encoder none / --image-encoder none) to use the given features instead")
         feats, present, hashes = encode_catalog(catalog, encoders, cache_dir)
         records, item_ids = catalog.records, list(catalog.item_ids)
     npy = load_npy_features(features, len(item_ids) if item_ids is not None else None)
@@ -469,7 +471,7 @@ def evaluate_directory(
     if gone:
         logger.warning("%d rows of %s are items not in the index (removed since training?): skipped; %d users "
                        "had no other rows", gone, interactions, emptied)
-    inter = ensure_split(loaded, how or rec.split_rule, rec.config.seed)
+    inter = ensure_split(loaded, how or rec.split_rule, rec.config.seed, option="--split-rule")
     cold = np.isin(np.array(item_ids, dtype=object), np.array(rec.cold_items, dtype=object))
     held_rows = 0
     if rec.cold_items and not cold_start:  # as at training time: held-out items are evaluated apart

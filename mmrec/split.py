@@ -146,7 +146,12 @@ HOW = ("auto", "given", "random", "temporal")
 
 
 def ensure_split(
-    inter: Interactions, how: str = "auto", seed: int = 0, *, ratios: Sequence[float] = (0.8, 0.1, 0.1)
+    inter: Interactions,
+    how: str = "auto",
+    seed: int = 0,
+    *,
+    ratios: Sequence[float] = (0.8, 0.1, 0.1),
+    option: str = "--split",
 ) -> Interactions:
     """Interactions with a split: the given one, or a new random / temporal one.
 
@@ -157,6 +162,8 @@ def ensure_split(
             a new split even when the file has one.
         seed: seed of the random split.
         ratios: (train, valid, test) for a new split.
+        option: the command-line option that chose ``how``, for messages (``mmrec evaluate``
+            calls it ``--split-rule``).
 
     Raises:
         ConfigError: an unknown ``how``; ``"given"`` without a split column;
@@ -166,9 +173,12 @@ def ensure_split(
         raise ConfigError(f"how must be one of {', '.join(HOW)}, got {how!r}")
     if how == "given" or (how == "auto" and inter.split is not None):
         if inter.split is None:
-            raise ConfigError(f"the given split (--split given) needs a split column ({', '.join(SPLITS)}) in the "
-                              "interactions, and this file has none: use --split auto or random")
+            raise ConfigError(f"the given split ({option} given) needs a split column ({', '.join(SPLITS)}) in the "
+                              f"interactions, and this file has none: use {option} auto or random")
         return inter
     if how == "temporal":
+        if inter.timestamps is None:
+            raise ConfigError(f"a temporal split ({option} temporal) needs a timestamp column: use a random split "
+                              f"({option} random) or a file with timestamps")
         return split_temporal(inter, ratios)
     return split_random(inter, ratios, seed)

@@ -114,6 +114,11 @@ def test_ensure_split() -> None:
     no_time = Interactions(user_ids=[0], item_ids=[0], users=[0], items=[0])
     with pytest.raises(ConfigError, match=r"a temporal split \(--split temporal\) needs a timestamp column"):
         ensure_split(no_time, "temporal")
+    # Messages name the option of the command that chose the rule (mmrec evaluate: --split-rule).
+    with pytest.raises(ConfigError, match=r"\(--split-rule given\) needs a split column .*: use --split-rule auto"):
+        ensure_split(inter, "given", option="--split-rule")
+    with pytest.raises(ConfigError, match=r"\(--split-rule temporal\) .*\(--split-rule random\)"):
+        ensure_split(no_time, "temporal", option="--split-rule")
 
 
 def test_rule_reproduces_published_amazon_baby_split() -> None:

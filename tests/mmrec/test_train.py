@@ -233,3 +233,17 @@ def test_every_feature_file_error_names_the_file_and_modality(tmp_path):
     np.save(tmp_path / "ok.npy", np.ones((2, 3), np.int64))
     got = load_npy_features({"audio": tmp_path / "ok.npy"}, 2)["audio"]
     assert got.dtype == np.float32 and got.tolist() == [[1.0] * 3] * 2
+
+
+def test_a_modality_from_both_catalog_and_features_says_how_to_choose(tmp_path):
+    from mmrec.pipeline import load_content
+
+    (tmp_path / "items.csv").write_text("item_id,title\n1,A film\n2,Another film\n")
+    np.save(tmp_path / "text.npy", np.ones((2, 4), np.float32))
+    with pytest.raises(ConfigError, match=r"modalities \['text'\] come both from the catalog and from --features: "
+                                          r"rename the features .* or turn the catalog's encoder off \(--text-encoder none"):
+        load_content(tmp_path / "items.csv", {"text": tmp_path / "text.npy"}, show_progress=False)
+    # The suggested fix works: the catalog's text encoder off, the given text features used.
+    content = load_content(tmp_path / "items.csv", {"text": tmp_path / "text.npy"}, text_encoder="none",
+                           show_progress=False)
+    np.testing.assert_array_equal(content.features["text"], np.ones((2, 4), np.float32))
