@@ -450,6 +450,7 @@ def load_interactions(
     on_invalid: str = "error",
     unknown_items: str = "error",
     item_space: str = "the catalog",
+    skippable: Sequence[ItemId] | None = None,
 ) -> Interactions:
     """Read, validate and index an interaction file.
 
@@ -474,6 +475,9 @@ def load_interactions(
             ``report["users_only_unknown_items"]``).
         item_space: what ``item_ids`` are, for the unknown-item message (default ``"the
             catalog"``).
+        skippable: with ``unknown_items="skip"``, the only unknown ids that are skipped (e.g.
+            the items a model was trained on, since removed from its index); any other unknown
+            id is an invalid row. Default ``None``: every unknown id is skipped.
 
     Returns:
         The interactions, unsplit unless the file has a ``split`` column.
@@ -520,7 +524,12 @@ def load_interactions(
         found = pc.index_in(texts["item_id"], value_set=pa.array(catalog_keys, type=pa.string()))
         catalog_index = found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
         unknown = (catalog_index < 0) & ~bad["item_id"]
-        if unknown_items == "skip":
+        if unknown_items == "skip" and skippable is not None:
+            allowed = pc.is_in(texts["item_id"], value_set=pa.array([str(i) for i in skippable], type=pa.string()))
+            allowed = allowed.to_numpy(zero_copy_only=False).astype(bool)
+            outside = unknown & allowed
+            bad["item_id"] = bad["item_id"] | (unknown & ~allowed)
+        elif unknown_items == "skip":
             outside = unknown
         else:
             bad["item_id"] = bad["item_id"] | unknown

@@ -465,8 +465,11 @@ def evaluate_directory(
     if not rec.trained:
         raise MMRecError("evaluation needs a trained directory (made by `mmrec train`)")
     item_ids = [it["item_id"] for it in rec.items.items]
+    # Items the model was trained on and that were removed since are skipped (counted); an id it
+    # never knew is an error naming the row (a typo, or another catalog's file).
     loaded = load_interactions(interactions, item_ids=item_ids, rating_threshold=rec.rating_threshold,
-                               unknown_items="skip", item_space="the index")
+                               unknown_items="skip", skippable=rec.train_item_ids,
+                               item_space="the index nor among the items the model was trained on")
     gone, emptied = loaded.report.get("unknown_items", 0), loaded.report.get("users_only_unknown_items", 0)
     if gone:
         logger.warning("%d rows of %s are items not in the index (removed since training?): skipped; %d users "

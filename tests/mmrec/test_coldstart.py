@@ -8,7 +8,7 @@ import torch
 
 from mmrec.coldstart import cold_part, hold_out_items, warm_part
 from mmrec.config import TrainConfig
-from mmrec.errors import ConfigError
+from mmrec.errors import ConfigError, DataError
 from mmrec.interactions import Interactions
 from mmrec.pipeline import evaluate_directory, fit
 from tests.mmrec.conftest import write_planted
@@ -268,6 +268,12 @@ def test_index_add_with_precomputed_features_and_evaluate_after_remove(tmp_path,
     got = evaluate_directory(rec, inter)
     assert got["rows_skipped"] == rows_of_cold > 0 and got["num_users"] > 0
     assert got["users_skipped"] == got["users_unknown"] == got["users_only_removed_items"] == 0
+    # An item the model never knew is not a removed one: an error naming the row (a typo, another catalog).
+    header, *lines = inter.read_text().splitlines()
+    (tmp_path / "typo.tsv").write_text("\n".join([header, *lines[:3], "u0\t9999", *lines[3:]]) + "\n")
+    with pytest.raises(DataError, match=r"row 4, field 'item_id': unknown item id '9999': not in the index nor "
+                                        r"among the items the model was trained on"):
+        evaluate_directory(rec, tmp_path / "typo.tsv")
     # A known user whose every row is a removed item drops out of the evaluation and is counted.
     header, *lines = inter.read_text().splitlines()
     user = next(line.split("\t")[0] for line in lines if int(line.split("\t")[1]) in set(cold))

@@ -243,6 +243,12 @@ def test_unknown_items_skipped_on_request_and_named_by_item_space(tmp_path: Path
         load_interactions(path, item_ids=[10, 30], unknown_items="drop")
     with pytest.raises(DataError, match="no interactions left"):
         load_interactions(path, item_ids=[99], unknown_items="skip")
+    # Only the skippable unknown ids are skipped (items removed since training); others are errors.
+    removed = load_interactions(path, item_ids=[10], unknown_items="skip", skippable=[30, 20])
+    assert removed.report["unknown_items"] == 4 and removed.user_ids == [2, 7]
+    with pytest.raises(DataError) as e:
+        load_interactions(path, item_ids=[10], unknown_items="skip", skippable=[30], item_space="the index")
+    assert [str(p) for p in e.value.problems] == ["row 5, field 'item_id': unknown item id '20': not in the index"]
 
 
 def test_error_missing_column_empty_file_no_rows(tmp_path: Path) -> None:
