@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from mmrec.errors import DataError, MMRecError, Problem, utf8_problem
 from mmrec.ids import id_text, normalize_ids
+from mmrec.jsonlines import read_objects
 from mmrec.typing import ItemId
 
 logger = logging.getLogger(__name__)
@@ -102,8 +103,20 @@ def compose_text(values: Sequence[Any]) -> str:
     return ". ".join(parts)
 
 
+def _json_type(rows: list[dict[str, Any]], column: str) -> str:
+    """The arrow type name a JSON column would get: ``string`` when every value is text."""
+    kinds = {type(r[column]) for r in rows if r.get(column) is not None}
+    if kinds <= {str}:
+        return "string"
+    if kinds <= {int}:
+        return "int64"
+    if kinds <= {int, float}:
+        return "double"
+    return "object"
+
+
 def read_table(path: str | Path) -> tuple[list[str], list[dict[str, Any]], dict[str, str]]:
-    """Read a CSV/TSV/JSONL/Parquet file through ``datasets``.
+    """Read a CSV/TSV/JSON/Parquet file through ``datasets`` (JSON Lines through :mod:`mmrec.jsonlines`).
 
     The id columns (``item_id``, ``user_id``) are read as text in CSV/TSV so no leading zero is
     lost; empty cells become ``None``.
@@ -122,6 +135,10 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict[str, Any]], dict[
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise DataError(path, [Problem(None, None, f"unknown file type '{path.suffix}' (use {', '.join(FORMATS)})")])
+    if path.suffix.lower() == ".jsonl":  # mmrec's own reader: ids may change JSON type from line to line
+        rows = read_objects(path)
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+        return columns, [{c: r.get(c) for c in columns} for r in rows], {c: _json_type(rows, c) for c in columns}
     kwargs: dict[str, Any] = {}
     if fmt == "csv":
         sep = "\t" if path.suffix.lower() == ".tsv" else ","
@@ -146,6 +163,8 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict[str, Any]], dict[
         kwargs = {"sep": sep, "index_col": False,
                   "converters": {c: str for c in header if c in ("item_id", "user_id")}}
     datasets.disable_progress_bars()
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its failures are reported below, once
     try:
         with tempfile.TemporaryDirectory(prefix="mmrec-ds-") as cache:
             ds = datasets.load_dataset(
@@ -160,6 +179,7 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict[str, Any]], dict[
         raise DataError(path, [not_utf8 or Problem(None, None, f"cannot be read as {fmt}: {cause}")]) from e
     finally:
         datasets.enable_progress_bars()
+        datasets.logging.set_verbosity(verbosity)
     if not rows:
         raise DataError(path, [Problem(None, None, "file has no data rows")])
     return columns, rows, types

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -50,6 +49,7 @@ import scipy.sparse as sp
 
 from mmrec.errors import ConfigError, DataError, MMRecError, Problem, utf8_problem
 from mmrec.ids import id_text, normalize_ids
+from mmrec.jsonlines import read_objects
 from mmrec.typing import ItemId, UserId
 
 logger = logging.getLogger(__name__)
@@ -310,20 +310,7 @@ def _read_jsonl(path: Path) -> pa.Table:
     known = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
     values: dict[str, list[str]] = {c: [] for c in known}
     seen: set[str] = set()
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = [line for line in f if line.strip()]
-    except UnicodeDecodeError:
-        raise DataError(path, [utf8_problem(path)]) from None
-    if not lines:
-        raise DataError(path, [Problem(None, None, "file is empty (no JSON lines)")])
-    for row, line in enumerate(lines, start=1):
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(path, [Problem(row, None, f"not a JSON object ({e.msg})")]) from None
-        if not isinstance(obj, dict):
-            raise DataError(path, [Problem(row, None, f"not a JSON object (a {type(obj).__name__})")])
+    for obj in read_objects(path):
         seen.update(obj)
         for c in known:
             v = obj.get(c)

@@ -186,3 +186,20 @@ def test_a_catalog_with_nothing_to_encode_is_one_file_level_error(tmp_path):
     assert len(e.value.problems) == 1 and e.value.problems[0].row is None
     assert e.value.problems[0].message.startswith("nothing to encode: no text columns and no image column "
                                                   "(columns: item_id, year); name the text columns with --text-fields")
+
+
+def test_json_lines_catalogs_share_the_interactions_reader(tmp_path):
+    # Ids that change JSON type from line to line; a numeric column is not a default text field.
+    (tmp_path / "c.jsonl").write_text('{"item_id": 1, "title": "Alpha", "year": 1990}\n\n'
+                                      '{"item_id": "b2", "title": "Beta", "year": 1991.5}\n')
+    c = load_catalog(tmp_path / "c.jsonl")
+    assert c.item_ids == ["1", "b2"] and c.text_fields == ["title"] and c.texts == ["Alpha", "Beta"]
+    assert c.records[1] == {"title": "Beta", "year": "1991.5"}
+    # A broken line is named by its 1-based row (blank lines not counted), as in interaction files.
+    (tmp_path / "b.jsonl").write_text('{"item_id": 1, "title": "A"}\n{"item_id": 2, "title": "B"}\n'
+                                      '{"item_id": 3, "title": "C"\n')
+    with pytest.raises(DataError, match=r"row 3: not a JSON object \(Expecting ',' delimiter\)"):
+        load_catalog(tmp_path / "b.jsonl")
+    (tmp_path / "l.jsonl").write_text('[1, 2]\n')
+    with pytest.raises(DataError, match=r"row 1: not a JSON object \(a list\)"):
+        load_catalog(tmp_path / "l.jsonl")

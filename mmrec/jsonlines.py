@@ -1,0 +1,43 @@
+"""JSON Lines files (one JSON object a line) as read by catalogs and interaction files alike.
+
+Read with :mod:`json` line by line rather than by pyarrow's reader: ids often change JSON type
+from line to line (``1``, then ``"b2"``), which pyarrow refuses, and a broken line is named by
+its 1-based row here (pyarrow counts from 0).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mmrec.errors import DataError, Problem, utf8_problem
+
+
+def read_objects(path: str | Path) -> list[dict[str, Any]]:
+    """Every object of a JSON-lines file, in order (blank lines ignored).
+
+    Raises:
+        DataError: not UTF-8 (line and byte named), no object at all, or a row (1-based, blank
+            lines not counted) that is not one JSON object.
+    """
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [line for line in f if line.strip()]
+    except UnicodeDecodeError:
+        raise DataError(path, [utf8_problem(path)]) from None
+    if not lines:
+        raise DataError(path, [Problem(None, None, "file is empty (no JSON lines)")])
+    objects = []
+    for row, line in enumerate(lines, start=1):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(path, [Problem(row, None, f"not a JSON object ({e.msg})")]) from None
+        if not isinstance(obj, dict):
+            raise DataError(path, [Problem(row, None, f"not a JSON object (a {type(obj).__name__})")])
+        objects.append(obj)
+    return objects
+
+
+__all__ = ["read_objects"]
