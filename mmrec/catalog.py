@@ -106,6 +106,8 @@ def compose_text(values: Sequence[Any]) -> str:
 def _json_type(rows: list[dict[str, Any]], column: str) -> str:
     """The arrow type name a JSON column would get: ``string`` when every value is text."""
     kinds = {type(r[column]) for r in rows if r.get(column) is not None}
+    if not kinds:
+        return "null"  # no value at all: not a text column
     if kinds <= {str}:
         return "string"
     if kinds <= {int}:
@@ -147,7 +149,11 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict[str, Any]], dict[
                 reader = csv.reader(f, delimiter=sep)
                 header = next(reader, None)
                 has_rows, too_long = False, []
-                for number, row in enumerate(reader, start=1):
+                number = 0  # data row, blank lines not counted (as the reader below skips them)
+                for row in reader:
+                    if not row:
+                        continue
+                    number += 1
                     has_rows = has_rows or any(cell.strip() for cell in row)
                     if header and len(row) > len(header) and len(too_long) < 20:
                         too_long.append(Problem(number, None, f"has {len(row)} fields but the header names "
@@ -315,11 +321,13 @@ def _validate(
     uses_text, uses_image = "text" in encoded, "image" in encoded
     if require_content and not (uses_text and text_fields) and not (uses_image and image_field):
         columns = list(dict.fromkeys(k for r in rows for k in r))
-        off = [m for m in ("text", "image") if m not in encoded]
-        raise DataError(path, [Problem(None, None, (
-            f"nothing to encode: no text columns{' in use' if off else ''} and no image column (columns: "
-            f"{', '.join(columns)}{'; ' + ' and '.join(off) + ' encoding is off' if off else ''}); name the text "
-            f"columns with --text-fields a,b (text_fields=) or the image column with --image-field"))])
+        why = ["text encoding is off (--text-encoder none)" if not uses_text else "no text columns",
+               "image encoding is off (--image-encoder none)" if not uses_image else "no image column"]
+        fixes = ([] if not uses_text else ["name the text columns with --text-fields a,b (text_fields=)"]) + \
+                ([] if not uses_image else ["name the image column with --image-field (image_field=)"])
+        fix = " or ".join(fixes) if fixes else "turn an encoder back on"
+        raise DataError(path, [Problem(None, None, f"nothing to encode: {' and '.join(why)} (columns: "
+                                                   f"{', '.join(columns)}); {fix}")])
     problems: list[Problem] = []
     bad: set[int] = set()  # 0-based row positions to drop
     raw_ids = [None if _blank(r.get(ID_FIELD)) else id_text(r[ID_FIELD]) for r in rows]

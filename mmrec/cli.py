@@ -332,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--image-root", type=Path, help="base for relative image paths (default: the catalog's folder)")
     b.add_argument("--factory", default="auto", help="FAISS factory string or 'auto' (default)")
     b.add_argument("--text-encoder", default="default",
-                   help="'default' (packaged MiniLM), a Hugging Face model dir, or a Hub name with --allow-download")
+                   help="'default' (packaged MiniLM), 'none' (text not encoded), a Hugging Face model dir, or a Hub "
+                        "name with --allow-download")
     b.add_argument("--allow-download", action="store_true",
                    help="let --text-encoder name a Hugging Face Hub model to download (off: nothing is downloaded)")
     b.add_argument(
@@ -409,8 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--text-fields", type=_csv_list)
     t.add_argument("--image-field")
     t.add_argument("--image-root", type=Path)
-    t.add_argument("--text-encoder", default="default")
-    t.add_argument("--image-encoder", default="default")
+    t.add_argument("--text-encoder", default="default",
+                   help="as for index build: default, none, or a Hugging Face model dir")
+    t.add_argument("--image-encoder", default="default",
+                   help="as for index build: default, none, a torchvision name, or a Hugging Face model dir")
     t.add_argument("--factory", default="auto", help="FAISS factory for the trained item vectors")
     t.add_argument("--overwrite", action="store_true")
     t.add_argument("--json", action="store_true", help="print the summary as JSON")

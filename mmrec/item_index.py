@@ -157,6 +157,25 @@ def check_factory(factory: str, n: int) -> str:
         raise ConfigError(f"--factory {factory}: {e}") from None
 
 
+def written_by_mmrec(directory: Path) -> bool:
+    """Whether ``directory`` holds an index or model that mmrec wrote: a ``manifest.json`` with
+    mmrec's fields (``format_version``, ``kind``, ``checksums``), not just any file of that name."""
+    try:
+        manifest = json.loads((directory / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (isinstance(manifest, dict) and "format_version" in manifest
+            and manifest.get("kind") in ("content", "trained") and isinstance(manifest.get("checksums"), dict))
+
+
+def foreign_entries(directory: Path, manifest: Mapping[str, Any]) -> list[str]:
+    """Top-level entries of an index directory that mmrec did not write there (a save in place
+    would drop them)."""
+    ours = {MANIFEST_NAME, "skipped.jsonl"}
+    ours |= {name.split("/")[0] for name in (*manifest.get("checksums", {}), *manifest.get("attachments", []))}
+    return sorted(p.name for p in directory.iterdir() if p.name not in ours)
+
+
 def check_out(out: str | Path | None, overwrite: bool, inputs: Sequence[object] = ()) -> None:
     """Refuse, before any work, an output directory whose writing would lose data.
 
@@ -180,9 +199,14 @@ def check_out(out: str | Path | None, overwrite: bool, inputs: Sequence[object] 
             raise MMRecError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
         if not out.is_dir():
             raise MMRecError(f"{out} exists and is not a directory: not replacing it with an index")
-        if not (out / MANIFEST_NAME).is_file() and any(out.iterdir()):
-            raise MMRecError(f"{out} is not an index or model directory (no {MANIFEST_NAME}) and is not empty: "
+        if any(out.iterdir()) and not written_by_mmrec(out):
+            raise MMRecError(f"{out} is not an index or model directory (no mmrec {MANIFEST_NAME}) and is not empty: "
                              f"--overwrite only replaces what mmrec wrote; choose another --out or empty it yourself")
+        if written_by_mmrec(out):
+            extra = foreign_entries(out, json.loads((out / MANIFEST_NAME).read_text(encoding="utf-8")))
+            if extra:
+                raise MMRecError(f"{out} holds files mmrec did not write ({', '.join(extra[:5])}"
+                                 f"{', ...' if len(extra) > 5 else ''}): replacing it would delete them; move them out")
     root = out.resolve()
     for item in inputs:
         if not isinstance(item, (str, os.PathLike)):  # None, or an object in memory
@@ -497,7 +521,8 @@ class ItemIndex:
         """
         check_device(device)
         check_out(out, overwrite, [catalog.source if isinstance(catalog, Catalog) else catalog,
-                                   catalog_options.get("image_root")])
+                                   catalog_options.get("image_root"), cache_dir, text_encoder, image_encoder,
+                                   image_weights])
         if not isinstance(catalog, Catalog):
             catalog = load_catalog(catalog, show_progress=show_progress, encoded=encoded_modalities(
                 text_encoder, image_encoder), **catalog_options)
@@ -603,6 +628,8 @@ class ItemIndex:
         directory = Path(directory)
         if self.directory is None or directory.resolve() != self.directory.resolve():
             check_out(directory, overwrite)  # replacing a directory mmrec did not write loses it
+        else:
+            self._check_in_place()
         attached = list(self.manifest.get("attachments", []))
         with atomic_directory(directory, overwrite=overwrite) as tmp:
             if attach is not None:
@@ -631,6 +658,24 @@ class ItemIndex:
             write_manifest(tmp, manifest)
         self.manifest = read_manifest(directory, verify_checksums=False)
         self.directory = self.encoders.root = directory
+
+    def _check_in_place(self) -> None:
+        """Refuse, before any work, a save in place that would lose files or cannot rename.
+
+        A save rebuilds the directory from what mmrec wrote: anything else a user put in it (a
+        catalog, images) would be dropped, and the current directory cannot be renamed.
+        """
+        if self.directory is None:
+            return
+        here = Path.cwd().resolve()
+        if self.directory.resolve() == here or self.directory.resolve() in here.parents:
+            raise MMRecError(f"{self.directory} is the current directory or holds it: it is rewritten as a whole, "
+                             f"so run this from outside it")
+        extra = foreign_entries(self.directory, self.manifest)
+        if extra:
+            raise MMRecError(f"{self.directory} holds files mmrec did not write ({', '.join(extra[:5])}"
+                             f"{', ...' if len(extra) > 5 else ''}): rewriting the index would delete them; move "
+                             f"them out first")
 
     @classmethod
     def load(cls, directory: str | Path, *, show_progress: bool = True, trained: bool = False) -> "ItemIndex":
@@ -797,6 +842,7 @@ class ItemIndex:
             MMRecError: a new item with none of the index's modalities; an index without any
                 (an ID-only model).
         """
+        self._check_in_place()
         if not self.modalities:
             raise MMRecError(f"{self.directory or 'this index'} has no content modality (an ID-only model): a new "
                              f"item has nothing to be placed by; train again with the new items (mmrec train)")
@@ -913,6 +959,7 @@ class ItemIndex:
         Returns:
             The number of items removed (an id given twice, e.g. ``2`` and ``"2"``, counts once).
         """
+        self._check_in_place()
         missing = [i for i in item_ids if self._try_resolve(i) is None]
         if missing:
             raise MMRecError(f"not in this index: {', '.join(map(str, missing[:20]))}")

@@ -22,7 +22,7 @@ def read_objects(path: str | Path) -> list[dict[str, Any]]:
     """
     path = Path(path)
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # a byte-order mark, as some editors write, is not data
             lines = [line for line in f if line.strip()]
     except UnicodeDecodeError:
         raise DataError(path, [utf8_problem(path)]) from None

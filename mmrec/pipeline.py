@@ -129,9 +129,11 @@ def load_content(
     """
     features = dict(features or {})
     if catalog is not None and not isinstance(catalog, Catalog):
-        if not features:  # a row needs content in a modality that is encoded
-            catalog_options.setdefault("encoded", list(loaded_encoders) if loaded_encoders is not None
-                                       else encoded_modalities(text_encoder, image_encoder))
+        # A row needs content in a modality that is encoded (unless --features give the content);
+        # images are checked only when encoded.
+        catalog_options.setdefault("encoded", list(loaded_encoders) if loaded_encoders is not None
+                                   else encoded_modalities(text_encoder, image_encoder))
+        catalog_options.setdefault("require_content", not features)
         catalog = load_catalog(catalog, show_progress=show_progress, **catalog_options)
     feats, present, hashes, specs, records, item_ids = {}, {}, None, {}, None, None
     encoders: dict[str, Any] = {}
@@ -213,7 +215,8 @@ def fit(
         ``(recommender, training result, test metrics)``.
     """
     check_out(out, overwrite, [interactions, catalog.source if isinstance(catalog, Catalog) else catalog,
-                               *(features or {}).values(), content_options.get("image_root")])
+                               *(features or {}).values(), *(content_options.get(k) for k in (
+                                   "image_root", "cache_dir", "text_encoder", "image_encoder", "image_weights"))])
     check_device(config.device)
     check_factory(factory, 1 << 30)  # the form, before encoding (enough items to train it: checked below)
     if content is None:  # the catalog is encoded on the training device

@@ -158,7 +158,10 @@ def source_content(
         opts = {k: v for k, v in defaults.items() if v} | catalog_options
         # The source's fields may be missing from the new catalog: that modality is then masked.
         lenient = [k for k in defaults if k not in catalog_options]
-        catalog = load_catalog(catalog, show_progress=show_progress, **({"optional": lenient} | opts))
+        # An ignored modality is not encoded: its column is not checked (images not opened).
+        encoded = [m for m in ("text", "image") if m not in ignore]
+        catalog = load_catalog(catalog, show_progress=show_progress,
+                               **({"optional": lenient, "encoded": encoded} | opts))
     loaded: dict[str, tuple[Any, dict]] = {}
     if catalog is not None:
         has = {"text": any(catalog.texts), "image": catalog.has_images}

@@ -203,3 +203,25 @@ def test_json_lines_catalogs_share_the_interactions_reader(tmp_path):
     (tmp_path / "l.jsonl").write_text('[1, 2]\n')
     with pytest.raises(DataError, match=r"row 1: not a JSON object \(a list\)"):
         load_catalog(tmp_path / "l.jsonl")
+
+
+def test_catalog_reading_details_from_the_third_review(tmp_path):
+    # A byte-order mark before the first JSON line is not data; an all-null column is not text.
+    (tmp_path / "bom.jsonl").write_bytes(b'\xef\xbb\xbf{"item_id": 1, "title": "A", "note": null}\n')
+    c = load_catalog(tmp_path / "bom.jsonl")
+    assert c.item_ids == [1] and c.text_fields == ["title"]
+    # Blank lines do not count as rows, for this error as for every other.
+    (tmp_path / "blank.csv").write_text("item_id,title\n1,a\n\n2,b,c\n")
+    with pytest.raises(DataError, match=r"row 2: has 3 fields but the header names 2"):
+        load_catalog(tmp_path / "blank.csv")
+    # With the only usable column's encoder off, the message says so and does not send the user
+    # to --image-field for a column that is there.
+    (tmp_path / "img.csv").write_text("item_id,image\n1,imgs/0.png\n")
+    with pytest.raises(DataError) as e:
+        load_catalog(tmp_path / "img.csv", encoded=["text"])
+    assert e.value.problems[0].message == (
+        "nothing to encode: no text columns and image encoding is off (--image-encoder none) (columns: item_id, "
+        "image); name the text columns with --text-fields a,b (text_fields=)")
+    with pytest.raises(DataError, match=r"text encoding is off \(--text-encoder none\) and image encoding is off "
+                                        r".*; turn an encoder back on"):
+        load_catalog(tmp_path / "img.csv", encoded=[])

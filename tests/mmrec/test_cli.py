@@ -165,7 +165,7 @@ def test_overwrite_never_deletes_the_catalog_or_a_foreign_directory(tmp_path, ca
     box.mkdir()
     write(box / "movies.csv", MOVIES)
     code, _, err = run(capsys, "index", "build", "--catalog", str(box / "movies.csv"), "--out", str(box), "--overwrite")
-    assert code != 0 and "is not an index or model directory (no manifest.json)" in err
+    assert code != 0 and "is not an index or model directory (no mmrec manifest.json)" in err
     assert sorted(p.name for p in box.iterdir()) == ["movies.csv"]
     # An index directory that holds its own catalog: replacing it would delete the catalog.
     assert main(["index", "build", "--catalog", str(box / "movies.csv"), "--out", str(tmp_path / "idx"), "--no-cache",
@@ -173,4 +173,13 @@ def test_overwrite_never_deletes_the_catalog_or_a_foreign_directory(tmp_path, ca
     shutil.copy(box / "movies.csv", tmp_path / "idx" / "movies.csv")
     code, _, err = run(capsys, "index", "build", "--catalog", str(tmp_path / "idx" / "movies.csv"),
                        "--out", str(tmp_path / "idx"), "--overwrite", "--no-cache")
-    assert code != 0 and "holds the input" in err and (tmp_path / "idx" / "movies.csv").exists()
+    assert code != 0 and "holds files mmrec did not write (movies.csv)" in err
+    assert (tmp_path / "idx" / "movies.csv").exists()
+    # A manifest.json that is not mmrec's (a browser extension's) does not make a directory ours.
+    ext = tmp_path / "ext"
+    ext.mkdir()
+    (ext / "manifest.json").write_text('{"manifest_version": 3}')
+    (ext / "background.js").write_text("x")
+    code, _, err = run(capsys, "index", "build", "--catalog", str(box / "movies.csv"), "--out", str(ext),
+                       "--overwrite", "--no-cache")
+    assert code != 0 and "no mmrec manifest.json" in err and (ext / "background.js").exists()

@@ -318,15 +318,11 @@ def test_fit_refuses_an_out_that_holds_its_inputs(tmp_path):
     inter, feats = write_planted(data, users=16, items=8)
     with pytest.raises(MMRecError, match="is not an index or model directory"):
         fit(inter, features={"content": feats}, out=data, overwrite=True, config=TrainConfig(**FAST), show_progress=False)
-    inside = data / "model"
-    inside.mkdir()
-    (inside / "manifest.json").write_text("{}")
-    moved = inside / "content.npy"
-    np.save(moved, np.load(feats))
-    with pytest.raises(MMRecError, match="holds the input"):
-        fit(inter, features={"content": moved}, out=inside, overwrite=True, config=TrainConfig(**FAST),
-            show_progress=False)
-    assert inter.exists() and moved.exists()
+    fit(inter, features={"content": feats}, out=tmp_path / "model", config=TrainConfig(**FAST), show_progress=False)
+    with pytest.raises(MMRecError, match="holds the input"):  # an earlier model's directory as --out
+        fit(tmp_path / "model" / "new.tsv", features={"content": feats}, out=tmp_path / "model", overwrite=True,
+            config=TrainConfig(**FAST), show_progress=False)
+    assert inter.exists() and (tmp_path / "model" / "manifest.json").exists()
 
 
 def test_an_id_only_model_refuses_new_items_with_the_reason(tmp_path):

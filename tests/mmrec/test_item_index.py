@@ -122,7 +122,7 @@ def test_overwrite_replaces_only_what_mmrec_wrote(tmp_path):
     mine = tmp_path / "notes"
     mine.mkdir()
     (mine / "thesis.txt").write_text("years of work")
-    with pytest.raises(MMRecError, match=r"notes is not an index or model directory \(no manifest.json\)"):
+    with pytest.raises(MMRecError, match=r"notes is not an index or model directory \(no mmrec manifest.json\)"):
         idx.save(mine, overwrite=True)
     assert (mine / "thesis.txt").read_text() == "years of work" and sorted(p.name for p in mine.iterdir()) == ["thesis.txt"]
     (tmp_path / "file").write_text("x")
@@ -141,11 +141,26 @@ def test_an_output_holding_an_input_is_refused(tmp_path):
     from mmrec.item_index import check_out
 
     five_items().save(tmp_path / "idx")
-    (tmp_path / "idx" / "catalog.csv").write_text("item_id,title\n1,a\n")
     for given in (tmp_path / "idx" / "catalog.csv", str(tmp_path / "idx"), tmp_path / "idx" / "img"):
         with pytest.raises(MMRecError, match="holds the input .*: writing it would delete that input"):
             check_out(tmp_path / "idx", True, [None, given])
     check_out(tmp_path / "idx", True, [tmp_path / "elsewhere.csv", tmp_path / "idx2" / "x.csv", object()])
+    # Anything else in an index directory would be lost with it: refused, whatever the inputs.
+    (tmp_path / "idx" / "catalog.csv").write_text("item_id,title\n1,a\n")
+    with pytest.raises(MMRecError, match=r"holds files mmrec did not write \(catalog.csv\)"):
+        check_out(tmp_path / "idx", True)
+
+
+def test_saving_in_place_never_drops_a_users_files(tmp_path):
+    idx = five_items()
+    idx.save(tmp_path / "idx")
+    idx = ItemIndex.load(tmp_path / "idx", show_progress=False)
+    (tmp_path / "idx" / "pics").mkdir()
+    (tmp_path / "idx" / "new.csv").write_text("item_id,title\n9,x\n")
+    for change in (lambda: idx.remove(["a"]), lambda: idx.add(tmp_path / "idx" / "new.csv")):
+        with pytest.raises(MMRecError, match=r"holds files mmrec did not write \(new.csv, pics\): .*move them out"):
+            change()
+    assert len(ItemIndex.load(tmp_path / "idx")) == 5 and (tmp_path / "idx" / "pics").is_dir()
 
 
 def test_the_current_directory_is_never_an_output(tmp_path, monkeypatch):

@@ -247,3 +247,13 @@ def test_a_modality_from_both_catalog_and_features_says_how_to_choose(tmp_path):
     content = load_content(tmp_path / "items.csv", {"text": tmp_path / "text.npy"}, text_encoder="none",
                            show_progress=False)
     np.testing.assert_array_equal(content.features["text"], np.ones((2, 4), np.float32))
+
+
+def test_image_features_given_with_the_image_encoder_off_never_open_the_images(tmp_path):
+    from mmrec.pipeline import load_content
+
+    (tmp_path / "items.csv").write_text("item_id,title,image\n1,A film,/nonexist/0.png\n2,Another,/nonexist/1.png\n")
+    np.save(tmp_path / "image.npy", np.ones((2, 4), np.float32))
+    content = load_content(tmp_path / "items.csv", {"image": tmp_path / "image.npy"}, text_encoder="none",
+                           image_encoder="none", show_progress=False)
+    np.testing.assert_array_equal(content.features["image"], np.ones((2, 4), np.float32))
