@@ -157,23 +157,37 @@ def check_factory(factory: str, n: int) -> str:
         raise ConfigError(f"--factory {factory}: {e}") from None
 
 
-def written_by_mmrec(directory: Path) -> bool:
-    """Whether ``directory`` holds an index or model that mmrec wrote: a ``manifest.json`` with
-    mmrec's fields (``format_version``, ``kind``, ``checksums``), not just any file of that name."""
+def mmrec_manifest(directory: Path) -> dict[str, Any] | None:
+    """The manifest of an index or model that mmrec wrote in ``directory``; ``None`` when its
+    ``manifest.json`` is missing or not mmrec's (``format_version``, ``kind``, ``checksums``),
+    as a browser extension's or a web app's is not."""
     try:
         manifest = json.loads((directory / MANIFEST_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    return (isinstance(manifest, dict) and "format_version" in manifest
+        return None
+    ours = (isinstance(manifest, dict) and "format_version" in manifest
             and manifest.get("kind") in ("content", "trained") and isinstance(manifest.get("checksums"), dict))
+    return manifest if ours else None
 
 
-def foreign_entries(directory: Path, manifest: Mapping[str, Any]) -> list[str]:
-    """Top-level entries of an index directory that mmrec did not write there (a save in place
-    would drop them)."""
+def check_rewrite(directory: Path, manifest: Mapping[str, Any], action: str) -> None:
+    """Refuse to rewrite an mmrec directory as a whole (replace it, or save it in place) when that
+    would lose something: files mmrec did not write there (a catalog, images), or the current
+    directory (which cannot be renamed).
+
+    Raises:
+        MMRecError: naming the directory, the files and what to do.
+    """
+    here = Path.cwd().resolve()
+    if directory.resolve() == here or directory.resolve() in here.parents:
+        raise MMRecError(f"{directory} is the current directory or holds it: it is rewritten as a whole, so "
+                         f"{action} from outside it")
     ours = {MANIFEST_NAME, "skipped.jsonl"}
     ours |= {name.split("/")[0] for name in (*manifest.get("checksums", {}), *manifest.get("attachments", []))}
-    return sorted(p.name for p in directory.iterdir() if p.name not in ours)
+    extra = sorted(p.name for p in directory.iterdir() if p.name not in ours)
+    if extra:
+        raise MMRecError(f"{directory} holds files mmrec did not write ({', '.join(extra[:5])}"
+                         f"{', ...' if len(extra) > 5 else ''}): rewriting it would delete them; move them out first")
 
 
 def check_out(out: str | Path | None, overwrite: bool, inputs: Sequence[object] = ()) -> None:
@@ -199,14 +213,12 @@ def check_out(out: str | Path | None, overwrite: bool, inputs: Sequence[object] 
             raise MMRecError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
         if not out.is_dir():
             raise MMRecError(f"{out} exists and is not a directory: not replacing it with an index")
-        if any(out.iterdir()) and not written_by_mmrec(out):
+        manifest = mmrec_manifest(out)
+        if manifest is not None:
+            check_rewrite(out, manifest, "write it")
+        elif any(out.iterdir()):
             raise MMRecError(f"{out} is not an index or model directory (no mmrec {MANIFEST_NAME}) and is not empty: "
                              f"--overwrite only replaces what mmrec wrote; choose another --out or empty it yourself")
-        if written_by_mmrec(out):
-            extra = foreign_entries(out, json.loads((out / MANIFEST_NAME).read_text(encoding="utf-8")))
-            if extra:
-                raise MMRecError(f"{out} holds files mmrec did not write ({', '.join(extra[:5])}"
-                                 f"{', ...' if len(extra) > 5 else ''}): replacing it would delete them; move them out")
     root = out.resolve()
     for item in inputs:
         if not isinstance(item, (str, os.PathLike)):  # None, or an object in memory
@@ -660,22 +672,9 @@ class ItemIndex:
         self.directory = self.encoders.root = directory
 
     def _check_in_place(self) -> None:
-        """Refuse, before any work, a save in place that would lose files or cannot rename.
-
-        A save rebuilds the directory from what mmrec wrote: anything else a user put in it (a
-        catalog, images) would be dropped, and the current directory cannot be renamed.
-        """
-        if self.directory is None:
-            return
-        here = Path.cwd().resolve()
-        if self.directory.resolve() == here or self.directory.resolve() in here.parents:
-            raise MMRecError(f"{self.directory} is the current directory or holds it: it is rewritten as a whole, "
-                             f"so run this from outside it")
-        extra = foreign_entries(self.directory, self.manifest)
-        if extra:
-            raise MMRecError(f"{self.directory} holds files mmrec did not write ({', '.join(extra[:5])}"
-                             f"{', ...' if len(extra) > 5 else ''}): rewriting the index would delete them; move "
-                             f"them out first")
+        """Refuse, before any work, a save in place that would lose files (:func:`check_rewrite`)."""
+        if self.directory is not None:
+            check_rewrite(self.directory, self.manifest, "run this")
 
     @classmethod
     def load(cls, directory: str | Path, *, show_progress: bool = True, trained: bool = False) -> "ItemIndex":
