@@ -14,6 +14,7 @@ from fusion.propagation import GraphPropagation
 
 ID_TOKEN = "id"
 ID_INITS = ("normal", "xavier")
+ID_MODES = ("token", "residual")
 
 
 class FusedGraphModel(nn.Module):
@@ -133,7 +134,7 @@ class FusedGraphModel(nn.Module):
         self.id_dropout = id_dropout
         self.dropout = dropout
         self.projection_hidden = projection_hidden
-        if id_mode not in ("token", "residual"):
+        if id_mode not in ID_MODES:
             raise ValueError(f"id_mode must be 'token' or 'residual', got {id_mode!r}")
         self.id_mode = id_mode
         self.content_gain = float(content_gain)

@@ -21,6 +21,12 @@ def _f(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+# The values fusion.FusedGraphModel accepts, repeated here so that `mmrec --help` and config
+# checks need no torch import; tests/mmrec/test_train.py checks that the two stay equal.
+ID_MODES = ("token", "residual")
+ID_INITS = ("normal", "xavier")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How a fused graph recommender is trained (saved as ``config.json`` beside the weights)."""
@@ -63,11 +69,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.loss not in ("bpr", "softmax"):
             raise ConfigError(f"loss must be bpr or softmax, got {self.loss!r}")
-        if self.id_mode not in ("token", "residual"):
+        if self.id_mode not in ID_MODES:
             raise ConfigError(f"id_mode must be token or residual, got {self.id_mode!r}")
         if self.reg_form not in ("squared", "norm"):
             raise ConfigError(f"reg_form must be squared or norm, got {self.reg_form!r}")
-        if self.id_init not in ("normal", "xavier"):
+        if self.id_init not in ID_INITS:
             raise ConfigError(f"id_init must be normal or xavier, got {self.id_init!r}")
         if self.mask not in ("all", "train"):
             raise ConfigError(f"mask must be all or train, got {self.mask!r}")

@@ -257,3 +257,15 @@ def test_image_features_given_with_the_image_encoder_off_never_open_the_images(t
     content = load_content(tmp_path / "items.csv", {"image": tmp_path / "image.npy"}, text_encoder="none",
                            image_encoder="none", show_progress=False)
     np.testing.assert_array_equal(content.features["image"], np.ones((2, 4), np.float32))
+
+
+def test_config_accepts_exactly_the_values_the_model_accepts():
+    # mmrec.config repeats fusion's value lists (so the CLI needs no torch import): they must agree.
+    import fusion.model
+    from mmrec import config
+
+    assert config.ID_MODES == fusion.model.ID_MODES and config.ID_INITS == fusion.model.ID_INITS
+    for mode in config.ID_MODES:
+        TrainConfig(id_mode=mode)
+    with pytest.raises(ConfigError, match="id_mode must be token or residual"):
+        TrainConfig(id_mode="concat")
