@@ -643,7 +643,10 @@ class ItemIndex:
         else:
             self._check_in_place()
         attached = list(self.manifest.get("attachments", []))
-        with atomic_directory(directory, overwrite=overwrite) as tmp:
+        # Through a symlink, the directory it points to is replaced and the link kept (renaming onto
+        # the link itself would turn it into a plain directory and leave the target stale).
+        target = directory.resolve() if directory.is_symlink() else directory
+        with atomic_directory(target, overwrite=overwrite) as tmp:
             if attach is not None:
                 attached = list(attach(tmp))
             else:

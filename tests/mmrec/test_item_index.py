@@ -172,3 +172,13 @@ def test_the_current_directory_is_never_an_output(tmp_path, monkeypatch):
         with pytest.raises(MMRecError, match="is the current directory or holds it"):
             check_out(out, True)
     check_out(tmp_path / "idx" / "below", True)
+
+
+def test_an_index_opened_through_a_symlink_stays_behind_it(tmp_path):
+    five_items().save(tmp_path / "v1")
+    (tmp_path / "current").symlink_to(tmp_path / "v1", target_is_directory=True)
+    idx = ItemIndex.load(tmp_path / "current", show_progress=False)
+    assert idx.remove(["a"]) == 1
+    assert (tmp_path / "current").is_symlink() and (tmp_path / "current").resolve() == (tmp_path / "v1").resolve()
+    assert len(ItemIndex.load(tmp_path / "v1")) == 4 and len(ItemIndex.load(tmp_path / "current")) == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["current", "v1"]  # no stray old copy or link
