@@ -367,7 +367,7 @@ def finetune(
         raise ConfigError(f"--out {out} is the source directory: write the fine-tuned model somewhere else")
     check_out(out, overwrite, [src.items.directory, interactions,
                                catalog.source if isinstance(catalog, Catalog) else catalog,
-                               *(features or {}).values(), catalog_options.get("image_root")])
+                               *(features or {}).values(), catalog_options.get("image_root"), cache_dir])
     cfg = finetune_config(src.config, config)
     check_device(cfg.device)
     content = source_content(src, catalog, features, ignore=ignore, cache_dir=cache_dir,
