@@ -170,6 +170,12 @@ def mmrec_manifest(directory: Path) -> dict[str, Any] | None:
     return manifest if ours else None
 
 
+def _holds_cwd(directory: Path) -> bool:
+    """Whether ``directory`` is the current working directory or one of its parents."""
+    here = Path.cwd().resolve()
+    return directory.resolve() == here or directory.resolve() in here.parents
+
+
 def check_rewrite(directory: Path, manifest: Mapping[str, Any], action: str) -> None:
     """Refuse to rewrite an mmrec directory as a whole (replace it, or save it in place) when that
     would lose something: files mmrec did not write there (a catalog, images), or the current
@@ -178,8 +184,7 @@ def check_rewrite(directory: Path, manifest: Mapping[str, Any], action: str) -> 
     Raises:
         MMRecError: naming the directory, the files and what to do.
     """
-    here = Path.cwd().resolve()
-    if directory.resolve() == here or directory.resolve() in here.parents:
+    if _holds_cwd(directory):
         raise MMRecError(f"{directory} is the current directory or holds it: it is rewritten as a whole, so "
                          f"{action} from outside it")
     ours = {MANIFEST_NAME, "skipped.jsonl"}
@@ -205,8 +210,7 @@ def check_out(out: str | Path | None, overwrite: bool, inputs: Sequence[object] 
     if out is None:
         return
     out = Path(out)
-    here = Path.cwd().resolve()
-    if out.resolve() == here or out.resolve() in here.parents:
+    if _holds_cwd(out):
         raise MMRecError(f"--out {out} is the current directory or holds it: choose a directory below it")
     if out.exists() or out.is_symlink():
         if not overwrite:
@@ -296,7 +300,8 @@ def catalog_encoders(
     """
     encoders: dict[str, Any] = {}
     specs: dict[str, dict] = {}
-    if any(catalog.texts) and text_encoder not in (None, "none"):
+    on = encoded_modalities(text_encoder, image_encoder)
+    if any(catalog.texts) and "text" in on:
         try:
             encoders["text"] = make_encoder(
                 "text", {"model": str(text_encoder), "max_length": max_length, "batch_size": batch_size or 64,
@@ -307,7 +312,7 @@ def catalog_encoders(
             raise ConfigError(f"text encoder {text_encoder}: {e}") from e
         specs["text"] = encoder_spec(encoders["text"], text_encoder, max_length=max_length,
                                      **({"allow_download": True} if allow_download else {}))
-    if catalog.has_images and image_encoder not in (None, "none"):
+    if catalog.has_images and "image" in on:
         try:
             encoders["image"] = make_encoder(
                 "image", {"model": str(image_encoder), "weights": image_weights, "batch_size": batch_size or 32},
