@@ -319,6 +319,7 @@ def _validate(
     encoded: Sequence[str] = ("text", "image"),
 ) -> Catalog:
     uses_text, uses_image = "text" in encoded, "image" in encoded
+    off = [m for m in ("text", "image") if m not in encoded]
     if require_content and not (uses_text and text_fields) and not (uses_image and image_field):
         columns = list(dict.fromkeys(k for r in rows for k in r))
         why = ["text encoding is off (--text-encoder none)" if not uses_text else "no text columns",
@@ -347,16 +348,15 @@ def _validate(
     for r in rows:
         value = None if image_field is None or _blank(r.get(image_field)) else str(r[image_field]).strip()
         images.append(None if value is None else str(value if Path(value).is_absolute() else image_root / value))
+    missing = []  # what a row without content lacks (the same for every such row)
+    if uses_text:
+        missing.append(f"no text in {', '.join(text_fields)}" if text_fields else "no text fields")
+    if uses_image:
+        missing.append(f"no image in '{image_field}'" if image_field else "no image column")
+    lacks = (" and ".join(missing) or "nothing to encode") + (f" ({' and '.join(off)} encoding is off)" if off else "")
     for i, (text, image) in enumerate(zip(texts, images)):
         if require_content and not (uses_text and text) and not (uses_image and image is not None):
-            missing = []
-            if uses_text:
-                missing.append(f"no text in {', '.join(text_fields)}" if text_fields else "no text fields")
-            if uses_image:
-                missing.append(f"no image in '{image_field}'" if image_field else "no image column")
-            off = [m for m in ("text", "image") if m not in encoded]
-            note = f" ({' and '.join(off)} encoding is off)" if off else ""
-            problems.append(Problem(i + 1, None, (" and ".join(missing) or "nothing to encode") + note))
+            problems.append(Problem(i + 1, None, lacks))
             bad.add(i)
 
     if check_images and image_field is not None and uses_image:
