@@ -511,15 +511,12 @@ def load_interactions(
         found = pc.index_in(texts["item_id"], value_set=pa.array(catalog_keys, type=pa.string()))
         catalog_index = found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
         unknown = (catalog_index < 0) & ~bad["item_id"]
+        allowed = np.full(n_rows, unknown_items == "skip")  # unknown rows that are skipped, not invalid
         if unknown_items == "skip" and skippable is not None:
             allowed = pc.is_in(texts["item_id"], value_set=pa.array([str(i) for i in skippable], type=pa.string()))
             allowed = allowed.to_numpy(zero_copy_only=False).astype(bool)
-            outside = unknown & allowed
-            bad["item_id"] = bad["item_id"] | (unknown & ~allowed)
-        elif unknown_items == "skip":
-            outside = unknown
-        else:
-            bad["item_id"] = bad["item_id"] | unknown
+        outside = unknown & allowed
+        bad["item_id"] = bad["item_id"] | (unknown & ~allowed)
         reasons["item_id"] = lambda k: (
             "missing value" if empty["item_id"][k]
             else f"unknown item id {text('item_id', k)!r}: not in {item_space}"
