@@ -15,6 +15,7 @@ a half-written index behind.
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -651,31 +652,38 @@ class ItemIndex:
         # Through a symlink, the directory it points to is replaced and the link kept (renaming onto
         # the link itself would turn it into a plain directory and leave the target stale).
         target = directory.resolve() if directory.is_symlink() else directory
-        with atomic_directory(target, overwrite=overwrite) as tmp:
-            if attach is not None:
-                attached = list(attach(tmp))
-            else:
-                source = self.directory or directory
-                for name in attached:
-                    (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(source / name, tmp / name)
-            self.index.save(tmp)
-            tensors = {f"feature.{m}": self.features[m] for m in self.modalities}
-            tensors |= {f"present.{m}": self.present[m].astype(np.uint8) for m in self.modalities}
-            tensors["vectors"] = np.ascontiguousarray(self.vectors, dtype=np.float32)
-            tensors["attention"] = np.ascontiguousarray(self.attention, dtype=np.float32)
-            save_file(tensors, str(tmp / "features.safetensors"))
-            with open(tmp / "items.jsonl", "w", encoding="utf-8") as f:
-                for it in self.items:
-                    f.write(json.dumps(it, ensure_ascii=False) + "\n")
-            if skipped is not None and skipped.skipped:
-                skipped.write_skip_report(tmp / "skipped.jsonl")
-            files = sorted({p.name for p in tmp.iterdir() if p.is_file()} | set(attached))
-            manifest = dict(
-                self.manifest, count=len(self), attachments=attached, checksums={n: sha256_file(tmp / n) for n in files}
-            )
-            manifest.pop("created", None)
-            write_manifest(tmp, manifest)
+        # ``attach`` may update the manifest in memory (a tuner points the encoder entries at the
+        # files it writes): a failed save puts it back, as the disk is left as it was.
+        before = copy.deepcopy(self.manifest)
+        try:
+            with atomic_directory(target, overwrite=overwrite) as tmp:
+                if attach is not None:
+                    attached = list(attach(tmp))
+                else:
+                    source = self.directory or directory
+                    for name in attached:
+                        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copy2(source / name, tmp / name)
+                self.index.save(tmp)
+                tensors = {f"feature.{m}": self.features[m] for m in self.modalities}
+                tensors |= {f"present.{m}": self.present[m].astype(np.uint8) for m in self.modalities}
+                tensors["vectors"] = np.ascontiguousarray(self.vectors, dtype=np.float32)
+                tensors["attention"] = np.ascontiguousarray(self.attention, dtype=np.float32)
+                save_file(tensors, str(tmp / "features.safetensors"))
+                with open(tmp / "items.jsonl", "w", encoding="utf-8") as f:
+                    for it in self.items:
+                        f.write(json.dumps(it, ensure_ascii=False) + "\n")
+                if skipped is not None and skipped.skipped:
+                    skipped.write_skip_report(tmp / "skipped.jsonl")
+                files = sorted({p.name for p in tmp.iterdir() if p.is_file()} | set(attached))
+                manifest = dict(
+                    self.manifest, count=len(self), attachments=attached, checksums={n: sha256_file(tmp / n) for n in files}
+                )
+                manifest.pop("created", None)
+                write_manifest(tmp, manifest)
+        except BaseException:
+            self.manifest = before
+            raise
         self.manifest = read_manifest(directory, verify_checksums=False)
         self.directory = self.encoders.root = directory
 

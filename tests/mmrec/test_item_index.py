@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -112,6 +113,26 @@ def test_crash_mid_save_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(index_pkg.FaissIndex, "save", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         idx.save(tmp_path / "idx")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_save_leaves_the_manifest_in_memory_as_it_was(tmp_path, monkeypatch):
+    # A trained save's writer points the manifest's encoder entries at the tuned copies it writes
+    # (Recommender.attach_files); when the save then fails, memory must not name missing files.
+    idx = five_items()
+    before = copy.deepcopy(idx.manifest)
+
+    def attach(tmp):
+        idx.manifest["encoders"]["text"] = {"model": "encoders/text", "bundled": True}
+        return []
+
+    def boom(self, directory):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(index_pkg.FaissIndex, "save", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        idx.save(tmp_path / "idx", attach=attach)
+    assert idx.manifest == before
     assert list(tmp_path.iterdir()) == []
 
 
