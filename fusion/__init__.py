@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from fusion.attention import AttentionFusion
-from fusion.fixed import combine_modalities
+from fusion.fixed import combine_modalities, modality_centers
 from fusion.item_graph import ItemGraph, knn_item_graph
 from fusion.losses import alignment_loss, bpr_loss, l2_regularization, norm_regularization, sampled_softmax_loss
 from fusion.model import FusedGraphModel
@@ -20,6 +20,7 @@ __all__ = [
     "combine_modalities",
     "knn_item_graph",
     "l2_regularization",
+    "modality_centers",
     "norm_regularization",
     "sampled_softmax_loss",
 ]

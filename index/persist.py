@@ -29,8 +29,11 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
-FORMAT_VERSION = 1  # bump when the on-disk layout changes; readers reject versions they do not know
-SUPPORTED_FORMAT_VERSIONS = frozenset({FORMAT_VERSION})
+# Bump when the on-disk layout changes; readers reject versions they do not know. 2: content
+# similarity may be measured from stored modality means (mmrec's ``centered`` / ``center.<m>``),
+# which a version-1 reader would ignore, scoring queries against vectors they do not match.
+FORMAT_VERSION = 2
+SUPPORTED_FORMAT_VERSIONS = frozenset({1, FORMAT_VERSION})
 
 
 class IndexFormatError(ValueError):

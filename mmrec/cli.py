@@ -106,6 +106,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         allow_download=args.allow_download,
         show_progress=not args.quiet,
         device=args.device,
+        center=args.center,
         text_fields=args.text_fields,
         image_field=args.image_field,
         image_root=args.image_root,
@@ -345,6 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--max-length", type=_positive_int, default=256, help="text truncation in tokens (default 256)")
     b.add_argument("--device", default="cpu", help="torch device the encoders run on: cpu (default), cuda, cuda:N")
     b.add_argument("--skip-invalid", action="store_true", help="skip bad rows (reported in OUT/skipped.jsonl)")
+    b.add_argument("--no-center", dest="center", action="store_false",
+                   help="score plain encoder cosines (default: cosines measured from each modality's catalog mean)")
     b.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     _cache_opts(b)
     _common(b)

@@ -94,13 +94,14 @@ def neighbour_mean(
     k: int,
     exclude: np.ndarray | None = None,
     block_size: int = 1024,
+    centers: dict[str, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Mean trained vector of each item's ``k`` nearest pool items by content.
 
     Similarity is that of the untrained content index (:func:`fusion.fixed.combine_modalities`:
-    the mean cosine over the modalities both items have, equal weights). ``exclude[b]`` is a pool
-    row item ``b`` may not pick (itself, when the items are pool items: leave-one-out), ``-1``
-    for none.
+    the mean cosine over the modalities both items have, equal weights, measured from the
+    modality means ``centers`` when given). ``exclude[b]`` is a pool row item ``b`` may not
+    pick (itself, when the items are pool items: leave-one-out), ``-1`` for none.
 
     Shapes:
         features[m] (B, D_m), present[m] (B,), pool_features[m] (P, D_m), pool_vectors (P, D),
@@ -115,9 +116,10 @@ def neighbour_mean(
     if not len(q_rows) or not len(p_rows):
         return out
     q = combine_modalities({m: features[m][q_rows] for m in order}, {m: present[m][q_rows] for m in order},
-                           order=order, renormalize=False)  # [B', sum D_m]
+                           order=order, renormalize=False, centers=centers)  # [B', sum D_m]
     p = combine_modalities({m: pool_features[m][p_rows] for m in order},
-                           {m: pool_present[m][p_rows] for m in order}, order=order, renormalize=False)  # [P', sum D_m]
+                           {m: pool_present[m][p_rows] for m in order}, order=order, renormalize=False,
+                           centers=centers)  # [P', sum D_m]
     if exclude is not None:
         # The excluded pool row as a position among the pool rows with content (-1: none or content-less).
         position = np.full(len(pool_vectors), -1, np.int64)

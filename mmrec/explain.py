@@ -89,6 +89,14 @@ def _unit_rows(x: np.ndarray, has: np.ndarray) -> np.ndarray:
     return np.where(ok[:, None], x / np.where(ok, norms, 1.0)[:, None], 0.0)  # [N, D_m]
 
 
+def _centred(index: ItemIndex, modality: str, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
+    """``[R, D_m]`` features of ``rows`` less the modality's catalog mean when the index measures
+    content similarity from it (:func:`fusion.fixed.modality_centers`)."""
+    x = index.features[modality][rows]
+    center = index.centers.get(modality)
+    return x if center is None else x - center
+
+
 def _has_modality(index: ItemIndex, modality: str) -> np.ndarray:
     """``[N]`` bool: the item has this modality (present and a non-zero feature vector)."""
     return index.present[modality] & (np.abs(index.features[modality]).sum(1) > 0)
@@ -170,13 +178,14 @@ def explain_recommendations(
 
 # --- similar items -------------------------------------------------------------------------
 def modality_similarity(index: ItemIndex, a: object, b: object) -> dict[str, float]:
-    """Cosine of the two items' features in each modality both have (rounded), index order."""
+    """Cosine of the two items' features in each modality both have (rounded), index order;
+    measured from the modality's catalog mean when the index is (as the index's own scores)."""
     ra, rb = (index._pos[index.resolve_id(i)] for i in (a, b))
     out = {}
     for m in index.modalities:
         has = _has_modality(index, m)
         if has[ra] and has[rb]:
-            u = _unit_rows(index.features[m][[ra, rb]], np.ones(2, bool))  # [2, D_m]
+            u = _unit_rows(_centred(index, m, [ra, rb]), np.ones(2, bool))  # [2, D_m]
             out[m] = round(float(u[0] @ u[1]), DECIMALS)
     return out
 
@@ -206,7 +215,8 @@ def explain_similar(index: ItemIndex, item_id: object, results: list[Result]) ->
 
 # --- one item ------------------------------------------------------------------------------
 def modality_neighbours(index: ItemIndex, item_id: object, modality: str, k: int = 5) -> list[Result] | None:
-    """The k items closest to an item in one modality alone, by exact cosine of their features.
+    """The k items closest to an item in one modality alone, by exact cosine of their features
+    (measured from the modality's catalog mean when the index is).
 
     Only items that have the modality are candidates; the item itself is excluded; ties keep
     index order. Scores are the cosines.
@@ -224,7 +234,7 @@ def modality_neighbours(index: ItemIndex, item_id: object, modality: str, k: int
     has = _has_modality(index, modality)
     if not has[row]:
         return None
-    unit = _unit_rows(index.features[modality], has)  # [N, D_m]
+    unit = _unit_rows(_centred(index, modality), has)  # [N, D_m]
     cos = unit @ unit[row]  # [N]
     cand = np.flatnonzero(has & (np.arange(len(has)) != row))
     top = cand[np.argsort(-cos[cand], kind="stable")[:k]]

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from fusion.fixed import combine_modalities
+from fusion.fixed import combine_modalities, modality_centers
 from index import FaissIndex, atomic_directory, read_manifest, sha256_file, write_manifest
 from index.persist import MANIFEST_NAME
 from index.mips import MipsTransform
@@ -394,18 +394,25 @@ class FixedCombination(MipsVectorizer):
     * a one-modality query (text or image search): the plain cosine in that modality, the
       same for an item with one modality or several.
 
+    With ``centers`` every cosine is that of the vectors less their modality's catalog mean
+    (:func:`fusion.fixed.modality_centers`), queries included.
+
     Args:
         weights: modality -> weight.
         order: modality order of the concatenation.
+        centers: modality -> ``[D_m]`` catalog mean subtracted before the cosine; default none.
     """
 
-    def __init__(self, weights: dict[str, float], order: Sequence[str]) -> None:
+    def __init__(self, weights: dict[str, float], order: Sequence[str],
+                 centers: Mapping[str, np.ndarray] | None = None) -> None:
         super().__init__(MipsTransform(1.0 + 1e-3))  # rows have norm <= 1 (+ rounding)
         self.weights, self.order = dict(weights), list(order)
+        self.centers = dict(centers or {})
 
     def combine(self, features: dict[str, np.ndarray], present: dict[str, np.ndarray]) -> np.ndarray:
-        """``[N, D]`` weighted concatenation of the modality vectors (not renormalised)."""
-        return combine_modalities(features, present, self.weights, self.order, renormalize=False)
+        """``[N, D]`` weighted concatenation of the (centred) modality vectors (not renormalised)."""
+        return combine_modalities(features, present, self.weights, self.order, renormalize=False,
+                                  centers=self.centers)
 
     def item_vectors(self, features: dict[str, np.ndarray], present: dict[str, np.ndarray],
                      pool: Any = None) -> np.ndarray:
@@ -461,10 +468,13 @@ class ItemIndex:
         show_progress: bool = True,
         vectorizer: Any = None,
         attention: np.ndarray | None = None,
+        centers: dict[str, np.ndarray] | None = None,
     ) -> None:
         self.index = index
         self.vectors = vectors
-        self.vectorizer = vectorizer or FixedCombination(manifest["weights"], manifest["modalities"])
+        # modality -> [D_m] catalog mean that content similarity is measured from (fusion.fixed)
+        self.centers = dict(centers or {})
+        self.vectorizer = vectorizer or FixedCombination(manifest["weights"], manifest["modalities"], self.centers)
         # [N, T] per-item attention over manifest["tokens"] (modalities, and "id" when trained)
         self.attention = attention if attention is not None else self.vectorizer.attention(features, present)
         self.items = items
@@ -514,6 +524,7 @@ class ItemIndex:
         allow_download: bool = False,
         show_progress: bool = True,
         device: str = "cpu",
+        center: bool = True,
         **catalog_options: Any,
     ) -> "ItemIndex":
         """Encode a catalog and build its index.
@@ -536,6 +547,9 @@ class ItemIndex:
                 (off: only local directories and the packaged default load).
             show_progress: progress bars.
             device: torch device the encoders run on (``cpu``, ``cuda``, ``cuda:N``).
+            center: measure similarity from each modality's catalog mean (default; see
+                :func:`fusion.fixed.modality_centers`); ``False`` for the plain cosine of the
+                encoder's vectors.
         """
         check_device(device)
         check_out(out, overwrite, [catalog.source if isinstance(catalog, Catalog) else catalog,
@@ -555,7 +569,7 @@ class ItemIndex:
         self = cls.from_features(
             catalog.item_ids, features, present, catalog.records,
             factory=factory, weights=weights, encoders=spec, hashes=hashes, show_progress=show_progress,
-            text_fields=catalog.text_fields, image_field=catalog.image_field, source=catalog.source,
+            center=center, text_fields=catalog.text_fields, image_field=catalog.image_field, source=catalog.source,
         )
         if out is not None:
             self.save(out, overwrite=overwrite, skipped=catalog)
@@ -577,6 +591,8 @@ class ItemIndex:
         vectorizer: Any = None,
         attention: np.ndarray | None = None,
         show_progress: bool = True,
+        center: bool = True,
+        centers: Mapping[str, np.ndarray] | None = None,
         **manifest_fields: Any,
     ) -> "ItemIndex":
         """An index from modality vectors already computed (precomputed features, tests).
@@ -596,13 +612,21 @@ class ItemIndex:
                 default the fixed combination (:class:`FixedCombination`).
             attention: ``[N, T]`` per-item attention weights over ``vectorizer.tokens``
                 (kept for explanations); default ``vectorizer.attention(features, present)``.
+            center: measure content similarity from each modality's catalog mean (default:
+                :func:`fusion.fixed.modality_centers` of ``features``, kept for items added
+                later and for queries); ``False``: the plain cosine.
+            centers: the means to use instead of computing them (a given ``vectorizer`` must
+                use the same ones).
         """
         modalities = [m for m in MODALITY_ORDER if m in features] + sorted(set(features) - set(MODALITY_ORDER))
         n = len(item_ids)
         features = {m: np.ascontiguousarray(features[m], dtype=np.float32) for m in modalities}
         present = {m: np.asarray((present or {}).get(m, np.ones(n, bool)), dtype=bool) for m in modalities}
         w = {m: float((weights or {}).get(m, 1.0)) for m in modalities}
-        vectorizer = vectorizer or FixedCombination(w, modalities)
+        if centers is None:
+            centers = modality_centers(features, present) if center else {}
+        centers = {m: np.asarray(c, np.float32) for m, c in centers.items()}
+        vectorizer = vectorizer or FixedCombination(w, modalities, centers)
         if vectors is None:
             vectors = vectorizer.item_vectors(features, present)
         index = FaissIndex.build(vectors, list(item_ids), factory=factory)
@@ -614,6 +638,7 @@ class ItemIndex:
             "modalities": modalities,
             "tokens": vectorizer.tokens,
             "weights": w,
+            "centered": [m for m in modalities if m in centers],
             "encoders": dict(encoders or {}),
             "text_fields": [],
             "image_field": None,
@@ -623,7 +648,7 @@ class ItemIndex:
         hashes = hashes or [{} for _ in range(n)]
         items = [{ID_FIELD: i, "hashes": h, "fields": dict(r)} for i, h, r in zip(item_ids, hashes, records)]
         return cls(index, items, features, present, manifest, vectors, show_progress=show_progress,
-                   vectorizer=vectorizer, attention=attention)
+                   vectorizer=vectorizer, attention=attention, centers=centers)
 
     def save(
         self,
@@ -669,6 +694,7 @@ class ItemIndex:
                 tensors |= {f"present.{m}": self.present[m].astype(np.uint8) for m in self.modalities}
                 tensors["vectors"] = np.ascontiguousarray(self.vectors, dtype=np.float32)
                 tensors["attention"] = np.ascontiguousarray(self.attention, dtype=np.float32)
+                tensors |= {f"center.{m}": self.centers[m] for m in self.manifest.get("centered", [])}
                 save_file(tensors, str(tmp / "features.safetensors"))
                 with open(tmp / "items.jsonl", "w", encoding="utf-8") as f:
                     for it in self.items:
@@ -718,6 +744,7 @@ class ItemIndex:
         modalities = manifest["modalities"]
         features = {m: tensors[f"feature.{m}"] for m in modalities}
         present = {m: tensors[f"present.{m}"].astype(bool) for m in modalities}
+        centers = {m: tensors[f"center.{m}"] for m in manifest.get("centered", [])}  # format 1 had none: plain cosine
         with open(directory / "items.jsonl", encoding="utf-8") as f:
             items = [json.loads(line) for line in f]
         if len(items) != manifest["count"] or index.dim != manifest["dim"] or len(index) != len(items):
@@ -726,7 +753,7 @@ class ItemIndex:
                 f"{len(items)} items and a FAISS index of {len(index)} items of dim {index.dim}"
             )
         return cls(index, items, features, present, manifest, tensors["vectors"], directory, show_progress=show_progress,
-                   attention=tensors["attention"])
+                   attention=tensors["attention"], centers=centers)
 
     # --- queries -----------------------------------------------------------------------------
     def resolve_id(self, item_id: object) -> ItemId:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fusion.fixed import modality_centers
 from index.mips import MipsTransform
 from mmrec.catalog import Catalog, load_catalog
 from mmrec.coldstart import evaluate_cold, hold_out_items, warm_part
@@ -267,8 +268,10 @@ def fit(
     # index the way items added later do: through the content path, on the trained score scale.
     via_content = (train_degree == 0) if dims else np.zeros(n, dtype=bool)
     train_rows = train_inter.split_mask("train")
+    # New items borrow from the indexed items nearest by content, measured from the catalog's modality means.
+    centers = modality_centers(features_now, {m: content.present[m] for m in dims})
     vectorizer = TrainedContent(model, MipsTransform(1.0), 1.0, config.cold_neighbours,
-                                config.cold_neighbour_weight)  # scale and norm bound are set just below
+                                config.cold_neighbour_weight, centers)  # scale and norm bound are set just below
     warm_pos = np.flatnonzero(~via_content)
     present_dims = {m: np.asarray(content.present[m], bool) for m in dims}
     pool = ({m: x[warm_pos] for m, x in features_now.items()}, {m: x[warm_pos] for m, x in present_dims.items()},
@@ -304,6 +307,7 @@ def fit(
         hashes=[hashes[i] for i in warm_pos],
         vectors=mips.items(item_vecs[warm_pos]),
         vectorizer=vectorizer,
+        centers=centers,
         attention=attention[warm_pos],
         show_progress=show_progress,
         kind="trained",

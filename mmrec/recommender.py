@@ -56,17 +56,23 @@ class TrainedContent(MipsVectorizer):
         model: the trained model (put in eval mode).
         mips: the index's MIPS transform.
         cold_scale: factor applied to content-only item vectors.
+        neighbours: how many indexed items a new item borrows from (0: none).
+        neighbour_weight: weight of the item's own content-path direction in that blend.
+        centers: modality -> ``[D_m]`` mean that the content similarity choosing those items is
+            measured from (:func:`fusion.fixed.modality_centers`); default none.
     """
 
     query_by_cosine = True  # text / image queries: see ItemIndex._search_query
 
     def __init__(self, model: FusedGraphModel, mips: MipsTransform, cold_scale: float,
-                 neighbours: int = 0, neighbour_weight: float = 0.5) -> None:
+                 neighbours: int = 0, neighbour_weight: float = 0.5,
+                 centers: dict[str, np.ndarray] | None = None) -> None:
         super().__init__(mips)
         self.model = model.eval()
         self.cold_scale = cold_scale
         self.neighbours = neighbours
         self.neighbour_weight = neighbour_weight
+        self.centers = dict(centers or {})
 
     @torch.no_grad()
     def content_only(self, features: dict[str, np.ndarray], present: dict[str, np.ndarray]) -> np.ndarray:
@@ -97,7 +103,8 @@ class TrainedContent(MipsVectorizer):
         """
         c = self.content_only(features, present)  # [N, D]
         if pool is not None and self.neighbours > 0 and len(pool[2]):
-            n = neighbour_mean(features, present, pool[0], pool[1], pool[2], self.neighbours, exclude)
+            n = neighbour_mean(features, present, pool[0], pool[1], pool[2], self.neighbours, exclude,
+                               centers=self.centers)
             c = blend_with_neighbours(c, n, self.neighbour_weight)
         return c * self.cold_scale
 
@@ -193,7 +200,8 @@ class Recommender:
         model = build_model(cfg, extra["num_users"], extra["num_items"], dims)
         model.load_state_dict(load_torch(str(directory / "model.safetensors")))
         items.vectorizer = TrainedContent(model, MipsTransform(extra["mips_max_norm"]), extra["cold_scale"],
-                                          extra.get("cold_neighbours", 0), extra.get("cold_neighbour_weight", 0.5))
+                                          extra.get("cold_neighbours", 0), extra.get("cold_neighbour_weight", 0.5),
+                                          items.centers)
         users = json.loads((directory / "users.json").read_text())
         t = load_numpy(str(directory / "users.safetensors"))
         known = sp.csr_matrix(

@@ -7,7 +7,8 @@ dataset's GIVEN train/valid/test split and with the same budget (grid, epochs, p
   propagation (``TrainConfig()``);
 * ``id-only``    -- plain LightGCN by the same code (``TrainConfig(use_content=False)``);
 * ``content-index`` -- no training: the fixed modality combination of the item's features
-  (``fusion.fixed.combine_modalities``); a user is the mean of its training items' vectors,
+  (``fusion.fixed.combine_modalities``, each modality measured from its catalog mean, as
+  ``mmrec index build`` does); a user is the mean of its training items' vectors,
   every item is ranked by inner product, training items masked.
 
 Every model is scored by ``mmrec.metrics.evaluate`` (full ranking). The headline numbers use
@@ -54,7 +55,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fusion.fixed import combine_modalities  # noqa: E402
+from fusion.fixed import combine_modalities, modality_centers  # noqa: E402
 from mmrec.config import TrainConfig  # noqa: E402
 from mmrec.errors import ConfigError  # noqa: E402
 from mmrec.interactions import Interactions  # noqa: E402
@@ -180,10 +181,14 @@ def train_one(content: Content, inter: Interactions, cfg: TrainConfig) -> dict[s
 
 
 def content_index(content: Content, inter: Interactions) -> dict[str, Any]:
-    """The untrained content index as a recommender: user = mean of its training items' vectors."""
+    """The untrained content index as a recommender: user = mean of its training items' vectors.
+
+    Item vectors are those of ``mmrec index build``: each modality measured from its catalog mean.
+    """
     start = time.perf_counter()
     names = sorted(content.features)
-    vecs = combine_modalities(content.features, content.present, order=names)  # [N, sum D_m]
+    vecs = combine_modalities(content.features, content.present, order=names,
+                              centers=modality_centers(content.features, content.present))  # [N, sum D_m]
     train = inter.user_items("train").astype(np.float32)  # [U, N]
     counts = np.maximum(np.asarray(train.sum(axis=1)).ravel(), 1.0)
     users = torch.from_numpy(np.asarray(sp.diags(1.0 / counts) @ train @ vecs, dtype=np.float32))  # [U, sum D_m]

@@ -11,7 +11,8 @@ them for the users who interacted with them. Beside every trained variant:
   (recall@K = min(K, C) / C, ndcg@K = (|T| / C) * sum_{r<=min(K,C)} 1/log2(r+1) / IDCG(|T|),
   averaged over users), checked against the mean of ``--random-draws`` seeded random scorings;
 * ``content-index`` -- no training: each item is ``fusion.fixed.combine_modalities`` of its
-  features (per-modality L2 normalisation, equal weights, row renormalised to unit norm); a
+  features (each modality less its catalog mean and L2-normalised, as ``mmrec index build``;
+  equal weights, row renormalised to unit norm); a
   user is the plain mean of its warm training items' vectors (no renormalisation: a positive
   factor per user does not change that user's ranking); cold items are scored by inner product
   through ``mmrec.coldstart.evaluate_cold``;
@@ -78,7 +79,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fusion.fixed import combine_modalities  # noqa: E402
+from fusion.fixed import combine_modalities, modality_centers  # noqa: E402
 from mmrec.coldstart import cold_part, evaluate_cold, hold_out_items, warm_part  # noqa: E402
 from mmrec.config import TrainConfig  # noqa: E402
 from mmrec.interactions import TEST, TRAIN, VALID, Interactions  # noqa: E402
@@ -170,9 +171,11 @@ def random_drawn(inter: Interactions, cold: np.ndarray, draws: int) -> dict[str,
 
 
 def content_index(content: Content, inter: Interactions, held: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Untrained content vectors: items = fixed combination, users = mean of warm training items."""
+    """Untrained content vectors: items = fixed combination (each modality measured from its catalog
+    mean, as ``mmrec index build``), users = mean of warm training items."""
     names = sorted(content.features)
-    items = combine_modalities(content.features, content.present, order=names)  # [N, sum D_m], unit rows
+    centers = modality_centers(content.features, content.present)
+    items = combine_modalities(content.features, content.present, order=names, centers=centers)  # [N, sum D_m], unit rows
     train = warm_part(inter, held).user_items("train").astype(np.float32)  # [U, N]
     counts = np.maximum(np.asarray(train.sum(axis=1)).ravel(), 1.0)  # [U]
     users = np.asarray(train @ items, dtype=np.float32) / counts[:, None].astype(np.float32)  # [U, sum D_m]

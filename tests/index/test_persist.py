@@ -97,7 +97,7 @@ def test_manifest_round_trip_adds_version_and_created(tmp_path):
     write_manifest(tmp_path, given)
     assert given == {"dim": 64, "factory": "HNSW32"}  # caller's dict untouched
     got = read_manifest(tmp_path, expect={"dim": 64, "factory": "HNSW32"})
-    assert got["format_version"] == FORMAT_VERSION == 1
+    assert got["format_version"] == FORMAT_VERSION == 2
     created = dt.datetime.fromisoformat(got["created"])
     assert created.utcoffset() == dt.timedelta(0)
     assert abs((dt.datetime.now(dt.timezone.utc) - created).total_seconds()) < 60
@@ -116,7 +116,7 @@ def test_read_manifest_errors_name_directory_and_field(tmp_path):
     with pytest.raises(IndexFormatError, match="expected a JSON object, got list"):
         read_manifest(tmp_path)
     write_manifest(tmp_path, {"format_version": 99, "dim": 64})
-    with pytest.raises(IndexFormatError, match=r"field 'format_version' is 99; this version of the code reads \[1\]"):
+    with pytest.raises(IndexFormatError, match=r"field 'format_version' is 99; this version of the code reads \[1, 2\]"):
         read_manifest(tmp_path)
     write_manifest(tmp_path, {"dim": 64})
     with pytest.raises(IndexFormatError, match=f"{tmp_path}.*field 'dim' is 64, expected 128"):

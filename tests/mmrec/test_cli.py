@@ -183,3 +183,20 @@ def test_overwrite_never_deletes_the_catalog_or_a_foreign_directory(tmp_path, ca
     code, _, err = run(capsys, "index", "build", "--catalog", str(box / "movies.csv"), "--out", str(ext),
                        "--overwrite", "--no-cache")
     assert code != 0 and "no mmrec manifest.json" in err and (ext / "background.js").exists()
+
+
+def test_a_larger_catalog_is_centred_unless_no_center_and_search_still_finds_the_film(tmp_path, capsys):
+    # 40 items (the centring threshold is 32): the six films and a run of near-identical episodes,
+    # which pull the catalog mean towards themselves.
+    episodes = [(f"e{k}", f"Episode {k}", f"Episode {k} of a long-running television series") for k in range(34)]
+    write(tmp_path / "all.csv", MOVIES + episodes)
+    for flag, centred in (([], ["text"]), (["--no-center"], [])):
+        out = tmp_path / f"idx{len(flag)}"
+        assert main(["index", "build", "--catalog", str(tmp_path / "all.csv"), "--out", str(out), "--no-cache", "-q",
+                     *flag]) == 0
+        capsys.readouterr()
+        assert json.loads((out / "manifest.json").read_text())["centered"] == centred
+        code, got, _ = run(capsys, "search", "--index", str(out), "--text", "animation for kids", "--json", "-q")
+        assert code == 0 and json.loads(got)[0]["item_id"] == "m1"
+        code, got, _ = run(capsys, "similar", "--index", str(out), "--item", "e3", "-k", "3", "--json", "-q")
+        assert code == 0 and all(r["item_id"].startswith("e") for r in json.loads(got))

@@ -203,6 +203,35 @@ def test_neighbour_mean_and_blend_exact_values():
     np.testing.assert_allclose(blend_with_neighbours(c, n, 0.25), [[1.5, 0.5], [5.0, 0.0]])
 
 
+def test_neighbour_mean_measured_from_the_catalog_mean_picks_another_neighbour():
+    from mmrec.coldstart import neighbour_mean
+
+    # Query (1, 1); pool a = (1, 0.2), b = (0.5, 1). Plain cosine: b (0.949 > 0.832). From the
+    # mean (1, 0) the query is (0, 1), a is (0, 0.2) (cosine 1) and b is (-0.5, 1) (0.894): a.
+    pool_f = {"t": np.array([[1.0, 0.2], [0.5, 1.0]], np.float32)}
+    pool_v = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    new, has = {"t": np.array([[1.0, 1.0]], np.float32)}, {"t": np.ones(1, bool)}
+    plain = neighbour_mean(new, has, pool_f, {"t": np.ones(2, bool)}, pool_v, k=1)
+    centred = neighbour_mean(new, has, pool_f, {"t": np.ones(2, bool)}, pool_v, k=1,
+                             centers={"t": np.array([1.0, 0.0], np.float32)})
+    np.testing.assert_array_equal(plain, [[0.0, 1.0]])
+    np.testing.assert_array_equal(centred, [[1.0, 0.0]])
+
+
+def test_a_trained_directory_keeps_the_catalog_means_its_new_items_are_placed_by(tmp_path):
+    from fusion.fixed import modality_centers
+    from mmrec.recommender import Recommender
+
+    inter, feats = write_planted(tmp_path, users=64, items=128, per_user=12)
+    fit(inter, features={"content": feats}, out=tmp_path / "m", config=TrainConfig(**FAST, cold_start=0.25),
+        split="random", show_progress=False)
+    rec = Recommender.load(tmp_path / "m", show_progress=False)
+    want = modality_centers({"content": np.load(feats)})["content"]  # every catalog item, cold ones too
+    np.testing.assert_allclose(rec.items.centers["content"], want, rtol=1e-6)
+    np.testing.assert_array_equal(rec.items.vectorizer.centers["content"], rec.items.centers["content"])
+    assert rec.items.manifest["centered"] == ["content"]
+
+
 def test_neighbour_mean_skips_items_without_any_modality():
     from mmrec.coldstart import neighbour_mean
 

@@ -99,6 +99,26 @@ def test_per_modality_neighbours_equal_a_brute_force_cosine_ranking():
     assert len(modality_neighbours(idx, "i1", "text", k=100)) == n - 1  # every other item has text
 
 
+def test_on_a_centred_index_explanations_use_the_same_centred_cosines_as_the_scores():
+    rng = np.random.default_rng(4)
+    n = 70
+    feats = {"text": (rng.normal(size=(n, 5)) + 3.0).astype(np.float32),
+             "image": (rng.normal(size=(n, 4)) + 2.0).astype(np.float32)}
+    present = {"text": np.ones(n, bool), "image": rng.random(n) > 0.2}
+    idx = ItemIndex.from_features([f"i{j}" for j in range(n)], feats, present, factory="Flat", show_progress=False)
+    assert sorted(idx.centers) == ["image", "text"]
+    centred = {m: feats[m] - feats[m][present[m]].mean(0) for m in feats}
+    # The index's score of a pair is the equal-weight sum of the per-modality cosines explained.
+    for r in Recommender(idx).similar("i2", k=6, explain=True):
+        sims = r.explanation["modality_similarity"]
+        assert r.score == pytest.approx(0.5 * sum(sims.values()), abs=2e-4)  # explanations are rounded
+    for m in ("text", "image"):
+        want = brute_cosine_ranking(centred[m], present[m], 2)[:4]
+        got = modality_neighbours(idx, "i2", m, k=4)
+        assert [r.item_id for r in got] == [f"i{j}" for j, _ in want]
+        np.testing.assert_allclose([r.score for r in got], [c for _, c in want], atol=1e-5)
+
+
 def test_content_index_errors():
     idx = hand_built()
     rec = Recommender(idx)

@@ -203,3 +203,72 @@ def test_an_index_opened_through_a_symlink_stays_behind_it(tmp_path):
     assert (tmp_path / "current").is_symlink() and (tmp_path / "current").resolve() == (tmp_path / "v1").resolve()
     assert len(ItemIndex.load(tmp_path / "v1")) == 4 and len(ItemIndex.load(tmp_path / "current")) == 4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["current", "v1"]  # no stray old copy or link
+
+
+def centred_catalog(n: int = 80, seed: int = 0) -> tuple[list[str], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """``n`` items whose text vectors share one strong direction (as encoder outputs do), and
+    images for every other item (``n / 2`` of them: both modalities are centred for n >= 64)."""
+    rng = np.random.default_rng(seed)
+    text = (rng.normal(size=(n, 6)) + np.array([4.0, 0, 0, 0, 0, 0])).astype(np.float32)
+    image = rng.normal(size=(n, 3)).astype(np.float32) + 1.0
+    present = {"text": np.ones(n, bool), "image": np.arange(n) % 2 == 0}
+    return [f"i{k}" for k in range(n)], {"text": text, "image": image}, present
+
+
+def test_similarity_is_measured_from_the_catalog_means_and_survives_save_load_and_add(tmp_path):
+    ids, feats, present = centred_catalog()
+    idx = ItemIndex.from_features(ids[:-1], {m: x[:-1] for m, x in feats.items()},
+                                  {m: p[:-1] for m, p in present.items()}, factory="Flat", show_progress=False)
+    mean = {m: feats[m][:-1][present[m][:-1]].mean(0) for m in feats}
+    assert idx.manifest["centered"] == ["text", "image"]
+    np.testing.assert_allclose(idx.centers["text"], mean["text"], rtol=1e-6)
+    np.testing.assert_allclose(idx.centers["image"], mean["image"], rtol=1e-6)
+
+    def unit(x):
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+    def oracle(a, b):  # the equal-weight mean of the centred cosines over the modalities both have
+        return sum(0.5 * float(unit(feats[m][a] - mean[m]) @ unit(feats[m][b] - mean[m]))
+                   for m in feats if present[m][a] and present[m][b])
+
+    res = idx.similar("i0", k=78)
+    want = sorted(((oracle(0, b), f"i{b}") for b in range(1, 79)), reverse=True)
+    assert [r.item_id for r in res] == [i for _, i in want]
+    np.testing.assert_allclose([r.score for r in res], [s for s, _ in want], atol=1e-5)
+    # A text query scores the centred text cosine; the plain cosine would rank the items otherwise.
+    q = feats["text"][5] + np.float32(0.3)
+    hits = idx._search_query(idx.query_vector("text", q), 79)
+    cos = {f"i{b}": float(unit(q - mean["text"]) @ unit(feats["text"][b] - mean["text"])) for b in range(79)}
+    assert [r.item_id for r in hits] == sorted(cos, key=cos.get, reverse=True)
+    np.testing.assert_allclose([r.score for r in hits], sorted(cos.values(), reverse=True), atol=1e-5)
+    plain = ItemIndex.from_features(ids[:-1], {m: x[:-1] for m, x in feats.items()},
+                                    {m: p[:-1] for m, p in present.items()}, factory="Flat", center=False)
+    assert plain.manifest["centered"] == [] and plain.centers == {}
+    assert [r.item_id for r in plain._search_query(plain.query_vector("text", q), 79)] != [r.item_id for r in hits]
+
+    # Saved and loaded: same means, same answers; an added item is centred by the stored means
+    # (the index does not move when it grows), so it gets the vector a build would have given it.
+    idx.save(tmp_path / "idx")
+    back = ItemIndex.load(tmp_path / "idx")
+    assert back.manifest["format_version"] == 2
+    np.testing.assert_array_equal(back.centers["text"], idx.centers["text"])
+    assert [(r.item_id, r.score) for r in back.similar("i3", k=10)] == [(r.item_id, r.score) for r in idx.similar("i3", k=10)]
+    back.add_features([ids[-1]], {m: x[-1:] for m, x in feats.items()}, {m: p[-1:] for m, p in present.items()})
+    np.testing.assert_array_equal(ItemIndex.load(tmp_path / "idx").centers["text"], idx.centers["text"])
+    np.testing.assert_allclose(back.similar("i79", k=1)[0].score,
+                               max(oracle(79, b) for b in range(79)), atol=1e-5)
+
+
+def test_a_format_1_directory_keeps_the_plain_cosine(tmp_path):
+    # Directories written before centring have neither 'centered' nor centre tensors: they load
+    # and answer as they always did.
+    ids, feats, present = centred_catalog()
+    ItemIndex.from_features(ids, feats, present, factory="Flat", center=False).save(tmp_path / "old")
+    manifest = json.loads((tmp_path / "old" / "manifest.json").read_text())
+    del manifest["centered"]
+    manifest["format_version"] = 1
+    (tmp_path / "old" / "manifest.json").write_text(json.dumps(manifest))
+    old = ItemIndex.load(tmp_path / "old")
+    assert old.centers == {}
+    fresh = ItemIndex.from_features(ids, feats, present, factory="Flat", center=False)
+    assert [(r.item_id, r.score) for r in old.similar("i1", k=5)] == [(r.item_id, r.score) for r in fresh.similar("i1", k=5)]
