@@ -13,6 +13,7 @@ import logging
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -324,8 +325,10 @@ def fit(
     order = np.array([items._pos[i] for i in item_ids])  # index rows in item-space order
     index_vecs = torch.from_numpy(mips.original(items.vectors[order]))  # [N, D]
     # The test metrics of what is served: the index's vectors, where items without training edges
-    # come through the content path; `mmrec evaluate` on the same file reproduces them.
-    test = evaluate(lambda u: torch.from_numpy(user_vecs[u]) @ index_vecs.T, train_inter, split="test",
+    # come through the content path; `mmrec evaluate` on the same file reproduces them. Held-out
+    # items are evaluated apart (below): neither truth nor candidates here, or a held-out item a
+    # user did interact with would count against the model as a miss.
+    test = evaluate(partial(score_users, user_vecs, index_vecs, held_out), train_inter, split="test",
                     mask=config.mask, ks=(10, 20), batch_size=config.eval_batch_size,
                     ) if train_inter.split_mask("test").any() else {}
     if test:
@@ -364,6 +367,16 @@ def fit(
 
         items.save(out, overwrite=overwrite, attach=write)
     return rec, result, test
+
+
+def score_users(user_vecs: np.ndarray | torch.Tensor, item_vecs: torch.Tensor, excluded: np.ndarray | None,
+                users: np.ndarray) -> torch.Tensor:
+    """``[B, N]`` dot products of ``users``' vectors with every item's, ``-inf`` for the
+    ``excluded`` items (``[N]`` bool; the held-out items of a cold-start model), never ranked."""
+    s = torch.as_tensor(user_vecs)[torch.from_numpy(np.asarray(users))] @ item_vecs.T  # [B, N]
+    if excluded is not None:
+        s[:, torch.from_numpy(np.asarray(excluded, bool))] = float("-inf")
+    return s
 
 
 def _with_bundled_encoders(write: Callable[[Path], list[str]], manifest: dict[str, Any],
@@ -461,8 +474,8 @@ def evaluate_directory(
     users of the file left out: those the model does not know (``users_unknown``) and those
     whose every row was such an item (``users_only_removed_items``). For a model trained with
     held-out items (``cold_start``), their rows are left out of the ordinary evaluation, as at
-    training time (``rows_of_held_out_items``), so the training report's test metrics are
-    reproduced; ``cold_start=True`` evaluates them. The split is rebuilt as at training time (same
+    training time (``rows_of_held_out_items``), and so are the items themselves as candidates,
+    so the training report's test metrics are reproduced; ``cold_start=True`` evaluates them. The split is rebuilt as at training time (same
     rule, seed and rating threshold; ``how`` overrides the rule; a random split of a user who
     lost rows differs from the training one). ``diversity@K`` is measured with the index's
     item vectors. With
@@ -486,7 +499,7 @@ def evaluate_directory(
     held_rows = 0
     if rec.cold_items and not cold_start:  # as at training time: held-out items are evaluated apart
         held_rows = int(cold[inter.items].sum())
-        inter = warm_part(inter, cold)
+        inter = warm_part(inter, cold)  # and are not candidates either (score_users)
     rows = np.array([rec._user_pos_str.get(str(u), -1) for u in inter.user_ids])
     unknown = int((rows < 0).sum())
     if unknown:
@@ -499,7 +512,7 @@ def evaluate_directory(
 
     def score(users: np.ndarray) -> torch.Tensor:
         r = rows[users]
-        s = user_vecs[torch.from_numpy(np.maximum(r, 0))] @ item_vecs.T  # [B, N]
+        s = score_users(user_vecs, item_vecs, cold if rec.cold_items else None, np.maximum(r, 0))  # [B, N]
         s[torch.from_numpy(r < 0)] = float("-inf")
         return s
 

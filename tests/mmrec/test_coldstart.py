@@ -70,10 +70,29 @@ def test_cold_items_are_ranked_from_content(tmp_path):
     assert np.linalg.norm(got, axis=1).max() < 0.999 * vec.mips.max_norm
     assert vec.neighbours == 10 and vec.neighbour_weight == 0.5
     # `evaluate` on the same file reproduces the training report: the warm items' test rows,
-    # ranked by the index's vectors (cold items among the candidates, through the content path).
+    # ranked by the index's vectors among the warm items (held-out items are evaluated apart:
+    # neither truth nor candidates, or one a user did have would count as a miss).
     again = evaluate_directory(rec, inter)
     assert again["rows_of_held_out_items"] > 0
     assert {k: again[k] for k in test if k != "cold"} == {k: v for k, v in test.items() if k != "cold"}
+    from mmrec.interactions import load_interactions
+    from mmrec.metrics import evaluate
+    from mmrec.split import ensure_split
+
+    ids = [it["item_id"] for it in idx.items]
+    loaded = ensure_split(load_interactions(inter, item_ids=ids), "random", TrainConfig().seed)
+    held = np.isin(np.array(ids, dtype=object), np.array(rec.cold_items, dtype=object))
+    item_vecs = torch.from_numpy(vec.mips.original(idx.vectors))
+    user_rows = np.array([rec._user_pos_str[str(u)] for u in loaded.user_ids])
+
+    def warm_only(users):
+        s = torch.from_numpy(rec.user_vectors[user_rows[users]]) @ item_vecs.T
+        s[:, torch.from_numpy(held)] = float("-inf")
+        return s
+
+    oracle = evaluate(warm_only, warm_part(loaded, held), split="test", mask="all")
+    assert test["recall@20"] == pytest.approx(oracle["recall@20"], abs=1e-9)
+    assert test["ndcg@20"] == pytest.approx(oracle["ndcg@20"], abs=1e-9)
     cold_again = evaluate_directory(rec, inter, cold_start=True)
     assert {k: cold_again[k] for k in cold} == cold
 
