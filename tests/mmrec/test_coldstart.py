@@ -251,6 +251,33 @@ def test_a_trained_directory_keeps_the_catalog_means_its_new_items_are_placed_by
     assert rec.items.manifest["centered"] == ["content"]
 
 
+def test_a_catalog_item_without_training_edges_is_served_as_the_model_validated_it(tmp_path):
+    # Item 128 is in the catalog but only in test rows: no training edge. The index must serve it
+    # with the vector validation scored (its content through the trained projections, no graph:
+    # the layer mean x0 / (L + 1)), not through the calibrated cold path of genuinely new items,
+    # which ranked such unpopular items into a third of the top-20 slots.
+    from mmrec.recommender import Recommender
+
+    inter, feats = write_planted(tmp_path, users=64, items=128, per_user=12)
+    header, *lines = inter.read_text().splitlines()
+    rows = [f"{line}\t{'valid' if k % 10 == 0 else 'test' if k % 10 == 1 else 'train'}" for k, line in enumerate(lines)]
+    rows += ["u0\t128\ttest", "u4\t128\ttest"]
+    (tmp_path / "split.tsv").write_text("\n".join([header + "\tsplit", *rows]) + "\n")
+    x = np.load(feats)
+    np.save(tmp_path / "content129.npy", np.concatenate([x, x[:1] + 0.01]))
+    config = TrainConfig(**FAST)
+    fit(tmp_path / "split.tsv", features={"content": tmp_path / "content129.npy"}, out=tmp_path / "m", config=config,
+        split="given", show_progress=False)
+    rec = Recommender.load(tmp_path / "m", show_progress=False)
+    served = rec.items.vectorizer.mips.original(rec.items.vector_of(128))[0]
+    with torch.no_grad():
+        x0 = rec.model.content_only({"content": torch.from_numpy(np.load(tmp_path / "content129.npy")[128:])})[0]
+    np.testing.assert_allclose(served, x0.numpy() / (config.layers + 1), rtol=1e-5, atol=1e-6)
+    cold_path = rec.items.vectorizer.content_vectors({"content": np.load(tmp_path / "content129.npy")[128:]},
+                                                      {"content": np.ones(1, bool)})[0]
+    assert np.linalg.norm(served) < 0.5 * np.linalg.norm(cold_path)
+
+
 def test_neighbour_mean_skips_items_without_any_modality():
     from mmrec.coldstart import neighbour_mean
 
