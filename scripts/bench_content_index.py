@@ -16,7 +16,7 @@ Both variants use exactly the same features, weights and users; only the centrin
 ml100k-plus text is encoded by the packaged MiniLM (cached with ``--cache-dir``); tiktok has
 precomputed image and audio features. Results go to ``--out``/content_index.json and .md.
 
-    .venv/bin/python scripts/bench_content_index.py --cache-dir /tmp/cache
+    .venv/bin/python scripts/bench_content_index.py
 """
 from __future__ import annotations
 
