@@ -134,6 +134,7 @@ def combine_modalities(
             raise ValueError(f"modality '{m}' must be 2-d [N, D], got shape {x.shape}")
         norms = np.linalg.norm(x, axis=1)  # [N]
         has = norms > 0 if present is None or m not in present else np.asarray(present[m], bool) & (norms > 0)
+        x = np.where(has[:, None], x, 0.0).astype(np.float32)  # an absent row may hold anything, NaN included
         if centers is not None and m in centers:
             center = np.asarray(centers[m], dtype=np.float32)
             if center.shape != (x.shape[1],):
@@ -147,6 +148,6 @@ def combine_modalities(
         missing = np.flatnonzero(~any_present)[:10].tolist()
         raise ValueError(f"items at positions {missing} have no modality present")
     v = np.concatenate(parts, axis=1)  # [N, sum D_m]
-    if renormalize:
-        v /= np.linalg.norm(v, axis=1, keepdims=True)
+    if renormalize:  # a row left with no direction (it equals its centres) stays zero
+        v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), np.float32(1e-30))
     return v.astype(np.float32, copy=False)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from fusion.fixed import combine_modalities, modality_centers
+from fusion.fixed import CENTER_MIN_ITEMS, combine_modalities, modality_centers
 from index import FaissIndex, atomic_directory, read_manifest, sha256_file, write_manifest
 from index.persist import MANIFEST_NAME
 from index.mips import MipsTransform
@@ -433,6 +433,9 @@ class FixedCombination(MipsVectorizer):
         feats = {m: np.zeros((1, dims[m]), np.float32) for m in self.order}
         feats[modality] = vector.reshape(1, -1).astype(np.float32)
         q = self.combine(feats, {m: np.array([m == modality]) for m in self.order})  # sqrt(w_m) x_m
+        if not np.any(q):
+            centred = " less the catalog's mean" if modality in self.centers else ""
+            raise MMRecError(f"the {modality} query vector{centred} is zero: it has no direction to rank items by")
         share = self.weights[modality] / sum(self.weights.values())
         return self.mips.queries(q / share)
 
@@ -474,6 +477,9 @@ class ItemIndex:
         self.vectors = vectors
         # modality -> [D_m] catalog mean that content similarity is measured from (fusion.fixed)
         self.centers = dict(centers or {})
+        # [N] bool: the items a content-path item may borrow from (a trained index's items trained
+        # on interactions); None: every item
+        self.pool: np.ndarray | None = None
         self.vectorizer = vectorizer or FixedCombination(manifest["weights"], manifest["modalities"], self.centers)
         # [N, T] per-item attention over manifest["tokens"] (modalities, and "id" when trained)
         self.attention = attention if attention is not None else self.vectorizer.attention(features, present)
@@ -625,6 +631,11 @@ class ItemIndex:
         w = {m: float((weights or {}).get(m, 1.0)) for m in modalities}
         if centers is None:
             centers = modality_centers(features, present) if center else {}
+            for m in modalities:
+                if center and m not in centers:
+                    logger.info("%s similarity is the plain cosine: fewer than %d items have it, or they are all "
+                                "alike (the means are fixed at build time: rebuild to measure from them)",
+                                m, CENTER_MIN_ITEMS)
         centers = {m: np.asarray(c, np.float32) for m, c in centers.items()}
         vectorizer = vectorizer or FixedCombination(w, modalities, centers)
         if vectors is None:
@@ -695,6 +706,8 @@ class ItemIndex:
                 tensors["vectors"] = np.ascontiguousarray(self.vectors, dtype=np.float32)
                 tensors["attention"] = np.ascontiguousarray(self.attention, dtype=np.float32)
                 tensors |= {f"center.{m}": self.centers[m] for m in self.manifest.get("centered", [])}
+                if self.pool is not None:
+                    tensors["pool"] = self.pool.astype(np.uint8)
                 save_file(tensors, str(tmp / "features.safetensors"))
                 with open(tmp / "items.jsonl", "w", encoding="utf-8") as f:
                     for it in self.items:
@@ -709,6 +722,7 @@ class ItemIndex:
                 write_manifest(tmp, manifest)
         except BaseException:
             self.manifest = before
+            self.encoders.spec = before["encoders"]  # the Encoders share the manifest's dict
             raise
         self.manifest = read_manifest(directory, verify_checksums=False)
         self.directory = self.encoders.root = directory
@@ -752,8 +766,11 @@ class ItemIndex:
                 f"{directory}: manifest says {manifest['count']} items of dim {manifest['dim']}, files hold "
                 f"{len(items)} items and a FAISS index of {len(index)} items of dim {index.dim}"
             )
-        return cls(index, items, features, present, manifest, tensors["vectors"], directory, show_progress=show_progress,
+        self = cls(index, items, features, present, manifest, tensors["vectors"], directory, show_progress=show_progress,
                    attention=tensors["attention"], centers=centers)
+        if "pool" in tensors:  # format 1 had none: every item
+            self.pool = tensors["pool"].astype(bool)
+        return self
 
     # --- queries -----------------------------------------------------------------------------
     def resolve_id(self, item_id: object) -> ItemId:
@@ -981,6 +998,8 @@ class ItemIndex:
             self.features[m] = np.concatenate([self.features[m], np.asarray(features[m], np.float32)])
             self.present[m] = np.concatenate([self.present[m], np.asarray(present[m], bool)])
         self.attention = np.concatenate([self.attention, self.vectorizer.attention(features, present)])
+        if self.pool is not None:  # placed through the content path: not trained on interactions
+            self.pool = np.concatenate([self.pool, np.zeros(n, bool)])
         start = len(self.items)
         records = records or [{} for _ in range(n)]
         hashes = hashes or [{} for _ in range(n)]
@@ -993,7 +1012,11 @@ class ItemIndex:
         """The indexed items a trained content path borrows from (features, presence, vectors)."""
         if not getattr(self.vectorizer, "neighbours", 0) or not self.items:
             return None
-        return self.features, self.present, self.vectorizer.mips.original(self.vectors)
+        if self.pool is None:
+            return self.features, self.present, self.vectorizer.mips.original(self.vectors)
+        rows = np.flatnonzero(self.pool)
+        return ({m: x[rows] for m, x in self.features.items()}, {m: x[rows] for m, x in self.present.items()},
+                self.vectorizer.mips.original(self.vectors[rows]))
 
     def remove(self, item_ids: Sequence[object]) -> int:
         """Remove items by id; saves when opened from disk. Unknown ids are an error (nothing removed).
@@ -1013,6 +1036,8 @@ class ItemIndex:
             self.features[m], self.present[m] = self.features[m][keep], self.present[m][keep]
         self.attention = self.attention[keep]
         self.vectors = self.vectors[keep]
+        if self.pool is not None:
+            self.pool = self.pool[keep]
         self.items = [self.items[i] for i in keep]
         self._pos = {it[ID_FIELD]: i for i, it in enumerate(self.items)}
         if self.directory is not None:

@@ -322,6 +322,7 @@ def fit(
         image_field=content.catalog.image_field if content.catalog else None,
         source=str(interactions),
     )
+    items.pool = train_degree[warm_pos] > 0  # what items added later borrow from, as the cold items here
     if len(cold_pos):
         items.add_features(
             [item_ids[i] for i in cold_pos], {m: x[cold_pos] for m, x in features_now.items()},
@@ -330,8 +331,8 @@ def fit(
         )
     order = np.array([items._pos[i] for i in item_ids])  # index rows in item-space order
     index_vecs = torch.from_numpy(mips.original(items.vectors[order]))  # [N, D]
-    # The test metrics of what is served: the index's vectors, where items without training edges
-    # come through the content path; `mmrec evaluate` on the same file reproduces them. Held-out
+    # The test metrics of what is served: the index's vectors; `mmrec evaluate` on the same file
+    # reproduces them. Held-out
     # items are evaluated apart (below): neither truth nor candidates here, or a held-out item a
     # user did interact with would count against the model as a miss.
     test = evaluate(partial(score_users, user_vecs, index_vecs, held_out), train_inter, split="test",

@@ -44,9 +44,11 @@ VARIANTS = ("plain", "centred")
 
 
 def item_vectors(content: Any, centred: bool) -> np.ndarray:
-    """``[N, sum D_m]`` index vectors of the untrained index (equal weights), unit rows."""
+    """``[N, sum D_m]`` vectors of the untrained index (equal weights), as ``mmrec index build`` makes
+    them: not renormalised, so a modality an item lacks contributes zero."""
     centers = modality_centers(content.features, content.present) if centred else None
-    return combine_modalities(content.features, content.present, order=sorted(content.features), centers=centers)
+    return combine_modalities(content.features, content.present, order=sorted(content.features), centers=centers,
+                              renormalize=False)
 
 
 def user_means(train: Any, items: np.ndarray) -> torch.Tensor:

@@ -83,5 +83,11 @@ def test_centred_combination_is_the_cosine_from_the_mean():
                            renormalize=False, centers=center)
     np.testing.assert_allclose(w[1], [0.0, 0.0, 0.0, np.sqrt(0.5)], atol=1e-7)
     np.testing.assert_allclose(w[0], [0.5, -0.5, np.sqrt(0.5), 0.0], atol=1e-7)
+    # Renormalised, the row equal to the centre stays zero (no NaN); an absent row holding NaN is ignored.
+    u = combine_modalities({"t": x}, centers=center)
+    np.testing.assert_array_equal(u[3], [0.0, 0.0])
+    nan = np.array([[1.0, 0.0], [np.nan, np.nan]], np.float32)
+    np.testing.assert_array_equal(combine_modalities({"t": nan, "u": np.ones((2, 1), np.float32)},
+                                                     {"t": np.array([True, False])}, order=["t", "u"])[1], [0, 0, 1])
     with pytest.raises(ValueError, match=r"centre of modality 't' has shape \(3,\), its vectors 2 columns"):
         combine_modalities({"t": x}, centers={"t": np.zeros(3, np.float32)})

@@ -249,6 +249,25 @@ def test_a_trained_directory_keeps_the_catalog_means_its_new_items_are_placed_by
     np.testing.assert_allclose(rec.items.centers["content"], want, rtol=1e-6)
     np.testing.assert_array_equal(rec.items.vectorizer.centers["content"], rec.items.centers["content"])
     assert rec.items.manifest["centered"] == ["content"]
+    # Items added later borrow, as the held-out items did at training time, only from the items
+    # trained on interactions: not from the held-out items nor from any item added since.
+    from mmrec.interactions import load_interactions
+    from mmrec.split import ensure_split
+
+    ids = [it["item_id"] for it in rec.items.items]
+    loaded = ensure_split(load_interactions(inter, item_ids=ids), "random", TrainConfig().seed)
+    held = np.isin(np.array(ids, dtype=object), np.array(rec.cold_items, dtype=object))
+    train = loaded.split_mask("train") & ~held[loaded.items]
+    trained = np.bincount(loaded.items[train], minlength=len(ids)) > 0  # held-out items have no edge
+    assert held.sum() == 32 and not trained[held].any()
+    np.testing.assert_array_equal(rec.items.pool, trained)
+    assert len(rec.items._neighbour_pool()[2]) == trained.sum()
+    rec.items.add_features([500], {"content": np.load(feats)[:1]}, {"content": np.ones(1, bool)})
+    back = Recommender.load(tmp_path / "m", show_progress=False)
+    assert len(back.items) == 129 and back.items.pool.sum() == trained.sum() and not back.items.pool[-1]
+    first_trained = ids[int(np.flatnonzero(trained)[0])]
+    back.items.remove([rec.cold_items[0], first_trained])
+    assert len(back.items.pool) == 127 and back.items.pool.sum() == trained.sum() - 1
 
 
 def test_a_catalog_item_without_training_edges_is_served_as_the_model_validated_it(tmp_path):

@@ -132,7 +132,7 @@ def test_a_failed_save_leaves_the_manifest_in_memory_as_it_was(tmp_path, monkeyp
     monkeypatch.setattr(index_pkg.FaissIndex, "save", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         idx.save(tmp_path / "idx", attach=attach)
-    assert idx.manifest == before
+    assert idx.manifest == before and idx.encoders.spec == before["encoders"]
     assert list(tmp_path.iterdir()) == []
 
 
@@ -241,6 +241,8 @@ def test_similarity_is_measured_from_the_catalog_means_and_survives_save_load_an
     cos = {f"i{b}": float(unit(q - mean["text"]) @ unit(feats["text"][b] - mean["text"])) for b in range(79)}
     assert [r.item_id for r in hits] == sorted(cos, key=cos.get, reverse=True)
     np.testing.assert_allclose([r.score for r in hits], sorted(cos.values(), reverse=True), atol=1e-5)
+    with pytest.raises(MMRecError, match="text query vector less the catalog's mean is zero"):
+        idx.query_vector("text", idx.centers["text"])
     plain = ItemIndex.from_features(ids[:-1], {m: x[:-1] for m, x in feats.items()},
                                     {m: p[:-1] for m, p in present.items()}, factory="Flat", center=False)
     assert plain.manifest["centered"] == [] and plain.centers == {}
