@@ -207,11 +207,19 @@ class Trainer:
         return self.forward()
 
     def validate(self, split: str = "valid") -> dict[str, float]:
+        """Full-ranking metrics of ``split``; items held out of training (``data.negatives``
+        False) are not candidates, as in the test metrics of :func:`mmrec.pipeline.fit`."""
         users, items, _ = self.vectors()
-        return evaluate(
-            lambda u: users[torch.as_tensor(u, device=users.device)] @ items.T,  # [B, N]
-            self.data.inter, split=split, mask=self.cfg.mask, ks=(10, 20), batch_size=self.cfg.eval_batch_size,
-        )
+        held = None if self.data.negatives is None else torch.from_numpy(~np.asarray(self.data.negatives, bool))
+
+        def score(u: np.ndarray) -> Tensor:
+            s = users[torch.as_tensor(u, device=users.device)] @ items.T  # [B, N]
+            if held is not None:
+                s[:, held.to(s.device)] = float("-inf")
+            return s
+
+        return evaluate(score, self.data.inter, split=split, mask=self.cfg.mask, ks=(10, 20),
+                        batch_size=self.cfg.eval_batch_size)
 
     def state_dict(self) -> dict[str, Any]:
         """Model (and fine-tuned encoder) state, for keeping the best epoch."""

@@ -45,8 +45,8 @@ def test_hold_out_items_is_seeded_and_sized():
 
 def test_cold_items_are_ranked_from_content(tmp_path):
     inter, feats = write_planted(tmp_path, users=64, items=128, per_user=12)
-    rec, _, test = fit(inter, features={"content": feats}, config=TrainConfig(**FAST, cold_start=0.25),
-                       split="random", show_progress=False)
+    rec, result, test = fit(inter, features={"content": feats}, config=TrainConfig(**FAST, cold_start=0.25),
+                            split="random", show_progress=False)
     cold = test["cold"]
     # 32 cold items, 8 per cluster; a user's cold truth lies in its own cluster, so content that encodes the
     # cluster puts all of it in the top 10 (random ranking: recall@10 ~ 10/32).
@@ -93,6 +93,11 @@ def test_cold_items_are_ranked_from_content(tmp_path):
     oracle = evaluate(warm_only, warm_part(loaded, held), split="test", mask="all")
     assert test["recall@20"] == pytest.approx(oracle["recall@20"], abs=1e-9)
     assert test["ndcg@20"] == pytest.approx(oracle["ndcg@20"], abs=1e-9)
+    # Validation ranked the same candidates (held-out items left out), so `evaluate --split valid`
+    # reproduces the report's validation metrics of the kept epoch.
+    valid_again = evaluate_directory(rec, inter, split="valid")
+    for key in ("recall@10", "recall@20", "ndcg@20"):
+        assert valid_again[key] == pytest.approx(result.best_valid[key], abs=1e-9)
     cold_again = evaluate_directory(rec, inter, cold_start=True)
     assert {k: cold_again[k] for k in cold} == cold
 

@@ -269,3 +269,20 @@ def test_config_accepts_exactly_the_values_the_model_accepts():
         TrainConfig(id_mode=mode)
     with pytest.raises(ConfigError, match="id_mode must be token or residual"):
         TrainConfig(id_mode="concat")
+
+
+def test_validation_never_ranks_items_held_out_of_training(monkeypatch):
+    from mmrec.interactions import Interactions
+
+    # One user: trained on item 0, validated on item 1; item 2 is held out (not a negative).
+    inter = Interactions(["u"], [0, 1, 2, 3], np.array([0, 0]), np.array([0, 1]), split=np.array([0, 1], np.int8))
+    cfg = TrainConfig(dim=2, heads=1, layers=1, use_content=False)
+    data = TrainData(inter, negatives=np.array([True, True, False, True]))
+    trainer = Trainer(build_model(cfg, 1, 4, {}), data, cfg, show_progress=False)
+    users = torch.tensor([[1.0, 0.0]])
+    items = torch.tensor([[0.0, 0.0], [0.5, 0.0], [1.0, 0.0], [0.1, 0.0]])  # the held-out item scores highest
+    monkeypatch.setattr(trainer, "vectors", lambda: (users, items, None))
+    got = trainer.validate()
+    assert got["ndcg@10"] == pytest.approx(1.0) and got["recall@10"] == 1.0  # item 1 ranked first
+    data.negatives = None  # every item a candidate: item 2 takes rank 1, item 1 rank 2
+    assert trainer.validate()["ndcg@10"] == pytest.approx(1.0 / np.log2(3))
