@@ -332,9 +332,8 @@ def fit(
     order = np.array([items._pos[i] for i in item_ids])  # index rows in item-space order
     index_vecs = torch.from_numpy(mips.original(items.vectors[order]))  # [N, D]
     # The test metrics of what is served: the index's vectors; `mmrec evaluate` on the same file
-    # reproduces them. Held-out
-    # items are evaluated apart (below): neither truth nor candidates here, or a held-out item a
-    # user did interact with would count against the model as a miss.
+    # reproduces them. Held-out items are evaluated apart (below): neither truth nor candidates
+    # here, or a held-out item a user did interact with would count against the model as a miss.
     test = evaluate(partial(score_users, user_vecs, index_vecs, held_out), train_inter, split="test",
                     mask=config.mask, ks=(10, 20), batch_size=config.eval_batch_size,
                     ) if train_inter.split_mask("test").any() else {}
