@@ -42,6 +42,18 @@ MASKS = ("all", "train")
 _DIVERSITY_BATCH = 1024  # users per chunk of the (B, K, K) similarity tensor
 
 
+def score_users(user_vecs: np.ndarray | Tensor, item_vecs: Tensor, excluded: np.ndarray | None,
+                users: np.ndarray) -> Tensor:
+    """A :data:`ScoreFn` (bind the first three with ``functools.partial``): ``[B, N]`` dot products
+    of ``users``' vectors with every item's, ``-inf`` for the ``excluded`` items (``[N]`` bool:
+    the items held out of a cold-start model's training), which are then never ranked."""
+    rows = torch.as_tensor(np.asarray(users), device=item_vecs.device)
+    s = torch.as_tensor(user_vecs, device=item_vecs.device)[rows] @ item_vecs.T  # [B, N]
+    if excluded is not None:
+        s[:, torch.as_tensor(np.asarray(excluded, bool), device=s.device)] = float("-inf")
+    return s
+
+
 def rank_topk(
     score_fn: ScoreFn,
     users: np.ndarray,

@@ -37,7 +37,7 @@ from mmrec.item_index import (
     encoded_modalities,
     same_device,
 )
-from mmrec.metrics import evaluate
+from mmrec.metrics import evaluate, score_users
 from mmrec.recommender import Recommender, TrainedContent
 from mmrec.split import ensure_split
 from mmrec.train import TrainData, Trainer, TrainResult, build_model, seed_everything
@@ -373,16 +373,6 @@ def fit(
 
         items.save(out, overwrite=overwrite, attach=write)
     return rec, result, test
-
-
-def score_users(user_vecs: np.ndarray | torch.Tensor, item_vecs: torch.Tensor, excluded: np.ndarray | None,
-                users: np.ndarray) -> torch.Tensor:
-    """``[B, N]`` dot products of ``users``' vectors with every item's, ``-inf`` for the
-    ``excluded`` items (``[N]`` bool; the held-out items of a cold-start model), never ranked."""
-    s = torch.as_tensor(user_vecs)[torch.from_numpy(np.asarray(users))] @ item_vecs.T  # [B, N]
-    if excluded is not None:
-        s[:, torch.from_numpy(np.asarray(excluded, bool))] = float("-inf")
-    return s
 
 
 def _with_bundled_encoders(write: Callable[[Path], list[str]], manifest: dict[str, Any],

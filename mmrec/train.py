@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,7 @@ from fusion.model import FusedGraphModel
 from mmrec.config import TrainConfig
 from mmrec.graph import build_edge_index, prune_edges
 from mmrec.interactions import Interactions
-from mmrec.metrics import evaluate
+from mmrec.metrics import evaluate, score_users
 
 logger = logging.getLogger(__name__)
 
@@ -210,16 +211,9 @@ class Trainer:
         """Full-ranking metrics of ``split``; items held out of training (``data.negatives``
         False) are not candidates, as in the test metrics of :func:`mmrec.pipeline.fit`."""
         users, items, _ = self.vectors()
-        held = None if self.data.negatives is None else torch.from_numpy(~np.asarray(self.data.negatives, bool))
-
-        def score(u: np.ndarray) -> Tensor:
-            s = users[torch.as_tensor(u, device=users.device)] @ items.T  # [B, N]
-            if held is not None:
-                s[:, held.to(s.device)] = float("-inf")
-            return s
-
-        return evaluate(score, self.data.inter, split=split, mask=self.cfg.mask, ks=(10, 20),
-                        batch_size=self.cfg.eval_batch_size)
+        held = None if self.data.negatives is None else ~np.asarray(self.data.negatives, bool)
+        return evaluate(partial(score_users, users, items, held), self.data.inter, split=split, mask=self.cfg.mask,
+                        ks=(10, 20), batch_size=self.cfg.eval_batch_size)
 
     def state_dict(self) -> dict[str, Any]:
         """Model (and fine-tuned encoder) state, for keeping the best epoch."""
