@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from fusion.attention import AttentionFusion
 from fusion.fixed import combine_modalities, modality_centers
+from fusion.foldin import HistoryFoldIn, history_mean
 from fusion.item_graph import ItemGraph, knn_item_graph
 from fusion.losses import alignment_loss, bpr_loss, l2_regularization, norm_regularization, sampled_softmax_loss
 from fusion.model import FusedGraphModel
@@ -13,11 +14,13 @@ __all__ = [
     "AttentionFusion",
     "FusedGraphModel",
     "GraphPropagation",
+    "HistoryFoldIn",
     "ItemGraph",
     "ModalityProjection",
     "alignment_loss",
     "bpr_loss",
     "combine_modalities",
+    "history_mean",
     "knn_item_graph",
     "l2_regularization",
     "modality_centers",
