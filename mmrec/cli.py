@@ -10,6 +10,7 @@ Examples::
     mmrec train --catalog items.csv --interactions inter.tsv --out model_dir --epochs 50
     mmrec finetune --from model_dir --catalog new_items.csv --interactions new_inter.tsv --out new_dir --lr 0.01
     mmrec recommend --index model_dir --user 42 -k 10 --explain
+    mmrec recommend --index model_dir --history 1 50 172 -k 10
     mmrec explain --index model_dir --item 1 -k 5
     mmrec evaluate --index model_dir --interactions inter.tsv --split test
 
@@ -28,7 +29,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from mmrec.errors import MMRecError
+from mmrec.errors import ConfigError, MMRecError
 
 logger = logging.getLogger("mmrec")
 
@@ -257,8 +258,15 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def cmd_recommend(args: argparse.Namespace) -> int:
     rec = _open_recommender(args)
-    results = rec.recommend(args.user, args.k, exclude_known=not args.include_known, explain=args.explain,
-                            history=args.explain_items, diversity=args.diversity)
+    if args.history is not None:
+        results = rec.recommend_history(args.history, args.k, method=args.method,
+                                        exclude_history=not args.include_known, explain=args.explain,
+                                        explain_items=args.explain_items, diversity=args.diversity)
+    else:
+        if args.method != "auto":
+            raise ConfigError("--method applies to --history only (a known user has a trained vector)")
+        results = rec.recommend(args.user, args.k, exclude_known=not args.include_known, explain=args.explain,
+                                history=args.explain_items, diversity=args.diversity)
     print_results(results, args.json, title_field_of(rec.items))
     return 0
 
@@ -460,10 +468,19 @@ def build_parser() -> argparse.ArgumentParser:
     _common(ft)
     ft.set_defaults(func=cmd_finetune)
 
-    rc = sub.add_parser("recommend", help="top-k items for a user (known items excluded)")
+    rc = sub.add_parser("recommend", help="top-k items for a user or a history of items (those items excluded)")
     _query_opts(rc)
-    rc.add_argument("--user", required=True, help="user id")
-    rc.add_argument("--include-known", action="store_true", help="do not exclude the user's known items")
+    who = rc.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", help="user id (a user the model trained on)")
+    who.add_argument("--history", nargs="+", metavar="ITEM",
+                     help="item ids a user interacted with: anyone, including users the model never saw "
+                          "(content indexes too)")
+    rc.add_argument("--method", default="auto", choices=["auto", "fold-in", "mean"],
+                    help="how --history becomes a user: least-squares fold-in against every item vector "
+                         "or the mean of the history's vectors (default auto: fold-in for a trained "
+                         "directory, mean for a content index)")
+    rc.add_argument("--include-known", action="store_true",
+                    help="do not exclude the user's known items (the --history items)")
     rc.add_argument("--diversity", type=float, default=0.0, metavar="W",
                     help="re-rank the top max(5k, 50) by maximal marginal relevance, W in [0, 1] trading relevance "
                          "for dissimilarity to the items already listed (default 0: off)")

@@ -138,7 +138,13 @@ def history_contributions(
         )
     _check_k(history, "the number of history items to name")
     index = rec.items
-    known = [i for i in rec.known_items(user_id) if i in index._pos]
+    return _items_like(index, [i for i in rec.known_items(user_id) if i in index._pos], item_ids, history)
+
+
+def _items_like(
+    index: ItemIndex, known: list[ItemId], item_ids: Sequence[object], history: int
+) -> list[list[dict[str, Any]]]:
+    """Per item, the ``known`` items (all in ``index``) most similar to it: as :func:`history_contributions`."""
     h_rows = np.array([index._pos[i] for i in known], dtype=np.int64)  # [H]
     r_rows = np.array([index._pos[index.resolve_id(i)] for i in item_ids], dtype=np.int64)  # [K]
     sims = _raw_vectors(index, r_rows) @ _raw_vectors(index, h_rows).T  # [K, H]
@@ -173,6 +179,28 @@ def explain_recommendations(
     contrib = history_contributions(rec, user_id, [r.item_id for r in results], history)
     for r, c in zip(results, contrib):
         r.explanation = {"attention": attention_weights(rec.items, r.item_id), "history": c}
+    return results
+
+
+def explain_history(index: ItemIndex, history: Sequence[ItemId], results: list[Result],
+                    explain_items: int = DEFAULT_HISTORY) -> list[Result]:
+    """Attach ``{"attention", "history"}`` explanations to recommendations for a given history
+    (:meth:`Recommender.recommend_history`; in place): as :func:`explain_recommendations`, the
+    history items most similar to each result by the index's own inner product.
+
+    Args:
+        index: the index the results came from (content or trained).
+        history: the history's item ids, all in ``index``.
+        results: the recommendations.
+        explain_items: history items named per result at most, default 3.
+
+    Raises:
+        MMRecError: ``explain_items < 1``.
+    """
+    _check_k(explain_items, "the number of history items to name")
+    contrib = _items_like(index, list(history), [r.item_id for r in results], explain_items)
+    for r, c in zip(results, contrib):
+        r.explanation = {"attention": attention_weights(index, r.item_id), "history": c}
     return results
 
 

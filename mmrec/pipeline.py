@@ -26,6 +26,7 @@ from mmrec.catalog import Catalog, load_catalog
 from mmrec.coldstart import evaluate_cold, hold_out_items, warm_part
 from mmrec.config import TrainConfig
 from mmrec.errors import ConfigError, DataError, MMRecError, Problem
+from mmrec.foldin import select_fold_in_reg
 from mmrec.interactions import Interactions, load_interactions
 from mmrec.item_index import (
     ItemIndex,
@@ -343,12 +344,15 @@ def fit(
         test["cold"] = evaluate_cold(torch.from_numpy(user_vecs), index_vecs, inter, held_out)
         logger.info("cold-start items: test recall@20 %.4f ndcg@20 %.4f", test["cold"]["recall@20"],
                     test["cold"]["ndcg@20"])
+    # The ridge of `recommend --history`'s fold-in, chosen on validation (mmrec.foldin).
+    fold_in_reg, fold_in_valid = select_fold_in_reg(index_vecs.numpy(), train_inter, excluded=held_out,
+                                                    mask=config.mask, seed=config.seed)
     if tuner is not None:  # queries in memory must use the tuned encoders the features came from
         items.encoders._loaded.update({m: e for m, e in content.encoder_objects.items() if m in dims})
         items.encoders.to(config.device)  # where they are (and where any other one would load)
     rec = Recommender(items, model.eval(), config, inter.user_ids, user_vecs, known, item_ids,
                       cold_items=[item_ids[i] for i in np.flatnonzero(held_out)] if held_out is not None else [],
-                      split_rule=split, rating_threshold=rating_threshold)
+                      split_rule=split, rating_threshold=rating_threshold, fold_in_reg=fold_in_reg)
     if out is not None:
         extra = {
             "num_users": inter.num_users,
@@ -361,9 +365,11 @@ def fit(
             "split": split,
             "rating_threshold": rating_threshold,
             "cold_items": [item_ids[i] for i in np.flatnonzero(held_out)] if held_out is not None else [],
+            "fold_in_reg": fold_in_reg,
         }
         report = {"best_epoch": result.best_epoch, "valid": result.best_valid, "test": test,
-                  "seconds_per_epoch": result.seconds_per_epoch, "history": result.history, "data": inter.report}
+                  "seconds_per_epoch": result.seconds_per_epoch, "history": result.history, "data": inter.report,
+                  "fold_in": {"reg": fold_in_reg, "valid_recall@20": fold_in_valid}}
         report |= before or {}
         attach = _with_bundled_encoders(rec.attach_files(extra, tuner), items.manifest, content.encoder_root)
 

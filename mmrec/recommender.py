@@ -26,13 +26,16 @@ import torch
 from safetensors.numpy import load_file as load_numpy, save_file as save_numpy
 from safetensors.torch import load_file as load_torch, save_file as save_torch
 
+from fusion.foldin import HistoryFoldIn, history_mean
 from fusion.model import FusedGraphModel
 from index.mips import MipsTransform
 from mmrec.coldstart import blend_with_neighbours, neighbour_mean
 from mmrec.config import TrainConfig, load_config, save_config
 from mmrec.diversity import check_weight, mmr_rerank
 from mmrec.errors import ConfigError, MMRecError
-from mmrec.explain import DEFAULT_HISTORY, ItemExplanation, explain_item, explain_recommendations, explain_similar
+from mmrec.explain import (DEFAULT_HISTORY, ItemExplanation, explain_history, explain_item, explain_recommendations,
+                           explain_similar)
+from mmrec.foldin import DEFAULT_FOLD_IN_REG
 from mmrec.item_index import ItemIndex, MipsVectorizer, Result
 from mmrec.typing import ItemId, UserId
 
@@ -146,6 +149,8 @@ class Recommender:
         split_rule: how the training split was made (``auto``, ``given``, ``random``,
             ``temporal``); evaluation rebuilds it the same way by default.
         rating_threshold: the implicit-feedback threshold applied at training time, if any.
+        fold_in_reg: the ridge of :meth:`recommend_history`'s fold-in (chosen on validation by
+            :func:`mmrec.foldin.select_fold_in_reg` when trained).
     """
 
     def __init__(
@@ -160,6 +165,7 @@ class Recommender:
         cold_items: Sequence[ItemId] = (),
         split_rule: str = "auto",
         rating_threshold: float | None = None,
+        fold_in_reg: float = DEFAULT_FOLD_IN_REG,
     ) -> None:
         self.items = items
         self.model = model
@@ -171,8 +177,10 @@ class Recommender:
         self.cold_items = list(cold_items)  # held out of training (cold-start protocol)
         self.split_rule = split_rule
         self.rating_threshold = rating_threshold
+        self.fold_in_reg = fold_in_reg
         self._user_pos = {u: i for i, u in enumerate(self.user_ids)}
         self._user_pos_str = {str(u): i for i, u in enumerate(self.user_ids)}
+        self._foldin: tuple[np.ndarray, HistoryFoldIn] | None = None  # (the vectors it was built on, it)
 
     def __repr__(self) -> str:
         kind = "trained" if self.model is not None else "content"
@@ -210,7 +218,8 @@ class Recommender:
         )
         return cls(items, model.eval(), cfg, users["user_ids"], t["user_vectors"], known, users["item_ids"],
                    cold_items=extra.get("cold_items", []), split_rule=extra.get("split", "auto"),
-                   rating_threshold=extra.get("rating_threshold"))
+                   rating_threshold=extra.get("rating_threshold"),
+                   fold_in_reg=extra.get("fold_in_reg", DEFAULT_FOLD_IN_REG))
 
     def attach_files(self, extra: dict[str, Any], tuner: Any = None):
         """A writer for :meth:`ItemIndex.save` that adds the trained files to the directory.
@@ -291,14 +300,75 @@ class Recommender:
             raise MMRecError("this directory holds a content index, not a trained model: run `mmrec train` first")
         diversity = check_weight(diversity)
         row = self.user_index(user_id)
-        q = self.items.vectorizer.mips.queries(self.user_vectors[row : row + 1])
-        exclude = [set(self.known_items(user_id))] if exclude_known else None
-        if diversity == 0.0:
-            results = self.items.search_vectors(q, k, exclude=exclude)[0]
-        else:
-            pool = self.items.search_vectors(q, max(candidates or max(5 * k, 50), k), exclude=exclude)[0]
-            vecs = self.items.vectorizer.mips.original(
-                self.items.vectors[[self.items._pos[r.item_id] for r in pool]])  # [C, D]
-            picks = mmr_rerank(np.array([r.score for r in pool]), vecs, k, diversity) if pool else []
-            results = [pool[i] for i in picks]
+        exclude = set(self.known_items(user_id)) if exclude_known else None
+        results = self._serve(self.user_vectors[row : row + 1], k, exclude, diversity, candidates)
         return explain_recommendations(self, user_id, results, history) if explain else results
+
+    def recommend_history(
+        self, items: Sequence[object], k: int = 10, *, method: str = "auto", exclude_history: bool = True,
+        explain: bool = False, explain_items: int = DEFAULT_HISTORY, diversity: float = 0.0,
+        candidates: int | None = None,
+    ) -> list[Result]:
+        """Top-k items for a history of item ids: a user the model never trained on, an
+        anonymous session, or a known user's latest items.
+
+        The history becomes one user vector against the index's item vectors, then the index
+        answers as for :meth:`recommend` (history excluded, over-fetch and refill, ``diversity``):
+
+        * ``method="fold-in"`` (the default for a trained directory): the least-squares fold-in of
+          :class:`fusion.foldin.HistoryFoldIn`, every other item weighing against the history,
+          with the ridge ``fold_in_reg`` (chosen on validation when the model was trained);
+        * ``method="mean"`` (the default for a content index): the mean of the history's item
+          vectors, so an item scores its mean similarity to the history (for a content index,
+          the centred content cosine, as ``similar``).
+
+        Items added with ``index add`` may be in the history. ``explain`` attaches to each
+        result its attention weights and the (at most ``explain_items``) history items most
+        similar to it.
+
+        Raises:
+            MMRecError: an empty history, an id not in the index, or an unknown ``method``.
+        """
+        if method not in ("auto", "fold-in", "mean"):
+            raise ConfigError(f"method must be 'auto', 'fold-in' or 'mean', got {method!r}")
+        diversity = check_weight(diversity)
+        ids = list(dict.fromkeys(self._history_id(i) for i in items))
+        if not ids:
+            raise MMRecError("the history is empty: give at least one item id")
+        rows = [self.items._pos[i] for i in ids]
+        if method == "auto":
+            method = "fold-in" if self.trained else "mean"
+        mips = self.items.vectorizer.mips
+        if method == "mean":
+            user = history_mean(mips.original(self.items.vectors[rows]), [range(len(rows))])  # [1, D]
+        else:
+            if (self._foldin is None or self._foldin[0] is not self.items.vectors
+                    or self._foldin[1].reg != self.fold_in_reg):
+                # Rebuilt when the index changes (add, remove) or the ridge does.
+                raw = mips.original(self.items.vectors)  # [N, D]
+                self._foldin = (self.items.vectors, HistoryFoldIn(raw, reg=self.fold_in_reg))
+            user = self._foldin[1]([rows])  # [1, D]
+        if not np.any(user):
+            raise MMRecError("the history's vectors sum to zero: it has no direction to rank items by")
+        results = self._serve(user, k, set(ids) if exclude_history else None, diversity, candidates)
+        return explain_history(self.items, ids, results, explain_items) if explain else results
+
+    def _history_id(self, item_id: object) -> ItemId:
+        try:
+            return self.items.resolve_id(item_id)
+        except MMRecError:
+            raise MMRecError(f"history item '{item_id}' is not in this index ({len(self.items)} items)") from None
+
+    def _serve(self, user: np.ndarray, k: int, exclude: set | None, diversity: float,
+               candidates: int | None) -> list[Result]:
+        """Top-k for one ``[1, D]`` user vector: FAISS over the index, ``exclude`` left out, then
+        the MMR re-ranking of the top ``candidates`` when ``diversity`` > 0."""
+        q = self.items.vectorizer.mips.queries(user)  # [1, D + 1]
+        exclude_list = [exclude] if exclude else None
+        if diversity == 0.0:
+            return self.items.search_vectors(q, k, exclude=exclude_list)[0]
+        pool = self.items.search_vectors(q, max(candidates or max(5 * k, 50), k), exclude=exclude_list)[0]
+        vecs = self.items.vectorizer.mips.original(
+            self.items.vectors[[self.items._pos[r.item_id] for r in pool]])  # [C, D]
+        picks = mmr_rerank(np.array([r.score for r in pool]), vecs, k, diversity) if pool else []
+        return [pool[i] for i in picks]

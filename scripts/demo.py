@@ -81,6 +81,8 @@ def main() -> None:
     run("search", "--index", model, "--text", "Jurassic Park (1993)", "-k", "5")
     run("similar", "--index", model, "--item", "172", "-k", "5")  # The Empire Strikes Back (1980)
     run("recommend", "--index", model, "--user", "1", "-k", "10", "--explain")
+    # A visitor the model never trained on, known only by two movies: Star Wars and Toy Story.
+    run("recommend", "--index", model, "--history", "50", "1", "-k", "5")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,185 @@
+"""Recommender.recommend_history: a history of item ids as a user, trained and content directories."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from fusion.foldin import HistoryFoldIn
+from mmrec.foldin import FOLD_IN_REGS
+from mmrec.cli import main
+from mmrec.config import TrainConfig
+from mmrec.errors import ConfigError, MMRecError
+from mmrec.item_index import ItemIndex
+from mmrec.pipeline import fit
+from mmrec.recommender import Recommender
+from tests.mmrec.conftest import write_planted
+
+FAST = dict(dim=16, layers=2, heads=2, lr=0.05, batch_size=64, epochs=4, patience=4, reg=1e-4, seed=0)
+CLUSTERS = 4  # write_planted: item i is in cluster i % 4
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    d = tmp_path_factory.mktemp("history")
+    inter, feats = write_planted(d)
+    fit(inter, features={"content": feats}, out=d / "model", config=TrainConfig(**FAST), split="random",
+        show_progress=False)
+    return d
+
+
+def raw_vectors(rec: Recommender) -> np.ndarray:
+    return rec.items.vectorizer.mips.original(rec.items.vectors).astype(np.float64)  # [N, D]
+
+
+def oracle(rec: Recommender, user: np.ndarray, exclude: set) -> list[tuple[object, float]]:
+    """Every item not excluded, by exact dot product with ``user``, ties by index order."""
+    scores = raw_vectors(rec) @ user.astype(np.float64)  # [N]
+    ids = sorted(rec.items._pos, key=rec.items._pos.get)  # row order
+    order = [i for i in np.argsort(-scores, kind="stable") if ids[i] not in exclude]
+    return [(ids[i], float(scores[i])) for i in order]
+
+
+def test_fold_in_ranking_equals_the_exact_oracle(trained):
+    rec = Recommender.load(trained / "model", show_progress=False)
+    history = [0, 4, 8]
+    got = rec.recommend_history(history, 10)
+    rows = [rec.items._pos[i] for i in history]
+    user = HistoryFoldIn(raw_vectors(rec), reg=rec.fold_in_reg)([rows])[0]
+    want = oracle(rec, user, set(history))[:10]
+    assert [r.item_id for r in got] == [i for i, _ in want]
+    np.testing.assert_allclose([r.score for r in got], [s for _, s in want], rtol=1e-4, atol=1e-5)
+    # A history from one planted cluster brings back that cluster first.
+    assert {r.item_id % CLUSTERS for r in got[:5]} == {0}
+
+
+def test_the_fold_in_ridge_is_chosen_on_validation_saved_and_used(trained):
+    rec = Recommender.load(trained / "model", show_progress=False)
+    report = json.loads((trained / "model" / "train_report.json").read_text())
+    config = json.loads((trained / "model" / "config.json").read_text())
+    tried = report["fold_in"]["valid_recall@20"]
+    assert set(tried) == {str(r) for r in FOLD_IN_REGS}
+    best = max(FOLD_IN_REGS, key=lambda r: tried[str(r)])
+    assert rec.fold_in_reg == report["fold_in"]["reg"] == config["fold_in_reg"] == best
+    # The ridge is what the fold-in uses; changing it rebuilds the fold-in.
+    rec.recommend_history([0, 4], 3)
+    assert rec._foldin[1].reg == best
+    rec.fold_in_reg = 1234.0
+    got = rec.recommend_history([0, 4], 5)
+    assert rec._foldin[1].reg == 1234.0
+    user = HistoryFoldIn(raw_vectors(rec), reg=1234.0)([[rec.items._pos[0], rec.items._pos[4]]])[0]
+    assert [r.item_id for r in got] == [i for i, _ in oracle(rec, user, {0, 4})[:5]]
+
+
+def test_mean_scores_are_the_mean_of_the_item_to_item_scores(trained):
+    # Independent path: similar() scores item pairs through FAISS; the mean method's score of an
+    # item is, by linearity, the mean of its scores against the history's items.
+    rec = Recommender.load(trained / "model", show_progress=False)
+    history = [1, 5]
+    n = len(rec.items)
+    pair = {h: {r.item_id: r.score for r in rec.similar(h, n - 1)} for h in history}
+    got = rec.recommend_history(history, n - 2, method="mean")
+    assert len(got) == n - 2 and not {r.item_id for r in got} & set(history)
+    for r in got:
+        assert r.score == pytest.approx(np.mean([pair[h][r.item_id] for h in history]), rel=1e-4, abs=1e-4)
+
+
+def test_every_remaining_item_comes_back_from_an_approximate_index(tmp_path):
+    inter, feats = write_planted(tmp_path)
+    rec, _, _ = fit(inter, features={"content": feats}, config=TrainConfig(**FAST), split="random",
+                    factory="HNSW8", show_progress=False)
+    total = len(rec.items)
+    for history in ([3], [0, 1, 2, 3, 4, 5], list(range(0, 32, 3))):
+        got = rec.recommend_history(history, total - len(history))
+        assert len(got) == total - len(history)
+        assert not set(history) & {r.item_id for r in got}
+    # --include-known's API: the history may come back.
+    assert 3 in {r.item_id for r in rec.recommend_history([3], total, exclude_history=False)}
+
+
+def test_the_fold_in_follows_changes_to_the_index(trained, tmp_path):
+    shutil.copytree(trained / "model", tmp_path / "model")  # remove() rewrites the directory
+    rec = Recommender.load(tmp_path / "model", show_progress=False)
+    before = rec.recommend_history([0, 4], 5)
+    assert rec._foldin[1].vectors.shape[0] == 32
+    rec.items.remove([before[0].item_id])
+    after = rec.recommend_history([0, 4], 5)
+    assert rec._foldin[1].vectors.shape[0] == 31
+    assert before[0].item_id not in {r.item_id for r in after}
+    user = HistoryFoldIn(raw_vectors(rec), reg=rec.fold_in_reg)([[rec.items._pos[0], rec.items._pos[4]]])[0]
+    assert [r.item_id for r in after] == [i for i, _ in oracle(rec, user, {0, 4})[:5]]
+
+
+def test_explanations_name_the_history_items(trained):
+    rec = Recommender.load(trained / "model", show_progress=False)
+    plain = rec.recommend_history([0, 4, 9], 6)
+    got = rec.recommend_history([0, 4, 9], 6, explain=True, explain_items=2)
+    assert [(r.item_id, r.score) for r in got] == [(r.item_id, r.score) for r in plain]
+    raw = raw_vectors(rec)
+    for r in got:
+        named = r.explanation["history"]
+        assert 1 <= len(named) <= 2 and {h["item_id"] for h in named} <= {0, 4, 9}
+        sims = {h: float(raw[rec.items._pos[r.item_id]] @ raw[rec.items._pos[h]]) for h in (0, 4, 9)}
+        best = sorted((h for h in sims if sims[h] > 0), key=lambda h: -sims[h])[:2]
+        assert [h["item_id"] for h in named] == best
+        assert set(r.explanation["attention"]) == {"content", "id"}
+
+
+def test_diversity_over_a_history(trained):
+    rec = Recommender.load(trained / "model", show_progress=False)
+    plain = rec.recommend_history([0, 4], 6)
+    assert [r.item_id for r in rec.recommend_history([0, 4], 6, diversity=0.0)] == [r.item_id for r in plain]
+    got = rec.recommend_history([0, 4], 6, diversity=0.7)
+    assert len(got) == 6 and len({r.item_id for r in got}) == 6 and not {0, 4} & {r.item_id for r in got}
+
+
+def test_errors(trained):
+    rec = Recommender.load(trained / "model", show_progress=False)
+    with pytest.raises(MMRecError, match="history item '999' is not in this index"):
+        rec.recommend_history([0, "999"])
+    with pytest.raises(MMRecError, match="the history is empty"):
+        rec.recommend_history([])
+    with pytest.raises(ConfigError, match="method must be"):
+        rec.recommend_history([0], method="pca")
+    with pytest.raises(ConfigError, match="diversity weight"):
+        rec.recommend_history([0], diversity=2.0)
+    assert [r.item_id for r in rec.recommend_history(["0", "4"], 5)] == [r.item_id for r in rec.recommend_history([0, 4], 5)]
+
+
+def test_content_index_history_is_the_mean_of_the_pair_scores(tmp_path):
+    text = np.array([[1, 0], [1, 0], [0.6, 0.8], [0, 0]], np.float32)
+    image = np.array([[1, 0], [0, 1], [0, 0], [0, 1]], np.float32)
+    present = {"text": np.array([True, True, True, False]), "image": np.array([True, True, False, True])}
+    index = ItemIndex.from_features(["x", "y", "n", "t"], {"text": text, "image": image}, present,
+                                    [{"title": f"Item {i}"} for i in "xynt"], factory="Flat",
+                                    weights={"text": 3.0, "image": 1.0}, show_progress=False)
+    index.save(tmp_path / "idx")
+    rec = Recommender.load(tmp_path / "idx", show_progress=False)
+    # Scores are sum_m w_m cos_m with weights 3/4 and 1/4 (no modality centred: 4 items < 32).
+    # x-y: text cos 1, image cos 0 -> 0.75; x-t: image cos 0 -> 0; n-y: text cos 0.6 -> 0.45;
+    # n-t: nothing shared -> 0. History {x, n}: y (0.75 + 0.45) / 2 = 0.6, t 0.
+    got = rec.recommend_history(["x", "n"], 5)
+    assert [r.item_id for r in got] == ["y", "t"]
+    np.testing.assert_allclose([r.score for r in got], [0.6, 0.0], atol=1e-6)
+    assert got[0].fields["title"] == "Item y"
+
+
+def test_cli_recommend_history(trained, capsys):
+    rec = Recommender.load(trained / "model", show_progress=False)
+    d = str(trained / "model")
+    assert main(["recommend", "--index", d, "--history", "0", "4", "-k", "3", "--json", "-q"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    want = rec.recommend_history([0, 4], 3)
+    assert [r["item_id"] for r in out] == [r.item_id for r in want]
+    np.testing.assert_allclose([r["score"] for r in out], [r.score for r in want], rtol=1e-5)
+    assert main(["recommend", "--index", d, "--history", "0", "--method", "mean", "-k", "2", "--explain", "-q"]) == 0
+    assert "why:" in capsys.readouterr().out
+    assert main(["recommend", "--index", d, "--user", "u0", "--method", "mean", "-q"]) == 1
+    assert "--method applies to --history only" in capsys.readouterr().err
+    assert main(["recommend", "--index", d, "--history", "nope", "-q"]) == 1
+    assert "history item 'nope' is not in this index" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["recommend", "--index", d, "--user", "u0", "--history", "0"])
+    assert "not allowed with argument" in capsys.readouterr().err
