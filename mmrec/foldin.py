@@ -5,10 +5,10 @@ its ridge ``reg`` decides how far the solve whitens the item space. A small ridg
 unchosen item push the user away from popular directions (right on dense data, where the
 history says enough); a large one keeps the popular directions, and as ``reg`` grows the user
 tends to the plain sum of the history's vectors (right on sparse data, where popularity is
-most of what a short history tells). Measured on the benchmark data (``scripts/bench_history.py``),
-the best ridge differed by two orders of magnitude between ml100k-plus and tiktok, so ``fit``
-picks it on the validation split, as every other choice: the validation users are placed by
-their training items alone and scored on their validation items.
+most of what a short history tells). On the benchmark data (``scripts/bench_history.py``) the
+ridges validation chose differed by one to two orders of magnitude between ml100k-plus and
+tiktok, so ``fit`` picks it on the validation split, as every other choice: the validation
+users are placed by their training items alone and scored on their validation items.
 """
 from __future__ import annotations
 
