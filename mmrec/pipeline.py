@@ -345,8 +345,8 @@ def fit(
         logger.info("cold-start items: test recall@20 %.4f ndcg@20 %.4f", test["cold"]["recall@20"],
                     test["cold"]["ndcg@20"])
     # The ridge of `recommend --history`'s fold-in, chosen on validation (mmrec.foldin).
-    fold_in_reg, fold_in_valid = select_fold_in_reg(index_vecs.numpy(), train_inter, excluded=held_out,
-                                                    mask=config.mask, seed=config.seed)
+    fold_in_reg, fold_in_valid, fold_in_users = select_fold_in_reg(
+        index_vecs.numpy(), train_inter, excluded=held_out, mask=config.mask, seed=config.seed)
     if tuner is not None:  # queries in memory must use the tuned encoders the features came from
         items.encoders._loaded.update({m: e for m, e in content.encoder_objects.items() if m in dims})
         items.encoders.to(config.device)  # where they are (and where any other one would load)
@@ -369,7 +369,7 @@ def fit(
         }
         report = {"best_epoch": result.best_epoch, "valid": result.best_valid, "test": test,
                   "seconds_per_epoch": result.seconds_per_epoch, "history": result.history, "data": inter.report,
-                  "fold_in": {"reg": fold_in_reg, "valid_recall@20": fold_in_valid}}
+                  "fold_in": {"reg": fold_in_reg, "valid_recall@20": fold_in_valid, "users": fold_in_users}}
         report |= before or {}
         attach = _with_bundled_encoders(rec.attach_files(extra, tuner), items.manifest, content.encoder_root)
 

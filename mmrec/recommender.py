@@ -305,7 +305,7 @@ class Recommender:
         return explain_recommendations(self, user_id, results, history) if explain else results
 
     def recommend_history(
-        self, items: Sequence[object], k: int = 10, *, method: str = "auto", exclude_history: bool = True,
+        self, items: Sequence[object] | ItemId, k: int = 10, *, method: str = "auto", exclude_history: bool = True,
         explain: bool = False, explain_items: int = DEFAULT_HISTORY, diversity: float = 0.0,
         candidates: int | None = None,
     ) -> list[Result]:
@@ -326,12 +326,17 @@ class Recommender:
         result its attention weights and the (at most ``explain_items``) history items most
         similar to it.
 
+        A single id (a string or an int) is a history of one item.
+
         Raises:
-            MMRecError: an empty history, an id not in the index, or an unknown ``method``.
+            MMRecError: an empty history, an id not in the index, an unknown ``method``, or
+                history vectors that sum to zero (no direction to rank by).
         """
         if method not in ("auto", "fold-in", "mean"):
             raise ConfigError(f"method must be 'auto', 'fold-in' or 'mean', got {method!r}")
         diversity = check_weight(diversity)
+        if isinstance(items, (str, bytes, int, np.integer)):
+            items = [items]  # "12" is item 12, not the items "1" and "2"
         ids = list(dict.fromkeys(self._history_id(i) for i in items))
         if not ids:
             raise MMRecError("the history is empty: give at least one item id")

@@ -111,7 +111,7 @@ def place_users(items: np.ndarray, hist: list[np.ndarray], held: Interactions, k
     out: dict[str, Any] = {}
     reg = DEFAULT_FOLD_IN_REG
     if kept is not None:
-        reg, tried = select_fold_in_reg(items, kept, mask="train", seed=seed)
+        reg, tried, _ = select_fold_in_reg(items, kept, mask="train", seed=seed)
     t = time.perf_counter()
     fold = HistoryFoldIn(items, reg=reg)
     gram_s = time.perf_counter() - t

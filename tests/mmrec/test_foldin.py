@@ -25,10 +25,11 @@ def synthetic(users: int = 30, items: int = 60, seed: int = 0) -> tuple[np.ndarr
                            split=np.array(split))
 
 
-def brute_recall(v: np.ndarray, inter: Interactions, reg: float, excluded: np.ndarray | None = None) -> float:
-    """Recall@20 over the validation users, written out user by user."""
+def brute_recall(v: np.ndarray, inter: Interactions, reg: float, excluded: np.ndarray | None = None,
+                 users=None) -> float:
+    """Recall@20 over the validation users (default all), written out user by user."""
     out = []
-    for u in range(inter.num_users):
+    for u in range(inter.num_users) if users is None else users:
         mine = inter.users == u
         train = inter.items[mine & (inter.split == 0)]
         valid = set(inter.items[mine & (inter.split == 1)].tolist())
@@ -45,9 +46,11 @@ def brute_recall(v: np.ndarray, inter: Interactions, reg: float, excluded: np.nd
 def test_scores_and_choice_equal_the_brute_force_oracle():
     v, inter = synthetic()
     regs = (0.01, 1.0, 100.0)
-    best, scores = select_fold_in_reg(v, inter, mask="train", regs=regs)
+    best, scores, users = select_fold_in_reg(v, inter, mask="train", regs=regs)
+    assert users == 30
     for r in regs:
         assert scores[str(r)] == pytest.approx(brute_recall(v, inter, r), abs=1e-9)
+    assert len(set(scores.values())) == 3  # no tie: the choice is the best score
     assert best == max(regs, key=lambda r: scores[str(r)])
 
 
@@ -58,21 +61,31 @@ def test_excluded_items_are_never_candidates():
     excluded = np.zeros(len(v), bool)
     excluded[np.setdiff1d(np.arange(len(v)), inter.items[inter.split == 1])[::3]] = True
     assert excluded.sum() >= 5
-    _, scores = select_fold_in_reg(v, inter, excluded=excluded, mask="train", regs=(0.1,))
+    _, scores, _ = select_fold_in_reg(v, inter, excluded=excluded, mask="train", regs=(0.1,))
     assert scores["0.1"] == pytest.approx(brute_recall(v, inter, 0.1, excluded), abs=1e-9)
 
 
 def test_without_validation_rows_the_default_stands():
     v, inter = synthetic()
     train_only = Interactions(inter.user_ids, inter.item_ids, inter.users, inter.items, split=np.zeros(len(inter), np.int8))
-    assert select_fold_in_reg(v, train_only) == (DEFAULT_FOLD_IN_REG, {})
+    assert select_fold_in_reg(v, train_only) == (DEFAULT_FOLD_IN_REG, {}, 0)
 
 
 def test_at_most_max_users_are_measured():
     v, inter = synthetic(users=40)
-    _, full = select_fold_in_reg(v, inter, mask="train", regs=(1.0,))
-    _, few = select_fold_in_reg(v, inter, mask="train", regs=(1.0,), max_users=5, seed=3)
-    _, again = select_fold_in_reg(v, inter, mask="train", regs=(1.0,), max_users=5, seed=3)
-    assert few == again  # seeded
-    # Recall@20 of 5 users is a multiple of 1/10 (each user has 2 validation items).
-    assert round(few["1.0"] * 10, 6) == round(few["1.0"] * 10) and full["1.0"] == pytest.approx(brute_recall(v, inter, 1.0))
+    _, few, n = select_fold_in_reg(v, inter, mask="train", regs=(1.0,), max_users=5, seed=3)
+    assert n == 5
+    sample = np.sort(np.random.default_rng(3).choice(40, 5, replace=False))  # every user is eligible
+    assert few["1.0"] == pytest.approx(brute_recall(v, inter, 1.0, users=sample), abs=1e-9)
+    assert few["1.0"] != pytest.approx(brute_recall(v, inter, 1.0))  # not the 40 users' recall
+    assert select_fold_in_reg(v, inter, mask="train", regs=(1.0,), max_users=5, seed=3)[1] == few  # seeded
+
+
+def test_ties_go_to_the_ridge_nearest_the_default():
+    # Two items only: every validation item is in every top 20, so every ridge scores 1.0.
+    inter = Interactions(["a", "b"], [0, 1], np.array([0, 0, 1, 1]), np.array([0, 1, 1, 0]),
+                         split=np.array([0, 1, 0, 1]))
+    v = np.eye(2)
+    best, scores, _ = select_fold_in_reg(v, inter, regs=(100.0, 0.03, 0.3, 0.1, 1.0))
+    assert set(scores.values()) == {1.0} and best == DEFAULT_FOLD_IN_REG
+    assert select_fold_in_reg(v, inter, regs=(100.0, 0.03, 0.3))[0] == 0.3  # ratio 3 beats 3.3 and 1000
