@@ -24,7 +24,7 @@ training interaction). The models are
 the fused and ID-only LightGCN at the points ``scripts/quality.py`` chose on validation. The
 fold-in's cost is timed too: the Gram matrix (once per item set) and one user's solve.
 
-    .venv/bin/python scripts/bench_history.py --datasets ml100k-plus --seeds 0 1 2 --cache-dir /tmp/features
+    .venv/bin/python scripts/bench_history.py --datasets ml100k-plus --seeds 0 1 2 --cache-dir ~/.cache/mmrec/features
     .venv/bin/python scripts/bench_history.py --datasets tiktok --seeds 0
 """
 from __future__ import annotations
