@@ -177,8 +177,13 @@ def explain_recommendations(
         MMRecError: as :func:`history_contributions`.
     """
     contrib = history_contributions(rec, user_id, [r.item_id for r in results], history)
+    return _attach_history(rec.items, results, contrib)
+
+
+def _attach_history(index: ItemIndex, results: list[Result], contrib: list[list[dict[str, Any]]]) -> list[Result]:
+    """Set each result's ``{"attention", "history"}`` explanation (in place)."""
     for r, c in zip(results, contrib):
-        r.explanation = {"attention": attention_weights(rec.items, r.item_id), "history": c}
+        r.explanation = {"attention": attention_weights(index, r.item_id), "history": c}
     return results
 
 
@@ -199,9 +204,7 @@ def explain_history(index: ItemIndex, history: Sequence[ItemId], results: list[R
     """
     _check_k(explain_items, "the number of history items to name")
     contrib = _items_like(index, list(history), [r.item_id for r in results], explain_items)
-    for r, c in zip(results, contrib):
-        r.explanation = {"attention": attention_weights(index, r.item_id), "history": c}
-    return results
+    return _attach_history(index, results, contrib)
 
 
 # --- similar items -------------------------------------------------------------------------
