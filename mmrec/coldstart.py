@@ -39,18 +39,9 @@ def hold_out_items(inter: Interactions, fraction: float = 0.2, seed: int = 0) ->
     return cold
 
 
-def _rows(inter: Interactions, keep: np.ndarray, split: np.ndarray) -> Interactions:
-    return Interactions(
-        inter.user_ids, inter.item_ids, inter.users[keep], inter.items[keep],
-        ratings=None if inter.ratings is None else inter.ratings[keep],
-        timestamps=None if inter.timestamps is None else inter.timestamps[keep],
-        split=split[keep], report=inter.report,
-    )
-
-
 def warm_part(inter: Interactions, cold: np.ndarray) -> Interactions:
     """The interactions of warm items only, with their split (what training sees)."""
-    return _rows(inter, ~cold[inter.items], inter.split)
+    return inter.rows(~cold[inter.items])
 
 
 def cold_part(inter: Interactions, cold: np.ndarray) -> Interactions:
@@ -59,7 +50,7 @@ def cold_part(inter: Interactions, cold: np.ndarray) -> Interactions:
     is_cold = cold[inter.items]
     keep = is_cold | (inter.split == TRAIN)
     split = np.where(is_cold, TEST, inter.split).astype(np.int8)
-    return _rows(inter, keep, split)
+    return inter.rows(keep, split)
 
 
 def evaluate_cold(

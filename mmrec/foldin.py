@@ -71,9 +71,7 @@ def select_fold_in_reg(
         users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
     keep = np.zeros(inter.num_users, bool)
     keep[users] = True
-    rows = keep[inter.users]
-    sample = Interactions(inter.user_ids, inter.item_ids, inter.users[rows], inter.items[rows],
-                          split=inter.split[rows])  # the same user space, only the sampled users' rows
+    sample = inter.rows(keep[inter.users])  # the same user space, only the sampled users' rows
     slot = np.full(inter.num_users, -1)
     slot[users] = np.arange(len(users))  # user index -> row of the placed users
     histories = [train.indices[train.indptr[u] : train.indptr[u + 1]] for u in users]

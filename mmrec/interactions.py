@@ -242,7 +242,16 @@ class Interactions:
 
     def subset(self, split: str | Sequence[str]) -> Interactions:
         """The interactions of one or more splits, in the same user and item index space."""
-        keep = self.split_mask(split)
+        return self.rows(self.split_mask(split))
+
+    def rows(self, keep: np.ndarray, split: np.ndarray | None = None) -> Interactions:
+        """The interactions where ``keep`` is True, in the same user and item index space, with
+        their ratings and timestamps; ``split`` (one per interaction, before ``keep``) replaces
+        their split.
+
+        Shapes:
+            keep (len,), split (len,)
+        """
         pick = (lambda a: None if a is None else a[keep])  # noqa: E731
         return Interactions(
             user_ids=self.user_ids,
@@ -251,7 +260,7 @@ class Interactions:
             items=self.items[keep],
             ratings=pick(self.ratings),
             timestamps=pick(self.timestamps),
-            split=pick(self.split),
+            split=pick(self.split if split is None else split),
             report=dict(self.report),
         )
 

@@ -507,8 +507,7 @@ def evaluate_directory(
     if unknown:
         logger.warning("%d users of %s are unknown to the model: skipped", unknown, interactions)
         keep = rows[inter.users] >= 0
-        inter = Interactions(inter.user_ids, inter.item_ids, inter.users[keep], inter.items[keep],
-                             split=inter.split[keep], report=inter.report)
+        inter = inter.rows(keep)
     item_vecs = torch.from_numpy(rec.items.vectorizer.mips.original(rec.items.vectors))  # [N, D]
     user_vecs = torch.from_numpy(rec.user_vectors)
 

@@ -133,8 +133,7 @@ def index_vectors(rec: Any, item_ids: list) -> torch.Tensor:
 
 
 def relabel(inter: Interactions, keep: np.ndarray, split: np.ndarray) -> Interactions:
-    return Interactions(inter.user_ids, inter.item_ids, inter.users[keep], inter.items[keep],
-                        split=split[keep].astype(np.int8), report=inter.report)
+    return inter.rows(keep, split.astype(np.int8))
 
 
 # ------------------------------------------------------------------------- cold baselines

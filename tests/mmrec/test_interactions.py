@@ -172,6 +172,20 @@ def test_subset_and_user_items(tmp_path: Path) -> None:
         inter.user_items("tset")
 
 
+def test_rows_keep_ratings_timestamps_and_may_replace_the_split(tmp_path: Path) -> None:
+    inter = load_interactions(write(tmp_path / "i.csv", ROWS))
+    keep = np.array([True, False, True, False, True])
+    got = inter.rows(keep)
+    assert got.user_ids == inter.user_ids and got.item_ids == inter.item_ids
+    assert got.users.tolist() == inter.users[keep].tolist() and got.items.tolist() == inter.items[keep].tolist()
+    assert got.ratings.tolist() == inter.ratings[keep].tolist()
+    assert got.timestamps.tolist() == inter.timestamps[keep].tolist()
+    assert got.split.tolist() == inter.split[keep].tolist() and got.report == inter.report
+    relabelled = inter.rows(keep, np.array([2, 2, 0, 2, 1], np.int8))
+    assert relabelled.split.tolist() == [2, 0, 1]
+    assert inter.split.tolist() != [2, 2, 0, 2, 1]  # the original keeps its own split
+
+
 # -- errors: each names the file, and the row and field where there is one --------------------
 def check_error(tmp_path: Path, rows: list[list[str]], expected: list[str], **kwargs) -> DataError:
     path = write(tmp_path / "bad.csv", rows)
