@@ -16,6 +16,7 @@ default fits vectors of any scale. The Gram matrix is computed once per item set
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import numpy as np
@@ -44,18 +45,33 @@ class HistoryFoldIn:
             v = v.astype(np.float64)
         if v.ndim != 2 or v.shape[0] == 0:
             raise ValueError(f"item_vectors must be [N, D] with N >= 1, got shape {v.shape}")
-        if alpha < 0:
-            raise ValueError(f"alpha must be >= 0, got {alpha}")
-        if reg <= 0:
-            raise ValueError(f"reg must be > 0 (it keeps the system solvable), got {reg}")
-        self.vectors, self.alpha, self.reg = v, float(alpha), float(reg)  # kept as given: no float64 copy of [N, D]
+        self.vectors = v  # kept as given: no float64 copy of [N, D]
         self.gram = np.zeros((v.shape[1], v.shape[1]))  # [D, D], accumulated in float64 a chunk at a time
         for start in range(0, v.shape[0], GRAM_CHUNK):
             x = v[start : start + GRAM_CHUNK].astype(np.float64)  # [C, D]
             self.gram += x.T @ x
-        scale = float(np.trace(self.gram)) / v.shape[1]
+        self._set(alpha, reg)
+
+    def _set(self, alpha: float, reg: float) -> None:
+        if alpha < 0:
+            raise ValueError(f"alpha must be >= 0, got {alpha}")
+        if reg <= 0:
+            raise ValueError(f"reg must be > 0 (it keeps the system solvable), got {reg}")
+        self.alpha, self.reg = float(alpha), float(reg)
+        scale = float(np.trace(self.gram)) / self.gram.shape[0]
         # An all-zero item matrix has no scale: any positive ridge then gives u = 0.
         self.lam = self.reg * (scale if scale > 0 else 1.0)
+
+    def with_settings(self, alpha: float | None = None, reg: float | None = None) -> HistoryFoldIn:
+        """The same fold-in with another ``alpha`` and / or ``reg`` (default: this one's), sharing
+        the item vectors and the Gram matrix instead of recomputing it.
+
+        Raises:
+            ValueError: ``alpha < 0`` or ``reg <= 0``.
+        """
+        other = copy.copy(self)
+        other._set(self.alpha if alpha is None else alpha, self.reg if reg is None else reg)
+        return other
 
     def __repr__(self) -> str:
         n, d = self.vectors.shape

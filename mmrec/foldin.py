@@ -77,9 +77,10 @@ def select_fold_in_reg(
     histories = [train.indices[train.indptr[u] : train.indptr[u + 1]] for u in users]
     vectors = np.asarray(item_vectors)
     items = torch.as_tensor(vectors, dtype=torch.float32)  # [N, D]
+    fold = HistoryFoldIn(vectors)  # the Gram matrix once, each ridge by with_settings
     scores: dict[str, float] = {}
     for reg in regs:
-        placed = HistoryFoldIn(vectors, reg=reg)(histories)  # [S, D]
+        placed = fold.with_settings(reg=reg)(histories)  # [S, D]
         scores[str(reg)] = evaluate(lambda b: score_users(placed, items, excluded, slot[b]), sample,
                                     split="valid", mask=mask, ks=(20,))[SELECT_KEY]
     top = max(scores.values())

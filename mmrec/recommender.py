@@ -347,11 +347,10 @@ class Recommender:
         if method == "mean":
             user = history_mean(mips.original(self.items.vectors[rows]), [range(len(rows))])  # [1, D]
         else:
-            if (self._foldin is None or self._foldin[0] is not self.items.vectors
-                    or self._foldin[1].reg != self.fold_in_reg):
-                # Rebuilt when the index changes (add, remove) or the ridge does.
-                raw = mips.original(self.items.vectors)  # [N, D]
-                self._foldin = (self.items.vectors, HistoryFoldIn(raw, reg=self.fold_in_reg))
+            if self._foldin is None or self._foldin[0] is not self.items.vectors:  # the index changed (add, remove)
+                self._foldin = (self.items.vectors, HistoryFoldIn(mips.original(self.items.vectors)))
+            if self._foldin[1].reg != self.fold_in_reg:  # the Gram matrix stays
+                self._foldin = (self._foldin[0], self._foldin[1].with_settings(reg=self.fold_in_reg))
             user = self._foldin[1]([rows])  # [1, D]
         if not np.any(user):
             raise MMRecError("the history's vectors sum to zero: it has no direction to rank items by")

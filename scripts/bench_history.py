@@ -123,9 +123,10 @@ def place_users(items: np.ndarray, hist: list[np.ndarray], held: Interactions, k
                             "per_user_ms": round(1e3 * (time.perf_counter() - t) / len(hist), 4)}
     if kept is not None:
         out[name]["reg"], out[name]["valid_recall@20_of_kept_users"] = reg, tried
-        out[f"fold-in, ridge {DEFAULT_FOLD_IN_REG}"] = metrics_of(HistoryFoldIn(items)(hist), items, held)
+        out[f"fold-in, ridge {DEFAULT_FOLD_IN_REG}"] = metrics_of(
+            fold.with_settings(reg=DEFAULT_FOLD_IN_REG)(hist), items, held)
         out["fold-in grid"] = [
-            {"alpha": a, "reg": r, **metrics_of(HistoryFoldIn(items, alpha=a, reg=r)(hist), items, held)}
+            {"alpha": a, "reg": r, **metrics_of(fold.with_settings(alpha=a, reg=r)(hist), items, held)}
             for a in GRID_ALPHA for r in FOLD_IN_REGS
         ]
     out["mean"] = metrics_of(history_mean(items, hist), items, held)

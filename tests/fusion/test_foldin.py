@@ -59,6 +59,21 @@ def test_gram_in_chunks_equals_the_whole_product(monkeypatch):
     assert chunked.vectors is v  # float32 vectors are kept, not copied
 
 
+def test_other_settings_share_the_gram_matrix_and_equal_a_fresh_fold_in():
+    v = np.random.default_rng(1).normal(size=(30, 4))
+    fold = HistoryFoldIn(v)
+    other = fold.with_settings(alpha=3.0, reg=2.0)
+    fresh = HistoryFoldIn(v, alpha=3.0, reg=2.0)
+    assert other.gram is fold.gram and other.lam == fresh.lam
+    np.testing.assert_array_equal(other([[1, 5, 9]]), fresh([[1, 5, 9]]))
+    assert (fold.alpha, fold.reg) == (1.0, 0.1)  # the original keeps its settings
+    assert fold.with_settings(reg=0.5).alpha == 1.0
+    with pytest.raises(ValueError, match="reg must be > 0"):
+        fold.with_settings(reg=0.0)
+    with pytest.raises(ValueError, match="alpha must be >= 0"):
+        fold.with_settings(alpha=-0.5)
+
+
 def test_history_mean_counts_each_item_once():
     v = np.array([[1, 0], [0, 2], [4, 4]], np.float32)
     np.testing.assert_allclose(history_mean(v, [[0, 1], [2, 0, 2]]), [[0.5, 1.0], [2.5, 2.0]])

@@ -67,9 +67,10 @@ def test_the_fold_in_ridge_is_chosen_on_validation_saved_and_used(trained):
     # The ridge is what the fold-in uses; changing it rebuilds the fold-in.
     rec.recommend_history([0, 4], 3)
     assert rec._foldin[1].reg == best
+    gram = rec._foldin[1].gram
     rec.fold_in_reg = 1234.0
     got = rec.recommend_history([0, 4], 5)
-    assert rec._foldin[1].reg == 1234.0
+    assert rec._foldin[1].reg == 1234.0 and rec._foldin[1].gram is gram  # not recomputed
     user = HistoryFoldIn(raw_vectors(rec), reg=1234.0)([[rec.items._pos[0], rec.items._pos[4]]])[0]
     assert [r.item_id for r in got] == [i for i, _ in oracle(rec, user, {0, 4})[:5]]
 
