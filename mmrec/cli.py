@@ -11,6 +11,7 @@ Examples::
     mmrec finetune --from model_dir --catalog new_items.csv --interactions new_inter.tsv --out new_dir --lr 0.01
     mmrec recommend --index model_dir --user 42 -k 10 --explain
     mmrec recommend --index model_dir --history 1 50 172 -k 10
+    mmrec recommend --index model_dir --user 42 --history 1 50   # a known user's newer items
     mmrec explain --index model_dir --item 1 -k 5
     mmrec evaluate --index model_dir --interactions inter.tsv --split test
 
@@ -258,8 +259,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def cmd_recommend(args: argparse.Namespace) -> int:
     rec = _open_recommender(args)
+    if args.user is None and args.history is None:
+        raise ConfigError("give --user ID, --history ITEM [ITEM ...], or both (a known user's newer items)")
     if args.history is not None:
-        results = rec.recommend_history(args.history, args.k, method=args.method,
+        results = rec.recommend_history(args.history, args.k, user=args.user, method=args.method,
                                         exclude_history=not args.include_known, explain=args.explain,
                                         explain_items=args.explain_items, diversity=args.diversity)
     else:
@@ -470,17 +473,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     rc = sub.add_parser("recommend", help="top-k items for a user or a history of items (those items excluded)")
     _query_opts(rc)
-    who = rc.add_mutually_exclusive_group(required=True)
-    who.add_argument("--user", help="user id (a user the model trained on)")
-    who.add_argument("--history", nargs="+", metavar="ITEM",
-                     help="item ids a user interacted with: anyone, including users the model never saw "
-                          "(content indexes too)")
+    rc.add_argument("--user", help="user id (a user the model trained on); with --history, that user's liked "
+                                   "items followed by the --history items are the history")
+    rc.add_argument("--history", nargs="+", metavar="ITEM",
+                    help="item ids a user interacted with: anyone, including users the model never saw "
+                         "(content indexes too)")
     rc.add_argument("--method", default="auto", choices=["auto", "fold-in", "mean"],
                     help="how --history becomes a user: least-squares fold-in against every item vector "
                          "or the mean of the history's vectors (default auto: fold-in for a trained "
                          "directory, mean for a content index)")
     rc.add_argument("--include-known", action="store_true",
-                    help="do not exclude the user's known items (the --history items)")
+                    help="do not exclude the user's known items and the --history items")
     rc.add_argument("--diversity", type=float, default=0.0, metavar="W",
                     help="re-rank the top max(5k, 50) by maximal marginal relevance, W in [0, 1] trading relevance "
                          "for dissimilarity to the items already listed (default 0: off)")

@@ -113,7 +113,8 @@ def history_contributions(
 ) -> list[list[dict[str, Any]]]:
     """For each item, the user's history items most similar to it, best first.
 
-    The history is the user's known items (:meth:`Recommender.known_items`) still in the index.
+    The history is the user's positives still in the index (:meth:`Recommender.liked_items`):
+    an item the user rated below the training rating threshold never explains a recommendation.
     The similarity of a history item ``h`` to a result ``r`` is the dot product of their raw
     vectors, the score the model itself uses; only positive similarities count (an item pointing
     away from the result did not pull it up), and an item is never its own explanation (it can
@@ -138,7 +139,7 @@ def history_contributions(
         )
     _check_k(history, "the number of history items to name")
     index = rec.items
-    return _items_like(index, [i for i in rec.known_items(user_id) if i in index._pos], item_ids, history)
+    return _items_like(index, rec.liked_items(user_id), item_ids, history)
 
 
 def _items_like(

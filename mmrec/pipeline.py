@@ -352,7 +352,8 @@ def fit(
         items.encoders.to(config.device)  # where they are (and where any other one would load)
     rec = Recommender(items, model.eval(), config, inter.user_ids, user_vecs, known, item_ids,
                       cold_items=[item_ids[i] for i in np.flatnonzero(held_out)] if held_out is not None else [],
-                      split_rule=split, rating_threshold=rating_threshold, fold_in_reg=fold_in_reg)
+                      split_rule=split, rating_threshold=rating_threshold, fold_in_reg=fold_in_reg,
+                      liked=inter.user_items("all") if inter.seen is not None and len(inter.seen[0]) else None)
     if out is not None:
         extra = {
             "num_users": inter.num_users,

@@ -10,7 +10,8 @@ A trained directory adds to the index files (see :mod:`mmrec.item_index`)::
     config.json          TrainConfig + model sizes + the MIPS norm bound
     model.safetensors    fusion / projection / graph weights
     users.json           user ids, and the item ids of the training item space
-    users.safetensors    user vectors [U, D] and each user's known items (CSR)
+    users.safetensors    user vectors [U, D], each user's known items (CSR) and, when a
+                         rating threshold left some of them out, each user's liked items (CSR)
 """
 from __future__ import annotations
 
@@ -144,6 +145,9 @@ class Recommender:
         user_ids: external user ids, in user-vector order.
         user_vectors: ``[U, D]`` trained user vectors.
         known: ``[U, N_train]`` CSR of each user's interactions (excluded from recommendations).
+        liked: ``[U, N_train]`` CSR of each user's positives: ``known`` less the pairs rated
+            below the training rating threshold (the history that explanations name and that
+            :meth:`recommend_history` starts a known user from). ``None``: every known pair.
         train_item_ids: the item ids of ``known``'s columns.
         cold_items: items held out of training under the cold-start protocol.
         split_rule: how the training split was made (``auto``, ``given``, ``random``,
@@ -166,6 +170,7 @@ class Recommender:
         split_rule: str = "auto",
         rating_threshold: float | None = None,
         fold_in_reg: float = DEFAULT_FOLD_IN_REG,
+        liked: sp.csr_matrix | None = None,
     ) -> None:
         self.items = items
         self.model = model
@@ -173,6 +178,7 @@ class Recommender:
         self.user_ids = list(user_ids)
         self.user_vectors = user_vectors
         self.known = known
+        self.liked = known if liked is None else liked
         self.train_item_ids = list(train_item_ids)
         self.cold_items = list(cold_items)  # held out of training (cold-start protocol)
         self.split_rule = split_rule
@@ -212,14 +218,18 @@ class Recommender:
                                           items.centers)
         users = json.loads((directory / "users.json").read_text())
         t = load_numpy(str(directory / "users.safetensors"))
-        known = sp.csr_matrix(
-            (np.ones(len(t["known_indices"]), np.float32), t["known_indices"], t["known_indptr"]),
-            shape=(len(users["user_ids"]), len(users["item_ids"])),
-        )
+        shape = (len(users["user_ids"]), len(users["item_ids"]))
+
+        def csr(name: str) -> sp.csr_matrix:
+            indices = t[f"{name}_indices"]
+            return sp.csr_matrix((np.ones(len(indices), np.float32), indices, t[f"{name}_indptr"]), shape=shape)
+
+        known = csr("known")
+        liked = csr("liked") if "liked_indices" in t else None  # absent: no pair was below a threshold
         return cls(items, model.eval(), cfg, users["user_ids"], t["user_vectors"], known, users["item_ids"],
                    cold_items=extra.get("cold_items", []), split_rule=extra.get("split", "auto"),
                    rating_threshold=extra.get("rating_threshold"),
-                   fold_in_reg=extra.get("fold_in_reg", DEFAULT_FOLD_IN_REG))
+                   fold_in_reg=extra.get("fold_in_reg", DEFAULT_FOLD_IN_REG), liked=liked)
 
     def attach_files(self, extra: dict[str, Any], tuner: Any = None):
         """A writer for :meth:`ItemIndex.save` that adds the trained files to the directory.
@@ -238,14 +248,15 @@ class Recommender:
             state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
             save_torch(state, str(tmp / "model.safetensors"))
             (tmp / "users.json").write_text(json.dumps({"user_ids": self.user_ids, "item_ids": self.train_item_ids}))
-            save_numpy(
-                {
-                    "user_vectors": np.ascontiguousarray(self.user_vectors, np.float32),
-                    "known_indptr": self.known.indptr.astype(np.int64),
-                    "known_indices": self.known.indices.astype(np.int64),
-                },
-                str(tmp / "users.safetensors"),
-            )
+            arrays = {
+                "user_vectors": np.ascontiguousarray(self.user_vectors, np.float32),
+                "known_indptr": self.known.indptr.astype(np.int64),
+                "known_indices": self.known.indices.astype(np.int64),
+            }
+            if self.liked is not self.known:  # pairs rated below the threshold: known, not liked
+                arrays |= {"liked_indptr": self.liked.indptr.astype(np.int64),
+                           "liked_indices": self.liked.indices.astype(np.int64)}
+            save_numpy(arrays, str(tmp / "users.safetensors"))
             return files
 
         return write
@@ -277,9 +288,18 @@ class Recommender:
         raise MMRecError(f"user '{user_id}' is not known to this model ({len(self.user_ids)} users)")
 
     def known_items(self, user_id: object) -> list[ItemId]:
-        """The items a user interacted with in the training data (never recommended back)."""
-        row = self.user_index(user_id)
-        return [self.train_item_ids[j] for j in self.known.indices[self.known.indptr[row] : self.known.indptr[row + 1]]]
+        """The items a user interacted with in the training data, those rated below the rating
+        threshold and those removed from the index since included (never recommended back)."""
+        return self._row_items(self.known, self.user_index(user_id))
+
+    def liked_items(self, user_id: object) -> list[ItemId]:
+        """The user's positives still in the index: the known items less those rated below the
+        training rating threshold and those removed since (``index remove``). This is the
+        history that ``explain`` names and that :meth:`recommend_history` extends for a known user."""
+        return [i for i in self._row_items(self.liked, self.user_index(user_id)) if i in self.items._pos]
+
+    def _row_items(self, matrix: sp.csr_matrix, row: int) -> list[ItemId]:
+        return [self.train_item_ids[j] for j in matrix.indices[matrix.indptr[row] : matrix.indptr[row + 1]]]
 
     def recommend(
         self, user_id: object, k: int = 10, *, exclude_known: bool = True, explain: bool = False,
@@ -305,12 +325,12 @@ class Recommender:
         return explain_recommendations(self, user_id, results, history) if explain else results
 
     def recommend_history(
-        self, items: Sequence[object] | ItemId, k: int = 10, *, method: str = "auto", exclude_history: bool = True,
-        explain: bool = False, explain_items: int = DEFAULT_HISTORY, diversity: float = 0.0,
-        candidates: int | None = None,
+        self, items: Sequence[object] | ItemId = (), k: int = 10, *, user: object = None, method: str = "auto",
+        exclude_history: bool = True, explain: bool = False, explain_items: int = DEFAULT_HISTORY,
+        diversity: float = 0.0, candidates: int | None = None,
     ) -> list[Result]:
         """Top-k items for a history of item ids: a user the model never trained on, an
-        anonymous session, or a known user's latest items.
+        anonymous session, or a known user with the items they chose since training (``user``).
 
         The history becomes one user vector against the index's item vectors, then the index
         answers as for :meth:`recommend` (history excluded, over-fetch and refill, ``diversity``):
@@ -322,6 +342,11 @@ class Recommender:
           vectors, so an item scores its mean similarity to the history (for a content index,
           the centred content cosine, as ``similar``).
 
+        With ``user``, a user the model trained on, the history is that user's liked items
+        (:meth:`liked_items`) followed by ``items`` (which may then be empty), and every known
+        item of the user is excluded as well: the answer once a user has chosen more items since
+        training, without retraining.
+
         Items added with ``index add`` may be in the history. ``explain`` attaches to each
         result its attention weights and the (at most ``explain_items``) history items most
         similar to it.
@@ -329,32 +354,40 @@ class Recommender:
         A single id (a string or an int) is a history of one item.
 
         Raises:
-            MMRecError: an empty history, an id not in the index, an unknown ``method``, or
-                history vectors that sum to zero (no direction to rank by).
+            MMRecError: an empty history, an id not in the index, an unknown ``user``, an unknown
+                ``method``, or history vectors that sum to zero (no direction to rank by).
         """
         if method not in ("auto", "fold-in", "mean"):
             raise ConfigError(f"method must be 'auto', 'fold-in' or 'mean', got {method!r}")
         diversity = check_weight(diversity)
         if isinstance(items, (str, bytes, int, np.integer)):
             items = [items]  # "12" is item 12, not the items "1" and "2"
-        ids = list(dict.fromkeys(self._history_id(i) for i in items))
+        ids = [self._history_id(i) for i in items]
+        exclude = set(ids)
+        if user is not None:
+            if not self.trained:
+                raise MMRecError("this directory holds a content index, which has no users: give the history alone")
+            ids = self.liked_items(user) + ids
+            exclude.update(self.known_items(user))
+        ids = list(dict.fromkeys(ids))
         if not ids:
-            raise MMRecError("the history is empty: give at least one item id")
+            raise MMRecError(f"the history is empty: user '{user}' has no liked items in this index, give item ids"
+                             if user is not None else "the history is empty: give at least one item id")
         rows = [self.items._pos[i] for i in ids]
         if method == "auto":
             method = "fold-in" if self.trained else "mean"
         mips = self.items.vectorizer.mips
         if method == "mean":
-            user = history_mean(mips.original(self.items.vectors[rows]), [range(len(rows))])  # [1, D]
+            vector = history_mean(mips.original(self.items.vectors[rows]), [range(len(rows))])  # [1, D]
         else:
             if self._foldin is None or self._foldin[0] is not self.items.vectors:  # the index changed (add, remove)
                 self._foldin = (self.items.vectors, HistoryFoldIn(mips.original(self.items.vectors)))
             if self._foldin[1].reg != self.fold_in_reg:  # the Gram matrix stays
                 self._foldin = (self._foldin[0], self._foldin[1].with_settings(reg=self.fold_in_reg))
-            user = self._foldin[1]([rows])  # [1, D]
-        if not np.any(user):
+            vector = self._foldin[1]([rows])  # [1, D]
+        if not np.any(vector):
             raise MMRecError("the history's vectors sum to zero: it has no direction to rank items by")
-        results = self._serve(user, k, set(ids) if exclude_history else None, diversity, candidates)
+        results = self._serve(vector, k, exclude if exclude_history else None, diversity, candidates)
         return explain_history(self.items, ids, results, explain_items) if explain else results
 
     def _history_id(self, item_id: object) -> ItemId:

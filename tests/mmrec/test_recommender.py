@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from fusion.foldin import HistoryFoldIn
-from mmrec.foldin import FOLD_IN_REGS
+from index.persist import sha256_file
 from mmrec.cli import main
 from mmrec.config import TrainConfig
 from mmrec.errors import ConfigError, MMRecError
+from mmrec.foldin import FOLD_IN_REGS
 from mmrec.item_index import ItemIndex
 from mmrec.pipeline import fit
 from mmrec.recommender import Recommender
@@ -196,6 +197,62 @@ def test_cli_recommend_history(trained, capsys):
     assert "--method applies to --history only" in capsys.readouterr().err
     assert main(["recommend", "--index", d, "--history", "nope", "-q"]) == 1
     assert "history item 'nope' is not in this index" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["recommend", "--index", d, "--user", "u0", "--history", "0"])
-    assert "not allowed with argument" in capsys.readouterr().err
+    # --user with --history: the user's liked items, then the new ones.
+    assert main(["recommend", "--index", d, "--user", "u0", "--history", "5", "-k", "3", "--json", "-q"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["item_id"] for r in out] == [r.item_id for r in rec.recommend_history([5], 3, user="u0")]
+    assert main(["recommend", "--index", d, "-q"]) == 1
+    assert "give --user ID, --history ITEM [ITEM ...], or both" in capsys.readouterr().err
+
+
+def test_a_known_users_history_is_their_liked_items_then_the_new_ones(trained):
+    rec = Recommender.load(trained / "model", show_progress=False)
+    liked = rec.liked_items("u0")
+    assert liked == rec.known_items("u0") and len(liked) == 6  # no threshold: every known item is liked
+    new = [i for i in range(32) if i not in liked][:2]
+    got = rec.recommend_history(new, 8, user="u0")
+    user = HistoryFoldIn(raw_vectors(rec), reg=rec.fold_in_reg)([[rec.items._pos[i] for i in liked + new]])[0]
+    assert [r.item_id for r in got] == [i for i, _ in oracle(rec, user, set(liked + new))[:8]]
+    # No new items: the fold-in of the liked items alone; the same items again change nothing.
+    alone = HistoryFoldIn(raw_vectors(rec), reg=rec.fold_in_reg)([[rec.items._pos[i] for i in liked]])[0]
+    assert [r.item_id for r in rec.recommend_history(user="u0", k=5)] == [i for i, _ in oracle(rec, alone, set(liked))[:5]]
+    assert [r.item_id for r in rec.recommend_history(liked[:2], 5, user="u0")] == \
+        [r.item_id for r in rec.recommend_history((), 5, user="u0")]
+    with pytest.raises(MMRecError, match="user 'nobody' is not known"):
+        rec.recommend_history([0], user="nobody")
+
+
+def test_liked_items_leave_out_items_below_the_threshold_and_removed_ones(tmp_path):
+    inter, feats = write_planted(tmp_path)
+    rows = inter.read_text().splitlines()
+    # Every planted row rated 5; u0 also rated three items of another cluster 1 (below threshold 3).
+    rated = [rows[0] + "\trating"] + [r + "\t5" for r in rows[1:]] + [f"u0\t{i}\t1" for i in (1, 5, 9)]
+    inter.write_text("\n".join(rated) + "\n")
+    fit(inter, features={"content": feats}, out=tmp_path / "model", config=TrainConfig(**FAST), split="random",
+        rating_threshold=3, show_progress=False)
+    rec = Recommender.load(tmp_path / "model", show_progress=False)
+    planted = [int(r.split("\t")[1]) for r in rows[1:] if r.startswith("u0\t")]
+    assert sorted(rec.liked_items("u0")) == sorted(planted)
+    assert sorted(rec.known_items("u0")) == sorted(planted + [1, 5, 9])  # never recommended back
+    # The fold-in starts from the liked items only; every known item stays excluded.
+    got = rec.recommend_history(user="u0", k=10)
+    user = HistoryFoldIn(raw_vectors(rec), reg=rec.fold_in_reg)([[rec.items._pos[i] for i in planted]])[0]
+    assert [r.item_id for r in got] == [i for i, _ in oracle(rec, user, set(planted + [1, 5, 9]))[:10]]
+    # Explanations name liked items only.
+    for r in rec.recommend("u0", 10, explain=True):
+        assert {h["item_id"] for h in r.explanation["history"]} <= set(planted)
+    # A directory written before liked items were stored reads every known item as liked.
+    from safetensors.numpy import load_file, save_file
+    path = tmp_path / "model" / "users.safetensors"
+    arrays = load_file(str(path))
+    assert set(arrays) == {"user_vectors", "known_indptr", "known_indices", "liked_indptr", "liked_indices"}
+    shutil.copytree(tmp_path / "model", tmp_path / "old")
+    save_file({k: v for k, v in arrays.items() if not k.startswith("liked")}, str(tmp_path / "old" / "users.safetensors"))
+    manifest = json.loads((tmp_path / "old" / "manifest.json").read_text())
+    manifest["checksums"]["users.safetensors"] = sha256_file(tmp_path / "old" / "users.safetensors")
+    (tmp_path / "old" / "manifest.json").write_text(json.dumps(manifest))
+    assert sorted(Recommender.load(tmp_path / "old", show_progress=False).liked_items("u0")) == sorted(planted + [1, 5, 9])
+    # An item removed from the index leaves the liked items (it cannot be a history item any more).
+    rec.items.remove([planted[0]])
+    assert sorted(rec.liked_items("u0")) == sorted(planted[1:]) and planted[0] in rec.known_items("u0")
+    assert len(rec.recommend_history(user="u0", k=5)) == 5
