@@ -1,4 +1,9 @@
-"""LightGCN graph propagation over the joint user-item graph (torch-geometric ``LGConv``)."""
+"""LightGCN graph propagation over the joint user-item graph (torch-geometric ``LGConv``).
+
+torch-geometric is imported where it is first used, not with this module: importing it costs
+about 3 s on a 2-core machine (it imports its dataset and LLM modules, and transformers with
+them), and a process that only serves from a trained directory never propagates.
+"""
 from __future__ import annotations
 
 import warnings
@@ -6,9 +11,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch_geometric.nn import LGConv
-from torch_geometric.nn.conv.gcn_conv import gcn_norm
-from torch_geometric.utils import is_undirected, to_torch_csr_tensor
 
 # dtypes torch.sparse.mm multiplies on every device (CPU's MKL kernel has no half / bfloat16)
 _SPARSE_DTYPES = (torch.float32, torch.float64)
@@ -56,6 +58,8 @@ class _SparseMatmul(torch.autograd.Function):
 
 def _csr(rows: Tensor, cols: Tensor, values: Tensor, num_nodes: int) -> Tensor:
     """``[num_nodes, num_nodes]`` CSR matrix, duplicate entries summed."""
+    from torch_geometric.utils import to_torch_csr_tensor
+
     with warnings.catch_warnings():
         # torch warns once per process that CSR is "beta" and that invariant checks are off;
         # the matrix is built from a validated edge_index, so neither concerns the caller
@@ -121,7 +125,7 @@ class GraphPropagation(nn.Module):
         if num_layers < 0:
             raise ValueError(f"GraphPropagation num_layers must be >= 0, got {num_layers}")
         self.num_layers = num_layers
-        self.conv = LGConv(normalize=False)  # parameter-free: one instance serves every layer
+        self._conv: nn.Module | None = None  # LGConv(normalize=False), built on first use
         self._cache: _NormCache | None = None
 
     def reset_parameters(self) -> None:
@@ -172,6 +176,8 @@ class GraphPropagation(nn.Module):
             and c.dtype == dtype
         ):
             return c.normalized
+        from torch_geometric.nn.conv.gcn_conv import gcn_norm
+
         self._check_graph(edge_index, num_nodes, edge_weight)
         _, normalized = gcn_norm(
             edge_index, edge_weight, num_nodes, add_self_loops=False, dtype=dtype
@@ -265,6 +271,8 @@ class GraphPropagation(nn.Module):
                 f"edge_weight must have shape [{edge_index.size(1)}] (one per edge), got "
                 f"{list(edge_weight.shape)}"
             )
+        from torch_geometric.utils import is_undirected
+
         if not is_undirected(edge_index, num_nodes=num_nodes):
             raise ValueError(
                 "edge_index is not symmetric: LightGCN propagation needs every user-item "
@@ -298,8 +306,12 @@ class GraphPropagation(nn.Module):
                 out = out + x
         else:
             weight = self.normalized_edge_weight(edge_index, x.size(0), edge_weight, x.dtype)  # [E]
+            if self._conv is None:
+                from torch_geometric.nn import LGConv
+
+                self._conv = LGConv(normalize=False)  # parameter-free: one instance serves every layer
             for _ in range(self.num_layers):
-                x = self.conv(x, edge_index, weight)  # [U+N, D]
+                x = self._conv(x, edge_index, weight)  # [U+N, D]
                 out = out + x
         return out / (self.num_layers + 1)
 

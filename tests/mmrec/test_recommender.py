@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -256,3 +259,16 @@ def test_liked_items_leave_out_items_below_the_threshold_and_removed_ones(tmp_pa
     rec.items.remove([planted[0]])
     assert sorted(rec.liked_items("u0")) == sorted(planted[1:]) and planted[0] in rec.known_items("u0")
     assert len(rec.recommend_history(user="u0", k=5)) == 5
+
+
+def test_serving_from_a_trained_directory_does_not_import_torch_geometric(trained):
+    # Importing torch-geometric costs seconds per CLI call (fusion.propagation imports it on first use).
+    code = (
+        "import sys; from mmrec.recommender import Recommender\n"
+        f"rec = Recommender.load({str(trained / 'model')!r}, show_progress=False)\n"
+        "rec.recommend('u0', 3); rec.recommend_history([0, 4], 3); rec.similar(0, 3)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch_geometric', 'transformers')))\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
