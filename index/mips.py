@@ -54,7 +54,7 @@ class MipsTransform:
 
     def original(self, items: np.ndarray) -> np.ndarray:
         """Undo :meth:`items`: ``[N, D + 1]`` augmented vectors -> the ``[N, D]`` raw vectors."""
-        return (np.asarray(items, np.float32)[:, :-1] * self.max_norm).astype(np.float32)
+        return (np.asarray(items, np.float32)[:, :-1] * self.max_norm).astype(np.float32, copy=False)  # one copy
 
     def queries(self, q: np.ndarray) -> np.ndarray:
         q = np.asarray(q, dtype=np.float32)
