@@ -760,7 +760,10 @@ class ItemIndex:
         present = {m: tensors[f"present.{m}"].astype(bool) for m in modalities}
         centers = {m: tensors[f"center.{m}"] for m in manifest.get("centered", [])}  # format 1 had none: plain cosine
         with open(directory / "items.jsonl", encoding="utf-8") as f:
-            items = [json.loads(line) for line in f]
+            # One parse of the whole file as a JSON array: a json.loads per line took twice as long
+            # (1.07 s against 0.5 s at 173k items). Split on "\n" only: the fields are written with
+            # ensure_ascii=False, and str.splitlines would also split inside a title holding U+2028.
+            items = json.loads("[" + ",".join(line for line in f.read().split("\n") if line) + "]")
         if len(items) != manifest["count"] or index.dim != manifest["dim"] or len(index) != len(items):
             raise MMRecError(
                 f"{directory}: manifest says {manifest['count']} items of dim {manifest['dim']}, files hold "

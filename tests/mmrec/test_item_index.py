@@ -95,6 +95,17 @@ def test_save_load_round_trip(tmp_path):
     assert set(manifest["checksums"]) >= {"index.faiss", "ids.json", "items.jsonl", "features.safetensors"}
 
 
+def test_display_fields_with_line_separators_and_any_script_survive_save_load(tmp_path):
+    # items.jsonl is written unescaped (ensure_ascii=False) and read in one parse split on "\n":
+    # U+2028 / U+0085 / a form feed inside a field must not split an item.
+    fields = [{"title": "a\u2028b"}, {"title": "c\x85d\x0ce"}, {"title": "Amélie ☃ 東京", "note": "x\ny"}]
+    idx = ItemIndex.from_features(["p", "q", "r"], {"text": np.eye(3, dtype=np.float32)}, records=fields,
+                                  factory="Flat", show_progress=False)
+    idx.save(tmp_path / "idx")
+    back = ItemIndex.load(tmp_path / "idx", show_progress=False)
+    assert [it["fields"] for it in back.items] == fields and [it["item_id"] for it in back.items] == ["p", "q", "r"]
+
+
 def test_tampered_directory_is_refused(tmp_path):
     five_items().save(tmp_path / "idx")
     with open(tmp_path / "idx" / "items.jsonl", "a") as f:
