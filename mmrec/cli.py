@@ -12,6 +12,7 @@ Examples::
     mmrec recommend --index model_dir --user 42 -k 10 --explain
     mmrec recommend --index model_dir --history 1 50 172 -k 10
     mmrec recommend --index model_dir --user 42 --history 1 50   # a known user's newer items
+    mmrec recommend --index model_dir --all-users -k 20 --json > recs.jsonl
     mmrec explain --index model_dir --item 1 -k 5
     mmrec evaluate --index model_dir --interactions inter.tsv --split test
 
@@ -258,19 +259,40 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    rec = _open_recommender(args)
-    if args.user is None and args.history is None:
+    users = args.user or []
+    if not users and args.history is None and not args.all_users:
         raise ConfigError("give --user ID, --history ITEM [ITEM ...], or both (a known user's newer items)")
+    if args.all_users and (users or args.history is not None):
+        raise ConfigError("--all-users takes no --user or --history")
+    many = args.all_users or len(users) > 1
+    if many and (args.history is not None or args.explain or args.diversity):
+        raise ConfigError("several users (or --all-users) are recommended for in batches: --history, --explain and "
+                          "--diversity take one --user")
+    if args.method != "auto" and args.history is None:
+        raise ConfigError("--method applies to --history only (a known user has a trained vector)")
+    rec = _open_recommender(args)
+    title = title_field_of(rec.items)
+    if many:
+        users = list(rec.user_ids) if args.all_users else [rec.user_ids[rec.user_index(u)] for u in users]
+        batches = rec.recommend_many(users, args.k, exclude_known=not args.include_known,
+                                     show_progress=not args.quiet and sys.stderr.isatty())
+        for user, results in zip(users, batches):
+            if args.json:  # JSON Lines: one user an object
+                json.dump({"user_id": user, "results": [r.to_dict() for r in results]}, sys.stdout, ensure_ascii=False)
+                sys.stdout.write("\n")
+            else:
+                sys.stdout.write(f"user {user}\n")
+                print_results(results, False, title)
+        return 0
+    user = users[0] if users else None
     if args.history is not None:
-        results = rec.recommend_history(args.history, args.k, user=args.user, method=args.method,
+        results = rec.recommend_history(args.history, args.k, user=user, method=args.method,
                                         exclude_history=not args.include_known, explain=args.explain,
                                         explain_items=args.explain_items, diversity=args.diversity)
     else:
-        if args.method != "auto":
-            raise ConfigError("--method applies to --history only (a known user has a trained vector)")
-        results = rec.recommend(args.user, args.k, exclude_known=not args.include_known, explain=args.explain,
+        results = rec.recommend(user, args.k, exclude_known=not args.include_known, explain=args.explain,
                                 history=args.explain_items, diversity=args.diversity)
-    print_results(results, args.json, title_field_of(rec.items))
+    print_results(results, args.json, title)
     return 0
 
 
@@ -473,8 +495,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     rc = sub.add_parser("recommend", help="top-k items for a user or a history of items (those items excluded)")
     _query_opts(rc)
-    rc.add_argument("--user", help="user id (a user the model trained on); with --history, that user's liked "
-                                   "items followed by the --history items are the history")
+    rc.add_argument("--user", nargs="+", metavar="ID",
+                    help="user id (a user the model trained on); with --history, that user's liked items followed "
+                         "by the --history items are the history; several ids are recommended for in batches")
+    rc.add_argument("--all-users", action="store_true",
+                    help="every user the model trained on, in batches (with --json: one JSON object a line)")
     rc.add_argument("--history", nargs="+", metavar="ITEM",
                     help="item ids a user interacted with: anyone, including users the model never saw "
                          "(content indexes too)")

@@ -26,6 +26,7 @@ import scipy.sparse as sp
 import torch
 from safetensors.numpy import load_file as load_numpy, save_file as save_numpy
 from safetensors.torch import load_file as load_torch, save_file as save_torch
+from tqdm.auto import tqdm
 
 from fusion.foldin import HistoryFoldIn, history_mean
 from fusion.model import FusedGraphModel
@@ -323,6 +324,38 @@ class Recommender:
         exclude = set(self.known_items(user_id)) if exclude_known else None
         results = self._serve(self.user_vectors[row : row + 1], k, exclude, diversity, candidates)
         return explain_recommendations(self, user_id, results, history) if explain else results
+
+    def recommend_many(
+        self, user_ids: Sequence[object], k: int = 10, *, exclude_known: bool = True, batch_size: int = 1024,
+        show_progress: bool = False,
+    ) -> list[list[Result]]:
+        """Top-k for many users: what :meth:`recommend` returns for each, in ``user_ids`` order,
+        from one FAISS search per ``batch_size`` users instead of one per user (the index
+        over-fetches per batch by the largest known-item count in it, then refills).
+
+        For exports (a nightly batch of every user's recommendations); ``explain`` and
+        ``diversity`` stay per user (:meth:`recommend`). With an exact or IVF index the results
+        are :meth:`recommend`'s; HNSW searches the whole batch as deep as its user with the most
+        known items needs, so it can find items a single search would have missed.
+
+        Raises:
+            MMRecError: a content index, an unknown user (named before any search), ``k < 1``,
+                ``batch_size < 1``.
+        """
+        if not self.trained:
+            raise MMRecError("this directory holds a content index, not a trained model: run `mmrec train` first")
+        if batch_size < 1:
+            raise MMRecError(f"batch_size must be at least 1, got {batch_size}")
+        rows = [self.user_index(u) for u in user_ids]
+        out: list[list[Result]] = []
+        queries = self.items.vectorizer.mips.queries
+        with tqdm(total=len(rows), desc="recommending", unit="user", disable=not show_progress) as bar:
+            for start in range(0, len(rows), batch_size):
+                batch = rows[start : start + batch_size]
+                exclude = [set(self._row_items(self.known, r)) for r in batch] if exclude_known else None
+                out += self.items.search_vectors(queries(self.user_vectors[batch]), k, exclude=exclude)  # [B] lists
+                bar.update(len(batch))
+        return out
 
     def recommend_history(
         self, items: Sequence[object] | ItemId = (), k: int = 10, *, user: object = None, method: str = "auto",

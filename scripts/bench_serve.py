@@ -4,7 +4,8 @@ In process, each directory is opened once with ``Recommender.load`` and every ki
 is made one at a time, as an application serving users would make them (one thread, distinct
 users / items per request, drawn with a seed): ``recommend`` (plain, ``explain``,
 ``diversity``), ``recommend_history`` (fold-in, mean, and a known user with two newer items),
-``similar`` and, where the directory has a text encoder, ``search_text``. Each kind reports
+``similar`` and, where the directory has a text encoder, ``search_text``; then every user's top
+``K`` by ``recommend`` one user at a time against ``recommend_many`` in batches, side by side. Each kind reports
 p50 / p99 / mean milliseconds over ``--requests`` calls after its first, and the first call
 apart (the fold-in builds its Gram matrix then, a text search loads its encoder). Beside the
 latency, ``recommend``'s recall@10 against the exact ranking of the same vectors (brute force,
@@ -151,7 +152,25 @@ def requests(directory: Path, n: int, seed: int) -> dict[str, Any]:
         out["requests"][name] = time_calls(call, n)
         print(f"  {name}: {out['requests'][name]}", flush=True)
     out["recall@10_vs_exact"] = round(exact_recall(rec, users[: min(n, 200)]), 4)
+    out["batch"] = batch_vs_loop(rec)
+    print(f"  batch: {out['batch']}", flush=True)
     return out
+
+
+def batch_vs_loop(rec: Recommender) -> dict[str, Any]:
+    """Every user's top-K by ``recommend`` one user at a time, then by ``recommend_many`` (batches
+    of 1024), side by side: users per second, and whether the two agree exactly."""
+    users = list(rec.user_ids)
+    t = time.perf_counter()
+    loop = [rec.recommend(u, K) for u in users]
+    loop_s = time.perf_counter() - t
+    t = time.perf_counter()
+    batch = rec.recommend_many(users, K)
+    batch_s = time.perf_counter() - t
+    same = all([(r.item_id, r.score) for r in a] == [(r.item_id, r.score) for r in b] for a, b in zip(loop, batch))
+    return {"users": len(users), "loop_users_per_s": round(len(users) / loop_s, 1),
+            "batch_users_per_s": round(len(users) / batch_s, 1), "speed_up": round(loop_s / batch_s, 2),
+            "identical": same}
 
 
 # ------------------------------------------------------------------------------ CLI calls
@@ -201,6 +220,12 @@ def markdown(results: dict[str, Any]) -> str:
                   "| request | first ms | p50 ms | p99 ms | mean ms |", "|---|---:|---:|---:|---:|"]
         for kind, r in d["requests"].items():
             lines.append(f"| {kind} | {r['first_ms']:.2f} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['mean_ms']:.3f} |")
+        if "batch" in d:
+            bt = d["batch"]
+            lines += ["", f"Every user's top {K} ({bt['users']:,} users): `recommend` one user at a time "
+                      f"{bt['loop_users_per_s']:,.0f} users/s, `recommend_many` (batches of 1024) "
+                      f"{bt['batch_users_per_s']:,.0f} users/s: **{bt['speed_up']:.1f}x**, "
+                      f"{'identical' if bt['identical'] else 'NOT identical'} results."]
         if d.get("cli"):
             lines += ["", f"Each command as a fresh process, median of {d['cli_repeats']} rounds run in turn:", "",
                       "| command | median s | runs s |", "|---|---:|---|"]

@@ -272,3 +272,55 @@ def test_serving_from_a_trained_directory_does_not_import_torch_geometric(traine
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_recommend_many_is_recommend_for_each_user(trained):
+    rec = Recommender.load(trained / "model", show_progress=False)
+    users = ["u3", "u0", "u17", "u0", "u40"]  # any order, repeats allowed
+    want = [rec.recommend(u, 7) for u in users]
+    for batch_size in (1, 2, 1024):
+        got = rec.recommend_many(users, 7, batch_size=batch_size)
+        assert [[(r.item_id, r.score) for r in g] for g in got] == [[(r.item_id, r.score) for r in w] for w in want]
+    kept = rec.recommend_many(["u3"], 32, exclude_known=False)[0]
+    assert len(kept) == 32 and set(rec.known_items("u3")) <= {r.item_id for r in kept}
+    with pytest.raises(MMRecError, match="user 'nobody' is not known"):
+        rec.recommend_many(["u0", "nobody"])
+    with pytest.raises(MMRecError, match="batch_size must be at least 1"):
+        rec.recommend_many(["u0"], batch_size=0)
+
+
+@pytest.mark.parametrize("factory", ["HNSW8", "IVF4,Flat"])
+def test_recommend_many_with_an_approximate_index_never_returns_a_known_item(tmp_path, factory):
+    items = 32 if factory.startswith("HNSW") else 200  # IVF4 trains on at least 156 vectors
+    inter, feats = write_planted(tmp_path, items=items)
+    rec, _, _ = fit(inter, features={"content": feats}, config=TrainConfig(**FAST), split="random",
+                    factory=factory, show_progress=False)
+    users = rec.user_ids
+    for user, got in zip(users, rec.recommend_many(users, items - 6, batch_size=16)):  # 6 known each: all the rest
+        assert len(got) == items - 6 and not set(rec.known_items(user)) & {r.item_id for r in got}
+    if factory.startswith("IVF"):  # a deeper fetch extends the same ranking of the probed lists
+        want = [[r.item_id for r in rec.recommend(u, 5)] for u in users]
+        assert [[r.item_id for r in g] for g in rec.recommend_many(users, 5, batch_size=16)] == want
+
+
+def test_cli_recommend_for_several_users(trained, capsys):
+    rec = Recommender.load(trained / "model", show_progress=False)
+    d = str(trained / "model")
+    assert main(["recommend", "--index", d, "--user", "u1", "u2", "-k", "3", "--json", "-q"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["user_id"] for line in lines] == ["u1", "u2"]
+    for line in lines:
+        assert [r["item_id"] for r in line["results"]] == [r.item_id for r in rec.recommend(line["user_id"], 3)]
+    assert main(["recommend", "--index", d, "--all-users", "-k", "2", "--json", "-q"]) == 0
+    assert [json.loads(line)["user_id"] for line in capsys.readouterr().out.splitlines()] == rec.user_ids
+    assert main(["recommend", "--index", d, "--user", "u1", "u2", "-k", "2", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("user u1\n") and "\nuser u2\n" in out
+    for argv, message in [
+        (["--all-users", "--explain"], "--history, --explain and --diversity take one --user"),
+        (["--user", "u1", "u2", "--history", "0"], "--history, --explain and --diversity take one --user"),
+        (["--all-users", "--user", "u1"], "--all-users takes no --user or --history"),
+        (["--user", "u1", "nobody"], "user 'nobody' is not known"),
+    ]:
+        assert main(["recommend", "--index", d, *argv, "-q"]) == 1
+        assert message in capsys.readouterr().err
