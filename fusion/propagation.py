@@ -1,7 +1,7 @@
 """LightGCN graph propagation over the joint user-item graph (torch-geometric ``LGConv``).
 
 torch-geometric is imported where it is first used, not with this module: importing it costs
-about 3 s on a 2-core machine (it imports its dataset and LLM modules, and transformers with
+about 5 s beyond torch's own 3 s on a 2-core machine (it imports its dataset and LLM modules, and transformers with
 them), and a process that only serves from a trained directory never propagates.
 """
 from __future__ import annotations

@@ -265,9 +265,12 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     if args.all_users and (users or args.history is not None):
         raise ConfigError("--all-users takes no --user or --history")
     many = args.all_users or len(users) > 1
-    if many and (args.history is not None or args.explain or args.diversity):
-        raise ConfigError("several users (or --all-users) are recommended for in batches: --history, --explain and "
-                          "--diversity take one --user")
+    if many and (args.history is not None or args.explain or args.explain_items is not None or args.diversity):
+        raise ConfigError("several users (or --all-users) are recommended for in batches: --history, --explain, "
+                          "--explain-items and --diversity take one --user")
+    from mmrec.explain import DEFAULT_HISTORY
+
+    explain_items = DEFAULT_HISTORY if args.explain_items is None else args.explain_items
     if args.method != "auto" and args.history is None:
         raise ConfigError("--method applies to --history only (a known user has a trained vector)")
     rec = _open_recommender(args)
@@ -288,10 +291,10 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     if args.history is not None:
         results = rec.recommend_history(args.history, args.k, user=user, method=args.method,
                                         exclude_history=not args.include_known, explain=args.explain,
-                                        explain_items=args.explain_items, diversity=args.diversity)
+                                        explain_items=explain_items, diversity=args.diversity)
     else:
         results = rec.recommend(user, args.k, exclude_known=not args.include_known, explain=args.explain,
-                                history=args.explain_items, diversity=args.diversity)
+                                history=explain_items, diversity=args.diversity)
     print_results(results, args.json, title)
     return 0
 
@@ -495,11 +498,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     rc = sub.add_parser("recommend", help="top-k items for a user or a history of items (those items excluded)")
     _query_opts(rc)
-    rc.add_argument("--user", nargs="+", metavar="ID",
+    rc.add_argument("--user", nargs="+", action="extend", metavar="ID",
                     help="user id (a user the model trained on); with --history, that user's liked items followed "
                          "by the --history items are the history; several ids are recommended for in batches")
     rc.add_argument("--all-users", action="store_true",
-                    help="every user the model trained on, in batches (with --json: one JSON object a line)")
+                    help="every user the model trained on, in batches; with --json, several users (or --all-users) "
+                         "print JSON Lines, one {\"user_id\", \"results\"} object a user, where one user prints a list")
     rc.add_argument("--history", nargs="+", metavar="ITEM",
                     help="item ids a user interacted with: anyone, including users the model never saw "
                          "(content indexes too)")
@@ -514,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "for dissimilarity to the items already listed (default 0: off)")
     rc.add_argument("--explain", action="store_true",
                     help="per result: its modality attention weights and the user's history items most like it")
-    rc.add_argument("--explain-items", type=int, default=3, metavar="N",
+    rc.add_argument("--explain-items", type=int, default=None, metavar="N",
                     help="history items named per result with --explain (default 3)")
     _common(rc)
     rc.set_defaults(func=cmd_recommend)

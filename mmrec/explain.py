@@ -114,7 +114,8 @@ def history_contributions(
     """For each item, the user's history items most similar to it, best first.
 
     The history is the user's positives still in the index (:meth:`Recommender.liked_items`):
-    an item the user rated below the training rating threshold never explains a recommendation.
+    an item the user rated below the training rating threshold does not explain a recommendation
+    (in directories written before liked items were stored, every known item counts as liked).
     The similarity of a history item ``h`` to a result ``r`` is the dot product of their raw
     vectors, the score the model itself uses; only positive similarities count (an item pointing
     away from the result did not pull it up), and an item is never its own explanation (it can

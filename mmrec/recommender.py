@@ -344,8 +344,8 @@ class Recommender:
         """
         if not self.trained:
             raise MMRecError("this directory holds a content index, not a trained model: run `mmrec train` first")
-        if batch_size < 1:
-            raise MMRecError(f"batch_size must be at least 1, got {batch_size}")
+        if k < 1 or batch_size < 1:
+            raise MMRecError(f"k and batch_size must be at least 1, got k={k}, batch_size={batch_size}")
         rows = [self.user_index(u) for u in user_ids]
         out: list[list[Result]] = []
         queries = self.items.vectorizer.mips.queries

@@ -96,6 +96,19 @@ def build(name: str, args: argparse.Namespace, work: Path, cache: Path) -> tuple
 
 
 # ------------------------------------------------------------------------------ in process
+def item_ids_outside(rng: np.random.Generator, item_ids: list, known: set, count: int) -> list:
+    """``count`` distinct ids drawn from ``item_ids`` that are not in ``known`` (fewer when fewer remain)."""
+    if len(item_ids) - len(known) < 4 * count:  # few left: draw from what remains
+        pool = [i for i in item_ids if i not in known]
+        return [pool[j] for j in rng.choice(len(pool), size=min(count, len(pool)), replace=False)]
+    out: list = []
+    while len(out) < count:  # most items are not known: draw until enough are not
+        i = item_ids[int(rng.integers(len(item_ids)))]
+        if i not in known and i not in out:
+            out.append(i)
+    return out
+
+
 def time_calls(call: Callable[[int], object], n: int) -> dict[str, float]:
     """Call ``call(0)`` once (the first call, reported apart), then ``call(1..n)``; milliseconds."""
     t = time.perf_counter()
@@ -133,13 +146,14 @@ def requests(directory: Path, n: int, seed: int) -> dict[str, Any]:
     users = [rec.user_ids[i] for i in rng.choice(len(rec.user_ids), size=n + 1, replace=len(rec.user_ids) <= n)]
     item_ids = list(rec.items._pos)
     picks = [[item_ids[j] for j in rng.choice(len(item_ids), size=HISTORY, replace=False)] for _ in range(n + 1)]
+    newer = [item_ids_outside(rng, item_ids, set(rec.known_items(u)), 2) for u in users]
     kinds: dict[str, Callable[[int], object]] = {
         "recommend": lambda i: rec.recommend(users[i], K),
         "recommend, explain": lambda i: rec.recommend(users[i], K, explain=True),
         "recommend, diversity 0.3": lambda i: rec.recommend(users[i], K, diversity=0.3),
         f"history of {HISTORY}, fold-in": lambda i: rec.recommend_history(picks[i], K),
         f"history of {HISTORY}, mean": lambda i: rec.recommend_history(picks[i], K, method="mean"),
-        "known user + 2 newer items": lambda i: rec.recommend_history(picks[i][:2], K, user=users[i]),
+        "known user + 2 newer items": lambda i: rec.recommend_history(newer[i], K, user=users[i]),
         "similar": lambda i: rec.similar(picks[i][0], K),
     }
     titles = [rec.items.items[rec.items._pos[p[0]]]["fields"].get("title") for p in picks]
@@ -174,7 +188,7 @@ def batch_vs_loop(rec: Recommender) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ CLI calls
-def cli_commands(directory: Path, rec_info: dict[str, Any], with_text: bool) -> dict[str, list[str]]:
+def cli_commands(directory: Path, with_text: bool) -> dict[str, list[str]]:
     """Each timed command line (argv for ``python``), named."""
     rec = Recommender.load(directory, show_progress=False)
     user, item = str(rec.user_ids[0]), str(next(iter(rec.items._pos)))
@@ -261,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
             out[name] = requests(directory, args.requests, seed=0) | {"built": built}
             if args.cli_repeats:
                 with_text = "search, text (an item's title)" in out[name]["requests"]
-                out[name]["cli"] = cli_calls(cli_commands(directory, out[name], with_text), args.cli_repeats)
+                out[name]["cli"] = cli_calls(cli_commands(directory, with_text), args.cli_repeats)
                 print(f"  cli: {out[name]['cli']}", flush=True)
 
     for entry in out.values():

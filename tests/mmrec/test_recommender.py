@@ -212,6 +212,9 @@ def test_a_known_users_history_is_their_liked_items_then_the_new_ones(trained):
     rec = Recommender.load(trained / "model", show_progress=False)
     liked = rec.liked_items("u0")
     assert liked == rec.known_items("u0") and len(liked) == 6  # no threshold: every known item is liked
+    from safetensors.numpy import load_file
+    assert set(load_file(str(trained / "model" / "users.safetensors"))) == {"user_vectors", "known_indptr",
+                                                                             "known_indices"}  # nothing to add
     new = [i for i in range(32) if i not in liked][:2]
     got = rec.recommend_history(new, 8, user="u0")
     user = HistoryFoldIn(raw_vectors(rec), reg=rec.fold_in_reg)([[rec.items._pos[i] for i in liked + new]])[0]
@@ -285,8 +288,9 @@ def test_recommend_many_is_recommend_for_each_user(trained):
     assert len(kept) == 32 and set(rec.known_items("u3")) <= {r.item_id for r in kept}
     with pytest.raises(MMRecError, match="user 'nobody' is not known"):
         rec.recommend_many(["u0", "nobody"])
-    with pytest.raises(MMRecError, match="batch_size must be at least 1"):
-        rec.recommend_many(["u0"], batch_size=0)
+    for bad in (dict(batch_size=0), dict(k=0)):
+        with pytest.raises(MMRecError, match="k and batch_size must be at least 1"):
+            rec.recommend_many([], **bad)
 
 
 @pytest.mark.parametrize("factory", ["HNSW8", "IVF4,Flat"])
@@ -296,8 +300,9 @@ def test_recommend_many_with_an_approximate_index_never_returns_a_known_item(tmp
     rec, _, _ = fit(inter, features={"content": feats}, config=TrainConfig(**FAST), split="random",
                     factory=factory, show_progress=False)
     users = rec.user_ids
-    for user, got in zip(users, rec.recommend_many(users, items - 6, batch_size=16)):  # 6 known each: all the rest
-        assert len(got) == items - 6 and not set(rec.known_items(user)) & {r.item_id for r in got}
+    for k in (5, items - 6):  # a few, and all the rest (6 known each)
+        for user, got in zip(users, rec.recommend_many(users, k, batch_size=16)):
+            assert len(got) == k and not set(rec.known_items(user)) & {r.item_id for r in got}
     if factory.startswith("IVF"):  # a deeper fetch extends the same ranking of the probed lists
         want = [[r.item_id for r in rec.recommend(u, 5)] for u in users]
         assert [[r.item_id for r in g] for g in rec.recommend_many(users, 5, batch_size=16)] == want
@@ -313,12 +318,16 @@ def test_cli_recommend_for_several_users(trained, capsys):
         assert [r["item_id"] for r in line["results"]] == [r.item_id for r in rec.recommend(line["user_id"], 3)]
     assert main(["recommend", "--index", d, "--all-users", "-k", "2", "--json", "-q"]) == 0
     assert [json.loads(line)["user_id"] for line in capsys.readouterr().out.splitlines()] == rec.user_ids
+    # --user given twice adds up (as --user u1 u2).
+    assert main(["recommend", "--index", d, "--user", "u1", "--user", "u2", "-k", "3", "--json", "-q"]) == 0
+    assert [json.loads(line)["user_id"] for line in capsys.readouterr().out.splitlines()] == ["u1", "u2"]
     assert main(["recommend", "--index", d, "--user", "u1", "u2", "-k", "2", "-q"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("user u1\n") and "\nuser u2\n" in out
     for argv, message in [
-        (["--all-users", "--explain"], "--history, --explain and --diversity take one --user"),
-        (["--user", "u1", "u2", "--history", "0"], "--history, --explain and --diversity take one --user"),
+        (["--all-users", "--explain"], "--explain-items and --diversity take one --user"),
+        (["--user", "u1", "u2", "--history", "0"], "--explain-items and --diversity take one --user"),
+        (["--user", "u1", "u2", "--explain-items", "2"], "--explain-items and --diversity take one --user"),
         (["--all-users", "--user", "u1"], "--all-users takes no --user or --history"),
         (["--user", "u1", "nobody"], "user 'nobody' is not known"),
     ]:

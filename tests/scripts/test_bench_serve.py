@@ -32,6 +32,15 @@ def test_synthetic_interactions_are_distinct_per_user_and_seeded(tmp_path):
     assert len(small.read_text().splitlines()) == 1 + 2 * 4
 
 
+def test_newer_items_are_never_known():
+    rng = np.random.default_rng(0)
+    items = list(range(20))
+    for known in (set(range(0, 20, 2)), set(range(17)), set(range(20))):
+        for _ in range(20):
+            got = bench_serve.item_ids_outside(rng, items, known, 2)
+            assert len(got) == min(2, 20 - len(known)) and len(set(got)) == len(got) and not set(got) & known
+
+
 def test_time_calls_times_the_first_call_apart():
     seen = []
     got = bench_serve.time_calls(seen.append, 5)
