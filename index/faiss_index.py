@@ -521,7 +521,24 @@ class FaissIndex:
         out_scores: list[np.ndarray] = [np.empty(0, dtype=np.float32) for _ in range(n_q)]
 
         ntotal = int(self._index.ntotal)
-        fetch = min(ntotal, int(k) + max((len(e) for e in excluded), default=0))
+        # Each query fetches k plus what it excludes. Queries whose needs are within a factor of
+        # two share one FAISS call, at the largest need among them: one call at the batch's
+        # largest need would fetch (and filter) hundreds of rows per query for every query of a
+        # batch holding one user with a long history. A single query fetches exactly its need.
+        need = [min(ntotal, int(k) + len(e)) for e in excluded]
+        groups: dict[int, list[int]] = {}
+        for b in range(n_q):
+            if target[b] > 0:
+                groups.setdefault(need[b].bit_length(), []).append(b)
+        for pending in groups.values():
+            self._search_group(q, pending, max(need[b] for b in pending), excluded, target, out_ids, out_scores)
+        return out_ids, out_scores
+
+    def _search_group(self, q: np.ndarray, pending: list[int], fetch: int, excluded: list[set[int]],
+                      target: list[int], out_ids: list[list[ItemId]], out_scores: list[np.ndarray]) -> None:
+        """Fill ``out_ids`` / ``out_scores`` for the queries ``pending`` (rows of ``q``), starting
+        at ``fetch`` results per query and widening for those still short (:meth:`search`)."""
+        ntotal, live = int(self._index.ntotal), len(self._label_of)
         nprobe, ef, exhaustive = self._nprobe, self._ef_search, False
         if self._spec.kind == "hnsw":
             # Tombstones still occupy the graph: to meet ``fetch`` live nodes the walk must visit
@@ -530,7 +547,6 @@ class FaissIndex:
             ef = max(ef, math.ceil(fetch * ntotal / max(live, 1)))
             exhaustive = ef >= ntotal
             fetch = ntotal if exhaustive else fetch
-        pending = [b for b in range(n_q) if target[b] > 0]
         while pending:
             scores, labels = self._raw_search(q[pending], fetch, nprobe, ef, exhaustive)  # [B', F] each
             done = fetch >= ntotal and (
@@ -564,7 +580,6 @@ class FaissIndex:
                 if self._spec.kind == "hnsw" and ef >= ntotal:
                     exhaustive, fetch = True, ntotal  # as above: the flat scan is the cheaper walk
             pending = short
-        return out_ids, out_scores
 
     def _raw_search(
         self, q: np.ndarray, fetch: int, nprobe: int, ef: int, exhaustive: bool

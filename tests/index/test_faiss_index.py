@@ -216,6 +216,26 @@ def test_exclude_refills_to_exactly_k(saved, data, factory):
         assert not set(row) & h and len(set(row)) == 10
 
 
+@pytest.mark.parametrize("factory", ["Flat", "IVF64,Flat"])
+def test_a_batch_fetches_per_group_of_similar_needs_and_equals_single_searches(saved, data, factory, monkeypatch):
+    base, queries, _ = data
+    index = fresh(saved, factory)
+    top, _ = exact_search(base, queries[:6], 400)
+    sizes = [0, 5, 0, 150, 300, 2]  # needs k + size: 10, 15, 10, 160, 310, 12
+    hidden = [set(row[:n].tolist()) for row, n in zip(top, sizes)]
+    single = [index.search(queries[b : b + 1], 10, exclude=[hidden[b]]) for b in range(6)]
+    fetches = []
+    raw = index._raw_search
+    monkeypatch.setattr(index, "_raw_search", lambda q, fetch, *a: fetches.append((len(q), fetch)) or raw(q, fetch, *a))
+    found, scores = index.search(queries[:6], 10, exclude=hidden)
+    # Three FAISS calls, one per factor-of-two band of needs, each at its band's largest need:
+    # {10, 15, 10, 12} -> 15, {160} -> 160, {310} -> 310 (not six queries at 310).
+    assert sorted(fetches) == [(1, 160), (1, 310), (4, 15)]
+    assert found == [ids[0] for ids, _ in single]
+    for got, (_, want) in zip(scores, single):
+        np.testing.assert_array_equal(got, want[0])
+
+
 @pytest.mark.parametrize("factory", FACTORIES)
 def test_few_survivors_all_returned_in_exact_order(saved, data, factory):
     # Remove all but 8 items: every factory (HNSW through its tombstones) must return exactly
