@@ -93,4 +93,4 @@ def test_requests_time_every_kind_and_the_report_renders(trained):
                                               "command": "python scripts/bench_serve.py"}}}
     md = bench_serve.markdown(results)
     assert "| recommend | " in md and "| nothing | " in md and "32 items, 48 users" in md
-    assert "(48 users)" in md and "identical results" in md
+    assert "(48 users, median of 3 alternating rounds)" in md and "identical results" in md
