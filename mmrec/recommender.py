@@ -336,7 +336,8 @@ class Recommender:
         For exports (a nightly batch of every user's recommendations); ``explain`` and
         ``diversity`` stay per user (:meth:`recommend`). With an exact or IVF index the results
         are :meth:`recommend`'s; HNSW searches the whole batch as deep as its user with the most
-        known items needs, so it can find items a single search would have missed.
+        known items needs, so it can find items a single search would have missed. A batched
+        product may round a score differently from a single one (one float32 ulp).
 
         Raises:
             MMRecError: a content index, an unknown user (named before any search), ``k < 1``,

@@ -232,8 +232,8 @@ def test_a_batch_fetches_per_group_of_similar_needs_and_equals_single_searches(s
     # {10, 15, 10, 12} -> 15, {160} -> 160, {310} -> 310 (not six queries at 310).
     assert sorted(fetches) == [(1, 160), (1, 310), (4, 15)]
     assert found == [ids[0] for ids, _ in single]
-    for got, (_, want) in zip(scores, single):
-        np.testing.assert_array_equal(got, want[0])
+    for got, (_, want) in zip(scores, single):  # one query or four: BLAS may round differently (1 ulp)
+        np.testing.assert_allclose(got, want[0], rtol=1e-6)
 
 
 @pytest.mark.parametrize("factory", FACTORIES)

@@ -283,7 +283,9 @@ def test_recommend_many_is_recommend_for_each_user(trained):
     want = [rec.recommend(u, 7) for u in users]
     for batch_size in (1, 2, 1024):
         got = rec.recommend_many(users, 7, batch_size=batch_size)
-        assert [[(r.item_id, r.score) for r in g] for g in got] == [[(r.item_id, r.score) for r in w] for w in want]
+        assert [[r.item_id for r in g] for g in got] == [[r.item_id for r in w] for w in want]
+        # A batched product may round differently from a single one (1 float32 ulp).
+        np.testing.assert_allclose([[r.score for r in g] for g in got], [[r.score for r in w] for w in want], rtol=1e-6)
     kept = rec.recommend_many(["u3"], 32, exclude_known=False)[0]
     assert len(kept) == 32 and set(rec.known_items("u3")) <= {r.item_id for r in kept}
     with pytest.raises(MMRecError, match="user 'nobody' is not known"):
