@@ -330,12 +330,13 @@ class Recommender:
         show_progress: bool = False,
     ) -> list[list[Result]]:
         """Top-k for many users: what :meth:`recommend` returns for each, in ``user_ids`` order,
-        from one FAISS search per ``batch_size`` users instead of one per user (the index
-        over-fetches per batch by the largest known-item count in it, then refills).
+        from batched FAISS searches instead of one per user (:meth:`index.FaissIndex.search`
+        fetches k plus each user's known items, users whose counts are within a factor of two
+        sharing one call, then refills).
 
         For exports (a nightly batch of every user's recommendations); ``explain`` and
         ``diversity`` stay per user (:meth:`recommend`). With an exact or IVF index the results
-        are :meth:`recommend`'s; HNSW searches the whole batch as deep as its user with the most
+        are :meth:`recommend`'s; HNSW searches each such group as deep as its user with the most
         known items needs, so it can find items a single search would have missed. A batched
         product may round a score differently from a single one (one float32 ulp).
 
