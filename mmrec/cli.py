@@ -5,6 +5,8 @@ Examples::
     mmrec index build --catalog items.csv --out my_index
     mmrec similar --index my_index --item 1 -k 10
     mmrec search --index my_index --text "space adventure with aliens" --json
+    mmrec search --index my_index --queries queries.txt --json      # one query a line, encoded together
+    mmrec similar --index my_index --all-items -k 20 --json > related.jsonl
     mmrec index add --index my_index --catalog new_items.csv
     mmrec index remove --index my_index --item 17 42
     mmrec train --catalog items.csv --interactions inter.tsv --out model_dir --epochs 50
@@ -63,6 +65,40 @@ def print_results(results, as_json: bool, title_field: str | None = None, out=No
             from mmrec.explain import why_line
 
             out.write(f"      why: {why_line(r.explanation)}\n")
+
+
+def print_batches(key: str, queries: Sequence, batches, as_json: bool, title_field: str | None = None) -> None:
+    """Results of several queries: JSON Lines (one ``{key: query, "results": [...]}`` object a
+    query) or, as tables, each under a ``key query`` line."""
+    for query, results in zip(queries, batches):
+        if as_json:
+            json.dump({key: query, "results": [r.to_dict() for r in results]}, sys.stdout, ensure_ascii=False)
+            sys.stdout.write("\n")
+        else:
+            sys.stdout.write(f"{key.removesuffix('_id')} {query}\n")
+            print_results(results, False, title_field)
+
+
+def read_queries(path: Path) -> list[str]:
+    """Text queries from a UTF-8 file, one a line; a blank line is an error naming it.
+
+    Raises:
+        DataError: the file is missing, not UTF-8, blank lines, or holds no query.
+    """
+    from mmrec.errors import DataError, Problem
+
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise DataError(path, [Problem(None, None, "file not found")]) from None
+    except UnicodeDecodeError as e:
+        raise DataError(path, [Problem(None, None, f"not UTF-8 text (byte {e.start})")]) from None
+    problems = [Problem(n, None, "empty query (one text query a line)") for n, q in enumerate(lines, 1) if not q.strip()]
+    if not lines:
+        problems.append(Problem(None, None, "no queries (one text query a line)"))
+    if problems:
+        raise DataError(path, problems)
+    return lines
 
 
 def title_field_of(index) -> str | None:
@@ -156,10 +192,19 @@ def cmd_index_remove(args: argparse.Namespace) -> int:
 def cmd_similar(args: argparse.Namespace) -> int:
     from mmrec.explain import explain_similar
 
+    items = args.item or []  # argparse requires --item or --all-items, not both
+    many = args.all_items or len(items) > 1
+    if many and args.explain:
+        raise ConfigError("several items (or --all-items) are answered in batches: --explain takes one --item")
     index = _open_index(args)
-    results = index.similar(args.item, args.k, by=args.by)
+    if many:
+        ids = index.ids if args.all_items else [index.resolve_id(i) for i in items]
+        batches = index.similar_many(ids, args.k, by=args.by, show_progress=not args.quiet and sys.stderr.isatty())
+        print_batches("item_id", ids, batches, args.json, title_field_of(index))
+        return 0
+    results = index.similar(items[0], args.k, by=args.by)
     if args.explain:
-        explain_similar(index, args.item, results)
+        explain_similar(index, items[0], results)
     print_results(results, args.json, title_field_of(index))
     return 0
 
@@ -185,9 +230,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    texts = read_queries(args.queries) if args.queries is not None else args.text
     index = _open_index(args)
-    results = index.search_text(args.text, args.k) if args.text is not None else index.search_image(args.image, args.k)
-    print_results(results, args.json, title_field_of(index))
+    title = title_field_of(index)
+    if args.image is not None:
+        key, queries, batches = "image", [str(p) for p in args.image], index.search_images(args.image, args.k)
+    else:
+        key, queries, batches = "query", texts, index.search_texts(texts, args.k)
+    if len(queries) == 1 and args.queries is None:
+        print_results(batches[0], args.json, title)
+    else:  # several queries, or a queries file of any length: one object (or table) a query
+        print_batches(key, queries, batches, args.json, title)
     return 0
 
 
@@ -279,13 +332,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         users = list(rec.user_ids) if args.all_users else [rec.user_ids[rec.user_index(u)] for u in users]
         batches = rec.recommend_many(users, args.k, exclude_known=not args.include_known,
                                      show_progress=not args.quiet and sys.stderr.isatty())
-        for user, results in zip(users, batches):
-            if args.json:  # JSON Lines: one user an object
-                json.dump({"user_id": user, "results": [r.to_dict() for r in results]}, sys.stdout, ensure_ascii=False)
-                sys.stdout.write("\n")
-            else:
-                sys.stdout.write(f"user {user}\n")
-                print_results(results, False, title)
+        print_batches("user_id", users, batches, args.json, title)
         return 0
     user = users[0] if users else None
     if args.history is not None:
@@ -410,7 +457,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("similar", help="items similar to a catalog item")
     _query_opts(s)
-    s.add_argument("--item", required=True, help="item id")
+    which = s.add_mutually_exclusive_group(required=True)
+    which.add_argument("--item", nargs="+", action="extend", metavar="ID",
+                   help="item id; several ids are answered in batches (with --json: JSON Lines, one "
+                        "{\"item_id\", \"results\"} object an item)")
+    which.add_argument("--all-items", action="store_true",
+                   help="every item of the index, in batches: a related-items table of the whole catalog")
     s.add_argument("--by", choices=["index", "cosine"], default="index",
                    help="index: the index's ranking (a trained model's dot product, which favours popular items); "
                         "cosine: exact cosine of the item vectors (default index)")
@@ -430,8 +482,13 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("search", help="items matching a text or image query")
     _query_opts(q)
     g = q.add_mutually_exclusive_group(required=True)
-    g.add_argument("--text", help="free-text query")
-    g.add_argument("--image", type=Path, help="query image file")
+    g.add_argument("--text", action="append", metavar="TEXT",
+                   help="free-text query (repeatable: several queries are encoded together; with --json, JSON Lines, "
+                        "one {\"query\", \"results\"} object a query)")
+    g.add_argument("--queries", type=Path, metavar="FILE",
+                   help="a UTF-8 file of text queries, one a line (always answered as a batch)")
+    g.add_argument("--image", type=Path, nargs="+", action="extend", metavar="FILE",
+                   help="query image file(s); several are encoded together")
     _common(q)
     q.set_defaults(func=cmd_search)
 

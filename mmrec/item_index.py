@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
+from tqdm.auto import tqdm
 
 from fusion.fixed import CENTER_MIN_ITEMS, combine_modalities, modality_centers
 from index import FaissIndex, atomic_directory, read_manifest, sha256_file, write_manifest
@@ -498,6 +499,11 @@ class ItemIndex:
     def __contains__(self, item_id: object) -> bool:
         return item_id in self._pos
 
+    @property
+    def ids(self) -> list[ItemId]:
+        """Every item id, in index order."""
+        return [it[ID_FIELD] for it in self.items]
+
     def __repr__(self) -> str:
         m = self.manifest
         return f"ItemIndex(items={len(self)}, dim={m['dim']}, factory={m['factory']!r}, modalities={m['modalities']})"
@@ -816,21 +822,68 @@ class ItemIndex:
                 ``"cosine"``: the exact cosine of the item vectors (an exact scan), the items
                 whose direction is closest whatever their popularity.
         """
-        iid = self.resolve_id(item_id)
-        if by == "index":
-            return self.search_vectors(self.vectorizer.item_query(self.vector_of(iid)), k, exclude=[{iid}])[0]
-        if by != "cosine":
+        return self.similar_many([item_id], k, by=by)[0]
+
+    def similar_many(self, item_ids: Sequence[object], k: int = 10, *, by: str = "index", batch_size: int = 1024,
+                     show_progress: bool = False) -> list[list[Result]]:
+        """:meth:`similar` for many items, in ``item_ids`` order: one FAISS search (or one
+        ``[B, N]`` product for ``by="cosine"``) per ``batch_size`` items instead of one per item.
+
+        For exports such as a "related items" table of the whole catalog. A batched product may
+        round a score differently from a single one (one float32 ulp).
+
+        Raises:
+            MMRecError: an unknown item (named before any search), ``k < 1``, ``batch_size < 1``.
+            ConfigError: ``by`` is neither ``"index"`` nor ``"cosine"``.
+        """
+        if by not in ("index", "cosine"):
             raise ConfigError(f"by must be 'index' or 'cosine', got {by!r}")
-        raw = self.vectorizer.mips.original(self.vectors)  # [N, D]
-        row = self._pos[iid]
-        return self._cosine_top(raw, raw[row], k, skip=row)
+        if k < 1 or batch_size < 1:
+            raise MMRecError(f"k and batch_size must be at least 1, got k={k}, batch_size={batch_size}")
+        ids = [self.resolve_id(i) for i in item_ids]
+        rows = np.array([self._pos[i] for i in ids], dtype=np.int64)
+        raw = unit = None
+        if by == "cosine":
+            raw = self.vectorizer.mips.original(self.vectors)  # [N, D]
+            unit = raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12)  # [N, D]
+        out: list[list[Result]] = []
+        with tqdm(total=len(ids), desc="similar items", unit="item", disable=not show_progress) as bar:
+            for start in range(0, len(ids), batch_size):
+                batch, brows = ids[start : start + batch_size], rows[start : start + batch_size]
+                if by == "index":
+                    queries = self.vectorizer.item_query(self.vectors[brows])  # [B, D + 1]
+                    out += self.search_vectors(queries, k, exclude=[{i} for i in batch])
+                else:
+                    out += self._cosine_top_many(unit, unit[brows], k, skip=brows)
+                bar.update(len(batch))
+        return out
 
     def search_text(self, text: str, k: int = 10) -> list[Result]:
         """The k items closest to a free-text query."""
         if not text.strip():
             raise MMRecError("empty text query")
-        q = self.encoders.get("text").encode([text])
-        return self._search_query(self.query_vector("text", q), k)
+        return self.search_texts([text], k)[0]
+
+    def search_texts(self, texts: Sequence[str], k: int = 10) -> list[list[Result]]:
+        """:meth:`search_text` for many queries, encoded together in the encoder's batches (the
+        costly part of a text query), in ``texts`` order. A query encoded in a batch may differ
+        from the same query encoded alone in the last float32 digits.
+
+        Raises:
+            MMRecError: an empty query (named by its position), ``k < 1``, an index without text.
+        """
+        texts = list(texts)
+        for n, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                raise MMRecError(f"text query {n} is empty" if isinstance(text, str)
+                                 else f"text query {n} is a {type(text).__name__}, not a string")
+        encoder = self.encoders.get("text")  # an index without text says so first
+        if k < 1:
+            raise MMRecError(f"k must be at least 1, got {k}")
+        if not texts:
+            return []
+        q = encoder.encode(texts)  # [B, D_t]
+        return self._search_queries([self.query_vector("text", q[b : b + 1]) for b in range(len(texts))], k)
 
     def search_image(self, path: str | Path, k: int = 10) -> list[Result]:
         """The k items closest to a query image (a local file).
@@ -838,28 +891,47 @@ class ItemIndex:
         Raises:
             MMRecError: the file does not exist or does not decode as an image.
         """
+        return self.search_images([path], k)[0]
+
+    def search_images(self, paths: Sequence[str | Path], k: int = 10) -> list[list[Result]]:
+        """:meth:`search_image` for many image files, encoded together, in ``paths`` order.
+
+        Raises:
+            MMRecError: a file that does not exist or does not decode (named), ``k < 1``, an
+                index without images.
+        """
         encoder = self.encoders.get("image")  # an index without images says so first
-        if not Path(path).is_file():
-            raise MMRecError(f"query image {path}: file not found")
+        paths = [str(p) for p in paths]
+        for path in paths:
+            if not Path(path).is_file():
+                raise MMRecError(f"query image {path}: file not found")
+        if k < 1:
+            raise MMRecError(f"k must be at least 1, got {k}")
+        if not paths:
+            return []
         from encoders.image import ImageDecodeError
 
         try:
-            q = encoder.encode_paths([str(path)])
+            q = encoder.encode_paths(paths)  # [B, D_v]
         except ImageDecodeError as e:
-            raise MMRecError(f"query image {path}: {e.reason}") from e
-        return self._search_query(self.query_vector("image", q), k)
+            raise MMRecError(f"query image {e.path}: {e.reason}") from e
+        return self._search_queries([self.query_vector("image", q[b : b + 1]) for b in range(len(paths))], k)
 
     def _search_query(self, query: np.ndarray, k: int) -> list[Result]:
-        """Top-k for a text or image query vector ``[1, D]``.
+        """Top-k for one text or image query vector ``[1, D]`` (:meth:`_search_queries`)."""
+        return self._search_queries([query], k)[0]
+
+    def _search_queries(self, queries: list[np.ndarray], k: int) -> list[list[Result]]:
+        """Top-k for each text or image query vector ``[1, D]``.
 
         Indexes whose vectorizer sets ``query_by_cosine`` (trained models) rank by the cosine of
         the raw item vectors with the query, by an exact scan: under the dot product that serves
         users, the long vectors of popular items would outrank what the query describes.
         """
         if not getattr(self.vectorizer, "query_by_cosine", False):
-            return self.search_vectors(query, k)[0]
+            return self.search_vectors(np.concatenate(queries), k)
         raw = self.vectorizer.mips.original(self.vectors)  # [N, D]
-        return self._cosine_top(raw, np.asarray(query, np.float32)[0, :-1], k)  # the MIPS query is [q, 0]
+        return [self._cosine_top(raw, np.asarray(q, np.float32)[0, :-1], k) for q in queries]  # MIPS query [q, 0]
 
     def _cosine_top(self, raw: np.ndarray, q: np.ndarray, k: int, skip: int | None = None) -> list[Result]:
         """The k rows of ``raw [N, D]`` with the highest cosine to ``q [D]`` (row ``skip`` left out),
@@ -871,6 +943,23 @@ class ItemIndex:
             sims[skip] = -np.inf
         top = [i for i in np.argsort(-sims, kind="stable")[:k] if i != skip]
         return [Result(self.items[i][ID_FIELD], float(sims[i]), self.items[i]["fields"]) for i in top]
+
+    def _cosine_top_many(self, unit: np.ndarray, queries: np.ndarray, k: int, skip: np.ndarray) -> list[list[Result]]:
+        """:meth:`_cosine_top` for ``[B, D]`` unit-norm queries against unit-norm rows ``unit [N, D]``,
+        query ``b`` leaving out row ``skip[b]``; ties keep index order."""
+        sims = queries @ unit.T  # [B, N]
+        sims[np.arange(len(skip)), skip] = -np.inf
+        k = min(k, sims.shape[1] - 1)
+        out = []
+        for row in sims:
+            if k <= 0:
+                out.append([])
+                continue
+            kth = np.partition(row, row.size - k)[row.size - k]  # the k-th highest score
+            cand = np.flatnonzero(row >= kth)  # [>= k], index order: ties at the cut stay in it
+            top = cand[np.argsort(-row[cand], kind="stable")[:k]]
+            out.append([Result(self.items[i][ID_FIELD], float(row[i]), self.items[i]["fields"]) for i in top])
+        return out
 
     # --- changes -----------------------------------------------------------------------------
     def add(

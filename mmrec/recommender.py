@@ -67,7 +67,7 @@ class TrainedContent(MipsVectorizer):
             measured from (:func:`fusion.fixed.modality_centers`); default none.
     """
 
-    query_by_cosine = True  # text / image queries: see ItemIndex._search_query
+    query_by_cosine = True  # text / image queries: see ItemIndex._search_queries
 
     def __init__(self, model: FusedGraphModel, mips: MipsTransform, cold_scale: float,
                  neighbours: int = 0, neighbour_weight: float = 0.5,
@@ -275,11 +275,24 @@ class Recommender:
         (:func:`mmrec.explain.explain_item`)."""
         return explain_item(self.items, item_id, k)
 
+    def similar_many(self, item_ids: Sequence[object], k: int = 10, *, by: str = "index", batch_size: int = 1024,
+                     show_progress: bool = False) -> list[list[Result]]:
+        """:meth:`similar` for many items, batched (:meth:`ItemIndex.similar_many`); no ``explain``."""
+        return self.items.similar_many(item_ids, k, by=by, batch_size=batch_size, show_progress=show_progress)
+
     def search_text(self, text: str, k: int = 10) -> list[Result]:
         return self.items.search_text(text, k)
 
+    def search_texts(self, texts: Sequence[str], k: int = 10) -> list[list[Result]]:
+        """:meth:`search_text` for many queries, encoded together (:meth:`ItemIndex.search_texts`)."""
+        return self.items.search_texts(texts, k)
+
     def search_image(self, path: str | Path, k: int = 10) -> list[Result]:
         return self.items.search_image(path, k)
+
+    def search_images(self, paths: Sequence[str | Path], k: int = 10) -> list[list[Result]]:
+        """:meth:`search_image` for many image files, encoded together (:meth:`ItemIndex.search_images`)."""
+        return self.items.search_images(paths, k)
 
     def user_index(self, user_id: object) -> int:
         if user_id in self._user_pos:

@@ -4,8 +4,10 @@ In process, each directory is opened once with ``Recommender.load`` and every ki
 is made one at a time, as an application serving users would make them (one thread, distinct
 users / items per request, drawn with a seed): ``recommend`` (plain, ``explain``,
 ``diversity``), ``recommend_history`` (fold-in, mean, and a known user with two newer items),
-``similar`` and, where the directory has a text encoder, ``search_text``; then every user's top
-``K`` by ``recommend`` one user at a time against ``recommend_many`` in batches, side by side. Each kind reports
+``similar`` and, where the directory has a text encoder, ``search_text``; then each batched call
+against the same queries one at a time, side by side: every user's top ``K`` (``recommend_many``),
+the ``K`` items most similar to each of ``--batch-items`` items (``similar_many``) and
+``--batch-texts`` item titles as text queries (``search_texts``). Each kind reports
 p50 / p99 / mean milliseconds over ``--requests`` calls after its first, and the first call
 apart (the fold-in builds its Gram matrix then, a text search loads its encoder). Beside the
 latency, ``recommend``'s recall@10 against the exact ranking of the same vectors (brute force,
@@ -137,7 +139,7 @@ def exact_recall(rec: Recommender, users: list[object]) -> float:
     return hits / (K * len(users))
 
 
-def requests(directory: Path, n: int, seed: int) -> dict[str, Any]:
+def requests(directory: Path, n: int, seed: int, batch_items: int, batch_texts: int) -> dict[str, Any]:
     """Open ``directory`` and time every kind of request (:func:`time_calls`)."""
     t = time.perf_counter()
     rec = Recommender.load(directory, show_progress=False)
@@ -166,29 +168,52 @@ def requests(directory: Path, n: int, seed: int) -> dict[str, Any]:
         out["requests"][name] = time_calls(call, n)
         print(f"  {name}: {out['requests'][name]}", flush=True)
     out["recall@10_vs_exact"] = round(exact_recall(rec, users[: min(n, 200)]), 4)
-    out["batch"] = batch_vs_loop(rec)
+    out["batch"] = batch_vs_loop(rec, items=batch_items, texts=batch_texts)
     print(f"  batch: {out['batch']}", flush=True)
     return out
 
 
-def batch_vs_loop(rec: Recommender, rounds: int = 3) -> dict[str, Any]:
-    """Every user's top-K by ``recommend`` one user at a time, then by ``recommend_many`` (batches
-    of 1024), in ``rounds`` alternating rounds (the median round of each is kept: a single pass
-    of 943 users takes a tenth of a second, and the first pays one-off costs); users per second,
-    and whether the two agree exactly."""
-    users = list(rec.user_ids)
+def loop_vs_batch(loop: Callable[[], list], batch: Callable[[], list], count: int, rounds: int) -> dict[str, Any]:
+    """Time ``loop`` (one call per query) and ``batch`` (one batched call) in ``rounds`` alternating
+    rounds, keeping each one's median round (a single pass can take a tenth of a second, and the
+    first pays one-off costs); queries per second, and whether the two agree exactly (items and
+    scores) or in their items alone."""
     loop_s, batch_s = [], []
     for _ in range(rounds):
         t = time.perf_counter()
-        loop = [rec.recommend(u, K) for u in users]
+        one_by_one = loop()
         loop_s.append(time.perf_counter() - t)
         t = time.perf_counter()
-        batch = rec.recommend_many(users, K)
+        batched = batch()
         batch_s.append(time.perf_counter() - t)
-    same = all([(r.item_id, r.score) for r in a] == [(r.item_id, r.score) for r in b] for a, b in zip(loop, batch))
+    pairs = list(zip(one_by_one, batched))
+    same = all([(r.item_id, r.score) for r in a] == [(r.item_id, r.score) for r in b] for a, b in pairs)
+    same_items = all([r.item_id for r in a] == [r.item_id for r in b] for a, b in pairs)
     lm, bm = float(np.median(loop_s)), float(np.median(batch_s))
-    return {"users": len(users), "rounds": rounds, "loop_users_per_s": round(len(users) / lm, 1),
-            "batch_users_per_s": round(len(users) / bm, 1), "speed_up": round(lm / bm, 2), "identical": same}
+    return {"queries": count, "rounds": rounds, "loop_per_s": round(count / lm, 1), "batch_per_s": round(count / bm, 1),
+            "speed_up": round(lm / bm, 2), "identical": same, "same_items": same_items}
+
+
+def batch_vs_loop(rec: Recommender, items: int, texts: int, rounds: int = 3, seed: int = 0) -> dict[str, Any]:
+    """Each batched call against its one-at-a-time loop (:func:`loop_vs_batch`): every user's
+    top-K (``recommend_many``), the K most similar items of ``items`` items (``similar_many``;
+    the whole catalog when smaller) and ``texts`` item titles as text queries (``search_texts``,
+    when the directory has a text encoder and titles)."""
+    users = list(rec.user_ids)
+    rng = np.random.default_rng(seed)
+    ids = rec.items.ids
+    picked = ids if len(ids) <= items else [ids[i] for i in np.sort(rng.choice(len(ids), items, replace=False))]
+    out = {
+        "recommend": loop_vs_batch(lambda: [rec.recommend(u, K) for u in users], lambda: rec.recommend_many(users, K),
+                                   len(users), rounds),
+        "similar": loop_vs_batch(lambda: [rec.similar(i, K) for i in picked], lambda: rec.similar_many(picked, K),
+                                 len(picked), rounds),
+    }
+    titles = [rec.items.items[rec.items._pos[i]]["fields"].get("title") for i in ids[: texts]]
+    if "text" in rec.items.manifest.get("encoders", {}) and titles and all(titles):
+        out["search_text"] = loop_vs_batch(lambda: [rec.search_text(t, K) for t in titles],
+                                           lambda: rec.search_texts(titles, K), len(titles), rounds)
+    return out
 
 
 # ------------------------------------------------------------------------------ CLI calls
@@ -239,12 +264,17 @@ def markdown(results: dict[str, Any]) -> str:
         for kind, r in d["requests"].items():
             lines.append(f"| {kind} | {r['first_ms']:.2f} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['mean_ms']:.3f} |")
         if "batch" in d:
-            bt = d["batch"]
-            lines += ["", f"Every user's top {K} ({bt['users']:,} users, median of {bt['rounds']} alternating rounds): "
-                      "`recommend` one user at a time "
-                      f"{bt['loop_users_per_s']:,.0f} users/s, `recommend_many` (batches of 1024) "
-                      f"{bt['batch_users_per_s']:,.0f} users/s: **{bt['speed_up']:.1f}x**, "
-                      f"{'identical' if bt['identical'] else 'NOT identical'} results."]
+            what = {"recommend": (f"every user's top {K}", "users", "`recommend`", "`recommend_many`"),
+                    "similar": (f"the {K} items most similar to each item", "items", "`similar`", "`similar_many`"),
+                    "search_text": ("item titles as text queries", "queries", "`search_text`", "`search_texts`")}
+            lines += ["", "Batched calls against one call at a time (median of 3 alternating rounds; batches of 1024):",
+                      "", "| request | count | one at a time /s | batched /s | speed-up | results |",
+                      "|---|---:|---:|---:|---:|---|"]
+            for kind, bt in d["batch"].items():
+                label, unit, one, many = what[kind]
+                agree = "identical" if bt["identical"] else "same items" if bt["same_items"] else "NOT the same items"
+                lines.append(f"| {label}: {one} / {many} | {bt['queries']:,} {unit} | {bt['loop_per_s']:,.0f} | "
+                             f"{bt['batch_per_s']:,.0f} | **{bt['speed_up']:.1f}x** | {agree} |")
         if d.get("cli"):
             lines += ["", f"Each command as a fresh process, median of {d['cli_repeats']} rounds run in turn:", "",
                       "| command | median s | runs s |", "|---|---:|---|"]
@@ -266,6 +296,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--per-user", type=int, default=50, help="synthetic interactions per user (default 50)")
     p.add_argument("--requests", type=int, default=300, help="timed calls per kind of request (default 300)")
     p.add_argument("--cli-repeats", type=int, default=3, help="rounds of CLI calls, 0 for none (default 3)")
+    p.add_argument("--batch-items", type=int, default=20_000,
+                   help="items whose similar items are fetched one at a time and batched (default 20,000)")
+    p.add_argument("--batch-texts", type=int, default=500,
+                   help="item titles sent as text queries one at a time and batched (default 500)")
     add_run_options(p)
     args = p.parse_args(argv)
     command, machine = begin_run("bench_serve.py", args, argv)
@@ -277,7 +311,8 @@ def main(argv: list[str] | None = None) -> None:
         for name in args.directories:
             print(f"{name}: building", flush=True)
             directory, built = build(name, args, Path(work), cache)
-            out[name] = requests(directory, args.requests, seed=0) | {"built": built}
+            out[name] = requests(directory, args.requests, seed=0, batch_items=args.batch_items,
+                                 batch_texts=args.batch_texts) | {"built": built}
             if args.cli_repeats:
                 with_text = "search, text (an item's title)" in out[name]["requests"]
                 out[name]["cli"] = cli_calls(cli_commands(directory, with_text), args.cli_repeats)

@@ -9,9 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mmrec.cli import main
+from mmrec.errors import MMRecError
+from mmrec.recommender import Recommender
 
 MOVIES = [
     ("m1", "Toy Tales", "An animated cartoon film for children about toys that come to life"),
@@ -62,6 +65,66 @@ def test_similar_table_and_json(built, capsys):
     assert len(lines) == 4 and "m4" not in out.split("item_id", 1)[1]
     code, out, _ = run(capsys, "similar", "--index", str(built / "idx"), "--item", "m4", "-k", "3", "--json", "-q")
     assert [r["item_id"] for r in json.loads(out)] == [line.split()[2] for line in lines[1:]]
+
+
+def test_several_text_queries_are_one_batch_and_answer_as_one_at_a_time(built, capsys, tmp_path):
+    idx = str(built / "idx")
+    queries = ["animation for kids", "outer space aliens", "a trial in court"]
+    rec = Recommender.load(idx, show_progress=False)
+    want = [rec.search_text(q, 3) for q in queries]
+    got = rec.search_texts(queries, 3)
+    assert [[r.item_id for r in g] for g in got] == [[r.item_id for r in w] for w in want]
+    assert [g[0].item_id for g in got] == ["m1", "m4", "m3"]
+    # Encoded in one padded batch: equal to the single encodes up to float32 rounding.
+    np.testing.assert_allclose([[r.score for r in g] for g in got], [[r.score for r in w] for w in want], atol=1e-5)
+    code, out, _ = run(capsys, "search", "--index", idx, *sum((["--text", q] for q in queries), []), "-k", "3",
+                       "--json", "-q")
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [line["query"] for line in lines] == queries
+    assert [[r["item_id"] for r in line["results"]] for line in lines] == [[r.item_id for r in g] for g in got]
+    (tmp_path / "q.txt").write_text("\n".join(queries) + "\n", encoding="utf-8")
+    code, out, _ = run(capsys, "search", "--index", idx, "--queries", str(tmp_path / "q.txt"), "-k", "3", "--json", "-q")
+    assert code == 0 and [json.loads(line) for line in out.splitlines()] == lines
+    (tmp_path / "one.txt").write_text(queries[0], encoding="utf-8")  # a file of one query still answers in lines
+    code, out, _ = run(capsys, "search", "--index", idx, "--queries", str(tmp_path / "one.txt"), "-k", "3", "-q")
+    assert code == 0 and out.startswith("query animation for kids\n") and out.splitlines()[2].split()[2] == "m1"
+    (tmp_path / "bad.txt").write_text("space\n\ncourt\n  \n", encoding="utf-8")
+    code, _, err = run(capsys, "search", "--index", idx, "--queries", str(tmp_path / "bad.txt"), "-q")
+    assert code == 1 and "bad.txt: row 2: empty query" in err and "bad.txt: row 4: empty query" in err
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    code, _, err = run(capsys, "search", "--index", idx, "--queries", str(tmp_path / "latin1.txt"), "-q")
+    assert code == 1 and "latin1.txt: not UTF-8 text (byte 3)" in err
+    code, _, err = run(capsys, "search", "--index", idx, "--queries", str(tmp_path / "none.txt"), "-q")
+    assert code == 1 and "none.txt: file not found" in err
+    with pytest.raises(MMRecError, match="text query 1 is empty"):
+        rec.search_texts(["space", " "])
+    assert rec.search_texts([]) == []
+
+
+def test_similar_for_several_items_and_for_the_whole_catalog(built, capsys):
+    idx = str(built / "idx")
+    rec = Recommender.load(idx, show_progress=False)
+    code, out, _ = run(capsys, "similar", "--index", idx, "--item", "m4", "m1", "-k", "2", "--json", "-q")
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [line["item_id"] for line in lines] == ["m4", "m1"]
+    assert [[r["item_id"] for r in line["results"]] for line in lines] == \
+        [[r.item_id for r in rec.similar(i, 2)] for i in ("m4", "m1")]
+    code, out, _ = run(capsys, "similar", "--index", idx, "--all-items", "-k", "5", "--by", "cosine", "--json", "-q")
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [line["item_id"] for line in lines] == [m[0] for m in MOVIES]
+    assert all(len(line["results"]) == 5 and line["item_id"] not in {r["item_id"] for r in line["results"]}
+               for line in lines)
+    code, out, _ = run(capsys, "similar", "--index", idx, "--item", "m4", "--item", "m1", "-k", "2", "-q")
+    assert code == 0 and out.startswith("item m4\n") and "\nitem m1\n" in out
+    for argv, message in [(["--item", "m1", "m2", "--explain"], "--explain takes one --item"),
+                          (["--item", "m1", "nope"], "item 'nope' is not in this index")]:
+        code, _, err = run(capsys, "similar", "--index", idx, *argv, "-q")
+        assert code == 1 and message in err
+    for argv, message in [(["--all-items", "--item", "m1"], "argument --item: not allowed with argument --all-items"),
+                          ([], "one of the arguments --item --all-items is required")]:
+        with pytest.raises(SystemExit) as exit_:
+            main(["similar", "--index", idx, *argv, "-q"])
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_add_then_remove(built, capsys, tmp_path):

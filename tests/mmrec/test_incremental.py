@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from mmrec.errors import DataError
+from mmrec.errors import DataError, MMRecError
 from mmrec.item_index import ItemIndex
 
 TITLES = ["cat film", "dog story", "space war", "love city", "toy boy", "police night", "old house music",
@@ -84,3 +84,14 @@ def test_text_and_image_queries(catalogs, tiny_bert_dir, tiny_vit_dir, image_pat
     assert {r.item_id for r in res[: len(same)]} == same
     # A text query equal to an item's title ranks that item first.
     assert idx.search_text("space war", k=1)[0].item_id == "i2"
+    # Several queries at once answer as one at a time (encoded together: equal up to float32 rounding).
+    paths = [d / rows[k]["image"] for k in (0, 1, 2)]
+    for got, want in zip(idx.search_images(paths, k=4), [idx.search_image(p, k=4) for p in paths]):
+        np.testing.assert_allclose([r.score for r in got], [r.score for r in want], atol=1e-5)
+        # Items sharing the query's image tie at 1.0: a last-ulp difference may swap them.
+        assert sorted((round(r.score, 4), r.item_id) for r in got) == sorted((round(r.score, 4), r.item_id) for r in want)
+    with pytest.raises(MMRecError, match="query image .*missing.jpg: file not found"):
+        idx.search_images([paths[0], d / "missing.jpg"])
+    (d / "broken.jpg").write_bytes(b"not an image")
+    with pytest.raises(MMRecError, match="query image .*broken.jpg: "):
+        idx.search_images([paths[0], d / "broken.jpg"])

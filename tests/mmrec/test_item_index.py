@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import index as index_pkg
-from mmrec.errors import MMRecError
+from mmrec.errors import ConfigError, MMRecError
 from mmrec.item_index import ItemIndex
 
 # Five items in 3-d whose cosine similarities to item "a" are known exactly:
@@ -285,3 +285,36 @@ def test_a_format_1_directory_keeps_the_plain_cosine(tmp_path):
     assert old.centers == {}
     fresh = ItemIndex.from_features(ids, feats, present, factory="Flat", center=False)
     assert [(r.item_id, r.score) for r in old.similar("i1", k=5)] == [(r.item_id, r.score) for r in fresh.similar("i1", k=5)]
+
+
+def test_similar_many_is_similar_for_each_item_and_keeps_ties_in_index_order():
+    # b, c and d point the same way: ties, which both paths must break by index order.
+    vecs = np.array([[1, 0, 0], [1, 1, 0], [2, 2, 0], [1, 1, 0], [0, 1, 1], [0, 0, 1]], np.float32)
+    ids = ["a", "b", "c", "d", "e", "f"]
+    idx = ItemIndex.from_features(ids, {"text": vecs}, factory="Flat", show_progress=False)
+    unit = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+    for k in (1, 2, 5, 9):
+        for batch_size in (1, 4, 1024):
+            got = idx.similar_many(ids, k, by="cosine", batch_size=batch_size)
+            for row, results in enumerate(got):
+                sims = (unit.astype(np.float64) @ unit[row]).round(6)  # the exact ranking, ties made exact
+                want = [i for i in np.argsort(-sims, kind="stable") if i != row][:k]
+                assert [r.item_id for r in results] == [ids[i] for i in want]
+                np.testing.assert_allclose([r.score for r in results], sims[want], atol=1e-6)
+            assert [[r.item_id for r in g] for g in idx.similar_many(ids, k, batch_size=batch_size)] == \
+                [[r.item_id for r in idx.similar(i, k)] for i in ids]
+    assert [r.item_id for r in idx.similar_many(["a"], 2, by="cosine")[0]] == ["b", "c"]  # b, c, d tie: b, c
+    assert idx.similar_many([], 3) == [] and idx.ids == ids
+    with pytest.raises(MMRecError, match="item 'zz' is not in this index"):
+        idx.similar_many(["a", "zz"])
+    for bad in (dict(k=0), dict(batch_size=0)):
+        with pytest.raises(MMRecError, match="k and batch_size must be at least 1"):
+            idx.similar_many(["a"], **bad)
+    with pytest.raises(ConfigError, match="by must be 'index' or 'cosine'"):
+        idx.similar_many(["a"], by="dot")
+
+
+def test_similar_many_on_a_one_item_index_returns_nothing():
+    idx = ItemIndex.from_features(["solo"], {"text": np.ones((1, 3), np.float32)}, factory="Flat",
+                                  show_progress=False)
+    assert idx.similar_many(["solo"], 5) == [[]] and idx.similar_many(["solo"], 5, by="cosine") == [[]]

@@ -295,6 +295,20 @@ def test_recommend_many_is_recommend_for_each_user(trained):
             rec.recommend_many([], **bad)
 
 
+def test_similar_many_is_similar_for_each_item_on_a_trained_directory(trained):
+    rec = Recommender.load(trained / "model", show_progress=False)
+    items = [3, 0, 17, 3, 31]  # any order, repeats allowed
+    for by in ("index", "cosine"):
+        want = [rec.similar(i, 6, by=by) for i in items]
+        for batch_size in (1, 2, 1024):
+            got = rec.similar_many(items, 6, by=by, batch_size=batch_size)
+            assert [[r.item_id for r in g] for g in got] == [[r.item_id for r in w] for w in want]
+            np.testing.assert_allclose([[r.score for r in g] for g in got], [[r.score for r in w] for w in want],
+                                       rtol=1e-6)
+    every = rec.similar_many(rec.items.ids, 4)
+    assert len(every) == len(rec.items) and all(i not in {r.item_id for r in g} for i, g in zip(rec.items.ids, every))
+
+
 @pytest.mark.parametrize("factory", ["HNSW8", "IVF4,Flat"])
 def test_recommend_many_with_an_approximate_index_never_returns_a_known_item(tmp_path, factory):
     items = 32 if factory.startswith("HNSW") else 200  # IVF4 trains on at least 156 vectors

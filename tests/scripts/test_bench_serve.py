@@ -78,14 +78,16 @@ def test_exact_recall_is_one_for_an_exact_index_and_drops_for_a_wrong_ranking(tr
 
 
 def test_requests_time_every_kind_and_the_report_renders(trained):
-    got = bench_serve.requests(trained, 3, seed=0)
+    got = bench_serve.requests(trained, 3, seed=0, batch_items=5, batch_texts=4)
     assert got["items"] == 32 and got["users"] == 48 and got["recall@10_vs_exact"] == 1.0
     assert set(got["requests"]) == {"recommend", "recommend, explain", "recommend, diversity 0.3",
                                     "history of 5, fold-in", "history of 5, mean", "known user + 2 newer items",
                                     "similar"}  # no text encoder: no text search
     assert all(r["n"] == 3 for r in got["requests"].values())
     # "identical" is measured, not assumed: BLAS threads may round a batched score differently.
-    assert got["batch"]["users"] == 48 and isinstance(got["batch"]["identical"], bool)
+    assert set(got["batch"]) == {"recommend", "similar"}  # no text encoder: no text queries
+    assert got["batch"]["recommend"]["queries"] == 48 and got["batch"]["similar"]["queries"] == 5
+    assert all(isinstance(b["identical"], bool) and b["same_items"] for b in got["batch"].values())
     cli = bench_serve.cli_calls({"nothing": ["-c", "pass"]}, repeats=2)
     assert len(cli["nothing"]["runs_s"]) == 2
     machine = {"cpu": "x", "cores": 2, "load_average": [0, 0, 0], "torch": "t", "python": "p"}
@@ -94,4 +96,20 @@ def test_requests_time_every_kind_and_the_report_renders(trained):
                                               "command": "python scripts/bench_serve.py"}}}
     md = bench_serve.markdown(results)
     assert "| recommend | " in md and "| nothing | " in md and "32 items, 48 users" in md
-    assert "(48 users, median of 3 alternating rounds)" in md and "identical results" in md.replace("NOT ", "")
+    assert "| every user's top 10: `recommend` / `recommend_many` | 48 users |" in md
+    assert "| the 10 items most similar to each item: `similar` / `similar_many` | 5 items |" in md
+
+
+def test_loop_against_batch_reports_what_differs():
+    def results(*pairs):
+        return [[Result(i, s, {}) for i, s in q] for q in pairs]
+
+    a = results([("x", 1.0), ("y", 0.5)], [("z", 2.0)])
+    got = bench_serve.loop_vs_batch(lambda: a, lambda: a, count=2, rounds=2)
+    assert got["queries"] == 2 and got["rounds"] == 2 and got["identical"] and got["same_items"]
+    rounded = results([("x", 1.0), ("y", 0.5000001)], [("z", 2.0)])
+    got = bench_serve.loop_vs_batch(lambda: a, lambda: rounded, count=2, rounds=1)
+    assert not got["identical"] and got["same_items"]
+    swapped = results([("y", 1.0), ("x", 0.5)], [("z", 2.0)])
+    got = bench_serve.loop_vs_batch(lambda: a, lambda: swapped, count=2, rounds=1)
+    assert not got["identical"] and not got["same_items"]
