@@ -17,6 +17,7 @@ Examples::
     mmrec recommend --index model_dir --all-users -k 20 --json > recs.jsonl
     mmrec explain --index model_dir --item 1 -k 5
     mmrec evaluate --index model_dir --interactions inter.tsv --split test
+    mmrec serve --index model_dir --port 8000      # GET /recommend?user=42&k=10, /similar, /history, /search
 
 Errors go to stderr with exit status 1 (2 for a malformed command line); ``--debug`` shows the
 traceback.
@@ -346,6 +347,30 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from mmrec.server import ROUTES, RecommenderServer
+
+    rec = _open_recommender(args)
+    rec.items.encoders.show_progress = False  # no progress bar per text query
+    if args.warm and "text" in rec.items.manifest.get("encoders", {}):
+        rec.items.encoders.get("text")  # loaded now, not by the first text query
+    try:
+        server = RecommenderServer(rec, args.host, args.port)
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
+    host, port = server.server_address[:2]
+    kind = "trained model" if rec.trained else "content index"
+    print(f"serving {args.index} ({kind}, {len(rec.items)} items, {len(rec.user_ids)} users) at "
+          f"http://{host}:{port}  routes: /health {' '.join(ROUTES)}  (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from mmrec.pipeline import evaluate_directory
 
@@ -367,6 +392,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 # --- parser --------------------------------------------------------------------------------
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must lie in 0-65535, got {value}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -579,6 +614,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="history items named per result with --explain (default 3)")
     _common(rc)
     rc.set_defaults(func=cmd_recommend)
+
+    sv = sub.add_parser("serve", help="answer recommend / history / similar / search as JSON over HTTP, the "
+                                      "directory kept open (mmrec.server)")
+    sv.add_argument("--index", required=True, type=Path, help="index or trained directory")
+    sv.add_argument("--host", default="127.0.0.1",
+                    help="address to bind (default 127.0.0.1; there is no authentication: keep it behind your front end)")
+    sv.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0 picks a free one)")
+    sv.add_argument("--warm", action=argparse.BooleanOptionalAction, default=True,
+                    help="load the text encoder at start instead of at the first text query (default on)")
+    _common(sv)
+    sv.set_defaults(func=cmd_serve)
 
     ev = sub.add_parser("evaluate", help="full-ranking metrics of a trained directory")
     ev.add_argument("--index", required=True, type=Path)

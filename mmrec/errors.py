@@ -66,6 +66,14 @@ class ConfigError(MMRecError):
     """An option or saved artefact that does not fit (wrong dimension, unknown modality...)."""
 
 
+class UnknownIdError(MMRecError, KeyError):
+    """A user or item id that an interaction set, index or model does not know (``mmrec
+    serve`` answers it with 404)."""
+
+    def __str__(self) -> str:  # KeyError would print the message quoted
+        return str(self.args[0]) if self.args else ""
+
+
 def utf8_problem(path: str | Path) -> Problem | None:
     """Where a text file stops being UTF-8 (its line and byte), or ``None`` when it is UTF-8.
 

@@ -47,7 +47,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
-from mmrec.errors import ConfigError, DataError, MMRecError, Problem, utf8_problem
+from mmrec.errors import ConfigError, DataError, Problem, UnknownIdError, utf8_problem
 from mmrec.ids import id_text, normalize_ids
 from mmrec.jsonlines import read_objects
 from mmrec.typing import ItemId, UserId
@@ -63,12 +63,6 @@ _FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".parquet": "parque
 _COMPRESSED = (".gz", ".bz2")
 _PROBLEMS_IN_REPORT = 20  # offending rows listed in report["problems"] when skipping
 
-
-class UnknownIdError(MMRecError, KeyError):
-    """An external user or item id that is not in this interaction set."""
-
-    def __str__(self) -> str:  # KeyError would print the message quoted
-        return str(self.args[0]) if self.args else ""
 
 
 def split_codes(split: str | Sequence[str]) -> list[int]:

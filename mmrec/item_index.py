@@ -34,7 +34,7 @@ from index import FaissIndex, atomic_directory, read_manifest, sha256_file, writ
 from index.persist import MANIFEST_NAME
 from index.mips import MipsTransform
 from mmrec.catalog import ID_FIELD, Catalog, check_catalog_ids, load_catalog
-from mmrec.errors import ConfigError, DataError, MMRecError, Problem
+from mmrec.errors import ConfigError, DataError, MMRecError, Problem, UnknownIdError
 from mmrec.ids import normalize_ids
 from mmrec.typing import ItemId
 
@@ -789,7 +789,7 @@ class ItemIndex:
         for alt in (str(item_id), *normalize_ids([str(item_id)])):
             if alt in self._pos:
                 return alt
-        raise MMRecError(f"item '{item_id}' is not in this index ({len(self)} items)")
+        raise UnknownIdError(f"item '{item_id}' is not in this index ({len(self)} items)")
 
     def vector_of(self, item_id: object) -> np.ndarray:
         """The index vector of one item, ``[1, D]``."""

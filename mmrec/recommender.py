@@ -34,7 +34,7 @@ from index.mips import MipsTransform
 from mmrec.coldstart import blend_with_neighbours, neighbour_mean
 from mmrec.config import TrainConfig, load_config, save_config
 from mmrec.diversity import check_weight, mmr_rerank
-from mmrec.errors import ConfigError, MMRecError
+from mmrec.errors import ConfigError, MMRecError, UnknownIdError
 from mmrec.explain import (DEFAULT_HISTORY, ItemExplanation, explain_history, explain_item, explain_recommendations,
                            explain_similar)
 from mmrec.foldin import DEFAULT_FOLD_IN_REG
@@ -299,7 +299,7 @@ class Recommender:
             return self._user_pos[user_id]
         if str(user_id) in self._user_pos_str:
             return self._user_pos_str[str(user_id)]
-        raise MMRecError(f"user '{user_id}' is not known to this model ({len(self.user_ids)} users)")
+        raise UnknownIdError(f"user '{user_id}' is not known to this model ({len(self.user_ids)} users)")
 
     def known_items(self, user_id: object) -> list[ItemId]:
         """The items a user interacted with in the training data, those rated below the rating
@@ -442,7 +442,7 @@ class Recommender:
         try:
             return self.items.resolve_id(item_id)
         except MMRecError:
-            raise MMRecError(f"history item '{item_id}' is not in this index ({len(self.items)} items)") from None
+            raise UnknownIdError(f"history item '{item_id}' is not in this index ({len(self.items)} items)") from None
 
     def _serve(self, user: np.ndarray, k: int, exclude: set | None, diversity: float,
                candidates: int | None) -> list[Result]:

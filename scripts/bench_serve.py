@@ -7,7 +7,9 @@ users / items per request, drawn with a seed): ``recommend`` (plain, ``explain``
 ``similar`` and, where the directory has a text encoder, ``search_text``; then each batched call
 against the same queries one at a time, side by side: every user's top ``K`` (``recommend_many``),
 the ``K`` items most similar to each of ``--batch-items`` items (``similar_many``) and
-``--batch-texts`` item titles as text queries (``search_texts``). Each kind reports
+``--batch-texts`` item titles as text queries (``search_texts``); and ``recommend``,
+``recommend_history`` and ``similar`` as HTTP requests to ``mmrec serve``'s server (in a thread of
+the same process, one keep-alive client connection). Each kind reports
 p50 / p99 / mean milliseconds over ``--requests`` calls after its first, and the first call
 apart (the fold-in builds its Gram matrix then, a text search loads its encoder). Beside the
 latency, ``recommend``'s recall@10 against the exact ranking of the same vectors (brute force,
@@ -38,14 +40,17 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 
@@ -55,6 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mmrec.config import TrainConfig  # noqa: E402
 from mmrec.pipeline import fit  # noqa: E402
 from mmrec.recommender import Recommender  # noqa: E402
+from mmrec.server import RecommenderServer  # noqa: E402
 from machine import add_run_options, begin_run, feature_cache, update_results  # noqa: E402
 
 DIRECTORIES = ("ml100k-plus", "synthetic")
@@ -167,10 +173,45 @@ def requests(directory: Path, n: int, seed: int, batch_items: int, batch_texts: 
     for name, call in kinds.items():
         out["requests"][name] = time_calls(call, n)
         print(f"  {name}: {out['requests'][name]}", flush=True)
+    out["http"] = http_requests(rec, users, picks, n)
+    print(f"  http: {out['http']}", flush=True)
     out["recall@10_vs_exact"] = round(exact_recall(rec, users[: min(n, 200)]), 4)
     out["batch"] = batch_vs_loop(rec, items=batch_items, texts=batch_texts)
     print(f"  batch: {out['batch']}", flush=True)
     return out
+
+
+def http_requests(rec: Recommender, users: list, picks: list[list], n: int) -> dict[str, dict[str, float]]:
+    """The same requests through ``mmrec serve``'s server (:class:`mmrec.server.RecommenderServer`
+    on a free local port, in a thread of this process) from one keep-alive client connection:
+    what HTTP, the JSON encoding and the server's lock add to the in-process call."""
+    server = RecommenderServer(rec, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    conn = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=60)
+
+    def call(path: str) -> None:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"GET {path}: {response.status} {body[:200]!r}")
+
+    def q(value: object) -> str:
+        return quote(str(value), safe="")
+
+    kinds: dict[str, Callable[[int], object]] = {
+        "HTTP GET /recommend": lambda i: call(f"/recommend?user={q(users[i])}&k={K}"),
+        f"HTTP GET /history ({HISTORY} items, fold-in)": lambda i: call(
+            "/history?" + "&".join(f"item={q(j)}" for j in picks[i]) + f"&k={K}"),
+        "HTTP GET /similar": lambda i: call(f"/similar?item={q(picks[i][0])}&k={K}"),
+    }
+    try:
+        return {name: time_calls(fn, n) for name, fn in kinds.items()}
+    finally:
+        conn.close()
+        server.shutdown()
+        server.server_close()
 
 
 def loop_vs_batch(loop: Callable[[], list], batch: Callable[[], list], count: int, rounds: int) -> dict[str, Any]:
@@ -254,14 +295,15 @@ def markdown(results: dict[str, Any]) -> str:
     lines = ["# Serving latency (`scripts/bench_serve.py`)", "",
              f"One request at a time, in one process after `Recommender.load`, k = {K}. `first` is the first call "
              "of its kind (the fold-in builds its Gram matrix then, a text search loads its encoder); p50 / p99 "
-             "over the calls after it.", ""]
+             "over the calls after it. `HTTP GET` rows: the same requests to `mmrec serve`'s server, run in a "
+             "thread of the same process, from one keep-alive connection (client, JSON and HTTP included).", ""]
     for name, d in results["directories"].items():
         b, m = d["built"], d["machine"]
         lines += [f"## {name}: {d['items']:,} items, {d['users']:,} users, {b['model']}, index `{d['factory']}`", "",
                   f"Loaded in {d['load_ms']:.0f} ms. `recommend` recall@10 against the exact ranking of the same "
                   f"vectors: {d['recall@10_vs_exact']:.4f}.", "",
                   "| request | first ms | p50 ms | p99 ms | mean ms |", "|---|---:|---:|---:|---:|"]
-        for kind, r in d["requests"].items():
+        for kind, r in (d["requests"] | d.get("http", {})).items():
             lines.append(f"| {kind} | {r['first_ms']:.2f} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['mean_ms']:.3f} |")
         if "batch" in d:
             what = {"recommend": (f"every user's top {K}", "users", "`recommend`", "`recommend_many`"),

@@ -84,6 +84,8 @@ def test_requests_time_every_kind_and_the_report_renders(trained):
                                     "history of 5, fold-in", "history of 5, mean", "known user + 2 newer items",
                                     "similar"}  # no text encoder: no text search
     assert all(r["n"] == 3 for r in got["requests"].values())
+    assert set(got["http"]) == {"HTTP GET /recommend", "HTTP GET /history (5 items, fold-in)", "HTTP GET /similar"}
+    assert all(r["n"] == 3 for r in got["http"].values())
     # "identical" is measured, not assumed: BLAS threads may round a batched score differently.
     assert set(got["batch"]) == {"recommend", "similar"}  # no text encoder: no text queries
     assert got["batch"]["recommend"]["queries"] == 48 and got["batch"]["similar"]["queries"] == 5
@@ -95,6 +97,7 @@ def test_requests_time_every_kind_and_the_report_renders(trained):
                                               "cli": cli, "threads": 1, "cli_repeats": 2, "machine": machine,
                                               "command": "python scripts/bench_serve.py"}}}
     md = bench_serve.markdown(results)
+    assert "| HTTP GET /recommend | " in md
     assert "| recommend | " in md and "| nothing | " in md and "32 items, 48 users" in md
     assert "| every user's top 10: `recommend` / `recommend_many` | 48 users |" in md
     assert "| the 10 items most similar to each item: `similar` / `similar_many` | 5 items |" in md

@@ -1,0 +1,211 @@
+"""A JSON-over-HTTP server for one index or trained directory (``mmrec serve``).
+
+A ``mmrec`` command run as a fresh process pays its imports and the directory load on every
+call (3-10 s; README, Serving latency), where one request to an open directory takes well
+under a millisecond. ``mmrec serve`` keeps the directory open and answers HTTP ``GET``
+requests with the objects ``--json`` prints, from the standard library's threading HTTP
+server (no extra dependency)::
+
+    GET /health                                  {"status": "ok", "kind", "items", "users", "modalities"}
+    GET /recommend?user=42&k=10                  {"results": [{"item_id", "score", <fields>}, ...]}
+    GET /history?item=1&item=50&k=10[&user=42]   a history of items (a known user's newer ones with user)
+    GET /similar?item=1&k=10[&by=cosine]
+    GET /search?text=space+adventure&k=10
+
+Options per route (as the CLI's): ``k`` (default 10); ``explain`` and ``include_known``
+(``1``/``0``, ``true``/``false``); ``diversity`` (``recommend``, ``history``); ``method``
+(``history``); ``explain_items`` (``recommend``, ``history``); ``by`` (``similar``). A parameter
+a route does not take is refused, so a misspelt one is not silently ignored.
+
+Status codes: 200 with ``{"results": [...]}``; 400 ``{"error": ...}`` for a bad request (a
+missing or malformed parameter, a query the directory cannot answer); 404 for an unknown
+route, user or item; 500 for anything else (logged with its traceback). Requests are answered
+one at a time (a lock around the directory: its caches are not thread-safe), each in well under
+a millisecond except text queries (an encoder pass).
+
+Binds to 127.0.0.1 by default: there is no authentication, so put it behind your own front end
+before exposing it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from mmrec.errors import MMRecError, UnknownIdError
+
+logger = logging.getLogger("mmrec.server")
+
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+class BadRequest(MMRecError):
+    """A request the server refuses with 400 (the message says why)."""
+
+
+class Params:
+    """A request's query parameters, read by name and type."""
+
+    def __init__(self, route: str, query: str) -> None:
+        self.route = route
+        try:
+            self._values = parse_qs(query, keep_blank_values=True, strict_parsing=False, errors="strict")
+        except UnicodeDecodeError:
+            raise BadRequest("the query string is not UTF-8") from None
+
+    def all(self, name: str) -> list[str]:
+        return self._values.get(name, [])
+
+    def one(self, name: str, default: str | None = None, *, required: bool = False) -> str | None:
+        values = self.all(name)
+        if len(values) > 1:
+            raise BadRequest(f"{self.route}: '{name}' given {len(values)} times, expected once")
+        if not values:
+            if required:
+                raise BadRequest(f"{self.route}: missing parameter '{name}'")
+            return default
+        return values[0]
+
+    def integer(self, name: str, default: int, minimum: int) -> int:
+        text = self.one(name)
+        if text is None:
+            return default
+        try:
+            value = int(text)
+        except ValueError:
+            raise BadRequest(f"{self.route}: '{name}' must be an integer, got {text!r}") from None
+        if value < minimum:
+            raise BadRequest(f"{self.route}: '{name}' must be at least {minimum}, got {value}")
+        return value
+
+    def number(self, name: str, default: float) -> float:
+        text = self.one(name)
+        if text is None:
+            return default
+        try:
+            return float(text)
+        except ValueError:
+            raise BadRequest(f"{self.route}: '{name}' must be a number, got {text!r}") from None
+
+    def flag(self, name: str) -> bool:
+        text = self.one(name)
+        if text is None:
+            return False
+        if text.lower() in TRUE or text == "":  # ?explain alone means on
+            return True
+        if text.lower() in FALSE:
+            return False
+        raise BadRequest(f"{self.route}: '{name}' must be 1 or 0 (true / false), got {text!r}")
+
+    def check_names(self, allowed: tuple[str, ...]) -> None:
+        """Refuse a parameter the route does not take (a misspelt one would be ignored silently)."""
+        unknown = sorted(set(self._values) - set(allowed))
+        if unknown:
+            takes = f"takes {', '.join(allowed)}" if allowed else "takes no parameters"
+            raise BadRequest(f"{self.route}: unknown parameter(s) {', '.join(map(repr, unknown))}; this route {takes}")
+
+
+def _recommend(rec, p: Params) -> list:
+    from mmrec.explain import DEFAULT_HISTORY
+
+    user = p.one("user", required=True)
+    return rec.recommend(user, p.integer("k", 10, 1), exclude_known=not p.flag("include_known"),
+                         explain=p.flag("explain"), history=p.integer("explain_items", DEFAULT_HISTORY, 0),
+                         diversity=p.number("diversity", 0.0))
+
+
+def _history(rec, p: Params) -> list:
+    from mmrec.explain import DEFAULT_HISTORY
+
+    items, user = p.all("item"), p.one("user")
+    if not items and user is None:
+        raise BadRequest("/history: give one or more 'item' parameters (item=1&item=50), with or without 'user'")
+    return rec.recommend_history(items, p.integer("k", 10, 1), user=user, method=p.one("method", "auto"),
+                                 exclude_history=not p.flag("include_known"), explain=p.flag("explain"),
+                                 explain_items=p.integer("explain_items", DEFAULT_HISTORY, 0),
+                                 diversity=p.number("diversity", 0.0))
+
+
+def _similar(rec, p: Params) -> list:
+    return rec.similar(p.one("item", required=True), p.integer("k", 10, 1), explain=p.flag("explain"),
+                       by=p.one("by", "index"))
+
+
+def _search(rec, p: Params) -> list:
+    return rec.search_text(p.one("text", required=True), p.integer("k", 10, 1))
+
+
+# route -> (handler, the parameters it takes)
+ROUTES: dict[str, tuple[Callable[[Any, Params], list], tuple[str, ...]]] = {
+    "/recommend": (_recommend, ("user", "k", "include_known", "explain", "explain_items", "diversity")),
+    "/history": (_history, ("item", "user", "k", "method", "include_known", "explain", "explain_items", "diversity")),
+    "/similar": (_similar, ("item", "k", "explain", "by")),
+    "/search": (_search, ("text", "k")),
+}
+
+
+def health(rec) -> dict[str, Any]:
+    return {"status": "ok", "kind": "trained" if rec.trained else "content", "items": len(rec.items),
+            "users": len(rec.user_ids), "modalities": rec.items.modalities}
+
+
+class Handler(BaseHTTPRequestHandler):
+    """Answers one request; the directory is the server's ``recommender``."""
+
+    server: RecommenderServer
+    protocol_version = "HTTP/1.1"  # keep-alive: a client reuses its connection
+
+    def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
+        start = time.perf_counter()
+        url = urlsplit(self.path)
+        try:
+            status, body = self._answer(url.path, url.query)
+        except UnknownIdError as e:
+            status, body = HTTPStatus.NOT_FOUND, {"error": str(e)}
+        except MMRecError as e:  # BadRequest, ConfigError and the rest: what the CLI prints as "error: ..."
+            status, body = HTTPStatus.BAD_REQUEST, {"error": str(e)}
+        except Exception as e:  # noqa: BLE001 -- one bad request must not stop the server
+            logger.exception("GET %s failed", self.path)
+            status, body = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"internal error: {type(e).__name__}: {e}"}
+        data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        logger.info('"GET %s" %d %.2f ms', self.path, status, 1000 * (time.perf_counter() - start))
+
+    def _answer(self, path: str, query: str) -> tuple[HTTPStatus, dict[str, Any]]:
+        rec = self.server.recommender
+        params = Params(path, query)
+        if path == "/health":
+            params.check_names(())
+            return HTTPStatus.OK, health(rec)
+        if path not in ROUTES:
+            return HTTPStatus.NOT_FOUND, {"error": f"no route {path!r}; routes: /health, {', '.join(ROUTES)}"}
+        route, allowed = ROUTES[path]
+        params.check_names(allowed)
+        with self.server.lock:
+            results = route(rec, params)
+        return HTTPStatus.OK, {"results": [r.to_dict() for r in results]}
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 -- the standard library's name
+        logger.debug(format, *args)  # do_GET logs each request once, with its time
+
+
+class RecommenderServer(ThreadingHTTPServer):
+    """:class:`ThreadingHTTPServer` answering for ``recommender`` (a loaded
+    :class:`mmrec.recommender.Recommender`); ``port`` 0 picks a free port (``server_port``)."""
+
+    daemon_threads = True
+
+    def __init__(self, recommender, host: str = "127.0.0.1", port: int = 8000) -> None:
+        self.recommender = recommender
+        self.lock = threading.Lock()
+        super().__init__((host, port), Handler)

@@ -1,0 +1,186 @@
+"""mmrec serve: every route answers what the Python API returns; bad requests get 400 / 404."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mmrec.cli import main
+from mmrec.config import TrainConfig
+from mmrec.item_index import ItemIndex
+from mmrec.pipeline import fit
+from mmrec.recommender import Recommender
+from mmrec.server import RecommenderServer
+from tests.mmrec.conftest import write_planted
+
+FAST = dict(dim=16, layers=2, heads=2, lr=0.05, batch_size=64, epochs=3, patience=3, reg=1e-4, seed=0)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("serve")
+    inter, feats = write_planted(d)
+    fit(inter, features={"content": feats}, out=d / "model", config=TrainConfig(**FAST), split="random",
+        show_progress=False)
+    return d / "model"
+
+
+def start(rec):
+    server = RecommenderServer(rec, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return server, f"http://127.0.0.1:{server.server_port}"
+
+
+@pytest.fixture(scope="module")
+def served(model_dir):
+    rec = Recommender.load(model_dir, show_progress=False)
+    server, url = start(rec)
+    yield rec, url
+    server.shutdown()
+    server.server_close()
+
+
+def get(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            assert response.headers["Content-Type"] == "application/json; charset=utf-8"
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def dicts(results) -> list[dict]:
+    return json.loads(json.dumps([r.to_dict() for r in results]))  # as the server encodes them
+
+
+def test_every_route_answers_what_the_python_api_returns(served):
+    rec, url = served
+    assert get(f"{url}/health") == (200, {"status": "ok", "kind": "trained", "items": 32, "users": 48,
+                                          "modalities": ["content"]})
+    cases = [
+        ("/recommend?user=u3&k=5", rec.recommend("u3", 5)),
+        ("/recommend?user=u3&k=4&explain=1&explain_items=2", rec.recommend("u3", 4, explain=True, history=2)),
+        ("/recommend?user=u3&k=4&diversity=0.5", rec.recommend("u3", 4, diversity=0.5)),
+        ("/recommend?user=u3&k=40&include_known=true", rec.recommend("u3", 40, exclude_known=False)),
+        ("/history?item=0&item=4&k=5", rec.recommend_history([0, 4], 5)),
+        ("/history?item=0&item=4&k=5&method=mean", rec.recommend_history([0, 4], 5, method="mean")),
+        ("/history?user=u3&item=8&k=5", rec.recommend_history([8], 5, user="u3")),
+        ("/history?user=u3&k=5&explain", rec.recommend_history([], 5, user="u3", explain=True)),
+        ("/similar?item=3&k=6", rec.similar(3, 6)),
+        ("/similar?item=3&k=6&by=cosine&explain=yes", rec.similar(3, 6, by="cosine", explain=True)),
+    ]
+    for path, want in cases:
+        status, body = get(url + path)
+        assert status == 200, (path, body)
+        assert body == {"results": dicts(want)}, path
+    assert len(get(f"{url}/recommend?user=u3&k=40&include_known=true")[1]["results"]) == 32
+
+
+def test_bad_requests_are_refused_with_the_reason(served):
+    _, url = served
+    cases = [
+        ("/recommend?user=nobody", 404, "user 'nobody' is not known to this model (48 users)"),
+        ("/similar?item=999", 404, "item '999' is not in this index (32 items)"),
+        ("/history?item=0&item=999", 404, "history item '999' is not in this index (32 items)"),
+        ("/nowhere", 404, "no route '/nowhere'; routes: /health, /recommend, /history, /similar, /search"),
+        ("/recommend", 400, "/recommend: missing parameter 'user'"),
+        ("/recommend?user=u1&user=u2", 400, "/recommend: 'user' given 2 times, expected once"),
+        ("/recommend?user=u1&k=0", 400, "/recommend: 'k' must be at least 1, got 0"),
+        ("/recommend?user=u1&k=ten", 400, "/recommend: 'k' must be an integer, got 'ten'"),
+        ("/recommend?user=u1&explain=maybe", 400, "/recommend: 'explain' must be 1 or 0 (true / false), got 'maybe'"),
+        ("/recommend?user=u1&diversity=x", 400, "/recommend: 'diversity' must be a number, got 'x'"),
+        ("/recommend?user=u1&diversity=1.5", 400, "diversity weight must lie in [0, 1], got 1.5"),
+        ("/recommend?user=u1&kk=3", 400, "/recommend: unknown parameter(s) 'kk'; this route takes user, k, "
+                                         "include_known, explain, explain_items, diversity"),
+        ("/health?verbose=1", 400, "/health: unknown parameter(s) 'verbose'; this route takes no parameters"),
+        ("/history", 400, "/history: give one or more 'item' parameters"),
+        ("/history?item=0&method=magic", 400, "method must be 'auto', 'fold-in' or 'mean', got 'magic'"),
+        ("/similar?item=3&by=dot", 400, "by must be 'index' or 'cosine', got 'dot'"),
+        ("/search?text=space", 400, "this index has no text modality"),
+        ("/recommend?user=%ff", 400, "the query string is not UTF-8"),
+    ]
+    for path, status, message in cases:
+        got_status, body = get(url + path)
+        assert got_status == status and message in body["error"], (path, got_status, body)
+
+
+def test_an_unexpected_failure_is_a_500_and_the_server_goes_on(model_dir, monkeypatch):
+    rec = Recommender.load(model_dir, show_progress=False)
+    server, url = start(rec)
+    try:
+        def broken(*args, **kwargs):
+            raise RuntimeError("disk on fire")
+
+        monkeypatch.setattr(rec, "similar", broken)
+        assert get(f"{url}/similar?item=3") == (500, {"error": "internal error: RuntimeError: disk on fire"})
+        assert get(f"{url}/recommend?user=u3&k=3") == (200, {"results": dicts(rec.recommend("u3", 3))})
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_concurrent_requests_each_get_their_own_answer(served):
+    rec, url = served
+    users = [f"u{i}" for i in range(48)] * 3
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda u: get(f"{url}/history?user={u}&item=1&k=4"), users))
+    assert got == [(200, {"results": dicts(rec.recommend_history([1], 4, user=u))}) for u in users]
+
+
+def test_a_content_index_serves_similar_and_history_and_refuses_recommend(tmp_path):
+    vecs = np.random.default_rng(0).normal(size=(12, 5)).astype(np.float32)
+    ItemIndex.from_features([f"i{n}" for n in range(12)], {"image": vecs}, factory="Flat",
+                            show_progress=False).save(tmp_path / "idx")
+    rec = Recommender.load(tmp_path / "idx", show_progress=False)
+    server, url = start(rec)
+    try:
+        assert get(f"{url}/health")[1] == {"status": "ok", "kind": "content", "items": 12, "users": 0,
+                                           "modalities": ["image"]}
+        assert get(f"{url}/similar?item=i2&k=3") == (200, {"results": dicts(rec.similar("i2", 3))})
+        assert get(f"{url}/history?item=i2&item=i5&k=3") == (200, {"results": dicts(rec.recommend_history(["i2", "i5"], 3))})
+        status, body = get(f"{url}/recommend?user=u1")
+        assert status == 400 and "holds a content index, not a trained model" in body["error"]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_serve_command_listens_answers_and_stops_on_ctrl_c(model_dir):
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen([sys.executable, "-m", "mmrec.cli", "serve", "--index", str(model_dir), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        match = re.search(r"at (http://127\.0\.0\.1:\d+)", line)
+        assert match and "trained model, 32 items, 48 users" in line, line + proc.stderr.read()
+        rec = Recommender.load(model_dir, show_progress=False)
+        assert get(f"{match[1]}/recommend?user=u5&k=3") == (200, {"results": dicts(rec.recommend("u5", 3))})
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+        assert '"GET /recommend?user=u5&k=3" 200' in proc.stderr.read()  # one access-log line a request
+    finally:
+        proc.kill()
+        proc.wait()
+    with socket.socket() as busy:  # a port another program holds
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        taken = subprocess.run([sys.executable, "-m", "mmrec.cli", "serve", "--index", str(model_dir), "--port",
+                                str(port), "-q"], capture_output=True, text=True, env=env, timeout=120)
+    assert taken.returncode == 1 and taken.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port}: ")
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--index", str(model_dir), "--port", "70000"])
+    assert exit_.value.code == 2
