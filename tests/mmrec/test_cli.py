@@ -263,3 +263,15 @@ def test_a_larger_catalog_is_centred_unless_no_center_and_search_still_finds_the
         assert code == 0 and json.loads(got)[0]["item_id"] == "m1"
         code, got, _ = run(capsys, "similar", "--index", str(out), "--item", "e3", "-k", "3", "--json", "-q")
         assert code == 0 and all(r["item_id"].startswith("e") for r in json.loads(got))
+
+
+def test_the_server_answers_text_queries_as_search_text(built):
+    from tests.mmrec.test_server import dicts, get, serving
+
+    rec = Recommender.load(built / "idx", show_progress=False)
+    with serving(rec) as url:
+        status, body = get(f"{url}/search?text=animation+for+kids&k=3")
+        assert status == 200 and body == {"results": dicts(rec.search_text("animation for kids", 3))}
+        assert body["results"][0]["item_id"] == "m1"
+        status, body = get(f"{url}/search?text=+&k=3")
+        assert status == 400 and body == {"error": "empty text query"}

@@ -12,6 +12,7 @@ import threading
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -37,20 +38,23 @@ def model_dir(tmp_path_factory) -> Path:
     return d / "model"
 
 
-def start(rec):
+@contextmanager
+def serving(rec):
+    """The server on a free port, in a thread; yields its base URL."""
     server = RecommenderServer(rec, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    return server, f"http://127.0.0.1:{server.server_port}"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture(scope="module")
 def served(model_dir):
     rec = Recommender.load(model_dir, show_progress=False)
-    server, url = start(rec)
-    yield rec, url
-    server.shutdown()
-    server.server_close()
+    with serving(rec) as url:
+        yield rec, url
 
 
 def get(url: str) -> tuple[int, dict]:
@@ -119,17 +123,14 @@ def test_bad_requests_are_refused_with_the_reason(served):
 
 def test_an_unexpected_failure_is_a_500_and_the_server_goes_on(model_dir, monkeypatch):
     rec = Recommender.load(model_dir, show_progress=False)
-    server, url = start(rec)
-    try:
-        def broken(*args, **kwargs):
-            raise RuntimeError("disk on fire")
 
-        monkeypatch.setattr(rec, "similar", broken)
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(rec, "similar", broken)
+    with serving(rec) as url:
         assert get(f"{url}/similar?item=3") == (500, {"error": "internal error: RuntimeError: disk on fire"})
         assert get(f"{url}/recommend?user=u3&k=3") == (200, {"results": dicts(rec.recommend("u3", 3))})
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_concurrent_requests_each_get_their_own_answer(served):
@@ -145,17 +146,13 @@ def test_a_content_index_serves_similar_and_history_and_refuses_recommend(tmp_pa
     ItemIndex.from_features([f"i{n}" for n in range(12)], {"image": vecs}, factory="Flat",
                             show_progress=False).save(tmp_path / "idx")
     rec = Recommender.load(tmp_path / "idx", show_progress=False)
-    server, url = start(rec)
-    try:
+    with serving(rec) as url:
         assert get(f"{url}/health")[1] == {"status": "ok", "kind": "content", "items": 12, "users": 0,
                                            "modalities": ["image"]}
         assert get(f"{url}/similar?item=i2&k=3") == (200, {"results": dicts(rec.similar("i2", 3))})
         assert get(f"{url}/history?item=i2&item=i5&k=3") == (200, {"results": dicts(rec.recommend_history(["i2", "i5"], 3))})
         status, body = get(f"{url}/recommend?user=u1")
         assert status == 400 and "holds a content index, not a trained model" in body["error"]
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_the_serve_command_listens_answers_and_stops_on_ctrl_c(model_dir):
