@@ -12,7 +12,7 @@ import json
 import logging
 import shutil
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -460,6 +460,21 @@ def content_scale(
     return num / den if den > 0 else 1.0 / (layers + 1)
 
 
+def without_items_from(inter: Interactions, first: int) -> tuple[Interactions, int, int]:
+    """``inter`` less the rows (and below-threshold pairs) of items at positions ``first`` and
+    beyond, in the item space of the first ``first`` items; with how many rows went and how many
+    users lost every row.
+    """
+    keep = inter.items < first  # [E]
+    seen = inter.seen
+    if seen is not None:
+        seen = (seen[0][seen[1] < first], seen[1][seen[1] < first])
+    had = np.bincount(inter.users, minlength=inter.num_users) > 0
+    kept = replace(inter.rows(keep), item_ids=inter.item_ids[:first], seen=seen)
+    left = np.bincount(kept.users, minlength=kept.num_users) > 0
+    return kept, int((~keep).sum()), int((had & ~left).sum())
+
+
 def evaluate_directory(
     rec: Recommender,
     interactions: str | Path,
@@ -478,26 +493,32 @@ def evaluate_directory(
     whose every row was such an item (``users_only_removed_items``). For a model trained with
     held-out items (``cold_start``), their rows are left out of the ordinary evaluation, as at
     training time (``rows_of_held_out_items``), and so are the items themselves as candidates,
-    so the training report's test metrics are reproduced; ``cold_start=True`` evaluates them. The split is rebuilt as at training time (same
-    rule, seed and rating threshold; ``how`` overrides the rule; a random split of a user who
-    lost rows differs from the training one). ``diversity@K`` is measured with the index's
+    so the training report's test metrics are reproduced; ``cold_start=True`` evaluates them.
+    The split is rebuilt as at training time (same rule, seed and rating threshold; ``how``
+    overrides the rule) on every row of the file, those of removed items included, which are
+    dropped after it: on the training file it is the training split, and a random split
+    (:func:`mmrec.split.split_random`) of another file keeps each pair the user also had in the
+    training file where training put it, as long as the user's rows are the same. ``diversity@K`` is measured with the index's
     item vectors. With
     ``cold_start``, the items held out of training are ranked (from their content-path index
     vectors) for the users who interacted with them (:mod:`mmrec.coldstart`).
     """
     if not rec.trained:
         raise MMRecError("evaluation needs a trained directory (made by `mmrec train`)")
-    item_ids = [it["item_id"] for it in rec.items.items]
-    # Items the model was trained on and that were removed since are skipped (counted); an id it
-    # never knew is an error naming the row (a typo, or another catalog's file).
-    loaded = load_interactions(interactions, item_ids=item_ids, rating_threshold=rec.rating_threshold,
-                               unknown_items="skip", skippable=rec.train_item_ids,
+    item_ids = rec.items.ids
+    # Items the model was trained on and that were removed since are skipped (counted), after the
+    # split: dropped before it, they would move their users' other rows between the splits (rows
+    # the model trained on would then be evaluated). An id the model never knew is an error
+    # naming the row (a typo, or another catalog's file).
+    indexed = set(item_ids)
+    removed = [i for i in rec.train_item_ids if i not in indexed]
+    loaded = load_interactions(interactions, item_ids=item_ids + removed, rating_threshold=rec.rating_threshold,
                                item_space="the index nor among the items the model was trained on")
-    gone, emptied = loaded.report.get("unknown_items", 0), loaded.report.get("users_only_unknown_items", 0)
+    inter = ensure_split(loaded, how or rec.split_rule, rec.config.seed, option="--split-rule")
+    inter, gone, emptied = without_items_from(inter, len(item_ids))
     if gone:
         logger.warning("%d rows of %s are items not in the index (removed since training?): skipped; %d users "
                        "had no other rows", gone, interactions, emptied)
-    inter = ensure_split(loaded, how or rec.split_rule, rec.config.seed, option="--split-rule")
     cold = np.isin(np.array(item_ids, dtype=object), np.array(rec.cold_items, dtype=object))
     held_rows = 0
     if rec.cold_items and not cold_start:  # as at training time: held-out items are evaluated apart

@@ -18,12 +18,16 @@ Baby / Sports / Clothing splits), generalised to any ratios ``(r_train, r_valid,
 The rule reproduces the published amazon-baby split's per-user counts exactly (checked in
 ``tests/mmrec/test_split.py`` when the data is present).
 
-Which interactions go where: :func:`split_random` shuffles each user's interactions with a
-seeded generator (MMRec shuffles the whole table once); :func:`split_temporal` orders them
-by timestamp, so the latest ones are the test set.
+Which interactions go where: :func:`split_random` orders each user's interactions by a seeded
+key that depends on the seed, the user id and the item id alone (MMRec shuffles the whole table
+once): the split of a user's pairs does not depend on the file's row order or on other users'
+rows, so a file with rows added for other users, or reordered, splits the same; a user whose
+own rows change is split anew. :func:`split_temporal` orders them by timestamp, so the latest
+ones are the test set.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
@@ -110,18 +114,47 @@ def split_random(
     Args:
         inter: interactions (an existing split is replaced).
         ratios: (train, valid, test), default 0.8/0.1/0.1.
-        seed: seed of the shuffle; the same seed and data give the same split.
+        seed: seed of the keys (:func:`pair_keys`); the same seed and pairs give the same split,
+            whatever the row order and whatever other users' rows the file holds.
         min_full: see :func:`split_sizes`.
 
     Returns:
         A copy of ``inter`` with ``split`` set and ``report["split"]`` describing it.
     """
-    rng = np.random.default_rng(seed)
-    key = rng.random(len(inter))
-    order = np.lexsort((key, inter.users))  # by user, then by random key
+    key = pair_keys(inter, seed)
+    order = np.lexsort((key, inter.users))  # by user, then by the pair's key
     split = _assign(inter, order, ratios, min_full)
     how = {"method": "random", "ratios": list(ratios), "seed": seed, "min_full": min_full}
     return _with_split(inter, split, how)
+
+
+def _id_hashes(ids: Sequence[object], seed: int, kind: str) -> np.ndarray:
+    """A 64-bit hash of each id (as text, so ``42`` and ``"42"`` agree), stable across processes."""
+    salt = f"{seed}:{kind}:".encode()
+    return np.array([int.from_bytes(hashlib.blake2b(salt + str(i).encode(), digest_size=8).digest(), "little")
+                     for i in ids], dtype=np.uint64)
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: every input bit moves every output bit (uint64 arithmetic wraps)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def pair_keys(inter: Interactions, seed: int = 0) -> np.ndarray:
+    """A key in ``[0, 1)`` for each interaction, a function of ``(seed, user id, item id)`` only.
+
+    Uniform and independent across pairs for practical purposes; ordering a user's rows by it
+    shuffles them the same way whatever the file's row order or other content.
+
+    Shapes:
+        -> (len(inter),) float64
+    """
+    users = _id_hashes(inter.user_ids, seed, "user")  # [U]
+    items = _id_hashes(inter.item_ids, seed, "item")  # [N]
+    x = _mix64(users[inter.users] ^ _mix64(items[inter.items]))  # [E]
+    return (x >> np.uint64(11)).astype(np.float64) / float(2**53)
 
 
 def split_temporal(

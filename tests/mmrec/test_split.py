@@ -79,6 +79,35 @@ def test_random_split_is_seeded_per_user_and_complete() -> None:
     }
 
 
+def _pairs_split(inter: Interactions) -> dict[tuple, int]:
+    return {(inter.user_ids[u], inter.item_ids[i]): int(c) for u, i, c in zip(inter.users, inter.items, inter.split)}
+
+
+def test_random_split_of_a_pair_depends_on_the_user_s_pairs_not_on_the_file() -> None:
+    inter = _random_interactions()
+    want = _pairs_split(split_random(inter, seed=3))
+    rng = np.random.default_rng(1)
+    order = rng.permutation(len(inter))  # the rows in another order, in other index spaces
+    users = [f"x{u}" for u in range(5)] + inter.user_ids  # new users first: every index shifts
+    items = list(reversed(inter.item_ids))
+    shuffled = Interactions(users, items, inter.users[order] + 5, len(items) - 1 - inter.items[order])
+    assert _pairs_split(split_random(shuffled, seed=3)) == want
+    # Another user's rows added or removed leave every other user's split as it was.
+    extra = np.repeat(np.arange(5), 12)
+    grown = Interactions(users, items, np.concatenate([extra, shuffled.users]),
+                         np.concatenate([np.tile(np.arange(12), 5), shuffled.items]))
+    assert {p: c for p, c in _pairs_split(split_random(grown, seed=3)).items() if p[0] in want_users(want)} == want
+    shrunk = shuffled.rows(shuffled.users != 5 + 7)  # user 7 gone
+    assert _pairs_split(split_random(shrunk, seed=3)) == {p: c for p, c in want.items() if p[0] != 7}
+    # 42 and "42" are one id (a file read as text or as numbers splits the same).
+    as_text = Interactions([str(u) for u in inter.user_ids], [str(i) for i in inter.item_ids], inter.users, inter.items)
+    np.testing.assert_array_equal(split_random(as_text, seed=3).split, split_random(inter, seed=3).split)
+
+
+def want_users(split: dict[tuple, int]) -> set:
+    return {u for u, _ in split}
+
+
 def test_temporal_split_orders_by_time() -> None:
     inter = _random_interactions(1)
     t = split_temporal(inter)

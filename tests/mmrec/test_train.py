@@ -150,6 +150,35 @@ def test_evaluate_rebuilds_the_training_split_rule_and_threshold(tmp_path):
     assert evaluate_directory(back, inter_path, split="test", how="random") != again
 
 
+def test_evaluate_splits_as_training_did_after_index_remove_and_beside_other_users_rows(tmp_path, monkeypatch):
+    inter_path, feats = write_planted(tmp_path)
+    fit(inter_path, features={"content": feats}, out=tmp_path / "model", config=TrainConfig(**(FAST | {"epochs": 2})),
+        split="random", show_progress=False)
+    rec = Recommender.load(tmp_path / "model", show_progress=False)
+    plain = evaluate_directory(rec, inter_path)
+    # A row of a user the model never saw, first in the file: skipped, and nothing else moves.
+    rows = inter_path.read_text().splitlines()
+    (tmp_path / "more.tsv").write_text("\n".join([rows[0], "stranger\t3", *rows[1:]]) + "\n")
+    more = evaluate_directory(rec, tmp_path / "more.tsv")
+    assert more == plain | {"users_skipped": 1, "users_unknown": 1}
+    # After `index remove`, the evaluated pairs are the training split's less the removed item's.
+    training = ensure_split(load_interactions(inter_path), "random", rec.config.seed)
+    want = {(training.user_ids[u], training.item_ids[i]) for u, i in
+            zip(training.users[training.split == 2], training.items[training.split == 2]) if training.item_ids[i] != 0}
+    rec.items.remove([0])
+    seen = {}
+
+    def spy(score, inter, **kwargs):
+        seen["pairs"] = {(inter.user_ids[u], inter.item_ids[i]) for u, i in
+                         zip(inter.users[inter.split == 2], inter.items[inter.split == 2])}
+        return {}
+
+    monkeypatch.setattr("mmrec.pipeline.evaluate", spy)
+    got = evaluate_directory(Recommender.load(tmp_path / "model", show_progress=False), inter_path)
+    assert seen["pairs"] == want and got["rows_skipped"] == int((training.items == training.item_ids.index(0)).sum())
+    assert got["users_skipped"] == got["users_only_removed_items"] == 0
+
+
 def test_train_report_is_checksummed_and_kept_by_remove(tmp_path):
     inter_path, feats = write_planted(tmp_path)
     fit(inter_path, features={"content": feats}, out=tmp_path / "model",
