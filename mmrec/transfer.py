@@ -345,7 +345,9 @@ def finetune(
         config: ``None`` (the source's configuration), a mapping of fields to change, or a
             :class:`TrainConfig` with the source's architecture.
         split: as :func:`mmrec.pipeline.fit`.
-        rating_threshold: keep ratings ``>=`` this as positives (default: every row).
+        rating_threshold: keep ratings ``>=`` this as positives (default: every row; not taken
+            from the source, whose ratings may use another scale: a warning says when the
+            source had one).
         factory: FAISS factory for the trained item vectors.
         overwrite: replace an existing ``out``.
         keep_users: users whose id the source knows start from their source embedding (the same
@@ -370,6 +372,10 @@ def finetune(
                                *(features or {}).values(), catalog_options.get("image_root"), cache_dir])
     cfg = finetune_config(src.config, config)
     check_device(cfg.device)
+    if src.rating_threshold is not None and rating_threshold is None:
+        # The threshold describes the new file's ratings, which may use another scale: not inherited.
+        logger.warning("the source model was trained with rating threshold %g; the new interactions have none, "
+                       "so every row is a positive (give --rating-threshold to apply one)", src.rating_threshold)
     content = source_content(src, catalog, features, ignore=ignore, cache_dir=cache_dir,
                              show_progress=show_progress, device=cfg.device, **catalog_options)
     if cfg.finetune != "frozen":  # the tuner trains them in place: leave the source's own untouched

@@ -275,6 +275,29 @@ def test_a_source_modality_missing_from_the_new_data_is_masked(small, tmp_path, 
     assert (back.items.attention[:, 1] == 0).all()  # the masked token gets no attention
 
 
+def _rated(path, out):
+    """``path``'s interactions with a rating column: every fourth row rated 2, the rest 5."""
+    rows = path.read_text().splitlines()
+    out.write_text("\n".join([rows[0] + "\trating", *(f"{r}\t{5 if k % 4 else 2}" for k, r in enumerate(rows[1:]))]))
+    return out
+
+
+def test_a_source_rating_threshold_is_not_inherited_but_named(small, tmp_path, caplog):
+    d, b_inter, b_feats = small
+    inter, feats = write_planted(tmp_path)
+    fit(_rated(inter, tmp_path / "a.tsv"), features={"content": feats}, out=tmp_path / "src",
+        config=TrainConfig(**FAST, epochs=1), split="random", rating_threshold=4, show_progress=False)
+    new = _rated(b_inter, tmp_path / "b.tsv")
+    for threshold, warned in ((None, True), (3.0, False)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="mmrec.transfer"):
+            rec, _, _ = finetune(tmp_path / "src", new, features={"content": b_feats}, config={"epochs": 1},
+                                 split="random", rating_threshold=threshold, show_progress=False)
+        assert rec.rating_threshold == threshold
+        assert ("the source model was trained with rating threshold 4; the new interactions have none, so every "
+                "row is a positive (give --rating-threshold to apply one)" in caplog.text) == warned
+
+
 def test_keep_users_starts_known_users_from_their_source_embedding(small, tmp_path):
     d, _, _ = small
     source = Recommender.load(d / "source", show_progress=False)
