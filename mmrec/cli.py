@@ -267,9 +267,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         config=cfg,
         text_encoder=args.text_encoder,
         image_encoder=args.image_encoder,
+        skip_invalid=args.skip_invalid,
         **_training_options(args),
     )
-    print_training(args, f"trained {args.out}", result, test)
+    skipped = Path(args.out) / "skipped.jsonl"
+    print_training(args, f"trained {args.out}" + (f" (skipped catalog rows listed in {skipped})"
+                                                  if skipped.exists() else ""), result, test)
     return 0
 
 
@@ -546,6 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--image-encoder", default="default",
                    help="as for index build: default, none, a torchvision name, or a Hugging Face model dir")
     t.add_argument("--factory", default="auto", help="FAISS factory for the trained item vectors")
+    t.add_argument("--skip-invalid", action="store_true",
+                   help="skip invalid catalog rows (listed in OUT/skipped.jsonl), invalid interaction rows and "
+                        "the rows of skipped items (counted in OUT/train_report.json) instead of failing")
     t.add_argument("--overwrite", action="store_true")
     t.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_dataclass_options(t, TrainConfig)

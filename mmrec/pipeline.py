@@ -171,10 +171,18 @@ def load_content(
 
 def interactions_for(content: Content, path: str | Path, *, split: str, seed: int,
                      rating_threshold: float | None = None, on_invalid: str = "error") -> Interactions:
+    """The interactions over ``content``'s items, split. With ``on_invalid="skip"``, invalid rows
+    and the rows of catalog rows skipped as invalid (``Catalog.skipped_ids``) are skipped and
+    counted (``report``) instead of failing."""
     space = "the catalog" if content.catalog is not None or content.item_ids is None else (
         f"the feature files' rows (item ids 0..{len(content.item_ids) - 1})")
+    skipped = [i for i in (content.catalog.skipped_ids if content.catalog is not None else []) if i is not None]
+    options: dict[str, Any] = {"unknown_items": "skip", "skippable": skipped} if on_invalid == "skip" and skipped else {}
     inter = load_interactions(path, item_ids=content.item_ids, rating_threshold=rating_threshold,
-                              on_invalid=on_invalid, item_space=space)
+                              on_invalid=on_invalid, item_space=space, **options)
+    if options and inter.report.get("unknown_items"):
+        logger.warning("%s: skipped %d row(s) of items skipped from the catalog as invalid",
+                       path, inter.report["unknown_items"])
     return ensure_split(inter, split, seed)
 
 
@@ -192,6 +200,7 @@ def fit(
     show_progress: bool = True,
     content: Content | None = None,
     before_training: Callable[[Trainer], dict[str, Any] | None] | None = None,
+    skip_invalid: bool = False,
     **content_options: Any,
 ) -> tuple[Recommender, TrainResult, dict[str, float]]:
     """Train a recommender and (when ``out`` is given) write its directory.
@@ -213,6 +222,10 @@ def fit(
         before_training: called with the :class:`Trainer` once the model is built, before the
             first step (fine-tuning from another model sets the weights here, see
             :func:`mmrec.transfer.finetune`); a dict it returns joins ``train_report.json``.
+        skip_invalid: leave invalid catalog rows out (listed in ``out/skipped.jsonl``), and
+            skip invalid interaction rows and the rows of those items (counted in
+            ``train_report.json``'s ``data``), instead of failing. Not with ``features`` beside a
+            catalog: their rows follow the catalog's, which skipping would misalign.
 
     Returns:
         ``(recommender, training result, test metrics)``.
@@ -222,7 +235,13 @@ def fit(
                                    "image_root", "cache_dir", "text_encoder", "image_encoder", "image_weights"))])
     check_device(config.device)
     check_factory(factory, 1 << 30)  # the form, before encoding (enough items to train it: checked below)
+    if skip_invalid and features and catalog is not None:
+        raise ConfigError("--skip-invalid cannot be used with --features beside a catalog: the feature files' rows "
+                          "follow the catalog's, and skipping catalog rows would misalign them; fix the catalog, or "
+                          "drop the rows from the catalog and the feature files alike")
     if content is None:  # the catalog is encoded on the training device
+        if skip_invalid and catalog is not None and not isinstance(catalog, Catalog):
+            content_options["skip_invalid"] = True
         content = load_content(catalog, features, show_progress=show_progress, device=config.device,
                                **content_options)
     tuner = None
@@ -230,7 +249,8 @@ def fit(
         from mmrec.encoder_tuning import EncoderTuner
 
         tuner = EncoderTuner(content, config, show_progress=show_progress)
-    inter = interactions_for(content, interactions, split=split, seed=config.seed, rating_threshold=rating_threshold)
+    inter = interactions_for(content, interactions, split=split, seed=config.seed, rating_threshold=rating_threshold,
+                             on_invalid="skip" if skip_invalid else "error")
     logger.info("%r", inter)
     item_ids = content.item_ids if content.item_ids is not None else list(inter.item_ids)
     n = len(item_ids)
@@ -378,7 +398,7 @@ def fit(
             (tmp / "train_report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
             return attach(tmp) + ["train_report.json"]
 
-        items.save(out, overwrite=overwrite, attach=write)
+        items.save(out, overwrite=overwrite, attach=write, skipped=content.catalog)
     return rec, result, test
 
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -315,3 +317,31 @@ def test_validation_never_ranks_items_held_out_of_training(monkeypatch):
     assert got["ndcg@10"] == pytest.approx(1.0) and got["recall@10"] == 1.0  # item 1 ranked first
     data.negatives = None  # every item a candidate: item 2 takes rank 1, item 1 rank 2
     assert trainer.validate()["ndcg@10"] == pytest.approx(1.0 / np.log2(3))
+
+
+def test_train_skip_invalid_leaves_bad_catalog_rows_and_their_interactions_out(tmp_path, tiny_bert_dir, capsys):
+    from mmrec.cli import main
+
+    inter_path, _ = write_planted(tmp_path)
+    rows = inter_path.read_text().splitlines()
+    # Item 5 has no text (invalid with a text encoder only); one interaction row has no item.
+    catalog = ["item_id,title"] + [f"{i},{'' if i == 5 else f'item number {i}'}" for i in range(32)]
+    (tmp_path / "items.csv").write_text("\n".join(catalog) + "\n")
+    (tmp_path / "inter.tsv").write_text("\n".join([*rows, "u1\t"]) + "\n")
+    argv = ["train", "--catalog", str(tmp_path / "items.csv"), "--interactions", str(tmp_path / "inter.tsv"),
+            "--text-encoder", str(tiny_bert_dir), "--image-encoder", "none", "--no-cache", "--epochs", "1",
+            "--dim", "8", "--layers", "1", "--split", "random", "-q"]
+    assert main([*argv, "--out", str(tmp_path / "refused")]) == 1
+    assert "items.csv: row 6: no text in title" in capsys.readouterr().err and not (tmp_path / "refused").exists()
+    assert main([*argv, "--out", str(tmp_path / "m"), "--skip-invalid", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["out"] == str(tmp_path / "m")
+    rec = Recommender.load(tmp_path / "m", show_progress=False)
+    assert len(rec.items) == 31 and 5 not in rec.items
+    skipped = [json.loads(line) for line in (tmp_path / "m" / "skipped.jsonl").read_text().splitlines()]
+    assert [(s["row"], s["item_id"]) for s in skipped] == [(6, "5")] and "no text in title" in skipped[0]["message"]
+    data = json.loads((tmp_path / "m" / "train_report.json").read_text())["data"]
+    item5_rows = sum(1 for r in rows[1:] if r.split("\t")[1] == "5")
+    assert data["unknown_items"] == item5_rows and data["invalid"] == 1
+    with pytest.raises(ConfigError, match="--skip-invalid cannot be used with --features beside a catalog"):
+        fit(tmp_path / "inter.tsv", catalog=tmp_path / "items.csv", features={"x": tmp_path / "x.npy"},
+            skip_invalid=True, show_progress=False)
