@@ -384,6 +384,7 @@ def fit(
             "cold_neighbours": config.cold_neighbours,
             "cold_neighbour_weight": config.cold_neighbour_weight,
             "split": split,
+            "split_keys": "pairs",  # absent from directories trained with the older row-order keys
             "rating_threshold": rating_threshold,
             "cold_items": [item_ids[i] for i in np.flatnonzero(held_out)] if held_out is not None else [],
             "fold_in_reg": fold_in_reg,
@@ -534,7 +535,7 @@ def evaluate_directory(
     removed = [i for i in rec.train_item_ids if i not in indexed]
     loaded = load_interactions(interactions, item_ids=item_ids + removed, rating_threshold=rec.rating_threshold,
                                item_space="the index nor among the items the model was trained on")
-    inter = ensure_split(loaded, how or rec.split_rule, rec.config.seed, option="--split-rule")
+    inter = ensure_split(loaded, how or rec.split_rule, rec.config.seed, option="--split-rule", keys=rec.split_keys)
     inter, gone, emptied = without_items_from(inter, len(item_ids))
     if gone:
         logger.warning("%d rows of %s are items not in the index (removed since training?): skipped; %d users "
@@ -545,7 +546,8 @@ def evaluate_directory(
         held_rows = int(cold[inter.items].sum())
         inter = warm_part(inter, cold)  # and are not candidates either (score_users)
     rows = np.array([rec._user_pos_str.get(str(u), -1) for u in inter.user_ids])
-    unknown = int((rows < 0).sum())
+    has_rows = np.bincount(inter.users, minlength=inter.num_users) > 0  # those left with none are counted above
+    unknown = int(((rows < 0) & has_rows).sum())
     if unknown:
         logger.warning("%d users of %s are unknown to the model: skipped", unknown, interactions)
         keep = rows[inter.users] >= 0

@@ -156,6 +156,9 @@ class Recommender:
         rating_threshold: the implicit-feedback threshold applied at training time, if any.
         fold_in_reg: the ridge of :meth:`recommend_history`'s fold-in (chosen on validation by
             :func:`mmrec.foldin.select_fold_in_reg` when trained).
+        split_keys: the keys of the random split it was trained on (:func:`mmrec.split.split_random`):
+            ``"pairs"``, or ``"rows"`` for directories from before the pair keys; evaluation
+            rebuilds the split with them.
     """
 
     def __init__(
@@ -172,6 +175,7 @@ class Recommender:
         rating_threshold: float | None = None,
         fold_in_reg: float = DEFAULT_FOLD_IN_REG,
         liked: sp.csr_matrix | None = None,
+        split_keys: str = "pairs",
     ) -> None:
         self.items = items
         self.model = model
@@ -185,6 +189,7 @@ class Recommender:
         self.split_rule = split_rule
         self.rating_threshold = rating_threshold
         self.fold_in_reg = fold_in_reg
+        self.split_keys = split_keys
         self._user_pos = {u: i for i, u in enumerate(self.user_ids)}
         self._user_pos_str = {str(u): i for i, u in enumerate(self.user_ids)}
         self._foldin: tuple[np.ndarray, HistoryFoldIn] | None = None  # (the vectors it was built on, it)
@@ -230,7 +235,8 @@ class Recommender:
         return cls(items, model.eval(), cfg, users["user_ids"], t["user_vectors"], known, users["item_ids"],
                    cold_items=extra.get("cold_items", []), split_rule=extra.get("split", "auto"),
                    rating_threshold=extra.get("rating_threshold"),
-                   fold_in_reg=extra.get("fold_in_reg", DEFAULT_FOLD_IN_REG), liked=liked)
+                   fold_in_reg=extra.get("fold_in_reg", DEFAULT_FOLD_IN_REG), liked=liked,
+                   split_keys=extra.get("split_keys", "rows"))  # older directories: one key a row
 
     def attach_files(self, extra: dict[str, Any], tuner: Any = None):
         """A writer for :meth:`ItemIndex.save` that adds the trained files to the directory.

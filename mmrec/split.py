@@ -106,8 +106,12 @@ def _with_split(inter: Interactions, split: np.ndarray, how: dict) -> Interactio
     return out
 
 
+KEYS = ("pairs", "rows")  # split_random's keys: by (seed, user, item), or one draw per row (older directories)
+
+
 def split_random(
-    inter: Interactions, ratios: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0, *, min_full: int = 10
+    inter: Interactions, ratios: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0, *, min_full: int = 10,
+    keys: str = "pairs",
 ) -> Interactions:
     """Random per-user split; sizes per user follow the module rule.
 
@@ -117,14 +121,22 @@ def split_random(
         seed: seed of the keys (:func:`pair_keys`); the same seed and pairs give the same split,
             whatever the row order and whatever other users' rows the file holds.
         min_full: see :func:`split_sizes`.
+        keys: ``"pairs"`` (default): :func:`pair_keys`; ``"rows"``: one draw of a seeded
+            generator per row, in file order -- the keys of directories trained before the pair
+            keys, which ``mmrec evaluate`` uses to rebuild their training split.
 
     Returns:
         A copy of ``inter`` with ``split`` set and ``report["split"]`` describing it.
+
+    Raises:
+        ConfigError: unknown ``keys``.
     """
-    key = pair_keys(inter, seed)
+    if keys not in KEYS:
+        raise ConfigError(f"keys must be one of {', '.join(KEYS)}, got {keys!r}")
+    key = pair_keys(inter, seed) if keys == "pairs" else np.random.default_rng(seed).random(len(inter))
     order = np.lexsort((key, inter.users))  # by user, then by the pair's key
     split = _assign(inter, order, ratios, min_full)
-    how = {"method": "random", "ratios": list(ratios), "seed": seed, "min_full": min_full}
+    how = {"method": "random", "ratios": list(ratios), "seed": seed, "min_full": min_full, "keys": keys}
     return _with_split(inter, split, how)
 
 
@@ -185,6 +197,7 @@ def ensure_split(
     *,
     ratios: Sequence[float] = (0.8, 0.1, 0.1),
     option: str = "--split",
+    keys: str = "pairs",
 ) -> Interactions:
     """Interactions with a split: the given one, or a new random / temporal one.
 
@@ -197,6 +210,7 @@ def ensure_split(
         ratios: (train, valid, test) for a new split.
         option: the command-line option that chose ``how``, for messages (``mmrec evaluate``
             calls it ``--split-rule``).
+        keys: the random split's keys (:func:`split_random`).
 
     Raises:
         ConfigError: an unknown ``how``; ``"given"`` without a split column;
@@ -214,4 +228,4 @@ def ensure_split(
             raise ConfigError(f"a temporal split ({option} temporal) needs a timestamp column: use a random split "
                               f"({option} random) or a file with timestamps")
         return split_temporal(inter, ratios)
-    return split_random(inter, ratios, seed)
+    return split_random(inter, ratios, seed, keys=keys)

@@ -75,7 +75,8 @@ def test_random_split_is_seeded_per_user_and_complete() -> None:
     assert sum(map(len, pairs)) == len(inter)
     assert not (pairs[0] & pairs[1] or pairs[0] & pairs[2] or pairs[1] & pairs[2])
     assert a.report["split"] == {
-        "method": "random", "ratios": [0.8, 0.1, 0.1], "seed": 3, "min_full": 10, "counts": a.split_counts()
+        "method": "random", "ratios": [0.8, 0.1, 0.1], "seed": 3, "min_full": 10, "keys": "pairs",
+        "counts": a.split_counts()
     }
 
 
@@ -102,6 +103,25 @@ def test_random_split_of_a_pair_depends_on_the_user_s_pairs_not_on_the_file() ->
     # 42 and "42" are one id (a file read as text or as numbers splits the same).
     as_text = Interactions([str(u) for u in inter.user_ids], [str(i) for i in inter.item_ids], inter.users, inter.items)
     np.testing.assert_array_equal(split_random(as_text, seed=3).split, split_random(inter, seed=3).split)
+
+
+def test_row_keys_reproduce_the_older_split_of_one_seeded_draw_per_row() -> None:
+    inter = _random_interactions()
+    got = split_random(inter, seed=3, keys="rows")
+    key = np.random.default_rng(3).random(len(inter))  # what split_random drew before the pair keys
+    order = np.lexsort((key, inter.users))
+    counts = np.bincount(inter.users, minlength=inter.num_users)
+    n_train, n_valid, _ = split_sizes(counts)
+    rank = np.empty(len(inter), np.int64)
+    for u in range(inter.num_users):  # each user's rows in key order: train, then valid, then test
+        rows = order[inter.users[order] == u]
+        rank[rows] = np.arange(len(rows))
+    want = np.where(rank < n_train[inter.users], 0, np.where(rank < (n_train + n_valid)[inter.users], 1, 2))
+    np.testing.assert_array_equal(got.split, want)
+    assert got.report["split"]["keys"] == "rows" and split_random(inter, seed=3).report["split"]["keys"] == "pairs"
+    assert not np.array_equal(split_random(inter, seed=3).split, got.split)
+    with pytest.raises(ConfigError, match="keys must be one of pairs, rows"):
+        split_random(inter, keys="hash")
 
 
 def want_users(split: dict[tuple, int]) -> set:

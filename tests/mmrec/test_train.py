@@ -7,6 +7,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from index.persist import sha256_file
 from mmrec.config import TrainConfig
 from mmrec.errors import ConfigError, DataError
 from mmrec.interactions import load_interactions
@@ -179,6 +180,30 @@ def test_evaluate_splits_as_training_did_after_index_remove_and_beside_other_use
     got = evaluate_directory(Recommender.load(tmp_path / "model", show_progress=False), inter_path)
     assert seen["pairs"] == want and got["rows_skipped"] == int((training.items == training.item_ids.index(0)).sum())
     assert got["users_skipped"] == got["users_only_removed_items"] == 0
+    # A stranger whose only row is a removed item is skipped once, as a user left with no rows.
+    monkeypatch.undo()
+    (tmp_path / "stranger.tsv").write_text("\n".join([rows[0], "stranger\t0", *rows[1:]]) + "\n")
+    got = evaluate_directory(Recommender.load(tmp_path / "model", show_progress=False), tmp_path / "stranger.tsv")
+    assert (got["users_skipped"], got["users_only_removed_items"], got["users_unknown"]) == (1, 1, 0)
+
+
+def test_a_directory_from_before_the_pair_keys_is_evaluated_on_its_row_keyed_split(tmp_path, monkeypatch):
+    inter_path, feats = write_planted(tmp_path)
+    fit(inter_path, features={"content": feats}, out=tmp_path / "model", config=TrainConfig(**(FAST | {"epochs": 1})),
+        split="random", show_progress=False)
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config.pop("split_keys") == "pairs"
+    (tmp_path / "model" / "config.json").write_text(json.dumps(config))  # as an older directory wrote it
+    manifest = json.loads((tmp_path / "model" / "manifest.json").read_text())
+    manifest["checksums"]["config.json"] = sha256_file(tmp_path / "model" / "config.json")
+    (tmp_path / "model" / "manifest.json").write_text(json.dumps(manifest))
+    old = Recommender.load(tmp_path / "model", show_progress=False)
+    assert old.split_keys == "rows"
+    seen = {}
+    monkeypatch.setattr("mmrec.pipeline.evaluate", lambda score, inter, **kw: seen.update(split=inter.split) or {})
+    evaluate_directory(old, inter_path)
+    want = ensure_split(load_interactions(inter_path), "random", old.config.seed, keys="rows")
+    np.testing.assert_array_equal(seen["split"], want.split)
 
 
 def test_train_report_is_checksummed_and_kept_by_remove(tmp_path):
