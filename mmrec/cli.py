@@ -68,32 +68,48 @@ def print_results(results, as_json: bool, title_field: str | None = None, out=No
             out.write(f"      why: {why_line(r.explanation)}\n")
 
 
+# Characters that str.splitlines (and JavaScript) take for line ends but that JSON leaves raw.
+_LINE_BREAKS = {"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def json_line(obj) -> str:
+    """``obj`` as one line of JSON Lines: non-ASCII kept readable, but the line separators JSON
+    allows inside strings escaped, so any line splitter finds one object a line."""
+    text = json.dumps(obj, ensure_ascii=False)
+    for raw, escaped in _LINE_BREAKS.items():
+        text = text.replace(raw, escaped)
+    return text
+
+
 def print_batches(key: str, queries: Sequence, batches, as_json: bool, title_field: str | None = None) -> None:
     """Results of several queries: JSON Lines (one ``{key: query, "results": [...]}`` object a
     query) or, as tables, each under a ``key query`` line."""
     for query, results in zip(queries, batches):
         if as_json:
-            json.dump({key: query, "results": [r.to_dict() for r in results]}, sys.stdout, ensure_ascii=False)
-            sys.stdout.write("\n")
+            sys.stdout.write(json_line({key: query, "results": [r.to_dict() for r in results]}) + "\n")
         else:
             sys.stdout.write(f"{key.removesuffix('_id')} {query}\n")
             print_results(results, False, title_field)
 
 
 def read_queries(path: Path) -> list[str]:
-    """Text queries from a UTF-8 file, one a line; a blank line is an error naming it.
+    """Text queries from a UTF-8 file (a byte-order mark is dropped), one a line; blank lines at
+    the end are ignored, a blank line before a query is an error naming it.
 
     Raises:
-        DataError: the file is missing, not UTF-8, blank lines, or holds no query.
+        DataError: the file is missing, not UTF-8, has blank lines between queries, or holds none.
     """
     from mmrec.errors import DataError, Problem
 
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise DataError(path, [Problem(None, None, "file not found")]) from None
     except UnicodeDecodeError as e:
         raise DataError(path, [Problem(None, None, f"not UTF-8 text (byte {e.start})")]) from None
+    lines = [line.removesuffix("\r") for line in text.split("\n")]  # only newlines end a line, as in an editor
+    while lines and not lines[-1].strip():
+        lines.pop()
     problems = [Problem(n, None, "empty query (one text query a line)") for n, q in enumerate(lines, 1) if not q.strip()]
     if not lines:
         problems.append(Problem(None, None, "no queries (one text query a line)"))

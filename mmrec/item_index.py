@@ -38,6 +38,8 @@ from mmrec.errors import ConfigError, DataError, MMRecError, Problem, UnknownIdE
 from mmrec.ids import normalize_ids
 from mmrec.typing import ItemId
 
+COSINE_BATCH_SCORES = 1 << 26  # float32 scores in one batch of similar_many(by="cosine"): 256 MB
+
 logger = logging.getLogger(__name__)
 
 MODALITY_ORDER = ("text", "image")
@@ -830,7 +832,8 @@ class ItemIndex:
         ``[B, N]`` product for ``by="cosine"``) per ``batch_size`` items instead of one per item.
 
         For exports such as a "related items" table of the whole catalog. A batched product may
-        round a score differently from a single one (one float32 ulp).
+        round a score differently from a single one (one float32 ulp). ``by="cosine"`` holds one
+        ``[B, N]`` float32 score matrix at a time, ``B`` lowered so that it stays under 256 MB.
 
         Raises:
             MMRecError: an unknown item (named before any search), ``k < 1``, ``batch_size < 1``.
@@ -846,6 +849,8 @@ class ItemIndex:
         if by == "cosine":
             raw = self.vectorizer.mips.original(self.vectors)  # [N, D]
             unit = raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12)  # [N, D]
+            # Each batch is a [B, N] score matrix: at most COSINE_BATCH_SCORES of them (256 MB).
+            batch_size = max(1, min(batch_size, COSINE_BATCH_SCORES // max(len(unit), 1)))
         out: list[list[Result]] = []
         with tqdm(total=len(ids), desc="similar items", unit="item", disable=not show_progress) as bar:
             for start in range(0, len(ids), batch_size):
@@ -872,6 +877,8 @@ class ItemIndex:
         Raises:
             MMRecError: an empty query (named by its position), ``k < 1``, an index without text.
         """
+        if isinstance(texts, (str, bytes)):
+            raise MMRecError("search_texts takes a list of queries, got one string: use search_text, or [text]")
         texts = list(texts)
         for n, text in enumerate(texts):
             if not isinstance(text, str) or not text.strip():
@@ -900,6 +907,8 @@ class ItemIndex:
             MMRecError: a file that does not exist or does not decode (named), ``k < 1``, an
                 index without images.
         """
+        if isinstance(paths, (str, bytes, os.PathLike)):
+            raise MMRecError("search_images takes a list of image files, got one path: use search_image, or [path]")
         encoder = self.encoders.get("image")  # an index without images says so first
         paths = [str(p) for p in paths]
         for path in paths:

@@ -19,7 +19,8 @@ a route does not take is refused, so a misspelt one is not silently ignored.
 
 Status codes: 200 with ``{"results": [...]}``; 400 ``{"error": ...}`` for a bad request (a
 missing or malformed parameter, a query the directory cannot answer); 404 for an unknown
-route, user or item; 500 for anything else (logged with its traceback). Requests are answered
+route, user or item; 405 for a method other than GET; 500 for anything else (logged with its
+traceback). A kept-alive connection idle for a minute is closed. Requests are answered
 one at a time (a lock around the directory: its caches are not thread-safe), each in well under
 a millisecond except text queries (an encoder pass).
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -43,6 +45,7 @@ from mmrec.errors import MMRecError, UnknownIdError
 logger = logging.getLogger("mmrec.server")
 
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+IDLE_SECONDS = 60
 
 
 class BadRequest(MMRecError):
@@ -164,8 +167,11 @@ class Handler(BaseHTTPRequestHandler):
     # the client's delayed ACK of the headers (40 ms on Linux) on a kept-alive connection.
     disable_nagle_algorithm = True
 
+    timeout = IDLE_SECONDS  # an idle kept-alive connection is closed (and its thread freed) after this
+
     def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
         start = time.perf_counter()
+        self._discard_body()
         url = urlsplit(self.path)
         try:
             status, body = self._answer(url.path, url.query)
@@ -176,13 +182,37 @@ class Handler(BaseHTTPRequestHandler):
         except Exception as e:  # noqa: BLE001 -- one bad request must not stop the server
             logger.exception("GET %s failed", self.path)
             status, body = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"internal error: {type(e).__name__}: {e}"}
+        self._send(status, body)
+        logger.info('"GET %s" %d %.2f ms', self.path, status, 1000 * (time.perf_counter() - start))
+
+    def _not_allowed(self) -> None:
+        self._discard_body()
+        self._send(HTTPStatus.METHOD_NOT_ALLOWED, {"error": f"{self.command} is not served: every route is a GET"},
+                   {"Allow": "GET"})
+        logger.info('"%s %s" %d', self.command, self.path, HTTPStatus.METHOD_NOT_ALLOWED)
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _not_allowed  # noqa: N815
+
+    def _send(self, status: HTTPStatus, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         data = json.dumps(body, ensure_ascii=False).encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(data)
-        logger.info('"GET %s" %d %.2f ms', self.path, status, 1000 * (time.perf_counter() - start))
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def _discard_body(self) -> None:
+        """Read a request body nobody asked for: left unread, it would be taken for the next
+        request on a kept-alive connection."""
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = 0
+        if length > 0:
+            self.rfile.read(length)
 
     def _answer(self, path: str, query: str) -> tuple[HTTPStatus, dict[str, Any]]:
         rec = self.server.recommender
@@ -211,4 +241,6 @@ class RecommenderServer(ThreadingHTTPServer):
     def __init__(self, recommender, host: str = "127.0.0.1", port: int = 8000) -> None:
         self.recommender = recommender
         self.lock = threading.Lock()
+        if ":" in host:  # an IPv6 address such as ::1
+            self.address_family = socket.AF_INET6
         super().__init__((host, port), Handler)

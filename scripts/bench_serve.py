@@ -305,7 +305,7 @@ def markdown(results: dict[str, Any]) -> str:
                   "| request | first ms | p50 ms | p99 ms | mean ms |", "|---|---:|---:|---:|---:|"]
         for kind, r in (d["requests"] | d.get("http", {})).items():
             lines.append(f"| {kind} | {r['first_ms']:.2f} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['mean_ms']:.3f} |")
-        if "batch" in d:
+        if "recommend" in d.get("batch", {}):  # (entries of runs before the batched item queries had one line)
             what = {"recommend": (f"every user's top {K}", "users", "`recommend`", "`recommend_many`"),
                     "similar": (f"the {K} items most similar to each item", "items", "`similar`", "`similar_many`"),
                     "search_text": ("item titles as text queries", "queries", "`search_text`", "`search_texts`")}

@@ -88,7 +88,7 @@ def test_several_text_queries_are_one_batch_and_answer_as_one_at_a_time(built, c
     (tmp_path / "one.txt").write_text(queries[0], encoding="utf-8")  # a file of one query still answers in lines
     code, out, _ = run(capsys, "search", "--index", idx, "--queries", str(tmp_path / "one.txt"), "-k", "3", "-q")
     assert code == 0 and out.startswith("query animation for kids\n") and out.splitlines()[2].split()[2] == "m1"
-    (tmp_path / "bad.txt").write_text("space\n\ncourt\n  \n", encoding="utf-8")
+    (tmp_path / "bad.txt").write_text("space\n\ncourt\n  \nlaw\n", encoding="utf-8")
     code, _, err = run(capsys, "search", "--index", idx, "--queries", str(tmp_path / "bad.txt"), "-q")
     assert code == 1 and "bad.txt: row 2: empty query" in err and "bad.txt: row 4: empty query" in err
     (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
@@ -96,6 +96,14 @@ def test_several_text_queries_are_one_batch_and_answer_as_one_at_a_time(built, c
     assert code == 1 and "latin1.txt: not UTF-8 text (byte 3)" in err
     code, _, err = run(capsys, "search", "--index", idx, "--queries", str(tmp_path / "none.txt"), "-q")
     assert code == 1 and "none.txt: file not found" in err
+    # A byte-order mark is dropped, blank lines at the end are ignored, only newlines split queries.
+    (tmp_path / "bom.txt").write_bytes("\ufeffanimation for kids\r\nouter\u2028space aliens\n\n\n".encode("utf-8"))
+    code, out, _ = run(capsys, "search", "--index", idx, "--queries", str(tmp_path / "bom.txt"), "-k", "1", "--json",
+                       "-q")
+    assert code == 0 and [json.loads(line)["query"] for line in out.splitlines()] == \
+        ["animation for kids", "outer\u2028space aliens"]
+    with pytest.raises(MMRecError, match="search_texts takes a list of queries, got one string"):
+        rec.search_texts("space")
     with pytest.raises(MMRecError, match="text query 1 is empty"):
         rec.search_texts(["space", " "])
     assert rec.search_texts([]) == []

@@ -287,7 +287,7 @@ def test_a_format_1_directory_keeps_the_plain_cosine(tmp_path):
     assert [(r.item_id, r.score) for r in old.similar("i1", k=5)] == [(r.item_id, r.score) for r in fresh.similar("i1", k=5)]
 
 
-def test_similar_many_is_similar_for_each_item_and_keeps_ties_in_index_order():
+def test_similar_many_is_similar_for_each_item_and_keeps_ties_in_index_order(monkeypatch):
     # b, c and d point the same way: ties, which both paths must break by index order.
     vecs = np.array([[1, 0, 0], [1, 1, 0], [2, 2, 0], [1, 1, 0], [0, 1, 1], [0, 0, 1]], np.float32)
     ids = ["a", "b", "c", "d", "e", "f"]
@@ -301,9 +301,19 @@ def test_similar_many_is_similar_for_each_item_and_keeps_ties_in_index_order():
                 want = [i for i in np.argsort(-sims, kind="stable") if i != row][:k]
                 assert [r.item_id for r in results] == [ids[i] for i in want]
                 np.testing.assert_allclose([r.score for r in results], sims[want], atol=1e-6)
-            assert [[r.item_id for r in g] for g in idx.similar_many(ids, k, batch_size=batch_size)] == \
-                [[r.item_id for r in idx.similar(i, k)] for i in ids]
+            # The index's own ranking: the exact inner product of the combined vectors (FAISS may
+            # order b, c, d, tied to the last float32 digit, either way).
+            raw = idx.vectorizer.mips.original(idx.vectors).astype(np.float64)
+            for row, results in enumerate(idx.similar_many(ids, k, batch_size=batch_size)):
+                scores = raw @ raw[row]
+                want = np.sort(np.delete(scores, row))[::-1][:k]
+                np.testing.assert_allclose([r.score for r in results], want, atol=1e-6)
+                np.testing.assert_allclose([scores[ids.index(r.item_id)] for r in results], want, atol=1e-6)
+                assert ids[row] not in {r.item_id for r in results}
     assert [r.item_id for r in idx.similar_many(["a"], 2, by="cosine")[0]] == ["b", "c"]  # b, c, d tie: b, c
+    # A score matrix capped at 6 scores: one item a batch, the same answers.
+    monkeypatch.setattr("mmrec.item_index.COSINE_BATCH_SCORES", 6)
+    assert idx.similar_many(ids, 3, by="cosine") == [idx.similar(i, 3, by="cosine") for i in ids]
     assert idx.similar_many([], 3) == [] and idx.ids == ids
     with pytest.raises(MMRecError, match="item 'zz' is not in this index"):
         idx.similar_many(["a", "zz"])

@@ -1,6 +1,7 @@
 """mmrec serve: every route answers what the Python API returns; bad requests get 400 / 404."""
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -119,6 +120,43 @@ def test_bad_requests_are_refused_with_the_reason(served):
     for path, status, message in cases:
         got_status, body = get(url + path)
         assert got_status == status and message in body["error"], (path, got_status, body)
+
+
+def test_other_methods_get_a_json_405_and_a_body_does_not_poison_the_connection(served):
+    rec, url = served
+    port = int(url.rsplit(":", 1)[1])
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    for method in ("POST", "PUT", "DELETE"):
+        conn.request(method, "/recommend?user=u3", body=b'{"user": "u3"}')
+        response = conn.getresponse()
+        assert response.status == 405 and response.headers["Allow"] == "GET"
+        assert json.loads(response.read()) == {"error": f"{method} is not served: every route is a GET"}
+    conn.request("HEAD", "/health")
+    response = conn.getresponse()
+    assert response.status == 405 and response.read() == b""
+    # A GET with a body, then another request on the same kept-alive connection.
+    conn.request("GET", "/recommend?user=u3&k=2", body=b"hello")
+    response = conn.getresponse()
+    assert response.status == 200 and json.loads(response.read()) == {"results": dicts(rec.recommend("u3", 2))}
+    conn.request("GET", "/health")
+    response = conn.getresponse()
+    assert response.status == 200 and json.loads(response.read())["status"] == "ok"
+    conn.close()
+
+
+def test_an_ipv6_address_is_served_where_the_machine_has_one(model_dir):
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    server = RecommenderServer(Recommender.load(model_dir, show_progress=False), "::1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert get(f"http://[::1]:{server.server_port}/health")[0] == 200
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_an_unexpected_failure_is_a_500_and_the_server_goes_on(model_dir, monkeypatch):
