@@ -64,7 +64,6 @@ _COMPRESSED = (".gz", ".bz2")
 _PROBLEMS_IN_REPORT = 20  # offending rows listed in report["problems"] when skipping
 
 
-
 def split_codes(split: str | Sequence[str]) -> list[int]:
     """The int8 codes of one split name, a sequence of names, or ``"all"``.
 
