@@ -92,6 +92,23 @@ def print_batches(key: str, queries: Sequence, batches, as_json: bool, title_fie
             print_results(results, False, title_field)
 
 
+STREAM_BATCH = 1024  # queries answered, printed and let go at a time by stream_batches
+
+
+def stream_batches(key: str, queries: Sequence, answer: Callable[[Sequence], list], args: argparse.Namespace,
+                   title_field: str | None, unit: str) -> None:
+    """:func:`print_batches` over ``answer(chunk)`` for ``STREAM_BATCH`` queries at a time, so an
+    export of every user or item holds one chunk's results in memory, not the whole catalog's."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(queries), unit=unit, disable=args.quiet or not sys.stderr.isatty()) as bar:
+        for start in range(0, len(queries), STREAM_BATCH):
+            chunk = queries[start : start + STREAM_BATCH]
+            print_batches(key, chunk, answer(chunk), args.json, title_field)
+            sys.stdout.flush()
+            bar.update(len(chunk))
+
+
 def read_queries(path: Path) -> list[str]:
     """Text queries from a UTF-8 file (a byte-order mark is dropped), one a line; blank lines at
     the end are ignored, a blank line before a query is an error naming it.
@@ -215,9 +232,9 @@ def cmd_similar(args: argparse.Namespace) -> int:
         raise ConfigError("several items (or --all-items) are answered in batches: --explain takes one --item")
     index = _open_index(args)
     if many:
-        ids = index.ids if args.all_items else [index.resolve_id(i) for i in items]
-        batches = index.similar_many(ids, args.k, by=args.by, show_progress=not args.quiet and sys.stderr.isatty())
-        print_batches("item_id", ids, batches, args.json, title_field_of(index))
+        ids = index.ids if args.all_items else [index.resolve_id(i) for i in items]  # every id checked first
+        stream_batches("item_id", ids, lambda chunk: index.similar_many(chunk, args.k, by=args.by), args,
+                       title_field_of(index), unit="item")
         return 0
     results = index.similar(items[0], args.k, by=args.by)
     if args.explain:
@@ -350,9 +367,9 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     title = title_field_of(rec.items)
     if many:
         users = list(rec.user_ids) if args.all_users else [rec.user_ids[rec.user_index(u)] for u in users]
-        batches = rec.recommend_many(users, args.k, exclude_known=not args.include_known,
-                                     show_progress=not args.quiet and sys.stderr.isatty())
-        print_batches("user_id", users, batches, args.json, title)
+        stream_batches("user_id", users, lambda chunk: rec.recommend_many(chunk, args.k,
+                                                                          exclude_known=not args.include_known),
+                       args, title, unit="user")
         return 0
     user = users[0] if users else None
     if args.history is not None:

@@ -109,7 +109,7 @@ def test_several_text_queries_are_one_batch_and_answer_as_one_at_a_time(built, c
     assert rec.search_texts([]) == []
 
 
-def test_similar_for_several_items_and_for_the_whole_catalog(built, capsys):
+def test_similar_for_several_items_and_for_the_whole_catalog(built, capsys, monkeypatch):
     idx = str(built / "idx")
     rec = Recommender.load(idx, show_progress=False)
     code, out, _ = run(capsys, "similar", "--index", idx, "--item", "m4", "m1", "-k", "2", "--json", "-q")
@@ -120,6 +120,8 @@ def test_similar_for_several_items_and_for_the_whole_catalog(built, capsys):
     code, out, _ = run(capsys, "similar", "--index", idx, "--all-items", "-k", "5", "--by", "cosine", "--json", "-q")
     lines = [json.loads(line) for line in out.splitlines()]
     assert [line["item_id"] for line in lines] == [m[0] for m in MOVIES]
+    monkeypatch.setattr("mmrec.cli.STREAM_BATCH", 4)  # printed 4 items at a time: the same lines
+    assert run(capsys, "similar", "--index", idx, "--all-items", "-k", "5", "--by", "cosine", "--json", "-q")[1] == out
     assert all(len(line["results"]) == 5 and line["item_id"] not in {r["item_id"] for r in line["results"]}
                for line in lines)
     code, out, _ = run(capsys, "similar", "--index", idx, "--item", "m4", "--item", "m1", "-k", "2", "-q")

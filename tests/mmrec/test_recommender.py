@@ -334,7 +334,7 @@ def test_recommend_many_with_an_approximate_index_never_returns_a_known_item(tmp
         assert [[r.item_id for r in g] for g in rec.recommend_many(users, 5, batch_size=16)] == want
 
 
-def test_cli_recommend_for_several_users(trained, capsys):
+def test_cli_recommend_for_several_users(trained, capsys, monkeypatch):
     rec = Recommender.load(trained / "model", show_progress=False)
     d = str(trained / "model")
     assert main(["recommend", "--index", d, "--user", "u1", "u2", "-k", "3", "--json", "-q"]) == 0
@@ -343,7 +343,13 @@ def test_cli_recommend_for_several_users(trained, capsys):
     for line in lines:
         assert [r["item_id"] for r in line["results"]] == [r.item_id for r in rec.recommend(line["user_id"], 3)]
     assert main(["recommend", "--index", d, "--all-users", "-k", "2", "--json", "-q"]) == 0
-    assert [json.loads(line)["user_id"] for line in capsys.readouterr().out.splitlines()] == rec.user_ids
+    every = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["user_id"] for line in every] == rec.user_ids
+    assert [[r["item_id"] for r in line["results"]] for line in every] == \
+        [[r.item_id for r in g] for g in rec.recommend_many(rec.user_ids, 2)]
+    monkeypatch.setattr("mmrec.cli.STREAM_BATCH", 5)  # printed 5 users at a time: the same lines
+    assert main(["recommend", "--index", d, "--all-users", "-k", "2", "--json", "-q"]) == 0
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == every
     # --user given twice adds up (as --user u1 u2).
     assert main(["recommend", "--index", d, "--user", "u1", "--user", "u2", "-k", "3", "--json", "-q"]) == 0
     assert [json.loads(line)["user_id"] for line in capsys.readouterr().out.splitlines()] == ["u1", "u2"]
