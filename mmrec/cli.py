@@ -263,9 +263,19 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _query_device(args: argparse.Namespace) -> None:
+    if args.device is not None:
+        from mmrec.item_index import check_device
+
+        check_device(args.device)  # before the directory is opened
+
+
 def cmd_search(args: argparse.Namespace) -> int:
+    _query_device(args)
     texts = read_queries(args.queries) if args.queries is not None else args.text
     index = _open_index(args)
+    if args.device is not None:
+        index.encoders.to(args.device)
     title = title_field_of(index)
     if args.image is not None:
         key, queries, batches = "image", [str(p) for p in args.image], index.search_images(args.image, args.k)
@@ -386,8 +396,11 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from mmrec.server import ROUTES, RecommenderServer
 
+    _query_device(args)
     rec = _open_recommender(args)
     rec.items.encoders.show_progress = False  # no progress bar per text query
+    if args.device is not None:
+        rec.items.encoders.to(args.device)
     if args.warm and "text" in rec.items.manifest.get("encoders", {}):
         rec.items.encoders.get("text")  # loaded now, not by the first text query
     try:
@@ -560,6 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a UTF-8 file of text queries, one a line (always answered as a batch)")
     g.add_argument("--image", type=Path, nargs="+", action="extend", metavar="FILE",
                    help="query image file(s); several are encoded together")
+    q.add_argument("--device", help="encode the queries on this torch device (cpu, cuda, cuda:N; default cpu)")
     _common(q)
     q.set_defaults(func=cmd_search)
 
@@ -660,6 +674,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default="127.0.0.1",
                     help="address to bind (default 127.0.0.1; there is no authentication: keep it behind your front end)")
     sv.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0 picks a free one)")
+    sv.add_argument("--device", help="encode text queries on this torch device (cpu, cuda, cuda:N; default cpu)")
     sv.add_argument("--warm", action=argparse.BooleanOptionalAction, default=True,
                     help="load the text encoder at start instead of at the first text query (default on)")
     _common(sv)

@@ -285,3 +285,18 @@ def test_the_server_answers_text_queries_as_search_text(built):
         assert body["results"][0]["item_id"] == "m1"
         status, body = get(f"{url}/search?text=+&k=3")
         assert status == 400 and body == {"error": "empty text query"}
+
+
+def test_search_encodes_queries_on_the_device_asked_for(built, capsys):
+    idx = str(built / "idx")
+    code, out, _ = run(capsys, "search", "--index", idx, "--text", "animation for kids", "--device", "cpu", "--json",
+                       "-q")
+    assert code == 0 and json.loads(out)[0]["item_id"] == "m1"
+    for command in (["search", "--text", "x"], ["serve"]):
+        code, _, err = run(capsys, command[0], "--index", idx, *command[1:], "--device", "gpu0", "-q")
+        assert code == 1 and "device 'gpu0' is not a torch device" in err
+    import torch
+
+    if not torch.cuda.is_available():
+        code, _, err = run(capsys, "search", "--index", idx, "--text", "x", "--device", "cuda", "-q")
+        assert code == 1 and "sees no CUDA GPU on this machine; use cpu" in err
