@@ -404,7 +404,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.warm and "text" in rec.items.manifest.get("encoders", {}):
         rec.items.encoders.get("text")  # loaded now, not by the first text query
     try:
-        server = RecommenderServer(rec, args.host, args.port)
+        server = RecommenderServer(rec, args.host, args.port, reload_every=1.0 if args.reload else None,
+                                   device=args.device)
     except OSError as e:
         raise ConfigError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
     host, port = server.server_address[:2]
@@ -675,6 +676,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="address to bind (default 127.0.0.1; there is no authentication: keep it behind your front end)")
     sv.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0 picks a free one)")
     sv.add_argument("--device", help="encode text queries on this torch device (cpu, cuda, cuda:N; default cpu)")
+    sv.add_argument("--reload", action=argparse.BooleanOptionalAction, default=True,
+                    help="load the directory again when it changes on disk (index add / remove), checked at most "
+                         "once a second (default on)")
     sv.add_argument("--warm", action=argparse.BooleanOptionalAction, default=True,
                     help="load the text encoder at start instead of at the first text query (default on)")
     _common(sv)

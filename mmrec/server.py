@@ -24,6 +24,9 @@ traceback). A kept-alive connection idle for a minute is closed. Requests are an
 one at a time (a lock around the directory: its caches are not thread-safe), each in well under
 a millisecond except text queries (an encoder pass).
 
+The directory is loaded again when it changes on disk (``mmrec index add`` / ``remove``): at
+most one check a second, new items served without a restart.
+
 Binds to 127.0.0.1 by default: there is no authentication, so put it behind your own front end
 before exposing it.
 """
@@ -38,8 +41,10 @@ from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from index.persist import MANIFEST_NAME
 from mmrec.errors import MMRecError, UnknownIdError
 
 logger = logging.getLogger("mmrec.server")
@@ -215,17 +220,17 @@ class Handler(BaseHTTPRequestHandler):
             self.rfile.read(length)
 
     def _answer(self, path: str, query: str) -> tuple[HTTPStatus, dict[str, Any]]:
-        rec = self.server.recommender
         params = Params(path, query)
         if path == "/health":
             params.check_names(())
-            return HTTPStatus.OK, health(rec)
+            with self.server.lock:
+                return HTTPStatus.OK, health(self.server.current())
         if path not in ROUTES:
             return HTTPStatus.NOT_FOUND, {"error": f"no route {path!r}; routes: /health, {', '.join(ROUTES)}"}
         route, allowed = ROUTES[path]
         params.check_names(allowed)
         with self.server.lock:
-            results = route(rec, params)
+            results = route(self.server.current(), params)
         return HTTPStatus.OK, {"results": [r.to_dict() for r in results]}
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 -- the standard library's name
@@ -234,13 +239,64 @@ class Handler(BaseHTTPRequestHandler):
 
 class RecommenderServer(ThreadingHTTPServer):
     """:class:`ThreadingHTTPServer` answering for ``recommender`` (a loaded
-    :class:`mmrec.recommender.Recommender`); ``port`` 0 picks a free port (``server_port``)."""
+    :class:`mmrec.recommender.Recommender`); ``port`` 0 picks a free port (``server_port``).
+
+    With ``reload_every`` seconds (default 1; ``None``: never), a request first checks, at most
+    that often, whether the directory changed on disk (``mmrec index add`` / ``remove`` or a
+    new ``mmrec train --overwrite`` rewrite it whole, then rename it into place) and if so loads
+    it again: new items are served without a restart. A directory that fails to load (caught
+    mid-change) leaves the loaded one serving, and is tried again at the next check.
+    """
 
     daemon_threads = True
 
-    def __init__(self, recommender, host: str = "127.0.0.1", port: int = 8000) -> None:
+    def __init__(self, recommender, host: str = "127.0.0.1", port: int = 8000, *,
+                 reload_every: float | None = 1.0, device: str | None = None) -> None:
         self.recommender = recommender
         self.lock = threading.Lock()
+        self.reload_every = reload_every
+        self.device = device
+        self._stamp = self._manifest_stamp()
+        self._checked = time.monotonic()
         if ":" in host:  # an IPv6 address such as ::1
             self.address_family = socket.AF_INET6
         super().__init__((host, port), Handler)
+
+    def _manifest_stamp(self) -> tuple | None:
+        """What changes when the directory is rewritten: its manifest's inode, size and mtime."""
+        directory = self.recommender.items.directory
+        if directory is None:
+            return None
+        try:
+            st = (Path(directory) / MANIFEST_NAME).stat()
+        except OSError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns
+
+    def current(self):
+        """The recommender to answer with, loaded again first if its directory changed (see the
+        class docstring). Called with ``lock`` held."""
+        if self.reload_every is None or self._stamp is None:
+            return self.recommender
+        now = time.monotonic()
+        if now - self._checked < self.reload_every:
+            return self.recommender
+        self._checked = now
+        stamp = self._manifest_stamp()
+        if stamp is None or stamp == self._stamp:
+            return self.recommender
+        from mmrec.recommender import Recommender
+
+        old = self.recommender
+        try:
+            new = Recommender.load(old.items.directory, show_progress=False)
+        except (MMRecError, OSError, ValueError) as e:
+            logger.warning("%s changed but does not load (%s): serving the copy loaded before", old.items.directory, e)
+            return old
+        new.items.encoders.show_progress = False
+        if self.device is not None:
+            new.items.encoders.to(self.device)
+        self.recommender, self._stamp = new, stamp
+        logger.info("reloaded %s: %d items, %d users (was %d, %d)", old.items.directory, len(new.items),
+                    len(new.user_ids), len(old.items), len(old.user_ids))
+        return new

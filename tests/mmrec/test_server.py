@@ -219,3 +219,36 @@ def test_the_serve_command_listens_answers_and_stops_on_ctrl_c(model_dir):
     with pytest.raises(SystemExit) as exit_:
         main(["serve", "--index", str(model_dir), "--port", "70000"])
     assert exit_.value.code == 2
+
+
+def test_a_directory_changed_on_disk_is_served_again_without_a_restart(model_dir, tmp_path, caplog):
+    import logging
+    import shutil
+
+    d = tmp_path / "model"
+    shutil.copytree(model_dir, d)
+    rec = Recommender.load(d, show_progress=False)
+    server = RecommenderServer(rec, "127.0.0.1", 0, reload_every=0.0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        assert get(f"{url}/similar?item=5&k=2")[0] == 200
+        Recommender.load(d, show_progress=False).items.remove([5])  # what `mmrec index remove` does
+        assert get(f"{url}/health")[1]["items"] == 31
+        assert get(f"{url}/similar?item=5&k=2") == (404, {"error": "item '5' is not in this index (31 items)"})
+        want = Recommender.load(d, show_progress=False).recommend("u3", 4)
+        assert get(f"{url}/recommend?user=u3&k=4") == (200, {"results": dicts(want)})
+        # A directory that does not load (caught mid-change, or broken) leaves the loaded one serving.
+        (d / "manifest.json").write_text("{ not json")
+        with caplog.at_level(logging.WARNING, logger="mmrec.server"):
+            assert get(f"{url}/recommend?user=u3&k=4") == (200, {"results": dicts(want)})
+        assert "changed but does not load" in caplog.text and "serving the copy loaded before" in caplog.text
+    finally:
+        server.shutdown()
+        server.server_close()
+    # reload_every=None: the directory loaded at start is served whatever happens on disk.
+    idle = RecommenderServer(rec, "127.0.0.1", 0, reload_every=None)
+    try:
+        assert idle.current() is rec
+    finally:
+        idle.server_close()
