@@ -119,7 +119,7 @@ def read_queries(path: Path) -> list[str]:
     from mmrec.errors import DataError, Problem
 
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = path.read_bytes().decode("utf-8-sig")  # bytes: no universal-newline translation of a lone \r
     except FileNotFoundError:
         raise DataError(path, [Problem(None, None, "file not found")]) from None
     except UnicodeDecodeError as e:
@@ -394,9 +394,10 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from mmrec.server import ROUTES, RecommenderServer
+    from mmrec.server import ROUTES, RecommenderServer, manifest_stamp
 
     _query_device(args)
+    stamp = manifest_stamp(args.index)  # before loading: a change made while it loads is seen
     rec = _open_recommender(args)
     rec.items.encoders.show_progress = False  # no progress bar per text query
     if args.device is not None:
@@ -405,7 +406,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         rec.items.encoders.get("text")  # loaded now, not by the first text query
     try:
         server = RecommenderServer(rec, args.host, args.port, reload_every=1.0 if args.reload else None,
-                                   device=args.device)
+                                   device=args.device, loaded_stamp=stamp)
     except OSError as e:
         raise ConfigError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
     host, port = server.server_address[:2]

@@ -96,6 +96,16 @@ class Encoders:
             enc.to(device)
         return self
 
+    def adopt(self, other: "Encoders") -> list[str]:
+        """Take over the encoders ``other`` has loaded for modalities whose manifest entry is the
+        same here (same model and identity) and that run on this device: a directory loaded
+        again keeps its warm encoders. Returns the modalities taken over."""
+        taken = [m for m, enc in other._loaded.items()
+                 if m not in self._loaded and self.spec.get(m) == other.spec.get(m) and other.device == self.device]
+        for m in taken:
+            self._loaded[m] = other._loaded[m]
+        return taken
+
     def get(self, modality: str):
         if modality not in self.spec:
             encoded = ", ".join(self.spec) or "none"
@@ -845,10 +855,9 @@ class ItemIndex:
             raise MMRecError(f"k and batch_size must be at least 1, got k={k}, batch_size={batch_size}")
         ids = [self.resolve_id(i) for i in item_ids]
         rows = np.array([self._pos[i] for i in ids], dtype=np.int64)
-        raw = unit = None
+        unit = None
         if by == "cosine":
-            raw = self.vectorizer.mips.original(self.vectors)  # [N, D]
-            unit = raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12)  # [N, D]
+            unit = self._unit_vectors()  # [N, D]
             # Each batch is a [B, N] score matrix: at most COSINE_BATCH_SCORES of them (256 MB).
             batch_size = max(1, min(batch_size, COSINE_BATCH_SCORES // max(len(unit), 1)))
         out: list[list[Result]] = []
@@ -862,6 +871,17 @@ class ItemIndex:
                     out += self._cosine_top_many(unit, unit[brows], k, skip=brows)
                 bar.update(len(batch))
         return out
+
+    def _unit_vectors(self) -> np.ndarray:
+        """The item vectors before the MIPS coordinate, at unit norm, ``[N, D]``: computed once per
+        item set (kept until ``add`` / ``remove`` replace the vectors), so an export that calls
+        :meth:`similar_many` chunk by chunk does not redo it."""
+        cached = getattr(self, "_unit_cache", None)
+        if cached is None or cached[0] is not self.vectors:
+            raw = self.vectorizer.mips.original(self.vectors)  # [N, D]
+            cached = self._unit_cache = (self.vectors, raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True),
+                                                                        1e-12))
+        return cached[1]
 
     def search_text(self, text: str, k: int = 10) -> list[Result]:
         """The k items closest to a free-text query."""

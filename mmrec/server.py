@@ -237,6 +237,22 @@ class Handler(BaseHTTPRequestHandler):
         logger.debug(format, *args)  # do_GET logs each request once, with its time
 
 
+_NOW = object()  # RecommenderServer's loaded_stamp default: the manifest as it is when the server starts
+
+
+def manifest_stamp(directory: str | Path | None) -> tuple | None:
+    """What changes when a directory is rewritten (``index add`` / ``remove`` / ``train
+    --overwrite`` build it anew and rename it into place): its manifest's inode, size and mtime;
+    ``None`` without a directory or while the manifest is missing."""
+    if directory is None:
+        return None
+    try:
+        st = (Path(directory) / MANIFEST_NAME).stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 class RecommenderServer(ThreadingHTTPServer):
     """:class:`ThreadingHTTPServer` answering for ``recommender`` (a loaded
     :class:`mmrec.recommender.Recommender`); ``port`` 0 picks a free port (``server_port``).
@@ -244,59 +260,62 @@ class RecommenderServer(ThreadingHTTPServer):
     With ``reload_every`` seconds (default 1; ``None``: never), a request first checks, at most
     that often, whether the directory changed on disk (``mmrec index add`` / ``remove`` or a
     new ``mmrec train --overwrite`` rewrite it whole, then rename it into place) and if so loads
-    it again: new items are served without a restart. A directory that fails to load (caught
-    mid-change) leaves the loaded one serving, and is tried again at the next check.
+    it again, under the lock (requests wait), keeping the text / image encoders already loaded
+    when they are the same: new items are served without a restart. ``loaded_stamp`` is the
+    :func:`manifest_stamp` taken before ``recommender`` was loaded (default: the manifest now),
+    so a change made while it loaded is seen. A load that fails, or during which the directory changed
+    again, leaves the loaded copy serving (with a warning); a failed version is not tried again
+    until the directory changes once more.
     """
 
     daemon_threads = True
 
     def __init__(self, recommender, host: str = "127.0.0.1", port: int = 8000, *,
-                 reload_every: float | None = 1.0, device: str | None = None) -> None:
+                 reload_every: float | None = 1.0, device: str | None = None,
+                 loaded_stamp: Any = _NOW) -> None:
         self.recommender = recommender
         self.lock = threading.Lock()
         self.reload_every = reload_every
         self.device = device
-        self._stamp = self._manifest_stamp()
+        self._directory = recommender.items.directory
+        self._stamp = manifest_stamp(self._directory) if loaded_stamp is _NOW else loaded_stamp
+        self._failed: tuple | None = None
         self._checked = time.monotonic()
         if ":" in host:  # an IPv6 address such as ::1
             self.address_family = socket.AF_INET6
         super().__init__((host, port), Handler)
 
-    def _manifest_stamp(self) -> tuple | None:
-        """What changes when the directory is rewritten: its manifest's inode, size and mtime."""
-        directory = self.recommender.items.directory
-        if directory is None:
-            return None
-        try:
-            st = (Path(directory) / MANIFEST_NAME).stat()
-        except OSError:
-            return None
-        return st.st_ino, st.st_size, st.st_mtime_ns
-
     def current(self):
         """The recommender to answer with, loaded again first if its directory changed (see the
         class docstring). Called with ``lock`` held."""
-        if self.reload_every is None or self._stamp is None:
+        if self.reload_every is None or self._directory is None:
             return self.recommender
         now = time.monotonic()
         if now - self._checked < self.reload_every:
             return self.recommender
         self._checked = now
-        stamp = self._manifest_stamp()
-        if stamp is None or stamp == self._stamp:
+        stamp = manifest_stamp(self._directory)
+        if stamp is None or stamp in (self._stamp, self._failed):  # unchanged, mid-rename, or known bad
             return self.recommender
         from mmrec.recommender import Recommender
 
         old = self.recommender
         try:
-            new = Recommender.load(old.items.directory, show_progress=False)
-        except (MMRecError, OSError, ValueError) as e:
-            logger.warning("%s changed but does not load (%s): serving the copy loaded before", old.items.directory, e)
+            new = Recommender.load(self._directory, show_progress=False)
+        except Exception as e:  # noqa: BLE001 -- whatever the files hold, the loaded copy goes on serving
+            logger.warning("%s changed but does not load (%s: %s): serving the copy loaded before", self._directory,
+                           type(e).__name__, e)
+            self._failed = stamp
+            return old
+        if manifest_stamp(self._directory) != stamp:  # rewritten while it loaded: files of two versions
+            logger.info("%s changed again while it loaded: serving the copy loaded before until the next check",
+                        self._directory)
             return old
         new.items.encoders.show_progress = False
         if self.device is not None:
             new.items.encoders.to(self.device)
+        new.items.encoders.adopt(old.items.encoders)  # a warm text encoder stays warm
         self.recommender, self._stamp = new, stamp
-        logger.info("reloaded %s: %d items, %d users (was %d, %d)", old.items.directory, len(new.items),
+        logger.info("reloaded %s: %d items, %d users (was %d, %d)", self._directory, len(new.items),
                     len(new.user_ids), len(old.items), len(old.user_ids))
         return new

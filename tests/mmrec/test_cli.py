@@ -287,11 +287,17 @@ def test_the_server_answers_text_queries_as_search_text(built):
         assert status == 400 and body == {"error": "empty text query"}
 
 
-def test_search_encodes_queries_on_the_device_asked_for(built, capsys):
+def test_search_encodes_queries_on_the_device_asked_for(built, capsys, monkeypatch):
+    from mmrec.item_index import Encoders
+
     idx = str(built / "idx")
+    moved = []
+    real_to = Encoders.to
+    monkeypatch.setattr(Encoders, "to", lambda self, device: moved.append(device) or real_to(self, device))
     code, out, _ = run(capsys, "search", "--index", idx, "--text", "animation for kids", "--device", "cpu", "--json",
                        "-q")
-    assert code == 0 and json.loads(out)[0]["item_id"] == "m1"
+    assert code == 0 and json.loads(out)[0]["item_id"] == "m1" and moved == ["cpu"]
+    assert run(capsys, "search", "--index", idx, "--text", "animation for kids", "-q")[0] == 0 and moved == ["cpu"]
     for command in (["search", "--text", "x"], ["serve"]):
         code, _, err = run(capsys, command[0], "--index", idx, *command[1:], "--device", "gpu0", "-q")
         assert code == 1 and "device 'gpu0' is not a torch device" in err
@@ -300,3 +306,10 @@ def test_search_encodes_queries_on_the_device_asked_for(built, capsys):
     if not torch.cuda.is_available():
         code, _, err = run(capsys, "search", "--index", idx, "--text", "x", "--device", "cuda", "-q")
         assert code == 1 and "sees no CUDA GPU on this machine; use cpu" in err
+
+
+def test_a_queries_file_is_split_on_newlines_only(tmp_path):
+    from mmrec.cli import read_queries
+
+    (tmp_path / "q.txt").write_bytes(b"a\rb\r\nc\n")
+    assert read_queries(tmp_path / "q.txt") == ["a\rb", "c"]  # a lone \r is no line end; \r\n is

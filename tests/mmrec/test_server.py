@@ -246,9 +246,65 @@ def test_a_directory_changed_on_disk_is_served_again_without_a_restart(model_dir
     finally:
         server.shutdown()
         server.server_close()
-    # reload_every=None: the directory loaded at start is served whatever happens on disk.
-    idle = RecommenderServer(rec, "127.0.0.1", 0, reload_every=None)
+
+
+
+def test_reload_sees_a_change_made_while_loading_and_never_mixes_or_retries_a_bad_version(model_dir, tmp_path,
+                                                                                         monkeypatch):
+    import shutil
+
+    from mmrec.server import manifest_stamp
+
+    d = tmp_path / "model"
+    shutil.copytree(model_dir, d)
+    stamp = manifest_stamp(d)  # as `mmrec serve` takes it: before loading
+    rec = Recommender.load(d, show_progress=False)
+    Recommender.load(d, show_progress=False).items.remove([5])  # lands while the server starts
+    for reload_every, items in ((None, 32), (0.0, 31)):  # never reloading serves what was loaded
+        server = RecommenderServer(rec, "127.0.0.1", 0, reload_every=reload_every, loaded_stamp=stamp)
+        try:
+            assert len(server.current().items) == items
+        finally:
+            server.server_close()
+    server = RecommenderServer(Recommender.load(d, show_progress=False), "127.0.0.1", 0, reload_every=0.0)
+    loads = []
+    real_load = Recommender.load
+
+    def load(directory, **kw):
+        loads.append(directory)
+        return real_load(directory, **kw)
+
+    monkeypatch.setattr(Recommender, "load", load)
     try:
-        assert idle.current() is rec
+        before = server.current()
+        # Rewritten again while loading: the copy loaded before stays, the next check loads the new one.
+        def rewritten_meanwhile(directory, **kw):
+            got = real_load(directory, **kw)
+            real_load(directory, show_progress=False).items.remove([6])
+            return got
+
+        real_load(d, show_progress=False).items.remove([7])
+        monkeypatch.setattr(Recommender, "load", rewritten_meanwhile)
+        assert server.current() is before
+        monkeypatch.setattr(Recommender, "load", load)
+        assert len(server.current().items) == 29 and len(loads) == 1
+        # A version that does not load is tried once, not at every check.
+        (d / "manifest.json").write_text("{ not json")
+        served = server.current()
+        for _ in range(3):
+            assert server.current() is served
+        assert len(loads) == 2
     finally:
-        idle.server_close()
+        server.server_close()
+
+
+def test_a_reloaded_directory_keeps_the_encoders_already_loaded():
+    from mmrec.item_index import Encoders
+
+    spec = {"text": {"model": "m", "identity": "abc"}, "image": {"model": "v", "identity": "x"}}
+    old = Encoders(dict(spec))
+    old._loaded = {"text": "warm text encoder", "image": "warm image encoder"}
+    new = Encoders(dict(spec, image={"model": "v2", "identity": "y"}))  # the image encoder changed
+    assert new.adopt(old) == ["text"] and new._loaded == {"text": "warm text encoder"}
+    elsewhere = Encoders(dict(spec), device="meta")
+    assert elsewhere.adopt(old) == []  # loaded on another device: not taken
