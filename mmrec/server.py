@@ -223,14 +223,16 @@ class Handler(BaseHTTPRequestHandler):
         params = Params(path, query)
         if path == "/health":
             params.check_names(())
+            rec = self.server.current()
             with self.server.lock:
-                return HTTPStatus.OK, health(self.server.current())
+                return HTTPStatus.OK, health(rec)
         if path not in ROUTES:
             return HTTPStatus.NOT_FOUND, {"error": f"no route {path!r}; routes: /health, {', '.join(ROUTES)}"}
         route, allowed = ROUTES[path]
         params.check_names(allowed)
+        rec = self.server.current()  # may load a changed directory first, without the lock
         with self.server.lock:
-            results = route(self.server.current(), params)
+            results = route(rec, params)
         return HTTPStatus.OK, {"results": [r.to_dict() for r in results]}
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 -- the standard library's name
@@ -260,8 +262,9 @@ class RecommenderServer(ThreadingHTTPServer):
     With ``reload_every`` seconds (default 1; ``None``: never), a request first checks, at most
     that often, whether the directory changed on disk (``mmrec index add`` / ``remove`` or a
     new ``mmrec train --overwrite`` rewrite it whole, then rename it into place) and if so loads
-    it again, under the lock (requests wait), keeping the text / image encoders already loaded
-    when they are the same: new items are served without a restart. ``loaded_stamp`` is the
+    it again (that request waits; the others are answered from the copy loaded before, which the
+    new one then replaces), keeping the text / image encoders already loaded when they are the
+    same: new items are served without a restart. ``loaded_stamp`` is the
     :func:`manifest_stamp` taken before ``recommender`` was loaded (default: the manifest now),
     so a change made while it loaded is seen. A load that fails, or during which the directory changed
     again, leaves the loaded copy serving (with a warning); a failed version is not tried again
@@ -281,19 +284,28 @@ class RecommenderServer(ThreadingHTTPServer):
         self._stamp = manifest_stamp(self._directory) if loaded_stamp is _NOW else loaded_stamp
         self._failed: tuple | None = None
         self._checked = time.monotonic()
+        self._reloading = threading.Lock()  # one load at a time; the request lock is not held while loading
         if ":" in host:  # an IPv6 address such as ::1
             self.address_family = socket.AF_INET6
         super().__init__((host, port), Handler)
 
     def current(self):
         """The recommender to answer with, loaded again first if its directory changed (see the
-        class docstring). Called with ``lock`` held."""
+        class docstring). Called without ``lock``: the request that finds the change loads the
+        directory while the others go on with the copy loaded before; the new one replaces it
+        in one assignment."""
         if self.reload_every is None or self._directory is None:
             return self.recommender
         now = time.monotonic()
-        if now - self._checked < self.reload_every:
-            return self.recommender
-        self._checked = now
+        if now - self._checked < self.reload_every or not self._reloading.acquire(blocking=False):
+            return self.recommender  # checked lately, or another request is loading it
+        try:
+            self._checked = now
+            return self._reload()
+        finally:
+            self._reloading.release()
+
+    def _reload(self):
         stamp = manifest_stamp(self._directory)
         if stamp is None or stamp in (self._stamp, self._failed):  # unchanged, mid-rename, or known bad
             return self.recommender

@@ -308,3 +308,38 @@ def test_a_reloaded_directory_keeps_the_encoders_already_loaded():
     assert new.adopt(old) == ["text"] and new._loaded == {"text": "warm text encoder"}
     elsewhere = Encoders(dict(spec), device="meta")
     assert elsewhere.adopt(old) == []  # loaded on another device: not taken
+
+
+def test_other_requests_are_answered_from_the_old_copy_while_one_reloads(model_dir, tmp_path, monkeypatch):
+    import shutil
+
+    d = tmp_path / "model"
+    shutil.copytree(model_dir, d)
+    rec = Recommender.load(d, show_progress=False)
+    real_load = Recommender.load
+    loading, release = threading.Event(), threading.Event()
+
+    def slow_load(directory, **kw):
+        loading.set()
+        release.wait(20)
+        return real_load(directory, **kw)
+
+    server = RecommenderServer(rec, "127.0.0.1", 0, reload_every=0.0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        real_load(d, show_progress=False).items.remove([5])
+        monkeypatch.setattr(Recommender, "load", slow_load)
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(get, f"{url}/health")  # finds the change and loads it
+            assert loading.wait(10)
+            # Answered while that load is under way, from the copy loaded before (item 5 still there).
+            with urllib.request.urlopen(f"{url}/similar?item=5&k=2", timeout=5) as response:
+                assert json.loads(response.read()) == {"results": dicts(rec.similar(5, 2))}
+            release.set()
+            assert first.result(timeout=30) == (200, {"status": "ok", "kind": "trained", "items": 31, "users": 48,
+                                                      "modalities": ["content"]})
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
