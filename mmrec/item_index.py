@@ -488,6 +488,7 @@ class ItemIndex:
     ) -> None:
         self.index = index
         self.vectors = vectors
+        self._unit_cache: tuple[np.ndarray, np.ndarray] | None = None  # (vectors, their unit rows)
         # modality -> [D_m] catalog mean that content similarity is measured from (fusion.fixed)
         self.centers = dict(centers or {})
         # [N] bool: the items a content-path item may borrow from (a trained index's items trained
@@ -874,9 +875,9 @@ class ItemIndex:
 
     def _unit_vectors(self) -> np.ndarray:
         """The item vectors before the MIPS coordinate, at unit norm, ``[N, D]``: computed once per
-        item set (kept until ``add`` / ``remove`` replace the vectors), so an export that calls
-        :meth:`similar_many` chunk by chunk does not redo it."""
-        cached = getattr(self, "_unit_cache", None)
+        item set (kept until ``add`` / ``remove`` replace the vectors), so neither an export that
+        calls :meth:`similar_many` chunk by chunk nor each text query of a server redoes it."""
+        cached = self._unit_cache
         if cached is None or cached[0] is not self.vectors:
             raw = self.vectorizer.mips.original(self.vectors)  # [N, D]
             cached = self._unit_cache = (self.vectors, raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True),
@@ -959,26 +960,19 @@ class ItemIndex:
         """
         if not getattr(self.vectorizer, "query_by_cosine", False):
             return self.search_vectors(np.concatenate(queries), k)
-        raw = self.vectorizer.mips.original(self.vectors)  # [N, D]
-        return [self._cosine_top(raw, np.asarray(q, np.float32)[0, :-1], k) for q in queries]  # MIPS query [q, 0]
+        q = np.concatenate(queries)[:, :-1].astype(np.float32)  # [B, D]: the MIPS query is [q, 0]
+        q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+        return self._cosine_top_many(self._unit_vectors(), q, k)
 
-    def _cosine_top(self, raw: np.ndarray, q: np.ndarray, k: int, skip: int | None = None) -> list[Result]:
-        """The k rows of ``raw [N, D]`` with the highest cosine to ``q [D]`` (row ``skip`` left out),
-        by an exact scan; ties keep index order."""
-        if k < 1:
-            raise MMRecError(f"k must be at least 1, got {k}")
-        sims = (raw @ q) / np.maximum(np.linalg.norm(raw, axis=1) * np.linalg.norm(q), 1e-12)  # [N]
-        if skip is not None:
-            sims[skip] = -np.inf
-        top = [i for i in np.argsort(-sims, kind="stable")[:k] if i != skip]
-        return [Result(self.items[i][ID_FIELD], float(sims[i]), self.items[i]["fields"]) for i in top]
-
-    def _cosine_top_many(self, unit: np.ndarray, queries: np.ndarray, k: int, skip: np.ndarray) -> list[list[Result]]:
-        """:meth:`_cosine_top` for ``[B, D]`` unit-norm queries against unit-norm rows ``unit [N, D]``,
-        query ``b`` leaving out row ``skip[b]``; ties keep index order."""
+    def _cosine_top_many(self, unit: np.ndarray, queries: np.ndarray, k: int,
+                         skip: np.ndarray | None = None) -> list[list[Result]]:
+        """The k rows of unit-norm ``unit [N, D]`` with the highest cosine to each unit-norm query
+        of ``queries [B, D]`` (query ``b`` leaving out row ``skip[b]``), by an exact scan; ties
+        keep index order."""
         sims = queries @ unit.T  # [B, N]
-        sims[np.arange(len(skip)), skip] = -np.inf
-        k = min(k, sims.shape[1] - 1)
+        if skip is not None:
+            sims[np.arange(len(skip)), skip] = -np.inf
+        k = min(k, sims.shape[1] - (skip is not None))
         out = []
         for row in sims:
             if k <= 0:
