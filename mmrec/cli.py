@@ -399,16 +399,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _query_device(args)
     stamp = manifest_stamp(args.index)  # before loading: a change made while it loads is seen
     rec = _open_recommender(args)
-    rec.items.encoders.show_progress = False  # no progress bar per text query
-    if args.device is not None:
-        rec.items.encoders.to(args.device)
-    if args.warm and "text" in rec.items.manifest.get("encoders", {}):
-        rec.items.encoders.get("text")  # loaded now, not by the first text query
-    try:
+    try:  # the server readies the directory: no progress bars, encoders on --device
         server = RecommenderServer(rec, args.host, args.port, reload_every=1.0 if args.reload else None,
                                    device=args.device, loaded_stamp=stamp)
     except OSError as e:
         raise ConfigError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
+    if args.warm and "text" in rec.items.manifest.get("encoders", {}):
+        rec.items.encoders.get("text")  # loaded now, not by the first text query
     host, port = server.server_address[:2]
     kind = "trained model" if rec.trained else "content index"
     print(f"serving {args.index} ({kind}, {len(rec.items)} items, {len(rec.user_ids)} users) at "

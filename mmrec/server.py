@@ -276,10 +276,10 @@ class RecommenderServer(ThreadingHTTPServer):
     def __init__(self, recommender, host: str = "127.0.0.1", port: int = 8000, *,
                  reload_every: float | None = 1.0, device: str | None = None,
                  loaded_stamp: Any = _NOW) -> None:
-        self.recommender = recommender
-        self.lock = threading.Lock()
         self.reload_every = reload_every
         self.device = device
+        self.recommender = self._prepare(recommender)
+        self.lock = threading.Lock()
         self._directory = recommender.items.directory
         self._stamp = manifest_stamp(self._directory) if loaded_stamp is _NOW else loaded_stamp
         self._failed: tuple | None = None
@@ -288,6 +288,13 @@ class RecommenderServer(ThreadingHTTPServer):
         if ":" in host:  # an IPv6 address such as ::1
             self.address_family = socket.AF_INET6
         super().__init__((host, port), Handler)
+
+    def _prepare(self, rec):
+        """``rec`` made ready to serve: no progress bar per text query, encoders on ``device``."""
+        rec.items.encoders.show_progress = False
+        if self.device is not None:
+            rec.items.encoders.to(self.device)
+        return rec
 
     def current(self):
         """The recommender to answer with, loaded again first if its directory changed (see the
@@ -323,10 +330,7 @@ class RecommenderServer(ThreadingHTTPServer):
             logger.info("%s changed again while it loaded: serving the copy loaded before until the next check",
                         self._directory)
             return old
-        new.items.encoders.show_progress = False
-        if self.device is not None:
-            new.items.encoders.to(self.device)
-        new.items.encoders.adopt(old.items.encoders)  # a warm text encoder stays warm
+        self._prepare(new).items.encoders.adopt(old.items.encoders)  # a warm text encoder stays warm
         self.recommender, self._stamp = new, stamp
         logger.info("reloaded %s: %d items, %d users (was %d, %d)", self._directory, len(new.items),
                     len(new.user_ids), len(old.items), len(old.user_ids))
