@@ -310,6 +310,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         config=cfg,
         text_encoder=args.text_encoder,
         image_encoder=args.image_encoder,
+        image_weights=args.image_weights,
+        max_length=args.max_length,
+        allow_download=args.allow_download,
         skip_invalid=args.skip_invalid,
         **_training_options(args),
     )
@@ -591,9 +594,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--image-field")
     t.add_argument("--image-root", type=Path)
     t.add_argument("--text-encoder", default="default",
-                   help="as for index build: default, none, or a Hugging Face model dir")
+                   help="as for index build: default, none, a Hugging Face model dir, or a Hub name with "
+                        "--allow-download")
+    t.add_argument("--allow-download", action="store_true",
+                   help="let --text-encoder name a Hugging Face Hub model to download (off: nothing is downloaded)")
+    t.add_argument("--max-length", type=_positive_int, default=256, help="text truncation in tokens (default 256)")
     t.add_argument("--image-encoder", default="default",
                    help="as for index build: default, none, a torchvision name, or a Hugging Face model dir")
+    t.add_argument("--image-weights", type=Path, help="state-dict file for a torchvision image backbone")
     t.add_argument("--factory", default="auto", help="FAISS factory for the trained item vectors")
     t.add_argument("--skip-invalid", action="store_true",
                    help="skip invalid catalog rows (listed in OUT/skipped.jsonl), invalid interaction rows and "

@@ -121,6 +121,9 @@ def load_content(
     show_progress: bool = True,
     loaded_encoders: Mapping[str, tuple[Any, dict]] | None = None,
     device: str = "cpu",
+    max_length: int = 256,
+    batch_size: int | None = None,
+    allow_download: bool = False,
     **catalog_options: Any,
 ) -> Content:
     """Catalog + encoders (frozen, cached) and/or ``.npy`` features -> :class:`Content`.
@@ -128,7 +131,9 @@ def load_content(
     ``loaded_encoders`` (modality -> (encoder, manifest spec)) replaces ``text_encoder`` /
     ``image_encoder``: the catalog is encoded with those (fine-tuning reuses the source
     model's encoders), each only where the catalog has that modality. The encoders run on
-    ``device`` (given ones on another device are copied there).
+    ``device`` (given ones on another device are copied there). ``max_length``,
+    ``batch_size`` and ``allow_download`` are the new encoders' options, as for
+    :func:`mmrec.item_index.catalog_encoders`.
     """
     features = dict(features or {})
     if catalog is not None and not isinstance(catalog, Catalog):
@@ -148,7 +153,9 @@ def load_content(
         specs = {m: dict(s) for m, (_, s) in loaded_encoders.items() if has.get(m)}
     elif catalog is not None:
         encoders, specs = catalog_encoders(catalog, text_encoder, image_encoder, image_weights,
-                                           show_progress=show_progress, device=device)
+                                           max_length=max_length, batch_size=batch_size,
+                                           allow_download=allow_download, show_progress=show_progress,
+                                           device=device)
     if catalog is not None:
         clash = set(encoders) & set(features)
         if clash:

@@ -370,3 +370,25 @@ def test_train_skip_invalid_leaves_bad_catalog_rows_and_their_interactions_out(t
     with pytest.raises(ConfigError, match="--skip-invalid cannot be used with --features beside a catalog"):
         fit(tmp_path / "inter.tsv", catalog=tmp_path / "items.csv", features={"x": tmp_path / "x.npy"},
             skip_invalid=True, show_progress=False)
+
+
+def test_train_takes_the_text_encoders_options(tmp_path, tiny_bert_dir, capsys):
+    from encoders.text import TextEncoder
+    from mmrec.cli import main
+
+    write_planted(tmp_path)
+    texts = [f"item number {i} with a longer title than four tokens" for i in range(32)]
+    (tmp_path / "items.csv").write_text("item_id,title\n" + "".join(f"{i},{t}\n" for i, t in enumerate(texts)))
+    argv = ["train", "--catalog", str(tmp_path / "items.csv"), "--interactions", str(tmp_path / "interactions.tsv"),
+            "--image-encoder", "none", "--no-cache", "--epochs", "1", "--dim", "8", "--layers", "1",
+            "--split", "random", "-q"]
+    assert main([*argv, "--text-encoder", str(tiny_bert_dir), "--max-length", "4", "--out", str(tmp_path / "m")]) == 0
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    assert manifest["encoders"]["text"]["max_length"] == 4
+    rec = Recommender.load(tmp_path / "m", show_progress=False)
+    want = TextEncoder(tiny_bert_dir, max_length=4, show_progress=False).encode(texts)
+    got = rec.items.features["text"][[rec.items.ids.index(i) for i in range(32)]]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # A hub name is refused unless --allow-download says otherwise, and nothing is left behind.
+    assert main([*argv, "--text-encoder", "some-org/some-model", "--out", str(tmp_path / "hub")]) == 1
+    assert "downloads are off" in capsys.readouterr().err and not (tmp_path / "hub").exists()
