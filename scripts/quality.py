@@ -42,9 +42,11 @@ import copy
 import dataclasses
 import json
 import logging
+import multiprocessing
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +182,43 @@ def train_one(content: Content, inter: Interactions, cfg: TrainConfig) -> dict[s
     }
 
 
+# The data the worker processes of run_all train on: set before the pool forks, so it is shared
+# copy-on-write instead of pickled into every task.
+_WORKER_DATA: dict[str, Any] = {}
+
+
+def _train_in_worker(cfg: TrainConfig) -> dict[str, Any]:
+    return train_one(_WORKER_DATA["content"], _WORKER_DATA["inter"], cfg)
+
+
+def _worker_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def run_all(content: Content, inter: Interactions, cfgs: list[TrainConfig], jobs: int = 1,
+            threads: int = 1) -> Iterator[dict[str, Any]]:
+    """:func:`train_one` for each config, yielded in the order given.
+
+    With ``jobs > 1`` the runs go to that many forked worker processes (CPU only), each with
+    ``threads`` torch threads. A run is seeded from its config alone, so its numbers are those
+    of the same run in one process; only the timings differ.
+    """
+    if jobs <= 1 or len(cfgs) <= 1:
+        for cfg in cfgs:
+            yield train_one(content, inter, cfg)
+        return
+    if any(cfg.device != "cpu" for cfg in cfgs):
+        raise ConfigError("--jobs above 1 runs on the CPU only: one process per device is the way on a GPU")
+    _WORKER_DATA.update(content=content, inter=inter)
+    try:
+        ctx = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max_workers=min(jobs, len(cfgs)), mp_context=ctx, initializer=_worker_threads,
+                                 initargs=(threads,)) as pool:
+            yield from pool.map(_train_in_worker, cfgs)
+    finally:
+        _WORKER_DATA.clear()
+
+
 def content_index(content: Content, inter: Interactions) -> dict[str, Any]:
     """The untrained content index as a recommender: user = mean of its training items' vectors.
 
@@ -287,27 +326,28 @@ def run_dataset(name: str, args: argparse.Namespace, cache_dir: Path, save: Call
     if args.grid_edge_dropout:  # a graph regulariser: both models get the same points
         grid = [{**g, "edge_dropout": d} for d in args.grid_edge_dropout for g in grid]
     chosen = {}
-    for kind, fixed in kinds.items():
-        points = grid_points(kind, grid, args)
-        tried = entry["grid"][kind] = []
-        for point in points:
-            run = train_one(content, inter, TrainConfig(**base, **fixed, **point, seed=args.seeds[0]))
-            tried.append({"config": point, **{k: run[k] for k in
-                                              ("valid", "best_epoch", "epochs_run", "seconds_per_epoch", "valid_curve")}})
-            print(f"[{name}] {kind} grid {point}: valid R@20 {run['valid']['recall@20']:.4f} "
-                  f"best epoch {run['best_epoch']}/{run['epochs_run']} {run['seconds_per_epoch']}s/epoch", flush=True)
-            if run["valid"]["recall@20"] > max((t["valid"]["recall@20"] for t in tried[:-1]), default=-1.0):
-                chosen[kind] = point
-                entry["selected"][kind] = dataclasses.asdict(TrainConfig(**base, **fixed, **point))
-                entry["runs"][kind] = [run]  # the chosen point's seed-0 run is its first seed
-            checkpoint()
-    for seed in args.seeds[1:]:
-        for kind, fixed in kinds.items():
-            run = train_one(content, inter, TrainConfig(**base, **fixed, **chosen[kind], seed=seed))
-            entry["runs"][kind].append(run)
-            print(f"[{name}] {kind} seed {seed}: test R@20 {run['test']['recall@20']:.4f} "
-                  f"N@20 {run['test']['ndcg@20']:.4f}", flush=True)
-            checkpoint()
+    todo = [(kind, point) for kind in kinds for point in grid_points(kind, grid, args)]
+    runs = run_all(content, inter, [TrainConfig(**base, **kinds[kind], **point, seed=args.seeds[0])
+                                    for kind, point in todo], args.jobs, args.threads)
+    for (kind, point), run in zip(todo, runs):
+        tried = entry["grid"].setdefault(kind, [])
+        tried.append({"config": point, **{k: run[k] for k in
+                                          ("valid", "best_epoch", "epochs_run", "seconds_per_epoch", "valid_curve")}})
+        print(f"[{name}] {kind} grid {point}: valid R@20 {run['valid']['recall@20']:.4f} "
+              f"best epoch {run['best_epoch']}/{run['epochs_run']} {run['seconds_per_epoch']}s/epoch", flush=True)
+        if run["valid"]["recall@20"] > max((t["valid"]["recall@20"] for t in tried[:-1]), default=-1.0):
+            chosen[kind] = point
+            entry["selected"][kind] = dataclasses.asdict(TrainConfig(**base, **kinds[kind], **point))
+            entry["runs"][kind] = [run]  # the chosen point's seed-0 run is its first seed
+        checkpoint()
+    todo = [(seed, kind) for seed in args.seeds[1:] for kind in kinds]
+    runs = run_all(content, inter, [TrainConfig(**base, **kinds[kind], **chosen[kind], seed=seed)
+                                    for seed, kind in todo], args.jobs, args.threads)
+    for (seed, kind), run in zip(todo, runs):
+        entry["runs"][kind].append(run)
+        print(f"[{name}] {kind} seed {seed}: test R@20 {run['test']['recall@20']:.4f} "
+              f"N@20 {run['test']['ndcg@20']:.4f}", flush=True)
+        checkpoint()
     entry["complete"] = True
     checkpoint()
     return entry
@@ -456,6 +496,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="fractions of training edges pruned per epoch tried for BOTH models (TrainConfig.edge_dropout; "
                         "default: TrainConfig's)")
     p.add_argument("--device", default="cpu", help="torch device of both models' training (TrainConfig.device)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="training runs at once, each in its own process with --threads threads (CPU only; default 1); "
+                        "every number but the timings is the same as with 1")
     add_run_options(p)
     p.add_argument("--tag", default="", help="store the results as '<dataset> <tag>' (a variant beside the main entry)")
     p.add_argument("--verbose", action="store_true", help="log every epoch")

@@ -76,3 +76,22 @@ def test_bad_device_or_finetuning_precomputed_features_stop_before_any_work(tmp_
         quality.main(["--datasets", "tiktok", "--grid-finetune", "frozen", "top:1", "--data", str(tmp_path / "none"),
                       "--out", str(tmp_path)])
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_runs_in_worker_processes_match_the_runs_in_one(tmp_path):
+    from mmrec.config import TrainConfig
+    from mmrec.pipeline import interactions_for, load_content
+    from tests.mmrec.conftest import write_planted
+
+    inter_path, feats = write_planted(tmp_path, users=24, items=16)
+    content = load_content(None, {"x": feats}, show_progress=False)
+    inter = interactions_for(content, inter_path, split="random", seed=0)
+    cfgs = [TrainConfig(dim=8, layers=1, heads=2, lr=0.05, batch_size=32, epochs=3, mask="train", seed=seed,
+                        use_content=use) for seed in (0, 1) for use in (False, True)]
+    timings = ("wall_seconds", "seconds_per_epoch")
+    alone = [{k: v for k, v in r.items() if k not in timings} for r in quality.run_all(content, inter, cfgs, jobs=1)]
+    forked = [{k: v for k, v in r.items() if k not in timings} for r in quality.run_all(content, inter, cfgs, jobs=2)]
+    assert [r["seed"] for r in forked] == [0, 0, 1, 1]
+    assert forked == alone
+    assert alone[0]["test"] != alone[1]["test"]  # the configs differ, so order is checked too
+    assert quality._WORKER_DATA == {}  # nothing left pinned once the pool is done
