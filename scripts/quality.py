@@ -508,6 +508,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.jobs < 1 or (args.jobs > 1 and args.device != "cpu"):
+        raise SystemExit(f"--jobs {args.jobs}: give 1 or more, and more than 1 only on the CPU (one process per "
+                         f"device is the way on a GPU)")
     try:
         check_device(args.device)
     except ConfigError as e:
