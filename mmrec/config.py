@@ -49,7 +49,7 @@ class TrainConfig:
     id_init: str = _f("normal", "ID embedding initialisation: normal (N(0, 0.1^2), LightGCN's code) or xavier (MMRec, RecBole)")
     batch_size: int = _f(2048, "training pairs per step")
     epochs: int = _f(100, "maximum epochs")
-    patience: int = _f(10, "stop after this many evaluations without a better validation Recall@20")
+    patience: int = _f(20, "stop after this many evaluations without a better validation Recall@20")
     eval_every: int = _f(1, "validate every this many epochs")
     modality_dropout: float = _f(0.1, "training-time probability of masking each modality token")
     id_dropout: float = _f(0.0, "training-time probability of masking the ID token (cold-start robustness)")

@@ -33,7 +33,8 @@ quality.md (and listed in README.md); from the project root, for example::
     # a quick look: one seed, TrainConfig's defaults, every dataset
     .venv/bin/python scripts/quality.py --seeds 0 --verbose
 
-On a shared CPU, ``--threads 1`` (the default) is faster than oversubscribing cores.
+On a shared CPU, ``--threads 1`` (the default) is faster than oversubscribing cores; ``--jobs N`` trains
+N runs at once in forked processes (the numbers are those of one process, only timings differ).
 """
 from __future__ import annotations
 
@@ -475,7 +476,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds; the first one selects the grid point")
     p.add_argument("--epochs", type=int, default=100, help="maximum epochs per run")
-    p.add_argument("--patience", type=int, default=10, help="early-stopping patience (evaluations)")
+    p.add_argument("--patience", type=int, default=20, help="early-stopping patience (evaluations; default 20, TrainConfig's)")
     p.add_argument("--batch-size", type=int, default=2048)
     p.add_argument("--id-init", choices=["normal", "xavier"], default="normal",
                    help="ID embedding initialisation of both models (TrainConfig.id_init; xavier with --reg-form norm "
