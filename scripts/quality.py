@@ -39,6 +39,7 @@ N runs at once in forked processes (the numbers are those of one process, only t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import json
@@ -192,17 +193,18 @@ def _train_in_worker(cfg: TrainConfig) -> dict[str, Any]:
     return train_one(_WORKER_DATA["content"], _WORKER_DATA["inter"], cfg)
 
 
-def _worker_threads(threads: int) -> None:
-    torch.set_num_threads(threads)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
 
 
-def run_all(content: Content, inter: Interactions, cfgs: list[TrainConfig], jobs: int = 1,
-            threads: int = 1) -> Iterator[dict[str, Any]]:
+def run_all(content: Content, inter: Interactions, cfgs: list[TrainConfig], jobs: int = 1) -> Iterator[dict[str, Any]]:
     """:func:`train_one` for each config, yielded in the order given.
 
-    With ``jobs > 1`` the runs go to that many forked worker processes (CPU only), each with
-    ``threads`` torch threads. A run is seeded from its config alone, so its numbers are those
-    of the same run in one process; only the timings differ.
+    With ``jobs > 1`` the runs go to that many forked worker processes (CPU only), one torch
+    thread each: a forked child that starts OpenMP threads after its parent used several hangs
+    (GNU OpenMP), so the caller keeps its own torch to one thread too. A run is seeded from its
+    config alone, so its numbers are those of the same run in one process; only the timings
+    differ.
     """
     if jobs <= 1 or len(cfgs) <= 1:
         for cfg in cfgs:
@@ -213,8 +215,7 @@ def run_all(content: Content, inter: Interactions, cfgs: list[TrainConfig], jobs
     _WORKER_DATA.update(content=content, inter=inter)
     try:
         ctx = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(max_workers=min(jobs, len(cfgs)), mp_context=ctx, initializer=_worker_threads,
-                                 initargs=(threads,)) as pool:
+        with ProcessPoolExecutor(max_workers=min(jobs, len(cfgs)), mp_context=ctx, initializer=_one_thread) as pool:
             yield from pool.map(_train_in_worker, cfgs)
     finally:
         _WORKER_DATA.clear()
@@ -328,27 +329,28 @@ def run_dataset(name: str, args: argparse.Namespace, cache_dir: Path, save: Call
         grid = [{**g, "edge_dropout": d} for d in args.grid_edge_dropout for g in grid]
     chosen = {}
     todo = [(kind, point) for kind in kinds for point in grid_points(kind, grid, args)]
-    runs = run_all(content, inter, [TrainConfig(**base, **kinds[kind], **point, seed=args.seeds[0])
-                                    for kind, point in todo], args.jobs, args.threads)
-    for (kind, point), run in zip(todo, runs):
-        tried = entry["grid"].setdefault(kind, [])
-        tried.append({"config": point, **{k: run[k] for k in
-                                          ("valid", "best_epoch", "epochs_run", "seconds_per_epoch", "valid_curve")}})
-        print(f"[{name}] {kind} grid {point}: valid R@20 {run['valid']['recall@20']:.4f} "
-              f"best epoch {run['best_epoch']}/{run['epochs_run']} {run['seconds_per_epoch']}s/epoch", flush=True)
-        if run["valid"]["recall@20"] > max((t["valid"]["recall@20"] for t in tried[:-1]), default=-1.0):
-            chosen[kind] = point
-            entry["selected"][kind] = dataclasses.asdict(TrainConfig(**base, **kinds[kind], **point))
-            entry["runs"][kind] = [run]  # the chosen point's seed-0 run is its first seed
-        checkpoint()
+    # closing(): the worker pool shuts down when a loop ends or raises, not when the generator is collected.
+    with contextlib.closing(run_all(content, inter, [TrainConfig(**base, **kinds[kind], **point, seed=args.seeds[0])
+                                                     for kind, point in todo], args.jobs)) as runs:
+        for (kind, point), run in zip(todo, runs):
+            tried = entry["grid"].setdefault(kind, [])
+            tried.append({"config": point, **{k: run[k] for k in ("valid", "best_epoch", "epochs_run",
+                                                                  "seconds_per_epoch", "valid_curve")}})
+            print(f"[{name}] {kind} grid {point}: valid R@20 {run['valid']['recall@20']:.4f} "
+                  f"best epoch {run['best_epoch']}/{run['epochs_run']} {run['seconds_per_epoch']}s/epoch", flush=True)
+            if run["valid"]["recall@20"] > max((t["valid"]["recall@20"] for t in tried[:-1]), default=-1.0):
+                chosen[kind] = point
+                entry["selected"][kind] = dataclasses.asdict(TrainConfig(**base, **kinds[kind], **point))
+                entry["runs"][kind] = [run]  # the chosen point's seed-0 run is its first seed
+            checkpoint()
     todo = [(seed, kind) for seed in args.seeds[1:] for kind in kinds]
-    runs = run_all(content, inter, [TrainConfig(**base, **kinds[kind], **chosen[kind], seed=seed)
-                                    for seed, kind in todo], args.jobs, args.threads)
-    for (seed, kind), run in zip(todo, runs):
-        entry["runs"][kind].append(run)
-        print(f"[{name}] {kind} seed {seed}: test R@20 {run['test']['recall@20']:.4f} "
-              f"N@20 {run['test']['ndcg@20']:.4f}", flush=True)
-        checkpoint()
+    with contextlib.closing(run_all(content, inter, [TrainConfig(**base, **kinds[kind], **chosen[kind], seed=seed)
+                                                     for seed, kind in todo], args.jobs)) as runs:
+        for (seed, kind), run in zip(todo, runs):
+            entry["runs"][kind].append(run)
+            print(f"[{name}] {kind} seed {seed}: test R@20 {run['test']['recall@20']:.4f} "
+                  f"N@20 {run['test']['ndcg@20']:.4f}", flush=True)
+            checkpoint()
     entry["complete"] = True
     checkpoint()
     return entry
@@ -498,8 +500,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "default: TrainConfig's)")
     p.add_argument("--device", default="cpu", help="torch device of both models' training (TrainConfig.device)")
     p.add_argument("--jobs", type=int, default=1,
-                   help="training runs at once, each in its own process with --threads threads (CPU only; default 1); "
-                        "every number but the timings is the same as with 1")
+                   help="training runs at once, each in its own process with one thread (CPU, --threads 1 only; "
+                        "default 1); every number but the timings is the same as with 1")
     add_run_options(p)
     p.add_argument("--tag", default="", help="store the results as '<dataset> <tag>' (a variant beside the main entry)")
     p.add_argument("--verbose", action="store_true", help="log every epoch")
@@ -509,9 +511,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.jobs < 1 or (args.jobs > 1 and args.device != "cpu"):
-        raise SystemExit(f"--jobs {args.jobs}: give 1 or more, and more than 1 only on the CPU (one process per "
-                         f"device is the way on a GPU)")
+    if args.jobs < 1 or (args.jobs > 1 and (args.device != "cpu" or args.threads != 1)):
+        # Forked workers that start OpenMP threads after the parent used its own pool hang (GNU OpenMP).
+        raise SystemExit(f"--jobs {args.jobs}: give 1 or more, and more than 1 only on the CPU with --threads 1 "
+                         f"(one process per device is the way on a GPU)")
     try:
         check_device(args.device)
     except ConfigError as e:

@@ -75,8 +75,9 @@ def test_bad_device_or_finetuning_precomputed_features_stop_before_any_work(tmp_
     with pytest.raises(SystemExit, match=r"tiktok: --grid-finetune frozen top:1 needs a dataset encoded from a catalog"):
         quality.main(["--datasets", "tiktok", "--grid-finetune", "frozen", "top:1", "--data", str(tmp_path / "none"),
                       "--out", str(tmp_path)])
-    for argv in (["--jobs", "0"], ["--jobs", "2", "--device", "cuda"]):
-        with pytest.raises(SystemExit, match=r"--jobs .*: give 1 or more, and more than 1 only on the CPU"):
+    for argv in (["--jobs", "0"], ["--jobs", "2", "--device", "cuda"], ["--jobs", "2", "--threads", "2"]):
+        with pytest.raises(SystemExit, match=r"--jobs .*: give 1 or more, and more than 1 only on the CPU with "
+                                             r"--threads 1"):
             quality.main(["--datasets", "tiktok", *argv, "--data", str(tmp_path / "none"), "--out", str(tmp_path)])
     assert list(tmp_path.iterdir()) == []  # nothing written
 
