@@ -213,11 +213,15 @@ def run_all(content: Content, inter: Interactions, cfgs: list[TrainConfig], jobs
     if any(cfg.device != "cpu" for cfg in cfgs):
         raise ConfigError("--jobs above 1 runs on the CPU only: one process per device is the way on a GPU")
     _WORKER_DATA.update(content=content, inter=inter)
+    pool = ProcessPoolExecutor(max_workers=min(jobs, len(cfgs)), mp_context=multiprocessing.get_context("fork"),
+                               initializer=_one_thread)
     try:
-        ctx = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(max_workers=min(jobs, len(cfgs)), mp_context=ctx, initializer=_one_thread) as pool:
-            yield from pool.map(_train_in_worker, cfgs)
+        futures = [pool.submit(_train_in_worker, cfg) for cfg in cfgs]
+        for future in futures:
+            yield future.result()
     finally:
+        # A run that failed, or a caller that stopped reading, leaves the queued runs unstarted.
+        pool.shutdown(wait=True, cancel_futures=True)
         _WORKER_DATA.clear()
 
 

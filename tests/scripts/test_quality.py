@@ -83,6 +83,10 @@ def test_bad_device_or_finetuning_precomputed_features_stop_before_any_work(tmp_
 
 
 def test_runs_in_worker_processes_match_the_runs_in_one(tmp_path):
+    import dataclasses
+
+    import pytest
+
     from mmrec.config import TrainConfig
     from mmrec.pipeline import interactions_for, load_content
     from tests.mmrec.conftest import write_planted
@@ -99,3 +103,12 @@ def test_runs_in_worker_processes_match_the_runs_in_one(tmp_path):
     assert forked == alone
     assert alone[0]["test"] != alone[1]["test"]  # the configs differ, so order is checked too
     assert quality._WORKER_DATA == {}  # nothing left pinned once the pool is done
+    # A failing run stops the lot: its error reaches the caller, and the data is released.
+    broken = dataclasses.replace(cfgs[1])
+    object.__setattr__(broken, "heads", 3)  # past the config's own check: the model refuses 3 heads for dim 8
+    bad = [cfgs[0], broken, *cfgs[2:]]
+    runs = quality.run_all(content, inter, bad, jobs=2)
+    assert next(runs)["seed"] == 0
+    with pytest.raises(ValueError, match="divisible"):
+        next(runs)
+    assert quality._WORKER_DATA == {}
