@@ -41,7 +41,11 @@ def _vocab_file(directory: Path) -> Path:
 def _tokenizer(directory: Path):
     from transformers import BertTokenizer
 
-    return BertTokenizer(vocab_file=str(_vocab_file(directory)), do_lower_case=True)
+    # The vocabulary file goes in positionally: transformers 4 names that argument vocab_file,
+    # 5 names it vocab (and silently ignores vocab_file=, leaving a 5-token vocabulary).
+    tok = BertTokenizer(str(_vocab_file(directory)), do_lower_case=True)
+    assert tok.convert_tokens_to_ids("space") == len(SPECIAL) + WORDS.index("space"), "vocabulary not loaded"
+    return tok
 
 
 def _text_config_kwargs(tok) -> dict:
