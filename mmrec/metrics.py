@@ -264,7 +264,8 @@ def evaluate(
         mask: which of the user's other interactions are excluded from ranking:
             ``"all"`` (default; RecBole and production convention): every interaction outside
             the evaluated split that the evaluation may know of -- train when validating,
-            train + valid when testing; ``"train"``: train only (MMRec's convention, used by
+            train + valid when testing -- and the pairs rated below a rating threshold
+            (``inter.seen``), which serving never recommends back; ``"train"``: train only (MMRec's convention, used by
             the published numbers in the data README).
         ks: list lengths, default (10, 20).
         batch_size: users per ``score_fn`` call.
@@ -288,6 +289,11 @@ def evaluate(
         exclude = inter.user_items("train")
     else:
         exclude = inter.user_items(["train", "valid"])
+    if mask == "all" and inter.seen is not None and len(inter.seen[0]):
+        # pairs rated below the rating threshold: never recommended back, so never ranked here
+        below = sp.csr_matrix((np.ones(len(inter.seen[0]), np.float32), inter.seen), shape=exclude.shape)
+        exclude = (exclude + below).tocsr()
+        exclude.data[:] = 1.0
     topk = rank_topk(score_fn, users, max(ks), exclude, batch_size, progress=progress)
     return evaluate_ranking(
         topk,

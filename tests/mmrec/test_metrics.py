@@ -187,6 +187,14 @@ def test_evaluate_mask_conventions() -> None:
     assert train_mask["recall@2"] == 0.0
     valid = evaluate(score_fn, inter, "valid", "all", ks=(1,))
     assert valid["num_users"] == 1.0 and valid["hit@1"] == 1.0  # user 0: train item 0 masked -> 1
+    # User 1 also rated items 0, 1 and 2 below a rating threshold: "all" masks them as serving
+    # does (top1 = 4, a hit); "train" ranks them.
+    inter.seen = (np.array([1, 1, 1]), np.array([0, 1, 2]))
+    seen_all = evaluate(score_fn, inter, "test", "all", ks=(1, 2))
+    assert seen_all["hit@1"] == 0.5 and seen_all["recall@2"] == 1.0  # user 0 as before: [3, 2]
+    assert evaluate(score_fn, inter, "test", "train", ks=(1, 2))["recall@2"] == 0.0
+    seen_valid = evaluate(score_fn, inter, "valid", "all", ks=(1,))  # user 0 has no seen pair
+    assert seen_valid["hit@1"] == 1.0
 
 
 def test_evaluate_errors() -> None:
