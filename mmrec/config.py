@@ -49,6 +49,7 @@ class TrainConfig:
     id_init: str = _f("normal", "ID embedding initialisation: normal (N(0, 0.1^2), LightGCN's code) or xavier (MMRec, RecBole)")
     batch_size: int = _f(2048, "training pairs per step")
     epochs: int = _f(100, "maximum epochs")
+    ema: float = _f(0.0, "decay per step of an exponential moving average of the weights, which validation, early stopping and the saved model use (e.g. 0.99); 0: off")
     patience: int = _f(20, "stop after this many evaluations without a better validation Recall@20")
     eval_every: int = _f(1, "validate every this many epochs")
     modality_dropout: float = _f(0.1, "training-time probability of masking each modality token")
@@ -92,6 +93,10 @@ class TrainConfig:
             )
         if not 0.0 <= self.edge_dropout < 1.0:
             raise ConfigError(f"edge_dropout must lie in [0, 1), got {self.edge_dropout}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"ema must lie in [0, 1), got {self.ema}")
+        if self.ema > 0 and self.finetune != "frozen":
+            raise ConfigError(f"ema averages the model's weights, not fine-tuned encoders: use it with finetune frozen, not {self.finetune!r}")
         if not 0.0 <= self.cold_start < 1.0:
             raise ConfigError(f"cold_start must lie in [0, 1), got {self.cold_start}")
         if self.dim % self.heads:

@@ -10,10 +10,11 @@ Recall@20; training stops after ``patience`` evaluations without improvement. Wi
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -185,6 +186,10 @@ class Trainer:
             nodes = torch.from_numpy(np.asarray(data.negatives, bool)) if data.negatives is not None else None
             self.item_graph = knn_item_graph(self.features, self.present, cfg.item_graph_k, nodes=nodes)
         self.rng = np.random.default_rng(cfg.seed)
+        # The moving average of the weights (cfg.ema > 0), updated after every step; validation
+        # and the kept best state use it (see :meth:`averaged`).
+        self.trained = [p for p in model.parameters() if p.requires_grad]
+        self.average = [p.detach().clone() for p in self.trained] if cfg.ema > 0 else None
         # Validation metrics of the weights before any step, when they are worth keeping (a
         # fine-tuning start): :meth:`fit` then counts them as epoch 0, kept if no epoch beats them.
         self.start_valid: dict[str, float] | None = None
@@ -266,7 +271,26 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        if self.average is not None:
+            with torch.no_grad():
+                torch._foreach_lerp_(self.average, self.trained, 1.0 - cfg.ema)
         return float(loss.detach())
+
+    @contextlib.contextmanager
+    def averaged(self) -> Iterator[None]:
+        """Inside, the model holds the moving average of its weights (``cfg.ema > 0``; else
+        its weights as they are); the trained weights come back on exit."""
+        if self.average is None:
+            yield
+            return
+        with torch.no_grad():
+            kept = [p.detach().clone() for p in self.trained]
+            torch._foreach_copy_(self.trained, self.average)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(self.trained, kept)
 
     def fit(self) -> TrainResult:
         """Train with early stopping; the model ends holding its best validation state."""
@@ -295,14 +319,15 @@ class Trainer:
             seconds.append(time.perf_counter() - t)
             row = {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": seconds[-1]}
             if has_valid and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
-                metrics = self.validate("valid")
+                with self.averaged():
+                    metrics = self.validate("valid")
+                    score = metrics[EVAL_KEY]
+                    if score > best:
+                        best, best_epoch, bad = score, epoch, 0
+                        best_state = copy.deepcopy(self.state_dict())
+                    else:
+                        bad += 1
                 row |= {f"valid_{k}": v for k, v in metrics.items()}
-                score = metrics[EVAL_KEY]
-                if score > best:
-                    best, best_epoch, bad = score, epoch, 0
-                    best_state = copy.deepcopy(self.state_dict())
-                else:
-                    bad += 1
                 logger.info(
                     "epoch %d loss %.4f valid recall@20 %.4f ndcg@20 %.4f (%.1fs)",
                     epoch, row["loss"], score, metrics.get("ndcg@20", float("nan")), seconds[-1],
@@ -318,6 +343,9 @@ class Trainer:
             self.load_state_dict(best_state)
         else:
             best_epoch = len(history)
+            if self.average is not None:  # no validation: the model ends holding the average
+                with torch.no_grad():
+                    torch._foreach_copy_(self.trained, self.average)
         best_row = next((h for h in [start_row, *history] if h.get("epoch") == best_epoch), {})
         return TrainResult(
             best_epoch=best_epoch,

@@ -331,6 +331,8 @@ def run_dataset(name: str, args: argparse.Namespace, cache_dir: Path, save: Call
     grid = [{"lr": lr, "reg": reg} for lr in args.grid_lr for reg in args.grid_reg]
     if args.grid_edge_dropout:  # a graph regulariser: both models get the same points
         grid = [{**g, "edge_dropout": d} for d in args.grid_edge_dropout for g in grid]
+    if args.grid_ema:  # weight averaging: both models get the same points
+        grid = [{**g, "ema": d} for d in args.grid_ema for g in grid]
     chosen = {}
     todo = [(kind, point) for kind in kinds for point in grid_points(kind, grid, args)]
     # closing(): the worker pool shuts down when a loop ends or raises, not when the generator is collected.
@@ -416,7 +418,7 @@ def model_label(kind: str, sel: dict[str, Any] | None) -> str:
                   f"content_gain {sel.get('content_gain', 1.0)}"]
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     fused_only = ("item_graph_k", "align_weight", "finetune", "encoder_lr_scale") if kind == "fused" else ()
-    for field in fused_only + ("edge_dropout", "id_init", "reg_form"):
+    for field in fused_only + ("edge_dropout", "ema", "id_init", "reg_form"):
         if sel.get(field, defaults[field]) != defaults[field]:
             parts.append(f"{field} {sel[field]}")
     return f"{kind} ({', '.join(parts)})"
@@ -499,6 +501,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for field, (kind, what) in FUSED_GRIDS.items():
         p.add_argument(f"--grid-{field.replace('_', '-')}", nargs="+", type=kind, default=None,
                        help=f"{what} tried for the fused model (TrainConfig.{field}; default: TrainConfig's)")
+    p.add_argument("--grid-ema", nargs="+", type=float, default=None,
+                   help="decays per step of the weights' moving average tried for BOTH models (TrainConfig.ema; "
+                        "0: off; default: TrainConfig's)")
     p.add_argument("--grid-edge-dropout", nargs="+", type=float, default=None,
                    help="fractions of training edges pruned per epoch tried for BOTH models (TrainConfig.edge_dropout; "
                         "default: TrainConfig's)")

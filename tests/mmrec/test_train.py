@@ -93,9 +93,60 @@ def test_training_config_errors():
                        ({"temperature": 0.0}, "temperature must be positive"),
                        ({"modality_dropout": 1.0}, r"modality_dropout must lie in \[0, 1\)"),
                        ({"patience": 0}, "patience must be positive"),
-                       ({"projection_hidden": -1}, "projection_hidden must be >= 0")):
+                       ({"projection_hidden": -1}, "projection_hidden must be >= 0"),
+                       ({"ema": 1.0}, r"ema must lie in \[0, 1\)"), ({"ema": -0.1}, r"ema must lie in \[0, 1\)"),
+                       ({"ema": 0.9, "finetune": "top:1"}, "use it with finetune frozen, not 'top:1'")):
         with pytest.raises(ConfigError, match=match):
             TrainConfig(**bad)
+
+
+def test_ema_averages_every_step_and_validation_sees_the_average(tmp_path):
+    inter_path, _ = write_planted(tmp_path)
+    tr, _ = _trainer(inter_path, ema=0.75)
+    start = [p.detach().clone() for p in tr.trained]
+    tr.step(np.array([0, 1, 2]), np.array([3, 4, 5]))
+    after_one = [p.detach().clone() for p in tr.trained]
+    tr.step(np.array([3, 4]), np.array([6, 7]))
+    now = [p.detach().clone() for p in tr.trained]
+    assert len(tr.average) == len(start) == len(list(tr.model.parameters()))
+    for a, s0, s1, s2 in zip(tr.average, start, after_one, now):
+        # two steps of avg <- 0.75 avg + 0.25 w, from the starting weights
+        torch.testing.assert_close(a, 0.75 * (0.75 * s0 + 0.25 * s1) + 0.25 * s2, rtol=0, atol=1e-7)
+    assert not torch.equal(tr.average[0], now[0])
+    with tr.averaged():
+        for p, a in zip(tr.trained, tr.average):
+            assert torch.equal(p, a)
+        inside = [t.clone() for t in tr.vectors()[:2]]
+    for p, w in zip(tr.trained, now):  # the trained weights come back, exactly
+        assert torch.equal(p, w)
+    with pytest.raises(RuntimeError, match="boom"), tr.averaged():
+        raise RuntimeError("boom")
+    for p, w in zip(tr.trained, now):  # ... also when the block raises
+        assert torch.equal(p, w)
+    # the vectors validated inside are those of a model holding the average
+    tr2, _ = _trainer(inter_path)
+    with torch.no_grad():
+        for p, a in zip(tr2.trained, tr.average):
+            p.copy_(a)
+    torch.testing.assert_close(inside[1], tr2.vectors()[1], rtol=0, atol=0)
+
+
+def test_ema_fit_keeps_the_averaged_weights_of_the_best_epoch(tmp_path):
+    inter_path, _ = write_planted(tmp_path)
+    tr, _ = _trainer(inter_path, ema=0.9, epochs=6, patience=6)
+    result = tr.fit()
+    # the model ends holding the weights whose validation chose the best epoch
+    assert tr.validate("valid") == result.best_valid
+    plain, _ = _trainer(inter_path, epochs=6, patience=6)
+    plain_result = plain.fit()
+    assert [h["loss"] for h in result.history] == [h["loss"] for h in plain_result.history]  # same steps
+    assert result.best_valid != plain_result.best_valid  # judged on other weights
+    # without a validation split the model ends holding the average
+    tr, _ = _trainer(inter_path, ema=0.9, epochs=2)
+    tr.data.inter.split[:] = 0  # every row train: nothing to validate on
+    tr.fit()
+    for p, a in zip(tr.trained, tr.average):
+        assert torch.equal(p, a)
 
 
 def test_planted_clusters_are_learned(tmp_path):
@@ -130,6 +181,18 @@ def test_fit_save_load_recommend_and_evaluate(tmp_path):
     again = evaluate_directory(back, inter_path, split="test")
     for key in ("recall@20", "ndcg@20", "recall@10"):
         assert again[key] == pytest.approx(test[key], abs=1e-6)
+
+
+def test_an_ema_model_saves_the_averaged_weights_validation_chose(tmp_path):
+    inter_path, feats = write_planted(tmp_path)
+    cfg = TrainConfig(**(FAST | {"epochs": 6}), ema=0.9, seed=1)
+    _, result, _ = fit(inter_path, features={"content": feats}, out=tmp_path / "model", config=cfg,
+                       split="random", show_progress=False)
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["config"]["ema"] == 0.9
+    back = Recommender.load(tmp_path / "model", show_progress=False)
+    again = evaluate_directory(back, inter_path, split="valid")
+    for key in ("recall@20", "ndcg@20", "recall@10"):
+        assert again[key] == pytest.approx(result.best_valid[key], abs=1e-6)
 
 
 def test_evaluate_rebuilds_the_training_split_rule_and_threshold(tmp_path):
