@@ -252,6 +252,17 @@ def content_index(content: Content, inter: Interactions) -> dict[str, Any]:
     return out
 
 
+def shared_grid(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The points both models are tried at: learning rate x L2, then edge pruning, then weight
+    averaging (each given option multiplies, the later ones outermost)."""
+    grid = [{"lr": lr, "reg": reg} for lr in args.grid_lr for reg in args.grid_reg]
+    if args.grid_edge_dropout:  # a graph regulariser
+        grid = [{**g, "edge_dropout": d} for d in args.grid_edge_dropout for g in grid]
+    if args.grid_ema:  # weight averaging
+        grid = [{**g, "ema": d} for d in args.grid_ema for g in grid]
+    return grid
+
+
 def grid_points(kind: str, grid: list[dict[str, Any]], args: argparse.Namespace) -> list[dict[str, Any]]:
     """One model's grid: the shared ``grid`` points, times the fused-only options for ``fused``.
 
@@ -328,11 +339,7 @@ def run_dataset(name: str, args: argparse.Namespace, cache_dir: Path, save: Call
     kinds = {"id-only": {"use_content": False}, "fused": {"use_content": True}}
     if not content.features:
         kinds.pop("fused")  # nothing to fuse: only the backbone check
-    grid = [{"lr": lr, "reg": reg} for lr in args.grid_lr for reg in args.grid_reg]
-    if args.grid_edge_dropout:  # a graph regulariser: both models get the same points
-        grid = [{**g, "edge_dropout": d} for d in args.grid_edge_dropout for g in grid]
-    if args.grid_ema:  # weight averaging: both models get the same points
-        grid = [{**g, "ema": d} for d in args.grid_ema for g in grid]
+    grid = shared_grid(args)
     chosen = {}
     todo = [(kind, point) for kind in kinds for point in grid_points(kind, grid, args)]
     # closing(): the worker pool shuts down when a loop ends or raises, not when the generator is collected.

@@ -13,6 +13,16 @@ def _args(*argv: str):
     return quality.parse_args(["--datasets", "ml100k-plus", *argv])
 
 
+def test_shared_grid_multiplies_lr_reg_edge_pruning_and_averaging() -> None:
+    assert quality.shared_grid(_args("--grid-lr", "0.01", "--grid-reg", "1e-4", "1e-3")) == [
+        {"lr": 0.01, "reg": 1e-4}, {"lr": 0.01, "reg": 1e-3}]
+    args = _args("--grid-lr", "0.01", "--grid-reg", "1e-3", "--grid-edge-dropout", "0", "0.3", "--grid-ema", "0.99")
+    assert quality.shared_grid(args) == [{"lr": 0.01, "reg": 1e-3, "edge_dropout": 0.0, "ema": 0.99},
+                                         {"lr": 0.01, "reg": 1e-3, "edge_dropout": 0.3, "ema": 0.99}]
+    label = quality.model_label("id-only", {"lr": 0.01, "reg": 1e-3, "edge_dropout": 0.3, "ema": 0.99})
+    assert label == "id-only (lr 0.01, reg 0.001, edge_dropout 0.3, ema 0.99)"
+
+
 def test_id_only_grid_is_the_shared_grid() -> None:
     grid = [{"lr": 0.01, "reg": 1e-3}]
     args = _args("--grid-finetune", "frozen", "top:1")
