@@ -77,6 +77,33 @@ def test_exact_recall_is_one_for_an_exact_index_and_drops_for_a_wrong_ranking(tr
     assert bench_serve.exact_recall(rec, users) == 0.0
 
 
+def test_exact_similar_recall_is_one_for_an_exact_index_and_drops_for_a_wrong_ranking(trained, monkeypatch):
+    rec = Recommender.load(trained, show_progress=False)
+    picked = list(rec.items._pos)[:7]
+    assert bench_serve.exact_similar_recall(rec, picked, block=3) == 1.0  # blocks of 3: a partial last one
+    # The 10 least similar items instead overlap the exact 10 most similar nowhere (31 candidates).
+    items = rec.items.vectorizer.mips.original(rec.items.vectors)
+    ids = sorted(rec.items._pos, key=rec.items._pos.get)
+
+    def least(item_ids, k):
+        out = []
+        for i in item_ids:
+            order = [ids[j] for j in np.argsort(items @ items[rec.items._pos[i]], kind="stable") if ids[j] != i]
+            out.append([Result(j, 0.0, {}) for j in order[:k]])
+        return out
+
+    monkeypatch.setattr(rec, "similar_many", least)
+    assert bench_serve.exact_similar_recall(rec, picked) == 0.0
+    # one right item in ten per query (the most similar one; by dot product, not always the
+    # item itself that comes first): 0.1
+    def best(i):
+        return next(ids[j] for j in np.argsort(-(items @ items[rec.items._pos[i]]), kind="stable") if ids[j] != i)
+
+    monkeypatch.setattr(rec, "similar_many", lambda item_ids, k: [
+        r[:9] + [Result(best(i), 0.0, {})] for i, r in zip(item_ids, least(item_ids, k))])
+    assert bench_serve.exact_similar_recall(rec, picked) == pytest.approx(0.1)
+
+
 def test_requests_time_every_kind_and_the_report_renders(trained):
     got = bench_serve.requests(trained, 3, seed=0, batch_items=5, batch_texts=4)
     assert got["items"] == 32 and got["users"] == 48 and got["recall@10_vs_exact"] == 1.0
@@ -90,6 +117,7 @@ def test_requests_time_every_kind_and_the_report_renders(trained):
     assert set(got["batch"]) == {"recommend", "similar"}  # no text encoder: no text queries
     assert got["batch"]["recommend"]["queries"] == 48 and got["batch"]["similar"]["queries"] == 5
     assert all(isinstance(b["identical"], bool) and b["same_items"] for b in got["batch"].values())
+    assert got["batch"]["similar"]["recall@10_vs_exact"] == 1.0  # a Flat index: exact
     cli = bench_serve.cli_calls({"nothing": ["-c", "pass"]}, repeats=2)
     assert len(cli["nothing"]["runs_s"]) == 2
     machine = {"cpu": "x", "cores": 2, "load_average": [0, 0, 0], "torch": "t", "python": "p"}
@@ -101,6 +129,7 @@ def test_requests_time_every_kind_and_the_report_renders(trained):
     assert "| recommend | " in md and "| nothing | " in md and "32 items, 48 users" in md
     assert "| every user's top 10: `recommend` / `recommend_many` | 48 users |" in md
     assert "| the 10 items most similar to each item: `similar` / `similar_many` | 5 items |" in md
+    assert "vectors: 1.0000; `similar_many`'s: 1.0000 (the items of the batched rows below)." in md
 
 
 def test_loop_against_batch_reports_what_differs():
