@@ -601,6 +601,9 @@ def load_interactions(
         si = (np.asarray(catalog_index[b], dtype=np.int64) if catalog_index is not None
               else inter.indices("item", texts["item_id"].take(pa.array(b)).to_pylist()))
         ok = (su >= 0) & (si >= 0)  # users or items with no positive row are not in the spaces
+        # A pair also rated at or above the threshold (in another row) is a positive, not a seen one.
+        n = max(inter.num_items, 1)
+        ok &= ~np.isin(su * n + si, users.astype(np.int64) * n + items)
         inter.seen = (su[ok], si[ok])
     report.update(interactions=len(inter), users=inter.num_users, items=inter.num_items)
     report["cold_items"] = int((np.bincount(items, minlength=inter.num_items) == 0).sum())

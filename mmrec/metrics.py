@@ -292,7 +292,10 @@ def evaluate(
     if mask == "all" and inter.seen is not None and len(inter.seen[0]):
         # pairs rated below the rating threshold: never recommended back, so never ranked here
         below = sp.csr_matrix((np.ones(len(inter.seen[0]), np.float32), inter.seen), shape=exclude.shape)
+        below.data[:] = 1.0  # (a pair listed twice)
+        below = below - below.multiply(truth)  # an evaluated positive is never masked
         exclude = (exclude + below).tocsr()
+        exclude.eliminate_zeros()
         exclude.data[:] = 1.0
     topk = rank_topk(score_fn, users, max(ks), exclude, batch_size, progress=progress)
     return evaluate_ranking(

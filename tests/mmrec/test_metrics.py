@@ -195,6 +195,11 @@ def test_evaluate_mask_conventions() -> None:
     assert evaluate(score_fn, inter, "test", "train", ks=(1, 2))["recall@2"] == 0.0
     seen_valid = evaluate(score_fn, inter, "valid", "all", ks=(1,))  # user 0 has no seen pair
     assert seen_valid["hit@1"] == 1.0
+    # A seen pair that is also the evaluated positive (hand-built; loading never makes one) stays
+    # rankable: user 0's test item 2 listed as seen too, with item 3 (masked: top1 = 2, a hit).
+    inter.seen = (np.array([1, 1, 1, 0, 0]), np.array([0, 1, 2, 2, 3]))
+    both = evaluate(score_fn, inter, "test", "all", ks=(1, 2))
+    assert both["hit@1"] == 1.0 and both["recall@2"] == 1.0
 
 
 def test_evaluate_errors() -> None:
