@@ -7,6 +7,9 @@ validation user (in batches of users), masks known items, and keeps the best sta
 Recall@20; training stops after ``patience`` evaluations without improvement. With
 ``edge_dropout`` each epoch's steps propagate over a new degree-sensitive subgraph
 (:func:`mmrec.graph.prune_edges`); validation and the saved vectors use every training edge.
+With ``ema`` the trainer keeps an exponential moving average of the weights (updated after each
+step, started from the weights ``fit`` starts from); validation, early stopping and the kept
+best state are those of the average, and without a validation split the model ends holding it.
 """
 from __future__ import annotations
 
@@ -63,7 +66,8 @@ class TrainData:
 class TrainResult:
     """What :meth:`Trainer.fit` returns: the best validation epoch (0 when no epoch beat the
     starting weights given as ``Trainer.start_valid``, which are then kept), its validation
-    metrics, one row per epoch, and the mean seconds per epoch."""
+    metrics (of the averaged weights with ``ema``), one row per epoch, and the mean seconds per
+    epoch."""
 
     best_epoch: int
     best_valid: dict[str, float]
@@ -271,7 +275,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        if self.average is not None:
+        if self.average is not None:  # (torch's multi-tensor ops, as its optimisers use them)
             with torch.no_grad():
                 torch._foreach_lerp_(self.average, self.trained, 1.0 - cfg.ema)
         return float(loss.detach())
@@ -293,8 +297,12 @@ class Trainer:
                 torch._foreach_copy_(self.trained, kept)
 
     def fit(self) -> TrainResult:
-        """Train with early stopping; the model ends holding its best validation state."""
+        """Train with early stopping; the model ends holding its best validation state (with
+        ``ema``: the average's; without a validation split: the last weights, or their average)."""
         cfg = self.cfg
+        if self.average is not None:  # the average starts from the weights training starts from
+            with torch.no_grad():  # (a fine-tuning run loads them after __init__)
+                torch._foreach_copy_(self.average, self.trained)
         best, best_epoch, best_state, bad = -1.0, 0, None, 0
         start_row: dict[str, float] = {}
         if self.start_valid is not None:  # the starting weights are the one to beat

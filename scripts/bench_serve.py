@@ -149,20 +149,22 @@ def exact_recall(rec: Recommender, users: list[object]) -> float:
 def exact_similar_recall(rec: Recommender, item_ids: list[object], block: int = 128) -> float:
     """Mean overlap of ``similar_many(item_ids, K)`` with the exact top-K of the same vectors
     (brute-force float64 dot products of a trained directory's item vectors, the item itself
-    excluded): an oracle apart from the index and the code that serves ``similar``."""
+    excluded): an oracle apart from the index and the code that serves ``similar``. A served
+    item counts when its exact score reaches the K-th best (to 1e-9 relative), so items tied at
+    the cut (equal vectors) count whichever of them was served."""
     if not rec.trained:
         raise ValueError("the exact similar-items ranking here is the trained model's dot product")
     items = rec.items.vectorizer.mips.original(rec.items.vectors).astype(np.float64)  # [N, D]
-    ids = sorted(rec.items._pos, key=rec.items._pos.get)  # row order
     rows = np.array([rec.items._pos[i] for i in item_ids])
     served = rec.similar_many(item_ids, K)
     hits = 0
     for start in range(0, len(rows), block):
         scores = items[rows[start : start + block]] @ items.T  # [B, N]
         scores[np.arange(len(scores)), rows[start : start + block]] = -np.inf  # not the item itself
-        top = np.argpartition(-scores, K, axis=1)[:, :K]
-        for got, exact in zip(served[start : start + block], top):
-            hits += len({ids[j] for j in exact} & {r.item_id for r in got})
+        kth = -np.partition(-scores, K - 1, axis=1)[:, K - 1]  # [B] the K-th best exact score
+        for got, row, cut in zip(served[start : start + block], scores, kth):
+            got_scores = row[[rec.items._pos[r.item_id] for r in got]]
+            hits += int((got_scores >= cut - 1e-9 * max(1.0, abs(cut))).sum())
     return hits / (K * len(rows))
 
 

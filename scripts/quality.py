@@ -535,6 +535,13 @@ def main(argv: list[str] | None = None) -> None:
         check_device(args.device)
     except ConfigError as e:
         raise SystemExit(str(e)) from None
+    for kind, flags in (("id-only", {"use_content": False}), ("fused", {"use_content": True})):
+        for point in grid_points(kind, shared_grid(args), args):  # every point checked before any work
+            try:
+                TrainConfig(**flags, **point, epochs=args.epochs, patience=args.patience, batch_size=args.batch_size,
+                            id_init=args.id_init, reg_form=args.reg_form)
+            except ConfigError as e:
+                raise SystemExit(f"{kind} grid point {point}: {e}") from None
     args.command = command_line("quality.py", argv if argv is not None else sys.argv[1:])
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")

@@ -149,6 +149,21 @@ def test_ema_fit_keeps_the_averaged_weights_of_the_best_epoch(tmp_path):
         assert torch.equal(p, a)
 
 
+def test_ema_averages_from_the_weights_fit_starts_from(tmp_path):
+    # mmrec finetune loads the source's weights after the Trainer is built: the average must
+    # start from those, not from the random weights the model was built with.
+    inter_path, _ = write_planted(tmp_path)
+    tr, _ = _trainer(inter_path, ema=0.9, epochs=1, lr=1e-9)
+    tr.data.inter.split[:] = 0  # no validation: the model ends holding the average
+    with torch.no_grad():
+        for p in tr.trained:
+            p.mul_(3.0).add_(0.5)  # "transferred" weights
+    start = [p.detach().clone() for p in tr.trained]
+    tr.fit()
+    for p, s0 in zip(tr.trained, start):  # lr 1e-9: the weights, and so their average, barely move
+        torch.testing.assert_close(p, s0, atol=1e-6, rtol=0)
+
+
 def test_planted_clusters_are_learned(tmp_path):
     inter_path, _ = write_planted(tmp_path)
     tr, inter = _trainer(inter_path)

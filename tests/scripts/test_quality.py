@@ -85,6 +85,13 @@ def test_bad_device_or_finetuning_precomputed_features_stop_before_any_work(tmp_
     with pytest.raises(SystemExit, match=r"tiktok: --grid-finetune frozen top:1 needs a dataset encoded from a catalog"):
         quality.main(["--datasets", "tiktok", "--grid-finetune", "frozen", "top:1", "--data", str(tmp_path / "none"),
                       "--out", str(tmp_path)])
+    # a grid point TrainConfig refuses stops the run before the data loads (--data does not exist)
+    with pytest.raises(SystemExit, match=r"fused grid point .*'ema': 0.99.*use it with finetune frozen, not 'top:1'"):
+        quality.main(["--datasets", "ml100k-plus", "--grid-ema", "0.99", "--grid-finetune", "top:1",
+                      "--data", str(tmp_path / "none"), "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match=r"id-only grid point .*edge_dropout must lie in \[0, 1\), got 1.0"):
+        quality.main(["--datasets", "ml100k-plus", "--grid-edge-dropout", "1.0", "--data", str(tmp_path / "none"),
+                      "--out", str(tmp_path)])
     for argv in (["--jobs", "0"], ["--jobs", "2", "--device", "cuda"], ["--jobs", "2", "--threads", "2"]):
         with pytest.raises(SystemExit, match=r"--jobs .*: give 1 or more, and more than 1 only on the CPU with "
                                              r"--threads 1"):
