@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -152,7 +153,7 @@ def test_bad_images_name_path_and_index(vit, image_paths, tmp_path):
     garbage = tmp_path / "garbage.jpg"
     garbage.write_bytes(b"this is not a jpeg")
     truncated = tmp_path / "truncated.jpg"
-    truncated.write_bytes(open(image_paths[4], "rb").read()[:300])
+    truncated.write_bytes(Path(image_paths[4]).read_bytes()[:300])
 
     assert check_image(image_paths[0]) is None
     assert check_image(missing) == "file not found"
