@@ -265,8 +265,8 @@ def evaluate(
             ``"all"`` (default; RecBole and production convention): every interaction outside
             the evaluated split that the evaluation may know of -- train when validating,
             train + valid when testing -- and the pairs rated below a rating threshold
-            (``inter.seen``), which serving never recommends back; ``"train"``: train only (MMRec's convention, used by
-            the published numbers in the data README).
+            (``inter.seen``), which serving never recommends back; ``"train"``: train only
+            (MMRec's convention, used by the published numbers in the data README).
         ks: list lengths, default (10, 20).
         batch_size: users per ``score_fn`` call.
         item_vectors: item vectors for ``diversity@K``; default none.

@@ -252,6 +252,16 @@ def content_index(content: Content, inter: Interactions) -> dict[str, Any]:
     return out
 
 
+# The two models: the same code, with and without the content tokens.
+KINDS: dict[str, dict[str, Any]] = {"id-only": {"use_content": False}, "fused": {"use_content": True}}
+
+
+def base_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The TrainConfig options every run of both models shares (MMRec's train-only mask)."""
+    return {"mask": "train", "epochs": args.epochs, "patience": args.patience, "batch_size": args.batch_size,
+            "eval_every": 1, "id_init": args.id_init, "reg_form": args.reg_form, "device": args.device}
+
+
 def shared_grid(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The points both models are tried at: learning rate x L2, then edge pruning, then weight
     averaging (each given option multiplies, the later ones outermost)."""
@@ -334,9 +344,8 @@ def run_dataset(name: str, args: argparse.Namespace, cache_dir: Path, save: Call
         entry["runs"]["content-index"] = [content_index(content, inter)]
         checkpoint()
 
-    base = {"mask": "train", "epochs": args.epochs, "patience": args.patience, "batch_size": args.batch_size,
-            "eval_every": 1, "id_init": args.id_init, "reg_form": args.reg_form, "device": args.device}
-    kinds = {"id-only": {"use_content": False}, "fused": {"use_content": True}}
+    base = base_options(args)
+    kinds = dict(KINDS)
     if not content.features:
         kinds.pop("fused")  # nothing to fuse: only the backbone check
     grid = shared_grid(args)
@@ -535,11 +544,10 @@ def main(argv: list[str] | None = None) -> None:
         check_device(args.device)
     except ConfigError as e:
         raise SystemExit(str(e)) from None
-    for kind, flags in (("id-only", {"use_content": False}), ("fused", {"use_content": True})):
+    for kind, flags in KINDS.items():
         for point in grid_points(kind, shared_grid(args), args):  # every point checked before any work
             try:
-                TrainConfig(**flags, **point, epochs=args.epochs, patience=args.patience, batch_size=args.batch_size,
-                            id_init=args.id_init, reg_form=args.reg_form)
+                TrainConfig(**base_options(args), **flags, **point)
             except ConfigError as e:
                 raise SystemExit(f"{kind} grid point {point}: {e}") from None
     args.command = command_line("quality.py", argv if argv is not None else sys.argv[1:])
