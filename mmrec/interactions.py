@@ -280,12 +280,25 @@ class Interactions:
             -> (U, N) float32 CSR with ones
         """
         known = self.user_items("all")
-        if self.seen is None or not len(self.seen[0]):
+        below = self.seen_items()
+        if not below.nnz:
             return known
-        below = sp.csr_matrix((np.ones(len(self.seen[0]), dtype=np.float32), self.seen), shape=known.shape)
         known = (known + below).tocsr()
         known.data[:] = 1.0
         return known
+
+    def seen_items(self) -> sp.csr_matrix:
+        """Binary user x item matrix of the ``seen`` pairs (rated below the rating threshold;
+        empty without one).
+
+        Shapes:
+            -> (U, N) float32 CSR with ones
+        """
+        u, i = self.seen if self.seen is not None else (np.zeros(0, np.int64), np.zeros(0, np.int64))
+        m = sp.csr_matrix((np.ones(len(u), dtype=np.float32), (u, i)), shape=(self.num_users, self.num_items))
+        m.sum_duplicates()
+        m.data[:] = 1.0  # a pair listed twice is still one
+        return m
 
     def item_popularity(self, split: str | Sequence[str] = "train") -> np.ndarray:
         """Number of interactions of each item in ``split``.

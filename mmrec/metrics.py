@@ -289,12 +289,11 @@ def evaluate(
         exclude = inter.user_items("train")
     else:
         exclude = inter.user_items(["train", "valid"])
-    if mask == "all" and inter.seen is not None and len(inter.seen[0]):
-        # pairs rated below the rating threshold: never recommended back, so never ranked here
-        below = sp.csr_matrix((np.ones(len(inter.seen[0]), np.float32), inter.seen), shape=exclude.shape)
-        below.data[:] = 1.0  # (a pair listed twice)
-        below = below - below.multiply(truth)  # an evaluated positive is never masked
-        exclude = (exclude + below).tocsr()
+    # "all" also leaves out the pairs rated below the rating threshold: never recommended back,
+    # so never ranked here (an evaluated positive excepted: it is never masked)
+    below = inter.seen_items() if mask == "all" else sp.csr_matrix(exclude.shape, dtype=np.float32)
+    if below.nnz:
+        exclude = (exclude + (below - below.multiply(truth))).tocsr()
         exclude.eliminate_zeros()
         exclude.data[:] = 1.0
     topk = rank_topk(score_fn, users, max(ks), exclude, batch_size, progress=progress)

@@ -375,6 +375,9 @@ def test_pairs_rated_below_the_threshold_are_seen_not_positive(tmp_path: Path) -
     np.testing.assert_array_equal(inter.user_items("all").toarray(), [[1, 0], [0, 1], [0, 1]])
     # (7, 30) is a positive, so it is not a seen pair too (evaluation would mask a positive)
     assert sorted(zip(inter.seen[0].tolist(), inter.seen[1].tolist())) == [(1, 0)]
+    np.testing.assert_array_equal(inter.seen_items().toarray(), [[0, 0], [1, 0], [0, 0]])
+    inter.seen = (np.array([1, 1]), np.array([0, 0]))  # a pair listed twice is one seen pair
+    np.testing.assert_array_equal(inter.seen_items().toarray(), [[0, 0], [1, 0], [0, 0]])
     with_catalog = load_interactions(path, item_ids=[10, 20, 30], rating_threshold=4)
     np.testing.assert_array_equal(with_catalog.known_items().toarray(), [[1, 1, 0], [1, 0, 1], [0, 0, 1]])
     assert load_interactions(path).seen is None
