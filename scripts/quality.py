@@ -64,7 +64,7 @@ from mmrec.config import TrainConfig  # noqa: E402
 from mmrec.errors import ConfigError  # noqa: E402
 from mmrec.interactions import Interactions  # noqa: E402
 from mmrec.item_index import check_device  # noqa: E402
-from mmrec.metrics import evaluate  # noqa: E402
+from mmrec.metrics import evaluate, rank_topk  # noqa: E402
 from mmrec.pipeline import Content, interactions_for, load_content  # noqa: E402
 from mmrec.train import Trainer, TrainData, build_model, seed_everything  # noqa: E402
 from machine import METRICS, add_run_options, command_line, describe_machine, feature_cache, mean_std, pick_metrics, update_results  # noqa: E402  (scripts/machine.py)
@@ -161,6 +161,53 @@ def fit_trainer(content: Content, inter: Interactions, cfg: TrainConfig) -> tupl
     return trainer, trainer.fit()
 
 
+# Item bands by training interactions, [0, 20), [20, 80), [80, inf): where in the catalog a
+# model's test hits are (content can only matter where the ID embedding knows the item little).
+DEGREE_EDGES = (20, 80)
+
+
+def hits_by_degree(topk: np.ndarray, truth: sp.csr_matrix, degree: np.ndarray,
+                   edges: tuple[int, ...] = DEGREE_EDGES) -> dict[str, dict[str, int]]:
+    """Held-out rows and those found in the lists, per band of the row's item's training degree.
+
+    Args:
+        topk: ranked item indices per user (``-1`` for empty slots), as from ``rank_topk``.
+        truth: the same users' held-out items, row-aligned with ``topk``.
+        degree: training interactions of each item.
+        edges: the band boundaries, increasing: bands ``[0, e0)``, ``[e0, e1)``, ..., ``[e_last, inf)``.
+
+    Returns:
+        ``{"[0,20)": {"rows": R, "hits": H}, ...}``, one key a band, in order.
+
+    Shapes:
+        topk (R, K), truth (R, N), degree (N,)
+    """
+    truth = sp.csr_matrix(truth, copy=True)
+    truth.sum_duplicates()
+    truth.eliminate_zeros()  # as evaluate_ranking: a stored zero is no held-out item
+    if topk.shape[0] != truth.shape[0]:
+        raise ValueError(f"topk has {topk.shape[0]} rows, truth {truth.shape[0]}")
+    rows = np.repeat(np.arange(truth.shape[0]), np.diff(truth.indptr))  # [P] one per held-out pair
+    items = truth.indices
+    hit = (topk[rows] == items[:, None]).any(axis=1)  # [P]
+    band = np.searchsorted(np.asarray(edges), degree[items], side="right")  # [P] 0..len(edges)
+    bounds = (0, *edges, None)
+    return {f"[{lo},{'inf' if hi is None else hi})": {"rows": int((band == b).sum()), "hits": int(hit[band == b].sum())}
+            for b, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:]))}
+
+
+def test_report(score: Callable[[np.ndarray], torch.Tensor], inter: Interactions) -> dict[str, Any]:
+    """A scorer's test metrics with either mask, and (mask="train") its top-20 hits by item degree."""
+    truth = inter.user_items("test")
+    users = np.flatnonzero(np.diff(truth.indptr))
+    top20 = rank_topk(score, users, 20, inter.user_items("train"))
+    return {
+        "test": pick_metrics(evaluate(score, inter, split="test", mask="train")),
+        "test_mask_all": pick_metrics(evaluate(score, inter, split="test", mask="all")),
+        "test_hits_by_degree": hits_by_degree(top20, truth[users], inter.item_popularity("train")),
+    }
+
+
 def train_one(content: Content, inter: Interactions, cfg: TrainConfig) -> dict[str, Any]:
     """One training run (:func:`fit_trainer`); valid and test metrics, both masks."""
     start = time.perf_counter()
@@ -170,7 +217,6 @@ def train_one(content: Content, inter: Interactions, cfg: TrainConfig) -> dict[s
     def score(u: np.ndarray) -> torch.Tensor:
         return users[torch.as_tensor(u, device=users.device)] @ items.T  # [B, N]
 
-    test = {mask: evaluate(score, inter, split="test", mask=mask, ks=(10, 20)) for mask in ("train", "all")}
     return {
         "seed": cfg.seed,
         "best_epoch": result.best_epoch,
@@ -178,8 +224,7 @@ def train_one(content: Content, inter: Interactions, cfg: TrainConfig) -> dict[s
         "seconds_per_epoch": round(result.seconds_per_epoch, 3),
         "wall_seconds": round(time.perf_counter() - start, 1),
         "valid": pick_metrics(result.best_valid),
-        "test": pick_metrics(test["train"]),
-        "test_mask_all": pick_metrics(test["all"]),
+        **test_report(score, inter),
         "valid_curve": [round(h["valid_recall@20"], 5) for h in result.history if "valid_recall@20" in h],
     }
 
@@ -245,8 +290,7 @@ def content_index(content: Content, inter: Interactions) -> dict[str, Any]:
     out = {
         "modalities": names,
         "valid": pick_metrics(evaluate(score, inter, split="valid", mask="train")),
-        "test": pick_metrics(evaluate(score, inter, split="test", mask="train")),
-        "test_mask_all": pick_metrics(evaluate(score, inter, split="test", mask="all")),
+        **test_report(score, inter),
     }
     out["wall_seconds"] = round(time.perf_counter() - start, 1)
     return out
@@ -334,6 +378,10 @@ def run_dataset(name: str, args: argparse.Namespace, cache_dir: Path, save: Call
             if kind != "content-index":
                 parts |= {"seconds_per_epoch": mean_std([r["seconds_per_epoch"] for r in runs]),
                           "best_epoch": [r["best_epoch"] for r in runs], "seeds": [r["seed"] for r in runs]}
+            if all("test_hits_by_degree" in r for r in runs):  # entries stored before it have none
+                parts["test_hits_by_degree"] = {
+                    band: {"rows": cell["rows"], "hits": mean_std([r["test_hits_by_degree"][band]["hits"] for r in runs])}
+                    for band, cell in runs[0]["test_hits_by_degree"].items()}
             entry["summary"][kind] = parts
         entry["checks"] = checks(name, entry)
         entry["machine_at_end"] = describe_machine()
@@ -416,12 +464,12 @@ def checks(name: str, entry: dict[str, Any]) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------- output
-def fmt(cell: dict[str, float] | None) -> str:
+def fmt(cell: dict[str, float] | None, digits: int = 4) -> str:
     if cell is None:
         return "-"
     if cell["n"] > 1:
-        return f"{cell['mean']:.4f} ± {cell['std']:.4f}"
-    return f"{cell['mean']:.4f}"
+        return f"{cell['mean']:.{digits}f} ± {cell['std']:.{digits}f}"
+    return f"{cell['mean']:.{digits}f}"
 
 
 def model_label(kind: str, sel: dict[str, Any] | None) -> str:
@@ -438,6 +486,21 @@ def model_label(kind: str, sel: dict[str, Any] | None) -> str:
         if sel.get(field, defaults[field]) != defaults[field]:
             parts.append(f"{field} {sel[field]}")
     return f"{kind} ({', '.join(parts)})"
+
+
+def hits_table(summary: dict[str, Any]) -> list[str]:
+    """Markdown lines: each model's test hits by item degree band (none for entries without them)."""
+    kinds = [k for k in MODELS if "test_hits_by_degree" in summary.get(k, {})]
+    if not kinds:
+        return []
+    bands = summary[kinds[0]]["test_hits_by_degree"]
+    lines = ["", "Test rows found in the top 20 (training items masked), by their item's training interactions:", "",
+             "| model | " + " | ".join(f"{band} ({cell['rows']} rows)" for band, cell in bands.items()) + " |",
+             "|---|" + "---:|" * len(bands)]
+    for kind in kinds:
+        cells = summary[kind]["test_hits_by_degree"]
+        lines.append(f"| {kind} | " + " | ".join(fmt(cells[band]["hits"], digits=1) for band in bands) + " |")
+    return lines
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -466,6 +529,7 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {label} | {fmt(t['recall@10'])} | {fmt(t['recall@20'])} | {fmt(t['ndcg@10'])} | "
                          f"{fmt(t['ndcg@20'])} | {fmt(a['recall@20'])} | {fmt(a['ndcg@20'])} | "
                          f"{t['recall@20']['n']} | {epochs} | {spe} |")
+        lines += hits_table(e["summary"])
         pub = {k: v for k, v in e["published"].items() if k != "source"}
         lines += ["", "Published (" + e["published"]["source"] + "): " + "; ".join(
             f"{k} " + ", ".join(f"{mm} {vv}" for mm, vv in v.items()) for k, v in pub.items()) + ".", ""]

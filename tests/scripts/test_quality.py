@@ -129,3 +129,44 @@ def test_runs_in_worker_processes_match_the_runs_in_one(tmp_path):
     with pytest.raises(ValueError, match="divisible"):
         next(runs)
     assert quality._WORKER_DATA == {}
+
+
+def test_hits_by_degree_counts_each_held_out_row_in_its_items_band() -> None:
+    import numpy as np
+    import scipy.sparse as sp
+
+    degree = np.array([0, 25, 100, 5, 80, 19])  # bands [0,20): 0 3 5; [20,80): 1; [80,inf): 2 4
+    truth = sp.csr_matrix(np.array([[1, 1, 0, 0, 0, 0],    # user 0: items 0, 1
+                                    [0, 0, 1, 1, 1, 0],    # user 1: items 2, 3, 4
+                                    [0, 0, 0, 0, 0, 1]]))  # user 2: item 5
+    topk = np.array([[1, 2], [4, 3], [-1, -1]])  # hits: (0,1), (1,3), (1,4); user 2 has an empty list
+    got = quality.hits_by_degree(topk, truth, degree)
+    assert got == {"[0,20)": {"rows": 3, "hits": 1}, "[20,80)": {"rows": 1, "hits": 1},
+                   "[80,inf)": {"rows": 2, "hits": 1}}
+    assert list(quality.hits_by_degree(topk, truth, degree, edges=(1,))) == ["[0,1)", "[1,inf)"]
+
+
+def test_hits_by_degree_adds_up_to_the_ranking_metrics() -> None:
+    import numpy as np
+    import scipy.sparse as sp
+
+    from mmrec.metrics import evaluate_ranking
+
+    rng = np.random.default_rng(0)
+    truth = sp.csr_matrix((rng.random((40, 30)) < 0.2).astype(np.float32))
+    truth[0] = 0  # a user without held-out items (zeros stored in the matrix): no rows, never counted
+    topk = np.stack([rng.permutation(30)[:5] for _ in range(40)])
+    topk[0] = truth[0].indices[:5]  # the stored zeros "found": they must not count as hits
+    got = quality.hits_by_degree(topk, truth, rng.integers(0, 150, 30))
+    m = evaluate_ranking(topk, truth, ks=(5,))  # skips the user without held-out items
+    assert sum(c["rows"] for c in got.values()) == truth.count_nonzero()
+    assert sum(c["hits"] for c in got.values()) == round(m["precision@5"] * 5 * m["num_users"])
+
+
+def test_hits_table_lists_each_model_by_band() -> None:
+    cell = {"mean": 4.0, "std": 1.25, "n": 5}
+    bands = {"[0,20)": {"rows": 942, "hits": cell}, "[20,inf)": {"rows": 10, "hits": {"mean": 3.0, "std": 0.0, "n": 1}}}
+    lines = quality.hits_table({"fused": {"test_hits_by_degree": bands}, "id-only": {"test": {}}})
+    assert lines[3:] == ["| model | [0,20) (942 rows) | [20,inf) (10 rows) |", "|---|---:|---:|",
+                         "| fused | 4.0 ± 1.2 | 3.0 |"]
+    assert quality.hits_table({"id-only": {"test": {}}}) == []
