@@ -42,6 +42,7 @@ import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
+from index.oracle import recall_at_k
 from index.persist import IndexFormatError, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -441,6 +442,68 @@ class FaissIndex:
             raise ValueError(f"ef_search must be a positive int, got {value!r}")
         self._ef_search = int(value)
         self._push_knobs()
+
+    @property
+    def knob(self) -> str | None:
+        """The search knob that trades speed for recall: ``"nprobe"`` (IVF), ``"ef_search"``
+        (HNSW), or ``None`` (Flat, which is exact)."""
+        return {"ivf": "nprobe", "hnsw": "ef_search"}.get(self._spec.kind)
+
+    def sweep_knob(self, queries: np.ndarray, k: int = 10, *, exclude: Sequence[Collection[ItemId]] | None = None,
+                   target: float | None = None) -> list[dict[str, float]]:
+        """Recall@k of :meth:`search` at each setting of :attr:`knob`, against this index's own
+        exhaustive search (every IVF list; for HNSW a scan of every stored vector).
+
+        The reference is what the index can return at best: the exact cosine ranking for
+        ``IVF{n},Flat`` and ``HNSW{M}``, the ranking of the quantised codes for SQ8 / PQ. Settings
+        tried: IVF ``nprobe`` 1, 2, 4, ... up to ``nlist``; HNSW ``ef_search`` 16, 32, 64, ...
+        up to the number of stored vectors (where search becomes the exhaustive scan). The knob is
+        left as it was.
+
+        Args:
+            queries: query vectors (normalised by the wrapper, as for :meth:`search`).
+            k: the cut-off of the recall.
+            exclude: per query, ids hidden from its results, as for :meth:`search` (a similar-items
+                query's own item, a user's known items), so the measured lists are those served.
+            target: stop after the first setting whose recall reaches this.
+
+        Returns:
+            One row per setting tried, in increasing order: ``{"value": v, "recall": r,
+            "ms_per_query": t}`` (``t`` the wall time of one batched :meth:`search`).
+
+        Raises:
+            ValueError: a Flat index (no knob), an empty index or query set, ``k < 1``, a
+                ``target`` outside ``(0, 1]``.
+        """
+        name = self.knob
+        if name is None:
+            raise ValueError(f"{self.factory} search is exact: it has no knob to tune")
+        if not len(self):
+            raise ValueError("the index is empty: nothing to measure")
+        if target is not None and not 0.0 < target <= 1.0:
+            raise ValueError(f"target recall must be in (0, 1], got {target!r}")
+        q = _unit_rows(queries, self.dim, "queries")
+        if not len(q):
+            raise ValueError("no queries to measure recall on")
+        top = int(self._spec.nlist if name == "nprobe" else max(self._index.ntotal, 1))
+        values = [1 << i for i in range(top.bit_length()) if (1 << i) < top and (name == "nprobe" or (1 << i) >= 16)]
+        values.append(top)
+        before = getattr(self, name)
+        rows: list[dict[str, float]] = []
+        try:
+            setattr(self, name, top)
+            truth, _ = self.search(q, k, exclude=exclude)
+            for value in values:
+                setattr(self, name, value)
+                start = time.perf_counter()
+                found, _ = self.search(q, k, exclude=exclude)
+                ms = 1000.0 * (time.perf_counter() - start) / len(q)
+                rows.append({"value": value, "recall": recall_at_k(found, truth, k), "ms_per_query": ms})
+                if target is not None and rows[-1]["recall"] >= target:
+                    break
+        finally:
+            setattr(self, name, before)
+        return rows
 
     def _push_knobs(self) -> None:
         # Mirror the knobs into the faiss object too, so a raw faiss user of index.faiss sees them.

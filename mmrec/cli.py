@@ -9,6 +9,7 @@ Examples::
     mmrec similar --index my_index --all-items -k 20 --json > related.jsonl
     mmrec index add --index my_index --catalog new_items.csv
     mmrec index remove --index my_index --item 17 42
+    mmrec index tune --index my_index --recall 0.99    # IVF / HNSW: the fastest setting with this recall
     mmrec train --catalog items.csv --interactions inter.tsv --out model_dir --epochs 50
     mmrec finetune --from model_dir --catalog new_items.csv --interactions new_inter.tsv --out new_dir --lr 0.01
     mmrec recommend --index model_dir --user 42 -k 10 --explain
@@ -220,6 +221,34 @@ def cmd_index_remove(args: argparse.Namespace) -> int:
     index = _open_index(args)
     n = index.remove(args.item)
     print(f"removed {n} items from {args.index}: {len(index)} items")
+    return 0
+
+
+def cmd_index_tune(args: argparse.Namespace) -> int:
+    rec = _open_recommender(args)
+    index = rec.items.index
+    given = [(name, v) for name, v in (("nprobe", args.nprobe), ("ef_search", args.ef_search)) if v is not None]
+    if given:  # argparse allows at most one of them
+        name, value = given[0]
+        if index.knob != name:
+            has = f"its knob is --{index.knob.replace('_', '-')}" if index.knob else "exact search has no knob"
+            raise ConfigError(f"{args.index} is {index.factory}: {has}, not --{name.replace('_', '-')}")
+        before = getattr(index, name)
+        saved = rec.set_search(value, save=not args.dry_run)
+        report = {"factory": index.factory, "knob": name, "before": before, "value": value, "saved": saved}
+    else:
+        report = rec.tune_search(args.recall, args.k, sample=args.sample, seed=args.seed, save=not args.dry_run)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    where = f"saved to {args.index}" if report["saved"] else "not saved (--dry-run)"
+    goal = f"; recall@{report['k']} >= {report['recall']} for {' and '.join(report['sweeps'])}" if "sweeps" in report else ""
+    print(f"{report['factory']}: {report['knob']} {report['before']} -> {report['value']}{goal}; {where}")
+    if "sweeps" in report:
+        print(f"{'queries':8} {report['knob']:>9} {'recall@' + str(report['k']):>10} {'ms/query':>9}")
+        for kind, rows in report["sweeps"].items():
+            for row in rows:
+                print(f"{kind:8} {row['value']:>9} {row['recall']:>10.4f} {row['ms_per_query']:>9.3f}")
     return 0
 
 
@@ -540,6 +569,23 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--item", required=True, nargs="+", help="item ids")
     _common(r)
     r.set_defaults(func=cmd_index_remove)
+
+    t = isub.add_parser("tune", help="set the approximate index's search knob (IVF nprobe, HNSW efSearch) for a "
+                                     "target recall, measured on the directory's own queries")
+    t.add_argument("--index", required=True, type=Path)
+    t.add_argument("--recall", type=float, default=0.99,
+                   help="recall@k to reach against the index's exhaustive search (default 0.99)")
+    t.add_argument("-k", type=_positive_int, default=10, help="the recall's cut-off (default 10)")
+    t.add_argument("--sample", type=_positive_int, default=2000,
+                   help="random items (and, trained, users) to measure on (default 2000)")
+    t.add_argument("--seed", type=int, default=0, help="seed of the sample (default 0)")
+    knob = t.add_mutually_exclusive_group()
+    knob.add_argument("--nprobe", type=_positive_int, help="set an IVF index's nprobe to this, without measuring")
+    knob.add_argument("--ef-search", type=_positive_int, help="set an HNSW index's efSearch to this, without measuring")
+    t.add_argument("--dry-run", action="store_true", help="measure (or check) only; leave the directory as it is")
+    t.add_argument("--json", action="store_true", help="print the report as JSON")
+    _common(t)
+    t.set_defaults(func=cmd_index_tune)
 
     s = sub.add_parser("similar", help="items similar to a catalog item")
     _query_opts(s)

@@ -38,7 +38,7 @@ from mmrec.errors import ConfigError, MMRecError, UnknownIdError
 from mmrec.explain import (DEFAULT_HISTORY, ItemExplanation, explain_history, explain_item, explain_recommendations,
                            explain_similar)
 from mmrec.foldin import DEFAULT_FOLD_IN_REG
-from mmrec.item_index import ItemIndex, MipsVectorizer, Result
+from mmrec.item_index import ItemIndex, MipsVectorizer, Result, check_rewrite
 from mmrec.typing import ItemId, UserId
 
 logger = logging.getLogger(__name__)
@@ -343,6 +343,89 @@ class Recommender:
         exclude = set(self.known_items(user_id)) if exclude_known else None
         results = self._serve(self.user_vectors[row : row + 1], k, exclude, diversity, candidates)
         return explain_recommendations(self, user_id, results, history) if explain else results
+
+    def tune_search(self, recall: float = 0.99, k: int = 10, *, sample: int = 2000, seed: int = 0,
+                    save: bool = True) -> dict[str, Any]:
+        """Set the index's search knob (IVF ``nprobe``, HNSW ``ef_search``) to the smallest
+        setting whose recall@k reaches ``recall`` for the queries this directory answers.
+
+        Measured with :meth:`index.FaissIndex.sweep_knob` on up to ``sample`` random items, as
+        :meth:`similar` queries them (the item itself excluded), and for a trained directory as
+        many random users, as :meth:`recommend` queries them (their known items excluded);
+        the recall is against the index's own exhaustive search. The setting chosen is the
+        larger of the two kinds' and, with ``save`` on an index opened from disk, written to
+        the directory in place (atomically), where ``mmrec serve`` picks it up.
+
+        Returns:
+            ``{"factory", "knob", "before", "value", "recall", "k", "saved", "sweeps": {"items":
+            [...], "users": [...]}}``, each sweep the rows of ``sweep_knob``.
+
+        Raises:
+            MMRecError: a Flat index (exact: nothing to tune), an empty index, ``recall`` outside
+                ``(0, 1]``, ``k`` or ``sample`` below 1; before any work, a directory that cannot
+                be rewritten in place (:func:`mmrec.item_index.check_rewrite`).
+        """
+        index = self.items.index
+        if index.knob is None:
+            raise MMRecError(f"this index is {index.factory}: exact search, nothing to tune (build with --factory "
+                             f"IVF{{n}},Flat or HNSW{{M}} for approximate search)")
+        if not 0.0 < recall <= 1.0:
+            raise MMRecError(f"recall must be in (0, 1], got {recall}")
+        if k < 1 or sample < 1:
+            raise MMRecError(f"k and sample must be at least 1, got k={k}, sample={sample}")
+        if not len(self.items):
+            raise MMRecError("the index is empty: nothing to tune")
+        if save and self.items.directory is not None:
+            check_rewrite(self.items.directory, self.items.manifest, "tune it")  # before the sweep, not after
+        rng = np.random.default_rng(seed)
+
+        def pick(n: int) -> np.ndarray:
+            return np.sort(rng.choice(n, min(sample, n), replace=False))
+
+        vectorizer = self.items.vectorizer
+        rows = pick(len(self.items))
+        ids = self.items.ids
+        kinds = {"items": (vectorizer.item_query(self.items.vectors[rows]), [{ids[r]} for r in rows])}
+        if self.trained and self.user_ids:
+            users = pick(len(self.user_ids))
+            kinds["users"] = (vectorizer.mips.queries(self.user_vectors[users]),
+                              [set(self._row_items(self.known, r)) for r in users])
+        sweeps = {}
+        for kind, (q, ex) in kinds.items():
+            logger.info("measuring %s's recall@%d on %d %s", index.knob, k, len(q), kind)
+            sweeps[kind] = index.sweep_knob(q, k, exclude=ex, target=recall)
+        before = getattr(index, index.knob)
+        value = max(sweep[-1]["value"] for sweep in sweeps.values())  # each sweep stops at its first hit
+        saved = self.set_search(value, save=save)
+        return {"factory": index.factory, "knob": index.knob, "before": before, "value": value, "recall": recall,
+                "k": k, "saved": saved, "sweeps": sweeps}
+
+    def set_search(self, value: int, *, save: bool = True) -> bool:
+        """Set the index's search knob (:attr:`index.FaissIndex.knob`: IVF ``nprobe``, HNSW
+        ``ef_search``) and, with ``save`` on an index opened from disk, write it to the directory
+        in place (atomically; a failed write leaves both the directory and this object as they
+        were). Returns whether it was written.
+
+        Raises:
+            MMRecError: a Flat index, a value out of the knob's range; a directory that cannot be
+                rewritten in place.
+        """
+        index = self.items.index
+        if index.knob is None:
+            raise MMRecError(f"this index is {index.factory}: exact search has no nprobe or ef_search to set")
+        before = getattr(index, index.knob)
+        try:
+            setattr(index, index.knob, value)
+        except ValueError as e:
+            raise MMRecError(str(e)) from e
+        if not (save and self.items.directory is not None):
+            return False
+        try:
+            self.items.save(self.items.directory)
+        except BaseException:
+            setattr(index, index.knob, before)
+            raise
+        return True
 
     def recommend_many(
         self, user_ids: Sequence[object], k: int = 10, *, exclude_known: bool = True, batch_size: int = 1024,

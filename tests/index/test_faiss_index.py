@@ -176,6 +176,51 @@ def test_knob_errors():
         FaissIndex(8, "HNSW32").ef_search = 0
 
 
+def test_sweep_knob_measures_each_nprobe_against_the_exact_oracle(saved, data):
+    base, queries, truth = data
+    ivf = fresh(saved, "IVF64,Flat")
+    ivf.nprobe = 8
+    rows = ivf.sweep_knob(queries, 10)
+    assert [r["value"] for r in rows] == [1, 2, 4, 8, 16, 32, 64] and ivf.nprobe == 8  # the knob is put back
+    for row in rows:  # IVF,Flat's exhaustive search is the exact ranking, so the oracle's recall is the same
+        ivf.nprobe = row["value"]
+        assert row["recall"] == recall_at_k(ivf.search(queries, 10)[0], truth, 10)
+        assert row["ms_per_query"] > 0
+    assert rows[0]["recall"] < 0.99 and rows[-1]["recall"] == 1.0
+    # A target stops at the first setting that reaches it.
+    short = ivf.sweep_knob(queries, 10, target=0.99)
+    assert [(r["value"], r["recall"]) for r in short] == [(r["value"], r["recall"]) for r in rows[:2]]
+    assert rows[0]["recall"] < 0.99 <= rows[1]["recall"]
+
+
+def test_sweep_knob_serves_exclusions_and_ends_hnsw_at_a_full_scan(saved, data):
+    base, queries, _ = data
+    hnsw = fresh(saved, "HNSW32")
+    own = [{int(np.argmax(base @ q))} for q in queries]  # each query's nearest item, hidden from it
+    rows = hnsw.sweep_knob(queries, 5, exclude=own)
+    assert [r["value"] for r in rows] == [16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, N]
+    assert rows[-1]["recall"] == 1.0 and hnsw.ef_search == 256
+    hnsw.ef_search = 16
+    found = hnsw.search(queries, 5, exclude=own)[0]
+    assert not any(o & set(f) for o, f in zip(own, found))
+    shown = exact_search(base, queries, 6)[0]  # the oracle less the hidden item
+    truth = [[i for i in row if i not in o][:5] for row, o in zip(shown.tolist(), own)]
+    assert rows[0]["recall"] == recall_at_k(found, truth, 5)
+
+
+def test_sweep_knob_errors(saved, data):
+    queries = data[1]
+    with pytest.raises(ValueError, match="Flat search is exact"):
+        fresh(saved, "Flat").sweep_knob(queries)
+    with pytest.raises(ValueError, match="empty"):
+        FaissIndex(DIM, "IVF64,Flat").sweep_knob(queries)
+    with pytest.raises(ValueError, match=r"target recall must be in \(0, 1\]"):
+        fresh(saved, "IVF64,Flat").sweep_knob(queries, target=1.5)
+    with pytest.raises(ValueError, match="no queries"):
+        fresh(saved, "IVF64,Flat").sweep_knob(queries[:0])
+    assert FaissIndex(DIM, "HNSW32").knob == "ef_search" and FaissIndex(DIM).knob is None
+
+
 # ----------------------------------------------------------------------------- add / remove / exclude
 @pytest.mark.parametrize("factory", FACTORIES)
 def test_add_remove_search(saved, data, factory):

@@ -1,0 +1,120 @@
+"""Recommender.tune_search / set_search and `mmrec index tune`: the search knob for a target recall."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from index import clustered_vectors, recall_at_k
+from index.persist import sha256_file
+from mmrec.cli import main
+from mmrec.config import TrainConfig
+from mmrec.errors import MMRecError
+from mmrec.item_index import ItemIndex
+from mmrec.pipeline import fit
+from mmrec.recommender import Recommender
+from tests.mmrec.conftest import write_planted
+
+FAST = dict(dim=16, layers=2, heads=2, lr=0.05, batch_size=64, epochs=4, patience=4, reg=1e-4, seed=0)
+
+
+def content_ivf(path: Path, n: int = 400) -> Path:
+    vecs = clustered_vectors(n, 8, n_clusters=20, seed=5)
+    ItemIndex.from_features([f"i{j}" for j in range(n)], {"text": vecs}, factory="IVF8,Flat",
+                            show_progress=False).save(path)
+    return path
+
+
+def test_a_trained_directory_is_tuned_on_its_users_and_items(tmp_path):
+    inter, feats = write_planted(tmp_path, users=48, items=40)
+    fit(inter, features={"content": feats}, out=tmp_path / "model", config=TrainConfig(**FAST), split="random",
+        factory="HNSW8", show_progress=False)
+    rec = Recommender.load(tmp_path / "model", show_progress=False)
+    calls = []
+    sweep = rec.items.index.sweep_knob
+
+    def recorded(queries, k, **kw):
+        calls.append((queries, kw["exclude"]))
+        return sweep(queries, k, **kw)
+
+    rec.items.index.sweep_knob = recorded
+    report = rec.tune_search(recall=1.0, k=5)
+    # The queries are those similar() and recommend() send: every item less itself, every user less
+    # its known items (the sample covers them all here).
+    (item_q, item_ex), (user_q, user_ex) = calls
+    ids = rec.items.ids
+    assert np.array_equal(item_q, rec.items.vectorizer.item_query(rec.items.vectors))
+    assert item_ex == [{i} for i in ids]
+    assert np.array_equal(user_q, rec.items.vectorizer.mips.queries(rec.user_vectors))
+    assert user_ex == [set(rec.known_items(u)) for u in rec.user_ids] and all(user_ex)
+    assert set(report["sweeps"]) == {"items", "users"} and report["knob"] == "ef_search" and report["saved"]
+    assert report["before"] == 256 and [r["value"] for r in report["sweeps"]["users"]][:1] == [16]
+    assert all(s[-1]["recall"] == 1.0 for s in report["sweeps"].values())  # each stops where it reaches the target
+    assert report["value"] == max(s[-1]["value"] for s in report["sweeps"].values())
+    again = Recommender.load(tmp_path / "model", show_progress=False)
+    assert again.items.index.ef_search == report["value"]
+    # The users' first row against an exact oracle: dot products, known items left out, as recommend serves.
+    rec.set_search(16, save=False)
+    items = rec.items.vectorizer.mips.original(rec.items.vectors).astype(np.float64)  # [N, D]
+    found, truth = [], []
+    for row, user in enumerate(rec.user_ids):
+        known = set(rec.known_items(user))
+        scores = items @ rec.user_vectors[row].astype(np.float64)
+        truth.append([ids[j] for j in np.argsort(-scores, kind="stable") if ids[j] not in known][:5])
+        found.append([r.item_id for r in rec.recommend(user, 5)])
+    assert report["sweeps"]["users"][0]["recall"] == pytest.approx(recall_at_k(found, truth, 5), abs=1e-12)
+
+
+def test_a_content_index_is_tuned_on_its_items_and_a_dry_run_writes_nothing(tmp_path):
+    d = content_ivf(tmp_path / "idx")
+    before = {p.name: sha256_file(p) for p in d.iterdir()}
+    rec = Recommender.load(d, show_progress=False)
+    report = rec.tune_search(recall=0.99, k=10, save=False)
+    assert list(report["sweeps"]) == ["items"] and not report["saved"] and report["before"] == 8  # 8 lists: all of them
+    assert [r["value"] for r in report["sweeps"]["items"]] == [1, 2, 4, 8][: len(report["sweeps"]["items"])]
+    assert rec.items.index.nprobe == report["value"] < 8  # set on the object,
+    assert {p.name: sha256_file(p) for p in d.iterdir()} == before  # not on disk
+    sample = rec.tune_search(recall=0.99, k=10, sample=50, seed=1, save=False)["sweeps"]["items"]
+    assert sample != report["sweeps"]["items"]  # another sample, other numbers
+    rec.tune_search(recall=0.99, k=10)
+    assert Recommender.load(d, show_progress=False).items.index.nprobe == report["value"]
+
+
+def test_what_cannot_be_tuned_is_refused_and_changes_nothing(tmp_path):
+    d = content_ivf(tmp_path / "idx")
+    rec = Recommender.load(d, show_progress=False)
+    with pytest.raises(MMRecError, match=r"nprobe must be an int in \[1, 8\]"):
+        rec.set_search(9)
+    assert rec.items.index.nprobe == 8
+    with pytest.raises(MMRecError, match=r"recall must be in \(0, 1\]"):
+        rec.tune_search(recall=0.0)
+    (d / "notes.txt").write_text("mine")  # a rewrite would delete it: refused before the sweep
+    with pytest.raises(MMRecError, match="files mmrec did not write"):
+        rec.tune_search()
+    with pytest.raises(MMRecError, match="files mmrec did not write"):
+        rec.set_search(4)
+    assert rec.items.index.nprobe == 8 and Recommender.load(d, show_progress=False).items.index.nprobe == 8
+    flat = ItemIndex.from_features(["a", "b"], {"text": np.eye(2, dtype=np.float32)}, factory="Flat", show_progress=False)
+    with pytest.raises(MMRecError, match="exact search"):
+        Recommender(flat).tune_search()
+    with pytest.raises(MMRecError, match="exact search"):
+        Recommender(flat).set_search(4)
+
+
+def test_cli_index_tune(tmp_path, capsys):
+    d = content_ivf(tmp_path / "idx")
+    assert main(["index", "tune", "--index", str(d), "--nprobe", "2", "-q"]) == 0
+    assert capsys.readouterr().out == f"IVF8,Flat: nprobe 8 -> 2; saved to {d}\n"
+    assert Recommender.load(d, show_progress=False).items.index.nprobe == 2
+    assert main(["index", "tune", "--index", str(d), "--recall", "1.0", "--json", "--dry-run", "-q"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["before"] == 2 and report["sweeps"]["items"][-1]["recall"] == 1.0 and not report["saved"]
+    assert Recommender.load(d, show_progress=False).items.index.nprobe == 2
+    assert main(["index", "tune", "--index", str(d), "--recall", "1.0", "-q"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"IVF8,Flat: nprobe 2 -> {report['value']}; recall@10 >= 1.0 for items; saved to {d}"
+    assert out[1].split() == ["queries", "nprobe", "recall@10", "ms/query"] and len(out) == 2 + len(report["sweeps"]["items"])
+    assert main(["index", "tune", "--index", str(d), "--ef-search", "64", "-q"]) == 1
+    assert "is IVF8,Flat: its knob is --nprobe, not --ef-search" in capsys.readouterr().err
