@@ -42,7 +42,6 @@ import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
-from index.oracle import recall_at_k
 from index.persist import IndexFormatError, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -454,8 +453,11 @@ class FaissIndex:
         """Recall@k of :meth:`search` at each setting of :attr:`knob`, against this index's own
         exhaustive search (every IVF list; for HNSW a scan of every stored vector).
 
-        The reference is what the index can return at best: the exact cosine ranking for
-        ``IVF{n},Flat`` and ``HNSW{M}``, the ranking of the quantised codes for SQ8 / PQ. Settings
+        Recall counts a returned item when its score reaches the reference's k-th best (less
+        1e-6), so items tied at the cut (equal vectors) count whichever of them came back; queries
+        whose exclusions leave no item are left out. The reference is what the index can return
+        at best: the exact cosine ranking for ``IVF{n},Flat`` and ``HNSW{M}``, the ranking of the
+        quantised codes for SQ8 / PQ. Settings
         tried: IVF ``nprobe`` 1, 2, 4, ... up to ``nlist``; HNSW ``ef_search`` 16, 32, 64, ...
         up to the number of stored vectors (where search becomes the exhaustive scan). The knob is
         left as it was.
@@ -472,8 +474,8 @@ class FaissIndex:
             "ms_per_query": t}`` (``t`` the wall time of one batched :meth:`search`).
 
         Raises:
-            ValueError: a Flat index (no knob), an empty index or query set, ``k < 1``, a
-                ``target`` outside ``(0, 1]``.
+            ValueError: a Flat index (no knob), an empty index or query set, queries that all
+                exclude every item, ``k < 1``, a ``target`` outside ``(0, 1]``.
         """
         name = self.knob
         if name is None:
@@ -492,13 +494,20 @@ class FaissIndex:
         rows: list[dict[str, float]] = []
         try:
             setattr(self, name, top)
-            truth, _ = self.search(q, k, exclude=exclude)
+            _, truth = self.search(q, k, exclude=exclude)
+            measured = [b for b, t in enumerate(truth) if len(t)]  # a query whose exclusions cover every item has no top-k
+            if not measured:
+                raise ValueError("every query excludes every item of the index: there is no top-k to measure")
+            if len(measured) < len(q):
+                q = q[measured]
+                exclude = None if exclude is None else [exclude[b] for b in measured]
+                truth = [truth[b] for b in measured]
             for value in values:
                 setattr(self, name, value)
                 start = time.perf_counter()
-                found, _ = self.search(q, k, exclude=exclude)
+                _, found = self.search(q, k, exclude=exclude)
                 ms = 1000.0 * (time.perf_counter() - start) / len(q)
-                rows.append({"value": value, "recall": recall_at_k(found, truth, k), "ms_per_query": ms})
+                rows.append({"value": value, "recall": _score_recall(found, truth), "ms_per_query": ms})
                 if target is not None and rows[-1]["recall"] >= target:
                     break
         finally:
@@ -764,6 +773,23 @@ class FaissIndex:
             index._ef_search = int(field("ef_search"))
         index._push_knobs()
         return index
+
+
+# Scores within this of the reference's k-th best count as reaching it: the same cosine computed by
+# two code paths (an HNSW walk, a scan of its storage) can differ in the last float32 bits.
+_SCORE_TOLERANCE = 1e-6
+
+
+def _score_recall(found: list[np.ndarray], truth: list[np.ndarray]) -> float:
+    """Mean fraction of each query's reference top-k that ``found`` matches, by score: a found
+    item counts when its score reaches the reference's k-th best, so items tied at the cut (equal
+    vectors) count whichever of them came back. Rows are the score arrays of :meth:`FaissIndex.search`
+    (distinct items, best first); every ``truth`` row is non-empty."""
+    total = 0.0
+    for got, want in zip(found, truth):
+        cut = float(want[-1]) - _SCORE_TOLERANCE
+        total += min(int((got >= cut).sum()), len(want)) / len(want)
+    return total / len(truth)
 
 
 def _check_new_ids(existing: Collection[ItemId], ids: Sequence[ItemId], n: int | None) -> list[ItemId]:

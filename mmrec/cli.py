@@ -228,8 +228,12 @@ def cmd_index_tune(args: argparse.Namespace) -> int:
     rec = _open_recommender(args)
     index = rec.items.index
     given = [(name, v) for name, v in (("nprobe", args.nprobe), ("ef_search", args.ef_search)) if v is not None]
+    measuring = [f"--{o}" if len(o) > 1 else f"-{o}" for o in ("recall", "k", "sample", "seed") if getattr(args, o) is not None]
     if given:  # argparse allows at most one of them
         name, value = given[0]
+        if measuring:
+            raise ConfigError(f"--{name.replace('_', '-')} sets the knob without measuring: {', '.join(measuring)} "
+                              f"would be unused (give one or the other)")
         if index.knob != name:
             has = f"its knob is --{index.knob.replace('_', '-')}" if index.knob else "exact search has no knob"
             raise ConfigError(f"{args.index} is {index.factory}: {has}, not --{name.replace('_', '-')}")
@@ -237,7 +241,10 @@ def cmd_index_tune(args: argparse.Namespace) -> int:
         saved = rec.set_search(value, save=not args.dry_run)
         report = {"factory": index.factory, "knob": name, "before": before, "value": value, "saved": saved}
     else:
-        report = rec.tune_search(args.recall, args.k, sample=args.sample, seed=args.seed, save=not args.dry_run)
+        defaults = {"recall": 0.99, "k": 10, "sample": 2000, "seed": 0}  # as the options' help says
+        opts = {o: d if getattr(args, o) is None else getattr(args, o) for o, d in defaults.items()}
+        report = rec.tune_search(opts["recall"], opts["k"], sample=opts["sample"], seed=opts["seed"],
+                                 save=not args.dry_run)
     if args.json:
         print(json.dumps(report))
         return 0
@@ -573,12 +580,12 @@ def build_parser() -> argparse.ArgumentParser:
     t = isub.add_parser("tune", help="set the approximate index's search knob (IVF nprobe, HNSW efSearch) for a "
                                      "target recall, measured on the directory's own queries")
     t.add_argument("--index", required=True, type=Path)
-    t.add_argument("--recall", type=float, default=0.99,
+    t.add_argument("--recall", type=float, default=None,
                    help="recall@k to reach against the index's exhaustive search (default 0.99)")
-    t.add_argument("-k", type=_positive_int, default=10, help="the recall's cut-off (default 10)")
-    t.add_argument("--sample", type=_positive_int, default=2000,
+    t.add_argument("-k", type=_positive_int, default=None, help="the recall's cut-off (default 10)")
+    t.add_argument("--sample", type=_positive_int, default=None,
                    help="random items (and, trained, users) to measure on (default 2000)")
-    t.add_argument("--seed", type=int, default=0, help="seed of the sample (default 0)")
+    t.add_argument("--seed", type=int, default=None, help="seed of the sample (default 0)")
     knob = t.add_mutually_exclusive_group()
     knob.add_argument("--nprobe", type=_positive_int, help="set an IVF index's nprobe to this, without measuring")
     knob.add_argument("--ef-search", type=_positive_int, help="set an HNSW index's efSearch to this, without measuring")

@@ -866,12 +866,17 @@ class ItemIndex:
             for start in range(0, len(ids), batch_size):
                 batch, brows = ids[start : start + batch_size], rows[start : start + batch_size]
                 if by == "index":
-                    queries = self.vectorizer.item_query(self.vectors[brows])  # [B, D + 1]
-                    out += self.search_vectors(queries, k, exclude=[{i} for i in batch])
+                    queries, exclude = self.similar_queries(brows)  # [B, D + 1], the items themselves
+                    out += self.search_vectors(queries, k, exclude=exclude)
                 else:
                     out += self._cosine_top_many(unit, unit[brows], k, skip=brows)
                 bar.update(len(batch))
         return out
+
+    def similar_queries(self, rows: np.ndarray) -> tuple[np.ndarray, list[set[ItemId]]]:
+        """What :meth:`similar` sends the index for the items at these rows: their queries
+        ``[B, D + 1]`` and, per query, the ids it excludes (the item itself)."""
+        return self.vectorizer.item_query(self.vectors[rows]), [{self.items[r][ID_FIELD]} for r in rows]
 
     def _unit_vectors(self) -> np.ndarray:
         """The item vectors before the MIPS coordinate, at unit norm, ``[N, D]``: computed once per

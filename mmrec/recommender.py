@@ -382,14 +382,9 @@ class Recommender:
         def pick(n: int) -> np.ndarray:
             return np.sort(rng.choice(n, min(sample, n), replace=False))
 
-        vectorizer = self.items.vectorizer
-        rows = pick(len(self.items))
-        ids = self.items.ids
-        kinds = {"items": (vectorizer.item_query(self.items.vectors[rows]), [{ids[r]} for r in rows])}
+        kinds = {"items": self.items.similar_queries(pick(len(self.items)))}
         if self.trained and self.user_ids:
-            users = pick(len(self.user_ids))
-            kinds["users"] = (vectorizer.mips.queries(self.user_vectors[users]),
-                              [set(self._row_items(self.known, r)) for r in users])
+            kinds["users"] = self._user_queries(pick(len(self.user_ids)))
         sweeps = {}
         for kind, (q, ex) in kinds.items():
             logger.info("measuring %s's recall@%d on %d %s", index.knob, k, len(q), kind)
@@ -452,14 +447,19 @@ class Recommender:
             raise MMRecError(f"k and batch_size must be at least 1, got k={k}, batch_size={batch_size}")
         rows = [self.user_index(u) for u in user_ids]
         out: list[list[Result]] = []
-        queries = self.items.vectorizer.mips.queries
         with tqdm(total=len(rows), desc="recommending", unit="user", disable=not show_progress) as bar:
             for start in range(0, len(rows), batch_size):
                 batch = rows[start : start + batch_size]
-                exclude = [set(self._row_items(self.known, r)) for r in batch] if exclude_known else None
-                out += self.items.search_vectors(queries(self.user_vectors[batch]), k, exclude=exclude)  # [B] lists
+                queries, exclude = self._user_queries(batch, exclude_known)
+                out += self.items.search_vectors(queries, k, exclude=exclude)  # [B] lists
                 bar.update(len(batch))
         return out
+
+    def _user_queries(self, rows: Sequence[int], exclude_known: bool = True) -> tuple[np.ndarray, list[set] | None]:
+        """What :meth:`recommend_many` sends the index for the users at these rows: their queries
+        ``[B, D + 1]`` and, per query, the ids it excludes (the user's known items)."""
+        exclude = [set(self._row_items(self.known, r)) for r in rows] if exclude_known else None
+        return self.items.vectorizer.mips.queries(self.user_vectors[rows]), exclude
 
     def recommend_history(
         self, items: Sequence[object] | ItemId = (), k: int = 10, *, user: object = None, method: str = "auto",

@@ -8,7 +8,8 @@ on its own sample of 2000 items and 2000 users, seed 0, and not saved):
 
 * recall@10 against the exact ranking of the same vectors (``bench_serve``'s brute-force
   oracles): ``recommend`` for ``--users-checked`` users and ``similar_many`` for
-  ``--items-checked`` items, both drawn with seed 1, apart from the tuning's sample;
+  ``--items-checked`` items, both drawn with seed 1, independently of the tuning's sample (they
+  may share some queries with it);
 * p50 / p99 / mean milliseconds of one ``recommend`` and one ``similar`` call (``--requests``
   calls each after a first, one at a time).
 
@@ -65,7 +66,7 @@ def run(directory: Path, targets: list[float], users_checked: int, items_checked
     if index.knob is None:
         raise SystemExit(f"{directory} has a {index.factory} index: exact search, nothing to tune "
                          f"(use more than 100k items or --factory IVF...,Flat / HNSW...)")
-    rng = np.random.default_rng(1)  # apart from tune_search's own sample (seed 0)
+    rng = np.random.default_rng(1)  # drawn independently of tune_search's own sample (seed 0)
     users = [rec.user_ids[i] for i in rng.choice(len(rec.user_ids), min(users_checked, len(rec.user_ids)), replace=False)]
     ids = rec.items.ids
     items = [ids[i] for i in rng.choice(len(ids), min(items_checked, len(ids)), replace=False)]
@@ -88,7 +89,7 @@ def run(directory: Path, targets: list[float], users_checked: int, items_checked
 def markdown(results: dict[str, Any]) -> str:
     lines = ["# Search-knob tuning (`scripts/bench_tune.py`)", "",
              "Recall@10 against the exact ranking of the same vectors (brute force; known items / the item itself "
-             "excluded) on queries apart from the tuning's sample, and one call's latency, at the index's default "
+             "excluded) on queries drawn independently of the tuning's sample (seed 1 against 0), and one call's latency, at the index's default "
              "setting and at the setting `mmrec index tune --recall R` picks; all in one run.", ""]
     for name, d in results["directories"].items():
         b, m = d["built"], d["machine"]

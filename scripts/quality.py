@@ -197,15 +197,24 @@ def hits_by_degree(topk: np.ndarray, truth: sp.csr_matrix, degree: np.ndarray,
             for b, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:]))}
 
 
-def test_report(score: Callable[[np.ndarray], torch.Tensor], inter: Interactions) -> dict[str, Any]:
-    """A scorer's test metrics with either mask, and (mask="train") its top-20 hits by item degree."""
+def report_test_split(score: Callable[[np.ndarray], torch.Tensor], inter: Interactions) -> dict[str, Any]:
+    """A scorer's test metrics with either mask, and (mask="train") its top-20 hits by item degree.
+
+    Raises:
+        RuntimeError: the hits counted by degree are not those of the headline metrics (the two
+            rank separately: ``evaluate`` does not return its lists).
+    """
     truth = inter.user_items("test")
     users = np.flatnonzero(np.diff(truth.indptr))
-    top20 = rank_topk(score, users, 20, inter.user_items("train"))
+    top20 = rank_topk(score, users, 20, inter.user_items("train"))  # mask="train", as the headline
+    by_degree = hits_by_degree(top20, truth[users], inter.item_popularity("train"))
+    test = evaluate(score, inter, split="test", mask="train")
+    if sum(c["hits"] for c in by_degree.values()) != round(test["precision@20"] * 20 * test["num_users"]):
+        raise RuntimeError("the hits by item degree disagree with evaluate()'s precision@20: the two rankings differ")
     return {
-        "test": pick_metrics(evaluate(score, inter, split="test", mask="train")),
+        "test": pick_metrics(test),
         "test_mask_all": pick_metrics(evaluate(score, inter, split="test", mask="all")),
-        "test_hits_by_degree": hits_by_degree(top20, truth[users], inter.item_popularity("train")),
+        "test_hits_by_degree": by_degree,
     }
 
 
@@ -225,7 +234,7 @@ def train_one(content: Content, inter: Interactions, cfg: TrainConfig) -> dict[s
         "seconds_per_epoch": round(result.seconds_per_epoch, 3),
         "wall_seconds": round(time.perf_counter() - start, 1),
         "valid": pick_metrics(result.best_valid),
-        **test_report(score, inter),
+        **report_test_split(score, inter),
         "valid_curve": [round(h["valid_recall@20"], 5) for h in result.history if "valid_recall@20" in h],
     }
 
@@ -291,7 +300,7 @@ def content_index(content: Content, inter: Interactions) -> dict[str, Any]:
     out = {
         "modalities": names,
         "valid": pick_metrics(evaluate(score, inter, split="valid", mask="train")),
-        **test_report(score, inter),
+        **report_test_split(score, inter),
     }
     out["wall_seconds"] = round(time.perf_counter() - start, 1)
     return out

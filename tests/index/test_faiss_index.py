@@ -208,6 +208,21 @@ def test_sweep_knob_serves_exclusions_and_ends_hnsw_at_a_full_scan(saved, data):
     assert rows[0]["recall"] == recall_at_k(found, truth, 5)
 
 
+def test_sweep_knob_counts_items_tied_at_the_cut_and_skips_queries_with_nothing_left():
+    x = clustered_vectors(3000, DIM, n_clusters=30, seed=4)
+    x[:40] = x[0]  # 40 equal vectors: any 10 of them are a right answer for a query at that vector
+    for factory in ("HNSW16", "IVF32,Flat"):
+        index = FaissIndex.build(x, list(range(3000)), factory, seed=0)
+        rows = index.sweep_knob(x[:5], 10)
+        assert rows[0]["recall"] == 1.0, factory  # not 0: the walk's ties are as good as the scan's
+    small = FaissIndex.build(x[:3], ["a", "b", "c"], "HNSW16")
+    # The first query excludes everything: measured on the second alone, which finds its 1 item.
+    rows = small.sweep_knob(x[:2], 2, exclude=[{"a", "b", "c"}, {"a", "b"}])
+    assert [(r["value"], r["recall"]) for r in rows] == [(3, 1.0)]
+    with pytest.raises(ValueError, match="every query excludes every item"):
+        small.sweep_knob(x[:1], 2, exclude=[{"a", "b", "c"}])
+
+
 def test_sweep_knob_errors(saved, data):
     queries = data[1]
     with pytest.raises(ValueError, match="Flat search is exact"):

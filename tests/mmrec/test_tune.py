@@ -28,9 +28,9 @@ def content_ivf(path: Path, n: int = 400) -> Path:
 
 
 def test_a_trained_directory_is_tuned_on_its_users_and_items(tmp_path):
-    inter, feats = write_planted(tmp_path, users=48, items=40)
+    inter, feats = write_planted(tmp_path, users=96, items=400, per_user=12)
     fit(inter, features={"content": feats}, out=tmp_path / "model", config=TrainConfig(**FAST), split="random",
-        factory="HNSW8", show_progress=False)
+        factory="IVF8,Flat", show_progress=False)
     rec = Recommender.load(tmp_path / "model", show_progress=False)
     calls = []
     sweep = rec.items.index.sweep_knob
@@ -44,27 +44,26 @@ def test_a_trained_directory_is_tuned_on_its_users_and_items(tmp_path):
     # The queries are those similar() and recommend() send: every item less itself, every user less
     # its known items (the sample covers them all here).
     (item_q, item_ex), (user_q, user_ex) = calls
-    ids = rec.items.ids
     assert np.array_equal(item_q, rec.items.vectorizer.item_query(rec.items.vectors))
-    assert item_ex == [{i} for i in ids]
+    assert item_ex == [{i} for i in rec.items.ids]
     assert np.array_equal(user_q, rec.items.vectorizer.mips.queries(rec.user_vectors))
     assert user_ex == [set(rec.known_items(u)) for u in rec.user_ids] and all(user_ex)
-    assert set(report["sweeps"]) == {"items", "users"} and report["knob"] == "ef_search" and report["saved"]
-    assert report["before"] == 256 and [r["value"] for r in report["sweeps"]["users"]][:1] == [16]
-    assert all(s[-1]["recall"] == 1.0 for s in report["sweeps"].values())  # each stops where it reaches the target
-    assert report["value"] == max(s[-1]["value"] for s in report["sweeps"].values())
-    again = Recommender.load(tmp_path / "model", show_progress=False)
-    assert again.items.index.ef_search == report["value"]
+    assert report["knob"] == "nprobe" and report["before"] == 8 and report["saved"]
+    users = report["sweeps"]["users"]
+    assert users[0]["value"] == 1 and users[0]["recall"] < 1.0 and users[-1]["recall"] == 1.0
+    assert report["value"] == max(s[-1]["value"] for s in report["sweeps"].values()) < 8
+    assert Recommender.load(tmp_path / "model", show_progress=False).items.index.nprobe == report["value"]
     # The users' first row against an exact oracle: dot products, known items left out, as recommend serves.
-    rec.set_search(16, save=False)
+    rec.set_search(1, save=False)
     items = rec.items.vectorizer.mips.original(rec.items.vectors).astype(np.float64)  # [N, D]
+    ids = rec.items.ids
     found, truth = [], []
     for row, user in enumerate(rec.user_ids):
         known = set(rec.known_items(user))
         scores = items @ rec.user_vectors[row].astype(np.float64)
         truth.append([ids[j] for j in np.argsort(-scores, kind="stable") if ids[j] not in known][:5])
         found.append([r.item_id for r in rec.recommend(user, 5)])
-    assert report["sweeps"]["users"][0]["recall"] == pytest.approx(recall_at_k(found, truth, 5), abs=1e-12)
+    assert users[0]["recall"] == pytest.approx(recall_at_k(found, truth, 5), abs=1e-12)
 
 
 def test_a_content_index_is_tuned_on_its_items_and_a_dry_run_writes_nothing(tmp_path):
@@ -76,8 +75,12 @@ def test_a_content_index_is_tuned_on_its_items_and_a_dry_run_writes_nothing(tmp_
     assert [r["value"] for r in report["sweeps"]["items"]] == [1, 2, 4, 8][: len(report["sweeps"]["items"])]
     assert rec.items.index.nprobe == report["value"] < 8  # set on the object,
     assert {p.name: sha256_file(p) for p in d.iterdir()} == before  # not on disk
-    sample = rec.tune_search(recall=0.99, k=10, sample=50, seed=1, save=False)["sweeps"]["items"]
-    assert sample != report["sweeps"]["items"]  # another sample, other numbers
+    def recalls(r):
+        return [(row["value"], row["recall"]) for row in r["sweeps"]["items"]]
+
+    rec.set_search(8, save=False)
+    assert recalls(rec.tune_search(recall=0.99, k=10, save=False)) == recalls(report)  # seeded: the same sample
+    assert recalls(rec.tune_search(recall=0.99, k=10, sample=50, seed=1, save=False)) != recalls(report)
     rec.tune_search(recall=0.99, k=10)
     assert Recommender.load(d, show_progress=False).items.index.nprobe == report["value"]
 
@@ -118,3 +121,6 @@ def test_cli_index_tune(tmp_path, capsys):
     assert out[1].split() == ["queries", "nprobe", "recall@10", "ms/query"] and len(out) == 2 + len(report["sweeps"]["items"])
     assert main(["index", "tune", "--index", str(d), "--ef-search", "64", "-q"]) == 1
     assert "is IVF8,Flat: its knob is --nprobe, not --ef-search" in capsys.readouterr().err
+    assert main(["index", "tune", "--index", str(d), "--nprobe", "4", "--recall", "0.9", "-q"]) == 1
+    assert "--nprobe sets the knob without measuring: --recall would be unused" in capsys.readouterr().err
+    assert Recommender.load(d, show_progress=False).items.index.nprobe == report["value"]

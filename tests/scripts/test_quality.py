@@ -170,3 +170,29 @@ def test_hits_table_lists_each_model_by_band() -> None:
     assert lines[3:] == ["| model | [0,20) (942 rows) | [20,inf) (10 rows) |", "|---|---:|---:|",
                          "| fused | 4.0 ± 1.2 | 3.0 |"]
     assert quality.hits_table({"id-only": {"test": {}}}) == []
+
+
+def test_the_test_split_report_counts_the_headline_rankings_hits(tmp_path, monkeypatch):
+    import numpy as np
+    import pytest
+    import torch
+
+    from mmrec.pipeline import interactions_for, load_content
+    from tests.mmrec.conftest import write_planted
+
+    inter_path, feats = write_planted(tmp_path, users=24, items=30)
+    content = load_content(None, {"x": feats}, show_progress=False)
+    inter = interactions_for(content, inter_path, split="random", seed=0)
+    scores = torch.from_numpy(np.random.default_rng(0).random((inter.num_users, inter.num_items)).astype(np.float32))
+
+    def score(u):
+        return scores[torch.as_tensor(u)]
+
+    got = quality.report_test_split(score, inter)
+    test = inter.user_items("test")
+    assert sum(c["rows"] for c in got["test_hits_by_degree"].values()) == test.nnz
+    assert set(got) == {"test", "test_mask_all", "test_hits_by_degree"}
+    # Lists ranked some other way than the headline's are caught, not stored.
+    monkeypatch.setattr(quality, "rank_topk", lambda s, users, k, exclude: np.full((len(users), k), -1))
+    with pytest.raises(RuntimeError, match="disagree"):
+        quality.report_test_split(score, inter)
