@@ -324,7 +324,7 @@ def markdown(results: dict[str, Any]) -> str:
              "over the calls after it. `HTTP GET` rows: the same requests to `mmrec serve`'s server, run in a "
              "thread of the same process, from one keep-alive connection (client, JSON and HTTP included).", ""]
     for name, d in results["directories"].items():
-        b, m = d["built"], d["machine"]
+        b = d["built"]
         lines += [f"## {name}: {d['items']:,} items, {d['users']:,} users, {b['model']}, index `{d['factory']}`", "",
                   f"Loaded in {d['load_ms']:.0f} ms. `recommend` recall@10 against the exact ranking of the same "
                   f"vectors: {d['recall@10_vs_exact']:.4f}"
@@ -351,10 +351,23 @@ def markdown(results: dict[str, Any]) -> str:
                       "| command | median s | runs s |", "|---|---:|---|"]
             for cmd, r in d["cli"].items():
                 lines.append(f"| {cmd} | {r['median_s']:.2f} | {', '.join(f'{s:.2f}' for s in r['runs_s'])} |")
-        lines += ["", f"Machine: {m['cpu']}, {m['cores']} cores (shared; load average {m['load_average']} at start), "
-                  f"torch {m['torch']}, Python {m['python']}; torch and FAISS with {d['threads']} thread(s). "
-                  f"Built in {b['build_seconds']:.0f} s ({b['epochs']} epoch(s)). Command: `{d['command']}`", ""]
+        lines += ["", machine_note(d), ""]
     return "\n".join(lines)
+
+
+def machine_note(d: dict[str, Any]) -> str:
+    """The markdown line under a directory's tables: machine, threads, build time, command."""
+    m, b = d["machine"], d["built"]
+    return (f"Machine: {m['cpu']}, {m['cores']} cores (shared; load average {m['load_average']} at start), "
+            f"torch {m['torch']}, Python {m['python']}; torch and FAISS with {d['threads']} thread(s). "
+            f"Built in {b['build_seconds']:.0f} s ({b['epochs']} epoch(s)). Command: `{d['command']}`")
+
+
+def add_synthetic_options(p: argparse.ArgumentParser) -> None:
+    """The synthetic directory's size options (:func:`write_synthetic`)."""
+    p.add_argument("--items", type=int, default=200_000, help="synthetic catalog size (default 200,000)")
+    p.add_argument("--users", type=int, default=20_000, help="synthetic users (default 20,000)")
+    p.add_argument("--per-user", type=int, default=50, help="synthetic interactions per user (default 50)")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -362,9 +375,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", default="../shared/data", help="folder holding the datasets (default ../shared/data)")
     p.add_argument("--directories", nargs="+", default=list(DIRECTORIES), choices=DIRECTORIES)
     p.add_argument("--epochs", type=int, default=20, help="ml100k-plus training epochs at most (default 20)")
-    p.add_argument("--items", type=int, default=200_000, help="synthetic catalog size (default 200,000)")
-    p.add_argument("--users", type=int, default=20_000, help="synthetic users (default 20,000)")
-    p.add_argument("--per-user", type=int, default=50, help="synthetic interactions per user (default 50)")
+    add_synthetic_options(p)
     p.add_argument("--requests", type=int, default=300, help="timed calls per kind of request (default 300)")
     p.add_argument("--cli-repeats", type=int, default=3, help="rounds of CLI calls, 0 for none (default 3)")
     p.add_argument("--batch-items", type=int, default=20_000,

@@ -36,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mmrec.config import TrainConfig  # noqa: E402
 from mmrec.pipeline import fit  # noqa: E402
 from mmrec.recommender import Recommender  # noqa: E402
-from bench_serve import K, exact_recall, exact_similar_recall, time_calls, write_synthetic  # noqa: E402
+from bench_serve import (K, add_synthetic_options, exact_recall, exact_similar_recall, machine_note,  # noqa: E402
+                         time_calls, write_synthetic)
 from machine import add_run_options, begin_run, update_results  # noqa: E402
 
 
@@ -92,7 +93,7 @@ def markdown(results: dict[str, Any]) -> str:
              "excluded) on queries drawn independently of the tuning's sample (seed 1 against 0), and one call's latency, at the index's default "
              "setting and at the setting `mmrec index tune --recall R` picks; all in one run.", ""]
     for name, d in results["directories"].items():
-        b, m = d["built"], d["machine"]
+        b = d["built"]
         lines += [f"## {name}: {d['items']:,} items, {d['users']:,} users, {b['model']}, index `{d['factory']}`", "",
                   f"Checked on {d['users_checked']:,} users and {d['items_checked']:,} items.", "",
                   f"| setting | {d['knob']} | recommend recall@10 | similar recall@10 | recommend p50 / p99 ms | "
@@ -102,17 +103,13 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {s['setting']} | {s['value']} | {s['recommend_recall@10_vs_exact']:.4f} | "
                          f"{s['similar_recall@10_vs_exact']:.4f} | {r['p50_ms']:.3f} / {r['p99_ms']:.3f} | "
                          f"{q['p50_ms']:.3f} / {q['p99_ms']:.3f} | {s.get('tune_seconds', '-')} |")
-        lines += ["", f"Machine: {m['cpu']}, {m['cores']} cores (shared; load average {m['load_average']} at start), "
-                  f"torch {m['torch']}, Python {m['python']}; torch and FAISS with {d['threads']} thread(s). "
-                  f"Built in {b['build_seconds']:.0f} s. Command: `{d['command']}`", ""]
+        lines += ["", machine_note(d), ""]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--items", type=int, default=200_000, help="synthetic catalog size (default 200,000)")
-    p.add_argument("--users", type=int, default=20_000, help="synthetic users (default 20,000)")
-    p.add_argument("--per-user", type=int, default=50, help="synthetic interactions per user (default 50)")
+    add_synthetic_options(p)
     p.add_argument("--factory", default="auto", help="FAISS factory of the directory (default auto)")
     p.add_argument("--recall", type=float, nargs="+", default=[0.95, 0.99, 0.999], help="targets to tune for")
     p.add_argument("--users-checked", type=int, default=500, help="users whose recall is checked (default 500)")
