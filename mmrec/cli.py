@@ -409,6 +409,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
                           "--explain-items and --diversity take one --user")
     from mmrec.explain import DEFAULT_HISTORY
 
+    if args.explain_items is not None and not args.explain:
+        raise ConfigError("--explain-items sets how many history items --explain names: give --explain too")
     explain_items = DEFAULT_HISTORY if args.explain_items is None else args.explain_items
     if args.method != "auto" and args.history is None:
         raise ConfigError("--method applies to --history only (a known user has a trained vector)")
@@ -531,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     idx = sub.add_parser("index", help="build or change an item index")
     isub = idx.add_subparsers(dest="index_command", required=True)
     b = isub.add_parser("build", help="encode a catalog and build its FAISS index")
-    b.add_argument("--catalog", required=True, type=Path, help="items file: .csv .tsv .jsonl .parquet with item_id")
+    b.add_argument("--catalog", required=True, type=Path, help="items file: .csv .tsv .json .jsonl .parquet with item_id")
     b.add_argument("--out", required=True, type=Path, help="index directory to create")
     b.add_argument("--text-fields", type=_csv_list, help="comma-separated text columns (default: every string column)")
     b.add_argument("--image-field", help="column of image paths (default: 'image' if present)")

@@ -17,14 +17,18 @@ from mmrec.errors import ConfigError
 T = TypeVar("T")
 
 
-def _f(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+def _f(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    """A field with its ``--help`` text and, for a closed set of values, the choices the CLI offers."""
+    return field(default=default, metadata={"help": help} | ({"choices": choices} if choices else {}))
 
 
 # The values fusion.FusedGraphModel accepts, repeated here so that `mmrec --help` and config
 # checks need no torch import; tests/mmrec/test_train.py checks that the two stay equal.
 ID_MODES = ("token", "residual")
 ID_INITS = ("normal", "xavier")
+LOSSES = ("bpr", "softmax")
+REG_FORMS = ("squared", "norm")
+EVAL_MASKS = ("all", "train")  # mmrec.metrics.MASKS (which imports torch); tests/mmrec/test_train.py keeps them equal
 
 
 @dataclass(frozen=True)
@@ -36,17 +40,17 @@ class TrainConfig:
     heads: int = _f(4, "attention heads of the modality fusion (must divide dim)")
     use_id: bool = _f(True, "give every item a learned ID token (off: content only)")
     use_content: bool = _f(True, "use the content modalities (off: plain ID-only LightGCN)")
-    id_mode: str = _f("residual", "how the ID joins content: residual (added to the fused content) or token (one attention token)")
+    id_mode: str = _f("residual", "how the ID joins content: residual (added to the fused content) or token (one attention token)", ID_MODES)
     content_gain: float = _f(0.01, "initial scale (Xavier gain) of the content projections: content starts near zero and grows where it helps")
     item_graph_k: int = _f(0, "add each item's k nearest content neighbours' layer-0 vectors (FREEDOM-style item-item graph); 0: off")
     edge_dropout: float = _f(0.0, "fraction of training edges dropped anew each epoch, low-degree edges kept preferentially (FREEDOM's degree-sensitive pruning); 0: off")
-    loss: str = _f("bpr", "ranking loss: bpr or softmax (sampled softmax)")
+    loss: str = _f("bpr", "ranking loss: bpr or softmax (sampled softmax)", LOSSES)
     negatives: int = _f(1, "negatives sampled per positive (known positives excluded)")
     temperature: float = _f(0.1, "sampled-softmax temperature")
     lr: float = _f(1e-3, "Adam learning rate")
     reg: float = _f(1e-4, "L2 weight on the batch's layer-0 embeddings (LightGCN convention)")
-    reg_form: str = _f("squared", "regulariser: squared (sum ||e||^2 / 2B, LightGCN's code) or norm (sum ||E||_F / B, MMRec's and RecBole's EmbLoss)")
-    id_init: str = _f("normal", "ID embedding initialisation: normal (N(0, 0.1^2), LightGCN's code) or xavier (MMRec, RecBole)")
+    reg_form: str = _f("squared", "regulariser: squared (sum ||e||^2 / 2B, LightGCN's code) or norm (sum ||E||_F / B, MMRec's and RecBole's EmbLoss)", REG_FORMS)
+    id_init: str = _f("normal", "ID embedding initialisation: normal (N(0, 0.1^2), LightGCN's code) or xavier (MMRec, RecBole)", ID_INITS)
     batch_size: int = _f(2048, "training pairs per step")
     epochs: int = _f(100, "maximum epochs")
     ema: float = _f(0.0, "decay per step of an exponential moving average of the weights, which validation, early stopping and the saved model use (e.g. 0.99); 0: off")
@@ -62,21 +66,21 @@ class TrainConfig:
     projection_hidden: int = _f(0, "hidden width of a 2-layer projection MLP (0: linear)")
     finetune: str = _f("frozen", "encoder mode: frozen, top:N (last N blocks trainable) or full")
     encoder_lr_scale: float = _f(0.1, "encoder learning rate as a fraction of lr when fine-tuning")
-    mask: str = _f("all", "evaluation mask: all (every non-evaluated interaction) or train (MMRec)")
+    mask: str = _f("all", "evaluation mask: all (every non-evaluated interaction) or train (MMRec)", EVAL_MASKS)
     eval_batch_size: int = _f(1024, "users scored per evaluation batch")
     seed: int = _f(0, "random seed (splits, initialisation, sampling)")
     device: str = _f("cpu", "torch device of training and of encoding the catalog (cpu, cuda, cuda:N)")
 
     def __post_init__(self) -> None:
-        if self.loss not in ("bpr", "softmax"):
+        if self.loss not in LOSSES:
             raise ConfigError(f"loss must be bpr or softmax, got {self.loss!r}")
         if self.id_mode not in ID_MODES:
             raise ConfigError(f"id_mode must be token or residual, got {self.id_mode!r}")
-        if self.reg_form not in ("squared", "norm"):
+        if self.reg_form not in REG_FORMS:
             raise ConfigError(f"reg_form must be squared or norm, got {self.reg_form!r}")
         if self.id_init not in ID_INITS:
             raise ConfigError(f"id_init must be normal or xavier, got {self.id_init!r}")
-        if self.mask not in ("all", "train"):
+        if self.mask not in EVAL_MASKS:
             raise ConfigError(f"mask must be all or train, got {self.mask!r}")
         if not (self.use_id or self.use_content):
             raise ConfigError("use_id and use_content cannot both be off")
@@ -178,7 +182,8 @@ def add_dataclass_options(
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
             kind = {"int": int, "float": float, "str": str}.get(str(f.type), str)
-            parser.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text)
+            parser.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text,
+                                choices=f.metadata.get("choices"))
 
 
 def config_from_args(cls: type[T], args: argparse.Namespace, **overrides: Any) -> T:

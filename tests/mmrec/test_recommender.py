@@ -362,6 +362,7 @@ def test_cli_recommend_for_several_users(trained, capsys, monkeypatch):
         (["--user", "u1", "u2", "--explain-items", "2"], "--explain-items and --diversity take one --user"),
         (["--all-users", "--user", "u1"], "--all-users takes no --user or --history"),
         (["--user", "u1", "nobody"], "user 'nobody' is not known"),
+        (["--user", "u1", "--explain-items", "2"], "--explain-items sets how many history items --explain names"),
     ]:
         assert main(["recommend", "--index", d, *argv, "-q"]) == 1
         assert message in capsys.readouterr().err

@@ -403,6 +403,25 @@ def test_config_accepts_exactly_the_values_the_model_accepts():
         TrainConfig(id_mode=mode)
     with pytest.raises(ConfigError, match="id_mode must be token or residual"):
         TrainConfig(id_mode="concat")
+    import mmrec.metrics
+
+    assert config.EVAL_MASKS == mmrec.metrics.MASKS
+
+
+def test_closed_config_values_are_argparse_choices(capsys):
+    # A value outside them is a malformed command line (status 2, argparse's message), as --help shows them.
+    from mmrec.cli import build_parser
+
+    parser = build_parser()
+    for option, good in (("--loss", "softmax"), ("--id-mode", "token"), ("--reg-form", "norm"), ("--id-init", "xavier"),
+                         ("--mask", "train")):
+        args = parser.parse_args(["train", "--interactions", "i.tsv", "--out", "o", option, good])
+        assert getattr(args, option[2:].replace("-", "_")) == good
+        with pytest.raises(SystemExit) as e:
+            parser.parse_args(["train", "--interactions", "i.tsv", "--out", "o", option, "bogus"])
+        assert e.value.code == 2 and f"argument {option}: invalid choice: 'bogus'" in capsys.readouterr().err
+    args = parser.parse_args(["train", "--interactions", "i.tsv", "--out", "o", "--finetune", "top:2"])  # open form
+    assert args.finetune == "top:2"
 
 
 def test_validation_never_ranks_items_held_out_of_training(monkeypatch):
