@@ -457,10 +457,9 @@ class FaissIndex:
         1e-6), so items tied at the cut (equal vectors) count whichever of them came back; queries
         whose exclusions leave no item are left out. The reference is what the index can return
         at best: the exact cosine ranking for ``IVF{n},Flat`` and ``HNSW{M}``, the ranking of the
-        quantised codes for SQ8 / PQ. Settings
-        tried: IVF ``nprobe`` 1, 2, 4, ... up to ``nlist``; HNSW ``ef_search`` 16, 32, 64, ...
-        up to the number of stored vectors (where search becomes the exhaustive scan). The knob is
-        left as it was.
+        quantised codes for SQ8 / PQ. Settings tried: IVF ``nprobe`` 1, 2, 4, ... up to ``nlist``;
+        HNSW ``ef_search`` 16, 32, 64, ... up to the number of stored vectors (where search becomes
+        the exhaustive scan). The knob is left as it was.
 
         Args:
             queries: query vectors (normalised by the wrapper, as for :meth:`search`).

@@ -9,7 +9,7 @@ Examples::
     mmrec similar --index my_index --all-items -k 20 --json > related.jsonl
     mmrec index add --index my_index --catalog new_items.csv
     mmrec index remove --index my_index --item 17 42
-    mmrec index tune --index my_index --recall 0.99    # IVF / HNSW: the fastest setting with this recall
+    mmrec index tune --index my_index --recall 0.99    # IVF / HNSW: the least nprobe / efSearch reaching it
     mmrec train --catalog items.csv --interactions inter.tsv --out model_dir --epochs 50
     mmrec finetune --from model_dir --catalog new_items.csv --interactions new_inter.tsv --out new_dir --lr 0.01
     mmrec recommend --index model_dir --user 42 -k 10 --explain

@@ -362,8 +362,9 @@ class Recommender:
 
         Raises:
             MMRecError: a Flat index (exact: nothing to tune), an empty index, ``recall`` outside
-                ``(0, 1]``, ``k`` or ``sample`` below 1; before any work, a directory that cannot
-                be rewritten in place (:func:`mmrec.item_index.check_rewrite`).
+                ``(0, 1]``, ``k`` or ``sample`` below 1, queries that leave nothing to find (a
+                one-item index); before any work, a directory that cannot be rewritten in place
+                (:func:`mmrec.item_index.check_rewrite`).
         """
         index = self.items.index
         if index.knob is None:
@@ -388,7 +389,10 @@ class Recommender:
         sweeps = {}
         for kind, (q, ex) in kinds.items():
             logger.info("measuring %s's recall@%d on %d %s", index.knob, k, len(q), kind)
-            sweeps[kind] = index.sweep_knob(q, k, exclude=ex, target=recall)
+            try:
+                sweeps[kind] = index.sweep_knob(q, k, exclude=ex, target=recall)
+            except ValueError as e:  # e.g. a one-item index: similar() leaves it nothing to return
+                raise MMRecError(f"cannot measure the {kind}' queries: {e}") from e
         before = getattr(index, index.knob)
         value = max(sweep[-1]["value"] for sweep in sweeps.values())  # each sweep stops at its first hit
         saved = self.set_search(value, save=save)

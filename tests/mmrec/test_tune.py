@@ -99,6 +99,9 @@ def test_what_cannot_be_tuned_is_refused_and_changes_nothing(tmp_path):
     with pytest.raises(MMRecError, match="files mmrec did not write"):
         rec.set_search(4)
     assert rec.items.index.nprobe == 8 and Recommender.load(d, show_progress=False).items.index.nprobe == 8
+    solo = ItemIndex.from_features(["a"], {"text": np.ones((1, 2), np.float32)}, factory="HNSW8", show_progress=False)
+    with pytest.raises(MMRecError, match="cannot measure the items' queries: every query excludes every item"):
+        Recommender(solo).tune_search()  # similar() of the only item has nothing to return
     flat = ItemIndex.from_features(["a", "b"], {"text": np.eye(2, dtype=np.float32)}, factory="Flat", show_progress=False)
     with pytest.raises(MMRecError, match="exact search"):
         Recommender(flat).tune_search()
