@@ -13,9 +13,10 @@ dataset's GIVEN train/valid/test split and with the same budget (grid, epochs, p
 
 Every model is scored by ``mmrec.metrics.evaluate`` (full ranking). The headline numbers use
 ``mask="train"`` (MMRec's convention, that of the published numbers); ``mask="all"`` numbers
-(train + valid masked when testing) are reported beside them, and so are each model's test hits in
-the top 20 by the item's number of training interactions (:data:`DEGREE_EDGES`). Hyper-parameters are chosen on
-VALIDATION Recall@20 with seed 0 only (every grid point is recorded in the JSON); the chosen
+(train + valid masked when testing) are reported beside them, and so are each model's test hits
+in the top 20 by the item's number of training interactions (:data:`DEGREE_EDGES`).
+Hyper-parameters are chosen on VALIDATION Recall@20 with seed 0 only (every grid point is
+recorded in the JSON); the chosen
 configuration is then trained with every ``--seeds`` seed (seed 0 reuses the grid run, which is
 the same deterministic run) and test metrics are reported as mean and std over seeds.
 
