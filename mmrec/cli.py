@@ -9,6 +9,7 @@ Examples::
     mmrec similar --index my_index --all-items -k 20 --json > related.jsonl
     mmrec index add --index my_index --catalog new_items.csv
     mmrec index remove --index my_index --item 17 42
+    mmrec index rebuild --index my_index --factory auto    # the FAISS index anew from the stored vectors
     mmrec index tune --index my_index --recall 0.99    # IVF / HNSW: the least nprobe / efSearch reaching it
     mmrec train --catalog items.csv --interactions inter.tsv --out model_dir --epochs 50
     mmrec finetune --from model_dir --catalog new_items.csv --interactions new_inter.tsv --out new_dir --lr 0.01
@@ -221,6 +222,14 @@ def cmd_index_remove(args: argparse.Namespace) -> int:
     index = _open_index(args)
     n = index.remove(args.item)
     print(f"removed {n} items from {args.index}: {len(index)} items")
+    return 0
+
+
+def cmd_index_rebuild(args: argparse.Namespace) -> int:
+    index = _open_index(args)
+    before = index.manifest["factory"]
+    after = index.rebuild(args.factory)
+    print(f"rebuilt {args.index}: {before} -> {after}, {len(index)} items")
     return 0
 
 
@@ -578,6 +587,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--item", required=True, nargs="+", help="item ids")
     _common(r)
     r.set_defaults(func=cmd_index_remove)
+
+    rb = isub.add_parser("rebuild", help="build the FAISS index anew from the stored vectors with another factory "
+                                         "(nothing is encoded or trained)")
+    rb.add_argument("--index", required=True, type=Path)
+    rb.add_argument("--factory", default="auto",
+                    help="auto (chosen again for today's item count; default), Flat, HNSW{M}, IVF{n},Flat, "
+                         "IVF{n},SQ8, IVF{n},PQ{m}")
+    _common(rb)
+    rb.set_defaults(func=cmd_index_rebuild)
 
     t = isub.add_parser("tune", help="set the approximate index's search knob (IVF nprobe, HNSW efSearch) for a "
                                      "target recall, measured on the directory's own queries")

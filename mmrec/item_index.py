@@ -1138,6 +1138,40 @@ class ItemIndex:
         return ({m: x[rows] for m, x in self.features.items()}, {m: x[rows] for m, x in self.present.items()},
                 self.vectorizer.mips.original(self.vectors[rows]))
 
+    def rebuild(self, factory: str = "auto") -> str:
+        """Build the FAISS index anew from the stored item vectors with another factory, without
+        encoding or training anything; saves when opened from disk (in place, atomically: a
+        failure leaves the directory and this object as they were).
+
+        For an index whose catalog grew past what its factory suits (``auto`` keeps exact search
+        below 100k items and picks IVF above, but only when the index is built), or to trade
+        exactness for speed later; an HNSW index also drops the tombstones of removed items. A
+        new IVF / HNSW index starts from the default ``nprobe`` / ``efSearch``
+        (:meth:`mmrec.recommender.Recommender.tune_search` sets them).
+
+        Args:
+            factory: as for :meth:`build`; ``auto`` is chosen again for today's item count.
+
+        Returns:
+            The concrete factory.
+
+        Raises:
+            ConfigError: an unknown factory, too few items to train it; MMRecError: a directory
+                that cannot be rewritten in place; both before any work.
+        """
+        self._check_in_place()
+        resolved = check_factory(factory, len(self))
+        before = self.index, self.manifest["factory"]
+        self.index = FaissIndex.build(self.vectors, self.ids, factory=resolved)
+        self.manifest["factory"] = self.index.factory
+        if self.directory is not None:
+            try:
+                self.save(self.directory)
+            except BaseException:
+                self.index, self.manifest["factory"] = before
+                raise
+        return self.index.factory
+
     def remove(self, item_ids: Sequence[object]) -> int:
         """Remove items by id; saves when opened from disk. Unknown ids are an error (nothing removed).
 

@@ -127,3 +127,62 @@ def test_cli_index_tune(tmp_path, capsys):
     assert main(["index", "tune", "--index", str(d), "--nprobe", "4", "--recall", "0.9", "-q"]) == 1
     assert "--nprobe sets the knob without measuring: --recall would be unused" in capsys.readouterr().err
     assert Recommender.load(d, show_progress=False).items.index.nprobe == report["value"]
+
+
+def test_rebuild_changes_the_factory_and_keeps_what_the_directory_answers(tmp_path):
+    d = tmp_path / "idx"
+    vecs = clustered_vectors(400, 8, n_clusters=20, seed=5)
+    ItemIndex.from_features([f"i{j}" for j in range(400)], {"text": vecs}, factory="Flat", show_progress=False).save(d)
+    rec = Recommender.load(d, show_progress=False)
+    exact = rec.similar_many(rec.items.ids[:50], 10)
+    assert rec.items.rebuild("IVF8,Flat") == "IVF8,Flat"
+    again = Recommender.load(d, show_progress=False)
+    assert again.items.manifest["factory"] == "IVF8,Flat" and again.items.index.factory == "IVF8,Flat"
+    assert again.items.index.nprobe == 8  # every list: exact again, so the same answers
+    assert [[r.item_id for r in rs] for rs in again.similar_many(again.items.ids[:50], 10)] == \
+        [[r.item_id for r in rs] for rs in exact]
+    # HNSW drops removed items' tombstones; auto is chosen again for the count (Flat below 100k).
+    assert again.items.rebuild("HNSW8") == "HNSW8"
+    again.items.remove(["i1", "i2"])
+    assert again.items.index.faiss_index.ntotal == 400
+    assert again.items.rebuild() == "Flat"
+    loaded = Recommender.load(d, show_progress=False).items
+    assert loaded.index.faiss_index.ntotal == 398 == len(loaded) and "i1" not in loaded.index
+
+
+def test_rebuild_refuses_before_any_work_and_a_trained_directory_keeps_its_model(tmp_path, capsys):
+    inter, feats = write_planted(tmp_path, users=48, items=40)
+    fit(inter, features={"content": feats}, out=tmp_path / "model", config=TrainConfig(**FAST), split="random",
+        show_progress=False)
+    d = tmp_path / "model"
+    rec = Recommender.load(d, show_progress=False)
+    before = {u: [r.item_id for r in rec.recommend(u, 5)] for u in rec.user_ids}
+    files = {p.name: sha256_file(p) for p in d.iterdir()}
+    assert main(["index", "rebuild", "--index", str(d), "--factory", "IVF64,Flat", "-q"]) == 1
+    assert "--factory IVF64,Flat" in capsys.readouterr().err  # 40 items cannot train 64 lists
+    assert main(["index", "rebuild", "--index", str(d), "--factory", "Bogus", "-q"]) == 1
+    assert {p.name: sha256_file(p) for p in d.iterdir()} == files
+    assert main(["index", "rebuild", "--index", str(d), "--factory", "HNSW8", "-q"]) == 0
+    assert capsys.readouterr().out == f"rebuilt {d}: Flat -> HNSW8, 40 items\n"
+    rec = Recommender.load(d, show_progress=False)
+    assert rec.trained and rec.items.index.factory == "HNSW8"
+    assert {u: [r.item_id for r in rec.recommend(u, 5)] for u in rec.user_ids} == before
+    for name in ("model.safetensors", "users.safetensors", "config.json"):
+        assert sha256_file(d / name) == files[name]
+
+
+def test_a_failed_save_leaves_the_index_object_as_it_was(tmp_path, monkeypatch):
+    d = content_ivf(tmp_path / "idx")
+    items = Recommender.load(d, show_progress=False).items
+    index = items.index
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ItemIndex, "save", broken)
+    with pytest.raises(OSError, match="disk full"):
+        items.rebuild("Flat")
+    assert items.index is index and items.manifest["factory"] == "IVF8,Flat"
+    with pytest.raises(OSError, match="disk full"):
+        Recommender(items).set_search(2)
+    assert index.nprobe == 8
