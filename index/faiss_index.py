@@ -258,15 +258,20 @@ class FaissIndex:
         return _resolve(factory, n, train_size=100_000)
 
     @staticmethod
-    def check_factory(factory: str, n: int, *, train_size: int = 100_000) -> str:
-        """:meth:`resolve_factory`, plus the check :meth:`build` makes before training an IVF
-        index on ``n`` vectors, so a factory that cannot work is refused before any encoding.
+    def check_factory(factory: str, n: int, *, train_size: int = 100_000, dim: int | None = None) -> str:
+        """:meth:`resolve_factory`, plus the checks :meth:`build` makes before training an IVF
+        index on ``n`` vectors (of width ``dim``, when known), so a factory that cannot work is
+        refused before any encoding.
 
         Raises:
-            ValueError: unknown factory form, or too few vectors to train it.
+            ValueError: unknown factory form, too few vectors to train it, a PQ code size that
+                does not divide ``dim``.
         """
         concrete = _resolve(factory, n, train_size=train_size)
-        _check_training_rows(concrete, _parse_factory(concrete), n, train_size)
+        spec = _parse_factory(concrete)
+        if dim is not None and spec.pq_m and dim % spec.pq_m:  # first: more items would not help
+            raise ValueError(f"factory {concrete!r}: PQ{spec.pq_m} needs dim divisible by {spec.pq_m}, got dim={dim}")
+        _check_training_rows(concrete, spec, n, train_size)
         return concrete
 
     @classmethod

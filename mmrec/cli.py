@@ -229,7 +229,10 @@ def cmd_index_rebuild(args: argparse.Namespace) -> int:
     index = _open_index(args)
     before = index.manifest["factory"]
     after = index.rebuild(args.factory)
-    print(f"rebuilt {args.index}: {before} -> {after}, {len(index)} items")
+    knob = index.index.knob
+    setting = "" if knob is None or after == before else (
+        f"; {knob} {getattr(index.index, knob)}, the default (`mmrec index tune` sets it for a target recall)")
+    print(f"rebuilt {args.index}: {before} -> {after}, {len(index)} items{setting}")
     return 0
 
 
@@ -591,9 +594,9 @@ def build_parser() -> argparse.ArgumentParser:
     rb = isub.add_parser("rebuild", help="build the FAISS index anew from the stored vectors with another factory "
                                          "(nothing is encoded or trained)")
     rb.add_argument("--index", required=True, type=Path)
-    rb.add_argument("--factory", default="auto",
-                    help="auto (chosen again for today's item count; default), Flat, HNSW{M}, IVF{n},Flat, "
-                         "IVF{n},SQ8, IVF{n},PQ{m}")
+    rb.add_argument("--factory", default=None,
+                    help="auto (chosen again for today's item count), Flat, HNSW{M}, IVF{n},Flat, IVF{n},SQ8, "
+                         "IVF{n},PQ{m} (default: the index's own, keeping its nprobe / efSearch)")
     _common(rb)
     rb.set_defaults(func=cmd_index_rebuild)
 

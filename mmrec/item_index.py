@@ -162,11 +162,12 @@ def check_device(device: str) -> str:
     return device
 
 
-def check_factory(factory: str, n: int) -> str:
-    """The concrete FAISS factory for ``n`` items, or a :class:`ConfigError` when it cannot be
-    built (unknown form, too few items to train it), checked before any encoding or training."""
+def check_factory(factory: str, n: int, dim: int | None = None) -> str:
+    """The concrete FAISS factory for ``n`` items (of width ``dim``, when known), or a
+    :class:`ConfigError` when it cannot be built (unknown form, too few items to train it, PQ
+    codes that do not divide the width), checked before any encoding or training."""
     try:
-        return FaissIndex.check_factory(factory, n)
+        return FaissIndex.check_factory(factory, n, dim=dim)
     except ValueError as e:
         raise ConfigError(f"--factory {factory}: {e}") from None
 
@@ -1138,31 +1139,36 @@ class ItemIndex:
         return ({m: x[rows] for m, x in self.features.items()}, {m: x[rows] for m, x in self.present.items()},
                 self.vectorizer.mips.original(self.vectors[rows]))
 
-    def rebuild(self, factory: str = "auto") -> str:
+    def rebuild(self, factory: str | None = None) -> str:
         """Build the FAISS index anew from the stored item vectors with another factory, without
         encoding or training anything; saves when opened from disk (in place, atomically: a
         failure leaves the directory and this object as they were).
 
         For an index whose catalog grew past what its factory suits (``auto`` keeps exact search
         below 100k items and picks IVF above, but only when the index is built), or to trade
-        exactness for speed later; an HNSW index also drops the tombstones of removed items. A
-        new IVF / HNSW index starts from the default ``nprobe`` / ``efSearch``
-        (:meth:`mmrec.recommender.Recommender.tune_search` sets them).
+        exactness for speed later; an HNSW index also drops the tombstones of removed items. The
+        same factory keeps its ``nprobe`` / ``efSearch``; another starts from the default
+        (:meth:`mmrec.recommender.Recommender.tune_search` sets it).
 
         Args:
-            factory: as for :meth:`build`; ``auto`` is chosen again for today's item count.
+            factory: as for :meth:`build` (``auto`` is chosen again for today's item count);
+                default ``None``, the index's own.
 
         Returns:
             The concrete factory.
 
         Raises:
-            ConfigError: an unknown factory, too few items to train it; MMRecError: a directory
-                that cannot be rewritten in place; both before any work.
+            ConfigError: an unknown factory, too few items to train it, PQ codes that do not
+                divide the vectors' width; MMRecError: a directory that cannot be rewritten in
+                place; both before any work.
         """
         self._check_in_place()
-        resolved = check_factory(factory, len(self))
+        resolved = check_factory(self.manifest["factory"] if factory is None else factory, len(self),
+                                 dim=self.vectors.shape[1])
         before = self.index, self.manifest["factory"]
         self.index = FaissIndex.build(self.vectors, self.ids, factory=resolved)
+        if self.index.factory == before[0].factory and self.index.knob is not None:  # a tuned setting stays
+            setattr(self.index, self.index.knob, getattr(before[0], self.index.knob))
         self.manifest["factory"] = self.index.factory
         if self.directory is not None:
             try:

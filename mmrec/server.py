@@ -119,24 +119,28 @@ class Params:
             raise BadRequest(f"{self.route}: unknown parameter(s) {', '.join(map(repr, unknown))}; this route {takes}")
 
 
-def _recommend(rec, p: Params) -> list:
+def _explain_items(p: Params) -> int:
+    """The ``explain_items`` parameter, which only ``explain`` uses (refused without it, as by the CLI)."""
     from mmrec.explain import DEFAULT_HISTORY
 
+    if p.one("explain_items") is not None and not p.flag("explain"):
+        raise BadRequest(f"{p.route}: 'explain_items' sets how many history items 'explain' names: give explain=1 too")
+    return p.integer("explain_items", DEFAULT_HISTORY, 0)
+
+
+def _recommend(rec, p: Params) -> list:
     user = p.one("user", required=True)
     return rec.recommend(user, p.integer("k", 10, 1), exclude_known=not p.flag("include_known"),
-                         explain=p.flag("explain"), history=p.integer("explain_items", DEFAULT_HISTORY, 0),
-                         diversity=p.number("diversity", 0.0))
+                         explain=p.flag("explain"), history=_explain_items(p), diversity=p.number("diversity", 0.0))
 
 
 def _history(rec, p: Params) -> list:
-    from mmrec.explain import DEFAULT_HISTORY
-
     items, user = p.all("item"), p.one("user")
     if not items and user is None:
         raise BadRequest("/history: give one or more 'item' parameters (item=1&item=50), with or without 'user'")
     return rec.recommend_history(items, p.integer("k", 10, 1), user=user, method=p.one("method", "auto"),
                                  exclude_history=not p.flag("include_known"), explain=p.flag("explain"),
-                                 explain_items=p.integer("explain_items", DEFAULT_HISTORY, 0),
+                                 explain_items=_explain_items(p),
                                  diversity=p.number("diversity", 0.0))
 
 

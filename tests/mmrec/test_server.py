@@ -116,6 +116,8 @@ def test_bad_requests_are_refused_with_the_reason(served):
         ("/similar?item=3&by=dot", 400, "by must be 'index' or 'cosine', got 'dot'"),
         ("/search?text=space", 400, "this index has no text modality"),
         ("/recommend?user=%ff", 400, "the query string is not UTF-8"),
+        ("/recommend?user=u1&explain_items=2", 400, "'explain_items' sets how many history items 'explain' names"),
+        ("/history?item=0&explain_items=2&explain=0", 400, "/history: 'explain_items' sets how many history items"),
     ]
     for path, status, message in cases:
         got_status, body = get(url + path)

@@ -422,6 +422,9 @@ def test_closed_config_values_are_argparse_choices(capsys):
         assert e.value.code == 2 and f"argument {option}: invalid choice: 'bogus'" in capsys.readouterr().err
     args = parser.parse_args(["train", "--interactions", "i.tsv", "--out", "o", "--finetune", "top:2"])  # open form
     assert args.finetune == "top:2"
+    with pytest.raises(SystemExit):  # finetune's options come from the same fields
+        parser.parse_args(["finetune", "--from", "m", "--interactions", "i.tsv", "--out", "o", "--loss", "bogus"])
+    assert "argument --loss: invalid choice: 'bogus'" in capsys.readouterr().err
 
 
 def test_validation_never_ranks_items_held_out_of_training(monkeypatch):

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index import clustered_vectors, recall_at_k
+from index import FaissIndex, clustered_vectors, recall_at_k
 from index.persist import sha256_file
 from mmrec.cli import main
 from mmrec.config import TrainConfig
@@ -141,13 +141,16 @@ def test_rebuild_changes_the_factory_and_keeps_what_the_directory_answers(tmp_pa
     assert again.items.index.nprobe == 8  # every list: exact again, so the same answers
     assert [[r.item_id for r in rs] for rs in again.similar_many(again.items.ids[:50], 10)] == \
         [[r.item_id for r in rs] for rs in exact]
-    # HNSW drops removed items' tombstones; auto is chosen again for the count (Flat below 100k).
-    assert again.items.rebuild("HNSW8") == "HNSW8"
+    # The same factory keeps a tuned setting; HNSW drops removed items' tombstones when rebuilt as it is.
+    again.set_search(2)
+    assert again.items.rebuild() == "IVF8,Flat" and again.items.index.nprobe == 2
+    assert again.items.rebuild("HNSW8") == "HNSW8" and again.items.index.ef_search == 256  # the default
     again.items.remove(["i1", "i2"])
     assert again.items.index.faiss_index.ntotal == 400
-    assert again.items.rebuild() == "Flat"
+    assert again.items.rebuild() == "HNSW8"
     loaded = Recommender.load(d, show_progress=False).items
     assert loaded.index.faiss_index.ntotal == 398 == len(loaded) and "i1" not in loaded.index
+    assert loaded.rebuild("auto") == "Flat"  # chosen again for 398 items
 
 
 def test_rebuild_refuses_before_any_work_and_a_trained_directory_keeps_its_model(tmp_path, capsys):
@@ -161,9 +164,14 @@ def test_rebuild_refuses_before_any_work_and_a_trained_directory_keeps_its_model
     assert main(["index", "rebuild", "--index", str(d), "--factory", "IVF64,Flat", "-q"]) == 1
     assert "--factory IVF64,Flat" in capsys.readouterr().err  # 40 items cannot train 64 lists
     assert main(["index", "rebuild", "--index", str(d), "--factory", "Bogus", "-q"]) == 1
+    assert "--factory Bogus: unknown factory 'Bogus'" in capsys.readouterr().err
+    width = Recommender.load(d, show_progress=False).items.vectors.shape[1]  # D + 1: the MIPS coordinate
+    assert main(["index", "rebuild", "--index", str(d), "--factory", "HNSW8", "--factory", "IVF1,PQ4", "-q"]) == 1
+    assert f"--factory IVF1,PQ4: factory 'IVF1,PQ4': PQ4 needs dim divisible by 4, got dim={width}" in capsys.readouterr().err
     assert {p.name: sha256_file(p) for p in d.iterdir()} == files
     assert main(["index", "rebuild", "--index", str(d), "--factory", "HNSW8", "-q"]) == 0
-    assert capsys.readouterr().out == f"rebuilt {d}: Flat -> HNSW8, 40 items\n"
+    assert capsys.readouterr().out == (f"rebuilt {d}: Flat -> HNSW8, 40 items; ef_search 256, the default "
+                                       "(`mmrec index tune` sets it for a target recall)\n")
     rec = Recommender.load(d, show_progress=False)
     assert rec.trained and rec.items.index.factory == "HNSW8"
     assert {u: [r.item_id for r in rec.recommend(u, 5)] for u in rec.user_ids} == before
@@ -179,10 +187,12 @@ def test_a_failed_save_leaves_the_index_object_as_it_was(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(ItemIndex, "save", broken)
+    files = {p.name: sha256_file(p) for p in d.iterdir()}
+    monkeypatch.setattr(FaissIndex, "save", broken)  # inside ItemIndex.save's temporary directory
     with pytest.raises(OSError, match="disk full"):
         items.rebuild("Flat")
     assert items.index is index and items.manifest["factory"] == "IVF8,Flat"
     with pytest.raises(OSError, match="disk full"):
         Recommender(items).set_search(2)
     assert index.nprobe == 8
+    assert {p.name: sha256_file(p) for p in d.iterdir()} == files and sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
