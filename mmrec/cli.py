@@ -9,6 +9,7 @@ Examples::
     mmrec similar --index my_index --all-items -k 20 --json > related.jsonl
     mmrec index add --index my_index --catalog new_items.csv
     mmrec index remove --index my_index --item 17 42
+    mmrec index info --index my_index                   # what the directory holds
     mmrec index rebuild --index my_index --factory auto    # the FAISS index anew from the stored vectors
     mmrec index tune --index my_index --recall 0.99    # IVF / HNSW: the least nprobe / efSearch reaching it
     mmrec train --catalog items.csv --interactions inter.tsv --out model_dir --epochs 50
@@ -222,6 +223,35 @@ def cmd_index_remove(args: argparse.Namespace) -> int:
     index = _open_index(args)
     n = index.remove(args.item)
     print(f"removed {n} items from {args.index}: {len(index)} items")
+    return 0
+
+
+def cmd_index_info(args: argparse.Namespace) -> int:
+    info = _open_recommender(args).info()
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    users = f", {info['users']:,} users" if info["kind"] == "trained" else ""
+    print(f"{args.index}: {info['kind']} directory, {info['items']:,} items{users} "
+          f"(format {info['format_version']}, written {info['written']})")
+    ix = info["index"]
+    knob = next(((k, v) for k, v in ix.items() if k in ("nprobe", "ef_search")), None)
+    print(f"  index: {ix['factory']}, dim {ix['dim']}, " + (f"{knob[0]} {knob[1]}" if knob else "exact search"))
+    mods = [f"{mod} (weight {m['weight']}{', centred' if m['centered'] else ''})" for mod, m in info["modalities"].items()]
+    print(f"  modalities: {', '.join(mods) or 'none (ID only)'}")
+    for mod, spec in info["encoders"].items():
+        print(f"  encoder {mod}: {spec.get('model')} ({spec.get('dim', '?')}-d)")
+    training = info.get("training")
+    if training:
+        metrics = "; ".join(f"{part} " + " ".join(f"{k} {v:.4f}" for k, v in training[part].items())
+                            for part in ("valid", "test") if part in training)
+        print(f"  training: best epoch {training['best_epoch']} of {training['epochs_run']} "
+              f"({training['seconds_per_epoch']:.2f} s/epoch); {metrics}")
+    if info["kind"] == "trained":
+        cfg = info["config"]
+        print(f"  model: dim {cfg['dim']}, {cfg['layers']} layers, loss {cfg['loss']}, lr {cfg['lr']}, "
+              f"content {'on' if cfg['use_content'] else 'off'}, encoders {cfg['finetune']}"
+              + (f"; {info['cold_items']} items held out (cold start)" if info["cold_items"] else ""))
     return 0
 
 
@@ -590,6 +620,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--item", required=True, nargs="+", help="item ids")
     _common(r)
     r.set_defaults(func=cmd_index_remove)
+
+    inf = isub.add_parser("info", help="what a directory holds: items, users, index and search setting, "
+                                       "modalities, encoders, training")
+    inf.add_argument("--index", required=True, type=Path)
+    inf.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _common(inf)
+    inf.set_defaults(func=cmd_index_info)
 
     rb = isub.add_parser("rebuild", help="build the FAISS index anew from the stored vectors with another factory "
                                          "(nothing is encoded or trained)")

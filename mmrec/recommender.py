@@ -15,6 +15,7 @@ A trained directory adds to the index files (see :mod:`mmrec.item_index`)::
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Sequence
@@ -343,6 +344,41 @@ class Recommender:
         exclude = set(self.known_items(user_id)) if exclude_known else None
         results = self._serve(self.user_vectors[row : row + 1], k, exclude, diversity, candidates)
         return explain_recommendations(self, user_id, results, history) if explain else results
+
+    def info(self) -> dict[str, Any]:
+        """What this directory holds (``mmrec index info``): kind, counts, the FAISS index and its
+        search setting, the modalities and encoders, and for a trained directory its training
+        configuration and the summary of ``train_report.json`` (best epoch, epochs run, seconds
+        per epoch, validation and test Recall / NDCG @10 / @20)."""
+        m, index = self.items.manifest, self.items.index
+        out: dict[str, Any] = {
+            "directory": None if self.items.directory is None else str(self.items.directory),
+            "kind": "trained" if self.trained else "content",
+            "format_version": m.get("format_version"),
+            "written": m.get("created"),  # the manifest's time: set again by every save (index add, remove, ...)
+            "items": len(self.items),
+            "users": len(self.user_ids),
+            "index": {"factory": index.factory, "dim": index.dim}
+            | ({index.knob: getattr(index, index.knob)} if index.knob else {}),
+            "modalities": {mod: {"weight": m.get("weights", {}).get(mod), "centered": mod in m.get("centered", [])}
+                           for mod in self.items.modalities},
+            "encoders": dict(m.get("encoders", {})),
+        }
+        if not self.trained:
+            return out
+        out["config"] = dataclasses.asdict(self.config)
+        out["cold_items"] = len(self.cold_items)
+        path = None if self.items.directory is None else self.items.directory / "train_report.json"
+        if path is not None and path.is_file():
+            report = json.loads(path.read_text(encoding="utf-8"))
+            pick = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
+            out["training"] = {
+                "best_epoch": report.get("best_epoch"), "epochs_run": len(report.get("history", [])),
+                "seconds_per_epoch": report.get("seconds_per_epoch"),
+                **{part: {k: report[part][k] for k in pick if k in report[part]}
+                   for part in ("valid", "test") if isinstance(report.get(part), dict)},
+            }
+        return out
 
     def tune_search(self, recall: float = 0.99, k: int = 10, *, sample: int = 2000, seed: int = 0,
                     save: bool = True) -> dict[str, Any]:

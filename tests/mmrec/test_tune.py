@@ -196,3 +196,34 @@ def test_a_failed_save_leaves_the_index_object_as_it_was(tmp_path, monkeypatch):
         Recommender(items).set_search(2)
     assert index.nprobe == 8
     assert {p.name: sha256_file(p) for p in d.iterdir()} == files and sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
+
+
+def test_info_says_what_a_directory_holds(tmp_path, capsys):
+    inter, feats = write_planted(tmp_path, users=48, items=40)
+    fit(inter, features={"content": feats}, out=tmp_path / "model", config=TrainConfig(**FAST), split="random",
+        factory="HNSW8", show_progress=False)
+    d = tmp_path / "model"
+    rec = Recommender.load(d, show_progress=False)
+    info = rec.info()
+    report = json.loads((d / "train_report.json").read_text())
+    assert (info["kind"], info["items"], info["users"], info["format_version"]) == ("trained", 40, 48, 2)
+    assert info["index"] == {"factory": "HNSW8", "dim": rec.items.vectors.shape[1], "ef_search": 256}
+    assert info["modalities"] == {"content": {"weight": 1.0, "centered": True}} and info["encoders"] == {}
+    assert info["config"]["dim"] == 16 and info["config"]["lr"] == 0.05 and info["cold_items"] == 0
+    assert info["training"]["best_epoch"] == report["best_epoch"] and info["training"]["epochs_run"] == len(report["history"])
+    assert info["training"]["test"] == {k: report["test"][k] for k in ("recall@10", "recall@20", "ndcg@10", "ndcg@20")}
+    rec.set_search(64)  # a tuned setting shows
+    assert main(["index", "info", "--index", str(d), "--json", "-q"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["index"]["ef_search"] == 64 and shown["training"] == info["training"]
+    assert main(["index", "info", "--index", str(d), "-q"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"{d}: trained directory, 40 items, 48 users (format 2, written ")
+    assert lines[1] == f"  index: HNSW8, dim {info['index']['dim']}, ef_search 64"
+    assert lines[2] == "  modalities: content (weight 1.0, centred)"
+    assert lines[3].startswith(f"  training: best epoch {report['best_epoch']} of {len(report['history'])} (")
+    assert f"test recall@10 {report['test']['recall@10']:.4f}" in lines[3]
+    assert lines[4] == "  model: dim 16, 2 layers, loss bpr, lr 0.05, content on, encoders frozen"
+    content = Recommender.load(content_ivf(tmp_path / "idx"), show_progress=False).info()
+    assert content["kind"] == "content" and content["users"] == 0 and "config" not in content
+    assert content["index"] == {"factory": "IVF8,Flat", "dim": 9, "nprobe": 8}
