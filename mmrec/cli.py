@@ -240,7 +240,7 @@ def cmd_index_info(args: argparse.Namespace) -> int:
     mods = [f"{mod} (weight {m['weight']}{', centred' if m['centered'] else ''})" for mod, m in info["modalities"].items()]
     print(f"  modalities: {', '.join(mods) or 'none (ID only)'}")
     for mod, spec in info["encoders"].items():
-        print(f"  encoder {mod}: {spec.get('model')} ({spec.get('dim', '?')}-d)")
+        print(f"  encoder {mod}: {spec.get('model')} ({spec.get('identity', '?')}, {spec.get('dim', '?')}-d)")
     training = info.get("training")
     if training:
         metrics = "; ".join(f"{part} " + " ".join(f"{k} {v:.4f}" for k, v in training[part].items())

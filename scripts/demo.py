@@ -78,6 +78,7 @@ def main() -> None:
         "--text-fields", "title,genres,year", "--epochs", str(args.epochs), "--lr", "0.005", "--overwrite")
     # Three movies the model never saw join the trained index from their text alone.
     run("index", "add", "--index", model, "--catalog", str(data["new_items"]))
+    run("index", "info", "--index", model)
     run("search", "--index", model, "--text", "Jurassic Park (1993)", "-k", "5")
     run("similar", "--index", model, "--item", "172", "-k", "5")  # The Empire Strikes Back (1980)
     run("recommend", "--index", model, "--user", "1", "-k", "10", "--explain")
