@@ -313,3 +313,11 @@ def test_a_queries_file_is_split_on_newlines_only(tmp_path):
 
     (tmp_path / "q.txt").write_bytes(b"a\rb\r\nc\n")
     assert read_queries(tmp_path / "q.txt") == ["a\rb", "c"]  # a lone \r is no line end; \r\n is
+
+
+def test_index_info_names_the_encoder(built, capsys):
+    code, out, _ = run(capsys, "index", "info", "--index", str(built / "idx"), "-q")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].startswith(f"{built / 'idx'}: content directory, 6 items (format 2, written ")
+    assert lines[1] == "  index: Flat, dim 385, exact search"
+    assert lines[3].startswith("  encoder text: default (text:all-MiniLM-L6-v2@") and lines[3].endswith(", 384-d)")
