@@ -309,12 +309,13 @@ def cmd_similar(args: argparse.Namespace) -> int:
     if many and args.explain:
         raise ConfigError("several items (or --all-items) are answered in batches: --explain takes one --item")
     index = _open_index(args)
+    exclude = _exclude_list(args)
     if many:
         ids = index.ids if args.all_items else [index.resolve_id(i) for i in items]  # every id checked first
-        stream_batches("item_id", ids, lambda chunk: index.similar_many(chunk, args.k, by=args.by), args,
-                       title_field_of(index), unit="item")
+        stream_batches("item_id", ids, lambda chunk: index.similar_many(chunk, args.k, by=args.by, exclude=exclude),
+                       args, title_field_of(index), unit="item")
         return 0
-    results = index.similar(items[0], args.k, by=args.by)
+    results = index.similar(items[0], args.k, by=args.by, exclude=exclude)
     if args.explain:
         explain_similar(index, items[0], results)
     print_results(results, args.json, title_field_of(index))
@@ -458,9 +459,10 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         raise ConfigError("--method applies to --history only (a known user has a trained vector)")
     rec = _open_recommender(args)
     title = title_field_of(rec.items)
+    exclude = _exclude_list(args)
     if many:
         users = list(rec.user_ids) if args.all_users else [rec.user_ids[rec.user_index(u)] for u in users]
-        stream_batches("user_id", users, lambda chunk: rec.recommend_many(chunk, args.k,
+        stream_batches("user_id", users, lambda chunk: rec.recommend_many(chunk, args.k, exclude=exclude,
                                                                           exclude_known=not args.include_known),
                        args, title, unit="user")
         return 0
@@ -468,12 +470,31 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     if args.history is not None:
         results = rec.recommend_history(args.history, args.k, user=user, method=args.method,
                                         exclude_history=not args.include_known, explain=args.explain,
-                                        explain_items=explain_items, diversity=args.diversity)
+                                        explain_items=explain_items, diversity=args.diversity, exclude=exclude)
     else:
         results = rec.recommend(user, args.k, exclude_known=not args.include_known, explain=args.explain,
-                                history=explain_items, diversity=args.diversity)
+                                history=explain_items, diversity=args.diversity, exclude=exclude)
     print_results(results, args.json, title)
     return 0
+
+
+def _exclude_list(args: argparse.Namespace) -> list[str]:
+    """``--exclude`` ids and the lines of ``--exclude-file`` (blank lines skipped), together."""
+    ids = list(args.exclude or [])
+    if args.exclude_file is not None:
+        try:
+            text = args.exclude_file.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"--exclude-file {args.exclude_file}: cannot read it ({e.strerror})") from None
+        ids += [line.strip() for line in text.splitlines() if line.strip()]
+    return ids
+
+
+def _exclude_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--exclude", nargs="+", action="extend", metavar="ID",
+                   help="item ids never to return (a business rule: out of stock, already shown); ids not in the "
+                        "index are ignored; k results still come back while k remain")
+    p.add_argument("--exclude-file", type=Path, metavar="FILE", help="the same, one id a line (UTF-8)")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -667,6 +688,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "cosine: exact cosine of the item vectors (default index)")
     s.add_argument("--explain", action="store_true",
                    help="per result: its modality attention weights and per-modality similarity to the item")
+    _exclude_opts(s)
     _common(s)
     s.set_defaults(func=cmd_similar)
 
@@ -785,6 +807,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="per result: its modality attention weights and the user's history items most like it")
     rc.add_argument("--explain-items", type=int, default=None, metavar="N",
                     help="history items named per result with --explain (default 3)")
+    _exclude_opts(rc)
     _common(rc)
     rc.set_defaults(func=cmd_recommend)
 

@@ -827,7 +827,7 @@ class ItemIndex:
         ids, scores = self.index.search(queries, k, exclude=exclude)
         return [self._results(i, self.vectorizer.rescore(s, q)) for i, s, q in zip(ids, scores, queries)]
 
-    def similar(self, item_id: object, k: int = 10, *, by: str = "index") -> list[Result]:
+    def similar(self, item_id: object, k: int = 10, *, by: str = "index", exclude: Sequence[object] = ()) -> list[Result]:
         """The k items most similar to a catalog item (the item itself excluded).
 
         Args:
@@ -835,13 +835,27 @@ class ItemIndex:
                 dot product that serves users, which favours popular items' long vectors);
                 ``"cosine"``: the exact cosine of the item vectors (an exact scan), the items
                 whose direction is closest whatever their popularity.
+            exclude: item ids never to return (a business rule: out of stock, already shown);
+                ids not in the index are ignored. k results still come back while k remain.
         """
-        return self.similar_many([item_id], k, by=by)[0]
+        return self.similar_many([item_id], k, by=by, exclude=exclude)[0]
+
+    def excluded_ids(self, item_ids: Sequence[object]) -> set[ItemId]:
+        """The ids of ``item_ids`` that are in the index (as typed on a command line: ``"7"`` finds
+        the int id ``7``); the others are dropped: what is not in the index is never returned."""
+        found = set()
+        for i in item_ids:
+            try:
+                found.add(self.resolve_id(i))
+            except MMRecError:
+                continue
+        return found
 
     def similar_many(self, item_ids: Sequence[object], k: int = 10, *, by: str = "index", batch_size: int = 1024,
-                     show_progress: bool = False) -> list[list[Result]]:
+                     show_progress: bool = False, exclude: Sequence[object] = ()) -> list[list[Result]]:
         """:meth:`similar` for many items, in ``item_ids`` order: one FAISS search (or one
-        ``[B, N]`` product for ``by="cosine"``) per ``batch_size`` items instead of one per item.
+        ``[B, N]`` product for ``by="cosine"``) per ``batch_size`` items instead of one per item;
+        ``exclude`` (as for :meth:`similar`) applies to every one of them.
 
         For exports such as a "related items" table of the whole catalog. A batched product may
         round a score differently from a single one (one float32 ulp). ``by="cosine"`` holds one
@@ -857,6 +871,7 @@ class ItemIndex:
             raise MMRecError(f"k and batch_size must be at least 1, got k={k}, batch_size={batch_size}")
         ids = [self.resolve_id(i) for i in item_ids]
         rows = np.array([self._pos[i] for i in ids], dtype=np.int64)
+        dropped = self.excluded_ids(exclude)
         unit = None
         if by == "cosine":
             unit = self._unit_vectors()  # [N, D]
@@ -867,10 +882,11 @@ class ItemIndex:
             for start in range(0, len(ids), batch_size):
                 batch, brows = ids[start : start + batch_size], rows[start : start + batch_size]
                 if by == "index":
-                    queries, exclude = self.similar_queries(brows)  # [B, D + 1], the items themselves
-                    out += self.search_vectors(queries, k, exclude=exclude)
+                    queries, own = self.similar_queries(brows)  # [B, D + 1], the items themselves
+                    out += self.search_vectors(queries, k, exclude=[o | dropped for o in own])
                 else:
-                    out += self._cosine_top_many(unit, unit[brows], k, skip=brows)
+                    drop = np.array(sorted(self._pos[i] for i in dropped), dtype=np.int64)
+                    out += self._cosine_top_many(unit, unit[brows], k, skip=brows, drop=drop)
                 bar.update(len(batch))
         return out
 
@@ -971,22 +987,24 @@ class ItemIndex:
         return self._cosine_top_many(self._unit_vectors(), q, k)
 
     def _cosine_top_many(self, unit: np.ndarray, queries: np.ndarray, k: int,
-                         skip: np.ndarray | None = None) -> list[list[Result]]:
+                         skip: np.ndarray | None = None, drop: np.ndarray | None = None) -> list[list[Result]]:
         """The k rows of unit-norm ``unit [N, D]`` with the highest cosine to each unit-norm query
-        of ``queries [B, D]`` (query ``b`` leaving out row ``skip[b]``), by an exact scan; ties
-        keep index order."""
+        of ``queries [B, D]`` (query ``b`` leaving out row ``skip[b]``, every query the rows
+        ``drop``), by an exact scan; ties keep index order."""
         sims = queries @ unit.T  # [B, N]
         if skip is not None:
             sims[np.arange(len(skip)), skip] = -np.inf
-        k = min(k, sims.shape[1] - (skip is not None))
+        if drop is not None and len(drop):
+            sims[:, drop] = -np.inf
         out = []
         for row in sims:
-            if k <= 0:
+            kk = min(k, int(np.isfinite(row).sum()))  # the rows left out are never returned
+            if kk <= 0:
                 out.append([])
                 continue
-            kth = np.partition(row, row.size - k)[row.size - k]  # the k-th highest score
-            cand = np.flatnonzero(row >= kth)  # [>= k], index order: ties at the cut stay in it
-            top = cand[np.argsort(-row[cand], kind="stable")[:k]]
+            kth = np.partition(row, row.size - kk)[row.size - kk]  # the kk-th highest score
+            cand = np.flatnonzero(row >= kth)  # [>= kk], index order: ties at the cut stay in it
+            top = cand[np.argsort(-row[cand], kind="stable")[:kk]]
             out.append([Result(self.items[i][ID_FIELD], float(row[i]), self.items[i]["fields"]) for i in top])
         return out
 

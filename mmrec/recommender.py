@@ -270,11 +270,12 @@ class Recommender:
         return write
 
     # ------------------------------------------------------------------------------ queries
-    def similar(self, item_id: object, k: int = 10, *, explain: bool = False, by: str = "index") -> list[Result]:
-        """The k items most similar to an item (``by`` as :meth:`ItemIndex.similar`); ``explain``
-        attaches each one's attention weights and per-modality similarity to the item
+    def similar(self, item_id: object, k: int = 10, *, explain: bool = False, by: str = "index",
+                exclude: Sequence[object] = ()) -> list[Result]:
+        """The k items most similar to an item (``by`` and ``exclude`` as :meth:`ItemIndex.similar`);
+        ``explain`` attaches each one's attention weights and per-modality similarity to the item
         (:func:`mmrec.explain.explain_similar`)."""
-        results = self.items.similar(item_id, k, by=by)
+        results = self.items.similar(item_id, k, by=by, exclude=exclude)
         return explain_similar(self.items, item_id, results) if explain else results
 
     def explain(self, item_id: object, k: int = 5) -> ItemExplanation:
@@ -283,9 +284,10 @@ class Recommender:
         return explain_item(self.items, item_id, k)
 
     def similar_many(self, item_ids: Sequence[object], k: int = 10, *, by: str = "index", batch_size: int = 1024,
-                     show_progress: bool = False) -> list[list[Result]]:
+                     show_progress: bool = False, exclude: Sequence[object] = ()) -> list[list[Result]]:
         """:meth:`similar` for many items, batched (:meth:`ItemIndex.similar_many`); no ``explain``."""
-        return self.items.similar_many(item_ids, k, by=by, batch_size=batch_size, show_progress=show_progress)
+        return self.items.similar_many(item_ids, k, by=by, batch_size=batch_size, show_progress=show_progress,
+                                       exclude=exclude)
 
     def search_text(self, text: str, k: int = 10) -> list[Result]:
         return self.items.search_text(text, k)
@@ -325,8 +327,12 @@ class Recommender:
     def recommend(
         self, user_id: object, k: int = 10, *, exclude_known: bool = True, explain: bool = False,
         history: int = DEFAULT_HISTORY, diversity: float = 0.0, candidates: int | None = None,
+        exclude: Sequence[object] = (),
     ) -> list[Result]:
         """Top-k items for a user from the FAISS index, known items excluded.
+
+        ``exclude``: further item ids never to return (a business rule: out of stock, already in
+        the basket), with or without ``exclude_known``; ids not in the index are ignored.
 
         The index over-fetches and refills, so exactly k results come back whenever k items
         remain, even with an approximate index. ``explain`` attaches to each result its
@@ -341,8 +347,8 @@ class Recommender:
             raise MMRecError("this directory holds a content index, not a trained model: run `mmrec train` first")
         diversity = check_weight(diversity)
         row = self.user_index(user_id)
-        exclude = set(self.known_items(user_id)) if exclude_known else None
-        results = self._serve(self.user_vectors[row : row + 1], k, exclude, diversity, candidates)
+        dropped = (set(self.known_items(user_id)) if exclude_known else set()) | self.items.excluded_ids(exclude)
+        results = self._serve(self.user_vectors[row : row + 1], k, dropped, diversity, candidates)
         return explain_recommendations(self, user_id, results, history) if explain else results
 
     def info(self) -> dict[str, Any]:
@@ -464,12 +470,14 @@ class Recommender:
 
     def recommend_many(
         self, user_ids: Sequence[object], k: int = 10, *, exclude_known: bool = True, batch_size: int = 1024,
-        show_progress: bool = False,
+        show_progress: bool = False, exclude: Sequence[object] = (),
     ) -> list[list[Result]]:
         """Top-k for many users: what :meth:`recommend` returns for each, in ``user_ids`` order,
         from batched FAISS searches instead of one per user (:meth:`index.FaissIndex.search`
         fetches k plus each user's known items, users whose counts are within a factor of two
         sharing one call, then refills).
+
+        ``exclude`` (as for :meth:`recommend`) applies to every user.
 
         For exports (a nightly batch of every user's recommendations); ``explain`` and
         ``diversity`` stay per user (:meth:`recommend`). With an exact or IVF index the results
@@ -486,12 +494,14 @@ class Recommender:
         if k < 1 or batch_size < 1:
             raise MMRecError(f"k and batch_size must be at least 1, got k={k}, batch_size={batch_size}")
         rows = [self.user_index(u) for u in user_ids]
+        dropped = self.items.excluded_ids(exclude)
         out: list[list[Result]] = []
         with tqdm(total=len(rows), desc="recommending", unit="user", disable=not show_progress) as bar:
             for start in range(0, len(rows), batch_size):
                 batch = rows[start : start + batch_size]
-                queries, exclude = self._user_queries(batch, exclude_known)
-                out += self.items.search_vectors(queries, k, exclude=exclude)  # [B] lists
+                queries, known = self._user_queries(batch, exclude_known)
+                left_out = [kn | dropped for kn in known] if known is not None else [dropped] * len(batch)
+                out += self.items.search_vectors(queries, k, exclude=left_out)  # [B] lists
                 bar.update(len(batch))
         return out
 
@@ -504,7 +514,7 @@ class Recommender:
     def recommend_history(
         self, items: Sequence[object] | ItemId = (), k: int = 10, *, user: object = None, method: str = "auto",
         exclude_history: bool = True, explain: bool = False, explain_items: int = DEFAULT_HISTORY,
-        diversity: float = 0.0, candidates: int | None = None,
+        diversity: float = 0.0, candidates: int | None = None, exclude: Sequence[object] = (),
     ) -> list[Result]:
         """Top-k items for a history of item ids: a user the model never trained on, an
         anonymous session, or a known user with the items they chose since training (``user``).
@@ -528,7 +538,8 @@ class Recommender:
         result its attention weights and the (at most ``explain_items``) history items most
         similar to it.
 
-        A single id (a string or an int) is a history of one item.
+        A single id (a string or an int) is a history of one item. ``exclude`` (as for
+        :meth:`recommend`) is left out whatever ``exclude_history`` says.
 
         Raises:
             MMRecError: an empty history, an id not in the index, an unknown ``user``, an unknown
@@ -540,12 +551,12 @@ class Recommender:
         if isinstance(items, (str, bytes, int, np.integer)):
             items = [items]  # "12" is item 12, not the items "1" and "2"
         ids = [self._history_id(i) for i in items]
-        exclude = set(ids)
+        history_set = set(ids)
         if user is not None:
             if not self.trained:
                 raise MMRecError("this directory holds a content index, which has no users: give the history alone")
             ids = self.liked_items(user) + ids
-            exclude.update(self.known_items(user))
+            history_set.update(self.known_items(user))
         ids = list(dict.fromkeys(ids))
         if not ids:
             raise MMRecError(f"the history is empty: user '{user}' has no liked items in this index, give item ids"
@@ -564,7 +575,8 @@ class Recommender:
             vector = self._foldin[1]([rows])  # [1, D]
         if not np.any(vector):
             raise MMRecError("the history's vectors sum to zero: it has no direction to rank items by")
-        results = self._serve(vector, k, exclude if exclude_history else None, diversity, candidates)
+        dropped = (history_set if exclude_history else set()) | self.items.excluded_ids(exclude)
+        results = self._serve(vector, k, dropped, diversity, candidates)
         return explain_history(self.items, ids, results, explain_items) if explain else results
 
     def _history_id(self, item_id: object) -> ItemId:

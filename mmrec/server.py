@@ -14,7 +14,9 @@ server (no extra dependency)::
 
 Options per route (as the CLI's): ``k`` (default 10); ``explain`` and ``include_known``
 (``1``/``0``, ``true``/``false``); ``diversity`` (``recommend``, ``history``); ``method``
-(``history``); ``explain_items`` (``recommend``, ``history``); ``by`` (``similar``). A parameter
+(``history``); ``explain_items`` (``recommend``, ``history``); ``by`` (``similar``); ``exclude``
+(repeated, ``exclude=7&exclude=9``: item ids never to return; ``recommend``, ``history``,
+``similar``). A parameter
 a route does not take is refused, so a misspelt one is not silently ignored.
 
 Status codes: 200 with ``{"results": [...]}``; 400 ``{"error": ...}`` for a bad request (a
@@ -131,7 +133,8 @@ def _explain_items(p: Params) -> int:
 def _recommend(rec, p: Params) -> list:
     user = p.one("user", required=True)
     return rec.recommend(user, p.integer("k", 10, 1), exclude_known=not p.flag("include_known"),
-                         explain=p.flag("explain"), history=_explain_items(p), diversity=p.number("diversity", 0.0))
+                         explain=p.flag("explain"), history=_explain_items(p), diversity=p.number("diversity", 0.0),
+                         exclude=p.all("exclude"))
 
 
 def _history(rec, p: Params) -> list:
@@ -141,12 +144,12 @@ def _history(rec, p: Params) -> list:
     return rec.recommend_history(items, p.integer("k", 10, 1), user=user, method=p.one("method", "auto"),
                                  exclude_history=not p.flag("include_known"), explain=p.flag("explain"),
                                  explain_items=_explain_items(p),
-                                 diversity=p.number("diversity", 0.0))
+                                 diversity=p.number("diversity", 0.0), exclude=p.all("exclude"))
 
 
 def _similar(rec, p: Params) -> list:
     return rec.similar(p.one("item", required=True), p.integer("k", 10, 1), explain=p.flag("explain"),
-                       by=p.one("by", "index"))
+                       by=p.one("by", "index"), exclude=p.all("exclude"))
 
 
 def _search(rec, p: Params) -> list:
@@ -155,9 +158,10 @@ def _search(rec, p: Params) -> list:
 
 # route -> (handler, the parameters it takes)
 ROUTES: dict[str, tuple[Callable[[Any, Params], list], tuple[str, ...]]] = {
-    "/recommend": (_recommend, ("user", "k", "include_known", "explain", "explain_items", "diversity")),
-    "/history": (_history, ("item", "user", "k", "method", "include_known", "explain", "explain_items", "diversity")),
-    "/similar": (_similar, ("item", "k", "explain", "by")),
+    "/recommend": (_recommend, ("user", "k", "include_known", "explain", "explain_items", "diversity", "exclude")),
+    "/history": (_history, ("item", "user", "k", "method", "include_known", "explain", "explain_items", "diversity",
+                            "exclude")),
+    "/similar": (_similar, ("item", "k", "explain", "by", "exclude")),
     "/search": (_search, ("text", "k")),
 }
 

@@ -86,6 +86,9 @@ def test_every_route_answers_what_the_python_api_returns(served):
         ("/history?user=u3&k=5&explain", rec.recommend_history([], 5, user="u3", explain=True)),
         ("/similar?item=3&k=6", rec.similar(3, 6)),
         ("/similar?item=3&k=6&by=cosine&explain=yes", rec.similar(3, 6, by="cosine", explain=True)),
+        ("/recommend?user=u3&k=5&exclude=7&exclude=11", rec.recommend("u3", 5, exclude=[7, 11])),
+        ("/history?item=0&k=5&exclude=4", rec.recommend_history([0], 5, exclude=[4])),
+        ("/similar?item=3&k=6&exclude=7&exclude=nope", rec.similar(3, 6, exclude=[7])),
     ]
     for path, want in cases:
         status, body = get(url + path)
