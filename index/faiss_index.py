@@ -560,6 +560,7 @@ class FaissIndex:
         k: int,
         *,
         exclude: Sequence[Collection[ItemId]] | None = None,
+        exclude_all: Collection[ItemId] = (),
     ) -> tuple[list[list[ItemId]], list[np.ndarray]]:
         """Top-``k`` items per query by cosine similarity (queries are normalised by the wrapper).
 
@@ -568,6 +569,9 @@ class FaissIndex:
             k: Results wanted per query.
             exclude: Optional, one collection per query of ids that must not be returned for it;
                 ids not in the index are ignored.
+            exclude_all: Ids no query may return (ids not in the index are ignored). Unlike
+                ``exclude`` they are hidden inside FAISS (an ``IDSelector``), so a long list costs
+                neither a deeper fetch nor a per-query copy.
 
         Returns:
             ``(ids, scores)``: per query, item ids best-first and their float32 scores. Each
@@ -584,14 +588,15 @@ class FaissIndex:
         n_q = len(q)
         if exclude is not None and len(exclude) != n_q:
             raise ValueError(f"exclude has {len(exclude)} entries for {n_q} queries")
+        shared = {label for item in exclude_all if (label := self._label_of.get(item)) is not None}
         excluded: list[set[int]] = [set() for _ in range(n_q)]
         if exclude is not None:
             for b, items in enumerate(exclude):
                 for item in items:
                     label = self._label_of.get(item)
-                    if label is not None:
+                    if label is not None and label not in shared:
                         excluded[b].add(label)
-        live = len(self._label_of)
+        live = len(self._label_of) - len(shared)
         target = [min(int(k), live - len(e)) for e in excluded]
         out_ids: list[list[ItemId]] = [[] for _ in range(n_q)]
         out_scores: list[np.ndarray] = [np.empty(0, dtype=np.float32) for _ in range(n_q)]
@@ -607,15 +612,18 @@ class FaissIndex:
             if target[b] > 0:
                 groups.setdefault(need[b].bit_length(), []).append(b)
         for pending in groups.values():
-            self._search_group(q, pending, max(need[b] for b in pending), excluded, target, out_ids, out_scores)
+            self._search_group(q, pending, max(need[b] for b in pending), excluded, target, out_ids, out_scores,
+                               shared)
         return out_ids, out_scores
 
     def _search_group(self, q: np.ndarray, pending: list[int], fetch: int, excluded: list[set[int]],
-                      target: list[int], out_ids: list[list[ItemId]], out_scores: list[np.ndarray]) -> None:
+                      target: list[int], out_ids: list[list[ItemId]], out_scores: list[np.ndarray],
+                      shared: set[int] = frozenset()) -> None:
         """Fill ``out_ids`` / ``out_scores`` for the queries ``pending`` (rows of ``q``), starting
         at ``fetch`` results per query and widening for those still short (:meth:`search`)."""
-        ntotal, live = int(self._index.ntotal), len(self._label_of)
+        ntotal, live = int(self._index.ntotal), len(self._label_of) - len(shared)
         nprobe, ef, exhaustive = self._nprobe, self._ef_search, False
+        sel = self._selector(shared)
         if self._spec.kind == "hnsw":
             # Tombstones still occupy the graph: to meet ``fetch`` live nodes the walk must visit
             # about ntotal / live times as many, so widen the candidate list up front. A walk
@@ -624,7 +632,7 @@ class FaissIndex:
             exhaustive = ef >= ntotal
             fetch = ntotal if exhaustive else fetch
         while pending:
-            scores, labels = self._raw_search(q[pending], fetch, nprobe, ef, exhaustive)  # [B', F] each
+            scores, labels = self._raw_search(q[pending], fetch, nprobe, ef, exhaustive, sel)  # [B', F] each
             done = fetch >= ntotal and (
                 self._spec.kind == "flat"
                 or (self._spec.kind == "ivf" and nprobe >= self._spec.nlist)
@@ -634,7 +642,7 @@ class FaissIndex:
             for row, b in enumerate(pending):
                 got_ids, got_pos = [], []
                 for j, label in enumerate(labels[row].tolist()):
-                    if label < 0 or label in excluded[b]:
+                    if label < 0 or label in excluded[b] or label in shared:  # shared: the HNSW scan sees them
                         continue
                     item = self._id_by_label[label]
                     if item is _GONE:
@@ -658,9 +666,10 @@ class FaissIndex:
             pending = short
 
     def _raw_search(
-        self, q: np.ndarray, fetch: int, nprobe: int, ef: int, exhaustive: bool
+        self, q: np.ndarray, fetch: int, nprobe: int, ef: int, exhaustive: bool, sel: Any = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """One FAISS call; returns (scores, labels), both (B, fetch); -1 labels are padding."""
+        """One FAISS call; returns (scores, labels), both (B, fetch); -1 labels are padding.
+        ``sel`` (:meth:`_selector`) hides labels inside FAISS; the exhaustive HNSW scan ignores it."""
         kind = self._spec.kind
         if exhaustive:  # HNSW only: brute force over the graph's own vector storage
             hnsw = faiss.downcast_index(self._index.index)
@@ -671,11 +680,21 @@ class FaissIndex:
             params = faiss.SearchParametersIVF(nprobe=nprobe)
         elif kind == "hnsw":
             params = faiss.SearchParametersHNSW(efSearch=ef)
-            if self._tombstones:
-                params.sel = self._tombstone_selector()
         else:
-            params = None
+            params = faiss.SearchParameters() if sel is not None else None
+        if sel is not None:
+            params.sel = sel
         return self._index.search(q, fetch, params=params)
+
+    def _selector(self, shared: set[int]) -> Any:
+        """The ``IDSelector`` hiding HNSW tombstones and the ``shared`` labels, or ``None``."""
+        if not shared:
+            return self._tombstone_selector() if self._spec.kind == "hnsw" and self._tombstones else None
+        hidden = shared | self._tombstones if self._spec.kind == "hnsw" else shared
+        batch = faiss.IDSelectorBatch(np.fromiter(hidden, dtype=np.int64, count=len(hidden)))
+        selector = faiss.IDSelectorNot(batch)
+        selector.referenced_objects = [batch]  # IDSelectorNot does not own its argument: keep it alive
+        return selector
 
     def _tombstone_selector(self) -> Any:
         if self._tomb_selector is None:

@@ -308,8 +308,9 @@ def cmd_similar(args: argparse.Namespace) -> int:
     many = args.all_items or len(items) > 1
     if many and args.explain:
         raise ConfigError("several items (or --all-items) are answered in batches: --explain takes one --item")
+    exclude = _exclude_list(args)  # the file is read before the (slower) directory
     index = _open_index(args)
-    exclude = _exclude_list(args)
+    exclude = index.excluded_ids(exclude)  # once, not per batch
     if many:
         ids = index.ids if args.all_items else [index.resolve_id(i) for i in items]  # every id checked first
         stream_batches("item_id", ids, lambda chunk: index.similar_many(chunk, args.k, by=args.by, exclude=exclude),
@@ -457,9 +458,10 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     explain_items = DEFAULT_HISTORY if args.explain_items is None else args.explain_items
     if args.method != "auto" and args.history is None:
         raise ConfigError("--method applies to --history only (a known user has a trained vector)")
+    exclude = _exclude_list(args)  # the file is read before the (slower) directory
     rec = _open_recommender(args)
     title = title_field_of(rec.items)
-    exclude = _exclude_list(args)
+    exclude = rec.items.excluded_ids(exclude)  # once, not per batch
     if many:
         users = list(rec.user_ids) if args.all_users else [rec.user_ids[rec.user_index(u)] for u in users]
         stream_batches("user_id", users, lambda chunk: rec.recommend_many(chunk, args.k, exclude=exclude,
@@ -483,7 +485,7 @@ def _exclude_list(args: argparse.Namespace) -> list[str]:
     ids = list(args.exclude or [])
     if args.exclude_file is not None:
         try:
-            text = args.exclude_file.read_text(encoding="utf-8")
+            text = args.exclude_file.read_text(encoding="utf-8-sig")  # a byte-order mark is no part of the first id
         except OSError as e:
             raise ConfigError(f"--exclude-file {args.exclude_file}: cannot read it ({e.strerror})") from None
         ids += [line.strip() for line in text.splitlines() if line.strip()]

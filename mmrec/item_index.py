@@ -813,7 +813,7 @@ class ItemIndex:
     def _results(self, ids: list[ItemId], scores: np.ndarray) -> list[Result]:
         return [Result(i, float(s), self.items[self._pos[i]]["fields"]) for i, s in zip(ids, scores)]
 
-    def search_vectors(self, queries: np.ndarray, k: int = 10, exclude=None) -> list[list[Result]]:
+    def search_vectors(self, queries: np.ndarray, k: int = 10, exclude=None, exclude_all=()) -> list[list[Result]]:
         """Top-k items for each query vector ``[B, D]`` (already in index space).
 
         Args:
@@ -824,7 +824,7 @@ class ItemIndex:
         """
         if k < 1:
             raise MMRecError(f"k must be at least 1, got {k}")
-        ids, scores = self.index.search(queries, k, exclude=exclude)
+        ids, scores = self.index.search(queries, k, exclude=exclude, exclude_all=exclude_all)
         return [self._results(i, self.vectorizer.rescore(s, q)) for i, s, q in zip(ids, scores, queries)]
 
     def similar(self, item_id: object, k: int = 10, *, by: str = "index", exclude: Sequence[object] = ()) -> list[Result]:
@@ -840,15 +840,20 @@ class ItemIndex:
         """
         return self.similar_many([item_id], k, by=by, exclude=exclude)[0]
 
-    def excluded_ids(self, item_ids: Sequence[object]) -> set[ItemId]:
+    def excluded_ids(self, item_ids: Sequence[object] | ItemId) -> set[ItemId]:
         """The ids of ``item_ids`` that are in the index (as typed on a command line: ``"7"`` finds
-        the int id ``7``); the others are dropped: what is not in the index is never returned."""
-        found = set()
+        the int id ``7``; a single string or int is one id); the others are dropped, as what is
+        not in the index is never returned, and counted in an info log line."""
+        if isinstance(item_ids, (str, bytes, int, np.integer)):
+            item_ids = [item_ids]  # "19" is item 19, not the items "1" and "9"
+        found, missing = set(), 0
         for i in item_ids:
             try:
                 found.add(self.resolve_id(i))
             except MMRecError:
-                continue
+                missing += 1
+        if missing:
+            logger.info("%d of the %d ids to exclude are not in this index (ignored)", missing, missing + len(found))
         return found
 
     def similar_many(self, item_ids: Sequence[object], k: int = 10, *, by: str = "index", batch_size: int = 1024,
@@ -872,6 +877,7 @@ class ItemIndex:
         ids = [self.resolve_id(i) for i in item_ids]
         rows = np.array([self._pos[i] for i in ids], dtype=np.int64)
         dropped = self.excluded_ids(exclude)
+        drop = np.array(sorted(self._pos[i] for i in dropped), dtype=np.int64)  # their rows, for by="cosine"
         unit = None
         if by == "cosine":
             unit = self._unit_vectors()  # [N, D]
@@ -883,9 +889,8 @@ class ItemIndex:
                 batch, brows = ids[start : start + batch_size], rows[start : start + batch_size]
                 if by == "index":
                     queries, own = self.similar_queries(brows)  # [B, D + 1], the items themselves
-                    out += self.search_vectors(queries, k, exclude=[o | dropped for o in own])
+                    out += self.search_vectors(queries, k, exclude=own, exclude_all=dropped)
                 else:
-                    drop = np.array(sorted(self._pos[i] for i in dropped), dtype=np.int64)
                     out += self._cosine_top_many(unit, unit[brows], k, skip=brows, drop=drop)
                 bar.update(len(batch))
         return out

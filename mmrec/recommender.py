@@ -347,8 +347,9 @@ class Recommender:
             raise MMRecError("this directory holds a content index, not a trained model: run `mmrec train` first")
         diversity = check_weight(diversity)
         row = self.user_index(user_id)
-        dropped = (set(self.known_items(user_id)) if exclude_known else set()) | self.items.excluded_ids(exclude)
-        results = self._serve(self.user_vectors[row : row + 1], k, dropped, diversity, candidates)
+        known = set(self.known_items(user_id)) if exclude_known else None
+        results = self._serve(self.user_vectors[row : row + 1], k, known, diversity, candidates,
+                              self.items.excluded_ids(exclude))
         return explain_recommendations(self, user_id, results, history) if explain else results
 
     def info(self) -> dict[str, Any]:
@@ -500,8 +501,7 @@ class Recommender:
             for start in range(0, len(rows), batch_size):
                 batch = rows[start : start + batch_size]
                 queries, known = self._user_queries(batch, exclude_known)
-                left_out = [kn | dropped for kn in known] if known is not None else [dropped] * len(batch)
-                out += self.items.search_vectors(queries, k, exclude=left_out)  # [B] lists
+                out += self.items.search_vectors(queries, k, exclude=known, exclude_all=dropped)  # [B] lists
                 bar.update(len(batch))
         return out
 
@@ -575,8 +575,8 @@ class Recommender:
             vector = self._foldin[1]([rows])  # [1, D]
         if not np.any(vector):
             raise MMRecError("the history's vectors sum to zero: it has no direction to rank items by")
-        dropped = (history_set if exclude_history else set()) | self.items.excluded_ids(exclude)
-        results = self._serve(vector, k, dropped, diversity, candidates)
+        results = self._serve(vector, k, history_set if exclude_history else None, diversity, candidates,
+                              self.items.excluded_ids(exclude))
         return explain_history(self.items, ids, results, explain_items) if explain else results
 
     def _history_id(self, item_id: object) -> ItemId:
@@ -586,14 +586,16 @@ class Recommender:
             raise UnknownIdError(f"history item '{item_id}' is not in this index ({len(self.items)} items)") from None
 
     def _serve(self, user: np.ndarray, k: int, exclude: set | None, diversity: float,
-               candidates: int | None) -> list[Result]:
-        """Top-k for one ``[1, D]`` user vector: FAISS over the index, ``exclude`` left out, then
-        the MMR re-ranking of the top ``candidates`` when ``diversity`` > 0."""
+               candidates: int | None, exclude_all: set = frozenset()) -> list[Result]:
+        """Top-k for one ``[1, D]`` user vector: FAISS over the index, ``exclude`` (the user's own
+        items) and ``exclude_all`` (a business rule's, hidden inside FAISS) left out, then the MMR
+        re-ranking of the top ``candidates`` when ``diversity`` > 0."""
         q = self.items.vectorizer.mips.queries(user)  # [1, D + 1]
         exclude_list = [exclude] if exclude else None
         if diversity == 0.0:
-            return self.items.search_vectors(q, k, exclude=exclude_list)[0]
-        pool = self.items.search_vectors(q, max(candidates or max(5 * k, 50), k), exclude=exclude_list)[0]
+            return self.items.search_vectors(q, k, exclude=exclude_list, exclude_all=exclude_all)[0]
+        pool = self.items.search_vectors(q, max(candidates or max(5 * k, 50), k), exclude=exclude_list,
+                                         exclude_all=exclude_all)[0]
         vecs = self.items.vectorizer.mips.original(
             self.items.vectors[[self.items._pos[r.item_id] for r in pool]])  # [C, D]
         picks = mmr_rerank(np.array([r.score for r in pool]), vecs, k, diversity) if pool else []

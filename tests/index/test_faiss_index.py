@@ -223,6 +223,28 @@ def test_sweep_knob_counts_items_tied_at_the_cut_and_skips_queries_with_nothing_
         small.sweep_knob(x[:1], 2, exclude=[{"a", "b", "c"}])
 
 
+@pytest.mark.parametrize("factory", ["Flat", "HNSW32", "IVF64,Flat"])
+def test_exclude_all_is_hidden_inside_faiss_and_meets_the_oracle(saved, data, factory):
+    base, queries, _ = data
+    index = fresh(saved, factory)
+    index.remove(list(range(1, 2000, 2)))  # HNSW: tombstones, hidden by the same selector
+    if factory.startswith("IVF"):
+        index.nprobe = 64  # every list: exact, so the oracle is exact too
+    shared = set(range(0, 4000, 4)) | {"not-an-id"}
+    own = [{int(i)} for i in range(len(queries))]  # per-query ids beside the shared ones
+    found, _ = index.search(queries, 10, exclude=own, exclude_all=shared)
+    pos, _ = exact_search(base, queries, 3000)
+    gone = set(range(1, 2000, 2)) | shared
+    truth = [[int(i) for i in row if i not in gone and i not in o][:10] for row, o in zip(pos, own)]
+    assert all(len(f) == 10 for f in found)
+    assert recall_at_k(found, truth, 10) >= (0.97 if factory == "HNSW32" else 1.0)
+    assert not any(set(f) & (gone | o) for f, o in zip(found, own))
+    # k larger than what is left: exactly what is left comes back.
+    small = FaissIndex.build(base[:50], list(range(50)), factory if factory != "IVF64,Flat" else "Flat")
+    left, _ = small.search(queries[:3], 50, exclude_all=set(range(45)))
+    assert [sorted(r) for r in left] == [[45, 46, 47, 48, 49]] * 3
+
+
 def test_sweep_knob_errors(saved, data):
     queries = data[1]
     with pytest.raises(ValueError, match="Flat search is exact"):

@@ -55,7 +55,7 @@ def test_excluded_items_leave_the_ranking_and_the_rest_move_up(rec):
 
 def test_cli_exclude_and_exclude_file(rec, tmp_path, capsys):
     d = str(rec.items.directory)
-    (tmp_path / "stock.txt").write_text("5\n\n9\n")
+    (tmp_path / "stock.txt").write_text("\ufeff5\n\n9\n", encoding="utf-8")  # a byte-order mark, as some editors write
     assert main(["recommend", "--index", d, "--user", "u0", "-k", "6", "--exclude", "13", "--exclude-file",
                  str(tmp_path / "stock.txt"), "--json", "-q"]) == 0
     assert [r["item_id"] for r in json.loads(capsys.readouterr().out)] == ids(rec.recommend("u0", 6, exclude=[5, 9, 13]))
@@ -65,3 +65,13 @@ def test_cli_exclude_and_exclude_file(rec, tmp_path, capsys):
         [ids(rec.similar(i, 4, exclude=[5, 9])) for i in (3, 4)]
     assert main(["recommend", "--index", d, "--user", "u0", "--exclude-file", str(tmp_path / "missing.txt"), "-q"]) == 1
     assert f"--exclude-file {tmp_path / 'missing.txt'}: cannot read it" in capsys.readouterr().err
+
+
+def test_a_single_id_is_one_id_and_unknown_ones_are_counted(rec, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="mmrec.item_index"):
+        assert rec.items.excluded_ids("19") == {19} and rec.items.excluded_ids(19) == {19}
+        assert ids(rec.similar(3, 31, exclude="19")) == [i for i in ids(rec.similar(3, 31)) if i != 19]
+        assert rec.items.excluded_ids(["7", "nope", "7,9"]) == {7}
+    assert "2 of the 3 ids to exclude are not in this index (ignored)" in caplog.text
