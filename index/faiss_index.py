@@ -588,6 +588,8 @@ class FaissIndex:
         n_q = len(q)
         if exclude is not None and len(exclude) != n_q:
             raise ValueError(f"exclude has {len(exclude)} entries for {n_q} queries")
+        if isinstance(exclude_all, (str, bytes, int, np.integer)):
+            exclude_all = [exclude_all]  # one id, not its characters
         shared = {label for item in exclude_all if (label := self._label_of.get(item)) is not None}
         excluded: list[set[int]] = [set() for _ in range(n_q)]
         if exclude is not None:
@@ -625,18 +627,17 @@ class FaissIndex:
         nprobe, ef, exhaustive = self._nprobe, self._ef_search, False
         sel = self._selector(shared)
         if self._spec.kind == "hnsw":
-            # Tombstones still occupy the graph: to meet ``fetch`` live nodes the walk must visit
-            # about ntotal / live times as many, so widen the candidate list up front. A walk
-            # over every node costs more than a flat scan of the graph's storage: scan instead.
+            # Tombstones and hidden ids still occupy the graph: to meet ``fetch`` visible nodes the
+            # walk must visit about ntotal / live times as many, so widen the candidate list up
+            # front. A walk over every node, or over a graph where fewer than one node in M is
+            # visible, costs more than a flat scan of the graph's storage: scan instead.
             ef = max(ef, math.ceil(fetch * ntotal / max(live, 1)))
-            exhaustive = ef >= ntotal
-            fetch = ntotal if exhaustive else fetch
+            exhaustive = ef >= ntotal or ntotal > self._spec.hnsw_m * max(live, 1)
         while pending:
             scores, labels = self._raw_search(q[pending], fetch, nprobe, ef, exhaustive, sel)  # [B', F] each
-            done = fetch >= ntotal and (
+            done = exhaustive or fetch >= ntotal and (  # the scan is exact: its top ``fetch`` are the answer
                 self._spec.kind == "flat"
                 or (self._spec.kind == "ivf" and nprobe >= self._spec.nlist)
-                or exhaustive
             )
             short = []
             for row, b in enumerate(pending):
@@ -661,19 +662,22 @@ class FaissIndex:
                 fetch = min(ntotal, 2 * fetch)
                 nprobe = min(self._spec.nlist, 2 * nprobe)
                 ef = max(2 * ef, fetch)
-                if self._spec.kind == "hnsw" and ef >= ntotal:
-                    exhaustive, fetch = True, ntotal  # as above: the flat scan is the cheaper walk
+                exhaustive = self._spec.kind == "hnsw" and ef >= ntotal  # as above: the flat scan is cheaper
             pending = short
 
     def _raw_search(
         self, q: np.ndarray, fetch: int, nprobe: int, ef: int, exhaustive: bool, sel: Any = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """One FAISS call; returns (scores, labels), both (B, fetch); -1 labels are padding.
-        ``sel`` (:meth:`_selector`) hides labels inside FAISS; the exhaustive HNSW scan ignores it."""
+        ``sel`` (:meth:`_selector`) hides labels inside FAISS, in the exhaustive HNSW scan too."""
         kind = self._spec.kind
         if exhaustive:  # HNSW only: brute force over the graph's own vector storage
             hnsw = faiss.downcast_index(self._index.index)
-            scores, pos = faiss.downcast_index(hnsw.storage).search(q, fetch)  # [B, F] positions
+            params = None
+            if sel is not None:  # the storage counts positions: the selector sees them as labels
+                translated = faiss.IDSelectorTranslated(self._index.id_map, sel)
+                params = faiss.SearchParameters(sel=translated)
+            scores, pos = faiss.downcast_index(hnsw.storage).search(q, fetch, params=params)  # [B, F] positions
             id_map = faiss.vector_to_array(self._index.id_map)  # [ntotal] position -> label
             return scores, np.where(pos >= 0, id_map[np.maximum(pos, 0)], -1)
         if kind == "ivf":

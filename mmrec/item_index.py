@@ -821,6 +821,7 @@ class ItemIndex:
             k: results per query; fewer only when fewer eligible items exist.
             exclude: per query, ids that must not be returned (the index over-fetches so
                 that k results still come back).
+            exclude_all: ids no query may return, hidden inside FAISS (an ``IDSelector``).
         """
         if k < 1:
             raise MMRecError(f"k must be at least 1, got {k}")
@@ -848,7 +849,11 @@ class ItemIndex:
             item_ids = [item_ids]  # "19" is item 19, not the items "1" and "9"
         found, missing = set(), 0
         for i in item_ids:
+            if isinstance(i, bytes):
+                i = i.decode("utf-8", errors="replace")
             try:
+                if isinstance(i, bool):  # True is no item id, though Python counts it as 1
+                    raise MMRecError(f"{i!r} is not an item id")
                 found.add(self.resolve_id(i))
             except MMRecError:
                 missing += 1

@@ -239,6 +239,10 @@ def test_exclude_all_is_hidden_inside_faiss_and_meets_the_oracle(saved, data, fa
     assert all(len(f) == 10 for f in found)
     assert recall_at_k(found, truth, 10) >= (0.97 if factory == "HNSW32" else 1.0)
     assert not any(set(f) & (gone | o) for f, o in zip(found, own))
+    named = FaissIndex.build(base[:30], [f"i{j}" for j in range(30)], "Flat")
+    named.add(base[30:31], ["i1i"])
+    got, _ = named.search(queries[:1], 31, exclude_all="i1i")  # one id, not the ids "i" and "1"
+    assert "i1i" not in got[0] and len(got[0]) == 30
     # k larger than what is left: exactly what is left comes back.
     small = FaissIndex.build(base[:50], list(range(50)), factory if factory != "IVF64,Flat" else "Flat")
     left, _ = small.search(queries[:3], 50, exclude_all=set(range(45)))
