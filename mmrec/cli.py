@@ -587,8 +587,9 @@ def _query_opts(p: argparse.ArgumentParser) -> None:
 
 
 def _cache_opts(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cache-dir", type=Path, help="feature cache (default $MMREC_CACHE_DIR or ~/.cache/mmrec/features)")
-    p.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
+    cache = p.add_mutually_exclusive_group()  # one or the other: given both, which would win is a guess
+    cache.add_argument("--cache-dir", type=Path, help="feature cache (default $MMREC_CACHE_DIR or ~/.cache/mmrec/features)")
+    cache.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -422,6 +422,10 @@ def test_closed_config_values_are_argparse_choices(capsys):
         assert e.value.code == 2 and f"argument {option}: invalid choice: 'bogus'" in capsys.readouterr().err
     args = parser.parse_args(["train", "--interactions", "i.tsv", "--out", "o", "--finetune", "top:2"])  # open form
     assert args.finetune == "top:2"
+    for command in (["index", "build", "--catalog", "c.csv", "--out", "o"], ["train", "--interactions", "i.tsv", "--out", "o"]):
+        with pytest.raises(SystemExit) as e:  # which of the two would win is a guess: refused
+            parser.parse_args([*command, "--cache-dir", "c", "--no-cache"])
+        assert e.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # finetune's options come from the same fields
         parser.parse_args(["finetune", "--from", "m", "--interactions", "i.tsv", "--out", "o", "--loss", "bogus"])
     assert "argument --loss: invalid choice: 'bogus'" in capsys.readouterr().err
