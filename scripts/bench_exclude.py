@@ -1,0 +1,140 @@
+"""Excluding items from every query (``exclude=`` / ``--exclude``): what a long list costs, side by side.
+
+For each factory, one index of ``--items`` clustered vectors (``index.clustered_vectors``) answers
+``--queries`` queries in one batched ``FaissIndex.search`` (k = 10), with no exclusions and with
+each list size of ``--sizes`` random ids excluded two ways, in one run:
+
+* ``shared``: ``exclude_all=ids``, what ``recommend`` / ``similar`` now send: the ids hidden inside
+  FAISS by an ``IDSelector``;
+* ``per-query``: ``exclude=[ids] * queries``, the per-query sets the first version built (every
+  query fetches k plus the list and filters it in Python).
+
+Each timing is the median of ``--rounds`` calls; every result list is checked to hold k ids, none of
+them excluded, and each way's recall@10 is measured against a brute-force ranking of the items left
+(the two ways may differ on an approximate index: they search differently). Writes
+``--out``/exclude.json and exclude.md.
+
+Usage::
+
+    .venv/bin/python scripts/bench_exclude.py
+    .venv/bin/python scripts/bench_exclude.py --items 20000 --sizes 100 2000 --rounds 1   # quick
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from index import FaissIndex, clustered_vectors  # noqa: E402
+from machine import add_run_options, begin_run, update_results  # noqa: E402
+
+K = 10
+
+
+def timed(call, rounds: int) -> tuple[float, Any]:
+    """Median seconds of ``rounds`` calls, and the last call's result."""
+    times, out = [], None
+    for _ in range(rounds):
+        start = time.perf_counter()
+        out = call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), out
+
+
+def exact_top(base: np.ndarray, queries: np.ndarray, excluded: set[int], block: int = 128) -> list[set[int]]:
+    """The k nearest rows by cosine (brute force, float32) of each query, the ``excluded`` rows left out."""
+    unit = base / np.linalg.norm(base, axis=1, keepdims=True)
+    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    drop = np.fromiter(excluded, dtype=np.int64, count=len(excluded))
+    out = []
+    for start in range(0, len(q), block):
+        sims = q[start : start + block] @ unit.T  # [B, N]
+        sims[:, drop] = -np.inf
+        out += [set(row.tolist()) for row in np.argpartition(-sims, K, axis=1)[:, :K]]
+    return out
+
+
+def recall(found: list[list[int]], truth: list[set[int]]) -> float:
+    return float(np.mean([len(set(f) & t) / K for f, t in zip(found, truth)]))
+
+
+def measure(index: FaissIndex, base: np.ndarray, queries: np.ndarray, sizes: list[int], rounds: int,
+            seed: int) -> list[dict[str, Any]]:
+    """One row per list size (0 first): seconds and recall@10 of each way, and the checks."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for size in [0, *sizes]:
+        ids = set(rng.choice(len(index), size, replace=False).tolist())
+        truth = exact_top(base, queries, ids)
+        shared_s, (shared, _) = timed(lambda: index.search(queries, K, exclude_all=ids), rounds)
+        row: dict[str, Any] = {"excluded": size, "shared_s": round(shared_s, 4), "shared_recall": round(recall(shared, truth), 4)}
+        lists = [shared]
+        if size:
+            per_s, (per, _) = timed(lambda: index.search(queries, K, exclude=[ids] * len(queries)), rounds)
+            row |= {"per_query_s": round(per_s, 4), "per_query_recall": round(recall(per, truth), 4)}
+            lists.append(per)
+        row["lists_ok"] = all(len(r) == K and not set(r) & ids for way in lists for r in way)
+        rows.append(row)
+        print(f"  {row}", flush=True)
+    return rows
+
+
+def markdown(results: dict[str, Any]) -> str:
+    e = results["exclude"]
+    m = e["machine"]
+    lines = ["# Excluding items from every query (`scripts/bench_exclude.py`)", "",
+             f"{e['items']:,} clustered vectors of {e['dim']} dimensions, {e['queries']:,} queries in one batched "
+             f"search, k = {K}; median of {e['rounds']} calls. `shared`: `exclude_all` (an `IDSelector` inside FAISS, "
+             "what `recommend` / `similar` send); `per-query`: the same ids as every query's own set.", "",
+             "| factory | excluded | none s | shared s | per-query s | shared / none | per-query / shared | "
+             "recall@10 none / shared / per-query | lists |",
+             "|---|---:|---:|---:|---:|---:|---:|---|---|"]
+    for factory, rows in e["factories"].items():
+        base = rows[0]
+        for r in rows[1:]:
+            lines.append(f"| {factory} | {r['excluded']:,} | {base['shared_s']:.3f} | {r['shared_s']:.3f} | "
+                         f"{r['per_query_s']:.3f} | {r['shared_s'] / base['shared_s']:.1f}x | "
+                         f"{r['per_query_s'] / r['shared_s']:.1f}x | {base['shared_recall']:.4f} / "
+                         f"{r['shared_recall']:.4f} / {r['per_query_recall']:.4f} | "
+                         f"{'ok' if r['lists_ok'] else 'FAILED'} |")
+    lines += ["", f"Machine: {m['cpu']}, {m['cores']} cores (shared; load average {m['load_average']} at start), "
+              f"FAISS with {e['threads']} thread(s). Command: `{e['command']}`", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--items", type=int, default=200_000, help="indexed vectors (default 200,000)")
+    p.add_argument("--dim", type=int, default=64, help="their width (default 64)")
+    p.add_argument("--queries", type=int, default=1024, help="queries per batched search (default 1024)")
+    p.add_argument("--sizes", type=int, nargs="+", default=[1000, 20_000], help="excluded list sizes (default 1000 20000)")
+    p.add_argument("--factories", nargs="+", default=["Flat", "IVF256,Flat", "HNSW32"])
+    p.add_argument("--rounds", type=int, default=3, help="calls per timing, median kept (default 3)")
+    add_run_options(p)
+    args = p.parse_args(argv)
+    command, machine = begin_run("bench_exclude.py", args, argv)
+    import faiss
+
+    faiss.omp_set_num_threads(args.threads)
+    x = clustered_vectors(args.items + args.queries, args.dim, n_clusters=max(1, args.items // 1000), seed=0)
+    base, queries = x[: args.items], x[args.items :]
+    out: dict[str, Any] = {}
+    for factory in args.factories:
+        print(f"{factory}: building", flush=True)
+        index = FaissIndex.build(base, list(range(args.items)), factory, seed=0)
+        out[factory] = measure(index, base, queries, args.sizes, args.rounds, seed=1)
+    entry = {"items": args.items, "dim": args.dim, "queries": args.queries, "rounds": args.rounds,
+             "threads": args.threads, "factories": out, "machine": machine, "command": command}
+    update_results(Path(args.out), "exclude", lambda old: {"exclude": entry}, markdown)
+    print(markdown({"exclude": entry}))
+
+
+if __name__ == "__main__":
+    main()
