@@ -643,7 +643,7 @@ class FaissIndex:
             for row, b in enumerate(pending):
                 got_ids, got_pos = [], []
                 for j, label in enumerate(labels[row].tolist()):
-                    if label < 0 or label in excluded[b] or label in shared:  # shared: the HNSW scan sees them
+                    if label < 0 or label in excluded[b]:  # ``shared`` never comes back: the selector hides it
                         continue
                     item = self._id_by_label[label]
                     if item is _GONE:
@@ -694,18 +694,11 @@ class FaissIndex:
         """The ``IDSelector`` hiding HNSW tombstones and the ``shared`` labels, or ``None``."""
         if not shared:
             return self._tombstone_selector() if self._spec.kind == "hnsw" and self._tombstones else None
-        hidden = shared | self._tombstones if self._spec.kind == "hnsw" else shared
-        batch = faiss.IDSelectorBatch(np.fromiter(hidden, dtype=np.int64, count=len(hidden)))
-        selector = faiss.IDSelectorNot(batch)
-        selector.referenced_objects = [batch]  # IDSelectorNot does not own its argument: keep it alive
-        return selector
+        return _hiding(shared | self._tombstones if self._spec.kind == "hnsw" else shared)
 
     def _tombstone_selector(self) -> Any:
         if self._tomb_selector is None:
-            batch = faiss.IDSelectorBatch(np.fromiter(self._tombstones, dtype=np.int64))
-            selector = faiss.IDSelectorNot(batch)
-            selector.referenced_objects = [batch]  # IDSelectorNot does not own its argument: keep it alive
-            self._tomb_selector = selector
+            self._tomb_selector = _hiding(self._tombstones)
         return self._tomb_selector
 
     # ----------------------------------------------------------------- persistence
@@ -800,6 +793,14 @@ class FaissIndex:
             index._ef_search = int(field("ef_search"))
         index._push_knobs()
         return index
+
+
+def _hiding(labels: Collection[int]) -> Any:
+    """An ``IDSelector`` that lets every label through but ``labels``."""
+    batch = faiss.IDSelectorBatch(np.fromiter(labels, dtype=np.int64, count=len(labels)))
+    selector = faiss.IDSelectorNot(batch)
+    selector.referenced_objects = [batch]  # IDSelectorNot does not own its argument: keep it alive
+    return selector
 
 
 # Scores within this of the reference's k-th best count as reaching it: the same cosine computed by

@@ -270,11 +270,12 @@ def cmd_index_tune(args: argparse.Namespace) -> int:
     rec = _open_recommender(args)
     index = rec.items.index
     given = [(name, v) for name, v in (("nprobe", args.nprobe), ("ef_search", args.ef_search)) if v is not None]
-    measuring = [f"--{o}" if len(o) > 1 else f"-{o}" for o in ("recall", "k", "sample", "seed") if getattr(args, o) is not None]
+    measuring = {o: getattr(args, o) for o in ("recall", "k", "sample", "seed") if getattr(args, o) is not None}
     if given:  # argparse allows at most one of them
         name, value = given[0]
         if measuring:
-            raise ConfigError(f"--{name.replace('_', '-')} sets the knob without measuring: {', '.join(measuring)} "
+            flags = ", ".join(f"--{o}" if len(o) > 1 else f"-{o}" for o in measuring)
+            raise ConfigError(f"--{name.replace('_', '-')} sets the knob without measuring: {flags} "
                               f"would be unused (give one or the other)")
         if index.knob != name:
             has = f"its knob is --{index.knob.replace('_', '-')}" if index.knob else "exact search has no knob"
@@ -283,10 +284,7 @@ def cmd_index_tune(args: argparse.Namespace) -> int:
         saved = rec.set_search(value, save=not args.dry_run)
         report = {"factory": index.factory, "knob": name, "before": before, "value": value, "saved": saved}
     else:
-        defaults = {"recall": 0.99, "k": 10, "sample": 2000, "seed": 0}  # as the options' help says
-        opts = {o: d if getattr(args, o) is None else getattr(args, o) for o, d in defaults.items()}
-        report = rec.tune_search(opts["recall"], opts["k"], sample=opts["sample"], seed=opts["seed"],
-                                 save=not args.dry_run)
+        report = rec.tune_search(**measuring, save=not args.dry_run)  # the rest: tune_search's defaults
     if args.json:
         print(json.dumps(report))
         return 0
