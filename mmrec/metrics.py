@@ -279,6 +279,40 @@ def evaluate(
         ConfigError: unknown ``split`` or ``mask``; unsplit interactions.
         ValueError: no user has an interaction in ``split``.
     """
+    topk, truth = rank_split(score_fn, inter, split, mask, max(ks), batch_size, progress=progress)
+    return evaluate_ranking(
+        topk,
+        truth,
+        ks,
+        num_items=inter.num_items,
+        item_popularity=inter.item_popularity("train"),
+        item_vectors=item_vectors,
+    )
+
+
+def rank_split(
+    score_fn: ScoreFn,
+    inter: Interactions,
+    split: str = "test",
+    mask: str = "all",
+    k: int = 20,
+    batch_size: int = 1024,
+    *,
+    progress: bool = False,
+) -> tuple[np.ndarray, sp.csr_matrix]:
+    """The top-``k`` lists :func:`evaluate` scores (its ``split`` and ``mask``), for callers that
+    measure more on the same lists.
+
+    Returns:
+        ``(topk, truth)``: the lists of the users with an interaction in ``split`` (as from
+        :func:`rank_topk`) and those users' ``split`` items, row-aligned.
+
+    Raises:
+        ConfigError: unknown ``split`` or ``mask``; unsplit interactions.
+
+    Shapes:
+        -> topk (R, k) int64, truth (R, N) CSR
+    """
     if split not in ("valid", "test"):
         raise ConfigError(f"split must be 'valid' or 'test', got {split!r}")
     if mask not in MASKS:
@@ -296,12 +330,4 @@ def evaluate(
         exclude = (exclude + (below - below.multiply(truth))).tocsr()
         exclude.eliminate_zeros()
         exclude.data[:] = 1.0
-    topk = rank_topk(score_fn, users, max(ks), exclude, batch_size, progress=progress)
-    return evaluate_ranking(
-        topk,
-        truth[users],
-        ks,
-        num_items=inter.num_items,
-        item_popularity=inter.item_popularity("train"),
-        item_vectors=item_vectors,
-    )
+    return rank_topk(score_fn, users, k, exclude, batch_size, progress=progress), truth[users]

@@ -66,7 +66,7 @@ from mmrec.config import TrainConfig  # noqa: E402
 from mmrec.errors import ConfigError  # noqa: E402
 from mmrec.interactions import Interactions  # noqa: E402
 from mmrec.item_index import check_device  # noqa: E402
-from mmrec.metrics import evaluate, rank_topk  # noqa: E402
+from mmrec.metrics import evaluate, evaluate_ranking, rank_split  # noqa: E402
 from mmrec.pipeline import Content, interactions_for, load_content  # noqa: E402
 from mmrec.train import Trainer, TrainData, build_model, seed_everything  # noqa: E402
 from machine import METRICS, add_run_options, command_line, describe_machine, feature_cache, mean_std, pick_metrics, update_results  # noqa: E402  (scripts/machine.py)
@@ -199,23 +199,15 @@ def hits_by_degree(topk: np.ndarray, truth: sp.csr_matrix, degree: np.ndarray,
 
 
 def report_test_split(score: Callable[[np.ndarray], torch.Tensor], inter: Interactions) -> dict[str, Any]:
-    """A scorer's test metrics with either mask, and (mask="train") its top-20 hits by item degree.
-
-    Raises:
-        RuntimeError: the hits counted by degree are not those of the headline metrics (the two
-            rank separately: ``evaluate`` does not return its lists).
-    """
-    truth = inter.user_items("test")
-    users = np.flatnonzero(np.diff(truth.indptr))
-    top20 = rank_topk(score, users, 20, inter.user_items("train"))  # mask="train", as the headline
-    by_degree = hits_by_degree(top20, truth[users], inter.item_popularity("train"))
-    test = evaluate(score, inter, split="test", mask="train")
-    if sum(c["hits"] for c in by_degree.values()) != round(test["precision@20"] * 20 * test["num_users"]):
-        raise RuntimeError("the hits by item degree disagree with evaluate()'s precision@20: the two rankings differ")
+    """A scorer's test metrics with either mask, and (mask="train") its top-20 hits by item degree,
+    counted on the very lists the headline metrics score (one ranking, :func:`mmrec.metrics.rank_split`)."""
+    top20, truth = rank_split(score, inter, "test", "train", 20)
+    degree = inter.item_popularity("train")
+    test = evaluate_ranking(top20, truth, (10, 20), num_items=inter.num_items, item_popularity=degree)
     return {
         "test": pick_metrics(test),
         "test_mask_all": pick_metrics(evaluate(score, inter, split="test", mask="all")),
-        "test_hits_by_degree": by_degree,
+        "test_hits_by_degree": hits_by_degree(top20, truth, degree),
     }
 
 
