@@ -324,8 +324,7 @@ def markdown(results: dict[str, Any]) -> str:
              "over the calls after it. `HTTP GET` rows: the same requests to `mmrec serve`'s server, run in a "
              "thread of the same process, from one keep-alive connection (client, JSON and HTTP included).", ""]
     for name, d in results["directories"].items():
-        b = d["built"]
-        lines += [f"## {name}: {d['items']:,} items, {d['users']:,} users, {b['model']}, index `{d['factory']}`", "",
+        lines += [directory_heading(name, d), "",
                   f"Loaded in {d['load_ms']:.0f} ms. `recommend` recall@10 against the exact ranking of the same "
                   f"vectors: {d['recall@10_vs_exact']:.4f}"
                   + (f"; `similar_many`'s: {d['batch']['similar']['recall@10_vs_exact']:.4f} (the items of the "
@@ -353,6 +352,11 @@ def markdown(results: dict[str, Any]) -> str:
                 lines.append(f"| {cmd} | {r['median_s']:.2f} | {', '.join(f'{s:.2f}' for s in r['runs_s'])} |")
         lines += ["", machine_note(d), ""]
     return "\n".join(lines)
+
+
+def directory_heading(name: str, d: dict[str, Any]) -> str:
+    """The markdown heading of one directory's tables: its items, users, model and index."""
+    return f"## {name}: {d['items']:,} items, {d['users']:,} users, {d['built']['model']}, index `{d['factory']}`"
 
 
 def machine_note(d: dict[str, Any]) -> str:

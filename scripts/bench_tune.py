@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mmrec.config import TrainConfig  # noqa: E402
 from mmrec.pipeline import fit  # noqa: E402
 from mmrec.recommender import Recommender  # noqa: E402
-from bench_serve import (K, add_synthetic_options, exact_recall, exact_similar_recall, machine_note,  # noqa: E402
-                         time_calls, write_synthetic)
+from bench_serve import (K, add_synthetic_options, directory_heading, exact_recall,  # noqa: E402
+                         exact_similar_recall, machine_note, time_calls, write_synthetic)
 from machine import add_run_options, begin_run, update_results  # noqa: E402
 
 
@@ -93,8 +93,7 @@ def markdown(results: dict[str, Any]) -> str:
              "excluded) on queries drawn independently of the tuning's sample (seed 1 against 0), and one call's latency, at the index's default "
              "setting and at the setting `mmrec index tune --recall R` picks; all in one run.", ""]
     for name, d in results["directories"].items():
-        b = d["built"]
-        lines += [f"## {name}: {d['items']:,} items, {d['users']:,} users, {b['model']}, index `{d['factory']}`", "",
+        lines += [directory_heading(name, d), "",
                   f"Checked on {d['users_checked']:,} users and {d['items_checked']:,} items.", "",
                   f"| setting | {d['knob']} | recommend recall@10 | similar recall@10 | recommend p50 / p99 ms | "
                   "similar p50 / p99 ms | tuning s |", "|---|---:|---:|---:|---:|---:|---:|"]
