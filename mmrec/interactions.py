@@ -239,7 +239,8 @@ class Interactions:
 
     def rows(self, keep: np.ndarray, split: np.ndarray | None = None) -> Interactions:
         """The interactions where ``keep`` is True, in the same user and item index space, with
-        their ratings and timestamps; ``split`` (one per interaction, before ``keep``) replaces
+        their ratings, timestamps and ``seen`` pairs (below the rating threshold: still never
+        ranked by ``mask="all"``); ``split`` (one per interaction, before ``keep``) replaces
         their split.
 
         Shapes:
@@ -255,6 +256,7 @@ class Interactions:
             timestamps=pick(self.timestamps),
             split=pick(self.split if split is None else split),
             report=dict(self.report),
+            seen=self.seen,
         )
 
     def user_items(self, split: str | Sequence[str] = "all") -> sp.csr_matrix:

@@ -383,6 +383,27 @@ def test_pairs_rated_below_the_threshold_are_seen_not_positive(tmp_path: Path) -
     assert load_interactions(path).seen is None
 
 
+def test_a_row_subset_keeps_the_seen_pairs_so_evaluation_still_masks_them() -> None:
+    import torch
+
+    from mmrec.coldstart import warm_part
+    from mmrec.interactions import TEST, TRAIN
+    from mmrec.metrics import evaluate
+
+    # One user: item 0 in train, item 1 in test, item 2 rated below the threshold (seen), which
+    # the scorer likes best. mask="all" never ranks item 2, so item 1 comes first.
+    inter = Interactions(user_ids=["u"], item_ids=[0, 1, 2, 3], users=[0, 0], items=[0, 1], split=[TRAIN, TEST],
+                         seen=(np.array([0]), np.array([2])))
+
+    def score(users: np.ndarray) -> torch.Tensor:
+        return torch.tensor([[0.0, 1.0, 5.0, 0.5]]).repeat(len(users), 1)
+
+    assert evaluate(score, inter, ks=(1,))["hit@1"] == 1.0
+    for part in (inter.rows(np.ones(2, bool)), inter.subset(["train", "test"]), warm_part(inter, np.zeros(4, bool))):
+        assert [a.tolist() for a in part.seen] == [[0], [2]]
+        assert evaluate(score, part, ks=(1,))["hit@1"] == 1.0
+
+
 def test_items_rated_below_the_threshold_are_never_recommended_back(tmp_path: Path) -> None:
     from mmrec.config import TrainConfig
     from mmrec.pipeline import fit
