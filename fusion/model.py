@@ -256,7 +256,9 @@ class FusedGraphModel(nn.Module):
 
         Raises:
             ValueError: unknown modality, wrong shapes, no rows, an ``item_id`` out of range,
-                or an item left with no token (no modality and no ID).
+                or, with ``id_mode="token"``, an item left with no token (no modality and no ID;
+                ``id_mode="residual"`` gives it a zero vector and zero weights, and ``fit``
+                refuses to train an item without content and without a training interaction).
 
         Shapes:
             features[m] (N, D_m), present[m] (N,), item_ids (N,) -> vectors (N, D), weights (N, M)

@@ -42,6 +42,7 @@ from mmrec.metrics import evaluate, score_users
 from mmrec.recommender import Recommender, TrainedContent
 from mmrec.split import ensure_split
 from mmrec.train import TrainData, Trainer, TrainResult, build_model, seed_everything
+from mmrec.typing import ItemId
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +184,7 @@ def interactions_for(content: Content, path: str | Path, *, split: str, seed: in
     counted (``report``) instead of failing."""
     space = "the catalog" if content.catalog is not None or content.item_ids is None else (
         f"the feature files' rows (item ids 0..{len(content.item_ids) - 1})")
-    skipped = [i for i in (content.catalog.skipped_ids if content.catalog is not None else []) if i is not None]
+    skipped = _catalog_skipped(content)
     options: dict[str, Any] = {"unknown_items": "skip", "skippable": skipped} if on_invalid == "skip" and skipped else {}
     inter = load_interactions(path, item_ids=content.item_ids, rating_threshold=rating_threshold,
                               on_invalid=on_invalid, item_space=space, **options)
@@ -191,6 +192,11 @@ def interactions_for(content: Content, path: str | Path, *, split: str, seed: in
         logger.warning("%s: skipped %d row(s) of items skipped from the catalog as invalid",
                        path, inter.report["unknown_items"])
     return ensure_split(inter, split, seed)
+
+
+def _catalog_skipped(content: Content) -> list[ItemId]:
+    """The ids of the catalog rows skipped as invalid (those with a readable id)."""
+    return [i for i in (content.catalog.skipped_ids if content.catalog is not None else []) if i is not None]
 
 
 def fit(
@@ -278,6 +284,13 @@ def fit(
     train_inter = warm_part(inter, held_out) if held_out is not None else inter
     train_degree = np.bincount(train_inter.items[train_inter.split_mask("train")], minlength=n)
     has_id = torch.from_numpy(train_degree > 0) if dims else None
+    with_content = np.any([np.asarray(content.present[m], bool) for m in dims], axis=0) if dims else np.ones(n, bool)
+    orphans = np.flatnonzero(~with_content & (train_degree == 0))
+    if len(orphans):  # neither content nor a training edge: nothing to place them by
+        source = ", ".join(str(f) for f in (features or {}).values()) or str(getattr(content.catalog, "source", catalog))
+        raise DataError(source, [Problem(None, None, (
+            f"item {item_ids[i]!r} has no content (every modality missing: {', '.join(dims)}) and no training "
+            "interaction, so the model has nothing to place it by; give it features, or leave it out")) for i in orphans])
     no_edges = int((train_degree == 0).sum())
     if no_edges and dims:
         logger.info("%d items have no training interaction: learned from content alone", no_edges)
@@ -308,7 +321,7 @@ def fit(
     warm_pos = np.flatnonzero(~via_content)  # indexed with their trained vectors
     present_dims = {m: np.asarray(content.present[m], bool) for m in dims}
     # Content-path items borrow from, and the scale is calibrated on, the items trained on edges.
-    pool_pos = np.flatnonzero(train_degree > 0)
+    pool_pos = np.flatnonzero((train_degree > 0) & with_content)  # an item without content is no content neighbour
     pool = ({m: x[pool_pos] for m, x in features_now.items()}, {m: x[pool_pos] for m, x in present_dims.items()},
             item_vecs[pool_pos]) if dims else None
     # The scale is calibrated on those items sent through the same path (leave-one-out: an item
@@ -380,7 +393,8 @@ def fit(
     rec = Recommender(items, model.eval(), config, inter.user_ids, user_vecs, known, item_ids,
                       cold_items=[item_ids[i] for i in np.flatnonzero(held_out)] if held_out is not None else [],
                       split_rule=split, rating_threshold=rating_threshold, fold_in_reg=fold_in_reg,
-                      liked=inter.user_items("all") if inter.seen is not None and len(inter.seen[0]) else None)
+                      liked=inter.user_items("all") if inter.seen is not None and len(inter.seen[0]) else None,
+                      skip_invalid=skip_invalid, skipped_items=_catalog_skipped(content) if skip_invalid else [])
     if out is not None:
         extra = {
             "num_users": inter.num_users,
@@ -395,6 +409,10 @@ def fit(
             "rating_threshold": rating_threshold,
             "cold_items": [item_ids[i] for i in np.flatnonzero(held_out)] if held_out is not None else [],
             "fold_in_reg": fold_in_reg,
+            # How the interaction file was read, so that `evaluate` on it drops the same rows
+            # before rebuilding the split: invalid rows, and those of catalog rows skipped as invalid.
+            "skip_invalid": skip_invalid,
+            "skipped_items": rec.skipped_items,
         }
         report = {"best_epoch": result.best_epoch, "valid": result.best_valid, "test": test,
                   "seconds_per_epoch": result.seconds_per_epoch, "history": result.history, "data": inter.report,
@@ -540,8 +558,19 @@ def evaluate_directory(
     # naming the row (a typo, or another catalog's file).
     indexed = set(item_ids)
     removed = [i for i in rec.train_item_ids if i not in indexed]
+    # A model trained with --skip-invalid read its file so: invalid rows, and the rows of catalog
+    # rows skipped as invalid, went before the split; they go here too (and are counted).
+    options: dict[str, Any] = {}
+    if rec.skip_invalid:
+        options["on_invalid"] = "skip"
+        if rec.skipped_items:
+            options |= {"unknown_items": "skip", "skippable": rec.skipped_items}
     loaded = load_interactions(interactions, item_ids=item_ids + removed, rating_threshold=rec.rating_threshold,
-                               item_space="the index nor among the items the model was trained on")
+                               item_space="the index nor among the items the model was trained on", **options)
+    invalid = int(loaded.report.get("invalid", 0)) + int(loaded.report.get("unknown_items", 0))
+    if invalid:
+        logger.warning("%s: skipped %d invalid row(s) or row(s) of items skipped from the catalog, as at training "
+                       "time (--skip-invalid)", interactions, invalid)
     inter = ensure_split(loaded, how or rec.split_rule, rec.config.seed, option="--split-rule", keys=rec.split_keys)
     inter, gone, emptied = without_items_from(inter, len(item_ids))
     if gone:
@@ -570,6 +599,8 @@ def evaluate_directory(
 
     out = {"split": split, "mask": mask or rec.config.mask, "users_skipped": unknown + emptied,
            "users_unknown": unknown, "users_only_removed_items": emptied, "rows_skipped": gone}
+    if invalid:
+        out["rows_invalid_skipped"] = invalid
     if held_rows:
         out["rows_of_held_out_items"] = held_rows
     if cold_start:

@@ -160,6 +160,10 @@ class Recommender:
         split_keys: the keys of the random split it was trained on (:func:`mmrec.split.split_random`):
             ``"pairs"``, or ``"rows"`` for directories from before the pair keys; evaluation
             rebuilds the split with them.
+        skip_invalid: whether training skipped invalid interaction rows (``--skip-invalid``);
+            evaluation skips them too, before rebuilding the split.
+        skipped_items: the catalog rows training skipped as invalid (``--skip-invalid``);
+            evaluation drops their interaction rows too, before rebuilding the split.
     """
 
     def __init__(
@@ -177,6 +181,8 @@ class Recommender:
         fold_in_reg: float = DEFAULT_FOLD_IN_REG,
         liked: sp.csr_matrix | None = None,
         split_keys: str = "pairs",
+        skip_invalid: bool = False,
+        skipped_items: Sequence[ItemId] = (),
     ) -> None:
         self.items = items
         self.model = model
@@ -191,6 +197,8 @@ class Recommender:
         self.rating_threshold = rating_threshold
         self.fold_in_reg = fold_in_reg
         self.split_keys = split_keys
+        self.skip_invalid = skip_invalid
+        self.skipped_items = list(skipped_items)
         self._user_pos = {u: i for i, u in enumerate(self.user_ids)}
         self._user_pos_str = {str(u): i for i, u in enumerate(self.user_ids)}
         self._foldin: tuple[np.ndarray, HistoryFoldIn] | None = None  # (the vectors it was built on, it)
@@ -237,7 +245,8 @@ class Recommender:
                    cold_items=extra.get("cold_items", []), split_rule=extra.get("split", "auto"),
                    rating_threshold=extra.get("rating_threshold"),
                    fold_in_reg=extra.get("fold_in_reg", DEFAULT_FOLD_IN_REG), liked=liked,
-                   split_keys=extra.get("split_keys", "rows"))  # older directories: one key a row
+                   split_keys=extra.get("split_keys", "rows"),  # older directories: one key a row
+                   skip_invalid=extra.get("skip_invalid", False), skipped_items=extra.get("skipped_items", []))
 
     def attach_files(self, extra: dict[str, Any], tuner: Any = None):
         """A writer for :meth:`ItemIndex.save` that adds the trained files to the directory.

@@ -267,11 +267,14 @@ class Trainer:
         loss = loss + cfg.reg * regularize(*reg_terms, batch_size=len(users))
         if cfg.align_weight > 0 and model.modality_dims and cfg.use_content:
             batch_items = torch.unique(p)
-            feats = self.features if features is None else features
-            content = model.content_only(
-                {m: x[batch_items] for m, x in feats.items()}, {m: x[batch_items] for m, x in self.present.items()}
-            )  # [B', D]
-            loss = loss + cfg.align_weight * alignment_loss(content, item_vecs[batch_items].detach())
+            # Items without any modality have no content-only vector to align (a zero one, or none in token mode).
+            batch_items = batch_items[torch.stack([x[batch_items] for x in self.present.values()]).any(dim=0)]
+            if len(batch_items):
+                feats = self.features if features is None else features
+                content = model.content_only(
+                    {m: x[batch_items] for m, x in feats.items()}, {m: x[batch_items] for m, x in self.present.items()}
+                )  # [B', D]
+                loss = loss + cfg.align_weight * alignment_loss(content, item_vecs[batch_items].detach())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

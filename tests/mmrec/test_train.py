@@ -463,7 +463,14 @@ def test_train_skip_invalid_leaves_bad_catalog_rows_and_their_interactions_out(t
     assert main([*argv, "--out", str(tmp_path / "refused")]) == 1
     assert "items.csv: row 6: no text in title" in capsys.readouterr().err and not (tmp_path / "refused").exists()
     assert main([*argv, "--out", str(tmp_path / "m"), "--skip-invalid", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["out"] == str(tmp_path / "m")
+    trained = json.loads(capsys.readouterr().out)
+    assert trained["out"] == str(tmp_path / "m")
+    # evaluate on the same file drops the same rows before rebuilding the split: the same metrics.
+    assert main(["evaluate", "--index", str(tmp_path / "m"), "--interactions", str(tmp_path / "inter.tsv"),
+                 "--json", "-q"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert {k: evaluated[k] for k in trained["test"]} == trained["test"]
+    assert evaluated["rows_invalid_skipped"] == 1 + sum(1 for r in rows[1:] if r.split("\t")[1] == "5")
     rec = Recommender.load(tmp_path / "m", show_progress=False)
     assert len(rec.items) == 31 and 5 not in rec.items
     skipped = [json.loads(line) for line in (tmp_path / "m" / "skipped.jsonl").read_text().splitlines()]
@@ -496,3 +503,20 @@ def test_train_takes_the_text_encoders_options(tmp_path, tiny_bert_dir, capsys):
     # A hub name is refused unless --allow-download says otherwise, and nothing is left behind.
     assert main([*argv, "--text-encoder", "some-org/some-model", "--out", str(tmp_path / "hub")]) == 1
     assert "downloads are off" in capsys.readouterr().err and not (tmp_path / "hub").exists()
+
+
+@pytest.mark.parametrize("id_mode", ["residual", "token"])
+def test_items_without_content_train_on_their_edges_and_without_edges_are_refused(tmp_path, id_mode):
+    inter, feats = write_planted(tmp_path)
+    f = np.load(feats)
+    f[3] = 0.0  # item 3: every modality missing, but users interacted with it
+    np.save(tmp_path / "warm.npy", f)
+    cfg = TrainConfig(dim=16, layers=2, heads=2, lr=0.05, batch_size=64, epochs=2, id_mode=id_mode, align_weight=0.5)
+    rec, _, _ = fit(inter, features={"text": tmp_path / "warm.npy"}, config=cfg, split="random", show_progress=False)
+    assert 3 in rec.items and np.all(np.isfinite(rec.items.vectors))
+    assert np.any(rec.items.vectors[rec.items._pos[3]][:-1])  # its trained vector, not a zero one
+    # Item 32: no content and no interaction, nothing to place it by: refused, naming it and the file.
+    np.save(tmp_path / "orphan.npy", np.vstack([np.load(feats), np.zeros((1, f.shape[1]), np.float32)]))
+    with pytest.raises(DataError, match=r"orphan\.npy: item 32 has no content \(every modality missing: text\) "
+                                        r"and no training interaction"):
+        fit(inter, features={"text": tmp_path / "orphan.npy"}, config=cfg, split="random", show_progress=False)
