@@ -44,6 +44,8 @@ class Catalog:
         source: where the catalog came from (a path, or a name such as ``ml-100k``).
         skipped: rows left out under ``skip_invalid=True``, with the reason.
         skipped_ids: the raw ``item_id`` of each skipped row (``None`` where it had none).
+        rows: each item's 1-based data row in the file, for messages once rows were skipped
+            (empty: the items are rows ``1..N``).
     """
 
     item_ids: list[ItemId]
@@ -55,6 +57,7 @@ class Catalog:
     source: str
     skipped: list[Problem] = field(default_factory=list)
     skipped_ids: list[Any] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -81,7 +84,12 @@ class Catalog:
             source=self.source,
             skipped=list(self.skipped),
             skipped_ids=list(self.skipped_ids),
+            rows=[self.row(i) for i in positions],
         )
+
+    def row(self, position: int) -> int:
+        """The 1-based data row of the file the item at ``position`` came from."""
+        return self.rows[position] if self.rows else position + 1
 
     def write_skip_report(self, path: str | Path) -> None:
         """Write what was skipped, one JSON object a line: row, item_id (as in the file, ``null``
@@ -145,7 +153,9 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict[str, Any]], dict[
     if fmt == "csv":
         sep = "\t" if path.suffix.lower() == ".tsv" else ","
         try:
-            with open(path, newline="", encoding="utf-8") as f:
+            # utf-8-sig: the header's first name without a byte-order mark (Excel's "CSV UTF-8"
+            # writes one), as pandas reads it, so the id converters below name it right.
+            with open(path, newline="", encoding="utf-8-sig") as f:
                 reader = csv.reader(f, delimiter=sep)
                 header = next(reader, None)
                 has_rows, too_long = False, []
@@ -166,7 +176,9 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict[str, Any]], dict[
             raise DataError(path, [Problem(None, None, "file has no data rows")])
         if too_long:  # pandas would take a first-row surplus as an index column and shift every field
             raise DataError(path, too_long)
-        kwargs = {"sep": sep, "index_col": False,
+        # Only an empty cell is missing: pandas would also read "NA", "null", "None", "NaN"... as
+        # missing, losing an id "NA" or a title "None" that JSON Lines and Parquet keep.
+        kwargs = {"sep": sep, "index_col": False, "keep_default_na": False, "na_values": [""],
                   "converters": {c: str for c in header if c in ("item_id", "user_id")}}
     datasets.disable_progress_bars()
     verbosity = datasets.logging.get_verbosity()
@@ -391,13 +403,14 @@ def _validate(
         source=source,
         skipped=problems,
         skipped_ids=[raw_ids[p.row - 1] if p.row is not None else None for p in problems],
+        rows=[i + 1 for i in keep],
     )
 
 
 def check_catalog_ids(catalog: Catalog, existing: set[ItemId], source: str) -> None:
     """Refuse items whose ids are already present (for incremental adds)."""
-    clash = [Problem(i + 1, ID_FIELD, f"id '{iid}' is already in the index") for i, iid in enumerate(catalog.item_ids)
-             if iid in existing]
+    clash = [Problem(catalog.row(i), ID_FIELD, f"id '{iid}' is already in the index")
+             for i, iid in enumerate(catalog.item_ids) if iid in existing]
     if clash:
         raise DataError(source, clash)
 

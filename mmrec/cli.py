@@ -458,6 +458,9 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         raise ConfigError("--method applies to --history only (a known user has a trained vector)")
     exclude = _exclude_list(args)  # the file is read before the (slower) directory
     rec = _open_recommender(args)
+    if not rec.trained and args.history is None:  # before any user lookup (--all-users looks up none)
+        raise MMRecError("this directory holds a content index, not a trained model: run `mmrec train` first, "
+                         "or place a user by their items with --history")
     title = title_field_of(rec.items)
     exclude = rec.items.excluded_ids(exclude)  # once, not per batch
     if many:

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mmrec.errors import MMRecError
-from mmrec.item_index import ItemIndex, Result
+from mmrec.item_index import ItemIndex, Result, shown_fields
 from mmrec.typing import ItemId
 
 if TYPE_CHECKING:
@@ -294,7 +294,7 @@ class ItemExplanation:
     def to_dict(self) -> dict[str, Any]:
         return {
             "item_id": self.item_id,
-            **self.fields,
+            **shown_fields(self.fields, ("item_id", "attention", "neighbours")),
             "attention": self.attention,
             "neighbours": {m: None if rs is None else [r.to_dict() for r in rs] for m, rs in self.neighbours.items()},
         }

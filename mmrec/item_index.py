@@ -62,10 +62,17 @@ class Result:
     explanation: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"item_id": self.item_id, "score": round(float(self.score), 6), **self.fields}
+        out = {"item_id": self.item_id, "score": round(float(self.score), 6),
+               **shown_fields(self.fields, ("item_id", "score", "explanation"))}
         if self.explanation is not None:
             out["explanation"] = self.explanation
         return out
+
+
+def shown_fields(fields: Mapping[str, str], reserved: Sequence[str]) -> dict[str, str]:
+    """Display fields for a JSON object beside keys of its own: a catalog column named like one
+    of ``reserved`` (a ``score`` column) is shown as ``catalog.<name>``, never over the key."""
+    return {f"catalog.{k}" if k in reserved else k: v for k, v in fields.items()}
 
 
 class Encoders:

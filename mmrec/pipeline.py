@@ -99,10 +99,13 @@ def load_npy_features(specs: Mapping[str, str | Path], num_items: int | None) ->
             raise DataError(path, [Problem(None, None, f"features must be 2-d [items, width], got shape {x.shape}")])
         if num_items is not None and len(x) != num_items:
             raise DataError(path, [Problem(None, None, f"{len(x)} rows, but the catalog has {num_items} items")])
-        bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+        with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes inf: refused below
+            x32 = x.astype(np.float32)
+        bad = np.flatnonzero(~np.isfinite(x32).all(axis=1))
         if len(bad):
-            raise DataError(path, [Problem(int(r) + 1, None, "non-finite feature value") for r in bad[:20]])
-        out[name] = x.astype(np.float32)
+            raise DataError(path, [Problem(int(r) + 1, None, "non-finite feature value (or one beyond float32's "
+                                                             "range, 3.4e38)") for r in bad[:20]])
+        out[name] = x32
     return out
 
 

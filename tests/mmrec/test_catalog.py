@@ -225,3 +225,25 @@ def test_catalog_reading_details_from_the_third_review(tmp_path):
     with pytest.raises(DataError, match=r"text encoding is off \(--text-encoder none\) and image encoding is off "
                                         r".*; turn an encoder back on"):
         load_catalog(tmp_path / "img.csv", encoded=[])
+
+
+def test_a_byte_order_mark_and_na_like_values_change_no_id_or_text(tmp_path):
+    # Excel's "CSV UTF-8" starts with a byte-order mark: the id column is still read as text.
+    (tmp_path / "bom.csv").write_bytes("\ufeffitem_id,title\n007,space alien\n07,robot dog\n".encode("utf-8"))
+    assert load_catalog(tmp_path / "bom.csv", show_progress=False).item_ids == ["007", "07"]
+    # Only an empty cell is missing: "NA", "null", "None" are values, as in JSON Lines.
+    (tmp_path / "na.csv").write_text("item_id,title,note\nNA,None,\nnull,NA,NaN\n")
+    cat = load_catalog(tmp_path / "na.csv", text_fields=["title"], show_progress=False)
+    assert cat.item_ids == ["NA", "null"] and cat.texts == ["None", "NA"]
+    assert cat.records == [{"title": "None", "note": ""}, {"title": "NA", "note": "NaN"}]
+
+
+def test_an_id_clash_names_the_file_row_after_skipped_rows(tmp_path):
+    from mmrec.catalog import check_catalog_ids
+
+    (tmp_path / "new.csv").write_text("item_id,title\n41,\n5,dup of an indexed item\n42,new movie\n")
+    cat = load_catalog(tmp_path / "new.csv", text_fields=["title"], skip_invalid=True, show_progress=False)
+    assert cat.item_ids == [5, 42] and cat.rows == [2, 3]
+    assert cat.select([1]).rows == [3]
+    with pytest.raises(DataError, match=r"new\.csv: row 2, field 'item_id': id '5' is already in the index"):
+        check_catalog_ids(cat, {5}, str(tmp_path / "new.csv"))

@@ -161,6 +161,10 @@ def test_cli_similar_and_explain_on_a_content_index(tmp_path, capsys):
 
     code = main(["recommend", "--index", d, "--user", "u1", "--explain", "-q"])
     assert code == 1 and "content index, not a trained model" in capsys.readouterr().err
+    for who in (["--all-users"], ["--user", "u1", "u2"]):  # not an empty export, nor "user 'u1' is not known"
+        code = main(["recommend", "--index", d, *who, "--json", "-q"])
+        out, err = capsys.readouterr()
+        assert code == 1 and out == "" and "content index, not a trained model" in err
     code = main(["explain", "--index", d, "--item", "zzz", "-q"])
     assert code == 1 and "item 'zzz' is not in this index" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # refused by the option parser, before the index is opened

@@ -328,3 +328,16 @@ def test_similar_many_on_a_one_item_index_returns_nothing():
     idx = ItemIndex.from_features(["solo"], {"text": np.ones((1, 3), np.float32)}, factory="Flat",
                                   show_progress=False)
     assert idx.similar_many(["solo"], 5) == [[]] and idx.similar_many(["solo"], 5, by="cosine") == [[]]
+
+
+def test_a_catalog_column_named_like_a_result_key_never_replaces_it():
+    from mmrec.explain import explain_item
+
+    idx = ItemIndex.from_features(["x", "y"], {"text": np.array([[1, 0], [1, 1]], np.float32)},
+                                  records=[{"score": "great", "attention": "a"}, {"score": "bad", "attention": "b"}],
+                                  factory="Flat", show_progress=False)
+    got = idx.similar("x", k=1)[0].to_dict()
+    assert got["item_id"] == "y" and isinstance(got["score"], float) and got["catalog.score"] == "bad"
+    assert got["attention"] == "b"  # not a key of a result: kept as it is
+    shown = explain_item(idx, "x", 1).to_dict()
+    assert shown["catalog.attention"] == "a" and shown["attention"] == {"text": 1.0} and shown["score"] == "great"

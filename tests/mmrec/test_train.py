@@ -362,6 +362,9 @@ def test_every_feature_file_error_names_the_file_and_modality(tmp_path):
     bad = np.zeros((3, 2), np.float32)
     bad[1, 0] = np.nan
     fails(bad, "row 2: non-finite feature value")
+    huge = np.zeros((3, 2), np.float64)
+    huge[2, 1] = 1e300  # finite in float64, inf once stored as float32
+    fails(huge, r"row 3: non-finite feature value \(or one beyond float32's range")
     with pytest.raises(DataError, match="feature file for modality 'audio' not found"):
         load_npy_features({"audio": tmp_path / "missing.npy"}, None)
     np.save(tmp_path / "ok.npy", np.ones((2, 3), np.int64))
