@@ -598,6 +598,9 @@ class ItemIndex:
         )
         if not encoders:
             raise MMRecError(f"{catalog.source}: nothing to encode (no text, and images are off or absent)")
+        # The index's width is known now (the modalities side by side, plus the MIPS coordinate):
+        # a PQ code size that does not divide it is refused before the encoding too.
+        check_factory(factory, len(catalog), dim=sum(int(s["dim"]) for s in spec.values()) + 1)
         features, present, hashes = encode_catalog(catalog, encoders, cache_dir)
         self = cls.from_features(
             catalog.item_ids, features, present, catalog.records,
