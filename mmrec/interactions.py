@@ -346,6 +346,40 @@ def _read_header(path: Path, delimiter: str) -> list[str] | None:
     return first or None
 
 
+def _read_csv(path: Path, fmt: str, present: list[str], raw: dict[str, str]) -> pa.Table:
+    """The ``present`` columns of a CSV/TSV as text.
+
+    Raises:
+        DataError: rows with more or fewer fields than the header names, by data row (read a
+            second time, on one thread, for the row numbers: the parallel reader does not know them).
+    """
+    def read(use_threads: bool, bad: list) -> pa.Table:
+        def handler(row: Any) -> str:
+            bad.append(row)
+            return "skip"
+
+        return pacsv.read_csv(
+            path,
+            read_options=pacsv.ReadOptions(use_threads=use_threads),
+            parse_options=pacsv.ParseOptions(delimiter="\t" if fmt == "tsv" else ",", invalid_row_handler=handler),
+            convert_options=pacsv.ConvertOptions(
+                column_types={raw[c]: pa.string() for c in present},
+                include_columns=[raw[c] for c in present],
+                strings_can_be_null=False,
+            ),
+        ).rename_columns(present)
+
+    bad: list = []
+    table = read(True, bad)
+    if bad:
+        bad = []
+        read(False, bad)  # numbered: the header is row 1 of the reader's count, blank lines are not counted
+        raise DataError(path, [Problem(None if row.number is None else row.number - 1, None,
+                                       f"has {row.actual_columns} fields but the header names {row.expected_columns}: "
+                                       "a stray separator or an unquoted value") for row in bad])
+    return table
+
+
 def _read_columns(path: Path, fmt: str) -> tuple[dict[str, pa.Array], int]:
     """Every known column present, as an arrow array, and the number of data rows.
 
@@ -380,15 +414,7 @@ def _read_columns(path: Path, fmt: str) -> tuple[dict[str, pa.Array], int]:
         elif fmt == "parquet":
             table = pq.read_table(path, columns=present)
         else:
-            table = pacsv.read_csv(
-                path,
-                parse_options=pacsv.ParseOptions(delimiter="\t" if fmt == "tsv" else ","),
-                convert_options=pacsv.ConvertOptions(
-                    column_types={raw[c]: pa.string() for c in present},
-                    include_columns=[raw[c] for c in present],
-                    strings_can_be_null=False,
-                ),
-            ).rename_columns(present)
+            table = _read_csv(path, fmt, present, raw)
     except (pa.ArrowException, OSError) as e:
         not_utf8 = utf8_problem(path) if fmt in ("csv", "tsv") and path.suffix.lower() in (".csv", ".tsv") else None
         raise DataError(path, [not_utf8 or Problem(None, None, f"cannot be read as {fmt}: {e}")]) from e

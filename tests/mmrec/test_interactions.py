@@ -420,3 +420,13 @@ def test_items_rated_below_the_threshold_are_never_recommended_back(tmp_path: Pa
     got = [r.item_id for r in rec.recommend("u0", 32)]
     assert len(disliked) == 2 and not set(got) & set(disliked) and not set(got) & mine
     assert len(got) == 32 - len(mine) - len(disliked)
+
+
+def test_rows_with_a_wrong_field_count_are_named_by_data_row(tmp_path: Path) -> None:
+    (tmp_path / "i.csv").write_text("user_id,item_id\n1,a\n2,b,extra\n3,c\n\n4\n5,e\n")
+    with pytest.raises(DataError) as e:
+        load_interactions(tmp_path / "i.csv")
+    assert str(e.value).splitlines()[1:] == [
+        f"  {tmp_path / 'i.csv'}: row 2: has 3 fields but the header names 2: a stray separator or an unquoted value",
+        f"  {tmp_path / 'i.csv'}: row 4: has 1 fields but the header names 2: a stray separator or an unquoted value",
+    ]
