@@ -349,6 +349,11 @@ def _validate(
         if rid is None:
             problems.append(Problem(i + 1, ID_FIELD, "empty item id"))
             bad.add(i)
+        elif isinstance(rows[i][ID_FIELD], (bool, list, dict)):  # JSON Lines: true is no id
+            problems.append(Problem(i + 1, ID_FIELD, f"{json.dumps(rows[i][ID_FIELD])} is a JSON "
+                                                     f"{type(rows[i][ID_FIELD]).__name__}: an item id is a string "
+                                                     "or an integer"))
+            bad.add(i)
         elif rid in first_seen:
             problems.append(Problem(i + 1, ID_FIELD, f"duplicate id '{rid}' (first at row {first_seen[rid] + 1})"))
             bad.add(i)

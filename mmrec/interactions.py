@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -327,11 +328,17 @@ def _read_jsonl(path: Path) -> pa.Table:
     known = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
     values: dict[str, list[str]] = {c: [] for c in known}
     seen: set[str] = set()
-    for obj in read_objects(path):
+    odd: list[Problem] = []
+    for row, obj in enumerate(read_objects(path), start=1):
         seen.update(obj)
         for c in known:
             v = obj.get(c)
+            if isinstance(v, (bool, list, dict)):  # true is no id nor a rating, [1] no timestamp
+                odd.append(Problem(row, c, f"{json.dumps(v)} is a JSON {type(v).__name__}: expected a string or "
+                                           "a number"))
             values[c].append("" if v is None else id_text(v))
+    if odd:
+        raise DataError(path, odd)
     return pa.table({c: pa.array(values[c], pa.string()) for c in known if c in seen})
 
 

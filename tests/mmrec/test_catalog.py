@@ -247,3 +247,15 @@ def test_an_id_clash_names_the_file_row_after_skipped_rows(tmp_path):
     assert cat.select([1]).rows == [3]
     with pytest.raises(DataError, match=r"new\.csv: row 2, field 'item_id': id '5' is already in the index"):
         check_catalog_ids(cat, {5}, str(tmp_path / "new.csv"))
+
+
+def test_a_json_true_list_or_object_is_no_item_id(tmp_path):
+    (tmp_path / "c.jsonl").write_text('{"item_id": true, "title": "a"}\n{"item_id": [1], "title": "b"}\n'
+                                      '{"item_id": 7, "title": "c"}\n')
+    with pytest.raises(DataError) as e:
+        load_catalog(tmp_path / "c.jsonl", show_progress=False)
+    assert [line.split(": ", 1)[1] for line in str(e.value).splitlines()[1:]] == [
+        "row 1, field 'item_id': true is a JSON bool: an item id is a string or an integer",
+        "row 2, field 'item_id': [1] is a JSON list: an item id is a string or an integer",
+    ]
+    assert load_catalog(tmp_path / "c.jsonl", skip_invalid=True, show_progress=False).item_ids == [7]
