@@ -36,8 +36,12 @@ import traceback
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mmrec.errors import ConfigError, MMRecError
+
+if TYPE_CHECKING:
+    from mmrec.item_index import ItemIndex
 
 logger = logging.getLogger("mmrec")
 
@@ -306,15 +310,16 @@ def cmd_similar(args: argparse.Namespace) -> int:
     many = args.all_items or len(items) > 1
     if many and args.explain:
         raise ConfigError("several items (or --all-items) are answered in batches: --explain takes one --item")
-    exclude = _exclude_list(args)  # the file is read before the (slower) directory
+    wanted = _filter_args(args)  # the files are read before the (slower) directory
     index = _open_index(args)
-    exclude = index.excluded_ids(exclude)  # once, not per batch
+    exclude, only = _resolve_filters(index, wanted)  # once, not per batch
     if many:
         ids = index.ids if args.all_items else [index.resolve_id(i) for i in items]  # every id checked first
-        stream_batches("item_id", ids, lambda chunk: index.similar_many(chunk, args.k, by=args.by, exclude=exclude),
+        stream_batches("item_id", ids, lambda chunk: index.similar_many(chunk, args.k, by=args.by, exclude=exclude,
+                                                                        only=only),
                        args, title_field_of(index), unit="item")
         return 0
-    results = index.similar(items[0], args.k, by=args.by, exclude=exclude)
+    results = index.similar(items[0], args.k, by=args.by, exclude=exclude, only=only)
     if args.explain:
         explain_similar(index, items[0], results)
     print_results(results, args.json, title_field_of(index))
@@ -351,14 +356,17 @@ def _query_device(args: argparse.Namespace) -> None:
 def cmd_search(args: argparse.Namespace) -> int:
     _query_device(args)
     texts = read_queries(args.queries) if args.queries is not None else args.text
+    wanted = _filter_args(args)
     index = _open_index(args)
     if args.device is not None:
         index.encoders.to(args.device)
     title = title_field_of(index)
+    exclude, only = _resolve_filters(index, wanted)
     if args.image is not None:
-        key, queries, batches = "image", [str(p) for p in args.image], index.search_images(args.image, args.k)
+        key, queries = "image", [str(p) for p in args.image]
+        batches = index.search_images(args.image, args.k, exclude=exclude, only=only)
     else:
-        key, queries, batches = "query", texts, index.search_texts(texts, args.k)
+        key, queries, batches = "query", texts, index.search_texts(texts, args.k, exclude=exclude, only=only)
     if len(queries) == 1 and args.queries is None:
         print_results(batches[0], args.json, title)
     else:  # several queries, or a queries file of any length: one object (or table) a query
@@ -456,16 +464,16 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     explain_items = DEFAULT_HISTORY if args.explain_items is None else args.explain_items
     if args.method != "auto" and args.history is None:
         raise ConfigError("--method applies to --history only (a known user has a trained vector)")
-    exclude = _exclude_list(args)  # the file is read before the (slower) directory
+    wanted = _filter_args(args)  # the files are read before the (slower) directory
     rec = _open_recommender(args)
     if not rec.trained and args.history is None:  # before any user lookup (--all-users looks up none)
         raise MMRecError("this directory holds a content index, not a trained model: run `mmrec train` first, "
                          "or place a user by their items with --history")
     title = title_field_of(rec.items)
-    exclude = rec.items.excluded_ids(exclude)  # once, not per batch
+    exclude, only = _resolve_filters(rec.items, wanted)  # once, not per batch
     if many:
         users = list(rec.user_ids) if args.all_users else [rec.user_ids[rec.user_index(u)] for u in users]
-        stream_batches("user_id", users, lambda chunk: rec.recommend_many(chunk, args.k, exclude=exclude,
+        stream_batches("user_id", users, lambda chunk: rec.recommend_many(chunk, args.k, exclude=exclude, only=only,
                                                                           exclude_known=not args.include_known),
                        args, title, unit="user")
         return 0
@@ -473,31 +481,76 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     if args.history is not None:
         results = rec.recommend_history(args.history, args.k, user=user, method=args.method,
                                         exclude_history=not args.include_known, explain=args.explain,
-                                        explain_items=explain_items, diversity=args.diversity, exclude=exclude)
+                                        explain_items=explain_items, diversity=args.diversity, exclude=exclude,
+                                        only=only)
     else:
         results = rec.recommend(user, args.k, exclude_known=not args.include_known, explain=args.explain,
-                                history=explain_items, diversity=args.diversity, exclude=exclude)
+                                history=explain_items, diversity=args.diversity, exclude=exclude, only=only)
     print_results(results, args.json, title)
     return 0
 
 
-def _exclude_list(args: argparse.Namespace) -> list[str]:
-    """``--exclude`` ids and the lines of ``--exclude-file`` (blank lines skipped), together."""
-    ids = list(args.exclude or [])
-    if args.exclude_file is not None:
+def _id_list(ids: list[str] | None, path: Path | None, option: str) -> list[str]:
+    """``ids`` and the lines of the file ``path`` (blank lines skipped), together."""
+    ids = list(ids or [])
+    if path is not None:
         try:
-            text = args.exclude_file.read_text(encoding="utf-8-sig")  # a byte-order mark is no part of the first id
+            text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is no part of the first id
         except OSError as e:
-            raise ConfigError(f"--exclude-file {args.exclude_file}: cannot read it ({e.strerror})") from None
+            raise ConfigError(f"{option} {path}: cannot read it ({e.strerror})") from None
         ids += [line.strip() for line in text.splitlines() if line.strip()]
     return ids
 
 
-def _exclude_opts(p: argparse.ArgumentParser) -> None:
+def _where_arg(text: str) -> tuple[str, str]:
+    field, sep, value = text.partition("=")
+    if not sep or not field.strip() or not value.strip():
+        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE, got {text!r}")
+    return field.strip(), value.strip()
+
+
+def _filter_args(args: argparse.Namespace) -> tuple[list[str], list[str] | None, dict[str, list[str]]]:
+    """The filter options as given: ``--exclude`` ids (and file), ``--only`` ids (and file;
+    ``None`` when neither is given) and ``--where`` values by field."""
+    exclude = _id_list(args.exclude, args.exclude_file, "--exclude-file")
+    only = None
+    if args.only is not None or args.only_file is not None:
+        only = _id_list(args.only, args.only_file, "--only-file")
+    where: dict[str, list[str]] = {}
+    for field, value in args.where or []:
+        where.setdefault(field, []).append(value)
+    return exclude, only, where
+
+
+def _resolve_filters(index: ItemIndex, wanted: tuple[list[str], list[str] | None, dict[str, list[str]]]
+                     ) -> tuple[set, set | None]:
+    """The excluded ids and the candidates (``--only`` ids that match ``--where``; ``None``:
+    every item) of an opened index."""
+    exclude, only, where = wanted
+    allowed = index.candidate_ids(only, where)
+    if allowed is not None:
+        shown = ", ".join(f"{f}={'|'.join(v)}" for f, v in where.items())
+        if not allowed:
+            logger.warning("no item of the index is a candidate (%s): nothing to return",
+                           " and ".join(x for x in ("--only" if only is not None else "", shown) if x))
+        else:
+            logger.info("%d of the %d items are candidates", len(allowed), len(index))
+    return index.excluded_ids(exclude), allowed
+
+
+def _filter_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exclude", nargs="+", action="extend", metavar="ID",
                    help="item ids never to return (a business rule: out of stock, already shown); ids not in the "
                         "index are ignored; k results still come back while k remain")
     p.add_argument("--exclude-file", type=Path, metavar="FILE", help="the same, one id a line (UTF-8)")
+    p.add_argument("--only", nargs="+", action="extend", metavar="ID",
+                   help="return only these item ids (candidates: a category, a region's stock); ids not in the "
+                        "index are ignored; k results still come back while k candidates remain")
+    p.add_argument("--only-file", type=Path, metavar="FILE", help="the same, one id a line (UTF-8)")
+    p.add_argument("--where", type=_where_arg, action="append", metavar="FIELD=VALUE",
+                   help="return only items whose display field FIELD is VALUE or, for a field of |-separated "
+                        "values (genres), lists VALUE (case counts); repeat it: values of one field are "
+                        "alternatives, different fields must all match, and --only narrows it further")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -692,7 +745,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "cosine: exact cosine of the item vectors (default index)")
     s.add_argument("--explain", action="store_true",
                    help="per result: its modality attention weights and per-modality similarity to the item")
-    _exclude_opts(s)
+    _filter_opts(s)
     _common(s)
     s.set_defaults(func=cmd_similar)
 
@@ -715,6 +768,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--image", type=Path, nargs="+", action="extend", metavar="FILE",
                    help="query image file(s); several are encoded together")
     q.add_argument("--device", help="encode the queries on this torch device (cpu, cuda, cuda:N; default cpu)")
+    _filter_opts(q)
     _common(q)
     q.set_defaults(func=cmd_search)
 
@@ -811,7 +865,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="per result: its modality attention weights and the user's history items most like it")
     rc.add_argument("--explain-items", type=int, default=None, metavar="N",
                     help="history items named per result with --explain (default 3)")
-    _exclude_opts(rc)
+    _filter_opts(rc)
     _common(rc)
     rc.set_defaults(func=cmd_recommend)
 

@@ -497,6 +497,8 @@ class ItemIndex:
         self.index = index
         self.vectors = vectors
         self._unit_cache: tuple[np.ndarray, np.ndarray] | None = None  # (vectors, their unit rows)
+        # (vectors, {field: {value: positions}}): the display fields' values, for matching
+        self._facets: tuple[np.ndarray, dict[str, dict[str, np.ndarray]]] | None = None
         # modality -> [D_m] catalog mean that content similarity is measured from (fusion.fixed)
         self.centers = dict(centers or {})
         # [N] bool: the items a content-path item may borrow from (a trained index's items trained
@@ -823,7 +825,8 @@ class ItemIndex:
     def _results(self, ids: list[ItemId], scores: np.ndarray) -> list[Result]:
         return [Result(i, float(s), self.items[self._pos[i]]["fields"]) for i, s in zip(ids, scores)]
 
-    def search_vectors(self, queries: np.ndarray, k: int = 10, exclude=None, exclude_all=()) -> list[list[Result]]:
+    def search_vectors(self, queries: np.ndarray, k: int = 10, exclude=None, exclude_all=(),
+                       only=None) -> list[list[Result]]:
         """Top-k items for each query vector ``[B, D]`` (already in index space).
 
         Args:
@@ -832,13 +835,15 @@ class ItemIndex:
             exclude: per query, ids that must not be returned (the index over-fetches so
                 that k results still come back).
             exclude_all: ids no query may return, hidden inside FAISS (an ``IDSelector``).
+            only: ``None`` (every item) or the ids a query may return, also hidden inside FAISS.
         """
         if k < 1:
             raise MMRecError(f"k must be at least 1, got {k}")
-        ids, scores = self.index.search(queries, k, exclude=exclude, exclude_all=exclude_all)
+        ids, scores = self.index.search(queries, k, exclude=exclude, exclude_all=exclude_all, only=only)
         return [self._results(i, self.vectorizer.rescore(s, q)) for i, s, q in zip(ids, scores, queries)]
 
-    def similar(self, item_id: object, k: int = 10, *, by: str = "index", exclude: Sequence[object] = ()) -> list[Result]:
+    def similar(self, item_id: object, k: int = 10, *, by: str = "index", exclude: Sequence[object] = (),
+                only: Sequence[object] | None = None) -> list[Result]:
         """The k items most similar to a catalog item (the item itself excluded).
 
         Args:
@@ -848,13 +853,83 @@ class ItemIndex:
                 whose direction is closest whatever their popularity.
             exclude: item ids never to return (a business rule: out of stock, already shown);
                 ids not in the index are ignored. k results still come back while k remain.
+            only: ``None`` (default: every item) or the candidate ids: nothing outside them is
+                returned (a category, a region's stock: :meth:`matching` builds it from display
+                fields); ids not in the index are ignored. ``exclude`` still applies within it.
         """
-        return self.similar_many([item_id], k, by=by, exclude=exclude)[0]
+        return self.similar_many([item_id], k, by=by, exclude=exclude, only=only)[0]
 
-    def excluded_ids(self, item_ids: Sequence[object] | ItemId) -> set[ItemId]:
+    def candidate_ids(self, item_ids: Sequence[object] | ItemId | None,
+                      where: Mapping[str, str | Sequence[str]] | None = None) -> set[ItemId] | None:
+        """``only`` as :meth:`excluded_ids` resolves ids (those not in the index dropped and
+        counted in an info log line), narrowed to the items :meth:`matching` ``where`` when given;
+        ``None`` for neither: every item is a candidate."""
+        allowed = None if item_ids is None else self.excluded_ids(item_ids, "candidate")
+        if where:
+            matched = self.matching(where)
+            allowed = set(matched) if allowed is None else allowed.intersection(matched)
+        return allowed
+
+    def matching(self, where: Mapping[str, str | Sequence[str]]) -> list[ItemId]:
+        """The ids of the items whose display fields match ``where``, in index order: pass them
+        as ``only=`` to restrict a query to a category, a brand, a region.
+
+        ``where`` maps a field to one value or a list of values. An item matches a field when
+        the field's text equals one of the values, or, for a field of ``|``-separated values
+        (MovieLens ``genres``, ``cast``), when one of its parts does; surrounding spaces are
+        ignored, case counts. Every field must match (values of one field: any of them).
+
+        The first query of a field reads every item's value of it (about a second for a tag field
+        of a million items); later ones, until ``add`` / ``remove`` change the items, look the
+        values up (Benchmarks, Restricting queries to candidates).
+
+        Raises:
+            ConfigError: a field that is not a display field of this index (the message lists
+                them), or a field given no value.
+        """
+        cache = self._facets
+        if cache is None or cache[0] is not self.vectors:  # add / remove replace the vectors
+            cache = self._facets = (self.vectors, {})
+        facets = cache[1]
+        keep: np.ndarray | None = None
+        for field, values in where.items():
+            values = [values] if isinstance(values, str) else list(values)
+            if not values:
+                raise ConfigError(f"field '{field}' was given no value to match")
+            if field not in facets:
+                facets[field] = self._facet(field)
+            found = [facets[field].get(str(v).strip()) for v in values]
+            rows = np.unique(np.concatenate([f for f in found if f is not None] or [np.zeros(0, np.int64)]))
+            keep = rows if keep is None else np.intersect1d(keep, rows, assume_unique=True)
+        return [self.items[i][ID_FIELD] for i in (keep if keep is not None else range(len(self.items)))]
+
+    def _facet(self, field: str) -> dict[str, np.ndarray]:
+        """Each value of the display field ``field`` -> the sorted positions of the items with
+        it: the whole text, and each part of a ``|``-separated one, without surrounding spaces.
+
+        Raises:
+            ConfigError: no item has the field (the message lists the index's fields).
+        """
+        positions: dict[str, list[int]] = {}
+        has = False
+        for i, item in enumerate(self.items):
+            text = item["fields"].get(field)
+            if text is None:
+                continue
+            has = True
+            text = text.strip()
+            for value in {text, *(part.strip() for part in text.split("|"))} if "|" in text else (text,):
+                positions.setdefault(value, []).append(i)
+        if not has:
+            known = sorted({name for item in self.items for name in item["fields"]})
+            raise ConfigError(f"field '{field}' is not a display field of this index; its fields are: "
+                              f"{', '.join(known) or '(none)'}")
+        return {value: np.array(rows, dtype=np.int64) for value, rows in positions.items()}
+
+    def excluded_ids(self, item_ids: Sequence[object] | ItemId, what: str = "excluded") -> set[ItemId]:
         """The ids of ``item_ids`` that are in the index (as typed on a command line: ``"7"`` finds
         the int id ``7``; a single string or int is one id); the others are dropped, as what is
-        not in the index is never returned, and counted in an info log line."""
+        not in the index is never returned, and counted in an info log line naming ``what``."""
         if isinstance(item_ids, (str, bytes, int, np.integer)):
             item_ids = [item_ids]  # "19" is item 19, not the items "1" and "9"
         found, missing = set(), 0
@@ -868,14 +943,15 @@ class ItemIndex:
             except MMRecError:
                 missing += 1
         if missing:
-            logger.info("%d of the %d ids to exclude are not in this index (ignored)", missing, missing + len(found))
+            logger.info("%d of the %d %s ids are not in this index (ignored)", missing, missing + len(found), what)
         return found
 
     def similar_many(self, item_ids: Sequence[object], k: int = 10, *, by: str = "index", batch_size: int = 1024,
-                     show_progress: bool = False, exclude: Sequence[object] = ()) -> list[list[Result]]:
+                     show_progress: bool = False, exclude: Sequence[object] = (),
+                     only: Sequence[object] | None = None) -> list[list[Result]]:
         """:meth:`similar` for many items, in ``item_ids`` order: one FAISS search (or one
         ``[B, N]`` product for ``by="cosine"``) per ``batch_size`` items instead of one per item;
-        ``exclude`` (as for :meth:`similar`) applies to every one of them.
+        ``exclude`` and ``only`` (as for :meth:`similar`) apply to every one of them.
 
         For exports such as a "related items" table of the whole catalog. A batched product may
         round a score differently from a single one (one float32 ulp). ``by="cosine"`` holds one
@@ -891,8 +967,8 @@ class ItemIndex:
             raise MMRecError(f"k and batch_size must be at least 1, got k={k}, batch_size={batch_size}")
         ids = [self.resolve_id(i) for i in item_ids]
         rows = np.array([self._pos[i] for i in ids], dtype=np.int64)
-        dropped = self.excluded_ids(exclude)
-        drop = np.array(sorted(self._pos[i] for i in dropped), dtype=np.int64)  # their rows, for by="cosine"
+        dropped, allowed = self.excluded_ids(exclude), self.candidate_ids(only)
+        drop = self._cosine_drop(dropped, allowed)  # their rows, for by="cosine"
         unit = None
         if by == "cosine":
             unit = self._unit_vectors()  # [N, D]
@@ -904,11 +980,20 @@ class ItemIndex:
                 batch, brows = ids[start : start + batch_size], rows[start : start + batch_size]
                 if by == "index":
                     queries, own = self.similar_queries(brows)  # [B, D + 1], the items themselves
-                    out += self.search_vectors(queries, k, exclude=own, exclude_all=dropped)
+                    out += self.search_vectors(queries, k, exclude=own, exclude_all=dropped, only=allowed)
                 else:
                     out += self._cosine_top_many(unit, unit[brows], k, skip=brows, drop=drop)
                 bar.update(len(batch))
         return out
+
+    def _cosine_drop(self, dropped: set[ItemId], allowed: set[ItemId] | None) -> np.ndarray:
+        """The rows an exact cosine scan leaves out: ``dropped``'s and, given ``allowed``, every
+        row outside it (sorted)."""
+        if allowed is None:
+            return np.array(sorted(self._pos[i] for i in dropped), dtype=np.int64)
+        keep = np.zeros(len(self.items), dtype=bool)
+        keep[[self._pos[i] for i in allowed if i not in dropped]] = True
+        return np.flatnonzero(~keep)
 
     def similar_queries(self, rows: np.ndarray) -> tuple[np.ndarray, list[set[ItemId]]]:
         """What :meth:`similar` sends the index for the items at these rows: their queries
@@ -926,16 +1011,19 @@ class ItemIndex:
                                                                         1e-12))
         return cached[1]
 
-    def search_text(self, text: str, k: int = 10) -> list[Result]:
-        """The k items closest to a free-text query."""
+    def search_text(self, text: str, k: int = 10, *, exclude: Sequence[object] = (),
+                    only: Sequence[object] | None = None) -> list[Result]:
+        """The k items closest to a free-text query (``exclude`` and ``only`` as for :meth:`similar`)."""
         if not text.strip():
             raise MMRecError("empty text query")
-        return self.search_texts([text], k)[0]
+        return self.search_texts([text], k, exclude=exclude, only=only)[0]
 
-    def search_texts(self, texts: Sequence[str], k: int = 10) -> list[list[Result]]:
+    def search_texts(self, texts: Sequence[str], k: int = 10, *, exclude: Sequence[object] = (),
+                     only: Sequence[object] | None = None) -> list[list[Result]]:
         """:meth:`search_text` for many queries, encoded together in the encoder's batches (the
         costly part of a text query), in ``texts`` order. A query encoded in a batch may differ
-        from the same query encoded alone in the last float32 digits.
+        from the same query encoded alone in the last float32 digits. ``exclude`` and ``only``
+        apply to every query.
 
         Raises:
             MMRecError: an empty query (named by its position), ``k < 1``, an index without text.
@@ -953,18 +1041,23 @@ class ItemIndex:
         if not texts:
             return []
         q = encoder.encode(texts)  # [B, D_t]
-        return self._search_queries([self.query_vector("text", q[b : b + 1]) for b in range(len(texts))], k)
+        return self._search_queries([self.query_vector("text", q[b : b + 1]) for b in range(len(texts))], k,
+                                    exclude, only)
 
-    def search_image(self, path: str | Path, k: int = 10) -> list[Result]:
-        """The k items closest to a query image (a local file).
+    def search_image(self, path: str | Path, k: int = 10, *, exclude: Sequence[object] = (),
+                     only: Sequence[object] | None = None) -> list[Result]:
+        """The k items closest to a query image (a local file; ``exclude`` and ``only`` as for
+        :meth:`similar`).
 
         Raises:
             MMRecError: the file does not exist or does not decode as an image.
         """
-        return self.search_images([path], k)[0]
+        return self.search_images([path], k, exclude=exclude, only=only)[0]
 
-    def search_images(self, paths: Sequence[str | Path], k: int = 10) -> list[list[Result]]:
-        """:meth:`search_image` for many image files, encoded together, in ``paths`` order.
+    def search_images(self, paths: Sequence[str | Path], k: int = 10, *, exclude: Sequence[object] = (),
+                      only: Sequence[object] | None = None) -> list[list[Result]]:
+        """:meth:`search_image` for many image files, encoded together, in ``paths`` order;
+        ``exclude`` and ``only`` apply to every query.
 
         Raises:
             MMRecError: a file that does not exist or does not decode (named), ``k < 1``, an
@@ -987,24 +1080,28 @@ class ItemIndex:
             q = encoder.encode_paths(paths)  # [B, D_v]
         except ImageDecodeError as e:
             raise MMRecError(f"query image {e.path}: {e.reason}") from e
-        return self._search_queries([self.query_vector("image", q[b : b + 1]) for b in range(len(paths))], k)
+        return self._search_queries([self.query_vector("image", q[b : b + 1]) for b in range(len(paths))], k,
+                                    exclude, only)
 
     def _search_query(self, query: np.ndarray, k: int) -> list[Result]:
         """Top-k for one text or image query vector ``[1, D]`` (:meth:`_search_queries`)."""
         return self._search_queries([query], k)[0]
 
-    def _search_queries(self, queries: list[np.ndarray], k: int) -> list[list[Result]]:
-        """Top-k for each text or image query vector ``[1, D]``.
+    def _search_queries(self, queries: list[np.ndarray], k: int, exclude: Sequence[object] = (),
+                        only: Sequence[object] | None = None) -> list[list[Result]]:
+        """Top-k for each text or image query vector ``[1, D]``, none of ``exclude`` and, given
+        ``only``, only those items.
 
         Indexes whose vectorizer sets ``query_by_cosine`` (trained models) rank by the cosine of
         the raw item vectors with the query, by an exact scan: under the dot product that serves
         users, the long vectors of popular items would outrank what the query describes.
         """
+        dropped, allowed = self.excluded_ids(exclude), self.candidate_ids(only)
         if not getattr(self.vectorizer, "query_by_cosine", False):
-            return self.search_vectors(np.concatenate(queries), k)
+            return self.search_vectors(np.concatenate(queries), k, exclude_all=dropped, only=allowed)
         q = np.concatenate(queries)[:, :-1].astype(np.float32)  # [B, D]: the MIPS query is [q, 0]
         q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-        return self._cosine_top_many(self._unit_vectors(), q, k)
+        return self._cosine_top_many(self._unit_vectors(), q, k, drop=self._cosine_drop(dropped, allowed))
 
     def _cosine_top_many(self, unit: np.ndarray, queries: np.ndarray, k: int,
                          skip: np.ndarray | None = None, drop: np.ndarray | None = None) -> list[list[Result]]:

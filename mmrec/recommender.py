@@ -280,11 +280,11 @@ class Recommender:
 
     # ------------------------------------------------------------------------------ queries
     def similar(self, item_id: object, k: int = 10, *, explain: bool = False, by: str = "index",
-                exclude: Sequence[object] = ()) -> list[Result]:
-        """The k items most similar to an item (``by`` and ``exclude`` as :meth:`ItemIndex.similar`);
-        ``explain`` attaches each one's attention weights and per-modality similarity to the item
-        (:func:`mmrec.explain.explain_similar`)."""
-        results = self.items.similar(item_id, k, by=by, exclude=exclude)
+                exclude: Sequence[object] = (), only: Sequence[object] | None = None) -> list[Result]:
+        """The k items most similar to an item (``by``, ``exclude`` and ``only`` as
+        :meth:`ItemIndex.similar`); ``explain`` attaches each one's attention weights and
+        per-modality similarity to the item (:func:`mmrec.explain.explain_similar`)."""
+        results = self.items.similar(item_id, k, by=by, exclude=exclude, only=only)
         return explain_similar(self.items, item_id, results) if explain else results
 
     def explain(self, item_id: object, k: int = 5) -> ItemExplanation:
@@ -293,24 +293,29 @@ class Recommender:
         return explain_item(self.items, item_id, k)
 
     def similar_many(self, item_ids: Sequence[object], k: int = 10, *, by: str = "index", batch_size: int = 1024,
-                     show_progress: bool = False, exclude: Sequence[object] = ()) -> list[list[Result]]:
+                     show_progress: bool = False, exclude: Sequence[object] = (),
+                     only: Sequence[object] | None = None) -> list[list[Result]]:
         """:meth:`similar` for many items, batched (:meth:`ItemIndex.similar_many`); no ``explain``."""
         return self.items.similar_many(item_ids, k, by=by, batch_size=batch_size, show_progress=show_progress,
-                                       exclude=exclude)
+                                       exclude=exclude, only=only)
 
-    def search_text(self, text: str, k: int = 10) -> list[Result]:
-        return self.items.search_text(text, k)
+    def search_text(self, text: str, k: int = 10, *, exclude: Sequence[object] = (),
+                    only: Sequence[object] | None = None) -> list[Result]:
+        return self.items.search_text(text, k, exclude=exclude, only=only)
 
-    def search_texts(self, texts: Sequence[str], k: int = 10) -> list[list[Result]]:
+    def search_texts(self, texts: Sequence[str], k: int = 10, *, exclude: Sequence[object] = (),
+                     only: Sequence[object] | None = None) -> list[list[Result]]:
         """:meth:`search_text` for many queries, encoded together (:meth:`ItemIndex.search_texts`)."""
-        return self.items.search_texts(texts, k)
+        return self.items.search_texts(texts, k, exclude=exclude, only=only)
 
-    def search_image(self, path: str | Path, k: int = 10) -> list[Result]:
-        return self.items.search_image(path, k)
+    def search_image(self, path: str | Path, k: int = 10, *, exclude: Sequence[object] = (),
+                     only: Sequence[object] | None = None) -> list[Result]:
+        return self.items.search_image(path, k, exclude=exclude, only=only)
 
-    def search_images(self, paths: Sequence[str | Path], k: int = 10) -> list[list[Result]]:
+    def search_images(self, paths: Sequence[str | Path], k: int = 10, *, exclude: Sequence[object] = (),
+                      only: Sequence[object] | None = None) -> list[list[Result]]:
         """:meth:`search_image` for many image files, encoded together (:meth:`ItemIndex.search_images`)."""
-        return self.items.search_images(paths, k)
+        return self.items.search_images(paths, k, exclude=exclude, only=only)
 
     def user_index(self, user_id: object) -> int:
         if user_id in self._user_pos:
@@ -336,12 +341,14 @@ class Recommender:
     def recommend(
         self, user_id: object, k: int = 10, *, exclude_known: bool = True, explain: bool = False,
         history: int = DEFAULT_HISTORY, diversity: float = 0.0, candidates: int | None = None,
-        exclude: Sequence[object] = (),
+        exclude: Sequence[object] = (), only: Sequence[object] | None = None,
     ) -> list[Result]:
         """Top-k items for a user from the FAISS index, known items excluded.
 
         ``exclude``: further item ids never to return (a business rule: out of stock, already in
         the basket), with or without ``exclude_known``; ids not in the index are ignored.
+        ``only``: ``None`` (every item) or the candidate ids, nothing outside them returned (a
+        category, a region's stock; :meth:`ItemIndex.matching` builds it from display fields).
 
         The index over-fetches and refills, so exactly k results come back whenever k items
         remain, even with an approximate index. ``explain`` attaches to each result its
@@ -358,7 +365,7 @@ class Recommender:
         row = self.user_index(user_id)
         known = set(self.known_items(user_id)) if exclude_known else None
         results = self._serve(self.user_vectors[row : row + 1], k, known, diversity, candidates,
-                              self.items.excluded_ids(exclude))
+                              self.items.excluded_ids(exclude), self.items.candidate_ids(only))
         return explain_recommendations(self, user_id, results, history) if explain else results
 
     def info(self) -> dict[str, Any]:
@@ -480,14 +487,14 @@ class Recommender:
 
     def recommend_many(
         self, user_ids: Sequence[object], k: int = 10, *, exclude_known: bool = True, batch_size: int = 1024,
-        show_progress: bool = False, exclude: Sequence[object] = (),
+        show_progress: bool = False, exclude: Sequence[object] = (), only: Sequence[object] | None = None,
     ) -> list[list[Result]]:
         """Top-k for many users: what :meth:`recommend` returns for each, in ``user_ids`` order,
         from batched FAISS searches instead of one per user (:meth:`index.FaissIndex.search`
         fetches k plus each user's known items, users whose counts are within a factor of two
         sharing one call, then refills).
 
-        ``exclude`` (as for :meth:`recommend`) applies to every user.
+        ``exclude`` and ``only`` (as for :meth:`recommend`) apply to every user.
 
         For exports (a nightly batch of every user's recommendations); ``explain`` and
         ``diversity`` stay per user (:meth:`recommend`). With an exact or IVF index the results
@@ -504,13 +511,13 @@ class Recommender:
         if k < 1 or batch_size < 1:
             raise MMRecError(f"k and batch_size must be at least 1, got k={k}, batch_size={batch_size}")
         rows = [self.user_index(u) for u in user_ids]
-        dropped = self.items.excluded_ids(exclude)
+        dropped, allowed = self.items.excluded_ids(exclude), self.items.candidate_ids(only)
         out: list[list[Result]] = []
         with tqdm(total=len(rows), desc="recommending", unit="user", disable=not show_progress) as bar:
             for start in range(0, len(rows), batch_size):
                 batch = rows[start : start + batch_size]
                 queries, known = self._user_queries(batch, exclude_known)
-                out += self.items.search_vectors(queries, k, exclude=known, exclude_all=dropped)  # [B] lists
+                out += self.items.search_vectors(queries, k, exclude=known, exclude_all=dropped, only=allowed)  # [B]
                 bar.update(len(batch))
         return out
 
@@ -524,6 +531,7 @@ class Recommender:
         self, items: Sequence[object] | ItemId = (), k: int = 10, *, user: object = None, method: str = "auto",
         exclude_history: bool = True, explain: bool = False, explain_items: int = DEFAULT_HISTORY,
         diversity: float = 0.0, candidates: int | None = None, exclude: Sequence[object] = (),
+        only: Sequence[object] | None = None,
     ) -> list[Result]:
         """Top-k items for a history of item ids: a user the model never trained on, an
         anonymous session, or a known user with the items they chose since training (``user``).
@@ -548,7 +556,8 @@ class Recommender:
         similar to it.
 
         A single id (a string or an int) is a history of one item. ``exclude`` (as for
-        :meth:`recommend`) is left out whatever ``exclude_history`` says.
+        :meth:`recommend`) is left out whatever ``exclude_history`` says; ``only`` (as for
+        :meth:`recommend`) restricts the answer, not the history.
 
         Raises:
             MMRecError: an empty history, an id not in the index, an unknown ``user``, an unknown
@@ -585,7 +594,7 @@ class Recommender:
         if not np.any(vector):
             raise MMRecError("the history's vectors sum to zero: it has no direction to rank items by")
         results = self._serve(vector, k, history_set if exclude_history else None, diversity, candidates,
-                              self.items.excluded_ids(exclude))
+                              self.items.excluded_ids(exclude), self.items.candidate_ids(only))
         return explain_history(self.items, ids, results, explain_items) if explain else results
 
     def _history_id(self, item_id: object) -> ItemId:
@@ -595,16 +604,16 @@ class Recommender:
             raise UnknownIdError(f"history item '{item_id}' is not in this index ({len(self.items)} items)") from None
 
     def _serve(self, user: np.ndarray, k: int, exclude: set | None, diversity: float,
-               candidates: int | None, exclude_all: set = frozenset()) -> list[Result]:
+               candidates: int | None, exclude_all: set = frozenset(), only: set | None = None) -> list[Result]:
         """Top-k for one ``[1, D]`` user vector: FAISS over the index, ``exclude`` (the user's own
-        items) and ``exclude_all`` (a business rule's, hidden inside FAISS) left out, then the MMR
-        re-ranking of the top ``candidates`` when ``diversity`` > 0."""
+        items) and ``exclude_all`` (a business rule's, hidden inside FAISS) left out, within
+        ``only`` when given, then the MMR re-ranking of the top ``candidates`` when ``diversity`` > 0."""
         q = self.items.vectorizer.mips.queries(user)  # [1, D + 1]
         exclude_list = [exclude] if exclude else None
         if diversity == 0.0:
-            return self.items.search_vectors(q, k, exclude=exclude_list, exclude_all=exclude_all)[0]
+            return self.items.search_vectors(q, k, exclude=exclude_list, exclude_all=exclude_all, only=only)[0]
         pool = self.items.search_vectors(q, max(candidates or max(5 * k, 50), k), exclude=exclude_list,
-                                         exclude_all=exclude_all)[0]
+                                         exclude_all=exclude_all, only=only)[0]
         vecs = self.items.vectorizer.mips.original(
             self.items.vectors[[self.items._pos[r.item_id] for r in pool]])  # [C, D]
         picks = mmr_rerank(np.array([r.score for r in pool]), vecs, k, diversity) if pool else []

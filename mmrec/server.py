@@ -14,10 +14,11 @@ server (no extra dependency)::
 
 Options per route (as the CLI's): ``k`` (default 10); ``explain`` and ``include_known``
 (``1``/``0``, ``true``/``false``); ``diversity`` (``recommend``, ``history``); ``method``
-(``history``); ``explain_items`` (``recommend``, ``history``); ``by`` (``similar``); ``exclude``
-(repeated, ``exclude=7&exclude=9``: item ids never to return; ``recommend``, ``history``,
-``similar``). A parameter
-a route does not take is refused, so a misspelt one is not silently ignored.
+(``history``); ``explain_items`` (``recommend``, ``history``); ``by`` (``similar``); on every
+query route ``exclude`` (repeated, ``exclude=7&exclude=9``: item ids never to return), ``only``
+(repeated: the only item ids to return) and ``where`` (repeated ``FIELD=VALUE``, URL-encoded as
+``where=genres%3DComedy``: only items whose display field matches, as the CLI's ``--where``).
+A parameter a route does not take is refused, so a misspelt one is not silently ignored.
 
 Status codes: 200 with ``{"results": [...]}``; 400 ``{"error": ...}`` for a bad request (a
 missing or malformed parameter, a query the directory cannot answer); 404 for an unknown
@@ -39,7 +40,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -71,6 +72,9 @@ class Params:
 
     def all(self, name: str) -> list[str]:
         return self._values.get(name, [])
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._values
 
     def one(self, name: str, default: str | None = None, *, required: bool = False) -> str | None:
         values = self.all(name)
@@ -130,11 +134,27 @@ def _explain_items(p: Params) -> int:
     return p.integer("explain_items", DEFAULT_HISTORY, 0)
 
 
+def _only(rec, p: Params) -> Collection[Any] | None:
+    """The candidates of ``only`` and ``where`` (``None``: every item), as the CLI's ``--only`` / ``--where``."""
+    only = p.all("only") if "only" in p else None
+    where: dict[str, list[str]] = {}
+    for text in p.all("where"):
+        field, sep, value = text.partition("=")
+        if not sep or not field.strip() or not value.strip():
+            raise BadRequest(f"{p.route}: 'where' must be FIELD=VALUE (where=genres%3DComedy), got {text!r}")
+        where.setdefault(field.strip(), []).append(value.strip())
+    return only if not where else rec.items.candidate_ids(only, where)
+
+
+def _filters(rec, p: Params) -> dict[str, Any]:
+    return {"exclude": p.all("exclude"), "only": _only(rec, p)}
+
+
 def _recommend(rec, p: Params) -> list:
     user = p.one("user", required=True)
     return rec.recommend(user, p.integer("k", 10, 1), exclude_known=not p.flag("include_known"),
                          explain=p.flag("explain"), history=_explain_items(p), diversity=p.number("diversity", 0.0),
-                         exclude=p.all("exclude"))
+                         **_filters(rec, p))
 
 
 def _history(rec, p: Params) -> list:
@@ -144,25 +164,26 @@ def _history(rec, p: Params) -> list:
     return rec.recommend_history(items, p.integer("k", 10, 1), user=user, method=p.one("method", "auto"),
                                  exclude_history=not p.flag("include_known"), explain=p.flag("explain"),
                                  explain_items=_explain_items(p),
-                                 diversity=p.number("diversity", 0.0), exclude=p.all("exclude"))
+                                 diversity=p.number("diversity", 0.0), **_filters(rec, p))
 
 
 def _similar(rec, p: Params) -> list:
     return rec.similar(p.one("item", required=True), p.integer("k", 10, 1), explain=p.flag("explain"),
-                       by=p.one("by", "index"), exclude=p.all("exclude"))
+                       by=p.one("by", "index"), **_filters(rec, p))
 
 
 def _search(rec, p: Params) -> list:
-    return rec.search_text(p.one("text", required=True), p.integer("k", 10, 1))
+    return rec.search_text(p.one("text", required=True), p.integer("k", 10, 1), **_filters(rec, p))
 
 
+FILTERS = ("exclude", "only", "where")  # every query route takes them
 # route -> (handler, the parameters it takes)
 ROUTES: dict[str, tuple[Callable[[Any, Params], list], tuple[str, ...]]] = {
-    "/recommend": (_recommend, ("user", "k", "include_known", "explain", "explain_items", "diversity", "exclude")),
+    "/recommend": (_recommend, ("user", "k", "include_known", "explain", "explain_items", "diversity", *FILTERS)),
     "/history": (_history, ("item", "user", "k", "method", "include_known", "explain", "explain_items", "diversity",
-                            "exclude")),
-    "/similar": (_similar, ("item", "k", "explain", "by", "exclude")),
-    "/search": (_search, ("text", "k")),
+                            *FILTERS)),
+    "/similar": (_similar, ("item", "k", "explain", "by", *FILTERS)),
+    "/search": (_search, ("text", "k", *FILTERS)),
 }
 
 

@@ -249,6 +249,44 @@ def test_exclude_all_is_hidden_inside_faiss_and_meets_the_oracle(saved, data, fa
     assert [sorted(r) for r in left] == [[45, 46, 47, 48, 49]] * 3
 
 
+@pytest.mark.parametrize("factory", ["Flat", "HNSW32", "IVF64,Flat"])
+@pytest.mark.parametrize("share", [0.002, 0.05, 0.9])  # a few, some, most of the items allowed
+def test_only_keeps_the_candidates_and_meets_the_oracle(saved, data, factory, share):
+    base, queries, _ = data
+    index = fresh(saved, factory)
+    index.remove(list(range(1, 2000, 2)))  # HNSW: tombstones; a removed id in `only` stays gone
+    if factory.startswith("IVF"):
+        index.nprobe = 64  # every list: exact, so the oracle is exact too
+    rng = np.random.default_rng(7)
+    only = set(rng.choice(N, size=int(share * N), replace=False).tolist()) | {"not-an-id"}
+    shared = set(range(0, 600, 3))
+    own = [{int(i)} for i in range(len(queries))]
+    found, scores = index.search(queries, 10, exclude=own, exclude_all=shared, only=only)
+    gone = set(range(1, 2000, 2)) | shared
+    pos, sims = exact_search(base, queries, N)
+    truth = [[int(i) for i in row if i in only and i not in gone and i not in o][:10] for row, o in zip(pos, own)]
+    assert [len(f) for f in found] == [len(t) for t in truth]
+    assert all(set(f) <= only - gone - o for f, o in zip(found, own))
+    assert recall_at_k(found, truth, 10) >= (0.97 if factory == "HNSW32" else 1.0)
+    if factory != "HNSW32":
+        assert found == truth
+        exact = {(b, int(i)): s for b in range(len(queries)) for i, s in zip(pos[b], sims[b])}
+        for b, (f, sc) in enumerate(zip(found, scores)):
+            np.testing.assert_allclose(sc, [exact[(b, i)] for i in f], rtol=1e-5, atol=1e-6)
+
+
+def test_only_edge_cases():
+    x = clustered_vectors(60, DIM, n_clusters=3, seed=5)
+    for factory in ("Flat", "HNSW8"):
+        index = FaissIndex.build(x, [f"i{j}" for j in range(60)], factory)
+        assert index.search(x[:2], 5, only=set())[0] == [[], []]  # nothing allowed: nothing back
+        assert index.search(x[:1], 5, only="i7")[0] == [["i7"]]  # one id, not its characters
+        got, _ = index.search(x[:1], 5, only={"i3", "i4", "i5"}, exclude=[{"i4"}], exclude_all={"i5"})
+        assert got == [["i3"]]
+        index.remove(["i3"])
+        assert index.search(x[:1], 5, only={"i3", "i4"})[0] == [["i4"]]
+
+
 def test_sweep_knob_errors(saved, data):
     queries = data[1]
     with pytest.raises(ValueError, match="Flat search is exact"):

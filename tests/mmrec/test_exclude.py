@@ -75,6 +75,6 @@ def test_a_single_id_is_one_id_and_unknown_ones_are_counted(rec, caplog):
         assert ids(rec.similar(3, 31, exclude="19")) == [i for i in ids(rec.similar(3, 31)) if i != 19]
         assert rec.items.excluded_ids(["7", "nope", "7,9"]) == {7}
         assert rec.items.excluded_ids(b"19") == {19} and rec.items.excluded_ids([True]) == set()
-    assert "2 of the 3 ids to exclude are not in this index (ignored)" in caplog.text
+    assert "2 of the 3 excluded ids are not in this index (ignored)" in caplog.text
     found, _ = rec.items.index.search(rec.items.vectors[:1], 31, exclude_all=19)  # one id
     assert 19 not in found[0] and len(found[0]) == 31

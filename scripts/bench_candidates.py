@@ -1,0 +1,205 @@
+"""Restricting every query to candidates (``only=`` / ``--only`` / ``--where``): cost and recall, side by side.
+
+For each factory, one index of ``--items`` clustered vectors (``index.clustered_vectors``) answers
+``--queries`` queries in one batched ``FaissIndex.search`` (k = 10): with no restriction, and for
+each share of ``--shares`` (a random set of that many items allowed) two ways, in one run:
+
+* ``only``: ``search(..., only=ids)``, what ``recommend`` / ``similar`` / ``search`` send: under
+  ``index.faiss_index.POST_FILTER_SHARE`` of the items (Flat 10%, IVF 5%, HNSW 20%) the
+  candidates let through inside FAISS by an ``IDSelector`` (IVF probing, HNSW walking, N /
+  candidates times as wide), above it an unrestricted search over-fetching 2 N / candidates times k,
+  the candidates kept (the table's ``way``); refilled to k;
+* ``post-filter``: what a script over raw FAISS does: search ``fetch = min(N, ceil(2 k / share),
+  4096)`` unrestricted results, keep the candidates among them, first k.
+
+Each timing is the median of ``--rounds`` calls. Each way's recall@10 is measured against a
+brute-force ranking of the candidates, and its share of lists that come back short (fewer than
+``min(k, candidates)``); every ``only`` list is checked to hold candidates only. Also timed:
+``ItemIndex.matching`` (what ``--where`` runs) over the same number of items' display fields.
+Writes ``--out``/candidates.json and candidates.md.
+
+Usage::
+
+    .venv/bin/python scripts/bench_candidates.py
+    .venv/bin/python scripts/bench_candidates.py --items 20000 --shares 0.01 0.5 --rounds 1   # quick
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from index import FaissIndex, clustered_vectors  # noqa: E402
+from index.faiss_index import POST_FILTER_SHARE  # noqa: E402
+from machine import add_run_options, begin_run, update_results  # noqa: E402
+
+K = 10
+POST_FILTER_CAP = 4096
+
+
+def timed(call, rounds: int) -> tuple[float, Any]:
+    """Median seconds of ``rounds`` calls, and the last call's result."""
+    times, out = [], None
+    for _ in range(rounds):
+        start = time.perf_counter()
+        out = call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), out
+
+
+def exact_top(base: np.ndarray, queries: np.ndarray, allowed: np.ndarray | None, block: int = 128) -> list[set[int]]:
+    """The k nearest rows by cosine (brute force, float32) of each query among ``allowed`` (all: ``None``)."""
+    unit = base / np.linalg.norm(base, axis=1, keepdims=True)
+    rows = np.arange(len(base)) if allowed is None else allowed
+    unit = unit[rows]
+    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    kk = min(K, len(rows))
+    out = []
+    for start in range(0, len(q), block):
+        sims = q[start : start + block] @ unit.T  # [B, C]
+        top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk] if kk < len(rows) else np.tile(np.arange(len(rows)), (len(sims), 1))
+        out += [set(rows[row].tolist()) for row in top]
+    return out
+
+
+def recall(found: list[list[int]], truth: list[set[int]]) -> float:
+    return float(np.mean([len(set(f) & t) / max(len(t), 1) for f, t in zip(found, truth)]))
+
+
+def post_filter(index: FaissIndex, queries: np.ndarray, allowed: set[int], fetch: int) -> list[list[int]]:
+    found, _ = index.search(queries, fetch)
+    return [[i for i in row if i in allowed][:K] for row in found]
+
+
+def measure(index: FaissIndex, base: np.ndarray, queries: np.ndarray, shares: list[float], rounds: int,
+            seed: int) -> list[dict[str, Any]]:
+    """One row per share (no restriction first): seconds, recall@10 and short lists of each way."""
+    rng = np.random.default_rng(seed)
+    n = len(index)
+    none_s, (plain, _) = timed(lambda: index.search(queries, K), rounds)
+    rows = [{"share": 1.0, "candidates": n, "only_s": round(none_s, 4),
+             "only_recall": round(recall(plain, exact_top(base, queries, None)), 4)}]
+    print(f"  {rows[0]}", flush=True)
+    for share in shares:
+        size = max(1, round(share * n))
+        chosen = np.sort(rng.choice(n, size, replace=False))
+        allowed = set(chosen.tolist())
+        truth = exact_top(base, queries, chosen)
+        want = min(K, size)
+        only_s, (got, _) = timed(lambda: index.search(queries, K, only=allowed), rounds)
+        fetch = min(n, math.ceil(2 * K / share), POST_FILTER_CAP)
+        post_s, post = timed(lambda: post_filter(index, queries, allowed, fetch), rounds)
+        kept = size >= POST_FILTER_SHARE[index._spec.kind] * n
+        row = {"share": share, "candidates": size, "way": "kept" if kept else "selector",
+               "only_s": round(only_s, 4), "only_recall": round(recall(got, truth), 4),
+               "only_short": round(float(np.mean([len(r) < want for r in got])), 4),
+               "only_lists_ok": all(set(r) <= allowed for r in got),
+               "post_fetch": fetch, "post_s": round(post_s, 4), "post_recall": round(recall(post, truth), 4),
+               "post_short": round(float(np.mean([len(r) < want for r in post])), 4)}
+        rows.append(row)
+        print(f"  {row}", flush=True)
+    return rows
+
+
+def time_matching(items: int, rounds: int, seed: int) -> dict[str, Any]:
+    """``ItemIndex.matching`` over ``items`` items' display fields: a category of 200 (Zipf-like
+    sizes) and a |-separated tag field, for a rare and a common value."""
+    from mmrec.item_index import ItemIndex
+
+    rng = np.random.default_rng(seed)
+    weights = 1.0 / np.arange(1, 201)
+    category = rng.choice(200, items, p=weights / weights.sum())
+    tags = rng.integers(0, 50, size=(items, 3))
+    records = [{"title": f"item {i}", "category": f"c{c}", "tags": "|".join(f"t{t}" for t in row)}
+               for i, (c, row) in enumerate(zip(category, tags))]
+    index = ItemIndex.from_features(list(range(items)), {"text": rng.normal(size=(items, 8)).astype(np.float32)},
+                                    records=records, factory="Flat", show_progress=False)
+    out = {}
+    for label, where in (("rare category", {"category": "c199"}), ("common category", {"category": "c0"}),
+                         ("tag (|-separated)", {"tags": "t7"}), ("category and tag", {"category": "c0", "tags": "t7"})):
+        index._facets = None  # the first query of a field reads every item's value of it
+        start = time.perf_counter()
+        first = index.matching(where)
+        first_s = time.perf_counter() - start
+        seconds, found = timed(lambda: index.matching(where), rounds)  # later ones look it up
+        assert found == first
+        out[label] = {"where": where, "matched": len(found), "first_seconds": round(first_s, 4),
+                      "seconds": round(seconds, 6)}
+        print(f"  matching {label}: {out[label]}", flush=True)
+    return out
+
+
+def markdown(results: dict[str, Any]) -> str:
+    e = results["candidates"]
+    m = e["machine"]
+    lines = ["# Restricting queries to candidates (`scripts/bench_candidates.py`)", "",
+             f"{e['items']:,} clustered vectors of {e['dim']} dimensions, {e['queries']:,} queries in one batched "
+             f"search, k = {K}; median of {e['rounds']} calls. `only`: `search(..., only=ids)` (an `IDSelector` inside "
+             "FAISS, what `recommend` / `similar` / `search` send); `post-filter`: an unrestricted search of `fetch` "
+             f"results (min(N, 2k / share, {POST_FILTER_CAP})), the candidates kept. Recall@10 against a brute-force "
+             "ranking of the candidates; `short`: share of queries given fewer than min(k, candidates) results. "
+             "`way`: how `only` filtered (`selector`: inside FAISS; `kept`: after an over-fetching search).", "",
+             "| factory | candidates | way | none s | only s | only / none | post-filter s (fetch) | "
+             "recall@10 only / post-filter | short only / post-filter | lists |",
+             "|---|---:|---|---:|---:|---:|---:|---|---|---|"]
+    for factory, rows in e["factories"].items():
+        base = rows[0]
+        for r in rows[1:]:
+            lines.append(f"| {factory} | {r['candidates']:,} ({r['share']:.2%}) | {r['way']} | {base['only_s']:.3f} | "
+                         f"{r['only_s']:.3f} | {r['only_s'] / base['only_s']:.2f}x | {r['post_s']:.3f} "
+                         f"({r['post_fetch']:,}) | {r['only_recall']:.4f} / {r['post_recall']:.4f} | "
+                         f"{r['only_short']:.1%} / {r['post_short']:.1%} | {'ok' if r['only_lists_ok'] else 'FAILED'} |")
+    lines += ["", f"Unrestricted recall@10: " + ", ".join(f"{f} {rows[0]['only_recall']:.4f}"
+                                                       for f, rows in e["factories"].items()) + ".", "",
+              f"`ItemIndex.matching` (what `--where` runs) over {e['items']:,} items' display fields:", "",
+              "| filter | matched | first query s (reads the field) | later queries ms |", "|---|---:|---:|---:|"]
+    for label, r in e["matching"].items():
+        shown = ", ".join(f"{k}={v}" for k, v in r["where"].items())
+        lines.append(f"| {label} (`{shown}`) | {r['matched']:,} | {r['first_seconds']:.3f} | "
+                     f"{1000 * r['seconds']:.2f} |")
+    lines += ["", f"Machine: {m['cpu']}, {m['cores']} cores (shared; load average {m['load_average']} at start), "
+              f"FAISS with {e['threads']} thread(s). Command: `{e['command']}`", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--items", type=int, default=200_000, help="indexed vectors (default 200,000)")
+    p.add_argument("--dim", type=int, default=64, help="their width (default 64)")
+    p.add_argument("--queries", type=int, default=1024, help="queries per batched search (default 1024)")
+    p.add_argument("--shares", type=float, nargs="+", default=[0.0005, 0.01, 0.05, 0.1, 0.2, 0.5, 0.9],
+                   help="shares of the items allowed (default 0.0005 0.01 0.05 0.1 0.2 0.5 0.9)")
+    p.add_argument("--factories", nargs="+", default=["Flat", "IVF256,Flat", "HNSW32"])
+    p.add_argument("--rounds", type=int, default=3, help="calls per timing, median kept (default 3)")
+    add_run_options(p)
+    args = p.parse_args(argv)
+    if any(not 0 < s <= 1 for s in args.shares):
+        p.error("--shares must be in (0, 1]")
+    command, machine = begin_run("bench_candidates.py", args, argv)
+    import faiss
+
+    faiss.omp_set_num_threads(args.threads)
+    x = clustered_vectors(args.items + args.queries, args.dim, n_clusters=max(1, args.items // 1000), seed=0)
+    base, queries = x[: args.items], x[args.items :]
+    out: dict[str, Any] = {}
+    for factory in args.factories:
+        print(f"{factory}: building", flush=True)
+        index = FaissIndex.build(base, list(range(args.items)), factory, seed=0)
+        out[factory] = measure(index, base, queries, args.shares, args.rounds, seed=1)
+    matching = time_matching(args.items, args.rounds, seed=2)
+    entry = {"items": args.items, "dim": args.dim, "queries": args.queries, "rounds": args.rounds,
+             "threads": args.threads, "factories": out, "matching": matching, "machine": machine, "command": command}
+    update_results(Path(args.out), "candidates", lambda old: {"candidates": entry}, markdown)
+    print(markdown({"candidates": entry}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""``only`` / ``--only`` / ``--where``: candidate restriction (a category, a region's stock) on every
+query kind, checked against the full ranking filtered by hand, exact and approximate."""
+from __future__ import annotations
+
+import json
+import logging
+import urllib.parse
+
+import numpy as np
+import pytest
+
+from mmrec.cli import main
+from mmrec.config import TrainConfig
+from mmrec.errors import ConfigError
+from mmrec.item_index import ItemIndex
+from mmrec.pipeline import fit
+from mmrec.recommender import Recommender
+from tests.mmrec.conftest import write_planted
+from tests.mmrec.test_server import dicts, get, serving
+
+FAST = dict(dim=16, layers=2, heads=2, lr=0.05, batch_size=64, epochs=4, patience=4, reg=1e-4, seed=0)
+GENRES = ["Comedy", "Drama|Comedy", "Drama", "Horror | Drama"]  # item i has GENRES[i % 4]
+SHOPS = ["north", "south", "North"]  # item i is in SHOPS[i % 3]; case counts
+
+
+@pytest.fixture(scope="module", params=["Flat", "HNSW8"])
+def rec(request, tmp_path_factory):
+    d = tmp_path_factory.mktemp("candidates")
+    inter, feats = write_planted(d)
+    rows = [f"{i},Film {i},{GENRES[i % 4]},{SHOPS[i % 3]}" for i in range(32)]
+    (d / "items.csv").write_text("item_id,title,genres,shop\n" + "\n".join(rows) + "\n")
+    fit(inter, catalog=d / "items.csv", features={"content": feats}, text_encoder="none", image_encoder="none",
+        out=d / "model", config=TrainConfig(**FAST), split="random", factory=request.param, show_progress=False)
+    return Recommender.load(d / "model", show_progress=False)
+
+
+def ids(results) -> list:
+    return [r.item_id for r in results]
+
+
+def test_matching_reads_display_fields_and_separated_values(rec):
+    items = rec.items
+    comedy = [i for i in range(32) if i % 4 in (0, 1)]
+    assert items.matching({"genres": "Comedy"}) == comedy  # "Comedy" and "Drama|Comedy", in index order
+    assert items.matching({"genres": ["Horror", "Comedy"]}) == [i for i in range(32) if i % 4 != 2]
+    assert items.matching({"genres": " Drama "}) == [i for i in range(32) if i % 4 != 0]  # spaces ignored
+    assert items.matching({"shop": "north"}) == [i for i in range(32) if i % 3 == 0]  # not "North"
+    assert items.matching({"shop": "north", "genres": "Drama"}) == [i for i in range(32) if i % 3 == 0 and i % 4]
+    assert items.matching({"genres": "Western"}) == []
+    with pytest.raises(ConfigError, match="field 'genre' is not a display field of this index; its fields are: "
+                                          "genres, shop, title"):
+        items.matching({"genre": "Comedy"})
+    with pytest.raises(ConfigError, match="field 'genres' was given no value"):
+        items.matching({"genres": []})
+
+
+def test_only_keeps_the_candidates_on_every_query_kind(rec):
+    # The oracle: the full ranking (every item, nothing cut), less what is not a candidate, first k.
+    only = [1, "2", 5, 6, 9, 13, 14, 17, 21, 22, 25, 30, "not-an-item"]  # "2" as typed on a command line
+    keep = {1, 2, 5, 6, 9, 13, 14, 17, 21, 22, 25, 30}
+    n = len(rec.items)
+    for user in rec.user_ids[:6]:
+        full = ids(rec.recommend(user, n))
+        assert ids(rec.recommend(user, 5, only=only)) == [i for i in full if i in keep][:5]
+        assert ids(rec.recommend(user, 5, only=only, exclude=[5, 6])) == [i for i in full if i in keep - {5, 6}][:5]
+        every = ids(rec.recommend(user, n, exclude_known=False))
+        assert ids(rec.recommend(user, n, exclude_known=False, only=only)) == [i for i in every if i in keep]
+    # Every candidate left comes back, no more.
+    assert len(rec.recommend("u0", n, only=only)) == len(keep - set(rec.known_items("u0")))
+    many = rec.recommend_many(rec.user_ids[:6], 4, only=only)
+    assert [ids(r) for r in many] == [ids(rec.recommend(u, 4, only=only)) for u in rec.user_ids[:6]]
+    for by in ("index", "cosine"):
+        full = ids(rec.similar(3, n, by=by))
+        assert ids(rec.similar(3, 6, by=by, only=only)) == [i for i in full if i in keep][:6]
+        assert ids(rec.similar(5, n, by=by, only=only)) == [i for i in ids(rec.similar(5, n, by=by)) if i in keep]
+        assert [ids(r) for r in rec.similar_many([3, 4], 6, by=by, only=only, exclude=[9])] == \
+            [ids(rec.similar(i, 6, by=by, only=only, exclude=[9])) for i in (3, 4)]
+    every = ids(rec.recommend_history([0, 4], n, exclude_history=False))
+    assert ids(rec.recommend_history([0, 4], 6, exclude_history=False, only=only)) == [i for i in every if i in keep][:6]
+    assert ids(rec.recommend_history([0, 4], 6, diversity=0.5, only=only)) and \
+        set(ids(rec.recommend_history([0, 4], 6, diversity=0.5, only=only))) <= keep
+    assert set(ids(rec.recommend("u1", 6, diversity=0.5, only=only))) <= keep
+    # Nothing allowed: nothing back (not an error); a single id is one id.
+    assert rec.recommend("u0", 5, only=[]) == [] and rec.similar(3, 5, only=["nope"]) == []
+    assert ids(rec.similar(3, 5, only="21")) == [21]
+
+
+def test_text_and_image_query_vectors_keep_the_candidates(rec):
+    # Trained directories rank query vectors by an exact cosine scan; content indexes by FAISS.
+    q = rec.items.query_vector("content", np.eye(4, dtype=np.float32)[:1])
+    full = ids(rec.items._search_queries([q], 32)[0])
+    assert ids(rec.items._search_queries([q], 5, [8], [0, 4, 8, 12, 16, 20, 3])[0]) == \
+        [i for i in full if i in {0, 4, 12, 16, 20, 3}][:5]
+    feats = np.eye(4, dtype=np.float32)[np.arange(32) % 4] + 0.01 * np.arange(32)[:, None]
+    content = ItemIndex.from_features(list(range(32)), {"content": feats.astype(np.float32)}, factory="Flat",
+                                      show_progress=False)
+    q = content.query_vector("content", feats[:1])
+    full = ids(content._search_queries([q], 32)[0])
+    assert ids(content._search_queries([q], 3, [], ["4", 8, 5, 9])[0]) == [i for i in full if i in {4, 8, 5, 9}][:3]
+
+
+def test_cli_only_only_file_and_where(rec, tmp_path, capsys, caplog):
+    d = str(rec.items.directory)
+    (tmp_path / "stock.txt").write_text("\ufeff5\n\n9\n13\n", encoding="utf-8")
+    assert main(["recommend", "--index", d, "--user", "u0", "-k", "3", "--only", "1", "2", "--only-file",
+                 str(tmp_path / "stock.txt"), "--json", "-q"]) == 0
+    assert [r["item_id"] for r in json.loads(capsys.readouterr().out)] == ids(rec.recommend("u0", 3, only=[1, 2, 5, 9, 13]))
+    # --where fields combine (AND), its values alternate (OR), --only narrows it.
+    comedy_north = rec.items.matching({"genres": ["Comedy", "Horror"], "shop": "north"})
+    assert main(["similar", "--index", d, "--item", "3", "4", "-k", "4", "--where", "genres=Comedy",
+                 "--where", "genres=Horror", "--where", "shop=north", "--json", "-q"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [[r["item_id"] for r in line["results"]] for line in lines] == \
+        [ids(rec.similar(i, 4, only=comedy_north)) for i in (3, 4)]
+    assert main(["recommend", "--index", d, "--all-users", "-k", "2", "--where", "genres=Comedy", "--only", "0", "1",
+                 "4", "--exclude", "4", "--json", "-q"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [[r["item_id"] for r in line["results"]] for line in lines] == \
+        [ids(r) for r in rec.recommend_many(rec.user_ids, 2, only=[0, 1], exclude=[4])]
+    with caplog.at_level(logging.WARNING, logger="mmrec"):
+        assert main(["recommend", "--index", d, "--user", "u0", "--where", "genres=Western", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert "no item of the index is a candidate (genres=Western): nothing to return" in caplog.text
+    assert main(["recommend", "--index", d, "--user", "u0", "--where", "genre=Comedy", "-q"]) == 1
+    assert "field 'genre' is not a display field of this index" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:  # malformed: a usage error
+        main(["recommend", "--index", d, "--user", "u0", "--where", "genres"])
+    assert stop.value.code == 2 and "expected FIELD=VALUE, got 'genres'" in capsys.readouterr().err
+    assert main(["similar", "--index", d, "--item", "3", "--only-file", str(tmp_path / "missing.txt"), "-q"]) == 1
+    assert f"--only-file {tmp_path / 'missing.txt'}: cannot read it" in capsys.readouterr().err
+
+
+def test_server_only_and_where(rec):
+    where = urllib.parse.quote("genres=Comedy")
+    comedy = rec.items.matching({"genres": "Comedy"})
+    with serving(rec) as url:
+        cases = [
+            (f"/recommend?user=u3&k=4&where={where}", rec.recommend("u3", 4, only=comedy)),
+            (f"/recommend?user=u3&k=4&where={where}&only=0&only=1&only=2", rec.recommend("u3", 4, only=[0, 1])),
+            ("/similar?item=3&k=3&only=5&only=9&only=13&exclude=9", rec.similar(3, 3, only=[5, 13])),
+            (f"/history?item=0&k=3&where={where}", rec.recommend_history([0], 3, only=comedy)),
+            ("/recommend?user=u3&k=4&only=", []),
+        ]
+        for path, want in cases:
+            assert get(url + path) == (200, {"results": dicts(want)}), path
+        status, body = get(f"{url}/recommend?user=u3&where=genres")
+        assert status == 400 and "'where' must be FIELD=VALUE" in body["error"]
+        status, body = get(f"{url}/similar?item=3&where={urllib.parse.quote('genre=x')}")
+        assert status == 400 and "field 'genre' is not a display field" in body["error"]
+
+
+def test_matching_follows_adds_and_removes():
+    feats = np.eye(3, dtype=np.float32)
+    idx = ItemIndex.from_features(["a", "b", "c"], {"text": feats},
+                                  records=[{"genres": "x|y"}, {"genres": "y"}, {"genres": "z"}], factory="Flat",
+                                  show_progress=False)
+    assert idx.matching({"genres": "y"}) == ["a", "b"] and idx.matching({"genres": "x|y"}) == ["a"]
+    idx.add_features(["d"], {"text": np.ones((1, 3), np.float32)}, {"text": np.ones(1, bool)}, [{"genres": "y | z"}])
+    assert idx.matching({"genres": "y"}) == ["a", "b", "d"] and idx.matching({"genres": ["z"]}) == ["c", "d"]
+    idx.remove(["a"])
+    assert idx.matching({"genres": "y"}) == ["b", "d"]
+    assert ids(idx.similar("b", 5, only=idx.matching({"genres": "z"}))) == [i for i in ids(idx.similar("b", 5))
+                                                                          if i in {"c", "d"}]
