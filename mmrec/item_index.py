@@ -1212,9 +1212,10 @@ class ItemIndex:
             hint = f" (pass --features for {', '.join(precomputed)})" if precomputed else ""
             raise MMRecError(f"{catalog.source}: {len(none)} new items have none of this index's modalities "
                              f"{self.modalities}, e.g. {first}{hint}")
+        before = self._snapshot()
         self.add_features(catalog.item_ids, new_features, present, catalog.records, hashes, save=False)
         if self.directory is not None:
-            self.save(self.directory, skipped=catalog)
+            self._save_or_restore(before, skipped=catalog)
         return len(catalog)
 
     def add_features(
@@ -1243,6 +1244,7 @@ class ItemIndex:
         missing = [m for m in self.modalities if m not in features]
         if missing:
             raise ConfigError(f"new items lack the index's modalities {missing}")
+        before = self._snapshot()
         n = len(item_ids)
         if vectors is None:
             vectors = self.vectorizer.item_vectors(features, present, self._neighbour_pool())
@@ -1262,7 +1264,7 @@ class ItemIndex:
         self.items += [{ID_FIELD: i, "hashes": h, "fields": dict(r)} for i, h, r in zip(item_ids, hashes, records)]
         self._pos.update({it[ID_FIELD]: start + j for j, it in enumerate(self.items[start:])})
         if save and self.directory is not None:
-            self.save(self.directory)
+            self._save_or_restore(before)
 
     def _neighbour_pool(self) -> tuple[dict, dict, np.ndarray] | None:
         """The indexed items a trained content path borrows from (features, presence, vectors)."""
@@ -1324,6 +1326,7 @@ class ItemIndex:
         if missing:
             raise MMRecError(f"not in this index: {', '.join(map(str, missing[:20]))}")
         ids = [self.resolve_id(i) for i in item_ids]
+        before = self._snapshot()
         self.index.remove(ids)
         gone = {self._pos[i] for i in ids}
         keep = np.array([i for i in range(len(self.items)) if i not in gone], dtype=np.int64)
@@ -1336,8 +1339,28 @@ class ItemIndex:
         self.items = [self.items[i] for i in keep]
         self._pos = {it[ID_FIELD]: i for i, it in enumerate(self.items)}
         if self.directory is not None:
-            self.save(self.directory)
+            self._save_or_restore(before)
         return len(gone)
+
+    def _snapshot(self) -> dict[str, Any]:
+        """What :meth:`add_features` and :meth:`remove` change besides the FAISS index (which
+        the directory holds): arrays are replaced, never written into, so references suffice;
+        the dicts and the list are copied."""
+        return {"vectors": self.vectors, "attention": self.attention, "pool": self.pool,
+                "features": dict(self.features), "present": dict(self.present), "items": list(self.items),
+                "_pos": dict(self._pos)}
+
+    def _save_or_restore(self, before: dict[str, Any], **save_options: Any) -> None:
+        """Save in place; if that fails, put this object back as it was (``before``, and the
+        FAISS index read again from the directory, which a failed save leaves untouched), so
+        memory and disk agree, then raise."""
+        try:
+            self.save(self.directory, **save_options)
+        except BaseException:
+            for name, value in before.items():
+                setattr(self, name, value)
+            self.index = FaissIndex.load(self.directory)
+            raise
 
     def _try_resolve(self, item_id: object) -> ItemId | None:
         try:

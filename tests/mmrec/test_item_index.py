@@ -361,3 +361,27 @@ def test_a_pq_code_size_that_does_not_divide_the_width_is_refused_before_encodin
     with pytest.raises(ConfigError, match=r"--factory IVF1,PQ2: .*PQ2 needs dim divisible by 2, got dim=33"):
         ItemIndex.build(tmp_path / "many.csv", text_encoder=tiny_bert_dir, image_encoder=None, factory="IVF1,PQ2",
                         show_progress=False)
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW8"])
+def test_a_failed_save_leaves_memory_as_the_directory_is(tmp_path, monkeypatch, factory):
+    feats = np.random.default_rng(0).normal(size=(12, 4)).astype(np.float32)
+    ItemIndex.from_features([f"i{j}" for j in range(12)], {"text": feats}, records=[{"g": "x"}] * 12,
+                            factory=factory, show_progress=False).save(tmp_path / "idx")
+    idx = ItemIndex.load(tmp_path / "idx", show_progress=False)
+    want = [[(r.item_id, r.score) for r in idx.similar(i, 5)] for i in idx.ids]
+    ids, vectors, matching = idx.ids, idx.vectors.copy(), idx.matching({"g": "x"})
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ItemIndex, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        idx.remove(["i3", "i4"])
+    with pytest.raises(OSError, match="No space left"):
+        idx.add_features(["new"], {"text": feats[:1]}, {"text": np.ones(1, bool)}, [{"g": "x"}])
+    assert idx.ids == ids and len(idx.index) == 12 and idx.matching({"g": "x"}) == matching
+    np.testing.assert_array_equal(idx.vectors, vectors)
+    assert [[(r.item_id, r.score) for r in idx.similar(i, 5)] for i in idx.ids] == want
+    monkeypatch.undo()
+    assert idx.remove(["i3"]) == 1 and ItemIndex.load(tmp_path / "idx", show_progress=False).ids == idx.ids
