@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -37,41 +36,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from index import FaissIndex, clustered_vectors  # noqa: E402
+from index import FaissIndex  # noqa: E402
 from index.faiss_index import POST_FILTER_SHARE  # noqa: E402
-from machine import add_run_options, begin_run, update_results  # noqa: E402
+from machine import add_run_options, add_search_options, begin_run, brute_force_top, built_indexes, median_seconds, set_recall, update_results  # noqa: E402
 
 K = 10
 POST_FILTER_CAP = 4096
-
-
-def timed(call, rounds: int) -> tuple[float, Any]:
-    """Median seconds of ``rounds`` calls, and the last call's result."""
-    times, out = [], None
-    for _ in range(rounds):
-        start = time.perf_counter()
-        out = call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
-
-
-def exact_top(base: np.ndarray, queries: np.ndarray, allowed: np.ndarray | None, block: int = 128) -> list[set[int]]:
-    """The k nearest rows by cosine (brute force, float32) of each query among ``allowed`` (all: ``None``)."""
-    unit = base / np.linalg.norm(base, axis=1, keepdims=True)
-    rows = np.arange(len(base)) if allowed is None else allowed
-    unit = unit[rows]
-    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
-    kk = min(K, len(rows))
-    out = []
-    for start in range(0, len(q), block):
-        sims = q[start : start + block] @ unit.T  # [B, C]
-        top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk] if kk < len(rows) else np.tile(np.arange(len(rows)), (len(sims), 1))
-        out += [set(rows[row].tolist()) for row in top]
-    return out
-
-
-def recall(found: list[list[int]], truth: list[set[int]]) -> float:
-    return float(np.mean([len(set(f) & t) / max(len(t), 1) for f, t in zip(found, truth)]))
 
 
 def post_filter(index: FaissIndex, queries: np.ndarray, allowed: set[int], fetch: int) -> list[list[int]]:
@@ -84,25 +54,25 @@ def measure(index: FaissIndex, base: np.ndarray, queries: np.ndarray, shares: li
     """One row per share (no restriction first): seconds, recall@10 and short lists of each way."""
     rng = np.random.default_rng(seed)
     n = len(index)
-    none_s, (plain, _) = timed(lambda: index.search(queries, K), rounds)
+    none_s, (plain, _) = median_seconds(lambda: index.search(queries, K), rounds)
     rows = [{"share": 1.0, "candidates": n, "only_s": round(none_s, 4),
-             "only_recall": round(recall(plain, exact_top(base, queries, None)), 4)}]
+             "only_recall": round(set_recall(plain, brute_force_top(base, queries, K)), 4)}]
     print(f"  {rows[0]}", flush=True)
     for share in shares:
         size = max(1, round(share * n))
         chosen = np.sort(rng.choice(n, size, replace=False))
         allowed = set(chosen.tolist())
-        truth = exact_top(base, queries, chosen)
+        truth = brute_force_top(base, queries, K, keep=chosen)
         want = min(K, size)
-        only_s, (got, _) = timed(lambda: index.search(queries, K, only=allowed), rounds)
+        only_s, (got, _) = median_seconds(lambda: index.search(queries, K, only=allowed), rounds)
         fetch = min(n, math.ceil(2 * K / share), POST_FILTER_CAP)
-        post_s, post = timed(lambda: post_filter(index, queries, allowed, fetch), rounds)
+        post_s, post = median_seconds(lambda: post_filter(index, queries, allowed, fetch), rounds)
         kept = size >= POST_FILTER_SHARE[index._spec.kind] * n
         row = {"share": share, "candidates": size, "way": "kept" if kept else "selector",
-               "only_s": round(only_s, 4), "only_recall": round(recall(got, truth), 4),
+               "only_s": round(only_s, 4), "only_recall": round(set_recall(got, truth), 4),
                "only_short": round(float(np.mean([len(r) < want for r in got])), 4),
                "only_lists_ok": all(set(r) <= allowed for r in got),
-               "post_fetch": fetch, "post_s": round(post_s, 4), "post_recall": round(recall(post, truth), 4),
+               "post_fetch": fetch, "post_s": round(post_s, 4), "post_recall": round(set_recall(post, truth), 4),
                "post_short": round(float(np.mean([len(r) < want for r in post])), 4)}
         rows.append(row)
         print(f"  {row}", flush=True)
@@ -129,7 +99,7 @@ def time_matching(items: int, rounds: int, seed: int) -> dict[str, Any]:
         start = time.perf_counter()
         first = index.matching(where)
         first_s = time.perf_counter() - start
-        seconds, found = timed(lambda: index.matching(where), rounds)  # later ones look it up
+        seconds, found = median_seconds(lambda: index.matching(where), rounds)  # later ones look it up
         assert found == first
         out[label] = {"where": where, "matched": len(found), "first_seconds": round(first_s, 4),
                       "seconds": round(seconds, 6)}
@@ -172,27 +142,16 @@ def markdown(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--items", type=int, default=200_000, help="indexed vectors (default 200,000)")
-    p.add_argument("--dim", type=int, default=64, help="their width (default 64)")
-    p.add_argument("--queries", type=int, default=1024, help="queries per batched search (default 1024)")
+    add_search_options(p)
     p.add_argument("--shares", type=float, nargs="+", default=[0.0005, 0.01, 0.05, 0.1, 0.2, 0.5, 0.9],
                    help="shares of the items allowed (default 0.0005 0.01 0.05 0.1 0.2 0.5 0.9)")
-    p.add_argument("--factories", nargs="+", default=["Flat", "IVF256,Flat", "HNSW32"])
-    p.add_argument("--rounds", type=int, default=3, help="calls per timing, median kept (default 3)")
     add_run_options(p)
     args = p.parse_args(argv)
     if any(not 0 < s <= 1 for s in args.shares):
         p.error("--shares must be in (0, 1]")
     command, machine = begin_run("bench_candidates.py", args, argv)
-    import faiss
-
-    faiss.omp_set_num_threads(args.threads)
-    x = clustered_vectors(args.items + args.queries, args.dim, n_clusters=max(1, args.items // 1000), seed=0)
-    base, queries = x[: args.items], x[args.items :]
     out: dict[str, Any] = {}
-    for factory in args.factories:
-        print(f"{factory}: building", flush=True)
-        index = FaissIndex.build(base, list(range(args.items)), factory, seed=0)
+    for factory, index, base, queries in built_indexes(args):
         out[factory] = measure(index, base, queries, args.shares, args.rounds, seed=1)
     matching = time_matching(args.items, args.rounds, seed=2)
     entry = {"items": args.items, "dim": args.dim, "queries": args.queries, "rounds": args.rounds,

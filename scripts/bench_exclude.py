@@ -22,9 +22,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -32,37 +30,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from index import FaissIndex, clustered_vectors  # noqa: E402
-from machine import add_run_options, begin_run, update_results  # noqa: E402
+from index import FaissIndex  # noqa: E402
+from machine import add_run_options, add_search_options, begin_run, brute_force_top, built_indexes, median_seconds, set_recall, update_results  # noqa: E402
 
 K = 10
-
-
-def timed(call, rounds: int) -> tuple[float, Any]:
-    """Median seconds of ``rounds`` calls, and the last call's result."""
-    times, out = [], None
-    for _ in range(rounds):
-        start = time.perf_counter()
-        out = call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
-
-
-def exact_top(base: np.ndarray, queries: np.ndarray, excluded: set[int], block: int = 128) -> list[set[int]]:
-    """The k nearest rows by cosine (brute force, float32) of each query, the ``excluded`` rows left out."""
-    unit = base / np.linalg.norm(base, axis=1, keepdims=True)
-    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
-    drop = np.fromiter(excluded, dtype=np.int64, count=len(excluded))
-    out = []
-    for start in range(0, len(q), block):
-        sims = q[start : start + block] @ unit.T  # [B, N]
-        sims[:, drop] = -np.inf
-        out += [set(row.tolist()) for row in np.argpartition(-sims, K, axis=1)[:, :K]]
-    return out
-
-
-def recall(found: list[list[int]], truth: list[set[int]]) -> float:
-    return float(np.mean([len(set(f) & t) / K for f, t in zip(found, truth)]))
 
 
 def measure(index: FaissIndex, base: np.ndarray, queries: np.ndarray, sizes: list[int], rounds: int,
@@ -72,13 +43,13 @@ def measure(index: FaissIndex, base: np.ndarray, queries: np.ndarray, sizes: lis
     rows = []
     for size in [0, *sizes]:
         ids = set(rng.choice(len(index), size, replace=False).tolist())
-        truth = exact_top(base, queries, ids)
-        shared_s, (shared, _) = timed(lambda: index.search(queries, K, exclude_all=ids), rounds)
-        row: dict[str, Any] = {"excluded": size, "shared_s": round(shared_s, 4), "shared_recall": round(recall(shared, truth), 4)}
+        truth = brute_force_top(base, queries, K, keep=np.setdiff1d(np.arange(len(base)), sorted(ids)))
+        shared_s, (shared, _) = median_seconds(lambda: index.search(queries, K, exclude_all=ids), rounds)
+        row: dict[str, Any] = {"excluded": size, "shared_s": round(shared_s, 4), "shared_recall": round(set_recall(shared, truth), 4)}
         lists = [shared]
         if size:
-            per_s, (per, _) = timed(lambda: index.search(queries, K, exclude=[ids] * len(queries)), rounds)
-            row |= {"per_query_s": round(per_s, 4), "per_query_recall": round(recall(per, truth), 4)}
+            per_s, (per, _) = median_seconds(lambda: index.search(queries, K, exclude=[ids] * len(queries)), rounds)
+            row |= {"per_query_s": round(per_s, 4), "per_query_recall": round(set_recall(per, truth), 4)}
             lists.append(per)
         row["lists_ok"] = all(len(r) == K and not set(r) & ids for way in lists for r in way)
         rows.append(row)
@@ -111,24 +82,13 @@ def markdown(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--items", type=int, default=200_000, help="indexed vectors (default 200,000)")
-    p.add_argument("--dim", type=int, default=64, help="their width (default 64)")
-    p.add_argument("--queries", type=int, default=1024, help="queries per batched search (default 1024)")
+    add_search_options(p)
     p.add_argument("--sizes", type=int, nargs="+", default=[1000, 20_000], help="excluded list sizes (default 1000 20000)")
-    p.add_argument("--factories", nargs="+", default=["Flat", "IVF256,Flat", "HNSW32"])
-    p.add_argument("--rounds", type=int, default=3, help="calls per timing, median kept (default 3)")
     add_run_options(p)
     args = p.parse_args(argv)
     command, machine = begin_run("bench_exclude.py", args, argv)
-    import faiss
-
-    faiss.omp_set_num_threads(args.threads)
-    x = clustered_vectors(args.items + args.queries, args.dim, n_clusters=max(1, args.items // 1000), seed=0)
-    base, queries = x[: args.items], x[args.items :]
     out: dict[str, Any] = {}
-    for factory in args.factories:
-        print(f"{factory}: building", flush=True)
-        index = FaissIndex.build(base, list(range(args.items)), factory, seed=0)
+    for factory, index, base, queries in built_indexes(args):
         out[factory] = measure(index, base, queries, args.sizes, args.rounds, seed=1)
     entry = {"items": args.items, "dim": args.dim, "queries": args.queries, "rounds": args.rounds,
              "threads": args.threads, "factories": out, "machine": machine, "command": command}

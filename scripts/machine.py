@@ -15,13 +15,73 @@ import logging
 import os
 import platform
 import shlex
+import statistics
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+
+def median_seconds(call: Callable[[], Any], rounds: int) -> tuple[float, Any]:
+    """Median seconds of ``rounds`` calls of ``call``, and the last call's result."""
+    times, out = [], None
+    for _ in range(rounds):
+        start = time.perf_counter()
+        out = call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), out
+
+
+def brute_force_top(base: np.ndarray, queries: np.ndarray, k: int, keep: np.ndarray | None = None,
+                    block: int = 128) -> list[set[int]]:
+    """The ``k`` rows of ``base`` nearest each query by cosine (float32, exhaustive), among the
+    rows ``keep`` (default all): the exact answer approximate searches are measured against."""
+    unit = base / np.linalg.norm(base, axis=1, keepdims=True)
+    rows = np.arange(len(base)) if keep is None else np.asarray(keep, dtype=np.int64)
+    unit = unit[rows]
+    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    kk = min(k, len(rows))
+    out = []
+    for start in range(0, len(q), block):
+        sims = q[start : start + block] @ unit.T  # [B, C]
+        top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk] if kk < len(rows) else \
+            np.tile(np.arange(len(rows)), (len(sims), 1))
+        out += [set(rows[row].tolist()) for row in top]
+    return out
+
+
+def add_search_options(p: argparse.ArgumentParser) -> None:
+    """The options of the search benchmarks over clustered vectors (bench_exclude, bench_candidates)."""
+    p.add_argument("--items", type=int, default=200_000, help="indexed vectors (default 200,000)")
+    p.add_argument("--dim", type=int, default=64, help="their width (default 64)")
+    p.add_argument("--queries", type=int, default=1024, help="queries per batched search (default 1024)")
+    p.add_argument("--factories", nargs="+", default=["Flat", "IVF256,Flat", "HNSW32"])
+    p.add_argument("--rounds", type=int, default=3, help="calls per timing, median kept (default 3)")
+
+
+def built_indexes(args: argparse.Namespace) -> Iterator[tuple[str, Any, np.ndarray, np.ndarray]]:
+    """``(factory, index, base, queries)`` for each of ``--factories``, built over ``--items``
+    clustered vectors (one cluster per 1,000), ``--queries`` more of them as queries, FAISS on
+    ``--threads`` threads."""
+    import faiss
+
+    from index import FaissIndex, clustered_vectors
+
+    faiss.omp_set_num_threads(args.threads)
+    x = clustered_vectors(args.items + args.queries, args.dim, n_clusters=max(1, args.items // 1000), seed=0)
+    base, queries = x[: args.items], x[args.items :]
+    for factory in args.factories:
+        print(f"{factory}: building", flush=True)
+        yield factory, FaissIndex.build(base, list(range(args.items)), factory, seed=0), base, queries
+
+
+def set_recall(found: list[list[int]], truth: list[set[int]]) -> float:
+    """Mean share of each query's true set that ``found`` holds."""
+    return float(np.mean([len(set(f) & t) / max(len(t), 1) for f, t in zip(found, truth)]))
 
 
 def cpu_model() -> str:

@@ -83,3 +83,17 @@ def test_begin_run_sets_threads_and_returns_the_stored_command():
         assert info["torch_threads"] == 1 and info["cores"] >= 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_brute_force_top_ranks_only_the_kept_rows_and_set_recall_counts_shares():
+    import numpy as np
+
+    base = np.eye(12, dtype=np.float32) + 0.01  # row i is nearest itself, then all others tie
+    queries = base[:2]
+    assert machine.brute_force_top(base, queries, 1) == [{0}, {1}]
+    kept = np.array([1, 4, 7])
+    assert machine.brute_force_top(base, queries, 1, keep=kept)[1] == {1}
+    assert machine.brute_force_top(base, queries, 5, keep=kept) == [{1, 4, 7}, {1, 4, 7}]  # k above what is kept
+    assert machine.set_recall([[0, 3], [2]], [{0, 1}, {2}]) == 0.75
+    seconds, out = machine.median_seconds(lambda: 7, 3)
+    assert out == 7 and seconds >= 0.0
