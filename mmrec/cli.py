@@ -529,7 +529,7 @@ def _resolve_filters(index: ItemIndex, wanted: tuple[list[str], list[str] | None
     exclude, only, where = wanted
     allowed = index.candidate_ids(only, where)
     if allowed is not None:
-        shown = ", ".join(f"{f}={'|'.join(v)}" for f, v in where.items())
+        shown = " and ".join(" or ".join(f"{f}={v}" for v in values) for f, values in where.items())
         if not allowed:
             logger.warning("no item of the index is a candidate (%s): nothing to return",
                            " and ".join(x for x in ("--only" if only is not None else "", shown) if x))

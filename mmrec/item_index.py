@@ -893,12 +893,13 @@ class ItemIndex:
         facets = cache[1]
         keep: np.ndarray | None = None
         for field, values in where.items():
-            values = [values] if isinstance(values, str) else list(values)
-            if not values:
-                raise ConfigError(f"field '{field}' was given no value to match")
+            values = list(values) if isinstance(values, (list, tuple, set, frozenset)) else [values]
+            values = [str(v).strip() for v in values]
+            if not values or not all(values):
+                raise ConfigError(f"field '{field}' was given no value to match (an empty value matches nothing)")
             if field not in facets:
                 facets[field] = self._facet(field)
-            found = [facets[field].get(str(v).strip()) for v in values]
+            found = [facets[field].get(v) for v in values]
             rows = np.unique(np.concatenate([f for f in found if f is not None] or [np.zeros(0, np.int64)]))
             keep = rows if keep is None else np.intersect1d(keep, rows, assume_unique=True)
         return [self.items[i][ID_FIELD] for i in (keep if keep is not None else range(len(self.items)))]

@@ -287,6 +287,41 @@ def test_only_edge_cases():
         assert index.search(x[:1], 5, only={"i3", "i4"})[0] == [["i4"]]
 
 
+def test_only_on_ivf_probes_as_widely_as_the_candidates_are_rare(saved, data):
+    # With the default nprobe, the nearest of a few candidates can lie in lists an unrestricted
+    # search never probes: every share must still find the exact top 10 (nprobe 16 of 64 lists
+    # finds it unrestricted, see MIN_RECALL).
+    base, queries, _ = data
+    index = fresh(saved, "IVF64,Flat")
+    rng = np.random.default_rng(3)
+    for size in (50, 499, 500, 2000):
+        only = rng.choice(N, size, replace=False)
+        pos, _ = exact_search(base[only], queries, 10)
+        truth = [[int(only[i]) for i in row] for row in pos]
+        assert recall_at_k(index.search(queries, 10, only=set(only.tolist()))[0], truth, 10) == 1.0, size
+
+
+def test_hnsw_scans_its_storage_once_a_widened_walk_would_cost_more(saved, data, monkeypatch):
+    # A user with many known items inside a small candidate set widens efSearch towards N: past
+    # ef * M >= N a scan of the storage is cheaper than the walk, and exact.
+    base, queries, _ = data
+    index = fresh(saved, "HNSW32")
+    calls = []
+    raw = index._raw_search
+    monkeypatch.setattr(index, "_raw_search",
+                        lambda q, fetch, nprobe, ef, exhaustive, sel=None: calls.append((ef, exhaustive))
+                        or raw(q, fetch, nprobe, ef, exhaustive, sel))
+    only = set(range(0, N, 10))  # 1,000 candidates
+    known = set(range(0, 6000, 10))  # 600 of them excluded for this query
+    found, _ = index.search(queries[:1], 10, exclude=[known], only=only)
+    assert calls[0][1] and calls[0][0] * 32 >= N  # widened past the break-even, so scanned
+    pos, _ = exact_search(base, queries[:1], N)
+    assert found[0] == [int(i) for i in pos[0] if i in only and i not in known][:10]
+    calls.clear()
+    index.search(queries[:1], 10)  # the index's own efSearch is never traded for a scan
+    assert calls == [(256, False)]
+
+
 def test_sweep_knob_errors(saved, data):
     queries = data[1]
     with pytest.raises(ValueError, match="Flat search is exact"):

@@ -50,8 +50,10 @@ def test_matching_reads_display_fields_and_separated_values(rec):
     with pytest.raises(ConfigError, match="field 'genre' is not a display field of this index; its fields are: "
                                           "genres, shop, title"):
         items.matching({"genre": "Comedy"})
-    with pytest.raises(ConfigError, match="field 'genres' was given no value"):
-        items.matching({"genres": []})
+    for nothing in ([], "", [" "]):
+        with pytest.raises(ConfigError, match="field 'genres' was given no value"):
+            items.matching({"genres": nothing})
+    assert items.matching({"shop": ("north",)}) == items.matching({"shop": "north"})
 
 
 def test_only_keeps_the_candidates_on_every_query_kind(rec):
@@ -121,6 +123,11 @@ def test_cli_only_only_file_and_where(rec, tmp_path, capsys, caplog):
         assert main(["recommend", "--index", d, "--user", "u0", "--where", "genres=Western", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
     assert "no item of the index is a candidate (genres=Western): nothing to return" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mmrec"):
+        assert main(["similar", "--index", d, "--item", "3", "--where", "genres=Western", "--where", "genres=Noir",
+                     "--where", "shop=north", "--json"]) == 0
+    assert "(genres=Western or genres=Noir and shop=north)" in caplog.text
     assert main(["recommend", "--index", d, "--user", "u0", "--where", "genre=Comedy", "-q"]) == 1
     assert "field 'genre' is not a display field of this index" in capsys.readouterr().err
     with pytest.raises(SystemExit) as stop:  # malformed: a usage error
@@ -161,3 +168,10 @@ def test_matching_follows_adds_and_removes():
     assert idx.matching({"genres": "y"}) == ["b", "d"]
     assert ids(idx.similar("b", 5, only=idx.matching({"genres": "z"}))) == [i for i in ids(idx.similar("b", 5))
                                                                           if i in {"c", "d"}]
+
+
+def test_a_number_is_one_value_matched_by_its_text():
+    idx = ItemIndex.from_features(["a", "b", "c"], {"text": np.eye(3, dtype=np.float32)},
+                                  records=[{"year": "1995"}, {"year": "1994"}, {"year": "1995"}], factory="Flat",
+                                  show_progress=False)
+    assert idx.matching({"year": 1995}) == ["a", "c"] == idx.matching({"year": [1995]})
