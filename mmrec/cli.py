@@ -503,10 +503,12 @@ def _id_list(ids: list[str] | None, path: Path | None, option: str) -> list[str]
 
 
 def _where_arg(text: str) -> tuple[str, str]:
-    field, sep, value = text.partition("=")
-    if not sep or not field.strip() or not value.strip():
+    from mmrec.item_index import split_where
+
+    parts = split_where(text)
+    if parts is None:
         raise argparse.ArgumentTypeError(f"expected FIELD=VALUE, got {text!r}")
-    return field.strip(), value.strip()
+    return parts
 
 
 def _filter_args(args: argparse.Namespace) -> tuple[list[str], list[str] | None, dict[str, list[str]]]:

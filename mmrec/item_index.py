@@ -69,6 +69,13 @@ class Result:
         return out
 
 
+def split_where(text: str) -> tuple[str, str] | None:
+    """``"FIELD=VALUE"`` (a ``--where`` option, a server's ``where=``) as ``(FIELD, VALUE)``
+    without surrounding spaces, or ``None`` when either part is missing."""
+    field, sep, value = text.partition("=")
+    return (field.strip(), value.strip()) if sep and field.strip() and value.strip() else None
+
+
 def shown_fields(fields: Mapping[str, str], reserved: Sequence[str]) -> dict[str, str]:
     """Display fields for a JSON object beside keys of its own: a catalog column named like one
     of ``reserved`` (a ``score`` column) is shown as ``catalog.<name>``, never over the key."""
@@ -879,9 +886,9 @@ class ItemIndex:
         (MovieLens ``genres``, ``cast``), when one of its parts does; surrounding spaces are
         ignored, case counts. Every field must match (values of one field: any of them).
 
-        The first query of a field reads every item's value of it (about a second for a tag field
-        of a million items); later ones, until ``add`` / ``remove`` change the items, look the
-        values up (Benchmarks, Restricting queries to candidates).
+        The first query of a field reads every item's value of it (0.6 s for a ``|``-separated tag
+        field of 200,000 items, measured); later ones, until ``add`` / ``remove`` change the items,
+        look the values up (Benchmarks, Restricting queries to candidates).
 
         Raises:
             ConfigError: a field that is not a display field of this index (the message lists

@@ -49,6 +49,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from index.persist import MANIFEST_NAME
 from mmrec.errors import MMRecError, UnknownIdError
+from mmrec.item_index import split_where
 
 logger = logging.getLogger("mmrec.server")
 
@@ -139,10 +140,10 @@ def _only(rec, p: Params) -> Collection[Any] | None:
     only = p.all("only") if "only" in p else None
     where: dict[str, list[str]] = {}
     for text in p.all("where"):
-        field, sep, value = text.partition("=")
-        if not sep or not field.strip() or not value.strip():
+        parts = split_where(text)
+        if parts is None:
             raise BadRequest(f"{p.route}: 'where' must be FIELD=VALUE (where=genres%3DComedy), got {text!r}")
-        where.setdefault(field.strip(), []).append(value.strip())
+        where.setdefault(parts[0], []).append(parts[1])
     return only if not where else rec.items.candidate_ids(only, where)
 
 
