@@ -322,24 +322,23 @@ def _file_format(path: Path) -> str | None:
     return _FORMATS.get(suffixes[-1]) if suffixes else None
 
 
-def _read_jsonl(path: Path) -> pa.Table:
+def _read_jsonl(path: Path) -> tuple[pa.Table, dict[str, dict[int, str]]]:
     """A JSON-lines file as a table of text columns (one object a line; values of any JSON type,
-    which may differ from line to line, as ids often do; the known columns only)."""
+    which may differ from line to line, as ids often do; the known columns only), and per
+    column the rows (0-based) holding a JSON true / false, list or object, with what is wrong:
+    invalid rows, which :func:`load_interactions` skips or reports as it does every other."""
     known = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
     values: dict[str, list[str]] = {c: [] for c in known}
     seen: set[str] = set()
-    odd: list[Problem] = []
-    for row, obj in enumerate(read_objects(path), start=1):
+    odd: dict[str, dict[int, str]] = {}
+    for row, obj in enumerate(read_objects(path)):
         seen.update(obj)
         for c in known:
             v = obj.get(c)
             if isinstance(v, (bool, list, dict)):  # true is no id nor a rating, [1] no timestamp
-                odd.append(Problem(row, c, f"{json.dumps(v)} is a JSON {type(v).__name__}: expected a string or "
-                                           "a number"))
+                odd.setdefault(c, {})[row] = f"{json.dumps(v)} is a JSON {type(v).__name__}: expected a string or a number"
             values[c].append("" if v is None else id_text(v))
-    if odd:
-        raise DataError(path, odd)
-    return pa.table({c: pa.array(values[c], pa.string()) for c in known if c in seen})
+    return pa.table({c: pa.array(values[c], pa.string()) for c in known if c in seen}), odd
 
 
 def _read_header(path: Path, delimiter: str) -> list[str] | None:
@@ -387,13 +386,15 @@ def _read_csv(path: Path, fmt: str, present: list[str], raw: dict[str, str]) -> 
     return table
 
 
-def _read_columns(path: Path, fmt: str) -> tuple[dict[str, pa.Array], int]:
-    """Every known column present, as an arrow array, and the number of data rows.
+def _read_columns(path: Path, fmt: str) -> tuple[dict[str, pa.Array], int, dict[str, dict[int, str]]]:
+    """Every known column present, as an arrow array, the number of data rows, and the values of
+    a JSON-lines file that are no string or number (:func:`_read_jsonl`; ``{}`` for the others).
 
     Raises:
         DataError: empty file, missing required columns, unparseable file.
     """
     whole = None  # a JSON-lines file is read whole: its columns are the keys its objects use
+    odd: dict[str, dict[int, str]] = {}
     raw = {}  # CSV/TSV: column name -> as written in the header (``user_id, item_id`` has " item_id")
     if fmt == "parquet":
         try:
@@ -401,7 +402,7 @@ def _read_columns(path: Path, fmt: str) -> tuple[dict[str, pa.Array], int]:
         except (pa.ArrowException, OSError) as e:
             raise DataError(path, [Problem(None, None, f"cannot be read as parquet: {e}")]) from e
     elif fmt == "jsonl":
-        whole = _read_jsonl(path)
+        whole, odd = _read_jsonl(path)
         header = list(whole.column_names)
     else:
         written = _read_header(path, "\t" if fmt == "tsv" else ",")
@@ -441,7 +442,7 @@ def _read_columns(path: Path, fmt: str) -> tuple[dict[str, pa.Array], int]:
                 fraction = pc.subtract(ticks, pc.multiply(whole, per_second))
                 seconds = pc.add(pc.cast(whole, pa.float64()), pc.divide(pc.cast(fraction, pa.float64()), float(per_second)))
             columns[c] = pc.cast(seconds, pa.string())  # fractions of a second kept
-    return columns, table.num_rows
+    return columns, table.num_rows, odd
 
 
 def _texts(column: pa.Array) -> pa.Array:
@@ -538,7 +539,7 @@ def load_interactions(
         message = (f"unknown file type {''.join(path.suffixes)!r} (use .csv, .tsv, .jsonl or .parquet / .pq; "
                    ".csv and .tsv may be compressed as .gz or .bz2)")
         raise DataError(path, [Problem(None, None, message)])
-    columns, n_rows = _read_columns(path, fmt)
+    columns, n_rows, odd = _read_columns(path, fmt)
     if rating_threshold is not None and "rating" not in columns:
         message = "rating_threshold is set but the file has no rating column"
         raise DataError(path, [Problem(None, "rating", message)])
@@ -585,6 +586,14 @@ def load_interactions(
             "missing value" if empty["split"][k]
             else f"unknown split {text('split', k)!r} (expected one of {', '.join(SPLITS)})"
         )
+
+    for c, marks in odd.items():  # JSON Lines: a true, [1] or {...} where a string or number belongs
+        if c not in bad:
+            continue  # a column this file's rows do not use (an unknown one is never read)
+        mask = np.zeros(n_rows, dtype=bool)
+        mask[list(marks)] = True
+        bad[c] = bad[c] | mask
+        reasons[c] = lambda k, marks=marks, other=reasons[c]: marks[int(k)] if int(k) in marks else other(k)
 
     invalid = np.zeros(n_rows, dtype=bool)
     for mask in bad.values():

@@ -250,7 +250,9 @@ def fit(
                                *(features or {}).values(), *(content_options.get(k) for k in (
                                    "image_root", "cache_dir", "text_encoder", "image_encoder", "image_weights"))])
     check_device(config.device)
-    check_factory(factory, 1 << 30)  # the form, before encoding (enough items to train it: checked below)
+    # The form and the width (the model's vectors plus the MIPS coordinate), before encoding; enough
+    # items to train it is checked below, once the items are known.
+    check_factory(factory, 1 << 30, dim=config.dim + 1)
     if skip_invalid and features and catalog is not None:
         raise ConfigError("--skip-invalid cannot be used with --features beside a catalog: the feature files' rows "
                           "follow the catalog's, and skipping catalog rows would misalign them; fix the catalog, or "
@@ -283,7 +285,7 @@ def fit(
                               "held out of training have no vector")
         held_out = hold_out_items(inter, config.cold_start, config.seed)
         logger.info("cold-start protocol: %d of %d items held out of training", int(held_out.sum()), n)
-    check_factory(factory, n - (int(held_out.sum()) if held_out is not None else 0))  # the items indexed at first
+    check_factory(factory, n - (int(held_out.sum()) if held_out is not None else 0), dim=config.dim + 1)  # indexed first
     train_inter = warm_part(inter, held_out) if held_out is not None else inter
     train_degree = np.bincount(train_inter.items[train_inter.split_mask("train")], minlength=n)
     has_id = torch.from_numpy(train_degree > 0) if dims else None
@@ -571,9 +573,9 @@ def evaluate_directory(
     loaded = load_interactions(interactions, item_ids=item_ids + removed, rating_threshold=rec.rating_threshold,
                                item_space="the index nor among the items the model was trained on", **options)
     invalid = int(loaded.report.get("invalid", 0)) + int(loaded.report.get("unknown_items", 0))
-    if invalid:
-        logger.warning("%s: skipped %d invalid row(s) or row(s) of items skipped from the catalog, as at training "
-                       "time (--skip-invalid)", interactions, invalid)
+    if loaded.report.get("unknown_items"):  # (the invalid rows have their own warning from the loader)
+        logger.warning("%s: skipped %d row(s) of items skipped from the catalog as invalid at training time "
+                       "(--skip-invalid)", interactions, loaded.report["unknown_items"])
     inter = ensure_split(loaded, how or rec.split_rule, rec.config.seed, option="--split-rule", keys=rec.split_keys)
     inter, gone, emptied = without_items_from(inter, len(item_ids))
     if gone:

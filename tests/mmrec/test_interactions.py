@@ -433,11 +433,16 @@ def test_rows_with_a_wrong_field_count_are_named_by_data_row(tmp_path: Path) -> 
 
 
 def test_a_json_bool_list_or_object_is_refused_by_row_and_field(tmp_path: Path) -> None:
-    (tmp_path / "i.jsonl").write_text('{"user_id": 1, "item_id": "a"}\n{"user_id": false, "item_id": "b"}\n'
-                                      '{"user_id": 2, "item_id": "c", "rating": {"x": 1}}\n')
+    (tmp_path / "i.jsonl").write_text('{"user_id": 1, "item_id": "a", "rating": 4}\n'
+                                      '{"user_id": false, "item_id": "b", "rating": 5}\n'
+                                      '{"user_id": 2, "item_id": "c", "rating": {"x": 1}}\n'
+                                      '{"user_id": 3, "item_id": "d", "rating": "x"}\n')
     with pytest.raises(DataError) as e:
         load_interactions(tmp_path / "i.jsonl")
     assert [line.split(": ", 1)[1] for line in str(e.value).splitlines()[1:]] == [
         "row 2, field 'user_id': false is a JSON bool: expected a string or a number",
         "row 3, field 'rating': {\"x\": 1} is a JSON dict: expected a string or a number",
+        "row 4, field 'rating': not a finite number: 'x'",  # reported beside them, as any invalid row
     ]
+    kept = load_interactions(tmp_path / "i.jsonl", on_invalid="skip")  # invalid rows, skipped as any other
+    assert kept.user_ids == [1] and kept.report["invalid"] == 3
