@@ -5,7 +5,7 @@ For each factory, one index of ``--items`` clustered vectors (``index.clustered_
 each share of ``--shares`` (a random set of that many items allowed) two ways, in one run:
 
 * ``only``: ``search(..., only=ids)``, what ``recommend`` / ``similar`` / ``search`` send: under
-  ``index.faiss_index.POST_FILTER_SHARE`` of the items (Flat 10%, IVF 5%, HNSW 20%) the
+  ``index.faiss_index.POST_FILTER_SHARE`` of the items (Flat 10%, HNSW 20%; IVF always) the
   candidates let through inside FAISS by an ``IDSelector`` (IVF probing, HNSW walking, N /
   candidates times as wide), above it an unrestricted search over-fetching 2 N / candidates times k,
   the candidates kept (the table's ``way``); refilled to k;
