@@ -349,8 +349,8 @@ def _validate(
         if rid is None:
             problems.append(Problem(i + 1, ID_FIELD, "empty item id"))
             bad.add(i)
-        elif isinstance(rows[i][ID_FIELD], (bool, list, dict)):  # JSON Lines: true is no id
-            problems.append(Problem(i + 1, ID_FIELD, f"{json.dumps(rows[i][ID_FIELD])} is a JSON "
+        elif isinstance(rows[i][ID_FIELD], (bool, list, dict)):  # JSON Lines, Parquet: true is no id
+            problems.append(Problem(i + 1, ID_FIELD, f"{json.dumps(rows[i][ID_FIELD])} is a "
                                                      f"{type(rows[i][ID_FIELD]).__name__}: an item id is a string "
                                                      "or an integer"))
             bad.add(i)

@@ -255,7 +255,13 @@ def test_a_json_true_list_or_object_is_no_item_id(tmp_path):
     with pytest.raises(DataError) as e:
         load_catalog(tmp_path / "c.jsonl", show_progress=False)
     assert [line.split(": ", 1)[1] for line in str(e.value).splitlines()[1:]] == [
-        "row 1, field 'item_id': true is a JSON bool: an item id is a string or an integer",
-        "row 2, field 'item_id': [1] is a JSON list: an item id is a string or an integer",
+        "row 1, field 'item_id': true is a bool: an item id is a string or an integer",
+        "row 2, field 'item_id': [1] is a list: an item id is a string or an integer",
     ]
     assert load_catalog(tmp_path / "c.jsonl", skip_invalid=True, show_progress=False).item_ids == [7]
+
+
+def test_a_bool_id_column_of_a_parquet_catalog_is_refused_by_row(tmp_path):
+    pq.write_table(pa.table({"item_id": [True, False], "title": ["a", "b"]}), tmp_path / "c.parquet")
+    with pytest.raises(DataError, match=r"row 1, field 'item_id': true is a bool: an item id is a string or an integer"):
+        load_catalog(tmp_path / "c.parquet", show_progress=False)
