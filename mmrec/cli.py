@@ -502,36 +502,36 @@ def _id_list(ids: list[str] | None, path: Path | None, option: str) -> list[str]
     return ids
 
 
-def _where_arg(text: str) -> tuple[str, str]:
+def _where_arg(text: str) -> tuple[str, str, str]:
     from mmrec.item_index import split_where
 
-    parts = split_where(text)
-    if parts is None:
-        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE, got {text!r}")
-    return parts
+    condition = split_where(text)
+    if condition is None:
+        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE, FIELD!=VALUE or FIELD>=N (>, <=, <), got {text!r}")
+    return condition
 
 
-def _filter_args(args: argparse.Namespace) -> tuple[list[str], list[str] | None, dict[str, list[str]]]:
+def _filter_args(args: argparse.Namespace) -> tuple[list[str], list[str] | None, list[str]]:
     """The filter options as given: ``--exclude`` ids (and file), ``--only`` ids (and file;
-    ``None`` when neither is given) and ``--where`` values by field."""
+    ``None`` when neither is given) and the ``--where`` conditions."""
     exclude = _id_list(args.exclude, args.exclude_file, "--exclude-file")
     only = None
     if args.only is not None or args.only_file is not None:
         only = _id_list(args.only, args.only_file, "--only-file")
-    where: dict[str, list[str]] = {}
-    for field, value in args.where or []:
-        where.setdefault(field, []).append(value)
+    where = [f"{field}{op}{value}" for field, op, value in args.where or []]
     return exclude, only, where
 
 
-def _resolve_filters(index: ItemIndex, wanted: tuple[list[str], list[str] | None, dict[str, list[str]]]
+def _resolve_filters(index: ItemIndex, wanted: tuple[list[str], list[str] | None, list[str]]
                      ) -> tuple[set, set | None]:
     """The excluded ids and the candidates (``--only`` ids that match ``--where``; ``None``:
     every item) of an opened index."""
+    from mmrec.item_index import describe_where, split_where
+
     exclude, only, where = wanted
     allowed = index.candidate_ids(only, where)
     if allowed is not None:
-        shown = " and ".join(" or ".join(f"{f}={v}" for v in values) for f, values in where.items())
+        shown = describe_where([split_where(text) for text in where])
         if not allowed:
             logger.warning("no item of the index is a candidate (%s): nothing to return",
                            " and ".join(x for x in ("--only" if only is not None else "", shown) if x))
@@ -551,8 +551,9 @@ def _filter_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only-file", type=Path, metavar="FILE", help="the same, one id a line (UTF-8)")
     p.add_argument("--where", type=_where_arg, action="append", metavar="FIELD=VALUE",
                    help="return only items whose display field FIELD is VALUE or, for a field of |-separated "
-                        "values (genres), lists VALUE (case counts); repeat it: values of one field are "
-                        "alternatives, different fields must all match, and --only narrows it further")
+                        "values (genres), lists VALUE (case counts); FIELD!=VALUE: the others; FIELD>=N, >, <=, "
+                        "<: the field read as a number; repeat it: a field's = values are alternatives, every "
+                        "other condition must hold too, and --only narrows it further")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -69,11 +69,29 @@ class Result:
         return out
 
 
-def split_where(text: str) -> tuple[str, str] | None:
-    """``"FIELD=VALUE"`` (a ``--where`` option, a server's ``where=``) as ``(FIELD, VALUE)``
-    without surrounding spaces, or ``None`` when either part is missing."""
-    field, sep, value = text.partition("=")
-    return (field.strip(), value.strip()) if sep and field.strip() and value.strip() else None
+WHERE_OPS = ("!=", ">=", "<=", "=", ">", "<")  # the longer spelling of a shared first character first
+
+
+def split_where(text: str) -> tuple[str, str, str] | None:
+    """A condition such as ``"genres=Comedy"``, ``"genres!=Horror"`` or ``"year>=1990"`` (a
+    ``--where`` option, a server's ``where=``) as ``(FIELD, OPERATOR, VALUE)`` without surrounding
+    spaces; ``None`` when a part is missing. The field ends at its first ``!``, ``<``, ``>`` or ``=``."""
+    cut = next((i for i, ch in enumerate(text) if ch in "!<>="), None)
+    if cut is None:
+        return None
+    op = next((o for o in WHERE_OPS if text.startswith(o, cut)), None)
+    field, value = text[:cut].strip(), text[cut + len(op or ""):].strip()
+    return (field, op, value) if op and field and value else None
+
+
+def describe_where(conditions: Sequence[tuple[str, str, str]]) -> str:
+    """Conditions as :meth:`ItemIndex.matching` combines them: a field's ``=`` values as
+    alternatives (``genres=A or genres=B``), everything else joined by ``and``."""
+    parts: dict[str, list[str]] = {}
+    for field, op, value in conditions:
+        key = field if op == "=" else f"{field}{op}{value}"
+        parts.setdefault(key, []).append(f"{field}{op}{value}")
+    return " and ".join(" or ".join(texts) for texts in parts.values())
 
 
 def shown_fields(fields: Mapping[str, str], reserved: Sequence[str]) -> dict[str, str]:
@@ -867,7 +885,7 @@ class ItemIndex:
         return self.similar_many([item_id], k, by=by, exclude=exclude, only=only)[0]
 
     def candidate_ids(self, item_ids: Sequence[object] | ItemId | None,
-                      where: Mapping[str, str | Sequence[str]] | None = None) -> set[ItemId] | None:
+                      where: Mapping[str, Any] | Sequence[str] | None = None) -> set[ItemId] | None:
         """``only`` as :meth:`excluded_ids` resolves ids (those not in the index dropped and
         counted in an info log line), narrowed to the items :meth:`matching` ``where`` when given;
         ``None`` for neither: every item is a candidate."""
@@ -877,14 +895,18 @@ class ItemIndex:
             allowed = set(matched) if allowed is None else allowed.intersection(matched)
         return allowed
 
-    def matching(self, where: Mapping[str, str | Sequence[str]]) -> list[ItemId]:
+    def matching(self, where: Mapping[str, Any] | Sequence[str]) -> list[ItemId]:
         """The ids of the items whose display fields match ``where``, in index order: pass them
-        as ``only=`` to restrict a query to a category, a brand, a region.
+        as ``only=`` to restrict a query to a category, a brand, a region, a price range.
 
-        ``where`` maps a field to one value or a list of values. An item matches a field when
-        the field's text equals one of the values, or, for a field of ``|``-separated values
-        (MovieLens ``genres``, ``cast``), when one of its parts does; surrounding spaces are
-        ignored, case counts. Every field must match (values of one field: any of them).
+        ``where`` maps a field to one value or a list of values, or is a list of conditions
+        ``"FIELD=VALUE"``, ``"FIELD!=VALUE"``, ``"FIELD>=N"`` (also ``>``, ``<=``, ``<``), as
+        ``--where`` takes them. An item matches ``FIELD=VALUE`` when the field's text equals the
+        value, or, for a field of ``|``-separated values (MovieLens ``genres``, ``cast``), when one
+        of its parts does (surrounding spaces ignored, case counts); ``!=`` is its opposite; the
+        comparisons read the field as a number, and an item whose field is no number never
+        matches them. A field's ``=`` values are alternatives; every other condition, and every
+        field, must hold.
 
         The first query of a field reads every item's value of it (0.6 s for a ``|``-separated tag
         field of 200,000 items, measured); later ones, until ``add`` / ``remove`` change the items,
@@ -892,24 +914,76 @@ class ItemIndex:
 
         Raises:
             ConfigError: a field that is not a display field of this index (the message lists
-                them), or a field given no value.
+                them), a field given no value, a malformed condition, or a comparison with a
+                value that is no number.
         """
         cache = self._facets
         if cache is None or cache[0] is not self.vectors:  # add / remove replace the vectors
-            cache = self._facets = (self.vectors, {})
-        facets = cache[1]
-        keep: np.ndarray | None = None
-        for field, values in where.items():
-            values = list(values) if isinstance(values, (list, tuple, set, frozenset)) else [values]
-            values = [str(v).strip() for v in values]
-            if not values or not all(values):
-                raise ConfigError(f"field '{field}' was given no value to match (an empty value matches nothing)")
+            cache = self._facets = (self.vectors, {}, {})
+        facets, numbers = cache[1], cache[2]
+        by_field: dict[str, list[tuple[str, str]]] = {}
+        for field, op, value in self._conditions(where):
+            by_field.setdefault(field, []).append((op, value))
+        keep = np.arange(len(self.items))
+        for field, conditions in by_field.items():
             if field not in facets:
                 facets[field] = self._facet(field)
-            found = [facets[field].get(v) for v in values]
-            rows = np.unique(np.concatenate([f for f in found if f is not None] or [np.zeros(0, np.int64)]))
-            keep = rows if keep is None else np.intersect1d(keep, rows, assume_unique=True)
-        return [self.items[i][ID_FIELD] for i in (keep if keep is not None else range(len(self.items)))]
+            facet = facets[field]
+
+            def rows_of(values: list[str]) -> np.ndarray:
+                found = [facet[v] for v in values if v in facet]
+                return np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
+
+            equal = [value for op, value in conditions if op == "="]
+            if equal:
+                keep = np.intersect1d(keep, rows_of(equal), assume_unique=True)
+            for op, value in conditions:
+                if op == "!=":
+                    keep = np.setdiff1d(keep, rows_of([value]), assume_unique=True)
+                elif op != "=":
+                    try:
+                        bound = float(value)
+                    except ValueError:
+                        raise ConfigError(f"{field}{op}{value}: {value!r} is not a number") from None
+                    if field not in numbers:
+                        numbers[field] = self._numbers(field)
+                    x = numbers[field][keep]  # NaN where the field is no number: no comparison holds
+                    with np.errstate(invalid="ignore"):
+                        hold = {">=": x >= bound, "<=": x <= bound, ">": x > bound, "<": x < bound}[op]
+                    keep = keep[hold]
+        return [self.items[i][ID_FIELD] for i in keep]
+
+    @staticmethod
+    def _conditions(where: Mapping[str, Any] | Sequence[str]) -> list[tuple[str, str, str]]:
+        """``where`` (:meth:`matching`) as ``(field, operator, value)`` conditions."""
+        out = []
+        if isinstance(where, Mapping):
+            for field, values in where.items():
+                values = list(values) if isinstance(values, (list, tuple, set, frozenset)) else [values]
+                values = [str(v).strip() for v in values]
+                if not values or not all(values):
+                    raise ConfigError(f"field '{field}' was given no value to match (an empty value matches "
+                                      "nothing)")
+                out += [(field, "=", v) for v in values]
+            return out
+        if isinstance(where, str):
+            where = [where]
+        for text in where:
+            condition = split_where(str(text))
+            if condition is None:
+                raise ConfigError(f"condition {text!r} is not FIELD=VALUE, FIELD!=VALUE or FIELD>=N (>, <=, <)")
+            out.append(condition)
+        return out
+
+    def _numbers(self, field: str) -> np.ndarray:
+        """``[N]`` float64: the display field ``field`` read as a number, NaN where it is none."""
+        out = np.full(len(self.items), np.nan)
+        for i, item in enumerate(self.items):
+            try:
+                out[i] = float(item["fields"].get(field, ""))
+            except ValueError:
+                pass
+        return out
 
     def _facet(self, field: str) -> dict[str, np.ndarray]:
         """Each value of the display field ``field`` -> the sorted positions of the items with

@@ -16,8 +16,9 @@ Options per route (as the CLI's): ``k`` (default 10); ``explain`` and ``include_
 (``1``/``0``, ``true``/``false``); ``diversity`` (``recommend``, ``history``); ``method``
 (``history``); ``explain_items`` (``recommend``, ``history``); ``by`` (``similar``); on every
 query route ``exclude`` (repeated, ``exclude=7&exclude=9``: item ids never to return), ``only``
-(repeated: the only item ids to return) and ``where`` (repeated ``FIELD=VALUE``, URL-encoded as
-``where=genres%3DComedy``: only items whose display field matches, as the CLI's ``--where``).
+(repeated: the only item ids to return) and ``where`` (repeated ``FIELD=VALUE``, ``FIELD!=VALUE``
+or ``FIELD>=N`` (``>``, ``<=``, ``<``), URL-encoded as ``where=genres%3DComedy``: only items whose
+display field matches, as the CLI's ``--where``).
 A parameter a route does not take is refused, so a misspelt one is not silently ignored.
 
 Status codes: 200 with ``{"results": [...]}``; 400 ``{"error": ...}`` for a bad request (a
@@ -138,12 +139,11 @@ def _explain_items(p: Params) -> int:
 def _only(rec, p: Params) -> Collection[Any] | None:
     """The candidates of ``only`` and ``where`` (``None``: every item), as the CLI's ``--only`` / ``--where``."""
     only = p.all("only") if "only" in p else None
-    where: dict[str, list[str]] = {}
-    for text in p.all("where"):
-        parts = split_where(text)
-        if parts is None:
-            raise BadRequest(f"{p.route}: 'where' must be FIELD=VALUE (where=genres%3DComedy), got {text!r}")
-        where.setdefault(parts[0], []).append(parts[1])
+    where = p.all("where")
+    for text in where:
+        if split_where(text) is None:
+            raise BadRequest(f"{p.route}: 'where' must be FIELD=VALUE, FIELD!=VALUE or FIELD>=N (>, <=, <), URL-"
+                             f"encoded (where=genres%3DComedy), got {text!r}")
     return only if not where else rec.items.candidate_ids(only, where)
 
 

@@ -27,8 +27,8 @@ SHOPS = ["north", "south", "North"]  # item i is in SHOPS[i % 3]; case counts
 def rec(request, tmp_path_factory):
     d = tmp_path_factory.mktemp("candidates")
     inter, feats = write_planted(d)
-    rows = [f"{i},Film {i},{GENRES[i % 4]},{SHOPS[i % 3]}" for i in range(32)]
-    (d / "items.csv").write_text("item_id,title,genres,shop\n" + "\n".join(rows) + "\n")
+    rows = [f"{i},Film {i},{GENRES[i % 4]},{SHOPS[i % 3]},{1980 + i}" for i in range(32)]
+    (d / "items.csv").write_text("item_id,title,genres,shop,year\n" + "\n".join(rows) + "\n")
     fit(inter, catalog=d / "items.csv", features={"content": feats}, text_encoder="none", image_encoder="none",
         out=d / "model", config=TrainConfig(**FAST), split="random", factory=request.param, show_progress=False)
     return Recommender.load(d / "model", show_progress=False)
@@ -48,7 +48,7 @@ def test_matching_reads_display_fields_and_separated_values(rec):
     assert items.matching({"shop": "north", "genres": "Drama"}) == [i for i in range(32) if i % 3 == 0 and i % 4]
     assert items.matching({"genres": "Western"}) == []
     with pytest.raises(ConfigError, match="field 'genre' is not a display field of this index; its fields are: "
-                                          "genres, shop, title"):
+                                          "genres, shop, title, year"):
         items.matching({"genre": "Comedy"})
     for nothing in ([], "", [" "]):
         with pytest.raises(ConfigError, match="field 'genres' was given no value"):
@@ -114,6 +114,11 @@ def test_cli_only_only_file_and_where(rec, tmp_path, capsys, caplog):
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [[r["item_id"] for r in line["results"]] for line in lines] == \
         [ids(rec.similar(i, 4, only=comedy_north)) for i in (3, 4)]
+    later = rec.items.matching(["genres!=Horror", "year>=1995", "year<2005"])
+    assert later == [i for i in range(15, 25) if i % 4 != 3]
+    assert main(["recommend", "--index", d, "--user", "u2", "-k", "4", "--where", "genres!=Horror", "--where",
+                 "year>=1995", "--where", "year<2005", "--json", "-q"]) == 0
+    assert [r["item_id"] for r in json.loads(capsys.readouterr().out)] == ids(rec.recommend("u2", 4, only=later))
     assert main(["recommend", "--index", d, "--all-users", "-k", "2", "--where", "genres=Comedy", "--only", "0", "1",
                  "4", "--exclude", "4", "--json", "-q"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -132,7 +137,8 @@ def test_cli_only_only_file_and_where(rec, tmp_path, capsys, caplog):
     assert "field 'genre' is not a display field of this index" in capsys.readouterr().err
     with pytest.raises(SystemExit) as stop:  # malformed: a usage error
         main(["recommend", "--index", d, "--user", "u0", "--where", "genres"])
-    assert stop.value.code == 2 and "expected FIELD=VALUE, got 'genres'" in capsys.readouterr().err
+    assert stop.value.code == 2 and "expected FIELD=VALUE, FIELD!=VALUE or FIELD>=N (>, <=, <), got 'genres'" in \
+        capsys.readouterr().err
     assert main(["similar", "--index", d, "--item", "3", "--only-file", str(tmp_path / "missing.txt"), "-q"]) == 1
     assert f"--only-file {tmp_path / 'missing.txt'}: cannot read it" in capsys.readouterr().err
 
@@ -147,11 +153,13 @@ def test_server_only_and_where(rec):
             ("/similar?item=3&k=3&only=5&only=9&only=13&exclude=9", rec.similar(3, 3, only=[5, 13])),
             (f"/history?item=0&k=3&where={where}", rec.recommend_history([0], 3, only=comedy)),
             ("/recommend?user=u3&k=4&only=", []),
+            (f"/similar?item=3&k=3&where={urllib.parse.quote('year>2000')}&where={urllib.parse.quote('genres!=Drama')}",
+             rec.similar(3, 3, only=rec.items.matching(["year>2000", "genres!=Drama"]))),
         ]
         for path, want in cases:
             assert get(url + path) == (200, {"results": dicts(want)}), path
         status, body = get(f"{url}/recommend?user=u3&where=genres")
-        assert status == 400 and "'where' must be FIELD=VALUE" in body["error"]
+        assert status == 400 and "'where' must be FIELD=VALUE, FIELD!=VALUE or FIELD>=N" in body["error"]
         status, body = get(f"{url}/similar?item=3&where={urllib.parse.quote('genre=x')}")
         assert status == 400 and "field 'genre' is not a display field" in body["error"]
 
@@ -175,3 +183,27 @@ def test_a_number_is_one_value_matched_by_its_text():
                                   records=[{"year": "1995"}, {"year": "1994"}, {"year": "1995"}], factory="Flat",
                                   show_progress=False)
     assert idx.matching({"year": 1995}) == ["a", "c"] == idx.matching({"year": [1995]})
+
+
+def test_where_conditions_not_equal_and_numeric_ranges():
+    from mmrec.item_index import describe_where, split_where
+
+    assert split_where("year>=1990") == ("year", ">=", "1990") and split_where(" genres != Horror ") == \
+        ("genres", "!=", "Horror")
+    assert split_where("a=b=c") == ("a", "=", "b=c") and split_where("x<3") == ("x", "<", "3")
+    assert [split_where(t) for t in ("genres", "=x", "x=", "a!b")] == [None] * 4
+    records = [{"genres": "Comedy|Drama", "year": "1995"}, {"genres": "Horror", "year": "1988"},
+               {"genres": "Drama", "year": "n/a"}, {"genres": "Comedy", "year": " 2001 "}, {"genres": "", "year": "1990"}]
+    idx = ItemIndex.from_features(list("abcde"), {"text": np.eye(5, dtype=np.float32)}, records=records,
+                                  factory="Flat", show_progress=False)
+    assert idx.matching(["year>=1990"]) == ["a", "d", "e"]  # "n/a" is no number: no comparison holds
+    assert idx.matching(["year>1990", "year<2000"]) == ["a"] and idx.matching(["year<=1990"]) == ["b", "e"]
+    assert idx.matching(["genres!=Comedy"]) == ["b", "c", "e"]  # a |-separated part counts, as for =
+    assert idx.matching(["genres=Comedy", "genres=Horror", "year<2000"]) == ["a", "b"]  # = values alternate
+    assert idx.matching(["genres!=Drama", "genres!=Horror"]) == ["d", "e"]
+    assert idx.matching("genres=Drama") == ["a", "c"] == idx.matching({"genres": "Drama"})
+    with pytest.raises(ConfigError, match=r"year>=abc: 'abc' is not a number"):
+        idx.matching(["year>=abc"])
+    with pytest.raises(ConfigError, match=r"condition 'year' is not FIELD=VALUE"):
+        idx.matching(["year"])
+    assert describe_where([("g", "=", "A"), ("y", ">=", "1990"), ("g", "=", "B")]) == "g=A or g=B and y>=1990"
