@@ -502,13 +502,13 @@ def _id_list(ids: list[str] | None, path: Path | None, option: str) -> list[str]
     return ids
 
 
-def _where_arg(text: str) -> tuple[str, str, str]:
+def _where_arg(text: str) -> str:
+    """A ``--where`` condition, checked and kept as written (``ItemIndex.matching`` reads it)."""
     from mmrec.item_index import split_where
 
-    condition = split_where(text)
-    if condition is None:
+    if split_where(text) is None:
         raise argparse.ArgumentTypeError(f"expected FIELD=VALUE, FIELD!=VALUE or FIELD>=N (>, <=, <), got {text!r}")
-    return condition
+    return text
 
 
 def _filter_args(args: argparse.Namespace) -> tuple[list[str], list[str] | None, list[str]]:
@@ -518,7 +518,7 @@ def _filter_args(args: argparse.Namespace) -> tuple[list[str], list[str] | None,
     only = None
     if args.only is not None or args.only_file is not None:
         only = _id_list(args.only, args.only_file, "--only-file")
-    where = [f"{field}{op}{value}" for field, op, value in args.where or []]
+    where = list(args.where or [])
     return exclude, only, where
 
 

@@ -19,6 +19,7 @@ import copy
 import json
 import logging
 import os
+import re
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -84,11 +85,22 @@ def split_where(text: str) -> tuple[str, str, str] | None:
     return (field, op, value) if op and field and value else None
 
 
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def where_number(text: str) -> float | None:
+    """A display field or a ``--where`` bound as a number: plain decimal notation (``7``,
+    ``-2.5``, ``1e3``) with surrounding spaces, else ``None`` (``nan``, ``inf``, ``1_000``,
+    ``n/a``: no number to compare)."""
+    text = text.strip()
+    return float(text) if _NUMBER.fullmatch(text) else None
+
+
 def describe_where(conditions: Sequence[tuple[str, str, str]]) -> str:
     """Conditions as :meth:`ItemIndex.matching` combines them: a field's ``=`` values as
     alternatives (``genres=A or genres=B``), everything else joined by ``and``."""
     parts: dict[str, list[str]] = {}
-    for field, op, value in conditions:
+    for field, op, value in dict.fromkeys(conditions):  # a repeated condition is one condition
         key = field if op == "=" else f"{field}{op}{value}"
         parts.setdefault(key, []).append(f"{field}{op}{value}")
     return " and ".join(" or ".join(texts) for texts in parts.values())
@@ -522,8 +534,8 @@ class ItemIndex:
         self.index = index
         self.vectors = vectors
         self._unit_cache: tuple[np.ndarray, np.ndarray] | None = None  # (vectors, their unit rows)
-        # (vectors, {field: {value: positions}}): the display fields' values, for matching
-        self._facets: tuple[np.ndarray, dict[str, dict[str, np.ndarray]]] | None = None
+        # (vectors, {field: {value: positions}}, {field: [N] as numbers}): the display fields, for matching
+        self._facets: tuple[np.ndarray, dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None
         # modality -> [D_m] catalog mean that content similarity is measured from (fusion.fixed)
         self.centers = dict(centers or {})
         # [N] bool: the items a content-path item may borrow from (a trained index's items trained
@@ -941,10 +953,7 @@ class ItemIndex:
                 if op == "!=":
                     keep = np.setdiff1d(keep, rows_of([value]), assume_unique=True)
                 elif op != "=":
-                    try:
-                        bound = float(value)
-                    except ValueError:
-                        raise ConfigError(f"{field}{op}{value}: {value!r} is not a number") from None
+                    bound = where_number(value)  # a number: checked by _conditions
                     if field not in numbers:
                         numbers[field] = self._numbers(field)
                     x = numbers[field][keep]  # NaN where the field is no number: no comparison holds
@@ -972,18 +981,16 @@ class ItemIndex:
             condition = split_where(str(text))
             if condition is None:
                 raise ConfigError(f"condition {text!r} is not FIELD=VALUE, FIELD!=VALUE or FIELD>=N (>, <=, <)")
+            if condition[1] not in ("=", "!=") and where_number(condition[2]) is None:
+                raise ConfigError(f"condition {text!r}: {condition[2]!r} is not a number")
             out.append(condition)
         return out
 
     def _numbers(self, field: str) -> np.ndarray:
-        """``[N]`` float64: the display field ``field`` read as a number, NaN where it is none."""
-        out = np.full(len(self.items), np.nan)
-        for i, item in enumerate(self.items):
-            try:
-                out[i] = float(item["fields"].get(field, ""))
-            except ValueError:
-                pass
-        return out
+        """``[N]`` float64: the display field ``field`` read as a number (:func:`where_number`),
+        NaN where it is none."""
+        values = (where_number(item["fields"].get(field, "")) for item in self.items)
+        return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
 
     def _facet(self, field: str) -> dict[str, np.ndarray]:
         """Each value of the display field ``field`` -> the sorted positions of the items with

@@ -133,6 +133,8 @@ def test_cli_only_only_file_and_where(rec, tmp_path, capsys, caplog):
         assert main(["similar", "--index", d, "--item", "3", "--where", "genres=Western", "--where", "genres=Noir",
                      "--where", "shop=north", "--json"]) == 0
     assert "(genres=Western or genres=Noir and shop=north)" in caplog.text
+    assert main(["recommend", "--index", d, "--user", "u0", "--where", "year> =1990", "-q"]) == 1  # as written
+    assert "condition 'year> =1990': '=1990' is not a number" in capsys.readouterr().err
     assert main(["recommend", "--index", d, "--user", "u0", "--where", "genre=Comedy", "-q"]) == 1
     assert "field 'genre' is not a display field of this index" in capsys.readouterr().err
     with pytest.raises(SystemExit) as stop:  # malformed: a usage error
@@ -202,8 +204,13 @@ def test_where_conditions_not_equal_and_numeric_ranges():
     assert idx.matching(["genres=Comedy", "genres=Horror", "year<2000"]) == ["a", "b"]  # = values alternate
     assert idx.matching(["genres!=Drama", "genres!=Horror"]) == ["d", "e"]
     assert idx.matching("genres=Drama") == ["a", "c"] == idx.matching({"genres": "Drama"})
-    with pytest.raises(ConfigError, match=r"year>=abc: 'abc' is not a number"):
-        idx.matching(["year>=abc"])
+    for bound in ("abc", "nan", "inf", "1_990", " =3"):  # decimal notation only: "y> =3" is no y>=3
+        with pytest.raises(ConfigError, match=rf"condition 'year>{bound}': '{bound.strip()}' is not a number"):
+            idx.matching([f"year>{bound}"])
+    odd = ItemIndex.from_features(list("pqrs"), {"text": np.eye(4, dtype=np.float32)}, factory="Flat",
+                                  records=[{"n": "inf"}, {"n": "1e3"}, {"n": "-0"}, {"n": "1_000"}], show_progress=False)
+    assert odd.matching(["n>=-1"]) == ["q", "r"]  # "inf" and "1_000" are no numbers in a field either
     with pytest.raises(ConfigError, match=r"condition 'year' is not FIELD=VALUE"):
         idx.matching(["year"])
-    assert describe_where([("g", "=", "A"), ("y", ">=", "1990"), ("g", "=", "B")]) == "g=A or g=B and y>=1990"
+    assert describe_where([("g", "=", "A"), ("y", ">=", "1990"), ("g", "=", "B"), ("y", ">=", "1990")]) == \
+        "g=A or g=B and y>=1990"
