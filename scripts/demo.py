@@ -84,6 +84,8 @@ def main() -> None:
     run("recommend", "--index", model, "--user", "1", "-k", "10", "--explain")
     # A visitor the model never trained on, known only by two movies: Star Wars and Toy Story.
     run("recommend", "--index", model, "--history", "50", "1", "-k", "5")
+    # Only comedies from 1990 on (display fields of the catalog: genres is |-separated, year a number).
+    run("recommend", "--index", model, "--user", "1", "-k", "5", "--where", "genres=Comedy", "--where", "year>=1990")
 
 
 if __name__ == "__main__":
