@@ -608,14 +608,8 @@ class FaissIndex:
         n_q = len(q)
         if exclude is not None and len(exclude) != n_q:
             raise ValueError(f"exclude has {len(exclude)} entries for {n_q} queries")
-        if isinstance(exclude_all, (str, bytes, int, np.integer)):
-            exclude_all = [exclude_all]  # one id, not its characters
-        shared = {label for item in exclude_all if (label := self._label_of.get(item)) is not None}
-        allowed: set[int] | None = None
-        if only is not None:
-            if isinstance(only, (str, bytes, int, np.integer)):
-                only = [only]  # one id, not its characters
-            allowed = {label for item in only if (label := self._label_of.get(item)) is not None} - shared
+        shared = self._labels(exclude_all)
+        allowed = None if only is None else self._labels(only) - shared
         excluded: list[set[int]] = [set() for _ in range(n_q)]
         if exclude is not None:
             for b, items in enumerate(exclude):
@@ -710,6 +704,12 @@ class FaissIndex:
                 ef = max(2 * ef, fetch)
                 exhaustive = self._spec.kind == "hnsw" and (ef >= ntotal or self._walk_costs_more(ef))  # as above
             pending = short
+
+    def _labels(self, ids: Collection[ItemId] | ItemId) -> set[int]:
+        """The labels of the ids in the index (others ignored); a single id is one id, not its characters."""
+        if isinstance(ids, (str, bytes, int, np.integer)):
+            ids = [ids]
+        return {label for item in ids if (label := self._label_of.get(item)) is not None}
 
     def _walk_costs_more(self, ef: int) -> bool:
         """Whether an HNSW walk widened to ``ef`` (past the index's own efSearch) would compute

@@ -529,7 +529,7 @@ def _resolve_filters(index: ItemIndex, wanted: tuple[list[str], list[str] | None
     from mmrec.item_index import describe_where, split_where
 
     exclude, only, where = wanted
-    allowed = index.candidate_ids(only, where)
+    excluded, allowed = index.filters(exclude, only, where)
     if allowed is not None:
         shown = describe_where([split_where(text) for text in where])
         if not allowed:
@@ -537,7 +537,7 @@ def _resolve_filters(index: ItemIndex, wanted: tuple[list[str], list[str] | None
                            " and ".join(x for x in ("--only" if only is not None else "", shown) if x))
         else:
             logger.info("%d of the %d items are candidates", len(allowed), len(index))
-    return index.excluded_ids(exclude), allowed
+    return excluded, allowed
 
 
 def _filter_opts(p: argparse.ArgumentParser) -> None:

@@ -896,6 +896,12 @@ class ItemIndex:
         """
         return self.similar_many([item_id], k, by=by, exclude=exclude, only=only)[0]
 
+    def filters(self, exclude: Sequence[object] | ItemId = (), only: Sequence[object] | ItemId | None = None,
+                where: Mapping[str, Any] | Sequence[str] | None = None) -> tuple[set[ItemId], set[ItemId] | None]:
+        """A query's business rules resolved against this index, as the searches take them:
+        ``(excluded_ids(exclude), candidate_ids(only, where))``."""
+        return self.excluded_ids(exclude), self.candidate_ids(only, where)
+
     def candidate_ids(self, item_ids: Sequence[object] | ItemId | None,
                       where: Mapping[str, Any] | Sequence[str] | None = None) -> set[ItemId] | None:
         """``only`` as :meth:`excluded_ids` resolves ids (those not in the index dropped and
@@ -1056,7 +1062,7 @@ class ItemIndex:
             raise MMRecError(f"k and batch_size must be at least 1, got k={k}, batch_size={batch_size}")
         ids = [self.resolve_id(i) for i in item_ids]
         rows = np.array([self._pos[i] for i in ids], dtype=np.int64)
-        dropped, allowed = self.excluded_ids(exclude), self.candidate_ids(only)
+        dropped, allowed = self.filters(exclude, only)
         drop = self._cosine_drop(dropped, allowed)  # their rows, for by="cosine"
         unit = None
         if by == "cosine":
@@ -1185,7 +1191,7 @@ class ItemIndex:
         the raw item vectors with the query, by an exact scan: under the dot product that serves
         users, the long vectors of popular items would outrank what the query describes.
         """
-        dropped, allowed = self.excluded_ids(exclude), self.candidate_ids(only)
+        dropped, allowed = self.filters(exclude, only)
         if not getattr(self.vectorizer, "query_by_cosine", False):
             return self.search_vectors(np.concatenate(queries), k, exclude_all=dropped, only=allowed)
         q = np.concatenate(queries)[:, :-1].astype(np.float32)  # [B, D]: the MIPS query is [q, 0]

@@ -365,7 +365,7 @@ class Recommender:
         row = self.user_index(user_id)
         known = set(self.known_items(user_id)) if exclude_known else None
         results = self._serve(self.user_vectors[row : row + 1], k, known, diversity, candidates,
-                              self.items.excluded_ids(exclude), self.items.candidate_ids(only))
+                              *self.items.filters(exclude, only))
         return explain_recommendations(self, user_id, results, history) if explain else results
 
     def info(self) -> dict[str, Any]:
@@ -511,7 +511,7 @@ class Recommender:
         if k < 1 or batch_size < 1:
             raise MMRecError(f"k and batch_size must be at least 1, got k={k}, batch_size={batch_size}")
         rows = [self.user_index(u) for u in user_ids]
-        dropped, allowed = self.items.excluded_ids(exclude), self.items.candidate_ids(only)
+        dropped, allowed = self.items.filters(exclude, only)
         out: list[list[Result]] = []
         with tqdm(total=len(rows), desc="recommending", unit="user", disable=not show_progress) as bar:
             for start in range(0, len(rows), batch_size):
@@ -594,7 +594,7 @@ class Recommender:
         if not np.any(vector):
             raise MMRecError("the history's vectors sum to zero: it has no direction to rank items by")
         results = self._serve(vector, k, history_set if exclude_history else None, diversity, candidates,
-                              self.items.excluded_ids(exclude), self.items.candidate_ids(only))
+                              *self.items.filters(exclude, only))
         return explain_history(self.items, ids, results, explain_items) if explain else results
 
     def _history_id(self, item_id: object) -> ItemId:
