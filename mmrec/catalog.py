@@ -129,7 +129,9 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict[str, Any]], dict[
     """Read a CSV/TSV/JSON/Parquet file through ``datasets`` (JSON Lines through :mod:`mmrec.jsonlines`).
 
     The id columns (``item_id``, ``user_id``) are read as text in CSV/TSV so no leading zero is
-    lost; empty cells become ``None``.
+    lost; empty cells become ``None``. A CSV/TSV column that parses as numbers keeps its numeric
+    type name but each cell as written in the file (``"007"``, ``"3"`` in a column with an empty
+    cell, which pandas reads as ``7`` and ``3.0``), so display fields show what the file says.
 
     Returns:
         (column names, rows as dicts, arrow type name per column)
@@ -158,12 +160,13 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict[str, Any]], dict[
             with open(path, newline="", encoding="utf-8-sig") as f:
                 reader = csv.reader(f, delimiter=sep)
                 header = next(reader, None)
-                has_rows, too_long = False, []
+                has_rows, too_long, raw = False, [], []
                 number = 0  # data row, blank lines not counted (as the reader below skips them)
                 for row in reader:
                     if not row:
                         continue
                     number += 1
+                    raw.append(row)
                     has_rows = has_rows or any(cell.strip() for cell in row)
                     if header and len(row) > len(header) and len(too_long) < 20:
                         too_long.append(Problem(number, None, f"has {len(row)} fields but the header names "
@@ -200,7 +203,23 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict[str, Any]], dict[
         datasets.logging.set_verbosity(verbosity)
     if not rows:
         raise DataError(path, [Problem(None, None, "file has no data rows")])
+    if fmt == "csv":
+        _keep_written_numbers(columns, rows, types, header, raw)
     return columns, rows, types
+
+
+def _keep_written_numbers(columns: list[str], rows: list[dict[str, Any]], types: dict[str, str],
+                          header: list[str], raw: list[list[str]]) -> None:
+    """Put back the cells of a CSV's non-text columns as the file wrote them (stripped; empty:
+    ``None``), in place. Left as parsed when the two readers disagree on the rows or columns."""
+    if len(raw) != len(rows) or len(header) != len(columns):
+        return
+    for j, column in enumerate(columns):
+        if types[column] in ("string", "large_string") or column in (ID_FIELD, "user_id"):
+            continue
+        for row, cells in zip(rows, raw):
+            cell = cells[j].strip() if j < len(cells) else ""
+            row[column] = cell or None
 
 
 def _blank(value: Any) -> bool:

@@ -238,6 +238,21 @@ def test_a_byte_order_mark_and_na_like_values_change_no_id_or_text(tmp_path):
     assert cat.records == [{"title": "None", "note": ""}, {"title": "NA", "note": "NaN"}]
 
 
+def test_numeric_csv_columns_show_their_cells_as_written(tmp_path):
+    # pandas reads a number column with an empty cell as float (3 -> "3.0") and drops leading zeros
+    # ("02139" -> 2139): the display fields, the text and --where keep what the file says.
+    (tmp_path / "shop.csv").write_text("item_id,title,price,zip,rating\n1,A,3,02139,4.50\n2,B,,00501, 3\n3,C,2.5,12345,\n")
+    cat = load_catalog(tmp_path / "shop.csv", show_progress=False)
+    assert cat.text_fields == ["title"]  # still chosen by type: numeric columns are no text by default
+    assert cat.records == [
+        {"title": "A", "price": "3", "zip": "02139", "rating": "4.50"},
+        {"title": "B", "price": "", "zip": "00501", "rating": "3"},
+        {"title": "C", "price": "2.5", "zip": "12345", "rating": ""},
+    ]
+    named = load_catalog(tmp_path / "shop.csv", text_fields=["title", "zip"], show_progress=False)
+    assert named.texts == ["A. 02139", "B. 00501", "C. 12345"]
+
+
 def test_an_id_clash_names_the_file_row_after_skipped_rows(tmp_path):
     from mmrec.catalog import check_catalog_ids
 
