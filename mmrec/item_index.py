@@ -944,11 +944,12 @@ class ItemIndex:
             by_field.setdefault(field, []).append((op, value))
         keep = np.arange(len(self.items))
         for field, conditions in by_field.items():
-            if field not in facets:
+            # A field only compared as a number needs no lookup of its values (0.6 s at 200k items).
+            if field not in facets and any(op in ("=", "!=") for op, _ in conditions):
                 facets[field] = self._facet(field)
-            facet = facets[field]
 
             def rows_of(values: list[str]) -> np.ndarray:
+                facet = facets[field]
                 found = [facet[v] for v in values if v in facet]
                 return np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
 
@@ -995,8 +996,16 @@ class ItemIndex:
     def _numbers(self, field: str) -> np.ndarray:
         """``[N]`` float64: the display field ``field`` read as a number (:func:`where_number`),
         NaN where it is none."""
-        values = (where_number(item["fields"].get(field, "")) for item in self.items)
+        texts = [item["fields"].get(field) for item in self.items]
+        if all(text is None for text in texts):
+            raise self._not_a_field(field)
+        values = (None if text is None else where_number(text) for text in texts)
         return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+    def _not_a_field(self, field: str) -> ConfigError:
+        known = sorted({name for item in self.items for name in item["fields"]})
+        return ConfigError(f"field '{field}' is not a display field of this index; its fields are: "
+                           f"{', '.join(known) or '(none)'}")
 
     def _facet(self, field: str) -> dict[str, np.ndarray]:
         """Each value of the display field ``field`` -> the sorted positions of the items with
@@ -1016,9 +1025,7 @@ class ItemIndex:
             for value in {text, *(part.strip() for part in text.split("|"))} if "|" in text else (text,):
                 positions.setdefault(value, []).append(i)
         if not has:
-            known = sorted({name for item in self.items for name in item["fields"]})
-            raise ConfigError(f"field '{field}' is not a display field of this index; its fields are: "
-                              f"{', '.join(known) or '(none)'}")
+            raise self._not_a_field(field)
         return {value: np.array(rows, dtype=np.int64) for value, rows in positions.items()}
 
     def excluded_ids(self, item_ids: Sequence[object] | ItemId, what: str = "excluded") -> set[ItemId]:

@@ -199,6 +199,10 @@ def test_where_conditions_not_equal_and_numeric_ranges():
     idx = ItemIndex.from_features(list("abcde"), {"text": np.eye(5, dtype=np.float32)}, records=records,
                                   factory="Flat", show_progress=False)
     assert idx.matching(["year>=1990"]) == ["a", "d", "e"]  # "n/a" is no number: no comparison holds
+    assert "year" not in idx._facets[1]  # compared as a number only: no lookup of its texts was built
+    with pytest.raises(ConfigError, match="field 'yr' is not a display field of this index; its fields are: "
+                                          "genres, year"):
+        idx.matching(["yr>=1990"])
     assert idx.matching(["year>1990", "year<2000"]) == ["a"] and idx.matching(["year<=1990"]) == ["b", "e"]
     assert idx.matching(["genres!=Comedy"]) == ["b", "c", "e"]  # a |-separated part counts, as for =
     assert idx.matching(["genres=Comedy", "genres=Horror", "year<2000"]) == ["a", "b"]  # = values alternate
