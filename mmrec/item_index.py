@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -290,6 +291,22 @@ def check_out(out: str | Path | None, overwrite: bool, inputs: Sequence[object] 
         if path == root or root in path.parents:
             raise MMRecError(f"--out {out} holds the input {item}: writing it would delete that input; "
                              f"choose another --out")
+    _check_creatable(out)
+
+
+def _check_creatable(out: Path) -> None:
+    """Refuse an ``out`` that cannot be written where it is: below a file, or in a folder this
+    process cannot create anything in (tried with an empty folder, removed at once)."""
+    ancestor = out.parent
+    while not ancestor.exists() and not ancestor.is_symlink() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise MMRecError(f"--out {out} cannot be created: {ancestor} is not a directory")
+    try:
+        shutil.rmtree(tempfile.mkdtemp(prefix=".mmrec-probe-", dir=ancestor))
+    except OSError as e:
+        raise MMRecError(f"--out {out} cannot be created: nothing can be written in {ancestor} "
+                         f"({e.strerror or e})") from None
 
 
 def same_device(a: str | Any, b: str | Any) -> bool:

@@ -167,6 +167,12 @@ def test_overwrite_replaces_only_what_mmrec_wrote(tmp_path):
     assert len(ItemIndex.load(tmp_path / "empty")) == 5
     with pytest.raises(MMRecError, match="already exists"):
         check_out(tmp_path / "empty", overwrite=False)
+    # Below a file nothing can be created: refused before any work, not after encoding or training.
+    for below in (tmp_path / "file" / "idx", tmp_path / "file" / "a" / "b"):
+        with pytest.raises(MMRecError, match=rf"--out {below} cannot be created: {tmp_path / 'file'} is not a directory"):
+            check_out(below, overwrite=False)
+    check_out(tmp_path / "new" / "a" / "b", overwrite=False)  # missing parents are fine: they are made
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "file", "notes"]  # the probe left nothing
 
 
 def test_an_output_holding_an_input_is_refused(tmp_path):
