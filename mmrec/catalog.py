@@ -274,6 +274,7 @@ def load_catalog(
         raise DataError(path, [Problem(None, ID_FIELD, f"required column missing (columns: {', '.join(columns)})")])
     if image_field is None and DEFAULT_IMAGE_FIELD in columns:
         image_field = DEFAULT_IMAGE_FIELD
+    asked_text, asked_image = list(text_fields or []), image_field
     if image_field is not None and image_field not in columns and "image_field" in optional:
         logger.info("%s has no %r column: its items have no image", path, image_field)
         image_field = None
@@ -292,6 +293,8 @@ def load_catalog(
             raise DataError(
                 path, [Problem(None, f, f"text column not found (columns: {', '.join(columns)})") for f in unknown]
             )
+    if optional and require_content:
+        _check_given_fields(path, columns, encoded, (asked_text, text_fields), (asked_image, image_field), optional)
     root = Path(image_root) if image_root is not None else path.parent
     return _validate(
         rows,
@@ -306,6 +309,26 @@ def load_catalog(
         require_content=require_content,
         encoded=encoded,
     )
+
+
+def _check_given_fields(path: Path, columns: list[str], encoded: Sequence[str],
+                        text: tuple[list[str], list[str]], image: tuple[str | None, str | None],
+                        optional: Sequence[str]) -> None:
+    """With the fields taken from an index or model (``optional``), a file that has none of them
+    has nothing to encode: say which columns the new rows need (``--text-fields`` is no option there)."""
+    (asked_text, kept_text), (asked_image, kept_image) = text, image
+    if ("text" in encoded and kept_text) or ("image" in encoded and kept_image):
+        return
+    wanted = []
+    if "text" in encoded and asked_text and "text_fields" in optional:
+        wanted.append(f"none of the text columns ({', '.join(asked_text)})")
+    if "image" in encoded and asked_image and "image_field" in optional:
+        wanted.append(f"no image column '{asked_image}'")
+    if wanted:
+        raise DataError(path, [Problem(None, None, f"nothing to encode: the file has {' and '.join(wanted)} that the "
+                                                   f"index or model it extends reads (columns: {', '.join(columns)}); "
+                                                   f"give the new rows those columns (mmrec finetune also takes "
+                                                   f"--text-fields / --image-field)")])
 
 
 def catalog_from_records(

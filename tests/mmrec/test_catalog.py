@@ -225,6 +225,16 @@ def test_catalog_reading_details_from_the_third_review(tmp_path):
     with pytest.raises(DataError, match=r"text encoding is off \(--text-encoder none\) and image encoding is off "
                                         r".*; turn an encoder back on"):
         load_catalog(tmp_path / "img.csv", encoded=[])
+    # Fields taken from an index (index add has no --text-fields): the message names the columns it reads.
+    (tmp_path / "new.csv").write_text("item_id,name\n9,x\n")
+    with pytest.raises(DataError) as e:
+        load_catalog(tmp_path / "new.csv", text_fields=["title", "genres"], image_field="poster",
+                     optional=["text_fields", "image_field"])
+    assert e.value.problems[0].message == (
+        "nothing to encode: the file has none of the text columns (title, genres) and no image column 'poster' "
+        "that the index or model it extends reads (columns: item_id, name); give the new rows those columns "
+        "(mmrec finetune also takes --text-fields / --image-field)")
+    assert load_catalog(tmp_path / "new.csv", text_fields=["title", "name"], optional=["text_fields"]).texts == ["x"]
 
 
 def test_a_byte_order_mark_and_na_like_values_change_no_id_or_text(tmp_path):
