@@ -129,6 +129,8 @@ def read_queries(path: Path) -> list[str]:
         text = path.read_bytes().decode("utf-8-sig")  # bytes: no universal-newline translation of a lone \r
     except FileNotFoundError:
         raise DataError(path, [Problem(None, None, "file not found")]) from None
+    except OSError as e:  # a directory, no permission
+        raise DataError(path, [Problem(None, None, f"cannot read it ({e.strerror})")]) from None
     except UnicodeDecodeError as e:
         raise DataError(path, [Problem(None, None, f"not UTF-8 text (byte {e.start})")]) from None
     lines = [line.removesuffix("\r") for line in text.split("\n")]  # only newlines end a line, as in an editor
@@ -498,6 +500,11 @@ def _id_list(ids: list[str] | None, path: Path | None, option: str) -> list[str]
             text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is no part of the first id
         except OSError as e:
             raise ConfigError(f"{option} {path}: cannot read it ({e.strerror})") from None
+        except UnicodeDecodeError:  # Notepad's "Unicode" is UTF-16
+            from mmrec.errors import utf8_problem
+
+            problem = utf8_problem(path)
+            raise ConfigError(f"{option} {path}: {problem.message if problem else 'not UTF-8 text'}") from None
         ids += [line.strip() for line in text.splitlines() if line.strip()]
     return ids
 

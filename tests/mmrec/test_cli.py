@@ -96,6 +96,8 @@ def test_several_text_queries_are_one_batch_and_answer_as_one_at_a_time(built, c
     assert code == 1 and "latin1.txt: not UTF-8 text (byte 3)" in err
     code, _, err = run(capsys, "search", "--index", idx, "--queries", str(tmp_path / "none.txt"), "-q")
     assert code == 1 and "none.txt: file not found" in err
+    code, _, err = run(capsys, "search", "--index", idx, "--queries", str(tmp_path), "-q")
+    assert code == 1 and f"{tmp_path}: cannot read it (Is a directory)" in err
     # A byte-order mark is dropped, blank lines at the end are ignored, only newlines split queries.
     (tmp_path / "bom.txt").write_bytes("\ufeffanimation for kids\r\nouter\u2028space aliens\n\n\n".encode("utf-8"))
     code, out, _ = run(capsys, "search", "--index", idx, "--queries", str(tmp_path / "bom.txt"), "-k", "1", "--json",

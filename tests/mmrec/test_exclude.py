@@ -65,6 +65,10 @@ def test_cli_exclude_and_exclude_file(rec, tmp_path, capsys):
         [ids(rec.similar(i, 4, exclude=[5, 9])) for i in (3, 4)]
     assert main(["recommend", "--index", d, "--user", "u0", "--exclude-file", str(tmp_path / "missing.txt"), "-q"]) == 1
     assert f"--exclude-file {tmp_path / 'missing.txt'}: cannot read it" in capsys.readouterr().err
+    (tmp_path / "u16.txt").write_text("13\n", encoding="utf-16")  # Notepad's "Unicode"
+    assert main(["recommend", "--index", d, "--user", "u0", "--only-file", str(tmp_path / "u16.txt"), "-q"]) == 1
+    assert f"--only-file {tmp_path / 'u16.txt'}: line 1 (byte 0) holds byte 0xff, which is not UTF-8: save the file " \
+           "as UTF-8" in capsys.readouterr().err
 
 
 def test_a_single_id_is_one_id_and_unknown_ones_are_counted(rec, caplog):
