@@ -613,5 +613,9 @@ def evaluate_directory(
             raise MMRecError("this model was trained without held-out items: train with --cold-start FRACTION")
         model_rows = torch.from_numpy(rows.clip(min=0))  # unknown users' rows were dropped above
         return out | {"cold_start": True, **evaluate_cold(user_vecs[model_rows], item_vecs, inter, cold, ks=ks)}
+    if not inter.split_mask(split).any():
+        counts = ", ".join(f"{name} {int(inter.split_mask(name).sum())}" for name in ("train", "valid", "test"))
+        raise MMRecError(f"{interactions}: no {split} rows to evaluate (rows by split, after the skips above: "
+                         f"{counts}); choose another --split")
     return out | evaluate(score, inter, split=split, mask=mask or rec.config.mask, ks=ks,
                           item_vectors=item_vecs.numpy())

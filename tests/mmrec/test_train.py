@@ -9,7 +9,7 @@ import torch
 
 from index.persist import sha256_file
 from mmrec.config import TrainConfig
-from mmrec.errors import ConfigError, DataError
+from mmrec.errors import ConfigError, DataError, MMRecError
 from mmrec.interactions import load_interactions
 from mmrec.pipeline import evaluate_directory, fit
 from mmrec.recommender import Recommender
@@ -196,6 +196,14 @@ def test_fit_save_load_recommend_and_evaluate(tmp_path):
     again = evaluate_directory(back, inter_path, split="test")
     for key in ("recall@20", "ndcg@20", "recall@10"):
         assert again[key] == pytest.approx(test[key], abs=1e-6)
+    # A split with no rows is named, with the file and what each split holds.
+    rows = inter_path.read_text().splitlines()
+    (tmp_path / "no_valid.tsv").write_text("\n".join([rows[0] + "\tsplit"] + [f"{r}\t{'test' if k % 5 else 'train'}"
+                                                                            for k, r in enumerate(rows[1:])]) + "\n")
+    n = len(rows) - 1
+    with pytest.raises(MMRecError, match=rf"no_valid.tsv: no valid rows to evaluate \(rows by split, after the skips "
+                                         rf"above: train {(n + 4) // 5}, valid 0, test {n - (n + 4) // 5}\); choose another --split"):
+        evaluate_directory(back, tmp_path / "no_valid.tsv", split="valid", how="given")
 
 
 def test_an_ema_model_saves_the_averaged_weights_validation_chose(tmp_path):
