@@ -411,6 +411,11 @@ def _read_columns(path: Path, fmt: str) -> tuple[dict[str, pa.Array], int, dict[
         raw = {c.strip(): c for c in reversed(written)}  # the first of two equal names wins
         header = [c.strip() for c in written]
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing and fmt in ("csv", "tsv") and any("\ufffd" in c or "\x00" in c for c in header):
+        # Not UTF-8 (UTF-16, as Notepad's "Unicode" writes, is mostly NUL bytes to a UTF-8 reader).
+        plain = path.suffix.lower() in (".csv", ".tsv")  # a compressed file's bytes are no text
+        raise DataError(path, [(utf8_problem(path) if plain else None) or
+                               Problem(None, None, "the header row is not UTF-8 text: save the file as UTF-8")])
     if missing:
         found = ", ".join(repr(c) for c in header)
         message = f"required column is missing (columns found: {found})"

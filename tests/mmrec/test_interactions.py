@@ -345,6 +345,13 @@ def test_interactions_not_in_utf8_are_named_with_their_line(tmp_path: Path) -> N
     (tmp_path / "i.csv").write_bytes(b"user_id,item_id\nu1,1\nu\xe92,2\n")
     with pytest.raises(DataError, match=r"i.csv: line 3 \(byte 22\) holds byte 0xe9, which is not UTF-8"):
         load_interactions(tmp_path / "i.csv")
+    # UTF-16 (Notepad's "Unicode"): named as such, not as a header that lacks the user_id column.
+    (tmp_path / "u16.tsv").write_text("user_id\titem_id\nu1\t1\n", encoding="utf-16")
+    with pytest.raises(DataError, match=r"u16.tsv: line 1 \(byte 0\) holds byte 0xff, which is not UTF-8: save"):
+        load_interactions(tmp_path / "u16.tsv")
+    (tmp_path / "le.tsv").write_text("user_id\titem_id\nu1\t1\n", encoding="utf-16-le")  # no byte-order mark
+    with pytest.raises(DataError, match=r"le.tsv: the header row is not UTF-8 text: save the file as UTF-8"):
+        load_interactions(tmp_path / "le.tsv")
 
 
 def test_json_lines_read_like_csv_even_when_value_types_change_between_lines(tmp_path: Path) -> None:
