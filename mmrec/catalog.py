@@ -175,6 +175,9 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict[str, Any]], dict[
             raise DataError(path, [utf8_problem(path)]) from None
         if not header:
             raise DataError(path, [Problem(None, None, "file is empty (no header row)")])
+        if any("\x00" in name for name in header):  # UTF-16 without a byte-order mark reads as UTF-8 here
+            raise DataError(path, [Problem(None, None, "the header row is not UTF-8 text (NUL bytes: UTF-16?): "
+                                                       "save the file as UTF-8")])
         if not has_rows:  # the datasets reader would fail with a message about its own internals
             raise DataError(path, [Problem(None, None, "file has no data rows")])
         if too_long:  # pandas would take a first-row surplus as an index column and shift every field

@@ -414,8 +414,9 @@ def _read_columns(path: Path, fmt: str) -> tuple[dict[str, pa.Array], int, dict[
     if missing and fmt in ("csv", "tsv") and any("\ufffd" in c or "\x00" in c for c in header):
         # Not UTF-8 (UTF-16, as Notepad's "Unicode" writes, is mostly NUL bytes to a UTF-8 reader).
         plain = path.suffix.lower() in (".csv", ".tsv")  # a compressed file's bytes are no text
+        nul = " (NUL bytes: UTF-16?)" if any("\x00" in c for c in header) else ""
         raise DataError(path, [(utf8_problem(path) if plain else None) or
-                               Problem(None, None, "the header row is not UTF-8 text: save the file as UTF-8")])
+                               Problem(None, None, f"the header row is not UTF-8 text{nul}: save the file as UTF-8")])
     if missing:
         found = ", ".join(repr(c) for c in header)
         message = f"required column is missing (columns found: {found})"

@@ -241,6 +241,9 @@ def test_a_byte_order_mark_and_na_like_values_change_no_id_or_text(tmp_path):
     # Excel's "CSV UTF-8" starts with a byte-order mark: the id column is still read as text.
     (tmp_path / "bom.csv").write_bytes("\ufeffitem_id,title\n007,space alien\n07,robot dog\n".encode("utf-8"))
     assert load_catalog(tmp_path / "bom.csv", show_progress=False).item_ids == ["007", "07"]
+    (tmp_path / "le.csv").write_text("item_id,title\n1,a\n", encoding="utf-16-le")  # UTF-16 without its mark
+    with pytest.raises(DataError, match=r"le.csv: the header row is not UTF-8 text \(NUL bytes: UTF-16\?\): save"):
+        load_catalog(tmp_path / "le.csv")
     # Only an empty cell is missing: "NA", "null", "None" are values, as in JSON Lines.
     (tmp_path / "na.csv").write_text("item_id,title,note\nNA,None,\nnull,NA,NaN\n")
     cat = load_catalog(tmp_path / "na.csv", text_fields=["title"], show_progress=False)
