@@ -160,8 +160,10 @@ def source_content(
         lenient = [k for k in defaults if k not in catalog_options]
         # An ignored modality is not encoded: its column is not checked (images not opened).
         encoded = [m for m in ("text", "image") if m not in ignore]
+        # As `train`: with --features (or nothing the source could encode) a row needs no text or image.
+        needed = not features and any(m in dims for m in encoded)
         catalog = load_catalog(catalog, show_progress=show_progress,
-                               **({"optional": lenient, "encoded": encoded} | opts))
+                               **({"optional": lenient, "encoded": encoded, "require_content": needed} | opts))
     loaded: dict[str, tuple[Any, dict]] = {}
     if catalog is not None:
         has = {"text": any(catalog.texts), "image": catalog.has_images}

@@ -242,6 +242,16 @@ def test_every_refusal_says_what_to_do(small, tmp_path):
     with pytest.raises(ConfigError, match=r"the catalog .*items\.csv has modalities \['text'\] that the source "
                                           r"model was never trained with.*--ignore-modality text"):
         finetune(src, b_inter, catalog=catalog, features={"content": b_feats}, **quiet)
+    # With the text ignored the catalog gives the new items their ids and display fields, as in `train`
+    # with --features: its rows need no content of their own (an id column alone will do).
+    for columns in ([["item_id", "title"]] + [[i, f"item {i}"] for i in range(len(x))],
+                    [["item_id"]] + [[i] for i in range(len(x))]):
+        with open(tmp_path / "ids.csv", "w", newline="") as f:
+            csv.writer(f).writerows(columns)
+        rec, _, _ = finetune(src, b_inter, catalog=tmp_path / "ids.csv", features={"content": b_feats}, ignore=["text"],
+                             out=tmp_path / "ft_ids", overwrite=True, **quiet)
+        assert rec.items.ids == list(range(len(x))) and rec.items.modalities == ["content"]
+    assert rec.items.items[3]["fields"] == {} and Recommender.load(tmp_path / "ft_ids").items.ids == rec.items.ids
 
     fit(inter_a, features={"text": feats_a}, out=tmp_path / "npy_text", config=TrainConfig(**FAST, epochs=1),
         split="random", show_progress=False)
