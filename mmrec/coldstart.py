@@ -90,8 +90,9 @@ def neighbour_mean(
     """Mean trained vector of each item's ``k`` nearest pool items by content.
 
     Similarity is that of the untrained content index (:func:`fusion.fixed.combine_modalities`:
-    the mean cosine over the modalities both items have, equal weights, measured from the
-    modality means ``centers`` when given). ``exclude[b]`` is a pool row item ``b`` may not
+    ``sum_m cos_m / M`` over the ``M`` modalities, a modality either item lacks adding 0, so a
+    pool item sharing one of two modalities scores half its cosine; measured from the modality
+    means ``centers`` when given). ``exclude[b]`` is a pool row item ``b`` may not
     pick (itself, when the items are pool items: leave-one-out), ``-1`` for none.
 
     Shapes:

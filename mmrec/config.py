@@ -60,7 +60,7 @@ class TrainConfig:
     id_dropout: float = _f(0.0, "training-time probability of masking the ID token (cold-start robustness)")
     align_weight: float = _f(0.1, "weight of the loss pulling content-only vectors to trained ones (cold start)")
     cold_neighbours: int = _f(10, "an item known by content borrows the mean trained vector of its k nearest indexed items by content (0: content path alone)")
-    cold_neighbour_weight: float = _f(0.5, "weight of the item's own content-path direction in that blend (1: neighbours ignored)")
+    cold_neighbour_weight: float = _f(0.5, "weight of the item's own content-path direction in that blend (1: its own direction alone, its length still the neighbours'; --cold-neighbours 0 ignores them)")
     cold_start: float = _f(0.0, "fraction of items held out of training and ranked from content alone (cold-start test)")
     dropout: float = _f(0.0, "dropout inside projections and attention")
     projection_hidden: int = _f(0, "hidden width of a 2-layer projection MLP (0: linear)")
