@@ -262,7 +262,9 @@ def check_out(out: str | Path | None, overwrite: bool, inputs: Sequence[object] 
     * ``out`` exists but is not a directory mmrec wrote: a file, or a non-empty directory
       without ``manifest.json`` (``--overwrite`` replaces indexes and models, nothing else);
     * ``out`` holds one of ``inputs`` (a catalog, interactions, features, an image folder, a
-      source model), or the current directory: replacing ``out`` would delete it.
+      source model), or the current directory: replacing ``out`` would delete it;
+    * ``out`` lies inside an index or model directory (which would then hold files mmrec did not
+      write there), or cannot be created (below a file, in a folder that takes no writes).
 
     Raises:
         MMRecError: naming ``out`` and what it would have lost.
@@ -291,6 +293,11 @@ def check_out(out: str | Path | None, overwrite: bool, inputs: Sequence[object] 
         if path == root or root in path.parents:
             raise MMRecError(f"--out {out} holds the input {item}: writing it would delete that input; "
                              f"choose another --out")
+    for parent in root.parents:
+        if mmrec_manifest(parent) is not None:
+            raise MMRecError(f"--out {out} is inside the index or model directory {parent}, which could then no longer "
+                             f"be changed (index add / remove refuse files mmrec did not write there); choose a "
+                             f"directory outside it")
     _check_creatable(out)
 
 

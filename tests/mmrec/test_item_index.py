@@ -209,7 +209,13 @@ def test_the_current_directory_is_never_an_output(tmp_path, monkeypatch):
     for out in (".", tmp_path / "idx", tmp_path):
         with pytest.raises(MMRecError, match="is the current directory or holds it"):
             check_out(out, True)
-    check_out(tmp_path / "idx" / "below", True)
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    check_out(tmp_path / "work" / "below", True)
+    # Inside an index, a new directory would block index add / remove there: refused.
+    for below in (tmp_path / "idx" / "below", tmp_path / "idx" / "a" / "b"):
+        with pytest.raises(MMRecError, match=rf"--out {below} is inside the index or model directory {tmp_path / 'idx'}"):
+            check_out(below, False)
 
 
 def test_an_index_opened_through_a_symlink_stays_behind_it(tmp_path):
