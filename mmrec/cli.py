@@ -165,7 +165,7 @@ def _catalog_options(args: argparse.Namespace) -> dict:
 
 def _training_options(args: argparse.Namespace) -> dict:
     """Keyword arguments ``fit`` and ``finetune`` both take, from the options both commands have."""
-    return dict(catalog=args.catalog, features=dict(args.features or []), out=args.out, split=args.split,
+    return dict(catalog=args.catalog, features=_features(args), out=args.out, split=args.split,
                 rating_threshold=args.rating_threshold, factory=args.factory, overwrite=args.overwrite,
                 cache_dir=_cache_dir(args), show_progress=not args.quiet, **_catalog_options(args))
 
@@ -219,7 +219,7 @@ def cmd_index_add(args: argparse.Namespace) -> int:
         check_device(args.device)  # before the index is opened
     index = _open_index(args)
     opts = {k: v for k, v in (("image_root", args.image_root), ("skip_invalid", args.skip_invalid)) if v}
-    n = index.add(args.catalog, features=dict(args.features or []), cache_dir=_cache_dir(args), device=args.device,
+    n = index.add(args.catalog, features=_features(args), cache_dir=_cache_dir(args), device=args.device,
                   **opts)
     print(f"added {n} items to {args.index}: {len(index)} items")
     return 0
@@ -378,10 +378,25 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 # --- training ------------------------------------------------------------------------------
 def _features_arg(text: str) -> tuple[str, Path]:
+    from fusion.model import ID_TOKEN
+
     name, sep, path = text.partition("=")
     if not sep or not name or not path:
         raise argparse.ArgumentTypeError(f"expected NAME=PATH.npy, got {text!r}")
+    if "." in name or name == ID_TOKEN:  # as the model refuses them, but before any encoding
+        raise argparse.ArgumentTypeError(f"modality name {name!r} in {text!r} is not allowed: names have no '.', "
+                                         f"and '{ID_TOKEN}' is the ID token's")
     return name, Path(path)
+
+
+def _features(args: argparse.Namespace) -> dict[str, Path]:
+    """``--features`` as a dict; a name given twice is an error, not the last one silently."""
+    given: dict[str, Path] = {}
+    for name, path in args.features or []:
+        if name in given:
+            raise ConfigError(f"--features names '{name}' twice ({given[name]}, {path}): one file a modality")
+        given[name] = path
+    return given
 
 
 def cmd_train(args: argparse.Namespace) -> int:

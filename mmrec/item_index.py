@@ -841,7 +841,8 @@ class ItemIndex:
         """
         directory = Path(directory)
         if not directory.is_dir():
-            raise MMRecError(f"{directory}: no such index directory")
+            what = "is a file, not an index directory" if directory.exists() else "no such index directory"
+            raise MMRecError(f"{directory}: {what}")
         manifest = read_manifest(directory)  # checks format_version and checksums
         if manifest.get("kind") == "trained" and not trained:
             raise MMRecError(f"{directory} is a trained directory: its vectors and queries need the model, so open "
