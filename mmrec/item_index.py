@@ -1153,15 +1153,16 @@ class ItemIndex:
         apply to every query.
 
         Raises:
-            MMRecError: an empty query (named by its position), ``k < 1``, an index without text.
+            MMRecError: an empty query (named by its place, from 1), ``k < 1``, an index without text.
         """
         if isinstance(texts, (str, bytes)):
             raise MMRecError("search_texts takes a list of queries, got one string: use search_text, or [text]")
         texts = list(texts)
         for n, text in enumerate(texts):
             if not isinstance(text, str) or not text.strip():
-                raise MMRecError(f"text query {n} is empty" if isinstance(text, str)
-                                 else f"text query {n} is a {type(text).__name__}, not a string")
+                which = f"text query {n + 1} of {len(texts)}"  # counted from 1, as a --text option's place
+                raise MMRecError(f"{which} is empty" if isinstance(text, str)
+                                 else f"{which} is a {type(text).__name__}, not a string")
         encoder = self.encoders.get("text")  # an index without text says so first
         if k < 1:
             raise MMRecError(f"k must be at least 1, got {k}")

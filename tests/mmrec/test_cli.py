@@ -106,7 +106,7 @@ def test_several_text_queries_are_one_batch_and_answer_as_one_at_a_time(built, c
         ["animation for kids", "outer\u2028space aliens"]
     with pytest.raises(MMRecError, match="search_texts takes a list of queries, got one string"):
         rec.search_texts("space")
-    with pytest.raises(MMRecError, match="text query 1 is empty"):
+    with pytest.raises(MMRecError, match="text query 2 of 2 is empty"):
         rec.search_texts(["space", " "])
     assert rec.search_texts([]) == []
 
