@@ -101,13 +101,27 @@ class Catalog:
                 f.write(json.dumps({"row": p.row, "item_id": item, "field": p.field, "message": p.message}) + "\n")
 
 
+def cell_text(value: Any) -> str:
+    """A catalog cell as text: a list (JSON Lines, Parquet) as its values joined by ``|``, the
+    catalogs' list convention (``["Animation", "Comedy"]`` -> ``Animation|Comedy``, so display
+    fields and ``--where genres=Comedy`` read it as a CSV's), an object as JSON, ``None`` and NaN
+    as ``""``, anything else as ``str`` gives it."""
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    if isinstance(value, (list, tuple)):
+        return "|".join(t for t in (cell_text(v).strip() for v in value) if t)
+    if isinstance(value, dict):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
 def compose_text(values: Sequence[Any]) -> str:
     """Join field values into one text: non-empty values joined by ``". "``.
 
-    Pipe-separated lists (``Animation|Comedy``), a common catalog convention, read as
-    ``Animation, Comedy``.
+    Pipe-separated lists (``Animation|Comedy``, or a JSON list), a common catalog convention,
+    read as ``Animation, Comedy``.
     """
-    parts = [str(v).strip().replace("|", ", ") for v in values if v is not None and str(v).strip()]
+    parts = [t.strip().replace("|", ", ") for t in map(cell_text, values) if t.strip()]
     return ". ".join(parts)
 
 
@@ -441,7 +455,7 @@ def _validate(
         raise DataError(path, [Problem(None, None, "no valid rows left")] + problems)
     ids = normalize_ids([raw_ids[i] for i in keep])
     records = [
-        {k: ("" if _blank(v) else str(v)) for k, v in rows[i].items() if k != ID_FIELD} for i in keep
+        {k: ("" if _blank(v) else cell_text(v)) for k, v in rows[i].items() if k != ID_FIELD} for i in keep
     ]
     return Catalog(
         item_ids=ids,

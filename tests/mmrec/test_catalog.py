@@ -289,6 +289,25 @@ def test_a_json_true_list_or_object_is_no_item_id(tmp_path):
     assert load_catalog(tmp_path / "c.jsonl", skip_invalid=True, show_progress=False).item_ids == [7]
 
 
+def test_list_and_object_values_read_as_a_csvs_would(tmp_path):
+    import numpy as np
+
+    from mmrec.item_index import ItemIndex
+
+    # A JSON list is a |-separated field (display, --where, text), an object its JSON: never Python's repr.
+    (tmp_path / "l.jsonl").write_text('{"item_id": 1, "title": "A", "tags": ["x", " y z", ""], "meta": {"k": "é"}}\n'
+                                      '{"item_id": 2, "title": "B", "tags": [], "meta": null}\n')
+    c = load_catalog(tmp_path / "l.jsonl", show_progress=False)
+    assert c.text_fields == ["title"]
+    assert c.records == [{"title": "A", "tags": "x|y z", "meta": '{"k": "é"}'}, {"title": "B", "tags": "", "meta": ""}]
+    assert load_catalog(tmp_path / "l.jsonl", text_fields=["title", "tags"]).texts == ["A. x, y z", "B"]
+    pq.write_table(pa.table({"item_id": ["1", "2"], "title": ["A", "B"], "tags": [["x", "y"], None]}), tmp_path / "l.parquet")
+    assert load_catalog(tmp_path / "l.parquet").records == [{"title": "A", "tags": "x|y"}, {"title": "B", "tags": ""}]
+    idx = ItemIndex.from_features(c.item_ids, {"t": np.eye(2, dtype=np.float32)}, records=c.records, factory="Flat",
+                                  show_progress=False)
+    assert idx.matching(["tags=y z"]) == [1]
+
+
 def test_a_bool_id_column_of_a_parquet_catalog_is_refused_by_row(tmp_path):
     pq.write_table(pa.table({"item_id": [True, False], "title": ["a", "b"]}), tmp_path / "c.parquet")
     with pytest.raises(DataError, match=r"row 1, field 'item_id': true is a bool: an item id is a string or an integer"):
