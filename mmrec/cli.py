@@ -250,7 +250,7 @@ def cmd_index_info(args: argparse.Namespace) -> int:
     training = info.get("training")
     if training:
         metrics = "; ".join(f"{part} " + " ".join(f"{k} {v:.4f}" for k, v in training[part].items())
-                            for part in ("valid", "test") if part in training)
+                            for part in ("valid", "test") if training.get(part)) or "no valid or test metrics"
         print(f"  training: best epoch {training['best_epoch']} of {training['epochs_run']} "
               f"({training['seconds_per_epoch']:.2f} s/epoch); {metrics}")
     if info["kind"] == "trained":

@@ -198,7 +198,7 @@ def test_a_failed_save_leaves_the_index_object_as_it_was(tmp_path, monkeypatch):
     assert {p.name: sha256_file(p) for p in d.iterdir()} == files and sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
 
 
-def test_info_says_what_a_directory_holds(tmp_path, capsys):
+def test_info_says_what_a_directory_holds(tmp_path, capsys, monkeypatch):
     inter, feats = write_planted(tmp_path, users=48, items=40)
     fit(inter, features={"content": feats}, out=tmp_path / "model", config=TrainConfig(**FAST), split="random",
         factory="HNSW8", show_progress=False)
@@ -224,6 +224,12 @@ def test_info_says_what_a_directory_holds(tmp_path, capsys):
     assert lines[3].startswith(f"  training: best epoch {report['best_epoch']} of {len(report['history'])} (")
     assert f"test recall@10 {report['test']['recall@10']:.4f}" in lines[3]
     assert lines[4] == "  model: dim 16, 2 layers, loss bpr, lr 0.05, content on, encoders frozen"
+    # A file with no valid or test rows left nothing to measure: said so, not an empty "valid ; test " tail.
+    blank = {**info, "training": {**info["training"], "valid": {}, "test": {}}}
+    with monkeypatch.context() as m:
+        m.setattr(Recommender, "info", lambda self: blank)
+        assert main(["index", "info", "--index", str(d), "-q"]) == 0
+    assert capsys.readouterr().out.splitlines()[3].endswith(" s/epoch); no valid or test metrics")
     content = Recommender.load(content_ivf(tmp_path / "idx"), show_progress=False).info()
     assert content["kind"] == "content" and content["users"] == 0 and "config" not in content
     assert content["index"] == {"factory": "IVF8,Flat", "dim": 9, "nprobe": 8}
