@@ -7,11 +7,12 @@ with its file, 1-based data row and field.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,13 +172,13 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict[str, Any]], dict[
         try:
             # utf-8-sig: the header's first name without a byte-order mark (Excel's "CSV UTF-8"
             # writes one), as pandas reads it, so the id converters below name it right.
-            with open(path, newline="", encoding="utf-8-sig") as f:
+            with open(path, newline="", encoding="utf-8-sig") as f, _any_field_size():
                 reader = csv.reader(f, delimiter=sep)
                 header = next(reader, None)
                 has_rows, too_long, raw = False, [], []
                 number = 0  # data row, blank lines not counted (as the reader below skips them)
                 for row in reader:
-                    if not row:
+                    if not row or (len(row) == 1 and not row[0].strip()):  # pandas skips whitespace-only lines too
                         continue
                     number += 1
                     raw.append(row)
@@ -223,6 +224,17 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict[str, Any]], dict[
     if fmt == "csv":
         _keep_written_numbers(columns, rows, types, header, raw)
     return columns, rows, types
+
+
+@contextlib.contextmanager
+def _any_field_size() -> Iterator[None]:
+    """Lift the csv module's 128 KiB field limit (pandas has none: a long description is data)."""
+    limit = csv.field_size_limit()
+    csv.field_size_limit(2**31 - 1)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(limit)
 
 
 def _keep_written_numbers(columns: list[str], rows: list[dict[str, Any]], types: dict[str, str],

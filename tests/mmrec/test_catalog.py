@@ -264,6 +264,11 @@ def test_numeric_csv_columns_show_their_cells_as_written(tmp_path):
     ]
     named = load_catalog(tmp_path / "shop.csv", text_fields=["title", "zip"], show_progress=False)
     assert named.texts == ["A. 02139", "B. 00501", "C. 12345"]
+    # A whitespace-only line is no row to either reader; a cell past the csv module's 128 KiB limit is data.
+    long = "x" * 200_000
+    (tmp_path / "odd.csv").write_text(f"item_id,title,price\n1,A,3\n   \n2,{long},\n3,C,02\n")
+    odd = load_catalog(tmp_path / "odd.csv", show_progress=False)
+    assert [r["price"] for r in odd.records] == ["3", "", "02"] and odd.texts[1] == long
 
 
 def test_an_id_clash_names_the_file_row_after_skipped_rows(tmp_path):
