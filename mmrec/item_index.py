@@ -303,8 +303,10 @@ def check_out(out: str | Path | None, overwrite: bool, inputs: Sequence[object] 
 
 def _check_creatable(out: Path) -> None:
     """Refuse an ``out`` that cannot be written where it is: below a file, or in a folder this
-    process cannot create anything in (tried with an empty folder, removed at once)."""
-    ancestor = out.parent
+    process cannot create anything in (tried with an empty folder, removed at once). A symlinked
+    ``out`` is written beside its target (:func:`index.persist.atomic_directory` of the resolved
+    path): that is the folder tried."""
+    ancestor = out.resolve().parent
     while not ancestor.exists() and not ancestor.is_symlink() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if not ancestor.is_dir():

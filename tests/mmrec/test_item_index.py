@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,7 +150,7 @@ def test_a_failed_save_leaves_the_manifest_in_memory_as_it_was(tmp_path, monkeyp
     assert list(tmp_path.iterdir()) == []
 
 
-def test_overwrite_replaces_only_what_mmrec_wrote(tmp_path):
+def test_overwrite_replaces_only_what_mmrec_wrote(tmp_path, monkeypatch):
     from mmrec.item_index import check_out
 
     idx = five_items()
@@ -172,6 +175,18 @@ def test_overwrite_replaces_only_what_mmrec_wrote(tmp_path):
         with pytest.raises(MMRecError, match=rf"--out {below} cannot be created: {tmp_path / 'file'} is not a directory"):
             check_out(below, overwrite=False)
     check_out(tmp_path / "new" / "a" / "b", overwrite=False)  # missing parents are fine: they are made
+    # A symlinked --out is written beside its target: that folder is the one tried.
+    (tmp_path / "real").mkdir()
+    idx.save(tmp_path / "real" / "idx")
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "link").symlink_to(tmp_path / "real" / "idx", target_is_directory=True)
+    tried = []
+    real_mkdtemp = tempfile.mkdtemp
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda **kw: tried.append(Path(kw["dir"])) or real_mkdtemp(**kw))
+    check_out(tmp_path / "plain" / "link", overwrite=True)
+    assert tried == [(tmp_path / "real").resolve()]
+    shutil.rmtree(tmp_path / "plain")
+    shutil.rmtree(tmp_path / "real")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "file", "notes"]  # the probe left nothing
 
 
