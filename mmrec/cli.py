@@ -165,7 +165,7 @@ def _catalog_options(args: argparse.Namespace) -> dict:
 
 def _training_options(args: argparse.Namespace) -> dict:
     """Keyword arguments ``fit`` and ``finetune`` both take, from the options both commands have."""
-    return dict(catalog=args.catalog, features=_features(args), out=args.out, split=args.split,
+    return dict(catalog=args.catalog, features=_features(args, model=True), out=args.out, split=args.split,
                 rating_threshold=args.rating_threshold, factory=args.factory, overwrite=args.overwrite,
                 cache_dir=_cache_dir(args), show_progress=not args.quiet, **_catalog_options(args))
 
@@ -378,23 +378,26 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 # --- training ------------------------------------------------------------------------------
 def _features_arg(text: str) -> tuple[str, Path]:
-    from fusion.model import ID_TOKEN
-
     name, sep, path = text.partition("=")
     if not sep or not name or not path:
         raise argparse.ArgumentTypeError(f"expected NAME=PATH.npy, got {text!r}")
-    if "." in name or name == ID_TOKEN:  # as the model refuses them, but before any encoding
-        raise argparse.ArgumentTypeError(f"modality name {name!r} in {text!r} is not allowed: names have no '.', "
-                                         f"and '{ID_TOKEN}' is the ID token's")
     return name, Path(path)
 
 
-def _features(args: argparse.Namespace) -> dict[str, Path]:
-    """``--features`` as a dict; a name given twice is an error, not the last one silently."""
+def _features(args: argparse.Namespace, model: bool = False) -> dict[str, Path]:
+    """``--features`` as a dict; a name given twice is an error, not the last one silently. For
+    a model (``train`` / ``finetune``), names the model refuses are refused here, before any
+    encoding (a content index takes any name)."""
     given: dict[str, Path] = {}
     for name, path in args.features or []:
         if name in given:
             raise ConfigError(f"--features names '{name}' twice ({given[name]}, {path}): one file a modality")
+        if model:
+            from fusion.model import ID_TOKEN
+
+            if "." in name or name == ID_TOKEN:
+                raise ConfigError(f"--features {name}={path}: modality name {name!r} is not allowed in a model: names "
+                                  f"have no '.', and '{ID_TOKEN}' is the ID token's")
         given[name] = path
     return given
 
