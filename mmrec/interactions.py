@@ -412,11 +412,16 @@ def _read_columns(path: Path, fmt: str) -> tuple[dict[str, pa.Array], int, dict[
         header = [c.strip() for c in written]
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing and fmt in ("csv", "tsv") and any("\ufffd" in c or "\x00" in c for c in header):
-        # Not UTF-8 (UTF-16, as Notepad's "Unicode" writes, is mostly NUL bytes to a UTF-8 reader).
+        # Not UTF-8 (UTF-16, as Notepad's "Unicode" writes, is mostly NUL bytes to a UTF-8 reader);
+        # a U+FFFD the file itself holds is text, and the missing column is the message.
         plain = path.suffix.lower() in (".csv", ".tsv")  # a compressed file's bytes are no text
-        nul = " (NUL bytes: UTF-16?)" if any("\x00" in c for c in header) else ""
-        raise DataError(path, [(utf8_problem(path) if plain else None) or
-                               Problem(None, None, f"the header row is not UTF-8 text{nul}: save the file as UTF-8")])
+        problem = utf8_problem(path) if plain else None
+        if problem is None and any("\x00" in c for c in header):
+            problem = Problem(None, None, "the header row is not UTF-8 text (NUL bytes: UTF-16?): save the file as UTF-8")
+        elif problem is None and not plain:
+            problem = Problem(None, None, "the header row is not UTF-8 text: save the file as UTF-8")
+        if problem is not None:
+            raise DataError(path, [problem])
     if missing:
         found = ", ".join(repr(c) for c in header)
         message = f"required column is missing (columns found: {found})"

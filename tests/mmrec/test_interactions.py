@@ -349,6 +349,10 @@ def test_interactions_not_in_utf8_are_named_with_their_line(tmp_path: Path) -> N
     (tmp_path / "u16.tsv").write_text("user_id\titem_id\nu1\t1\n", encoding="utf-16")
     with pytest.raises(DataError, match=r"u16.tsv: line 1 \(byte 0\) holds byte 0xff, which is not UTF-8: save"):
         load_interactions(tmp_path / "u16.tsv")
+    (tmp_path / "odd.tsv").write_text("us\ufffdr_id\titem_id\nu1\t1\n")  # UTF-8 that holds a U+FFFD: a column name
+    with pytest.raises(DataError, match=r"odd.tsv: field 'user_id': required column is missing \(columns found: "
+                                        "'us\ufffdr_id', 'item_id'\\)"):
+        load_interactions(tmp_path / "odd.tsv")
     (tmp_path / "le.tsv").write_text("user_id\titem_id\nu1\t1\n", encoding="utf-16-le")  # no byte-order mark
     with pytest.raises(DataError, match=r"le.tsv: the header row is not UTF-8 text \(NUL bytes: UTF-16\?\): save the file as UTF-8"):
         load_interactions(tmp_path / "le.tsv")
