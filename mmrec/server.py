@@ -73,7 +73,10 @@ class Params:
             raise BadRequest("the query string is not UTF-8") from None
 
     def all(self, name: str) -> list[str]:
-        return self._values.get(name, [])
+        values = self._values.get(name, [])
+        if name in ("item", "user") and any(not v.strip() for v in values):  # no id is empty: a malformed URL
+            raise BadRequest(f"{self.route}: '{name}' is empty")
+        return values
 
     def __contains__(self, name: str) -> bool:
         return name in self._values
@@ -228,11 +231,13 @@ class Handler(BaseHTTPRequestHandler):
 
     do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _not_allowed  # noqa: N815
 
-    def _send(self, status: HTTPStatus, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+    def _send(self, status: HTTPStatus | int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         data = json.dumps(body, ensure_ascii=False).encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header("Content-Length", str(len(data)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
@@ -241,13 +246,27 @@ class Handler(BaseHTTPRequestHandler):
 
     def _discard_body(self) -> None:
         """Read a request body nobody asked for: left unread, it would be taken for the next
-        request on a kept-alive connection."""
+        request on a kept-alive connection. A body of no stated length (chunked, or a malformed
+        Content-Length) cannot be skipped: the connection closes after the answer instead."""
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
-            length = 0
-        if length > 0:
+            length = -1
+        if self.headers.get("Transfer-Encoding") or length < 0:
+            self.close_connection = True
+        elif length > 0:
             self.rfile.read(length)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The standard library's own refusals (a malformed request line, headers too long, an
+        unknown method) as JSON like every other answer, closing the connection as it does."""
+        try:
+            phrase = HTTPStatus(code).phrase
+        except ValueError:
+            phrase = "error"
+        self.close_connection = True
+        self._send(code, {"error": message or phrase})
+        logger.info('"%s" %d', (self.requestline or "").strip(), code)
 
     def _answer(self, path: str, query: str) -> tuple[HTTPStatus, dict[str, Any]]:
         params = Params(path, query)

@@ -121,6 +121,9 @@ def test_bad_requests_are_refused_with_the_reason(served):
         ("/recommend?user=%ff", 400, "the query string is not UTF-8"),
         ("/recommend?user=u1&explain_items=2", 400, "'explain_items' sets how many history items 'explain' names"),
         ("/history?item=0&explain_items=2&explain=0", 400, "/history: 'explain_items' sets how many history items"),
+        ("/history?item=", 400, "/history: 'item' is empty"),
+        ("/similar?item=%20", 400, "/similar: 'item' is empty"),
+        ("/recommend?user=", 400, "/recommend: 'user' is empty"),
     ]
     for path, status, message in cases:
         got_status, body = get(url + path)
@@ -147,6 +150,23 @@ def test_other_methods_get_a_json_405_and_a_body_does_not_poison_the_connection(
     response = conn.getresponse()
     assert response.status == 200 and json.loads(response.read())["status"] == "ok"
     conn.close()
+    # A chunked body has no length to skip: answered, then the connection closes (not a mangled next request).
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+        raw.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+                    b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = b""
+        while chunk := raw.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"Connection: close" in head and json.loads(body)["status"] == "ok"
+    # What the standard library refuses itself is answered in JSON too.
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+        raw.sendall(b"GET /health HTTP/1.1\r\nX-Long: " + b"a" * 70000 + b"\r\n\r\n")
+        answer = b""
+        while chunk := raw.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431") and json.loads(body) == {"error": "Line too long"}
 
 
 def test_an_ipv6_address_is_served_where_the_machine_has_one(model_dir):
