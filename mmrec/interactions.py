@@ -500,6 +500,7 @@ def load_interactions(
     unknown_items: str = "error",
     item_space: str = "the catalog",
     skippable: Sequence[ItemId] | None = None,
+    unknown_below_threshold: bool = False,
 ) -> Interactions:
     """Read, validate and index an interaction file.
 
@@ -527,6 +528,10 @@ def load_interactions(
         skippable: with ``unknown_items="skip"``, the only unknown ids that are skipped (e.g.
             the items a model was trained on, since removed from its index); any other unknown
             id is an invalid row. Default ``None``: every unknown id is skipped.
+        unknown_below_threshold: a row rated below ``rating_threshold`` whose item is not in
+            ``item_ids`` is dropped with the other below-threshold rows instead of being an
+            unknown item: a model trained without a catalog has no item that was only ever
+            rated below it, and ``evaluate`` reads its training file again. Default ``False``.
 
     Returns:
         The interactions, unsplit unless the file has a ``split`` column.
@@ -564,6 +569,11 @@ def load_interactions(
     for c in REQUIRED_COLUMNS:
         bad[c] = empty[c]
         reasons[c] = lambda k: "missing value"
+    numbers: dict[str, np.ndarray] = {}
+    for c in ("rating", "timestamp"):
+        if c in texts:
+            numbers[c], bad[c] = _numbers(texts[c].to_numpy(zero_copy_only=False))
+            reasons[c] = lambda k, c=c: "missing value" if empty[c][k] else f"not a finite number: {text(c, k)!r}"
     catalog_index = None
     outside = np.zeros(n_rows, dtype=bool)  # rows of items outside item_ids, skipped on request
     if item_ids is not None:
@@ -573,6 +583,8 @@ def load_interactions(
         found = pc.index_in(texts["item_id"], value_set=pa.array(catalog_keys, type=pa.string()))
         catalog_index = found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
         unknown = (catalog_index < 0) & ~bad["item_id"]
+        if unknown_below_threshold and rating_threshold is not None:
+            unknown &= ~(numbers["rating"] < rating_threshold)  # NaN (an invalid rating) compares False
         allowed = np.full(n_rows, unknown_items == "skip")  # unknown rows that are skipped, not invalid
         if unknown_items == "skip" and skippable is not None:
             allowed = pc.is_in(texts["item_id"], value_set=pa.array([str(i) for i in skippable], type=pa.string()))
@@ -583,11 +595,6 @@ def load_interactions(
             "missing value" if empty["item_id"][k]
             else f"unknown item id {text('item_id', k)!r}: not in {item_space}"
         )
-    numbers: dict[str, np.ndarray] = {}
-    for c in ("rating", "timestamp"):
-        if c in texts:
-            numbers[c], bad[c] = _numbers(texts[c].to_numpy(zero_copy_only=False))
-            reasons[c] = lambda k, c=c: "missing value" if empty[c][k] else f"not a finite number: {text(c, k)!r}"
     split = None
     if "split" in texts:
         found = pc.index_in(texts["split"], value_set=pa.array(SPLITS, type=pa.string()))

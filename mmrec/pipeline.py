@@ -570,8 +570,10 @@ def evaluate_directory(
         options["on_invalid"] = "skip"
         if rec.skipped_items:
             options |= {"unknown_items": "skip", "skippable": rec.skipped_items}
+    # A model trained without a catalog has no item rated only below its threshold: such rows go as below it.
     loaded = load_interactions(interactions, item_ids=item_ids + removed, rating_threshold=rec.rating_threshold,
-                               item_space="the index nor among the items the model was trained on", **options)
+                               item_space="the index nor among the items the model was trained on",
+                               unknown_below_threshold=True, **options)
     invalid = int(loaded.report.get("invalid", 0)) + int(loaded.report.get("unknown_items", 0))
     if loaded.report.get("unknown_items"):  # (the invalid rows have their own warning from the loader)
         logger.warning("%s: skipped %d row(s) of items skipped from the catalog as invalid at training time "

@@ -239,6 +239,22 @@ def test_evaluate_rebuilds_the_training_split_rule_and_threshold(tmp_path):
     assert evaluate_directory(back, inter_path, split="test", how="random") != again
 
 
+def test_evaluate_reads_an_id_only_models_file_again_with_an_item_rated_only_below_the_threshold(tmp_path):
+    # Without a catalog the model's items are those rated at or above the threshold: item 999, rated
+    # only below it, is no item of the model, and its row is below the threshold at evaluation too.
+    inter_path, _ = write_planted(tmp_path)
+    rows = inter_path.read_text().splitlines()
+    inter_path.write_text("\n".join([rows[0] + "\trating"] + [f"{r}\t5" for r in rows[1:]] + ["u3\t999\t1"]) + "\n")
+    _, _, test = fit(inter_path, out=tmp_path / "model", config=TrainConfig(**(FAST | {"epochs": 2, "use_content": False})),
+                     split="random", rating_threshold=3, show_progress=False)
+    back = Recommender.load(tmp_path / "model", show_progress=False)
+    assert 999 not in back.items.ids and "999" not in back.items.ids
+    again = evaluate_directory(back, inter_path, split="test")
+    assert "rows_invalid_skipped" not in again
+    for key in ("recall@20", "ndcg@20", "recall@10"):
+        assert again[key] == pytest.approx(test[key], abs=1e-6)
+
+
 def test_evaluate_splits_as_training_did_after_index_remove_and_beside_other_users_rows(tmp_path, monkeypatch):
     inter_path, feats = write_planted(tmp_path)
     fit(inter_path, features={"content": feats}, out=tmp_path / "model", config=TrainConfig(**(FAST | {"epochs": 2})),
