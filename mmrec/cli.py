@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import traceback
@@ -638,6 +639,16 @@ def _port(text: str) -> int:
     return value
 
 
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -810,7 +821,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, type=Path, help="directory to create")
     t.add_argument("--split", default="auto", choices=["auto", "given", "random", "temporal"],
                    help="auto: the file's split column, else random 80/10/10 per user (default)")
-    t.add_argument("--rating-threshold", type=float, help="keep ratings >= this as positives")
+    t.add_argument("--rating-threshold", type=_finite, help="keep ratings >= this as positives")
     t.add_argument("--text-fields", type=_csv_list)
     t.add_argument("--image-field")
     t.add_argument("--image-root", type=Path)
@@ -852,7 +863,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--out", required=True, type=Path, help="directory to create")
     ft.add_argument("--split", default="auto", choices=["auto", "given", "random", "temporal"],
                     help="auto: the file's split column, else random 80/10/10 per user (default)")
-    ft.add_argument("--rating-threshold", type=float, help="keep ratings >= this as positives")
+    ft.add_argument("--rating-threshold", type=_finite, help="keep ratings >= this as positives")
     ft.add_argument("--text-fields", type=_csv_list, help="default: the source's")
     ft.add_argument("--image-field", help="default: the source's")
     ft.add_argument("--image-root", type=Path)

@@ -544,6 +544,8 @@ def load_interactions(
         ConfigError: a bad ``on_invalid``, or ``item_ids`` with repeated ids.
     """
     path = Path(path)
+    if rating_threshold is not None and not np.isfinite(rating_threshold):  # NaN would keep every row
+        raise ConfigError(f"the rating threshold must be a finite number, got {rating_threshold}")
     if on_invalid not in ON_INVALID:
         raise ConfigError(f"on_invalid must be one of {ON_INVALID}, got {on_invalid!r}")
     if unknown_items not in ON_INVALID:

@@ -158,6 +158,9 @@ def test_errors_are_one_line_without_traceback(built, capsys, tmp_path):
     assert code == 1 and "error:" in err and "no such index directory" in err and "Traceback" not in err
     code, _, err = run(capsys, "similar", "--index", str(built / "movies.csv"), "--item", "m1")
     assert code == 1 and f"{built / 'movies.csv'}: is a file, not an index directory" in err
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--interactions", "i.tsv", "--out", "o", "--rating-threshold", "nan"])
+    assert exit_.value.code == 2 and "expected a finite number, got 'nan'" in capsys.readouterr().err
     for name in ("id", "a.b"):  # refused before the catalog is read (a content index takes them: index add)
         code, _, err = run(capsys, "train", "--interactions", str(tmp_path / "i.tsv"), "--out", str(tmp_path / "o"),
                            "--features", f"{name}=f.npy", "-q")

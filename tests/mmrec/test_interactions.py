@@ -150,6 +150,9 @@ def test_rating_threshold(tmp_path: Path) -> None:
         load_interactions(write(tmp_path / "i.csv", ROWS), rating_threshold=10)
     with pytest.raises(DataError, match="field 'rating': rating_threshold is set but the file has no rating col"):
         load_interactions(write(tmp_path / "n.csv", [r[:2] for r in ROWS], HEADER[:2]), rating_threshold=3)
+    for threshold in (float("nan"), float("inf")):  # NaN compares False: it would keep every row
+        with pytest.raises(ConfigError, match=rf"the rating threshold must be a finite number, got {threshold}"):
+            load_interactions(write(tmp_path / "i.csv", ROWS), rating_threshold=threshold)
 
 
 def test_optional_columns_absent(tmp_path: Path) -> None:
