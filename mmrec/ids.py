@@ -3,7 +3,8 @@
 Ids are read as text. A column whose every id is a canonical integer (``"7"``, ``"-3"``; not
 ``"007"``, ``"7.0"`` or ``"-0"``) becomes ``int``; otherwise every id stays ``str``. So ``"007"`` is never
 silently turned into ``7``, and the same file read as CSV, TSV, JSON Lines or Parquet gives the
-same ids.
+same ids, with one exception: a JSON or Parquet *number* that holds an integer (``7.0``) is
+that integer (``7``), while the CSV text ``7.0`` stays ``"7.0"``.
 """
 from __future__ import annotations
 

@@ -12,8 +12,9 @@ timestamp  no       a number (e.g. Unix seconds); used by the temporal split
 split      no       ``train`` / ``valid`` / ``test``: a fixed, published split
 ========== ======== ============================================================
 
-Formats, chosen by extension: ``.csv`` (comma), ``.tsv`` (tab), ``.parquet``; a ``.gz`` or
-``.bz2`` suffix on a CSV/TSV is decompressed on the fly. Other columns are ignored.
+Formats, chosen by extension: ``.csv`` (comma), ``.tsv`` (tab), ``.jsonl`` (one object a line),
+``.parquet`` / ``.pq``; a ``.gz`` or ``.bz2`` suffix on a CSV/TSV is decompressed on the fly.
+Other columns are ignored.
 
 The files are read with pyarrow (the engine under Hugging Face ``datasets``) rather than
 ``datasets.load_dataset``: that goes through pandas type inference (``"007"`` would become
@@ -509,7 +510,8 @@ def load_interactions(
     duplicated (user, item) pair. Each step's count is in ``report``.
 
     Args:
-        path: ``.csv``, ``.tsv`` or ``.parquet`` file (see the module docstring).
+        path: ``.csv``, ``.tsv`` (optionally ``.gz`` / ``.bz2``), ``.jsonl``, ``.parquet`` or ``.pq``
+            file (see the module docstring).
         item_ids: the item space, usually ``catalog.item_ids``: item index ``k`` is
             ``item_ids[k]``, and an interaction with another item id is an error. Default
             ``None``: the item space is the interacted items, sorted by id.
