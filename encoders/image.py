@@ -118,10 +118,56 @@ def check_image(path: str | os.PathLike) -> str | None:
     return None
 
 
+# How image files become RGB pictures (:func:`to_rgb`); part of the feature cache's key, so a
+# change here re-encodes what the cache holds (the encoder identity, which index directories
+# record, stays the same).
+LOADER_VERSION = 2
+WIDEST = 4  # a picture longer than this many times its short side is cut to 2x (see to_rgb)
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """An image as the RGB picture a viewer shows, ready for the encoders' resize-and-crop.
+
+    * The EXIF orientation is applied (phone photos are stored sideways with a tag saying so).
+    * 16-bit and 32-bit integer pictures are scaled to 8 bits by their type's range (by 255 for an
+      ``I`` picture whose values stay within 8 bits), float ones from ``[0, 1]`` (or clipped to
+      ``[0, 255]`` when larger); converting them directly clips nearly every pixel to white.
+    * Transparency is composited onto white, so pixels nobody sees do not change the vector.
+    * A picture more than :data:`WIDEST` times longer than wide (a banner, a spacer) keeps the
+      middle of its long side, twice its short side: the centre crop that follows the resize
+      keeps less than that, and resizing the whole strip first would need memory in proportion
+      to its length (8000 x 1 pixels: 2.9 GB).
+    """
+    from PIL import ImageOps
+
+    im = ImageOps.exif_transpose(im)
+    if im.mode in ("I", "F") or im.mode.startswith("I;16"):
+        a = np.asarray(im, dtype=np.float64)
+        top = a.max(initial=0.0)
+        if im.mode.startswith("I;16"):
+            scale = 65535.0
+        elif im.mode == "I":
+            scale = 255.0 if top <= 255 else 65535.0 if top <= 65535 else 4294967295.0
+        else:
+            scale = 1.0 if top <= 1.0 else 255.0
+        im = Image.fromarray(np.clip(np.rint(a * (255.0 / scale)), 0, 255).astype(np.uint8), "L")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    im = im.convert("RGB")
+    w, h = im.size
+    if max(w, h) > WIDEST * min(w, h):
+        keep = 2 * min(w, h)
+        left, top = (w - keep) // 2 if w > h else 0, (h - keep) // 2 if h > w else 0
+        im = im.crop((left, top, left + min(w, keep), top + min(h, keep)))
+    return im
+
+
 def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Open an image file and convert it to RGB (decoding it fully)."""
+    """Open an image file and make it RGB (decoding it fully; :func:`to_rgb`)."""
     with Image.open(path) as im:
-        return im.convert("RGB")
+        im.load()
+        return to_rgb(im)
 
 
 class _Rescale(nn.Module):
@@ -149,7 +195,7 @@ class _ImageItems(Dataset):
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
         try:
-            img = load_rgb(self.items[i]) if self.from_paths else self.items[i].convert("RGB")
+            img = load_rgb(self.items[i]) if self.from_paths else to_rgb(self.items[i])
             return i, self.transform(img), ""
         except Exception as e:  # reported in the main process as an ImageDecodeError naming the path
             return i, None, _reason(e)
@@ -276,8 +322,9 @@ class ImageEncoder:
 
     Attributes:
         dim: output dimension ``D_v``.
-        identity: stable string for cache keys: model name, a fingerprint of its weight files,
-            pooling and preprocessing.
+        identity: stable string naming the encoder (index directories record it): model name, a
+            fingerprint of its weight files, pooling and preprocessing.
+        cache_identity: ``identity`` plus :data:`LOADER_VERSION`, the feature cache's key.
 
     Shapes: images (N,) -> embeddings (N, D_v)
     """
@@ -320,6 +367,8 @@ class ImageEncoder:
         tf = hashlib.sha256(repr(self.transform).encode("utf-8")).hexdigest()[:8]
         fp = fingerprint_files(files, names=len(files) > 1)
         self.identity = f"image:{self.name}@{fp[:16]}:pool={self.pooling}:tf={tf}"
+        # The feature cache's key adds how files are read (LOADER_VERSION); directories keep the identity.
+        self.cache_identity = f"{self.identity}:load={LOADER_VERSION}"
 
     # -- loading -----------------------------------------------------------------------------------
 

@@ -436,7 +436,8 @@ def encode_catalog(
         if pos:
             encode = enc.encode if modality == "text" else enc.encode_paths
             vecs, fresh = encode_with_cache(
-                encode, enc.identity, [catalog.item_ids[i] for i in pos], [contents[i] for i in pos], h, cache
+                encode, getattr(enc, "cache_identity", enc.identity), [catalog.item_ids[i] for i in pos],
+                [contents[i] for i in pos], h, cache
             )
             out[pos] = vecs
             logger.info("%s: %d of %d items encoded, %d from cache", modality, fresh, len(pos), len(pos) - fresh)

@@ -225,3 +225,38 @@ def test_packaged_efficientnet_lite0(tmp_path):
     # Two crops of the board are closer to each other than either is to the rings.
     sims = vecs @ vecs.T
     assert sims[2, 3] > max(sims[2, 1], sims[3, 1])
+
+
+def test_files_become_the_rgb_picture_a_viewer_shows(vit, tmp_path):
+    from encoders.image import to_rgb
+
+    # 16-bit, 32-bit and float pictures are scaled to 8 bits, not clipped to white.
+    ramp = np.rint(np.linspace(0, 65535, 32 * 32)).reshape(32, 32)
+    eight = np.rint(ramp / 257).astype(np.uint8)
+    Image.fromarray(ramp.astype(np.uint16)).save(tmp_path / "deep.png")  # a 16-bit grayscale PNG
+    for picture in (Image.open(tmp_path / "deep.png"), Image.fromarray((ramp / 65535).astype(np.float32), "F"),
+                    Image.fromarray(ramp.astype(np.int32), "I")):
+        assert np.abs(np.asarray(to_rgb(picture))[..., 0].astype(int) - eight).max() <= 1, picture.mode
+    assert np.array_equal(np.asarray(load_rgb(tmp_path / "deep.png"))[..., 1], eight)
+    # Transparent pixels are white whatever colour they hide.
+    hidden = np.zeros((8, 8, 4), np.uint8)
+    hidden[..., :3], hidden[:4, :, 3] = 30, 255  # top half opaque dark grey, bottom half transparent
+    other = hidden.copy()
+    other[4:, :, :3] = 200
+    a, b = (np.asarray(to_rgb(Image.fromarray(x, "RGBA"))) for x in (hidden, other))
+    assert np.array_equal(a, b) and a[0, 0].tolist() == [30] * 3 and a[7, 7].tolist() == [255] * 3
+    # The EXIF orientation is applied: a photo stored sideways encodes as it is seen.
+    upright = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 24, 3), dtype=np.uint8))
+    upright.save(tmp_path / "upright.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to view"
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "sideways.png", exif=exif.tobytes())
+    assert np.array_equal(np.asarray(load_rgb(tmp_path / "sideways.png")), np.asarray(upright))
+    np.testing.assert_allclose(vit.encode_paths([tmp_path / "sideways.png"]), vit.encode_paths([tmp_path / "upright.png"]),
+                               atol=1e-6)
+    # A banner keeps the middle of its long side, twice its short side: bounded memory, same centre crop.
+    assert to_rgb(Image.new("RGB", (8000, 1))).size == (2, 1)
+    strip = Image.fromarray(np.random.default_rng(1).integers(0, 256, (30, 400, 3), dtype=np.uint8))
+    assert to_rgb(strip).size == (60, 30) and np.array_equal(np.asarray(to_rgb(strip)), np.asarray(strip)[:, 170:230])
+    assert to_rgb(Image.new("RGB", (100, 30))).size == (100, 30)  # 3.3 : 1 is left whole
+    assert vit.cache_identity == f"{vit.identity}:load=2"
