@@ -31,6 +31,7 @@ import logging
 import os
 import re
 import uuid
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Union
@@ -182,7 +183,7 @@ class _EncoderStore:
                 n = np.load(shard.vec_path, mmap_mode="r", allow_pickle=False).shape[0]
                 if n != len(k):
                     raise ValueError(f"{len(k)} keys but {n} vectors")
-            except (OSError, ValueError, KeyError) as e:
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:  # damaged from outside
                 logger.warning("feature cache: ignoring unreadable shard %s (%s)", shard.keys_path, e)
                 self._known.add(stem)
                 continue

@@ -164,6 +164,9 @@ def test_interrupted_put_leaves_cache_usable(tmp_path, monkeypatch):
     orphans = [p for p in store_dir.iterdir() if p.name.endswith(".vec.npy")]
     assert len(orphans) == 2  # the committed shard and the uncommitted vectors
     (store_dir / "shard-000000000009-deadbeef.keys.npz").write_bytes(b"garbage")  # a corrupt commit marker
+    (store_dir / "shard-000000000010-deadbeef.keys.npz").write_bytes(b"")  # emptied, and cut short: damaged
+    committed = next(p for p in store_dir.iterdir() if p.name.endswith(".keys.npz") and "deadbeef" not in p.name)
+    (store_dir / "shard-000000000011-deadbeef.keys.npz").write_bytes(committed.read_bytes()[:-40])
 
     fresh = FeatureCache(tmp_path)
     got, missing = fresh.get(ENC, [(1, "a"), (2, "b"), (3, "c")])
