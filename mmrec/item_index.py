@@ -171,7 +171,9 @@ class Encoders:
             if got != self.spec[modality]["identity"]:
                 raise ConfigError(
                     f"the {modality} encoder '{self.spec[modality]['model']}' is not the one this index was built "
-                    f"with (identity {got} != {self.spec[modality]['identity']}): rebuild the index"
+                    f"with (identity {got} != {self.spec[modality]['identity']}): put that encoder back, or encode the "
+                    f"catalog again with it (`mmrec index build`, or `mmrec train` for a trained directory; "
+                    f"`index rebuild` encodes nothing)"
                 )
         return self._loaded[modality]
 
@@ -513,8 +515,8 @@ class FixedCombination(MipsVectorizer):
         """
         if self.weights.get(modality, 0.0) <= 0:
             raise MMRecError(f"this index was built with {modality} weight 0 (weights {self.weights}): its "
-                             f"vectors hold no {modality}, so a {modality} query cannot be scored; rebuild "
-                             f"it with a positive {modality} weight")
+                             f"vectors hold no {modality}, so a {modality} query cannot be scored; build it "
+                             f"again with a positive {modality} weight (ItemIndex.build(weights=...))")
         feats = {m: np.zeros((1, dims[m]), np.float32) for m in self.order}
         feats[modality] = vector.reshape(1, -1).astype(np.float32)
         q = self.combine(feats, {m: np.array([m == modality]) for m in self.order})  # sqrt(w_m) x_m
@@ -730,7 +732,8 @@ class ItemIndex:
             for m in modalities:
                 if center and m not in centers:
                     logger.info("%s similarity is the plain cosine: fewer than %d items have it, or they are all "
-                                "alike (the means are fixed at build time: rebuild to measure from them)",
+                                "alike (the means are fixed when `mmrec index build` encodes the catalog; `index rebuild` keeps "
+                                "them)",
                                 m, CENTER_MIN_ITEMS)
         centers = {m: np.asarray(c, np.float32) for m, c in centers.items()}
         vectorizer = vectorizer or FixedCombination(w, modalities, centers)

@@ -65,7 +65,7 @@ def test_a_query_in_a_modality_of_weight_zero_is_refused_clearly():
     idx = ItemIndex.from_features(["x", "y", "z"], {"text": text, "image": image}, weights={"text": 1.0, "image": 0.0},
                                   factory="Flat", show_progress=False)
     assert [r.item_id for r in idx._search_query(idx.query_vector("text", np.array([1.0, 0.0])), 1)] == ["x"]
-    with pytest.raises(MMRecError, match="built with image weight 0 .*rebuild it with a positive image weight"):
+    with pytest.raises(MMRecError, match="built with image weight 0 .*build it again with a positive image weight"):
         idx.query_vector("image", np.array([1.0, 0.0]))
 
 
