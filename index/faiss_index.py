@@ -22,7 +22,8 @@ recommender needs on top of raw FAISS:
 * **Persistence** of the FAISS index plus ids, tombstones and search knobs (see :meth:`save`).
 
 Factories offered: ``Flat`` (exact), ``HNSW{M}``, ``IVF{n},Flat``, ``IVF{n},SQ8``,
-``IVF{n},PQ{m}``, and ``auto`` (see :meth:`FaissIndex.resolve_factory`).
+``IVF{n},PQ{m}`` (any width: one ``m`` does not divide is padded with zero columns, which leaves
+every inner product as it is), and ``auto`` (see :meth:`FaissIndex.resolve_factory`).
 
 Example::
 
@@ -217,12 +218,13 @@ class FaissIndex:
         if factory == "auto":
             raise ValueError("factory 'auto' needs the catalog size: use FaissIndex.build() or resolve_factory()")
         spec = _parse_factory(factory)
-        if spec.codec == "PQ" and dim % spec.pq_m:
-            raise ValueError(f"factory {factory!r}: PQ{spec.pq_m} needs dim divisible by {spec.pq_m}, got dim={dim}")
         self.dim = int(dim)
         self.factory = factory
         self._spec = spec
-        base = faiss.index_factory(self.dim, factory, faiss.METRIC_INNER_PRODUCT)
+        # PQ{m} cuts each vector into m equal pieces: a width m does not divide gets zero columns
+        # up to the next multiple (inner products, hence the ranking, are unchanged).
+        self._width = -(-self.dim // spec.pq_m) * spec.pq_m if spec.codec == "PQ" else self.dim
+        base = faiss.index_factory(self._width, factory, faiss.METRIC_INNER_PRODUCT)
         if spec.codec == "PQ":
             # Polysemous training (faiss's default for "PQm") only serves Hamming-filtered search,
             # which this wrapper never uses, and it dominates training time.
@@ -268,20 +270,15 @@ class FaissIndex:
         return _resolve(factory, n, train_size=100_000)
 
     @staticmethod
-    def check_factory(factory: str, n: int, *, train_size: int = 100_000, dim: int | None = None) -> str:
+    def check_factory(factory: str, n: int, *, train_size: int = 100_000) -> str:
         """:meth:`resolve_factory`, plus the checks :meth:`build` makes before training an IVF
-        index on ``n`` vectors (of width ``dim``, when known), so a factory that cannot work is
-        refused before any encoding.
+        index on ``n`` vectors, so a factory that cannot work is refused before any encoding.
 
         Raises:
-            ValueError: unknown factory form, too few vectors to train it, a PQ code size that
-                does not divide ``dim``.
+            ValueError: unknown factory form, too few vectors to train it.
         """
         concrete = _resolve(factory, n, train_size=train_size)
-        spec = _parse_factory(concrete)
-        if dim is not None and spec.pq_m and dim % spec.pq_m:  # first: more items would not help
-            raise ValueError(f"factory {concrete!r}: PQ{spec.pq_m} needs dim divisible by {spec.pq_m}, got dim={dim}")
-        _check_training_rows(concrete, spec, n, train_size)
+        _check_training_rows(concrete, _parse_factory(concrete), n, train_size)
         return concrete
 
     @classmethod
@@ -356,7 +353,7 @@ class FaissIndex:
         n_train = min(len(x), int(train_size))
         _check_training_rows(self.factory, self._spec, len(x), train_size)
         rng = np.random.default_rng(seed)
-        sample = x if n_train == len(x) else x[np.sort(rng.choice(len(x), n_train, replace=False))]
+        sample = self._wide(x if n_train == len(x) else x[np.sort(rng.choice(len(x), n_train, replace=False))])
         ivf = faiss.extract_index_ivf(self._index)
         ivf.cp.seed = seed  # coarse k-means seed (faiss defaults to a fixed 1234)
         start = time.perf_counter()
@@ -389,11 +386,17 @@ class FaissIndex:
         bar = tqdm(total=len(x), desc=f"index {self.factory}", unit="vec", disable=not progress)
         with bar:
             for s in range(0, len(x), _ADD_CHUNK):
-                self._index.add_with_ids(x[s : s + _ADD_CHUNK], labels[s : s + _ADD_CHUNK])
+                self._index.add_with_ids(self._wide(x[s : s + _ADD_CHUNK]), labels[s : s + _ADD_CHUNK])
                 bar.update(min(_ADD_CHUNK, len(x) - s))
         self._id_by_label.extend(ids)
         for item_id, label in zip(ids, labels.tolist()):
             self._label_of[item_id] = label
+
+    def _wide(self, x: np.ndarray) -> np.ndarray:
+        """``[N, dim]`` rows as FAISS stores them: zero columns appended up to the PQ width."""
+        if self._width == self.dim:
+            return x
+        return np.ascontiguousarray(np.pad(x, ((0, 0), (0, self._width - self.dim))), dtype=np.float32)
 
     def remove(self, ids: Sequence[ItemId]) -> int:
         """Remove items by catalog id; all or nothing.
@@ -604,7 +607,7 @@ class FaissIndex:
         """
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive int, got {k!r}")
-        q = _unit_rows(queries, self.dim, "queries")
+        q = self._wide(_unit_rows(queries, self.dim, "queries"))
         n_q = len(q)
         if exclude is not None and len(exclude) != n_q:
             raise ValueError(f"exclude has {len(exclude)} entries for {n_q} queries")
@@ -822,8 +825,9 @@ class FaissIndex:
         except (TypeError, ValueError) as e:
             raise IndexFormatError(f"{directory / IDS_FILE}: field 'factory' or 'dim' is invalid: {e}") from e
         raw = faiss.read_index(str(directory / INDEX_FILE))
-        if raw.d != index.dim:
-            raise IndexFormatError(f"{directory}: field 'dim' is {index.dim} in {IDS_FILE} but {raw.d} in {INDEX_FILE}")
+        if raw.d != index._width:  # a PQ index stores its vectors padded to a multiple of m
+            raise IndexFormatError(f"{directory}: field 'dim' is {index.dim} in {IDS_FILE} (FAISS width "
+                                   f"{index._width}) but {raw.d} in {INDEX_FILE}")
         ids, labels, tombstones = field("ids"), field("labels"), field("tombstones")
         if len(ids) != len(labels):
             raise IndexFormatError(f"{directory / IDS_FILE}: fields 'ids' and 'labels' differ in length")

@@ -209,12 +209,11 @@ def check_device(device: str) -> str:
     return device
 
 
-def check_factory(factory: str, n: int, dim: int | None = None) -> str:
-    """The concrete FAISS factory for ``n`` items (of width ``dim``, when known), or a
-    :class:`ConfigError` when it cannot be built (unknown form, too few items to train it, PQ
-    codes that do not divide the width), checked before any encoding or training."""
+def check_factory(factory: str, n: int) -> str:
+    """The concrete FAISS factory for ``n`` items, or a :class:`ConfigError` when it cannot be
+    built (unknown form, too few items to train it), checked before any encoding or training."""
     try:
-        return FaissIndex.check_factory(factory, n, dim=dim)
+        return FaissIndex.check_factory(factory, n)
     except ValueError as e:
         raise ConfigError(f"--factory {factory}: {e}") from None
 
@@ -666,9 +665,6 @@ class ItemIndex:
         )
         if not encoders:
             raise MMRecError(f"{catalog.source}: nothing to encode (no text, and images are off or absent)")
-        # The index's width is known now (the modalities side by side, plus the MIPS coordinate):
-        # a PQ code size that does not divide it is refused before the encoding too.
-        check_factory(factory, len(catalog), dim=sum(int(s["dim"]) for s in spec.values()) + 1)
         features, present, hashes = encode_catalog(catalog, encoders, cache_dir)
         self = cls.from_features(
             catalog.item_ids, features, present, catalog.records,
@@ -1429,13 +1425,11 @@ class ItemIndex:
             The concrete factory.
 
         Raises:
-            ConfigError: an unknown factory, too few items to train it, PQ codes that do not
-                divide the vectors' width; MMRecError: a directory that cannot be rewritten in
-                place; both before any work.
+            ConfigError: an unknown factory, too few items to train it; MMRecError: a directory
+                that cannot be rewritten in place; both before any work.
         """
         self._check_in_place()
-        resolved = check_factory(self.manifest["factory"] if factory is None else factory, len(self),
-                                 dim=self.vectors.shape[1])
+        resolved = check_factory(self.manifest["factory"] if factory is None else factory, len(self))
         before = self.index, self.manifest["factory"]
         self.index = FaissIndex.build(self.vectors, self.ids, factory=resolved)
         if self.index.factory == before[0].factory and self.index.knob is not None:  # a tuned setting stays

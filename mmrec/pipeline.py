@@ -250,9 +250,8 @@ def fit(
                                *(features or {}).values(), *(content_options.get(k) for k in (
                                    "image_root", "cache_dir", "text_encoder", "image_encoder", "image_weights"))])
     check_device(config.device)
-    # The form and the width (the model's vectors plus the MIPS coordinate), before encoding; enough
-    # items to train it is checked below, once the items are known.
-    check_factory(factory, 1 << 30, dim=config.dim + 1)
+    # The form, before encoding; enough items to train it is checked below, once the items are known.
+    check_factory(factory, 1 << 30)
     if skip_invalid and features and catalog is not None:
         raise ConfigError("--skip-invalid cannot be used with --features beside a catalog: the feature files' rows "
                           "follow the catalog's, and skipping catalog rows would misalign them; fix the catalog, or "
@@ -285,7 +284,7 @@ def fit(
                               "held out of training have no vector")
         held_out = hold_out_items(inter, config.cold_start, config.seed)
         logger.info("cold-start protocol: %d of %d items held out of training", int(held_out.sum()), n)
-    check_factory(factory, n - (int(held_out.sum()) if held_out is not None else 0), dim=config.dim + 1)  # indexed first
+    check_factory(factory, n - (int(held_out.sum()) if held_out is not None else 0))  # indexed first
     train_inter = warm_part(inter, held_out) if held_out is not None else inter
     train_degree = np.bincount(train_inter.items[train_inter.split_mask("train")], minlength=n)
     has_id = torch.from_numpy(train_degree > 0) if dims else None

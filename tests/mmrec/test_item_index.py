@@ -370,23 +370,18 @@ def test_a_catalog_column_named_like_a_result_key_never_replaces_it():
     assert shown["catalog.attention"] == "a" and shown["attention"] == {"text": 1.0} and shown["score"] == "great"
 
 
-def test_a_pq_code_size_that_does_not_divide_the_width_is_refused_before_encoding(tmp_path, tiny_bert_dir,
-                                                                                   monkeypatch):
+def test_a_pq_factory_the_catalog_cannot_train_is_refused_before_encoding(tmp_path, tiny_bert_dir, monkeypatch):
     import mmrec.item_index as item_index
-
-    (tmp_path / "items.csv").write_text("item_id,title\n1,space alien\n2,robot dog\n3,cooking show\n")
-    built = ItemIndex.build(tmp_path / "items.csv", text_encoder=tiny_bert_dir, image_encoder=None, factory="Flat",
-                            show_progress=False)
-    assert built.index.dim == 33  # the width the check uses: 32 text dimensions + the MIPS coordinate
 
     def encode(*args, **kwargs):
         raise AssertionError("encoded before the factory was checked")
 
     monkeypatch.setattr(item_index, "encode_catalog", encode)
-    # Enough items to train PQ codebooks (9,984), so only the width can refuse it.
-    (tmp_path / "many.csv").write_text("item_id,title\n" + "".join(f"{i},item {i}\n" for i in range(10_000)))
-    with pytest.raises(ConfigError, match=r"--factory IVF1,PQ2: .*PQ2 needs dim divisible by 2, got dim=33"):
-        ItemIndex.build(tmp_path / "many.csv", text_encoder=tiny_bert_dir, image_encoder=None, factory="IVF1,PQ2",
+    (tmp_path / "items.csv").write_text("item_id,title\n1,space alien\n2,robot dog\n3,cooking show\n")
+    # Any width takes PQ codes (33 = 32 text dimensions + the MIPS coordinate is padded: FaissIndex),
+    # but three items train no 256-centroid codebook.
+    with pytest.raises(ConfigError, match=r"--factory IVF1,PQ2: .*PQ codebooks need 9984 rows"):
+        ItemIndex.build(tmp_path / "items.csv", text_encoder=tiny_bert_dir, image_encoder=None, factory="IVF1,PQ2",
                         show_progress=False)
 
 

@@ -549,14 +549,14 @@ def test_items_without_content_train_on_their_edges_and_without_edges_are_refuse
         fit(inter, features={"text": tmp_path / "orphan.npy"}, config=cfg, split="random", show_progress=False)
 
 
-def test_a_pq_factory_that_does_not_divide_the_model_width_is_refused_before_training(tmp_path, monkeypatch):
+def test_a_pq_factory_the_items_cannot_train_is_refused_before_training(tmp_path, monkeypatch):
     inter, feats = write_planted(tmp_path)
 
     def no_training(*args, **kwargs):
         raise AssertionError("trained before the factory was checked")
 
     monkeypatch.setattr(Trainer, "fit", no_training)
-    # dim 16: index vectors are 17 wide (the MIPS coordinate), which PQ2 does not divide
-    with pytest.raises(ConfigError, match=r"--factory IVF1,PQ2: .*PQ2 needs dim divisible by 2, got dim=17"):
+    # dim 16: index vectors are 17 wide (the MIPS coordinate), padded for PQ2; 40 items train no codebook
+    with pytest.raises(ConfigError, match=r"--factory IVF1,PQ2: .*PQ codebooks need 9984 rows"):
         fit(inter, features={"content": feats}, config=TrainConfig(dim=16, layers=1, heads=2, epochs=1),
             factory="IVF1,PQ2", split="random", show_progress=False)
