@@ -649,14 +649,18 @@ def _finite(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
+def _positive_int(text: str, least: int = 1) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
     return value
+
+
+def _max_length(text: str) -> int:
+    return _positive_int(text, 2)  # room for the tokenizer's special tokens
 
 
 def _user_error(e: BaseException) -> bool:
@@ -709,7 +713,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--image-weights", type=Path, help="state-dict file for a torchvision image backbone")
     b.add_argument("--batch-size", type=_positive_int, help="encoder batch size")
-    b.add_argument("--max-length", type=_positive_int, default=256, help="text truncation in tokens (default 256)")
+    b.add_argument("--max-length", type=_max_length, default=256, help="text truncation in tokens (default 256)")
     b.add_argument("--device", default="cpu", help="torch device the encoders run on: cpu (default), cuda, cuda:N")
     b.add_argument("--skip-invalid", action="store_true", help="skip bad rows (reported in OUT/skipped.jsonl)")
     b.add_argument("--no-center", dest="center", action="store_false",
@@ -830,7 +834,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "--allow-download")
     t.add_argument("--allow-download", action="store_true",
                    help="let --text-encoder name a Hugging Face Hub model to download (off: nothing is downloaded)")
-    t.add_argument("--max-length", type=_positive_int, default=256, help="text truncation in tokens (default 256)")
+    t.add_argument("--max-length", type=_max_length, default=256, help="text truncation in tokens (default 256)")
     t.add_argument("--image-encoder", default="default",
                    help="as for index build: default, none, a torchvision name, or a Hugging Face model dir")
     t.add_argument("--image-weights", type=Path, help="state-dict file for a torchvision image backbone")

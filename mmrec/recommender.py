@@ -416,8 +416,11 @@ class Recommender:
         the directory in place (atomically), where ``mmrec serve`` picks it up.
 
         Returns:
-            ``{"factory", "knob", "before", "value", "recall", "k", "saved", "sweeps": {"items":
-            [...], "users": [...]}}``, each sweep the rows of ``sweep_knob``.
+            ``{"factory", "knob", "before", "value", "recall", "reached", "k", "saved", "sweeps":
+            {"items": [...], "users": [...]}}``, each sweep the rows of ``sweep_knob``; ``recall``
+            is the target, ``reached`` each query kind's recall where its sweep stopped (at
+            ``value``, or below it when the other kind needed more: ``value`` searches at least as
+            wide).
 
         Raises:
             MMRecError: a Flat index (exact: nothing to tune), an empty index, ``recall`` outside
@@ -455,8 +458,9 @@ class Recommender:
         before = getattr(index, index.knob)
         value = max(sweep[-1]["value"] for sweep in sweeps.values())  # each sweep stops at its first hit
         saved = self.set_search(value, save=save)
+        reached = {kind: sweep[-1]["recall"] for kind, sweep in sweeps.items()}
         return {"factory": index.factory, "knob": index.knob, "before": before, "value": value, "recall": recall,
-                "k": k, "saved": saved, "sweeps": sweeps}
+                "reached": reached, "k": k, "saved": saved, "sweeps": sweeps}
 
     def set_search(self, value: int, *, save: bool = True) -> bool:
         """Set the index's search knob (:attr:`index.FaissIndex.knob`: IVF ``nprobe``, HNSW

@@ -189,7 +189,10 @@ def test_errors_are_one_line_without_traceback(built, capsys, tmp_path):
     code, _, err = run(capsys, "index", "build", "--catalog", str(built / "movies.csv"), "--out", str(tmp_path / "z"),
                        "--text-encoder", str(tmp_path / "no-such-model"), "--no-cache", "-q")
     assert code == 1 and err.startswith(f"error: text encoder {tmp_path / 'no-such-model'}: text model") and "--debug" not in err
-    for option in (["--batch-size", "0"], ["--max-length", "-1"], ["-k", "0"]):
+    with pytest.raises(SystemExit):
+        main(["index", "build", "--catalog", "c.csv", "--out", "o", "--max-length", "1"])
+    assert "must be at least 2, got 1" in capsys.readouterr().err
+    for option in (["--batch-size", "0"], ["-k", "0"]):
         argv = ["index", "build", "--catalog", "c.csv", "--out", "o"] if option[0] != "-k" else \
             ["similar", "--index", str(built / "idx"), "--item", "m1"]
         with pytest.raises(SystemExit):

@@ -52,6 +52,8 @@ def test_a_trained_directory_is_tuned_on_its_users_and_items(tmp_path):
     users = report["sweeps"]["users"]
     assert users[0]["value"] == 1 and users[0]["recall"] < 1.0 and users[-1]["recall"] == 1.0
     assert report["value"] == max(s[-1]["value"] for s in report["sweeps"].values()) < 8
+    assert report["reached"] == {kind: s[-1]["recall"] for kind, s in report["sweeps"].items()}
+    assert min(report["reached"].values()) >= report["recall"]
     assert Recommender.load(tmp_path / "model", show_progress=False).items.index.nprobe == report["value"]
     # The users' first row against an exact oracle: dot products, known items left out, as recommend serves.
     rec.set_search(1, save=False)
