@@ -398,7 +398,8 @@ def fit(
                       cold_items=[item_ids[i] for i in np.flatnonzero(held_out)] if held_out is not None else [],
                       split_rule=split, rating_threshold=rating_threshold, fold_in_reg=fold_in_reg,
                       liked=inter.user_items("all") if inter.seen is not None and len(inter.seen[0]) else None,
-                      skip_invalid=skip_invalid, skipped_items=_catalog_skipped(content) if skip_invalid else [])
+                      skip_invalid=skip_invalid, skipped_items=_catalog_skipped(content) if skip_invalid else [],
+                      items_from_interactions=content.item_ids is None)
     if out is not None:
         extra = {
             "num_users": inter.num_users,
@@ -417,6 +418,8 @@ def fit(
             # before rebuilding the split: invalid rows, and those of catalog rows skipped as invalid.
             "skip_invalid": skip_invalid,
             "skipped_items": rec.skipped_items,
+            # No catalog and no feature files: the items are the interacted ones (see evaluate_directory).
+            "items_from_interactions": rec.items_from_interactions,
         }
         report = {"best_epoch": result.best_epoch, "valid": result.best_valid, "test": test,
                   "seconds_per_epoch": result.seconds_per_epoch, "history": result.history, "data": inter.report,
@@ -569,10 +572,11 @@ def evaluate_directory(
         options["on_invalid"] = "skip"
         if rec.skipped_items:
             options |= {"unknown_items": "skip", "skippable": rec.skipped_items}
-    # A model trained without a catalog has no item rated only below its threshold: such rows go as below it.
+    # A model whose items came from the interactions has no item rated only below its threshold:
+    # such rows go as below it (with a catalog, an unknown id is a typo, whatever its rating).
     loaded = load_interactions(interactions, item_ids=item_ids + removed, rating_threshold=rec.rating_threshold,
                                item_space="the index nor among the items the model was trained on",
-                               unknown_below_threshold=True, **options)
+                               unknown_below_threshold=rec.items_from_interactions, **options)
     invalid = int(loaded.report.get("invalid", 0)) + int(loaded.report.get("unknown_items", 0))
     if loaded.report.get("unknown_items"):  # (the invalid rows have their own warning from the loader)
         logger.warning("%s: skipped %d row(s) of items skipped from the catalog as invalid at training time "

@@ -164,6 +164,9 @@ class Recommender:
             evaluation skips them too, before rebuilding the split.
         skipped_items: the catalog rows training skipped as invalid (``--skip-invalid``);
             evaluation drops their interaction rows too, before rebuilding the split.
+        items_from_interactions: the model's items are the interaction file's (no catalog, no
+            feature files): an item rated only below ``rating_threshold`` is none of them, and
+            evaluation reads its rows as below the threshold, not as unknown items.
     """
 
     def __init__(
@@ -183,6 +186,7 @@ class Recommender:
         split_keys: str = "pairs",
         skip_invalid: bool = False,
         skipped_items: Sequence[ItemId] = (),
+        items_from_interactions: bool = False,
     ) -> None:
         self.items = items
         self.model = model
@@ -199,6 +203,7 @@ class Recommender:
         self.split_keys = split_keys
         self.skip_invalid = skip_invalid
         self.skipped_items = list(skipped_items)
+        self.items_from_interactions = items_from_interactions
         self._user_pos = {u: i for i, u in enumerate(self.user_ids)}
         self._user_pos_str = {str(u): i for i, u in enumerate(self.user_ids)}
         self._foldin: tuple[np.ndarray, HistoryFoldIn] | None = None  # (the vectors it was built on, it)
@@ -246,7 +251,8 @@ class Recommender:
                    rating_threshold=extra.get("rating_threshold"),
                    fold_in_reg=extra.get("fold_in_reg", DEFAULT_FOLD_IN_REG), liked=liked,
                    split_keys=extra.get("split_keys", "rows"),  # older directories: one key a row
-                   skip_invalid=extra.get("skip_invalid", False), skipped_items=extra.get("skipped_items", []))
+                   skip_invalid=extra.get("skip_invalid", False), skipped_items=extra.get("skipped_items", []),
+                   items_from_interactions=extra.get("items_from_interactions", False))
 
     def attach_files(self, extra: dict[str, Any], tuner: Any = None):
         """A writer for :meth:`ItemIndex.save` that adds the trained files to the directory.

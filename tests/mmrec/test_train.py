@@ -242,17 +242,25 @@ def test_evaluate_rebuilds_the_training_split_rule_and_threshold(tmp_path):
 def test_evaluate_reads_an_id_only_models_file_again_with_an_item_rated_only_below_the_threshold(tmp_path):
     # Without a catalog the model's items are those rated at or above the threshold: item 999, rated
     # only below it, is no item of the model, and its row is below the threshold at evaluation too.
-    inter_path, _ = write_planted(tmp_path)
+    inter_path, feats = write_planted(tmp_path)
     rows = inter_path.read_text().splitlines()
     inter_path.write_text("\n".join([rows[0] + "\trating"] + [f"{r}\t5" for r in rows[1:]] + ["u3\t999\t1"]) + "\n")
     _, _, test = fit(inter_path, out=tmp_path / "model", config=TrainConfig(**(FAST | {"epochs": 2, "use_content": False})),
                      split="random", rating_threshold=3, show_progress=False)
     back = Recommender.load(tmp_path / "model", show_progress=False)
-    assert 999 not in back.items.ids and "999" not in back.items.ids
+    assert 999 not in back.items.ids and "999" not in back.items.ids and back.items_from_interactions
     again = evaluate_directory(back, inter_path, split="test")
     assert "rows_invalid_skipped" not in again
     for key in ("recall@20", "ndcg@20", "recall@10"):
         assert again[key] == pytest.approx(test[key], abs=1e-6)
+    # With items from feature files (or a catalog), an unknown id is a typo, whatever its rating.
+    (tmp_path / "clean.tsv").write_text("\n".join(inter_path.read_text().splitlines()[:-1]) + "\n")
+    fit(tmp_path / "clean.tsv", features={"content": feats}, out=tmp_path / "npy",
+        config=TrainConfig(**(FAST | {"epochs": 1})), split="random", rating_threshold=3, show_progress=False)
+    npy = Recommender.load(tmp_path / "npy", show_progress=False)
+    assert not npy.items_from_interactions
+    with pytest.raises(DataError, match=r"row \d+, field 'item_id': unknown item id '999'"):
+        evaluate_directory(npy, inter_path, split="test")
 
 
 def test_evaluate_splits_as_training_did_after_index_remove_and_beside_other_users_rows(tmp_path, monkeypatch):
