@@ -118,29 +118,30 @@ def check_image(path: str | os.PathLike) -> str | None:
     return None
 
 
-# How image files become RGB pictures (:func:`to_rgb`); part of the feature cache's key, so a
-# change here re-encodes what the cache holds (the encoder identity, which index directories
-# record, stays the same).
+# How image files become RGB pictures (:func:`to_rgb`, :func:`trim_banner`); part of the feature
+# cache's key, so a change here re-encodes what the cache holds (the encoder identity, which index
+# directories record, stays the same).
 LOADER_VERSION = 2
-WIDEST = 4  # a picture longer than this many times its short side is cut to 2x (see to_rgb)
+WIDEST = 4  # a picture longer than this many times its short side is trimmed (trim_banner)
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
-    """An image as the RGB picture a viewer shows, ready for the encoders' resize-and-crop.
+    """An image as the RGB picture a viewer shows.
 
-    * The EXIF orientation is applied (phone photos are stored sideways with a tag saying so).
+    * The EXIF orientation is applied (phone photos are stored sideways with a tag saying so);
+      an EXIF block Pillow cannot read is ignored, as viewers do.
     * 16-bit and 32-bit integer pictures are scaled to 8 bits by their type's range (by 255 for an
       ``I`` picture whose values stay within 8 bits), float ones from ``[0, 1]`` (or clipped to
-      ``[0, 255]`` when larger); converting them directly clips nearly every pixel to white.
+      ``[0, 255]`` when larger); converting them directly clips nearly every pixel to white. A
+      transparent colour (a PNG's ``tRNS``) stays transparent.
     * Transparency is composited onto white, so pixels nobody sees do not change the vector.
-    * A picture more than :data:`WIDEST` times longer than wide (a banner, a spacer) keeps the
-      middle of its long side, twice its short side: the centre crop that follows the resize
-      keeps less than that, and resizing the whole strip first would need memory in proportion
-      to its length (8000 x 1 pixels: 2.9 GB).
     """
     from PIL import ImageOps
 
-    im = ImageOps.exif_transpose(im)
+    try:
+        im = ImageOps.exif_transpose(im)
+    except Exception:  # noqa: BLE001 -- a corrupt EXIF block (SyntaxError, struct.error...): shown unrotated
+        pass
     if im.mode in ("I", "F") or im.mode.startswith("I;16"):
         a = np.asarray(im, dtype=np.float64)
         top = a.max(initial=0.0)
@@ -150,17 +151,46 @@ def to_rgb(im: Image.Image) -> Image.Image:
             scale = 255.0 if top <= 255 else 65535.0 if top <= 65535 else 4294967295.0
         else:
             scale = 1.0 if top <= 1.0 else 255.0
-        im = Image.fromarray(np.clip(np.rint(a * (255.0 / scale)), 0, 255).astype(np.uint8), "L")
-    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+        gray = Image.fromarray(np.clip(np.rint(a * (255.0 / scale)), 0, 255).astype(np.uint8), "L")
+        clear = im.info.get("transparency")
+        if isinstance(clear, (int, float)):
+            gray = Image.merge("LA", (gray, Image.fromarray(np.where(a == clear, 0, 255).astype(np.uint8), "L")))
+        im = gray
+    palette_alpha = im.mode == "P" and im.palette is not None and im.palette.mode == "RGBA"
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info or palette_alpha:
         rgba = im.convert("RGBA")
         im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    im = im.convert("RGB")
+    return im.convert("RGB")
+
+
+def trim_banner(im: Image.Image) -> Image.Image:
+    """A picture more than :data:`WIDEST` times longer than wide, cut to the middle of its long
+    side, twice its short side; others as they are.
+
+    Only for a shortest-side resize followed by a centre crop (the packaged EfficientNet-Lite0,
+    torchvision's presets, most Hugging Face processors): that crop keeps less than the trimmed
+    middle, while resizing the whole strip first takes memory in proportion to its length
+    (8000 x 1 pixels: 2.9 GB). A resize to a fixed height and width keeps the whole picture and
+    needs no trim (:func:`_trims_banners`).
+    """
     w, h = im.size
-    if max(w, h) > WIDEST * min(w, h):
-        keep = 2 * min(w, h)
-        left, top = (w - keep) // 2 if w > h else 0, (h - keep) // 2 if h > w else 0
-        im = im.crop((left, top, left + min(w, keep), top + min(h, keep)))
-    return im
+    if max(w, h) <= WIDEST * min(w, h):
+        return im
+    keep = 2 * min(w, h)
+    left, top = ((w - keep) // 2, 0) if w > h else (0, (h - keep) // 2)
+    return im.crop((left, top, left + min(w, keep), top + min(h, keep)))
+
+
+def _trims_banners(transform: Callable) -> bool:
+    """Whether ``transform`` resizes the shortest side and then centre-crops (:func:`trim_banner`)."""
+    from torchvision.transforms._presets import ImageClassification
+
+    if isinstance(transform, ImageClassification):  # torchvision's weights presets
+        return True
+    ops = list(getattr(transform, "transforms", []))
+    resize = next((op for op in ops if isinstance(op, T.Resize)), None)
+    shortest = resize is not None and (isinstance(resize.size, int) or len(resize.size) == 1)
+    return shortest and any(isinstance(op, T.CenterCrop) for op in ops[ops.index(resize):])
 
 
 def load_rgb(path: str | os.PathLike) -> Image.Image:
@@ -187,8 +217,8 @@ class _Rescale(nn.Module):
 class _ImageItems(Dataset):
     """Paths (decoded in the worker) or PIL images, transformed; failures come back as reasons."""
 
-    def __init__(self, items: Sequence[Any], transform: Callable, from_paths: bool) -> None:
-        self.items, self.transform, self.from_paths = items, transform, from_paths
+    def __init__(self, items: Sequence[Any], transform: Callable, from_paths: bool, trim: bool = False) -> None:
+        self.items, self.transform, self.from_paths, self.trim = items, transform, from_paths, trim
 
     def __len__(self) -> int:
         return len(self.items)
@@ -196,7 +226,7 @@ class _ImageItems(Dataset):
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
         try:
             img = load_rgb(self.items[i]) if self.from_paths else to_rgb(self.items[i])
-            return i, self.transform(img), ""
+            return i, self.transform(trim_banner(img) if self.trim else img), ""
         except Exception as e:  # reported in the main process as an ImageDecodeError naming the path
             return i, None, _reason(e)
 
@@ -493,7 +523,8 @@ class ImageEncoder:
             return out
         workers = self.num_workers if from_paths and n > self.batch_size else 0
         loader = DataLoader(
-            _ImageItems(items, self.transform, from_paths), batch_size=self.batch_size, shuffle=False,
+            _ImageItems(items, self.transform, from_paths, _trims_banners(self.transform)), batch_size=self.batch_size,
+            shuffle=False,
             num_workers=workers, collate_fn=_collate, pin_memory=self.device.type == "cuda",
             worker_init_fn=_single_thread_worker if workers else None,
         )
@@ -568,7 +599,7 @@ class ImageEncoder:
         paths = self._paths(paths)
         if not paths:
             return torch.zeros((0, self.dim), device=self.device)
-        items = _ImageItems(paths, self.transform, from_paths=True)
+        items = _ImageItems(paths, self.transform, from_paths=True, trim=_trims_banners(self.transform))
         _, pixels, errors = _collate([items[i] for i in range(len(paths))])
         if errors:
             i, reason = errors[0]

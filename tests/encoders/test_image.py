@@ -254,9 +254,35 @@ def test_files_become_the_rgb_picture_a_viewer_shows(vit, tmp_path):
     assert np.array_equal(np.asarray(load_rgb(tmp_path / "sideways.png")), np.asarray(upright))
     np.testing.assert_allclose(vit.encode_paths([tmp_path / "sideways.png"]), vit.encode_paths([tmp_path / "upright.png"]),
                                atol=1e-6)
-    # A banner keeps the middle of its long side, twice its short side: bounded memory, same centre crop.
-    assert to_rgb(Image.new("RGB", (8000, 1))).size == (2, 1)
-    strip = Image.fromarray(np.random.default_rng(1).integers(0, 256, (30, 400, 3), dtype=np.uint8))
-    assert to_rgb(strip).size == (60, 30) and np.array_equal(np.asarray(to_rgb(strip)), np.asarray(strip)[:, 170:230])
-    assert to_rgb(Image.new("RGB", (100, 30))).size == (100, 30)  # 3.3 : 1 is left whole
+    # A transparent colour of a 16-bit PNG stays transparent; an RGBA palette's alpha counts too.
+    Image.fromarray(ramp.astype(np.uint16)).save(tmp_path / "clear.png", transparency=int(ramp[0, 5]))
+    assert np.asarray(load_rgb(tmp_path / "clear.png"))[0, 5].tolist() == [255] * 3
+    assert np.asarray(load_rgb(tmp_path / "clear.png"))[0, 6].tolist() == [eight[0, 6]] * 3
+    quantised = Image.fromarray(hidden, "RGBA").quantize(4)
+    if quantised.palette.mode == "RGBA":
+        assert np.asarray(to_rgb(quantised))[7, 7].tolist() == [255] * 3
+    # An EXIF block Pillow cannot read is ignored, as a viewer does: the picture still loads.
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(tmp_path / "bad_exif.png", exif=b"Exif\0\0garbage")
+    assert np.asarray(load_rgb(tmp_path / "bad_exif.png"))[0, 0].tolist() == [9] * 3
     assert vit.cache_identity == f"{vit.identity}:load=2"
+
+
+def test_a_banner_is_trimmed_only_before_a_shortest_side_resize_and_centre_crop(vit):
+    from encoders.image import _trims_banners, trim_banner
+
+    # The middle of its long side, twice its short side: what the centre crop keeps lies inside it,
+    # and resizing the whole strip would take memory in proportion to its length.
+    assert trim_banner(Image.new("RGB", (8000, 1))).size == (2, 1)
+    strip = Image.fromarray(np.random.default_rng(1).integers(0, 256, (30, 400, 3), dtype=np.uint8))
+    assert trim_banner(strip).size == (60, 30) and np.array_equal(np.asarray(trim_banner(strip)),
+                                                                  np.asarray(strip)[:, 170:230])
+    assert trim_banner(Image.new("RGB", (30, 100))).size == (30, 100)  # 3.3 : 1 is left whole
+    lite = ImageEncoder(show_progress=False)
+    assert _trims_banners(lite.transform)  # Resize(256) then CenterCrop(224)
+    # The tiny ViT resizes to a fixed height and width: the whole picture stays, sides included.
+    assert not _trims_banners(vit.transform)
+    sides = np.full((32, 160, 3), 128, np.uint8)
+    sides[:, :48], sides[:, 112:] = (255, 0, 0), (0, 0, 255)
+    plain = np.full((32, 160, 3), 128, np.uint8)
+    a, b = vit.encode_images([Image.fromarray(sides), Image.fromarray(plain)])
+    assert float(a @ b) < 0.999
