@@ -116,6 +116,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+# What reading a shard damaged from outside raises (numpy's zip reader, its format checks).
+_DAMAGED = (OSError, ValueError, KeyError, EOFError, NotImplementedError, zipfile.BadZipFile)
+
+
 class _Shard:
     """One committed shard: its key columns (loaded on demand) and memory-mapped vectors."""
 
@@ -183,7 +187,7 @@ class _EncoderStore:
                 n = np.load(shard.vec_path, mmap_mode="r", allow_pickle=False).shape[0]
                 if n != len(k):
                     raise ValueError(f"{len(k)} keys but {n} vectors")
-            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:  # damaged from outside
+            except _DAMAGED as e:
                 logger.warning("feature cache: ignoring unreadable shard %s (%s)", shard.keys_path, e)
                 self._known.add(stem)
                 continue
@@ -289,8 +293,13 @@ class FeatureCache:
         q_ids = np.array([str(i) for i, _ in keys], dtype=str)  # [N]
         q_hashes = np.array([h for _, h in keys], dtype=str)  # [N]
         for s in np.unique(where[hit, 0]):
-            ids, hashes = store.shards[s].labels()
             rows = np.flatnonzero(hit & (where[:, 0] == s))
+            try:
+                ids, hashes = store.shards[s].labels()
+            except _DAMAGED as e:  # a byte flipped inside the key file: its rows are misses
+                logger.warning("feature cache: ignoring unreadable shard %s (%s)", store.shards[s].keys_path, e)
+                hit[rows] = False
+                continue
             src = where[rows, 1]
             # A 64-bit digest collision becomes a miss, never a wrong vector.
             same = (ids[src] == q_ids[rows]) & (hashes[src] == q_hashes[rows])

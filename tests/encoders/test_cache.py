@@ -203,3 +203,21 @@ def test_many_shards_and_compact(tmp_path):
     got, missing = FeatureCache(tmp_path).get(ENC, [(ids[i], hashes[i]) for i in pick])
     assert missing == []
     np.testing.assert_array_equal(got, vecs[pick])
+
+
+def test_a_key_file_damaged_anywhere_gives_misses_never_an_error_or_a_wrong_vector(tmp_path):
+    vecs = np.arange(6, dtype=np.float32).reshape(3, 2)
+    keys = [(1, "a"), (2, "b"), (3, "c")]
+    FeatureCache(tmp_path / "clean").put(ENC, keys, vecs)
+    store = next(p for p in (tmp_path / "clean").iterdir() if p.is_dir())
+    key_file = next(store.glob("*.keys.npz"))
+    data = key_file.read_bytes()
+    for at in range(0, len(data), 5):  # one flipped byte at a time, in a fresh copy of the cache
+        broken = bytearray(data)
+        broken[at] ^= 0xFF
+        key_file.write_bytes(bytes(broken))
+        got, missing = FeatureCache(tmp_path / "clean").get(ENC, keys)
+        found = [r for r in range(3) if r not in missing]
+        assert got is None or np.array_equal(got[found], vecs[found]), at
+    key_file.write_bytes(data)
+    assert FeatureCache(tmp_path / "clean").get(ENC, keys)[1] == []
