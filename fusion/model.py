@@ -146,8 +146,9 @@ class FusedGraphModel(nn.Module):
         self.item_embedding = nn.Embedding(num_items, dim) if use_id else None
         self.projections = nn.ModuleDict(
             {
+                # A one-column modality (a price, a rating) has nothing to LayerNorm over.
                 name: ModalityProjection(
-                    width, dim, hidden=projection_hidden, dropout=dropout, init_gain=content_gain
+                    width, dim, hidden=projection_hidden, dropout=dropout, init_gain=content_gain, norm=width > 1
                 )
                 for name, width in self.modality_dims.items()
             }

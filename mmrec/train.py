@@ -182,6 +182,8 @@ class Trainer:
         # Fine-tuned encoders rewrite the features every epoch: on a copy, never the caller's arrays.
         self.features = {m: x.to(self.device, copy=tuner is not None) for m, x in data.features.items()}
         self.present = {m: x.to(self.device) for m, x in data.present.items()}
+        for m, x in self.features.items():  # not given: every item has it (as FusedGraphModel reads it)
+            self.present.setdefault(m, torch.ones(x.size(0), dtype=torch.bool, device=self.device))
         self.has_id = data.has_id.to(self.device) if data.has_id is not None else None
         self.item_graph = None
         if cfg.item_graph_k > 0 and model.modality_dims:

@@ -67,6 +67,25 @@ def test_edge_dropout_trains_on_pruned_graphs_and_validates_on_the_full_one(tmp_
     np.testing.assert_array_equal(a[1], items.detach().numpy())
 
 
+def test_a_one_column_modality_trains_and_present_defaults_to_every_item(tmp_path):
+    inter_path, feats = write_planted(tmp_path)
+    inter = ensure_split(load_interactions(inter_path), "random", seed=0)
+    price = torch.from_numpy(np.load(feats)[:, :1].copy())  # one column: no LayerNorm over it
+    cfg = TrainConfig(**(FAST | {"epochs": 2}))
+    model = build_model(cfg, inter.num_users, inter.num_items, {"price": 1})
+    assert "norm" not in dict(model.projections["price"].named_children())
+    tr = Trainer(model, TrainData(inter, {"price": price}), cfg, show_progress=False)  # no present: all have it
+    assert tr.present["price"].all() and len(tr.present["price"]) == inter.num_items
+    tr.fit()
+    users, items, _ = tr.vectors()
+    assert torch.isfinite(users).all() and torch.isfinite(items).all()
+    np.save(tmp_path / "price.npy", price.numpy())
+    rec, _, _ = fit(inter_path, features={"price": tmp_path / "price.npy"}, out=tmp_path / "model", config=cfg,
+                    split="random", show_progress=False)
+    back = Recommender.load(tmp_path / "model", show_progress=False)
+    assert [r.item_id for r in back.recommend("u0", 5)] == [r.item_id for r in rec.recommend("u0", 5)]
+
+
 @pytest.mark.parametrize("reg_form", ["squared", "norm"])
 def test_step_loss_is_bpr_plus_the_chosen_regulariser(tmp_path, reg_form):
     inter_path, _ = write_planted(tmp_path)
