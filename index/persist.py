@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,19 +89,74 @@ def atomic_directory(final: Path, *, overwrite: bool = False) -> Iterator[Path]:
 
 def _publish(tmp: Path, final: Path, *, overwrite: bool, token: str) -> None:
     if not final.exists():
+        _set_modes(tmp, None)
         os.rename(tmp, final)
         return
     if not overwrite:
         raise FileExistsError(f"{final} appeared while it was being written; not replacing it")
+    _set_modes(tmp, final)
     old = final.parent / f".{final.name}.old-{token}"
-    os.rename(final, old)
-    try:
+    moved = False
+    try:  # an interrupt between the two renames also puts the previous version back
+        os.rename(final, old)
+        moved = True
         os.rename(tmp, final)
     except BaseException:
-        os.rename(old, final)  # put the previous version back before reporting the failure
+        if moved and not final.exists():
+            os.rename(old, final)  # put the previous version back before reporting the failure
         raise
     shutil.rmtree(old, ignore_errors=True)
     logger.debug("replaced %s", final)
+
+
+def _set_modes(tmp: Path, previous: Path | None) -> None:
+    """Give the new directory and its files the modes of the version they replace (a setgid
+    group directory, files a server of another user reads), and new files the umask's default
+    (some writers, safetensors among them, create files 0600 whatever the umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    if previous is not None:
+        os.chmod(tmp, stat.S_IMODE(previous.stat().st_mode))
+    for path in tmp.rglob("*"):
+        if path.is_symlink():
+            continue
+        before = previous / path.relative_to(tmp) if previous is not None else None
+        if before is not None and before.exists() and not before.is_symlink():
+            os.chmod(path, stat.S_IMODE(before.stat().st_mode))
+        elif path.is_file():
+            os.chmod(path, 0o666 & ~mask)
+
+
+def manifest_stamp(directory: str | Path | None) -> tuple | None:
+    """What changes when a directory is rewritten (every write builds it anew and renames it into
+    place): its manifest's inode, size and mtime; ``None`` without a directory or while the
+    manifest is missing."""
+    if directory is None:
+        return None
+    try:
+        st = (Path(directory) / MANIFEST_NAME).stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+@contextlib.contextmanager
+def writer_lock(directory: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``directory`` (``flock`` on the directory itself, waiting for
+    another writer's to end) while it is rewritten in place. A writer that waited finds the
+    directory replaced: it must compare :func:`manifest_stamp` with the one it loaded and stop
+    (the lock alone cannot tell it that its copy is stale). Without ``fcntl`` (Windows): no lock."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on Linux
+        yield
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def sha256_file(path: Path) -> str:

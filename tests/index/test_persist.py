@@ -83,6 +83,72 @@ def test_atomic_directory_overwrite_with_exception_keeps_old(tmp_path):
     assert entries(final) == ["old.txt"] and entries(tmp_path) == ["model"]
 
 
+def test_an_interrupt_between_the_two_renames_puts_the_old_version_back(tmp_path, monkeypatch):
+    import index.persist as persist
+
+    final = tmp_path / "model"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    real_rename, calls = persist.os.rename, []
+
+    def rename(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:  # the new version's rename: Ctrl-C just before it
+            raise KeyboardInterrupt
+        real_rename(src, dst)
+
+    monkeypatch.setattr(persist.os, "rename", rename)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_directory(final, overwrite=True) as tmp:
+            (tmp / "new.txt").write_text("new")
+    monkeypatch.setattr(persist.os, "rename", real_rename)
+    assert entries(final) == ["old.txt"] and entries(tmp_path) == ["model"]
+
+
+def test_a_rewrite_keeps_the_modes_it_replaces_and_new_files_follow_the_umask(tmp_path):
+    import os
+    import stat
+
+    final = tmp_path / "model"
+    mask = os.umask(0o022)
+    try:
+        with atomic_directory(final) as tmp:
+            (tmp / "a.bin").write_bytes(b"a")
+            os.chmod(tmp / "a.bin", 0o600)  # as safetensors writes its files, whatever the umask
+        assert stat.S_IMODE((final / "a.bin").stat().st_mode) == 0o644
+        os.chmod(final, 0o2750)  # a group's directory, not for others
+        os.chmod(final / "a.bin", 0o640)
+        with atomic_directory(final, overwrite=True) as tmp:
+            (tmp / "a.bin").write_bytes(b"b")
+            (tmp / "c.bin").write_bytes(b"c")
+            os.chmod(tmp / "c.bin", 0o600)
+        assert stat.S_IMODE(final.stat().st_mode) == 0o2750
+        assert stat.S_IMODE((final / "a.bin").stat().st_mode) == 0o640
+        assert stat.S_IMODE((final / "c.bin").stat().st_mode) == 0o644
+    finally:
+        os.umask(mask)
+
+
+def test_writer_lock_is_exclusive_and_manifest_stamp_sees_every_rewrite(tmp_path):
+    import fcntl
+    import os
+
+    from index.persist import manifest_stamp, writer_lock
+
+    final = tmp_path / "model"
+    with atomic_directory(final) as tmp:
+        write_manifest(tmp, {"kind": "x"})
+    first = manifest_stamp(final)
+    with writer_lock(final):
+        other = os.open(final, os.O_RDONLY)
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.close(other)
+    with atomic_directory(final, overwrite=True) as tmp:
+        write_manifest(tmp, {"kind": "x"})
+    assert manifest_stamp(final) != first and manifest_stamp(tmp_path / "none") is None
+
+
 # ----------------------------------------------------------------------------- checksums / manifest
 def test_sha256_file_known_value(tmp_path):
     (tmp_path / "f").write_bytes(b"abc")
