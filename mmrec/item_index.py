@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from fusion.fixed import CENTER_MIN_ITEMS, combine_modalities, modality_centers
 from index import FaissIndex, atomic_directory, read_manifest, sha256_file, write_manifest
-from index.persist import MANIFEST_NAME
+from index.persist import MANIFEST_NAME, manifest_stamp, writer_lock
 from index.mips import MipsTransform
 from mmrec.catalog import ID_FIELD, Catalog, check_catalog_ids, load_catalog
 from mmrec.errors import ConfigError, DataError, MMRecError, Problem, UnknownIdError
@@ -319,6 +319,29 @@ def _check_creatable(out: Path) -> None:
                          f"({e.strerror or e})") from None
 
 
+def read_whole(directory: Path, read: Any, attempts: int = 3) -> Any:
+    """``read()`` of a directory's files, all of one version: a writer replaces the directory
+    while a reader may be between its files (:func:`index.persist.manifest_stamp` differs after
+    the read), and then it is read again, up to ``attempts`` times.
+
+    Raises:
+        MMRecError: it changed during every attempt; or what ``read`` raises on a directory that
+            did not change.
+    """
+    for _ in range(attempts):
+        before = manifest_stamp(directory)
+        try:
+            result = read()
+        except Exception:
+            if manifest_stamp(directory) == before:  # nothing changed (a directory missing all along too)
+                raise
+            continue  # a file of the next version, or one gone with the last: read again
+        if before is not None and manifest_stamp(directory) == before:
+            return result
+    raise MMRecError(f"{directory} was rewritten by another command while it was read, {attempts} times in a row; "
+                     f"try again when it is done")
+
+
 def same_device(a: str | Any, b: str | Any) -> bool:
     """Whether two devices are the same, ``cuda`` and ``cuda:<current>`` included."""
     import torch
@@ -577,6 +600,7 @@ class ItemIndex:
         self.present = present
         self.manifest = manifest
         self.directory = directory
+        self._stamp = manifest_stamp(directory)  # the version on disk this object holds (save)
         self._pos = {it[ID_FIELD]: i for i, it in enumerate(items)}
         self.encoders = Encoders(manifest["encoders"], show_progress=show_progress, root=directory,
                                  modalities=manifest["modalities"])
@@ -777,8 +801,15 @@ class ItemIndex:
         directory = Path(directory)
         if self.directory is None or directory.resolve() != self.directory.resolve():
             check_out(directory, overwrite)  # replacing a directory mmrec did not write loses it
-        else:
-            self._check_in_place()
+            self._write(directory, overwrite=overwrite, skipped=skipped, attach=attach)
+            return
+        self._check_in_place()
+        with writer_lock(self.directory):  # one writer at a time; a later one finds the directory changed
+            self._check_unchanged()
+            self._write(directory, overwrite=overwrite, skipped=skipped, attach=attach)
+
+    def _write(self, directory: Path, *, overwrite: bool, skipped: Catalog | None, attach: Any) -> None:
+        """:meth:`save`'s writing, once the target is checked."""
         attached = list(self.manifest.get("attachments", []))
         # Through a symlink, the directory it points to is replaced and the link kept (renaming onto
         # the link itself would turn it into a plain directory and leave the target stale).
@@ -821,14 +852,29 @@ class ItemIndex:
             raise
         self.manifest = read_manifest(directory, verify_checksums=False)
         self.directory = self.encoders.root = directory
+        self._stamp = manifest_stamp(directory)
 
     def _check_in_place(self) -> None:
-        """Refuse, before any work, a save in place that would lose files (:func:`check_rewrite`)."""
+        """Refuse, before any work, a save in place that would lose files (:func:`check_rewrite`)
+        or another command's work (the directory was rewritten since this object read it)."""
         if self.directory is not None:
             check_rewrite(self.directory, self.manifest, "run this")
+            self._check_unchanged()
+
+    def _check_unchanged(self) -> None:
+        if manifest_stamp(self.directory) != self._stamp:
+            raise MMRecError(f"{self.directory} was rewritten by another command since it was loaded: nothing was "
+                             f"changed; load it again and repeat")
 
     @classmethod
     def load(cls, directory: str | Path, *, show_progress: bool = True, trained: bool = False) -> "ItemIndex":
+        """Open an index directory, verifying its manifest and checksums (:meth:`_load_once`;
+        read again when another command rewrote the directory meanwhile, :func:`read_whole`)."""
+        return read_whole(Path(directory), lambda: cls._load_once(directory, show_progress=show_progress,
+                                                                   trained=trained))
+
+    @classmethod
+    def _load_once(cls, directory: str | Path, *, show_progress: bool = True, trained: bool = False) -> "ItemIndex":
         """Open an index directory, verifying its manifest and checksums.
 
         Args:
@@ -844,7 +890,12 @@ class ItemIndex:
         directory = Path(directory)
         if not directory.is_dir():
             what = "is a file, not an index directory" if directory.exists() else "no such index directory"
+            left = sorted(directory.parent.glob(f".{directory.name}.old-*")) if not directory.exists() else []
+            if left:  # a write interrupted between its two renames (index.persist._publish)
+                what += (f"; an interrupted write left the previous version at {left[-1]}: `mv {left[-1]} "
+                         f"{directory}` puts it back")
             raise MMRecError(f"{directory}: {what}")
+        stamp = manifest_stamp(directory)
         manifest = read_manifest(directory)  # checks format_version and checksums
         if manifest.get("kind") == "trained" and not trained:
             raise MMRecError(f"{directory} is a trained directory: its vectors and queries need the model, so open "
@@ -867,6 +918,7 @@ class ItemIndex:
             )
         self = cls(index, items, features, present, manifest, tensors["vectors"], directory, show_progress=show_progress,
                    attention=tensors["attention"], centers=centers)
+        self._stamp = stamp  # the version read (read_whole checks it did not change meanwhile)
         if "pool" in tensors:  # format 1 had none: every item
             self.pool = tensors["pool"].astype(bool)
         return self
@@ -1487,7 +1539,14 @@ class ItemIndex:
         except BaseException:
             for name, value in before.items():
                 setattr(self, name, value)
-            self.index = FaissIndex.load(self.directory)
+            if manifest_stamp(self.directory) == self._stamp:
+                self.index = FaissIndex.load(self.directory)
+            else:  # another command rewrote the directory: its FAISS index is not this object's
+                knob = self.index.knob
+                setting = getattr(self.index, knob) if knob else None
+                self.index = FaissIndex.build(self.vectors, self.ids, factory=self.manifest["factory"])
+                if knob:
+                    setattr(self.index, knob, setting)
             raise
 
     def _try_resolve(self, item_id: object) -> ItemId | None:

@@ -39,7 +39,7 @@ from mmrec.errors import ConfigError, MMRecError, UnknownIdError
 from mmrec.explain import (DEFAULT_HISTORY, ItemExplanation, explain_history, explain_item, explain_recommendations,
                            explain_similar)
 from mmrec.foldin import DEFAULT_FOLD_IN_REG
-from mmrec.item_index import ItemIndex, MipsVectorizer, Result, check_rewrite
+from mmrec.item_index import ItemIndex, MipsVectorizer, Result, check_rewrite, read_whole
 from mmrec.typing import ItemId, UserId
 
 logger = logging.getLogger(__name__)
@@ -219,9 +219,14 @@ class Recommender:
     # ------------------------------------------------------------------------------ persist
     @classmethod
     def load(cls, directory: str | Path, *, show_progress: bool = True) -> "Recommender":
-        """Open an index or trained directory."""
+        """Open an index or trained directory: all its files of one version (read again when
+        another command rewrote it meanwhile, :func:`mmrec.item_index.read_whole`)."""
         directory = Path(directory)
-        items = ItemIndex.load(directory, show_progress=show_progress, trained=True)
+        return read_whole(directory, lambda: cls._load_once(directory, show_progress=show_progress))
+
+    @classmethod
+    def _load_once(cls, directory: Path, *, show_progress: bool = True) -> "Recommender":
+        items = ItemIndex._load_once(directory, show_progress=show_progress, trained=True)
         if items.manifest.get("kind") != "trained":
             return cls(items)
         cfg, extra = load_config(TrainConfig, directory / "config.json")

@@ -48,7 +48,7 @@ from typing import Any
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from index.persist import MANIFEST_NAME
+from index.persist import manifest_stamp
 from mmrec.errors import MMRecError, UnknownIdError
 from mmrec.item_index import split_where
 
@@ -289,19 +289,6 @@ class Handler(BaseHTTPRequestHandler):
 
 
 _NOW = object()  # RecommenderServer's loaded_stamp default: the manifest as it is when the server starts
-
-
-def manifest_stamp(directory: str | Path | None) -> tuple | None:
-    """What changes when a directory is rewritten (``index add`` / ``remove`` / ``train
-    --overwrite`` build it anew and rename it into place): its manifest's inode, size and mtime;
-    ``None`` without a directory or while the manifest is missing."""
-    if directory is None:
-        return None
-    try:
-        st = (Path(directory) / MANIFEST_NAME).stat()
-    except OSError:
-        return None
-    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 class RecommenderServer(ThreadingHTTPServer):

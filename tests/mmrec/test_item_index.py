@@ -407,3 +407,36 @@ def test_a_failed_save_leaves_memory_as_the_directory_is(tmp_path, monkeypatch, 
     assert [[(r.item_id, r.score) for r in idx.similar(i, 5)] for i in idx.ids] == want
     monkeypatch.undo()
     assert idx.remove(["i3"]) == 1 and ItemIndex.load(tmp_path / "idx", show_progress=False).ids == idx.ids
+
+
+def test_a_second_writer_is_refused_not_silently_lost_and_readers_get_one_version(tmp_path, monkeypatch):
+    import mmrec.item_index as item_index
+
+    five_items().save(tmp_path / "idx")
+    first = ItemIndex.load(tmp_path / "idx", show_progress=False)
+    second = ItemIndex.load(tmp_path / "idx", show_progress=False)
+    extra = {"text": np.array([[1.0, 1.0, 0.0]], np.float32)}
+    present = {"text": np.array([True])}
+    first.add_features(["f"], extra, present, records=[{"title": "item f"}])
+    with pytest.raises(MMRecError, match="was rewritten by another command since it was loaded: nothing was changed"):
+        second.add_features(["g"], extra, present, records=[{"title": "item g"}])
+    assert len(second) == 5 and "g" not in second  # untouched, as the directory
+    assert ItemIndex.load(tmp_path / "idx").ids == ["a", "b", "c", "d", "e", "f"]
+    # A reader between two writes reads again: never the FAISS index of one version beside the items of another.
+    real, calls = item_index.FaissIndex.load, []
+
+    def load_then_rewrite(directory):
+        got = real(directory)
+        if not calls:
+            calls.append(directory)
+            first.remove(["a"])  # another command publishes a new version meanwhile
+        return got
+
+    monkeypatch.setattr(item_index.FaissIndex, "load", staticmethod(load_then_rewrite))
+    back = ItemIndex.load(tmp_path / "idx", show_progress=False)
+    assert back.ids == ["b", "c", "d", "e", "f"] and len(back.index) == 5 and len(calls) == 1
+    # A write stopped between its two renames is named with the way back.
+    (tmp_path / "idx").rename(tmp_path / ".idx.old-123abc")
+    with pytest.raises(MMRecError, match=r"idx: no such index directory; an interrupted write left the previous "
+                                         r"version at .*\.idx\.old-123abc: `mv "):
+        ItemIndex.load(tmp_path / "idx")
