@@ -113,31 +113,46 @@ def _set_modes(tmp: Path, previous: Path | None) -> None:
     """Give the new directory and its files the modes of the version they replace (a setgid
     group directory, files a server of another user reads), and new files the umask's default
     (some writers, safetensors among them, create files 0600 whatever the umask)."""
-    mask = os.umask(0)
-    os.umask(mask)
+    mask = _umask()
     if previous is not None:
         os.chmod(tmp, stat.S_IMODE(previous.stat().st_mode))
     for path in tmp.rglob("*"):
         if path.is_symlink():
             continue
         before = previous / path.relative_to(tmp) if previous is not None else None
-        if before is not None and before.exists() and not before.is_symlink():
+        same_kind = before is not None and not before.is_symlink() and before.exists() and before.is_dir() == path.is_dir()
+        if same_kind:
             os.chmod(path, stat.S_IMODE(before.stat().st_mode))
         elif path.is_file():
             os.chmod(path, 0o666 & ~mask)
 
 
-def manifest_stamp(directory: str | Path | None) -> tuple | None:
-    """What changes when a directory is rewritten (every write builds it anew and renames it into
-    place): its manifest's inode, size and mtime; ``None`` without a directory or while the
+def _umask() -> int:
+    """The process umask, read without changing it where Linux says it (another thread creating
+    a file meanwhile would get mode 0o666 from a umask set to 0 for a moment)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def manifest_stamp(directory: str | Path | None) -> str | None:
+    """What changes when a directory is rewritten with other content: the SHA-256 of its
+    manifest, which lists every file's checksum (an inode and an mtime can repeat: inodes are
+    reused, and some filesystems keep whole seconds); ``None`` without a directory or while the
     manifest is missing."""
     if directory is None:
         return None
     try:
-        st = (Path(directory) / MANIFEST_NAME).stat()
+        return hashlib.sha256((Path(directory) / MANIFEST_NAME).read_bytes()).hexdigest()
     except OSError:
         return None
-    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 @contextlib.contextmanager
@@ -153,7 +168,10 @@ def writer_lock(directory: Path) -> Iterator[None]:
         return
     fd = os.open(directory, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:  # a filesystem without flock on directories (some NFS): the version check remains
+            logger.debug("no lock on %s (%s)", directory, e)
         yield
     finally:
         os.close(fd)  # closing releases the lock

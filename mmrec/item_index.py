@@ -15,6 +15,7 @@ a half-written index behind.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -801,7 +802,9 @@ class ItemIndex:
         directory = Path(directory)
         if self.directory is None or directory.resolve() != self.directory.resolve():
             check_out(directory, overwrite)  # replacing a directory mmrec did not write loses it
-            self._write(directory, overwrite=overwrite, skipped=skipped, attach=attach)
+            # Replacing one: after any in-place writer of it (which then finds it changed and stops).
+            with writer_lock(directory) if overwrite and directory.is_dir() else contextlib.nullcontext():
+                self._write(directory, overwrite=overwrite, skipped=skipped, attach=attach)
             return
         self._check_in_place()
         with writer_lock(self.directory):  # one writer at a time; a later one finds the directory changed
@@ -858,8 +861,8 @@ class ItemIndex:
         """Refuse, before any work, a save in place that would lose files (:func:`check_rewrite`)
         or another command's work (the directory was rewritten since this object read it)."""
         if self.directory is not None:
+            self._check_unchanged()  # first: another command's files are no reason to move anything
             check_rewrite(self.directory, self.manifest, "run this")
-            self._check_unchanged()
 
     def _check_unchanged(self) -> None:
         if manifest_stamp(self.directory) != self._stamp:
@@ -1541,12 +1544,14 @@ class ItemIndex:
                 setattr(self, name, value)
             if manifest_stamp(self.directory) == self._stamp:
                 self.index = FaissIndex.load(self.directory)
-            else:  # another command rewrote the directory: its FAISS index is not this object's
-                knob = self.index.knob
-                setting = getattr(self.index, knob) if knob else None
-                self.index = FaissIndex.build(self.vectors, self.ids, factory=self.manifest["factory"])
-                if knob:
-                    setattr(self.index, knob, setting)
+            else:  # another command rewrote the directory: undo this change in the FAISS index itself
+                keep = set(self.ids)
+                extra = [i for i in self.index.ids if i not in keep]
+                if extra:
+                    self.index.remove(extra)
+                missing = [p for p, i in enumerate(self.ids) if i not in self.index]
+                if missing:
+                    self.index.add(self.vectors[missing], [self.ids[p] for p in missing])
             raise
 
     def _try_resolve(self, item_id: object) -> ItemId | None:

@@ -145,8 +145,14 @@ def test_writer_lock_is_exclusive_and_manifest_stamp_sees_every_rewrite(tmp_path
             fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.close(other)
     with atomic_directory(final, overwrite=True) as tmp:
-        write_manifest(tmp, {"kind": "x"})
-    assert manifest_stamp(final) != first and manifest_stamp(tmp_path / "none") is None
+        write_manifest(tmp, {"kind": "x", "created": "same"})
+    same = manifest_stamp(final)
+    with atomic_directory(final, overwrite=True) as tmp:  # the same content: nothing to lose, the same stamp
+        write_manifest(tmp, {"kind": "x", "created": "same"})
+    assert manifest_stamp(final) == same
+    with atomic_directory(final, overwrite=True) as tmp:  # other content within the same second and inode
+        write_manifest(tmp, {"kind": "y", "created": "same"})
+    assert manifest_stamp(final) not in (same, first) and manifest_stamp(tmp_path / "none") is None
 
 
 # ----------------------------------------------------------------------------- checksums / manifest

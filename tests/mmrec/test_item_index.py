@@ -421,6 +421,14 @@ def test_a_second_writer_is_refused_not_silently_lost_and_readers_get_one_versio
     with pytest.raises(MMRecError, match="was rewritten by another command since it was loaded: nothing was changed"):
         second.add_features(["g"], extra, present, records=[{"title": "item g"}])
     assert len(second) == 5 and "g" not in second  # untouched, as the directory
+    # Refused inside the save instead (a writer that got in between the check and the lock): the FAISS
+    # index is put back as well, so the object still answers as before.
+    monkeypatch.setattr(second, "_check_in_place", lambda: None)
+    with pytest.raises(MMRecError, match="was rewritten by another command since it was loaded"):
+        second.add_features(["g"], extra, present, records=[{"title": "item g"}])
+    assert sorted(second.index.ids) == ["a", "b", "c", "d", "e"] and second.ids == ["a", "b", "c", "d", "e"]
+    assert [r.item_id for r in second.similar("a", k=4)] == ["b", "c", "d", "e"]
+    monkeypatch.undo()
     assert ItemIndex.load(tmp_path / "idx").ids == ["a", "b", "c", "d", "e", "f"]
     # A reader between two writes reads again: never the FAISS index of one version beside the items of another.
     real, calls = item_index.FaissIndex.load, []
