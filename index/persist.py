@@ -96,13 +96,11 @@ def _publish(tmp: Path, final: Path, *, overwrite: bool, token: str) -> None:
         raise FileExistsError(f"{final} appeared while it was being written; not replacing it")
     _set_modes(tmp, final)
     old = final.parent / f".{final.name}.old-{token}"
-    moved = False
-    try:  # an interrupt between the two renames also puts the previous version back
+    try:  # an interrupt between the two renames (or right after the first) also puts it back
         os.rename(final, old)
-        moved = True
         os.rename(tmp, final)
     except BaseException:
-        if moved and not final.exists():
+        if old.exists() and not final.exists():
             os.rename(old, final)  # put the previous version back before reporting the failure
         raise
     shutil.rmtree(old, ignore_errors=True)
@@ -110,12 +108,19 @@ def _publish(tmp: Path, final: Path, *, overwrite: bool, token: str) -> None:
 
 
 def _set_modes(tmp: Path, previous: Path | None) -> None:
-    """Give the new directory and its files the modes of the version they replace (a setgid
-    group directory, files a server of another user reads), and new files the umask's default
+    """Give the new directory and its files the modes and group of the version they replace (a
+    setgid group directory, files a server of another user reads), and new files the umask's default
     (some writers, safetensors among them, create files 0600 whatever the umask)."""
     mask = _umask()
     if previous is not None:
-        os.chmod(tmp, stat.S_IMODE(previous.stat().st_mode))
+        st = previous.stat()
+        os.chmod(tmp, stat.S_IMODE(st.st_mode))
+        if tmp.stat().st_gid != st.st_gid:  # a group's directory: its files stay the group's
+            try:
+                for path in (tmp, *tmp.rglob("*")):
+                    os.chown(path, -1, st.st_gid, follow_symlinks=False)
+            except OSError as e:  # not a member of that group: the modes are kept all the same
+                logger.warning("could not give %s the group of %s (%s)", tmp, previous, e)
     for path in tmp.rglob("*"):
         if path.is_symlink():
             continue

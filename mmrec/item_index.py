@@ -849,13 +849,15 @@ class ItemIndex:
                 )
                 manifest.pop("created", None)
                 write_manifest(tmp, manifest)
+                # This version's, read before it is published: after, the path may hold a later one.
+                written, stamp = read_manifest(tmp, verify_checksums=False), manifest_stamp(tmp)
         except BaseException:
             self.manifest = before
             self.encoders.spec = before["encoders"]  # the Encoders share the manifest's dict
             raise
-        self.manifest = read_manifest(directory, verify_checksums=False)
+        self.manifest = written
         self.directory = self.encoders.root = directory
-        self._stamp = manifest_stamp(directory)
+        self._stamp = stamp
 
     def _check_in_place(self) -> None:
         """Refuse, before any work, a save in place that would lose files (:func:`check_rewrite`)

@@ -101,6 +101,17 @@ def test_an_interrupt_between_the_two_renames_puts_the_old_version_back(tmp_path
     with pytest.raises(KeyboardInterrupt):
         with atomic_directory(final, overwrite=True) as tmp:
             (tmp / "new.txt").write_text("new")
+    assert entries(final) == ["old.txt"] and entries(tmp_path) == ["model"]
+
+    def rename_then_interrupt(src, dst):  # Ctrl-C arriving as the first rename returns
+        real_rename(src, dst)
+        if not str(dst).endswith("model"):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(persist.os, "rename", rename_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_directory(final, overwrite=True) as tmp:
+            (tmp / "new.txt").write_text("new")
     monkeypatch.setattr(persist.os, "rename", real_rename)
     assert entries(final) == ["old.txt"] and entries(tmp_path) == ["model"]
 
@@ -127,6 +138,23 @@ def test_a_rewrite_keeps_the_modes_it_replaces_and_new_files_follow_the_umask(tm
         assert stat.S_IMODE((final / "c.bin").stat().st_mode) == 0o644
     finally:
         os.umask(mask)
+
+
+def test_a_rewrite_keeps_the_group_of_the_version_it_replaces(tmp_path):
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("giving files another group needs root here")
+    final = tmp_path / "model"
+    with atomic_directory(final) as tmp:
+        (tmp / "a.bin").write_bytes(b"a")
+    group = os.getgid() + 4242  # any gid: root may give it
+    os.chown(final, -1, group)
+    with atomic_directory(final, overwrite=True) as tmp:
+        (tmp / "a.bin").write_bytes(b"b")
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "c.bin").write_bytes(b"c")
+    assert {p.stat().st_gid for p in (final, final / "a.bin", final / "sub", final / "sub" / "c.bin")} == {group}
 
 
 def test_writer_lock_is_exclusive_and_manifest_stamp_sees_every_rewrite(tmp_path):

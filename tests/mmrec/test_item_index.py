@@ -448,3 +448,25 @@ def test_a_second_writer_is_refused_not_silently_lost_and_readers_get_one_versio
     with pytest.raises(MMRecError, match=r"idx: no such index directory; an interrupted write left the previous "
                                          r"version at .*\.idx\.old-123abc: `mv "):
         ItemIndex.load(tmp_path / "idx")
+
+
+def test_the_version_a_save_remembers_is_its_own_not_a_later_writers(tmp_path, monkeypatch):
+    import index.persist as persist
+
+    five_items().save(tmp_path / "idx")
+    a = ItemIndex.load(tmp_path / "idx", show_progress=False)
+    real, done = persist._publish, []
+
+    def publish_then_another_writer(*args, **kwargs):
+        real(*args, **kwargs)
+        if not done:  # right after a's version is in place, another command writes a newer one
+            done.append(1)
+            ItemIndex.load(tmp_path / "idx", show_progress=False).remove(["e"])
+
+    monkeypatch.setattr(persist, "_publish", publish_then_another_writer)
+    a.remove(["d"])
+    monkeypatch.undo()
+    assert ItemIndex.load(tmp_path / "idx").ids == ["a", "b", "c"]
+    with pytest.raises(MMRecError, match="was rewritten by another command since it was loaded"):
+        a.remove(["a"])  # a holds "e", which the other command removed: its save would bring it back
+    assert ItemIndex.load(tmp_path / "idx").ids == ["a", "b", "c"]
