@@ -826,9 +826,13 @@ class ItemIndex:
                     attached = list(attach(tmp))
                 else:
                     source = self.directory or directory
+                    if attached and self.directory is not None:
+                        self._check_unchanged()  # the model files there must be this object's
                     for name in attached:
                         (tmp / name).parent.mkdir(parents=True, exist_ok=True)
                         shutil.copy2(source / name, tmp / name)
+                    if attached and self.directory is not None:
+                        self._check_unchanged()  # and were not replaced while they were copied
                 self.index.save(tmp)
                 tensors = {f"feature.{m}": self.features[m] for m in self.modalities}
                 tensors |= {f"present.{m}": self.present[m].astype(np.uint8) for m in self.modalities}

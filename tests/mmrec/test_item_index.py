@@ -470,3 +470,16 @@ def test_the_version_a_save_remembers_is_its_own_not_a_later_writers(tmp_path, m
     with pytest.raises(MMRecError, match="was rewritten by another command since it was loaded"):
         a.remove(["a"])  # a holds "e", which the other command removed: its save would bring it back
     assert ItemIndex.load(tmp_path / "idx").ids == ["a", "b", "c"]
+
+
+def test_saving_elsewhere_copies_the_model_files_of_its_own_version_only(tmp_path):
+    five_items().save(tmp_path / "idx", attach=lambda tmp: (tmp / "model.bin").write_text("v1") and ["model.bin"])
+    a = ItemIndex.load(tmp_path / "idx", show_progress=False, trained=True)
+    five_items().save(tmp_path / "idx", overwrite=True,
+                      attach=lambda tmp: (tmp / "model.bin").write_text("v2") and ["model.bin"])  # train --overwrite
+    with pytest.raises(MMRecError, match="was rewritten by another command since it was loaded"):
+        a.save(tmp_path / "copy")
+    assert not (tmp_path / "copy").exists()
+    b = ItemIndex.load(tmp_path / "idx", show_progress=False, trained=True)
+    b.save(tmp_path / "copy")
+    assert (tmp_path / "copy" / "model.bin").read_text() == "v2"
