@@ -125,8 +125,8 @@ def _set_modes(tmp: Path, previous: Path | None) -> None:
         if path.is_symlink():
             continue
         before = previous / path.relative_to(tmp) if previous is not None else None
-        same_kind = before is not None and not before.is_symlink() and before.exists() and before.is_dir() == path.is_dir()
-        if same_kind:
+        kept = before is not None and not before.is_symlink() and before.exists()
+        if kept and before.is_dir() == path.is_dir():  # a file that became a folder takes no file's mode
             os.chmod(path, stat.S_IMODE(before.stat().st_mode))
         elif path.is_file():
             os.chmod(path, 0o666 & ~mask)

@@ -418,7 +418,8 @@ def _read_columns(path: Path, fmt: str) -> tuple[dict[str, pa.Array], int, dict[
         plain = path.suffix.lower() in (".csv", ".tsv")  # a compressed file's bytes are no text
         problem = utf8_problem(path) if plain else None
         if problem is None and any("\x00" in c for c in header):
-            problem = Problem(None, None, "the header row is not UTF-8 text (NUL bytes: UTF-16?): save the file as UTF-8")
+            problem = Problem(None, None, "the header row is not UTF-8 text (NUL bytes: UTF-16?): "
+                                          "save the file as UTF-8")
         elif problem is None and not plain:
             problem = Problem(None, None, "the header row is not UTF-8 text: save the file as UTF-8")
         if problem is not None:

@@ -753,9 +753,8 @@ class ItemIndex:
             for m in modalities:
                 if center and m not in centers:
                     logger.info("%s similarity is the plain cosine: fewer than %d items have it, or they are all "
-                                "alike (the means are fixed when `mmrec index build` encodes the catalog; `index rebuild` keeps "
-                                "them)",
-                                m, CENTER_MIN_ITEMS)
+                                "alike (the means are fixed when `mmrec index build` encodes the catalog; "
+                                "`index rebuild` keeps them)", m, CENTER_MIN_ITEMS)
         centers = {m: np.asarray(c, np.float32) for m, c in centers.items()}
         vectorizer = vectorizer or FixedCombination(w, modalities, centers)
         if vectors is None:
