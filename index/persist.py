@@ -174,7 +174,11 @@ def writer_lock(directory: Path) -> Iterator[None]:
     fd = os.open(directory, os.O_RDONLY)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                logger.info("waiting for another command writing %s to finish", directory)
+                fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError as e:  # a filesystem without flock on directories (some NFS): the version check remains
             logger.debug("no lock on %s (%s)", directory, e)
         yield

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import glob
 import json
 import logging
 import os
@@ -898,7 +899,8 @@ class ItemIndex:
         directory = Path(directory)
         if not directory.is_dir():
             what = "is a file, not an index directory" if directory.exists() else "no such index directory"
-            left = sorted(directory.parent.glob(f".{directory.name}.old-*")) if not directory.exists() else []
+            left = [] if directory.exists() else sorted(  # the newest last
+                directory.parent.glob(f".{glob.escape(directory.name)}.old-*"), key=lambda q: q.stat().st_mtime_ns)
             if left:  # a write interrupted between its two renames (index.persist._publish)
                 what += (f"; an interrupted write left the previous version at {left[-1]}: `mv {left[-1]} "
                          f"{directory}` puts it back")

@@ -39,7 +39,7 @@ from mmrec.errors import ConfigError, MMRecError, UnknownIdError
 from mmrec.explain import (DEFAULT_HISTORY, ItemExplanation, explain_history, explain_item, explain_recommendations,
                            explain_similar)
 from mmrec.foldin import DEFAULT_FOLD_IN_REG
-from mmrec.item_index import ItemIndex, MipsVectorizer, Result, check_rewrite, read_whole
+from mmrec.item_index import ItemIndex, MipsVectorizer, Result, read_whole
 from mmrec.typing import ItemId, UserId
 
 logger = logging.getLogger(__name__)
@@ -437,7 +437,8 @@ class Recommender:
             MMRecError: a Flat index (exact: nothing to tune), an empty index, ``recall`` outside
                 ``(0, 1]``, ``k`` or ``sample`` below 1, queries that leave nothing to find (a
                 one-item index); before any work, a directory that cannot be rewritten in place
-                (:func:`mmrec.item_index.check_rewrite`).
+                (:func:`mmrec.item_index.check_rewrite`) or that another command rewrote since it
+                was loaded.
         """
         index = self.items.index
         if index.knob is None:
@@ -450,7 +451,7 @@ class Recommender:
         if not len(self.items):
             raise MMRecError("the index is empty: nothing to tune")
         if save and self.items.directory is not None:
-            check_rewrite(self.items.directory, self.items.manifest, "tune it")  # before the sweep, not after
+            self.items._check_in_place()  # before the sweep, not after: foreign files, another writer
         rng = np.random.default_rng(seed)
 
         def pick(n: int) -> np.ndarray:

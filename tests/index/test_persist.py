@@ -269,3 +269,27 @@ def test_index_saved_atomically_with_manifest_round_trips(tmp_path):
     (out / "ids.json").write_text(json.dumps(ids_json))
     with pytest.raises(IndexFormatError, match="checksum mismatch for 'ids.json'"):
         read_manifest(out)
+
+
+def test_a_writer_waiting_for_the_lock_says_so_and_gets_it_when_the_first_is_done(tmp_path, caplog):
+    import logging
+    import threading
+
+    from index.persist import writer_lock
+
+    final = tmp_path / "model"
+    final.mkdir()
+    order = []
+    with writer_lock(final):
+        def second():
+            with writer_lock(final):
+                order.append("second")
+
+        thread = threading.Thread(target=second)
+        with caplog.at_level(logging.INFO, logger="index.persist"):
+            thread.start()
+            thread.join(0.5)
+            assert thread.is_alive() and order == []  # it waits for the first writer
+            order.append("first")
+    thread.join(10)
+    assert order == ["first", "second"] and f"waiting for another command writing {final} to finish" in caplog.text

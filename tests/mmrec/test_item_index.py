@@ -448,6 +448,9 @@ def test_a_second_writer_is_refused_not_silently_lost_and_readers_get_one_versio
     with pytest.raises(MMRecError, match=r"idx: no such index directory; an interrupted write left the previous "
                                          r"version at .*\.idx\.old-123abc: `mv "):
         ItemIndex.load(tmp_path / "idx")
+    (tmp_path / ".idx.old-123abc").rename(tmp_path / ".v[1].old-9f")  # a name glob would read as a pattern
+    with pytest.raises(MMRecError, match=r"v\[1\]: no such index directory; an interrupted write left .*\.v\[1\]\.old-9f"):
+        ItemIndex.load(tmp_path / "v[1]")
 
 
 def test_the_version_a_save_remembers_is_its_own_not_a_later_writers(tmp_path, monkeypatch):

@@ -234,3 +234,19 @@ def test_info_says_what_a_directory_holds(tmp_path, capsys, monkeypatch):
     content = Recommender.load(content_ivf(tmp_path / "idx"), show_progress=False).info()
     assert content["kind"] == "content" and content["users"] == 0 and "config" not in content
     assert content["index"] == {"factory": "IVF8,Flat", "dim": 9, "nprobe": 8}
+
+
+def test_tuning_a_directory_another_command_rewrote_is_refused_before_the_sweep(tmp_path, monkeypatch):
+    from index import FaissIndex
+
+    d = content_ivf(tmp_path / "idx")
+    stale, other = Recommender.load(d, show_progress=False), Recommender.load(d, show_progress=False)
+    other.set_search(4)  # another command saves a setting meanwhile
+
+    def no_sweep(*args, **kwargs):
+        raise AssertionError("swept before the directory was checked")
+
+    monkeypatch.setattr(FaissIndex, "sweep_knob", no_sweep)
+    with pytest.raises(MMRecError, match="was rewritten by another command since it was loaded"):
+        stale.tune_search(recall=0.99, k=10)
+    assert Recommender.load(d, show_progress=False).items.index.nprobe == 4
