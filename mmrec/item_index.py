@@ -602,7 +602,9 @@ class ItemIndex:
         self.present = present
         self.manifest = manifest
         self.directory = directory
-        self._stamp = manifest_stamp(directory)  # the version on disk this object holds (save)
+        # The version on disk this object holds (save); through load, read_whole checks it is the
+        # one all the files came from.
+        self._stamp = manifest_stamp(directory)
         self._pos = {it[ID_FIELD]: i for i, it in enumerate(items)}
         self.encoders = Encoders(manifest["encoders"], show_progress=show_progress, root=directory,
                                  modalities=manifest["modalities"])
@@ -905,7 +907,6 @@ class ItemIndex:
                 what += (f"; an interrupted write left the previous version at {left[-1]}: `mv {left[-1]} "
                          f"{directory}` puts it back")
             raise MMRecError(f"{directory}: {what}")
-        stamp = manifest_stamp(directory)
         manifest = read_manifest(directory)  # checks format_version and checksums
         if manifest.get("kind") == "trained" and not trained:
             raise MMRecError(f"{directory} is a trained directory: its vectors and queries need the model, so open "
@@ -928,7 +929,6 @@ class ItemIndex:
             )
         self = cls(index, items, features, present, manifest, tensors["vectors"], directory, show_progress=show_progress,
                    attention=tensors["attention"], centers=centers)
-        self._stamp = stamp  # the version read (read_whole checks it did not change meanwhile)
         if "pool" in tensors:  # format 1 had none: every item
             self.pool = tensors["pool"].astype(bool)
         return self
