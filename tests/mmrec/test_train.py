@@ -86,6 +86,14 @@ def test_a_one_column_modality_trains_and_present_defaults_to_every_item(tmp_pat
     assert [r.item_id for r in back.recommend("u0", 5)] == [r.item_id for r in rec.recommend("u0", 5)]
 
 
+def test_an_item_graph_asked_of_a_model_without_content_is_a_warning_not_silence(tmp_path, caplog):
+    inter_path, _ = write_planted(tmp_path)
+    with caplog.at_level("WARNING", logger="mmrec.train"):
+        tr, _ = _trainer(inter_path, epochs=1, item_graph_k=4)
+    assert tr.item_graph is None
+    assert "item_graph_k=4" in caplog.text and "has none" in caplog.text
+
+
 @pytest.mark.parametrize("reg_form", ["squared", "norm"])
 def test_step_loss_is_bpr_plus_the_chosen_regulariser(tmp_path, reg_form):
     inter_path, _ = write_planted(tmp_path)
