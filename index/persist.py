@@ -219,7 +219,11 @@ def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
 
 
 def read_manifest(
-    directory: Path, *, expect: dict[str, Any] | None = None, verify_checksums: bool = True
+    directory: Path,
+    *,
+    expect: dict[str, Any] | None = None,
+    verify_checksums: bool = True,
+    required: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Read and check ``manifest.json`` in ``directory``.
 
@@ -228,14 +232,17 @@ def read_manifest(
         expect: Fields that must hold exactly these values (e.g. ``{"dim": 64}``).
         verify_checksums: Recompute the SHA-256 of every file listed under ``"checksums"``.
             Defaults to True.
+        required: Fields the reader needs (their values are its business).
 
     Returns:
         The manifest as a dict.
 
     Raises:
         IndexFormatError: The manifest is missing or not a JSON object, ``format_version`` is
-            missing or unknown, a field differs from ``expect``, or a listed file is missing or
-            its checksum differs. The message names the directory and the field or file.
+            missing or unknown, a ``required`` field is missing, a field differs from ``expect``,
+            a name under ``"checksums"`` is not a file of the directory itself (absolute, or with a
+            ``..`` part), or a listed file is missing or its checksum differs. The message names
+            the directory and the field or file.
     """
     directory = Path(directory)
     path = directory / MANIFEST_NAME
@@ -253,6 +260,10 @@ def read_manifest(
             f"{path}: field 'format_version' is {version!r}; this version of the code reads "
             f"{sorted(SUPPORTED_FORMAT_VERSIONS)}"
         )
+    missing = [key for key in required if key not in manifest]
+    if missing:
+        raise IndexFormatError(f"{path}: field(s) {', '.join(map(repr, missing))} missing (the manifest was "
+                               "edited, or not written by this library)")
     for key, want in (expect or {}).items():
         if key not in manifest:
             raise IndexFormatError(f"{path}: field {key!r} is missing, expected {want!r}")
@@ -263,6 +274,9 @@ def read_manifest(
         if not isinstance(checksums, dict):
             raise IndexFormatError(f"{path}: field 'checksums' must map file names to sha256")
         for name, want in checksums.items():
+            parts = Path(name).parts
+            if Path(name).is_absolute() or ".." in parts or not parts:
+                raise IndexFormatError(f"{path}: {name!r} in 'checksums' is not a file of {directory}")
             file = directory / name
             if not file.is_file():
                 raise IndexFormatError(f"{directory}: file {name!r} listed in 'checksums' is missing")

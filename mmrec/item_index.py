@@ -34,7 +34,8 @@ from safetensors.numpy import load_file, save_file
 from tqdm.auto import tqdm
 
 from fusion.fixed import CENTER_MIN_ITEMS, combine_modalities, modality_centers
-from index import FaissIndex, atomic_directory, read_manifest, sha256_file, write_manifest
+from index import FaissIndex, IndexFormatError, atomic_directory, read_manifest, sha256_file, write_manifest
+from index.faiss_index import IDS_FILE, INDEX_FILE
 from index.persist import MANIFEST_NAME, manifest_stamp, writer_lock
 from index.mips import MipsTransform
 from mmrec.catalog import ID_FIELD, Catalog, check_catalog_ids, load_catalog
@@ -47,6 +48,10 @@ COSINE_BATCH_SCORES = 1 << 26  # float32 scores in one batch of similar_many(by=
 logger = logging.getLogger(__name__)
 
 MODALITY_ORDER = ("text", "image")
+# What every directory's manifest holds (and :meth:`ItemIndex.load` reads), and the files its
+# checksums must cover.
+MANIFEST_FIELDS = ("kind", "dim", "factory", "count", "modalities", "tokens", "weights", "encoders", "checksums")
+CHECKSUMMED = (INDEX_FILE, IDS_FILE, "features.safetensors", "items.jsonl")
 
 
 def default_cache_dir() -> Path:
@@ -907,7 +912,12 @@ class ItemIndex:
                 what += (f"; an interrupted write left the previous version at {left[-1]}: `mv {left[-1]} "
                          f"{directory}` puts it back")
             raise MMRecError(f"{directory}: {what}")
-        manifest = read_manifest(directory)  # checks format_version and checksums
+        # Checks format_version and checksums, and that the fields read below are there.
+        manifest = read_manifest(directory, required=MANIFEST_FIELDS)
+        unlisted = [n for n in CHECKSUMMED if n not in manifest["checksums"]]
+        if unlisted:  # a manifest without them would load unverified files
+            raise IndexFormatError(f"{directory / MANIFEST_NAME}: 'checksums' does not list "
+                                   f"{', '.join(unlisted)} (the manifest was edited, or not written by this library)")
         if manifest.get("kind") == "trained" and not trained:
             raise MMRecError(f"{directory} is a trained directory: its vectors and queries need the model, so open "
                              f"it with mmrec.recommender.Recommender.load (it does everything ItemIndex does)")

@@ -486,3 +486,21 @@ def test_saving_elsewhere_copies_the_model_files_of_its_own_version_only(tmp_pat
     b = ItemIndex.load(tmp_path / "idx", show_progress=False, trained=True)
     b.save(tmp_path / "copy")
     assert (tmp_path / "copy" / "model.bin").read_text() == "v2"
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.pop("modalities"), r"field\(s\) 'modalities' missing"),
+    (lambda m: m.pop("checksums"), r"field\(s\) 'checksums' missing"),
+    (lambda m: m["checksums"].pop("items.jsonl"), r"'checksums' does not list items.jsonl"),
+    (lambda m: m["checksums"].update({"../outside": "0" * 64}), r"'../outside' in 'checksums' is not a file of"),
+])
+def test_an_edited_manifest_is_refused_by_name_not_loaded_unverified(tmp_path, edit, message):
+    ids, feats, present = centred_catalog(n=12)
+    ItemIndex.from_features(ids, feats, present, factory="Flat").save(tmp_path / "idx")
+    (tmp_path / "outside").write_text("not the index's")
+    path = tmp_path / "idx" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(index_pkg.IndexFormatError, match=message):
+        ItemIndex.load(tmp_path / "idx")
