@@ -265,6 +265,8 @@ class Handler(BaseHTTPRequestHandler):
         except ValueError:
             phrase = "error"
         self.close_connection = True
+        if self.request_version == "HTTP/0.9":  # a request line it could not parse: answer with a status line
+            self.request_version = self.protocol_version  # and headers, not a bare HTTP/0.9 body
         self._send(code, {"error": message or phrase})
         logger.info('"%s" %d', (self.requestline or "").strip(), code)
 

@@ -167,6 +167,15 @@ def test_other_methods_get_a_json_405_and_a_body_does_not_poison_the_connection(
             answer += chunk
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 431") and json.loads(body) == {"error": "Line too long"}
+    # So is a request line it cannot parse: with a status line and headers, not a bare HTTP/0.9 body.
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+        raw.sendall(b"NONSENSE\r\n\r\n")
+        answer = b""
+        while chunk := raw.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"Content-Type: application/json" in head
+    assert json.loads(body) == {"error": "Bad request syntax ('NONSENSE')"}
 
 
 def test_an_ipv6_address_is_served_where_the_machine_has_one(model_dir):
