@@ -613,7 +613,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     rec = _open_recommender(args)
     metrics = evaluate_directory(rec, args.interactions, split=args.split, mask=args.mask, how=args.split_rule,
-                                 cold_start=args.cold_start)
+                                 cold_start=args.cold_start, batch_size=args.batch_size)
     if args.json:
         print(json.dumps(metrics, indent=1))
     else:
@@ -936,6 +936,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--mask", choices=["all", "train"], help="default: the training config's")
     ev.add_argument("--cold-start", action="store_true",
                     help="rank the items held out of training (train --cold-start F) for the users who had them")
+    ev.add_argument("--batch-size", type=_positive_int,
+                    help="users scored at once, each batch a users x items score matrix "
+                         "(default: the model's eval_batch_size)")
     ev.add_argument("--json", action="store_true")
     _common(ev)
     ev.set_defaults(func=cmd_evaluate)

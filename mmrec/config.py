@@ -88,6 +88,8 @@ class TrainConfig:
         for name in ("dim", "layers", "heads", "batch_size", "epochs", "negatives"):
             if getattr(self, name) < (0 if name == "layers" else 1):
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.seed < 2**32:  # what numpy's generators take
+            raise ConfigError(f"seed must lie in [0, 2**32), got {self.seed}")
         if self.item_graph_k < 0:
             raise ConfigError(f"item_graph_k must be >= 0 (0: no item-item graph), got {self.item_graph_k}")
         if self.cold_neighbours < 0 or not 0.0 <= self.cold_neighbour_weight <= 1.0:

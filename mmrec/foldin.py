@@ -40,6 +40,7 @@ def select_fold_in_reg(
     seed: int = 0,
     regs: Sequence[float] = FOLD_IN_REGS,
     max_users: int = MAX_USERS,
+    batch_size: int = 1024,
 ) -> tuple[float, dict[str, float], int]:
     """The fold-in ridge with the best validation Recall@20.
 
@@ -54,6 +55,7 @@ def select_fold_in_reg(
         seed: picks the users when more than ``max_users`` have a validation item and a history.
         regs: the ridges tried.
         max_users: at most this many validation users.
+        batch_size: users scored at once (a ``[batch_size, N]`` score matrix).
 
     Returns:
         ``(reg, {str(reg): valid recall@20}, users measured)``; ``(DEFAULT_FOLD_IN_REG, {}, 0)``
@@ -82,7 +84,7 @@ def select_fold_in_reg(
     for reg in regs:
         placed = fold.with_settings(reg=reg)(histories)  # [S, D]
         scores[str(reg)] = evaluate(lambda b: score_users(placed, items, excluded, slot[b]), sample,
-                                    split="valid", mask=mask, ks=(20,))[SELECT_KEY]
+                                    split="valid", mask=mask, ks=(20,), batch_size=batch_size)[SELECT_KEY]
     top = max(scores.values())
     best = min((r for r in regs if scores[str(r)] == top), key=lambda r: abs(math.log(r / DEFAULT_FOLD_IN_REG)))
     logger.info("history fold-in: reg %g (valid recall@20 %.4f over %d users; tried %s)", best, top, len(users),

@@ -1,9 +1,11 @@
 """Full-ranking top-K evaluation: accuracy and beyond-accuracy metrics.
 
 Protocol (MMRec / RecBole "full sort"): every user with at least one interaction in the
-evaluated split scores every item; items the user already interacted with outside that split
-are masked; the top K are compared with the held-out items. Users are scored in batches, so
-at most one ``batch x items`` score matrix exists at a time.
+evaluated split scores every item; the items the user interacted with in the splits before it
+are masked (training items when validating; training and validation items when testing;
+training items only with ``mask="train"``); the top K are compared with the held-out items.
+Users are scored in batches, so the score matrices never outgrow one ``batch x items`` (the
+scorer's, and the copy that is masked).
 
 Metric definitions, per user with truth set T (|T| >= 1) and top-K list L, then averaged over
 users (MMRec's ``utils/metrics.py``; users with no truth item are not averaged):

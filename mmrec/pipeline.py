@@ -269,6 +269,8 @@ def fit(
     inter = interactions_for(content, interactions, split=split, seed=config.seed, rating_threshold=rating_threshold,
                              on_invalid="skip" if skip_invalid else "error")
     logger.info("%r", inter)
+    # The rule that made the split, for `evaluate` (auto resolves by this file's split column, which another file may lack).
+    split = inter.report["split"]["method"] if "split" in inter.report else "given"
     item_ids = content.item_ids if content.item_ids is not None else list(inter.item_ids)
     n = len(item_ids)
     dims = {m: int(x.shape[1]) for m, x in content.features.items()} if config.use_content else {}
@@ -289,12 +291,15 @@ def fit(
     train_degree = np.bincount(train_inter.items[train_inter.split_mask("train")], minlength=n)
     has_id = torch.from_numpy(train_degree > 0) if dims else None
     with_content = np.any([np.asarray(content.present[m], bool) for m in dims], axis=0) if dims else np.ones(n, bool)
-    orphans = np.flatnonzero(~with_content & (train_degree == 0))
-    if len(orphans):  # neither content nor a training edge: nothing to place them by
+    # Neither content nor a training edge (or, without ID embeddings, no content): nothing to place them by.
+    orphans = np.flatnonzero(~with_content & ((train_degree == 0) | (not config.use_id)))
+    if len(orphans):
         source = ", ".join(str(f) for f in (features or {}).values()) or str(getattr(content.catalog, "source", catalog))
+        why = ("and no training interaction, so the model has nothing to place it by" if config.use_id else
+               "and the model has no ID embeddings (use_id off), so it has nothing to place it by")
         raise DataError(source, [Problem(None, None, (
-            f"item {item_ids[i]!r} has no content (every modality missing: {', '.join(dims)}) and no training "
-            "interaction, so the model has nothing to place it by; give it features, or leave it out")) for i in orphans])
+            f"item {item_ids[i]!r} has no content (every modality missing: {', '.join(dims)}) {why}; give it "
+            "features, or leave it out")) for i in orphans])
     no_edges = int((train_degree == 0).sum())
     if no_edges and dims:
         logger.info("%d items have no training interaction: learned from content alone", no_edges)
@@ -310,6 +315,7 @@ def fit(
     result = trainer.fit()
     user_vecs, item_vecs, attention = (t.cpu().numpy() for t in trainer.vectors())
     features_now = {m: trainer.features[m].cpu().numpy() for m in dims}  # fine-tuned encoders change them
+    model.cpu()  # what follows (and the returned Recommender) places items and queries on the CPU, as a loaded one
     # Items held out of training (the cold-start protocol) enter the index the way items added
     # later do: through the content path, on the trained score scale. Catalog items without
     # training edges keep the vectors the model was validated with (their content through the
@@ -385,12 +391,14 @@ def fit(
     if test:
         logger.info("test recall@20 %.4f ndcg@20 %.4f", test["recall@20"], test["ndcg@20"])
     if held_out is not None:
-        test["cold"] = evaluate_cold(torch.from_numpy(user_vecs), index_vecs, inter, held_out)
+        test["cold"] = evaluate_cold(torch.from_numpy(user_vecs), index_vecs, inter, held_out,
+                                     batch_size=config.eval_batch_size)
         logger.info("cold-start items: test recall@20 %.4f ndcg@20 %.4f", test["cold"]["recall@20"],
                     test["cold"]["ndcg@20"])
     # The ridge of `recommend --history`'s fold-in, chosen on validation (mmrec.foldin).
     fold_in_reg, fold_in_valid, fold_in_users = select_fold_in_reg(
-        index_vecs.numpy(), train_inter, excluded=held_out, mask=config.mask, seed=config.seed)
+        index_vecs.numpy(), train_inter, excluded=held_out, mask=config.mask, seed=config.seed,
+        batch_size=config.eval_batch_size)
     if tuner is not None:  # queries in memory must use the tuned encoders the features came from
         items.encoders._loaded.update({m: e for m, e in content.encoder_objects.items() if m in dims})
         items.encoders.to(config.device)  # where they are (and where any other one would load)
@@ -497,7 +505,7 @@ def content_scale(
             content = model.content_only(
                 {m: torch.from_numpy(x[rows]) for m, x in features.items()},
                 {m: torch.from_numpy(np.asarray(present[m][rows], bool)) for m in features},
-            ).numpy()  # [N', D]
+            ).cpu().numpy()  # [N', D]
     if user_vecs is not None and pairs is not None:
         users, items = pairs
         keep = trained[items]
@@ -537,6 +545,7 @@ def evaluate_directory(
     how: str | None = None,
     ks: tuple[int, ...] = (10, 20),
     cold_start: bool = False,
+    batch_size: int | None = None,
 ) -> dict[str, Any]:
     """Full-ranking metrics of a trained directory on an interaction file.
 
@@ -558,6 +567,10 @@ def evaluate_directory(
     """
     if not rec.trained:
         raise MMRecError("evaluation needs a trained directory (made by `mmrec train`)")
+    if batch_size is None:  # users scored at once: the model's validation batches
+        batch_size = rec.config.eval_batch_size
+    elif batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     item_ids = rec.items.ids
     # Items the model was trained on and that were removed since are skipped (counted), after the
     # split: dropped before it, they would move their users' other rows between the splits (rows
@@ -581,6 +594,10 @@ def evaluate_directory(
     if loaded.report.get("unknown_items"):  # (the invalid rows have their own warning from the loader)
         logger.warning("%s: skipped %d row(s) of items skipped from the catalog as invalid at training time "
                        "(--skip-invalid)", interactions, loaded.report["unknown_items"])
+    if how is None and rec.split_rule == "given" and loaded.split is None:
+        raise MMRecError(f"{interactions} has no split column, and the model was trained on the split its training "
+                         "file gave: evaluate on a file with the split column, or choose a rule (--split-rule random "
+                         "or temporal)")
     inter = ensure_split(loaded, how or rec.split_rule, rec.config.seed, option="--split-rule", keys=rec.split_keys)
     inter, gone, emptied = without_items_from(inter, len(item_ids))
     if gone:
@@ -617,10 +634,11 @@ def evaluate_directory(
         if not rec.cold_items:
             raise MMRecError("this model was trained without held-out items: train with --cold-start FRACTION")
         model_rows = torch.from_numpy(rows.clip(min=0))  # unknown users' rows were dropped above
-        return out | {"cold_start": True, **evaluate_cold(user_vecs[model_rows], item_vecs, inter, cold, ks=ks)}
+        return out | {"cold_start": True, **evaluate_cold(user_vecs[model_rows], item_vecs, inter, cold, ks=ks,
+                                                          batch_size=batch_size)}
     if not inter.split_mask(split).any():
         counts = ", ".join(f"{name} {int(inter.split_mask(name).sum())}" for name in ("train", "valid", "test"))
         raise MMRecError(f"{interactions}: no {split} rows to evaluate (rows by split, after the skips above: "
                          f"{counts}); choose another --split")
     return out | evaluate(score, inter, split=split, mask=mask or rec.config.mask, ks=ks,
-                          item_vectors=item_vecs.numpy())
+                          item_vectors=item_vecs.numpy(), batch_size=batch_size)

@@ -93,7 +93,7 @@ class TrainedContent(MipsVectorizer):
             raise ConfigError("an ID-only model cannot place items or queries by content: train with content")
         feats = {m: torch.from_numpy(np.asarray(x, np.float32)) for m, x in features.items()}
         has = {m: torch.from_numpy(np.asarray(present[m], bool)) for m in features}
-        return self.model.content_only(feats, has).numpy()
+        return self.model.content_only(feats, has).cpu().numpy()
 
     def content_vectors(self, features: dict[str, np.ndarray], present: dict[str, np.ndarray],
                         pool: tuple[dict, dict, np.ndarray] | None = None,
@@ -152,8 +152,9 @@ class Recommender:
             :meth:`recommend_history` starts a known user from). ``None``: every known pair.
         train_item_ids: the item ids of ``known``'s columns.
         cold_items: items held out of training under the cold-start protocol.
-        split_rule: how the training split was made (``auto``, ``given``, ``random``,
-            ``temporal``); evaluation rebuilds it the same way by default.
+        split_rule: how the training split was made (``given``, ``random``, ``temporal``;
+            ``auto`` in directories trained before the rule was recorded resolved); evaluation
+            rebuilds it the same way by default.
         rating_threshold: the implicit-feedback threshold applied at training time, if any.
         fold_in_reg: the ridge of :meth:`recommend_history`'s fold-in (chosen on validation by
             :func:`mmrec.foldin.select_fold_in_reg` when trained).

@@ -595,3 +595,68 @@ def test_a_pq_factory_the_items_cannot_train_is_refused_before_training(tmp_path
     with pytest.raises(ConfigError, match=r"--factory IVF1,PQ2: .*PQ codebooks need 9984 rows"):
         fit(inter, features={"content": feats}, config=TrainConfig(dim=16, layers=1, heads=2, epochs=1),
             factory="IVF1,PQ2", split="random", show_progress=False)
+
+
+def test_auto_split_records_the_rule_it_resolved_to_and_evaluate_keeps_it(tmp_path):
+    # Trained on a file without a split column (auto: random), evaluated on the same rows with a
+    # split column: the model's random split is rebuilt, not the file's (which auto would read).
+    inter_path, feats = write_planted(tmp_path)
+    cfg = TrainConfig(**(FAST | {"epochs": 2}))
+    _, _, test = fit(inter_path, features={"content": feats}, out=tmp_path / "model", config=cfg, split="auto",
+                     show_progress=False)
+    back = Recommender.load(tmp_path / "model", show_progress=False)
+    assert back.split_rule == "random"
+    rows = inter_path.read_text().splitlines()
+    labelled = tmp_path / "labelled.tsv"
+    labelled.write_text("\n".join([rows[0] + "\tsplit"] + [f"{r}\t{('train', 'test')[k % 2]}"
+                                                          for k, r in enumerate(rows[1:])]) + "\n")
+    again = evaluate_directory(back, labelled, split="test")
+    assert again["recall@20"] == pytest.approx(test["recall@20"], abs=1e-6)
+    # And a model trained on the given split refuses a file without one, instead of a random split.
+    _, _, _ = fit(labelled, features={"content": feats}, out=tmp_path / "given", config=cfg, show_progress=False)
+    given = Recommender.load(tmp_path / "given", show_progress=False)
+    assert given.split_rule == "given"
+    with pytest.raises(MMRecError, match=r"interactions.tsv has no split column, and the model was trained on the "
+                                         r"split its training file gave"):
+        evaluate_directory(given, inter_path)
+    assert evaluate_directory(given, inter_path, how="random")["num_users"] > 0
+
+
+def test_every_evaluation_after_training_scores_users_in_the_configured_batches(tmp_path, monkeypatch):
+    import mmrec.coldstart
+    import mmrec.foldin
+    import mmrec.pipeline
+
+    inter_path, feats = write_planted(tmp_path)
+    sizes: list[tuple[str, int]] = []
+    for module in (mmrec.pipeline, mmrec.foldin, mmrec.coldstart):
+        def spy(score, *args, _inner=module.evaluate, _name=module.__name__, **kwargs):
+            sizes.append((_name, kwargs.get("batch_size")))
+            return _inner(score, *args, **kwargs)
+        monkeypatch.setattr(module, "evaluate", spy)
+    cfg = TrainConfig(**(FAST | {"epochs": 2}), eval_batch_size=4, cold_start=0.2)
+    fit(inter_path, features={"content": feats}, out=tmp_path / "model", config=cfg, split="random",
+        show_progress=False)
+    assert sorted(set(sizes)) == [("mmrec.coldstart", 4), ("mmrec.foldin", 4), ("mmrec.pipeline", 4)]
+    back = Recommender.load(tmp_path / "model", show_progress=False)
+    sizes.clear()
+    evaluate_directory(back, inter_path)
+    evaluate_directory(back, inter_path, cold_start=True, batch_size=3)
+    assert sizes == [("mmrec.pipeline", 4), ("mmrec.coldstart", 3)]
+
+
+def test_a_content_only_model_names_an_item_without_content_before_training(tmp_path):
+    inter_path, feats = write_planted(tmp_path)
+    x = np.load(feats)
+    x[5] = 0  # an all-zero row is a missing modality
+    np.save(feats, x)
+    cfg = TrainConfig(**(FAST | {"epochs": 2}), use_id=False)
+    with pytest.raises(DataError, match=r"item 5 has no content .* and the model has no ID embeddings \(use_id off\)"):
+        fit(inter_path, features={"content": feats}, config=cfg, split="random", show_progress=False)
+
+
+def test_a_seed_numpy_cannot_take_is_a_config_error():
+    for seed in (-1, 2**32):
+        with pytest.raises(ConfigError, match=r"seed must lie in \[0, 2\*\*32\)"):
+            TrainConfig(seed=seed)
+    assert TrainConfig(seed=2**32 - 1).seed == 2**32 - 1
