@@ -393,6 +393,11 @@ def _features(args: argparse.Namespace, model: bool = False) -> dict[str, Path]:
     for name, path in args.features or []:
         if name in given:
             raise ConfigError(f"--features names '{name}' twice ({given[name]}, {path}): one file a modality")
+        from mmrec.item_index import FUSED
+
+        if name == FUSED:
+            raise ConfigError(f"--features {name}={path}: modality name {FUSED!r} is not allowed: explanations list "
+                              "the index's own neighbours under it; give the modality another name")
         if model:
             from fusion.model import ID_TOKEN
 

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mmrec.errors import MMRecError
-from mmrec.item_index import ItemIndex, Result, shown_fields
+from mmrec.item_index import FUSED, ItemIndex, Result, shown_fields
 from mmrec.typing import ItemId
 
 if TYPE_CHECKING:
@@ -46,14 +46,17 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_HISTORY = 3  # history items named per recommended item
 DECIMALS = 4  # rounding of the numbers in an explanation
-FUSED = "fused"  # the neighbour list of the index itself in :class:`ItemExplanation`
+TITLE_PROBE = 100  # items whose display fields are looked at for a title
 
 
 # --- pieces --------------------------------------------------------------------------------
 def title_field(index: ItemIndex) -> str | None:
-    """The display field naming an item: ``title`` if the catalog has one, else its first text field."""
+    """The display field naming an item: ``title`` if the catalog has one (a text field, or a
+    display field of its first items), else its first text field."""
     fields = index.manifest.get("text_fields") or []
-    return "title" if "title" in fields else (fields[0] if fields else None)
+    if "title" in fields or any("title" in it["fields"] for it in index.items[:TITLE_PROBE]):
+        return "title"
+    return fields[0] if fields else None
 
 
 def display_name(index: ItemIndex, item_id: ItemId) -> str:

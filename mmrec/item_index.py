@@ -48,6 +48,7 @@ COSINE_BATCH_SCORES = 1 << 26  # float32 scores in one batch of similar_many(by=
 logger = logging.getLogger(__name__)
 
 MODALITY_ORDER = ("text", "image")
+FUSED = "fused"  # no modality's name: explanations list the index's own neighbours under it
 # What every directory's manifest holds (and :meth:`ItemIndex.load` reads), and the files its
 # checksums must cover.
 MANIFEST_FIELDS = ("kind", "dim", "factory", "count", "modalities", "tokens", "weights", "encoders", "checksums")
@@ -750,7 +751,13 @@ class ItemIndex:
                 later and for queries); ``False``: the plain cosine.
             centers: the means to use instead of computing them (a given ``vectorizer`` must
                 use the same ones).
+
+        Raises:
+            ConfigError: a modality named ``fused`` (:data:`FUSED`).
         """
+        if FUSED in features:
+            raise ConfigError(f"modality name {FUSED!r} is not allowed: explanations list the index's own "
+                              "neighbours under it; give the modality another name")
         modalities = [m for m in MODALITY_ORDER if m in features] + sorted(set(features) - set(MODALITY_ORDER))
         n = len(item_ids)
         features = {m: np.ascontiguousarray(features[m], dtype=np.float32) for m in modalities}
@@ -945,12 +952,13 @@ class ItemIndex:
 
     # --- queries -----------------------------------------------------------------------------
     def resolve_id(self, item_id: object) -> ItemId:
-        """Accept an id as typed on a command line: ``"7"`` finds the int id ``7``."""
-        if item_id in self._pos:
-            return item_id  # type: ignore[return-value]
-        for alt in (str(item_id), *normalize_ids([str(item_id)])):
+        """The stored id of an item given as typed on a command line (``"7"`` finds the int id
+        ``7``) or as another type equal to it (``numpy.int64(7)``); ``True`` is no item id."""
+        if isinstance(item_id, (bool, np.bool_)):  # though Python counts it as 1
+            raise UnknownIdError(f"{bool(item_id)} is not an item id")
+        for alt in (item_id, str(item_id), *normalize_ids([str(item_id)])):
             if alt in self._pos:
-                return alt
+                return self.items[self._pos[alt]][ID_FIELD]  # the stored key, never the caller's object
         raise UnknownIdError(f"item '{item_id}' is not in this index ({len(self)} items)")
 
     def vector_of(self, item_id: object) -> np.ndarray:

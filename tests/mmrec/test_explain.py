@@ -12,9 +12,11 @@ from mmrec.config import TrainConfig
 from mmrec.errors import ConfigError, MMRecError
 from mmrec.explain import (
     attention_weights,
+    display_name,
     explain_item,
     explain_recommendations,
     modality_neighbours,
+    title_field,
     why_line,
 )
 from mmrec.item_index import ItemIndex
@@ -156,7 +158,7 @@ def test_cli_similar_and_explain_on_a_content_index(tmp_path, capsys):
     assert [r["item_id"] for r in e["neighbours"]["image"]] == ["y", "x"]  # cos 1, then 0
     assert main(["explain", "--index", d, "--item", "t", "-k", "2", "-q"]) == 0
     text = capsys.readouterr().out
-    assert text.startswith("item t\nattention: text 0.00, image 1.00\n")  # no text_fields: tables show no title
+    assert text.startswith("item t  Item t\nattention: text 0.00, image 1.00\n")  # no text_fields, a title field
     assert "text only:\n  (this item has no text)\n" in text and "image only:" in text and "fused (the index):" in text
 
     code = main(["recommend", "--index", d, "--user", "u1", "--explain", "-q"])
@@ -317,3 +319,35 @@ def test_similar_by_cosine_is_the_exact_cosine_ranking(trained, capsys):
         rec.similar(3, 5, by="dot")
     assert main(["similar", "--index", d, "--item", "3", "-k", "5", "--by", "cosine", "--json", "-q"]) == 0
     assert [r["item_id"] for r in json.loads(capsys.readouterr().out)] == [r.item_id for r in got]
+
+
+def test_ids_of_other_types_resolve_to_the_stored_id_and_true_is_no_item(trained):
+    rec = Recommender.load(trained / "model", show_progress=False)
+    for given in (np.int64(3), 3, "3", np.int32(3)):
+        got = rec.items.resolve_id(given)
+        assert got == 3 and type(got) is int
+    assert type(rec.explain(np.int64(3)).item_id) is int
+    history = [h["item_id"] for r in rec.recommend_history(np.array([3, 7]), 5, explain=True)
+               for h in r.explanation["history"]]
+    assert history and all(type(h) is int for h in history)
+    json.dumps([r.to_dict() for r in rec.recommend_history(np.array([3, 7]), 5, explain=True)])  # plain JSON types
+    for flag in (True, np.bool_(True)):
+        with pytest.raises(MMRecError, match=r"True is not an item id"):
+            rec.similar(flag)
+
+
+def test_items_are_named_by_their_title_field_whatever_the_text_fields():
+    records = [{"title": f"Film {i}", "genres": g} for i, g in enumerate(["Comedy", "Horror", "Drama"])]
+    idx = ItemIndex.from_features(["a", "b", "c"], {"text": np.eye(3, dtype=np.float32)}, records=records,
+                                  factory="Flat", show_progress=False, text_fields=["genres"])
+    assert title_field(idx) == "title" and display_name(idx, "b") == "Film 1"
+    plain = ItemIndex.from_features(["a", "b", "c"], {"text": np.eye(3, dtype=np.float32)},
+                                    records=[{"genres": r["genres"]} for r in records], factory="Flat",
+                                    show_progress=False, text_fields=["genres"])
+    assert title_field(plain) == "genres" and display_name(plain, "b") == "Horror"
+
+
+def test_a_modality_named_fused_is_refused_it_names_the_index_neighbours():
+    with pytest.raises(ConfigError, match=r"modality name 'fused' is not allowed: explanations list the index's "
+                                          r"own neighbours under it"):
+        ItemIndex.from_features(["a", "b"], {"fused": np.eye(2, dtype=np.float32)}, factory="Flat")
