@@ -466,6 +466,14 @@ class FaissIndex:
         (HNSW), or ``None`` (Flat, which is exact)."""
         return {"ivf": "nprobe", "hnsw": "ef_search"}.get(self._spec.kind)
 
+    @property
+    def knob_top(self) -> int | None:
+        """The knob's largest setting, where search is exhaustive: IVF ``nlist``, HNSW the number
+        of stored vectors (``None`` for Flat)."""
+        if self.knob is None:
+            return None
+        return int(self._spec.nlist if self.knob == "nprobe" else max(self._index.ntotal, 1))
+
     def sweep_knob(self, queries: np.ndarray, k: int = 10, *, exclude: Sequence[Collection[ItemId]] | None = None,
                    target: float | None = None) -> list[dict[str, float]]:
         """Recall@k of :meth:`search` at each setting of :attr:`knob`, against this index's own
@@ -504,7 +512,7 @@ class FaissIndex:
         q = _unit_rows(queries, self.dim, "queries")
         if not len(q):
             raise ValueError("no queries to measure recall on")
-        top = int(self._spec.nlist if name == "nprobe" else max(self._index.ntotal, 1))
+        top = self.knob_top
         values = [1 << i for i in range(top.bit_length()) if (1 << i) < top and (name == "nprobe" or (1 << i) >= 16)]
         values.append(top)
         before = getattr(self, name)

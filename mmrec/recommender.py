@@ -472,6 +472,14 @@ class Recommender:
         value = max(sweep[-1]["value"] for sweep in sweeps.values())  # each sweep stops at its first hit
         saved = self.set_search(value, save=save)
         reached = {kind: sweep[-1]["recall"] for kind, sweep in sweeps.items()}
+        # Where only the exhaustive setting reaches the target, the graph is no help: say so.
+        short = {kind: sweep[-2] for kind, sweep in sweeps.items()
+                 if index.knob == "ef_search" and len(sweep) > 1 and sweep[-1]["value"] >= index.knob_top}
+        if short:
+            logger.warning("only efSearch %d, the number of stored vectors, reaches recall %g: every search now scans "
+                           "them all, as Flat does (%s); an HNSW graph with more links (`mmrec index rebuild --factory "
+                           "HNSW32`, or more) or Flat is faster", value, recall,
+                           ", ".join(f"{kind}: {row['recall']:.4f} at efSearch {row['value']}" for kind, row in short.items()))
         return {"factory": index.factory, "knob": index.knob, "before": before, "value": value, "recall": recall,
                 "reached": reached, "k": k, "saved": saved, "sweeps": sweeps}
 

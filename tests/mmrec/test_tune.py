@@ -250,3 +250,21 @@ def test_tuning_a_directory_another_command_rewrote_is_refused_before_the_sweep(
     with pytest.raises(MMRecError, match="was rewritten by another command since it was loaded"):
         stale.tune_search(recall=0.99, k=10)
     assert Recommender.load(d, show_progress=False).items.index.nprobe == 4
+
+
+def test_an_hnsw_graph_that_only_its_exhaustive_setting_tunes_is_named(tmp_path, monkeypatch, caplog):
+    vecs = clustered_vectors(100, 8, n_clusters=5, seed=5)
+    idx = ItemIndex.from_features([f"i{j}" for j in range(100)], {"text": vecs}, factory="HNSW8", show_progress=False)
+    rec = Recommender(idx)
+    stuck = [{"value": v, "recall": r, "ms_per_query": 0.1} for v, r in ((16, 0.55), (32, 0.57), (64, 0.57), (100, 1.0))]
+    monkeypatch.setattr(FaissIndex, "sweep_knob", lambda self, q, k, exclude=None, target=None: stuck)
+    with caplog.at_level("WARNING", logger="mmrec.recommender"):
+        report = rec.tune_search(recall=0.99, save=False)
+    assert report["value"] == 100 == idx.index.knob_top
+    assert "only efSearch 100, the number of stored vectors, reaches recall 0.99: every search now scans them all, " \
+           "as Flat does (items: 0.5700 at efSearch 64)" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(FaissIndex, "sweep_knob", lambda self, q, k, exclude=None, target=None: stuck[:2])
+    with caplog.at_level("WARNING", logger="mmrec.recommender"):
+        rec.tune_search(recall=0.5, save=False)
+    assert "only efSearch" not in caplog.text  # the graph reached it
