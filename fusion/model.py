@@ -168,18 +168,28 @@ class FusedGraphModel(nn.Module):
         User and item ID embeddings start ``N(0, 0.1^2)`` (``id_init="normal"``, the LightGCN
         reference code) or Xavier-uniform (``"xavier"``, MMRec's and RecBole's LightGCN).
         """
-        for table in (self.user_embedding, self.item_embedding):
-            if table is None:
-                continue
-            if self.id_init == "xavier":
-                nn.init.xavier_uniform_(table.weight)
-            else:
-                nn.init.normal_(table.weight, std=0.1)
+        self.reset_embeddings()
         for proj in self.projections.values():
             proj.reset_parameters()
         if self.fusion is not None:
             self.fusion.reset_parameters()
         self.propagation.reset_parameters()
+
+    @torch.no_grad()
+    def reset_embeddings(self, generator: torch.Generator | None = None) -> None:
+        """Draw the user and item ID embeddings afresh (``id_init``), from ``generator`` (a CPU
+        one; the rows are drawn on the CPU and copied to the embeddings' device) or, by default,
+        torch's global generator."""
+        for table in (self.user_embedding, self.item_embedding):
+            if table is None:
+                continue
+            w = table.weight if generator is None else torch.empty(table.weight.shape)
+            if self.id_init == "xavier":
+                nn.init.xavier_uniform_(w, generator=generator)
+            else:
+                nn.init.normal_(w, std=0.1, generator=generator)
+            if generator is not None:
+                table.weight.copy_(w)
 
     # ------------------------------------------------------------------ layer 0: item tokens
     def _num_rows(self, features: Mapping[str, Tensor], item_ids: Tensor | None) -> int:

@@ -68,6 +68,7 @@ from mmrec.typing import UserId
 logger = logging.getLogger(__name__)
 
 EMBEDDINGS = ("user_embedding.weight", "item_embedding.weight")
+FRESH_SALT = 0x66696E65  # "fine": the fine-tuned model's own stream of fresh ID embeddings
 
 
 def open_source(source: str | Path | Recommender, *, show_progress: bool = True) -> Recommender:
@@ -228,6 +229,7 @@ def transfer_weights(
     *,
     user_rows: np.ndarray | None = None,
     batch_size: int = 4096,
+    seed: int | None = None,
 ) -> None:
     """Start ``target`` (new users and items) from ``source`` (same architecture).
 
@@ -263,6 +265,11 @@ def transfer_weights(
         present: modality -> ``True`` where the item has it.
         user_rows: per new user, the source's row of the same user, ``-1`` if unknown.
         batch_size: items projected per batch.
+        seed: when given, ``target``'s ID embeddings are first drawn afresh from a generator
+            seeded with it and a salt of this function's own (:func:`fresh_generator`): a target
+            built under the source's own seed drew the source's starting rows, which its
+            trained rows still resemble, so new user or item ``i`` would start near the source's
+            user or item ``i`` (another user, another item).
 
     Raises:
         ConfigError: ``target``'s weights do not have ``source``'s names and shapes.
@@ -270,6 +277,8 @@ def transfer_weights(
     Shapes:
         features[m] (N, D_m), present[m] (N,), user_rows (U,)
     """
+    if seed is not None:
+        target.reset_embeddings(fresh_generator(seed))
     state = {k: v for k, v in source.state_dict().items() if k not in EMBEDDINGS}
     missing, unexpected = target.load_state_dict(state, strict=False)
     if unexpected or set(missing) - set(EMBEDDINGS):
@@ -309,6 +318,13 @@ def transfer_weights(
             factor = 0.1 * math.sqrt(target.dim) / float(items.norm(dim=1).mean().clamp(min=1e-12))
             items.mul_(factor)
             target.user_embedding.weight.mul_(factor)
+
+
+def fresh_generator(seed: int) -> torch.Generator:
+    """A CPU generator for a fine-tuned model's fresh ID embeddings: seeded from ``seed`` and a
+    fixed salt, so its draws are not those ``seed`` gave the source model's embeddings."""
+    state = np.random.SeedSequence([seed, FRESH_SALT]).generate_state(1, np.uint64)
+    return torch.Generator().manual_seed(int(state[0]) & (2**63 - 1))
 
 
 def matching_users(source: Recommender, user_ids: Sequence[UserId]) -> np.ndarray:
@@ -391,7 +407,8 @@ def finetune(
         rows = matching_users(src, inter.user_ids) if keep_users else None
         if rows is not None:
             logger.info("%d of %d users keep their source embedding", int((rows >= 0).sum()), len(rows))
-        transfer_weights(src.model, trainer.model, trainer.features, trainer.present, user_rows=rows)
+        transfer_weights(src.model, trainer.model, trainer.features, trainer.present, user_rows=rows,
+                         seed=trainer.cfg.seed)
         if not inter.split_mask("valid").any():
             return {}
         valid = trainer.validate("valid")

@@ -20,7 +20,7 @@ from mmrec.errors import ConfigError, DataError
 from mmrec.item_index import ItemIndex
 from mmrec.pipeline import fit
 from mmrec.recommender import Recommender
-from mmrec.train import build_model
+from mmrec.train import build_model, seed_everything
 from mmrec.transfer import finetune, finetune_config, matching_users, transfer_weights
 from tests.mmrec.conftest import write_planted
 
@@ -326,8 +326,43 @@ def test_keep_users_starts_known_users_from_their_source_embedding(small, tmp_pa
     src = source.model.user_embedding.weight[rows].detach()
     factor = float(seen[True].norm() / src.norm())  # the start is rescaled as a whole (transfer_weights)
     torch.testing.assert_close(seen[True], src * factor, atol=1e-6, rtol=0)
-    record(False)
+    fresh = record(False)
     assert not torch.allclose(seen[False], seen[True], atol=1e-3)
+
+    def mean_cosine(a, b):  # row i of one against row i of the other
+        n = min(len(a), len(b))
+        return float(torch.nn.functional.cosine_similarity(a[:n], b[:n], dim=1).mean())
+
+    # Fresh rows are fresh: not the draws the (inherited) seed gave the source model, whose
+    # trained rows resemble them when training moved them little, so that new user i started
+    # near the source's user i (another person). A catalog of the source's size draws them all.
+    (tmp_path / "same").mkdir()
+    same, same_feats = write_planted(tmp_path / "same", users=48, items=32, seed=7)
+    fresh, _, _ = finetune(source, same, features={"content": same_feats}, config={"epochs": 1, "lr": 1e-9},
+                           split="random", show_progress=False, keep_users=False)
+    seed_everything(source.config.seed)
+    start = build_model(source.config, len(source.user_ids), len(source.items), {"content": 4})
+    for table in ("user_embedding", "item_embedding"):
+        got, drawn = (getattr(m, table).weight.detach() for m in (fresh.model, start))
+        assert got.shape == drawn.shape and abs(mean_cosine(got, drawn)) < 0.3
+
+
+def test_transfer_weights_draws_fresh_embeddings_from_a_salted_seed():
+    source = _two_modality_source()
+    source.id_mode = "residual"
+    for seed in (0, 1):
+        torch.manual_seed(seed)  # as fit builds the target: under the (inherited) seed
+        target = build_model(TrainConfig(dim=8, layers=2, heads=2, id_mode="residual"), 4, 6, {"a": 3, "b": 2})
+        drawn = target.item_embedding.weight.detach().clone()
+        features = {"a": torch.randn(6, 3), "b": torch.randn(6, 2)}
+        present = {m: torch.ones(6, dtype=torch.bool) for m in features}
+        transfer_weights(source, target, features, present, seed=seed)
+        got = target.item_embedding.weight.detach()
+        cos = torch.nn.functional.cosine_similarity(got, drawn, dim=1)
+        assert cos.abs().max() < 0.99  # not the draw the seed gave
+        again = build_model(TrainConfig(dim=8, layers=2, heads=2, id_mode="residual"), 4, 6, {"a": 3, "b": 2})
+        transfer_weights(source, again, features, present, seed=seed)
+        torch.testing.assert_close(again.item_embedding.weight, got, rtol=0, atol=0)  # reproducible for a seed
 
 
 # ---------------------------------------------------------------------------------- encoders, CLI
