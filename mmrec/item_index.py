@@ -1373,10 +1373,14 @@ class ItemIndex:
                              f"item has nothing to be placed by; train again with the new items (mmrec train)")
         if device is not None:
             self.encoders.to(device)  # checks it; the encoders load (or move) there
-        encoded = [m for m in self.modalities if m in self.encoders.spec]
-        precomputed = [m for m in self.modalities if m not in self.encoders.spec]
+        masked = [m for m in self.modalities if m in self.manifest.get("masked", [])]  # no item of the model has them
+        encoded = [m for m in self.modalities if m in self.encoders.spec and m not in masked]
+        precomputed = [m for m in self.modalities if m not in self.encoders.spec and m not in masked]
         given = dict(features or {})
         unknown = sorted(set(given) - set(precomputed))
+        if set(unknown) & set(masked):
+            raise ConfigError(f"features {sorted(set(unknown) & set(masked))}: no item of this model has that "
+                              "modality (left out when it was trained), so the new items cannot have it either")
         if unknown:
             raise ConfigError(
                 f"features {unknown} are not precomputed modalities of this index (precomputed: "
@@ -1405,15 +1409,19 @@ class ItemIndex:
                 raise DataError(given[m], [Problem(None, None, f"{x.shape[1]} columns, but the index's {m} "
                                                                f"features are {width} wide")])
         encoders = {m: self.encoders.get(m) for m in encoded}
-        if catalog.has_images and "image" not in encoders:
+        if catalog.has_images and "image" not in encoders and "image" not in masked:
             logger.warning("%s has images but this index has no image modality: images ignored", catalog.source)
         new_features, present, hashes = encode_catalog(catalog, encoders, cache_dir)
         for m, x in loaded.items():
             new_features[m], present[m] = x, npy_present(x)
-        for m in precomputed:
-            if m not in given:
-                logger.warning("no %s features given for the new items (--features %s=PATH.npy): the modality is "
-                               "masked for them", m, m)
+        if masked:
+            logger.info("%s: no item of this model has it (left out when it was trained): masked for the new items "
+                        "too", ", ".join(masked))
+        for m in masked + precomputed:
+            if m in masked or m not in given:
+                if m not in masked:
+                    logger.warning("no %s features given for the new items (--features %s=PATH.npy): the modality "
+                                   "is masked for them", m, m)
                 new_features[m] = np.zeros((len(catalog), self.features[m].shape[1]), np.float32)
                 present[m] = np.zeros(len(catalog), dtype=bool)
         none = np.flatnonzero(~np.logical_or.reduce([present[m] for m in self.modalities]))

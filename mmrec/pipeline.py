@@ -372,6 +372,9 @@ def fit(
         text_fields=content.catalog.text_fields if content.catalog else [],
         image_field=content.catalog.image_field if content.catalog else None,
         source=str(interactions),
+        # Modalities no item had (a fine-tuning's --ignore-modality, or new data without them):
+        # items added later are not given them either.
+        masked=[m for m in dims if not np.asarray(content.present[m], bool).any()],
     )
     items.pool = train_degree[warm_pos] > 0  # what items added later borrow from, as the cold items here
     if len(cold_pos):

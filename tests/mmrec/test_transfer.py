@@ -452,6 +452,14 @@ def test_a_new_catalog_without_the_source_image_column_masks_images(tmp_path, ti
                          config={"epochs": 1}, split="random", show_progress=False)
     assert sorted(rec.items.modalities) == ["image", "text"] and not rec.items.present["image"].any()
     assert rec.items.present["text"].all()
+    # Items added to the fine-tuned model later get no image either, though their file has one:
+    # none of its items has one (the README: a modality left out stays out).
+    ft = Recommender.load(tmp_path / "ft", show_progress=False)
+    assert ft.items.manifest["masked"] == ["image"]
+    c_cat = _catalog(tmp_path / "c.csv", ["c0", "c1"], words, image="pic.jpg")
+    assert ft.items.add(c_cat) == 2 and not ft.items.present["image"][-2:].any()
+    assert (ft.items.attention[-2:, ft.items.manifest["tokens"].index("image")] == 0).all()
+    assert Recommender.load(tmp_path / "ft", show_progress=False).items.manifest["masked"] == ["image"]
     # index add on the source takes the same text-only file; an image field asked for is still checked
     source = Recommender.load(tmp_path / "source", show_progress=False)
     assert source.items.add(b_cat) == 16 and not source.items.present["image"][-16:].any()
