@@ -469,7 +469,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     )
     report = json.loads((Path(args.out) / "train_report.json").read_text())
     print_training(args, f"fine-tuned {args.source} into {args.out}", result, test,
-                   source=args.source, start_valid=report.get("start_valid", {}))
+                   source=args.source, start_valid=report.get("start_valid"))
     return 0
 
 

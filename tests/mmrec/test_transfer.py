@@ -500,3 +500,39 @@ def test_fine_tuning_keeps_the_transferred_start_when_no_epoch_beats_it(small, t
     assert result.best_epoch == 0 and result.best_valid["recall@20"] == 0.9
     for name, value in rec.model.state_dict().items():
         torch.testing.assert_close(value, start_weights[0][name], rtol=0, atol=0)
+
+
+def test_what_describes_the_source_data_is_not_inherited_and_the_source_is_always_reported(small, tmp_path, caplog):
+    d, b_inter, b_feats = small
+    inter_a, feats_a = write_planted(tmp_path)
+    fit(inter_a, features={"content": feats_a}, out=tmp_path / "cold", split="random", show_progress=False,
+        config=TrainConfig(**FAST, epochs=1, cold_start=0.25))
+    with caplog.at_level(logging.INFO, logger="mmrec.transfer"):
+        rec, _, _ = finetune(tmp_path / "cold", b_inter, features={"content": b_feats}, config={"epochs": 1},
+                             split="random", show_progress=False)
+    assert rec.config.cold_start == 0.0 and rec.cold_items == []  # every new item is trained on
+    assert "the source model held 0.25 of its items out of training" in caplog.text
+    asked, _, _ = finetune(tmp_path / "cold", b_inter, features={"content": b_feats},
+                           config={"epochs": 1, "cold_start": 0.25}, split="random", show_progress=False)
+    assert asked.config.cold_start == 0.25 and len(asked.cold_items) == 6  # 25% of 24
+    # A split without validation rows: no start to validate, but the source is named all the same.
+    rows = b_inter.read_text().splitlines()
+    (tmp_path / "no_valid.tsv").write_text("\n".join([rows[0] + "\tsplit"] + [
+        f"{r}\t{'test' if k % 5 == 0 else 'train'}" for k, r in enumerate(rows[1:])]) + "\n")
+    finetune(d / "source", tmp_path / "no_valid.tsv", features={"content": b_feats}, out=tmp_path / "ft",
+             config={"epochs": 1}, show_progress=False)
+    report = json.loads((tmp_path / "ft" / "train_report.json").read_text())
+    assert report["source"] == str(d / "source") and "start_valid" not in report
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without a GPU")
+def test_an_inherited_device_this_machine_lacks_says_where_it_came_from(small):
+    d, b_inter, b_feats = small
+    source = Recommender.load(d / "source", show_progress=False)
+    source.config = dataclasses.replace(source.config, device="cuda")  # as trained on a GPU machine
+    with pytest.raises(ConfigError, match=r"sees no CUDA GPU.*\(the device comes from the source's config.json: "
+                                          r"--device cpu overrides it\)"):
+        finetune(source, b_inter, features={"content": b_feats}, split="random", show_progress=False)
+    rec, _, _ = finetune(source, b_inter, features={"content": b_feats}, config={"device": "cpu", "epochs": 1},
+                         split="random", show_progress=False)
+    assert rec.config.device == "cpu"
