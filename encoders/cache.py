@@ -172,6 +172,8 @@ class _EncoderStore:
             return
         if self.dim is None:
             self.dim = self._read_meta()
+            if self.dim is None:  # no readable meta.json: no shard is used until a put writes one
+                return
         stems = []
         for name in os.listdir(self.directory):
             m = _SHARD_RE.match(name)
@@ -209,13 +211,19 @@ class _EncoderStore:
         meta = self.directory / "meta.json"
         if not meta.exists():
             return None
-        info = json.loads(meta.read_text())
+        try:
+            info = json.loads(meta.read_text(encoding="utf-8"))
+            dim = int(info["dim"])
+        except (OSError, ValueError, KeyError, TypeError) as e:  # damaged from outside (JSON errors are ValueErrors)
+            logger.warning("feature cache: unreadable %s (%s): its vectors are not used until the next write "
+                           "replaces it", meta, e)
+            return None
         if info.get("encoder_id") != self.encoder_id:
             raise RuntimeError(
                 f"feature cache directory {self.directory} belongs to encoder {info.get('encoder_id')!r}, "
                 f"not {self.encoder_id!r} (hash collision or a hand-edited cache): delete that directory"
             )
-        return int(info["dim"])
+        return dim
 
     def lookup(self, key64: np.ndarray) -> np.ndarray:
         """[N, 2] (shard, row) per key, -1 where absent."""
@@ -265,8 +273,11 @@ class FeatureCache:
         total = 0
         for d in sorted(self.root.iterdir()):
             meta = d / "meta.json"
-            if meta.is_file():
-                total += len(self._store(json.loads(meta.read_text())["encoder_id"]))
+            try:
+                encoder_id = json.loads(meta.read_text(encoding="utf-8"))["encoder_id"]
+            except (OSError, ValueError, KeyError, TypeError):  # no meta, or a damaged one: nothing usable
+                continue
+            total += len(self._store(encoder_id))
         return total
 
     def get(self, encoder_id: str, keys: Sequence[tuple[ItemId, str]]) -> tuple[np.ndarray | None, list[int]]:

@@ -699,6 +699,11 @@ class ImageEncoder:
             model.vision_model = tower
             if projection is not None:
                 model.visual_projection = projection
+        options = {}
+        if not self.model.use_pooler and any(n.startswith("pooler") for n, _ in model.named_modules()):
+            # A pooler this encoder does not use (random: the checkpoint had none) stays unsaved, so
+            # the copy loads as this one reads ([CLS] / spatial mean), not through that pooler.
+            options["state_dict"] = {k: v for k, v in model.state_dict().items() if not k.startswith("pooler.")}
         with hf_loading_progress(self.show_progress):
-            model.save_pretrained(directory)
+            model.save_pretrained(directory, **options)
         self._processor.save_pretrained(directory)

@@ -40,6 +40,7 @@ directory encodes queries and new items with the tuned encoders.
 from __future__ import annotations
 
 import logging
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -108,6 +109,10 @@ class EncoderTuner:
             self.present[m] = np.asarray(content.present[m], bool)
             self.rows[m] = np.flatnonzero(self.present[m])
             self.params[m] = self._unfreeze(m, enc)
+            # Its weights change from the first step: its features are no longer the pretrained
+            # encoder's, so it must not read or write that encoder's feature-cache entries (save()
+            # gives it the identity of the copy it writes).
+            enc.identity = enc.cache_identity = f"{enc.identity}:tuned-{uuid.uuid4().hex[:12]}"
             logger.info(
                 "fine-tuning the %s encoder %s (%s): %d of %d parameters trainable", m, enc.name, config.finetune,
                 sum(p.numel() for p in self.params[m].values()), sum(p.numel() for p in enc.model.parameters()),
@@ -285,6 +290,8 @@ class EncoderTuner:
                     spec["architecture"] = saved["model"]
                     spec["weights"] = Path(saved["weights"]).relative_to(target).as_posix()
             back = make_encoder(m, dict(spec, model=str(target)), show_progress=False)
+            enc.identity = back.identity  # the saved copy's, which encodes as this one does
+            enc.cache_identity = getattr(back, "cache_identity", back.identity)
             mode = f"top:{self.top}" if self.mode == "top" else self.mode
             specs[m] = {
                 **spec, "bundled": True, "identity": back.identity, "dim": int(back.dim), "finetune": mode,

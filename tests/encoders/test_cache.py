@@ -221,3 +221,24 @@ def test_a_key_file_damaged_anywhere_gives_misses_never_an_error_or_a_wrong_vect
         assert got is None or np.array_equal(got[found], vecs[found]), at
     key_file.write_bytes(data)
     assert FeatureCache(tmp_path / "clean").get(ENC, keys)[1] == []
+
+
+@pytest.mark.parametrize("damage", ["truncated", "deleted", "no dim"])
+def test_a_damaged_or_missing_meta_file_gives_misses_and_the_next_put_repairs_it(tmp_path, damage, caplog):
+    vecs = np.arange(6, dtype=np.float32).reshape(3, 2)
+    keys = [(1, "a"), (2, "b"), (3, "c")]
+    FeatureCache(tmp_path).put(ENC, keys, vecs)
+    meta = next(p for p in tmp_path.iterdir() if p.is_dir()) / "meta.json"
+    if damage == "truncated":
+        meta.write_text(meta.read_text()[:7])
+    elif damage == "deleted":
+        meta.unlink()
+    else:
+        meta.write_text('{"encoder_id": "%s"}' % ENC)
+    cache = FeatureCache(tmp_path)
+    assert cache.get(ENC, keys) == (None, [0, 1, 2]) and len(cache) == 0  # misses, not an error
+    if damage != "deleted":
+        assert "feature cache: unreadable" in caplog.text
+    cache.put(ENC, keys[:1], vecs[:1])  # rewrites the meta file: every shard is readable again
+    got, missing = FeatureCache(tmp_path).get(ENC, keys)
+    assert missing == [] and np.array_equal(got, vecs)

@@ -119,6 +119,18 @@ def test_vit_pooler_and_cls(tiny_vit_dir, tiny_vit_nopool_dir, image_paths):
     assert repr(with_pooler) == "ImageEncoder('tiny-vit', dim=32)"
 
 
+def test_a_saved_vit_reads_as_the_original_whether_or_not_it_had_a_pooler(tiny_vit_dir, tiny_vit_nopool_dir,
+                                                                          image_paths, tmp_path):
+    # A checkpoint without pooler weights gets a random pooler it does not use: the copy must not
+    # save it, or it would load through it (fine-tuned encoders are saved this way).
+    for source in (tiny_vit_dir, tiny_vit_nopool_dir):
+        enc = ImageEncoder(source, num_workers=0, show_progress=False)
+        enc.save(tmp_path / source.name)
+        back = ImageEncoder(tmp_path / source.name, num_workers=0, show_progress=False)
+        assert back.pooling == enc.pooling
+        np.testing.assert_allclose(back.encode_paths(image_paths[:2]), enc.encode_paths(image_paths[:2]), atol=1e-6)
+
+
 def test_clip_uses_vision_tower_and_projection(tiny_clip_dir, image_paths):
     from transformers import CLIPImageProcessor, CLIPModel
 

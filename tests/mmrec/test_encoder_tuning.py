@@ -199,6 +199,32 @@ def test_fit_top1_saves_and_queries_with_the_tuned_encoders(tmp_path, content, t
     np.testing.assert_allclose([r.score for r in got], [r.score for r in want], rtol=1e-5)
     img = back.items.encoders.get("image").encode_paths(image_paths[:2])
     np.testing.assert_allclose(img, tuned["image"].encode_paths(image_paths[:2]), atol=1e-6)
+    # The tuned encoders in memory answer to the saved copies' identities (their feature-cache
+    # key), never to the pretrained encoders' (whose cached features they no longer produce).
+    for m in ("text", "image"):
+        assert tuned[m].identity == back.items.encoders.get(m).identity == manifest["encoders"][m]["identity"]
+        assert tuned[m].cache_identity == getattr(back.items.encoders.get(m), "cache_identity", tuned[m].identity)
+    assert tuned["text"].identity != TextEncoder(tiny_bert_dir, show_progress=False).identity
+
+
+def test_a_tuned_encoder_in_memory_never_shares_the_pretrained_feature_cache(tmp_path, content, tiny_bert_dir):
+    inter, _ = write_planted(tmp_path, users=32, items=24, per_user=6)
+    pretrained = TextEncoder(tiny_bert_dir, show_progress=False)
+    rec, _, _ = fit(inter, content=content, config=_cfg(finetune="top:1"), split="random", show_progress=False)
+    tuned = rec.items.encoders.get("text")
+    assert tuned.identity.startswith(pretrained.identity + ":tuned-") and tuned.cache_identity == tuned.identity
+    # An item added with a cache: encoded by the tuned encoder, and the cache's pretrained
+    # entries neither serve it nor receive its features.
+    cache = tmp_path / "cache"
+    new = tmp_path / "new.csv"
+    new.write_text("item_id,title\n100,cat dog film\n")
+    from mmrec.item_index import ItemIndex
+
+    ItemIndex.build(new, text_encoder=tiny_bert_dir, image_encoder=None, cache_dir=cache, show_progress=False)
+    assert rec.items.add(new, cache_dir=cache) == 1
+    np.testing.assert_allclose(rec.items.features["text"][-1], tuned.encode(["cat dog film"])[0], atol=1e-6)
+    fresh = ItemIndex.build(new, text_encoder=tiny_bert_dir, image_encoder=None, cache_dir=cache, show_progress=False)
+    np.testing.assert_allclose(fresh.features["text"][0], pretrained.encode(["cat dog film"])[0], atol=1e-6)
 
 
 def test_bundled_weights_file_of_efficientnet_round_trips(tmp_path, image_paths):
