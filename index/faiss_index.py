@@ -163,15 +163,18 @@ def _check_training_rows(factory: str, spec: _Spec, n: int, train_size: int) -> 
         )
 
 
+NORMALISE_ROWS = 1 << 16  # rows normalised at a time (in float64)
+
+
 def _canonical_id(item_id: Any) -> ItemId:
     if isinstance(item_id, (bool, np.bool_)):
         raise TypeError(f"item id {item_id!r} is a bool; ids must be str or int")
+    if isinstance(item_id, np.str_):  # (a str subclass: kept as the plain str)
+        return str(item_id)
     if isinstance(item_id, (str, int)):
         return item_id
     if isinstance(item_id, np.integer):
         return int(item_id)
-    if isinstance(item_id, np.str_):
-        return str(item_id)
     raise TypeError(f"item id {item_id!r} has type {type(item_id).__name__}; ids must be str or int")
 
 
@@ -187,12 +190,17 @@ def _unit_rows(vectors: Any, dim: int | None, what: str) -> np.ndarray:
     bad = ~np.isfinite(x).all(axis=1)
     if bad.any():
         raise ValueError(f"{what} row {int(np.flatnonzero(bad)[0])} contains NaN or inf")
-    norms = np.linalg.norm(x, axis=1, keepdims=True)  # [N, 1]
-    zero = norms[:, 0] == 0
-    if zero.any():
-        raise ValueError(f"{what} row {int(np.flatnonzero(zero)[0])} is a zero vector (cannot be L2-normalised)")
-    x /= norms  # [N, D]
-    return x
+    # In float64, where float32 squares would overflow (entries near 1e19) or underflow (1e-23);
+    # a block of rows at a time, so no float64 copy of a large matrix is made.
+    for start in range(0, len(x), NORMALISE_ROWS):
+        block = x[start : start + NORMALISE_ROWS].astype(np.float64)  # [R, D]
+        norms = np.linalg.norm(block, axis=1, keepdims=True)  # [R, 1]
+        zero = norms[:, 0] == 0
+        if zero.any():
+            raise ValueError(f"{what} row {start + int(np.flatnonzero(zero)[0])} is a zero vector (cannot be "
+                             "L2-normalised)")
+        x[start : start + NORMALISE_ROWS] = block / norms
+    return x  # [N, D]
 
 
 class FaissIndex:
@@ -625,7 +633,7 @@ class FaissIndex:
         if exclude is not None:
             for b, items in enumerate(exclude):
                 for item in items:
-                    label = self._label_of.get(item)
+                    label = None if isinstance(item, (bool, np.bool_)) else self._label_of.get(item)
                     if label is not None and label not in shared and (allowed is None or label in allowed):
                         excluded[b].add(label)
         visible = len(self._label_of) - len(shared)  # through a selector hiding ``shared``
@@ -720,7 +728,9 @@ class FaissIndex:
         """The labels of the ids in the index (others ignored); a single id is one id, not its characters."""
         if isinstance(ids, (str, bytes, int, np.integer)):
             ids = [ids]
-        return {label for item in ids if (label := self._label_of.get(item)) is not None}
+        # True is no id, though Python's dict lookup finds id 1 with it.
+        return {label for item in ids
+                if not isinstance(item, (bool, np.bool_)) and (label := self._label_of.get(item)) is not None}
 
     def _walk_costs_more(self, ef: int) -> bool:
         """Whether an HNSW walk widened to ``ef`` (past the index's own efSearch) would compute

@@ -49,6 +49,8 @@ def exact_search(
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     n = base_u.shape[0]
+    if n == 0:
+        raise ValueError("base has no vectors: there is nothing to search")
     kk = min(k, n)
     positions = np.empty((len(query_u), kk), dtype=np.int64)
     scores = np.empty((len(query_u), kk), dtype=np.float32)
@@ -80,7 +82,7 @@ def recall_at_k(found: np.ndarray | Sequence[Sequence[Any]], truth: np.ndarray, 
 
     Returns:
         Recall in [0, 1], averaged over queries; a query whose truth row is shorter than ``k``
-        is scored against that shorter row.
+        is scored against that shorter row, and one with an empty truth row is left out.
 
     Shapes:
         found (B, >=K) or B lists, truth (B, >=K) -> scalar
@@ -91,12 +93,17 @@ def recall_at_k(found: np.ndarray | Sequence[Sequence[Any]], truth: np.ndarray, 
         raise ValueError(f"found has {len(found)} rows but truth has {len(truth)}")
     if len(truth) == 0:
         raise ValueError("recall of zero queries is undefined")
-    total = 0.0
+    total, scored = 0.0, 0
     for got_row, true_row in zip(found, truth):
-        want = {_plain(t) for t in list(true_row)[:k]}
+        want = {_plain(t) for t in list(true_row)[:k]} - {-1}
+        if not want:  # nothing to find: no recall to score
+            continue
         got = {_plain(g) for g in list(got_row)[:k]} - {-1}
         total += len(got & want) / len(want)
-    return total / len(truth)
+        scored += 1
+    if not scored:
+        raise ValueError("every truth row is empty: recall is undefined")
+    return total / scored
 
 
 def _plain(x: Any) -> Any:

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from fusion.fixed import CENTER_MIN_ITEMS, combine_modalities, modality_centers
 from index import FaissIndex, IndexFormatError, atomic_directory, read_manifest, sha256_file, write_manifest
 from index.faiss_index import IDS_FILE, INDEX_FILE
+from index.faiss_index import _canonical_id as canonical_id
 from index.persist import MANIFEST_NAME, manifest_stamp, writer_lock
 from index.mips import MipsTransform
 from mmrec.catalog import ID_FIELD, Catalog, check_catalog_ids, load_catalog
@@ -755,6 +756,7 @@ class ItemIndex:
         Raises:
             ConfigError: a modality named ``fused`` (:data:`FUSED`).
         """
+        item_ids = [canonical_id(i) for i in item_ids]  # numpy ids as the plain ones items.jsonl holds
         if FUSED in features:
             raise ConfigError(f"modality name {FUSED!r} is not allowed: explanations list the index's own "
                               "neighbours under it; give the modality another name")
@@ -1462,6 +1464,7 @@ class ItemIndex:
         missing = [m for m in self.modalities if m not in features]
         if missing:
             raise ConfigError(f"new items lack the index's modalities {missing}")
+        item_ids = [canonical_id(i) for i in item_ids]  # numpy ids as the plain ones items.jsonl holds
         before = self._snapshot()
         n = len(item_ids)
         if vectors is None:

@@ -487,7 +487,8 @@ class Recommender:
         """Set the index's search knob (:attr:`index.FaissIndex.knob`: IVF ``nprobe``, HNSW
         ``ef_search``) and, with ``save`` on an index opened from disk, write it to the directory
         in place (atomically; a failed write leaves both the directory and this object as they
-        were). Returns whether it was written.
+        were). Returns whether it was written. Without ``save`` the setting is this object's,
+        and any later write of the directory from it (``add``, ``remove``, ``rebuild``) saves it.
 
         Raises:
             MMRecError: a Flat index, a value out of the knob's range; a directory that cannot be

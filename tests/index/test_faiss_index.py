@@ -574,7 +574,7 @@ def test_a_pq_width_that_does_not_divide_the_vectors_is_padded_with_zero_columns
     import faiss
 
     x = clustered_vectors(10_000, 17, n_clusters=50, seed=5)
-    unit = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    unit = (x / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)).astype(np.float32)  # as FaissIndex
     index = FaissIndex.build(x, list(range(len(x))), "IVF4,PQ4", seed=0)
     assert index.dim == 17 and index.faiss_index.d == 20
     oracle = faiss.index_factory(20, "IVF4,PQ4", faiss.METRIC_INNER_PRODUCT)
@@ -597,3 +597,17 @@ def test_a_pq_width_that_does_not_divide_the_vectors_is_padded_with_zero_columns
     found, found_scores = back.search(x[:1], 100)
     score = dict(zip(found[0], found_scores[0].tolist()))
     assert score["new"] == score[0]
+
+
+def test_vectors_far_from_unit_length_normalise_exactly_and_true_is_no_id():
+    # Norms in float64: float32 squares overflow near 1e19 and underflow near 1e-23.
+    vecs = np.array([[3e19, 0, 0], [0, 1e-23, 0], [0, 0, 1]], np.float32)
+    idx = FaissIndex.build(vecs, ["big", "tiny", "z"], factory="Flat")
+    ids, scores = idx.search(np.array([[1, 0, 0], [0, 1, 0]], np.float32), k=1)
+    assert [ids[0][0], ids[1][0]] == ["big", "tiny"]
+    np.testing.assert_allclose([scores[0][0], scores[1][0]], [1.0, 1.0], atol=1e-6)
+    ints = FaissIndex.build(np.eye(3, dtype=np.float32), [0, 1, 2], factory="Flat")
+    q = np.ones((1, 3), np.float32)
+    assert ints.search(q, k=3, only=[True])[0] == [[]]  # True is not id 1
+    assert sorted(ints.search(q, k=3, exclude_all=[True])[0][0]) == [0, 1, 2]
+    assert sorted(ints.search(q, k=3, exclude=[[True]])[0][0]) == [0, 1, 2]

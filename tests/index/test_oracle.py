@@ -46,6 +46,13 @@ def test_recall_at_k_hand_computed():
     assert recall_at_k([[3]], np.array([[3]]), 10) == 1.0  # truth shorter than k
     with pytest.raises(ValueError, match="found has 1 rows but truth has 2"):
         recall_at_k([[1]], truth, 1)
+    # An empty truth row (a query with nothing to find) is left out, not a division by zero.
+    assert recall_at_k([[1, 2], [5]], [[1, 3], []], 2) == 0.5
+    assert recall_at_k([[1, 2], [5]], [[1, 3], [-1, -1]], 2) == 0.5  # FAISS padding is no truth either
+    with pytest.raises(ValueError, match="every truth row is empty"):
+        recall_at_k([[1]], [[]], 1)
+    with pytest.raises(ValueError, match="base has no vectors"):
+        exact_search(np.zeros((0, 3)), np.ones((1, 3)), 1)
 
 
 def test_clustered_vectors_seeded_and_clustered():

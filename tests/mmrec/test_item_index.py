@@ -504,3 +504,16 @@ def test_an_edited_manifest_is_refused_by_name_not_loaded_unverified(tmp_path, e
     path.write_text(json.dumps(manifest))
     with pytest.raises(index_pkg.IndexFormatError, match=message):
         ItemIndex.load(tmp_path / "idx")
+
+
+def test_numpy_ids_are_stored_as_plain_ids_and_the_index_saves(tmp_path):
+    ids, feats, present = centred_catalog(n=12)
+    numbered = ItemIndex.from_features(np.arange(12), feats, present, factory="Flat", show_progress=False)
+    numbered.add_features(np.array([100, 101]), {m: x[:2] for m, x in feats.items()},
+                          {m: p[:2] for m, p in present.items()}, save=False)
+    assert all(type(i) is int for i in numbered.ids) and numbered.ids[-2:] == [100, 101]
+    numbered.save(tmp_path / "idx")  # items.jsonl takes them as JSON
+    back = ItemIndex.load(tmp_path / "idx", show_progress=False)
+    assert back.ids == numbered.ids
+    named = ItemIndex.from_features(np.array(ids), feats, present, factory="Flat", show_progress=False)
+    assert all(type(i) is str for i in named.ids)
