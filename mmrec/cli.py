@@ -244,7 +244,8 @@ def cmd_index_info(args: argparse.Namespace) -> int:
     ix = info["index"]
     knob = next(((k, v) for k, v in ix.items() if k in ("nprobe", "ef_search")), None)
     print(f"  index: {ix['factory']}, dim {ix['dim']}, " + (f"{knob[0]} {knob[1]}" if knob else "exact search"))
-    mods = [f"{mod} (weight {m['weight']}{', centred' if m['centered'] else ''})" for mod, m in info["modalities"].items()]
+    mods = [f"{mod} (weight {m['weight']}{', centred' if m['centered'] else ''}"
+            f"{', masked: no item has it' if m['masked'] else ''})" for mod, m in info["modalities"].items()]
     print(f"  modalities: {', '.join(mods) or 'none (ID only)'}")
     for mod, spec in info["encoders"].items():
         print(f"  encoder {mod}: {spec.get('model')} ({spec.get('identity', '?')}, {spec.get('dim', '?')}-d)")

@@ -395,7 +395,8 @@ class Recommender:
             "users": len(self.user_ids),
             "index": {"factory": index.factory, "dim": index.dim}
             | ({index.knob: getattr(index, index.knob)} if index.knob else {}),
-            "modalities": {mod: {"weight": m.get("weights", {}).get(mod), "centered": mod in m.get("centered", [])}
+            "modalities": {mod: {"weight": m.get("weights", {}).get(mod), "centered": mod in m.get("centered", []),
+                                 "masked": mod in m.get("masked", [])}
                            for mod in self.items.modalities},
             "encoders": dict(m.get("encoders", {})),
         }

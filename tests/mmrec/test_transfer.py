@@ -460,6 +460,8 @@ def test_a_new_catalog_without_the_source_image_column_masks_images(tmp_path, ti
     assert ft.items.add(c_cat) == 2 and not ft.items.present["image"][-2:].any()
     assert (ft.items.attention[-2:, ft.items.manifest["tokens"].index("image")] == 0).all()
     assert Recommender.load(tmp_path / "ft", show_progress=False).items.manifest["masked"] == ["image"]
+    info = Recommender.load(tmp_path / "ft", show_progress=False).info()
+    assert info["modalities"]["image"]["masked"] and not info["modalities"]["text"]["masked"]
     # index add on the source takes the same text-only file; an image field asked for is still checked
     source = Recommender.load(tmp_path / "source", show_progress=False)
     assert source.items.add(b_cat) == 16 and not source.items.present["image"][-16:].any()

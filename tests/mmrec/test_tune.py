@@ -209,7 +209,7 @@ def test_info_says_what_a_directory_holds(tmp_path, capsys, monkeypatch):
     report = json.loads((d / "train_report.json").read_text())
     assert (info["kind"], info["items"], info["users"], info["format_version"]) == ("trained", 40, 48, 2)
     assert info["index"] == {"factory": "HNSW8", "dim": rec.items.vectors.shape[1], "ef_search": 256}
-    assert info["modalities"] == {"content": {"weight": 1.0, "centered": True}} and info["encoders"] == {}
+    assert info["modalities"] == {"content": {"weight": 1.0, "centered": True, "masked": False}} and info["encoders"] == {}
     assert info["config"]["dim"] == 16 and info["config"]["lr"] == 0.05 and info["cold_items"] == 0
     assert info["training"]["best_epoch"] == report["best_epoch"] and info["training"]["epochs_run"] == len(report["history"])
     assert info["training"]["test"] == {k: report["test"][k] for k in ("recall@10", "recall@20", "ndcg@10", "ndcg@20")}
