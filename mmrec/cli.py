@@ -331,7 +331,7 @@ def cmd_similar(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from mmrec.explain import FUSED, explain_item, format_attention
+    from mmrec.explain import explain_item, format_attention, fused_key
 
     index = _open_index(args)
     e = explain_item(index, args.item, args.k)
@@ -342,7 +342,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     print(f"item {e.item_id}  {e.fields.get(title, '') if title else ''}".rstrip())
     print(f"attention: {format_attention(e.attention)}")
     for name, results in e.neighbours.items():
-        print(f"\n{'fused (the index)' if name == FUSED else name + ' only'}:")
+        print(f"\n{'fused (the index)' if name == fused_key(index) else name + ' only'}:")
         if results is None:
             print(f"  (this item has no {name})")
         else:
@@ -394,11 +394,6 @@ def _features(args: argparse.Namespace, model: bool = False) -> dict[str, Path]:
     for name, path in args.features or []:
         if name in given:
             raise ConfigError(f"--features names '{name}' twice ({given[name]}, {path}): one file a modality")
-        from mmrec.item_index import FUSED
-
-        if name == FUSED:
-            raise ConfigError(f"--features {name}={path}: modality name {FUSED!r} is not allowed: explanations list "
-                              "the index's own neighbours under it; give the modality another name")
         if model:
             from fusion.model import ID_TOKEN
 

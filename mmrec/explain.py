@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mmrec.errors import MMRecError
-from mmrec.item_index import FUSED, ItemIndex, Result, shown_fields
+from mmrec.item_index import ItemIndex, Result, shown_fields
 from mmrec.typing import ItemId
 
 if TYPE_CHECKING:
@@ -47,6 +47,12 @@ logger = logging.getLogger(__name__)
 DEFAULT_HISTORY = 3  # history items named per recommended item
 DECIMALS = 4  # rounding of the numbers in an explanation
 TITLE_PROBE = 100  # items whose display fields are looked at for a title
+FUSED = "fused"  # the key of the index's own neighbours in :class:`ItemExplanation`
+
+
+def fused_key(index: ItemIndex) -> str:
+    """:data:`FUSED`, or ``"fused (index)"`` when a modality of ``index`` is itself named so."""
+    return FUSED if FUSED not in index.modalities else f"{FUSED} (index)"
 
 
 # --- pieces --------------------------------------------------------------------------------
@@ -286,7 +292,8 @@ class ItemExplanation:
         fields: its display fields.
         attention: token -> attention weight (rounded).
         neighbours: modality -> its nearest neighbours in that modality alone (``None`` when the
-            item lacks the modality), then ``"fused"`` -> the index's own similar items.
+            item lacks the modality), then ``"fused"`` -> the index's own similar items
+            (``"fused (index)"`` when a modality is named ``fused``: :func:`fused_key`).
     """
 
     item_id: ItemId
@@ -315,7 +322,7 @@ def explain_item(index: ItemIndex, item_id: object, k: int = 5) -> ItemExplanati
     _check_k(k)
     iid = index.resolve_id(item_id)
     neighbours: dict[str, list[Result] | None] = {m: modality_neighbours(index, iid, m, k) for m in index.modalities}
-    neighbours[FUSED] = index.similar(iid, k)
+    neighbours[fused_key(index)] = index.similar(iid, k)
     fields = index.items[index._pos[iid]]["fields"]
     return ItemExplanation(iid, dict(fields), attention_weights(index, iid), neighbours)
 

@@ -49,7 +49,6 @@ COSINE_BATCH_SCORES = 1 << 26  # float32 scores in one batch of similar_many(by=
 logger = logging.getLogger(__name__)
 
 MODALITY_ORDER = ("text", "image")
-FUSED = "fused"  # no modality's name: explanations list the index's own neighbours under it
 # What every directory's manifest holds (and :meth:`ItemIndex.load` reads), and the files its
 # checksums must cover.
 MANIFEST_FIELDS = ("kind", "dim", "factory", "count", "modalities", "tokens", "weights", "encoders", "checksums")
@@ -752,14 +751,8 @@ class ItemIndex:
                 later and for queries); ``False``: the plain cosine.
             centers: the means to use instead of computing them (a given ``vectorizer`` must
                 use the same ones).
-
-        Raises:
-            ConfigError: a modality named ``fused`` (:data:`FUSED`).
         """
         item_ids = [canonical_id(i) for i in item_ids]  # numpy ids as the plain ones items.jsonl holds
-        if FUSED in features:
-            raise ConfigError(f"modality name {FUSED!r} is not allowed: explanations list the index's own "
-                              "neighbours under it; give the modality another name")
         modalities = [m for m in MODALITY_ORDER if m in features] + sorted(set(features) - set(MODALITY_ORDER))
         n = len(item_ids)
         features = {m: np.ascontiguousarray(features[m], dtype=np.float32) for m in modalities}

@@ -166,11 +166,6 @@ def test_errors_are_one_line_without_traceback(built, capsys, tmp_path):
                            "--features", f"{name}=f.npy", "-q")
         assert code == 1 and f"--features {name}=f.npy: modality name '{name}' is not allowed in a model: names have " \
             "no '.', and 'id' is the ID token's" in err
-    for command in (("train", "--interactions", str(tmp_path / "i.tsv")), ("finetune", "--from", str(tmp_path / "m"),
-                                                                            "--interactions", str(tmp_path / "i.tsv"))):
-        code, _, err = run(capsys, *command, "--out", str(tmp_path / "o"), "--features", "fused=f.npy", "-q")
-        assert code == 1 and "--features fused=f.npy: modality name 'fused' is not allowed: explanations list " \
-            "the index's own neighbours under it" in err
     code, _, err = run(capsys, "train", "--interactions", str(tmp_path / "i.tsv"), "--out", str(tmp_path / "o"),
                        "--features", "a=1.npy", "--features", "a=2.npy", "-q")
     assert code == 1 and "--features names 'a' twice (1.npy, 2.npy): one file a modality" in err

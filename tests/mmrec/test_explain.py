@@ -347,7 +347,18 @@ def test_items_are_named_by_their_title_field_whatever_the_text_fields():
     assert title_field(plain) == "genres" and display_name(plain, "b") == "Horror"
 
 
-def test_a_modality_named_fused_is_refused_it_names_the_index_neighbours():
-    with pytest.raises(ConfigError, match=r"modality name 'fused' is not allowed: explanations list the index's "
-                                          r"own neighbours under it"):
-        ItemIndex.from_features(["a", "b"], {"fused": np.eye(2, dtype=np.float32)}, factory="Flat")
+def test_a_modality_named_fused_keeps_its_neighbours_beside_the_index_ones(capsys, tmp_path):
+    # Explanations list the index's own neighbours under "fused": a modality of that name keeps
+    # its list, and the index's goes under "fused (index)".
+    x = np.array([[1, 0], [0.9, 0.1], [0, 1]], np.float32)
+    y = np.array([[0, 1], [1, 0], [0, 1]], np.float32)
+    idx = ItemIndex.from_features(["a", "b", "c"], {"fused": x, "other": y}, factory="Flat", show_progress=False,
+                                  center=False)
+    e = explain_item(idx, "a", k=2)
+    assert list(e.neighbours) == ["fused", "other", "fused (index)"]
+    assert [r.item_id for r in e.neighbours["fused"]] == ["b", "c"]  # the modality's own cosine ranking
+    assert [r.item_id for r in e.neighbours["fused (index)"]] == [r.item_id for r in idx.similar("a", 2)]
+    idx.save(tmp_path / "idx")
+    assert main(["explain", "--index", str(tmp_path / "idx"), "--item", "a", "-k", "2", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "\nfused only:\n" in out and "\nfused (the index):\n" in out
