@@ -951,9 +951,11 @@ class ItemIndex:
         ``7``) or as another type equal to it (``numpy.int64(7)``); ``True`` is no item id."""
         if isinstance(item_id, (bool, np.bool_)):  # though Python counts it as 1
             raise UnknownIdError(f"{bool(item_id)} is not an item id")
-        for alt in (item_id, str(item_id), *normalize_ids([str(item_id)])):
+        if item_id in self._pos:  # the common case, before building the alternatives
+            return self.items[self._pos[item_id]][ID_FIELD]  # the stored key, never the caller's object
+        for alt in (str(item_id), *normalize_ids([str(item_id)])):
             if alt in self._pos:
-                return self.items[self._pos[alt]][ID_FIELD]  # the stored key, never the caller's object
+                return self.items[self._pos[alt]][ID_FIELD]
         raise UnknownIdError(f"item '{item_id}' is not in this index ({len(self)} items)")
 
     def vector_of(self, item_id: object) -> np.ndarray:
