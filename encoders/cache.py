@@ -277,7 +277,8 @@ class FeatureCache:
                 encoder_id = json.loads(meta.read_text(encoding="utf-8"))["encoder_id"]
             except (OSError, ValueError, KeyError, TypeError):  # no meta, or a damaged one: nothing usable
                 continue
-            total += len(self._store(encoder_id))
+            if isinstance(encoder_id, str):
+                total += len(self._store(encoder_id))
         return total
 
     def get(self, encoder_id: str, keys: Sequence[tuple[ItemId, str]]) -> tuple[np.ndarray | None, list[int]]:
