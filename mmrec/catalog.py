@@ -183,7 +183,7 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict[str, Any]], dict[
                     number += 1
                     raw.append(row)
                     has_rows = has_rows or any(cell.strip() for cell in row)
-                    if header and len(row) > len(header) and len(too_long) < 20:
+                    if header and len(row) > len(header):  # every one (DataError prints the first 20)
                         too_long.append(Problem(number, None, f"has {len(row)} fields but the header names "
                                                               f"{len(header)}: a stray separator or an unquoted value"))
         except UnicodeDecodeError:

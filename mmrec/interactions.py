@@ -37,6 +37,7 @@ import csv
 import io
 import json
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,7 @@ OPTIONAL_COLUMNS = ("rating", "timestamp", "split")
 ON_INVALID = ("error", "skip")
 _FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 _COMPRESSED = (".gz", ".bz2")
+_CODECS = {".gz": "gzip", ".bz2": "bz2"}  # by the lower-cased suffix: arrow's detection reads ".GZ" as text
 _PROBLEMS_IN_REPORT = 20  # offending rows listed in report["problems"] when skipping
 
 
@@ -338,14 +340,31 @@ def _read_jsonl(path: Path) -> tuple[pa.Table, dict[str, dict[int, str]]]:
             v = obj.get(c)
             if isinstance(v, (bool, list, dict)):  # true is no id nor a rating, [1] no timestamp
                 odd.setdefault(c, {})[row] = f"{json.dumps(v)} is a JSON {type(v).__name__}: expected a string or a number"
+            elif isinstance(v, float) and not math.isfinite(v):  # NaN, Infinity, 1e400: Python's json takes them
+                odd.setdefault(c, {})[row] = f"{v} is not a finite number"
             values[c].append("" if v is None else id_text(v))
     return pa.table({c: pa.array(values[c], pa.string()) for c in known if c in seen}), odd
 
 
+def _codec(path: Path) -> str | None:
+    """The compression of a CSV/TSV, from its lower-cased suffix (``None``: plain text)."""
+    return _CODECS.get(path.suffix.lower())
+
+
 def _read_header(path: Path, delimiter: str) -> list[str] | None:
-    """The header row of a (possibly compressed) CSV/TSV as written, or ``None`` for an empty file."""
-    with pa.input_stream(str(path), compression="detect") as stream:
-        head = stream.read(1 << 16)
+    """The header row of a (possibly compressed) CSV/TSV as written, or ``None`` for an empty file.
+
+    Raises:
+        DataError: a compressed file that does not decompress.
+    """
+    try:
+        with pa.input_stream(str(path), compression=_codec(path)) as raw:
+            head = b""
+            # Up to the first line end, however wide the header (a chunk at a time).
+            while b"\n" not in head and (chunk := raw.read(1 << 16)):
+                head += chunk
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(path, [Problem(None, None, f"cannot be read as {_codec(path)}-compressed text: {e}")]) from e
     text = head.decode("utf-8-sig", errors="replace")
     if not text.strip():
         return None
@@ -360,24 +379,34 @@ def _read_csv(path: Path, fmt: str, present: list[str], raw: dict[str, str]) -> 
         DataError: rows with more or fewer fields than the header names, by data row (read a
             second time, on one thread, for the row numbers: the parallel reader does not know them).
     """
+    newlines = False  # values with line breaks inside quotes: only when the file has them (slower)
+
     def read(use_threads: bool, bad: list) -> pa.Table:
         def handler(row: Any) -> str:
             bad.append(row)
             return "skip"
 
-        return pacsv.read_csv(
-            path,
-            read_options=pacsv.ReadOptions(use_threads=use_threads),
-            parse_options=pacsv.ParseOptions(delimiter="\t" if fmt == "tsv" else ",", invalid_row_handler=handler),
-            convert_options=pacsv.ConvertOptions(
-                column_types={raw[c]: pa.string() for c in present},
-                include_columns=[raw[c] for c in present],
-                strings_can_be_null=False,
-            ),
-        ).rename_columns(present)
+        with pa.input_stream(str(path), compression=_codec(path)) as source:
+            return pacsv.read_csv(
+                source,
+                read_options=pacsv.ReadOptions(use_threads=use_threads),
+                parse_options=pacsv.ParseOptions(delimiter="\t" if fmt == "tsv" else ",",
+                                                 invalid_row_handler=handler, newlines_in_values=newlines),
+                convert_options=pacsv.ConvertOptions(
+                    column_types={raw[c]: pa.string() for c in present},
+                    include_columns=[raw[c] for c in present],
+                    strings_can_be_null=False,
+                ),
+            ).rename_columns(present)
 
     bad: list = []
-    table = read(True, bad)
+    try:
+        table = read(True, bad)
+    except pa.ArrowInvalid as e:
+        if "newlines_in_values" not in str(e):  # a quoted line break across the reader's blocks
+            raise
+        newlines, bad = True, []
+        table = read(True, bad)
     if bad:
         bad = []
         read(False, bad)  # numbered: the header is row 1 of the reader's count, blank lines are not counted
@@ -442,6 +471,12 @@ def _read_columns(path: Path, fmt: str) -> tuple[dict[str, pa.Array], int, dict[
     if table.num_rows == 0:
         raise DataError(path, [Problem(None, None, "file has no data rows")])
     columns = {c: table.column(c).combine_chunks() for c in present}
+    # A Parquet column of lists, structs, true/false or bytes holds no id, rating or timestamp
+    # (JSON lines report such values row by row, as their types differ from line to line).
+    odd_type = [(c, col.type) for c, col in columns.items() if pa.types.is_nested(col.type)
+                or pa.types.is_boolean(col.type) or pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type)]
+    if odd_type:
+        raise DataError(path, [Problem(None, c, f"is a column of {t}: expected strings or numbers") for c, t in odd_type])
     for c, col in columns.items():  # a typed date/time column (Parquet) counts in seconds since 1970
         if pa.types.is_date(col.type):
             col = pc.cast(col, pa.timestamp("s"))
@@ -468,10 +503,19 @@ def _texts(column: pa.Array) -> pa.Array:
     return pc.fill_null(pc.utf8_trim_whitespace(column), "")
 
 
+# A number as written in a data file: ASCII digits, an optional sign, point and exponent (Python's
+# float() also takes "1_000", full-width and other scripts' digits, and "infinity").
+_DECIMAL = r"^[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$"
+
+
 def _numbers(texts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Parse text to float64; returns (values, bad mask). Bad: empty, non-numeric, non-finite."""
+    """Parse text to float64; returns (values, bad mask). Bad: empty, non-numeric (see
+    :data:`_DECIMAL`), non-finite."""
     values = np.full(len(texts), np.nan)
     filled = texts != ""
+    if filled.any():
+        filled[filled] = pc.match_substring_regex(pa.array(texts[filled], pa.string()), _DECIMAL).to_numpy(
+            zero_copy_only=False)
     try:
         values[filled] = texts[filled].astype(np.float64)
     except ValueError:  # find the offending cells one by one (error path only)
@@ -517,7 +561,9 @@ def load_interactions(
             ``item_ids[k]``, and an interaction with another item id is an error. Default
             ``None``: the item space is the interacted items, sorted by id.
         rating_threshold: keep rows with ``rating >= rating_threshold``; needs a ``rating``
-            column. Default ``None``: every row is a positive (implicit feedback).
+            column. Default ``None``: every row is a positive (implicit feedback). Rows below
+            it are counted in ``report["below_threshold"]``, and users left with none at or
+            above it in ``report["users_only_below_threshold"]``.
         on_invalid: ``"error"`` (default) raises on any invalid row; ``"skip"`` drops invalid
             rows, counts them in ``report["invalid"]`` and lists the first few in
             ``report["problems"]``. File-level problems always raise.
@@ -648,6 +694,11 @@ def load_interactions(
     if rating_threshold is not None:
         below = keep & (numbers["rating"] < rating_threshold)
         report["below_threshold"] = int(below.sum())
+        # Users with no row at or above the threshold drop out: count them too.
+        report["users_only_below_threshold"] = int(
+            pc.count_distinct(texts["user_id"].filter(pa.array(keep))).as_py()
+            - pc.count_distinct(texts["user_id"].filter(pa.array(keep & ~below))).as_py()
+        ) if report["below_threshold"] else 0
         keep &= ~below
     if not keep.any():
         message = "no interactions left after dropping invalid, unknown-item and below-threshold rows"
@@ -689,8 +740,8 @@ def load_interactions(
     report["cold_items"] = int((np.bincount(items, minlength=inter.num_items) == 0).sum())
     logger.info(
         "%s: %d interactions, %d users, %d items (%d without interactions); dropped %d invalid, "
-        "%d below threshold, %d duplicate pairs",
+        "%d below threshold (%d users had no other row), %d duplicate pairs",
         path, len(inter), inter.num_users, inter.num_items, report["cold_items"], report["invalid"],
-        report.get("below_threshold", 0), report["duplicates"],
+        report.get("below_threshold", 0), report.get("users_only_below_threshold", 0), report["duplicates"],
     )
     return inter

@@ -317,3 +317,11 @@ def test_a_bool_id_column_of_a_parquet_catalog_is_refused_by_row(tmp_path):
     pq.write_table(pa.table({"item_id": [True, False], "title": ["a", "b"]}), tmp_path / "c.parquet")
     with pytest.raises(DataError, match=r"row 1, field 'item_id': true is a bool: an item id is a string or an integer"):
         load_catalog(tmp_path / "c.parquet", show_progress=False)
+
+
+def test_every_row_with_too_many_fields_is_counted(tmp_path):
+    path = tmp_path / "items.csv"
+    path.write_text("item_id,title\n" + "".join(f"{k},a,b\n" for k in range(30)))
+    with pytest.raises(DataError) as info:
+        load_catalog(path)
+    assert len(info.value.problems) == 30 and "... and 10 more" in str(info.value)

@@ -460,3 +460,67 @@ def test_a_json_bool_list_or_object_is_refused_by_row_and_field(tmp_path: Path) 
     ]
     kept = load_interactions(tmp_path / "i.jsonl", on_invalid="skip")  # invalid rows, skipped as any other
     assert kept.user_ids == [1] and kept.report["invalid"] == 3
+
+
+def test_a_large_csv_with_line_breaks_inside_quotes_reads_whole(tmp_path):
+    # Past the reader's first block (1 MiB) a quoted line break needs its slower mode: taken
+    # when the fast one fails, never a refusal of a valid file.
+    rows = ["user_id,item_id,note"] + [f'u{k % 500},i{k % 997},"line one\nline two {k}"' for k in range(60_000)]
+    path = tmp_path / "notes.csv"
+    path.write_text("\n".join(rows) + "\n")
+    assert path.stat().st_size > 2 << 20
+    inter = load_interactions(path)
+    assert len(inter) + inter.report["duplicates"] == 60_000 and inter.num_users == 500
+
+
+def test_compression_is_read_from_the_suffix_whatever_its_case_and_a_broken_file_is_named(tmp_path):
+    text = b"user_id,item_id\nu1,i1\nu2,i2\n"
+    for name in ("a.csv.gz", "b.CSV.GZ", "c.tsv.Gz"):
+        data = text.replace(b",", b"\t") if ".tsv" in name.lower() else text
+        (tmp_path / name).write_bytes(gzip.compress(data))
+        assert len(load_interactions(tmp_path / name)) == 2
+    (tmp_path / "plain.csv.gz").write_bytes(text)  # not gzip at all
+    with pytest.raises(DataError, match=r"plain.csv.gz: cannot be read as gzip-compressed text"):
+        load_interactions(tmp_path / "plain.csv.gz")
+
+
+def test_a_header_wider_than_64_kib_is_read_whole(tmp_path):
+    names = [f"extra_column_{k}" for k in range(8000)] + ["user_id", "item_id"]
+    path = tmp_path / "wide.csv"
+    path.write_text(",".join(names) + "\n" + ",".join(["x"] * 8000 + ["u1", "i1"]) + "\n")
+    assert len(",".join(names)) > 1 << 16
+    inter = load_interactions(path)
+    assert inter.user_ids == ["u1"] and inter.item_ids == ["i1"]
+
+
+def test_parquet_columns_that_hold_no_ids_are_named(tmp_path):
+    for column, values in (("user_id", pa.array([["a"], ["b"]])), ("item_id", pa.array([True, False])),
+                           ("rating", pa.array([b"5", b"4"]))):
+        table = {"user_id": pa.array(["u1", "u2"]), "item_id": pa.array(["i1", "i2"]), column: values}
+        path = tmp_path / f"{column}.parquet"
+        pq.write_table(pa.table(table), path)
+        with pytest.raises(DataError, match=rf"{column}.parquet: field '{column}': is a column of "):
+            load_interactions(path)
+
+
+def test_non_finite_json_ids_and_python_only_number_spellings_are_invalid_rows(tmp_path):
+    path = tmp_path / "odd.jsonl"
+    path.write_text('{"user_id": NaN, "item_id": 1}\n{"user_id": Infinity, "item_id": 2}\n'
+                    '{"user_id": 1e400, "item_id": 3}\n{"user_id": "u", "item_id": 4}\n')
+    inter = load_interactions(path, on_invalid="skip")
+    assert inter.user_ids == ["u"] and inter.report["invalid"] == 3
+    with pytest.raises(DataError, match=r"row 1, field 'user_id': nan is not a finite number"):
+        load_interactions(path)
+    rated = tmp_path / "rated.csv"
+    rated.write_text("user_id,item_id,rating,timestamp\nu,1,1_0,5\nu,2,\uff15,5\nu,3,4,1_600\nu,4,4,\u0665\n"
+                     "u,5,4.5,1e3\nu,6,+.5,-7\n")
+    ok = load_interactions(rated, on_invalid="skip")
+    assert ok.report["invalid"] == 4 and ok.ratings.tolist() == [4.5, 0.5] and ok.timestamps.tolist() == [1000, -7]
+
+
+def test_users_whose_every_row_is_below_the_threshold_are_counted(tmp_path):
+    path = write(tmp_path / "r.csv", [["a", "1", "1"], ["a", "2", "2"], ["b", "1", "5"], ["b", "2", "1"]],
+                 header=["user_id", "item_id", "rating"])
+    inter = load_interactions(path, rating_threshold=4)
+    assert inter.user_ids == ["b"]
+    assert (inter.report["below_threshold"], inter.report["users_only_below_threshold"]) == (3, 1)
