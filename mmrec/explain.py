@@ -106,9 +106,23 @@ def _centred(index: ItemIndex, modality: str, rows: np.ndarray | slice = slice(N
     return x if center is None else x - center
 
 
-def _has_modality(index: ItemIndex, modality: str) -> np.ndarray:
-    """``[N]`` bool: the item has this modality (present and a non-zero feature vector)."""
-    return index.present[modality] & (np.abs(index.features[modality]).sum(1) > 0)
+def _has_modality(index: ItemIndex, modality: str, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
+    """``[R]`` bool: the items of ``rows`` (default all) have this modality (present and a non-zero
+    feature vector)."""
+    return index.present[modality][rows] & (np.abs(index.features[modality][rows]).sum(1) > 0)
+
+
+def _modality_units(index: ItemIndex, modality: str) -> tuple[np.ndarray, np.ndarray]:
+    """``([N] has, [N, D_m] float32 unit rows of the centred features)`` of a modality, kept on
+    the index until its feature arrays are replaced (an add or remove replaces them, never
+    writes into them): an explanation then costs one product, not a pass over the catalog."""
+    cache = index.__dict__.setdefault("_explain_units", {})
+    feats, present = index.features[modality], index.present[modality]
+    got = cache.get(modality)
+    if got is None or got[0] is not feats or got[1] is not present:
+        has = _has_modality(index, modality)
+        got = cache[modality] = (feats, present, has, _unit_rows(_centred(index, modality), has).astype(np.float32))
+    return got[2], got[3]
 
 
 def _check_k(k: int, what: str = "k") -> None:
@@ -225,8 +239,8 @@ def modality_similarity(index: ItemIndex, a: object, b: object) -> dict[str, flo
     ra, rb = (index._pos[index.resolve_id(i)] for i in (a, b))
     out = {}
     for m in index.modalities:
-        has = _has_modality(index, m)
-        if has[ra] and has[rb]:
+        has = _has_modality(index, m, [ra, rb])
+        if has.all():
             u = _unit_rows(_centred(index, m, [ra, rb]), np.ones(2, bool))  # [2, D_m]
             out[m] = round(float(u[0] @ u[1]), DECIMALS)
     return out
@@ -273,10 +287,9 @@ def modality_neighbours(index: ItemIndex, item_id: object, modality: str, k: int
     if modality not in index.features:
         raise MMRecError(f"this index has no {modality} modality (it has: {', '.join(index.modalities) or 'none'})")
     row = index._pos[index.resolve_id(item_id)]
-    has = _has_modality(index, modality)
-    if not has[row]:
+    if not _has_modality(index, modality, [row])[0]:
         return None
-    unit = _unit_rows(_centred(index, modality), has)  # [N, D_m]
+    has, unit = _modality_units(index, modality)  # [N], [N, D_m]
     cos = unit @ unit[row]  # [N]
     cand = np.flatnonzero(has & (np.arange(len(has)) != row))
     top = cand[np.argsort(-cos[cand], kind="stable")[:k]]

@@ -362,3 +362,17 @@ def test_a_modality_named_fused_keeps_its_neighbours_beside_the_index_ones(capsy
     assert main(["explain", "--index", str(tmp_path / "idx"), "--item", "a", "-k", "2", "-q"]) == 0
     out = capsys.readouterr().out
     assert "\nfused only:\n" in out and "\nfused (the index):\n" in out
+
+
+def test_per_modality_neighbours_follow_items_added_and_removed():
+    # The unit rows are kept between calls: an add or a remove must still show in the next answer.
+    rng = np.random.default_rng(5)
+    feats = {"text": rng.normal(size=(10, 4)).astype(np.float32)}
+    idx = ItemIndex.from_features([f"i{j}" for j in range(10)], feats, factory="Flat", show_progress=False)
+    first = [r.item_id for r in modality_neighbours(idx, "i0", "text", k=3)]
+    twin = feats["text"][:1] * 2  # the same direction as i0, before centring moved it a little
+    idx.add_features(["twin"], {"text": twin}, {"text": np.ones(1, bool)}, save=False)
+    after = modality_neighbours(idx, "i0", "text", k=3)
+    assert len(idx) == 11 and "twin" in [r.item_id for r in after] and after != first
+    idx.remove(["twin"])  # (in memory: no directory to save)
+    assert [r.item_id for r in modality_neighbours(idx, "i0", "text", k=3)] == first
