@@ -728,9 +728,11 @@ class FaissIndex:
         """The labels of the ids in the index (others ignored); a single id is one id, not its characters."""
         if isinstance(ids, (str, bytes, int, np.integer)):
             ids = [ids]
-        # True is no id, though Python's dict lookup finds id 1 with it.
+        # True is no id, though Python's dict lookup finds id 1 with it (checked past the plain types).
+        label_of = self._label_of
         return {label for item in ids
-                if not isinstance(item, (bool, np.bool_)) and (label := self._label_of.get(item)) is not None}
+                if (type(item) is str or type(item) is int or not isinstance(item, (bool, np.bool_)))
+                and (label := label_of.get(item)) is not None}
 
     def _walk_costs_more(self, ef: int) -> bool:
         """Whether an HNSW walk widened to ``ef`` (past the index's own efSearch) would compute

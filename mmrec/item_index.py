@@ -44,6 +44,7 @@ from mmrec.errors import ConfigError, DataError, MMRecError, Problem, UnknownIdE
 from mmrec.ids import normalize_ids
 from mmrec.typing import ItemId
 
+MATCHING_ANSWERS = 256  # distinct --where filters whose matching ids an index keeps
 COSINE_BATCH_SCORES = 1 << 26  # float32 scores in one batch of similar_many(by="cosine"): 256 MB
 
 logger = logging.getLogger(__name__)
@@ -593,8 +594,9 @@ class ItemIndex:
         self.index = index
         self.vectors = vectors
         self._unit_cache: tuple[np.ndarray, np.ndarray] | None = None  # (vectors, their unit rows)
-        # (vectors, {field: {value: positions}}, {field: [N] as numbers}): the display fields, for matching
-        self._facets: tuple[np.ndarray, dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None
+        # The display fields, for matching: (vectors they were read with, field -> value -> rows, field -> numbers, conditions -> matching ids)
+        self._facets: tuple[np.ndarray, dict[str, dict[str, np.ndarray]], dict[str, np.ndarray],
+                            dict[tuple, list]] | None = None
         # modality -> [D_m] catalog mean that content similarity is measured from (fusion.fixed)
         self.centers = dict(centers or {})
         # [N] bool: the items a content-path item may borrow from (a trained index's items trained
@@ -1041,10 +1043,14 @@ class ItemIndex:
         """
         cache = self._facets
         if cache is None or cache[0] is not self.vectors:  # add / remove replace the vectors
-            cache = self._facets = (self.vectors, {}, {})
-        facets, numbers = cache[1], cache[2]
+            cache = self._facets = (self.vectors, {}, {}, {})
+        facets, numbers, answers = cache[1], cache[2], cache[3]
+        conditions_given = self._conditions(where)
+        key = tuple(sorted(conditions_given))
+        if key in answers:  # the same conditions again (a server's usual filter): the ids found before
+            return list(answers[key])
         by_field: dict[str, list[tuple[str, str]]] = {}
-        for field, op, value in self._conditions(where):
+        for field, op, value in conditions_given:
             by_field.setdefault(field, []).append((op, value))
         keep = np.arange(len(self.items))
         for field, conditions in by_field.items():
@@ -1071,7 +1077,10 @@ class ItemIndex:
                     with np.errstate(invalid="ignore"):
                         hold = {">=": x >= bound, "<=": x <= bound, ">": x > bound, "<": x < bound}[op]
                     keep = keep[hold]
-        return [self.items[i][ID_FIELD] for i in keep]
+        found = answers[key] = [self.items[i][ID_FIELD] for i in keep]
+        if len(answers) > MATCHING_ANSWERS:  # a bounded memory of distinct filters, oldest out first
+            del answers[next(iter(answers))]
+        return list(found)
 
     @staticmethod
     def _conditions(where: Mapping[str, Any] | Sequence[str]) -> list[tuple[str, str, str]]:
@@ -1139,7 +1148,11 @@ class ItemIndex:
         if isinstance(item_ids, (str, bytes, int, np.integer)):
             item_ids = [item_ids]  # "19" is item 19, not the items "1" and "9"
         found, missing = set(), 0
+        pos = self._pos
         for i in item_ids:
+            if (type(i) is str or type(i) is int) and i in pos:  # a stored id as it is (most lists): no lookup
+                found.add(i)
+                continue
             if isinstance(i, bytes):
                 i = i.decode("utf-8", errors="replace")
             try:

@@ -172,6 +172,8 @@ def test_matching_follows_adds_and_removes():
                                   records=[{"genres": "x|y"}, {"genres": "y"}, {"genres": "z"}], factory="Flat",
                                   show_progress=False)
     assert idx.matching({"genres": "y"}) == ["a", "b"] and idx.matching({"genres": "x|y"}) == ["a"]
+    idx.matching({"genres": "y"}).append("zz")  # the answer is kept for the next call: never the caller's list
+    assert idx.matching({"genres": "y"}) == ["a", "b"] == idx.matching(["genres=y"])
     idx.add_features(["d"], {"text": np.ones((1, 3), np.float32)}, {"text": np.ones(1, bool)}, [{"genres": "y | z"}])
     assert idx.matching({"genres": "y"}) == ["a", "b", "d"] and idx.matching({"genres": ["z"]}) == ["c", "d"]
     idx.remove(["a"])
