@@ -237,8 +237,12 @@ class Recommender:
         dims = {m: dims[m] for m in items.manifest.get("tokens", []) if m in dims} | dims
         from mmrec.train import build_model
 
-        model = build_model(cfg, extra["num_users"], extra["num_items"], dims)
-        model.load_state_dict(load_torch(str(directory / "model.safetensors")))
+        with torch.device("meta"):  # no random start to draw: every weight comes from the file
+            model = build_model(cfg, extra["num_users"], extra["num_items"], dims)
+        model.load_state_dict(load_torch(str(directory / "model.safetensors")), assign=True)
+        left = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+        if left:  # (load_state_dict is strict: only a tensor outside the state dict could be left)
+            raise MMRecError(f"{directory / 'model.safetensors'}: no weights for {', '.join(left)}")
         items.vectorizer = TrainedContent(model, MipsTransform(extra["mips_max_norm"]), extra["cold_scale"],
                                           extra.get("cold_neighbours", 0), extra.get("cold_neighbour_weight", 0.5),
                                           items.centers)
