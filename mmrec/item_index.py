@@ -44,7 +44,7 @@ from mmrec.errors import ConfigError, DataError, MMRecError, Problem, UnknownIdE
 from mmrec.ids import normalize_ids
 from mmrec.typing import ItemId
 
-MATCHING_ANSWERS = 256  # distinct --where filters whose matching ids an index keeps
+MATCHING_IDS_PER_ITEM = 4  # the matching ids an index keeps for repeated --where filters, per item
 COSINE_BATCH_SCORES = 1 << 26  # float32 scores in one batch of similar_many(by="cosine"): 256 MB
 
 logger = logging.getLogger(__name__)
@@ -1046,7 +1046,7 @@ class ItemIndex:
             cache = self._facets = (self.vectors, {}, {}, {})
         facets, numbers, answers = cache[1], cache[2], cache[3]
         conditions_given = self._conditions(where)
-        key = tuple(sorted(conditions_given))
+        key = tuple(sorted(conditions_given, key=repr))
         if key in answers:  # the same conditions again (a server's usual filter): the ids found before
             return list(answers[key])
         by_field: dict[str, list[tuple[str, str]]] = {}
@@ -1077,9 +1077,15 @@ class ItemIndex:
                     with np.errstate(invalid="ignore"):
                         hold = {">=": x >= bound, "<=": x <= bound, ">": x > bound, "<": x < bound}[op]
                     keep = keep[hold]
-        found = answers[key] = [self.items[i][ID_FIELD] for i in keep]
-        if len(answers) > MATCHING_ANSWERS:  # a bounded memory of distinct filters, oldest out first
-            del answers[next(iter(answers))]
+        found = [self.items[i][ID_FIELD] for i in keep]
+        # Kept for the next call while all the answers kept hold at most MATCHING_IDS_PER_ITEM ids
+        # an item (a server whose users choose their own bounds asks many distinct filters), the
+        # oldest dropped first.
+        budget = MATCHING_IDS_PER_ITEM * max(len(self.items), 1)
+        if len(found) <= budget:
+            answers[key] = found
+            while sum(map(len, answers.values())) > budget:
+                del answers[next(iter(answers))]
         return list(found)
 
     @staticmethod

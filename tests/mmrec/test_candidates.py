@@ -220,3 +220,15 @@ def test_where_conditions_not_equal_and_numeric_ranges():
         idx.matching(["year"])
     assert describe_where([("g", "=", "A"), ("y", ">=", "1990"), ("g", "=", "B"), ("y", ">=", "1990")]) == \
         "g=A or g=B and y>=1990"
+
+
+def test_kept_matching_answers_are_bounded_by_the_catalog_size():
+    n = 50
+    idx = ItemIndex.from_features([f"i{k}" for k in range(n)], {"text": np.eye(n, dtype=np.float32)},
+                                  records=[{"price": str(k)} for k in range(n)], factory="Flat", show_progress=False)
+    for bound in range(n):  # 50 distinct filters of up to 50 ids each
+        assert idx.matching([f"price>={bound}"]) == [f"i{k}" for k in range(bound, n)]
+    kept = idx._facets[3]
+    assert 0 < sum(map(len, kept.values())) <= 4 * n and ("price", ">=", "49") in {c for key in kept for c in key}
+    with pytest.raises(ConfigError, match="not a display field"):  # a field of another type is named, not sorted
+        idx.matching({"price": "1", 7: "x"})

@@ -465,12 +465,21 @@ def test_a_json_bool_list_or_object_is_refused_by_row_and_field(tmp_path: Path) 
 def test_a_large_csv_with_line_breaks_inside_quotes_reads_whole(tmp_path):
     # Past the reader's first block (1 MiB) a quoted line break needs its slower mode: taken
     # when the fast one fails, never a refusal of a valid file.
-    rows = ["user_id,item_id,note"] + [f'u{k % 500},i{k % 997},"line one\nline two {k}"' for k in range(60_000)]
+    # Line breaks inside quotes, some followed by text that looks like rows of the file.
+    rows = ["user_id,item_id,note"] + [f'u{k % 500},i{k % 997},"line one\nx,y,z\nv,w,{k}"' for k in range(60_000)]
     path = tmp_path / "notes.csv"
     path.write_text("\n".join(rows) + "\n")
     assert path.stat().st_size > 2 << 20
     inter = load_interactions(path)
     assert len(inter) + inter.report["duplicates"] == 60_000 and inter.num_users == 500
+    assert inter.user_ids == sorted(f"u{k}" for k in range(500)) and len(inter.item_ids) == 997  # nothing made up
+
+
+def test_a_file_with_carriage_return_line_ends_reads(tmp_path):
+    path = tmp_path / "mac.csv"
+    path.write_bytes(b"user_id,item_id\ru1,i1\ru2,i2\r")
+    inter = load_interactions(path)
+    assert inter.user_ids == ["u1", "u2"] and inter.item_ids == ["i1", "i2"]
 
 
 def test_compression_is_read_from_the_suffix_whatever_its_case_and_a_broken_file_is_named(tmp_path):
@@ -493,14 +502,20 @@ def test_a_header_wider_than_64_kib_is_read_whole(tmp_path):
     assert inter.user_ids == ["u1"] and inter.item_ids == ["i1"]
 
 
-def test_parquet_columns_that_hold_no_ids_are_named(tmp_path):
+def test_parquet_columns_that_hold_no_ids_are_named_and_utf8_bytes_are_text(tmp_path):
     for column, values in (("user_id", pa.array([["a"], ["b"]])), ("item_id", pa.array([True, False])),
-                           ("rating", pa.array([b"5", b"4"]))):
+                           ("rating", pa.array([b"\xff", b"4"]))):
         table = {"user_id": pa.array(["u1", "u2"]), "item_id": pa.array(["i1", "i2"]), column: values}
         path = tmp_path / f"{column}.parquet"
         pq.write_table(pa.table(table), path)
         with pytest.raises(DataError, match=rf"{column}.parquet: field '{column}': is a column of "):
             load_interactions(path)
+    # Strings stored as bytes (older writers): read as the text they are.
+    path = tmp_path / "bytes.parquet"
+    pq.write_table(pa.table({"user_id": pa.array([b"u1", b"u2"]), "item_id": pa.array([b"i1", b"i2"], pa.binary(2)),
+                             "rating": pa.array([b"5", b"4"], pa.large_binary())}), path)
+    inter = load_interactions(path)
+    assert inter.user_ids == ["u1", "u2"] and inter.item_ids == ["i1", "i2"] and inter.ratings.tolist() == [5, 4]
 
 
 def test_non_finite_json_ids_and_python_only_number_spellings_are_invalid_rows(tmp_path):
