@@ -679,7 +679,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _query_opts(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--index", required=True, type=Path, help="index directory")
+    p.add_argument("--index", required=True, type=Path, help="index or trained directory")
     p.add_argument("-k", type=_positive_int, default=10, help="number of results (default 10)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -713,7 +713,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="'default' (packaged EfficientNet-Lite0), 'none', a torchvision name, or a Hugging Face model dir",
     )
     b.add_argument("--image-weights", type=Path, help="state-dict file for a torchvision image backbone")
-    b.add_argument("--batch-size", type=_positive_int, help="encoder batch size")
+    b.add_argument("--batch-size", type=_positive_int,
+                   help="encoder batch size (default: the encoder's, 64 texts / 32 images)")
     b.add_argument("--max-length", type=_max_length, default=256, help="text truncation in tokens (default 256)")
     b.add_argument("--device", default="cpu", help="torch device the encoders run on: cpu (default), cuda, cuda:N")
     b.add_argument("--skip-invalid", action="store_true", help="skip bad rows (reported in OUT/skipped.jsonl)")
@@ -725,34 +726,34 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_index_build)
 
     a = isub.add_parser("add", help="encode and add new items (only the new rows are encoded)")
-    a.add_argument("--index", required=True, type=Path)
+    a.add_argument("--index", required=True, type=Path, help="index or trained directory to add to")
     a.add_argument("--catalog", required=True, type=Path, help="file of new items (same columns as the catalog)")
     a.add_argument("--features", type=_features_arg, action="append", metavar="NAME=PATH.npy",
                    help="precomputed features of the new items, one row per catalog row, for the index's "
                         "precomputed modalities (repeatable; one left out is masked for the new items)")
-    a.add_argument("--image-root", type=Path)
-    a.add_argument("--skip-invalid", action="store_true")
+    a.add_argument("--image-root", type=Path, help="base for relative image paths (default: the catalog's folder)")
+    a.add_argument("--skip-invalid", action="store_true", help="skip bad rows (reported in the log) instead of failing")
     a.add_argument("--device", default=None, help="torch device the encoders run on: cpu (default), cuda, cuda:N")
     _cache_opts(a)
     _common(a)
     a.set_defaults(func=cmd_index_add)
 
     r = isub.add_parser("remove", help="remove items by id")
-    r.add_argument("--index", required=True, type=Path)
-    r.add_argument("--item", required=True, nargs="+", help="item ids")
+    r.add_argument("--index", required=True, type=Path, help="index or trained directory to remove from")
+    r.add_argument("--item", required=True, nargs="+", help="item ids (all must be in the index, or none is removed)")
     _common(r)
     r.set_defaults(func=cmd_index_remove)
 
     inf = isub.add_parser("info", help="what a directory holds: items, users, index and search setting, "
                                        "modalities, encoders, training")
-    inf.add_argument("--index", required=True, type=Path)
+    inf.add_argument("--index", required=True, type=Path, help="index or trained directory")
     inf.add_argument("--json", action="store_true", help="print JSON instead of text")
     _common(inf)
     inf.set_defaults(func=cmd_index_info)
 
     rb = isub.add_parser("rebuild", help="build the FAISS index anew from the stored vectors with another factory "
                                          "(nothing is encoded or trained)")
-    rb.add_argument("--index", required=True, type=Path)
+    rb.add_argument("--index", required=True, type=Path, help="index or trained directory to rebuild in place")
     rb.add_argument("--factory", default=None,
                     help="auto (chosen again for today's item count), Flat, HNSW{M}, IVF{n},Flat, IVF{n},SQ8, "
                          "IVF{n},PQ{m} (default: the index's own, keeping its nprobe / efSearch)")
@@ -761,7 +762,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = isub.add_parser("tune", help="set the approximate index's search knob (IVF nprobe, HNSW efSearch) for a "
                                      "target recall, measured on the directory's own queries")
-    t.add_argument("--index", required=True, type=Path)
+    t.add_argument("--index", required=True, type=Path, help="index or trained directory with an IVF or HNSW index")
     t.add_argument("--recall", type=float, default=None,
                    help="recall@k to reach against the index's exhaustive search (default 0.99)")
     t.add_argument("-k", type=_positive_int, default=None, help="the recall's cut-off (default 10)")
@@ -826,10 +827,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, type=Path, help="directory to create")
     t.add_argument("--split", default="auto", choices=["auto", "given", "random", "temporal"],
                    help="auto: the file's split column, else random 80/10/10 per user (default)")
-    t.add_argument("--rating-threshold", type=_finite, help="keep ratings >= this as positives")
-    t.add_argument("--text-fields", type=_csv_list)
-    t.add_argument("--image-field")
-    t.add_argument("--image-root", type=Path)
+    t.add_argument("--rating-threshold", type=_finite,
+                    help="keep ratings >= this as positives (default: none, every row is a positive)")
+    t.add_argument("--text-fields", type=_csv_list, help="comma-separated text columns (default: every string column)")
+    t.add_argument("--image-field", help="column of image paths (default: 'image' if present)")
+    t.add_argument("--image-root", type=Path, help="base for relative image paths (default: the catalog's folder)")
     t.add_argument("--text-encoder", default="default",
                    help="as for index build: default, none, a Hugging Face model dir, or a Hub name with "
                         "--allow-download")
@@ -839,11 +841,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--image-encoder", default="default",
                    help="as for index build: default, none, a torchvision name, or a Hugging Face model dir")
     t.add_argument("--image-weights", type=Path, help="state-dict file for a torchvision image backbone")
-    t.add_argument("--factory", default="auto", help="FAISS factory for the trained item vectors")
+    t.add_argument("--factory", default="auto",
+                    help="FAISS factory for the trained item vectors (default auto: Flat below 100k items)")
     t.add_argument("--skip-invalid", action="store_true",
                    help="skip invalid catalog rows (listed in OUT/skipped.jsonl), invalid interaction rows and "
                         "the rows of skipped items (counted in OUT/train_report.json) instead of failing")
-    t.add_argument("--overwrite", action="store_true")
+    t.add_argument("--overwrite", action="store_true", help="replace OUT if it is an mmrec directory")
     t.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_dataclass_options(t, TrainConfig)
     _cache_opts(t)
@@ -868,19 +871,22 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--out", required=True, type=Path, help="directory to create")
     ft.add_argument("--split", default="auto", choices=["auto", "given", "random", "temporal"],
                     help="auto: the file's split column, else random 80/10/10 per user (default)")
-    ft.add_argument("--rating-threshold", type=_finite, help="keep ratings >= this as positives")
+    ft.add_argument("--rating-threshold", type=_finite,
+                    help="keep ratings >= this as positives (default: none, every row is a positive)")
     ft.add_argument("--text-fields", type=_csv_list, help="default: the source's")
     ft.add_argument("--image-field", help="default: the source's")
-    ft.add_argument("--image-root", type=Path)
+    ft.add_argument("--image-root", type=Path, help="base for relative image paths (default: the catalog's folder)")
     ft.add_argument("--ignore-modality", action="append", metavar="NAME",
                     help="leave a modality of the new data out (one the source model never had; repeatable)")
     ft.add_argument("--keep-users", action=argparse.BooleanOptionalAction, default=True,
                     help="users the source model knows (same id) start from their source embedding (default on; "
                          "--no-keep-users when the ids do not name the same people)")
-    ft.add_argument("--factory", default="auto", help="FAISS factory for the trained item vectors")
-    ft.add_argument("--overwrite", action="store_true")
+    ft.add_argument("--factory", default="auto",
+                    help="FAISS factory for the trained item vectors (default auto: Flat below 100k items)")
+    ft.add_argument("--overwrite", action="store_true", help="replace OUT if it is an mmrec directory")
     ft.add_argument("--json", action="store_true", help="print the summary as JSON")
-    add_dataclass_options(ft, TrainConfig, default_from="the source model", fixed=ARCHITECTURE)
+    add_dataclass_options(ft, TrainConfig, default_from="the source model", fixed=ARCHITECTURE,
+                          own_defaults={"cold_start": "0, whatever the source used: it describes the source's data"})
     _cache_opts(ft)
     _common(ft)
     ft.set_defaults(func=cmd_finetune)
@@ -929,9 +935,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv.set_defaults(func=cmd_serve)
 
     ev = sub.add_parser("evaluate", help="full-ranking metrics of a trained directory")
-    ev.add_argument("--index", required=True, type=Path)
-    ev.add_argument("--interactions", required=True, type=Path)
-    ev.add_argument("--split", default="test", choices=["valid", "test"])
+    ev.add_argument("--index", required=True, type=Path, help="trained directory")
+    ev.add_argument("--interactions", required=True, type=Path,
+                    help="interaction file (the training file reproduces the training split)")
+    ev.add_argument("--split", default="test", choices=["valid", "test"], help="the split evaluated (default test)")
     ev.add_argument("--split-rule", choices=["auto", "given", "random", "temporal"],
                     help="how the split is made (default: the rule the model was trained with, with its seed)")
     ev.add_argument("--mask", choices=["all", "train"], help="default: the training config's")
@@ -940,7 +947,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=_positive_int,
                     help="users scored at once, each batch a users x items score matrix "
                          "(default: the model's eval_batch_size)")
-    ev.add_argument("--json", action="store_true")
+    ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
     _common(ev)
     ev.set_defaults(func=cmd_evaluate)
     return parser

@@ -158,6 +158,7 @@ def add_dataclass_options(
     skip: tuple[str, ...] = (),
     default_from: str | None = None,
     fixed: tuple[str, ...] = (),
+    own_defaults: dict[str, str] | None = None,
 ) -> None:
     """Add one ``--field-name`` option per dataclass field (defaults left as None = unset).
 
@@ -168,12 +169,16 @@ def add_dataclass_options(
         default_from: where an option left out takes its value, when not from ``cls``'s defaults
             (e.g. ``"the source model"``); the help then says so instead of printing ``cls``'s.
         fixed: fields whose value ``default_from`` fixes (the help says they cannot change).
+        own_defaults: field -> the default its help states instead (a field that does not
+            follow ``default_from``).
     """
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
-        if f.name in fixed:
+        if f.name in (own_defaults or {}):
+            where = own_defaults[f.name]
+        elif f.name in fixed:
             where = f"{default_from}'s; cannot change"
         elif default_from is not None:
             where = f"{default_from}'s"

@@ -54,6 +54,8 @@ class DataError(MMRecError):
         super().__init__(str(self))
 
     def __str__(self) -> str:
+        if len(self.problems) == 1:  # one line: the file, then where in it and what
+            return f"{self.path}: {self.problems[0]}"
         shown = self.problems[: self.limit]
         lines = [f"{self.path}: {len(self.problems)} problem(s)"]
         lines += [f"  {self.path}: {p}" for p in shown]

@@ -285,16 +285,18 @@ def check_out(out: str | Path | None, overwrite: bool, inputs: Sequence[object] 
     if _holds_cwd(out):
         raise MMRecError(f"--out {out} is the current directory or holds it: choose a directory below it")
     if out.exists() or out.is_symlink():
-        if not overwrite:
-            raise MMRecError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
+        # What --overwrite cannot replace first, so that the message never suggests it in vain.
         if not out.is_dir():
-            raise MMRecError(f"{out} exists and is not a directory: not replacing it with an index")
+            raise MMRecError(f"{out} exists and is not a directory: choose another --out (--overwrite replaces only "
+                             f"index and model directories)")
         manifest = mmrec_manifest(out)
-        if manifest is not None:
-            check_rewrite(out, manifest, "write it")
-        elif any(out.iterdir()):
+        if manifest is None and any(out.iterdir()):
             raise MMRecError(f"{out} is not an index or model directory (no mmrec {MANIFEST_NAME}) and is not empty: "
                              f"--overwrite only replaces what mmrec wrote; choose another --out or empty it yourself")
+        if not overwrite:
+            raise MMRecError(f"{out} already exists: --overwrite (overwrite=True in Python) replaces it")
+        if manifest is not None:
+            check_rewrite(out, manifest, "write it")
     root = out.resolve()
     for item in inputs:
         if not isinstance(item, (str, os.PathLike)):  # None, or an object in memory

@@ -168,8 +168,13 @@ def test_overwrite_replaces_only_what_mmrec_wrote(tmp_path, monkeypatch):
     idx.save(tmp_path / "empty")
     idx.save(tmp_path / "empty", overwrite=True)
     assert len(ItemIndex.load(tmp_path / "empty")) == 5
-    with pytest.raises(MMRecError, match="already exists"):
+    with pytest.raises(MMRecError, match=r"already exists: --overwrite \(overwrite=True in Python\) replaces it"):
         check_out(tmp_path / "empty", overwrite=False)
+    # What --overwrite would not replace is never answered with "--overwrite replaces it".
+    with pytest.raises(MMRecError, match="notes is not an index or model directory"):
+        check_out(mine, overwrite=False)
+    with pytest.raises(MMRecError, match=r"file exists and is not a directory: choose another --out"):
+        check_out(tmp_path / "file", overwrite=False)
     # Below a file nothing can be created: refused before any work, not after encoding or training.
     for below in (tmp_path / "file" / "idx", tmp_path / "file" / "a" / "b"):
         with pytest.raises(MMRecError, match=rf"--out {below} cannot be created: {tmp_path / 'file'} is not a directory"):
