@@ -158,7 +158,7 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict[str, Any]], dict[
 
     path = Path(path)
     if not path.is_file():
-        raise DataError(path, [Problem(None, None, "file not found")])
+        raise DataError(path, [Problem(None, None, "is a directory, not a file" if path.is_dir() else "file not found")])
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise DataError(path, [Problem(None, None, f"unknown file type '{path.suffix}' (use {', '.join(FORMATS)})")])

@@ -692,10 +692,10 @@ def _cache_opts(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmrec", description="Multimodal recommender: index, search, recommend.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     idx = sub.add_parser("index", help="build or change an item index")
-    isub = idx.add_subparsers(dest="index_command", required=True)
+    isub = idx.add_subparsers(dest="index_command", required=True, metavar="INDEX_COMMAND")
     b = isub.add_parser("build", help="encode a catalog and build its FAISS index")
     b.add_argument("--catalog", required=True, type=Path, help="items file: .csv .tsv .json .jsonl .parquet with item_id")
     b.add_argument("--out", required=True, type=Path, help="index directory to create")

@@ -607,7 +607,7 @@ def load_interactions(
     if unknown_items not in ON_INVALID:
         raise ConfigError(f"unknown_items must be one of {ON_INVALID}, got {unknown_items!r}")
     if not path.is_file():
-        raise DataError(path, [Problem(None, None, "file not found")])
+        raise DataError(path, [Problem(None, None, "is a directory, not a file" if path.is_dir() else "file not found")])
     fmt = _file_format(path)
     if fmt is None:
         message = (f"unknown file type {''.join(path.suffixes)!r} (use .csv, .tsv, .jsonl or .parquet / .pq; "

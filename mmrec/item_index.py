@@ -1401,7 +1401,7 @@ class ItemIndex:
                               "modality (left out when it was trained), so the new items cannot have it either")
         if unknown:
             raise ConfigError(
-                f"features {unknown} are not precomputed modalities of this index (precomputed: "
+                f"features {', '.join(unknown)} are not precomputed modalities of this index (precomputed: "
                 f"{', '.join(precomputed) or 'none'}; encoded from the catalog: {', '.join(encoded) or 'none'})"
             )
         if not isinstance(catalog, Catalog):
@@ -1559,7 +1559,8 @@ class ItemIndex:
         self._check_in_place()
         missing = [i for i in item_ids if self._try_resolve(i) is None]
         if missing:
-            raise MMRecError(f"not in this index: {', '.join(map(str, missing[:20]))}")
+            raise MMRecError(f"not in this index: {', '.join(map(str, missing[:20]))}"
+                             f"{' ...' if len(missing) > 20 else ''}; nothing was removed")
         ids = [self.resolve_id(i) for i in item_ids]
         before = self._snapshot()
         self.index.remove(ids)

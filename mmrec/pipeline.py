@@ -84,7 +84,8 @@ def load_npy_features(specs: Mapping[str, str | Path], num_items: int | None) ->
     for name, path in specs.items():
         path = Path(path)
         if not path.is_file():
-            raise DataError(path, [Problem(None, None, f"feature file for modality '{name}' not found")])
+            what = "is a directory, not a file" if path.is_dir() else "not found"
+            raise DataError(path, [Problem(None, None, f"feature file for modality '{name}' {what}")])
         try:
             x = np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError) as e:  # pickled objects, a text file, a truncated array

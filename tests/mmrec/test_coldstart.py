@@ -390,7 +390,7 @@ def test_index_add_with_precomputed_features_and_evaluate_after_remove(tmp_path,
     # near-tied 10th content neighbours among the planted clusters: compare directions and norms).
     (tmp_path / "cold.csv").write_text("item_id\n" + "".join(f"{i}\n" for i in cold))
     np.save(tmp_path / "cold.npy", np.load(feats)[np.asarray(cold, int)])
-    with pytest.raises(ConfigError, match=r"features \['other'\] are not precomputed modalities"):
+    with pytest.raises(ConfigError, match=r"features other are not precomputed modalities"):
         rec.items.add(tmp_path / "cold.csv", features={"other": tmp_path / "cold.npy"})
     with pytest.raises(MMRecError, match=r"have none of this index's modalities \['content'\].*pass --features"):
         rec.items.add(tmp_path / "cold.csv")

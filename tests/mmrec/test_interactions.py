@@ -539,3 +539,15 @@ def test_users_whose_every_row_is_below_the_threshold_are_counted(tmp_path):
     inter = load_interactions(path, rating_threshold=4)
     assert inter.user_ids == ["b"]
     assert (inter.report["below_threshold"], inter.report["users_only_below_threshold"]) == (3, 1)
+
+
+def test_a_directory_given_as_a_file_is_named_as_one(tmp_path):
+    from mmrec.catalog import load_catalog
+    from mmrec.pipeline import load_npy_features
+
+    with pytest.raises(DataError, match=r": is a directory, not a file$"):
+        load_interactions(tmp_path)
+    with pytest.raises(DataError, match=r": is a directory, not a file$"):
+        load_catalog(tmp_path)
+    with pytest.raises(DataError, match=r"feature file for modality 'x' is a directory, not a file$"):
+        load_npy_features({"x": tmp_path}, 3)

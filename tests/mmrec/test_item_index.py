@@ -76,7 +76,7 @@ def test_add_remove_then_search(tmp_path):
     assert idx.remove(["b", "d", "b"]) == 2  # an id given twice is one item removed
     assert len(idx) == 3 and "b" not in idx
     assert [r.item_id for r in idx.similar("a", k=5)] == ["c", "e"]
-    with pytest.raises(MMRecError, match="not in this index: zz"):
+    with pytest.raises(MMRecError, match="not in this index: zz; nothing was removed"):
         idx.remove(["zz"])
     reloaded = ItemIndex.load(tmp_path / "idx")  # remove() saved in place
     assert [r.item_id for r in reloaded.similar("a", k=5)] == ["c", "e"]
