@@ -614,7 +614,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     rec = _open_recommender(args)
     metrics = evaluate_directory(rec, args.interactions, split=args.split, mask=args.mask, how=args.split_rule,
-                                 cold_start=args.cold_start, batch_size=args.batch_size)
+                                 cold_start=args.cold_start, batch_size=args.batch_size,
+                                 show_progress=not args.quiet)
     if args.json:
         print(json.dumps(metrics, indent=1))
     else:

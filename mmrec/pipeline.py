@@ -550,8 +550,10 @@ def evaluate_directory(
     ks: tuple[int, ...] = (10, 20),
     cold_start: bool = False,
     batch_size: int | None = None,
+    show_progress: bool = False,
 ) -> dict[str, Any]:
-    """Full-ranking metrics of a trained directory on an interaction file.
+    """Full-ranking metrics of a trained directory on an interaction file (``show_progress``: a
+    progress bar over the batches of users scored).
 
     The item space is the index's current items: rows of other items (removed from the index
     since training) are skipped and counted (``rows_skipped``). ``users_skipped`` counts the
@@ -645,4 +647,4 @@ def evaluate_directory(
         raise MMRecError(f"{interactions}: no {split} rows to evaluate (rows by split, after the skips above: "
                          f"{counts}); choose another --split")
     return out | evaluate(score, inter, split=split, mask=mask or rec.config.mask, ks=ks,
-                          item_vectors=item_vecs.numpy(), batch_size=batch_size)
+                          item_vectors=item_vecs.numpy(), batch_size=batch_size, progress=show_progress)
