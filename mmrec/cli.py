@@ -661,6 +661,18 @@ def _positive_int(text: str, least: int = 1) -> int:
     return value
 
 
+def _fraction(text: str, low_open: bool = False) -> float:
+    """A number in [0, 1] (``(0, 1]`` with ``low_open``)."""
+    value = _finite(text)
+    if not (0 < value <= 1 if low_open else 0 <= value <= 1):
+        raise argparse.ArgumentTypeError(f"must lie in {'(0, 1]' if low_open else '[0, 1]'}, got {text}")
+    return value
+
+
+def _recall(text: str) -> float:
+    return _fraction(text, low_open=True)
+
+
 def _max_length(text: str) -> int:
     return _positive_int(text, 2)  # room for the tokenizer's special tokens
 
@@ -764,7 +776,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = isub.add_parser("tune", help="set the approximate index's search knob (IVF nprobe, HNSW efSearch) for a "
                                      "target recall, measured on the directory's own queries")
     t.add_argument("--index", required=True, type=Path, help="index or trained directory with an IVF or HNSW index")
-    t.add_argument("--recall", type=float, default=None,
+    t.add_argument("--recall", type=_recall, default=None,
                    help="recall@k to reach against the index's exhaustive search (default 0.99)")
     t.add_argument("-k", type=_positive_int, default=None, help="the recall's cut-off (default 10)")
     t.add_argument("--sample", type=_positive_int, default=None,
@@ -909,12 +921,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "directory, mean for a content index)")
     rc.add_argument("--include-known", action="store_true",
                     help="do not exclude the user's known items and the --history items")
-    rc.add_argument("--diversity", type=float, default=0.0, metavar="W",
+    rc.add_argument("--diversity", type=_fraction, default=0.0, metavar="W",
                     help="re-rank the top max(5k, 50) by maximal marginal relevance, W in [0, 1] trading relevance "
                          "for dissimilarity to the items already listed (default 0: off)")
     rc.add_argument("--explain", action="store_true",
                     help="per result: its modality attention weights and the user's history items most like it")
-    rc.add_argument("--explain-items", type=int, default=None, metavar="N",
+    rc.add_argument("--explain-items", type=_positive_int, default=None, metavar="N",
                     help="history items named per result with --explain (default 3)")
     _filter_opts(rc)
     _common(rc)
@@ -928,8 +940,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0 picks a free one)")
     sv.add_argument("--device", help="encode text queries on this torch device (cpu, cuda, cuda:N; default cpu)")
     sv.add_argument("--reload", action=argparse.BooleanOptionalAction, default=True,
-                    help="load the directory again when it changes on disk (index add / remove), checked at most "
-                         "once a second (default on)")
+                    help="load the directory again when it changes on disk (index add / remove / rebuild / tune, "
+                         "train --overwrite), checked at most once a second (default on)")
     sv.add_argument("--warm", action=argparse.BooleanOptionalAction, default=True,
                     help="load the text encoder at start instead of at the first text query (default on)")
     _common(sv)

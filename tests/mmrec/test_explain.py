@@ -297,8 +297,10 @@ def test_diversified_recommendations(trained, capsys):
     assert main(["recommend", "--index", d, "--user", "u3", "-k", "6", "--diversity", "0.6", "--json", "-q"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert [r["item_id"] for r in out] == [r.item_id for r in rec.recommend("u3", 6, diversity=0.6)]
-    assert main(["recommend", "--index", d, "--user", "u3", "--diversity", "1.5", "-q"]) == 1
-    assert "diversity weight must lie in [0, 1], got 1.5" in capsys.readouterr().err
+    for bad in ("1.5", "nan", "-0.1"):  # refused by the option parser, naming the option, before the model loads
+        with pytest.raises(SystemExit) as exit_:
+            main(["recommend", "--index", d, "--user", "u3", "--diversity", bad, "-q"])
+        assert exit_.value.code == 2 and "argument --diversity: " in capsys.readouterr().err
 
 
 def test_similar_by_cosine_is_the_exact_cosine_ranking(trained, capsys):
