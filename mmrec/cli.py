@@ -109,7 +109,8 @@ def stream_batches(key: str, queries: Sequence, answer: Callable[[Sequence], lis
     export of every user or item holds one chunk's results in memory, not the whole catalog's."""
     from tqdm.auto import tqdm
 
-    with tqdm(total=len(queries), unit=unit, disable=args.quiet or not sys.stderr.isatty()) as bar:
+    # (On a terminal only: these answers go to stdout, often piped, where a bar would interleave.)
+    with tqdm(total=len(queries), unit=unit, desc="answering", disable=args.quiet or not sys.stderr.isatty()) as bar:
         for start in range(0, len(queries), STREAM_BATCH):
             chunk = queries[start : start + STREAM_BATCH]
             print_batches(key, chunk, answer(chunk), args.json, title_field)
