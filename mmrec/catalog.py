@@ -185,7 +185,7 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict[str, Any]], dict[
                     has_rows = has_rows or any(cell.strip() for cell in row)
                     if header and len(row) > len(header):  # every one (DataError prints the first 20)
                         too_long.append(Problem(number, None, f"has {len(row)} fields but the header names "
-                                                              f"{len(header)}: a stray separator or an unquoted value"))
+                                                              f"{len(header)}: a stray separator, an unquoted value or an unbalanced quote"))
         except UnicodeDecodeError:
             raise DataError(path, [utf8_problem(path)]) from None
         if not header:

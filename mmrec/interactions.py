@@ -64,8 +64,8 @@ OPTIONAL_COLUMNS = ("rating", "timestamp", "split")
 ON_INVALID = ("error", "skip")
 _FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 _COMPRESSED = (".gz", ".bz2")
-_CODECS = {".gz": "gzip", ".bz2": "bz2"}
-HEADER_BYTES = 64 << 20  # the most of a CSV/TSV read looking for the end of its header row  # by the lower-cased suffix: arrow's detection reads ".GZ" as text
+_CODECS = {".gz": "gzip", ".bz2": "bz2"}  # by the lower-cased suffix: arrow's detection reads ".GZ" as text
+HEADER_BYTES = 64 << 20  # the most of a CSV/TSV read looking for the end of its header row
 _PROBLEMS_IN_REPORT = 20  # offending rows listed in report["problems"] when skipping
 
 
@@ -406,13 +406,19 @@ def _read_csv(path: Path, fmt: str, present: list[str], raw: dict[str, str]) -> 
             ).rename_columns(present)
 
     bad: list = []
-    table = read(True, bad)
+    try:
+        table = read(True, bad)
+    except pa.ArrowInvalid as e:
+        if "Empty CSV file" in str(e):  # a header without a line end, and nothing after it
+            raise DataError(path, [Problem(None, None, "file has no data rows")]) from None
+        raise
     if bad:
         bad = []
         read(False, bad)  # numbered: the header is row 1 of the reader's count, blank lines are not counted
         raise DataError(path, [Problem(None if row.number is None else row.number - 1, None,
                                        f"has {row.actual_columns} fields but the header names {row.expected_columns}: "
-                                       "a stray separator or an unquoted value") for row in bad])
+                                       "a stray separator, an unquoted value or an unbalanced quote")
+                               for row in bad])
     return table
 
 
@@ -475,13 +481,17 @@ def _read_columns(path: Path, fmt: str) -> tuple[dict[str, pa.Array], int, dict[
     # lines report such values row by row, as their types differ from line to line); bytes are
     # text when they are UTF-8 (older writers store strings as bytes without saying so).
     problems = []
-    for c, col in columns.items():
+    for c, col in list(columns.items()):
+        if pa.types.is_dictionary(col.type):  # (a categorical column: its values, as the other columns)
+            col = columns[c] = col.dictionary_decode()
         if pa.types.is_nested(col.type) or pa.types.is_boolean(col.type):
             problems.append(Problem(None, c, f"is a column of {col.type}: expected strings or numbers"))
-        elif pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type) or pa.types.is_fixed_size_binary(col.type):
+        elif (pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type)
+              or pa.types.is_fixed_size_binary(col.type) or pa.types.is_binary_view(col.type)):
             try:
-                columns[c] = pc.cast(pc.cast(col, pa.binary()) if pa.types.is_fixed_size_binary(col.type) else col,
-                                     pa.string())
+                plain = col if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type) else pc.cast(
+                    col, pa.binary())
+                columns[c] = pc.cast(plain, pa.string())
             except pa.ArrowInvalid:
                 problems.append(Problem(None, c, f"is a column of {col.type} that is not UTF-8 text"))
     if problems:
@@ -625,8 +635,11 @@ def load_interactions(
     empty = {c: pc.equal(texts[c], "").to_numpy(zero_copy_only=False) for c in texts}
     text = lambda c, k: texts[c][int(k)].as_py()  # noqa: E731  (error path only)
     for c in REQUIRED_COLUMNS:
-        bad[c] = empty[c]
-        reasons[c] = lambda k: "missing value"
+        # An id holding a line break is rows of the file swallowed by an unbalanced quote.
+        broken = pc.match_substring_regex(texts[c], r"[\r\n]").to_numpy(zero_copy_only=False)
+        bad[c] = empty[c] | broken
+        reasons[c] = (lambda k, e=empty[c]: "missing value" if e[k] else
+                      "holds a line break: an unbalanced quote before it took in the lines that follow")
     numbers: dict[str, np.ndarray] = {}
     for c in ("rating", "timestamp"):
         if c in texts:

@@ -45,6 +45,7 @@ from mmrec.ids import normalize_ids
 from mmrec.typing import ItemId
 
 MATCHING_IDS_PER_ITEM = 4  # the matching ids an index keeps for repeated --where filters, per item
+MATCHING_ANSWERS = 256  # and the most filters it keeps answers of
 COSINE_BATCH_SCORES = 1 << 26  # float32 scores in one batch of similar_many(by="cosine"): 256 MB
 
 logger = logging.getLogger(__name__)
@@ -293,8 +294,6 @@ def check_out(out: str | Path | None, overwrite: bool, inputs: Sequence[object] 
         if manifest is None and any(out.iterdir()):
             raise MMRecError(f"{out} is not an index or model directory (no mmrec {MANIFEST_NAME}) and is not empty: "
                              f"--overwrite only replaces what mmrec wrote; choose another --out or empty it yourself")
-        if not overwrite:
-            raise MMRecError(f"{out} already exists: --overwrite (overwrite=True in Python) replaces it")
         if manifest is not None:
             check_rewrite(out, manifest, "write it")
     root = out.resolve()
@@ -305,6 +304,8 @@ def check_out(out: str | Path | None, overwrite: bool, inputs: Sequence[object] 
         if path == root or root in path.parents:
             raise MMRecError(f"--out {out} holds the input {item}: writing it would delete that input; "
                              f"choose another --out")
+    if (out.exists() or out.is_symlink()) and not overwrite:  # last: the one refusal --overwrite lifts
+        raise MMRecError(f"{out} already exists: --overwrite (overwrite=True in Python) replaces it")
     for parent in root.parents:
         if mmrec_manifest(parent) is not None:
             raise MMRecError(f"--out {out} is inside the index or model directory {parent}, which could then no longer "
@@ -1080,14 +1081,15 @@ class ItemIndex:
                         hold = {">=": x >= bound, "<=": x <= bound, ">": x > bound, "<": x < bound}[op]
                     keep = keep[hold]
         found = [self.items[i][ID_FIELD] for i in keep]
-        # Kept for the next call while all the answers kept hold at most MATCHING_IDS_PER_ITEM ids
-        # an item (a server whose users choose their own bounds asks many distinct filters), the
-        # oldest dropped first.
+        # Kept for the next call, at most MATCHING_ANSWERS of them holding MATCHING_IDS_PER_ITEM ids
+        # an item in all (a server whose users choose their own bounds asks many distinct filters),
+        # the oldest dropped first; answers[None] is the running count of ids kept.
         budget = MATCHING_IDS_PER_ITEM * max(len(self.items), 1)
-        if len(found) <= budget:
-            answers[key] = found
-            while sum(map(len, answers.values())) > budget:
-                del answers[next(iter(answers))]
+        answers[key] = found
+        answers[None] = answers.get(None, 0) + len(found) + 1
+        while answers[None] > budget or len(answers) > MATCHING_ANSWERS + 1:
+            oldest = next(k for k in answers if k is not None)
+            answers[None] -= len(answers.pop(oldest)) + 1
         return list(found)
 
     @staticmethod

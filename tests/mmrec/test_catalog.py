@@ -152,8 +152,8 @@ def test_a_row_with_more_fields_than_the_header_is_named(tmp_path):
     with pytest.raises(DataError) as e:
         load_catalog(tmp_path / "a.csv")
     assert [(p.row, p.message) for p in e.value.problems] == [
-        (1, "has 4 fields but the header names 3: a stray separator or an unquoted value"),
-        (3, "has 5 fields but the header names 3: a stray separator or an unquoted value"),
+        (1, "has 4 fields but the header names 3: a stray separator, an unquoted value or an unbalanced quote"),
+        (3, "has 5 fields but the header names 3: a stray separator, an unquoted value or an unbalanced quote"),
     ]
     # A quoted separator is one field; a short row is a row with blanks.
     (tmp_path / "b.csv").write_text('item_id,title,genre\n1,"Alpha, the first",drama\n2,Beta\n')

@@ -441,8 +441,8 @@ def test_rows_with_a_wrong_field_count_are_named_by_data_row(tmp_path: Path) -> 
     with pytest.raises(DataError) as e:
         load_interactions(tmp_path / "i.csv")
     assert str(e.value).splitlines()[1:] == [
-        f"  {tmp_path / 'i.csv'}: row 2: has 3 fields but the header names 2: a stray separator or an unquoted value",
-        f"  {tmp_path / 'i.csv'}: row 4: has 1 fields but the header names 2: a stray separator or an unquoted value",
+        f"  {tmp_path / 'i.csv'}: row 2: has 3 fields but the header names 2: a stray separator, an unquoted value or an unbalanced quote",
+        f"  {tmp_path / 'i.csv'}: row 4: has 1 fields but the header names 2: a stray separator, an unquoted value or an unbalanced quote",
     ]
 
 
@@ -551,3 +551,25 @@ def test_a_directory_given_as_a_file_is_named_as_one(tmp_path):
         load_catalog(tmp_path)
     with pytest.raises(DataError, match=r"feature file for modality 'x' is a directory, not a file$"):
         load_npy_features({"x": tmp_path}, 3)
+
+
+def test_an_unbalanced_quote_that_swallows_rows_is_named_not_merged(tmp_path):
+    path = tmp_path / "quote.csv"
+    path.write_text('user_id,item_id\nu1,"i1\nu2,i2\nu3,i3\n')  # the quote never closes: three lines, one value
+    with pytest.raises(DataError, match=r"row 1, field 'item_id': holds a line break: an unbalanced quote"):
+        load_interactions(path)
+    only_header = tmp_path / "header.csv"
+    only_header.write_text("user_id,item_id")  # no line end, no rows
+    with pytest.raises(DataError, match=r"header.csv: file has no data rows$"):
+        load_interactions(only_header)
+
+
+def test_a_categorical_or_view_column_of_bytes_that_are_not_utf8_is_named(tmp_path):
+    ok = {"user_id": pa.array(["u1", "u2"]), "rating": pa.array([5.0, 4.0])}
+    for name, column in (("dict", pa.array([b"i1", b"\xff"]).dictionary_encode()),
+                         ("view", pa.array([b"i1", b"\xff"], pa.binary_view()))):
+        pq.write_table(pa.table(ok | {"item_id": column}), tmp_path / f"{name}.parquet")
+        with pytest.raises(DataError, match=rf"{name}.parquet: field 'item_id': is a column of .* not UTF-8 text"):
+            load_interactions(tmp_path / f"{name}.parquet")
+    pq.write_table(pa.table(ok | {"item_id": pa.array([b"i1", b"i2"]).dictionary_encode()}), tmp_path / "good.parquet")
+    assert load_interactions(tmp_path / "good.parquet").item_ids == ["i1", "i2"]

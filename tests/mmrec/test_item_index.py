@@ -175,6 +175,12 @@ def test_overwrite_replaces_only_what_mmrec_wrote(tmp_path, monkeypatch):
         check_out(mine, overwrite=False)
     with pytest.raises(MMRecError, match=r"file exists and is not a directory: choose another --out"):
         check_out(tmp_path / "file", overwrite=False)
+    (tmp_path / "empty" / "catalog.csv").write_text("item_id\n1\n")  # an index holding a file of yours
+    with pytest.raises(MMRecError, match=r"empty holds files mmrec did not write \(catalog.csv\)"):
+        check_out(tmp_path / "empty", overwrite=False)
+    (tmp_path / "empty" / "catalog.csv").unlink()
+    with pytest.raises(MMRecError, match=r"holds the input"):  # fine-tuning from the directory it would replace
+        check_out(tmp_path / "empty", overwrite=False, inputs=[tmp_path / "empty"])
     # Below a file nothing can be created: refused before any work, not after encoding or training.
     for below in (tmp_path / "file" / "idx", tmp_path / "file" / "a" / "b"):
         with pytest.raises(MMRecError, match=rf"--out {below} cannot be created: {tmp_path / 'file'} is not a directory"):
