@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from mmrec.errors import DataError, MMRecError, Problem, utf8_problem
 from mmrec.ids import id_text, normalize_ids
-from mmrec.jsonlines import read_objects
+from mmrec.jsonlines import read_json_rows, read_objects
 from mmrec.typing import ItemId
 
 logger = logging.getLogger(__name__)
@@ -141,7 +141,8 @@ def _json_type(rows: list[dict[str, Any]], column: str) -> str:
 
 
 def read_table(path: str | Path) -> tuple[list[str], list[dict[str, Any]], dict[str, str]]:
-    """Read a CSV/TSV/JSON/Parquet file through ``datasets`` (JSON Lines through :mod:`mmrec.jsonlines`).
+    """Read a CSV/TSV/Parquet file through ``datasets``, a JSON / JSON Lines one through
+    :mod:`mmrec.jsonlines` (which keeps each value's JSON type: ``"007"`` beside ``1`` stays text).
 
     The id columns (``item_id``, ``user_id``) are read as text in CSV/TSV so no leading zero is
     lost; empty cells become ``None``. A CSV/TSV column that parses as numbers keeps its numeric
@@ -162,8 +163,8 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict[str, Any]], dict[
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise DataError(path, [Problem(None, None, f"unknown file type '{path.suffix}' (use {', '.join(FORMATS)})")])
-    if path.suffix.lower() == ".jsonl":  # mmrec's own reader: ids may change JSON type from line to line
-        rows = read_objects(path)
+    if fmt == "json":  # mmrec's own reader: ids may change JSON type from line to line
+        rows = read_objects(path) if path.suffix.lower() == ".jsonl" else read_json_rows(path)
         columns = list(dict.fromkeys(k for r in rows for k in r))
         return columns, [{c: r.get(c) for c in columns} for r in rows], {c: _json_type(rows, c) for c in columns}
     kwargs: dict[str, Any] = {}
@@ -214,8 +215,7 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict[str, Any]], dict[
             rows = ds.to_list()
     except (ValueError, OSError, datasets.exceptions.DatasetGenerationError) as e:
         cause = e.__cause__ or e
-        not_utf8 = utf8_problem(path) if fmt == "json" else None
-        raise DataError(path, [not_utf8 or Problem(None, None, f"cannot be read as {fmt}: {cause}")]) from e
+        raise DataError(path, [Problem(None, None, f"cannot be read as {fmt}: {cause}")]) from e
     finally:
         datasets.enable_progress_bars()
         datasets.logging.set_verbosity(verbosity)

@@ -325,3 +325,17 @@ def test_every_row_with_too_many_fields_is_counted(tmp_path):
     with pytest.raises(DataError) as info:
         load_catalog(path)
     assert len(info.value.problems) == 30 and "... and 10 more" in str(info.value)
+
+
+@pytest.mark.parametrize("layout", ["lines", "array"])
+def test_a_json_catalog_keeps_ids_and_fields_as_written_like_jsonl(tmp_path, layout):
+    rows = [{"item_id": 1, "title": "A", "zip": 2139}, {"item_id": "007", "title": "B", "zip": "02139"}]
+    text = "\n".join(json.dumps(r) for r in rows) if layout == "lines" else json.dumps(rows, indent=1)
+    (tmp_path / "items.json").write_text(text + "\n")
+    (tmp_path / "items.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    got, want = load_catalog(tmp_path / "items.json"), load_catalog(tmp_path / "items.jsonl")
+    assert got.item_ids == want.item_ids == ["1", "007"]  # a mixed column stays text: "007" is not 7
+    assert [r["zip"] for r in got.records] == [r["zip"] for r in want.records] == ["2139", "02139"]
+    (tmp_path / "bad.json").write_text('[{"item_id": 1}, 5]')
+    with pytest.raises(DataError, match=r"bad.json: row 2: not a JSON object \(a int\)"):
+        load_catalog(tmp_path / "bad.json")
