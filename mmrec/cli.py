@@ -746,7 +746,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="precomputed features of the new items, one row per catalog row, for the index's "
                         "precomputed modalities (repeatable; one left out is masked for the new items)")
     a.add_argument("--image-root", type=Path, help="base for relative image paths (default: the catalog's folder)")
-    a.add_argument("--skip-invalid", action="store_true", help="skip bad rows (reported in the log) instead of failing")
+    a.add_argument("--skip-invalid", action="store_true",
+                   help="skip bad rows (listed in INDEX/skipped.jsonl) instead of failing")
     a.add_argument("--device", default=None, help="torch device the encoders run on: cpu (default), cuda, cuda:N")
     _cache_opts(a)
     _common(a)
