@@ -635,8 +635,9 @@ def load_interactions(
     empty = {c: pc.equal(texts[c], "").to_numpy(zero_copy_only=False) for c in texts}
     text = lambda c, k: texts[c][int(k)].as_py()  # noqa: E731  (error path only)
     for c in REQUIRED_COLUMNS:
-        # An id holding a line break is rows of the file swallowed by an unbalanced quote.
-        broken = pc.match_substring_regex(texts[c], r"[\r\n]").to_numpy(zero_copy_only=False)
+        # In a CSV/TSV, an id holding a line break is rows of the file swallowed by an unbalanced quote.
+        broken = (pc.match_substring_regex(texts[c], r"[\r\n]").to_numpy(zero_copy_only=False)
+                  if fmt in ("csv", "tsv") else np.zeros(n_rows, bool))
         bad[c] = empty[c] | broken
         reasons[c] = (lambda k, e=empty[c]: "missing value" if e[k] else
                       "holds a line break: an unbalanced quote before it took in the lines that follow")
@@ -661,10 +662,10 @@ def load_interactions(
             allowed = pc.is_in(texts["item_id"], value_set=pa.array([str(i) for i in skippable], type=pa.string()))
             allowed = allowed.to_numpy(zero_copy_only=False).astype(bool)
         outside = unknown & allowed
+        before = bad["item_id"].copy()  # rows already invalid keep their own reason
         bad["item_id"] = bad["item_id"] | (unknown & ~allowed)
-        reasons["item_id"] = lambda k: (
-            "missing value" if empty["item_id"][k]
-            else f"unknown item id {text('item_id', k)!r}: not in {item_space}"
+        reasons["item_id"] = lambda k, other=reasons["item_id"], before=before: (
+            other(k) if before[k] else f"unknown item id {text('item_id', k)!r}: not in {item_space}"
         )
     split = None
     if "split" in texts:

@@ -304,13 +304,13 @@ def check_out(out: str | Path | None, overwrite: bool, inputs: Sequence[object] 
         if path == root or root in path.parents:
             raise MMRecError(f"--out {out} holds the input {item}: writing it would delete that input; "
                              f"choose another --out")
-    if (out.exists() or out.is_symlink()) and not overwrite:  # last: the one refusal --overwrite lifts
-        raise MMRecError(f"{out} already exists: --overwrite (overwrite=True in Python) replaces it")
     for parent in root.parents:
         if mmrec_manifest(parent) is not None:
             raise MMRecError(f"--out {out} is inside the index or model directory {parent}, which could then no longer "
                              f"be changed (index add / remove refuse files mmrec did not write there); choose a "
                              f"directory outside it")
+    if (out.exists() or out.is_symlink()) and not overwrite:  # last: the one refusal --overwrite lifts
+        raise MMRecError(f"{out} already exists: --overwrite (overwrite=True in Python) replaces it")
     _check_creatable(out)
 
 

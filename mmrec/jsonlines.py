@@ -54,12 +54,18 @@ def read_json_rows(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     try:
         with open(path, encoding="utf-8-sig") as f:
-            head = f.read(4096).lstrip()
-            if not head.startswith("["):
-                return read_objects(path)
+            head = f.read(4096)
+            if not head.lstrip().startswith(("[", "{")):
+                return read_objects(path)  # (which names what is wrong with it)
             text = head + f.read()
     except UnicodeDecodeError:
         raise DataError(path, [utf8_problem(path)]) from None
+    if text.lstrip().startswith("{"):  # JSON Lines, or one object written over several lines
+        try:
+            one = json.loads(text)
+        except json.JSONDecodeError:
+            return read_objects(path)
+        return [one] if isinstance(one, dict) else read_objects(path)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:

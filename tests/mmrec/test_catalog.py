@@ -339,3 +339,11 @@ def test_a_json_catalog_keeps_ids_and_fields_as_written_like_jsonl(tmp_path, lay
     (tmp_path / "bad.json").write_text('[{"item_id": 1}, 5]')
     with pytest.raises(DataError, match=r"bad.json: row 2: not a JSON object \(a int\)"):
         load_catalog(tmp_path / "bad.json")
+
+
+def test_a_json_catalog_error_names_the_file_line_and_one_object_over_lines_reads(tmp_path):
+    (tmp_path / "bad.json").write_text('\n\n\n[\n {"item_id": 1}\n {"item_id": 2}\n]\n')
+    with pytest.raises(DataError, match=r"bad.json: not a JSON array \(Expecting ',' delimiter, line 6\)"):
+        load_catalog(tmp_path / "bad.json")
+    (tmp_path / "one.json").write_text('{\n "item_id": 1,\n "title": "A"\n}\n')
+    assert load_catalog(tmp_path / "one.json").item_ids == [1]

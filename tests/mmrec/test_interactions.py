@@ -573,3 +573,17 @@ def test_a_categorical_or_view_column_of_bytes_that_are_not_utf8_is_named(tmp_pa
             load_interactions(tmp_path / f"{name}.parquet")
     pq.write_table(pa.table(ok | {"item_id": pa.array([b"i1", b"i2"]).dictionary_encode()}), tmp_path / "good.parquet")
     assert load_interactions(tmp_path / "good.parquet").item_ids == ["i1", "i2"]
+
+
+def test_the_unbalanced_quote_is_named_with_a_catalog_too_and_other_formats_keep_line_breaks(tmp_path):
+    path = tmp_path / "quote.csv"
+    path.write_text('user_id,item_id\nu1,"a\nu2,b\nu3,c\n')
+    with pytest.raises(DataError, match=r"row 1, field 'item_id': holds a line break: an unbalanced quote"):
+        load_interactions(path, item_ids=["a", "b", "c"])
+    path.write_text('user_id,item_id\nu0,a\nu1,"a\nu2,b\nu3,c\n')
+    skipped = load_interactions(tmp_path / "quote.csv", item_ids=["a", "b", "c"], on_invalid="skip",
+                                unknown_items="skip")
+    assert "holds a line break" in skipped.report["problems"][0]
+    lines = tmp_path / "break.jsonl"  # no quoting in JSON lines: a line break is part of the id
+    lines.write_text('{"user_id": "u1", "item_id": "Line\\nBreak"}\n')
+    assert load_interactions(lines).item_ids == ["Line\nBreak"]

@@ -181,6 +181,10 @@ def test_overwrite_replaces_only_what_mmrec_wrote(tmp_path, monkeypatch):
     (tmp_path / "empty" / "catalog.csv").unlink()
     with pytest.raises(MMRecError, match=r"holds the input"):  # fine-tuning from the directory it would replace
         check_out(tmp_path / "empty", overwrite=False, inputs=[tmp_path / "empty"])
+    (tmp_path / "empty" / "sub").mkdir()  # an existing folder inside an index: --overwrite would not help
+    with pytest.raises(MMRecError, match=r"is inside the index or model directory"):
+        check_out(tmp_path / "empty" / "sub", overwrite=False)
+    (tmp_path / "empty" / "sub").rmdir()
     # Below a file nothing can be created: refused before any work, not after encoding or training.
     for below in (tmp_path / "file" / "idx", tmp_path / "file" / "a" / "b"):
         with pytest.raises(MMRecError, match=rf"--out {below} cannot be created: {tmp_path / 'file'} is not a directory"):
