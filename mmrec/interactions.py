@@ -544,6 +544,15 @@ def _numbers(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return values, ~np.isfinite(values)
 
 
+def _users_lost(users: pa.Array, before: np.ndarray, after: np.ndarray) -> int:
+    """How many users have a row among the ``before`` rows and none among the ``after`` ones (a
+    subset of them)."""
+    if before.sum() == after.sum():
+        return 0
+    return int(pc.count_distinct(users.filter(pa.array(before))).as_py()
+               - pc.count_distinct(users.filter(pa.array(after))).as_py())
+
+
 def _id_index(texts: pa.Array) -> tuple[list[Any], np.ndarray]:
     """Typed unique ids (mmrec.ids rule, sorted) and each row's index into them."""
     encoded = pc.dictionary_encode(texts)  # hashing: much faster than sorting Python strings
@@ -707,19 +716,13 @@ def load_interactions(
         # Users whose every positive row was such an item drop out: count them (rows below the
         # rating threshold would not have kept a user anyway).
         positive = keep if rating_threshold is None else keep & ~(numbers["rating"] < rating_threshold)
-        report["users_only_unknown_items"] = int(
-            pc.count_distinct(texts["user_id"].filter(pa.array(positive))).as_py()
-            - pc.count_distinct(texts["user_id"].filter(pa.array(positive & ~outside))).as_py()
-        ) if report["unknown_items"] else 0
+        report["users_only_unknown_items"] = _users_lost(texts["user_id"], positive, positive & ~outside)
         keep &= ~outside
     if rating_threshold is not None:
         below = keep & (numbers["rating"] < rating_threshold)
         report["below_threshold"] = int(below.sum())
         # Users with no row at or above the threshold drop out: count them too.
-        report["users_only_below_threshold"] = int(
-            pc.count_distinct(texts["user_id"].filter(pa.array(keep))).as_py()
-            - pc.count_distinct(texts["user_id"].filter(pa.array(keep & ~below))).as_py()
-        ) if report["below_threshold"] else 0
+        report["users_only_below_threshold"] = _users_lost(texts["user_id"], keep, keep & ~below)
         keep &= ~below
     if not keep.any():
         message = "no interactions left after dropping invalid, unknown-item and below-threshold rows"
