@@ -1082,14 +1082,12 @@ class ItemIndex:
                     keep = keep[hold]
         found = [self.items[i][ID_FIELD] for i in keep]
         # Kept for the next call, at most MATCHING_ANSWERS of them holding MATCHING_IDS_PER_ITEM ids
-        # an item in all (a server whose users choose their own bounds asks many distinct filters),
-        # the oldest dropped first; answers[None] is the running count of ids kept.
+        # an item in all (an answer counted one more, so empty ones count too: a server whose users
+        # choose their own bounds asks many distinct filters), the oldest dropped first.
         budget = MATCHING_IDS_PER_ITEM * max(len(self.items), 1)
         answers[key] = found
-        answers[None] = answers.get(None, 0) + len(found) + 1
-        while answers[None] > budget or len(answers) > MATCHING_ANSWERS + 1:
-            oldest = next(k for k in answers if k is not None)
-            answers[None] -= len(answers.pop(oldest)) + 1
+        while len(answers) > MATCHING_ANSWERS or sum(len(ids) + 1 for ids in answers.values()) > budget:
+            del answers[next(iter(answers))]
         return list(found)
 
     @staticmethod
@@ -1399,7 +1397,7 @@ class ItemIndex:
         given = dict(features or {})
         unknown = sorted(set(given) - set(precomputed))
         if set(unknown) & set(masked):
-            raise ConfigError(f"features {sorted(set(unknown) & set(masked))}: no item of this model has that "
+            raise ConfigError(f"features {', '.join(sorted(set(unknown) & set(masked)))}: no item of this model has that "
                               "modality (left out when it was trained), so the new items cannot have it either")
         if unknown:
             raise ConfigError(
@@ -1437,13 +1435,12 @@ class ItemIndex:
         if masked:
             logger.info("%s: no item of this model has it (left out when it was trained): masked for the new items "
                         "too", ", ".join(masked))
-        for m in masked + precomputed:
-            if m in masked or m not in given:
-                if m not in masked:
-                    logger.warning("no %s features given for the new items (--features %s=PATH.npy): the modality "
-                                   "is masked for them", m, m)
-                new_features[m] = np.zeros((len(catalog), self.features[m].shape[1]), np.float32)
-                present[m] = np.zeros(len(catalog), dtype=bool)
+        for m in masked + [m for m in precomputed if m not in given]:
+            if m not in masked:
+                logger.warning("no %s features given for the new items (--features %s=PATH.npy): the modality "
+                               "is masked for them", m, m)
+            new_features[m] = np.zeros((len(catalog), self.features[m].shape[1]), np.float32)
+            present[m] = np.zeros(len(catalog), dtype=bool)
         none = np.flatnonzero(~np.logical_or.reduce([present[m] for m in self.modalities]))
         if len(none):
             first = ", ".join(repr(catalog.item_ids[i]) for i in none[:5])
