@@ -287,7 +287,13 @@ def fit(
                               "held out of training have no vector")
         held_out = hold_out_items(inter, config.cold_start, config.seed)
         logger.info("cold-start protocol: %d of %d items held out of training", int(held_out.sum()), n)
-    check_factory(factory, n - (int(held_out.sum()) if held_out is not None else 0))  # indexed first
+    try:  # the items indexed first: those trained on
+        check_factory(factory, n - (int(held_out.sum()) if held_out is not None else 0))
+    except ConfigError as e:
+        if held_out is None:
+            raise
+        raise ConfigError(f"{e} (the {n - int(held_out.sum())} items left to index after --cold-start held "
+                          f"{int(held_out.sum())} of the {n} out)") from None
     train_inter = warm_part(inter, held_out) if held_out is not None else inter
     train_degree = np.bincount(train_inter.items[train_inter.split_mask("train")], minlength=n)
     has_id = torch.from_numpy(train_degree > 0) if dims else None

@@ -319,6 +319,10 @@ class Trainer:
         history: list[dict[str, float]] = []
         seconds = []
         has_valid = bool(self.data.inter.split_mask("valid").any())
+        if not has_valid:
+            logger.warning("no validation interactions (users need at least 3 interactions for the random split to "
+                           "give one, or give a split column): no early stopping, every one of the %d epochs runs and "
+                           "the last one's weights (their average, with ema) are kept", cfg.epochs)
         bar = tqdm(range(1, cfg.epochs + 1), desc="training", unit="epoch", disable=not self.show_progress)
         for epoch in bar:
             t = time.perf_counter()

@@ -660,3 +660,22 @@ def test_a_seed_numpy_cannot_take_is_a_config_error():
         with pytest.raises(ConfigError, match=r"seed must lie in \[0, 2\*\*32\)"):
             TrainConfig(seed=seed)
     assert TrainConfig(seed=2**32 - 1).seed == 2**32 - 1
+
+
+def test_training_without_validation_rows_says_so(tmp_path, caplog):
+    inter_path, feats = write_planted(tmp_path)
+    rows = inter_path.read_text().splitlines()
+    (tmp_path / "no_valid.tsv").write_text("\n".join([rows[0] + "\tsplit"] + [f"{r}\t{'test' if k % 5 else 'train'}"
+                                                                            for k, r in enumerate(rows[1:])]) + "\n")
+    with caplog.at_level("WARNING", logger="mmrec.train"):
+        _, result, _ = fit(tmp_path / "no_valid.tsv", features={"content": feats}, config=TrainConfig(**(FAST | {"epochs": 3})),
+                           show_progress=False)
+    assert "no validation interactions" in caplog.text and "every one of the 3 epochs runs" in caplog.text
+    assert result.best_epoch == len(result.history) == 3
+
+
+def test_a_factory_refused_under_cold_start_counts_the_items_left(tmp_path):
+    inter_path, feats = write_planted(tmp_path)
+    with pytest.raises(ConfigError, match=r"\(the 8 items left to index after --cold-start held 24 of the 32 out\)"):
+        fit(inter_path, features={"content": feats}, config=TrainConfig(**FAST, cold_start=0.75), factory="IVF4,Flat",
+            split="random", show_progress=False)
