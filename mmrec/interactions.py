@@ -379,6 +379,42 @@ def _read_header(path: Path, delimiter: str) -> list[str] | None:
     return first or None
 
 
+def check_columns(path: str | Path, *, split: str = "auto", rating_threshold: float | None = None) -> None:
+    """What :func:`load_interactions` and the split would refuse about a file's columns, from its
+    header alone, so that a training run refuses before it encodes a catalog: a missing file, an
+    unknown type, no ``user_id`` / ``item_id``, a rating threshold without a ``rating`` column, a
+    temporal split without ``timestamp`` or a given one without ``split``. (JSON-lines files,
+    whose columns are the keys of every line, are checked when they are read.)
+
+    Raises:
+        DataError, ConfigError: as loading and splitting the file would.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, [Problem(None, None, "is a directory, not a file" if path.is_dir() else "file not found")])
+    fmt = _file_format(path)
+    if fmt in (None, "jsonl"):
+        return  # (an unknown type is named by load_interactions, with the types it reads)
+    if fmt == "parquet":
+        try:
+            header = list(pq.read_schema(path).names)
+        except (pa.ArrowException, OSError) as e:
+            raise DataError(path, [Problem(None, None, f"cannot be read as parquet: {e}")]) from e
+    else:
+        written = _read_header(path, "\t" if fmt == "tsv" else ",")
+        header = [c.strip() for c in written or []]
+    if any(c not in header for c in REQUIRED_COLUMNS):
+        return  # load_interactions names them (and a file that is not UTF-8)
+    if rating_threshold is not None and "rating" not in header:
+        raise DataError(path, [Problem(None, "rating", "rating_threshold is set but the file has no rating column")])
+    if split == "temporal" and "timestamp" not in header:
+        raise ConfigError("a temporal split (--split temporal) needs a timestamp column: use a random split "
+                          "(--split random) or a file with timestamps")
+    if split == "given" and "split" not in header:
+        raise ConfigError(f"the given split (--split given) needs a split column ({', '.join(SPLITS)}) in the "
+                          "interactions, and this file has none: use --split auto or random")
+
+
 def _read_csv(path: Path, fmt: str, present: list[str], raw: dict[str, str]) -> pa.Table:
     """The ``present`` columns of a CSV/TSV as text.
 

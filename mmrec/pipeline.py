@@ -27,7 +27,7 @@ from mmrec.coldstart import evaluate_cold, hold_out_items, warm_part
 from mmrec.config import TrainConfig
 from mmrec.errors import ConfigError, DataError, MMRecError, Problem
 from mmrec.foldin import select_fold_in_reg
-from mmrec.interactions import Interactions, load_interactions
+from mmrec.interactions import Interactions, check_columns, load_interactions
 from mmrec.item_index import (
     ItemIndex,
     catalog_encoders,
@@ -257,6 +257,8 @@ def fit(
         raise ConfigError("--skip-invalid cannot be used with --features beside a catalog: the feature files' rows "
                           "follow the catalog's, and skipping catalog rows would misalign them; fix the catalog, or "
                           "drop the rows from the catalog and the feature files alike")
+    # What the interaction file's header already refuses, before the (slow) encoding of a catalog.
+    check_columns(interactions, split=split, rating_threshold=rating_threshold)
     if content is None:  # the catalog is encoded on the training device
         if skip_invalid and catalog is not None and not isinstance(catalog, Catalog):
             content_options["skip_invalid"] = True

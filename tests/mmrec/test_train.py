@@ -679,3 +679,17 @@ def test_a_factory_refused_under_cold_start_counts_the_items_left(tmp_path):
     with pytest.raises(ConfigError, match=r"\(the 8 items left to index after --cold-start held 24 of the 32 out\)"):
         fit(inter_path, features={"content": feats}, config=TrainConfig(**FAST, cold_start=0.75), factory="IVF4,Flat",
             split="random", show_progress=False)
+
+
+def test_what_the_interaction_header_refuses_is_refused_before_the_catalog_is_encoded(tmp_path, monkeypatch):
+    import mmrec.pipeline
+
+    inter_path, feats = write_planted(tmp_path)  # user_id, item_id: no rating, timestamp or split column
+    monkeypatch.setattr(mmrec.pipeline, "load_content", lambda *a, **k: pytest.fail("encoded before refusing"))
+    for options, message in (({"split": "temporal"}, "needs a timestamp column"),
+                             ({"split": "given"}, "needs a split column"),
+                             ({"rating_threshold": 4.0}, "rating_threshold is set but the file has no rating column")):
+        with pytest.raises(MMRecError, match=message):
+            fit(inter_path, features={"content": feats}, config=TrainConfig(**FAST), show_progress=False, **options)
+    with pytest.raises(DataError, match=r"missing.tsv: file not found"):
+        fit(tmp_path / "missing.tsv", features={"content": feats}, config=TrainConfig(**FAST), show_progress=False)
