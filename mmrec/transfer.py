@@ -59,6 +59,7 @@ from fusion.model import FusedGraphModel
 from mmrec.catalog import Catalog, load_catalog
 from mmrec.config import ARCHITECTURE, TrainConfig
 from mmrec.errors import ConfigError
+from mmrec.interactions import check_columns
 from mmrec.item_index import check_device, check_out
 from mmrec.pipeline import Content, fit, load_content
 from mmrec.recommender import Recommender
@@ -408,6 +409,7 @@ def finetune(
         # The threshold describes the new file's ratings, which may use another scale: not inherited.
         logger.warning("the source model was trained with rating threshold %g; the new interactions have none, "
                        "so every row is a positive (give --rating-threshold to apply one)", src.rating_threshold)
+    check_columns(interactions, split=split, rating_threshold=rating_threshold)  # before the encoding below
     content = source_content(src, catalog, features, ignore=ignore, cache_dir=cache_dir,
                              show_progress=show_progress, device=cfg.device, **catalog_options)
     if cfg.finetune != "frozen":  # the tuner trains them in place: leave the source's own untouched

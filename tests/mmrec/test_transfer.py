@@ -538,3 +538,12 @@ def test_an_inherited_device_this_machine_lacks_says_where_it_came_from(small):
     rec, _, _ = finetune(source, b_inter, features={"content": b_feats}, config={"device": "cpu", "epochs": 1},
                          split="random", show_progress=False)
     assert rec.config.device == "cpu"
+
+
+def test_finetune_refuses_what_the_interaction_header_refuses_before_encoding(small, monkeypatch):
+    import mmrec.transfer
+
+    d, b_inter, b_feats = small
+    monkeypatch.setattr(mmrec.transfer, "source_content", lambda *a, **k: pytest.fail("encoded before refusing"))
+    with pytest.raises(ConfigError, match="needs a timestamp column"):
+        finetune(d / "source", b_inter, features={"content": b_feats}, split="temporal", show_progress=False)
