@@ -4,6 +4,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 import quality  # noqa: E402
 from tests.encoders.conftest import tiny_bert_dir  # noqa: E402,F401  (fixture)
@@ -198,3 +200,19 @@ def test_the_test_split_report_counts_the_headline_rankings_hits(tmp_path):
     assert got["test"] == pick_metrics(headline)
     hits = sum(c["hits"] for c in got["test_hits_by_degree"].values())
     assert hits > 0 and hits == round(headline["precision@20"] * 20 * headline["num_users"])
+
+
+def test_beating_id_only_needs_a_significant_gap_and_seeds_to_test_it() -> None:
+    def entry(fused: list[float], id_only: list[float]) -> dict:
+        runs = {k: [{"test": {"recall@20": v, "ndcg@20": v}} for v in vs] for k, vs in (("fused", fused), ("id-only", id_only))}
+        summary = {k: {"test": {m: {"mean": float(np.mean(vs)), "std": float(np.std(vs, ddof=1)) if len(vs) > 1 else 0.0,
+                                     "n": len(vs)} for m in ("recall@20", "ndcg@20")}}
+                   for k, vs in (("fused", fused), ("id-only", id_only))}
+        return {"runs": runs, "summary": summary}
+
+    one_seed = quality.checks("tiktok", entry([0.30], [0.20]))["fused_beats_id_only_recall@20"]
+    assert one_seed["ahead"] and one_seed["welch_p"] is None and not one_seed["met"]  # nothing to test it with
+    clear = quality.checks("tiktok", entry([0.30, 0.31, 0.32], [0.20, 0.21, 0.20]))["fused_beats_id_only_recall@20"]
+    assert clear["met"] and clear["welch_p"] < 0.05
+    noisy = quality.checks("tiktok", entry([0.30, 0.10, 0.32], [0.20, 0.21, 0.20]))["fused_beats_id_only_recall@20"]
+    assert noisy["ahead"] and not noisy["met"]
