@@ -39,6 +39,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Collection
@@ -56,6 +57,21 @@ logger = logging.getLogger("mmrec.server")
 
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 IDLE_SECONDS = 60
+MISSING_WARN_SECONDS = 5  # a directory without its manifest this long is said to be gone (once)
+MAX_DISCARDED_BODY = 1 << 20  # a GET body up to this is read past; a longer one closes the connection
+
+
+def _files_signature(directory: Path) -> tuple:
+    """Every file of ``directory`` (recursively) with its size and modification time: what a copy
+    in progress changes although the manifest it already wrote does not."""
+    out = []
+    for path in sorted(Path(directory).rglob("*")):
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        out.append((str(path), st.st_size, st.st_mtime_ns))
+    return tuple(out)
 
 
 class BadRequest(MMRecError):
@@ -210,8 +226,13 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
         start = time.perf_counter()
         self._discard_body()
-        url = urlsplit(self.path)
         try:
+            # The request line arrives decoded as Latin-1: a client that sends a typed "café" unescaped
+            # sends its UTF-8 bytes, which are read back as such here (invalid UTF-8 is a 400).
+            try:
+                url = urlsplit(self.path.encode("latin-1").decode("utf-8"))
+            except UnicodeError:
+                raise BadRequest("the request line is not UTF-8 text: escape it as %XX") from None
             status, body = self._answer(url.path, url.query)
         except UnknownIdError as e:
             status, body = HTTPStatus.NOT_FOUND, {"error": str(e)}
@@ -252,10 +273,14 @@ class Handler(BaseHTTPRequestHandler):
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
             length = -1
-        if self.headers.get("Transfer-Encoding") or length < 0:
-            self.close_connection = True
-        elif length > 0:
-            self.rfile.read(length)
+        if self.headers.get("Transfer-Encoding") or length < 0 or length > MAX_DISCARDED_BODY:
+            self.close_connection = True  # (a body this large is not read at all: the connection ends instead)
+        else:
+            while length > 0:  # in chunks: never an allocation of the length a client claims
+                chunk = self.rfile.read(min(length, 1 << 16))
+                if not chunk:
+                    break
+                length -= len(chunk)
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """The standard library's own refusals (a malformed request line, headers too long, an
@@ -306,7 +331,9 @@ class RecommenderServer(ThreadingHTTPServer):
     :func:`manifest_stamp` taken before ``recommender`` was loaded (default: the manifest now),
     so a change made while it loaded is seen. A load that fails, or during which the directory changed
     again, leaves the loaded copy serving (with a warning); a failed version is not tried again
-    until the directory changes once more.
+    until one of the directory's files changes (a copy still in progress does). A directory whose
+    manifest stays missing (deleted, or replaced by another folder) is said to be so once, with a
+    warning, after :data:`MISSING_WARN_SECONDS`.
     """
 
     daemon_threads = True
@@ -320,12 +347,22 @@ class RecommenderServer(ThreadingHTTPServer):
         self.lock = threading.Lock()
         self._directory = recommender.items.directory
         self._stamp = manifest_stamp(self._directory) if loaded_stamp is _NOW else loaded_stamp
-        self._failed: tuple | None = None
+        self._failed: tuple | None = None  # (manifest stamp, files signature) of a version that did not load
+        self._missing_since: float | None = None  # when the manifest was first found missing
+        self._missing_said = False
         self._checked = time.monotonic()
         self._reloading = threading.Lock()  # one load at a time; the request lock is not held while loading
         if ":" in host:  # an IPv6 address such as ::1
             self.address_family = socket.AF_INET6
         super().__init__((host, port), Handler)
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that hung up before its answer was written is no error of the server's (the
+        standard library would print a traceback, even with -q)."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            logger.debug("%s hung up before its answer was written", client_address)
+            return
+        super().handle_error(request, client_address)
 
     def _prepare(self, rec):
         """``rec`` made ready to serve: no progress bar per text query, encoders on ``device``."""
@@ -352,8 +389,19 @@ class RecommenderServer(ThreadingHTTPServer):
 
     def _reload(self):
         stamp = manifest_stamp(self._directory)
-        if stamp is None or stamp in (self._stamp, self._failed):  # unchanged, mid-rename, or known bad
+        if stamp is None:  # mid-rename; or, still so seconds later, gone: said once
+            if self._missing_since is None:
+                self._missing_since = time.monotonic()
+            elif not self._missing_said and time.monotonic() - self._missing_since > MISSING_WARN_SECONDS:
+                logger.warning("%s has had no mmrec manifest for %.0f s (deleted or replaced?): serving the copy "
+                               "loaded before", self._directory, time.monotonic() - self._missing_since)
+                self._missing_said = True
             return self.recommender
+        self._missing_since, self._missing_said = None, False
+        if stamp == self._stamp:
+            return self.recommender
+        if self._failed is not None and self._failed == (stamp, _files_signature(self._directory)):
+            return self.recommender  # known bad, and no file changed since (a copy still in progress would)
         from mmrec.recommender import Recommender
 
         old = self.recommender
@@ -362,7 +410,7 @@ class RecommenderServer(ThreadingHTTPServer):
         except Exception as e:  # noqa: BLE001 -- whatever the files hold, the loaded copy goes on serving
             logger.warning("%s changed but does not load (%s: %s): serving the copy loaded before", self._directory,
                            type(e).__name__, e)
-            self._failed = stamp
+            self._failed = (stamp, _files_signature(self._directory))
             return old
         if manifest_stamp(self._directory) != stamp:  # rewritten while it loaded: files of two versions
             logger.info("%s changed again while it loaded: serving the copy loaded before until the next check",

@@ -176,6 +176,24 @@ def test_other_methods_get_a_json_405_and_a_body_does_not_poison_the_connection(
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400") and b"Content-Type: application/json" in head
     assert json.loads(body) == {"error": "Bad request syntax ('NONSENSE')"}
+    # A name sent unescaped arrives as its UTF-8 bytes (curl does so), read back as such; bytes
+    # that are no UTF-8 are a 400, and a body claimed huge is not read (nor allocated).
+    for raw_line, status, error in ((b"GET /similar?item=caf\xc3\xa9 HTTP/1.1", b"404", "item 'caf\u00e9' is not"),
+                                    (b"GET /similar?item=caf\xe9 HTTP/1.1", b"400", "the request line is not UTF-8")):
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+            raw.sendall(raw_line + b"\r\nHost: x\r\nConnection: close\r\n\r\n")
+            answer = b""
+            while chunk := raw.recv(65536):
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 " + status) and json.loads(body)["error"].startswith(error)
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+        raw.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000000000\r\n\r\n")
+        answer = b""
+        while chunk := raw.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"Connection: close" in head and json.loads(body)["status"] == "ok"
 
 
 def test_an_ipv6_address_is_served_where_the_machine_has_one(model_dir):
@@ -337,6 +355,31 @@ def test_reload_sees_a_change_made_while_loading_and_never_mixes_or_retries_a_ba
         for _ in range(3):
             assert server.current() is served
         assert len(loads) == 2
+        # ... until one of its files changes, as a copy written file by file does after its manifest.
+        (d / "users.json").write_bytes((d / "users.json").read_bytes() + b" ")
+        assert server.current() is served and len(loads) == 3
+    finally:
+        server.server_close()
+
+
+def test_a_directory_gone_for_seconds_is_said_once(model_dir, tmp_path, monkeypatch, caplog):
+    import shutil
+
+    import mmrec.server
+
+    d = tmp_path / "model"
+    shutil.copytree(model_dir, d)
+    server = RecommenderServer(Recommender.load(d, show_progress=False), "127.0.0.1", 0, reload_every=0.0)
+    try:
+        served = server.current()
+        shutil.rmtree(d)
+        clock = [mmrec.server.time.monotonic() + 10.0]
+        monkeypatch.setattr(mmrec.server.time, "monotonic", lambda: clock[0])
+        with caplog.at_level("WARNING", logger="mmrec.server"):
+            for step in range(4):  # 0, 3, 6, 9 s without a manifest
+                assert server.current() is served
+                clock[0] += 3.0
+        assert caplog.text.count("has had no mmrec manifest") == 1
     finally:
         server.server_close()
 
