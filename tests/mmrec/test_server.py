@@ -67,6 +67,17 @@ def get(url: str) -> tuple[int, dict]:
         return e.code, json.loads(e.read())
 
 
+def exchange(port: int, request: bytes) -> tuple[bytes, bytes]:
+    """Send raw bytes on a new connection and read until the server closes it: (head, body)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+        raw.sendall(request)
+        answer = b""
+        while chunk := raw.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return head, body
+
+
 def dicts(results) -> list[dict]:
     return json.loads(json.dumps([r.to_dict() for r in results]))  # as the server encodes them
 
@@ -151,48 +162,23 @@ def test_other_methods_get_a_json_405_and_a_body_does_not_poison_the_connection(
     assert response.status == 200 and json.loads(response.read())["status"] == "ok"
     conn.close()
     # A chunked body has no length to skip: answered, then the connection closes (not a mangled next request).
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
-        raw.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
-                    b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-        answer = b""
-        while chunk := raw.recv(65536):
-            answer += chunk
-    head, _, body = answer.partition(b"\r\n\r\n")
+    head, body = exchange(port, b"GET /health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
+                                b"0\r\n\r\nGET /health HTTP/1.1\r\nHost: x\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200") and b"Connection: close" in head and json.loads(body)["status"] == "ok"
     # What the standard library refuses itself is answered in JSON too.
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
-        raw.sendall(b"GET /health HTTP/1.1\r\nX-Long: " + b"a" * 70000 + b"\r\n\r\n")
-        answer = b""
-        while chunk := raw.recv(65536):
-            answer += chunk
-    head, _, body = answer.partition(b"\r\n\r\n")
+    head, body = exchange(port, b"GET /health HTTP/1.1\r\nX-Long: " + b"a" * 70000 + b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 431") and json.loads(body) == {"error": "Line too long"}
     # So is a request line it cannot parse: with a status line and headers, not a bare HTTP/0.9 body.
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
-        raw.sendall(b"NONSENSE\r\n\r\n")
-        answer = b""
-        while chunk := raw.recv(65536):
-            answer += chunk
-    head, _, body = answer.partition(b"\r\n\r\n")
+    head, body = exchange(port, b"NONSENSE\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400") and b"Content-Type: application/json" in head
     assert json.loads(body) == {"error": "Bad request syntax ('NONSENSE')"}
     # A name sent unescaped arrives as its UTF-8 bytes (curl does so), read back as such; bytes
     # that are no UTF-8 are a 400, and a body claimed huge is not read (nor allocated).
     for raw_line, status, error in ((b"GET /similar?item=caf\xc3\xa9 HTTP/1.1", b"404", "item 'caf\u00e9' is not"),
                                     (b"GET /similar?item=caf\xe9 HTTP/1.1", b"400", "the request line is not UTF-8")):
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
-            raw.sendall(raw_line + b"\r\nHost: x\r\nConnection: close\r\n\r\n")
-            answer = b""
-            while chunk := raw.recv(65536):
-                answer += chunk
-        head, _, body = answer.partition(b"\r\n\r\n")
+        head, body = exchange(port, raw_line + b"\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 " + status) and json.loads(body)["error"].startswith(error)
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
-        raw.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000000000\r\n\r\n")
-        answer = b""
-        while chunk := raw.recv(65536):
-            answer += chunk
-    head, _, body = answer.partition(b"\r\n\r\n")
+    head, body = exchange(port, b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000000000\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200") and b"Connection: close" in head and json.loads(body)["status"] == "ok"
 
 
