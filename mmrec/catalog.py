@@ -19,7 +19,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from mmrec.errors import DataError, MMRecError, Problem, utf8_problem
+from mmrec.errors import DataError, MMRecError, Problem, missing_file, utf8_problem
 from mmrec.ids import id_text, normalize_ids
 from mmrec.jsonlines import read_json_rows, read_objects
 from mmrec.typing import ItemId
@@ -159,7 +159,7 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict[str, Any]], dict[
 
     path = Path(path)
     if not path.is_file():
-        raise DataError(path, [Problem(None, None, "is a directory, not a file" if path.is_dir() else "file not found")])
+        raise missing_file(path)
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise DataError(path, [Problem(None, None, f"unknown file type '{path.suffix}' (use {', '.join(FORMATS)})")])

@@ -64,6 +64,13 @@ class DataError(MMRecError):
         return "\n".join(lines)
 
 
+def missing_file(path: str | Path, what: str | None = None) -> "DataError":
+    """The error for an input path that is no file: a directory, said so, or nothing at all
+    (``what`` names the file in the message, e.g. ``"feature file for modality 'x'"``)."""
+    text = "is a directory, not a file" if Path(path).is_dir() else ("not found" if what else "file not found")
+    return DataError(path, [Problem(None, None, f"{what} {text}" if what else text)])
+
+
 class ConfigError(MMRecError):
     """An option or saved artefact that does not fit (wrong dimension, unknown modality...)."""
 

@@ -50,7 +50,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
-from mmrec.errors import ConfigError, DataError, Problem, UnknownIdError, utf8_problem
+from mmrec.errors import ConfigError, DataError, Problem, UnknownIdError, missing_file, utf8_problem
 from mmrec.ids import id_text, normalize_ids
 from mmrec.jsonlines import read_objects
 from mmrec.typing import ItemId, UserId
@@ -391,7 +391,7 @@ def check_columns(path: str | Path, *, split: str = "auto", rating_threshold: fl
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(path, [Problem(None, None, "is a directory, not a file" if path.is_dir() else "file not found")])
+        raise missing_file(path)
     fmt = _file_format(path)
     if fmt in (None, "jsonl"):
         return  # (an unknown type is named by load_interactions, with the types it reads)
@@ -662,7 +662,7 @@ def load_interactions(
     if unknown_items not in ON_INVALID:
         raise ConfigError(f"unknown_items must be one of {ON_INVALID}, got {unknown_items!r}")
     if not path.is_file():
-        raise DataError(path, [Problem(None, None, "is a directory, not a file" if path.is_dir() else "file not found")])
+        raise missing_file(path)
     fmt = _file_format(path)
     if fmt is None:
         message = (f"unknown file type {''.join(path.suffixes)!r} (use .csv, .tsv, .jsonl or .parquet / .pq; "

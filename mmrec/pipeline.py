@@ -25,7 +25,7 @@ from index.mips import MipsTransform
 from mmrec.catalog import Catalog, load_catalog
 from mmrec.coldstart import evaluate_cold, hold_out_items, warm_part
 from mmrec.config import TrainConfig
-from mmrec.errors import ConfigError, DataError, MMRecError, Problem
+from mmrec.errors import ConfigError, DataError, MMRecError, Problem, missing_file
 from mmrec.foldin import select_fold_in_reg
 from mmrec.interactions import Interactions, check_columns, load_interactions
 from mmrec.item_index import (
@@ -84,8 +84,7 @@ def load_npy_features(specs: Mapping[str, str | Path], num_items: int | None) ->
     for name, path in specs.items():
         path = Path(path)
         if not path.is_file():
-            what = "is a directory, not a file" if path.is_dir() else "not found"
-            raise DataError(path, [Problem(None, None, f"feature file for modality '{name}' {what}")])
+            raise missing_file(path, f"feature file for modality '{name}'")
         try:
             x = np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError) as e:  # pickled objects, a text file, a truncated array
