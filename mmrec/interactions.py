@@ -66,6 +66,7 @@ _FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".parquet": "parque
 _COMPRESSED = (".gz", ".bz2")
 _CODECS = {".gz": "gzip", ".bz2": "bz2"}  # by the lower-cased suffix: arrow's detection reads ".GZ" as text
 HEADER_BYTES = 64 << 20  # the most of a CSV/TSV read looking for the end of its header row
+NO_RATING_COLUMN = "rating_threshold is set but the file has no rating column"
 _PROBLEMS_IN_REPORT = 20  # offending rows listed in report["problems"] when skipping
 
 
@@ -406,13 +407,10 @@ def check_columns(path: str | Path, *, split: str = "auto", rating_threshold: fl
     if any(c not in header for c in REQUIRED_COLUMNS):
         return  # load_interactions names them (and a file that is not UTF-8)
     if rating_threshold is not None and "rating" not in header:
-        raise DataError(path, [Problem(None, "rating", "rating_threshold is set but the file has no rating column")])
-    if split == "temporal" and "timestamp" not in header:
-        raise ConfigError("a temporal split (--split temporal) needs a timestamp column: use a random split "
-                          "(--split random) or a file with timestamps")
-    if split == "given" and "split" not in header:
-        raise ConfigError(f"the given split (--split given) needs a split column ({', '.join(SPLITS)}) in the "
-                          "interactions, and this file has none: use --split auto or random")
+        raise DataError(path, [Problem(None, "rating", NO_RATING_COLUMN)])
+    from mmrec.split import check_rule_columns  # (split reads this module)
+
+    check_rule_columns(split, has_split="split" in header, has_timestamps="timestamp" in header)
 
 
 def _read_csv(path: Path, fmt: str, present: list[str], raw: dict[str, str]) -> pa.Table:
@@ -670,8 +668,7 @@ def load_interactions(
         raise DataError(path, [Problem(None, None, message)])
     columns, n_rows, odd = _read_columns(path, fmt)
     if rating_threshold is not None and "rating" not in columns:
-        message = "rating_threshold is set but the file has no rating column"
-        raise DataError(path, [Problem(None, "rating", message)])
+        raise DataError(path, [Problem(None, "rating", NO_RATING_COLUMN)])
 
     bad: dict[str, np.ndarray] = {}  # field -> bad-row mask
     reasons: dict[str, Any] = {}  # field -> callable(row index) -> message

@@ -256,9 +256,10 @@ def fit(
         raise ConfigError("--skip-invalid cannot be used with --features beside a catalog: the feature files' rows "
                           "follow the catalog's, and skipping catalog rows would misalign them; fix the catalog, or "
                           "drop the rows from the catalog and the feature files alike")
-    # What the interaction file's header already refuses, before the (slow) encoding of a catalog.
-    check_columns(interactions, split=split, rating_threshold=rating_threshold)
     if content is None:  # the catalog is encoded on the training device
+        # What the interaction file's header already refuses, before the (slow) encoding (content
+        # given: its caller's, as finetune checks before encoding the new catalog).
+        check_columns(interactions, split=split, rating_threshold=rating_threshold)
         if skip_invalid and catalog is not None and not isinstance(catalog, Catalog):
             content_options["skip_invalid"] = True
         content = load_content(catalog, features, show_progress=show_progress, device=config.device,

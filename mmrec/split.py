@@ -190,6 +190,21 @@ def split_temporal(
 HOW = ("auto", "given", "random", "temporal")
 
 
+def check_rule_columns(how: str, *, has_split: bool, has_timestamps: bool, option: str = "--split") -> None:
+    """Refuse a split rule the file's columns cannot serve: ``given`` without a split column,
+    ``temporal`` without timestamps (``option`` names the command-line option in the message).
+
+    Raises:
+        ConfigError: saying what to use instead.
+    """
+    if how == "given" and not has_split:
+        raise ConfigError(f"the given split ({option} given) needs a split column ({', '.join(SPLITS)}) in the "
+                          f"interactions, and this file has none: use {option} auto or random")
+    if how == "temporal" and not has_timestamps:
+        raise ConfigError(f"a temporal split ({option} temporal) needs a timestamp column: use a random split "
+                          f"({option} random) or a file with timestamps")
+
+
 def ensure_split(
     inter: Interactions,
     how: str = "auto",
@@ -218,14 +233,10 @@ def ensure_split(
     """
     if how not in HOW:
         raise ConfigError(f"how must be one of {', '.join(HOW)}, got {how!r}")
+    check_rule_columns(how, has_split=inter.split is not None, has_timestamps=inter.timestamps is not None,
+                       option=option)
     if how == "given" or (how == "auto" and inter.split is not None):
-        if inter.split is None:
-            raise ConfigError(f"the given split ({option} given) needs a split column ({', '.join(SPLITS)}) in the "
-                              f"interactions, and this file has none: use {option} auto or random")
         return inter
     if how == "temporal":
-        if inter.timestamps is None:
-            raise ConfigError(f"a temporal split ({option} temporal) needs a timestamp column: use a random split "
-                              f"({option} random) or a file with timestamps")
         return split_temporal(inter, ratios)
     return split_random(inter, ratios, seed, keys=keys)
