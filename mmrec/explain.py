@@ -116,7 +116,7 @@ def _modality_units(index: ItemIndex, modality: str) -> tuple[np.ndarray, np.nda
     """``([N] has, [N, D_m] float32 unit rows of the centred features)`` of a modality, kept on
     the index until its feature arrays are replaced (an add or remove replaces them, never
     writes into them): an explanation then costs one product, not a pass over the catalog."""
-    cache = index.__dict__.setdefault("_explain_units", {})
+    cache = index._explain_units
     feats, present = index.features[modality], index.present[modality]
     got = cache.get(modality)
     if got is None or got[0] is not feats or got[1] is not present:

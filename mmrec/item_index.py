@@ -597,6 +597,8 @@ class ItemIndex:
         self.index = index
         self.vectors = vectors
         self._unit_cache: tuple[np.ndarray, np.ndarray] | None = None  # (vectors, their unit rows)
+        # modality -> (features, present, has, unit rows) of mmrec.explain, kept until the arrays are replaced
+        self._explain_units: dict[str, tuple] = {}
         # The display fields, for matching: (vectors they were read with, field -> value -> rows, field -> numbers, conditions -> matching ids)
         self._facets: tuple[np.ndarray, dict[str, dict[str, np.ndarray]], dict[str, np.ndarray],
                             dict[tuple, list]] | None = None
