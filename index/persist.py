@@ -90,11 +90,14 @@ def atomic_directory(final: Path, *, overwrite: bool = False) -> Iterator[Path]:
 def _publish(tmp: Path, final: Path, *, overwrite: bool, token: str) -> None:
     if not final.exists():
         _set_modes(tmp, None)
+        _sync_tree(tmp)
         os.rename(tmp, final)
+        _sync_dir(final.parent)
         return
     if not overwrite:
         raise FileExistsError(f"{final} appeared while it was being written; not replacing it")
     _set_modes(tmp, final)
+    _sync_tree(tmp)
     old = final.parent / f".{final.name}.old-{token}"
     try:  # an interrupt between the two renames (or right after the first) also puts it back
         os.rename(final, old)
@@ -103,8 +106,44 @@ def _publish(tmp: Path, final: Path, *, overwrite: bool, token: str) -> None:
         if old.exists() and not final.exists():
             os.rename(old, final)  # put the previous version back before reporting the failure
         raise
+    _sync_dir(final.parent)
     shutil.rmtree(old, ignore_errors=True)
     logger.debug("replaced %s", final)
+
+
+def _sync_tree(root: Path) -> None:
+    """Flush every file under ``root``, then the directories naming them, to the disk before the
+    rename that publishes ``root``: after a power cut the published name must not point at files
+    the disk never received (a rename can reach the disk before the data it names)."""
+    dirs = [root]
+    for path in root.rglob("*"):
+        if path.is_symlink():
+            continue
+        if path.is_dir():
+            dirs.append(path)
+        elif path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    for directory in reversed(dirs):  # deepest first: a directory's entries before its parent's
+        _sync_dir(directory)
+
+
+def _sync_dir(directory: Path) -> None:
+    """Flush a directory's entries (a rename into it) to the disk; a no-op where directories cannot
+    be opened or synced (Windows, some network filesystems)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _set_modes(tmp: Path, previous: Path | None) -> None:

@@ -116,6 +116,52 @@ def test_an_interrupt_between_the_two_renames_puts_the_old_version_back(tmp_path
     assert entries(final) == ["old.txt"] and entries(tmp_path) == ["model"]
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_every_file_and_directory_reaches_the_disk_before_the_rename_that_publishes_them(tmp_path, monkeypatch,
+                                                                                        overwrite):
+    import os
+
+    import index.persist as persist
+
+    final = tmp_path / "model"
+    if overwrite:
+        final.mkdir()
+        (final / "old.txt").write_text("old")
+    events: list[tuple[str, str]] = []
+    real_fsync, real_rename, real_open = persist.os.fsync, persist.os.rename, persist.os.open
+    opened: dict[int, str] = {}
+
+    def open_(path, flags, *a, **kw):
+        fd = real_open(path, flags, *a, **kw)
+        opened[fd] = os.path.relpath(path, tmp_path)
+        return fd
+
+    def fsync(fd):
+        events.append(("fsync", opened[fd]))
+        real_fsync(fd)
+
+    def rename(src, dst):
+        events.append(("rename", os.path.relpath(dst, tmp_path)))
+        real_rename(src, dst)
+
+    monkeypatch.setattr(persist.os, "open", open_)
+    monkeypatch.setattr(persist.os, "fsync", fsync)
+    monkeypatch.setattr(persist.os, "rename", rename)
+    with atomic_directory(final, overwrite=overwrite) as tmp:
+        (tmp / "a.bin").write_bytes(b"A")
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "b.bin").write_bytes(b"B")
+    name = tmp.name
+    published = next(i for i, e in enumerate(events) if e == ("rename", "model"))
+    before = {path for kind, path in events[:published] if kind == "fsync"}
+    # The files, then their folders (deepest first), then after the rename the parent naming them.
+    assert before == {f"{name}/a.bin", f"{name}/sub/b.bin", f"{name}/sub", name}
+    assert [e for e in events if e[0] == "fsync"].index(("fsync", f"{name}/sub")) < \
+        [e for e in events if e[0] == "fsync"].index(("fsync", name))
+    assert events[published + 1:] == [("fsync", ".")]
+    assert (final / "sub" / "b.bin").read_bytes() == b"B" and entries(tmp_path) == ["model"]
+
+
 def test_a_rewrite_keeps_the_modes_it_replaces_and_new_files_follow_the_umask(tmp_path):
     import os
     import stat
