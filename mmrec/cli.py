@@ -103,14 +103,21 @@ def print_batches(key: str, queries: Sequence, batches, as_json: bool, title_fie
 STREAM_BATCH = 1024  # queries answered, printed and let go at a time by stream_batches
 
 
+def answer_bar_wanted(quiet: bool, stdout=None, stderr=None) -> bool:
+    """Whether an export shows its ``answering`` bar: when the answers go to a file or a pipe and
+    the bar to a terminal. Answers printed on the terminal show their own progress, and a bar
+    redrawn between them would break their lines; a bar written to a log file is noise."""
+    stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
+    return not quiet and stderr.isatty() and not stdout.isatty()
+
+
 def stream_batches(key: str, queries: Sequence, answer: Callable[[Sequence], list], args: argparse.Namespace,
                    title_field: str | None, unit: str) -> None:
     """:func:`print_batches` over ``answer(chunk)`` for ``STREAM_BATCH`` queries at a time, so an
     export of every user or item holds one chunk's results in memory, not the whole catalog's."""
     from tqdm.auto import tqdm
 
-    # (On a terminal only: these answers go to stdout, often piped, where a bar would interleave.)
-    with tqdm(total=len(queries), unit=unit, desc="answering", disable=args.quiet or not sys.stderr.isatty()) as bar:
+    with tqdm(total=len(queries), unit=unit, desc="answering", disable=not answer_bar_wanted(args.quiet)) as bar:
         for start in range(0, len(queries), STREAM_BATCH):
             chunk = queries[start : start + STREAM_BATCH]
             print_batches(key, chunk, answer(chunk), args.json, title_field)

@@ -139,6 +139,26 @@ def test_similar_for_several_items_and_for_the_whole_catalog(built, capsys, monk
         assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
+class _Stream:
+    def __init__(self, tty: bool) -> None:
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+@pytest.mark.parametrize(("quiet", "out_tty", "err_tty", "shown"), [
+    (False, False, True, True),  # answers to a file, watched from a terminal
+    (False, True, True, False),  # answers on the terminal: they are the progress, a bar would break them
+    (False, False, False, False),  # everything to files: no bar in the log
+    (True, False, True, False),  # -q
+])
+def test_the_answering_bar_shows_for_an_export_watched_from_a_terminal(quiet, out_tty, err_tty, shown):
+    from mmrec.cli import answer_bar_wanted
+
+    assert answer_bar_wanted(quiet, _Stream(out_tty), _Stream(err_tty)) is shown
+
+
 def test_add_then_remove(built, capsys, tmp_path):
     idx = tmp_path / "idx"
     shutil.copytree(built / "idx", idx)
