@@ -126,18 +126,32 @@ def compose_text(values: Sequence[Any]) -> str:
     return ". ".join(parts)
 
 
+TEXT_TYPES = ("string", "large_string", "list<string>")  # the columns a catalog's text is made of by default
+
+
 def _json_type(rows: list[dict[str, Any]], column: str) -> str:
-    """The arrow type name a JSON column would get: ``string`` when every value is text."""
-    kinds = {type(r[column]) for r in rows if r.get(column) is not None}
+    """The type name of a JSON column: ``string`` when its values are text, or text and numbers (a
+    title ``1984`` among titles; a CSV reads such a column as text too), ``list<string>`` when
+    lists of text are among them, a number type when every value is one, else ``object``."""
+    values = [r[column] for r in rows if r.get(column) is not None]
+    kinds = {type(v) for v in values}
     if not kinds:
         return "null"  # no value at all: not a text column
-    if kinds <= {str}:
-        return "string"
     if kinds <= {int}:
         return "int64"
     if kinds <= {int, float}:
         return "double"
+    if kinds <= {str, int, float, list} and all(type(t) is str for v in values if type(v) is list for t in v):
+        return "list<string>" if list in kinds else "string"
     return "object"
+
+
+def _feature_type(feature: Any) -> str:
+    """The type name of a column ``datasets`` read: its dtype, or ``list<string>`` for a list of text."""
+    inner = getattr(feature, "feature", None)  # List / LargeList / Sequence of one value type
+    if inner is not None and getattr(inner, "dtype", None) in ("string", "large_string"):
+        return "list<string>"
+    return str(getattr(feature, "dtype", "object"))
 
 
 def read_table(path: str | Path) -> tuple[list[str], list[dict[str, Any]], dict[str, str]]:
@@ -211,7 +225,7 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict[str, Any]], dict[
                 fmt, data_files=str(path), split="train", cache_dir=cache, keep_in_memory=True, **kwargs
             )
             columns = list(ds.column_names)
-            types = {c: str(getattr(ds.features[c], "dtype", "object")) for c in columns}
+            types = {c: _feature_type(ds.features[c]) for c in columns}
             rows = ds.to_list()
     except (ValueError, OSError, datasets.exceptions.DatasetGenerationError) as e:
         cause = e.__cause__ or e
@@ -244,7 +258,7 @@ def _keep_written_numbers(columns: list[str], rows: list[dict[str, Any]], types:
     if len(raw) != len(rows) or len(header) != len(columns):
         return
     for j, column in enumerate(columns):
-        if types[column] in ("string", "large_string") or column in (ID_FIELD, "user_id"):
+        if types[column] in TEXT_TYPES or column in (ID_FIELD, "user_id"):
             continue
         for row, cells in zip(rows, raw):
             cell = cells[j].strip() if j < len(cells) else ""
@@ -315,7 +329,7 @@ def load_catalog(
             logger.info("%s has no %s column(s): left out of the item text", path, ", ".join(map(repr, absent)))
         text_fields = [f for f in text_fields if f in columns]
     if text_fields is None:
-        text_fields = [c for c in columns if c not in (ID_FIELD, image_field) and types[c] in ("string", "large_string")]
+        text_fields = [c for c in columns if c not in (ID_FIELD, image_field) and types[c] in TEXT_TYPES]
     else:
         unknown = [f for f in text_fields if f not in columns]
         if unknown:

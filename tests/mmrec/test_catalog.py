@@ -294,6 +294,18 @@ def test_a_json_true_list_or_object_is_no_item_id(tmp_path):
     assert load_catalog(tmp_path / "c.jsonl", skip_invalid=True, show_progress=False).item_ids == [7]
 
 
+def test_a_json_column_of_text_with_a_number_in_it_stays_text(tmp_path):
+    # One title written as a number (1984) must not drop every item's title from the text, as a
+    # CSV reads such a column as text too; numbers alone, booleans and lists of numbers are no text.
+    (tmp_path / "m.jsonl").write_text('{"item_id": 1, "title": 1984, "year": 1984, "kids": true, "n": [1]}\n'
+                                      '{"item_id": 2, "title": "Brazil", "year": 1985.5, "kids": false, "n": [2]}\n')
+    c = load_catalog(tmp_path / "m.jsonl", show_progress=False)
+    assert c.text_fields == ["title"] and c.texts == ["1984", "Brazil"]
+    (tmp_path / "m.json").write_text('[{"item_id": 1, "genres": ["Drama", 7]}, {"item_id": 2, "genres": "War"}]')
+    with pytest.raises(DataError, match="no text columns"):  # a list holding a number is no list of text
+        load_catalog(tmp_path / "m.json", show_progress=False)
+
+
 def test_list_and_object_values_read_as_a_csvs_would(tmp_path):
     import numpy as np
 
@@ -303,11 +315,16 @@ def test_list_and_object_values_read_as_a_csvs_would(tmp_path):
     (tmp_path / "l.jsonl").write_text('{"item_id": 1, "title": "A", "tags": ["x", " y z", ""], "meta": {"k": "é"}}\n'
                                       '{"item_id": 2, "title": "B", "tags": [], "meta": null}\n')
     c = load_catalog(tmp_path / "l.jsonl", show_progress=False)
-    assert c.text_fields == ["title"]
+    assert c.text_fields == ["title", "tags"]  # a list of text is text, as a CSV's x|y column is; an object is not
+    assert c.texts == ["A. x, y z", "B"]
     assert c.records == [{"title": "A", "tags": "x|y z", "meta": '{"k": "é"}'}, {"title": "B", "tags": "", "meta": ""}]
-    assert load_catalog(tmp_path / "l.jsonl", text_fields=["title", "tags"]).texts == ["A. x, y z", "B"]
-    pq.write_table(pa.table({"item_id": ["1", "2"], "title": ["A", "B"], "tags": [["x", "y"], None]}), tmp_path / "l.parquet")
-    assert load_catalog(tmp_path / "l.parquet").records == [{"title": "A", "tags": "x|y"}, {"title": "B", "tags": ""}]
+    pq.write_table(pa.table({"item_id": ["1", "2"], "title": ["A", "B"], "tags": [["x", "y"], None],
+                             "big": pa.array([["p"], ["q"]], type=pa.large_list(pa.large_string())),
+                             "sizes": [[1, 2], [3]]}), tmp_path / "l.parquet")
+    lp = load_catalog(tmp_path / "l.parquet")
+    assert lp.records == [{"title": "A", "tags": "x|y", "big": "p", "sizes": "1|2"},
+                          {"title": "B", "tags": "", "big": "q", "sizes": "3"}]
+    assert lp.text_fields == ["title", "tags", "big"] and lp.texts == ["A. x, y. p", "B. q"]  # lists of numbers: no text
     idx = ItemIndex.from_features(c.item_ids, {"t": np.eye(2, dtype=np.float32)}, records=c.records, factory="Flat",
                                   show_progress=False)
     assert idx.matching(["tags=y z"]) == [1]
