@@ -285,9 +285,10 @@ def load_catalog(
     """Load and validate a catalog file.
 
     Args:
-        path: ``.csv``, ``.tsv``, ``.jsonl`` or ``.parquet`` with an ``item_id`` column.
-        text_fields: columns joined into the item text; default every string column except the
-            id and the image column.
+        path: ``.csv``, ``.tsv``, ``.jsonl``, ``.json`` or ``.parquet`` with an ``item_id`` column.
+        text_fields: columns joined into the item text; default every column of text (strings,
+            lists of strings, a JSON column of text with numbers among it) except the id and the
+            image column.
         image_field: column of local image paths; default ``image`` when such a column exists.
         image_root: base for relative image paths; default the catalog's folder.
         check_images: open every image once (existence + decoding) before any encoding.

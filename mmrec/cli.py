@@ -720,7 +720,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = isub.add_parser("build", help="encode a catalog and build its FAISS index")
     b.add_argument("--catalog", required=True, type=Path, help="items file: .csv .tsv .json .jsonl .parquet with item_id")
     b.add_argument("--out", required=True, type=Path, help="index directory to create")
-    b.add_argument("--text-fields", type=_csv_list, help="comma-separated text columns (default: every string column)")
+    b.add_argument("--text-fields", type=_csv_list, help="comma-separated text columns (default: every column of text: strings, lists of strings)")
     b.add_argument("--image-field", help="column of image paths (default: 'image' if present)")
     b.add_argument("--image-root", type=Path, help="base for relative image paths (default: the catalog's folder)")
     b.add_argument("--factory", default="auto", help="FAISS factory string or 'auto' (default)")
@@ -851,7 +851,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: the file's split column, else random 80/10/10 per user (default)")
     t.add_argument("--rating-threshold", type=_finite,
                     help="keep ratings >= this as positives (default: none, every row is a positive)")
-    t.add_argument("--text-fields", type=_csv_list, help="comma-separated text columns (default: every string column)")
+    t.add_argument("--text-fields", type=_csv_list, help="comma-separated text columns (default: every column of text: strings, lists of strings)")
     t.add_argument("--image-field", help="column of image paths (default: 'image' if present)")
     t.add_argument("--image-root", type=Path, help="base for relative image paths (default: the catalog's folder)")
     t.add_argument("--text-encoder", default="default",
