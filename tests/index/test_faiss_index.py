@@ -249,6 +249,34 @@ def test_exclude_all_is_hidden_inside_faiss_and_meets_the_oracle(saved, data, fa
     assert [sorted(r) for r in left] == [[45, 46, 47, 48, 49]] * 3
 
 
+def test_a_short_exclude_all_on_flat_is_folded_into_the_fetch_and_answers_as_the_selector_does(saved, data,
+                                                                                                monkeypatch):
+    import index.faiss_index as fi
+
+    base, queries, truth = data
+    index = fresh(saved, "Flat")
+    index.remove([int(truth[0, 1])])  # a removed item among query 0's nearest
+    shared = {int(i) for i in truth[:5, :4].ravel()} | {"not-an-id"}  # what the first queries rank first
+    assert len(shared) - 1 <= min(fi.FLAT_FOLD_MAX, fi.FLAT_FOLD_SHARE * N)
+    own = [{int(truth[b, 5])} for b in range(len(queries))]
+    hidden = []
+    real = FaissIndex._selector
+    monkeypatch.setattr(FaissIndex, "_selector", lambda self, *a: hidden.append(a) or real(self, *a))
+    folded, folded_scores = index.search(queries, 10, exclude=own, exclude_all=shared)
+    assert hidden == []  # no IDSelector: the Flat scan stays batched
+    monkeypatch.setattr(fi, "FLAT_FOLD_SHARE", 0.0)
+    kept, kept_scores = index.search(queries, 10, exclude=own, exclude_all=shared)
+    assert len(hidden) == 1  # the selector way, for the side-by-side check
+    pos, _ = exact_search(base, queries, 60)
+    gone = shared | {int(truth[0, 1])}
+    oracle = [[int(i) for i in row if i not in gone and i not in o][:10] for row, o in zip(pos, own)]
+    assert folded == kept == oracle
+    for a, b in zip(folded_scores, kept_scores):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    small = FaissIndex.build(base[:1000], list(range(1000)), "Flat")  # k beyond what is left
+    assert sorted(small.search(queries[:2], 1000, exclude_all={1, 2, 3})[0][1]) == [0, *range(4, 1000)]
+
+
 @pytest.mark.parametrize("factory", ["Flat", "HNSW32", "IVF64,Flat"])
 @pytest.mark.parametrize("share", [0.002, 0.05, 0.9])  # a few, some, most of the items allowed
 def test_only_keeps_the_candidates_and_meets_the_oracle(saved, data, factory, share):
