@@ -283,16 +283,16 @@ def cmd_index_rebuild(args: argparse.Namespace) -> int:
 
 
 def cmd_index_tune(args: argparse.Namespace) -> int:
-    rec = _open_recommender(args)
-    index = rec.items.index
     given = [(name, v) for name, v in (("nprobe", args.nprobe), ("ef_search", args.ef_search)) if v is not None]
     measuring = {o: getattr(args, o) for o in ("recall", "k", "sample", "seed") if getattr(args, o) is not None}
-    if given:  # argparse allows at most one of them
+    if given and measuring:  # argparse allows at most one of the knobs
+        flags = ", ".join(f"--{o}" if len(o) > 1 else f"-{o}" for o in measuring)
+        raise UsageError(f"--{given[0][0].replace('_', '-')} sets the knob without measuring: {flags} "
+                         f"would be unused (give one or the other)")
+    rec = _open_recommender(args)
+    index = rec.items.index
+    if given:
         name, value = given[0]
-        if measuring:
-            flags = ", ".join(f"--{o}" if len(o) > 1 else f"-{o}" for o in measuring)
-            raise ConfigError(f"--{name.replace('_', '-')} sets the knob without measuring: {flags} "
-                              f"would be unused (give one or the other)")
         if index.knob != name:
             has = f"its knob is --{index.knob.replace('_', '-')}" if index.knob else "exact search has no knob"
             raise ConfigError(f"{args.index} is {index.factory}: {has}, not --{name.replace('_', '-')}")
@@ -321,7 +321,7 @@ def cmd_similar(args: argparse.Namespace) -> int:
     items = args.item or []  # argparse requires --item or --all-items, not both
     many = args.all_items or len(items) > 1
     if many and args.explain:
-        raise ConfigError("several items (or --all-items) are answered in batches: --explain takes one --item")
+        raise UsageError("several items (or --all-items) are answered in batches: --explain takes one --item")
     wanted = _filter_args(args)  # the files are read before the (slower) directory
     index = _open_index(args)
     exclude, only = _resolve_filters(index, wanted)  # once, not per batch
@@ -401,12 +401,12 @@ def _features(args: argparse.Namespace, model: bool = False) -> dict[str, Path]:
     given: dict[str, Path] = {}
     for name, path in args.features or []:
         if name in given:
-            raise ConfigError(f"--features names '{name}' twice ({given[name]}, {path}): one file a modality")
+            raise UsageError(f"--features names '{name}' twice ({given[name]}, {path}): one file a modality")
         if model:
             from fusion.model import ID_TOKEN
 
             if "." in name or name == ID_TOKEN:
-                raise ConfigError(f"--features {name}={path}: modality name {name!r} is not allowed in a model: names "
+                raise UsageError(f"--features {name}={path}: modality name {name!r} is not allowed in a model: names "
                                   f"have no '.', and '{ID_TOKEN}' is the ID token's")
         given[name] = path
     return given
@@ -480,20 +480,20 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def cmd_recommend(args: argparse.Namespace) -> int:
     users = args.user or []
     if not users and args.history is None and not args.all_users:
-        raise ConfigError("give --user ID, --history ITEM [ITEM ...], or both (a known user's newer items)")
+        raise UsageError("give --user ID, --history ITEM [ITEM ...], or both (a known user's newer items)")
     if args.all_users and (users or args.history is not None):
-        raise ConfigError("--all-users takes no --user or --history")
+        raise UsageError("--all-users takes no --user or --history")
     many = args.all_users or len(users) > 1
     if many and (args.history is not None or args.explain or args.explain_items is not None or args.diversity):
-        raise ConfigError("several users (or --all-users) are recommended for in batches: --history, --explain, "
+        raise UsageError("several users (or --all-users) are recommended for in batches: --history, --explain, "
                           "--explain-items and --diversity take one --user")
     from mmrec.explain import DEFAULT_HISTORY
 
     if args.explain_items is not None and not args.explain:
-        raise ConfigError("--explain-items sets how many history items --explain names: give --explain too")
+        raise UsageError("--explain-items sets how many history items --explain names: give --explain too")
     explain_items = DEFAULT_HISTORY if args.explain_items is None else args.explain_items
     if args.method != "auto" and args.history is None:
-        raise ConfigError("--method applies to --history only (a known user has a trained vector)")
+        raise UsageError("--method applies to --history only (a known user has a trained vector)")
     wanted = _filter_args(args)  # the files are read before the (slower) directory
     rec = _open_recommender(args)
     if not rec.trained and args.history is None:  # before any user lookup (--all-users looks up none)
@@ -620,6 +620,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from mmrec.pipeline import evaluate_directory
 
+    if args.cold_start and (args.split is not None or args.mask is not None):
+        raise UsageError("--cold-start ranks the held-out items for every user who had one, in any split, with every "
+                         "other known item masked: --split and --mask do not apply")
     rec = _open_recommender(args)
     metrics = evaluate_directory(rec, args.interactions, split=args.split, mask=args.mask, how=args.split_rule,
                                  cold_start=args.cold_start, batch_size=args.batch_size,
@@ -683,6 +686,11 @@ def _recall(text: str) -> float:
 
 def _max_length(text: str) -> int:
     return _positive_int(text, 2)  # room for the tokenizer's special tokens
+
+
+class UsageError(ConfigError):
+    """A malformed command line the option parser cannot see (options that do not go together):
+    exit status 2, as for the parser's own errors."""
 
 
 def _user_error(e: BaseException) -> bool:
@@ -960,12 +968,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--index", required=True, type=Path, help="trained directory")
     ev.add_argument("--interactions", required=True, type=Path,
                     help="interaction file (the training file reproduces the training split)")
-    ev.add_argument("--split", default="test", choices=["valid", "test"], help="the split evaluated (default test)")
+    ev.add_argument("--split", choices=["valid", "test"], help="the split evaluated (default test)")
     ev.add_argument("--split-rule", choices=["auto", "given", "random", "temporal"],
                     help="how the split is made (default: the rule the model was trained with, with its seed)")
     ev.add_argument("--mask", choices=["all", "train"], help="default: the training config's")
     ev.add_argument("--cold-start", action="store_true",
-                    help="rank the items held out of training (train --cold-start F) for the users who had them")
+                    help="rank the items held out of training (train --cold-start F) for the users who had them, "
+                         "their rows of every split (not with --split or --mask)")
     ev.add_argument("--batch-size", type=_positive_int,
                     help="users scored at once, each batch a users x items score matrix "
                          "(default: the model's eval_batch_size)")
@@ -1002,7 +1011,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
         else:
             print(f"error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
-        return 1
+        return 2 if isinstance(e, UsageError) else 1
 
 
 if __name__ == "__main__":

@@ -552,7 +552,7 @@ def evaluate_directory(
     rec: Recommender,
     interactions: str | Path,
     *,
-    split: str = "test",
+    split: str | None = None,
     mask: str | None = None,
     how: str | None = None,
     ks: tuple[int, ...] = (10, 20),
@@ -575,12 +575,17 @@ def evaluate_directory(
     dropped after it: on the training file it is the training split, and a random split
     (:func:`mmrec.split.split_random`) of another file keeps each pair the user also had in the
     training file where training put it, as long as the user's rows are the same. ``diversity@K`` is measured with the index's
-    item vectors. With
+    item vectors. ``split`` defaults to ``"test"`` and ``mask`` to the training config's. With
     ``cold_start``, the items held out of training are ranked (from their content-path index
-    vectors) for the users who interacted with them (:mod:`mmrec.coldstart`).
+    vectors) for the users who interacted with them, their rows of every split, every other
+    known item masked (:mod:`mmrec.coldstart`): ``split`` and ``mask`` do not apply (a
+    ``ConfigError`` when given), and the result has no such keys.
     """
     if not rec.trained:
         raise MMRecError("evaluation needs a trained directory (made by `mmrec train`)")
+    if cold_start and (split is not None or mask is not None):
+        raise ConfigError("cold-start evaluation ranks the held-out items' rows of every split, with every other "
+                          "known item masked: split and mask do not apply")
     if batch_size is None:  # users scored at once: the model's validation batches
         batch_size = rec.config.eval_batch_size
     elif batch_size < 1:
@@ -638,8 +643,8 @@ def evaluate_directory(
         s[torch.from_numpy(r < 0)] = float("-inf")
         return s
 
-    out = {"split": split, "mask": mask or rec.config.mask, "users_skipped": unknown + emptied,
-           "users_unknown": unknown, "users_only_removed_items": emptied, "rows_skipped": gone}
+    out = {"users_skipped": unknown + emptied, "users_unknown": unknown, "users_only_removed_items": emptied,
+           "rows_skipped": gone}
     if invalid:
         out["rows_invalid_skipped"] = invalid
     if held_rows:
@@ -648,8 +653,10 @@ def evaluate_directory(
         if not rec.cold_items:
             raise MMRecError("this model was trained without held-out items: train with --cold-start FRACTION")
         model_rows = torch.from_numpy(rows.clip(min=0))  # unknown users' rows were dropped above
-        return out | {"cold_start": True, **evaluate_cold(user_vecs[model_rows], item_vecs, inter, cold, ks=ks,
-                                                          batch_size=batch_size)}
+        return {"cold_start": True, **out, **evaluate_cold(user_vecs[model_rows], item_vecs, inter, cold, ks=ks,
+                                                           batch_size=batch_size)}
+    split = split or "test"
+    out = {"split": split, "mask": mask or rec.config.mask, **out}
     if not inter.split_mask(split).any():
         counts = ", ".join(f"{name} {int(inter.split_mask(name).sum())}" for name in ("train", "valid", "test"))
         raise MMRecError(f"{interactions}: no {split} rows to evaluate (rows by split, after the skips above: "

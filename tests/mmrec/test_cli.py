@@ -128,10 +128,10 @@ def test_similar_for_several_items_and_for_the_whole_catalog(built, capsys, monk
                for line in lines)
     code, out, _ = run(capsys, "similar", "--index", idx, "--item", "m4", "--item", "m1", "-k", "2", "-q")
     assert code == 0 and out.startswith("item m4\n") and "\nitem m1\n" in out
-    for argv, message in [(["--item", "m1", "m2", "--explain"], "--explain takes one --item"),
-                          (["--item", "m1", "nope"], "item 'nope' is not in this index")]:
+    for argv, message, status in [(["--item", "m1", "m2", "--explain"], "--explain takes one --item", 2),
+                                  (["--item", "m1", "nope"], "item 'nope' is not in this index", 1)]:
         code, _, err = run(capsys, "similar", "--index", idx, *argv, "-q")
-        assert code == 1 and message in err
+        assert code == status and message in err  # options that do not go together: 2, as the parser's errors
     for argv, message in [(["--all-items", "--item", "m1"], "argument --item: not allowed with argument --all-items"),
                           ([], "one of the arguments --item --all-items is required")]:
         with pytest.raises(SystemExit) as exit_:
@@ -184,11 +184,11 @@ def test_errors_are_one_line_without_traceback(built, capsys, tmp_path):
     for name in ("id", "a.b"):  # refused before the catalog is read (a content index takes them: index add)
         code, _, err = run(capsys, "train", "--interactions", str(tmp_path / "i.tsv"), "--out", str(tmp_path / "o"),
                            "--features", f"{name}=f.npy", "-q")
-        assert code == 1 and f"--features {name}=f.npy: modality name '{name}' is not allowed in a model: names have " \
+        assert code == 2 and f"--features {name}=f.npy: modality name '{name}' is not allowed in a model: names have " \
             "no '.', and 'id' is the ID token's" in err
     code, _, err = run(capsys, "train", "--interactions", str(tmp_path / "i.tsv"), "--out", str(tmp_path / "o"),
                        "--features", "a=1.npy", "--features", "a=2.npy", "-q")
-    assert code == 1 and "--features names 'a' twice (1.npy, 2.npy): one file a modality" in err
+    assert code == 2 and "--features names 'a' twice (1.npy, 2.npy): one file a modality" in err
     code, _, err = run(capsys, "similar", "--index", str(built / "idx"), "--item", "nope", "-q")
     assert code == 1 and "item 'nope' is not in this index" in err
     bad = write(tmp_path / "bad.csv", MOVIES + [("m2", "Again", "duplicate")])

@@ -100,6 +100,8 @@ def test_cold_items_are_ranked_from_content(tmp_path):
         assert valid_again[key] == pytest.approx(result.best_valid[key], abs=1e-9)
     cold_again = evaluate_directory(rec, inter, cold_start=True)
     assert {k: cold_again[k] for k in cold} == cold
+    with pytest.raises(ConfigError, match="split and mask do not apply"):
+        evaluate_directory(rec, inter, cold_start=True, split="test")
 
 
 def write_catalog(path, ids, titles):
@@ -148,9 +150,15 @@ def test_cli_train_and_evaluate_cold_start(tmp_path, capsys):
     assert main(["evaluate", "--index", str(tmp_path / "m"), "--interactions", str(inter), "--cold-start",
                  "--batch-size", "5", "--json", "-q"]) == 0  # batches change nothing
     again = json.loads(capsys.readouterr().out)
-    assert again["cold_start"] is True
+    assert again["cold_start"] is True and "split" not in again and "mask" not in again  # neither applies
     for key in ("recall@10", "recall@20", "ndcg@20"):
         assert again[key] == pytest.approx(trained["test"]["cold"][key], abs=1e-6)
+    # The held-out items' rows of every split are ranked: a --split or --mask would be ignored, so
+    # either is a malformed command line (exit 2), before the directory is read.
+    for extra in (["--split", "valid"], ["--mask", "train"]):
+        assert main(["evaluate", "--index", str(tmp_path / "nowhere"), "--interactions", str(inter), "--cold-start",
+                     *extra, "-q"]) == 2
+        assert "--split and --mask do not apply" in capsys.readouterr().err
     m2 = tmp_path / "m2"
     assert main(["train", "--interactions", str(inter), "--features", f"content={feats}", "--out", str(m2),
                  "--split", "random", "--epochs", "1", "-q"]) == 0

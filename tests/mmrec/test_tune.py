@@ -126,8 +126,8 @@ def test_cli_index_tune(tmp_path, capsys):
     assert out[1].split() == ["queries", "nprobe", "recall@10", "ms/query"] and len(out) == 2 + len(report["sweeps"]["items"])
     assert main(["index", "tune", "--index", str(d), "--ef-search", "64", "-q"]) == 1
     assert "is IVF8,Flat: its knob is --nprobe, not --ef-search" in capsys.readouterr().err
-    assert main(["index", "tune", "--index", str(d), "--nprobe", "4", "--recall", "0.9", "-q"]) == 1
-    assert "--nprobe sets the knob without measuring: --recall would be unused" in capsys.readouterr().err
+    assert main(["index", "tune", "--index", str(tmp_path / "nowhere"), "--nprobe", "4", "--recall", "0.9", "-q"]) == 2
+    assert "--nprobe sets the knob without measuring: --recall would be unused" in capsys.readouterr().err  # unopened
     assert Recommender.load(d, show_progress=False).items.index.nprobe == report["value"]
 
 
