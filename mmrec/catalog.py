@@ -498,12 +498,30 @@ def _validate(
     )
 
 
-def check_catalog_ids(catalog: Catalog, existing: set[ItemId], source: str) -> None:
-    """Refuse items whose ids are already present (for incremental adds)."""
-    clash = [Problem(catalog.row(i), ID_FIELD, f"id '{iid}' is already in the index")
-             for i, iid in enumerate(catalog.item_ids) if iid in existing]
-    if clash:
-        raise DataError(source, clash)
+def check_catalog_ids(catalog: Catalog, existing: set[ItemId], source: str, *, skip: bool = False) -> Catalog:
+    """Refuse items whose ids are already present (for incremental adds), or with ``skip`` (the
+    catalog was read with ``skip_invalid``) leave them out as skipped rows, as a duplicate id
+    within the file is; the catalog of the items left, which is ``catalog`` when none clashed.
+
+    Raises:
+        DataError: a clash without ``skip`` (every one named by row), or no row left with it.
+    """
+    clash = [i for i, iid in enumerate(catalog.item_ids) if iid in existing]
+    if not clash:
+        return catalog
+    problems = [Problem(catalog.row(i), ID_FIELD, f"id '{catalog.item_ids[i]}' is already in the index")
+                for i in clash]
+    if not skip:
+        raise DataError(source, problems)
+    gone = set(clash)
+    left = catalog.select([i for i in range(len(catalog)) if i not in gone])
+    if not len(left):
+        raise DataError(source, [Problem(None, None, "no valid rows left")] + problems)
+    logger.warning("%s: skipped %d row(s) whose id is already in the index", source, len(clash))
+    pairs = sorted(zip(left.skipped + problems, (left.skipped_ids or [None] * len(left.skipped))
+                       + [id_text(catalog.item_ids[i]) for i in clash]), key=lambda pair: pair[0].row or 0)
+    left.skipped, left.skipped_ids = [q for q, _ in pairs], [item for _, item in pairs]
+    return left
 
 
 class CatalogError(MMRecError):

@@ -230,14 +230,23 @@ def cmd_index_add(args: argparse.Namespace) -> int:
     opts = {k: v for k, v in (("image_root", args.image_root), ("skip_invalid", args.skip_invalid)) if v}
     n = index.add(args.catalog, features=_features(args), cache_dir=_cache_dir(args), device=args.device,
                   **opts)
-    print(f"added {n} items to {args.index}: {len(index)} items")
+    print(f"added {_items(n)} to {args.index}: {_items(len(index))}")
     return 0
+
+
+def _knob(name: str) -> str:
+    """A search knob as FAISS (and the README) names it: ``nprobe``, ``efSearch``."""
+    return {"ef_search": "efSearch"}.get(name, name)
+
+
+def _items(n: int) -> str:
+    return f"{n:,} item" if n == 1 else f"{n:,} items"
 
 
 def cmd_index_remove(args: argparse.Namespace) -> int:
     index = _open_index(args)
     n = index.remove(args.item)
-    print(f"removed {n} items from {args.index}: {len(index)} items")
+    print(f"removed {_items(n)} from {args.index}: {_items(len(index))}")
     return 0
 
 
@@ -251,7 +260,7 @@ def cmd_index_info(args: argparse.Namespace) -> int:
           f"(format {info['format_version']}, written {info['written']})")
     ix = info["index"]
     knob = next(((k, v) for k, v in ix.items() if k in ("nprobe", "ef_search")), None)
-    print(f"  index: {ix['factory']}, dim {ix['dim']}, " + (f"{knob[0]} {knob[1]}" if knob else "exact search"))
+    print(f"  index: {ix['factory']}, dim {ix['dim']}, " + (f"{_knob(knob[0])} {knob[1]}" if knob else "exact search"))
     mods = [f"{mod} (weight {m['weight']}{', centred' if m['centered'] else ''}"
             f"{', masked: no item has it' if m['masked'] else ''})" for mod, m in info["modalities"].items()]
     print(f"  modalities: {', '.join(mods) or 'none (ID only)'}")
@@ -277,8 +286,8 @@ def cmd_index_rebuild(args: argparse.Namespace) -> int:
     after = index.rebuild(args.factory)
     knob = index.index.knob
     setting = "" if knob is None or after == before else (
-        f"; {knob} {getattr(index.index, knob)}, the default (`mmrec index tune` sets it for a target recall)")
-    print(f"rebuilt {args.index}: {before} -> {after}, {len(index)} items{setting}")
+        f"; {_knob(knob)} {getattr(index.index, knob)}, the default (`mmrec index tune` sets it for a target recall)")
+    print(f"rebuilt {args.index}: {before} -> {after}, {_items(len(index))}{setting}")
     return 0
 
 
@@ -306,9 +315,9 @@ def cmd_index_tune(args: argparse.Namespace) -> int:
         return 0
     where = f"saved to {args.index}" if report["saved"] else "not saved (--dry-run)"
     goal = f"; recall@{report['k']} >= {report['recall']} for {' and '.join(report['sweeps'])}" if "sweeps" in report else ""
-    print(f"{report['factory']}: {report['knob']} {report['before']} -> {report['value']}{goal}; {where}")
+    print(f"{report['factory']}: {_knob(report['knob'])} {report['before']} -> {report['value']}{goal}; {where}")
     if "sweeps" in report:
-        print(f"{'queries':8} {report['knob']:>9} {'recall@' + str(report['k']):>10} {'ms/query':>9}")
+        print(f"{'queries':8} {_knob(report['knob']):>9} {'recall@' + str(report['k']):>10} {'ms/query':>9}")
         for kind, rows in report["sweeps"].items():
             for row in rows:
                 print(f"{kind:8} {row['value']:>9} {row['recall']:>10.4f} {row['ms_per_query']:>9.3f}")

@@ -1413,11 +1413,13 @@ class ItemIndex:
                     "optional": [k for k in ("text_fields", "image_field") if k not in catalog_options]}
             catalog = load_catalog(catalog, show_progress=self.encoders.show_progress, **(opts | catalog_options))
         catalog.item_ids = self._align_id_type(catalog.item_ids)
-        check_catalog_ids(catalog, set(self._pos), catalog.source)
+        catalog = check_catalog_ids(catalog, set(self._pos), catalog.source,
+                                    skip=bool(catalog_options.get("skip_invalid")))
         # Everything that can refuse the add runs before the (slow) encoding.
         if given and catalog.skipped:
-            rows = ", ".join(str(q.row) for q in catalog.skipped[:10])
-            raise DataError(catalog.source, [Problem(None, None, f"rows {rows} were skipped as invalid, so the "
+            rows = ", ".join(str(q.row) for q in catalog.skipped[:10]) + (", ..." if len(catalog.skipped) > 10 else "")
+            were = f"row {rows} was" if len(catalog.skipped) == 1 else f"rows {rows} were"
+            raise DataError(catalog.source, [Problem(None, None, f"{were} skipped as invalid, so the "
                                                                  "--features rows no longer line up with the catalog: "
                                                                  "fix those rows instead of skipping them")])
         from mmrec.pipeline import load_npy_features, npy_present  # the pipeline imports this module

@@ -164,13 +164,36 @@ def test_add_then_remove(built, capsys, tmp_path):
     shutil.copytree(built / "idx", idx)
     new = write(tmp_path / "new.csv", [("m7", "Puppet Show", "An animated musical cartoon with puppets for kids")])
     code, out, _ = run(capsys, "index", "add", "--index", str(idx), "--catalog", str(new), "--no-cache", "-q")
-    assert code == 0 and "added 1 items" in out and "7 items" in out
+    assert code == 0 and "added 1 item to" in out and "7 items" in out
     code, out, _ = run(capsys, "search", "--index", str(idx), "--text", "animated puppets", "-k", "2", "--json", "-q")
     assert [r["item_id"] for r in json.loads(out)] == ["m7", "m1"]
     code, out, _ = run(capsys, "index", "remove", "--index", str(idx), "--item", "m7", "m1", "-q")
-    assert code == 0 and "removed 2 items" in out
+    assert code == 0 and "removed 2 items from" in out
     code, out, _ = run(capsys, "search", "--index", str(idx), "--text", "animated puppets", "--json", "-q")
     assert {r["item_id"] for r in json.loads(out)} == {"m2", "m3", "m4", "m5", "m6"}
+
+
+def test_index_add_skip_invalid_skips_an_id_already_in_the_index_as_it_skips_a_duplicate(built, capsys, tmp_path):
+    idx = tmp_path / "idx"
+    shutil.copytree(built / "idx", idx)
+    rows = [("m2", "Deep Freeze II", "again"), ("m7", "Puppet Show", "puppets"), ("m7", "Puppet Show", "twice"),
+            ("m8", "", "")]
+    new = write(tmp_path / "new.csv", rows)
+    only_known = write(tmp_path / "known.csv", [("m2", "Deep Freeze II", "again")])
+    code, _, err = run(capsys, "index", "add", "--index", str(idx), "--catalog", str(only_known), "--no-cache", "-q")
+    assert code == 1 and "row 1, field 'item_id': id 'm2' is already in the index" in err  # without it: refused
+    code, out, _ = run(capsys, "index", "add", "--index", str(idx), "--catalog", str(new), "--skip-invalid",
+                       "--no-cache", "-q")
+    assert code == 0 and out.startswith("added 1 item to") and "7 items" in out
+    report = [json.loads(line) for line in (idx / "skipped.jsonl").read_text().splitlines()]
+    assert [(r["row"], r["item_id"], r["field"]) for r in report] == [(1, "m2", "item_id"), (3, "m7", "item_id"),
+                                                                      (4, "m8", None)]
+    assert report[0]["message"] == "id 'm2' is already in the index"
+    kept = Recommender.load(idx, show_progress=False).items
+    assert [it["fields"]["title"] for it in kept.items if it["item_id"] == "m2"] == ["Deep Freeze"]  # the old item stays
+    code, _, err = run(capsys, "index", "add", "--index", str(idx), "--catalog", str(only_known), "--skip-invalid",
+                       "--no-cache", "-q")
+    assert code == 1 and "no valid rows left" in err
 
 
 def test_errors_are_one_line_without_traceback(built, capsys, tmp_path):

@@ -171,7 +171,7 @@ def test_rebuild_refuses_before_any_work_and_a_trained_directory_keeps_its_model
     assert "--factory IVF1,PQ4: " in (err := capsys.readouterr().err) and "PQ codebooks need 9984 rows" in err
     assert {p.name: sha256_file(p) for p in d.iterdir()} == files
     assert main(["index", "rebuild", "--index", str(d), "--factory", "HNSW8", "-q"]) == 0
-    assert capsys.readouterr().out == (f"rebuilt {d}: Flat -> HNSW8, 40 items; ef_search 256, the default "
+    assert capsys.readouterr().out == (f"rebuilt {d}: Flat -> HNSW8, 40 items; efSearch 256, the default "
                                        "(`mmrec index tune` sets it for a target recall)\n")
     rec = Recommender.load(d, show_progress=False)
     assert rec.trained and rec.items.index.factory == "HNSW8"
@@ -220,7 +220,7 @@ def test_info_says_what_a_directory_holds(tmp_path, capsys, monkeypatch):
     assert main(["index", "info", "--index", str(d), "-q"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(f"{d}: trained directory, 40 items, 48 users (format 2, written ")
-    assert lines[1] == f"  index: HNSW8, dim {info['index']['dim']}, ef_search 64"
+    assert lines[1] == f"  index: HNSW8, dim {info['index']['dim']}, efSearch 64"
     assert lines[2] == "  modalities: content (weight 1.0, centred)"
     assert lines[3].startswith(f"  training: best epoch {report['best_epoch']} of {len(report['history'])} (")
     assert f"test recall@10 {report['test']['recall@10']:.4f}" in lines[3]
