@@ -23,8 +23,8 @@ A parameter a route does not take is refused, so a misspelt one is not silently 
 
 Status codes: 200 with ``{"results": [...]}``; 400 ``{"error": ...}`` for a bad request (a
 missing or malformed parameter, a query the directory cannot answer); 404 for an unknown
-route, user or item; 405 for a method other than GET; 500 for anything else (logged with its
-traceback). A kept-alive connection idle for a minute is closed. Requests are answered
+route, user or item; 405 for another HTTP method (501 for a method HTTP does not define); 500
+for anything else (logged with its traceback). A kept-alive connection idle for a minute is closed. Requests are answered
 one at a time (a lock around the directory: its caches are not thread-safe), each in well under
 a millisecond except text queries (an encoder pass).
 
@@ -250,7 +250,9 @@ class Handler(BaseHTTPRequestHandler):
                    {"Allow": "GET"})
         logger.info('"%s %s" %d', self.command, self.path, HTTPStatus.METHOD_NOT_ALLOWED)
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _not_allowed  # noqa: N815
+    # Every method HTTP defines (RFC 9110, PATCH: RFC 5789); one it does not define gets the
+    # standard library's 501, in JSON (send_error).
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed  # noqa: N815
 
     def _send(self, status: HTTPStatus | int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         data = json.dumps(body, ensure_ascii=False).encode("utf-8")

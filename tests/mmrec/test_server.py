@@ -145,7 +145,7 @@ def test_other_methods_get_a_json_405_and_a_body_does_not_poison_the_connection(
     rec, url = served
     port = int(url.rsplit(":", 1)[1])
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    for method in ("POST", "PUT", "DELETE"):
+    for method in ("POST", "PUT", "DELETE", "TRACE"):
         conn.request(method, "/recommend?user=u3", body=b'{"user": "u3"}')
         response = conn.getresponse()
         assert response.status == 405 and response.headers["Allow"] == "GET"
@@ -168,6 +168,12 @@ def test_other_methods_get_a_json_405_and_a_body_does_not_poison_the_connection(
     # What the standard library refuses itself is answered in JSON too.
     head, body = exchange(port, b"GET /health HTTP/1.1\r\nX-Long: " + b"a" * 70000 + b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 431") and json.loads(body) == {"error": "Line too long"}
+    # CONNECT is an HTTP method too (405); one HTTP does not define is not implemented (501).
+    head, body = exchange(port, b"CONNECT example.org:443 HTTP/1.1\r\nHost: example.org:443\r\nConnection: close\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 405") and b"Allow: GET" in head
+    assert json.loads(body) == {"error": "CONNECT is not served: every route is a GET"}
+    head, body = exchange(port, b"BREW /pot HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 501") and json.loads(body) == {"error": "Unsupported method ('BREW')"}
     # So is a request line it cannot parse: with a status line and headers, not a bare HTTP/0.9 body.
     head, body = exchange(port, b"NONSENSE\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400") and b"Content-Type: application/json" in head
