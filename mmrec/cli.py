@@ -65,11 +65,11 @@ def print_results(results, as_json: bool, title_field: str | None = None, out=No
         return
     ids = [str(r.item_id) for r in results]
     w = max(7, *(len(i) for i in ids))
-    out.write(f"{'rank':>4}  {'score':>7}  {'item_id':<{w}}  {title_field or ''}\n")
+    out.write(f"{'rank':>4}  {'score':>7}  {'item_id':<{w}}  {title_field or ''}".rstrip() + "\n")  # no title: no blank column
     for rank, (r, iid) in enumerate(zip(results, ids), 1):
         label = r.fields.get(title_field, "") if title_field else ""
         label = label if len(label) <= 70 else label[:67] + "..."
-        out.write(f"{rank:>4}  {r.score:>7.4f}  {iid:<{w}}  {label}\n")
+        out.write(f"{rank:>4}  {r.score:>7.4f}  {iid:<{w}}  {label}".rstrip() + "\n")
         if r.explanation is not None:
             from mmrec.explain import why_line
 

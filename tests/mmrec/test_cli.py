@@ -139,6 +139,22 @@ def test_similar_for_several_items_and_for_the_whole_catalog(built, capsys, monk
         assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_a_table_without_a_title_field_has_no_blank_column():
+    import io
+
+    from mmrec.cli import print_results
+    from mmrec.item_index import Result
+
+    results = [Result(7, 0.5, {}), Result("long-id-42", -0.25, {"title": "T"})]
+    out = io.StringIO()
+    print_results(results, False, None, out)
+    assert out.getvalue().splitlines() == ["rank    score  item_id", "   1   0.5000  7", "   2  -0.2500  long-id-42"]
+    out = io.StringIO()
+    print_results(results, False, "title", out)
+    assert out.getvalue().splitlines() == ["rank    score  item_id     title", "   1   0.5000  7",
+                                           "   2  -0.2500  long-id-42  T"]
+
+
 class _Stream:
     def __init__(self, tty: bool) -> None:
         self.tty = tty
