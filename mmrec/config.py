@@ -67,7 +67,7 @@ class TrainConfig:
     finetune: str = _f("frozen", "encoder mode: frozen, top:N (last N blocks trainable) or full")
     encoder_lr_scale: float = _f(0.1, "encoder learning rate as a fraction of lr when fine-tuning")
     mask: str = _f("all", "evaluation mask: all (the user's training items and those rated below the threshold, and when testing the validation items too, as serving does) or train (training items only, MMRec)", EVAL_MASKS)
-    eval_batch_size: int = _f(1024, "users scored per evaluation batch")
+    eval_batch_size: int = _f(1024, "users scored per evaluation batch (fewer where a batch's scores would pass 256 MB)")
     seed: int = _f(0, "random seed (splits, initialisation, sampling)")
     device: str = _f("cpu", "torch device of training and of encoding the catalog (cpu, cuda, cuda:N)")
 

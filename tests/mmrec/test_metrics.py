@@ -152,6 +152,31 @@ def test_rank_topk_pads_with_minus_one_and_leaves_scores_untouched() -> None:
     np.testing.assert_array_equal(top_np, rank_topk(lambda u: SCORES[u], np.arange(5), 3, EXCLUDE))
 
 
+def test_rank_topk_masks_a_scorers_own_tensor_in_place_and_puts_it_back(monkeypatch) -> None:
+    import mmrec.metrics as metrics
+
+    whole = SCORES.clone()
+    before = whole.clone()
+    handed: list[torch.Tensor] = []
+
+    def own(u: np.ndarray) -> torch.Tensor:  # a view of the caller's matrix, as a cache would hand out
+        handed.append(whole[int(u[0]) : int(u[-1]) + 1])
+        return handed[-1]
+
+    top = rank_topk(own, np.arange(5), 3, EXCLUDE, batch_size=2)
+    np.testing.assert_array_equal(top, rank_topk(lambda u: SCORES[u], np.arange(5), 3, EXCLUDE))
+    assert torch.equal(whole, before)  # masked while ranked, then put back
+    read_only = SCORES.numpy().copy()
+    read_only.flags.writeable = False
+    np.testing.assert_array_equal(rank_topk(lambda u: read_only[u.min():u.max() + 1], np.arange(5), 3, EXCLUDE), top)
+    # A batch's scores stay under SCORE_BYTES: 6 items x 4 bytes, 48 bytes, is 2 users a call.
+    monkeypatch.setattr(metrics, "SCORE_BYTES", 48)
+    sizes: list[int] = []
+    capped = rank_topk(lambda u: sizes.append(len(u)) or SCORES[u], np.arange(5), 3, EXCLUDE, batch_size=1024)
+    assert sizes == [2, 2, 1]
+    np.testing.assert_array_equal(capped, top)
+
+
 def test_rank_topk_rejects_bad_scores() -> None:
     with pytest.raises(ValueError, match=r"score_fn returned shape \(2, 5\), expected \(2, 6\)"):
         rank_topk(lambda u: torch.zeros(len(u), 5), np.arange(2), 3, EXCLUDE)
