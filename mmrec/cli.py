@@ -183,9 +183,17 @@ def _training_options(args: argparse.Namespace) -> dict:
 def cmd_index_build(args: argparse.Namespace) -> int:
     from mmrec.item_index import ItemIndex
 
+    if args.catalog is None and not args.features:
+        raise UsageError("give --catalog, --features NAME=PATH.npy, or both")
+    catalog_only = {"text_fields": args.text_fields, "image_field": args.image_field, "image_root": args.image_root,
+                    "skip_invalid": args.skip_invalid}
+    if args.catalog is None and any(catalog_only.values()):
+        given = ", ".join("--" + k.replace("_", "-") for k, v in catalog_only.items() if v)
+        raise UsageError(f"{given} read the catalog: give --catalog too")
     index = ItemIndex.build(
         args.catalog,
         args.out,
+        features=_features(args),
         factory=args.factory,
         text_encoder=args.text_encoder,
         image_encoder=args.image_encoder,
@@ -735,7 +743,11 @@ def build_parser() -> argparse.ArgumentParser:
     idx = sub.add_parser("index", help="build or change an item index")
     isub = idx.add_subparsers(dest="index_command", required=True, metavar="INDEX_COMMAND")
     b = isub.add_parser("build", help="encode a catalog and build its FAISS index")
-    b.add_argument("--catalog", required=True, type=Path, help="items file: .csv .tsv .json .jsonl .parquet with item_id")
+    b.add_argument("--catalog", type=Path,
+                   help="items file: .csv .tsv .json .jsonl .parquet with item_id (optional with --features)")
+    b.add_argument("--features", type=_features_arg, action="append", metavar="NAME=PATH.npy",
+                   help="precomputed features, one row per catalog row (without a catalog, item i is row i), "
+                        "beside or instead of the encoded text and images (repeatable)")
     b.add_argument("--out", required=True, type=Path, help="index directory to create")
     b.add_argument("--text-fields", type=_csv_list, help="comma-separated text columns (default: every column of text: strings, lists of strings)")
     b.add_argument("--image-field", help="column of image paths (default: 'image' if present)")

@@ -266,6 +266,17 @@ def check_rewrite(directory: Path, manifest: Mapping[str, Any], action: str) -> 
                          f"{', ...' if len(extra) > 5 else ''}): rewriting it would delete them; move them out first")
 
 
+def refuse_skipped_rows(catalog: Catalog) -> None:
+    """Refuse a catalog with rows skipped as invalid when ``--features`` come with it: feature row
+    ``i`` is catalog row ``i``, so the rows after a skipped one would take another item's features."""
+    if catalog.skipped:
+        rows = ", ".join(str(q.row) for q in catalog.skipped[:10]) + (", ..." if len(catalog.skipped) > 10 else "")
+        were = f"row {rows} was" if len(catalog.skipped) == 1 else f"rows {rows} were"
+        raise DataError(catalog.source, [Problem(None, None, f"{were} skipped as invalid, so the --features rows no "
+                                                             "longer line up with the catalog: fix those rows "
+                                                             "instead of skipping them")])
+
+
 def check_out(out: str | Path | None, overwrite: bool, inputs: Sequence[object] = ()) -> None:
     """Refuse, before any work, an output directory whose writing would lose data.
 
@@ -650,9 +661,10 @@ class ItemIndex:
     @classmethod
     def build(
         cls,
-        catalog: Catalog | str | Path,
+        catalog: Catalog | str | Path | None,
         out: str | Path | None = None,
         *,
+        features: Mapping[str, str | Path] | None = None,
         factory: str = "auto",
         text_encoder: str | Path = "default",
         image_encoder: str | Path | None = "default",
@@ -672,8 +684,12 @@ class ItemIndex:
 
         Args:
             catalog: a :class:`Catalog` or a path for :func:`load_catalog` (``catalog_options``
-                such as ``text_fields``, ``image_field``, ``image_root``, ``skip_invalid`` go there).
+                such as ``text_fields``, ``image_field``, ``image_root``, ``skip_invalid`` go there);
+                ``None`` with ``features`` alone (item ``i`` is row ``i``, as in MMRec).
             out: directory to write; ``None`` keeps the index in memory only.
+            features: precomputed modalities, name -> ``.npy`` file with one row per catalog row
+                (an all-zero row: that item lacks the modality), beside or instead of the encoded
+                ones; a name the catalog encodes (``text``, ``image``) is refused.
             factory: FAISS factory string, or ``auto`` (see :meth:`index.FaissIndex.resolve_factory`).
             text_encoder: ``default`` (packaged MiniLM) or a Hugging Face model directory.
             image_encoder: ``default`` (packaged EfficientNet-Lite0), a torchvision name, a Hugging
@@ -693,24 +709,45 @@ class ItemIndex:
                 encoder's vectors.
         """
         check_device(device)
+        given = dict(features or {})
+        if catalog is None and not given:
+            raise MMRecError("nothing to index: give a catalog, precomputed features, or both")
         check_out(out, overwrite, [catalog.source if isinstance(catalog, Catalog) else catalog,
                                    catalog_options.get("image_root"), cache_dir, text_encoder, image_encoder,
-                                   image_weights])
-        if not isinstance(catalog, Catalog):
-            catalog = load_catalog(catalog, show_progress=show_progress, encoded=encoded_modalities(
-                text_encoder, image_encoder), **catalog_options)
-        check_factory(factory, len(catalog))  # before the (slow) encoding
-        encoders, spec = catalog_encoders(
-            catalog, text_encoder, image_encoder, image_weights, max_length=max_length, batch_size=batch_size,
-            allow_download=allow_download, show_progress=show_progress, device=device,
-        )
-        if not encoders:
+                                   image_weights, *given.values()])
+        if catalog is not None and not isinstance(catalog, Catalog):
+            # A row needs content in an encoded modality, unless the features give it its content.
+            catalog = load_catalog(catalog, show_progress=show_progress, require_content=not given,
+                                   encoded=encoded_modalities(text_encoder, image_encoder), **catalog_options)
+        if catalog is not None:
+            if given:
+                refuse_skipped_rows(catalog)
+            check_factory(factory, len(catalog))  # before the (slow) encoding
+        from mmrec.pipeline import load_content  # the pipeline imports this module
+
+        content = load_content(catalog, given, text_encoder=text_encoder, image_encoder=image_encoder,
+                               image_weights=image_weights, cache_dir=cache_dir, show_progress=show_progress,
+                               device=device, max_length=max_length, batch_size=batch_size,
+                               allow_download=allow_download)
+        if not content.features:
             raise MMRecError(f"{catalog.source}: nothing to encode (no text, and images are off or absent)")
-        features, present, hashes = encode_catalog(catalog, encoders, cache_dir)
+        empty = np.flatnonzero(~np.any([content.present[m] for m in content.features], axis=0))
+        if len(empty):  # an item the index could not place
+            source = catalog.source if catalog is not None else "--features"
+            where = (lambda i: catalog.row(int(i))) if catalog is not None else (lambda i: int(i) + 1)
+            raise DataError(source, [Problem(where(i), None, f"item {content.item_ids[i]!r} has no content: no "
+                                                             "encoded text or image, and an all-zero row in every "
+                                                             "feature file") for i in empty[:20]]
+                            + ([Problem(None, None, f"... {len(empty) - 20} more")] if len(empty) > 20 else []))
+        if catalog is None:
+            check_factory(factory, len(content.item_ids))
         self = cls.from_features(
-            catalog.item_ids, features, present, catalog.records,
-            factory=factory, weights=weights, encoders=spec, hashes=hashes, show_progress=show_progress,
-            center=center, text_fields=catalog.text_fields, image_field=catalog.image_field, source=catalog.source,
+            content.item_ids, content.features, content.present, content.records,
+            factory=factory, weights=weights, encoders=content.encoders, hashes=content.hashes,
+            show_progress=show_progress, center=center,
+            text_fields=catalog.text_fields if catalog is not None else [],
+            image_field=catalog.image_field if catalog is not None else None,
+            source=catalog.source if catalog is not None else ", ".join(str(p) for p in given.values()),
         )
         if out is not None:
             self.save(out, overwrite=overwrite, skipped=catalog)
@@ -1416,12 +1453,8 @@ class ItemIndex:
         catalog = check_catalog_ids(catalog, set(self._pos), catalog.source,
                                     skip=bool(catalog_options.get("skip_invalid")))
         # Everything that can refuse the add runs before the (slow) encoding.
-        if given and catalog.skipped:
-            rows = ", ".join(str(q.row) for q in catalog.skipped[:10]) + (", ..." if len(catalog.skipped) > 10 else "")
-            were = f"row {rows} was" if len(catalog.skipped) == 1 else f"rows {rows} were"
-            raise DataError(catalog.source, [Problem(None, None, f"{were} skipped as invalid, so the "
-                                                                 "--features rows no longer line up with the catalog: "
-                                                                 "fix those rows instead of skipping them")])
+        if given:
+            refuse_skipped_rows(catalog)
         from mmrec.pipeline import load_npy_features, npy_present  # the pipeline imports this module
 
         loaded = load_npy_features(given, len(catalog))

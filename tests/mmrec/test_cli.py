@@ -212,6 +212,62 @@ def test_index_add_skip_invalid_skips_an_id_already_in_the_index_as_it_skips_a_d
     assert code == 1 and "no valid rows left" in err
 
 
+def test_index_build_from_precomputed_features_with_or_without_a_catalog(capsys, tmp_path):
+    from mmrec.item_index import ItemIndex
+    from mmrec.pipeline import npy_present
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(30, 8)).astype(np.float32), rng.normal(size=(30, 4)).astype(np.float32)
+    a[5] = 0  # item 5 lacks modality a: placed by b alone
+    np.save(tmp_path / "a.npy", a)
+    np.save(tmp_path / "b.npy", b)
+    code, out, _ = run(capsys, "index", "build", "--features", f"a={tmp_path / 'a.npy'}", "--features",
+                       f"b={tmp_path / 'b.npy'}", "--out", str(tmp_path / "f"), "-q")
+    assert code == 0 and out.startswith(f"built {tmp_path / 'f'}: 30 items")
+    got = Recommender.load(tmp_path / "f", show_progress=False).items
+    want = ItemIndex.from_features(list(range(30)), {"a": a, "b": b}, {"a": npy_present(a), "b": npy_present(b)},
+                                   factory="Flat", show_progress=False)
+    assert got.ids == list(range(30)) and got.modalities == ["a", "b"]  # MMRec's rows: item i is row i
+    np.testing.assert_array_equal(got.vectors, want.vectors)
+    assert [r.item_id for r in got.similar(3, 5)] == [r.item_id for r in want.similar(3, 5)]
+    # index add takes the new items' rows of those features.
+    (tmp_path / "new.csv").write_text("item_id\n30\n31\n")
+    new_a, new_b = rng.normal(size=(2, 8)).astype(np.float32), rng.normal(size=(2, 4)).astype(np.float32)
+    np.save(tmp_path / "na.npy", new_a)
+    np.save(tmp_path / "nb.npy", new_b)
+    code, out, _ = run(capsys, "index", "add", "--index", str(tmp_path / "f"), "--catalog", str(tmp_path / "new.csv"),
+                       "--features", f"a={tmp_path / 'na.npy'}", "--features", f"b={tmp_path / 'nb.npy'}", "-q")
+    assert code == 0 and out.startswith("added 2 items to")
+    added = Recommender.load(tmp_path / "f", show_progress=False).items
+    np.testing.assert_allclose(added.vector_of(31), got.vectorizer.item_vectors(
+        {"a": new_a[1:], "b": new_b[1:]}, {"a": np.ones(1, bool), "b": np.ones(1, bool)}), rtol=1e-6)
+    # Beside a catalog: its rows, its display fields; a row with no content anywhere is named.
+    write(tmp_path / "c.csv", [(f"m{i}", f"Film {i}", "") for i in range(30)])
+    code, _, err = run(capsys, "index", "build", "--catalog", str(tmp_path / "c.csv"), "--text-encoder", "none",
+                       "--features", f"a={tmp_path / 'a.npy'}", "--out", str(tmp_path / "c"), "-q")
+    assert code == 1 and "c.csv: row 6: item 'm5' has no content: no encoded text or image, and an all-zero row " \
+        "in every feature file" in err and not (tmp_path / "c").exists()
+    code, _, _ = run(capsys, "index", "build", "--catalog", str(tmp_path / "c.csv"), "--text-encoder", "none",
+                     "--features", f"b={tmp_path / 'b.npy'}", "--out", str(tmp_path / "c"), "-q")
+    with_catalog = Recommender.load(tmp_path / "c", show_progress=False).items
+    assert code == 0 and with_catalog.ids[:2] == ["m0", "m1"] and with_catalog.similar("m3", 1)[0].fields["title"]
+    np.testing.assert_array_equal(with_catalog.vectors, ItemIndex.from_features(
+        list(range(30)), {"b": b}, factory="Flat", show_progress=False).vectors)
+    # A row count that does not match the catalog, and options that need a catalog.
+    code, _, err = run(capsys, "index", "build", "--catalog", str(tmp_path / "new.csv"), "--text-encoder", "none",
+                       "--features", f"b={tmp_path / 'b.npy'}", "--out", str(tmp_path / "x"), "-q")
+    assert code == 1 and "b.npy: 30 rows, but the catalog has 2 items" in err
+    code, _, err = run(capsys, "index", "build", "--out", str(tmp_path / "x"), "-q")
+    assert code == 2 and "give --catalog, --features NAME=PATH.npy, or both" in err
+    code, _, err = run(capsys, "index", "build", "--features", f"b={tmp_path / 'b.npy'}", "--text-fields", "title",
+                       "--skip-invalid", "--out", str(tmp_path / "x"), "-q")
+    assert code == 2 and "--text-fields, --skip-invalid read the catalog: give --catalog too" in err
+    write(tmp_path / "bad.csv", [("m0", "Film", "")] * 30)  # 29 duplicate ids skipped: the rows no longer line up
+    code, _, err = run(capsys, "index", "build", "--catalog", str(tmp_path / "bad.csv"), "--text-encoder", "none",
+                       "--features", f"b={tmp_path / 'b.npy'}", "--skip-invalid", "--out", str(tmp_path / "x"), "-q")
+    assert code == 1 and "rows 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, ... were skipped as invalid, so the --features rows" in err
+
+
 def test_errors_are_one_line_without_traceback(built, capsys, tmp_path):
     code, _, err = run(capsys, "similar", "--index", str(tmp_path / "missing"), "--item", "m1")
     assert code == 1 and "error:" in err and "no such index directory" in err and "Traceback" not in err
