@@ -720,8 +720,6 @@ class ItemIndex:
             catalog = load_catalog(catalog, show_progress=show_progress, require_content=not given,
                                    encoded=encoded_modalities(text_encoder, image_encoder), **catalog_options)
         if catalog is not None:
-            if given:
-                refuse_skipped_rows(catalog)
             check_factory(factory, len(catalog))  # before the (slow) encoding
         from mmrec.pipeline import load_content  # the pipeline imports this module
 

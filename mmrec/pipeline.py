@@ -36,6 +36,7 @@ from mmrec.item_index import (
     check_out,
     encode_catalog,
     encoded_modalities,
+    refuse_skipped_rows,
     same_device,
 )
 from mmrec.metrics import evaluate, score_users
@@ -147,6 +148,8 @@ def load_content(
                                    else encoded_modalities(text_encoder, image_encoder))
         catalog_options.setdefault("require_content", not features)
         catalog = load_catalog(catalog, show_progress=show_progress, **catalog_options)
+    if catalog is not None and features:
+        refuse_skipped_rows(catalog)  # feature row i is catalog row i
     feats, present, hashes, specs, records, item_ids = {}, {}, None, {}, None, None
     encoders: dict[str, Any] = {}
     if catalog is not None and loaded_encoders is not None:
