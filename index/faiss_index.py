@@ -605,8 +605,9 @@ class FaissIndex:
         Args:
             queries: Query vectors.
             k: Results wanted per query.
-            exclude: Optional, one collection per query of ids that must not be returned for it;
-                ids not in the index are ignored.
+            exclude: Optional, one collection per query of ids that must not be returned for it
+                (a bare id counts as one id, a string never as its characters); ids not in the
+                index are ignored.
             exclude_all: Ids no query may return (ids not in the index are ignored). Unlike
                 ``exclude`` they are hidden inside FAISS (an ``IDSelector``), so a long list costs
                 neither a deeper fetch nor a per-query copy; on Flat, without ``only``, a list of
@@ -642,6 +643,8 @@ class FaissIndex:
         excluded: list[set[int]] = [set() for _ in range(n_q)]
         if exclude is not None:
             for b, items in enumerate(exclude):
+                if isinstance(items, (str, bytes, int, np.integer)):
+                    items = [items]  # one id, not its characters (as exclude_all and only read one)
                 for item in items:
                     label = None if isinstance(item, (bool, np.bool_)) else self._label_of.get(item)
                     if label is not None and label not in shared and (allowed is None or label in allowed):

@@ -243,6 +243,8 @@ def test_exclude_all_is_hidden_inside_faiss_and_meets_the_oracle(saved, data, fa
     named.add(base[30:31], ["i1i"])
     got, _ = named.search(queries[:1], 31, exclude_all="i1i")  # one id, not the ids "i" and "1"
     assert "i1i" not in got[0] and len(got[0]) == 30
+    got, _ = named.search(queries[:2], 31, exclude=["i1i", 7])  # a query's single id, as for exclude_all
+    assert [len(g) for g in got] == [30, 31] and "i1i" not in got[0] and "i1" in got[0]
     # k larger than what is left: exactly what is left comes back.
     small = FaissIndex.build(base[:50], list(range(50)), factory if factory != "IVF64,Flat" else "Flat")
     left, _ = small.search(queries[:3], 50, exclude_all=set(range(45)))
