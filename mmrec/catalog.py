@@ -141,7 +141,8 @@ def _json_type(rows: list[dict[str, Any]], column: str) -> str:
         return "int64"
     if kinds <= {int, float}:
         return "double"
-    if kinds <= {str, int, float, list} and all(type(t) is str for v in values if type(v) is list for t in v):
+    texts = all(t is None or type(t) is str for v in values if type(v) is list for t in v)  # cell_text skips a null
+    if kinds <= {str, int, float, list} and texts:
         return "list<string>" if list in kinds else "string"
     return "object"
 
@@ -516,7 +517,8 @@ def check_catalog_ids(catalog: Catalog, existing: set[ItemId], source: str, *, s
     gone = set(clash)
     left = catalog.select([i for i in range(len(catalog)) if i not in gone])
     if not len(left):
-        raise DataError(source, [Problem(None, None, "no valid rows left")] + problems)
+        every = sorted(catalog.skipped + problems, key=lambda q: q.row or 0)
+        raise DataError(source, [Problem(None, None, "no valid rows left")] + every)
     logger.warning("%s: skipped %d row(s) whose id is already in the index", source, len(clash))
     pairs = sorted(zip(left.skipped + problems, (left.skipped_ids or [None] * len(left.skipped))
                        + [id_text(catalog.item_ids[i]) for i in clash]), key=lambda pair: pair[0].row or 0)

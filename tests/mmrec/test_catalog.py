@@ -301,6 +301,10 @@ def test_a_json_column_of_text_with_a_number_in_it_stays_text(tmp_path):
                                       '{"item_id": 2, "title": "Brazil", "year": 1985.5, "kids": false, "n": [2]}\n')
     c = load_catalog(tmp_path / "m.jsonl", show_progress=False)
     assert c.text_fields == ["title"] and c.texts == ["1984", "Brazil"]
+    (tmp_path / "g.jsonl").write_text('{"item_id": 1, "genres": ["Horror", "SciFi"]}\n'
+                                      '{"item_id": 2, "genres": ["Comedy", null]}\n')  # a null in a list: skipped
+    g = load_catalog(tmp_path / "g.jsonl", show_progress=False)
+    assert g.text_fields == ["genres"] and g.texts == ["Horror, SciFi", "Comedy"]
     (tmp_path / "m.json").write_text('[{"item_id": 1, "genres": ["Drama", 7]}, {"item_id": 2, "genres": "War"}]')
     with pytest.raises(DataError, match="no text columns"):  # a list holding a number is no list of text
         load_catalog(tmp_path / "m.json", show_progress=False)
