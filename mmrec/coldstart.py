@@ -73,7 +73,8 @@ def evaluate_cold(
         s[:, warm] = float("-inf")  # only cold items are candidates
         return s
 
-    return evaluate(score, cold_part(inter, cold), split="test", mask="all", ks=ks, batch_size=batch_size)
+    return evaluate(score, cold_part(inter, cold), split="test", mask="all", ks=ks, batch_size=batch_size,
+                    fresh_scores=True)
 
 
 def neighbour_mean(

@@ -84,7 +84,8 @@ def select_fold_in_reg(
     for reg in regs:
         placed = fold.with_settings(reg=reg)(histories)  # [S, D]
         scores[str(reg)] = evaluate(lambda b: score_users(placed, items, excluded, slot[b]), sample,
-                                    split="valid", mask=mask, ks=(20,), batch_size=batch_size)[SELECT_KEY]
+                                    split="valid", mask=mask, ks=(20,), batch_size=batch_size,
+                                    fresh_scores=True)[SELECT_KEY]
     top = max(scores.values())
     best = min((r for r in regs if scores[str(r)] == top), key=lambda r: abs(math.log(r / DEFAULT_FOLD_IN_REG)))
     logger.info("history fold-in: reg %g (valid recall@20 %.4f over %d users; tried %s)", best, top, len(users),

@@ -401,7 +401,7 @@ def fit(
     # reproduces them. Held-out items are evaluated apart (below): neither truth nor candidates
     # here, or a held-out item a user did interact with would count against the model as a miss.
     test = evaluate(partial(score_users, user_vecs, index_vecs, held_out), train_inter, split="test",
-                    mask=config.mask, ks=(10, 20), batch_size=config.eval_batch_size,
+                    mask=config.mask, ks=(10, 20), batch_size=config.eval_batch_size, fresh_scores=True,
                     ) if train_inter.split_mask("test").any() else {}
     if test:
         logger.info("test recall@20 %.4f ndcg@20 %.4f", test["recall@20"], test["ndcg@20"])
@@ -665,4 +665,5 @@ def evaluate_directory(
         raise MMRecError(f"{interactions}: no {split} rows to evaluate (rows by split, after the skips above: "
                          f"{counts}); choose another --split")
     return out | evaluate(score, inter, split=split, mask=mask or rec.config.mask, ks=ks,
-                          item_vectors=item_vecs.numpy(), batch_size=batch_size, progress=show_progress)
+                          item_vectors=item_vecs.numpy(), batch_size=batch_size, progress=show_progress,
+                          fresh_scores=True)

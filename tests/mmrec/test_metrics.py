@@ -152,29 +152,33 @@ def test_rank_topk_pads_with_minus_one_and_leaves_scores_untouched() -> None:
     np.testing.assert_array_equal(top_np, rank_topk(lambda u: SCORES[u], np.arange(5), 3, EXCLUDE))
 
 
-def test_rank_topk_masks_a_scorers_own_tensor_in_place_and_puts_it_back(monkeypatch) -> None:
+def test_rank_topk_masks_fresh_scores_in_place_and_copies_any_other(monkeypatch) -> None:
     import mmrec.metrics as metrics
 
     whole = SCORES.clone()
-    before = whole.clone()
     handed: list[torch.Tensor] = []
 
     def own(u: np.ndarray) -> torch.Tensor:  # a view of the caller's matrix, as a cache would hand out
         handed.append(whole[int(u[0]) : int(u[-1]) + 1])
         return handed[-1]
 
-    top = rank_topk(own, np.arange(5), 3, EXCLUDE, batch_size=2)
-    np.testing.assert_array_equal(top, rank_topk(lambda u: SCORES[u], np.arange(5), 3, EXCLUDE))
-    assert torch.equal(whole, before)  # masked while ranked, then put back
-    read_only = SCORES.numpy().copy()
-    read_only.flags.writeable = False
-    np.testing.assert_array_equal(rank_topk(lambda u: read_only[u.min():u.max() + 1], np.arange(5), 3, EXCLUDE), top)
+    want = rank_topk(lambda u: SCORES[u], np.arange(5), 3, EXCLUDE)
+    np.testing.assert_array_equal(rank_topk(own, np.arange(5), 3, EXCLUDE, batch_size=2), want)
+    assert torch.equal(whole, SCORES)  # not the scorer's to change: masked on a copy
+    fresh: list[torch.Tensor] = []
+    top = rank_topk(lambda u: fresh.append(SCORES[u].clone()) or fresh[-1], np.arange(5), 3, EXCLUDE,
+                    batch_size=2, fresh_scores=True)
+    np.testing.assert_array_equal(top, want)
+    masked = torch.cat(fresh)  # no copy: the fresh tensors themselves hold the -inf of the excluded items
+    assert torch.equal(torch.isinf(masked), torch.from_numpy(EXCLUDE.toarray() > 0))
+    halves = rank_topk(lambda u: SCORES[u].double(), np.arange(5), 3, EXCLUDE, fresh_scores=True)
+    np.testing.assert_array_equal(halves, want)  # float64 scores are converted (a copy) whatever the flag
     # A batch's scores stay under SCORE_BYTES: 6 items x 4 bytes, 48 bytes, is 2 users a call.
     monkeypatch.setattr(metrics, "SCORE_BYTES", 48)
     sizes: list[int] = []
     capped = rank_topk(lambda u: sizes.append(len(u)) or SCORES[u], np.arange(5), 3, EXCLUDE, batch_size=1024)
     assert sizes == [2, 2, 1]
-    np.testing.assert_array_equal(capped, top)
+    np.testing.assert_array_equal(capped, want)
 
 
 def test_rank_topk_rejects_bad_scores() -> None:
