@@ -66,9 +66,9 @@ POST_FILTER_SHARE = {"flat": 0.1, "ivf": math.inf, "hnsw": 0.2}
 # On Flat, an ``exclude_all`` list of at most FLAT_FOLD_MAX ids and FLAT_FOLD_SHARE of the items is
 # left out after a search fetching that many more results, not hidden by an IDSelector, which turns
 # off Flat's batched BLAS scan. Timed side by side (bench_exclude.py; 1,024 queries, 64-d, 1 thread):
-# at 20k vectors folding 16-100 ids is 1.4-1.5x faster, the two ways cross near 256 ids (near 20 ids
-# at 2k vectors), and past that the deeper fetch costs more than the selector (2x at 1,000 ids); at
-# 200k vectors the two are level up to 256 ids.
+# at 20k vectors folding 16 and 100 ids is 1.6x and 1.3x faster; in probes the two ways crossed near
+# 256 ids at 20k vectors (near 20 ids at 2k), past which the deeper fetch costs more than the
+# selector (2x at 1,000 ids); at 200k vectors they are level (1.06x at 100 ids).
 FLAT_FOLD_MAX = 128
 FLAT_FOLD_SHARE = 0.01
 AUTO_EXACT_BELOW = 100_000  # "auto" keeps exact search below this many items

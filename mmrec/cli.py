@@ -429,10 +429,19 @@ def _features(args: argparse.Namespace, model: bool = False) -> dict[str, Path]:
     return given
 
 
+def _check_skip_with_features(args: argparse.Namespace) -> None:
+    """``--skip-invalid`` with ``--features`` beside a catalog: options that do not go together."""
+    if args.skip_invalid and args.features and args.catalog is not None:
+        from mmrec.pipeline import SKIP_WITH_FEATURES
+
+        raise UsageError(SKIP_WITH_FEATURES)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from mmrec.config import TrainConfig, config_from_args
     from mmrec.pipeline import fit
 
+    _check_skip_with_features(args)
     if args.catalog is None and not args.features and args.use_content is not False:
         logger.info("no --catalog and no --features: training ID-only LightGCN")
     cfg = config_from_args(TrainConfig, args)
@@ -997,8 +1006,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="rank the items held out of training (train --cold-start F) for the users who had them, "
                          "their rows of every split (not with --split or --mask)")
     ev.add_argument("--batch-size", type=_positive_int,
-                    help="users scored at once, each batch a users x items score matrix "
-                         "(default: the model's eval_batch_size)")
+                    help="users scored at once, each batch a users x items score matrix, fewer where that "
+                         "matrix would pass 256 MB (default: the model's eval_batch_size)")
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
     _common(ev)
     ev.set_defaults(func=cmd_evaluate)

@@ -266,15 +266,16 @@ def check_rewrite(directory: Path, manifest: Mapping[str, Any], action: str) -> 
                          f"{', ...' if len(extra) > 5 else ''}): rewriting it would delete them; move them out first")
 
 
-def refuse_skipped_rows(catalog: Catalog) -> None:
-    """Refuse a catalog with rows skipped as invalid when ``--features`` come with it: feature row
-    ``i`` is catalog row ``i``, so the rows after a skipped one would take another item's features."""
-    if catalog.skipped:
-        rows = ", ".join(str(q.row) for q in catalog.skipped[:10]) + (", ..." if len(catalog.skipped) > 10 else "")
-        were = f"row {rows} was" if len(catalog.skipped) == 1 else f"rows {rows} were"
-        raise DataError(catalog.source, [Problem(None, None, f"{were} skipped as invalid, so the --features rows no "
-                                                             "longer line up with the catalog: fix those rows "
-                                                             "instead of skipping them")])
+def refuse_skipped_rows(source: str, skipped: Sequence[Problem]) -> None:
+    """Refuse catalog rows skipped (``--skip-invalid``) from a file that ``--features`` come with:
+    feature row ``i`` is the file's row ``i``, so the rows after a skipped one would take another
+    item's features."""
+    if skipped:
+        rows = ", ".join(str(q.row) for q in skipped[:10]) + (", ..." if len(skipped) > 10 else "")
+        were = f"row {rows} was" if len(skipped) == 1 else f"rows {rows} were"
+        raise DataError(source, [Problem(None, None, f"{were} skipped (--skip-invalid), so the --features rows no "
+                                                     "longer line up with the catalog: fix those rows instead of "
+                                                     "skipping them")])
 
 
 def check_out(out: str | Path | None, overwrite: bool, inputs: Sequence[object] = ()) -> None:
@@ -719,6 +720,8 @@ class ItemIndex:
             # A row needs content in an encoded modality, unless the features give it its content.
             catalog = load_catalog(catalog, show_progress=show_progress, require_content=not given,
                                    encoded=encoded_modalities(text_encoder, image_encoder), **catalog_options)
+            if given:  # (a Catalog given loaded is the caller's: features follow its items)
+                refuse_skipped_rows(catalog.source, catalog.skipped)
         if catalog is not None:
             check_factory(factory, len(catalog))  # before the (slow) encoding
         from mmrec.pipeline import load_content  # the pipeline imports this module
@@ -1441,18 +1444,20 @@ class ItemIndex:
                 f"features {', '.join(unknown)} are not precomputed modalities of this index (precomputed: "
                 f"{', '.join(precomputed) or 'none'}; encoded from the catalog: {', '.join(encoded) or 'none'})"
             )
-        if not isinstance(catalog, Catalog):
+        read_here = not isinstance(catalog, Catalog)  # a Catalog given loaded: features follow its items
+        if read_here:
             opts = {"text_fields": self.manifest["text_fields"], "image_field": self.manifest["image_field"],
                     "require_content": not precomputed, "encoded": encoded,
                     # the index's fields may be missing from the new file: that modality is masked
                     "optional": [k for k in ("text_fields", "image_field") if k not in catalog_options]}
             catalog = load_catalog(catalog, show_progress=self.encoders.show_progress, **(opts | catalog_options))
         catalog.item_ids = self._align_id_type(catalog.item_ids)
+        before = {id(q) for q in catalog.skipped}
         catalog = check_catalog_ids(catalog, set(self._pos), catalog.source,
                                     skip=bool(catalog_options.get("skip_invalid")))
         # Everything that can refuse the add runs before the (slow) encoding.
-        if given:
-            refuse_skipped_rows(catalog)
+        if given:  # the rows skipped from the file, or as ids already in the index
+            refuse_skipped_rows(catalog.source, [q for q in catalog.skipped if read_here or id(q) not in before])
         from mmrec.pipeline import load_npy_features, npy_present  # the pipeline imports this module
 
         loaded = load_npy_features(given, len(catalog))

@@ -48,6 +48,11 @@ from mmrec.typing import ItemId
 logger = logging.getLogger(__name__)
 
 
+SKIP_WITH_FEATURES = ("--skip-invalid cannot be used with --features beside a catalog: the feature files' rows "
+                      "follow the catalog's, and skipping catalog rows would misalign them; fix the catalog, or "
+                      "drop the rows from the catalog and the feature files alike")
+
+
 @dataclass
 class Content:
     """Item space and content features of a training run.
@@ -148,8 +153,8 @@ def load_content(
                                    else encoded_modalities(text_encoder, image_encoder))
         catalog_options.setdefault("require_content", not features)
         catalog = load_catalog(catalog, show_progress=show_progress, **catalog_options)
-    if catalog is not None and features:
-        refuse_skipped_rows(catalog)  # feature row i is catalog row i
+        if features:  # feature row i is the file's row i (a Catalog given loaded: features follow its items)
+            refuse_skipped_rows(catalog.source, catalog.skipped)
     feats, present, hashes, specs, records, item_ids = {}, {}, None, {}, None, None
     encoders: dict[str, Any] = {}
     if catalog is not None and loaded_encoders is not None:
@@ -256,9 +261,7 @@ def fit(
     # The form, before encoding; enough items to train it is checked below, once the items are known.
     check_factory(factory, 1 << 30)
     if skip_invalid and features and catalog is not None:
-        raise ConfigError("--skip-invalid cannot be used with --features beside a catalog: the feature files' rows "
-                          "follow the catalog's, and skipping catalog rows would misalign them; fix the catalog, or "
-                          "drop the rows from the catalog and the feature files alike")
+        raise ConfigError(SKIP_WITH_FEATURES)
     if content is None:  # the catalog is encoded on the training device
         # What the interaction file's header already refuses, before the (slow) encoding (content
         # given: its caller's, as finetune checks before encoding the new catalog).

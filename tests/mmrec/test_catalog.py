@@ -282,6 +282,22 @@ def test_an_id_clash_names_the_file_row_after_skipped_rows(tmp_path):
         check_catalog_ids(cat, {5}, str(tmp_path / "new.csv"))
 
 
+def test_features_follow_a_loaded_catalogs_items_and_a_files_rows(tmp_path):
+    import numpy as np
+
+    from mmrec.pipeline import load_content
+
+    (tmp_path / "c.csv").write_text("item_id,title\n1,A\n2,\n3,C\n")  # row 2 has no text: skipped
+    np.save(tmp_path / "kept.npy", np.eye(2, dtype=np.float32))  # one row per item kept
+    np.save(tmp_path / "rows.npy", np.eye(3, dtype=np.float32))  # one row per file row
+    cat = load_catalog(tmp_path / "c.csv", skip_invalid=True, show_progress=False)
+    content = load_content(cat, {"x": tmp_path / "kept.npy"}, text_encoder="none", image_encoder="none")
+    assert content.item_ids == [1, 3] and content.features["x"].tolist() == [[1, 0], [0, 1]]
+    with pytest.raises(DataError, match=r"row 2 was skipped \(--skip-invalid\), so the --features rows"):
+        load_content(tmp_path / "c.csv", {"x": tmp_path / "rows.npy"}, text_encoder="none", image_encoder="none",
+                     skip_invalid=True, require_content=True, encoded=["text"])
+
+
 def test_a_json_true_list_or_object_is_no_item_id(tmp_path):
     (tmp_path / "c.jsonl").write_text('{"item_id": true, "title": "a"}\n{"item_id": [1], "title": "b"}\n'
                                       '{"item_id": 7, "title": "c"}\n')

@@ -239,6 +239,13 @@ def test_index_build_from_precomputed_features_with_or_without_a_catalog(capsys,
                        "--features", f"a={tmp_path / 'na.npy'}", "--features", f"b={tmp_path / 'nb.npy'}", "-q")
     assert code == 0 and out.startswith("added 2 items to")
     added = Recommender.load(tmp_path / "f", show_progress=False).items
+    # An id already in the index, skipped, would shift the feature rows: refused, nothing added.
+    (tmp_path / "again.csv").write_text("item_id\n30\n32\n")
+    code, _, err = run(capsys, "index", "add", "--index", str(tmp_path / "f"), "--catalog", str(tmp_path / "again.csv"),
+                       "--features", f"a={tmp_path / 'na.npy'}", "--features", f"b={tmp_path / 'nb.npy'}",
+                       "--skip-invalid", "-q")
+    assert code == 1 and "row 1 was skipped (--skip-invalid), so the --features rows no longer line up" in err
+    assert len(Recommender.load(tmp_path / "f", show_progress=False).items) == 32
     np.testing.assert_allclose(added.vector_of(31), got.vectorizer.item_vectors(
         {"a": new_a[1:], "b": new_b[1:]}, {"a": np.ones(1, bool), "b": np.ones(1, bool)}), rtol=1e-6)
     # Beside a catalog: its rows, its display fields; a row with no content anywhere is named.
@@ -265,7 +272,10 @@ def test_index_build_from_precomputed_features_with_or_without_a_catalog(capsys,
     write(tmp_path / "bad.csv", [("m0", "Film", "")] * 30)  # 29 duplicate ids skipped: the rows no longer line up
     code, _, err = run(capsys, "index", "build", "--catalog", str(tmp_path / "bad.csv"), "--text-encoder", "none",
                        "--features", f"b={tmp_path / 'b.npy'}", "--skip-invalid", "--out", str(tmp_path / "x"), "-q")
-    assert code == 1 and "rows 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, ... were skipped as invalid, so the --features rows" in err
+    assert code == 1 and "rows 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, ... were skipped (--skip-invalid), so the --features rows" in err
+    code, _, err = run(capsys, "train", "--interactions", str(tmp_path / "none.tsv"), "--catalog", str(tmp_path / "c.csv"),
+                       "--features", f"b={tmp_path / 'b.npy'}", "--skip-invalid", "--out", str(tmp_path / "x"), "-q")
+    assert code == 2 and "--skip-invalid cannot be used with --features beside a catalog" in err  # before any read
 
 
 def test_errors_are_one_line_without_traceback(built, capsys, tmp_path):

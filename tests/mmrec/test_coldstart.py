@@ -403,7 +403,7 @@ def test_index_add_with_precomputed_features_and_evaluate_after_remove(tmp_path,
     with pytest.raises(MMRecError, match=r"have none of this index's modalities \['content'\].*pass --features"):
         rec.items.add(tmp_path / "cold.csv")
     (tmp_path / "dup.csv").write_text("item_id\n" + "".join(f"{i}\n" for i in cold + cold[:1]))
-    with pytest.raises(MMRecError, match=r"row 33 was skipped as invalid, so the --features rows no longer line up"):
+    with pytest.raises(MMRecError, match=r"row 33 was skipped \(--skip-invalid\), so the --features rows no longer line up"):
         rec.items.add(tmp_path / "dup.csv", features={"content": tmp_path / "cold.npy"}, skip_invalid=True)
     assert len(rec.items) == 128 - len(cold)  # the failed adds changed nothing
     assert main(["index", "add", "--index", str(tmp_path / "m"), "--catalog", str(tmp_path / "cold.csv"),
