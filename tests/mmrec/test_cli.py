@@ -207,9 +207,11 @@ def test_index_add_skip_invalid_skips_an_id_already_in_the_index_as_it_skips_a_d
     assert report[0]["message"] == "id 'm2' is already in the index"
     kept = Recommender.load(idx, show_progress=False).items
     assert [it["fields"]["title"] for it in kept.items if it["item_id"] == "m2"] == ["Deep Freeze"]  # the old item stays
-    code, _, err = run(capsys, "index", "add", "--index", str(idx), "--catalog", str(only_known), "--skip-invalid",
+    nothing_left = write(tmp_path / "none.csv", [("m2", "Deep Freeze II", "again"), ("m9", "", "")])
+    code, _, err = run(capsys, "index", "add", "--index", str(idx), "--catalog", str(nothing_left), "--skip-invalid",
                        "--no-cache", "-q")
-    assert code == 1 and "no valid rows left" in err
+    assert code == 1 and "no valid rows left" in err and "row 1, field 'item_id': id 'm2' is already in the index" in err
+    assert "row 2: no text in title, summary" in err  # every row's reason, not the clashes alone
 
 
 def test_index_build_from_precomputed_features_with_or_without_a_catalog(capsys, tmp_path):
