@@ -65,7 +65,8 @@ def print_results(results, as_json: bool, title_field: str | None = None, out=No
         return
     ids = [str(r.item_id) for r in results]
     w = max(7, *(len(i) for i in ids))
-    out.write(f"{'rank':>4}  {'score':>7}  {'item_id':<{w}}  {title_field or ''}".rstrip() + "\n")  # no title: no blank column
+    # (rstrip: without a title field, no blank column of trailing spaces)
+    out.write(f"{'rank':>4}  {'score':>7}  {'item_id':<{w}}  {title_field or ''}".rstrip() + "\n")
     for rank, (r, iid) in enumerate(zip(results, ids), 1):
         label = r.fields.get(title_field, "") if title_field else ""
         label = label if len(label) <= 70 else label[:67] + "..."
@@ -758,7 +759,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="precomputed features, one row per catalog row (without a catalog, item i is row i), "
                         "beside or instead of the encoded text and images (repeatable)")
     b.add_argument("--out", required=True, type=Path, help="index directory to create")
-    b.add_argument("--text-fields", type=_csv_list, help="comma-separated text columns (default: every column of text: strings, lists of strings)")
+    b.add_argument("--text-fields", type=_csv_list,
+                   help="comma-separated text columns (default: every column of text: strings, lists of strings)")
     b.add_argument("--image-field", help="column of image paths (default: 'image' if present)")
     b.add_argument("--image-root", type=Path, help="base for relative image paths (default: the catalog's folder)")
     b.add_argument("--factory", default="auto", help="FAISS factory string or 'auto' (default)")
@@ -889,7 +891,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: the file's split column, else random 80/10/10 per user (default)")
     t.add_argument("--rating-threshold", type=_finite,
                     help="keep ratings >= this as positives (default: none, every row is a positive)")
-    t.add_argument("--text-fields", type=_csv_list, help="comma-separated text columns (default: every column of text: strings, lists of strings)")
+    t.add_argument("--text-fields", type=_csv_list,
+                   help="comma-separated text columns (default: every column of text: strings, lists of strings)")
     t.add_argument("--image-field", help="column of image paths (default: 'image' if present)")
     t.add_argument("--image-root", type=Path, help="base for relative image paths (default: the catalog's folder)")
     t.add_argument("--text-encoder", default="default",

@@ -2,12 +2,12 @@
 
 For each factory, one index of ``--items`` clustered vectors (``index.clustered_vectors``) answers
 ``--queries`` queries in one batched ``FaissIndex.search`` (k = 10), with no exclusions and with
-each list size of ``--sizes`` random ids excluded two ways, in one run:
+each list size of ``--sizes`` random ids excluded two ways (three on Flat), in one run:
 
 * ``shared``: ``exclude_all=ids``, what ``recommend`` / ``similar`` now send: the ids hidden inside
   FAISS by an ``IDSelector``, except on Flat for a list of at most ``FLAT_FOLD_MAX`` ids and
-  ``FLAT_FOLD_SHARE`` of the items, left out of a deeper fetch (``folded``); for Flat the selector way is also timed (``selector``),
-  so the two compare side by side;
+  ``FLAT_FOLD_SHARE`` of the items, left out of a deeper fetch (``folded``); for Flat the selector
+  way is also timed (``selector``), so the two compare side by side;
 * ``per-query``: ``exclude=[ids] * queries``, the per-query sets the first version built (every
   query fetches k plus the list and filters it in Python).
 
