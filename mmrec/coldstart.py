@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from collections.abc import Mapping
+
 import numpy as np
 import torch
 
@@ -22,18 +24,32 @@ from mmrec.interactions import TEST, TRAIN, Interactions
 from mmrec.metrics import evaluate
 
 
-def hold_out_items(inter: Interactions, fraction: float = 0.2, seed: int = 0) -> np.ndarray:
-    """Choose the cold items: ``round(fraction * #items with interactions)`` of them, seeded.
+def with_content(present: Mapping[str, np.ndarray], num_items: int) -> np.ndarray:
+    """``[N]`` bool: the items with at least one modality present (those content can place)."""
+    masks = [np.asarray(x, bool) for x in present.values()]
+    return np.any(masks, axis=0) if masks else np.zeros(num_items, bool)
+
+
+def hold_out_items(inter: Interactions, fraction: float = 0.2, seed: int = 0,
+                   eligible: np.ndarray | None = None) -> np.ndarray:
+    """Choose the cold items: ``round(fraction * #items with interactions)`` of them, seeded,
+    among the ``eligible`` ones (``[N]`` bool; default all): an item without content cannot be
+    ranked from it, so :func:`mmrec.pipeline.fit` passes :func:`with_content`. With every item
+    eligible the draw is the one it always was.
 
     Returns:
         ``[N]`` bool, True for cold items.
     """
     if not 0.0 < fraction < 1.0:
         raise ConfigError(f"the cold-start fraction must lie in (0, 1), got {fraction}")
-    active = np.flatnonzero(np.bincount(inter.items, minlength=inter.num_items) > 0)
+    counts = np.bincount(inter.items, minlength=inter.num_items) > 0
+    if eligible is not None:
+        counts &= np.asarray(eligible, bool)
+    active = np.flatnonzero(counts)
     n_cold = int(round(fraction * len(active)))
     if n_cold == 0 or n_cold == len(active):
-        raise ConfigError(f"a cold-start fraction of {fraction} leaves {n_cold} of {len(active)} items cold")
+        which = "items with interactions" + (" and content" if eligible is not None else "")
+        raise ConfigError(f"a cold-start fraction of {fraction} leaves {n_cold} of {len(active)} {which} cold")
     cold = np.zeros(inter.num_items, dtype=bool)
     cold[np.random.default_rng(seed).choice(active, size=n_cold, replace=False)] = True
     return cold

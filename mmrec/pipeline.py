@@ -23,7 +23,7 @@ import torch
 from fusion.fixed import modality_centers
 from index.mips import MipsTransform
 from mmrec.catalog import Catalog, load_catalog
-from mmrec.coldstart import evaluate_cold, hold_out_items, warm_part
+from mmrec.coldstart import evaluate_cold, hold_out_items, warm_part, with_content
 from mmrec.config import TrainConfig
 from mmrec.errors import ConfigError, DataError, MMRecError, Problem, missing_file
 from mmrec.foldin import select_fold_in_reg
@@ -293,8 +293,11 @@ def fit(
         if not dims:
             raise ConfigError("the cold-start protocol needs content (a catalog or --features): ID-only items "
                               "held out of training have no vector")
-        held_out = hold_out_items(inter, config.cold_start, config.seed)
-        logger.info("cold-start protocol: %d of %d items held out of training", int(held_out.sum()), n)
+        # Only items content can place: one without it would have nothing to be ranked by.
+        eligible = with_content({m: content.present[m] for m in dims}, n)
+        held_out = hold_out_items(inter, config.cold_start, config.seed, eligible)
+        logger.info("cold-start protocol: %d of %d items held out of training%s", int(held_out.sum()), n,
+                    f" (of the {int(eligible.sum())} with content)" if not eligible.all() else "")
     try:  # the items indexed first: those trained on
         check_factory(factory, n - (int(held_out.sum()) if held_out is not None else 0))
     except ConfigError as e:
@@ -305,9 +308,9 @@ def fit(
     train_inter = warm_part(inter, held_out) if held_out is not None else inter
     train_degree = np.bincount(train_inter.items[train_inter.split_mask("train")], minlength=n)
     has_id = torch.from_numpy(train_degree > 0) if dims else None
-    with_content = np.any([np.asarray(content.present[m], bool) for m in dims], axis=0) if dims else np.ones(n, bool)
+    placed = with_content({m: content.present[m] for m in dims}, n) if dims else np.ones(n, bool)
     # Neither content nor a training edge (or, without ID embeddings, no content): nothing to place them by.
-    orphans = np.flatnonzero(~with_content & ((train_degree == 0) | (not config.use_id)))
+    orphans = np.flatnonzero(~placed & ((train_degree == 0) | (not config.use_id)))
     if len(orphans):
         source = ", ".join(str(f) for f in (features or {}).values()) or str(getattr(content.catalog, "source", catalog))
         why = ("and no training interaction, so the model has nothing to place it by" if config.use_id else
@@ -346,7 +349,7 @@ def fit(
     warm_pos = np.flatnonzero(~via_content)  # indexed with their trained vectors
     present_dims = {m: np.asarray(content.present[m], bool) for m in dims}
     # Content-path items borrow from, and the scale is calibrated on, the items trained on edges.
-    pool_pos = np.flatnonzero((train_degree > 0) & with_content)  # an item without content is no content neighbour
+    pool_pos = np.flatnonzero((train_degree > 0) & placed)  # an item without content is no content neighbour
     pool = ({m: x[pool_pos] for m, x in features_now.items()}, {m: x[pool_pos] for m, x in present_dims.items()},
             item_vecs[pool_pos]) if dims else None
     # The scale is calibrated on those items sent through the same path (leave-one-out: an item

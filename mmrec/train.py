@@ -115,7 +115,10 @@ class NegativeSampler:
         self.pool = np.arange(self.num_items) if candidates is None else np.flatnonzero(candidates)
         self.keys = np.unique(coo.row.astype(np.int64) * self.num_items + coo.col)  # sorted
         allowed = np.ones(self.num_items, bool) if candidates is None else np.asarray(candidates, bool)
-        known_allowed = np.asarray(positives[:, allowed].sum(axis=1)).ravel()  # [U]
+        # Known items each user may not draw, counted once each (not summed: a rating or a
+        # duplicate entry is still one item).
+        known_allowed = np.bincount(self.keys[allowed[self.keys % self.num_items]] // self.num_items,
+                                    minlength=positives.shape[0])  # [U]
         if (known_allowed >= len(self.pool)).any():
             raise ValueError("a user has interacted with every item: no negative exists")
         self.rng = np.random.default_rng(seed)

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fusion.fixed import combine_modalities, modality_centers  # noqa: E402
-from mmrec.coldstart import hold_out_items, warm_part  # noqa: E402
+from mmrec.coldstart import hold_out_items, with_content, warm_part  # noqa: E402
 from mmrec.metrics import evaluate  # noqa: E402
 from machine import add_run_options, command_line, describe_machine, feature_cache, pick_metrics, update_results  # noqa: E402
 from quality import load_dataset  # noqa: E402
@@ -60,7 +60,7 @@ def user_means(train: Any, items: np.ndarray) -> torch.Tensor:
 def run_dataset(name: str, root: Path, cache: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     content, inter = load_dataset(root, name, cache)
-    held = hold_out_items(inter, 0.2, 0)  # quality_cold's draw
+    held = hold_out_items(inter, 0.2, 0, with_content(content.present, inter.num_items))  # quality_cold's draw
     sets = cold_sets(inter, held, 0)
     out: dict[str, Any] = {"data": {"users": inter.num_users, "items": inter.num_items,
                                     "modalities": {m: int(x.shape[1]) for m, x in content.features.items()},

@@ -80,7 +80,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fusion.fixed import combine_modalities, modality_centers  # noqa: E402
-from mmrec.coldstart import cold_part, evaluate_cold, hold_out_items, warm_part  # noqa: E402
+from mmrec.coldstart import cold_part, evaluate_cold, hold_out_items, with_content, warm_part  # noqa: E402
 from mmrec.config import TrainConfig  # noqa: E402
 from mmrec.interactions import TEST, TRAIN, VALID, Interactions  # noqa: E402
 from mmrec.metrics import evaluate, rank_topk  # noqa: E402
@@ -229,7 +229,7 @@ def run_cold(name: str, args: argparse.Namespace, cache_dir: Path, save: Callabl
     content = load_dataset(root, name, cache_dir)
     seed = args.seeds[0]
     inter = interactions_for(content, path, split="given", seed=seed)
-    held = hold_out_items(inter, args.cold_fraction, seed)  # the same draw as fit's
+    held = hold_out_items(inter, args.cold_fraction, seed, with_content(content.present, inter.num_items))  # fit's draw
     sets = cold_sets(inter, held, seed)
     entry: dict[str, Any] = {
         "command": args.command, "complete": False, "machine_at_start": describe_machine(),

@@ -9,8 +9,9 @@ import torch
 from mmrec.coldstart import cold_part, hold_out_items, warm_part
 from mmrec.config import TrainConfig
 from mmrec.errors import ConfigError, DataError
-from mmrec.interactions import Interactions
+from mmrec.interactions import Interactions, load_interactions
 from mmrec.pipeline import evaluate_directory, fit
+from mmrec.split import ensure_split
 from tests.mmrec.conftest import write_planted
 
 FAST = dict(dim=16, layers=2, heads=2, lr=0.05, batch_size=128, epochs=12, patience=12, reg=1e-4)
@@ -39,8 +40,26 @@ def test_hold_out_items_is_seeded_and_sized():
     assert a.sum() == 2 and not a[9]  # round(0.25 * 9) of the 9 items with interactions; item 9 has none
     with pytest.raises(ConfigError, match=r"must lie in \(0, 1\)"):
         hold_out_items(inter, 1.0)
-    with pytest.raises(ConfigError, match="leaves 0 of 9 items cold"):
+    with pytest.raises(ConfigError, match="leaves 0 of 9 items with interactions cold"):
         hold_out_items(inter, 0.01)
+
+
+def test_only_items_with_content_are_held_out(tmp_path):
+    inter, feats = write_planted(tmp_path, users=48, items=32, per_user=8)
+    x = np.load(feats)
+    x[5] = 0  # item 5 has interactions but no content: nothing to rank it by once held out
+    np.save(feats, x)
+    loaded = ensure_split(load_interactions(inter), "random", seed=0)
+    eligible = np.abs(x).sum(axis=1) > 0
+    for seed in range(20):
+        held = hold_out_items(loaded, 0.2, seed, eligible)
+        assert not held[5] and held.sum() == round(0.2 * eligible.sum())
+    everything = hold_out_items(loaded, 0.2, 3)  # with every item eligible: the draw it always was
+    assert np.array_equal(everything, hold_out_items(loaded, 0.2, 3, np.ones(32, bool)))
+    for seed in (3, 4):  # trained whichever the seed (some drew item 5 and failed, naming it as without edges)
+        rec, _, test = fit(inter, features={"content": feats}, config=TrainConfig(**FAST, cold_start=0.2, seed=seed),
+                           split="random", show_progress=False)
+        assert 5 not in rec.cold_items and len(rec.cold_items) == round(0.2 * 31)
 
 
 def test_cold_items_are_ranked_from_content(tmp_path):

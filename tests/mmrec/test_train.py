@@ -29,6 +29,11 @@ def test_negative_sampler_never_returns_a_positive():
     assert set(neg[users == 0].ravel()) == {3, 4}  # every allowed item is reachable
     with pytest.raises(ValueError, match="every item"):
         NegativeSampler(sp.csr_matrix(np.ones((1, 3), np.float32)), seed=0)
+    # Items are counted, not values summed: ratings, or an entry stored twice, still leave item 3.
+    rated = sp.csr_matrix((np.array([5.0, 4.0, 1.0, 1.0]), (np.zeros(4, int), np.array([0, 1, 2, 2]))), shape=(1, 4))
+    assert set(NegativeSampler(rated, seed=0)(np.zeros(50, int), 1).ravel()) == {3}
+    with pytest.raises(ValueError, match="every item"):  # among the candidates: 0 and 1 are known
+        NegativeSampler(rated, seed=0, candidates=np.array([True, True, False, False]))
 
 
 def _trainer(inter_path, seed=0, **cfg):
