@@ -121,12 +121,14 @@ _DAMAGED = (OSError, ValueError, KeyError, EOFError, NotImplementedError, zipfil
 
 
 class _Shard:
-    """One committed shard: its key columns (loaded on demand) and memory-mapped vectors."""
+    """One committed shard: its key columns (loaded on demand) and its vectors, read through a
+    memory map opened for each read and closed after it: a cache grows a shard per write, and
+    maps kept open would hold a file descriptor each (at the usual limit of 1,024, a cache of
+    about a thousand shards failed every read)."""
 
     def __init__(self, directory: Path, stem: str) -> None:
         self.directory = directory
         self.stem = stem
-        self._vectors: np.ndarray | None = None
         self._ids: np.ndarray | None = None
         self._hashes: np.ndarray | None = None
 
@@ -148,10 +150,10 @@ class _Shard:
                 self._ids, self._hashes = z["item_id"], z["content_hash"]
         return self._ids, self._hashes
 
-    def vectors(self) -> np.ndarray:
-        if self._vectors is None:
-            self._vectors = np.load(self.vec_path, mmap_mode="r", allow_pickle=False)
-        return self._vectors
+    def rows(self, src: np.ndarray) -> np.ndarray:
+        """The vectors at rows ``src`` (ascending reads best), copied out of a map closed after."""
+        # No reference to the map outlives this line, so it closes (and frees its descriptor) here.
+        return np.array(np.load(self.vec_path, mmap_mode="r", allow_pickle=False)[src], dtype=np.float32)
 
 
 class _EncoderStore:
@@ -186,7 +188,7 @@ class _EncoderStore:
             shard = _Shard(self.directory, stem)
             try:
                 k = shard.key64()
-                n = np.load(shard.vec_path, mmap_mode="r", allow_pickle=False).shape[0]
+                n = np.load(shard.vec_path, mmap_mode="r", allow_pickle=False).shape[0]  # (map freed at once)
                 if n != len(k):
                     raise ValueError(f"{len(k)} keys but {n} vectors")
             except _DAMAGED as e:
@@ -323,7 +325,7 @@ class FeatureCache:
             rows = np.flatnonzero(hit & (where[:, 0] == s))
             src = where[rows, 1]
             order = np.argsort(src)  # sorted reads from the memory map
-            out[rows[order]] = store.shards[s].vectors()[src[order]]
+            out[rows[order]] = store.shards[s].rows(src[order])
         return out, np.flatnonzero(~hit).tolist()
 
     def put(self, encoder_id: str, keys: Sequence[tuple[ItemId, str]], vectors: np.ndarray) -> None:
@@ -405,10 +407,9 @@ class FeatureCache:
             src = where[rows, 1]
             sid, shash = shard.labels()
             ids[rows], hashes[rows] = sid[src], shash[src]
-            vectors[rows] = shard.vectors()[src]
+            vectors[rows] = shard.rows(src)
         self._write_shard(store, store._keys.copy(), ids.astype(str), hashes.astype(str), vectors)
         for shard in old:
-            shard._vectors = None
             shard.keys_path.unlink(missing_ok=True)  # uncommit first, then drop the data
             shard.vec_path.unlink(missing_ok=True)
         del self._stores[encoder_id]

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -203,6 +204,21 @@ def test_many_shards_and_compact(tmp_path):
     got, missing = FeatureCache(tmp_path).get(ENC, [(ids[i], hashes[i]) for i in pick])
     assert missing == []
     np.testing.assert_array_equal(got, vecs[pick])
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open descriptors through /proc")
+def test_reading_many_shards_leaves_no_file_open(tmp_path):
+    # A cache grows a shard per write; a map kept open per shard read ran out of descriptors at
+    # about a thousand shards (the usual limit), failing every build that read the cache.
+    cache = FeatureCache(tmp_path)
+    for i in range(300):
+        cache.put(ENC, [(i, "h")], np.full((1, 4), i, np.float32))
+    reader = FeatureCache(tmp_path)
+    before = len(os.listdir("/proc/self/fd"))
+    got, missing = reader.get(ENC, [(i, "h") for i in range(300)])
+    assert missing == [] and got[:, 0].tolist() == list(range(300))
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert reader.compact(ENC) == 300 and len(os.listdir("/proc/self/fd")) == before
 
 
 def test_a_key_file_damaged_anywhere_gives_misses_never_an_error_or_a_wrong_vector(tmp_path):
