@@ -157,10 +157,24 @@ def to_rgb(im: Image.Image) -> Image.Image:
             gray = Image.merge("LA", (gray, Image.fromarray(np.where(a == clear, 0, 255).astype(np.uint8), "L")))
         im = gray
     palette_alpha = im.mode == "P" and im.palette is not None and im.palette.mode == "RGBA"
-    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info or palette_alpha:
+    if im.mode == "La":  # premultiplied grey + alpha (some TIFFs): Pillow converts it to LA only
+        im = im.convert("LA")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa") or "transparency" in im.info or palette_alpha:
         rgba = im.convert("RGBA")
         im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
     return im.convert("RGB")
+
+
+def _built_as_for_weights(name: str, weights) -> dict:
+    """The options torchvision's builder sets when it is given pretrained ``weights``, which a
+    model built without weights (the state dict loaded afterwards) needs too: GoogLeNet and
+    Inception-v3 convert ImageNet-normalised inputs to the [-1, 1] range they were trained on,
+    and a ViT is built for its weights' input size (518 for ``vit_h_14``, not 224)."""
+    if name in ("googlenet", "inception_v3"):  # (no random initialisation either: the weights replace it)
+        return {"transform_input": True, "init_weights": False}
+    if name.startswith("vit_") and "min_size" in weights.meta:
+        return {"image_size": weights.meta["min_size"][0]}
+    return {}
 
 
 def trim_banner(im: Image.Image) -> Image.Image:
@@ -377,6 +391,7 @@ class ImageEncoder:
         self.device = torch.device(device)
         self.show_progress = show_progress
         self._classifier: dict[str, torch.Tensor] = {}  # stripped head, restored by save()
+        self._identity_extra = ""  # what the identity adds for a model built otherwise than before
         name = str(model)
         if name in ("default", DEFAULT_IMAGE_MODEL):
             files = self._load_efficientnet_lite(weights)
@@ -396,7 +411,7 @@ class ImageEncoder:
         self.model.float().eval().to(self.device).to(memory_format=torch.channels_last)
         tf = hashlib.sha256(repr(self.transform).encode("utf-8")).hexdigest()[:8]
         fp = fingerprint_files(files, names=len(files) > 1)
-        self.identity = f"image:{self.name}@{fp[:16]}:pool={self.pooling}:tf={tf}"
+        self.identity = f"image:{self.name}@{fp[:16]}:pool={self.pooling}:tf={tf}{self._identity_extra}"
         # The feature cache's key adds how files are read (LOADER_VERSION); directories keep the identity.
         self.cache_identity = f"{self.identity}:load={LOADER_VERSION}"
 
@@ -445,7 +460,10 @@ class ImageEncoder:
             raise ValueError(f"{path}: cannot read a state dict for {name!r} ({type(e).__name__}: {e})") from e
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
-        net = torchvision.models.get_model(name, weights=None)
+        built = _built_as_for_weights(name, default)
+        net = torchvision.models.get_model(name, weights=None, **built)
+        # Vectors made before GoogLeNet / Inception-v3 converted their inputs differ: a key of their own.
+        self._identity_extra = ":transform_input" if built.get("transform_input") else ""
         if not isinstance(state, dict):
             raise ValueError(f"{path}: not a {name!r} state dict (got a {type(state).__name__})")
         try:

@@ -71,6 +71,25 @@ def test_torchvision_prelogits_match_hand_computation(resnet, resnet18_weights, 
     assert resnet.identity.startswith("image:resnet18@") and ":pool=prelogits:" in resnet.identity
 
 
+def test_torchvision_models_are_built_as_for_their_pretrained_weights(tmp_path):
+    import torchvision
+
+    from encoders.image import _built_as_for_weights
+
+    # GoogLeNet / Inception-v3 take ImageNet-normalised inputs to [-1, 1], as trained; a ViT is built
+    # for its weights' input size. Built without weights (the state dict loaded after), as mmrec does.
+    assert _built_as_for_weights("googlenet", torchvision.models.GoogLeNet_Weights.DEFAULT) == {
+        "transform_input": True, "init_weights": False}
+    assert _built_as_for_weights("vit_h_14", torchvision.models.ViT_H_14_Weights.DEFAULT) == {"image_size": 518}
+    assert _built_as_for_weights("vit_b_16", torchvision.models.ViT_B_16_Weights.DEFAULT) == {"image_size": 224}
+    assert _built_as_for_weights("resnet18", torchvision.models.ResNet18_Weights.DEFAULT) == {}
+    net = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=True)
+    torch.save(net.state_dict(), tmp_path / "g.pt")
+    enc = ImageEncoder("googlenet", weights=tmp_path / "g.pt", num_workers=0, show_progress=False)
+    assert enc.model.transform_input is True
+    assert enc.identity.endswith(":transform_input")  # not the cache key of vectors made without it
+
+
 def test_torchvision_weights_from_hub_cache(resnet18_weights, resnet, tmp_path, monkeypatch):
     import torchvision
 
@@ -250,6 +269,10 @@ def test_files_become_the_rgb_picture_a_viewer_shows(vit, tmp_path):
                     Image.fromarray(ramp.astype(np.int32), "I")):
         assert np.abs(np.asarray(to_rgb(picture))[..., 0].astype(int) - eight).max() <= 1, picture.mode
     assert np.array_equal(np.asarray(load_rgb(tmp_path / "deep.png"))[..., 1], eight)
+    # Premultiplied grey + alpha ("La", some TIFFs), which Pillow converts to LA only, composites as LA does.
+    la = Image.fromarray(np.stack([np.full((8, 8), 40, np.uint8), np.tile([255, 0], 32).reshape(8, 8).astype(np.uint8)],
+                                  -1), "LA")
+    assert np.array_equal(np.asarray(to_rgb(la.convert("La"))), np.asarray(to_rgb(la)))
     # Transparent pixels are white whatever colour they hide.
     hidden = np.zeros((8, 8, 4), np.uint8)
     hidden[..., :3], hidden[:4, :, 3] = 30, 255  # top half opaque dark grey, bottom half transparent
