@@ -453,7 +453,7 @@ def encode_with_cache(
         )
     if chunk_size < 1:
         raise ValueError(f"encode_with_cache: chunk_size must be >= 1, got {chunk_size}")
-    if cache is None:
+    if cache is None or n == 0:  # (nothing to look up: the encoder says what an empty batch is, [0, D])
         return np.asarray(encode(list(contents)), dtype=np.float32), n
     keys = list(zip(item_ids, hashes))
     cached, missing = cache.get(encoder_id, keys)

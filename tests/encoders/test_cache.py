@@ -127,6 +127,15 @@ def test_encode_with_cache_encodes_only_changes(tmp_path):
         encode_with_cache(enc, ENC, ids, texts[:-1], hashes, None)
 
 
+def test_encode_with_cache_of_nothing_is_an_empty_matrix_with_or_without_a_cache(tmp_path):
+    def encode(texts):
+        return np.zeros((len(texts), 3), np.float32)
+
+    for cache in (None, FeatureCache(tmp_path)):
+        vectors, encoded = encode_with_cache(encode, ENC, [], [], [], cache)
+        assert vectors.shape == (0, 3) and vectors.dtype == np.float32 and encoded == 0
+
+
 def test_encode_with_cache_keeps_finished_chunks_when_encoding_fails(tmp_path):
     ids, texts, hashes, enc, oracle = _encoded_catalog(50)
 
