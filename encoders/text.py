@@ -244,6 +244,8 @@ class TextEncoder:
         if self.max_length < max_length:
             logger.info("%s: max_length capped at %d by the model", name, self.max_length)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self._empty_id = next((i for i in (self.tokenizer.eos_token_id, self.tokenizer.bos_token_id,
+                                           self.tokenizer.unk_token_id) if i is not None), self.pad_id)
         self._stack_owner: tuple[nn.Module, str] | None = None  # module holding the layer list (fine-tuning)
 
         fp = fingerprint_files(model_files(Path(source))) if local else remote_fingerprint(name, config)
@@ -327,10 +329,7 @@ class TextEncoder:
         bar = tqdm(total=len(texts), desc=f"encoding text ({self.name})", unit="text", disable=not progress)
         with bar:
             for start in range(0, len(texts), chunk):
-                ids = self.tokenizer(
-                    texts[start : start + chunk], truncation=True, max_length=self.max_length,
-                    padding=False, return_attention_mask=False, return_token_type_ids=False,
-                )["input_ids"]
+                ids = self._tokens(texts[start : start + chunk])
                 order = np.argsort([-len(s) for s in ids], kind="stable")  # longest first: memory peaks early
                 for rows in self._batches(order, [len(s) for s in ids]):
                     input_ids, mask = self._pad([ids[i] for i in rows])
@@ -399,10 +398,13 @@ class TextEncoder:
     # -- fine-tuning the top layers from cached frozen states --------------------------------------
 
     def _tokens(self, texts: list[str]) -> list[list[int]]:
-        return self.tokenizer(
+        """Token ids per text. A tokenizer that adds no special tokens (GPT-2's) gives an empty text
+        no token at all, which pools to nothing: it gets the end-of-text (or unknown) token instead."""
+        ids = self.tokenizer(
             texts, truncation=True, max_length=self.max_length, padding=False, return_attention_mask=False,
             return_token_type_ids=False,
         )["input_ids"]
+        return [s if len(s) else [self._empty_id] for s in ids]
 
     def prefix_states(self, texts: Sequence[str], top: int, max_bytes: int | None = None) -> PrefixStates:
         """The hidden states entering the last ``top`` layers, per text (frozen layers run once).

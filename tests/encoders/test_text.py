@@ -160,3 +160,24 @@ def test_packaged_minilm_ranks_the_animated_film_first():
     scores = docs @ query
     assert int(np.argmax(scores)) == 3, scores
     np.testing.assert_allclose(enc.encode(MOVIES), docs, atol=0)  # deterministic
+
+
+def test_an_empty_text_with_a_tokenizer_that_adds_no_special_tokens_still_gets_a_unit_vector(tmp_path):
+    import json
+
+    from transformers import GPT2Config, GPT2Model, GPT2Tokenizer
+
+    # GPT-2's tokenizer gives "" no token at all: it pooled to a zero vector, or a batch of only
+    # empty texts failed; the end-of-text token stands in for it.
+    chars = list("abcdefghijklmnopqrstuvwxyz") + ["Ġ" + c for c in "abcdefghijklmnopqrstuvwxyz"] + ["<|endoftext|>"]
+    (tmp_path / "vocab.json").write_text(json.dumps({c: i for i, c in enumerate(chars)}))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+    GPT2Tokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt")).save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    GPT2Model(GPT2Config(vocab_size=len(chars), n_embd=16, n_layer=1, n_head=2, n_positions=32)).save_pretrained(tmp_path)
+    enc = TextEncoder(tmp_path, show_progress=False)
+    mixed, alone = enc.encode(["abc", ""]), enc.encode(["", ""])
+    np.testing.assert_allclose(np.linalg.norm(mixed, axis=1), [1.0, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(alone, np.stack([mixed[1], mixed[1]]), atol=1e-6)  # the same vector, batch or not
+    eos = enc.encode(["<|endoftext|>"])
+    np.testing.assert_allclose(mixed[1:], eos, atol=1e-6)
