@@ -17,9 +17,10 @@ Every :meth:`FeatureCache.put` appends one shard. A shard is written to temporar
 are fsync'ed and renamed into place, vectors first and the key file last: the key file is the
 commit marker, so an interrupted put leaves either nothing or an orphan ``.vec.npy`` that
 readers ignore. Readers load only the small ``key64`` column of each shard (a 64-bit digest of
-item id and content hash) into one sorted array -- 16 bytes per item -- and read the vectors of a
-hit lazily from the memory-mapped shard; the stored item id and hash of every hit are compared
-too, so a digest collision can only cause a miss, never a wrong vector. When the same key is
+item id and content hash) into one sorted array -- 24 bytes per item with its shard and row --
+and read the vectors of a hit from the shard, memory-mapped for that read; the stored item id and
+hash of every hit are compared too, so a digest collision can only cause a miss, never a wrong
+vector (those strings are kept once read, about 280 bytes per item of a shard a lookup touched). When the same key is
 put twice the newest shard wins. :meth:`FeatureCache.compact` rewrites many small shards into
 one.
 """
