@@ -899,8 +899,9 @@ class FaissIndex:
 
 def _head_first(cols: np.ndarray, row_labels: np.ndarray, head: int):
     """``(column, label)`` pairs of one query's shown results, best first, turned into Python ints
-    ``head`` at a time first: a query reads its target plus its own exclusions, not the whole deep
-    fetch a long shared or candidate list asked for, unless it comes up short."""
+    the first ``head`` of them first and the rest only if the loop reads on: a query reads its
+    target plus its own exclusions, not the whole deep fetch a long shared or candidate list asked
+    for, unless it comes up short."""
     first = cols[:head]
     yield from zip(first.tolist(), row_labels[first].tolist())
     rest = cols[head:]
