@@ -26,6 +26,9 @@ def check_weight(weight: float) -> float:
     return weight
 
 
+_TIE = 1e-12  # gains (in [-1, 1]) closer than this are a tie, whatever float64 rounding did
+
+
 def mmr_rerank(relevance: np.ndarray, vectors: np.ndarray, k: int, weight: float) -> np.ndarray:
     """Positions of the ``k`` candidates MMR picks, in pick order.
 
@@ -34,8 +37,9 @@ def mmr_rerank(relevance: np.ndarray, vectors: np.ndarray, k: int, weight: float
         vectors: ``[C, D]`` the candidates' item vectors (cosine similarity between them; a zero
             vector is similar to nothing).
         k: list length (at most ``C`` come back).
-        weight: ``w`` in ``[0, 1]``, see the module docstring. Ties go to the earlier candidate,
-            so ``w = 0`` returns the candidates by relevance, order kept among equals.
+        weight: ``w`` in ``[0, 1]``, see the module docstring. Ties go to the earlier candidate
+            (gains within 1e-12 are equal, so rounding in the cosines cannot reorder equals), so
+            ``w = 0`` returns the candidates by relevance, order kept among equals.
 
     Returns:
         ``[min(k, C)]`` int64 positions into the candidates.
@@ -62,7 +66,9 @@ def mmr_rerank(relevance: np.ndarray, vectors: np.ndarray, k: int, weight: float
     for step in range(min(k, c)):
         gain = (1.0 - weight) * scaled - weight * closest  # [C]
         gain[~free] = -np.inf
-        i = int(np.argmax(gain))  # the first of equals
+        # The first of equals, gains within _TIE counting as equal: two unit vectors of a duplicate
+        # pair can have a cosine of 1 - 2e-16 with one and exactly 1 with the other.
+        i = int(np.flatnonzero(gain >= gain.max() - _TIE)[0])
         picks.append(i)
         free[i] = False
         sims = unit @ unit[i]  # [C]

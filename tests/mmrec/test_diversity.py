@@ -73,3 +73,12 @@ def test_errors():
         mmr_rerank(REL, VECS[:3], 2, 0.5)
     with pytest.raises(ValueError, match="finite"):
         mmr_rerank(np.array([1.0, np.nan, 0.0, 0.0]), VECS, 2, 0.5)
+
+
+def test_an_exact_tie_goes_to_the_earlier_candidate_whatever_the_rounding():
+    # Items 2 and 3 duplicate 0 and 1: after 0 and 1, each has a largest cosine of exactly 1 to a
+    # pick, but unit vectors compute it as 1 for one and 1 - 2e-16 for the other.
+    relevance = np.array([1.0, 1.0, 0.0, 0.0])
+    vectors = np.array([[0.0, -1.0], [-1.0, 1.0], [0.0, -1.0], [-1.0, 1.0]])
+    assert mmr_rerank(relevance, vectors, 4, 1.0).tolist() == [0, 1, 2, 3]
+    assert mmr_rerank(relevance, vectors, 4, 0.5).tolist() == [0, 1, 2, 3]
