@@ -258,9 +258,16 @@ def check_rewrite(directory: Path, manifest: Mapping[str, Any], action: str) -> 
     if _holds_cwd(directory):
         raise MMRecError(f"{directory} is the current directory or holds it: it is rewritten as a whole, so "
                          f"{action} from outside it")
-    ours = {MANIFEST_NAME, "skipped.jsonl"}
-    ours |= {name.split("/")[0] for name in (*manifest.get("checksums", {}), *manifest.get("attachments", []))}
-    extra = sorted(p.name for p in directory.iterdir() if p.name not in ours)
+    files = {MANIFEST_NAME, "skipped.jsonl", *manifest.get("checksums", {}), *manifest.get("attachments", [])}
+    folders = {Path(*Path(name).parts[:i]).as_posix() for name in files for i in range(1, len(Path(name).parts))}
+    extra = []  # every path mmrec did not write, down the folders it did (a file of yours in encoders/)
+    for root, dirs, names in os.walk(directory):
+        rel = Path(root).relative_to(directory)
+        extra += [(rel / name).as_posix() for name in names if (rel / name).as_posix() not in files]
+        # A folder mmrec did not write is named, not walked: everything in it is someone else's.
+        extra += [(rel / name).as_posix() for name in dirs if (rel / name).as_posix() not in folders]
+        dirs[:] = [name for name in dirs if (rel / name).as_posix() in folders]
+    extra.sort()
     if extra:
         raise MMRecError(f"{directory} holds files mmrec did not write ({', '.join(extra[:5])}"
                          f"{', ...' if len(extra) > 5 else ''}): rewriting it would delete them; move them out first")

@@ -231,6 +231,24 @@ def test_saving_in_place_never_drops_a_users_files(tmp_path):
     assert len(ItemIndex.load(tmp_path / "idx")) == 5 and (tmp_path / "idx" / "pics").is_dir()
 
 
+def test_a_file_of_yours_inside_a_folder_mmrec_wrote_is_never_dropped(tmp_path):
+    from mmrec.item_index import check_rewrite
+
+    d = tmp_path / "model"
+    for name in ("manifest.json", "index.faiss", "encoders/text/model.safetensors", "encoders/text/config.json"):
+        (d / name).parent.mkdir(parents=True, exist_ok=True)
+        (d / name).write_text("x")
+    manifest = {"checksums": {"index.faiss": "0"},
+                "attachments": ["encoders/text/model.safetensors", "encoders/text/config.json"]}
+    check_rewrite(d, manifest, "rewrite it")  # only what mmrec wrote: nothing to lose
+    (d / "encoders" / "mynotes.txt").write_text("mine")
+    (d / "encoders" / "text" / "README.local").write_text("mine")
+    (d / "encoders" / "old" / "deep").mkdir(parents=True)
+    with pytest.raises(MMRecError, match=r"holds files mmrec did not write \(encoders/mynotes.txt, encoders/old, "
+                                         r"encoders/text/README.local\)"):
+        check_rewrite(d, manifest, "rewrite it")
+
+
 def test_the_current_directory_is_never_an_output(tmp_path, monkeypatch):
     from mmrec.item_index import check_out
 
