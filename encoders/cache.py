@@ -326,7 +326,13 @@ class FeatureCache:
             rows = np.flatnonzero(hit & (where[:, 0] == s))
             src = where[rows, 1]
             order = np.argsort(src)  # sorted reads from the memory map
-            out[rows[order]] = store.shards[s].rows(src[order])
+            try:
+                out[rows[order]] = store.shards[s].rows(src[order])
+            except _DAMAGED as e:  # gone since it was listed (another process compacted), or damaged: misses
+                logger.warning("feature cache: ignoring unreadable shard %s (%s)", store.shards[s].vec_path, e)
+                hit[rows] = False
+        if not hit.any():
+            return None, list(range(n))
         return out, np.flatnonzero(~hit).tolist()
 
     def put(self, encoder_id: str, keys: Sequence[tuple[ItemId, str]], vectors: np.ndarray) -> None:

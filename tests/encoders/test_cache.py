@@ -230,6 +230,20 @@ def test_reading_many_shards_leaves_no_file_open(tmp_path):
     assert reader.compact(ENC) == 300 and len(os.listdir("/proc/self/fd")) == before
 
 
+def test_a_shard_compacted_away_by_another_process_after_it_was_listed_gives_misses(tmp_path, monkeypatch):
+    writer = FeatureCache(tmp_path)
+    for i in range(3):
+        writer.put(ENC, [(i, "h")], np.full((1, 4), i, np.float32))
+    reader = FeatureCache(tmp_path)
+    assert reader.get(ENC, [(0, "h")])[1] == []  # the reader has listed the three shards
+    # Another process merges them and deletes them between the reader's listing and its read.
+    monkeypatch.setattr(reader._stores[ENC], "refresh", lambda: None)  # (the reader's listing, as it was)
+    assert FeatureCache(tmp_path).compact(ENC) == 3
+    got, missing = reader.get(ENC, [(0, "h"), (2, "h")])  # misses to encode again, not an error
+    assert missing == [0, 1] and got is None
+    assert FeatureCache(tmp_path).get(ENC, [(0, "h"), (2, "h")])[0][:, 0].tolist() == [0.0, 2.0]
+
+
 def test_a_key_file_damaged_anywhere_gives_misses_never_an_error_or_a_wrong_vector(tmp_path):
     vecs = np.arange(6, dtype=np.float32).reshape(3, 2)
     keys = [(1, "a"), (2, "b"), (3, "c")]
