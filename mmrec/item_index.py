@@ -723,16 +723,13 @@ class ItemIndex:
         check_out(out, overwrite, [catalog.source if isinstance(catalog, Catalog) else catalog,
                                    catalog_options.get("image_root"), cache_dir, text_encoder, image_encoder,
                                    image_weights, *given.values()])
-        if catalog is not None and not isinstance(catalog, Catalog):
-            # A row needs content in an encoded modality, unless the features give it its content.
-            catalog = load_catalog(catalog, show_progress=show_progress, require_content=not given,
-                                   encoded=encoded_modalities(text_encoder, image_encoder), **catalog_options)
-            if given:  # (a Catalog given loaded is the caller's: features follow its items)
-                refuse_skipped_rows(catalog.source, catalog.skipped)
+        from mmrec.pipeline import load_content, read_catalog  # the pipeline imports this module
+
+        if catalog is not None and not isinstance(catalog, Catalog):  # (a Catalog given: features follow its items)
+            catalog = read_catalog(catalog, given, encoded_modalities(text_encoder, image_encoder), show_progress,
+                                   **catalog_options)
         if catalog is not None:
             check_factory(factory, len(catalog))  # before the (slow) encoding
-        from mmrec.pipeline import load_content  # the pipeline imports this module
-
         content = load_content(catalog, given, text_encoder=text_encoder, image_encoder=image_encoder,
                                image_weights=image_weights, cache_dir=cache_dir, show_progress=show_progress,
                                device=device, max_length=max_length, batch_size=batch_size,

@@ -11,7 +11,7 @@ import copy
 import json
 import logging
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -120,6 +120,18 @@ def npy_present(x: np.ndarray) -> np.ndarray:
     return np.abs(x).sum(axis=1) > 0
 
 
+def read_catalog(path: str | Path, features: Mapping[str, Any], encoded: Sequence[str], show_progress: bool = True,
+                 **catalog_options: Any) -> Catalog:
+    """A catalog file read to be encoded beside ``features``: a row needs content in an ``encoded``
+    modality unless features give it its content (images are checked only when encoded), and with
+    features no row may be skipped, as feature row ``i`` is the file's row ``i``."""
+    catalog_options.setdefault("require_content", not features)
+    catalog = load_catalog(path, show_progress=show_progress, encoded=list(encoded), **catalog_options)
+    if features:
+        refuse_skipped_rows(catalog.source, catalog.skipped)
+    return catalog
+
+
 def load_content(
     catalog: str | Path | Catalog | None,
     features: Mapping[str, str | Path] | None,
@@ -147,14 +159,9 @@ def load_content(
     """
     features = dict(features or {})
     if catalog is not None and not isinstance(catalog, Catalog):
-        # A row needs content in a modality that is encoded (unless --features give the content);
-        # images are checked only when encoded.
-        catalog_options.setdefault("encoded", list(loaded_encoders) if loaded_encoders is not None
-                                   else encoded_modalities(text_encoder, image_encoder))
-        catalog_options.setdefault("require_content", not features)
-        catalog = load_catalog(catalog, show_progress=show_progress, **catalog_options)
-        if features:  # feature row i is the file's row i (a Catalog given loaded: features follow its items)
-            refuse_skipped_rows(catalog.source, catalog.skipped)
+        encoded = catalog_options.pop("encoded", list(loaded_encoders) if loaded_encoders is not None
+                                      else encoded_modalities(text_encoder, image_encoder))
+        catalog = read_catalog(catalog, features, encoded, show_progress, **catalog_options)
     feats, present, hashes, specs, records, item_ids = {}, {}, None, {}, None, None
     encoders: dict[str, Any] = {}
     if catalog is not None and loaded_encoders is not None:
@@ -288,16 +295,16 @@ def fit(
     # what the cache held.
     seed_everything(config.seed)
     model = build_model(config, inter.num_users, n, dims)
+    placed = with_content({m: content.present[m] for m in dims}, n) if dims else np.ones(n, bool)  # [N]
     held_out = None
     if config.cold_start > 0:
         if not dims:
             raise ConfigError("the cold-start protocol needs content (a catalog or --features): ID-only items "
                               "held out of training have no vector")
         # Only items content can place: one without it would have nothing to be ranked by.
-        eligible = with_content({m: content.present[m] for m in dims}, n)
-        held_out = hold_out_items(inter, config.cold_start, config.seed, eligible)
+        held_out = hold_out_items(inter, config.cold_start, config.seed, placed)
         logger.info("cold-start protocol: %d of %d items held out of training%s", int(held_out.sum()), n,
-                    f" (of the {int(eligible.sum())} with content)" if not eligible.all() else "")
+                    f" (of the {int(placed.sum())} with content)" if not placed.all() else "")
     try:  # the items indexed first: those trained on
         check_factory(factory, n - (int(held_out.sum()) if held_out is not None else 0))
     except ConfigError as e:
@@ -308,7 +315,6 @@ def fit(
     train_inter = warm_part(inter, held_out) if held_out is not None else inter
     train_degree = np.bincount(train_inter.items[train_inter.split_mask("train")], minlength=n)
     has_id = torch.from_numpy(train_degree > 0) if dims else None
-    placed = with_content({m: content.present[m] for m in dims}, n) if dims else np.ones(n, bool)
     # Neither content nor a training edge (or, without ID embeddings, no content): nothing to place them by.
     orphans = np.flatnonzero(~placed & ((train_degree == 0) | (not config.use_id)))
     if len(orphans):
