@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -121,6 +122,19 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.projection_hidden < 0:
             raise ConfigError(f"projection_hidden must be >= 0 (0: linear), got {self.projection_hidden}")
+
+
+def config_changes(config: Any) -> dict[str, Any]:
+    """The fields a :class:`TrainConfig` or a mapping of field names gives, else :class:`ConfigError`
+    naming the fields that are no :class:`TrainConfig` field (a mapping's typo)."""
+    if isinstance(config, TrainConfig):
+        return dataclasses.asdict(config)
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"config must be a TrainConfig or a mapping of its fields, got {type(config).__name__}")
+    unknown = set(config) - {f.name for f in dataclasses.fields(TrainConfig)}
+    if unknown:
+        raise ConfigError(f"unknown training options {sorted(map(str, unknown))}")
+    return dict(config)
 
 
 def parse_finetune(mode: str) -> tuple[str, int]:

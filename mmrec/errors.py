@@ -97,3 +97,15 @@ def utf8_problem(path: str | Path) -> Problem | None:
         return Problem(None, None, f"line {line} (byte {e.start}) holds byte 0x{data[e.start]:02x}, which is not "
                                    "UTF-8: save the file as UTF-8")
     return None
+
+
+def check_count(value: object, what: str = "k") -> int:
+    """``value`` as an ``int`` of at least 1 (a numpy integer too), else :class:`MMRecError` naming
+    ``what``: a bool, a float (``2.0`` included), ``None`` or text is no count."""
+    import numbers  # here, not at the top: errors stays the module every other one imports first
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise MMRecError(f"{what} must be a whole number of at least 1, got {value!r}")
+    if value < 1:
+        raise MMRecError(f"{what} must be at least 1, got {value}")
+    return int(value)

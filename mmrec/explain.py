@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mmrec.errors import MMRecError
+from mmrec.errors import MMRecError, check_count
 from mmrec.item_index import ItemIndex, Result, shown_fields
 from mmrec.typing import ItemId
 
@@ -125,11 +125,6 @@ def _modality_units(index: ItemIndex, modality: str) -> tuple[np.ndarray, np.nda
     return got[2], got[3]
 
 
-def _check_k(k: int, what: str = "k") -> None:
-    if k < 1:
-        raise MMRecError(f"{what} must be at least 1, got {k}")
-
-
 # --- recommendations -----------------------------------------------------------------------
 def history_contributions(
     rec: "Recommender", user_id: object, item_ids: Sequence[object], history: int = DEFAULT_HISTORY
@@ -161,7 +156,7 @@ def history_contributions(
             "this directory holds a content index, not a trained model: it has no users whose history could "
             "explain a recommendation (explain similar items instead, or run `mmrec train`)"
         )
-    _check_k(history, "the number of history items to name")
+    history = check_count(history, "the number of history items to name")
     index = rec.items
     return _items_like(index, rec.liked_items(user_id), item_ids, history)
 
@@ -227,7 +222,7 @@ def explain_history(index: ItemIndex, history: Sequence[ItemId], results: list[R
     Raises:
         MMRecError: ``explain_items < 1``.
     """
-    _check_k(explain_items, "the number of history items to name")
+    explain_items = check_count(explain_items, "the number of history items to name")
     contrib = _items_like(index, list(history), [r.item_id for r in results], explain_items)
     return _attach_history(index, results, contrib)
 
@@ -283,7 +278,7 @@ def modality_neighbours(index: ItemIndex, item_id: object, modality: str, k: int
     Raises:
         MMRecError: an unknown item or modality, ``k < 1``.
     """
-    _check_k(k)
+    k = check_count(k)
     if modality not in index.features:
         raise MMRecError(f"this index has no {modality} modality (it has: {', '.join(index.modalities) or 'none'})")
     row = index._pos[index.resolve_id(item_id)]
@@ -332,7 +327,7 @@ def explain_item(index: ItemIndex, item_id: object, k: int = 5) -> ItemExplanati
     Raises:
         MMRecError: an unknown item, ``k < 1``.
     """
-    _check_k(k)
+    k = check_count(k)
     iid = index.resolve_id(item_id)
     neighbours: dict[str, list[Result] | None] = {m: modality_neighbours(index, iid, m, k) for m in index.modalities}
     neighbours[fused_key(index)] = index.similar(iid, k)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+import numpy as np
+
 from mmrec.typing import ItemId
 
 _CANONICAL_INT = re.compile(r"(0|-?[1-9][0-9]*)\Z")  # not "-0": it would collide with "0"
@@ -29,3 +31,13 @@ def normalize_ids(values: Iterable[object]) -> list[ItemId]:
     if all(t is None or _CANONICAL_INT.match(t) for t in texts):
         return [None if t is None else int(t) for t in texts]
     return texts
+
+
+def id_list(ids: Iterable[object] | object) -> list[object]:
+    """``ids`` as a list, read once (a generator too); a single id (a ``str``, ``bytes`` or integer)
+    is one id, so ``"12"`` is item 12, not the items ``"1"`` and ``"2"``; ``None`` is no id."""
+    if ids is None:
+        return []
+    if isinstance(ids, (str, bytes, int, np.integer)):
+        return [ids]
+    return list(ids)

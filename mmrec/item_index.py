@@ -15,6 +15,7 @@ a half-written index behind.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import glob
@@ -40,8 +41,8 @@ from index.faiss_index import _canonical_id as canonical_id
 from index.persist import MANIFEST_NAME, manifest_stamp, writer_lock
 from index.mips import MipsTransform
 from mmrec.catalog import ID_FIELD, Catalog, check_catalog_ids, load_catalog
-from mmrec.errors import ConfigError, DataError, MMRecError, Problem, UnknownIdError
-from mmrec.ids import normalize_ids
+from mmrec.errors import ConfigError, DataError, MMRecError, Problem, UnknownIdError, check_count
+from mmrec.ids import id_list, normalize_ids
 from mmrec.typing import ItemId
 
 MATCHING_IDS_PER_ITEM = 4  # the matching ids an index keeps for repeated --where filters, per item
@@ -742,8 +743,7 @@ class ItemIndex:
             where = (lambda i: catalog.row(int(i))) if catalog is not None else (lambda i: int(i) + 1)
             raise DataError(source, [Problem(where(i), None, f"item {content.item_ids[i]!r} has no content: no "
                                                              "encoded text or image, and an all-zero row in every "
-                                                             "feature file") for i in empty[:20]]
-                            + ([Problem(None, None, f"... {len(empty) - 20} more")] if len(empty) > 20 else []))
+                                                             "feature file") for i in empty])
         if catalog is None:
             check_factory(factory, len(content.item_ids))
         self = cls.from_features(
@@ -872,6 +872,9 @@ class ItemIndex:
     def _write(self, directory: Path, *, overwrite: bool, skipped: Catalog | None, attach: Any) -> None:
         """:meth:`save`'s writing, once the target is checked."""
         attached = list(self.manifest.get("attachments", []))
+        if attach is None and not attached and self.manifest.get("kind") == "trained":
+            raise MMRecError("these are a trained model's item vectors, held in memory without the model's files: "
+                             "train with an output directory (fit(..., out=DIR), mmrec train --out DIR) to save them")
         # Through a symlink, the directory it points to is replaced and the link kept (renaming onto
         # the link itself would turn it into a plain directory and leave the target stale).
         target = directory.resolve() if directory.is_symlink() else directory
@@ -1027,8 +1030,7 @@ class ItemIndex:
             exclude_all: ids no query may return, hidden inside FAISS (an ``IDSelector``).
             only: ``None`` (every item) or the ids a query may return, also hidden inside FAISS.
         """
-        if k < 1:
-            raise MMRecError(f"k must be at least 1, got {k}")
+        k = check_count(k)
         ids, scores = self.index.search(queries, k, exclude=exclude, exclude_all=exclude_all, only=only)
         return [self._results(i, self.vectorizer.rescore(s, q)) for i, s, q in zip(ids, scores, queries)]
 
@@ -1197,8 +1199,7 @@ class ItemIndex:
         """The ids of ``item_ids`` that are in the index (as typed on a command line: ``"7"`` finds
         the int id ``7``; a single string or int is one id); the others are dropped, as what is
         not in the index is never returned, and counted in an info log line naming ``what``."""
-        if isinstance(item_ids, (str, bytes, int, np.integer)):
-            item_ids = [item_ids]  # "19" is item 19, not the items "1" and "9"
+        item_ids = id_list(item_ids)  # "19" is item 19, not the items "1" and "9"
         found, missing = set(), 0
         pos = self._pos
         for i in item_ids:
@@ -1234,8 +1235,7 @@ class ItemIndex:
         """
         if by not in ("index", "cosine"):
             raise ConfigError(f"by must be 'index' or 'cosine', got {by!r}")
-        if k < 1 or batch_size < 1:
-            raise MMRecError(f"k and batch_size must be at least 1, got k={k}, batch_size={batch_size}")
+        k, batch_size = check_count(k), check_count(batch_size, "batch_size")
         ids = [self.resolve_id(i) for i in item_ids]
         rows = np.array([self._pos[i] for i in ids], dtype=np.int64)
         dropped, allowed = self.filters(exclude, only)
@@ -1308,8 +1308,7 @@ class ItemIndex:
                 raise MMRecError(f"{which} is empty" if isinstance(text, str)
                                  else f"{which} is a {type(text).__name__}, not a string")
         encoder = self.encoders.get("text")  # an index without text says so first
-        if k < 1:
-            raise MMRecError(f"k must be at least 1, got {k}")
+        k = check_count(k)
         if not texts:
             return []
         q = encoder.encode(texts)  # [B, D_t]
@@ -1342,8 +1341,7 @@ class ItemIndex:
         for path in paths:
             if not Path(path).is_file():
                 raise MMRecError(f"query image {path}: file not found")
-        if k < 1:
-            raise MMRecError(f"k must be at least 1, got {k}")
+        k = check_count(k)
         if not paths:
             return []
         from encoders.image import ImageDecodeError
@@ -1523,7 +1521,17 @@ class ItemIndex:
         missing = [m for m in self.modalities if m not in features]
         if missing:
             raise ConfigError(f"new items lack the index's modalities {missing}")
-        item_ids = [canonical_id(i) for i in item_ids]  # numpy ids as the plain ones items.jsonl holds
+        # numpy ids as the plain ones items.jsonl holds, of the index's id type ("7" is no new id beside 7)
+        item_ids = self._align_id_type([canonical_id(i) for i in item_ids])
+        taken = [i for i in item_ids if self._try_resolve(i) is not None]
+        if not taken and len(set(item_ids)) < len(item_ids):
+            taken = [i for i, n in collections.Counter(item_ids).items() if n > 1]
+            what = "given twice"
+        else:
+            what = "already in the index"
+        if taken:
+            raise MMRecError(f"new item ids must be new and distinct: {', '.join(map(str, taken[:10]))} {what}; "
+                             f"nothing was added")
         before = self._snapshot()
         n = len(item_ids)
         if vectors is None:
@@ -1593,13 +1601,17 @@ class ItemIndex:
                 raise
         return self.index.factory
 
-    def remove(self, item_ids: Sequence[object]) -> int:
-        """Remove items by id; saves when opened from disk. Unknown ids are an error (nothing removed).
+    def remove(self, item_ids: Sequence[object] | ItemId) -> int:
+        """Remove items by id (a single id is one id: ``remove("12")`` removes item 12); saves when
+        opened from disk, unless nothing was given. Unknown ids are an error (nothing removed).
 
         Returns:
             The number of items removed (an id given twice, e.g. ``2`` and ``"2"``, counts once).
         """
         self._check_in_place()
+        item_ids = id_list(item_ids)
+        if not item_ids:
+            return 0
         missing = [i for i in item_ids if self._try_resolve(i) is None]
         if missing:
             raise MMRecError(f"not in this index: {', '.join(map(str, missing[:20]))}"

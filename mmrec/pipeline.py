@@ -24,7 +24,7 @@ from fusion.fixed import modality_centers
 from index.mips import MipsTransform
 from mmrec.catalog import Catalog, load_catalog
 from mmrec.coldstart import evaluate_cold, hold_out_items, warm_part, with_content
-from mmrec.config import TrainConfig
+from mmrec.config import TrainConfig, config_changes
 from mmrec.errors import ConfigError, DataError, MMRecError, Problem, missing_file
 from mmrec.foldin import select_fold_in_reg
 from mmrec.interactions import Interactions, check_columns, load_interactions
@@ -223,7 +223,7 @@ def fit(
     catalog: str | Path | Catalog | None = None,
     features: Mapping[str, str | Path] | None = None,
     out: str | Path | None = None,
-    config: TrainConfig = TrainConfig(),
+    config: TrainConfig | Mapping[str, Any] = TrainConfig(),
     split: str = "auto",
     rating_threshold: float | None = None,
     factory: str = "auto",
@@ -243,7 +243,8 @@ def fit(
             for ID-only training).
         features: modality name -> ``.npy`` file of precomputed features, one row per item.
         out: directory to write, ``None`` for in memory only.
-        config: the training configuration.
+        config: the training configuration, or a mapping of the :class:`TrainConfig` fields to
+            change from their defaults (``{"epochs": 50}``).
         split: ``auto`` (the file's split column, else random 80/10/10), ``given``,
             ``random`` or ``temporal``.
         rating_threshold: keep ratings ``>=`` this as positives (default: every row).
@@ -261,6 +262,8 @@ def fit(
     Returns:
         ``(recommender, training result, test metrics)``.
     """
+    if not isinstance(config, TrainConfig):
+        config = TrainConfig(**config_changes(config))
     check_out(out, overwrite, [interactions, catalog.source if isinstance(catalog, Catalog) else catalog,
                                *(features or {}).values(), *(content_options.get(k) for k in (
                                    "image_root", "cache_dir", "text_encoder", "image_encoder", "image_weights"))])

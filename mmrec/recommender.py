@@ -1,9 +1,9 @@
 """The ``Recommender`` facade: one directory, every question a user asks of it.
 
 A directory made by ``mmrec index build`` answers :meth:`similar`, :meth:`search_text` and
-:meth:`search_image`; one made by ``mmrec train`` answers :meth:`recommend` and
-:meth:`evaluate` too. The facade only delegates: retrieval to :class:`ItemIndex`, the
-content path to the trained :class:`fusion.FusedGraphModel`, metrics to :mod:`mmrec.metrics`.
+:meth:`search_image`; one made by ``mmrec train`` answers :meth:`recommend` too (and is
+evaluated by :func:`mmrec.pipeline.evaluate_directory`). The facade only delegates: retrieval to
+:class:`ItemIndex`, the content path to the trained :class:`fusion.FusedGraphModel`.
 
 A trained directory adds to the index files (see :mod:`mmrec.item_index`)::
 
@@ -31,14 +31,16 @@ from tqdm.auto import tqdm
 
 from fusion.foldin import HistoryFoldIn, history_mean
 from fusion.model import FusedGraphModel
+from index import IndexFormatError
 from index.mips import MipsTransform
 from mmrec.coldstart import blend_with_neighbours, neighbour_mean
 from mmrec.config import TrainConfig, load_config, save_config
 from mmrec.diversity import check_weight, mmr_rerank
-from mmrec.errors import ConfigError, MMRecError, UnknownIdError
+from mmrec.errors import ConfigError, MMRecError, UnknownIdError, check_count
 from mmrec.explain import (DEFAULT_HISTORY, ItemExplanation, explain_history, explain_item, explain_recommendations,
                            explain_similar)
 from mmrec.foldin import DEFAULT_FOLD_IN_REG
+from mmrec.ids import id_list
 from mmrec.item_index import ItemIndex, MipsVectorizer, Result, read_whole
 from mmrec.typing import ItemId, UserId
 
@@ -230,6 +232,10 @@ class Recommender:
         items = ItemIndex._load_once(directory, show_progress=show_progress, trained=True)
         if items.manifest.get("kind") != "trained":
             return cls(items)
+        missing = [name for name in TRAINED_FILES if not (directory / name).is_file()]
+        if missing:
+            raise IndexFormatError(f"{directory}: a trained directory without {', '.join(missing)}; train it again "
+                                   f"(or restore the files from a copy)")
         cfg, extra = load_config(TrainConfig, directory / "config.json")
         # config.json sorts its keys; the manifest's tokens keep the model's token order, which is
         # the column order of the stored attention weights (and of those of items added later).
@@ -334,6 +340,15 @@ class Recommender:
         return self.items.search_images(paths, k, exclude=exclude, only=only)
 
     def user_index(self, user_id: object) -> int:
+        """The user's row in the model; ids are read as item ids are (``"7"`` finds the int id
+        ``7``, surrounding spaces ignored; ``True`` is no id)."""
+        if not self.trained:
+            raise MMRecError("this directory holds a content index, which has no users: run `mmrec train` first, "
+                             "or recommend from a history (recommend_history)")
+        if isinstance(user_id, (bool, np.bool_)):
+            raise UnknownIdError(f"{user_id!r} is not a user id")
+        if isinstance(user_id, str):
+            user_id = user_id.strip()
         if user_id in self._user_pos:
             return self._user_pos[user_id]
         if str(user_id) in self._user_pos_str:
@@ -452,8 +467,7 @@ class Recommender:
                              f"IVF{{n}},Flat or HNSW{{M}} for approximate search)")
         if not 0.0 < recall <= 1.0:
             raise MMRecError(f"recall must be in (0, 1], got {recall}")
-        if k < 1 or sample < 1:
-            raise MMRecError(f"k and sample must be at least 1, got k={k}, sample={sample}")
+        k, sample = check_count(k), check_count(sample, "sample")
         if not len(self.items):
             raise MMRecError("the index is empty: nothing to tune")
         if save and self.items.directory is not None:
@@ -539,8 +553,7 @@ class Recommender:
         """
         if not self.trained:
             raise MMRecError("this directory holds a content index, not a trained model: run `mmrec train` first")
-        if k < 1 or batch_size < 1:
-            raise MMRecError(f"k and batch_size must be at least 1, got k={k}, batch_size={batch_size}")
+        k, batch_size = check_count(k), check_count(batch_size, "batch_size")
         rows = [self.user_index(u) for u in user_ids]
         dropped, allowed = self.items.filters(exclude, only)
         out: list[list[Result]] = []
@@ -597,9 +610,7 @@ class Recommender:
         if method not in ("auto", "fold-in", "mean"):
             raise ConfigError(f"method must be 'auto', 'fold-in' or 'mean', got {method!r}")
         diversity = check_weight(diversity)
-        if isinstance(items, (str, bytes, int, np.integer)):
-            items = [items]  # "12" is item 12, not the items "1" and "2"
-        ids = [self._history_id(i) for i in items]
+        ids = [self._history_id(i) for i in id_list(items)]  # "12" is item 12, not the items "1" and "2"
         history_set = set(ids)
         if user is not None:
             if not self.trained:
@@ -639,6 +650,9 @@ class Recommender:
         """Top-k for one ``[1, D]`` user vector: FAISS over the index, ``exclude`` (the user's own
         items) and ``exclude_all`` (a business rule's, hidden inside FAISS) left out, within
         ``only`` when given, then the MMR re-ranking of the top ``candidates`` when ``diversity`` > 0."""
+        k = check_count(k)
+        if candidates is not None:
+            candidates = check_count(candidates, "candidates")
         q = self.items.vectorizer.mips.queries(user)  # [1, D + 1]
         exclude_list = [exclude] if exclude else None
         if diversity == 0.0:

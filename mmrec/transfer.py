@@ -57,7 +57,7 @@ from torch import Tensor
 
 from fusion.model import FusedGraphModel
 from mmrec.catalog import Catalog, load_catalog
-from mmrec.config import ARCHITECTURE, TrainConfig
+from mmrec.config import ARCHITECTURE, TrainConfig, config_changes
 from mmrec.errors import ConfigError
 from mmrec.interactions import check_columns
 from mmrec.item_index import check_device, check_out
@@ -107,10 +107,7 @@ def finetune_config(source: TrainConfig, config: TrainConfig | Mapping[str, Any]
     """
     if config is None:
         return source
-    changes = dataclasses.asdict(config) if isinstance(config, TrainConfig) else dict(config)
-    unknown = set(changes) - {f.name for f in dataclasses.fields(TrainConfig)}
-    if unknown:
-        raise ConfigError(f"unknown training options {sorted(unknown)}")
+    changes = config_changes(config)
     differ = [f"{k}={changes[k]!r} (source: {getattr(source, k)!r})"
               for k in ARCHITECTURE if k in changes and changes[k] != getattr(source, k)]
     if differ:
@@ -142,6 +139,7 @@ def source_content(
     Raises:
         ConfigError: see the module docstring.
     """
+    ignore = [ignore] if isinstance(ignore, str) else list(ignore)  # "text" is one modality, not four
     dims = dict(source.model.modality_dims)
     specs = source.items.manifest.get("encoders", {})
     pointless = sorted(set(ignore) - set(dims) - set(features or {}) - {"text", "image"})
@@ -374,7 +372,7 @@ def finetune(
         overwrite: replace an existing ``out``.
         keep_users: users whose id the source knows start from their source embedding (the same
             people on a new catalog), default on; off, every user starts at random.
-        ignore: modalities of the new data to leave out.
+        ignore: modalities of the new data to leave out (one name or several).
         cache_dir: feature cache for encoding the catalog.
         show_progress: progress bars.
         **catalog_options: ``text_fields``, ``image_field``, ``image_root`` (default: the

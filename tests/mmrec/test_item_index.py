@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import index as index_pkg
-from mmrec.errors import ConfigError, MMRecError
+from mmrec.errors import ConfigError, DataError, MMRecError
 from mmrec.item_index import ItemIndex
 
 # Five items in 3-d whose cosine similarities to item "a" are known exactly:
@@ -378,7 +378,7 @@ def test_similar_many_is_similar_for_each_item_and_keeps_ties_in_index_order(mon
     with pytest.raises(MMRecError, match="item 'zz' is not in this index"):
         idx.similar_many(["a", "zz"])
     for bad in (dict(k=0), dict(batch_size=0)):
-        with pytest.raises(MMRecError, match="k and batch_size must be at least 1"):
+        with pytest.raises(MMRecError, match=f"{next(iter(bad))} must be at least 1, got 0"):
             idx.similar_many(["a"], **bad)
     with pytest.raises(ConfigError, match="by must be 'index' or 'cosine'"):
         idx.similar_many(["a"], by="dot")
@@ -550,3 +550,48 @@ def test_numpy_ids_are_stored_as_plain_ids_and_the_index_saves(tmp_path):
     assert back.ids == numbered.ids
     named = ItemIndex.from_features(np.array(ids), feats, present, factory="Flat", show_progress=False)
     assert all(type(i) is str for i in named.ids)
+
+
+def test_remove_takes_one_id_as_one_id_and_a_generator_whole(tmp_path):
+    idx = five_items(ids=(1, 2, 12, 4, 5))
+    idx.save(tmp_path / "idx")
+    idx = ItemIndex.load(tmp_path / "idx", show_progress=False)
+    assert idx.remove("12") == 1  # item 12, not the items 1 and 2
+    assert idx.remove(np.int64(4)) == 1
+    assert idx.remove(x for x in [5]) == 1  # read once: not used up by the check for unknown ids
+    assert idx.remove([]) == 0
+    assert ItemIndex.load(tmp_path / "idx").ids == [1, 2]
+
+
+def test_add_features_refuses_an_id_the_index_has_or_of_another_type():
+    idx = five_items(ids=(10, 20, 30, 40, 50))
+    one = {"text": np.ones((1, 3), np.float32)}, {"text": np.ones(1, bool)}
+    with pytest.raises(MMRecError, match="10 already in the index; nothing was added"):
+        idx.add_features([np.int64(10)], *one, save=False)
+    with pytest.raises(MMRecError, match=r"integer item ids; new ids \['7'\] are not integers"):
+        idx.add_features(["7"], *one, save=False)  # would be found by similar("7") instead of nothing
+    two = {"text": np.ones((2, 3), np.float32)}, {"text": np.ones(2, bool)}
+    with pytest.raises(MMRecError, match="60 given twice"):
+        idx.add_features([60, 60], *two, save=False)
+    assert len(idx) == 5
+    idx.add_features([np.int64(60)], *one, save=False)
+    assert idx.ids[-1] == 60 and type(idx.ids[-1]) is int
+
+
+@pytest.mark.parametrize("k", [True, 2.0, None, "3", 0, -1])
+def test_k_must_be_a_whole_number_of_at_least_one(k):
+    idx = five_items()
+    for call in (lambda: idx.similar("a", k=k), lambda: idx.similar("a", k=k, by="cosine"),
+                 lambda: idx.similar_many(["a"], k=k), lambda: idx.search_vectors(idx.vectors[:1], k=k)):
+        with pytest.raises(MMRecError, match="k must be"):
+            call()
+    assert len(idx.similar("a", k=np.int64(2))) == 2
+
+
+def test_every_item_without_content_is_counted(tmp_path):
+    np.save(tmp_path / "zero.npy", np.zeros((30, 4), np.float32))
+    with pytest.raises(DataError) as e:
+        ItemIndex.build(None, tmp_path / "out", features={"x": tmp_path / "zero.npy"}, show_progress=False)
+    text = str(e.value)
+    assert text.startswith("--features: 30 problem(s)") and text.endswith("... and 10 more")
+    assert "row 1: item 0 has no content" in text and not (tmp_path / "out").exists()

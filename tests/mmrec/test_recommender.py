@@ -299,7 +299,7 @@ def test_recommend_many_is_recommend_for_each_user(trained):
     with pytest.raises(MMRecError, match="user 'nobody' is not known"):
         rec.recommend_many(["u0", "nobody"])
     for bad in (dict(batch_size=0), dict(k=0)):
-        with pytest.raises(MMRecError, match="k and batch_size must be at least 1"):
+        with pytest.raises(MMRecError, match=f"{next(iter(bad))} must be at least 1, got 0"):
             rec.recommend_many([], **bad)
 
 
@@ -366,3 +366,49 @@ def test_cli_recommend_for_several_users(trained, capsys, monkeypatch):
     ]:
         assert main(["recommend", "--index", d, *argv, "-q"]) == status  # options that do not go together: 2
         assert message in capsys.readouterr().err
+
+
+def test_user_ids_are_read_as_item_ids_are(trained):
+    rec = Recommender.load(trained / "model", show_progress=False)
+    assert rec.known_items(" u3 ") == rec.known_items("u3")  # surrounding spaces, as an item id's
+    rows = rec.user_ids.index("u3")
+    assert rec.user_index("u3") == rows
+    with pytest.raises(MMRecError, match="True is not a user id"):
+        rec.recommend(True)  # Python counts it as 1; no user is named True
+    with pytest.raises(MMRecError, match="k must be a whole number of at least 1, got 2.5"):
+        rec.recommend("u3", k=2.5, diversity=0.3)
+    with pytest.raises(MMRecError, match="candidates must be at least 1, got -5"):
+        rec.recommend("u3", k=3, diversity=0.3, candidates=-5)
+    with pytest.raises(ConfigError, match="diversity weight must be a number in \\[0, 1\\], got None"):
+        rec.recommend("u3", k=3, diversity=None)
+    # None is no id: nothing excluded, and a known user's history alone.
+    assert rec.recommend("u3", k=3, exclude=None) == rec.recommend("u3", k=3)
+    assert rec.recommend_history(None, k=3, user="u3") == rec.recommend_history([], k=3, user="u3")
+
+
+def test_a_content_index_has_no_users_and_says_so(trained, tmp_path):
+    x = np.load(trained / "content.npy")
+    ItemIndex.from_features(list(range(len(x))), {"content": x}, show_progress=False).save(tmp_path / "c")
+    rec = Recommender.load(tmp_path / "c", show_progress=False)
+    for call in (lambda: rec.known_items("u0"), lambda: rec.liked_items("u0"), lambda: rec.recommend("u0")):
+        with pytest.raises(MMRecError, match="content index"):
+            call()
+
+
+def test_a_trained_index_in_memory_is_not_saved_without_its_model(tmp_path):
+    inter, feats = write_planted(tmp_path)
+    rec, _, _ = fit(inter, features={"content": feats}, config={**FAST, "epochs": 1}, split="random",
+                    show_progress=False)  # a mapping of TrainConfig fields, as finetune takes
+    assert rec.config.epochs == 1 and rec.config.dim == FAST["dim"]
+    with pytest.raises(MMRecError, match="held in memory without the model's files: train with an output directory"):
+        rec.items.save(tmp_path / "alone")
+    assert not (tmp_path / "alone").exists()
+    with pytest.raises(ConfigError, match=r"unknown training options \['epoch'\]"):
+        fit(inter, features={"content": feats}, config={"epoch": 1}, show_progress=False)
+
+
+def test_a_trained_directory_missing_a_model_file_is_named(trained, tmp_path):
+    shutil.copytree(trained / "model", tmp_path / "model")
+    (tmp_path / "model" / "users.json").unlink()
+    with pytest.raises(ValueError, match="users.json"):  # IndexFormatError, as the CLI prints it
+        Recommender.load(tmp_path / "model", show_progress=False)

@@ -229,6 +229,10 @@ def test_every_refusal_says_what_to_do(small, tmp_path):
 
     with pytest.raises(ConfigError, match=r"none of the source model's modalities \['content'\]"):
         finetune(src, b_inter, features={"content": b_feats}, ignore=["content"], **quiet)
+    with pytest.raises(ConfigError, match=r"none of the source model's modalities \['content'\]"):
+        finetune(src, b_inter, features={"content": b_feats}, ignore="content", **quiet)  # one name, not 7 letters
+    with pytest.raises(ConfigError, match=r"unknown training options \['epoch'\]"):
+        finetune(src, b_inter, features={"content": b_feats}, config={"epoch": 3}, **quiet)
 
     with pytest.raises(ConfigError, match=r"heads=4 \(source: 2\)"):
         finetune(src, b_inter, features={"content": b_feats}, config={"heads": 4}, **quiet)
