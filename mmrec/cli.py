@@ -626,15 +626,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     rec = _open_recommender(args)
     try:  # the server readies the directory: no progress bars, encoders on --device
         server = RecommenderServer(rec, args.host, args.port, reload_every=1.0 if args.reload else None,
-                                   device=args.device, loaded_stamp=stamp)
+                                   device=args.device, loaded_stamp=stamp, warm=args.warm)
     except OSError as e:
         raise ConfigError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
-    if args.warm and "text" in rec.items.manifest.get("encoders", {}):
-        rec.items.encoders.get("text")  # loaded now, not by the first text query
+    if args.warm:
+        server.warm_up()  # loaded now, not by the first text query
     host, port = server.server_address[:2]
     kind = "trained model" if rec.trained else "content index"
+    where = f"[{host}]" if ":" in host else host  # an IPv6 address, as a URL writes it
     print(f"serving {args.index} ({kind}, {len(rec.items)} items, {len(rec.user_ids)} users) at "
-          f"http://{host}:{port}  routes: /health {' '.join(ROUTES)}  (Ctrl-C stops)", flush=True)
+          f"http://{where}:{port}  routes: /health {' '.join(ROUTES)}  (Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -993,7 +994,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="load the directory again when it changes on disk (index add / remove / rebuild / tune, "
                          "train --overwrite), checked at most once a second (default on)")
     sv.add_argument("--warm", action=argparse.BooleanOptionalAction, default=True,
-                    help="load the text encoder at start instead of at the first text query (default on)")
+                    help="load the text encoder at start, and a reloaded directory's changed one before it serves, "
+                         "instead of at the first text query, which holds up every request meanwhile (default on)")
     _common(sv)
     sv.set_defaults(func=cmd_serve)
 

@@ -156,7 +156,7 @@ class Encoders:
         """Take over the encoders ``other`` has loaded for modalities whose manifest entry is the
         same here (same model and identity) and that run on this device: a directory loaded
         again keeps its warm encoders. Returns the modalities taken over."""
-        taken = [m for m, enc in other._loaded.items()
+        taken = [m for m, enc in list(other._loaded.items())  # a copy: a query may load one meanwhile
                  if m not in self._loaded and self.spec.get(m) == other.spec.get(m) and other.device == self.device]
         for m in taken:
             self._loaded[m] = other._loaded[m]

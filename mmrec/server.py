@@ -152,7 +152,7 @@ def _explain_items(p: Params) -> int:
 
     if p.one("explain_items") is not None and not p.flag("explain"):
         raise BadRequest(f"{p.route}: 'explain_items' sets how many history items 'explain' names: give explain=1 too")
-    return p.integer("explain_items", DEFAULT_HISTORY, 0)
+    return p.integer("explain_items", DEFAULT_HISTORY, 1)
 
 
 def _only(rec, p: Params) -> Collection[Any] | None:
@@ -335,16 +335,23 @@ class RecommenderServer(ThreadingHTTPServer):
     again, leaves the loaded copy serving (with a warning); a failed version is not tried again
     until one of the directory's files changes (a copy still in progress does). A directory whose
     manifest stays missing (deleted, or replaced by another folder) is said to be so once, with a
-    warning, after :data:`MISSING_WARN_SECONDS`.
+    warning, after :data:`MISSING_WARN_SECONDS`. With ``warm``, a reloaded copy whose text
+    encoder changed loads it before it replaces the old copy, not at its first text query, which
+    would hold up every request meanwhile; :meth:`warm_up` loads the first copy's (``mmrec serve``
+    calls it once listening).
     """
 
     daemon_threads = True
+    # Connections waiting to be accepted: the standard library's 5 makes a burst of new clients
+    # wait seconds for the kernel's SYN retries (the kernel caps it at net.core.somaxconn).
+    request_queue_size = socket.SOMAXCONN
 
     def __init__(self, recommender, host: str = "127.0.0.1", port: int = 8000, *,
                  reload_every: float | None = 1.0, device: str | None = None,
-                 loaded_stamp: Any = _NOW) -> None:
+                 loaded_stamp: Any = _NOW, warm: bool = False) -> None:
         self.reload_every = reload_every
         self.device = device
+        self.warm = warm
         self.recommender = self._prepare(recommender)
         self.lock = threading.Lock()
         self._directory = recommender.items.directory
@@ -366,12 +373,24 @@ class RecommenderServer(ThreadingHTTPServer):
             return
         super().handle_error(request, client_address)
 
-    def _prepare(self, rec):
-        """``rec`` made ready to serve: no progress bar per text query, encoders on ``device``."""
+    def _prepare(self, rec, old=None):
+        """``rec`` made ready to serve: no progress bar per text query, encoders on ``device``; a
+        reloaded copy takes over ``old``'s loaded encoders when unchanged, and with ``warm`` loads
+        its text encoder otherwise."""
         rec.items.encoders.show_progress = False
         if self.device is not None:
             rec.items.encoders.to(self.device)
+        if old is not None:
+            rec.items.encoders.adopt(old.items.encoders)
+            if self.warm:
+                self.warm_up(rec)
         return rec
+
+    def warm_up(self, rec=None) -> None:
+        """Load the text encoder of ``rec`` (default: the copy serving now), when it has one."""
+        rec = self.recommender if rec is None else rec
+        if "text" in rec.items.manifest.get("encoders", {}):
+            rec.items.encoders.get("text")
 
     def current(self):
         """The recommender to answer with, loaded again first if its directory changed (see the
@@ -407,18 +426,27 @@ class RecommenderServer(ThreadingHTTPServer):
         from mmrec.recommender import Recommender
 
         old = self.recommender
+        # The files as they were when the load began: a copy that completes while the load fails
+        # then differs from the failed version, and is tried at the next check.
+        files = _files_signature(self._directory)
         try:
             new = Recommender.load(self._directory, show_progress=False)
         except Exception as e:  # noqa: BLE001 -- whatever the files hold, the loaded copy goes on serving
             logger.warning("%s changed but does not load (%s: %s): serving the copy loaded before", self._directory,
                            type(e).__name__, e)
-            self._failed = (stamp, _files_signature(self._directory))
+            self._failed = (stamp, files)
             return old
         if manifest_stamp(self._directory) != stamp:  # rewritten while it loaded: files of two versions
             logger.info("%s changed again while it loaded: serving the copy loaded before until the next check",
                         self._directory)
             return old
-        self._prepare(new).items.encoders.adopt(old.items.encoders)  # a warm text encoder stays warm
+        try:  # a warm text encoder stays warm, a changed one is loaded before the copy serves
+            self._prepare(new, old)
+        except Exception as e:  # noqa: BLE001 -- an encoder that does not load: the loaded copy goes on serving
+            logger.warning("%s changed but its text encoder does not load (%s: %s): serving the copy loaded before",
+                           self._directory, type(e).__name__, e)
+            self._failed = (stamp, files)
+            return old
         self.recommender, self._stamp = new, stamp
         logger.info("reloaded %s: %d items, %d users (was %d, %d)", self._directory, len(new.items),
                     len(new.user_ids), len(old.items), len(old.user_ids))

@@ -131,6 +131,7 @@ def test_bad_requests_are_refused_with_the_reason(served):
         ("/search?text=space", 400, "this index has no text modality"),
         ("/recommend?user=%ff", 400, "the query string is not UTF-8"),
         ("/recommend?user=u1&explain_items=2", 400, "'explain_items' sets how many history items 'explain' names"),
+        ("/recommend?user=u1&explain=1&explain_items=0", 400, "/recommend: 'explain_items' must be at least 1, got 0"),
         ("/history?item=0&explain_items=2&explain=0", 400, "/history: 'explain_items' sets how many history items"),
         ("/history?item=", 400, "/history: 'item' is empty"),
         ("/similar?item=%20", 400, "/similar: 'item' is empty"),
@@ -195,6 +196,7 @@ def test_an_ipv6_address_is_served_where_the_machine_has_one(model_dir):
     except OSError:
         pytest.skip("no IPv6 loopback here")
     server = RecommenderServer(Recommender.load(model_dir, show_progress=False), "::1", 0)
+    assert server.request_queue_size == socket.SOMAXCONN  # a burst of new clients is not dropped at 5
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         assert get(f"http://[::1]:{server.server_port}/health")[0] == 200
@@ -350,6 +352,23 @@ def test_reload_sees_a_change_made_while_loading_and_never_mixes_or_retries_a_ba
         # ... until one of its files changes, as a copy written file by file does after its manifest.
         (d / "users.json").write_bytes((d / "users.json").read_bytes() + b" ")
         assert server.current() is served and len(loads) == 3
+        # A copy that completes while its load fails is tried again: the failed version is the
+        # files as they were when that load began.
+        good = tmp_path / "good"
+        shutil.copytree(model_dir, good)
+        shutil.copy2(good / "manifest.json", d / "manifest.json")  # the rest still the old version's
+
+        def completed_meanwhile(directory, **kw):
+            try:
+                return real_load(directory, **kw)
+            finally:
+                for f in good.iterdir():
+                    shutil.copy2(f, d / f.name)
+
+        monkeypatch.setattr(Recommender, "load", completed_meanwhile)
+        assert server.current() is served  # did not load
+        monkeypatch.setattr(Recommender, "load", load)
+        assert len(server.current().items) == 32 and len(loads) == 4
     finally:
         server.server_close()
 
@@ -420,4 +439,27 @@ def test_other_requests_are_answered_from_the_old_copy_while_one_reloads(model_d
     finally:
         release.set()
         server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("warm", [True, False])
+def test_a_reloaded_copy_with_a_new_text_encoder_loads_it_before_serving_when_warm(tmp_path, tiny_bert_dir, warm):
+    import shutil
+
+    from mmrec.item_index import ItemIndex
+
+    (tmp_path / "items.csv").write_text("item_id,title\n1,space alien\n2,robot dog\n3,cooking show\n")
+    ItemIndex.build(tmp_path / "items.csv", tmp_path / "text", text_encoder=tiny_bert_dir, image_encoder=None,
+                    show_progress=False)
+    d = tmp_path / "served"
+    ItemIndex.from_features([1, 2, 3], {"x": np.eye(3, dtype=np.float32)}, show_progress=False).save(d)
+    server = RecommenderServer(Recommender.load(d, show_progress=False), "127.0.0.1", 0, reload_every=0.0, warm=warm)
+    try:
+        shutil.rmtree(d)
+        shutil.copytree(tmp_path / "text", d)
+        new = server.current()  # the request that finds the change loads it: the encoder too, when warm
+        assert new.items.modalities == ["text"] and ("text" in new.items.encoders._loaded) == warm
+        server.warm_up()
+        assert "text" in server.recommender.items.encoders._loaded
+    finally:
         server.server_close()
