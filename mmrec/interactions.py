@@ -410,7 +410,7 @@ def check_columns(path: str | Path, *, split: str = "auto", rating_threshold: fl
         raise DataError(path, [Problem(None, "rating", NO_RATING_COLUMN)])
     from mmrec.split import check_rule_columns  # (split reads this module)
 
-    check_rule_columns(split, has_split="split" in header, has_timestamps="timestamp" in header)
+    check_rule_columns(split, has_split="split" in header, has_timestamps="timestamp" in header, source=path)
 
 
 def _read_csv(path: Path, fmt: str, present: list[str], raw: dict[str, str]) -> pa.Table:

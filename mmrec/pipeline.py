@@ -209,7 +209,7 @@ def interactions_for(content: Content, path: str | Path, *, split: str, seed: in
     if options and inter.report.get("unknown_items"):
         logger.warning("%s: skipped %d row(s) of items skipped from the catalog as invalid",
                        path, inter.report["unknown_items"])
-    return ensure_split(inter, split, seed)
+    return ensure_split(inter, split, seed, source=path)
 
 
 def _catalog_skipped(content: Content) -> list[ItemId]:
@@ -635,7 +635,8 @@ def evaluate_directory(
         raise MMRecError(f"{interactions} has no split column, and the model was trained on the split its training "
                          "file gave: evaluate on a file with the split column, or choose a rule (--split-rule random "
                          "or temporal)")
-    inter = ensure_split(loaded, how or rec.split_rule, rec.config.seed, option="--split-rule", keys=rec.split_keys)
+    inter = ensure_split(loaded, how or rec.split_rule, rec.config.seed, option="--split-rule", keys=rec.split_keys,
+                         source=interactions)
     inter, gone, emptied = without_items_from(inter, len(item_ids))
     if gone:
         logger.warning("%d rows of %s are items not in the index (removed since training?): skipped; %d users "

@@ -31,6 +31,7 @@ import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
@@ -190,19 +191,22 @@ def split_temporal(
 HOW = ("auto", "given", "random", "temporal")
 
 
-def check_rule_columns(how: str, *, has_split: bool, has_timestamps: bool, option: str = "--split") -> None:
+def check_rule_columns(how: str, *, has_split: bool, has_timestamps: bool, option: str = "--split",
+                       source: str | Path | None = None) -> None:
     """Refuse a split rule the file's columns cannot serve: ``given`` without a split column,
-    ``temporal`` without timestamps (``option`` names the command-line option in the message).
+    ``temporal`` without timestamps (``option`` names the command-line option in the message,
+    ``source`` the file).
 
     Raises:
         ConfigError: saying what to use instead.
     """
+    where = f"{source}: " if source is not None else ""
     if how == "given" and not has_split:
-        raise ConfigError(f"the given split ({option} given) needs a split column ({', '.join(SPLITS)}) in the "
-                          f"interactions, and this file has none: use {option} auto or random")
+        raise ConfigError(f"{where}the given split ({option} given) needs a split column ({', '.join(SPLITS)}) in "
+                          f"the interactions, and this file has none: use {option} auto or random")
     if how == "temporal" and not has_timestamps:
-        raise ConfigError(f"a temporal split ({option} temporal) needs a timestamp column: use a random split "
-                          f"({option} random) or a file with timestamps")
+        raise ConfigError(f"{where}a temporal split ({option} temporal) needs a timestamp column, and this file has "
+                          f"none: use a random split ({option} random) or a file with timestamps")
 
 
 def ensure_split(
@@ -213,6 +217,7 @@ def ensure_split(
     ratios: Sequence[float] = (0.8, 0.1, 0.1),
     option: str = "--split",
     keys: str = "pairs",
+    source: str | Path | None = None,
 ) -> Interactions:
     """Interactions with a split: the given one, or a new random / temporal one.
 
@@ -226,6 +231,7 @@ def ensure_split(
         option: the command-line option that chose ``how``, for messages (``mmrec evaluate``
             calls it ``--split-rule``).
         keys: the random split's keys (:func:`split_random`).
+        source: the file the interactions came from, named in messages.
 
     Raises:
         ConfigError: an unknown ``how``; ``"given"`` without a split column;
@@ -234,7 +240,7 @@ def ensure_split(
     if how not in HOW:
         raise ConfigError(f"how must be one of {', '.join(HOW)}, got {how!r}")
     check_rule_columns(how, has_split=inter.split is not None, has_timestamps=inter.timestamps is not None,
-                       option=option)
+                       option=option, source=source)
     if how == "given" or (how == "auto" and inter.split is not None):
         return inter
     if how == "temporal":

@@ -47,6 +47,7 @@ import math
 import copy
 import dataclasses
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,7 @@ from mmrec.catalog import Catalog, load_catalog
 from mmrec.config import ARCHITECTURE, TrainConfig, config_changes
 from mmrec.errors import ConfigError
 from mmrec.interactions import check_columns
-from mmrec.item_index import check_device, check_out
+from mmrec.item_index import check_device, check_factory, check_out
 from mmrec.pipeline import Content, fit, load_content
 from mmrec.recommender import Recommender
 from mmrec.train import Trainer, TrainResult
@@ -167,7 +168,14 @@ def source_content(
     loaded: dict[str, tuple[Any, dict]] = {}
     if catalog is not None:
         has = {"text": any(catalog.texts), "image": catalog.has_images}
-        wanted = [m for m, yes in has.items() if yes and m not in ignore and m not in features]
+        clash = sorted(m for m, yes in has.items() if yes and m not in ignore and m in features)
+        if clash:  # as `train` refuses it: one of the two would be dropped silently
+            raise ConfigError(
+                f"modalities {clash} come both from the catalog {catalog.source} (encoded with the source model's "
+                f"encoder) and from --features: leave out --features {clash[0]}=..., or give a catalog without "
+                f"{' or '.join('text columns' if m == 'text' else 'an image column' for m in clash)} to use the "
+                f"given features instead")
+        wanted = [m for m, yes in has.items() if yes and m not in ignore]
         never = [m for m in wanted if m not in dims]
         if never:
             raise ConfigError(_never_had(never, dims, f"the catalog {catalog.source}"))
@@ -178,10 +186,14 @@ def source_content(
                     f"unknown: pass --features {m}=PATH.npy computed the same way, or --ignore-modality {m}"
                 )
             loaded[m] = (source.items.encoders.get(m), specs[m])
-    content = load_content(catalog, features, cache_dir=cache_dir, show_progress=show_progress,
-                           loaded_encoders=loaded, device=device)
-    wrong = [f"'{m}' has width {x.shape[1]}, the source model expects {dims[m]}"
-             for m, x in content.features.items() if x.shape[1] != dims[m]]
+    widths = {m: _npy_width(p) for m, p in features.items()}  # from the headers, before the catalog is encoded
+    wrong = [f"'{m}' ({features[m]}) has width {w}, the source model expects {dims[m]}"
+             for m, w in widths.items() if w is not None and m in dims and w != dims[m]]
+    if not wrong:
+        content = load_content(catalog, features, cache_dir=cache_dir, show_progress=show_progress,
+                               loaded_encoders=loaded, device=device)
+        wrong = [f"'{m}' has width {x.shape[1]}, the source model expects {dims[m]}"
+                 for m, x in content.features.items() if x.shape[1] != dims[m]]
     if wrong:
         raise ConfigError(
             f"the new features do not fit the source model: {'; '.join(wrong)}. Compute them with the encoder "
@@ -209,6 +221,19 @@ def source_content(
                 f"source model has no ID embeddings (use_id off) to represent them: drop them from the catalog"
             )
     return content
+
+
+def _npy_width(path: str | Path) -> int | None:
+    """The column count of a 2-d ``.npy`` file, read from its header; ``None`` when it is no such
+    file (:func:`mmrec.pipeline.load_npy_features` then says what is wrong with it)."""
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as f:
+            major, _ = fmt.read_magic(f)
+            shape = (fmt.read_array_header_1_0 if major == 1 else fmt.read_array_header_2_0)(f)[0]
+    except (ValueError, OSError, EOFError):
+        return None
+    return int(shape[1]) if len(shape) == 2 else None
 
 
 def _never_had(names: list[str], dims: Mapping[str, int], where: str) -> str:
@@ -308,7 +333,8 @@ def transfer_weights(
         known = source.user_embedding.weight[torch.from_numpy(user_rows[keep]).to(device)]  # [U', D]
         users[torch.from_numpy(keep).to(users.device)] = known.to(users.device, users.dtype)
     if target.item_embedding is not None:
-        # Back to a fresh start's scale (directions kept): the trained source's projected tokens
+        # Back to a fresh N(0, 0.1^2) start's scale, 0.1 sqrt(D), whatever id_init the model used
+        # (directions kept): the trained source's projected tokens
         # are ~15x longer than N(0, 0.1^2) rows, and at that scale fine-tuning lost to training
         # from scratch (ml100k-plus new-movie split, 3 seeds: test Recall@20 0.149 vs 0.201;
         # rescaled 0.195, and 0.203 with the source's users kept; scripts/quality_cold.py).
@@ -390,8 +416,16 @@ def finetune(
     check_out(out, overwrite, [src.items.directory, interactions,
                                catalog.source if isinstance(catalog, Catalog) else catalog,
                                *(features or {}).values(), catalog_options.get("image_root"), cache_dir])
-    cfg = finetune_config(src.config, config)
     given = dataclasses.asdict(config) if isinstance(config, TrainConfig) else dict(config or {})
+    try:
+        cfg = finetune_config(src.config, config)
+    except ConfigError as e:  # an inherited setting that clashes with a given one: say where it came from
+        inherited = [f"--{f.name.replace('_', '-')} {getattr(src.config, f.name)}" for f in dataclasses.fields(TrainConfig)
+                     if f.name not in given and f.name not in ARCHITECTURE and re.search(rf"\b{f.name}\b", str(e))]
+        if not inherited:
+            raise
+        raise ConfigError(f"{e} ({', '.join(inherited)} from the source's config.json: give another value to "
+                          f"override it)") from e
     if src.config.cold_start > 0 and "cold_start" not in given:
         # An evaluation protocol of the source's data (items held out of training), as --split is: not inherited.
         logger.info("the source model held %g of its items out of training (--cold-start); every new item is "
@@ -408,6 +442,7 @@ def finetune(
         logger.warning("the source model was trained with rating threshold %g; the new interactions have none, "
                        "so every row is a positive (give --rating-threshold to apply one)", src.rating_threshold)
     check_columns(interactions, split=split, rating_threshold=rating_threshold)  # before the encoding below
+    check_factory(factory, 1 << 30)  # its form; enough items to train it is checked once they are known
     content = source_content(src, catalog, features, ignore=ignore, cache_dir=cache_dir,
                              show_progress=show_progress, device=cfg.device, **catalog_options)
     if cfg.finetune != "frozen":  # the tuner trains them in place: leave the source's own untouched

@@ -691,8 +691,8 @@ def test_what_the_interaction_header_refuses_is_refused_before_the_catalog_is_en
 
     inter_path, feats = write_planted(tmp_path)  # user_id, item_id: no rating, timestamp or split column
     monkeypatch.setattr(mmrec.pipeline, "load_content", lambda *a, **k: pytest.fail("encoded before refusing"))
-    for options, message in (({"split": "temporal"}, "needs a timestamp column"),
-                             ({"split": "given"}, "needs a split column"),
+    for options, message in (({"split": "temporal"}, "interactions.tsv: a temporal split .* needs a timestamp column"),
+                             ({"split": "given"}, "interactions.tsv: the given split .* needs a split column"),
                              ({"rating_threshold": 4.0}, "rating_threshold is set but the file has no rating column")):
         with pytest.raises(MMRecError, match=message):
             fit(inter_path, features={"content": feats}, config=TrainConfig(**FAST), show_progress=False, **options)

@@ -224,7 +224,8 @@ def test_every_refusal_says_what_to_do(small, tmp_path):
         finetune(src, b_inter, features={"content": b_feats, "extra": b_feats}, **quiet)
 
     narrow = _save(tmp_path, "narrow.npy", x[:, :3])
-    with pytest.raises(ConfigError, match=r"'content' has width 3, the source model expects 4\. Compute them"):
+    with pytest.raises(ConfigError, match=r"'content' \(.*narrow\.npy\) has width 3, the source model expects 4\. "
+                                          r"Compute them"):
         finetune(src, b_inter, features={"content": narrow}, **quiet)
 
     with pytest.raises(ConfigError, match=r"none of the source model's modalities \['content'\]"):
@@ -472,6 +473,12 @@ def test_a_new_catalog_without_the_source_image_column_masks_images(tmp_path, ti
     with pytest.raises(DataError, match=r"field 'picture': image column not found"):
         finetune(tmp_path / "source", b_inter, catalog=b_cat, image_field="picture", split="random",
                  show_progress=False)
+    # The catalog's text and a text .npy: refused, as `train` refuses it, not one of them dropped.
+    np.save(tmp_path / "t.npy", np.ones((16, source.items.features["text"].shape[1]), np.float32))
+    with pytest.raises(ConfigError, match=r"modalities \['text'\] come both from the catalog .*b\.csv \(encoded "
+                                          r"with the source model's encoder\) and from --features"):
+        finetune(tmp_path / "source", b_inter, catalog=b_cat, features={"text": tmp_path / "t.npy"}, split="random",
+                 show_progress=False)
 
 
 def test_index_add_is_quiet_when_asked(tmp_path, tiny_bert_dir, tiny_vit_dir, image_paths, capfd):
@@ -549,5 +556,22 @@ def test_finetune_refuses_what_the_interaction_header_refuses_before_encoding(sm
 
     d, b_inter, b_feats = small
     monkeypatch.setattr(mmrec.transfer, "source_content", lambda *a, **k: pytest.fail("encoded before refusing"))
-    with pytest.raises(ConfigError, match="needs a timestamp column"):
+    with pytest.raises(ConfigError, match="interactions.tsv: a temporal split .* needs a timestamp column"):
         finetune(d / "source", b_inter, features={"content": b_feats}, split="temporal", show_progress=False)
+    with pytest.raises(ConfigError, match="--factory bogus"):
+        finetune(d / "source", b_inter, features={"content": b_feats}, factory="bogus", show_progress=False)
+    monkeypatch.undo()
+    # Features of the wrong width are named from their header, before any encoding.
+    monkeypatch.setattr(mmrec.transfer, "load_content", lambda *a, **k: pytest.fail("encoded before refusing"))
+    np.save(d / "wide.npy", np.ones((24, 9), np.float32))
+    with pytest.raises(ConfigError, match=r"'content' \(.*wide\.npy\) has width 9, the source model expects 4"):
+        finetune(d / "source", b_inter, features={"content": d / "wide.npy"}, split="random", show_progress=False)
+
+
+def test_an_inherited_setting_that_clashes_says_where_it_came_from(small):
+    d, b_inter, b_feats = small
+    src = Recommender.load(d / "source", show_progress=False)
+    src.config = dataclasses.replace(src.config, ema=0.9)
+    with pytest.raises(ConfigError, match=r"ema averages .*not 'top:1' \(--ema 0\.9 from the source's config\.json: "
+                                          r"give another value to override it\)"):
+        finetune(src, b_inter, features={"content": b_feats}, config={"finetune": "top:1"}, show_progress=False)
