@@ -363,6 +363,10 @@ def _check_given_fields(path: Path, columns: list[str], encoded: Sequence[str],
     has nothing to encode: say which columns the new rows need (``--text-fields`` is no option there)."""
     (asked_text, kept_text), (asked_image, kept_image) = text, image
     if ("text" in encoded and kept_text) or ("image" in encoded and kept_image):
+        if "text" in encoded and asked_text and "text_fields" in optional and not kept_text:
+            # The rows then need an image each: a row without one is named, this says why.
+            logger.warning("%s has none of the text columns (%s) that the index or model it extends reads: its "
+                           "items get no text", path, ", ".join(asked_text))
         return
     wanted = []
     if "text" in encoded and asked_text and "text_fields" in optional:

@@ -440,7 +440,7 @@ def test_cli_finetune_end_to_end(small, tmp_path, capsys):
 
 
 def test_a_new_catalog_without_the_source_image_column_masks_images(tmp_path, tiny_bert_dir, tiny_vit_dir,
-                                                                     image_paths):
+                                                                     image_paths, caplog):
     # The README: a source modality the new data lacks is masked for every item. The source's
     # image field is a default here, not a demand: a catalog without that column is text-only.
     words = ["cat", "dog", "space", "war", "love", "city", "toy", "boy", "police", "night"]
@@ -470,6 +470,11 @@ def test_a_new_catalog_without_the_source_image_column_masks_images(tmp_path, ti
     # index add on the source takes the same text-only file; an image field asked for is still checked
     source = Recommender.load(tmp_path / "source", show_progress=False)
     assert source.items.add(b_cat) == 16 and not source.items.present["image"][-16:].any()
+    # ... and an image-only file, with a word on the text it lacks (a row without an image is then an error)
+    (tmp_path / "img.csv").write_text("item_id,image\nz0,pic.jpg\nz1,pic.jpg\n")
+    with caplog.at_level(logging.WARNING, logger="mmrec.catalog"):
+        assert source.items.add(tmp_path / "img.csv") == 2 and not source.items.present["text"][-2:].any()
+    assert "img.csv has none of the text columns (title) that the index or model it extends reads" in caplog.text
     with pytest.raises(DataError, match=r"field 'picture': image column not found"):
         finetune(tmp_path / "source", b_inter, catalog=b_cat, image_field="picture", split="random",
                  show_progress=False)
