@@ -17,7 +17,7 @@ import contextlib
 import copy
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -32,6 +32,7 @@ from fusion.item_graph import knn_item_graph
 from fusion.losses import alignment_loss, bpr_loss, l2_regularization, norm_regularization, sampled_softmax_loss
 from fusion.model import FusedGraphModel
 from mmrec.config import TrainConfig
+from mmrec.errors import MMRecError
 from mmrec.graph import build_edge_index, prune_edges
 from mmrec.interactions import Interactions
 from mmrec.metrics import evaluate, score_users
@@ -106,10 +107,16 @@ class NegativeSampler:
     Args:
         positives: ``[U, N]`` CSR of every interaction the model may learn from (train split).
         seed: generator seed.
-        candidates: ``[N]`` bool, the items that may be drawn; default all.
+        candidates: ``[N]`` bool, the items that may be drawn; default all (``train --cold-start``
+            leaves out the items it holds out).
+        user_ids: the users' external ids, named when one has no negative to draw.
+
+    Raises:
+        MMRecError: a user whose known items are every item that may be drawn.
     """
 
-    def __init__(self, positives: sp.csr_matrix, seed: int, candidates: np.ndarray | None = None) -> None:
+    def __init__(self, positives: sp.csr_matrix, seed: int, candidates: np.ndarray | None = None,
+                 user_ids: Sequence[object] | None = None) -> None:
         coo = positives.tocoo()
         self.num_items = positives.shape[1]
         self.pool = np.arange(self.num_items) if candidates is None else np.flatnonzero(candidates)
@@ -119,8 +126,15 @@ class NegativeSampler:
         # duplicate entry is still one item).
         known_allowed = np.bincount(self.keys[allowed[self.keys % self.num_items]] // self.num_items,
                                     minlength=positives.shape[0])  # [U]
-        if (known_allowed >= len(self.pool)).any():
-            raise ValueError("a user has interacted with every item: no negative exists")
+        full = np.flatnonzero(known_allowed >= len(self.pool))
+        if len(full):
+            names = [repr(user_ids[u]) if user_ids is not None else f"#{u}" for u in full[:10]]
+            scope = "every item" if candidates is None else "every item training may draw (not those held out)"
+            raise MMRecError(
+                f"{len(full)} user(s) ({', '.join(names)}{' ...' if len(full) > 10 else ''}) interacted with {scope} "
+                f"in the training split: no negative item exists to train them against; leave them out of the "
+                f"interactions" + ("" if candidates is None else ", or hold fewer items out (--cold-start) or "
+                                   "another draw of them (--seed)"))
         self.rng = np.random.default_rng(seed)
 
     def _draw(self, size: int) -> np.ndarray:
@@ -176,7 +190,7 @@ class Trainer:
             self.train_users, self.train_items, inter.num_users, num_items=inter.num_items
         ).to(self.device)
         self.epoch_graph = self.edge_index  # the graph training steps propagate over (pruned per epoch)
-        self.sampler = NegativeSampler(inter.user_items("train"), cfg.seed, data.negatives)
+        self.sampler = NegativeSampler(inter.user_items("train"), cfg.seed, data.negatives, inter.user_ids)
         groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
         groups += tuner.param_groups() if tuner is not None else []
         self.optimizer = torch.optim.Adam(groups, lr=cfg.lr)
@@ -341,6 +355,15 @@ class Trainer:
                 self.tuner.end_epoch(self.features)
             seconds.append(time.perf_counter() - t)
             row = {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": seconds[-1]}
+            if not np.isfinite(row["loss"]):  # diverged: the weights are NaN or inf from here on
+                if best_state is None:
+                    raise MMRecError(f"training diverged at epoch {epoch} (loss {row['loss']}), before any validated "
+                                     f"state to keep: lower the learning rate (--lr, now {cfg.lr:g})")
+                logger.warning("training diverged at epoch %d (loss %s): stopped, keeping the best weights so far "
+                               "(epoch %d); a lower learning rate (--lr, now %g) may train further", epoch,
+                               row["loss"], best_epoch, cfg.lr)
+                history.append(row)
+                break
             if has_valid and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
                 with self.averaged():
                     metrics = self.validate("valid")

@@ -27,12 +27,14 @@ def test_negative_sampler_never_returns_a_positive():
     assert neg.shape == (600, 3)
     assert not pos[np.repeat(users, 3), neg.ravel()].any()
     assert set(neg[users == 0].ravel()) == {3, 4}  # every allowed item is reachable
-    with pytest.raises(ValueError, match="every item"):
-        NegativeSampler(sp.csr_matrix(np.ones((1, 3), np.float32)), seed=0)
+    with pytest.raises(MMRecError, match=r"1 user\(s\) \('ann'\) interacted with every item in the training split: "
+                                         r"no negative item exists.*leave them out of the interactions$"):
+        NegativeSampler(sp.csr_matrix(np.ones((1, 3), np.float32)), seed=0, user_ids=["ann"])
     # Items are counted, not values summed: ratings, or an entry stored twice, still leave item 3.
     rated = sp.csr_matrix((np.array([5.0, 4.0, 1.0, 1.0]), (np.zeros(4, int), np.array([0, 1, 2, 2]))), shape=(1, 4))
     assert set(NegativeSampler(rated, seed=0)(np.zeros(50, int), 1).ravel()) == {3}
-    with pytest.raises(ValueError, match="every item"):  # among the candidates: 0 and 1 are known
+    with pytest.raises(MMRecError, match=r"\(#0\) interacted with every item training may draw \(not those held "
+                                         r"out\).*--cold-start"):  # among the candidates: 0 and 1 are known
         NegativeSampler(rated, seed=0, candidates=np.array([True, True, False, False]))
 
 
@@ -698,3 +700,31 @@ def test_what_the_interaction_header_refuses_is_refused_before_the_catalog_is_en
             fit(inter_path, features={"content": feats}, config=TrainConfig(**FAST), show_progress=False, **options)
     with pytest.raises(DataError, match=r"missing.tsv: file not found"):
         fit(tmp_path / "missing.tsv", features={"content": feats}, config=TrainConfig(**FAST), show_progress=False)
+
+
+@pytest.mark.parametrize("good_epochs", [2, 0])
+def test_a_diverged_run_keeps_its_best_weights_or_says_what_to_do(tmp_path, monkeypatch, caplog, good_epochs):
+    inter_path, feats = write_planted(tmp_path)
+    real, calls = Trainer.step, []
+
+    def step(self, users, pos):  # the loss turns NaN after `good_epochs` epochs, as at a too-high --lr
+        calls.append(1)
+        loss = real(self, users, pos)
+        per_epoch = -(-len(self.train_users) // self.cfg.batch_size)
+        return float("nan") if len(calls) > good_epochs * per_epoch else loss
+
+    monkeypatch.setattr(Trainer, "step", step)
+    config = TrainConfig(**(FAST | {"epochs": 6, "patience": 6}))
+    if not good_epochs:
+        with pytest.raises(MMRecError, match=r"training diverged at epoch 1 \(loss nan\), before any validated state "
+                                             r"to keep: lower the learning rate \(--lr, now 0\.05\)"):
+            fit(inter_path, features={"content": feats}, out=tmp_path / "m", config=config, split="random",
+                show_progress=False)
+        assert not (tmp_path / "m").exists()
+        return
+    with caplog.at_level("WARNING", logger="mmrec.train"):
+        rec, result, _ = fit(inter_path, features={"content": feats}, out=tmp_path / "m", config=config,
+                             split="random", show_progress=False)
+    assert "training diverged at epoch 3 (loss nan): stopped, keeping the best weights so far" in caplog.text
+    assert len(result.history) == 3 and result.best_epoch in (1, 2)
+    assert np.isfinite(rec.items.vectors).all() and np.isfinite(rec.user_vectors).all()
