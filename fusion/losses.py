@@ -85,7 +85,8 @@ def l2_regularization(*tensors: Tensor, batch_size: int) -> Tensor:
 
     Args:
         *tensors: the tensors to penalise (at least one).
-        batch_size: ``B``, the number of training triples in the batch.
+        batch_size: ``B``, the number of (user, positive item) rows in the batch, however many
+            negatives each has (as LightGCN's and MMRec's code divide).
 
     Returns:
         Scalar penalty.

@@ -43,7 +43,7 @@ class TrainConfig:
     use_content: bool = _f(True, "use the content modalities (off: plain ID-only LightGCN)")
     id_mode: str = _f("residual", "how the ID joins content: residual (added to the fused content) or token (one attention token)", ID_MODES)
     content_gain: float = _f(0.01, "initial scale (Xavier gain) of the content projections: content starts near zero and grows where it helps")
-    item_graph_k: int = _f(0, "add each item's k nearest content neighbours' layer-0 vectors (FREEDOM-style item-item graph; a model without content features has none, with a warning); 0: off")
+    item_graph_k: int = _f(0, "add the mean layer-0 vector of each item's k nearest content neighbours, the item itself one of them (FREEDOM-style item-item graph; a model without content features has none, with a warning); 0: off")
     edge_dropout: float = _f(0.0, "fraction of training edges dropped anew each epoch, low-degree edges kept preferentially (FREEDOM's degree-sensitive pruning); 0: off")
     loss: str = _f("bpr", "ranking loss: bpr or softmax (sampled softmax)", LOSSES)
     negatives: int = _f(1, "negatives sampled per positive (known positives excluded)")

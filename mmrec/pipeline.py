@@ -327,7 +327,7 @@ def fit(
         raise DataError(source, [Problem(None, None, (
             f"item {item_ids[i]!r} has no content (every modality missing: {', '.join(dims)}) {why}; give it "
             "features, or leave it out")) for i in orphans])
-    no_edges = int((train_degree == 0).sum())
+    no_edges = int(((train_degree == 0) & (True if held_out is None else ~held_out)).sum())  # held out: not trained
     if no_edges and dims:
         logger.info("%d items have no training interaction: learned from content alone", no_edges)
     data = TrainData(

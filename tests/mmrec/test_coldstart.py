@@ -462,3 +462,12 @@ def test_an_id_only_model_refuses_new_items_with_the_reason(tmp_path):
     with pytest.raises(MMRecError, match=r"has no content modality \(an ID-only model\): .*train again"):
         rec.items.add(tmp_path / "new.csv")
     assert len(Recommender.load(tmp_path / "m", show_progress=False).items) == 8
+
+
+def test_held_out_items_are_not_counted_as_learned_from_content(tmp_path, caplog):
+    inter, feats = write_planted(tmp_path, users=64, items=32, per_user=8)  # every item in 16 users' lists
+    with caplog.at_level("INFO", logger="mmrec.pipeline"):
+        fit(inter, features={"content": feats}, config=TrainConfig(**(FAST | {"epochs": 1}), cold_start=0.25),
+            split="random", show_progress=False)
+    assert "8 of 32 items held out of training" in caplog.text
+    assert "learned from content alone" not in caplog.text  # held out: not trained at all
