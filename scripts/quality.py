@@ -439,7 +439,7 @@ def welch_p(a: list[float], b: list[float]) -> float | None:
     """Two-sided p-value of Welch's t-test that two sets of seed runs share a mean (None below 2 each)."""
     if min(len(a), len(b)) < 2 or (np.std(a) == 0 and np.std(b) == 0):
         return None
-    return float(f"{stats.ttest_ind(a, b, equal_var=False).pvalue:.3g}")  # 3 significant digits
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
 def checks(name: str, entry: dict[str, Any]) -> dict[str, Any]:
@@ -458,7 +458,7 @@ def checks(name: str, entry: dict[str, Any]) -> dict[str, Any]:
                 "fused": f, "id_only": i, "relative_gain": (f - i) / i, "ahead": f > i,
                 "met": f > i and p is not None and p < SIGNIFICANCE,
                 "seeds": [fc["n"], ic["n"]], "gap_within_seed_std": None if noise is None else abs(f - i) <= noise,
-                "welch_p": p}
+                "welch_p": None if p is None else float(f"{p:.3g}")}  # stored to 3 digits, judged unrounded
     tol = DATASETS[name].get("lightgcn_tolerance")
     if tol is not None:
         ref = DATASETS[name]["published"]["LightGCN"]
