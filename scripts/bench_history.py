@@ -25,7 +25,7 @@ the fused and ID-only LightGCN at the points ``scripts/quality.py`` chose on val
 fold-in's cost is timed too: the Gram matrix (once per item set) and one user's solve.
 
     .venv/bin/python scripts/bench_history.py --datasets ml100k-plus --seeds 0 1 2 --cache-dir ~/.cache/mmrec/features
-    .venv/bin/python scripts/bench_history.py --datasets tiktok --seeds 0
+    .venv/bin/python scripts/bench_history.py --datasets tiktok --seeds 0 1 2
 """
 from __future__ import annotations
 

@@ -50,9 +50,10 @@ of its training rows. ``mmrec.transfer.finetune(source -> target)`` is compared 
 
 Commands (from the project root; each part can run in its own process)::
 
-    .venv/bin/python scripts/quality_cold.py --parts cold:ml100k-plus --cache-dir CACHE
-    .venv/bin/python scripts/quality_cold.py --parts cold:tiktok --patience 3
-    .venv/bin/python scripts/quality_cold.py --parts finetune:ml100k-plus --ft-seeds 0 1 2 --cache-dir CACHE
+    .venv/bin/python scripts/quality_cold.py --parts cold:ml100k-plus --variants a b c0.1 d0.1 e --cache-dir CACHE
+    .venv/bin/python scripts/quality_cold.py --parts cold:tiktok --variants a b c0.1 d0.1 e --patience 10
+    .venv/bin/python scripts/quality_cold.py --parts finetune:ml100k-plus --ft-seeds 0 1 2 --ft-variant d0.1 \
+        --ft-arms scratch finetune finetune-keep-users --cache-dir CACHE
 
 ``--cache-dir`` keeps MiniLM features of the catalog between runs (encoding it takes minutes on
 a busy CPU). ``--threads 1`` (default) is faster than oversubscribing a shared CPU.
