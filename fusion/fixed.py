@@ -75,6 +75,19 @@ def modality_centers(
     return centers
 
 
+_NORM_ROWS = 65536  # rows converted to float64 at a time for their norms
+
+
+def _row_norms(x: np.ndarray) -> np.ndarray:
+    """``[N]`` float64 L2 norms of float32 rows, computed in float64 a block at a time: float32
+    squares overflow to inf from entries near 1e19 (a row then scaled by 1 / inf would vanish)
+    and underflow to 0 below 1e-23 (a small but real row would count as absent)."""
+    out = np.empty(len(x), np.float64)
+    for start in range(0, len(x), _NORM_ROWS):
+        out[start : start + _NORM_ROWS] = np.linalg.norm(x[start : start + _NORM_ROWS].astype(np.float64), axis=1)
+    return out
+
+
 def combine_modalities(
     vectors: Mapping[str, np.ndarray],
     present: Mapping[str, np.ndarray] | None = None,
@@ -132,7 +145,7 @@ def combine_modalities(
         x = np.asarray(vectors[m], dtype=np.float32)
         if x.ndim != 2:
             raise ValueError(f"modality '{m}' must be 2-d [N, D], got shape {x.shape}")
-        norms = np.linalg.norm(x, axis=1)  # [N]
+        norms = _row_norms(x)  # [N]
         has = norms > 0 if present is None or m not in present else np.asarray(present[m], bool) & (norms > 0)
         x = np.where(has[:, None], x, 0.0).astype(np.float32)  # an absent row may hold anything, NaN included
         if centers is not None and m in centers:
@@ -140,7 +153,7 @@ def combine_modalities(
             if center.shape != (x.shape[1],):
                 raise ValueError(f"the centre of modality '{m}' has shape {center.shape}, its vectors {x.shape[1]} columns")
             x = np.where(has[:, None], x - center, 0.0).astype(np.float32)  # [N, D_m]
-            norms = np.linalg.norm(x, axis=1)  # [N]
+            norms = _row_norms(x)  # [N]
         scale = np.where(has & (norms > 0), np.sqrt(wm) / np.where(norms > 0, norms, 1.0), 0.0).astype(np.float32)
         parts.append(x * scale[:, None])  # [N, D_m]
         any_present |= has & (wm > 0)

@@ -58,6 +58,18 @@ MANIFEST_FIELDS = ("kind", "dim", "factory", "count", "modalities", "tokens", "w
 CHECKSUMMED = (INDEX_FILE, IDS_FILE, "features.safetensors", "items.jsonl")
 
 
+def _refuse_directionless(vectorizer: Any, vectors: np.ndarray, item_ids: Sequence[ItemId], source: str) -> None:
+    """Refuse items whose content vectors are zero: features equal to the catalog means they are
+    measured from, in every modality they have, point nowhere, so ``similar`` on them could rank
+    nothing (and every item would score 0 against them)."""
+    zero = np.flatnonzero(~np.any(vectorizer.mips.original(vectors), axis=1))
+    if len(zero):
+        raise DataError(source, [Problem(None, None, (
+            f"item {item_ids[i]!r}: its features equal the catalog mean in every modality it has, so measured "
+            "from that mean (as similarity is; --no-center turns it off) it has no direction to be ranked by; "
+            "give it other features, or leave it out")) for i in zero])
+
+
 def default_cache_dir() -> Path:
     """Feature cache location: ``$MMREC_CACHE_DIR``, else ``~/.cache/mmrec/features``."""
     env = os.environ.get("MMREC_CACHE_DIR")
@@ -818,6 +830,7 @@ class ItemIndex:
         vectorizer = vectorizer or FixedCombination(w, modalities, centers)
         if vectors is None:
             vectors = vectorizer.item_vectors(features, present)
+            _refuse_directionless(vectorizer, vectors, item_ids, manifest_fields.get("source") or "features")
         index = FaissIndex.build(vectors, list(item_ids), factory=factory)
         manifest = {
             "kind": "content",
@@ -1490,7 +1503,8 @@ class ItemIndex:
             raise MMRecError(f"{catalog.source}: {len(none)} new items have none of this index's modalities "
                              f"{self.modalities}, e.g. {first}{hint}")
         before = self._snapshot()
-        self.add_features(catalog.item_ids, new_features, present, catalog.records, hashes, save=False)
+        self.add_features(catalog.item_ids, new_features, present, catalog.records, hashes, save=False,
+                          source=str(catalog.source))
         if self.directory is not None:
             self._save_or_restore(before, skipped=catalog)
         return len(catalog)
@@ -1505,6 +1519,7 @@ class ItemIndex:
         *,
         save: bool = True,
         vectors: np.ndarray | None = None,
+        source: str = "new items",
     ) -> None:
         """Add items by their modality vectors (already encoded), through the index's content path.
 
@@ -1517,6 +1532,13 @@ class ItemIndex:
             save: write the directory when the index was opened from disk.
             vectors: ``[B, D + 1]`` index vectors already computed by this index's vectorizer
                 (``fit`` has them from calibrating the content path); default: computed here.
+            source: the file the items came from, named in errors.
+
+        Raises:
+            MMRecError: an id already in the index or given twice, or of another type than the
+                index's ids; a modality of the index missing from ``features``.
+            DataError: an item whose content gives it no direction (its features equal the
+                catalog means it is measured from).
         """
         missing = [m for m in self.modalities if m not in features]
         if missing:
@@ -1536,6 +1558,7 @@ class ItemIndex:
         n = len(item_ids)
         if vectors is None:
             vectors = self.vectorizer.item_vectors(features, present, self._neighbour_pool())
+            _refuse_directionless(self.vectorizer, vectors, item_ids, source)
         elif vectors.shape != (n, self.vectors.shape[1]):
             raise ValueError(f"vectors must have shape [{n}, {self.vectors.shape[1]}], got {list(vectors.shape)}")
         self.index.add(vectors, list(item_ids))

@@ -97,10 +97,12 @@ def load_npy_features(specs: Mapping[str, str | Path], num_items: int | None) ->
             reason = str(e).split(". ")[0]  # numpy's advice on unpickling does not apply here
             raise DataError(path, [Problem(None, None, f"feature file for modality '{name}' is not a numeric "
                                                        f".npy array ({reason})")]) from e
-        if not isinstance(x, np.ndarray) or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+        real = isinstance(x, np.ndarray) and (x.dtype == bool or (np.issubdtype(x.dtype, np.number) and not
+                                                                  np.issubdtype(x.dtype, np.complexfloating)))
+        if not real:
             what = f"dtype {x.dtype}" if isinstance(x, np.ndarray) else type(x).__name__
             raise DataError(path, [Problem(None, None, f"feature file for modality '{name}' holds {what}, "
-                                                       "not numbers")])
+                                                       "not real numbers")])
         if x.ndim != 2:
             raise DataError(path, [Problem(None, None, f"features must be 2-d [items, width], got shape {x.shape}")])
         if num_items is not None and len(x) != num_items:

@@ -91,3 +91,10 @@ def test_centred_combination_is_the_cosine_from_the_mean():
                                                      {"t": np.array([True, False])}, order=["t", "u"])[1], [0, 0, 1])
     with pytest.raises(ValueError, match=r"centre of modality 't' has shape \(3,\), its vectors 2 columns"):
         combine_modalities({"t": x}, centers={"t": np.zeros(3, np.float32)})
+
+
+def test_huge_and_tiny_rows_keep_their_direction():
+    # float32 squares overflow from entries near 1e19 and underflow below 1e-23: norms in float64.
+    x = np.array([[3e20, 4e20], [3e-25, 4e-25], [3.0, 4.0]], np.float32)
+    v = combine_modalities({"t": x})
+    np.testing.assert_allclose(v, [[0.6, 0.8]] * 3, rtol=1e-6)

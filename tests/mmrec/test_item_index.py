@@ -595,3 +595,21 @@ def test_every_item_without_content_is_counted(tmp_path):
     text = str(e.value)
     assert text.startswith("--features: 30 problem(s)") and text.endswith("... and 10 more")
     assert "row 1: item 0 has no content" in text and not (tmp_path / "out").exists()
+
+
+def test_an_item_equal_to_the_catalog_mean_is_refused_by_name(tmp_path):
+    rng = np.random.default_rng(0)
+    d = rng.integers(-3, 4, (16, 4)).astype(np.float32)
+    v = np.array([1, 2, 3, 4], np.float32)
+    x = np.concatenate([v[None], v + d, v - d])  # row 0 is the mean of all rows: centred, it is zero
+    np.save(tmp_path / "sym.npy", x)
+    with pytest.raises(DataError, match=r"sym\.npy: item 0: its features equal the catalog mean in every modality"):
+        ItemIndex.build(None, tmp_path / "out", features={"x": tmp_path / "sym.npy"}, show_progress=False)
+    assert not (tmp_path / "out").exists()
+    idx = ItemIndex.build(None, tmp_path / "out", features={"x": tmp_path / "sym.npy"}, center=False,
+                          show_progress=False)  # the plain cosine: row 0 has a direction
+    assert len(idx.similar(0, k=3)) == 3
+    built = ItemIndex.from_features(list(range(1, 33)), {"x": x[1:]}, show_progress=False)
+    with pytest.raises(DataError, match=r"new items: item 99: its features equal the catalog mean"):
+        built.add_features([99], {"x": built.centers["x"][None]}, {"x": np.ones(1, bool)}, save=False)
+    assert len(built) == 32

@@ -422,7 +422,8 @@ def test_every_feature_file_error_names_the_file_and_modality(tmp_path):
 
     fails(b"hello\n", r"feature file for modality 'audio' is not a numeric \.npy array")
     fails(np.array([{"a": 1}, None], dtype=object), r"modality 'audio' is not a numeric \.npy array")
-    fails(np.array([["a", "b"]]), r"modality 'audio' holds dtype <U1, not numbers")
+    fails(np.array([["a", "b"]]), r"modality 'audio' holds dtype <U1, not real numbers")
+    fails(np.ones((2, 2), np.complex64), r"modality 'audio' holds dtype complex64, not real numbers")  # not cut to .real
     fails(np.zeros(3, np.float32), r"features must be 2-d \[items, width\], got shape \(3,\)")
     fails(np.zeros((3, 2), np.float32), "3 rows, but the catalog has 4 items", rows=4)
     bad = np.zeros((3, 2), np.float32)
