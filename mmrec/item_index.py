@@ -1610,7 +1610,15 @@ class ItemIndex:
                 that cannot be rewritten in place; both before any work.
         """
         self._check_in_place()
-        resolved = check_factory(self.manifest["factory"] if factory is None else factory, len(self))
+        try:
+            resolved = check_factory(self.manifest["factory"] if factory is None else factory, len(self))
+        except ConfigError as e:
+            if factory is not None:
+                raise
+            own = str(e).removeprefix(f"--factory {self.manifest['factory']}: ")
+            raise ConfigError(f"this index's own factory {self.manifest['factory']} cannot be built again on its "
+                              f"{len(self)} items ({own}): choose another with --factory (auto: exact search below "
+                              f"100k items)") from None
         before = self.index, self.manifest["factory"]
         self.index = FaissIndex.build(self.vectors, self.ids, factory=resolved)
         if self.index.factory == before[0].factory and self.index.knob is not None:  # a tuned setting stays

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from index import FaissIndex, clustered_vectors, recall_at_k
 from index.persist import sha256_file
 from mmrec.cli import main
 from mmrec.config import TrainConfig
-from mmrec.errors import MMRecError
+from mmrec.errors import ConfigError, MMRecError
 from mmrec.item_index import ItemIndex
 from mmrec.pipeline import fit
 from mmrec.recommender import Recommender
@@ -170,6 +171,14 @@ def test_rebuild_refuses_before_any_work_and_a_trained_directory_keeps_its_model
     assert main(["index", "rebuild", "--index", str(d), "--factory", "HNSW8", "--factory", "IVF1,PQ4", "-q"]) == 1
     assert "--factory IVF1,PQ4: " in (err := capsys.readouterr().err) and "PQ codebooks need 9984 rows" in err
     assert {p.name: sha256_file(p) for p in d.iterdir()} == files
+    # Its own factory, which the items no longer train (IVF1 after removals), says what to give.
+    shutil.copytree(d, tmp_path / "copy")
+    copy = Recommender.load(tmp_path / "copy", show_progress=False).items
+    copy.rebuild("IVF1,Flat")
+    copy.remove(copy.ids[:36])
+    with pytest.raises(ConfigError, match=r"this index's own factory IVF1,Flat cannot be built again on its 4 items "
+                                          r"\(.*\): choose another with --factory"):
+        copy.rebuild()
     assert main(["index", "rebuild", "--index", str(d), "--factory", "HNSW8", "-q"]) == 0
     assert capsys.readouterr().out == (f"rebuilt {d}: Flat -> HNSW8, 40 items; efSearch 256, the default "
                                        "(`mmrec index tune` sets it for a target recall)\n")
