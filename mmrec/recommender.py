@@ -599,18 +599,32 @@ class Recommender:
         result its attention weights and the (at most ``explain_items``) history items most
         similar to it.
 
-        A single id (a string or an int) is a history of one item. ``exclude`` (as for
-        :meth:`recommend`) is left out whatever ``exclude_history`` says; ``only`` (as for
-        :meth:`recommend`) restricts the answer, not the history.
+        A single id (a string or an int) is a history of one item. Ids not in the index (items
+        removed since, or typos) are left out with a warning, as long as one item (or ``user``'s
+        liked items) remains. ``exclude`` (as for :meth:`recommend`) is left out whatever
+        ``exclude_history`` says; ``only`` (as for :meth:`recommend`) restricts the answer, not
+        the history.
 
         Raises:
-            MMRecError: an empty history, an id not in the index, an unknown ``user``, an unknown
-                ``method``, or history vectors that sum to zero (no direction to rank by).
+            MMRecError: an empty history, one none of whose ids is in the index, an unknown
+                ``user``, an unknown ``method``, or history vectors that sum to zero (no direction
+                to rank by).
         """
         if method not in ("auto", "fold-in", "mean"):
             raise ConfigError(f"method must be 'auto', 'fold-in' or 'mean', got {method!r}")
         diversity = check_weight(diversity)
-        ids = [self._history_id(i) for i in id_list(items)]  # "12" is item 12, not the items "1" and "2"
+        given = id_list(items)  # "12" is item 12, not the items "1" and "2"
+        found = [self.items._try_resolve(i) for i in given]
+        ids = [i for i in found if i is not None]
+        missing = [str(g) for g, i in zip(given, found) if i is None]
+        if missing:  # removed from the catalog since (out of stock), or a typo: the others still place the user
+            names = ", ".join(f"'{m}'" for m in missing[:10]) + (" ..." if len(missing) > 10 else "")
+            if not ids and user is None:
+                raise UnknownIdError(f"history item{'s' if len(missing) > 1 else ''} {names} "
+                                     f"{'are' if len(missing) > 1 else 'is'} not in this index ({len(self.items)} "
+                                     f"items): no history left to recommend from")
+            logger.warning("%d history item(s) not in this index left out (removed, or never added): %s",
+                           len(missing), names)
         history_set = set(ids)
         if user is not None:
             if not self.trained:
@@ -638,12 +652,6 @@ class Recommender:
         results = self._serve(vector, k, history_set if exclude_history else None, diversity, candidates,
                               *self.items.filters(exclude, only))
         return explain_history(self.items, ids, results, explain_items) if explain else results
-
-    def _history_id(self, item_id: object) -> ItemId:
-        try:
-            return self.items.resolve_id(item_id)
-        except MMRecError:
-            raise UnknownIdError(f"history item '{item_id}' is not in this index ({len(self.items)} items)") from None
 
     def _serve(self, user: np.ndarray, k: int, exclude: set | None, diversity: float,
                candidates: int | None, exclude_all: set = frozenset(), only: set | None = None) -> list[Result]:

@@ -160,10 +160,14 @@ def test_diversity_over_a_history(trained):
     assert len(got) == 6 and len({r.item_id for r in got}) == 6 and not {0, 4} & {r.item_id for r in got}
 
 
-def test_errors(trained):
+def test_errors(trained, caplog):
     rec = Recommender.load(trained / "model", show_progress=False)
-    with pytest.raises(MMRecError, match="history item '999' is not in this index"):
-        rec.recommend_history([0, "999"])
+    with pytest.raises(MMRecError, match=r"history items '999', 'x' are not in this index \(32 items\): no history"):
+        rec.recommend_history(["999", "x"])
+    # One id no longer in the index (removed since: out of stock) leaves the rest of the history to answer.
+    with caplog.at_level("WARNING", logger="mmrec.recommender"):
+        assert rec.recommend_history([0, "999", 4], 5) == rec.recommend_history([0, 4], 5)
+    assert "1 history item(s) not in this index left out (removed, or never added): '999'" in caplog.text
     with pytest.raises(MMRecError, match="the history is empty"):
         rec.recommend_history([])
     with pytest.raises(ConfigError, match="method must be"):

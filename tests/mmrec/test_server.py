@@ -113,7 +113,7 @@ def test_bad_requests_are_refused_with_the_reason(served):
     cases = [
         ("/recommend?user=nobody", 404, "user 'nobody' is not known to this model (48 users)"),
         ("/similar?item=999", 404, "item '999' is not in this index (32 items)"),
-        ("/history?item=0&item=999", 404, "history item '999' is not in this index (32 items)"),
+        ("/history?item=999", 404, "history item '999' is not in this index (32 items)"),
         ("/nowhere", 404, "no route '/nowhere'; routes: /health, /recommend, /history, /similar, /search"),
         ("/recommend", 400, "/recommend: missing parameter 'user'"),
         ("/recommend?user=u1&user=u2", 400, "/recommend: 'user' given 2 times, expected once"),
