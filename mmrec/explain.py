@@ -4,10 +4,10 @@ Three questions, three functions:
 
 * :func:`explain_recommendations`: for each item recommended to a user, the item's attention
   weights over its tokens (how much of its vector comes from text, image, audio, id) and the
-  user's history items that contributed most. A trained model scores ``user . item`` and the
-  user's vector is propagated from the items the user interacted with, so the history items
-  whose raw vectors have the largest dot product with the result's (the same score the model
-  uses) are the ones pulling it up.
+  user's history items most like it. A trained model scores ``user . item`` and the user's
+  vector is propagated from the items the user interacted with, so the history items whose
+  vectors point the result's way pull it up; they are ranked by cosine, not by the dot product,
+  which would name the same few long-vectored (popular) history items under every result.
 * :func:`explain_similar`: for each item found similar to a query item, its attention weights
   and, per modality both items have, the cosine of their features: what each modality alone
   says about the pair (there is no user to name history items of).
@@ -90,6 +90,11 @@ def _raw_vectors(index: ItemIndex, rows: np.ndarray) -> np.ndarray:
     return index.vectorizer.mips.original(index.vectors[rows]).astype(np.float64)
 
 
+def _unit(x: np.ndarray) -> np.ndarray:
+    """Rows of ``x`` ``[R, D]`` at unit norm (a zero row stays zero)."""
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-300)
+
+
 def _unit_rows(x: np.ndarray, has: np.ndarray) -> np.ndarray:
     """Rows of ``x`` ``[N, D_m]`` scaled to unit norm, zero where ``has`` is False or the row is 0."""
     x = np.asarray(x, np.float64)
@@ -134,10 +139,11 @@ def history_contributions(
     The history is the user's positives still in the index (:meth:`Recommender.liked_items`):
     an item the user rated below the training rating threshold does not explain a recommendation
     (in directories written before liked items were stored, every known item counts as liked).
-    The similarity of a history item ``h`` to a result ``r`` is the dot product of their raw
-    vectors, the score the model itself uses; only positive similarities count (an item pointing
-    away from the result did not pull it up), and an item is never its own explanation (it can
-    be recommended back with ``exclude_known=False``).
+    The similarity of a history item ``h`` to a result ``r`` is the cosine of their raw vectors
+    (the direction of the score the model uses, without the length that would let a few
+    popular history items explain every result); only positive similarities count (an item
+    pointing away from the result did not pull it up), and an item is never its own
+    explanation (it can be recommended back with ``exclude_known=False``).
 
     Args:
         rec: a trained recommender.
@@ -167,7 +173,7 @@ def _items_like(
     """Per item, the ``known`` items (all in ``index``) most similar to it: as :func:`history_contributions`."""
     h_rows = np.array([index._pos[i] for i in known], dtype=np.int64)  # [H]
     r_rows = np.array([index._pos[index.resolve_id(i)] for i in item_ids], dtype=np.int64)  # [K]
-    sims = _raw_vectors(index, r_rows) @ _raw_vectors(index, h_rows).T  # [K, H]
+    sims = _unit(_raw_vectors(index, r_rows)) @ _unit(_raw_vectors(index, h_rows)).T  # [K, H] cosines
     out = []
     for k, row in enumerate(r_rows):
         s = np.where(h_rows == row, -np.inf, sims[k])  # [H]
@@ -211,7 +217,7 @@ def explain_history(index: ItemIndex, history: Sequence[ItemId], results: list[R
                     explain_items: int = DEFAULT_HISTORY) -> list[Result]:
     """Attach ``{"attention", "history"}`` explanations to recommendations for a given history
     (:meth:`Recommender.recommend_history`; in place): as :func:`explain_recommendations`, the
-    history items most similar to each result by the index's own inner product.
+    history items most similar to each result by the cosine of the index's vectors.
 
     Args:
         index: the index the results came from (content or trained).

@@ -208,6 +208,7 @@ def test_trained_attention_of_an_item_without_text_is_exactly_zero(trained):
 def test_recommendation_explanations_name_the_users_most_similar_history_items(trained):
     rec = Recommender.load(trained / "model", show_progress=False)
     raw = rec.items.vectorizer.mips.original(rec.items.vectors).astype(np.float64)  # what the model scores
+    unit = raw / np.linalg.norm(raw, axis=1, keepdims=True)  # its direction: by cosine, not by the dot product
     for user in ("u0", "u1", "u7", "u30"):
         known = rec.known_items(user)
         for exclude_known in (True, False):
@@ -218,7 +219,7 @@ def test_recommendation_explanations_name_the_users_most_similar_history_items(t
                 names = [h["item_id"] for h in e["history"]]
                 assert set(names) <= set(known) and r.item_id not in names
                 i = rec.items._pos[r.item_id]
-                brute = sorted(((float(np.dot(raw[rec.items._pos[h]], raw[i])), h) for h in known if h != r.item_id),
+                brute = sorted(((float(np.dot(unit[rec.items._pos[h]], unit[i])), h) for h in known if h != r.item_id),
                                key=lambda p: -p[0])
                 want = [(h, s) for s, h in brute if s > 0][:3]
                 assert names == [h for h, _ in want]
