@@ -209,6 +209,11 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict[str, Any]], dict[
         if any("\x00" in name for name in header):  # UTF-16 without a byte-order mark reads as UTF-8 here
             raise DataError(path, [Problem(None, None, "the header row is not UTF-8 text (NUL bytes: UTF-16?): "
                                                        "save the file as UTF-8")])
+        names = [name.strip() for name in header]
+        twice = list(dict.fromkeys(name for name in names if names.count(name) > 1))
+        if twice:  # pandas would rename the second "title.1", which no option names, silently
+            raise DataError(path, [Problem(None, name, f"the header names this column {names.count(name)} times: "
+                                                       "rename or drop one") for name in twice])
         if not has_rows:  # the datasets reader would fail with a message about its own internals
             raise DataError(path, [Problem(None, None, "file has no data rows")])
         if too_long:  # pandas would take a first-row surplus as an index column and shift every field
@@ -503,19 +508,39 @@ def _validate(
     )
 
 
-def check_catalog_ids(catalog: Catalog, existing: set[ItemId], source: str, *, skip: bool = False) -> Catalog:
+def check_catalog_ids(catalog: Catalog, existing: set[ItemId], source: str, *, skip: bool = False,
+                      id_type: type | None = None) -> Catalog:
     """Refuse items whose ids are already present (for incremental adds), or with ``skip`` (the
     catalog was read with ``skip_invalid``) leave them out as skipped rows, as a duplicate id
     within the file is; the catalog of the items left, which is ``catalog`` when none clashed.
+    With ``id_type`` (the index's id type), ids take that type first: with ``str`` every id is
+    text; with ``int`` a canonical integer (``"50"``, read as text beside ``"x9"``) is that
+    integer, and any other id is refused (or skipped) as the clashes are.
 
     Raises:
-        DataError: a clash without ``skip`` (every one named by row), or no row left with it.
+        DataError: a clash or an id of another type without ``skip`` (every one named by row), or
+            no row left with it.
     """
-    clash = [i for i, iid in enumerate(catalog.item_ids) if iid in existing]
+    problems, clash = [], []
+    if id_type is str:
+        catalog.item_ids = [str(i) for i in catalog.item_ids]
+    elif id_type is int:
+        typed = [i if isinstance(i, int) else normalize_ids([i])[0] for i in catalog.item_ids]
+        for i, iid in enumerate(typed):
+            if not isinstance(iid, int):
+                clash.append(i)
+                problems.append(Problem(catalog.row(i), ID_FIELD, f"id '{iid}' is not a whole number, as every id "
+                                                                   "of the index is"))
+        catalog.item_ids = typed
+    mistyped = len(clash)
+    for i, iid in enumerate(catalog.item_ids):
+        if iid in existing:
+            clash.append(i)
+            problems.append(Problem(catalog.row(i), ID_FIELD, f"id '{iid}' is already in the index"))
     if not clash:
         return catalog
-    problems = [Problem(catalog.row(i), ID_FIELD, f"id '{catalog.item_ids[i]}' is already in the index")
-                for i in clash]
+    order = sorted(range(len(clash)), key=lambda j: catalog.row(clash[j]) or 0)
+    clash, problems = [clash[j] for j in order], [problems[j] for j in order]
     if not skip:
         raise DataError(source, problems)
     gone = set(clash)
@@ -523,7 +548,8 @@ def check_catalog_ids(catalog: Catalog, existing: set[ItemId], source: str, *, s
     if not len(left):
         every = sorted(catalog.skipped + problems, key=lambda q: q.row or 0)
         raise DataError(source, [Problem(None, None, "no valid rows left")] + every)
-    logger.warning("%s: skipped %d row(s) whose id is already in the index", source, len(clash))
+    logger.warning("%s: skipped %d row(s) whose id is already in the index%s", source, len(clash) - mistyped,
+                   f", and {mistyped} whose id is not a whole number as the index's are" if mistyped else "")
     pairs = sorted(zip(left.skipped + problems, (left.skipped_ids or [None] * len(left.skipped))
                        + [id_text(catalog.item_ids[i]) for i in clash]), key=lambda pair: pair[0].row or 0)
     left.skipped, left.skipped_ids = [q for q, _ in pairs], [item for _, item in pairs]

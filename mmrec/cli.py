@@ -443,11 +443,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mmrec.pipeline import fit
 
     _check_skip_with_features(args)
+    catalog_only = {"--text-fields": args.text_fields, "--image-field": args.image_field,
+                    "--image-root": args.image_root, "--image-weights": args.image_weights,
+                    "--allow-download": args.allow_download, "--max-length": args.max_length != 256,
+                    "--text-encoder": args.text_encoder != "default", "--image-encoder": args.image_encoder != "default"}
+    if args.catalog is None and any(catalog_only.values()):  # a forgotten --catalog would train without content
+        raise UsageError(f"{', '.join(k for k, v in catalog_only.items() if v)} read the catalog: give --catalog too")
     if args.catalog is None and not args.features and args.use_content is not False:
         logger.info("no --catalog and no --features: training ID-only LightGCN")
-    cfg = config_from_args(TrainConfig, args)
-    if args.catalog is None and not args.features:
-        cfg = config_from_args(TrainConfig, args, use_content=False)
+    try:  # an option value TrainConfig refuses is a malformed command line, as argparse's own
+        cfg = config_from_args(TrainConfig, args, **({} if args.catalog or args.features else {"use_content": False}))
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
     rec, result, test = fit(
         args.interactions,
         config=cfg,
@@ -547,10 +554,10 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
-def _id_list(ids: list[str] | None, path: Path | None, option: str) -> list[str]:
-    """``ids`` and the lines of the file ``path`` (blank lines skipped), together."""
+def _id_list(ids: list[str] | None, paths: list[Path] | None, option: str) -> list[str]:
+    """``ids`` and the lines of the files ``paths`` (the option repeated; blank lines skipped), together."""
     ids = list(ids or [])
-    if path is not None:
+    for path in paths or []:
         try:
             text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is no part of the first id
         except OSError as e:
@@ -606,11 +613,13 @@ def _filter_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exclude", nargs="+", action="extend", metavar="ID",
                    help="item ids never to return (a business rule: out of stock, already shown); ids not in the "
                         "index are ignored; k results still come back while k remain")
-    p.add_argument("--exclude-file", type=Path, metavar="FILE", help="the same, one id a line (UTF-8)")
+    p.add_argument("--exclude-file", type=Path, action="append", metavar="FILE",
+                   help="the same, one id a line (UTF-8); repeat it for several files")
     p.add_argument("--only", nargs="+", action="extend", metavar="ID",
                    help="return only these item ids (candidates: a category, a region's stock); ids not in the "
                         "index are ignored; k results still come back while k candidates remain")
-    p.add_argument("--only-file", type=Path, metavar="FILE", help="the same, one id a line (UTF-8)")
+    p.add_argument("--only-file", type=Path, action="append", metavar="FILE",
+                   help="the same, one id a line (UTF-8); repeat it for several files")
     p.add_argument("--where", type=_where_arg, action="append", metavar="FIELD=VALUE",
                    help="return only items whose display field FIELD is VALUE or, for a field of |-separated "
                         "values (genres), lists VALUE (case counts); FIELD!=VALUE: the others; FIELD>=N, >, <=, "
@@ -687,6 +696,13 @@ def _finite(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = _positive_int(text, 0)
+    if value >= 2**32:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 2**32), got {value}")
     return value
 
 
@@ -803,7 +819,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = isub.add_parser("remove", help="remove items by id")
     r.add_argument("--index", required=True, type=Path, help="index or trained directory to remove from")
-    r.add_argument("--item", required=True, nargs="+", help="item ids (all must be in the index, or none is removed)")
+    r.add_argument("--item", required=True, nargs="+", action="extend", metavar="ID",
+                   help="item ids (all must be in the index, or none is removed); may be repeated")
     _common(r)
     r.set_defaults(func=cmd_index_remove)
 
@@ -831,7 +848,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-k", type=_positive_int, default=None, help="the recall's cut-off (default 10)")
     t.add_argument("--sample", type=_positive_int, default=None,
                    help="random items (and, trained, users) to measure on (default 2000)")
-    t.add_argument("--seed", type=int, default=None, help="seed of the sample (default 0)")
+    t.add_argument("--seed", type=_seed, default=None, help="seed of the sample (default 0)")
     knob = t.add_mutually_exclusive_group()
     knob.add_argument("--nprobe", type=_positive_int, help="set an IVF index's nprobe to this, without measuring")
     knob.add_argument("--ef-search", type=_positive_int, help="set an HNSW index's efSearch to this, without measuring")
@@ -963,7 +980,7 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--all-users", action="store_true",
                     help="every user the model trained on, in batches; with --json, several users (or --all-users) "
                          "print JSON Lines, one {\"user_id\", \"results\"} object a user, where one user prints a list")
-    rc.add_argument("--history", nargs="+", metavar="ITEM",
+    rc.add_argument("--history", nargs="+", action="extend", metavar="ITEM",
                     help="item ids a user interacted with: anyone, including users the model never saw "
                          "(content indexes too)")
     rc.add_argument("--method", default="auto", choices=["auto", "fold-in", "mean"],

@@ -498,6 +498,10 @@ def _read_columns(path: Path, fmt: str) -> tuple[dict[str, pa.Array], int, dict[
         message = f"required column is missing (columns found: {found})"
         raise DataError(path, [Problem(None, c, message) for c in missing])
     present = [c for c in REQUIRED_COLUMNS + OPTIONAL_COLUMNS if c in header]
+    twice = [c for c in present if header.count(c) > 1]
+    if twice:  # which of the two is meant cannot be told: reading either would lose the other silently
+        raise DataError(path, [Problem(None, c, f"the header names this column {header.count(c)} times: keep one")
+                               for c in twice])
     try:
         if whole is not None:
             table = whole.select(present)

@@ -70,6 +70,22 @@ def _refuse_directionless(vectorizer: Any, vectors: np.ndarray, item_ids: Sequen
             "give it other features, or leave it out")) for i in zero])
 
 
+def check_cache_dir(cache_dir: str | Path) -> None:
+    """Refuse, before any encoding, a feature cache directory that cannot be made or written:
+    otherwise the first vectors stored, after the whole catalog is encoded, would fail."""
+    path = Path(cache_dir)
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent  # the nearest folder that exists: the cache is made under it
+    why = None
+    if probe.exists() and not probe.is_dir():
+        why = "is a file, not a directory" if probe == path else f"cannot be made: {probe} is a file"
+    elif probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        why = "is not writable" if probe == path else f"cannot be made: {probe} is not writable"
+    if why:
+        raise ConfigError(f"feature cache {path} {why} (--cache-dir, $MMREC_CACHE_DIR; --no-cache encodes without one)")
+
+
 def default_cache_dir() -> Path:
     """Feature cache location: ``$MMREC_CACHE_DIR``, else ``~/.cache/mmrec/features``."""
     env = os.environ.get("MMREC_CACHE_DIR")
@@ -491,6 +507,8 @@ def encode_catalog(
     """
     from encoders.cache import FeatureCache, content_hash, encode_with_cache, file_hash
 
+    if cache_dir is not None:
+        check_cache_dir(cache_dir)
     cache = FeatureCache(cache_dir) if cache_dir is not None else None
     n = len(catalog)
     features, present = {}, {}
@@ -1466,10 +1484,9 @@ class ItemIndex:
                     # the index's fields may be missing from the new file: that modality is masked
                     "optional": [k for k in ("text_fields", "image_field") if k not in catalog_options]}
             catalog = load_catalog(catalog, show_progress=self.encoders.show_progress, **(opts | catalog_options))
-        catalog.item_ids = self._align_id_type(catalog.item_ids)
         before = {id(q) for q in catalog.skipped}
-        catalog = check_catalog_ids(catalog, set(self._pos), catalog.source,
-                                    skip=bool(catalog_options.get("skip_invalid")))
+        catalog = check_catalog_ids(catalog, set(self._pos), catalog.source, skip=bool(catalog_options.get("skip_invalid")),
+                                    id_type=type(self.items[0][ID_FIELD]) if self.items else None)
         # Everything that can refuse the add runs before the (slow) encoding.
         if given:  # the rows skipped from the file, or as ids already in the index
             refuse_skipped_rows(catalog.source, [q for q in catalog.skipped if read_here or id(q) not in before])

@@ -236,7 +236,7 @@ def evaluate_ranking(
             out[f"novelty@{k}"] = float(np.mean(per_list[n > 0] / n[n > 0]))
         if unit is not None:
             out[f"diversity@{k}"] = _intra_list_diversity(top[:, :k], v, unit)
-    out["num_users"] = float(R)
+    out["num_users"] = int(R)  # a count (the dict's other values are means)
     return out
 
 

@@ -384,3 +384,14 @@ def test_a_json_catalog_error_names_the_file_line_and_one_object_over_lines_read
         load_catalog(tmp_path / "bad.json")
     (tmp_path / "one.json").write_text('{\n "item_id": 1,\n "title": "A"\n}\n')
     assert load_catalog(tmp_path / "one.json").item_ids == [1]
+
+
+def test_a_header_naming_a_column_twice_is_refused(tmp_path):
+    from mmrec.interactions import load_interactions
+
+    (tmp_path / "items.csv").write_text("item_id,title,title\n1,a,b\n")
+    with pytest.raises(DataError, match=r"items\.csv: field 'title': the header names this column 2 times"):
+        load_catalog(tmp_path / "items.csv", show_progress=False)
+    (tmp_path / "inter.csv").write_text("user_id,item_id,item_id\n1,1,2\n")
+    with pytest.raises(DataError, match=r"inter\.csv: field 'item_id': the header names this column 2 times"):
+        load_interactions(tmp_path / "inter.csv")

@@ -466,3 +466,32 @@ def test_index_info_names_the_encoder(built, capsys):
     assert code == 0 and lines[0].startswith(f"{built / 'idx'}: content directory, 6 items (format 2, written ")
     assert lines[1] == "  index: Flat, dim 385, exact search"
     assert lines[3].startswith("  encoder text: default (text:all-MiniLM-L6-v2@") and lines[3].endswith(", 384-d)")
+
+
+def test_repeated_list_options_add_up(built, capsys, tmp_path):
+    idx = str(built / "idx")
+    for name, ids in (("e1.txt", "m2\n"), ("e2.txt", "m3\n")):
+        (tmp_path / name).write_text(ids)
+    files = ("--exclude-file", str(tmp_path / "e1.txt"), "--exclude-file", str(tmp_path / "e2.txt"))
+    code, out, _ = run(capsys, "similar", "--index", idx, "--item", "m1", "-k", "5", "--json", "-q", *files)
+    assert code == 0 and {r["item_id"] for r in json.loads(out)} == {"m4", "m5", "m6"}  # m2 and m3 both left out
+    only = [x.replace("exclude", "only") for x in files]
+    code, out, _ = run(capsys, "similar", "--index", idx, "--item", "m1", "-k", "5", "--json", "-q", *only)
+    assert code == 0 and {r["item_id"] for r in json.loads(out)} == {"m2", "m3"}
+    shutil.copytree(built / "idx", tmp_path / "idx")
+    code, _, _ = run(capsys, "index", "remove", "--index", str(tmp_path / "idx"), "--item", "m5", "--item", "m6", "-q")
+    assert code == 0 and Recommender.load(tmp_path / "idx", show_progress=False).items.ids == ["m1", "m2", "m3", "m4"]
+    with pytest.raises(SystemExit) as exit_:  # a seed numpy would refuse with its own words
+        main(["index", "tune", "--index", idx, "--seed", "-1"])
+    assert exit_.value.code == 2
+
+
+def test_train_refuses_catalog_options_without_a_catalog_and_bad_values_as_usage(tmp_path, capsys):
+    from tests.mmrec.conftest import write_planted
+
+    inter, _ = write_planted(tmp_path)
+    base = ("train", "--interactions", str(inter), "--out", str(tmp_path / "m"), "-q")
+    code, _, err = run(capsys, *base, "--text-fields", "title", "--image-encoder", "resnet18")
+    assert code == 2 and "--text-fields, --image-encoder read the catalog: give --catalog too" in err
+    code, _, err = run(capsys, *base, "--epochs", "0")
+    assert code == 2 and "epochs must be positive, got 0" in err and not (tmp_path / "m").exists()

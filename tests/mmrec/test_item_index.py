@@ -404,12 +404,12 @@ def test_a_catalog_column_named_like_a_result_key_never_replaces_it():
 
 
 def test_a_pq_factory_the_catalog_cannot_train_is_refused_before_encoding(tmp_path, tiny_bert_dir, monkeypatch):
-    import mmrec.item_index as item_index
+    import mmrec.pipeline as pipeline  # (imported first: it binds encode_catalog, the name patched)
 
     def encode(*args, **kwargs):
         raise AssertionError("encoded before the factory was checked")
 
-    monkeypatch.setattr(item_index, "encode_catalog", encode)
+    monkeypatch.setattr(pipeline, "encode_catalog", encode)
     (tmp_path / "items.csv").write_text("item_id,title\n1,space alien\n2,robot dog\n3,cooking show\n")
     # Any width takes PQ codes (33 = 32 text dimensions + the MIPS coordinate is padded: FaissIndex),
     # but three items train no 256-centroid codebook.
@@ -613,3 +613,33 @@ def test_an_item_equal_to_the_catalog_mean_is_refused_by_name(tmp_path):
     with pytest.raises(DataError, match=r"new items: item 99: its features equal the catalog mean"):
         built.add_features([99], {"x": built.centers["x"][None]}, {"x": np.ones(1, bool)}, save=False)
     assert len(built) == 32
+
+
+def test_index_add_reads_integer_ids_beside_text_ones_by_row(tmp_path, tiny_bert_dir):
+    (tmp_path / "items.csv").write_text("item_id,title\n1,space alien\n2,robot dog\n3,cooking show\n")
+    idx = ItemIndex.build(tmp_path / "items.csv", tmp_path / "idx", text_encoder=tiny_bert_dir, image_encoder=None,
+                          show_progress=False)
+    (tmp_path / "new.csv").write_text("item_id,title\n50,fine film\nx9,other film\n3,again\n")  # read as text: "50"
+    with pytest.raises(DataError) as e:
+        idx.add(tmp_path / "new.csv")
+    assert str(e.value).splitlines()[1:] == [
+        f"  {tmp_path / 'new.csv'}: row 2, field 'item_id': id 'x9' is not a whole number, as every id of the index is",
+        f"  {tmp_path / 'new.csv'}: row 3, field 'item_id': id '3' is already in the index"]
+    assert idx.add(tmp_path / "new.csv", skip_invalid=True) == 1
+    again = ItemIndex.load(tmp_path / "idx")
+    assert again.ids == [1, 2, 3, 50]
+    skipped = [json.loads(line) for line in (tmp_path / "idx" / "skipped.jsonl").read_text().splitlines()]
+    assert [(s["row"], s["item_id"]) for s in skipped] == [(2, "x9"), (3, "3")]
+
+
+def test_a_cache_directory_that_cannot_be_written_is_refused_before_encoding(tmp_path, tiny_bert_dir, monkeypatch):
+    import encoders.cache
+
+    (tmp_path / "items.csv").write_text("item_id,title\n1,space alien\n2,robot dog\n")
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setattr(encoders.cache, "FeatureCache", lambda *a: pytest.fail("reached the encoding"))
+    for cache, why in ((tmp_path / "afile", "is a file, not a directory"),
+                       (tmp_path / "afile" / "sub", f"cannot be made: {tmp_path / 'afile'} is a file")):
+        with pytest.raises(ConfigError, match=f"feature cache {cache} {why}"):
+            ItemIndex.build(tmp_path / "items.csv", text_encoder=tiny_bert_dir, image_encoder=None, cache_dir=cache,
+                            show_progress=False)

@@ -211,6 +211,8 @@ def test_cli_recommend_history(trained, capsys):
     assert "why:" in capsys.readouterr().out
     assert main(["recommend", "--index", d, "--user", "u0", "--method", "mean", "-q"]) == 2
     assert "--method applies to --history only" in capsys.readouterr().err
+    assert main(["recommend", "--index", d, "--history", "0", "--history", "4", "-k", "3", "--json", "-q"]) == 0
+    assert [r["item_id"] for r in json.loads(capsys.readouterr().out)] == [r.item_id for r in want]  # repeated: both
     assert main(["recommend", "--index", d, "--history", "nope", "-q"]) == 1
     assert "history item 'nope' is not in this index" in capsys.readouterr().err
     # --user with --history: the user's liked items, then the new ones.
