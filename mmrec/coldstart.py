@@ -89,8 +89,9 @@ def evaluate_cold(
         s[:, warm] = float("-inf")  # only cold items are candidates
         return s
 
+    # Coverage among the cold items; no novelty: they have no training interactions, so it would be constant.
     return evaluate(score, cold_part(inter, cold), split="test", mask="all", ks=ks, batch_size=batch_size,
-                    fresh_scores=True)
+                    fresh_scores=True, candidates=int(cold.sum()), novelty=False)
 
 
 def neighbour_mean(

@@ -68,7 +68,9 @@ def mmr_rerank(relevance: np.ndarray, vectors: np.ndarray, k: int, weight: float
     free = np.ones(c, dtype=bool)
     picks: list[int] = []
     for step in range(min(k, c)):
-        gain = (1.0 - weight) * scaled - weight * closest  # [C]
+        # The first pick is the most relevant whatever w (nothing is chosen yet to differ from;
+        # at w = 1 every gain would otherwise tie at 0).
+        gain = scaled.copy() if step == 0 else (1.0 - weight) * scaled - weight * closest  # [C]
         gain[~free] = -np.inf
         # The first of equals, gains within _TIE counting as equal: two unit vectors of a duplicate
         # pair can have a cosine of 1 - 2e-16 with one and exactly 1 with the other.

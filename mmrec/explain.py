@@ -164,7 +164,11 @@ def history_contributions(
         )
     history = check_count(history, "the number of history items to name")
     index = rec.items
-    return _items_like(index, rec.liked_items(user_id), item_ids, history)
+    liked = rec.liked_items(user_id)
+    if not liked:  # else every result would read "no item of your history is alike"
+        logger.warning("user '%s' has no liked item left in the index (removed since training, or rated below the "
+                       "threshold): no history item can explain the results", user_id)
+    return _items_like(index, liked, item_ids, history)
 
 
 def _items_like(
@@ -179,7 +183,8 @@ def _items_like(
         s = np.where(h_rows == row, -np.inf, sims[k])  # [H]
         best = [j for j in np.argsort(-s, kind="stable")[:history] if s[j] > 0]
         out.append([
-            {"item_id": known[j], "name": display_name(index, known[j]), "similarity": round(float(s[j]), DECIMALS)}
+            {"item_id": known[j], "name": display_name(index, known[j]),
+             "similarity": float(f"{s[j]:.{DECIMALS}g}")}  # significant digits: a small positive one is not 0.0
             for j in best
         ])
     return out

@@ -19,7 +19,8 @@ users (MMRec's ``utils/metrics.py``; users with no truth item are not averaged):
 
 Beyond accuracy, over the same users:
 
-* ``coverage@K``  = distinct items in all top-K lists / number of items
+* ``coverage@K``  = distinct items in all top-K lists / number of items that could be ranked
+  (cold-start items held out of the lists are not counted)
 * ``novelty@K``   = mean self-information ``-log2(pop_i / sum pop)`` of the recommended items
   (per list, then over users); ``pop`` is the item's training interaction count, and an
   item never seen in training counts as seen once (so its novelty is finite, the largest)
@@ -156,6 +157,7 @@ def evaluate_ranking(
     num_items: int | None = None,
     item_popularity: np.ndarray | None = None,
     item_vectors: np.ndarray | None = None,
+    candidates: int | None = None,
 ) -> dict[str, float]:
     """Metrics of top-K lists against held-out items (definitions in the module docstring).
 
@@ -167,6 +169,8 @@ def evaluate_ranking(
         num_items: ``N``; default the column count of a CSR ``truth`` (required for lists).
         item_popularity: training interaction count per item; adds ``novelty@K``.
         item_vectors: one vector per item; adds ``diversity@K``.
+        candidates: how many items the lists could hold, ``coverage@K``'s denominator (items
+            never ranked, such as cold-start items held out, left out); default ``N``.
 
     Returns:
         ``{"recall@10": ..., "ndcg@10": ..., "precision@10": ..., "hit@10": ..., "mrr@10": ...,
@@ -229,7 +233,7 @@ def evaluate_ranking(
         out[f"hit@{k}"] = float(np.mean(n_hit > 0))
         first = h.argmax(axis=1)  # first hit's 0-based rank (0 when no hit, masked below)
         out[f"mrr@{k}"] = float(np.mean(np.where(n_hit > 0, 1.0 / (first + 1), 0.0)))
-        out[f"coverage@{k}"] = float(len(np.unique(top[:, :k][v])) / num_items)
+        out[f"coverage@{k}"] = float(len(np.unique(top[:, :k][v])) / (candidates or num_items))
         if item_popularity is not None:
             per_list = np.where(v, info[np.where(v, top[:, :k], 0)], 0.0).sum(axis=1)
             n = v.sum(axis=1)
@@ -268,6 +272,8 @@ def evaluate(
     item_vectors: np.ndarray | None = None,
     progress: bool = False,
     fresh_scores: bool = False,
+    candidates: int | None = None,
+    novelty: bool = True,
 ) -> dict[str, float]:
     """Full-ranking evaluation of a scorer on the ``valid`` or ``test`` split.
 
@@ -286,9 +292,12 @@ def evaluate(
         item_vectors: item vectors for ``diversity@K``; default none.
         progress: show a progress bar.
         fresh_scores: see :func:`rank_topk`.
+        candidates: as for :func:`evaluate_ranking` (the items ``score_fn`` does not rule out).
+        novelty: report ``novelty@K`` from training popularity (off where the candidates have
+            no training interactions, as held-out cold items: it would be a constant).
 
     Returns:
-        :func:`evaluate_ranking`'s dict, with novelty from training popularity.
+        :func:`evaluate_ranking`'s dict.
 
     Raises:
         ConfigError: unknown ``split`` or ``mask``; unsplit interactions.
@@ -301,8 +310,9 @@ def evaluate(
         truth,
         ks,
         num_items=inter.num_items,
-        item_popularity=inter.item_popularity("train"),
+        item_popularity=inter.item_popularity("train") if novelty else None,
         item_vectors=item_vectors,
+        candidates=candidates,
     )
 
 

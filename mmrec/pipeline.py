@@ -419,6 +419,7 @@ def fit(
     # here, or a held-out item a user did interact with would count against the model as a miss.
     test = evaluate(partial(score_users, user_vecs, index_vecs, held_out), train_inter, split="test",
                     mask=config.mask, ks=(10, 20), batch_size=config.eval_batch_size, fresh_scores=True,
+                    candidates=None if held_out is None else len(held_out) - int(held_out.sum()),
                     ) if train_inter.split_mask("test").any() else {}
     if test:
         logger.info("test recall@20 %.4f ndcg@20 %.4f", test["recall@20"], test["ndcg@20"])
@@ -684,4 +685,4 @@ def evaluate_directory(
                          f"{counts}); choose another --split")
     return out | evaluate(score, inter, split=split, mask=mask or rec.config.mask, ks=ks,
                           item_vectors=item_vecs.numpy(), batch_size=batch_size, progress=show_progress,
-                          fresh_scores=True)
+                          fresh_scores=True, candidates=len(cold) - int(cold.sum()) if rec.cold_items else None)

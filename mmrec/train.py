@@ -244,7 +244,8 @@ class Trainer:
         users, items, _ = self.vectors()
         held = None if self.data.negatives is None else ~np.asarray(self.data.negatives, bool)
         return evaluate(partial(score_users, users, items, held), self.data.inter, split=split, mask=self.cfg.mask,
-                        ks=(10, 20), batch_size=self.cfg.eval_batch_size, fresh_scores=True)
+                        ks=(10, 20), batch_size=self.cfg.eval_batch_size, fresh_scores=True,
+                        candidates=None if held is None else len(held) - int(held.sum()))
 
     def state_dict(self) -> dict[str, Any]:
         """Model (and fine-tuned encoder) state, for keeping the best epoch."""

@@ -72,6 +72,10 @@ def test_cold_items_are_ranked_from_content(tmp_path):
     assert cold["recall@10"] >= 0.9, cold
     assert cold["num_users"] >= 40
     assert len(rec.items) == 128 and "recall@20" in test
+    # Coverage among the 32 items that could be listed (all, as a user's own cluster fills its top 10
+    # and there are 4 clusters of 8); no novelty: cold items have no training rows, so it is constant.
+    assert cold["coverage@20"] == 1.0 and "novelty@20" not in cold
+    assert test["coverage@20"] <= 1.0 and test["coverage@20"] > 96 / 128  # among the 96 warm items
     # Cold rows are the content path blended with their warm neighbours, scaled, within the MIPS
     # norm bound (none shrunk): what `index add` gives them against the warm items.
     vec, idx = rec.items.vectorizer, rec.items

@@ -25,7 +25,7 @@ def mmr_oracle(rel, vecs, k, w):
             if i in chosen:
                 continue
             closest = max((cos(vecs[i], vecs[j]) for j in chosen), default=0.0)
-            gain = (1 - w) * scaled[i] - w * closest
+            gain = (1 - w) * scaled[i] - w * closest if chosen else scaled[i]  # first: the most relevant
             if gain > best_gain + 1e-12:
                 best, best_gain = i, gain
         chosen.append(best)
@@ -48,8 +48,10 @@ def test_hand_computed_list():
     assert mmr_rerank(REL, VECS, 4, 0.5).tolist() == [0, 2, 3, 1]
     assert mmr_rerank(REL, VECS, 2, 0.5).tolist() == [0, 2]
     assert mmr_rerank(REL, VECS, 9, 0.5).tolist() == [0, 2, 3, 1]  # at most C come back
-    # w = 1 ignores relevance: the first candidate, then C and D (cosine 0 to A) before B (cosine 1).
+    # w = 1 ignores relevance after the first pick, the most relevant: then C and D (cosine 0 to A)
+    # before B (cosine 1); candidates not in relevance order too.
     assert mmr_rerank(REL, VECS, 4, 1.0).tolist() == [0, 2, 3, 1]
+    assert mmr_rerank(np.array([0.0, 1.0, 2.0]), np.eye(3), 2, 1.0).tolist() == [2, 0]
     # equal relevance everywhere: scaled to 1, the first candidate first
     assert mmr_rerank(np.ones(3), np.eye(3), 3, 0.3).tolist() == [0, 1, 2]
 

@@ -379,3 +379,15 @@ def test_per_modality_neighbours_follow_items_added_and_removed():
     assert len(idx) == 11 and "twin" in [r.item_id for r in after] and after != first
     idx.remove(["twin"])  # (in memory: no directory to save)
     assert [r.item_id for r in modality_neighbours(idx, "i0", "text", k=3)] == first
+
+
+def test_a_user_with_no_liked_item_left_is_said_so(trained, tmp_path, caplog):
+    import shutil
+
+    shutil.copytree(trained / "model", tmp_path / "model")
+    rec = Recommender.load(tmp_path / "model", show_progress=False)
+    rec.items.remove(rec.liked_items("u3"))
+    with caplog.at_level("WARNING", logger="mmrec.explain"):
+        res = rec.recommend("u3", 3, explain=True)
+    assert all(r.explanation["history"] == [] for r in res)
+    assert "user 'u3' has no liked item left in the index" in caplog.text

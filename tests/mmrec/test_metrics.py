@@ -45,6 +45,9 @@ def test_hand_computed_metrics() -> None:
     u0 = (1 + 2 * (1 - 1 / math.sqrt(2))) / 3
     u1 = (2 + 1 + 1) / 3
     assert m["diversity@3"] == pytest.approx((u0 + u1) / 2, rel=1e-6)
+    # Coverage among the items that could be ranked (say 5: one held out of every list).
+    held = evaluate_ranking(TOPK, TRUTH, (2, 3), num_items=6, candidates=5)
+    assert held["coverage@2"] == pytest.approx(4 / 5) and held["recall@3"] == m["recall@3"]
 
 
 def test_csr_and_list_truth_agree_and_optional_metrics_absent() -> None:
