@@ -394,9 +394,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     exclude, only = _resolve_filters(index, wanted)
     if args.image is not None:
         key, queries = "image", [str(p) for p in args.image]
-        batches = index.search_images(args.image, args.k, exclude=exclude, only=only)
+        batches = index.search_images(args.image, args.k, exclude=exclude, only=only, by=args.by)
     else:
-        key, queries, batches = "query", texts, index.search_texts(texts, args.k, exclude=exclude, only=only)
+        key, queries, batches = "query", texts, index.search_texts(texts, args.k, exclude=exclude, only=only,
+                                                                   by=args.by)
     if len(queries) == 1 and args.queries is None:
         print_results(batches[0], args.json, title)
     else:  # several queries, or a queries file of any length: one object (or table) a query
@@ -893,6 +894,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--image", type=Path, nargs="+", action="extend", metavar="FILE",
                    help="query image file(s); several are encoded together")
     q.add_argument("--device", help="encode the queries on this torch device (cpu, cuda, cuda:N; default cpu)")
+    q.add_argument("--by", choices=["index", "content"], default="index",
+                   help="index: as the directory places queries (a trained model's content path; default); content: "
+                        "the cosine with the items' own text / image features alone, as the untrained content index "
+                        "ranks (on a trained directory it keeps exact titles and product words)")
     _filter_opts(q)
     _common(q)
     q.set_defaults(func=cmd_search)

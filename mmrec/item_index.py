@@ -86,6 +86,11 @@ def check_cache_dir(cache_dir: str | Path) -> None:
         raise ConfigError(f"feature cache {path} {why} (--cache-dir, $MMREC_CACHE_DIR; --no-cache encodes without one)")
 
 
+def _check_search_by(by: str) -> None:
+    if by not in ("index", "content"):
+        raise ConfigError(f"by must be 'index' or 'content', got {by!r}")
+
+
 def default_cache_dir() -> Path:
     """Feature cache location: ``$MMREC_CACHE_DIR``, else ``~/.cache/mmrec/features``."""
     env = os.environ.get("MMREC_CACHE_DIR")
@@ -1314,22 +1319,33 @@ class ItemIndex:
         return cached[1]
 
     def search_text(self, text: str, k: int = 10, *, exclude: Sequence[object] = (),
-                    only: Sequence[object] | None = None) -> list[Result]:
-        """The k items closest to a free-text query (``exclude`` and ``only`` as for :meth:`similar`)."""
+                    only: Sequence[object] | None = None, by: str = "index") -> list[Result]:
+        """The k items closest to a free-text query (``exclude`` and ``only`` as for :meth:`similar`;
+        ``by`` as for :meth:`search_texts`)."""
         if not text.strip():
             raise MMRecError("empty text query")
-        return self.search_texts([text], k, exclude=exclude, only=only)[0]
+        return self.search_texts([text], k, exclude=exclude, only=only, by=by)[0]
 
     def search_texts(self, texts: Sequence[str], k: int = 10, *, exclude: Sequence[object] = (),
-                     only: Sequence[object] | None = None) -> list[list[Result]]:
+                     only: Sequence[object] | None = None, by: str = "index") -> list[list[Result]]:
         """:meth:`search_text` for many queries, encoded together in the encoder's batches (the
         costly part of a text query), in ``texts`` order. A query encoded in a batch may differ
         from the same query encoded alone in the last float32 digits. ``exclude`` and ``only``
         apply to every query.
 
+        ``by="index"`` (default) ranks as the index places queries: on a trained directory
+        through the trained content path (by cosine with the trained item vectors), on a
+        content index by its fixed combination; ``by="content"`` ranks by the cosine of the
+        query with the items' own text features alone (measured from the catalog mean, as the
+        content index does), an exact scan over the items that have text: on a trained
+        directory, what the untrained content index would answer, which keeps exact titles and
+        product words the trained path may blur.
+
         Raises:
             MMRecError: an empty query (named by its place, from 1), ``k < 1``, an index without text.
+            ConfigError: ``by`` neither ``"index"`` nor ``"content"``.
         """
+        _check_search_by(by)
         if isinstance(texts, (str, bytes)):
             raise MMRecError("search_texts takes a list of queries, got one string: use search_text, or [text]")
         texts = list(texts)
@@ -1343,28 +1359,32 @@ class ItemIndex:
         if not texts:
             return []
         q = encoder.encode(texts)  # [B, D_t]
+        if by == "content":
+            return self._search_content("text", q, k, exclude, only)
         return self._search_queries([self.query_vector("text", q[b : b + 1]) for b in range(len(texts))], k,
                                     exclude, only)
 
     def search_image(self, path: str | Path, k: int = 10, *, exclude: Sequence[object] = (),
-                     only: Sequence[object] | None = None) -> list[Result]:
+                     only: Sequence[object] | None = None, by: str = "index") -> list[Result]:
         """The k items closest to a query image (a local file; ``exclude`` and ``only`` as for
-        :meth:`similar`).
+        :meth:`similar`, ``by`` as for :meth:`search_texts`, with the items' image features).
 
         Raises:
             MMRecError: the file does not exist or does not decode as an image.
         """
-        return self.search_images([path], k, exclude=exclude, only=only)[0]
+        return self.search_images([path], k, exclude=exclude, only=only, by=by)[0]
 
     def search_images(self, paths: Sequence[str | Path], k: int = 10, *, exclude: Sequence[object] = (),
-                      only: Sequence[object] | None = None) -> list[list[Result]]:
+                      only: Sequence[object] | None = None, by: str = "index") -> list[list[Result]]:
         """:meth:`search_image` for many image files, encoded together, in ``paths`` order;
-        ``exclude`` and ``only`` apply to every query.
+        ``exclude`` and ``only`` apply to every query; ``by`` as for :meth:`search_texts`.
 
         Raises:
             MMRecError: a file that does not exist or does not decode (named), ``k < 1``, an
                 index without images.
+            ConfigError: ``by`` neither ``"index"`` nor ``"content"``.
         """
+        _check_search_by(by)
         if isinstance(paths, (str, bytes, os.PathLike)):
             raise MMRecError("search_images takes a list of image files, got one path: use search_image, or [path]")
         encoder = self.encoders.get("image")  # an index without images says so first
@@ -1381,6 +1401,8 @@ class ItemIndex:
             q = encoder.encode_paths(paths)  # [B, D_v]
         except ImageDecodeError as e:
             raise MMRecError(f"query image {e.path}: {e.reason}") from e
+        if by == "content":
+            return self._search_content("image", q, k, exclude, only)
         return self._search_queries([self.query_vector("image", q[b : b + 1]) for b in range(len(paths))], k,
                                     exclude, only)
 
@@ -1403,6 +1425,25 @@ class ItemIndex:
         q = np.concatenate(queries)[:, :-1].astype(np.float32)  # [B, D]: the MIPS query is [q, 0]
         q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
         return self._cosine_top_many(self._unit_vectors(), q, k, drop=self._cosine_drop(dropped, allowed))
+
+    def _search_content(self, modality: str, queries: np.ndarray, k: int, exclude: Sequence[object] = (),
+                        only: Sequence[object] | None = None) -> list[list[Result]]:
+        """Top-k for encoded queries ``[B, D_m]`` by their cosine with the items' ``modality``
+        features (centred as the index centres them), among the items that have it."""
+        from mmrec.explain import _modality_units  # (explain reads this module)
+
+        has, unit = _modality_units(self, modality)  # [N], [N, D_m]
+        q = np.asarray(queries, np.float32)
+        center = self.centers.get(modality)
+        if center is not None:
+            q = q - center
+        norms = np.linalg.norm(q, axis=1, keepdims=True)
+        if not (norms > 0).all():
+            raise MMRecError(f"a {modality} query vector less the catalog's mean is zero: it has no direction to "
+                             "rank items by")
+        dropped, allowed = self.filters(exclude, only)
+        drop = np.union1d(self._cosine_drop(dropped, allowed), np.flatnonzero(~has))
+        return self._cosine_top_many(unit, q / norms, k, drop=drop)
 
     def _cosine_top_many(self, unit: np.ndarray, queries: np.ndarray, k: int,
                          skip: np.ndarray | None = None, drop: np.ndarray | None = None) -> list[list[Result]]:

@@ -322,22 +322,24 @@ class Recommender:
                                        exclude=exclude, only=only)
 
     def search_text(self, text: str, k: int = 10, *, exclude: Sequence[object] = (),
-                    only: Sequence[object] | None = None) -> list[Result]:
-        return self.items.search_text(text, k, exclude=exclude, only=only)
+                    only: Sequence[object] | None = None, by: str = "index") -> list[Result]:
+        """The k items closest to a text query (``by="content"``: by the items' own text features
+        alone, as the untrained content index ranks; :meth:`ItemIndex.search_texts`)."""
+        return self.items.search_text(text, k, exclude=exclude, only=only, by=by)
 
     def search_texts(self, texts: Sequence[str], k: int = 10, *, exclude: Sequence[object] = (),
-                     only: Sequence[object] | None = None) -> list[list[Result]]:
+                     only: Sequence[object] | None = None, by: str = "index") -> list[list[Result]]:
         """:meth:`search_text` for many queries, encoded together (:meth:`ItemIndex.search_texts`)."""
-        return self.items.search_texts(texts, k, exclude=exclude, only=only)
+        return self.items.search_texts(texts, k, exclude=exclude, only=only, by=by)
 
     def search_image(self, path: str | Path, k: int = 10, *, exclude: Sequence[object] = (),
-                     only: Sequence[object] | None = None) -> list[Result]:
-        return self.items.search_image(path, k, exclude=exclude, only=only)
+                     only: Sequence[object] | None = None, by: str = "index") -> list[Result]:
+        return self.items.search_image(path, k, exclude=exclude, only=only, by=by)
 
     def search_images(self, paths: Sequence[str | Path], k: int = 10, *, exclude: Sequence[object] = (),
-                      only: Sequence[object] | None = None) -> list[list[Result]]:
+                      only: Sequence[object] | None = None, by: str = "index") -> list[list[Result]]:
         """:meth:`search_image` for many image files, encoded together (:meth:`ItemIndex.search_images`)."""
-        return self.items.search_images(paths, k, exclude=exclude, only=only)
+        return self.items.search_images(paths, k, exclude=exclude, only=only, by=by)
 
     def user_index(self, user_id: object) -> int:
         """The user's row in the model; ids are read as item ids are (``"7"`` finds the int id

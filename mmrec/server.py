@@ -193,7 +193,8 @@ def _similar(rec, p: Params) -> list:
 
 
 def _search(rec, p: Params) -> list:
-    return rec.search_text(p.one("text", required=True), p.integer("k", 10, 1), **_filters(rec, p))
+    return rec.search_text(p.one("text", required=True), p.integer("k", 10, 1), by=p.one("by", "index"),
+                           **_filters(rec, p))
 
 
 FILTERS = ("exclude", "only", "where")  # every query route takes them
@@ -203,7 +204,7 @@ ROUTES: dict[str, tuple[Callable[[Any, Params], list], tuple[str, ...]]] = {
     "/history": (_history, ("item", "user", "k", "method", "include_known", "explain", "explain_items", "diversity",
                             *FILTERS)),
     "/similar": (_similar, ("item", "k", "explain", "by", *FILTERS)),
-    "/search": (_search, ("text", "k", *FILTERS)),
+    "/search": (_search, ("text", "k", "by", *FILTERS)),
 }
 
 

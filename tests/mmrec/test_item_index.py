@@ -643,3 +643,47 @@ def test_a_cache_directory_that_cannot_be_written_is_refused_before_encoding(tmp
         with pytest.raises(ConfigError, match=f"feature cache {cache} {why}"):
             ItemIndex.build(tmp_path / "items.csv", text_encoder=tiny_bert_dir, image_encoder=None, cache_dir=cache,
                             show_progress=False)
+
+
+def _content_oracle(index, text: str, k: int, leave_out=()) -> list[tuple[object, float]]:
+    """The items by the centred cosine of their text features with the query, exactly."""
+    q = index.encoders.get("text").encode([text])[0].astype(np.float64) - index.centers["text"]
+    x = index.features["text"].astype(np.float64) - index.centers["text"]
+    cos = x @ q / (np.linalg.norm(x, axis=1) * np.linalg.norm(q))
+    order = [i for i in np.argsort(-cos, kind="stable") if index.ids[i] not in leave_out]
+    return [(index.ids[i], float(cos[i])) for i in order[:k]]
+
+
+def test_search_by_content_ranks_by_the_items_own_text_on_content_and_trained_directories(tmp_path, tiny_bert_dir):
+    from mmrec.config import TrainConfig
+    from mmrec.pipeline import fit
+    from mmrec.recommender import Recommender
+
+    words = ["space", "alien", "war", "robot", "dog", "cooking", "show", "station", "film", "night"]
+    titles = ["space alien war", "robot dog", "cooking show", "space station", "dog show", "alien cooking",
+              "war film", "robot war"] + [f"{words[i % 10]} {words[(3 * i + 1) % 10]} {i}" for i in range(32)]
+    (tmp_path / "items.csv").write_text("item_id,title\n" + "".join(f"{i},{t}\n" for i, t in enumerate(titles)))
+    idx = ItemIndex.build(tmp_path / "items.csv", text_encoder=tiny_bert_dir, image_encoder=None, show_progress=False)
+    for text in ("space", "dog show"):  # one modality: the index's own ranking is this cosine
+        by_index, by_content = idx.search_text(text, 5), idx.search_text(text, 5, by="content")
+        assert [r.item_id for r in by_content] == [i for i, _ in _content_oracle(idx, text, 5)]
+        # (the same scores; items whose titles differ by a number alone may swap places within a float32 digit)
+        np.testing.assert_allclose([r.score for r in by_index], [r.score for r in by_content], atol=1e-5)
+        np.testing.assert_allclose([r.score for r in by_content], [s for _, s in _content_oracle(idx, text, 5)],
+                                   atol=1e-5)
+    rng = np.random.default_rng(0)
+    lines = ["user_id\titem_id"] + [f"u{u}\t{i}" for u in range(30) for i in rng.choice(40, 6, replace=False)]
+    (tmp_path / "inter.tsv").write_text("\n".join(lines) + "\n")
+    fit(tmp_path / "inter.tsv", catalog=tmp_path / "items.csv", out=tmp_path / "m", text_encoder=tiny_bert_dir,
+        image_encoder=None, cache_dir=None, config=TrainConfig(epochs=1, dim=8, heads=2), split="random",
+        show_progress=False)
+    rec = Recommender.load(tmp_path / "m", show_progress=False)
+    got = rec.search_texts(["space", "robot"], 3, by="content", exclude=[3])
+    for text, results in zip(["space", "robot"], got):
+        want = _content_oracle(rec.items, text, 3, leave_out={3})
+        assert [r.item_id for r in results] == [i for i, _ in want]
+        np.testing.assert_allclose([r.score for r in results], [s for _, s in want], atol=1e-5)
+    assert [r.item_id for r in rec.search_text("space", 8, by="content", only=[0, 1])] in ([0, 1], [1, 0])
+    assert "text" in rec.items.centers  # 40 items: measured from the catalog mean, as the oracle is
+    with pytest.raises(ConfigError, match="by must be 'index' or 'content', got 'cosine'"):
+        rec.search_text("space", 3, by="cosine")

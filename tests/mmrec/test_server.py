@@ -129,6 +129,7 @@ def test_bad_requests_are_refused_with_the_reason(served):
         ("/history?item=0&method=magic", 400, "method must be 'auto', 'fold-in' or 'mean', got 'magic'"),
         ("/similar?item=3&by=dot", 400, "by must be 'index' or 'cosine', got 'dot'"),
         ("/search?text=space", 400, "this index has no text modality"),
+        ("/search?text=space&by=cosine", 400, "by must be 'index' or 'content', got 'cosine'"),
         ("/recommend?user=%ff", 400, "the query string is not UTF-8"),
         ("/recommend?user=u1&explain_items=2", 400, "'explain_items' sets how many history items 'explain' names"),
         ("/recommend?user=u1&explain=1&explain_items=0", 400, "/recommend: 'explain_items' must be at least 1, got 0"),
