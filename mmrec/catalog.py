@@ -92,14 +92,18 @@ class Catalog:
         """The 1-based data row of the file the item at ``position`` came from."""
         return self.rows[position] if self.rows else position + 1
 
-    def write_skip_report(self, path: str | Path) -> None:
-        """Write what was skipped, one JSON object a line: row, item_id (as in the file, ``null``
-        when missing), field, message."""
+    def skip_records(self) -> list[dict[str, Any]]:
+        """What was skipped, one dict a row: row, item_id (as in the file, ``None`` when missing),
+        field, message, and the file."""
         ids = self.skipped_ids or [None] * len(self.skipped)
+        return [{"row": p.row, "item_id": None if _blank(item) else id_text(item), "field": p.field,
+                 "message": p.message, "file": str(self.source)} for p, item in zip(self.skipped, ids)]
+
+    def write_skip_report(self, path: str | Path) -> None:
+        """Write :meth:`skip_records`, one JSON object a line."""
         with open(path, "w", encoding="utf-8") as f:
-            for p, item in zip(self.skipped, ids):
-                item = None if _blank(item) else id_text(item)
-                f.write(json.dumps({"row": p.row, "item_id": item, "field": p.field, "message": p.message}) + "\n")
+            for record in self.skip_records():
+                f.write(json.dumps(record) + "\n")
 
 
 def cell_text(value: Any) -> str:

@@ -942,8 +942,12 @@ class ItemIndex:
                 with open(tmp / "items.jsonl", "w", encoding="utf-8") as f:
                     for it in self.items:
                         f.write(json.dumps(it, ensure_ascii=False) + "\n")
-                if skipped is not None and skipped.skipped:
-                    skipped.write_skip_report(tmp / "skipped.jsonl")
+                # Every command's skipped rows, this one's after those the directory already listed
+                # (a build or train writing a new directory starts the list).
+                report = self._skips_so_far() + (skipped.skip_records() if skipped is not None else [])
+                if report:
+                    with open(tmp / "skipped.jsonl", "w", encoding="utf-8") as f:
+                        f.writelines(json.dumps(r) + "\n" for r in report)
                 files = sorted({p.name for p in tmp.iterdir() if p.is_file()} | set(attached))
                 manifest = dict(
                     self.manifest, count=len(self), attachments=attached, checksums={n: sha256_file(tmp / n) for n in files}
@@ -959,6 +963,14 @@ class ItemIndex:
         self.manifest = written
         self.directory = self.encoders.root = directory
         self._stamp = stamp
+
+    def _skips_so_far(self) -> list[dict[str, Any]]:
+        """The records of the ``skipped.jsonl`` of the directory this index was loaded from."""
+        path = None if self.directory is None else self.directory / "skipped.jsonl"
+        if path is None or not path.is_file():
+            return []
+        with open(path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
 
     def _check_in_place(self) -> None:
         """Refuse, before any work, a save in place that would lose files (:func:`check_rewrite`)

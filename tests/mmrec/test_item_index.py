@@ -687,3 +687,23 @@ def test_search_by_content_ranks_by_the_items_own_text_on_content_and_trained_di
     assert "text" in rec.items.centers  # 40 items: measured from the catalog mean, as the oracle is
     with pytest.raises(ConfigError, match="by must be 'index' or 'content', got 'cosine'"):
         rec.search_text("space", 3, by="cosine")
+
+
+def test_skipped_rows_of_every_command_stay_listed(tmp_path, tiny_bert_dir):
+    (tmp_path / "items.csv").write_text("item_id,title\n1,space alien\n1,twice\n2,robot dog\n3,cooking show\n")
+    idx = ItemIndex.build(tmp_path / "items.csv", tmp_path / "idx", text_encoder=tiny_bert_dir, image_encoder=None,
+                          skip_invalid=True, show_progress=False)
+
+    def listed():
+        lines = (tmp_path / "idx" / "skipped.jsonl").read_text().splitlines()
+        return [(Path(r["file"]).name, r["row"], r["item_id"]) for r in map(json.loads, lines)]
+
+    assert listed() == [("items.csv", 2, "1")]
+    idx.remove([3])  # rewrites the directory: the list stays
+    assert listed() == [("items.csv", 2, "1")]
+    (tmp_path / "new.csv").write_text("item_id,title\n2,again\n7,new film\n")
+    assert idx.add(tmp_path / "new.csv", skip_invalid=True) == 1
+    assert listed() == [("items.csv", 2, "1"), ("new.csv", 1, "2")]
+    fresh = ItemIndex.build(tmp_path / "new.csv", tmp_path / "idx", text_encoder=tiny_bert_dir, image_encoder=None,
+                            overwrite=True, show_progress=False)  # a new build starts the list anew: none skipped
+    assert len(fresh) == 2 and not (tmp_path / "idx" / "skipped.jsonl").exists()
