@@ -47,6 +47,8 @@ class Catalog:
         skipped_ids: the raw ``item_id`` of each skipped row (``None`` where it had none).
         rows: each item's 1-based data row in the file, for messages once rows were skipped
             (empty: the items are rows ``1..N``).
+        masked: images left out under ``mask_bad_images=True`` (missing or unreadable), their
+            rows kept, with the reason; ``masked_ids`` the raw ``item_id`` of each.
     """
 
     item_ids: list[ItemId]
@@ -59,6 +61,8 @@ class Catalog:
     skipped: list[Problem] = field(default_factory=list)
     skipped_ids: list[Any] = field(default_factory=list)
     rows: list[int] = field(default_factory=list)
+    masked: list[Problem] = field(default_factory=list)
+    masked_ids: list[Any] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -86,6 +90,8 @@ class Catalog:
             skipped=list(self.skipped),
             skipped_ids=list(self.skipped_ids),
             rows=[self.row(i) for i in positions],
+            masked=list(self.masked),
+            masked_ids=list(self.masked_ids),
         )
 
     def row(self, position: int) -> int:
@@ -93,11 +99,14 @@ class Catalog:
         return self.rows[position] if self.rows else position + 1
 
     def skip_records(self) -> list[dict[str, Any]]:
-        """What was skipped, one dict a row: row, item_id (as in the file, ``None`` when missing),
-        field, message, and the file."""
-        ids = self.skipped_ids or [None] * len(self.skipped)
+        """What was skipped, one dict a row, in row order: row, item_id (as in the file, ``None``
+        when missing), field, message, and the file; a masked image is one too (field the image
+        column), its row kept."""
+        pairs = [*zip(self.skipped, self.skipped_ids or [None] * len(self.skipped)),
+                 *zip(self.masked, self.masked_ids or [None] * len(self.masked))]
+        pairs.sort(key=lambda pair: pair[0].row or 0)
         return [{"row": p.row, "item_id": None if _blank(item) else id_text(item), "field": p.field,
-                 "message": p.message, "file": str(self.source)} for p, item in zip(self.skipped, ids)]
+                 "message": p.message, "file": str(self.source)} for p, item in pairs]
 
     def write_skip_report(self, path: str | Path) -> None:
         """Write :meth:`skip_records`, one JSON object a line."""
@@ -291,6 +300,7 @@ def load_catalog(
     require_content: bool = True,
     optional: Sequence[str] = (),
     encoded: Sequence[str] = ("text", "image"),
+    mask_bad_images: bool = False,
 ) -> Catalog:
     """Load and validate a catalog file.
 
@@ -313,6 +323,9 @@ def load_catalog(
         encoded: the modalities an encoder will read (``"text"``, ``"image"``): with one turned off
             (``--text-encoder none``), a row needs content in the other; images are checked only
             when encoded.
+        mask_bad_images: an image that is missing or does not decode leaves its row without an
+            image (recorded in ``Catalog.masked``) instead of making the row invalid, as long as
+            the row keeps content (its text, or ``require_content`` off).
 
     Returns:
         The validated :class:`Catalog`.
@@ -362,6 +375,7 @@ def load_catalog(
         show_progress=show_progress,
         require_content=require_content,
         encoded=encoded,
+        mask_bad_images=mask_bad_images,
     )
 
 
@@ -429,6 +443,7 @@ def _validate(
     show_progress: bool,
     require_content: bool = True,
     encoded: Sequence[str] = ("text", "image"),
+    mask_bad_images: bool = False,
 ) -> Catalog:
     uses_text, uses_image = "text" in encoded, "image" in encoded
     off = [m for m in ("text", "image") if m not in encoded]
@@ -476,15 +491,26 @@ def _validate(
             problems.append(Problem(i + 1, None, lacks))
             bad.add(i)
 
+    masked: list[Problem] = []
     if check_images and image_field is not None and uses_image:
         from encoders.image import check_image
 
         todo = [i for i, p in enumerate(images) if p is not None and i not in bad]
         for i in tqdm(todo, desc="checking images", unit="img", disable=not show_progress or not todo):
             reason = check_image(images[i])
-            if reason is not None:
-                problems.append(Problem(i + 1, image_field, f"{images[i]}: {reason}"))
+            if reason is None:
+                continue
+            if mask_bad_images and (not require_content or (uses_text and texts[i])):
+                masked.append(Problem(i + 1, image_field, f"{images[i]}: {reason}; the image is left out, the "
+                                                          "row kept (--mask-bad-images)"))
+                images[i] = None
+            else:
+                problems.append(Problem(i + 1, image_field, f"{images[i]}: {reason}" + (
+                    "; the row has no text to keep it by" if mask_bad_images else "")))
                 bad.add(i)
+    if masked:
+        logger.warning("%s: %d image(s) missing or unreadable were left out, their rows kept (listed in "
+                       "skipped.jsonl): %s", source, len(masked), masked[0])
 
     problems.sort(key=lambda p: (p.row or 0))
     if problems and not skip_invalid:
@@ -508,6 +534,8 @@ def _validate(
         source=source,
         skipped=problems,
         skipped_ids=[raw_ids[p.row - 1] if p.row is not None else None for p in problems],
+        masked=masked,
+        masked_ids=[raw_ids[p.row - 1] for p in masked],
         rows=[i + 1 for i in keep],
     )
 

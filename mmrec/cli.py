@@ -170,7 +170,14 @@ def _cache_dir(args: argparse.Namespace) -> Path | None:
 def _catalog_options(args: argparse.Namespace) -> dict:
     """The catalog-reading options that were given (``load_catalog`` keyword arguments)."""
     return {k: v for k, v in (("text_fields", args.text_fields), ("image_field", args.image_field),
-                              ("image_root", args.image_root)) if v}
+                              ("image_root", args.image_root), ("mask_bad_images", args.mask_bad_images)) if v}
+
+
+def _mask_opt(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mask-bad-images", action="store_true",
+                   help="an image that is missing or does not decode leaves its row without an image (listed in "
+                        "skipped.jsonl) instead of failing the run or, with --skip-invalid, skipping the row; a row "
+                        "with no text then is still invalid")
 
 
 def _training_options(args: argparse.Namespace) -> dict:
@@ -187,7 +194,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     if args.catalog is None and not args.features:
         raise UsageError("give --catalog, --features NAME=PATH.npy, or both")
     catalog_only = {"text_fields": args.text_fields, "image_field": args.image_field, "image_root": args.image_root,
-                    "skip_invalid": args.skip_invalid}
+                    "skip_invalid": args.skip_invalid, "mask_bad_images": args.mask_bad_images}
     if args.catalog is None and any(catalog_only.values()):
         given = ", ".join("--" + k.replace("_", "-") for k, v in catalog_only.items() if v)
         raise UsageError(f"{given} read the catalog: give --catalog too")
@@ -211,6 +218,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         image_field=args.image_field,
         image_root=args.image_root,
         skip_invalid=args.skip_invalid,
+        mask_bad_images=args.mask_bad_images,
     )
     skipped = Path(args.out) / "skipped.jsonl"
     note = f"; skipped rows listed in {skipped}" if skipped.exists() else ""
@@ -236,7 +244,8 @@ def cmd_index_add(args: argparse.Namespace) -> int:
     if args.device is not None:
         check_device(args.device)  # before the index is opened
     index = _open_index(args)
-    opts = {k: v for k, v in (("image_root", args.image_root), ("skip_invalid", args.skip_invalid)) if v}
+    opts = {k: v for k, v in (("image_root", args.image_root), ("skip_invalid", args.skip_invalid),
+                              ("mask_bad_images", args.mask_bad_images)) if v}
     n = index.add(args.catalog, features=_features(args), cache_dir=_cache_dir(args), device=args.device,
                   **opts)
     print(f"added {_items(n)} to {args.index}: {_items(len(index))}")
@@ -446,6 +455,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     _check_skip_with_features(args)
     catalog_only = {"--text-fields": args.text_fields, "--image-field": args.image_field,
                     "--image-root": args.image_root, "--image-weights": args.image_weights,
+                    "--mask-bad-images": args.mask_bad_images,
                     "--allow-download": args.allow_download, "--max-length": args.max_length != 256,
                     "--text-encoder": args.text_encoder != "default", "--image-encoder": args.image_encoder != "default"}
     if args.catalog is None and any(catalog_only.values()):  # a forgotten --catalog would train without content
@@ -781,6 +791,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated text columns (default: every column of text: strings, lists of strings)")
     b.add_argument("--image-field", help="column of image paths (default: 'image' if present)")
     b.add_argument("--image-root", type=Path, help="base for relative image paths (default: the catalog's folder)")
+    _mask_opt(b)
     b.add_argument("--factory", default="auto", help="FAISS factory string or 'auto' (default)")
     b.add_argument("--text-encoder", default="default",
                    help="'default' (packaged MiniLM), 'none' (text not encoded), a Hugging Face model dir, or a Hub "
@@ -811,6 +822,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="precomputed features of the new items, one row per catalog row, for the index's "
                         "precomputed modalities (repeatable; one left out is masked for the new items)")
     a.add_argument("--image-root", type=Path, help="base for relative image paths (default: the catalog's folder)")
+    _mask_opt(a)
     a.add_argument("--skip-invalid", action="store_true",
                    help="skip bad rows (listed in INDEX/skipped.jsonl) instead of failing")
     a.add_argument("--device", default=None, help="torch device the encoders run on: cpu (default), cuda, cuda:N")
@@ -918,6 +930,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated text columns (default: every column of text: strings, lists of strings)")
     t.add_argument("--image-field", help="column of image paths (default: 'image' if present)")
     t.add_argument("--image-root", type=Path, help="base for relative image paths (default: the catalog's folder)")
+    _mask_opt(t)
     t.add_argument("--text-encoder", default="default",
                    help="as for index build: default, none, a Hugging Face model dir, or a Hub name with "
                         "--allow-download")
@@ -962,6 +975,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--text-fields", type=_csv_list, help="default: the source's")
     ft.add_argument("--image-field", help="default: the source's")
     ft.add_argument("--image-root", type=Path, help="base for relative image paths (default: the catalog's folder)")
+    _mask_opt(ft)
     ft.add_argument("--ignore-modality", action="append", metavar="NAME",
                     help="leave a modality of the new data out (one the source model never had; repeatable)")
     ft.add_argument("--keep-users", action=argparse.BooleanOptionalAction, default=True,

@@ -395,3 +395,32 @@ def test_a_header_naming_a_column_twice_is_refused(tmp_path):
     (tmp_path / "inter.csv").write_text("user_id,item_id,item_id\n1,1,2\n")
     with pytest.raises(DataError, match=r"inter\.csv: field 'item_id': the header names this column 2 times"):
         load_interactions(tmp_path / "inter.csv")
+
+
+def test_bad_images_can_be_left_out_with_their_rows_kept(tmp_path, image_paths, tiny_bert_dir, tiny_vit_dir):
+    import json
+    import shutil
+
+    from mmrec.item_index import ItemIndex
+
+    shutil.copy(image_paths[0], tmp_path / "ok.jpg")
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    (tmp_path / "items.csv").write_text("item_id,title,image\nA,red boots,ok.jpg\nB,blue boots,gone.jpg\n"
+                                        "C,green mug,broken.jpg\nD,,gone.jpg\nE,lamp,ok.jpg\n")
+    with pytest.raises(DataError) as e:  # the default: every bad image named, nothing encoded
+        load_catalog(tmp_path / "items.csv", show_progress=False)
+    assert [p.row for p in e.value.problems] == [2, 3, 4]
+    with pytest.raises(DataError, match=r"row 4, field 'image': .*gone\.jpg: .*; the row has no text to keep it by"):
+        load_catalog(tmp_path / "items.csv", show_progress=False, mask_bad_images=True)  # D: nothing left
+    cat = load_catalog(tmp_path / "items.csv", show_progress=False, mask_bad_images=True, skip_invalid=True)
+    assert cat.item_ids == ["A", "B", "C", "E"] and cat.images[1:3] == [None, None] and cat.images[0] is not None
+    assert [(p.row, p.field) for p in cat.masked] == [(2, "image"), (3, "image")]
+    assert [p.row for p in cat.skipped] == [4]  # only D is skipped: its interactions go with it
+    ItemIndex.build(tmp_path / "items.csv", tmp_path / "idx", text_encoder=tiny_bert_dir, image_encoder=tiny_vit_dir,
+                    mask_bad_images=True, skip_invalid=True, show_progress=False)
+    index = ItemIndex.load(tmp_path / "idx")
+    assert index.ids == ["A", "B", "C", "E"] and index.present["image"].tolist() == [True, False, False, True]
+    listed = [json.loads(line) for line in (tmp_path / "idx" / "skipped.jsonl").read_text().splitlines()]
+    assert [(r["row"], r["item_id"], r["field"]) for r in listed] == [(2, "B", "image"), (3, "C", "image"),
+                                                                      (4, "D", "image")]
+    assert "the image is left out, the row kept" in listed[0]["message"]
