@@ -546,7 +546,8 @@ class ImageEncoder:
             num_workers=workers, collate_fn=_collate, pin_memory=self.device.type == "cuda",
             worker_init_fn=_single_thread_worker if workers else None,
         )
-        bar = tqdm(total=n, desc=f"encoding images ({self.name})", unit="img", disable=not progress)
+        bar = tqdm(total=n, desc=f"encoding images ({self.name})", unit="img",
+                   disable=not progress or n <= self.batch_size)  # one batch is one step: no bar
         with bar, torch.inference_mode():
             for index, pixels, errors in loader:
                 if errors:

@@ -326,7 +326,9 @@ class TextEncoder:
     def _encode(self, texts: list[str], progress: bool) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)  # [N, D_t]
         chunk = self.batch_size * _TOKENIZE_CHUNK
-        bar = tqdm(total=len(texts), desc=f"encoding text ({self.name})", unit="text", disable=not progress)
+        # One batch (a query, a few items) is one step: no bar for it.
+        bar = tqdm(total=len(texts), desc=f"encoding text ({self.name})", unit="text",
+                   disable=not progress or len(texts) <= self.batch_size)
         with bar:
             for start in range(0, len(texts), chunk):
                 ids = self._tokens(texts[start : start + chunk])

@@ -284,6 +284,10 @@ def cmd_index_info(args: argparse.Namespace) -> int:
     print(f"  modalities: {', '.join(mods) or 'none (ID only)'}")
     for mod, spec in info["encoders"].items():
         print(f"  encoder {mod}: {spec.get('model')} ({spec.get('identity', '?')}, {spec.get('dim', '?')}-d)")
+    read = info["catalog"]
+    if read["text_fields"] or read["image_field"]:  # what `index add` reads from a new catalog
+        print(f"  catalog: text from {', '.join(read['text_fields']) or 'no column'}"
+              + (f", images from '{read['image_field']}'" if read["image_field"] else ""))
     training = info.get("training")
     if training:
         metrics = "; ".join(f"{part} " + " ".join(f"{k} {v:.4f}" for k, v in training[part].items())
@@ -776,6 +780,9 @@ def _cache_opts(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmrec", description="Multimodal recommender: index, search, recommend.")
+    # Also before the command (`mmrec -q index build ...`); own names, as a subcommand's defaults would reset them.
+    parser.add_argument("--debug", dest="debug_all", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("-q", "--quiet", dest="quiet_all", action="store_true", help="no progress bars or info logs")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     idx = sub.add_parser("index", help="build or change an item index")
@@ -1057,6 +1064,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.debug, args.quiet = args.debug or args.debug_all, args.quiet or args.quiet_all
     if not args.debug:  # torch_geometric's import-time use of a deprecated torch API is not the user's concern
         warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")
     level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO

@@ -745,7 +745,10 @@ def load_interactions(
         if on_invalid == "error":
             raise DataError(path, problems)
         report["problems"] = [str(p) for p in problems[:_PROBLEMS_IN_REPORT]]
-        logger.warning("%s: skipped %d invalid row(s) of %d; first: %s", path, invalid.sum(), n_rows, problems[0])
+        shown = "; ".join(str(p) for p in problems[:3])
+        more = (f"; ... (a training run lists the first {_PROBLEMS_IN_REPORT} in train_report.json, data.problems)"
+                if len(problems) > 3 else "")
+        logger.warning("%s: skipped %d invalid row(s) of %d: %s%s", path, invalid.sum(), n_rows, shown, more)
 
     keep = ~invalid
     if item_ids is not None and unknown_items == "skip":

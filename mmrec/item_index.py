@@ -1161,6 +1161,11 @@ class ItemIndex:
                 return np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
 
             equal = [value for op, value in conditions if op == "="]
+            for value in {v for op, v in conditions if op in ("=", "!=")} - set(facets[field]) if field in facets else ():
+                near = sorted(v for v in facets[field] if v.casefold() == value.casefold())
+                if near:  # case counts: say what the field holds
+                    logger.warning("%s=%s matches no item (case counts): the field holds %s", field, value,
+                                   ", ".join(repr(v) for v in near))
             if equal:
                 keep = np.intersect1d(keep, rows_of(equal), assume_unique=True)
             for op, value in conditions:

@@ -420,6 +420,7 @@ class Recommender:
                                  "masked": mod in m.get("masked", [])}
                            for mod in self.items.modalities},
             "encoders": dict(m.get("encoders", {})),
+            "catalog": {"text_fields": list(m.get("text_fields") or []), "image_field": m.get("image_field")},
         }
         if not self.trained:
             return out

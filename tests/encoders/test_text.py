@@ -181,3 +181,11 @@ def test_an_empty_text_with_a_tokenizer_that_adds_no_special_tokens_still_gets_a
     np.testing.assert_allclose(alone, np.stack([mixed[1], mixed[1]]), atol=1e-6)  # the same vector, batch or not
     eos = enc.encode(["<|endoftext|>"])
     np.testing.assert_allclose(mixed[1:], eos, atol=1e-6)
+
+
+def test_a_single_batch_shows_no_progress_bar(tiny_bert_dir, capfd):
+    enc = TextEncoder(tiny_bert_dir, batch_size=2, show_progress=True)
+    enc.encode(["one query"])
+    assert "encoding text" not in capfd.readouterr().err  # a search's query: one step, no bar
+    enc.encode(["a", "b", "c", "d", "e"])
+    assert "encoding text" in capfd.readouterr().err

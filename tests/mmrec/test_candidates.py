@@ -38,8 +38,11 @@ def ids(results) -> list:
     return [r.item_id for r in results]
 
 
-def test_matching_reads_display_fields_and_separated_values(rec):
+def test_matching_reads_display_fields_and_separated_values(rec, caplog):
     items = rec.items
+    with caplog.at_level("WARNING", logger="mmrec.item_index"):
+        assert items.matching({"genres": "comedy"}) == []
+    assert "genres=comedy matches no item (case counts): the field holds 'Comedy'" in caplog.text
     comedy = [i for i in range(32) if i % 4 in (0, 1)]
     assert items.matching({"genres": "Comedy"}) == comedy  # "Comedy" and "Drama|Comedy", in index order
     assert items.matching({"genres": ["Horror", "Comedy"]}) == [i for i in range(32) if i % 4 != 2]

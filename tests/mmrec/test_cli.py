@@ -466,6 +466,7 @@ def test_index_info_names_the_encoder(built, capsys):
     assert code == 0 and lines[0].startswith(f"{built / 'idx'}: content directory, 6 items (format 2, written ")
     assert lines[1] == "  index: Flat, dim 385, exact search"
     assert lines[3].startswith("  encoder text: default (text:all-MiniLM-L6-v2@") and lines[3].endswith(", 384-d)")
+    assert lines[4] == "  catalog: text from title, summary"  # what index add reads from a new file
 
 
 def test_repeated_list_options_add_up(built, capsys, tmp_path):
@@ -495,3 +496,10 @@ def test_train_refuses_catalog_options_without_a_catalog_and_bad_values_as_usage
     assert code == 2 and "--text-fields, --image-encoder read the catalog: give --catalog too" in err
     code, _, err = run(capsys, *base, "--epochs", "0")
     assert code == 2 and "epochs must be positive, got 0" in err and not (tmp_path / "m").exists()
+
+
+def test_quiet_and_debug_go_before_the_command_too(built, capsys):
+    code, out, err = run(capsys, "-q", "similar", "--index", str(built / "idx"), "--item", "m1", "-k", "2", "--json")
+    assert code == 0 and len(json.loads(out)) == 2 and err == ""  # no info log line
+    code, _, err = run(capsys, "--debug", "similar", "--index", str(built / "idx"), "--item", "nope", "-q")
+    assert code == 1 and "Traceback" in err

@@ -286,11 +286,15 @@ def test_error_missing_column_empty_file_no_rows(tmp_path: Path) -> None:
         load_interactions(tmp_path / "x.json")
 
 
-def test_on_invalid_skip_counts_and_reports(tmp_path: Path) -> None:
+def test_on_invalid_skip_counts_and_reports(tmp_path: Path, caplog) -> None:
     rows = [r[:] for r in ROWS]
     rows[1][2] = "good"
     rows[2][4] = "later"
-    inter = load_interactions(write(tmp_path / "bad.csv", rows), on_invalid="skip")
+    with caplog.at_level("WARNING", logger="mmrec.interactions"):
+        inter = load_interactions(write(tmp_path / "bad.csv", rows), on_invalid="skip")
+    # The warning names the bad rows (up to 3), not only the first.
+    assert ("skipped 2 invalid row(s) of 6: row 2, field 'rating': not a finite number: 'good'; row 3, field "
+            "'split': unknown split 'later'") in caplog.text
     assert inter.report["invalid"] == 2
     assert inter.report["problems"] == [
         "row 2, field 'rating': not a finite number: 'good'",
