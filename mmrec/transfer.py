@@ -451,8 +451,11 @@ def finetune(
     def start(trainer: Trainer) -> dict[str, Any]:
         inter = trainer.data.inter
         rows = matching_users(src, inter.user_ids) if keep_users else None
-        if rows is not None:
-            logger.info("%d of %d users keep their source embedding", int((rows >= 0).sum()), len(rows))
+        if rows is not None and (rows >= 0).any():
+            # Matched by id alone: "u01" of two shops may be two people. Said where it decides the start.
+            logger.warning("%d of %d users keep their source embedding, matched by id (pass --no-keep-users / "
+                           "keep_users=False if these ids name other people in the new data)",
+                           int((rows >= 0).sum()), len(rows))
         transfer_weights(src.model, trainer.model, trainer.features, trainer.present, user_rows=rows,
                          seed=trainer.cfg.seed)
         report: dict[str, Any] = {"source": str(src.items.directory or "")}

@@ -313,7 +313,7 @@ def test_a_source_rating_threshold_is_not_inherited_but_named(small, tmp_path, c
                 "row is a positive (give --rating-threshold to apply one)" in caplog.text) == warned
 
 
-def test_keep_users_starts_known_users_from_their_source_embedding(small, tmp_path):
+def test_keep_users_starts_known_users_from_their_source_embedding(small, tmp_path, caplog):
     d, _, _ = small
     source = Recommender.load(d / "source", show_progress=False)
     inter, feats = write_planted(tmp_path, users=12, items=16, seed=5)  # users u0..u11: known to the source
@@ -325,7 +325,9 @@ def test_keep_users_starts_known_users_from_their_source_embedding(small, tmp_pa
         seen[keep] = rec.model.user_embedding.weight.detach()
         return rec
 
-    rec = record(True)
+    with caplog.at_level("WARNING", logger="mmrec.transfer"):
+        rec = record(True)
+    assert "12 of 12 users keep their source embedding, matched by id (pass --no-keep-users" in caplog.text
     rows = [source.user_index(u) for u in rec.user_ids]
     # lr 1e-9: one epoch of Adam moves a weight by at most ~1e-9 per step.
     src = source.model.user_embedding.weight[rows].detach()
