@@ -222,7 +222,8 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict[str, Any]], dict[
         if any("\x00" in name for name in header):  # UTF-16 without a byte-order mark reads as UTF-8 here
             raise DataError(path, [Problem(None, None, "the header row is not UTF-8 text (NUL bytes: UTF-16?): "
                                                        "save the file as UTF-8")])
-        names = [name.strip() for name in header]
+        # As pandas names the columns (unstripped; empty names, as trailing commas write, become "Unnamed: N").
+        names = [name for name in header if name.strip()]
         twice = list(dict.fromkeys(name for name in names if names.count(name) > 1))
         if twice:  # pandas would rename the second "title.1", which no option names, silently
             raise DataError(path, [Problem(None, name, f"the header names this column {names.count(name)} times: "
@@ -506,7 +507,8 @@ def _validate(
                 images[i] = None
             else:
                 problems.append(Problem(i + 1, image_field, f"{images[i]}: {reason}" + (
-                    "; the row has no text to keep it by" if mask_bad_images else "")))
+                    ("; the row has no text to keep it by" if uses_text else
+                     "; text is not encoded, so the row has nothing to keep it by") if mask_bad_images else "")))
                 bad.add(i)
     if masked:
         logger.warning("%s: %d image(s) missing or unreadable were left out, their rows kept (listed in "
@@ -580,8 +582,10 @@ def check_catalog_ids(catalog: Catalog, existing: set[ItemId], source: str, *, s
     if not len(left):
         every = sorted(catalog.skipped + problems, key=lambda q: q.row or 0)
         raise DataError(source, [Problem(None, None, "no valid rows left")] + every)
-    logger.warning("%s: skipped %d row(s) whose id is already in the index%s", source, len(clash) - mistyped,
-                   f", and {mistyped} whose id is not a whole number as the index's are" if mistyped else "")
+    parts = [f"{n} row(s) whose id {why}" for n, why in ((len(clash) - mistyped, "is already in the index"),
+                                                         (mistyped, "is not a whole number, as the index's ids are"))
+             if n]
+    logger.warning("%s: skipped %s", source, " and ".join(parts))
     pairs = sorted(zip(left.skipped + problems, (left.skipped_ids or [None] * len(left.skipped))
                        + [id_text(catalog.item_ids[i]) for i in clash]), key=lambda pair: pair[0].row or 0)
     left.skipped, left.skipped_ids = [q for q, _ in pairs], [item for _, item in pairs]

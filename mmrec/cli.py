@@ -461,7 +461,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                     "--image-root": args.image_root, "--image-weights": args.image_weights,
                     "--mask-bad-images": args.mask_bad_images,
                     "--allow-download": args.allow_download, "--max-length": args.max_length != 256,
-                    "--text-encoder": args.text_encoder != "default", "--image-encoder": args.image_encoder != "default"}
+                    # "none" turns an encoder off, as beside --features alone it is: only a named encoder reads a catalog
+                    "--text-encoder": args.text_encoder not in ("default", "none"),
+                    "--image-encoder": args.image_encoder not in ("default", "none")}
     if args.catalog is None and any(catalog_only.values()):  # a forgotten --catalog would train without content
         raise UsageError(f"{', '.join(k for k, v in catalog_only.items() if v)} read the catalog: give --catalog too")
     if args.catalog is None and not args.features and args.use_content is not False:
@@ -508,10 +510,20 @@ def print_training(args: argparse.Namespace, title: str, result, test: dict, *, 
 def cmd_finetune(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from mmrec.config import TrainConfig
+    from mmrec.config import ARCHITECTURE, TrainConfig
     from mmrec.transfer import finetune
 
+    catalog_only = {"--text-fields": args.text_fields, "--image-field": args.image_field,
+                    "--image-root": args.image_root, "--mask-bad-images": args.mask_bad_images}
+    if args.catalog is None and any(catalog_only.values()):  # as train refuses them
+        raise UsageError(f"{', '.join(k for k, v in catalog_only.items() if v)} read the catalog: give --catalog too")
     changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
+    for name, value in changes.items():  # a value TrainConfig refuses is a malformed command line, as in train
+        if name not in ARCHITECTURE:  # (those must equal the source's: finetune says so)
+            try:
+                TrainConfig(**{name: value})
+            except ConfigError as e:
+                raise UsageError(str(e)) from None
     rec, result, test = finetune(
         args.source,
         args.interactions,
@@ -794,7 +806,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="precomputed features, one row per catalog row (without a catalog, item i is row i), "
                         "beside or instead of the encoded text and images (repeatable)")
     b.add_argument("--out", required=True, type=Path, help="index directory to create")
-    b.add_argument("--text-fields", type=_csv_list,
+    b.add_argument("--text-fields", type=_csv_list, action="extend",
                    help="comma-separated text columns (default: every column of text: strings, lists of strings)")
     b.add_argument("--image-field", help="column of image paths (default: 'image' if present)")
     b.add_argument("--image-root", type=Path, help="base for relative image paths (default: the catalog's folder)")
@@ -933,7 +945,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: the file's split column, else random 80/10/10 per user (default)")
     t.add_argument("--rating-threshold", type=_finite,
                     help="keep ratings >= this as positives (default: none, every row is a positive)")
-    t.add_argument("--text-fields", type=_csv_list,
+    t.add_argument("--text-fields", type=_csv_list, action="extend",
                    help="comma-separated text columns (default: every column of text: strings, lists of strings)")
     t.add_argument("--image-field", help="column of image paths (default: 'image' if present)")
     t.add_argument("--image-root", type=Path, help="base for relative image paths (default: the catalog's folder)")
@@ -979,7 +991,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="auto: the file's split column, else random 80/10/10 per user (default)")
     ft.add_argument("--rating-threshold", type=_finite,
                     help="keep ratings >= this as positives (default: none, every row is a positive)")
-    ft.add_argument("--text-fields", type=_csv_list, help="default: the source's")
+    ft.add_argument("--text-fields", type=_csv_list, action="extend", help="default: the source's; repeatable")
     ft.add_argument("--image-field", help="default: the source's")
     ft.add_argument("--image-root", type=Path, help="base for relative image paths (default: the catalog's folder)")
     _mask_opt(ft)

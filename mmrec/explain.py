@@ -19,7 +19,7 @@ The first two attach a plain dict to each :class:`~mmrec.item_index.Result` as
 ``result.explanation`` (JSON-ready; :func:`why_line` renders it as one short line)::
 
     {"attention": {"text": 0.62, "id": 0.38},
-     "history": [{"item_id": 7, "name": "Heat (1995)", "similarity": 1.23}, ...]}   # recommend
+     "history": [{"item_id": 7, "name": "Heat (1995)", "similarity": 0.8123}, ...]}   # recommend
     {"attention": {"text": 0.5, "image": 0.5},
      "modality_similarity": {"text": 0.81, "image": 0.4}}                            # similar
 

@@ -746,8 +746,8 @@ def load_interactions(
             raise DataError(path, problems)
         report["problems"] = [str(p) for p in problems[:_PROBLEMS_IN_REPORT]]
         shown = "; ".join(str(p) for p in problems[:3])
-        more = (f"; ... (a training run lists the first {_PROBLEMS_IN_REPORT} in train_report.json, data.problems)"
-                if len(problems) > 3 else "")
+        more = f"; ... (the first {_PROBLEMS_IN_REPORT} are in the report: train_report.json's data.problems for a " \
+               "training run)" if len(problems) > 3 else ""
         logger.warning("%s: skipped %d invalid row(s) of %d: %s%s", path, invalid.sum(), n_rows, shown, more)
 
     keep = ~invalid

@@ -1289,7 +1289,7 @@ class ItemIndex:
         if by not in ("index", "cosine"):
             raise ConfigError(f"by must be 'index' or 'cosine', got {by!r}")
         k, batch_size = check_count(k), check_count(batch_size, "batch_size")
-        ids = [self.resolve_id(i) for i in item_ids]
+        ids = [self.resolve_id(i) for i in id_list(item_ids)]  # "12" is item 12, not 1 and 2
         rows = np.array([self._pos[i] for i in ids], dtype=np.int64)
         dropped, allowed = self.filters(exclude, only)
         drop = self._cosine_drop(dropped, allowed)  # their rows, for by="cosine"

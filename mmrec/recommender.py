@@ -420,7 +420,9 @@ class Recommender:
                                  "masked": mod in m.get("masked", [])}
                            for mod in self.items.modalities},
             "encoders": dict(m.get("encoders", {})),
-            "catalog": {"text_fields": list(m.get("text_fields") or []), "image_field": m.get("image_field")},
+            # What `index add` encodes from a new catalog: only the modalities an encoder gives.
+            "catalog": {"text_fields": list(m.get("text_fields") or []) if "text" in m.get("encoders", {}) else [],
+                        "image_field": m.get("image_field") if "image" in m.get("encoders", {}) else None},
         }
         if not self.trained:
             return out
@@ -557,7 +559,7 @@ class Recommender:
         if not self.trained:
             raise MMRecError("this directory holds a content index, not a trained model: run `mmrec train` first")
         k, batch_size = check_count(k), check_count(batch_size, "batch_size")
-        rows = [self.user_index(u) for u in user_ids]
+        rows = [self.user_index(u) for u in id_list(user_ids)]  # "u1" is one user, not "u" and "1"
         dropped, allowed = self.items.filters(exclude, only)
         out: list[list[Result]] = []
         with tqdm(total=len(rows), desc="recommending", unit="user", disable=not show_progress) as bar:

@@ -10,11 +10,11 @@ server (no extra dependency)::
     GET /recommend?user=42&k=10                  {"results": [{"item_id", "score", <fields>}, ...]}
     GET /history?item=1&item=50&k=10[&user=42]   a history of items (a known user's newer ones with user)
     GET /similar?item=1&k=10[&by=cosine]
-    GET /search?text=space+adventure&k=10
+    GET /search?text=space+adventure&k=10[&by=content]
 
 Options per route (as the CLI's): ``k`` (default 10); ``explain`` and ``include_known``
 (``1``/``0``, ``true``/``false``); ``diversity`` (``recommend``, ``history``); ``method``
-(``history``); ``explain_items`` (``recommend``, ``history``); ``by`` (``similar``); on every
+(``history``); ``explain_items`` (``recommend``, ``history``); ``by`` (``similar``: ``index`` / ``cosine``; ``search``: ``index`` / ``content``); on every
 query route ``exclude`` (repeated, ``exclude=7&exclude=9``: item ids never to return), ``only``
 (repeated: the only item ids to return) and ``where`` (repeated ``FIELD=VALUE``, ``FIELD!=VALUE``
 or ``FIELD>=N`` (``>``, ``<=``, ``<``), URL-encoded as ``where=genres%3DComedy``: only items whose

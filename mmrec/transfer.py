@@ -168,14 +168,16 @@ def source_content(
     loaded: dict[str, tuple[Any, dict]] = {}
     if catalog is not None:
         has = {"text": any(catalog.texts), "image": catalog.has_images}
-        clash = sorted(m for m, yes in has.items() if yes and m not in ignore and m in features)
-        if clash:  # as `train` refuses it: one of the two would be dropped silently
+        # A modality the source encoded from the catalog and a .npy for it too: as `train` refuses it,
+        # one would be dropped silently. (One the source took from --features is read from the .npy.)
+        clash = sorted(m for m, yes in has.items() if yes and m not in ignore and m in features and m in specs)
+        if clash:
             raise ConfigError(
                 f"modalities {clash} come both from the catalog {catalog.source} (encoded with the source model's "
                 f"encoder) and from --features: leave out --features {clash[0]}=..., or give a catalog without "
                 f"{' or '.join('text columns' if m == 'text' else 'an image column' for m in clash)} to use the "
                 f"given features instead")
-        wanted = [m for m, yes in has.items() if yes and m not in ignore]
+        wanted = [m for m, yes in has.items() if yes and m not in ignore and m not in features]
         never = [m for m in wanted if m not in dims]
         if never:
             raise ConfigError(_never_had(never, dims, f"the catalog {catalog.source}"))

@@ -424,3 +424,8 @@ def test_bad_images_can_be_left_out_with_their_rows_kept(tmp_path, image_paths, 
     assert [(r["row"], r["item_id"], r["field"]) for r in listed] == [(2, "B", "image"), (3, "C", "image"),
                                                                       (4, "D", "image")]
     assert "the image is left out, the row kept" in listed[0]["message"]
+
+
+def test_empty_header_names_are_no_duplicates(tmp_path):
+    (tmp_path / "items.csv").write_text("item_id,title,,\n1,a,,\n2,b,,\n")  # trailing commas, as spreadsheets write
+    assert load_catalog(tmp_path / "items.csv", show_progress=False).item_ids == [1, 2]

@@ -503,3 +503,18 @@ def test_quiet_and_debug_go_before_the_command_too(built, capsys):
     assert code == 0 and len(json.loads(out)) == 2 and err == ""  # no info log line
     code, _, err = run(capsys, "--debug", "similar", "--index", str(built / "idx"), "--item", "nope", "-q")
     assert code == 1 and "Traceback" in err
+
+
+def test_encoders_turned_off_need_no_catalog_and_finetune_checks_as_train(tmp_path, capsys):
+    from tests.mmrec.conftest import write_planted
+
+    inter, feats = write_planted(tmp_path)
+    code, _, err = run(capsys, "train", "--interactions", str(inter), "--features", f"x={feats}", "--text-encoder",
+                       "none", "--image-encoder", "none", "--out", str(tmp_path / "m"), "--epochs", "1", "-q")
+    assert code == 0, err  # "none" reads no catalog: accepted beside --features alone, as index build takes it
+    base = ("finetune", "--from", str(tmp_path / "m"), "--interactions", str(inter), "--features", f"x={feats}",
+            "--out", str(tmp_path / "ft"), "-q")
+    code, _, err = run(capsys, *base, "--text-fields", "title")
+    assert code == 2 and "--text-fields read the catalog: give --catalog too" in err
+    code, _, err = run(capsys, *base, "--epochs", "0")
+    assert code == 2 and "epochs must be positive, got 0" in err and not (tmp_path / "ft").exists()

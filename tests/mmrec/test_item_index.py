@@ -556,6 +556,7 @@ def test_remove_takes_one_id_as_one_id_and_a_generator_whole(tmp_path):
     idx = five_items(ids=(1, 2, 12, 4, 5))
     idx.save(tmp_path / "idx")
     idx = ItemIndex.load(tmp_path / "idx", show_progress=False)
+    assert idx.similar_many("12", 2) == [idx.similar(12, 2)]  # one list, for item 12
     assert idx.remove("12") == 1  # item 12, not the items 1 and 2
     assert idx.remove(np.int64(4)) == 1
     assert idx.remove(x for x in [5]) == 1  # read once: not used up by the check for unknown ids

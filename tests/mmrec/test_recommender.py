@@ -378,6 +378,7 @@ def test_cli_recommend_for_several_users(trained, capsys, monkeypatch):
 def test_user_ids_are_read_as_item_ids_are(trained):
     rec = Recommender.load(trained / "model", show_progress=False)
     assert rec.known_items(" u3 ") == rec.known_items("u3")  # surrounding spaces, as an item id's
+    assert rec.recommend_many("u3", 3) == [rec.recommend("u3", 3)]  # one user, not "u" and "3"
     rows = rec.user_ids.index("u3")
     assert rec.user_index("u3") == rows
     with pytest.raises(MMRecError, match="True is not a user id"):

@@ -263,6 +263,9 @@ def test_every_refusal_says_what_to_do(small, tmp_path):
     with pytest.raises(ConfigError, match=r"'text' features were precomputed \(--features\), so its text encoder is "
                                           r"unknown: pass --features text=PATH\.npy"):
         finetune(tmp_path / "npy_text", b_inter, catalog=catalog, **quiet)
+    # ... and with it, the .npy is the text (the catalog's title is not encoded: the source had no encoder).
+    rec, _, _ = finetune(tmp_path / "npy_text", b_inter, catalog=catalog, features={"text": b_feats}, **quiet)
+    np.testing.assert_array_equal(rec.items.features["text"], np.load(b_feats).astype(np.float32))
 
     fit(inter_a, features={"content": feats_a}, out=tmp_path / "no_id",
         config=TrainConfig(**FAST, epochs=1, use_id=False), split="random", show_progress=False)
