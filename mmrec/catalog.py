@@ -108,12 +108,6 @@ class Catalog:
         return [{"row": p.row, "item_id": None if _blank(item) else id_text(item), "field": p.field,
                  "message": p.message, "file": str(self.source)} for p, item in pairs]
 
-    def write_skip_report(self, path: str | Path) -> None:
-        """Write :meth:`skip_records`, one JSON object a line."""
-        with open(path, "w", encoding="utf-8") as f:
-            for record in self.skip_records():
-                f.write(json.dumps(record) + "\n")
-
 
 def cell_text(value: Any) -> str:
     """A catalog cell as text: a list (JSON Lines, Parquet) as its values joined by ``|``, the

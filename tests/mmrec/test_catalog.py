@@ -105,10 +105,10 @@ def test_images_resolved_checked_and_skipped(tmp_path):
     assert cat.item_ids == ["a"]
     assert cat.images == [str(tmp_path / "img" / "ok.png")]
     assert [p.row for p in cat.skipped] == [2, 3, 4]
-    report = tmp_path / "skipped.jsonl"
-    cat.write_skip_report(report)
-    lines = [json.loads(line) for line in report.read_text().splitlines()]
-    assert [(r["row"], r["item_id"]) for r in lines] == [(2, "b"), (3, "c"), (4, "a")]
+    records = cat.skip_records()  # what skipped.jsonl lists, a JSON object a line
+    assert [(r["row"], r["item_id"], r["file"]) for r in records] == [(2, "b", str(path)), (3, "c", str(path)),
+                                                                       (4, "a", str(path))]
+    assert [json.loads(json.dumps(r)) for r in records] == records
 
 
 def test_image_root_overrides_catalog_folder(tmp_path):
