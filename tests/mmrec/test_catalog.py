@@ -429,3 +429,16 @@ def test_bad_images_can_be_left_out_with_their_rows_kept(tmp_path, image_paths, 
 def test_empty_header_names_are_no_duplicates(tmp_path):
     (tmp_path / "items.csv").write_text("item_id,title,,\n1,a,,\n2,b,,\n")  # trailing commas, as spreadsheets write
     assert load_catalog(tmp_path / "items.csv", show_progress=False).item_ids == [1, 2]
+
+
+def test_rows_in_memory_are_validated_as_a_file_is(tmp_path):
+    from mmrec.catalog import catalog_from_records
+
+    records = [{"item_id": "a", "title": "Alien war", "price": 3.5}, {"item_id": "b", "title": "Robot dog", "price": 2}]
+    cat = catalog_from_records(records, text_fields=["title"])
+    assert cat.item_ids == ["a", "b"] and cat.texts == ["Alien war", "Robot dog"]
+    assert cat.records[0] == {"title": "Alien war", "price": "3.5"}
+    with pytest.raises(DataError, match=r"<records>: row 2, field 'item_id': required field missing"):
+        catalog_from_records([records[0], {"title": "no id"}], text_fields=["title"])
+    with pytest.raises(DataError, match=r"row 2, field 'item_id': duplicate id 'a'"):
+        catalog_from_records([records[0], records[0]], text_fields=["title"])
