@@ -453,7 +453,10 @@ def finetune(
     def start(trainer: Trainer) -> dict[str, Any]:
         inter = trainer.data.inter
         rows = matching_users(src, inter.user_ids) if keep_users else None
-        if rows is not None and (rows >= 0).any():
+        if rows is not None and not (rows >= 0).any():
+            logger.info("0 of %d users keep their source embedding: no user id of the new data is the source's",
+                        len(rows))
+        elif rows is not None:
             # Matched by id alone: "u01" of two shops may be two people. Said where it decides the start.
             logger.warning("%d of %d users keep their source embedding, matched by id (pass --no-keep-users / "
                            "keep_users=False if these ids name other people in the new data)",

@@ -585,3 +585,15 @@ def test_an_inherited_setting_that_clashes_says_where_it_came_from(small):
     with pytest.raises(ConfigError, match=r"ema averages .*not 'top:1' \(--ema 0\.9 from the source's config\.json: "
                                           r"give another value to override it\)"):
         finetune(src, b_inter, features={"content": b_feats}, config={"finetune": "top:1"}, show_progress=False)
+
+
+def test_no_user_kept_is_said_too(small, tmp_path, caplog):
+    d, _, _ = small
+    inter, feats = write_planted(tmp_path, users=12, items=16, seed=5)
+    lines = inter.read_text().splitlines()
+    inter.write_text("\n".join([lines[0]] + ["v" + line[1:] for line in lines[1:]]) + "\n")  # users v0..v11: new
+    with caplog.at_level("INFO", logger="mmrec.transfer"):
+        finetune(d / "source", inter, features={"content": feats}, config={"epochs": 1}, split="random",
+                 show_progress=False)
+    assert "0 of 12 users keep their source embedding: no user id of the new data is the source's" in caplog.text
+    assert "matched by id (pass --no-keep-users" not in caplog.text
