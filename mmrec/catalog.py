@@ -79,6 +79,9 @@ class Catalog:
 
     def select(self, positions: Sequence[int]) -> "Catalog":
         """A catalog holding only the items at ``positions`` (in that order)."""
+        kept = {self.row(i) for i in positions}  # the masked images of the rows kept: a row dropped is not "kept"
+        masked = [(p, item) for p, item in zip(self.masked, self.masked_ids or [None] * len(self.masked))
+                  if p.row in kept]
         return Catalog(
             item_ids=[self.item_ids[i] for i in positions],
             texts=[self.texts[i] for i in positions],
@@ -90,8 +93,8 @@ class Catalog:
             skipped=list(self.skipped),
             skipped_ids=list(self.skipped_ids),
             rows=[self.row(i) for i in positions],
-            masked=list(self.masked),
-            masked_ids=list(self.masked_ids),
+            masked=[p for p, _ in masked],
+            masked_ids=[item for _, item in masked],
         )
 
     def row(self, position: int) -> int:
@@ -407,8 +410,9 @@ def catalog_from_records(
     source: str = "<records>",
     check_images: bool = True,
     skip_invalid: bool = False,
+    mask_bad_images: bool = False,
 ) -> Catalog:
-    """Build a validated catalog from in-memory rows (the same rules as :func:`load_catalog`)."""
+    """Build a validated catalog from in-memory rows (the same rules and options as :func:`load_catalog`)."""
     if records and any(ID_FIELD not in r for r in records):
         row = next(i for i, r in enumerate(records, 1) if ID_FIELD not in r)
         raise DataError(source, [Problem(row, ID_FIELD, "required field missing")])
@@ -422,6 +426,7 @@ def catalog_from_records(
         check_images=check_images,
         skip_invalid=skip_invalid,
         show_progress=False,
+        mask_bad_images=mask_bad_images,
     )
 
 
@@ -505,8 +510,8 @@ def _validate(
                      "; text is not encoded, so the row has nothing to keep it by") if mask_bad_images else "")))
                 bad.add(i)
     if masked:
-        logger.warning("%s: %d image(s) missing or unreadable were left out, their rows kept (listed in "
-                       "skipped.jsonl): %s", source, len(masked), masked[0])
+        logger.warning("%s: %d image(s) missing or unreadable left out, their rows kept (listed in the written "
+                       "directory's skipped.jsonl): %s", source, len(masked), masked[0])
 
     problems.sort(key=lambda p: (p.row or 0))
     if problems and not skip_invalid:

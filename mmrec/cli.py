@@ -176,8 +176,8 @@ def _catalog_options(args: argparse.Namespace) -> dict:
 def _mask_opt(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mask-bad-images", action="store_true",
                    help="an image that is missing or does not decode leaves its row without an image (listed in "
-                        "skipped.jsonl) instead of failing the run or, with --skip-invalid, skipping the row; a row "
-                        "with no text then is still invalid")
+                        "skipped.jsonl) instead of failing the run (or skipping the row, with --skip-invalid); a row "
+                        "left with no content (no text, and no --features) is still invalid")
 
 
 def _training_options(args: argparse.Namespace) -> dict:
@@ -221,7 +221,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         mask_bad_images=args.mask_bad_images,
     )
     skipped = Path(args.out) / "skipped.jsonl"
-    note = f"; skipped rows listed in {skipped}" if skipped.exists() else ""
+    note = f"; skipped rows and left-out images listed in {skipped}" if skipped.exists() else ""
     print(f"built {args.out}: {len(index)} items, dim {index.manifest['dim']}, factory {index.manifest['factory']}{note}")
     return 0
 
@@ -484,7 +484,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         **_training_options(args),
     )
     skipped = Path(args.out) / "skipped.jsonl"
-    print_training(args, f"trained {args.out}" + (f" (skipped catalog rows listed in {skipped})"
+    print_training(args, f"trained {args.out}" + (f" (skipped catalog rows and left-out images listed in {skipped})"
                                                   if skipped.exists() else ""), result, test)
     return 0
 

@@ -56,6 +56,7 @@ MODALITY_ORDER = ("text", "image")
 # checksums must cover.
 MANIFEST_FIELDS = ("kind", "dim", "factory", "count", "modalities", "tokens", "weights", "encoders", "checksums")
 CHECKSUMMED = (INDEX_FILE, IDS_FILE, "features.safetensors", "items.jsonl")
+SKIP_REPORT = "skipped.jsonl"  # the rows commands skipped: a report, kept across writes, not checksummed
 
 
 def _refuse_directionless(vectorizer: Any, vectors: np.ndarray, item_ids: Sequence[ItemId], source: str) -> None:
@@ -654,6 +655,8 @@ class ItemIndex:
         self._unit_cache: tuple[np.ndarray, np.ndarray] | None = None  # (vectors, their unit rows)
         # modality -> (features, present, has, unit rows) of mmrec.explain, kept until the arrays are replaced
         self._explain_units: dict[str, tuple] = {}
+        # Skipped rows and masked images of an index not yet on disk: written by its first save.
+        self._pending_skips: list[dict[str, Any]] = []
         # The display fields, for matching: (vectors they were read with, field -> value -> rows, field -> numbers, conditions -> matching ids)
         self._facets: tuple[np.ndarray, dict[str, dict[str, np.ndarray]], dict[str, np.ndarray],
                             dict[tuple, list]] | None = None
@@ -791,6 +794,8 @@ class ItemIndex:
         )
         if out is not None:
             self.save(out, overwrite=overwrite, skipped=catalog)
+        elif catalog is not None:
+            self._pending_skips = catalog.skip_records()
         return self
 
     @classmethod
@@ -944,11 +949,13 @@ class ItemIndex:
                         f.write(json.dumps(it, ensure_ascii=False) + "\n")
                 # Every command's skipped rows, this one's after those the directory already listed
                 # (a build or train writing a new directory starts the list).
-                report = self._skips_so_far() + (skipped.skip_records() if skipped is not None else [])
+                report = (self._skips_so_far() + self._pending_skips
+                          + (skipped.skip_records() if skipped is not None else []))
                 if report:
                     with open(tmp / "skipped.jsonl", "w", encoding="utf-8") as f:
                         f.writelines(json.dumps(r) + "\n" for r in report)
-                files = sorted({p.name for p in tmp.iterdir() if p.is_file()} | set(attached))
+                # skipped.jsonl is a report, not checksummed: a user may prune it without the directory refusing to load.
+                files = sorted({p.name for p in tmp.iterdir() if p.is_file() and p.name != SKIP_REPORT} | set(attached))
                 manifest = dict(
                     self.manifest, count=len(self), attachments=attached, checksums={n: sha256_file(tmp / n) for n in files}
                 )
@@ -963,14 +970,24 @@ class ItemIndex:
         self.manifest = written
         self.directory = self.encoders.root = directory
         self._stamp = stamp
+        self._pending_skips = []
 
     def _skips_so_far(self) -> list[dict[str, Any]]:
-        """The records of the ``skipped.jsonl`` of the directory this index was loaded from."""
-        path = None if self.directory is None else self.directory / "skipped.jsonl"
+        """The records of the ``skipped.jsonl`` of the directory this index was loaded from (a
+        line a user edited into no JSON object is left out)."""
+        path = None if self.directory is None else self.directory / SKIP_REPORT
         if path is None or not path.is_file():
             return []
-        with open(path, encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
+        records = []
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(record, dict):
+                    records.append(record)
+        return records
 
     def _check_in_place(self) -> None:
         """Refuse, before any work, a save in place that would lose files (:func:`check_rewrite`)
@@ -1450,6 +1467,9 @@ class ItemIndex:
         from mmrec.explain import _modality_units  # (explain reads this module)
 
         has, unit = _modality_units(self, modality)  # [N], [N, D_m]
+        if not has.any():
+            raise MMRecError(f"no item of this index has {modality} features to compare the query with (the "
+                             f"modality is masked for every item): --by index ranks through the model instead")
         q = np.asarray(queries, np.float32)
         center = self.centers.get(modality)
         if center is not None:
@@ -1582,6 +1602,8 @@ class ItemIndex:
                           source=str(catalog.source))
         if self.directory is not None:
             self._save_or_restore(before, skipped=catalog)
+        else:
+            self._pending_skips += catalog.skip_records()
         return len(catalog)
 
     def add_features(

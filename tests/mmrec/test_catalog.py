@@ -442,3 +442,16 @@ def test_rows_in_memory_are_validated_as_a_file_is(tmp_path):
         catalog_from_records([records[0], {"title": "no id"}], text_fields=["title"])
     with pytest.raises(DataError, match=r"row 2, field 'item_id': duplicate id 'a'"):
         catalog_from_records([records[0], records[0]], text_fields=["title"])
+
+
+def test_a_row_dropped_for_its_id_is_not_listed_as_kept_and_records_take_the_option(tmp_path):
+    from mmrec.catalog import catalog_from_records, check_catalog_ids
+
+    (tmp_path / "items.csv").write_text("item_id,title,image\nA,red boots,gone.png\nB,blue mug,gone.png\n")
+    cat = load_catalog(tmp_path / "items.csv", show_progress=False, mask_bad_images=True)
+    assert [p.row for p in cat.masked] == [1, 2]
+    left = check_catalog_ids(cat, {"A"}, str(tmp_path / "items.csv"), skip=True)  # A is in the index already
+    records = left.skip_records()
+    assert [(r["row"], r["field"]) for r in records] == [(1, "item_id"), (2, "image")]  # A skipped, not "kept"
+    rows = [{"item_id": "A", "title": "red boots", "image": str(tmp_path / "gone.png")}]
+    assert catalog_from_records(rows, text_fields=["title"], image_field="image", mask_bad_images=True).images == [None]

@@ -708,3 +708,30 @@ def test_skipped_rows_of_every_command_stay_listed(tmp_path, tiny_bert_dir):
     fresh = ItemIndex.build(tmp_path / "new.csv", tmp_path / "idx", text_encoder=tiny_bert_dir, image_encoder=None,
                             overwrite=True, show_progress=False)  # a new build starts the list anew: none skipped
     assert len(fresh) == 2 and not (tmp_path / "idx" / "skipped.jsonl").exists()
+
+
+def test_skips_of_an_index_built_in_memory_are_written_at_its_first_save(tmp_path, tiny_bert_dir):
+    (tmp_path / "items.csv").write_text("item_id,title\n1,space alien\n1,twice\n2,robot dog\n3,cooking show\n")
+    idx = ItemIndex.build(tmp_path / "items.csv", text_encoder=tiny_bert_dir, image_encoder=None, skip_invalid=True,
+                          show_progress=False)  # no directory yet
+    (tmp_path / "new.csv").write_text("item_id,title\n2,again\n7,new film\n")
+    assert idx.add(tmp_path / "new.csv", skip_invalid=True) == 1
+    idx.save(tmp_path / "idx")
+    lines = (tmp_path / "idx" / "skipped.jsonl").read_text().splitlines()
+    assert [(Path(r["file"]).name, r["row"]) for r in map(json.loads, lines)] == [("items.csv", 2), ("new.csv", 1)]
+    # A report, not checksummed: pruned by hand, the directory still loads, and the next write keeps what is left.
+    (tmp_path / "idx" / "skipped.jsonl").write_text(lines[1] + "\nnot json\n")
+    again = ItemIndex.load(tmp_path / "idx", show_progress=False)
+    again.remove([7])
+    assert [json.loads(x)["row"] for x in (tmp_path / "idx" / "skipped.jsonl").read_text().splitlines()] == [1]
+    (tmp_path / "idx" / "skipped.jsonl").unlink()
+    assert len(ItemIndex.load(tmp_path / "idx", show_progress=False)) == 3
+
+
+def test_search_by_content_in_a_modality_no_item_has_says_so():
+    x = np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32)
+    idx = ItemIndex.from_features(list(range(40)), {"x": x, "y": np.zeros((40, 3), np.float32)},
+                                  present={"y": np.zeros(40, bool)}, show_progress=False)
+    with pytest.raises(MMRecError, match="no item of this index has y features to compare the query with"):
+        idx._search_content("y", np.ones((1, 3), np.float32), 3)
+    assert len(idx._search_content("x", x[:1], 3)[0]) == 3
