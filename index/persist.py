@@ -266,6 +266,7 @@ def read_manifest(
     expect: dict[str, Any] | None = None,
     verify_checksums: bool = True,
     required: tuple[str, ...] = (),
+    unverified: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Read and check ``manifest.json`` in ``directory``.
 
@@ -273,6 +274,8 @@ def read_manifest(
         directory: A directory written with :func:`write_manifest`.
         expect: Fields that must hold exactly these values (e.g. ``{"dim": 64}``).
         verify_checksums: Recompute the SHA-256 of every file listed under ``"checksums"``.
+        unverified: Files not to verify even where the manifest lists them (reports a user may
+            prune, which older writers checksummed).
             Defaults to True.
         required: Fields the reader needs (their values are its business).
 
@@ -316,6 +319,8 @@ def read_manifest(
         if not isinstance(checksums, dict):
             raise IndexFormatError(f"{path}: field 'checksums' must map file names to sha256")
         for name, want in checksums.items():
+            if name in unverified:
+                continue
             parts = Path(name).parts
             if Path(name).is_absolute() or ".." in parts or not parts:
                 raise IndexFormatError(f"{path}: {name!r} in 'checksums' is not a file of {directory}")

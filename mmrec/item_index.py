@@ -949,8 +949,10 @@ class ItemIndex:
                         f.write(json.dumps(it, ensure_ascii=False) + "\n")
                 # Every command's skipped rows, this one's after those the directory already listed
                 # (a build or train writing a new directory starts the list).
-                report = (self._skips_so_far() + self._pending_skips
-                          + (skipped.skip_records() if skipped is not None else []))
+                # A record already listed is listed once (a catalog both pending and given to save).
+                report = list({json.dumps(r, sort_keys=True): r for r in (
+                    self._skips_so_far() + self._pending_skips + (skipped.skip_records() if skipped is not None else [])
+                )}.values())
                 if report:
                     with open(tmp / "skipped.jsonl", "w", encoding="utf-8") as f:
                         f.writelines(json.dumps(r) + "\n" for r in report)
@@ -1032,7 +1034,7 @@ class ItemIndex:
                          f"{directory}` puts it back")
             raise MMRecError(f"{directory}: {what}")
         # Checks format_version and checksums, and that the fields read below are there.
-        manifest = read_manifest(directory, required=MANIFEST_FIELDS)
+        manifest = read_manifest(directory, required=MANIFEST_FIELDS, unverified=(SKIP_REPORT,))
         unlisted = [n for n in CHECKSUMMED if n not in manifest["checksums"]]
         if unlisted:  # a manifest without them would load unverified files
             raise IndexFormatError(f"{directory / MANIFEST_NAME}: 'checksums' does not list "
@@ -1467,9 +1469,9 @@ class ItemIndex:
         from mmrec.explain import _modality_units  # (explain reads this module)
 
         has, unit = _modality_units(self, modality)  # [N], [N, D_m]
-        if not has.any():
+        if len(has) and not has.any():  # (an empty index answers nothing, as --by index does)
             raise MMRecError(f"no item of this index has {modality} features to compare the query with (the "
-                             f"modality is masked for every item): --by index ranks through the model instead")
+                             f"modality is masked for every item): search with --by index instead")
         q = np.asarray(queries, np.float32)
         center = self.centers.get(modality)
         if center is not None:

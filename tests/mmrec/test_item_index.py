@@ -735,3 +735,29 @@ def test_search_by_content_in_a_modality_no_item_has_says_so():
     with pytest.raises(MMRecError, match="no item of this index has y features to compare the query with"):
         idx._search_content("y", np.ones((1, 3), np.float32), 3)
     assert len(idx._search_content("x", x[:1], 3)[0]) == 3
+
+
+def test_a_catalog_given_to_save_as_well_is_listed_once_and_old_checksummed_reports_may_go(tmp_path, tiny_bert_dir):
+    from mmrec.catalog import load_catalog
+
+    (tmp_path / "items.csv").write_text("item_id,title\n1,space alien\n1,twice\n2,robot dog\n3,cooking show\n")
+    cat = load_catalog(tmp_path / "items.csv", skip_invalid=True, show_progress=False)
+    idx = ItemIndex.build(cat, text_encoder=tiny_bert_dir, image_encoder=None, show_progress=False)
+    idx.save(tmp_path / "a", skipped=cat)  # pending from build and given again: once
+    idx.save(tmp_path / "b", skipped=cat)  # a's list and the catalog again: once
+    for d in ("a", "b"):
+        assert [json.loads(x)["row"] for x in (tmp_path / d / "skipped.jsonl").read_text().splitlines()] == [2]
+    # A directory written before the report left the checksums lists it: pruned, it still loads.
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    manifest["checksums"]["skipped.jsonl"] = "0" * 64
+    (tmp_path / "a" / "manifest.json").write_text(json.dumps(manifest))
+    assert len(ItemIndex.load(tmp_path / "a", show_progress=False)) == 3
+    (tmp_path / "a" / "skipped.jsonl").unlink()
+    assert len(ItemIndex.load(tmp_path / "a", show_progress=False)) == 3
+
+
+def test_search_by_content_on_an_empty_index_answers_nothing(tmp_path):
+    x = np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32)
+    idx = ItemIndex.from_features(list(range(40)), {"x": x}, show_progress=False)
+    idx.remove(list(range(40)))
+    assert idx._search_content("x", x[:1], 3) == [[]]
