@@ -173,6 +173,16 @@ def _catalog_options(args: argparse.Namespace) -> dict:
                               ("image_root", args.image_root), ("mask_bad_images", args.mask_bad_images)) if v}
 
 
+def _refuse_catalog_options(args: argparse.Namespace, more: dict[str, object] | None = None) -> None:
+    """Refuse, without ``--catalog``, the options that read one (those of every catalog command,
+    and the command's own in ``more``: option -> whether given): a forgotten ``--catalog`` would
+    otherwise go on without the catalog, silently."""
+    given = {"--text-fields": args.text_fields, "--image-field": args.image_field, "--image-root": args.image_root,
+             "--mask-bad-images": args.mask_bad_images, **(more or {})}
+    if args.catalog is None and any(given.values()):
+        raise UsageError(f"{', '.join(k for k, v in given.items() if v)} read the catalog: give --catalog too")
+
+
 def _mask_opt(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mask-bad-images", action="store_true",
                    help="an image that is missing or does not decode leaves its row without an image (listed in "
@@ -193,11 +203,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
 
     if args.catalog is None and not args.features:
         raise UsageError("give --catalog, --features NAME=PATH.npy, or both")
-    catalog_only = {"text_fields": args.text_fields, "image_field": args.image_field, "image_root": args.image_root,
-                    "skip_invalid": args.skip_invalid, "mask_bad_images": args.mask_bad_images}
-    if args.catalog is None and any(catalog_only.values()):
-        given = ", ".join("--" + k.replace("_", "-") for k, v in catalog_only.items() if v)
-        raise UsageError(f"{given} read the catalog: give --catalog too")
+    _refuse_catalog_options(args, {"--skip-invalid": args.skip_invalid})
     index = ItemIndex.build(
         args.catalog,
         args.out,
@@ -457,15 +463,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mmrec.pipeline import fit
 
     _check_skip_with_features(args)
-    catalog_only = {"--text-fields": args.text_fields, "--image-field": args.image_field,
-                    "--image-root": args.image_root, "--image-weights": args.image_weights,
-                    "--mask-bad-images": args.mask_bad_images,
-                    "--allow-download": args.allow_download, "--max-length": args.max_length != 256,
-                    # "none" turns an encoder off, as beside --features alone it is: only a named encoder reads a catalog
-                    "--text-encoder": args.text_encoder not in ("default", "none"),
-                    "--image-encoder": args.image_encoder not in ("default", "none")}
-    if args.catalog is None and any(catalog_only.values()):  # a forgotten --catalog would train without content
-        raise UsageError(f"{', '.join(k for k, v in catalog_only.items() if v)} read the catalog: give --catalog too")
+    _refuse_catalog_options(args, {
+        "--image-weights": args.image_weights, "--allow-download": args.allow_download,
+        "--max-length": args.max_length != 256,
+        # "none" turns an encoder off, as beside --features alone it is: only a named encoder reads a catalog
+        "--text-encoder": args.text_encoder not in ("default", "none"),
+        "--image-encoder": args.image_encoder not in ("default", "none")})
     if args.catalog is None and not args.features and args.use_content is not False:
         logger.info("no --catalog and no --features: training ID-only LightGCN")
     try:  # an option value TrainConfig refuses is a malformed command line, as argparse's own
@@ -513,10 +516,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from mmrec.config import ARCHITECTURE, TrainConfig
     from mmrec.transfer import finetune
 
-    catalog_only = {"--text-fields": args.text_fields, "--image-field": args.image_field,
-                    "--image-root": args.image_root, "--mask-bad-images": args.mask_bad_images}
-    if args.catalog is None and any(catalog_only.values()):  # as train refuses them
-        raise UsageError(f"{', '.join(k for k, v in catalog_only.items() if v)} read the catalog: give --catalog too")
+    _refuse_catalog_options(args)
     changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
     for name, value in changes.items():  # a value TrainConfig refuses is a malformed command line, as in train
         if name not in ARCHITECTURE:  # (those must equal the source's: finetune says so)

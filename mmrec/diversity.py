@@ -22,7 +22,7 @@ from mmrec.errors import ConfigError
 
 def check_weight(weight: float) -> float:
     """``weight`` as a float in ``[0, 1]``, else :class:`~mmrec.errors.ConfigError`."""
-    if isinstance(weight, (bool, str, bytes)) or not isinstance(weight, numbers.Real):
+    if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
         raise ConfigError(f"the diversity weight must be a number in [0, 1], got {weight!r}")
     weight = float(weight)
     if not 0.0 <= weight <= 1.0:

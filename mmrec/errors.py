@@ -5,6 +5,7 @@ without reading a traceback. The CLI prints ``str(error)`` and exits non-zero.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,8 +103,6 @@ def utf8_problem(path: str | Path) -> Problem | None:
 def check_count(value: object, what: str = "k") -> int:
     """``value`` as an ``int`` of at least 1 (a numpy integer too), else :class:`MMRecError` naming
     ``what``: a bool, a float (``2.0`` included), ``None`` or text is no count."""
-    import numbers  # here, not at the top: errors stays the module every other one imports first
-
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise MMRecError(f"{what} must be a whole number of at least 1, got {value!r}")
     if value < 1:

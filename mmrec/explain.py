@@ -90,16 +90,12 @@ def _raw_vectors(index: ItemIndex, rows: np.ndarray) -> np.ndarray:
     return index.vectorizer.mips.original(index.vectors[rows]).astype(np.float64)
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    """Rows of ``x`` ``[R, D]`` at unit norm (a zero row stays zero)."""
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-300)
-
-
-def _unit_rows(x: np.ndarray, has: np.ndarray) -> np.ndarray:
-    """Rows of ``x`` ``[N, D_m]`` scaled to unit norm, zero where ``has`` is False or the row is 0."""
+def _unit_rows(x: np.ndarray, has: np.ndarray | None = None) -> np.ndarray:
+    """Rows of ``x`` ``[N, D_m]`` scaled to unit norm, zero where ``has`` (default: every row) is
+    False or the row is 0."""
     x = np.asarray(x, np.float64)
     norms = np.linalg.norm(x, axis=1)  # [N]
-    ok = has & (norms > 0)
+    ok = norms > 0 if has is None else has & (norms > 0)
     return np.where(ok[:, None], x / np.where(ok, norms, 1.0)[:, None], 0.0)  # [N, D_m]
 
 
@@ -177,7 +173,7 @@ def _items_like(
     """Per item, the ``known`` items (all in ``index``) most similar to it: as :func:`history_contributions`."""
     h_rows = np.array([index._pos[i] for i in known], dtype=np.int64)  # [H]
     r_rows = np.array([index._pos[index.resolve_id(i)] for i in item_ids], dtype=np.int64)  # [K]
-    sims = _unit(_raw_vectors(index, r_rows)) @ _unit(_raw_vectors(index, h_rows)).T  # [K, H] cosines
+    sims = _unit_rows(_raw_vectors(index, r_rows)) @ _unit_rows(_raw_vectors(index, h_rows)).T  # [K, H] cosines
     out = []
     for k, row in enumerate(r_rows):
         s = np.where(h_rows == row, -np.inf, sims[k])  # [H]
@@ -247,7 +243,7 @@ def modality_similarity(index: ItemIndex, a: object, b: object) -> dict[str, flo
     for m in index.modalities:
         has = _has_modality(index, m, [ra, rb])
         if has.all():
-            u = _unit_rows(_centred(index, m, [ra, rb]), np.ones(2, bool))  # [2, D_m]
+            u = _unit_rows(_centred(index, m, [ra, rb]))  # [2, D_m]
             out[m] = round(float(u[0] @ u[1]), DECIMALS)
     return out
 

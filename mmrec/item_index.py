@@ -293,7 +293,7 @@ def check_rewrite(directory: Path, manifest: Mapping[str, Any], action: str) -> 
     if _holds_cwd(directory):
         raise MMRecError(f"{directory} is the current directory or holds it: it is rewritten as a whole, so "
                          f"{action} from outside it")
-    files = {MANIFEST_NAME, "skipped.jsonl", *manifest.get("checksums", {}), *manifest.get("attachments", [])}
+    files = {MANIFEST_NAME, SKIP_REPORT, *manifest.get("checksums", {}), *manifest.get("attachments", [])}
     folders = {Path(*Path(name).parts[:i]).as_posix() for name in files for i in range(1, len(Path(name).parts))}
     extra = []  # every path mmrec did not write, down the folders it did (a file of yours in encoders/)
     for root, dirs, names in os.walk(directory):
@@ -954,7 +954,7 @@ class ItemIndex:
                     self._skips_so_far() + self._pending_skips + (skipped.skip_records() if skipped is not None else [])
                 )}.values())
                 if report:
-                    with open(tmp / "skipped.jsonl", "w", encoding="utf-8") as f:
+                    with open(tmp / SKIP_REPORT, "w", encoding="utf-8") as f:
                         f.writelines(json.dumps(r) + "\n" for r in report)
                 # skipped.jsonl is a report, not checksummed: a user may prune it without the directory refusing to load.
                 files = sorted({p.name for p in tmp.iterdir() if p.is_file() and p.name != SKIP_REPORT} | set(attached))
