@@ -299,6 +299,7 @@ def load_catalog(
     optional: Sequence[str] = (),
     encoded: Sequence[str] = ("text", "image"),
     mask_bad_images: bool = False,
+    partial: bool = False,
 ) -> Catalog:
     """Load and validate a catalog file.
 
@@ -324,6 +325,8 @@ def load_catalog(
         mask_bad_images: an image that is missing or does not decode leaves its row without an
             image (recorded in ``Catalog.masked``) instead of making the row invalid, as long as
             the row keeps content (its text, or ``require_content`` off).
+        partial: the rows change items an index holds (``index update``): an ``optional`` column
+            the file lacks keeps the items' stored values (only what is logged changes).
 
     Returns:
         The validated :class:`Catalog`.
@@ -341,14 +344,16 @@ def load_catalog(
         image_field = DEFAULT_IMAGE_FIELD
     asked_text, asked_image = list(text_fields or []), image_field
     if image_field is not None and image_field not in columns and "image_field" in optional:
-        logger.info("%s has no %r column: its items have no image", path, image_field)
+        logger.info("%s has no %r column: its items %s", path, image_field,
+                    "keep their images" if partial else "have no image")
         image_field = None
     if image_field is not None and image_field not in columns:
         raise DataError(path, [Problem(None, image_field, f"image column not found (columns: {', '.join(columns)})")])
     if text_fields is not None and "text_fields" in optional:
         absent = [f for f in text_fields if f not in columns]
         if absent:
-            logger.info("%s has no %s column(s): left out of the item text", path, ", ".join(map(repr, absent)))
+            logger.info("%s has no %s column(s): %s", path, ", ".join(map(repr, absent)),
+                        "their stored values are kept" if partial else "left out of the item text")
         text_fields = [f for f in text_fields if f in columns]
     if text_fields is None:
         text_fields = [c for c in columns if c not in (ID_FIELD, image_field) and types[c] in TEXT_TYPES]
@@ -572,21 +577,33 @@ def check_catalog_ids(catalog: Catalog, existing: set[ItemId], source: str, *, s
             problems.append(Problem(catalog.row(i), ID_FIELD, f"id '{iid}' is already in the index"))
     if not clash:
         return catalog
-    order = sorted(range(len(clash)), key=lambda j: catalog.row(clash[j]) or 0)
-    clash, problems = [clash[j] for j in order], [problems[j] for j in order]
+    parts = [f"{n} row(s) whose id {why}" for n, why in ((len(clash) - mistyped, "is already in the index"),
+                                                         (mistyped, "is not a whole number, as the index's ids are"))
+             if n]
+    return drop_rows(catalog, clash, problems, source, skip=skip, summary=" and ".join(parts))
+
+
+def drop_rows(catalog: Catalog, positions: Sequence[int], problems: Sequence[Problem], source: str, *, skip: bool,
+              summary: str) -> Catalog:
+    """Refuse the items at ``positions`` (a :class:`DataError` naming each by its ``problems``,
+    one per position), or with ``skip`` leave them out as skipped rows (``summary`` says what
+    was skipped in the warning); the catalog of the items left.
+
+    Raises:
+        DataError: without ``skip``, or when no row is left.
+    """
+    order = sorted(range(len(positions)), key=lambda j: catalog.row(positions[j]) or 0)
+    positions, problems = [positions[j] for j in order], [problems[j] for j in order]
     if not skip:
         raise DataError(source, problems)
-    gone = set(clash)
+    gone = set(positions)
     left = catalog.select([i for i in range(len(catalog)) if i not in gone])
     if not len(left):
         every = sorted(catalog.skipped + problems, key=lambda q: q.row or 0)
         raise DataError(source, [Problem(None, None, "no valid rows left")] + every)
-    parts = [f"{n} row(s) whose id {why}" for n, why in ((len(clash) - mistyped, "is already in the index"),
-                                                         (mistyped, "is not a whole number, as the index's ids are"))
-             if n]
-    logger.warning("%s: skipped %s", source, " and ".join(parts))
+    logger.warning("%s: skipped %s", source, summary)
     pairs = sorted(zip(left.skipped + problems, (left.skipped_ids or [None] * len(left.skipped))
-                       + [id_text(catalog.item_ids[i]) for i in clash]), key=lambda pair: pair[0].row or 0)
+                       + [id_text(catalog.item_ids[i]) for i in positions]), key=lambda pair: pair[0].row or 0)
     left.skipped, left.skipped_ids = [q for q, _ in pairs], [item for _, item in pairs]
     return left
 

@@ -8,6 +8,7 @@ Examples::
     mmrec search --index my_index --queries queries.txt --json      # one query a line, encoded together
     mmrec similar --index my_index --all-items -k 20 --json > related.jsonl
     mmrec index add --index my_index --catalog new_items.csv
+    mmrec index update --index my_index --catalog prices.csv   # item_id,price: the prices change, nothing is encoded
     mmrec index remove --index my_index --item 17 42
     mmrec index info --index my_index                   # what the directory holds
     mmrec index rebuild --index my_index --factory auto    # the FAISS index anew from the stored vectors
@@ -255,6 +256,25 @@ def cmd_index_add(args: argparse.Namespace) -> int:
     n = index.add(args.catalog, features=_features(args), cache_dir=_cache_dir(args), device=args.device,
                   **opts)
     print(f"added {_items(n)} to {args.index}: {_items(len(index))}")
+    return 0
+
+
+def cmd_index_update(args: argparse.Namespace) -> int:
+    from mmrec.item_index import check_device
+
+    if args.device is not None:
+        check_device(args.device)  # before the index is opened
+    index = _open_index(args)
+    opts = {k: v for k, v in (("image_root", args.image_root), ("skip_invalid", args.skip_invalid),
+                              ("mask_bad_images", args.mask_bad_images)) if v}
+    done = index.update(args.catalog, features=_features(args), cache_dir=_cache_dir(args), device=args.device,
+                        add_new=args.add_new, **opts)
+    content = done["content"]
+    kept = content - done["moved"]
+    detail = (f" ({content:,} with new content" + (f", {kept:,} of them keeping trained vectors" if kept else "") + ")"
+              if content else "")
+    added = f", added {_items(done['added'])}" if args.add_new else ""
+    print(f"updated {_items(done['updated'])}{detail}{added} in {args.index}: {_items(len(index))}")
     return 0
 
 
@@ -848,6 +868,23 @@ def build_parser() -> argparse.ArgumentParser:
     _cache_opts(a)
     _common(a)
     a.set_defaults(func=cmd_index_add)
+
+    u = isub.add_parser("update", help="change items already in the index: the file's columns replace their display "
+                                       "fields, content is encoded again only where it changed")
+    u.add_argument("--index", required=True, type=Path, help="index or trained directory to change")
+    u.add_argument("--catalog", required=True, type=Path,
+                   help="file of changed items with an item_id column; columns it lacks stay as they were")
+    u.add_argument("--features", type=_features_arg, action="append", metavar="NAME=PATH.npy",
+                   help="new precomputed features, one row per catalog row (repeatable; a modality left out is kept)")
+    u.add_argument("--add-new", action="store_true", help="add rows whose id is not in the index (default: refused)")
+    u.add_argument("--image-root", type=Path, help="base for relative image paths (default: the catalog's folder)")
+    _mask_opt(u)
+    u.add_argument("--skip-invalid", action="store_true",
+                   help="skip bad rows, and rows of unknown ids (listed in INDEX/skipped.jsonl), instead of failing")
+    u.add_argument("--device", default=None, help="torch device the encoders run on: cpu (default), cuda, cuda:N")
+    _cache_opts(u)
+    _common(u)
+    u.set_defaults(func=cmd_index_update)
 
     r = isub.add_parser("remove", help="remove items by id")
     r.add_argument("--index", required=True, type=Path, help="index or trained directory to remove from")

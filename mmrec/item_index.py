@@ -40,7 +40,7 @@ from index.faiss_index import IDS_FILE, INDEX_FILE
 from index.faiss_index import _canonical_id as canonical_id
 from index.persist import MANIFEST_NAME, manifest_stamp, writer_lock
 from index.mips import MipsTransform
-from mmrec.catalog import ID_FIELD, Catalog, check_catalog_ids, load_catalog
+from mmrec.catalog import ID_FIELD, Catalog, check_catalog_ids, compose_text, drop_rows, load_catalog
 from mmrec.errors import ConfigError, DataError, MMRecError, Problem, UnknownIdError, check_count
 from mmrec.ids import id_list, normalize_ids
 from mmrec.typing import ItemId
@@ -633,7 +633,8 @@ class ItemIndex:
     """A searchable item index built from a catalog (see the module docstring for its files).
 
     Build with :meth:`build`, open with :meth:`load`; query with :meth:`similar`,
-    :meth:`search_text` and :meth:`search_image`; change with :meth:`add` and :meth:`remove`.
+    :meth:`search_text` and :meth:`search_image`; change with :meth:`add`, :meth:`update` and
+    :meth:`remove`.
     """
 
     def __init__(
@@ -1149,7 +1150,7 @@ class ItemIndex:
         field, must hold.
 
         The first query of a field reads every item's value of it (0.6 s for a ``|``-separated tag
-        field of 200,000 items, measured); later ones, until ``add`` / ``remove`` change the items,
+        field of 200,000 items, measured); later ones, until ``add`` / ``update`` / ``remove`` change the items,
         look the values up (Benchmarks, Restricting queries to candidates).
 
         Raises:
@@ -1158,7 +1159,7 @@ class ItemIndex:
                 value that is no number.
         """
         cache = self._facets
-        if cache is None or cache[0] is not self.vectors:  # add / remove replace the vectors
+        if cache is None or cache[0] is not self.vectors:  # add / update / remove replace the vectors
             cache = self._facets = (self.vectors, {}, {}, {})
         facets, numbers, answers = cache[1], cache[2], cache[3]
         conditions_given = self._conditions(where)
@@ -1345,7 +1346,7 @@ class ItemIndex:
 
     def _unit_vectors(self) -> np.ndarray:
         """The item vectors before the MIPS coordinate, at unit norm, ``[N, D]``: computed once per
-        item set (kept until ``add`` / ``remove`` replace the vectors), so neither an export that
+        item set (kept until ``add`` / ``update`` / ``remove`` replace the vectors), so neither an export that
         calls :meth:`similar_many` chunk by chunk nor each text query of a server redoes it."""
         cached = self._unit_cache
         if cached is None or cached[0] is not self.vectors:
@@ -1539,9 +1540,30 @@ class ItemIndex:
                 (an ID-only model).
         """
         self._check_in_place()
+        roles = self._content_roles("a new item", device, features)
+        catalog, read_here = self._read_rows(catalog, roles, catalog_options)
+        before = {id(q) for q in catalog.skipped}
+        catalog = check_catalog_ids(catalog, set(self._pos), catalog.source, skip=bool(catalog_options.get("skip_invalid")),
+                                    id_type=self._id_type())
+        # Everything that can refuse the add runs before the (slow) encoding.
+        if features:  # the rows skipped from the file, or as ids already in the index
+            refuse_skipped_rows(catalog.source, [q for q in catalog.skipped if read_here or id(q) not in before])
+        loaded = self._given_features(roles, len(catalog))
+        before = self._snapshot()
+        self._place_new(catalog, roles, loaded, cache_dir)
+        if self.directory is not None:
+            self._save_or_restore(before, skipped=catalog)
+        else:
+            self._pending_skips += catalog.skip_records()
+        return len(catalog)
+
+    def _content_roles(self, what: str, device: str | None,
+                       features: Mapping[str, str | Path] | None) -> dict[str, Any]:
+        """Which of the index's modalities a catalog change encodes, reads from ``features``
+        (``.npy``) or leaves masked; checks the device and the ``features`` names first."""
         if not self.modalities:
-            raise MMRecError(f"{self.directory or 'this index'} has no content modality (an ID-only model): a new "
-                             f"item has nothing to be placed by; train again with the new items (mmrec train)")
+            raise MMRecError(f"{self.directory or 'this index'} has no content modality (an ID-only model): {what} "
+                             f"has nothing to be placed by; train again with the new items (mmrec train)")
         if device is not None:
             self.encoders.to(device)  # checks it; the encoders load (or move) there
         masked = [m for m in self.modalities if m in self.manifest.get("masked", [])]  # no item of the model has them
@@ -1557,27 +1579,41 @@ class ItemIndex:
                 f"features {', '.join(unknown)} are not precomputed modalities of this index (precomputed: "
                 f"{', '.join(precomputed) or 'none'}; encoded from the catalog: {', '.join(encoded) or 'none'})"
             )
-        read_here = not isinstance(catalog, Catalog)  # a Catalog given loaded: features follow its items
-        if read_here:
-            opts = {"text_fields": self.manifest["text_fields"], "image_field": self.manifest["image_field"],
-                    "require_content": not precomputed, "encoded": encoded,
-                    # the index's fields may be missing from the new file: that modality is masked
-                    "optional": [k for k in ("text_fields", "image_field") if k not in catalog_options]}
-            catalog = load_catalog(catalog, show_progress=self.encoders.show_progress, **(opts | catalog_options))
-        before = {id(q) for q in catalog.skipped}
-        catalog = check_catalog_ids(catalog, set(self._pos), catalog.source, skip=bool(catalog_options.get("skip_invalid")),
-                                    id_type=type(self.items[0][ID_FIELD]) if self.items else None)
-        # Everything that can refuse the add runs before the (slow) encoding.
-        if given:  # the rows skipped from the file, or as ids already in the index
-            refuse_skipped_rows(catalog.source, [q for q in catalog.skipped if read_here or id(q) not in before])
-        from mmrec.pipeline import load_npy_features, npy_present  # the pipeline imports this module
+        return {"masked": masked, "encoded": encoded, "precomputed": precomputed, "given": given}
 
-        loaded = load_npy_features(given, len(catalog))
+    def _read_rows(self, catalog: Catalog | str | Path, roles: dict[str, Any], catalog_options: dict[str, Any], *,
+                   partial: bool = False) -> tuple[Catalog, bool]:
+        """``(catalog, read here)``: a file read with the index's text and image columns (a
+        :class:`Catalog` given loaded is taken as it is). ``partial``: a row may lack content (an
+        update keeps what its file does not have)."""
+        if isinstance(catalog, Catalog):  # given loaded: features follow its items
+            return catalog, False
+        opts = {"text_fields": self.manifest["text_fields"], "image_field": self.manifest["image_field"],
+                "require_content": not roles["precomputed"] and not partial, "encoded": roles["encoded"],
+                # the index's fields may be missing from the new file: that modality is masked
+                "optional": [k for k in ("text_fields", "image_field") if k not in catalog_options], "partial": partial}
+        return load_catalog(catalog, show_progress=self.encoders.show_progress, **(opts | catalog_options)), True
+
+    def _given_features(self, roles: dict[str, Any], rows: int) -> dict[str, np.ndarray]:
+        """The ``.npy`` features given for precomputed modalities, one row per catalog row, their
+        widths checked against the index's."""
+        from mmrec.pipeline import load_npy_features  # the pipeline imports this module
+
+        given = roles["given"]
+        loaded = load_npy_features(given, rows)
         for m, x in loaded.items():
             width = self.features[m].shape[1]
             if x.shape[1] != width:
                 raise DataError(given[m], [Problem(None, None, f"{x.shape[1]} columns, but the index's {m} "
                                                                f"features are {width} wide")])
+        return loaded
+
+    def _place_new(self, catalog: Catalog, roles: dict[str, Any], loaded: dict[str, np.ndarray],
+                   cache_dir: str | Path | None) -> None:
+        """Encode new items and add them through the content path (not saved)."""
+        from mmrec.pipeline import npy_present  # the pipeline imports this module
+
+        masked, encoded, precomputed = roles["masked"], roles["encoded"], roles["precomputed"]
         encoders = {m: self.encoders.get(m) for m in encoded}
         if catalog.has_images and "image" not in encoders and "image" not in masked:
             logger.warning("%s has images but this index has no image modality: images ignored", catalog.source)
@@ -1587,7 +1623,7 @@ class ItemIndex:
         if masked:
             logger.info("%s: no item of this model has it (left out when it was trained): masked for the new items "
                         "too", ", ".join(masked))
-        for m in masked + [m for m in precomputed if m not in given]:
+        for m in masked + [m for m in precomputed if m not in loaded]:
             if m not in masked:
                 logger.warning("no %s features given for the new items (--features %s=PATH.npy): the modality "
                                "is masked for them", m, m)
@@ -1599,14 +1635,163 @@ class ItemIndex:
             hint = f" (pass --features for {', '.join(precomputed)})" if precomputed else ""
             raise MMRecError(f"{catalog.source}: {len(none)} new items have none of this index's modalities "
                              f"{self.modalities}, e.g. {first}{hint}")
-        before = self._snapshot()
         self.add_features(catalog.item_ids, new_features, present, catalog.records, hashes, save=False,
                           source=str(catalog.source))
+
+    def _id_type(self) -> type | None:
+        """The type of the index's ids (``int`` or ``str``); ``None`` when it is empty."""
+        return type(self.items[0][ID_FIELD]) if self.items else None
+
+    def update(
+        self,
+        catalog: Catalog | str | Path,
+        *,
+        features: Mapping[str, str | Path] | None = None,
+        cache_dir: str | Path | None = None,
+        device: str | None = None,
+        add_new: bool = False,
+        **catalog_options,
+    ) -> dict[str, int]:
+        """Change items already in the index from a catalog; saves when opened from disk (one
+        write: a failure leaves the directory and this object as they were).
+
+        Each row names an item by id. The columns its file has replace that item's display
+        fields (a blank cell empties one); the columns it lacks stay as they were, so a file of
+        ``item_id,price`` changes prices only. Content is encoded again only where it changed
+        (the text made of the index's text columns, the image file's bytes, a row of
+        ``features``), and the item is placed again by it, as :meth:`add` places a new item. An
+        item of a trained directory that was learned from interactions keeps its trained vector
+        (its interactions say more than its text), while its stored content, which ``--by
+        content`` search, explanations and new items' neighbours read, is the new one.
+
+        Args:
+            catalog: the changed items (a file with an ``item_id`` column, or a loaded catalog).
+            features: modality -> ``.npy`` with one row per catalog row, for precomputed
+                modalities (a modality left out is kept; an all-zero row masks it).
+            cache_dir: feature cache of the encoders.
+            device: torch device to encode on.
+            add_new: rows whose id is not in the index are added (as :meth:`add` adds them)
+                instead of refused.
+            **catalog_options: :func:`~mmrec.catalog.load_catalog` options (``skip_invalid``
+                also skips rows of unknown ids).
+
+        Returns:
+            ``{"updated": items changed in place, "content": of those, items whose content
+            changed, "moved": of those, items placed again (the rest keep trained vectors),
+            "added": new items}``.
+
+        Raises:
+            DataError: bad rows; an id not in the index (without ``add_new``); a change that
+                leaves an item no content. MMRecError / ConfigError: as for :meth:`add`.
+        """
+        from encoders.cache import content_hash, file_hash
+        from mmrec.pipeline import npy_present  # the pipeline imports this module
+
+        self._check_in_place()
+        roles = self._content_roles("an item", device, features)
+        catalog, _ = self._read_rows(catalog, roles, catalog_options, partial=True)
+        skip = bool(catalog_options.get("skip_invalid"))
+        catalog = check_catalog_ids(catalog, set(), catalog.source, skip=skip, id_type=self._id_type())
+        unknown = [i for i, item in enumerate(catalog.item_ids) if item not in self._pos]
+        if unknown and not add_new:
+            catalog = drop_rows(catalog, unknown, [
+                Problem(catalog.row(i), ID_FIELD, f"id '{catalog.item_ids[i]}' is not in the index (mmrec index add "
+                                                  "adds new items, as --add-new here does)") for i in unknown],
+                catalog.source, skip=skip, summary=f"{len(unknown)} row(s) whose id is not in the index")
+            unknown = []
+        if roles["given"]:
+            refuse_skipped_rows(catalog.source, catalog.skipped)
+        loaded = self._given_features(roles, len(catalog))
+        new_rows = set(unknown)
+        old = [i for i in range(len(catalog)) if i not in new_rows]
+        pos = {i: self._pos[catalog.item_ids[i]] for i in old}
+        fields = {i: self.items[pos[i]]["fields"] | catalog.records[i] for i in old}  # a column the file lacks stays
+
+        # The content of each old row: the text made of its fields (the file's, else the stored),
+        # the image of the file's column; a modality whose columns the file lacks is unchanged.
+        columns = set().union(*(catalog.records[i] for i in old))
+        contents: dict[str, dict[int, str | None]] = {}
+        if "text" in roles["encoded"] and columns & set(self.manifest["text_fields"]):
+            contents["text"] = {i: compose_text([fields[i].get(f) for f in self.manifest["text_fields"]]) or None
+                                for i in old}
+        if "image" in roles["encoded"] and self.manifest["image_field"] in columns:
+            contents["image"] = {i: catalog.images[i] for i in old}
+        elif catalog.has_images and "image" not in self.modalities:
+            logger.warning("%s has images but this index has no image modality: images ignored", catalog.source)
+        hashes_now = {m: {i: (content_hash if m == "text" else file_hash)(c[i]) if c[i] else None for i in old}
+                      for m, c in contents.items()}
+        changed = {m: {i for i in old if h[i] != self.items[pos[i]]["hashes"].get(m)} for m, h in hashes_now.items()}
+        for m, x in loaded.items():
+            has = npy_present(x)
+            changed[m] = {i for i in old if has[i] != self.present[m][pos[i]]
+                          or (has[i] and not np.array_equal(x[i], self.features[m][pos[i]]))}
+        touched = sorted(set().union(*changed.values()))
+        at = {i: j for j, i in enumerate(touched)}
+        rows_of = [pos[i] for i in touched]
+        features_now = {m: x[rows_of] for m, x in self.features.items()}  # fancy indexing: copies
+        present_now = {m: x[rows_of] for m, x in self.present.items()}
+        for m, c in contents.items():  # only the changed rows are encoded
+            todo = sorted(i for i in changed[m] if c[i])
+            if todo:
+                part = Catalog(item_ids=[catalog.item_ids[i] for i in todo], texts=[c[i] if m == "text" else ""
+                                                                                    for i in todo],
+                               images=[c[i] if m == "image" else None for i in todo], records=[{} for _ in todo],
+                               text_fields=self.manifest["text_fields"], image_field=self.manifest["image_field"],
+                               source=catalog.source)
+                vecs = encode_catalog(part, {m: self.encoders.get(m)}, cache_dir)[0][m]
+                features_now[m][[at[i] for i in todo]] = vecs
+            for i in changed[m]:
+                if not c[i]:
+                    features_now[m][at[i]] = 0.0
+                present_now[m][at[i]] = bool(c[i])
+        for m, x in loaded.items():
+            for i in changed[m]:
+                features_now[m][at[i]], present_now[m][at[i]] = x[i], npy_present(x[i : i + 1])[0]
+        if touched:
+            empty = [touched[j] for j in np.flatnonzero(~np.logical_or.reduce([present_now[m] for m in
+                                                                                 self.modalities]))]
+            if empty:
+                raise DataError(catalog.source, [Problem(catalog.row(i), None, f"item '{catalog.item_ids[i]}' would be "
+                                                         f"left with none of the index's modalities "
+                                                         f"({', '.join(self.modalities)})") for i in empty])
+        trained = [i for i in touched if self.pool is not None and self.pool[pos[i]]]
+        moved = [i for i in touched if self.pool is None or not self.pool[pos[i]]]
+        if moved:  # placed again as add places a new item; everything that can refuse runs before any change
+            rows = [at[i] for i in moved]
+            moved_f = {m: x[rows] for m, x in features_now.items()}
+            moved_p = {m: x[rows] for m, x in present_now.items()}
+            vectors = self.vectorizer.item_vectors(moved_f, moved_p, self._neighbour_pool())
+            _refuse_directionless(self.vectorizer, vectors, [catalog.item_ids[i] for i in moved], str(catalog.source))
+            attention = self.vectorizer.attention(moved_f, moved_p)
+
+        before = self._snapshot()
+        if unknown:  # refuses before it changes anything, or adds them
+            self._place_new(catalog.select(unknown), roles, {m: x[unknown] for m, x in loaded.items()}, cache_dir)
+        self.items = list(self.items)  # its dicts are replaced, not written into: the snapshot keeps the old ones
+        for i in old:
+            item = self.items[pos[i]]
+            hashes = {m: h for m, h in item["hashes"].items() if m not in contents or i not in changed[m]}
+            hashes |= {m: hashes_now[m][i] for m in contents if i in changed[m] and hashes_now[m][i]}
+            self.items[pos[i]] = {ID_FIELD: item[ID_FIELD], "hashes": hashes, "fields": fields[i]}
+        for m in self.modalities if touched else ():  # arrays replaced, never written into (the snapshot)
+            self.features[m], self.present[m] = self.features[m].copy(), self.present[m].copy()
+            self.features[m][rows_of], self.present[m][rows_of] = features_now[m], present_now[m]
+        self.vectors = self.vectors.copy()  # a new array also tells the display-field cache that fields changed
+        if moved:
+            where = [pos[i] for i in moved]
+            self.vectors[where] = vectors
+            self.attention = self.attention.copy()
+            self.attention[where] = attention
+            self.index.remove([catalog.item_ids[i] for i in moved])
+            self.index.add(vectors, [catalog.item_ids[i] for i in moved])
+        if trained:
+            logger.info("%d item(s) learned from interactions keep their trained vectors; their new content is stored "
+                        "(--by content search, explanations): train again or finetune to learn from it", len(trained))
         if self.directory is not None:
             self._save_or_restore(before, skipped=catalog)
         else:
             self._pending_skips += catalog.skip_records()
-        return len(catalog)
+        return {"updated": len(old), "content": len(touched), "moved": len(moved), "added": len(unknown)}
 
     def add_features(
         self,

@@ -1,0 +1,157 @@
+"""``index update``: items changed in place equal a build of the changed catalog; only changed
+content is encoded; trained vectors are kept; a refused update changes nothing."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from mmrec.config import TrainConfig
+from mmrec.errors import DataError
+from mmrec.item_index import ItemIndex
+from mmrec.pipeline import fit
+from tests.mmrec.conftest import write_planted
+
+TITLES = ["cat film", "dog story", "space war", "love city", "toy boy", "police night"]
+FAST = dict(dim=16, layers=2, heads=2, lr=0.05, batch_size=128, epochs=6, patience=6, reg=1e-4)
+
+
+def write_rows(path, rows, fields):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+
+
+@pytest.fixture
+def shop(tmp_path, image_paths):
+    for p in image_paths:
+        shutil.copy(p, tmp_path)
+    names = [p.rsplit("/", 1)[1] for p in image_paths]
+    rows = [{"item_id": f"i{k}", "title": t, "price": str(10 + k), "image": names[k % len(names)]}
+            for k, t in enumerate(TITLES)]
+    write_rows(tmp_path / "all.csv", rows, ["item_id", "title", "price", "image"])
+    return tmp_path, rows, names
+
+
+def build(path, out, tiny_bert_dir, tiny_vit_dir):
+    # centre off: an item's vector then depends on its own content only, so a build of the changed
+    # catalog is the exact oracle of an update
+    return ItemIndex.build(path, out, text_encoder=tiny_bert_dir, image_encoder=tiny_vit_dir, factory="Flat",
+                           show_progress=False, overwrite=True, center=False, text_fields=["title"])
+
+
+def test_update_equals_a_build_of_the_changed_catalog(shop, tiny_bert_dir, tiny_vit_dir):
+    d, rows, names = shop
+    build(d / "all.csv", d / "idx", tiny_bert_dir, tiny_vit_dir)
+    idx = ItemIndex.load(d / "idx", show_progress=False)
+    before = idx.vectors.copy()
+    # i1: new title (price kept: the file has no price column); i3: the same title (unchanged);
+    # i4: another image, its text as it was.
+    write_rows(d / "change.csv", [{"item_id": "i1", "title": "dog story remastered", "image": names[1]},
+                                  {"item_id": "i3", "title": "love city", "image": names[3 % len(names)]},
+                                  {"item_id": "i4", "title": "toy boy", "image": names[(4 + 1) % len(names)]}],
+               ["item_id", "title", "image"])
+    assert idx.update(d / "change.csv") == {"updated": 3, "content": 2, "moved": 2, "added": 0}
+    rows[1]["title"] = "dog story remastered"
+    rows[4]["image"] = names[(4 + 1) % len(names)]
+    write_rows(d / "changed_all.csv", rows, ["item_id", "title", "price", "image"])
+    oracle = build(d / "changed_all.csv", d / "oracle", tiny_bert_dir, tiny_vit_dir)
+    back = ItemIndex.load(d / "idx", show_progress=False)  # saved in place
+    for got in (idx, back):
+        assert got.ids == oracle.ids
+        np.testing.assert_allclose(got.vectors, oracle.vectors, atol=1e-6)
+        np.testing.assert_array_equal(got.vectors[[0, 2, 3, 5]], before[[0, 2, 3, 5]])  # untouched rows: the same bits
+        for m in ("text", "image"):
+            np.testing.assert_allclose(got.features[m], oracle.features[m], atol=1e-6)
+        assert [it["hashes"] for it in got.items] == [it["hashes"] for it in oracle.items]
+        assert [it["fields"] for it in got.items] == [it["fields"] for it in oracle.items]
+        assert got.items[1]["fields"] == {"title": "dog story remastered", "price": "11", "image": names[1]}
+        for k in range(len(rows)):
+            a, b = got.similar(f"i{k}", 5), oracle.similar(f"i{k}", 5)
+            assert [x.item_id for x in a] == [x.item_id for x in b]
+            np.testing.assert_allclose([x.score for x in a], [x.score for x in b], atol=1e-5)
+
+
+def test_a_fields_only_update_encodes_nothing_and_where_sees_it(shop, tiny_bert_dir, tiny_vit_dir, monkeypatch):
+    d, rows, _ = shop
+    idx = build(d / "all.csv", d / "idx", tiny_bert_dir, tiny_vit_dir)
+    idx = ItemIndex.load(d / "idx", show_progress=False)
+    assert idx.matching(["price<12"]) == ["i0", "i1"]  # the display-field cache is filled here
+    vectors = idx.vectors.copy()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("nothing should be encoded")
+
+    monkeypatch.setattr("mmrec.item_index.encode_catalog", refuse)
+    (d / "prices.csv").write_text("item_id,price\ni5,3\ni0,\n")
+    assert idx.update(d / "prices.csv") == {"updated": 2, "content": 0, "moved": 0, "added": 0}
+    assert idx.matching(["price<12"]) == ["i1", "i5"]  # i0's price is now blank: no number
+    back = ItemIndex.load(d / "idx", show_progress=False)
+    np.testing.assert_array_equal(back.vectors, vectors)
+    assert back.items[5]["fields"] == {"title": "police night", "price": "3", "image": rows[5]["image"]}
+    assert back.items[0]["fields"]["price"] == "" and back.matching(["price<12"]) == ["i1", "i5"]
+
+
+def test_refused_updates_change_nothing_and_skips_are_listed(shop, tiny_bert_dir, tiny_vit_dir):
+    d, rows, names = shop
+    build(d / "all.csv", d / "idx", tiny_bert_dir, tiny_vit_dir)
+    idx = ItemIndex.load(d / "idx", show_progress=False)
+    manifest = (d / "idx" / "manifest.json").read_bytes()
+    (d / "unknown.csv").write_text("item_id,price\ni2,99\nx9,1\n")
+    with pytest.raises(DataError, match=r"row 2, field 'item_id': id 'x9' is not in the index \(mmrec index add "
+                                        r"adds new items, as --add-new here does\)"):
+        idx.update(d / "unknown.csv")
+    (d / "empty.csv").write_text("item_id,title,image\ni2,,\n")
+    with pytest.raises(DataError, match=r"row 1: item 'i2' would be left with none of the index's modalities "
+                                        r"\(text, image\)"):
+        idx.update(d / "empty.csv")
+    (d / "bad_image.csv").write_text("item_id,title,image\ni2,space war,missing.jpg\n")
+    with pytest.raises(DataError, match=r"row 1, field 'image'"):
+        idx.update(d / "bad_image.csv")
+    assert (d / "idx" / "manifest.json").read_bytes() == manifest
+    assert idx.items[2]["fields"]["price"] == "12"
+    # Skipped: the unknown id, listed in skipped.jsonl; the rest lands.
+    assert idx.update(d / "unknown.csv", skip_invalid=True) == {"updated": 1, "content": 0, "moved": 0, "added": 0}
+    skipped = [json.loads(line) for line in (d / "idx" / "skipped.jsonl").read_text().splitlines()]
+    assert [(s["row"], s["item_id"], s["field"]) for s in skipped] == [(2, "x9", "item_id")]
+    # A blank image cell takes the image away (the text stays); --add-new adds the unknown id.
+    (d / "more.csv").write_text(f"item_id,title,image\ni2,space war,\nx9,new toy,{names[0]}\n")
+    assert idx.update(d / "more.csv", add_new=True) == {"updated": 1, "content": 1, "moved": 1, "added": 1}
+    back = ItemIndex.load(d / "idx", show_progress=False)
+    assert back.ids[-1] == "x9" and not back.present["image"][2] and back.present["text"][2]
+    assert "image" not in back.items[2]["hashes"] and back.items[2]["fields"]["image"] == ""
+    assert back.similar("x9", 1)[0].item_id != "x9"
+
+
+def test_trained_items_keep_their_vectors_and_content_path_items_move(tmp_path, capsys):
+    from mmrec.cli import main
+    from mmrec.recommender import Recommender
+
+    inter, feats = write_planted(tmp_path, users=64, items=128, per_user=12)
+    fit(inter, features={"content": feats}, out=tmp_path / "m", config=TrainConfig(**FAST, cold_start=0.25),
+        split="random", show_progress=False)
+    rec = Recommender.load(tmp_path / "m", show_progress=False)
+    ids = rec.items.ids
+    cold, warm = rec.cold_items[0], ids[int(np.flatnonzero(rec.items.pool)[0])]
+    x = np.load(feats)
+    new = x[[warm, cold]][::-1] + 0.0  # each takes the other's content
+    np.save(tmp_path / "new.npy", new)
+    want_cold = rec.items.vectorizer.item_vectors({"content": new[1:]}, {"content": np.ones(1, bool)},
+                                                  rec.items._neighbour_pool())[0]
+    warm_vector = rec.items.vector_of(warm).copy()
+    (tmp_path / "change.csv").write_text(f"item_id\n{warm}\n{cold}\n")
+    assert main(["index", "update", "--index", str(tmp_path / "m"), "--catalog", str(tmp_path / "change.csv"),
+                 "--features", f"content={tmp_path / 'new.npy'}", "-q"]) == 0
+    assert capsys.readouterr().out == (f"updated 2 items (2 with new content, 1 of them keeping trained vectors) in "
+                                       f"{tmp_path / 'm'}: 128 items\n")
+    back = Recommender.load(tmp_path / "m", show_progress=False)
+    np.testing.assert_array_equal(back.items.vector_of(warm)[0], warm_vector[0])
+    np.testing.assert_allclose(back.items.vector_of(cold)[0], want_cold, rtol=1e-6, atol=1e-7)
+    for item, row in ((warm, new[0]), (cold, new[1])):
+        np.testing.assert_array_equal(back.items.features["content"][back.items._pos[item]], row)
+    # The FAISS index serves the moved vector: searched by it, the item is its own best match.
+    assert back.items.search_vectors(want_cold[None], k=1)[0][0].item_id == cold
