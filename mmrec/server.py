@@ -8,7 +8,8 @@ server (no extra dependency)::
 
     GET /health                                  {"status": "ok", "kind", "items", "users", "modalities"}
     GET /recommend?user=42&k=10                  {"results": [{"item_id", "score", <fields>}, ...]}
-    GET /history?item=1&item=50&k=10[&user=42]   a history of items (a known user's newer ones with user)
+    GET /history?item=1&item=50&k=10[&user=42]   a history of items (a known user's newer ones with user);
+                                                 its answer adds "ignored": the items not in the index, left out
     GET /similar?item=1&k=10[&by=cosine]
     GET /search?text=space+adventure&k=10[&by=content]
 
@@ -177,14 +178,16 @@ def _recommend(rec, p: Params) -> list:
                          **_filters(rec, p))
 
 
-def _history(rec, p: Params) -> list:
+def _history(rec, p: Params) -> tuple[list, dict[str, Any]]:
     items, user = p.all("item"), p.one("user")
     if not items and user is None:
         raise BadRequest("/history: give one or more 'item' parameters (item=1&item=50), with or without 'user'")
-    return rec.recommend_history(items, p.integer("k", 10, 1), user=user, method=p.one("method", "auto"),
-                                 exclude_history=not p.flag("include_known"), explain=p.flag("explain"),
-                                 explain_items=_explain_items(p),
-                                 diversity=p.number("diversity", 0.0), **_filters(rec, p))
+    results = rec.recommend_history(items, p.integer("k", 10, 1), user=user, method=p.one("method", "auto"),
+                                    exclude_history=not p.flag("include_known"), explain=p.flag("explain"),
+                                    explain_items=_explain_items(p),
+                                    diversity=p.number("diversity", 0.0), **_filters(rec, p))
+    # the items the answer left out (removed since, or typos): a client sees no server log
+    return results, {"ignored": [i for i in items if rec.items._try_resolve(i) is None]}
 
 
 def _similar(rec, p: Params) -> list:
@@ -198,8 +201,8 @@ def _search(rec, p: Params) -> list:
 
 
 FILTERS = ("exclude", "only", "where")  # every query route takes them
-# route -> (handler, the parameters it takes)
-ROUTES: dict[str, tuple[Callable[[Any, Params], list], tuple[str, ...]]] = {
+# route -> (handler: results, or results and more keys of the answer; the parameters it takes)
+ROUTES: dict[str, tuple[Callable[[Any, Params], list | tuple[list, dict[str, Any]]], tuple[str, ...]]] = {
     "/recommend": (_recommend, ("user", "k", "include_known", "explain", "explain_items", "diversity", *FILTERS)),
     "/history": (_history, ("item", "user", "k", "method", "include_known", "explain", "explain_items", "diversity",
                             *FILTERS)),
@@ -312,7 +315,8 @@ class Handler(BaseHTTPRequestHandler):
         rec = self.server.current()  # may load a changed directory first, without the lock
         with self.server.lock:
             results = route(rec, params)
-        return HTTPStatus.OK, {"results": [r.to_dict() for r in results]}
+        results, more = results if isinstance(results, tuple) else (results, {})
+        return HTTPStatus.OK, {"results": [r.to_dict() for r in results], **more}
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 -- the standard library's name
         logger.debug(format, *args)  # do_GET logs each request once, with its time

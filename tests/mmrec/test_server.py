@@ -104,7 +104,10 @@ def test_every_route_answers_what_the_python_api_returns(served):
     for path, want in cases:
         status, body = get(url + path)
         assert status == 200, (path, body)
-        assert body == {"results": dicts(want)}, path
+        assert body == {"results": dicts(want)} | ({"ignored": []} if path.startswith("/history") else {}), path
+    # History items not in the index are left out, and the answer says which (a client sees no log).
+    assert get(f"{url}/history?item=0&item=999&item=x&k=5") == (200, {"results": dicts(rec.recommend_history([0], 5)),
+                                                                     "ignored": ["999", "x"]})
     assert len(get(f"{url}/recommend?user=u3&k=40&include_known=true")[1]["results"]) == 32
 
 
@@ -230,7 +233,7 @@ def test_concurrent_requests_each_get_their_own_answer(served):
     users = [f"u{i}" for i in range(48)] * 3
     with ThreadPoolExecutor(8) as pool:
         got = list(pool.map(lambda u: get(f"{url}/history?user={u}&item=1&k=4"), users))
-    assert got == [(200, {"results": dicts(rec.recommend_history([1], 4, user=u))}) for u in users]
+    assert got == [(200, {"results": dicts(rec.recommend_history([1], 4, user=u)), "ignored": []}) for u in users]
 
 
 def test_a_content_index_serves_similar_and_history_and_refuses_recommend(tmp_path):
@@ -242,7 +245,8 @@ def test_a_content_index_serves_similar_and_history_and_refuses_recommend(tmp_pa
         assert get(f"{url}/health")[1] == {"status": "ok", "kind": "content", "items": 12, "users": 0,
                                            "modalities": ["image"]}
         assert get(f"{url}/similar?item=i2&k=3") == (200, {"results": dicts(rec.similar("i2", 3))})
-        assert get(f"{url}/history?item=i2&item=i5&k=3") == (200, {"results": dicts(rec.recommend_history(["i2", "i5"], 3))})
+        assert get(f"{url}/history?item=i2&item=i5&k=3") == (200, {"results": dicts(rec.recommend_history(["i2", "i5"], 3)),
+                                                                  "ignored": []})
         status, body = get(f"{url}/recommend?user=u1")
         assert status == 400 and "holds a content index, not a trained model" in body["error"]
 
