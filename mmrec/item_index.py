@@ -1984,12 +1984,14 @@ class ItemIndex:
             return None
 
     def _align_id_type(self, ids: list[ItemId]) -> list[ItemId]:
-        """New ids take the type of the index's ids (all int or all str)."""
+        """New ids take the type of the index's ids (all int or all str): on an int index a
+        canonical integer given as text (``"7"``) is that integer, any other text is refused."""
         if not self.items:
             return ids
         if isinstance(self.items[0][ID_FIELD], str):
             return [str(i) for i in ids]
-        if all(isinstance(i, int) for i in ids):
-            return ids
-        bad = [i for i in ids if not isinstance(i, int)][:5]
-        raise MMRecError(f"this index has integer item ids; new ids {bad} are not integers")
+        typed = [i if isinstance(i, int) else normalize_ids([i])[0] for i in ids]  # "7" is 7, as index add reads it
+        bad = [i for i in typed if not isinstance(i, int)][:5]
+        if bad:
+            raise MMRecError(f"this index has integer item ids; new ids {bad} are not integers")
+        return typed

@@ -567,14 +567,22 @@ def test_remove_takes_one_id_as_one_id_and_a_generator_whole(tmp_path):
 def test_add_features_refuses_an_id_the_index_has_or_of_another_type():
     idx = five_items(ids=(10, 20, 30, 40, 50))
     one = {"text": np.ones((1, 3), np.float32)}, {"text": np.ones(1, bool)}
+
+    def two_of():
+        return {"text": np.ones((2, 3), np.float32)}, {"text": np.ones(2, bool)}
+
     with pytest.raises(MMRecError, match="10 already in the index; nothing was added"):
         idx.add_features([np.int64(10)], *one, save=False)
-    with pytest.raises(MMRecError, match=r"integer item ids; new ids \['7'\] are not integers"):
-        idx.add_features(["7"], *one, save=False)  # would be found by similar("7") instead of nothing
+    with pytest.raises(MMRecError, match=r"integer item ids; new ids \['x9', '07'\] are not integers"):
+        idx.add_features(["x9", "07"], *two_of(), save=False)
+    with pytest.raises(MMRecError, match="10 already in the index"):
+        idx.add_features(["10"], *one, save=False)  # "10" is item 10, as index add reads a catalog's "10"
+    idx.add_features(["7"], *one, save=False)
+    assert idx.ids[-1] == 7 and type(idx.ids[-1]) is int and idx.similar("7", 1)[0].item_id != 7
     two = {"text": np.ones((2, 3), np.float32)}, {"text": np.ones(2, bool)}
     with pytest.raises(MMRecError, match="60 given twice"):
         idx.add_features([60, 60], *two, save=False)
-    assert len(idx) == 5
+    assert len(idx) == 6
     idx.add_features([np.int64(60)], *one, save=False)
     assert idx.ids[-1] == 60 and type(idx.ids[-1]) is int
 
