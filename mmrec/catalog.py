@@ -212,6 +212,7 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict[str, Any]], dict[
                     if header and len(row) > len(header):  # every one (DataError prints the first 20)
                         too_long.append(Problem(number, None, f"has {len(row)} fields but the header names "
                                                               f"{len(header)}: a stray separator, an unquoted value or an unbalanced quote"))
+                lines = reader.line_num  # physical lines: at least the rows pandas reads
         except UnicodeDecodeError:
             raise DataError(path, [utf8_problem(path)]) from None
         if not header:
@@ -219,8 +220,9 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict[str, Any]], dict[
         if any("\x00" in name for name in header):  # UTF-16 without a byte-order mark reads as UTF-8 here
             raise DataError(path, [Problem(None, None, "the header row is not UTF-8 text (NUL bytes: UTF-16?): "
                                                        "save the file as UTF-8")])
-        # As pandas names the columns (unstripped; empty names, as trailing commas write, become "Unnamed: N").
-        names = [name for name in header if name.strip()]
+        # As the columns are named (stripped, as the interactions loader names them; empty names, as
+        # trailing commas write, are pandas' "Unnamed: N").
+        names = [name.strip() for name in header if name.strip()]
         twice = list(dict.fromkeys(name for name in names if names.count(name) > 1))
         if twice:  # pandas would rename the second "title.1", which no option names, silently
             raise DataError(path, [Problem(None, name, f"the header names this column {names.count(name)} times: "
@@ -232,7 +234,10 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict[str, Any]], dict[
         # Only an empty cell is missing: pandas would also read "NA", "null", "None", "NaN"... as
         # missing, losing an id "NA" or a title "None" that JSON Lines and Parquet keep.
         kwargs = {"sep": sep, "index_col": False, "keep_default_na": False, "na_values": [""],
-                  "converters": {c: str for c in header if c in ("item_id", "user_id")}}
+                  "converters": {c: str for c in header if c.strip() in ("item_id", "user_id")},
+                  # one chunk: pandas infers each column's type over every row (it read 10,000 at a
+                  # time, typed by the first chunk, so a 2.5 or a word after row 10,000 failed)
+                  "chunksize": max(10_000, lines + 1)}
     datasets.disable_progress_bars()
     verbosity = datasets.logging.get_verbosity()
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its failures are reported below, once
@@ -244,6 +249,8 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict[str, Any]], dict[
             columns = list(ds.column_names)
             types = {c: _feature_type(ds.features[c]) for c in columns}
             rows = ds.to_list()
+            if fmt == "parquet":
+                columns = _parquet_data_columns(path, columns, rows, types)
     except (ValueError, OSError, datasets.exceptions.DatasetGenerationError) as e:
         cause = e.__cause__ or e
         raise DataError(path, [Problem(None, None, f"cannot be read as {fmt}: {cause}")]) from e
@@ -254,7 +261,42 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict[str, Any]], dict[
         raise DataError(path, [Problem(None, None, "file has no data rows")])
     if fmt == "csv":
         _keep_written_numbers(columns, rows, types, header, raw)
+        named = {c: c.strip() for c in columns if c != c.strip()}
+        if named:  # " title" is title
+            columns = [named.get(c, c) for c in columns]
+            types = {named.get(c, c): t for c, t in types.items()}
+            rows = [{named.get(c, c): v for c, v in r.items()} for r in rows]
     return columns, rows, types
+
+
+def _parquet_data_columns(path: Path, columns: list[str], rows: list[dict[str, Any]], types: dict[str, str]) -> list[str]:
+    """The data columns of a Parquet file, its rows changed in place: an unnamed pandas index
+    (``__index_level_0__``, which ``DataFrame.to_parquet`` writes for any index but a plain range)
+    dropped, as pandas reads it back as the index, not data; binary cells decoded as UTF-8 text,
+    as the interactions loader decodes them (an id ``b"i0"`` is ``i0``).
+
+    Raises:
+        DataError: a binary cell that is not UTF-8, named by row and field.
+    """
+    dropped = [c for c in columns if c.startswith("__index_level_") and c.endswith("__")]
+    for r in rows:
+        for c in dropped:
+            del r[c]
+    problems = []
+    binary = [c for c in columns if types[c] in ("binary", "large_binary") and c not in dropped]
+    for c in binary:
+        types[c] = "string"
+        for number, r in enumerate(rows, 1):
+            if isinstance(r[c], bytes):
+                try:
+                    r[c] = r[c].decode("utf-8")
+                except UnicodeDecodeError:
+                    problems.append(Problem(number, c, "binary value is not UTF-8 text"))
+    if problems:
+        raise DataError(path, problems)
+    for c in dropped:
+        del types[c]
+    return [c for c in columns if c not in dropped]
 
 
 @contextlib.contextmanager
@@ -417,10 +459,17 @@ def catalog_from_records(
     skip_invalid: bool = False,
     mask_bad_images: bool = False,
 ) -> Catalog:
-    """Build a validated catalog from in-memory rows (the same rules and options as :func:`load_catalog`)."""
-    if records and any(ID_FIELD not in r for r in records):
-        row = next(i for i, r in enumerate(records, 1) if ID_FIELD not in r)
-        raise DataError(source, [Problem(row, ID_FIELD, "required field missing")])
+    """Build a validated catalog from in-memory rows (the same rules and options as :func:`load_catalog`:
+    the fields named must be fields of the rows, and a row without an ``item_id`` is an invalid row)."""
+    fields = list(dict.fromkeys(k for r in records for k in r))
+    if records and ID_FIELD not in fields:
+        raise DataError(source, [Problem(None, ID_FIELD, f"required field missing (fields: {', '.join(fields)})")])
+    unknown = [Problem(None, f, f"text field not found (fields: {', '.join(fields)})")
+               for f in text_fields if f not in fields]
+    if image_field is not None and image_field not in fields:
+        unknown.append(Problem(None, image_field, f"image field not found (fields: {', '.join(fields)})"))
+    if unknown:
+        raise DataError(source, unknown)
     return _validate(
         list(records),
         source=source,
@@ -473,6 +522,10 @@ def _validate(
             problems.append(Problem(i + 1, ID_FIELD, f"{json.dumps(rows[i][ID_FIELD])} is a "
                                                      f"{type(rows[i][ID_FIELD]).__name__}: an item id is a string "
                                                      "or an integer"))
+            bad.add(i)
+        elif "\n" in rid or "\r" in rid:  # rows of the file swallowed by an unbalanced quote, as interactions say
+            problems.append(Problem(i + 1, ID_FIELD, "holds a line break: an unbalanced quote before it took in the "
+                                                     "lines that follow"))
             bad.add(i)
         elif rid in first_seen:
             problems.append(Problem(i + 1, ID_FIELD, f"duplicate id '{rid}' (first at row {first_seen[rid] + 1})"))

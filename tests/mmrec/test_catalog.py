@@ -438,8 +438,18 @@ def test_rows_in_memory_are_validated_as_a_file_is(tmp_path):
     cat = catalog_from_records(records, text_fields=["title"])
     assert cat.item_ids == ["a", "b"] and cat.texts == ["Alien war", "Robot dog"]
     assert cat.records[0] == {"title": "Alien war", "price": "3.5"}
-    with pytest.raises(DataError, match=r"<records>: row 2, field 'item_id': required field missing"):
+    with pytest.raises(DataError, match=r"<records>: row 2, field 'item_id': empty item id"):
         catalog_from_records([records[0], {"title": "no id"}], text_fields=["title"])
+    # as a file's rows: one without an id is an invalid row, skipped on request, every one named
+    cat = catalog_from_records([records[0], {"title": "no id"}, {"title": "nor here"}], text_fields=["title"],
+                               skip_invalid=True)
+    assert cat.item_ids == ["a"] and [(p.row, p.field) for p in cat.skipped] == [(2, "item_id"), (3, "item_id")]
+    with pytest.raises(DataError, match=r"field 'item_id': required field missing \(fields: title\)"):
+        catalog_from_records([{"title": "no id"}], text_fields=["title"], skip_invalid=True)
+    # as a file's columns: a field named that no row has is refused, not read as empty text
+    with pytest.raises(DataError, match=r"2 problem\(s\)\n.*field 'titel': text field not found \(fields: item_id, "
+                                        r"title, price\)\n.*field 'picture': image field not found"):
+        catalog_from_records(records, text_fields=["titel"], image_field="picture")
     with pytest.raises(DataError, match=r"row 2, field 'item_id': duplicate id 'a'"):
         catalog_from_records([records[0], records[0]], text_fields=["title"])
 
@@ -455,3 +465,43 @@ def test_a_row_dropped_for_its_id_is_not_listed_as_kept_and_records_take_the_opt
     assert [(r["row"], r["field"]) for r in records] == [(1, "item_id"), (2, "image")]  # A skipped, not "kept"
     rows = [{"item_id": "A", "title": "red boots", "image": str(tmp_path / "gone.png")}]
     assert catalog_from_records(rows, text_fields=["title"], image_field="image", mask_bad_images=True).images == [None]
+
+
+def test_a_csv_column_is_typed_over_every_row_not_the_first_10000(tmp_path):
+    # pandas read 10,000 rows at a time, typed by the first chunk: a 2.5 or a word after row 10,000
+    # failed the whole file with a message naming no row
+    lines = ["item_id,title,price,note"] + [f"{i},item {i},{'2.5' if i > 10001 else '5'},{'a word' if i == 10003 else ''}"
+                                            for i in range(10005)]
+    (tmp_path / "big.csv").write_text("\n".join(lines) + "\n")
+    cat = load_catalog(tmp_path / "big.csv", show_progress=False)
+    assert len(cat) == 10005 and cat.text_fields == ["title", "note"]
+    assert cat.records[10003] == {"title": "item 10003", "price": "2.5", "note": "a word"}
+    assert cat.records[0] == {"title": "item 0", "price": "5", "note": ""}
+
+
+def test_parquet_binary_cells_are_text_and_a_pandas_index_is_no_column(tmp_path):
+    import pandas as pd
+
+    pq.write_table(pa.table({"item_id": pa.array([b"i0", b"i1"]), "title": pa.array([b"red boots", b"mug"])}),
+                   tmp_path / "b.parquet")
+    cat = load_catalog(tmp_path / "b.parquet", show_progress=False)
+    assert cat.item_ids == ["i0", "i1"] and cat.texts == ["red boots", "mug"] and cat.text_fields == ["title"]
+    pq.write_table(pa.table({"item_id": pa.array([b"i0", b"\xff"]), "title": ["a", "b"]}), tmp_path / "bad.parquet")
+    with pytest.raises(DataError, match=r"row 2, field 'item_id': binary value is not UTF-8 text"):
+        load_catalog(tmp_path / "bad.parquet", show_progress=False)
+    # DataFrame.to_parquet writes any index but a plain range as a column "__index_level_0__"
+    pd.DataFrame({"item_id": [1, 2], "title": ["a", "b"]}, index=["x", "y"]).to_parquet(tmp_path / "ix.parquet")
+    cat = load_catalog(tmp_path / "ix.parquet", show_progress=False)
+    assert cat.texts == ["a", "b"] and cat.records == [{"title": "a"}, {"title": "b"}]
+
+
+def test_an_id_holding_a_line_break_is_refused_and_header_names_are_stripped(tmp_path):
+    (tmp_path / "quote.csv").write_text('item_id,title\n"1,a\n2,b\n3",c\n4,d\n')  # an unbalanced quote
+    with pytest.raises(DataError, match=r"row 1, field 'item_id': holds a line break: an unbalanced quote"):
+        load_catalog(tmp_path / "quote.csv", show_progress=False)
+    (tmp_path / "spaces.csv").write_text(" item_id, title ,price\n007, a ,3\n")
+    cat = load_catalog(tmp_path / "spaces.csv", text_fields=["title"], show_progress=False)
+    assert cat.item_ids == ["007"] and cat.records == [{"title": " a ", "price": "3"}] and cat.texts == ["a"]
+    (tmp_path / "twice.csv").write_text("item_id,title, title\n1,a,b\n")
+    with pytest.raises(DataError, match=r"field 'title': the header names this column 2 times"):
+        load_catalog(tmp_path / "twice.csv", show_progress=False)
