@@ -33,6 +33,7 @@ more than once is kept once (its first row) and counted: implicit feedback is a 
 """
 from __future__ import annotations
 
+import bisect
 import csv
 import io
 import json
@@ -422,7 +423,7 @@ def _read_csv(path: Path, fmt: str, present: list[str], raw: dict[str, str]) -> 
     """
     def read(use_threads: bool, bad: list) -> pa.Table:
         def handler(row: Any) -> str:
-            bad.append(row)
+            bad.append(row)  # a line of only spaces among them is a blank line, as the catalog reader takes it
             return "skip"
 
         with pa.input_stream(str(path), compression=_codec(path)) as source:
@@ -446,13 +447,15 @@ def _read_csv(path: Path, fmt: str, present: list[str], raw: dict[str, str]) -> 
         if "Empty CSV file" in str(e):  # a header without a line end, and nothing after it
             raise DataError(path, [Problem(None, None, "file has no data rows")]) from None
         raise
-    if bad:
+    if any(row.text.strip() for row in bad):
         bad = []
-        read(False, bad)  # numbered: the header is row 1 of the reader's count, blank lines are not counted
-        raise DataError(path, [Problem(None if row.number is None else row.number - 1, None,
-                                       f"has {row.actual_columns} fields but the header names {row.expected_columns}: "
-                                       "a stray separator, an unquoted value or an unbalanced quote")
-                               for row in bad])
+        read(False, bad)  # numbered: the header is row 1 of the reader's count, empty lines are not counted
+        spaces = [row.number for row in bad if not row.text.strip() and row.number is not None]  # not counted either
+        raise DataError(path, [Problem(None if row.number is None else row.number - 1 - bisect.bisect(spaces, row.number),
+                                       None, f"has {row.actual_columns} fields but the header names "
+                                             f"{row.expected_columns}: a stray separator, an unquoted value or an "
+                                             "unbalanced quote")
+                               for row in bad if row.text.strip()])
     return table
 
 

@@ -591,3 +591,15 @@ def test_the_unbalanced_quote_is_named_with_a_catalog_too_and_other_formats_keep
     lines = tmp_path / "break.jsonl"  # no quoting in JSON lines: a line break is part of the id
     lines.write_text('{"user_id": "u1", "item_id": "Line\\nBreak"}\n')
     assert load_interactions(lines).item_ids == ["Line\nBreak"]
+
+
+def test_a_line_of_only_spaces_is_a_blank_line(tmp_path):
+    # an editor's stray "   " at the end of a file stopped training with "has 1 fields"
+    (tmp_path / "inter.csv").write_text("user_id,item_id\nu1,1\n   \nu2,2\nu2,x,\n  \n")
+    with pytest.raises(DataError) as e:
+        load_interactions(tmp_path / "inter.csv")
+    assert [str(p) for p in e.value.problems] == [
+        "row 3: has 3 fields but the header names 2: a stray separator, an unquoted value or an unbalanced quote"]
+    (tmp_path / "inter.csv").write_text("user_id,item_id\nu1,1\n   \nu2,2\n  \n")
+    got = load_interactions(tmp_path / "inter.csv")
+    assert got.user_ids == ["u1", "u2"] and got.items.tolist() == [0, 1]
