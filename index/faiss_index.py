@@ -251,6 +251,10 @@ class FaissIndex:
         self._id_by_label: list[Any] = []  # label -> item id, or _GONE once removed
         self._tombstones: set[int] = set()  # HNSW labels removed logically
         self._tomb_selector: Any = None  # cached IDSelectorNot over the tombstones
+        # The last frozenset given as ``only`` (a server's repeated --where filter), with what was
+        # made of it: (the set, the items' version, its live labels, {its "keep" array, "sel"ector}).
+        self._only_memo: tuple[frozenset, int, frozenset[int], dict[str, Any]] | None = None
+        self._version = 0  # bumped by every add and remove: labels resolved before are stale
         self._nprobe = _default_nprobe(spec.nlist) if spec.kind == "ivf" else 0
         self._ef_search = DEFAULT_EF_SEARCH if spec.kind == "hnsw" else 0
         self._push_knobs()
@@ -407,6 +411,7 @@ class FaissIndex:
         self._id_by_label.extend(ids)
         for item_id, label in zip(ids, labels.tolist()):
             self._label_of[item_id] = label
+        self._version += 1
 
     def _wide(self, x: np.ndarray) -> np.ndarray:
         """``[N, dim]`` rows as FAISS stores them: zero columns appended up to the PQ width."""
@@ -432,6 +437,7 @@ class FaissIndex:
         if unknown:
             raise UnknownIdError(unknown)
         labels = [self._label_of.pop(i) for i in wanted]
+        self._version += 1
         for label in labels:
             self._id_by_label[label] = _GONE
         if self._spec.kind == "hnsw":
@@ -639,7 +645,7 @@ class FaissIndex:
         if exclude is not None and len(exclude) != n_q:
             raise ValueError(f"exclude has {len(exclude)} entries for {n_q} queries")
         shared = self._labels(exclude_all)
-        allowed = None if only is None else self._labels(only) - shared
+        allowed, made = (None, {}) if only is None else self._only_labels(only, shared)
         excluded: list[set[int]] = [set() for _ in range(n_q)]
         if exclude is not None:
             for b, items in enumerate(exclude):
@@ -655,12 +661,22 @@ class FaissIndex:
         # leaves out, than to check inside FAISS, whose selector skips the BLAS scan of Flat and
         # is what made IVF probe N / live times as many lists (README, bench_candidates.py).
         post = allowed is not None and len(allowed) >= POST_FILTER_SHARE[self._spec.kind] * len(self._label_of)
-        keep = np.fromiter(allowed, dtype=np.int64, count=len(allowed)) if post else None
+        if post and "keep" not in made:  # [labels] bool: one lookup a fetched label (np.isin sorted them)
+            made["keep"] = np.zeros(len(self._id_by_label), dtype=bool)
+            made["keep"][np.fromiter(allowed, dtype=np.int64, count=len(allowed))] = True
+        keep = made.get("keep")
         # A short shared list on Flat is filtered out of a deeper fetch instead (FLAT_FOLD_MAX).
         fold = (self._spec.kind == "flat" and allowed is None
                 and 0 < len(shared) <= min(FLAT_FOLD_MAX, FLAT_FOLD_SHARE * len(self._label_of)))
         folded = shared if fold else frozenset()
-        sel = None if folded else self._selector(shared) if post else self._selector(shared, allowed)
+        if folded:
+            sel = None
+        elif post or allowed is None:
+            sel = self._selector(shared)
+        else:
+            if "sel" not in made:
+                made["sel"] = self._selector(shared, allowed)
+            sel = made["sel"]
         # Twice the expected need: at exactly N / |only| times k, half the queries would come back
         # short of k candidates and search again, wider.
         scale = 2.0 * visible / max(live, 1) if post else 1.0
@@ -685,12 +701,13 @@ class FaissIndex:
 
     def _search_group(self, q: np.ndarray, pending: list[int], fetch: int, excluded: list[set[int]],
                       target: list[int], out_ids: list[list[ItemId]], out_scores: list[np.ndarray],
-                      live: int, sel: Any, keep: np.ndarray | None = None,
+                      live: int, sel: Any, keep: np.ndarray | None = None,  # [labels] bool
                       hidden: Collection[int] = frozenset()) -> None:
         """Fill ``out_ids`` / ``out_scores`` for the queries ``pending`` (rows of ``q``), starting
         at ``fetch`` results per query and widening for those still short (:meth:`search`);
         ``live`` items are visible through the selector ``sel`` (:meth:`_selector`), only the
-        labels in ``keep`` (when given) are kept of what comes back, and no label in ``hidden``."""
+        labels ``keep`` (a bool per label, when given) marks are kept of what comes back, and no
+        label in ``hidden``."""
         ntotal = int(self._index.ntotal)
         nprobe, ef, exhaustive = self._nprobe, self._ef_search, False
         if self._spec.kind == "hnsw":
@@ -716,7 +733,7 @@ class FaissIndex:
             short = []
             shown = labels >= 0  # [B', F]; -1 pads
             if keep is not None:  # one vectorised test: a share s of candidates means k / s labels a query
-                shown &= np.isin(labels, keep)
+                shown &= keep[np.maximum(labels, 0)]
             if hidden_labels is not None:  # the same for a folded shared list
                 shown &= ~np.isin(labels, hidden_labels)
             for row, b in enumerate(pending):
@@ -744,6 +761,20 @@ class FaissIndex:
                 ef = max(2 * ef, fetch)
                 exhaustive = self._spec.kind == "hnsw" and (ef >= ntotal or self._walk_costs_more(ef))  # as above
             pending = short
+
+    def _only_labels(self, only: Collection[ItemId] | ItemId,
+                     shared: set[int]) -> tuple[frozenset[int] | set[int], dict[str, Any]]:
+        """``(the live labels of only but shared's, a dict to keep what is made of them)``. A
+        frozenset seen last time, with no ``shared`` and the items unchanged, gives back what was
+        made then: resolving 100k ids and building their selector took 10-20 ms a query."""
+        memo = self._only_memo
+        if not shared and memo is not None and memo[0] is only and memo[1] == self._version:
+            return memo[2], memo[3]
+        labels = self._labels(only)
+        if shared or not isinstance(only, frozenset):  # a set may change between calls: made afresh
+            return labels - shared, {}
+        self._only_memo = (only, self._version, frozenset(labels), {})
+        return self._only_memo[2], self._only_memo[3]
 
     def _labels(self, ids: Collection[ItemId] | ItemId) -> set[int]:
         """The labels of the ids in the index (others ignored); a single id is one id, not its characters."""

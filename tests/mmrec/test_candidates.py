@@ -233,11 +233,68 @@ def test_kept_matching_answers_are_bounded_by_the_catalog_size():
     for bound in range(n):  # 50 distinct filters of up to 50 ids each
         assert idx.matching([f"price>={bound}"]) == [f"i{k}" for k in range(bound, n)]
     kept = idx._facets[3]
-    assert 0 < sum(len(ids) + 1 for ids in kept.values()) <= 4 * n
+    assert 0 < sum(len(ids) + 1 for ids, _ in kept.values()) <= 4 * n
     assert ("price", ">=", "49") in {c for key in kept for c in key}
     for bound in range(1000, 1400):  # filters that match nothing still count: at most 256 are kept
         assert idx.matching([f"price>={bound}"]) == []
     kept = idx._facets[3]
-    assert 0 < len(kept) <= 4 * n and sum(len(ids) + 1 for ids in kept.values()) <= 4 * n
+    assert 0 < len(kept) <= 4 * n and sum(len(ids) + 1 for ids, _ in kept.values()) <= 4 * n
+    for bound in range(n):  # a set made of an answer counts its ids again
+        assert len(idx.candidate_ids(None, [f"price>={bound}"])) == n - bound
+    kept = idx._facets[3]
+    assert sum(len(ids) * (1 + (made is not None)) + 1 for ids, made in kept.values()) <= 4 * n
     with pytest.raises(ConfigError, match="not a display field"):  # a field of another type is named, not sorted
         idx.matching({"price": "1", 7: "x"})
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW8", "IVF4,Flat"])
+def test_a_where_set_is_kept_and_its_faiss_labels_follow_changes(factory):
+    # A server's repeated --where: one set object, whose FAISS labels and selector are made once
+    # per version of the items; after a change the same set (or a stale one) still answers right.
+    from mmrec.item_index import CandidateSet
+
+    rng = np.random.default_rng(0)
+    n = 400
+    x = rng.normal(size=(n, 8)).astype(np.float32)
+    records = [{"colour": "red" if k % 3 == 0 else "blue"} for k in range(n)]
+    idx = ItemIndex.from_features(list(range(n)), {"v": x}, records=records, factory=factory, show_progress=False)
+    if factory.startswith("IVF"):
+        idx.index.nprobe = 4  # every list: exact, so the oracle below is the exact ranking
+
+    def oracle(query_row, allowed, k=5, exclude=()):
+        unit = idx.vectors / np.linalg.norm(idx.vectors, axis=1, keepdims=True)
+        q = idx.vectorizer.item_query(idx.vectors[[query_row]])[0]
+        scores = unit @ (q / np.linalg.norm(q))
+        rows = [r for r in np.argsort(-scores, kind="stable") if idx.ids[r] in allowed
+                and idx.ids[r] not in exclude and r != query_row]
+        return [idx.ids[r] for r in rows[:k]]
+
+    red = idx.candidate_ids(None, ["colour=red"])
+    assert type(red) is CandidateSet and red == {k for k in range(n) if k % 3 == 0}
+    assert idx.candidate_ids(None, ["colour=red"]) is red and idx.excluded_ids(red) is red
+    for q in range(4):
+        got = [r.item_id for r in idx.similar(q, 5, only=red)]
+        assert got == oracle(q, red)
+        assert idx.index._only_memo[0] is red  # made once, used again
+    made = idx.index._only_memo[3]
+    assert [r.item_id for r in idx.similar(1, 5, only=red)] == oracle(1, red) and idx.index._only_memo[3] is made
+    # exclude_all beside it: labels made for that query alone, the kept ones untouched
+    assert [r.item_id for r in idx.similar(1, 5, only=red, exclude=[0, 3])] == oracle(1, red, exclude={0, 3})
+    assert idx.index._only_memo[3] is made
+    # A removed red item: the stale set is resolved again (never returned), and so are the labels.
+    idx.remove([0, 3, 6])
+    assert idx.candidate_ids(None, ["colour=red"]) is not red
+    assert idx.excluded_ids(red) == red - {0, 3, 6}
+    for q in (1, 2):
+        row = idx._pos[q]
+        got = [r.item_id for r in idx.similar(q, 5, only=red)]
+        assert got == oracle(row, red - {0, 3, 6}) and not {0, 3, 6} & set(got)
+    # A frozenset given to the FAISS index itself is kept by identity too: an id added later joins it.
+    mine, query = frozenset({3, 9, 12}), idx.similar_queries(np.array([idx._pos[1]]))[0]
+    assert sorted(idx.index.search(query, 3, only=mine)[0][0]) == [9, 12] and idx.index._only_memo[0] is mine
+    # Added back with another vector: the new labels count (FAISS labels differ from before).
+    idx.add_features([3], {"v": x[[1]] * 2}, {"v": np.ones(1, bool)}, [{"colour": "red"}], save=False)
+    assert idx.index.search(query, 1, only=mine)[0] == [[3]]
+    red2 = idx.candidate_ids(None, ["colour=red"])
+    assert 3 in red2 and [r.item_id for r in idx.similar(1, 1, only=red2)] == [3]
+    assert [r.item_id for r in idx.similar(1, 1, only=red2)] == [3]  # the kept labels again
