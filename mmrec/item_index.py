@@ -1591,8 +1591,10 @@ class ItemIndex:
         if features:  # the rows skipped from the file, or as ids already in the index
             refuse_skipped_rows(catalog.source, [q for q in catalog.skipped if read_here or id(q) not in before])
         loaded = self._given_features(roles, len(catalog))
+        new_features, present, hashes = self._encode_new(catalog, roles, loaded, cache_dir)
         before = self._snapshot()
-        self._place_new(catalog, roles, loaded, cache_dir)
+        self.add_features(catalog.item_ids, new_features, present, catalog.records, hashes, save=False,
+                          source=str(catalog.source))
         if self.directory is not None:
             self._save_or_restore(before, skipped=catalog)
         else:
@@ -1650,9 +1652,14 @@ class ItemIndex:
                                                                f"features are {width} wide")])
         return loaded
 
-    def _place_new(self, catalog: Catalog, roles: dict[str, Any], loaded: dict[str, np.ndarray],
-                   cache_dir: str | Path | None) -> None:
-        """Encode new items and add them through the content path (not saved)."""
+    def _encode_new(self, catalog: Catalog, roles: dict[str, Any], loaded: dict[str, np.ndarray],
+                    cache_dir: str | Path | None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[dict]]:
+        """New items' ``(features, present, hashes)`` for every modality of the index: encoded,
+        ``loaded`` (precomputed ones given), or masked.
+
+        Raises:
+            MMRecError: an item left with none of the index's modalities.
+        """
         from mmrec.pipeline import npy_present  # the pipeline imports this module
 
         masked, encoded, precomputed = roles["masked"], roles["encoded"], roles["precomputed"]
@@ -1677,8 +1684,7 @@ class ItemIndex:
             hint = f" (pass --features for {', '.join(precomputed)})" if precomputed else ""
             raise MMRecError(f"{catalog.source}: {len(none)} new items have none of this index's modalities "
                              f"{self.modalities}, e.g. {first}{hint}")
-        self.add_features(catalog.item_ids, new_features, present, catalog.records, hashes, save=False,
-                          source=str(catalog.source))
+        return new_features, present, hashes
 
     def _id_type(self) -> type | None:
         """The type of the index's ids (``int`` or ``str``); ``None`` when it is empty."""
@@ -1726,13 +1732,11 @@ class ItemIndex:
             DataError: bad rows; an id not in the index (without ``add_new``); a change that
                 leaves an item no content. MMRecError / ConfigError: as for :meth:`add`.
         """
-        from encoders.cache import content_hash, file_hash
-        from mmrec.pipeline import npy_present  # the pipeline imports this module
-
         self._check_in_place()
         roles = self._content_roles("an item", device, features)
-        catalog, _ = self._read_rows(catalog, roles, catalog_options, partial=True)
+        catalog, read_here = self._read_rows(catalog, roles, catalog_options, partial=True)
         skip = bool(catalog_options.get("skip_invalid"))
+        before_ids = {id(q) for q in catalog.skipped}
         catalog = check_catalog_ids(catalog, set(), catalog.source, skip=skip, id_type=self._id_type())
         unknown = [i for i, item in enumerate(catalog.item_ids) if item not in self._pos]
         if unknown and not add_new:
@@ -1740,17 +1744,96 @@ class ItemIndex:
                 Problem(catalog.row(i), ID_FIELD, f"id '{catalog.item_ids[i]}' is not in the index (mmrec index add "
                                                   "adds new items, as --add-new here does)") for i in unknown],
                 catalog.source, skip=skip, summary=f"{len(unknown)} row(s) whose id is not in the index")
-            unknown = []
-        if roles["given"]:
-            refuse_skipped_rows(catalog.source, catalog.skipped)
+        elif unknown and not roles["given"]:  # a new row needs content, as index add reads it (with
+            bare = [i for i in unknown if not self._row_content(catalog, i, roles, {})]  # features: below)
+            if bare:
+                catalog = drop_rows(catalog, bare, [self._bare_row(catalog, i) for i in bare], catalog.source,
+                                    skip=skip, summary=f"{len(bare)} new row(s) with no content")
+        if roles["given"]:  # feature row i is the file's row i: none may be left out
+            refuse_skipped_rows(catalog.source, [q for q in catalog.skipped if read_here or id(q) not in before_ids])
         loaded = self._given_features(roles, len(catalog))
-        new_rows = set(unknown)
-        old = [i for i in range(len(catalog)) if i not in new_rows]
+        unknown = [i for i, item in enumerate(catalog.item_ids) if item not in self._pos]
+        bare = [i for i in unknown if not self._row_content(catalog, i, roles, loaded)]
+        if bare:
+            raise DataError(catalog.source, [self._bare_row(catalog, i) for i in bare])
+        old = [i for i in range(len(catalog)) if catalog.item_ids[i] in self._pos]
         pos = {i: self._pos[catalog.item_ids[i]] for i in old}
         fields = {i: self.items[pos[i]]["fields"] | catalog.records[i] for i in old}  # a column the file lacks stays
+        change = self._content_change(catalog, old, pos, fields, roles, loaded, cache_dir)
+        touched, rows_of = change["touched"], [pos[i] for i in change["touched"]]
+        features_now, present_now = dict(self.features), dict(self.present)
+        for m in self.modalities if touched else ():  # arrays replaced, never written into (the snapshot)
+            features_now[m], present_now[m] = self.features[m].copy(), self.present[m].copy()
+            features_now[m][rows_of], present_now[m][rows_of] = change["features"][m], change["present"][m]
+        # Placed by content (items that were, and new ones), as index add places a new item: from
+        # the trained items' new content, as after this change; everything that can refuse runs first.
+        pool = self._neighbour_pool(features_now, present_now)
+        moved = [i for i in touched if self.pool is None or not self.pool[pos[i]]]
+        if moved:
+            rows = [pos[i] for i in moved]
+            moved_f, moved_p = {m: x[rows] for m, x in features_now.items()}, {m: x[rows] for m, x in present_now.items()}
+            vectors = self.vectorizer.item_vectors(moved_f, moved_p, pool)
+            _refuse_directionless(self.vectorizer, vectors, [catalog.item_ids[i] for i in moved], str(catalog.source))
+            attention = self.vectorizer.attention(moved_f, moved_p)
+        if unknown:
+            new = catalog.select(unknown)
+            new_f, new_p, new_hashes = self._encode_new(new, roles, {m: x[unknown] for m, x in loaded.items()}, cache_dir)
+            new_vectors = self.vectorizer.item_vectors(new_f, new_p, pool)
+            _refuse_directionless(self.vectorizer, new_vectors, new.item_ids, str(catalog.source))
 
-        # The content of each old row: the text made of its fields (the file's, else the stored),
-        # the image of the file's column; a modality whose columns the file lacks is unchanged.
+        before = self._snapshot()
+        self.items = list(self.items)  # its dicts are replaced, not written into: the snapshot keeps the old ones
+        for i in old:
+            hashes = {m: h for m, h in self.items[pos[i]]["hashes"].items() if i not in change["changed"].get(m, ())}
+            hashes |= {m: h[i] for m, h in change["hashes"].items() if i in change["changed"][m] and h[i]}
+            self.items[pos[i]] = {ID_FIELD: catalog.item_ids[i], "hashes": hashes, "fields": fields[i]}
+        self.features, self.present = features_now, present_now
+        self.vectors = self.vectors.copy()  # a new array also tells the display-field cache that fields changed
+        if moved:
+            self.vectors[rows] = vectors
+            self.attention = self.attention.copy()
+            self.attention[rows] = attention
+            self.index.remove([catalog.item_ids[i] for i in moved])
+            self.index.add(vectors, [catalog.item_ids[i] for i in moved])
+        if unknown:
+            self.add_features(new.item_ids, new_f, new_p, new.records, new_hashes, save=False, vectors=new_vectors,
+                              source=str(catalog.source))
+        trained = len(touched) - len(moved)
+        if trained:
+            logger.info("%d item(s) learned from interactions keep their trained vectors; their new content is stored "
+                        "(--by content search, explanations): train again or finetune to learn from it", trained)
+        if self.directory is not None:
+            self._save_or_restore(before, skipped=catalog)
+        else:
+            self._pending_skips += catalog.skip_records()
+        return {"updated": len(old), "content": len(touched), "moved": len(moved), "added": len(unknown)}
+
+    def _row_content(self, catalog: Catalog, i: int, roles: dict[str, Any], loaded: dict[str, np.ndarray]) -> bool:
+        """Whether the catalog's row ``i`` holds content of one of the index's modalities."""
+        return bool(("text" in roles["encoded"] and catalog.texts[i])
+                    or ("image" in roles["encoded"] and catalog.images[i])
+                    or any(np.abs(x[i]).sum() > 0 for x in loaded.values()))
+
+    def _bare_row(self, catalog: Catalog, i: int) -> Problem:
+        return Problem(catalog.row(i), None, f"id '{catalog.item_ids[i]}' is not in the index, and the row has none "
+                                             f"of its modalities ({', '.join(self.modalities)}) to add it by")
+
+    def _content_change(self, catalog: Catalog, old: list[int], pos: dict[int, int], fields: dict[int, dict],
+                        roles: dict[str, Any], loaded: dict[str, np.ndarray],
+                        cache_dir: str | Path | None) -> dict[str, Any]:
+        """What an update changes in the content of the items already in the index (catalog rows
+        ``old``, at index positions ``pos``, with their merged display ``fields``): the text made of
+        the fields, the image of the file's column, a row of ``loaded`` features; a modality whose
+        columns the file lacks is unchanged. Only the changed rows are encoded.
+
+        Returns:
+            ``{"touched": rows with a change, in catalog order, "features" / "present": modality
+            -> their new rows (aligned with touched), "changed": modality -> rows changed in it,
+            "hashes": modality -> row -> new content hash (None: absent)}``.
+        """
+        from encoders.cache import content_hash, file_hash
+        from mmrec.pipeline import npy_present  # the pipeline imports this module
+
         columns = set().union(*(catalog.records[i] for i in old))
         contents: dict[str, dict[int, str | None]] = {}
         if "text" in roles["encoded"] and columns & set(self.manifest["text_fields"]):
@@ -1760,9 +1843,9 @@ class ItemIndex:
             contents["image"] = {i: catalog.images[i] for i in old}
         elif catalog.has_images and "image" not in self.modalities:
             logger.warning("%s has images but this index has no image modality: images ignored", catalog.source)
-        hashes_now = {m: {i: (content_hash if m == "text" else file_hash)(c[i]) if c[i] else None for i in old}
-                      for m, c in contents.items()}
-        changed = {m: {i for i in old if h[i] != self.items[pos[i]]["hashes"].get(m)} for m, h in hashes_now.items()}
+        hashes = {m: {i: (content_hash if m == "text" else file_hash)(c[i]) if c[i] else None for i in old}
+                  for m, c in contents.items()}
+        changed = {m: {i for i in old if h[i] != self.items[pos[i]]["hashes"].get(m)} for m, h in hashes.items()}
         for m, x in loaded.items():
             has = npy_present(x)
             changed[m] = {i for i in old if has[i] != self.present[m][pos[i]]
@@ -1770,9 +1853,9 @@ class ItemIndex:
         touched = sorted(set().union(*changed.values()))
         at = {i: j for j, i in enumerate(touched)}
         rows_of = [pos[i] for i in touched]
-        features_now = {m: x[rows_of] for m, x in self.features.items()}  # fancy indexing: copies
-        present_now = {m: x[rows_of] for m, x in self.present.items()}
-        for m, c in contents.items():  # only the changed rows are encoded
+        features = {m: x[rows_of] for m, x in self.features.items()}  # fancy indexing: copies
+        present = {m: x[rows_of] for m, x in self.present.items()}
+        for m, c in contents.items():
             todo = sorted(i for i in changed[m] if c[i])
             if todo:
                 part = Catalog(item_ids=[catalog.item_ids[i] for i in todo], texts=[c[i] if m == "text" else ""
@@ -1780,60 +1863,21 @@ class ItemIndex:
                                images=[c[i] if m == "image" else None for i in todo], records=[{} for _ in todo],
                                text_fields=self.manifest["text_fields"], image_field=self.manifest["image_field"],
                                source=catalog.source)
-                vecs = encode_catalog(part, {m: self.encoders.get(m)}, cache_dir)[0][m]
-                features_now[m][[at[i] for i in todo]] = vecs
+                features[m][[at[i] for i in todo]] = encode_catalog(part, {m: self.encoders.get(m)}, cache_dir)[0][m]
             for i in changed[m]:
                 if not c[i]:
-                    features_now[m][at[i]] = 0.0
-                present_now[m][at[i]] = bool(c[i])
+                    features[m][at[i]] = 0.0
+                present[m][at[i]] = bool(c[i])
         for m, x in loaded.items():
             for i in changed[m]:
-                features_now[m][at[i]], present_now[m][at[i]] = x[i], npy_present(x[i : i + 1])[0]
-        if touched:
-            empty = [touched[j] for j in np.flatnonzero(~np.logical_or.reduce([present_now[m] for m in
-                                                                                 self.modalities]))]
-            if empty:
-                raise DataError(catalog.source, [Problem(catalog.row(i), None, f"item '{catalog.item_ids[i]}' would be "
-                                                         f"left with none of the index's modalities "
-                                                         f"({', '.join(self.modalities)})") for i in empty])
-        trained = [i for i in touched if self.pool is not None and self.pool[pos[i]]]
-        moved = [i for i in touched if self.pool is None or not self.pool[pos[i]]]
-        if moved:  # placed again as add places a new item; everything that can refuse runs before any change
-            rows = [at[i] for i in moved]
-            moved_f = {m: x[rows] for m, x in features_now.items()}
-            moved_p = {m: x[rows] for m, x in present_now.items()}
-            vectors = self.vectorizer.item_vectors(moved_f, moved_p, self._neighbour_pool())
-            _refuse_directionless(self.vectorizer, vectors, [catalog.item_ids[i] for i in moved], str(catalog.source))
-            attention = self.vectorizer.attention(moved_f, moved_p)
-
-        before = self._snapshot()
-        if unknown:  # refuses before it changes anything, or adds them
-            self._place_new(catalog.select(unknown), roles, {m: x[unknown] for m, x in loaded.items()}, cache_dir)
-        self.items = list(self.items)  # its dicts are replaced, not written into: the snapshot keeps the old ones
-        for i in old:
-            item = self.items[pos[i]]
-            hashes = {m: h for m, h in item["hashes"].items() if m not in contents or i not in changed[m]}
-            hashes |= {m: hashes_now[m][i] for m in contents if i in changed[m] and hashes_now[m][i]}
-            self.items[pos[i]] = {ID_FIELD: item[ID_FIELD], "hashes": hashes, "fields": fields[i]}
-        for m in self.modalities if touched else ():  # arrays replaced, never written into (the snapshot)
-            self.features[m], self.present[m] = self.features[m].copy(), self.present[m].copy()
-            self.features[m][rows_of], self.present[m][rows_of] = features_now[m], present_now[m]
-        self.vectors = self.vectors.copy()  # a new array also tells the display-field cache that fields changed
-        if moved:
-            where = [pos[i] for i in moved]
-            self.vectors[where] = vectors
-            self.attention = self.attention.copy()
-            self.attention[where] = attention
-            self.index.remove([catalog.item_ids[i] for i in moved])
-            self.index.add(vectors, [catalog.item_ids[i] for i in moved])
-        if trained:
-            logger.info("%d item(s) learned from interactions keep their trained vectors; their new content is stored "
-                        "(--by content search, explanations): train again or finetune to learn from it", len(trained))
-        if self.directory is not None:
-            self._save_or_restore(before, skipped=catalog)
-        else:
-            self._pending_skips += catalog.skip_records()
-        return {"updated": len(old), "content": len(touched), "moved": len(moved), "added": len(unknown)}
+                features[m][at[i]], present[m][at[i]] = x[i], npy_present(x[i : i + 1])[0]
+        empty = [touched[j] for j in np.flatnonzero(~np.logical_or.reduce([present[m] for m in self.modalities]))] \
+            if touched else []
+        if empty:
+            raise DataError(catalog.source, [Problem(catalog.row(i), None, f"item '{catalog.item_ids[i]}' would be "
+                                                     f"left with none of the index's modalities "
+                                                     f"({', '.join(self.modalities)})") for i in empty])
+        return {"touched": touched, "features": features, "present": present, "changed": changed, "hashes": hashes}
 
     def add_features(
         self,
@@ -1903,14 +1947,17 @@ class ItemIndex:
         if save and self.directory is not None:
             self._save_or_restore(before)
 
-    def _neighbour_pool(self) -> tuple[dict, dict, np.ndarray] | None:
-        """The indexed items a trained content path borrows from (features, presence, vectors)."""
+    def _neighbour_pool(self, features: dict[str, np.ndarray] | None = None,
+                        present: dict[str, np.ndarray] | None = None) -> tuple[dict, dict, np.ndarray] | None:
+        """The indexed items a trained content path borrows from (features, presence, vectors);
+        ``features`` / ``present`` stand for the index's own (an update's new content)."""
+        features, present = features or self.features, present or self.present
         if not getattr(self.vectorizer, "neighbours", 0) or not self.items:
             return None
         if self.pool is None:
-            return self.features, self.present, self.vectorizer.mips.original(self.vectors)
+            return features, present, self.vectorizer.mips.original(self.vectors)
         rows = np.flatnonzero(self.pool)
-        return ({m: x[rows] for m, x in self.features.items()}, {m: x[rows] for m, x in self.present.items()},
+        return ({m: x[rows] for m, x in features.items()}, {m: x[rows] for m, x in present.items()},
                 self.vectorizer.mips.original(self.vectors[rows]))
 
     def rebuild(self, factory: str | None = None) -> str:

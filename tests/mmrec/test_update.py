@@ -118,6 +118,17 @@ def test_refused_updates_change_nothing_and_skips_are_listed(shop, tiny_bert_dir
     assert idx.update(d / "unknown.csv", skip_invalid=True) == {"updated": 1, "content": 0, "moved": 0, "added": 0}
     skipped = [json.loads(line) for line in (d / "idx" / "skipped.jsonl").read_text().splitlines()]
     assert [(s["row"], s["item_id"], s["field"]) for s in skipped] == [(2, "x9", "item_id")]
+    # A new row with no content: refused by row, or skipped, as index add skips it.
+    (d / "bare.csv").write_text("item_id,price\ni2,50\nx7,1\n")
+    manifest = (d / "idx" / "manifest.json").read_bytes()
+    with pytest.raises(DataError, match=r"row 2: id 'x7' is not in the index, and the row has none of its "
+                                        r"modalities \(text, image\) to add it by"):
+        idx.update(d / "bare.csv", add_new=True)
+    assert (d / "idx" / "manifest.json").read_bytes() == manifest
+    assert idx.update(d / "bare.csv", add_new=True, skip_invalid=True) == {"updated": 1, "content": 0, "moved": 0,
+                                                                            "added": 0}
+    skipped = [json.loads(line) for line in (d / "idx" / "skipped.jsonl").read_text().splitlines()]
+    assert [(s["row"], s["item_id"]) for s in skipped] == [(2, "x9"), (2, "x7")]
     # A blank image cell takes the image away (the text stays); --add-new adds the unknown id.
     (d / "more.csv").write_text(f"item_id,title,image\ni2,space war,\nx9,new toy,{names[0]}\n")
     assert idx.update(d / "more.csv", add_new=True) == {"updated": 1, "content": 1, "moved": 1, "added": 1}
@@ -140,9 +151,14 @@ def test_trained_items_keep_their_vectors_and_content_path_items_move(tmp_path, 
     x = np.load(feats)
     new = x[[warm, cold]][::-1] + 0.0  # each takes the other's content
     np.save(tmp_path / "new.npy", new)
+    # The cold item is placed as index add would place it after the change: borrowing from the
+    # trained items' new content (the warm item's among them).
+    after = rec.items.features["content"].copy()
+    after[[rec.items._pos[warm], rec.items._pos[cold]]] = new
     want_cold = rec.items.vectorizer.item_vectors({"content": new[1:]}, {"content": np.ones(1, bool)},
-                                                  rec.items._neighbour_pool())[0]
+                                                  rec.items._neighbour_pool({"content": after}))[0]
     warm_vector = rec.items.vector_of(warm).copy()
+    shutil.copytree(tmp_path / "m", tmp_path / "two_steps")
     (tmp_path / "change.csv").write_text(f"item_id\n{warm}\n{cold}\n")
     assert main(["index", "update", "--index", str(tmp_path / "m"), "--catalog", str(tmp_path / "change.csv"),
                  "--features", f"content={tmp_path / 'new.npy'}", "-q"]) == 0
@@ -155,3 +171,34 @@ def test_trained_items_keep_their_vectors_and_content_path_items_move(tmp_path, 
         np.testing.assert_array_equal(back.items.features["content"][back.items._pos[item]], row)
     # The FAISS index serves the moved vector: searched by it, the item is its own best match.
     assert back.items.search_vectors(want_cold[None], k=1)[0][0].item_id == cold
+    # One file or two, the same vectors: the warm item first, then the cold one, then a new item
+    # (--add-new) placed as index add places it.
+    steps = Recommender.load(tmp_path / "two_steps", show_progress=False).items
+    for k, item in enumerate((warm, cold)):
+        (tmp_path / f"step{k}.csv").write_text(f"item_id\n{item}\n")
+        np.save(tmp_path / f"step{k}.npy", new[k : k + 1])
+        steps.update(tmp_path / f"step{k}.csv", features={"content": tmp_path / f"step{k}.npy"})
+    np.testing.assert_array_equal(steps.vectors, back.items.vectors)
+    (tmp_path / "plus.csv").write_text(f"item_id\n{warm}\n500\n")
+    np.save(tmp_path / "plus.npy", np.concatenate([new[:1], x[:1]]))
+    assert back.items.update(tmp_path / "plus.csv", features={"content": tmp_path / "plus.npy"}, add_new=True) == \
+        {"updated": 1, "content": 0, "moved": 0, "added": 1}
+    (tmp_path / "n.csv").write_text("item_id\n500\n")
+    np.save(tmp_path / "n.npy", x[:1])
+    steps.add(tmp_path / "n.csv", features={"content": tmp_path / "n.npy"})
+    np.testing.assert_array_equal(steps.vectors, back.items.vectors)
+
+
+def test_a_loaded_catalog_with_its_own_skipped_rows_takes_features_as_add_does(tmp_path):
+    from mmrec.catalog import load_catalog
+
+    x = np.eye(4, dtype=np.float32)
+    idx = ItemIndex.from_features(["a", "b", "c", "d"], {"f": x}, records=[{"title": t} for t in "abcd"],
+                                  factory="Flat", show_progress=False)
+    (tmp_path / "c.csv").write_text("item_id,title\na,first\n,no id\nb,second\n")
+    cat = load_catalog(tmp_path / "c.csv", text_fields=["title"], skip_invalid=True, show_progress=False)
+    np.save(tmp_path / "c.npy", x[[1, 0]])  # one row per item of the loaded catalog: a and b swap vectors
+    assert idx.update(cat, features={"f": tmp_path / "c.npy"}) == {"updated": 2, "content": 2, "moved": 2, "added": 0}
+    assert [r.item_id for r in idx.search_vectors(idx.vectors[[0]], k=1)[0]] == ["a"]
+    np.testing.assert_array_equal(idx.features["f"][:2], x[[1, 0]])
+    assert [it["fields"]["title"] for it in idx.items] == ["first", "second", "c", "d"]
