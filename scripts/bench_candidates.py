@@ -79,9 +79,23 @@ def measure(index: FaissIndex, base: np.ndarray, queries: np.ndarray, shares: li
     return rows
 
 
-def time_matching(items: int, rounds: int, seed: int) -> dict[str, Any]:
+QUERIES_FILTERED = 50  # single similar() calls timed per filter (median)
+
+
+def median_each(call: Any, rows: Any) -> float:
+    """Median seconds of ``call(q)`` over the rows, one call each."""
+    times = []
+    for q in rows:
+        start = time.perf_counter()
+        call(q)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def time_matching(items: int, rounds: int, seed: int) -> tuple[dict[str, Any], float]:
     """``ItemIndex.matching`` over ``items`` items' display fields: a category of 200 (Zipf-like
-    sizes) and a |-separated tag field, for a rare and a common value."""
+    sizes) and a |-separated tag field, for a rare and a common value, and one ``similar`` restricted
+    to each answer; also the seconds of an unrestricted ``similar``."""
     from mmrec.item_index import ItemIndex
 
     rng = np.random.default_rng(seed)
@@ -92,7 +106,7 @@ def time_matching(items: int, rounds: int, seed: int) -> dict[str, Any]:
                for i, (c, row) in enumerate(zip(category, tags))]
     index = ItemIndex.from_features(list(range(items)), {"text": rng.normal(size=(items, 8)).astype(np.float32)},
                                     records=records, factory="Flat", show_progress=False)
-    out = {}
+    out: dict[str, Any] = {}
     for label, where in (("rare category", {"category": "c199"}), ("common category", {"category": "c0"}),
                          ("tag (|-separated)", {"tags": "t7"}), ("category and tag", {"category": "c0", "tags": "t7"})):
         index._facets = None  # the first query of a field reads every item's value of it
@@ -101,10 +115,20 @@ def time_matching(items: int, rounds: int, seed: int) -> dict[str, Any]:
         first_s = time.perf_counter() - start
         seconds, found = median_seconds(lambda: index.matching(where), rounds)  # later ones look it up
         assert found == first
+        # One filtered similar() a request, as a server answers a repeated --where: the set kept
+        # with the answer (candidate_ids), against a plain set of the same ids, which every query
+        # resolves and turns into FAISS labels again (what each query did before the set was kept).
+        kept = index.candidate_ids(None, where)
+        rows = range(0, items, max(1, items // QUERIES_FILTERED))[:QUERIES_FILTERED]
+        plain_s = median_each(lambda q: index.similar(q, K, only=set(index.matching(where))), rows)
+        kept_s = median_each(lambda q: index.similar(q, K, only=index.candidate_ids(None, where)), rows)
+        for q in rows[:5]:  # the same answers
+            assert index.similar(q, K, only=kept) == index.similar(q, K, only=set(found))
         out[label] = {"where": where, "matched": len(found), "first_seconds": round(first_s, 4),
-                      "seconds": round(seconds, 6)}
+                      "seconds": round(seconds, 6), "query_plain_set_seconds": round(plain_s, 6),
+                      "query_kept_set_seconds": round(kept_s, 6)}
         print(f"  matching {label}: {out[label]}", flush=True)
-    return out
+    return out, median_each(lambda q: index.similar(q, K), range(QUERIES_FILTERED))
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -129,12 +153,20 @@ def markdown(results: dict[str, Any]) -> str:
                          f"{r['only_short']:.1%} / {r['post_short']:.1%} | {'ok' if r['only_lists_ok'] else 'FAILED'} |")
     lines += ["", f"Unrestricted recall@10: " + ", ".join(f"{f} {rows[0]['only_recall']:.4f}"
                                                        for f, rows in e["factories"].items()) + ".", "",
-              f"`ItemIndex.matching` (what `--where` runs) over {e['items']:,} items' display fields:", "",
-              "| filter | matched | first query s (reads the field) | later queries ms |", "|---|---:|---:|---:|"]
+              f"`ItemIndex.matching` (what `--where` runs) over {e['items']:,} items' display fields (Flat, 8-d "
+              f"vectors), and one `similar(k={K})` a call restricted to its answer, the median of "
+              f"{QUERIES_FILTERED} calls: `kept set` as `recommend` / `similar` / `mmrec serve` answer a repeated "
+              "`--where` (the set `candidate_ids` keeps with the answer, whose FAISS labels and selector the index "
+              "keeps), `plain set` the same ids as a new set each call (resolved and turned into labels again, "
+              "as every query did before the set was kept); unfiltered: "
+              f"{1000 * e['query_unfiltered_seconds']:.2f} ms a call.", "",
+              "| filter | matched | first query s (reads the field) | later queries ms | similar, kept set ms | "
+              "similar, plain set ms |", "|---|---:|---:|---:|---:|---:|"]
     for label, r in e["matching"].items():
         shown = ", ".join(f"{k}={v}" for k, v in r["where"].items())
         lines.append(f"| {label} (`{shown}`) | {r['matched']:,} | {r['first_seconds']:.3f} | "
-                     f"{1000 * r['seconds']:.2f} |")
+                     f"{1000 * r['seconds']:.2f} | {1000 * r['query_kept_set_seconds']:.2f} | "
+                     f"{1000 * r['query_plain_set_seconds']:.2f} |")
     lines += ["", f"Machine: {m['cpu']}, {m['cores']} cores (shared; load average {m['load_average']} at start), "
               f"FAISS with {e['threads']} thread(s). Command: `{e['command']}`", ""]
     return "\n".join(lines)
@@ -153,9 +185,10 @@ def main(argv: list[str] | None = None) -> None:
     out: dict[str, Any] = {}
     for factory, index, base, queries in built_indexes(args):
         out[factory] = measure(index, base, queries, args.shares, args.rounds, seed=1)
-    matching = time_matching(args.items, args.rounds, seed=2)
+    matching, unfiltered = time_matching(args.items, args.rounds, seed=2)
     entry = {"items": args.items, "dim": args.dim, "queries": args.queries, "rounds": args.rounds,
-             "threads": args.threads, "factories": out, "matching": matching, "machine": machine, "command": command}
+             "threads": args.threads, "factories": out, "matching": matching,
+             "query_unfiltered_seconds": round(unfiltered, 6), "machine": machine, "command": command}
     update_results(Path(args.out), "candidates", lambda old: {"candidates": entry}, markdown)
     print(markdown({"candidates": entry}))
 

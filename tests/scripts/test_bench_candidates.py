@@ -21,3 +21,5 @@ def test_a_small_run_checks_every_list(tmp_path):
     assert all(r["only_recall"] == 1.0 for r in entry["factories"]["Flat"])  # exact, both ways
     assert [m["matched"] for m in entry["matching"].values()][-1] <= entry["matching"]["common category"]["matched"]
     assert "| Flat | 20 (1.00%) | selector |" in (tmp_path / "candidates.md").read_text()
+    assert all(m["query_kept_set_seconds"] > 0 and m["query_plain_set_seconds"] > 0 for m in entry["matching"].values())
+    assert entry["query_unfiltered_seconds"] > 0
