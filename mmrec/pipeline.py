@@ -332,6 +332,13 @@ def fit(
     no_edges = int(((train_degree == 0) & (True if held_out is None else ~held_out)).sum())  # held out: not trained
     if no_edges and dims:
         logger.info("%d items have no training interaction: learned from content alone", no_edges)
+    untrained = int((np.bincount(train_inter.users[train_inter.split_mask("train")],
+                                 minlength=len(train_inter.user_ids)) == 0).sum())
+    if untrained:  # a given split with users only in its validation or test rows
+        logger.warning("%d of %d users have no training interaction (only validation or test rows): their vectors "
+                       "stay as drawn, so their recommendations are chance; they are still evaluated, as a given "
+                       "split asks (recommend --history places such a user by their items)", untrained,
+                       len(train_inter.user_ids))
     data = TrainData(
         train_inter,
         {m: torch.from_numpy(content.features[m]) for m in dims},

@@ -729,3 +729,21 @@ def test_a_diverged_run_keeps_its_best_weights_or_says_what_to_do(tmp_path, monk
     assert "training diverged at epoch 3 (loss nan): stopped, keeping the best weights so far" in caplog.text
     assert len(result.history) == 3 and result.best_epoch in (1, 2)
     assert np.isfinite(rec.items.vectors).all() and np.isfinite(rec.user_vectors).all()
+
+
+def test_users_without_training_rows_are_warned_about(tmp_path, caplog):
+    # A given split whose user "late" has only a test row: the model never trains that user's vector.
+    inter, feats = write_planted(tmp_path, users=16, items=16, per_user=4)
+    header, *lines = inter.read_text().splitlines()
+    rows = [f"{line}\t{'test' if k % 4 == 3 else 'train'}" for k, line in enumerate(lines)]
+    (tmp_path / "split.tsv").write_text("\n".join([header + "\tsplit", *rows, "late\t3\ttest"]) + "\n")
+    config = TrainConfig(dim=8, layers=1, heads=1, lr=0.05, batch_size=64, epochs=1, patience=1)
+    with caplog.at_level("WARNING", logger="mmrec.pipeline"):
+        fit(tmp_path / "split.tsv", features={"content": feats}, out=tmp_path / "m", config=config, split="given",
+            show_progress=False)
+    assert "1 of 17 users have no training interaction (only validation or test rows)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mmrec.pipeline"):
+        fit(inter, features={"content": feats}, out=tmp_path / "m2", config=config, split="random",
+            show_progress=False)
+    assert "no training interaction" not in caplog.text
