@@ -2024,7 +2024,7 @@ class ItemIndex:
         before = self._snapshot()
         self.index.remove(ids)
         gone = {self._pos[i] for i in ids}
-        keep = np.array([i for i in range(len(self.items)) if i not in gone], dtype=np.int64)
+        keep = np.setdiff1d(np.arange(len(self.items)), np.fromiter(gone, np.int64, len(gone)))  # sorted
         for m in self.modalities:
             self.features[m], self.present[m] = self.features[m][keep], self.present[m][keep]
         self.attention = self.attention[keep]
