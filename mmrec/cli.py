@@ -268,13 +268,14 @@ def cmd_index_update(args: argparse.Namespace) -> int:
     opts = {k: v for k, v in (("image_root", args.image_root), ("skip_invalid", args.skip_invalid),
                               ("mask_bad_images", args.mask_bad_images)) if v}
     done = index.update(args.catalog, features=_features(args), cache_dir=_cache_dir(args), device=args.device,
-                        add_new=args.add_new, **opts)
+                        add_new=args.add_new, remove_missing=args.remove_missing, **opts)
     content = done["content"]
     kept = content - done["moved"]
     detail = (f" ({content:,} with new content" + (f", {kept:,} of them keeping trained vectors" if kept else "") + ")"
               if content else "")
     added = f", added {_items(done['added'])}" if args.add_new else ""
-    print(f"updated {_items(done['updated'])}{detail}{added} in {args.index}: {_items(len(index))}")
+    removed = f", removed {_items(done['removed'])}" if args.remove_missing else ""
+    print(f"updated {_items(done['updated'])}{detail}{added}{removed} in {args.index}: {_items(len(index))}")
     return 0
 
 
@@ -877,6 +878,9 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--features", type=_features_arg, action="append", metavar="NAME=PATH.npy",
                    help="new precomputed features, one row per catalog row (repeatable; a modality left out is kept)")
     u.add_argument("--add-new", action="store_true", help="add rows whose id is not in the index (default: refused)")
+    u.add_argument("--remove-missing", action="store_true",
+                   help="remove the items the file does not name (a skipped row names its item): with --add-new, "
+                        "the index then holds the file's items, as a full catalog export lists them")
     u.add_argument("--image-root", type=Path, help="base for relative image paths (default: the catalog's folder)")
     _mask_opt(u)
     u.add_argument("--skip-invalid", action="store_true",

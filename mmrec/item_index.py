@@ -1698,6 +1698,7 @@ class ItemIndex:
         cache_dir: str | Path | None = None,
         device: str | None = None,
         add_new: bool = False,
+        remove_missing: bool = False,
         **catalog_options,
     ) -> dict[str, int]:
         """Change items already in the index from a catalog; saves when opened from disk (one
@@ -1720,17 +1721,20 @@ class ItemIndex:
             device: torch device to encode on.
             add_new: rows whose id is not in the index are added (as :meth:`add` adds them)
                 instead of refused.
+            remove_missing: items of the index that no row of the file names (skipped rows
+                count as named) are removed: with ``add_new``, the index then holds the file's
+                items, its unchanged ones not encoded again and its trained ones still trained.
             **catalog_options: :func:`~mmrec.catalog.load_catalog` options (``skip_invalid``
                 also skips rows of unknown ids).
 
         Returns:
             ``{"updated": items changed in place, "content": of those, items whose content
             changed, "moved": of those, items placed again (the rest keep trained vectors),
-            "added": new items}``.
+            "added": new items, "removed": items removed}``.
 
         Raises:
             DataError: bad rows; an id not in the index (without ``add_new``); a change that
-                leaves an item no content. MMRecError / ConfigError: as for :meth:`add`.
+                leaves an item no content; no valid row. MMRecError / ConfigError: as for :meth:`add`.
         """
         self._check_in_place()
         roles = self._content_roles("an item", device, features)
@@ -1758,6 +1762,7 @@ class ItemIndex:
             raise DataError(catalog.source, [self._bare_row(catalog, i) for i in bare])
         old = [i for i in range(len(catalog)) if catalog.item_ids[i] in self._pos]
         pos = {i: self._pos[catalog.item_ids[i]] for i in old}
+        missing = self._not_named(catalog) if remove_missing else []
         fields = {i: self.items[pos[i]]["fields"] | catalog.records[i] for i in old}  # a column the file lacks stays
         change = self._content_change(catalog, old, pos, fields, roles, loaded, cache_dir)
         touched, rows_of = change["touched"], [pos[i] for i in change["touched"]]
@@ -1767,7 +1772,7 @@ class ItemIndex:
             features_now[m][rows_of], present_now[m][rows_of] = change["features"][m], change["present"][m]
         # Placed by content (items that were, and new ones), as index add places a new item: from
         # the trained items' new content, as after this change; everything that can refuse runs first.
-        pool = self._neighbour_pool(features_now, present_now)
+        pool = self._neighbour_pool(features_now, present_now, leave_out=[self._pos[i] for i in missing])
         moved = [i for i in touched if self.pool is None or not self.pool[pos[i]]]
         if moved:
             rows = [pos[i] for i in moved]
@@ -1798,6 +1803,8 @@ class ItemIndex:
         if unknown:
             self.add_features(new.item_ids, new_f, new_p, new.records, new_hashes, save=False, vectors=new_vectors,
                               source=str(catalog.source))
+        if missing:
+            self._drop(missing)
         trained = len(touched) - len(moved)
         if trained:
             logger.info("%d item(s) learned from interactions keep their trained vectors; their new content is stored "
@@ -1806,7 +1813,17 @@ class ItemIndex:
             self._save_or_restore(before, skipped=catalog)
         else:
             self._pending_skips += catalog.skip_records()
-        return {"updated": len(old), "content": len(touched), "moved": len(moved), "added": len(unknown)}
+        return {"updated": len(old), "content": len(touched), "moved": len(moved), "added": len(unknown),
+                "removed": len(missing)}
+
+    def _not_named(self, catalog: Catalog) -> list[ItemId]:
+        """The index's ids that no row of ``catalog`` names, a skipped row's id counting as named
+        (an item whose new row was invalid is kept as it was, not removed)."""
+        named = set(catalog.item_ids)
+        for raw in catalog.skipped_ids or ():
+            if raw is not None:
+                named.add(str(raw) if self._id_type() is str else normalize_ids([raw])[0])
+        return [it[ID_FIELD] for it in self.items if it[ID_FIELD] not in named]
 
     def _row_content(self, catalog: Catalog, i: int, roles: dict[str, Any], loaded: dict[str, np.ndarray]) -> bool:
         """Whether the catalog's row ``i`` holds content of one of the index's modalities."""
@@ -1948,15 +1965,19 @@ class ItemIndex:
             self._save_or_restore(before)
 
     def _neighbour_pool(self, features: dict[str, np.ndarray] | None = None,
-                        present: dict[str, np.ndarray] | None = None) -> tuple[dict, dict, np.ndarray] | None:
+                        present: dict[str, np.ndarray] | None = None,
+                        leave_out: Sequence[int] = ()) -> tuple[dict, dict, np.ndarray] | None:
         """The indexed items a trained content path borrows from (features, presence, vectors);
-        ``features`` / ``present`` stand for the index's own (an update's new content)."""
+        ``features`` / ``present`` stand for the index's own (an update's new content), and the
+        rows ``leave_out`` are not borrowed from (an update's removed items)."""
         features, present = features or self.features, present or self.present
         if not getattr(self.vectorizer, "neighbours", 0) or not self.items:
             return None
-        if self.pool is None:
+        if self.pool is None and not len(leave_out):
             return features, present, self.vectorizer.mips.original(self.vectors)
-        rows = np.flatnonzero(self.pool)
+        usable = np.ones(len(self.items), bool) if self.pool is None else self.pool.copy()
+        usable[list(leave_out)] = False
+        rows = np.flatnonzero(usable)
         return ({m: x[rows] for m, x in features.items()}, {m: x[rows] for m, x in present.items()},
                 self.vectorizer.mips.original(self.vectors[rows]))
 
@@ -2022,6 +2043,13 @@ class ItemIndex:
                              f"{' ...' if len(missing) > 20 else ''}; nothing was removed")
         ids = [self.resolve_id(i) for i in item_ids]
         before = self._snapshot()
+        gone = self._drop(ids)
+        if self.directory is not None:
+            self._save_or_restore(before)
+        return gone
+
+    def _drop(self, ids: Sequence[ItemId]) -> int:
+        """Take stored ids out of the index and its arrays (not saved); the number taken out."""
         self.index.remove(ids)
         gone = {self._pos[i] for i in ids}
         keep = np.setdiff1d(np.arange(len(self.items)), np.fromiter(gone, np.int64, len(gone)))  # sorted
@@ -2033,8 +2061,6 @@ class ItemIndex:
             self.pool = self.pool[keep]
         self.items = [self.items[i] for i in keep]
         self._pos = {it[ID_FIELD]: i for i, it in enumerate(self.items)}
-        if self.directory is not None:
-            self._save_or_restore(before)
         return len(gone)
 
     def _snapshot(self) -> dict[str, Any]:

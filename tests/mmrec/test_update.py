@@ -55,7 +55,7 @@ def test_update_equals_a_build_of_the_changed_catalog(shop, tiny_bert_dir, tiny_
                                   {"item_id": "i3", "title": "love city", "image": names[3 % len(names)]},
                                   {"item_id": "i4", "title": "toy boy", "image": names[(4 + 1) % len(names)]}],
                ["item_id", "title", "image"])
-    assert idx.update(d / "change.csv") == {"updated": 3, "content": 2, "moved": 2, "added": 0}
+    assert idx.update(d / "change.csv") == {"updated": 3, "content": 2, "moved": 2, "added": 0, "removed": 0}
     rows[1]["title"] = "dog story remastered"
     rows[4]["image"] = names[(4 + 1) % len(names)]
     write_rows(d / "changed_all.csv", rows, ["item_id", "title", "price", "image"])
@@ -88,7 +88,7 @@ def test_a_fields_only_update_encodes_nothing_and_where_sees_it(shop, tiny_bert_
 
     monkeypatch.setattr("mmrec.item_index.encode_catalog", refuse)
     (d / "prices.csv").write_text("item_id,price\ni5,3\ni0,\n")
-    assert idx.update(d / "prices.csv") == {"updated": 2, "content": 0, "moved": 0, "added": 0}
+    assert idx.update(d / "prices.csv") == {"updated": 2, "content": 0, "moved": 0, "added": 0, "removed": 0}
     assert idx.matching(["price<12"]) == ["i1", "i5"]  # i0's price is now blank: no number
     back = ItemIndex.load(d / "idx", show_progress=False)
     np.testing.assert_array_equal(back.vectors, vectors)
@@ -115,7 +115,8 @@ def test_refused_updates_change_nothing_and_skips_are_listed(shop, tiny_bert_dir
     assert (d / "idx" / "manifest.json").read_bytes() == manifest
     assert idx.items[2]["fields"]["price"] == "12"
     # Skipped: the unknown id, listed in skipped.jsonl; the rest lands.
-    assert idx.update(d / "unknown.csv", skip_invalid=True) == {"updated": 1, "content": 0, "moved": 0, "added": 0}
+    assert idx.update(d / "unknown.csv", skip_invalid=True) == {"updated": 1, "content": 0, "moved": 0, "added": 0,
+                                                                "removed": 0}
     skipped = [json.loads(line) for line in (d / "idx" / "skipped.jsonl").read_text().splitlines()]
     assert [(s["row"], s["item_id"], s["field"]) for s in skipped] == [(2, "x9", "item_id")]
     # A new row with no content: refused by row, or skipped, as index add skips it.
@@ -126,12 +127,13 @@ def test_refused_updates_change_nothing_and_skips_are_listed(shop, tiny_bert_dir
         idx.update(d / "bare.csv", add_new=True)
     assert (d / "idx" / "manifest.json").read_bytes() == manifest
     assert idx.update(d / "bare.csv", add_new=True, skip_invalid=True) == {"updated": 1, "content": 0, "moved": 0,
-                                                                            "added": 0}
+                                                                            "added": 0, "removed": 0}
     skipped = [json.loads(line) for line in (d / "idx" / "skipped.jsonl").read_text().splitlines()]
     assert [(s["row"], s["item_id"]) for s in skipped] == [(2, "x9"), (2, "x7")]
     # A blank image cell takes the image away (the text stays); --add-new adds the unknown id.
     (d / "more.csv").write_text(f"item_id,title,image\ni2,space war,\nx9,new toy,{names[0]}\n")
-    assert idx.update(d / "more.csv", add_new=True) == {"updated": 1, "content": 1, "moved": 1, "added": 1}
+    assert idx.update(d / "more.csv", add_new=True) == {"updated": 1, "content": 1, "moved": 1, "added": 1,
+                                                        "removed": 0}
     back = ItemIndex.load(d / "idx", show_progress=False)
     assert back.ids[-1] == "x9" and not back.present["image"][2] and back.present["text"][2]
     assert "image" not in back.items[2]["hashes"] and back.items[2]["fields"]["image"] == ""
@@ -182,10 +184,25 @@ def test_trained_items_keep_their_vectors_and_content_path_items_move(tmp_path, 
     (tmp_path / "plus.csv").write_text(f"item_id\n{warm}\n500\n")
     np.save(tmp_path / "plus.npy", np.concatenate([new[:1], x[:1]]))
     assert back.items.update(tmp_path / "plus.csv", features={"content": tmp_path / "plus.npy"}, add_new=True) == \
-        {"updated": 1, "content": 0, "moved": 0, "added": 1}
+        {"updated": 1, "content": 0, "moved": 0, "added": 1, "removed": 0}
     (tmp_path / "n.csv").write_text("item_id\n500\n")
     np.save(tmp_path / "n.npy", x[:1])
     steps.add(tmp_path / "n.csv", features={"content": tmp_path / "n.npy"})
+    np.testing.assert_array_equal(steps.vectors, back.items.vectors)
+    # With --remove-missing, a removed trained item is not borrowed from: as removing it first.
+    gone = next(i for i in back.items.ids if i not in (warm, cold, 500) and back.items.pool[back.items._pos[i]])
+    listed = [i for i in back.items.ids if i != gone]
+    (tmp_path / "sync.csv").write_text("item_id\n" + "".join(f"{i}\n" for i in listed))
+    rows = back.items.features["content"][[back.items._pos[i] for i in listed]].copy()
+    rows[listed.index(cold)] = x[gone]  # the cold item takes the removed item's content
+    np.save(tmp_path / "sync.npy", rows)
+    assert back.items.update(tmp_path / "sync.csv", features={"content": tmp_path / "sync.npy"},
+                             remove_missing=True)["removed"] == 1
+    steps.remove([gone])
+    (tmp_path / "c.csv").write_text(f"item_id\n{cold}\n")
+    np.save(tmp_path / "c.npy", x[[gone]])
+    steps.update(tmp_path / "c.csv", features={"content": tmp_path / "c.npy"})
+    assert steps.ids == back.items.ids
     np.testing.assert_array_equal(steps.vectors, back.items.vectors)
 
 
@@ -198,7 +215,43 @@ def test_a_loaded_catalog_with_its_own_skipped_rows_takes_features_as_add_does(t
     (tmp_path / "c.csv").write_text("item_id,title\na,first\n,no id\nb,second\n")
     cat = load_catalog(tmp_path / "c.csv", text_fields=["title"], skip_invalid=True, show_progress=False)
     np.save(tmp_path / "c.npy", x[[1, 0]])  # one row per item of the loaded catalog: a and b swap vectors
-    assert idx.update(cat, features={"f": tmp_path / "c.npy"}) == {"updated": 2, "content": 2, "moved": 2, "added": 0}
+    assert idx.update(cat, features={"f": tmp_path / "c.npy"}) == {"updated": 2, "content": 2, "moved": 2, "added": 0,
+                                                                   "removed": 0}
     assert [r.item_id for r in idx.search_vectors(idx.vectors[[0]], k=1)[0]] == ["a"]
     np.testing.assert_array_equal(idx.features["f"][:2], x[[1, 0]])
     assert [it["fields"]["title"] for it in idx.items] == ["first", "second", "c", "d"]
+
+
+def test_a_full_export_syncs_the_index(shop, tiny_bert_dir, tiny_vit_dir):
+    # --add-new --remove-missing: the index ends up holding the export's items, as a build of the
+    # export would, encoding only what is new or changed.
+    d, rows, names = shop
+    build(d / "all.csv", d / "idx", tiny_bert_dir, tiny_vit_dir)
+    idx = ItemIndex.load(d / "idx", show_progress=False)
+    export = [dict(r) for r in rows if r["item_id"] not in ("i2", "i4")]  # two items gone
+    export[0]["price"] = "99"  # a price change
+    export[1]["title"] = "dog story remastered"  # new content
+    export.append({"item_id": "n1", "title": "new boots", "price": "5", "image": names[0]})  # a new item
+    export.append({"item_id": "n2", "title": "bad picture", "price": "5", "image": "gone.png"})  # invalid row
+    export.insert(0, {"item_id": "i3", "title": "love city", "price": "13", "image": "missing.png"})  # invalid: i3 stays
+    export = [r for k, r in enumerate(export) if not (r["item_id"] == "i3" and k > 0)]
+    write_rows(d / "export.csv", export, ["item_id", "title", "price", "image"])
+    with pytest.raises(DataError, match=r"row 1, field 'image'"):
+        idx.update(d / "export.csv", add_new=True, remove_missing=True)
+    assert idx.update(d / "export.csv", add_new=True, remove_missing=True, skip_invalid=True) == \
+        {"updated": 3, "content": 1, "moved": 1, "added": 1, "removed": 2}
+    kept = [r for r in export if r["item_id"] not in ("n2", "i3")]
+    oracle_rows = [rows[3]] + kept  # i3 as it was (its new row was invalid)
+    oracle_rows = sorted(oracle_rows, key=lambda r: ["i0", "i1", "i3", "i5", "n1"].index(r["item_id"]))
+    write_rows(d / "oracle.csv", oracle_rows, ["item_id", "title", "price", "image"])
+    oracle = build(d / "oracle.csv", d / "oracle", tiny_bert_dir, tiny_vit_dir)
+    back = ItemIndex.load(d / "idx", show_progress=False)
+    assert back.ids == oracle.ids == ["i0", "i1", "i3", "i5", "n1"]
+    np.testing.assert_allclose(back.vectors, oracle.vectors, atol=1e-6)
+    assert [it["fields"] for it in back.items] == [it["fields"] for it in oracle.items]
+    assert sorted(back.index.ids) == sorted(oracle.ids)
+    # A file with no valid row names nothing: refused, not read as "remove every item".
+    (d / "other.csv").write_text("item_id,price\nzz,1\n")
+    with pytest.raises(DataError, match="no valid rows left"):
+        back.update(d / "other.csv", remove_missing=True, skip_invalid=True)
+    assert len(ItemIndex.load(d / "idx", show_progress=False)) == 5
