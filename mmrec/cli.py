@@ -268,13 +268,18 @@ def cmd_index_update(args: argparse.Namespace) -> int:
     opts = {k: v for k, v in (("image_root", args.image_root), ("skip_invalid", args.skip_invalid),
                               ("mask_bad_images", args.mask_bad_images)) if v}
     done = index.update(args.catalog, features=_features(args), cache_dir=_cache_dir(args), device=args.device,
-                        add_new=args.add_new, remove_missing=args.remove_missing, **opts)
+                        add_new=args.add_new, remove_missing=args.remove_missing, dry_run=args.dry_run, **opts)
     content = done["content"]
     kept = content - done["moved"]
     detail = (f" ({content:,} with new content" + (f", {kept:,} of them keeping trained vectors" if kept else "") + ")"
               if content else "")
     added = f", added {_items(done['added'])}" if args.add_new else ""
     removed = f", removed {_items(done['removed'])}" if args.remove_missing else ""
+    if args.dry_run:
+        left = len(index) + done["added"] - done["removed"]
+        print(f"would update {_items(done['updated'])}{detail}{added.replace('added', 'add')}"
+              f"{removed.replace('removed', 'remove')} in {args.index}: {_items(left)} (nothing was written)")
+        return 0
     print(f"updated {_items(done['updated'])}{detail}{added}{removed} in {args.index}: {_items(len(index))}")
     return 0
 
@@ -881,6 +886,8 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--remove-missing", action="store_true",
                    help="remove the items the file does not name (a skipped row names its item): with --add-new, "
                         "the index then holds the file's items, as a full catalog export lists them")
+    u.add_argument("--dry-run", action="store_true",
+                   help="check the file and say what would change (by content hashes), encoding and writing nothing")
     u.add_argument("--image-root", type=Path, help="base for relative image paths (default: the catalog's folder)")
     _mask_opt(u)
     u.add_argument("--skip-invalid", action="store_true",

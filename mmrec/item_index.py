@@ -1699,6 +1699,7 @@ class ItemIndex:
         device: str | None = None,
         add_new: bool = False,
         remove_missing: bool = False,
+        dry_run: bool = False,
         **catalog_options,
     ) -> dict[str, int]:
         """Change items already in the index from a catalog; saves when opened from disk (one
@@ -1724,6 +1725,8 @@ class ItemIndex:
             remove_missing: items of the index that no row of the file names (skipped rows
                 count as named) are removed: with ``add_new``, the index then holds the file's
                 items, its unchanged ones not encoded again and its trained ones still trained.
+            dry_run: check everything and count what would change, by content hashes, without
+                encoding or writing anything.
             **catalog_options: :func:`~mmrec.catalog.load_catalog` options (``skip_invalid``
                 also skips rows of unknown ids).
 
@@ -1764,8 +1767,13 @@ class ItemIndex:
         pos = {i: self._pos[catalog.item_ids[i]] for i in old}
         missing = self._not_named(catalog) if remove_missing else []
         fields = {i: self.items[pos[i]]["fields"] | catalog.records[i] for i in old}  # a column the file lacks stays
-        change = self._content_change(catalog, old, pos, fields, roles, loaded, cache_dir)
+        change = self._content_change(catalog, old, pos, fields, roles, loaded, cache_dir, encode=not dry_run)
         touched, rows_of = change["touched"], [pos[i] for i in change["touched"]]
+        moved = [i for i in touched if self.pool is None or not self.pool[pos[i]]]
+        counts = {"updated": len(old), "content": len(touched), "moved": len(moved), "added": len(unknown),
+                  "removed": len(missing)}
+        if dry_run:
+            return counts
         features_now, present_now = dict(self.features), dict(self.present)
         for m in self.modalities if touched else ():  # arrays replaced, never written into (the snapshot)
             features_now[m], present_now[m] = self.features[m].copy(), self.present[m].copy()
@@ -1773,7 +1781,6 @@ class ItemIndex:
         # Placed by content (items that were, and new ones), as index add places a new item: from
         # the trained items' new content, as after this change; everything that can refuse runs first.
         pool = self._neighbour_pool(features_now, present_now, leave_out=[self._pos[i] for i in missing])
-        moved = [i for i in touched if self.pool is None or not self.pool[pos[i]]]
         if moved:
             rows = [pos[i] for i in moved]
             moved_f, moved_p = {m: x[rows] for m, x in features_now.items()}, {m: x[rows] for m, x in present_now.items()}
@@ -1813,8 +1820,7 @@ class ItemIndex:
             self._save_or_restore(before, skipped=catalog)
         else:
             self._pending_skips += catalog.skip_records()
-        return {"updated": len(old), "content": len(touched), "moved": len(moved), "added": len(unknown),
-                "removed": len(missing)}
+        return counts
 
     def _not_named(self, catalog: Catalog) -> list[ItemId]:
         """The index's ids that no row of ``catalog`` names, a skipped row's id counting as named
@@ -1837,7 +1843,7 @@ class ItemIndex:
 
     def _content_change(self, catalog: Catalog, old: list[int], pos: dict[int, int], fields: dict[int, dict],
                         roles: dict[str, Any], loaded: dict[str, np.ndarray],
-                        cache_dir: str | Path | None) -> dict[str, Any]:
+                        cache_dir: str | Path | None, encode: bool = True) -> dict[str, Any]:
         """What an update changes in the content of the items already in the index (catalog rows
         ``old``, at index positions ``pos``, with their merged display ``fields``): the text made of
         the fields, the image of the file's column, a row of ``loaded`` features; a modality whose
@@ -1873,6 +1879,18 @@ class ItemIndex:
         features = {m: x[rows_of] for m, x in self.features.items()}  # fancy indexing: copies
         present = {m: x[rows_of] for m, x in self.present.items()}
         for m, c in contents.items():
+            for i in changed[m]:
+                present[m][at[i]] = bool(c[i])
+        for m, x in loaded.items():
+            for i in changed[m]:
+                present[m][at[i]] = npy_present(x[i : i + 1])[0]
+        empty = [touched[j] for j in np.flatnonzero(~np.logical_or.reduce([present[m] for m in self.modalities]))] \
+            if touched else []
+        if empty:  # refused before anything is encoded
+            raise DataError(catalog.source, [Problem(catalog.row(i), None, f"item '{catalog.item_ids[i]}' would be "
+                                                     f"left with none of the index's modalities "
+                                                     f"({', '.join(self.modalities)})") for i in empty])
+        for m, c in contents.items() if encode else ():
             todo = sorted(i for i in changed[m] if c[i])
             if todo:
                 part = Catalog(item_ids=[catalog.item_ids[i] for i in todo], texts=[c[i] if m == "text" else ""
@@ -1884,16 +1902,9 @@ class ItemIndex:
             for i in changed[m]:
                 if not c[i]:
                     features[m][at[i]] = 0.0
-                present[m][at[i]] = bool(c[i])
         for m, x in loaded.items():
             for i in changed[m]:
-                features[m][at[i]], present[m][at[i]] = x[i], npy_present(x[i : i + 1])[0]
-        empty = [touched[j] for j in np.flatnonzero(~np.logical_or.reduce([present[m] for m in self.modalities]))] \
-            if touched else []
-        if empty:
-            raise DataError(catalog.source, [Problem(catalog.row(i), None, f"item '{catalog.item_ids[i]}' would be "
-                                                     f"left with none of the index's modalities "
-                                                     f"({', '.join(self.modalities)})") for i in empty])
+                features[m][at[i]] = x[i]
         return {"touched": touched, "features": features, "present": present, "changed": changed, "hashes": hashes}
 
     def add_features(

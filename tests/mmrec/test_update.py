@@ -222,7 +222,7 @@ def test_a_loaded_catalog_with_its_own_skipped_rows_takes_features_as_add_does(t
     assert [it["fields"]["title"] for it in idx.items] == ["first", "second", "c", "d"]
 
 
-def test_a_full_export_syncs_the_index(shop, tiny_bert_dir, tiny_vit_dir):
+def test_a_full_export_syncs_the_index(shop, tiny_bert_dir, tiny_vit_dir, monkeypatch, capsys):
     # --add-new --remove-missing: the index ends up holding the export's items, as a build of the
     # export would, encoding only what is new or changed.
     d, rows, names = shop
@@ -238,6 +238,19 @@ def test_a_full_export_syncs_the_index(shop, tiny_bert_dir, tiny_vit_dir):
     write_rows(d / "export.csv", export, ["item_id", "title", "price", "image"])
     with pytest.raises(DataError, match=r"row 1, field 'image'"):
         idx.update(d / "export.csv", add_new=True, remove_missing=True)
+    # A dry run counts the same changes by content hashes, encoding and writing nothing.
+    from mmrec.cli import main
+
+    manifest = (d / "idx" / "manifest.json").read_bytes()
+    with monkeypatch.context() as m:
+        m.setattr("mmrec.item_index.encode_catalog", lambda *a, **k: pytest.fail("nothing should be encoded"))
+        assert idx.update(d / "export.csv", add_new=True, remove_missing=True, skip_invalid=True, dry_run=True) == \
+            {"updated": 3, "content": 1, "moved": 1, "added": 1, "removed": 2}
+        assert main(["index", "update", "--index", str(d / "idx"), "--catalog", str(d / "export.csv"), "--add-new",
+                     "--remove-missing", "--skip-invalid", "--dry-run", "-q"]) == 0
+    assert capsys.readouterr().out == (f"would update 3 items (1 with new content), add 1 item, remove 2 items in "
+                                       f"{d / 'idx'}: 5 items (nothing was written)\n")
+    assert (d / "idx" / "manifest.json").read_bytes() == manifest and len(idx) == 6
     assert idx.update(d / "export.csv", add_new=True, remove_missing=True, skip_invalid=True) == \
         {"updated": 3, "content": 1, "moved": 1, "added": 1, "removed": 2}
     kept = [r for r in export if r["item_id"] not in ("n2", "i3")]
