@@ -11,6 +11,7 @@ import contextlib
 import csv
 import json
 import logging
+import re
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -166,13 +167,11 @@ def _feature_type(feature: Any) -> str:
 
 
 def read_table(path: str | Path) -> tuple[list[str], list[dict[str, Any]], dict[str, str]]:
-    """Read a CSV/TSV/Parquet file through ``datasets``, a JSON / JSON Lines one through
+    """Read a CSV/TSV file with the standard library (:func:`_read_csv`: every cell as written, so
+    ``"007"`` stays ``"007"`` and display fields show what the file says; each column typed over
+    every row), a Parquet file through ``datasets``, a JSON / JSON Lines one through
     :mod:`mmrec.jsonlines` (which keeps each value's JSON type: ``"007"`` beside ``1`` stays text).
-
-    The id columns (``item_id``, ``user_id``) are read as text in CSV/TSV so no leading zero is
-    lost; empty cells become ``None``. A CSV/TSV column that parses as numbers keeps its numeric
-    type name but each cell as written in the file (``"007"``, ``"3"`` in a column with an empty
-    cell, which pandas reads as ``7`` and ``3.0``), so display fields show what the file says.
+    Empty cells become ``None``.
 
     Returns:
         (column names, rows as dicts, arrow type name per column)
@@ -180,8 +179,6 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict[str, Any]], dict[
     Raises:
         DataError: unknown extension, unreadable or empty file.
     """
-    import datasets
-
     path = Path(path)
     if not path.is_file():
         raise missing_file(path)
@@ -192,59 +189,17 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict[str, Any]], dict[
         rows = read_objects(path) if path.suffix.lower() == ".jsonl" else read_json_rows(path)
         columns = list(dict.fromkeys(k for r in rows for k in r))
         return columns, [{c: r.get(c) for c in columns} for r in rows], {c: _json_type(rows, c) for c in columns}
-    kwargs: dict[str, Any] = {}
     if fmt == "csv":
-        sep = "\t" if path.suffix.lower() == ".tsv" else ","
-        try:
-            # utf-8-sig: the header's first name without a byte-order mark (Excel's "CSV UTF-8"
-            # writes one), as pandas reads it, so the id converters below name it right.
-            with open(path, newline="", encoding="utf-8-sig") as f, _any_field_size():
-                reader = csv.reader(f, delimiter=sep)
-                header = next(reader, None)
-                has_rows, too_long, raw = False, [], []
-                number = 0  # data row, blank lines not counted (as the reader below skips them)
-                for row in reader:
-                    if not row or (len(row) == 1 and not row[0].strip()):  # pandas skips whitespace-only lines too
-                        continue
-                    number += 1
-                    raw.append(row)
-                    has_rows = has_rows or any(cell.strip() for cell in row)
-                    if header and len(row) > len(header):  # every one (DataError prints the first 20)
-                        too_long.append(Problem(number, None, f"has {len(row)} fields but the header names "
-                                                              f"{len(header)}: a stray separator, an unquoted value or an unbalanced quote"))
-                lines = reader.line_num  # physical lines: at least the rows pandas reads
-        except UnicodeDecodeError:
-            raise DataError(path, [utf8_problem(path)]) from None
-        if not header:
-            raise DataError(path, [Problem(None, None, "file is empty (no header row)")])
-        if any("\x00" in name for name in header):  # UTF-16 without a byte-order mark reads as UTF-8 here
-            raise DataError(path, [Problem(None, None, "the header row is not UTF-8 text (NUL bytes: UTF-16?): "
-                                                       "save the file as UTF-8")])
-        # As the columns are named (stripped, as the interactions loader names them; empty names, as
-        # trailing commas write, are pandas' "Unnamed: N").
-        names = [name.strip() for name in header if name.strip()]
-        twice = list(dict.fromkeys(name for name in names if names.count(name) > 1))
-        if twice:  # pandas would rename the second "title.1", which no option names, silently
-            raise DataError(path, [Problem(None, name, f"the header names this column {names.count(name)} times: "
-                                                       "rename or drop one") for name in twice])
-        if not has_rows:  # the datasets reader would fail with a message about its own internals
-            raise DataError(path, [Problem(None, None, "file has no data rows")])
-        if too_long:  # pandas would take a first-row surplus as an index column and shift every field
-            raise DataError(path, too_long)
-        # Only an empty cell is missing: pandas would also read "NA", "null", "None", "NaN"... as
-        # missing, losing an id "NA" or a title "None" that JSON Lines and Parquet keep.
-        kwargs = {"sep": sep, "index_col": False, "keep_default_na": False, "na_values": [""],
-                  "converters": {c: str for c in header if c.strip() in ("item_id", "user_id")},
-                  # one chunk: pandas infers each column's type over every row (it read 10,000 at a
-                  # time, typed by the first chunk, so a 2.5 or a word after row 10,000 failed)
-                  "chunksize": max(10_000, lines + 1)}
+        return _read_csv(path, "\t" if path.suffix.lower() == ".tsv" else ",")
+    import datasets
+
     datasets.disable_progress_bars()
     verbosity = datasets.logging.get_verbosity()
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its failures are reported below, once
     try:
         with tempfile.TemporaryDirectory(prefix="mmrec-ds-") as cache:
             ds = datasets.load_dataset(
-                fmt, data_files=str(path), split="train", cache_dir=cache, keep_in_memory=True, **kwargs
+                fmt, data_files=str(path), split="train", cache_dir=cache, keep_in_memory=True
             )
             columns = list(ds.column_names)
             types = {c: _feature_type(ds.features[c]) for c in columns}
@@ -259,13 +214,70 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict[str, Any]], dict[
         datasets.logging.set_verbosity(verbosity)
     if not rows:
         raise DataError(path, [Problem(None, None, "file has no data rows")])
-    if fmt == "csv":
-        _keep_written_numbers(columns, rows, types, header, raw)
-        named = {c: c.strip() for c in columns if c != c.strip()}
-        if named:  # " title" is title
-            columns = [named.get(c, c) for c in columns]
-            types = {named.get(c, c): t for c, t in types.items()}
-            rows = [{named.get(c, c): v for c, v in r.items()} for r in rows]
+    return columns, rows, types
+
+
+_INT = re.compile(r"[+-]?\d+")
+_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(inf|infinity|nan)", re.IGNORECASE)
+_BOOL = {"True", "TRUE", "true", "False", "FALSE", "false"}
+
+
+def _read_csv(path: Path, sep: str) -> tuple[list[str], list[dict[str, Any]], dict[str, str]]:
+    """A CSV/TSV read with the standard library: every cell as the file writes it (an empty cell is
+    ``None``; only that is missing: ``NA``, ``null``, ``None`` are values), a column's type judged
+    over every row (``int64`` / ``double`` / ``bool`` when each of its cells is one, stripped, and
+    those cells stripped; ``string`` otherwise; ``null`` when all are empty), header names stripped
+    (an empty one is ``Unnamed: N``, N its position, as pandas names it).
+
+    Raises:
+        DataError: not UTF-8, no header, a name given twice, no data row, a row with more fields
+            than the header (by data row: blank lines are not counted).
+    """
+    try:
+        # utf-8-sig: the header's first name without a byte-order mark (Excel's "CSV UTF-8" writes one).
+        with open(path, newline="", encoding="utf-8-sig") as f, _any_field_size():
+            reader = csv.reader(f, delimiter=sep)
+            header = next(reader, None)
+            too_long, raw = [], []
+            for row in reader:
+                if not row or (len(row) == 1 and not row[0].strip()):  # a blank line, or one of spaces
+                    continue
+                raw.append(row)
+                if header and len(row) > len(header):  # every one (DataError prints the first 20)
+                    too_long.append(Problem(len(raw), None, f"has {len(row)} fields but the header names "
+                                                            f"{len(header)}: a stray separator, an unquoted value or "
+                                                            "an unbalanced quote"))
+    except UnicodeDecodeError:
+        raise DataError(path, [utf8_problem(path)]) from None
+    if not header:
+        raise DataError(path, [Problem(None, None, "file is empty (no header row)")])
+    if any("\x00" in name for name in header):  # UTF-16 without a byte-order mark reads as UTF-8 here
+        raise DataError(path, [Problem(None, None, "the header row is not UTF-8 text (NUL bytes: UTF-16?): "
+                                                   "save the file as UTF-8")])
+    columns = [name.strip() or f"Unnamed: {j}" for j, name in enumerate(header)]  # as interactions strip them
+    twice = list(dict.fromkeys(name for name in columns if columns.count(name) > 1))
+    if twice:  # one would hide the other
+        raise DataError(path, [Problem(None, name, f"the header names this column {columns.count(name)} times: "
+                                                   "rename or drop one") for name in twice])
+    if not any(cell.strip() for row in raw for cell in row):
+        raise DataError(path, [Problem(None, None, "file has no data rows")])
+    if too_long:  # the fields of such a row would be shifted
+        raise DataError(path, too_long)
+    width = len(columns)
+    cells = [[row[j] if j < len(row) else "" for row in raw] for j in range(width)]  # [column][row]
+    types = {}
+    for name, column in zip(columns, cells):
+        values = [c.strip() for c in column if c.strip()]
+        kind = ("null" if not values else "bool" if all(v in _BOOL for v in values)
+                else "int64" if all(_INT.fullmatch(v) for v in values)
+                else "double" if all(_FLOAT.fullmatch(v) for v in values) else "string")
+        if name in (ID_FIELD, "user_id"):  # ids are text as written ("007"): the id rules read them
+            kind = "string"
+        elif kind != "string":  # a number as written, without its spaces
+            column[:] = [c.strip() for c in column]
+        types[name] = kind
+    rows = [{name: (column[r] if column[r] != "" else None) for name, column in zip(columns, cells)}
+            for r in range(len(raw))]
     return columns, rows, types
 
 
@@ -308,20 +320,6 @@ def _any_field_size() -> Iterator[None]:
         yield
     finally:
         csv.field_size_limit(limit)
-
-
-def _keep_written_numbers(columns: list[str], rows: list[dict[str, Any]], types: dict[str, str],
-                          header: list[str], raw: list[list[str]]) -> None:
-    """Put back the cells of a CSV's non-text columns as the file wrote them (stripped; empty:
-    ``None``), in place. Left as parsed when the two readers disagree on the rows or columns."""
-    if len(raw) != len(rows) or len(header) != len(columns):
-        return
-    for j, column in enumerate(columns):
-        if types[column] in TEXT_TYPES or column in (ID_FIELD, "user_id"):
-            continue
-        for row, cells in zip(rows, raw):
-            cell = cells[j].strip() if j < len(cells) else ""
-            row[column] = cell or None
 
 
 def _blank(value: Any) -> bool:

@@ -505,3 +505,22 @@ def test_an_id_holding_a_line_break_is_refused_and_header_names_are_stripped(tmp
     (tmp_path / "twice.csv").write_text("item_id,title, title\n1,a,b\n")
     with pytest.raises(DataError, match=r"field 'title': the header names this column 2 times"):
         load_catalog(tmp_path / "twice.csv", show_progress=False)
+
+
+def test_a_wide_csv_is_typed_over_every_row_and_blank_header_names_are_unnamed(tmp_path):
+    # pandas parsed a wide file in blocks of ~2**20 / columns rows: a word after row 32,768 in a
+    # 20-column file failed the file; and names of spaces all became "", one column hiding another
+    cols = ",".join(f"c{k}" for k in range(17))
+    lines = [f"item_id,title,year,{cols}"] + [f"{i},t {i},{'unknown' if i == 35000 else 1998},{','.join(['x'] * 17)}"
+                                             for i in range(40000)]
+    (tmp_path / "wide.csv").write_text("\n".join(lines) + "\n")
+    cat = load_catalog(tmp_path / "wide.csv", text_fields=["title"], show_progress=False)
+    assert len(cat) == 40000 and cat.records[35000]["year"] == "unknown" and cat.records[0]["year"] == "1998"
+    (tmp_path / "blank.csv").write_text("item_id,title, ,  \n1,a,x,z\n2,b,y,w\n")
+    cat = load_catalog(tmp_path / "blank.csv", show_progress=False)
+    assert cat.text_fields == ["title", "Unnamed: 2", "Unnamed: 3"] and cat.texts == ["a. x. z", "b. y. w"]
+    (tmp_path / "types.csv").write_text("item_id,title,n,flag,empty\n007, a , 3 ,true,\n8,b,2.5e3,FALSE,\n")
+    cat = load_catalog(tmp_path / "types.csv", show_progress=False)
+    assert cat.item_ids == ["007", "8"] and cat.text_fields == ["title"]  # numbers, booleans, empties: no text
+    assert cat.records == [{"title": " a ", "n": "3", "flag": "true", "empty": ""},
+                           {"title": "b", "n": "2.5e3", "flag": "FALSE", "empty": ""}]
