@@ -166,12 +166,13 @@ def _feature_type(feature: Any) -> str:
     return str(getattr(feature, "dtype", "object"))
 
 
-def read_table(path: str | Path) -> tuple[list[str], list[dict[str, Any]], dict[str, str]]:
+def read_table(path: str | Path, fill: bool = True) -> tuple[list[str], list[dict[str, Any]], dict[str, str]]:
     """Read a CSV/TSV file with the standard library (:func:`_read_csv`: every cell as written, so
     ``"007"`` stays ``"007"`` and display fields show what the file says; each column typed over
     every row), a Parquet file through ``datasets``, a JSON / JSON Lines one through
     :mod:`mmrec.jsonlines` (which keeps each value's JSON type: ``"007"`` beside ``1`` stays text).
-    Empty cells become ``None``.
+    Empty cells become ``None``; so does a JSON key a row leaves out, unless ``fill`` is off (the
+    row then holds its own keys only: an update's "leave this field as it is").
 
     Returns:
         (column names, rows as dicts, arrow type name per column)
@@ -188,7 +189,8 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict[str, Any]], dict[
     if fmt == "json":  # mmrec's own reader: ids may change JSON type from line to line
         rows = read_objects(path) if path.suffix.lower() == ".jsonl" else read_json_rows(path)
         columns = list(dict.fromkeys(k for r in rows for k in r))
-        return columns, [{c: r.get(c) for c in columns} for r in rows], {c: _json_type(rows, c) for c in columns}
+        filled = [{c: r.get(c) for c in columns} for r in rows] if fill else [dict(r) for r in rows]
+        return columns, filled, {c: _json_type(rows, c) for c in columns}
     if fmt == "csv":
         return _read_csv(path, "\t" if path.suffix.lower() == ".tsv" else ",")
     import datasets
@@ -366,7 +368,8 @@ def load_catalog(
             image (recorded in ``Catalog.masked``) instead of making the row invalid, as long as
             the row keeps content (its text, or ``require_content`` off).
         partial: the rows change items an index holds (``index update``): an ``optional`` column
-            the file lacks keeps the items' stored values (only what is logged changes).
+            the file lacks keeps the items' stored values (only what is logged changes), and in JSON
+            a row's record holds only the keys the row has (one it leaves out is kept as stored).
 
     Returns:
         The validated :class:`Catalog`.
@@ -377,7 +380,7 @@ def load_catalog(
             decode. Every problem is listed with row and field; nothing is encoded first.
     """
     path = Path(path)
-    columns, rows, types = read_table(path)
+    columns, rows, types = read_table(path, fill=not partial)
     if ID_FIELD not in columns:
         raise DataError(path, [Problem(None, ID_FIELD, f"required column missing (columns: {', '.join(columns)})")])
     if image_field is None and DEFAULT_IMAGE_FIELD in columns:
@@ -460,7 +463,9 @@ def catalog_from_records(
     """Build a validated catalog from in-memory rows (the same rules and options as :func:`load_catalog`:
     the fields named must be fields of the rows, and a row without an ``item_id`` is an invalid row)."""
     fields = list(dict.fromkeys(k for r in records for k in r))
-    if records and ID_FIELD not in fields:
+    if not records:
+        raise DataError(source, [Problem(None, None, "no rows")])
+    if ID_FIELD not in fields:
         raise DataError(source, [Problem(None, ID_FIELD, f"required field missing (fields: {', '.join(fields)})")])
     unknown = [Problem(None, f, f"text field not found (fields: {', '.join(fields)})")
                for f in text_fields if f not in fields]
@@ -522,8 +527,8 @@ def _validate(
                                                      "or an integer"))
             bad.add(i)
         elif "\n" in rid or "\r" in rid:  # rows of the file swallowed by an unbalanced quote, as interactions say
-            problems.append(Problem(i + 1, ID_FIELD, "holds a line break: an unbalanced quote before it took in the "
-                                                     "lines that follow"))
+            problems.append(Problem(i + 1, ID_FIELD, "holds a line break (in a CSV: an unbalanced quote before it took "
+                                                     "in the lines that follow)"))
             bad.add(i)
         elif rid in first_seen:
             problems.append(Problem(i + 1, ID_FIELD, f"duplicate id '{rid}' (first at row {first_seen[rid] + 1})"))

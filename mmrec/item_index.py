@@ -26,7 +26,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence, Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -1143,18 +1143,19 @@ class ItemIndex:
         return self.similar_many([item_id], k, by=by, exclude=exclude, only=only)[0]
 
     def filters(self, exclude: Sequence[object] | ItemId = (), only: Sequence[object] | ItemId | None = None,
-                where: Mapping[str, Any] | Sequence[str] | None = None) -> tuple[set[ItemId], set[ItemId] | None]:
+                where: Mapping[str, Any] | Sequence[str] | None = None
+                ) -> tuple[AbstractSet[ItemId], AbstractSet[ItemId] | None]:
         """A query's business rules resolved against this index, as the searches take them:
         ``(excluded_ids(exclude), candidate_ids(only, where))``."""
         return self.excluded_ids(exclude), self.candidate_ids(only, where)
 
     def candidate_ids(self, item_ids: Sequence[object] | ItemId | None,
-                      where: Mapping[str, Any] | Sequence[str] | None = None) -> set[ItemId] | None:
+                      where: Mapping[str, Any] | Sequence[str] | None = None) -> AbstractSet[ItemId] | None:
         """``only`` as :meth:`excluded_ids` resolves ids (those not in the index dropped and
         counted in an info log line), narrowed to the items :meth:`matching` ``where`` when given;
         ``None`` for neither: every item is a candidate.
 
-        For ``where`` alone, the set is a :class:`CandidateSet` kept with the answer: the same
+        For ``where`` alone, the set is a :class:`CandidateSet` (a frozenset) kept with the answer: the same
         conditions again (a server's usual filter) give the same set, which a query given it as
         ``only`` neither resolves again nor turns into FAISS labels again (10-20 ms a query at
         100k candidates before, measured)."""
@@ -1308,7 +1309,7 @@ class ItemIndex:
             raise self._not_a_field(field)
         return {value: np.array(rows, dtype=np.int64) for value, rows in positions.items()}
 
-    def excluded_ids(self, item_ids: Sequence[object] | ItemId, what: str = "excluded") -> set[ItemId]:
+    def excluded_ids(self, item_ids: Sequence[object] | ItemId, what: str = "excluded") -> AbstractSet[ItemId]:
         """The ids of ``item_ids`` that are in the index (as typed on a command line: ``"7"`` finds
         the int id ``7``; a single string or int is one id); the others are dropped, as what is
         not in the index is never returned, and counted in an info log line naming ``what``."""
@@ -1593,8 +1594,13 @@ class ItemIndex:
         loaded = self._given_features(roles, len(catalog))
         new_features, present, hashes = self._encode_new(catalog, roles, loaded, cache_dir)
         before = self._snapshot()
-        self.add_features(catalog.item_ids, new_features, present, catalog.records, hashes, save=False,
-                          source=str(catalog.source))
+        try:
+            self.add_features(catalog.item_ids, new_features, present, catalog.records, hashes, save=False,
+                              source=str(catalog.source))
+        except BaseException:
+            if self.directory is not None:
+                self._restore(before)
+            raise
         if self.directory is not None:
             self._save_or_restore(before, skipped=catalog)
         else:
@@ -1726,7 +1732,8 @@ class ItemIndex:
                 count as named) are removed: with ``add_new``, the index then holds the file's
                 items, its unchanged ones not encoded again and its trained ones still trained.
             dry_run: check everything and count what would change, by content hashes, without
-                encoding or writing anything.
+                encoding or writing anything (what only encoding shows, content whose features
+                equal the catalog mean it is measured from, is refused by the real run alone).
             **catalog_options: :func:`~mmrec.catalog.load_catalog` options (``skip_invalid``
                 also skips rows of unknown ids).
 
@@ -1794,24 +1801,14 @@ class ItemIndex:
             _refuse_directionless(self.vectorizer, new_vectors, new.item_ids, str(catalog.source))
 
         before = self._snapshot()
-        self.items = list(self.items)  # its dicts are replaced, not written into: the snapshot keeps the old ones
-        for i in old:
-            hashes = {m: h for m, h in self.items[pos[i]]["hashes"].items() if i not in change["changed"].get(m, ())}
-            hashes |= {m: h[i] for m, h in change["hashes"].items() if i in change["changed"][m] and h[i]}
-            self.items[pos[i]] = {ID_FIELD: catalog.item_ids[i], "hashes": hashes, "fields": fields[i]}
-        self.features, self.present = features_now, present_now
-        self.vectors = self.vectors.copy()  # a new array also tells the display-field cache that fields changed
-        if moved:
-            self.vectors[rows] = vectors
-            self.attention = self.attention.copy()
-            self.attention[rows] = attention
-            self.index.remove([catalog.item_ids[i] for i in moved])
-            self.index.add(vectors, [catalog.item_ids[i] for i in moved])
-        if unknown:
-            self.add_features(new.item_ids, new_f, new_p, new.records, new_hashes, save=False, vectors=new_vectors,
-                              source=str(catalog.source))
-        if missing:
-            self._drop(missing)
+        try:
+            self._apply_update(catalog, old, pos, fields, change, features_now, present_now, moved,
+                               (vectors, attention) if moved else None,
+                               (new, new_f, new_p, new_hashes, new_vectors) if unknown else None, missing)
+        except BaseException:
+            if self.directory is not None:  # (an index in memory is left as far as the change got)
+                self._restore(before)
+            raise
         trained = len(touched) - len(moved)
         if trained:
             logger.info("%d item(s) learned from interactions keep their trained vectors; their new content is stored "
@@ -1821,6 +1818,32 @@ class ItemIndex:
         else:
             self._pending_skips += catalog.skip_records()
         return counts
+
+    def _apply_update(self, catalog: Catalog, old: list[int], pos: dict[int, int], fields: dict[int, dict],
+                      change: dict[str, Any], features_now: dict[str, np.ndarray], present_now: dict[str, np.ndarray],
+                      moved: list[int], placed: tuple | None, new: tuple | None, missing: list[ItemId]) -> None:
+        """:meth:`update`'s changes to this object, all checked before (not saved)."""
+        self.items = list(self.items)  # its dicts are replaced, not written into: the snapshot keeps the old ones
+        for i in old:
+            hashes = {m: h for m, h in self.items[pos[i]]["hashes"].items() if i not in change["changed"].get(m, ())}
+            hashes |= {m: h[i] for m, h in change["hashes"].items() if i in change["changed"][m] and h[i]}
+            self.items[pos[i]] = {ID_FIELD: catalog.item_ids[i], "hashes": hashes, "fields": fields[i]}
+        self.features, self.present = features_now, present_now
+        self.vectors = self.vectors.copy()  # a new array also tells the display-field cache that fields changed
+        if placed is not None:
+            vectors, attention = placed
+            rows = [pos[i] for i in moved]
+            self.vectors[rows] = vectors
+            self.attention = self.attention.copy()
+            self.attention[rows] = attention
+            self.index.remove([catalog.item_ids[i] for i in moved])
+            self.index.add(vectors, [catalog.item_ids[i] for i in moved])
+        if new is not None:
+            items, new_f, new_p, new_hashes, new_vectors = new
+            self.add_features(items.item_ids, new_f, new_p, items.records, new_hashes, save=False, vectors=new_vectors,
+                              source=str(catalog.source))
+        if missing:
+            self._drop(missing)
 
     def _not_named(self, catalog: Catalog) -> list[ItemId]:
         """The index's ids that no row of ``catalog`` names, a skipped row's id counting as named
@@ -1857,18 +1880,19 @@ class ItemIndex:
         from encoders.cache import content_hash, file_hash
         from mmrec.pipeline import npy_present  # the pipeline imports this module
 
-        columns = set().union(*(catalog.records[i] for i in old))
+        # A row's own columns (a JSON row's own keys): those it lacks leave their modality as stored.
+        text_fields, image_field = set(self.manifest["text_fields"]), self.manifest["image_field"]
         contents: dict[str, dict[int, str | None]] = {}
-        if "text" in roles["encoded"] and columns & set(self.manifest["text_fields"]):
+        if "text" in roles["encoded"]:
             contents["text"] = {i: compose_text([fields[i].get(f) for f in self.manifest["text_fields"]]) or None
-                                for i in old}
-        if "image" in roles["encoded"] and self.manifest["image_field"] in columns:
-            contents["image"] = {i: catalog.images[i] for i in old}
+                                for i in old if text_fields & catalog.records[i].keys()}
+        if "image" in roles["encoded"]:
+            contents["image"] = {i: catalog.images[i] for i in old if image_field in catalog.records[i]}
         elif catalog.has_images and "image" not in self.modalities:
             logger.warning("%s has images but this index has no image modality: images ignored", catalog.source)
-        hashes = {m: {i: (content_hash if m == "text" else file_hash)(c[i]) if c[i] else None for i in old}
+        hashes = {m: {i: (content_hash if m == "text" else file_hash)(v) if v else None for i, v in c.items()}
                   for m, c in contents.items()}
-        changed = {m: {i for i in old if h[i] != self.items[pos[i]]["hashes"].get(m)} for m, h in hashes.items()}
+        changed = {m: {i for i in h if h[i] != self.items[pos[i]]["hashes"].get(m)} for m, h in hashes.items()}
         for m, x in loaded.items():
             has = npy_present(x)
             changed[m] = {i for i in old if has[i] != self.present[m][pos[i]]
@@ -2083,25 +2107,30 @@ class ItemIndex:
                 "_pos": dict(self._pos)}
 
     def _save_or_restore(self, before: dict[str, Any], **save_options: Any) -> None:
-        """Save in place; if that fails, put this object back as it was (``before``, and the
-        FAISS index read again from the directory, which a failed save leaves untouched), so
+        """Save in place; if that fails, put this object back as it was (:meth:`_restore`), so
         memory and disk agree, then raise."""
         try:
             self.save(self.directory, **save_options)
         except BaseException:
-            for name, value in before.items():
-                setattr(self, name, value)
-            if manifest_stamp(self.directory) == self._stamp:
-                self.index = FaissIndex.load(self.directory)
-            else:  # another command rewrote the directory: undo this change in the FAISS index itself
-                keep = set(self.ids)
-                extra = [i for i in self.index.ids if i not in keep]
-                if extra:
-                    self.index.remove(extra)
-                missing = [p for p, i in enumerate(self.ids) if i not in self.index]
-                if missing:
-                    self.index.add(self.vectors[missing], [self.ids[p] for p in missing])
+            self._restore(before)
             raise
+
+    def _restore(self, before: dict[str, Any]) -> None:
+        """Put an index opened from disk back as it was before a change that did not land:
+        ``before`` (:meth:`_snapshot`), and the FAISS index read again from the directory, which
+        a change is only written to by its save."""
+        for name, value in before.items():
+            setattr(self, name, value)
+        if manifest_stamp(self.directory) == self._stamp:
+            self.index = FaissIndex.load(self.directory)
+        else:  # another command rewrote the directory: undo this change in the FAISS index itself
+            keep = set(self.ids)
+            extra = [i for i in self.index.ids if i not in keep]
+            if extra:
+                self.index.remove(extra)
+            missing = [p for p, i in enumerate(self.ids) if i not in self.index]
+            if missing:
+                self.index.add(self.vectors[missing], [self.ids[p] for p in missing])
 
     def _try_resolve(self, item_id: object) -> ItemId | None:
         try:

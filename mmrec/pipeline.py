@@ -334,11 +334,11 @@ def fit(
         logger.info("%d items have no training interaction: learned from content alone", no_edges)
     untrained = int((np.bincount(train_inter.users[train_inter.split_mask("train")],
                                  minlength=len(train_inter.user_ids)) == 0).sum())
-    if untrained:  # a given split with users only in its validation or test rows
-        logger.warning("%d of %d users have no training interaction (only validation or test rows): their vectors "
-                       "stay as drawn, so their recommendations are chance; they are still evaluated, as a given "
-                       "split asks (recommend --history places such a user by their items)", untrained,
-                       len(train_inter.user_ids))
+    if untrained:  # a given split with users only in its validation or test rows; --cold-start's held-out items
+        logger.warning("%d of %d users have no training interaction (every row of theirs is a validation or test "
+                       "row, or one of an item --cold-start held out): their vectors stay as drawn, so their "
+                       "recommendations are chance, and they are still evaluated (recommend --history places such a "
+                       "user by their items)", untrained, len(train_inter.user_ids))
     data = TrainData(
         train_inter,
         {m: torch.from_numpy(content.features[m]) for m in dims},

@@ -497,7 +497,7 @@ def test_parquet_binary_cells_are_text_and_a_pandas_index_is_no_column(tmp_path)
 
 def test_an_id_holding_a_line_break_is_refused_and_header_names_are_stripped(tmp_path):
     (tmp_path / "quote.csv").write_text('item_id,title\n"1,a\n2,b\n3",c\n4,d\n')  # an unbalanced quote
-    with pytest.raises(DataError, match=r"row 1, field 'item_id': holds a line break: an unbalanced quote"):
+    with pytest.raises(DataError, match=r"row 1, field 'item_id': holds a line break \(in a CSV: an unbalanced quote"):
         load_catalog(tmp_path / "quote.csv", show_progress=False)
     (tmp_path / "spaces.csv").write_text(" item_id, title ,price\n007, a ,3\n")
     cat = load_catalog(tmp_path / "spaces.csv", text_fields=["title"], show_progress=False)

@@ -741,7 +741,7 @@ def test_users_without_training_rows_are_warned_about(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="mmrec.pipeline"):
         fit(tmp_path / "split.tsv", features={"content": feats}, out=tmp_path / "m", config=config, split="given",
             show_progress=False)
-    assert "1 of 17 users have no training interaction (only validation or test rows)" in caplog.text
+    assert "1 of 17 users have no training interaction (every row of theirs is a validation or test row" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING", logger="mmrec.pipeline"):
         fit(inter, features={"content": feats}, out=tmp_path / "m2", config=config, split="random",

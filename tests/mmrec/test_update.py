@@ -268,3 +268,39 @@ def test_a_full_export_syncs_the_index(shop, tiny_bert_dir, tiny_vit_dir, monkey
     with pytest.raises(DataError, match="no valid rows left"):
         back.update(d / "other.csv", remove_missing=True, skip_invalid=True)
     assert len(ItemIndex.load(d / "idx", show_progress=False)) == 5
+
+
+def test_json_rows_change_their_own_keys_and_a_failed_change_restores_everything(shop, tiny_bert_dir, tiny_vit_dir,
+                                                                                  monkeypatch):
+    d, rows, names = shop
+    build(d / "all.csv", d / "idx", tiny_bert_dir, tiny_vit_dir)
+    idx = ItemIndex.load(d / "idx", show_progress=False)
+    vectors = idx.vectors.copy()
+    lines = [{"item_id": "i0", "price": "1"}, {"item_id": "i1", "title": "dog story two"},
+             {"item_id": "i3", "title": "x", "price": "5", "image": "missing.png"}]  # invalid: skipped
+    (d / "u.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert idx.update(d / "u.jsonl", skip_invalid=True) == {"updated": 2, "content": 1, "moved": 1, "added": 0,
+                                                            "removed": 0}
+    assert idx.items[0]["fields"] == {"title": "cat film", "price": "1", "image": rows[0]["image"]}
+    assert idx.items[1]["fields"] == {"title": "dog story two", "price": "11", "image": rows[1]["image"]}
+    np.testing.assert_array_equal(idx.vectors[[0, 2, 3, 4, 5]], vectors[[0, 2, 3, 4, 5]])
+    assert idx.present["image"].all()
+    # A failure after the checks, before the save: the directory and the object as they were.
+    before = {"ids": list(idx.ids), "vectors": idx.vectors.copy(), "fields": [it["fields"] for it in idx.items],
+              "faiss": sorted(idx.index.ids)}
+    manifest = (d / "idx" / "manifest.json").read_bytes()
+    write_rows(d / "sync.csv", [{"item_id": "i0", "title": "cat film again"}, {"item_id": "n1", "title": "new"}],
+               ["item_id", "title"])
+
+    def fail(*args):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(ItemIndex, "_drop", fail)
+    with pytest.raises(OSError, match="disk gone"):
+        idx.update(d / "sync.csv", add_new=True, remove_missing=True)
+    assert (d / "idx" / "manifest.json").read_bytes() == manifest
+    assert {"ids": list(idx.ids), "vectors": idx.vectors, "fields": [it["fields"] for it in idx.items],
+            "faiss": sorted(idx.index.ids)} == before | {"vectors": idx.vectors}
+    np.testing.assert_array_equal(idx.vectors, before["vectors"])
+    monkeypatch.undo()
+    assert [r.item_id for r in idx.similar("i0", 3)] == [r.item_id for r in ItemIndex.load(d / "idx").similar("i0", 3)]
