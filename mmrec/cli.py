@@ -38,7 +38,7 @@ import traceback
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mmrec.errors import ConfigError, MMRecError
 
@@ -245,7 +245,19 @@ def _open_recommender(args: argparse.Namespace):
     return Recommender.load(args.index, show_progress=not args.quiet)
 
 
-def cmd_index_add(args: argparse.Namespace) -> int:
+def _catalog_change_opts(p: argparse.ArgumentParser, skip_help: str) -> None:
+    """The options ``index add`` and ``index update`` share (after their own)."""
+    p.add_argument("--image-root", type=Path, help="base for relative image paths (default: the catalog's folder)")
+    _mask_opt(p)
+    p.add_argument("--skip-invalid", action="store_true", help=skip_help)
+    p.add_argument("--device", default=None, help="torch device the encoders run on: cpu (default), cuda, cuda:N")
+    _cache_opts(p)
+    _common(p)
+
+
+def _catalog_change(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """``index add`` / ``index update``: the index, opened once the device is checked, and the
+    options both pass on."""
     from mmrec.item_index import check_device
 
     if args.device is not None:
@@ -253,34 +265,30 @@ def cmd_index_add(args: argparse.Namespace) -> int:
     index = _open_index(args)
     opts = {k: v for k, v in (("image_root", args.image_root), ("skip_invalid", args.skip_invalid),
                               ("mask_bad_images", args.mask_bad_images)) if v}
-    n = index.add(args.catalog, features=_features(args), cache_dir=_cache_dir(args), device=args.device,
-                  **opts)
+    return index, {"features": _features(args), "cache_dir": _cache_dir(args), "device": args.device, **opts}
+
+
+def cmd_index_add(args: argparse.Namespace) -> int:
+    index, options = _catalog_change(args)
+    n = index.add(args.catalog, **options)
     print(f"added {_items(n)} to {args.index}: {_items(len(index))}")
     return 0
 
 
 def cmd_index_update(args: argparse.Namespace) -> int:
-    from mmrec.item_index import check_device
-
-    if args.device is not None:
-        check_device(args.device)  # before the index is opened
-    index = _open_index(args)
-    opts = {k: v for k, v in (("image_root", args.image_root), ("skip_invalid", args.skip_invalid),
-                              ("mask_bad_images", args.mask_bad_images)) if v}
-    done = index.update(args.catalog, features=_features(args), cache_dir=_cache_dir(args), device=args.device,
-                        add_new=args.add_new, remove_missing=args.remove_missing, dry_run=args.dry_run, **opts)
+    index, options = _catalog_change(args)
+    done = index.update(args.catalog, add_new=args.add_new, remove_missing=args.remove_missing, dry_run=args.dry_run,
+                        **options)
     content = done["content"]
     kept = content - done["moved"]
     detail = (f" ({content:,} with new content" + (f", {kept:,} of them keeping trained vectors" if kept else "") + ")"
               if content else "")
-    added = f", added {_items(done['added'])}" if args.add_new else ""
-    removed = f", removed {_items(done['removed'])}" if args.remove_missing else ""
-    if args.dry_run:
-        left = len(index) + done["added"] - done["removed"]
-        print(f"would update {_items(done['updated'])}{detail}{added.replace('added', 'add')}"
-              f"{removed.replace('removed', 'remove')} in {args.index}: {_items(left)} (nothing was written)")
-        return 0
-    print(f"updated {_items(done['updated'])}{detail}{added}{removed} in {args.index}: {_items(len(index))}")
+    update, add, remove = ("would update", "add", "remove") if args.dry_run else ("updated", "added", "removed")
+    added = f", {add} {_items(done['added'])}" if args.add_new else ""
+    removed = f", {remove} {_items(done['removed'])}" if args.remove_missing else ""
+    left = len(index) + (done["added"] - done["removed"] if args.dry_run else 0)
+    print(f"{update} {_items(done['updated'])}{detail}{added}{removed} in {args.index}: {_items(left)}"
+          + (" (nothing was written)" if args.dry_run else ""))
     return 0
 
 
@@ -866,13 +874,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--features", type=_features_arg, action="append", metavar="NAME=PATH.npy",
                    help="precomputed features of the new items, one row per catalog row, for the index's "
                         "precomputed modalities (repeatable; one left out is masked for the new items)")
-    a.add_argument("--image-root", type=Path, help="base for relative image paths (default: the catalog's folder)")
-    _mask_opt(a)
-    a.add_argument("--skip-invalid", action="store_true",
-                   help="skip bad rows (listed in INDEX/skipped.jsonl) instead of failing")
-    a.add_argument("--device", default=None, help="torch device the encoders run on: cpu (default), cuda, cuda:N")
-    _cache_opts(a)
-    _common(a)
+    _catalog_change_opts(a, "skip bad rows (listed in INDEX/skipped.jsonl) instead of failing")
     a.set_defaults(func=cmd_index_add)
 
     u = isub.add_parser("update", help="change items already in the index: the file's columns replace their display "
@@ -888,13 +890,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "the index then holds the file's items, as a full catalog export lists them")
     u.add_argument("--dry-run", action="store_true",
                    help="check the file and say what would change (by content hashes), encoding and writing nothing")
-    u.add_argument("--image-root", type=Path, help="base for relative image paths (default: the catalog's folder)")
-    _mask_opt(u)
-    u.add_argument("--skip-invalid", action="store_true",
-                   help="skip bad rows, and rows of unknown ids (listed in INDEX/skipped.jsonl), instead of failing")
-    u.add_argument("--device", default=None, help="torch device the encoders run on: cpu (default), cuda, cuda:N")
-    _cache_opts(u)
-    _common(u)
+    _catalog_change_opts(u, "skip bad rows, and rows of unknown ids (listed in INDEX/skipped.jsonl), instead of "
+                            "failing")
     u.set_defaults(func=cmd_index_update)
 
     r = isub.add_parser("remove", help="remove items by id")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,14 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def write_rows(path: Path, rows: list[dict], fields: list[str]) -> None:
+    """A CSV of ``rows`` with the columns ``fields``."""
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
 
 
 def write_planted(tmp_path: Path, users: int = 48, items: int = 32, clusters: int = 4, seed: int = 0,

@@ -1,7 +1,6 @@
 """Incremental changes equal a rebuild; the feature cache re-encodes only what changed."""
 from __future__ import annotations
 
-import csv
 import logging
 import shutil
 
@@ -10,16 +9,14 @@ import pytest
 
 from mmrec.errors import DataError, MMRecError
 from mmrec.item_index import ItemIndex
+from tests.mmrec.conftest import write_rows
 
 TITLES = ["cat film", "dog story", "space war", "love city", "toy boy", "police night", "old house music",
           "young girl journey", "family friends"]
 
 
 def write_catalog(path, rows):
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["item_id", "title", "image"])
-        w.writeheader()
-        w.writerows(rows)
+    write_rows(path, rows, ["item_id", "title", "image"])
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 content is encoded; trained vectors are kept; a refused update changes nothing."""
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 
@@ -13,17 +12,10 @@ from mmrec.config import TrainConfig
 from mmrec.errors import DataError
 from mmrec.item_index import ItemIndex
 from mmrec.pipeline import fit
-from tests.mmrec.conftest import write_planted
+from tests.mmrec.conftest import write_planted, write_rows
 
 TITLES = ["cat film", "dog story", "space war", "love city", "toy boy", "police night"]
 FAST = dict(dim=16, layers=2, heads=2, lr=0.05, batch_size=128, epochs=6, patience=6, reg=1e-4)
-
-
-def write_rows(path, rows, fields):
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
 
 
 @pytest.fixture
