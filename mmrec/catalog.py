@@ -64,6 +64,7 @@ class Catalog:
     rows: list[int] = field(default_factory=list)
     masked: list[Problem] = field(default_factory=list)
     masked_ids: list[Any] = field(default_factory=list)
+    mask_bad_images: bool = False  # read with mask_bad_images (an index built from it remembers it)
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -96,6 +97,7 @@ class Catalog:
             rows=[self.row(i) for i in positions],
             masked=[p for p, _ in masked],
             masked_ids=[item for _, item in masked],
+            mask_bad_images=self.mask_bad_images,
         )
 
     def row(self, position: int) -> int:
@@ -400,6 +402,7 @@ def load_catalog(
         text_fields = [f for f in text_fields if f in columns]
     if text_fields is None:
         text_fields = [c for c in columns if c not in (ID_FIELD, image_field) and types[c] in TEXT_TYPES]
+        _warn_numbers_as_text(path, text_fields, rows)
     else:
         unknown = [f for f in text_fields if f not in columns]
         if unknown:
@@ -423,6 +426,19 @@ def load_catalog(
         encoded=encoded,
         mask_bad_images=mask_bad_images,
     )
+
+
+def _warn_numbers_as_text(path: Path, text_fields: list[str], rows: list[dict[str, Any]]) -> None:
+    """Warn about a default text column whose cells are numbers but for a few (a price with one
+    ``N/A``): it is embedded as text, and a change of its numbers then re-encodes the item."""
+    for column in text_fields:
+        cells = [(r, str(row[column]).strip()) for r, row in enumerate(rows, 1)
+                 if isinstance(row.get(column), (str, int, float)) and str(row[column]).strip()]
+        words = [(r, v) for r, v in cells if not _FLOAT.fullmatch(v)]
+        if cells and words and len(words) <= 0.1 * len(cells):
+            logger.warning("%s: column %r is read as text, as %d of its %d values are not numbers (row %d: %r): it "
+                           "is part of every item's text; name the text columns with --text-fields (text_fields=) "
+                           "to leave it out", path, column, len(words), len(cells), *words[0])
 
 
 def _check_given_fields(path: Path, columns: list[str], encoded: Sequence[str],
@@ -599,6 +615,7 @@ def _validate(
         masked=masked,
         masked_ids=[raw_ids[p.row - 1] for p in masked],
         rows=[i + 1 for i in keep],
+        mask_bad_images=mask_bad_images,
     )
 
 

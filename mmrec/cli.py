@@ -276,6 +276,8 @@ def cmd_index_add(args: argparse.Namespace) -> int:
 
 
 def cmd_index_update(args: argparse.Namespace) -> int:
+    from mmrec.item_index import SKIP_REPORT
+
     index, options = _catalog_change(args)
     done = index.update(args.catalog, add_new=args.add_new, remove_missing=args.remove_missing, dry_run=args.dry_run,
                         **options)
@@ -283,12 +285,17 @@ def cmd_index_update(args: argparse.Namespace) -> int:
     kept = content - done["moved"]
     detail = (f" ({content:,} with new content" + (f", {kept:,} of them keeping trained vectors" if kept else "") + ")"
               if content else "")
-    update, add, remove = ("would update", "add", "remove") if args.dry_run else ("updated", "added", "removed")
+    update, add, remove, skip = (("would update", "add", "remove", "skip") if args.dry_run else
+                                 ("updated", "added", "removed", "skipped"))
     added = f", {add} {_items(done['added'])}" if args.add_new else ""
     removed = f", {remove} {_items(done['removed'])}" if args.remove_missing else ""
+    unchanged = not (done["updated"] or done["added"] or done["removed"])  # then nothing is written
+    rows = f"{done['skipped']:,} invalid row" + ("" if done["skipped"] == 1 else "s")
+    skipped = f", {skip} {rows}" + ("" if args.dry_run or unchanged else f" (listed in {SKIP_REPORT})") \
+        if done["skipped"] else ""
     left = len(index) + (done["added"] - done["removed"] if args.dry_run else 0)
-    print(f"{update} {_items(done['updated'])}{detail}{added}{removed} in {args.index}: {_items(left)}"
-          + (" (nothing was written)" if args.dry_run else ""))
+    print(f"{update} {_items(done['updated'])}{detail}, {done['unchanged']:,} unchanged{added}{removed}{skipped} in "
+          f"{args.index}: {_items(left)}" + (" (nothing was written)" if args.dry_run or unchanged else ""))
     return 0
 
 
@@ -1091,8 +1098,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0 picks a free one)")
     sv.add_argument("--device", help="encode text queries on this torch device (cpu, cuda, cuda:N; default cpu)")
     sv.add_argument("--reload", action=argparse.BooleanOptionalAction, default=True,
-                    help="load the directory again when it changes on disk (index add / remove / rebuild / tune, "
-                         "train --overwrite), checked at most once a second (default on)")
+                    help="load the directory again when it changes on disk (index add / update / remove / rebuild / "
+                         "tune, train --overwrite), checked at most once a second (default on)")
     sv.add_argument("--warm", action=argparse.BooleanOptionalAction, default=True,
                     help="load the text encoder at start, and a reloaded directory's changed one before it serves, "
                          "instead of at the first text query, which holds up every request meanwhile (default on)")

@@ -815,6 +815,7 @@ class ItemIndex:
             text_fields=catalog.text_fields if catalog is not None else [],
             image_field=catalog.image_field if catalog is not None else None,
             source=catalog.source if catalog is not None else ", ".join(str(p) for p in given.values()),
+            mask_bad_images=catalog is not None and catalog.mask_bad_images,
         )
         if out is not None:
             self.save(out, overwrite=overwrite, skipped=catalog)
@@ -1639,6 +1640,8 @@ class ItemIndex:
         if isinstance(catalog, Catalog):  # given loaded: features follow its items
             return catalog, False
         opts = {"text_fields": self.manifest["text_fields"], "image_field": self.manifest["image_field"],
+                # as the directory was built or trained (an option given here wins)
+                "mask_bad_images": self.manifest.get("mask_bad_images", False),
                 "require_content": not roles["precomputed"] and not partial, "encoded": roles["encoded"],
                 # the index's fields may be missing from the new file: that modality is masked
                 "optional": [k for k in ("text_fields", "image_field") if k not in catalog_options], "partial": partial}
@@ -1738,9 +1741,11 @@ class ItemIndex:
                 also skips rows of unknown ids).
 
         Returns:
-            ``{"updated": items changed in place, "content": of those, items whose content
-            changed, "moved": of those, items placed again (the rest keep trained vectors),
-            "added": new items, "removed": items removed}``.
+            ``{"updated": items changed in place (fields or content), "unchanged": items the file
+            names as they are, "content": of the updated, items whose content changed, "moved": of
+            those, items placed again (the rest keep trained vectors), "added": new items,
+            "removed": items removed, "skipped": rows left out (skip_invalid)}``. An update that
+            changes nothing writes nothing.
 
         Raises:
             DataError: bad rows; an id not in the index (without ``add_new``); a change that
@@ -1777,9 +1782,15 @@ class ItemIndex:
         change = self._content_change(catalog, old, pos, fields, roles, loaded, cache_dir, encode=not dry_run)
         touched, rows_of = change["touched"], [pos[i] for i in change["touched"]]
         moved = [i for i in touched if self.pool is None or not self.pool[pos[i]]]
-        counts = {"updated": len(old), "content": len(touched), "moved": len(moved), "added": len(unknown),
-                  "removed": len(missing)}
+        updated = set(touched) | {i for i in old if fields[i] != self.items[pos[i]]["fields"]}
+        skipped = [q for q in catalog.skipped if read_here or id(q) not in before_ids]  # this call's
+        counts = {"updated": len(updated), "unchanged": len(old) - len(updated), "content": len(touched),
+                  "moved": len(moved), "added": len(unknown), "removed": len(missing), "skipped": len(skipped)}
         if dry_run:
+            return counts
+        if not updated and not unknown and not missing:  # a server would reload it for nothing
+            logger.info("nothing changed: %s was not written%s", self.directory or "the index",
+                        f" ({len(skipped)} skipped row(s) not listed in skipped.jsonl)" if skipped else "")
             return counts
         features_now, present_now = dict(self.features), dict(self.present)
         for m in self.modalities if touched else ():  # arrays replaced, never written into (the snapshot)

@@ -407,6 +407,7 @@ def fit(
         kind="trained",
         text_fields=content.catalog.text_fields if content.catalog else [],
         image_field=content.catalog.image_field if content.catalog else None,
+        mask_bad_images=bool(content.catalog and content.catalog.mask_bad_images),
         source=str(interactions),
         # Modalities no item had (a fine-tuning's --ignore-modality, or new data without them):
         # items added later are not given them either.

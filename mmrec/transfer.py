@@ -155,10 +155,11 @@ def source_content(
         raise ConfigError(_never_had(unknown, dims, "--features"))
     if catalog is not None and not isinstance(catalog, Catalog):
         manifest = source.items.manifest
-        defaults = {"text_fields": manifest.get("text_fields") or None, "image_field": manifest.get("image_field")}
+        defaults = {"text_fields": manifest.get("text_fields") or None, "image_field": manifest.get("image_field"),
+                    "mask_bad_images": manifest.get("mask_bad_images", False)}
         opts = {k: v for k, v in defaults.items() if v} | catalog_options
         # The source's fields may be missing from the new catalog: that modality is then masked.
-        lenient = [k for k in defaults if k not in catalog_options]
+        lenient = [k for k in ("text_fields", "image_field") if k not in catalog_options]
         # An ignored modality is not encoded: its column is not checked (images not opened).
         encoded = [m for m in ("text", "image") if m not in ignore]
         # As `train`: with --features (or nothing the source could encode) a row needs no text or image.

@@ -524,3 +524,15 @@ def test_a_wide_csv_is_typed_over_every_row_and_blank_header_names_are_unnamed(t
     assert cat.item_ids == ["007", "8"] and cat.text_fields == ["title"]  # numbers, booleans, empties: no text
     assert cat.records == [{"title": " a ", "n": "3", "flag": "true", "empty": ""},
                            {"title": "b", "n": "2.5e3", "flag": "FALSE", "empty": ""}]
+
+
+def test_a_number_column_with_a_few_words_is_warned_about_as_text(tmp_path, caplog):
+    rows = "".join(f"{i},title {i},{'N/A' if i == 2 else i * 10}\n" for i in range(1, 12))
+    (tmp_path / "p.csv").write_text("item_id,title,price\n" + rows)
+    with caplog.at_level("WARNING", logger="mmrec.catalog"):
+        assert load_catalog(tmp_path / "p.csv", show_progress=False).text_fields == ["title", "price"]
+    assert "column 'price' is read as text, as 1 of its 11 values are not numbers (row 2: 'N/A')" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mmrec.catalog"):  # named: no warning
+        assert load_catalog(tmp_path / "p.csv", text_fields=["title"], show_progress=False).text_fields == ["title"]
+    assert caplog.text == ""

@@ -47,7 +47,8 @@ def test_update_equals_a_build_of_the_changed_catalog(shop, tiny_bert_dir, tiny_
                                   {"item_id": "i3", "title": "love city", "image": names[3 % len(names)]},
                                   {"item_id": "i4", "title": "toy boy", "image": names[(4 + 1) % len(names)]}],
                ["item_id", "title", "image"])
-    assert idx.update(d / "change.csv") == {"updated": 3, "content": 2, "moved": 2, "added": 0, "removed": 0}
+    assert idx.update(d / "change.csv") == {"updated": 2, "unchanged": 1, "content": 2, "moved": 2, "added": 0,
+                                            "removed": 0, "skipped": 0}
     rows[1]["title"] = "dog story remastered"
     rows[4]["image"] = names[(4 + 1) % len(names)]
     write_rows(d / "changed_all.csv", rows, ["item_id", "title", "price", "image"])
@@ -80,7 +81,12 @@ def test_a_fields_only_update_encodes_nothing_and_where_sees_it(shop, tiny_bert_
 
     monkeypatch.setattr("mmrec.item_index.encode_catalog", refuse)
     (d / "prices.csv").write_text("item_id,price\ni5,3\ni0,\n")
-    assert idx.update(d / "prices.csv") == {"updated": 2, "content": 0, "moved": 0, "added": 0, "removed": 0}
+    assert idx.update(d / "prices.csv") == {"updated": 2, "unchanged": 0, "content": 0, "moved": 0, "added": 0,
+                                            "removed": 0, "skipped": 0}
+    # The same again changes nothing, and writes nothing (a server would reload for nothing).
+    manifest = (d / "idx" / "manifest.json").read_bytes()
+    assert idx.update(d / "prices.csv")["unchanged"] == 2
+    assert (d / "idx" / "manifest.json").read_bytes() == manifest
     assert idx.matching(["price<12"]) == ["i1", "i5"]  # i0's price is now blank: no number
     back = ItemIndex.load(d / "idx", show_progress=False)
     np.testing.assert_array_equal(back.vectors, vectors)
@@ -107,8 +113,8 @@ def test_refused_updates_change_nothing_and_skips_are_listed(shop, tiny_bert_dir
     assert (d / "idx" / "manifest.json").read_bytes() == manifest
     assert idx.items[2]["fields"]["price"] == "12"
     # Skipped: the unknown id, listed in skipped.jsonl; the rest lands.
-    assert idx.update(d / "unknown.csv", skip_invalid=True) == {"updated": 1, "content": 0, "moved": 0, "added": 0,
-                                                                "removed": 0}
+    assert idx.update(d / "unknown.csv", skip_invalid=True) == {"updated": 1, "unchanged": 0, "content": 0, "moved": 0,
+                                                                "added": 0, "removed": 0, "skipped": 1}
     skipped = [json.loads(line) for line in (d / "idx" / "skipped.jsonl").read_text().splitlines()]
     assert [(s["row"], s["item_id"], s["field"]) for s in skipped] == [(2, "x9", "item_id")]
     # A new row with no content: refused by row, or skipped, as index add skips it.
@@ -118,14 +124,15 @@ def test_refused_updates_change_nothing_and_skips_are_listed(shop, tiny_bert_dir
                                         r"modalities \(text, image\) to add it by"):
         idx.update(d / "bare.csv", add_new=True)
     assert (d / "idx" / "manifest.json").read_bytes() == manifest
-    assert idx.update(d / "bare.csv", add_new=True, skip_invalid=True) == {"updated": 1, "content": 0, "moved": 0,
-                                                                            "added": 0, "removed": 0}
+    assert idx.update(d / "bare.csv", add_new=True, skip_invalid=True) == {"updated": 1, "unchanged": 0, "content": 0,
+                                                                            "moved": 0, "added": 0, "removed": 0,
+                                                                            "skipped": 1}
     skipped = [json.loads(line) for line in (d / "idx" / "skipped.jsonl").read_text().splitlines()]
     assert [(s["row"], s["item_id"]) for s in skipped] == [(2, "x9"), (2, "x7")]
     # A blank image cell takes the image away (the text stays); --add-new adds the unknown id.
     (d / "more.csv").write_text(f"item_id,title,image\ni2,space war,\nx9,new toy,{names[0]}\n")
-    assert idx.update(d / "more.csv", add_new=True) == {"updated": 1, "content": 1, "moved": 1, "added": 1,
-                                                        "removed": 0}
+    assert idx.update(d / "more.csv", add_new=True) == {"updated": 1, "unchanged": 0, "content": 1, "moved": 1,
+                                                        "added": 1, "removed": 0, "skipped": 0}
     back = ItemIndex.load(d / "idx", show_progress=False)
     assert back.ids[-1] == "x9" and not back.present["image"][2] and back.present["text"][2]
     assert "image" not in back.items[2]["hashes"] and back.items[2]["fields"]["image"] == ""
@@ -156,7 +163,8 @@ def test_trained_items_keep_their_vectors_and_content_path_items_move(tmp_path, 
     (tmp_path / "change.csv").write_text(f"item_id\n{warm}\n{cold}\n")
     assert main(["index", "update", "--index", str(tmp_path / "m"), "--catalog", str(tmp_path / "change.csv"),
                  "--features", f"content={tmp_path / 'new.npy'}", "-q"]) == 0
-    assert capsys.readouterr().out == (f"updated 2 items (2 with new content, 1 of them keeping trained vectors) in "
+    assert capsys.readouterr().out == (f"updated 2 items (2 with new content, 1 of them keeping trained vectors), 0 "
+                                       f"unchanged in "
                                        f"{tmp_path / 'm'}: 128 items\n")
     back = Recommender.load(tmp_path / "m", show_progress=False)
     np.testing.assert_array_equal(back.items.vector_of(warm)[0], warm_vector[0])
@@ -176,7 +184,7 @@ def test_trained_items_keep_their_vectors_and_content_path_items_move(tmp_path, 
     (tmp_path / "plus.csv").write_text(f"item_id\n{warm}\n500\n")
     np.save(tmp_path / "plus.npy", np.concatenate([new[:1], x[:1]]))
     assert back.items.update(tmp_path / "plus.csv", features={"content": tmp_path / "plus.npy"}, add_new=True) == \
-        {"updated": 1, "content": 0, "moved": 0, "added": 1, "removed": 0}
+        {"updated": 0, "unchanged": 1, "content": 0, "moved": 0, "added": 1, "removed": 0, "skipped": 0}
     (tmp_path / "n.csv").write_text("item_id\n500\n")
     np.save(tmp_path / "n.npy", x[:1])
     steps.add(tmp_path / "n.csv", features={"content": tmp_path / "n.npy"})
@@ -207,8 +215,8 @@ def test_a_loaded_catalog_with_its_own_skipped_rows_takes_features_as_add_does(t
     (tmp_path / "c.csv").write_text("item_id,title\na,first\n,no id\nb,second\n")
     cat = load_catalog(tmp_path / "c.csv", text_fields=["title"], skip_invalid=True, show_progress=False)
     np.save(tmp_path / "c.npy", x[[1, 0]])  # one row per item of the loaded catalog: a and b swap vectors
-    assert idx.update(cat, features={"f": tmp_path / "c.npy"}) == {"updated": 2, "content": 2, "moved": 2, "added": 0,
-                                                                   "removed": 0}
+    assert idx.update(cat, features={"f": tmp_path / "c.npy"}) == {"updated": 2, "unchanged": 0, "content": 2,
+                                                                   "moved": 2, "added": 0, "removed": 0, "skipped": 0}
     assert [r.item_id for r in idx.search_vectors(idx.vectors[[0]], k=1)[0]] == ["a"]
     np.testing.assert_array_equal(idx.features["f"][:2], x[[1, 0]])
     assert [it["fields"]["title"] for it in idx.items] == ["first", "second", "c", "d"]
@@ -237,14 +245,15 @@ def test_a_full_export_syncs_the_index(shop, tiny_bert_dir, tiny_vit_dir, monkey
     with monkeypatch.context() as m:
         m.setattr("mmrec.item_index.encode_catalog", lambda *a, **k: pytest.fail("nothing should be encoded"))
         assert idx.update(d / "export.csv", add_new=True, remove_missing=True, skip_invalid=True, dry_run=True) == \
-            {"updated": 3, "content": 1, "moved": 1, "added": 1, "removed": 2}
+            {"updated": 2, "unchanged": 1, "content": 1, "moved": 1, "added": 1, "removed": 2, "skipped": 2}
         assert main(["index", "update", "--index", str(d / "idx"), "--catalog", str(d / "export.csv"), "--add-new",
                      "--remove-missing", "--skip-invalid", "--dry-run", "-q"]) == 0
-    assert capsys.readouterr().out == (f"would update 3 items (1 with new content), add 1 item, remove 2 items in "
+    assert capsys.readouterr().out == (f"would update 2 items (1 with new content), 1 unchanged, add 1 item, remove 2 "
+                                       f"items, skip 2 invalid rows in "
                                        f"{d / 'idx'}: 5 items (nothing was written)\n")
     assert (d / "idx" / "manifest.json").read_bytes() == manifest and len(idx) == 6
     assert idx.update(d / "export.csv", add_new=True, remove_missing=True, skip_invalid=True) == \
-        {"updated": 3, "content": 1, "moved": 1, "added": 1, "removed": 2}
+        {"updated": 2, "unchanged": 1, "content": 1, "moved": 1, "added": 1, "removed": 2, "skipped": 2}
     kept = [r for r in export if r["item_id"] not in ("n2", "i3")]
     oracle_rows = [rows[3]] + kept  # i3 as it was (its new row was invalid)
     oracle_rows = sorted(oracle_rows, key=lambda r: ["i0", "i1", "i3", "i5", "n1"].index(r["item_id"]))
@@ -271,8 +280,8 @@ def test_json_rows_change_their_own_keys_and_a_failed_change_restores_everything
     lines = [{"item_id": "i0", "price": "1"}, {"item_id": "i1", "title": "dog story two"},
              {"item_id": "i3", "title": "x", "price": "5", "image": "missing.png"}]  # invalid: skipped
     (d / "u.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
-    assert idx.update(d / "u.jsonl", skip_invalid=True) == {"updated": 2, "content": 1, "moved": 1, "added": 0,
-                                                            "removed": 0}
+    assert idx.update(d / "u.jsonl", skip_invalid=True) == {"updated": 2, "unchanged": 0, "content": 1, "moved": 1,
+                                                            "added": 0, "removed": 0, "skipped": 1}
     assert idx.items[0]["fields"] == {"title": "cat film", "price": "1", "image": rows[0]["image"]}
     assert idx.items[1]["fields"] == {"title": "dog story two", "price": "11", "image": rows[1]["image"]}
     np.testing.assert_array_equal(idx.vectors[[0, 2, 3, 4, 5]], vectors[[0, 2, 3, 4, 5]])
@@ -296,3 +305,34 @@ def test_json_rows_change_their_own_keys_and_a_failed_change_restores_everything
     np.testing.assert_array_equal(idx.vectors, before["vectors"])
     monkeypatch.undo()
     assert [r.item_id for r in idx.similar("i0", 3)] == [r.item_id for r in ItemIndex.load(d / "idx").similar("i0", 3)]
+
+
+def test_an_index_built_with_mask_bad_images_keeps_masking_them(shop, tiny_bert_dir, tiny_vit_dir):
+    d, rows, names = shop
+    rows[2]["image"] = "broken.png"
+    (d / "broken.png").write_bytes(b"not a png")
+    write_rows(d / "masked.csv", rows, ["item_id", "title", "price", "image"])
+    ItemIndex.build(d / "masked.csv", d / "idx", text_encoder=tiny_bert_dir, image_encoder=tiny_vit_dir,
+                    factory="Flat", show_progress=False, center=False, text_fields=["title"], mask_bad_images=True)
+    idx = ItemIndex.load(d / "idx", show_progress=False)
+    assert idx.manifest["mask_bad_images"] is True and not idx.present["image"][2]
+    # The nightly export still has the broken picture: masked again without being asked, as at build.
+    rows[0]["price"] = "1"
+    write_rows(d / "night.csv", rows, ["item_id", "title", "price", "image"])
+    assert idx.update(d / "night.csv")["updated"] == 1
+    with pytest.raises(DataError, match=r"row 3, field 'image'"):  # an option given here wins
+        idx.update(d / "night.csv", mask_bad_images=False)
+    (d / "new.csv").write_text(f"item_id,title,image\nn1,new boots,broken.png\n")
+    assert idx.add(d / "new.csv") == 1 and not idx.present["image"][-1]
+
+    # A model trained from such a catalog remembers it too.
+    lines = ["user_id\titem_id"] + [f"u{u}\ti{(u + k) % 6}" for u in range(12) for k in range(3)]
+    (d / "inter.tsv").write_text("\n".join(lines) + "\n")
+    config = TrainConfig(dim=8, layers=1, heads=1, lr=0.05, batch_size=64, epochs=1, patience=1)
+    fit(d / "inter.tsv", catalog=d / "masked.csv", out=d / "m", config=config, split="random", show_progress=False,
+        text_encoder=tiny_bert_dir, image_encoder=tiny_vit_dir, text_fields=["title"], mask_bad_images=True)
+    from mmrec.recommender import Recommender
+
+    trained = Recommender.load(d / "m", show_progress=False).items
+    assert trained.manifest["mask_bad_images"] is True
+    assert trained.add(d / "new.csv") == 1 and not trained.present["image"][-1]
