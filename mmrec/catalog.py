@@ -588,7 +588,8 @@ def _validate(
                 bad.add(i)
     if masked:
         logger.warning("%s: %d image(s) missing or unreadable left out, their rows kept (listed in the written "
-                       "directory's skipped.jsonl): %s", source, len(masked), masked[0])
+                       "directory's skipped.jsonl): %s%s", source, len(masked), "; ".join(map(str, masked[:3])),
+                       " ..." if len(masked) > 3 else "")
 
     problems.sort(key=lambda p: (p.row or 0))
     if problems and not skip_invalid:

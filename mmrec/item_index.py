@@ -1806,6 +1806,7 @@ class ItemIndex:
             _refuse_directionless(self.vectorizer, vectors, [catalog.item_ids[i] for i in moved], str(catalog.source))
             attention = self.vectorizer.attention(moved_f, moved_p)
         if unknown:
+            logger.info("%s: encoding %d new item(s)", catalog.source, len(unknown))
             new = catalog.select(unknown)
             new_f, new_p, new_hashes = self._encode_new(new, roles, {m: x[unknown] for m, x in loaded.items()}, cache_dir)
             new_vectors = self.vectorizer.item_vectors(new_f, new_p, pool)
@@ -1928,6 +1929,7 @@ class ItemIndex:
         for m, c in contents.items() if encode else ():
             todo = sorted(i for i in changed[m] if c[i])
             if todo:
+                logger.info("%s: encoding the changed %s of %d item(s) of the index", catalog.source, m, len(todo))
                 part = Catalog(item_ids=[catalog.item_ids[i] for i in todo], texts=[c[i] if m == "text" else ""
                                                                                     for i in todo],
                                images=[c[i] if m == "image" else None for i in todo], records=[{} for _ in todo],
