@@ -299,15 +299,21 @@ def _parquet_data_columns(path: Path, columns: list[str], rows: list[dict[str, A
         for c in dropped:
             del r[c]
     problems = []
-    binary = [c for c in columns if types[c] in ("binary", "large_binary") and c not in dropped]
-    for c in binary:
-        types[c] = "string"
+    for c in columns:
+        if c in dropped or not any(isinstance(r[c], (bytes, list)) for r in rows):
+            continue
+        binary = types[c] in ("binary", "large_binary") or types[c].startswith("fixed_size_binary")
+        if binary:
+            types[c] = "string"
         for number, r in enumerate(rows, 1):
-            if isinstance(r[c], bytes):
-                try:
-                    r[c] = r[c].decode("utf-8")
-                except UnicodeDecodeError:
-                    problems.append(Problem(number, c, "binary value is not UTF-8 text"))
+            try:  # a list of binary values (tags) too
+                r[c] = [v.decode("utf-8") if isinstance(v, bytes) else v for v in r[c]] \
+                    if isinstance(r[c], list) else r[c].decode("utf-8") if isinstance(r[c], bytes) else r[c]
+            except UnicodeDecodeError:
+                problems.append(Problem(number, c, "binary value is not UTF-8 text"))
+        if not binary and types[c] == "object" and all(isinstance(v, str) for r in rows if isinstance(r[c], list)
+                                                       for v in r[c]):
+            types[c] = "list<string>"  # was list<binary>: text now
     if problems:
         raise DataError(path, problems)
     for c in dropped:

@@ -489,6 +489,12 @@ def test_parquet_binary_cells_are_text_and_a_pandas_index_is_no_column(tmp_path)
     pq.write_table(pa.table({"item_id": pa.array([b"i0", b"\xff"]), "title": ["a", "b"]}), tmp_path / "bad.parquet")
     with pytest.raises(DataError, match=r"row 2, field 'item_id': binary value is not UTF-8 text"):
         load_catalog(tmp_path / "bad.parquet", show_progress=False)
+    # fixed-size binary ids and lists of binary tags too
+    pq.write_table(pa.table({"item_id": pa.array([b"ab", b"cd"], pa.binary(2)), "tags": pa.array([[b"x", b"y"], [b"z"]]),
+                             "title": ["a", "b"]}), tmp_path / "fb.parquet")
+    cat = load_catalog(tmp_path / "fb.parquet", show_progress=False)
+    assert cat.item_ids == ["ab", "cd"] and cat.text_fields == ["tags", "title"] and cat.texts == ["x, y. a", "z. b"]
+    assert cat.records == [{"tags": "x|y", "title": "a"}, {"tags": "z", "title": "b"}]
     # DataFrame.to_parquet writes any index but a plain range as a column "__index_level_0__"
     pd.DataFrame({"item_id": [1, 2], "title": ["a", "b"]}, index=["x", "y"]).to_parquet(tmp_path / "ix.parquet")
     cat = load_catalog(tmp_path / "ix.parquet", show_progress=False)
