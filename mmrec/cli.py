@@ -334,7 +334,8 @@ def cmd_index_info(args: argparse.Namespace) -> int:
     read = info["catalog"]
     if read["text_fields"] or read["image_field"]:  # what `index add` reads from a new catalog
         print(f"  catalog: text from {', '.join(read['text_fields']) or 'no column'}"
-              + (f", images from '{read['image_field']}'" if read["image_field"] else ""))
+              + (f", images from '{read['image_field']}'" if read["image_field"] else "")
+              + (" (bad images masked, as --mask-bad-images)" if read["mask_bad_images"] and read["image_field"] else ""))
     training = info.get("training")
     if training:
         metrics = "; ".join(f"{part} " + " ".join(f"{k} {v:.4f}" for k, v in training[part].items())

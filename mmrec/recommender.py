@@ -439,7 +439,8 @@ class Recommender:
             "encoders": dict(m.get("encoders", {})),
             # What `index add` encodes from a new catalog: only the modalities an encoder gives.
             "catalog": {"text_fields": list(m.get("text_fields") or []) if "text" in m.get("encoders", {}) else [],
-                        "image_field": m.get("image_field") if "image" in m.get("encoders", {}) else None},
+                        "image_field": m.get("image_field") if "image" in m.get("encoders", {}) else None,
+                        "mask_bad_images": bool(m.get("mask_bad_images", False))},
         }
         if not self.trained:
             return out

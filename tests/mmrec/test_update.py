@@ -316,6 +316,10 @@ def test_an_index_built_with_mask_bad_images_keeps_masking_them(shop, tiny_bert_
                     factory="Flat", show_progress=False, center=False, text_fields=["title"], mask_bad_images=True)
     idx = ItemIndex.load(d / "idx", show_progress=False)
     assert idx.manifest["mask_bad_images"] is True and not idx.present["image"][2]
+    from mmrec.recommender import Recommender
+
+    assert Recommender.load(d / "idx", show_progress=False).info()["catalog"] == {
+        "text_fields": ["title"], "image_field": "image", "mask_bad_images": True}
     # The nightly export still has the broken picture: masked again without being asked, as at build.
     rows[0]["price"] = "1"
     write_rows(d / "night.csv", rows, ["item_id", "title", "price", "image"])
