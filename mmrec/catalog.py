@@ -221,9 +221,48 @@ def read_table(path: str | Path, fill: bool = True) -> tuple[list[str], list[dic
     return columns, rows, types
 
 
-_INT = re.compile(r"[+-]?\d+")
-_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(inf|infinity|nan)", re.IGNORECASE)
+_INT = re.compile(r"[+-]?\d+", re.ASCII)
+_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(inf|infinity|nan)", re.IGNORECASE | re.ASCII)
 _BOOL = {"True", "TRUE", "true", "False", "FALSE", "false"}
+
+
+class _LastLine:
+    """A file's lines, the last one read kept (to tell a blank line from a quoted empty field)."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.last = f, ""
+
+    def __iter__(self) -> "_LastLine":
+        return self
+
+    def __next__(self) -> str:
+        self.last = next(self.f)
+        return self.last
+
+
+def _csv_records(path: Path, sep: str, strict: bool) -> tuple[list[str] | None, list[list[str]]]:
+    """``(header, data records)`` of a CSV/TSV, blank lines and lines of spaces left out (a quoted
+    empty field, ``""``, is a record). ``strict``: a quote left open at the end of the file raises
+    ``csv.Error`` with ``row``, the data row it opened in.
+
+    Raises:
+        UnicodeDecodeError: not UTF-8.
+    """
+    # utf-8-sig: the header's first name without a byte-order mark (Excel's "CSV UTF-8" writes one).
+    with open(path, newline="", encoding="utf-8-sig") as f, _any_field_size():
+        lines = _LastLine(f)
+        reader = csv.reader(lines, delimiter=sep, strict=strict)
+        header = next(reader, None)
+        raw: list[list[str]] = []
+        try:
+            for row in reader:
+                if not row or (len(row) == 1 and not row[0].strip() and '"' not in lines.last):
+                    continue
+                raw.append(row)
+        except csv.Error as e:
+            e.row = len(raw) + 1
+            raise
+    return header, raw
 
 
 def _read_csv(path: Path, sep: str) -> tuple[list[str], list[dict[str, Any]], dict[str, str]]:
@@ -238,21 +277,18 @@ def _read_csv(path: Path, sep: str) -> tuple[list[str], list[dict[str, Any]], di
             than the header (by data row: blank lines are not counted).
     """
     try:
-        # utf-8-sig: the header's first name without a byte-order mark (Excel's "CSV UTF-8" writes one).
-        with open(path, newline="", encoding="utf-8-sig") as f, _any_field_size():
-            reader = csv.reader(f, delimiter=sep)
-            header = next(reader, None)
-            too_long, raw = [], []
-            for row in reader:
-                if not row or (len(row) == 1 and not row[0].strip()):  # a blank line, or one of spaces
-                    continue
-                raw.append(row)
-                if header and len(row) > len(header):  # every one (DataError prints the first 20)
-                    too_long.append(Problem(len(raw), None, f"has {len(row)} fields but the header names "
-                                                            f"{len(header)}: a stray separator, an unquoted value or "
-                                                            "an unbalanced quote"))
+        header, raw = _csv_records(path, sep, strict=True)
+    except csv.Error as e:
+        if "unexpected end of data" not in str(e):  # another quirk strict mode refuses: read as pandas did
+            header, raw = _csv_records(path, sep, strict=False)
+        else:  # a quote opened and never closed: the rest of the file would be one field
+            raise DataError(path, [Problem(getattr(e, "row", None), None, "an unbalanced quote: the field it opens runs to "
+                                                                          "the end of the file")]) from None
     except UnicodeDecodeError:
         raise DataError(path, [utf8_problem(path)]) from None
+    too_long = [Problem(r, None, f"has {len(row)} fields but the header names {len(header)}: a stray separator, an "
+                                 "unquoted value or an unbalanced quote")
+                for r, row in enumerate(raw, 1) if header and len(row) > len(header)]  # every one (DataError prints 20)
     if not header:
         raise DataError(path, [Problem(None, None, "file is empty (no header row)")])
     if any("\x00" in name for name in header):  # UTF-16 without a byte-order mark reads as UTF-8 here
@@ -442,9 +478,10 @@ def _warn_numbers_as_text(path: Path, text_fields: list[str], rows: list[dict[st
                  if isinstance(row.get(column), (str, int, float)) and str(row[column]).strip()]
         words = [(r, v) for r, v in cells if not _FLOAT.fullmatch(v)]
         if cells and words and len(words) <= 0.1 * len(cells):
-            logger.warning("%s: column %r is read as text, as %d of its %d values are not numbers (row %d: %r): it "
-                           "is part of every item's text; name the text columns with --text-fields (text_fields=) "
-                           "to leave it out", path, column, len(words), len(cells), *words[0])
+            logger.warning("%s: column %r is read as text: %d of its %d values %s not a number (row %d: %r), so it is "
+                           "part of every item's text; name the text columns with --text-fields (text_fields=) to "
+                           "leave it out", path, column, len(words), len(cells), "is" if len(words) == 1 else "are",
+                           *words[0])
 
 
 def _check_given_fields(path: Path, columns: list[str], encoded: Sequence[str],

@@ -170,8 +170,9 @@ def _cache_dir(args: argparse.Namespace) -> Path | None:
 
 def _catalog_options(args: argparse.Namespace) -> dict:
     """The catalog-reading options that were given (``load_catalog`` keyword arguments)."""
-    return {k: v for k, v in (("text_fields", args.text_fields), ("image_field", args.image_field),
-                              ("image_root", args.image_root), ("mask_bad_images", args.mask_bad_images)) if v}
+    given = {k: v for k, v in (("text_fields", args.text_fields), ("image_field", args.image_field),
+                               ("image_root", args.image_root)) if v}
+    return given | ({} if args.mask_bad_images is None else {"mask_bad_images": args.mask_bad_images})
 
 
 def _refuse_catalog_options(args: argparse.Namespace, more: dict[str, object] | None = None) -> None:
@@ -184,11 +185,17 @@ def _refuse_catalog_options(args: argparse.Namespace, more: dict[str, object] | 
         raise UsageError(f"{', '.join(k for k, v in given.items() if v)} read the catalog: give --catalog too")
 
 
-def _mask_opt(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mask-bad-images", action="store_true",
-                   help="an image that is missing or does not decode leaves its row without an image (listed in "
-                        "skipped.jsonl) instead of failing the run (or skipping the row, with --skip-invalid); a row "
-                        "left with no content (no text, and no --features) is still invalid")
+def _mask_opt(p: argparse.ArgumentParser, remembered: bool = False) -> None:
+    """``--mask-bad-images``; ``remembered``: a command on a directory, which masks as the directory
+    was built or trained unless told otherwise (``--no-mask-bad-images``)."""
+    what = ("an image that is missing or does not decode leaves its row without an image (listed in skipped.jsonl) "
+            "instead of failing the run (or skipping the row, with --skip-invalid); a row left with no content (no "
+            "text, and no --features) is still invalid")
+    if remembered:
+        p.add_argument("--mask-bad-images", action=argparse.BooleanOptionalAction, default=None,
+                       help=what + " (default: as the directory was built or trained; index info says which)")
+    else:
+        p.add_argument("--mask-bad-images", action="store_true", help=what)
 
 
 def _training_options(args: argparse.Namespace) -> dict:
@@ -248,7 +255,7 @@ def _open_recommender(args: argparse.Namespace):
 def _catalog_change_opts(p: argparse.ArgumentParser, skip_help: str) -> None:
     """The options ``index add`` and ``index update`` share (after their own)."""
     p.add_argument("--image-root", type=Path, help="base for relative image paths (default: the catalog's folder)")
-    _mask_opt(p)
+    _mask_opt(p, remembered=True)
     p.add_argument("--skip-invalid", action="store_true", help=skip_help)
     p.add_argument("--device", default=None, help="torch device the encoders run on: cpu (default), cuda, cuda:N")
     _cache_opts(p)
@@ -263,8 +270,9 @@ def _catalog_change(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     if args.device is not None:
         check_device(args.device)  # before the index is opened
     index = _open_index(args)
-    opts = {k: v for k, v in (("image_root", args.image_root), ("skip_invalid", args.skip_invalid),
-                              ("mask_bad_images", args.mask_bad_images)) if v}
+    opts = {k: v for k, v in (("image_root", args.image_root), ("skip_invalid", args.skip_invalid)) if v}
+    if args.mask_bad_images is not None:  # else as the directory was built or trained
+        opts["mask_bad_images"] = args.mask_bad_images
     return index, {"features": _features(args), "cache_dir": _cache_dir(args), "device": args.device, **opts}
 
 
@@ -1047,7 +1055,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--text-fields", type=_csv_list, action="extend", help="default: the source's; repeatable")
     ft.add_argument("--image-field", help="default: the source's")
     ft.add_argument("--image-root", type=Path, help="base for relative image paths (default: the catalog's folder)")
-    _mask_opt(ft)
+    _mask_opt(ft, remembered=True)
     ft.add_argument("--ignore-modality", action="append", metavar="NAME",
                     help="leave a modality of the new data out (one the source model never had; repeatable)")
     ft.add_argument("--keep-users", action=argparse.BooleanOptionalAction, default=True,

@@ -1779,7 +1779,16 @@ class ItemIndex:
         pos = {i: self._pos[catalog.item_ids[i]] for i in old}
         missing = self._not_named(catalog) if remove_missing else []
         fields = {i: self.items[pos[i]]["fields"] | catalog.records[i] for i in old}  # a column the file lacks stays
-        change = self._content_change(catalog, old, pos, fields, roles, loaded, cache_dir, encode=not dry_run)
+        # An item whose new image is masked (missing, unreadable) keeps its stored one: a wrong
+        # --image-root would otherwise take every picture away.
+        masked = {p.row for p in catalog.masked}
+        kept_image = {i for i in old if catalog.row(i) in masked}
+        for i in kept_image:
+            stored = self.items[pos[i]]["fields"]
+            fields[i] = {k: v for k, v in fields[i].items() if k != catalog.image_field} | {
+                k: v for k, v in stored.items() if k == catalog.image_field}
+        change = self._content_change(catalog, old, pos, fields, roles, loaded, cache_dir, encode=not dry_run,
+                                      kept_image=kept_image)
         touched, rows_of = change["touched"], [pos[i] for i in change["touched"]]
         moved = [i for i in touched if self.pool is None or not self.pool[pos[i]]]
         updated = set(touched) | {i for i in old if fields[i] != self.items[pos[i]]["fields"]}
@@ -1808,6 +1817,8 @@ class ItemIndex:
         if unknown:
             logger.info("%s: encoding %d new item(s)", catalog.source, len(unknown))
             new = catalog.select(unknown)
+            columns = list(dict.fromkeys(k for r in catalog.records for k in r))  # as index add reads a JSON file
+            new.records = [{c: r.get(c, "") for c in columns} for r in new.records]
             new_f, new_p, new_hashes = self._encode_new(new, roles, {m: x[unknown] for m, x in loaded.items()}, cache_dir)
             new_vectors = self.vectorizer.item_vectors(new_f, new_p, pool)
             _refuse_directionless(self.vectorizer, new_vectors, new.item_ids, str(catalog.source))
@@ -1878,11 +1889,13 @@ class ItemIndex:
 
     def _content_change(self, catalog: Catalog, old: list[int], pos: dict[int, int], fields: dict[int, dict],
                         roles: dict[str, Any], loaded: dict[str, np.ndarray],
-                        cache_dir: str | Path | None, encode: bool = True) -> dict[str, Any]:
+                        cache_dir: str | Path | None, encode: bool = True,
+                        kept_image: AbstractSet[int] = frozenset()) -> dict[str, Any]:
         """What an update changes in the content of the items already in the index (catalog rows
         ``old``, at index positions ``pos``, with their merged display ``fields``): the text made of
         the fields, the image of the file's column, a row of ``loaded`` features; a modality whose
-        columns the file lacks is unchanged. Only the changed rows are encoded.
+        columns the file lacks is unchanged, and so is the image of the rows ``kept_image``. Only the
+        changed rows are encoded (none without ``encode``, for a dry run).
 
         Returns:
             ``{"touched": rows with a change, in catalog order, "features" / "present": modality
@@ -1899,7 +1912,8 @@ class ItemIndex:
             contents["text"] = {i: compose_text([fields[i].get(f) for f in self.manifest["text_fields"]]) or None
                                 for i in old if text_fields & catalog.records[i].keys()}
         if "image" in roles["encoded"]:
-            contents["image"] = {i: catalog.images[i] for i in old if image_field in catalog.records[i]}
+            contents["image"] = {i: catalog.images[i] for i in old
+                                 if image_field in catalog.records[i] and i not in kept_image}
         elif catalog.has_images and "image" not in self.modalities:
             logger.warning("%s has images but this index has no image modality: images ignored", catalog.source)
         hashes = {m: {i: (content_hash if m == "text" else file_hash)(v) if v else None for i, v in c.items()}

@@ -537,8 +537,23 @@ def test_a_number_column_with_a_few_words_is_warned_about_as_text(tmp_path, capl
     (tmp_path / "p.csv").write_text("item_id,title,price\n" + rows)
     with caplog.at_level("WARNING", logger="mmrec.catalog"):
         assert load_catalog(tmp_path / "p.csv", show_progress=False).text_fields == ["title", "price"]
-    assert "column 'price' is read as text, as 1 of its 11 values are not numbers (row 2: 'N/A')" in caplog.text
+    assert "column 'price' is read as text: 1 of its 11 values is not a number (row 2: 'N/A')" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING", logger="mmrec.catalog"):  # named: no warning
         assert load_catalog(tmp_path / "p.csv", text_fields=["title"], show_progress=False).text_fields == ["title"]
     assert caplog.text == ""
+
+
+def test_an_unclosed_quote_is_refused_and_a_quoted_empty_line_is_a_row(tmp_path):
+    # the csv module reads a quote never closed as one field to the end of the file, silently
+    (tmp_path / "q.csv").write_text('item_id,title,price\n1,a,3\n2,"Foo,3\n3,Bar,4\n4,Baz,5\n')
+    with pytest.raises(DataError, match=r"q\.csv: row 2: an unbalanced quote: the field it opens runs to the end"):
+        load_catalog(tmp_path / "q.csv", show_progress=False)
+    # "" is what csv.writer writes for an empty one-field row: a row (an empty id), not a blank line
+    (tmp_path / "e.csv").write_text('item_id,title\n1,a\n""\n   \n\n2,b\n')
+    with pytest.raises(DataError, match=r"row 2, field 'item_id': empty item id"):
+        load_catalog(tmp_path / "e.csv", show_progress=False)
+    assert load_catalog(tmp_path / "e.csv", skip_invalid=True, show_progress=False).rows == [1, 3]
+    # a stray quote inside a field is read as before, not refused
+    (tmp_path / "s.csv").write_text('item_id,title\n1,say "hi"\n2,b\n')
+    assert load_catalog(tmp_path / "s.csv", show_progress=False).texts == ['say "hi"', "b"]

@@ -283,6 +283,12 @@ def test_json_rows_change_their_own_keys_and_a_failed_change_restores_everything
     assert idx.update(d / "u.jsonl", skip_invalid=True) == {"updated": 2, "unchanged": 0, "content": 1, "moved": 1,
                                                             "added": 0, "removed": 0, "skipped": 1}
     assert idx.items[0]["fields"] == {"title": "cat film", "price": "1", "image": rows[0]["image"]}
+    # a new item from a JSON row gets every column of the file, as index add gives it
+    (d / "n.jsonl").write_text('{"item_id": "n1", "title": "new boots"}\n{"item_id": "i0", "price": "2"}\n')
+    assert idx.update(d / "n.jsonl", add_new=True)["added"] == 1
+    assert idx.items[-1]["fields"] == {"title": "new boots", "price": ""}
+    assert idx.items[0]["fields"]["image"] == rows[0]["image"]
+    idx.remove(["n1"])
     assert idx.items[1]["fields"] == {"title": "dog story two", "price": "11", "image": rows[1]["image"]}
     np.testing.assert_array_equal(idx.vectors[[0, 2, 3, 4, 5]], vectors[[0, 2, 3, 4, 5]])
     assert idx.present["image"].all()
@@ -328,6 +334,20 @@ def test_an_index_built_with_mask_bad_images_keeps_masking_them(shop, tiny_bert_
         idx.update(d / "night.csv", mask_bad_images=False)
     (d / "new.csv").write_text(f"item_id,title,image\nn1,new boots,broken.png\n")
     assert idx.add(d / "new.csv") == 1 and not idx.present["image"][-1]
+    # An export read from another folder (a wrong --image-root): every image missing. The items keep
+    # their stored pictures, and vectors, instead of losing them all.
+    (d / "elsewhere").mkdir()
+    write_rows(d / "elsewhere" / "night.csv", rows, ["item_id", "title", "price", "image"])
+    vectors, present = idx.vectors.copy(), idx.present["image"].copy()
+    assert idx.update(d / "elsewhere" / "night.csv") == {"updated": 0, "unchanged": 6, "content": 0, "moved": 0,
+                                                         "added": 0, "removed": 0, "skipped": 0}
+    np.testing.assert_array_equal(idx.vectors, vectors)
+    np.testing.assert_array_equal(idx.present["image"], present)
+    assert [it["fields"]["image"] for it in idx.items[:6]] == [r["image"] for r in rows]
+    from mmrec.cli import main
+
+    assert main(["index", "update", "--index", str(d / "idx"), "--catalog", str(d / "elsewhere" / "night.csv"),
+                 "--no-mask-bad-images", "-q"]) == 1  # told not to mask: refused, every row named
 
     # A model trained from such a catalog remembers it too.
     lines = ["user_id\titem_id"] + [f"u{u}\ti{(u + k) % 6}" for u in range(12) for k in range(3)]
