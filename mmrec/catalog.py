@@ -240,29 +240,39 @@ class _LastLine:
         return self.last
 
 
-def _csv_records(path: Path, sep: str, strict: bool) -> tuple[list[str] | None, list[list[str]]]:
-    """``(header, data records)`` of a CSV/TSV, blank lines and lines of spaces left out (a quoted
-    empty field, ``""``, is a record). ``strict``: a quote left open at the end of the file raises
-    ``csv.Error`` with ``row``, the data row it opened in.
+def _csv_records(path: Path, sep: str, strict: bool) -> tuple[list[str] | None, list[list[str]], bool]:
+    """``(header, data records, whether strict mode refused a record)`` of a CSV/TSV, blank lines
+    and lines of spaces left out (a quoted empty field, ``""``, is a record). ``strict``: a record
+    strict mode refuses (a quote inside a field, ``"a"b``) is left out and reading goes on, so that
+    a quote left open at the end of the file is found wherever it is.
 
     Raises:
+        csv.Error: with ``strict``, a quote left open at the end of the file, its ``row`` the data
+            row it opened in (``None``: in the header).
         UnicodeDecodeError: not UTF-8.
     """
     # utf-8-sig: the header's first name without a byte-order mark (Excel's "CSV UTF-8" writes one).
     with open(path, newline="", encoding="utf-8-sig") as f, _any_field_size():
         lines = _LastLine(f)
         reader = csv.reader(lines, delimiter=sep, strict=strict)
-        header = next(reader, None)
         raw: list[list[str]] = []
-        try:
-            for row in reader:
-                if not row or (len(row) == 1 and not row[0].strip() and '"' not in lines.last):
-                    continue
+        header, refused, rows_refused = None, False, 0  # (refused data rows still count as rows)
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as e:
+                if "unexpected end of data" in str(e):
+                    e.row = len(raw) + rows_refused + 1 if header is not None else None
+                    raise
+                refused, rows_refused = True, rows_refused + (header is not None)  # goes on at the next line
+                continue
+            if header is None:
+                header = row
+            elif row and not (len(row) == 1 and not row[0].strip() and '"' not in lines.last):
                 raw.append(row)
-        except csv.Error as e:
-            e.row = len(raw) + 1
-            raise
-    return header, raw
+    return header, raw, refused
 
 
 def _read_csv(path: Path, sep: str) -> tuple[list[str], list[dict[str, Any]], dict[str, str]]:
@@ -273,17 +283,18 @@ def _read_csv(path: Path, sep: str) -> tuple[list[str], list[dict[str, Any]], di
     (an empty one is ``Unnamed: N``, N its position, as pandas names it).
 
     Raises:
-        DataError: not UTF-8, no header, a name given twice, no data row, a row with more fields
-            than the header (by data row: blank lines are not counted).
+        DataError: not UTF-8, a quote left open to the end of the file, no header, a name given
+            twice, no data row, a row with more fields than the header (by data row: blank lines
+            are not counted).
     """
     try:
-        header, raw = _csv_records(path, sep, strict=True)
-    except csv.Error as e:
-        if "unexpected end of data" not in str(e):  # another quirk strict mode refuses: read as pandas did
-            header, raw = _csv_records(path, sep, strict=False)
-        else:  # a quote opened and never closed: the rest of the file would be one field
-            raise DataError(path, [Problem(getattr(e, "row", None), None, "an unbalanced quote: the field it opens runs to "
-                                                                          "the end of the file")]) from None
+        header, raw, refused = _csv_records(path, sep, strict=True)  # one pass, unless strict mode refused a row
+        if refused:  # a quote inside a field ("a"b): read as pandas did, the open quotes checked above
+            header, raw, _ = _csv_records(path, sep, strict=False)
+    except csv.Error as e:  # a quote opened and never closed: the rest of the file would be one field
+        where = "" if e.row is not None else " in the header"
+        raise DataError(path, [Problem(e.row, None, f"an unbalanced quote{where}: the field it opens runs to the end "
+                                                    "of the file")]) from None
     except UnicodeDecodeError:
         raise DataError(path, [utf8_problem(path)]) from None
     too_long = [Problem(r, None, f"has {len(row)} fields but the header names {len(header)}: a stray separator, an "
@@ -321,6 +332,23 @@ def _read_csv(path: Path, sep: str) -> tuple[list[str], list[dict[str, Any]], di
     return columns, rows, types
 
 
+def _utf8(value: Any) -> Any:
+    """A binary value (or the binary values of a list) as UTF-8 text; anything else as it is."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, list):
+        return [v.decode("utf-8") if isinstance(v, bytes) else v for v in value]
+    return value
+
+
+def _not_utf8(value: Any) -> bool:
+    try:
+        _utf8(value)
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
 def _parquet_data_columns(path: Path, columns: list[str], rows: list[dict[str, Any]], types: dict[str, str]) -> list[str]:
     """The data columns of a Parquet file, its rows changed in place: an unnamed pandas index
     (``__index_level_0__``, which ``DataFrame.to_parquet`` writes for any index but a plain range)
@@ -338,18 +366,21 @@ def _parquet_data_columns(path: Path, columns: list[str], rows: list[dict[str, A
     for c in columns:
         if c in dropped or not any(isinstance(r[c], (bytes, list)) for r in rows):
             continue
-        binary = types[c] in ("binary", "large_binary") or types[c].startswith("fixed_size_binary")
-        if binary:
+        try:  # a list of binary values (tags) too
+            decoded = [_utf8(r[c]) for r in rows]
+        except UnicodeDecodeError:  # an id must be text; another column (a hash, a UUID) is left as it is
+            if c == ID_FIELD:
+                problems += [Problem(n, c, "binary value is not UTF-8 text") for n, r in enumerate(rows, 1)
+                             if _not_utf8(r[c])]
+            continue
+        was_bytes = any(isinstance(r[c], bytes) or (isinstance(r[c], list) and any(isinstance(v, bytes) for v in r[c]))
+                        for r in rows)
+        for r, value in zip(rows, decoded):
+            r[c] = value
+        if types[c] in ("binary", "large_binary") or types[c].startswith("fixed_size_binary"):
             types[c] = "string"
-        for number, r in enumerate(rows, 1):
-            try:  # a list of binary values (tags) too
-                r[c] = [v.decode("utf-8") if isinstance(v, bytes) else v for v in r[c]] \
-                    if isinstance(r[c], list) else r[c].decode("utf-8") if isinstance(r[c], bytes) else r[c]
-            except UnicodeDecodeError:
-                problems.append(Problem(number, c, "binary value is not UTF-8 text"))
-        if not binary and types[c] == "object" and all(isinstance(v, str) for r in rows if isinstance(r[c], list)
-                                                       for v in r[c]):
-            types[c] = "list<string>"  # was list<binary>: text now
+        elif was_bytes and types[c] == "object":
+            types[c] = "list<string>"  # a list of binary values: text now
     if problems:
         raise DataError(path, problems)
     for c in dropped:

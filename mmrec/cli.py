@@ -180,7 +180,8 @@ def _refuse_catalog_options(args: argparse.Namespace, more: dict[str, object] | 
     and the command's own in ``more``: option -> whether given): a forgotten ``--catalog`` would
     otherwise go on without the catalog, silently."""
     given = {"--text-fields": args.text_fields, "--image-field": args.image_field, "--image-root": args.image_root,
-             "--mask-bad-images": args.mask_bad_images, **(more or {})}
+             # None when not given (--no-mask-bad-images is given too)
+             "--[no-]mask-bad-images": args.mask_bad_images is not None, **(more or {})}
     if args.catalog is None and any(given.values()):
         raise UsageError(f"{', '.join(k for k, v in given.items() if v)} read the catalog: give --catalog too")
 
@@ -195,7 +196,7 @@ def _mask_opt(p: argparse.ArgumentParser, remembered: bool = False) -> None:
         p.add_argument("--mask-bad-images", action=argparse.BooleanOptionalAction, default=None,
                        help=what + " (default: as the directory was built or trained; index info says which)")
     else:
-        p.add_argument("--mask-bad-images", action="store_true", help=what)
+        p.add_argument("--mask-bad-images", action="store_true", default=None, help=what)
 
 
 def _training_options(args: argparse.Namespace) -> dict:
@@ -232,7 +233,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         image_field=args.image_field,
         image_root=args.image_root,
         skip_invalid=args.skip_invalid,
-        mask_bad_images=args.mask_bad_images,
+        mask_bad_images=bool(args.mask_bad_images),
     )
     skipped = Path(args.out) / "skipped.jsonl"
     note = f"; skipped rows and left-out images listed in {skipped}" if skipped.exists() else ""

@@ -495,6 +495,14 @@ def test_parquet_binary_cells_are_text_and_a_pandas_index_is_no_column(tmp_path)
     cat = load_catalog(tmp_path / "fb.parquet", show_progress=False)
     assert cat.item_ids == ["ab", "cd"] and cat.text_fields == ["tags", "title"] and cat.texts == ["x, y. a", "z. b"]
     assert cat.records == [{"tags": "x|y", "title": "a"}, {"tags": "z", "title": "b"}]
+    # nulls in a list of binary tags; a list of ints stays no text even when empty; a binary hash that
+    # is no text is left as it is (only an id must be text)
+    pq.write_table(pa.table({"item_id": ["a", "b"], "tags": pa.array([[b"t1", None], []]),
+                             "nums": pa.array([[], None], pa.list_(pa.int64())),
+                             "md5": pa.array([b"\xff" * 4] * 2, pa.binary(4)), "title": ["x", "y"]}),
+                   tmp_path / "p3.parquet")
+    cat = load_catalog(tmp_path / "p3.parquet", show_progress=False)
+    assert cat.text_fields == ["tags", "title"] and cat.texts == ["t1. x", "y"]
     # DataFrame.to_parquet writes any index but a plain range as a column "__index_level_0__"
     pd.DataFrame({"item_id": [1, 2], "title": ["a", "b"]}, index=["x", "y"]).to_parquet(tmp_path / "ix.parquet")
     cat = load_catalog(tmp_path / "ix.parquet", show_progress=False)
@@ -554,6 +562,12 @@ def test_an_unclosed_quote_is_refused_and_a_quoted_empty_line_is_a_row(tmp_path)
     with pytest.raises(DataError, match=r"row 2, field 'item_id': empty item id"):
         load_catalog(tmp_path / "e.csv", show_progress=False)
     assert load_catalog(tmp_path / "e.csv", skip_invalid=True, show_progress=False).rows == [1, 3]
-    # a stray quote inside a field is read as before, not refused
-    (tmp_path / "s.csv").write_text('item_id,title\n1,say "hi"\n2,b\n')
-    assert load_catalog(tmp_path / "s.csv", show_progress=False).texts == ['say "hi"', "b"]
+    # a stray quote inside a field is read as before, not refused; and it does not hide an open one later
+    (tmp_path / "s.csv").write_text('item_id,title\n1,say "hi"\n2,"x"y\n3,b\n')
+    assert load_catalog(tmp_path / "s.csv", show_progress=False).texts == ['say "hi"', "xy", "b"]
+    (tmp_path / "s2.csv").write_text('item_id,title\n1,"a"b\n2,d\n3,"open\n4,e\n')
+    with pytest.raises(DataError, match=r"s2\.csv: row 3: an unbalanced quote"):
+        load_catalog(tmp_path / "s2.csv", show_progress=False)
+    (tmp_path / "h.csv").write_text('item_id,"ti\ntle\n1,a\n')
+    with pytest.raises(DataError, match=r"an unbalanced quote in the header"):
+        load_catalog(tmp_path / "h.csv", show_progress=False)

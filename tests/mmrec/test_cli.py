@@ -518,3 +518,11 @@ def test_encoders_turned_off_need_no_catalog_and_finetune_checks_as_train(tmp_pa
     assert code == 2 and "--text-fields read the catalog: give --catalog too" in err
     code, _, err = run(capsys, *base, "--epochs", "0")
     assert code == 2 and "epochs must be positive, got 0" in err and not (tmp_path / "ft").exists()
+
+
+def test_no_mask_bad_images_without_a_catalog_is_refused_as_the_flag_is(tmp_path, capsys):
+    from mmrec.cli import main
+
+    code = main(["finetune", "--from", str(tmp_path / "m"), "--interactions", str(tmp_path / "i.tsv"), "--out",
+                 str(tmp_path / "f"), "--no-mask-bad-images"])
+    assert code == 2 and "--[no-]mask-bad-images read the catalog: give --catalog too" in capsys.readouterr().err

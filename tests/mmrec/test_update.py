@@ -344,6 +344,13 @@ def test_an_index_built_with_mask_bad_images_keeps_masking_them(shop, tiny_bert_
     np.testing.assert_array_equal(idx.vectors, vectors)
     np.testing.assert_array_equal(idx.present["image"], present)
     assert [it["fields"]["image"] for it in idx.items[:6]] == [r["image"] for r in rows]
+    idx.update(d / "elsewhere" / "night.csv", dry_run=True)  # (a write lists them; this one wrote nothing)
+    rows[1]["price"] = "7"
+    write_rows(d / "elsewhere" / "night.csv", rows, ["item_id", "title", "price", "image"])
+    assert idx.update(d / "elsewhere" / "night.csv")["updated"] == 1
+    listed = [json.loads(line) for line in (d / "idx" / "skipped.jsonl").read_text().splitlines()]
+    # the six of this night and i2's of the first night (broken.png: an existing item too)
+    assert sum("the item keeps its stored image (--mask-bad-images)" in r["message"] for r in listed) == 7
     from mmrec.cli import main
 
     assert main(["index", "update", "--index", str(d / "idx"), "--catalog", str(d / "elsewhere" / "night.csv"),
