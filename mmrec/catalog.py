@@ -352,11 +352,12 @@ def _not_utf8(value: Any) -> bool:
 def _parquet_data_columns(path: Path, columns: list[str], rows: list[dict[str, Any]], types: dict[str, str]) -> list[str]:
     """The data columns of a Parquet file, its rows changed in place: an unnamed pandas index
     (``__index_level_0__``, which ``DataFrame.to_parquet`` writes for any index but a plain range)
-    dropped, as pandas reads it back as the index, not data; binary cells decoded as UTF-8 text,
-    as the interactions loader decodes them (an id ``b"i0"`` is ``i0``).
+    dropped, as pandas reads it back as the index, not data; binary cells (and lists of them)
+    decoded as UTF-8 text, as the interactions loader decodes them (an id ``b"i0"`` is ``i0``),
+    except in a column holding a value that is no UTF-8 (a hash), left as it is.
 
     Raises:
-        DataError: a binary cell that is not UTF-8, named by row and field.
+        DataError: an ``item_id`` that is no UTF-8 text, named by row.
     """
     dropped = [c for c in columns if c.startswith("__index_level_") and c.endswith("__")]
     for r in rows:
