@@ -227,52 +227,70 @@ _BOOL = {"True", "TRUE", "true", "False", "FALSE", "false"}
 
 
 class _LastLine:
-    """A file's lines, the last one read kept (to tell a blank line from a quoted empty field)."""
+    """A file's lines, those of the record being read kept (to tell a blank line from a quoted
+    empty field, and to see whether the last record ends inside a quote)."""
 
     def __init__(self, f: Any) -> None:
-        self.f, self.last = f, ""
+        self.f, self.record = f, []
 
     def __iter__(self) -> "_LastLine":
         return self
 
     def __next__(self) -> str:
-        self.last = next(self.f)
-        return self.last
+        line = next(self.f)
+        self.record.append(line)
+        return line
 
 
-def _csv_records(path: Path, sep: str, strict: bool) -> tuple[list[str] | None, list[list[str]], bool]:
-    """``(header, data records, whether strict mode refused a record)`` of a CSV/TSV, blank lines
-    and lines of spaces left out (a quoted empty field, ``""``, is a record). ``strict``: a record
-    strict mode refuses (a quote inside a field, ``"a"b``) is left out and reading goes on, so that
-    a quote left open at the end of the file is found wherever it is.
+def _ends_in_quotes(text: str, sep: str) -> bool:
+    """Whether one CSV record's text ends inside a quoted field, as the ``csv`` module (not strict)
+    reads it: a quote opens a field only at its start, and ``""`` inside one is a quote."""
+    state, i, n = "start", 0, len(text)
+    while i < n:
+        ch = text[i]
+        if state == "quoted":
+            j = text.find('"', i)
+            if j < 0:
+                return True
+            state, i = "quote", j + 1
+            continue
+        if state == "quote":  # just after a quote in a quoted field
+            state = "quoted" if ch == '"' else "start" if ch == sep or ch in "\r\n" else "field"
+        elif state == "start":
+            state = "quoted" if ch == '"' else "start" if ch == sep or ch in "\r\n" else "field"
+        elif ch == sep or ch in "\r\n":  # an unquoted field: its quotes are text
+            state = "start"
+        i += 1
+    return state == "quoted"
+
+
+def _csv_records(path: Path, sep: str) -> tuple[list[str] | None, list[list[str]]]:
+    """``(header, data records)`` of a CSV/TSV, blank lines and lines of spaces left out (a quoted
+    empty field, ``""``, is a record), read by the ``csv`` module as pandas read it (a quote inside
+    a field is text).
 
     Raises:
-        csv.Error: with ``strict``, a quote left open at the end of the file, its ``row`` the data
-            row it opened in (``None``: in the header).
+        DataError: a quote left open at the end of the file (the ``csv`` module would read the rest
+            of the file into one field), named by the data row it opens in.
         UnicodeDecodeError: not UTF-8.
     """
     # utf-8-sig: the header's first name without a byte-order mark (Excel's "CSV UTF-8" writes one).
     with open(path, newline="", encoding="utf-8-sig") as f, _any_field_size():
         lines = _LastLine(f)
-        reader = csv.reader(lines, delimiter=sep, strict=strict)
-        raw: list[list[str]] = []
-        header, refused, rows_refused = None, False, 0  # (refused data rows still count as rows)
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as e:
-                if "unexpected end of data" in str(e):
-                    e.row = len(raw) + rows_refused + 1 if header is not None else None
-                    raise
-                refused, rows_refused = True, rows_refused + (header is not None)  # goes on at the next line
-                continue
-            if header is None:
+        reader = csv.reader(lines, delimiter=sep)
+        header, raw, last, in_header = None, [], [], False
+        for row in reader:
+            last, lines.record = lines.record, []
+            in_header = header is None
+            if in_header:
                 header = row
-            elif row and not (len(row) == 1 and not row[0].strip() and '"' not in lines.last):
+            elif row and not (len(row) == 1 and not row[0].strip() and '"' not in "".join(last)):
                 raw.append(row)
-    return header, raw, refused
+    if last and _ends_in_quotes("".join(last), sep):  # only the last record can run to the end
+        raise DataError(path, [Problem(None if in_header else len(raw), None,
+                                       f"an unbalanced quote{' in the header' if in_header else ''}: the field it "
+                                       "opens runs to the end of the file")])
+    return header, raw
 
 
 def _read_csv(path: Path, sep: str) -> tuple[list[str], list[dict[str, Any]], dict[str, str]]:
@@ -288,13 +306,7 @@ def _read_csv(path: Path, sep: str) -> tuple[list[str], list[dict[str, Any]], di
             are not counted).
     """
     try:
-        header, raw, refused = _csv_records(path, sep, strict=True)  # one pass, unless strict mode refused a row
-        if refused:  # a quote inside a field ("a"b): read as pandas did, the open quotes checked above
-            header, raw, _ = _csv_records(path, sep, strict=False)
-    except csv.Error as e:  # a quote opened and never closed: the rest of the file would be one field
-        where = "" if e.row is not None else " in the header"
-        raise DataError(path, [Problem(e.row, None, f"an unbalanced quote{where}: the field it opens runs to the end "
-                                                    "of the file")]) from None
+        header, raw = _csv_records(path, sep)
     except UnicodeDecodeError:
         raise DataError(path, [utf8_problem(path)]) from None
     too_long = [Problem(r, None, f"has {len(row)} fields but the header names {len(header)}: a stray separator, an "
@@ -354,10 +366,11 @@ def _parquet_data_columns(path: Path, columns: list[str], rows: list[dict[str, A
     (``__index_level_0__``, which ``DataFrame.to_parquet`` writes for any index but a plain range)
     dropped, as pandas reads it back as the index, not data; binary cells (and lists of them)
     decoded as UTF-8 text, as the interactions loader decodes them (an id ``b"i0"`` is ``i0``),
-    except in a column holding a value that is no UTF-8 (a hash), left as it is.
+    except in a column of values that are mostly no UTF-8 (a hash), left as it is.
 
     Raises:
-        DataError: an ``item_id`` that is no UTF-8 text, named by row.
+        DataError: an ``item_id``, or a few cells of an otherwise UTF-8 column, that are no UTF-8
+            text, named by row and field.
     """
     dropped = [c for c in columns if c.startswith("__index_level_") and c.endswith("__")]
     for r in rows:
@@ -369,10 +382,13 @@ def _parquet_data_columns(path: Path, columns: list[str], rows: list[dict[str, A
             continue
         try:  # a list of binary values (tags) too
             decoded = [_utf8(r[c]) for r in rows]
-        except UnicodeDecodeError:  # an id must be text; another column (a hash, a UUID) is left as it is
-            if c == ID_FIELD:
-                problems += [Problem(n, c, "binary value is not UTF-8 text") for n, r in enumerate(rows, 1)
-                             if _not_utf8(r[c])]
+        except UnicodeDecodeError:
+            bad = [n for n, r in enumerate(rows, 1) if _not_utf8(r[c])]
+            binary = sum(r[c] is not None for r in rows)
+            # An id must be text, and so must a column of text with a few bad cells; a column of
+            # such values (a hash, a UUID) is no text: it is left as it is.
+            if c == ID_FIELD or len(bad) <= 0.1 * binary:
+                problems += [Problem(n, c, "binary value is not UTF-8 text") for n in bad]
             continue
         was_bytes = any(isinstance(r[c], bytes) or (isinstance(r[c], list) and any(isinstance(v, bytes) for v in r[c]))
                         for r in rows)

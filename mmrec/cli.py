@@ -181,7 +181,8 @@ def _refuse_catalog_options(args: argparse.Namespace, more: dict[str, object] | 
     otherwise go on without the catalog, silently."""
     given = {"--text-fields": args.text_fields, "--image-field": args.image_field, "--image-root": args.image_root,
              # None when not given (--no-mask-bad-images is given too)
-             "--[no-]mask-bad-images": args.mask_bad_images is not None, **(more or {})}
+             f"--{'' if args.mask_bad_images else 'no-'}mask-bad-images": args.mask_bad_images is not None,
+             **(more or {})}
     if args.catalog is None and any(given.values()):
         raise UsageError(f"{', '.join(k for k, v in given.items() if v)} read the catalog: give --catalog too")
 

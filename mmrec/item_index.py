@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import copy
+import dataclasses
 import gc
 import glob
 import json
@@ -1783,10 +1784,11 @@ class ItemIndex:
         # --image-root would otherwise take every picture away.
         masked = {p.row for p in catalog.masked}
         kept_image = {i for i in old if catalog.row(i) in masked}
-        kept_rows = {catalog.row(i) for i in kept_image}  # what skipped.jsonl says of them
-        catalog.masked = [Problem(p.row, p.field, p.message.replace("the image is left out, the row kept",
-                                                                    "the item keeps its stored image"))
-                          if p.row in kept_rows else p for p in catalog.masked]
+        kept_rows = {catalog.row(i) for i in kept_image}  # what skipped.jsonl says of them (a copy: the
+        catalog = dataclasses.replace(catalog, masked=[  # caller's catalog stays as it was)
+            Problem(p.row, p.field, p.message.replace("the image is left out, the row kept",
+                                                      "the item keeps its stored image"))
+            if p.row in kept_rows else p for p in catalog.masked])
         for i in kept_image:
             stored = self.items[pos[i]]["fields"]
             fields[i] = {k: v for k, v in fields[i].items() if k != catalog.image_field} | {

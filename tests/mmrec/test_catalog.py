@@ -503,6 +503,11 @@ def test_parquet_binary_cells_are_text_and_a_pandas_index_is_no_column(tmp_path)
                    tmp_path / "p3.parquet")
     cat = load_catalog(tmp_path / "p3.parquet", show_progress=False)
     assert cat.text_fields == ["tags", "title"] and cat.texts == ["t1. x", "y"]
+    # a column of text with a bad cell is named, not dropped from the text
+    titles = [f"t{k}".encode() for k in range(11)] + [b"\xffx"]
+    pq.write_table(pa.table({"item_id": [str(k) for k in range(12)], "title": pa.array(titles)}), tmp_path / "p5.parquet")
+    with pytest.raises(DataError, match=r"row 12, field 'title': binary value is not UTF-8 text"):
+        load_catalog(tmp_path / "p5.parquet", show_progress=False)
     # DataFrame.to_parquet writes any index but a plain range as a column "__index_level_0__"
     pd.DataFrame({"item_id": [1, 2], "title": ["a", "b"]}, index=["x", "y"]).to_parquet(tmp_path / "ix.parquet")
     cat = load_catalog(tmp_path / "ix.parquet", show_progress=False)
@@ -571,3 +576,13 @@ def test_an_unclosed_quote_is_refused_and_a_quoted_empty_line_is_a_row(tmp_path)
     (tmp_path / "h.csv").write_text('item_id,"ti\ntle\n1,a\n')
     with pytest.raises(DataError, match=r"an unbalanced quote in the header"):
         load_catalog(tmp_path / "h.csv", show_progress=False)
+    # a stray quote and an open one on one line; a quoted field closed on a later line after a stray one
+    (tmp_path / "s3.csv").write_text('item_id,title,desc\n1,"a"b,"open\n2,x,y\n3,y,z\n')
+    with pytest.raises(DataError, match=r"s3\.csv: row 1: an unbalanced quote"):
+        load_catalog(tmp_path / "s3.csv", show_progress=False)
+    (tmp_path / "s4.csv").write_text('item_id,title,desc,n\n1,"a"b,"x\n",2\n3,c,d,4\n')
+    cat = load_catalog(tmp_path / "s4.csv", text_fields=["desc"], show_progress=False)
+    assert cat.item_ids == [1, 3] and cat.records[0]["desc"] == "x\n"
+    (tmp_path / "s5.csv").write_text('"item_id"x,title\n1,a\n2,"open\n')
+    with pytest.raises(DataError, match=r"s5\.csv: row 2: an unbalanced quote"):
+        load_catalog(tmp_path / "s5.csv", show_progress=False)

@@ -525,4 +525,4 @@ def test_no_mask_bad_images_without_a_catalog_is_refused_as_the_flag_is(tmp_path
 
     code = main(["finetune", "--from", str(tmp_path / "m"), "--interactions", str(tmp_path / "i.tsv"), "--out",
                  str(tmp_path / "f"), "--no-mask-bad-images"])
-    assert code == 2 and "--[no-]mask-bad-images read the catalog: give --catalog too" in capsys.readouterr().err
+    assert code == 2 and "--no-mask-bad-images read the catalog: give --catalog too" in capsys.readouterr().err
