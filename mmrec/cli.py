@@ -339,6 +339,11 @@ def cmd_index_info(args: argparse.Namespace) -> int:
     mods = [f"{mod} (weight {m['weight']}{', centred' if m['centered'] else ''}"
             f"{', masked: no item has it' if m['masked'] else ''})" for mod, m in info["modalities"].items()]
     print(f"  modalities: {', '.join(mods) or 'none (ID only)'}")
+    if info["placed_since_build"] and any(m["centered"] for m in info["modalities"].values()):
+        again = "index build" if info["kind"] == "content" else "train"
+        print(f"  centring: the catalog means of the {'build' if info['kind'] == 'content' else 'training'}; "
+              f"{_items(info['placed_since_build'])} placed since by index add / update ({again} again to take "
+              "them anew)")
     for mod, spec in info["encoders"].items():
         print(f"  encoder {mod}: {spec.get('model')} ({spec.get('identity', '?')}, {spec.get('dim', '?')}-d)")
     read = info["catalog"]

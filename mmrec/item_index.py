@@ -1599,6 +1599,7 @@ class ItemIndex:
         try:
             self.add_features(catalog.item_ids, new_features, present, catalog.records, hashes, save=False,
                               source=str(catalog.source))
+            self._placed_by_content(len(catalog))
         except BaseException:
             if self.directory is not None:
                 self._restore(before)
@@ -1695,6 +1696,12 @@ class ItemIndex:
             raise MMRecError(f"{catalog.source}: {len(none)} new items have none of this index's modalities "
                              f"{self.modalities}, e.g. {first}{hint}")
         return new_features, present, hashes
+
+    def _placed_by_content(self, n: int) -> None:
+        """Count items placed (added, or placed again) since the catalog means were taken, which
+        ``index info`` shows: they are measured from the means of the catalog built."""
+        if self.centers and n:
+            self.manifest = self.manifest | {"placed_since_build": self.manifest.get("placed_since_build", 0) + n}
 
     def _id_type(self) -> type | None:
         """The type of the index's ids (``int`` or ``str``); ``None`` when it is empty."""
@@ -1834,6 +1841,7 @@ class ItemIndex:
             self._apply_update(catalog, old, pos, fields, change, features_now, present_now, moved,
                                (vectors, attention) if moved else None,
                                (new, new_f, new_p, new_hashes, new_vectors) if unknown else None, missing)
+            self._placed_by_content(len(moved) + len(unknown))
         except BaseException:
             if self.directory is not None:  # (an index in memory is left as far as the change got)
                 self._restore(before)
@@ -2135,7 +2143,7 @@ class ItemIndex:
         """What :meth:`add_features` and :meth:`remove` change besides the FAISS index (which
         the directory holds): arrays are replaced, never written into, so references suffice;
         the dicts and the list are copied."""
-        return {"vectors": self.vectors, "attention": self.attention, "pool": self.pool,
+        return {"vectors": self.vectors, "attention": self.attention, "pool": self.pool, "manifest": self.manifest,
                 "features": dict(self.features), "present": dict(self.present), "items": list(self.items),
                 "_pos": dict(self._pos)}
 

@@ -436,6 +436,8 @@ class Recommender:
             "modalities": {mod: {"weight": m.get("weights", {}).get(mod), "centered": mod in m.get("centered", []),
                                  "masked": mod in m.get("masked", [])}
                            for mod in self.items.modalities},
+            # items placed by content since the catalog means were taken (index add / update)
+            "placed_since_build": int(m.get("placed_since_build", 0)),
             "encoders": dict(m.get("encoders", {})),
             # What `index add` encodes from a new catalog: only the modalities an encoder gives.
             "catalog": {"text_fields": list(m.get("text_fields") or []) if "text" in m.get("encoders", {}) else [],

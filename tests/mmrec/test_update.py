@@ -167,6 +167,10 @@ def test_trained_items_keep_their_vectors_and_content_path_items_move(tmp_path, 
                                        f"unchanged in "
                                        f"{tmp_path / 'm'}: 128 items\n")
     back = Recommender.load(tmp_path / "m", show_progress=False)
+    assert back.info()["placed_since_build"] == 1  # the cold item, placed again from the catalog means of training
+    assert main(["index", "info", "--index", str(tmp_path / "m")]) == 0
+    assert ("  centring: the catalog means of the training; 1 item placed since by index add / update (train again "
+            "to take them anew)") in capsys.readouterr().out
     np.testing.assert_array_equal(back.items.vector_of(warm)[0], warm_vector[0])
     np.testing.assert_allclose(back.items.vector_of(cold)[0], want_cold, rtol=1e-6, atol=1e-7)
     for item, row in ((warm, new[0]), (cold, new[1])):
