@@ -226,14 +226,14 @@ _FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(inf|infinity|n
 _BOOL = {"True", "TRUE", "true", "False", "FALSE", "false"}
 
 
-class _LastLine:
+class _RecordLines:
     """A file's lines, those of the record being read kept (to tell a blank line from a quoted
     empty field, and to see whether the last record ends inside a quote)."""
 
     def __init__(self, f: Any) -> None:
         self.f, self.record = f, []
 
-    def __iter__(self) -> "_LastLine":
+    def __iter__(self) -> "_RecordLines":
         return self
 
     def __next__(self) -> str:
@@ -276,7 +276,7 @@ def _csv_records(path: Path, sep: str) -> tuple[list[str] | None, list[list[str]
     """
     # utf-8-sig: the header's first name without a byte-order mark (Excel's "CSV UTF-8" writes one).
     with open(path, newline="", encoding="utf-8-sig") as f, _any_field_size():
-        lines = _LastLine(f)
+        lines = _RecordLines(f)
         reader = csv.reader(lines, delimiter=sep)
         header, raw, last, in_header = None, [], [], False
         for row in reader:

@@ -87,6 +87,12 @@ def _refuse_directionless(vectorizer: Any, vectors: np.ndarray, item_ids: Sequen
             "give it other features, or leave it out")) for i in zero])
 
 
+def _skipped_here(catalog: Catalog, read_here: bool, before: set[int]) -> list[Problem]:
+    """The rows this call skipped: all of a file it read, else those a loaded catalog did not
+    already list (``before``: the ids of its skipped problems when it was given)."""
+    return [q for q in catalog.skipped if read_here or id(q) not in before]
+
+
 def check_cache_dir(cache_dir: str | Path) -> None:
     """Refuse, before any encoding, a feature cache directory that cannot be made or written:
     otherwise the first vectors stored, after the whole catalog is encoded, would fail."""
@@ -1592,7 +1598,7 @@ class ItemIndex:
                                     id_type=self._id_type())
         # Everything that can refuse the add runs before the (slow) encoding.
         if features:  # the rows skipped from the file, or as ids already in the index
-            refuse_skipped_rows(catalog.source, [q for q in catalog.skipped if read_here or id(q) not in before])
+            refuse_skipped_rows(catalog.source, _skipped_here(catalog, read_here, before))
         loaded = self._given_features(roles, len(catalog))
         new_features, present, hashes = self._encode_new(catalog, roles, loaded, cache_dir)
         before = self._snapshot()
@@ -1777,7 +1783,7 @@ class ItemIndex:
                 catalog = drop_rows(catalog, bare, [self._bare_row(catalog, i) for i in bare], catalog.source,
                                     skip=skip, summary=f"{len(bare)} new row(s) with no content")
         if roles["given"]:  # feature row i is the file's row i: none may be left out
-            refuse_skipped_rows(catalog.source, [q for q in catalog.skipped if read_here or id(q) not in before_ids])
+            refuse_skipped_rows(catalog.source, _skipped_here(catalog, read_here, before_ids))
         loaded = self._given_features(roles, len(catalog))
         unknown = [i for i, item in enumerate(catalog.item_ids) if item not in self._pos]
         bare = [i for i in unknown if not self._row_content(catalog, i, roles, loaded)]
@@ -1805,7 +1811,7 @@ class ItemIndex:
         touched, rows_of = change["touched"], [pos[i] for i in change["touched"]]
         moved = [i for i in touched if self.pool is None or not self.pool[pos[i]]]
         updated = set(touched) | {i for i in old if fields[i] != self.items[pos[i]]["fields"]}
-        skipped = [q for q in catalog.skipped if read_here or id(q) not in before_ids]  # this call's
+        skipped = _skipped_here(catalog, read_here, before_ids)
         counts = {"updated": len(updated), "unchanged": len(old) - len(updated), "content": len(touched),
                   "moved": len(moved), "added": len(unknown), "removed": len(missing), "skipped": len(skipped)}
         if dry_run:
