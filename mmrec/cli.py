@@ -706,7 +706,8 @@ def _filter_opts(p: argparse.ArgumentParser) -> None:
                    help="the same, one id a line (UTF-8); repeat it for several files")
     p.add_argument("--where", type=_where_arg, action="append", metavar="FIELD=VALUE",
                    help="return only items whose display field FIELD is VALUE or, for a field of |-separated "
-                        "values (genres), lists VALUE (case counts); FIELD!=VALUE: the others; FIELD>=N, >, <=, "
+                        "values (genres), lists VALUE (case counts), or reads as the same number; FIELD= (no "
+                        "value): items without the field; FIELD!=VALUE: the others; FIELD>=N, >, <=, "
                         "<: the field read as a number; repeat it: a field's = values are alternatives, every "
                         "other condition must hold too, and --only narrows it further")
 

@@ -152,13 +152,14 @@ WHERE_OPS = ("!=", ">=", "<=", "=", ">", "<")  # the longer spelling of a shared
 def split_where(text: str) -> tuple[str, str, str] | None:
     """A condition such as ``"genres=Comedy"``, ``"genres!=Horror"`` or ``"year>=1990"`` (a
     ``--where`` option, a server's ``where=``) as ``(FIELD, OPERATOR, VALUE)`` without surrounding
-    spaces; ``None`` when a part is missing. The field ends at its first ``!``, ``<``, ``>`` or ``=``."""
+    spaces; ``None`` when a part is missing. The field ends at its first ``!``, ``<``, ``>`` or ``=``.
+    ``=`` and ``!=`` may have an empty value (``"price="``: items without a price)."""
     cut = next((i for i, ch in enumerate(text) if ch in "!<>="), None)
     if cut is None:
         return None
     op = next((o for o in WHERE_OPS if text.startswith(o, cut)), None)
     field, value = text[:cut].strip(), text[cut + len(op or ""):].strip()
-    return (field, op, value) if op and field and value else None
+    return (field, op, value) if op and field and (value or op in ("=", "!=")) else None
 
 
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
@@ -1109,6 +1110,14 @@ class ItemIndex:
                 return self.items[self._pos[alt]][ID_FIELD]
         raise UnknownIdError(f"item '{item_id}' is not in this index ({len(self)} items)")
 
+    def fields(self, item_id: object) -> dict[str, str]:
+        """The display fields stored for one item (a copy; ids resolved as :meth:`resolve_id`).
+
+        Raises:
+            UnknownIdError: the item is not in this index.
+        """
+        return dict(self.items[self._pos[self.resolve_id(item_id)]]["fields"])
+
     def vector_of(self, item_id: object) -> np.ndarray:
         """The index vector of one item, ``[1, D]``."""
         i = self._pos[self.resolve_id(item_id)]
@@ -1186,7 +1195,9 @@ class ItemIndex:
         ``"FIELD=VALUE"``, ``"FIELD!=VALUE"``, ``"FIELD>=N"`` (also ``>``, ``<=``, ``<``), as
         ``--where`` takes them. An item matches ``FIELD=VALUE`` when the field's text equals the
         value, or, for a field of ``|``-separated values (MovieLens ``genres``, ``cast``), when one
-        of its parts does (surrounding spaces ignored, case counts); ``!=`` is its opposite; the
+        of its parts does (surrounding spaces ignored, case counts), or when the value and the
+        field read as the same number (``price=100`` matches ``100.0``); an empty value matches the
+        items that lack the field or have it empty (``price=``); ``!=`` is its opposite; the
         comparisons read the field as a number, and an item whose field is no number never
         matches them. A field's ``=`` values are alternatives; every other condition, and every
         field, must hold.
@@ -1197,8 +1208,8 @@ class ItemIndex:
 
         Raises:
             ConfigError: a field that is not a display field of this index (the message lists
-                them), a field given no value, a malformed condition, or a comparison with a
-                value that is no number.
+                them), a field given an empty list of values, a malformed condition, or a
+                comparison with a value that is no number.
         """
         return list(self._answer(where)[0])
 
@@ -1225,6 +1236,12 @@ class ItemIndex:
             def rows_of(values: list[str]) -> np.ndarray:
                 facet = facets[field]
                 found = [facet[v] for v in values if v in facet]
+                for value in values:
+                    number = where_number(value)
+                    if number is not None:  # price=100 is also the item whose price reads 100.0
+                        if field not in numbers:
+                            numbers[field] = self._numbers(field)
+                        found.append(np.flatnonzero(numbers[field] == number))
                 return np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
 
             equal = [value for op, value in conditions if op == "="]
@@ -1266,9 +1283,9 @@ class ItemIndex:
             for field, values in where.items():
                 values = list(values) if isinstance(values, (list, tuple, set, frozenset)) else [values]
                 values = [str(v).strip() for v in values]
-                if not values or not all(values):
-                    raise ConfigError(f"field '{field}' was given no value to match (an empty value matches "
-                                      "nothing)")
+                if not values:
+                    raise ConfigError(f"field '{field}' was given no value to match (an empty list matches "
+                                      "nothing; '' matches the items without the field)")
                 out += [(field, "=", v) for v in values]
             return out
         if isinstance(where, str):
@@ -1298,7 +1315,8 @@ class ItemIndex:
 
     def _facet(self, field: str) -> dict[str, np.ndarray]:
         """Each value of the display field ``field`` -> the sorted positions of the items with
-        it: the whole text, and each part of a ``|``-separated one, without surrounding spaces.
+        it: the whole text, and each part of a ``|``-separated one, without surrounding spaces;
+        ``""`` -> the items whose field is empty or missing.
 
         Raises:
             ConfigError: no item has the field (the message lists the index's fields).
@@ -1308,10 +1326,12 @@ class ItemIndex:
         for i, item in enumerate(self.items):
             text = item["fields"].get(field)
             if text is None:
+                positions.setdefault("", []).append(i)
                 continue
             has = True
             text = text.strip()
-            for value in {text, *(part.strip() for part in text.split("|"))} if "|" in text else (text,):
+            parts = {part.strip() for part in text.split("|")} - {""} if "|" in text else set()
+            for value in {text} | parts:  # "Comedy|" is "Comedy", not also empty
                 positions.setdefault(value, []).append(i)
         if not has:
             raise self._not_a_field(field)

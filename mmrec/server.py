@@ -12,6 +12,7 @@ server (no extra dependency)::
                                                  its answer adds "ignored": the items not in the index, left out
     GET /similar?item=1&k=10[&by=cosine]
     GET /search?text=space+adventure&k=10[&by=content]
+    GET /item?item=1[&item=50]                   {"results": [{"item_id", <fields>}, ...]}: the stored display fields
 
 Options per route (as the CLI's): ``k`` (default 10); ``explain`` and ``include_known``
 (``1``/``0``, ``true``/``false``); ``diversity`` (``recommend``, ``history``); ``method``
@@ -19,7 +20,9 @@ Options per route (as the CLI's): ``k`` (default 10); ``explain`` and ``include_
 query route ``exclude`` (repeated, ``exclude=7&exclude=9``: item ids never to return), ``only``
 (repeated: the only item ids to return) and ``where`` (repeated ``FIELD=VALUE``, ``FIELD!=VALUE``
 or ``FIELD>=N`` (``>``, ``<=``, ``<``), URL-encoded as ``where=genres%3DComedy``: only items whose
-display field matches, as the CLI's ``--where``).
+display field matches, as the CLI's ``--where``). An answer to a request with ``exclude`` or
+``only`` adds ``"ignored_exclude"`` / ``"ignored_only"``: those of its ids not in the index (a typo,
+or an item removed since), which the query left out.
 A parameter a route does not take is refused, so a misspelt one is not silently ignored.
 
 Status codes: 200 with ``{"results": [...]}``; 400 ``{"error": ...}`` for a bad request (a
@@ -52,7 +55,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from index.persist import manifest_stamp
 from mmrec.errors import MMRecError, UnknownIdError
-from mmrec.item_index import split_where
+from mmrec.item_index import shown_fields, split_where
 
 logger = logging.getLogger("mmrec.server")
 
@@ -171,6 +174,12 @@ def _filters(rec, p: Params) -> dict[str, Any]:
     return {"exclude": p.all("exclude"), "only": _only(rec, p)}
 
 
+def _ignored(rec, p: Params) -> dict[str, list[str]]:
+    """The ``exclude`` / ``only`` ids given that are not in the index (a client sees no server log)."""
+    return {f"ignored_{name}": [i for i in p.all(name) if i.strip() and rec.items._try_resolve(i) is None]
+            for name in ("exclude", "only") if name in p}  # (a bare only= is the empty set of candidates)
+
+
 def _recommend(rec, p: Params) -> list:
     user = p.one("user", required=True)
     return rec.recommend(user, p.integer("k", 10, 1), exclude_known=not p.flag("include_known"),
@@ -200,6 +209,17 @@ def _search(rec, p: Params) -> list:
                            **_filters(rec, p))
 
 
+def _item(rec, p: Params) -> list[dict[str, Any]]:
+    items = p.all("item")
+    if not items:
+        raise BadRequest("/item: give one or more 'item' parameters (item=1&item=50)")
+    out = []
+    for item in items:  # an unknown id is a 404 naming it, as /similar's
+        item_id = rec.items.resolve_id(item)
+        out.append({"item_id": item_id, **shown_fields(rec.items.fields(item_id), ("item_id",))})
+    return out
+
+
 FILTERS = ("exclude", "only", "where")  # every query route takes them
 # route -> (handler: results, or results and more keys of the answer; the parameters it takes)
 ROUTES: dict[str, tuple[Callable[[Any, Params], list | tuple[list, dict[str, Any]]], tuple[str, ...]]] = {
@@ -208,6 +228,7 @@ ROUTES: dict[str, tuple[Callable[[Any, Params], list | tuple[list, dict[str, Any
                             *FILTERS)),
     "/similar": (_similar, ("item", "k", "explain", "by", *FILTERS)),
     "/search": (_search, ("text", "k", "by", *FILTERS)),
+    "/item": (_item, ("item",)),
 }
 
 
@@ -315,8 +336,10 @@ class Handler(BaseHTTPRequestHandler):
         rec = self.server.current()  # may load a changed directory first, without the lock
         with self.server.lock:
             results = route(rec, params)
-        results, more = results if isinstance(results, tuple) else (results, {})
-        return HTTPStatus.OK, {"results": [r.to_dict() for r in results], **more}
+            results, more = results if isinstance(results, tuple) else (results, {})
+            if any(name in params for name in FILTERS[:2]):
+                more = {**more, **_ignored(rec, params)}
+        return HTTPStatus.OK, {"results": [r if isinstance(r, dict) else r.to_dict() for r in results], **more}
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 -- the standard library's name
         logger.debug(format, *args)  # do_GET logs each request once, with its time

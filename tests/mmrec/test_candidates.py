@@ -53,9 +53,9 @@ def test_matching_reads_display_fields_and_separated_values(rec, caplog):
     with pytest.raises(ConfigError, match="field 'genre' is not a display field of this index; its fields are: "
                                           "genres, shop, title, year"):
         items.matching({"genre": "Comedy"})
-    for nothing in ([], "", [" "]):
-        with pytest.raises(ConfigError, match="field 'genres' was given no value"):
-            items.matching({"genres": nothing})
+    with pytest.raises(ConfigError, match="field 'genres' was given no value to match"):
+        items.matching({"genres": []})
+    assert items.matching({"genres": ""}) == items.matching({"genres": [" "]}) == []  # every item has genres
     assert items.matching({"shop": ("north",)}) == items.matching({"shop": "north"})
 
 
@@ -154,7 +154,7 @@ def test_server_only_and_where(rec):
     with serving(rec) as url:
         cases = [
             (f"/recommend?user=u3&k=4&where={where}", rec.recommend("u3", 4, only=comedy)),
-            (f"/recommend?user=u3&k=4&where={where}&only=0&only=1&only=2", rec.recommend("u3", 4, only=[0, 1])),
+            (f"/recommend?user=u3&k=4&where={where}&only=0&only=1&only=2&only=99", rec.recommend("u3", 4, only=[0, 1])),
             ("/similar?item=3&k=3&only=5&only=9&only=13&exclude=9", rec.similar(3, 3, only=[5, 13])),
             (f"/history?item=0&k=3&where={where}", rec.recommend_history([0], 3, only=comedy)),
             ("/recommend?user=u3&k=4&only=", []),
@@ -163,6 +163,8 @@ def test_server_only_and_where(rec):
         ]
         for path, want in cases:
             extra = {"ignored": []} if path.startswith("/history") else {}
+            extra |= {"ignored_only": ["99"] if "only=99" in path else []} if "only=" in path else {}
+            extra |= {"ignored_exclude": []} if "exclude=" in path else {}
             assert get(url + path) == (200, {"results": dicts(want)} | extra), path
         status, body = get(f"{url}/recommend?user=u3&where=genres")
         assert status == 400 and "'where' must be FIELD=VALUE, FIELD!=VALUE or FIELD>=N" in body["error"]
@@ -199,7 +201,8 @@ def test_where_conditions_not_equal_and_numeric_ranges():
     assert split_where("year>=1990") == ("year", ">=", "1990") and split_where(" genres != Horror ") == \
         ("genres", "!=", "Horror")
     assert split_where("a=b=c") == ("a", "=", "b=c") and split_where("x<3") == ("x", "<", "3")
-    assert [split_where(t) for t in ("genres", "=x", "x=", "a!b")] == [None] * 4
+    assert [split_where(t) for t in ("genres", "=x", "x>=", "x<", "a!b")] == [None] * 5
+    assert split_where("x=") == ("x", "=", "") and split_where(" x != ") == ("x", "!=", "")  # the field is empty
     records = [{"genres": "Comedy|Drama", "year": "1995"}, {"genres": "Horror", "year": "1988"},
                {"genres": "Drama", "year": "n/a"}, {"genres": "Comedy", "year": " 2001 "}, {"genres": "", "year": "1990"}]
     idx = ItemIndex.from_features(list("abcde"), {"text": np.eye(5, dtype=np.float32)}, records=records,
@@ -214,6 +217,16 @@ def test_where_conditions_not_equal_and_numeric_ranges():
     assert idx.matching(["genres=Comedy", "genres=Horror", "year<2000"]) == ["a", "b"]  # = values alternate
     assert idx.matching(["genres!=Drama", "genres!=Horror"]) == ["d", "e"]
     assert idx.matching("genres=Drama") == ["a", "c"] == idx.matching({"genres": "Drama"})
+    # = also reads as a number (as the comparisons do); an empty value is the items without the field
+    assert idx.matching(["year=2001.0"]) == ["d"] == idx.matching(["year=2001"]) == idx.matching({"year": 2001.0})
+    assert idx.matching(["year=1995", "year=1e3"]) == ["a"] and idx.matching(["year!=1990.00"]) == ["a", "b", "c", "d"]
+    assert idx.matching(["year=n/a"]) == ["c"] and idx.matching(["genres="]) == ["e"] == idx.matching({"genres": ""})
+    assert idx.matching(["genres!="]) == ["a", "b", "c", "d"]
+    sparse = ItemIndex.from_features(list("pqrst"), {"text": np.eye(5, dtype=np.float32)}, factory="Flat",
+                                     records=[{"price": "10"}, {}, {"price": " "}, {"price": "x|"}, {"price": "0010"}],
+                                     show_progress=False)
+    assert sparse.matching(["price="]) == ["q", "r"]  # missing or blank; "x|" is "x", not also empty
+    assert sparse.matching(["price=10"]) == ["p", "t"] and sparse.matching(["price=x"]) == ["s"]
     for bound in ("abc", "nan", "inf", "1_990", " =3"):  # decimal notation only: "y> =3" is no y>=3
         with pytest.raises(ConfigError, match=rf"condition 'year>{bound}': '{bound.strip()}' is not a number"):
             idx.matching([f"year>{bound}"])

@@ -97,14 +97,25 @@ def test_every_route_answers_what_the_python_api_returns(served):
         ("/history?user=u3&k=5&explain", rec.recommend_history([], 5, user="u3", explain=True)),
         ("/similar?item=3&k=6", rec.similar(3, 6)),
         ("/similar?item=3&k=6&by=cosine&explain=yes", rec.similar(3, 6, by="cosine", explain=True)),
-        ("/recommend?user=u3&k=5&exclude=7&exclude=11", rec.recommend("u3", 5, exclude=[7, 11])),
-        ("/history?item=0&k=5&exclude=4", rec.recommend_history([0], 5, exclude=[4])),
-        ("/similar?item=3&k=6&exclude=7&exclude=nope", rec.similar(3, 6, exclude=[7])),
     ]
     for path, want in cases:
         status, body = get(url + path)
         assert status == 200, (path, body)
         assert body == {"results": dicts(want)} | ({"ignored": []} if path.startswith("/history") else {}), path
+    # exclude / only ids not in the index are left out, and the answer names them (a client sees no log).
+    filtered = [
+        ("/recommend?user=u3&k=5&exclude=7&exclude=11", rec.recommend("u3", 5, exclude=[7, 11]),
+         {"ignored_exclude": []}),
+        ("/history?item=0&k=5&exclude=4", rec.recommend_history([0], 5, exclude=[4]),
+         {"ignored": [], "ignored_exclude": []}),
+        ("/similar?item=3&k=6&exclude=7&exclude=nope", rec.similar(3, 6, exclude=[7]), {"ignored_exclude": ["nope"]}),
+        ("/similar?item=3&k=3&only=5&only=9&only=40&exclude=x", rec.similar(3, 3, only=[5, 9]),
+         {"ignored_exclude": ["x"], "ignored_only": ["40"]}),
+        ("/recommend?user=u3&k=2&only=5&only=9&only=nope&only=6", rec.recommend("u3", 2, only=[5, 9, 6]),
+         {"ignored_only": ["nope"]}),
+    ]
+    for path, want, ignored in filtered:
+        assert get(url + path) == (200, {"results": dicts(want), **ignored}), path
     # History items not in the index are left out, and the answer says which (a client sees no log).
     assert get(f"{url}/history?item=0&item=999&item=x&k=5") == (200, {"results": dicts(rec.recommend_history([0], 5)),
                                                                      "ignored": ["999", "x"]})
@@ -117,7 +128,10 @@ def test_bad_requests_are_refused_with_the_reason(served):
         ("/recommend?user=nobody", 404, "user 'nobody' is not known to this model (48 users)"),
         ("/similar?item=999", 404, "item '999' is not in this index (32 items)"),
         ("/history?item=999", 404, "history item '999' is not in this index (32 items)"),
-        ("/nowhere", 404, "no route '/nowhere'; routes: /health, /recommend, /history, /similar, /search"),
+        ("/nowhere", 404, "no route '/nowhere'; routes: /health, /recommend, /history, /similar, /search, /item"),
+        ("/item?item=3&item=77", 404, "item '77' is not in this index (32 items)"),
+        ("/item", 400, "/item: give one or more 'item' parameters"),
+        ("/item?item=3&k=2", 400, "/item: unknown parameter(s) 'k'; this route takes item"),
         ("/recommend", 400, "/recommend: missing parameter 'user'"),
         ("/recommend?user=u1&user=u2", 400, "/recommend: 'user' given 2 times, expected once"),
         ("/recommend?user=u1&k=0", 400, "/recommend: 'k' must be at least 1, got 0"),
@@ -238,7 +252,9 @@ def test_concurrent_requests_each_get_their_own_answer(served):
 
 def test_a_content_index_serves_similar_and_history_and_refuses_recommend(tmp_path):
     vecs = np.random.default_rng(0).normal(size=(12, 5)).astype(np.float32)
-    ItemIndex.from_features([f"i{n}" for n in range(12)], {"image": vecs}, factory="Flat",
+    records = [{"title": f"T{n}", "price": f"{n}.0" if n % 3 else ""} for n in range(12)]
+    records[4]["item_id"] = "shown as catalog.item_id"  # a catalog column named like the answer's own key
+    ItemIndex.from_features([f"i{n}" for n in range(12)], {"image": vecs}, records=records, factory="Flat",
                             show_progress=False).save(tmp_path / "idx")
     rec = Recommender.load(tmp_path / "idx", show_progress=False)
     with serving(rec) as url:
@@ -249,6 +265,14 @@ def test_a_content_index_serves_similar_and_history_and_refuses_recommend(tmp_pa
                                                                   "ignored": []})
         status, body = get(f"{url}/recommend?user=u1")
         assert status == 400 and "holds a content index, not a trained model" in body["error"]
+        # /item: the stored display fields, several at once, in the order asked
+        assert get(f"{url}/item?item=i4&item=i0") == (200, {"results": [
+            {"item_id": "i4", "title": "T4", "price": "4.0", "catalog.item_id": "shown as catalog.item_id"},
+            {"item_id": "i0", "title": "T0", "price": ""}]})
+        # where: = compares numbers as numbers, an empty value is the items without the field
+        assert [r["item_id"] for r in get(f"{url}/similar?item=i0&k=12&where=price%3D4")[1]["results"]] == ["i4"]
+        assert sorted(r["item_id"] for r in get(f"{url}/similar?item=i0&k=12&where=price%3D")[1]["results"]) == \
+            ["i3", "i6", "i9"]
 
 
 def test_the_serve_command_listens_answers_and_stops_on_ctrl_c(model_dir):
