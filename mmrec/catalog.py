@@ -124,8 +124,8 @@ def cell_text(value: Any) -> str:
         return ""
     if isinstance(value, (list, tuple)):
         return "|".join(t for t in (cell_text(v).strip() for v in value) if t)
-    if isinstance(value, dict):
-        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, dict):  # what JSON has no type for (a date, bytes that are no text) as str gives it
+        return json.dumps(value, ensure_ascii=False, default=str)
     return str(value)
 
 
@@ -345,12 +345,23 @@ def _read_csv(path: Path, sep: str) -> tuple[list[str], list[dict[str, Any]], di
 
 
 def _utf8(value: Any) -> Any:
-    """A binary value (or the binary values of a list) as UTF-8 text; anything else as it is."""
+    """A binary value, and the binary values inside a list or a struct (at any depth), as UTF-8
+    text; anything else as it is."""
     if isinstance(value, bytes):
         return value.decode("utf-8")
     if isinstance(value, list):
-        return [v.decode("utf-8") if isinstance(v, bytes) else v for v in value]
+        return [_utf8(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _utf8(v) for k, v in value.items()}
     return value
+
+
+def _has_bytes(value: Any) -> bool:
+    if isinstance(value, bytes):
+        return True
+    if isinstance(value, list):
+        return any(_has_bytes(v) for v in value)
+    return isinstance(value, dict) and any(_has_bytes(v) for v in value.values())
 
 
 def _not_utf8(value: Any) -> bool:
@@ -378,9 +389,9 @@ def _parquet_data_columns(path: Path, columns: list[str], rows: list[dict[str, A
             del r[c]
     problems = []
     for c in columns:
-        if c in dropped or not any(isinstance(r[c], (bytes, list)) for r in rows):
+        if c in dropped or not any(_has_bytes(r[c]) for r in rows):
             continue
-        try:  # a list of binary values (tags) too
+        try:  # a list of binary values (tags), a struct holding some, too
             decoded = [_utf8(r[c]) for r in rows]
         except UnicodeDecodeError:
             bad = [n for n, r in enumerate(rows, 1) if _not_utf8(r[c])]
@@ -390,13 +401,11 @@ def _parquet_data_columns(path: Path, columns: list[str], rows: list[dict[str, A
             if c == ID_FIELD or len(bad) <= 0.1 * binary:
                 problems += [Problem(n, c, "binary value is not UTF-8 text") for n in bad]
             continue
-        was_bytes = any(isinstance(r[c], bytes) or (isinstance(r[c], list) and any(isinstance(v, bytes) for v in r[c]))
-                        for r in rows)
         for r, value in zip(rows, decoded):
             r[c] = value
         if types[c] in ("binary", "large_binary") or types[c].startswith("fixed_size_binary"):
             types[c] = "string"
-        elif was_bytes and types[c] == "object":
+        elif types[c] == "object" and any(isinstance(r[c], list) for r in rows):
             types[c] = "list<string>"  # a list of binary values: text now
     if problems:
         raise DataError(path, problems)

@@ -508,6 +508,20 @@ def test_parquet_binary_cells_are_text_and_a_pandas_index_is_no_column(tmp_path)
     pq.write_table(pa.table({"item_id": [str(k) for k in range(12)], "title": pa.array(titles)}), tmp_path / "p5.parquet")
     with pytest.raises(DataError, match=r"row 12, field 'title': binary value is not UTF-8 text"):
         load_catalog(tmp_path / "p5.parquet", show_progress=False)
+    # a struct holding binary values, a date and a list of binary values is one JSON text (a TypeError
+    # before); a struct of bytes that are no text keeps them as str shows them
+    import datetime
+
+    meta = pa.array([{"brand": b"Acme", "since": datetime.date(2020, 1, 2), "tags": [b"a", b"b"]},
+                     {"brand": b"Zed", "since": None, "tags": []}])
+    pq.write_table(pa.table({"item_id": ["a", "b"], "title": ["x", "y"], "meta": meta}), tmp_path / "st.parquet")
+    cat = load_catalog(tmp_path / "st.parquet", text_fields=["title"], show_progress=False)
+    assert cat.records == [{"title": "x", "meta": '{"brand": "Acme", "since": "2020-01-02", "tags": ["a", "b"]}'},
+                           {"title": "y", "meta": '{"brand": "Zed", "since": null, "tags": []}'}]
+    pq.write_table(pa.table({"item_id": ["a", "b"], "title": ["x", "y"], "h": pa.array([{"k": b"\xff"}, {"k": b"\x80"}])}),
+                   tmp_path / "sh.parquet")
+    assert [r["h"] for r in load_catalog(tmp_path / "sh.parquet", show_progress=False).records] == \
+        ['{"k": "b\'\\\\xff\'"}', '{"k": "b\'\\\\x80\'"}']
     # DataFrame.to_parquet writes any index but a plain range as a column "__index_level_0__"
     pd.DataFrame({"item_id": [1, 2], "title": ["a", "b"]}, index=["x", "y"]).to_parquet(tmp_path / "ix.parquet")
     cat = load_catalog(tmp_path / "ix.parquet", show_progress=False)
