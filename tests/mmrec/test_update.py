@@ -371,3 +371,29 @@ def test_an_index_built_with_mask_bad_images_keeps_masking_them(shop, tiny_bert_
     trained = Recommender.load(d / "m", show_progress=False).items
     assert trained.manifest["mask_bad_images"] is True
     assert trained.add(d / "new.csv") == 1 and not trained.present["image"][-1]
+
+
+def test_an_update_decodes_only_the_images_the_index_does_not_hold(shop, tiny_bert_dir, tiny_vit_dir, monkeypatch):
+    from PIL import Image
+
+    import encoders.image
+
+    d, rows, names = shop
+    build(d / "all.csv", d / "idx", tiny_bert_dir, tiny_vit_dir)
+    idx = ItemIndex.load(d / "idx", show_progress=False)
+    checked = []
+    real = encoders.image.check_image
+    monkeypatch.setattr(encoders.image, "check_image", lambda path: checked.append(path.rsplit("/", 1)[1]) or real(path))
+    # Every image as stored, one of them under another name (the same bytes): none is decoded again.
+    shutil.copy(d / rows[0]["image"], d / "copy_of_0.jpg")
+    rows[2]["image"], rows[1]["price"] = "copy_of_0.jpg", "7"
+    write_rows(d / "night.csv", rows, ["item_id", "title", "price", "image"])
+    assert idx.update(d / "night.csv")["updated"] == 2 and checked == []
+    # A new picture and a broken one are decoded, and the broken one is refused by its row as before.
+    Image.fromarray(np.full((20, 20, 3), 9, np.uint8)).save(d / "new.png")
+    (d / "broken.jpg").write_bytes((d / rows[0]["image"]).read_bytes()[:40])  # a cut-off copy: other bytes
+    rows[3]["image"], rows[4]["image"] = "new.png", "broken.jpg"
+    write_rows(d / "night.csv", rows, ["item_id", "title", "price", "image"])
+    with pytest.raises(DataError, match=r"row 5, field 'image'.*broken\.jpg"):
+        idx.update(d / "night.csv")
+    assert sorted(checked) == ["broken.jpg", "new.png"]
