@@ -189,6 +189,20 @@ def shown_fields(fields: Mapping[str, str], reserved: Sequence[str]) -> dict[str
     return {f"catalog.{k}" if k in reserved else k: v for k, v in fields.items()}
 
 
+def _skip_report(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``skipped.jsonl``'s records, oldest first, each problem listed once: the same item skipped
+    again for the same field and message (a nightly export under a dated name with the same bad
+    row) keeps only its latest record, the file and row it was last seen in, so the report grows
+    with distinct problems, not with nights; a record without an item id, once per identical record."""
+    latest: dict[Any, dict[str, Any]] = {}
+    for r in records:
+        item = r.get("item_id")
+        key = (json.dumps(item), r.get("field"), r.get("message")) if item is not None else json.dumps(r, sort_keys=True)
+        latest.pop(key, None)  # moved to the end: listed where it was last seen
+        latest[key] = r
+    return list(latest.values())
+
+
 class Encoders:
     """Loads the encoders an index was built with, once, on first use.
 
@@ -982,10 +996,8 @@ class ItemIndex:
                     f.writelines(encode(it) + "\n" for it in self.items)
                 # Every command's skipped rows, this one's after those the directory already listed
                 # (a build or train writing a new directory starts the list).
-                # A record already listed is listed once (a catalog both pending and given to save).
-                report = list({json.dumps(r, sort_keys=True): r for r in (
-                    self._skips_so_far() + self._pending_skips + (skipped.skip_records() if skipped is not None else [])
-                )}.values())
+                report = _skip_report(self._skips_so_far() + self._pending_skips
+                                      + (skipped.skip_records() if skipped is not None else []))
                 if report:
                     with open(tmp / SKIP_REPORT, "w", encoding="utf-8") as f:
                         f.writelines(json.dumps(r) + "\n" for r in report)

@@ -397,3 +397,17 @@ def test_an_update_decodes_only_the_images_the_index_does_not_hold(shop, tiny_be
     with pytest.raises(DataError, match=r"row 5, field 'image'.*broken\.jpg"):
         idx.update(d / "night.csv")
     assert sorted(checked) == ["broken.jpg", "new.png"]
+
+
+def test_the_same_bad_row_of_nightly_files_is_listed_once_with_its_latest_file(shop, tiny_bert_dir, tiny_vit_dir):
+    d, rows, _ = shop
+    build(d / "all.csv", d / "idx", tiny_bert_dir, tiny_vit_dir)
+    idx = ItemIndex.load(d / "idx", show_progress=False)
+    for night, price in (("2026-11-30", "5"), ("2026-12-01", "6")):
+        nightly = [{"item_id": "i1", "price": price}, {"item_id": "zz", "price": "1"}, {"item_id": "", "price": "2"}]
+        write_rows(d / f"prices-{night}.csv", nightly, ["item_id", "price"])
+        assert idx.update(d / f"prices-{night}.csv", skip_invalid=True)["skipped"] == 2
+    listed = [json.loads(line) for line in (d / "idx" / "skipped.jsonl").read_text().splitlines()]
+    # zz, unknown both nights: once, as last seen; the id-less row: once a file (no item to say it is the same)
+    assert [(r["item_id"], r["row"], r["file"].rsplit("-", 1)[1]) for r in listed] == \
+        [(None, 3, "30.csv"), ("zz", 2, "01.csv"), (None, 3, "01.csv")]
