@@ -1019,6 +1019,22 @@ class ItemIndex:
         self._stamp = stamp
         self._pending_skips = []
 
+    def _list_skips(self, records: list[dict[str, Any]]) -> None:
+        """Add ``records`` to the directory's ``skipped.jsonl`` alone (temp file, then rename),
+        the rest of the directory untouched: a report, not checksummed, so nothing reloads."""
+        self._check_in_place()
+        with writer_lock(self.directory):
+            self._check_unchanged()
+            report = _skip_report(self._skips_so_far() + self._pending_skips + records)
+            tmp = self.directory / f".{SKIP_REPORT}.{os.getpid()}.tmp"
+            try:
+                with open(tmp, "w", encoding="utf-8") as f:
+                    f.writelines(json.dumps(r) + "\n" for r in report)
+                os.replace(tmp, self.directory / SKIP_REPORT)
+            finally:
+                tmp.unlink(missing_ok=True)
+        self._pending_skips = []
+
     def _skips_so_far(self) -> list[dict[str, Any]]:
         """The records of the ``skipped.jsonl`` of the directory this index was loaded from (a
         line a user edited into no JSON object is left out)."""
@@ -1852,7 +1868,12 @@ class ItemIndex:
             return counts
         if not updated and not unknown and not missing:  # a server would reload it for nothing
             logger.info("nothing changed: %s was not written%s", self.directory or "the index",
-                        f" ({len(skipped)} skipped row(s) not listed in skipped.jsonl)" if skipped else "")
+                        f" (only its {SKIP_REPORT}: {len(skipped)} skipped row(s))"
+                        if skipped and self.directory is not None else "")
+            if skipped and self.directory is not None:
+                self._list_skips(catalog.skip_records())
+            elif skipped:
+                self._pending_skips += catalog.skip_records()
             return counts
         features_now, present_now = dict(self.features), dict(self.present)
         for m in self.modalities if touched else ():  # arrays replaced, never written into (the snapshot)

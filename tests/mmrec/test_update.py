@@ -411,3 +411,14 @@ def test_the_same_bad_row_of_nightly_files_is_listed_once_with_its_latest_file(s
     # zz, unknown both nights: once, as last seen; the id-less row: once a file (no item to say it is the same)
     assert [(r["item_id"], r["row"], r["file"].rsplit("-", 1)[1]) for r in listed] == \
         [(None, 3, "30.csv"), ("zz", 2, "01.csv"), (None, 3, "01.csv")]
+    # The same file again changes nothing and writes nothing but the report (the manifest is untouched:
+    # a server does not reload); a new bad row is listed.
+    manifest = (d / "idx" / "manifest.json").read_bytes()
+    write_rows(d / "prices-2026-12-02.csv", [{"item_id": "i1", "price": "6"}, {"item_id": "yy", "price": "1"}],
+               ["item_id", "price"])
+    assert idx.update(d / "prices-2026-12-02.csv", skip_invalid=True)["updated"] == 0
+    assert (d / "idx" / "manifest.json").read_bytes() == manifest
+    listed = [json.loads(line) for line in (d / "idx" / "skipped.jsonl").read_text().splitlines()]
+    assert [r["item_id"] for r in listed] == [None, "zz", None, "yy"]
+    assert not [p for p in (d / "idx").iterdir() if p.name.endswith(".tmp")]
+    assert ItemIndex.load(d / "idx", show_progress=False).items == idx.items  # still loads, checksums and all
