@@ -429,6 +429,14 @@ def finetune(
             raise
         raise ConfigError(f"{e} ({', '.join(inherited)} from the source's config.json: give another value to "
                           f"override it)") from e
+    tuned = [m for m in src.items.encoders.spec if m in src.model.modality_dims and m not in ignore]
+    if src.items.directory is None and src.config.finetune != "frozen" and cfg.finetune == "frozen" and tuned:
+        # Its tuned encoders live only in memory: this run would encode with them but record the
+        # untuned ones (the manifest's), so queries and `index add` would use other encoders.
+        raise ConfigError(f"the source model tuned its {' and '.join(tuned)} encoder in memory (finetune "
+                          f"{src.config.finetune!r}, fit without out=) and never saved it, so a frozen fine-tune "
+                          "cannot record it: train the source with out=DIR and fine-tune from that directory, or "
+                          "tune the encoders again here (finetune 'top:N' or 'full')")
     if src.config.cold_start > 0 and "cold_start" not in given:
         # An evaluation protocol of the source's data (items held out of training), as --split is: not inherited.
         logger.info("the source model held %g of its items out of training (--cold-start); every new item is "

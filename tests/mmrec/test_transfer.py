@@ -597,3 +597,26 @@ def test_no_user_kept_is_said_too(small, tmp_path, caplog):
                  show_progress=False)
     assert "0 of 12 users keep their source embedding: no user id of the new data is the source's" in caplog.text
     assert "matched by id (pass --no-keep-users" not in caplog.text
+
+
+def test_an_in_memory_source_with_tuned_encoders_is_refused_frozen_and_carried_when_tuned(tmp_path, tiny_bert_dir):
+    # Its tuned encoder lives only in memory: a frozen fine-tune encoded with it but recorded the
+    # untuned one, so the new model's queries used another encoder than its features came from.
+    words = ["cat", "dog", "space", "war", "love", "city", "toy", "boy", "police", "night"]
+    a_ids, b_ids = [f"a{i}" for i in range(20)], [f"new-{i}" for i in range(16)]
+    a_cat = _catalog(tmp_path / "a.csv", a_ids, words)
+    a_inter = _catalog_interactions(tmp_path / "a.tsv", a_ids, [f"u{i}" for i in range(12)], 6, seed=0)
+    src, _, _ = fit(a_inter, catalog=a_cat, out=None, text_encoder=tiny_bert_dir, cache_dir=None, split="random",
+                    config=TrainConfig(**(FAST | {"lr": 0.5}), epochs=1, finetune="top:1"), show_progress=False)
+    b_cat = _catalog(tmp_path / "b.csv", b_ids, words[::-1])
+    b_inter = _catalog_interactions(tmp_path / "b.tsv", b_ids, [f"v{i}" for i in range(10)], 5, seed=1)
+    with pytest.raises(ConfigError, match=r"tuned its text encoder in memory .* train the source with out=DIR"):
+        finetune(src, b_inter, catalog=b_cat, out=tmp_path / "ft", config={"finetune": "frozen", "epochs": 1},
+                 split="random", show_progress=False)
+    assert not (tmp_path / "ft").exists()
+    # Tuned again here, the encoder that made the features is the one saved and queried.
+    rec, _, _ = finetune(src, b_inter, catalog=b_cat, out=tmp_path / "ft", config={"epochs": 1}, split="random",
+                         show_progress=False)
+    texts = [it["fields"]["title"] for it in rec.items.items]
+    for r in (rec, Recommender.load(tmp_path / "ft", show_progress=False)):
+        np.testing.assert_allclose(r.items.encoders.get("text").encode(texts), r.items.features["text"], atol=1e-5)
