@@ -120,9 +120,13 @@ def neighbour_mean(
     order = sorted(features)
     out = np.zeros((len(next(iter(features.values()))), pool_vectors.shape[1]), np.float32)  # [B, D]
     # Items with no modality at all have no content to compare: a query row without one gets no
-    # neighbour (zero), a pool row without one is nobody's neighbour.
-    q_rows = np.flatnonzero(np.any([np.asarray(present[m], bool) for m in order], axis=0))  # [B']
-    p_rows = np.flatnonzero(np.any([np.asarray(pool_present[m], bool) for m in order], axis=0))  # [P']
+    # neighbour (zero), a pool row without one is nobody's neighbour. A modality counts where it
+    # is present with a non-zero row, as combine_modalities reads it.
+    def has_content(feats: dict[str, np.ndarray], pres: dict[str, np.ndarray]) -> np.ndarray:
+        return np.any([np.asarray(pres[m], bool) & np.any(np.asarray(feats[m]) != 0, axis=1) for m in order], axis=0)
+
+    q_rows = np.flatnonzero(has_content(features, present))  # [B']
+    p_rows = np.flatnonzero(has_content(pool_features, pool_present))  # [P']
     if not len(q_rows) or not len(p_rows):
         return out
     q = combine_modalities({m: features[m][q_rows] for m in order}, {m: present[m][q_rows] for m in order},

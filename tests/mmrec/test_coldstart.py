@@ -349,6 +349,10 @@ def test_neighbour_mean_skips_items_without_any_modality():
     # No item with content on either side: all zeros, no error.
     none = {"t": np.zeros(2, bool)}
     np.testing.assert_array_equal(neighbour_mean({"t": new["t"][:2]}, none, pool_f, pool_p, pool_v, k=2), 0.0)
+    # Marked present with an all-zero row (the Python API allows it): no content either, on both sides
+    # (a ValueError from combine_modalities before).
+    flagged = {"t": np.ones(3, bool)}
+    np.testing.assert_allclose(neighbour_mean(new, flagged, pool_f, {"t": np.ones(4, bool)}, pool_v, k=2), got)
 
 
 def test_training_with_a_content_less_item_and_cold_neighbours(tmp_path):
