@@ -59,6 +59,8 @@ def mmr_rerank(relevance: np.ndarray, vectors: np.ndarray, k: int, weight: float
         raise ConfigError(f"k must be at least 1, got {k}")
     if not np.isfinite(rel).all():
         raise ValueError("relevance must be finite")
+    if not np.isfinite(vecs).all():  # a NaN cosine would make every gain NaN and pick nothing
+        raise ValueError("vectors must be finite")
     c = len(rel)
     span = rel.max() - rel.min() if c else 0.0
     scaled = (rel - rel.min()) / span if span > 0 else np.ones(c)  # [C] in [0, 1]

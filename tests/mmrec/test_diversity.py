@@ -75,6 +75,8 @@ def test_errors():
         mmr_rerank(REL, VECS[:3], 2, 0.5)
     with pytest.raises(ValueError, match="finite"):
         mmr_rerank(np.array([1.0, np.nan, 0.0, 0.0]), VECS, 2, 0.5)
+    with pytest.raises(ValueError, match="vectors must be finite"):  # an IndexError before
+        mmr_rerank(REL, np.where(np.arange(VECS.size).reshape(VECS.shape) == 2, np.nan, VECS), 2, 0.5)
 
 
 def test_an_exact_tie_goes_to_the_earlier_candidate_whatever_the_rounding():
