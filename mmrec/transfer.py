@@ -37,6 +37,9 @@ to do instead):
 * the source must be a trained directory (not a content index) with content modalities: an
   ID-only model has nothing to transfer except hyper-parameters, so it is refused rather than
   silently trained from scratch (run ``mmrec train`` with its ``config.json`` values instead);
+* a source held in memory (``fit`` without ``out``) whose encoders were tuned cannot be
+  fine-tuned with frozen encoders: its tuned encoders were never saved, so the new model could
+  not record them; save the source first, or tune the encoders again;
 * architecture fields (``dim``, ``layers``, ``heads``, ``use_id``, ``use_content``,
   ``projection_hidden``, ``id_mode``: :data:`mmrec.config.ARCHITECTURE`) cannot change; every other training option defaults to the source's.
 """
