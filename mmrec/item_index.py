@@ -1642,12 +1642,20 @@ class ItemIndex:
         roles = self._content_roles("a new item", device, features)
         catalog, read_here = self._read_rows(catalog, roles, catalog_options)
         before = {id(q) for q in catalog.skipped}
-        catalog = check_catalog_ids(catalog, set(self._pos), catalog.source, skip=bool(catalog_options.get("skip_invalid")),
-                                    id_type=self._id_type())
+        skip = bool(catalog_options.get("skip_invalid"))
+        catalog = check_catalog_ids(catalog, set(self._pos), catalog.source, skip=skip, id_type=self._id_type())
         # Everything that can refuse the add runs before the (slow) encoding.
         if features:  # the rows skipped from the file, or as ids already in the index
             refuse_skipped_rows(catalog.source, _skipped_here(catalog, read_here, before))
+        else:  # a row with none of the index's modalities (with a precomputed one, the loader lets it by)
+            bare = [i for i in range(len(catalog)) if not self._row_content(catalog, i, roles, {})]
+            if bare:
+                catalog = drop_rows(catalog, bare, [self._bare_row(catalog, i, roles) for i in bare], catalog.source,
+                                    skip=skip, summary=f"{len(bare)} new row(s) with no content")
         loaded = self._given_features(roles, len(catalog))
+        bare = [i for i in range(len(catalog)) if not self._row_content(catalog, i, roles, loaded)]
+        if bare:  # (their feature rows all zero)
+            raise DataError(catalog.source, [self._bare_row(catalog, i, roles) for i in bare])
         new_features, present, hashes = self._encode_new(catalog, roles, loaded, cache_dir)
         before = self._snapshot()
         try:
@@ -1830,7 +1838,7 @@ class ItemIndex:
         elif unknown and not roles["given"]:  # a new row needs content, as index add reads it (with
             bare = [i for i in unknown if not self._row_content(catalog, i, roles, {})]  # features: below)
             if bare:
-                catalog = drop_rows(catalog, bare, [self._bare_row(catalog, i) for i in bare], catalog.source,
+                catalog = drop_rows(catalog, bare, [self._bare_row(catalog, i, roles) for i in bare], catalog.source,
                                     skip=skip, summary=f"{len(bare)} new row(s) with no content")
         if roles["given"]:  # feature row i is the file's row i: none may be left out
             refuse_skipped_rows(catalog.source, _skipped_here(catalog, read_here, before_ids))
@@ -1838,7 +1846,7 @@ class ItemIndex:
         unknown = [i for i, item in enumerate(catalog.item_ids) if item not in self._pos]
         bare = [i for i in unknown if not self._row_content(catalog, i, roles, loaded)]
         if bare:
-            raise DataError(catalog.source, [self._bare_row(catalog, i) for i in bare])
+            raise DataError(catalog.source, [self._bare_row(catalog, i, roles) for i in bare])
         old = [i for i in range(len(catalog)) if catalog.item_ids[i] in self._pos]
         pos = {i: self._pos[catalog.item_ids[i]] for i in old}
         missing = self._not_named(catalog) if remove_missing else []
@@ -1958,9 +1966,11 @@ class ItemIndex:
                     or ("image" in roles["encoded"] and catalog.images[i])
                     or any(np.abs(x[i]).sum() > 0 for x in loaded.values()))
 
-    def _bare_row(self, catalog: Catalog, i: int) -> Problem:
+    def _bare_row(self, catalog: Catalog, i: int, roles: dict[str, Any]) -> Problem:
+        hint = "" if not roles["precomputed"] else " (its --features rows are all zero)" if roles["given"] else \
+            f" (pass --features for {', '.join(roles['precomputed'])})"
         return Problem(catalog.row(i), None, f"id '{catalog.item_ids[i]}' is not in the index, and the row has none "
-                                             f"of its modalities ({', '.join(self.modalities)}) to add it by")
+                                             f"of its modalities ({', '.join(self.modalities)}) to add it by{hint}")
 
     def _content_change(self, catalog: Catalog, old: list[int], pos: dict[int, int], fields: dict[int, dict],
                         roles: dict[str, Any], loaded: dict[str, np.ndarray],

@@ -427,8 +427,11 @@ def test_index_add_with_precomputed_features_and_evaluate_after_remove(tmp_path,
     np.save(tmp_path / "cold.npy", np.load(feats)[np.asarray(cold, int)])
     with pytest.raises(ConfigError, match=r"features other are not precomputed modalities"):
         rec.items.add(tmp_path / "cold.csv", features={"other": tmp_path / "cold.npy"})
-    with pytest.raises(MMRecError, match=r"have none of this index's modalities \['content'\].*pass --features"):
-        rec.items.add(tmp_path / "cold.csv")
+    with pytest.raises(DataError, match=rf"row 1: id '{cold[0]}' is not in the index, and the row has none of its "
+                                        r"modalities \(content\) to add it by \(pass --features for content\)"):
+        rec.items.add(tmp_path / "cold.csv")  # refused by row, before anything is encoded
+    with pytest.raises(DataError, match=r"no valid rows left"):  # skipped, every one
+        rec.items.add(tmp_path / "cold.csv", skip_invalid=True)
     (tmp_path / "dup.csv").write_text("item_id\n" + "".join(f"{i}\n" for i in cold + cold[:1]))
     with pytest.raises(MMRecError, match=r"row 33 was skipped \(--skip-invalid\), so the --features rows no longer line up"):
         rec.items.add(tmp_path / "dup.csv", features={"content": tmp_path / "cold.npy"}, skip_invalid=True)
