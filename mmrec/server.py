@@ -13,6 +13,8 @@ server (no extra dependency)::
     GET /similar?item=1&k=10[&by=cosine]
     GET /search?text=space+adventure&k=10[&by=content]
     GET /item?item=1[&item=50]                   {"results": [{"item_id", <fields>}, ...]}: the stored display fields
+    GET /explain?item=1[&item=50]&k=5            {"results": [{"item_id", <fields>, "attention", "neighbours"}, ...]}:
+                                                 as ``mmrec explain --json``
 
 Options per route (as the CLI's): ``k`` (default 10); ``explain`` and ``include_known``
 (``1``/``0``, ``true``/``false``); ``diversity`` (``recommend``, ``history``); ``method``
@@ -209,6 +211,14 @@ def _search(rec, p: Params) -> list:
                            **_filters(rec, p))
 
 
+def _explain(rec, p: Params) -> list:
+    items = p.all("item")
+    if not items:
+        raise BadRequest("/explain: give one or more 'item' parameters (item=1&item=50)")
+    k = p.integer("k", 5, 1)
+    return [rec.explain(item, k) for item in items]  # an unknown id is a 404 naming it
+
+
 def _item(rec, p: Params) -> list[dict[str, Any]]:
     items = p.all("item")
     if not items:
@@ -229,6 +239,7 @@ ROUTES: dict[str, tuple[Callable[[Any, Params], list | tuple[list, dict[str, Any
     "/similar": (_similar, ("item", "k", "explain", "by", *FILTERS)),
     "/search": (_search, ("text", "k", "by", *FILTERS)),
     "/item": (_item, ("item",)),
+    "/explain": (_explain, ("item", "k")),
 }
 
 

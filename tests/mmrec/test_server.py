@@ -97,6 +97,8 @@ def test_every_route_answers_what_the_python_api_returns(served):
         ("/history?user=u3&k=5&explain", rec.recommend_history([], 5, user="u3", explain=True)),
         ("/similar?item=3&k=6", rec.similar(3, 6)),
         ("/similar?item=3&k=6&by=cosine&explain=yes", rec.similar(3, 6, by="cosine", explain=True)),
+        ("/explain?item=3&k=4", [rec.explain(3, 4)]),
+        ("/explain?item=3&item=0", [rec.explain(3), rec.explain(0)]),
     ]
     for path, want in cases:
         status, body = get(url + path)
@@ -128,7 +130,11 @@ def test_bad_requests_are_refused_with_the_reason(served):
         ("/recommend?user=nobody", 404, "user 'nobody' is not known to this model (48 users)"),
         ("/similar?item=999", 404, "item '999' is not in this index (32 items)"),
         ("/history?item=999", 404, "history item '999' is not in this index (32 items)"),
-        ("/nowhere", 404, "no route '/nowhere'; routes: /health, /recommend, /history, /similar, /search, /item"),
+        ("/nowhere", 404, "no route '/nowhere'; routes: /health, /recommend, /history, /similar, /search, /item, "
+                                  "/explain"),
+        ("/explain?item=3&item=77", 404, "item '77' is not in this index (32 items)"),
+        ("/explain?k=2", 400, "/explain: give one or more 'item' parameters"),
+        ("/explain?item=3&k=0", 400, "/explain: 'k' must be at least 1, got 0"),
         ("/item?item=3&item=77", 404, "item '77' is not in this index (32 items)"),
         ("/item", 400, "/item: give one or more 'item' parameters"),
         ("/item?item=3&k=2", 400, "/item: unknown parameter(s) 'k'; this route takes item"),
