@@ -153,7 +153,7 @@ def _set_modes(tmp: Path, previous: Path | None) -> None:
     """Give the new directory and its files the modes and group of the version they replace (a
     setgid group directory, files a server of another user reads), and new files the umask's default
     (some writers, safetensors among them, create files 0600 whatever the umask)."""
-    mask = _umask()
+    mask = umask()
     if previous is not None:
         st = previous.stat()
         os.chmod(tmp, stat.S_IMODE(st.st_mode))
@@ -174,7 +174,7 @@ def _set_modes(tmp: Path, previous: Path | None) -> None:
             os.chmod(path, 0o666 & ~mask)
 
 
-def _umask() -> int:
+def umask() -> int:
     """The process umask, read without changing it where Linux says it (another thread creating
     a file meanwhile would get mode 0o666 from a umask set to 0 for a moment)."""
     try:

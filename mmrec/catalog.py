@@ -11,6 +11,7 @@ import contextlib
 import csv
 import json
 import logging
+import os
 import re
 import tempfile
 from collections.abc import Collection, Iterator, Sequence
@@ -391,6 +392,8 @@ def _parquet_data_columns(path: Path, columns: list[str], rows: list[dict[str, A
     for c in columns:
         if c in dropped or not any(_has_bytes(r[c]) for r in rows):
             continue
+        # a list of binary values (tags) is a list of text once decoded; a list of structs stays no text
+        tags = any(isinstance(r[c], list) and any(isinstance(v, bytes) for v in r[c]) for r in rows)
         try:  # a list of binary values (tags), a struct holding some, too
             decoded = [_utf8(r[c]) for r in rows]
         except UnicodeDecodeError:
@@ -405,7 +408,7 @@ def _parquet_data_columns(path: Path, columns: list[str], rows: list[dict[str, A
             r[c] = value
         if types[c] in ("binary", "large_binary") or types[c].startswith("fixed_size_binary"):
             types[c] = "string"
-        elif types[c] == "object" and any(isinstance(r[c], list) for r in rows):
+        elif tags and types[c] == "object":
             types[c] = "list<string>"  # a list of binary values: text now
     if problems:
         raise DataError(path, problems)
@@ -536,9 +539,11 @@ def load_catalog(
 def _file_hash_or_none(path: str) -> str | None:
     from encoders.cache import file_hash
 
+    if not os.path.isfile(path):  # missing, a folder, a FIFO or a device (never read to its end): check_image says
+        return None
     try:
         return file_hash(path)
-    except OSError:  # missing, a folder, unreadable: check_image says which
+    except OSError:  # unreadable: check_image says so
         return None
 
 

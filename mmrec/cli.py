@@ -299,13 +299,13 @@ def cmd_index_update(args: argparse.Namespace) -> int:
                                  ("updated", "added", "removed", "skipped"))
     added = f", {add} {_items(done['added'])}" if args.add_new else ""
     removed = f", {remove} {_items(done['removed'])}" if args.remove_missing else ""
-    unchanged = not (done["updated"] or done["added"] or done["removed"])  # then nothing is written
+    unchanged = not (done["updated"] or done["added"] or done["removed"])  # then only skipped.jsonl is written
     rows = f"{done['skipped']:,} invalid row" + ("" if done["skipped"] == 1 else "s")
-    skipped = f", {skip} {rows}" + ("" if args.dry_run or unchanged else f" (listed in {SKIP_REPORT})") \
-        if done["skipped"] else ""
+    skipped = f", {skip} {rows}" + ("" if args.dry_run else f" (listed in {SKIP_REPORT})") if done["skipped"] else ""
     left = len(index) + (done["added"] - done["removed"] if args.dry_run else 0)
+    nothing = " (nothing was written)" if args.dry_run else " (the index was not rewritten)" if unchanged else ""
     print(f"{update} {_items(done['updated'])}{detail}, {done['unchanged']:,} unchanged{added}{removed}{skipped} in "
-          f"{args.index}: {_items(left)}" + (" (nothing was written)" if args.dry_run or unchanged else ""))
+          f"{args.index}: {_items(left)}{nothing}")
     return 0
 
 

@@ -19,12 +19,14 @@ import collections
 import contextlib
 import copy
 import dataclasses
+import decimal
 import gc
 import glob
 import json
 import logging
 import os
 import re
+import stat
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence, Set as AbstractSet
@@ -40,7 +42,7 @@ from fusion.fixed import CENTER_MIN_ITEMS, combine_modalities, modality_centers
 from index import FaissIndex, IndexFormatError, atomic_directory, read_manifest, sha256_file, write_manifest
 from index.faiss_index import IDS_FILE, INDEX_FILE
 from index.faiss_index import _canonical_id as canonical_id
-from index.persist import MANIFEST_NAME, manifest_stamp, writer_lock
+from index.persist import MANIFEST_NAME, manifest_stamp, umask, writer_lock
 from index.mips import MipsTransform
 from mmrec.catalog import ID_FIELD, Catalog, check_catalog_ids, compose_text, drop_rows, load_catalog
 from mmrec.errors import ConfigError, DataError, MMRecError, Problem, UnknownIdError, check_count
@@ -173,6 +175,14 @@ def where_number(text: str) -> float | None:
     return float(text) if _NUMBER.fullmatch(text) else None
 
 
+def exact_number(text: str) -> decimal.Decimal | None:
+    """A display field or an ``=`` value as the exact number it writes (``100``, ``100.0`` and
+    ``1e2`` are one number; ``12345678901234567890`` and ``...891`` two, as float64 would not
+    tell them apart), else ``None`` (as :func:`where_number`)."""
+    text = text.strip()
+    return decimal.Decimal(text) if _NUMBER.fullmatch(text) else None
+
+
 def describe_where(conditions: Sequence[tuple[str, str, str]]) -> str:
     """Conditions as :meth:`ItemIndex.matching` combines them: a field's ``=`` values as
     alternatives (``genres=A or genres=B``), everything else joined by ``and``."""
@@ -189,18 +199,18 @@ def shown_fields(fields: Mapping[str, str], reserved: Sequence[str]) -> dict[str
     return {f"catalog.{k}" if k in reserved else k: v for k, v in fields.items()}
 
 
-def _skip_report(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``skipped.jsonl``'s records, oldest first, each problem listed once: the same item skipped
-    again for the same field and message (a nightly export under a dated name with the same bad
-    row) keeps only its latest record, the file and row it was last seen in, so the report grows
-    with distinct problems, not with nights; a record without an item id, once per identical record."""
-    latest: dict[Any, dict[str, Any]] = {}
-    for r in records:
-        item = r.get("item_id")
-        key = (json.dumps(item), r.get("field"), r.get("message")) if item is not None else json.dumps(r, sort_keys=True)
-        latest.pop(key, None)  # moved to the end: listed where it was last seen
-        latest[key] = r
-    return list(latest.values())
+def _skip_report(earlier: list[dict[str, Any]], now: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``skipped.jsonl``'s records: the ``earlier`` commands', then this one's (``now``), where
+    an item this command skipped again for the same field and message (a nightly export under a
+    dated name with the same bad row) drops its earlier records, so the report grows with
+    distinct problems, not with nights; every row this command skipped is listed, and an
+    identical record (a catalog both pending and given to save) once."""
+    def problem(r: dict[str, Any]) -> Any:
+        return None if r.get("item_id") is None else (json.dumps(r["item_id"]), r.get("field"), r.get("message"))
+
+    again = {problem(r) for r in now} - {None}
+    kept = [r for r in earlier if problem(r) is None or problem(r) not in again]
+    return list({json.dumps(r, sort_keys=True): r for r in kept + now}.values())
 
 
 class Encoders:
@@ -996,8 +1006,8 @@ class ItemIndex:
                     f.writelines(encode(it) + "\n" for it in self.items)
                 # Every command's skipped rows, this one's after those the directory already listed
                 # (a build or train writing a new directory starts the list).
-                report = _skip_report(self._skips_so_far() + self._pending_skips
-                                      + (skipped.skip_records() if skipped is not None else []))
+                report = _skip_report(self._skips_so_far() + self._pending_skips,
+                                      skipped.skip_records() if skipped is not None else [])
                 if report:
                     with open(tmp / SKIP_REPORT, "w", encoding="utf-8") as f:
                         f.writelines(json.dumps(r) + "\n" for r in report)
@@ -1020,17 +1030,22 @@ class ItemIndex:
         self._pending_skips = []
 
     def _list_skips(self, records: list[dict[str, Any]]) -> None:
-        """Add ``records`` to the directory's ``skipped.jsonl`` alone (temp file, then rename),
-        the rest of the directory untouched: a report, not checksummed, so nothing reloads."""
+        """Add ``records`` to the directory's ``skipped.jsonl`` alone (a temp file beside the
+        directory, as every writer's, then renamed in; the mode of the file it replaces, else
+        the directory files' default), the rest of the directory untouched: a report, not
+        checksummed, so nothing reloads."""
         self._check_in_place()
         with writer_lock(self.directory):
             self._check_unchanged()
-            report = _skip_report(self._skips_so_far() + self._pending_skips + records)
-            tmp = self.directory / f".{SKIP_REPORT}.{os.getpid()}.tmp"
+            report = _skip_report(self._skips_so_far() + self._pending_skips, records)
+            path = self.directory / SKIP_REPORT
+            mode = stat.S_IMODE(path.stat().st_mode) if path.is_file() else 0o666 & ~umask()
+            tmp = self.directory.parent / f".{self.directory.name}.{SKIP_REPORT}.{os.getpid()}.tmp"
             try:
                 with open(tmp, "w", encoding="utf-8") as f:
                     f.writelines(json.dumps(r) + "\n" for r in report)
-                os.replace(tmp, self.directory / SKIP_REPORT)
+                os.chmod(tmp, mode)
+                os.replace(tmp, path)
             finally:
                 tmp.unlink(missing_ok=True)
         self._pending_skips = []
@@ -1224,7 +1239,8 @@ class ItemIndex:
         ``--where`` takes them. An item matches ``FIELD=VALUE`` when the field's text equals the
         value, or, for a field of ``|``-separated values (MovieLens ``genres``, ``cast``), when one
         of its parts does (surrounding spaces ignored, case counts), or when the value and the
-        field read as the same number (``price=100`` matches ``100.0``); an empty value matches the
+        field write the same number, compared exactly (``price=100`` matches ``100.0``; two
+        20-digit ids that float64 would merge stay apart); an empty value matches the
         items that lack the field or have it empty (``price=``); ``!=`` is its opposite; the
         comparisons read the field as a number, and an item whose field is no number never
         matches them. A field's ``=`` values are alternatives; every other condition, and every
@@ -1265,11 +1281,11 @@ class ItemIndex:
                 facet = facets[field]
                 found = [facet[v] for v in values if v in facet]
                 for value in values:
-                    number = where_number(value)
+                    number = exact_number(value)
                     if number is not None:  # price=100 is also the item whose price reads 100.0
-                        if field not in numbers:
-                            numbers[field] = self._numbers(field)
-                        found.append(np.flatnonzero(numbers[field] == number))
+                        if (field, "exact") not in numbers:
+                            numbers[field, "exact"] = self._exact_numbers(field)
+                        found.append(numbers[field, "exact"].get(number, np.zeros(0, np.int64)))
                 return np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
 
             equal = [value for op, value in conditions if op == "="]
@@ -1335,6 +1351,17 @@ class ItemIndex:
             raise self._not_a_field(field)
         values = (None if text is None else where_number(text) for text in texts)
         return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+    def _exact_numbers(self, field: str) -> dict[decimal.Decimal, np.ndarray]:
+        """Each number the display field ``field`` reads as (:func:`exact_number`) -> the sorted
+        positions of the items with it."""
+        positions: dict[decimal.Decimal, list[int]] = {}
+        for i, item in enumerate(self.items):
+            text = item["fields"].get(field)
+            number = None if text is None else exact_number(text)
+            if number is not None:
+                positions.setdefault(number, []).append(i)
+        return {number: np.array(rows, dtype=np.int64) for number, rows in positions.items()}
 
     def _not_a_field(self, field: str) -> ConfigError:
         known = sorted({name for item in self.items for name in item["fields"]})
@@ -1817,7 +1844,8 @@ class ItemIndex:
             names as they are, "content": of the updated, items whose content changed, "moved": of
             those, items placed again (the rest keep trained vectors), "added": new items,
             "removed": items removed, "skipped": rows left out (skip_invalid)}``. An update that
-            changes nothing writes nothing.
+            changes nothing writes nothing but its skipped rows and masked images into
+            ``skipped.jsonl`` (a report: the manifest is untouched, so a server does not reload).
 
         Raises:
             DataError: bad rows; an id not in the index (without ``add_new``); a change that
@@ -1875,13 +1903,13 @@ class ItemIndex:
         if dry_run:
             return counts
         if not updated and not unknown and not missing:  # a server would reload it for nothing
+            records = catalog.skip_records()  # skipped rows and masked images
             logger.info("nothing changed: %s was not written%s", self.directory or "the index",
-                        f" (only its {SKIP_REPORT}: {len(skipped)} skipped row(s))"
-                        if skipped and self.directory is not None else "")
-            if skipped and self.directory is not None:
-                self._list_skips(catalog.skip_records())
-            elif skipped:
-                self._pending_skips += catalog.skip_records()
+                        f" (only its {SKIP_REPORT}: {len(records)} record(s))" if records and self.directory else "")
+            if records and self.directory is not None:
+                self._list_skips(records)
+            elif records:
+                self._pending_skips += records
             return counts
         features_now, present_now = dict(self.features), dict(self.present)
         for m in self.modalities if touched else ():  # arrays replaced, never written into (the snapshot)

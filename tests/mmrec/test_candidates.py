@@ -227,6 +227,12 @@ def test_where_conditions_not_equal_and_numeric_ranges():
                                      show_progress=False)
     assert sparse.matching(["price="]) == ["q", "r"]  # missing or blank; "x|" is "x", not also empty
     assert sparse.matching(["price=10"]) == ["p", "t"] and sparse.matching(["price=x"]) == ["s"]
+    # = compares the exact numbers written: long ids that float64 would merge stay apart
+    skus = ItemIndex.from_features(list("abcd"), {"text": np.eye(4, dtype=np.float32)}, factory="Flat", records=[
+        {"sku": "12345678901234567890"}, {"sku": "12345678901234567891"}, {"sku": "1e400"}, {"sku": "5e999"}],
+        show_progress=False)
+    assert skus.matching(["sku=12345678901234567890"]) == ["a"] and skus.matching(["sku=1.2345678901234567891e19"]) == ["b"]
+    assert skus.matching(["sku!=12345678901234567890"]) == ["b", "c", "d"] and skus.matching(["sku=10e399"]) == ["c"]
     for bound in ("abc", "nan", "inf", "1_990", " =3"):  # decimal notation only: "y> =3" is no y>=3
         with pytest.raises(ConfigError, match=rf"condition 'year>{bound}': '{bound.strip()}' is not a number"):
             idx.matching([f"year>{bound}"])

@@ -522,6 +522,13 @@ def test_parquet_binary_cells_are_text_and_a_pandas_index_is_no_column(tmp_path)
                    tmp_path / "sh.parquet")
     assert [r["h"] for r in load_catalog(tmp_path / "sh.parquet", show_progress=False).records] == \
         ['{"k": "b\'\\\\xff\'"}', '{"k": "b\'\\\\x80\'"}']
+    # a list of structs holding binary values is no text, as the same with string values is not
+    for kind in (pa.binary(), pa.string()):
+        value = b"red" if kind == pa.binary() else "red"
+        column = pa.array([[{"n": value}], []], pa.list_(pa.struct([("n", kind)])))
+        pq.write_table(pa.table({"item_id": ["a", "b"], "title": ["x", "y"], "c": column}), tmp_path / "ls.parquet")
+        cat = load_catalog(tmp_path / "ls.parquet", show_progress=False)
+        assert cat.text_fields == ["title"] and cat.texts == ["x", "y"], kind
     # DataFrame.to_parquet writes any index but a plain range as a column "__index_level_0__"
     pd.DataFrame({"item_id": [1, 2], "title": ["a", "b"]}, index=["x", "y"]).to_parquet(tmp_path / "ix.parquet")
     cat = load_catalog(tmp_path / "ix.parquet", show_progress=False)
@@ -600,3 +607,30 @@ def test_an_unclosed_quote_is_refused_and_a_quoted_empty_line_is_a_row(tmp_path)
     (tmp_path / "s5.csv").write_text('"item_id"x,title\n1,a\n2,"open\n')
     with pytest.raises(DataError, match=r"s5\.csv: row 2: an unbalanced quote"):
         load_catalog(tmp_path / "s5.csv", show_progress=False)
+
+
+def test_checked_images_skip_the_decode_of_known_bytes_and_never_read_a_fifo(tmp_path, image_paths, monkeypatch):
+    import os
+    import shutil
+    import threading
+
+    import encoders.image
+    from encoders.cache import file_hash
+
+    shutil.copy(image_paths[0], tmp_path / "a.jpg")
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    os.mkfifo(tmp_path / "fifo.jpg")  # reading it would wait for a writer forever
+    (tmp_path / "c.csv").write_text("item_id,title,image\n1,x,a.jpg\n2,y,bad.jpg\n3,z,fifo.jpg\n")
+    checked = []
+    real = encoders.image.check_image
+    monkeypatch.setattr(encoders.image, "check_image", lambda path: checked.append(os.path.basename(path)) or real(path))
+    got = []
+    reader = threading.Thread(target=lambda: got.append(load_catalog(
+        tmp_path / "c.csv", mask_bad_images=True, checked_images={file_hash(tmp_path / "a.jpg")}, show_progress=False)),
+        daemon=True)
+    reader.start()
+    reader.join(60)
+    assert not reader.is_alive(), "the FIFO was read"
+    assert checked == ["bad.jpg", "fifo.jpg"]  # a.jpg's bytes are known to decode
+    assert got[0].images[0].endswith("a.jpg") and got[0].images[1:] == [None, None]
+    assert "not a regular file" in got[0].masked[1].message

@@ -348,7 +348,10 @@ def test_an_index_built_with_mask_bad_images_keeps_masking_them(shop, tiny_bert_
     np.testing.assert_array_equal(idx.vectors, vectors)
     np.testing.assert_array_equal(idx.present["image"], present)
     assert [it["fields"]["image"] for it in idx.items[:6]] == [r["image"] for r in rows]
-    idx.update(d / "elsewhere" / "night.csv", dry_run=True)  # (a write lists them; this one wrote nothing)
+    # nothing changed, so only skipped.jsonl was written: this night's six masked images are listed
+    listed = [json.loads(line) for line in (d / "idx" / "skipped.jsonl").read_text().splitlines()]
+    assert sum("elsewhere" in r["message"] and "the item keeps its stored image (--mask-bad-images)" in r["message"]
+               for r in listed) == 6
     rows[1]["price"] = "7"
     write_rows(d / "elsewhere" / "night.csv", rows, ["item_id", "title", "price", "image"])
     assert idx.update(d / "elsewhere" / "night.csv")["updated"] == 1
@@ -400,6 +403,16 @@ def test_an_update_decodes_only_the_images_the_index_does_not_hold(shop, tiny_be
 
 
 def test_the_same_bad_row_of_nightly_files_is_listed_once_with_its_latest_file(shop, tiny_bert_dir, tiny_vit_dir):
+    # ... while every row one command skipped is listed: id 7 at rows 1, 3 and 5 skips rows 3 and 5
+    from mmrec.catalog import load_catalog
+
+    (shop[0] / "dup.csv").write_text("item_id,title\n7,a\n8,b\n7,c\n9,d\n7,e\n")
+    cat = load_catalog(shop[0] / "dup.csv", skip_invalid=True, show_progress=False)
+    ItemIndex.from_features(cat.item_ids, {"text": np.eye(3, dtype=np.float32)}, factory="Flat",
+                            show_progress=False).save(shop[0] / "dup_idx", skipped=cat)
+    assert [json.loads(line)["row"] for line in (shop[0] / "dup_idx" / "skipped.jsonl").read_text().splitlines()] == \
+        [3, 5]
+
     d, rows, _ = shop
     build(d / "all.csv", d / "idx", tiny_bert_dir, tiny_vit_dir)
     idx = ItemIndex.load(d / "idx", show_progress=False)
@@ -420,5 +433,28 @@ def test_the_same_bad_row_of_nightly_files_is_listed_once_with_its_latest_file(s
     assert (d / "idx" / "manifest.json").read_bytes() == manifest
     listed = [json.loads(line) for line in (d / "idx" / "skipped.jsonl").read_text().splitlines()]
     assert [r["item_id"] for r in listed] == [None, "zz", None, "yy"]
+    # The report keeps its mode, and a write that fails leaves no file behind, in the directory or beside it.
+    (d / "idx" / "skipped.jsonl").chmod(0o640)
+    write_rows(d / "prices-2026-12-03.csv", [{"item_id": "i1", "price": "6"}, {"item_id": "xx", "price": "1"}],
+               ["item_id", "price"])
+    idx.update(d / "prices-2026-12-03.csv", skip_invalid=True)
+    assert (d / "idx" / "skipped.jsonl").stat().st_mode & 0o777 == 0o640
+    before = sorted(p.name for p in d.iterdir()), sorted(p.name for p in (d / "idx").iterdir())
+    report = (d / "idx" / "skipped.jsonl").read_bytes()
+
+    def fail(*args):
+        raise OSError("disk full")
+
+    import os as os_module
+
+    real_replace = os_module.replace
+    os_module.replace = fail
+    try:
+        with pytest.raises(OSError, match="disk full"):
+            idx.update(d / "prices-2026-12-02.csv", skip_invalid=True)
+    finally:
+        os_module.replace = real_replace
+    assert (sorted(p.name for p in d.iterdir()), sorted(p.name for p in (d / "idx").iterdir())) == before
+    assert (d / "idx" / "skipped.jsonl").read_bytes() == report
     assert not [p for p in (d / "idx").iterdir() if p.name.endswith(".tmp")]
     assert ItemIndex.load(d / "idx", show_progress=False).items == idx.items  # still loads, checksums and all
