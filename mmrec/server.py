@@ -178,7 +178,7 @@ def _filters(rec, p: Params) -> dict[str, Any]:
 
 def _ignored(rec, p: Params) -> dict[str, list[str]]:
     """The ``exclude`` / ``only`` ids given that are not in the index (a client sees no server log)."""
-    return {f"ignored_{name}": [i for i in p.all(name) if i.strip() and rec.items._try_resolve(i) is None]
+    return {f"ignored_{name}": [i for i in dict.fromkeys(p.all(name)) if i.strip() and rec.items._try_resolve(i) is None]
             for name in ("exclude", "only") if name in p}  # (a bare only= is the empty set of candidates)
 
 
