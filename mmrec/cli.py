@@ -573,6 +573,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from mmrec.config import ARCHITECTURE, TrainConfig
     from mmrec.transfer import finetune
 
+    _check_skip_with_features(args)
     _refuse_catalog_options(args)
     changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
     for name, value in changes.items():  # a value TrainConfig refuses is a malformed command line, as in train
@@ -587,11 +588,14 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         config=changes,
         keep_users=args.keep_users,
         ignore=args.ignore_modality or (),
+        skip_invalid=args.skip_invalid,
         **_training_options(args),
     )
     report = json.loads((Path(args.out) / "train_report.json").read_text())
-    print_training(args, f"fine-tuned {args.source} into {args.out}", result, test,
-                   source=args.source, start_valid=report.get("start_valid"))
+    skipped = Path(args.out) / "skipped.jsonl"
+    print_training(args, f"fine-tuned {args.source} into {args.out}" + (
+        f" (skipped catalog rows and left-out images listed in {skipped})" if skipped.exists() else ""), result, test,
+        source=args.source, start_valid=report.get("start_valid"))
     return 0
 
 
@@ -1071,6 +1075,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "--no-keep-users when the ids do not name the same people)")
     ft.add_argument("--factory", default="auto",
                     help="FAISS factory for the trained item vectors (default auto: Flat below 100k items)")
+    ft.add_argument("--skip-invalid", action="store_true",
+                    help="skip invalid catalog rows (listed in OUT/skipped.jsonl), invalid interaction rows and "
+                         "the rows of skipped items (counted in OUT/train_report.json) instead of failing")
     ft.add_argument("--overwrite", action="store_true", help="replace OUT if it is an mmrec directory")
     ft.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_dataclass_options(ft, TrainConfig, default_from="the source model", fixed=ARCHITECTURE,

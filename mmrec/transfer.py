@@ -65,7 +65,7 @@ from mmrec.config import ARCHITECTURE, TrainConfig, config_changes
 from mmrec.errors import ConfigError
 from mmrec.interactions import check_columns
 from mmrec.item_index import check_device, check_factory, check_out
-from mmrec.pipeline import Content, fit, load_content
+from mmrec.pipeline import SKIP_WITH_FEATURES, Content, fit, load_content
 from mmrec.recommender import Recommender
 from mmrec.train import Trainer, TrainResult
 from mmrec.typing import UserId
@@ -380,6 +380,7 @@ def finetune(
     ignore: Sequence[str] = (),
     cache_dir: str | Path | None = None,
     show_progress: bool = True,
+    skip_invalid: bool = False,
     **catalog_options: Any,
 ) -> tuple[Recommender, TrainResult, dict[str, float]]:
     """Fine-tune a trained model on a new catalog and (when ``out`` is given) write its directory.
@@ -407,8 +408,12 @@ def finetune(
         ignore: modalities of the new data to leave out (one name or several).
         cache_dir: feature cache for encoding the catalog.
         show_progress: progress bars.
-        **catalog_options: ``text_fields``, ``image_field``, ``image_root`` (default: the
-            source's fields).
+        skip_invalid: as :func:`mmrec.pipeline.fit`: invalid catalog rows are left out (listed in
+            ``out/skipped.jsonl``), and invalid interaction rows and those of the skipped items
+            skipped (recorded, so ``evaluate`` reads the file as training did). Not with
+            ``features`` beside a catalog.
+        **catalog_options: ``text_fields``, ``image_field``, ``image_root``,
+            ``mask_bad_images`` (default: the source's).
 
     Returns:
         ``(recommender, training result, test metrics)``, as :func:`mmrec.pipeline.fit`.
@@ -416,6 +421,10 @@ def finetune(
     Raises:
         ConfigError: the new data does not fit the source model (see the module docstring).
     """
+    if skip_invalid and features and catalog is not None:
+        raise ConfigError(SKIP_WITH_FEATURES)
+    if skip_invalid and catalog is not None and not isinstance(catalog, Catalog):
+        catalog_options["skip_invalid"] = True
     src = open_source(source, show_progress=show_progress)
     if out is not None and src.items.directory is not None and Path(out).resolve() == src.items.directory.resolve():
         raise ConfigError(f"--out {out} is the source directory: write the fine-tuned model somewhere else")
@@ -432,6 +441,10 @@ def finetune(
             raise
         raise ConfigError(f"{e} ({', '.join(inherited)} from the source's config.json: give another value to "
                           f"override it)") from e
+    if cfg.lr > src.config.lr:  # the transferred weights are a good start that a large step throws away
+        logger.warning("fine-tuning at lr %g, above the source model's %g: a rate at or below the source's suits "
+                       "fine-tuning (a larger one can leave the transferred start within an epoch)", cfg.lr,
+                       src.config.lr)
     tuned = [m for m in src.items.encoders.spec if m in src.model.modality_dims and m not in ignore]
     if src.items.directory is None and src.config.finetune != "frozen" and cfg.finetune == "frozen" and tuned:
         # Its tuned encoders live only in memory: this run would encode with them but record the
@@ -483,4 +496,5 @@ def finetune(
         return report
 
     return fit(interactions, content=content, out=out, config=cfg, split=split, rating_threshold=rating_threshold,
-               factory=factory, overwrite=overwrite, show_progress=show_progress, before_training=start)
+               factory=factory, overwrite=overwrite, show_progress=show_progress, before_training=start,
+               skip_invalid=skip_invalid)

@@ -620,3 +620,34 @@ def test_an_in_memory_source_with_tuned_encoders_is_refused_frozen_and_carried_w
     texts = [it["fields"]["title"] for it in rec.items.items]
     for r in (rec, Recommender.load(tmp_path / "ft", show_progress=False)):
         np.testing.assert_allclose(r.items.encoders.get("text").encode(texts), r.items.features["text"], atol=1e-5)
+
+
+def test_finetune_skips_invalid_rows_as_train_does_and_records_it(tmp_path, tiny_bert_dir, caplog, capsys):
+    from mmrec.pipeline import evaluate_directory
+
+    words = ["cat", "dog", "space", "war", "love", "city", "toy", "boy", "police", "night"]
+    a_ids, b_ids = [f"a{i}" for i in range(20)], [f"new-{i}" for i in range(16)]
+    a_inter = _catalog_interactions(tmp_path / "a.tsv", a_ids, [f"u{i}" for i in range(12)], 6, seed=0)
+    fit(a_inter, catalog=_catalog(tmp_path / "a.csv", a_ids, words), out=tmp_path / "source", cache_dir=None,
+        text_encoder=tiny_bert_dir, config=TrainConfig(**FAST, epochs=1), split="random", show_progress=False)
+    _catalog(tmp_path / "b.csv", b_ids, words[::-1])
+    with open(tmp_path / "b.csv", "a") as f:
+        f.write("bad-1,\n")  # no text: an invalid row, whose interactions must go too
+    b_inter = _catalog_interactions(tmp_path / "b.tsv", b_ids + ["bad-1"], [f"v{i}" for i in range(10)], 6, seed=1)
+    with pytest.raises(DataError, match=r"row 17: no text in title"):
+        finetune(tmp_path / "source", b_inter, catalog=tmp_path / "b.csv", split="random", show_progress=False)
+    assert main(["finetune", "--from", str(tmp_path / "source"), "--catalog", str(tmp_path / "b.csv"),
+                 "--interactions", str(b_inter), "--out", str(tmp_path / "ft"), "--epochs", "1", "--split", "random",
+                 "--skip-invalid", "-q"]) == 0
+    assert f"(skipped catalog rows and left-out images listed in {tmp_path / 'ft' / 'skipped.jsonl'})" in \
+        capsys.readouterr().out
+    back = Recommender.load(tmp_path / "ft", show_progress=False)
+    assert back.skip_invalid and back.skipped_items == ["bad-1"] and "bad-1" not in back.items.ids
+    report = json.loads((tmp_path / "ft" / "train_report.json").read_text())
+    assert report["data"]["unknown_items"] == sum(line.endswith("\tbad-1") for line in b_inter.read_text().splitlines())
+    assert evaluate_directory(back, b_inter, split="test")["rows_invalid_skipped"] == report["data"]["unknown_items"]
+    # A larger learning rate than the source's is warned about (it can leave the transferred start).
+    with caplog.at_level("WARNING", logger="mmrec.transfer"):
+        finetune(tmp_path / "source", b_inter, catalog=tmp_path / "b.csv", split="random", show_progress=False,
+                 skip_invalid=True, config={"lr": FAST["lr"] * 10, "epochs": 1})
+    assert f"fine-tuning at lr {FAST['lr'] * 10:g}, above the source model's {FAST['lr']:g}" in caplog.text
