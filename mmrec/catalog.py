@@ -597,10 +597,13 @@ def catalog_from_records(
     mask_bad_images: bool = False,
 ) -> Catalog:
     """Build a validated catalog from in-memory rows (the same rules and options as :func:`load_catalog`:
-    the fields named must be fields of the rows, and a row without an ``item_id`` is an invalid row)."""
+    the fields named must be fields of the rows, a row without an ``item_id`` is an invalid row,
+    and ``image_field`` defaults to ``image`` when the rows have that field)."""
     fields = list(dict.fromkeys(k for r in records for k in r))
     if not records:
         raise DataError(source, [Problem(None, None, "no rows")])
+    if image_field is None and DEFAULT_IMAGE_FIELD in fields:  # as load_catalog reads a file's image column
+        image_field = DEFAULT_IMAGE_FIELD
     if ID_FIELD not in fields:
         raise DataError(source, [Problem(None, ID_FIELD, f"required field missing (fields: {', '.join(fields)})")])
     unknown = [Problem(None, f, f"text field not found (fields: {', '.join(fields)})")

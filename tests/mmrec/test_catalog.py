@@ -454,7 +454,9 @@ def test_rows_in_memory_are_validated_as_a_file_is(tmp_path):
         catalog_from_records([records[0], records[0]], text_fields=["title"])
 
 
-def test_a_row_dropped_for_its_id_is_not_listed_as_kept_and_records_take_the_option(tmp_path):
+def test_a_row_dropped_for_its_id_is_not_listed_as_kept_and_records_take_the_option(tmp_path, image_paths):
+    import shutil
+
     from mmrec.catalog import catalog_from_records, check_catalog_ids
 
     (tmp_path / "items.csv").write_text("item_id,title,image\nA,red boots,gone.png\nB,blue mug,gone.png\n")
@@ -465,6 +467,11 @@ def test_a_row_dropped_for_its_id_is_not_listed_as_kept_and_records_take_the_opt
     assert [(r["row"], r["field"]) for r in records] == [(1, "item_id"), (2, "image")]  # A skipped, not "kept"
     rows = [{"item_id": "A", "title": "red boots", "image": str(tmp_path / "gone.png")}]
     assert catalog_from_records(rows, text_fields=["title"], image_field="image", mask_bad_images=True).images == [None]
+    # an "image" field is the image column by default, as in a file (it was read as a display field)
+    shutil.copy(image_paths[0], tmp_path / "pic.jpg")
+    rows = [{"item_id": "A", "title": "red boots", "image": "pic.jpg"}]
+    got = catalog_from_records(rows, text_fields=["title"], image_root=tmp_path)
+    assert got.image_field == "image" and got.images == [str(tmp_path / "pic.jpg")] and got.records == [{"title": "red boots", "image": "pic.jpg"}]
 
 
 def test_a_csv_column_is_typed_over_every_row_not_the_first_10000(tmp_path):
