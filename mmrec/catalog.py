@@ -510,6 +510,8 @@ def load_catalog(
     if text_fields is None:
         text_fields = [c for c in columns if c not in (ID_FIELD, image_field) and types[c] in TEXT_TYPES]
         _warn_numbers_as_text(path, text_fields, rows)
+        if image_field is None and "image" in encoded:
+            _warn_paths_as_text(path, text_fields, rows)
     else:
         unknown = [f for f in text_fields if f not in columns]
         if unknown:
@@ -559,6 +561,20 @@ def _warn_numbers_as_text(path: Path, text_fields: list[str], rows: list[dict[st
                            "part of every item's text; name the text columns with --text-fields (text_fields=) to "
                            "leave it out", path, column, len(words), len(cells), "is" if len(words) == 1 else "are",
                            *words[0])
+
+
+_IMAGE_PATH = re.compile(r"\S+\.(?:jpe?g|png|gif|webp|bmp|tiff?)", re.IGNORECASE)
+
+
+def _warn_paths_as_text(path: Path, text_fields: list[str], rows: list[dict[str, Any]]) -> None:
+    """Warn about a default text column of image file names when the catalog has no image
+    column (``image``): its paths would be embedded as text and no picture read."""
+    for column in text_fields:
+        cells = [str(row[column]).strip() for row in rows if isinstance(row.get(column), str) and row[column].strip()]
+        if cells and sum(bool(_IMAGE_PATH.fullmatch(v)) for v in cells) >= 0.5 * len(cells):
+            logger.warning("%s: column %r holds image file names (%r, ...) but is read as text, and no picture is "
+                           "read: pass --image-field %s (image_field=%r) to read them as images", path, column,
+                           cells[0], column, column)
 
 
 def _check_given_fields(path: Path, columns: list[str], encoded: Sequence[str],

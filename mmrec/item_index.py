@@ -542,6 +542,12 @@ def catalog_encoders(
             raise ConfigError(f"text encoder {text_encoder}: {e}") from e
         specs["text"] = encoder_spec(encoders["text"], text_encoder, max_length=max_length,
                                      **({"allow_download": True} if allow_download else {}))
+    for modality, named, has in (("text", text_encoder, any(catalog.texts)), ("image", image_encoder, catalog.has_images)):
+        if modality in on and named != "default" and not has:  # asked for by name: say why it is not used
+            logger.warning("%s encoder %s was named, but %s has no %s (%s): the index has no %s modality", modality,
+                           named, catalog.source, "text" if modality == "text" else "images",
+                           f"text columns: {', '.join(catalog.text_fields) or 'none'}" if modality == "text" else
+                           f"image column: {catalog.image_field or 'none'}", modality)
     if catalog.has_images and "image" in on:
         try:
             encoders["image"] = make_encoder(

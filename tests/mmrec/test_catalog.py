@@ -641,3 +641,24 @@ def test_checked_images_skip_the_decode_of_known_bytes_and_never_read_a_fifo(tmp
     assert checked == ["bad.jpg", "fifo.jpg"]  # a.jpg's bytes are known to decode
     assert got[0].images[0].endswith("a.jpg") and got[0].images[1:] == [None, None]
     assert "not a regular file" in got[0].masked[1].message
+
+
+def test_image_paths_read_as_text_and_a_named_encoder_with_nothing_to_read_are_warned_about(tmp_path, caplog):
+    from mmrec.item_index import catalog_encoders
+
+    (tmp_path / "c.csv").write_text("item_id,title,picture\n1,red boots,p1.jpg\n2,blue mug,img/p2.PNG\n3,hat,\n")
+    with caplog.at_level("WARNING", logger="mmrec"):
+        cat = load_catalog(tmp_path / "c.csv", show_progress=False)
+        assert cat.text_fields == ["title", "picture"] and not cat.has_images
+        assert "column 'picture' holds image file names ('p1.jpg', ...) but is read as text, and no picture is read: " \
+               "pass --image-field picture" in caplog.text
+        caplog.clear()
+        load_catalog(tmp_path / "c.csv", image_field="picture", check_images=False, show_progress=False)  # as images
+        load_catalog(tmp_path / "c.csv", show_progress=False, encoded=["text"])  # images off: none either
+        assert "holds image file names" not in caplog.text
+        assert catalog_encoders(cat, text_encoder="none", image_encoder="resnet18") == ({}, {})
+        assert f"image encoder resnet18 was named, but {tmp_path / 'c.csv'} has no images (image column: none): the " \
+               "index has no image modality" in caplog.text
+        caplog.clear()
+        catalog_encoders(cat, text_encoder="none")  # the default encoder: nothing asked for by name
+        assert "was named" not in caplog.text
