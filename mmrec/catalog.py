@@ -783,8 +783,10 @@ def check_catalog_ids(catalog: Catalog, existing: set[ItemId], source: str, *, s
         for i, iid in enumerate(typed):
             if not isinstance(iid, int):
                 clash.append(i)
-                problems.append(Problem(catalog.row(i), ID_FIELD, f"id '{iid}' is not a whole number, as every id "
-                                                                   "of the index is"))
+                why = ("has a leading zero: the index's ids are whole numbers, which cannot keep one"
+                       if re.fullmatch(r"\s*[+-]?0\d+\s*", str(iid)) else "is not a whole number, as every id of "
+                       "the index is")
+                problems.append(Problem(catalog.row(i), ID_FIELD, f"id '{iid}' {why}"))
         catalog.item_ids = typed
     mistyped = len(clash)
     for i, iid in enumerate(catalog.item_ids):
@@ -794,7 +796,8 @@ def check_catalog_ids(catalog: Catalog, existing: set[ItemId], source: str, *, s
     if not clash:
         return catalog
     parts = [f"{n} row(s) whose id {why}" for n, why in ((len(clash) - mistyped, "is already in the index"),
-                                                         (mistyped, "is not a whole number, as the index's ids are"))
+                                                         (mistyped, "is not a canonical whole number, as the "
+                                                                    "index's ids are"))
              if n]
     return drop_rows(catalog, clash, problems, source, skip=skip, summary=" and ".join(parts))
 

@@ -70,6 +70,7 @@ def print_results(results, as_json: bool, title_field: str | None = None, out=No
     out.write(f"{'rank':>4}  {'score':>7}  {'item_id':<{w}}  {title_field or ''}".rstrip() + "\n")
     for rank, (r, iid) in enumerate(zip(results, ids), 1):
         label = r.fields.get(title_field, "") if title_field else ""
+        label = " ".join(label.split())  # a multi-line title stays on its result's line
         label = label if len(label) <= 70 else label[:67] + "..."
         out.write(f"{rank:>4}  {r.score:>7.4f}  {iid:<{w}}  {label}".rstrip() + "\n")
         if r.explanation is not None:

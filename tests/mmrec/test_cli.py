@@ -153,6 +153,9 @@ def test_a_table_without_a_title_field_has_no_blank_column():
     print_results(results, False, "title", out)
     assert out.getvalue().splitlines() == ["rank    score  item_id     title", "   1   0.5000  7",
                                            "   2  -0.2500  long-id-42  T"]
+    out = io.StringIO()  # a multi-line title (a quoted CSV value) stays on its result's line
+    print_results([Result(1, 0.5, {"title": "Toy\nStory\r\n (1995)"})], False, "title", out)
+    assert out.getvalue().splitlines() == ["rank    score  item_id  title", "   1   0.5000  1        Toy Story (1995)"]
 
 
 class _Stream:

@@ -628,17 +628,19 @@ def test_index_add_reads_integer_ids_beside_text_ones_by_row(tmp_path, tiny_bert
     (tmp_path / "items.csv").write_text("item_id,title\n1,space alien\n2,robot dog\n3,cooking show\n")
     idx = ItemIndex.build(tmp_path / "items.csv", tmp_path / "idx", text_encoder=tiny_bert_dir, image_encoder=None,
                           show_progress=False)
-    (tmp_path / "new.csv").write_text("item_id,title\n50,fine film\nx9,other film\n3,again\n")  # read as text: "50"
-    with pytest.raises(DataError) as e:
+    (tmp_path / "new.csv").write_text("item_id,title\n50,fine film\nx9,other film\n3,again\n0702,zero\n")
+    with pytest.raises(DataError) as e:  # (read as text: "50", beside "x9")
         idx.add(tmp_path / "new.csv")
     assert str(e.value).splitlines()[1:] == [
         f"  {tmp_path / 'new.csv'}: row 2, field 'item_id': id 'x9' is not a whole number, as every id of the index is",
-        f"  {tmp_path / 'new.csv'}: row 3, field 'item_id': id '3' is already in the index"]
+        f"  {tmp_path / 'new.csv'}: row 3, field 'item_id': id '3' is already in the index",
+        f"  {tmp_path / 'new.csv'}: row 4, field 'item_id': id '0702' has a leading zero: the index's ids are whole "
+        "numbers, which cannot keep one"]
     assert idx.add(tmp_path / "new.csv", skip_invalid=True) == 1
     again = ItemIndex.load(tmp_path / "idx")
     assert again.ids == [1, 2, 3, 50]
     skipped = [json.loads(line) for line in (tmp_path / "idx" / "skipped.jsonl").read_text().splitlines()]
-    assert [(s["row"], s["item_id"]) for s in skipped] == [(2, "x9"), (3, "3")]
+    assert [(s["row"], s["item_id"]) for s in skipped] == [(2, "x9"), (3, "3"), (4, "0702")]
 
 
 def test_a_cache_directory_that_cannot_be_written_is_refused_before_encoding(tmp_path, tiny_bert_dir, monkeypatch):
