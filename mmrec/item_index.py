@@ -315,7 +315,8 @@ def check_factory(factory: str, n: int) -> str:
     try:
         return FaissIndex.check_factory(factory, n)
     except ValueError as e:
-        raise ConfigError(f"--factory {factory}: {e}") from None
+        message = str(e)  # (the CLI's --factory, Python's factory=): named once
+        raise ConfigError(message if repr(factory) in message else f"factory {factory!r}: {message}") from None
 
 
 def mmrec_manifest(directory: Path) -> dict[str, Any] | None:
@@ -2190,9 +2191,9 @@ class ItemIndex:
         except ConfigError as e:
             if factory is not None:
                 raise
-            own = str(e).removeprefix(f"--factory {self.manifest['factory']}: ")
+            own = str(e).removeprefix(f"factory {self.manifest['factory']!r}: ")
             raise ConfigError(f"this index's own factory {self.manifest['factory']} cannot be built again on its "
-                              f"{len(self)} items ({own}): choose another with --factory (auto: exact search below "
+                              f"{len(self)} items ({own}): choose another (--factory, factory=; auto: exact search below "
                               f"100k items)") from None
         before = self.index, self.manifest["factory"]
         self.index = FaissIndex.build(self.vectors, self.ids, factory=resolved)

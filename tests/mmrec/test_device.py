@@ -132,10 +132,10 @@ def test_a_factory_that_cannot_be_built_is_refused_before_encoding_or_training(t
 
     encoded = []
     monkeypatch.setattr(item_index, "encode_catalog", lambda *a, **k: encoded.append(1))
-    with pytest.raises(ConfigError, match=r"--factory bogus: unknown factory 'bogus'"):
+    with pytest.raises(ConfigError, match=r"unknown factory 'bogus'; accepted forms"):
         ItemIndex.build(_catalog(tmp_path), text_encoder=tiny_bert_dir, image_encoder=None, factory="bogus",
                         show_progress=False)
-    with pytest.raises(ConfigError, match=r"--factory IVF16,Flat: .*needs at least 624 training vectors.*got 8"):
+    with pytest.raises(ConfigError, match=r"factory 'IVF16,Flat' needs at least 624 training vectors.*got 8"):
         ItemIndex.build(_catalog(tmp_path), text_encoder=tiny_bert_dir, image_encoder=None, factory="IVF16,Flat",
                         show_progress=False)
     assert encoded == []

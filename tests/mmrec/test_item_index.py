@@ -413,7 +413,7 @@ def test_a_pq_factory_the_catalog_cannot_train_is_refused_before_encoding(tmp_pa
     (tmp_path / "items.csv").write_text("item_id,title\n1,space alien\n2,robot dog\n3,cooking show\n")
     # Any width takes PQ codes (33 = 32 text dimensions + the MIPS coordinate is padded: FaissIndex),
     # but three items train no 256-centroid codebook.
-    with pytest.raises(ConfigError, match=r"--factory IVF1,PQ2: .*PQ codebooks need 9984 rows"):
+    with pytest.raises(ConfigError, match=r"factory 'IVF1,PQ2' needs .*PQ codebooks need 9984 rows"):
         ItemIndex.build(tmp_path / "items.csv", text_encoder=tiny_bert_dir, image_encoder=None, factory="IVF1,PQ2",
                         show_progress=False)
 

@@ -600,7 +600,7 @@ def test_a_pq_factory_the_items_cannot_train_is_refused_before_training(tmp_path
 
     monkeypatch.setattr(Trainer, "fit", no_training)
     # dim 16: index vectors are 17 wide (the MIPS coordinate), padded for PQ2; 40 items train no codebook
-    with pytest.raises(ConfigError, match=r"--factory IVF1,PQ2: .*PQ codebooks need 9984 rows"):
+    with pytest.raises(ConfigError, match=r"factory 'IVF1,PQ2' needs .*PQ codebooks need 9984 rows"):
         fit(inter, features={"content": feats}, config=TrainConfig(dim=16, layers=1, heads=2, epochs=1),
             factory="IVF1,PQ2", split="random", show_progress=False)
 

@@ -568,7 +568,7 @@ def test_finetune_refuses_what_the_interaction_header_refuses_before_encoding(sm
     monkeypatch.setattr(mmrec.transfer, "source_content", lambda *a, **k: pytest.fail("encoded before refusing"))
     with pytest.raises(ConfigError, match="interactions.tsv: a temporal split .* needs a timestamp column"):
         finetune(d / "source", b_inter, features={"content": b_feats}, split="temporal", show_progress=False)
-    with pytest.raises(ConfigError, match="--factory bogus"):
+    with pytest.raises(ConfigError, match="factory 'bogus'"):
         finetune(d / "source", b_inter, features={"content": b_feats}, factory="bogus", show_progress=False)
     monkeypatch.undo()
     # Features of the wrong width are named from their header, before any encoding.

@@ -165,11 +165,11 @@ def test_rebuild_refuses_before_any_work_and_a_trained_directory_keeps_its_model
     before = {u: [r.item_id for r in rec.recommend(u, 5)] for u in rec.user_ids}
     files = {p.name: sha256_file(p) for p in d.iterdir()}
     assert main(["index", "rebuild", "--index", str(d), "--factory", "IVF64,Flat", "-q"]) == 1
-    assert "--factory IVF64,Flat" in capsys.readouterr().err  # 40 items cannot train 64 lists
+    assert "error: factory 'IVF64,Flat' needs at least 2496" in capsys.readouterr().err  # 40 items, 64 lists
     assert main(["index", "rebuild", "--index", str(d), "--factory", "Bogus", "-q"]) == 1
-    assert "--factory Bogus: unknown factory 'Bogus'" in capsys.readouterr().err
+    assert "error: unknown factory 'Bogus'; accepted forms" in capsys.readouterr().err
     assert main(["index", "rebuild", "--index", str(d), "--factory", "HNSW8", "--factory", "IVF1,PQ4", "-q"]) == 1
-    assert "--factory IVF1,PQ4: " in (err := capsys.readouterr().err) and "PQ codebooks need 9984 rows" in err
+    assert "error: factory 'IVF1,PQ4' needs" in (err := capsys.readouterr().err) and "PQ codebooks need 9984 rows" in err
     assert {p.name: sha256_file(p) for p in d.iterdir()} == files
     # Its own factory, which the items no longer train (IVF1 after removals), says what to give.
     shutil.copytree(d, tmp_path / "copy")
@@ -177,7 +177,7 @@ def test_rebuild_refuses_before_any_work_and_a_trained_directory_keeps_its_model
     copy.rebuild("IVF1,Flat")
     copy.remove(copy.ids[:36])
     with pytest.raises(ConfigError, match=r"this index's own factory IVF1,Flat cannot be built again on its 4 items "
-                                          r"\(.*\): choose another with --factory"):
+                                          r"\(.*\): choose another \(--factory, factory="):
         copy.rebuild()
     assert main(["index", "rebuild", "--index", str(d), "--factory", "HNSW8", "-q"]) == 0
     assert capsys.readouterr().out == (f"rebuilt {d}: Flat -> HNSW8, 40 items; efSearch 256, the default "
