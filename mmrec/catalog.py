@@ -503,9 +503,10 @@ def load_catalog(
         raise DataError(path, [Problem(None, image_field, f"image column not found (columns: {', '.join(columns)})")])
     if text_fields is not None and "text_fields" in optional:
         absent = [f for f in text_fields if f not in columns]
-        if absent:
-            logger.info("%s has no %s column(s): %s", path, ", ".join(map(repr, absent)),
-                        "their stored values are kept" if partial else "left out of the item text")
+        if absent:  # an update keeps the stored values; new items' text would lack what the model read
+            logger.log(logging.INFO if partial else logging.WARNING, "%s has no %s column(s): %s", path,
+                       ", ".join(map(repr, absent)), "their stored values are kept" if partial else
+                       "left out of the item text, which the index or model it extends read them in")
         text_fields = [f for f in text_fields if f in columns]
     if text_fields is None:
         text_fields = [c for c in columns if c not in (ID_FIELD, image_field) and types[c] in TEXT_TYPES]

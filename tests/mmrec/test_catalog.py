@@ -662,3 +662,16 @@ def test_image_paths_read_as_text_and_a_named_encoder_with_nothing_to_read_are_w
         caplog.clear()
         catalog_encoders(cat, text_encoder="none")  # the default encoder: nothing asked for by name
         assert "was named" not in caplog.text
+
+
+def test_a_text_column_an_extended_index_reads_and_the_file_lacks_is_warned_about(tmp_path, caplog):
+    (tmp_path / "new.csv").write_text("item_id,title\n1,red boots\n")
+    with caplog.at_level("INFO", logger="mmrec.catalog"):
+        cat = load_catalog(tmp_path / "new.csv", text_fields=["title", "year"], optional=["text_fields"],
+                           show_progress=False)
+        assert cat.text_fields == ["title"]
+        assert [r.levelname for r in caplog.records if "has no 'year' column(s)" in r.message] == ["WARNING"]
+        caplog.clear()  # an update keeps the stored values: nothing to warn about
+        load_catalog(tmp_path / "new.csv", text_fields=["title", "year"], optional=["text_fields"], partial=True,
+                     show_progress=False)
+        assert [r.levelname for r in caplog.records if "has no 'year' column(s)" in r.message] == ["INFO"]
