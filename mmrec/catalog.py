@@ -564,18 +564,26 @@ def _warn_numbers_as_text(path: Path, text_fields: list[str], rows: list[dict[st
                            *words[0])
 
 
-_IMAGE_PATH = re.compile(r"\S+\.(?:jpe?g|png|gif|webp|bmp|tiff?)", re.IGNORECASE)
+_IMAGE_PATH = re.compile(r"[^\s|]+\.(?:jpe?g|png|gif|webp|bmp|tiff?)", re.IGNORECASE)
+_URL = re.compile(r"[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 
 
 def _warn_paths_as_text(path: Path, text_fields: list[str], rows: list[dict[str, Any]]) -> None:
-    """Warn about a default text column of image file names when the catalog has no image
-    column (``image``): its paths would be embedded as text and no picture read."""
+    """Warn about a default text column of image file names (or image URLs) when the catalog
+    has no image column (``image``): they would be embedded as text and no picture read."""
     for column in text_fields:
         cells = [str(row[column]).strip() for row in rows if isinstance(row.get(column), str) and row[column].strip()]
-        if cells and sum(bool(_IMAGE_PATH.fullmatch(v)) for v in cells) >= 0.5 * len(cells):
+        pictures = [v for v in cells if _IMAGE_PATH.fullmatch(v)]
+        if not cells or len(pictures) < 0.5 * len(cells):
+            continue
+        if sum(bool(_URL.match(v)) for v in pictures) >= 0.5 * len(pictures):  # what --image-field cannot read
+            logger.warning("%s: column %r holds image URLs (%r, ...), read as text: mmrec reads local image files "
+                           "only, so no picture is read; download them and name the column of their local paths "
+                           "with --image-field (image_field=)", path, column, pictures[0])
+        else:
             logger.warning("%s: column %r holds image file names (%r, ...) but is read as text, and no picture is "
                            "read: pass --image-field %s (image_field=%r) to read them as images", path, column,
-                           cells[0], column, column)
+                           pictures[0], column, column)
 
 
 def _check_given_fields(path: Path, columns: list[str], encoded: Sequence[str],
@@ -606,7 +614,7 @@ def catalog_from_records(
     records: Sequence[dict[str, Any]],
     *,
     text_fields: Sequence[str],
-    image_field: str | None = None,
+    image_field: str | None = "auto",
     image_root: str | Path | None = None,
     source: str = "<records>",
     check_images: bool = True,
@@ -614,13 +622,14 @@ def catalog_from_records(
     mask_bad_images: bool = False,
 ) -> Catalog:
     """Build a validated catalog from in-memory rows (the same rules and options as :func:`load_catalog`:
-    the fields named must be fields of the rows, a row without an ``item_id`` is an invalid row,
-    and ``image_field`` defaults to ``image`` when the rows have that field)."""
+    the fields named must be fields of the rows, and a row without an ``item_id`` is an invalid row).
+    ``image_field``: ``"auto"`` (default) reads an ``image`` field as the image column when the
+    rows have one, as :func:`load_catalog` reads a file's; ``None``: no image column."""
     fields = list(dict.fromkeys(k for r in records for k in r))
     if not records:
         raise DataError(source, [Problem(None, None, "no rows")])
-    if image_field is None and DEFAULT_IMAGE_FIELD in fields:  # as load_catalog reads a file's image column
-        image_field = DEFAULT_IMAGE_FIELD
+    if image_field == "auto":  # as load_catalog reads a file's image column
+        image_field = DEFAULT_IMAGE_FIELD if DEFAULT_IMAGE_FIELD in fields else None
     if ID_FIELD not in fields:
         raise DataError(source, [Problem(None, ID_FIELD, f"required field missing (fields: {', '.join(fields)})")])
     unknown = [Problem(None, f, f"text field not found (fields: {', '.join(fields)})")

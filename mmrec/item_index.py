@@ -180,7 +180,12 @@ def exact_number(text: str) -> decimal.Decimal | None:
     ``1e2`` are one number; ``12345678901234567890`` and ``...891`` two, as float64 would not
     tell them apart), else ``None`` (as :func:`where_number`)."""
     text = text.strip()
-    return decimal.Decimal(text) if _NUMBER.fullmatch(text) else None
+    if not _NUMBER.fullmatch(text):
+        return None
+    try:
+        return decimal.Decimal(text)
+    except decimal.InvalidOperation:  # an exponent past Decimal's range (1e9999999999999999999): text only
+        return None
 
 
 def describe_where(conditions: Sequence[tuple[str, str, str]]) -> str:
@@ -1045,9 +1050,10 @@ class ItemIndex:
         with writer_lock(self.directory):
             self._check_unchanged()
             report = _skip_report(self._skips_so_far() + self._pending_skips, records)
-            path = self.directory / SKIP_REPORT
+            target = self.directory.resolve()  # through a symlink: beside the directory it points to (one filesystem)
+            path = target / SKIP_REPORT
             mode = stat.S_IMODE(path.stat().st_mode) if path.is_file() else 0o666 & ~umask()
-            tmp = self.directory.parent / f".{self.directory.name}.{SKIP_REPORT}.{os.getpid()}.tmp"
+            tmp = target.parent / f".{target.name}.{SKIP_REPORT}.{os.getpid()}.tmp"
             try:
                 with open(tmp, "w", encoding="utf-8") as f:
                     f.writelines(json.dumps(r) + "\n" for r in report)
@@ -1703,7 +1709,7 @@ class ItemIndex:
         if self.directory is not None:
             self._save_or_restore(before, skipped=catalog)
         else:
-            self._pending_skips += catalog.skip_records()
+            self._pending_skips = _skip_report(self._pending_skips, catalog.skip_records())
         return len(catalog)
 
     def _content_roles(self, what: str, device: str | None,
@@ -1916,7 +1922,7 @@ class ItemIndex:
             if records and self.directory is not None:
                 self._list_skips(records)
             elif records:
-                self._pending_skips += records
+                self._pending_skips = _skip_report(self._pending_skips, records)
             return counts
         features_now, present_now = dict(self.features), dict(self.present)
         for m in self.modalities if touched else ():  # arrays replaced, never written into (the snapshot)
@@ -1957,7 +1963,7 @@ class ItemIndex:
         if self.directory is not None:
             self._save_or_restore(before, skipped=catalog)
         else:
-            self._pending_skips += catalog.skip_records()
+            self._pending_skips = _skip_report(self._pending_skips, catalog.skip_records())
         return counts
 
     def _apply_update(self, catalog: Catalog, old: list[int], pos: dict[int, int], fields: dict[int, dict],

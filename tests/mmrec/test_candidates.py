@@ -233,6 +233,11 @@ def test_where_conditions_not_equal_and_numeric_ranges():
         show_progress=False)
     assert skus.matching(["sku=12345678901234567890"]) == ["a"] and skus.matching(["sku=1.2345678901234567891e19"]) == ["b"]
     assert skus.matching(["sku!=12345678901234567890"]) == ["b", "c", "d"] and skus.matching(["sku=10e399"]) == ["c"]
+    # an exponent past Decimal's range is text only, on either side (an InvalidOperation, a 500, before)
+    huge = ItemIndex.from_features(list("ab"), {"text": np.eye(2, dtype=np.float32)}, factory="Flat",
+                                   records=[{"p": "1e9999999999999999999"}, {"p": "5"}], show_progress=False)
+    assert huge.matching(["p=5"]) == ["b"] and huge.matching(["p=1e9999999999999999999"]) == ["a"]
+    assert huge.matching(["p=2e9999999999999999999"]) == [] and huge.matching(["p!=5.0"]) == ["a"]
     for bound in ("abc", "nan", "inf", "1_990", " =3"):  # decimal notation only: "y> =3" is no y>=3
         with pytest.raises(ConfigError, match=rf"condition 'year>{bound}': '{bound.strip()}' is not a number"):
             idx.matching([f"year>{bound}"])

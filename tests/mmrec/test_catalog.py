@@ -471,7 +471,11 @@ def test_a_row_dropped_for_its_id_is_not_listed_as_kept_and_records_take_the_opt
     shutil.copy(image_paths[0], tmp_path / "pic.jpg")
     rows = [{"item_id": "A", "title": "red boots", "image": "pic.jpg"}]
     got = catalog_from_records(rows, text_fields=["title"], image_root=tmp_path)
-    assert got.image_field == "image" and got.images == [str(tmp_path / "pic.jpg")] and got.records == [{"title": "red boots", "image": "pic.jpg"}]
+    assert got.image_field == "image" and got.images == [str(tmp_path / "pic.jpg")]
+    assert got.records == [{"title": "red boots", "image": "pic.jpg"}]
+    none = catalog_from_records([{"item_id": "A", "title": "x", "image": "http://cdn/x.jpg"}], text_fields=["title"],
+                                image_field=None)  # told: no image column
+    assert none.image_field is None and not none.has_images and none.records == [{"title": "x", "image": "http://cdn/x.jpg"}]
 
 
 def test_a_csv_column_is_typed_over_every_row_not_the_first_10000(tmp_path):
@@ -646,6 +650,12 @@ def test_checked_images_skip_the_decode_of_known_bytes_and_never_read_a_fifo(tmp
 def test_image_paths_read_as_text_and_a_named_encoder_with_nothing_to_read_are_warned_about(tmp_path, caplog):
     from mmrec.item_index import catalog_encoders
 
+    (tmp_path / "u.csv").write_text("item_id,title,img_url,tags\n1,a,http://cdn.example.com/p/1.jpg,a.jpg|b.jpg\n")
+    with caplog.at_level("WARNING", logger="mmrec"):  # URLs are named as such (--image-field reads local files)
+        load_catalog(tmp_path / "u.csv", show_progress=False)
+    assert "column 'img_url' holds image URLs ('http://cdn.example.com/p/1.jpg', ...), read as text: mmrec reads " \
+           "local image files only" in caplog.text and "column 'tags'" not in caplog.text  # a list is no path
+    caplog.clear()
     (tmp_path / "c.csv").write_text("item_id,title,picture\n1,red boots,p1.jpg\n2,blue mug,img/p2.PNG\n3,hat,\n")
     with caplog.at_level("WARNING", logger="mmrec"):
         cat = load_catalog(tmp_path / "c.csv", show_progress=False)

@@ -457,4 +457,22 @@ def test_the_same_bad_row_of_nightly_files_is_listed_once_with_its_latest_file(s
     assert (sorted(p.name for p in d.iterdir()), sorted(p.name for p in (d / "idx").iterdir())) == before
     assert (d / "idx" / "skipped.jsonl").read_bytes() == report
     assert not [p for p in (d / "idx").iterdir() if p.name.endswith(".tmp")]
+    # Through a symlink, the report's temp file goes beside the directory the link points to.
+    (d / "link").symlink_to(d / "idx")
+    linked = ItemIndex.load(d / "link", show_progress=False)
+    write_rows(d / "prices-2026-12-04.csv", [{"item_id": "i1", "price": "6"}, {"item_id": "ww", "price": "1"}],
+               ["item_id", "price"])
+    assert linked.update(d / "prices-2026-12-04.csv", skip_invalid=True)["updated"] == 0
+    assert (d / "link").is_symlink() and "ww" in (d / "idx" / "skipped.jsonl").read_text()
+    assert not [p for p in d.iterdir() if p.name.endswith(".tmp")]
+    idx = ItemIndex.load(d / "idx", show_progress=False)
+    # An index in memory lists the same problem once too, when it is saved.
+    memory = ItemIndex.from_features(idx.ids, dict(idx.features), records=[it["fields"] for it in idx.items],
+                                     factory="Flat", show_progress=False)
+    for night in ("2026-11-30", "2026-12-01"):
+        memory.update(d / f"prices-{night}.csv", skip_invalid=True)
+    memory.save(d / "memory")
+    listed = [json.loads(line) for line in (d / "memory" / "skipped.jsonl").read_text().splitlines()]
+    assert [(r["item_id"], r["file"].rsplit("-", 1)[1]) for r in listed] == [(None, "30.csv"), ("zz", "01.csv"),
+                                                                            (None, "01.csv")]
     assert ItemIndex.load(d / "idx", show_progress=False).items == idx.items  # still loads, checksums and all
