@@ -32,6 +32,35 @@ REG_FORMS = ("squared", "norm")
 EVAL_MASKS = ("all", "train")  # mmrec.metrics.MASKS (which imports torch); tests/mmrec/test_train.py keeps them equal
 
 
+def check_field_types(config: Any) -> None:
+    """Each field of a frozen config dataclass of the type it declares, as a :class:`ConfigError`
+    naming the field otherwise (``epochs=2.5`` failed deep inside training, after the encoding;
+    ``True`` passed for 1): an ``int`` field takes a whole number (a numpy one too, kept as
+    ``int``), a ``float`` one any real number (kept as ``float``), a ``bool`` one ``True`` /
+    ``False``, a ``str`` one text."""
+    import numbers
+
+    for f in dataclasses.fields(config):
+        value, kind = getattr(config, f.name), f.type if isinstance(f.type, str) else f.type.__name__
+        is_bool = isinstance(value, bool) or (type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_"))
+        if kind == "bool":
+            ok, value = is_bool, bool(value) if is_bool else value
+        elif kind == "int":
+            ok = isinstance(value, numbers.Integral) and not is_bool
+            value = int(value) if ok else value
+        elif kind == "float":
+            ok = isinstance(value, numbers.Real) and not is_bool
+            value = float(value) if ok else value
+        elif kind == "str":
+            ok = isinstance(value, str)
+        else:
+            continue
+        if not ok:
+            wanted = {"int": "a whole number", "float": "a number", "bool": "True or False", "str": "text"}[kind]
+            raise ConfigError(f"{f.name} must be {wanted}, got {value!r} ({type(value).__name__})")
+        object.__setattr__(config, f.name, value)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How a fused graph recommender is trained (saved as ``config.json`` beside the weights)."""
@@ -73,6 +102,7 @@ class TrainConfig:
     device: str = _f("cpu", "torch device of training and of encoding the catalog (cpu, cuda, cuda:N)")
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.loss not in LOSSES:
             raise ConfigError(f"loss must be bpr or softmax, got {self.loss!r}")
         if self.id_mode not in ID_MODES:

@@ -129,9 +129,20 @@ def test_training_config_errors():
                        ({"patience": 0}, "patience must be positive"),
                        ({"projection_hidden": -1}, "projection_hidden must be >= 0"),
                        ({"ema": 1.0}, r"ema must lie in \[0, 1\)"), ({"ema": -0.1}, r"ema must lie in \[0, 1\)"),
-                       ({"ema": 0.9, "finetune": "top:1"}, "use it with finetune frozen, not 'top:1'")):
+                       ({"ema": 0.9, "finetune": "top:1"}, "use it with finetune frozen, not 'top:1'"),
+                       # a value of the wrong type is named (epochs=2.5 failed deep inside training, True trained 1)
+                       ({"epochs": 2.5}, r"epochs must be a whole number, got 2.5 \(float\)"),
+                       ({"epochs": True}, r"epochs must be a whole number, got True \(bool\)"),
+                       ({"dim": "32"}, r"dim must be a whole number, got '32' \(str\)"),
+                       ({"lr": "x"}, r"lr must be a number, got 'x' \(str\)"),
+                       ({"use_id": 1}, r"use_id must be True or False, got 1 \(int\)"),
+                       ({"loss": None}, r"loss must be text, got None")):
         with pytest.raises(ConfigError, match=match):
             TrainConfig(**bad)
+    import numpy as np  # numpy numbers from a grid are taken, as Python's own
+    config = TrainConfig(epochs=np.int64(3), lr=1, use_id=np.bool_(True))
+    assert (config.epochs, config.lr, config.use_id) == (3, 1.0, True)
+    assert (type(config.epochs), type(config.lr), type(config.use_id)) == (int, float, bool)
 
 
 def test_ema_averages_every_step_and_validation_sees_the_average(tmp_path):
