@@ -119,14 +119,16 @@ class Catalog:
 def cell_text(value: Any) -> str:
     """A catalog cell as text: a list (JSON Lines, Parquet) as its values joined by ``|``, the
     catalogs' list convention (``["Animation", "Comedy"]`` -> ``Animation|Comedy``, so display
-    fields and ``--where genres=Comedy`` read it as a CSV's), an object as JSON, ``None`` and NaN
-    as ``""``, anything else as ``str`` gives it."""
+    fields and ``--where genres=Comedy`` read it as a CSV's), an object as JSON, a boolean as
+    ``true`` / ``false``, ``None`` and NaN as ``""``, anything else as ``str`` gives it."""
     if value is None or (isinstance(value, float) and value != value):
         return ""
     if isinstance(value, (list, tuple)):
         return "|".join(t for t in (cell_text(v).strip() for v in value) if t)
     if isinstance(value, dict):  # what JSON has no type for (a date, bytes that are no text) as str gives it
         return json.dumps(value, ensure_ascii=False, default=str)
+    if isinstance(value, bool) or (type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")):
+        return "true" if value else "false"  # as JSON writes it (and --where in_stock=true reads it), not Python's True
     return str(value)
 
 
@@ -489,6 +491,8 @@ def load_catalog(
             decode. Every problem is listed with row and field; nothing is encoded first.
     """
     path = Path(path)
+    if isinstance(text_fields, str):  # one column, not its letters
+        text_fields = [text_fields]
     columns, rows, types = read_table(path, fill=not partial)
     if ID_FIELD not in columns:
         raise DataError(path, [Problem(None, ID_FIELD, f"required column missing (columns: {', '.join(columns)})")])
@@ -625,6 +629,8 @@ def catalog_from_records(
     the fields named must be fields of the rows, and a row without an ``item_id`` is an invalid row).
     ``image_field``: ``"auto"`` (default) reads an ``image`` field as the image column when the
     rows have one, as :func:`load_catalog` reads a file's; ``None``: no image column."""
+    if isinstance(text_fields, str):  # one field, not its letters
+        text_fields = [text_fields]
     fields = list(dict.fromkeys(k for r in records for k in r))
     if not records:
         raise DataError(source, [Problem(None, None, "no rows")])

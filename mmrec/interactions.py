@@ -381,6 +381,21 @@ def _read_header(path: Path, delimiter: str) -> list[str] | None:
     return first or None
 
 
+def check_threshold(rating_threshold: float | None) -> None:
+    """A rating threshold is ``None`` or a finite number (NaN would keep every row).
+
+    Raises:
+        ConfigError: anything else, ``"4"`` and ``True`` included.
+    """
+    if rating_threshold is None:
+        return
+    if isinstance(rating_threshold, (bool, np.bool_)) or not isinstance(rating_threshold, (int, float, np.integer,
+                                                                                           np.floating)):
+        raise ConfigError(f"the rating threshold must be a number, got {rating_threshold!r}")
+    if not np.isfinite(rating_threshold):
+        raise ConfigError(f"the rating threshold must be a finite number, got {rating_threshold}")
+
+
 def check_columns(path: str | Path, *, split: str = "auto", rating_threshold: float | None = None) -> None:
     """What :func:`load_interactions` and the split would refuse about a file's columns, from its
     header alone, so that a training run refuses before it encodes a catalog: a missing file, an
@@ -391,6 +406,7 @@ def check_columns(path: str | Path, *, split: str = "auto", rating_threshold: fl
     Raises:
         DataError, ConfigError: as loading and splitting the file would.
     """
+    check_threshold(rating_threshold)
     path = Path(path)
     if not path.is_file():
         raise missing_file(path)
@@ -660,8 +676,7 @@ def load_interactions(
         ConfigError: a bad ``on_invalid``, or ``item_ids`` with repeated ids.
     """
     path = Path(path)
-    if rating_threshold is not None and not np.isfinite(rating_threshold):  # NaN would keep every row
-        raise ConfigError(f"the rating threshold must be a finite number, got {rating_threshold}")
+    check_threshold(rating_threshold)
     if on_invalid not in ON_INVALID:
         raise ConfigError(f"on_invalid must be one of {ON_INVALID}, got {on_invalid!r}")
     if unknown_items not in ON_INVALID:

@@ -1498,6 +1498,9 @@ class ItemIndex:
                     only: Sequence[object] | None = None, by: str = "index") -> list[Result]:
         """The k items closest to a free-text query (``exclude`` and ``only`` as for :meth:`similar`;
         ``by`` as for :meth:`search_texts`)."""
+        if not isinstance(text, str):
+            raise MMRecError(f"a text query is a string, got {type(text).__name__}"
+                             + (": search_texts takes several" if isinstance(text, (list, tuple)) else ""))
         if not text.strip():
             raise MMRecError("empty text query")
         return self.search_texts([text], k, exclude=exclude, only=only, by=by)[0]

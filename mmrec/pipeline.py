@@ -578,19 +578,19 @@ def without_items_from(inter: Interactions, first: int) -> tuple[Interactions, i
 
 
 def evaluate_directory(
-    rec: Recommender,
+    rec: Recommender | str | Path,
     interactions: str | Path,
     *,
     split: str | None = None,
     mask: str | None = None,
     how: str | None = None,
-    ks: tuple[int, ...] = (10, 20),
+    ks: int | tuple[int, ...] = (10, 20),
     cold_start: bool = False,
     batch_size: int | None = None,
     show_progress: bool = False,
 ) -> dict[str, Any]:
-    """Full-ranking metrics of a trained directory on an interaction file (``show_progress``: a
-    progress bar over the batches of users scored).
+    """Full-ranking metrics of a trained directory (a :class:`Recommender`, or its path) on an
+    interaction file (``show_progress``: a progress bar over the batches of users scored).
 
     The item space is the index's current items: rows of other items (removed from the index
     since training) are skipped and counted (``rows_skipped``). ``users_skipped`` counts the
@@ -610,8 +610,15 @@ def evaluate_directory(
     known item masked (:mod:`mmrec.coldstart`): ``split`` and ``mask`` do not apply (a
     ``ConfigError`` when given), and the result has no such keys.
     """
+    if isinstance(rec, (str, Path)):  # a directory, as Recommender.load takes it
+        rec = Recommender.load(rec, show_progress=show_progress)
     if not rec.trained:
         raise MMRecError("evaluation needs a trained directory (made by `mmrec train`)")
+    if split not in (None, "valid", "test"):
+        raise ConfigError(f"split must be 'valid' or 'test', got {split!r}")
+    ks = (ks,) if isinstance(ks, int) else tuple(ks)
+    if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
+        raise ConfigError(f"ks must be whole numbers >= 1 (10, or (10, 20)), got {ks!r}")
     if cold_start and (split is not None or mask is not None):
         raise ConfigError("cold-start evaluation ranks the held-out items' rows of every split, with every other "
                           "known item masked: split and mask do not apply")

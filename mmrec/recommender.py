@@ -366,6 +366,8 @@ class Recommender:
                              "or recommend from a history (recommend_history)")
         if isinstance(user_id, (bool, np.bool_)):
             raise UnknownIdError(f"{user_id!r} is not a user id")
+        if isinstance(user_id, (list, tuple, set, frozenset, dict, np.ndarray)):
+            raise MMRecError(f"one user id was expected, got a {type(user_id).__name__}: recommend_many takes several")
         if isinstance(user_id, str):
             user_id = user_id.strip()
         if user_id in self._user_pos:
@@ -490,8 +492,9 @@ class Recommender:
         if index.knob is None:
             raise MMRecError(f"this index is {index.factory}: exact search, nothing to tune (build with --factory "
                              f"IVF{{n}},Flat or HNSW{{M}} for approximate search)")
-        if not 0.0 < recall <= 1.0:
-            raise MMRecError(f"recall must be in (0, 1], got {recall}")
+        if isinstance(recall, bool) or not isinstance(recall, (int, float, np.integer, np.floating)) \
+                or not 0.0 < recall <= 1.0:
+            raise MMRecError(f"recall must be a number in (0, 1], got {recall!r}")
         k, sample = check_count(k), check_count(sample, "sample")
         if not len(self.items):
             raise MMRecError("the index is empty: nothing to tune")

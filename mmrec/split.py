@@ -238,7 +238,7 @@ def ensure_split(
             ``"temporal"`` without timestamps.
     """
     if how not in HOW:
-        raise ConfigError(f"how must be one of {', '.join(HOW)}, got {how!r}")
+        raise ConfigError(f"the split rule ({option}) must be one of {', '.join(HOW)}, got {how!r}")
     check_rule_columns(how, has_split=inter.split is not None, has_timestamps=inter.timestamps is not None,
                        option=option, source=source)
     if how == "given" or (how == "auto" and inter.split is not None):

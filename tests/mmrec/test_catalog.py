@@ -685,3 +685,18 @@ def test_a_text_column_an_extended_index_reads_and_the_file_lacks_is_warned_abou
         load_catalog(tmp_path / "new.csv", text_fields=["title", "year"], optional=["text_fields"], partial=True,
                      show_progress=False)
         assert [r.levelname for r in caplog.records if "has no 'year' column(s)" in r.message] == ["INFO"]
+
+
+def test_json_booleans_read_as_json_writes_them_and_one_text_field_is_one_column(tmp_path):
+    # a JSON true was stored as Python's 'True', so --where in_stock=true found nothing where a CSV's matched
+    (tmp_path / "b.jsonl").write_text('{"item_id": 1, "title": "a", "in_stock": true}\n'
+                                      '{"item_id": 2, "title": "b", "in_stock": false}\n')
+    cat = load_catalog(tmp_path / "b.jsonl", show_progress=False)
+    assert [r["in_stock"] for r in cat.records] == ["true", "false"]
+    pq.write_table(pa.table({"item_id": [1, 2], "title": ["a", "b"], "ok": [True, None]}), tmp_path / "b.parquet")
+    assert [r["ok"] for r in load_catalog(tmp_path / "b.parquet", show_progress=False).records] == ["true", ""]
+    # text_fields="title" is the column title, not the columns t, i, t, l, e
+    assert load_catalog(tmp_path / "b.jsonl", text_fields="title", show_progress=False).text_fields == ["title"]
+    from mmrec.catalog import catalog_from_records
+
+    assert catalog_from_records([{"item_id": 1, "title": "a"}], text_fields="title").texts == ["a"]

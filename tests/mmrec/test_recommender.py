@@ -181,6 +181,30 @@ def test_errors(trained, caplog):
     assert [r.item_id for r in rec.recommend_history("12", 5)] == one == [r.item_id for r in rec.recommend_history(12, 5)]
 
 
+def test_arguments_of_the_wrong_kind_get_a_message_naming_them(trained):
+    # (a bare TypeError or AttributeError from deep inside before)
+    from mmrec.pipeline import evaluate_directory
+
+    rec = Recommender.load(trained / "model", show_progress=False)
+    with pytest.raises(MMRecError, match="one user id was expected, got a list: recommend_many takes several"):
+        rec.recommend(["u1", "u2"])
+    with pytest.raises(MMRecError, match="a text query is a string, got int"):
+        rec.items.search_text(123)
+    with pytest.raises(MMRecError, match="a text query is a string, got list: search_texts takes several"):
+        rec.items.search_text(["a"])
+    inter = trained / "interactions.tsv"
+    with pytest.raises(ConfigError, match="split must be 'valid' or 'test', got 'train'"):
+        evaluate_directory(rec, inter, split="train")
+    with pytest.raises(ConfigError, match=r"ks must be whole numbers >= 1 \(10, or \(10, 20\)\), got \(0,\)"):
+        evaluate_directory(rec, inter, ks=(0,))
+    # a path is taken as Recommender.load takes it, and one K as (K,)
+    got = evaluate_directory(str(trained / "model"), inter, split="valid", ks=5)
+    assert got["recall@5"] == evaluate_directory(rec, inter, split="valid", ks=(5,))["recall@5"] and "recall@10" not in got
+    with pytest.raises(ConfigError, match="the rating threshold must be a number, got '4'"):
+        fit(inter, features={"content": trained / "content.npy"}, config=TrainConfig(**FAST), rating_threshold="4",
+            show_progress=False)
+
+
 def test_content_index_history_is_the_mean_of_the_pair_scores(tmp_path):
     text = np.array([[1, 0], [1, 0], [0.6, 0.8], [0, 0]], np.float32)
     image = np.array([[1, 0], [0, 1], [0, 0], [0, 1]], np.float32)

@@ -158,7 +158,7 @@ def test_ensure_split() -> None:
     np.testing.assert_array_equal(ensure_split(given, "temporal").split, split_temporal(inter).split)
     with pytest.raises(ConfigError, match=r"the given split \(--split given\) needs a split column .* and this file has none"):
         ensure_split(inter, "given")
-    with pytest.raises(ConfigError, match="how must be one of auto, given, random, temporal"):
+    with pytest.raises(ConfigError, match=r"the split rule \(--split\) must be one of auto, given, random, temporal"):
         ensure_split(inter, "leave-one-out")
     no_time = Interactions(user_ids=[0], item_ids=[0], users=[0], items=[0])
     with pytest.raises(ConfigError, match=r"a temporal split \(--split temporal\) needs a timestamp column"):

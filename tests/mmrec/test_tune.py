@@ -94,7 +94,7 @@ def test_what_cannot_be_tuned_is_refused_and_changes_nothing(tmp_path):
     with pytest.raises(MMRecError, match=r"nprobe must be an int in \[1, 8\]"):
         rec.set_search(9)
     assert rec.items.index.nprobe == 8
-    with pytest.raises(MMRecError, match=r"recall must be in \(0, 1\]"):
+    with pytest.raises(MMRecError, match=r"recall must be a number in \(0, 1\], got "):
         rec.tune_search(recall=0.0)
     (d / "notes.txt").write_text("mine")  # a rewrite would delete it: refused before the sweep
     with pytest.raises(MMRecError, match="files mmrec did not write"):
