@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,6 +143,25 @@ def compose_text(values: Sequence[Any]) -> str:
 
 
 TEXT_TYPES = ("string", "large_string", "list<string>")  # the columns a catalog's text is made of by default
+
+
+def rows_in_memory(source: Any) -> list[dict[str, Any]] | None:
+    """``source`` as catalog rows when it holds them in memory (a list of dicts, a pandas
+    DataFrame's rows), each value a plain Python one (numpy numbers and booleans as Python's, a
+    missing pandas cell as ``None``); ``None`` when it is a path."""
+    if isinstance(source, (str, bytes, Path)) or source is None:
+        return None
+    if hasattr(source, "to_dict") and hasattr(source, "columns"):  # a pandas DataFrame
+        source = source.to_dict("records")
+    if not isinstance(source, Sequence) or not all(isinstance(r, Mapping) for r in source):
+        return None
+
+    def plain(v: Any) -> Any:
+        if type(v).__module__ == "numpy" and hasattr(v, "item"):
+            v = v.item()
+        return None if isinstance(v, float) and v != v else v  # NaN: pandas' missing cell
+
+    return [{str(k): plain(v) for k, v in r.items()} for r in source]
 
 
 def _json_type(rows: list[dict[str, Any]], column: str) -> str:
@@ -435,7 +454,7 @@ def _blank(value: Any) -> bool:
 
 
 def load_catalog(
-    path: str | Path,
+    path: str | Path | Sequence[Mapping[str, Any]] | Any,
     *,
     text_fields: Sequence[str] | None = None,
     image_field: str | None = None,
@@ -450,10 +469,13 @@ def load_catalog(
     partial: bool = False,
     checked_images: Collection[str] = (),
 ) -> Catalog:
-    """Load and validate a catalog file.
+    """Load and validate a catalog file, or rows in memory.
 
     Args:
-        path: ``.csv``, ``.tsv``, ``.jsonl``, ``.json`` or ``.parquet`` with an ``item_id`` column.
+        path: ``.csv``, ``.tsv``, ``.jsonl``, ``.json`` or ``.parquet`` with an ``item_id`` column;
+            or rows in memory (a list of dicts, a pandas DataFrame: :func:`rows_in_memory`), read
+            as a JSON file's, named ``<records>`` in messages (relative image paths resolve
+            against the working directory unless ``image_root`` says otherwise).
         text_fields: columns joined into the item text; default every column of text (strings,
             lists of strings, a JSON column of text with numbers among it) except the id and the
             image column.
@@ -490,10 +512,19 @@ def load_catalog(
             ids, rows with neither text nor image, image paths that do not exist or do not
             decode. Every problem is listed with row and field; nothing is encoded first.
     """
-    path = Path(path)
     if isinstance(text_fields, str):  # one column, not its letters
         text_fields = [text_fields]
-    columns, rows, types = read_table(path, fill=not partial)
+    given = rows_in_memory(path)
+    if given is not None:  # rows in memory, read as a JSON file's: each value's type kept
+        path = Path("<records>")
+        if not given:
+            raise DataError(path, [Problem(None, None, "no rows")])
+        columns = list(dict.fromkeys(k for r in given for k in r))
+        rows = [{c: r.get(c) for c in columns} for r in given] if not partial else given
+        types = {c: _json_type(given, c) for c in columns}
+    else:
+        path = Path(path)
+        columns, rows, types = read_table(path, fill=not partial)
     if ID_FIELD not in columns:
         raise DataError(path, [Problem(None, ID_FIELD, f"required column missing (columns: {', '.join(columns)})")])
     if image_field is None and DEFAULT_IMAGE_FIELD in columns:

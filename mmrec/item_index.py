@@ -1652,7 +1652,7 @@ class ItemIndex:
     # --- changes -----------------------------------------------------------------------------
     def add(
         self,
-        catalog: Catalog | str | Path,
+        catalog: Catalog | str | Path | Sequence[Mapping[str, Any]] | Any,
         *,
         features: Mapping[str, str | Path] | None = None,
         cache_dir: str | Path | None = None,
@@ -1662,7 +1662,8 @@ class ItemIndex:
         """Encode and add new items (only the new rows are encoded); saves when opened from disk.
 
         Args:
-            catalog: the new items (same columns as the index's catalog).
+            catalog: the new items (same columns as the index's catalog): a file, rows in memory (a
+                list of dicts, a pandas DataFrame), or a loaded :class:`Catalog`.
             features: for an index with precomputed modalities (``--features`` at build or
                 training time): modality -> ``.npy`` file with one row per new item, in catalog
                 order. A precomputed modality left out is masked for the new items (as a
@@ -1816,7 +1817,7 @@ class ItemIndex:
 
     def update(
         self,
-        catalog: Catalog | str | Path,
+        catalog: Catalog | str | Path | Sequence[Mapping[str, Any]] | Any,
         *,
         features: Mapping[str, str | Path] | None = None,
         cache_dir: str | Path | None = None,
@@ -1839,7 +1840,9 @@ class ItemIndex:
         content`` search, explanations and new items' neighbours read, is the new one.
 
         Args:
-            catalog: the changed items (a file with an ``item_id`` column, or a loaded catalog).
+            catalog: the changed items: a file with an ``item_id`` column, rows in memory (a list
+                of dicts, a pandas DataFrame: ``df[["item_id", "price"]]`` changes prices, each
+                row's own keys as a JSON line's), or a loaded catalog.
             features: modality -> ``.npy`` with one row per catalog row, for precomputed
                 modalities (a modality left out is kept; an all-zero row masks it).
             cache_dir: feature cache of the encoders.

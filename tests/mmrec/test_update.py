@@ -476,3 +476,29 @@ def test_the_same_bad_row_of_nightly_files_is_listed_once_with_its_latest_file(s
     assert [(r["item_id"], r["file"].rsplit("-", 1)[1]) for r in listed] == [(None, "30.csv"), ("zz", "01.csv"),
                                                                             (None, "01.csv")]
     assert ItemIndex.load(d / "idx", show_progress=False).items == idx.items  # still loads, checksums and all
+
+
+def test_rows_in_memory_update_and_add_as_a_file_does(shop, tiny_bert_dir, tiny_vit_dir, monkeypatch):
+    import pandas as pd
+
+    d, rows, names = shop
+    build(d / "all.csv", d / "idx", tiny_bert_dir, tiny_vit_dir)
+    idx = ItemIndex.load(d / "idx", show_progress=False)
+    vectors = idx.vectors.copy()
+    monkeypatch.setattr("mmrec.item_index.encode_catalog", lambda *a, **k: pytest.fail("nothing should be encoded"))
+    # a DataFrame of prices (numpy numbers, a missing cell) changes prices only, as a file of item_id,price does
+    prices = pd.DataFrame({"item_id": ["i1", "i2"], "price": [7.5, None]})
+    assert idx.update(prices) == {"updated": 2, "unchanged": 0, "content": 0, "moved": 0, "added": 0, "removed": 0,
+                                  "skipped": 0}
+    assert idx.items[1]["fields"] == {"title": "dog story", "price": "7.5", "image": names[1]}
+    assert idx.items[2]["fields"]["price"] == ""
+    np.testing.assert_array_equal(idx.vectors, vectors)
+    # a list of dicts: each row's own keys (i3 changes its price, i4 its title: that one is encoded)
+    monkeypatch.undo()
+    assert idx.update([{"item_id": "i3", "price": 1}, {"item_id": "i4", "title": "toy boy two"}])["content"] == 1
+    assert idx.items[3]["fields"]["price"] == "1" and idx.items[4]["fields"]["title"] == "toy boy two"
+    with pytest.raises(DataError, match=r"<records>: row 1, field 'item_id': id 'zz' is not in the index"):
+        idx.update([{"item_id": "zz", "price": 1}])
+    assert idx.add([{"item_id": "n1", "title": "new boots", "price": 5}]) == 1 and idx.ids[-1] == "n1"
+    back = ItemIndex.load(d / "idx", show_progress=False)
+    assert back.items == idx.items
