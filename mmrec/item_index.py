@@ -1175,9 +1175,18 @@ class ItemIndex:
         return dict(self.items[self._pos[self.resolve_id(item_id)]]["fields"])
 
     def vector_of(self, item_id: object) -> np.ndarray:
-        """The index vector of one item, ``[1, D]``."""
+        """The vector of one item as FAISS stores it, ``[1, D + 1]``: :meth:`item_vectors` with the
+        column of the maximum-inner-product reduction (:mod:`index.mips`) added."""
         i = self._pos[self.resolve_id(item_id)]
         return self.vectors[i : i + 1]
+
+    def item_vectors(self, item_ids: Sequence[object] | None = None) -> np.ndarray:
+        """``[N, D]`` float32: the items' vectors, those queries are scored against by dot product
+        (a trained model's item vectors: ``rec.user_vectors[u] @ item_vectors().T`` are the scores
+        ``recommend`` returns), in :attr:`ids` order, or for ``item_ids`` in their order. :attr:`vectors`
+        holds them as FAISS does, with the reduction's extra column."""
+        rows = slice(None) if item_ids is None else [self._pos[self.resolve_id(i)] for i in id_list(item_ids)]
+        return self.vectorizer.mips.original(self.vectors[rows])
 
     def _results(self, ids: list[ItemId], scores: np.ndarray) -> list[Result]:
         return [Result(i, float(s), self.items[self._pos[i]]["fields"]) for i, s in zip(ids, scores)]

@@ -377,8 +377,11 @@ class Recommender:
         raise UnknownIdError(f"user '{user_id}' is not known to this model ({len(self.user_ids)} users)")
 
     def known_items(self, user_id: object) -> list[ItemId]:
-        """The items a user interacted with in the training data, those rated below the rating
-        threshold and those removed from the index since included (never recommended back)."""
+        """The items a user interacted with in the training file, in every split (validation and
+        test rows too: what serving knows of the user), those rated below the rating threshold
+        and those removed from the index since included (never recommended back). To measure
+        recommendations against held-out rows, use :func:`mmrec.pipeline.evaluate_directory`, or
+        ``recommend(..., exclude_known=False, exclude=<the user's training items>)``."""
         return self._row_items(self.known, self.user_index(user_id))
 
     def liked_items(self, user_id: object) -> list[ItemId]:
@@ -395,7 +398,8 @@ class Recommender:
         history: int = DEFAULT_HISTORY, diversity: float = 0.0, candidates: int | None = None,
         exclude: Sequence[object] = (), only: Sequence[object] | None = None,
     ) -> list[Result]:
-        """Top-k items for a user from the FAISS index, known items excluded.
+        """Top-k items for a user from the FAISS index, known items (:meth:`known_items`: every
+        split of the training file) excluded.
 
         ``exclude``: further item ids never to return (a business rule: out of stock, already in
         the basket), with or without ``exclude_known``; ids not in the index are ignored.

@@ -446,3 +446,16 @@ def test_a_trained_directory_missing_a_model_file_is_named(trained, tmp_path):
     (tmp_path / "model" / "users.json").unlink()
     with pytest.raises(ValueError, match="users.json"):  # IndexFormatError, as the CLI prints it
         Recommender.load(tmp_path / "model", show_progress=False)
+
+
+def test_the_scores_are_the_dot_products_of_the_documented_vectors(trained):
+    rec = Recommender.load(trained / "model", show_progress=False)
+    vectors = rec.items.item_vectors()
+    assert vectors.shape == (len(rec.items), rec.user_vectors.shape[1]) == (32, 16)
+    for user in rec.user_ids[:5]:
+        got = rec.recommend(user, 5)
+        u = rec.user_vectors[rec.user_index(user)]
+        want = vectors[[rec.items.ids.index(r.item_id) for r in got]] @ u
+        np.testing.assert_allclose([r.score for r in got], want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(rec.items.item_vectors([3, "0"]), vectors[[3, 0]])
+    np.testing.assert_array_equal(rec.items.vector_of(3)[:, :-1] * rec.items.vectorizer.mips.max_norm, vectors[[3]])
