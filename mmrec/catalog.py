@@ -14,14 +14,14 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from mmrec.errors import DataError, MMRecError, Problem, missing_file, utf8_problem
+from mmrec.errors import ConfigError, DataError, MMRecError, Problem, missing_file, utf8_problem
 from mmrec.ids import id_text, normalize_ids
 from mmrec.jsonlines import read_json_rows, read_objects
 from mmrec.typing import ItemId
@@ -146,22 +146,36 @@ TEXT_TYPES = ("string", "large_string", "list<string>")  # the columns a catalog
 
 
 def rows_in_memory(source: Any) -> list[dict[str, Any]] | None:
-    """``source`` as catalog rows when it holds them in memory (a list of dicts, a pandas
-    DataFrame's rows), each value a plain Python one (numpy numbers and booleans as Python's, a
-    missing pandas cell as ``None``); ``None`` when it is a path."""
-    if isinstance(source, (str, bytes, Path)) or source is None:
+    """``source`` as catalog rows when it holds them in memory (dicts: a list, a tuple, any
+    iterable of them; a pandas DataFrame's rows; a pyarrow Table's), each value a plain Python one
+    (numpy numbers, booleans and arrays as Python's; a missing pandas cell, NaN, NaT or NA, as
+    ``None``, which empties the field as a CSV's blank cell does); ``None`` when it is a path.
+
+    Raises:
+        ConfigError: anything else (a dict of lists, rows that are no dicts).
+    """
+    if isinstance(source, (str, bytes, os.PathLike)) or source is None:
         return None
     if hasattr(source, "to_dict") and hasattr(source, "columns"):  # a pandas DataFrame
         source = source.to_dict("records")
-    if not isinstance(source, Sequence) or not all(isinstance(r, Mapping) for r in source):
-        return None
+    elif hasattr(source, "to_pylist"):  # a pyarrow Table
+        source = source.to_pylist()
+    rows = list(source) if isinstance(source, Iterable) and not isinstance(source, Mapping) else None
+    if rows is None or not all(isinstance(r, Mapping) for r in rows):
+        raise ConfigError(f"a catalog is a file path, rows in memory (a list of dicts) or a pandas DataFrame, got "
+                          f"{type(source).__name__}" + ("" if rows is None else " of " + ", ".join(sorted(
+                              {type(r).__name__ for r in rows if not isinstance(r, Mapping)}))))
 
     def plain(v: Any) -> Any:
-        if type(v).__module__ == "numpy" and hasattr(v, "item"):
-            v = v.item()
-        return None if isinstance(v, float) and v != v else v  # NaN: pandas' missing cell
+        if type(v).__module__ == "numpy" and hasattr(v, "tolist"):  # a number, a boolean, an array (a list cell)
+            v = v.tolist()
+        if isinstance(v, list):
+            return [plain(x) for x in v]
+        if type(v).__name__ in ("NaTType", "NAType") or (isinstance(v, float) and v != v):
+            return None  # pandas' missing cell
+        return v
 
-    return [{str(k): plain(v) for k, v in r.items()} for r in source]
+    return [{str(k): plain(v) for k, v in r.items()} for r in rows]
 
 
 def _json_type(rows: list[dict[str, Any]], column: str) -> str:
@@ -741,9 +755,13 @@ def _validate(
 
     texts = [compose_text([r.get(f) for f in text_fields]) for r in rows]
     images: list[str | None] = []
-    for r in rows:
+    urls = set()  # rows whose image is a URL, which no local path reads
+    for n, r in enumerate(rows):
         value = None if image_field is None or _blank(r.get(image_field)) else str(r[image_field]).strip()
-        images.append(None if value is None else str(value if Path(value).is_absolute() else image_root / value))
+        if value is not None and _URL.match(value):
+            urls.add(n)
+        images.append(None if value is None else value if n in urls else
+                      str(value if Path(value).is_absolute() else image_root / value))
     missing = []  # what a row without content lacks (the same for every such row)
     if uses_text:
         missing.append(f"no text in {', '.join(text_fields)}" if text_fields else "no text fields")
@@ -761,9 +779,12 @@ def _validate(
 
         todo = [i for i, p in enumerate(images) if p is not None and i not in bad]
         for i in tqdm(todo, desc="checking images", unit="img", disable=not show_progress or not todo):
-            if checked_images and _file_hash_or_none(images[i]) in checked_images:
+            if i in urls:
+                reason = "a URL: mmrec reads local image files only (download the pictures, give their paths)"
+            elif checked_images and _file_hash_or_none(images[i]) in checked_images:
                 continue  # the bytes of an image that decoded before
-            reason = check_image(images[i])
+            else:
+                reason = check_image(images[i])
             if reason is None:
                 continue
             if mask_bad_images and (not require_content or (uses_text and texts[i])):

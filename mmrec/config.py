@@ -35,18 +35,22 @@ EVAL_MASKS = ("all", "train")  # mmrec.metrics.MASKS (which imports torch); test
 def check_field_types(config: Any) -> None:
     """Each field of a frozen config dataclass of the type it declares, as a :class:`ConfigError`
     naming the field otherwise (``epochs=2.5`` failed deep inside training, after the encoding;
-    ``True`` passed for 1): an ``int`` field takes a whole number (a numpy one too, kept as
-    ``int``), a ``float`` one any real number (kept as ``float``), a ``bool`` one ``True`` /
-    ``False``, a ``str`` one text."""
+    ``True`` passed for 1): an ``int`` field takes a whole number (a numpy one, or a float of a
+    whole value such as ``5.0``, which older versions saved, kept as ``int``), a ``float`` one any
+    real number (kept as ``float``), a ``bool`` one ``True`` / ``False`` (or ``0`` / ``1``, as
+    older versions saved them), a ``str`` one text."""
     import numbers
 
     for f in dataclasses.fields(config):
         value, kind = getattr(config, f.name), f.type if isinstance(f.type, str) else f.type.__name__
         is_bool = isinstance(value, bool) or (type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_"))
         if kind == "bool":
-            ok, value = is_bool, bool(value) if is_bool else value
+            ok = is_bool or (isinstance(value, numbers.Integral) and value in (0, 1))
+            value = bool(value) if ok else value
         elif kind == "int":
-            ok = isinstance(value, numbers.Integral) and not is_bool
+            whole = isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) \
+                and float(value).is_integer()
+            ok = (isinstance(value, numbers.Integral) or whole) and not is_bool
             value = int(value) if ok else value
         elif kind == "float":
             ok = isinstance(value, numbers.Real) and not is_bool

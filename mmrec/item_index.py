@@ -1175,8 +1175,9 @@ class ItemIndex:
         return dict(self.items[self._pos[self.resolve_id(item_id)]]["fields"])
 
     def vector_of(self, item_id: object) -> np.ndarray:
-        """The vector of one item as FAISS stores it, ``[1, D + 1]``: :meth:`item_vectors` with the
-        column of the maximum-inner-product reduction (:mod:`index.mips`) added."""
+        """The vector of one item as FAISS stores it, ``[1, D + 1]``: :meth:`item_vectors` divided
+        by the largest item norm, with the maximum-inner-product reduction's column added
+        (:mod:`index.mips`)."""
         i = self._pos[self.resolve_id(item_id)]
         return self.vectors[i : i + 1]
 
@@ -1184,7 +1185,7 @@ class ItemIndex:
         """``[N, D]`` float32: the items' vectors, those queries are scored against by dot product
         (a trained model's item vectors: ``rec.user_vectors[u] @ item_vectors().T`` are the scores
         ``recommend`` returns), in :attr:`ids` order, or for ``item_ids`` in their order. :attr:`vectors`
-        holds them as FAISS does, with the reduction's extra column."""
+        holds them as FAISS does (rescaled, with the reduction's extra column)."""
         rows = slice(None) if item_ids is None else [self._pos[self.resolve_id(i)] for i in id_list(item_ids)]
         return self.vectorizer.mips.original(self.vectors[rows])
 
@@ -1850,8 +1851,9 @@ class ItemIndex:
 
         Args:
             catalog: the changed items: a file with an ``item_id`` column, rows in memory (a list
-                of dicts, a pandas DataFrame: ``df[["item_id", "price"]]`` changes prices, each
-                row's own keys as a JSON line's), or a loaded catalog.
+                of dicts, each row's own keys as a JSON line's; a pandas DataFrame, every column
+                for every row: ``df[["item_id", "price"]]`` changes prices, and a missing cell
+                empties its field as a CSV's blank cell does), or a loaded catalog.
             features: modality -> ``.npy`` with one row per catalog row, for precomputed
                 modalities (a modality left out is kept; an all-zero row masks it).
             cache_dir: feature cache of the encoders.

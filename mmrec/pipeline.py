@@ -616,9 +616,10 @@ def evaluate_directory(
         raise MMRecError("evaluation needs a trained directory (made by `mmrec train`)")
     if split not in (None, "valid", "test"):
         raise ConfigError(f"split must be 'valid' or 'test', got {split!r}")
-    ks = (ks,) if isinstance(ks, int) else tuple(ks)
-    if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
+    ks = (ks,) if isinstance(ks, (int, np.integer)) else tuple(ks)
+    if not ks or any(isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 1 for k in ks):
         raise ConfigError(f"ks must be whole numbers >= 1 (10, or (10, 20)), got {ks!r}")
+    ks = tuple(int(k) for k in ks)
     if cold_start and (split is not None or mask is not None):
         raise ConfigError("cold-start evaluation ranks the held-out items' rows of every split, with every other "
                           "known item masked: split and mask do not apply")

@@ -700,3 +700,13 @@ def test_json_booleans_read_as_json_writes_them_and_one_text_field_is_one_column
     from mmrec.catalog import catalog_from_records
 
     assert catalog_from_records([{"item_id": 1, "title": "a"}], text_fields="title").texts == ["a"]
+
+
+def test_an_image_url_is_named_as_one(tmp_path):
+    # "https://cdn/x.jpg" was joined to the catalog's folder and reported as "https:/cdn/x.jpg: file not found"
+    (tmp_path / "c.csv").write_text("item_id,title,image\n1,a,https://cdn.example.com/p/1.jpg\n2,b,\n")
+    with pytest.raises(DataError, match=r"row 1, field 'image': https://cdn.example.com/p/1.jpg: a URL: mmrec reads "
+                                        r"local image files only"):
+        load_catalog(tmp_path / "c.csv", show_progress=False)
+    cat = load_catalog(tmp_path / "c.csv", mask_bad_images=True, show_progress=False)
+    assert cat.images == [None, None] and "a URL" in cat.masked[0].message

@@ -135,11 +135,17 @@ def test_training_config_errors():
                        ({"epochs": True}, r"epochs must be a whole number, got True \(bool\)"),
                        ({"dim": "32"}, r"dim must be a whole number, got '32' \(str\)"),
                        ({"lr": "x"}, r"lr must be a number, got 'x' \(str\)"),
-                       ({"use_id": 1}, r"use_id must be True or False, got 1 \(int\)"),
+                       ({"use_id": "yes"}, r"use_id must be True or False, got 'yes' \(str\)"),
                        ({"loss": None}, r"loss must be text, got None")):
         with pytest.raises(ConfigError, match=match):
             TrainConfig(**bad)
-    import numpy as np  # numpy numbers from a grid are taken, as Python's own
+    # what older versions saved (whole floats in int fields, 0 / 1 for booleans) still loads
+    old = TrainConfig(patience=5.0, item_graph_k=np.float64(0.0), use_id=1, use_content=0, epochs=3)
+    assert (old.patience, old.item_graph_k, old.use_id, old.use_content) == (5, 0, True, False)
+    assert type(old.patience) is int and type(old.use_id) is bool
+    with pytest.raises(ConfigError, match=r"use_id must be True or False, got 2"):
+        TrainConfig(use_id=2)
+    # numpy numbers from a grid are taken, as Python's own
     config = TrainConfig(epochs=np.int64(3), lr=1, use_id=np.bool_(True))
     assert (config.epochs, config.lr, config.use_id) == (3, 1.0, True)
     assert (type(config.epochs), type(config.lr), type(config.use_id)) == (int, float, bool)

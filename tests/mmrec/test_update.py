@@ -502,3 +502,29 @@ def test_rows_in_memory_update_and_add_as_a_file_does(shop, tiny_bert_dir, tiny_
     assert idx.add([{"item_id": "n1", "title": "new boots", "price": 5}]) == 1 and idx.ids[-1] == "n1"
     back = ItemIndex.load(d / "idx", show_progress=False)
     assert back.items == idx.items
+    # any iterable of dicts; anything else is named
+    assert idx.update(r for r in [{"item_id": "i3", "price": 2}])["updated"] == 1
+    from mmrec.errors import ConfigError
+
+    for bad, what in (({"item_id": ["i1"], "price": [1]}, "got dict"), ([("i1", 1)], "got list of tuple"), (5, "got int")):
+        with pytest.raises(ConfigError, match=rf"a catalog is a file path, rows in memory \(a list of dicts\) or a "
+                                              rf"pandas DataFrame, {what}"):
+            idx.update(bad)
+
+
+def test_dataframe_cells_are_plain_values(tmp_path):
+    import pandas as pd
+
+    from mmrec.catalog import load_catalog
+
+    # pd.read_parquet gives list cells as numpy arrays, and NaT / NA for missing values
+    pd.DataFrame({"item_id": [1, 2], "title": ["x dog", "y cat"], "genres": [["Comedy", "Drama"], []]}).to_parquet(
+        tmp_path / "g.parquet")
+    frame = pd.read_parquet(tmp_path / "g.parquet")
+    assert load_catalog(frame, show_progress=False).texts == load_catalog(tmp_path / "g.parquet",
+                                                                          show_progress=False).texts == [
+        "x dog. Comedy, Drama", "y cat"]
+    frame = pd.DataFrame({"item_id": [1, 2], "title": ["a", "b"], "when": pd.to_datetime(["2020-01-02", None]),
+                          "n": pd.array([1, None], dtype="Int64")})
+    cat = load_catalog(frame, text_fields=["title"], show_progress=False)
+    assert cat.records == [{"title": "a", "when": "2020-01-02 00:00:00", "n": "1"}, {"title": "b", "when": "", "n": ""}]
