@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import urllib.parse
 import tempfile
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -160,17 +161,23 @@ def rows_in_memory(source: Any) -> list[dict[str, Any]] | None:
         source = source.to_dict("records")
     elif hasattr(source, "to_pylist"):  # a pyarrow Table
         source = source.to_pylist()
+    if isinstance(source, Catalog):
+        raise ConfigError("this is a loaded Catalog: pass it to ItemIndex.build / add / update or fit as it is "
+                          "(load_catalog reads a file or rows)")
+    kind = type(source).__name__
     rows = list(source) if isinstance(source, Iterable) and not isinstance(source, Mapping) else None
     if rows is None or not all(isinstance(r, Mapping) for r in rows):
-        raise ConfigError(f"a catalog is a file path, rows in memory (a list of dicts) or a pandas DataFrame, got "
-                          f"{type(source).__name__}" + ("" if rows is None else " of " + ", ".join(sorted(
-                              {type(r).__name__ for r in rows if not isinstance(r, Mapping)}))))
+        raise ConfigError(f"a catalog is a file path or rows in memory (dicts: a list or any iterable of them, a "
+                          f"pandas DataFrame, a pyarrow Table), got {kind}" + ("" if rows is None else " of " + ", ".join(
+                              sorted({type(r).__name__ for r in rows if not isinstance(r, Mapping)}))))
 
     def plain(v: Any) -> Any:
         if type(v).__module__ == "numpy" and hasattr(v, "tolist"):  # a number, a boolean, an array (a list cell)
             v = v.tolist()
-        if isinstance(v, list):
+        if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]
+        if isinstance(v, Mapping):  # a struct cell (read_parquet): its values too
+            return {str(k): plain(x) for k, x in v.items()}
         if type(v).__name__ in ("NaTType", "NAType") or (isinstance(v, float) and v != v):
             return None  # pandas' missing cell
         return v
@@ -614,7 +621,7 @@ def _warn_numbers_as_text(path: Path, text_fields: list[str], rows: list[dict[st
 
 
 _IMAGE_PATH = re.compile(r"[^\s|]+\.(?:jpe?g|png|gif|webp|bmp|tiff?)", re.IGNORECASE)
-_URL = re.compile(r"[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+_URL = re.compile(r"(?!file://)[a-z][a-z0-9+.-]*://|data:", re.IGNORECASE)  # a file:// URI is a local path
 
 
 def _warn_paths_as_text(path: Path, text_fields: list[str], rows: list[dict[str, Any]]) -> None:
@@ -758,6 +765,8 @@ def _validate(
     urls = set()  # rows whose image is a URL, which no local path reads
     for n, r in enumerate(rows):
         value = None if image_field is None or _blank(r.get(image_field)) else str(r[image_field]).strip()
+        if value is not None and value[:7].lower() == "file://":  # a local file's URI: its path
+            value = urllib.parse.unquote(urllib.parse.urlsplit(value).path)
         if value is not None and _URL.match(value):
             urls.add(n)
         images.append(None if value is None else value if n in urls else

@@ -702,7 +702,9 @@ def test_json_booleans_read_as_json_writes_them_and_one_text_field_is_one_column
     assert catalog_from_records([{"item_id": 1, "title": "a"}], text_fields="title").texts == ["a"]
 
 
-def test_an_image_url_is_named_as_one(tmp_path):
+def test_an_image_url_is_named_as_one(tmp_path, image_paths):
+    import shutil
+
     # "https://cdn/x.jpg" was joined to the catalog's folder and reported as "https:/cdn/x.jpg: file not found"
     (tmp_path / "c.csv").write_text("item_id,title,image\n1,a,https://cdn.example.com/p/1.jpg\n2,b,\n")
     with pytest.raises(DataError, match=r"row 1, field 'image': https://cdn.example.com/p/1.jpg: a URL: mmrec reads "
@@ -710,3 +712,9 @@ def test_an_image_url_is_named_as_one(tmp_path):
         load_catalog(tmp_path / "c.csv", show_progress=False)
     cat = load_catalog(tmp_path / "c.csv", mask_bad_images=True, show_progress=False)
     assert cat.images == [None, None] and "a URL" in cat.masked[0].message
+    # a data: URI is no file either; a file:// URI is the local file it names
+    shutil.copy(image_paths[0], tmp_path / "my pic.jpg")
+    (tmp_path / "d.csv").write_text(f"item_id,title,image\n1,a,\"data:image/png;base64,AAAA\"\n2,b,"
+                                    f"file://{tmp_path / 'my%20pic.jpg'}\n")
+    cat = load_catalog(tmp_path / "d.csv", mask_bad_images=True, show_progress=False)
+    assert cat.images == [None, str(tmp_path / "my pic.jpg")] and "a URL" in cat.masked[0].message

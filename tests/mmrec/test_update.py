@@ -507,8 +507,7 @@ def test_rows_in_memory_update_and_add_as_a_file_does(shop, tiny_bert_dir, tiny_
     from mmrec.errors import ConfigError
 
     for bad, what in (({"item_id": ["i1"], "price": [1]}, "got dict"), ([("i1", 1)], "got list of tuple"), (5, "got int")):
-        with pytest.raises(ConfigError, match=rf"a catalog is a file path, rows in memory \(a list of dicts\) or a "
-                                              rf"pandas DataFrame, {what}"):
+        with pytest.raises(ConfigError, match=rf"a catalog is a file path or rows in memory \(dicts: .*\), {what}"):
             idx.update(bad)
 
 
@@ -528,3 +527,13 @@ def test_dataframe_cells_are_plain_values(tmp_path):
                           "n": pd.array([1, None], dtype="Int64")})
     cat = load_catalog(frame, text_fields=["title"], show_progress=False)
     assert cat.records == [{"title": "a", "when": "2020-01-02 00:00:00", "n": "1"}, {"title": "b", "when": "", "n": ""}]
+    # a struct cell (a dict holding an array) reads as the file's JSON text
+    pd.DataFrame({"item_id": [1, 2], "title": ["a", "b"], "meta": [{"tags": ["x", "y"], "n": 1}, {"tags": [], "n": 2}]}
+                 ).to_parquet(tmp_path / "s.parquet")
+    assert load_catalog(pd.read_parquet(tmp_path / "s.parquet"), text_fields=["title"], show_progress=False).records == \
+        load_catalog(tmp_path / "s.parquet", text_fields=["title"], show_progress=False).records == [
+        {"title": "a", "meta": '{"tags": ["x", "y"], "n": 1}'}, {"title": "b", "meta": '{"tags": [], "n": 2}'}]
+    from mmrec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="this is a loaded Catalog: pass it to ItemIndex.build / add / update"):
+        load_catalog(cat)
