@@ -325,6 +325,8 @@ def _csv_records(path: Path, sep: str) -> tuple[list[str] | None, list[list[str]
         for row in reader:
             last, lines.record = lines.record, []
             in_header = header is None
+            if in_header and not row:  # an empty line before the header, as pandas and arrow skip it
+                continue
             if in_header:
                 header = row
             elif row and not (len(row) == 1 and not row[0].strip() and '"' not in "".join(last)):

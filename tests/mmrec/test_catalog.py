@@ -718,3 +718,8 @@ def test_an_image_url_is_named_as_one(tmp_path, image_paths):
                                     f"file://{tmp_path / 'my%20pic.jpg'}\n")
     cat = load_catalog(tmp_path / "d.csv", mask_bad_images=True, show_progress=False)
     assert cat.images == [None, str(tmp_path / "my pic.jpg")] and "a URL" in cat.masked[0].message
+
+
+def test_empty_lines_before_the_header_are_skipped(tmp_path):
+    (tmp_path / "b.csv").write_text("\ufeff\n\r\nitem_id,title\n1,a b\n")  # "file is empty (no header row)" before
+    assert load_catalog(tmp_path / "b.csv", show_progress=False).item_ids == [1]

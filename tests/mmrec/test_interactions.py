@@ -560,6 +560,9 @@ def test_a_directory_given_as_a_file_is_named_as_one(tmp_path):
 def test_an_unbalanced_quote_that_swallows_rows_is_named_not_merged(tmp_path):
     path = tmp_path / "quote.csv"
     path.write_text('user_id,item_id\nu1,"i1\nu2,i2\nu3,i3\n')  # the quote never closes: three lines, one value
+    with pytest.raises(DataError, match=r"row 1: an unbalanced quote: the field it opens runs to the end of the file"):
+        load_interactions(path)
+    path.write_text('user_id,item_id\nu1,"i1\nu2,i2"\nu3,i3\n')  # closed later: an id holding a line break
     with pytest.raises(DataError, match=r"row 1, field 'item_id': holds a line break: an unbalanced quote"):
         load_interactions(path)
     only_header = tmp_path / "header.csv"
@@ -581,13 +584,16 @@ def test_a_categorical_or_view_column_of_bytes_that_are_not_utf8_is_named(tmp_pa
 
 def test_the_unbalanced_quote_is_named_with_a_catalog_too_and_other_formats_keep_line_breaks(tmp_path):
     path = tmp_path / "quote.csv"
-    path.write_text('user_id,item_id\nu1,"a\nu2,b\nu3,c\n')
+    path.write_text('user_id,item_id\nu1,"a\nu2,b"\nu3,c\n')
     with pytest.raises(DataError, match=r"row 1, field 'item_id': holds a line break: an unbalanced quote"):
         load_interactions(path, item_ids=["a", "b", "c"])
-    path.write_text('user_id,item_id\nu0,a\nu1,"a\nu2,b\nu3,c\n')
+    path.write_text('user_id,item_id\nu0,a\nu1,"a\nu2,b"\nu3,c\n')
     skipped = load_interactions(tmp_path / "quote.csv", item_ids=["a", "b", "c"], on_invalid="skip",
                                 unknown_items="skip")
     assert "holds a line break" in skipped.report["problems"][0]
+    path.write_text('user_id,item_id\nu0,a\nu1,"a\nu2,b\nu3,c\n')  # open to the end: refused even when skipping,
+    with pytest.raises(DataError, match=r"row 2: an unbalanced quote"):  # as the rows it took cannot be had back
+        load_interactions(tmp_path / "quote.csv", item_ids=["a", "b", "c"], on_invalid="skip", unknown_items="skip")
     lines = tmp_path / "break.jsonl"  # no quoting in JSON lines: a line break is part of the id
     lines.write_text('{"user_id": "u1", "item_id": "Line\\nBreak"}\n')
     assert load_interactions(lines).item_ids == ["Line\nBreak"]
@@ -603,3 +609,27 @@ def test_a_line_of_only_spaces_is_a_blank_line(tmp_path):
     (tmp_path / "inter.csv").write_text("user_id,item_id\nu1,1\n   \nu2,2\n  \n")
     got = load_interactions(tmp_path / "inter.csv")
     assert got.user_ids == ["u1", "u2"] and got.items.tolist() == [0, 1]
+
+
+def test_empty_lines_before_the_header_an_open_quote_and_a_long_row(tmp_path):
+    import gzip
+
+    # empty lines before the header are skipped, as after it (it was "file is empty (no header row)")
+    (tmp_path / "blank.csv").write_text("\ufeff\r\n\r\nuser_id,item_id\r\n1,2\r\n3,4\r\n")
+    assert len(load_interactions(tmp_path / "blank.csv")) == 2
+    # a quote left open to the end of the file took the rows after it into an unread column, silently
+    text = 'user_id,item_id,review\n1,10,ok\n2,20,"great\n3,30,fine\n4,40,x\n'
+    (tmp_path / "open.csv").write_text(text)
+    with gzip.open(tmp_path / "open.csv.gz", "wt") as f:
+        f.write(text)
+    for name in ("open.csv", "open.csv.gz"):
+        with pytest.raises(DataError, match=r"row 2: an unbalanced quote: the field it opens runs to the end of the file"):
+            load_interactions(tmp_path / name)
+    (tmp_path / "open.tsv").write_text('user_id\titem_id\treview\n1\t10\t"bad\n2\t20\tx\n')
+    with pytest.raises(DataError, match=r"row 1: an unbalanced quote"):
+        load_interactions(tmp_path / "open.tsv")
+    # a quoted review spanning lines is data, and so is one longer than the reader's 1 MiB block
+    (tmp_path / "multi.csv").write_text('user_id,item_id,review\n\n1,10,"great\nfilm"\n2,20,"a ""b"""\n')
+    assert len(load_interactions(tmp_path / "multi.csv")) == 2
+    (tmp_path / "long.csv").write_text("user_id,item_id,review\n1,10," + "z" * 2_100_000 + "\n2,20,ok\n")
+    assert len(load_interactions(tmp_path / "long.csv")) == 2
