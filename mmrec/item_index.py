@@ -1764,7 +1764,8 @@ class ItemIndex:
                 # the index's fields may be missing from the new file: that modality is masked
                 "optional": [k for k in ("text_fields", "image_field") if k not in catalog_options], "partial": partial,
                 # images whose bytes the index stores decoded when they were added: not decoded again
-                "checked_images": {it["hashes"]["image"] for it in self.items if "image" in it["hashes"]}}
+                "checked_images": {it["hashes"]["image"] for it in self.items if "image" in it["hashes"]}
+                if "image" in roles["encoded"] else ()}
         return load_catalog(catalog, show_progress=self.encoders.show_progress, **(opts | catalog_options)), True
 
     def _given_features(self, roles: dict[str, Any], rows: int) -> dict[str, np.ndarray]:
