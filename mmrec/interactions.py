@@ -468,10 +468,13 @@ def _read_csv(path: Path, fmt: str, present: list[str], raw: dict[str, str]) -> 
         except pa.ArrowInvalid as e:
             if "Empty CSV file" in str(e):  # a header without a line end, and nothing after it
                 raise DataError(path, [Problem(None, None, "file has no data rows")]) from None
-            # A row longer than the reader's block (1 MiB by default; a long review cell): larger blocks.
-            if "straddling" not in str(e) or (block_size or 0) >= 1 << 30:
+            # A row longer than the reader's block (1 MiB by default; a long review cell): larger blocks,
+            # up to arrow's largest (a signed 32-bit size).
+            if "straddling" not in str(e):
                 raise
-            block_size, bad = (block_size or 1 << 20) * 16, []
+            if block_size == (1 << 31) - 1:
+                raise DataError(path, [Problem(None, None, "a row is longer than 2 GiB")]) from None
+            block_size, bad = min((block_size or 1 << 20) * 16, (1 << 31) - 1), []
     if any(row.text.strip() for row in bad):
         bad = []
         read(False, bad, block_size)  # numbered: the header is row 1 of the reader's count, empty lines are not counted
@@ -490,21 +493,30 @@ def _refuse_open_quote(path: Path, sep: str, records: int) -> None:
     takes the rest of the file into that one field, so the rows after it vanish (into a column
     nobody reads, when the field is one: silently).
 
-    First a count of the line breaks (C speed): when they are no more than the records the reader
-    made, the header and a last line end, no field spans lines, and there is nothing to check.
-    Otherwise the file is walked once more by the ``csv`` module, as the catalog reader walks it,
-    and its last record checked (:func:`mmrec.catalog._ends_in_quotes`).
+    First a count of the line breaks (C speed; ``\n``, ``\r`` and ``\r\n`` each one, mixed or
+    not): when they are no more than the records the reader made, the header and a last line end,
+    no field spans lines, and only the last line can end inside quotes (a quote opened in it,
+    holding the final line end). Otherwise, or when it does, the file is walked once more by the
+    ``csv`` module, as the catalog reader walks it, and its last record checked
+    (:func:`mmrec.catalog._ends_in_quotes`), which names the row.
 
     Raises:
         DataError: the last record ends inside a quoted field.
     """
     from mmrec.catalog import _ends_in_quotes, _RecordLines  # (the catalog reader's own quoting rules)
 
-    breaks = crs = 0
+    breaks, tail, previous = 0, b"", b""
     with pa.input_stream(str(path), compression=_codec(path)) as raw:
         while chunk := raw.read(1 << 24):
-            breaks, crs = breaks + chunk.count(b"\n"), crs + chunk.count(b"\r")
-    if max(breaks, crs) <= records + 1:
+            # a "\r\n" is one line end, also when a chunk boundary falls inside it
+            breaks += chunk.count(b"\n") + chunk.count(b"\r") - chunk.count(b"\r\n") \
+                - (previous == b"\r" and chunk[:1] == b"\n")
+            previous = chunk[-1:]
+            text = tail + chunk  # the last line (with its line end), however long
+            body = text.rstrip(b"\r\n")
+            tail = text[max(body.rfind(b"\n"), body.rfind(b"\r")) + 1:]
+    last_line = tail.decode("utf-8", errors="replace")
+    if breaks <= records + 1 and not _ends_in_quotes(last_line.removeprefix("\ufeff"), sep):
         return
     with pa.input_stream(str(path), compression=_codec(path)) as raw, \
             io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="") as f:

@@ -625,6 +625,14 @@ def test_empty_lines_before_the_header_an_open_quote_and_a_long_row(tmp_path):
     for name in ("open.csv", "open.csv.gz"):
         with pytest.raises(DataError, match=r"row 2: an unbalanced quote: the field it opens runs to the end of the file"):
             load_interactions(tmp_path / name)
+    # mixed line ends (bare CR and bare LF) were undercounted; a quote opened in the last row, holding the
+    # final line end, was let through
+    for name, text in (("mixed.csv", 'user_id,item_id,review\r1,10,x\r2,20,"a\n3,30,b\n'),
+                       ("last.csv", 'user_id,item_id,review\n1,10,ok\n2,20,"great\n'),
+                       ("last_no_end.csv", 'user_id,item_id,review\n1,10,ok\n2,20,"great')):
+        (tmp_path / name).write_bytes(text.encode())
+        with pytest.raises(DataError, match=r"row 2: an unbalanced quote"):
+            load_interactions(tmp_path / name)
     (tmp_path / "open.tsv").write_text('user_id\titem_id\treview\n1\t10\t"bad\n2\t20\tx\n')
     with pytest.raises(DataError, match=r"row 1: an unbalanced quote"):
         load_interactions(tmp_path / "open.tsv")
