@@ -354,6 +354,8 @@ def _read_csv(path: Path, sep: str) -> tuple[list[str], list[dict[str, Any]], di
         header, raw = _csv_records(path, sep)
     except UnicodeDecodeError:
         raise DataError(path, [utf8_problem(path)]) from None
+    except csv.Error as e:  # (Python 3.10's csv module refuses a NUL byte)
+        raise DataError(path, [Problem(None, None, f"cannot be read as CSV: {e}")]) from None
     too_long = [Problem(r, None, f"has {len(row)} fields but the header names {len(header)}: a stray separator, an "
                                  "unquoted value or an unbalanced quote")
                 for r, row in enumerate(raw, 1) if header and len(row) > len(header)]  # every one (DataError prints 20)

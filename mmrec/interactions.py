@@ -532,6 +532,8 @@ def _refuse_open_quote(path: Path, sep: str, records: int) -> None:
                 if header:
                     row_number += 1
                 header = True
+        except csv.Error as e:  # (Python 3.10's csv module refuses a NUL byte)
+            raise DataError(path, [Problem(row_number + 1, None, f"cannot be read as CSV: {e}")]) from None
         finally:
             csv.field_size_limit(limit)
     if last and _ends_in_quotes("".join(last), sep):
