@@ -193,13 +193,15 @@ HOW = ("auto", "given", "random", "temporal")
 
 def check_rule_columns(how: str, *, has_split: bool, has_timestamps: bool, option: str = "--split",
                        source: str | Path | None = None) -> None:
-    """Refuse a split rule the file's columns cannot serve: ``given`` without a split column,
-    ``temporal`` without timestamps (``option`` names the command-line option in the message,
-    ``source`` the file).
+    """Refuse an unknown split rule, and one the file's columns cannot serve: ``given`` without a
+    split column, ``temporal`` without timestamps (``option`` names the command-line option in
+    the message, ``source`` the file).
 
     Raises:
         ConfigError: saying what to use instead.
     """
+    if how not in HOW:
+        raise ConfigError(f"the split rule ({option}) must be one of {', '.join(HOW)}, got {how!r}")
     where = f"{source}: " if source is not None else ""
     if how == "given" and not has_split:
         raise ConfigError(f"{where}the given split ({option} given) needs a split column ({', '.join(SPLITS)}) in "
@@ -237,8 +239,6 @@ def ensure_split(
         ConfigError: an unknown ``how``; ``"given"`` without a split column;
             ``"temporal"`` without timestamps.
     """
-    if how not in HOW:
-        raise ConfigError(f"the split rule ({option}) must be one of {', '.join(HOW)}, got {how!r}")
     check_rule_columns(how, has_split=inter.split is not None, has_timestamps=inter.timestamps is not None,
                        option=option, source=source)
     if how == "given" or (how == "auto" and inter.split is not None):

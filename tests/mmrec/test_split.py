@@ -180,3 +180,12 @@ def test_rule_reproduces_published_amazon_baby_split() -> None:
     for code, sizes in enumerate(split_sizes(counts)):
         got = np.bincount(inter.users[inter.split == code], minlength=inter.num_users)
         np.testing.assert_array_equal(got, sizes)
+
+
+def test_an_unknown_split_rule_is_refused_from_the_header_before_any_encoding(tmp_path):
+    from mmrec.interactions import check_columns
+
+    (tmp_path / "inter.tsv").write_text("user_id\titem_id\nu1\t1\n")
+    with pytest.raises(ConfigError, match=r"the split rule \(--split\) must be one of auto, given, random, temporal, "
+                                          r"got 'leave-one-out'"):
+        check_columns(tmp_path / "inter.tsv", split="leave-one-out")
