@@ -624,7 +624,7 @@ def _warn_numbers_as_text(path: Path, text_fields: list[str], rows: list[dict[st
                            *words[0])
 
 
-_IMAGE_PATH = re.compile(r"[^\s|]+\.(?:jpe?g|png|gif|webp|bmp|tiff?)", re.IGNORECASE)
+_IMAGE_PATH = re.compile(r"[^\s|?]+\.(?:jpe?g|png|gif|webp|bmp|tiff?)(?:\?[^\s|]*)?", re.IGNORECASE)  # (a URL's ?query)
 _URL = re.compile(r"(?!file://)[a-z][a-z0-9+.-]*://|data:", re.IGNORECASE)  # a file:// URI is a local path
 
 

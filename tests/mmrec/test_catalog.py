@@ -650,7 +650,8 @@ def test_checked_images_skip_the_decode_of_known_bytes_and_never_read_a_fifo(tmp
 def test_image_paths_read_as_text_and_a_named_encoder_with_nothing_to_read_are_warned_about(tmp_path, caplog):
     from mmrec.item_index import catalog_encoders
 
-    (tmp_path / "u.csv").write_text("item_id,title,img_url,tags\n1,a,http://cdn.example.com/p/1.jpg,a.jpg|b.jpg\n")
+    (tmp_path / "u.csv").write_text("item_id,title,img_url,tags\n1,a,http://cdn.example.com/p/1.jpg,a.jpg|b.jpg\n"
+                                    "2,b,https://cdn.example.com/p/2.JPG?w=200&h=1,c.png|d.png\n")
     with caplog.at_level("WARNING", logger="mmrec"):  # URLs are named as such (--image-field reads local files)
         load_catalog(tmp_path / "u.csv", show_progress=False)
     assert "column 'img_url' holds image URLs ('http://cdn.example.com/p/1.jpg', ...), read as text: mmrec reads " \
