@@ -21,7 +21,7 @@ Examples::
     mmrec recommend --index model_dir --all-users -k 20 --json > recs.jsonl
     mmrec explain --index model_dir --item 1 -k 5
     mmrec evaluate --index model_dir --interactions inter.tsv --split test
-    mmrec serve --index model_dir --port 8000      # GET /recommend?user=42&k=10, /similar, /history, /search
+    mmrec serve --index model_dir --port 8000      # GET /recommend?user=42&k=10, /similar, /history, /search, /item, /explain, /health
 
 Errors go to stderr with exit status 1 (2 for a malformed command line); ``--debug`` shows the
 traceback.
@@ -1115,8 +1115,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(rc)
     rc.set_defaults(func=cmd_recommend)
 
-    sv = sub.add_parser("serve", help="answer recommend / history / similar / search as JSON over HTTP, the "
-                                      "directory kept open (mmrec.server)")
+    sv = sub.add_parser("serve", help="answer recommend / history / similar / search / item / explain / health as "
+                                      "JSON over HTTP, the directory kept open (mmrec.server)")
     sv.add_argument("--index", required=True, type=Path, help="index or trained directory")
     sv.add_argument("--host", default="127.0.0.1",
                     help="address to bind (default 127.0.0.1; there is no authentication: keep it behind your front end)")

@@ -494,8 +494,8 @@ class Recommender:
         """
         index = self.items.index
         if index.knob is None:
-            raise MMRecError(f"this index is {index.factory}: exact search, nothing to tune (build with --factory "
-                             f"IVF{{n}},Flat or HNSW{{M}} for approximate search)")
+            raise MMRecError(f"this index is {index.factory}: exact search, nothing to tune (for approximate search, "
+                             f"mmrec index rebuild --factory IVF{{n}},Flat or HNSW{{M}} first; rebuild(factory) in Python)")
         if isinstance(recall, bool) or not isinstance(recall, (int, float, np.integer, np.floating)) \
                 or not 0.0 < recall <= 1.0:
             raise MMRecError(f"recall must be a number in (0, 1], got {recall!r}")

@@ -8,7 +8,8 @@ server (no extra dependency)::
 
     GET /health                                  {"status": "ok", "kind", "items", "users", "modalities"}
     GET /recommend?user=42&k=10                  {"results": [{"item_id", "score", <fields>}, ...]}
-    GET /history?item=1&item=50&k=10[&user=42]   a history of items (a known user's newer ones with user);
+    GET /history?item=1&item=50&k=10[&user=42]   a history of items (a known user's newer ones with user; user alone:
+                                                 that user's liked training items folded in);
                                                  its answer adds "ignored": the items not in the index, left out
     GET /similar?item=1&k=10[&by=cosine]
     GET /search?text=space+adventure&k=10[&by=content]
@@ -27,15 +28,16 @@ display field matches, as the CLI's ``--where``). An answer to a request with ``
 or an item removed since), which the query left out.
 A parameter a route does not take is refused, so a misspelt one is not silently ignored.
 
-Status codes: 200 with ``{"results": [...]}``; 400 ``{"error": ...}`` for a bad request (a
+Status codes: 200 with ``{"results": [...]}`` (``/health``: its own object); 400 ``{"error": ...}`` for a bad request (a
 missing or malformed parameter, a query the directory cannot answer); 404 for an unknown
 route, user or item; 405 for another HTTP method (501 for a method HTTP does not define); 500
 for anything else (logged with its traceback). A kept-alive connection idle for a minute is closed. Requests are answered
 one at a time (a lock around the directory: its caches are not thread-safe), each in well under
 a millisecond except text queries (an encoder pass).
 
-The directory is loaded again when it changes on disk (``mmrec index add`` / ``remove``): at
-most one check a second, new items served without a restart.
+The directory is loaded again when it changes on disk (``mmrec index add`` / ``update`` /
+``remove`` / ``rebuild`` / ``tune``, a new ``train --overwrite``): at most one check a second, new
+items served without a restart.
 
 Binds to 127.0.0.1 by default: there is no authentication, so put it behind your own front end
 before exposing it.
