@@ -398,11 +398,21 @@ def check_threshold(rating_threshold: float | None) -> None:
         raise ConfigError(f"the rating threshold must be a finite number, got {rating_threshold}")
 
 
+def _refuse_twice(path: Path, header: list[str]) -> None:
+    """Refuse a header that names a column the loader reads more than once: which one is meant
+    cannot be told, and reading either would lose the other silently."""
+    twice = [c for c in REQUIRED_COLUMNS + OPTIONAL_COLUMNS if header.count(c) > 1]
+    if twice:
+        raise DataError(path, [Problem(None, c, f"the header names this column {header.count(c)} times: keep one")
+                               for c in twice])
+
+
 def check_columns(path: str | Path, *, split: str = "auto", rating_threshold: float | None = None) -> None:
     """What :func:`load_interactions` and the split would refuse about a file's columns, from its
     header alone, so that a training run refuses before it encodes a catalog: a missing file, an
-    unknown type, no ``user_id`` / ``item_id``, a rating threshold without a ``rating`` column, a
-    temporal split without ``timestamp`` or a given one without ``split``. (JSON-lines files,
+    unknown type, no ``user_id`` / ``item_id``, a column the loader reads named twice, a rating
+    threshold without a ``rating`` column, a temporal split without ``timestamp`` or a given one
+    without ``split``. (JSON-lines files,
     whose columns are the keys of every line, are checked when they are read.)
 
     Raises:
@@ -425,6 +435,7 @@ def check_columns(path: str | Path, *, split: str = "auto", rating_threshold: fl
         header = [c.strip() for c in written or []]
     if any(c not in header for c in REQUIRED_COLUMNS):
         return  # load_interactions names them (and a file that is not UTF-8)
+    _refuse_twice(path, header)
     if rating_threshold is not None and "rating" not in header:
         raise DataError(path, [Problem(None, "rating", NO_RATING_COLUMN)])
     from mmrec.split import check_rule_columns  # (split reads this module)
@@ -583,10 +594,7 @@ def _read_columns(path: Path, fmt: str) -> tuple[dict[str, pa.Array], int, dict[
         message = f"required column is missing (columns found: {found})"
         raise DataError(path, [Problem(None, c, message) for c in missing])
     present = [c for c in REQUIRED_COLUMNS + OPTIONAL_COLUMNS if c in header]
-    twice = [c for c in present if header.count(c) > 1]
-    if twice:  # which of the two is meant cannot be told: reading either would lose the other silently
-        raise DataError(path, [Problem(None, c, f"the header names this column {header.count(c)} times: keep one")
-                               for c in twice])
+    _refuse_twice(path, header)
     try:
         if whole is not None:
             table = whole.select(present)

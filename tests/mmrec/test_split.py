@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmrec.errors import ConfigError
+from mmrec.errors import ConfigError, DataError
 from mmrec.interactions import Interactions, load_interactions
 from mmrec.split import ensure_split, split_random, split_sizes, split_temporal
 
@@ -189,3 +189,6 @@ def test_an_unknown_split_rule_is_refused_from_the_header_before_any_encoding(tm
     with pytest.raises(ConfigError, match=r"the split rule \(--split\) must be one of auto, given, random, temporal, "
                                           r"got 'leave-one-out'"):
         check_columns(tmp_path / "inter.tsv", split="leave-one-out")
+    (tmp_path / "twice.csv").write_text("user_id,item_id,timestamp,timestamp\nu1,1,5,6\n")  # as the loader refuses it
+    with pytest.raises(DataError, match=r"field 'timestamp': the header names this column 2 times: keep one"):
+        check_columns(tmp_path / "twice.csv")
