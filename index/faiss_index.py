@@ -432,6 +432,8 @@ class FaissIndex:
             UnknownIdError: (a KeyError) listing every id that is not live in the index;
                 nothing is removed then.
         """
+        if isinstance(ids, (str, bytes, int, np.integer)):  # one id ("ab"), not its characters
+            ids = [ids]
         wanted = list(dict.fromkeys(_canonical_id(i) for i in ids))
         unknown = [i for i in wanted if i not in self._label_of]
         if unknown:
@@ -897,6 +899,9 @@ class FaissIndex:
         except (TypeError, ValueError) as e:
             raise IndexFormatError(f"{directory / IDS_FILE}: field 'factory' or 'dim' is invalid: {e}") from e
         raw = faiss.read_index(str(directory / INDEX_FILE))
+        if _structure(raw) != _structure(index._index):  # ids.json's factory must be the one index.faiss was built by
+            raise IndexFormatError(f"{directory}: field 'factory' is {index.factory!r} in {IDS_FILE}, but {INDEX_FILE} "
+                                   f"holds another kind of index ({', '.join(map(str, _structure(raw)))})")
         if raw.d != index._width:  # a PQ index stores its vectors padded to a multiple of m
             raise IndexFormatError(f"{directory}: field 'dim' is {index.dim} in {IDS_FILE} (FAISS width "
                                    f"{index._width}) but {raw.d} in {INDEX_FILE}")
@@ -926,6 +931,21 @@ class FaissIndex:
             index._ef_search = int(field("ef_search"))
         index._push_knobs()
         return index
+
+
+def _structure(index: Any) -> tuple:
+    """What a FAISS index is, as a factory names it: ``("flat",)``, ``("hnsw", M)`` or
+    ``("ivf", nlist, its class: Flat / scalar quantizer / PQ, PQ's m)`` (an id map looked through)."""
+    x = faiss.downcast_index(index)
+    if isinstance(x, faiss.IndexIDMap):
+        x = faiss.downcast_index(x.index)
+    if isinstance(x, faiss.IndexHNSW):
+        return ("hnsw", int(x.hnsw.nb_neighbors(1)))
+    if isinstance(x, faiss.IndexIVF):
+        return ("ivf", int(x.nlist), type(x).__name__, int(x.pq.M) if hasattr(x, "pq") else 0)
+    if isinstance(x, faiss.IndexFlat):
+        return ("flat",)
+    return (type(x).__name__,)
 
 
 def _head_first(cols: np.ndarray, row_labels: np.ndarray, head: int):

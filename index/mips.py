@@ -32,14 +32,23 @@ class MipsTransform:
     """
 
     def __init__(self, max_norm: float) -> None:
-        if not max_norm > 0:
-            raise ValueError(f"max_norm must be positive, got {max_norm}")
+        if not 0 < max_norm < float("inf"):
+            raise ValueError(f"max_norm must be a positive finite number, got {max_norm}")
         self.max_norm = float(max_norm)
 
     @classmethod
     def fit(cls, items: np.ndarray, headroom: float = 1.5) -> "MipsTransform":
-        """``M = headroom * max ||x||`` over the given items."""
-        return cls(float(np.linalg.norm(items, axis=1).max()) * headroom or 1.0)
+        """``M = headroom * max ||x||`` over the given items (1 for none, or all zero).
+
+        Raises:
+            ValueError: an item holding NaN or inf, named by its row.
+        """
+        items = np.asarray(items, dtype=np.float32)
+        bad = np.flatnonzero(~np.isfinite(items).all(axis=1)) if items.size else []
+        if len(bad):
+            raise ValueError(f"item vector row {int(bad[0])} contains NaN or inf")
+        largest = float(np.linalg.norm(items, axis=1).max()) if len(items) else 0.0
+        return cls(largest * headroom or 1.0)
 
     def items(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)

@@ -15,6 +15,8 @@ def _unit_rows(x: np.ndarray, name: str) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2:
         raise ValueError(f"{name} must be 2-D (N, D), got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name} row {int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])} contains NaN or inf")
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     if np.any(norms == 0):
         raise ValueError(f"{name} row {int(np.flatnonzero(norms[:, 0] == 0)[0])} is a zero vector")

@@ -96,7 +96,7 @@ def _publish(tmp: Path, final: Path, *, overwrite: bool, token: str) -> None:
         return
     if not overwrite:
         raise FileExistsError(f"{final} appeared while it was being written; not replacing it")
-    _set_modes(tmp, final)
+    _set_modes(tmp, final if final.is_dir() else None)  # (a file's mode would leave a folder unenterable)
     _sync_tree(tmp)
     old = final.parent / f".{final.name}.old-{token}"
     try:  # an interrupt between the two renames (or right after the first) also puts it back
@@ -107,7 +107,10 @@ def _publish(tmp: Path, final: Path, *, overwrite: bool, token: str) -> None:
             os.rename(old, final)  # put the previous version back before reporting the failure
         raise
     _sync_dir(final.parent)
-    shutil.rmtree(old, ignore_errors=True)
+    if old.is_symlink() or not old.is_dir():  # what was replaced was a link or a file, not a folder
+        old.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(old, ignore_errors=True)
     logger.debug("replaced %s", final)
 
 

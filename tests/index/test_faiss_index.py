@@ -641,3 +641,26 @@ def test_vectors_far_from_unit_length_normalise_exactly_and_true_is_no_id():
     assert ints.search(q, k=3, only=[True])[0] == [[]]  # True is not id 1
     assert sorted(ints.search(q, k=3, exclude_all=[True])[0][0]) == [0, 1, 2]
     assert sorted(ints.search(q, k=3, exclude=[[True]])[0][0]) == [0, 1, 2]
+
+
+def test_an_ids_file_whose_factory_is_not_the_index_files_is_refused(tmp_path):
+    # it loaded an IVF index as Flat (searched as exact) or HNSW as Flat (tombstones ignored)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((400, 8)).astype(np.float32)
+    for built, claimed in (("IVF4,Flat", "Flat"), ("HNSW8", "Flat"), ("IVF4,Flat", "IVF8,Flat"),
+                           ("IVF4,Flat", "IVF4,SQ8"), ("Flat", "HNSW8"), ("HNSW8", "HNSW16")):
+        d = tmp_path / f"{built}-{claimed}"
+        d.mkdir()
+        FaissIndex.build(x, list(range(400)), built).save(d)
+        meta = json.loads((d / "ids.json").read_text())
+        meta |= {"factory": claimed, "nprobe": 4, "ef_search": 16}
+        (d / "ids.json").write_text(json.dumps(meta))
+        with pytest.raises(IndexFormatError, match=rf"field 'factory' is '{claimed}' in ids.json, but index.faiss "
+                                                   r"holds another kind of index"):
+            FaissIndex.load(d)
+
+
+def test_remove_takes_one_string_id_as_one_id():
+    x = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
+    index = FaissIndex.build(x, ["a", "b", "ab", "c"], "Flat")
+    assert index.remove("ab") == 1 and index.ids == ["a", "b", "c"]  # (it removed "a" and "b")

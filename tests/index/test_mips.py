@@ -32,3 +32,17 @@ def test_vectors_over_the_bound_are_shrunk(caplog):
     assert "exceed the index norm bound" in caplog.text
     with pytest.raises(ValueError, match="positive"):
         MipsTransform(0.0)
+
+
+def test_non_finite_items_and_bounds_are_refused_by_row():
+    import pytest
+
+    from index.mips import MipsTransform
+
+    items = np.array([[1.0, 0.0], [0.0, 2.0], [np.inf, 0.0]], np.float32)
+    with pytest.raises(ValueError, match="item vector row 2 contains NaN or inf"):
+        MipsTransform.fit(items)
+    with pytest.raises(ValueError, match="max_norm must be a positive finite number, got inf"):
+        MipsTransform(float("inf"))
+    assert MipsTransform.fit(np.zeros((0, 2), np.float32)).max_norm == 1.0
+    assert MipsTransform.fit(items[:2], headroom=1.5).max_norm == 3.0

@@ -64,3 +64,16 @@ def test_clustered_vectors_seeded_and_clustered():
     pos, scores = exact_search(a, a[:100], 2)
     rand = np.sum(a[:100] * a[100:200], axis=1) / np.linalg.norm(a[:100], axis=1) / np.linalg.norm(a[100:200], axis=1)
     assert np.median(scores[:, 1]) > 0.9 > np.median(rand) + 0.5
+
+
+def test_non_finite_rows_are_refused_by_row():
+    import numpy as np
+    import pytest
+
+    from index.oracle import exact_search
+
+    base = np.eye(3)
+    with pytest.raises(ValueError, match="queries row 0 contains NaN or inf"):
+        exact_search(base, np.full((1, 3), np.nan), 2)
+    with pytest.raises(ValueError, match="base row 1 contains NaN or inf"):
+        exact_search(np.array([[1.0, 0, 0], [np.inf, 0, 0]]), np.eye(3)[:1], 1)

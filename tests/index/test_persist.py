@@ -339,3 +339,19 @@ def test_a_writer_waiting_for_the_lock_says_so_and_gets_it_when_the_first_is_don
             order.append("first")
     thread.join(10)
     assert order == ["first", "second"] and f"waiting for another command writing {final} to finish" in caplog.text
+
+
+def test_replacing_a_link_or_a_file_leaves_no_old_entry_behind(tmp_path):
+    import os
+
+    (tmp_path / "rel1").mkdir()
+    (tmp_path / "rel1" / "a.txt").write_text("kept")
+    os.symlink(tmp_path / "rel1", tmp_path / "current")
+    (tmp_path / "plain").write_text("a file")
+    for name in ("current", "plain"):
+        with atomic_directory(tmp_path / name, overwrite=True) as tmp:
+            (tmp / "b.txt").write_text("new")
+        assert (tmp_path / name).is_dir() and not (tmp_path / name).is_symlink()
+        assert (tmp_path / name).stat().st_mode & 0o100  # enterable (a file's 0644 left it without x)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["current", "plain", "rel1"]  # no .current.old-*
+    assert (tmp_path / "rel1" / "a.txt").read_text() == "kept"  # the link's target is not touched
