@@ -432,6 +432,8 @@ class FaissIndex:
             UnknownIdError: (a KeyError) listing every id that is not live in the index;
                 nothing is removed then.
         """
+        if isinstance(ids, np.ndarray) and ids.ndim == 0:
+            ids = ids.item()
         if isinstance(ids, (str, bytes, int, np.integer)):  # one id ("ab"), not its characters
             ids = [ids]
         wanted = list(dict.fromkeys(_canonical_id(i) for i in ids))

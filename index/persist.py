@@ -88,7 +88,7 @@ def atomic_directory(final: Path, *, overwrite: bool = False) -> Iterator[Path]:
 
 
 def _publish(tmp: Path, final: Path, *, overwrite: bool, token: str) -> None:
-    if not final.exists():
+    if not final.exists() and not final.is_symlink():  # (a link to nothing is replaced as any link is)
         _set_modes(tmp, None)
         _sync_tree(tmp)
         os.rename(tmp, final)

@@ -664,3 +664,5 @@ def test_remove_takes_one_string_id_as_one_id():
     x = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
     index = FaissIndex.build(x, ["a", "b", "ab", "c"], "Flat")
     assert index.remove("ab") == 1 and index.ids == ["a", "b", "c"]  # (it removed "a" and "b")
+    numbered = FaissIndex.build(x, [1, 2, 3, 4], "Flat")
+    assert numbered.remove(np.array(4)) == 1 and numbered.remove(np.int64(3)) == 1 and numbered.ids == [1, 2]

@@ -348,10 +348,11 @@ def test_replacing_a_link_or_a_file_leaves_no_old_entry_behind(tmp_path):
     (tmp_path / "rel1" / "a.txt").write_text("kept")
     os.symlink(tmp_path / "rel1", tmp_path / "current")
     (tmp_path / "plain").write_text("a file")
-    for name in ("current", "plain"):
+    os.symlink(tmp_path / "nowhere", tmp_path / "dangling")  # a link to nothing: NotADirectoryError before
+    for name in ("current", "plain", "dangling"):
         with atomic_directory(tmp_path / name, overwrite=True) as tmp:
             (tmp / "b.txt").write_text("new")
         assert (tmp_path / name).is_dir() and not (tmp_path / name).is_symlink()
         assert (tmp_path / name).stat().st_mode & 0o100  # enterable (a file's 0644 left it without x)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["current", "plain", "rel1"]  # no .current.old-*
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["current", "dangling", "plain", "rel1"]  # no .old-*
     assert (tmp_path / "rel1" / "a.txt").read_text() == "kept"  # the link's target is not touched
