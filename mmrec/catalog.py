@@ -596,6 +596,8 @@ def load_catalog(
         encoded=encoded,
         mask_bad_images=mask_bad_images,
         checked_images=checked_images,
+        # a new index or model (no fields taken from another) is refused with no picture at all
+        every_image_may_fail=bool(optional),
     )
 
 
@@ -711,6 +713,7 @@ def catalog_from_records(
         skip_invalid=skip_invalid,
         show_progress=False,
         mask_bad_images=mask_bad_images,
+        every_image_may_fail=False,
     )
 
 
@@ -729,6 +732,7 @@ def _validate(
     encoded: Sequence[str] = ("text", "image"),
     mask_bad_images: bool = False,
     checked_images: Collection[str] = (),
+    every_image_may_fail: bool = True,
 ) -> Catalog:
     uses_text, uses_image = "text" in encoded, "image" in encoded
     off = [m for m in ("text", "image") if m not in encoded]
@@ -768,6 +772,12 @@ def _validate(
     images: list[str | None] = []
     urls = set()  # rows whose image is a URL, which no local path reads
     for n, r in enumerate(rows):
+        if image_field is not None and isinstance(r.get(image_field), (list, tuple, dict)):  # JSON / Parquet
+            problems.append(Problem(n + 1, image_field, f"{json.dumps(r[image_field], default=str)}: an image cell "
+                                                        "holds one local path (a string)"))
+            bad.add(n)
+            images.append(None)
+            continue
         value = None if image_field is None or _blank(r.get(image_field)) else str(r[image_field]).strip()
         if value is not None and value[:7].lower() == "file://":  # a local file's URI: its path
             value = urllib.parse.unquote(urllib.parse.urlsplit(value).path)
@@ -809,6 +819,13 @@ def _validate(
                     ("; the row has no text to keep it by" if uses_text else
                      "; text is not encoded, so the row has nothing to keep it by") if mask_bad_images else "")))
                 bad.add(i)
+    if masked and not every_image_may_fail and len(masked) == len(todo) >= 2:
+        # A build or training run left with no picture at all: a wrong --image-root, not a few bad files.
+        raise DataError(path, [Problem(None, image_field, f"none of the {len(masked)} images could be read "
+                                                          f"({masked[0].message.split('; the image')[0]}): a wrong "
+                                                          "--image-root (image_root=)? --mask-bad-images leaves a few "
+                                                          "bad pictures out, not every one (--image-encoder none "
+                                                          "builds without images)")])
     if masked:
         logger.warning("%s: %d image(s) missing or unreadable left out, their rows kept (listed in the written "
                        "directory's skipped.jsonl): %s%s", source, len(masked), "; ".join(map(str, masked[:3])),

@@ -996,7 +996,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "one {\"query\", \"results\"} object a query)")
     g.add_argument("--queries", type=Path, metavar="FILE",
                    help="a UTF-8 file of text queries, one a line (always answered as a batch)")
-    g.add_argument("--image", type=Path, nargs="+", action="extend", metavar="FILE",
+    g.add_argument("--image", nargs="+", action="extend", metavar="FILE",
                    help="query image file(s); several are encoded together")
     q.add_argument("--device", help="encode the queries on this torch device (cpu, cuda, cuda:N; default cpu)")
     q.add_argument("--by", choices=["index", "content"], default="index",

@@ -29,6 +29,7 @@ import re
 import stat
 import shutil
 import tempfile
+import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence, Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
@@ -1577,10 +1578,15 @@ class ItemIndex:
         if isinstance(paths, (str, bytes, os.PathLike)):
             raise MMRecError("search_images takes a list of image files, got one path: use search_image, or [path]")
         encoder = self.encoders.get("image")  # an index without images says so first
-        paths = [str(p) for p in paths]
+        # a file:// URI is the file it names, as in a catalog's image column; another URL is no file
+        paths = [urllib.parse.unquote(urllib.parse.urlsplit(str(p)).path) if str(p).lower().startswith("file://")
+                 else str(p) for p in paths]
         for path in paths:
+            if re.match(r"[a-z][a-z0-9+.-]*://|data:", path, re.IGNORECASE):
+                raise MMRecError(f"query image {path}: a URL: mmrec reads local image files only (download it first)")
             if not Path(path).is_file():
-                raise MMRecError(f"query image {path}: file not found")
+                raise MMRecError(f"query image {path}: " + ("not a regular file" if Path(path).exists() else
+                                                            "file not found"))
         k = check_count(k)
         if not paths:
             return []
@@ -1913,7 +1919,8 @@ class ItemIndex:
         # An item whose new image is masked (missing, unreadable) keeps its stored one: a wrong
         # --image-root would otherwise take every picture away.
         masked = {p.row for p in catalog.masked}
-        kept_image = {i for i in old if catalog.row(i) in masked}
+        had_image = self.present.get("image")  # (an item that had none has nothing to keep: its record says so)
+        kept_image = {i for i in old if catalog.row(i) in masked and had_image is not None and had_image[pos[i]]}
         kept_rows = {catalog.row(i) for i in kept_image}  # what skipped.jsonl says of them (a copy: the
         catalog = dataclasses.replace(catalog, masked=[  # caller's catalog stays as it was)
             Problem(p.row, p.field, p.message.replace("the image is left out, the row kept",

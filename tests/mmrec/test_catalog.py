@@ -460,7 +460,11 @@ def test_a_row_dropped_for_its_id_is_not_listed_as_kept_and_records_take_the_opt
     from mmrec.catalog import catalog_from_records, check_catalog_ids
 
     (tmp_path / "items.csv").write_text("item_id,title,image\nA,red boots,gone.png\nB,blue mug,gone.png\n")
-    cat = load_catalog(tmp_path / "items.csv", show_progress=False, mask_bad_images=True)
+    with pytest.raises(DataError, match=r"field 'image': none of the 2 images could be read \(.*gone.png: file not "
+                                        r"found\): a wrong --image-root"):  # a new index with no picture at all
+        load_catalog(tmp_path / "items.csv", show_progress=False, mask_bad_images=True)
+    # extending an index (index add: fields taken from it), every new image may be bad
+    cat = load_catalog(tmp_path / "items.csv", show_progress=False, mask_bad_images=True, optional=["image_field"])
     assert [p.row for p in cat.masked] == [1, 2]
     left = check_catalog_ids(cat, {"A"}, str(tmp_path / "items.csv"), skip=True)  # A is in the index already
     records = left.skip_records()
@@ -724,3 +728,11 @@ def test_an_image_url_is_named_as_one(tmp_path, image_paths):
 def test_empty_lines_before_the_header_are_skipped(tmp_path):
     (tmp_path / "b.csv").write_text("\ufeff\n\r\nitem_id,title\n1,a b\n")  # "file is empty (no header row)" before
     assert load_catalog(tmp_path / "b.csv", show_progress=False).item_ids == [1]
+
+
+def test_an_image_cell_holding_a_list_is_named(tmp_path):
+    (tmp_path / "c.jsonl").write_text('{"item_id": 1, "title": "a", "image": ["a.jpg", "b.jpg"]}\n'
+                                      '{"item_id": 2, "title": "b", "image": null}\n')
+    with pytest.raises(DataError, match=r'row 1, field \'image\': \["a.jpg", "b.jpg"\]: an image cell holds one local '
+                                        r"path \(a string\)"):
+        load_catalog(tmp_path / "c.jsonl", show_progress=False)

@@ -89,6 +89,14 @@ def test_text_and_image_queries(catalogs, tiny_bert_dir, tiny_vit_dir, image_pat
         assert sorted((round(r.score, 4), r.item_id) for r in got) == sorted((round(r.score, 4), r.item_id) for r in want)
     with pytest.raises(MMRecError, match="query image .*missing.jpg: file not found"):
         idx.search_images([paths[0], d / "missing.jpg"])
+    # a URL is named as one (the CLI's Path made it "https:/x.com/a.jpg: file not found"), a folder as no file;
+    # a file:// URI is the file it names
+    with pytest.raises(MMRecError, match="query image https://x.com/a.jpg: a URL: mmrec reads local image files only"):
+        idx.search_image("https://x.com/a.jpg")
+    with pytest.raises(MMRecError, match=f"query image {d}: not a regular file"):
+        idx.search_image(d)
+    assert [r.item_id for r in idx.search_image(f"file://{paths[0]}", k=3)] == \
+        [r.item_id for r in idx.search_image(paths[0], k=3)]
     (d / "broken.jpg").write_bytes(b"not an image")
     with pytest.raises(MMRecError, match="query image .*broken.jpg: "):
         idx.search_images([paths[0], d / "broken.jpg"])
