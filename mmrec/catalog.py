@@ -493,6 +493,7 @@ def load_catalog(
     mask_bad_images: bool = False,
     partial: bool = False,
     checked_images: Collection[str] = (),
+    every_image_may_fail: bool = False,
 ) -> Catalog:
     """Load and validate a catalog file, or rows in memory.
 
@@ -528,6 +529,10 @@ def load_catalog(
             decode, such as those an index stores (``index add`` / ``update`` pass them): a file
             with one of them is read to hash it but not decoded again (a 640 x 480 JPEG: 0.08 ms
             against 1.2 ms, measured), so a nightly update checks only its new pictures.
+        every_image_may_fail: with ``mask_bad_images``, a catalog in which no picture can be read
+            is refused (a new index or model, ``finetune``'s too: a wrong ``image_root``) unless
+            this is set (``index add`` / ``update`` set it: their items have, or keep, pictures of
+            their own).
 
     Returns:
         The validated :class:`Catalog`.
@@ -596,8 +601,7 @@ def load_catalog(
         encoded=encoded,
         mask_bad_images=mask_bad_images,
         checked_images=checked_images,
-        # a new index or model (no fields taken from another) is refused with no picture at all
-        every_image_may_fail=bool(optional),
+        every_image_may_fail=every_image_may_fail,
     )
 
 
@@ -771,11 +775,13 @@ def _validate(
     texts = [compose_text([r.get(f) for f in text_fields]) for r in rows]
     images: list[str | None] = []
     urls = set()  # rows whose image is a URL, which no local path reads
+    cell_refused = set()  # rows whose image cell is no path (said once, not again as a row without content)
     for n, r in enumerate(rows):
         if image_field is not None and isinstance(r.get(image_field), (list, tuple, dict)):  # JSON / Parquet
             problems.append(Problem(n + 1, image_field, f"{json.dumps(r[image_field], default=str)}: an image cell "
                                                         "holds one local path (a string)"))
             bad.add(n)
+            cell_refused.add(n)
             images.append(None)
             continue
         value = None if image_field is None or _blank(r.get(image_field)) else str(r[image_field]).strip()
@@ -792,6 +798,8 @@ def _validate(
         missing.append(f"no image in '{image_field}'" if image_field else "no image column")
     lacks = (" and ".join(missing) or "nothing to encode") + (f" ({' and '.join(off)} encoding is off)" if off else "")
     for i, (text, image) in enumerate(zip(texts, images)):
+        if i in cell_refused:
+            continue
         if require_content and not (uses_text and text) and not (uses_image and image is not None):
             problems.append(Problem(i + 1, None, lacks))
             bad.add(i)
@@ -819,13 +827,14 @@ def _validate(
                     ("; the row has no text to keep it by" if uses_text else
                      "; text is not encoded, so the row has nothing to keep it by") if mask_bad_images else "")))
                 bad.add(i)
-    if masked and not every_image_may_fail and len(masked) == len(todo) >= 2:
+    if masked and not every_image_may_fail and len(todo) >= 2 and all(images[i] is None or i in bad for i in todo):
         # A build or training run left with no picture at all: a wrong --image-root, not a few bad files.
-        raise DataError(path, [Problem(None, image_field, f"none of the {len(masked)} images could be read "
-                                                          f"({masked[0].message.split('; the image')[0]}): a wrong "
-                                                          "--image-root (image_root=)? --mask-bad-images leaves a few "
-                                                          "bad pictures out, not every one (--image-encoder none "
-                                                          "builds without images)")])
+        web = all(i in urls for i in todo)
+        raise DataError(path, [Problem(None, image_field, f"none of the {len(todo)} images could be read "
+                                                          f"({masked[0].message.split('; the image')[0]}): " + (
+            "they are URLs, and mmrec reads local image files only" if web else
+            "a wrong --image-root (image_root=)? --mask-bad-images leaves a few bad pictures out, not every one")
+            + " (--image-encoder none builds without images)")])
     if masked:
         logger.warning("%s: %d image(s) missing or unreadable left out, their rows kept (listed in the written "
                        "directory's skipped.jsonl): %s%s", source, len(masked), "; ".join(map(str, masked[:3])),

@@ -1579,13 +1579,15 @@ class ItemIndex:
             raise MMRecError("search_images takes a list of image files, got one path: use search_image, or [path]")
         encoder = self.encoders.get("image")  # an index without images says so first
         # a file:// URI is the file it names, as in a catalog's image column; another URL is no file
-        paths = [urllib.parse.unquote(urllib.parse.urlsplit(str(p)).path) if str(p).lower().startswith("file://")
-                 else str(p) for p in paths]
-        for path in paths:
-            if re.match(r"[a-z][a-z0-9+.-]*://|data:", path, re.IGNORECASE):
-                raise MMRecError(f"query image {path}: a URL: mmrec reads local image files only (download it first)")
-            if not Path(path).is_file():
-                raise MMRecError(f"query image {path}: " + ("not a regular file" if Path(path).exists() else
+        given = [str(p) for p in paths]
+        paths = [urllib.parse.unquote(urllib.parse.urlsplit(p).path) if p.lower().startswith("file://") else p
+                 for p in given]
+        for path, as_given in zip(paths, given):
+            if Path(path).is_file():
+                continue
+            if re.match(r"[a-z][a-z0-9+.-]*://|data:", as_given, re.IGNORECASE) and not as_given.lower().startswith("file:"):
+                raise MMRecError(f"query image {as_given}: a URL: mmrec reads local image files only (download it first)")
+            raise MMRecError(f"query image {as_given}: " + ("not a regular file" if path and Path(path).exists() else
                                                             "file not found"))
         k = check_count(k)
         if not paths:
@@ -1769,6 +1771,7 @@ class ItemIndex:
                 "require_content": not roles["precomputed"] and not partial, "encoded": roles["encoded"],
                 # the index's fields may be missing from the new file: that modality is masked
                 "optional": [k for k in ("text_fields", "image_field") if k not in catalog_options], "partial": partial,
+                "every_image_may_fail": True,  # the index's items have pictures of their own, or none
                 # images whose bytes the index stores decoded when they were added: not decoded again
                 "checked_images": {it["hashes"]["image"] for it in self.items if "image" in it["hashes"]}
                 if "image" in roles["encoded"] else ()}

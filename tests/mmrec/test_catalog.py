@@ -463,8 +463,8 @@ def test_a_row_dropped_for_its_id_is_not_listed_as_kept_and_records_take_the_opt
     with pytest.raises(DataError, match=r"field 'image': none of the 2 images could be read \(.*gone.png: file not "
                                         r"found\): a wrong --image-root"):  # a new index with no picture at all
         load_catalog(tmp_path / "items.csv", show_progress=False, mask_bad_images=True)
-    # extending an index (index add: fields taken from it), every new image may be bad
-    cat = load_catalog(tmp_path / "items.csv", show_progress=False, mask_bad_images=True, optional=["image_field"])
+    # extending an index (index add), every new image may be bad
+    cat = load_catalog(tmp_path / "items.csv", show_progress=False, mask_bad_images=True, every_image_may_fail=True)
     assert [p.row for p in cat.masked] == [1, 2]
     left = check_catalog_ids(cat, {"A"}, str(tmp_path / "items.csv"), skip=True)  # A is in the index already
     records = left.skip_records()
@@ -736,3 +736,22 @@ def test_an_image_cell_holding_a_list_is_named(tmp_path):
     with pytest.raises(DataError, match=r'row 1, field \'image\': \["a.jpg", "b.jpg"\]: an image cell holds one local '
                                         r"path \(a string\)"):
         load_catalog(tmp_path / "c.jsonl", show_progress=False)
+
+
+def test_every_picture_failing_is_refused_for_a_new_index_only(tmp_path):
+    (tmp_path / "c.csv").write_text("item_id,title,image\nA,red,gone.png\nB,,gone2.png\nC,blue,gone3.png\n")
+    for skip in (False, True):  # B (no text) is a bad row of its own: no picture survives either way
+        with pytest.raises(DataError, match=r"none of the 3 images could be read .*a wrong --image-root"):
+            load_catalog(tmp_path / "c.csv", mask_bad_images=True, skip_invalid=skip, show_progress=False)
+    # index add / update (their items have pictures of their own) take it, whichever options are given
+    cat = load_catalog(tmp_path / "c.csv", mask_bad_images=True, skip_invalid=True, every_image_may_fail=True,
+                       text_fields=["title"], image_field="image", show_progress=False)
+    assert cat.item_ids == ["A", "C"] and cat.images == [None, None]
+    (tmp_path / "u.csv").write_text("item_id,title,image\nA,red,https://x/a.jpg\nC,blue,https://x/c.jpg\n")
+    with pytest.raises(DataError, match=r"none of the 2 images could be read .*they are URLs"):
+        load_catalog(tmp_path / "u.csv", mask_bad_images=True, show_progress=False)
+    # a JSON image cell holding a list is named once, not again as a row without content
+    (tmp_path / "l.jsonl").write_text('{"item_id": 1, "title": "", "image": ["a.jpg"]}\n{"item_id": 2, "title": "b"}\n')
+    with pytest.raises(DataError) as e:
+        load_catalog(tmp_path / "l.jsonl", show_progress=False)
+    assert str(e.value).count("row 1") == 1
