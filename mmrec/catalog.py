@@ -634,6 +634,16 @@ _IMAGE_PATH = re.compile(r"[^\s|?]+\.(?:jpe?g|png|gif|webp|bmp|tiff?)(?:\?[^\s|]
 _URL = re.compile(r"(?!file://)[a-z][a-z0-9+.-]*://|data:", re.IGNORECASE)  # a file:// URI is a local path
 
 
+def is_image_url(value: str) -> bool:
+    """Whether an image path is a web (or ``data:``) URL, which no local file reads."""
+    return bool(_URL.match(value))
+
+
+def local_image_path(value: str) -> str:
+    """An image path as a local one: a ``file://`` URI as the path it names, anything else as it is."""
+    return urllib.parse.unquote(urllib.parse.urlsplit(value).path) if value[:7].lower() == "file://" else value
+
+
 def _warn_paths_as_text(path: Path, text_fields: list[str], rows: list[dict[str, Any]]) -> None:
     """Warn about a default text column of image file names (or image URLs) when the catalog
     has no image column (``image``): they would be embedded as text and no picture read."""
@@ -642,7 +652,7 @@ def _warn_paths_as_text(path: Path, text_fields: list[str], rows: list[dict[str,
         pictures = [v for v in cells if _IMAGE_PATH.fullmatch(v)]
         if not cells or len(pictures) < 0.5 * len(cells):
             continue
-        if sum(bool(_URL.match(v)) for v in pictures) >= 0.5 * len(pictures):  # what --image-field cannot read
+        if sum(is_image_url(v) for v in pictures) >= 0.5 * len(pictures):  # what --image-field cannot read
             logger.warning("%s: column %r holds image URLs (%r, ...), read as text: mmrec reads local image files "
                            "only, so no picture is read; download them and name the column of their local paths "
                            "with --image-field (image_field=)", path, column, pictures[0])
@@ -785,9 +795,8 @@ def _validate(
             images.append(None)
             continue
         value = None if image_field is None or _blank(r.get(image_field)) else str(r[image_field]).strip()
-        if value is not None and value[:7].lower() == "file://":  # a local file's URI: its path
-            value = urllib.parse.unquote(urllib.parse.urlsplit(value).path)
-        if value is not None and _URL.match(value):
+        value = None if value is None else local_image_path(value)
+        if value is not None and is_image_url(value):
             urls.add(n)
         images.append(None if value is None else value if n in urls else
                       str(value if Path(value).is_absolute() else image_root / value))

@@ -29,7 +29,6 @@ import re
 import stat
 import shutil
 import tempfile
-import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence, Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +44,8 @@ from index.faiss_index import IDS_FILE, INDEX_FILE
 from index.faiss_index import _canonical_id as canonical_id
 from index.persist import MANIFEST_NAME, manifest_stamp, umask, writer_lock
 from index.mips import MipsTransform
-from mmrec.catalog import ID_FIELD, Catalog, check_catalog_ids, compose_text, drop_rows, load_catalog
+from mmrec.catalog import (ID_FIELD, Catalog, check_catalog_ids, compose_text, drop_rows, is_image_url, load_catalog,
+                           local_image_path)
 from mmrec.errors import ConfigError, DataError, MMRecError, Problem, UnknownIdError, check_count
 from mmrec.ids import id_list, normalize_ids
 from mmrec.typing import ItemId
@@ -1580,12 +1580,11 @@ class ItemIndex:
         encoder = self.encoders.get("image")  # an index without images says so first
         # a file:// URI is the file it names, as in a catalog's image column; another URL is no file
         given = [str(p) for p in paths]
-        paths = [urllib.parse.unquote(urllib.parse.urlsplit(p).path) if p.lower().startswith("file://") else p
-                 for p in given]
+        paths = [local_image_path(p) for p in given]
         for path, as_given in zip(paths, given):
             if Path(path).is_file():
                 continue
-            if re.match(r"[a-z][a-z0-9+.-]*://|data:", as_given, re.IGNORECASE) and not as_given.lower().startswith("file:"):
+            if is_image_url(as_given):
                 raise MMRecError(f"query image {as_given}: a URL: mmrec reads local image files only (download it first)")
             raise MMRecError(f"query image {as_given}: " + ("not a regular file" if path and Path(path).exists() else
                                                             "file not found"))
