@@ -746,7 +746,7 @@ def _validate(
     encoded: Sequence[str] = ("text", "image"),
     mask_bad_images: bool = False,
     checked_images: Collection[str] = (),
-    every_image_may_fail: bool = True,
+    every_image_may_fail: bool,
 ) -> Catalog:
     uses_text, uses_image = "text" in encoded, "image" in encoded
     off = [m for m in ("text", "image") if m not in encoded]

@@ -514,7 +514,7 @@ def _refuse_open_quote(path: Path, sep: str, records: int) -> None:
     Raises:
         DataError: the last record ends inside a quoted field.
     """
-    from mmrec.catalog import _ends_in_quotes, _RecordLines  # (the catalog reader's own quoting rules)
+    from mmrec.catalog import _any_field_size, _ends_in_quotes, _RecordLines  # (the catalog reader's own rules)
 
     breaks, tail, previous = 0, b"", b""
     with pa.input_stream(str(path), compression=_codec(path)) as raw:
@@ -530,11 +530,9 @@ def _refuse_open_quote(path: Path, sep: str, records: int) -> None:
     if breaks <= records + 1 and not _ends_in_quotes(last_line.removeprefix("\ufeff"), sep):
         return
     with pa.input_stream(str(path), compression=_codec(path)) as raw, \
-            io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="") as f:
+            io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="") as f, _any_field_size():
         lines = _RecordLines(f)
         last, row_number, header = [], 0, False
-        limit = csv.field_size_limit()
-        csv.field_size_limit(2**31 - 1)  # a long review is data
         try:
             for row in csv.reader(lines, delimiter=sep):
                 last, lines.record = lines.record, []
@@ -545,8 +543,6 @@ def _refuse_open_quote(path: Path, sep: str, records: int) -> None:
                 header = True
         except csv.Error as e:  # (Python 3.10's csv module refuses a NUL byte)
             raise DataError(path, [Problem(row_number + 1, None, f"cannot be read as CSV: {e}")]) from None
-        finally:
-            csv.field_size_limit(limit)
     if last and _ends_in_quotes("".join(last), sep):
         raise DataError(path, [Problem(row_number or None, None, "an unbalanced quote: the field it opens runs to "
                                                                  "the end of the file (the rows after it would be lost)")])

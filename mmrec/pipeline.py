@@ -25,7 +25,7 @@ from index.mips import MipsTransform
 from mmrec.catalog import Catalog, load_catalog
 from mmrec.coldstart import evaluate_cold, hold_out_items, warm_part, with_content
 from mmrec.config import TrainConfig, config_changes
-from mmrec.errors import ConfigError, DataError, MMRecError, Problem, missing_file
+from mmrec.errors import ConfigError, DataError, MMRecError, Problem, check_count, missing_file
 from mmrec.foldin import select_fold_in_reg
 from mmrec.interactions import Interactions, check_columns, load_interactions
 from mmrec.item_index import (
@@ -617,9 +617,13 @@ def evaluate_directory(
     if split not in (None, "valid", "test"):
         raise ConfigError(f"split must be 'valid' or 'test', got {split!r}")
     ks = (ks,) if isinstance(ks, (int, np.integer)) else tuple(ks)
-    if not ks or any(isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 1 for k in ks):
+    try:  # each a count (a whole number, not a bool), as k is everywhere
+        checked = tuple(check_count(k, "ks") for k in ks)
+    except MMRecError:
+        checked = ()
+    if not checked:
         raise ConfigError(f"ks must be whole numbers >= 1 (10, or (10, 20)), got {ks!r}")
-    ks = tuple(int(k) for k in ks)
+    ks = checked
     if cold_start and (split is not None or mask is not None):
         raise ConfigError("cold-start evaluation ranks the held-out items' rows of every split, with every other "
                           "known item masked: split and mask do not apply")
