@@ -358,7 +358,8 @@ def _read_header(path: Path, delimiter: str) -> list[str] | None:
     """The header row of a (possibly compressed) CSV/TSV as written, or ``None`` for an empty file.
 
     Raises:
-        DataError: a compressed file that does not decompress.
+        DataError: a compressed file that does not decompress; a header row that cannot be read, or
+            whose quote runs past its line end.
     """
     chunks: list[bytes] = []
     try:
@@ -380,6 +381,10 @@ def _read_header(path: Path, delimiter: str) -> list[str] | None:
     except csv.Error as e:
         raise DataError(path, [Problem(None, None, f"the header row cannot be read as {delimiter!r}-separated "
                                                    f"text: {e}")]) from e
+    if first and any("\n" in c or "\r" in c for c in first):  # (a column name holding a line break: a quote
+        # opened in the header and closed in a later row, or never; the catalog reader refuses it too)
+        raise DataError(path, [Problem(None, None, "an unbalanced quote in the header: a column name runs past "
+                                                   "the header's line end")])
     return first or None
 
 
@@ -407,13 +412,27 @@ def _refuse_twice(path: Path, header: list[str]) -> None:
                                for c in twice])
 
 
+def _warn_unread_lookalikes(path: Path, header: list[str]) -> None:
+    """Warn about a column that is not read but looks meant to be (``Split``, ``Rating``; MMRec's
+    ``x_label``): with ``--split auto`` a ``Split`` column was silently replaced by a random split."""
+    for name in OPTIONAL_COLUMNS:
+        if name in header:
+            continue
+        for c in header:
+            if c.lower() == name:
+                logger.warning("%s: column %r is not read: the column read is %r, in lower case", path, c, name)
+            elif name == "split" and c.lower() == "x_label":
+                logger.warning("%s: column %r is not read: the split is read from a column 'split' of train / valid / "
+                               "test (MMRec's x_label 0 / 1 / 2 are those three)", path, c)
+
+
 def check_columns(path: str | Path, *, split: str = "auto", rating_threshold: float | None = None) -> None:
     """What :func:`load_interactions` and the split would refuse about a file's columns, from its
     header alone, so that a training run refuses before it encodes a catalog: a missing file, an
     unknown type, no ``user_id`` / ``item_id``, a column the loader reads named twice, a rating
     threshold without a ``rating`` column, a temporal split without ``timestamp`` or a given one
-    without ``split``. (JSON-lines files,
-    whose columns are the keys of every line, are checked when they are read.)
+    without ``split``. (A JSON-lines file, whose columns are the keys its lines use, is parsed
+    for them: a file the loader could not read is refused here as there.)
 
     Raises:
         DataError, ConfigError: as loading and splitting the file would.
@@ -423,9 +442,11 @@ def check_columns(path: str | Path, *, split: str = "auto", rating_threshold: fl
     if not path.is_file():
         raise missing_file(path)
     fmt = _file_format(path)
-    if fmt in (None, "jsonl"):
+    if fmt is None:
         return  # (an unknown type is named by load_interactions, with the types it reads)
-    if fmt == "parquet":
+    if fmt == "jsonl":  # (it checked nothing: a temporal split without timestamps failed after the encoding)
+        header = list(set().union(*read_objects(path)))
+    elif fmt == "parquet":
         try:
             header = list(pq.read_schema(path).names)
         except (pa.ArrowException, OSError) as e:
@@ -591,6 +612,7 @@ def _read_columns(path: Path, fmt: str) -> tuple[dict[str, pa.Array], int, dict[
         raise DataError(path, [Problem(None, c, message) for c in missing])
     present = [c for c in REQUIRED_COLUMNS + OPTIONAL_COLUMNS if c in header]
     _refuse_twice(path, header)
+    _warn_unread_lookalikes(path, header)
     try:
         if whole is not None:
             table = whole.select(present)

@@ -279,14 +279,16 @@ class Handler(BaseHTTPRequestHandler):
         except Exception as e:  # noqa: BLE001 -- one bad request must not stop the server
             logger.exception("GET %s failed", self.path)
             status, body = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"internal error: {type(e).__name__}: {e}"}
-        self._send(status, body)
+        # Logged before the answer is written: a client that has its answer may stop the server at
+        # once, and the handler threads are daemons (the line was lost, under load).
         logger.info('"GET %s" %d %.2f ms', self.path, status, 1000 * (time.perf_counter() - start))
+        self._send(status, body)
 
     def _not_allowed(self) -> None:
         self._discard_body()
+        logger.info('"%s %s" %d', self.command, self.path, HTTPStatus.METHOD_NOT_ALLOWED)
         self._send(HTTPStatus.METHOD_NOT_ALLOWED, {"error": f"{self.command} is not served: every route is a GET"},
                    {"Allow": "GET"})
-        logger.info('"%s %s" %d', self.command, self.path, HTTPStatus.METHOD_NOT_ALLOWED)
 
     # Every method HTTP defines (RFC 9110, PATCH: RFC 5789); one it does not define gets the
     # standard library's 501, in JSON (send_error).
@@ -332,8 +334,8 @@ class Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         if self.request_version == "HTTP/0.9":  # a request line it could not parse: answer with a status line
             self.request_version = self.protocol_version  # and headers, not a bare HTTP/0.9 body
-        self._send(code, {"error": message or phrase})
         logger.info('"%s" %d', (self.requestline or "").strip(), code)
+        self._send(code, {"error": message or phrase})
 
     def _answer(self, path: str, query: str) -> tuple[HTTPStatus, dict[str, Any]]:
         params = Params(path, query)

@@ -10,6 +10,10 @@ Baby / Sports / Clothing splits), generalised to any ratios ``(r_train, r_valid,
   the odd one going to test (n = 15: 12 / 1 / 2).
 * ``n < min_full``: one interaction to test and one to validation, the rest to train
   (MMRec: ``[0] * (n - 2) + [1] + [2]``) -- so every user with >= 3 interactions is evaluated.
+  Under other ratios these users get the sizes above, raised to at least one test and one
+  validation interaction (for 0.8/0.1/0.1 the same thing), so that a user with more
+  interactions never keeps fewer for training (0.5/0.25/0.25: n = 9 gives 5 / 2 / 2, n = 10
+  gives 5 / 2 / 3; it gave 7 / 1 / 1 at n = 9).
   MMRec's rule leaves no training item at n = 2 and breaks at n = 1 (its data is 5-core
   filtered, so it never meets them); here, as in RecBole's ``_calcu_split_ids``, a user
   always keeps at least one training interaction and test is served before validation:
@@ -61,7 +65,9 @@ def split_sizes(
     Args:
         counts: number of interactions of each user.
         ratios: (train, valid, test), normalised to sum to 1; default 0.8/0.1/0.1.
-        min_full: users with fewer interactions get one valid and one test interaction.
+        min_full: users with fewer interactions get at least one valid and one test interaction,
+            where that leaves them one to train on (test first: n = 2 gives 1 / 0 / 1) and the
+            split's ratio is not 0.
 
     Returns:
         (n_train, n_valid, n_test), int64 arrays shaped like ``counts``.
@@ -78,10 +84,8 @@ def split_sizes(
     n_valid = np.floor(n_eval * (r_valid / r_eval if r_eval > 0 else 0.0) + _EPS).astype(np.int64)
     n_test = n_eval - n_valid
     small = n < min_full
-    small_test = ((r_test > 0) & (n >= 2)).astype(np.int64)
-    small_valid = ((r_valid > 0) & (n - small_test >= 2)).astype(np.int64)
-    n_valid = np.where(small, small_valid, n_valid)
-    n_test = np.where(small, small_test, n_test)
+    n_test = np.where(small & (r_test > 0) & (n >= 2), np.maximum(n_test, 1), n_test)
+    n_valid = np.where(small & (r_valid > 0) & (n - n_test - n_valid >= 2), np.maximum(n_valid, 1), n_valid)
     return n - n_valid - n_test, n_valid, n_test
 
 

@@ -338,9 +338,11 @@ class Trainer:
         seconds = []
         has_valid = bool(self.data.inter.split_mask("valid").any())
         if not has_valid:
-            logger.warning("no validation interactions (users need at least 3 interactions for the random split to "
-                           "give one, or give a split column): no early stopping, every one of the %d epochs runs and "
-                           "the last one's weights (their average, with ema) are kept", cfg.epochs)
+            rule = self.data.inter.report.get("split", {}).get("method")  # (none: the file's own split column)
+            why = (f"users need at least 3 interactions for the {rule} split to give one, or give a split column"
+                   if rule in ("random", "temporal") else "the file's split column has no 'valid' rows")
+            logger.warning("no validation interactions (%s): no early stopping, every one of the %d epochs runs and "
+                           "the last one's weights (their average, with ema) are kept", why, cfg.epochs)
         bar = tqdm(range(1, cfg.epochs + 1), desc="training", unit="epoch", disable=not self.show_progress)
         for epoch in bar:
             t = time.perf_counter()

@@ -10,7 +10,7 @@ import pytest
 
 from mmrec.errors import ConfigError, DataError, MMRecError
 from mmrec.ids import normalize_ids
-from mmrec.interactions import Interactions, UnknownIdError, load_interactions
+from mmrec.interactions import Interactions, UnknownIdError, check_columns, load_interactions
 
 DATA = Path(__file__).parents[2].parent / "shared" / "data"
 
@@ -565,6 +565,13 @@ def test_an_unbalanced_quote_that_swallows_rows_is_named_not_merged(tmp_path):
     path.write_text('user_id,item_id\nu1,"i1\nu2,i2"\nu3,i3\n')  # closed later: an id holding a line break
     with pytest.raises(DataError, match=r"row 1, field 'item_id': holds a line break: an unbalanced quote"):
         load_interactions(path)
+    # a quote opened in the header: it said a column was missing and listed "item_id\nu1,i1..." as found
+    for text in ('user_id,"item_id\nu1,i1\nu2,i2\n', 'user_id,item_id,"rating\nu1,i1,5\n', 'user_id,"item_id\nu1",i1\n'):
+        path.write_text(text)
+        for read in (check_columns, load_interactions):
+            with pytest.raises(DataError, match=r"quote.csv: an unbalanced quote in the header: a column name runs past "
+                                                r"the header's line end$"):
+                read(path)
     only_header = tmp_path / "header.csv"
     only_header.write_text("user_id,item_id")  # no line end, no rows
     with pytest.raises(DataError, match=r"header.csv: file has no data rows$"):
@@ -641,3 +648,21 @@ def test_empty_lines_before_the_header_an_open_quote_and_a_long_row(tmp_path):
     assert len(load_interactions(tmp_path / "multi.csv")) == 2
     (tmp_path / "long.csv").write_text("user_id,item_id,review\n1,10," + "z" * 2_100_000 + "\n2,20,ok\n")
     assert len(load_interactions(tmp_path / "long.csv")) == 2
+
+
+def test_a_split_or_rating_column_named_otherwise_is_warned_about(tmp_path, caplog):
+    # "Split" was silently not read, and --split auto then made a random split
+    (tmp_path / "i.csv").write_text("user_id,item_id,Split,RATING,x_label\n1,2,train,5,0\n1,3,test,4,2\n")
+    with caplog.at_level("WARNING", logger="mmrec.interactions"):
+        inter = load_interactions(tmp_path / "i.csv")
+    assert inter.split is None and inter.ratings is None
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / 'i.csv'}: column 'RATING' is not read: the column read is 'rating', in lower case",
+        f"{tmp_path / 'i.csv'}: column 'Split' is not read: the column read is 'split', in lower case",
+        f"{tmp_path / 'i.csv'}: column 'x_label' is not read: the split is read from a column 'split' of train / "
+        "valid / test (MMRec's x_label 0 / 1 / 2 are those three)"]
+    caplog.clear()
+    (tmp_path / "j.csv").write_text("user_id,item_id,split,Split\n1,2,train,x\n1,3,test,y\n")
+    with caplog.at_level("WARNING", logger="mmrec.interactions"):
+        assert load_interactions(tmp_path / "j.csv").split is not None
+    assert not caplog.records  # the column read is there: nothing to say

@@ -37,6 +37,14 @@ def test_split_sizes_other_ratios() -> None:
     assert (train.tolist(), valid.tolist(), test.tolist()) == ([1, 1, 2, 8, 16], [0, 0, 0, 0, 0], [0, 1, 1, 2, 4])
     train, valid, test = split_sizes(n, (6, 2, 2), min_full=3)  # unnormalised ratios are normalised
     assert (train.tolist(), valid.tolist(), test.tolist()) == ([1, 1, 2, 6, 12], [0, 0, 0, 2, 4], [0, 1, 1, 2, 4])
+    # a small user's sizes are the ratio's raised to one valid and one test (they were 1 / 1 whatever
+    # the ratios: 0.5/0.25/0.25 gave 7 / 1 / 1 at n = 9 and 5 / 2 / 3 at n = 10)
+    train, valid, test = split_sizes(np.arange(1, 12), (0.5, 0.25, 0.25))
+    assert train.tolist() == [1, 1, 1, 2, 3, 3, 4, 4, 5, 5, 6]
+    assert valid.tolist() == [0, 0, 1, 1, 1, 1, 1, 2, 2, 2, 2]
+    assert test.tolist() == [0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3]
+    train, valid, test = split_sizes(np.array([3, 5]), (0.1, 0.05, 0.85))  # a valid row only where one trains
+    assert (train.tolist(), valid.tolist(), test.tolist()) == ([1, 1], [0, 0], [2, 4])
     with pytest.raises(ConfigError, match="the train ratio must be positive"):
         split_sizes(n, (0, 0.5, 0.5))
     with pytest.raises(ConfigError, match="three non-negative numbers"):
@@ -192,3 +200,18 @@ def test_an_unknown_split_rule_is_refused_from_the_header_before_any_encoding(tm
     (tmp_path / "twice.csv").write_text("user_id,item_id,timestamp,timestamp\nu1,1,5,6\n")  # as the loader refuses it
     with pytest.raises(DataError, match=r"field 'timestamp': the header names this column 2 times: keep one"):
         check_columns(tmp_path / "twice.csv")
+
+
+def test_a_json_lines_files_columns_are_checked_before_any_encoding_too(tmp_path):
+    from mmrec.interactions import check_columns
+
+    path = tmp_path / "inter.jsonl"  # (it was not looked at: a temporal split failed after the catalog's encoding)
+    path.write_text('{"user_id": "u1", "item_id": 1}\n{"user_id": "u2", "item_id": 2, "rating": 4}\n')
+    with pytest.raises(ConfigError, match=r"timestamp"):
+        check_columns(path, split="temporal")
+    with pytest.raises(ConfigError, match=r"split"):
+        check_columns(path, split="given")
+    check_columns(path, rating_threshold=4)  # a key one line uses is a column
+    path.write_text('{"user_id": "u1", "item_id": 1, "timestamp": 5}\nnot json\n')
+    with pytest.raises(DataError, match=r"row 2: not a JSON object"):  # as loading it says
+        check_columns(path, split="temporal")
