@@ -39,6 +39,7 @@ import io
 import json
 import logging
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -661,6 +662,28 @@ def _read_columns(path: Path, fmt: str) -> tuple[dict[str, pa.Array], int, dict[
     return columns, table.num_rows, odd
 
 
+class _NearIds:
+    """The id of an item space that a whole number written otherwise means (``7`` for ``007``,
+    ``7.0`` for ``7``): ids are matched as text, and a Parquet or spreadsheet export of a column
+    of numbers loses leading zeros or adds ``.0``. Built on the first unknown id (error path only)."""
+
+    _WHOLE = re.compile(r"[+-]?0*(\d+)(?:\.0*)?")
+
+    def __init__(self, keys: Sequence[str]) -> None:
+        self._keys, self._by_number = keys, None
+
+    def hint(self, value: str) -> str:
+        """``" (it has '007': ...)"`` when ``value`` is a whole number that some key writes otherwise."""
+        if self._by_number is None:
+            self._by_number = {}
+            for key in self._keys:
+                if (m := self._WHOLE.fullmatch(key)) and not key.startswith("-"):
+                    self._by_number.setdefault(m[1], key)
+        m = self._WHOLE.fullmatch(value.strip())
+        key = self._by_number.get(m[1]) if m and not value.strip().startswith("-") else None
+        return "" if key is None else f" (it has {key!r}: ids are matched as text, as written)"
+
+
 def _texts(column: pa.Array) -> pa.Array:
     """A column as stripped text, ``""`` for nulls."""
     if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
@@ -820,8 +843,10 @@ def load_interactions(
         outside = unknown & allowed
         before = bad["item_id"].copy()  # rows already invalid keep their own reason
         bad["item_id"] = bad["item_id"] | (unknown & ~allowed)
+        near = _NearIds(catalog_keys)
         reasons["item_id"] = lambda k, other=reasons["item_id"], before=before: (
             other(k) if before[k] else f"unknown item id {text('item_id', k)!r}: not in {item_space}"
+                                       f"{near.hint(text('item_id', k))}"
         )
     split = None
     if "split" in texts:

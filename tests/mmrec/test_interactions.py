@@ -666,3 +666,14 @@ def test_a_split_or_rating_column_named_otherwise_is_warned_about(tmp_path, capl
     with caplog.at_level("WARNING", logger="mmrec.interactions"):
         assert load_interactions(tmp_path / "j.csv").split is not None
     assert not caplog.records  # the column read is there: nothing to say
+
+
+def test_an_unknown_id_that_a_catalog_id_writes_otherwise_is_pointed_at(tmp_path):
+    # a Parquet column of numbers against a catalog of "007": every row said "not in the catalog", no more
+    pq.write_table(pa.table({"user_id": [1, 2, 3], "item_id": [7, 8, 9]}), tmp_path / "i.parquet")
+    with pytest.raises(DataError) as e:
+        load_interactions(tmp_path / "i.parquet", item_ids=["007", "8.0", "x"])
+    assert [str(p) for p in e.value.problems] == [
+        "row 1, field 'item_id': unknown item id '7': not in the catalog (it has '007': ids are matched as text, as written)",
+        "row 2, field 'item_id': unknown item id '8': not in the catalog (it has '8.0': ids are matched as text, as written)",
+        "row 3, field 'item_id': unknown item id '9': not in the catalog"]
