@@ -42,7 +42,7 @@ from mmrec.interactions import Interactions
 
 ScoreFn = Callable[[np.ndarray], "Tensor | np.ndarray"]
 MASKS = ("all", "train")
-_DIVERSITY_BATCH = 1024  # users per chunk of the (B, K, K) similarity tensor
+_DIVERSITY_BATCH = 1024  # users per chunk of the (B, K, K) similarity tensor, fewer where it would pass SCORE_BYTES
 # rank_topk scores fewer users at a time than asked where a batch's (B, N) float32 scores would pass
 # this (at 1,024 users, from 65k items): 820 MB at 200k items became 256 MB, in the same time.
 SCORE_BYTES = 256 * 2**20
@@ -88,7 +88,10 @@ def rank_topk(
 
     Returns:
         Item indices, best first. A slot stays ``-1`` when the user has fewer than ``k``
-        items left after exclusion. Ties between equal scores are broken by ``torch.topk``.
+        items left after exclusion. Equal scores rank the lower item index first, so a list is
+        the start of any longer one (``torch.topk``'s own order of ties changed with ``k``).
+        Scores are ranked in float32, or in float64 when ``score_fn`` returns float64 or
+        integers (which float32 would round together).
 
     Raises:
         ValueError: ``k`` or ``batch_size`` < 1, scores of the wrong shape, NaN scores.
@@ -114,19 +117,48 @@ def rank_topk(
                     f"score_fn returned shape {tuple(scores.shape)}, expected ({len(batch)}, {num_items})"
                 )
             # [B, N], ours to mask: the scorer's own when it says so (a new float32 tensor), else a copy
+            wide = scores.dtype == torch.float64 or not (scores.dtype.is_floating_point or scores.dtype == torch.bool)
             if not (fresh_scores and scores.dtype == torch.float32):
-                scores = scores.to(torch.float32, copy=True)
+                scores = scores.to(torch.float64 if wide else torch.float32, copy=True)
             sub = exclude[batch]
             rows = np.repeat(np.arange(len(batch)), np.diff(sub.indptr))
             rows_t = torch.from_numpy(rows).to(scores.device)
             cols_t = torch.from_numpy(sub.indices.astype(np.int64)).to(scores.device)
             scores[rows_t, cols_t] = -torch.inf
-            values, index = torch.topk(scores, kk, dim=1)  # [B, K]
+            # [B, K + 1]: the one past the list tells whether a tie crosses its end
+            values, index = torch.topk(scores, min(kk + 1, num_items), dim=1)
             if torch.isnan(values).any():  # topk ranks NaN above every number: any NaN shows here
                 raise ValueError("score_fn returned NaN scores")
+            values, index = _ties_by_index(scores, values, index, kk)
             index[values == -torch.inf] = -1
             out[start : start + len(batch), :kk] = index.cpu().numpy()
     return out
+
+
+def _ties_by_index(scores: Tensor, values: Tensor, index: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """``torch.topk``'s lists (``k`` + 1 long, or all ``N`` items), made the first ``k`` items by
+    (score descending, index ascending): among items tied at the last score kept, the lowest
+    indices, and ties ordered by index.
+
+    Shapes:
+        scores (B, N), values (B, K'), index (B, K') -> (B, k), (B, k)
+    """
+    crosses = values[:, k] == values[:, k - 1] if values.shape[1] > k else torch.zeros(len(values), dtype=torch.bool)
+    values, index = values[:, :k], index[:, :k].clone()
+    last = values[:, -1:]  # [B, 1]
+    kept = (values == last).sum(dim=1)  # of the tied items, how many topk kept
+    over = crosses.to(values.device) & (last[:, 0] > -torch.inf)  # there were more to choose from
+    if over.any():  # (rare with learned float scores): the lowest indices of the tied, in their slots
+        rows = over.nonzero()[:, 0]
+        tied = scores[rows] == last[rows]  # [R, N]
+        rank = tied.cumsum(dim=1)  # 1-based rank of each tied item by index
+        take = tied & (rank <= kept[rows, None])
+        r, col = take.nonzero(as_tuple=True)  # row-major: each row's columns ascending
+        slot = values.shape[1] - kept[rows][r] + rank[r, col] - 1
+        index[rows[r], slot] = col
+    by_index, order = index.sort(dim=1)
+    _, by_score = values.gather(1, order).sort(dim=1, descending=True, stable=True)
+    return values, by_index.gather(1, by_score)
 
 
 def _as_csr(truth: sp.spmatrix | Sequence[np.ndarray], rows: int, num_items: int | None) -> sp.csr_matrix:
@@ -178,7 +210,8 @@ def evaluate_ranking(
         where ``num_users`` counts the users with at least one truth item.
 
     Raises:
-        ValueError: a K larger than the lists, misaligned inputs, no user with a truth item.
+        ValueError: a K larger than the lists, misaligned inputs, an item index outside
+            ``[-1, N)`` or twice in one list, no user with a truth item.
 
     Shapes:
         topk (R, K_max), truth (R, N), item_popularity (N,), item_vectors (N, D)
@@ -190,6 +223,12 @@ def evaluate_ranking(
         raise ValueError(f"each K must lie in [1, {topk.shape[1]}] (the list length), got {tuple(ks)}")
     truth_m = _as_csr(truth, topk.shape[0], num_items)
     num_items = truth_m.shape[1]
+    if topk.size and (topk.min() < -1 or topk.max() >= num_items):  # (an index N counted as the next row's item 0)
+        raise ValueError(f"topk holds item indices outside [-1, {num_items}): {topk.min()} .. {topk.max()}")
+    ordered = np.sort(topk, axis=1)
+    twice = ((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)).any(axis=1)  # (a hit counted twice)
+    if twice.any():
+        raise ValueError(f"topk row {int(np.flatnonzero(twice)[0])} holds an item index more than once")
     pos_len_all = np.diff(truth_m.indptr)
     evaluated = pos_len_all > 0
     if not evaluated.any():
@@ -244,13 +283,22 @@ def evaluate_ranking(
     return out
 
 
+def _diversity_chunk(k: int, dim: int, itemsize: int) -> int:
+    """Users per chunk of :func:`_intra_list_diversity`: at most ``_DIVERSITY_BATCH``, and fewer
+    where their arrays would pass ``SCORE_BYTES``, at about 25 bytes a pair of each user's
+    ``[K, K]`` arrays (cosines, the pair mask, the distances) and its ``[K, D]`` vectors (at
+    K = 1000, 1,024 users at once took over 20 GB)."""
+    return max(1, min(_DIVERSITY_BATCH, SCORE_BYTES // (k * k * 25 + k * dim * itemsize)))
+
+
 def _intra_list_diversity(top: np.ndarray, valid: np.ndarray, unit: np.ndarray) -> float:
     """Mean over users (with >= 2 items) of mean pairwise ``1 - cos`` within the list."""
     k = top.shape[1]
     off_diagonal = ~np.eye(k, dtype=bool)
     per_user = []
-    for start in range(0, len(top), _DIVERSITY_BATCH):
-        t, v = top[start : start + _DIVERSITY_BATCH], valid[start : start + _DIVERSITY_BATCH]
+    chunk = _diversity_chunk(k, unit.shape[1], unit.itemsize)
+    for start in range(0, len(top), chunk):
+        t, v = top[start : start + chunk], valid[start : start + chunk]
         x = unit[np.where(v, t, 0)]  # [B, K, D]
         cos = x @ x.transpose(0, 2, 1)  # [B, K, K]
         pair = v[:, :, None] & v[:, None, :] & off_diagonal  # [B, K, K]

@@ -93,6 +93,35 @@ def test_evaluate_ranking_errors() -> None:
         evaluate_ranking(TOPK, [np.array([], dtype=np.int64)] * 3, (2,), num_items=6)
     with pytest.raises(ValueError, match="truth has 2 rows but topk has 3"):
         evaluate_ranking(TOPK, TRUTH[:2], (2,), num_items=6)
+    # an index N was counted as the next row's item 0 (recall@1 0.5 here), a repeated hit twice (recall 2.0)
+    with pytest.raises(ValueError, match=r"topk holds item indices outside \[-1, 3\): 1 \.\. 3"):
+        evaluate_ranking(np.array([[3], [1]]), [np.array([1]), np.array([0])], (1,), num_items=3)
+    with pytest.raises(ValueError, match=r"topk row 1 holds an item index more than once"):
+        evaluate_ranking(np.array([[0, 1], [2, 2]]), [np.array([0]), np.array([2])], (2,), num_items=3)
+    got = evaluate_ranking(np.array([[0, -1, -1], [2, 1, -1]]), [np.array([0]), np.array([2])], (3,), num_items=3)
+    assert got["recall@3"] == 1.0  # empty slots may repeat
+
+
+def test_rank_topk_breaks_ties_by_index_whatever_k_and_ranks_wide_scores_exactly() -> None:
+    rng = np.random.default_rng(0)
+    scores = torch.from_numpy(rng.integers(0, 3, size=(64, 500)).astype(np.float32))  # many ties
+    exclude = sp.random(64, 500, density=0.1, format="csr", random_state=3)
+    lists = {k: rank_topk(lambda u: scores[torch.from_numpy(u)], np.arange(64), k, exclude) for k in (1, 10, 20, 100, 500)}
+    for row in range(64):  # oracle: (score descending, index ascending), excluded items never
+        s = scores[row].numpy().astype(np.float64)
+        s[exclude[row].indices] = -np.inf
+        oracle = np.lexsort((np.arange(500), -s))
+        oracle[s[oracle] == -np.inf] = -1
+        for k, top in lists.items():  # (topk's own order of ties changed with k: recall@10 moved when @20 was asked)
+            np.testing.assert_array_equal(top[row], oracle[:k])
+    # float64 and integer scores were ranked in float32: 1e5 + 1e-3 steps merged, -1e39 became -inf (dropped)
+    fine = 100000.0 + 1e-3 * (100 - np.arange(100))
+    np.testing.assert_array_equal(rank_topk(lambda b: np.tile(fine, (len(b), 1)), np.array([0]), 5,
+                                            sp.csr_matrix((1, 100))), [[0, 1, 2, 3, 4]])
+    np.testing.assert_array_equal(rank_topk(lambda b: np.array([[-1e39, -2e39, -3e39]]), np.array([0]), 3,
+                                            sp.csr_matrix((1, 3))), [[0, 1, 2]])
+    big = np.array([[2**24 + 1, 2**24, 2**24 + 2]], dtype=np.int64)
+    np.testing.assert_array_equal(rank_topk(lambda b: big, np.array([0]), 3, sp.csr_matrix((1, 3))), [[2, 0, 1]])
 
 
 SCORES = torch.tensor(
@@ -240,3 +269,26 @@ def test_evaluate_errors() -> None:
         evaluate(lambda u: torch.zeros(len(u), 6), inter, "train")
     with pytest.raises(ConfigError, match="mask must be one of all, train"):
         evaluate(lambda u: torch.zeros(len(u), 6), inter, "test", "everything")
+
+
+def test_diversity_is_computed_in_chunks_that_fit_the_memory_budget(monkeypatch) -> None:
+    import mmrec.metrics as metrics
+
+    # [K, K] arrays for 1,024 users at once took over 20 GB at K = 1000 (the process was killed)
+    assert metrics._diversity_chunk(1000, 64, 4) == 10 and metrics._diversity_chunk(20, 64, 4) == 1024
+    rng = np.random.default_rng(4)
+    vecs = rng.normal(size=(50, 8))
+    topk = np.stack([rng.permutation(50)[:20] for _ in range(30)])
+    topk[3, 5:] = -1  # a short list: its pairs alone
+    truth = [np.array([r % 50]) for r in range(30)]
+    whole = evaluate_ranking(topk, truth, (20,), num_items=50, item_vectors=vecs)["diversity@20"]
+    monkeypatch.setattr(metrics, "SCORE_BYTES", 2 * (20 * 20 * 25 + 20 * 8 * 8))  # two users a chunk
+    assert metrics._diversity_chunk(20, 8, 8) == 2
+    assert evaluate_ranking(topk, truth, (20,), num_items=50, item_vectors=vecs)["diversity@20"] == \
+        pytest.approx(whole, rel=1e-12)
+    unit = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)  # oracle: mean over pairs, then over users
+    per_user = []
+    for row in topk:
+        items = row[row >= 0]
+        per_user.append(np.mean([1 - unit[a] @ unit[b] for a in items for b in items if a != b]))
+    assert whole == pytest.approx(np.mean(per_user), rel=1e-6)  # (float32 vectors)
