@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,6 +45,38 @@ DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
 _MODEL_SUFFIXES = (".json", ".safetensors", ".bin", ".txt", ".model", ".tiktoken")
 _TOKENIZE_CHUNK = 64  # batches tokenized (and length-sorted) together
 _CPU_BATCH_TOKENS = 4096
+
+
+def sentence_transformers_pooling(directory: Path) -> str:
+    """The pooling a sentence-transformers directory asks for (``modules.json`` and its Pooling
+    module's ``config.json``): ``"mean"`` (also without those files, and for mean / sqrt(length),
+    which L2 normalisation makes the same), ``"cls"`` (BGE, GTE and others) or ``"max"``.
+    A Dense module after the pooling is not applied: logged as a warning.
+
+    Raises:
+        ValueError: another pooling (last token, weighted mean, several at once), named.
+    """
+    try:
+        modules = json.loads((directory / "modules.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "mean"
+    kinds = {str(m.get("type", "")).rsplit(".", 1)[-1]: m for m in modules if isinstance(m, dict)}
+    if "Dense" in kinds:
+        logger.warning("%s: its sentence-transformers Dense module is not applied: the vectors are the pooled "
+                       "transformer states, before it", directory)
+    if "Pooling" not in kinds:
+        return "mean"
+    try:
+        config = json.loads((directory / kinds["Pooling"].get("path", "") / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "mean"
+    modes = [k.removeprefix("pooling_mode_") for k, v in config.items() if k.startswith("pooling_mode_") and v is True]
+    named = {"mean_tokens": "mean", "mean_sqrt_len_tokens": "mean", "cls_token": "cls", "max_tokens": "max"}
+    chosen = {named.get(m, m) for m in modes} or {"mean"}
+    if len(chosen) > 1 or not chosen <= {"mean", "cls", "max"}:
+        raise ValueError(f"{directory}: sentence-transformers pooling {' + '.join(modes)} is not supported "
+                         "(mean, CLS or max tokens are)")
+    return chosen.pop()
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -120,6 +153,33 @@ def resolve_hf_model(model: str | Path, allow_download: bool, kind: str) -> tupl
             "Hugging Face Hub."
         )
     return str(model), str(model), False
+
+
+# What a tokenizer is saved as (transformers' save_pretrained, sentencepiece, tiktoken).
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                    "tokenizer.model", "sentencepiece.model", "spm.model", "bpe.codes")
+
+
+def _check_vocabulary(tokenizer: Any, config: Any, source: str, local: bool) -> None:
+    """Refuse a model whose tokenizer has no real vocabulary: transformers builds an empty one
+    for a directory saved without its tokenizer files, every word became the unknown token and
+    every text the same vector (an index whose items all scored 1.0 with each other).
+
+    Raises:
+        ValueError: no tokenizer file in a local directory, or a tokenizer of at most 10 tokens
+            or under a tenth of the model's vocabulary.
+    """
+    directory = Path(source)
+    if local and not any((directory / f).is_file() for f in _TOKENIZER_FILES) \
+            and not any(directory.glob("*.tiktoken")):
+        raise ValueError(f"{source} has no tokenizer files ({', '.join(_TOKENIZER_FILES[:3])}, ...): save the "
+                         "model's tokenizer beside it (tokenizer.save_pretrained(directory))")
+    known = len(tokenizer)
+    expected = getattr(getattr(config, "text_config", config), "vocab_size", None) or 0
+    if known <= 10 or known * 10 < expected:
+        raise ValueError(f"{source}: its tokenizer knows {known} tokens" + (f" where the model has {expected}"
+                         if expected else "") + ": every text would read as unknown words; save the model's "
+                         "tokenizer beside it (tokenizer.save_pretrained(directory))")
 
 
 @contextmanager
@@ -233,11 +293,15 @@ class TextEncoder:
 
         config = AutoConfig.from_pretrained(source, local_files_only=local)
         self.tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
+        _check_vocabulary(self.tokenizer, config, source, local)
         with hf_loading_progress(show_progress):
             self._load(config, source, local)
         self.model.float().eval().to(self.device)
 
-        limits = [max_length, int(getattr(self._text_config, "max_position_embeddings", max_length))]
+        # RoBERTa-like embeddings number positions from padding_idx + 1 (514 positions hold 512 tokens)
+        padding_idx = getattr(getattr(self._tower, "embeddings", None), "padding_idx", None)
+        offset = padding_idx + 1 if isinstance(padding_idx, int) and padding_idx >= 0 else 0
+        limits = [max_length, int(getattr(self._text_config, "max_position_embeddings", max_length + offset)) - offset]
         if 0 < int(getattr(self.tokenizer, "model_max_length", 0) or 0) < 1_000_000:
             limits.append(int(self.tokenizer.model_max_length))
         self.max_length = min(limits)
@@ -288,7 +352,7 @@ class TextEncoder:
                 model, self._seq2seq = model.get_encoder(), True
             self.model = self._tower = model
             self._text_config = config
-            self.pooling = "mean"
+            self.pooling = sentence_transformers_pooling(Path(source)) if local else "mean"
 
     def __repr__(self) -> str:
         return f"TextEncoder({self.name!r}, dim={self.dim}, max_length={self.max_length})"
@@ -299,9 +363,14 @@ class TextEncoder:
         Shapes: input_ids (B, L), mask (B, L) -> embeddings (B, D_t)
         """
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
-        if self.pooling == "mean":
+        if self.pooling in ("mean", "cls", "max"):
             hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state  # [B, L, D_t]
-            vec = mean_pool(hidden, mask)  # [B, D_t]
+            if self.pooling == "mean":
+                vec = mean_pool(hidden, mask)  # [B, D_t]
+            elif self.pooling == "cls":
+                vec = hidden[:, 0]  # [B, D_t]: the first token's state (BGE's sentence vector)
+            else:
+                vec = hidden.masked_fill(mask.unsqueeze(-1) == 0, -torch.inf).amax(dim=1)  # [B, D_t]
         else:
             vec = self._tower(input_ids=input_ids, attention_mask=mask).pooler_output  # [B, H]
             if self._projection is not None:
@@ -329,14 +398,19 @@ class TextEncoder:
         # One batch (a query, a few items) is one step: no bar for it.
         bar = tqdm(total=len(texts), desc=f"encoding text ({self.name})", unit="text",
                    disable=not progress or len(texts) <= self.batch_size)
+        cut = 0
         with bar:
             for start in range(0, len(texts), chunk):
                 ids = self._tokens(texts[start : start + chunk])
+                cut += sum(len(s) >= self.max_length for s in ids)
                 order = np.argsort([-len(s) for s in ids], kind="stable")  # longest first: memory peaks early
                 for rows in self._batches(order, [len(s) for s in ids]):
                     input_ids, mask = self._pad([ids[i] for i in rows])
                     out[start + rows] = self._forward(input_ids, mask).cpu().numpy()  # [B, D_t]
                     bar.update(len(rows))
+        if cut:  # (two long texts that differ only past the limit read the same, silently)
+            logger.info("%s: %d of %d texts reached the %d-token limit and were cut there (max_length)", self.name,
+                        cut, len(texts), self.max_length)
         return out
 
     def _batches(self, order: np.ndarray, lengths: list[int]) -> Iterator[np.ndarray]:
@@ -561,3 +635,12 @@ class TextEncoder:
         with hf_loading_progress(self.show_progress):
             self.model.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
+        if self.pooling in ("cls", "max"):  # as sentence-transformers says it, so that the copy pools the same
+            (directory / "1_Pooling").mkdir(exist_ok=True)
+            (directory / "1_Pooling" / "config.json").write_text(json.dumps(
+                {f"pooling_mode_{m}": self.pooling == p for m, p in (("cls_token", "cls"), ("mean_tokens", "mean"),
+                                                                     ("max_tokens", "max"))}, indent=2))
+            (directory / "modules.json").write_text(json.dumps([
+                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}],
+                indent=2))

@@ -506,8 +506,18 @@ def make_encoder(modality: str, spec: dict, show_progress: bool = True, device: 
                         device=device)
 
 
+def local_path(value: str | Path | None) -> str | None:
+    """An encoder argument as the manifest keeps it: a path that exists, absolute (a relative one
+    only worked from the directory the index was built in), anything else (``"default"``, a hub
+    name, ``None``) as given."""
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    return str(path.resolve()) if str(value) != "default" and path.exists() else str(value)
+
+
 def encoder_spec(encoder, model: str | Path, **extra) -> dict:
-    return {"model": str(model), "identity": encoder.identity, "dim": int(encoder.dim), **extra}
+    return {"model": local_path(model), "identity": encoder.identity, "dim": int(encoder.dim), **extra}
 
 
 def encoded_modalities(text_encoder: str | Path | None, image_encoder: str | Path | None) -> list[str]:
@@ -564,7 +574,7 @@ def catalog_encoders(
         except (ValueError, OSError) as e:
             raise ConfigError(f"image encoder {image_encoder}: {e}") from e
         specs["image"] = encoder_spec(encoders["image"], image_encoder,
-                                      weights=str(image_weights) if image_weights else None)
+                                      weights=local_path(image_weights) if image_weights else None)
     return encoders, specs
 
 

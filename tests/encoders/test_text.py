@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from encoders.text import TextEncoder, mean_pool
-from tests.encoders.conftest import TEXTS
+from tests.encoders.conftest import SPECIAL, TEXTS, WORDS
 
 
 def _unit_rows(x: np.ndarray) -> None:
@@ -189,3 +189,75 @@ def test_a_single_batch_shows_no_progress_bar(tiny_bert_dir, capfd):
     assert "encoding text" not in capfd.readouterr().err  # a search's query: one step, no bar
     enc.encode(["a", "b", "c", "d", "e"])
     assert "encoding text" in capfd.readouterr().err
+
+
+def test_a_model_saved_without_its_tokenizer_is_refused(tiny_bert_dir, tmp_path):
+    # transformers builds a 5-token tokenizer for it: every word was [UNK] and every text one vector
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_bert_dir / f, bare / f)
+    with pytest.raises(ValueError, match=r"bare has no tokenizer files \(tokenizer.json, vocab.txt, vocab.json, "
+                                         r"\.\.\.\): save the model's tokenizer beside it"):
+        TextEncoder(bare, show_progress=False)
+    (bare / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n")  # special tokens alone
+    with pytest.raises(ValueError, match=rf"its tokenizer knows 5 tokens where the model has {len(SPECIAL + WORDS)}: "
+                                         r"every text would read as unknown words"):
+        TextEncoder(bare, show_progress=False)
+
+
+def _with_pooling(src, dst, **modes):
+    import json
+
+    shutil.copytree(src, dst)
+    (dst / "1_Pooling").mkdir()
+    (dst / "1_Pooling" / "config.json").write_text(json.dumps({f"pooling_mode_{k}": v for k, v in modes.items()}))
+    (dst / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    return dst
+
+
+def test_sentence_transformers_pooling_is_followed_and_kept_by_a_saved_copy(tiny_bert_dir, tmp_path):
+    from transformers import AutoModel, AutoTokenizer
+
+    # CLS pooling (BGE's) was read as mean pooling: the same vectors, the same identity
+    cls_dir = _with_pooling(tiny_bert_dir, tmp_path / "cls", cls_token=True, mean_tokens=False)
+    max_dir = _with_pooling(tiny_bert_dir, tmp_path / "max", max_tokens=True)
+    sqrt_dir = _with_pooling(tiny_bert_dir, tmp_path / "sqrt", mean_sqrt_len_tokens=True)
+    tok, model = AutoTokenizer.from_pretrained(tiny_bert_dir), AutoModel.from_pretrained(tiny_bert_dir).eval()
+    with torch.no_grad():
+        hidden = model(**tok(TEXTS[:4], padding=True, return_tensors="pt")).last_hidden_state
+    mask = tok(TEXTS[:4], padding=True, return_tensors="pt")["attention_mask"]
+    expected = {
+        "cls": F.normalize(hidden[:, 0], dim=-1),
+        "max": F.normalize(hidden.masked_fill(mask[..., None] == 0, -1e9).amax(dim=1), dim=-1),
+        "mean": F.normalize(mean_pool(hidden, mask), dim=-1),
+    }
+    for directory, pool in ((cls_dir, "cls"), (max_dir, "max"), (sqrt_dir, "mean"), (tiny_bert_dir, "mean")):
+        enc = TextEncoder(directory, show_progress=False)
+        assert enc.pooling == pool and enc.identity.endswith(f":pool={pool}:max_length=64")
+        np.testing.assert_allclose(enc.encode(TEXTS[:4]), expected[pool].numpy(), atol=1e-5)
+    saved = tmp_path / "saved"
+    TextEncoder(cls_dir, show_progress=False).save(saved)  # a fine-tuned copy pools as its source did
+    assert TextEncoder(saved, show_progress=False).pooling == "cls"
+    odd = _with_pooling(tiny_bert_dir, tmp_path / "odd", cls_token=True, mean_tokens=True)
+    with pytest.raises(ValueError, match=r"sentence-transformers pooling cls_token \+ mean_tokens is not supported"):
+        TextEncoder(odd, show_progress=False)
+
+
+def test_long_texts_are_counted_when_cut_and_roberta_positions_leave_room_for_the_offset(tiny_bert_dir, tmp_path,
+                                                                                       caplog):
+    enc = TextEncoder(tiny_bert_dir, max_length=8, show_progress=False)
+    with caplog.at_level("INFO", logger="encoders.text"):
+        enc.encode(["the cat sat on the mat with a dog", "a dog", "the cat sat on the mat"])  # 11, 4 and 8 tokens
+    assert "tiny-bert: 2 of 3 texts reached the 8-token limit and were cut there (max_length)" in caplog.text
+    from transformers import RobertaConfig, RobertaModel
+
+    roberta = tmp_path / "roberta"  # 514 positions hold 512 tokens: --max-length 514 crashed (index 514 out of bounds)
+    shutil.copytree(tiny_bert_dir, roberta, ignore=shutil.ignore_patterns("config.json", "model.safetensors"))
+    RobertaModel(RobertaConfig(vocab_size=len(SPECIAL + WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                               num_attention_heads=2, max_position_embeddings=34, pad_token_id=0)).save_pretrained(roberta)
+    enc = TextEncoder(roberta, max_length=34, show_progress=False)
+    assert enc.max_length == 33  # positions from padding_idx + 1 = 1
+    assert enc.encode(["cat " * 100]).shape == (1, 32)

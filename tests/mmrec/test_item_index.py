@@ -771,3 +771,19 @@ def test_search_by_content_on_an_empty_index_answers_nothing(tmp_path):
     idx = ItemIndex.from_features(list(range(40)), {"x": x}, show_progress=False)
     idx.remove(list(range(40)))
     assert idx._search_content("x", x[:1], 3) == [[]]
+
+
+def test_a_relative_encoder_path_is_kept_absolute(tmp_path, tiny_bert_dir, monkeypatch):
+    from mmrec.item_index import ItemIndex
+
+    # kept as typed, "models/bert" only worked from the directory the index was built in
+    shutil.copytree(tiny_bert_dir, tmp_path / "work" / "models" / "bert")
+    (tmp_path / "work" / "items.csv").write_text("item_id,title\n1,the cat sat\n2,a dog\n3,space war\n")
+    monkeypatch.chdir(tmp_path / "work")
+    ItemIndex.build("items.csv", "idx", text_encoder="models/bert", image_encoder="none", show_progress=False)
+    spec = json.loads((tmp_path / "work" / "idx" / "manifest.json").read_text())["encoders"]["text"]
+    assert spec["model"] == str((tmp_path / "work" / "models" / "bert").resolve())
+    monkeypatch.chdir(tmp_path)
+    index = ItemIndex.load(tmp_path / "work" / "idx")
+    assert [r.item_id for r in index.search_text("cat", k=3)] == [r.item_id for r in
+                                                                  ItemIndex.load("work/idx").search_text("cat", k=3)]
