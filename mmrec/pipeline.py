@@ -219,6 +219,23 @@ def _catalog_skipped(content: Content) -> list[ItemId]:
     return [i for i in (content.catalog.skipped_ids if content.catalog is not None else []) if i is not None]
 
 
+def _say_untrained_users(inter: Interactions, kept: np.ndarray | None) -> None:
+    """Warn about the users with no training interaction (a given split with users only in its
+    validation or test rows; --cold-start's held-out items): their vectors stay as they start,
+    drawn at random (recommendations by chance), or, fine-tuning, the source model's (``kept``)."""
+    untrained = np.bincount(inter.users[inter.split_mask("train")], minlength=len(inter.user_ids)) == 0
+    kept = untrained & kept if kept is not None else np.zeros_like(untrained)
+    drawn = int((untrained & ~kept).sum())
+    where = "every row of theirs is a validation or test row, or one of an item --cold-start held out"
+    if drawn:
+        logger.warning("%d of %d users have no training interaction (%s): their vectors stay as drawn, so their "
+                       "recommendations are chance, and they are still evaluated (recommend --history places such a "
+                       "user by their items)", drawn, len(inter.user_ids), where)
+    if kept.any():
+        logger.info("%d of %d users have no training interaction (%s) and keep their source embedding: they are "
+                    "placed by what they liked in the source data", int(kept.sum()), len(inter.user_ids), where)
+
+
 def fit(
     interactions: str | Path,
     *,
@@ -331,14 +348,9 @@ def fit(
             "features, or leave it out")) for i in orphans])
     no_edges = int(((train_degree == 0) & (True if held_out is None else ~held_out)).sum())  # held out: not trained
     if no_edges and dims:
-        logger.info("%d items have no training interaction: learned from content alone", no_edges)
-    untrained = int((np.bincount(train_inter.users[train_inter.split_mask("train")],
-                                 minlength=len(train_inter.user_ids)) == 0).sum())
-    if untrained:  # a given split with users only in its validation or test rows; --cold-start's held-out items
-        logger.warning("%d of %d users have no training interaction (every row of theirs is a validation or test "
-                       "row, or one of an item --cold-start held out): their vectors stay as drawn, so their "
-                       "recommendations are chance, and they are still evaluated (recommend --history places such a "
-                       "user by their items)", untrained, len(train_inter.user_ids))
+        logger.info("%d items have no training interaction: learned from content alone, they rank low for users "
+                    "(drawn as negatives, chosen by none); `mmrec index add` after training places new items by "
+                    "their content's trained neighbours instead", no_edges)
     data = TrainData(
         train_inter,
         {m: torch.from_numpy(content.features[m]) for m in dims},
@@ -348,6 +360,7 @@ def fit(
     )
     trainer = Trainer(model, data, config, tuner=tuner, show_progress=show_progress)
     before = before_training(trainer) if before_training is not None else None
+    _say_untrained_users(train_inter, trainer.kept_users)
     result = trainer.fit()
     user_vecs, item_vecs, attention = (t.cpu().numpy() for t in trainer.vectors())
     features_now = {m: trainer.features[m].cpu().numpy() for m in dims}  # fine-tuned encoders change them

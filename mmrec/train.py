@@ -219,6 +219,9 @@ class Trainer:
         # Validation metrics of the weights before any step, when they are worth keeping (a
         # fine-tuning start): :meth:`fit` then counts them as epoch 0, kept if no epoch beats them.
         self.start_valid: dict[str, float] | None = None
+        # ``[U]`` bool: the users whose vectors start from a source model's (a fine-tuning start),
+        # not drawn at random; ``None``: every one is drawn.
+        self.kept_users: np.ndarray | None = None
 
     # ------------------------------------------------------------------------------ vectors
     def forward(

@@ -150,7 +150,8 @@ def source_content(
     if pointless:  # most likely a typo: ignoring it would do nothing
         raise ConfigError(
             f"--ignore-modality {' '.join(pointless)}: neither the source model (modalities: "
-            f"{', '.join(sorted(dims)) or 'none'}) nor the new data (text, image, --features) has it"
+            f"{', '.join(sorted(dims)) or 'none'}) nor the new data (a catalog's text and image, --features: "
+            f"{', '.join(sorted(features or {})) or 'none given'}) has it"
         )
     features = {m: p for m, p in (features or {}).items() if m not in ignore}
     unknown = sorted(set(features) - set(dims))
@@ -488,6 +489,7 @@ def finetune(
                            int((rows >= 0).sum()), len(rows))
         transfer_weights(src.model, trainer.model, trainer.features, trainer.present, user_rows=rows,
                          seed=trainer.cfg.seed)
+        trainer.kept_users = None if rows is None else rows >= 0
         report: dict[str, Any] = {"source": str(src.items.directory or "")}
         if inter.split_mask("valid").any():  # (without validation rows, training has no early stopping either)
             valid = report["start_valid"] = trainer.validate("valid")

@@ -207,7 +207,8 @@ def test_every_refusal_says_what_to_do(small, tmp_path):
     quiet = dict(show_progress=False, split="random")
 
     with pytest.raises(ConfigError, match=r"--ignore-modality audio: neither the source model \(modalities: content\) "
-                                          r"nor the new data \(text, image, --features\) has it"):
+                                          r"nor the new data \(a catalog's text and image, --features: content\) "
+                                          r"has it"):
         finetune(src, b_inter, features={"content": b_feats}, ignore=["audio"], **quiet)
     ItemIndex.from_features(list(range(len(x))), {"content": x}, show_progress=False).save(tmp_path / "content_index")
     with pytest.raises(ConfigError, match=r"content index .* not a trained model.*`mmrec train`"):
@@ -355,6 +356,24 @@ def test_keep_users_starts_known_users_from_their_source_embedding(small, tmp_pa
     for table in ("user_embedding", "item_embedding"):
         got, drawn = (getattr(m, table).weight.detach() for m in (fresh.model, start))
         assert got.shape == drawn.shape and abs(mean_cosine(got, drawn)) < 0.3
+
+
+def test_a_user_with_no_training_row_who_keeps_a_source_embedding_is_not_called_chance(small, tmp_path, caplog):
+    d, _, _ = small
+    inter, feats = write_planted(tmp_path, users=12, items=16, seed=5)  # users 0..11: known to the source
+    rows = inter.read_text().splitlines()
+    split = [("test" if r.startswith("u0\t") else "valid" if k % 5 == 0 else "train") for k, r in enumerate(rows[1:])]
+    (tmp_path / "given.tsv").write_text("\n".join([rows[0] + "\tsplit"] + [f"{r}\t{s}" for r, s in
+                                                                           zip(rows[1:], split)]) + "\n")
+    for keep in (True, False):
+        caplog.clear()
+        with caplog.at_level("INFO", logger="mmrec.pipeline"):
+            finetune(d / "source", tmp_path / "given.tsv", features={"content": feats}, config={"epochs": 1},
+                     show_progress=False, keep_users=keep)
+        # it said "their vectors stay as drawn, so their recommendations are chance" of a kept user too
+        kept = "1 of 12 users have no training interaction (every row of theirs is a validation or test row, or one " \
+               "of an item --cold-start held out) and keep their source embedding"
+        assert (kept in caplog.text) == keep and ("stay as drawn" in caplog.text) == (not keep)
 
 
 def test_transfer_weights_draws_fresh_embeddings_from_a_salted_seed():
