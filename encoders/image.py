@@ -50,7 +50,7 @@ from torchvision import transforms as T
 from tqdm.auto import tqdm
 
 from encoders.cache import fingerprint_files
-from encoders.text import hf_loading_progress, layer_stack, model_files, parameters_after, resolve_hf_model
+from encoders.text import hf_loading_progress, hf_quiet, layer_stack, model_files, parameters_after, resolve_hf_model
 
 logger = logging.getLogger(__name__)
 
@@ -315,9 +315,19 @@ def _hf_transform(processor: Any) -> T.Compose:
     interp = resample if isinstance(resample, T.InterpolationMode) else _PIL_INTERPOLATION[int(resample)]
     ops: list[Callable] = []
     shortest = height = None
+    crop_pct = getattr(processor, "crop_pct", None)
     if getattr(processor, "do_resize", True):
         shortest, height, width = (_size(processor.size, k) for k in ("shortest_edge", "height", "width"))
-        if shortest:
+        if shortest and crop_pct and type(processor).__name__.startswith("ConvNext"):
+            # ConvNeXt's rule (microsoft/resnet-*, facebook/convnext-*): below 384 the shortest edge
+            # goes to shortest / crop_pct and the centre shortest x shortest is kept; from 384 on,
+            # the image is squashed to shortest x shortest
+            if shortest < 384:
+                ops += [T.Resize(int(shortest / crop_pct), interpolation=interp), T.CenterCrop(shortest)]
+            else:
+                ops.append(T.Resize((shortest, shortest), interpolation=interp))
+            shortest, height = None, shortest
+        elif shortest:
             ops.append(T.Resize(shortest, interpolation=interp))
         elif height and width:
             ops.append(T.Resize((height, width), interpolation=interp))
@@ -515,8 +525,12 @@ class ImageEncoder:
                 # transformers >= 5 folded the vision transformer into CLIPVisionModel itself.
                 self.model = _HFVisionFeatures(getattr(clip, "vision_model", clip), proj, use_pooler=True)
                 self.pooling = "clip-cls+projection" if with_proj else "clip-cls"
+            elif hasattr(config, "text_config") and hasattr(config, "vision_config"):  # SigLIP, ALIGN, ...
+                raise ValueError(f"{directory}: {type(config).__name__} dual encoders are not supported as image "
+                                 "encoders; use a CLIP or a vision model (ViT, DINOv2, ConvNeXt, ResNet)")
             else:
-                net, info = AutoModel.from_pretrained(directory, local_files_only=True, output_loading_info=True)
+                with hf_quiet():  # its report of a pooler missing from the checkpoint: handled just below
+                    net, info = AutoModel.from_pretrained(directory, local_files_only=True, output_loading_info=True)
                 # A pooler missing from the checkpoint would be random: fall back to [CLS] / spatial mean.
                 has_pooler = any(n.startswith("pooler") for n, _ in net.named_modules())
                 missing = any("pooler" in k for k in info.get("missing_keys", []))

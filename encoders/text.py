@@ -160,26 +160,50 @@ _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model",
                     "tokenizer.model", "sentencepiece.model", "spm.model", "bpe.codes")
 
 
-def _check_vocabulary(tokenizer: Any, config: Any, source: str, local: bool) -> None:
-    """Refuse a model whose tokenizer has no real vocabulary: transformers builds an empty one
-    for a directory saved without its tokenizer files, every word became the unknown token and
-    every text the same vector (an index whose items all scored 1.0 with each other).
+def _check_tokenizer_files(directory: Path, config: Any) -> None:
+    """Refuse a local directory without tokenizer files: transformers builds an empty tokenizer
+    for it, every word became the unknown token and every text the same vector (an index whose
+    items all scored 1.0 with each other); a vision model's directory is named as one.
 
     Raises:
-        ValueError: no tokenizer file in a local directory, or a tokenizer of at most 10 tokens
-            or under a tenth of the model's vocabulary.
+        ValueError: no tokenizer file.
     """
-    directory = Path(source)
-    if local and not any((directory / f).is_file() for f in _TOKENIZER_FILES) \
-            and not any(directory.glob("*.tiktoken")):
-        raise ValueError(f"{source} has no tokenizer files ({', '.join(_TOKENIZER_FILES[:3])}, ...): save the "
-                         "model's tokenizer beside it (tokenizer.save_pretrained(directory))")
+    if any((directory / f).is_file() for f in _TOKENIZER_FILES) or any(directory.glob("*.tiktoken")):
+        return
+    if not hasattr(config, "vocab_size") and not hasattr(config, "text_config"):
+        raise ValueError(f"{directory} is a {type(config).__name__.removesuffix('Config')} model with no text input "
+                         "(an image model? give it as the image encoder)")
+    raise ValueError(f"{directory} has no tokenizer files ({', '.join(_TOKENIZER_FILES[:3])}, ...): save the "
+                     "model's tokenizer beside it (tokenizer.save_pretrained(directory))")
+
+
+def _check_vocabulary(tokenizer: Any, config: Any, source: str) -> None:
+    """Refuse a tokenizer with no real vocabulary (as :func:`_check_tokenizer_files`, for the
+    tokenizers that load from other files).
+
+    Raises:
+        ValueError: a tokenizer of at most 10 tokens or under a tenth of the model's vocabulary.
+    """
     known = len(tokenizer)
     expected = getattr(getattr(config, "text_config", config), "vocab_size", None) or 0
     if known <= 10 or known * 10 < expected:
         raise ValueError(f"{source}: its tokenizer knows {known} tokens" + (f" where the model has {expected}"
                          if expected else "") + ": every text would read as unknown words; save the model's "
                          "tokenizer beside it (tokenizer.save_pretrained(directory))")
+
+
+@contextmanager
+def hf_quiet() -> Iterator[None]:
+    """transformers' warnings off (errors still shown) while loading a model whose report the
+    caller handles itself, such as a pooler missing from a vision checkpoint."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(was)
 
 
 @contextmanager
@@ -292,8 +316,10 @@ class TextEncoder:
         self.show_progress = show_progress
 
         config = AutoConfig.from_pretrained(source, local_files_only=local)
+        if local:  # (before the tokenizer loads: a vision model's directory failed there, about sentencepiece)
+            _check_tokenizer_files(Path(source), config)
         self.tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
-        _check_vocabulary(self.tokenizer, config, source, local)
+        _check_vocabulary(self.tokenizer, config, source)
         with hf_loading_progress(show_progress):
             self._load(config, source, local)
         self.model.float().eval().to(self.device)

@@ -7,10 +7,42 @@ its 1-based row here (pyarrow counts from 0).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from mmrec.errors import DataError, Problem, utf8_problem
+
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")  # (in the file's text: a JSON escape of one)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _lone_surrogate(value: Any) -> str | None:
+    """The first lone surrogate in a decoded JSON value (a pair decodes to one character)."""
+    if isinstance(value, str):
+        m = _SURROGATE.search(value)
+        return m[0] if m else None
+    items = value.items() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    for item in items:
+        found = _lone_surrogate(item)
+        if found:
+            return found
+    return None
+
+
+def _refuse_lone_surrogates(path: Path, objects: list[Any], text: str) -> None:
+    """Refuse the rows whose strings hold a lone surrogate (``"\\ud800"``: JSON allows the escape,
+    but it is no character; writing it as UTF-8 failed later with a bare UnicodeEncodeError)."""
+    if not _ESCAPED_SURROGATE.search(text):
+        return
+    problems = []
+    for row, obj in enumerate(objects, start=1):
+        if isinstance(obj, dict):
+            problems += [Problem(row, str(k).encode("utf-8", "backslashreplace").decode("utf-8"),
+                                 f"holds a lone surrogate ({_lone_surrogate([k, v])!r}): not Unicode text")
+                         for k, v in obj.items() if _lone_surrogate([k, v])]
+    if problems:
+        raise DataError(path, problems)
 
 
 def read_objects(path: str | Path) -> list[dict[str, Any]]:
@@ -37,6 +69,7 @@ def read_objects(path: str | Path) -> list[dict[str, Any]]:
         if not isinstance(obj, dict):
             raise DataError(path, [Problem(row, None, f"not a JSON object (a {type(obj).__name__})")])
         objects.append(obj)
+    _refuse_lone_surrogates(path, objects, "".join(lines))
     return objects
 
 
@@ -76,4 +109,5 @@ def read_json_rows(path: str | Path) -> list[dict[str, Any]]:
              for row, obj in enumerate(data, start=1) if not isinstance(obj, dict)]
     if wrong:
         raise DataError(path, wrong)
+    _refuse_lone_surrogates(path, data, text)
     return data

@@ -321,3 +321,49 @@ def test_a_banner_is_trimmed_only_before_a_shortest_side_resize_and_centre_crop(
     plain = np.full((32, 160, 3), 128, np.uint8)
     a, b = vit.encode_images([Image.fromarray(sides), Image.fromarray(plain)])
     assert float(a @ b) < 0.999
+
+
+def test_a_convnext_processor_resnet_reads_as_its_processor_says(tmp_path):
+    from transformers import ConvNextImageProcessor, ResNetConfig, ResNetModel
+
+    # microsoft/resnet-* and facebook/convnext-* were refused: "gives images of varying size"
+    d = tmp_path / "tiny-resnet"
+    torch.manual_seed(0)
+    ResNetModel(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")).save_pretrained(d)
+    ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=0.875).save_pretrained(d)
+    rng = np.random.default_rng(0)
+    for w, h in ((60, 40), (30, 90)):  # wide and tall: shortest edge to 36, centre 32 x 32
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(tmp_path / f"{w}x{h}.png")
+    processor = ConvNextImageProcessor.from_pretrained(d)
+    enc = ImageEncoder(d, num_workers=0, show_progress=False)
+    paths = [tmp_path / "60x40.png", tmp_path / "30x90.png"]
+    pixels = processor([load_rgb(p) for p in paths], return_tensors="pt")["pixel_values"]
+    assert pixels.shape == (2, 3, 32, 32)
+    ours = torch.stack([_hf_transform(processor)(load_rgb(p)) for p in paths])
+    assert float((ours - pixels).abs().mean()) < 0.02  # (resampling differs in the last digits)
+    with torch.no_grad():
+        pooled = ResNetModel.from_pretrained(d)(pixel_values=ours).pooler_output.flatten(1)  # [2, 16]
+    np.testing.assert_allclose(enc.encode_paths(paths), F.normalize(pooled, dim=-1).numpy(), atol=1e-5)
+    big = ConvNextImageProcessor(size={"shortest_edge": 384})  # from 384 on: squashed, not cropped
+    assert _hf_transform(big)(load_rgb(paths[0])).shape == (3, 384, 384)
+
+
+def test_a_dual_encoder_or_a_checkpoint_without_pooler_is_handled_quietly_and_clearly(tmp_path, tiny_vit_dir,
+                                                                                    tiny_vit_nopool_dir, capfd):
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
+
+    from encoders.text import TextEncoder
+
+    tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    SiglipModel(SiglipConfig(text_config=dict(tower, vocab_size=50, bos_token_id=None, eos_token_id=None),
+                             vision_config=dict(tower, image_size=32, patch_size=8))).save_pretrained(tmp_path / "siglip")
+    SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "siglip")
+    with pytest.raises(ValueError, match=r"SiglipConfig dual encoders are not supported as image encoders; use a CLIP "
+                                         r"or a vision model"):  # it said "You have to specify input_ids"
+        ImageEncoder(tmp_path / "siglip", show_progress=False)
+    with pytest.raises(ValueError, match=r"tiny-vit is a ViT model with no text input \(an image model\? give it as "
+                                         r"the image encoder\)"):  # it said to install sentencepiece
+        TextEncoder(tiny_vit_dir, show_progress=False)
+    capfd.readouterr()
+    assert ImageEncoder(tiny_vit_nopool_dir, num_workers=0, show_progress=False).pooling == "cls-or-mean"
+    assert "LOAD REPORT" not in capfd.readouterr().err  # the missing pooler is ours to handle, and is

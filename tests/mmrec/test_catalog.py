@@ -755,3 +755,22 @@ def test_every_picture_failing_is_refused_for_a_new_index_only(tmp_path):
     with pytest.raises(DataError) as e:
         load_catalog(tmp_path / "l.jsonl", show_progress=False)
     assert str(e.value).count("row 1") == 1
+
+
+def test_a_lone_surrogate_in_json_text_is_named_by_row_and_field(tmp_path):
+    from mmrec.interactions import load_interactions
+
+    # it failed later, writing the text as UTF-8, with a bare UnicodeEncodeError
+    (tmp_path / "items.jsonl").write_text('{"item_id": 1, "title": "ok \\ud83d\\ude00"}\n'
+                                          '{"item_id": 2, "title": ["bad \\ud800 one"]}\n')
+    with pytest.raises(DataError, match=r"items\.jsonl: row 2, field 'title': holds a lone surrogate \('\\ud800'\): "
+                                        r"not Unicode text$"):
+        load_catalog(tmp_path / "items.jsonl", show_progress=False)
+    (tmp_path / "items.json").write_text('[{"item_id": 1, "title": "fine"}, {"item_id": 2, "title": "x \\udfff"}]')
+    with pytest.raises(DataError, match=r"row 2, field 'title': holds a lone surrogate"):
+        load_catalog(tmp_path / "items.json", show_progress=False)
+    (tmp_path / "inter.jsonl").write_text('{"user_id": "u\\udc00", "item_id": 1}\n')
+    with pytest.raises(DataError, match=r"row 1, field 'user_id': holds a lone surrogate"):
+        load_interactions(tmp_path / "inter.jsonl")
+    (tmp_path / "pair.jsonl").write_text('{"item_id": 1, "title": "a pair \\ud83d\\ude00 is one character"}\n')
+    assert load_catalog(tmp_path / "pair.jsonl", show_progress=False).texts == ["a pair \U0001F600 is one character"]
