@@ -33,6 +33,7 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
 import traceback
 import warnings
@@ -735,12 +736,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     where = f"[{host}]" if ":" in host else host  # an IPv6 address, as a URL writes it
     print(f"serving {args.index} ({kind}, {len(rec.items)} items, {len(rec.user_ids)} users) at "
           f"http://{where}:{port}  routes: /health {' '.join(ROUTES)}  (Ctrl-C stops)", flush=True)
+    formats = [(h, h.formatter) for h in logging.getLogger().handlers]
+    for handler, _ in formats:  # a server's log lines carry their time
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+
+    def stop(signum: int, frame: Any) -> None:  # SIGTERM (docker stop, systemd) stops as Ctrl-C does
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
-        pass
+        left = server.drain()  # the answers being written finish; new requests get 503
+        if left:
+            logger.warning("stopping with %d request(s) still being answered after 30 s", left)
+        logger.info("stopped")
     finally:
+        signal.signal(signal.SIGTERM, previous)
         server.server_close()
+        for handler, formatter in formats:
+            handler.setFormatter(formatter)
     return 0
 
 

@@ -30,8 +30,9 @@ A parameter a route does not take is refused, so a misspelt one is not silently 
 
 Status codes: 200 with ``{"results": [...]}`` (``/health``: its own object); 400 ``{"error": ...}`` for a bad request (a
 missing or malformed parameter, a query the directory cannot answer); 404 for an unknown
-route, user or item; 405 for another HTTP method (501 for a method HTTP does not define); 500
-for anything else (logged with its traceback). A kept-alive connection idle for a minute is closed. Requests are answered
+route, user or item; ``HEAD`` as ``GET`` without the body; 405 for another HTTP method (501 for a
+method HTTP does not define); 503 while stopping (:meth:`RecommenderServer.drain`); 500 for
+anything else (logged with its traceback). A kept-alive connection idle for a minute is closed. Requests are answered
 one at a time (a lock around the directory: its caches are not thread-safe), each in well under
 a millisecond except text queries (an encoder pass).
 
@@ -46,6 +47,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 import sys
 import threading
@@ -119,10 +121,9 @@ class Params:
         text = self.one(name)
         if text is None:
             return default
-        try:
-            value = int(text)
-        except ValueError:
-            raise BadRequest(f"{self.route}: '{name}' must be an integer, got {text!r}") from None
+        if not re.fullmatch(r"-?[0-9]+", text):  # (int() also took "1_0", " 1" and other scripts' digits)
+            raise BadRequest(f"{self.route}: '{name}' must be an integer, got {text!r}")
+        value = int(text)
         if value < minimum:
             raise BadRequest(f"{self.route}: '{name}' must be at least {minimum}, got {value}")
         return value
@@ -200,7 +201,7 @@ def _history(rec, p: Params) -> tuple[list, dict[str, Any]]:
                                     explain_items=_explain_items(p),
                                     diversity=p.number("diversity", 0.0), **_filters(rec, p))
     # the items the answer left out (removed since, or typos): a client sees no server log
-    return results, {"ignored": [i for i in items if rec.items._try_resolve(i) is None]}
+    return results, {"ignored": [i for i in dict.fromkeys(items) if rec.items._try_resolve(i) is None]}
 
 
 def _similar(rec, p: Params) -> list:
@@ -264,6 +265,20 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
         start = time.perf_counter()
         self._discard_body()
+        if not self.server.begin_request():  # stopping: no new work may start while it waits for the rest
+            self.close_connection = True
+            logger.info('%s "%s %s" %d', self.client_address[0], self.command, self.path,
+                        HTTPStatus.SERVICE_UNAVAILABLE)
+            self._send(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "the server is stopping"})
+            return
+        try:
+            self._get(start)
+        finally:
+            self.server.end_request()
+
+    do_HEAD = do_GET  # noqa: N815 -- GET's status and headers, without the body (RFC 9110 9.3.2; health checks)
+
+    def _get(self, start: float) -> None:
         try:
             # The request line arrives decoded as Latin-1: a client that sends a typed "café" unescaped
             # sends its UTF-8 bytes, which are read back as such here (invalid UTF-8 is a 400).
@@ -281,18 +296,19 @@ class Handler(BaseHTTPRequestHandler):
             status, body = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"internal error: {type(e).__name__}: {e}"}
         # Logged before the answer is written: a client that has its answer may stop the server at
         # once, and the handler threads are daemons (the line was lost, under load).
-        logger.info('"GET %s" %d %.2f ms', self.path, status, 1000 * (time.perf_counter() - start))
+        logger.info('%s "%s %s" %d %.2f ms', self.client_address[0], self.command, self.path, status,
+                    1000 * (time.perf_counter() - start))
         self._send(status, body)
 
     def _not_allowed(self) -> None:
         self._discard_body()
-        logger.info('"%s %s" %d', self.command, self.path, HTTPStatus.METHOD_NOT_ALLOWED)
+        logger.info('%s "%s %s" %d', self.client_address[0], self.command, self.path, HTTPStatus.METHOD_NOT_ALLOWED)
         self._send(HTTPStatus.METHOD_NOT_ALLOWED, {"error": f"{self.command} is not served: every route is a GET"},
-                   {"Allow": "GET"})
+                   {"Allow": "GET, HEAD"})
 
     # Every method HTTP defines (RFC 9110, PATCH: RFC 5789); one it does not define gets the
     # standard library's 501, in JSON (send_error).
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed  # noqa: N815
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed  # noqa: N815
 
     def _send(self, status: HTTPStatus | int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         data = json.dumps(body, ensure_ascii=False).encode("utf-8")
@@ -334,7 +350,7 @@ class Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         if self.request_version == "HTTP/0.9":  # a request line it could not parse: answer with a status line
             self.request_version = self.protocol_version  # and headers, not a bare HTTP/0.9 body
-        logger.info('"%s" %d', (self.requestline or "").strip(), code)
+        logger.info('%s "%s" %d', self.client_address[0], (self.requestline or "").strip(), code)
         self._send(code, {"error": message or phrase})
 
     def _answer(self, path: str, query: str) -> tuple[HTTPStatus, dict[str, Any]]:
@@ -384,7 +400,11 @@ class RecommenderServer(ThreadingHTTPServer):
     calls it once listening).
     """
 
-    daemon_threads = True
+    # Handler threads are joined when the server closes (ThreadingMixIn's block_on_close), after
+    # its kept-alive connections are shut (:meth:`server_close`): a process that exited with
+    # daemon handler threads still alive aborted now and then ("terminate called without an active
+    # exception", as Ctrl-C under load did), in the C++ thread state torch keeps for them.
+    daemon_threads = False
     # Connections waiting to be accepted: the standard library's 5 makes a burst of new clients
     # wait seconds for the kernel's SYN retries (the kernel caps it at net.core.somaxconn).
     request_queue_size = socket.SOMAXCONN
@@ -404,9 +424,64 @@ class RecommenderServer(ThreadingHTTPServer):
         self._missing_said = False
         self._checked = time.monotonic()
         self._reloading = threading.Lock()  # one load at a time; the request lock is not held while loading
+        self._active = 0  # requests being answered (begin_request .. end_request)
+        self._connections: set[socket.socket] = set()  # open client connections, shut at server_close
+        self._idle = threading.Condition()
+        self._stopping = False
         if ":" in host:  # an IPv6 address such as ::1
             self.address_family = socket.AF_INET6
         super().__init__((host, port), Handler)
+
+    def begin_request(self) -> bool:
+        """Count a request in, unless the server is stopping (:meth:`drain`): then ``False``."""
+        with self._idle:
+            if self._stopping:
+                return False
+            self._active += 1
+            return True
+
+    def end_request(self) -> None:
+        with self._idle:
+            self._active -= 1
+            self._idle.notify_all()
+
+    def drain(self, timeout: float = 30.0) -> int:
+        """Refuse new requests (503) and wait up to ``timeout`` seconds for those being answered.
+        A process that exits while a handler thread (a daemon) is inside torch or FAISS can abort
+        ("terminate called without an active exception"), as Ctrl-C under load did.
+
+        Returns:
+            how many requests were still being answered at the timeout (0: all done).
+        """
+        with self._idle:
+            self._stopping = True
+            if self._active:
+                logger.info("stopping: waiting for %d request(s) being answered", self._active)
+            self._idle.wait_for(lambda: self._active == 0, timeout)
+            return self._active
+
+    def process_request(self, request, client_address) -> None:
+        with self._idle:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request) -> None:
+        with self._idle:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def server_close(self) -> None:
+        """Stop listening, end every open connection (an idle kept-alive one would hold its thread
+        for a minute) and join the handler threads."""
+        with self._idle:
+            self._stopping = True
+            open_now = list(self._connections)
+        for connection in open_now:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)  # its thread's read returns: the thread ends
+            except OSError:
+                pass  # closed meanwhile
+        super().server_close()
 
     def handle_error(self, request, client_address) -> None:
         """A client that hung up before its answer was written is no error of the server's (the

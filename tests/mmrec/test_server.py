@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -120,8 +121,8 @@ def test_every_route_answers_what_the_python_api_returns(served):
     for path, want, ignored in filtered:
         assert get(url + path) == (200, {"results": dicts(want), **ignored}), path
     # History items not in the index are left out, and the answer says which (a client sees no log).
-    assert get(f"{url}/history?item=0&item=999&item=x&k=5") == (200, {"results": dicts(rec.recommend_history([0], 5)),
-                                                                     "ignored": ["999", "x"]})
+    assert get(f"{url}/history?item=0&item=999&item=x&item=999&k=5") == (  # each named once, as ignored_exclude does
+        200, {"results": dicts(rec.recommend_history([0], 5)), "ignored": ["999", "x"]})
     assert len(get(f"{url}/recommend?user=u3&k=40&include_known=true")[1]["results"]) == 32
 
 
@@ -143,6 +144,9 @@ def test_bad_requests_are_refused_with_the_reason(served):
         ("/recommend?user=u1&user=u2", 400, "/recommend: 'user' given 2 times, expected once"),
         ("/recommend?user=u1&k=0", 400, "/recommend: 'k' must be at least 1, got 0"),
         ("/recommend?user=u1&k=ten", 400, "/recommend: 'k' must be an integer, got 'ten'"),
+        ("/recommend?user=u1&k=1_0", 400, "/recommend: 'k' must be an integer, got '1_0'"),  # int() took these
+        ("/recommend?user=u1&k=%D9%A3", 400, "/recommend: 'k' must be an integer, got '\u0663'"),
+        ("/recommend?user=u1&k=%201", 400, "/recommend: 'k' must be an integer, got ' 1'"),
         ("/recommend?user=u1&explain=maybe", 400, "/recommend: 'explain' must be 1 or 0 (true / false), got 'maybe'"),
         ("/recommend?user=u1&diversity=x", 400, "/recommend: 'diversity' must be a number, got 'x'"),
         ("/recommend?user=u1&diversity=1.5", 400, "diversity weight must lie in [0, 1], got 1.5"),
@@ -167,6 +171,28 @@ def test_bad_requests_are_refused_with_the_reason(served):
         assert got_status == status and message in body["error"], (path, got_status, body)
 
 
+def test_a_stopping_server_waits_for_the_answers_being_written_and_refuses_new_ones(model_dir):
+    # Ctrl-C under load aborted the process ("terminate called without an active exception"): it exited
+    # while daemon handler threads were inside torch / FAISS
+    rec = Recommender.load(model_dir, show_progress=False)
+    server = RecommenderServer(rec, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        assert server.begin_request()  # a request being answered
+        started = time.monotonic()
+        assert server.drain(timeout=0.3) == 1 and time.monotonic() - started >= 0.3  # waited for it, in vain
+        assert not server.begin_request()
+        assert get(f"{url}/health") == (503, {"error": "the server is stopping"})
+        finisher = threading.Timer(0.2, server.end_request)
+        finisher.start()
+        assert server.drain(timeout=30) == 0  # it ended: nothing left
+        finisher.join()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_other_methods_get_a_json_405_and_a_body_does_not_poison_the_connection(served):
     rec, url = served
     port = int(url.rsplit(":", 1)[1])
@@ -174,11 +200,17 @@ def test_other_methods_get_a_json_405_and_a_body_does_not_poison_the_connection(
     for method in ("POST", "PUT", "DELETE", "TRACE"):
         conn.request(method, "/recommend?user=u3", body=b'{"user": "u3"}')
         response = conn.getresponse()
-        assert response.status == 405 and response.headers["Allow"] == "GET"
+        assert response.status == 405 and response.headers["Allow"] == "GET, HEAD"
         assert json.loads(response.read()) == {"error": f"{method} is not served: every route is a GET"}
-    conn.request("HEAD", "/health")
-    response = conn.getresponse()
-    assert response.status == 405 and response.read() == b""
+    # HEAD is GET's status and headers without the body (it was a 405; health checkers send it)
+    for path, status in (("/health", 200), ("/recommend?user=u3&k=2", 200), ("/recommend?user=nobody", 404)):
+        conn.request("GET", path)
+        got = conn.getresponse()
+        body = got.read()
+        conn.request("HEAD", path)
+        response = conn.getresponse()
+        assert response.status == got.status == status and response.read() == b""
+        assert response.headers["Content-Length"] == got.headers["Content-Length"] == str(len(body))
     # A GET with a body, then another request on the same kept-alive connection.
     conn.request("GET", "/recommend?user=u3&k=2", body=b"hello")
     response = conn.getresponse()
@@ -303,7 +335,21 @@ def test_the_serve_command_listens_answers_and_stops_on_ctrl_c(model_dir):
             proc.send_signal(signal.SIGABRT)
             pytest.fail("serve did not stop on Ctrl-C within 60 s; its threads:\n" + proc.communicate(timeout=30)[1])
         assert code == 0
-        assert '"GET /recommend?user=u5&k=3" 200' in proc.stderr.read()  # one access-log line a request
+        log = proc.stderr.read()
+        # one access-log line a request, with its time and client; then the stop is said
+        assert re.search(r'^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO mmrec.server: 127\.0\.0\.1 '
+                         r'"GET /recommend\?user=u5&k=3" 200 ', log, re.M), log
+        assert log.rstrip().endswith("INFO mmrec: stopped"), log
+    finally:
+        proc.kill()
+        proc.wait()
+    # SIGTERM (docker stop, systemd) stops as Ctrl-C does: it killed the process at once (exit 143)
+    proc = subprocess.Popen([sys.executable, "-m", "mmrec.cli", "serve", "--index", str(model_dir), "--port", "0",
+                             "--no-warm"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert "at http://127.0.0.1:" in proc.stdout.readline()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0 and proc.stderr.read().rstrip().endswith("INFO mmrec: stopped")
     finally:
         proc.kill()
         proc.wait()
