@@ -107,11 +107,19 @@ def _publish(tmp: Path, final: Path, *, overwrite: bool, token: str) -> None:
             os.rename(old, final)  # put the previous version back before reporting the failure
         raise
     _sync_dir(final.parent)
-    if old.is_symlink() or not old.is_dir():  # what was replaced was a link or a file, not a folder
-        old.unlink(missing_ok=True)
-    else:
-        shutil.rmtree(old, ignore_errors=True)
+    try:
+        _remove(old)
+    except KeyboardInterrupt:  # the new version is in place: the command has done its work, and says so
+        logger.info("finishing the removal of the version %s replaced", final)
+        _remove(old)  # (a second Ctrl-C stops this; the folder left is named .<name>.old-<token>)
     logger.debug("replaced %s", final)
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or not path.is_dir():  # what was replaced was a link or a file, not a folder
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _sync_tree(root: Path) -> None:

@@ -65,15 +65,16 @@ def print_results(results, as_json: bool, title_field: str | None = None, out=No
     if not results:
         out.write("(no results)\n")
         return
-    ids = [str(r.item_id) for r in results]
-    w = max(7, *(len(i) for i in ids))
+    from mmrec.display import display_width, one_line, pad
+
+    ids = [one_line(str(r.item_id)) for r in results]
+    w = max(7, *(display_width(i) for i in ids))  # (as a terminal shows them: a CJK character takes two columns)
     # (rstrip: without a title field, no blank column of trailing spaces)
     out.write(f"{'rank':>4}  {'score':>7}  {'item_id':<{w}}  {title_field or ''}".rstrip() + "\n")
     for rank, (r, iid) in enumerate(zip(results, ids), 1):
-        label = r.fields.get(title_field, "") if title_field else ""
-        label = " ".join(label.split())  # a multi-line title stays on its result's line
-        label = label if len(label) <= 70 else label[:67] + "..."
-        out.write(f"{rank:>4}  {r.score:>7.4f}  {iid:<{w}}  {label}".rstrip() + "\n")
+        # a multi-line title stays on its result's line; a terminal escape in it is not obeyed
+        label = one_line(r.fields.get(title_field, "") if title_field else "", 70)
+        out.write(f"{rank:>4}  {r.score:>7.4f}  {pad(iid, w)}  {label}".rstrip() + "\n")
         if r.explanation is not None:
             from mmrec.explain import why_line
 
@@ -443,7 +444,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(json.dumps(e.to_dict(), ensure_ascii=False, indent=1))
         return 0
     title = title_field_of(index)
-    print(f"item {e.item_id}  {e.fields.get(title, '') if title else ''}".rstrip())
+    from mmrec.display import one_line
+
+    print(f"item {one_line(str(e.item_id))}  {one_line(e.fields.get(title, '')) if title else ''}".rstrip())
     print(f"attention: {format_attention(e.attention)}")
     for name, results in e.neighbours.items():
         print(f"\n{'fused (the index)' if name == fused_key(index) else name + ' only'}:")
@@ -1166,7 +1169,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _UntilGone:
+    """``sys.stderr`` that stops writing once its reader has gone (``mmrec train 2>&1 | head``):
+    a progress bar's write raised BrokenPipeError, which ended the work early with exit 0, as a
+    reader of stdout stopping early does. Logs and bars are then dropped; the work goes on."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream, self.gone = stream, False
+
+    def write(self, text: str) -> int:
+        if not self.gone:
+            try:
+                return self._stream.write(text)
+            except (BrokenPipeError, ValueError):  # (ValueError: a closed file)
+                self.gone = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.gone:
+            try:
+                self._stream.flush()
+            except (BrokenPipeError, ValueError):
+                self.gone = True
+
+    def __getattr__(self, name: str) -> Any:  # isatty, fileno, encoding: the stream's own
+        return getattr(self._stream, name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    streams = sys.stdout, sys.stderr
+    # A stream closed when the process started (`mmrec ... >&-`) is None: written to nowhere, as a
+    # reader that went away is (it failed with AttributeError: 'NoneType' object has no attribute 'write').
+    sys.stdout = sys.stdout or open(os.devnull, "w")  # noqa: SIM115 -- for the process's life
+    sys.stderr = _UntilGone(sys.stderr or open(os.devnull, "w"))  # noqa: SIM115
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     args.debug, args.quiet = args.debug or args.debug_all, args.quiet or args.quiet_all
     if not args.debug:  # torch_geometric's import-time use of a deprecated torch API is not the user's concern

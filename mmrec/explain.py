@@ -349,7 +349,9 @@ def format_attention(attention: dict[str, float]) -> str:
 
 
 def _short(text: str, width: int = 40) -> str:
-    return text if len(text) <= width else text[: width - 3] + "..."
+    from mmrec.display import one_line
+
+    return one_line(text, width)
 
 
 def why_line(explanation: dict[str, Any]) -> str:

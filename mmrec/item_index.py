@@ -201,8 +201,16 @@ def describe_where(conditions: Sequence[tuple[str, str, str]]) -> str:
 
 def shown_fields(fields: Mapping[str, str], reserved: Sequence[str]) -> dict[str, str]:
     """Display fields for a JSON object beside keys of its own: a catalog column named like one
-    of ``reserved`` (a ``score`` column) is shown as ``catalog.<name>``, never over the key."""
-    return {f"catalog.{k}" if k in reserved else k: v for k, v in fields.items()}
+    of ``reserved`` (a ``score`` column) is shown as ``catalog.<name>``, never over the key, nor
+    over a column of that name (then ``catalog.catalog.<name>``, and so on)."""
+    shown: dict[str, str] = {}
+    for k, v in fields.items():
+        if k in reserved:
+            k = f"catalog.{k}"
+            while k in fields or k in shown:  # (a catalog.score column as well: it lost to the renamed score)
+                k = f"catalog.{k}"
+        shown[k] = v
+    return shown
 
 
 def _skip_report(earlier: list[dict[str, Any]], now: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -315,10 +323,14 @@ def check_device(device: str) -> str:
     return device
 
 
-def check_factory(factory: str, n: int) -> str:
+def check_factory(factory: str, n: int | None) -> str:
     """The concrete FAISS factory for ``n`` items, or a :class:`ConfigError` when it cannot be
-    built (unknown form, too few items to train it), checked before any encoding or training."""
+    built (unknown form, too few items to train it), checked before any encoding or training.
+    ``n`` ``None``: the item count is not known yet, and only the form is checked (``"auto"`` is
+    returned as it is)."""
     try:
+        if n is None:
+            return factory if factory == "auto" else FaissIndex.resolve_factory(factory, 1)
         return FaissIndex.check_factory(factory, n)
     except ValueError as e:
         message = str(e)  # (the CLI's --factory, Python's factory=): named once

@@ -29,6 +29,7 @@ Beyond accuracy, over the same users:
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -200,7 +201,8 @@ def evaluate_ranking(
         ks: list lengths to report, each at most ``topk.shape[1]``; default (10, 20).
         num_items: ``N``; default the column count of a CSR ``truth`` (required for lists).
         item_popularity: training interaction count per item; adds ``novelty@K``.
-        item_vectors: one vector per item; adds ``diversity@K``.
+        item_vectors: one vector per item; adds ``diversity@K`` (absent when no list holds two
+            items: it is a mean over pairs).
         candidates: how many items the lists could hold, ``coverage@K``'s denominator (items
             never ranked, such as cold-start items held out, left out); default ``N``.
 
@@ -278,7 +280,9 @@ def evaluate_ranking(
             n = v.sum(axis=1)
             out[f"novelty@{k}"] = float(np.mean(per_list[n > 0] / n[n > 0]))
         if unit is not None:
-            out[f"diversity@{k}"] = _intra_list_diversity(top[:, :k], v, unit)
+            diversity = _intra_list_diversity(top[:, :k], v, unit)
+            if not math.isnan(diversity):  # (no list of two items: undefined, and NaN is no JSON)
+                out[f"diversity@{k}"] = diversity
     out["num_users"] = int(R)  # a count (the dict's other values are means)
     return out
 

@@ -288,7 +288,7 @@ def fit(
                                    "image_root", "cache_dir", "text_encoder", "image_encoder", "image_weights"))])
     check_device(config.device)
     # The form, before encoding; enough items to train it is checked below, once the items are known.
-    check_factory(factory, 1 << 30)
+    check_factory(factory, None)
     if skip_invalid and features and catalog is not None:
         raise ConfigError(SKIP_WITH_FEATURES)
     if content is None:  # the catalog is encoded on the training device

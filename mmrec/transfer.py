@@ -470,7 +470,7 @@ def finetune(
         logger.warning("the source model was trained with rating threshold %g; the new interactions have none, "
                        "so every row is a positive (give --rating-threshold to apply one)", src.rating_threshold)
     check_columns(interactions, split=split, rating_threshold=rating_threshold)  # before the encoding below
-    check_factory(factory, 1 << 30)  # its form; enough items to train it is checked once they are known
+    check_factory(factory, None)  # its form; enough items to train it is checked once they are known
     content = source_content(src, catalog, features, ignore=ignore, cache_dir=cache_dir,
                              show_progress=show_progress, device=cfg.device, **catalog_options)
     if cfg.finetune != "frozen":  # the tuner trains them in place: leave the source's own untouched

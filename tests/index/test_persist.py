@@ -115,6 +115,21 @@ def test_an_interrupt_between_the_two_renames_puts_the_old_version_back(tmp_path
     monkeypatch.setattr(persist.os, "rename", real_rename)
     assert entries(final) == ["old.txt"] and entries(tmp_path) == ["model"]
 
+    # Ctrl-C while the replaced version is deleted, the new one in place: the command reported "interrupted"
+    # (exit 130) and left .model.old-<token> behind; the deletion is finished and the write succeeds
+    real_rmtree, interrupted = persist.shutil.rmtree, []
+
+    def rmtree_interrupted_once(path, **kw):
+        if not interrupted:
+            interrupted.append(path)
+            raise KeyboardInterrupt
+        real_rmtree(path, **kw)
+
+    monkeypatch.setattr(persist.shutil, "rmtree", rmtree_interrupted_once)
+    with atomic_directory(final, overwrite=True) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert interrupted and entries(final) == ["new.txt"] and entries(tmp_path) == ["model"]
+
 
 @pytest.mark.parametrize("overwrite", [False, True])
 def test_every_file_and_directory_reaches_the_disk_before_the_rename_that_publishes_them(tmp_path, monkeypatch,

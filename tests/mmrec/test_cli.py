@@ -156,6 +156,22 @@ def test_a_table_without_a_title_field_has_no_blank_column():
     out = io.StringIO()  # a multi-line title (a quoted CSV value) stays on its result's line
     print_results([Result(1, 0.5, {"title": "Toy\nStory\r\n (1995)"})], False, "title", out)
     assert out.getvalue().splitlines() == ["rank    score  item_id  title", "   1   0.5000  1        Toy Story (1995)"]
+    # widths as a terminal shows them (a CJK character takes two columns: the title column moved), a terminal
+    # escape in a title not obeyed, a long wide title cut at 70 columns, not 70 characters
+    out = io.StringIO()
+    print_results([Result("東京-3", 0.5, {"title": "\x1b[31mred\x1b[0m"}), Result("é4", 0.25, {"title": "語" * 50})],
+                  False, "title", out)
+    assert out.getvalue().splitlines() == ["rank    score  item_id  title", "   1   0.5000  東京-3   [31mred [0m",
+                                           "   2   0.2500  é4       " + "語" * 33 + "..."]
+
+
+def test_display_widths_and_one_line_text():
+    from mmrec.display import display_width, one_line, pad
+
+    assert [display_width(t) for t in ("abc", "東京", "e\u0301", "a\u200db", "")] == [3, 4, 1, 2, 0]
+    assert one_line("a\tb\n\x07c  d\u2028e") == "a b c d e"
+    assert one_line("東京物語", 7) == "東京..." and one_line("東京物語", 8) == "東京物語" and one_line("abcdefgh", 6) == "abc..."
+    assert pad("東", 4) == "東  " and pad("abcdef", 3) == "abcdef"
 
 
 class _Stream:
@@ -361,6 +377,29 @@ def test_a_closed_pipe_is_not_an_error(built, capsys, monkeypatch):
     monkeypatch.setattr(mmrec.cli, "cmd_similar", reader_went_away)
     code, _, err = run(capsys, "similar", "--index", str(built / "idx"), "--item", "m1", "-q")
     assert code == 0 and err == ""
+
+
+def test_a_reader_of_the_logs_going_away_does_not_stop_the_work(tmp_path):
+    # `mmrec train ... 2>&1 | head -2`: a progress bar's write raised BrokenPipeError, taken for a reader of the
+    # results stopping early: no directory was written, and the exit status was 0
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "f.npy", rng.normal(size=(12, 4)).astype(np.float32))
+    (tmp_path / "inter.tsv").write_text("user_id\titem_id\n" + "".join(f"u{u}\t{(u + j) % 12}\n" for u in range(8)
+                                                                      for j in range(4)))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[2]))
+    for extra in ([], ["--json"]):
+        out = tmp_path / f"model{len(extra)}"
+        proc = subprocess.Popen([sys.executable, "-m", "mmrec.cli", "train", "--interactions", str(tmp_path / "inter.tsv"),
+                                 "--features", f"f={tmp_path / 'f.npy'}", "--out", str(out), "--epochs", "3",
+                                 "--dim", "8", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        proc.stderr.close()  # the reader of the logs and bars has gone
+        stdout = proc.stdout.read()
+        assert proc.wait(timeout=300) == 0 and (out / "manifest.json").is_file()
+        assert not extra or json.loads(stdout)["best_epoch"] >= 1
+    # stdout closed when the process starts (`>&-`): it said AttributeError: 'NoneType' object has no attribute 'write'
+    done = subprocess.run(f'"{sys.executable}" -m mmrec.cli -q index info --index "{tmp_path / "model0"}" >&-',
+                          shell=True, capture_output=False, stderr=subprocess.PIPE, text=True, env=env, timeout=300)
+    assert done.returncode == 0 and done.stderr == ""
 
 
 def _option_help(command: str, flag: str) -> str:

@@ -787,3 +787,15 @@ def test_a_relative_encoder_path_is_kept_absolute(tmp_path, tiny_bert_dir, monke
     index = ItemIndex.load(tmp_path / "work" / "idx")
     assert [r.item_id for r in index.search_text("cat", k=3)] == [r.item_id for r in
                                                                   ItemIndex.load("work/idx").search_text("cat", k=3)]
+
+
+def test_a_catalog_score_column_is_renamed_around_every_key_it_could_overwrite():
+    from mmrec.item_index import Result, shown_fields
+
+    # a catalog with score and catalog.score columns lost its score: both became "catalog.score"
+    fields = {"title": "banana bread", "score": "4", "catalog.score": "Y"}
+    assert shown_fields(fields, ("score",)) == {"title": "banana bread", "catalog.catalog.score": "4",
+                                                 "catalog.score": "Y"}
+    assert Result(2, 0.5, fields).to_dict() == {"item_id": 2, "score": 0.5, "title": "banana bread",
+                                                "catalog.catalog.score": "4", "catalog.score": "Y"}
+    assert shown_fields({"score": "4"}, ("score",)) == {"catalog.score": "4"}

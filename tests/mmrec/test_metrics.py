@@ -56,6 +56,11 @@ def test_csr_and_list_truth_agree_and_optional_metrics_absent() -> None:
     b = evaluate_ranking(TOPK, TRUTH, (2, 3), num_items=6)
     assert a == b
     assert not any(key.startswith(("novelty", "diversity")) for key in a)
+    # lists of one item hold no pair: diversity@K is absent (it was NaN, which --json printed as no JSON)
+    short = evaluate_ranking(np.array([[1, -1], [5, -1]]), TRUTH[:2], (1, 2), num_items=6, item_vectors=VECS)
+    assert not any(key.startswith("diversity") for key in short) and short["recall@1"] == 0.625
+    some = evaluate_ranking(np.array([[1, 3], [5, -1]]), TRUTH[:2], (1, 2), num_items=6, item_vectors=VECS)
+    assert "diversity@1" not in some and some["diversity@2"] == pytest.approx(1.0)  # user 0's pair alone: 1 - cos 90°
 
 
 def _oracle(topk: np.ndarray, truth: list[set[int]], k: int) -> dict[str, float]:

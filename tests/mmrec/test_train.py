@@ -620,6 +620,11 @@ def test_a_pq_factory_the_items_cannot_train_is_refused_before_training(tmp_path
     with pytest.raises(ConfigError, match=r"factory 'IVF1,PQ2' needs .*PQ codebooks need 9984 rows"):
         fit(inter, features={"content": feats}, config=TrainConfig(dim=16, layers=1, heads=2, epochs=1),
             factory="IVF1,PQ2", split="random", show_progress=False)
+    # the check before encoding knows the form alone: it spoke of a catalog of 1073741824 items
+    with pytest.raises(ConfigError, match=r"factory 'IVF4096,Flat' needs at least 159744 training vectors "
+                                          r"\(39 per centroid\); got 32 \(catalog 32, train_size 100000\)"):
+        fit(inter, features={"content": feats}, config=TrainConfig(dim=16, layers=1, heads=2, epochs=1),
+            factory="IVF4096,Flat", split="random", show_progress=False)
 
 
 def test_auto_split_records_the_rule_it_resolved_to_and_evaluate_keeps_it(tmp_path):
