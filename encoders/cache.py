@@ -11,18 +11,21 @@ Layout (sized for catalogs of ~1M items; never one file per item)::
       <sha256(encoder identity)[:24]>/
         meta.json                              {"encoder_id": ..., "dim": D, "dtype": "float32"}
         shard-<seq>-<random>.vec.npy           [n, D] float32, memory-mapped on read
-        shard-<seq>-<random>.keys.npz          key64 [n] uint64, item_id [n] str, content_hash [n] str
+        shard-<seq>-<random>.keys.npz          key64 [n] uint64, item_id [n] str, content_hash [n] str,
+                                               digest [n] uint64 (each vector's, :func:`row_digest`)
 
 Every :meth:`FeatureCache.put` appends one shard. A shard is written to temporary files which
 are fsync'ed and renamed into place, vectors first and the key file last: the key file is the
 commit marker, so an interrupted put leaves either nothing or an orphan ``.vec.npy`` that
-readers ignore. Readers load only the small ``key64`` column of each shard (a 64-bit digest of
+readers ignore (and temporary ``.tmp-*`` files, which a later put deletes once a day old). Readers load only the small ``key64`` column of each shard (a 64-bit digest of
 item id and content hash) into one sorted array -- 24 bytes per item with its shard and row --
 and read the vectors of a hit from the shard, memory-mapped for that read; the stored item id and
 hash of every hit are compared too, so a digest collision can only cause a miss, never a wrong
 vector (those strings are kept once read, about 280 bytes per item of a shard a lookup touched). When the same key is
 put twice the newest shard wins. :meth:`FeatureCache.compact` rewrites many small shards into
-one.
+one. Every vector read is checked against the digest its shard stores (a shard written before
+digests: against being finite): a vector damaged on disk is a miss, encoded again, with a warning
+(a flipped byte in one vector skewed the catalog mean, and every similarity with it, silently).
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ import json
 import logging
 import os
 import re
+import time
 import uuid
 import zipfile
 from collections.abc import Callable, Sequence
@@ -91,6 +95,22 @@ def fingerprint_files(paths: Sequence[str | os.PathLike], names: bool = True) ->
     return h.hexdigest()
 
 
+def row_digest(vectors: np.ndarray) -> np.ndarray:
+    """A 64-bit digest of each row's float32 bytes: the sum of its 32-bit words times fixed odd
+    multipliers, modulo 2**64 (a change to any one word changes it). Vectorised: about as fast as
+    reading the rows.
+
+    Shapes: vectors (N, D) -> (N,) uint64
+    """
+    words = np.ascontiguousarray(vectors, dtype=np.float32).view(np.uint32)  # [N, D]
+    multipliers = np.random.default_rng(words.shape[1]).integers(1, 2**63, size=words.shape[1], dtype=np.uint64) | 1
+    out = np.empty(len(words), dtype=np.uint64)
+    step = max(1, (1 << 22) // max(words.shape[1], 1))  # 32 MB of 64-bit words at a time
+    for a in range(0, len(words), step):  # (uint64 wraps around: the modulus)
+        out[a : a + step] = (words[a : a + step].astype(np.uint64) * multipliers).sum(axis=1, dtype=np.uint64)
+    return out
+
+
 def _key64(item_id: ItemId, chash: str) -> int:
     digest = hashlib.blake2b(f"{item_id}\x00{chash}".encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "little")
@@ -117,6 +137,23 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+STALE_SECONDS = 24 * 3600  # a temporary file this old is no write in progress: its writer was killed
+
+
+def _remove_stale_temporaries(directory: Path, names: Sequence[str]) -> None:
+    """Delete the ``.tmp-*`` files a killed writer left (up to a whole shard each, kept for good
+    otherwise); a day old at least, so that another process's write in progress is left alone."""
+    now = time.time()
+    for name in names:
+        if name.startswith(".tmp-"):
+            path = directory / name
+            try:
+                if now - path.stat().st_mtime > STALE_SECONDS:
+                    path.unlink()
+            except OSError:
+                pass  # gone meanwhile, or not ours to delete
+
+
 # What reading a shard damaged from outside raises (numpy's zip reader, its format checks).
 _DAMAGED = (OSError, ValueError, KeyError, EOFError, NotImplementedError, zipfile.BadZipFile)
 
@@ -132,6 +169,7 @@ class _Shard:
         self.stem = stem
         self._ids: np.ndarray | None = None
         self._hashes: np.ndarray | None = None
+        self._digests: np.ndarray | None = None  # (empty: a shard written before digests)
 
     @property
     def keys_path(self) -> Path:
@@ -149,12 +187,21 @@ class _Shard:
         if self._ids is None:
             with np.load(self.keys_path, allow_pickle=False) as z:
                 self._ids, self._hashes = z["item_id"], z["content_hash"]
+                self._digests = np.asarray(z["digest"], np.uint64) if "digest" in z.files else np.zeros(0, np.uint64)
         return self._ids, self._hashes
 
     def rows(self, src: np.ndarray) -> np.ndarray:
         """The vectors at rows ``src`` (ascending reads best), copied out of a map closed after."""
         # No reference to the map outlives this line, so it closes (and frees its descriptor) here.
         return np.array(np.load(self.vec_path, mmap_mode="r", allow_pickle=False)[src], dtype=np.float32)
+
+    def intact(self, src: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+        """Which of the ``vectors`` read from rows ``src`` match the digests stored (a shard
+        without them: which are finite). Shapes: src (R,), vectors (R, D) -> (R,) bool"""
+        self.labels()
+        if len(self._digests):
+            return row_digest(vectors) == self._digests[src]
+        return np.isfinite(vectors).all(axis=1)
 
 
 class _EncoderStore:
@@ -327,10 +374,17 @@ class FeatureCache:
             src = where[rows, 1]
             order = np.argsort(src)  # sorted reads from the memory map
             try:
-                out[rows[order]] = store.shards[s].rows(src[order])
+                vectors = store.shards[s].rows(src[order])
             except _DAMAGED as e:  # gone since it was listed (another process compacted), or damaged: misses
                 logger.warning("feature cache: ignoring unreadable shard %s (%s)", store.shards[s].vec_path, e)
                 hit[rows] = False
+                continue
+            good = store.shards[s].intact(src[order], vectors)
+            if not good.all():
+                logger.warning("feature cache: %d damaged vector(s) in %s ignored (encoded again)", int((~good).sum()),
+                               store.shards[s].vec_path)
+                hit[rows[order][~good]] = False
+            out[rows[order][good]] = vectors[good]
         if not hit.any():
             return None, list(range(n))
         return out, np.flatnonzero(~hit).tolist()
@@ -377,13 +431,16 @@ class FeatureCache:
     def _write_shard(
         self, store: _EncoderStore, key64: np.ndarray, ids: np.ndarray, hashes: np.ndarray, vectors: np.ndarray
     ) -> None:
-        existing = [int(m.group(1)) for m in map(_SHARD_RE.match, os.listdir(store.directory)) if m]
+        names = os.listdir(store.directory)
+        _remove_stale_temporaries(store.directory, names)
+        existing = [int(m.group(1)) for m in map(_SHARD_RE.match, names) if m]
         stem = f"shard-{max(existing, default=-1) + 1:012d}-{uuid.uuid4().hex[:8]}"
         tmp_vec = store.directory / f".tmp-{stem}.vec.npy"
         tmp_keys = store.directory / f".tmp-{stem}.keys.npz"
         try:
             _fsync_write(tmp_vec, lambda f: np.save(f, vectors, allow_pickle=False))
-            _fsync_write(tmp_keys, lambda f: np.savez(f, key64=key64, item_id=ids, content_hash=hashes))
+            _fsync_write(tmp_keys, lambda f: np.savez(f, key64=key64, item_id=ids, content_hash=hashes,
+                                                      digest=row_digest(vectors)))
             os.replace(tmp_vec, store.directory / f"{stem}.vec.npy")
             os.replace(tmp_keys, store.directory / f"{stem}.keys.npz")  # the commit point
             _fsync_dir(store.directory)
@@ -409,13 +466,17 @@ class FeatureCache:
         ids = np.empty(len(where), dtype=object)
         hashes = np.empty(len(where), dtype=object)
         vectors = np.empty((len(where), store.dim), dtype=np.float32)  # [K, D]
+        keep = np.ones(len(where), dtype=bool)  # a damaged vector is left out (a miss), not given a new digest
         for s, shard in enumerate(old):
             rows = np.flatnonzero(where[:, 0] == s)
             src = where[rows, 1]
             sid, shash = shard.labels()
             ids[rows], hashes[rows] = sid[src], shash[src]
             vectors[rows] = shard.rows(src)
-        self._write_shard(store, store._keys.copy(), ids.astype(str), hashes.astype(str), vectors)
+            keep[rows] = shard.intact(src, vectors[rows])
+        if not keep.all():
+            logger.warning("feature cache: %d damaged vector(s) left out of the compacted shard", int((~keep).sum()))
+        self._write_shard(store, store._keys[keep], ids[keep].astype(str), hashes[keep].astype(str), vectors[keep])
         for shard in old:
             shard.keys_path.unlink(missing_ok=True)  # uncommit first, then drop the data
             shard.vec_path.unlink(missing_ok=True)
@@ -476,6 +537,12 @@ def encode_with_cache(
             out = np.zeros((n, fresh.shape[1]), dtype=np.float32)  # [N, D]
         elif out.shape[1] != fresh.shape[1]:
             raise ValueError(f"cached vectors are {out.shape[1]}-d but the encoder returned {fresh.shape[1]}-d")
-        cache.put(encoder_id, [keys[i] for i in rows], fresh)  # durable before the next chunk starts
+        if cache is not None:
+            try:
+                cache.put(encoder_id, [keys[i] for i in rows], fresh)  # durable before the next chunk starts
+            except OSError as e:  # a full disk, a read-only cache: the vectors are good, only not kept
+                logger.warning("feature cache: cannot write to %s (%s): going on without caching", cache.root,
+                               e.strerror or e)
+                cache = None
         out[rows] = fresh
     return out, len(missing)

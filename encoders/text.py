@@ -70,8 +70,13 @@ def sentence_transformers_pooling(directory: Path) -> str:
         config = json.loads((directory / kinds["Pooling"].get("path", "") / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return "mean"
-    modes = [k.removeprefix("pooling_mode_") for k, v in config.items() if k.startswith("pooling_mode_") and v is True]
-    named = {"mean_tokens": "mean", "mean_sqrt_len_tokens": "mean", "cls_token": "cls", "max_tokens": "max"}
+    given = config.get("pooling_mode")  # sentence-transformers >= 5 writes {"pooling_mode": "cls"} (or a list)
+    if given is not None:
+        modes = [given] if isinstance(given, str) else [str(m) for m in given] if isinstance(given, list) else [str(given)]
+    else:  # the older form: one true/false key a mode
+        modes = [k.removeprefix("pooling_mode_") for k, v in config.items() if k.startswith("pooling_mode_") and v is True]
+    named = {"mean_tokens": "mean", "mean_sqrt_len_tokens": "mean", "cls_token": "cls", "max_tokens": "max",
+             "mean": "mean", "mean_sqrt_len": "mean", "cls": "cls", "max": "max"}
     chosen = {named.get(m, m) for m in modes} or {"mean"}
     if len(chosen) > 1 or not chosen <= {"mean", "cls", "max"}:
         raise ValueError(f"{directory}: sentence-transformers pooling {' + '.join(modes)} is not supported "
@@ -428,16 +433,25 @@ class TextEncoder:
         with bar:
             for start in range(0, len(texts), chunk):
                 ids = self._tokens(texts[start : start + chunk])
-                cut += sum(len(s) >= self.max_length for s in ids)
+                cut += self._cut([texts[start + i] for i, s in enumerate(ids) if len(s) >= self.max_length])
                 order = np.argsort([-len(s) for s in ids], kind="stable")  # longest first: memory peaks early
                 for rows in self._batches(order, [len(s) for s in ids]):
                     input_ids, mask = self._pad([ids[i] for i in rows])
                     out[start + rows] = self._forward(input_ids, mask).cpu().numpy()  # [B, D_t]
                     bar.update(len(rows))
         if cut:  # (two long texts that differ only past the limit read the same, silently)
-            logger.info("%s: %d of %d texts reached the %d-token limit and were cut there (max_length)", self.name,
+            logger.info("%s: %d of %d texts were longer than the %d-token limit and were cut there (max_length)", self.name,
                         cut, len(texts), self.max_length)
         return out
+
+    def _cut(self, full_length: list[str]) -> int:
+        """How many of the texts whose tokens fill ``max_length`` were longer (tokenized again,
+        whole: one of exactly ``max_length`` tokens lost nothing)."""
+        if not full_length:
+            return 0
+        whole = self.tokenizer(full_length, truncation=False, padding=False, return_attention_mask=False,
+                               return_token_type_ids=False, verbose=False)["input_ids"]
+        return sum(len(s) > self.max_length for s in whole)
 
     def _batches(self, order: np.ndarray, lengths: list[int]) -> Iterator[np.ndarray]:
         """Split length-sorted (longest first) positions into batches within both caps."""

@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import stat
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,7 +71,7 @@ def atomic_directory(final: Path, *, overwrite: bool = False) -> Iterator[Path]:
     """
     final = Path(final)
     if final.exists() and not overwrite:
-        raise FileExistsError(f"{final} already exists; pass overwrite=True to replace it")
+        raise FileExistsError(f"{final} already exists: --overwrite (overwrite=True in Python) replaces it")
     final.parent.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex[:12]
     tmp = final.parent / f".{final.name}.tmp-{token}"
@@ -120,6 +121,8 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
     else:
         shutil.rmtree(path, ignore_errors=True)
+        if path.exists():  # (another user's files in it, say: it stayed, a whole copy, unsaid)
+            logger.warning("the version replaced could not be deleted: %s is left (delete it by hand)", path)
 
 
 def _sync_tree(root: Path) -> None:
@@ -224,8 +227,8 @@ def writer_lock(directory: Path) -> Iterator[None]:
     except ImportError:  # pragma: no cover - not on Linux
         yield
         return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
+    while True:
+        fd = os.open(directory, os.O_RDONLY)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -234,6 +237,21 @@ def writer_lock(directory: Path) -> Iterator[None]:
                 fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError as e:  # a filesystem without flock on directories (some NFS): the version check remains
             logger.debug("no lock on %s (%s)", directory, e)
+            break
+        # The lock is on the folder opened, not on its name: one the writer before published in its
+        # place is another folder, whose lock a third writer could take meanwhile (a train --overwrite
+        # that waited was then replaced by that writer, silently). Lock the one there now instead.
+        try:
+            now = os.stat(directory)
+        except FileNotFoundError:  # (between that writer's two renames: it is back in a moment)
+            now = None
+        held = os.fstat(fd)
+        if now is not None and (now.st_ino, now.st_dev) == (held.st_ino, held.st_dev):
+            break
+        os.close(fd)
+        if now is None:
+            time.sleep(0.01)
+    try:
         yield
     finally:
         os.close(fd)  # closing releases the lock

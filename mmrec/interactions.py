@@ -413,18 +413,27 @@ def _refuse_twice(path: Path, header: list[str]) -> None:
                                for c in twice])
 
 
-def _warn_unread_lookalikes(path: Path, header: list[str]) -> None:
-    """Warn about a column that is not read but looks meant to be (``Split``, ``Rating``; MMRec's
-    ``x_label``): with ``--split auto`` a ``Split`` column was silently replaced by a random split."""
+def _lookalikes(header: list[str]) -> list[tuple[str, str]]:
+    """``(column meant, why it is not read)`` for each column that looks meant as an optional
+    column it does not name (``Split``, ``Rating``; MMRec's ``x_label``)."""
+    said = []
     for name in OPTIONAL_COLUMNS:
         if name in header:
             continue
         for c in header:
             if c.lower() == name:
-                logger.warning("%s: column %r is not read: the column read is %r, in lower case", path, c, name)
+                said.append((name, f"column {c!r} is not read: the column read is {name!r}, in lower case"))
             elif name == "split" and c.lower() == "x_label":
-                logger.warning("%s: column %r is not read: the split is read from a column 'split' of train / valid / "
-                               "test (MMRec's x_label 0 / 1 / 2 are those three)", path, c)
+                said.append((name, f"column {c!r} is not read: the split is read from a column 'split' of train / "
+                                   "valid / test (MMRec's x_label 0 / 1 / 2 are those three)"))
+    return said
+
+
+def _warn_unread_lookalikes(path: Path, header: list[str]) -> None:
+    """Warn about the :func:`_lookalikes`: with ``--split auto`` a ``Split`` column was silently
+    replaced by a random split."""
+    for _, said in _lookalikes(header):
+        logger.warning("%s: %s", path, said)
 
 
 def check_columns(path: str | Path, *, split: str = "auto", rating_threshold: float | None = None) -> None:
@@ -458,11 +467,16 @@ def check_columns(path: str | Path, *, split: str = "auto", rating_threshold: fl
     if any(c not in header for c in REQUIRED_COLUMNS):
         return  # load_interactions names them (and a file that is not UTF-8)
     _refuse_twice(path, header)
+    # (a refusal below for want of "split" said nothing of a "Split" column there)
+    hint = {name: f" ({said})" for name, said in reversed(_lookalikes(header))}
     if rating_threshold is not None and "rating" not in header:
-        raise DataError(path, [Problem(None, "rating", NO_RATING_COLUMN)])
+        raise DataError(path, [Problem(None, "rating", NO_RATING_COLUMN + hint.get("rating", ""))])
     from mmrec.split import check_rule_columns  # (split reads this module)
 
-    check_rule_columns(split, has_split="split" in header, has_timestamps="timestamp" in header, source=path)
+    try:
+        check_rule_columns(split, has_split="split" in header, has_timestamps="timestamp" in header, source=path)
+    except ConfigError as e:
+        raise ConfigError(f"{e}{hint.get({'given': 'split', 'temporal': 'timestamp'}.get(split, ''), '')}") from None
 
 
 def _read_csv(path: Path, fmt: str, present: list[str], raw: dict[str, str]) -> pa.Table:

@@ -29,7 +29,7 @@ import re
 import stat
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence, Set as AbstractSet
+from collections.abc import Collection, Iterator, Mapping, Sequence, Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -442,21 +442,22 @@ def check_out(out: str | Path | None, overwrite: bool, inputs: Sequence[object] 
     _check_creatable(out)
 
 
-def _check_creatable(out: Path) -> None:
+def _check_creatable(out: Path, what: str | None = None) -> None:
     """Refuse an ``out`` that cannot be written where it is: below a file, or in a folder this
     process cannot create anything in (tried with an empty folder, removed at once). A symlinked
     ``out`` is written beside its target (:func:`index.persist.atomic_directory` of the resolved
-    path): that is the folder tried."""
+    path): that is the folder tried. ``what`` begins the message (default ``--out OUT cannot be
+    created``)."""
+    what = what or f"--out {out} cannot be created"
     ancestor = out.resolve().parent
     while not ancestor.exists() and not ancestor.is_symlink() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise MMRecError(f"--out {out} cannot be created: {ancestor} is not a directory")
+        raise MMRecError(f"{what}: {ancestor} is not a directory")
     try:
         shutil.rmtree(tempfile.mkdtemp(prefix=".mmrec-probe-", dir=ancestor))
     except OSError as e:
-        raise MMRecError(f"--out {out} cannot be created: nothing can be written in {ancestor} "
-                         f"({e.strerror or e})") from None
+        raise MMRecError(f"{what}: nothing can be written in {ancestor} ({e.strerror or e})") from None
 
 
 def read_whole(directory: Path, read: Any, attempts: int = 3) -> Any:
@@ -518,18 +519,18 @@ def make_encoder(modality: str, spec: dict, show_progress: bool = True, device: 
                         device=device)
 
 
-def local_path(value: str | Path | None) -> str | None:
+def local_path(value: str | Path | None, names: Collection[str] = ("default",)) -> str | None:
     """An encoder argument as the manifest keeps it: a path that exists, absolute (a relative one
-    only worked from the directory the index was built in), anything else (``"default"``, a hub
-    name, ``None``) as given."""
+    only worked from the directory the index was built in), anything else (``None``, a hub name,
+    one of the ``names`` the encoder reads as a name before any path) as given."""
     if value is None:
         return None
     path = Path(value).expanduser()
-    return str(path.resolve()) if str(value) != "default" and path.exists() else str(value)
+    return str(path.resolve()) if str(value) not in names and path.exists() else str(value)
 
 
-def encoder_spec(encoder, model: str | Path, **extra) -> dict:
-    return {"model": local_path(model), "identity": encoder.identity, "dim": int(encoder.dim), **extra}
+def encoder_spec(encoder, model: str | Path, names: Collection[str] = ("default",), **extra) -> dict:
+    return {"model": local_path(model, names), "identity": encoder.identity, "dim": int(encoder.dim), **extra}
 
 
 def encoded_modalities(text_encoder: str | Path | None, image_encoder: str | Path | None) -> list[str]:
@@ -585,7 +586,11 @@ def catalog_encoders(
             )
         except (ValueError, OSError) as e:
             raise ConfigError(f"image encoder {image_encoder}: {e}") from e
-        specs["image"] = encoder_spec(encoders["image"], image_encoder,
+        from encoders.image import DEFAULT_IMAGE_MODEL, torchvision_names
+
+        # (ImageEncoder reads these as names before any path: a folder "resnet18" beside it is no model)
+        named = ("default", DEFAULT_IMAGE_MODEL, *torchvision_names())
+        specs["image"] = encoder_spec(encoders["image"], image_encoder, named,
                                       weights=local_path(image_weights) if image_weights else None)
     return encoders, specs
 
@@ -1109,6 +1114,8 @@ class ItemIndex:
         if self.directory is not None:
             self._check_unchanged()  # first: another command's files are no reason to move anything
             check_rewrite(self.directory, self.manifest, "run this")
+            # (a read-only disk failed only after every new item was encoded, in the temporary folder's name)
+            _check_creatable(self.directory, f"{self.directory} cannot be rewritten (nothing was changed)")
 
     def _check_unchanged(self) -> None:
         if manifest_stamp(self.directory) != self._stamp:

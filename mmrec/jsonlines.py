@@ -7,42 +7,52 @@ its 1-based row here (pyarrow counts from 0).
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 from mmrec.errors import DataError, Problem, utf8_problem
 
 _ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")  # (in the file's text: a JSON escape of one)
 _SURROGATE = re.compile("[\ud800-\udfff]")
+logger = logging.getLogger(__name__)
 
 
-def _lone_surrogate(value: Any) -> str | None:
-    """The first lone surrogate in a decoded JSON value (a pair decodes to one character)."""
+def _mend(value: Any) -> tuple[Any, str | None]:
+    """``value`` with each lone surrogate in its strings replaced by U+FFFD, and the first one found."""
     if isinstance(value, str):
         m = _SURROGATE.search(value)
-        return m[0] if m else None
-    items = value.items() if isinstance(value, dict) else value if isinstance(value, list) else ()
-    for item in items:
-        found = _lone_surrogate(item)
-        if found:
-            return found
-    return None
+        return (value, None) if m is None else (_SURROGATE.sub("\ufffd", value), m[0])
+    if isinstance(value, (list, dict)):
+        pairs = [(_mend(k), _mend(v)) for k, v in (value.items() if isinstance(value, dict) else enumerate(value))]
+        first = next((f for (_, fk), (_, fv) in pairs for f in (fk, fv) if f), None)
+        if isinstance(value, list):
+            return [v for _, (v, _) in pairs], first
+        return {k: v for (k, _), (v, _) in pairs}, first
+    return value, None
 
 
-def _refuse_lone_surrogates(path: Path, objects: list[Any], text: str) -> None:
-    """Refuse the rows whose strings hold a lone surrogate (``"\\ud800"``: JSON allows the escape,
-    but it is no character; writing it as UTF-8 failed later with a bare UnicodeEncodeError)."""
-    if not _ESCAPED_SURROGATE.search(text):
-        return
-    problems = []
-    for row, obj in enumerate(objects, start=1):
-        if isinstance(obj, dict):
-            problems += [Problem(row, str(k).encode("utf-8", "backslashreplace").decode("utf-8"),
-                                 f"holds a lone surrogate ({_lone_surrogate([k, v])!r}): not Unicode text")
-                         for k, v in obj.items() if _lone_surrogate([k, v])]
-    if problems:
-        raise DataError(path, problems)
+def _mend_lone_surrogates(path: Path, rows: Iterable[tuple[int, Any]]) -> None:
+    """Replace, in place, each lone surrogate of the ``(row, object)`` pairs' strings
+    (``"\\ud83d"``, half of an emoji cut by a truncation: JSON allows the escape, but it is no
+    character, and writing it as UTF-8 failed later with a bare UnicodeEncodeError) by U+FFFD,
+    naming the first rows in a warning. The caller passes the rows whose text holds the escape of
+    a surrogate (a pair, an emoji written by an ASCII-only writer, is one too)."""
+    found = []
+    for row, obj in rows:
+        if not isinstance(obj, dict):
+            continue
+        mended, first = _mend(obj)
+        if first is not None:
+            field = next(k for k, v in obj.items() if _mend([k, v])[1])
+            obj.clear()
+            obj.update(mended)
+            found.append(f"row {row}, field {_mend(field)[0]!r} ({first!r})")
+    if found:
+        logger.warning("%s: %d row(s) hold a lone surrogate, half of a character (a cut emoji?), read as U+FFFD: %s%s",
+                       path, len(found), "; ".join(found[:5]), " ..." if len(found) > 5 else "")
 
 
 def read_objects(path: str | Path) -> list[dict[str, Any]]:
@@ -69,7 +79,8 @@ def read_objects(path: str | Path) -> list[dict[str, Any]]:
         if not isinstance(obj, dict):
             raise DataError(path, [Problem(row, None, f"not a JSON object (a {type(obj).__name__})")])
         objects.append(obj)
-    _refuse_lone_surrogates(path, objects, "".join(lines))
+    _mend_lone_surrogates(path, ((row, objects[row - 1]) for row, line in enumerate(lines, start=1)
+                                 if "\\u" in line and _ESCAPED_SURROGATE.search(line)))
     return objects
 
 
@@ -109,5 +120,6 @@ def read_json_rows(path: str | Path) -> list[dict[str, Any]]:
              for row, obj in enumerate(data, start=1) if not isinstance(obj, dict)]
     if wrong:
         raise DataError(path, wrong)
-    _refuse_lone_surrogates(path, data, text)
+    if _ESCAPED_SURROGATE.search(text):
+        _mend_lone_surrogates(path, enumerate(data, start=1))
     return data

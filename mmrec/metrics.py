@@ -107,6 +107,8 @@ def rank_topk(
     num_items = exclude.shape[1]
     kk = min(k, num_items)
     out = np.full((len(users), k), -1, dtype=np.int64)
+    if num_items == 0:  # nothing to rank: every slot empty
+        return out
     batch_size = min(batch_size, max(1, SCORE_BYTES // (4 * max(num_items, 1))))
     starts = range(0, len(users), batch_size)
     with torch.no_grad():
@@ -118,7 +120,11 @@ def rank_topk(
                     f"score_fn returned shape {tuple(scores.shape)}, expected ({len(batch)}, {num_items})"
                 )
             # [B, N], ours to mask: the scorer's own when it says so (a new float32 tensor), else a copy
-            wide = scores.dtype == torch.float64 or not (scores.dtype.is_floating_point or scores.dtype == torch.bool)
+            # float64 as given; integers in float64 only when float32 would round some (past 2**24, as
+            # popularity counts rarely are: the batch budget counts 4 bytes a score)
+            wide = scores.dtype == torch.float64 or (
+                not (scores.dtype.is_floating_point or scores.dtype == torch.bool)
+                and scores.numel() > 0 and max(-int(scores.min()), int(scores.max())) > 2**24)
             if not (fresh_scores and scores.dtype == torch.float32):
                 scores = scores.to(torch.float64 if wide else torch.float32, copy=True)
             sub = exclude[batch]
@@ -149,14 +155,24 @@ def _ties_by_index(scores: Tensor, values: Tensor, index: Tensor, k: int) -> tup
     last = values[:, -1:]  # [B, 1]
     kept = (values == last).sum(dim=1)  # of the tied items, how many topk kept
     over = crosses.to(values.device) & (last[:, 0] > -torch.inf)  # there were more to choose from
-    if over.any():  # (rare with learned float scores): the lowest indices of the tied, in their slots
-        rows = over.nonzero()[:, 0]
-        tied = scores[rows] == last[rows]  # [R, N]
-        rank = tied.cumsum(dim=1)  # 1-based rank of each tied item by index
-        take = tied & (rank <= kept[rows, None])
-        r, col = take.nonzero(as_tuple=True)  # row-major: each row's columns ascending
-        slot = values.shape[1] - kept[rows][r] + rank[r, col] - 1
-        index[rows[r], slot] = col
+    n = scores.shape[1]
+    # The tied items keyed N - index (the others -1), the top `kept` of them: the lowest indices,
+    # ascending. Rows in slices (views, no copies; rare with learned float scores, every row with
+    # counts as scores), their [R, N] keys and mask within SCORE_BYTES as the scores are.
+    chunk = max(1, SCORE_BYTES // (5 * max(n, 1)))
+    descending = torch.arange(n, 0, -1, dtype=torch.int32 if n < 2**31 else torch.int64, device=scores.device)
+    for a in range(0, len(values), chunk) if over.any() else ():
+        b = a + chunk
+        want = torch.where(over[a:b], kept[a:b], 0)  # [R]: none for the rows without a crossing tie
+        if not want.any():
+            continue
+        key = torch.where(scores[a:b] == last[a:b], descending, -1)  # [R, N]
+        _, lowest = key.topk(int(want.max()), dim=1)  # [R, M]
+        j = torch.arange(lowest.shape[1], device=scores.device)
+        fill = j < want[:, None]  # [R, M]: each row's first `kept` of them
+        slots = k - want[:, None] + j  # [R, M]: the list's last `kept` slots, in order
+        rows = torch.arange(a, a + len(want), device=scores.device)[:, None].expand_as(slots)
+        index[rows[fill], slots[fill]] = lowest[fill]
     by_index, order = index.sort(dim=1)
     _, by_score = values.gather(1, order).sort(dim=1, descending=True, stable=True)
     return values, by_index.gather(1, by_score)

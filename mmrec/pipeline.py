@@ -233,7 +233,8 @@ def _say_untrained_users(inter: Interactions, kept: np.ndarray | None) -> None:
                        "user by their items)", drawn, len(inter.user_ids), where)
     if kept.any():
         logger.info("%d of %d users have no training interaction (%s) and keep their source embedding: they are "
-                    "placed by what they liked in the source data", int(kept.sum()), len(inter.user_ids), where)
+                    "placed by what the source model learned of them (nothing, for a user without training rows "
+                    "there either)", int(kept.sum()), len(inter.user_ids), where)
 
 
 def fit(

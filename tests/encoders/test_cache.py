@@ -154,6 +154,35 @@ def test_encode_with_cache_keeps_finished_chunks_when_encoding_fails(tmp_path):
         encode_with_cache(enc, ENC, ids, texts, hashes, FeatureCache(tmp_path), chunk_size=0)
 
 
+def test_a_cache_that_cannot_be_written_leaves_the_encoding_whole(tmp_path, monkeypatch, caplog):
+    ids, texts, hashes, enc, oracle = _encoded_catalog(50)
+    cache, puts = FeatureCache(tmp_path), []
+
+    def full_disk(*args):
+        puts.append(args)
+        raise OSError(28, "No space left on device")  # (numpy's own words were "115200 requested and 50144 written")
+
+    monkeypatch.setattr(cache, "put", full_disk)
+    with caplog.at_level("WARNING", logger="encoders.cache"):
+        vecs, n = encode_with_cache(enc, ENC, ids, texts, hashes, cache, chunk_size=20)
+    assert n == 50 and len(puts) == 1 and len(enc.calls) == 3  # tried once, then no more
+    np.testing.assert_array_equal(vecs, oracle)
+    assert f"feature cache: cannot write to {tmp_path} (No space left on device): going on without caching" in caplog.text
+
+
+def test_a_killed_writers_temporary_files_are_deleted_once_a_day_old(tmp_path):
+    cache = FeatureCache(tmp_path)
+    cache.put(ENC, [(1, "a")], np.ones((1, 2), np.float32))
+    store = next(p for p in tmp_path.iterdir() if p.is_dir())
+    old, fresh = store / ".tmp-shard-000000000009-deadbeef.vec.npy", store / ".tmp-meta-12345678"
+    for path in (old, fresh):
+        path.write_bytes(b"x" * 100)
+    os.utime(old, (0, os.path.getmtime(old) - cache_mod.STALE_SECONDS - 60))  # (they stayed for good)
+    cache.put(ENC, [(2, "b")], np.ones((1, 2), np.float32))
+    assert not old.exists() and fresh.exists()  # another process's write in progress is left alone
+    assert cache.get(ENC, [(1, "a"), (2, "b")])[1] == []
+
+
 def test_interrupted_put_leaves_cache_usable(tmp_path, monkeypatch):
     cache = FeatureCache(tmp_path)
     cache.put(ENC, [(1, "a")], np.ones((1, 2), np.float32))
@@ -260,6 +289,56 @@ def test_a_key_file_damaged_anywhere_gives_misses_never_an_error_or_a_wrong_vect
         assert got is None or np.array_equal(got[found], vecs[found]), at
     key_file.write_bytes(data)
     assert FeatureCache(tmp_path / "clean").get(ENC, keys)[1] == []
+
+
+def test_a_vector_damaged_on_disk_is_a_miss_never_a_wrong_vector(tmp_path, caplog):
+    # four bytes changed in a shard's vectors were used as they were: the skewed catalog mean ruined every similarity
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(40, 8)).astype(np.float32)
+    keys = [(i, f"h{i}") for i in range(40)]
+    FeatureCache(tmp_path).put(ENC, keys, vecs)
+    vec_file = next(tmp_path.rglob("*.vec.npy"))
+    data = vec_file.read_bytes()
+    header = len(data) - vecs.nbytes
+    for row, word, patch in ((0, 0, b"\x7f\x7f\x7f\x7f"), (17, 5, b"\x00\x00\xc0\x7f"), (39, 7, b"\x01\x00\x00\x00")):
+        broken = bytearray(data)
+        at = header + (row * 8 + word) * 4
+        broken[at : at + 4] = patch  # a huge number, a NaN, a denormal in place of the float
+        vec_file.write_bytes(bytes(broken))
+        caplog.clear()
+        got, missing = FeatureCache(tmp_path).get(ENC, keys)
+        assert missing == [row] and np.array_equal(np.delete(got, row, 0), np.delete(vecs, row, 0))
+        assert "feature cache: 1 damaged vector(s) in" in caplog.text
+        cache = FeatureCache(tmp_path)  # compacting leaves it out, rather than giving it a digest of its own
+        cache.put(ENC, [(99, "x")], vecs[:1])
+        cache.compact(ENC)
+        assert FeatureCache(tmp_path).get(ENC, keys)[1] == [row]
+        FeatureCache(tmp_path).put(ENC, keys, vecs)  # encoded again
+        vec_file = max(tmp_path.rglob("*.vec.npy"))
+        data = vec_file.read_bytes()
+        header = len(data) - vecs.nbytes
+    # a shard written before digests is checked for being finite
+    old = tmp_path / "old"
+    FeatureCache(old).put(ENC, keys[:2], vecs[:2])
+    key_file, vec_file = next(old.rglob("*.keys.npz")), next(old.rglob("*.vec.npy"))
+    with np.load(key_file) as z:
+        columns = {k: z[k] for k in z.files if k != "digest"}
+    with open(key_file, "wb") as f:
+        np.savez(f, **columns)
+    np.save(vec_file, np.array([[np.nan] * 8, vecs[1]], np.float32))
+    got, missing = FeatureCache(old).get(ENC, keys[:2])
+    assert missing == [0] and np.array_equal(got[1], vecs[1])
+
+
+def test_row_digest_sees_a_change_in_any_word():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(50, 16)).astype(np.float32)
+    d = cache_mod.row_digest(x)
+    assert d.dtype == np.uint64 and len(set(d.tolist())) == 50
+    for r, c in ((0, 0), (10, 15), (49, 7)):
+        y = x.copy()
+        y.view(np.uint32)[r, c] ^= 1  # one bit of one word
+        assert (cache_mod.row_digest(y) != d).tolist() == [i == r for i in range(50)]
 
 
 @pytest.mark.parametrize("damage", ["truncated", "deleted", "no dim"])

@@ -244,6 +244,16 @@ def test_sentence_transformers_pooling_is_followed_and_kept_by_a_saved_copy(tiny
     odd = _with_pooling(tiny_bert_dir, tmp_path / "odd", cls_token=True, mean_tokens=True)
     with pytest.raises(ValueError, match=r"sentence-transformers pooling cls_token \+ mean_tokens is not supported"):
         TextEncoder(odd, show_progress=False)
+    # sentence-transformers 5+ writes {"pooling_mode": "cls"}: it was read as mean
+    import json
+
+    for mode, pool in (("cls", "cls"), (["max"], "max"), ("mean_sqrt_len_tokens", "mean")):
+        (cls_dir / "1_Pooling" / "config.json").write_text(json.dumps({"embedding_dimension": 32, "pooling_mode": mode}))
+        assert TextEncoder(cls_dir, show_progress=False).pooling == pool
+    for mode, said in (("lasttoken", "lasttoken"), (["cls", "mean"], "cls \\+ mean")):
+        (cls_dir / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode": mode}))
+        with pytest.raises(ValueError, match=rf"sentence-transformers pooling {said} is not supported"):
+            TextEncoder(cls_dir, show_progress=False)
 
 
 def test_long_texts_are_counted_when_cut_and_roberta_positions_leave_room_for_the_offset(tiny_bert_dir, tmp_path,
@@ -251,7 +261,8 @@ def test_long_texts_are_counted_when_cut_and_roberta_positions_leave_room_for_th
     enc = TextEncoder(tiny_bert_dir, max_length=8, show_progress=False)
     with caplog.at_level("INFO", logger="encoders.text"):
         enc.encode(["the cat sat on the mat with a dog", "a dog", "the cat sat on the mat"])  # 11, 4 and 8 tokens
-    assert "tiny-bert: 2 of 3 texts reached the 8-token limit and were cut there (max_length)" in caplog.text
+    # (the text of exactly 8 tokens lost nothing: it was counted as cut)
+    assert "tiny-bert: 1 of 3 texts were longer than the 8-token limit and were cut there (max_length)" in caplog.text
     from transformers import RobertaConfig, RobertaModel
 
     roberta = tmp_path / "roberta"  # 514 positions hold 512 tokens: --max-length 514 crashed (index 514 out of bounds)

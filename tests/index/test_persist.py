@@ -3,6 +3,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
+import time
 
 import numpy as np
 import pytest
@@ -45,7 +47,7 @@ def test_atomic_directory_refuses_existing_without_overwrite(tmp_path):
     final = tmp_path / "model"
     final.mkdir()
     (final / "old.txt").write_text("old")
-    with pytest.raises(FileExistsError, match="model already exists; pass overwrite=True"):
+    with pytest.raises(FileExistsError, match=r"model already exists: --overwrite \(overwrite=True in Python\) replaces it"):
         with atomic_directory(final):
             pytest.fail("body must not run")
     assert entries(final) == ["old.txt"] and entries(tmp_path) == ["model"]
@@ -129,6 +131,20 @@ def test_an_interrupt_between_the_two_renames_puts_the_old_version_back(tmp_path
     with atomic_directory(final, overwrite=True) as tmp:
         (tmp / "new.txt").write_text("new")
     assert interrupted and entries(final) == ["new.txt"] and entries(tmp_path) == ["model"]
+
+
+def test_a_replaced_version_that_cannot_be_deleted_is_named(tmp_path, monkeypatch, caplog):
+    import index.persist as persist
+
+    final = tmp_path / "model"
+    with atomic_directory(final) as tmp:
+        (tmp / "a.txt").write_text("a")
+    monkeypatch.setattr(persist.shutil, "rmtree", lambda path, **kw: None)  # (another user's files in it)
+    with caplog.at_level("WARNING", logger="index.persist"):
+        with atomic_directory(final, overwrite=True) as tmp:
+            (tmp / "b.txt").write_text("b")
+    left = [p for p in tmp_path.iterdir() if p.name.startswith(".model.old-")]
+    assert len(left) == 1 and f"the version replaced could not be deleted: {left[0]} is left" in caplog.text
 
 
 @pytest.mark.parametrize("overwrite", [False, True])
@@ -216,6 +232,39 @@ def test_a_rewrite_keeps_the_group_of_the_version_it_replaces(tmp_path):
         (tmp / "sub").mkdir()
         (tmp / "sub" / "c.bin").write_bytes(b"c")
     assert {p.stat().st_gid for p in (final, final / "a.bin", final / "sub", final / "sub" / "c.bin")} == {group}
+
+
+def test_a_writer_that_waited_locks_the_folder_now_at_the_path_not_the_one_replaced(tmp_path):
+    import fcntl
+    import threading
+
+    from index.persist import writer_lock
+
+    # it held the lock of the replaced folder, so a third writer locked the new one and both wrote
+    final = tmp_path / "model"
+    final.mkdir()
+    got, release = threading.Event(), threading.Event()
+
+    def second():
+        with writer_lock(final):
+            got.set()
+            release.wait(30)
+
+    with writer_lock(final):
+        waiter = threading.Thread(target=second)
+        waiter.start()
+        time.sleep(0.2)  # waiting on the first folder's lock
+        with atomic_directory(final, overwrite=True) as tmp:  # the first writer publishes a new folder
+            (tmp / "new.txt").write_text("new")
+    assert got.wait(30)
+    third = os.open(final, os.O_RDONLY)  # the folder there now is the one the second writer holds
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(third, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(third)
+        release.set()
+        waiter.join(30)
 
 
 def test_writer_lock_is_exclusive_and_manifest_stamp_sees_every_rewrite(tmp_path):

@@ -48,4 +48,6 @@ def write_planted(tmp_path: Path, users: int = 48, items: int = 32, clusters: in
 
 
 # Tiny random encoders shared with the encoder tests (built once per session, no downloads).
-from tests.encoders.conftest import image_paths, tiny_bert_dir, tiny_clip_text_dir, tiny_vit_dir  # noqa: E402,F401
+from tests.encoders.conftest import (  # noqa: E402,F401
+    image_paths, resnet18_weights, tiny_bert_dir, tiny_clip_text_dir, tiny_vit_dir,
+)

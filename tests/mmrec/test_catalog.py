@@ -757,20 +757,19 @@ def test_every_picture_failing_is_refused_for_a_new_index_only(tmp_path):
     assert str(e.value).count("row 1") == 1
 
 
-def test_a_lone_surrogate_in_json_text_is_named_by_row_and_field(tmp_path):
+def test_a_lone_surrogate_in_json_text_is_read_as_a_replacement_character(tmp_path, caplog):
     from mmrec.interactions import load_interactions
 
-    # it failed later, writing the text as UTF-8, with a bare UnicodeEncodeError
+    # it failed later, writing the text as UTF-8, with a bare UnicodeEncodeError (half of an emoji, cut)
     (tmp_path / "items.jsonl").write_text('{"item_id": 1, "title": "ok \\ud83d\\ude00"}\n'
-                                          '{"item_id": 2, "title": ["bad \\ud800 one"]}\n')
-    with pytest.raises(DataError, match=r"items\.jsonl: row 2, field 'title': holds a lone surrogate \('\\ud800'\): "
-                                        r"not Unicode text$"):
-        load_catalog(tmp_path / "items.jsonl", show_progress=False)
+                                          '{"item_id": 2, "title": "bad \\ud83d", "tags": ["x\\udfff"]}\n')
+    with caplog.at_level("WARNING", logger="mmrec.jsonlines"):
+        cat = load_catalog(tmp_path / "items.jsonl", show_progress=False)
+    assert cat.texts == ["ok \U0001F600", "bad \ufffd. x\ufffd"]
+    assert caplog.records[0].getMessage() == (
+        f"{tmp_path / 'items.jsonl'}: 1 row(s) hold a lone surrogate, half of a character (a cut emoji?), read as "
+        "U+FFFD: row 2, field 'title' ('\\ud83d')")
     (tmp_path / "items.json").write_text('[{"item_id": 1, "title": "fine"}, {"item_id": 2, "title": "x \\udfff"}]')
-    with pytest.raises(DataError, match=r"row 2, field 'title': holds a lone surrogate"):
-        load_catalog(tmp_path / "items.json", show_progress=False)
-    (tmp_path / "inter.jsonl").write_text('{"user_id": "u\\udc00", "item_id": 1}\n')
-    with pytest.raises(DataError, match=r"row 1, field 'user_id': holds a lone surrogate"):
-        load_interactions(tmp_path / "inter.jsonl")
-    (tmp_path / "pair.jsonl").write_text('{"item_id": 1, "title": "a pair \\ud83d\\ude00 is one character"}\n')
-    assert load_catalog(tmp_path / "pair.jsonl", show_progress=False).texts == ["a pair \U0001F600 is one character"]
+    assert load_catalog(tmp_path / "items.json", show_progress=False).texts == ["fine", "x \ufffd"]
+    (tmp_path / "inter.jsonl").write_text('{"user_id": "u1", "item_id": 1, "review": "great \\ud83d"}\n')
+    assert load_interactions(tmp_path / "inter.jsonl").user_ids == ["u1"]  # a column nobody reads refuses nothing

@@ -661,6 +661,15 @@ def test_a_split_or_rating_column_named_otherwise_is_warned_about(tmp_path, capl
         f"{tmp_path / 'i.csv'}: column 'Split' is not read: the column read is 'split', in lower case",
         f"{tmp_path / 'i.csv'}: column 'x_label' is not read: the split is read from a column 'split' of train / "
         "valid / test (MMRec's x_label 0 / 1 / 2 are those three)"]
+    # the checks before any encoding name them too (--split given said "this file has none", no more)
+    with pytest.raises(ConfigError, match=r"needs a split column .* has none: use --split auto or random \(column "
+                                          r"'Split' is not read: the column read is 'split', in lower case\)$"):
+        check_columns(tmp_path / "i.csv", split="given")
+    with pytest.raises(DataError, match=r"has no rating column \(column 'RATING' is not read"):
+        check_columns(tmp_path / "i.csv", rating_threshold=4)
+    with pytest.raises(ConfigError, match=r"needs a timestamp column, and this file has none: use a random split "
+                                          r"\(--split random\) or a file with timestamps$"):
+        check_columns(tmp_path / "i.csv", split="temporal")
     caplog.clear()
     (tmp_path / "j.csv").write_text("user_id,item_id,split,Split\n1,2,train,x\n1,3,test,y\n")
     with caplog.at_level("WARNING", logger="mmrec.interactions"):

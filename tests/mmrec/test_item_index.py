@@ -783,6 +783,14 @@ def test_a_relative_encoder_path_is_kept_absolute(tmp_path, tiny_bert_dir, monke
     ItemIndex.build("items.csv", "idx", text_encoder="models/bert", image_encoder="none", show_progress=False)
     spec = json.loads((tmp_path / "work" / "idx" / "manifest.json").read_text())["encoders"]["text"]
     assert spec["model"] == str((tmp_path / "work" / "models" / "bert").resolve())
+    # a torchvision name stays a name though a folder of that name is there (it was made a path, which then
+    # loaded as a model directory: "weights= applies to torchvision ... models, not to a model directory")
+    from mmrec.item_index import local_path
+
+    (tmp_path / "work" / "resnet18").mkdir()
+    assert local_path("resnet18", ("default", "resnet18")) == "resnet18"
+    assert local_path("resnet18") == str((tmp_path / "work" / "resnet18").resolve())
+    assert local_path("default") == "default" and local_path("org/model") == "org/model"
     monkeypatch.chdir(tmp_path)
     index = ItemIndex.load(tmp_path / "work" / "idx")
     assert [r.item_id for r in index.search_text("cat", k=3)] == [r.item_id for r in
@@ -799,3 +807,42 @@ def test_a_catalog_score_column_is_renamed_around_every_key_it_could_overwrite()
     assert Result(2, 0.5, fields).to_dict() == {"item_id": 2, "score": 0.5, "title": "banana bread",
                                                 "catalog.catalog.score": "4", "catalog.score": "Y"}
     assert shown_fields({"score": "4"}, ("score",)) == {"catalog.score": "4"}
+
+
+def test_a_torchvision_image_encoder_stays_a_name_beside_a_folder_of_that_name(tmp_path, image_paths,
+                                                                             resnet18_weights, monkeypatch):
+    from mmrec.item_index import ItemIndex
+
+    # the manifest held /.../resnet18 (the folder), and search --image then refused: "weights= applies to
+    # torchvision and EfficientNet-Lite0 models, not to a model directory"
+    (tmp_path / "resnet18").mkdir()
+    shutil.copy(resnet18_weights, tmp_path / "resnet18" / "w.pth")
+    shutil.copy(image_paths[0], tmp_path / "a.jpg")
+    shutil.copy(image_paths[4], tmp_path / "b.jpg")
+    (tmp_path / "items.csv").write_text("item_id,image\n1,a.jpg\n2,b.jpg\n")
+    monkeypatch.chdir(tmp_path)
+    ItemIndex.build("items.csv", "idx", text_encoder="none", image_encoder="resnet18",
+                    image_weights="resnet18/w.pth", show_progress=False)
+    spec = json.loads((tmp_path / "idx" / "manifest.json").read_text())["encoders"]["image"]
+    assert spec["model"] == "resnet18" and spec["weights"] == str((tmp_path / "resnet18" / "w.pth").resolve())
+    assert [r.item_id for r in ItemIndex.load("idx").search_image(tmp_path / "a.jpg", k=1)] == [1]
+
+
+def test_an_index_whose_folder_cannot_be_written_is_refused_before_any_encoding(tmp_path, monkeypatch):
+    import tempfile as tempfile_mod
+
+    from mmrec.item_index import ItemIndex
+
+    rng = np.random.default_rng(0)
+    ItemIndex.from_features([1, 2, 3], {"f": rng.normal(size=(3, 4)).astype(np.float32)},
+                           show_progress=False).save(tmp_path / "idx")
+    index = ItemIndex.load(tmp_path / "idx", show_progress=False)
+
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(tempfile_mod, "mkdtemp", read_only)
+    with pytest.raises(MMRecError, match=rf"{tmp_path / 'idx'} cannot be rewritten \(nothing was changed\): nothing can "
+                                         rf"be written in {tmp_path} \(Read-only file system\)"):
+        index.remove([2])
+    assert len(ItemIndex.load(tmp_path / "idx", show_progress=False)) == 3

@@ -127,6 +127,25 @@ def test_rank_topk_breaks_ties_by_index_whatever_k_and_ranks_wide_scores_exactly
                                             sp.csr_matrix((1, 3))), [[0, 1, 2]])
     big = np.array([[2**24 + 1, 2**24, 2**24 + 2]], dtype=np.int64)
     np.testing.assert_array_equal(rank_topk(lambda b: big, np.array([0]), 3, sp.csr_matrix((1, 3))), [[2, 0, 1]])
+    # no items: every slot empty (it raised IndexError)
+    np.testing.assert_array_equal(rank_topk(lambda b: torch.zeros(len(b), 0), np.arange(2), 3, sp.csr_matrix((2, 0))),
+                                  [[-1, -1, -1], [-1, -1, -1]])
+
+
+def test_tied_rows_are_resolved_in_slices_within_the_memory_budget(monkeypatch) -> None:
+    import mmrec.metrics as metrics
+
+    rng = np.random.default_rng(1)
+    counts = torch.from_numpy(rng.integers(0, 4, size=(40, 300)))  # int64 counts: ties in every row
+    exclude = sp.random(40, 300, density=0.2, format="csr", random_state=5)
+    whole = rank_topk(lambda u: counts[torch.from_numpy(u)], np.arange(40), 25, exclude)
+    monkeypatch.setattr(metrics, "SCORE_BYTES", 300 * 5 * 3)  # three rows a slice (and fewer users a batch)
+    sliced = rank_topk(lambda u: counts[torch.from_numpy(u)], np.arange(40), 25, exclude)
+    np.testing.assert_array_equal(sliced, whole)
+    for row in range(40):
+        s = counts[row].numpy().astype(np.float64)
+        s[exclude[row].indices] = -np.inf
+        np.testing.assert_array_equal(whole[row], np.lexsort((np.arange(300), -s))[:25])
 
 
 SCORES = torch.tensor(
