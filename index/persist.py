@@ -22,7 +22,6 @@ import logging
 import os
 import shutil
 import stat
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -243,14 +242,12 @@ def writer_lock(directory: Path) -> Iterator[None]:
         # that waited was then replaced by that writer, silently). Lock the one there now instead.
         try:
             now = os.stat(directory)
-        except FileNotFoundError:  # (between that writer's two renames: it is back in a moment)
-            now = None
+        except FileNotFoundError:  # deleted meanwhile: this lock is kept, and the version check says so
+            break
         held = os.fstat(fd)
-        if now is not None and (now.st_ino, now.st_dev) == (held.st_ino, held.st_dev):
+        if (now.st_ino, now.st_dev) == (held.st_ino, held.st_dev):
             break
         os.close(fd)
-        if now is None:
-            time.sleep(0.01)
     try:
         yield
     finally:

@@ -65,9 +65,9 @@ def print_results(results, as_json: bool, title_field: str | None = None, out=No
     if not results:
         out.write("(no results)\n")
         return
-    from mmrec.display import display_width, one_line, pad
+    from mmrec.display import display_width, one_line, pad, visible
 
-    ids = [one_line(str(r.item_id)) for r in results]
+    ids = [visible(str(r.item_id)) for r in results]  # ("a\tb" and "a b" stay two ids)
     w = max(7, *(display_width(i) for i in ids))  # (as a terminal shows them: a CJK character takes two columns)
     # (rstrip: without a title field, no blank column of trailing spaces)
     out.write(f"{'rank':>4}  {'score':>7}  {'item_id':<{w}}  {title_field or ''}".rstrip() + "\n")
@@ -444,9 +444,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(json.dumps(e.to_dict(), ensure_ascii=False, indent=1))
         return 0
     title = title_field_of(index)
-    from mmrec.display import one_line
+    from mmrec.display import one_line, visible
 
-    print(f"item {one_line(str(e.item_id))}  {one_line(e.fields.get(title, '')) if title else ''}".rstrip())
+    print(f"item {visible(str(e.item_id))}  {one_line(e.fields.get(title, '')) if title else ''}".rstrip())
     print(f"attention: {format_attention(e.attention)}")
     for name, results in e.neighbours.items():
         print(f"\n{'fused (the index)' if name == fused_key(index) else name + ' only'}:")
@@ -737,8 +737,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host, port = server.server_address[:2]
     kind = "trained model" if rec.trained else "content index"
     where = f"[{host}]" if ":" in host else host  # an IPv6 address, as a URL writes it
-    print(f"serving {args.index} ({kind}, {len(rec.items)} items, {len(rec.user_ids)} users) at "
-          f"http://{where}:{port}  routes: /health {' '.join(ROUTES)}  (Ctrl-C stops)", flush=True)
     formats = [(h, h.formatter) for h in logging.getLogger().handlers]
     for handler, _ in formats:  # a server's log lines carry their time
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -746,8 +744,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def stop(signum: int, frame: Any) -> None:  # SIGTERM (docker stop, systemd) stops as Ctrl-C does
         raise KeyboardInterrupt
 
+    # (before the line that says it is ready: a SIGTERM sent on reading it killed the process outright)
     previous = signal.signal(signal.SIGTERM, stop)
     try:
+        print(f"serving {args.index} ({kind}, {len(rec.items)} items, {len(rec.user_ids)} users) at "
+              f"http://{where}:{port}  routes: /health {' '.join(ROUTES)}  (Ctrl-C stops)", flush=True)
         server.serve_forever()
     except KeyboardInterrupt:
         left = server.drain()  # the answers being written finish; new requests get 503

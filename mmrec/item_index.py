@@ -460,6 +460,20 @@ def _check_creatable(out: Path, what: str | None = None) -> None:
         raise MMRecError(f"{what}: nothing can be written in {ancestor} ({e.strerror or e})") from None
 
 
+def _check_renamable(directory: Path) -> None:
+    """Refuse, before any work, a directory this process may not rename aside: another user's, in
+    a folder with the sticky bit (/tmp, shared scratch space), where only its owner (or the
+    folder's, or root) may; the probe of :func:`_check_creatable` passes there, and the rewrite
+    failed at its rename, after the encoding."""
+    if not hasattr(os, "geteuid") or os.geteuid() == 0:
+        return
+    target = directory.resolve()
+    parent = target.parent.stat()
+    if parent.st_mode & stat.S_ISVTX and os.geteuid() not in (target.stat().st_uid, parent.st_uid):
+        raise MMRecError(f"{directory} cannot be rewritten (nothing was changed): it belongs to another user, in "
+                         f"{target.parent}, where only a folder's owner may move it (the sticky bit)")
+
+
 def read_whole(directory: Path, read: Any, attempts: int = 3) -> Any:
     """``read()`` of a directory's files, all of one version: a writer replaces the directory
     while a reader may be between its files (:func:`index.persist.manifest_stamp` differs after
@@ -1116,6 +1130,7 @@ class ItemIndex:
             check_rewrite(self.directory, self.manifest, "run this")
             # (a read-only disk failed only after every new item was encoded, in the temporary folder's name)
             _check_creatable(self.directory, f"{self.directory} cannot be rewritten (nothing was changed)")
+            _check_renamable(self.directory)
 
     def _check_unchanged(self) -> None:
         if manifest_stamp(self.directory) != self._stamp:

@@ -109,7 +109,11 @@ def read_json_rows(path: str | Path) -> list[dict[str, Any]]:
             one = json.loads(text)
         except json.JSONDecodeError:
             return read_objects(path)
-        return [one] if isinstance(one, dict) else read_objects(path)
+        if not isinstance(one, dict):
+            return read_objects(path)
+        if _ESCAPED_SURROGATE.search(text):  # (a one-row .json: an index update's file, say)
+            _mend_lone_surrogates(path, [(1, one)])
+        return [one]
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:

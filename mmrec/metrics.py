@@ -92,7 +92,7 @@ def rank_topk(
         items left after exclusion. Equal scores rank the lower item index first, so a list is
         the start of any longer one (``torch.topk``'s own order of ties changed with ``k``).
         Scores are ranked in float32, or in float64 when ``score_fn`` returns float64 or
-        integers (which float32 would round together).
+        integers past 2**24 (which float32 would round together; unsigned 16-64 bit ones always).
 
     Raises:
         ValueError: ``k`` or ``batch_size`` < 1, scores of the wrong shape, NaN scores.
@@ -123,8 +123,8 @@ def rank_topk(
             # float64 as given; integers in float64 only when float32 would round some (past 2**24, as
             # popularity counts rarely are: the batch budget counts 4 bytes a score)
             wide = scores.dtype == torch.float64 or (
-                not (scores.dtype.is_floating_point or scores.dtype == torch.bool)
-                and scores.numel() > 0 and max(-int(scores.min()), int(scores.max())) > 2**24)
+                not (scores.dtype.is_floating_point or scores.dtype == torch.bool) and scores.numel() > 0
+                and _beyond_float32(scores))
             if not (fresh_scores and scores.dtype == torch.float32):
                 scores = scores.to(torch.float64 if wide else torch.float32, copy=True)
             sub = exclude[batch]
@@ -140,6 +140,14 @@ def rank_topk(
             index[values == -torch.inf] = -1
             out[start : start + len(batch), :kk] = index.cpu().numpy()
     return out
+
+
+def _beyond_float32(scores: Tensor) -> bool:
+    """Whether integer scores hold a value float32 would round (past 2**24 either way)."""
+    try:
+        return max(-int(scores.min()), int(scores.max())) > 2**24
+    except (NotImplementedError, RuntimeError):  # (torch has no min of uint16 / 32 / 64): rank them in float64
+        return True
 
 
 def _ties_by_index(scores: Tensor, values: Tensor, index: Tensor, k: int) -> tuple[Tensor, Tensor]:

@@ -122,7 +122,10 @@ class Params:
         if text is None:
             return default
         if not re.fullmatch(r"-?[0-9]+", text):  # (int() also took "1_0", " 1" and other scripts' digits)
-            raise BadRequest(f"{self.route}: '{name}' must be an integer, got {text!r}")
+            shown = text if len(text) <= 40 else text[:37] + "..."
+            raise BadRequest(f"{self.route}: '{name}' must be an integer, got {shown!r}")
+        if len(text.lstrip("-")) > 18:  # (int() refuses 4,300 digits and more with a ValueError: it was a 500)
+            raise BadRequest(f"{self.route}: '{name}' is too large: {text[:20]}... ({len(text)} digits)")
         value = int(text)
         if value < minimum:
             raise BadRequest(f"{self.route}: '{name}' must be at least {minimum}, got {value}")
@@ -379,6 +382,9 @@ class Handler(BaseHTTPRequestHandler):
 _NOW = object()  # RecommenderServer's loaded_stamp default: the manifest as it is when the server starts
 
 
+CLOSE_JOIN_SECONDS = 30  # server_close() waits this long for each handler thread to end
+
+
 class RecommenderServer(ThreadingHTTPServer):
     """:class:`ThreadingHTTPServer` answering for ``recommender`` (a loaded
     :class:`mmrec.recommender.Recommender`); ``port`` 0 picks a free port (``server_port``).
@@ -400,11 +406,11 @@ class RecommenderServer(ThreadingHTTPServer):
     calls it once listening).
     """
 
-    # Handler threads are joined when the server closes (ThreadingMixIn's block_on_close), after
-    # its kept-alive connections are shut (:meth:`server_close`): a process that exited with
-    # daemon handler threads still alive aborted now and then ("terminate called without an active
-    # exception", as Ctrl-C under load did), in the C++ thread state torch keeps for them.
-    daemon_threads = False
+    # Handler threads are daemons (a program that ends without server_close() is not held up by an
+    # idle kept-alive connection, a minute), and server_close() shuts their connections and joins
+    # them: a process that exited with handler threads still alive aborted now and then ("terminate
+    # called without an active exception", as Ctrl-C under load did), in the C++ state torch keeps.
+    daemon_threads = True
     # Connections waiting to be accepted: the standard library's 5 makes a burst of new clients
     # wait seconds for the kernel's SYN retries (the kernel caps it at net.core.somaxconn).
     request_queue_size = socket.SOMAXCONN
@@ -426,6 +432,7 @@ class RecommenderServer(ThreadingHTTPServer):
         self._reloading = threading.Lock()  # one load at a time; the request lock is not held while loading
         self._active = 0  # requests being answered (begin_request .. end_request)
         self._connections: set[socket.socket] = set()  # open client connections, shut at server_close
+        self._handlers: set[threading.Thread] = set()  # threads answering them, joined at server_close
         self._idle = threading.Condition()
         self._stopping = False
         if ":" in host:  # an IPv6 address such as ::1
@@ -465,6 +472,15 @@ class RecommenderServer(ThreadingHTTPServer):
             self._connections.add(request)
         super().process_request(request, client_address)
 
+    def process_request_thread(self, request, client_address) -> None:
+        with self._idle:
+            self._handlers.add(threading.current_thread())
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._idle:
+                self._handlers.discard(threading.current_thread())
+
     def shutdown_request(self, request) -> None:
         with self._idle:
             self._connections.discard(request)
@@ -482,6 +498,11 @@ class RecommenderServer(ThreadingHTTPServer):
             except OSError:
                 pass  # closed meanwhile
         super().server_close()
+        with self._idle:
+            handlers = list(self._handlers)
+        for thread in handlers:
+            if thread is not threading.current_thread():
+                thread.join(CLOSE_JOIN_SECONDS)
 
     def handle_error(self, request, client_address) -> None:
         """A client that hung up before its answer was written is no error of the server's (the

@@ -267,6 +267,29 @@ def test_a_writer_that_waited_locks_the_folder_now_at_the_path_not_the_one_repla
         waiter.join(30)
 
 
+def test_a_writer_that_waited_for_a_folder_deleted_meanwhile_gets_its_lock_and_no_errno(tmp_path):
+    import shutil
+    import threading
+
+    from index.persist import writer_lock
+
+    final = tmp_path / "model"
+    final.mkdir()
+    entered = []
+
+    def second():
+        with writer_lock(final):  # (it raised FileNotFoundError: the version check now says what happened)
+            entered.append(True)
+
+    with writer_lock(final):
+        waiter = threading.Thread(target=second)
+        waiter.start()
+        time.sleep(0.2)
+        shutil.rmtree(final)
+    waiter.join(30)
+    assert entered == [True]
+
+
 def test_writer_lock_is_exclusive_and_manifest_stamp_sees_every_rewrite(tmp_path):
     import fcntl
     import os

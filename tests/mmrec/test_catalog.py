@@ -771,5 +771,7 @@ def test_a_lone_surrogate_in_json_text_is_read_as_a_replacement_character(tmp_pa
         "U+FFFD: row 2, field 'title' ('\\ud83d')")
     (tmp_path / "items.json").write_text('[{"item_id": 1, "title": "fine"}, {"item_id": 2, "title": "x \\udfff"}]')
     assert load_catalog(tmp_path / "items.json", show_progress=False).texts == ["fine", "x \ufffd"]
+    (tmp_path / "one.json").write_text('{"item_id": "b", "title": "new \\udc00 title"}\n')  # one object: an update's
+    assert load_catalog(tmp_path / "one.json", show_progress=False).texts == ["new \ufffd title"]
     (tmp_path / "inter.jsonl").write_text('{"user_id": "u1", "item_id": 1, "review": "great \\ud83d"}\n')
     assert load_interactions(tmp_path / "inter.jsonl").user_ids == ["u1"]  # a column nobody reads refuses nothing

@@ -166,9 +166,13 @@ def test_a_table_without_a_title_field_has_no_blank_column():
 
 
 def test_display_widths_and_one_line_text():
-    from mmrec.display import display_width, one_line, pad
+    from mmrec.display import display_width, one_line, pad, visible
 
     assert [display_width(t) for t in ("abc", "東京", "e\u0301", "a\u200db", "")] == [3, 4, 1, 2, 0]
+    # emoji: with the presentation selector, a skin tone, a family joined by U+200D: two columns each
+    assert [display_width(t) for t in ("\u2764\ufe0f", "\U0001f44d\U0001f3fd", "\U0001f468\u200d\U0001f469")] == [2, 2, 2]
+    assert one_line("x\u202eabc\u202c y") == "xabc y"  # a bidirectional override reorders what follows
+    assert visible("a\tb\x1b\u202e") == "a\\tb\\x1b\\u202e" and visible("a  b") == "a  b"  # ids stay apart
     assert one_line("a\tb\n\x07c  d\u2028e") == "a b c d e"
     assert one_line("東京物語", 7) == "東京..." and one_line("東京物語", 8) == "東京物語" and one_line("abcdefgh", 6) == "abc..."
     assert pad("東", 4) == "東  " and pad("abcdef", 3) == "abcdef"

@@ -846,3 +846,26 @@ def test_an_index_whose_folder_cannot_be_written_is_refused_before_any_encoding(
                                          rf"be written in {tmp_path} \(Read-only file system\)"):
         index.remove([2])
     assert len(ItemIndex.load(tmp_path / "idx", show_progress=False)) == 3
+
+
+def test_another_users_index_in_a_sticky_folder_is_refused_before_any_work(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    from mmrec.item_index import ItemIndex
+
+    # the probe passed there, and the rewrite failed at its rename ("Operation not permitted"), after the encoding
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    rng = np.random.default_rng(0)
+    ItemIndex.from_features([1, 2, 3], {"f": rng.normal(size=(3, 4)).astype(np.float32)},
+                           show_progress=False).save(shared / "idx")
+    index = ItemIndex.load(shared / "idx", show_progress=False)
+    os.chmod(shared, shared.stat().st_mode | stat.S_ISVTX)
+    owner = (shared / "idx").stat().st_uid
+    monkeypatch.setattr(os, "geteuid", lambda: owner + 1)  # another user, neither root nor the owner
+    with pytest.raises(MMRecError, match=r"idx cannot be rewritten \(nothing was changed\): it belongs to another "
+                                         r"user, in .*shared, where only a folder's owner may move it"):
+        index.remove([2])
+    os.chmod(shared, shared.stat().st_mode & ~stat.S_ISVTX)  # without the sticky bit: renaming is the folder's business
+    assert index.remove([2]) == 1

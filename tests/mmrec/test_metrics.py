@@ -127,6 +127,9 @@ def test_rank_topk_breaks_ties_by_index_whatever_k_and_ranks_wide_scores_exactly
                                             sp.csr_matrix((1, 3))), [[0, 1, 2]])
     big = np.array([[2**24 + 1, 2**24, 2**24 + 2]], dtype=np.int64)
     np.testing.assert_array_equal(rank_topk(lambda b: big, np.array([0]), 3, sp.csr_matrix((1, 3))), [[2, 0, 1]])
+    for dtype in (np.uint8, np.uint16, np.uint32, np.uint64, np.int32):  # (torch has no min of uint16-64: it raised)
+        np.testing.assert_array_equal(rank_topk(lambda b: np.array([[3, 1, 3, 2]], dtype)[b], np.arange(1), 2,
+                                                sp.csr_matrix((1, 4))), [[0, 2]])
     # no items: every slot empty (it raised IndexError)
     np.testing.assert_array_equal(rank_topk(lambda b: torch.zeros(len(b), 0), np.arange(2), 3, sp.csr_matrix((2, 0))),
                                   [[-1, -1, -1], [-1, -1, -1]])

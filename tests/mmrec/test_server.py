@@ -147,6 +147,8 @@ def test_bad_requests_are_refused_with_the_reason(served):
         ("/recommend?user=u1&k=1_0", 400, "/recommend: 'k' must be an integer, got '1_0'"),  # int() took these
         ("/recommend?user=u1&k=%D9%A3", 400, "/recommend: 'k' must be an integer, got '\u0663'"),
         ("/recommend?user=u1&k=%201", 400, "/recommend: 'k' must be an integer, got ' 1'"),
+        ("/recommend?user=u1&k=" + "9" * 5000, 400, "/recommend: 'k' is too large: 99999999999999999999... "
+                                                     "(5000 digits)"),  # (int() refused it: a 500)
         ("/recommend?user=u1&explain=maybe", 400, "/recommend: 'explain' must be 1 or 0 (true / false), got 'maybe'"),
         ("/recommend?user=u1&diversity=x", 400, "/recommend: 'diversity' must be a number, got 'x'"),
         ("/recommend?user=u1&diversity=1.5", 400, "diversity weight must lie in [0, 1], got 1.5"),
@@ -552,3 +554,19 @@ def test_a_reloaded_copy_with_a_new_text_encoder_loads_it_before_serving_when_wa
         assert "text" in server.recommender.items.encoders._loaded
     finally:
         server.server_close()
+
+
+def test_closing_shuts_idle_kept_alive_connections_and_joins_their_threads(model_dir):
+    rec = Recommender.load(model_dir, show_progress=False)
+    server = RecommenderServer(rec, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    conn = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=30)
+    conn.request("GET", "/health")
+    assert conn.getresponse().read()  # answered; the connection stays open, its thread waiting for the next request
+    assert server._handlers
+    handlers = list(server._handlers)
+    server.shutdown()
+    started = time.monotonic()
+    server.server_close()  # (a thread on an idle connection held a program's exit a minute)
+    assert time.monotonic() - started < 10 and not any(t.is_alive() for t in handlers)
+    conn.close()
