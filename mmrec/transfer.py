@@ -213,8 +213,12 @@ def source_content(
         )
     n = len(content.item_ids)
     missing = [m for m in dims if m not in content.features]
-    if missing:
-        logger.warning("the new data has no %s: masked for every item", ", ".join(missing))
+    ignored = [m for m in missing if m in ignore]
+    if ignored:  # (it said the new data had none, of a modality the data has and the option left out)
+        logger.info("--ignore-modality %s: masked for every item", " ".join(ignored))
+    if set(missing) - set(ignored):
+        logger.warning("the new data has no %s: masked for every item",
+                       ", ".join(m for m in missing if m not in ignored))
     content.features = {m: content.features.get(m, np.zeros((n, dims[m]), np.float32)) for m in dims}
     content.present = {m: content.present.get(m, np.zeros(n, bool)) for m in dims}
     content.encoders = {m: dict(specs[m]) for m in dims if m in specs}

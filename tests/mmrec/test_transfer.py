@@ -292,6 +292,13 @@ def test_a_source_modality_missing_from_the_new_data_is_masked(small, tmp_path, 
     assert back.model.modality_dims == {"content": 4, "extra": 2}
     assert not back.items.present["extra"].any() and back.items.present["content"].all()
     assert (back.items.attention[:, 1] == 0).all()  # the masked token gets no attention
+    # left out by --ignore-modality, it is said so (it said the new data had none, of a modality it had)
+    caplog.clear()
+    both = {"content": b_feats, "extra": _save(tmp_path, "b_extra.npy", np.load(b_feats)[:, :2] + 1.0)}
+    with caplog.at_level(logging.INFO, logger="mmrec.transfer"):
+        finetune(src_dir, b_inter, features=both, ignore=["extra"], config={"epochs": 1}, split="random",
+                 show_progress=False)
+    assert "--ignore-modality extra: masked for every item" in caplog.text and "the new data has no" not in caplog.text
 
 
 def _rated(path, out):
