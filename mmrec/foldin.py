@@ -67,7 +67,10 @@ def select_fold_in_reg(
     train = inter.user_items("train").tocsr()  # [U, N]
     has_valid = np.bincount(inter.users[inter.split_mask("valid")], minlength=inter.num_users) > 0
     users = np.flatnonzero(has_valid & (np.diff(train.indptr) > 0))
-    if not len(users):
+    if not len(users):  # (said: on sparse data a review measured 0.089 at 0.1 against 0.112 at 100)
+        logger.warning("no user has both a training and a validation interaction: recommend --history's fold-in keeps "
+                       "its default ridge %s, not one chosen on validation (sparse histories tend to do better with "
+                       "a larger one)", DEFAULT_FOLD_IN_REG)
         return DEFAULT_FOLD_IN_REG, {}, 0
     if len(users) > max_users:
         users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))

@@ -219,10 +219,39 @@ def _catalog_skipped(content: Content) -> list[ItemId]:
     return [i for i in (content.catalog.skipped_ids if content.catalog is not None else []) if i is not None]
 
 
-def _say_untrained_users(inter: Interactions, kept: np.ndarray | None) -> None:
+def _popularity_reference(inter: Interactions, held_out: np.ndarray | None, config: TrainConfig) -> dict[str, Any]:
+    """Validation and test metrics of ranking every user's unknown items by their training
+    popularity (ties by index), masked as the model's are: the floor a model should clear. Logged,
+    with a warning when the trained model's best validation Recall@20 does not clear it (on very
+    sparse data, 1-3 rows a user, a review measured a model at 0.145 test Recall@20 against 0.206)."""
+    n = inter.num_items
+    counts = np.bincount(inter.items[inter.split_mask("train")], minlength=n).astype(np.float32)  # [N]
+    if held_out is not None:
+        counts[held_out] = -np.inf  # (not candidates, as for the model)
+
+    def scores(users: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.tile(counts, (len(users), 1)))  # [B, N], a new tensor each call
+
+    out = {}
+    for split in ("valid", "test"):
+        if inter.split_mask(split).any():
+            out[split] = evaluate(scores, inter, split=split, mask=config.mask, ks=(10, 20),
+                                  batch_size=config.eval_batch_size, fresh_scores=True, novelty=False,
+                                  candidates=None if held_out is None else n - int(held_out.sum()))
+    if out:
+        logger.info("popularity ranking (for reference): %s", ", ".join(
+            f"{split} recall@20 {m['recall@20']:.4f}" for split, m in out.items()))
+    return out
+
+
+def _say_untrained_users(inter: Interactions, kept: np.ndarray | None) -> list[Any]:
     """Warn about the users with no training interaction (a given split with users only in its
     validation or test rows; --cold-start's held-out items): their vectors stay as they start,
-    drawn at random (recommendations by chance), or, fine-tuning, the source model's (``kept``)."""
+    drawn at random (recommendations by chance), or, fine-tuning, the source model's (``kept``).
+
+    Returns:
+        the ids of the users whose vectors stay as drawn.
+    """
     untrained = np.bincount(inter.users[inter.split_mask("train")], minlength=len(inter.user_ids)) == 0
     kept = untrained & kept if kept is not None else np.zeros_like(untrained)
     drawn = int((untrained & ~kept).sum())
@@ -235,6 +264,7 @@ def _say_untrained_users(inter: Interactions, kept: np.ndarray | None) -> None:
         logger.info("%d of %d users have no training interaction (%s) and keep their source embedding: they are "
                     "placed by what the source model learned of them (nothing, for a user without training rows "
                     "there either)", int(kept.sum()), len(inter.user_ids), where)
+    return [inter.user_ids[u] for u in np.flatnonzero(untrained & ~kept)]
 
 
 def fit(
@@ -361,7 +391,7 @@ def fit(
     )
     trainer = Trainer(model, data, config, tuner=tuner, show_progress=show_progress)
     before = before_training(trainer) if before_training is not None else None
-    _say_untrained_users(train_inter, trainer.kept_users)
+    untrained_users = _say_untrained_users(train_inter, trainer.kept_users)
     result = trainer.fit()
     user_vecs, item_vecs, attention = (t.cpu().numpy() for t in trainer.vectors())
     features_now = {m: trainer.features[m].cpu().numpy() for m in dims}  # fine-tuned encoders change them
@@ -450,6 +480,13 @@ def fit(
                                      batch_size=config.eval_batch_size)
         logger.info("cold-start items: test recall@20 %.4f ndcg@20 %.4f", test["cold"]["recall@20"],
                     test["cold"]["ndcg@20"])
+    popularity = _popularity_reference(train_inter, held_out, config)
+    result.popularity = popularity
+    if "valid" in popularity and result.best_valid and result.best_valid["recall@20"] < popularity["valid"]["recall@20"]:
+        logger.warning("the model's best validation recall@20 %.4f is below the popularity ranking's %.4f: on this "
+                       "data its user vectors add nothing over what is most popular (few interactions a user?); "
+                       "more data per user, or serving the most popular items to such users, would do better",
+                       result.best_valid["recall@20"], popularity["valid"]["recall@20"])
     # The ridge of `recommend --history`'s fold-in, chosen on validation (mmrec.foldin).
     fold_in_reg, fold_in_valid, fold_in_users = select_fold_in_reg(
         index_vecs.numpy(), train_inter, excluded=held_out, mask=config.mask, seed=config.seed,
@@ -462,7 +499,7 @@ def fit(
                       split_rule=split, rating_threshold=rating_threshold, fold_in_reg=fold_in_reg,
                       liked=inter.user_items("all") if inter.seen is not None and len(inter.seen[0]) else None,
                       skip_invalid=skip_invalid, skipped_items=_catalog_skipped(content) if skip_invalid else [],
-                      items_from_interactions=content.item_ids is None)
+                      items_from_interactions=content.item_ids is None, untrained_users=untrained_users)
     if out is not None:
         extra = {
             "num_users": inter.num_users,
@@ -483,8 +520,9 @@ def fit(
             "skipped_items": rec.skipped_items,
             # No catalog and no feature files: the items are the interacted ones (see evaluate_directory).
             "items_from_interactions": rec.items_from_interactions,
+            "untrained_users": untrained_users,  # recommend warns for them
         }
-        report = {"best_epoch": result.best_epoch, "valid": result.best_valid, "test": test,
+        report = {"best_epoch": result.best_epoch, "valid": result.best_valid, "test": test, "popularity": popularity,
                   "seconds_per_epoch": result.seconds_per_epoch, "history": result.history, "data": inter.report,
                   "fold_in": {"reg": fold_in_reg, "valid_recall@20": fold_in_valid, "users": fold_in_users}}
         report |= before or {}

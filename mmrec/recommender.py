@@ -187,6 +187,8 @@ class Recommender:
         items_from_interactions: the model's items are the interaction file's (no catalog, no
             feature files): an item rated only below ``rating_threshold`` is none of them, and
             evaluation reads its rows as below the threshold, not as unknown items.
+        untrained_users: users with no training interaction whose vectors are their random start
+            (their rows are all validation or test rows): :meth:`recommend` warns for them.
     """
 
     def __init__(
@@ -207,6 +209,7 @@ class Recommender:
         skip_invalid: bool = False,
         skipped_items: Sequence[ItemId] = (),
         items_from_interactions: bool = False,
+        untrained_users: Sequence[UserId] = (),
     ) -> None:
         self.items = items
         self.model = model
@@ -224,6 +227,8 @@ class Recommender:
         self.skip_invalid = skip_invalid
         self.skipped_items = list(skipped_items)
         self.items_from_interactions = items_from_interactions
+        self.untrained_users = list(untrained_users)
+        self._untrained = {str(u) for u in self.untrained_users}
         self._user_pos = {u: i for i, u in enumerate(self.user_ids)}
         self._user_pos_str = {str(u): i for i, u in enumerate(self.user_ids)}
         self._foldin: tuple[np.ndarray, HistoryFoldIn] | None = None  # (the vectors it was built on, it)
@@ -285,7 +290,8 @@ class Recommender:
                    fold_in_reg=extra.get("fold_in_reg", DEFAULT_FOLD_IN_REG), liked=liked,
                    split_keys=extra.get("split_keys", "rows"),  # older directories: one key a row
                    skip_invalid=extra.get("skip_invalid", False), skipped_items=extra.get("skipped_items", []),
-                   items_from_interactions=extra.get("items_from_interactions", False))
+                   items_from_interactions=extra.get("items_from_interactions", False),
+                   untrained_users=extra.get("untrained_users", []))
 
     def attach_files(self, extra: dict[str, Any], tuner: Any = None):
         """A writer for :meth:`ItemIndex.save` that adds the trained files to the directory.
@@ -419,6 +425,10 @@ class Recommender:
             raise MMRecError("this directory holds a content index, not a trained model: run `mmrec train` first")
         diversity = check_weight(diversity)
         row = self.user_index(user_id)
+        if str(self.user_ids[row]) in self._untrained:  # (it answered, silently, by a vector never trained)
+            logger.warning("user %r had no training interaction: its vector is the random start it was given, so "
+                           "these recommendations are chance; recommend --history (recommend_history([], user=...)) "
+                           "places a user by their items", self.user_ids[row])
         known = set(self.known_items(user_id)) if exclude_known else None
         results = self._serve(self.user_vectors[row : row + 1], k, known, diversity, candidates,
                               *self.items.filters(exclude, only))

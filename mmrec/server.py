@@ -382,7 +382,7 @@ class Handler(BaseHTTPRequestHandler):
 _NOW = object()  # RecommenderServer's loaded_stamp default: the manifest as it is when the server starts
 
 
-CLOSE_JOIN_SECONDS = 30  # server_close() waits this long for each handler thread to end
+CLOSE_JOIN_SECONDS = 30  # server_close() waits this long, in all, for the handler threads to end
 
 
 class RecommenderServer(ThreadingHTTPServer):
@@ -500,9 +500,10 @@ class RecommenderServer(ThreadingHTTPServer):
         super().server_close()
         with self._idle:
             handlers = list(self._handlers)
+        deadline = time.monotonic() + CLOSE_JOIN_SECONDS  # for all of them together, not each
         for thread in handlers:
             if thread is not threading.current_thread():
-                thread.join(CLOSE_JOIN_SECONDS)
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     def handle_error(self, request, client_address) -> None:
         """A client that hung up before its answer was written is no error of the server's (the

@@ -68,12 +68,15 @@ class TrainResult:
     """What :meth:`Trainer.fit` returns: the best validation epoch (0 when no epoch beat the
     starting weights given as ``Trainer.start_valid``, which are then kept), its validation
     metrics (of the averaged weights with ``ema``), one row per epoch, and the mean seconds per
-    epoch."""
+    epoch; and, set by :func:`mmrec.pipeline.fit`, the validation and test metrics of ranking
+    by training popularity (``popularity``: ``{"valid": {...}, "test": {...}}``, for reference).
+    """
 
     best_epoch: int
     best_valid: dict[str, float]
     history: list[dict[str, float]]
     seconds_per_epoch: float
+    popularity: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def seed_everything(seed: int) -> None:

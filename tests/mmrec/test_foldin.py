@@ -65,10 +65,12 @@ def test_excluded_items_are_never_candidates():
     assert scores["0.1"] == pytest.approx(brute_recall(v, inter, 0.1, excluded), abs=1e-9)
 
 
-def test_without_validation_rows_the_default_stands():
+def test_without_validation_rows_the_default_stands_and_is_said(caplog):
     v, inter = synthetic()
     train_only = Interactions(inter.user_ids, inter.item_ids, inter.users, inter.items, split=np.zeros(len(inter), np.int8))
-    assert select_fold_in_reg(v, train_only) == (DEFAULT_FOLD_IN_REG, {}, 0)
+    with caplog.at_level("WARNING", logger="mmrec.foldin"):
+        assert select_fold_in_reg(v, train_only) == (DEFAULT_FOLD_IN_REG, {}, 0)
+    assert f"fold-in keeps its default ridge {DEFAULT_FOLD_IN_REG}, not one chosen on validation" in caplog.text
 
 
 def test_at_most_max_users_are_measured():

@@ -765,8 +765,42 @@ def test_users_without_training_rows_are_warned_about(tmp_path, caplog):
         fit(tmp_path / "split.tsv", features={"content": feats}, out=tmp_path / "m", config=config, split="given",
             show_progress=False)
     assert "1 of 17 users have no training interaction (every row of theirs is a validation or test row" in caplog.text
+    # and recommending for that user says so, after a reload too (it answered silently, by the random start)
+    rec = Recommender.load(tmp_path / "m", show_progress=False)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mmrec.recommender"):
+        rec.recommend("u1", 3)
+        assert not caplog.records
+        rec.recommend("late", 3)
+    assert rec.untrained_users == ["late"] and caplog.records[0].getMessage() == (
+        "user 'late' had no training interaction: its vector is the random start it was given, so these "
+        "recommendations are chance; recommend --history (recommend_history([], user=...)) places a user by "
+        "their items")
     caplog.clear()
     with caplog.at_level("WARNING", logger="mmrec.pipeline"):
         fit(inter, features={"content": feats}, out=tmp_path / "m2", config=config, split="random",
             show_progress=False)
     assert "no training interaction" not in caplog.text
+
+
+def test_the_popularity_ranking_is_reported_beside_the_model_and_a_model_below_it_is_warned_about(tmp_path, caplog):
+    # On very sparse data a trained model scored 0.145 test Recall@20 where ranking by popularity scored 0.206,
+    # and nothing said so. Here every user likes items 0-2 (one each in train, valid and test) and one item of
+    # their own: popularity is hard to beat
+    rng = np.random.default_rng(3)
+    rows = ["user_id\titem_id\tsplit"]
+    for u in range(30):
+        rows += [f"u{u}\t{(u + j) % 3}\t{split}" for j, split in enumerate(("test", "valid", "train"))]
+        rows.append(f"u{u}\t{3 + rng.integers(0, 27)}\ttrain")
+    (tmp_path / "inter.tsv").write_text("\n".join(rows) + "\n")
+    feats = rng.normal(size=(30, 4)).astype(np.float32)
+    np.save(tmp_path / "f.npy", feats)
+    with caplog.at_level("WARNING", logger="mmrec.pipeline"):
+        rec, result, test = fit(tmp_path / "inter.tsv", features={"f": tmp_path / "f.npy"}, out=tmp_path / "m",
+                                config=TrainConfig(**(FAST | {"epochs": 1, "lr": 1e-9})), show_progress=False)
+    # popularity's lists: items 0-2 have 10 training rows each, the others 1-3; with a user's train (and valid)
+    # items masked, the test item is the most popular left -> recall@10 = 1; the valid item one of the two
+    assert result.popularity["test"]["recall@10"] == 1.0 and result.popularity["test"]["ndcg@10"] == 1.0
+    report = json.loads((tmp_path / "m" / "train_report.json").read_text())
+    assert report["popularity"] == result.popularity and report["popularity"]["valid"]["recall@20"] == 1.0
+    assert "is below the popularity ranking's 1.0000" in caplog.text
