@@ -7,27 +7,48 @@ characters and emoji (two columns each), and a table padded by ``len()`` came ou
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Iterator
 
 # Bidirectional embeddings, overrides and isolates: format characters that reorder the text after them.
 _BIDI = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c")
+_ZWJ, _EMOJI_STYLE, _TEXT_STYLE = "\u200d", "\ufe0f", "\ufe0e"
 
 
-def _width(ch: str, before: str) -> int:
-    """Columns of ``ch`` after ``before`` (the character before it, ``""`` at the start)."""
-    if ch == "\ufe0f":  # emoji presentation: the character before it (a heart) takes two columns
-        return 1 if before and unicodedata.east_asian_width(before) not in ("W", "F") else 0
-    wide = unicodedata.east_asian_width(ch) in ("W", "F")
-    if (before == "\u200d" and wide) or "\U0001f3fb" <= ch <= "\U0001f3ff":  # joined into the emoji before;
-        return 0  # a skin tone
-    if unicodedata.combining(ch) or unicodedata.category(ch) in ("Mn", "Me", "Cf"):
-        return 0  # an accent on the character before, a zero-width joiner
-    return 2 if wide else 1
+def _wide(ch: str) -> bool:
+    return unicodedata.east_asian_width(ch) in ("W", "F")
+
+
+def _extends(ch: str) -> bool:
+    """Whether ``ch`` draws into the character before it (a mark, a selector, a skin tone, a
+    decomposed Hangul vowel or final consonant)."""
+    return (ch in (_ZWJ, _EMOJI_STYLE, _TEXT_STYLE) or "\U0001f3fb" <= ch <= "\U0001f3ff" or "\u1160" <= ch <= "\u11ff"
+            or unicodedata.combining(ch) > 0 or unicodedata.category(ch) in ("Mn", "Me"))
+
+
+def _clusters(text: str) -> Iterator[tuple[str, int]]:
+    """``(cluster, columns)``: a character with the marks drawn into it, and an emoji sequence
+    joined by U+200D, as one cell of one or two columns."""
+    i = 0
+    while i < len(text):
+        j = i + 1
+        while j < len(text) and (_extends(text[j]) or (text[j - 1] == _ZWJ and j - 1 > i
+                                                       and any(_wide(c) or c == _EMOJI_STYLE for c in text[i:j]))):
+            j += 1
+        cluster = text[i:j]
+        if any(_wide(c) for c in cluster) or _EMOJI_STYLE in cluster:
+            width = 2
+        elif unicodedata.category(cluster[0]) == "Cf" and len(cluster) == 1:
+            width = 0  # a zero-width space or joiner alone
+        else:
+            width = 1
+        yield cluster, width
+        i = j
 
 
 def display_width(text: str) -> int:
-    """Columns ``text`` takes on a terminal (a wide character or an emoji two, a combining mark
-    none, an emoji sequence joined by U+200D or a skin tone as its first emoji)."""
-    return sum(_width(ch, text[i - 1] if i else "") for i, ch in enumerate(text))
+    """Columns ``text`` takes on a terminal (a wide character or an emoji sequence two, a
+    combining mark none)."""
+    return sum(w for _, w in _clusters(text))
 
 
 def _plain(ch: str) -> bool:
@@ -41,19 +62,26 @@ def one_line(text: str, width: int | None = None) -> str:
     if width is None or display_width(text) <= width:
         return text
     kept, used = [], 0
-    for i, ch in enumerate(text):
-        w = _width(ch, text[i - 1] if i else "")
+    for cluster, w in _clusters(text):
         if used + w > width - 3:
             break
-        kept.append(ch)
+        kept.append(cluster)
         used += w
     return "".join(kept) + "..."
 
 
 def visible(text: str) -> str:
-    """``text`` (an id) with its control and bidirectional characters written as escapes (``\\t``,
-    ``\\x1b``, ``\\u202e``) and every other character kept: ids that differ stay apart."""
-    return "".join(ch if _plain(ch) else ch.encode("unicode_escape").decode("ascii") for ch in text)
+    """``text`` (an id) with its backslashes, control, format and bidirectional characters and
+    white space other than a plain space written as escapes (``\\\\``, ``\\t``, ``\\x1b``,
+    ``\\u200b``), every other character kept: ids that differ print differently."""
+    def shown(ch: str) -> str:
+        if ch == "\\":
+            return "\\\\"
+        if ch != " " and (not _plain(ch) or unicodedata.category(ch) in ("Cf", "Zs", "Zl", "Zp")):
+            return ch.encode("unicode_escape").decode("ascii")
+        return ch
+
+    return "".join(shown(ch) for ch in text)
 
 
 def pad(text: str, width: int) -> str:

@@ -440,6 +440,8 @@ def check_out(out: str | Path | None, overwrite: bool, inputs: Sequence[object] 
     if (out.exists() or out.is_symlink()) and not overwrite:  # last: the one refusal --overwrite lifts
         raise MMRecError(f"{out} already exists: --overwrite (overwrite=True in Python) replaces it")
     _check_creatable(out)
+    if out.is_dir():  # replaced: moved aside first, which a sticky folder allows its owner alone
+        _check_renamable(out, f"--out {out} cannot be replaced")
 
 
 def _check_creatable(out: Path, what: str | None = None) -> None:
@@ -460,7 +462,7 @@ def _check_creatable(out: Path, what: str | None = None) -> None:
         raise MMRecError(f"{what}: nothing can be written in {ancestor} ({e.strerror or e})") from None
 
 
-def _check_renamable(directory: Path) -> None:
+def _check_renamable(directory: Path, what: str | None = None) -> None:
     """Refuse, before any work, a directory this process may not rename aside: another user's, in
     a folder with the sticky bit (/tmp, shared scratch space), where only its owner (or the
     folder's, or root) may; the probe of :func:`_check_creatable` passes there, and the rewrite
@@ -470,8 +472,8 @@ def _check_renamable(directory: Path) -> None:
     target = directory.resolve()
     parent = target.parent.stat()
     if parent.st_mode & stat.S_ISVTX and os.geteuid() not in (target.stat().st_uid, parent.st_uid):
-        raise MMRecError(f"{directory} cannot be rewritten (nothing was changed): it belongs to another user, in "
-                         f"{target.parent}, where only a folder's owner may move it (the sticky bit)")
+        raise MMRecError(f"{what or f'{directory} cannot be rewritten (nothing was changed)'}: it belongs to another "
+                         f"user, in {target.parent}, where only a folder's owner may move it (the sticky bit)")
 
 
 def read_whole(directory: Path, read: Any, attempts: int = 3) -> Any:
@@ -1122,18 +1124,22 @@ class ItemIndex:
                     records.append(record)
         return records
 
-    def _check_in_place(self) -> None:
+    def _check_in_place(self, *, write: bool = True) -> None:
         """Refuse, before any work, a save in place that would lose files (:func:`check_rewrite`)
-        or another command's work (the directory was rewritten since this object read it)."""
+        or another command's work (the directory was rewritten since this object read it), and
+        with ``write`` one this process cannot write (:func:`_check_creatable`, :func:`_check_renamable`)."""
         if self.directory is not None:
             self._check_unchanged()  # first: another command's files are no reason to move anything
             check_rewrite(self.directory, self.manifest, "run this")
-            # (a read-only disk failed only after every new item was encoded, in the temporary folder's name)
-            _check_creatable(self.directory, f"{self.directory} cannot be rewritten (nothing was changed)")
-            _check_renamable(self.directory)
+            if write:  # (a read-only disk failed only after every new item was encoded, in the temporary folder's name)
+                _check_creatable(self.directory, f"{self.directory} cannot be rewritten (nothing was changed)")
+                _check_renamable(self.directory)
 
     def _check_unchanged(self) -> None:
         if manifest_stamp(self.directory) != self._stamp:
+            if not self.directory.exists():  # (deleted while this command waited for the lock)
+                raise MMRecError(f"{self.directory} is gone (deleted or moved by another command) since it was "
+                                 "loaded: nothing was changed")
             raise MMRecError(f"{self.directory} was rewritten by another command since it was loaded: nothing was "
                              f"changed; load it again and repeat")
 
@@ -1934,7 +1940,7 @@ class ItemIndex:
             DataError: bad rows; an id not in the index (without ``add_new``); a change that
                 leaves an item no content; no valid row. MMRecError / ConfigError: as for :meth:`add`.
         """
-        self._check_in_place()
+        self._check_in_place(write=not dry_run)  # (a dry run writes nothing: a read-only index may be checked)
         roles = self._content_roles("an item", device, features)
         catalog, read_here = self._read_rows(catalog, roles, catalog_options, partial=True)
         skip = bool(catalog_options.get("skip_invalid"))

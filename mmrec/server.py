@@ -124,8 +124,11 @@ class Params:
         if not re.fullmatch(r"-?[0-9]+", text):  # (int() also took "1_0", " 1" and other scripts' digits)
             shown = text if len(text) <= 40 else text[:37] + "..."
             raise BadRequest(f"{self.route}: '{name}' must be an integer, got {shown!r}")
-        if len(text.lstrip("-")) > 18:  # (int() refuses 4,300 digits and more with a ValueError: it was a 500)
-            raise BadRequest(f"{self.route}: '{name}' is too large: {text[:20]}... ({len(text)} digits)")
+        digits = text.lstrip("-").lstrip("0")
+        if len(digits) > 18:  # (int() refuses 4,300 digits and more with a ValueError: it was a 500)
+            if text.startswith("-"):
+                raise BadRequest(f"{self.route}: '{name}' must be at least {minimum}, got {text[:20]}...")
+            raise BadRequest(f"{self.route}: '{name}' is too large: {digits[:20]}... ({len(digits)} digits)")
         value = int(text)
         if value < minimum:
             raise BadRequest(f"{self.route}: '{name}' must be at least {minimum}, got {value}")
@@ -369,6 +372,8 @@ class Handler(BaseHTTPRequestHandler):
         params.check_names(allowed)
         rec = self.server.current()  # may load a changed directory first, without the lock
         with self.server.lock:
+            if self.server.stopping:  # (queued for the lock, it ran its route after its connection was shut)
+                return HTTPStatus.SERVICE_UNAVAILABLE, {"error": "the server is stopping"}
             results = route(rec, params)
             results, more = results if isinstance(results, tuple) else (results, {})
             if any(name in params for name in FILTERS[:2]):
@@ -382,7 +387,7 @@ class Handler(BaseHTTPRequestHandler):
 _NOW = object()  # RecommenderServer's loaded_stamp default: the manifest as it is when the server starts
 
 
-CLOSE_JOIN_SECONDS = 30  # server_close() waits this long, in all, for the handler threads to end
+CLOSE_JOIN_SECONDS = 5  # server_close() waits this long, in all, for the handler threads to end (after drain)
 
 
 class RecommenderServer(ThreadingHTTPServer):
@@ -439,6 +444,11 @@ class RecommenderServer(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         super().__init__((host, port), Handler)
 
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`drain` (or :meth:`server_close`) has begun: new work is refused."""
+        return self._stopping
+
     def begin_request(self) -> bool:
         """Count a request in, unless the server is stopping (:meth:`drain`): then ``False``."""
         with self._idle:
@@ -468,13 +478,16 @@ class RecommenderServer(ThreadingHTTPServer):
             return self._active
 
     def process_request(self, request, client_address) -> None:
+        """ThreadingMixIn's, with the thread counted before it starts (counted once running, one
+        started just before server_close() could be missed by its join)."""
+        thread = threading.Thread(target=self.process_request_thread, args=(request, client_address),
+                                  daemon=self.daemon_threads)
         with self._idle:
             self._connections.add(request)
-        super().process_request(request, client_address)
+            self._handlers.add(thread)
+        thread.start()
 
     def process_request_thread(self, request, client_address) -> None:
-        with self._idle:
-            self._handlers.add(threading.current_thread())
         try:
             super().process_request_thread(request, client_address)
         finally:

@@ -207,9 +207,12 @@ def source_content(
             f"the source was trained with, or train from scratch with `mmrec train`"
         )
     if not content.features:
+        left_out = [m for m in dims if m in ignore]
         raise ConfigError(
-            f"the new data has none of the source model's modalities {list(dims)}: nothing would carry over. "
-            f"Give a catalog or --features with at least one of them"
+            f"the new data has none of the source model's modalities {list(dims)}"
+            + (f" (--ignore-modality left out {', '.join(left_out)})" if left_out else "")
+            + ": nothing would carry over. Give a catalog or --features with at least one of them"
+            + (", and do not ignore it" if left_out else "")
         )
     n = len(content.item_ids)
     missing = [m for m in dims if m not in content.features]

@@ -173,6 +173,10 @@ def test_display_widths_and_one_line_text():
     assert [display_width(t) for t in ("\u2764\ufe0f", "\U0001f44d\U0001f3fd", "\U0001f468\u200d\U0001f469")] == [2, 2, 2]
     assert one_line("x\u202eabc\u202c y") == "xabc y"  # a bidirectional override reorders what follows
     assert visible("a\tb\x1b\u202e") == "a\\tb\\x1b\\u202e" and visible("a  b") == "a  b"  # ids stay apart
+    assert visible("a\\tb") == "a\\\\tb" and visible("a\u200bb") == "a\\u200bb" and visible("a\xa0b") == "a\\xa0b"
+    # joined emoji with a text-style symbol (a health worker, a pirate flag) and decomposed Hangul: one cell each
+    assert [display_width(t) for t in ("\U0001f9d1\u200d\u2695\ufe0f", "\U0001f3f4\u200d\u2620\ufe0f",
+                                       "\u1100\u1161\u11a8")] == [2, 2, 2]
     assert one_line("a\tb\n\x07c  d\u2028e") == "a b c d e"
     assert one_line("東京物語", 7) == "東京..." and one_line("東京物語", 8) == "東京物語" and one_line("abcdefgh", 6) == "abc..."
     assert pad("東", 4) == "東  " and pad("abcdef", 3) == "abcdef"

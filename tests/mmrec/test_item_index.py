@@ -867,5 +867,14 @@ def test_another_users_index_in_a_sticky_folder_is_refused_before_any_work(tmp_p
     with pytest.raises(MMRecError, match=r"idx cannot be rewritten \(nothing was changed\): it belongs to another "
                                          r"user, in .*shared, where only a folder's owner may move it"):
         index.remove([2])
+    # a dry run writes nothing: it is not refused (it was, by this check and by an unwritable folder's)
+    (tmp_path / "upd.csv").write_text("item_id\n1\n")
+    np.save(tmp_path / "upd.npy", rng.normal(size=(1, 4)).astype(np.float32))
+    index.update(tmp_path / "upd.csv", features={"f": tmp_path / "upd.npy"}, dry_run=True)
+    # replacing it with a new build is refused before any work too (it failed at the rename, after the encoding)
+    from mmrec.item_index import check_out
+
+    with pytest.raises(MMRecError, match=r"--out .*idx cannot be replaced: it belongs to another user"):
+        check_out(shared / "idx", overwrite=True)
     os.chmod(shared, shared.stat().st_mode & ~stat.S_ISVTX)  # without the sticky bit: renaming is the folder's business
     assert index.remove([2]) == 1

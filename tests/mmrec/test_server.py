@@ -149,6 +149,7 @@ def test_bad_requests_are_refused_with_the_reason(served):
         ("/recommend?user=u1&k=%201", 400, "/recommend: 'k' must be an integer, got ' 1'"),
         ("/recommend?user=u1&k=" + "9" * 5000, 400, "/recommend: 'k' is too large: 99999999999999999999... "
                                                      "(5000 digits)"),  # (int() refused it: a 500)
+        ("/recommend?user=u1&k=-" + "0" * 20 + "5", 400, "/recommend: 'k' must be at least 1"),  # (it said too large)
         ("/recommend?user=u1&explain=maybe", 400, "/recommend: 'explain' must be 1 or 0 (true / false), got 'maybe'"),
         ("/recommend?user=u1&diversity=x", 400, "/recommend: 'diversity' must be a number, got 'x'"),
         ("/recommend?user=u1&diversity=1.5", 400, "diversity weight must lie in [0, 1], got 1.5"),
@@ -171,6 +172,7 @@ def test_bad_requests_are_refused_with_the_reason(served):
     for path, status, message in cases:
         got_status, body = get(url + path)
         assert got_status == status and message in body["error"], (path, got_status, body)
+    assert len(get(url + "/recommend?user=u3&k=" + "0" * 20 + "2")[1]["results"]) == 2  # leading zeros: the value is 2
 
 
 def test_a_stopping_server_waits_for_the_answers_being_written_and_refuses_new_ones(model_dir):
@@ -570,3 +572,23 @@ def test_closing_shuts_idle_kept_alive_connections_and_joins_their_threads(model
     server.server_close()  # (a thread on an idle connection held a program's exit a minute)
     assert time.monotonic() - started < 10 and not any(t.is_alive() for t in handlers)
     conn.close()
+
+
+def test_a_request_queued_for_the_lock_gives_up_when_the_server_stops(model_dir):
+    rec = Recommender.load(model_dir, show_progress=False)
+    server = RecommenderServer(rec, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    answers = []
+    try:
+        with server.lock:  # a long request holds the directory
+            asker = threading.Thread(target=lambda: answers.append(get(f"{url}/recommend?user=u3&k=2")))
+            asker.start()
+            time.sleep(0.3)  # queued for the lock
+            assert server.drain(timeout=0.2) == 1
+        asker.join(30)
+        # (it ran its route once the lock was free, after the stop: work for a client being dropped)
+        assert answers == [(503, {"error": "the server is stopping"})]
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -206,6 +206,10 @@ def test_every_refusal_says_what_to_do(small, tmp_path):
     src = d / "source"
     quiet = dict(show_progress=False, split="random")
 
+    # ignoring every modality the new data has: the option is named, not the data blamed
+    with pytest.raises(ConfigError, match=r"none of the source model's modalities \['content'\] \(--ignore-modality left "
+                                          r"out content\): nothing would carry over.*, and do not ignore it$"):
+        finetune(src, b_inter, features={"content": b_feats}, ignore=["content"], **quiet)
     with pytest.raises(ConfigError, match=r"--ignore-modality audio: neither the source model \(modalities: content\) "
                                           r"nor the new data \(a catalog's text and image, --features: content\) "
                                           r"has it"):
