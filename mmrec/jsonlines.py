@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import re
-from pathlib import Path
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from mmrec.errors import DataError, Problem, utf8_problem

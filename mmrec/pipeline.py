@@ -254,17 +254,17 @@ def _say_untrained_users(inter: Interactions, kept: np.ndarray | None) -> list[A
     """
     untrained = np.bincount(inter.users[inter.split_mask("train")], minlength=len(inter.user_ids)) == 0
     kept = untrained & kept if kept is not None else np.zeros_like(untrained)
-    drawn = int((untrained & ~kept).sum())
+    drawn = np.flatnonzero(untrained & ~kept)
     where = "every row of theirs is a validation or test row, or one of an item --cold-start held out"
-    if drawn:
+    if len(drawn):
         logger.warning("%d of %d users have no training interaction (%s): their vectors stay as drawn, so their "
                        "recommendations are chance, and they are still evaluated (recommend --history places such a "
-                       "user by their items)", drawn, len(inter.user_ids), where)
+                       "user by their items)", len(drawn), len(inter.user_ids), where)
     if kept.any():
         logger.info("%d of %d users have no training interaction (%s) and keep their source embedding: they are "
                     "placed by what the source model learned of them (nothing, for a user without training rows "
                     "there either)", int(kept.sum()), len(inter.user_ids), where)
-    return [inter.user_ids[u] for u in np.flatnonzero(untrained & ~kept)]
+    return [inter.user_ids[u] for u in drawn]
 
 
 def fit(
