@@ -101,7 +101,9 @@ def print_batches(key: str, queries: Sequence, batches, as_json: bool, title_fie
         if as_json:
             sys.stdout.write(json_line({key: query, "results": [r.to_dict() for r in results]}) + "\n")
         else:
-            sys.stdout.write(f"{key.removesuffix('_id')} {query}\n")
+            from mmrec.display import visible
+
+            sys.stdout.write(f"{key.removesuffix('_id')} {visible(str(query))}\n")  # (an escape in an id was obeyed)
             print_results(results, False, title_field)
 
 
@@ -567,7 +569,7 @@ def print_training(args: argparse.Namespace, title: str, result, test: dict, *, 
     print(f"{title}: best epoch {result.best_epoch} ({result.seconds_per_epoch:.1f} s/epoch)")
     rows = [("valid before", start_valid or {}), ("valid", result.best_valid), ("test", test),
             ("cold-start test", test.get("cold", {})),
-            ("test, by popularity (for reference)", getattr(result, "popularity", {}).get("test", {}))]
+            *((f"{split}, by popularity (for reference)", m) for split, m in getattr(result, "popularity", {}).items())]
     for name, m in rows:
         if m:
             print(f"  {name}: " + "  ".join(f"{k} {m[k]:.4f}" for k in ("recall@10", "recall@20", "ndcg@10", "ndcg@20")))

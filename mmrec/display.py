@@ -18,6 +18,11 @@ def _wide(ch: str) -> bool:
     return unicodedata.east_asian_width(ch) in ("W", "F")
 
 
+def _emoji(ch: str) -> bool:
+    """A character an emoji sequence joins (wide, or a symbol such as U+2695 shown as one)."""
+    return _wide(ch) or unicodedata.category(ch) == "So"
+
+
 def _extends(ch: str) -> bool:
     """Whether ``ch`` draws into the character before it (a mark, a selector, a skin tone, a
     decomposed Hangul vowel or final consonant)."""
@@ -31,7 +36,7 @@ def _clusters(text: str) -> Iterator[tuple[str, int]]:
     i = 0
     while i < len(text):
         j = i + 1
-        while j < len(text) and (_extends(text[j]) or (text[j - 1] == _ZWJ and j - 1 > i
+        while j < len(text) and (_extends(text[j]) or (text[j - 1] == _ZWJ and j - 1 > i and _emoji(text[j])
                                                        and any(_wide(c) or c == _EMOJI_STYLE for c in text[i:j]))):
             j += 1
         cluster = text[i:j]
@@ -74,14 +79,16 @@ def visible(text: str) -> str:
     """``text`` (an id) with its backslashes, control, format and bidirectional characters and
     white space other than a plain space written as escapes (``\\\\``, ``\\t``, ``\\x1b``,
     ``\\u200b``), every other character kept: ids that differ print differently."""
-    def shown(ch: str) -> str:
+    def shown(i: int, ch: str) -> str:
         if ch == "\\":
             return "\\\\"
+        if ch == _ZWJ and 0 < i < len(text) - 1 and _emoji(text[i - 1]) and _emoji(text[i + 1]):
+            return ch  # joining two emoji: part of the one drawn (a family, a flag), shown as it is
         if ch != " " and (not _plain(ch) or unicodedata.category(ch) in ("Cf", "Zs", "Zl", "Zp")):
             return ch.encode("unicode_escape").decode("ascii")
         return ch
 
-    return "".join(shown(ch) for ch in text)
+    return "".join(shown(i, ch) for i, ch in enumerate(text))
 
 
 def pad(text: str, width: int) -> str:

@@ -229,6 +229,7 @@ class Recommender:
         self.items_from_interactions = items_from_interactions
         self.untrained_users = list(untrained_users)
         self._untrained = {str(u) for u in self.untrained_users}
+        self._warned: set[str] = set()  # untrained users already warned about (a server: once each, not a request)
         self._user_pos = {u: i for i, u in enumerate(self.user_ids)}
         self._user_pos_str = {str(u): i for i, u in enumerate(self.user_ids)}
         self._foldin: tuple[np.ndarray, HistoryFoldIn] | None = None  # (the vectors it was built on, it)
@@ -425,10 +426,7 @@ class Recommender:
             raise MMRecError("this directory holds a content index, not a trained model: run `mmrec train` first")
         diversity = check_weight(diversity)
         row = self.user_index(user_id)
-        if str(self.user_ids[row]) in self._untrained:  # (it answered, silently, by a vector never trained)
-            logger.warning("user %r had no training interaction: its vector is the random start it was given, so "
-                           "these recommendations are chance; recommend --history (recommend_history([], user=...)) "
-                           "places a user by their items", self.user_ids[row])
+        self._warn_untrained([row])
         known = set(self.known_items(user_id)) if exclude_known else None
         results = self._serve(self.user_vectors[row : row + 1], k, known, diversity, candidates,
                               *self.items.filters(exclude, only))
@@ -597,6 +595,7 @@ class Recommender:
             raise MMRecError("this directory holds a content index, not a trained model: run `mmrec train` first")
         k, batch_size = check_count(k), check_count(batch_size, "batch_size")
         rows = [self.user_index(u) for u in id_list(user_ids)]  # "u1" is one user, not "u" and "1"
+        self._warn_untrained(rows)
         dropped, allowed = self.items.filters(exclude, only)
         out: list[list[Result]] = []
         with tqdm(total=len(rows), desc="recommending", unit="user", disable=not show_progress) as bar:
@@ -606,6 +605,18 @@ class Recommender:
                 out += self.items.search_vectors(queries, k, exclude=known, exclude_all=dropped, only=allowed)  # [B]
                 bar.update(len(batch))
         return out
+
+    def _warn_untrained(self, rows: Sequence[int]) -> None:
+        """Warn, once per user and object, about the users at ``rows`` with no training
+        interaction: their vectors are the random start, and answering by them said nothing."""
+        new = [self.user_ids[r] for r in rows if str(self.user_ids[r]) in self._untrained - self._warned]
+        if not new:
+            return
+        self._warned.update(str(u) for u in new)
+        named = ", ".join(repr(u) for u in new[:5]) + (f" and {len(new) - 5} more" if len(new) > 5 else "")
+        logger.warning("user(s) %s had no training interaction: their vectors are the random start they were given, so "
+                       "these recommendations are chance; recommend --history (recommend_history([], user=...)) "
+                       "places a user by their items", named)
 
     def _user_queries(self, rows: Sequence[int], exclude_known: bool = True) -> tuple[np.ndarray, list[set] | None]:
         """What :meth:`recommend_many` sends the index for the users at these rows: their queries

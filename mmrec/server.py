@@ -124,12 +124,12 @@ class Params:
         if not re.fullmatch(r"-?[0-9]+", text):  # (int() also took "1_0", " 1" and other scripts' digits)
             shown = text if len(text) <= 40 else text[:37] + "..."
             raise BadRequest(f"{self.route}: '{name}' must be an integer, got {shown!r}")
-        digits = text.lstrip("-").lstrip("0")
-        if len(digits) > 18:  # (int() refuses 4,300 digits and more with a ValueError: it was a 500)
+        digits = text.lstrip("-").lstrip("0") or "0"  # (int() refuses 4,300 digits and more: it was a 500)
+        if len(digits) > 18:
             if text.startswith("-"):
                 raise BadRequest(f"{self.route}: '{name}' must be at least {minimum}, got {text[:20]}...")
             raise BadRequest(f"{self.route}: '{name}' is too large: {digits[:20]}... ({len(digits)} digits)")
-        value = int(text)
+        value = -int(digits) if text.startswith("-") else int(digits)
         if value < minimum:
             raise BadRequest(f"{self.route}: '{name}' must be at least {minimum}, got {value}")
         return value
@@ -485,7 +485,12 @@ class RecommenderServer(ThreadingHTTPServer):
         with self._idle:
             self._connections.add(request)
             self._handlers.add(thread)
-        thread.start()
+        try:
+            thread.start()
+        except BaseException:  # (no thread to start, or Ctrl-C just then): not one to join
+            with self._idle:
+                self._handlers.discard(thread)
+            raise
 
     def process_request_thread(self, request, client_address) -> None:
         try:
@@ -515,7 +520,7 @@ class RecommenderServer(ThreadingHTTPServer):
             handlers = list(self._handlers)
         deadline = time.monotonic() + CLOSE_JOIN_SECONDS  # for all of them together, not each
         for thread in handlers:
-            if thread is not threading.current_thread():
+            if thread is not threading.current_thread() and thread.ident is not None:  # (started)
                 thread.join(max(0.0, deadline - time.monotonic()))
 
     def handle_error(self, request, client_address) -> None:

@@ -496,7 +496,10 @@ def finetune(
                            int((rows >= 0).sum()), len(rows))
         transfer_weights(src.model, trainer.model, trainer.features, trainer.present, user_rows=rows,
                          seed=trainer.cfg.seed)
-        trainer.kept_users = None if rows is None else rows >= 0
+        # A user the source never trained either keeps a random start: not counted as placed
+        untrained = {str(u) for u in getattr(src, "untrained_users", [])}
+        trainer.kept_users = None if rows is None else np.array(
+            [r >= 0 and str(src.user_ids[r]) not in untrained for r in rows], dtype=bool)
         report: dict[str, Any] = {"source": str(src.items.directory or "")}
         if inter.split_mask("valid").any():  # (without validation rows, training has no early stopping either)
             valid = report["start_valid"] = trainer.validate("valid")

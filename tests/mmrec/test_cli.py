@@ -165,6 +165,15 @@ def test_a_table_without_a_title_field_has_no_blank_column():
                                            "   2   0.2500  é4       " + "語" * 33 + "..."]
 
 
+def test_the_header_line_of_each_query_shows_its_id_escaped(capsys):
+    from mmrec.cli import print_batches
+    from mmrec.item_index import Result
+
+    # an id from the data file reached the terminal raw: an escape in it was obeyed, a no-break space passed for a space
+    print_batches("item_id", ["x\x1b[7mINV", "a\xa0b"], [[Result(1, 0.5, {})], []], False)
+    assert capsys.readouterr().out.splitlines()[::3] == ["item x\\x1b[7mINV", "item a\\xa0b"]
+
+
 def test_display_widths_and_one_line_text():
     from mmrec.display import display_width, one_line, pad, visible
 
@@ -177,6 +186,8 @@ def test_display_widths_and_one_line_text():
     # joined emoji with a text-style symbol (a health worker, a pirate flag) and decomposed Hangul: one cell each
     assert [display_width(t) for t in ("\U0001f9d1\u200d\u2695\ufe0f", "\U0001f3f4\u200d\u2620\ufe0f",
                                        "\u1100\u1161\u11a8")] == [2, 2, 2]
+    assert display_width("\u4e2d\u200dx") == 3  # a joiner before a letter joins nothing
+    assert visible("\U0001f468\u200d\U0001f469") == "\U0001f468\u200d\U0001f469" and visible("a\u200db") == "a\\u200db"
     assert one_line("a\tb\n\x07c  d\u2028e") == "a b c d e"
     assert one_line("東京物語", 7) == "東京..." and one_line("東京物語", 8) == "東京物語" and one_line("abcdefgh", 6) == "abc..."
     assert pad("東", 4) == "東  " and pad("abcdef", 3) == "abcdef"

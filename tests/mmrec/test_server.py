@@ -173,6 +173,7 @@ def test_bad_requests_are_refused_with_the_reason(served):
         got_status, body = get(url + path)
         assert got_status == status and message in body["error"], (path, got_status, body)
     assert len(get(url + "/recommend?user=u3&k=" + "0" * 20 + "2")[1]["results"]) == 2  # leading zeros: the value is 2
+    assert len(get(url + "/recommend?user=u3&k=" + "0" * 5000 + "2")[1]["results"]) == 2  # (a 500: int() of 5001 digits)
 
 
 def test_a_stopping_server_waits_for_the_answers_being_written_and_refuses_new_ones(model_dir):
@@ -592,3 +593,20 @@ def test_a_request_queued_for_the_lock_gives_up_when_the_server_stops(model_dir)
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_handler_thread_that_never_started_is_not_joined(model_dir, monkeypatch):
+    rec = Recommender.load(model_dir, show_progress=False)
+    server = RecommenderServer(rec, "127.0.0.1", 0)
+    a, b = socket.socketpair()
+
+    def no_thread(self):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", no_thread)
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        server.process_request(a, ("127.0.0.1", 1))
+    monkeypatch.undo()
+    assert not server._handlers  # (kept, server_close raised "cannot join thread before it is started")
+    server.server_close()
+    b.close()

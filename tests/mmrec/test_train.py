@@ -773,9 +773,17 @@ def test_users_without_training_rows_are_warned_about(tmp_path, caplog):
         assert not caplog.records
         rec.recommend("late", 3)
     assert rec.untrained_users == ["late"] and caplog.records[0].getMessage() == (
-        "user 'late' had no training interaction: its vector is the random start it was given, so these "
+        "user(s) 'late' had no training interaction: their vectors are the random start they were given, so these "
         "recommendations are chance; recommend --history (recommend_history([], user=...)) places a user by "
         "their items")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mmrec.recommender"):
+        rec.recommend("late", 3)  # once a user and object (a server logged it at every request)
+    assert not caplog.records
+    fresh = Recommender.load(tmp_path / "m", show_progress=False)
+    with caplog.at_level("WARNING", logger="mmrec.recommender"):
+        fresh.recommend_many(["u1", "late"], 3)  # the batch path said nothing
+    assert "user(s) 'late' had no training interaction" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING", logger="mmrec.pipeline"):
         fit(inter, features={"content": feats}, out=tmp_path / "m2", config=config, split="random",

@@ -385,6 +385,13 @@ def test_a_user_with_no_training_row_who_keeps_a_source_embedding_is_not_called_
         kept = "1 of 12 users have no training interaction (every row of theirs is a validation or test row, or one " \
                "of an item --cold-start held out) and keep their source embedding"
         assert (kept in caplog.text) == keep and ("stay as drawn" in caplog.text) == (not keep)
+    # a user the source never trained either keeps a random start: still listed, and warned about
+    fit(tmp_path / "given.tsv", features={"content": feats}, out=tmp_path / "src2", config=TrainConfig(**FAST, epochs=1),
+        show_progress=False)
+    assert Recommender.load(tmp_path / "src2", show_progress=False).untrained_users == ["u0"]
+    again, _, _ = finetune(tmp_path / "src2", tmp_path / "given.tsv", features={"content": feats}, config={"epochs": 1},
+                           out=tmp_path / "ft2", show_progress=False)
+    assert again.untrained_users == Recommender.load(tmp_path / "ft2", show_progress=False).untrained_users == ["u0"]
 
 
 def test_transfer_weights_draws_fresh_embeddings_from_a_salted_seed():
