@@ -18,9 +18,16 @@ def _wide(ch: str) -> bool:
     return unicodedata.east_asian_width(ch) in ("W", "F")
 
 
-def _emoji(ch: str) -> bool:
-    """A character an emoji sequence joins (wide, or a symbol such as U+2695 shown as one)."""
-    return _wide(ch) or unicodedata.category(ch) == "So"
+def _pictograph(ch: str) -> bool:
+    """An emoji drawn as one (the pictographs from U+1F000), or the selector asking for one."""
+    return ord(ch) >= 0x1F000 or ch == _EMOJI_STYLE
+
+
+def _joins(cluster: str, ch: str) -> bool:
+    """Whether U+200D at the end of an emoji ``cluster`` joins ``ch`` into it (a family, a health
+    worker's U+2695, a flag): only after a pictograph, and only a pictograph or a symbol; between
+    two CJK characters a joiner joins nothing."""
+    return any(_pictograph(c) for c in cluster) and (_pictograph(ch) or unicodedata.category(ch) == "So")
 
 
 def _extends(ch: str) -> bool:
@@ -36,8 +43,7 @@ def _clusters(text: str) -> Iterator[tuple[str, int]]:
     i = 0
     while i < len(text):
         j = i + 1
-        while j < len(text) and (_extends(text[j]) or (text[j - 1] == _ZWJ and j - 1 > i and _emoji(text[j])
-                                                       and any(_wide(c) or c == _EMOJI_STYLE for c in text[i:j]))):
+        while j < len(text) and (_extends(text[j]) or (text[j - 1] == _ZWJ and j - 1 > i and _joins(text[i:j], text[j]))):
             j += 1
         cluster = text[i:j]
         if any(_wide(c) for c in cluster) or _EMOJI_STYLE in cluster:
@@ -79,16 +85,20 @@ def visible(text: str) -> str:
     """``text`` (an id) with its backslashes, control, format and bidirectional characters and
     white space other than a plain space written as escapes (``\\\\``, ``\\t``, ``\\x1b``,
     ``\\u200b``), every other character kept: ids that differ print differently."""
-    def shown(i: int, ch: str) -> str:
+    def shown(ch: str, joined: bool) -> str:
         if ch == "\\":
             return "\\\\"
-        if ch == _ZWJ and 0 < i < len(text) - 1 and _emoji(text[i - 1]) and _emoji(text[i + 1]):
-            return ch  # joining two emoji: part of the one drawn (a family, a flag), shown as it is
+        if ch == _ZWJ and joined:
+            return ch  # inside an emoji sequence (a family, a flag): part of the one drawn, shown as it is
         if ch != " " and (not _plain(ch) or unicodedata.category(ch) in ("Cf", "Zs", "Zl", "Zp")):
             return ch.encode("unicode_escape").decode("ascii")
         return ch
 
-    return "".join(shown(i, ch) for i, ch in enumerate(text))
+    out = []
+    for cluster, _ in _clusters(text):
+        joined = any(_pictograph(c) for c in cluster) and not cluster.endswith(_ZWJ)  # (a trailing one joins nothing)
+        out.append("".join(shown(ch, joined) for ch in cluster))
+    return "".join(out)
 
 
 def pad(text: str, width: int) -> str:

@@ -609,7 +609,10 @@ class Recommender:
     def _warn_untrained(self, rows: Sequence[int]) -> None:
         """Warn, once per user and object, about the users at ``rows`` with no training
         interaction: their vectors are the random start, and answering by them said nothing."""
-        new = [self.user_ids[r] for r in rows if str(self.user_ids[r]) in self._untrained - self._warned]
+        pending = self._untrained - self._warned  # (once: it was taken anew for every row)
+        if not pending:
+            return
+        new = list(dict.fromkeys(self.user_ids[r] for r in rows if str(self.user_ids[r]) in pending))
         if not new:
             return
         self._warned.update(str(u) for u in new)

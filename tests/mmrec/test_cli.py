@@ -186,7 +186,11 @@ def test_display_widths_and_one_line_text():
     # joined emoji with a text-style symbol (a health worker, a pirate flag) and decomposed Hangul: one cell each
     assert [display_width(t) for t in ("\U0001f9d1\u200d\u2695\ufe0f", "\U0001f3f4\u200d\u2620\ufe0f",
                                        "\u1100\u1161\u11a8")] == [2, 2, 2]
-    assert display_width("\u4e2d\u200dx") == 3  # a joiner before a letter joins nothing
+    assert display_width("\u4e2d\u200dx") == 3  # a joiner before a letter joins nothing, nor between CJK
+    assert display_width("\u4e2d\u200d\u6587") == 4 and visible("\u4e2d\u200d\u6587") == "\u4e2d\\u200d\u6587"
+    for seq in ("\U0001f3f3\ufe0f\u200d\U0001f308", "\u2764\ufe0f\u200d\U0001f525",  # rainbow flag, heart on fire
+                "\U0001f469\u200d\u2764\ufe0f\u200d\U0001f48b\u200d\U0001f468"):  # a kiss
+        assert display_width(seq) == 2 and visible(seq) == seq
     assert visible("\U0001f468\u200d\U0001f469") == "\U0001f468\u200d\U0001f469" and visible("a\u200db") == "a\\u200db"
     assert one_line("a\tb\n\x07c  d\u2028e") == "a b c d e"
     assert one_line("東京物語", 7) == "東京..." and one_line("東京物語", 8) == "東京物語" and one_line("abcdefgh", 6) == "abc..."
