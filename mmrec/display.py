@@ -12,6 +12,8 @@ from collections.abc import Iterator
 # Bidirectional embeddings, overrides and isolates: format characters that reorder the text after them.
 _BIDI = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c")
 _ZWJ, _EMOJI_STYLE, _TEXT_STYLE = "\u200d", "\ufe0f", "\ufe0e"
+# Letters drawn as blank space (Hangul and halfwidth fillers, the braille blank) and the grapheme joiner.
+_BLANK = set("\u3164\u115f\u1160\uffa0\u2800\u034f")
 
 
 def _wide(ch: str) -> bool:
@@ -23,11 +25,14 @@ def _pictograph(ch: str) -> bool:
     return ord(ch) >= 0x1F000 or ch == _EMOJI_STYLE
 
 
-def _joins(cluster: str, ch: str) -> bool:
-    """Whether U+200D at the end of an emoji ``cluster`` joins ``ch`` into it (a family, a health
-    worker's U+2695, a flag): only after a pictograph, and only a pictograph or a symbol; between
-    two CJK characters a joiner joins nothing."""
-    return any(_pictograph(c) for c in cluster) and (_pictograph(ch) or unicodedata.category(ch) == "So")
+def _joins(cluster: str, ch: str, after: str = "") -> bool:
+    """Whether U+200D at the end of an emoji ``cluster`` joins ``ch`` (followed by ``after``)
+    into it (a family, a flag, a health worker's U+2695 with its emoji selector): only after an
+    emoji, and only an emoji or a symbol asking to be one; between two CJK characters a joiner
+    joins nothing."""
+    emoji = any(ord(c) >= 0x1F000 for c in cluster) or any(
+        c == _EMOJI_STYLE and unicodedata.category(p) == "So" for p, c in zip(cluster, cluster[1:]))
+    return emoji and (ord(ch) >= 0x1F000 or (unicodedata.category(ch) == "So" and after.startswith(_EMOJI_STYLE)))
 
 
 def _extends(ch: str) -> bool:
@@ -43,11 +48,13 @@ def _clusters(text: str) -> Iterator[tuple[str, int]]:
     i = 0
     while i < len(text):
         j = i + 1
-        while j < len(text) and (_extends(text[j]) or (text[j - 1] == _ZWJ and j - 1 > i and _joins(text[i:j], text[j]))):
+        while j < len(text) and (_extends(text[j]) or (text[j - 1] == _ZWJ and j - 1 > i
+                                                       and _joins(text[i : j - 1], text[j], text[j + 1 : j + 2]))):
             j += 1
         cluster = text[i:j]
-        if any(_wide(c) for c in cluster) or _EMOJI_STYLE in cluster:
-            width = 2
+        if any(_wide(c) for c in cluster) or "\u20e3" in cluster or (
+                _EMOJI_STYLE in cluster and unicodedata.category(cluster[0]) == "So"):
+            width = 2  # (an emoji selector widens a symbol, not a letter; a keycap is one emoji)
         elif unicodedata.category(cluster[0]) == "Cf" and len(cluster) == 1:
             width = 0  # a zero-width space or joiner alone
         else:
@@ -85,19 +92,21 @@ def visible(text: str) -> str:
     """``text`` (an id) with its backslashes, control, format and bidirectional characters and
     white space other than a plain space written as escapes (``\\\\``, ``\\t``, ``\\x1b``,
     ``\\u200b``), every other character kept: ids that differ print differently."""
-    def shown(ch: str, joined: bool) -> str:
-        if ch == "\\":
-            return "\\\\"
-        if ch == _ZWJ and joined:
-            return ch  # inside an emoji sequence (a family, a flag): part of the one drawn, shown as it is
-        if ch != " " and (not _plain(ch) or unicodedata.category(ch) in ("Cf", "Zs", "Zl", "Zp")):
-            return ch.encode("unicode_escape").decode("ascii")
-        return ch
-
     out = []
     for cluster, _ in _clusters(text):
-        joined = any(_pictograph(c) for c in cluster) and not cluster.endswith(_ZWJ)  # (a trailing one joins nothing)
-        out.append("".join(shown(ch, joined) for ch in cluster))
+        for k, ch in enumerate(cluster):
+            if ch == "\\":
+                out.append("\\\\")
+            elif ch == _ZWJ and k + 1 < len(cluster) and _joins(cluster[:k], cluster[k + 1], cluster[k + 2 : k + 3]):
+                out.append(ch)  # joining an emoji sequence (a family, a flag): part of the one drawn, shown as it is
+            elif ch == _EMOJI_STYLE and k and (unicodedata.category(cluster[k - 1]) == "So" or ord(cluster[k - 1]) >= 0x1F000
+                                               or cluster[k + 1 : k + 2] == "\u20e3"):
+                out.append(ch)  # an emoji's own selector (a keycap's too)
+            elif ch != " " and (not _plain(ch) or ch in _BLANK or unicodedata.category(ch) in ("Cf", "Zs", "Zl", "Zp")
+                                or 0xFE00 <= ord(ch) <= 0xFE0F or 0xE0100 <= ord(ch) <= 0xE01EF):
+                out.append(ch.encode("unicode_escape").decode("ascii"))  # (drawn as nothing, or as a space)
+            else:
+                out.append(ch)
     return "".join(out)
 
 

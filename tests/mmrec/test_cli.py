@@ -191,6 +191,10 @@ def test_display_widths_and_one_line_text():
     for seq in ("\U0001f3f3\ufe0f\u200d\U0001f308", "\u2764\ufe0f\u200d\U0001f525",  # rainbow flag, heart on fire
                 "\U0001f469\u200d\u2764\ufe0f\u200d\U0001f48b\u200d\U0001f468"):  # a kiss
         assert display_width(seq) == 2 and visible(seq) == seq
+    # a joiner or selector that joins nothing is escaped (they printed alike: these as plain 中文, a, 中)
+    assert visible("\u4e2d\u200d\ufe0f\u6587") == "\u4e2d\\u200d\\ufe0f\u6587" and visible("a\ufe0f") == "a\\ufe0f"
+    assert visible("\u4e2d\U000e0100") == "\u4e2d\\U000e0100" and visible("\u3164") == "\\u3164"
+    assert display_width("1\ufe0f\u20e3") == 2 and visible("1\ufe0f\u20e3") == "1\ufe0f\u20e3"  # a keycap
     assert visible("\U0001f468\u200d\U0001f469") == "\U0001f468\u200d\U0001f469" and visible("a\u200db") == "a\\u200db"
     assert one_line("a\tb\n\x07c  d\u2028e") == "a b c d e"
     assert one_line("東京物語", 7) == "東京..." and one_line("東京物語", 8) == "東京物語" and one_line("abcdefgh", 6) == "abc..."
