@@ -96,6 +96,7 @@ class TrainConfig:
     cold_neighbours: int = _f(10, "an item known by content borrows the mean trained vector of its k nearest indexed items by content (0: content path alone)")
     cold_neighbour_weight: float = _f(0.5, "weight of the item's own content-path direction in that blend (1: its own direction alone, its length still the neighbours'; --cold-neighbours 0 ignores them)")
     cold_start: float = _f(0.0, "fraction of items held out of training and ranked from content alone (cold-start test)")
+    untrained_via_content: bool = _f(False, "index the catalog items with no training interaction as index add places new items (their content's trained neighbours), not by the vectors training left them")
     dropout: float = _f(0.0, "dropout inside projections and attention")
     projection_hidden: int = _f(0, "hidden width of a 2-layer projection MLP (0: linear)")
     finetune: str = _f("frozen", "encoder mode: frozen, top:N (last N blocks trainable) or full")

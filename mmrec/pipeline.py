@@ -378,10 +378,13 @@ def fit(
             f"item {item_ids[i]!r} has no content (every modality missing: {', '.join(dims)}) {why}; give it "
             "features, or leave it out")) for i in orphans])
     no_edges = int(((train_degree == 0) & (True if held_out is None else ~held_out)).sum())  # held out: not trained
-    if no_edges and dims:
+    if no_edges and dims and config.untrained_via_content:
+        logger.info("%d items have no training interaction: indexed through the content path, as index add places "
+                    "new items (untrained_via_content)", no_edges)
+    elif no_edges and dims:
         logger.info("%d items have no training interaction: learned from content alone, they rank low for users "
-                    "(drawn as negatives, chosen by none); `mmrec index add` after training places new items by "
-                    "their content's trained neighbours instead", no_edges)
+                    "(drawn as negatives, chosen by none); --untrained-via-content indexes them as `mmrec index add` "
+                    "places new items, by their content's trained neighbours", no_edges)
     data = TrainData(
         train_inter,
         {m: torch.from_numpy(content.features[m]) for m in dims},
@@ -401,8 +404,11 @@ def fit(
     # training edges keep the vectors the model was validated with (their content through the
     # trained projections, no graph edges): the training data is evidence that few users want
     # them, and served through the calibrated path they took a third of the top-20 slots while
-    # holding 2% of the test rows (README, fine-tuning onto a new catalog).
+    # holding 2% of the test rows (README, fine-tuning onto a new catalog); untrained_via_content
+    # sends them through it all the same, for sparse data where no interaction means no data.
     via_content = held_out.copy() if dims and held_out is not None else np.zeros(n, dtype=bool)
+    if dims and config.untrained_via_content:  # (on sparse data they took 15 of 18,860 top-20 slots; re-added, 509)
+        via_content |= (train_degree == 0) & placed
     train_rows = train_inter.split_mask("train")
     # New items borrow from the indexed items nearest by content, measured from the catalog's modality means.
     centers = modality_centers(features_now, {m: content.present[m] for m in dims})

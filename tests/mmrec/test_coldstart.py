@@ -482,3 +482,31 @@ def test_held_out_items_are_not_counted_as_learned_from_content(tmp_path, caplog
             split="random", show_progress=False)
     assert "8 of 32 items held out of training" in caplog.text
     assert "learned from content alone" not in caplog.text  # held out: not trained at all
+
+
+def test_untrained_items_can_be_indexed_as_index_add_places_new_items(tmp_path):
+    from mmrec.recommender import Recommender
+
+    # Catalog items with no training interaction kept the vectors training left them, which users rank low (on
+    # sparse data they took 15 of 18,860 top-20 slots; removed and added again with index add, 509)
+    inter, feats = write_planted(tmp_path, users=32, items=24, per_user=6)
+    x = np.load(feats)
+    rows = inter.read_text().splitlines()
+    unused = {3, 10}
+    (tmp_path / "some.tsv").write_text("\n".join([rows[0]] + [r for r in rows[1:] if int(r.split("\t")[1]) not in unused])
+                                       + "\n")
+    config = TrainConfig(**(FAST | {"epochs": 2}), untrained_via_content=True)
+    rec, _, _ = fit(tmp_path / "some.tsv", features={"content": feats}, catalog=None, out=tmp_path / "m", config=config,
+                    split="random", show_progress=False)
+    back = Recommender.load(tmp_path / "m", show_progress=False)
+    assert back.config.untrained_via_content
+    before = {i: back.items.vector_of(i).copy() for i in unused}
+    back.items.remove(sorted(unused))
+    np.save(tmp_path / "unused.npy", x[sorted(unused)])
+    (tmp_path / "unused.csv").write_text("item_id\n" + "".join(f"{i}\n" for i in sorted(unused)))
+    assert back.items.add(tmp_path / "unused.csv", features={"content": tmp_path / "unused.npy"}) == 2
+    for i in unused:  # the same vector as index add gives them
+        np.testing.assert_allclose(back.items.vector_of(i), before[i], rtol=1e-5, atol=1e-6)
+    plain, _, _ = fit(tmp_path / "some.tsv", features={"content": feats}, out=None, split="random", show_progress=False,
+                      config=TrainConfig(**(FAST | {"epochs": 2})))
+    assert not any(np.allclose(plain.items.vector_of(i), before[i], atol=1e-3) for i in unused)  # (off by default)
