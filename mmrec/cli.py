@@ -562,14 +562,14 @@ def print_training(args: argparse.Namespace, title: str, result, test: dict, *, 
     summary = {"out": str(args.out), **({"source": str(source)} if source is not None else {}),
                "best_epoch": result.best_epoch, "seconds_per_epoch": result.seconds_per_epoch,
                **({"start_valid": start_valid} if start_valid is not None else {}),
-               "valid": result.best_valid, "test": test, "popularity": getattr(result, "popularity", {})}
+               "valid": result.best_valid, "test": test, "popularity": result.popularity}
     if args.json:
         print(json.dumps(summary, indent=1))
         return
     print(f"{title}: best epoch {result.best_epoch} ({result.seconds_per_epoch:.1f} s/epoch)")
     rows = [("valid before", start_valid or {}), ("valid", result.best_valid), ("test", test),
             ("cold-start test", test.get("cold", {})),
-            *((f"{split}, by popularity (for reference)", m) for split, m in getattr(result, "popularity", {}).items())]
+            *((f"{split}, by popularity (for reference)", m) for split, m in result.popularity.items())]
     for name, m in rows:
         if m:
             print(f"  {name}: " + "  ".join(f"{k} {m[k]:.4f}" for k in ("recall@10", "recall@20", "ndcg@10", "ndcg@20")))

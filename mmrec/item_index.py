@@ -462,18 +462,18 @@ def _check_creatable(out: Path, what: str | None = None) -> None:
         raise MMRecError(f"{what}: nothing can be written in {ancestor} ({e.strerror or e})") from None
 
 
-def _check_renamable(directory: Path, what: str | None = None) -> None:
+def _check_renamable(directory: Path, what: str) -> None:
     """Refuse, before any work, a directory this process may not rename aside: another user's, in
     a folder with the sticky bit (/tmp, shared scratch space), where only its owner (or the
     folder's, or root) may; the probe of :func:`_check_creatable` passes there, and the rewrite
-    failed at its rename, after the encoding."""
+    failed at its rename, after the encoding. ``what`` begins the message."""
     if not hasattr(os, "geteuid") or os.geteuid() == 0:
         return
     target = directory.resolve()
     parent = target.parent.stat()
     if parent.st_mode & stat.S_ISVTX and os.geteuid() not in (target.stat().st_uid, parent.st_uid):
-        raise MMRecError(f"{what or f'{directory} cannot be rewritten (nothing was changed)'}: it belongs to another "
-                         f"user, in {target.parent}, where only a folder's owner may move it (the sticky bit)")
+        raise MMRecError(f"{what}: it belongs to another user, in {target.parent}, where only a folder's owner may "
+                         "move it (the sticky bit)")
 
 
 def read_whole(directory: Path, read: Any, attempts: int = 3) -> Any:
@@ -1132,8 +1132,9 @@ class ItemIndex:
             self._check_unchanged()  # first: another command's files are no reason to move anything
             check_rewrite(self.directory, self.manifest, "run this")
             if write:  # (a read-only disk failed only after every new item was encoded, in the temporary folder's name)
-                _check_creatable(self.directory, f"{self.directory} cannot be rewritten (nothing was changed)")
-                _check_renamable(self.directory)
+                what = f"{self.directory} cannot be rewritten (nothing was changed)"
+                _check_creatable(self.directory, what)
+                _check_renamable(self.directory, what)
 
     def _check_unchanged(self) -> None:
         if manifest_stamp(self.directory) != self._stamp:

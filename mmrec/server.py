@@ -67,6 +67,7 @@ logger = logging.getLogger("mmrec.server")
 
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 IDLE_SECONDS = 60
+STOPPING = HTTPStatus.SERVICE_UNAVAILABLE, {"error": "the server is stopping"}  # what a stopping server answers
 MISSING_WARN_SECONDS = 5  # a directory without its manifest this long is said to be gone (once)
 MAX_DISCARDED_BODY = 1 << 20  # a GET body up to this is read past; a longer one closes the connection
 
@@ -275,7 +276,7 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             logger.info('%s "%s %s" %d', self.client_address[0], self.command, self.path,
                         HTTPStatus.SERVICE_UNAVAILABLE)
-            self._send(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "the server is stopping"})
+            self._send(*STOPPING)
             return
         try:
             self._get(start)
@@ -373,7 +374,7 @@ class Handler(BaseHTTPRequestHandler):
         rec = self.server.current()  # may load a changed directory first, without the lock
         with self.server.lock:
             if self.server.stopping:  # (queued for the lock, it ran its route after its connection was shut)
-                return HTTPStatus.SERVICE_UNAVAILABLE, {"error": "the server is stopping"}
+                return STOPPING
             results = route(rec, params)
             results, more = results if isinstance(results, tuple) else (results, {})
             if any(name in params for name in FILTERS[:2]):
