@@ -183,6 +183,14 @@ def source_content(
                 f"{' or '.join('text columns' if m == 'text' else 'an image column' for m in clash)} to use the "
                 f"given features instead")
         wanted = [m for m, yes in has.items() if yes and m not in ignore and m not in features]
+        # The source read a catalog with these fields and encoded none of them (--text-encoder none /
+        # --image-encoder none): the new catalog's are left out as well, as `train` with those options would.
+        read = {"text": bool(source.items.manifest.get("text_fields")), "image": bool(source.items.manifest.get("image_field"))}
+        skipped = [m for m in wanted if m not in dims and read[m]]
+        if skipped:
+            logger.info("the source model was trained without its catalog's %s (encoder none): the new catalog's "
+                        "is not encoded either", " or ".join(skipped))
+            wanted = [m for m in wanted if m not in skipped]
         never = [m for m in wanted if m not in dims]
         if never:
             raise ConfigError(_never_had(never, dims, f"the catalog {catalog.source}"))

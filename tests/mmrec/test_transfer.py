@@ -382,8 +382,8 @@ def test_a_user_with_no_training_row_who_keeps_a_source_embedding_is_not_called_
             finetune(d / "source", tmp_path / "given.tsv", features={"content": feats}, config={"epochs": 1},
                      show_progress=False, keep_users=keep)
         # it said "their vectors stay as drawn, so their recommendations are chance" of a kept user too
-        kept = "1 of 12 users have no training interaction (every row of theirs is a validation or test row, or one " \
-               "of an item --cold-start held out) and keep their source embedding"
+        kept = "1 of 12 users have no training interaction (every row of theirs is a validation or test row, one " \
+               "below the rating threshold, or one of an item --cold-start held out) and keep their source embedding"
         assert (kept in caplog.text) == keep and ("stay as drawn" in caplog.text) == (not keep)
     # a user the source never trained either keeps a random start: still listed, and warned about
     fit(tmp_path / "given.tsv", features={"content": feats}, out=tmp_path / "src2", config=TrainConfig(**FAST, epochs=1),
@@ -688,3 +688,23 @@ def test_finetune_skips_invalid_rows_as_train_does_and_records_it(tmp_path, tiny
         finetune(tmp_path / "source", b_inter, catalog=tmp_path / "b.csv", split="random", show_progress=False,
                  skip_invalid=True, config={"lr": FAST["lr"] * 10, "epochs": 1})
     assert f"fine-tuning at lr {FAST['lr'] * 10:g}, above the source model's {FAST['lr']:g}" in caplog.text
+
+
+def test_a_source_that_encoded_none_of_its_catalog_text_leaves_the_new_catalog_text_out(tmp_path, caplog):
+    # A source trained on a catalog with --text-encoder none and --features refused that same catalog
+    # ("has modalities ['text'] that the source model was never trained with").
+    inter, feats = write_planted(tmp_path, users=12, items=16, seed=5)
+    with open(tmp_path / "items.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["item_id", "title"]] + [[i, f"item {i}"] for i in range(16)])
+    quiet = {"show_progress": False}
+    fit(inter, catalog=tmp_path / "items.csv", features={"content": feats}, text_encoder=None,
+        out=tmp_path / "src", config=TrainConfig(**FAST, epochs=1), **quiet)
+    with caplog.at_level("INFO", logger="mmrec.transfer"):
+        rec, _, _ = finetune(tmp_path / "src", inter, catalog=tmp_path / "items.csv", features={"content": feats},
+                             config={"epochs": 1}, **quiet)
+    assert "trained without its catalog's text (encoder none)" in caplog.text
+    assert list(rec.model.modality_dims) == ["content"] and rec.items.fields(3)["title"] == "item 3"
+    # A source that read no catalog still refuses one with text: it may be a modality the user wants learned.
+    fit(inter, features={"content": feats}, out=tmp_path / "bare", config=TrainConfig(**FAST, epochs=1), **quiet)
+    with pytest.raises(ConfigError, match=r"\['text'\] that the source model was never trained with"):
+        finetune(tmp_path / "bare", inter, catalog=tmp_path / "items.csv", features={"content": feats}, **quiet)
