@@ -562,12 +562,14 @@ def print_training(args: argparse.Namespace, title: str, result, test: dict, *, 
     summary = {"out": str(args.out), **({"source": str(source)} if source is not None else {}),
                "best_epoch": result.best_epoch, "seconds_per_epoch": result.seconds_per_epoch,
                **({"start_valid": start_valid} if start_valid is not None else {}),
-               "valid": result.best_valid, "test": test, "popularity": result.popularity}
+               "valid": result.best_valid, "test": test, "popularity": result.popularity,
+               **({"valid_trained": result.trained_valid} if result.trained_valid is not None else {})}
     if args.json:
         print(json.dumps(summary, indent=1))
         return
     print(f"{title}: best epoch {result.best_epoch} ({result.seconds_per_epoch:.1f} s/epoch)")
-    rows = [("valid before", start_valid or {}), ("valid", result.best_valid), ("test", test),
+    rows = [("valid before", start_valid or {}), ("valid", result.best_valid),
+            ("valid, as trained (before --untrained-via-content)", result.trained_valid or {}), ("test", test),
             ("cold-start test", test.get("cold", {})),
             *((f"{split}, by popularity (for reference)", m) for split, m in result.popularity.items())]
     for name, m in rows:
@@ -1115,7 +1117,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="user id (a user the model trained on); with --history, that user's liked items followed "
                          "by the --history items are the history; several ids are recommended for in batches")
     rc.add_argument("--all-users", action="store_true",
-                    help="every user the model trained on, in batches; with --json, several users (or --all-users) "
+                    help="every user of the training data (those it had no training row of are warned about), in batches; with --json, several users (or --all-users) "
                          "print JSON Lines, one {\"user_id\", \"results\"} object a user, where one user prints a list")
     rc.add_argument("--history", nargs="+", action="extend", metavar="ITEM",
                     help="item ids a user interacted with: anyone, including users the model never saw "

@@ -255,15 +255,15 @@ def _say_untrained_users(inter: Interactions, kept: np.ndarray | None) -> list[A
     untrained = np.bincount(inter.users[inter.split_mask("train")], minlength=len(inter.user_ids)) == 0
     kept = untrained & kept if kept is not None else np.zeros_like(untrained)
     drawn = np.flatnonzero(untrained & ~kept)
-    where = "every row of theirs is a validation or test row, or one of an item --cold-start held out"
+    where = ("every row of theirs is a validation or test row, one below the rating threshold, or one of an item "
+             "--cold-start held out")
     if len(drawn):
         logger.warning("%d of %d users have no training interaction (%s): their vectors stay as drawn, so their "
                        "recommendations are chance, and they are still evaluated (recommend --history places such a "
                        "user by their items)", len(drawn), len(inter.user_ids), where)
     if kept.any():
         logger.info("%d of %d users have no training interaction (%s) and keep their source embedding: they are "
-                    "placed by what the source model learned of them (nothing, for a user without training rows "
-                    "there either)", int(kept.sum()), len(inter.user_ids), where)
+                    "placed by what the source model learned of them", int(kept.sum()), len(inter.user_ids), where)
     return [inter.user_ids[u] for u in drawn]
 
 
@@ -318,6 +318,9 @@ def fit(
                                *(features or {}).values(), *(content_options.get(k) for k in (
                                    "image_root", "cache_dir", "text_encoder", "image_encoder", "image_weights"))])
     check_device(config.device)
+    if config.untrained_via_content and not config.use_content:
+        raise ConfigError("untrained_via_content places items by their content, and use_content is off: leave one "
+                          "of the two out")
     # The form, before encoding; enough items to train it is checked below, once the items are known.
     check_factory(factory, None)
     if skip_invalid and features and catalog is not None:
@@ -348,6 +351,9 @@ def fit(
     # what the cache held.
     seed_everything(config.seed)
     model = build_model(config, inter.num_users, n, dims)
+    if config.untrained_via_content and not dims:
+        raise ConfigError("untrained_via_content places items by their content, and the items have none (no text, "
+                          "image or --features): leave it out")
     placed = with_content({m: content.present[m] for m in dims}, n) if dims else np.ones(n, bool)  # [N]
     held_out = None
     if config.cold_start > 0:
@@ -424,9 +430,12 @@ def fit(
     # may not borrow from itself), at most CALIBRATION_ITEMS of them.
     calib = pool_pos if len(pool_pos) <= CALIBRATION_ITEMS else np.sort(
         np.random.default_rng(config.seed).choice(pool_pos, CALIBRATION_ITEMS, replace=False))
+    # With one item to borrow from, leaving it out would leave none: the scale would be measured on
+    # the bare content path and applied to vectors blended with that item (hundreds of times too long).
     calib_content = vectorizer.content_vectors(
         {m: x[calib] for m, x in features_now.items()}, {m: x[calib] for m, x in present_dims.items()},
-        pool, exclude=np.searchsorted(pool_pos, calib)) if dims and len(calib) else None
+        pool, exclude=np.searchsorted(pool_pos, calib) if len(pool_pos) > 1 else None,
+    ) if dims and len(calib) else None
     calibrate = np.zeros(n, dtype=bool)
     calibrate[calib] = True
     vectorizer.cold_scale = cold_scale = content_scale(
@@ -481,6 +490,18 @@ def fit(
                     ) if train_inter.split_mask("test").any() else {}
     if test:
         logger.info("test recall@20 %.4f ndcg@20 %.4f", test["recall@20"], test["ndcg@20"])
+    moved = via_content if held_out is None else via_content & ~held_out  # placed otherwise than trained
+    if moved.any() and result.best_valid:
+        # Validation as served (what `mmrec evaluate --split valid` reproduces, and what the
+        # popularity check below compares), not as the training vectors had it.
+        result.trained_valid = result.best_valid
+        result.best_valid = evaluate(
+            partial(score_users, user_vecs, index_vecs, held_out), train_inter, split="valid", mask=config.mask,
+            ks=(10, 20), batch_size=config.eval_batch_size, fresh_scores=True,
+            candidates=None if held_out is None else len(held_out) - int(held_out.sum()))
+        logger.info("validation recall@20 %.4f as served, with the %d items without training interactions placed "
+                    "by content (%.4f as trained)", result.best_valid["recall@20"], int(moved.sum()),
+                    result.trained_valid["recall@20"])
     if held_out is not None:
         test["cold"] = evaluate_cold(torch.from_numpy(user_vecs), index_vecs, inter, held_out,
                                      batch_size=config.eval_batch_size)
@@ -529,6 +550,7 @@ def fit(
             "untrained_users": untrained_users,  # recommend warns for them
         }
         report = {"best_epoch": result.best_epoch, "valid": result.best_valid, "test": test, "popularity": popularity,
+                  **({"valid_trained": result.trained_valid} if result.trained_valid is not None else {}),
                   "seconds_per_epoch": result.seconds_per_epoch, "history": result.history, "data": inter.report,
                   "fold_in": {"reg": fold_in_reg, "valid_recall@20": fold_in_valid, "users": fold_in_users}}
         report |= before or {}

@@ -69,7 +69,10 @@ class TrainResult:
     starting weights given as ``Trainer.start_valid``, which are then kept), its validation
     metrics (of the averaged weights with ``ema``), one row per epoch, and the mean seconds per
     epoch; and, set by :func:`mmrec.pipeline.fit`, the validation and test metrics of ranking
-    by training popularity (``popularity``: ``{"valid": {...}, "test": {...}}``, for reference).
+    by training popularity (``popularity``: ``{"valid": {...}, "test": {...}}``, for reference)
+    and, where the served index places items otherwise than training did
+    (``untrained_via_content``), ``best_valid`` measured on the served index, with the training
+    vectors' metrics kept as ``trained_valid``.
     """
 
     best_epoch: int
@@ -77,6 +80,9 @@ class TrainResult:
     history: list[dict[str, float]]
     seconds_per_epoch: float
     popularity: dict[str, dict[str, float]] = field(default_factory=dict)
+    # untrained_via_content: best_valid is then measured on the served index (set by fit), and this
+    # is the training vectors' validation, which early stopping chose the epoch by.
+    trained_valid: dict[str, float] | None = None
 
 
 def seed_everything(seed: int) -> None:

@@ -510,3 +510,55 @@ def test_untrained_items_can_be_indexed_as_index_add_places_new_items(tmp_path):
     plain, _, _ = fit(tmp_path / "some.tsv", features={"content": feats}, out=None, split="random", show_progress=False,
                       config=TrainConfig(**(FAST | {"epochs": 2})))
     assert not any(np.allclose(plain.items.vector_of(i), before[i], atol=1e-3) for i in unused)  # (off by default)
+
+
+def test_untrained_via_content_reports_validation_as_served(tmp_path):
+    import json
+
+    from mmrec.recommender import Recommender
+
+    # The report's (and the popularity check's) validation was that of the training vectors, while the
+    # index serves the untrained items through the content path: `evaluate --split valid` disagreed.
+    inter, feats = write_planted(tmp_path, users=32, items=24, per_user=6)
+    rows = inter.read_text().splitlines()
+    (tmp_path / "some.tsv").write_text("\n".join([rows[0]] + [r for r in rows[1:] if int(r.split("\t")[1]) not in {3, 10}])
+                                       + "\n")
+    config = TrainConfig(**(FAST | {"epochs": 2}), untrained_via_content=True)
+    rec, result, _ = fit(tmp_path / "some.tsv", features={"content": feats}, out=tmp_path / "m", config=config,
+                         split="random", show_progress=False)
+    report = json.loads((tmp_path / "m" / "train_report.json").read_text())
+    served = evaluate_directory(Recommender.load(tmp_path / "m", show_progress=False), tmp_path / "some.tsv",
+                                split="valid")
+    for key in ("recall@10", "recall@20", "ndcg@20"):
+        assert report["valid"][key] == pytest.approx(served[key], abs=1e-9) == result.best_valid[key]
+    assert report["valid_trained"] == result.trained_valid != result.best_valid
+    plain, plain_result, _ = fit(tmp_path / "some.tsv", features={"content": feats}, out=tmp_path / "p",
+                                 config=TrainConfig(**(FAST | {"epochs": 2})), split="random", show_progress=False)
+    assert plain_result.trained_valid is None and "valid_trained" not in json.loads(
+        (tmp_path / "p" / "train_report.json").read_text())
+    assert plain_result.best_valid == result.trained_valid  # the same training, seeded alike
+
+
+def test_untrained_via_content_needs_content(tmp_path):
+    inter, feats = write_planted(tmp_path, users=16, items=8)
+    for kwargs, match in (({"features": {"content": feats}, "config": {"use_content": False}}, "use_content is off"),
+                          ({"config": {}}, "the items have none")):
+        with pytest.raises(ConfigError, match=match):
+            fit(inter, config=TrainConfig(**FAST, untrained_via_content=True, **kwargs.pop("config")), show_progress=False,
+                **kwargs)
+
+
+def test_one_item_to_borrow_from_gives_content_path_vectors_its_scale(tmp_path):
+    from mmrec.recommender import Recommender
+
+    # With one trained item, leave-one-out calibration left it no neighbour: the scale was measured on the
+    # bare content path and applied to vectors blended with that item, hundreds of times too long.
+    np.save(tmp_path / "f.npy", np.random.default_rng(0).normal(size=(8, 8)).astype(np.float32))
+    lines = ["user_id\titem_id\tsplit"] + [f"{u}\t0\ttrain" for u in range(4)] + ["0\t1\tvalid", "1\t2\ttest"]
+    (tmp_path / "one.tsv").write_text("\n".join(lines) + "\n")
+    fit(tmp_path / "one.tsv", features={"content": tmp_path / "f.npy"}, out=tmp_path / "m", show_progress=False,
+        config=TrainConfig(dim=8, heads=2, epochs=5, untrained_via_content=True))
+    back = Recommender.load(tmp_path / "m", show_progress=False)
+    assert back.items.ids == list(range(8))
+    norms = np.linalg.norm(back.items.vectorizer.mips.original(back.items.vectors), axis=1)  # [8] as scored
+    assert norms[1:].max() < 3 * norms[0], norms  # (they were 10-14 times item 0's)
