@@ -529,10 +529,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     _check_skip_with_features(args)
     _refuse_catalog_options(args, {
         "--image-weights": args.image_weights, "--allow-download": args.allow_download,
-        "--max-length": args.max_length != 256,
-        # "none" turns an encoder off, as beside --features alone it is: only a named encoder reads a catalog
-        "--text-encoder": args.text_encoder not in ("default", "none"),
-        "--image-encoder": args.image_encoder not in ("default", "none")})
+        "--max-length": args.max_length is not None,
+        # "none" turns an encoder off, as beside --features alone it is: any other value reads a catalog
+        "--text-encoder": args.text_encoder not in (None, "none"),
+        "--image-encoder": args.image_encoder not in (None, "none")})
+    args.text_encoder = "default" if args.text_encoder is None else args.text_encoder
+    args.image_encoder = "default" if args.image_encoder is None else args.image_encoder
+    args.max_length = 256 if args.max_length is None else args.max_length
     if args.catalog is None and not args.features and args.use_content is not False:
         logger.info("no --catalog and no --features: training ID-only LightGCN")
     try:  # an option value TrainConfig refuses is a malformed command line, as argparse's own
@@ -1048,14 +1051,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--image-field", help="column of image paths (default: 'image' if present)")
     t.add_argument("--image-root", type=Path, help="base for relative image paths (default: the catalog's folder)")
     _mask_opt(t)
-    t.add_argument("--text-encoder", default="default",
-                   help="as for index build: default, none, a Hugging Face model dir, or a Hub name with "
+    # (None when not given: a --text-encoder / --image-encoder / --max-length given without --catalog is refused,
+    # even one naming the default)
+    t.add_argument("--text-encoder",
+                   help="as for index build: default (the default), none, a Hugging Face model dir, or a Hub name with "
                         "--allow-download")
     t.add_argument("--allow-download", action="store_true",
                    help="let --text-encoder name a Hugging Face Hub model to download (off: nothing is downloaded)")
-    t.add_argument("--max-length", type=_max_length, default=256, help="text truncation in tokens (default 256)")
-    t.add_argument("--image-encoder", default="default",
-                   help="as for index build: default, none, a torchvision name, or a Hugging Face model dir")
+    t.add_argument("--max-length", type=_max_length, help="text truncation in tokens (default 256)")
+    t.add_argument("--image-encoder",
+                   help="as for index build: default (the default), none, a torchvision name, or a Hugging Face "
+                        "model dir")
     t.add_argument("--image-weights", type=Path, help="state-dict file for a torchvision image backbone")
     t.add_argument("--factory", default="auto",
                     help="FAISS factory for the trained item vectors (default auto: Flat below 100k items)")

@@ -563,6 +563,9 @@ def test_train_refuses_catalog_options_without_a_catalog_and_bad_values_as_usage
     base = ("train", "--interactions", str(inter), "--out", str(tmp_path / "m"), "-q")
     code, _, err = run(capsys, *base, "--text-fields", "title", "--image-encoder", "resnet18")
     assert code == 2 and "--text-fields, --image-encoder read the catalog: give --catalog too" in err
+    # the default named, or the default truncation: still a catalog's options (they trained ID-only, silently)
+    code, _, err = run(capsys, *base, "--text-encoder", "default", "--max-length", "256")
+    assert code == 2 and "--max-length, --text-encoder read the catalog: give --catalog too" in err
     code, _, err = run(capsys, *base, "--epochs", "0")
     assert code == 2 and "epochs must be positive, got 0" in err and not (tmp_path / "m").exists()
 
