@@ -78,13 +78,15 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _refuse_directionless(vectorizer: Any, vectors: np.ndarray, item_ids: Sequence[ItemId], source: str) -> None:
+def _refuse_directionless(vectorizer: Any, vectors: np.ndarray, item_ids: Sequence[ItemId], source: str,
+                          rows: Sequence[int] | None = None) -> None:
     """Refuse items whose content vectors are zero: features equal to the catalog means they are
     measured from, in every modality they have, point nowhere, so ``similar`` on them could rank
-    nothing (and every item would score 0 against them)."""
+    nothing (and every item would score 0 against them). ``rows``: each item's 1-based row in
+    ``source``, named in the error."""
     zero = np.flatnonzero(~np.any(vectorizer.mips.original(vectors), axis=1))
     if len(zero):
-        raise DataError(source, [Problem(None, None, (
+        raise DataError(source, [Problem(int(rows[i]) if rows is not None else None, None, (
             f"item {item_ids[i]!r}: its features equal the catalog mean in every modality it has, so measured "
             "from that mean (as similarity is; --no-center turns it off) it has no direction to be ranked by; "
             "give it other features, or leave it out")) for i in zero])
@@ -888,9 +890,9 @@ class ItemIndex:
         if not content.features:
             raise MMRecError(f"{catalog.source}: nothing to encode (no text, and images are off or absent)")
         empty = np.flatnonzero(~np.any([content.present[m] for m in content.features], axis=0))
+        where = (lambda i: catalog.row(int(i))) if catalog is not None else (lambda i: int(i) + 1)  # 1-based file row
         if len(empty):  # an item the index could not place
             source = catalog.source if catalog is not None else "--features"
-            where = (lambda i: catalog.row(int(i))) if catalog is not None else (lambda i: int(i) + 1)
             raise DataError(source, [Problem(where(i), None, f"item {content.item_ids[i]!r} has no content: no "
                                                              "encoded text or image, and an all-zero row in every "
                                                              "feature file") for i in empty])
@@ -903,6 +905,7 @@ class ItemIndex:
             text_fields=catalog.text_fields if catalog is not None else [],
             image_field=catalog.image_field if catalog is not None else None,
             source=catalog.source if catalog is not None else ", ".join(str(p) for p in given.values()),
+            rows=[where(i) for i in range(len(content.item_ids))],
             mask_bad_images=catalog is not None and catalog.mask_bad_images,
         )
         if out is not None:
@@ -929,6 +932,7 @@ class ItemIndex:
         show_progress: bool = True,
         center: bool = True,
         centers: Mapping[str, np.ndarray] | None = None,
+        rows: Sequence[int] | None = None,
         **manifest_fields: Any,
     ) -> "ItemIndex":
         """An index from modality vectors already computed (precomputed features, tests).
@@ -953,6 +957,7 @@ class ItemIndex:
                 later and for queries); ``False``: the plain cosine.
             centers: the means to use instead of computing them (a given ``vectorizer`` must
                 use the same ones).
+            rows: each item's 1-based row in the file it came from, named in errors.
         """
         item_ids = [canonical_id(i) for i in item_ids]  # numpy ids as the plain ones items.jsonl holds
         modalities = [m for m in MODALITY_ORDER if m in features] + sorted(set(features) - set(MODALITY_ORDER))
@@ -971,7 +976,7 @@ class ItemIndex:
         vectorizer = vectorizer or FixedCombination(w, modalities, centers)
         if vectors is None:
             vectors = vectorizer.item_vectors(features, present)
-            _refuse_directionless(vectorizer, vectors, item_ids, manifest_fields.get("source") or "features")
+            _refuse_directionless(vectorizer, vectors, item_ids, manifest_fields.get("source") or "features", rows)
         index = FaissIndex.build(vectors, list(item_ids), factory=factory)
         manifest = {
             "kind": "content",
@@ -1772,7 +1777,7 @@ class ItemIndex:
         before = self._snapshot()
         try:
             self.add_features(catalog.item_ids, new_features, present, catalog.records, hashes, save=False,
-                              source=str(catalog.source))
+                              source=str(catalog.source), rows=[catalog.row(i) for i in range(len(catalog))])
             self._placed_by_content(len(catalog))
         except BaseException:
             if self.directory is not None:
@@ -2013,7 +2018,8 @@ class ItemIndex:
             rows = [pos[i] for i in moved]
             moved_f, moved_p = {m: x[rows] for m, x in features_now.items()}, {m: x[rows] for m, x in present_now.items()}
             vectors = self.vectorizer.item_vectors(moved_f, moved_p, pool)
-            _refuse_directionless(self.vectorizer, vectors, [catalog.item_ids[i] for i in moved], str(catalog.source))
+            _refuse_directionless(self.vectorizer, vectors, [catalog.item_ids[i] for i in moved], str(catalog.source),
+                                  [catalog.row(i) for i in moved])
             attention = self.vectorizer.attention(moved_f, moved_p)
         if unknown:
             logger.info("%s: encoding %d new item(s)", catalog.source, len(unknown))
@@ -2022,7 +2028,8 @@ class ItemIndex:
             new.records = [{c: r.get(c, "") for c in columns} for r in new.records]
             new_f, new_p, new_hashes = self._encode_new(new, roles, {m: x[unknown] for m, x in loaded.items()}, cache_dir)
             new_vectors = self.vectorizer.item_vectors(new_f, new_p, pool)
-            _refuse_directionless(self.vectorizer, new_vectors, new.item_ids, str(catalog.source))
+            _refuse_directionless(self.vectorizer, new_vectors, new.item_ids, str(catalog.source),
+                                  [catalog.row(i) for i in unknown])
 
         before = self._snapshot()
         try:
@@ -2173,6 +2180,7 @@ class ItemIndex:
         save: bool = True,
         vectors: np.ndarray | None = None,
         source: str = "new items",
+        rows: Sequence[int] | None = None,
     ) -> None:
         """Add items by their modality vectors (already encoded), through the index's content path.
 
@@ -2186,6 +2194,7 @@ class ItemIndex:
             vectors: ``[B, D + 1]`` index vectors already computed by this index's vectorizer
                 (``fit`` has them from calibrating the content path); default: computed here.
             source: the file the items came from, named in errors.
+            rows: each item's 1-based row in ``source``, named in errors.
 
         Raises:
             MMRecError: an id already in the index or given twice, or of another type than the
@@ -2211,7 +2220,7 @@ class ItemIndex:
         n = len(item_ids)
         if vectors is None:
             vectors = self.vectorizer.item_vectors(features, present, self._neighbour_pool())
-            _refuse_directionless(self.vectorizer, vectors, item_ids, source)
+            _refuse_directionless(self.vectorizer, vectors, item_ids, source, rows)
         elif vectors.shape != (n, self.vectors.shape[1]):
             raise ValueError(f"vectors must have shape [{n}, {self.vectors.shape[1]}], got {list(vectors.shape)}")
         self.index.add(vectors, list(item_ids))

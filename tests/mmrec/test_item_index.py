@@ -612,7 +612,7 @@ def test_an_item_equal_to_the_catalog_mean_is_refused_by_name(tmp_path):
     v = np.array([1, 2, 3, 4], np.float32)
     x = np.concatenate([v[None], v + d, v - d])  # row 0 is the mean of all rows: centred, it is zero
     np.save(tmp_path / "sym.npy", x)
-    with pytest.raises(DataError, match=r"sym\.npy: item 0: its features equal the catalog mean in every modality"):
+    with pytest.raises(DataError, match=r"sym\.npy: row 1: item 0: its features equal the catalog mean in every modality"):
         ItemIndex.build(None, tmp_path / "out", features={"x": tmp_path / "sym.npy"}, show_progress=False)
     assert not (tmp_path / "out").exists()
     idx = ItemIndex.build(None, tmp_path / "out", features={"x": tmp_path / "sym.npy"}, center=False,
@@ -622,6 +622,15 @@ def test_an_item_equal_to_the_catalog_mean_is_refused_by_name(tmp_path):
     with pytest.raises(DataError, match=r"new items: item 99: its features equal the catalog mean"):
         built.add_features([99], {"x": built.centers["x"][None]}, {"x": np.ones(1, bool)}, save=False)
     assert len(built) == 32
+    # index add from a catalog names the row too
+    np.save(tmp_path / "rest.npy", x[1:])
+    on_disk = ItemIndex.build(None, tmp_path / "disk", features={"x": tmp_path / "rest.npy"}, show_progress=False)
+    np.testing.assert_array_equal(on_disk.centers["x"], v)
+    np.save(tmp_path / "new.npy", np.stack([v + 5, v]).astype(np.float32))
+    (tmp_path / "new.csv").write_text("item_id\n100\n101\n")
+    with pytest.raises(DataError, match=r"new\.csv: row 2: item 101: its features equal the catalog mean"):
+        on_disk.add(tmp_path / "new.csv", features={"x": tmp_path / "new.npy"})
+    assert len(ItemIndex.load(tmp_path / "disk")) == 32
 
 
 def test_index_add_reads_integer_ids_beside_text_ones_by_row(tmp_path, tiny_bert_dir):
