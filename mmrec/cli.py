@@ -1208,12 +1208,43 @@ class _UntilGone:
         return getattr(self._stream, name)
 
 
+LOG_BAR_SECONDS = 30  # the least time between two redraws of a progress bar that goes to no terminal
+
+
+class _LogBesideBars(logging.StreamHandler):
+    """Log lines written around the progress bars drawn on the same stream: a bar is cleared, the
+    line written, the bar drawn again (tqdm's ``write``), where a log line used to start where the
+    bar's unfinished line ended (``training: 12%|... INFO mmrec.train: epoch 2 ...``)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+            self.flush()
+        except RecursionError:
+            raise
+        except Exception:  # noqa: BLE001 -- as logging.StreamHandler: a failed log line is reported, not raised
+            self.handleError(record)
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):  # no such method, or a closed stream
+        return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     streams = sys.stdout, sys.stderr
     # A stream closed when the process started (`mmrec ... >&-`) is None: written to nowhere, as a
     # reader that went away is (it failed with AttributeError: 'NoneType' object has no attribute 'write').
     sys.stdout = sys.stdout or open(os.devnull, "w")  # noqa: SIM115 -- for the process's life
     sys.stderr = _UntilGone(sys.stderr or open(os.devnull, "w"))  # noqa: SIM115
+    if not _is_terminal(sys.stderr):
+        # Progress bars written to a log file or a pipe: one redraw every LOG_BAR_SECONDS, not ten a second
+        # (tqdm reads this when it is first imported, which no command has done yet; the user's own wins).
+        os.environ.setdefault("TQDM_MININTERVAL", str(LOG_BAR_SECONDS))
     try:
         return _main(argv)
     finally:
@@ -1226,7 +1257,10 @@ def _main(argv: Sequence[str] | None) -> int:
     if not args.debug:  # torch_geometric's import-time use of a deprecated torch API is not the user's concern
         warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")
     level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not any(isinstance(h, _LogBesideBars) for h in logging.getLogger().handlers):
+        handler = _LogBesideBars(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logging.basicConfig(level=level, handlers=[handler])
     logging.getLogger().setLevel(level)  # also when main() runs more than once in a process
     logging.getLogger("faiss").setLevel(logging.DEBUG if args.debug else logging.WARNING)  # its loader chatter
     try:

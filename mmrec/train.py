@@ -355,8 +355,10 @@ class Trainer:
                    if rule in ("random", "temporal") else "the file's split column has no 'valid' rows")
             logger.warning("no validation interactions (%s): no early stopping, every one of the %d epochs runs and "
                            "the last one's weights (their average, with ema) are kept", why, cfg.epochs)
-        bar = tqdm(range(1, cfg.epochs + 1), desc="training", unit="epoch", disable=not self.show_progress)
-        for epoch in bar:
+        # Advanced at each epoch's end, before the early-stop line (iterating the bar counted an epoch when
+        # the next one began: it stood one short when training stopped, and any redraw between showed that).
+        bar = tqdm(total=cfg.epochs, desc="training", unit="epoch", disable=not self.show_progress)
+        for epoch in range(1, cfg.epochs + 1):
             t = time.perf_counter()
             order = self.rng.permutation(len(self.train_users))
             if cfg.edge_dropout > 0:
@@ -393,13 +395,16 @@ class Trainer:
                     "epoch %d loss %.4f valid recall@20 %.4f ndcg@20 %.4f (%.1fs)",
                     epoch, row["loss"], score, metrics.get("ndcg@20", float("nan")), seconds[-1],
                 )
-                bar.set_postfix(loss=f"{row['loss']:.4f}", r20=f"{score:.4f}", best=f"{best:.4f}")
+                # shown at the bar's next redraw (not forcing one: a bar in a log file redraws seldom)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", r20=f"{score:.4f}", best=f"{best:.4f}", refresh=False)
             else:
                 logger.info("epoch %d loss %.4f (%.1fs)", epoch, row["loss"], seconds[-1])
             history.append(row)
+            bar.update(1)
             if has_valid and bad >= cfg.patience:
                 logger.info("early stop at epoch %d: best valid recall@20 %.4f at epoch %d", epoch, best, best_epoch)
                 break
+        bar.close()
         if best_state is not None:
             self.load_state_dict(best_state)
         else:

@@ -598,3 +598,39 @@ def test_no_mask_bad_images_without_a_catalog_is_refused_as_the_flag_is(tmp_path
     code = main(["finetune", "--from", str(tmp_path / "m"), "--interactions", str(tmp_path / "i.tsv"), "--out",
                  str(tmp_path / "f"), "--no-mask-bad-images"])
     assert code == 2 and "--no-mask-bad-images read the catalog: give --catalog too" in capsys.readouterr().err
+
+
+def test_log_lines_never_start_where_a_progress_bar_line_ends():
+    import io
+    import logging
+
+    from tqdm import tqdm
+
+    from mmrec.cli import _LogBesideBars
+
+    stream = io.StringIO()
+    handler = _LogBesideBars(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    log = logging.getLogger("mmrec.test_bars")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        with tqdm(total=3, file=stream, desc="working", mininterval=0) as bar:
+            bar.update(1)
+            log.warning("epoch 1 done")
+            bar.update(1)
+    finally:
+        log.removeHandler(handler)
+    line = next(line for line in stream.getvalue().split("\n") if "epoch 1 done" in line)
+    assert line.rsplit("\r", 1)[-1] == "WARNING mmrec.test_bars: epoch 1 done"  # (was "working:  33%|...WARNING ...")
+
+
+def test_bars_bound_for_no_terminal_redraw_every_30_seconds_unless_the_user_says(monkeypatch, capsys, tmp_path):
+    import os
+
+    monkeypatch.delenv("TQDM_MININTERVAL", raising=False)
+    assert run(capsys, "index", "info", "--index", str(tmp_path / "none"))[0] == 1
+    assert os.environ["TQDM_MININTERVAL"] == "30"  # (captured stderr is no terminal)
+    monkeypatch.setenv("TQDM_MININTERVAL", "5")
+    assert run(capsys, "index", "info", "--index", str(tmp_path / "none"))[0] == 1
+    assert os.environ["TQDM_MININTERVAL"] == "5"

@@ -812,3 +812,14 @@ def test_the_popularity_ranking_is_reported_beside_the_model_and_a_model_below_i
     report = json.loads((tmp_path / "m" / "train_report.json").read_text())
     assert report["popularity"] == result.popularity and report["popularity"]["valid"]["recall@20"] == 1.0
     assert "is below the popularity ranking's 1.0000" in caplog.text
+
+
+def test_the_epoch_bar_counts_the_epoch_early_stopping_ends(tmp_path, capsys):
+    inter_path, _ = write_planted(tmp_path)
+    tr, _ = _trainer(inter_path, epochs=40, patience=1, lr=0.5)  # a high rate: validation soon stops improving
+    tr.show_progress = True
+    result = tr.fit()
+    ran = len(result.history)
+    assert ran < 40
+    final = capsys.readouterr().err.rsplit("\r", 1)[-1]
+    assert f" {ran}/40 " in final, final  # (iterating the bar left it at ran - 1)
