@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import json
 import logging
@@ -77,14 +78,35 @@ def atomic_directory(final: Path, *, overwrite: bool = False) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        _raise_if_full(e, final)
         raise
     try:
         _publish(tmp, final, overwrite=overwrite, token=token)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        _raise_if_full(e, final)
         raise
+
+
+# How a full disk reads in the errors of the writers that do not raise OSError (safetensors' Rust
+# io::Error, FAISS's fwrite check): the C library's messages for ENOSPC and EDQUOT.
+_FULL_MESSAGES = (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT))
+
+
+def _raise_if_full(error: BaseException, final: Path) -> None:
+    """A write that failed for want of space, as one error naming the directory and saying what is
+    left: writers report it as a bare ``[Errno 28]`` or in a library's own words, and name the
+    temporary file, which is gone by then."""
+    full = (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)) or (
+        isinstance(error, Exception) and any(m in str(error) for m in _FULL_MESSAGES))
+    if not full:
+        return
+    code = error.errno if isinstance(error, OSError) and error.errno else errno.ENOSPC
+    kept = "left as it was" if final.exists() else "not created"
+    raise OSError(code, f"{os.strerror(code)} while writing {final} ({kept}; the partial copy was removed): "
+                        f"free space on that device, or write elsewhere") from error
 
 
 def _publish(tmp: Path, final: Path, *, overwrite: bool, token: str) -> None:

@@ -43,6 +43,28 @@ def test_atomic_directory_exception_leaves_nothing(tmp_path):
     assert entries(tmp_path) == []
 
 
+@pytest.mark.parametrize("error", [
+    OSError(28, os.strerror(28)),  # a bare [Errno 28], no file named
+    RuntimeError(f'Error while serializing: IoError(Os {{ code: 28, kind: StorageFull, message: "{os.strerror(28)}" }})'),
+    RuntimeError(f"Error: 'ret == (n)' failed: write error in x.faiss: 28 ({os.strerror(28)})"),
+])
+def test_a_full_disk_is_one_error_naming_the_directory_and_what_is_left(tmp_path, error):
+    final = tmp_path / "model"
+    with pytest.raises(OSError, match=r"No space left on device while writing .*model \(not created; the partial copy "
+                                      r"was removed\): free space") as e:
+        with atomic_directory(final) as tmp:
+            (tmp / "half.bin").write_bytes(b"x" * 100)
+            raise error
+    assert e.value.errno == 28 and e.value.__cause__ is error and entries(tmp_path) == []
+    final.mkdir()
+    with pytest.raises(OSError, match=r"\(left as it was;"):
+        with atomic_directory(final, overwrite=True):
+            raise error
+    with pytest.raises(OSError, match="^Permission denied$"):  # other failures pass through as they are
+        with atomic_directory(final, overwrite=True):
+            raise PermissionError("Permission denied")
+
+
 def test_atomic_directory_refuses_existing_without_overwrite(tmp_path):
     final = tmp_path / "model"
     final.mkdir()
