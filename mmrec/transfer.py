@@ -157,15 +157,19 @@ def source_content(
     unknown = sorted(set(features) - set(dims))
     if unknown:
         raise ConfigError(_never_had(unknown, dims, "--features"))
+    manifest = source.items.manifest
+    read = {"text": bool(manifest.get("text_fields")), "image": bool(manifest.get("image_field"))}
     if catalog is not None and not isinstance(catalog, Catalog):
-        manifest = source.items.manifest
         defaults = {"text_fields": manifest.get("text_fields") or None, "image_field": manifest.get("image_field"),
                     "mask_bad_images": manifest.get("mask_bad_images", False)}
         opts = {k: v for k, v in defaults.items() if v} | catalog_options
         # The source's fields may be missing from the new catalog: that modality is then masked.
         lenient = [k for k in ("text_fields", "image_field") if k not in catalog_options]
-        # An ignored modality is not encoded: its column is not checked (images not opened).
-        encoded = [m for m in ("text", "image") if m not in ignore]
+        # An ignored modality is not encoded: its column is not checked (images not opened). Nor is one
+        # the source read from its catalog and encoded none of (--text-encoder none / --image-encoder
+        # none): `train` with those options would leave the new catalog's out, so a row needs the other.
+        skipped = [m for m in ("text", "image") if m not in ignore and m not in dims and read[m]]
+        encoded = [m for m in ("text", "image") if m not in ignore and m not in skipped]
         # As `train`: with --features (or nothing the source could encode) a row needs no text or image.
         needed = not features and any(m in dims for m in encoded)
         catalog = load_catalog(catalog, show_progress=show_progress,
@@ -185,11 +189,10 @@ def source_content(
         wanted = [m for m, yes in has.items() if yes and m not in ignore and m not in features]
         # The source read a catalog with these fields and encoded none of them (--text-encoder none /
         # --image-encoder none): the new catalog's are left out as well, as `train` with those options would.
-        read = {"text": bool(source.items.manifest.get("text_fields")), "image": bool(source.items.manifest.get("image_field"))}
         skipped = [m for m in wanted if m not in dims and read[m]]
         if skipped:
             logger.info("the source model was trained without its catalog's %s (encoder none): the new catalog's "
-                        "is not encoded either", " or ".join(skipped))
+                        "%s not encoded either", " and ".join(skipped), "are" if len(skipped) > 1 else "is")
             wanted = [m for m in wanted if m not in skipped]
         never = [m for m in wanted if m not in dims]
         if never:

@@ -708,3 +708,30 @@ def test_a_source_that_encoded_none_of_its_catalog_text_leaves_the_new_catalog_t
     fit(inter, features={"content": feats}, out=tmp_path / "bare", config=TrainConfig(**FAST, epochs=1), **quiet)
     with pytest.raises(ConfigError, match=r"\['text'\] that the source model was never trained with"):
         finetune(tmp_path / "bare", inter, catalog=tmp_path / "items.csv", features={"content": feats}, **quiet)
+
+
+def test_a_source_that_encoded_none_of_its_catalog_images_checks_rows_for_text(tmp_path, tiny_bert_dir, image_paths):
+    # A source trained with --image-encoder none on a catalog with an image column: the new catalog's
+    # images are left out, so a row with an image and no text has no content, and is refused as
+    # `train --image-encoder none` refuses it (it was accepted, then trained as an item with nothing).
+    words = ["cat", "dog", "space", "war", "love", "city", "toy", "boy", "police", "night"]
+    shutil.copy(image_paths[0], tmp_path / "pic.jpg")
+    a_ids = [f"a{i}" for i in range(20)]
+    a_cat = _catalog(tmp_path / "a.csv", a_ids, words, image="pic.jpg")
+    a_inter = _catalog_interactions(tmp_path / "a.tsv", a_ids, [f"u{i}" for i in range(12)], 6, seed=0)
+    fit(a_inter, catalog=a_cat, out=tmp_path / "source", text_encoder=tiny_bert_dir, image_encoder=None,
+        cache_dir=None, config=TrainConfig(**FAST, epochs=1), split="random", show_progress=False)
+    b_ids = [f"new-{i}" for i in range(16)]
+    b_cat = _catalog(tmp_path / "b.csv", b_ids, words[::-1], image="pic.jpg")
+    with open(b_cat, "a") as f:
+        f.write("pic-only,,pic.jpg\n")  # file row 17
+    b_inter = _catalog_interactions(tmp_path / "b.tsv", b_ids, [f"v{i}" for i in range(10)], 5, seed=1)
+    with pytest.raises(DataError, match=r"row 17: no text in title"):
+        fit(b_inter, catalog=b_cat, text_encoder=tiny_bert_dir, image_encoder=None, cache_dir=None,
+            config=TrainConfig(**FAST, epochs=1), split="random", show_progress=False)
+    with pytest.raises(DataError, match=r"row 17: no text in title"):
+        finetune(tmp_path / "source", b_inter, catalog=b_cat, config={"epochs": 1}, split="random",
+                 show_progress=False)
+    rec, _, _ = finetune(tmp_path / "source", b_inter, catalog=b_cat, config={"epochs": 1}, split="random",
+                         skip_invalid=True, show_progress=False)
+    assert rec.skipped_items == ["pic-only"] and list(rec.model.modality_dims) == ["text"]
