@@ -536,8 +536,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     args.text_encoder = "default" if args.text_encoder is None else args.text_encoder
     args.image_encoder = "default" if args.image_encoder is None else args.image_encoder
     args.max_length = 256 if args.max_length is None else args.max_length
-    if args.catalog is None and not args.features and args.use_content is not False:
-        logger.info("no --catalog and no --features: training ID-only LightGCN")
+    if args.catalog is None and not args.features:
+        if args.untrained_via_content:  # (fit would say "use_content is off", which the user never set)
+            raise UsageError("--untrained-via-content places items by their content: give --catalog or --features")
+        if args.use_content is not False:
+            logger.info("no --catalog and no --features: training ID-only LightGCN")
     try:  # an option value TrainConfig refuses is a malformed command line, as argparse's own
         cfg = config_from_args(TrainConfig, args, **({} if args.catalog or args.features else {"use_content": False}))
     except ConfigError as e:

@@ -539,13 +539,21 @@ def test_untrained_via_content_reports_validation_as_served(tmp_path):
     assert plain_result.best_valid == result.trained_valid  # the same training, seeded alike
 
 
-def test_untrained_via_content_needs_content(tmp_path):
+def test_untrained_via_content_needs_content(tmp_path, capsys):
     inter, feats = write_planted(tmp_path, users=16, items=8)
     for kwargs, match in (({"features": {"content": feats}, "config": {"use_content": False}}, "use_content is off"),
                           ({"config": {}}, "the items have none")):
         with pytest.raises(ConfigError, match=match):
             fit(inter, config=TrainConfig(**FAST, untrained_via_content=True, **kwargs.pop("config")), show_progress=False,
                 **kwargs)
+    # On the command line without --catalog or --features: said so (use_content was turned off for the
+    # user, who never set it), a malformed command line.
+    from mmrec.cli import main
+
+    assert main(["train", "--interactions", str(inter), "--out", str(tmp_path / "m"), "--untrained-via-content"]) == 2
+    assert "error: --untrained-via-content places items by their content: give --catalog or --features" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
 
 
 def test_one_item_to_borrow_from_gives_content_path_vectors_its_scale(tmp_path):
