@@ -101,6 +101,7 @@ class TrainConfig:
     projection_hidden: int = _f(0, "hidden width of a 2-layer projection MLP (0: linear)")
     finetune: str = _f("frozen", "encoder mode: frozen, top:N (last N blocks trainable) or full")
     encoder_lr_scale: float = _f(0.1, "encoder learning rate as a fraction of lr when fine-tuning")
+    content_lr_scale: float = _f(1.0, "learning rate of the content side (projections, attention) as a fraction of lr; the user and item ID embeddings keep lr")
     mask: str = _f("all", "evaluation mask: all (the user's training items and those rated below the threshold, and when testing the validation items too, as serving does) or train (training items only, MMRec)", EVAL_MASKS)
     eval_batch_size: int = _f(1024, "users scored per evaluation batch (fewer where a batch's scores would pass 256 MB)")
     seed: int = _f(0, "random seed (splits, initialisation, sampling)")
@@ -143,7 +144,7 @@ class TrainConfig:
             raise ConfigError(f"cold_start must lie in [0, 1), got {self.cold_start}")
         if self.dim % self.heads:
             raise ConfigError(f"heads ({self.heads}) must divide dim ({self.dim})")
-        for name in ("lr", "temperature", "content_gain", "encoder_lr_scale"):
+        for name in ("lr", "temperature", "content_gain", "encoder_lr_scale", "content_lr_scale"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("reg", "align_weight"):

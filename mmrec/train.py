@@ -200,7 +200,13 @@ class Trainer:
         ).to(self.device)
         self.epoch_graph = self.edge_index  # the graph training steps propagate over (pruned per epoch)
         self.sampler = NegativeSampler(inter.user_items("train"), cfg.seed, data.negatives, inter.user_ids)
-        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+        # The embeddings (users, item IDs) learn at lr, the content side (projections, attention)
+        # at lr * content_lr_scale.
+        embeddings = [model.user_embedding.weight]
+        embeddings += [model.item_embedding.weight] if model.item_embedding is not None else []
+        content = [p for p in model.parameters() if p.requires_grad and all(p is not e for e in embeddings)]
+        groups = [{"params": [p for p in embeddings if p.requires_grad]}]
+        groups += [{"params": content, "lr": cfg.lr * cfg.content_lr_scale}] if content else []
         groups += tuner.param_groups() if tuner is not None else []
         self.optimizer = torch.optim.Adam(groups, lr=cfg.lr)
         self.tuner = tuner

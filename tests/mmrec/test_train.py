@@ -93,6 +93,25 @@ def test_a_one_column_modality_trains_and_present_defaults_to_every_item(tmp_pat
     assert [r.item_id for r in back.recommend("u0", 5)] == [r.item_id for r in rec.recommend("u0", 5)]
 
 
+@pytest.mark.parametrize("scale", [1.0, 0.1])
+def test_the_content_side_learns_at_its_fraction_of_the_learning_rate(tmp_path, scale):
+    inter_path, feats = write_planted(tmp_path)
+    inter = ensure_split(load_interactions(inter_path), "random", seed=0)
+    cfg = TrainConfig(**(FAST | {"lr": 0.01, "content_lr_scale": scale, "modality_dropout": 0.0}))
+    torch.manual_seed(0)
+    model = build_model(cfg, inter.num_users, inter.num_items, {"f": 4})
+    tr = Trainer(model, TrainData(inter, {"f": torch.from_numpy(np.load(feats))}), cfg, show_progress=False)
+    assert [g["lr"] for g in tr.optimizer.param_groups] == [0.01, pytest.approx(0.01 * scale)]
+    embeddings = {"user_embedding.weight", "item_embedding.weight"}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    tr.step(np.array([0, 1, 2]), np.array([3, 4, 5]))
+    # Adam's first step moves each parameter with a gradient by lr * g / (|g| + eps), about its lr.
+    moved = {n: float((p.detach() - before[n]).abs().max()) for n, p in model.named_parameters()}
+    assert max(moved[n] for n in embeddings) == pytest.approx(0.01, rel=1e-3)
+    assert max(v for n, v in moved.items() if n not in embeddings) == pytest.approx(0.01 * scale, rel=1e-3)
+    assert sum(len(g["params"]) for g in tr.optimizer.param_groups) == len(before)  # every parameter once
+
+
 def test_an_item_graph_asked_of_a_model_without_content_is_a_warning_not_silence(tmp_path, caplog):
     inter_path, _ = write_planted(tmp_path)
     with caplog.at_level("WARNING", logger="mmrec.train"):
@@ -128,6 +147,7 @@ def test_training_config_errors():
                        ({"modality_dropout": 1.0}, r"modality_dropout must lie in \[0, 1\)"),
                        ({"patience": 0}, "patience must be positive"),
                        ({"projection_hidden": -1}, "projection_hidden must be >= 0"),
+                       ({"content_lr_scale": 0.0}, "content_lr_scale must be positive, got 0.0"),
                        ({"ema": 1.0}, r"ema must lie in \[0, 1\)"), ({"ema": -0.1}, r"ema must lie in \[0, 1\)"),
                        ({"ema": 0.9, "finetune": "top:1"}, "use it with finetune frozen, not 'top:1'"),
                        # a value of the wrong type is named (epochs=2.5 failed deep inside training, True trained 1)
