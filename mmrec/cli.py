@@ -537,7 +537,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     args.image_encoder = "default" if args.image_encoder is None else args.image_encoder
     args.max_length = 256 if args.max_length is None else args.max_length
     if args.catalog is None and not args.features:
-        if args.untrained_via_content:  # (fit would say "use_content is off", which the user never set)
+        # (TrainConfig would say "use_content is off", which the user never set; one who did hears that)
+        if args.untrained_via_content and args.use_content is not False:
             raise UsageError("--untrained-via-content places items by their content: give --catalog or --features")
         if args.use_content is not False:
             logger.info("no --catalog and no --features: training ID-only LightGCN")

@@ -142,6 +142,9 @@ class TrainConfig:
             raise ConfigError(f"ema averages the model's weights, not fine-tuned encoders: use it with finetune frozen, not {self.finetune!r}")
         if not 0.0 <= self.cold_start < 1.0:
             raise ConfigError(f"cold_start must lie in [0, 1), got {self.cold_start}")
+        if self.untrained_via_content and not self.use_content:
+            raise ConfigError("untrained_via_content places items by their content, and use_content is off: leave one "
+                              "of the two out")
         if self.dim % self.heads:
             raise ConfigError(f"heads ({self.heads}) must divide dim ({self.dim})")
         for name in ("lr", "temperature", "content_gain", "encoder_lr_scale", "content_lr_scale"):

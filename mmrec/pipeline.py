@@ -318,9 +318,6 @@ def fit(
                                *(features or {}).values(), *(content_options.get(k) for k in (
                                    "image_root", "cache_dir", "text_encoder", "image_encoder", "image_weights"))])
     check_device(config.device)
-    if config.untrained_via_content and not config.use_content:
-        raise ConfigError("untrained_via_content places items by their content, and use_content is off: leave one "
-                          "of the two out")
     # The form, before encoding; enough items to train it is checked below, once the items are known.
     check_factory(factory, None)
     if skip_invalid and features and catalog is not None:

@@ -554,6 +554,13 @@ def test_untrained_via_content_needs_content(tmp_path, capsys):
     assert "error: --untrained-via-content places items by their content: give --catalog or --features" in \
         capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+    # Content turned off by the user, with or without --features: the two options contradict each other.
+    for more in ([], ["--features", f"content={feats}"]):
+        assert main(["train", "--interactions", str(inter), "--out", str(tmp_path / "m"), "--untrained-via-content",
+                     "--no-use-content", *more]) == 2
+        assert ("error: untrained_via_content places items by their content, and use_content is off: leave one of "
+                "the two out") in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
 
 
 def test_one_item_to_borrow_from_gives_content_path_vectors_its_scale(tmp_path):
