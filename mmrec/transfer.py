@@ -169,7 +169,8 @@ def source_content(
         # the source read from its catalog and encoded none of (--text-encoder none / --image-encoder
         # none): `train` with those options would leave the new catalog's out, so a row needs the other.
         skipped = [m for m in ("text", "image") if m not in ignore and m not in dims and read[m]]
-        encoded = [m for m in ("text", "image") if m not in ignore and m not in skipped]
+        # (Nor one --features supplies: its vectors come from the .npy, as `train` reads them.)
+        encoded = [m for m in ("text", "image") if m not in ignore and m not in skipped and m not in features]
         # As `train`: with --features (or nothing the source could encode) a row needs no text or image.
         needed = not features and any(m in dims for m in encoded)
         catalog = load_catalog(catalog, show_progress=show_progress,
@@ -191,8 +192,9 @@ def source_content(
         # --image-encoder none): the new catalog's are left out as well, as `train` with those options would.
         skipped = [m for m in wanted if m not in dims and read[m]]
         if skipped:
+            joined = " and ".join(skipped)
             logger.info("the source model was trained without its catalog's %s (encoder none): the new catalog's "
-                        "%s not encoded either", " and ".join(skipped), "are" if len(skipped) > 1 else "is")
+                        "%s %s not encoded either", joined, joined, "are" if len(skipped) > 1 else "is")
             wanted = [m for m in wanted if m not in skipped]
         never = [m for m in wanted if m not in dims]
         if never:

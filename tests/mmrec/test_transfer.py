@@ -710,7 +710,8 @@ def test_a_source_that_encoded_none_of_its_catalog_text_leaves_the_new_catalog_t
         finetune(tmp_path / "bare", inter, catalog=tmp_path / "items.csv", features={"content": feats}, **quiet)
 
 
-def test_a_source_that_encoded_none_of_its_catalog_images_checks_rows_for_text(tmp_path, tiny_bert_dir, image_paths):
+def test_a_source_that_encoded_none_of_its_catalog_images_checks_rows_for_text(tmp_path, tiny_bert_dir, image_paths,
+                                                                               caplog):
     # A source trained with --image-encoder none on a catalog with an image column: the new catalog's
     # images are left out, so a row with an image and no text has no content, and is refused as
     # `train --image-encoder none` refuses it (it was accepted, then trained as an item with nothing).
@@ -732,6 +733,38 @@ def test_a_source_that_encoded_none_of_its_catalog_images_checks_rows_for_text(t
     with pytest.raises(DataError, match=r"row 17: no text in title"):
         finetune(tmp_path / "source", b_inter, catalog=b_cat, config={"epochs": 1}, split="random",
                  show_progress=False)
-    rec, _, _ = finetune(tmp_path / "source", b_inter, catalog=b_cat, config={"epochs": 1}, split="random",
-                         skip_invalid=True, show_progress=False)
+    with caplog.at_level(logging.INFO, logger="mmrec.transfer"):
+        rec, _, _ = finetune(tmp_path / "source", b_inter, catalog=b_cat, config={"epochs": 1}, split="random",
+                             skip_invalid=True, show_progress=False)
     assert rec.skipped_items == ["pic-only"] and list(rec.model.modality_dims) == ["text"]
+    assert "trained without its catalog's image (encoder none): the new catalog's image is not encoded either" \
+        in caplog.text
+
+
+def test_a_modality_features_supply_never_opens_the_new_catalogs_images(tmp_path, tiny_bert_dir, image_paths):
+    # A source trained on a catalog with an image column, --image-encoder none and --features image=...:
+    # fine-tuning with --features image=... takes the image vectors from the .npy, as `train` does, so the
+    # new catalog's image cells are not opened (a missing file stopped finetune, and train accepted it).
+    words = ["cat", "dog", "space", "war", "love", "city", "toy", "boy", "police", "night"]
+    shutil.copy(image_paths[0], tmp_path / "pic.jpg")
+    rng = np.random.default_rng(0)
+    a_ids = [f"a{i}" for i in range(20)]
+    a_cat = _catalog(tmp_path / "a.csv", a_ids, words, image="pic.jpg")
+    np.save(tmp_path / "fa.npy", rng.normal(size=(20, 6)).astype(np.float32))
+    a_inter = _catalog_interactions(tmp_path / "a.tsv", a_ids, [f"u{i}" for i in range(12)], 6, seed=0)
+    fit(a_inter, catalog=a_cat, out=tmp_path / "source", text_encoder=tiny_bert_dir, image_encoder=None,
+        features={"image": tmp_path / "fa.npy"}, cache_dir=None, config=TrainConfig(**FAST, epochs=1),
+        split="random", show_progress=False)
+    b_ids = [f"new-{i}" for i in range(16)]
+    b_cat = _catalog(tmp_path / "b.csv", b_ids, words[::-1], image="pic.jpg")
+    with open(b_cat, "a") as f:
+        f.write("bad-pic,war,missing.jpg\n")  # file row 17: its image is never read
+    np.save(tmp_path / "fb.npy", rng.normal(size=(17, 6)).astype(np.float32))
+    b_inter = _catalog_interactions(tmp_path / "b.tsv", b_ids, [f"v{i}" for i in range(10)], 5, seed=1)
+    trained, _, _ = fit(b_inter, catalog=b_cat, out=tmp_path / "direct", text_encoder=tiny_bert_dir,
+                        image_encoder=None, features={"image": tmp_path / "fb.npy"}, cache_dir=None,
+                        config=TrainConfig(**FAST, epochs=1), split="random", show_progress=False)
+    rec, _, _ = finetune(tmp_path / "source", b_inter, catalog=b_cat, features={"image": tmp_path / "fb.npy"},
+                         config={"epochs": 1}, split="random", show_progress=False)
+    assert sorted(rec.model.modality_dims) == sorted(trained.model.modality_dims) == ["image", "text"]
+    assert "bad-pic" in rec.items.ids and "bad-pic" in trained.items.ids
