@@ -221,6 +221,9 @@ class Trainer:
         if cfg.item_graph_k > 0 and not model.modality_dims:
             logger.warning("item_graph_k=%d builds the item-item graph from content features, and this model "
                            "has none (ID embeddings only): trained without an item graph", cfg.item_graph_k)
+        if cfg.content_lr_scale != 1.0 and not model.modality_dims:
+            logger.warning("content_lr_scale=%g sets the learning rate of content projections, and this model has "
+                           "none (ID embeddings only): every parameter trains at lr", cfg.content_lr_scale)
         if cfg.item_graph_k > 0 and model.modality_dims:
             # Built once from the starting features (frozen, as FREEDOM's); held-out cold items
             # (not negatives-eligible) take no part.

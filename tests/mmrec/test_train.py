@@ -112,12 +112,17 @@ def test_the_content_side_learns_at_its_fraction_of_the_learning_rate(tmp_path, 
     assert sum(len(g["params"]) for g in tr.optimizer.param_groups) == len(before)  # every parameter once
 
 
-def test_an_item_graph_asked_of_a_model_without_content_is_a_warning_not_silence(tmp_path, caplog):
+def test_content_options_asked_of_a_model_without_content_are_a_warning_not_silence(tmp_path, caplog):
     inter_path, _ = write_planted(tmp_path)
     with caplog.at_level("WARNING", logger="mmrec.train"):
         tr, _ = _trainer(inter_path, epochs=1, item_graph_k=4)
     assert tr.item_graph is None
     assert "item_graph_k=4" in caplog.text and "has none" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mmrec.train"):
+        tr, _ = _trainer(inter_path, epochs=1, content_lr_scale=0.1)
+    assert [g["lr"] for g in tr.optimizer.param_groups] == [FAST["lr"]]
+    assert "content_lr_scale=0.1 sets the learning rate of content projections, and this model has none" in caplog.text
 
 
 @pytest.mark.parametrize("reg_form", ["squared", "norm"])
