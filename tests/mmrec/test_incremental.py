@@ -45,7 +45,9 @@ def test_add_equals_rebuild(catalogs, tiny_bert_dir, tiny_vit_dir):
     assert part.add(d / "rest.csv") == 3
     part = ItemIndex.load(d / "part", show_progress=False)  # add() saved in place
     assert part.modalities == ["text", "image"] and len(part) == len(full) == 9
-    np.testing.assert_allclose(part.vectors, full.vectors, atol=1e-6)
+    # Encoded in other batches (6 + 3 rows against 9), float32 sums differ in the last bits: on one CPU
+    # (AMD EPYC, torch 2.14.1, one thread) an element of the 585 by 1.3e-6, past the 1e-6 this once had.
+    np.testing.assert_allclose(part.vectors, full.vectors, atol=1e-5)
     for r in rows:
         a, b = full.similar(r["item_id"], 5), part.similar(r["item_id"], 5)
         assert [x.item_id for x in a] == [x.item_id for x in b]

@@ -56,10 +56,12 @@ def test_update_equals_a_build_of_the_changed_catalog(shop, tiny_bert_dir, tiny_
     back = ItemIndex.load(d / "idx", show_progress=False)  # saved in place
     for got in (idx, back):
         assert got.ids == oracle.ids
-        np.testing.assert_allclose(got.vectors, oracle.vectors, atol=1e-6)
+        # The changed rows were encoded in another batch than the oracle's, so float32 sums differ in the
+        # last bits (on one CPU, an element of the 390 by 1.3e-6); the untouched rows keep their bits.
+        np.testing.assert_allclose(got.vectors, oracle.vectors, atol=1e-5)
         np.testing.assert_array_equal(got.vectors[[0, 2, 3, 5]], before[[0, 2, 3, 5]])  # untouched rows: the same bits
         for m in ("text", "image"):
-            np.testing.assert_allclose(got.features[m], oracle.features[m], atol=1e-6)
+            np.testing.assert_allclose(got.features[m], oracle.features[m], atol=1e-5)
         assert [it["hashes"] for it in got.items] == [it["hashes"] for it in oracle.items]
         assert [it["fields"] for it in got.items] == [it["fields"] for it in oracle.items]
         assert got.items[1]["fields"] == {"title": "dog story remastered", "price": "11", "image": names[1]}
