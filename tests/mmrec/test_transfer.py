@@ -430,8 +430,33 @@ def _catalog_interactions(path, ids, users, per_user, seed):
     return path
 
 
+WORDS = ["cat", "dog", "space", "war", "love", "city", "toy", "boy", "police", "night"]
+
+
+def _source_with_pictures(tmp_path, tiny_bert_dir, image_paths, image_encoder, **fit_options):
+    """A source model trained on 20 items whose catalog has an image column (one picture, pic.jpg)."""
+    shutil.copy(image_paths[0], tmp_path / "pic.jpg")
+    a_ids = [f"a{i}" for i in range(20)]
+    a_cat = _catalog(tmp_path / "a.csv", a_ids, WORDS, image="pic.jpg")
+    a_inter = _catalog_interactions(tmp_path / "a.tsv", a_ids, [f"u{i}" for i in range(12)], 6, seed=0)
+    fit(a_inter, catalog=a_cat, out=tmp_path / "source", text_encoder=tiny_bert_dir, image_encoder=image_encoder,
+        cache_dir=None, config=TrainConfig(**FAST, epochs=1), split="random", show_progress=False, **fit_options)
+    return tmp_path / "source"
+
+
+def _new_catalog(tmp_path, image=None, extra_row=None):
+    """The new catalog b.csv (16 items, ``image`` in every row's image column when given, then
+    ``extra_row`` as file row 17) and its interactions b.tsv (the 16 items only)."""
+    b_ids = [f"new-{i}" for i in range(16)]
+    b_cat = _catalog(tmp_path / "b.csv", b_ids, WORDS[::-1], image=image)
+    if extra_row:
+        with open(b_cat, "a") as f:
+            f.write(extra_row + "\n")
+    return b_cat, _catalog_interactions(tmp_path / "b.tsv", b_ids, [f"v{i}" for i in range(10)], 5, seed=1)
+
+
 def test_finetune_from_tuned_encoders_encodes_with_them_and_carries_them(tmp_path, tiny_bert_dir, image_paths):
-    words = ["cat", "dog", "space", "war", "love", "city", "toy", "boy", "police", "night"]
+    words = WORDS
     a_ids = [f"a{i}" for i in range(20)]
     a_cat = _catalog(tmp_path / "a.csv", a_ids, words)
     a_inter = _catalog_interactions(tmp_path / "a.tsv", a_ids, [f"u{i}" for i in range(12)], 6, seed=0)
@@ -485,16 +510,8 @@ def test_a_new_catalog_without_the_source_image_column_masks_images(tmp_path, ti
                                                                      image_paths, caplog):
     # The README: a source modality the new data lacks is masked for every item. The source's
     # image field is a default here, not a demand: a catalog without that column is text-only.
-    words = ["cat", "dog", "space", "war", "love", "city", "toy", "boy", "police", "night"]
-    shutil.copy(image_paths[0], tmp_path / "pic.jpg")
-    a_ids = [f"a{i}" for i in range(20)]
-    a_cat = _catalog(tmp_path / "a.csv", a_ids, words, image="pic.jpg")
-    a_inter = _catalog_interactions(tmp_path / "a.tsv", a_ids, [f"u{i}" for i in range(12)], 6, seed=0)
-    fit(a_inter, catalog=a_cat, out=tmp_path / "source", text_encoder=tiny_bert_dir, image_encoder=tiny_vit_dir,
-        cache_dir=None, config=TrainConfig(**FAST, epochs=1), split="random", show_progress=False)
-    b_ids = [f"new-{i}" for i in range(16)]
-    b_cat = _catalog(tmp_path / "b.csv", b_ids, words[::-1])  # item_id, title: no image column
-    b_inter = _catalog_interactions(tmp_path / "b.tsv", b_ids, [f"v{i}" for i in range(10)], 5, seed=1)
+    _source_with_pictures(tmp_path, tiny_bert_dir, image_paths, tiny_vit_dir)
+    b_cat, b_inter = _new_catalog(tmp_path)  # item_id, title: no image column
     rec, _, _ = finetune(tmp_path / "source", b_inter, catalog=b_cat, out=tmp_path / "ft",
                          config={"epochs": 1}, split="random", show_progress=False)
     assert sorted(rec.items.modalities) == ["image", "text"] and not rec.items.present["image"].any()
@@ -503,7 +520,7 @@ def test_a_new_catalog_without_the_source_image_column_masks_images(tmp_path, ti
     # none of its items has one (the README: a modality left out stays out).
     ft = Recommender.load(tmp_path / "ft", show_progress=False)
     assert ft.items.manifest["masked"] == ["image"]
-    c_cat = _catalog(tmp_path / "c.csv", ["c0", "c1"], words, image="pic.jpg")
+    c_cat = _catalog(tmp_path / "c.csv", ["c0", "c1"], WORDS, image="pic.jpg")
     assert ft.items.add(c_cat) == 2 and not ft.items.present["image"][-2:].any()
     assert (ft.items.attention[-2:, ft.items.manifest["tokens"].index("image")] == 0).all()
     assert Recommender.load(tmp_path / "ft", show_progress=False).items.manifest["masked"] == ["image"]
@@ -639,7 +656,7 @@ def test_no_user_kept_is_said_too(small, tmp_path, caplog):
 def test_an_in_memory_source_with_tuned_encoders_is_refused_frozen_and_carried_when_tuned(tmp_path, tiny_bert_dir):
     # Its tuned encoder lives only in memory: a frozen fine-tune encoded with it but recorded the
     # untuned one, so the new model's queries used another encoder than its features came from.
-    words = ["cat", "dog", "space", "war", "love", "city", "toy", "boy", "police", "night"]
+    words = WORDS
     a_ids, b_ids = [f"a{i}" for i in range(20)], [f"new-{i}" for i in range(16)]
     a_cat = _catalog(tmp_path / "a.csv", a_ids, words)
     a_inter = _catalog_interactions(tmp_path / "a.tsv", a_ids, [f"u{i}" for i in range(12)], 6, seed=0)
@@ -662,7 +679,7 @@ def test_an_in_memory_source_with_tuned_encoders_is_refused_frozen_and_carried_w
 def test_finetune_skips_invalid_rows_as_train_does_and_records_it(tmp_path, tiny_bert_dir, caplog, capsys):
     from mmrec.pipeline import evaluate_directory
 
-    words = ["cat", "dog", "space", "war", "love", "city", "toy", "boy", "police", "night"]
+    words = WORDS
     a_ids, b_ids = [f"a{i}" for i in range(20)], [f"new-{i}" for i in range(16)]
     a_inter = _catalog_interactions(tmp_path / "a.tsv", a_ids, [f"u{i}" for i in range(12)], 6, seed=0)
     fit(a_inter, catalog=_catalog(tmp_path / "a.csv", a_ids, words), out=tmp_path / "source", cache_dir=None,
@@ -715,18 +732,8 @@ def test_a_source_that_encoded_none_of_its_catalog_images_checks_rows_for_text(t
     # A source trained with --image-encoder none on a catalog with an image column: the new catalog's
     # images are left out, so a row with an image and no text has no content, and is refused as
     # `train --image-encoder none` refuses it (it was accepted, then trained as an item with nothing).
-    words = ["cat", "dog", "space", "war", "love", "city", "toy", "boy", "police", "night"]
-    shutil.copy(image_paths[0], tmp_path / "pic.jpg")
-    a_ids = [f"a{i}" for i in range(20)]
-    a_cat = _catalog(tmp_path / "a.csv", a_ids, words, image="pic.jpg")
-    a_inter = _catalog_interactions(tmp_path / "a.tsv", a_ids, [f"u{i}" for i in range(12)], 6, seed=0)
-    fit(a_inter, catalog=a_cat, out=tmp_path / "source", text_encoder=tiny_bert_dir, image_encoder=None,
-        cache_dir=None, config=TrainConfig(**FAST, epochs=1), split="random", show_progress=False)
-    b_ids = [f"new-{i}" for i in range(16)]
-    b_cat = _catalog(tmp_path / "b.csv", b_ids, words[::-1], image="pic.jpg")
-    with open(b_cat, "a") as f:
-        f.write("pic-only,,pic.jpg\n")  # file row 17
-    b_inter = _catalog_interactions(tmp_path / "b.tsv", b_ids, [f"v{i}" for i in range(10)], 5, seed=1)
+    _source_with_pictures(tmp_path, tiny_bert_dir, image_paths, None)
+    b_cat, b_inter = _new_catalog(tmp_path, image="pic.jpg", extra_row="pic-only,,pic.jpg")  # file row 17
     with pytest.raises(DataError, match=r"row 17: no text in title"):
         fit(b_inter, catalog=b_cat, text_encoder=tiny_bert_dir, image_encoder=None, cache_dir=None,
             config=TrainConfig(**FAST, epochs=1), split="random", show_progress=False)
@@ -745,22 +752,12 @@ def test_a_modality_features_supply_never_opens_the_new_catalogs_images(tmp_path
     # A source trained on a catalog with an image column, --image-encoder none and --features image=...:
     # fine-tuning with --features image=... takes the image vectors from the .npy, as `train` does, so the
     # new catalog's image cells are not opened (a missing file stopped finetune, and train accepted it).
-    words = ["cat", "dog", "space", "war", "love", "city", "toy", "boy", "police", "night"]
-    shutil.copy(image_paths[0], tmp_path / "pic.jpg")
     rng = np.random.default_rng(0)
-    a_ids = [f"a{i}" for i in range(20)]
-    a_cat = _catalog(tmp_path / "a.csv", a_ids, words, image="pic.jpg")
     np.save(tmp_path / "fa.npy", rng.normal(size=(20, 6)).astype(np.float32))
-    a_inter = _catalog_interactions(tmp_path / "a.tsv", a_ids, [f"u{i}" for i in range(12)], 6, seed=0)
-    fit(a_inter, catalog=a_cat, out=tmp_path / "source", text_encoder=tiny_bert_dir, image_encoder=None,
-        features={"image": tmp_path / "fa.npy"}, cache_dir=None, config=TrainConfig(**FAST, epochs=1),
-        split="random", show_progress=False)
-    b_ids = [f"new-{i}" for i in range(16)]
-    b_cat = _catalog(tmp_path / "b.csv", b_ids, words[::-1], image="pic.jpg")
-    with open(b_cat, "a") as f:
-        f.write("bad-pic,war,missing.jpg\n")  # file row 17: its image is never read
+    _source_with_pictures(tmp_path, tiny_bert_dir, image_paths, None, features={"image": tmp_path / "fa.npy"})
+    # file row 17: its image is never read
+    b_cat, b_inter = _new_catalog(tmp_path, image="pic.jpg", extra_row="bad-pic,war,missing.jpg")
     np.save(tmp_path / "fb.npy", rng.normal(size=(17, 6)).astype(np.float32))
-    b_inter = _catalog_interactions(tmp_path / "b.tsv", b_ids, [f"v{i}" for i in range(10)], 5, seed=1)
     trained, _, _ = fit(b_inter, catalog=b_cat, out=tmp_path / "direct", text_encoder=tiny_bert_dir,
                         image_encoder=None, features={"image": tmp_path / "fb.npy"}, cache_dir=None,
                         config=TrainConfig(**FAST, epochs=1), split="random", show_progress=False)
