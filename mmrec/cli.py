@@ -537,10 +537,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     args.image_encoder = "default" if args.image_encoder is None else args.image_encoder
     args.max_length = 256 if args.max_length is None else args.max_length
     if args.catalog is None and not args.features:
-        # (TrainConfig would say "use_content is off", which the user never set; one who did hears that)
-        if args.untrained_via_content and args.use_content is not False:
-            raise UsageError("--untrained-via-content places items by their content: give --catalog or --features")
-        if args.use_content is not False:
+        if args.use_content is not False:  # (one who turned content off hears from TrainConfig that it is off)
+            if args.untrained_via_content:  # (TrainConfig would say "use_content is off", which they never set)
+                raise UsageError("--untrained-via-content places items by their content: give --catalog or --features")
             logger.info("no --catalog and no --features: training ID-only LightGCN")
     try:  # an option value TrainConfig refuses is a malformed command line, as argparse's own
         cfg = config_from_args(TrainConfig, args, **({} if args.catalog or args.features else {"use_content": False}))

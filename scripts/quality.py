@@ -488,7 +488,8 @@ def model_label(kind: str, sel: dict[str, Any] | None) -> str:
         parts += [f"id_dropout {sel['id_dropout']}", f"id_mode {sel.get('id_mode', 'token')}",
                   f"content_gain {sel.get('content_gain', 1.0)}"]
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    fused_only = ("item_graph_k", "align_weight", "finetune", "encoder_lr_scale", "content_lr_scale") if kind == "fused" else ()
+    fused_only = ("item_graph_k", "align_weight", "finetune", "encoder_lr_scale", "content_lr_scale") \
+        if kind == "fused" else ()
     for field in fused_only + ("edge_dropout", "ema", "id_init", "reg_form"):
         if sel.get(field, defaults[field]) != defaults[field]:
             parts.append(f"{field} {sel[field]}")
