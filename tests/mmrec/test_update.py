@@ -61,7 +61,7 @@ def test_update_equals_a_build_of_the_changed_catalog(shop, tiny_bert_dir, tiny_
         np.testing.assert_allclose(got.vectors, oracle.vectors, atol=1e-5)
         np.testing.assert_array_equal(got.vectors[[0, 2, 3, 5]], before[[0, 2, 3, 5]])  # untouched rows: the same bits
         for m in ("text", "image"):
-            np.testing.assert_allclose(got.features[m], oracle.features[m], atol=1e-5)
+            np.testing.assert_allclose(got.features[m], oracle.features[m], atol=1e-6)
         assert [it["hashes"] for it in got.items] == [it["hashes"] for it in oracle.items]
         assert [it["fields"] for it in got.items] == [it["fields"] for it in oracle.items]
         assert got.items[1]["fields"] == {"title": "dog story remastered", "price": "11", "image": names[1]}
