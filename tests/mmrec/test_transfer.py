@@ -456,9 +456,8 @@ def _new_catalog(tmp_path, image=None, extra_row=None):
 
 
 def test_finetune_from_tuned_encoders_encodes_with_them_and_carries_them(tmp_path, tiny_bert_dir, image_paths):
-    words = WORDS
     a_ids = [f"a{i}" for i in range(20)]
-    a_cat = _catalog(tmp_path / "a.csv", a_ids, words)
+    a_cat = _catalog(tmp_path / "a.csv", a_ids, WORDS)
     a_inter = _catalog_interactions(tmp_path / "a.tsv", a_ids, [f"u{i}" for i in range(12)], 6, seed=0)
     fit(a_inter, catalog=a_cat, out=tmp_path / "source", text_encoder=tiny_bert_dir, cache_dir=None,
         config=TrainConfig(**FAST, epochs=1, finetune="top:1"), split="random", show_progress=False)
@@ -467,14 +466,14 @@ def test_finetune_from_tuned_encoders_encodes_with_them_and_carries_them(tmp_pat
 
     b_ids = [f"new-{i}" for i in range(16)]
     shutil.copy(image_paths[0], tmp_path / "pic.jpg")
-    b_cat = _catalog(tmp_path / "b.csv", b_ids, words[::-1], image="pic.jpg")
+    b_cat = _catalog(tmp_path / "b.csv", b_ids, WORDS[::-1], image="pic.jpg")
     b_inter = _catalog_interactions(tmp_path / "b.tsv", b_ids, [f"v{i}" for i in range(10)], 5, seed=1)
     with pytest.raises(ConfigError, match=r"\['image'\] that the source model was never trained with"):
         finetune(tmp_path / "source", b_inter, catalog=b_cat, split="random", show_progress=False)
     rec, _, _ = finetune(tmp_path / "source", b_inter, catalog=b_cat, out=tmp_path / "ft", ignore=["image"],
                          config={"finetune": "frozen", "epochs": 1}, split="random", show_progress=False)
     tuned = TextEncoder(tmp_path / "source" / "encoders" / "text", show_progress=False)
-    texts = [f"{w1} {w2} film" for w1, w2 in ((words[::-1][i % 10], words[::-1][(i * 3) % 10]) for i in range(16))]
+    texts = [f"{w1} {w2} film" for w1, w2 in ((WORDS[::-1][i % 10], WORDS[::-1][(i * 3) % 10]) for i in range(16))]
     np.testing.assert_allclose(rec.items.features["text"], tuned.encode(texts), atol=1e-5)
     shutil.rmtree(tmp_path / "source")  # the new directory stands alone
     back = Recommender.load(tmp_path / "ft", show_progress=False)
@@ -656,13 +655,12 @@ def test_no_user_kept_is_said_too(small, tmp_path, caplog):
 def test_an_in_memory_source_with_tuned_encoders_is_refused_frozen_and_carried_when_tuned(tmp_path, tiny_bert_dir):
     # Its tuned encoder lives only in memory: a frozen fine-tune encoded with it but recorded the
     # untuned one, so the new model's queries used another encoder than its features came from.
-    words = WORDS
     a_ids, b_ids = [f"a{i}" for i in range(20)], [f"new-{i}" for i in range(16)]
-    a_cat = _catalog(tmp_path / "a.csv", a_ids, words)
+    a_cat = _catalog(tmp_path / "a.csv", a_ids, WORDS)
     a_inter = _catalog_interactions(tmp_path / "a.tsv", a_ids, [f"u{i}" for i in range(12)], 6, seed=0)
     src, _, _ = fit(a_inter, catalog=a_cat, out=None, text_encoder=tiny_bert_dir, cache_dir=None, split="random",
                     config=TrainConfig(**(FAST | {"lr": 0.5}), epochs=1, finetune="top:1"), show_progress=False)
-    b_cat = _catalog(tmp_path / "b.csv", b_ids, words[::-1])
+    b_cat = _catalog(tmp_path / "b.csv", b_ids, WORDS[::-1])
     b_inter = _catalog_interactions(tmp_path / "b.tsv", b_ids, [f"v{i}" for i in range(10)], 5, seed=1)
     with pytest.raises(ConfigError, match=r"tuned its text encoder in memory .* train the source with out=DIR"):
         finetune(src, b_inter, catalog=b_cat, out=tmp_path / "ft", config={"finetune": "frozen", "epochs": 1},
@@ -679,12 +677,11 @@ def test_an_in_memory_source_with_tuned_encoders_is_refused_frozen_and_carried_w
 def test_finetune_skips_invalid_rows_as_train_does_and_records_it(tmp_path, tiny_bert_dir, caplog, capsys):
     from mmrec.pipeline import evaluate_directory
 
-    words = WORDS
     a_ids, b_ids = [f"a{i}" for i in range(20)], [f"new-{i}" for i in range(16)]
     a_inter = _catalog_interactions(tmp_path / "a.tsv", a_ids, [f"u{i}" for i in range(12)], 6, seed=0)
-    fit(a_inter, catalog=_catalog(tmp_path / "a.csv", a_ids, words), out=tmp_path / "source", cache_dir=None,
+    fit(a_inter, catalog=_catalog(tmp_path / "a.csv", a_ids, WORDS), out=tmp_path / "source", cache_dir=None,
         text_encoder=tiny_bert_dir, config=TrainConfig(**FAST, epochs=1), split="random", show_progress=False)
-    _catalog(tmp_path / "b.csv", b_ids, words[::-1])
+    _catalog(tmp_path / "b.csv", b_ids, WORDS[::-1])
     with open(tmp_path / "b.csv", "a") as f:
         f.write("bad-1,\n")  # no text: an invalid row, whose interactions must go too
     b_inter = _catalog_interactions(tmp_path / "b.tsv", b_ids + ["bad-1"], [f"v{i}" for i in range(10)], 6, seed=1)
