@@ -218,12 +218,13 @@ class Trainer:
             self.present.setdefault(m, torch.ones(x.size(0), dtype=torch.bool, device=self.device))
         self.has_id = data.has_id.to(self.device) if data.has_id is not None else None
         self.item_graph = None
-        if cfg.item_graph_k > 0 and not model.modality_dims:
-            logger.warning("item_graph_k=%d builds the item-item graph from content features, and this model "
-                           "has none (ID embeddings only): trained without an item graph", cfg.item_graph_k)
-        if cfg.content_lr_scale != 1.0 and not model.modality_dims:
-            logger.warning("content_lr_scale=%g sets the learning rate of content projections, and this model has "
-                           "none (ID embeddings only): every parameter trains at lr", cfg.content_lr_scale)
+        if not model.modality_dims:  # content options asked of an ID-only model: said, not ignored
+            if cfg.item_graph_k > 0:
+                logger.warning("item_graph_k=%d builds the item-item graph from content features, and this model "
+                               "has none (ID embeddings only): trained without an item graph", cfg.item_graph_k)
+            if cfg.content_lr_scale != 1.0:
+                logger.warning("content_lr_scale=%g sets the learning rate of content projections, and this model "
+                               "has none (ID embeddings only): every parameter trains at lr", cfg.content_lr_scale)
         if cfg.item_graph_k > 0 and model.modality_dims:
             # Built once from the starting features (frozen, as FREEDOM's); held-out cold items
             # (not negatives-eligible) take no part.
