@@ -1214,16 +1214,61 @@ class _UntilGone:
 LOG_BAR_SECONDS = 30  # the least time between two redraws of a progress bar that goes to no terminal
 
 
+class _BarsAsLines:
+    """``sys.stderr`` bound for no terminal (a log file, a pipe): each progress-bar redraw becomes
+    a line of its own, and the carriage returns, blanking spaces and cursor moves that redraw a bar
+    in place on a terminal are dropped. A log file read back (``less``, an editor, ``grep``) had
+    every bar state and log line run together on one line, between carriage returns and spaces.
+
+    tqdm draws a bar as ``"\\r" + text + padding``, clears it as ``"\\r" + spaces`` then ``"\\r"``,
+    ends it with ``"\\n"`` and moves between stacked bars with newlines and ``ESC [A``; everything
+    else (log lines, errors) passes unchanged."""
+
+    _UP = "\x1b[A"  # tqdm's cursor-up, between stacked bars
+
+    def __init__(self, stream: Any) -> None:
+        self._stream, self._line_start, self._last_bar = stream, True, None
+
+    def write(self, text: str) -> int:
+        if text.startswith("\r"):
+            line = text.strip("\r").rstrip(" ")
+            if "\r" in line or "\n" in line:  # not a bar's redraw after all: kept as written
+                self._put(text)
+            elif line and line != self._last_bar:  # (a bar's last state is drawn again when it closes)
+                self._put(("" if self._line_start else "\n") + line + "\n")
+                self._last_bar = line
+        elif not text.replace(self._UP, "").strip("\n") and (self._line_start or self._UP in text):
+            pass  # a bar's line already ended, or the moves between stacked bars; so also a blank line
+        elif text:
+            self._put(text)
+        return len(text)
+
+    def _put(self, text: str) -> None:
+        self._stream.write(text)
+        self._line_start, self._last_bar = text.endswith("\n"), None
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:  # isatty, fileno, encoding: the stream's own
+        return getattr(self._stream, name)
+
+
 class _LogBesideBars(logging.StreamHandler):
     """Log lines written around the progress bars drawn on the same stream: a bar is cleared, the
     line written, the bar drawn again (tqdm's ``write``), where a log line used to start where the
-    bar's unfinished line ended (``training: 12%|... INFO mmrec.train: epoch 2 ...``)."""
+    bar's unfinished line ended (``training: 12%|... INFO mmrec.train: epoch 2 ...``). Where the
+    stream turns each bar into lines of its own (:class:`_BarsAsLines`, no terminal), the line is
+    written as it is: a bar drawn again after each log line would double a log file's lines."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            from tqdm import tqdm
+            if isinstance(self.stream, _BarsAsLines):
+                self.stream.write(self.format(record) + self.terminator)
+            else:
+                from tqdm import tqdm
 
-            tqdm.write(self.format(record), file=self.stream)
+                tqdm.write(self.format(record), file=self.stream)
             self.flush()
         except RecursionError:
             raise
@@ -1246,8 +1291,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.stderr = _UntilGone(sys.stderr or open(os.devnull, "w"))  # noqa: SIM115
     if not _is_terminal(sys.stderr):
         # Progress bars written to a log file or a pipe: one redraw every LOG_BAR_SECONDS, not ten a second
-        # (tqdm reads this when it is first imported, which no command has done yet; the user's own wins).
+        # (tqdm reads this when it is first imported, which no command has done yet; the user's own wins),
+        # each a line of its own.
         os.environ.setdefault("TQDM_MININTERVAL", str(LOG_BAR_SECONDS))
+        sys.stderr = _BarsAsLines(sys.stderr)
     try:
         return _main(argv)
     finally:

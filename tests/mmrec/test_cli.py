@@ -634,3 +634,57 @@ def test_bars_bound_for_no_terminal_redraw_every_30_seconds_unless_the_user_says
     monkeypatch.setenv("TQDM_MININTERVAL", "5")
     assert run(capsys, "index", "info", "--index", str(tmp_path / "none"))[0] == 1
     assert os.environ["TQDM_MININTERVAL"] == "5"
+
+
+def test_bars_bound_for_no_terminal_are_lines_of_their_own():
+    import io
+    import logging
+
+    from tqdm import tqdm
+
+    from mmrec.cli import _BarsAsLines, _LogBesideBars
+
+    raw = io.StringIO()
+    stream = _BarsAsLines(raw)
+    handler = _LogBesideBars(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    log = logging.getLogger("mmrec.test_bar_lines")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        with tqdm(total=2, file=stream, desc="outer", mininterval=0, bar_format="{desc} {n}/{total}") as outer:
+            log.warning("epoch 1 done")
+            with tqdm(total=1, file=stream, desc="inner", mininterval=0, bar_format="{desc} {n}/{total}") as inner:
+                inner.update(1)
+            outer.update(2)
+    finally:
+        log.removeHandler(handler)
+    # no redraw in place (a carriage return, blanking spaces, a cursor move up): each state its own line, the log
+    # line not followed by a redraw of the bar, the stacked bar's lines between the outer's, and no blank line
+    assert raw.getvalue() == ("outer 0/2\nWARNING mmrec.test_bar_lines: epoch 1 done\ninner 0/1\ninner 1/1\n"
+                              "outer 2/2\n")
+    assert stream.write("\rnot\ra bar") == 10 and raw.getvalue().endswith("\rnot\ra bar")  # kept as written
+    stream.write("\n")
+    assert raw.getvalue().endswith("a bar\n")  # (ended a line no bar drew: kept)
+    stream.write("half a line")
+    stream.write("\rbar 1/2")
+    assert raw.getvalue().endswith("a bar\nhalf a line\nbar 1/2\n")  # a bar never ends another's line
+
+
+def test_a_log_file_of_training_holds_no_redraws(tmp_path):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "f.npy", rng.normal(size=(12, 4)).astype(np.float32))
+    (tmp_path / "inter.tsv").write_text("user_id\titem_id\n" + "".join(f"u{u}\t{(u + j) % 12}\n" for u in range(8)
+                                                                      for j in range(4)))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[2]), TQDM_MININTERVAL="0")
+    with open(tmp_path / "log.txt", "w") as log:
+        done = subprocess.run([sys.executable, "-m", "mmrec.cli", "train", "--interactions", str(tmp_path / "inter.tsv"),
+                               "--features", f"f={tmp_path / 'f.npy'}", "--out", str(tmp_path / "m"), "--epochs", "3",
+                               "--dim", "8"], stdout=subprocess.DEVNULL, stderr=log, env=env, timeout=300)
+    text = (tmp_path / "log.txt").read_text()
+    assert done.returncode == 0 and "\r" not in text and "\x1b" not in text, text
+    lines = text.splitlines()
+    bars = [line for line in lines if line.startswith("training:")]
+    assert bars[0].startswith("training:   0%") and " 3/3 " in bars[-1] and len(bars) <= 5, text
+    epochs = [line for line in lines if line.startswith("INFO mmrec.train: epoch ")]
+    assert [line.split()[3] for line in epochs] == ["1", "2", "3"], text  # each log line whole, on its own line
