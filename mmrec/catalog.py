@@ -150,14 +150,19 @@ def rows_in_memory(source: Any) -> list[dict[str, Any]] | None:
     """``source`` as catalog rows when it holds them in memory (dicts: a list, a tuple, any
     iterable of them; a pandas DataFrame's rows; a pyarrow Table's), each value a plain Python one
     (numpy numbers, booleans and arrays as Python's; a missing pandas cell, NaN, NaT or NA, as
-    ``None``, which empties the field as a CSV's blank cell does); ``None`` when it is a path.
+    ``None``, which empties the field as a CSV's blank cell does; a float column with a missing
+    cell whose other values are all whole numbers, an integer column pandas widened to hold the
+    gap, as integers); ``None`` when it is a path.
 
     Raises:
         ConfigError: anything else (a dict of lists, rows that are no dicts).
     """
     if isinstance(source, (str, bytes, os.PathLike)) or source is None:
         return None
+    widened: list[str] = []  # integer columns pandas made float64 to hold a missing cell
     if hasattr(source, "to_dict") and hasattr(source, "columns"):  # a pandas DataFrame
+        widened = [str(c) for c, column in source.items() if getattr(column.dtype, "kind", "") == "f"
+                   and column.isna().any() and bool((column.dropna() % 1 == 0).all())]
         source = source.to_dict("records")
     elif hasattr(source, "to_pylist"):  # a pyarrow Table
         source = source.to_pylist()
@@ -182,7 +187,12 @@ def rows_in_memory(source: Any) -> list[dict[str, Any]] | None:
             return None  # pandas' missing cell
         return v
 
-    return [{str(k): plain(v) for k, v in r.items()} for r in rows]
+    rows = [{str(k): plain(v) for k, v in r.items()} for r in rows]
+    for r in rows:  # a year 1995 beside a missing one reads "1995", as the CSV it came from does, not "1995.0"
+        for c in widened:
+            if r[c] is not None:
+                r[c] = int(r[c])
+    return rows
 
 
 def _json_type(rows: list[dict[str, Any]], column: str) -> str:

@@ -533,6 +533,18 @@ def test_dataframe_cells_are_plain_values(tmp_path):
                           "n": pd.array([1, None], dtype="Int64")})
     cat = load_catalog(frame, text_fields=["title"], show_progress=False)
     assert cat.records == [{"title": "a", "when": "2020-01-02 00:00:00", "n": "1"}, {"title": "b", "when": "", "n": ""}]
+    # an integer column with a gap, which pandas holds as float64, reads as whole numbers (was "1995.0"), as a
+    # CSV's does; a float column stays as pandas gives it, with a gap or without
+    frame = pd.DataFrame({"item_id": [1, 2, 3], "title": ["a", "b", "c"], "year": [1995, None, 2001],
+                          "price": [2.5, None, 3.0], "weight": [20.0, 15.0, 1.0]})
+    assert frame["year"].dtype == "float64"
+    cat = load_catalog(frame, text_fields=["title"], show_progress=False)
+    assert [(r["year"], r["price"], r["weight"]) for r in cat.records] == [("1995", "2.5", "20.0"), ("", "", "15.0"),
+                                                                           ("2001", "3.0", "1.0")]
+    csv_path = tmp_path / "y.csv"
+    csv_path.write_text("item_id,title,year\n1,a,1995\n2,b,\n3,c,2001\n")
+    assert [r["year"] for r in load_catalog(csv_path, text_fields=["title"], show_progress=False).records] == \
+        [r["year"] for r in cat.records]
     # a struct cell (a dict holding an array) reads as the file's JSON text
     pd.DataFrame({"item_id": [1, 2], "title": ["a", "b"], "meta": [{"tags": ["x", "y"], "n": 1}, {"tags": [], "n": 2}]}
                  ).to_parquet(tmp_path / "s.parquet")
