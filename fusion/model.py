@@ -17,6 +17,16 @@ ID_INITS = ("normal", "xavier")
 ID_MODES = ("token", "residual")
 
 
+def modality_name_problem(name: object) -> str | None:
+    """Why ``name`` cannot name a modality (a model's or a content index's), or ``None``: a name
+    is a non-empty string without ``.`` (saved weights are keyed ``<part>.<modality>.<weight>``)
+    and is not ``"id"`` (the ID token's, in attention weights and explanations)."""
+    if not isinstance(name, str) or not name or "." in name or name == ID_TOKEN:
+        return (f"modality name {name!r} is not allowed: names are non-empty strings without '.', and "
+                f"'{ID_TOKEN}' is the ID token's")
+    return None
+
+
 class FusedGraphModel(nn.Module):
     """Multimodal LightGCN: items start from fused content + ID tokens, then graph propagation.
 
@@ -109,11 +119,8 @@ class FusedGraphModel(nn.Module):
                 f"num_items={num_items}, dim={dim}"
             )
         for name, width in modality_dims.items():
-            if not isinstance(name, str) or not name or "." in name or name == ID_TOKEN:
-                raise ValueError(
-                    f"modality name {name!r} is not allowed: names must be non-empty strings "
-                    f"without '.', and '{ID_TOKEN}' is reserved for the ID token"
-                )
+            if (problem := modality_name_problem(name)) is not None:
+                raise ValueError(problem)
             if int(width) < 1:
                 raise ValueError(f"modality '{name}' has width {width}; widths must be >= 1")
         if not modality_dims and not use_id:

@@ -207,7 +207,7 @@ def _mask_opt(p: argparse.ArgumentParser, remembered: bool = False) -> None:
 
 def _training_options(args: argparse.Namespace) -> dict:
     """Keyword arguments ``fit`` and ``finetune`` both take, from the options both commands have."""
-    return dict(catalog=args.catalog, features=_features(args, model=True), out=args.out, split=args.split,
+    return dict(catalog=args.catalog, features=_features(args), out=args.out, split=args.split,
                 rating_threshold=args.rating_threshold, factory=args.factory, overwrite=args.overwrite,
                 cache_dir=_cache_dir(args), show_progress=not args.quiet, **_catalog_options(args))
 
@@ -280,7 +280,7 @@ def _catalog_change(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     opts = {k: v for k, v in (("image_root", args.image_root), ("skip_invalid", args.skip_invalid)) if v}
     if args.mask_bad_images is not None:  # else as the directory was built or trained
         opts["mask_bad_images"] = args.mask_bad_images
-    return index, {"features": _features(args), "cache_dir": _cache_dir(args), "device": args.device, **opts}
+    return index, {"features": _features(args, new=False), "cache_dir": _cache_dir(args), "device": args.device, **opts}
 
 
 def cmd_index_add(args: argparse.Namespace) -> int:
@@ -496,20 +496,20 @@ def _features_arg(text: str) -> tuple[str, Path]:
     return name, Path(path)
 
 
-def _features(args: argparse.Namespace, model: bool = False) -> dict[str, Path]:
-    """``--features`` as a dict; a name given twice is an error, not the last one silently. For
-    a model (``train`` / ``finetune``), names the model refuses are refused here, before any
-    encoding (a content index takes any name)."""
+def _features(args: argparse.Namespace, new: bool = True) -> dict[str, Path]:
+    """``--features`` as a dict; a name given twice is an error, not the last one silently. Where
+    the names are ``new`` ones (a build, train, finetune: not ``index add`` / ``update``, which
+    take an existing index's own), a name no modality may have
+    (:func:`fusion.model.modality_name_problem`) is refused here, before any encoding."""
     given: dict[str, Path] = {}
     for name, path in args.features or []:
         if name in given:
             raise UsageError(f"--features names '{name}' twice ({given[name]}, {path}): one file a modality")
-        if model:
-            from fusion.model import ID_TOKEN
+        if new:
+            from fusion.model import modality_name_problem
 
-            if "." in name or name == ID_TOKEN:
-                raise UsageError(f"--features {name}={path}: modality name {name!r} is not allowed in a model: names "
-                                  f"have no '.', and '{ID_TOKEN}' is the ID token's")
+            if (problem := modality_name_problem(name)) is not None:
+                raise UsageError(f"--features {name}={path}: {problem}")
         given[name] = path
     return given
 

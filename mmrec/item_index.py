@@ -39,6 +39,7 @@ from safetensors.numpy import load_file, save_file
 from tqdm.auto import tqdm
 
 from fusion.fixed import CENTER_MIN_ITEMS, combine_modalities, modality_centers
+from fusion.model import modality_name_problem
 from index import FaissIndex, IndexFormatError, atomic_directory, read_manifest, sha256_file, write_manifest
 from index.faiss_index import IDS_FILE, INDEX_FILE
 from index.faiss_index import _canonical_id as canonical_id
@@ -873,6 +874,9 @@ class ItemIndex:
         given = dict(features or {})
         if catalog is None and not given:
             raise MMRecError("nothing to index: give a catalog, precomputed features, or both")
+        for name in given:
+            if (problem := modality_name_problem(name)) is not None:
+                raise ConfigError(f"features {name}={given[name]}: {problem}")
         check_out(out, overwrite, [catalog.source if isinstance(catalog, Catalog) else catalog,
                                    catalog_options.get("image_root"), cache_dir, text_encoder, image_encoder,
                                    image_weights, *given.values()])

@@ -98,8 +98,9 @@ def test_id_init_normal_or_xavier():
 
 
 def test_bad_construction_raises():
-    with pytest.raises(ValueError, match="'id' is reserved"):
-        FusedGraphModel(2, 3, {"id": 4})
+    for name in ("id", "a.b", ""):
+        with pytest.raises(ValueError, match=f"modality name '{name}' is not allowed: .* 'id' is the ID token's"):
+            FusedGraphModel(2, 3, {name: 4})
     with pytest.raises(ValueError, match="no token to build items from"):
         FusedGraphModel(2, 3, {}, use_id=False)
     with pytest.raises(ValueError, match="modality 'text' has width 0"):

@@ -334,11 +334,12 @@ def test_errors_are_one_line_without_traceback(built, capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_:
         main(["train", "--interactions", "i.tsv", "--out", "o", "--rating-threshold", "nan"])
     assert exit_.value.code == 2 and "expected a finite number, got 'nan'" in capsys.readouterr().err
-    for name in ("id", "a.b"):  # refused before the catalog is read (a content index takes them: index add)
-        code, _, err = run(capsys, "train", "--interactions", str(tmp_path / "i.tsv"), "--out", str(tmp_path / "o"),
-                           "--features", f"{name}=f.npy", "-q")
-        assert code == 2 and f"--features {name}=f.npy: modality name '{name}' is not allowed in a model: names have " \
-            "no '.', and 'id' is the ID token's" in err
+    for name in ("id", "a.b"):  # refused before the catalog is read, by a model and a content index alike
+        for command in (["train", "--interactions", str(tmp_path / "i.tsv")], ["index", "build"]):
+            code, _, err = run(capsys, *command, "--out", str(tmp_path / "o"), "--features", f"{name}=f.npy", "-q")
+            assert code == 2 and f"--features {name}=f.npy: modality name '{name}' is not allowed: names are " \
+                "non-empty strings without '.', and 'id' is the ID token's" in err, err
+            assert not (tmp_path / "o").exists()
     code, _, err = run(capsys, "train", "--interactions", str(tmp_path / "i.tsv"), "--out", str(tmp_path / "o"),
                        "--features", "a=1.npy", "--features", "a=2.npy", "-q")
     assert code == 2 and "--features names 'a' twice (1.npy, 2.npy): one file a modality" in err

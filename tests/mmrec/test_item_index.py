@@ -597,6 +597,15 @@ def test_k_must_be_a_whole_number_of_at_least_one(k):
     assert len(idx.similar("a", k=np.int64(2))) == 2
 
 
+def test_a_content_index_refuses_the_modality_names_a_model_does(tmp_path):
+    np.save(tmp_path / "f.npy", np.eye(4, dtype=np.float32))
+    for name in ("id", "a.b"):  # 'id' read as the ID token in explanations ("id only:")
+        with pytest.raises(ConfigError, match=f"features {name}=.*f.npy: modality name '{name}' is not allowed"):
+            ItemIndex.build(None, tmp_path / "out", features={name: tmp_path / "f.npy"}, show_progress=False)
+        assert not (tmp_path / "out").exists()
+    assert len(ItemIndex.build(None, tmp_path / "out", features={"a_b": tmp_path / "f.npy"}, show_progress=False)) == 4
+
+
 def test_every_item_without_content_is_counted(tmp_path):
     np.save(tmp_path / "zero.npy", np.zeros((30, 4), np.float32))
     with pytest.raises(DataError) as e:
