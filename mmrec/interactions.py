@@ -329,17 +329,18 @@ def _file_format(path: Path) -> str | None:
     return _FORMATS.get(suffixes[-1]) if suffixes else None
 
 
-def _read_jsonl(path: Path) -> tuple[pa.Table, dict[str, dict[int, str]]]:
+def _read_jsonl(path: Path) -> tuple[pa.Table, dict[str, dict[int, str]], list[str]]:
     """A JSON-lines file as a table of text columns (one object a line; values of any JSON type,
-    which may differ from line to line, as ids often do; the known columns only), and per
-    column the rows (0-based) holding a JSON true / false, list or object, with what is wrong:
-    invalid rows, which :func:`load_interactions` skips or reports as it does every other."""
+    which may differ from line to line, as ids often do; the known columns only), per column the
+    rows (0-based) holding a JSON true / false, list or object, with what is wrong (invalid rows,
+    which :func:`load_interactions` skips or reports as it does every other), and every key the
+    lines use, in the order they first appear (the file's header, unread keys included)."""
     known = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
     values: dict[str, list[str]] = {c: [] for c in known}
-    seen: set[str] = set()
+    seen: dict[str, None] = {}
     odd: dict[str, dict[int, str]] = {}
     for row, obj in enumerate(read_objects(path)):
-        seen.update(obj)
+        seen.update(dict.fromkeys(obj))
         for c in known:
             v = obj.get(c)
             if isinstance(v, (bool, list, dict)):  # true is no id nor a rating, [1] no timestamp
@@ -347,7 +348,7 @@ def _read_jsonl(path: Path) -> tuple[pa.Table, dict[str, dict[int, str]]]:
             elif isinstance(v, float) and not math.isfinite(v):  # NaN, Infinity, 1e400: Python's json takes them
                 odd.setdefault(c, {})[row] = f"{v} is not a finite number"
             values[c].append("" if v is None else id_text(v))
-    return pa.table({c: pa.array(values[c], pa.string()) for c in known if c in seen}), odd
+    return pa.table({c: pa.array(values[c], pa.string()) for c in known if c in seen}), odd, list(seen)
 
 
 def _codec(path: Path) -> str | None:
@@ -455,7 +456,7 @@ def check_columns(path: str | Path, *, split: str = "auto", rating_threshold: fl
     if fmt is None:
         return  # (an unknown type is named by load_interactions, with the types it reads)
     if fmt == "jsonl":  # (it checked nothing: a temporal split without timestamps failed after the encoding)
-        header = list(set().union(*read_objects(path)))
+        header = list(dict.fromkeys(key for obj in read_objects(path) for key in obj))  # (in the order they appear)
     elif fmt == "parquet":
         try:
             header = list(pq.read_schema(path).names)
@@ -600,8 +601,7 @@ def _read_columns(path: Path, fmt: str) -> tuple[dict[str, pa.Array], int, dict[
         except (pa.ArrowException, OSError) as e:
             raise DataError(path, [Problem(None, None, f"cannot be read as parquet: {e}")]) from e
     elif fmt == "jsonl":
-        whole, odd = _read_jsonl(path)
-        header = list(whole.column_names)
+        whole, odd, header = _read_jsonl(path)  # (the table's columns alone hid an unread 'Split', 'x_label')
     else:
         written = _read_header(path, "\t" if fmt == "tsv" else ",")
         if written is None:
@@ -702,7 +702,11 @@ def _texts(column: pa.Array) -> pa.Array:
     """A column as stripped text, ``""`` for nulls."""
     if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
         if pa.types.is_floating(column.type):  # a float id column from parquet: 7.0 -> "7"
-            values = ["" if v is None or v != v else id_text(v) for v in column.to_pylist()]
+            # A float32 (or float16) value as its own shortest text, as a CSV holds it: 4.1, not the
+            # 4.099999904632568 that widening it gives (a rating threshold of 4.1 dropped that row).
+            narrow = None if column.type == pa.float64() else np.dtype(column.type.to_pandas_dtype()).type
+            values = ["" if v is None or v != v else id_text(v if narrow is None else float(str(narrow(v))))
+                      for v in column.to_pylist()]
             return pa.array(values, type=pa.string())
         column = pc.cast(column, pa.string())
     return pc.fill_null(pc.utf8_trim_whitespace(column), "")

@@ -90,6 +90,18 @@ def test_parquet_with_typed_columns_matches_csv(tmp_path: Path) -> None:
     assert got == fields(load_interactions(write(tmp_path / "i.csv", ROWS)))
 
 
+def test_float32_parquet_ratings_meet_a_threshold_as_the_csv_does(tmp_path: Path) -> None:
+    # widened to float64 first, 4.1 read 4.099999904632568 and fell below a threshold of 4.1
+    rows = {"user_id": ["u1", "u2", "u3"], "item_id": ["a", "b", "c"], "rating": [4.1, 3.7, 4.6]}
+    write(tmp_path / "r.csv", [[u, i, str(r), "1", "train"] for u, i, r in zip(*rows.values())])
+    for kind in ("float32", "float16", "float64"):
+        pq.write_table(pa.table(rows | {"rating": pa.array(rows["rating"], type=getattr(pa, kind)())}),
+                       tmp_path / f"r_{kind}.parquet")
+        for name in (f"r_{kind}.parquet", "r.csv"):
+            inter = load_interactions(tmp_path / name, rating_threshold=4.1)
+            assert inter.user_ids == ["u1", "u3"] and inter.ratings.tolist() == [4.1, 4.6], (kind, name)
+
+
 def test_string_ids_keep_leading_zeros(tmp_path: Path) -> None:
     rows = [["u1", "007", "1", "1", "train"], ["u2", "12", "1", "1", "train"], ["u1", "12", "1", "1", "test"]]
     inter = load_interactions(write(tmp_path / "s.csv", rows))
@@ -661,6 +673,22 @@ def test_a_split_or_rating_column_named_otherwise_is_warned_about(tmp_path, capl
         f"{tmp_path / 'i.csv'}: column 'Split' is not read: the column read is 'split', in lower case",
         f"{tmp_path / 'i.csv'}: column 'x_label' is not read: the split is read from a column 'split' of train / "
         "valid / test (MMRec's x_label 0 / 1 / 2 are those three)"]
+    # the same rows as JSON lines (their keys were lost with the unread values: no warning, a random split)
+    caplog.clear()
+    (tmp_path / "i.jsonl").write_text('{"user_id": 1, "item_id": 2, "Split": "train", "RATING": 5, "x_label": 0}\n'
+                                      '{"user_id": 1, "item_id": 3, "Split": "test", "RATING": 4, "x_label": 2}\n')
+    with caplog.at_level("WARNING", logger="mmrec.interactions"):
+        assert load_interactions(tmp_path / "i.jsonl").split is None
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / 'i.jsonl'}: column 'RATING' is not read: the column read is 'rating', in lower case",
+        f"{tmp_path / 'i.jsonl'}: column 'Split' is not read: the column read is 'split', in lower case",
+        f"{tmp_path / 'i.jsonl'}: column 'x_label' is not read: the split is read from a column 'split' of train / "
+        "valid / test (MMRec's x_label 0 / 1 / 2 are those three)"]
+    (tmp_path / "m.jsonl").write_text('{"userId": 1, "itemId": 2}\n{"userId": 1, "itemId": 3, "when": 7}\n')
+    with pytest.raises(DataError, match=r"'user_id': required column is missing \(columns found: 'userId', 'itemId', "
+                                        r"'when'\)"):  # (was "columns found: " and nothing)
+        load_interactions(tmp_path / "m.jsonl")
+    caplog.clear()
     # the checks before any encoding name them too (--split given said "this file has none", no more)
     with pytest.raises(ConfigError, match=r"needs a split column .* has none: use --split auto or random \(column "
                                           r"'Split' is not read: the column read is 'split', in lower case\)$"):
