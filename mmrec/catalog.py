@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from mmrec.errors import ConfigError, DataError, MMRecError, Problem, missing_file, utf8_problem
@@ -160,11 +161,16 @@ def rows_in_memory(source: Any) -> list[dict[str, Any]] | None:
     if isinstance(source, (str, bytes, os.PathLike)) or source is None:
         return None
     widened: list[str] = []  # integer columns pandas made float64 to hold a missing cell
+    narrow: dict[str, str] = {}  # float32 / float16 columns, whose values Python widens to float64
     if hasattr(source, "to_dict") and hasattr(source, "columns"):  # a pandas DataFrame
         widened = [str(c) for c, column in source.items() if getattr(column.dtype, "kind", "") == "f"
                    and column.isna().any() and bool((column.dropna() % 1 == 0).all())]
+        narrow = {str(c): str(column.dtype) for c, column in source.items()}
         source = source.to_dict("records")
     elif hasattr(source, "to_pylist"):  # a pyarrow Table
+        for f in getattr(source, "schema", []):
+            with contextlib.suppress(NotImplementedError, TypeError, AttributeError):
+                narrow[str(f.name)] = np.dtype(f.type.to_pandas_dtype()).name
         source = source.to_pylist()
     if isinstance(source, Catalog):
         raise ConfigError("this is a loaded Catalog: pass it to ItemIndex.build / add / update or fit as it is "
@@ -188,11 +194,27 @@ def rows_in_memory(source: Any) -> list[dict[str, Any]] | None:
         return v
 
     rows = [{str(k): plain(v) for k, v in r.items()} for r in rows]
+    _narrow_floats(rows, narrow)
     for r in rows:  # a year 1995 beside a missing one reads "1995", as the CSV it came from does, not "1995.0"
         for c in widened:
             if r[c] is not None:
                 r[c] = int(r[c])
     return rows
+
+
+_NARROW_FLOATS = {"float32": np.float32, "float16": np.float16}
+
+
+def _narrow_floats(rows: list[dict[str, Any]], types: Mapping[str, str]) -> None:
+    """The cells of the float32 / float16 columns among ``types`` (column -> dtype name) as their
+    own shortest decimal, as a CSV holds them: 4.1, not the 4.099999904632568 of its widening to
+    a Python float (which display fields, ``--where price=4.1`` and the text read)."""
+    kinds = {c: _NARROW_FLOATS[t] for c, t in types.items() if t in _NARROW_FLOATS}
+    for r in rows if kinds else ():
+        for c, kind in kinds.items():
+            v = r.get(c)
+            if type(v) is float and v - v == 0:  # (finite: NaN and inf have no shorter form)
+                r[c] = float(str(kind(v)))
 
 
 def _json_type(rows: list[dict[str, Any]], column: str) -> str:
@@ -261,6 +283,7 @@ def read_table(path: str | Path, fill: bool = True) -> tuple[list[str], list[dic
             columns = list(ds.column_names)
             types = {c: _feature_type(ds.features[c]) for c in columns}
             rows = ds.to_list()
+            _narrow_floats(rows, types)
             if fmt == "parquet":
                 columns = _parquet_data_columns(path, columns, rows, types)
     except (ValueError, OSError, datasets.exceptions.DatasetGenerationError) as e:

@@ -494,6 +494,26 @@ def test_a_csv_column_is_typed_over_every_row_not_the_first_10000(tmp_path):
     assert cat.records[0] == {"title": "item 0", "price": "5", "note": ""}
 
 
+def test_float32_cells_read_as_the_csv_writes_them(tmp_path):
+    # widened to a Python float, a float32 4.1 read "4.099999904632568": shown so, in the text, and missed by
+    # --where price=4.1
+    import pandas as pd
+
+    (tmp_path / "c.csv").write_text("item_id,title,price,weight\n1,a,4.1,0.3\n2,b,,1e-05\n")
+    want = load_catalog(tmp_path / "c.csv", text_fields=["title"], show_progress=False).records
+    assert [r["price"] for r in want] == ["4.1", ""]
+    for kind in ("float32", "float16"):
+        table = pa.table({"item_id": [1, 2], "title": ["a", "b"],
+                          "price": pa.array([4.1, None], type=getattr(pa, kind)()),
+                          "weight": pa.array([0.3, 1e-05], type=getattr(pa, kind)())})
+        pq.write_table(table, tmp_path / "c.parquet")
+        for source in (tmp_path / "c.parquet", table, table.to_pandas()):
+            got = load_catalog(source, text_fields=["title"], show_progress=False).records
+            assert [r["price"] for r in got] == ["4.1", ""] and [r["weight"] for r in got] == ["0.3", "1e-05"], got
+    frame = pd.DataFrame({"item_id": [1], "title": ["a"], "price": [4.1]})  # float64: as it was
+    assert load_catalog(frame, text_fields=["title"], show_progress=False).records == [{"title": "a", "price": "4.1"}]
+
+
 def test_parquet_binary_cells_are_text_and_a_pandas_index_is_no_column(tmp_path):
     import pandas as pd
 
