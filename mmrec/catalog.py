@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from mmrec.errors import ConfigError, DataError, MMRecError, Problem, missing_file, utf8_problem
+from mmrec.errors import BLANK_HEADER, ConfigError, DataError, MMRecError, Problem, missing_file, utf8_problem
 from mmrec.ids import id_text, normalize_ids
 from mmrec.jsonlines import read_json_rows, read_objects
 from mmrec.typing import ItemId
@@ -394,6 +394,8 @@ def _read_csv(path: Path, sep: str) -> tuple[list[str], list[dict[str, Any]], di
                 for r, row in enumerate(raw, 1) if header and len(row) > len(header)]  # every one (DataError prints 20)
     if not header:
         raise DataError(path, [Problem(None, None, "file is empty (no header row)")])
+    if not any(name.strip() for name in header):
+        raise DataError(path, [BLANK_HEADER])
     if any("\x00" in name for name in header):  # UTF-16 without a byte-order mark reads as UTF-8 here
         raise DataError(path, [Problem(None, None, "the header row is not UTF-8 text (NUL bytes: UTF-16?): "
                                                    "save the file as UTF-8")])

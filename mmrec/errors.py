@@ -84,6 +84,12 @@ class UnknownIdError(MMRecError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+# A CSV / TSV whose first line that is not empty holds only spaces or tabs: read as the header, it
+# named no column ("required column is missing (columns found: '')", or every row too long).
+BLANK_HEADER = Problem(None, None, "the header row names no column (a line of spaces, tabs or separators alone?): "
+                                   "the header is the first line that is not empty; delete the lines before it")
+
+
 def utf8_problem(path: str | Path) -> Problem | None:
     """Where a text file stops being UTF-8 (its line and byte), or ``None`` when it is UTF-8.
 

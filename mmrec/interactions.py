@@ -52,7 +52,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
-from mmrec.errors import ConfigError, DataError, Problem, UnknownIdError, missing_file, utf8_problem
+from mmrec.errors import BLANK_HEADER, ConfigError, DataError, Problem, UnknownIdError, missing_file, utf8_problem
 from mmrec.ids import id_text, normalize_ids
 from mmrec.jsonlines import read_objects
 from mmrec.typing import ItemId, UserId
@@ -387,6 +387,8 @@ def _read_header(path: Path, delimiter: str) -> list[str] | None:
         # opened in the header and closed in a later row, or never; the catalog reader refuses it too)
         raise DataError(path, [Problem(None, None, "an unbalanced quote in the header: a column name runs past "
                                                    "the header's line end")])
+    if first and not any(c.strip() for c in first):
+        raise DataError(path, [BLANK_HEADER])
     return first or None
 
 

@@ -795,3 +795,15 @@ def test_a_lone_surrogate_in_json_text_is_read_as_a_replacement_character(tmp_pa
     assert load_catalog(tmp_path / "one.json", show_progress=False).texts == ["new \ufffd title"]
     (tmp_path / "inter.jsonl").write_text('{"user_id": "u1", "item_id": 1, "review": "great \\ud83d"}\n')
     assert load_interactions(tmp_path / "inter.jsonl").user_ids == ["u1"]  # a column nobody reads refuses nothing
+
+
+def test_a_header_row_of_spaces_alone_is_named_as_such(tmp_path):
+    # it was read as a header of one nameless column: "row 1: has 2 fields but the header names 1", every row so
+    (tmp_path / "c.csv").write_text("  \nitem_id,title\n1,a\n")
+    with pytest.raises(DataError) as e:
+        load_catalog(tmp_path / "c.csv", show_progress=False)
+    assert str(e.value) == (f"{tmp_path / 'c.csv'}: the header row names no column (a line of spaces, tabs or "
+                            "separators alone?): the header is the first line that is not empty; delete the lines "
+                            "before it")
+    (tmp_path / "ok.csv").write_text("\n\nitem_id,title\n1,a\n")
+    assert load_catalog(tmp_path / "ok.csv", show_progress=False).texts == ["a"]

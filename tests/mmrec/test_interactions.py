@@ -714,3 +714,18 @@ def test_an_unknown_id_that_a_catalog_id_writes_otherwise_is_pointed_at(tmp_path
         "row 1, field 'item_id': unknown item id '7': not in the catalog (it has '007': ids are matched as text, as written)",
         "row 2, field 'item_id': unknown item id '8': not in the catalog (it has '8.0': ids are matched as text, as written)",
         "row 3, field 'item_id': unknown item id '9': not in the catalog"]
+
+
+def test_a_header_row_of_spaces_alone_is_named_as_such(tmp_path):
+    # read as the header, a line of spaces before it said "required column is missing (columns found: '')"
+    message = "the header row names no column (a line of spaces, tabs or separators alone?): the header is the first " \
+              "line that is not empty; delete the lines before it"
+    for name, text in (("s.csv", "  \nuser_id,item_id\nu1,1\n"), ("t.tsv", "\t\nuser_id\titem_id\nu1\t1\n"),
+                       ("c.csv", ",\nuser_id,item_id\nu1,1\n")):
+        (tmp_path / name).write_text(text)
+        for read in (load_interactions, check_columns):
+            with pytest.raises(DataError) as e:
+                read(tmp_path / name)
+            assert str(e.value) == f"{tmp_path / name}: {message}"
+    (tmp_path / "ok.csv").write_text("\n\nuser_id,item_id\nu1,1\n  \nu2,2\n")  # empty lines, and spaces after it
+    assert load_interactions(tmp_path / "ok.csv").user_ids == ["u1", "u2"]
