@@ -693,7 +693,8 @@ class FaissIndex:
         # two share one FAISS call, at the largest need among them: one call at the batch's
         # largest need would fetch (and filter) hundreds of rows per query for every query of a
         # batch holding one user with a long history. A single query fetches exactly its need.
-        need = [min(ntotal, math.ceil((int(k) + len(e) + len(folded)) * scale)) for e in excluded]
+        # (and one more: the first past the list tells whether a tie of equal scores crosses its end)
+        need = [min(ntotal, math.ceil((int(k) + 1 + len(e) + len(folded)) * scale)) for e in excluded]
         groups: dict[int, list[int]] = {}
         for b in range(n_q):
             if target[b] > 0:
@@ -741,24 +742,29 @@ class FaissIndex:
             if hidden_labels is not None:  # the same for a folded shared list
                 shown &= ~np.isin(labels, hidden_labels)
             for row, b in enumerate(pending):
-                got_ids, got_pos = [], []
-                cols = np.flatnonzero(shown[row])
-                for j, label in _head_first(cols, labels[row], target[b] + len(excluded[b])):
+                got_ids, got_pos, got_labels = [], [], []
+                row_scores, cols = scores[row], np.flatnonzero(shown[row])
+                whole = False  # the next result past the list's end scores lower: no tie crosses that end
+                for j, label in _head_first(cols, labels[row], target[b] + len(excluded[b]) + 1):
                     if label in excluded[b]:
                         continue
                     item = self._id_by_label[label]
                     if item is _GONE:
                         continue
-                    got_ids.append(item)
-                    got_pos.append(j)
-                    if len(got_ids) == target[b]:
+                    if len(got_ids) >= target[b] and row_scores[j] < row_scores[got_pos[target[b] - 1]]:
+                        whole = True
                         break
-                if len(got_ids) == target[b] or done:
-                    out_ids[b] = got_ids
-                    out_scores[b] = scores[row, got_pos].astype(np.float32)
+                    got_ids.append(item)  # (past the target: tied with the list's last, kept to order the tie)
+                    got_pos.append(j)
+                    got_labels.append(label)
+                if len(got_ids) >= target[b] and not whole and fetch < ntotal and labels[row, -1] >= 0 \
+                        and row_scores[-1] >= row_scores[got_pos[target[b] - 1]]:
+                    short.append(b)  # the tie at the list's end may run on past what was fetched
+                elif len(got_ids) >= target[b] or done:
+                    out_ids[b], out_scores[b] = _ties_by_label(got_ids, got_labels, row_scores[got_pos], target[b])
                 else:
                     short.append(b)
-            if short and not done:
+            if short:  # (a done search is short only of a tie's end)
                 logger.debug("%d of %d queries short at fetch=%d; widening", len(short), len(pending), fetch)
                 fetch = min(ntotal, 2 * fetch)
                 nprobe = min(self._spec.nlist, 2 * nprobe)
@@ -948,6 +954,18 @@ def _structure(index: Any) -> tuple:
     if isinstance(x, faiss.IndexFlat):
         return ("flat",)
     return (type(x).__name__,)
+
+
+def _ties_by_label(ids: list[ItemId], labels: list[int], scores: np.ndarray,
+                   k: int) -> tuple[list[ItemId], np.ndarray]:
+    """The best ``k`` of one query's results (``scores`` best first, as FAISS gives them), equal
+    scores ordered by label, the index's own order, as ``mmrec evaluate`` ranks them: FAISS's order
+    among equal scores, and which of a tie crossing the list's end it returned, changed with the
+    depth fetched, so ``k=1`` and ``k=3`` disagreed on the top item, and ``only`` changed it too."""
+    if len(ids) > k or (len(scores) > 1 and bool((scores[1:] == scores[:-1]).any())):
+        order = np.lexsort((np.asarray(labels, dtype=np.int64), -scores))[:k]  # (score down, then label up)
+        return [ids[i] for i in order], scores[order].astype(np.float32)
+    return ids, scores.astype(np.float32)
 
 
 def _head_first(cols: np.ndarray, row_labels: np.ndarray, head: int):
