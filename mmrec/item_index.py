@@ -780,6 +780,11 @@ class ItemIndex:
         # [N] bool: the items a content-path item may borrow from (a trained index's items trained
         # on interactions); None: every item
         self.pool: np.ndarray | None = None
+        # [N] bool: the items whose vector training gave (the pool, and the catalog items that had no
+        # training interaction, whose low validated score is the data's word on them), kept when an
+        # update changes their content; the others (added, or placed by content in training) are placed
+        # again. None: as ``pool`` (a directory written before this flag)
+        self.kept: np.ndarray | None = None
         self.vectorizer = vectorizer or FixedCombination(manifest["weights"], manifest["modalities"], self.centers)
         # [N, T] per-item attention over manifest["tokens"] (modalities, and "id" when trained)
         self.attention = attention if attention is not None else self.vectorizer.attention(features, present)
@@ -1065,6 +1070,8 @@ class ItemIndex:
                 tensors |= {f"center.{m}": self.centers[m] for m in self.manifest.get("centered", [])}
                 if self.pool is not None:
                     tensors["pool"] = self.pool.astype(np.uint8)
+                if self.kept is not None:
+                    tensors["kept"] = self.kept.astype(np.uint8)
                 save_file(tensors, str(tmp / "features.safetensors"))
                 with open(tmp / "items.jsonl", "w", encoding="utf-8") as f:
                     encode = json.JSONEncoder(ensure_ascii=False).encode  # one encoder: json.dumps made one a line
@@ -1212,6 +1219,8 @@ class ItemIndex:
                    attention=tensors["attention"], centers=centers)
         if "pool" in tensors:  # format 1 had none: every item
             self.pool = tensors["pool"].astype(bool)
+        if "kept" in tensors:
+            self.kept = tensors["kept"].astype(bool)
         return self
 
     # --- queries -----------------------------------------------------------------------------
@@ -1995,7 +2004,8 @@ class ItemIndex:
         change = self._content_change(catalog, old, pos, fields, roles, loaded, cache_dir, encode=not dry_run,
                                       kept_image=kept_image)
         touched, rows_of = change["touched"], [pos[i] for i in change["touched"]]
-        moved = [i for i in touched if self.pool is None or not self.pool[pos[i]]]
+        kept = self.kept if self.kept is not None else self.pool
+        moved = [i for i in touched if kept is None or not kept[pos[i]]]
         updated = set(touched) | {i for i in old if fields[i] != self.items[pos[i]]["fields"]}
         skipped = _skipped_here(catalog, read_here, before_ids)
         counts = {"updated": len(updated), "unchanged": len(old) - len(updated), "content": len(touched),
@@ -2235,6 +2245,8 @@ class ItemIndex:
         self.attention = np.concatenate([self.attention, self.vectorizer.attention(features, present)])
         if self.pool is not None:  # placed through the content path: not trained on interactions
             self.pool = np.concatenate([self.pool, np.zeros(n, bool)])
+        if self.kept is not None:
+            self.kept = np.concatenate([self.kept, np.zeros(n, bool)])
         start = len(self.items)
         records = records or [{} for _ in range(n)]
         hashes = hashes or [{} for _ in range(n)]
@@ -2338,6 +2350,8 @@ class ItemIndex:
         self.vectors = self.vectors[keep]
         if self.pool is not None:
             self.pool = self.pool[keep]
+        if self.kept is not None:
+            self.kept = self.kept[keep]
         self.items = [self.items[i] for i in keep]
         self._pos = {it[ID_FIELD]: i for i, it in enumerate(self.items)}
         return len(gone)
@@ -2346,7 +2360,8 @@ class ItemIndex:
         """What :meth:`add_features` and :meth:`remove` change besides the FAISS index (which
         the directory holds): arrays are replaced, never written into, so references suffice;
         the dicts and the list are copied."""
-        return {"vectors": self.vectors, "attention": self.attention, "pool": self.pool, "manifest": self.manifest,
+        return {"vectors": self.vectors, "attention": self.attention, "pool": self.pool, "kept": self.kept,
+                "manifest": self.manifest,
                 "features": dict(self.features), "present": dict(self.present), "items": list(self.items),
                 "_pos": dict(self._pos)}
 

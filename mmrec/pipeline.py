@@ -470,6 +470,7 @@ def fit(
         masked=[m for m in dims if not np.asarray(content.present[m], bool).any()],
     )
     items.pool = train_degree[warm_pos] > 0  # what items added later borrow from, as the cold items here
+    items.kept = np.ones(len(warm_pos), bool)  # what an update leaves its trained vector (the cold items: placed again)
     if len(cold_pos):
         items.add_features(
             [item_ids[i] for i in cold_pos], {m: x[cold_pos] for m, x in features_now.items()},

@@ -212,6 +212,38 @@ def test_trained_items_keep_their_vectors_and_content_path_items_move(tmp_path, 
     np.testing.assert_array_equal(steps.vectors, back.items.vectors)
 
 
+def test_catalog_items_without_a_training_interaction_keep_their_vectors_too(tmp_path):
+    # They were sent down the new-item path by a content edit: 5 such items went from 0 to 107 of 300 top-10 slots
+    from mmrec.recommender import Recommender
+
+    inter, feats = write_planted(tmp_path, users=32, items=40, per_user=6)
+    x = np.load(feats)
+    np.save(feats, np.concatenate([x, x[:4] + 0.01]))  # items 40-43: in the catalog, in no interaction
+    fit(inter, features={"content": feats}, out=tmp_path / "m", config=TrainConfig(**FAST), split="random",
+        show_progress=False)
+    rec = Recommender.load(tmp_path / "m", show_progress=False)
+    rows = [rec.items._pos[i] for i in (40, 41)]
+    assert rec.items.kept.all() and not rec.items.pool[rows].any()  # trained vectors, borrowed from by none
+    before = rec.items.vectors[rows].copy()
+    (tmp_path / "edit.csv").write_text("item_id\n40\n41\n")
+    np.save(tmp_path / "edit.npy", 1.01 * x[:2])
+    assert rec.items.update(tmp_path / "edit.csv", features={"content": tmp_path / "edit.npy"}) == {
+        "updated": 2, "unchanged": 0, "content": 2, "moved": 0, "added": 0, "removed": 0, "skipped": 0}
+    back = Recommender.load(tmp_path / "m", show_progress=False).items
+    np.testing.assert_array_equal(back.vectors[rows], before)  # the vector validation scored
+    np.testing.assert_array_equal(back.features["content"][rows], 1.01 * x[:2])  # the new content, stored
+    # an item added since is placed again by a content edit, as before
+    (tmp_path / "new.csv").write_text("item_id\n900\n")
+    np.save(tmp_path / "new.npy", x[:1])
+    back.add(tmp_path / "new.csv", features={"content": tmp_path / "new.npy"})
+    assert back.kept.tolist() == [True] * 44 + [False]
+    (tmp_path / "e2.csv").write_text("item_id\n900\n")
+    np.save(tmp_path / "e2.npy", x[1:2])
+    assert back.update(tmp_path / "e2.csv", features={"content": tmp_path / "e2.npy"})["moved"] == 1
+    back.remove([40])
+    assert Recommender.load(tmp_path / "m", show_progress=False).items.kept.tolist() == [True] * 43 + [False]
+
+
 def test_a_loaded_catalog_with_its_own_skipped_rows_takes_features_as_add_does(tmp_path):
     from mmrec.catalog import load_catalog
 
