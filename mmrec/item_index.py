@@ -1803,9 +1803,13 @@ class ItemIndex:
         return len(catalog)
 
     def _content_roles(self, what: str, device: str | None,
-                       features: Mapping[str, str | Path] | None) -> dict[str, Any]:
+                       features: Mapping[str, str | Path] | None, placing: bool = True) -> dict[str, Any]:
         """Which of the index's modalities a catalog change encodes, reads from ``features``
-        (``.npy``) or leaves masked; checks the device and the ``features`` names first."""
+        (``.npy``) or leaves masked; checks the device and the ``features`` names first. An
+        ID-only model has none: refused where items are ``placing`` (added), and for an update
+        (display fields alone) taken."""
+        if not self.modalities and not placing and not features:
+            return {"masked": [], "encoded": [], "precomputed": [], "given": {}}
         if not self.modalities:
             raise MMRecError(f"{self.directory or 'this index'} has no content modality (an ID-only model): {what} "
                              f"has nothing to be placed by; train again with the new items (mmrec train)")
@@ -1960,7 +1964,7 @@ class ItemIndex:
                 leaves an item no content; no valid row. MMRecError / ConfigError: as for :meth:`add`.
         """
         self._check_in_place(write=not dry_run)  # (a dry run writes nothing: a read-only index may be checked)
-        roles = self._content_roles("an item", device, features)
+        roles = self._content_roles("an item", device, features, placing=False)
         catalog, read_here = self._read_rows(catalog, roles, catalog_options, partial=True)
         skip = bool(catalog_options.get("skip_invalid"))
         before_ids = {id(q) for q in catalog.skipped}
@@ -1971,6 +1975,12 @@ class ItemIndex:
                 Problem(catalog.row(i), ID_FIELD, f"id '{catalog.item_ids[i]}' is not in the index (mmrec index add "
                                                   "adds new items, as --add-new here does)") for i in unknown],
                 catalog.source, skip=skip, summary=f"{len(unknown)} row(s) whose id is not in the index")
+        elif unknown and not self.modalities:
+            catalog = drop_rows(catalog, unknown, [
+                Problem(catalog.row(i), ID_FIELD, f"id '{catalog.item_ids[i]}' is not in the index, and this ID-only "
+                                                  "model has no content to place a new item by: train again with it "
+                                                  "(mmrec train)") for i in unknown],
+                catalog.source, skip=skip, summary=f"{len(unknown)} new row(s) an ID-only model cannot place")
         elif unknown and not roles["given"]:  # a new row needs content, as index add reads it (with
             bare = [i for i in unknown if not self._row_content(catalog, i, roles, {})]  # features: below)
             if bare:
@@ -2057,8 +2067,8 @@ class ItemIndex:
             raise
         trained = len(touched) - len(moved)
         if trained:
-            logger.info("%d item(s) learned from interactions keep their trained vectors; their new content is stored "
-                        "(--by content search, explanations): train again or finetune to learn from it", trained)
+            logger.info("%d item(s) keep the vectors training gave them; their new content is stored (--by content "
+                        "search, explanations): train again or finetune to learn from it", trained)
         if self.directory is not None:
             self._save_or_restore(before, skipped=catalog)
         else:

@@ -244,6 +244,35 @@ def test_catalog_items_without_a_training_interaction_keep_their_vectors_too(tmp
     assert Recommender.load(tmp_path / "m", show_progress=False).items.kept.tolist() == [True] * 43 + [False]
 
 
+def test_an_id_only_model_updates_display_fields_and_refuses_new_items_by_row(tmp_path):
+    # update refused any change ("has no content modality"), so --where price=... could not follow the prices
+    from mmrec.recommender import Recommender
+
+    inter, _ = write_planted(tmp_path, users=16, items=12, per_user=4)
+    (tmp_path / "c.csv").write_text("item_id,title,price\n" + "".join(f"{i},film {i},{i}\n" for i in range(12)))
+    fit(inter, catalog=tmp_path / "c.csv", out=tmp_path / "m", config=TrainConfig(**FAST, use_content=False),
+        split="random", show_progress=False)
+    rec = Recommender.load(tmp_path / "m", show_progress=False)
+    vectors = rec.items.vectors.copy()
+    (tmp_path / "p.csv").write_text("item_id,price\n3,99\n")
+    assert rec.items.update(tmp_path / "p.csv") == {"updated": 1, "unchanged": 0, "content": 0, "moved": 0,
+                                                    "added": 0, "removed": 0, "skipped": 0}
+    back = Recommender.load(tmp_path / "m", show_progress=False)
+    assert back.items.matching(["price=99"]) == [3] and back.items.items[back.items._pos[3]]["fields"] == {
+        "title": "film 3", "price": "99"}
+    np.testing.assert_array_equal(back.items.vectors, vectors)
+    (tmp_path / "n.csv").write_text("item_id,price\n3,98\n77,1\n")
+    with pytest.raises(DataError, match="row 2, field 'item_id': id '77' is not in the index, and this ID-only model "
+                                        "has no content to place a new item by: train again with it"):
+        back.items.update(tmp_path / "n.csv", add_new=True)
+    assert back.items.update(tmp_path / "n.csv", add_new=True, skip_invalid=True)["skipped"] == 1
+    assert back.items.matching(["price=98"]) == [3] and 77 not in back.items
+    from mmrec.errors import MMRecError
+
+    with pytest.raises(MMRecError, match="has no content modality"):
+        back.items.add(tmp_path / "n.csv")
+
+
 def test_a_loaded_catalog_with_its_own_skipped_rows_takes_features_as_add_does(tmp_path):
     from mmrec.catalog import load_catalog
 
