@@ -1152,6 +1152,18 @@ class ItemIndex:
                 _check_creatable(self.directory, what)
                 _check_renamable(self.directory, what)
 
+    def _refuse_cache_inside(self, cache_dir: str | Path | None) -> None:
+        """Refuse, before any encoding, a feature cache inside this directory: the cache it would
+        create there is a folder mmrec's index did not write, which the save (and every later change)
+        refuses (``index build`` refuses it too, through :func:`check_out`)."""
+        if cache_dir is None or self.directory is None:
+            return
+        root, path = self.directory.resolve(), Path(cache_dir).resolve()
+        if path == root or root in path.parents:
+            raise MMRecError(f"the feature cache {cache_dir} is inside the index directory {self.directory}, which "
+                             "would then hold files mmrec did not write there: choose a cache directory outside it "
+                             "(nothing was changed)")
+
     def _check_unchanged(self) -> None:
         if manifest_stamp(self.directory) != self._stamp:
             if not self.directory.exists():  # (deleted while this command waited for the lock)
@@ -1769,6 +1781,7 @@ class ItemIndex:
                 (an ID-only model).
         """
         self._check_in_place()
+        self._refuse_cache_inside(cache_dir)
         roles = self._content_roles("a new item", device, features)
         catalog, read_here = self._read_rows(catalog, roles, catalog_options)
         before = {id(q) for q in catalog.skipped}
@@ -1964,6 +1977,7 @@ class ItemIndex:
                 leaves an item no content; no valid row. MMRecError / ConfigError: as for :meth:`add`.
         """
         self._check_in_place(write=not dry_run)  # (a dry run writes nothing: a read-only index may be checked)
+        self._refuse_cache_inside(cache_dir)
         roles = self._content_roles("an item", device, features, placing=False)
         catalog, read_here = self._read_rows(catalog, roles, catalog_options, partial=True)
         skip = bool(catalog_options.get("skip_invalid"))

@@ -606,6 +606,24 @@ def test_a_content_index_refuses_the_modality_names_a_model_does(tmp_path):
     assert len(ItemIndex.build(None, tmp_path / "out", features={"a_b": tmp_path / "f.npy"}, show_progress=False)) == 4
 
 
+def test_a_cache_inside_the_index_is_refused_by_add_and_update_before_encoding(tmp_path):
+    # the cache was created in the index by the encoding, then the save refused the folder, and every
+    # later change with it ("holds files mmrec did not write (cache)")
+    np.save(tmp_path / "f.npy", np.eye(4, dtype=np.float32))
+    idx = ItemIndex.build(None, tmp_path / "idx", features={"f": tmp_path / "f.npy"}, show_progress=False)
+    (tmp_path / "new.csv").write_text("item_id\n9\n")
+    np.save(tmp_path / "n.npy", np.ones((1, 4), np.float32))
+    before = sorted(p.name for p in (tmp_path / "idx").iterdir())
+    for call in (lambda c: idx.add(tmp_path / "new.csv", features={"f": tmp_path / "n.npy"}, cache_dir=c),
+                 lambda c: idx.update(tmp_path / "new.csv", features={"f": tmp_path / "n.npy"}, cache_dir=c,
+                                      add_new=True)):
+        for cache in (tmp_path / "idx" / "cache", tmp_path / "idx"):
+            with pytest.raises(MMRecError, match=f"the feature cache {cache} is inside the index directory "):
+                call(cache)
+            assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == before and len(idx) == 4
+    assert idx.add(tmp_path / "new.csv", features={"f": tmp_path / "n.npy"}, cache_dir=tmp_path / "cache") == 1
+
+
 def test_every_item_without_content_is_counted(tmp_path):
     np.save(tmp_path / "zero.npy", np.zeros((30, 4), np.float32))
     with pytest.raises(DataError) as e:
