@@ -484,7 +484,10 @@ class Recommender:
         many random users, as :meth:`recommend` queries them (their known items excluded);
         the recall is against the index's own exhaustive search. The setting chosen is the
         larger of the two kinds' and, with ``save`` on an index opened from disk, written to
-        the directory in place (atomically), where ``mmrec serve`` picks it up.
+        the directory in place (atomically), where ``mmrec serve`` picks it up; without ``save``
+        it is set on this object alone, as :meth:`set_search` sets it (a later write of the
+        directory from this object, ``add`` or ``remove``, saves it: to measure only, set ``before``
+        back with ``set_search(result["before"], save=False)``).
 
         Returns:
             ``{"factory", "knob", "before", "value", "recall", "reached", "k", "saved", "sweeps":
