@@ -969,6 +969,11 @@ class ItemIndex:
             rows: each item's 1-based row in the file it came from, named in errors.
         """
         item_ids = [canonical_id(i) for i in item_ids]  # numpy ids as the plain ones items.jsonl holds
+        kinds = {type(i).__name__: i for i in item_ids}
+        if len(kinds) > 1:  # (the string "1" then shadowed the int 1: resolve_id("1") finds one of them)
+            got = " and ".join(f"{k} ({v!r})" for k, v in sorted(kinds.items()))
+            raise MMRecError(f"item ids are all int or all str, got {got}: make them one type "
+                             "(mmrec.ids.normalize_ids applies the catalogs' rule)")
         modalities = [m for m in MODALITY_ORDER if m in features] + sorted(set(features) - set(MODALITY_ORDER))
         n = len(item_ids)
         features = {m: np.ascontiguousarray(features[m], dtype=np.float32) for m in modalities}

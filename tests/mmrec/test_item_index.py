@@ -564,6 +564,14 @@ def test_remove_takes_one_id_as_one_id_and_a_generator_whole(tmp_path):
     assert ItemIndex.load(tmp_path / "idx").ids == [1, 2]
 
 
+def test_an_index_from_features_refuses_ids_of_two_types():
+    # [1, "1"] was saved and loaded, and the string then shadowed the int: item 1 unreachable from the CLI
+    with pytest.raises(MMRecError, match=r"item ids are all int or all str, got int \(2\) and str \('01'\): make "
+                                         r"them one type"):
+        ItemIndex.from_features([1, "1", "01", 2], {"f": np.eye(4, dtype=np.float32)}, show_progress=False)
+    assert ItemIndex.from_features([np.int64(1), 2], {"f": np.eye(2, dtype=np.float32)}, show_progress=False).ids == [1, 2]
+
+
 def test_add_features_refuses_an_id_the_index_has_or_of_another_type():
     idx = five_items(ids=(10, 20, 30, 40, 50))
     one = {"text": np.ones((1, 3), np.float32)}, {"text": np.ones(1, bool)}
