@@ -1,6 +1,7 @@
 """The mmrec CLI end to end, with the real packaged MiniLM text encoder."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -601,27 +602,35 @@ def test_no_mask_bad_images_without_a_catalog_is_refused_as_the_flag_is(tmp_path
     assert code == 2 and "--no-mask-bad-images read the catalog: give --catalog too" in capsys.readouterr().err
 
 
-def test_log_lines_never_start_where_a_progress_bar_line_ends():
-    import io
+@contextlib.contextmanager
+def _logging_beside_bars(stream, name: str):
+    """A logger ``name`` writing to ``stream`` through the CLI's handler (as ``main`` sets it up), alone."""
     import logging
-
-    from tqdm import tqdm
 
     from mmrec.cli import _LogBesideBars
 
-    stream = io.StringIO()
     handler = _LogBesideBars(stream)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    log = logging.getLogger("mmrec.test_bars")
+    log = logging.getLogger(name)
     log.addHandler(handler)
     log.propagate = False
     try:
+        yield log
+    finally:
+        log.removeHandler(handler)
+
+
+def test_log_lines_never_start_where_a_progress_bar_line_ends():
+    import io
+
+    from tqdm import tqdm
+
+    stream = io.StringIO()
+    with _logging_beside_bars(stream, "mmrec.test_bars") as log:
         with tqdm(total=3, file=stream, desc="working", mininterval=0) as bar:
             bar.update(1)
             log.warning("epoch 1 done")
             bar.update(1)
-    finally:
-        log.removeHandler(handler)
     line = next(line for line in stream.getvalue().split("\n") if "epoch 1 done" in line)
     assert line.rsplit("\r", 1)[-1] == "WARNING mmrec.test_bars: epoch 1 done"  # (was "working:  33%|...WARNING ...")
 
@@ -639,27 +648,19 @@ def test_bars_bound_for_no_terminal_redraw_every_30_seconds_unless_the_user_says
 
 def test_bars_bound_for_no_terminal_are_lines_of_their_own():
     import io
-    import logging
 
     from tqdm import tqdm
 
-    from mmrec.cli import _BarsAsLines, _LogBesideBars
+    from mmrec.cli import _BarsAsLines
 
     raw = io.StringIO()
     stream = _BarsAsLines(raw)
-    handler = _LogBesideBars(stream)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    log = logging.getLogger("mmrec.test_bar_lines")
-    log.addHandler(handler)
-    log.propagate = False
-    try:
+    with _logging_beside_bars(stream, "mmrec.test_bar_lines") as log:
         with tqdm(total=2, file=stream, desc="outer", mininterval=0, bar_format="{desc} {n}/{total}") as outer:
             log.warning("epoch 1 done")
             with tqdm(total=1, file=stream, desc="inner", mininterval=0, bar_format="{desc} {n}/{total}") as inner:
                 inner.update(1)
             outer.update(2)
-    finally:
-        log.removeHandler(handler)
     # no redraw in place (a carriage return, blanking spaces, a cursor move up): each state its own line, the log
     # line not followed by a redraw of the bar, the stacked bar's lines between the outer's, and no blank line
     assert raw.getvalue() == ("outer 0/2\nWARNING mmrec.test_bar_lines: epoch 1 done\ninner 0/1\ninner 1/1\n"
