@@ -729,18 +729,19 @@ class FaissIndex:
             # and the nearest candidates, sparse, may lie in others (recall 0.94 against 0.999).
             nprobe = min(self._spec.nlist, math.ceil(nprobe * ntotal / max(live, 1)))
         hidden_labels = np.fromiter(hidden, dtype=np.int64, count=len(hidden)) if hidden else None
+        tie_widened = False  # a tie at a list's end widens the fetch once, by TIE_FETCH (see below)
         while pending:
             scores, labels = self._raw_search(q[pending], fetch, nprobe, ef, exhaustive, sel)  # [B', F] each
             # An exact scan's top ``fetch`` hold the answer: ``fetch`` counts each query's own
             # exclusions, but not what ``keep`` leaves out, which only the whole ranking settles.
             exact = exhaustive or self._spec.kind == "flat" or (self._spec.kind == "ivf" and nprobe >= self._spec.nlist)
             done = exact and (fetch >= ntotal or (exhaustive and keep is None))
-            short = []
             shown = labels >= 0  # [B', F]; -1 pads
             if keep is not None:  # one vectorised test: a share s of candidates means k / s labels a query
                 shown &= keep[np.maximum(labels, 0)]
             if hidden_labels is not None:  # the same for a folded shared list
                 shown &= ~np.isin(labels, hidden_labels)
+            short, tied = [], []
             for row, b in enumerate(pending):
                 got_ids, got_pos, got_labels = [], [], []
                 row_scores, cols = scores[row], np.flatnonzero(shown[row])
@@ -757,9 +758,9 @@ class FaissIndex:
                     got_ids.append(item)  # (past the target: tied with the list's last, kept to order the tie)
                     got_pos.append(j)
                     got_labels.append(label)
-                if len(got_ids) >= target[b] and not whole and fetch < ntotal and labels[row, -1] >= 0 \
-                        and row_scores[-1] >= row_scores[got_pos[target[b] - 1]]:
-                    short.append(b)  # the tie at the list's end may run on past what was fetched
+                if len(got_ids) >= target[b] and not whole and not tie_widened and fetch < ntotal \
+                        and labels[row, -1] >= 0 and row_scores[-1] >= row_scores[got_pos[target[b] - 1]]:
+                    tied.append(b)  # the tie at the list's end may run on past what was fetched
                 elif len(got_ids) >= target[b] or done:
                     out_ids[b], out_scores[b] = _ties_by_label(got_ids, got_labels, row_scores[got_pos], target[b])
                 else:
@@ -770,7 +771,15 @@ class FaissIndex:
                 nprobe = min(self._spec.nlist, 2 * nprobe)
                 ef = max(2 * ef, fetch)
                 exhaustive = self._spec.kind == "hnsw" and (ef >= ntotal or self._walk_costs_more(ef))  # as above
-            pending = short
+            elif tied:
+                # Deeper in the same lists and graph walk, once: a tie of TIE_FETCH items or fewer is then
+                # whole and ordered by label. A larger one (thousands of duplicate rows) is ordered as far as
+                # it was fetched: widening until it ended probed every list, or scanned every vector, a query.
+                fetch = min(ntotal, fetch + TIE_FETCH)
+                ef = max(ef, fetch)
+                exhaustive = exhaustive or (self._spec.kind == "hnsw" and (ef >= ntotal or self._walk_costs_more(ef)))
+            tie_widened = tie_widened or bool(tied)
+            pending = short + tied
 
     def _only_labels(self, only: Collection[ItemId] | ItemId,
                      shared: set[int]) -> tuple[frozenset[int] | set[int], dict[str, Any]]:
@@ -954,6 +963,10 @@ def _structure(index: Any) -> tuple:
     if isinstance(x, faiss.IndexFlat):
         return ("flat",)
     return (type(x).__name__,)
+
+
+# How much deeper a query whose list ends in a tie of equal scores fetches, once, to order the tie.
+TIE_FETCH = 64
 
 
 def _ties_by_label(ids: list[ItemId], labels: list[int], scores: np.ndarray,

@@ -694,3 +694,22 @@ def test_equal_scores_rank_by_index_order_whatever_the_depth(factory):
     assert index.search(q, 2, exclude_all=[5, 11])[0][0] == [20, 21]
     ids, _ = index.search(np.concatenate([q, q]), 2, exclude=[[], list(range(5, 21))])
     assert ids == [[5, 11], [21, 22]]
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW32", "IVF8,Flat"])
+def test_a_tie_longer_than_tie_fetch_costs_one_more_search_not_a_scan(factory, monkeypatch):
+    # widening until a tie ended took 9-10 FAISS calls a query (every IVF list, an HNSW full scan)
+    # where 2,000 duplicate rows sat near it
+    from index.faiss_index import TIE_FETCH
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2000, 8)).astype(np.float32)
+    x[:500] = x[0]
+    index = FaissIndex.build(x, list(range(2000)), factory, seed=0)
+    fetches = []
+    raw = index._raw_search
+    monkeypatch.setattr(index, "_raw_search", lambda q, fetch, *a: fetches.append(fetch) or raw(q, fetch, *a))
+    ids, scores = index.search(x[:1], 10)
+    assert fetches == [11, 11 + TIE_FETCH]
+    # the part of the tie fetched, by label (which part FAISS returns from a tie past TIE_FETCH is its own)
+    assert ids[0] == sorted(ids[0]) and set(ids[0]) <= set(range(500)) and np.all(scores[0] == scores[0][0])
