@@ -164,7 +164,8 @@ def rows_in_memory(source: Any) -> list[dict[str, Any]] | None:
     narrow: dict[str, str] = {}  # float32 / float16 columns, whose values Python widens to float64
     if hasattr(source, "to_dict") and hasattr(source, "columns"):  # a pandas DataFrame
         widened = [str(c) for c, column in source.items() if getattr(column.dtype, "kind", "") == "f"
-                   and column.isna().any() and bool((column.dropna() % 1 == 0).all())]
+                   and column.isna().any() and bool((column.dropna() % 1 == 0).all())
+                   and bool((column.dropna().abs() <= 2**53).all())]  # (past 2**53 a float holds no exact integer)
         narrow = {str(c): str(column.dtype) for c, column in source.items()}
         source = source.to_dict("records")
     elif hasattr(source, "to_pylist"):  # a pyarrow Table
@@ -202,7 +203,7 @@ def rows_in_memory(source: Any) -> list[dict[str, Any]] | None:
     return rows
 
 
-_NARROW_FLOATS = {"float32": np.float32, "float16": np.float16}
+_NARROW_FLOATS = {"float32": np.float32, "float16": np.float16, "Float32": np.float32}  # (pandas' nullable Float32)
 
 
 def _narrow_floats(rows: list[dict[str, Any]], types: Mapping[str, str]) -> None:

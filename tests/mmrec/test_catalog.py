@@ -510,6 +510,8 @@ def test_float32_cells_read_as_the_csv_writes_them(tmp_path):
         for source in (tmp_path / "c.parquet", table, table.to_pandas()):
             got = load_catalog(source, text_fields=["title"], show_progress=False).records
             assert [r["price"] for r in got] == ["4.1", ""] and [r["weight"] for r in got] == ["0.3", "1e-05"], got
+    nullable = pd.DataFrame({"item_id": [1, 2], "title": ["a", "b"], "price": pd.array([4.1, None], dtype="Float32")})
+    assert [r["price"] for r in load_catalog(nullable, text_fields=["title"], show_progress=False).records] == ["4.1", ""]
     frame = pd.DataFrame({"item_id": [1], "title": ["a"], "price": [4.1]})  # float64: as it was
     assert load_catalog(frame, text_fields=["title"], show_progress=False).records == [{"title": "a", "price": "4.1"}]
 

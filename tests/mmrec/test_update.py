@@ -599,6 +599,8 @@ def test_dataframe_cells_are_plain_values(tmp_path):
     frame = pd.DataFrame({"item_id": [1, 2, 3], "title": ["a", "b", "c"], "year": [1995, None, 2001],
                           "price": [2.5, None, 3.0], "weight": [20.0, 15.0, 1.0]})
     assert frame["year"].dtype == "float64"
+    huge = pd.DataFrame({"item_id": [1, 2], "title": ["a", "b"], "n": [1e22, None]})  # past 2**53: no exact integer
+    assert load_catalog(huge, text_fields=["title"], show_progress=False).records[0]["n"] == "1e+22"
     cat = load_catalog(frame, text_fields=["title"], show_progress=False)
     assert [(r["year"], r["price"], r["weight"]) for r in cat.records] == [("1995", "2.5", "20.0"), ("", "", "15.0"),
                                                                            ("2001", "3.0", "1.0")]
