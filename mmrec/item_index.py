@@ -283,15 +283,16 @@ class Encoders:
                 if self.root is None:
                     raise ConfigError(f"the {modality} encoder is stored in the model directory, which is unknown")
                 spec["model"] = str(self.root / spec["model"])
-            self._loaded[modality] = make_encoder(modality, spec, self.show_progress, self.device)
-            got = self._loaded[modality].identity
-            if got != self.spec[modality]["identity"]:
+            encoder = make_encoder(modality, spec, self.show_progress, self.device)
+            got = encoder.identity
+            if got != self.spec[modality]["identity"]:  # (not kept: a server's next query would have used it unchecked)
                 raise ConfigError(
                     f"the {modality} encoder '{self.spec[modality]['model']}' is not the one this index was built "
                     f"with (identity {got} != {self.spec[modality]['identity']}): put that encoder back, or encode the "
                     f"catalog again with it (`mmrec index build`, or `mmrec train` for a trained directory; "
                     f"`index rebuild` encodes nothing)"
                 )
+            self._loaded[modality] = encoder
         return self._loaded[modality]
 
 

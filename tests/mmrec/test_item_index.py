@@ -687,6 +687,18 @@ def test_index_add_reads_integer_ids_beside_text_ones_by_row(tmp_path, tiny_bert
     assert [(s["row"], s["item_id"]) for s in skipped] == [(2, "x9"), (3, "3"), (4, "0702")]
 
 
+def test_an_encoder_that_is_not_the_index_s_is_refused_at_every_query(tmp_path, tiny_bert_dir):
+    # it was kept before its identity was checked: the first query refused, the next ones used it (a server)
+    (tmp_path / "items.csv").write_text("item_id,title\n1,space alien\n2,robot dog\n")
+    ItemIndex.build(tmp_path / "items.csv", tmp_path / "idx", text_encoder=tiny_bert_dir, image_encoder=None,
+                    show_progress=False)
+    idx = ItemIndex.load(tmp_path / "idx", show_progress=False)
+    idx.encoders.spec["text"]["identity"] = "not-this-one"
+    for _ in range(2):
+        with pytest.raises(ConfigError, match="is not the one this index was built with"):
+            idx.search_text("space", k=1)
+
+
 def test_a_cache_directory_that_cannot_be_written_is_refused_before_encoding(tmp_path, tiny_bert_dir, monkeypatch):
     import encoders.cache
 
