@@ -15,7 +15,10 @@ import numpy as np
 
 from mmrec.typing import ItemId
 
-_CANONICAL_INT = re.compile(r"(0|-?[1-9][0-9]*)\Z")  # not "-0": it would collide with "0"
+# Not "-0": it would collide with "0". At most 4,000 digits: Python refuses to read a longer number from
+# text (its 4,300-digit limit), and an id such as a 5,000-digit string made a query fail with ValueError
+# (500 from serve) where it is simply no id of the index; a column with such an id stays text.
+_CANONICAL_INT = re.compile(r"(0|-?[1-9][0-9]{0,3999})\Z")
 
 
 def id_text(value: object) -> str:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import index as index_pkg
-from mmrec.errors import ConfigError, DataError, MMRecError
+from mmrec.errors import ConfigError, DataError, MMRecError, UnknownIdError
 from mmrec.item_index import ItemIndex
 
 # Five items in 3-d whose cosine similarities to item "a" are known exactly:
@@ -562,6 +562,18 @@ def test_remove_takes_one_id_as_one_id_and_a_generator_whole(tmp_path):
     assert idx.remove(x for x in [5]) == 1  # read once: not used up by the check for unknown ids
     assert idx.remove([]) == 0
     assert ItemIndex.load(tmp_path / "idx").ids == [1, 2]
+
+
+def test_an_id_too_long_for_an_integer_is_no_id_of_the_index():
+    # a 5,000-digit id raised ValueError (Python's 4,300-digit limit on reading an int): a 500 from serve
+    from mmrec.ids import normalize_ids
+
+    long_id = "1" * 5000
+    assert normalize_ids(["7", long_id]) == ["7", long_id] and normalize_ids(["7", "1" * 4000]) == [7, int("1" * 4000)]
+    idx = ItemIndex.from_features([1, 2, 3], {"f": np.eye(3, dtype=np.float32)}, show_progress=False)
+    assert long_id not in idx and [r.item_id for r in idx.similar(1, k=2, exclude=[long_id])] == [2, 3]
+    with pytest.raises(UnknownIdError, match="is not in this index"):
+        idx.similar(long_id, k=1)
 
 
 def test_an_index_from_features_refuses_ids_of_two_types():
