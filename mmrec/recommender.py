@@ -691,6 +691,9 @@ class Recommender:
             ids = self.liked_items(user) + ids
             history_set.update(self.known_items(user))
         ids = list(dict.fromkeys(ids))
+        if not ids and user is not None and missing:  # ids were given, and none is in the index: as without a user
+            raise UnknownIdError(f"the history is empty: user '{user}' has no liked items in this index, and the "
+                                 f"history items given ({names}) are not in it either")
         if not ids:
             raise MMRecError(f"the history is empty: user '{user}' has no liked items in this index, give item ids"
                              if user is not None else "the history is empty: give at least one item id")

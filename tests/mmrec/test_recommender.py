@@ -181,6 +181,22 @@ def test_errors(trained, caplog):
     assert [r.item_id for r in rec.recommend_history("12", 5)] == one == [r.item_id for r in rec.recommend_history(12, 5)]
 
 
+def test_a_user_with_no_liked_item_left_and_unknown_history_items_is_not_found(trained, tmp_path):
+    # it was a plain error (400 from serve) saying "give item ids" where ids were given; without a user, 404
+    from mmrec.errors import UnknownIdError
+
+    shutil.copytree(trained / "model", tmp_path / "m")
+    rec = Recommender.load(tmp_path / "m", show_progress=False)
+    user = rec.user_ids[0]
+    rec.items.remove(rec.known_items(user))
+    with pytest.raises(UnknownIdError, match=f"user '{user}' has no liked items in this index, and the history items "
+                                             r"given \('999'\) are not in it either"):
+        rec.recommend_history(["999"], user=user)
+    with pytest.raises(MMRecError, match="give item ids") as e:
+        rec.recommend_history([], user=user)
+    assert not isinstance(e.value, UnknownIdError)
+
+
 def test_arguments_of_the_wrong_kind_get_a_message_naming_them(trained):
     # (a bare TypeError or AttributeError from deep inside before)
     from mmrec.pipeline import evaluate_directory
