@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,12 +148,13 @@ class TrainConfig:
                               "of the two out")
         if self.dim % self.heads:
             raise ConfigError(f"heads ({self.heads}) must divide dim ({self.dim})")
+        # (inf passed, and failed after the catalog's encoding: NaN scores, or a diverged first epoch)
         for name in ("lr", "temperature", "content_gain", "encoder_lr_scale", "content_lr_scale"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+            if not 0 < getattr(self, name) < math.inf:
+                raise ConfigError(f"{name} must be a positive finite number, got {getattr(self, name)}")
         for name in ("reg", "align_weight"):
-            if not getattr(self, name) >= 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ConfigError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
         for name in ("modality_dropout", "id_dropout", "dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} must lie in [0, 1), got {getattr(self, name)}")

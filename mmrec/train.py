@@ -194,7 +194,9 @@ class Trainer:
         self.train_users = inter.users[train]
         self.train_items = inter.items[train]
         if not len(self.train_users):
-            raise ValueError("no training interactions")
+            raise MMRecError("no training interactions: the split left no row in 'train' (a split column without "
+                             "train rows; --cold-start holding out every item that had some: another --seed or a "
+                             "smaller --cold-start)")
         self.edge_index = build_edge_index(
             self.train_users, self.train_items, inter.num_users, num_items=inter.num_items
         ).to(self.device)
@@ -382,7 +384,10 @@ class Trainer:
                 self.tuner.end_epoch(self.features)
             seconds.append(time.perf_counter() - t)
             row = {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": seconds[-1]}
-            if not np.isfinite(row["loss"]):  # diverged: the weights are NaN or inf from here on
+            # Diverged: the weights are NaN or inf from here on. (The loss is each step's before its update,
+            # so the epoch's last step, the only one on small data, could leave NaN weights behind a finite
+            # loss: validation then failed on NaN scores and the best epoch was lost.)
+            if not np.isfinite(row["loss"]) or not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
                 if best_state is None:
                     raise MMRecError(f"training diverged at epoch {epoch} (loss {row['loss']}), before any validated "
                                      f"state to keep: lower the learning rate (--lr, now {cfg.lr:g})")

@@ -146,13 +146,19 @@ def test_step_loss_is_bpr_plus_the_chosen_regulariser(tmp_path, reg_form):
 
 def test_training_config_errors():
     for bad, match in (({"reg_form": "l1"}, "reg_form must be"), ({"id_init": "zeros"}, "id_init must be"),
-                       ({"edge_dropout": 1.0}, "edge_dropout must lie"), ({"lr": -1.0}, "lr must be positive, got -1.0"),
-                       ({"lr": float("nan")}, "lr must be positive, got nan"), ({"reg": -0.1}, "reg must be >= 0"),
-                       ({"temperature": 0.0}, "temperature must be positive"),
+                       ({"edge_dropout": 1.0}, "edge_dropout must lie"),
+                       ({"lr": -1.0}, "lr must be a positive finite number, got -1.0"),
+                       ({"lr": float("nan")}, "lr must be a positive finite number, got nan"),
+                       ({"reg": -0.1}, "reg must be a finite number >= 0"),
+                       # inf failed after the encoding (NaN scores; a diverged first epoch)
+                       ({"lr": float("inf")}, "lr must be a positive finite number, got inf"),
+                       ({"content_gain": float("inf")}, "content_gain must be a positive finite number, got inf"),
+                       ({"reg": float("inf")}, "reg must be a finite number >= 0, got inf"),
+                       ({"temperature": 0.0}, "temperature must be a positive finite number"),
                        ({"modality_dropout": 1.0}, r"modality_dropout must lie in \[0, 1\)"),
                        ({"patience": 0}, "patience must be positive"),
                        ({"projection_hidden": -1}, "projection_hidden must be >= 0"),
-                       ({"content_lr_scale": 0.0}, "content_lr_scale must be positive, got 0.0"),
+                       ({"content_lr_scale": 0.0}, "content_lr_scale must be a positive finite number, got 0.0"),
                        ({"ema": 1.0}, r"ema must lie in \[0, 1\)"), ({"ema": -0.1}, r"ema must lie in \[0, 1\)"),
                        ({"ema": 0.9, "finetune": "top:1"}, "use it with finetune frozen, not 'top:1'"),
                        # a value of the wrong type is named (epochs=2.5 failed deep inside training, True trained 1)
@@ -777,6 +783,36 @@ def test_a_diverged_run_keeps_its_best_weights_or_says_what_to_do(tmp_path, monk
     assert "training diverged at epoch 3 (loss nan): stopped, keeping the best weights so far" in caplog.text
     assert len(result.history) == 3 and result.best_epoch in (1, 2)
     assert np.isfinite(rec.items.vectors).all() and np.isfinite(rec.user_vectors).all()
+
+
+def test_weights_gone_nan_behind_a_finite_loss_are_divergence_too(tmp_path, monkeypatch, caplog):
+    # The loss is each step's before its update: an epoch's last step (the only one on small data) left
+    # NaN weights behind a finite loss, and validation failed ("score_fn returned NaN scores"), the best lost.
+    inter_path, feats = write_planted(tmp_path)
+    real, calls = Trainer.step, []
+
+    def step(self, users, pos):
+        loss = real(self, users, pos)
+        calls.append(1)
+        if len(calls) == 3 * -(-len(self.train_users) // self.cfg.batch_size):  # the last step of epoch 3
+            with torch.no_grad():
+                next(self.model.parameters()).fill_(float("nan"))
+        return loss
+
+    monkeypatch.setattr(Trainer, "step", step)
+    with caplog.at_level("WARNING", logger="mmrec.train"):
+        rec, result, _ = fit(inter_path, features={"content": feats}, out=tmp_path / "m", split="random",
+                             config=TrainConfig(**(FAST | {"epochs": 6, "patience": 6})), show_progress=False)
+    assert "training diverged at epoch 3 (loss " in caplog.text and len(result.history) == 3
+    assert result.best_epoch in (1, 2) and np.isfinite(rec.items.vectors).all()
+
+
+def test_no_training_row_is_an_error_saying_why(tmp_path):
+    (tmp_path / "i.tsv").write_text("user_id\titem_id\tsplit\nu1\t1\tvalid\nu1\t2\ttest\nu2\t1\ttest\n")
+    with pytest.raises(MMRecError, match=r"^no training interactions: the split left no row in 'train' \(a split "
+                                         r"column without train rows"):  # (was a bare ValueError)
+        fit(tmp_path / "i.tsv", out=tmp_path / "m", config=TrainConfig(**FAST), split="given", show_progress=False)
+    assert not (tmp_path / "m").exists()
 
 
 def test_users_without_training_rows_are_warned_about(tmp_path, caplog):
