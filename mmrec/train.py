@@ -39,6 +39,10 @@ from mmrec.metrics import evaluate, score_users
 
 logger = logging.getLogger(__name__)
 
+# The TrainConfig fields that act on items' content alone: an ID-only model given one says so.
+CONTENT_OPTIONS = ("content_gain", "modality_dropout", "align_weight", "cold_neighbours", "cold_neighbour_weight",
+                   "dropout", "projection_hidden", "encoder_lr_scale")
+
 EVAL_KEY = "recall@20"
 
 
@@ -227,6 +231,15 @@ class Trainer:
             if cfg.content_lr_scale != 1.0:
                 logger.warning("content_lr_scale=%g sets the learning rate of content projections, and this model "
                                "has none (ID embeddings only): every parameter trains at lr", cfg.content_lr_scale)
+            changed = [f"{name}={getattr(cfg, name)}" for name in CONTENT_OPTIONS
+                       if getattr(cfg, name) != TrainConfig.__dataclass_fields__[name].default]
+            if changed:
+                logger.warning("%s act%s on items' content, and this model has none (ID embeddings only): trained as "
+                               "without %s", ", ".join(changed), "s" if len(changed) == 1 else "",
+                               "it" if len(changed) == 1 else "them")
+        if not cfg.use_id and cfg.id_dropout > 0:
+            logger.warning("id_dropout=%g masks the ID token, and use_id is off (no ID token): trained as without it",
+                           cfg.id_dropout)
         if cfg.item_graph_k > 0 and model.modality_dims:
             # Built once from the starting features (frozen, as FREEDOM's); held-out cold items
             # (not negatives-eligible) take no part.

@@ -113,7 +113,7 @@ def test_the_content_side_learns_at_its_fraction_of_the_learning_rate(tmp_path, 
 
 
 def test_content_options_asked_of_a_model_without_content_are_a_warning_not_silence(tmp_path, caplog):
-    inter_path, _ = write_planted(tmp_path)
+    inter_path, feats = write_planted(tmp_path)
     with caplog.at_level("WARNING", logger="mmrec.train"):
         tr, _ = _trainer(inter_path, epochs=1, item_graph_k=4)
     assert tr.item_graph is None
@@ -123,6 +123,25 @@ def test_content_options_asked_of_a_model_without_content_are_a_warning_not_sile
         tr, _ = _trainer(inter_path, epochs=1, content_lr_scale=0.1)
     assert [g["lr"] for g in tr.optimizer.param_groups] == [FAST["lr"]]
     assert "content_lr_scale=0.1 sets the learning rate of content projections, and this model has none" in caplog.text
+    # the other content options (they changed nothing, silently), only where they differ from the defaults
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mmrec.train"):
+        _trainer(inter_path, epochs=1, align_weight=0.5, cold_neighbours=3)
+        _trainer(inter_path, epochs=1, dropout=0.2)
+        _trainer(inter_path, epochs=1, align_weight=0.1, modality_dropout=0.1)  # the defaults: nothing said
+    assert [r.getMessage() for r in caplog.records] == [
+        "align_weight=0.5, cold_neighbours=3 act on items' content, and this model has none (ID embeddings only): "
+        "trained as without them",
+        "dropout=0.2 acts on items' content, and this model has none (ID embeddings only): trained as without it"]
+    with pytest.raises(ConfigError, match="finetune 'full' tunes the catalog's text and image encoders, and this "
+                                          "model has no content"):  # (recorded in config.json, changing nothing)
+        fit(inter_path, config=TrainConfig(**FAST, finetune="full"), split="random", show_progress=False)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mmrec.train"):
+        fit(inter_path, features={"content": feats}, config=TrainConfig(**(FAST | {"epochs": 1}), use_id=False,
+                                                                        id_dropout=0.5), split="random",
+            show_progress=False)
+    assert "id_dropout=0.5 masks the ID token, and use_id is off (no ID token): trained as without it" in caplog.text
 
 
 @pytest.mark.parametrize("reg_form", ["squared", "norm"])
