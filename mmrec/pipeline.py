@@ -82,6 +82,7 @@ class Content:
     catalog: Catalog | None = None
     encoder_objects: dict[str, Any] = field(default_factory=dict)
     encoder_root: Path | None = None
+    feature_files: list[str] = field(default_factory=list)  # the .npy files read, named in errors
 
 
 def load_npy_features(specs: Mapping[str, str | Path], num_items: int | None) -> dict[str, np.ndarray]:
@@ -194,7 +195,8 @@ def load_content(
             item_ids = list(range(sizes.pop()))
         for m, x in npy.items():
             feats[m], present[m] = x, npy_present(x)
-    return Content(item_ids, feats, present, records, hashes, specs, catalog, encoders)
+    return Content(item_ids, feats, present, records, hashes, specs, catalog, encoders,
+                   feature_files=[str(f) for f in features.values()])
 
 
 def interactions_for(content: Content, path: str | Path, *, split: str, seed: int,
@@ -378,7 +380,9 @@ def fit(
     # Neither content nor a training edge (or, without ID embeddings, no content): nothing to place them by.
     orphans = np.flatnonzero(~placed & ((train_degree == 0) | (not config.use_id)))
     if len(orphans):
-        source = ", ".join(str(f) for f in (features or {}).values()) or str(getattr(content.catalog, "source", catalog))
+        # (finetune passes its content without the files: it named the source as "None")
+        source = ", ".join(str(f) for f in (features or {}).values()) or ", ".join(content.feature_files) or str(
+            getattr(content.catalog, "source", None) or catalog or "the content")
         why = ("and no training interaction, so the model has nothing to place it by" if config.use_id else
                "and the model has no ID embeddings (use_id off), so it has nothing to place it by")
         raise DataError(source, [Problem(None, None, (

@@ -762,3 +762,17 @@ def test_a_modality_features_supply_never_opens_the_new_catalogs_images(tmp_path
                          config={"epochs": 1}, split="random", show_progress=False)
     assert sorted(rec.model.modality_dims) == sorted(trained.model.modality_dims) == ["image", "text"]
     assert "bad-pic" in rec.items.ids and "bad-pic" in trained.items.ids
+
+
+def test_an_item_with_nothing_to_place_it_by_is_named_with_its_feature_file(tmp_path):
+    # finetune's error named the file "None" (its content reaches fit without the file names)
+    inter, feats = write_planted(tmp_path, users=16, items=12, per_user=4)
+    fit(inter, features={"content": feats}, out=tmp_path / "m", config=TrainConfig(**FAST, epochs=1),
+        split="random", show_progress=False)
+    x = np.load(feats)
+    np.save(tmp_path / "g.npy", np.concatenate([x, np.zeros((1, x.shape[1]), np.float32)]))  # item 12: no content
+    with pytest.raises(DataError, match=rf"^{tmp_path / 'g.npy'}: item 12 has no content \(every modality missing: "
+                                        r"content\) and no training interaction"):
+        finetune(tmp_path / "m", inter, features={"content": tmp_path / "g.npy"}, out=tmp_path / "ft",
+                 config={"epochs": 1}, split="random", show_progress=False)
+    assert not (tmp_path / "ft").exists()
