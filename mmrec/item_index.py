@@ -100,19 +100,21 @@ def _skipped_here(catalog: Catalog, read_here: bool, before: set[int]) -> list[P
 
 
 def check_cache_dir(cache_dir: str | Path) -> None:
-    """Refuse, before any encoding, a feature cache directory that cannot be made or written:
-    otherwise the first vectors stored, after the whole catalog is encoded, would fail."""
+    """Refuse, before any encoding, a feature cache path where a file stands (a mistyped path),
+    and warn about one that cannot be written (a cache shared read-only, a home folder that
+    takes no writes): the vectors it holds are still read, and new ones are encoded without
+    being kept, as when a disk fills up mid-run."""
     path = Path(cache_dir)
     probe = path
     while not probe.exists() and probe.parent != probe:
         probe = probe.parent  # the nearest folder that exists: the cache is made under it
-    why = None
     if probe.exists() and not probe.is_dir():
         why = "is a file, not a directory" if probe == path else f"cannot be made: {probe} is a file"
-    elif probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
-        why = "is not writable" if probe == path else f"cannot be made: {probe} is not writable"
-    if why:
         raise ConfigError(f"feature cache {path} {why} (--cache-dir, $MMREC_CACHE_DIR; --no-cache encodes without one)")
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        why = "is not writable" if probe == path else f"cannot be made: {probe} is not writable"
+        logger.warning("feature cache %s %s: the vectors it holds are used, new ones are not kept (--cache-dir, "
+                       "$MMREC_CACHE_DIR; --no-cache to go without one)", path, why)
 
 
 def _check_search_by(by: str) -> None:

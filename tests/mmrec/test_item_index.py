@@ -724,6 +724,30 @@ def test_a_cache_directory_that_cannot_be_written_is_refused_before_encoding(tmp
                             show_progress=False)
 
 
+def test_a_cache_that_cannot_be_written_is_read_and_warned_about(tmp_path, tiny_bert_dir, monkeypatch, caplog):
+    # it was refused before any work, README's word being a warning: a cache shared read-only could not be read
+    import encoders.cache
+    import mmrec.item_index
+
+    (tmp_path / "items.csv").write_text("item_id,title\n1,space alien\n2,robot dog\n")
+    first = ItemIndex.build(tmp_path / "items.csv", text_encoder=tiny_bert_dir, image_encoder=None,
+                            cache_dir=tmp_path / "cache", show_progress=False)
+    (tmp_path / "items.csv").write_text("item_id,title\n1,space alien\n2,robot dog\n3,new film\n")
+    monkeypatch.setattr(mmrec.item_index.os, "access", lambda *a: False)  # (root may write anywhere: as a user)
+
+    def put(self, *a):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(encoders.cache.FeatureCache, "put", put)
+    with caplog.at_level("WARNING"):
+        again = ItemIndex.build(tmp_path / "items.csv", text_encoder=tiny_bert_dir, image_encoder=None,
+                                cache_dir=tmp_path / "cache", show_progress=False)
+    assert f"feature cache {tmp_path / 'cache'} is not writable: the vectors it holds are used" in caplog.text
+    assert "cannot write to" in caplog.text  # the new item's vector, encoded and not kept
+    np.testing.assert_array_equal(again.features["text"][:2], first.features["text"])
+    assert len(again) == 3
+
+
 def _content_oracle(index, text: str, k: int, leave_out=()) -> list[tuple[object, float]]:
     """The items by the centred cosine of their text features with the query, exactly."""
     q = index.encoders.get("text").encode([text])[0].astype(np.float64) - index.centers["text"]
