@@ -45,8 +45,8 @@ from index.faiss_index import IDS_FILE, INDEX_FILE
 from index.faiss_index import _canonical_id as canonical_id
 from index.persist import MANIFEST_NAME, manifest_stamp, umask, writer_lock
 from index.mips import MipsTransform
-from mmrec.catalog import (ID_FIELD, Catalog, check_catalog_ids, compose_text, drop_rows, is_image_url, load_catalog,
-                           local_image_path)
+from mmrec.catalog import (ID_FIELD, Catalog, cell_text, check_catalog_ids, compose_text, drop_rows, is_image_url,
+                           load_catalog, local_image_path)
 from mmrec.errors import ConfigError, DataError, MMRecError, Problem, UnknownIdError, check_count
 from mmrec.ids import id_list, normalize_ids
 from mmrec.typing import ItemId
@@ -1439,7 +1439,7 @@ class ItemIndex:
         if isinstance(where, Mapping):
             for field, values in where.items():
                 values = list(values) if isinstance(values, (list, tuple, set, frozenset)) else [values]
-                values = [str(v).strip() for v in values]
+                values = [cell_text(v).strip() for v in values]  # True as 'true', None as '' (a blank cell), as stored
                 if not values:
                     raise ConfigError(f"field '{field}' was given no value to match (an empty list matches "
                                       "nothing; '' matches the items without the field)")

@@ -213,6 +213,11 @@ def test_where_conditions_not_equal_and_numeric_ranges():
                                           "genres, year"):
         idx.matching(["yr>=1990"])
     assert idx.matching(["year>1990", "year<2000"]) == ["a"] and idx.matching(["year<=1990"]) == ["b", "e"]
+    # a dict's Python values read as stored cells read: None is the blank cell, True 'true' (str() gave 'None', 'True')
+    assert idx.matching({"genres": None}) == idx.matching(["genres="]) == ["e"]
+    flags = ItemIndex.from_features(list("ab"), {"text": np.eye(2, dtype=np.float32)}, show_progress=False,
+                                    records=[{"in_stock": "true"}, {"in_stock": "false"}], factory="Flat")
+    assert flags.matching({"in_stock": True}) == ["a"] and flags.matching({"in_stock": [False, True]}) == ["a", "b"]
     assert idx.matching(["genres!=Comedy"]) == ["b", "c", "e"]  # a |-separated part counts, as for =
     assert idx.matching(["genres=Comedy", "genres=Horror", "year<2000"]) == ["a", "b"]  # = values alternate
     assert idx.matching(["genres!=Drama", "genres!=Horror"]) == ["d", "e"]
