@@ -496,6 +496,17 @@ def _features_arg(text: str) -> tuple[str, Path]:
     return name, Path(path)
 
 
+class _Once(argparse.Action):
+    """An option that may be given once: a second value is a usage error, where argparse kept the
+    last one and dropped the first without a word."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        if getattr(namespace, self.dest, None) is not None:
+            parser.error(f"argument {option_string}: given twice; it takes one value")
+        setattr(namespace, self.dest, values)
+
+
 def _features(args: argparse.Namespace, new: bool = True) -> dict[str, Path]:
     """``--features`` as a dict; a name given twice is an error, not the last one silently. Where
     the names are ``new`` ones (a build, train, finetune: not ``index add`` / ``update``, which
@@ -1012,7 +1023,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("explain", help="an item's attention weights and nearest neighbours per modality and fused")
     x.add_argument("--index", required=True, type=Path, help="index or trained directory")
-    x.add_argument("--item", required=True, help="item id")
+    x.add_argument("--item", required=True, action=_Once, help="item id (one: the last of several was explained alone)")
     x.add_argument("-k", type=_positive_int, default=5, help="neighbours per list (default 5)")
     x.add_argument("--json", action="store_true", help="print JSON instead of tables")
     _common(x)

@@ -138,6 +138,9 @@ def test_similar_for_several_items_and_for_the_whole_catalog(built, capsys, monk
         with pytest.raises(SystemExit) as exit_:
             main(["similar", "--index", idx, *argv, "-q"])
         assert exit_.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # (the last of the two was explained, the first dropped, exit 0)
+        main(["explain", "--index", idx, "--item", "m1", "--item", "m2", "-q"])
+    assert exit_.value.code == 2 and "argument --item: given twice; it takes one value" in capsys.readouterr().err
 
 
 def test_a_table_without_a_title_field_has_no_blank_column():
