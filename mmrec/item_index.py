@@ -1404,6 +1404,8 @@ class ItemIndex:
             equal = [value for op, value in conditions if op == "="]
             for value in {v for op, v in conditions if op in ("=", "!=")} - set(facets[field]) if field in facets else ():
                 near = sorted(v for v in facets[field] if v.casefold() == value.casefold())
+                if near and exact_number(value) is not None and len(rows_of([value])):
+                    continue  # 1E2 found 1e2 (and 100) as a number: it matched
                 if near:  # case counts: say what the field holds
                     logger.warning("%s=%s matches no item (case counts): the field holds %s", field, value,
                                    ", ".join(repr(v) for v in near))

@@ -195,7 +195,7 @@ def test_a_number_is_one_value_matched_by_its_text():
     assert idx.matching({"year": 1995}) == ["a", "c"] == idx.matching({"year": [1995]})
 
 
-def test_where_conditions_not_equal_and_numeric_ranges():
+def test_where_conditions_not_equal_and_numeric_ranges(caplog):
     from mmrec.item_index import describe_where, split_where
 
     assert split_where("year>=1990") == ("year", ">=", "1990") and split_where(" genres != Horror ") == \
@@ -215,6 +215,11 @@ def test_where_conditions_not_equal_and_numeric_ranges():
     assert idx.matching(["year>1990", "year<2000"]) == ["a"] and idx.matching(["year<=1990"]) == ["b", "e"]
     # a dict's Python values read as stored cells read: None is the blank cell, True 'true' (str() gave 'None', 'True')
     assert idx.matching({"genres": None}) == idx.matching(["genres="]) == ["e"]
+    spelled = ItemIndex.from_features(list("ab"), {"text": np.eye(2, dtype=np.float32)}, show_progress=False,
+                                      records=[{"price": "1e2"}, {"price": "100"}], factory="Flat")
+    with caplog.at_level("WARNING", logger="mmrec.item_index"):
+        assert spelled.matching(["price=1E2"]) == ["a", "b"]  # the same number: it matched, nothing to warn of
+    assert "case counts" not in caplog.text  # (it said "price=1E2 matches no item (case counts): ... holds '1e2'")
     flags = ItemIndex.from_features(list("ab"), {"text": np.eye(2, dtype=np.float32)}, show_progress=False,
                                     records=[{"in_stock": "true"}, {"in_stock": "false"}], factory="Flat")
     assert flags.matching({"in_stock": True}) == ["a"] and flags.matching({"in_stock": [False, True]}) == ["a", "b"]
