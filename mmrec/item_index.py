@@ -48,7 +48,7 @@ from index.mips import MipsTransform
 from mmrec.catalog import (ID_FIELD, Catalog, cell_text, check_catalog_ids, compose_text, drop_rows, is_image_url,
                            load_catalog, local_image_path)
 from mmrec.errors import ConfigError, DataError, MMRecError, Problem, UnknownIdError, check_count
-from mmrec.ids import id_list, normalize_ids
+from mmrec.ids import id_list, id_text, normalize_ids
 from mmrec.typing import ItemId
 
 MATCHING_IDS_PER_ITEM = 4  # the matching ids an index keeps for repeated --where filters, per item
@@ -2132,6 +2132,11 @@ class ItemIndex:
         for raw in catalog.skipped_ids or ():
             if raw is not None:
                 named.add(str(raw) if self._id_type() is str else normalize_ids([raw])[0])
+                text = id_text(raw)
+                if self._id_type() is int and re.fullmatch(r"[+-]?[0-9]{1,4000}", text):
+                    # '03' (skipped: the index's ids keep no leading zero) still names item 3, which a
+                    # zero-padded export would otherwise remove with --remove-missing
+                    named.add(int(text))
         return [it[ID_FIELD] for it in self.items if it[ID_FIELD] not in named]
 
     def _row_content(self, catalog: Catalog, i: int, roles: dict[str, Any], loaded: dict[str, np.ndarray]) -> bool:

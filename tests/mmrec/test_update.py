@@ -273,6 +273,16 @@ def test_an_id_only_model_updates_display_fields_and_refuses_new_items_by_row(tm
         back.items.add(tmp_path / "n.csv")
 
 
+def test_a_zero_padded_row_skipped_on_an_integer_index_still_names_its_item(tmp_path):
+    # '03' is skipped (an integer id keeps no leading zero), and --remove-missing then removed item 3
+    idx = ItemIndex.from_features([1, 2, 3], {"f": np.eye(3, dtype=np.float32)}, records=[{"p": "a"}] * 3,
+                                  factory="Flat", show_progress=False)
+    (tmp_path / "export.csv").write_text("item_id,p\n1,b\n03,c\n")
+    assert idx.update(tmp_path / "export.csv", remove_missing=True, skip_invalid=True) == {
+        "updated": 1, "unchanged": 0, "content": 0, "moved": 0, "added": 0, "removed": 1, "skipped": 1}
+    assert idx.ids == [1, 3] and idx.items[1]["fields"] == {"p": "a"}  # item 3 kept as it was; item 2 removed
+
+
 def test_a_loaded_catalog_with_its_own_skipped_rows_takes_features_as_add_does(tmp_path):
     from mmrec.catalog import load_catalog
 
