@@ -236,9 +236,11 @@ class _EncoderStore:
             shard = _Shard(self.directory, stem)
             try:
                 k = shard.key64()
-                n = np.load(shard.vec_path, mmap_mode="r", allow_pickle=False).shape[0]  # (map freed at once)
-                if n != len(k):
-                    raise ValueError(f"{len(k)} keys but {n} vectors")
+                shape = np.load(shard.vec_path, mmap_mode="r", allow_pickle=False).shape  # (map freed at once)
+                if shape[0] != len(k):
+                    raise ValueError(f"{len(k)} keys but {shape[0]} vectors")
+                if len(shape) != 2 or shape[1] != self.dim:  # (a wider or narrower array failed every get)
+                    raise ValueError(f"vectors of shape {list(shape)}, where meta.json says {self.dim} wide")
             except _DAMAGED as e:
                 logger.warning("feature cache: ignoring unreadable shard %s (%s)", shard.keys_path, e)
                 self._known.add(stem)
@@ -408,6 +410,14 @@ class FeatureCache:
             return
         store = self._store(encoder_id)
         dim = int(vectors.shape[1])
+        if store.dim is not None and store.dim != dim and not len(store):
+            # meta.json's width matches no shard (damaged, as one flipped digit does): every shard was read as
+            # a miss; written anew, the shards of this width are read again
+            logger.warning("feature cache: %s says %d-wide vectors and no shard agrees; rewritten for %d",
+                           store.directory / "meta.json", store.dim, dim)
+            (store.directory / "meta.json").unlink(missing_ok=True)
+            del self._stores[encoder_id]
+            store = self._store(encoder_id)
         if store.dim is not None and store.dim != dim:
             raise ValueError(
                 f"put: encoder {encoder_id!r} has {store.dim}-d vectors in {store.directory}, got {dim}-d"
@@ -470,10 +480,15 @@ class FeatureCache:
         for s, shard in enumerate(old):
             rows = np.flatnonzero(where[:, 0] == s)
             src = where[rows, 1]
-            sid, shash = shard.labels()
-            ids[rows], hashes[rows] = sid[src], shash[src]
-            vectors[rows] = shard.rows(src)
-            keep[rows] = shard.intact(src, vectors[rows])
+            try:
+                sid, shash = shard.labels()
+                ids[rows], hashes[rows] = sid[src], shash[src]
+                vectors[rows] = shard.rows(src)
+                keep[rows] = shard.intact(src, vectors[rows])
+            except _DAMAGED as e:  # read as misses by get(); left out here (it raised BadZipFile)
+                logger.warning("feature cache: leaving the unreadable shard %s out of the compacted one (%s)",
+                               shard.keys_path, e)
+                keep[rows] = False
         if not keep.all():
             logger.warning("feature cache: %d damaged vector(s) left out of the compacted shard", int((~keep).sum()))
         self._write_shard(store, store._keys[keep], ids[keep].astype(str), hashes[keep].astype(str), vectors[keep])

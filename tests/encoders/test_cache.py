@@ -289,6 +289,20 @@ def test_a_key_file_damaged_anywhere_gives_misses_never_an_error_or_a_wrong_vect
         assert got is None or np.array_equal(got[found], vecs[found]), at
     key_file.write_bytes(data)
     assert FeatureCache(tmp_path / "clean").get(ENC, keys)[1] == []
+    # compact() reads them as get() does: what it cannot read is left out, never an error (it raised BadZipFile)
+    import shutil
+
+    FeatureCache(tmp_path / "clean").put(ENC, [(4, "d")], vecs[:1] + 10)  # a second shard: compact has work
+    for at in range(0, len(data), 25):
+        shutil.rmtree(tmp_path / "try", ignore_errors=True)
+        shutil.copytree(tmp_path / "clean", tmp_path / "try")
+        broken = bytearray(data)
+        broken[at] ^= 0xFF
+        (tmp_path / "try" / store.name / key_file.name).write_bytes(bytes(broken))
+        FeatureCache(tmp_path / "try").compact(ENC)
+        got, missing = FeatureCache(tmp_path / "try").get(ENC, keys + [(4, "d")])
+        found = [r for r in range(4) if r not in missing]
+        assert 3 not in missing and np.array_equal(got[found], np.concatenate([vecs, vecs[:1] + 10])[found]), at
 
 
 def test_a_vector_damaged_on_disk_is_a_miss_never_a_wrong_vector(tmp_path, caplog):
@@ -341,7 +355,7 @@ def test_row_digest_sees_a_change_in_any_word():
         assert (cache_mod.row_digest(y) != d).tolist() == [i == r for i in range(50)]
 
 
-@pytest.mark.parametrize("damage", ["truncated", "deleted", "no dim"])
+@pytest.mark.parametrize("damage", ["truncated", "deleted", "no dim", "wrong dim"])
 def test_a_damaged_or_missing_meta_file_gives_misses_and_the_next_put_repairs_it(tmp_path, damage, caplog):
     vecs = np.arange(6, dtype=np.float32).reshape(3, 2)
     keys = [(1, "a"), (2, "b"), (3, "c")]
@@ -351,11 +365,15 @@ def test_a_damaged_or_missing_meta_file_gives_misses_and_the_next_put_repairs_it
         meta.write_text(meta.read_text()[:7])
     elif damage == "deleted":
         meta.unlink()
-    else:
+    elif damage == "no dim":
         meta.write_text('{"encoder_id": "%s"}' % ENC)
+    else:  # JSON still, one digit flipped: every get failed ("could not be broadcast") until the folder was deleted
+        meta.write_text('{"encoder_id": "%s", "dim": 3, "dtype": "float32"}' % ENC)
     cache = FeatureCache(tmp_path)
     assert cache.get(ENC, keys) == (None, [0, 1, 2]) and len(cache) == 0  # misses, not an error
-    if damage != "deleted":
+    if damage == "wrong dim":
+        assert "where meta.json says 3 wide" in caplog.text
+    elif damage != "deleted":
         assert "feature cache: unreadable" in caplog.text
     cache.put(ENC, keys[:1], vecs[:1])  # rewrites the meta file: every shard is readable again
     got, missing = FeatureCache(tmp_path).get(ENC, keys)
