@@ -144,6 +144,7 @@ def neighbour_mean(
     if kk < 1:
         return out
     vectors = pool_vectors[p_rows]  # [P', D]
+    total = vectors.astype(np.float64).sum(axis=0)  # [D]
     for start in range(0, len(q), block_size):
         s = q[start : start + block_size] @ p.T  # [b, P']
         if exclude is not None:
@@ -151,6 +152,12 @@ def neighbour_mean(
             s[rows, ex[start : start + block_size][rows]] = -np.inf
         top = np.argpartition(-s, kk - 1, axis=1)[:, :kk]  # [b, k]
         out[q_rows[start : start + len(s)]] = vectors[top].mean(axis=1)
+        # An item whose content equals the means has no direction to be near anything by: every pool item is as
+        # near as any other, so it borrows from them all, not from the first k in index order (as it did).
+        for b in np.flatnonzero(~np.any(q[start : start + len(s)] != 0, axis=1)):
+            e = ex[start + b] if exclude is not None else -1
+            rest = total - (vectors[e] if e >= 0 else 0.0)
+            out[q_rows[start + b]] = rest / max(len(vectors) - (e >= 0), 1)
     return out
 
 

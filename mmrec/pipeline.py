@@ -780,6 +780,9 @@ def evaluate_directory(
     if cold_start:
         if not rec.cold_items:
             raise MMRecError("this model was trained without held-out items: train with --cold-start FRACTION")
+        if not cold.any():  # (it said "no user has a truth item: nothing to evaluate")
+            raise MMRecError(f"none of the {len(rec.cold_items)} items training held out is in the index any more "
+                             "(index remove): nothing to evaluate with --cold-start")
         model_rows = torch.from_numpy(rows.clip(min=0))  # unknown users' rows were dropped above
         return {"cold_start": True, **out, **evaluate_cold(user_vecs[model_rows], item_vecs, inter, cold, ks=ks,
                                                            batch_size=batch_size)}

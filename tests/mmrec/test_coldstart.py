@@ -188,6 +188,15 @@ def test_cli_train_and_evaluate_cold_start(tmp_path, capsys):
     capsys.readouterr()
     assert main(["evaluate", "--index", str(m2), "--interactions", str(inter), "--cold-start", "-q"]) == 1
     assert "trained without held-out items" in capsys.readouterr().err
+    # every held-out item removed since: said so (it was "ValueError: no user has a truth item")
+    from mmrec.recommender import Recommender
+
+    rec = Recommender.load(tmp_path / "m", show_progress=False)
+    held = list(rec.cold_items)
+    rec.items.remove(held)
+    assert main(["evaluate", "--index", str(tmp_path / "m"), "--interactions", str(inter), "--cold-start", "-q"]) == 1
+    assert f"none of the {len(held)} items training held out is in the index any more (index remove): nothing to " \
+           "evaluate with --cold-start" in capsys.readouterr().err
 
 
 def test_item_graph_leaves_held_out_items_out_and_cold_items_still_rank(tmp_path, monkeypatch):
@@ -271,6 +280,14 @@ def test_neighbour_mean_measured_from_the_catalog_mean_picks_another_neighbour()
                              centers={"t": np.array([1.0, 0.0], np.float32)})
     np.testing.assert_array_equal(plain, [[0.0, 1.0]])
     np.testing.assert_array_equal(centred, [[1.0, 0.0]])
+    # A query at the mean has no direction: every pool item is as near, so it borrows from them all (it took the
+    # first k in index order); left out of its own pool, from the others
+    pool_f = {"t": np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]], np.float32)}
+    pool_v = np.array([[1.0, 0.0], [0.0, 3.0], [4.0, 4.0]], np.float32)
+    at_mean = {"t": np.array([[1.0, 1.0], [1.0, 1.0]], np.float32)}
+    got = neighbour_mean(at_mean, {"t": np.ones(2, bool)}, pool_f, {"t": np.ones(3, bool)}, pool_v, k=1,
+                         exclude=np.array([-1, 2]), centers={"t": np.array([1.0, 1.0], np.float32)})
+    np.testing.assert_allclose(got, [[5 / 3, 7 / 3], [0.5, 1.5]])
 
 
 def test_a_trained_directory_keeps_the_catalog_means_its_new_items_are_placed_by(tmp_path):
