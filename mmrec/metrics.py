@@ -43,6 +43,10 @@ from mmrec.interactions import Interactions
 
 ScoreFn = Callable[[np.ndarray], "Tensor | np.ndarray"]
 MASKS = ("all", "train")
+
+
+class NonFiniteScores(ValueError):
+    """A score function gave NaN scores (weights gone NaN, or so large that the scores overflow)."""
 _DIVERSITY_BATCH = 1024  # users per chunk of the (B, K, K) similarity tensor, fewer where it would pass SCORE_BYTES
 # rank_topk scores fewer users at a time than asked where a batch's (B, N) float32 scores would pass
 # this (at 1,024 users, from 65k items): 820 MB at 200k items became 256 MB, in the same time.
@@ -135,7 +139,7 @@ def rank_topk(
             # [B, K + 1]: the one past the list tells whether a tie crosses its end
             values, index = torch.topk(scores, min(kk + 1, num_items), dim=1)
             if torch.isnan(values).any():  # topk ranks NaN above every number: any NaN shows here
-                raise ValueError("score_fn returned NaN scores")
+                raise NonFiniteScores("score_fn returned NaN scores")
             values, index = _ties_by_index(scores, values, index, kk)
             index[values == -torch.inf] = -1
             out[start : start + len(batch), :kk] = index.cpu().numpy()

@@ -324,6 +324,9 @@ def fit(
     check_factory(factory, None)
     if skip_invalid and features and catalog is not None:
         raise ConfigError(SKIP_WITH_FEATURES)
+    if config.finetune != "frozen" and not config.use_content:  # (below for no content at all, before the encoding)
+        raise ConfigError(f"finetune {config.finetune!r} tunes the catalog's text and image encoders, and use_content "
+                          "is off (ID embeddings only): leave the finetune option out")
     if content is None:  # the catalog is encoded on the training device
         # What the interaction file's header already refuses, before the (slow) encoding (content
         # given: its caller's, as finetune checks before encoding the new catalog).
@@ -451,7 +454,14 @@ def fit(
         {m: x[cold_pos] for m, x in features_now.items()}, {m: x[cold_pos] for m, x in present_dims.items()}, pool
     ) if len(cold_pos) else item_vecs[:0]  # [C, D]
     # The MIPS norm bound covers the content-path rows too (a longer row would be shrunk).
-    vectorizer.mips = mips = MipsTransform.fit(np.concatenate([item_vecs[~via_content], cold_vecs]))
+    served = np.concatenate([item_vecs[~via_content], cold_vecs])
+    with np.errstate(over="ignore"):
+        if not np.isfinite(np.linalg.norm(served, axis=1)).all():
+            # finite weights, too long for float32 norms (an lr of 1e30 kept an epoch of 1e30 weights): it said
+            # "ValueError: max_norm must be a positive finite number, got inf" from the index code
+            raise MMRecError(f"training diverged: the kept vectors are too long for float32 (their norms overflow); "
+                             f"lower the learning rate (--lr, now {config.lr:g})")
+    vectorizer.mips = mips = MipsTransform.fit(served)
     known = inter.known_items()  # [U, N] CSR of ones (positives and pairs rated below a threshold): never recommended back
     records = content.records or [{} for _ in range(n)]
     hashes = content.hashes or [{} for _ in range(n)]

@@ -35,7 +35,7 @@ from mmrec.config import TrainConfig
 from mmrec.errors import MMRecError
 from mmrec.graph import build_edge_index, prune_edges
 from mmrec.interactions import Interactions
-from mmrec.metrics import evaluate, score_users
+from mmrec.metrics import NonFiniteScores, evaluate, score_users
 
 logger = logging.getLogger(__name__)
 
@@ -399,8 +399,18 @@ class Trainer:
             row = {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": seconds[-1]}
             # Diverged: the weights are NaN or inf from here on. (The loss is each step's before its update,
             # so the epoch's last step, the only one on small data, could leave NaN weights behind a finite
-            # loss: validation then failed on NaN scores and the best epoch was lost.)
-            if not np.isfinite(row["loss"]) or not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            # loss: validation then failed on NaN scores and the best epoch was lost.) Weights finite but so
+            # large that the scores overflow (an lr of 1e30) are found by validation, below.
+            diverged = not np.isfinite(row["loss"]) or not all(bool(torch.isfinite(p).all())
+                                                                for p in self.model.parameters())
+            validated = None
+            if not diverged and has_valid and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
+                with self.averaged():
+                    try:
+                        validated = self.validate("valid")
+                    except NonFiniteScores:
+                        diverged = True
+            if diverged:
                 if best_state is None:
                     raise MMRecError(f"training diverged at epoch {epoch} (loss {row['loss']}), before any validated "
                                      f"state to keep: lower the learning rate (--lr, now {cfg.lr:g})")
@@ -409,9 +419,9 @@ class Trainer:
                                row["loss"], best_epoch, cfg.lr)
                 history.append(row)
                 break
-            if has_valid and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
-                with self.averaged():
-                    metrics = self.validate("valid")
+            if validated is not None:
+                with self.averaged():  # (the state kept is the averaged one, as validated)
+                    metrics = validated
                     score = metrics[EVAL_KEY]
                     if score > best:
                         best, best_epoch, bad = score, epoch, 0

@@ -136,6 +136,13 @@ def test_content_options_asked_of_a_model_without_content_are_a_warning_not_sile
     with pytest.raises(ConfigError, match="finetune 'full' tunes the catalog's text and image encoders, and this "
                                           "model has no content"):  # (recorded in config.json, changing nothing)
         fit(inter_path, config=TrainConfig(**FAST, finetune="full"), split="random", show_progress=False)
+    import mmrec.pipeline
+
+    with pytest.MonkeyPatch.context() as mp:  # with use_content off: refused before the content is read
+        mp.setattr(mmrec.pipeline, "load_content", lambda *a, **k: pytest.fail("read the content first"))
+        with pytest.raises(ConfigError, match="finetune 'top:1' tunes .* and use_content is off"):
+            fit(inter_path, features={"content": feats}, split="random", show_progress=False,
+                config=TrainConfig(**(FAST | {"use_content": False, "finetune": "top:1"})))
     caplog.clear()
     with caplog.at_level("WARNING", logger="mmrec.train"):
         fit(inter_path, features={"content": feats}, config=TrainConfig(**(FAST | {"epochs": 1}), use_id=False,
@@ -824,6 +831,31 @@ def test_weights_gone_nan_behind_a_finite_loss_are_divergence_too(tmp_path, monk
                              config=TrainConfig(**(FAST | {"epochs": 6, "patience": 6})), show_progress=False)
     assert "training diverged at epoch 3 (loss " in caplog.text and len(result.history) == 3
     assert result.best_epoch in (1, 2) and np.isfinite(rec.items.vectors).all()
+
+
+def test_weights_so_large_that_scores_overflow_are_divergence_too(tmp_path):
+    # finite weights (an lr of 1e30, one step an epoch) failed with a ValueError: "score_fn returned NaN scores"
+    # at validation, or "max_norm must be a positive finite number, got inf" from the index code at the end
+    inter_path, _ = write_planted(tmp_path)
+    with pytest.raises(MMRecError, match=r"^training diverged.*lower the learning rate \(--lr, now 1e\+30\)"):
+        fit(inter_path, out=tmp_path / "m", config=TrainConfig(**(FAST | {"lr": 1e30, "batch_size": 4096})),
+            split="random", show_progress=False)
+    assert not (tmp_path / "m").exists()
+    from mmrec.metrics import NonFiniteScores
+
+    real, calls = Trainer.validate, []
+
+    def validate(self, split):  # scores that overflow at the third validation: divergence, the best kept
+        calls.append(1)
+        if len(calls) == 3:
+            raise NonFiniteScores("score_fn returned NaN scores")
+        return real(self, split)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Trainer, "validate", validate)
+        _, result, _ = fit(inter_path, config=TrainConfig(**(FAST | {"epochs": 6, "patience": 6})), split="random",
+                           show_progress=False)
+    assert len(result.history) == 3 and result.best_epoch in (1, 2)
 
 
 def test_no_training_row_is_an_error_saying_why(tmp_path):
