@@ -158,6 +158,10 @@ def _remove_stale_temporaries(directory: Path, names: Sequence[str]) -> None:
 _DAMAGED = (OSError, ValueError, KeyError, EOFError, NotImplementedError, zipfile.BadZipFile)
 
 
+class _WrongWidth(ValueError):
+    """A shard whose vectors are not as wide as ``meta.json`` says."""
+
+
 class _Shard:
     """One committed shard: its key columns (loaded on demand) and its vectors, read through a
     memory map opened for each read and closed after it: a cache grows a shard per write, and
@@ -215,6 +219,7 @@ class _EncoderStore:
         self._keys = np.zeros(0, dtype=np.uint64)  # sorted, unique
         self._where = np.zeros((0, 2), dtype=np.int64)  # [K, 2] (shard, row) of the newest copy
         self.dim: int | None = None
+        self.wrong_width = 0  # shards whose vectors are not meta.json's width
 
     def refresh(self) -> None:
         """Pick up shards committed since the last look (by this or another process)."""
@@ -240,9 +245,10 @@ class _EncoderStore:
                 if shape[0] != len(k):
                     raise ValueError(f"{len(k)} keys but {shape[0]} vectors")
                 if len(shape) != 2 or shape[1] != self.dim:  # (a wider or narrower array failed every get)
-                    raise ValueError(f"vectors of shape {list(shape)}, where meta.json says {self.dim} wide")
+                    raise _WrongWidth(f"vectors of shape {list(shape)}, where meta.json says {self.dim} wide")
             except _DAMAGED as e:
                 logger.warning("feature cache: ignoring unreadable shard %s (%s)", shard.keys_path, e)
+                self.wrong_width += isinstance(e, _WrongWidth)
                 self._known.add(stem)
                 continue
             idx = len(self.shards)
@@ -410,9 +416,10 @@ class FeatureCache:
             return
         store = self._store(encoder_id)
         dim = int(vectors.shape[1])
-        if store.dim is not None and store.dim != dim and not len(store):
+        if store.dim is not None and store.dim != dim and not len(store) and store.wrong_width:
             # meta.json's width matches no shard (damaged, as one flipped digit does): every shard was read as
-            # a miss; written anew, the shards of this width are read again
+            # a miss; written anew, the shards of this width are read again. (With no shard on disk, another
+            # writer's meta.json may precede its first shard: the width mismatch is refused below, as before.)
             logger.warning("feature cache: %s says %d-wide vectors and no shard agrees; rewritten for %d",
                            store.directory / "meta.json", store.dim, dim)
             (store.directory / "meta.json").unlink(missing_ok=True)

@@ -91,6 +91,14 @@ def test_put_validates_shapes(tmp_path):
     cache.put(ENC, [(1, "a")], np.zeros((1, 4)))
     with pytest.raises(ValueError, match=r"has 4-d vectors .* got 5-d"):
         cache.put(ENC, [(2, "b")], np.zeros((1, 5)))
+    # a meta.json with no shard yet (another writer's, before its first shard) is not rewritten for another width
+    other = FeatureCache(tmp_path / "other")
+    other.put(ENC, [(1, "a")], np.zeros((1, 4)))
+    store = next(p for p in (tmp_path / "other").iterdir() if p.is_dir())
+    for shard in store.glob("shard-*"):
+        shard.unlink()
+    with pytest.raises(ValueError, match=r"has 4-d vectors .* got 5-d"):
+        FeatureCache(tmp_path / "other").put(ENC, [(2, "b")], np.zeros((1, 5)))
 
 
 def _encoded_catalog(n):
