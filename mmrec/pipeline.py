@@ -336,11 +336,10 @@ def fit(
         content = load_content(catalog, features, show_progress=show_progress, device=config.device,
                                **content_options)
     tuner = None
-    if config.finetune != "frozen" and not (config.use_content and content.features):
-        # (it was recorded in config.json and changed nothing)
+    if config.finetune != "frozen" and not content.features:  # (it was recorded in config.json, changing nothing)
         raise ConfigError(f"finetune {config.finetune!r} tunes the catalog's text and image encoders, and this model "
                           "has no content (ID embeddings only): leave the finetune option out")
-    if config.finetune != "frozen" and config.use_content:
+    if config.finetune != "frozen":  # (use_content is on: refused above otherwise)
         from mmrec.encoder_tuning import EncoderTuner
 
         tuner = EncoderTuner(content, config, show_progress=show_progress)
