@@ -33,6 +33,7 @@ from fusion.foldin import HistoryFoldIn, history_mean
 from fusion.model import FusedGraphModel
 from index import IndexFormatError
 from index.mips import MipsTransform
+from index.persist import MANIFEST_NAME
 from mmrec.coldstart import blend_with_neighbours, neighbour_mean
 from mmrec.config import TrainConfig, load_config, save_config
 from mmrec.diversity import check_weight, mmr_rerank
@@ -259,6 +260,11 @@ class Recommender:
         if missing:
             raise IndexFormatError(f"{directory}: a trained directory without {', '.join(missing)}; train it again "
                                    f"(or restore the files from a copy)")
+        unlisted = [name for name in TRAINED_FILES if name not in items.manifest["checksums"]]
+        if unlisted:  # as the index's own files: a manifest without them would load them unverified (every
+            # trained directory written lists them)
+            raise IndexFormatError(f"{directory / MANIFEST_NAME}: 'checksums' does not list {', '.join(unlisted)} "
+                                   "(the manifest was edited, or not written by this library)")
         cfg, extra = load_config(TrainConfig, directory / "config.json")
         # config.json sorts its keys; the manifest's tokens keep the model's token order, which is
         # the column order of the stored attention weights (and of those of items added later).

@@ -197,6 +197,20 @@ def test_a_user_with_no_liked_item_left_and_unknown_history_items_is_not_found(t
     assert not isinstance(e.value, UnknownIdError)
 
 
+def test_a_manifest_that_stops_checksumming_the_model_is_refused(trained, tmp_path):
+    # the index's own files had to be listed; the model's were loaded unverified once their entry was gone
+    from index import IndexFormatError
+
+    shutil.copytree(trained / "model", tmp_path / "m")
+    path = tmp_path / "m" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["checksums"].pop("model.safetensors")
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(IndexFormatError, match=r"manifest.json: 'checksums' does not list model.safetensors \(the "
+                                               r"manifest was edited"):
+        Recommender.load(tmp_path / "m", show_progress=False)
+
+
 def test_arguments_of_the_wrong_kind_get_a_message_naming_them(trained):
     # (a bare TypeError or AttributeError from deep inside before)
     from mmrec.pipeline import evaluate_directory
