@@ -356,10 +356,15 @@ def mmrec_manifest(directory: Path) -> dict[str, Any] | None:
     return manifest if ours else None
 
 
+def _within(path: str | Path, root: str | Path) -> bool:
+    """Whether ``path`` is ``root`` or lies inside it (both resolved: links followed)."""
+    path, root = Path(path).resolve(), Path(root).resolve()
+    return path == root or root in path.parents
+
+
 def _holds_cwd(directory: Path) -> bool:
     """Whether ``directory`` is the current working directory or one of its parents."""
-    here = Path.cwd().resolve()
-    return directory.resolve() == here or directory.resolve() in here.parents
+    return _within(Path.cwd(), directory)
 
 
 def check_rewrite(directory: Path, manifest: Mapping[str, Any], action: str) -> None:
@@ -434,8 +439,7 @@ def check_out(out: str | Path | None, overwrite: bool, inputs: Sequence[object] 
     for item in inputs:
         if not isinstance(item, (str, os.PathLike)):  # None, or an object in memory
             continue
-        path = Path(item).resolve()
-        if path == root or root in path.parents:
+        if _within(item, root):
             raise MMRecError(f"--out {out} holds the input {item}: writing it would delete that input; "
                              f"choose another --out")
     for parent in root.parents:
@@ -1164,10 +1168,7 @@ class ItemIndex:
         """Refuse, before any encoding, a feature cache inside this directory: the cache it would
         create there is a folder mmrec's index did not write, which the save (and every later change)
         refuses (``index build`` refuses it too, through :func:`check_out`)."""
-        if cache_dir is None or self.directory is None:
-            return
-        root, path = self.directory.resolve(), Path(cache_dir).resolve()
-        if path == root or root in path.parents:
+        if cache_dir is not None and self.directory is not None and _within(cache_dir, self.directory):
             raise MMRecError(f"the feature cache {cache_dir} is inside the index directory {self.directory}, which "
                              "would then hold files mmrec did not write there: choose a cache directory outside it "
                              "(nothing was changed)")
