@@ -403,13 +403,20 @@ class Trainer:
             # large that the scores overflow (an lr of 1e30) are found by validation, below.
             diverged = not np.isfinite(row["loss"]) or not all(bool(torch.isfinite(p).all())
                                                                 for p in self.model.parameters())
-            validated = None
+            metrics = None
             if not diverged and has_valid and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
-                with self.averaged():
+                with self.averaged():  # (validated, and kept when best, as the moving average)
                     try:
-                        validated = self.validate("valid")
+                        metrics = self.validate("valid")
                     except NonFiniteScores:
                         diverged = True
+                    else:
+                        score = metrics[EVAL_KEY]
+                        if score > best:
+                            best, best_epoch, bad = score, epoch, 0
+                            best_state = copy.deepcopy(self.state_dict())
+                        else:
+                            bad += 1
             if diverged:
                 if best_state is None:
                     raise MMRecError(f"training diverged at epoch {epoch} (loss {row['loss']}), before any validated "
@@ -419,15 +426,7 @@ class Trainer:
                                row["loss"], best_epoch, cfg.lr)
                 history.append(row)
                 break
-            if validated is not None:
-                with self.averaged():  # (the state kept is the averaged one, as validated)
-                    metrics = validated
-                    score = metrics[EVAL_KEY]
-                    if score > best:
-                        best, best_epoch, bad = score, epoch, 0
-                        best_state = copy.deepcopy(self.state_dict())
-                    else:
-                        bad += 1
+            if metrics is not None:
                 row |= {f"valid_{k}": v for k, v in metrics.items()}
                 logger.info(
                     "epoch %d loss %.4f valid recall@20 %.4f ndcg@20 %.4f (%.1fs)",
