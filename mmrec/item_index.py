@@ -1410,6 +1410,11 @@ class ItemIndex:
                 if near:  # case counts: say what the field holds
                     logger.warning("%s=%s matches no item (case counts): the field holds %s", field, value,
                                    ", ".join(repr(v) for v in near))
+            for value in equal:  # year=>2000 is the text '>2000': say what was likely meant
+                if value[:1] in ("<", ">", "=") and where_number(value[1:]) is not None and not len(rows_of([value])):
+                    meant = f"{field}={value[1:]}" if value[0] == "=" else f"{field}{value[0]}={value[1:]}"
+                    logger.warning("%s=%s compares the text %r, which no item has: %s compares numbers",
+                                   field, value, value, meant)
             if equal:
                 keep = np.intersect1d(keep, rows_of(equal), assume_unique=True)
             for op, value in conditions:

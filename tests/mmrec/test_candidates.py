@@ -220,6 +220,18 @@ def test_where_conditions_not_equal_and_numeric_ranges(caplog):
     with caplog.at_level("WARNING", logger="mmrec.item_index"):
         assert spelled.matching(["price=1E2"]) == ["a", "b"]  # the same number: it matched, nothing to warn of
     assert "case counts" not in caplog.text  # (it said "price=1E2 matches no item (case counts): ... holds '1e2'")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mmrec.item_index"):  # = then a comparison's sign: the text '>1990'
+        assert idx.matching(["year=>1990"]) == [] and idx.matching(["year=<1990"]) == []
+        assert idx.matching(["year==1995"]) == []
+    assert ("year=>1990 compares the text '>1990', which no item has: year>=1990 compares numbers" in caplog.text
+            and "year<=1990 compares numbers" in caplog.text and "year=1995 compares numbers" in caplog.text)
+    caplog.clear()
+    marks = ItemIndex.from_features(list("ab"), {"text": np.eye(2, dtype=np.float32)}, show_progress=False,
+                                    records=[{"grade": ">5"}, {"grade": "5"}], factory="Flat")
+    with caplog.at_level("WARNING", logger="mmrec.item_index"):
+        assert marks.matching(["grade=>5"]) == ["a"] and marks.matching(["grade=>x"]) == []
+    assert "compares" not in caplog.text  # an item holds '>5'; '>x' is no number to compare
     flags = ItemIndex.from_features(list("ab"), {"text": np.eye(2, dtype=np.float32)}, show_progress=False,
                                     records=[{"in_stock": "true"}, {"in_stock": "false"}], factory="Flat")
     assert flags.matching({"in_stock": True}) == ["a"] and flags.matching({"in_stock": [False, True]}) == ["a", "b"]
