@@ -773,7 +773,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
               f"http://{where}:{port}  routes: /health {' '.join(ROUTES)}  (Ctrl-C stops)", flush=True)
         server.serve_forever()
     except KeyboardInterrupt:
-        left = server.drain()  # the answers being written finish; new requests get 503
+        left = server.drain(accept=True)  # the answers being written finish; new requests get 503
         if left:
             logger.warning("stopping with %d request(s) still being answered after 30 s", left)
         logger.info("stopped")

@@ -388,6 +388,7 @@ class Handler(BaseHTTPRequestHandler):
 _NOW = object()  # RecommenderServer's loaded_stamp default: the manifest as it is when the server starts
 
 
+ACCEPT_POLL_SECONDS = 0.05  # drain(accept=True) checks this often whether the wait is over
 CLOSE_JOIN_SECONDS = 5  # server_close() waits this long, in all, for the handler threads to end (after drain)
 
 
@@ -463,20 +464,43 @@ class RecommenderServer(ThreadingHTTPServer):
             self._active -= 1
             self._idle.notify_all()
 
-    def drain(self, timeout: float = 30.0) -> int:
+    def drain(self, timeout: float = 30.0, *, accept: bool = False) -> int:
         """Refuse new requests (503) and wait up to ``timeout`` seconds for those being answered.
         A process that exits while a handler thread (a daemon) is inside torch or FAISS can abort
         ("terminate called without an active exception"), as Ctrl-C under load did.
+
+        Args:
+            timeout: seconds to wait at most.
+            accept: go on accepting connections while waiting, for a caller whose
+                ``serve_forever`` has already returned (``mmrec serve`` after Ctrl-C or SIGTERM):
+                a client that connects meanwhile gets its 503 instead of a reset connection.
 
         Returns:
             how many requests were still being answered at the timeout (0: all done).
         """
         with self._idle:
             self._stopping = True
-            if self._active:
-                logger.info("stopping: waiting for %d request(s) being answered", self._active)
-            self._idle.wait_for(lambda: self._active == 0, timeout)
-            return self._active
+            if not self._active:
+                return 0
+            logger.info("stopping: waiting for %d request(s) being answered", self._active)
+        done = threading.Event()
+
+        def answer_new() -> None:
+            self.timeout = ACCEPT_POLL_SECONDS  # handle_request returns this often without a connection
+            while not done.is_set():
+                self.handle_request()
+
+        acceptor = threading.Thread(target=answer_new, daemon=True) if accept else None
+        if acceptor is not None:
+            acceptor.start()
+        try:
+            with self._idle:
+                self._idle.wait_for(lambda: self._active == 0, timeout)
+                return self._active
+        finally:
+            done.set()
+            if acceptor is not None:
+                acceptor.join()
 
     def process_request(self, request, client_address) -> None:
         """ThreadingMixIn's, with the thread counted before it starts (counted once running, one

@@ -559,6 +559,32 @@ def test_a_reloaded_copy_with_a_new_text_encoder_loads_it_before_serving_when_wa
         server.server_close()
 
 
+def test_a_server_stopped_by_ctrl_c_answers_503_to_new_connections_while_it_drains(model_dir):
+    # serve's Ctrl-C / SIGTERM ends serve_forever before the drain: a connection made during the
+    # drain was reset when the process exited, never answered
+    rec = Recommender.load(model_dir, show_progress=False)
+    server = RecommenderServer(rec, "127.0.0.1", 0)
+    loop = threading.Thread(target=server.serve_forever, daemon=True)
+    loop.start()
+    try:
+        assert server.begin_request()  # a request being answered
+        server.shutdown()  # serve_forever returned (the KeyboardInterrupt)
+        left = []
+        drainer = threading.Thread(target=lambda: left.append(server.drain(timeout=30, accept=True)))
+        drainer.start()
+        conn = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=10)
+        conn.request("GET", "/health")
+        answer = conn.getresponse()
+        assert (answer.status, json.loads(answer.read())) == (503, {"error": "the server is stopping"})
+        conn.close()
+        assert drainer.is_alive()  # still waiting for the request being answered
+        server.end_request()
+        drainer.join(30)
+        assert left == [0] and server.drain(timeout=0, accept=True) == 0  # nothing left: returns at once
+    finally:
+        server.server_close()
+
+
 def test_closing_shuts_idle_kept_alive_connections_and_joins_their_threads(model_dir):
     rec = Recommender.load(model_dir, show_progress=False)
     server = RecommenderServer(rec, "127.0.0.1", 0)
