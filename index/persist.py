@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import errno
+import glob
 import hashlib
 import json
 import logging
@@ -76,18 +77,90 @@ def atomic_directory(final: Path, *, overwrite: bool = False) -> Iterator[Path]:
     token = uuid.uuid4().hex[:12]
     tmp = final.parent / f".{final.name}.tmp-{token}"
     tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        _raise_if_full(e, final)
-        raise
+    # Held while it is written, so a later write tells it from a folder a killed writer left. (Let go
+    # before it is published: the lock would follow the folder to its final name and hold up the
+    # next writer's lock on it. Those who clean up publish under that lock, so none runs meanwhile.)
+    with _held(tmp):
+        try:
+            yield tmp
+        except BaseException as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            _raise_if_full(e, final)
+            raise
     try:
         _publish(tmp, final, overwrite=overwrite, token=token)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         _raise_if_full(e, final)
         raise
+    _clear_leftovers(final, mine=final.parent / f".{final.name}.old-{token}")
+
+
+@contextlib.contextmanager
+def _held(folder: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``folder`` while the block runs (nothing where there is no
+    ``flock``): :func:`_clear_leftovers` leaves a folder alone while someone holds it."""
+    try:
+        import fcntl
+
+        fd = os.open(folder, os.O_RDONLY)
+    except (ImportError, OSError):  # pragma: no cover - not on Linux
+        yield
+        return
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _abandoned(folder: Path) -> bool:
+    """Whether no live writer holds ``folder`` (:func:`_held`); ``False`` where that cannot be told."""
+    try:
+        import fcntl
+
+        fd = os.open(folder, os.O_RDONLY)
+    except (ImportError, OSError):  # pragma: no cover - not on Linux
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:  # held (a writer still at work), or no flock on this filesystem
+        return False
+    finally:
+        os.close(fd)
+
+
+def leftovers(final: Path) -> list[Path]:
+    """The versions of ``final`` that an interrupted replacement left beside it
+    (``.<name>.old-<token>``, oldest first): each may be a whole copy, and only a person can tell
+    whether one is still wanted (the only copy, after a kill between the two renames)."""
+    final = Path(final)
+    return sorted(final.parent.glob(f".{glob.escape(final.name)}.old-*"), key=_mtime)
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return path.lstat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+def _clear_leftovers(final: Path, mine: Path) -> None:
+    """After a write: delete the temporary folders beside ``final`` that killed writers left
+    (half-written, of no use), and name the replaced versions left there (:func:`leftovers`; not
+    ``mine``, this write's own, which :func:`_remove` names when it stays)."""
+    for tmp in final.parent.glob(f".{glob.escape(final.name)}.tmp-*"):
+        if tmp.is_dir() and not tmp.is_symlink() and _abandoned(tmp):
+            logger.info("deleting %s, left by a write that was interrupted", tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+    left = [p for p in leftovers(final) if p != mine]
+    if left:
+        logger.warning("%s: an interrupted write left %s beside it: %s (delete %s once you do not need %s)",
+                       final, "a previous version" if len(left) == 1 else f"{len(left)} previous versions",
+                       ", ".join(str(p) for p in left), "it" if len(left) == 1 else "them",
+                       "it" if len(left) == 1 else "them")
 
 
 # How a full disk reads in the errors of the writers that do not raise OSError (safetensors' Rust
@@ -128,11 +201,12 @@ def _publish(tmp: Path, final: Path, *, overwrite: bool, token: str) -> None:
         if old.exists() and not final.exists():
             os.rename(old, final)  # put the previous version back before reporting the failure
         raise
-    _sync_dir(final.parent)
     try:
+        _sync_dir(final.parent)
         _remove(old)
     except KeyboardInterrupt:  # the new version is in place: the command has done its work, and says so
         logger.info("finishing the removal of the version %s replaced", final)
+        _sync_dir(final.parent)
         _remove(old)  # (a second Ctrl-C stops this; the folder left is named .<name>.old-<token>)
     logger.debug("replaced %s", final)
 
@@ -322,9 +396,9 @@ def read_manifest(
         directory: A directory written with :func:`write_manifest`.
         expect: Fields that must hold exactly these values (e.g. ``{"dim": 64}``).
         verify_checksums: Recompute the SHA-256 of every file listed under ``"checksums"``.
+            Defaults to True.
         unverified: Files not to verify even where the manifest lists them (reports a user may
             prune, which older writers checksummed).
-            Defaults to True.
         required: Fields the reader needs (their values are its business).
 
     Returns:

@@ -367,6 +367,9 @@ def cmd_index_info(args: argparse.Namespace) -> int:
         print(f"  model: dim {cfg['dim']}, {cfg['layers']} layers, loss {cfg['loss']}, lr {cfg['lr']}, "
               f"content {'on' if cfg['use_content'] else 'off'}, encoders {cfg['finetune']}"
               + (f"; {info['cold_items']} items held out (cold start)" if info["cold_items"] else ""))
+    if info["left_beside"]:
+        print(f"  left beside it by an interrupted write: {', '.join(info['left_beside'])} (previous versions: "
+              "delete them once you do not need them)")
     return 0
 
 

@@ -21,7 +21,6 @@ import copy
 import dataclasses
 import decimal
 import gc
-import glob
 import json
 import logging
 import os
@@ -43,7 +42,7 @@ from fusion.model import modality_name_problem
 from index import FaissIndex, IndexFormatError, atomic_directory, read_manifest, sha256_file, write_manifest
 from index.faiss_index import IDS_FILE, INDEX_FILE
 from index.faiss_index import _canonical_id as canonical_id
-from index.persist import MANIFEST_NAME, manifest_stamp, umask, writer_lock
+from index.persist import MANIFEST_NAME, leftovers, manifest_stamp, umask, writer_lock
 from index.mips import MipsTransform
 from mmrec.catalog import (ID_FIELD, Catalog, cell_text, check_catalog_ids, compose_text, drop_rows, is_image_url,
                            load_catalog, local_image_path)
@@ -750,6 +749,30 @@ class FixedCombination(MipsVectorizer):
         return (share / np.maximum(share.sum(1, keepdims=True), 1e-12)).astype(np.float32)
 
 
+def _previous_versions(directory: Path) -> str:
+    """What :meth:`ItemIndex.load` adds to "no such index directory" when a replacement of it
+    was interrupted: the newest whole previous version left beside it and how to put it back
+    (through a link, beside the folder the link points to, the one replaced)."""
+    replaced = Path(os.path.realpath(directory))
+    left = leftovers(replaced)  # the oldest first
+    whole = [p for p in left if _whole(p)]
+    if whole:
+        return (f"; an interrupted write left the previous version at {whole[-1]}: `mv {whole[-1]} {replaced}` "
+                f"puts it back")
+    if left:  # (a removal that was cut short)
+        return f"; an interrupted write left {', '.join(map(str, left))}, none of them whole"
+    return ""
+
+
+def _whole(directory: Path) -> bool:
+    """Whether ``directory`` holds a manifest whose listed files are all there, unchanged."""
+    try:
+        read_manifest(directory, unverified=(SKIP_REPORT,))
+        return True
+    except (IndexFormatError, OSError):
+        return False
+
+
 class ItemIndex:
     """A searchable item index built from a catalog (see the module docstring for its files).
 
@@ -1205,11 +1228,8 @@ class ItemIndex:
         directory = Path(directory)
         if not directory.is_dir():
             what = "is a file, not an index directory" if directory.exists() else "no such index directory"
-            left = [] if directory.exists() else sorted(  # the newest last
-                directory.parent.glob(f".{glob.escape(directory.name)}.old-*"), key=lambda q: q.stat().st_mtime_ns)
-            if left:  # a write interrupted between its two renames (index.persist._publish)
-                what += (f"; an interrupted write left the previous version at {left[-1]}: `mv {left[-1]} "
-                         f"{directory}` puts it back")
+            if not directory.exists():  # a write interrupted between its two renames (index.persist._publish)
+                what += _previous_versions(directory)
             raise MMRecError(f"{directory}: {what}")
         # Checks format_version and checksums, and that the fields read below are there.
         manifest = read_manifest(directory, required=MANIFEST_FIELDS, unverified=(SKIP_REPORT,))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from fusion.foldin import HistoryFoldIn, history_mean
 from fusion.model import FusedGraphModel
 from index import IndexFormatError
 from index.mips import MipsTransform
-from index.persist import MANIFEST_NAME
+from index.persist import MANIFEST_NAME, leftovers
 from mmrec.coldstart import blend_with_neighbours, neighbour_mean
 from mmrec.config import TrainConfig, load_config, save_config
 from mmrec.diversity import check_weight, mmr_rerank
@@ -463,6 +464,9 @@ class Recommender:
             "catalog": {"text_fields": list(m.get("text_fields") or []) if "text" in m.get("encoders", {}) else [],
                         "image_field": m.get("image_field") if "image" in m.get("encoders", {}) else None,
                         "mask_bad_images": bool(m.get("mask_bad_images", False))},
+            # versions an interrupted write left beside the directory (whole copies, maybe): a person deletes them
+            "left_beside": [] if self.items.directory is None else
+            [str(p) for p in leftovers(Path(os.path.realpath(self.items.directory)))],
         }
         if not self.trained:
             return out

@@ -155,6 +155,59 @@ def test_an_interrupt_between_the_two_renames_puts_the_old_version_back(tmp_path
     assert interrupted and entries(final) == ["new.txt"] and entries(tmp_path) == ["model"]
 
 
+def test_an_interrupt_while_the_swap_is_synced_still_reports_the_write_done(tmp_path, monkeypatch):
+    import index.persist as persist
+
+    final = tmp_path / "model"
+    with atomic_directory(final) as tmp:
+        (tmp / "old.txt").write_text("old")
+    real_sync, interrupted = persist._sync_dir, []
+
+    def sync_interrupted_once(directory):  # Ctrl-C as the rename into the parent is flushed
+        real_sync(directory)
+        if directory == tmp_path and not interrupted and any(tmp_path.glob(".model.old-*")):
+            interrupted.append(directory)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(persist, "_sync_dir", sync_interrupted_once)
+    with atomic_directory(final, overwrite=True) as tmp:  # (it raised: exit 130, the new version on disk)
+        (tmp / "new.txt").write_text("new")
+    assert interrupted and entries(final) == ["new.txt"] and entries(tmp_path) == ["model"]
+
+
+def test_a_later_write_deletes_what_killed_writers_left_and_names_the_versions_left(tmp_path, caplog):
+    import fcntl
+
+    import index.persist as persist
+
+    final = tmp_path / "model"
+    with atomic_directory(final) as tmp:
+        (tmp / "a.txt").write_text("a")
+    dead = tmp_path / ".model.tmp-dead"  # a writer killed while writing: no one holds it
+    (dead / "sub").mkdir(parents=True)
+    (dead / "sub" / "part.bin").write_bytes(b"x" * 100)
+    live = tmp_path / ".model.tmp-live"  # one at work in another process: held
+    live.mkdir()
+    kept = tmp_path / ".model.old-kept"  # a version a kill between the renames left: maybe the only copy
+    kept.mkdir()
+    (kept / "a.txt").write_text("a")
+    other = tmp_path / ".other.tmp-dead"  # another directory's: not this write's business
+    other.mkdir()
+    fd = os.open(live, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with caplog.at_level("INFO", logger="index.persist"):
+            with atomic_directory(final, overwrite=True) as tmp:
+                (tmp / "b.txt").write_text("b")
+                assert not persist._abandoned(tmp)  # this write's own folder is held while it is written
+    finally:
+        os.close(fd)
+    assert entries(tmp_path) == [".model.old-kept", ".model.tmp-live", ".other.tmp-dead", "model"]
+    assert f"deleting {dead}, left by a write that was interrupted" in caplog.text
+    assert (f"{final}: an interrupted write left a previous version beside it: {kept} (delete it once you do not "
+            f"need it)") in caplog.text
+
+
 def test_a_replaced_version_that_cannot_be_deleted_is_named(tmp_path, monkeypatch, caplog):
     import index.persist as persist
 

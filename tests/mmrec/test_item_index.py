@@ -484,6 +484,27 @@ def test_a_second_writer_is_refused_not_silently_lost_and_readers_get_one_versio
     (tmp_path / ".idx.old-123abc").rename(tmp_path / ".v[1].old-9f")  # a name glob would read as a pattern
     with pytest.raises(MMRecError, match=r"v\[1\]: no such index directory; an interrupted write left .*\.v\[1\]\.old-9f"):
         ItemIndex.load(tmp_path / "v[1]")
+    # Two left, the newer one half deleted (a removal cut short, then a kill between the renames): the whole one
+    # is named (the newest by mtime was named, and `mv` of it gave "file 'items.jsonl' ... is missing")
+    import os
+    import shutil
+
+    shutil.copytree(tmp_path / ".v[1].old-9f", tmp_path / ".v[1].old-aa")
+    (tmp_path / ".v[1].old-aa" / "items.jsonl").unlink()
+    os.utime(tmp_path / ".v[1].old-9f", ns=(10**18, 10**18))
+    os.utime(tmp_path / ".v[1].old-aa", ns=(2 * 10**18, 2 * 10**18))
+    with pytest.raises(MMRecError, match=r"left the previous version at .*\.v\[1\]\.old-9f: `mv "):
+        ItemIndex.load(tmp_path / "v[1]")
+    shutil.rmtree(tmp_path / ".v[1].old-9f")
+    with pytest.raises(MMRecError, match=r"an interrupted write left .*\.v\[1\]\.old-aa, none of them whole"):
+        ItemIndex.load(tmp_path / "v[1]")
+    # through a link, the folder replaced is the one it points to, and its previous version lies beside it
+    (tmp_path / "store").mkdir()
+    five_items().save(tmp_path / "store" / ".v1.old-bb")
+    (tmp_path / "current").symlink_to(tmp_path / "store" / "v1")
+    with pytest.raises(MMRecError, match=r"current: no such index directory; an interrupted write left the previous "
+                                         r"version at .*store/\.v1\.old-bb: `mv \S+ \S+store/v1` puts it back"):
+        ItemIndex.load(tmp_path / "current")
 
 
 def test_the_version_a_save_remembers_is_its_own_not_a_later_writers(tmp_path, monkeypatch):

@@ -240,6 +240,14 @@ def test_info_says_what_a_directory_holds(tmp_path, capsys, monkeypatch):
         m.setattr(Recommender, "info", lambda self: blank)
         assert main(["index", "info", "--index", str(d), "-q"]) == 0
     assert capsys.readouterr().out.splitlines()[3].endswith(" s/epoch); no valid or test metrics")
+    assert info["left_beside"] == [] and len(lines) == 5
+    import shutil  # a version a write killed between its renames left beside the directory: named, not deleted
+
+    shutil.copytree(d, tmp_path / ".model.old-0123")
+    assert Recommender.load(d, show_progress=False).info()["left_beside"] == [str(tmp_path / ".model.old-0123")]
+    assert main(["index", "info", "--index", str(d), "-q"]) == 0
+    assert capsys.readouterr().out.splitlines()[5] == (f"  left beside it by an interrupted write: {tmp_path}/.model.old"
+                                                       "-0123 (previous versions: delete them once you do not need them)")
     content = Recommender.load(content_ivf(tmp_path / "idx"), show_progress=False).info()
     assert content["kind"] == "content" and content["users"] == 0 and "config" not in content
     assert content["index"] == {"factory": "IVF8,Flat", "dim": 9, "nprobe": 8}
