@@ -2443,15 +2443,22 @@ class ItemIndex:
         """Put an index opened from disk back as it was before a change that did not land:
         ``before`` (:meth:`_snapshot`), and the FAISS index read again from the directory, which
         a change is only written to by its save."""
+        changed, changed_pos = self.vectors, self._pos
+        knob = self.index.knob
+        setting = None if knob is None else getattr(self.index, knob)
         for name, value in before.items():
             setattr(self, name, value)
         if manifest_stamp(self.directory) == self._stamp:
             self.index = FaissIndex.load(self.directory)
+            if knob is not None and self.index.knob == knob:  # a setting not saved yet (set_search(save=False))
+                setattr(self.index, knob, setting)
         else:  # another command rewrote the directory: undo this change in the FAISS index itself
             keep = set(self.ids)
             extra = [i for i in self.index.ids if i not in keep]
-            if extra:
-                self.index.remove(extra)
+            moved = [i for p, i in enumerate(self.ids) if i in changed_pos and i in self.index  # (update's)
+                     and not np.array_equal(changed[changed_pos[i]], self.vectors[p])]
+            if extra or moved:
+                self.index.remove(extra + moved)
             missing = [p for p, i in enumerate(self.ids) if i not in self.index]
             if missing:
                 self.index.add(self.vectors[missing], [self.ids[p] for p in missing])

@@ -426,6 +426,8 @@ def test_a_failed_save_leaves_memory_as_the_directory_is(tmp_path, monkeypatch, 
     idx = ItemIndex.load(tmp_path / "idx", show_progress=False)
     want = [[(r.item_id, r.score) for r in idx.similar(i, 5)] for i in idx.ids]
     ids, vectors, matching = idx.ids, idx.vectors.copy(), idx.matching({"g": "x"})
+    if factory == "HNSW8":  # a setting held in memory, for the next write (it was read back from the disk: 256)
+        idx.index.ef_search = 40
 
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
@@ -436,6 +438,7 @@ def test_a_failed_save_leaves_memory_as_the_directory_is(tmp_path, monkeypatch, 
     with pytest.raises(OSError, match="No space left"):
         idx.add_features(["new"], {"text": feats[:1]}, {"text": np.ones(1, bool)}, [{"g": "x"}])
     assert idx.ids == ids and len(idx.index) == 12 and idx.matching({"g": "x"}) == matching
+    assert factory == "Flat" or idx.index.ef_search == 40
     np.testing.assert_array_equal(idx.vectors, vectors)
     assert [[(r.item_id, r.score) for r in idx.similar(i, 5)] for i in idx.ids] == want
     monkeypatch.undo()
@@ -463,6 +466,22 @@ def test_a_second_writer_is_refused_not_silently_lost_and_readers_get_one_versio
     assert [r.item_id for r in second.similar("a", k=4)] == ["b", "c", "d", "e"]
     monkeypatch.undo()
     assert ItemIndex.load(tmp_path / "idx").ids == ["a", "b", "c", "d", "e", "f"]
+    # An update refused so (its moved item re-added to the FAISS index under its new vector): the FAISS
+    # index holds the stored vector again (it kept the refused one, ranking the item by content it never got)
+    feats = np.random.default_rng(1).normal(size=(8, 4)).astype(np.float32)
+    (tmp_path / "items.csv").write_text("item_id\n" + "".join(f"{i}\n" for i in range(8)))
+    np.save(tmp_path / "f.npy", feats)
+    ItemIndex.build(tmp_path / "items.csv", tmp_path / "upd", features={"f": tmp_path / "f.npy"}, text_encoder="none",
+                    image_encoder="none", factory="Flat", show_progress=False)
+    stale, other = (ItemIndex.load(tmp_path / "upd", show_progress=False) for _ in range(2))
+    want = [[(r.item_id, r.score) for r in stale.similar(i, 7)] for i in range(8)]
+    (tmp_path / "u.csv").write_text("item_id\n5\n")
+    np.save(tmp_path / "u.npy", -feats[5:6])
+    monkeypatch.setattr(stale, "_check_in_place", lambda write=True: None)
+    other.remove([7])  # another command rewrites the directory before the update's save
+    with pytest.raises(MMRecError, match="was rewritten by another command since it was loaded"):
+        stale.update(tmp_path / "u.csv", features={"f": tmp_path / "u.npy"})
+    assert [[(r.item_id, r.score) for r in stale.similar(i, 7)] for i in range(8)] == want
     # A reader between two writes reads again: never the FAISS index of one version beside the items of another.
     real, calls = item_index.FaissIndex.load, []
 
