@@ -250,6 +250,9 @@ class FaissIndex:
         self._label_of: dict[ItemId, int] = {}  # live items, insertion order
         self._id_by_label: list[Any] = []  # label -> item id, or _GONE once removed
         self._tombstones: set[int] = set()  # HNSW labels removed logically
+        # label -> the label whose place it took in the order of equal scores (replace(): a vector
+        # changed keeps its item's place); a label not here is its own place
+        self._place_of: dict[int, int] = {}
         self._tomb_selector: Any = None  # cached IDSelectorNot over the tombstones
         # The last frozenset given as ``only`` (a server's repeated --where filter), with what was
         # made of it: (the set, the items' version, its live labels, {its "keep" array, "sel"ector}).
@@ -444,6 +447,7 @@ class FaissIndex:
         self._version += 1
         for label in labels:
             self._id_by_label[label] = _GONE
+            self._place_of.pop(label, None)
         if self._spec.kind == "hnsw":
             self._tombstones.update(labels)
             self._tomb_selector = None
@@ -452,6 +456,30 @@ class FaissIndex:
             if removed != len(labels):  # would mean the id map and faiss disagree
                 raise RuntimeError(f"faiss removed {removed} vectors, expected {len(labels)}")
         return len(labels)
+
+    def replace(self, vectors: np.ndarray, ids: Sequence[ItemId]) -> None:
+        """Give live items new vectors, each keeping its place among equal scores (the order
+        its first add gave it, which is the caller's item order): a :meth:`remove` then
+        :meth:`add` would rank it after every item added before, as a new item.
+
+        Raises:
+            UnknownIdError: an id not live in the index (nothing changed); otherwise as :meth:`add`.
+
+        Shapes:
+            vectors (N, D), ids N -> None
+        """
+        clean = [_canonical_id(i) for i in ids]
+        unknown = [i for i in clean if i not in self._label_of]
+        if unknown:
+            raise UnknownIdError(unknown)
+        if len(set(clean)) != len(clean) or len(_unit_rows(vectors, self.dim, "vectors")) != len(clean):
+            raise ValueError(f"replace takes one vector for each of distinct ids; got {len(vectors)} vectors for "
+                             f"{len(clean)} ids ({len(set(clean))} distinct)")  # (checked before anything is removed)
+        places = [self._place_of.get(self._label_of[i], self._label_of[i]) for i in clean]
+        self.remove(clean)
+        self.add(vectors, clean)
+        for item_id, place in zip(clean, places):
+            self._place_of[self._label_of[item_id]] = place
 
     # ----------------------------------------------------------------- knobs
     @property
@@ -762,7 +790,8 @@ class FaissIndex:
                         and labels[row, -1] >= 0 and row_scores[-1] >= row_scores[got_pos[target[b] - 1]]:
                     tied.append(b)  # the tie at the list's end may run on past what was fetched
                 elif len(got_ids) >= target[b] or done:
-                    out_ids[b], out_scores[b] = _ties_by_label(got_ids, got_labels, row_scores[got_pos], target[b])
+                    places = [self._place_of.get(label, label) for label in got_labels] if self._place_of else got_labels
+                    out_ids[b], out_scores[b] = _ties_by_label(got_ids, places, row_scores[got_pos], target[b])
                 else:
                     short.append(b)
             if short:  # (a done search is short only of a tie's end)
@@ -878,6 +907,7 @@ class FaissIndex:
             "labels": list(self._label_of.values()),
             "tombstones": sorted(self._tombstones),
             "next_label": len(self._id_by_label),
+            "places": [[label, place] for label, place in sorted(self._place_of.items())],
             "nprobe": self._nprobe if self._spec.kind == "ivf" else None,
             "ef_search": self._ef_search if self._spec.kind == "hnsw" else None,
         }
@@ -942,6 +972,10 @@ class FaissIndex:
         if len(index._label_of) != len(ids):
             raise IndexFormatError(f"{directory / IDS_FILE}: field 'ids' contains duplicates")
         index._tombstones = {int(t) for t in tombstones}
+        try:  # (absent before replace() kept places: every label its own)
+            index._place_of = {int(label): int(place) for label, place in meta.get("places", [])}
+        except (TypeError, ValueError) as e:
+            raise IndexFormatError(f"{directory / IDS_FILE}: field 'places' is corrupt: {e}") from e
         if index._spec.kind == "ivf":
             index._nprobe = int(field("nprobe"))
         elif index._spec.kind == "hnsw":
@@ -972,7 +1006,8 @@ TIE_FETCH = 64
 def _ties_by_label(ids: list[ItemId], labels: list[int], scores: np.ndarray,
                    k: int) -> tuple[list[ItemId], np.ndarray]:
     """The best ``k`` of one query's results (``scores`` best first, as FAISS gives them), equal
-    scores ordered by label, the index's own order, as ``mmrec evaluate`` ranks them: FAISS's order
+    scores ordered by label (``labels``: each result's place, :meth:`FaissIndex.replace`), the
+    index's own order, as ``mmrec evaluate`` ranks them: FAISS's order
     among equal scores, and which of a tie crossing the list's end it returned, changed with the
     depth fetched, so ``k=1`` and ``k=3`` disagreed on the top item, and ``only`` changed it too."""
     if len(ids) > k or (len(scores) > 1 and bool((scores[1:] == scores[:-1]).any())):

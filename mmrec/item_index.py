@@ -2142,8 +2142,7 @@ class ItemIndex:
             self.vectors[rows] = vectors
             self.attention = self.attention.copy()
             self.attention[rows] = attention
-            self.index.remove([catalog.item_ids[i] for i in moved])
-            self.index.add(vectors, [catalog.item_ids[i] for i in moved])
+            self.index.replace(vectors, [catalog.item_ids[i] for i in moved])  # each keeps its place among ties
         if new is not None:
             items, new_f, new_p, new_hashes, new_vectors = new
             self.add_features(items.item_ids, new_f, new_p, items.records, new_hashes, save=False, vectors=new_vectors,
@@ -2457,8 +2456,10 @@ class ItemIndex:
             extra = [i for i in self.index.ids if i not in keep]
             moved = [i for p, i in enumerate(self.ids) if i in changed_pos and i in self.index  # (update's)
                      and not np.array_equal(changed[changed_pos[i]], self.vectors[p])]
-            if extra or moved:
-                self.index.remove(extra + moved)
+            if extra:
+                self.index.remove(extra)
+            if moved:
+                self.index.replace(self.vectors[[self._pos[i] for i in moved]], moved)
             missing = [p for p, i in enumerate(self.ids) if i not in self.index]
             if missing:
                 self.index.add(self.vectors[missing], [self.ids[p] for p in missing])

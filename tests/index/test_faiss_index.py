@@ -674,7 +674,7 @@ def test_remove_takes_one_string_id_as_one_id():
 
 
 @pytest.mark.parametrize("factory", ["Flat", "HNSW32", "IVF4,Flat"])
-def test_equal_scores_rank_by_index_order_whatever_the_depth(factory):
+def test_equal_scores_rank_by_index_order_whatever_the_depth(factory, tmp_path):
     # Items with one vector score the same: FAISS's order among them, and which of them a top-k
     # crossing the tie returned, changed with the depth fetched (k=1 gave 11, k=3 gave 21, 11, 5).
     rng = np.random.default_rng(0)
@@ -694,6 +694,23 @@ def test_equal_scores_rank_by_index_order_whatever_the_depth(factory):
     assert index.search(q, 2, exclude_all=[5, 11])[0][0] == [20, 21]
     ids, _ = index.search(np.concatenate([q, q]), 2, exclude=[[], list(range(5, 21))])
     assert ids == [[5, 11], [21, 22]]
+    # a twin given a new vector and then its old one back keeps its place among the ties (a remove and an
+    # add ranked it last, as a new item: update's moved items ranked apart from --by cosine and evaluate)
+    index.replace(rng.normal(size=(1, 8)), [11])
+    index.replace(x[[11, 5]], [11, 5])
+    assert index.search(q, 7)[0][0] == twins
+    index.remove([21])
+    index.replace(x[[5]], [5])  # (the place of a replaced label is carried on)
+    assert index.search(q, 3)[0][0] == [5, 11, 20]
+    index.save(tmp_path)
+    back = FaissIndex.load(tmp_path)
+    assert back.search(q, 6)[0][0] == [5, 11, 20, 22, 23, 350]
+    with pytest.raises(UnknownIdError, match="21"):
+        index.replace(x[[21]], [21])
+    with pytest.raises(ValueError, match="replace takes one vector for each of distinct ids; got 2 vectors for 2 "
+                                         "ids [(]1 distinct[)]"):
+        index.replace(x[[5, 11]], [5, 5])
+    assert index.search(q, 3)[0][0] == [5, 11, 20] and len(index) == 399  # nothing changed
 
 
 @pytest.mark.parametrize("factory", ["Flat", "HNSW32", "IVF8,Flat"])

@@ -1010,3 +1010,24 @@ def test_another_users_index_in_a_sticky_folder_is_refused_before_any_work(tmp_p
         check_out(shared / "idx", overwrite=True)
     os.chmod(shared, shared.stat().st_mode & ~stat.S_ISVTX)  # without the sticky bit: renaming is the folder's business
     assert index.remove([2]) == 1
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW8"])
+def test_an_item_update_moves_keeps_its_place_among_equal_scores(tmp_path, factory):
+    # an update re-added the item under a new, last FAISS label: among equal scores it ranked after
+    # items it precedes in the index, unlike --by cosine, evaluate and the same index after a rebuild
+    x = np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32)
+    x[6] = x[7]
+    (tmp_path / "items.csv").write_text("item_id\n" + "".join(f"{i}\n" for i in range(50)))
+    np.save(tmp_path / "f.npy", x)
+    idx = ItemIndex.build(tmp_path / "items.csv", tmp_path / "idx", features={"f": tmp_path / "f.npy"},
+                          text_encoder="none", image_encoder="none", factory=factory, show_progress=False)
+    (tmp_path / "u.csv").write_text("item_id\n5\n")
+    np.save(tmp_path / "u.npy", x[7:8])
+    idx.update(tmp_path / "u.csv", features={"f": tmp_path / "u.npy"})
+
+    def twins(index):
+        return [r.item_id for r in index.similar(0, 50) if r.item_id in (5, 6, 7)]
+
+    assert twins(idx) == [5, 6, 7] == [r.item_id for r in idx.similar(0, 50, by="cosine") if r.item_id in (5, 6, 7)]
+    assert twins(ItemIndex.load(tmp_path / "idx", show_progress=False)) == [5, 6, 7]
