@@ -1026,7 +1026,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("explain", help="an item's attention weights and nearest neighbours per modality and fused")
     x.add_argument("--index", required=True, type=Path, help="index or trained directory")
-    x.add_argument("--item", required=True, action=_Once, help="item id (one: the last of several was explained alone)")
+    x.add_argument("--item", required=True, action=_Once, help="item id (one; given twice, a usage error)")
     x.add_argument("-k", type=_positive_int, default=5, help="neighbours per list (default 5)")
     x.add_argument("--json", action="store_true", help="print JSON instead of tables")
     _common(x)
