@@ -74,62 +74,103 @@ def atomic_directory(final: Path, *, overwrite: bool = False) -> Iterator[Path]:
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final} already exists: --overwrite (overwrite=True in Python) replaces it")
     final.parent.mkdir(parents=True, exist_ok=True)
-    token = uuid.uuid4().hex[:12]
-    tmp = final.parent / f".{final.name}.tmp-{token}"
-    tmp.mkdir()
-    # Held while it is written, so a later write tells it from a folder a killed writer left. (Let go
-    # before it is published: the lock would follow the folder to its final name and hold up the
-    # next writer's lock on it. Those who clean up publish under that lock, so none runs meanwhile.)
-    with _held(tmp):
+    tmp, token, hold = _new_tmp(final)
+    try:
         try:
             yield tmp
         except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
             _raise_if_full(e, final)
             raise
+        try:
+            _publish(tmp, final, overwrite=overwrite, token=token, published=hold.release)
+        except BaseException as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            _raise_if_full(e, final)
+            raise
+    finally:
+        hold.release()
     try:
-        _publish(tmp, final, overwrite=overwrite, token=token)
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        _raise_if_full(e, final)
-        raise
-    _clear_leftovers(final, mine=final.parent / f".{final.name}.old-{token}")
+        _clear_leftovers(final, mine=final.parent / f".{final.name}.old-{token}")
+    except KeyboardInterrupt:  # the write is done: others' leftovers wait for the next one
+        logger.info("stopped clearing what interrupted writes left beside %s; the write itself is done", final)
 
 
-@contextlib.contextmanager
-def _held(folder: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``folder`` while the block runs (nothing where there is no
-    ``flock``): :func:`_clear_leftovers` leaves a folder alone while someone holds it."""
+class _Hold:
+    """An exclusive ``flock`` on a folder, taken by :func:`_new_tmp` and let go once: a writer
+    holds its temporary folder until the rename that publishes it, so :func:`_clear_leftovers`
+    never takes a live writer's folder for one a killed writer left."""
+
+    def __init__(self, fd: int | None) -> None:
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing lets go of the lock
+            self.fd = None
+
+
+def _new_tmp(final: Path) -> tuple[Path, str, _Hold]:
+    """A new, empty temporary folder beside ``final``, its token and its :class:`_Hold`. Where a
+    clean-up moved it away before the lock was had (it found the folder unheld just after it was
+    made), another is made."""
+    while True:
+        token = uuid.uuid4().hex[:12]
+        tmp = final.parent / f".{final.name}.tmp-{token}"
+        tmp.mkdir()
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not on Linux: nothing to hold, nothing cleared
+            return tmp, token, _Hold(None)
+        try:
+            fd = os.open(tmp, os.O_RDONLY)
+        except FileNotFoundError:  # moved away already
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # (a clean-up's probe holds it for a moment at most)
+        except OSError:  # no flock on this filesystem: _abandoned cannot tell either, so clears nothing
+            return tmp, token, _Hold(fd)
+        if _same_folder(tmp, fd):
+            return tmp, token, _Hold(fd)
+        os.close(fd)  # a clean-up had it first and moved it to be deleted
+
+
+def _same_folder(path: Path, fd: int) -> bool:
+    """Whether ``path`` still names the folder open as ``fd``."""
+    try:
+        now, held = os.stat(path), os.fstat(fd)
+    except OSError:
+        return False
+    return (now.st_ino, now.st_dev) == (held.st_ino, held.st_dev)
+
+
+def _take_if_abandoned(folder: Path) -> int | None:
+    """A descriptor of ``folder`` holding its lock, when no live writer holds it (:class:`_Hold`)
+    and it is still at its path; ``None`` where it is held, gone, or cannot be told (no flock)."""
     try:
         import fcntl
 
         fd = os.open(folder, os.O_RDONLY)
     except (ImportError, OSError):  # pragma: no cover - not on Linux
-        yield
-        return
+        return None
     try:
-        with contextlib.suppress(OSError):
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        yield
-    finally:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held (a writer still at work), or no flock on this filesystem
         os.close(fd)
+        return None
+    if not _same_folder(folder, fd):
+        os.close(fd)
+        return None
+    return fd
 
 
 def _abandoned(folder: Path) -> bool:
-    """Whether no live writer holds ``folder`` (:func:`_held`); ``False`` where that cannot be told."""
-    try:
-        import fcntl
-
-        fd = os.open(folder, os.O_RDONLY)
-    except (ImportError, OSError):  # pragma: no cover - not on Linux
+    """Whether no live writer holds ``folder``; ``False`` where that cannot be told."""
+    fd = _take_if_abandoned(folder)
+    if fd is None:
         return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except OSError:  # held (a writer still at work), or no flock on this filesystem
-        return False
-    finally:
-        os.close(fd)
+    os.close(fd)
+    return True
 
 
 def leftovers(final: Path) -> list[Path]:
@@ -151,11 +192,25 @@ def _clear_leftovers(final: Path, mine: Path) -> None:
     """After a write: delete the temporary folders beside ``final`` that killed writers left
     (half-written, of no use), and name the replaced versions left there (:func:`leftovers`; not
     ``mine``, this write's own, which :func:`_remove` names when it stays)."""
-    for tmp in final.parent.glob(f".{glob.escape(final.name)}.tmp-*"):
-        if tmp.is_dir() and not tmp.is_symlink() and _abandoned(tmp):
-            logger.info("deleting %s, left by a write that was interrupted", tmp)
-            shutil.rmtree(tmp, ignore_errors=True)
-    left = [p for p in leftovers(final) if p != mine]
+    name = glob.escape(final.name)
+    for tmp in final.parent.glob(f".{name}.tmp-*"):
+        if not tmp.is_dir() or tmp.is_symlink():
+            continue
+        fd = _take_if_abandoned(tmp)
+        if fd is None:
+            continue
+        try:  # moved while held: a writer that opens it meanwhile finds it gone and makes another
+            trash = tmp.with_name(f".{final.name}.trash-{uuid.uuid4().hex[:12]}")
+            os.rename(tmp, trash)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+        logger.info("deleting %s, left by a write that was interrupted", tmp)
+        shutil.rmtree(trash, ignore_errors=True)
+    for trash in final.parent.glob(f".{name}.trash-*"):  # a clean-up that was itself cut short
+        shutil.rmtree(trash, ignore_errors=True)
+    left = [p for p in leftovers(final) if p != mine and _abandoned(p)]  # (held: a live writer's, being deleted)
     if left:
         logger.warning("%s: an interrupted write left %s beside it: %s (delete %s once you do not need %s)",
                        final, "a previous version" if len(left) == 1 else f"{len(left)} previous versions",
@@ -182,11 +237,15 @@ def _raise_if_full(error: BaseException, final: Path) -> None:
                         f"free space on that device, or write elsewhere") from error
 
 
-def _publish(tmp: Path, final: Path, *, overwrite: bool, token: str) -> None:
+def _publish(tmp: Path, final: Path, *, overwrite: bool, token: str, published: Any = None) -> None:
+    """Rename ``tmp`` to ``final`` (the previous version aside, then deleted); ``published()``
+    is called as soon as ``tmp`` has its final name (it lets go of the lock on it)."""
+    published = published or (lambda: None)
     if not final.exists() and not final.is_symlink():  # (a link to nothing is replaced as any link is)
         _set_modes(tmp, None)
         _sync_tree(tmp)
         os.rename(tmp, final)
+        published()
         _sync_dir(final.parent)
         return
     if not overwrite:
@@ -194,20 +253,28 @@ def _publish(tmp: Path, final: Path, *, overwrite: bool, token: str) -> None:
     _set_modes(tmp, final if final.is_dir() else None)  # (a file's mode would leave a folder unenterable)
     _sync_tree(tmp)
     old = final.parent / f".{final.name}.old-{token}"
-    try:  # an interrupt between the two renames (or right after the first) also puts it back
-        os.rename(final, old)
-        os.rename(tmp, final)
-    except BaseException:
-        if old.exists() and not final.exists():
-            os.rename(old, final)  # put the previous version back before reporting the failure
-        raise
+    # The version replaced is held until it is deleted, so a clean-up does not report it as left by an
+    # interrupted write (a writer under writer_lock holds it already: this try then fails, as it may).
+    replaced = _take_if_abandoned(final) if final.is_dir() and not final.is_symlink() else None
     try:
-        _sync_dir(final.parent)
-        _remove(old)
-    except KeyboardInterrupt:  # the new version is in place: the command has done its work, and says so
-        logger.info("finishing the removal of the version %s replaced", final)
-        _sync_dir(final.parent)
-        _remove(old)  # (a second Ctrl-C stops this; the folder left is named .<name>.old-<token>)
+        try:  # an interrupt between the two renames (or right after the first) also puts it back
+            os.rename(final, old)
+            os.rename(tmp, final)
+        except BaseException:
+            if old.exists() and not final.exists():
+                os.rename(old, final)  # put the previous version back before reporting the failure
+            raise
+        published()
+        try:
+            _sync_dir(final.parent)
+            _remove(old)
+        except KeyboardInterrupt:  # the new version is in place: the command has done its work, and says so
+            logger.info("finishing the removal of the version %s replaced", final)
+            _sync_dir(final.parent)
+            _remove(old)  # (a second Ctrl-C stops this; the folder left is named .<name>.old-<token>)
+    finally:
+        if replaced is not None:
+            os.close(replaced)
     logger.debug("replaced %s", final)
 
 
@@ -275,10 +342,13 @@ def _set_modes(tmp: Path, previous: Path | None) -> None:
     for path in tmp.rglob("*"):
         if path.is_symlink():
             continue
-        before = previous / path.relative_to(tmp) if previous is not None else None
-        kept = before is not None and not before.is_symlink() and before.exists()
-        if kept and before.is_dir() == path.is_dir():  # a file that became a folder takes no file's mode
-            os.chmod(path, stat.S_IMODE(before.stat().st_mode))
+        try:  # (the version replaced may be replaced meanwhile by a writer without the lock: a new save)
+            st = (previous / path.relative_to(tmp)).lstat() if previous is not None else None
+        except FileNotFoundError:
+            st = None
+        kept = st is not None and not stat.S_ISLNK(st.st_mode)
+        if kept and stat.S_ISDIR(st.st_mode) == path.is_dir():  # a file that became a folder takes no file's mode
+            os.chmod(path, stat.S_IMODE(st.st_mode))
         elif path.is_file():
             os.chmod(path, 0o666 & ~mask)
 

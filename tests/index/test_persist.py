@@ -208,6 +208,53 @@ def test_a_later_write_deletes_what_killed_writers_left_and_names_the_versions_l
             f"need it)") in caplog.text
 
 
+def test_a_clean_up_that_finds_a_new_folder_before_its_writer_holds_it_costs_the_writer_nothing(tmp_path,
+                                                                                                 monkeypatch):
+    # between a writer's mkdir and its lock, another write's clean-up found the folder unheld
+    import index.persist as persist
+
+    final = tmp_path / "model"
+    real_open, cleaned = persist.os.open, []
+
+    def open_after_a_clean_up(path, *args, **kwargs):
+        if ".tmp-" in str(path) and not cleaned:
+            cleaned.append(path)
+            persist._clear_leftovers(final, mine=tmp_path / "none")  # another process's, at that moment
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(persist.os, "open", open_after_a_clean_up)
+    with atomic_directory(final) as tmp:
+        assert tmp.is_dir() and str(tmp) != str(cleaned[0])  # a second folder, held
+        assert not persist._abandoned(tmp)
+        (tmp / "a.txt").write_text("a")
+    assert entries(final) == ["a.txt"] and entries(tmp_path) == ["model"]
+
+
+def test_an_interrupt_while_others_leftovers_are_deleted_still_reports_the_write_done(tmp_path, monkeypatch):
+    import index.persist as persist
+
+    final = tmp_path / "model"
+    with atomic_directory(final) as tmp:
+        (tmp / "a.txt").write_text("a")
+    (tmp_path / ".model.tmp-dead").mkdir()  # a killed writer's: a large one takes seconds to delete
+    real_rmtree, interrupted = persist.shutil.rmtree, []
+
+    def rmtree_interrupted(path, **kw):
+        if ".trash-" in str(path) and not interrupted:
+            interrupted.append(path)
+            raise KeyboardInterrupt
+        real_rmtree(path, **kw)
+
+    monkeypatch.setattr(persist.shutil, "rmtree", rmtree_interrupted)
+    with atomic_directory(final, overwrite=True) as tmp:  # (it raised after the write had landed: exit 130)
+        (tmp / "b.txt").write_text("b")
+    assert interrupted and entries(final) == ["b.txt"]
+    assert [p.name.split("-")[0] for p in tmp_path.iterdir() if p.name != "model"] == [".model.trash"]
+    with atomic_directory(final, overwrite=True) as tmp:  # the next write finishes it
+        (tmp / "c.txt").write_text("c")
+    assert entries(tmp_path) == ["model"]
+
+
 def test_a_replaced_version_that_cannot_be_deleted_is_named(tmp_path, monkeypatch, caplog):
     import index.persist as persist
 
