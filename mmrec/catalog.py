@@ -830,7 +830,10 @@ def _validate(
             cell_refused.add(n)
             images.append(None)
             continue
-        value = None if image_field is None or _blank(r.get(image_field)) else str(r[image_field]).strip()
+        cell = None if image_field is None else r.get(image_field)
+        if isinstance(cell, bytes):  # a Parquet binary column that is mostly no UTF-8: file names as the disk has them
+            cell = os.fsdecode(cell)
+        value = None if _blank(cell) else str(cell).strip()
         value = None if value is None else local_image_path(value)
         if value is not None and is_image_url(value):
             urls.add(n)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -540,6 +541,16 @@ def test_parquet_binary_cells_are_text_and_a_pandas_index_is_no_column(tmp_path)
                    tmp_path / "p3.parquet")
     cat = load_catalog(tmp_path / "p3.parquet", show_progress=False)
     assert cat.text_fields == ["tags", "title"] and cat.texts == ["t1. x", "y"]
+    # an image column of file names as the disk holds them, some no UTF-8 (Latin-1): read as those files (every
+    # path read "b'...'", not found)
+    names = [b"plain.png", b"gray.png", b"alpha.png", b"pal.png", b"lat\xe9.png"]
+    for name in names:
+        with open(os.path.join(os.fsencode(tmp_path), name), "wb") as f:
+            Image.new("RGB", (4, 4)).save(f, format="PNG")
+    pq.write_table(pa.table({"item_id": list(range(5)), "title": [f"t{k}" for k in range(5)],
+                             "image": pa.array(names, pa.binary())}), tmp_path / "img.parquet")
+    cat = load_catalog(tmp_path / "img.parquet", text_fields=["title"], image_field="image", show_progress=False)
+    assert [os.fsencode(p) for p in cat.images] == [os.path.join(os.fsencode(tmp_path), n) for n in names]
     # a column of text with a bad cell is named, not dropped from the text
     titles = [f"t{k}".encode() for k in range(11)] + [b"\xffx"]
     pq.write_table(pa.table({"item_id": [str(k) for k in range(12)], "title": pa.array(titles)}), tmp_path / "p5.parquet")
