@@ -449,6 +449,7 @@ def finetune(
     src = open_source(source, show_progress=show_progress)
     if out is not None and src.items.directory is not None and Path(out).resolve() == src.items.directory.resolve():
         raise ConfigError(f"--out {out} is the source directory: write the fine-tuned model somewhere else")
+    src.items._refuse_cache_inside(cache_dir)  # (a folder there would block every later change of the source)
     check_out(out, overwrite, [src.items.directory, interactions,
                                catalog.source if isinstance(catalog, Catalog) else catalog,
                                *(features or {}).values(), catalog_options.get("image_root"), cache_dir])
@@ -520,6 +521,12 @@ def finetune(
             logger.info("transferred model before training: valid recall@20 %.4f", valid["recall@20"])
         return report
 
-    return fit(interactions, content=content, out=out, config=cfg, split=split, rating_threshold=rating_threshold,
-               factory=factory, overwrite=overwrite, show_progress=show_progress, before_training=start,
-               skip_invalid=skip_invalid)
+    try:
+        return fit(interactions, content=content, out=out, config=cfg, split=split, rating_threshold=rating_threshold,
+                   factory=factory, overwrite=overwrite, show_progress=show_progress, before_training=start,
+                   skip_invalid=skip_invalid)
+    except ConfigError as e:  # an encoder mode the source was trained with, which this content cannot take
+        if "finetune" in given or not str(e).startswith(f"finetune {cfg.finetune!r}"):
+            raise
+        raise ConfigError(f"{e} (--finetune {cfg.finetune} comes from the source's config.json: --finetune frozen "
+                          "overrides it)") from e

@@ -16,7 +16,7 @@ from encoders.text import TextEncoder
 from fusion.model import FusedGraphModel
 from mmrec.cli import main
 from mmrec.config import TrainConfig
-from mmrec.errors import ConfigError, DataError
+from mmrec.errors import ConfigError, DataError, MMRecError
 from mmrec.item_index import ItemIndex
 from mmrec.pipeline import fit
 from mmrec.recommender import Recommender
@@ -672,6 +672,30 @@ def test_an_in_memory_source_with_tuned_encoders_is_refused_frozen_and_carried_w
     texts = [it["fields"]["title"] for it in rec.items.items]
     for r in (rec, Recommender.load(tmp_path / "ft", show_progress=False)):
         np.testing.assert_allclose(r.items.encoders.get("text").encode(texts), r.items.features["text"], atol=1e-5)
+
+
+def test_an_inherited_encoder_mode_and_a_cache_inside_the_source_are_refused_by_name(tmp_path, tiny_bert_dir):
+    a_ids, b_ids = [f"a{i}" for i in range(20)], [f"new-{i}" for i in range(16)]
+    a_inter = _catalog_interactions(tmp_path / "a.tsv", a_ids, [f"u{i}" for i in range(12)], 6, seed=0)
+    fit(a_inter, catalog=_catalog(tmp_path / "a.csv", a_ids, WORDS), out=tmp_path / "src", text_encoder=tiny_bert_dir,
+        cache_dir=None, split="random", config=TrainConfig(**FAST, epochs=1, finetune="top:1"), show_progress=False)
+    b_cat = _catalog(tmp_path / "b.csv", b_ids, WORDS[::-1])
+    b_inter = _catalog_interactions(tmp_path / "b.tsv", b_ids, [f"v{i}" for i in range(10)], 5, seed=1)
+    # a feature cache inside the source: its folder there blocked every later change of the source
+    with pytest.raises(MMRecError, match=r"the feature cache .*src.* is inside the index directory"):
+        finetune(tmp_path / "src", b_inter, catalog=b_cat, out=tmp_path / "ft", cache_dir=tmp_path / "src" / "c",
+                 config={"epochs": 1}, split="random", show_progress=False)
+    assert not (tmp_path / "src" / "c").exists() and not (tmp_path / "ft").exists()
+    # precomputed text features cannot take the source's top:1, which the user never gave
+    (tmp_path / "ids.csv").write_text("item_id\n" + "".join(f"{i}\n" for i in b_ids))
+    text = _save(tmp_path, "b_text.npy", np.random.default_rng(0).normal(size=(16, 32)).astype(np.float32))
+    with pytest.raises(ConfigError, match=r"finetune 'top:1' needs features computed by mmrec's encoders.*\(--finetune "
+                                          r"top:1 comes from the source's config\.json: --finetune frozen overrides it\)"):
+        finetune(tmp_path / "src", b_inter, catalog=tmp_path / "ids.csv", features={"text": text}, out=tmp_path / "ft",
+                 config={"epochs": 1}, split="random", show_progress=False)
+    with pytest.raises(ConfigError, match=r"precomputed \.npy features \(text\) cannot be fine-tuned$"):  # asked for
+        finetune(tmp_path / "src", b_inter, catalog=tmp_path / "ids.csv", features={"text": text}, out=tmp_path / "ft",
+                 config={"epochs": 1, "finetune": "top:1"}, split="random", show_progress=False)
 
 
 def test_finetune_skips_invalid_rows_as_train_does_and_records_it(tmp_path, tiny_bert_dir, caplog, capsys):
