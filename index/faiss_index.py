@@ -509,8 +509,8 @@ class FaissIndex:
     def ef_search(self, value: int) -> None:
         if self._spec.kind != "hnsw":
             raise ValueError(f"{self.factory} has no ef_search (only HNSW indexes do)")
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"ef_search must be a positive int, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value < 2**31:
+            raise ValueError(f"ef_search must be an int in [1, {2**31 - 1}] (FAISS's int), got {value!r}")
         self._ef_search = int(value)
         self._push_knobs()
 

@@ -43,4 +43,6 @@ def id_list(ids: Iterable[object] | object) -> list[object]:
         return []
     if isinstance(ids, (str, bytes, int, np.integer)):
         return [ids]
+    if isinstance(ids, np.ndarray) and ids.ndim == 0:  # np.array(7): one id
+        return [ids.item()]
     return list(ids)

@@ -25,10 +25,11 @@ import json
 import logging
 import os
 import re
+import reprlib
 import stat
 import shutil
 import tempfile
-from collections.abc import Collection, Iterator, Mapping, Sequence, Set as AbstractSet
+from collections.abc import Collection, Hashable, Iterable, Iterator, Mapping, Sequence, Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -749,6 +750,20 @@ class FixedCombination(MipsVectorizer):
         return (share / np.maximum(share.sum(1, keepdims=True), 1e-12)).astype(np.float32)
 
 
+def _values(values: Any, what: str) -> list:
+    """One value or a collection of them as a list: a list, tuple, set, numpy array, pandas Series,
+    range or generator gives its members (each a value: ``np.array(["A", "B"])`` is A or B, not its
+    text); a text, bytes or any other single value is one."""
+    if isinstance(values, np.ndarray) and values.ndim == 0:
+        return [values.item()]
+    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
+        if what == "where":  # (a number, None: neither a condition nor a list of them)
+            raise ConfigError(f"where is a FIELD -> value(s) mapping or a list of conditions such as 'genres=Comedy', "
+                              f"got {type(values).__name__} {reprlib.repr(values)}")
+        return [values]
+    return [v.item() if isinstance(v, np.generic) else v for v in values]
+
+
 def _previous_versions(directory: Path) -> str:
     """What :meth:`ItemIndex.load` adds to "no such index directory" when a replacement of it
     was interrupted: the newest whole previous version left beside it and how to put it back
@@ -1270,9 +1285,19 @@ class ItemIndex:
         ``7``) or as another type equal to it (``numpy.int64(7)``); ``True`` is no item id."""
         if isinstance(item_id, (bool, np.bool_)):  # though Python counts it as 1
             raise UnknownIdError(f"{bool(item_id)} is not an item id")
+        if isinstance(item_id, np.ndarray) and item_id.ndim == 0:  # np.array(7): that id
+            item_id = item_id.item()
+        if not isinstance(item_id, Hashable) or isinstance(item_id, np.ndarray):  # a list, an array, a Series
+            raise UnknownIdError(f"one item id was expected, got a {type(item_id).__name__}: "
+                                 f"{reprlib.repr(item_id)}")
         if item_id in self._pos:  # the common case, before building the alternatives
             return self.items[self._pos[item_id]][ID_FIELD]  # the stored key, never the caller's object
-        for alt in (str(item_id), *normalize_ids([str(item_id)])):
+        try:
+            text = str(item_id)
+        except ValueError:  # an int past Python's 4,300 digits for str(): no id of any index (ids stop at 4,000)
+            raise UnknownIdError(f"an integer of about {int(item_id.bit_length() * 0.30103)} digits is not in this "
+                                 f"index ({len(self)} items)") from None
+        for alt in (text, *normalize_ids([text])):
             if alt in self._pos:
                 return self.items[self._pos[alt]][ID_FIELD]
         raise UnknownIdError(f"item '{item_id}' is not in this index ({len(self)} items)")
@@ -1354,6 +1379,8 @@ class ItemIndex:
         ``only`` neither resolves again nor turns into FAISS labels again (10-20 ms a query at
         100k candidates before, measured)."""
         allowed = None if item_ids is None else self.excluded_ids(item_ids, "candidate")
+        if where is not None and not isinstance(where, (Mapping, str)):  # an array, a Series: its conditions
+            where = _values(where, "where")
         if where:
             answer = self._answer(where)
             if allowed is not None:
@@ -1466,16 +1493,13 @@ class ItemIndex:
         out = []
         if isinstance(where, Mapping):
             for field, values in where.items():
-                values = list(values) if isinstance(values, (list, tuple, set, frozenset)) else [values]
-                values = [cell_text(v).strip() for v in values]  # True as 'true', None as '' (a blank cell), as stored
+                values = [cell_text(v).strip() for v in _values(values, f"field '{field}'")]  # True as 'true', None as '' (a blank cell), as stored
                 if not values:
                     raise ConfigError(f"field '{field}' was given no value to match (an empty list matches "
                                       "nothing; '' matches the items without the field)")
                 out += [(field, "=", v) for v in values]
             return out
-        if isinstance(where, str):
-            where = [where]
-        for text in where:
+        for text in [where] if isinstance(where, str) else _values(where, "where"):
             condition = split_where(str(text))
             if condition is None:
                 raise ConfigError(f"condition {text!r} is not FIELD=VALUE, FIELD!=VALUE or FIELD>=N (>, <=, <)")

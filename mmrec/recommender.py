@@ -19,7 +19,7 @@ import dataclasses
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -380,14 +380,21 @@ class Recommender:
                              "or recommend from a history (recommend_history)")
         if isinstance(user_id, (bool, np.bool_)):
             raise UnknownIdError(f"{user_id!r} is not a user id")
-        if isinstance(user_id, (list, tuple, set, frozenset, dict, np.ndarray)):
+        if isinstance(user_id, np.ndarray) and user_id.ndim == 0:  # np.array("u1"): that id
+            user_id = user_id.item()
+        if not isinstance(user_id, Hashable) or isinstance(user_id, (tuple, frozenset, np.ndarray)):  # a Series too
             raise MMRecError(f"one user id was expected, got a {type(user_id).__name__}: recommend_many takes several")
         if isinstance(user_id, str):
             user_id = user_id.strip()
         if user_id in self._user_pos:
             return self._user_pos[user_id]
-        if str(user_id) in self._user_pos_str:
-            return self._user_pos_str[str(user_id)]
+        try:
+            text = str(user_id)
+        except ValueError:  # an int past Python's 4,300 digits for str(): no id of any model (ids stop at 4,000)
+            raise UnknownIdError(f"an integer of about {int(user_id.bit_length() * 0.30103)} digits is not known to "
+                                 f"this model ({len(self.user_ids)} users)") from None
+        if text in self._user_pos_str:
+            return self._user_pos_str[text]
         raise UnknownIdError(f"user '{user_id}' is not known to this model ({len(self.user_ids)} users)")
 
     def known_items(self, user_id: object) -> list[ItemId]:

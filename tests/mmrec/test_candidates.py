@@ -195,6 +195,28 @@ def test_a_number_is_one_value_matched_by_its_text():
     assert idx.matching({"year": 1995}) == ["a", "c"] == idx.matching({"year": [1995]})
 
 
+def test_values_and_conditions_come_in_any_collection():
+    import pandas as pd
+
+    idx = ItemIndex.from_features(list("abcd"), {"text": np.eye(4, dtype=np.float32)}, factory="Flat",
+                                  records=[{"g": "A", "year": "1990"}, {"g": "B", "year": "1991"},
+                                           {"g": "C", "year": "1992"}, {"g": "A|C", "year": "1999"}],
+                                  show_progress=False)
+    # an array, a Series, a range or a generator of values: each member a value (the whole was one text: [])
+    for values in (np.array(["A", "B"]), pd.Series(["A", "B"]), pd.Index(["A", "B"]), (v for v in "AB"), {"A": 1, "B": 2}.keys()):
+        assert idx.matching({"g": values}) == ["a", "b", "d"], type(values)
+    assert idx.matching({"year": range(1990, 1992)}) == ["a", "b"] == idx.matching({"year": np.arange(1990, 1992)})
+    assert idx.matching({"g": np.array("C")}) == ["c", "d"]  # a 0-d array: one value
+    # conditions as an array or a Series in filters / candidate_ids (a bare "truth value ... ambiguous" before)
+    assert idx.candidate_ids(None, np.array(["g=A", "year>=1995"])) == {"d"}
+    assert idx.filters((), None, pd.Series(["g=B"]))[1] == {"b"}
+    assert idx.candidate_ids(None, np.array([], dtype=str)) is None  # no condition: every item, as []
+    for bad in (None, 5):
+        with pytest.raises(ConfigError, match=r"where is a FIELD -> value\(s\) mapping or a list of conditions such as "
+                                              r"'genres=Comedy', got (NoneType None|int 5)"):
+            idx.matching(bad)
+
+
 def test_where_conditions_not_equal_and_numeric_ranges(caplog):
     from mmrec.item_index import describe_where, split_where
 

@@ -14,7 +14,7 @@ from fusion.foldin import HistoryFoldIn
 from index.persist import sha256_file
 from mmrec.cli import main
 from mmrec.config import TrainConfig
-from mmrec.errors import ConfigError, MMRecError
+from mmrec.errors import ConfigError, MMRecError, UnknownIdError
 from mmrec.foldin import FOLD_IN_REGS
 from mmrec.item_index import ItemIndex
 from mmrec.pipeline import fit
@@ -448,6 +448,24 @@ def test_user_ids_are_read_as_item_ids_are(trained):
     # None is no id: nothing excluded, and a known user's history alone.
     assert rec.recommend("u3", k=3, exclude=None) == rec.recommend("u3", k=3)
     assert rec.recommend_history(None, k=3, user="u3") == rec.recommend_history([], k=3, user="u3")
+    # a 0-d array is its one id; a list, an array or a Series where one id goes says so (bare TypeErrors:
+    # "unhashable type", "iteration over a 0-d array"); an int too long to write as text is no id
+    import pandas as pd
+
+    item = rec.items.ids[0]
+    assert rec.recommend(np.array("u3"), 3) == rec.recommend("u3", 3)
+    assert rec.similar(np.array(item), 3) == rec.similar(item, 3) and rec.explain(np.array(item)).item_id == item
+    assert rec.recommend_history(np.array(item), 3) == rec.recommend_history([item], 3)
+    assert rec.recommend("u3", 3, exclude=np.array(item)) == rec.recommend("u3", 3, exclude=[item])
+    with pytest.raises(MMRecError, match="one user id was expected, got a Series: recommend_many takes several"):
+        rec.recommend(pd.Series(["u3"]), 3)
+    for bad, kind in (([item], "list"), (np.array([item]), "ndarray"), (pd.Series([item]), "Series")):
+        with pytest.raises(UnknownIdError, match=f"one item id was expected, got a {kind}: "):
+            rec.similar(bad, 3)
+    with pytest.raises(UnknownIdError, match=r"an integer of about 5000 digits is not in this index \(32 items\)"):
+        rec.similar(10**5000, 3)
+    with pytest.raises(UnknownIdError, match=r"an integer of about 5000 digits is not known to this model"):
+        rec.recommend(10**5000, 3)
 
 
 def test_a_content_index_has_no_users_and_says_so(trained, tmp_path):

@@ -110,6 +110,12 @@ def test_what_cannot_be_tuned_is_refused_and_changes_nothing(tmp_path):
         Recommender(flat).tune_search()
     with pytest.raises(MMRecError, match="exact search"):
         Recommender(flat).set_search(4)
+    hnsw = Recommender(ItemIndex.from_features(["a", "b"], {"text": np.eye(2, dtype=np.float32)}, factory="HNSW8",
+                                               show_progress=False))
+    with pytest.raises(MMRecError, match=r"ef_search must be an int in \[1, 2147483647\] \(FAISS's int\), got "
+                                         r"2147483648"):  # (kept, it made every later save of the directory unloadable)
+        hnsw.set_search(2**31)
+    assert hnsw.items.index.ef_search == 256
 
 
 def test_cli_index_tune(tmp_path, capsys):
