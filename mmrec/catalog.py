@@ -15,6 +15,7 @@ import os
 import re
 import urllib.parse
 import tempfile
+import unicodedata
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from tqdm.auto import tqdm
 
 from mmrec.errors import BLANK_HEADER, ConfigError, DataError, MMRecError, Problem, missing_file, utf8_problem
 from mmrec.ids import id_text, normalize_ids
-from mmrec.jsonlines import read_json_rows, read_objects
+from mmrec.jsonlines import mend_surrogates, read_json_rows, read_objects
 from mmrec.typing import ItemId
 
 logger = logging.getLogger(__name__)
@@ -134,13 +135,22 @@ def cell_text(value: Any) -> str:
     return str(value)
 
 
+def has_text(text: str) -> bool:
+    """Whether ``text`` holds a character a text encoder reads: not only spaces and the control and
+    format characters its tokenizer drops (a zero-width space, a byte-order mark, NUL), which
+    left such a cell, or query, encoded as the empty text."""
+    text = text.strip()
+    return bool(text) and (text.isprintable() or any(
+        not ch.isspace() and unicodedata.category(ch) not in ("Cc", "Cf") for ch in text))
+
+
 def compose_text(values: Sequence[Any]) -> str:
-    """Join field values into one text: non-empty values joined by ``". "``.
+    """Join field values into one text: values with text (:func:`has_text`) joined by ``". "``.
 
     Pipe-separated lists (``Animation|Comedy``, or a JSON list), a common catalog convention,
     read as ``Animation, Comedy``.
     """
-    parts = [t.strip().replace("|", ", ") for t in map(cell_text, values) if t.strip()]
+    parts = [t.strip().replace("|", ", ") for t in map(cell_text, values) if has_text(t)]
     return ". ".join(parts)
 
 
@@ -195,6 +205,15 @@ def rows_in_memory(source: Any) -> list[dict[str, Any]] | None:
         return v
 
     rows = [{str(k): plain(v) for k, v in r.items()} for r in rows]
+    cut = []  # lone surrogates, half of a character (a cut emoji): as a JSON Lines file's are read
+    for n, r in enumerate(rows):
+        mended, first = mend_surrogates(r)
+        if first is not None:
+            rows[n] = mended
+            cut.append(f"row {n + 1} ({first!r})")
+    if cut:
+        logger.warning("%d row(s) in memory hold a lone surrogate, half of a character (a cut emoji?), read as "
+                       "U+FFFD: %s%s", len(cut), "; ".join(cut[:5]), " ..." if len(cut) > 5 else "")
     _narrow_floats(rows, narrow)
     for r in rows:  # a year 1995 beside a missing one reads "1995", as the CSV it came from does, not "1995.0"
         for c in widened:

@@ -45,8 +45,9 @@ from index.faiss_index import IDS_FILE, INDEX_FILE
 from index.faiss_index import _canonical_id as canonical_id
 from index.persist import MANIFEST_NAME, leftovers, manifest_stamp, umask, writer_lock
 from index.mips import MipsTransform
-from mmrec.catalog import (ID_FIELD, Catalog, cell_text, check_catalog_ids, compose_text, drop_rows, is_image_url,
-                           load_catalog, local_image_path)
+from mmrec.catalog import (ID_FIELD, Catalog, cell_text, check_catalog_ids, compose_text, drop_rows, has_text,
+                           is_image_url, load_catalog, local_image_path)
+from mmrec.jsonlines import mend_surrogates
 from mmrec.errors import ConfigError, DataError, MMRecError, Problem, UnknownIdError, check_count
 from mmrec.ids import id_list, id_text, normalize_ids
 from mmrec.typing import ItemId
@@ -1653,8 +1654,8 @@ class ItemIndex:
         if not isinstance(text, str):
             raise MMRecError(f"a text query is a string, got {type(text).__name__}"
                              + (": search_texts takes several" if isinstance(text, (list, tuple)) else ""))
-        if not text.strip():
-            raise MMRecError("empty text query")
+        if not has_text(text):
+            raise MMRecError("empty text query" + (" (only characters the encoder drops)" if text.strip() else ""))
         return self.search_texts([text], k, exclude=exclude, only=only, by=by)[0]
 
     def search_texts(self, texts: Sequence[str], k: int = 10, *, exclude: Sequence[object] = (),
@@ -1681,10 +1682,15 @@ class ItemIndex:
             raise MMRecError("search_texts takes a list of queries, got one string: use search_text, or [text]")
         texts = list(texts)
         for n, text in enumerate(texts):
-            if not isinstance(text, str) or not text.strip():
+            if not isinstance(text, str) or not has_text(text):
                 which = f"text query {n + 1} of {len(texts)}"  # counted from 1, as a --text option's place
-                raise MMRecError(f"{which} is empty" if isinstance(text, str)
-                                 else f"{which} is a {type(text).__name__}, not a string")
+                raise MMRecError(f"{which} is empty" + (" (only characters the encoder drops)" if text.strip() else "")
+                                 if isinstance(text, str) else f"{which} is a {type(text).__name__}, not a string")
+            mended, first = mend_surrogates(text)
+            if first is not None:  # half of a character: a cut emoji, a command-line argument that is no UTF-8
+                logger.warning("text query %d of %d holds %r, half of a character (no UTF-8), read as U+FFFD",
+                               n + 1, len(texts), first)
+                texts[n] = mended
         encoder = self.encoders.get("text")  # an index without text says so first
         k = check_count(k)
         if not texts:

@@ -34,6 +34,12 @@ def _mend(value: Any) -> tuple[Any, str | None]:
     return value, None
 
 
+def mend_surrogates(value: Any) -> tuple[Any, str | None]:
+    """``value`` (a string, or a list or dict holding strings) with each lone surrogate replaced by
+    U+FFFD, and the first one found (``None``: there was none, ``value`` is returned as it is)."""
+    return _mend(value)
+
+
 def _mend_lone_surrogates(path: Path, rows: Iterable[tuple[int, Any]]) -> None:
     """Replace, in place, each lone surrogate of the ``(row, object)`` pairs' strings
     (``"\\ud83d"``, half of an emoji cut by a truncation: JSON allows the escape, but it is no

@@ -517,6 +517,28 @@ def test_float32_cells_read_as_the_csv_writes_them(tmp_path):
     assert load_catalog(frame, text_fields=["title"], show_progress=False).records == [{"title": "a", "price": "4.1"}]
 
 
+def test_a_cell_of_characters_the_encoder_drops_is_no_text_and_cut_characters_in_memory_are_mended(tmp_path,
+                                                                                                    caplog):
+    from mmrec.catalog import has_text
+
+    assert [has_text(t) for t in ("\u200b", "\ufeff", "\x00 ", "\xa0", " \u200b\u2060 ")] == [False] * 5
+    assert [has_text(t) for t in ("a\u200b", "Toy\nStory", "\ue000", "7")] == [True] * 4
+    # a zero-width space or a BOM alone was text: encoded as the empty text, every such item at 1.0 to the others
+    (tmp_path / "zw.csv").write_text("item_id,title,tag\n1,Toy Story,\u200b\n2,\u200b,x\n3,\ufeff,\n",
+                                     encoding="utf-8")
+    with pytest.raises(DataError, match=r"row 3: no text in title, tag"):
+        load_catalog(tmp_path / "zw.csv", show_progress=False)
+    cat = load_catalog(tmp_path / "zw.csv", skip_invalid=True, show_progress=False)
+    assert cat.texts == ["Toy Story", "x"]
+    # rows in memory as a JSON Lines file is read: a lone surrogate is U+FFFD, with a warning (a bare
+    # UnicodeEncodeError when the content was hashed)
+    rows = [json.loads(line) for line in ['{"item_id": 1, "title": "ok"}', '{"item_id": 2, "title": "cut \\ud83d"}']]
+    with caplog.at_level("WARNING", logger="mmrec.catalog"):
+        assert load_catalog(rows, show_progress=False).texts == ["ok", "cut \ufffd"]
+    assert "1 row(s) in memory hold a lone surrogate, half of a character (a cut emoji?), read as U+FFFD: row 2 " \
+           "('\\ud83d')" in caplog.text
+
+
 def test_parquet_binary_cells_are_text_and_a_pandas_index_is_no_column(tmp_path):
     import pandas as pd
 

@@ -68,7 +68,7 @@ def test_similar_table_and_json(built, capsys):
     assert [r["item_id"] for r in json.loads(out)] == [line.split()[2] for line in lines[1:]]
 
 
-def test_several_text_queries_are_one_batch_and_answer_as_one_at_a_time(built, capsys, tmp_path):
+def test_several_text_queries_are_one_batch_and_answer_as_one_at_a_time(built, capsys, tmp_path, caplog):
     idx = str(built / "idx")
     queries = ["animation for kids", "outer space aliens", "a trial in court"]
     rec = Recommender.load(idx, show_progress=False)
@@ -110,6 +110,17 @@ def test_several_text_queries_are_one_batch_and_answer_as_one_at_a_time(built, c
     with pytest.raises(MMRecError, match="text query 2 of 2 is empty"):
         rec.search_texts(["space", " "])
     assert rec.search_texts([]) == []
+    # only characters the tokenizer drops: the empty text's vector, every such item at 1.0 (it was accepted)
+    with pytest.raises(MMRecError, match=r"text query 2 of 2 is empty \(only characters the encoder drops\)"):
+        rec.search_texts(["space", "\u200b\ufeff "])
+    with pytest.raises(MMRecError, match=r"empty text query \(only characters the encoder drops\)"):
+        rec.search_text("\x00")
+    # half of a character (a command-line argument that is no UTF-8: caf\xe9 in a UTF-8 locale), read as U+FFFD
+    with caplog.at_level("WARNING", logger="mmrec.item_index"):
+        code, out, _ = run(capsys, "search", "--index", idx, "--text", "caf\udce9", "-k", "2", "--json")
+    assert code == 0 and json.loads(out) == [r.to_dict() for r in rec.search_text("caf\ufffd", 2)]
+    assert "text query 1 of 1 holds '\\udce9', half of a character (no UTF-8), read as U+FFFD" in caplog.text
+    assert rec.search_text("caf\udce9", 2) == rec.search_text("caf\ufffd", 2)
 
 
 def test_similar_for_several_items_and_for_the_whole_catalog(built, capsys, monkeypatch):
