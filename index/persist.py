@@ -164,6 +164,25 @@ def _take_if_abandoned(folder: Path) -> int | None:
     return fd
 
 
+def _held_by_another(folder: Path) -> bool:
+    """Whether a live writer holds ``folder`` (``False`` where that cannot be told: no flock)."""
+    try:
+        import fcntl
+
+        fd = os.open(folder, os.O_RDONLY)
+    except (ImportError, OSError):  # pragma: no cover - not on Linux
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    except OSError:  # no flock on this filesystem
+        return False
+    finally:
+        os.close(fd)
+
+
 def _abandoned(folder: Path) -> bool:
     """Whether no live writer holds ``folder``; ``False`` where that cannot be told."""
     fd = _take_if_abandoned(folder)
@@ -210,7 +229,7 @@ def _clear_leftovers(final: Path, mine: Path) -> None:
         shutil.rmtree(trash, ignore_errors=True)
     for trash in final.parent.glob(f".{name}.trash-*"):  # a clean-up that was itself cut short
         shutil.rmtree(trash, ignore_errors=True)
-    left = [p for p in leftovers(final) if p != mine and _abandoned(p)]  # (held: a live writer's, being deleted)
+    left = [p for p in leftovers(final) if p != mine and not _held_by_another(p)]  # (a live writer's, being deleted)
     if left:
         logger.warning("%s: an interrupted write left %s beside it: %s (delete %s once you do not need %s)",
                        final, "a previous version" if len(left) == 1 else f"{len(left)} previous versions",

@@ -139,9 +139,8 @@ def has_text(text: str) -> bool:
     """Whether ``text`` holds a character a text encoder reads: not only spaces and the control and
     format characters its tokenizer drops (a zero-width space, a byte-order mark, NUL), which
     left such a cell, or query, encoded as the empty text."""
-    text = text.strip()
-    return bool(text) and (text.isprintable() or any(
-        not ch.isspace() and unicodedata.category(ch) not in ("Cc", "Cf") for ch in text))
+    return any(not ch.isspace() and unicodedata.category(ch) not in ("Cc", "Cf") for ch in text)  # (stops at the
+    # first such character: the first one of nearly every text)
 
 
 def compose_text(values: Sequence[Any]) -> str:

@@ -756,13 +756,15 @@ def _values(values: Any, what: str) -> list:
     range or generator gives its members (each a value: ``np.array(["A", "B"])`` is A or B, not its
     text); a text, bytes or any other single value is one."""
     if isinstance(values, np.ndarray) and values.ndim == 0:
-        return [values.item()]
+        return [values[()]]  # (a numpy scalar: cell_text writes a float32 as the catalog stores it, 4.1)
     if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
         if what == "where":  # (a number, None: neither a condition nor a list of them)
             raise ConfigError(f"where is a FIELD -> value(s) mapping or a list of conditions such as 'genres=Comedy', "
                               f"got {type(values).__name__} {reprlib.repr(values)}")
         return [values]
-    return [v.item() if isinstance(v, np.generic) else v for v in values]
+    if hasattr(values, "dtype") and hasattr(values, "__array__"):  # a Series iterates float32 as Python floats
+        values = np.asarray(values)
+    return list(values)
 
 
 def _previous_versions(directory: Path) -> str:

@@ -37,7 +37,18 @@ def _mend(value: Any) -> tuple[Any, str | None]:
 def mend_surrogates(value: Any) -> tuple[Any, str | None]:
     """``value`` (a string, or a list or dict holding strings) with each lone surrogate replaced by
     U+FFFD, and the first one found (``None``: there was none, ``value`` is returned as it is)."""
-    return _mend(value)
+    return _mend(value) if _has_surrogate(value) else (value, None)
+
+
+def _has_surrogate(value: Any) -> bool:
+    """Whether ``value``'s strings hold a lone surrogate (an ASCII string, told at once, holds none)."""
+    if isinstance(value, str):
+        return not value.isascii() and _SURROGATE.search(value) is not None
+    if isinstance(value, list):
+        return any(map(_has_surrogate, value))
+    if isinstance(value, dict):
+        return any(_has_surrogate(k) or _has_surrogate(v) for k, v in value.items())
+    return False
 
 
 def _mend_lone_surrogates(path: Path, rows: Iterable[tuple[int, Any]]) -> None:

@@ -158,6 +158,14 @@ class _NoMetaDraws(torch.overrides.TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+def _shown(item_id: object) -> str:
+    """An id as a message names it: an int too long for ``str()`` (past 4,300 digits) by its length."""
+    try:
+        return str(item_id)
+    except ValueError:
+        return f"<an integer of about {int(item_id.bit_length() * 0.30103)} digits>"
+
+
 class Recommender:
     """Similar items, content search, user recommendations and evaluation from one directory.
 
@@ -692,7 +700,7 @@ class Recommender:
         given = id_list(items)  # "12" is item 12, not the items "1" and "2"
         found = [self.items._try_resolve(i) for i in given]
         ids = [i for i in found if i is not None]
-        missing = [str(g) for g, i in zip(given, found) if i is None]
+        missing = [_shown(g) for g, i in zip(given, found) if i is None]
         if missing:  # removed from the catalog since (out of stock), or a typo: the others still place the user
             names = ", ".join(f"'{m}'" for m in missing[:10]) + (" ..." if len(missing) > 10 else "")
             if not ids and user is None:

@@ -512,9 +512,10 @@ class RecommenderServer(ThreadingHTTPServer):
             self._handlers.add(thread)
         try:
             thread.start()
-        except BaseException:  # (no thread to start, or Ctrl-C just then): not one to join
-            with self._idle:
-                self._handlers.discard(thread)
+        except BaseException:  # (no thread to start, or Ctrl-C just then): not one to join, unless it started
+            if thread.ident is None:
+                with self._idle:
+                    self._handlers.discard(thread)
             raise
 
     def process_request_thread(self, request, client_address) -> None:

@@ -204,6 +204,7 @@ def test_a_later_write_deletes_what_killed_writers_left_and_names_the_versions_l
         os.close(fd)
     assert entries(tmp_path) == [".model.old-kept", ".model.tmp-live", ".other.tmp-dead", "model"]
     assert f"deleting {dead}, left by a write that was interrupted" in caplog.text
+    assert not persist._held_by_another(kept) and persist._abandoned(kept)
     assert (f"{final}: an interrupted write left a previous version beside it: {kept} (delete it once you do not "
             f"need it)") in caplog.text
 

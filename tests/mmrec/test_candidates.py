@@ -207,6 +207,10 @@ def test_values_and_conditions_come_in_any_collection():
         assert idx.matching({"g": values}) == ["a", "b", "d"], type(values)
     assert idx.matching({"year": range(1990, 1992)}) == ["a", "b"] == idx.matching({"year": np.arange(1990, 1992)})
     assert idx.matching({"g": np.array("C")}) == ["c", "d"]  # a 0-d array: one value
+    rated = ItemIndex.from_features(list("xy"), {"text": np.eye(2, dtype=np.float32)}, factory="Flat",
+                                    records=[{"r": "4.1"}, {"r": "3.5"}], show_progress=False)
+    for values in ([np.float32(4.1)], np.array([4.1], np.float32), pd.Series([4.1], dtype="float32"), np.float32(4.1)):
+        assert rated.matching({"r": values}) == ["x"], values  # float32 as the catalog writes it, not 4.0999999
     # conditions as an array or a Series in filters / candidate_ids (a bare "truth value ... ambiguous" before)
     assert idx.candidate_ids(None, np.array(["g=A", "year>=1995"])) == {"d"}
     assert idx.filters((), None, pd.Series(["g=B"]))[1] == {"b"}

@@ -466,6 +466,7 @@ def test_user_ids_are_read_as_item_ids_are(trained):
         rec.similar(10**5000, 3)
     with pytest.raises(UnknownIdError, match=r"an integer of about 5000 digits is not known to this model"):
         rec.recommend(10**5000, 3)
+    assert rec.recommend_history([10**5000, item], 3) == rec.recommend_history([item], 3)  # (str() of it: ValueError)
 
 
 def test_a_content_index_has_no_users_and_says_so(trained, tmp_path):

@@ -634,5 +634,21 @@ def test_a_handler_thread_that_never_started_is_not_joined(model_dir, monkeypatc
         server.process_request(a, ("127.0.0.1", 1))
     monkeypatch.undo()
     assert not server._handlers  # (kept, server_close raised "cannot join thread before it is started")
+    real_start = threading.Thread.start
+
+    def start_then_interrupted(self):  # SIGTERM's KeyboardInterrupt as start() returns: the thread runs
+        real_start(self)
+        raise KeyboardInterrupt
+
+    busy = threading.Event()
+    monkeypatch.setattr(threading.Thread, "start", start_then_interrupted)
+    monkeypatch.setattr(RecommenderServer, "process_request_thread", lambda self, *args: busy.wait(30))
+    with pytest.raises(KeyboardInterrupt):
+        server.process_request(a, ("127.0.0.1", 1))
+    monkeypatch.undo()
+    running = list(server._handlers)
+    assert len(running) == 1 and running[0].is_alive()  # kept, to be joined (it was dropped, and left running)
+    busy.set()
     server.server_close()
+    assert not running[0].is_alive()
     b.close()
