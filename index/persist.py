@@ -144,21 +144,29 @@ def _same_folder(path: Path, fd: int) -> bool:
     return (now.st_ino, now.st_dev) == (held.st_ino, held.st_dev)
 
 
-def _take_if_abandoned(folder: Path) -> int | None:
-    """A descriptor of ``folder`` holding its lock, when no live writer holds it (:class:`_Hold`)
-    and it is still at its path; ``None`` where it is held, gone, or cannot be told (no flock)."""
+def _try_lock(folder: Path) -> tuple[int | None, bool]:
+    """``(descriptor holding folder's lock, False)`` when no one else held it; ``(None, True)``
+    when a live writer holds it (:class:`_Hold`); ``(None, False)`` where it is gone or that
+    cannot be told (no flock)."""
     try:
         import fcntl
 
         fd = os.open(folder, os.O_RDONLY)
     except (ImportError, OSError):  # pragma: no cover - not on Linux
-        return None
+        return None, False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:  # held (a writer still at work), or no flock on this filesystem
+        return fd, False
+    except OSError as e:  # held (a writer still at work), or no flock on this filesystem
         os.close(fd)
-        return None
-    if not _same_folder(folder, fd):
+        return None, isinstance(e, BlockingIOError)
+
+
+def _take_if_abandoned(folder: Path) -> int | None:
+    """A descriptor of ``folder`` holding its lock, when no live writer holds it and it is still
+    at its path; ``None`` where it is held, gone, or cannot be told (no flock)."""
+    fd, _ = _try_lock(folder)
+    if fd is not None and not _same_folder(folder, fd):
         os.close(fd)
         return None
     return fd
@@ -166,21 +174,10 @@ def _take_if_abandoned(folder: Path) -> int | None:
 
 def _held_by_another(folder: Path) -> bool:
     """Whether a live writer holds ``folder`` (``False`` where that cannot be told: no flock)."""
-    try:
-        import fcntl
-
-        fd = os.open(folder, os.O_RDONLY)
-    except (ImportError, OSError):  # pragma: no cover - not on Linux
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    except OSError:  # no flock on this filesystem
-        return False
-    finally:
+    fd, held = _try_lock(folder)
+    if fd is not None:
         os.close(fd)
+    return held
 
 
 def _abandoned(folder: Path) -> bool:
