@@ -128,7 +128,7 @@ def _new_tmp(final: Path) -> tuple[Path, str, _Hold]:
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # (a clean-up's probe holds it for a moment at most)
-        except OSError:  # no flock on this filesystem: _abandoned cannot tell either, so clears nothing
+        except OSError:  # no flock on this filesystem: _try_lock cannot tell either, so clears nothing
             return tmp, token, _Hold(fd)
         if _same_folder(tmp, fd):
             return tmp, token, _Hold(fd)
@@ -178,15 +178,6 @@ def _held_by_another(folder: Path) -> bool:
     if fd is not None:
         os.close(fd)
     return held
-
-
-def _abandoned(folder: Path) -> bool:
-    """Whether no live writer holds ``folder``; ``False`` where that cannot be told."""
-    fd = _take_if_abandoned(folder)
-    if fd is None:
-        return False
-    os.close(fd)
-    return True
 
 
 def leftovers(final: Path) -> list[Path]:

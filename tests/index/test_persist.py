@@ -199,12 +199,15 @@ def test_a_later_write_deletes_what_killed_writers_left_and_names_the_versions_l
         with caplog.at_level("INFO", logger="index.persist"):
             with atomic_directory(final, overwrite=True) as tmp:
                 (tmp / "b.txt").write_text("b")
-                assert not persist._abandoned(tmp)  # this write's own folder is held while it is written
+                assert persist._held_by_another(tmp)  # this write's own folder is held while it is written
     finally:
         os.close(fd)
     assert entries(tmp_path) == [".model.old-kept", ".model.tmp-live", ".other.tmp-dead", "model"]
     assert f"deleting {dead}, left by a write that was interrupted" in caplog.text
-    assert not persist._held_by_another(kept) and persist._abandoned(kept)
+    assert not persist._held_by_another(kept)
+    taken = persist._take_if_abandoned(kept)  # no one holds it, and it is at its path
+    assert taken is not None
+    os.close(taken)
     assert (f"{final}: an interrupted write left a previous version beside it: {kept} (delete it once you do not "
             f"need it)") in caplog.text
 
@@ -226,7 +229,7 @@ def test_a_clean_up_that_finds_a_new_folder_before_its_writer_holds_it_costs_the
     monkeypatch.setattr(persist.os, "open", open_after_a_clean_up)
     with atomic_directory(final) as tmp:
         assert tmp.is_dir() and str(tmp) != str(cleaned[0])  # a second folder, held
-        assert not persist._abandoned(tmp)
+        assert persist._held_by_another(tmp)
         (tmp / "a.txt").write_text("a")
     assert entries(final) == ["a.txt"] and entries(tmp_path) == ["model"]
 
