@@ -36,6 +36,28 @@ def normalize_ids(values: Iterable[object]) -> list[ItemId]:
     return texts
 
 
+def one_id(value: object) -> object:
+    """``value``, or the scalar a 0-d numpy array holds (``np.array(7)`` is the id 7)."""
+    return value.item() if isinstance(value, np.ndarray) and value.ndim == 0 else value
+
+
+def too_long(value: object) -> str | None:
+    """``"an integer of about N digits"`` for an int past the 4,300 digits Python's ``str()`` writes
+    (no id of any index or model: ids stop at 4,000 digits), else ``None``."""
+    if not isinstance(value, int):
+        return None
+    try:
+        str(value)
+        return None
+    except ValueError:
+        return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
+
+
+def id_shown(value: object) -> str:
+    """An id as a message names it: :func:`too_long`'s words, or ``str(value)``."""
+    return too_long(value) or str(value)
+
+
 def id_list(ids: Iterable[object] | object) -> list[object]:
     """``ids`` as a list, read once (a generator too); a single id (a ``str``, ``bytes`` or integer)
     is one id, so ``"12"`` is item 12, not the items ``"1"`` and ``"2"``; ``None`` is no id."""
@@ -44,5 +66,5 @@ def id_list(ids: Iterable[object] | object) -> list[object]:
     if isinstance(ids, (str, bytes, int, np.integer)):
         return [ids]
     if isinstance(ids, np.ndarray) and ids.ndim == 0:  # np.array(7): one id
-        return [ids.item()]
+        return [one_id(ids)]
     return list(ids)

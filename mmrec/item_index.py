@@ -49,7 +49,7 @@ from mmrec.catalog import (ID_FIELD, Catalog, cell_text, check_catalog_ids, comp
                            is_image_url, load_catalog, local_image_path)
 from mmrec.jsonlines import mend_surrogates
 from mmrec.errors import ConfigError, DataError, MMRecError, Problem, UnknownIdError, check_count
-from mmrec.ids import id_list, id_text, normalize_ids
+from mmrec.ids import id_list, id_text, normalize_ids, one_id, too_long
 from mmrec.typing import ItemId
 
 MATCHING_IDS_PER_ITEM = 4  # the matching ids an index keeps for repeated --where filters, per item
@@ -1288,18 +1288,15 @@ class ItemIndex:
         ``7``) or as another type equal to it (``numpy.int64(7)``); ``True`` is no item id."""
         if isinstance(item_id, (bool, np.bool_)):  # though Python counts it as 1
             raise UnknownIdError(f"{bool(item_id)} is not an item id")
-        if isinstance(item_id, np.ndarray) and item_id.ndim == 0:  # np.array(7): that id
-            item_id = item_id.item()
+        item_id = one_id(item_id)
         if not isinstance(item_id, Hashable) or isinstance(item_id, np.ndarray):  # a list, an array, a Series
             raise UnknownIdError(f"one item id was expected, got a {type(item_id).__name__}: "
                                  f"{reprlib.repr(item_id)}")
         if item_id in self._pos:  # the common case, before building the alternatives
             return self.items[self._pos[item_id]][ID_FIELD]  # the stored key, never the caller's object
-        try:
-            text = str(item_id)
-        except ValueError:  # an int past Python's 4,300 digits for str(): no id of any index (ids stop at 4,000)
-            raise UnknownIdError(f"an integer of about {int(item_id.bit_length() * 0.30103)} digits is not in this "
-                                 f"index ({len(self)} items)") from None
+        if too_long(item_id):
+            raise UnknownIdError(f"{too_long(item_id)} is not in this index ({len(self)} items)")
+        text = str(item_id)
         for alt in (text, *normalize_ids([text])):
             if alt in self._pos:
                 return self.items[self._pos[alt]][ID_FIELD]

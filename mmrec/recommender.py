@@ -42,7 +42,7 @@ from mmrec.errors import ConfigError, MMRecError, UnknownIdError, check_count
 from mmrec.explain import (DEFAULT_HISTORY, ItemExplanation, explain_history, explain_item, explain_recommendations,
                            explain_similar)
 from mmrec.foldin import DEFAULT_FOLD_IN_REG
-from mmrec.ids import id_list
+from mmrec.ids import id_list, id_shown, one_id, too_long
 from mmrec.item_index import ItemIndex, MipsVectorizer, Result, read_whole
 from mmrec.typing import ItemId, UserId
 
@@ -156,14 +156,6 @@ class _NoMetaDraws(torch.overrides.TorchFunctionMode):
             if getattr(target, "is_meta", False):
                 return target
         return func(*args, **kwargs)
-
-
-def _shown(item_id: object) -> str:
-    """An id as a message names it: an int too long for ``str()`` (past 4,300 digits) by its length."""
-    try:
-        return str(item_id)
-    except ValueError:
-        return f"<an integer of about {int(item_id.bit_length() * 0.30103)} digits>"
 
 
 class Recommender:
@@ -388,19 +380,16 @@ class Recommender:
                              "or recommend from a history (recommend_history)")
         if isinstance(user_id, (bool, np.bool_)):
             raise UnknownIdError(f"{user_id!r} is not a user id")
-        if isinstance(user_id, np.ndarray) and user_id.ndim == 0:  # np.array("u1"): that id
-            user_id = user_id.item()
+        user_id = one_id(user_id)
         if not isinstance(user_id, Hashable) or isinstance(user_id, (tuple, frozenset, np.ndarray)):  # a Series too
             raise MMRecError(f"one user id was expected, got a {type(user_id).__name__}: recommend_many takes several")
         if isinstance(user_id, str):
             user_id = user_id.strip()
         if user_id in self._user_pos:
             return self._user_pos[user_id]
-        try:
-            text = str(user_id)
-        except ValueError:  # an int past Python's 4,300 digits for str(): no id of any model (ids stop at 4,000)
-            raise UnknownIdError(f"an integer of about {int(user_id.bit_length() * 0.30103)} digits is not known to "
-                                 f"this model ({len(self.user_ids)} users)") from None
+        if too_long(user_id):
+            raise UnknownIdError(f"{too_long(user_id)} is not known to this model ({len(self.user_ids)} users)")
+        text = str(user_id)
         if text in self._user_pos_str:
             return self._user_pos_str[text]
         raise UnknownIdError(f"user '{user_id}' is not known to this model ({len(self.user_ids)} users)")
@@ -700,7 +689,7 @@ class Recommender:
         given = id_list(items)  # "12" is item 12, not the items "1" and "2"
         found = [self.items._try_resolve(i) for i in given]
         ids = [i for i in found if i is not None]
-        missing = [_shown(g) for g, i in zip(given, found) if i is None]
+        missing = [id_shown(g) for g, i in zip(given, found) if i is None]
         if missing:  # removed from the catalog since (out of stock), or a typo: the others still place the user
             names = ", ".join(f"'{m}'" for m in missing[:10]) + (" ..." if len(missing) > 10 else "")
             if not ids and user is None:
