@@ -286,6 +286,8 @@ class Encoders:
                 if self.root is None:
                     raise ConfigError(f"the {modality} encoder is stored in the model directory, which is unknown")
                 spec["model"] = str(self.root / spec["model"])
+            else:
+                _check_still_there(modality, spec)
             encoder = make_encoder(modality, spec, self.show_progress, self.device)
             got = encoder.identity
             if got != self.spec[modality]["identity"]:  # (not kept: a server's next query would have used it unchecked)
@@ -297,6 +299,23 @@ class Encoders:
                 )
             self._loaded[modality] = encoder
         return self._loaded[modality]
+
+
+def _check_still_there(modality: str, spec: dict) -> None:
+    """Refuse, naming it, a saved encoder path (kept absolute, :func:`local_path`) that no longer
+    exists: the encoder's own error read it as a hub name and advised downloads, which no command
+    that opens an index offers and which would not find a moved directory.
+
+    Raises:
+        ConfigError: the model directory or weights file is gone.
+    """
+    for key in ("model", "weights"):
+        value = spec.get(key)
+        if value and Path(value).is_absolute() and not Path(value).exists():
+            raise ConfigError(
+                f"the {modality} encoder this index was built with, {value!r}, is no longer there (moved or "
+                "deleted): put it back at that path, or encode the catalog again with another (`mmrec index build`, "
+                "or `mmrec train` for a trained directory; `index rebuild` encodes nothing)")
 
 
 def check_device(device: str) -> str:

@@ -1031,3 +1031,24 @@ def test_an_item_update_moves_keeps_its_place_among_equal_scores(tmp_path, facto
 
     assert twins(idx) == [5, 6, 7] == [r.item_id for r in idx.similar(0, 50, by="cosine") if r.item_id in (5, 6, 7)]
     assert twins(ItemIndex.load(tmp_path / "idx", show_progress=False)) == [5, 6, 7]
+
+
+def test_an_encoder_moved_away_since_the_build_is_named_without_a_download_hint(tmp_path, tiny_bert_dir):
+    # the saved spec holds the encoder's absolute path; once moved, the message advised --allow-download, a flag
+    # of index build and train only, which would not have found the moved directory either
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_bert_dir, model)
+    (tmp_path / "items.csv").write_text("item_id,title\n1,space alien\n2,robot dog\n")
+    ItemIndex.build(tmp_path / "items.csv", tmp_path / "idx", text_encoder=model, image_encoder=None,
+                    show_progress=False)
+    model.rename(tmp_path / "elsewhere")
+    idx = ItemIndex.load(tmp_path / "idx", show_progress=False)
+    with pytest.raises(ConfigError) as e:
+        idx.search_text("space", k=1)
+    assert str(e.value) == (
+        f"the text encoder this index was built with, {str(model)!r}, is no longer there (moved or deleted): put "
+        "it back at that path, or encode the catalog again with another (`mmrec index build`, or `mmrec train` "
+        "for a trained directory; `index rebuild` encodes nothing)")
+    assert "allow" not in str(e.value)
