@@ -740,6 +740,13 @@ def _check_given_fields(path: Path, columns: list[str], encoded: Sequence[str],
                                                    f"--text-fields / --image-field)")])
 
 
+def _shown_path(cell: object) -> object:
+    """An image cell as its display field shows it: a file name given as bytes (a Parquet binary
+    column) as text, a byte that is no UTF-8 as U+FFFD (the path read is the bytes themselves), not
+    ``"b'...'"``."""
+    return cell.decode("utf-8", errors="replace") if isinstance(cell, bytes) else cell
+
+
 def catalog_from_records(
     records: Sequence[dict[str, Any]],
     *,
@@ -916,7 +923,8 @@ def _validate(
         raise DataError(path, [Problem(None, None, "no valid rows left")] + problems)
     ids = normalize_ids([raw_ids[i] for i in keep])
     records = [
-        {k: ("" if _blank(v) else cell_text(v)) for k, v in rows[i].items() if k != ID_FIELD} for i in keep
+        {k: ("" if _blank(v) else cell_text(_shown_path(v) if k == image_field else v))
+         for k, v in rows[i].items() if k != ID_FIELD} for i in keep
     ]
     return Catalog(
         item_ids=ids,

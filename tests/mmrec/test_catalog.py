@@ -573,6 +573,7 @@ def test_parquet_binary_cells_are_text_and_a_pandas_index_is_no_column(tmp_path)
                              "image": pa.array(names, pa.binary())}), tmp_path / "img.parquet")
     cat = load_catalog(tmp_path / "img.parquet", text_fields=["title"], image_field="image", show_progress=False)
     assert [os.fsencode(p) for p in cat.images] == [os.path.join(os.fsencode(tmp_path), n) for n in names]
+    assert [r["image"] for r in cat.records] == ["plain.png", "gray.png", "alpha.png", "pal.png", "lat\ufffd.png"]
     # a column of text with a bad cell is named, not dropped from the text
     titles = [f"t{k}".encode() for k in range(11)] + [b"\xffx"]
     pq.write_table(pa.table({"item_id": [str(k) for k in range(12)], "title": pa.array(titles)}), tmp_path / "p5.parquet")
