@@ -48,6 +48,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import selectors
 import socket
 import sys
 import threading
@@ -390,6 +391,8 @@ _NOW = object()  # RecommenderServer's loaded_stamp default: the manifest as it 
 
 ACCEPT_POLL_SECONDS = 0.05  # drain(accept=True) checks this often whether the wait is over
 CLOSE_JOIN_SECONDS = 5  # server_close() waits this long, in all, for the handler threads to end (after drain)
+QUEUED_SECONDS = 1.0  # server_close() accepts the connections still queued for this long at most, and gives
+# their requests as long again to arrive and get their 503 before it shuts them
 
 
 class RecommenderServer(ThreadingHTTPServer):
@@ -535,19 +538,41 @@ class RecommenderServer(ThreadingHTTPServer):
         for a minute) and join the handler threads."""
         with self._idle:
             self._stopping = True
+        self._refuse_queued()
+        super().server_close()  # stop listening: a connection made from now on is refused, not reset
+        with self._idle:
             open_now = list(self._connections)
         for connection in open_now:
             try:
                 connection.shutdown(socket.SHUT_RDWR)  # its thread's read returns: the thread ends
             except OSError:
                 pass  # closed meanwhile
-        super().server_close()
         with self._idle:
             handlers = list(self._handlers)
         deadline = time.monotonic() + CLOSE_JOIN_SECONDS  # for all of them together, not each
         for thread in handlers:
             if thread is not threading.current_thread() and thread.ident is not None:  # (started)
                 thread.join(max(0.0, deadline - time.monotonic()))
+
+    def _refuse_queued(self) -> None:
+        """Accept the connections the system still queues for the listening socket (made after
+        ``serve_forever``'s last accept) and let their threads answer 503, waiting up to
+        :data:`QUEUED_SECONDS` for them: closing the socket reset them, never answered."""
+        if self.socket.fileno() < 0:  # closed already
+            return
+        with self._idle:
+            before = set(self._handlers)
+        self.timeout = 0  # handle_request: one waiting connection, or return at once
+        deadline = time.monotonic() + QUEUED_SECONDS  # (clients that keep connecting do not hold it)
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.socket, selectors.EVENT_READ)
+            while time.monotonic() < deadline and selector.select(0):
+                self.handle_request()
+        with self._idle:
+            queued = [t for t in self._handlers if t not in before]
+        deadline = time.monotonic() + QUEUED_SECONDS
+        for thread in queued:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def handle_error(self, request, client_address) -> None:
         """A client that hung up before its answer was written is no error of the server's (the

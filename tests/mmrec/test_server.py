@@ -585,6 +585,31 @@ def test_a_server_stopped_by_ctrl_c_answers_503_to_new_connections_while_it_drai
         server.server_close()
 
 
+def test_closing_answers_503_to_connections_the_system_still_queued(model_dir):
+    # a connection made after serve_forever's last accept sat in the listening socket's queue and was reset
+    # when server_close closed it (mmrec serve: at Ctrl-C with nothing in flight, or after the drain)
+    rec = Recommender.load(model_dir, show_progress=False)
+    server = RecommenderServer(rec, "127.0.0.1", 0)
+    loop = threading.Thread(target=server.serve_forever, daemon=True)
+    loop.start()
+    server.shutdown()
+    loop.join()
+    queued = []
+    for _ in range(3):  # accepted by the system, never by the server
+        conn = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=10)
+        conn.request("GET", "/health")
+        queued.append(conn)
+    server.server_close()
+    for conn in queued:
+        answer = conn.getresponse()
+        assert (answer.status, json.loads(answer.read())) == (503, {"error": "the server is stopping"})
+        conn.close()
+    assert not server._handlers
+    with pytest.raises(ConnectionRefusedError):  # closed now: refused, not queued
+        socket.create_connection(("127.0.0.1", server.server_port), timeout=10)
+    server.server_close()  # twice: nothing more to do
+
+
 def test_closing_shuts_idle_kept_alive_connections_and_joins_their_threads(model_dir):
     rec = Recommender.load(model_dir, show_progress=False)
     server = RecommenderServer(rec, "127.0.0.1", 0)
