@@ -35,6 +35,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import traceback
 import warnings
 from collections.abc import Callable, Sequence
@@ -766,23 +767,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for handler, _ in formats:  # a server's log lines carry their time
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
 
-    def stop(signum: int, frame: Any) -> None:  # SIGTERM (docker stop, systemd) stops as Ctrl-C does
-        raise KeyboardInterrupt
+    stopping = threading.Event()
 
-    # (before the line that says it is ready: a SIGTERM sent on reading it killed the process outright)
-    previous = signal.signal(signal.SIGTERM, stop)
+    def stop(signum: int, frame: Any) -> None:
+        """Ctrl-C or SIGTERM (docker stop, systemd): serve_forever returns at its next poll. (A
+        KeyboardInterrupt, raised wherever the main thread was, could land between accepting a
+        connection and handing it to its thread, which left it unanswered.) A second one stops
+        the wait for the answers being written."""
+        if stopping.is_set():
+            raise KeyboardInterrupt
+        stopping.set()
+        threading.Thread(target=server.shutdown, daemon=True).start()  # (it waits for serve_forever: not here)
+
+    # (before the line that says it is ready: a SIGTERM sent on reading it killed the process outright;
+    # a SIGINT the process was started ignoring, as a shell's `&` does, stays ignored)
+    ours = [signal.SIGTERM] + [signal.SIGINT] * (signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+    previous = {number: signal.signal(number, stop) for number in ours}
     try:
         print(f"serving {args.index} ({kind}, {len(rec.items)} items, {len(rec.user_ids)} users) at "
               f"http://{where}:{port}  routes: /health {' '.join(ROUTES)}  (Ctrl-C stops)", flush=True)
         server.serve_forever()
-    except KeyboardInterrupt:
         left = server.drain(accept=True)  # the answers being written finish; new requests get 503
         if left:
             logger.warning("stopping with %d request(s) still being answered after 30 s", left)
         logger.info("stopped")
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        server.server_close()
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        server.server_close()  # (connections still queued get their 503 first)
         for handler, formatter in formats:
             handler.setFormatter(formatter)
     return 0
