@@ -8,6 +8,8 @@ serves (FAISS index of the trained item vectors) and reloads the model.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import inspect
 import json
 import logging
 import shutil
@@ -269,6 +271,22 @@ def _say_untrained_users(inter: Interactions, kept: np.ndarray | None) -> list[A
     return [inter.user_ids[u] for u in drawn]
 
 
+def _check_content_options(options: Mapping[str, Any]) -> None:
+    """Refuse a keyword of :func:`fit` that neither :func:`load_content` nor
+    :func:`~mmrec.catalog.load_catalog` takes: without a catalog to read (features alone, ID-only)
+    it was dropped without a word, a training setting given beside ``config`` included.
+
+    Raises:
+        TypeError: as Python's own for an unexpected keyword, naming ``config`` for a training setting.
+    """
+    known = set(inspect.signature(load_content).parameters) | set(inspect.signature(load_catalog).parameters)
+    for name in options:
+        if name not in known:
+            setting = name in {f.name for f in dataclasses.fields(TrainConfig)}
+            raise TypeError(f"fit() got an unexpected keyword argument {name!r}"
+                            + (f": a training setting, given in config (config={{{name!r}: ...}})" if setting else ""))
+
+
 def fit(
     interactions: str | Path,
     *,
@@ -310,10 +328,16 @@ def fit(
             skip invalid interaction rows and the rows of those items (counted in
             ``train_report.json``'s ``data``), instead of failing. Not with ``features`` beside a
             catalog: their rows follow the catalog's, which skipping would misalign.
+        **content_options: how the catalog is read and encoded, as :func:`load_content` and
+            :func:`~mmrec.catalog.load_catalog` take them (``text_encoder``, ``image_encoder``,
+            ``cache_dir``, ``max_length``, ``text_fields``, ``image_field``, ``image_root``,
+            ``mask_bad_images``, ...; ``batch_size`` here is the encoders' batch, the training
+            one is ``config``'s). Any other keyword is a ``TypeError``.
 
     Returns:
         ``(recommender, training result, test metrics)``.
     """
+    _check_content_options(content_options)
     if not isinstance(config, TrainConfig):
         config = TrainConfig(**config_changes(config))
     check_out(out, overwrite, [interactions, catalog.source if isinstance(catalog, Catalog) else catalog,

@@ -488,6 +488,15 @@ def test_a_trained_index_in_memory_is_not_saved_without_its_model(tmp_path):
     assert not (tmp_path / "alone").exists()
     with pytest.raises(ConfigError, match=r"unknown training options \['epoch'\]"):
         fit(inter, features={"content": feats}, config={"epoch": 1}, show_progress=False)
+    # a keyword fit does not take was dropped without a word where there is no catalog to read (features
+    # alone, ID-only): a training setting given beside config, a misspelt option
+    for given, said in (({"epochs": 1}, "fit() got an unexpected keyword argument 'epochs': a training setting, "
+                                        "given in config (config={'epochs': ...})"),
+                        ({"rating_treshold": 4}, "fit() got an unexpected keyword argument 'rating_treshold'")):
+        for features in ({"content": feats}, None):
+            with pytest.raises(TypeError) as e:
+                fit(inter, features=features, config={**FAST, "epochs": 1}, show_progress=False, **given)
+            assert str(e.value) == said
 
 
 def test_a_trained_directory_missing_a_model_file_is_named(trained, tmp_path):
