@@ -146,7 +146,7 @@ class TrainConfig:
         if self.untrained_via_content and not self.use_content:
             raise ConfigError("untrained_via_content places items by their content, and use_content is off: leave one "
                               "of the two out")
-        if self.dim % self.heads:
+        if self.use_content and self.dim % self.heads:  # (an ID-only model has no attention to split)
             raise ConfigError(f"heads ({self.heads}) must divide dim ({self.dim})")
         # (inf passed, and failed after the catalog's encoding: NaN scores, or a diverged first epoch)
         for name in ("lr", "temperature", "content_gain", "encoder_lr_scale", "content_lr_scale"):

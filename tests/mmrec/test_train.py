@@ -202,6 +202,10 @@ def test_training_config_errors():
     assert type(old.patience) is int and type(old.use_id) is bool
     with pytest.raises(ConfigError, match=r"use_id must be True or False, got 2"):
         TrainConfig(use_id=2)
+    # heads split the content's attention: an ID-only model (mmrec train without a catalog) has none to split
+    with pytest.raises(ConfigError, match=r"^heads \(4\) must divide dim \(30\)$"):
+        TrainConfig(dim=30)
+    assert TrainConfig(dim=30, use_content=False).dim == 30
     # numpy numbers from a grid are taken, as Python's own
     config = TrainConfig(epochs=np.int64(3), lr=1, use_id=np.bool_(True))
     assert (config.epochs, config.lr, config.use_id) == (3, 1.0, True)
