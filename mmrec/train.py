@@ -424,7 +424,8 @@ class Trainer:
                 logger.warning("training diverged at epoch %d (loss %s): stopped, keeping the best weights so far "
                                "(epoch %d); a lower learning rate (--lr, now %g) may train further", epoch,
                                row["loss"], best_epoch, cfg.lr)
-                history.append(row)
+                # (NaN in the history made train_report.json no JSON a strict parser reads)
+                history.append(row | {"loss": row["loss"] if np.isfinite(row["loss"]) else None, "diverged": True})
                 break
             if metrics is not None:
                 row |= {f"valid_{k}": v for k, v in metrics.items()}

@@ -812,6 +812,10 @@ def test_a_diverged_run_keeps_its_best_weights_or_says_what_to_do(tmp_path, monk
                              split="random", show_progress=False)
     assert "training diverged at epoch 3 (loss nan): stopped, keeping the best weights so far" in caplog.text
     assert len(result.history) == 3 and result.best_epoch in (1, 2)
+    # the report stays JSON (it held NaN, which a strict parser refuses), the epoch marked
+    report = json.loads((tmp_path / "m" / "train_report.json").read_text(),
+                        parse_constant=lambda c: pytest.fail(f"{c} in train_report.json"))
+    assert [(row["epoch"], row["loss"], row.get("diverged")) for row in report["history"]][2:] == [(3, None, True)]
     assert np.isfinite(rec.items.vectors).all() and np.isfinite(rec.user_vectors).all()
 
 
