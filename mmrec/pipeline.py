@@ -116,6 +116,12 @@ def load_npy_features(specs: Mapping[str, str | Path], num_items: int | None) ->
         if len(bad):
             raise DataError(path, [Problem(int(r) + 1, None, "non-finite feature value (or one beyond float32's "
                                                              "range, 3.4e38)") for r in bad[:20]])
+        with np.errstate(over="ignore"):  # (LayerNorm and the cosine square them: NaN, read as a too high --lr)
+            bad = np.flatnonzero(~np.isfinite(np.einsum("ij,ij->i", x32, x32)))
+        if len(bad):
+            raise DataError(path, [Problem(int(r) + 1, None, "feature values too large: the row's squared length "
+                                                             "passes float32's range (3.4e38); scale the features "
+                                                             "down") for r in bad[:20]])
         out[name] = x32
     return out
 

@@ -510,6 +510,8 @@ def test_every_feature_file_error_names_the_file_and_modality(tmp_path):
     huge = np.zeros((3, 2), np.float64)
     huge[2, 1] = 1e300  # finite in float64, inf once stored as float32
     fails(huge, r"row 3: non-finite feature value \(or one beyond float32's range")
+    huge[2, 1] = 3e19  # finite in float32, its square not: training diverged on NaN, "lower the learning rate"
+    fails(huge, r"row 3: feature values too large: the row's squared length passes float32's range \(3\.4e38\)")
     with pytest.raises(DataError, match="feature file for modality 'audio' not found"):
         load_npy_features({"audio": tmp_path / "missing.npy"}, None)
     np.save(tmp_path / "ok.npy", np.ones((2, 3), np.int64))
