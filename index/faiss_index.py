@@ -757,7 +757,9 @@ class FaissIndex:
             # and the nearest candidates, sparse, may lie in others (recall 0.94 against 0.999).
             nprobe = min(self._spec.nlist, math.ceil(nprobe * ntotal / max(live, 1)))
         hidden_labels = np.fromiter(hidden, dtype=np.int64, count=len(hidden)) if hidden else None
-        tie_widened = False  # a tie at a list's end widens the fetch once, by TIE_FETCH (see below)
+        # A tie at a query's list's end widens its fetch once, by TIE_FETCH (see below): the fetch
+        # that settles it, per query (a widening for another query, short, may fall below it).
+        tie_settled_at: dict[int, int] = {}
         while pending:
             scores, labels = self._raw_search(q[pending], fetch, nprobe, ef, exhaustive, sel)  # [B', F] each
             # An exact scan's top ``fetch`` hold the answer: ``fetch`` counts each query's own
@@ -786,9 +788,10 @@ class FaissIndex:
                     got_ids.append(item)  # (past the target: tied with the list's last, kept to order the tie)
                     got_pos.append(j)
                     got_labels.append(label)
-                if len(got_ids) >= target[b] and not whole and not tie_widened and fetch < ntotal \
+                if len(got_ids) >= target[b] and not whole and fetch < tie_settled_at.get(b, ntotal) \
                         and labels[row, -1] >= 0 and row_scores[-1] >= row_scores[got_pos[target[b] - 1]]:
                     tied.append(b)  # the tie at the list's end may run on past what was fetched
+                    tie_settled_at.setdefault(b, min(ntotal, fetch + TIE_FETCH))
                 elif len(got_ids) >= target[b] or done:
                     places = [self._place_of.get(label, label) for label in got_labels] if self._place_of else got_labels
                     out_ids[b], out_scores[b] = _ties_by_label(got_ids, places, row_scores[got_pos], target[b])
@@ -807,7 +810,6 @@ class FaissIndex:
                 fetch = min(ntotal, fetch + TIE_FETCH)
                 ef = max(ef, fetch)
                 exhaustive = exhaustive or (self._spec.kind == "hnsw" and (ef >= ntotal or self._walk_costs_more(ef)))
-            tie_widened = tie_widened or bool(tied)
             pending = short + tied
 
     def _only_labels(self, only: Collection[ItemId] | ItemId,

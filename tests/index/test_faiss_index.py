@@ -713,6 +713,23 @@ def test_equal_scores_rank_by_index_order_whatever_the_depth(factory, tmp_path):
     assert index.search(q, 3)[0][0] == [5, 11, 20] and len(index) == 399  # nothing changed
 
 
+def test_a_query_s_tie_is_settled_as_alone_when_another_query_of_its_batch_comes_back_short():
+    # the tie's widening was one flag for the batch: spent by another query's (short, under `only`) smaller
+    # widening, the tie was cut where FAISS's storage order left it (similar --item A B differed from --item A)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 8)).astype(np.float32)
+    v = x[12].copy()
+    x[12:60] = v
+    x[60:90] = -v + 0.01 * rng.normal(size=(30, 8))  # the second query's nearest, outside `only`
+    index = FaissIndex.build(x, list(range(300)), "Flat", seed=0)
+    index.replace(np.repeat(v[None], 12, axis=0), list(range(12)))  # twins of v that keep their earlier places
+    only = list(range(60)) + list(range(90, 230))
+    alone = index.search(v[None], 3, only=only)
+    both = index.search(np.stack([v, -v]), 3, only=only)
+    assert alone[0][0] == both[0][0] == [0, 1, 2] and np.array_equal(alone[1][0], both[1][0])
+    assert both[0][1] == index.search(-v[None], 3, only=only)[0][0]
+
+
 @pytest.mark.parametrize("factory", ["Flat", "HNSW32", "IVF8,Flat"])
 def test_a_tie_longer_than_tie_fetch_costs_one_more_search_not_a_scan(factory, monkeypatch):
     # widening until a tie ended took 9-10 FAISS calls a query (every IVF list, an HNSW full scan)
