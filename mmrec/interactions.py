@@ -544,7 +544,8 @@ def _refuse_open_quote(path: Path, sep: str, records: int) -> None:
     nobody reads, when the field is one: silently).
 
     First a count of the line breaks (C speed; ``\n``, ``\r`` and ``\r\n`` each one, mixed or
-    not): when they are no more than the records the reader made, the header and a last line end,
+    not): when they are no more than the records the reader made, the header and a last line end
+    (when the file has one),
     no field spans lines, and only the last line can end inside quotes (a quote opened in it,
     holding the final line end). Otherwise, or when it does, the file is walked once more by the
     ``csv`` module, as the catalog reader walks it, and its last record checked
@@ -566,7 +567,8 @@ def _refuse_open_quote(path: Path, sep: str, records: int) -> None:
             body = text.rstrip(b"\r\n")
             tail = text[max(body.rfind(b"\n"), body.rfind(b"\r")) + 1:]
     last_line = tail.decode("utf-8", errors="replace")
-    if breaks <= records + 1 and not _ends_in_quotes(last_line.removeprefix("\ufeff"), sep):
+    ends_line = previous in (b"\n", b"\r")  # (without a last line end, one line swallowed fitted the slack)
+    if breaks <= records + ends_line and not _ends_in_quotes(last_line.removeprefix("\ufeff"), sep):
         return
     with pa.input_stream(str(path), compression=_codec(path)) as raw, \
             io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="") as f, _any_field_size():

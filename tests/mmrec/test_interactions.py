@@ -648,7 +648,9 @@ def test_empty_lines_before_the_header_an_open_quote_and_a_long_row(tmp_path):
     # final line end, was let through
     for name, text in (("mixed.csv", 'user_id,item_id,review\r1,10,x\r2,20,"a\n3,30,b\n'),
                        ("last.csv", 'user_id,item_id,review\n1,10,ok\n2,20,"great\n'),
-                       ("last_no_end.csv", 'user_id,item_id,review\n1,10,ok\n2,20,"great')):
+                       ("last_no_end.csv", 'user_id,item_id,review\n1,10,ok\n2,20,"great'),
+                       # one line swallowed, without a last line end: it fitted the line-end count's slack
+                       ("one_no_end.csv", 'user_id,item_id,review\n1,10,ok\n2,20,"great\n3,30,ok')):
         (tmp_path / name).write_bytes(text.encode())
         with pytest.raises(DataError, match=r"row 2: an unbalanced quote"):
             load_interactions(tmp_path / name)
