@@ -72,6 +72,26 @@ def _mend_lone_surrogates(path: Path, rows: Iterable[tuple[int, Any]]) -> None:
                        path, len(found), "; ".join(found[:5]), " ..." if len(found) > 5 else "")
 
 
+def _whole_or_digits(digits: str) -> int | str:
+    """A JSON integer as Python's ``int``, or its digits as text past the interpreter's limit for
+    converting text to ``int`` (4,300 digits; such an id reads as text, as :mod:`mmrec.ids` has it)."""
+    try:
+        return int(digits)
+    except ValueError:
+        return digits
+
+
+def _loads(text: str) -> Any:
+    """``json.loads``, an integer too long for ``int`` kept as its digits (it raised a bare
+    ``ValueError``, which no row or file named). The hook only runs for a text that needs it."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except ValueError:
+        return json.loads(text, parse_int=_whole_or_digits)
+
+
 def read_objects(path: str | Path) -> list[dict[str, Any]]:
     """Every object of a JSON-lines file, in order (blank lines ignored).
 
@@ -90,7 +110,7 @@ def read_objects(path: str | Path) -> list[dict[str, Any]]:
     objects = []
     for row, line in enumerate(lines, start=1):
         try:
-            obj = json.loads(line)
+            obj = _loads(line)
         except json.JSONDecodeError as e:
             raise DataError(path, [Problem(row, None, f"not a JSON object ({e.msg})")]) from None
         if not isinstance(obj, dict):
@@ -123,7 +143,7 @@ def read_json_rows(path: str | Path) -> list[dict[str, Any]]:
         raise DataError(path, [utf8_problem(path)]) from None
     if text.lstrip().startswith("{"):  # JSON Lines, or one object written over several lines
         try:
-            one = json.loads(text)
+            one = _loads(text)
         except json.JSONDecodeError:
             return read_objects(path)
         if not isinstance(one, dict):
@@ -132,7 +152,7 @@ def read_json_rows(path: str | Path) -> list[dict[str, Any]]:
             _mend_lone_surrogates(path, [(1, one)])
         return [one]
     try:
-        data = json.loads(text)
+        data = _loads(text)
     except json.JSONDecodeError as e:
         raise DataError(path, [Problem(None, None, f"not a JSON array ({e.msg}, line {e.lineno})")]) from None
     if not isinstance(data, list) or not data:

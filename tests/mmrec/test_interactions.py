@@ -389,6 +389,11 @@ def test_json_lines_read_like_csv_even_when_value_types_change_between_lines(tmp
     (tmp_path / "bad.jsonl").write_text('{"user_id": "u1", "item_id": 1}\n[1, 2]\n')
     with pytest.raises(DataError, match=r"bad.jsonl: row 2: not a JSON object \(a list\)"):
         load_interactions(tmp_path / "bad.jsonl")
+    # an integer past Python's 4,300-digit limit for text -> int is an id of those digits, text, so the
+    # column's ids are text, as where types change between lines (it was a bare ValueError naming no file)
+    huge = "9" * 5000
+    (tmp_path / "huge.jsonl").write_text(f'{{"user_id": "u1", "item_id": {huge}}}\n{{"user_id": "u1", "item_id": 4}}\n')
+    assert load_interactions(tmp_path / "huge.jsonl").item_ids == ["4", huge]
     (tmp_path / "i.xml").write_text("<x/>")
     with pytest.raises(DataError, match=r"unknown file type '.xml' \(use .csv, .tsv, .jsonl or .parquet"):
         load_interactions(tmp_path / "i.xml")
