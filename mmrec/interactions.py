@@ -574,6 +574,7 @@ def _refuse_open_quote(path: Path, sep: str, records: int) -> None:
             io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="") as f, _any_field_size():
         lines = _RecordLines(f)
         last, row_number, header = [], 0, False
+        spanning: list[int] = []  # the data rows whose quoted value spans lines
         try:
             for row in csv.reader(lines, delimiter=sep):
                 last, lines.record = lines.record, []
@@ -581,12 +582,19 @@ def _refuse_open_quote(path: Path, sep: str, records: int) -> None:
                     continue  # a blank line or one of spaces: not counted, as the reader skips it
                 if header:
                     row_number += 1
+                    if len(last) > 1:
+                        spanning.append(row_number)
                 header = True
         except csv.Error as e:  # (Python 3.10's csv module refuses a NUL byte)
             raise DataError(path, [Problem(row_number + 1, None, f"cannot be read as CSV: {e}")]) from None
     if last and _ends_in_quotes("".join(last), sep):
         raise DataError(path, [Problem(row_number or None, None, "an unbalanced quote: the field it opens runs to "
                                                                  "the end of the file (the rows after it would be lost)")])
+    if spanning:  # (an unquoted export with a value starting with a quote merges the lines up to the next one)
+        logger.warning("%s: %d row(s) hold a quoted value spanning lines, each read as one row (rows %s): if the "
+                       "file does not quote values, a value starting with \" took in the lines after it, whose "
+                       "interactions are lost", path, len(spanning), ", ".join(map(str, spanning[:5]))
+                       + (", ..." if len(spanning) > 5 else ""))
 
 
 def _read_columns(path: Path, fmt: str) -> tuple[dict[str, pa.Array], int, dict[str, dict[int, str]]]:

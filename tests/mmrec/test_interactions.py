@@ -635,7 +635,7 @@ def test_a_line_of_only_spaces_is_a_blank_line(tmp_path):
     assert got.user_ids == ["u1", "u2"] and got.items.tolist() == [0, 1]
 
 
-def test_empty_lines_before_the_header_an_open_quote_and_a_long_row(tmp_path):
+def test_empty_lines_before_the_header_an_open_quote_and_a_long_row(tmp_path, caplog):
     import gzip
 
     # empty lines before the header are skipped, as after it (it was "file is empty (no header row)")
@@ -662,9 +662,19 @@ def test_empty_lines_before_the_header_an_open_quote_and_a_long_row(tmp_path):
     (tmp_path / "open.tsv").write_text('user_id\titem_id\treview\n1\t10\t"bad\n2\t20\tx\n')
     with pytest.raises(DataError, match=r"row 1: an unbalanced quote"):
         load_interactions(tmp_path / "open.tsv")
-    # a quoted review spanning lines is data, and so is one longer than the reader's 1 MiB block
+    # a quoted review spanning lines is data, and so is one longer than the reader's 1 MiB block; said, as in a
+    # file that does not quote values (a TSV export), a value starting with a quote took in the rows up to the
+    # next one, silently
     (tmp_path / "multi.csv").write_text('user_id,item_id,review\n\n1,10,"great\nfilm"\n2,20,"a ""b"""\n')
-    assert len(load_interactions(tmp_path / "multi.csv")) == 2
+    with caplog.at_level("WARNING", logger="mmrec.interactions"):
+        assert len(load_interactions(tmp_path / "multi.csv")) == 2
+    (tmp_path / "unquoted.tsv").write_text('user_id\titem_id\treview\n1\t10\t"Wow\n2\t20\tgood"\n3\t30\tok\n')
+    with caplog.at_level("WARNING", logger="mmrec.interactions"):
+        assert load_interactions(tmp_path / "unquoted.tsv").item_ids == [10, 30]
+    said = [r.getMessage() for r in caplog.records if "spanning lines" in r.getMessage()]
+    assert said == [f"{tmp_path / name}: 1 row(s) hold a quoted value spanning lines, each read as one row (rows 1): "
+                    "if the file does not quote values, a value starting with \" took in the lines after it, whose "
+                    "interactions are lost" for name in ("multi.csv", "unquoted.tsv")]
     (tmp_path / "long.csv").write_text("user_id,item_id,review\n1,10," + "z" * 2_100_000 + "\n2,20,ok\n")
     assert len(load_interactions(tmp_path / "long.csv")) == 2
 
