@@ -219,10 +219,10 @@ def _clear_leftovers(final: Path, mine: Path) -> None:
         shutil.rmtree(trash, ignore_errors=True)
     left = [p for p in leftovers(final) if p != mine and not _held_by_another(p)]  # (a live writer's, being deleted)
     if left:
+        them = "it" if len(left) == 1 else "them"
         logger.warning("%s: an interrupted write left %s beside it: %s (delete %s once you do not need %s)",
                        final, "a previous version" if len(left) == 1 else f"{len(left)} previous versions",
-                       ", ".join(str(p) for p in left), "it" if len(left) == 1 else "them",
-                       "it" if len(left) == 1 else "them")
+                       ", ".join(str(p) for p in left), them, them)
 
 
 # How a full disk reads in the errors of the writers that do not raise OSError (safetensors' Rust
