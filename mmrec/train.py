@@ -367,6 +367,7 @@ class Trainer:
             with torch.no_grad():  # (a fine-tuning run loads them after __init__)
                 torch._foreach_copy_(self.average, self.trained)
         best, best_epoch, best_state, bad = -1.0, 0, None, 0
+        last_finite: tuple[dict[str, Any], int] | None = None  # without validation: (state, epoch) to fall back on
         start_row: dict[str, float] = {}
         if self.start_valid is not None:  # the starting weights are the one to beat
             best, best_state = self.start_valid[EVAL_KEY], copy.deepcopy(self.state_dict())
@@ -417,13 +418,15 @@ class Trainer:
                             best_state = copy.deepcopy(self.state_dict())
                         else:
                             bad += 1
+            if diverged and not has_valid and last_finite is not None:  # (it lost every epoch before)
+                best_state, best_epoch = last_finite
             if diverged:
                 if best_state is None:
                     raise MMRecError(f"training diverged at epoch {epoch} (loss {row['loss']}), before any validated "
                                      f"state to keep: lower the learning rate (--lr, now {cfg.lr:g})")
-                logger.warning("training diverged at epoch %d (loss %s): stopped, keeping the best weights so far "
+                logger.warning("training diverged at epoch %d (loss %s): stopped, keeping the %s weights so far "
                                "(epoch %d); a lower learning rate (--lr, now %g) may train further", epoch,
-                               row["loss"], best_epoch, cfg.lr)
+                               row["loss"], "best" if has_valid else "last finite", best_epoch, cfg.lr)
                 # (NaN in the history made train_report.json no JSON a strict parser reads)
                 history.append(row | {"loss": row["loss"] if np.isfinite(row["loss"]) else None, "diverged": True})
                 break
@@ -437,6 +440,9 @@ class Trainer:
                 bar.set_postfix(loss=f"{row['loss']:.4f}", r20=f"{score:.4f}", best=f"{best:.4f}", refresh=False)
             else:
                 logger.info("epoch %d loss %.4f (%.1fs)", epoch, row["loss"], seconds[-1])
+            if not has_valid and epoch < cfg.epochs:  # kept should a later epoch diverge (the last needs no copy)
+                with self.averaged():
+                    last_finite = (copy.deepcopy(self.state_dict()), epoch)
             history.append(row)
             bar.update(1)
             if has_valid and bad >= cfg.patience:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -819,6 +820,33 @@ def test_a_diverged_run_keeps_its_best_weights_or_says_what_to_do(tmp_path, monk
                         parse_constant=lambda c: pytest.fail(f"{c} in train_report.json"))
     assert [(row["epoch"], row["loss"], row.get("diverged")) for row in report["history"]][2:] == [(3, None, True)]
     assert np.isfinite(rec.items.vectors).all() and np.isfinite(rec.user_vectors).all()
+
+
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_a_run_without_validation_that_diverges_keeps_its_last_finite_epoch(tmp_path, monkeypatch, caplog, ema):
+    # with no validation rows there was no validated state, so a divergence at a late epoch lost every epoch
+    inter_path, feats = write_planted(tmp_path)
+    lines = inter_path.read_text().splitlines()
+    given = tmp_path / "given.tsv"  # train and test rows only
+    given.write_text("\n".join([lines[0] + "\tsplit"] + [f"{line}\t{'test' if n % 5 == 0 else 'train'}"
+                                                          for n, line in enumerate(lines[1:])]) + "\n")
+    config = TrainConfig(**(FAST | {"epochs": 6, "patience": 6, "ema": ema}))
+    two, _, _ = fit(given, features={"content": feats}, config=dataclasses.replace(config, epochs=2),
+                    show_progress=False)
+    real, calls = Trainer.step, []
+
+    def step(self, users, pos):  # the loss turns NaN in epoch 3
+        calls.append(1)
+        loss = real(self, users, pos)
+        return float("nan") if len(calls) > 2 * -(-len(self.train_users) // self.cfg.batch_size) else loss
+
+    monkeypatch.setattr(Trainer, "step", step)
+    with caplog.at_level("WARNING", logger="mmrec.train"):
+        rec, result, _ = fit(given, features={"content": feats}, config=config, show_progress=False)
+    assert "training diverged at epoch 3 (loss nan): stopped, keeping the last finite weights so far (epoch 2)" \
+        in caplog.text
+    assert result.best_epoch == 2 and len(result.history) == 3
+    assert np.array_equal(rec.items.vectors, two.items.vectors) and np.array_equal(rec.user_vectors, two.user_vectors)
 
 
 def test_weights_gone_nan_behind_a_finite_loss_are_divergence_too(tmp_path, monkeypatch, caplog):
