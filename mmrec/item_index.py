@@ -1537,13 +1537,16 @@ class ItemIndex:
         return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
 
     def _exact_numbers(self, field: str) -> dict[decimal.Decimal, np.ndarray]:
-        """Each number the display field ``field`` reads as (:func:`exact_number`) -> the sorted
-        positions of the items with it."""
+        """Each number the display field ``field`` reads as (:func:`exact_number`), whole or in
+        a part of a ``|``-separated one (as :meth:`_facet` has the parts: ``sizes=1.0`` finds
+        ``1|2``) -> the sorted positions of the items with it."""
         positions: dict[decimal.Decimal, list[int]] = {}
         for i, item in enumerate(self.items):
             text = item["fields"].get(field)
-            number = None if text is None else exact_number(text)
-            if number is not None:
+            if text is None:
+                continue
+            values = {text} | set(text.split("|")) if "|" in text else (text,)
+            for number in {exact_number(value) for value in values} - {None}:
                 positions.setdefault(number, []).append(i)
         return {number: np.array(rows, dtype=np.int64) for number, rows in positions.items()}
 

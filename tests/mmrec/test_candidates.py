@@ -246,6 +246,12 @@ def test_where_conditions_not_equal_and_numeric_ranges(caplog):
     with caplog.at_level("WARNING", logger="mmrec.item_index"):
         assert spelled.matching(["price=1E2"]) == ["a", "b"]  # the same number: it matched, nothing to warn of
     assert "case counts" not in caplog.text  # (it said "price=1E2 matches no item (case counts): ... holds '1e2'")
+    # a part of a |-separated field is the same number too, as it is the same text (sizes=1.0 missed '1|2')
+    sizes = ItemIndex.from_features(list("abcd"), {"text": np.eye(4, dtype=np.float32)}, show_progress=False,
+                                    records=[{"sizes": "1|2"}, {"sizes": " 1.0 | 3"}, {"sizes": "12"}, {"sizes": "1x|2"}],
+                                    factory="Flat")
+    assert sizes.matching(["sizes=1.0"]) == sizes.matching(["sizes=1"]) == ["a", "b"]
+    assert sizes.matching(["sizes=2e0"]) == ["a", "d"] and sizes.matching(["sizes!=1"]) == ["c", "d"]
     caplog.clear()
     with caplog.at_level("WARNING", logger="mmrec.item_index"):  # = then a comparison's sign: the text '>1990'
         assert idx.matching(["year=>1990"]) == [] and idx.matching(["year=<1990"]) == []
