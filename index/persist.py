@@ -251,7 +251,11 @@ def _publish(tmp: Path, final: Path, *, overwrite: bool, token: str, published: 
     if not final.exists() and not final.is_symlink():  # (a link to nothing is replaced as any link is)
         _set_modes(tmp, None)
         _sync_tree(tmp)
-        os.rename(tmp, final)
+        try:
+            os.rename(tmp, final)
+        except KeyboardInterrupt:
+            if tmp.exists():  # (as the rename returned, it landed: the command has done its work)
+                raise
         published()
         _sync_dir(final.parent)
         return
@@ -267,6 +271,11 @@ def _publish(tmp: Path, final: Path, *, overwrite: bool, token: str, published: 
         try:  # an interrupt between the two renames (or right after the first) also puts it back
             os.rename(final, old)
             os.rename(tmp, final)
+        except KeyboardInterrupt:
+            if tmp.exists() or not final.exists():  # (as the second rename returned, the new version landed)
+                if old.exists() and not final.exists():
+                    os.rename(old, final)
+                raise
         except BaseException:
             if old.exists() and not final.exists():
                 os.rename(old, final)  # put the previous version back before reporting the failure

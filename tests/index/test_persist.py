@@ -4,6 +4,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import shutil
 import time
 
 import numpy as np
@@ -138,6 +139,23 @@ def test_an_interrupt_between_the_two_renames_puts_the_old_version_back(tmp_path
             (tmp / "new.txt").write_text("new")
     monkeypatch.setattr(persist.os, "rename", real_rename)
     assert entries(final) == ["old.txt"] and entries(tmp_path) == ["model"]
+
+    # Ctrl-C arriving as the rename that publishes returns: the new version is in place, so the write is done (it
+    # reported an interruption, the object in memory kept its old items and the replaced version stayed beside it)
+    for fresh in (False, True):
+        def publish_then_interrupt(src, dst):
+            real_rename(src, dst)
+            if str(dst).endswith("model"):
+                raise KeyboardInterrupt
+
+        if fresh:
+            shutil.rmtree(final)
+        monkeypatch.setattr(persist.os, "rename", publish_then_interrupt)
+        with atomic_directory(final, overwrite=True) as tmp:
+            (tmp / "new.txt").write_text("new")
+        monkeypatch.setattr(persist.os, "rename", real_rename)
+        assert entries(final) == ["new.txt"] and entries(tmp_path) == ["model"]
+        (final / "new.txt").rename(final / "old.txt")
 
     # Ctrl-C while the replaced version is deleted, the new one in place: the command reported "interrupted"
     # (exit 130) and left .model.old-<token> behind; the deletion is finished and the write succeeds
