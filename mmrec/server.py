@@ -445,6 +445,8 @@ class RecommenderServer(ThreadingHTTPServer):
         self._handlers: set[threading.Thread] = set()  # threads answering them, joined at server_close
         self._idle = threading.Condition()
         self._stopping = False
+        self._listening = False  # (server_activate: a bind or listen that failed closes an idle socket)
+        self._accepted = 0  # connections accepted
         if ":" in host:  # an IPv6 address such as ::1
             self.address_family = socket.AF_INET6
         super().__init__((host, port), Handler)
@@ -554,11 +556,20 @@ class RecommenderServer(ThreadingHTTPServer):
             if thread is not threading.current_thread() and thread.ident is not None:  # (started)
                 thread.join(max(0.0, deadline - time.monotonic()))
 
+    def server_activate(self) -> None:
+        super().server_activate()
+        self._listening = True
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        request = super().get_request()
+        self._accepted += 1  # (counted for _refuse_queued)
+        return request
+
     def _refuse_queued(self) -> None:
         """Accept the connections the system still queues for the listening socket (made after
         ``serve_forever``'s last accept) and let their threads answer 503, waiting up to
         :data:`QUEUED_SECONDS` for them: closing the socket reset them, never answered."""
-        if self.socket.fileno() < 0:  # closed already
+        if not self._listening or self.socket.fileno() < 0:  # (a bind that failed closes it too) or closed already
             return
         with self._idle:
             before = set(self._handlers)
@@ -567,12 +578,16 @@ class RecommenderServer(ThreadingHTTPServer):
         with selectors.DefaultSelector() as selector:
             selector.register(self.socket, selectors.EVENT_READ)
             while time.monotonic() < deadline and selector.select(0):
+                accepted = self._accepted
                 self.handle_request()
+                if self._accepted == accepted:  # the accept failed (handle_request says nothing of it): stop
+                    break
         with self._idle:
             queued = [t for t in self._handlers if t not in before]
         deadline = time.monotonic() + QUEUED_SECONDS
         for thread in queued:
-            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.ident is not None:  # (started)
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     def handle_error(self, request, client_address) -> None:
         """A client that hung up before its answer was written is no error of the server's (the

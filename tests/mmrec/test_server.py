@@ -339,8 +339,8 @@ def test_the_serve_command_listens_answers_and_stops_on_ctrl_c(model_dir):
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGABRT)
             pytest.fail("serve did not stop on Ctrl-C within 60 s; its threads:\n" + proc.communicate(timeout=30)[1])
-        assert code == 0
         log = proc.stderr.read()
+        assert code == 0, log
         # one access-log line a request, with its time and client; then the stop is said
         assert re.search(r'^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO mmrec.server: 127\.0\.0\.1 '
                          r'"GET /recommend\?user=u5&k=3" 200 ', log, re.M), log
@@ -608,6 +608,18 @@ def test_closing_answers_503_to_connections_the_system_still_queued(model_dir):
     with pytest.raises(ConnectionRefusedError):  # closed now: refused, not queued
         socket.create_connection(("127.0.0.1", server.server_port), timeout=10)
     server.server_close()  # twice: nothing more to do
+
+
+def test_a_port_that_cannot_be_bound_is_refused_without_accepting_on_the_idle_socket(model_dir, monkeypatch):
+    # the standard library closes the server when bind or listen fails: the queue's clean-up took the idle
+    # socket (which polls as readable) for one with connections, and spun a core for a second
+    rec = Recommender.load(model_dir, show_progress=False)
+    monkeypatch.setattr(RecommenderServer, "handle_request", lambda self: pytest.fail("accepted on a dead socket"))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with pytest.raises(OSError):
+            RecommenderServer(rec, "127.0.0.1", busy.getsockname()[1])
 
 
 def test_closing_shuts_idle_kept_alive_connections_and_joins_their_threads(model_dir):
