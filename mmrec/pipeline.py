@@ -277,20 +277,27 @@ def _say_untrained_users(inter: Interactions, kept: np.ndarray | None) -> list[A
     return [inter.user_ids[u] for u in drawn]
 
 
-def _check_content_options(options: Mapping[str, Any]) -> None:
+def _check_content_options(options: Mapping[str, Any], content: Content | None) -> None:
     """Refuse a keyword of :func:`fit` that neither :func:`load_content` nor
     :func:`~mmrec.catalog.load_catalog` takes: without a catalog to read (features alone, ID-only)
-    it was dropped without a word, a training setting given beside ``config`` included.
+    it was dropped without a word, a training setting given beside ``config`` included (``device``
+    and ``batch_size`` as well, though the encoders take them too). With ``content`` already
+    loaded, none is used: any is refused.
 
     Raises:
         TypeError: as Python's own for an unexpected keyword, naming ``config`` for a training setting.
     """
+    settings = {f.name for f in dataclasses.fields(TrainConfig)}  # (device, batch_size: config's, not the encoders')
     known = set(inspect.signature(load_content).parameters) | set(inspect.signature(load_catalog).parameters)
+    known -= settings | {"catalog", "features", "path", "catalog_options", "show_progress"}  # (fit's own)
     for name in options:
         if name not in known:
-            setting = name in {f.name for f in dataclasses.fields(TrainConfig)}
             raise TypeError(f"fit() got an unexpected keyword argument {name!r}"
-                            + (f": a training setting, given in config (config={{{name!r}: ...}})" if setting else ""))
+                            + (f": a training setting, given in config (config={{{name!r}: ...}})"
+                               if name in settings else ""))
+    if content is not None and options:
+        raise TypeError(f"fit() got {', '.join(map(repr, options))}, which say how a catalog is read and encoded, "
+                        "with content already loaded: give them to load_content")
 
 
 def fit(
@@ -337,13 +344,13 @@ def fit(
         **content_options: how the catalog is read and encoded, as :func:`load_content` and
             :func:`~mmrec.catalog.load_catalog` take them (``text_encoder``, ``image_encoder``,
             ``cache_dir``, ``max_length``, ``text_fields``, ``image_field``, ``image_root``,
-            ``mask_bad_images``, ...; ``batch_size`` here is the encoders' batch, the training
-            one is ``config``'s). Any other keyword is a ``TypeError``.
+            ``mask_bad_images``, ...; not with ``content``). Any other keyword is a ``TypeError``
+            (a training setting, ``device`` and ``batch_size`` included, goes in ``config``).
 
     Returns:
         ``(recommender, training result, test metrics)``.
     """
-    _check_content_options(content_options)
+    _check_content_options(content_options, content)
     if not isinstance(config, TrainConfig):
         config = TrainConfig(**config_changes(config))
     check_out(out, overwrite, [interactions, catalog.source if isinstance(catalog, Catalog) else catalog,

@@ -492,11 +492,23 @@ def test_a_trained_index_in_memory_is_not_saved_without_its_model(tmp_path):
     # alone, ID-only): a training setting given beside config, a misspelt option
     for given, said in (({"epochs": 1}, "fit() got an unexpected keyword argument 'epochs': a training setting, "
                                         "given in config (config={'epochs': ...})"),
-                        ({"rating_treshold": 4}, "fit() got an unexpected keyword argument 'rating_treshold'")):
+                        ({"rating_treshold": 4}, "fit() got an unexpected keyword argument 'rating_treshold'"),
+                        # the encoders take these too, but beside config they read as the training's
+                        ({"device": "cpu"}, "fit() got an unexpected keyword argument 'device': a training setting, "
+                                            "given in config (config={'device': ...})"),
+                        ({"batch_size": 7}, "fit() got an unexpected keyword argument 'batch_size': a training "
+                                            "setting, given in config (config={'batch_size': ...})")):
         for features in ({"content": feats}, None):
             with pytest.raises(TypeError) as e:
                 fit(inter, features=features, config={**FAST, "epochs": 1}, show_progress=False, **given)
             assert str(e.value) == said
+    from mmrec.pipeline import load_content
+
+    content = load_content(None, {"content": feats}, show_progress=False)
+    with pytest.raises(TypeError) as e:  # read already: the option was dropped
+        fit(inter, content=content, config={**FAST, "epochs": 1}, show_progress=False, text_fields=["title"])
+    assert str(e.value) == ("fit() got 'text_fields', which say how a catalog is read and encoded, with content "
+                            "already loaded: give them to load_content")
 
 
 def test_a_trained_directory_missing_a_model_file_is_named(trained, tmp_path):
