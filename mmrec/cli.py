@@ -786,7 +786,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         print(f"serving {args.index} ({kind}, {len(rec.items)} items, {len(rec.user_ids)} users) at "
               f"http://{where}:{port}  routes: /health {' '.join(ROUTES)}  (Ctrl-C stops)", flush=True)
-        server.serve_forever()
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:  # a SIGINT handler not ours (a program that runs this command) raised it
+            pass
         left = server.drain(accept=True)  # the answers being written finish; new requests get 503
         if left:
             logger.warning("stopping with %d request(s) still being answered after 30 s", left)
