@@ -422,8 +422,9 @@ class Trainer:
                 best_state, best_epoch = last_finite
             if diverged:
                 if best_state is None:
-                    raise MMRecError(f"training diverged at epoch {epoch} (loss {row['loss']}), before any validated "
-                                     f"state to keep: lower the learning rate (--lr, now {cfg.lr:g})")
+                    keep = "any validated state" if has_valid else "a finite epoch"
+                    raise MMRecError(f"training diverged at epoch {epoch} (loss {row['loss']}), before {keep} to "
+                                     f"keep: lower the learning rate (--lr, now {cfg.lr:g})")
                 logger.warning("training diverged at epoch %d (loss %s): stopped, keeping the %s weights so far "
                                "(epoch %d); a lower learning rate (--lr, now %g) may train further", epoch,
                                row["loss"], "best" if has_valid else "last finite", best_epoch, cfg.lr)

@@ -847,6 +847,10 @@ def test_a_run_without_validation_that_diverges_keeps_its_last_finite_epoch(tmp_
         in caplog.text
     assert result.best_epoch == 2 and len(result.history) == 3
     assert np.array_equal(rec.items.vectors, two.items.vectors) and np.array_equal(rec.user_vectors, two.user_vectors)
+    calls.clear()
+    monkeypatch.setattr(Trainer, "step", lambda self, users, pos: calls.append(1) or float("nan"))
+    with pytest.raises(MMRecError, match=r"^training diverged at epoch 1 \(loss nan\), before a finite epoch to keep"):
+        fit(given, features={"content": feats}, config=config, show_progress=False)
 
 
 def test_weights_gone_nan_behind_a_finite_loss_are_divergence_too(tmp_path, monkeypatch, caplog):
