@@ -271,15 +271,11 @@ def _publish(tmp: Path, final: Path, *, overwrite: bool, token: str, published: 
         try:  # an interrupt between the two renames (or right after the first) also puts it back
             os.rename(final, old)
             os.rename(tmp, final)
-        except KeyboardInterrupt:
-            if tmp.exists() or not final.exists():  # (as the second rename returned, the new version landed)
+        except BaseException as e:
+            if not (isinstance(e, KeyboardInterrupt) and not tmp.exists() and final.exists()):  # (else it landed)
                 if old.exists() and not final.exists():
-                    os.rename(old, final)
+                    os.rename(old, final)  # put the previous version back before reporting the failure
                 raise
-        except BaseException:
-            if old.exists() and not final.exists():
-                os.rename(old, final)  # put the previous version back before reporting the failure
-            raise
         published()
         try:
             _sync_dir(final.parent)
