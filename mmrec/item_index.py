@@ -1313,8 +1313,9 @@ class ItemIndex:
                                  f"{reprlib.repr(item_id)}")
         if item_id in self._pos:  # the common case, before building the alternatives
             return self.items[self._pos[item_id]][ID_FIELD]  # the stored key, never the caller's object
-        if too_long(item_id):
-            raise UnknownIdError(f"{too_long(item_id)} is not in this index ({len(self)} items)")
+        long = too_long(item_id)
+        if long:
+            raise UnknownIdError(f"{long} is not in this index ({len(self)} items)")
         text = str(item_id)
         for alt in (text, *normalize_ids([text])):
             if alt in self._pos:

@@ -387,8 +387,9 @@ class Recommender:
             user_id = user_id.strip()
         if user_id in self._user_pos:
             return self._user_pos[user_id]
-        if too_long(user_id):
-            raise UnknownIdError(f"{too_long(user_id)} is not known to this model ({len(self.user_ids)} users)")
+        long = too_long(user_id)
+        if long:
+            raise UnknownIdError(f"{long} is not known to this model ({len(self.user_ids)} users)")
         text = str(user_id)
         if text in self._user_pos_str:
             return self._user_pos_str[text]
