@@ -768,6 +768,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
 
     stopping = threading.Event()
+    stoppers: list[threading.Thread] = []  # joined before the process ends: a daemon thread still waking
+    # when the interpreter finalizes was unwound by force, and the process aborted ("terminate called
+    # without an active exception", as a SIGTERM under load did)
 
     def stop(signum: int, frame: Any) -> None:
         """Ctrl-C or SIGTERM (docker stop, systemd): serve_forever returns at its next poll. (A
@@ -777,7 +780,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if stopping.is_set():
             raise KeyboardInterrupt
         stopping.set()
-        threading.Thread(target=server.shutdown, daemon=True).start()  # (it waits for serve_forever: not here)
+        stoppers.append(threading.Thread(target=server.shutdown, daemon=True))  # (it waits for serve_forever:
+        stoppers[-1].start()  # not from here, the thread serve_forever runs in)
 
     # (before the line that says it is ready: a SIGTERM sent on reading it killed the process outright;
     # a SIGINT the process was started ignoring, as a shell's `&` does, stays ignored)
@@ -797,6 +801,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
+        for stopper in stoppers:  # (serve_forever has returned: its shutdown() returns at once)
+            stopper.join()
         server.server_close()  # (connections still queued get their 503 first)
         for handler, formatter in formats:
             handler.setFormatter(formatter)

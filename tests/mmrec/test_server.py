@@ -354,7 +354,8 @@ def test_the_serve_command_listens_answers_and_stops_on_ctrl_c(model_dir):
     try:
         assert "at http://127.0.0.1:" in proc.stdout.readline()
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0 and proc.stderr.read().rstrip().endswith("INFO mmrec: stopped")
+        code, log = proc.wait(timeout=60), proc.stderr.read()
+        assert code == 0 and log.rstrip().endswith("INFO mmrec: stopped"), log
     finally:
         proc.kill()
         proc.wait()
