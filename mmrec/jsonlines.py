@@ -81,15 +81,52 @@ def _whole_or_digits(digits: str) -> int | str:
         return digits
 
 
-def _loads(text: str) -> Any:
-    """``json.loads``, an integer too long for ``int`` kept as its digits (it raised a bare
-    ``ValueError``, which no row or file named). The hook only runs for a text that needs it."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        raise
-    except ValueError:
-        return json.loads(text, parse_int=_whole_or_digits)
+class _Decoder:
+    """``json.loads`` that notes each object naming a key twice (``json`` keeps the last value
+    without a word, another reader the first, so such a row is refused, not guessed at), and keeps
+    an integer too long for ``int`` as its digits (it raised a bare ``ValueError``, which no row
+    or file named; that hook only runs for a text that needs it)."""
+
+    def __init__(self) -> None:
+        self.repeated: list[tuple[dict[str, Any], str]] = []  # (the object, its first key named twice)
+        self._plain = json.JSONDecoder(object_pairs_hook=self._object)
+        self._long = json.JSONDecoder(object_pairs_hook=self._object, parse_int=_whole_or_digits)
+
+    def _object(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj = dict(pairs)
+        if len(obj) < len(pairs):
+            seen: set[str] = set()
+            self.repeated.append((obj, next(k for k, _ in pairs if k in seen or seen.add(k))))
+        return obj
+
+    def loads(self, text: str) -> Any:
+        noted = len(self.repeated)
+        try:
+            return self._plain.decode(text)
+        except json.JSONDecodeError:
+            raise
+        except ValueError:
+            del self.repeated[noted:]  # (the retry notes them again)
+            return self._long.decode(text)
+
+    def refuse_repeated(self, path: Path, rows: list[tuple[int, Any]]) -> None:
+        """Raise for the first noted object, naming the row of ``rows`` (1-based row, decoded
+        value) that holds it; no-op when none was noted."""
+        if not self.repeated:
+            return
+        inner, key = self.repeated[0]
+        row, obj = next((row, obj) for row, obj in rows if _holds(obj, inner))
+        if obj is inner:
+            raise DataError(path, [Problem(row, key, "named twice in one object (JSON readers differ "
+                                                     "on which value counts: keep one)")])
+        field = next(k for k, v in obj.items() if _holds(v, inner))
+        raise DataError(path, [Problem(row, field, f"holds an object naming {key!r} twice (keep one)")])
+
+
+def _holds(value: Any, inner: dict[str, Any]) -> bool:
+    """Whether ``inner`` is ``value`` or inside it (by identity)."""
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return value is inner or any(_holds(v, inner) for v in children)
 
 
 def read_objects(path: str | Path) -> list[dict[str, Any]]:
@@ -97,7 +134,7 @@ def read_objects(path: str | Path) -> list[dict[str, Any]]:
 
     Raises:
         DataError: not UTF-8 (line and byte named), no object at all, or a row (1-based, blank
-            lines not counted) that is not one JSON object.
+            lines not counted) that is not one JSON object or names a key twice.
     """
     path = Path(path)
     try:
@@ -108,13 +145,15 @@ def read_objects(path: str | Path) -> list[dict[str, Any]]:
     if not lines:
         raise DataError(path, [Problem(None, None, "file is empty (no JSON lines)")])
     objects = []
+    decoder = _Decoder()
     for row, line in enumerate(lines, start=1):
         try:
-            obj = _loads(line)
+            obj = decoder.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(path, [Problem(row, None, f"not a JSON object ({e.msg})")]) from None
         if not isinstance(obj, dict):
             raise DataError(path, [Problem(row, None, f"not a JSON object (a {type(obj).__name__})")])
+        decoder.refuse_repeated(path, [(row, obj)])
         objects.append(obj)
     _mend_lone_surrogates(path, ((row, objects[row - 1]) for row, line in enumerate(lines, start=1)
                                  if "\\u" in line and _ESCAPED_SURROGATE.search(line)))
@@ -130,7 +169,8 @@ def read_json_rows(path: str | Path) -> list[dict[str, Any]]:
     type a column turns ``"007"`` beside ``1`` into ``7``.
 
     Raises:
-        DataError: not UTF-8, not JSON, an element (1-based) that is not an object, no object.
+        DataError: not UTF-8, not JSON, an element (1-based) that is not an object or names a
+            key twice, no object.
     """
     path = Path(path)
     try:
@@ -141,18 +181,20 @@ def read_json_rows(path: str | Path) -> list[dict[str, Any]]:
             text = head + f.read()
     except UnicodeDecodeError:
         raise DataError(path, [utf8_problem(path)]) from None
+    decoder = _Decoder()
     if text.lstrip().startswith("{"):  # JSON Lines, or one object written over several lines
         try:
-            one = _loads(text)
+            one = decoder.loads(text)
         except json.JSONDecodeError:
             return read_objects(path)
         if not isinstance(one, dict):
             return read_objects(path)
+        decoder.refuse_repeated(path, [(1, one)])
         if _ESCAPED_SURROGATE.search(text):  # (a one-row .json: an index update's file, say)
             _mend_lone_surrogates(path, [(1, one)])
         return [one]
     try:
-        data = _loads(text)
+        data = decoder.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(path, [Problem(None, None, f"not a JSON array ({e.msg}, line {e.lineno})")]) from None
     if not isinstance(data, list) or not data:
@@ -161,6 +203,7 @@ def read_json_rows(path: str | Path) -> list[dict[str, Any]]:
              for row, obj in enumerate(data, start=1) if not isinstance(obj, dict)]
     if wrong:
         raise DataError(path, wrong)
+    decoder.refuse_repeated(path, list(enumerate(data, start=1)))
     if _ESCAPED_SURROGATE.search(text):
         _mend_lone_surrogates(path, enumerate(data, start=1))
     return data
