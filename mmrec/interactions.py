@@ -416,6 +416,14 @@ def _refuse_twice(path: Path, header: list[str]) -> None:
                                for c in twice])
 
 
+def _refuse_no_rating(path: Path, header: list[str]) -> None:
+    """Refuse a rating threshold for a file without a ``rating`` column, naming a ``Rating``
+    there (which a warning alone named, before a bare refusal)."""
+    if "rating" not in header:
+        said = dict(_lookalikes(header)).get("rating")
+        raise DataError(path, [Problem(None, "rating", NO_RATING_COLUMN + (f" ({said})" if said else ""))])
+
+
 def _lookalikes(header: list[str]) -> list[tuple[str, str]]:
     """``(column meant, why it is not read)`` for each column that looks meant as an optional
     column it does not name (``Split``, ``Rating``; MMRec's ``x_label``)."""
@@ -471,9 +479,9 @@ def check_columns(path: str | Path, *, split: str = "auto", rating_threshold: fl
         return  # load_interactions names them (and a file that is not UTF-8)
     _refuse_twice(path, header)
     # (a refusal below for want of "split" said nothing of a "Split" column there)
+    if rating_threshold is not None:
+        _refuse_no_rating(path, header)
     hint = {name: f" ({said})" for name, said in reversed(_lookalikes(header))}
-    if rating_threshold is not None and "rating" not in header:
-        raise DataError(path, [Problem(None, "rating", NO_RATING_COLUMN + hint.get("rating", ""))])
     from mmrec.split import check_rule_columns  # (split reads this module)
 
     try:
@@ -597,12 +605,14 @@ def _refuse_open_quote(path: Path, sep: str, records: int) -> None:
                        + (", ..." if len(spanning) > 5 else ""))
 
 
-def _read_columns(path: Path, fmt: str) -> tuple[dict[str, pa.Array], int, dict[str, dict[int, str]]]:
+def _read_columns(path: Path, fmt: str, needs_rating: bool
+                  ) -> tuple[dict[str, pa.Array], int, dict[str, dict[int, str]]]:
     """Every known column present, as an arrow array, the number of data rows, and the values of
     a JSON-lines file that are no string or number (:func:`_read_jsonl`; ``{}`` for the others).
 
     Raises:
-        DataError: empty file, missing required columns, unparseable file.
+        DataError: empty file, missing required columns (or the ``rating`` column, when
+            ``needs_rating``), unparseable file.
     """
     whole = None  # a JSON-lines file is read whole: its columns are the keys its objects use
     odd: dict[str, dict[int, str]] = {}
@@ -639,6 +649,8 @@ def _read_columns(path: Path, fmt: str) -> tuple[dict[str, pa.Array], int, dict[
         raise DataError(path, [Problem(None, c, message) for c in missing])
     present = [c for c in REQUIRED_COLUMNS + OPTIONAL_COLUMNS if c in header]
     _refuse_twice(path, header)
+    if needs_rating:
+        _refuse_no_rating(path, header)
     _warn_unread_lookalikes(path, header)
     try:
         if whole is not None:
@@ -833,9 +845,7 @@ def load_interactions(
         message = (f"unknown file type {''.join(path.suffixes)!r} (use .csv, .tsv, .jsonl or .parquet / .pq; "
                    ".csv and .tsv may be compressed as .gz or .bz2)")
         raise DataError(path, [Problem(None, None, message)])
-    columns, n_rows, odd = _read_columns(path, fmt)
-    if rating_threshold is not None and "rating" not in columns:
-        raise DataError(path, [Problem(None, "rating", NO_RATING_COLUMN)])
+    columns, n_rows, odd = _read_columns(path, fmt, needs_rating=rating_threshold is not None)
 
     bad: dict[str, np.ndarray] = {}  # field -> bad-row mask
     reasons: dict[str, Any] = {}  # field -> callable(row index) -> message

@@ -712,6 +712,13 @@ def test_a_split_or_rating_column_named_otherwise_is_warned_about(tmp_path, capl
         check_columns(tmp_path / "i.csv", split="given")
     with pytest.raises(DataError, match=r"has no rating column \(column 'RATING' is not read"):
         check_columns(tmp_path / "i.csv", rating_threshold=4)
+    caplog.clear()
+    # loading says so too (evaluate loads with the model's threshold; a warning said it, the refusal did not),
+    # before reading the rows
+    with caplog.at_level("WARNING", logger="mmrec.interactions"), pytest.raises(
+            DataError, match=r"i.jsonl: field 'rating': .* has no rating column \(column 'RATING' is not read"):
+        load_interactions(tmp_path / "i.jsonl", rating_threshold=4)
+    assert not caplog.records
     with pytest.raises(ConfigError, match=r"needs a timestamp column, and this file has none: use a random split "
                                           r"\(--split random\) or a file with timestamps$"):
         check_columns(tmp_path / "i.csv", split="temporal")
