@@ -802,14 +802,15 @@ class FaissIndex:
                 fetch = min(ntotal, 2 * fetch)
                 nprobe = min(self._spec.nlist, 2 * nprobe)
                 ef = max(2 * ef, fetch)
-                exhaustive = self._spec.kind == "hnsw" and (ef >= ntotal or self._walk_costs_more(ef))  # as above
             elif tied:
                 # Deeper in the same lists and graph walk, once: a tie of TIE_FETCH items or fewer is then
                 # whole and ordered by label. A larger one (thousands of duplicate rows) is ordered as far as
                 # it was fetched: widening until it ended probed every list, or scanned every vector, a query.
                 fetch = min(ntotal, fetch + TIE_FETCH)
                 ef = max(ef, fetch)
-                exhaustive = exhaustive or (self._spec.kind == "hnsw" and (ef >= ntotal or self._walk_costs_more(ef)))
+            # As above; a scan stays one (the graph that made a walk cost more has not changed, and
+            # ``ef >= ntotal`` alone sent a graph with few live nodes back to walking, widened)
+            exhaustive = exhaustive or (self._spec.kind == "hnsw" and (ef >= ntotal or self._walk_costs_more(ef)))
             pending = short + tied
 
     def _only_labels(self, only: Collection[ItemId] | ItemId,

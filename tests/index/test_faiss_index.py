@@ -352,6 +352,26 @@ def test_hnsw_scans_its_storage_once_a_widened_walk_would_cost_more(saved, data,
     assert calls == [(256, False)]
 
 
+def test_hnsw_that_scans_for_want_of_live_nodes_keeps_scanning_when_it_widens(saved, data, monkeypatch):
+    # Fewer than one node in M live: the first search scans. A candidate set far from the query leaves
+    # it short; the widened search must scan again, not walk the mostly dead graph (it went back to
+    # the walk whenever ef stayed below N and the walk's own cost test said no, as on a large index).
+    base, queries, _ = data
+    index = fresh(saved, "HNSW32")
+    index.remove(list(range(200, N)))  # 200 live of 10,000 stored
+    monkeypatch.setattr(index, "_walk_costs_more", lambda ef: False)  # (a graph large enough for that)
+    calls = []
+    raw = index._raw_search
+    monkeypatch.setattr(index, "_raw_search",
+                        lambda q, fetch, nprobe, ef, exhaustive, sel=None: calls.append((fetch, exhaustive))
+                        or raw(q, fetch, nprobe, ef, exhaustive, sel))
+    pos, _ = exact_search(base[:200], queries[:1], 200)
+    only = {int(i) for i in pos[0][60:]}  # 140 of the 200 (post-filtered): the 60 nearest left out
+    found, _ = index.search(queries[:1], 5, only=only)
+    assert len(calls) > 1 and all(exhaustive for _, exhaustive in calls)
+    assert found[0] == [int(i) for i in pos[0][60:65]]
+
+
 def test_sweep_knob_errors(saved, data):
     queries = data[1]
     with pytest.raises(ValueError, match="Flat search is exact"):
