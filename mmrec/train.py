@@ -244,7 +244,16 @@ class Trainer:
             # Built once from the starting features (frozen, as FREEDOM's); held-out cold items
             # (not negatives-eligible) take no part.
             nodes = torch.from_numpy(np.asarray(data.negatives, bool)) if data.negatives is not None else None
-            self.item_graph = knn_item_graph(self.features, self.present, cfg.item_graph_k, nodes=nodes)
+            # A one-column modality (a price, a year) has no direction: the cosine of any two of its
+            # values is +-1, so its "nearest" items were whichever the top-k's order took first.
+            flat = [m for m, x in self.features.items() if x.size(1) < 2]
+            graphed = {m: x for m, x in self.features.items() if m not in flat}
+            if flat:
+                logger.warning("item_graph_k=%d: %s ha%s one column, whose cosine ranks no neighbours: the item "
+                               "graph %s", cfg.item_graph_k, ", ".join(map(repr, flat)), "s" if len(flat) == 1 else "ve",
+                               f"uses {', '.join(map(repr, graphed))} alone" if graphed else "is not built")
+            if graphed:
+                self.item_graph = knn_item_graph(graphed, self.present, cfg.item_graph_k, nodes=nodes)
         self.rng = np.random.default_rng(cfg.seed)
         # The moving average of the weights (cfg.ema > 0), updated after every step; validation
         # and the kept best state use it (see :meth:`averaged`).

@@ -113,6 +113,29 @@ def test_the_content_side_learns_at_its_fraction_of_the_learning_rate(tmp_path, 
     assert sum(len(g["params"]) for g in tr.optimizer.param_groups) == len(before)  # every parameter once
 
 
+def test_a_one_column_modality_takes_no_part_in_the_item_graph(tmp_path, caplog):
+    # A price has no direction: every two items' cosine is +-1, so its "neighbours" were the
+    # first items the top-k met. The graph is the other modalities' alone, and says so.
+    from fusion.item_graph import knn_item_graph
+
+    inter_path, feats = write_planted(tmp_path)
+    inter = ensure_split(load_interactions(inter_path), "random", seed=0)
+    f = torch.from_numpy(np.load(feats))
+    price = torch.arange(1, inter.num_items + 1, dtype=torch.float32)[:, None]
+    cfg = TrainConfig(**(FAST | {"item_graph_k": 3}))
+    for features, graph in (({"f": f, "price": price}, knn_item_graph({"f": f}, None, 3).dense()), ({"price": price}, None)):
+        model = build_model(cfg, inter.num_users, inter.num_items, {m: x.size(1) for m, x in features.items()})
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="mmrec.train"):
+            tr = Trainer(model, TrainData(inter, features), cfg, show_progress=False)
+        assert "item_graph_k=3: 'price' has one column, whose cosine ranks no neighbours: the item graph " + (
+            "uses 'f' alone" if graph is not None else "is not built") in caplog.text
+        if graph is None:
+            assert tr.item_graph is None
+        else:
+            torch.testing.assert_close(tr.item_graph.dense(), graph, rtol=0, atol=0)
+
+
 def test_content_options_asked_of_a_model_without_content_are_a_warning_not_silence(tmp_path, caplog):
     inter_path, feats = write_planted(tmp_path)
     with caplog.at_level("WARNING", logger="mmrec.train"):
