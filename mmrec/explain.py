@@ -4,10 +4,14 @@ Three questions, three functions:
 
 * :func:`explain_recommendations`: for each item recommended to a user, the item's attention
   weights over its tokens (how much of its vector comes from text, image, audio, id) and the
-  user's history items most like it. A trained model scores ``user . item`` and the user's
-  vector is propagated from the items the user interacted with, so the history items whose
-  vectors point the result's way pull it up; they are ranked by cosine, not by the dot product,
-  which would name the same few long-vectored (popular) history items under every result.
+  user's history items most like it (:meth:`~mmrec.recommender.Recommender.liked_items`:
+  every split of the training file, as the user knows them, not only those training used). A
+  trained model scores ``user . item`` and the user's vector is propagated from the training
+  items, so the history items whose vectors point the result's way pull it up; they are ranked
+  by cosine, not by the dot product, which would name the same few long-vectored (popular)
+  history items under every result. For a validation or test item, or a user training never saw
+  (whose vector is its random start, as ``recommend`` warns), the item is one like the result,
+  not one that placed the user.
 * :func:`explain_similar`: for each item found similar to a query item, its attention weights
   and, per modality both items have, the cosine of their features: what each modality alone
   says about the pair (there is no user to name history items of).

@@ -404,8 +404,9 @@ class Recommender:
         return self._row_items(self.known, self.user_index(user_id))
 
     def liked_items(self, user_id: object) -> list[ItemId]:
-        """The user's positives still in the index: the known items less those rated below the
-        training rating threshold and those removed since (``index remove``). This is the
+        """The user's positives still in the index: the known items (every split of the training
+        file) less those rated below the training rating threshold and those removed since
+        (``index remove``). This is the
         history that ``explain`` names and that :meth:`recommend_history` extends for a known user."""
         return [i for i in self._row_items(self.liked, self.user_index(user_id)) if i in self.items._pos]
 

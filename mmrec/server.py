@@ -9,7 +9,7 @@ server (no extra dependency)::
     GET /health                                  {"status": "ok", "kind", "items", "users", "modalities"}
     GET /recommend?user=42&k=10                  {"results": [{"item_id", "score", <fields>}, ...]}
     GET /history?item=1&item=50&k=10[&user=42]   a history of items (a known user's newer ones with user; user alone:
-                                                 that user's liked training items folded in);
+                                                 that user's liked items folded in);
                                                  its answer adds "ignored": the items not in the index, left out
     GET /similar?item=1&k=10[&by=cosine]
     GET /search?text=space+adventure&k=10[&by=content]
