@@ -151,6 +151,13 @@ def neighbour_mean(
             rows = np.flatnonzero(ex[start : start + block_size] >= 0)
             s[rows, ex[start : start + block_size][rows]] = -np.inf
         top = np.argpartition(-s, kk - 1, axis=1)[:, :kk]  # [b, k]
+        # A tie across the k-th place takes its first pool rows, not those the partition left there
+        # (which rows it leaves depends on its pivots): a query having a modality that few pool items
+        # have ties with every pool item at cosine 0 (rare rows, fixed up one at a time).
+        kth = np.take_along_axis(s, top, axis=1).min(axis=1)  # [b]
+        for r in np.flatnonzero((s >= kth[:, None]).sum(axis=1) > kk):
+            above = np.flatnonzero(s[r] > kth[r])
+            top[r] = np.concatenate([above, np.flatnonzero(s[r] == kth[r])[: kk - len(above)]])
         out[q_rows[start : start + len(s)]] = vectors[top].mean(axis=1)
         # An item whose content equals the means has no direction to be near anything by: every pool item is as
         # near as any other, so it borrows from them all, not from the first k in index order (as it did).

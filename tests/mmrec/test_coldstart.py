@@ -267,6 +267,21 @@ def test_neighbour_mean_and_blend_exact_values():
     np.testing.assert_allclose(blend_with_neighbours(c, n, 0.25), [[1.5, 0.5], [5.0, 0.0]])
 
 
+def test_neighbour_mean_breaks_a_tie_at_the_kth_place_by_pool_order():
+    from mmrec.coldstart import neighbour_mean
+
+    # A query with modality b only: 2 of 20 pool items have b, the other 18 tie at cosine 0, and
+    # k = 5 takes the first 3 of them (the partition took rows 0, 2, 3: not pool order).
+    rng = np.random.default_rng(0)
+    pool_f = {"a": rng.normal(size=(20, 3)).astype(np.float32), "b": np.zeros((20, 2), np.float32)}
+    pool_f["b"][[7, 15]] = [[1.0, 0.2], [0.8, 0.5]]
+    pool_p = {"a": np.ones(20, bool), "b": np.isin(np.arange(20), [7, 15])}
+    pool_v = (2.0 ** np.arange(20))[:, None].astype(np.float32)  # [20, 1]: each mean names its rows
+    new = {"a": np.zeros((1, 3), np.float32), "b": np.array([[1.0, 0.3]], np.float32)}
+    got = neighbour_mean(new, {"a": np.zeros(1, bool), "b": np.ones(1, bool)}, pool_f, pool_p, pool_v, k=5)
+    np.testing.assert_array_equal(got, pool_v[[7, 15, 0, 1, 2]].mean(axis=0, keepdims=True))
+
+
 def test_neighbour_mean_measured_from_the_catalog_mean_picks_another_neighbour():
     from mmrec.coldstart import neighbour_mean
 
