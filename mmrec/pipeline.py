@@ -100,14 +100,15 @@ def load_npy_features(specs: Mapping[str, str | Path], num_items: int | None) ->
             reason = str(e).split(". ")[0]  # numpy's advice on unpickling does not apply here
             raise DataError(path, [Problem(None, None, f"feature file for modality '{name}' is not a numeric "
                                                        f".npy array ({reason})")]) from e
-        real = isinstance(x, np.ndarray) and (x.dtype == bool or (np.issubdtype(x.dtype, np.number) and not
-                                                                  np.issubdtype(x.dtype, np.complexfloating)))
-        if not real:
+        if not isinstance(x, np.ndarray) or x.dtype.kind not in "biuf":  # (timedelta64 counts as a number to numpy)
             what = f"dtype {x.dtype}" if isinstance(x, np.ndarray) else type(x).__name__
             raise DataError(path, [Problem(None, None, f"feature file for modality '{name}' holds {what}, "
                                                        "not real numbers")])
         if x.ndim != 2:
             raise DataError(path, [Problem(None, None, f"features must be 2-d [items, width], got shape {x.shape}")])
+        if 0 in x.shape:  # (an empty index was built, or every catalog row had "no content")
+            raise DataError(path, [Problem(None, None, f"feature file for modality '{name}' is empty: shape {x.shape} "
+                                                       "[items, width]")])
         if num_items is not None and len(x) != num_items:
             raise DataError(path, [Problem(None, None, f"{len(x)} rows, but the catalog has {num_items} items")])
         with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes inf: refused below
@@ -173,6 +174,8 @@ def load_content(
         encoded = catalog_options.pop("encoded", list(loaded_encoders) if loaded_encoders is not None
                                       else encoded_modalities(text_encoder, image_encoder))
         catalog = read_catalog(catalog, features, encoded, show_progress, **catalog_options)
+    # Checked before the encoders load and encode (a wrong row count cost the whole catalog's encode first).
+    npy = load_npy_features(features, len(catalog.item_ids) if catalog is not None else None)
     feats, present, hashes, specs, records, item_ids = {}, {}, None, {}, None, None
     encoders: dict[str, Any] = {}
     if catalog is not None and loaded_encoders is not None:
@@ -194,12 +197,12 @@ def load_content(
                               f"(--text-encoder none / --image-encoder none) to use the given features instead")
         feats, present, hashes = encode_catalog(catalog, encoders, cache_dir)
         records, item_ids = catalog.records, list(catalog.item_ids)
-    npy = load_npy_features(features, len(item_ids) if item_ids is not None else None)
     if npy:
         if item_ids is None:
             sizes = {len(x) for x in npy.values()}
             if len(sizes) != 1:
-                raise ConfigError(f"feature files have different row counts: { {m: len(x) for m, x in npy.items()} }")
+                counts = ", ".join(f"{features[m]} ({m}): {len(x)}" for m, x in npy.items())
+                raise ConfigError(f"feature files have different row counts, one row an item: {counts}")
             item_ids = list(range(sizes.pop()))
         for m, x in npy.items():
             feats[m], present[m] = x, npy_present(x)

@@ -528,6 +528,9 @@ def test_every_feature_file_error_names_the_file_and_modality(tmp_path):
     fails(np.ones((2, 2), np.complex64), r"modality 'audio' holds dtype complex64, not real numbers")  # not cut to .real
     fails(np.zeros(3, np.float32), r"features must be 2-d \[items, width\], got shape \(3,\)")
     fails(np.zeros((3, 2), np.float32), "3 rows, but the catalog has 4 items", rows=4)
+    fails(np.zeros((3, 2), "m8[s]"), r"modality 'audio' holds dtype timedelta64\[s\], not real numbers")  # (numpy: a number)
+    fails(np.zeros((0, 8), np.float32), r"modality 'audio' is empty: shape \(0, 8\)")  # (it built an empty index)
+    fails(np.zeros((4, 0), np.float32), r"modality 'audio' is empty: shape \(4, 0\)", rows=4)  # ("no content" a row)
     bad = np.zeros((3, 2), np.float32)
     bad[1, 0] = np.nan
     fails(bad, "row 2: non-finite feature value")
@@ -541,6 +544,26 @@ def test_every_feature_file_error_names_the_file_and_modality(tmp_path):
     np.save(tmp_path / "ok.npy", np.ones((2, 3), np.int64))
     got = load_npy_features({"audio": tmp_path / "ok.npy"}, 2)["audio"]
     assert got.dtype == np.float32 and got.tolist() == [[1.0] * 3] * 2
+
+
+def test_feature_files_are_checked_before_the_catalog_is_encoded(tmp_path, monkeypatch):
+    # A wrong row count was found after the text encoder had encoded the whole catalog.
+    import mmrec.pipeline as pipeline
+
+    (tmp_path / "items.csv").write_text("item_id,title\n1,a\n2,b\n3,c\n")
+    np.save(tmp_path / "f.npy", np.ones((4, 2), np.float32))
+    np.save(tmp_path / "g.npy", np.ones((3, 2), np.float32))
+
+    def no_encoders(*args, **kwargs):
+        raise AssertionError("encoders loaded before the feature files were checked")
+
+    monkeypatch.setattr(pipeline, "catalog_encoders", no_encoders)
+    with pytest.raises(DataError, match=r"f\.npy: 4 rows, but the catalog has 3 items"):
+        pipeline.load_content(tmp_path / "items.csv", {"audio": tmp_path / "f.npy"}, show_progress=False)
+    # without a catalog, files that disagree are named with their counts
+    with pytest.raises(ConfigError, match=r"feature files have different row counts, one row an item: "
+                                          r".*f\.npy \(audio\): 4, .*g\.npy \(image\): 3$"):
+        pipeline.load_content(None, {"audio": tmp_path / "f.npy", "image": tmp_path / "g.npy"}, show_progress=False)
 
 
 def test_a_modality_from_both_catalog_and_features_says_how_to_choose(tmp_path):
