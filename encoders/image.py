@@ -104,10 +104,13 @@ def check_image(path: str | os.PathLike) -> str | None:
         short reason such as ``"file not found"``.
     """
     p = Path(path)
-    if not p.exists():
-        return "file not found"
-    if not p.is_file():
-        return "not a regular file"
+    try:
+        if not p.exists():
+            return "file not found"
+        if not p.is_file():
+            return "not a regular file"
+    except OSError as e:  # a name too long for the file system (exists() lets ENAMETOOLONG through)
+        return f"cannot be looked up ({e.strerror or e})"
     try:
         with Image.open(p) as im:
             im.verify()  # structure and checksums, without decoding pixels

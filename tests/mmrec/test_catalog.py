@@ -121,6 +121,19 @@ def test_image_root_overrides_catalog_folder(tmp_path):
     assert cat.images == [str(root / "x.png")]
 
 
+def test_an_image_name_too_long_for_the_file_system_is_a_bad_image_of_its_row(tmp_path):
+    # exists() let ENAMETOOLONG through: the run ended with a bare OSError naming no row, and
+    # --skip-invalid / --mask-bad-images could not keep the other rows
+    Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
+    long = "x" * 300 + ".jpg"
+    path = write(tmp_path, "c.csv", [{"item_id": "a", "title": "A", "image": "ok.png"},
+                                     {"item_id": "b", "title": "B", "image": long}])
+    with pytest.raises(DataError, match=r"row 2, field 'image': .*x\.jpg: cannot be looked up \(File name too long\)"):
+        load_catalog(path, show_progress=False)
+    assert load_catalog(path, skip_invalid=True, show_progress=False).item_ids == ["a"]
+    assert load_catalog(path, mask_bad_images=True, show_progress=False).images == [str(tmp_path / "ok.png"), None]
+
+
 def test_unreadable_and_unknown_files(tmp_path):
     with pytest.raises(DataError, match="file not found"):
         load_catalog(tmp_path / "nope.csv")
