@@ -573,7 +573,10 @@ def fit(
     fold_in_reg, fold_in_valid, fold_in_users = select_fold_in_reg(
         index_vecs.numpy(), train_inter, excluded=held_out, mask=config.mask, seed=config.seed,
         batch_size=config.eval_batch_size)
-    if tuner is not None:  # queries in memory must use the tuned encoders the features came from
+    if content.encoder_objects:
+        # Queries in memory use the encoders the features came from: tuned ones, and a source model's
+        # stored in its directory, which this index, with none of its own until saved, cannot name
+        # (a fine-tune with out=None answered text queries "stored in the model directory, which is unknown").
         items.encoders._loaded.update({m: e for m, e in content.encoder_objects.items() if m in dims})
         items.encoders.to(config.device)  # where they are (and where any other one would load)
     rec = Recommender(items, model.eval(), config, inter.user_ids, user_vecs, known, item_ids,

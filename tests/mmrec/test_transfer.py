@@ -475,6 +475,15 @@ def test_finetune_from_tuned_encoders_encodes_with_them_and_carries_them(tmp_pat
     tuned = TextEncoder(tmp_path / "source" / "encoders" / "text", show_progress=False)
     texts = [f"{w1} {w2} film" for w1, w2 in ((WORDS[::-1][i % 10], WORDS[::-1][(i * 3) % 10]) for i in range(16))]
     np.testing.assert_allclose(rec.items.features["text"], tuned.encode(texts), atol=1e-5)
+    # kept in memory (out=None), it queries with the source's stored encoder too (it said "stored in the model
+    # directory, which is unknown"), and is itself a source for another fine-tune
+    mem, _, _ = finetune(tmp_path / "source", b_inter, catalog=b_cat, ignore=["image"],
+                         config={"finetune": "frozen", "epochs": 1}, split="random", show_progress=False)
+    np.testing.assert_allclose(mem.items.encoders.get("text").encode(texts), tuned.encode(texts), atol=1e-6)
+    assert [r.item_id for r in mem.search_text("space war", 3)] == [r.item_id for r in rec.search_text("space war", 3)]
+    again, _, _ = finetune(mem, b_inter, catalog=b_cat, ignore=["image"], config={"epochs": 1}, split="random",
+                           show_progress=False)
+    np.testing.assert_allclose(again.items.features["text"], rec.items.features["text"], atol=1e-5)
     shutil.rmtree(tmp_path / "source")  # the new directory stands alone
     back = Recommender.load(tmp_path / "ft", show_progress=False)
     assert back.items.manifest["encoders"]["text"] == spec
