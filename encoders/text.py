@@ -345,6 +345,11 @@ class TextEncoder:
 
         fp = fingerprint_files(model_files(Path(source))) if local else remote_fingerprint(name, config)
         self.identity = f"text:{name}@{fp[:16]}:pool={self.pooling}:max_length={self.max_length}"
+        # The feature cache's key names a local model by its files alone: a copy in a folder of another
+        # name ('default' and the packaged model's path too) finds what the original encoded.
+        # Directories keep the identity.
+        self.cache_identity = (f"text:@{fp[:16]}:pool={self.pooling}:max_length={self.max_length}" if local
+                               else self.identity)
         self.dim = int(self._forward(torch.tensor([[self.pad_id, self.pad_id]]), torch.ones(1, 2)).shape[-1])
 
     def _load(self, config: Any, source: str, local: bool) -> None:

@@ -98,13 +98,20 @@ def test_repr_and_identity(tiny_bert_dir, tmp_path):
     copy = tmp_path / "a" / "tiny-bert"
     shutil.copytree(tiny_bert_dir, copy)
     assert TextEncoder(copy, max_length=16, show_progress=False).identity == enc.identity
+    # in a folder of another name, the directory's identity names it, but the cache finds the original's vectors
+    renamed = tmp_path / "b" / "my-model"
+    shutil.copytree(tiny_bert_dir, renamed)
+    other = TextEncoder(renamed, max_length=16, show_progress=False)
+    assert other.identity.startswith("text:my-model@") and other.cache_identity == enc.cache_identity
+    assert enc.cache_identity == enc.identity.replace("text:tiny-bert@", "text:@")
     from transformers import BertModel
 
     model = BertModel.from_pretrained(copy)
     with torch.no_grad():
         model.embeddings.word_embeddings.weight[7, 0] += 1.0
     model.save_pretrained(copy)
-    assert TextEncoder(copy, max_length=16, show_progress=False).identity != enc.identity
+    changed = TextEncoder(copy, max_length=16, show_progress=False)
+    assert changed.identity != enc.identity and changed.cache_identity != enc.cache_identity
 
 
 def test_call_carries_columns_and_works_under_datasets_map(tiny_bert_dir):
