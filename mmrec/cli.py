@@ -1138,7 +1138,8 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--image-root", type=Path, help="base for relative image paths (default: the catalog's folder)")
     _mask_opt(ft, remembered=True)
     ft.add_argument("--ignore-modality", action="append", metavar="NAME",
-                    help="leave a modality of the new data out (one the source model never had; repeatable)")
+                    help="leave a modality of the new data out: one the source model never had, or one it had, "
+                         "then masked for every item (repeatable)")
     ft.add_argument("--keep-users", action=argparse.BooleanOptionalAction, default=True,
                     help="users the source model knows (same id) start from their source embedding (default on; "
                          "--no-keep-users when the ids do not name the same people)")

@@ -85,9 +85,13 @@ class EncoderTuner:
         if max_items < 1:
             raise ConfigError(f"max_items must be positive, got {max_items}")
         if not content.encoder_objects or content.catalog is None:
+            # (a fine-tune's source modality the new data lacks is in features too, all masked: no .npy)
+            absent = [m for m in content.features if not np.asarray(content.present.get(m, True)).any()]
+            given = [m for m in content.features if m not in absent]
             raise ConfigError(
                 f"finetune {config.finetune!r} needs features computed by mmrec's encoders from a catalog; "
-                f"precomputed .npy features ({', '.join(content.features) or 'none'}) cannot be fine-tuned"
+                f"precomputed .npy features ({', '.join(given) or 'none'}) cannot be fine-tuned"
+                + (f", and the new data has no {', '.join(absent)} to encode (masked for every item)" if absent else "")
             )
         self.mode, self.top, self.max_items, self.show_progress = mode, top, max_items, show_progress
         self.lr = config.lr * config.encoder_lr_scale

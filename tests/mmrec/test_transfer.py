@@ -707,6 +707,24 @@ def test_an_inherited_encoder_mode_and_a_cache_inside_the_source_are_refused_by_
                  config={"epochs": 1, "finetune": "top:1"}, split="random", show_progress=False)
 
 
+def test_an_inherited_encoder_mode_with_the_encoded_modality_absent_says_so(tmp_path, tiny_bert_dir):
+    # The source's text is absent from the new data (masked), its tuning inherited: the refusal called
+    # text a precomputed .npy feature.
+    a_ids, b_ids = [f"a{i}" for i in range(20)], [f"new-{i}" for i in range(16)]
+    a_inter = _catalog_interactions(tmp_path / "a.tsv", a_ids, [f"u{i}" for i in range(12)], 6, seed=0)
+    rng = np.random.default_rng(0)
+    fit(a_inter, catalog=_catalog(tmp_path / "a.csv", a_ids, WORDS), out=tmp_path / "src", text_encoder=tiny_bert_dir,
+        features={"feat": _save(tmp_path, "a.npy", rng.normal(size=(20, 4)).astype(np.float32))}, cache_dir=None,
+        split="random", config=TrainConfig(**FAST, epochs=1, finetune="top:1"), show_progress=False)
+    b_inter = _catalog_interactions(tmp_path / "b.tsv", b_ids, [f"v{i}" for i in range(10)], 5, seed=1)
+    (tmp_path / "ids.csv").write_text("item_id\n" + "".join(f"{i}\n" for i in b_ids))
+    with pytest.raises(ConfigError, match=r"precomputed \.npy features \(feat\) cannot be fine-tuned, and the new data "
+                                          r"has no text to encode \(masked for every item\) \(--finetune top:1 comes"):
+        finetune(tmp_path / "src", b_inter, catalog=tmp_path / "ids.csv", out=tmp_path / "ft", config={"epochs": 1},
+                 features={"feat": _save(tmp_path, "b.npy", rng.normal(size=(16, 4)).astype(np.float32))},
+                 split="random", show_progress=False)
+
+
 def test_finetune_skips_invalid_rows_as_train_does_and_records_it(tmp_path, tiny_bert_dir, caplog, capsys):
     from mmrec.pipeline import evaluate_directory
 
