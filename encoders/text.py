@@ -44,6 +44,10 @@ DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
 # Files of a model directory that define its behaviour (weights, config, tokenizer).
 _MODEL_SUFFIXES = (".json", ".safetensors", ".bin", ".txt", ".model", ".tiktoken")
 _TOKENIZE_CHUNK = 64  # batches tokenized (and length-sorted) together
+# How texts become vectors here (tokenising, truncation, pooling); part of the feature cache's key,
+# so a change that moves encode()'s output re-encodes what the cache holds (the identity, which
+# index directories record, stays the same). As the image encoder's LOADER_VERSION.
+ENCODE_VERSION = 1
 _CPU_BATCH_TOKENS = 4096
 
 
@@ -346,10 +350,10 @@ class TextEncoder:
         fp = fingerprint_files(model_files(Path(source))) if local else remote_fingerprint(name, config)
         self.identity = f"text:{name}@{fp[:16]}:pool={self.pooling}:max_length={self.max_length}"
         # The feature cache's key names a local model by its files alone: a copy in a folder of another
-        # name ('default' and the packaged model's path too) finds what the original encoded.
-        # Directories keep the identity.
-        self.cache_identity = (f"text:@{fp[:16]}:pool={self.pooling}:max_length={self.max_length}" if local
-                               else self.identity)
+        # name ('default' and the packaged model's path too) finds what the original encoded; and it
+        # adds ENCODE_VERSION. Directories keep the identity.
+        shown = f"text:@{fp[:16]}:pool={self.pooling}:max_length={self.max_length}" if local else self.identity
+        self.cache_identity = f"{shown}:encode={ENCODE_VERSION}"
         self.dim = int(self._forward(torch.tensor([[self.pad_id, self.pad_id]]), torch.ones(1, 2)).shape[-1])
 
     def _load(self, config: Any, source: str, local: bool) -> None:

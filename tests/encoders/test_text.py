@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from encoders.text import TextEncoder, mean_pool
+from encoders.text import ENCODE_VERSION, TextEncoder, mean_pool
 from tests.encoders.conftest import SPECIAL, TEXTS, WORDS
 
 
@@ -103,7 +103,7 @@ def test_repr_and_identity(tiny_bert_dir, tmp_path):
     shutil.copytree(tiny_bert_dir, renamed)
     other = TextEncoder(renamed, max_length=16, show_progress=False)
     assert other.identity.startswith("text:my-model@") and other.cache_identity == enc.cache_identity
-    assert enc.cache_identity == enc.identity.replace("text:tiny-bert@", "text:@")
+    assert enc.cache_identity == enc.identity.replace("text:tiny-bert@", "text:@") + f":encode={ENCODE_VERSION}"
     from transformers import BertModel
 
     model = BertModel.from_pretrained(copy)
