@@ -11,6 +11,7 @@ import contextlib
 import csv
 import json
 import logging
+import math
 import os
 import re
 import urllib.parse
@@ -832,6 +833,10 @@ def _validate(
             problems.append(Problem(i + 1, ID_FIELD, f"{json.dumps(rows[i][ID_FIELD])} is a "
                                                      f"{type(rows[i][ID_FIELD]).__name__}: an item id is a string "
                                                      "or an integer"))
+            bad.add(i)
+        elif isinstance(rows[i][ID_FIELD], float) and not math.isfinite(rows[i][ID_FIELD]):  # JSON Infinity, 1e999
+            problems.append(Problem(i + 1, ID_FIELD, f"{rows[i][ID_FIELD]} is not a finite number: an item id is a "
+                                                     "string or an integer"))
             bad.add(i)
         elif "\n" in rid or "\r" in rid:  # rows of the file swallowed by an unbalanced quote, as interactions say
             problems.append(Problem(i + 1, ID_FIELD, "holds a line break (in a CSV: an unbalanced quote before it took "

@@ -314,12 +314,16 @@ def test_features_follow_a_loaded_catalogs_items_and_a_files_rows(tmp_path):
 
 def test_a_json_true_list_or_object_is_no_item_id(tmp_path):
     (tmp_path / "c.jsonl").write_text('{"item_id": true, "title": "a"}\n{"item_id": [1], "title": "b"}\n'
-                                      '{"item_id": 7, "title": "c"}\n')
+                                      '{"item_id": 7, "title": "c"}\n{"item_id": Infinity, "title": "d"}\n'
+                                      '{"item_id": -1e999, "title": "e"}\n')
     with pytest.raises(DataError) as e:
         load_catalog(tmp_path / "c.jsonl", show_progress=False)
     assert [line.split(": ", 1)[1] for line in str(e.value).splitlines()[1:]] == [
         "row 1, field 'item_id': true is a bool: an item id is a string or an integer",
         "row 2, field 'item_id': [1] is a list: an item id is a string or an integer",
+        # (they were the ids "inf" and "-inf", and a second 1e999 a duplicate of the first)
+        "row 4, field 'item_id': inf is not a finite number: an item id is a string or an integer",
+        "row 5, field 'item_id': -inf is not a finite number: an item id is a string or an integer",
     ]
     assert load_catalog(tmp_path / "c.jsonl", skip_invalid=True, show_progress=False).item_ids == [7]
 
