@@ -290,6 +290,16 @@ def read_table(path: str | Path, fill: bool = True) -> tuple[list[str], list[dic
         return columns, filled, {c: _json_type(rows, c) for c in columns}
     if fmt == "csv":
         return _read_csv(path, "\t" if path.suffix.lower() == ".tsv" else ",")
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:  # (datasets said "BatchSize must be greater than 0")
+            empty = pq.read_metadata(path).num_rows == 0
+        except (pa.ArrowException, OSError):  # not Parquet, or damaged: the reader below says what is wrong
+            empty = False
+        if empty:
+            raise DataError(path, [Problem(None, None, "file has no data rows")])
     import datasets
 
     datasets.disable_progress_bars()
@@ -308,13 +318,39 @@ def read_table(path: str | Path, fill: bool = True) -> tuple[list[str], list[dic
                 columns = _parquet_data_columns(path, columns, rows, types)
     except (ValueError, OSError, datasets.exceptions.DatasetGenerationError) as e:
         cause = e.__cause__ or e
-        raise DataError(path, [Problem(None, None, f"cannot be read as {fmt}: {cause}")]) from e
+        located = _not_utf8_cells(path) if fmt == "parquet" and isinstance(cause, UnicodeDecodeError) else []
+        raise DataError(path, located or [Problem(None, None, f"cannot be read as {fmt}: {cause}")]) from e
     finally:
         datasets.enable_progress_bars()
         datasets.logging.set_verbosity(verbosity)
     if not rows:
         raise DataError(path, [Problem(None, None, "file has no data rows")])
     return columns, rows, types
+
+
+def _not_utf8_cells(path: Path) -> list[Problem]:
+    """The first cell of each string column of a Parquet file holding bytes that are not UTF-8
+    (a writer that did not check what it stored as text; reading it raised a bare codec error,
+    naming no row or field). Error path only."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError):
+        return []
+    problems = []
+    for name in table.column_names:
+        column = table.column(name)
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            continue
+        for row, cell in enumerate(column.cast(pa.large_binary()).to_pylist(), start=1):
+            try:
+                None if cell is None else cell.decode("utf-8")
+            except UnicodeDecodeError as e:
+                problems.append(Problem(row, name, f"text that is not UTF-8 ({cell[max(e.start - 8, 0):e.end + 8]!r})"))
+                break
+    return problems
 
 
 _INT = re.compile(r"[+-]?\d+", re.ASCII)

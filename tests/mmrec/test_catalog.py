@@ -134,6 +134,21 @@ def test_an_image_name_too_long_for_the_file_system_is_a_bad_image_of_its_row(tm
     assert load_catalog(path, mask_bad_images=True, show_progress=False).images == [str(tmp_path / "ok.png"), None]
 
 
+def test_an_empty_parquet_file_and_one_with_text_that_is_not_utf8_are_named(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # a writer that did not check its text: a bare codec error, naming no row or field
+    title = pa.array([b"a", b"b\xff", b"c"], pa.binary()).view(pa.string())
+    pq.write_table(pa.table({"item_id": ["1", "2", "3"], "title": title}), tmp_path / "bad.parquet")
+    with pytest.raises(DataError, match=r"bad\.parquet: row 2, field 'title': text that is not UTF-8 \(b'b\\xff'\)$"):
+        load_catalog(tmp_path / "bad.parquet", show_progress=False)
+    # no rows: "BatchSize must be greater than 0, got 0"
+    pq.write_table(pa.table({"item_id": pa.array([], pa.string())}), tmp_path / "empty.parquet")
+    with pytest.raises(DataError, match=r"empty\.parquet: file has no data rows$"):
+        load_catalog(tmp_path / "empty.parquet", show_progress=False)
+
+
 def test_unreadable_and_unknown_files(tmp_path):
     with pytest.raises(DataError, match="file not found"):
         load_catalog(tmp_path / "nope.csv")
