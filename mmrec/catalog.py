@@ -565,6 +565,42 @@ def _any_field_size() -> Iterator[None]:
         csv.field_size_limit(limit)
 
 
+def _unseen(ch: str) -> bool:
+    """A character an id shows no trace of: a control character (NUL, ESC) or a format one (a
+    zero-width space, a byte-order mark)."""
+    return unicodedata.category(ch) in ("Cc", "Cf")
+
+
+def _warn_lookalike_ids(path: Path | str, first_seen: Mapping[str, int]) -> None:
+    """Warn about ids that print alike yet are different items (matched as written): equal once
+    Unicode-composed (NFC: ``café`` typed, against ``cafe`` + a combining accent from another
+    export) with their control and format characters taken out (``a`` against ``a`` + a
+    zero-width space), and ids holding such characters at all (``2`` + NUL). ``first_seen``:
+    id -> 0-based row. (Only ids that are not plain printable ASCII are looked at.)"""
+    odd = [rid for rid in first_seen if not (rid.isascii() and rid.isprintable())]
+    if not odd:
+        return
+    hidden = [rid for rid in odd if any(map(_unseen, rid))]
+    if hidden:
+        logger.warning("%s: %d item id(s) hold a control or invisible character, matched as written: %s%s", path,
+                       len(hidden), "; ".join(f"row {first_seen[r] + 1}: {ascii(r)}" for r in hidden[:5]),
+                       " ..." if len(hidden) > 5 else "")
+    groups: dict[str, list[str]] = {}
+    for rid in odd:
+        groups.setdefault("".join(ch for ch in unicodedata.normalize("NFC", rid) if not _unseen(ch)), []).append(rid)
+    alike = []
+    for key, group in groups.items():
+        if key in first_seen and key not in group:  # the plain id it prints as ("a" for "a" + a zero-width space)
+            group.append(key)
+        if len(group) > 1:
+            alike.append(sorted(group, key=first_seen.__getitem__))
+    if alike:
+        logger.warning("%s: %d group(s) of item ids print alike but differ in Unicode composition or invisible "
+                       "characters, and are different items: %s%s", path, len(alike),
+                       "; ".join(" and ".join(f"{ascii(r)} (row {first_seen[r] + 1})" for r in g) for g in alike[:5]),
+                       " ..." if len(alike) > 5 else "")
+
+
 def _blank(value: Any) -> bool:
     return value is None or (isinstance(value, float) and value != value) or str(value).strip() == ""
 
@@ -883,6 +919,7 @@ def _validate(
             bad.add(i)
         else:
             first_seen[rid] = i
+    _warn_lookalike_ids(path, first_seen)
 
     texts = [compose_text([r.get(f) for f in text_fields]) for r in rows]
     images: list[str | None] = []

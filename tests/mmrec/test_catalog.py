@@ -149,6 +149,25 @@ def test_an_empty_parquet_file_and_one_with_text_that_is_not_utf8_are_named(tmp_
         load_catalog(tmp_path / "empty.parquet", show_progress=False)
 
 
+def test_item_ids_that_print_alike_are_warned_about_and_kept_apart(tmp_path, caplog):
+    # ids are matched as written: these are six items, two pairs of which a reader cannot tell apart
+    rows = [("caf\u00e9", "A"), ("cafe\u0301", "B"), ("a", "C"), ("a\u200b", "D"), ("2\x00", "E"), ("b\u00e9", "F")]
+    path = write(tmp_path, "c.csv", [{"item_id": i, "title": t} for i, t in rows])
+    with caplog.at_level("WARNING", logger="mmrec.catalog"):
+        cat = load_catalog(path, show_progress=False)
+    assert cat.item_ids == [i for i, _ in rows]
+    assert [r.getMessage().split(": ", 1)[1] for r in caplog.records] == [
+        "2 item id(s) hold a control or invisible character, matched as written: row 4: 'a\\u200b'; row 5: '2\\x00'",
+        "2 group(s) of item ids print alike but differ in Unicode composition or invisible characters, and are "
+        "different items: 'caf\\xe9' (row 1) and 'cafe\\u0301' (row 2); 'a' (row 3) and 'a\\u200b' (row 4)",
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mmrec.catalog"):
+        load_catalog(write(tmp_path, "d.csv", [{"item_id": i, "title": "t"} for i in ("caf\u00e9", "b", "7")]),
+                     show_progress=False)
+    assert not caplog.records  # plain, distinct ids: nothing to say
+
+
 def test_unreadable_and_unknown_files(tmp_path):
     with pytest.raises(DataError, match="file not found"):
         load_catalog(tmp_path / "nope.csv")
