@@ -294,12 +294,14 @@ def read_table(path: str | Path, fill: bool = True) -> tuple[list[str], list[dic
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        try:  # (datasets said "BatchSize must be greater than 0")
-            empty = pq.read_metadata(path).num_rows == 0
+        try:
+            metadata = pq.read_metadata(path)
         except (pa.ArrowException, OSError):  # not Parquet, or damaged: the reader below says what is wrong
-            empty = False
-        if empty:
-            raise DataError(path, [Problem(None, None, "file has no data rows")])
+            metadata = None
+        if metadata is not None:  # (datasets printed the schema; then said "BatchSize must be greater than 0")
+            _refuse_columns_twice(path, list(metadata.schema.to_arrow_schema().names))
+            if metadata.num_rows == 0:
+                raise DataError(path, [Problem(None, None, "file has no data rows")])
     import datasets
 
     datasets.disable_progress_bars()
@@ -326,6 +328,14 @@ def read_table(path: str | Path, fill: bool = True) -> tuple[list[str], list[dic
     if not rows:
         raise DataError(path, [Problem(None, None, "file has no data rows")])
     return columns, rows, types
+
+
+def _refuse_columns_twice(path: Path, columns: list[str]) -> None:
+    """Refuse a header that names a column twice: one would hide the other."""
+    twice = list(dict.fromkeys(name for name in columns if columns.count(name) > 1))
+    if twice:
+        raise DataError(path, [Problem(None, name, f"the header names this column {columns.count(name)} times: "
+                                                   "rename or drop one") for name in twice])
 
 
 def _not_utf8_cells(path: Path) -> list[Problem]:
@@ -456,10 +466,7 @@ def _read_csv(path: Path, sep: str) -> tuple[list[str], list[dict[str, Any]], di
         raise DataError(path, [Problem(None, None, "the header row is not UTF-8 text (NUL bytes: UTF-16?): "
                                                    "save the file as UTF-8")])
     columns = [name.strip() or f"Unnamed: {j}" for j, name in enumerate(header)]  # as interactions strip them
-    twice = list(dict.fromkeys(name for name in columns if columns.count(name) > 1))
-    if twice:  # one would hide the other
-        raise DataError(path, [Problem(None, name, f"the header names this column {columns.count(name)} times: "
-                                                   "rename or drop one") for name in twice])
+    _refuse_columns_twice(path, columns)
     if not any(cell.strip() for row in raw for cell in row):
         raise DataError(path, [Problem(None, None, "file has no data rows")])
     if too_long:  # the fields of such a row would be shifted
