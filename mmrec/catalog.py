@@ -181,7 +181,9 @@ def rows_in_memory(source: Any) -> list[dict[str, Any]] | None:
     elif hasattr(source, "to_pylist"):  # a pyarrow Table
         for f in getattr(source, "schema", []):
             with contextlib.suppress(NotImplementedError, TypeError, AttributeError):
-                narrow[str(f.name)] = np.dtype(f.type.to_pandas_dtype()).name
+                inner = getattr(f.type, "value_type", None)  # a list column: its values' type
+                name = np.dtype((f.type if inner is None else inner).to_pandas_dtype()).name
+                narrow[str(f.name)] = name if inner is None else f"list<{name}>"
         source = source.to_pylist()
     if isinstance(source, Catalog):
         raise ConfigError("this is a loaded Catalog: pass it to ItemIndex.build / add / update or fit as it is "
@@ -222,19 +224,23 @@ def rows_in_memory(source: Any) -> list[dict[str, Any]] | None:
     return rows
 
 
-_NARROW_FLOATS = {"float32": np.float32, "float16": np.float16, "Float32": np.float32}  # (pandas' nullable Float32)
+_NARROW_FLOATS = {"float32": np.float32, "float16": np.float16, "Float32": np.float32,  # (pandas' nullable Float32)
+                  "list<float32>": np.float32, "list<float16>": np.float16}
 
 
 def _narrow_floats(rows: list[dict[str, Any]], types: Mapping[str, str]) -> None:
-    """The cells of the float32 / float16 columns among ``types`` (column -> dtype name) as their
-    own shortest decimal, as a CSV holds them: 4.1, not the 4.099999904632568 of its widening to
-    a Python float (which display fields, ``--where price=4.1`` and the text read)."""
+    """The cells of the float32 / float16 columns among ``types`` (column -> dtype name), and the
+    values of their lists, as their own shortest decimal, as a CSV holds them: 4.1, not the
+    4.099999904632568 of its widening to a Python float (which display fields, ``--where
+    price=4.1`` and the text read)."""
+    def narrow(v: Any, kind: Any) -> Any:
+        return float(str(kind(v))) if type(v) is float and v - v == 0 else v  # (finite: NaN and inf have no shorter form)
+
     kinds = {c: _NARROW_FLOATS[t] for c, t in types.items() if t in _NARROW_FLOATS}
     for r in rows if kinds else ():
         for c, kind in kinds.items():
             v = r.get(c)
-            if type(v) is float and v - v == 0:  # (finite: NaN and inf have no shorter form)
-                r[c] = float(str(kind(v)))
+            r[c] = [narrow(x, kind) for x in v] if type(v) is list else narrow(v, kind)
 
 
 def _json_type(rows: list[dict[str, Any]], column: str) -> str:
@@ -260,6 +266,8 @@ def _feature_type(feature: Any) -> str:
     inner = getattr(feature, "feature", None)  # List / LargeList / Sequence of one value type
     if inner is not None and getattr(inner, "dtype", None) in ("string", "large_string"):
         return "list<string>"
+    if inner is not None and getattr(inner, "dtype", None) in ("float32", "float16"):
+        return f"list<{inner.dtype}>"
     return str(getattr(feature, "dtype", "object"))
 
 

@@ -589,6 +589,13 @@ def test_float32_cells_read_as_the_csv_writes_them(tmp_path):
     assert [r["price"] for r in load_catalog(nullable, text_fields=["title"], show_progress=False).records] == ["4.1", ""]
     frame = pd.DataFrame({"item_id": [1], "title": ["a"], "price": [4.1]})  # float64: as it was
     assert load_catalog(frame, text_fields=["title"], show_progress=False).records == [{"title": "a", "price": "4.1"}]
+    # a list of them too (it read "4.099999904632568|2.5")
+    table = pa.table({"item_id": [1, 2], "title": ["a", "b"],
+                      "sizes": pa.array([[4.1, 2.5], [None, 0.3]], type=pa.list_(pa.float32()))})
+    pq.write_table(table, tmp_path / "l.parquet")
+    for source in (tmp_path / "l.parquet", table):
+        assert [r["sizes"] for r in load_catalog(source, text_fields=["title"], show_progress=False).records] == [
+            "4.1|2.5", "0.3"]
 
 
 def test_a_cell_of_characters_the_encoder_drops_is_no_text_and_cut_characters_in_memory_are_mended(tmp_path,
