@@ -259,6 +259,22 @@ def health(rec) -> dict[str, Any]:
             "users": len(rec.user_ids), "modalities": rec.items.modalities}
 
 
+# C0 and C1 control characters, escaped in the access log as the standard library's log_message does
+# (this handler logs through logging instead): a request could otherwise colour or overwrite lines
+# of an operator's terminal or log viewer.
+_CONTROL = str.maketrans({c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)]})
+
+
+def _logged(text: str) -> str:
+    """A request's target or line as the access log shows it: its UTF-8 decoded (http.server reads
+    the line as Latin-1: ``café`` read ``cafÃ©``), control characters escaped."""
+    try:
+        text = text.encode("latin-1").decode("utf-8")
+    except UnicodeError:  # (not UTF-8: as read)
+        pass
+    return text.translate(_CONTROL)
+
+
 class Handler(BaseHTTPRequestHandler):
     """Answers one request; the directory is the server's ``recommender``."""
 
@@ -275,7 +291,7 @@ class Handler(BaseHTTPRequestHandler):
         self._discard_body()
         if not self.server.begin_request():  # stopping: no new work may start while it waits for the rest
             self.close_connection = True
-            logger.info('%s "%s %s" %d', self.client_address[0], self.command, self.path,
+            logger.info('%s "%s %s" %d', self.client_address[0], self.command, _logged(self.path),
                         HTTPStatus.SERVICE_UNAVAILABLE)
             self._send(*STOPPING)
             return
@@ -300,17 +316,18 @@ class Handler(BaseHTTPRequestHandler):
         except MMRecError as e:  # BadRequest, ConfigError and the rest: what the CLI prints as "error: ..."
             status, body = HTTPStatus.BAD_REQUEST, {"error": str(e)}
         except Exception as e:  # noqa: BLE001 -- one bad request must not stop the server
-            logger.exception("GET %s failed", self.path)
+            logger.exception("GET %s failed", _logged(self.path))
             status, body = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"internal error: {type(e).__name__}: {e}"}
         # Logged before the answer is written: a client that has its answer may stop the server at
         # once, and the handler threads are daemons (the line was lost, under load).
-        logger.info('%s "%s %s" %d %.2f ms', self.client_address[0], self.command, self.path, status,
+        logger.info('%s "%s %s" %d %.2f ms', self.client_address[0], self.command, _logged(self.path), status,
                     1000 * (time.perf_counter() - start))
         self._send(status, body)
 
     def _not_allowed(self) -> None:
         self._discard_body()
-        logger.info('%s "%s %s" %d', self.client_address[0], self.command, self.path, HTTPStatus.METHOD_NOT_ALLOWED)
+        logger.info('%s "%s %s" %d', self.client_address[0], self.command, _logged(self.path),
+                    HTTPStatus.METHOD_NOT_ALLOWED)
         self._send(HTTPStatus.METHOD_NOT_ALLOWED, {"error": f"{self.command} is not served: every route is a GET"},
                    {"Allow": "GET, HEAD"})
 
@@ -358,7 +375,7 @@ class Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         if self.request_version == "HTTP/0.9":  # a request line it could not parse: answer with a status line
             self.request_version = self.protocol_version  # and headers, not a bare HTTP/0.9 body
-        logger.info('%s "%s" %d', self.client_address[0], (self.requestline or "").strip(), code)
+        logger.info('%s "%s" %d', self.client_address[0], _logged((self.requestline or "").strip()), code)
         self._send(code, {"error": message or phrase})
 
     def _answer(self, path: str, query: str) -> tuple[HTTPStatus, dict[str, Any]]:

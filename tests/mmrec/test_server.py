@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import os
 import re
 import signal
@@ -81,6 +82,22 @@ def exchange(port: int, request: bytes) -> tuple[bytes, bytes]:
 
 def dicts(results) -> list[dict]:
     return json.loads(json.dumps([r.to_dict() for r in results]))  # as the server encodes them
+
+
+def test_the_access_log_escapes_control_characters_and_shows_utf8_as_sent(served, caplog):
+    # Logged raw, an ESC sequence in a request coloured or overwrote the operator's terminal, and an
+    # unescaped UTF-8 id read as Latin-1 ("cafÃ©").
+    _, url = served
+    port = int(url.rsplit(":", 1)[1])
+    with caplog.at_level(logging.INFO, logger="mmrec.server"):
+        exchange(port, b"GET /health?\x1b[31mRED HTTP/1.1\r\nConnection: close\r\n\r\n")
+        exchange(port, "GET /item?item=café\x08 HTTP/1.1\r\nConnection: close\r\n\r\n".encode())
+        exchange(port, b"BREW /\x1b[2J HTTP/1.1\r\n\r\n")
+    lines = [r.getMessage() for r in caplog.records]
+    assert any('"GET /health?\\x1b[31mRED" 400' in line for line in lines), lines
+    assert any('"GET /item?item=café\\x08" 404' in line for line in lines), lines
+    assert any('"BREW /\\x1b[2J HTTP/1.1" 501' in line for line in lines), lines
+    assert not any("\x1b" in line or "\x08" in line for line in lines)
 
 
 def test_every_route_answers_what_the_python_api_returns(served):
@@ -372,7 +389,6 @@ def test_the_serve_command_listens_answers_and_stops_on_ctrl_c(model_dir):
 
 
 def test_a_directory_changed_on_disk_is_served_again_without_a_restart(model_dir, tmp_path, caplog):
-    import logging
     import shutil
 
     d = tmp_path / "model"
