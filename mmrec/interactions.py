@@ -920,10 +920,13 @@ def load_interactions(
         if on_invalid == "error":
             raise DataError(path, problems)
         report["problems"] = [str(p) for p in problems[:_PROBLEMS_IN_REPORT]]
+        # Users whose every row was invalid drop out (as for below-threshold rows): count them.
+        report["users_only_invalid"] = _users_lost(texts["user_id"], ~bad["user_id"], ~invalid)
         shown = "; ".join(str(p) for p in problems[:3])
         more = f"; ... (the first {_PROBLEMS_IN_REPORT} are in the report: train_report.json's data.problems for a " \
                "training run)" if len(problems) > 3 else ""
-        logger.warning("%s: skipped %d invalid row(s) of %d: %s%s", path, invalid.sum(), n_rows, shown, more)
+        lost = f" ({report['users_only_invalid']} user(s) had no other row)" if report["users_only_invalid"] else ""
+        logger.warning("%s: skipped %d invalid row(s) of %d%s: %s%s", path, invalid.sum(), n_rows, lost, shown, more)
 
     keep = ~invalid
     if item_ids is not None and unknown_items == "skip":

@@ -313,6 +313,15 @@ def test_on_invalid_skip_counts_and_reports(tmp_path: Path, caplog) -> None:
         "row 3, field 'split': unknown split 'later' (expected one of train, valid, test)",
     ]
     assert len(inter) == 3 and inter.user_ids == [2, 7, 11]  # rows 1, 5, 6 (4 duplicates 1)
+    assert inter.report["users_only_invalid"] == 0
+    # a user whose every row is invalid drops out: counted, as one whose rows are all below a threshold
+    # (it disappeared without a word); a row with no user id is no user lost
+    caplog.clear()
+    (tmp_path / "lost.csv").write_text("user_id,item_id,rating\n1,a,5\n2,b,x\n2,c,y\n,d,4\n3,e,4\n")
+    with caplog.at_level("WARNING", logger="mmrec.interactions"):
+        lost = load_interactions(tmp_path / "lost.csv", on_invalid="skip")
+    assert lost.user_ids == [1, 3] and lost.report["users_only_invalid"] == 1
+    assert "skipped 3 invalid row(s) of 5 (1 user(s) had no other row): row 2" in caplog.text
     with pytest.raises(ConfigError, match="on_invalid must be one of"):
         load_interactions(write(tmp_path / "bad.csv", rows), on_invalid="ignore")
 
