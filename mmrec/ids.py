@@ -3,11 +3,12 @@
 Ids are read as text. A column whose every id is a canonical integer (``"7"``, ``"-3"``; not
 ``"007"``, ``"7.0"`` or ``"-0"``) becomes ``int``; otherwise every id stays ``str``. So ``"007"`` is never
 silently turned into ``7``, and the same file read as CSV, TSV, JSON Lines or Parquet gives the
-same ids, with one exception: a JSON or Parquet *number* that holds an integer (``7.0``) is
-that integer (``7``), while the CSV text ``7.0`` stays ``"7.0"``.
+same ids, with one exception: a JSON or Parquet *number* (a float or a decimal) that holds an
+integer (``7.0``) is that integer (``7``), while the CSV text ``7.0`` stays ``"7.0"``.
 """
 from __future__ import annotations
 
+import decimal
 import re
 from collections.abc import Iterable
 
@@ -22,9 +23,11 @@ _CANONICAL_INT = re.compile(r"(0|-?[1-9][0-9]{0,3999})\Z")
 
 
 def id_text(value: object) -> str:
-    """The text form of one raw id value (an int, a str, or a float that holds an integer)."""
+    """The text form of one raw id value (an int, a str, or a float or decimal that holds an integer)."""
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
+    if isinstance(value, decimal.Decimal) and value.is_finite() and value == value.to_integral_value():
+        return str(int(value))  # a Parquet decimal(38, 1) 7.0 is 7, as a float 7.0 is (not "7.0")
     return str(value).strip()
 
 

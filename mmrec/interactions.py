@@ -732,6 +732,8 @@ def _texts(column: pa.Array) -> pa.Array:
             values = ["" if v is None or v != v else id_text(v if narrow is None else float(str(narrow(v))))
                       for v in column.to_pylist()]
             return pa.array(values, type=pa.string())
+        if pa.types.is_decimal(column.type):  # a decimal(38, 1) 7.0 is the id 7, as a float's is ("7.0" from cast)
+            return pa.array(["" if v is None else id_text(v) for v in column.to_pylist()], type=pa.string())
         column = pc.cast(column, pa.string())
     return pc.fill_null(pc.utf8_trim_whitespace(column), "")
 
@@ -857,8 +859,12 @@ def load_interactions(
         # In a CSV/TSV, an id holding a line break is rows of the file swallowed by an unbalanced quote.
         broken = (pc.match_substring_regex(texts[c], r"[\r\n]").to_numpy(zero_copy_only=False)
                   if fmt in ("csv", "tsv") else np.zeros(n_rows, bool))
-        bad[c] = empty[c] | broken
-        reasons[c] = (lambda k, e=empty[c]: "missing value" if e[k] else
+        # A Parquet float id column's inf read as the id "inf" (NaN is a missing value, as pandas writes one).
+        infinite = (np.isinf(columns[c].to_numpy(zero_copy_only=False)) if pa.types.is_floating(columns[c].type)
+                    else np.zeros(n_rows, bool))
+        bad[c] = empty[c] | broken | infinite
+        reasons[c] = (lambda k, e=empty[c], i=infinite, c=c: "missing value" if e[k] else
+                      f"not a finite number: {text(c, k)}" if i[k] else
                       "holds a line break: an unbalanced quote before it took in the lines that follow")
     numbers: dict[str, np.ndarray] = {}
     for c in ("rating", "timestamp"):

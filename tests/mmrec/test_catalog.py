@@ -147,6 +147,10 @@ def test_an_empty_parquet_file_and_one_with_text_that_is_not_utf8_are_named(tmp_
     pq.write_table(pa.table({"item_id": pa.array([], pa.string())}), tmp_path / "empty.parquet")
     with pytest.raises(DataError, match=r"empty\.parquet: file has no data rows$"):
         load_catalog(tmp_path / "empty.parquet", show_progress=False)
+    # decimal ids holding integers are those integers, as float ones are ("7.0" before)
+    pq.write_table(pa.table({"item_id": pa.array([7, 8], pa.decimal128(5, 1)), "title": ["a", "b"]}),
+                   tmp_path / "d.parquet")
+    assert load_catalog(tmp_path / "d.parquet", show_progress=False).item_ids == [7, 8]
     # a column named twice, as a CSV header's is refused (the raw Arrow schema was printed)
     pq.write_table(pa.table([["1"], ["a"], ["b"]], names=["item_id", "title", "title"]), tmp_path / "twice.parquet")
     with pytest.raises(DataError, match=r"twice\.parquet: field 'title': the header names this column 2 times"):

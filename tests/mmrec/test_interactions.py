@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import decimal
 import gzip
+import math
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +90,23 @@ def test_parquet_with_typed_columns_matches_csv(tmp_path: Path) -> None:
     pq.write_table(table, tmp_path / "typed.parquet")
     got = fields(load_interactions(tmp_path / "typed.parquet"))
     assert got == fields(load_interactions(write(tmp_path / "i.csv", ROWS)))
+    # decimal ids holding integers are those integers, as float ones are (a decimal(5, 1) 7.0 read "7.0")
+    decimals = table.set_column(0, "user_id", pa.array([decimal.Decimal(u) for u in table["user_id"].to_pylist()],
+                                                       pa.decimal128(5, 1)))
+    pq.write_table(decimals, tmp_path / "decimal.parquet")
+    assert fields(load_interactions(tmp_path / "decimal.parquet")) == got
+
+
+def test_a_parquet_float_id_that_is_infinite_is_refused_by_row(tmp_path: Path) -> None:
+    # it read as the id "inf" (and turned the column's ids into text); NaN is a missing value, as pandas writes one
+    table = pa.table({"user_id": [1.0, math.inf, -math.inf, math.nan], "item_id": [1, 2, 3, 4]})
+    pq.write_table(table, tmp_path / "u.parquet")
+    with pytest.raises(DataError) as e:
+        load_interactions(tmp_path / "u.parquet")
+    assert [str(p) for p in e.value.problems] == [
+        "row 2, field 'user_id': not a finite number: inf", "row 3, field 'user_id': not a finite number: -inf",
+        "row 4, field 'user_id': missing value"]
+    assert load_interactions(tmp_path / "u.parquet", on_invalid="skip").user_ids == [1]
 
 
 def test_float32_parquet_ratings_meet_a_threshold_as_the_csv_does(tmp_path: Path) -> None:
