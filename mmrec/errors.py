@@ -5,6 +5,8 @@ without reading a traceback. The CLI prints ``str(error)`` and exits non-zero.
 """
 from __future__ import annotations
 
+import bz2
+import gzip
 import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,17 +93,28 @@ BLANK_HEADER = Problem(None, None, "the header row names no column (a line of sp
 
 
 def utf8_problem(path: str | Path) -> Problem | None:
-    """Where a text file stops being UTF-8 (its line and byte), or ``None`` when it is UTF-8.
+    """Where a text file stops being UTF-8 (its line and byte), or ``None`` when it is UTF-8 (or,
+    compressed as ``.gz`` / ``.bz2``, when it does not decompress: the caller's message stands).
 
-    Read on the error path only (the whole file is read). The line is the file's, header
-    included: a quoted field spanning lines makes it differ from the data row.
+    Read on the error path only (the whole file is read, decompressed). The line is the file's,
+    header included: a quoted field spanning lines makes it differ from the data row.
     """
-    data = Path(path).read_bytes()
+    path = Path(path)
+    opener = {".gz": gzip.open, ".bz2": bz2.open}.get(path.suffix.lower())
+    try:
+        if opener is None:
+            data = path.read_bytes()
+        else:
+            with opener(path, "rb") as f:
+                data = f.read()
+    except (OSError, EOFError):
+        return None
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
-        return Problem(None, None, f"line {line} (byte {e.start}) holds byte 0x{data[e.start]:02x}, which is not "
+        where = f"byte {e.start}" + (" of the decompressed text" if opener is not None else "")
+        return Problem(None, None, f"line {line} ({where}) holds byte 0x{data[e.start]:02x}, which is not "
                                    "UTF-8: save the file as UTF-8")
     return None
 

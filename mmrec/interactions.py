@@ -634,13 +634,10 @@ def _read_columns(path: Path, fmt: str, needs_rating: bool
     if missing and fmt in ("csv", "tsv") and any("\ufffd" in c or "\x00" in c for c in header):
         # Not UTF-8 (UTF-16, as Notepad's "Unicode" writes, is mostly NUL bytes to a UTF-8 reader);
         # a U+FFFD the file itself holds is text, and the missing column is the message.
-        plain = path.suffix.lower() in (".csv", ".tsv")  # a compressed file's bytes are no text
-        problem = utf8_problem(path) if plain else None
+        problem = utf8_problem(path)
         if problem is None and any("\x00" in c for c in header):
             problem = Problem(None, None, "the header row is not UTF-8 text (NUL bytes: UTF-16?): "
                                           "save the file as UTF-8")
-        elif problem is None and not plain:
-            problem = Problem(None, None, "the header row is not UTF-8 text: save the file as UTF-8")
         if problem is not None:
             raise DataError(path, [problem])
     if missing:
@@ -660,7 +657,7 @@ def _read_columns(path: Path, fmt: str, needs_rating: bool
         else:
             table = _read_csv(path, fmt, present, raw)
     except (pa.ArrowException, OSError) as e:
-        not_utf8 = utf8_problem(path) if fmt in ("csv", "tsv") and path.suffix.lower() in (".csv", ".tsv") else None
+        not_utf8 = utf8_problem(path) if fmt in ("csv", "tsv") else None
         raise DataError(path, [not_utf8 or Problem(None, None, f"cannot be read as {fmt}: {e}")]) from e
     if table.num_rows == 0:
         raise DataError(path, [Problem(None, None, "file has no data rows")])

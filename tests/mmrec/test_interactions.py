@@ -392,6 +392,14 @@ def test_interactions_not_in_utf8_are_named_with_their_line(tmp_path: Path) -> N
     (tmp_path / "i.csv").write_bytes(b"user_id,item_id\nu1,1\nu\xe92,2\n")
     with pytest.raises(DataError, match=r"i.csv: line 3 \(byte 22\) holds byte 0xe9, which is not UTF-8"):
         load_interactions(tmp_path / "i.csv")
+    # compressed, the same (it was arrow's "In CSV column #0: ... invalid UTF8 data", no line, a 0-based column)
+    import bz2
+
+    (tmp_path / "i.csv.gz").write_bytes(gzip.compress((tmp_path / "i.csv").read_bytes()))
+    (tmp_path / "i.tsv.bz2").write_bytes(bz2.compress(b"user_id\titem_id\nu1\t1\nu2\tcaf\xe9\n"))
+    for name, byte in (("i.csv.gz", 22), ("i.tsv.bz2", 27)):
+        with pytest.raises(DataError, match=fr"{name}: line 3 \(byte {byte} of the decompressed text\) holds byte 0xe9"):
+            load_interactions(tmp_path / name)
     # UTF-16 (Notepad's "Unicode"): named as such, not as a header that lacks the user_id column.
     (tmp_path / "u16.tsv").write_text("user_id\titem_id\nu1\t1\n", encoding="utf-16")
     with pytest.raises(DataError, match=r"u16.tsv: line 1 \(byte 0\) holds byte 0xff, which is not UTF-8: save"):
