@@ -802,11 +802,7 @@ def evaluate_directory(
     if gone:
         logger.warning("%d rows of %s are items not in the index (removed since training?): skipped; %d users "
                        "had no other rows", gone, interactions, emptied)
-    cold = np.isin(np.array(item_ids, dtype=object), np.array(rec.cold_items, dtype=object))
-    held_rows = 0
-    if rec.cold_items and not cold_start:  # as at training time: held-out items are evaluated apart
-        held_rows = int(cold[inter.items].sum())
-        inter = warm_part(inter, cold)  # and are not candidates either (score_users)
+    # Unknown users go before the held-out items' rows: one whose rows were all of them went uncounted.
     rows = np.array([rec._user_pos_str.get(str(u), -1) for u in inter.user_ids])
     has_rows = np.bincount(inter.users, minlength=inter.num_users) > 0  # those left with none are counted above
     unknown = int(((rows < 0) & has_rows).sum())
@@ -814,6 +810,11 @@ def evaluate_directory(
         logger.warning("%d users of %s are unknown to the model: skipped", unknown, interactions)
         keep = rows[inter.users] >= 0
         inter = inter.rows(keep)
+    cold = np.isin(np.array(item_ids, dtype=object), np.array(rec.cold_items, dtype=object))
+    held_rows = 0
+    if rec.cold_items and not cold_start:  # as at training time: held-out items are evaluated apart
+        held_rows = int(cold[inter.items].sum())
+        inter = warm_part(inter, cold)  # and are not candidates either (score_users)
     item_vecs = torch.from_numpy(rec.items.vectorizer.mips.original(rec.items.vectors))  # [N, D]
     user_vecs = torch.from_numpy(rec.user_vectors)
 

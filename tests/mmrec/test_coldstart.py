@@ -97,6 +97,14 @@ def test_cold_items_are_ranked_from_content(tmp_path):
     # neither truth nor candidates, or one a user did have would count as a miss).
     again = evaluate_directory(rec, inter)
     assert again["rows_of_held_out_items"] > 0
+    # Users the model does not know are counted, one whose rows are all held-out items too (it went
+    # uncounted, and its rows counted as held-out rows).
+    warm = next(i for i in range(128) if i not in set(rec.cold_items))
+    extra = [f"new1\t{rec.cold_items[0]}", f"new1\t{rec.cold_items[1]}", f"new2\t{rec.cold_items[0]}", f"new2\t{warm}"]
+    (tmp_path / "more.tsv").write_text(inter.read_text() + "\n".join(extra) + "\n")
+    more = evaluate_directory(rec, tmp_path / "more.tsv")
+    assert (more["users_unknown"], more["users_skipped"]) == (2, 2)
+    assert more["rows_of_held_out_items"] == again["rows_of_held_out_items"]
     assert {k: again[k] for k in test if k != "cold"} == {k: v for k, v in test.items() if k != "cold"}
     from mmrec.interactions import load_interactions
     from mmrec.metrics import evaluate
