@@ -830,6 +830,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             print(f"  skipped: {metrics.get('rows_skipped', 0)} rows of items not in the index; "
                   f"{metrics.get('users_skipped', 0)} users ({metrics.get('users_unknown', 0)} unknown to the model, "
                   f"{metrics.get('users_only_removed_items', 0)} with only such rows)")
+        if metrics.get("rows_invalid_skipped"):  # (said by a warning alone, which -q hides)
+            print(f"  skipped: {metrics['rows_invalid_skipped']} invalid rows (the model was trained with --skip-invalid)")
+        if metrics.get("rows_of_held_out_items"):
+            print(f"  left out: {metrics['rows_of_held_out_items']} rows of the items training held out "
+                  "(evaluated apart: --cold-start)")
     return 0
 
 

@@ -184,6 +184,12 @@ def test_cli_train_and_evaluate_cold_start(tmp_path, capsys):
     assert again["cold_start"] is True and "split" not in again and "mask" not in again  # neither applies
     for key in ("recall@10", "recall@20", "ndcg@20"):
         assert again[key] == pytest.approx(trained["test"]["cold"][key], abs=1e-6)
+    # without --cold-start, the held-out items' rows are left out, and the table says so (only --json did)
+    assert main(["evaluate", "--index", str(tmp_path / "m"), "--interactions", str(inter), "--json", "-q"]) == 0
+    held = json.loads(capsys.readouterr().out)["rows_of_held_out_items"]
+    assert main(["evaluate", "--index", str(tmp_path / "m"), "--interactions", str(inter), "-q"]) == 0
+    assert f"  left out: {held} rows of the items training held out (evaluated apart: --cold-start)\n" in \
+        capsys.readouterr().out
     # The held-out items' rows of every split are ranked: a --split or --mask would be ignored, so
     # either is a malformed command line (exit 2), before the directory is read.
     for extra in (["--split", "valid"], ["--mask", "train"]):

@@ -668,6 +668,9 @@ def test_train_skip_invalid_leaves_bad_catalog_rows_and_their_interactions_out(t
     evaluated = json.loads(capsys.readouterr().out)
     assert {k: evaluated[k] for k in trained["test"]} == trained["test"]
     assert evaluated["rows_invalid_skipped"] == 1 + sum(1 for r in rows[1:] if r.split("\t")[1] == "5")
+    assert main(["evaluate", "--index", str(tmp_path / "m"), "--interactions", str(tmp_path / "inter.tsv"), "-q"]) == 0
+    assert (f"  skipped: {evaluated['rows_invalid_skipped']} invalid rows (the model was trained with --skip-invalid)"
+            in capsys.readouterr().out)  # (a warning alone said it, which -q hides)
     rec = Recommender.load(tmp_path / "m", show_progress=False)
     assert len(rec.items) == 31 and 5 not in rec.items
     skipped = [json.loads(line) for line in (tmp_path / "m" / "skipped.jsonl").read_text().splitlines()]
