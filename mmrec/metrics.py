@@ -306,7 +306,8 @@ def evaluate_ranking(
         if item_popularity is not None:
             per_list = np.where(v, info[np.where(v, top[:, :k], 0)], 0.0).sum(axis=1)
             n = v.sum(axis=1)
-            out[f"novelty@{k}"] = float(np.mean(per_list[n > 0] / n[n > 0]))
+            if (n > 0).any():  # (every list empty: undefined, and NaN is no JSON; as diversity below)
+                out[f"novelty@{k}"] = float(np.mean(per_list[n > 0] / n[n > 0]))
         if unit is not None:
             diversity = _intra_list_diversity(top[:, :k], v, unit)
             if not math.isnan(diversity):  # (no list of two items: undefined, and NaN is no JSON)

@@ -61,6 +61,9 @@ def test_csr_and_list_truth_agree_and_optional_metrics_absent() -> None:
     assert not any(key.startswith("diversity") for key in short) and short["recall@1"] == 0.625
     some = evaluate_ranking(np.array([[1, 3], [5, -1]]), TRUTH[:2], (1, 2), num_items=6, item_vectors=VECS)
     assert "diversity@1" not in some and some["diversity@2"] == pytest.approx(1.0)  # user 0's pair alone: 1 - cos 90°
+    # every list empty: novelty@K is absent too (it was NaN)
+    empty = evaluate_ranking(np.full((2, 3), -1), TRUTH[:2], (3,), num_items=6, item_popularity=np.ones(6))
+    assert not any(key.startswith("novelty") for key in empty) and empty["recall@3"] == 0.0
 
 
 def _oracle(topk: np.ndarray, truth: list[set[int]], k: int) -> dict[str, float]:
