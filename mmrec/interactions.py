@@ -862,7 +862,8 @@ def load_interactions(
         bad[c] = empty[c] | broken | infinite
         reasons[c] = (lambda k, e=empty[c], i=infinite, c=c: "missing value" if e[k] else
                       f"not a finite number: {text(c, k)}" if i[k] else
-                      "holds a line break: an unbalanced quote before it took in the lines that follow")
+                      "holds a line break: an unbalanced quote before it took in the lines that follow (or the "
+                      "id is quoted over lines: no id may hold one)")
     numbers: dict[str, np.ndarray] = {}
     for c in ("rating", "timestamp"):
         if c in texts:
